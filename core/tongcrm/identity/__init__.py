@@ -1,0 +1,1 @@
+"""Identity: who a buyer is across channels."""

@@ -1,0 +1,487 @@
+"""What plugins hand to tongcrm, and what tongcrm hands back to them.
+
+Hooks are synchronous and return these small frozen dataclasses; the async work lives in the adapter objects
+the dataclasses carry (``ChannelAdapter``, ``Messenger``, ``EntitlementProvider``). Keeping the records plain
+and frozen lets the core validate them in one place (:mod:`tongcrm.plugin.host`) and lets third parties test
+them without a database.
+
+Money is integer fen, points are integers, and every datetime is timezone-aware. Normalised records are
+validated in ``__post_init__`` so that a plugin bug surfaces where it is made, not three tables later.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import click
+    from litestar.types import ControllerRouterHandler
+
+__all__ = [
+    "BuyerProfile",
+    "ChannelAdapter",
+    "ChannelCapability",
+    "ChannelContext",
+    "ChannelSpec",
+    "DeliveryReceipt",
+    "DomainEvent",
+    "EntitlementProvider",
+    "EntitlementProviderSpec",
+    "FulfilmentRequest",
+    "FulfilmentResult",
+    "IdentityClaim",
+    "IdentityKindSpec",
+    "InboundReply",
+    "LineRefundStatus",
+    "MemberMatch",
+    "Messenger",
+    "MessengerContext",
+    "MessengerSpec",
+    "MigrationLocation",
+    "NormalisedOrder",
+    "OrderLine",
+    "OrderPage",
+    "OrderStatus",
+    "OutboundMessage",
+    "PushResult",
+    "QuarantinedRecord",
+    "ResolutionDecision",
+    "RouteSpec",
+    "SendOutcome",
+    "SendResult",
+    "SettingField",
+    "validate_name",
+]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+
+def validate_name(name: str, what: str) -> str:
+    """Names are the keys operators type and plugins collide on, so they are kept lowercase and boring."""
+    if not _NAME.match(name):
+        raise ValueError(f"{what} name {name!r} must be lowercase letters, digits, '_' and '.' separators")
+    return name
+
+
+def _aware(value: datetime | None, what: str) -> None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True, slots=True)
+class SettingField:
+    """One setting of a channel account or messenger (app key, secret, gateway URL...).
+
+    ``secret`` settings are encrypted at rest, never echoed back by the API or CLI, and never logged.
+    """
+
+    name: str
+    help: str
+    required: bool = True
+    secret: bool = False
+    default: str | None = None
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "setting")
+        if self.choices and self.default is not None and self.default not in self.choices:
+            raise ValueError(f"default {self.default!r} of setting {self.name!r} is not one of its choices")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# identity
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityKindSpec:
+    """A kind of identity claim (``taobao.ouid``, ``jd.open_id``, ``pos.card``...).
+
+    ``strong`` kinds identify one person and may merge two members that both carry them; weak kinds are
+    recorded as evidence only (a Taobao ``oaid`` names a receiver for a week, not a buyer).
+    """
+
+    name: str
+    strong: bool
+    description: str
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "identity kind")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityClaim:
+    """A statement by a channel that this buyer is known to it under (kind, value)."""
+
+    kind: str
+    value: str
+    evidence: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.value or not self.value.strip():
+            raise ValueError(f"identity claim of kind {self.kind!r} has an empty value")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberMatch:
+    """A live member that one of the claims being resolved already points at."""
+
+    member_id: int
+    kind: str
+    value: str
+    strong: bool
+    member_created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ResolutionDecision:
+    """What a ``resolve_member`` policy decided for one claim set.
+
+    Either ``member_id`` names the member to attach the claims to (and ``merge_from`` lists members to merge
+    into it), or ``create`` asks for a new member.
+    """
+
+    member_id: int | None = None
+    merge_from: tuple[int, ...] = ()
+    create: bool = False
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.create == (self.member_id is not None):
+            raise ValueError("a resolution decision either names a member or asks to create one")
+        if self.create and self.merge_from:
+            raise ValueError("a decision that creates a member cannot merge others into it")
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerProfile:
+    """What a channel knows of the buyer beyond identity claims; blank fields are simply unknown."""
+
+    name: str | None = None
+    mobile: str | None = None
+    province: str | None = None
+    city: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# orders
+
+
+class OrderStatus(enum.StrEnum):
+    """The normalised order lifecycle every channel maps onto."""
+
+    CREATED = "created"
+    PAID = "paid"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    COMPLETED = "completed"
+    CLOSED = "closed"
+    REFUNDED = "refunded"
+
+
+class LineRefundStatus(enum.StrEnum):
+    NONE = "none"
+    REQUESTED = "requested"
+    REFUSED = "refused"
+    REFUNDED = "refunded"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    external_id: str
+    title: str
+    quantity: int
+    unit_price_fen: int
+    amount_fen: int
+    sku: str | None = None
+    category: str | None = None
+    refund_status: LineRefundStatus = LineRefundStatus.NONE
+    refunded_fen: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("quantity", "unit_price_fen", "amount_fen", "refunded_fen"):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise ValueError(f"line {self.external_id}: {name} must be an int, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"line {self.external_id}: {name} must not be negative")
+        if self.refunded_fen > self.amount_fen:
+            raise ValueError(f"line {self.external_id}: refunded {self.refunded_fen} exceeds paid {self.amount_fen}")
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedOrder:
+    """One order as every channel must describe it.
+
+    ``modified_at`` is the platform's version: the core applies a record only if it is newer than what it
+    holds, which is what makes late and duplicated records harmless.
+    """
+
+    external_id: str
+    status: OrderStatus
+    created_at: datetime
+    modified_at: datetime
+    total_fen: int
+    paid_fen: int
+    claims: tuple[IdentityClaim, ...]
+    lines: tuple[OrderLine, ...]
+    paid_at: datetime | None = None
+    shipped_at: datetime | None = None
+    completed_at: datetime | None = None
+    post_fee_fen: int = 0
+    discount_fen: int = 0
+    store_code: str | None = None
+    buyer: BuyerProfile = field(default_factory=BuyerProfile)
+    platform_status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.external_id:
+            raise ValueError("order has no external id")
+        for name in ("total_fen", "paid_fen", "post_fee_fen", "discount_fen"):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise ValueError(f"order {self.external_id}: {name} must be an int, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"order {self.external_id}: {name} must not be negative")
+        for name in ("created_at", "modified_at", "paid_at", "shipped_at", "completed_at"):
+            _aware(getattr(self, name), f"order {self.external_id}: {name}")
+        if not isinstance(self.status, OrderStatus):
+            raise ValueError(f"order {self.external_id}: unknown status {self.status!r}")
+        ids = [line.external_id for line in self.lines]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"order {self.external_id}: duplicate line ids")
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRecord:
+    """A platform record the adapter could not normalise. The core keeps and reports it; it is never dropped."""
+
+    external_id: str | None
+    reason: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    """One page of a sync. ``next_cursor`` is opaque to the core; it is stored in the same transaction as the
+    page's effects, so a crash replays at most this page."""
+
+    orders: tuple[NormalisedOrder, ...]
+    next_cursor: str
+    has_more: bool
+    quarantined: tuple[QuarantinedRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What a channel made of one pushed message (a TMC message, a webhook call)."""
+
+    orders: tuple[NormalisedOrder, ...] = ()
+    quarantined: tuple[QuarantinedRecord, ...] = ()
+    dedupe_key: str | None = None
+
+
+class ChannelCapability(enum.StrEnum):
+    FETCH_ORDERS = "fetch_orders"
+    PUSH = "push"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelContext:
+    """What the core gives an adapter: the account's settings (secrets decrypted), a clock, and nothing else.
+
+    Adapters read "now" from ``clock`` so that tests and backfills can move time.
+    """
+
+    account_name: str
+    settings: Mapping[str, str]
+    clock: Callable[[], datetime] = _utcnow
+
+
+@runtime_checkable
+class ChannelAdapter(Protocol):
+    """The object a channel plugin's factory returns for one channel account."""
+
+    async def fetch_orders(self, cursor: str | None) -> OrderPage:
+        """Return the page after ``cursor`` (``None``: start from the beginning of the sync window)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """A sales channel (Taobao, JD, a store till...)."""
+
+    name: str
+    display_name: str
+    settings: tuple[SettingField, ...]
+    factory: Callable[[ChannelContext], ChannelAdapter]
+    capabilities: frozenset[ChannelCapability] = frozenset({ChannelCapability.FETCH_ORDERS})
+    identity_kinds: tuple[IdentityKindSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "channel")
+        names = [s.name for s in self.settings]
+        if len(names) != len(set(names)):
+            raise ValueError(f"channel {self.name!r} declares a setting twice")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# messaging
+
+
+class SendOutcome(enum.StrEnum):
+    SENT = "sent"
+    RETRY_LATER = "retry_later"
+    FAILED_NUMBER = "failed_number"  # permanent for this recipient
+    FAILED_ACCOUNT = "failed_account"  # permanent for the sending account: pause sending
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    message_id: str
+    mobile_e164: str
+    signature: str
+    template_code: str
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message_id: str
+    outcome: SendOutcome
+    provider_id: str | None = None
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    message_id: str | None
+    provider_id: str | None
+    delivered: bool
+    code: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InboundReply:
+    mobile_e164: str
+    signature: str
+    content: str
+    at: datetime
+    dedupe_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessengerContext:
+    name: str
+    settings: Mapping[str, str]
+    clock: Callable[[], datetime] = _utcnow
+
+
+@runtime_checkable
+class Messenger(Protocol):
+    max_batch: int
+
+    async def send(self, batch: Sequence[OutboundMessage]) -> Sequence[SendResult]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MessengerSpec:
+    name: str
+    display_name: str
+    settings: tuple[SettingField, ...]
+    factory: Callable[[MessengerContext], Messenger]
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "messenger")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# entitlements
+
+
+@dataclass(frozen=True, slots=True)
+class FulfilmentRequest:
+    grant_id: str
+    member_id: int
+    entitlement: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FulfilmentResult:
+    ok: bool
+    retryable: bool = False
+    reference: str | None = None
+    detail: str = ""
+
+
+class EntitlementProvider(Protocol):
+    async def fulfil(self, request: FulfilmentRequest) -> FulfilmentResult:
+        """Fulfil the grant on the platform. Must be idempotent by ``request.grant_id``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementProviderSpec:
+    name: str
+    entitlements: tuple[str, ...]
+    factory: Callable[[Mapping[str, str]], EntitlementProvider]
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "entitlement provider")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# routes, commands, migrations, events
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """Litestar route handlers or routers a plugin mounts. ``public`` paths skip API-key auth (the plugin
+    then authenticates the caller itself, e.g. by a platform signature)."""
+
+    handlers: tuple[ControllerRouterHandler, ...]
+    public_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationLocation:
+    """Where a distribution's Alembic revisions live, and the branch label its first revision carries."""
+
+    branch_label: str
+    path: str
+
+    def __post_init__(self) -> None:
+        validate_name(self.branch_label, "migration branch")
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """A committed change, delivered from the outbox at least once. Handlers must be idempotent by ``id``."""
+
+    id: int
+    name: str
+    payload: Mapping[str, Any]
+    occurred_at: datetime
+
+
+CliCommands = Sequence["click.Command"]
+EventHandler = Callable[[DomainEvent], None | Awaitable[None]]

@@ -1,0 +1,1 @@
+"""The jd plugin for tongcrm."""

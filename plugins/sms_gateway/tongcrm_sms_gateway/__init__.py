@@ -1,0 +1,1 @@
+"""The sms_gateway plugin for tongcrm."""

@@ -1,0 +1,1 @@
+"""The taobao plugin for tongcrm."""

@@ -1,0 +1,3 @@
+"""Hook implementations of the taobao plugin; tongcrm loads this module through the `tongcrm` entry point."""
+
+from __future__ import annotations
