@@ -103,7 +103,9 @@ def migration_locations() -> Sequence[MigrationLocation]:
 
 
 @hookspec(firstresult=True)
-def resolve_member(claims: Sequence[IdentityClaim], matches: Sequence[MemberMatch]) -> ResolutionDecision | None:
+def resolve_member(
+    claims: Sequence[IdentityClaim], matches: Sequence[MemberMatch]
+) -> ResolutionDecision | None:
     """Decide which member a set of identity claims belongs to.
 
     ``matches`` lists the live members the claims already point at. Return ``None`` to let the next

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import click
 import pluggy
@@ -113,7 +113,9 @@ class PluginHost:
                 ) from exc
             self._register(plugin, name, dist, version, builtin=False)
 
-    def register(self, plugin: object, name: str, *, distribution: str = "(registered)", version: str = "") -> None:
+    def register(
+        self, plugin: object, name: str, *, distribution: str = "(registered)", version: str = ""
+    ) -> None:
         """Register a plugin object (a module or an instance with hookimpls); tests use this."""
         name = name.lower()
         if name in self.disabled:
@@ -154,7 +156,7 @@ class PluginHost:
             return list(self._cache[hook_name])
         caller = getattr(self._pm.hook, hook_name)
         out: list[Provided[T]] = []
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order
             try:
                 results = impl.function()
             except Exception as exc:
@@ -171,17 +173,21 @@ class PluginHost:
                         f"plugin {impl.plugin_name!r}: hook {hook_name!r} returned {type(value).__name__}, "
                         f"expected {_type_names(expected)}"
                     )
-                out.append(Provided(impl.plugin_name, value))
+                out.append(Provided(impl.plugin_name, cast(T, value)))
         self._cache[hook_name] = out
         return list(out)
 
-    def _unique(self, hook_name: str, items: Sequence[Provided[T]], key: Callable[[T], str], what: str) -> dict[str, T]:
+    def _unique(
+        self, hook_name: str, items: Sequence[Provided[T]], key: Callable[[T], str], what: str
+    ) -> dict[str, T]:
         seen: dict[str, str] = {}
         result: dict[str, T] = {}
         for item in items:
             name = key(item.value)
             if name in seen:
-                raise PluginError(f"{what} {name!r} is registered by both plugin {seen[name]!r} and {item.plugin!r}")
+                raise PluginError(
+                    f"{what} {name!r} is registered by both plugin {seen[name]!r} and {item.plugin!r}"
+                )
             seen[name] = item.plugin
             result[name] = item.value
         return result
@@ -203,7 +209,9 @@ class PluginHost:
         return self._unique("identity_kinds", items, lambda k: k.name, "identity kind")
 
     def messengers(self) -> dict[str, MessengerSpec]:
-        return self._unique("messengers", self._collect("messengers", MessengerSpec), lambda m: m.name, "messenger")
+        return self._unique(
+            "messengers", self._collect("messengers", MessengerSpec), lambda m: m.name, "messenger"
+        )
 
     def entitlement_providers(self) -> dict[str, EntitlementProviderSpec]:
         items = self._collect("entitlement_providers", EntitlementProviderSpec)
@@ -226,7 +234,9 @@ class PluginHost:
 
     def migration_locations(self) -> list[MigrationLocation]:
         items = self._collect("migration_locations", MigrationLocation)
-        return list(self._unique("migration_locations", items, lambda m: m.branch_label, "migration branch").values())
+        return list(
+            self._unique("migration_locations", items, lambda m: m.branch_label, "migration branch").values()
+        )
 
     # ---------------------------------------------------------------------------------------------------------
     # policy and events
@@ -236,7 +246,9 @@ class PluginHost:
     ) -> ResolutionDecision | None:
         decision = self._pm.hook.resolve_member(claims=claims, matches=matches)
         if decision is not None and not isinstance(decision, ResolutionDecision):
-            raise PluginError(f"resolve_member returned {type(decision).__name__}, expected ResolutionDecision")
+            raise PluginError(
+                f"resolve_member returned {type(decision).__name__}, expected ResolutionDecision"
+            )
         return decision
 
     def event_handlers(self, event_name: str) -> list[tuple[str, Callable[..., Any]]]:
@@ -244,10 +256,12 @@ class PluginHost:
         if event_name not in hookspecs.EVENT_NAMES:
             raise PluginError(f"unknown domain event {event_name!r}")
         caller = getattr(self._pm.hook, event_name)
-        return [(impl.plugin_name, impl.function) for impl in reversed(caller.get_hookimpls())]
+        return [(impl.plugin_name, impl.function) for impl in caller.get_hookimpls()]
 
     @staticmethod
-    def call_event_handler(handler: Callable[..., Any], event: DomainEvent, enqueue: hookspecs.Enqueue) -> Any:
+    def call_event_handler(
+        handler: Callable[..., Any], event: DomainEvent, enqueue: hookspecs.Enqueue
+    ) -> Any:
         """Call one handler with the arguments it asked for (pluggy lets an impl take a subset)."""
         params = _argnames(handler)
         kwargs: dict[str, Any] = {}

@@ -210,11 +210,15 @@ class OrderLine:
         for name in ("quantity", "unit_price_fen", "amount_fen", "refunded_fen"):
             value = getattr(self, name)
             if type(value) is not int:
-                raise ValueError(f"line {self.external_id}: {name} must be an int, got {type(value).__name__}")
+                raise ValueError(
+                    f"line {self.external_id}: {name} must be an int, got {type(value).__name__}"
+                )
             if value < 0:
                 raise ValueError(f"line {self.external_id}: {name} must not be negative")
         if self.refunded_fen > self.amount_fen:
-            raise ValueError(f"line {self.external_id}: refunded {self.refunded_fen} exceeds paid {self.amount_fen}")
+            raise ValueError(
+                f"line {self.external_id}: refunded {self.refunded_fen} exceeds paid {self.amount_fen}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +252,9 @@ class NormalisedOrder:
         for name in ("total_fen", "paid_fen", "post_fee_fen", "discount_fen"):
             value = getattr(self, name)
             if type(value) is not int:
-                raise ValueError(f"order {self.external_id}: {name} must be an int, got {type(value).__name__}")
+                raise ValueError(
+                    f"order {self.external_id}: {name} must be an int, got {type(value).__name__}"
+                )
             if value < 0:
                 raise ValueError(f"order {self.external_id}: {name} must not be negative")
         for name in ("created_at", "modified_at", "paid_at", "shipped_at", "completed_at"):
@@ -484,4 +490,4 @@ class DomainEvent:
 
 
 CliCommands = Sequence["click.Command"]
-EventHandler = Callable[[DomainEvent], None | Awaitable[None]]
+EventHandler = Callable[[DomainEvent], Awaitable[None] | None]

@@ -1,0 +1,151 @@
+"""The app shell: health, OpenAPI, authentication and roles, problem details, request ids, plugin routes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+import pytest
+from litestar import get, post
+from litestar.params import JSONBody
+from tongcrm.errors import Conflict
+from tongcrm.plugin import hookimpl
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import RouteSpec
+
+
+class Order(msgspec.Struct):
+    amount_fen: int
+    note: str
+
+
+@post("/api/test/orders")
+async def create_order(data: JSONBody[Order]) -> dict[str, Any]:
+    if data.note == "dup":
+        raise Conflict("order already exists", extra={"order_id": 42})
+    return {"amount_fen": data.amount_fen}
+
+
+@get("/api/test/boom")
+async def boom() -> None:
+    raise RuntimeError("secret internal detail")
+
+
+EXTRA = (create_order, boom)
+
+
+async def test_health_and_schema_need_no_key(make_client: Any) -> None:
+    async with make_client(role=None) as api:
+        health = await api.get("/health")
+        assert health.status_code == 200
+        assert health.json()["database"] == "ok"
+        schema = await api.get("/schema/openapi.json")
+        assert schema.status_code == 200
+        assert "/health" in schema.json()["paths"]
+        assert "/api/plugins" in schema.json()["paths"]
+
+
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        (None, "missing API key"),
+        ("Bearer tck_0000_nope", "unknown or revoked API key"),
+        ("Basic abc", "malformed Authorization header"),
+    ],
+)
+async def test_requests_without_a_valid_key_get_401_problem(
+    make_client: Any, header: str | None, detail: str
+) -> None:
+    async with make_client(role=None) as api:
+        headers = {"Authorization": header} if header else {}
+        response = await api.get("/api/plugins", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == 401 and detail in body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+async def test_revoked_key_is_refused(make_client: Any) -> None:
+    from tongcrm.auth.service import revoke_key
+
+    async with make_client(role="admin") as api:
+        assert (await api.get("/api/plugins")).status_code == 200
+        prefix = api.key.split("_")[1]
+        async with api.db.sessions() as session, session.begin():
+            await revoke_key(session, prefix)
+        api.app.state.key_verifier.forget()
+        assert (await api.get("/api/plugins")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("role", "status"), [("admin", 200), ("operator", 200), ("analyst", 200), ("pos", 403)]
+)
+async def test_roles_are_enforced(make_client: Any, role: str, status: int) -> None:
+    async with make_client(role=role, store_code="S1" if role == "pos" else None) as api:
+        response = await api.get("/api/plugins")
+    assert response.status_code == status
+    if status == 403:
+        assert "role 'pos' may not do this" in response.json()["detail"]
+
+
+async def test_plugins_endpoint_lists_plugins_and_hooks(make_client: Any) -> None:
+    async with make_client(host=PluginHost(autoload=True, disabled=set())) as api:
+        body = (await api.get("/api/plugins")).json()
+    assert {p["name"] for p in body} == {"taobao", "jd", "offline_pos", "sms_gateway"}
+
+
+async def test_validation_error_is_a_400_problem_that_names_the_field(make_client: Any) -> None:
+    async with make_client(extra_handlers=EXTRA) as api:
+        response = await api.post("/api/test/orders", json={"amount_fen": "12.5", "note": "x"})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["title"] == "Invalid request"
+    assert "amount_fen" in body["detail"]
+
+
+async def test_domain_error_maps_to_its_status_with_extras(make_client: Any) -> None:
+    async with make_client(extra_handlers=EXTRA) as api:
+        response = await api.post("/api/test/orders", json={"amount_fen": 100, "note": "dup"})
+    assert response.status_code == 409
+    assert response.json()["detail"] == "order already exists"
+    assert response.json()["order_id"] == 42
+
+
+async def test_unexpected_error_is_a_500_problem_without_internals(make_client: Any) -> None:
+    async with make_client(extra_handlers=EXTRA) as api:
+        response = await api.get("/api/test/boom", headers={"X-Request-ID": "req-123"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-123"
+    text = response.text
+    assert "secret internal detail" not in text and "Traceback" not in text
+    assert response.json()["request_id"] == "req-123"
+
+
+async def test_unknown_route_is_a_404_problem(make_client: Any) -> None:
+    async with make_client() as api:
+        response = await api.get("/api/does-not-exist")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_plugin_routes_are_mounted_and_may_declare_public_paths(make_client: Any) -> None:
+    @get("/callbacks/demo/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "public"}
+
+    @get("/api/demo/secret")
+    async def secret() -> dict[str, str]:
+        return {"pong": "private"}
+
+    host = PluginHost(autoload=False)
+    host.register(
+        SimpleNamespace(
+            routes=hookimpl(lambda: [RouteSpec(handlers=(ping, secret), public_paths=("/callbacks/demo",))])
+        ),
+        "demo",
+    )
+    async with make_client(host=host, role=None) as api:
+        assert (await api.get("/callbacks/demo/ping")).json() == {"pong": "public"}
+        assert (await api.get("/api/demo/secret")).status_code == 401

@@ -1,0 +1,72 @@
+"""The CLI: database commands, API keys, plugins, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from tongcrm.cli import Context, build_cli
+from tongcrm.plugin.host import PluginHost
+
+
+@pytest.fixture
+def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    host = PluginHost(autoload=True, disabled=set())
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(build_cli(host), list(args), obj=Context(host), catch_exceptions=False)
+
+    return run
+
+
+def test_db_upgrade_status_and_check(invoke) -> None:  # type: ignore[no-untyped-def]
+    status = invoke("db", "status")
+    assert "the database is behind" in status.output
+    assert invoke("db", "upgrade").exit_code == 0
+    status = invoke("db", "status")
+    assert "behind" not in status.output
+    check = invoke("db", "check")
+    assert check.exit_code == 0 and "agree" in check.output
+
+
+def test_apikey_lifecycle(invoke) -> None:  # type: ignore[no-untyped-def]
+    invoke("db", "upgrade")
+    created = invoke("apikey", "create", "--role", "pos", "--store", "SH001", "--label", "till 1")
+    assert created.exit_code == 0
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("tck_")
+    listed = invoke("apikey", "list")
+    assert "SH001" in listed.output and key not in listed.output
+    revoked = invoke("apikey", "revoke", key.split("_")[1])
+    assert revoked.exit_code == 0 and "revoked key #1" in revoked.output
+
+
+def test_pos_key_needs_a_store(invoke) -> None:  # type: ignore[no-untyped-def]
+    from tongcrm.errors import BadRequest
+
+    invoke("db", "upgrade")
+    with pytest.raises(BadRequest, match="scoped to one store"):
+        invoke("apikey", "create", "--role", "pos")
+
+
+def test_plugins_lists_first_party_plugins(invoke) -> None:  # type: ignore[no-untyped-def]
+    out = invoke("plugins").output
+    for name in ("taobao", "jd", "offline_pos", "sms_gateway"):
+        assert name in out
+
+
+def test_errors_print_one_line_and_exit_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from tongcrm.cli import main
+
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", "mysql://nobody@127.0.0.1/none")
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "status"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("error: unsupported database 'mysql'")

@@ -1,0 +1,306 @@
+"""Jobs and the outbox relay, on every database backend.
+
+Runners get a controllable clock, so "after the delay" is a clock step rather than a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.jobs import leases
+from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
+from tongcrm.jobs.outbox import emit
+from tongcrm.jobs.queue import enqueue
+from tongcrm.jobs.runner import JobContext, JobRegistry, Runner
+from tongcrm.plugin import hookimpl
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import DomainEvent
+from tongcrm.testing.database import TestDatabase
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def _runner(
+    db: TestDatabase, registry: JobRegistry, clock: Clock, host: PluginHost | None = None, **kw: Any
+) -> Runner:
+    return Runner(
+        db.sessions, host or PluginHost(autoload=False), registry, clock=clock, retry_base=1.0, **kw
+    )
+
+
+async def test_delayed_job_runs_once_after_the_delay_with_two_competing_runners(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    runs: list[dict[str, Any]] = []
+    registry = JobRegistry()
+
+    @registry.job("greet")
+    async def greet(ctx: JobContext, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.01)  # give the other runner a chance to race
+        runs.append(payload)
+
+    async with tongcrm_db.sessions() as session, session.begin():
+        await enqueue(session, "greet", {"who": "member-1"}, run_at=clock(), delay=timedelta(minutes=10))
+
+    # two runners with their own connection pools, like two processes
+    other_engine = create_engine(tongcrm_db.url)
+    try:
+        first = _runner(tongcrm_db, registry, clock)
+        second = Runner(session_factory(other_engine), PluginHost(autoload=False), registry, clock=clock)
+        await asyncio.gather(first.run_once(), second.run_once())
+        assert runs == []  # not before the delay
+        clock.advance(minutes=10)
+        await asyncio.gather(first.run_once(), second.run_once(), first.run_once(), second.run_once())
+    finally:
+        await other_engine.dispose()
+    assert runs == [{"who": "member-1"}]
+    async with tongcrm_db.sessions() as session:
+        job = (await session.execute(sa.select(Job))).scalar_one()
+    assert job.status == "done" and job.attempts == 1
+
+
+async def test_unique_key_schedules_once(tongcrm_db: TestDatabase) -> None:
+    async with tongcrm_db.sessions() as session, session.begin():
+        assert await enqueue(session, "x", unique_key="k1") is True
+        assert await enqueue(session, "x", unique_key="k1") is False
+    async with tongcrm_db.sessions() as session:
+        assert (await session.execute(sa.select(sa.func.count()).select_from(Job))).scalar_one() == 1
+
+
+async def test_failing_job_is_retried_with_backoff_then_parked(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    registry = JobRegistry()
+    attempts: list[int] = []
+
+    @registry.job("flaky")
+    async def flaky(ctx: JobContext, payload: dict[str, Any]) -> None:
+        attempts.append(ctx.attempt)
+        raise RuntimeError("gateway down")
+
+    async with tongcrm_db.sessions() as session, session.begin():
+        await enqueue(session, "flaky", run_at=clock(), max_attempts=3)
+    runner = _runner(tongcrm_db, registry, clock)
+    await runner.run_once()
+    assert attempts == [1]
+    await runner.run_once()
+    assert attempts == [1]  # backing off
+    for _ in range(5):
+        clock.advance(minutes=10)
+        await runner.run_once()
+    assert attempts == [1, 2, 3]
+    async with tongcrm_db.sessions() as session:
+        job = (await session.execute(sa.select(Job))).scalar_one()
+    assert job.status == "parked"
+    assert "gateway down" in (job.last_error or "")
+
+
+async def test_job_of_a_dead_runner_is_claimed_again_after_its_lock_expires(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    registry = JobRegistry()
+    runs: list[str] = []
+
+    @registry.job("work")
+    async def work(ctx: JobContext, payload: dict[str, Any]) -> None:
+        runs.append(ctx.job_id and "ran")
+
+    async with tongcrm_db.sessions() as session, session.begin():
+        await enqueue(session, "work", run_at=clock())
+    dead = _runner(tongcrm_db, registry, clock, lock_ttl=timedelta(minutes=1))
+    assert await dead._claim_job() is not None  # claimed, then the runner "dies"
+    alive = _runner(tongcrm_db, registry, clock)
+    await alive.run_once()
+    assert runs == []
+    clock.advance(minutes=2)
+    await alive.run_once()
+    assert runs == ["ran"]
+
+
+async def test_jobs_with_the_same_lock_key_never_overlap(tongcrm_db: TestDatabase, clock: Clock) -> None:
+    registry = JobRegistry()
+    running = 0
+    peak = 0
+
+    @registry.job("sync")
+    async def sync(ctx: JobContext, payload: dict[str, Any]) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    async with tongcrm_db.sessions() as session, session.begin():
+        for i in range(4):
+            await enqueue(session, "sync", {"i": i}, run_at=clock(), lock_key="account:shop-1")
+    runners = [_runner(tongcrm_db, registry, clock) for _ in range(3)]
+    for _ in range(6):
+        await asyncio.gather(*(r.run_next_job() for r in runners))
+        clock.advance(seconds=2)
+    async with tongcrm_db.sessions() as session:
+        statuses = list((await session.execute(sa.select(Job.status))).scalars())
+    assert statuses == ["done"] * 4
+    assert peak == 1
+
+
+async def test_periodic_job_gets_one_run_per_slot_across_runners(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    registry = JobRegistry()
+    ticks: list[str] = []
+
+    @registry.job("tick")
+    async def tick(ctx: JobContext, payload: dict[str, Any]) -> None:
+        ticks.append(ctx.clock().isoformat())
+
+    registry.every("ticker", timedelta(minutes=5), "tick")
+    runners = [_runner(tongcrm_db, registry, clock) for _ in range(2)]
+    for _ in range(3):
+        await asyncio.gather(*(r.run_once() for r in runners))
+    clock.advance(minutes=5)
+    for _ in range(3):
+        await asyncio.gather(*(r.run_once() for r in runners))
+    assert len(ticks) == 2
+
+
+async def test_leases_exclude_others_until_they_expire(tongcrm_db: TestDatabase, clock: Clock) -> None:
+    ttl = timedelta(seconds=30)
+    async with tongcrm_db.sessions() as session, session.begin():
+        assert await leases.acquire(session, "cursor:shop", "w1", ttl, now=clock())
+    async with tongcrm_db.sessions() as session, session.begin():
+        assert not await leases.acquire(session, "cursor:shop", "w2", ttl, now=clock())
+        assert await leases.acquire(session, "cursor:shop", "w1", ttl, now=clock())  # renew
+    clock.advance(seconds=31)
+    async with tongcrm_db.sessions() as session, session.begin():
+        assert await leases.acquire(session, "cursor:shop", "w2", ttl, now=clock())
+        assert await leases.holder_of(session, "cursor:shop", now=clock()) == "w2"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# outbox relay
+
+
+class Recorder:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.seen: list[DomainEvent] = []
+        self.fail_times = fail_times
+
+    @hookimpl
+    def member_created(self, event: DomainEvent, enqueue: Any) -> None:
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise ConnectionError("webhook endpoint unreachable")
+        self.seen.append(event)
+        enqueue("welcome", {"member_id": event.payload["member_id"]}, unique_key=f"welcome:{event.id}")
+
+
+async def test_event_from_committed_transaction_is_delivered_and_may_enqueue(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    host = PluginHost(autoload=False)
+    recorder = Recorder()
+    host.register(recorder, "recorder")
+    async with tongcrm_db.sessions() as session, session.begin():
+        emit(session, "member_created", {"member_id": 7})
+    runner = _runner(tongcrm_db, JobRegistry(), clock, host=host)
+    await runner.run_once()
+    await runner.run_once()
+    assert [e.payload for e in recorder.seen] == [{"member_id": 7}]
+    async with tongcrm_db.sessions() as session:
+        jobs = list((await session.execute(sa.select(Job.name, Job.payload))).all())
+    assert [(j[0], j[1]) for j in jobs] == [("welcome", {"member_id": 7})]
+
+
+async def test_event_written_in_a_rolled_back_transaction_is_never_delivered(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    host = PluginHost(autoload=False)
+    recorder = Recorder()
+    host.register(recorder, "recorder")
+
+    async def failing_change() -> None:
+        async with tongcrm_db.sessions() as session, session.begin():
+            emit(session, "member_created", {"member_id": 1})
+            await session.flush()
+            raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    runner = _runner(tongcrm_db, JobRegistry(), clock, host=host)
+    await runner.run_once()
+    assert recorder.seen == []
+    async with tongcrm_db.sessions() as session:
+        assert (await session.execute(sa.select(sa.func.count()).select_from(OutboxEvent))).scalar_one() == 0
+
+
+async def test_failing_event_handler_is_retried_then_parked_with_its_error(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    host = PluginHost(autoload=False)
+    flaky = Recorder(fail_times=1)
+    broken = Recorder(fail_times=99)
+    host.register(flaky, "flaky")
+    host.register(broken, "broken")
+    async with tongcrm_db.sessions() as session, session.begin():
+        emit(session, "member_created", {"member_id": 3})
+    runner = _runner(tongcrm_db, JobRegistry(), clock, host=host, delivery_attempts=3)
+    for _ in range(6):
+        await runner.run_once()
+        clock.advance(minutes=10)
+    assert len(flaky.seen) == 1  # delivered on its second attempt
+    assert broken.seen == []
+    async with tongcrm_db.sessions() as session:
+        rows = {r.plugin: r for r in (await session.execute(sa.select(EventDelivery))).scalars()}
+    assert rows["flaky"].status == "done" and rows["flaky"].attempts == 2
+    assert rows["broken"].status == "parked" and rows["broken"].attempts == 3
+    assert "webhook endpoint unreachable" in (rows["broken"].last_error or "")
+
+
+async def test_events_are_delivered_once_per_plugin_with_competing_relays(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    host = PluginHost(autoload=False)
+    recorder = Recorder()
+    host.register(recorder, "recorder")
+    async with tongcrm_db.sessions() as session, session.begin():
+        for i in range(20):
+            emit(session, "member_created", {"member_id": i})
+    runners = [_runner(tongcrm_db, JobRegistry(), clock, host=host) for _ in range(3)]
+    for _ in range(3):
+        await asyncio.gather(*(r.run_once() for r in runners))
+    assert sorted(e.payload["member_id"] for e in recorder.seen) == list(range(20))
+
+
+async def test_async_event_handler_is_awaited(tongcrm_db: TestDatabase, clock: Clock) -> None:
+    seen: list[int] = []
+
+    async def points_changed(event: DomainEvent) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.payload["member_id"])
+
+    host = PluginHost(autoload=False)
+    host.register(SimpleNamespace(points_changed=hookimpl(points_changed)), "async_plugin")
+    async with tongcrm_db.sessions() as session, session.begin():
+        emit(session, "points_changed", {"member_id": 5})
+    await _runner(tongcrm_db, JobRegistry(), clock, host=host).run_once()
+    assert seen == [5]

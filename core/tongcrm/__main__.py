@@ -1,0 +1,3 @@
+from tongcrm.cli import main
+
+main()

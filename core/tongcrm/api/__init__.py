@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every controller: problem details, request ids, authentication, dependencies."""

@@ -1,0 +1,48 @@
+"""Dependencies handlers ask for by name. Services get session factories and open their own unit of work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import Provide
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.security import principal_of
+from tongcrm.auth.service import Principal
+from tongcrm.config import Settings
+from tongcrm.plugin.host import PluginHost
+
+
+def _sessions(state: State) -> async_sessionmaker[AsyncSession]:
+    sessions: async_sessionmaker[AsyncSession] = state.sessions
+    return sessions
+
+
+def _read_sessions(state: State) -> async_sessionmaker[AsyncSession]:
+    sessions: async_sessionmaker[AsyncSession] = state.read_sessions
+    return sessions
+
+
+def _host(state: State) -> PluginHost:
+    host: PluginHost = state.host
+    return host
+
+
+def _settings(state: State) -> Settings:
+    settings: Settings = state.settings
+    return settings
+
+
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    return principal_of(request)
+
+
+dependencies: dict[str, Provide] = {
+    "sessions": Provide(_sessions, sync_to_thread=False),
+    "read_sessions": Provide(_read_sessions, sync_to_thread=False),
+    "host": Provide(_host, sync_to_thread=False),
+    "settings": Provide(_settings, sync_to_thread=False),
+    "principal": Provide(_principal, sync_to_thread=False),
+}

@@ -1,0 +1,103 @@
+"""The litestar app factory: core controllers, every plugin's routes, OpenAPI at /schema, problem details,
+request ids, API-key auth, and (by default) the job runner in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ControllerRouterHandler
+
+import tongcrm
+from tongcrm.api.deps import dependencies
+from tongcrm.api.middleware import request_id_middleware
+from tongcrm.api.problems import exception_handlers
+from tongcrm.api.security import authenticator
+from tongcrm.api.system import PluginController, health
+from tongcrm.auth.service import KeyVerifier
+from tongcrm.config import Settings
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.jobs.registry import load_job_modules
+from tongcrm.jobs.runner import Runner
+from tongcrm.logging import configure_logging
+from tongcrm.plugin.host import PluginHost
+
+#: Core controllers; domain folders add theirs here.
+CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (health, PluginController)
+
+
+def create_app(
+    settings: Settings | None = None,
+    host: PluginHost | None = None,
+    *,
+    run_jobs: bool | None = None,
+    configure_logs: bool = True,
+    extra_handlers: Sequence[ControllerRouterHandler] = (),
+) -> Litestar:
+    settings = settings or Settings.from_env()
+    if configure_logs:
+        configure_logging(json=settings.log_json, level=settings.log_level)
+    host = host or PluginHost()
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    read_sessions = session_factory(engine, readonly=True)
+    run_jobs = settings.run_jobs_in_process if run_jobs is None else run_jobs
+
+    handlers: list[ControllerRouterHandler] = [*CORE_HANDLERS, *extra_handlers]
+    public: list[str] = []
+    for provided in host.routes():
+        handlers.extend(provided.value.handlers)
+        public.extend(provided.value.public_paths)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task: asyncio.Task[None] | None = None
+        if run_jobs:
+            runner = Runner(sessions, host, load_job_modules(), services={"settings": settings})
+            task = asyncio.create_task(runner.run_forever(stop, poll_seconds=settings.job_poll_seconds))
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            await engine.dispose()
+
+    state: dict[str, Any] = {
+        "settings": settings,
+        "host": host,
+        "engine": engine,
+        "sessions": sessions,
+        "read_sessions": read_sessions,
+        "key_verifier": KeyVerifier(read_sessions),
+    }
+    return Litestar(
+        route_handlers=handlers,
+        dependencies=dependencies,
+        exception_handlers=exception_handlers,
+        middleware=[request_id_middleware],
+        guards=[authenticator(public)],
+        lifespan=[lifespan],
+        state=State(state),
+        openapi_config=OpenAPIConfig(
+            title="tongcrm",
+            version=tongcrm.__version__,
+            description="Admin API of tongcrm, the plugin-based member CRM. Authenticate with an API key: "
+            "`Authorization: Bearer <key>`.",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="tongcrm API key")
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+    )

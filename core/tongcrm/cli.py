@@ -1,0 +1,319 @@
+"""The ``tongcrm`` command. Errors print one clear line and exit non-zero; ``--traceback`` shows the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from tongcrm.config import Settings
+from tongcrm.db import migrate
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.errors import TongcrmError
+from tongcrm.logging import configure_logging, get_logger
+from tongcrm.plugin.host import PluginHost
+
+T = TypeVar("T")
+log = get_logger(__name__)
+console = Console()
+
+
+class Context:
+    """Built once per invocation: settings and plugins, shared by every sub-command."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self.host = host
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def _with_engine(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database_url)
+    try:
+        return await body(engine)
+    finally:
+        await engine.dispose()
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tongcrm")
+def cli() -> None:
+    """tongcrm: one member base for Taobao/Tmall, JD and your own stores."""
+
+
+@cli.group()
+def db() -> None:
+    """Database migrations (a deploy step: run ``db upgrade`` before starting a new version)."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Apply every installed distribution's migrations (all heads)."""
+
+    async def body(engine: Any) -> set[str]:
+        await migrate.upgrade(engine, ctx.host)
+        return (await migrate.status(engine, ctx.host))[1]
+
+    current = run(_with_engine(ctx.settings, body))
+    click.echo(f"database is at {', '.join(sorted(current)) or 'base'}")
+
+
+@db.command("downgrade")
+@click.argument("target", default="base")
+@click.confirmation_option(prompt="This drops tables and their data. Continue?")
+@pass_ctx
+def db_downgrade(ctx: Context, target: str) -> None:
+    """Undo migrations down to TARGET (default: everything)."""
+    run(_with_engine(ctx.settings, lambda engine: migrate.downgrade(engine, ctx.host, target)))
+    click.echo(f"downgraded to {target}")
+
+
+@db.command("check")
+@click.option(
+    "--scratch-url", help="An empty database to build the schema in (default: a temporary SQLite file)."
+)
+@pass_ctx
+def db_check(ctx: Context, scratch_url: str | None) -> None:
+    """Fail when the models and the migrations differ."""
+    diffs = run(migrate.check(ctx.host, scratch_url))
+    if diffs:
+        for line in migrate.describe_diffs(diffs):
+            click.echo(f"  {line}", err=True)
+        fail(f"models and migrations differ in {len(diffs)} place(s): write a migration")
+    click.echo("models and migrations agree")
+
+
+@db.command("status")
+@pass_ctx
+def db_status(ctx: Context) -> None:
+    """Show the revisions the database is at and the installed heads."""
+    heads, current = run(_with_engine(ctx.settings, lambda engine: migrate.status(engine, ctx.host)))
+    click.echo(f"heads:   {', '.join(sorted(heads))}")
+    click.echo(f"current: {', '.join(sorted(current)) or 'base (empty database)'}")
+    if heads != current:
+        click.echo("the database is behind: run `tongcrm db upgrade`")
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-jobs", is_flag=True, help="Do not run jobs in this process (run `tongcrm jobs worker`).")
+@pass_ctx
+def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool) -> None:
+    """Serve the admin API (and, by default, run jobs in-process)."""
+    import uvicorn
+
+    from tongcrm.app import create_app
+
+    settings = ctx.settings
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    admin_key = run(_prepare_database(settings, ctx.host))
+    if admin_key:
+        click.echo(
+            "New database: migrated, and created an admin API key (shown once, keep it safe):", err=True
+        )
+        click.echo(f"  {admin_key}", err=True)
+    app = create_app(settings, ctx.host, run_jobs=not no_jobs, configure_logs=False)
+    uvicorn.run(app, host=bind_host, port=port, log_config=None, access_log=False, lifespan="on")
+
+
+async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:
+    """Migrate a new database and mint its first admin key; refuse to serve a database that is behind."""
+    from tongcrm.auth import service as keys
+
+    engine = create_engine(settings.database_url)
+    try:
+        if await migrate.is_new_database(engine):
+            await migrate.upgrade(engine, host)
+            async with session_factory(engine)() as session, session.begin():
+                created = await keys.create_key(session, "admin", label="first admin key")
+            return created.key
+        heads, current = await migrate.status(engine, host)
+        if heads != current:
+            raise TongcrmError("the database is behind the installed version: run `tongcrm db upgrade` first")
+        return None
+    finally:
+        await engine.dispose()
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def apikey() -> None:
+    """API keys: create (shown once), list, revoke."""
+
+
+@apikey.command("create")
+@click.option("--role", required=True, type=click.Choice(["admin", "operator", "analyst", "pos"]))
+@click.option("--store", "store_code", help="The store a pos key is limited to.")
+@click.option("--label", default="", help="A note to recognise the key by.")
+@pass_ctx
+def apikey_create(ctx: Context, role: str, store_code: str | None, label: str) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    from tongcrm.auth import service as keys
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine)() as session, session.begin():
+            return await keys.create_key(session, role, store_code=store_code, label=label)
+
+    created = run(_with_engine(ctx.settings, body))
+    click.echo(f"created {created.role.value} key #{created.id} (shown once, store it now):", err=True)
+    click.echo(created.key)
+
+
+@apikey.command("list")
+@pass_ctx
+def apikey_list(ctx: Context) -> None:
+    """List keys (never their secrets)."""
+    from tongcrm.auth import service as keys
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine)() as session:
+            return await keys.list_keys(session)
+
+    table = Table("id", "prefix", "role", "store", "label", "created", "revoked")
+    for k in run(_with_engine(ctx.settings, body)):
+        table.add_row(
+            str(k.id),
+            k.prefix,
+            k.role,
+            k.store_code or "",
+            k.label,
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+        )
+    console.print(table)
+
+
+@apikey.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+def apikey_revoke(ctx: Context, key_id: str) -> None:
+    """Revoke a key by id or prefix."""
+    from tongcrm.auth import service as keys
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine)() as session, session.begin():
+            return await keys.revoke_key(session, key_id)
+
+    info = run(_with_engine(ctx.settings, body))
+    click.echo(f"revoked key #{info.id} ({info.prefix}, {info.role})")
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
+@cli.command("plugins")
+@pass_ctx
+def plugins_cmd(ctx: Context) -> None:
+    """List installed plugins: name, distribution, version and the hooks they implement."""
+    table = Table("name", "distribution", "version", "hooks")
+    for info in ctx.host.plugins():
+        table.add_row(info.name, info.distribution, info.version, ", ".join(info.hooks) or "-")
+    Console(width=200).print(table)
+
+
+@cli.group()
+def jobs() -> None:
+    """Background jobs and event delivery."""
+
+
+@jobs.command("worker")
+@click.option("--poll", default=0.5, show_default=True, help="Seconds between polls when idle.")
+@pass_ctx
+def jobs_worker(ctx: Context, poll: float) -> None:
+    """Run jobs and deliver events until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    from tongcrm.jobs.registry import load_job_modules
+    from tongcrm.jobs.runner import Runner
+
+    settings = ctx.settings
+    configure_logging(json=settings.log_json, level=settings.log_level)
+
+    async def main() -> None:
+        engine = create_engine(settings.database_url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            runner = Runner(
+                session_factory(engine), ctx.host, load_job_modules(), services={"settings": settings}
+            )
+            await runner.run_forever(stop, poll_seconds=poll)
+        finally:
+            await engine.dispose()
+
+    run(main())
+
+
+CORE_COMMANDS = frozenset(cli.commands)
+
+
+def build_cli(host: PluginHost) -> click.Group:
+    """The core group plus every plugin's commands, built fresh so plugins registered in one call do not leak."""
+    group = click.Group(
+        name="tongcrm",
+        commands=dict(cli.commands),
+        params=list(cli.params),
+        help=cli.help,
+        context_settings=cli.context_settings,
+    )
+    for command in host.cli_commands(reserved=CORE_COMMANDS):
+        group.add_command(command)
+    return group
+
+
+def main(argv: list[str] | None = None) -> None:
+    traceback = "--traceback" in (argv if argv is not None else sys.argv)
+    args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--traceback"]
+    try:
+        host = PluginHost()
+        group = build_cli(host)
+        group.main(args=args, prog_name="tongcrm", obj=Context(host), standalone_mode=False)
+    except click.exceptions.Abort:
+        fail("aborted")
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except TongcrmError as exc:
+        if traceback:
+            raise
+        fail(exc.message)
+    except (OSError, SQLAlchemyError) as exc:
+        if traceback:
+            raise
+        fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

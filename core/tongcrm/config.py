@@ -1,0 +1,72 @@
+"""Settings, read once from ``TONGCRM_*`` environment variables.
+
+Only the entry points (app factory, CLI) read the environment; everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from tongcrm.errors import ConfigError
+
+DEFAULT_DATABASE_FILE = "tongcrm.sqlite3"
+SECRET_FILE = ".tongcrm-secret"  # noqa: S105 - a file name, not a secret
+PROGRAMME_TZ = "Asia/Shanghai"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    secret_key: str
+    timezone: str = PROGRAMME_TZ
+    log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    log_level: str = "INFO"
+    run_jobs_in_process: bool = True
+    job_poll_seconds: float = 0.5
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, *, workdir: Path | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        workdir = workdir or Path.cwd()
+        url = env.get("TONGCRM_DATABASE_URL") or f"sqlite:///{workdir / DEFAULT_DATABASE_FILE}"
+        secret = env.get("TONGCRM_SECRET_KEY") or _local_secret(workdir)
+        if len(secret) < 16:
+            raise ConfigError("TONGCRM_SECRET_KEY must be at least 16 characters long")
+        log_json_raw = env.get("TONGCRM_LOG_JSON")
+        log_json = None if log_json_raw is None else log_json_raw.lower() in {"1", "true", "yes"}
+        tz = env.get("TONGCRM_TIMEZONE", PROGRAMME_TZ)
+        try:
+            ZoneInfo(tz)
+        except Exception as exc:
+            raise ConfigError(f"TONGCRM_TIMEZONE={tz!r} is not a known time zone") from exc
+        return cls(
+            database_url=url,
+            secret_key=secret,
+            timezone=tz,
+            log_json=log_json,
+            log_level=env.get("TONGCRM_LOG_LEVEL", "INFO").upper(),
+            run_jobs_in_process=env.get("TONGCRM_IN_PROCESS_JOBS", "1").lower() not in {"0", "false", "no"},
+        )
+
+
+def _local_secret(workdir: Path) -> str:
+    """For the embedded default only: a random key kept beside the SQLite file, so a first run just works.
+
+    Production sets ``TONGCRM_SECRET_KEY``; losing this file makes encrypted personal data unreadable.
+    """
+    path = workdir / SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key

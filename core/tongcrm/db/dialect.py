@@ -1,0 +1,28 @@
+"""The few statements that differ between SQLite and PostgreSQL, chosen by the session's dialect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def dialect_name(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def insert(session: AsyncSession, table: Any) -> Any:
+    """An ``INSERT`` that supports ``on_conflict_do_nothing``/``on_conflict_do_update`` on both databases."""
+    if dialect_name(session) == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def excluded(stmt: Any) -> Any:
+    return stmt.excluded
+
+
+def now_sql() -> sa.ColumnElement[Any]:
+    return sa.func.current_timestamp()

@@ -1,0 +1,18 @@
+"""Importing every core model module registers its tables on the shared ``metadata``.
+
+Migrations and ``db check`` need the whole schema; plugins import their own models from their plugin module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+CORE_MODEL_MODULES: tuple[str, ...] = (
+    "tongcrm.auth.models",
+    "tongcrm.jobs.models",
+)
+
+
+def import_models() -> None:
+    for name in CORE_MODEL_MODULES:
+        importlib.import_module(name)
