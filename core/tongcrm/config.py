@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from tongcrm.crypto import Vault
 from tongcrm.errors import ConfigError
 
 DEFAULT_DATABASE_FILE = "tongcrm.sqlite3"
@@ -25,6 +26,7 @@ class Settings:
     timezone: str = PROGRAMME_TZ
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     log_level: str = "INFO"
+    old_secret_keys: tuple[str, ...] = ()
     run_jobs_in_process: bool = True
     job_poll_seconds: float = 0.5
     extra: dict[str, str] = field(default_factory=dict)
@@ -32,6 +34,9 @@ class Settings:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def vault(self) -> Vault:
+        return Vault(self.secret_key, self.old_secret_keys)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, *, workdir: Path | None = None) -> Settings:
@@ -54,6 +59,7 @@ class Settings:
             timezone=tz,
             log_json=log_json,
             log_level=env.get("TONGCRM_LOG_LEVEL", "INFO").upper(),
+            old_secret_keys=tuple(k for k in env.get("TONGCRM_OLD_SECRET_KEYS", "").split(",") if k.strip()),
             run_jobs_in_process=env.get("TONGCRM_IN_PROCESS_JOBS", "1").lower() not in {"0", "false", "no"},
         )
 

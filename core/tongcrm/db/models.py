@@ -10,6 +10,9 @@ import importlib
 CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.auth.models",
     "tongcrm.jobs.models",
+    "tongcrm.members.models",
+    "tongcrm.channels.models",
+    "tongcrm.orders.models",
 )
 
 

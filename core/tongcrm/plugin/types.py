@@ -353,6 +353,7 @@ class SendOutcome(enum.StrEnum):
     SENT = "sent"
     RETRY_LATER = "retry_later"
     FAILED_NUMBER = "failed_number"  # permanent for this recipient
+    FAILED_MESSAGE = "failed_message"  # this message's content can never be sent (variables, banned words)
     FAILED_ACCOUNT = "failed_account"  # permanent for the sending account: pause sending
 
 
@@ -376,11 +377,14 @@ class SendResult:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryReceipt:
+    """A gateway's delivery report. ``dedupe_key`` is stable across the gateway's retries of the same report."""
+
     message_id: str | None
     provider_id: str | None
     delivered: bool
     code: str
     at: datetime
+    dedupe_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

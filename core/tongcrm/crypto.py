@@ -1,0 +1,97 @@
+"""Encryption and blind indexes for personal data and channel secrets.
+
+Keys are derived from ``TONGCRM_SECRET_KEY`` with HKDF, one per purpose, each named by a short key id so the
+secret can rotate: values encrypted or indexed under an old key stay readable and findable while old secrets
+are listed in ``TONGCRM_OLD_SECRET_KEYS``, and a re-encryption job moves them to the current key.
+
+- Ciphertext: ``v1.<kid>.<base64url(nonce ‖ AES-GCM ciphertext)>``.
+- Blind index: ``<kid>.<hex HMAC-SHA256(value)>`` — equality lookups without storing the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tongcrm.errors import ConfigError
+
+
+def _derive(secret: str, purpose: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"tongcrm", info=purpose.encode()).derive(secret.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    kid: str
+    enc: bytes
+    index: bytes
+
+
+def _key(secret: str) -> _Key:
+    enc = _derive(secret, "tongcrm/encrypt/v1")
+    index = _derive(secret, "tongcrm/blind-index/v1")
+    kid = hashlib.sha256(_derive(secret, "tongcrm/key-id/v1")).hexdigest()[:8]
+    return _Key(kid, enc, index)
+
+
+class Vault:
+    """Encrypts, decrypts and blind-indexes strings under the current key, reading old keys too."""
+
+    def __init__(self, secret: str, old_secrets: Iterable[str] = ()) -> None:
+        if not secret:
+            raise ConfigError("TONGCRM_SECRET_KEY is empty")
+        self.current = _key(secret)
+        self._keys = {self.current.kid: self.current}
+        for old in old_secrets:
+            k = _key(old)
+            self._keys.setdefault(k.kid, k)
+
+    @property
+    def kid(self) -> str:
+        return self.current.kid
+
+    def encrypt(self, plaintext: str, *, context: str = "") -> str:
+        """``context`` binds the ciphertext to where it is stored (e.g. ``"member.mobile"``)."""
+        nonce = os.urandom(12)
+        ct = AESGCM(self.current.enc).encrypt(nonce, plaintext.encode(), context.encode() or None)
+        return f"v1.{self.current.kid}.{base64.urlsafe_b64encode(nonce + ct).decode()}"
+
+    def decrypt(self, token: str, *, context: str = "") -> str:
+        try:
+            version, kid, body = token.split(".", 2)
+        except ValueError:
+            raise ValueError("not a tongcrm ciphertext") from None
+        if version != "v1":
+            raise ValueError(f"unknown ciphertext version {version!r}")
+        key = self._keys.get(kid)
+        if key is None:
+            raise ValueError(f"ciphertext was made with key {kid!r}, which is not configured")
+        raw = base64.urlsafe_b64decode(body.encode())
+        try:
+            return AESGCM(key.enc).decrypt(raw[:12], raw[12:], context.encode() or None).decode()
+        except InvalidTag:
+            raise ValueError("ciphertext does not verify (wrong key or context, or tampered)") from None
+
+    def needs_rotation(self, token: str) -> bool:
+        return token.split(".", 2)[1] != self.current.kid
+
+    def blind_index(self, value: str, *, purpose: str) -> str:
+        return self._index(self.current, value, purpose)
+
+    def blind_indexes(self, value: str, *, purpose: str) -> list[str]:
+        """Every index ``value`` may be stored under (current key first): use with ``IN`` for lookups."""
+        return [self._index(k, value, purpose) for k in self._keys.values()]
+
+    @staticmethod
+    def _index(key: _Key, value: str, purpose: str) -> str:
+        digest = hmac.new(key.index, f"{purpose}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        return f"{key.kid}.{digest}"

@@ -1,0 +1,1 @@
+"""Members: the one member base every channel feeds."""

@@ -1,0 +1,1 @@
+"""Orders from every channel, normalised, with their lines."""

@@ -1,0 +1,61 @@
+"""Orders and lines, unique per (channel account, external id), updated only forward by platform version."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tongcrm.db.base import Base, BigId, UTCDateTime, utcnow
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("channel_accounts.id"))
+    external_id: Mapped[str] = mapped_column(sa.String(64))
+    member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    #: The member the order was first resolved to; a merge undo moves it back there.
+    origin_member_id: Mapped[int | None] = mapped_column(BigId)
+    channel: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    platform_status: Mapped[str] = mapped_column(sa.String(64), default="")
+    store_code: Mapped[str | None] = mapped_column(sa.String(64))
+    total_fen: Mapped[int] = mapped_column(sa.BigInteger)
+    paid_fen: Mapped[int] = mapped_column(sa.BigInteger)
+    refunded_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    post_fee_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    discount_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The platform's modified time: a record is applied only when it is newer than this.
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "external_id"),
+        sa.Index("ix_orders_member_placed", "member_id", "placed_at"),
+    )
+
+
+class OrderLine(Base):
+    __tablename__ = "order_lines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(sa.String(64))
+    sku: Mapped[str | None] = mapped_column(sa.String(100))
+    category: Mapped[str | None] = mapped_column(sa.String(100))
+    title: Mapped[str] = mapped_column(sa.String(300))
+    quantity: Mapped[int] = mapped_column(sa.Integer)
+    unit_price_fen: Mapped[int] = mapped_column(sa.BigInteger)
+    amount_fen: Mapped[int] = mapped_column(sa.BigInteger)
+    refunded_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    refund_status: Mapped[str] = mapped_column(sa.String(16), default="none")
+
+    __table_args__ = (sa.UniqueConstraint("order_id", "external_id"),)
