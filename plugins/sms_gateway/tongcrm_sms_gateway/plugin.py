@@ -1,3 +1,46 @@
-"""Hook implementations of the sms_gateway plugin; tongcrm loads this module through the `tongcrm` entry point."""
+"""Hook implementations of the sms_gateway plugin; tongcrm loads this module through its entry point.
+
+Only registration lives here. The HTTP routes for delivery reports and replies will be thin wrappers around
+:mod:`tongcrm_sms_gateway.receipts` once the core's messaging services exist to hand the records to.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tongcrm.plugin import hookimpl
+from tongcrm.plugin.types import MessengerSpec, SettingField
+
+from tongcrm_sms_gateway.aliyun import DEFAULT_ENDPOINT
+from tongcrm_sms_gateway.messenger import messenger_from_context
+
+__all__ = ["ALIYUN_SMS", "messengers"]
+
+ALIYUN_SMS = MessengerSpec(
+    name="aliyun_sms",
+    display_name="Aliyun SMS (dysmsapi)",
+    settings=(
+        SettingField("access_key_id", "AccessKey ID of a RAM user allowed to send SMS"),
+        SettingField("access_key_secret", "AccessKey secret of that RAM user", secret=True),
+        SettingField(
+            "endpoint",
+            "dysmsapi endpoint; point it at the fake gateway for demos and tests",
+            required=False,
+            default=DEFAULT_ENDPOINT,
+        ),
+        SettingField("region", "RegionId sent with every request", required=False, default="cn-hangzhou"),
+        SettingField("timeout_seconds", "HTTP timeout per request, in seconds", required=False, default="10"),
+        SettingField(
+            "max_send_rate",
+            "most messages released in any one second (blank: no limit beyond the platform's)",
+            required=False,
+        ),
+        SettingField("concurrency", "requests in flight at once", required=False, default="4"),
+    ),
+    factory=messenger_from_context,
+)
+
+
+@hookimpl
+def messengers() -> Sequence[MessengerSpec]:
+    return [ALIYUN_SMS]
