@@ -1,3 +1,23 @@
 """Hook implementations of the jd plugin; tongcrm loads this module through the `tongcrm` entry point."""
 
 from __future__ import annotations
+
+from tongcrm.plugin import hookimpl
+from tongcrm.plugin.types import ChannelSpec
+
+from tongcrm_jd.adapter import create_adapter
+from tongcrm_jd.identity import IDENTITY_KINDS
+from tongcrm_jd.settings import SETTINGS
+
+JD_CHANNEL = ChannelSpec(
+    name="jd",
+    display_name="JD (京东)",
+    settings=SETTINGS,
+    factory=create_adapter,
+    identity_kinds=IDENTITY_KINDS,
+)
+
+
+@hookimpl
+def channels() -> list[ChannelSpec]:
+    return [JD_CHANNEL]
