@@ -94,6 +94,7 @@ class JdChannelAdapter:
         self.account_name = context.account_name
         self.settings: JdSettings = parse_settings(context.settings)
         self._clock = context.clock
+        self._since = context.since
         self.tuning = tuning or SyncTuning()
         self.client = JosClient(
             app_key=self.settings.app_key,
@@ -115,7 +116,8 @@ class JdChannelAdapter:
         await self.client.aclose()
 
     def initial_cursor(self) -> SyncCursor:
-        start = self._clock() - timedelta(days=self.settings.initial_sync_days)
+        """With no cursor: the operator's ``since``, else the configured look-back."""
+        start = self._since or (self._clock() - timedelta(days=self.settings.initial_sync_days))
         return SyncCursor(since=_whole_seconds(start), span=self.tuning.initial_span)
 
     async def fetch_orders(self, cursor: str | None) -> OrderPage:
