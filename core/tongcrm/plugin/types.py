@@ -48,7 +48,8 @@ __all__ = [
     "OrderPage",
     "OrderStatus",
     "OutboundMessage",
-    "PushResult",
+    "PushBatch",
+    "PushSource",
     "QuarantinedRecord",
     "ResolutionDecision",
     "RouteSpec",
@@ -284,15 +285,35 @@ class OrderPage:
     next_cursor: str
     has_more: bool
     quarantined: tuple[QuarantinedRecord, ...] = ()
+    #: Optional: every platform change before this moment has now been delivered. Lets operators see sync
+    #: lag; must never move backwards.
+    watermark: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _aware(self.watermark, "page watermark")
 
 
 @dataclass(frozen=True, slots=True)
-class PushResult:
-    """What a channel made of one pushed message (a TMC message, a webhook call)."""
+class PushBatch:
+    """Orders a channel learned about from its push channel (e.g. TMC messages), in their current state.
 
-    orders: tuple[NormalisedOrder, ...] = ()
+    The core applies them exactly like a sync page — forward only, so a late or repeated push changes nothing —
+    records ``message_ids`` as seen, commits, and only then calls ``ack_push`` so the platform stops redelivering.
+    The sync cursor is not touched: sync stays the safety net for anything a push missed.
+    """
+
+    orders: tuple[NormalisedOrder, ...]
+    message_ids: tuple[str, ...]
     quarantined: tuple[QuarantinedRecord, ...] = ()
-    dedupe_key: str | None = None
+
+
+@runtime_checkable
+class PushSource(Protocol):
+    """Implemented by adapters of channels with the ``push`` capability."""
+
+    async def fetch_push(self) -> PushBatch: ...
+
+    async def ack_push(self, batch: PushBatch) -> None: ...
 
 
 class ChannelCapability(enum.StrEnum):
@@ -314,6 +335,8 @@ class ChannelContext:
     account_name: str
     settings: Mapping[str, str]
     clock: Callable[[], datetime] = _utcnow
+    #: With no cursor, start the sync here instead of the adapter's default look-back (``tongcrm sync --since``).
+    since: datetime | None = None
 
 
 @runtime_checkable

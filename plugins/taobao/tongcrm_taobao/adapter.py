@@ -34,6 +34,8 @@ against the same platform state and clock returns the same page.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from tongcrm.plugin.types import ChannelContext, NormalisedOrder, OrderPage, QuarantinedRecord
+from tongcrm.plugin.types import ChannelContext, NormalisedOrder, OrderPage, PushBatch, QuarantinedRecord
 
 from tongcrm_taobao.client import DEFAULT_GATEWAY, TopClient
 from tongcrm_taobao.cursor import Cursor, Walk
@@ -49,6 +51,7 @@ from tongcrm_taobao.errors import TopErrorInfo, TopRequestError
 from tongcrm_taobao.normalise import missing_fields, normalise_trades, raw_json, trade_id
 from tongcrm_taobao.signing import parse_sign_method
 from tongcrm_taobao.timefmt import parse_top_time
+from tongcrm_taobao.tmc import TmcClient, plan_refetch
 
 __all__ = ["INCREMENT_METHOD", "TRADE_FIELDS", "TRADE_TYPES", "SyncTuning", "TaobaoAdapter"]
 
@@ -135,9 +138,49 @@ class TaobaoAdapter:
             sign_method=parse_sign_method(settings.get("sign_method") or "hmac-sha256"),
         )
         self._log = log.bind(account=ctx.account_name)
+        self.tmc = TmcClient(self.client, group_name=settings.get("tmc_group") or "default")
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    # -------------------------------------------------------------------------------------------------- push
+
+    async def fetch_push(self) -> PushBatch:
+        """Consume one TMC batch and re-read the trades it names (a message only says *that* a trade changed).
+
+        Unreadable messages are quarantined and acknowledged with the rest, so they are not redelivered forever.
+        Nothing is confirmed here: the core calls :meth:`ack_push` after it committed the batch.
+        """
+        consumed = await self.tmc.consume(quantity=100)
+        plan = plan_refetch(consumed.messages)
+        limit = asyncio.Semaphore(5)
+
+        async def read(tid: str) -> object:
+            async with limit:
+                try:
+                    body = await self.client.call(FULLINFO_METHOD, {"fields": TRADE_FIELDS, "tid": tid})
+                except TopRequestError as exc:
+                    return {"tid": tid, "_refused": exc.message}
+                trade = body.get("trade")
+                return (
+                    trade
+                    if isinstance(trade, Mapping)
+                    else {"tid": tid, "_refused": "no trade in the answer"}
+                )
+
+        trades = await asyncio.gather(*(read(tid) for tid in plan.tids))
+        orders, bad = normalise_trades(trades)
+        bad.extend(
+            QuarantinedRecord(
+                None, f"unreadable TMC message: {reason}", json.dumps({"message_id": message_id})
+            )
+            for message_id, reason in consumed.unreadable
+        )
+        ids = [*plan.confirm, *(m for m, _ in consumed.unreadable if m is not None)]
+        return PushBatch(orders=tuple(orders), message_ids=tuple(dict.fromkeys(ids)), quarantined=tuple(bad))
+
+    async def ack_push(self, batch: PushBatch) -> None:
+        await self.tmc.confirm(batch.message_ids)
 
     # ------------------------------------------------------------------------------------------------ paging
 

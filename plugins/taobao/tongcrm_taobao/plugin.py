@@ -45,6 +45,12 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="100",
     ),
+    SettingField(
+        "tmc_group",
+        "TMC message group this account consumes (trade and refund topics must be permitted for the seller)",
+        required=False,
+        default="default",
+    ),
 )
 
 
@@ -57,7 +63,7 @@ TAOBAO_CHANNEL = ChannelSpec(
     display_name="Taobao / Tmall",
     settings=SETTINGS,
     factory=_factory,
-    capabilities=frozenset({ChannelCapability.FETCH_ORDERS}),
+    capabilities=frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.PUSH}),
     identity_kinds=IDENTITY_KINDS,
 )
 
