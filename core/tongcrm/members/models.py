@@ -6,12 +6,13 @@ old references still resolve.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tongcrm.db.base import Base, BigId, UTCDateTime, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 
 
 class Member(Base):
@@ -26,4 +27,39 @@ class Member(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
+    # profile -------------------------------------------------------------------------------------------------
+    name: Mapped[str | None] = mapped_column(sa.String(100))
+    #: male | female | unknown
+    gender: Mapped[str | None] = mapped_column(sa.String(8))
+    birthday: Mapped[date | None] = mapped_column(sa.Date)
+    province: Mapped[str | None] = mapped_column(sa.String(64))
+    city: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    #: The profile's mobile number (E.164) as a Vault ciphertext (context ``member.mobile``); it is matched
+    #: through the ``mobile`` identity's blind index, never through this column.
+    mobile_enc: Mapped[str | None] = mapped_column(sa.Text)
+    #: Provenance per profile field, ``{field: {"at": iso time, "verified": bool}}``: merge survivorship
+    #: keeps the most recent verified value of each field.
+    profile_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    # acquisition and lifecycle -------------------------------------------------------------------------------
+    source_channel: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    source_store: Mapped[str | None] = mapped_column(sa.String(64))
+    source_campaign: Mapped[str | None] = mapped_column(sa.String(100))
+    referrer_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
+    #: prospect | new | repeat | dormant | churned
+    lifecycle_stage: Mapped[str] = mapped_column(sa.String(16), default="prospect")
+
     __mapper_args__ = {"version_id_col": version}
+
+
+class MemberTag(Base):
+    """A tag on a member. Rows (not a column list) so a merge can move them and an undo move exactly them back."""
+
+    __tablename__ = "member_tags"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    tag: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (sa.Index("ix_member_tags_member_tag", "member_id", "tag"), sa.Index(None, "tag"))

@@ -1,0 +1,1 @@
+"""Audit: the append-only record of every admin change and every reveal of personal data."""

@@ -1,0 +1,59 @@
+"""Identity claims and the record of every merge.
+
+An identity is a namespaced ``(kind, value)`` that points at exactly one live member. For ``mobile`` the value
+is the keyed blind index of the E.164 number (``<kid>.<hmac>``) and the number itself is kept only as a
+ciphertext, so the table can be searched without holding phone numbers in the clear.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
+
+
+class Identity(Base):
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    value: Mapped[str] = mapped_column(sa.String(200))
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    #: Encrypted original value for kinds whose ``value`` is a blind index (mobile).
+    value_enc: Mapped[str | None] = mapped_column(sa.Text)
+    #: The channel account the claim first came from (None: entered by an operator).
+    account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("channel_accounts.id"))
+    evidence: Mapped[str] = mapped_column(sa.Text, default="")
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (sa.UniqueConstraint("kind", "value"),)
+
+
+class Merge(Base):
+    """Who merged which member into which, why, and exactly which rows moved, so an undo can move them back."""
+
+    __tablename__ = "member_merges"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    survivor_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    absorbed_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    #: active | undone
+    status: Mapped[str] = mapped_column(sa.String(16), default="active")
+    actor: Mapped[str] = mapped_column(sa.String(64))
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    #: The claims that matched both members (mobile values are blind indexes).
+    evidence: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    #: ``{table: [row keys]}`` moved from the absorbed member to the survivor.
+    moved: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    #: ``{table: [row keys]}`` the merge itself created (e.g. the opt-out that makes consent strictest).
+    created: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    #: ``{field: [before, after]}`` of the survivor's profile.
+    profile_changes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    undone_by: Mapped[str | None] = mapped_column(sa.String(64))

@@ -1,0 +1,604 @@
+"""Identity resolution: which member does a set of identity claims belong to?
+
+Every ingest path (channel sync, push, POS enrolment, the admin API) calls :func:`resolve_many`. For each claim
+set it looks the claims up, asks the ``resolve_member`` policy (core's default runs last: attach to the member a
+strong claim names, create one when none matches, merge when strong claims name several), then writes the
+result. The whole batch costs one lookup query plus a fixed handful of bulk writes, whatever its size.
+
+Resolution runs inside the caller's transaction and never commits. A claim set that can never resolve (an
+unknown kind, an invalid mobile) gets an error in its :class:`ResolveOutcome` and leaves the rest of the batch
+alone; the caller quarantines that record.
+
+Concurrency: two transactions that both try to create the member for the same new claim meet on the unique
+``(kind, value)`` of identities. The loser notices that its identity insert did nothing, rolls back to a
+savepoint and resolves the batch again, now seeing the winner's member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.audit.service import SYSTEM, Actor
+from tongcrm.crypto import Vault
+from tongcrm.db import dialect
+from tongcrm.errors import Unprocessable
+from tongcrm.identity.models import Identity, Merge
+from tongcrm.identity.plugin import default_decision
+from tongcrm.jobs.outbox import emit
+from tongcrm.logging import get_logger
+from tongcrm.members.models import Member
+from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, InvalidMobile, normalise_mobile
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import (
+    BuyerProfile,
+    IdentityClaim,
+    IdentityKindSpec,
+    MemberMatch,
+    ResolutionDecision,
+)
+
+log = get_logger(__name__)
+
+_MEMBERS = cast(sa.Table, Member.__table__)
+_IDENTITIES = cast(sa.Table, Identity.__table__)
+
+MOBILE = "mobile"
+#: How often a batch is resolved again after losing a race for a new identity.
+MAX_ATTEMPTS = 5
+_CHUNK = 1000
+
+
+class ClaimError(Unprocessable):
+    """A claim set that can never resolve as it is. ``code`` is stable for callers to branch on."""
+
+    code = "invalid_claim"
+
+
+class UnknownIdentityKind(ClaimError):
+    code = "unknown_identity_kind"
+
+
+class InvalidClaimValue(ClaimError):
+    code = "invalid_claim_value"
+
+
+class PolicyError(ClaimError):
+    code = "policy_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSet:
+    claims: tuple[IdentityClaim, ...]
+    account_id: int | None = None
+    profile: BuyerProfile | None = None
+    source_channel: str | None = None
+    source_store: str | None = None
+    source_campaign: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolutionContext:
+    host: PluginHost
+    vault: Vault
+    clock: Callable[[], datetime]
+    actor: str = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveOutcome:
+    member_id: int | None
+    created: bool
+    merged_from: tuple[int, ...]
+    error: str | None
+    #: The :class:`ClaimError` subclass' ``code`` when ``error`` is set.
+    error_code: str | None = None
+
+
+class _LostRace(Exception):
+    """Another transaction created an identity this batch meant to create: resolve the batch again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    kind: str
+    strong: bool
+    #: The value to store (for mobile: the blind index under the current key).
+    value: str
+    #: Every value it may already be stored under (for mobile: one blind index per configured key).
+    lookup: tuple[str, ...]
+    value_enc: str | None
+    evidence: str
+
+
+@dataclass(slots=True)
+class _Prepared:
+    index: int
+    claim_set: ClaimSet
+    claims: list[_Claim]
+    mobile_enc: str | None  # the (first) mobile claim, encrypted, for a new member's profile
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the lookup found for one stored identity."""
+
+    identity_id: int
+    kind: str
+    value: str
+    member_id: int
+    member_created_at: datetime
+    profile: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The in-memory outcome of a batch before it is written. New members are negative placeholders."""
+
+    owner: dict[tuple[str, str], int] = field(default_factory=dict)
+    alias: dict[int, int] = field(default_factory=dict)
+    created_at: dict[int, datetime] = field(default_factory=dict)
+    new_members: dict[int, _Prepared] = field(default_factory=dict)
+    new_identities: dict[tuple[str, str], tuple[_Claim, int | None, int]] = field(default_factory=dict)
+    touched: set[int] = field(default_factory=set)
+    merges: list[tuple[int, int, list[dict[str, Any]]]] = field(default_factory=list)
+    outcomes: dict[int, tuple[int, bool, list[int]]] = field(default_factory=dict)
+    fills: dict[int, list[_Prepared]] = field(default_factory=dict)
+    placeholder_ids: dict[int, int] = field(default_factory=dict)
+
+    def find(self, member: int) -> int:
+        while member in self.alias:
+            member = self.alias[member]
+        return member
+
+
+# -------------------------------------------------------------------------------------------------------------
+# preparing claims
+
+
+def mobile_identity_value(vault: Vault, raw: str) -> tuple[str, tuple[str, ...], str]:
+    """(stored value, lookup values, E.164) for a raw mobile: the blind index under the current key, and under
+    every configured key for lookups across a key rotation. Raises :class:`InvalidMobile`."""
+    e164 = normalise_mobile(raw)
+    return (
+        vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE),
+        tuple(vault.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE)),
+        e164,
+    )
+
+
+def prepare_claim(ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], claim: IdentityClaim) -> _Claim:
+    spec = kinds.get(claim.kind)
+    if spec is None:
+        known = ", ".join(sorted(kinds)) or "none"
+        raise UnknownIdentityKind(f"unknown identity kind {claim.kind!r} (known kinds: {known})")
+    if claim.kind == MOBILE:
+        try:
+            value, lookup, e164 = mobile_identity_value(ctx.vault, claim.value)
+        except InvalidMobile as exc:
+            raise InvalidClaimValue(f"mobile claim: {exc.message}") from None
+        return _Claim(
+            MOBILE,
+            spec.strong,
+            value,
+            lookup,
+            ctx.vault.encrypt(e164, context=MOBILE_CONTEXT),
+            claim.evidence,
+        )
+    value = claim.value.strip()
+    if len(value) > 200:
+        raise InvalidClaimValue(f"{claim.kind} claim is longer than 200 characters")
+    return _Claim(claim.kind, spec.strong, value, (value,), None, claim.evidence[:2000])
+
+
+def _prepare(
+    ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], index: int, cs: ClaimSet
+) -> _Prepared:
+    if not cs.claims:
+        raise ClaimError("a claim set needs at least one identity claim")
+    claims: list[_Claim] = []
+    seen: set[tuple[str, str]] = set()
+    mobile_enc: str | None = None
+    for claim in cs.claims:
+        prepared = prepare_claim(ctx, kinds, claim)
+        if (prepared.kind, prepared.value) in seen:
+            continue
+        seen.add((prepared.kind, prepared.value))
+        if prepared.kind == MOBILE and mobile_enc is None:
+            mobile_enc = prepared.value_enc
+        claims.append(prepared)
+    return _Prepared(index, cs, claims, mobile_enc)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the entry point
+
+
+async def resolve_many(
+    session: AsyncSession, ctx: ResolutionContext, claim_sets: Sequence[ClaimSet]
+) -> list[ResolveOutcome]:
+    """Resolve each claim set to a member, in order (a later set sees what earlier ones created or merged).
+
+    Runs in the caller's transaction; emits ``member_created`` and ``members_merged``. Idempotent: resolving
+    the same claim sets again returns the same members and creates nothing.
+    """
+    kinds = ctx.host.identity_kinds()
+    outcomes: list[ResolveOutcome | None] = [None] * len(claim_sets)
+    prepared: list[_Prepared] = []
+    for i, cs in enumerate(claim_sets):
+        try:
+            prepared.append(_prepare(ctx, kinds, i, cs))
+        except ClaimError as exc:
+            outcomes[i] = ResolveOutcome(None, False, (), exc.message, exc.code)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            async with session.begin_nested():
+                results = await _resolve_prepared(session, ctx, prepared)
+            break
+        except _LostRace:
+            log.info("identity resolution lost a race; resolving the batch again", attempt=attempt)
+            if attempt == MAX_ATTEMPTS:
+                raise
+    for i, outcome in results.items():
+        outcomes[i] = outcome
+    return [
+        o if o is not None else ResolveOutcome(None, False, (), "not resolved", "internal") for o in outcomes
+    ]
+
+
+async def resolve(session: AsyncSession, ctx: ResolutionContext, claim_set: ClaimSet) -> ResolveOutcome:
+    """One claim set; raises the :class:`ClaimError` a batch would have reported."""
+    outcome = (await resolve_many(session, ctx, [claim_set]))[0]
+    if outcome.error is not None:
+        cls = {c.code: c for c in (UnknownIdentityKind, InvalidClaimValue, PolicyError)}.get(
+            outcome.error_code or "", ClaimError
+        )
+        raise cls(outcome.error)
+    return outcome
+
+
+async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[tuple[str, str], _Known]:
+    pairs = sorted({(c.kind, v) for p in prepared for c in p.claims for v in c.lookup})
+    found: dict[tuple[str, str], _Known] = {}
+    m = _MEMBERS.c
+    i = _IDENTITIES.c
+    for start in range(0, len(pairs), _CHUNK):
+        chunk = pairs[start : start + _CHUNK]
+        rows = await session.execute(
+            sa.select(
+                i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version,
+                m.name, m.province, m.city, m.mobile_enc, m.profile_meta,
+            )
+            .join_from(_IDENTITIES, _MEMBERS, i.member_id == m.id)
+            .where(sa.tuple_(i.kind, i.value).in_(chunk))
+        )  # fmt: skip
+        for row in rows:
+            found[(row.kind, row.value)] = _Known(
+                row.id,
+                row.kind,
+                row.value,
+                row.member_id,
+                row.created_at,
+                {
+                    "status": row.status,
+                    "version": row.version,
+                    "name": row.name,
+                    "province": row.province,
+                    "city": row.city,
+                    "mobile_enc": row.mobile_enc,
+                    "profile_meta": row.profile_meta or {},
+                },
+            )
+    # Identities always point at live members (a merge moves them); follow a tombstone defensively anyway.
+    stale = {k.member_id for k in found.values() if k.profile["status"] != "active"}
+    if stale:
+        from tongcrm.members.service import resolve_live_ids
+
+        live = await resolve_live_ids(session, sorted(stale))
+        for known in found.values():
+            if known.member_id in live:
+                known.member_id = live[known.member_id]
+                known.profile = {}
+    return found
+
+
+async def _resolve_prepared(
+    session: AsyncSession, ctx: ResolutionContext, prepared: Sequence[_Prepared]
+) -> dict[int, ResolveOutcome]:
+    now = ctx.clock()
+    known = await _lookup(session, prepared)
+    plan = _Plan()
+    profiles: dict[int, dict[str, Any]] = {}
+    for k in known.values():
+        plan.owner[(k.kind, k.value)] = k.member_id
+        plan.created_at.setdefault(k.member_id, k.member_created_at)
+        if k.profile:
+            profiles[k.member_id] = k.profile
+    errors: dict[int, ResolveOutcome] = {}
+    next_placeholder = -1
+    blocked_cache: dict[tuple[int, int], bool] = {}
+
+    for p in prepared:
+        # Where each claim is (or will be) stored, and which member it names now.
+        stored: list[tuple[_Claim, tuple[str, str], int | None]] = []
+        for c in p.claims:
+            key = next(((c.kind, v) for v in c.lookup if (c.kind, v) in known), (c.kind, c.value))
+            owner = plan.owner.get(key)
+            stored.append((c, key, plan.find(owner) if owner is not None else None))
+        matches = [
+            MemberMatch(
+                member_id=o, kind=c.kind, value=key[1], strong=c.strong, member_created_at=plan.created_at[o]
+            )
+            for c, key, o in stored
+            if o is not None
+        ]
+        hook_claims = [IdentityClaim(c.kind, key[1], c.evidence) for c, key, _ in stored]
+        try:
+            decision = ctx.host.resolve_member(hook_claims, matches) or default_decision(hook_claims, matches)
+            target, merge_from = _check_decision(decision, matches, plan)
+        except (ClaimError, ValueError) as exc:
+            message = exc.message if isinstance(exc, ClaimError) else str(exc)
+            errors[p.index] = ResolveOutcome(None, False, (), message, PolicyError.code)
+            continue
+        created = False
+        if target is None:
+            target = next_placeholder
+            next_placeholder -= 1
+            plan.created_at[target] = now
+            plan.new_members[target] = p
+            created = True
+        merged: list[int] = []
+        for other in merge_from:
+            other, target = plan.find(other), plan.find(target)
+            if other == target:
+                continue
+            if other < 0 or target < 0:
+                # A member created earlier in this batch: it never existed outside it, so no merge record.
+                keep, drop = (target, other) if target > 0 or other < 0 else (other, target)
+                plan.alias[drop] = keep
+                target = keep
+                continue
+            pair = (min(target, other), max(target, other))
+            if pair not in blocked_cache:
+                blocked_cache[pair] = await _merge_was_undone(session, *pair)
+            if blocked_cache[pair]:
+                log.info("not merging members whose merge was undone", members=list(pair))
+                continue
+            evidence = [
+                {"kind": c.kind, "value": key[1], "member_id": o}
+                for c, key, o in stored
+                if o is not None and o in (target, other)
+            ]
+            plan.merges.append((target, other, evidence))
+            plan.alias[other] = target
+            merged.append(other)
+        for c, key, _ in stored:
+            current = plan.owner.get(key)
+            if current is None:
+                plan.owner[key] = target
+                plan.new_identities[key] = (c, p.claim_set.account_id, target)
+            elif plan.find(current) == plan.find(target) and key in known:
+                plan.touched.add(known[key].identity_id)
+        if target > 0 and not created:
+            plan.fills.setdefault(target, []).append(p)
+        plan.outcomes[p.index] = (target, created, merged)
+
+    await _write(session, ctx, plan, profiles, now)
+
+    results: dict[int, ResolveOutcome] = dict(errors)
+    ids = plan.placeholder_ids
+    for index, (target, created, merged) in plan.outcomes.items():
+        final = plan.find(target)
+        member_id = ids[final] if final < 0 else final
+        results[index] = ResolveOutcome(member_id, created and final == target, tuple(merged), None)
+    return results
+
+
+def _check_decision(
+    decision: ResolutionDecision, matches: Sequence[MemberMatch], plan: _Plan
+) -> tuple[int | None, tuple[int, ...]]:
+    if decision.create:
+        return None, ()
+    named = {m.member_id for m in matches}
+    assert decision.member_id is not None  # guaranteed by ResolutionDecision
+    for member in (decision.member_id, *decision.merge_from):
+        if plan.find(member) not in named:
+            raise PolicyError(
+                f"the resolution policy named member {member}, which none of the claims points at"
+            )
+    return plan.find(decision.member_id), tuple(decision.merge_from)
+
+
+async def _merge_was_undone(session: AsyncSession, a: int, b: int) -> bool:
+    """An undone merge is an operator's statement that two members are different people: never redo it."""
+    row = await session.execute(
+        sa.select(Merge.id)
+        .where(
+            Merge.status == "undone",
+            sa.or_(
+                sa.and_(Merge.survivor_id == a, Merge.absorbed_id == b),
+                sa.and_(Merge.survivor_id == b, Merge.absorbed_id == a),
+            ),
+        )
+        .limit(1)
+    )
+    return row.first() is not None
+
+
+def _profile_values(p: _Prepared) -> dict[str, str]:
+    prof = p.claim_set.profile
+    values: dict[str, str] = {}
+    if prof is not None:
+        for name in ("name", "province", "city"):
+            raw = getattr(prof, name)
+            if raw and raw.strip():
+                values[name] = raw.strip()[: 100 if name == "name" else 64]
+    return values
+
+
+def _profile_mobile(ctx: ResolutionContext, p: _Prepared) -> tuple[str | None, bool]:
+    """(ciphertext, verified): a mobile claim is verified by the channel; a profile mobile is not."""
+    if p.mobile_enc is not None:
+        return p.mobile_enc, True
+    prof = p.claim_set.profile
+    if prof is not None and prof.mobile:
+        try:
+            return ctx.vault.encrypt(normalise_mobile(prof.mobile), context=MOBILE_CONTEXT), False
+        except InvalidMobile:
+            return None, False
+    return None, False
+
+
+async def _write(
+    session: AsyncSession,
+    ctx: ResolutionContext,
+    plan: _Plan,
+    profiles: dict[int, dict[str, Any]],
+    now: datetime,
+) -> None:
+    from tongcrm.members.merge import merge_members
+
+    members = _MEMBERS
+    # 1. new members, one statement
+    roots = [ph for ph in sorted(plan.new_members, reverse=True) if plan.find(ph) == ph]
+    placeholder_ids: dict[int, int] = {}
+    if roots:
+        rows = []
+        for ph in roots:
+            p = plan.new_members[ph]
+            values = _profile_values(p)
+            mobile_enc, verified = _profile_mobile(ctx, p)
+            meta = {name: {"at": now.isoformat(), "verified": False} for name in values}
+            if mobile_enc is not None:
+                meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
+            cs = p.claim_set
+            rows.append(
+                {
+                    "status": "active",
+                    "version": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                    "name": values.get("name"),
+                    "province": values.get("province"),
+                    "city": values.get("city"),
+                    "mobile_enc": mobile_enc,
+                    "profile_meta": meta,
+                    "source_channel": cs.source_channel,
+                    "source_store": cs.source_store,
+                    "source_campaign": cs.source_campaign,
+                    "lifecycle_stage": "prospect",
+                }
+            )
+        if dialect.dialect_name(session) == "sqlite":
+            # SQLite would run an order-preserving RETURNING row by row; one multi-row INSERT assigns rowids
+            # in VALUES order (and writers are serialised), so ascending ids match the rows.
+            result = await session.execute(sa.insert(members).returning(members.c.id), rows)
+            new_ids = sorted(result.scalars().all())
+        else:
+            result = await session.execute(
+                sa.insert(members).returning(members.c.id, sort_by_parameter_order=True), rows
+            )
+            new_ids = list(result.scalars().all())
+        placeholder_ids = dict(zip(roots, new_ids, strict=True))
+    for ph in plan.new_members:
+        if ph not in placeholder_ids:
+            placeholder_ids[ph] = placeholder_ids.get(plan.find(ph), plan.find(ph))
+    plan.placeholder_ids = placeholder_ids
+
+    def real(member: int) -> int:
+        final = plan.find(member)
+        return placeholder_ids[final] if final < 0 else final
+
+    # 2. merges of members that existed before this batch (rare: one small unit each)
+    actor = Actor(ctx.actor, "system") if ctx.actor != "system" else SYSTEM
+    merged: set[int] = set()
+    for survivor, absorbed, evidence in plan.merges:
+        await merge_members(
+            session,
+            survivor,
+            absorbed,
+            actor=actor,
+            reason="identity resolution: strong claims named both members",
+            evidence=evidence,
+            at=now,
+            audit_it=False,
+        )
+        merged.update((survivor, absorbed))
+
+    # 3. new identities, one statement; a missing row means another transaction won the race
+    if plan.new_identities:
+        table = _IDENTITIES
+        rows = [
+            {
+                "kind": c.kind,
+                "value": key[1],
+                "member_id": real(owner),
+                "value_enc": c.value_enc,
+                "account_id": account_id,
+                "evidence": c.evidence,
+                "first_seen_at": now,
+                "last_seen_at": now,
+            }
+            for key, (c, account_id, owner) in plan.new_identities.items()
+        ]
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            stmt = dialect.insert(session, table).on_conflict_do_nothing(index_elements=["kind", "value"])
+            inserted = (await session.execute(stmt.returning(table.c.id), chunk)).all()
+            if len(inserted) != len(chunk):
+                raise _LostRace()
+
+    # 4. last seen of identities that were claimed again, one statement
+    if plan.touched:
+        ids = sorted(plan.touched)
+        for start in range(0, len(ids), _CHUNK):
+            await session.execute(
+                sa.update(_IDENTITIES)
+                .where(_IDENTITIES.c.id.in_(ids[start : start + _CHUNK]))
+                .values(last_seen_at=now)
+            )
+
+    # 5. fill blank profile fields of existing members from what the channel knows (never overwrite)
+    updates = []
+    for member_id, preps in plan.fills.items():
+        if member_id in merged or plan.find(member_id) != member_id or member_id not in profiles:
+            continue
+        current = profiles[member_id]
+        meta = dict(current["profile_meta"])
+        change: dict[str, Any] = {}
+        for p in preps:
+            for name, value in _profile_values(p).items():
+                if not current.get(name) and name not in change:
+                    change[name] = value
+                    meta[name] = {"at": now.isoformat(), "verified": False}
+            if not current.get("mobile_enc") and "mobile_enc" not in change:
+                enc, verified = _profile_mobile(ctx, p)
+                if enc is not None:
+                    change["mobile_enc"] = enc
+                    meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
+        if change:
+            row = {name: current.get(name) for name in ("name", "province", "city", "mobile_enc")}
+            row.update(change)
+            updates.append({"b_id": member_id, "b_version": current["version"], "profile_meta": meta, **row})
+    if updates:
+        c = members.c
+        await session.execute(
+            sa.update(members)
+            .where(c.id == sa.bindparam("b_id"), c.version == sa.bindparam("b_version"))
+            .values(version=c.version + 1, updated_at=now),
+            updates,
+        )
+
+    # 6. events
+    for ph in roots:
+        p = plan.new_members[ph]
+        emit(
+            session,
+            "member_created",
+            {"member_id": placeholder_ids[ph], "source": p.claim_set.source_channel or "unknown"},
+        )

@@ -1,0 +1,381 @@
+"""Admin API of the member base: members, lookups, tags, consent and merges. Thin: parse, call the service in
+one unit of work, shape the answer."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.audit.service import Actor
+from tongcrm.auth.service import Principal, Role
+from tongcrm.consent import service as consent
+from tongcrm.crypto import Vault
+from tongcrm.db.base import utcnow
+from tongcrm.errors import BadRequest, TongcrmError
+from tongcrm.identity.models import Merge
+from tongcrm.members import merge as merging
+from tongcrm.members import service
+from tongcrm.members.schemas import (
+    ConsentEventOut,
+    ConsentIn,
+    ConsentOut,
+    ConsentStateOut,
+    ContactCheckOut,
+    MemberCreate,
+    MemberOut,
+    MemberPage,
+    MemberPatch,
+    MemberViewOut,
+    MergeIn,
+    MergeOut,
+    TagsIn,
+    TagsOut,
+)
+from tongcrm.plugin.host import PluginHost
+
+Sessions = async_sessionmaker[AsyncSession]
+_ETAG = re.compile(r'^(?:W/)?"?v?(\d+)"?$')
+
+
+class PreconditionRequired(TongcrmError):
+    status_code = 428
+    title = "Precondition required"
+
+
+def etag(version: int) -> str:
+    return f'"v{version}"'
+
+
+def _reveal(reveal: str | None, principal: Principal) -> bool:
+    fields = [f.strip() for f in (reveal or "").split(",") if f.strip()]
+    return service.check_reveal(fields, Actor.of(principal))
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise BadRequest(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00+08:00)")
+    return value
+
+
+def member_out(s: service.MemberSummary) -> MemberOut:
+    return msgspec.convert(s, MemberOut, from_attributes=True)
+
+
+def merge_out(m: Merge) -> MergeOut:
+    return MergeOut(
+        id=m.id,
+        survivor_id=m.survivor_id,
+        absorbed_id=m.absorbed_id,
+        status=m.status,
+        actor=m.actor,
+        reason=m.reason,
+        evidence=list(m.evidence or []),
+        moved={table: len(keys) for table, keys in (m.moved or {}).items()},
+        created_at=m.created_at,
+        undone_at=m.undone_at,
+        undone_by=m.undone_by,
+    )
+
+
+class MemberController(Controller):
+    path = "/api/members"
+    tags = ["members"]
+
+    @post("/", guards=[requires(*WRITE_ROLES)], summary="Create a member")
+    async def create(
+        self,
+        data: JSONBody[MemberCreate],
+        sessions: NamedDependency[Sessions],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+    ) -> Response[MemberOut]:
+        raw = {f: getattr(data, f) for f in data.__struct_fields__ if f != "tags"}
+        async with sessions() as session, session.begin():
+            member = await service.create_member(session, vault, raw, data.tags, Actor.of(principal))
+            out = (await service.summaries(session, vault, [member]))[0]
+        return Response(member_out(out), status_code=201, headers={"ETag": etag(out.version)})
+
+    @get("/", guards=[requires(*READ_ROLES)], summary="List and search members (keyset pagination)")
+    async def list_members(
+        self,
+        read_sessions: NamedDependency[Sessions],
+        sessions: NamedDependency[Sessions],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+        status: FromQuery[str | None] = "active",
+        tag: FromQuery[str | None] = None,
+        lifecycle_stage: FromQuery[str | None] = None,
+        source_channel: FromQuery[str | None] = None,
+        source_store: FromQuery[str | None] = None,
+        city: FromQuery[str | None] = None,
+        province: FromQuery[str | None] = None,
+        name: Annotated[str | None, QueryParameter(description="name prefix")] = None,
+        mobile: FromQuery[str | None] = None,
+        created_from: FromQuery[datetime | None] = None,
+        created_to: FromQuery[datetime | None] = None,
+        after: Annotated[int | None, QueryParameter(description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_PAGE)] = 50,
+        reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
+    ) -> MemberPage:
+        revealing = _reveal(reveal, principal)
+        query = service.MemberQuery(
+            status=None if status == "all" else status,
+            tag=tag,
+            lifecycle_stage=lifecycle_stage,
+            source_channel=source_channel,
+            source_store=source_store,
+            city=city,
+            province=province,
+            name=name,
+            mobile=mobile,
+            created_from=_aware(created_from, "created_from"),
+            created_to=_aware(created_to, "created_to"),
+            after_id=after,
+            limit=limit,
+        )
+        factory = sessions if revealing else read_sessions
+        async with factory() as session, session.begin():
+            items, cursor = await service.list_members(
+                session, vault, query, Actor.of(principal), reveal=revealing
+            )
+        return MemberPage([member_out(i) for i in items], cursor)
+
+    @get(
+        "/lookup",
+        guards=[requires(*READ_ROLES, Role.POS)],
+        summary="Find the member a mobile number or an identity (kind:value) names",
+    )
+    async def lookup(
+        self,
+        read_sessions: NamedDependency[Sessions],
+        sessions: NamedDependency[Sessions],
+        vault: NamedDependency[Vault],
+        host: NamedDependency[PluginHost],
+        principal: NamedDependency[Principal],
+        mobile: FromQuery[str | None] = None,
+        identity: Annotated[str | None, QueryParameter(description="kind:value")] = None,
+        reveal: FromQuery[str | None] = None,
+    ) -> Response[MemberOut]:
+        revealing = _reveal(reveal, principal)
+        async with (sessions if revealing else read_sessions)() as session, session.begin():
+            member = await service.lookup(session, vault, host, mobile=mobile, identity=identity)
+            out = (await service.summaries(session, vault, [member], reveal=revealing))[0]
+            if revealing:
+                from tongcrm.audit import service as audit
+
+                audit.record(
+                    session,
+                    Actor.of(principal),
+                    "member.reveal",
+                    "member",
+                    member.id,
+                    after={"fields": ["mobile"]},
+                )
+        return Response(member_out(out), headers={"ETag": etag(out.version)})
+
+    @get("/{member_id:int}", guards=[requires(*READ_ROLES)], summary="The 360 view of a member")
+    async def get_member(
+        self,
+        member_id: FromPath[int],
+        read_sessions: NamedDependency[Sessions],
+        sessions: NamedDependency[Sessions],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+        reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
+    ) -> Response[MemberViewOut]:
+        revealing = _reveal(reveal, principal)
+        async with (sessions if revealing else read_sessions)() as session, session.begin():
+            view = await service.member_view(session, vault, member_id, Actor.of(principal), reveal=revealing)
+        out = msgspec.convert(view, MemberViewOut, from_attributes=True)
+        return Response(out, headers={"ETag": etag(view.member.version)})
+
+    @patch("/{member_id:int}", guards=[requires(*WRITE_ROLES)], summary="Change a member's profile")
+    async def update(
+        self,
+        member_id: FromPath[int],
+        data: JSONBody[MemberPatch],
+        sessions: NamedDependency[Sessions],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+        if_match: Annotated[str | None, HeaderParameter(name="If-Match")] = None,
+    ) -> Response[MemberOut]:
+        version = _expected_version(if_match, data)
+        async with sessions() as session, session.begin():
+            member = await service.update_member(
+                session, vault, member_id, version, data.changes(), Actor.of(principal)
+            )
+            out = (await service.summaries(session, vault, [member]))[0]
+        return Response(member_out(out), headers={"ETag": etag(out.version)})
+
+    @post("/{member_id:int}/tags", guards=[requires(*WRITE_ROLES)], status_code=200, summary="Tag a member")
+    async def tag(
+        self,
+        member_id: FromPath[int],
+        data: JSONBody[TagsIn],
+        sessions: NamedDependency[Sessions],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+    ) -> TagsOut:
+        async with sessions() as session, session.begin():
+            tags = await service.tag_member(session, vault, member_id, data.tags, Actor.of(principal))
+        return TagsOut(member_id, tags)
+
+    @delete("/{member_id:int}/tags/{tag:str}", guards=[requires(*WRITE_ROLES)], summary="Remove a tag")
+    async def untag(
+        self,
+        member_id: FromPath[int],
+        tag: FromPath[str],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> None:
+        async with sessions() as session, session.begin():
+            await service.untag_member(session, member_id, tag, Actor.of(principal))
+
+    @get("/{member_id:int}/consents", guards=[requires(*READ_ROLES)], summary="Consent states and history")
+    async def consents(
+        self, member_id: FromPath[int], read_sessions: NamedDependency[Sessions]
+    ) -> ConsentOut:
+        async with read_sessions() as session, session.begin():
+            live = await service.resolve_live_id(session, member_id)
+            if live is None:
+                from tongcrm.errors import NotFound
+
+                raise NotFound(f"no member {member_id}")
+            states = await consent.consent_states(session, live)
+            events = await consent.history(session, live)
+        return ConsentOut(
+            live,
+            [msgspec.convert(s, ConsentStateOut, from_attributes=True) for s in states],
+            [msgspec.convert(e, ConsentEventOut, from_attributes=True) for e in events],
+        )
+
+    @post("/{member_id:int}/consents", guards=[requires(*WRITE_ROLES)], summary="Record an opt-in or opt-out")
+    async def record_consent(
+        self,
+        member_id: FromPath[int],
+        data: JSONBody[ConsentIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> Response[ConsentEventOut]:
+        _aware(data.at, "at")
+        async with sessions() as session, session.begin():
+            event = await consent.record_consent(
+                session,
+                member_id,
+                data.purpose,
+                data.status,
+                source=data.source,
+                signature=data.signature,
+                proof=data.proof,
+                actor=Actor.of(principal),
+                at=data.at,
+            )
+        return Response(msgspec.convert(event, ConsentEventOut, from_attributes=True), status_code=201)
+
+    @get(
+        "/{member_id:int}/contact-check",
+        guards=[requires(*READ_ROLES)],
+        summary="Whether consent allows contacting the member for a purpose under a signature",
+    )
+    async def contact_check(
+        self,
+        member_id: FromPath[int],
+        purpose: FromQuery[str],
+        read_sessions: NamedDependency[Sessions],
+        signature: FromQuery[str] = "*",
+    ) -> ContactCheckOut:
+        async with read_sessions() as session, session.begin():
+            live = await service.resolve_live_id(session, member_id)
+            if live is None:
+                from tongcrm.errors import NotFound
+
+                raise NotFound(f"no member {member_id}")
+            allowed = await consent.may_contact(session, live, purpose, signature)
+        return ContactCheckOut(live, purpose, signature, allowed)
+
+
+def _expected_version(if_match: str | None, data: MemberPatch) -> int:
+    if if_match is not None:
+        found = _ETAG.match(if_match.strip())
+        if found is None:
+            raise BadRequest(f'If-Match {if_match!r} is not an ETag this API issued (like "v3")')
+        version = int(found.group(1))
+        if not isinstance(data.version, msgspec.UnsetType) and data.version != version:
+            raise BadRequest("If-Match and the body's version disagree")
+        return version
+    if isinstance(data.version, msgspec.UnsetType):
+        raise PreconditionRequired(
+            "send If-Match with the member's ETag (or a version field) so a stale change cannot overwrite a newer one"
+        )
+    return data.version
+
+
+class MergeController(Controller):
+    path = "/api/merges"
+    tags = ["members"]
+
+    @post("/", guards=[requires(*WRITE_ROLES)], summary="Merge one member into another")
+    async def merge(
+        self,
+        data: JSONBody[MergeIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> Response[MergeOut]:
+        if not data.reason.strip():
+            raise BadRequest("say why the members are merged (reason)")
+        async with sessions() as session, session.begin():
+            record = await merging.merge_members(
+                session,
+                data.survivor_id,
+                data.absorbed_id,
+                actor=Actor.of(principal),
+                reason=data.reason.strip(),
+                evidence=[{"kind": "operator", "value": data.reason.strip()[:200]}],
+                at=utcnow(),
+            )
+        return Response(merge_out(record), status_code=201)
+
+    @get("/", guards=[requires(*READ_ROLES)], summary="Merges a member took part in, newest first")
+    async def list_merges(
+        self,
+        read_sessions: NamedDependency[Sessions],
+        member_id: FromQuery[int | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> list[MergeOut]:
+        import sqlalchemy as sa
+
+        stmt = sa.select(Merge).order_by(Merge.id.desc()).limit(limit)
+        if member_id is not None:
+            stmt = stmt.where(sa.or_(Merge.survivor_id == member_id, Merge.absorbed_id == member_id))
+        async with read_sessions() as session, session.begin():
+            rows = list((await session.execute(stmt)).scalars())
+        return [merge_out(r) for r in rows]
+
+    @get("/{merge_id:int}", guards=[requires(*READ_ROLES)], summary="One merge: who, what, why")
+    async def get_merge(self, merge_id: FromPath[int], read_sessions: NamedDependency[Sessions]) -> MergeOut:
+        async with read_sessions() as session, session.begin():
+            record = await session.get(Merge, merge_id)
+            if record is None:
+                from tongcrm.errors import NotFound
+
+                raise NotFound(f"no merge {merge_id}")
+            return merge_out(record)
+
+    @post("/{merge_id:int}/undo", guards=[requires(*WRITE_ROLES)], status_code=200, summary="Undo a merge")
+    async def undo(
+        self,
+        merge_id: FromPath[int],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> MergeOut:
+        async with sessions() as session, session.begin():
+            record = await merging.undo_merge(session, merge_id, actor=Actor.of(principal), at=utcnow())
+        return merge_out(record)

@@ -1,0 +1,63 @@
+"""Phone numbers: one canonical form (E.164) so the same person typed three ways is one identity, and one
+masked form for output.
+
+``13800138000``, ``+86 138-0013-8000`` and ``008613800138000`` all become ``+8613800138000``.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+from tongcrm.errors import Unprocessable
+
+DEFAULT_REGION = "CN"
+#: Purpose strings that keep blind indexes and ciphertexts of mobiles apart from other data.
+MOBILE_INDEX_PURPOSE = "identity.mobile"
+MOBILE_CONTEXT = "member.mobile"
+
+_MOBILE_TYPES = frozenset(
+    {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.PERSONAL_NUMBER}
+)
+
+
+class InvalidMobile(Unprocessable):
+    """Not a valid mobile number. The message never repeats the number in full."""
+
+
+def normalise_mobile(raw: str, region: str = DEFAULT_REGION) -> str:
+    """E.164 form of ``raw``, or :class:`InvalidMobile`. A leading ``00`` is the international prefix."""
+    text = raw.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    hint = _hint(raw)
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        raise InvalidMobile(f"{hint} is not a phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidMobile(f"{hint} is not a valid phone number")
+    if phonenumbers.number_type(number) not in _MOBILE_TYPES:
+        raise InvalidMobile(f"{hint} is not a mobile number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask_mobile(e164: str) -> str:
+    """``+8613800138000`` → ``138****8000``; other countries keep their calling code: ``+1 650***0000``."""
+    try:
+        number = phonenumbers.parse(e164, None)
+        national = str(number.national_number)
+        code = number.country_code
+    except phonenumbers.NumberParseException:
+        return "****"
+    stars = "*" * max(len(national) - 7, 1)
+    masked = national[:3] + stars + national[-4:] if len(national) > 7 else "*" * len(national)
+    return masked if code == 86 else f"+{code} {masked}"
+
+
+def _hint(raw: str) -> str:
+    """A safe description of rejected input for error messages: its length and last two characters."""
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    if len(digits) <= 4:
+        return f"{raw!r}" if len(raw) <= 4 else "the value"
+    return f"the number ending in {digits[-2:]} ({len(digits)} digits)"

@@ -1,0 +1,659 @@
+"""The member base: create, read (the 360 view), update with optimistic concurrency, search, tag, look up.
+
+Services take a session inside the caller's unit of work and raise :mod:`tongcrm.errors`; they know nothing of
+HTTP. Every change made by an API key is audited here, in the same transaction as the change. Phone numbers
+leave this module masked unless the caller may and asks to reveal them, and every reveal is audited.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from tongcrm.audit import service as audit
+from tongcrm.audit.service import Actor
+from tongcrm.consent import service as consent
+from tongcrm.crypto import Vault
+from tongcrm.db.base import utcnow
+from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
+from tongcrm.identity.models import Identity
+from tongcrm.jobs.outbox import emit
+from tongcrm.members.models import Member, MemberTag
+from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
+from tongcrm.orders.models import Order
+from tongcrm.plugin.host import PluginHost
+
+GENDERS = frozenset({"male", "female", "unknown"})
+LIFECYCLE_STAGES = ("prospect", "new", "repeat", "dormant", "churned")
+REVEALABLE = frozenset({"mobile"})
+REVEAL_ROLES = frozenset({"admin"})
+MAX_PAGE = 200
+MAX_TAGS = 50
+_TAG = re.compile(r"^[^\s,][^,]{0,63}$")
+_MAX_HOPS = 32
+
+#: ``section(session, member_id) -> dict``: other domains (points, tiers…) add their block to the 360 view.
+ViewSection = Callable[[AsyncSession, int], Awaitable[dict[str, Any] | None]]
+_sections: dict[str, ViewSection] = {}
+
+
+def register_view_section(name: str, section: ViewSection) -> None:
+    """Add a named block (e.g. ``points``: balances, ``tier``) to every member's 360 view."""
+    _sections[name] = section
+
+
+# -------------------------------------------------------------------------------------------------------------
+# views
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSummary:
+    id: int
+    status: str
+    merged_into_id: int | None
+    version: int
+    name: str | None
+    gender: str | None
+    birthday: date | None
+    province: str | None
+    city: str | None
+    mobile: str | None
+    source_channel: str | None
+    source_store: str | None
+    source_campaign: str | None
+    referrer_id: int | None
+    lifecycle_stage: str
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityView:
+    id: int
+    kind: str
+    value: str
+    account_id: int | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    id: int
+    account_id: int
+    external_id: str
+    channel: str
+    status: str
+    store_code: str | None
+    paid_fen: int
+    refunded_fen: int
+    placed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    member: MemberSummary
+    identities: list[IdentityView]
+    consents: list[consent.ConsentState]
+    recent_orders: list[OrderView]
+    sections: dict[str, Any]
+    #: Set when the id asked for is a tombstone: the view is of the member it was merged into.
+    redirected_from: int | None = None
+
+
+def _mobile_out(vault: Vault, token: str | None, reveal: bool) -> str | None:
+    if not token:
+        return None
+    e164 = vault.decrypt(token, context=MOBILE_CONTEXT)
+    return e164 if reveal else mask_mobile(e164)
+
+
+def summary(member: Member, tags: Sequence[str], vault: Vault, *, reveal: bool = False) -> MemberSummary:
+    return MemberSummary(
+        id=member.id,
+        status=member.status,
+        merged_into_id=member.merged_into_id,
+        version=member.version,
+        name=member.name,
+        gender=member.gender,
+        birthday=member.birthday,
+        province=member.province,
+        city=member.city,
+        mobile=_mobile_out(vault, member.mobile_enc, reveal),
+        source_channel=member.source_channel,
+        source_store=member.source_store,
+        source_campaign=member.source_campaign,
+        referrer_id=member.referrer_id,
+        lifecycle_stage=member.lifecycle_stage,
+        tags=sorted(set(tags)),
+        created_at=member.created_at,
+        updated_at=member.updated_at,
+    )
+
+
+def _audit_view(member: Member, tags: Sequence[str], vault: Vault) -> dict[str, Any]:
+    """What audit records hold of a member: masked, JSON-ready."""
+    s = summary(member, tags, vault)
+    return {
+        "name": s.name,
+        "gender": s.gender,
+        "birthday": s.birthday.isoformat() if s.birthday else None,
+        "province": s.province,
+        "city": s.city,
+        "mobile": s.mobile,
+        "source_channel": s.source_channel,
+        "source_store": s.source_store,
+        "source_campaign": s.source_campaign,
+        "referrer_id": s.referrer_id,
+        "lifecycle_stage": s.lifecycle_stage,
+        "tags": s.tags,
+    }
+
+
+# -------------------------------------------------------------------------------------------------------------
+# tombstones
+
+
+async def resolve_live_ids(session: AsyncSession, member_ids: Sequence[int]) -> dict[int, int]:
+    """Map each id to the live member it is (itself, or the survivor at the end of its merge chain).
+
+    Ids that name no member are left out. One query per hop of the longest chain (chains are short).
+    """
+    out: dict[int, int] = {}
+    pending: dict[int, list[int]] = {}
+    for mid in set(member_ids):
+        pending.setdefault(mid, []).append(mid)
+    for _ in range(_MAX_HOPS):
+        if not pending:
+            break
+        ids = sorted(pending)
+        rows: list[Any] = []
+        for start in range(0, len(ids), 5000):
+            rows.extend(
+                (
+                    await session.execute(
+                        sa.select(Member.id, Member.status, Member.merged_into_id).where(
+                            Member.id.in_(ids[start : start + 5000])
+                        )
+                    )
+                ).all()
+            )
+        nxt: dict[int, list[int]] = {}
+        for row in rows:
+            asked = pending[row.id]
+            if row.status == "merged" and row.merged_into_id is not None:
+                nxt.setdefault(row.merged_into_id, []).extend(asked)
+            else:
+                for a in asked:
+                    out[a] = row.id
+        pending = nxt
+    return out
+
+
+async def resolve_live_id(session: AsyncSession, member_id: int) -> int | None:
+    return (await resolve_live_ids(session, [member_id])).get(member_id)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _text(value: Any, name: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Unprocessable(f"{name} must be a string")
+    value = value.strip()
+    if len(value) > limit:
+        raise Unprocessable(f"{name} is longer than {limit} characters")
+    return value or None
+
+
+def normalise_tag(tag: str) -> str:
+    tag = tag.strip()
+    if not _TAG.match(tag):
+        raise Unprocessable(f"tag {tag!r} is invalid: 1 to 64 characters, no commas, not blank")
+    return tag
+
+
+@dataclass
+class ProfileChanges:
+    """Validated profile values; only keys present in ``values`` are changed."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    mobile: str | None = None  # E.164, when a new mobile was given
+
+
+async def _validate(
+    session: AsyncSession, vault: Vault, raw: Mapping[str, Any], member_id: int | None
+) -> ProfileChanges:
+    out = ProfileChanges()
+    limits = {
+        "name": 100,
+        "province": 64,
+        "city": 64,
+        "source_channel": 64,
+        "source_store": 64,
+        "source_campaign": 100,
+    }
+    for name, limit in limits.items():
+        if name in raw:
+            out.values[name] = _text(raw[name], name, limit)
+    if "gender" in raw:
+        gender = raw["gender"]
+        if gender is not None and gender not in GENDERS:
+            raise Unprocessable(f"gender must be one of {', '.join(sorted(GENDERS))}")
+        out.values["gender"] = gender
+    if "birthday" in raw:
+        birthday = raw["birthday"]
+        if birthday is not None and (birthday > date.today() or birthday.year < 1900):
+            raise Unprocessable("birthday must be between 1900 and today")
+        out.values["birthday"] = birthday
+    if "lifecycle_stage" in raw:
+        stage = raw["lifecycle_stage"]
+        if stage not in LIFECYCLE_STAGES:
+            raise Unprocessable(f"lifecycle_stage must be one of {', '.join(LIFECYCLE_STAGES)}")
+        out.values["lifecycle_stage"] = stage
+    if "referrer_id" in raw and raw["referrer_id"] is not None:
+        referrer = await resolve_live_id(session, int(raw["referrer_id"]))
+        if referrer is None:
+            raise Unprocessable(f"referrer member {raw['referrer_id']} does not exist")
+        if referrer == member_id:
+            raise Unprocessable("a member cannot refer themselves")
+        out.values["referrer_id"] = referrer
+    elif "referrer_id" in raw:
+        out.values["referrer_id"] = None
+    if "mobile" in raw:
+        if raw["mobile"] is None:
+            out.values["mobile_enc"] = None
+        else:
+            out.mobile = normalise_mobile(str(raw["mobile"]))
+            out.values["mobile_enc"] = vault.encrypt(out.mobile, context=MOBILE_CONTEXT)
+    return out
+
+
+async def _claim_mobile(session: AsyncSession, vault: Vault, member_id: int, e164: str, actor: Actor) -> None:
+    """Attach a mobile identity to a member an operator edits; refuse one that belongs to someone else."""
+    indexes = vault.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE)
+    owner = (
+        await session.execute(
+            sa.select(Identity.member_id).where(Identity.kind == "mobile", Identity.value.in_(indexes))
+        )
+    ).scalar_one_or_none()
+    if owner is not None and owner != member_id:
+        raise Conflict(
+            f"mobile {mask_mobile(e164)} already belongs to member {owner}; merge the two members instead",
+            extra={"member_id": owner},
+        )
+    if owner is None:
+        now = utcnow()
+        session.add(
+            Identity(
+                kind="mobile",
+                value=vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE),
+                member_id=member_id,
+                value_enc=vault.encrypt(e164, context=MOBILE_CONTEXT),
+                account_id=None,
+                evidence=f"entered by {actor.name}",
+                first_seen_at=now,
+                last_seen_at=now,
+            )
+        )
+
+
+def _stamp(meta: Mapping[str, Any], fields: Sequence[str], now: datetime) -> dict[str, Any]:
+    """An operator's edit counts as verified."""
+    out = dict(meta)
+    for name in fields:
+        out[name] = {"at": now.isoformat(), "verified": True}
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------------
+# commands
+
+
+async def create_member(
+    session: AsyncSession, vault: Vault, raw: Mapping[str, Any], tags: Sequence[str], actor: Actor
+) -> Member:
+    now = utcnow()
+    changes = await _validate(session, vault, raw, None)
+    clean_tags = sorted({normalise_tag(t) for t in tags})
+    if len(clean_tags) > MAX_TAGS:
+        raise Unprocessable(f"at most {MAX_TAGS} tags")
+    profile_fields = [k for k, v in changes.values.items() if v is not None]
+    member = Member(
+        status="active",
+        created_at=now,
+        updated_at=now,
+        profile_meta=_stamp({}, profile_fields, now),
+        **{"lifecycle_stage": "prospect", **changes.values},
+    )
+    session.add(member)
+    await session.flush()
+    if changes.mobile:
+        await _claim_mobile(session, vault, member.id, changes.mobile, actor)
+    for tag in clean_tags:
+        session.add(MemberTag(member_id=member.id, tag=tag, created_at=now))
+    await session.flush()
+    emit(session, "member_created", {"member_id": member.id, "source": member.source_channel or "admin"})
+    audit.record(
+        session, actor, "member.create", "member", member.id, after=_audit_view(member, clean_tags, vault)
+    )
+    return member
+
+
+async def _tags_of(session: AsyncSession, member_ids: Sequence[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {m: [] for m in member_ids}
+    if not member_ids:
+        return out
+    rows = await session.execute(
+        sa.select(MemberTag.member_id, MemberTag.tag).where(MemberTag.member_id.in_(member_ids))
+    )
+    for row in rows:
+        out[row.member_id].append(row.tag)
+    return out
+
+
+async def _live_member(session: AsyncSession, member_id: int, *, lock: bool = False) -> Member:
+    stmt = sa.select(Member).where(Member.id == member_id).execution_options(populate_existing=True)
+    if lock:
+        stmt = stmt.with_for_update()
+    member = (await session.execute(stmt)).scalar_one_or_none()
+    if member is None:
+        raise NotFound(f"no member {member_id}")
+    if member.status != "active":
+        raise Conflict(
+            f"member {member_id} was merged into member {member.merged_into_id}; change that member instead",
+            extra={"merged_into_id": member.merged_into_id},
+        )
+    return member
+
+
+async def update_member(
+    session: AsyncSession,
+    vault: Vault,
+    member_id: int,
+    expected_version: int,
+    raw: Mapping[str, Any],
+    actor: Actor,
+) -> Member:
+    """Apply a profile change made from ``expected_version``; a stale version is refused (412), never merged."""
+    member = await _live_member(session, member_id, lock=True)
+    if member.version != expected_version:
+        raise PreconditionFailed(
+            f"member {member_id} is at version {member.version} but the change was made from version "
+            f"{expected_version}; reload the member and apply the change again",
+            extra={"current_version": member.version},
+        )
+    tags = (await _tags_of(session, [member_id]))[member_id]
+    before = _audit_view(member, tags, vault)
+    changes = await _validate(session, vault, raw, member_id)
+    if changes.mobile:
+        await _claim_mobile(session, vault, member_id, changes.mobile, actor)
+    now = utcnow()
+    for name, value in changes.values.items():
+        setattr(member, name, value)
+    member.profile_meta = _stamp(member.profile_meta or {}, [k for k in changes.values], now)
+    member.updated_at = now
+    try:
+        await session.flush()
+    except StaleDataError:
+        raise PreconditionFailed(
+            f"member {member_id} changed while this update ran; reload and retry"
+        ) from None
+    audit.record(
+        session,
+        actor,
+        "member.update",
+        "member",
+        member_id,
+        before=before,
+        after=_audit_view(member, tags, vault),
+    )
+    return member
+
+
+async def tag_member(
+    session: AsyncSession, vault: Vault, member_id: int, tags: Sequence[str], actor: Actor
+) -> list[str]:
+    member = await _live_member(session, member_id, lock=True)
+    clean = sorted({normalise_tag(t) for t in tags})
+    if not clean:
+        raise Unprocessable("give at least one tag")
+    current = set((await _tags_of(session, [member_id]))[member_id])
+    if len(current | set(clean)) > MAX_TAGS:
+        raise Unprocessable(f"a member carries at most {MAX_TAGS} tags")
+    now = utcnow()
+    added = [t for t in clean if t not in current]
+    for tag in added:
+        session.add(MemberTag(member_id=member_id, tag=tag, created_at=now))
+    if added:
+        member.updated_at = now
+        await session.flush()
+        audit.record(
+            session, actor, "member.tag", "member", member_id, before={"tags": sorted(current)},
+            after={"tags": sorted(current | set(added))},
+        )  # fmt: skip
+    return sorted(current | set(added))
+
+
+async def untag_member(session: AsyncSession, member_id: int, tag: str, actor: Actor) -> list[str]:
+    member = await _live_member(session, member_id, lock=True)
+    current = set((await _tags_of(session, [member_id]))[member_id])
+    if tag not in current:
+        raise NotFound(f"member {member_id} has no tag {tag!r}")
+    await session.execute(sa.delete(MemberTag).where(MemberTag.member_id == member_id, MemberTag.tag == tag))
+    member.updated_at = utcnow()
+    await session.flush()
+    audit.record(
+        session, actor, "member.untag", "member", member_id, before={"tags": sorted(current)},
+        after={"tags": sorted(current - {tag})},
+    )  # fmt: skip
+    return sorted(current - {tag})
+
+
+# -------------------------------------------------------------------------------------------------------------
+# queries
+
+
+def check_reveal(reveal: Sequence[str], actor: Actor) -> bool:
+    """Whether the call reveals the mobile; refuses fields that cannot be revealed and roles that may not."""
+    unknown = set(reveal) - REVEALABLE
+    if unknown:
+        raise BadRequest(
+            f"cannot reveal {', '.join(sorted(unknown))}; revealable: {', '.join(sorted(REVEALABLE))}"
+        )
+    if reveal and actor.role not in REVEAL_ROLES:
+        raise Forbidden(f"role {actor.role!r} may not reveal personal data")
+    return bool(reveal)
+
+
+async def member_view(
+    session: AsyncSession, vault: Vault, member_id: int, actor: Actor, *, reveal: bool = False
+) -> MemberView:
+    """The 360 view: profile, identities, consent, recent orders and every registered section.
+
+    A tombstone's id shows its survivor. A reveal writes an audit record (the caller's session must be able to
+    write then).
+    """
+    live = await resolve_live_id(session, member_id)
+    if live is None:
+        raise NotFound(f"no member {member_id}")
+    member = (await session.execute(sa.select(Member).where(Member.id == live))).scalar_one()
+    tags = (await _tags_of(session, [live]))[live]
+    identities = [
+        IdentityView(
+            i.id,
+            i.kind,
+            _mobile_out(vault, i.value_enc, reveal) or i.value if i.value_enc else i.value,
+            i.account_id,
+            i.first_seen_at,
+            i.last_seen_at,
+            i.evidence,
+        )
+        for i in (
+            await session.execute(sa.select(Identity).where(Identity.member_id == live).order_by(Identity.id))
+        ).scalars()
+    ]
+    orders = [
+        OrderView(
+            o.id,
+            o.account_id,
+            o.external_id,
+            o.channel,
+            o.status,
+            o.store_code,
+            o.paid_fen,
+            o.refunded_fen,
+            o.placed_at,
+        )
+        for o in (
+            await session.execute(
+                sa.select(Order).where(Order.member_id == live).order_by(Order.placed_at.desc()).limit(10)
+            )
+        ).scalars()
+    ]
+    sections: dict[str, Any] = {}
+    for name, section in sorted(_sections.items()):
+        value = await section(session, live)
+        if value is not None:
+            sections[name] = value
+    if reveal:
+        audit.record(session, actor, "member.reveal", "member", live, after={"fields": ["mobile"]})
+    return MemberView(
+        member=summary(member, tags, vault, reveal=reveal),
+        identities=identities,
+        consents=await consent.consent_states(session, live),
+        recent_orders=orders,
+        sections=sections,
+        redirected_from=member_id if live != member_id else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberQuery:
+    status: str | None = "active"
+    tag: str | None = None
+    lifecycle_stage: str | None = None
+    source_channel: str | None = None
+    source_store: str | None = None
+    city: str | None = None
+    province: str | None = None
+    name: str | None = None  # prefix
+    mobile: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    after_id: int | None = None
+    limit: int = 50
+
+
+async def list_members(
+    session: AsyncSession, vault: Vault, query: MemberQuery, actor: Actor, *, reveal: bool = False
+) -> tuple[list[MemberSummary], int | None]:
+    """A page of members in id order, and the cursor of the next page (None on the last page)."""
+    if not 1 <= query.limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    stmt = sa.select(Member).order_by(Member.id).limit(query.limit + 1)
+    if query.status:
+        stmt = stmt.where(Member.status == query.status)
+    for column, value in (
+        (Member.lifecycle_stage, query.lifecycle_stage),
+        (Member.source_channel, query.source_channel),
+        (Member.source_store, query.source_store),
+        (Member.city, query.city),
+        (Member.province, query.province),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if query.name:
+        escaped = query.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(Member.name.like(escaped + "%", escape="\\"))
+    if query.tag:
+        stmt = stmt.where(sa.exists().where(MemberTag.member_id == Member.id, MemberTag.tag == query.tag))
+    if query.mobile:
+        indexes = vault.blind_indexes(normalise_mobile(query.mobile), purpose=MOBILE_INDEX_PURPOSE)
+        stmt = stmt.where(
+            sa.exists().where(
+                Identity.member_id == Member.id, Identity.kind == "mobile", Identity.value.in_(indexes)
+            )
+        )
+    if query.created_from:
+        stmt = stmt.where(Member.created_at >= query.created_from)
+    if query.created_to:
+        stmt = stmt.where(Member.created_at < query.created_to)
+    if query.after_id is not None:
+        stmt = stmt.where(Member.id > query.after_id)
+    members = list((await session.execute(stmt)).scalars())
+    more = len(members) > query.limit
+    members = members[: query.limit]
+    tags = await _tags_of(session, [m.id for m in members])
+    if reveal and members:
+        audit.record(
+            session, actor, "member.reveal", "member", ",".join(str(m.id) for m in members)[:64],
+            after={"fields": ["mobile"], "member_ids": [m.id for m in members]},
+        )  # fmt: skip
+    return [summary(m, tags[m.id], vault, reveal=reveal) for m in members], members[-1].id if more else None
+
+
+async def lookup(
+    session: AsyncSession,
+    vault: Vault,
+    host: PluginHost,
+    *,
+    mobile: str | None = None,
+    identity: str | None = None,
+) -> Member:
+    """The live member a mobile number or a ``kind:value`` identity names (404 when none)."""
+    from tongcrm.identity.service import UnknownIdentityKind
+
+    if (mobile is None) == (identity is None):
+        raise BadRequest("look up by exactly one of mobile= or identity=kind:value")
+    if identity is not None:
+        kind, sep, value = identity.partition(":")
+        if not sep or not kind or not value:
+            raise BadRequest("identity must look like kind:value, e.g. taobao.open_uid:AAE…")
+        kinds = host.identity_kinds()
+        if kind not in kinds:
+            raise UnknownIdentityKind(
+                f"unknown identity kind {kind!r} (known kinds: {', '.join(sorted(kinds))})"
+            )
+        if kind == "mobile":
+            mobile = value
+        else:
+            values = [value]
+    if mobile is not None:
+        kind = "mobile"
+        values = vault.blind_indexes(normalise_mobile(mobile), purpose=MOBILE_INDEX_PURPOSE)
+    member = (
+        await session.execute(
+            sa.select(Member)
+            .join(Identity, Identity.member_id == Member.id)
+            .where(Identity.kind == kind, Identity.value.in_(values))
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if member is None:
+        raise NotFound(
+            "no member has this identity" if kind != "mobile" else "no member has this mobile number"
+        )
+    if member.status != "active":  # pragma: no cover - identities always point at live members
+        live = await resolve_live_id(session, member.id)
+        member = (await session.execute(sa.select(Member).where(Member.id == live))).scalar_one()
+    return member
+
+
+async def summaries(
+    session: AsyncSession, vault: Vault, members: Sequence[Member], *, reveal: bool = False
+) -> list[MemberSummary]:
+    tags = await _tags_of(session, [m.id for m in members])
+    return [summary(m, tags[m.id], vault, reveal=reveal) for m in members]

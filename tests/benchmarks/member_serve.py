@@ -1,0 +1,24 @@
+"""App factories uvicorn serves for the member benchmarks (``--factory``): the real app, and a bare litestar
+endpoint with no database as the ceiling."""
+
+from __future__ import annotations
+
+from litestar import Litestar, get
+from tongcrm.app import create_app
+from tongcrm.config import Settings
+from tongcrm.logging import configure_logging
+from tongcrm.plugin.host import PluginHost
+
+
+def members_app() -> Litestar:
+    configure_logging(json=True, level="WARNING")
+    return create_app(Settings.from_env(), PluginHost(autoload=False), run_jobs=False, configure_logs=False)
+
+
+@get("/ping")
+async def ping() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def bare_app() -> Litestar:
+    return Litestar(route_handlers=[ping], debug=False)
