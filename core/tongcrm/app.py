@@ -20,16 +20,40 @@ from tongcrm.api.middleware import request_id_middleware
 from tongcrm.api.problems import exception_handlers
 from tongcrm.api.security import authenticator
 from tongcrm.api.system import PluginController, health
+from tongcrm.audit.api import AuditController
 from tongcrm.auth.service import KeyVerifier
+from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsController
+from tongcrm.ingest.api import QuarantineController
 from tongcrm.jobs.registry import load_job_modules
 from tongcrm.jobs.runner import Runner
 from tongcrm.logging import configure_logging
+from tongcrm.members.api import MemberController, MergeController
+from tongcrm.membership import MembershipService
+from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.plugin.host import PluginHost
+from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
-CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (health, PluginController)
+CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
+    health,
+    PluginController,
+    MemberController,
+    MergeController,
+    AuditController,
+    ChannelAccountController,
+    QuarantineController,
+    MemberPointsController,
+    PointsRulesController,
+    TierController,
+    MemberTierController,
+    EntitlementController,
+    MemberEntitlementsController,
+    *MESSAGING_CONTROLLERS,
+)
 
 
 def create_app(
@@ -77,6 +101,8 @@ def create_app(
         "sessions": sessions,
         "read_sessions": read_sessions,
         "key_verifier": KeyVerifier(read_sessions),
+        "membership": MembershipService(sessions, host, settings),
+        "vault": settings.vault(),
     }
     return Litestar(
         route_handlers=handlers,
@@ -99,5 +125,6 @@ def create_app(
             ),
             security=[{"apiKey": []}],
         ),
+        logging_config=None,
         debug=False,
     )

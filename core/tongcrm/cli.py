@@ -278,6 +278,81 @@ def jobs_worker(ctx: Context, poll: float) -> None:
     run(main())
 
 
+# -------------------------------------------------------------------------------------------------------------
+
+
+@cli.command("verify")
+@pass_ctx
+def verify_cmd(ctx: Context) -> None:
+    """Recompute every points balance from its entries and lots; exit non-zero on any drift."""
+    from tongcrm.points.ledger import verify
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine, readonly=True)() as session:
+            return await verify(session)
+
+    drifts = run(_with_engine(ctx.settings, body))
+    for drift in drifts:
+        where = f"member {drift.member_id}" if drift.member_id is not None else "ledger"
+        click.echo(f"  {where}: {drift.problem}", err=True)
+    if drifts:
+        fail(f"points ledger: {len(drifts)} problem(s) found")
+    click.echo("points ledger: balances, entries and lots agree")
+
+
+@cli.group()
+def points() -> None:
+    """Points: earning-rule backtests."""
+
+
+@points.command("backtest")
+@click.option("--rules", "rules_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--since", required=True, help="First payment date to replay (YYYY-MM-DD, programme time zone)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_ctx
+def points_backtest(ctx: Context, rules_file: str, since: str, as_json: bool) -> None:
+    """Replay stored orders under a draft rule set and compare with what was actually awarded."""
+    import json
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import msgspec
+
+    from tongcrm.points import service
+
+    settings = ctx.settings
+    try:
+        start = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=settings.tz)
+    except ValueError:
+        fail(f"--since {since!r} is not a date like 2026-01-31")
+    try:
+        document = json.loads(Path(rules_file).read_text())
+    except json.JSONDecodeError as exc:
+        fail(f"{rules_file} is not JSON: {exc}")
+    rules = service.draft_rules(document)
+    points_ctx = service.PointsContext(clock=lambda: datetime.now(UTC), tz=settings.tz)
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine, readonly=True)() as session:
+            return await service.backtest(session, points_ctx, rules, start)
+
+    report = run(_with_engine(settings, body))
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+        return
+    click.echo(
+        f"{report.orders} orders, {report.lines} lines paid since {since}: draft {report.draft_total} points, "
+        f"actual {report.actual_total}, difference {report.difference:+d}"
+    )
+    for title, groups in (("channel", report.by_channel), ("tier", report.by_tier)):
+        table = Table(title, "orders", "draft", "actual", "difference")
+        for name, g in groups.items():
+            table.add_row(name, str(g.orders), str(g.draft), str(g.actual), f"{g.difference:+d}")
+        console.print(table)
+
+
 CORE_COMMANDS = frozenset(cli.commands)
 
 
@@ -290,7 +365,11 @@ def build_cli(host: PluginHost) -> click.Group:
         help=cli.help,
         context_settings=cli.context_settings,
     )
-    for command in host.cli_commands(reserved=CORE_COMMANDS):
+    from tongcrm.ingest.cli import channel_group, sync_command
+
+    group.add_command(channel_group(host))
+    group.add_command(sync_command(host))
+    for command in host.cli_commands(reserved=CORE_COMMANDS | {"channel", "sync"}):
         group.add_command(command)
     return group
 

@@ -29,6 +29,8 @@ class Settings:
     old_secret_keys: tuple[str, ...] = ()
     run_jobs_in_process: bool = True
     job_poll_seconds: float = 0.5
+    #: How long a sync worker's lease on an account lasts without renewal (a dead worker's lapses after this).
+    sync_lease_seconds: float = 120.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,6 +63,7 @@ class Settings:
             log_level=env.get("TONGCRM_LOG_LEVEL", "INFO").upper(),
             old_secret_keys=tuple(k for k in env.get("TONGCRM_OLD_SECRET_KEYS", "").split(",") if k.strip()),
             run_jobs_in_process=env.get("TONGCRM_IN_PROCESS_JOBS", "1").lower() not in {"0", "false", "no"},
+            sync_lease_seconds=float(env.get("TONGCRM_SYNC_LEASE_SECONDS", "120")),
         )
 
 

@@ -26,7 +26,9 @@ from tongcrm.errors import ConfigError
 
 
 def _derive(secret: str, purpose: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"tongcrm", info=purpose.encode()).derive(secret.encode())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"tongcrm", info=purpose.encode()).derive(
+        secret.encode()
+    )
 
 
 @dataclass(frozen=True, slots=True)

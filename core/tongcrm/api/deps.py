@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.api.security import principal_of
 from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
+from tongcrm.membership import MembershipService
+from tongcrm.crypto import Vault
 from tongcrm.plugin.host import PluginHost
 
 
@@ -35,6 +37,16 @@ def _settings(state: State) -> Settings:
     return settings
 
 
+def _vault(state: State) -> Vault:
+    vault: Vault = state.vault
+    return vault
+
+
+def _membership(state: State) -> MembershipService:
+    service: MembershipService = state.membership
+    return service
+
+
 def _principal(request: Request[Any, Any, Any]) -> Principal:
     return principal_of(request)
 
@@ -45,4 +57,6 @@ dependencies: dict[str, Provide] = {
     "host": Provide(_host, sync_to_thread=False),
     "settings": Provide(_settings, sync_to_thread=False),
     "principal": Provide(_principal, sync_to_thread=False),
+    "membership": Provide(_membership, sync_to_thread=False),
+    "vault": Provide(_vault, sync_to_thread=False),
 }

@@ -20,8 +20,59 @@ class ChannelAccount(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     #: The secret settings as one ciphertext of a JSON object (see :class:`tongcrm.crypto.Vault`).
     secrets: Mapped[str | None] = mapped_column(sa.Text)
+    #: Which secret settings are set (names only), so operators can see what is configured.
+    secret_names: Mapped[list[str]] = mapped_column(JSONType, default=list)
     #: active | needs_reauth | disabled
     status: Mapped[str] = mapped_column(sa.String(16), default="active")
     status_detail: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class SyncState(Base):
+    """Where an account's sync stands. Written in the same transaction as each page's effects."""
+
+    __tablename__ = "sync_states"
+
+    account_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("channel_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    cursor: Mapped[str | None] = mapped_column(sa.Text)
+    #: Everything the platform modified before this moment has been applied (when the adapter reports it).
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    pages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    orders: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_page_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class QuarantinedRecord(Base):
+    """A platform record that could not be applied: kept whole, reported, never silently dropped."""
+
+    __tablename__ = "ingest_quarantine"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("channel_accounts.id", ondelete="CASCADE"))
+    external_id: Mapped[str | None] = mapped_column(sa.String(64))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    payload: Mapped[str] = mapped_column(sa.Text)
+    #: sha256 of (external id, payload): a replayed page does not quarantine the same record twice.
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (sa.UniqueConstraint("account_id", "fingerprint"),)
+
+
+class PushMessage(Base):
+    """Platform message ids already applied, per account: what was pushed, and when."""
+
+    __tablename__ = "push_messages"
+
+    account_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("channel_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    message_id: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

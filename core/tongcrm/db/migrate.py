@@ -116,11 +116,14 @@ def _heads_and_current(connection: sa.Connection, cfg: Config) -> tuple[set[str]
     script = ScriptDirectory.from_config(cfg)
     heads = set(script.get_heads())
     current = set(MigrationContext.configure(connection).get_current_heads())
-    return heads, current
+    # A revision another branch depends on is not recorded as current once that branch is past it: count
+    # everything the current revisions stand on, so "up to date" means every head is applied.
+    applied = {rev.revision for head in current for rev in script.iterate_revisions(head, "base")}
+    return heads, current | (heads & applied)
 
 
 async def status(engine: AsyncEngine, host: PluginHost) -> tuple[set[str], set[str]]:
-    """(heads of all installed distributions, revisions the database is at)."""
+    """(heads of all installed distributions, the heads the database has applied)."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False), host)
     async with engine.connect() as conn:
         return await conn.run_sync(_heads_and_current, cfg)

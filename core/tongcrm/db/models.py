@@ -13,6 +13,13 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.members.models",
     "tongcrm.channels.models",
     "tongcrm.orders.models",
+    "tongcrm.points.models",
+    "tongcrm.identity.models",
+    "tongcrm.consent.models",
+    "tongcrm.audit.models",
+    "tongcrm.tiers.models",
+    "tongcrm.entitlements.models",
+    "tongcrm.messaging.models",
 )
 
 

@@ -9,7 +9,13 @@ from tongcrm.jobs.runner import JobRegistry
 
 registry = JobRegistry()
 
-JOB_MODULES: tuple[str, ...] = ()
+JOB_MODULES: tuple[str, ...] = (
+    "tongcrm.ingest.jobs",
+    "tongcrm.points.jobs",
+    "tongcrm.tiers.jobs",
+    "tongcrm.entitlements.jobs",
+    "tongcrm.messaging.jobs",
+)
 
 
 def load_job_modules() -> JobRegistry:

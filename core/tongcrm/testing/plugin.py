@@ -127,5 +127,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     """One line per backend that CI reads to prove the PostgreSQL half really ran."""
     passed = terminalreporter.stats.get("passed", [])
     for backend in backends():
-        count = sum(1 for report in passed if f"[{backend}" in report.nodeid or f"-{backend}" in report.nodeid)
+        count = sum(
+            1 for report in passed if f"[{backend}" in report.nodeid or f"-{backend}" in report.nodeid
+        )
         terminalreporter.write_line(f"tongcrm: {count} tests passed on {backend}")

@@ -7,7 +7,14 @@ core services that do not exist yet; :mod:`tongcrm_taobao.tmc` already holds the
 from __future__ import annotations
 
 from tongcrm.plugin import hookimpl
-from tongcrm.plugin.types import ChannelAdapter, ChannelCapability, ChannelContext, ChannelSpec, SettingField
+from tongcrm.plugin.types import (
+    ChannelAdapter,
+    ChannelCapability,
+    ChannelContext,
+    ChannelSpec,
+    RouteSpec,
+    SettingField,
+)
 
 from tongcrm_taobao.adapter import TaobaoAdapter
 from tongcrm_taobao.client import DEFAULT_GATEWAY
@@ -71,3 +78,11 @@ TAOBAO_CHANNEL = ChannelSpec(
 @hookimpl
 def channels() -> list[ChannelSpec]:
     return [TAOBAO_CHANNEL]
+
+
+@hookimpl
+def routes() -> list[RouteSpec]:
+    """Tmall's 会员通 SPIs (bind-query, bind, register), authenticated by the platform's signature."""
+    from tongcrm_taobao.membership import MEMBERSHIP_ROUTES
+
+    return [MEMBERSHIP_ROUTES]

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 01:19:20.283609
+Create Date: 2026-11-23 01:49:28.959926
 """
 
 from collections.abc import Sequence
@@ -33,12 +33,32 @@ def upgrade() -> None:
         sa.UniqueConstraint("prefix", name=op.f("uq_api_keys_prefix")),
     )
     op.create_table(
+        "audit_log",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("actor", sa.String(length=64), nullable=False),
+        sa.Column("actor_key_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("object_type", sa.String(length=32), nullable=False),
+        sa.Column("object_id", sa.String(length=64), nullable=False),
+        sa.Column("before", tongcrm.db.base.JSONType, nullable=True),
+        sa.Column("after", tongcrm.db.base.JSONType, nullable=True),
+        sa.Column("request_id", sa.String(length=128), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
+    )
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_audit_log_at"), ["at"], unique=False)
+        batch_op.create_index("ix_audit_log_object", ["object_type", "object_id"], unique=False)
+
+    op.create_table(
         "channel_accounts",
         sa.Column("id", tongcrm.db.base.BigId, nullable=False),
         sa.Column("channel", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("settings", tongcrm.db.base.JSONType, nullable=False),
         sa.Column("secrets", sa.Text(), nullable=True),
+        sa.Column("secret_names", tongcrm.db.base.JSONType, nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("status_detail", sa.Text(), nullable=False),
         sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
@@ -83,14 +103,46 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
         sa.Column("updated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=True),
+        sa.Column("gender", sa.String(length=8), nullable=True),
+        sa.Column("birthday", sa.Date(), nullable=True),
+        sa.Column("province", sa.String(length=64), nullable=True),
+        sa.Column("city", sa.String(length=64), nullable=True),
+        sa.Column("mobile_enc", sa.Text(), nullable=True),
+        sa.Column("profile_meta", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("source_channel", sa.String(length=64), nullable=True),
+        sa.Column("source_store", sa.String(length=64), nullable=True),
+        sa.Column("source_campaign", sa.String(length=100), nullable=True),
+        sa.Column("referrer_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("lifecycle_stage", sa.String(length=16), nullable=False),
         sa.ForeignKeyConstraint(
             ["merged_into_id"], ["members.id"], name=op.f("fk_members_merged_into_id_members")
         ),
+        sa.ForeignKeyConstraint(["referrer_id"], ["members.id"], name=op.f("fk_members_referrer_id_members")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_members")),
     )
     with op.batch_alter_table("members", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_members_city"), ["city"], unique=False)
         batch_op.create_index(batch_op.f("ix_members_merged_into_id"), ["merged_into_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_members_source_channel"), ["source_channel"], unique=False)
 
+    op.create_table(
+        "messenger_accounts",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("messenger", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("settings", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("secrets", sa.Text(), nullable=True),
+        sa.Column("secret_names", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status_code", sa.String(length=100), nullable=False),
+        sa.Column("status_detail", sa.Text(), nullable=False),
+        sa.Column("paused_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_messenger_accounts")),
+        sa.UniqueConstraint("name", name=op.f("uq_messenger_accounts_name")),
+    )
     op.create_table(
         "outbox_events",
         sa.Column("id", tongcrm.db.base.BigId, nullable=False),
@@ -102,6 +154,114 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_outbox_events_dispatched_at"), ["dispatched_at"], unique=False)
+
+    op.create_table(
+        "points_requests",
+        sa.Column("key", sa.String(length=200), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("body_hash", sa.String(length=64), nullable=False),
+        sa.Column("response", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_points_requests")),
+    )
+    op.create_table(
+        "points_rule_sets",
+        sa.Column("version", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("document", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("note", sa.String(length=500), nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("activated_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("version", name=op.f("pk_points_rule_sets")),
+    )
+    op.create_table(
+        "sms_opt_outs",
+        sa.Column("mobile_index", sa.String(length=100), nullable=False),
+        sa.Column("signature", sa.String(length=64), nullable=False),
+        sa.Column("keyword", sa.String(length=32), nullable=False),
+        sa.Column("at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("mobile_index", "signature", name=op.f("pk_sms_opt_outs")),
+    )
+    op.create_table(
+        "tier_ladders",
+        sa.Column("version", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("definition", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("reason", sa.String(length=500), nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("version", name=op.f("pk_tier_ladders")),
+    )
+    op.create_table(
+        "tier_review_items",
+        sa.Column("run_id", sa.String(length=40), nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("old_code", sa.String(length=32), nullable=False),
+        sa.Column("new_code", sa.String(length=32), nullable=False),
+        sa.Column("next_review_on", sa.Date(), nullable=False),
+        sa.Column("visible", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("run_id", "member_id", name=op.f("pk_tier_review_items")),
+    )
+    op.create_table(
+        "consent_events",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("signature", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=8), nullable=False),
+        sa.Column("source", sa.String(length=64), nullable=False),
+        sa.Column("proof", sa.Text(), nullable=False),
+        sa.Column("actor", sa.String(length=64), nullable=False),
+        sa.Column("recorded_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_consent_events_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_consent_events")),
+    )
+    with op.batch_alter_table("consent_events", schema=None) as batch_op:
+        batch_op.create_index("ix_consent_events_member_purpose", ["member_id", "purpose"], unique=False)
+
+    op.create_table(
+        "contact_budgets",
+        sa.Column("member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("day", sa.String(length=10), nullable=False),
+        sa.Column("used", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_contact_budgets_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("member_id", "day", name=op.f("pk_contact_budgets")),
+    )
+    op.create_table(
+        "entitlement_grants",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("grant_key", sa.String(length=200), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("tier_code", sa.String(length=32), nullable=True),
+        sa.Column("ladder_version", sa.Integer(), nullable=True),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.Column("params", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("valid_from", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("valid_until", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("provider", sa.String(length=100), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("reference", sa.String(length=200), nullable=True),
+        sa.Column("last_error", sa.String(length=1000), nullable=True),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("fulfilled_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_entitlement_grants_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_entitlement_grants")),
+        sa.UniqueConstraint("grant_key", name=op.f("uq_entitlement_grants_grant_key")),
+    )
+    with op.batch_alter_table("entitlement_grants", schema=None) as batch_op:
+        batch_op.create_index("ix_entitlement_grants_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_entitlement_grants_member_id"), ["member_id"], unique=False)
 
     op.create_table(
         "event_deliveries",
@@ -125,6 +285,156 @@ def upgrade() -> None:
     with op.batch_alter_table("event_deliveries", schema=None) as batch_op:
         batch_op.create_index("ix_event_deliveries_due", ["status", "next_attempt_at"], unique=False)
 
+    op.create_table(
+        "identities",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("kind", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=200), nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("value_enc", sa.Text(), nullable=True),
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("evidence", sa.Text(), nullable=False),
+        sa.Column("first_seen_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("last_seen_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["channel_accounts.id"], name=op.f("fk_identities_account_id_channel_accounts")
+        ),
+        sa.ForeignKeyConstraint(["member_id"], ["members.id"], name=op.f("fk_identities_member_id_members")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_identities")),
+        sa.UniqueConstraint("kind", "value", name=op.f("uq_identities_kind_value")),
+    )
+    with op.batch_alter_table("identities", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_identities_member_id"), ["member_id"], unique=False)
+
+    op.create_table(
+        "ingest_quarantine",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("external_id", sa.String(length=64), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("resolved_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["channel_accounts.id"],
+            name=op.f("fk_ingest_quarantine_account_id_channel_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ingest_quarantine")),
+        sa.UniqueConstraint(
+            "account_id", "fingerprint", name=op.f("uq_ingest_quarantine_account_id_fingerprint")
+        ),
+    )
+    op.create_table(
+        "member_merges",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("survivor_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("absorbed_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("actor", sa.String(length=64), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("evidence", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("moved", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("created", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("profile_changes", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("undone_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("undone_by", sa.String(length=64), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["absorbed_id"], ["members.id"], name=op.f("fk_member_merges_absorbed_id_members")
+        ),
+        sa.ForeignKeyConstraint(
+            ["survivor_id"], ["members.id"], name=op.f("fk_member_merges_survivor_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_member_merges")),
+    )
+    with op.batch_alter_table("member_merges", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_member_merges_absorbed_id"), ["absorbed_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_member_merges_survivor_id"), ["survivor_id"], unique=False)
+
+    op.create_table(
+        "member_tags",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("tag", sa.String(length=64), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["member_id"], ["members.id"], name=op.f("fk_member_tags_member_id_members")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_member_tags")),
+    )
+    with op.batch_alter_table("member_tags", schema=None) as batch_op:
+        batch_op.create_index("ix_member_tags_member_tag", ["member_id", "tag"], unique=False)
+        batch_op.create_index(batch_op.f("ix_member_tags_tag"), ["tag"], unique=False)
+
+    op.create_table(
+        "member_tiers",
+        sa.Column("member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("tier_code", sa.String(length=32), nullable=False),
+        sa.Column("since", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("anchor_on", sa.Date(), nullable=False),
+        sa.Column("review_on", sa.Date(), nullable=False),
+        sa.Column("ladder_version", sa.Integer(), nullable=False),
+        sa.Column("override_code", sa.String(length=32), nullable=True),
+        sa.Column("override_until", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("override_reason", sa.String(length=500), nullable=True),
+        sa.Column("override_by", sa.String(length=100), nullable=True),
+        sa.Column("updated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_member_tiers_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("member_id", name=op.f("pk_member_tiers")),
+    )
+    with op.batch_alter_table("member_tiers", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_member_tiers_override_until"), ["override_until"], unique=False)
+        batch_op.create_index(batch_op.f("ix_member_tiers_review_on"), ["review_on"], unique=False)
+
+    op.create_table(
+        "message_inbound",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("dedupe_key", sa.String(length=200), nullable=False),
+        sa.Column("message_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("provider_id", sa.String(length=200), nullable=True),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("outcome", sa.Text(), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["messenger_accounts.id"],
+            name=op.f("fk_message_inbound_account_id_messenger_accounts"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_message_inbound")),
+        sa.UniqueConstraint(
+            "account_id", "dedupe_key", name=op.f("uq_message_inbound_account_id_dedupe_key")
+        ),
+    )
+    with op.batch_alter_table("message_inbound", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_message_inbound_provider_id"), ["provider_id"], unique=False)
+
+    op.create_table(
+        "message_templates",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("signature", sa.String(length=64), nullable=False),
+        sa.Column("template_code", sa.String(length=100), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("variables", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("defaults", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["messenger_accounts.id"],
+            name=op.f("fk_message_templates_account_id_messenger_accounts"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_message_templates")),
+        sa.UniqueConstraint("name", name=op.f("uq_message_templates_name")),
+    )
     op.create_table(
         "orders",
         sa.Column("id", tongcrm.db.base.BigId, nullable=False),
@@ -160,6 +470,221 @@ def upgrade() -> None:
         batch_op.create_index("ix_orders_member_placed", ["member_id", "placed_at"], unique=False)
 
     op.create_table(
+        "points_balances",
+        sa.Column("member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("available", sa.BigInteger(), nullable=False),
+        sa.Column("pending", sa.BigInteger(), nullable=False),
+        sa.Column("owed", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_points_balances_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("member_id", name=op.f("pk_points_balances")),
+    )
+    op.create_table(
+        "points_entries",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("shortfall", sa.BigInteger(), nullable=False),
+        sa.Column("idempotency_key", sa.String(length=200), nullable=False),
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("order_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("line_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("rule_code", sa.String(length=64), nullable=True),
+        sa.Column("rule_version", sa.Integer(), nullable=True),
+        sa.Column("reason", sa.String(length=500), nullable=True),
+        sa.Column("actor", sa.String(length=100), nullable=False),
+        sa.Column("ref_entry_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("occurred_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("available_from", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("expires_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("detail", tongcrm.db.base.JSONType, nullable=True),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_points_entries_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_points_entries")),
+        sa.UniqueConstraint("idempotency_key", name=op.f("uq_points_entries_idempotency_key")),
+    )
+    with op.batch_alter_table("points_entries", schema=None) as batch_op:
+        batch_op.create_index("ix_points_entries_member_id_id", ["member_id", "id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_points_entries_order_id"), ["order_id"], unique=False)
+
+    op.create_table(
+        "points_line_awards",
+        sa.Column("line_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("order_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("rule_version", sa.Integer(), nullable=False),
+        sa.Column("points", sa.BigInteger(), nullable=False),
+        sa.Column("evaluated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_points_line_awards_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("line_id", name=op.f("pk_points_line_awards")),
+    )
+    with op.batch_alter_table("points_line_awards", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_points_line_awards_order_id"), ["order_id"], unique=False)
+
+    op.create_table(
+        "points_rule_usage",
+        sa.Column("member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("rule_code", sa.String(length=64), nullable=False),
+        sa.Column("period", sa.String(length=32), nullable=False),
+        sa.Column("points", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_points_rule_usage_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("member_id", "rule_code", "period", name=op.f("pk_points_rule_usage")),
+    )
+    op.create_table(
+        "push_messages",
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("message_id", sa.String(length=100), nullable=False),
+        sa.Column("received_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["channel_accounts.id"],
+            name=op.f("fk_push_messages_account_id_channel_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("account_id", "message_id", name=op.f("pk_push_messages")),
+    )
+    op.create_table(
+        "sync_states",
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("cursor", sa.Text(), nullable=True),
+        sa.Column("watermark", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("pages", sa.BigInteger(), nullable=False),
+        sa.Column("orders", sa.BigInteger(), nullable=False),
+        sa.Column("last_page_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("last_success_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_error_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["channel_accounts.id"],
+            name=op.f("fk_sync_states_account_id_channel_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_sync_states")),
+    )
+    op.create_table(
+        "tier_history",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("from_code", sa.String(length=32), nullable=False),
+        sa.Column("to_code", sa.String(length=32), nullable=False),
+        sa.Column("reason", sa.String(length=32), nullable=False),
+        sa.Column("detail", sa.String(length=500), nullable=False),
+        sa.Column("actor", sa.String(length=100), nullable=False),
+        sa.Column("ladder_version", sa.Integer(), nullable=False),
+        sa.Column("at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_tier_history_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tier_history")),
+    )
+    with op.batch_alter_table("tier_history", schema=None) as batch_op:
+        batch_op.create_index("ix_tier_history_member_id_id", ["member_id", "id"], unique=False)
+
+    op.create_table(
+        "care_flow_configs",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("flow", sa.String(length=64), nullable=False),
+        sa.Column("channel_account_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("delay_seconds", sa.Integer(), nullable=False),
+        sa.Column("template_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("updated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["channel_account_id"],
+            ["channel_accounts.id"],
+            name=op.f("fk_care_flow_configs_channel_account_id_channel_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["template_id"],
+            ["message_templates.id"],
+            name=op.f("fk_care_flow_configs_template_id_message_templates"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_care_flow_configs")),
+        sa.UniqueConstraint(
+            "flow", "channel_account_id", name=op.f("uq_care_flow_configs_flow_channel_account_id")
+        ),
+    )
+    op.create_table(
+        "entitlement_usages",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("grant_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("usage_key", sa.String(length=200), nullable=False),
+        sa.Column("reference", sa.String(length=200), nullable=False),
+        sa.Column("actor", sa.String(length=100), nullable=False),
+        sa.Column("used_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["grant_id"],
+            ["entitlement_grants.id"],
+            name=op.f("fk_entitlement_usages_grant_id_entitlement_grants"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_entitlement_usages_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_entitlement_usages")),
+        sa.UniqueConstraint("usage_key", name=op.f("uq_entitlement_usages_usage_key")),
+    )
+    with op.batch_alter_table("entitlement_usages", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_entitlement_usages_grant_id"), ["grant_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_entitlement_usages_member_id"), ["member_id"], unique=False)
+
+    op.create_table(
+        "messages",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("dedupe_key", sa.String(length=200), nullable=False),
+        sa.Column("flow", sa.String(length=100), nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("order_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("template_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("account_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("priority", sa.SmallInteger(), nullable=False),
+        sa.Column("params", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=200), nullable=False),
+        sa.Column("code", sa.String(length=100), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("provider_id", sa.String(length=200), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("locked_by", sa.String(length=100), nullable=True),
+        sa.Column("locked_until", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("budget_day", sa.String(length=10), nullable=True),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("sent_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("delivered_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("finished_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("updated_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["messenger_accounts.id"], name=op.f("fk_messages_account_id_messenger_accounts")
+        ),
+        sa.ForeignKeyConstraint(["member_id"], ["members.id"], name=op.f("fk_messages_member_id_members")),
+        sa.ForeignKeyConstraint(["order_id"], ["orders.id"], name=op.f("fk_messages_order_id_orders")),
+        sa.ForeignKeyConstraint(
+            ["template_id"], ["message_templates.id"], name=op.f("fk_messages_template_id_message_templates")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_messages")),
+        sa.UniqueConstraint("dedupe_key", name=op.f("uq_messages_dedupe_key")),
+    )
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.create_index("ix_messages_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index("ix_messages_flow_status", ["flow", "status"], unique=False)
+        batch_op.create_index(batch_op.f("ix_messages_member_id"), ["member_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_messages_order_id"), ["order_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_messages_provider_id"), ["provider_id"], unique=False)
+
+    op.create_table(
         "order_lines",
         sa.Column("id", tongcrm.db.base.BigId, nullable=False),
         sa.Column("order_id", tongcrm.db.base.BigId, nullable=False),
@@ -178,27 +703,159 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_order_lines")),
         sa.UniqueConstraint("order_id", "external_id", name=op.f("uq_order_lines_order_id_external_id")),
     )
+    op.create_table(
+        "points_lots",
+        sa.Column("id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("order_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("line_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("rule_code", sa.String(length=64), nullable=True),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("remaining", sa.BigInteger(), nullable=False),
+        sa.Column("reversed", sa.BigInteger(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("release_on", sa.String(length=16), nullable=False),
+        sa.Column("return_window_days", sa.Integer(), nullable=False),
+        sa.Column("available_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("expires_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("earned_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.CheckConstraint("remaining >= 0", name=op.f("ck_points_lots_remaining_not_negative")),
+        sa.ForeignKeyConstraint(["id"], ["points_entries.id"], name=op.f("fk_points_lots_id_points_entries")),
+        sa.ForeignKeyConstraint(["member_id"], ["members.id"], name=op.f("fk_points_lots_member_id_members")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_points_lots")),
+    )
+    with op.batch_alter_table("points_lots", schema=None) as batch_op:
+        batch_op.create_index("ix_points_lots_expires", ["expires_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_points_lots_line_id"), ["line_id"], unique=False)
+        batch_op.create_index("ix_points_lots_member_status", ["member_id", "status"], unique=False)
+        batch_op.create_index("ix_points_lots_pending", ["status", "available_at"], unique=False)
+
+    op.create_table(
+        "points_lot_draws",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("lot_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("entry_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["entry_id"], ["points_entries.id"], name=op.f("fk_points_lot_draws_entry_id_points_entries")
+        ),
+        sa.ForeignKeyConstraint(
+            ["lot_id"], ["points_lots.id"], name=op.f("fk_points_lot_draws_lot_id_points_lots")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_points_lot_draws")),
+    )
+    with op.batch_alter_table("points_lot_draws", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_points_lot_draws_entry_id"), ["entry_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_points_lot_draws_lot_id"), ["lot_id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("points_lot_draws", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_points_lot_draws_lot_id"))
+        batch_op.drop_index(batch_op.f("ix_points_lot_draws_entry_id"))
+
+    op.drop_table("points_lot_draws")
+    with op.batch_alter_table("points_lots", schema=None) as batch_op:
+        batch_op.drop_index("ix_points_lots_pending")
+        batch_op.drop_index("ix_points_lots_member_status")
+        batch_op.drop_index(batch_op.f("ix_points_lots_line_id"))
+        batch_op.drop_index("ix_points_lots_expires")
+
+    op.drop_table("points_lots")
     op.drop_table("order_lines")
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_messages_provider_id"))
+        batch_op.drop_index(batch_op.f("ix_messages_order_id"))
+        batch_op.drop_index(batch_op.f("ix_messages_member_id"))
+        batch_op.drop_index("ix_messages_flow_status")
+        batch_op.drop_index("ix_messages_due")
+
+    op.drop_table("messages")
+    with op.batch_alter_table("entitlement_usages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_entitlement_usages_member_id"))
+        batch_op.drop_index(batch_op.f("ix_entitlement_usages_grant_id"))
+
+    op.drop_table("entitlement_usages")
+    op.drop_table("care_flow_configs")
+    with op.batch_alter_table("tier_history", schema=None) as batch_op:
+        batch_op.drop_index("ix_tier_history_member_id_id")
+
+    op.drop_table("tier_history")
+    op.drop_table("sync_states")
+    op.drop_table("push_messages")
+    op.drop_table("points_rule_usage")
+    with op.batch_alter_table("points_line_awards", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_points_line_awards_order_id"))
+
+    op.drop_table("points_line_awards")
+    with op.batch_alter_table("points_entries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_points_entries_order_id"))
+        batch_op.drop_index("ix_points_entries_member_id_id")
+
+    op.drop_table("points_entries")
+    op.drop_table("points_balances")
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.drop_index("ix_orders_member_placed")
         batch_op.drop_index(batch_op.f("ix_orders_member_id"))
 
     op.drop_table("orders")
+    op.drop_table("message_templates")
+    with op.batch_alter_table("message_inbound", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_message_inbound_provider_id"))
+
+    op.drop_table("message_inbound")
+    with op.batch_alter_table("member_tiers", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_member_tiers_review_on"))
+        batch_op.drop_index(batch_op.f("ix_member_tiers_override_until"))
+
+    op.drop_table("member_tiers")
+    with op.batch_alter_table("member_tags", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_member_tags_tag"))
+        batch_op.drop_index("ix_member_tags_member_tag")
+
+    op.drop_table("member_tags")
+    with op.batch_alter_table("member_merges", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_member_merges_survivor_id"))
+        batch_op.drop_index(batch_op.f("ix_member_merges_absorbed_id"))
+
+    op.drop_table("member_merges")
+    op.drop_table("ingest_quarantine")
+    with op.batch_alter_table("identities", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_identities_member_id"))
+
+    op.drop_table("identities")
     with op.batch_alter_table("event_deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_event_deliveries_due")
 
     op.drop_table("event_deliveries")
+    with op.batch_alter_table("entitlement_grants", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_entitlement_grants_member_id"))
+        batch_op.drop_index("ix_entitlement_grants_due")
+
+    op.drop_table("entitlement_grants")
+    op.drop_table("contact_budgets")
+    with op.batch_alter_table("consent_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_consent_events_member_purpose")
+
+    op.drop_table("consent_events")
+    op.drop_table("tier_review_items")
+    op.drop_table("tier_ladders")
+    op.drop_table("sms_opt_outs")
+    op.drop_table("points_rule_sets")
+    op.drop_table("points_requests")
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_events_dispatched_at"))
 
     op.drop_table("outbox_events")
+    op.drop_table("messenger_accounts")
     with op.batch_alter_table("members", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_members_source_channel"))
         batch_op.drop_index(batch_op.f("ix_members_merged_into_id"))
+        batch_op.drop_index(batch_op.f("ix_members_city"))
 
     op.drop_table("members")
     op.drop_table("leases")
@@ -207,5 +864,10 @@ def downgrade() -> None:
 
     op.drop_table("jobs")
     op.drop_table("channel_accounts")
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_log_object")
+        batch_op.drop_index(batch_op.f("ix_audit_log_at"))
+
+    op.drop_table("audit_log")
     op.drop_table("api_keys")
     # ### end Alembic commands ###

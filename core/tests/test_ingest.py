@@ -1,0 +1,360 @@
+"""The ingest engine over an in-memory channel: forward-only upserts, quarantine, replays, leases, cursors,
+re-authorisation — on both databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from tongcrm.channels import service as accounts
+from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
+from tongcrm.crypto import Vault
+from tongcrm.errors import BadRequest, Conflict
+from tongcrm.ingest.apply import IngestContext, apply_orders_page, next_status
+from tongcrm.ingest.service import lease_key, sync_account
+from tongcrm.jobs import leases
+from tongcrm.jobs.models import OutboxEvent
+from tongcrm.members.models import Member
+from tongcrm.orders.models import Order, OrderLine
+from tongcrm.plugin.errors import ChannelAuthError, ChannelUnavailable
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import OrderStatus
+from tongcrm.plugin.types import QuarantinedRecord as QuarantinedIn
+from tongcrm.testing.database import TestDatabase
+from tongcrm.testing.memory import MemoryChannel, make_order
+
+VAULT = Vault("ingest-test-secret-0123456789")
+NOW = datetime(2026, 11, 11, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def ctx(memory_host: PluginHost) -> IngestContext:
+    return IngestContext(host=memory_host, vault=VAULT, clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai"))
+
+
+@pytest.fixture
+async def account(tongcrm_db: TestDatabase, memory_host: PluginHost) -> ChannelAccount:
+    async with tongcrm_db.sessions() as session, session.begin():
+        created = await accounts.create_account(
+            session, memory_host, VAULT, "memory", "shop-a", {"token": "s3cr3t-token", "shop": "A"}
+        )
+    return created
+
+
+async def _count(db: TestDatabase, model: Any) -> int:
+    async with db.sessions() as session:
+        return (await session.execute(sa.select(sa.func.count()).select_from(model))).scalar_one()
+
+
+async def _apply(
+    db: TestDatabase,
+    ctx: IngestContext,
+    account: ChannelAccount,
+    orders: list[Any],
+    quarantined: tuple[Any, ...] = (),
+) -> Any:
+    async with db.sessions() as session, session.begin():
+        return await apply_orders_page(session, ctx, account.id, "memory", orders, quarantined)
+
+
+# ------------------------------------------------------------------------------------------------ accounts
+
+
+async def test_account_secrets_are_encrypted_and_never_shown(
+    tongcrm_db: TestDatabase, account: ChannelAccount
+) -> None:
+    async with tongcrm_db.sessions() as session:
+        row = (await session.execute(sa.select(ChannelAccount))).scalar_one()
+        view = await accounts.account_view(session, "shop-a")
+    assert "s3cr3t-token" not in (row.secrets or "")
+    assert row.settings == {"shop": "A"}
+    assert view.secrets_set == ["token"]
+    assert "s3cr3t-token" not in repr(view)
+    ctx = accounts.channel_context(row, VAULT, clock=lambda: NOW)
+    assert ctx.settings["token"] == "s3cr3t-token"
+
+
+async def test_account_settings_are_validated(tongcrm_db: TestDatabase, memory_host: PluginHost) -> None:
+    async with tongcrm_db.sessions() as session, session.begin():
+        with pytest.raises(
+            BadRequest, match=r"missing required setting 'token'.*unknown|unknown setting\(s\) colour"
+        ):
+            await accounts.create_account(
+                session, memory_host, VAULT, "memory", "x", {"shop": "A", "colour": "red"}
+            )
+        with pytest.raises(BadRequest, match="no channel named 'youzan'"):
+            await accounts.create_account(session, memory_host, VAULT, "youzan", "y", {})
+
+
+async def test_duplicate_account_name_conflicts(
+    tongcrm_db: TestDatabase, memory_host: PluginHost, account: ChannelAccount
+) -> None:
+    async with tongcrm_db.sessions() as session, session.begin():
+        with pytest.raises(Conflict):
+            await accounts.create_account(
+                session, memory_host, VAULT, "memory", "shop-a", {"token": "t", "shop": "B"}
+            )
+
+
+# ------------------------------------------------------------------------------------------------ applying pages
+
+
+@pytest.mark.parametrize(
+    ("stored", "incoming", "kept"),
+    [
+        (None, OrderStatus.PAID, OrderStatus.PAID),
+        ("shipped", OrderStatus.PAID, OrderStatus.SHIPPED),
+        ("paid", OrderStatus.COMPLETED, OrderStatus.COMPLETED),
+        ("completed", OrderStatus.REFUNDED, OrderStatus.REFUNDED),
+        ("refunded", OrderStatus.PAID, OrderStatus.REFUNDED),
+        ("closed", OrderStatus.CREATED, OrderStatus.CLOSED),
+        ("created", OrderStatus.CLOSED, OrderStatus.CLOSED),
+    ],
+)
+def test_status_only_moves_forward(stored: str | None, incoming: OrderStatus, kept: OrderStatus) -> None:
+    assert next_status(stored, incoming) is kept
+
+
+async def test_same_buyer_is_one_member_and_orders_carry_lines(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    result = await _apply(
+        tongcrm_db,
+        ctx,
+        account,
+        [
+            make_order("o1", "b1"),
+            make_order("o2", "b1", lines=(("a", 100), ("b", 250))),
+            make_order("o3", "b2"),
+        ],
+    )
+    assert result.applied == 3
+    assert result.members_created == 2
+    async with tongcrm_db.sessions() as session:
+        members = {r.external_id: r.member_id for r in (await session.execute(sa.select(Order))).scalars()}
+        lines = (await session.execute(sa.select(sa.func.count()).select_from(OrderLine))).scalar_one()
+    assert members["o1"] == members["o2"] != members["o3"]
+    assert lines == 4
+    assert await _count(tongcrm_db, Member) == 2
+
+
+async def test_replaying_a_page_changes_nothing(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    page = [make_order("o1", "b1"), make_order("o2", "b2", status=OrderStatus.COMPLETED)]
+    await _apply(tongcrm_db, ctx, account, page)
+    before = (
+        await _count(tongcrm_db, Order),
+        await _count(tongcrm_db, OutboxEvent),
+        await _count(tongcrm_db, Member),
+    )
+    again = await _apply(tongcrm_db, ctx, account, page)
+    assert again.applied == 0 and again.unchanged == 2
+    after = (
+        await _count(tongcrm_db, Order),
+        await _count(tongcrm_db, OutboxEvent),
+        await _count(tongcrm_db, Member),
+    )
+    assert before == after
+
+
+async def test_older_version_never_overwrites_a_newer_one(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    await _apply(tongcrm_db, ctx, account, [make_order("o1", "b1", status=OrderStatus.SHIPPED, minutes=10)])
+    late = await _apply(
+        tongcrm_db, ctx, account, [make_order("o1", "b1", status=OrderStatus.PAID, minutes=5)]
+    )
+    assert late.applied == 0
+    newer_but_backwards = await _apply(
+        tongcrm_db, ctx, account, [make_order("o1", "b1", status=OrderStatus.PAID, minutes=20)]
+    )
+    assert newer_but_backwards.applied == 1
+    async with tongcrm_db.sessions() as session:
+        order = (await session.execute(sa.select(Order))).scalar_one()
+    assert order.status == "shipped"
+    assert order.modified_at == make_order("o1", minutes=20).modified_at
+
+
+async def test_partial_refund_per_line_is_recorded(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    lines = (("a", 5_000), ("b", 3_000))
+    await _apply(tongcrm_db, ctx, account, [make_order("o1", "b1", lines=lines)])
+    await _apply(
+        tongcrm_db, ctx, account, [make_order("o1", "b1", lines=lines, minutes=3, refunded={"b": 3_000})]
+    )
+    async with tongcrm_db.sessions() as session:
+        order = (await session.execute(sa.select(Order))).scalar_one()
+        refunds = {
+            r.external_id: (r.refunded_fen, r.refund_status)
+            for r in (await session.execute(sa.select(OrderLine))).scalars()
+        }
+    assert order.refunded_fen == 3_000
+    assert refunds == {"a": (0, "none"), "b": (3_000, "refunded")}
+
+
+async def test_malformed_and_unresolvable_records_are_quarantined_not_dropped(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    bad_claim = make_order("o9", None)
+    bad_claim = type(bad_claim)(
+        **{
+            **{f: getattr(bad_claim, f) for f in bad_claim.__dataclass_fields__},
+            "claims": (make_order("x").claims[0].__class__("unknown.kind", "v"),),
+        }
+    )
+    result = await _apply(
+        tongcrm_db,
+        ctx,
+        account,
+        [make_order("o1", "b1"), bad_claim],
+        (QuarantinedIn("o7", "payment is not a number: 'abc'", '{"tid": "o7", "payment": "abc"}'),),
+    )
+    assert result.applied == 1
+    assert result.quarantined == 2
+    again = await _apply(
+        tongcrm_db,
+        ctx,
+        account,
+        [],
+        (QuarantinedIn("o7", "payment is not a number: 'abc'", '{"tid": "o7", "payment": "abc"}'),),
+    )
+    assert again.quarantined == 1
+    async with tongcrm_db.sessions() as session:
+        rows = list(
+            (
+                await session.execute(sa.select(QuarantinedRecord).order_by(QuarantinedRecord.external_id))
+            ).scalars()
+        )
+    assert [(r.external_id, r.reason.split(":")[0]) for r in rows] == [
+        ("o7", "payment is not a number"),
+        ("o9", "identity"),
+    ]
+
+
+async def test_orders_without_claims_are_kept_without_a_member(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    await _apply(tongcrm_db, ctx, account, [make_order("anon", None)])
+    async with tongcrm_db.sessions() as session:
+        order = (await session.execute(sa.select(Order))).scalar_one()
+    assert order.member_id is None
+
+
+async def test_order_changed_events_are_written_with_the_page(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    await _apply(tongcrm_db, ctx, account, [make_order("o1", "b1", status=OrderStatus.CREATED)])
+    await _apply(tongcrm_db, ctx, account, [make_order("o1", "b1", status=OrderStatus.PAID, minutes=1)])
+    async with tongcrm_db.sessions() as session:
+        events = [
+            e.payload
+            for e in (
+                await session.execute(
+                    sa.select(OutboxEvent).where(OutboxEvent.name == "order_changed").order_by(OutboxEvent.id)
+                )
+            ).scalars()
+        ]
+    assert [(e["status"], e["previous"]) for e in events] == [("created", None), ("paid", "created")]
+
+
+# ------------------------------------------------------------------------------------------------ syncing
+
+
+async def test_sync_walks_pages_and_stores_the_cursor(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount, memory_channel: MemoryChannel
+) -> None:
+    memory_channel.add_page([make_order("o1", "b1"), make_order("o2", "b2")])
+    memory_channel.add_page([make_order("o3", "b1")])
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert (report.pages, report.applied, report.caught_up, report.error) == (2, 3, True, None)
+    async with tongcrm_db.sessions() as session:
+        state = (await session.execute(sa.select(SyncState))).scalar_one()
+    assert state.cursor == '{"page": 2}' and state.orders == 3 and state.last_success_at is not None
+    memory_channel.add_page([make_order("o4", "b3")])
+    resumed = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert resumed.applied == 1
+    assert memory_channel.fetched[-1] == '{"page": 2}'
+
+
+async def test_a_crash_mid_page_replays_that_page_only(
+    tongcrm_db: TestDatabase,
+    ctx: IngestContext,
+    account: ChannelAccount,
+    memory_channel: MemoryChannel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory_channel.add_page([make_order("o1", "b1")])
+    memory_channel.add_page([make_order("o2", "b2")])
+    import tongcrm.ingest.service as engine
+
+    real = engine.apply_orders_page
+    calls = 0
+
+    async def crash_on_second(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await real(*args, **kwargs)
+        if calls == 2:
+            raise RuntimeError("power cut")
+        return result
+
+    monkeypatch.setattr(engine, "apply_orders_page", crash_on_second)
+    with pytest.raises(RuntimeError, match="power cut"):
+        await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert await _count(tongcrm_db, Order) == 1  # page 2 rolled back with its cursor
+    monkeypatch.setattr(engine, "apply_orders_page", real)
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert report.applied == 1 and report.caught_up
+    assert await _count(tongcrm_db, Order) == 2
+
+
+async def test_two_workers_never_sync_one_account_at_once(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount, memory_channel: MemoryChannel
+) -> None:
+    memory_channel.add_page([make_order("o1", "b1")])
+    async with tongcrm_db.sessions() as session, session.begin():
+        assert await leases.acquire(session, lease_key(account.id), "other-worker", ctx.lease_ttl, now=NOW)
+    with pytest.raises(Conflict, match="being synced by other-worker"):
+        await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+
+
+async def test_expired_session_stops_the_account_until_reauthorised(
+    tongcrm_db: TestDatabase,
+    ctx: IngestContext,
+    account: ChannelAccount,
+    memory_channel: MemoryChannel,
+    memory_host: PluginHost,
+) -> None:
+    memory_channel.add_page([make_order("o1", "b1")])
+    memory_channel.fail_at[0] = ChannelAuthError("Invalid session:session-expired", code="27")
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert report.needs_reauth
+    async with tongcrm_db.sessions() as session:
+        listed = await accounts.list_accounts(session)
+    assert listed[0].status == "needs_reauth" and "session-expired" in listed[0].status_detail
+    skipped = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert skipped.pages == 0 and skipped.needs_reauth
+    async with tongcrm_db.sessions() as session, session.begin():
+        await accounts.update_secrets(session, memory_host, VAULT, "shop-a", {"token": "fresh"})
+    resumed = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert resumed.applied == 1 and resumed.error is None
+
+
+async def test_platform_outage_ends_the_run_with_the_error_recorded(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount, memory_channel: MemoryChannel
+) -> None:
+    memory_channel.add_page([make_order("o1", "b1")])
+    memory_channel.add_page([make_order("o2", "b1")])
+    memory_channel.fail_at[1] = ChannelUnavailable("isp.top-remote-connection-timeout", code="isp")
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert report.applied == 1 and report.error and "isp.top-remote" in report.error
+    async with tongcrm_db.sessions() as session:
+        state = (await session.execute(sa.select(SyncState))).scalar_one()
+    assert state.last_error and state.cursor == '{"page": 1}'
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert report.applied == 1 and report.error is None

@@ -1,0 +1,195 @@
+"""Channel accounts: validated against the channel's declared settings, secrets encrypted, never echoed back."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.channels.models import ChannelAccount, SyncState
+from tongcrm.crypto import Vault
+from tongcrm.db.base import utcnow
+from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import ChannelContext, ChannelSpec
+
+_SECRETS_CONTEXT = "channel_account.secrets"
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """What operators may see of an account: settings without secrets, which secrets are set, and sync state."""
+
+    id: int
+    channel: str
+    name: str
+    settings: dict[str, str]
+    secrets_set: list[str]
+    status: str
+    status_detail: str
+    cursor_set: bool
+    watermark: datetime | None
+    pages: int
+    orders: int
+    last_success_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+
+
+def _spec(host: PluginHost, channel: str) -> ChannelSpec:
+    try:
+        return host.channel(channel)
+    except PluginError as exc:
+        raise BadRequest(exc.message) from exc
+
+
+def validate_settings(
+    spec: ChannelSpec, given: Mapping[str, str | None]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Split into (plain, secret) settings, applying defaults; every problem is named in one message."""
+    fields = {f.name: f for f in spec.settings}
+    problems: list[str] = []
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        problems.append(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    plain: dict[str, str] = {}
+    secret: dict[str, str] = {}
+    for field in spec.settings:
+        value = given.get(field.name)
+        if value is None or value == "":
+            value = field.default
+        if value is None:
+            if field.required:
+                problems.append(f"missing required setting {field.name!r} ({field.help})")
+            continue
+        if field.choices and value not in field.choices:
+            problems.append(
+                f"setting {field.name!r} must be one of {', '.join(field.choices)}, got {value!r}"
+            )
+            continue
+        (secret if field.secret else plain)[field.name] = str(value)
+    if problems:
+        raise BadRequest(f"invalid settings for channel {spec.name!r}: " + "; ".join(problems))
+    return plain, secret
+
+
+async def create_account(
+    session: AsyncSession,
+    host: PluginHost,
+    vault: Vault,
+    channel: str,
+    name: str,
+    settings: Mapping[str, str | None],
+) -> ChannelAccount:
+    spec = _spec(host, channel)
+    if not _ACCOUNT_NAME.match(name):
+        raise BadRequest(
+            f"account name {name!r} must be 1-100 letters, digits, '-', '_' or '.' (it is used in URLs and commands)"
+        )
+    plain, secret = validate_settings(spec, settings)
+    exists = (await session.execute(sa.select(ChannelAccount.id).where(ChannelAccount.name == name))).first()
+    if exists:
+        raise Conflict(f"a channel account named {name!r} already exists")
+    account = ChannelAccount(
+        channel=channel,
+        name=name,
+        settings=plain,
+        secrets=vault.encrypt(json.dumps(secret), context=_SECRETS_CONTEXT) if secret else None,
+        secret_names=sorted(secret),
+        status="active",
+        status_detail="",
+    )
+    session.add(account)
+    await session.flush()
+    session.add(SyncState(account_id=account.id, pages=0, orders=0))
+    await session.flush()
+    return account
+
+
+async def get_account(session: AsyncSession, name: str) -> ChannelAccount:
+    account = (
+        await session.execute(sa.select(ChannelAccount).where(ChannelAccount.name == name))
+    ).scalar_one_or_none()
+    if account is None:
+        raise NotFound(f"no channel account named {name!r}")
+    return account
+
+
+async def list_accounts(session: AsyncSession) -> list[AccountView]:
+    rows = (
+        await session.execute(
+            sa.select(ChannelAccount, SyncState)
+            .outerjoin(SyncState, SyncState.account_id == ChannelAccount.id)
+            .order_by(ChannelAccount.name)
+        )
+    ).all()
+    return [view(account, state) for account, state in rows]
+
+
+async def account_view(session: AsyncSession, name: str) -> AccountView:
+    account = await get_account(session, name)
+    state = await session.get(SyncState, account.id)
+    return view(account, state)
+
+
+def view(account: ChannelAccount, state: SyncState | None) -> AccountView:
+    return AccountView(
+        id=account.id,
+        channel=account.channel,
+        name=account.name,
+        settings=dict(account.settings),
+        secrets_set=sorted(account.secret_names or []),
+        status=account.status,
+        status_detail=account.status_detail,
+        cursor_set=bool(state and state.cursor),
+        watermark=state.watermark if state else None,
+        pages=state.pages if state else 0,
+        orders=state.orders if state else 0,
+        last_success_at=state.last_success_at if state else None,
+        last_error=state.last_error if state else None,
+        created_at=account.created_at,
+    )
+
+
+def channel_context(
+    account: ChannelAccount, vault: Vault, *, clock: Callable[[], datetime], since: datetime | None = None
+) -> ChannelContext:
+    settings: dict[str, Any] = dict(account.settings)
+    if account.secrets:
+        settings.update(json.loads(vault.decrypt(account.secrets, context=_SECRETS_CONTEXT)))
+    return ChannelContext(account_name=account.name, settings=settings, clock=clock, since=since)
+
+
+async def mark_status(session: AsyncSession, account_id: int, status: str, detail: str) -> None:
+    await session.execute(
+        sa.update(ChannelAccount)
+        .where(ChannelAccount.id == account_id)
+        .values(status=status, status_detail=detail, updated_at=utcnow())
+    )
+
+
+async def update_secrets(
+    session: AsyncSession, host: PluginHost, vault: Vault, name: str, settings: Mapping[str, str | None]
+) -> ChannelAccount:
+    """Re-authorise: new settings (e.g. a fresh session token) replace the old ones and the account resumes."""
+    account = await get_account(session, name)
+    spec = _spec(host, account.channel)
+    current = dict(account.settings)
+    if account.secrets:
+        current.update(json.loads(vault.decrypt(account.secrets, context=_SECRETS_CONTEXT)))
+    current.update({k: v for k, v in settings.items() if v is not None})
+    plain, secret = validate_settings(spec, current)
+    account.settings = plain
+    account.secrets = vault.encrypt(json.dumps(secret), context=_SECRETS_CONTEXT) if secret else None
+    account.secret_names = sorted(secret)
+    account.status = "active"
+    account.status_detail = ""
+    await session.flush()
+    return account

@@ -1,0 +1,1 @@
+"""The sync engine: cursors and leases, page → normalise → resolve → bulk upsert → points → outbox."""

@@ -1,0 +1,316 @@
+"""Applying one page of normalised orders, inside the caller's transaction.
+
+A page is applied in a fixed number of statements whatever its size: one read of the orders it names, one
+identity resolution for the whole page, one upsert of orders, one of lines, the points for the page, one insert
+of outbox events. Orders move only forward: a record older than what is stored changes nothing, and a status
+never steps back along created → paid → shipped → delivered → completed (closed and refunded are final). That
+is what makes a replayed page, a late push or an overlapping window harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
+from tongcrm.crypto import Vault
+from tongcrm.db.dialect import insert
+from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
+from tongcrm.jobs.models import OutboxEvent
+from tongcrm.logging import get_logger
+from tongcrm.orders.models import Order, OrderLine
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import NormalisedOrder, OrderStatus, QuarantinedRecord
+from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_orders
+
+log = get_logger(__name__)
+
+_FORWARD = {
+    OrderStatus.CREATED: 0,
+    OrderStatus.PAID: 1,
+    OrderStatus.SHIPPED: 2,
+    OrderStatus.DELIVERED: 3,
+    OrderStatus.COMPLETED: 4,
+}
+_FINAL = {OrderStatus.CLOSED, OrderStatus.REFUNDED}
+
+
+def next_status(stored: str | None, incoming: OrderStatus) -> OrderStatus:
+    """The status to keep when ``incoming`` arrives for an order that has ``stored``."""
+    if stored is None:
+        return incoming
+    current = OrderStatus(stored)
+    if current in _FINAL and incoming not in _FINAL:
+        return current
+    if current in _FORWARD and incoming in _FORWARD and _FORWARD[incoming] < _FORWARD[current]:
+        return current
+    return incoming
+
+
+@dataclass(frozen=True, slots=True)
+class IngestContext:
+    host: PluginHost
+    vault: Vault
+    clock: Callable[[], datetime]
+    tz: ZoneInfo
+    actor: str = "ingest"
+    lease_ttl: timedelta = timedelta(minutes=2)
+
+
+@dataclass(slots=True)
+class PageResult:
+    applied: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    members_created: int = 0
+    member_ids: set[int] = field(default_factory=set)
+
+
+def fingerprint(external_id: str | None, payload: str) -> str:
+    return hashlib.sha256(f"{external_id}\x00{payload}".encode()).hexdigest()
+
+
+async def quarantine(session: AsyncSession, account_id: int, records: Sequence[QuarantinedRecord]) -> int:
+    """Keep records that could not be applied; a replayed page does not add them twice."""
+    if not records:
+        return 0
+    rows = [
+        {
+            "account_id": account_id,
+            "external_id": r.external_id,
+            "reason": r.reason,
+            "payload": r.payload,
+            "fingerprint": fingerprint(r.external_id, r.payload),
+        }
+        for r in records
+    ]
+    stmt = insert(session, QuarantineRow.__table__).values(rows)
+    await session.execute(stmt.on_conflict_do_nothing(index_elements=["account_id", "fingerprint"]))
+    for r in records:
+        log.warning("record quarantined", account_id=account_id, external_id=r.external_id, reason=r.reason)
+    return len(records)
+
+
+def _latest(orders: Sequence[NormalisedOrder]) -> list[NormalisedOrder]:
+    """One record per order: the newest version the page carries."""
+    newest: dict[str, NormalisedOrder] = {}
+    for order in orders:
+        seen = newest.get(order.external_id)
+        if seen is None or order.modified_at > seen.modified_at:
+            newest[order.external_id] = order
+    return list(newest.values())
+
+
+async def apply_orders_page(
+    session: AsyncSession,
+    ctx: IngestContext,
+    account_id: int,
+    channel: str,
+    orders: Sequence[NormalisedOrder],
+    quarantined: Sequence[QuarantinedRecord] = (),
+) -> PageResult:
+    result = PageResult()
+    result.quarantined += await quarantine(session, account_id, quarantined)
+    incoming = _latest(orders)
+    if not incoming:
+        return result
+
+    # 1. what we hold for these orders
+    stored_rows = (
+        await session.execute(
+            sa.select(Order.external_id, Order.modified_at, Order.status).where(
+                Order.account_id == account_id, Order.external_id.in_([o.external_id for o in incoming])
+            )
+        )
+    ).all()
+    stored = {row.external_id: (row.modified_at, row.status) for row in stored_rows}
+    todo = [o for o in incoming if o.external_id not in stored or o.modified_at > stored[o.external_id][0]]
+    result.unchanged = len(incoming) - len(todo)
+    if not todo:
+        return result
+
+    # 2. who bought them: one resolution for the page
+    with_claims = [o for o in todo if o.claims]
+    outcomes = await resolve_many(
+        session,
+        ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor),
+        [
+            ClaimSet(
+                claims=o.claims,
+                account_id=account_id,
+                profile=o.buyer,
+                source_channel=channel,
+                source_store=o.store_code,
+            )
+            for o in with_claims
+        ],
+    )
+    member_of: dict[str, int | None] = {o.external_id: None for o in todo}
+    bad: list[QuarantinedRecord] = []
+    for order, outcome in zip(with_claims, outcomes, strict=True):
+        if outcome.error is not None:
+            # the claims' values are personal data: keep only their kinds in the quarantine
+            evidence = json.dumps(
+                {"external_id": order.external_id, "claim_kinds": [c.kind for c in order.claims]}
+            )
+            bad.append(QuarantinedRecord(order.external_id, f"identity: {outcome.error}", evidence))
+            del member_of[order.external_id]
+            continue
+        member_of[order.external_id] = outcome.member_id
+        result.members_created += int(outcome.created)
+    if bad:
+        result.quarantined += await quarantine(session, account_id, bad)
+        todo = [o for o in todo if o.external_id in member_of]
+        if not todo:
+            return result
+
+    # 3. orders, forward only
+    now = ctx.clock()
+    rows: list[dict[str, Any]] = []
+    previous: dict[str, str | None] = {}
+    for o in todo:
+        prior = stored.get(o.external_id)
+        previous[o.external_id] = prior[1] if prior else None
+        member_id = member_of[o.external_id]
+        rows.append(
+            {
+                "account_id": account_id,
+                "external_id": o.external_id,
+                "member_id": member_id,
+                "origin_member_id": member_id,
+                "channel": channel,
+                "status": next_status(prior[1] if prior else None, o.status).value,
+                "platform_status": o.platform_status,
+                "store_code": o.store_code,
+                "total_fen": o.total_fen,
+                "paid_fen": o.paid_fen,
+                "refunded_fen": sum(line.refunded_fen for line in o.lines),
+                "post_fee_fen": o.post_fee_fen,
+                "discount_fen": o.discount_fen,
+                "placed_at": o.created_at,
+                "paid_at": o.paid_at,
+                "shipped_at": o.shipped_at,
+                "completed_at": o.completed_at,
+                "modified_at": o.modified_at,
+                "ingested_at": now,
+                "updated_at": now,
+            }
+        )
+    table = Order.__table__
+    stmt = insert(session, table).values(rows)
+    updatable = [
+        c for c in rows[0] if c not in {"account_id", "external_id", "origin_member_id", "ingested_at"}
+    ]
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["account_id", "external_id"],
+        set_={c: stmt.excluded[c] for c in updatable},
+        where=table.c.modified_at < stmt.excluded.modified_at,
+    ).returning(table.c.id, table.c.external_id, table.c.member_id, table.c.status)
+    written = {row.external_id: row for row in (await session.execute(stmt)).all()}
+    result.unchanged += len(todo) - len(written)
+    result.applied = len(written)
+    if not written:
+        return result
+
+    # 4. their lines
+    by_external = {o.external_id: o for o in todo}
+    line_rows = [
+        {
+            "order_id": written[ext].id,
+            "external_id": line.external_id,
+            "sku": line.sku,
+            "category": line.category,
+            "title": line.title[:300],
+            "quantity": line.quantity,
+            "unit_price_fen": line.unit_price_fen,
+            "amount_fen": line.amount_fen,
+            "refunded_fen": line.refunded_fen,
+            "refund_status": line.refund_status.value,
+        }
+        for ext in written
+        for line in by_external[ext].lines
+    ]
+    line_ids: dict[tuple[int, str], int] = {}
+    if line_rows:
+        ltable = OrderLine.__table__
+        lstmt = insert(session, ltable).values(line_rows)
+        lstmt = lstmt.on_conflict_do_update(
+            index_elements=["order_id", "external_id"],
+            set_={
+                c: lstmt.excluded[c]
+                for c in (
+                    "sku",
+                    "category",
+                    "title",
+                    "quantity",
+                    "unit_price_fen",
+                    "amount_fen",
+                    "refunded_fen",
+                    "refund_status",
+                )
+            },
+        ).returning(ltable.c.id, ltable.c.order_id, ltable.c.external_id)
+        line_ids = {(r.order_id, r.external_id): r.id for r in (await session.execute(lstmt)).all()}
+
+    # 5. points for every order that has a member
+    facts = []
+    for ext, row in written.items():
+        if row.member_id is None:
+            continue
+        o = by_external[ext]
+        result.member_ids.add(row.member_id)
+        facts.append(
+            OrderFacts(
+                order_id=row.id,
+                member_id=row.member_id,
+                account_id=account_id,
+                channel=channel,
+                store_code=o.store_code,
+                status=row.status,
+                placed_at=o.created_at,
+                paid_at=o.paid_at,
+                completed_at=o.completed_at,
+                lines=tuple(
+                    LineFacts(
+                        line_id=line_ids[(row.id, line.external_id)],
+                        external_id=line.external_id,
+                        sku=line.sku,
+                        category=line.category,
+                        amount_fen=line.amount_fen,
+                        refunded_fen=line.refunded_fen,
+                    )
+                    for line in o.lines
+                ),
+            )
+        )
+    if facts:
+        await apply_orders(session, PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor), facts)
+
+    # 6. one order_changed event per order that moved forward (status, refunds, shipping...)
+    events = [
+        {
+            "name": "order_changed",
+            "payload": {
+                "order_id": row.id,
+                "account_id": account_id,
+                "channel": channel,
+                "external_id": ext,
+                "member_id": row.member_id,
+                "status": row.status,
+                "previous": previous[ext],
+            },
+            "occurred_at": now,
+        }
+        for ext, row in written.items()
+    ]
+    if events:
+        await session.execute(sa.insert(OutboxEvent), events)
+    return result

@@ -1,0 +1,208 @@
+"""``tongcrm channel …`` and ``tongcrm sync``. ``channel add`` has one sub-command per installed channel, with
+an option per setting the channel declares, so ``tongcrm channel add taobao --help`` documents itself."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tongcrm.channels import service as accounts
+from tongcrm.config import Settings
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.errors import BadRequest
+from tongcrm.ingest.apply import IngestContext
+from tongcrm.ingest.service import SyncReport, active_accounts, sync_account
+from tongcrm.logging import configure_logging
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import ChannelSpec, OrderPage
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _add_command(spec: ChannelSpec, host: PluginHost) -> click.Command:
+    def callback(name: str, **options: Any) -> None:
+        given = {key: value for key, value in options.items() if value is not None}
+        settings = _settings()
+
+        async def body() -> accounts.AccountView:
+            engine = create_engine(settings.database_url)
+            try:
+                async with session_factory(engine)() as session, session.begin():
+                    await accounts.create_account(session, host, settings.vault(), spec.name, name, given)
+                    return await accounts.account_view(session, name)
+            finally:
+                await engine.dispose()
+
+        view = asyncio.run(body())
+        secrets = f" (secrets stored encrypted: {', '.join(view.secrets_set)})" if view.secrets_set else ""
+        click.echo(f"added {spec.name} account {view.name!r}{secrets}")
+
+    params: list[click.Parameter] = [
+        click.Option(["--name"], required=True, help="A name for this shop or store.")
+    ]
+    for field in spec.settings:
+        help_text = (
+            field.help
+            + (" [secret]" if field.secret else "")
+            + (f" [default: {field.default}]" if field.default else "")
+        )
+        params.append(
+            click.Option(
+                [f"--{field.name.replace('_', '-')}", field.name],
+                help=help_text,
+                type=click.Choice(list(field.choices)) if field.choices else str,
+            )
+        )
+    return click.Command(
+        spec.name, callback=callback, params=params, help=f"Connect a {spec.display_name} account."
+    )
+
+
+def channel_group(host: PluginHost) -> click.Group:
+    group = click.Group("channel", help="Channel accounts: the shops and stores tongcrm syncs.")
+    add = click.Group("add", help="Connect a shop or store of an installed channel.")
+    for spec in host.channels().values():
+        add.add_command(_add_command(spec, host))
+    group.add_command(add)
+
+    @group.command("list")
+    def list_cmd() -> None:
+        """Accounts with their status (e.g. needs_reauth) and sync progress."""
+        settings = _settings()
+
+        async def body() -> list[accounts.AccountView]:
+            engine = create_engine(settings.database_url)
+            try:
+                async with session_factory(engine)() as session:
+                    return await accounts.list_accounts(session)
+            finally:
+                await engine.dispose()
+
+        table = Table("name", "channel", "status", "orders", "last success", "synced up to", "last error")
+        for v in asyncio.run(body()):
+            status = v.status if not v.status_detail else f"{v.status}: {v.status_detail}"
+            table.add_row(
+                v.name,
+                v.channel,
+                status,
+                str(v.orders),
+                v.last_success_at.strftime("%Y-%m-%d %H:%M:%S") if v.last_success_at else "never",
+                v.watermark.strftime("%Y-%m-%d %H:%M:%S") if v.watermark else "",
+                (v.last_error or "")[:80],
+            )
+        Console(width=200).print(table)
+
+    @group.command("reauth")
+    @click.argument("name")
+    @click.option(
+        "--set", "pairs", multiple=True, metavar="KEY=VALUE", help="New setting, e.g. --set session=…"
+    )
+    def reauth_cmd(name: str, pairs: tuple[str, ...]) -> None:
+        """Replace settings (a fresh session token, a new secret) and resume syncing."""
+        values: dict[str, str | None] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise BadRequest(f"--set takes KEY=VALUE, got {pair!r}")
+            values[key.strip().replace("-", "_")] = value
+        settings = _settings()
+
+        async def body() -> None:
+            engine = create_engine(settings.database_url)
+            try:
+                async with session_factory(engine)() as session, session.begin():
+                    await accounts.update_secrets(session, host, settings.vault(), name, values)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(body())
+        click.echo(f"account {name!r} re-authorised and active")
+
+    return group
+
+
+def sync_command(host: PluginHost) -> click.Command:
+    @click.command("sync")
+    @click.option("--account", "names", multiple=True, help="Account(s) to sync (default: every active one).")
+    @click.option(
+        "--since", type=click.DateTime(), help="Start from this time (Asia/Shanghai when no zone given)."
+    )
+    @click.option("--max-pages", type=int, help="Stop after this many pages (the next run resumes).")
+    def sync(names: tuple[str, ...], since: datetime | None, max_pages: int | None) -> None:
+        """Pull orders from the platforms into the member base, page by page."""
+        settings = _settings()
+        configure_logging(json=settings.log_json, level=settings.log_level)
+        start = since.replace(tzinfo=settings.tz).astimezone(UTC) if since and since.tzinfo is None else since
+        reports = asyncio.run(_run_sync(host, settings, names, start, max_pages))
+        failed = False
+        for r in reports:
+            line = (
+                f"{r.account}: {r.pages} pages, {r.applied} orders applied, {r.unchanged} unchanged, "
+                f"{r.members_created} new members, {r.quarantined} quarantined"
+            )
+            if r.quarantined:
+                line += " (see GET /api/ingest/quarantine)"
+            click.echo(line)
+            if r.error:
+                failed = True
+                click.echo(f"{r.account}: error: {r.error}", err=True)
+        if failed:
+            sys.exit(1)
+
+    return sync
+
+
+async def _run_sync(
+    host: PluginHost,
+    settings: Settings,
+    names: tuple[str, ...],
+    since: datetime | None,
+    max_pages: int | None,
+) -> list[SyncReport]:
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    ctx = IngestContext(
+        host=host,
+        vault=settings.vault(),
+        clock=lambda: datetime.now(UTC),
+        tz=settings.tz,
+        actor="cli",
+        lease_ttl=timedelta(seconds=settings.sync_lease_seconds),
+    )
+    reports: list[SyncReport] = []
+    try:
+        if not names:
+            async with sessions() as session:
+                names = tuple(await active_accounts(session))
+        show = sys.stderr.isatty()
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[orders]} orders, {task.fields[quarantined]} quarantined"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not show,
+        ) as progress:
+            for name in names:
+                task = progress.add_task(f"sync {name}", total=None, orders=0, quarantined=0)
+
+                def on_page(report: SyncReport, page: OrderPage, task: Any = task) -> None:
+                    progress.update(task, advance=1, orders=report.applied, quarantined=report.quarantined)
+
+                reports.append(
+                    await sync_account(sessions, ctx, name, since=since, max_pages=max_pages, on_page=on_page)
+                )
+                progress.update(task, total=reports[-1].pages, completed=reports[-1].pages)
+    finally:
+        await engine.dispose()
+    return reports

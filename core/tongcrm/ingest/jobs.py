@@ -1,0 +1,88 @@
+"""Periodic sync: every few minutes, one job per active account (lock key = the account, so runs never overlap;
+the sync's own lease guards against anything else that syncs it, like an operator's ``tongcrm sync``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from tongcrm.channels.models import ChannelAccount
+from tongcrm.config import Settings
+from tongcrm.ingest.apply import IngestContext
+from tongcrm.ingest.push import poll_push
+from tongcrm.ingest.service import active_accounts, sync_account
+from tongcrm.jobs.queue import enqueue
+from tongcrm.jobs.registry import registry
+from tongcrm.jobs.runner import JobContext
+from tongcrm.logging import get_logger
+from tongcrm.plugin.types import ChannelCapability
+
+log = get_logger(__name__)
+
+SYNC_EVERY = timedelta(minutes=5)
+PUSH_EVERY = timedelta(seconds=5)
+
+
+def ingest_context(ctx: JobContext) -> IngestContext:
+    settings: Settings = ctx.services["settings"]
+    return IngestContext(
+        host=ctx.host,
+        vault=settings.vault(),
+        clock=ctx.clock,
+        tz=settings.tz,
+        actor="sync-job",
+        lease_ttl=timedelta(seconds=settings.sync_lease_seconds),
+    )
+
+
+@registry.job("ingest.sync_all")
+async def sync_all(ctx: JobContext, payload: dict[str, Any]) -> None:
+    async with ctx.sessions() as session, session.begin():
+        names = await active_accounts(session)
+        slot = ctx.clock().replace(second=0, microsecond=0).isoformat()
+        for name in names:
+            await enqueue(
+                session,
+                "ingest.sync_account",
+                {"account": name},
+                unique_key=f"sync:{name}:{slot}",
+                lock_key=f"sync:{name}",
+            )
+
+
+@registry.job("ingest.sync_account")
+async def sync_one(ctx: JobContext, payload: dict[str, Any]) -> None:
+    report = await sync_account(ctx.sessions, ingest_context(ctx), payload["account"])
+    if report.error and not report.needs_reauth:
+        # a platform hiccup: fail the job so it is retried with backoff
+        raise RuntimeError(report.error)
+
+
+@registry.job("ingest.push_all")
+async def push_all(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Drain the push channel of every account whose channel pushes (e.g. Taobao TMC)."""
+    push_channels = [
+        name for name, spec in ctx.host.channels().items() if ChannelCapability.PUSH in spec.capabilities
+    ]
+    if not push_channels:
+        return
+    async with ctx.sessions() as session:
+        names = list(
+            (
+                await session.execute(
+                    sa.select(ChannelAccount.name).where(
+                        ChannelAccount.status == "active", ChannelAccount.channel.in_(push_channels)
+                    )
+                )
+            ).scalars()
+        )
+    for name in names:
+        report = await poll_push(ctx.sessions, ingest_context(ctx), name, holder=f"job-{ctx.job_id}")
+        if report.error:
+            log.warning("push polling failed", account=name, error=report.error)
+
+
+registry.every("ingest.sync", SYNC_EVERY, "ingest.sync_all")
+registry.every("ingest.push", PUSH_EVERY, "ingest.push_all")

@@ -1,0 +1,201 @@
+"""Syncing a channel account: lease, pull pages, apply each page with its cursor in one transaction.
+
+Two workers never sync the same account at once: the sync holds a lease on the account's cursor and renews
+it inside every page's transaction, so a worker that lost its lease (it stalled past the lease time and another
+took over) cannot commit. A worker that dies simply stops renewing; its lease lapses and the next sync resumes
+from the last committed cursor, replaying at most one page, which changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.channels import service as accounts
+from tongcrm.channels.models import ChannelAccount, SyncState
+from tongcrm.errors import Conflict, TongcrmError
+from tongcrm.ingest.apply import IngestContext, PageResult, apply_orders_page
+from tongcrm.jobs import leases
+from tongcrm.logging import get_logger
+from tongcrm.plugin.errors import ChannelAuthError, ChannelError
+from tongcrm.plugin.types import ChannelAdapter, OrderPage
+
+log = get_logger(__name__)
+
+MAX_PAGES_PER_RUN = 100_000
+
+
+class LeaseLost(TongcrmError):
+    status_code = 409
+    title = "Sync lease lost"
+
+
+@dataclass(slots=True)
+class SyncReport:
+    account: str
+    pages: int = 0
+    applied: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    members_created: int = 0
+    caught_up: bool = False
+    error: str | None = None
+    needs_reauth: bool = False
+
+
+PageCallback = Callable[[SyncReport, OrderPage], None]
+
+
+def lease_key(account_id: int) -> str:
+    return f"sync:{account_id}"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def sync_account(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: IngestContext,
+    name: str,
+    *,
+    since: datetime | None = None,
+    max_pages: int | None = None,
+    on_page: PageCallback | None = None,
+    holder: str | None = None,
+) -> SyncReport:
+    """Sync one account until it is caught up (or ``max_pages``). Platform failures end the run with
+    ``report.error`` set; the periodic job tries again later."""
+    holder = holder or worker_name()
+    report = SyncReport(account=name)
+    async with sessions() as session, session.begin():
+        account = await accounts.get_account(session, name)
+        if account.status != "active":
+            report.error = (
+                f"account {name!r} is {account.status}: {account.status_detail or 're-authorise it'}"
+            )
+            report.needs_reauth = account.status == "needs_reauth"
+            return report
+        if not await leases.acquire(session, lease_key(account.id), holder, ctx.lease_ttl, now=ctx.clock()):
+            current = await leases.holder_of(session, lease_key(account.id), now=ctx.clock())
+            raise Conflict(f"account {name!r} is being synced by {current}")
+        state = await session.get(SyncState, account.id)
+        cursor = None if since is not None or state is None else state.cursor
+        account_id, channel = account.id, account.channel
+        spec = ctx.host.channel(channel)
+        channel_ctx = accounts.channel_context(account, ctx.vault, clock=ctx.clock, since=since)
+    adapter: ChannelAdapter = spec.factory(channel_ctx)
+    bound = log.bind(account=name, channel=channel)
+    try:
+        limit = max_pages or MAX_PAGES_PER_RUN
+        while report.pages < limit:
+            try:
+                page = await adapter.fetch_orders(cursor)
+            except ChannelAuthError as exc:
+                report.error, report.needs_reauth = f"authorisation failed: {exc.message}", True
+                async with sessions() as session, session.begin():
+                    await accounts.mark_status(session, account_id, "needs_reauth", exc.message)
+                    await _record_error(session, account_id, report.error, ctx.clock())
+                bound.error("sync stopped: account needs re-authorisation", error=exc.message, code=exc.code)
+                break
+            except ChannelError as exc:
+                report.error = f"{type(exc).__name__}: {exc.message}"
+                async with sessions() as session, session.begin():
+                    await _record_error(session, account_id, report.error, ctx.clock())
+                bound.warning("sync stopped by a platform error", error=exc.message, code=exc.code)
+                break
+            if page.has_more and page.next_cursor == cursor:
+                report.error = (
+                    "the channel adapter returned the same cursor with more pages: refusing to loop"
+                )
+                async with sessions() as session, session.begin():
+                    await _record_error(session, account_id, report.error, ctx.clock())
+                break
+            async with sessions() as session, session.begin():
+                if not await leases.acquire(
+                    session, lease_key(account_id), holder, ctx.lease_ttl, now=ctx.clock()
+                ):
+                    raise LeaseLost(f"lost the sync lease of {name!r}; another worker took over")
+                result = await apply_orders_page(
+                    session, ctx, account_id, channel, page.orders, page.quarantined
+                )
+                await _advance(session, account_id, page, result, ctx.clock())
+            cursor = page.next_cursor
+            _add(report, result)
+            if on_page is not None:
+                on_page(report, page)
+            bound.info(
+                "page applied",
+                page=report.pages,
+                applied=result.applied,
+                unchanged=result.unchanged,
+                quarantined=result.quarantined,
+            )
+            if not page.has_more:
+                report.caught_up = True
+                break
+        if report.error is None:
+            async with sessions() as session, session.begin():
+                await session.execute(
+                    sa.update(SyncState)
+                    .where(SyncState.account_id == account_id)
+                    .values(last_success_at=ctx.clock(), last_error=None)
+                )
+    finally:
+        await adapter.aclose()
+        async with sessions() as session, session.begin():
+            await leases.release(session, lease_key(account_id), holder)
+    return report
+
+
+def _add(report: SyncReport, result: PageResult) -> None:
+    report.pages += 1
+    report.applied += result.applied
+    report.unchanged += result.unchanged
+    report.quarantined += result.quarantined
+    report.members_created += result.members_created
+
+
+async def _advance(
+    session: AsyncSession, account_id: int, page: OrderPage, result: PageResult, now: datetime
+) -> None:
+    values: dict[str, object] = {
+        "cursor": page.next_cursor,
+        "pages": SyncState.pages + 1,
+        "orders": SyncState.orders + result.applied,
+        "last_page_at": now,
+    }
+    if page.watermark is not None:
+        # never backwards, whatever the adapter says
+        values["watermark"] = sa.case(
+            (SyncState.watermark.is_(None), page.watermark),
+            (SyncState.watermark < page.watermark, page.watermark),
+            else_=SyncState.watermark,
+        )
+    await session.execute(sa.update(SyncState).where(SyncState.account_id == account_id).values(**values))
+
+
+async def _record_error(session: AsyncSession, account_id: int, error: str, now: datetime) -> None:
+    await session.execute(
+        sa.update(SyncState)
+        .where(SyncState.account_id == account_id)
+        .values(last_error=error, last_error_at=now)
+    )
+
+
+async def active_accounts(session: AsyncSession) -> list[str]:
+    return list(
+        (
+            await session.execute(
+                sa.select(ChannelAccount.name)
+                .where(ChannelAccount.status == "active")
+                .order_by(ChannelAccount.name)
+            )
+        ).scalars()
+    )

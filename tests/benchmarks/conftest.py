@@ -1,0 +1,25 @@
+"""Benchmarks print their figures (throughput next to the ceiling measured in the same run) at the end."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure() -> Any:
+    def add(line: str) -> None:
+        FIGURES.append(f"[{os.cpu_count()} cores] {line}")
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("tongcrm benchmark figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
