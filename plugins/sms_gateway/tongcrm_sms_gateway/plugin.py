@@ -1,7 +1,7 @@
 """Hook implementations of the sms_gateway plugin; tongcrm loads this module through its entry point.
 
-Only registration lives here. The HTTP routes for delivery reports and replies will be thin wrappers around
-:mod:`tongcrm_sms_gateway.receipts` once the core's messaging services exist to hand the records to.
+Registration only: the messenger, and the callback routes for delivery reports and replies
+(:mod:`tongcrm_sms_gateway.routes`).
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tongcrm.plugin import hookimpl
-from tongcrm.plugin.types import MessengerSpec, SettingField
+from tongcrm.plugin.types import MessengerSpec, RouteSpec, SettingField
 
 from tongcrm_sms_gateway.aliyun import DEFAULT_ENDPOINT
 from tongcrm_sms_gateway.messenger import messenger_from_context
 
-__all__ = ["ALIYUN_SMS", "messengers"]
+__all__ = ["ALIYUN_SMS", "messengers", "routes"]
 
 ALIYUN_SMS = MessengerSpec(
     name="aliyun_sms",
@@ -44,3 +44,10 @@ ALIYUN_SMS = MessengerSpec(
 @hookimpl
 def messengers() -> Sequence[MessengerSpec]:
     return [ALIYUN_SMS]
+
+
+@hookimpl
+def routes() -> Sequence[RouteSpec]:
+    from tongcrm_sms_gateway.routes import route_spec
+
+    return [route_spec()]

@@ -1,0 +1,149 @@
+"""Gateway faults lose no message; the callback routes record receipts and opt-outs, idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from messaging_kit import SECRET_KEY, SIGN, Clock, World, beijing, dump, fake_gateway, sms_host
+from tongcrm.config import Settings
+from tongcrm.messaging import service
+from tongcrm.testing.database import TestDatabase
+
+pytestmark = pytest.mark.asyncio
+
+
+def world(db: TestDatabase, clock: Clock) -> World:
+    return World(db.sessions, Settings(database_url=db.url, secret_key=SECRET_KEY).vault(), sms_host(), clock)
+
+
+async def test_flow_control_timeouts_and_balance_exhaustion_lose_nothing(tongcrm_db: TestDatabase) -> None:
+    clock = Clock(beijing(2024, 5, 1, 10))
+    w = world(tongcrm_db, clock)
+    with fake_gateway(clock, balance=5) as (fake, url):
+        await w.setup(url, timeout_seconds="0.5")
+        members = [await w.member(i, name=f"会员{i}") for i in range(12)]
+        targets = [service.Target(m, await w.order(m, f"F{i}")) for i, m in enumerate(members)]
+        async with w.sessions() as session, session.begin():
+            notice = await service.get_template(session, "order_notice")
+            await service.queue_messages(session, "flow.shipping_notice", notice, targets, now=clock())
+        fake.inject_system_errors(1)
+        fake.inject_delay(1.5, requests=1)
+        for _ in range(6):
+            await w.dispatcher().run()
+            messages = await w.messages()
+            # nothing is lost: each ends sent, or waits queued to retry with the gateway's code
+            for m in messages:
+                assert m.status in {"sent", "queued"}, dump(messages)
+                if m.status == "queued":
+                    assert m.reason in {"retry_later", "account_paused"} and m.code, dump(messages)
+            async with w.sessions() as session:
+                (account,) = await service.list_accounts(session)
+            if account.status == "paused":
+                break
+            clock.advance(minutes=10)
+        assert account.status == "paused" and account.status_code == "isv.AMOUNT_NOT_ENOUGH"
+        assert {"isp.SYSTEM_ERROR", "isv.AMOUNT_NOT_ENOUGH"} <= set(fake.refusals)
+        assert sum(m.status == "sent" for m in messages) <= len(fake.accepted) <= 5
+
+        # paused: nothing is claimed, nothing sent
+        clock.advance(minutes=10)
+        again = await w.dispatcher().run()
+        assert again.claimed == 0
+
+        # top up, resume: everything goes (a timed-out request may have gone twice: at least once)
+        fake.balance = 100
+        async with w.sessions() as session, session.begin():
+            await service.resume_account(session, w.account)
+        for _ in range(5):
+            clock.advance(minutes=10)
+            await w.dispatcher().run()
+        messages = await w.messages()
+        assert all(m.status == "sent" for m in messages), dump(messages)
+        assert {a.params["order_id"] for a in fake.accepted} == {f"F{i}" for i in range(12)}
+
+
+async def test_callback_routes_record_receipts_and_opt_outs_once(
+    tongcrm_db: TestDatabase, make_client: Callable[..., Any]
+) -> None:
+    clock = Clock(beijing(2024, 5, 1, 10))
+    host = sms_host()
+    async with make_client(host=host, role="admin") as api:
+        w = World(
+            api.db.sessions, Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(), host, clock
+        )
+        with fake_gateway(clock) as (fake, url):
+            await w.setup(url)
+            member = await w.member(1)
+            order = await w.order(member, "R1")
+            async with w.sessions() as session, session.begin():
+                notice = await service.get_template(session, "order_notice")
+                await service.queue_messages(
+                    session, "flow.shipping_notice", notice, [service.Target(member, order)], now=clock()
+                )
+            await w.dispatcher().run()
+            (accepted,) = fake.accepted
+
+        listing = await api.get("/api/messenger-accounts")
+        assert listing.status_code == 200, listing.text
+        token = listing.json()[0]["callback_token"]
+        assert listing.json()[0]["status"] == "active"
+        report = [
+            {
+                "phone_number": accepted.phone,
+                "send_time": "2024-05-01 10:00:00",
+                "report_time": "2024-05-01 10:00:05",
+                "success": True,
+                "err_code": "DELIVERED",
+                "err_msg": "用户接收成功",
+                "sms_size": "1",
+                "biz_id": accepted.biz_id,
+                "out_id": accepted.out_id,
+            },
+            {"phone_number": "not-a-number"},
+        ]
+        bad = await api.post("/sms/aliyun/sms/report?token=wrong", json=report, headers={"Authorization": ""})
+        assert bad.status_code == 401
+        for _ in range(2):  # Aliyun retries the same push
+            ok = await api.post(
+                f"/sms/aliyun/sms/report?token={token}", json=report, headers={"Authorization": ""}
+            )
+            assert ok.status_code == 200 and ok.json() == {"code": 0, "msg": "接收成功"}
+        messages = (await api.get(f"/api/messages?member_id={member}&flow=shipping_notice")).json()
+        assert [m["status"] for m in messages] == ["delivered"]
+        assert messages[0]["code"] == "DELIVERED"
+
+        reply = [
+            {
+                "phone_number": accepted.phone,
+                "send_time": "2024-05-01 10:01:00",
+                "content": "ＴＤ",
+                "sign_name": SIGN,
+                "dest_code": "",
+                "sequence_id": 77,
+            }
+        ]
+        for _ in range(2):
+            ok = await api.post(
+                f"/sms/aliyun/sms/up?token={token}", json=reply, headers={"Authorization": ""}
+            )
+            assert ok.json() == {"code": 0, "msg": "接收成功"}
+        async with w.sessions() as session, session.begin():
+            promo = await service.get_template(session, "promo")
+            await service.queue_messages(
+                session, "campaign.after", promo, [service.Target(member)], now=clock()
+            )
+        await w.dispatcher().run()
+        (refused,) = (await api.get("/api/messages?flow=campaign.after")).json()
+        assert (refused["status"], refused["reason"]) == ("refused", "opted_out")
+        from tongcrm.consent.service import consent_states
+
+        async with w.sessions() as session:
+            states = await consent_states(session, member)
+        assert [(s.purpose, s.signature, s.status) for s in states if s.source == "sms_reply"] == [
+            ("marketing", SIGN, "opt_out")
+        ]
+        reports = (await api.get("/api/care-flows")).json()
+        shipping = next(r for r in reports if r["flow"] == "shipping_notice")
+        assert shipping["statuses"]["delivered"] == 1

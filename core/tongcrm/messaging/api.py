@@ -1,0 +1,286 @@
+"""Messaging HTTP API: messenger accounts (pause is visible, resume is explicit), templates, the send log per
+member and per flow or campaign, campaign sends, and care-flow configuration and reports."""
+
+from __future__ import annotations
+
+from litestar import Controller, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.auth.service import Principal, Role
+from tongcrm.channels.service import get_account as get_channel_account
+from tongcrm.crypto import Vault
+from tongcrm.db.base import utcnow
+from tongcrm.db.engine import transaction
+from tongcrm.errors import Unprocessable
+from tongcrm.messaging import flows, service
+from tongcrm.messaging.jobs import request_dispatch
+from tongcrm.messaging.models import CareFlowConfig, Message, MessageTemplate, MessengerAccount
+from tongcrm.messaging.schemas import (
+    CampaignSendIn,
+    CampaignSendOut,
+    FlowConfigIn,
+    FlowConfigOut,
+    FlowReportOut,
+    MessageOut,
+    MessengerAccountIn,
+    MessengerAccountOut,
+    TemplateIn,
+    TemplateOut,
+)
+from tongcrm.plugin.host import PluginHost
+
+MAX_CAMPAIGN_MEMBERS = 200_000
+
+
+def _account_out(a: MessengerAccount, vault: Vault, principal: Principal) -> MessengerAccountOut:
+    return MessengerAccountOut(
+        id=a.id,
+        messenger=a.messenger,
+        name=a.name,
+        settings=dict(a.settings),
+        secrets_set=sorted(a.secret_names or []),
+        status=a.status,
+        status_code=a.status_code,
+        status_detail=a.status_detail,
+        paused_at=a.paused_at,
+        callback_token=service.callback_token(vault, a.name) if principal.role == Role.ADMIN else None,
+    )
+
+
+def _template_out(t: MessageTemplate) -> TemplateOut:
+    return TemplateOut(
+        t.id,
+        t.name,
+        t.account_id,
+        t.purpose,
+        t.signature,
+        t.template_code,
+        t.text,
+        list(t.variables),
+        dict(t.defaults),
+    )
+
+
+def _message_out(m: Message) -> MessageOut:
+    return MessageOut(
+        id=m.id,
+        flow=m.flow,
+        member_id=m.member_id,
+        order_id=m.order_id,
+        template_id=m.template_id,
+        account_id=m.account_id,
+        purpose=m.purpose,
+        status=m.status,
+        reason=m.reason,
+        code=m.code,
+        detail=m.detail,
+        provider_id=m.provider_id,
+        attempts=m.attempts,
+        next_attempt_at=m.next_attempt_at,
+        created_at=m.created_at,
+        sent_at=m.sent_at,
+        delivered_at=m.delivered_at,
+        finished_at=m.finished_at,
+    )
+
+
+def _config_out(c: CareFlowConfig) -> FlowConfigOut:
+    return FlowConfigOut(c.flow, c.channel_account_id, c.enabled, c.delay_seconds, c.template_id)
+
+
+class MessengerAccountController(Controller):
+    path = "/api/messenger-accounts"
+    tags = ["messaging"]
+
+    @post(
+        "/", guards=[requires(Role.ADMIN)], summary="Add a messenger account (secret settings are encrypted)"
+    )
+    async def create(
+        self,
+        data: JSONBody[MessengerAccountIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        host: NamedDependency[PluginHost],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+    ) -> MessengerAccountOut:
+        async with transaction(sessions) as session:
+            account = await service.create_account(
+                session, host, vault, data.messenger, data.name, data.settings
+            )
+        return _account_out(account, vault, principal)
+
+    @get("/", guards=[requires(*READ_ROLES)], summary="Messenger accounts and whether sending is paused")
+    async def list_accounts(
+        self,
+        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+    ) -> list[MessengerAccountOut]:
+        async with read_sessions() as session:
+            return [_account_out(a, vault, principal) for a in await service.list_accounts(session)]
+
+    @post(
+        "/{name:str}/resume",
+        guards=[requires(*WRITE_ROLES)],
+        status_code=200,
+        summary="Resume sending after the cause of a pause was fixed",
+    )
+    async def resume(
+        self,
+        name: FromPath[str],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
+    ) -> MessengerAccountOut:
+        async with transaction(sessions) as session:
+            account = await service.resume_account(session, name)
+            await request_dispatch(session, utcnow())
+        return _account_out(account, vault, principal)
+
+
+class TemplateController(Controller):
+    path = "/api/message-templates"
+    tags = ["messaging"]
+
+    @post(
+        "/",
+        guards=[requires(*WRITE_ROLES)],
+        summary="Add a template (marketing ones must carry opt-out text)",
+    )
+    async def create(
+        self, data: JSONBody[TemplateIn], sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> TemplateOut:
+        async with transaction(sessions) as session:
+            template = await service.create_template(
+                session,
+                name=data.name,
+                account=data.account,
+                purpose=data.purpose,
+                signature=data.signature,
+                template_code=data.template_code,
+                text=data.text,
+                variables=data.variables,
+                defaults=data.defaults,
+            )
+        return _template_out(template)
+
+    @get("/", guards=[requires(*READ_ROLES)], summary="Templates")
+    async def list_templates(
+        self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> list[TemplateOut]:
+        async with read_sessions() as session:
+            return [_template_out(t) for t in await service.list_templates(session)]
+
+
+class MessageController(Controller):
+    path = "/api/messages"
+    tags = ["messaging"]
+
+    @get("/", guards=[requires(*READ_ROLES)], summary="The send log, per member and per flow or campaign")
+    async def list_messages(
+        self,
+        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        member_id: FromQuery[int | None] = None,
+        flow: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+        order_id: FromQuery[int | None] = None,
+        limit: FromQuery[int] = 100,
+        offset: FromQuery[int] = 0,
+    ) -> list[MessageOut]:
+        if flow and "." not in flow:
+            flow = f"flow.{flow}" if flow in flows.FLOWS else f"campaign.{flow}"
+        query = service.MessageQuery(member_id, flow, status, order_id, limit, offset)
+        async with read_sessions() as session:
+            return [_message_out(m) for m in await service.list_messages(session, query)]
+
+    @get("/{message_id:int}", guards=[requires(*READ_ROLES)], summary="One message")
+    async def get_message(
+        self, message_id: FromPath[int], read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> MessageOut:
+        async with read_sessions() as session:
+            return _message_out(await service.get_message(session, message_id))
+
+    @post(
+        "/campaign-sends",
+        guards=[requires(*WRITE_ROLES)],
+        status_code=202,
+        summary="Queue a marketing send to members; each member gets it at most once per campaign",
+    )
+    async def campaign_send(
+        self, data: JSONBody[CampaignSendIn], sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> CampaignSendOut:
+        if len(data.member_ids) > MAX_CAMPAIGN_MEMBERS:
+            raise Unprocessable(f"at most {MAX_CAMPAIGN_MEMBERS} members per request")
+        flow = f"campaign.{data.campaign}"
+        async with transaction(sessions) as session:
+            template = await service.get_template(session, data.template)
+            queued = await service.queue_messages(
+                session,
+                flow,
+                template,
+                [service.Target(m) for m in dict.fromkeys(data.member_ids)],
+                not_before=data.not_before,
+            )
+            await request_dispatch(session, data.not_before or utcnow())
+        return CampaignSendOut(flow, len(data.member_ids), queued)
+
+
+class CareFlowController(Controller):
+    path = "/api/care-flows"
+    tags = ["messaging"]
+
+    @get("/", guards=[requires(*READ_ROLES)], summary="Each care flow: messages by status, and its outcome")
+    async def report(
+        self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> list[FlowReportOut]:
+        async with read_sessions() as session:
+            return [
+                FlowReportOut(
+                    r.flow,
+                    r.title,
+                    r.configured,
+                    r.statuses,
+                    r.reminded_orders,
+                    r.paid_after_reminder,
+                    r.recovered_fen,
+                )
+                for r in await flows.reports(session)
+            ]
+
+    @get("/configs", guards=[requires(*READ_ROLES)], summary="Care-flow configurations")
+    async def configs(
+        self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> list[FlowConfigOut]:
+        async with read_sessions() as session:
+            return [_config_out(c) for c in await flows.list_configs(session)]
+
+    @put(
+        "/{flow:str}",
+        guards=[requires(*WRITE_ROLES)],
+        summary="Configure a flow (default or per channel account)",
+    )
+    async def configure(
+        self,
+        flow: FromPath[str],
+        data: JSONBody[FlowConfigIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+    ) -> FlowConfigOut:
+        async with transaction(sessions) as session:
+            account_id = None
+            if data.channel_account:
+                account_id = (await get_channel_account(session, data.channel_account)).id
+            config = await flows.configure(
+                session,
+                flow,
+                template=data.template,
+                channel_account_id=account_id,
+                enabled=data.enabled,
+                delay_seconds=data.delay_seconds,
+            )
+        return _config_out(config)
+
+
+CONTROLLERS = (MessengerAccountController, TemplateController, MessageController, CareFlowController)

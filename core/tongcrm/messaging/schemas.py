@@ -1,0 +1,110 @@
+"""Request and response bodies of the messaging API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class MessengerAccountIn(msgspec.Struct, forbid_unknown_fields=True):
+    messenger: str
+    name: str
+    settings: dict[str, str] = {}
+
+
+class MessengerAccountOut(msgspec.Struct):
+    id: int
+    messenger: str
+    name: str
+    settings: dict[str, str]
+    secrets_set: list[str]
+    status: str
+    status_code: str
+    status_detail: str
+    paused_at: datetime | None
+    #: Admins only: the token the gateway's callback URLs must carry (``?token=``).
+    callback_token: str | None = None
+
+
+class TemplateIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    account: str
+    purpose: str
+    signature: str
+    template_code: str
+    text: str
+    variables: list[str] | None = None
+    defaults: dict[str, str] = {}
+
+
+class TemplateOut(msgspec.Struct):
+    id: int
+    name: str
+    account_id: int
+    purpose: str
+    signature: str
+    template_code: str
+    text: str
+    variables: list[str]
+    defaults: dict[str, str]
+
+
+class MessageOut(msgspec.Struct):
+    id: int
+    flow: str
+    member_id: int
+    order_id: int | None
+    template_id: int
+    account_id: int
+    purpose: str
+    status: str
+    reason: str
+    code: str
+    detail: str
+    provider_id: str | None
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    finished_at: datetime | None
+
+
+class CampaignSendIn(msgspec.Struct, forbid_unknown_fields=True):
+    campaign: str
+    template: str
+    member_ids: list[int]
+    #: Not before this moment (the policy still holds marketing to the quiet hours).
+    not_before: datetime | None = None
+
+
+class CampaignSendOut(msgspec.Struct):
+    flow: str
+    requested: int
+    queued: int
+
+
+class FlowConfigIn(msgspec.Struct, forbid_unknown_fields=True):
+    template: str
+    channel_account: str | None = None
+    enabled: bool = True
+    delay_seconds: int | None = None
+
+
+class FlowConfigOut(msgspec.Struct):
+    flow: str
+    channel_account_id: int | None
+    enabled: bool
+    delay_seconds: int
+    template_id: int
+
+
+class FlowReportOut(msgspec.Struct):
+    flow: str
+    title: str
+    configured: bool
+    statuses: dict[str, int]
+    reminded_orders: int | None = None
+    paid_after_reminder: int | None = None
+    recovered_fen: int | None = None
