@@ -1,3 +1,92 @@
-"""Hook implementations of the offline_pos plugin; tongcrm loads this module through the `tongcrm` entry point."""
+"""Hook implementations of the offline_pos plugin; tongcrm loads this module through the ``tongcrm`` entry point.
+
+The module-level hooks delegate to one :class:`OfflinePosPlugin`. Tests register their own instance (with a
+test clock or a small rate limit) on a hermetic host instead of this module.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tongcrm.plugin import hookimpl
+from tongcrm.plugin.types import (
+    ChannelAdapter,
+    ChannelContext,
+    ChannelSpec,
+    MigrationLocation,
+    RouteSpec,
+    SettingField,
+)
+
+from tongcrm_offline_pos import models  # noqa: F401 - registers the plugin's tables on the core metadata
+from tongcrm_offline_pos.adapter import StoreAdapter
+from tongcrm_offline_pos.api import PosConfig, build_router
+from tongcrm_offline_pos.stores import CHANNEL
+
+__all__ = ["STORE_CHANNEL", "OfflinePosPlugin", "channels", "cli_commands", "migration_locations", "routes"]
+
+REVISIONS = Path(__file__).resolve().parent / "revisions"
+
+SETTINGS: tuple[SettingField, ...] = (
+    SettingField("title", "The store's display name, e.g. 上海南京西路店", required=False),
+    SettingField("city", "The city the store is in", required=False),
+    SettingField("address", "The store's street address", required=False),
+)
+
+
+def _factory(ctx: ChannelContext) -> ChannelAdapter:
+    return StoreAdapter(ctx)
+
+
+#: A store: the account name is the store code that POS keys are scoped to. Stores push receipts through the
+#: POS API; the adapter's ``fetch_orders`` returns an empty caught-up page (a store is never polled).
+STORE_CHANNEL = ChannelSpec(
+    name=CHANNEL, display_name="Offline store (POS)", settings=SETTINGS, factory=_factory
+)
+
+
+class OfflinePosPlugin:
+    def __init__(self, config: PosConfig | None = None) -> None:
+        self.config = config or PosConfig()
+
+    @hookimpl
+    def channels(self) -> list[ChannelSpec]:
+        return [STORE_CHANNEL]
+
+    @hookimpl
+    def routes(self) -> list[RouteSpec]:
+        return [RouteSpec(handlers=(build_router(self.config),))]
+
+    @hookimpl
+    def cli_commands(self) -> list[click.Command]:
+        from tongcrm_offline_pos.cli import pos_group
+
+        return [pos_group()]
+
+    @hookimpl
+    def migration_locations(self) -> list[MigrationLocation]:
+        return [MigrationLocation(branch_label="offline_pos", path=str(REVISIONS))]
+
+
+_default = OfflinePosPlugin()
+
+
+@hookimpl
+def channels() -> list[ChannelSpec]:
+    return _default.channels()
+
+
+@hookimpl
+def routes() -> list[RouteSpec]:
+    return _default.routes()
+
+
+@hookimpl
+def cli_commands() -> list[click.Command]:
+    return _default.cli_commands()
+
+
+@hookimpl
+def migration_locations() -> list[MigrationLocation]:
+    return _default.migration_locations()

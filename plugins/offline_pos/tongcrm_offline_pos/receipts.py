@@ -1,0 +1,640 @@
+"""Receipts: checkout (earn, and pay with points), returns (reverse line by line), and offline batches.
+
+A sale becomes a core order through the ingest engine's :func:`apply_orders_page` (forward only, identity
+resolution, points under the earning rules, outbox), in the caller's transaction. Points paid at the till are a
+redemption in the same transaction; the part of the receipt paid with points earns nothing (it is allocated
+over the lines by largest remainder, so each line's earning base is exact in fen).
+
+A return never edits ledger entries: it re-applies the original sale with the returned fen on its lines, and the
+points service posts the reversals (``floor(earned × refunded / amount)`` per line). The re-applied order
+carries ``modified_at`` = the sale's time + one microsecond per applied return, so the forward-only engine takes
+every return exactly once whatever order they arrive in.
+
+Idempotency: the receipt key (store, till, business day, sequence) is unique in ``pos_receipts``. A new key is
+claimed with ``INSERT … ON CONFLICT DO NOTHING`` before any effect, so two uploads of one receipt meet there
+and the second replays the first's answer. An *applied* receipt is final; a *rejected* one (points spent
+meanwhile, original not uploaded yet…) applied nothing and is tried again when uploaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, cast
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.errors import Conflict, TongcrmError
+from tongcrm.ingest.apply import IngestContext, apply_orders_page
+from tongcrm.logging import get_logger
+from tongcrm.members.phone import InvalidMobile, normalise_mobile
+from tongcrm.members.service import resolve_live_id
+from tongcrm.orders.models import Order
+from tongcrm.plugin.types import IdentityClaim, LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
+from tongcrm.points import service as points
+from tongcrm.points.models import EntryKind, PointsEntry
+from tongcrm.tiers import service as tiers
+
+from tongcrm_offline_pos.members import PosContext, claim_for_member, find_by_mobile
+from tongcrm_offline_pos.models import PosReceipt
+from tongcrm_offline_pos.schemas import BatchResult, LineIn, ReceiptIn, ReceiptResult, ReceiptView
+from tongcrm_offline_pos.stores import CHANNEL, Store, active_tills
+
+log = get_logger(__name__)
+
+#: Receipts per offline upload; a till with more sends several batches.
+MAX_BATCH = 200
+#: Skew beyond this is logged as a warning (and, like any skew, tolerated and recorded).
+SKEW_WARNING_SECONDS = 300
+_RECEIPTS = cast(sa.Table, PosReceipt.__table__)
+
+
+class ReceiptRejected(TongcrmError):
+    """A receipt that cannot be applied as sent. ``reason`` is a stable code tills branch on."""
+
+    title = "Receipt rejected"
+
+    def __init__(self, reason: str, message: str, *, status: int = 409) -> None:
+        super().__init__(message, extra={"reason": reason})
+        self.reason = reason
+        self.status_code = status
+
+
+def receipt_key(store: str, till: str, business_day: date, sequence: int) -> str:
+    return f"{store}:{till}:{business_day:%Y%m%d}:{sequence}"
+
+
+def body_hash(receipt: ReceiptIn) -> str:
+    """The receipt's content without ``sent_at`` (a retry is sent later, and is still the same receipt)."""
+    return hashlib.sha256(msgspec.json.encode(msgspec.structs.replace(receipt, sent_at=None))).hexdigest()
+
+
+def allocate(amounts: Sequence[int], take: int) -> list[int]:
+    """Each amount less its share of ``take`` (largest remainder, so the shares sum exactly to ``take``)."""
+    total = sum(amounts)
+    take = min(max(take, 0), total)
+    if take == 0:
+        return list(amounts)
+    shares = [a * take // total for a in amounts]
+    rest = take - sum(shares)
+    by_remainder = sorted(range(len(amounts)), key=lambda i: (-(amounts[i] * take % total), i))
+    for i in by_remainder[:rest]:
+        shares[i] += 1
+    return [a - s for a, s in zip(amounts, shares, strict=True)]
+
+
+def effective_time(
+    occurred_at: datetime, sent_at: datetime | None, now: datetime
+) -> tuple[datetime, int | None]:
+    """The sale's time on the server's clock, and the measured skew (server − till, seconds).
+
+    With ``sent_at`` the skew is measured and the till's times are shifted by it. Without it a till time in the
+    future is still evidence of a fast clock: that much skew is recorded. Nothing is ever later than ``now``.
+    """
+    skew: int | None = None
+    effective = occurred_at
+    if sent_at is not None:
+        skew = round((now - sent_at).total_seconds())
+        effective = occurred_at + timedelta(seconds=skew)
+    if effective > now:
+        if skew is None:
+            skew = round((now - occurred_at).total_seconds())
+        effective = now
+    return effective, skew
+
+
+# -------------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _invalid(message: str) -> ReceiptRejected:
+    return ReceiptRejected("invalid_receipt", message, status=422)
+
+
+def _aware(value: datetime | None, what: str) -> None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise _invalid(f"{what} needs a UTC offset (e.g. 2024-06-18T10:00:00+08:00)")
+
+
+def validate(r: ReceiptIn, ctx: PosContext, effective: datetime | None = None) -> None:
+    _aware(r.occurred_at, "occurred_at")
+    _aware(r.sent_at, "sent_at")
+    key = receipt_key(r.store, r.till, r.business_day, r.sequence)
+    if len(key) > 64:
+        raise _invalid("the receipt key (store:till:day:sequence) is longer than 64 characters")
+    if effective is not None:
+        local = effective.astimezone(ctx.tz).date()
+        if abs((r.business_day - local).days) > 1:
+            raise _invalid(
+                f"business_day {r.business_day.isoformat()} is more than a day from the receipt time "
+                f"({local.isoformat()} in {ctx.tz.key})"
+            )
+    if r.kind == "sale":
+        if r.original is not None or r.return_lines:
+            raise _invalid("a sale has no original and no return_lines")
+        if not r.lines:
+            raise _invalid("a sale needs at least one line")
+        numbers = [line.line_no for line in r.lines]
+        if len(numbers) != len(set(numbers)):
+            raise _invalid("line_no must be unique within a receipt")
+        if sum(line.amount_fen for line in r.lines) != r.total_fen:
+            raise _invalid("the lines' amount_fen do not add up to total_fen")
+        if sum(p.amount_fen for p in r.payments) != r.total_fen:
+            raise _invalid("the payments do not add up to total_fen")
+        by_points = [p for p in r.payments if p.method == "points"]
+        if len(by_points) > 1:
+            raise _invalid("pay with points in one payment")
+        for p in r.payments:
+            if (p.method == "points") != (p.points > 0):
+                raise _invalid("a points payment names its points (> 0); other payments name none")
+        return
+    if r.original is None or not r.return_lines:
+        raise _invalid("a return names its original sale and its return_lines")
+    if r.lines:
+        raise _invalid("a return lists what goes back in return_lines, not lines")
+    if any(p.method == "points" for p in r.payments):
+        raise _invalid("a return cannot be paid with points")
+    numbers = [line.line_no for line in r.return_lines]
+    if len(numbers) != len(set(numbers)):
+        raise _invalid("line_no must be unique within return_lines")
+    if sum(line.amount_fen for line in r.return_lines) != r.total_fen:
+        raise _invalid("the return_lines' amount_fen do not add up to total_fen")
+
+
+# -------------------------------------------------------------------------------------------------------------
+# applying
+
+
+@dataclass(slots=True)
+class _Claimed:
+    row_id: int
+    key: str
+    hash: str
+    effective: datetime
+    skew: int | None
+
+
+def _ingest_ctx(ctx: PosContext) -> IngestContext:
+    return IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor.name)
+
+
+def _result(r: ReceiptIn, key: str, status: str, **fields: Any) -> ReceiptResult:
+    return ReceiptResult(
+        key=key,
+        store=r.store,
+        till=r.till,
+        business_day=r.business_day,
+        sequence=r.sequence,
+        kind=r.kind,
+        status=status,
+        **fields,
+    )
+
+
+def _order(
+    r: ReceiptIn,
+    key: str,
+    effective: datetime,
+    claim: IdentityClaim | None,
+    *,
+    version: int = 0,
+    refunds: dict[str, dict[str, int]] | None = None,
+    offline: bool,
+) -> NormalisedOrder:
+    """The core order for a sale, as of ``version`` returns (``refunds``: fen and quantity per line)."""
+    points_fen = sum(p.amount_fen for p in r.payments if p.method == "points")
+    bases = allocate([line.amount_fen for line in r.lines], points_fen)
+    refunds = refunds or {}
+    lines = []
+    fully = True
+    for line, base in zip(r.lines, bases, strict=True):
+        back = refunds.get(str(line.line_no), {}).get("fen", 0)
+        refunded = (
+            base if back >= line.amount_fen else (back * base // line.amount_fen if line.amount_fen else 0)
+        )
+        fully = fully and back >= line.amount_fen
+        lines.append(
+            OrderLine(
+                external_id=str(line.line_no),
+                title=line.title,
+                quantity=line.quantity,
+                unit_price_fen=line.unit_price_fen,
+                amount_fen=base,
+                sku=line.sku,
+                category=line.category,
+                refund_status=LineRefundStatus.REFUNDED if back else LineRefundStatus.NONE,
+                refunded_fen=refunded,
+            )
+        )
+    return NormalisedOrder(
+        external_id=key,
+        status=OrderStatus.REFUNDED if fully and refunds else OrderStatus.COMPLETED,
+        created_at=effective,
+        modified_at=effective + timedelta(microseconds=version),
+        paid_at=effective,
+        completed_at=effective,
+        total_fen=r.total_fen,
+        paid_fen=r.total_fen - points_fen,
+        discount_fen=r.discount_fen,
+        claims=(claim,) if claim is not None else (),
+        lines=tuple(lines),
+        store_code=r.store,
+        platform_status="pos_offline" if offline else "pos",
+    )
+
+
+async def _order_points(session: AsyncSession, order_id: int, kinds: Sequence[str]) -> int:
+    total = (
+        await session.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.amount), 0)).where(
+                PointsEntry.order_id == order_id, PointsEntry.kind.in_(list(kinds))
+            )
+        )
+    ).scalar_one()
+    return int(total)
+
+
+async def _available(session: AsyncSession, member_id: int | None) -> int | None:
+    if member_id is None:
+        return None
+    return max((await points.balance(session, member_id)).available, 0)
+
+
+async def _sale(
+    session: AsyncSession, ctx: PosContext, store: Store, r: ReceiptIn, c: _Claimed, offline: bool
+) -> tuple[ReceiptResult, dict[str, Any]]:
+    claim: IdentityClaim | None = None
+    member_id: int | None = None
+    if r.member is not None and r.member.member_id is not None:
+        member_id = await resolve_live_id(session, r.member.member_id)
+        if member_id is None:
+            raise ReceiptRejected("unknown_member", f"no member {r.member.member_id}", status=422)
+        claim = await claim_for_member(session, ctx, member_id)
+        if claim is None:
+            raise ReceiptRejected(
+                "member_without_identity",
+                f"member {member_id} has no mobile or other strong identity to attribute a receipt to",
+                status=422,
+            )
+    elif r.member is not None and r.member.mobile:
+        try:
+            e164 = normalise_mobile(r.member.mobile)
+        except InvalidMobile as exc:
+            raise _invalid(f"member.mobile: {exc.message}") from None
+        claim = IdentityClaim("mobile", e164, f"given at till {r.store}/{r.till}")
+        member_id = await find_by_mobile(session, ctx, e164)
+
+    redeemed = 0
+    want = sum(p.points for p in r.payments if p.method == "points")
+    if want:
+        if member_id is None:
+            raise ReceiptRejected("points_without_member", "a receipt paid with points needs a known member")
+        try:
+            await points.redeem(
+                session,
+                ctx.points,
+                member_id,
+                want,
+                key=f"pos:{c.key}",
+                reason=f"paid at till: receipt {c.key}",
+            )
+        except Conflict as exc:
+            raise ReceiptRejected("insufficient_points", exc.message) from None
+        redeemed = want
+
+    order = _order(r, c.key, c.effective, claim, offline=offline)
+    page = await apply_orders_page(session, _ingest_ctx(ctx), store.account_id, CHANNEL, [order])
+    if page.quarantined:
+        raise ReceiptRejected("identity_rejected", "the receipt's member claim was refused", status=422)
+    row = (
+        await session.execute(
+            sa.select(Order.id, Order.member_id).where(
+                Order.account_id == store.account_id, Order.external_id == c.key
+            )
+        )
+    ).one()
+    earned = await _order_points(session, row.id, [EntryKind.EARN])
+    result = _result(
+        r,
+        c.key,
+        "applied",
+        offline=offline,
+        member_id=row.member_id,
+        points_earned=earned,
+        points_redeemed=redeemed,
+        points_available=await _available(session, row.member_id),
+        clock_skew_seconds=c.skew,
+    )
+    return result, {"member_id": row.member_id, "order_id": row.id}
+
+
+async def _return(
+    session: AsyncSession, ctx: PosContext, store: Store, r: ReceiptIn, c: _Claimed, offline: bool
+) -> tuple[ReceiptResult, dict[str, Any]]:
+    ref = r.original
+    assert ref is not None
+    original_key = receipt_key(store.code, ref.till, ref.business_day, ref.sequence)
+    query = sa.select(PosReceipt).where(
+        PosReceipt.account_id == store.account_id,
+        PosReceipt.till_code == ref.till,
+        PosReceipt.business_day == ref.business_day,
+        PosReceipt.sequence == ref.sequence,
+        PosReceipt.kind == "sale",
+        PosReceipt.status == "applied",
+    )
+    if dialect_name(session) == "postgresql":
+        query = query.with_for_update()
+    original = (await session.execute(query)).scalar_one_or_none()
+    if original is None:
+        raise ReceiptRejected(
+            "original_not_found", f"no applied sale {original_key} to return goods from (yet)", status=404
+        )
+    sale = msgspec.convert(original.body, ReceiptIn)
+    lines: dict[int, LineIn] = {line.line_no: line for line in sale.lines}
+    refunds: dict[str, dict[str, int]] = {k: dict(v) for k, v in (original.refunds or {}).items()}
+    for back in r.return_lines:
+        line = lines.get(back.line_no)
+        if line is None:
+            raise ReceiptRejected(
+                "return_exceeds_original", f"sale {original_key} has no line {back.line_no}", status=422
+            )
+        done = refunds.setdefault(str(back.line_no), {"fen": 0, "qty": 0})
+        if done["fen"] + back.amount_fen > line.amount_fen or done["qty"] + back.quantity > line.quantity:
+            raise ReceiptRejected(
+                "return_exceeds_original",
+                f"line {back.line_no} of {original_key}: {done['qty']} of {line.quantity} items and "
+                f"{done['fen']} of {line.amount_fen} fen were already returned",
+                status=422,
+            )
+        done["fen"] += back.amount_fen
+        done["qty"] += back.quantity
+    member_id = await resolve_live_id(session, original.member_id) if original.member_id else None
+    claim = await claim_for_member(session, ctx, member_id) if member_id is not None else None
+    version = original.returns_applied + 1
+    order = _order(
+        sale,
+        original_key,
+        original.effective_at,
+        claim,
+        version=version,
+        refunds=refunds,
+        offline=original.offline,
+    )
+    assert original.order_id is not None
+    kinds = [EntryKind.EARN, EntryKind.REVERSE]
+    before = await _order_points(session, original.order_id, kinds)
+    page = await apply_orders_page(session, _ingest_ctx(ctx), store.account_id, CHANNEL, [order])
+    if page.quarantined:
+        raise ReceiptRejected("identity_rejected", "the original sale's member claim was refused", status=422)
+    after = await _order_points(session, original.order_id, kinds)
+    original.refunds = refunds
+    original.returns_applied = version
+    result = _result(
+        r,
+        c.key,
+        "applied",
+        offline=offline,
+        member_id=member_id,
+        points_reversed=before - after,
+        points_available=await _available(session, member_id),
+        clock_skew_seconds=c.skew,
+    )
+    return result, {"member_id": member_id, "order_id": original.order_id, "original_key": original_key}
+
+
+async def _existing(session: AsyncSession, store: Store, r: ReceiptIn) -> PosReceipt | None:
+    return (
+        await session.execute(
+            sa.select(PosReceipt).where(
+                PosReceipt.account_id == store.account_id,
+                PosReceipt.till_code == r.till,
+                PosReceipt.business_day == r.business_day,
+                PosReceipt.sequence == r.sequence,
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def _claim(
+    session: AsyncSession, store: Store, r: ReceiptIn, key: str, digest: str, effective: datetime,
+    skew: int | None, offline: bool, now: datetime,
+) -> int | None:  # fmt: skip
+    """Insert the receipt's row as ``pending``; ``None`` when the key already has a row (a replay, or a
+    concurrent upload of the same receipt that committed first)."""
+    stmt = (
+        insert(session, _RECEIPTS)
+        .values(
+            account_id=store.account_id,
+            till_code=r.till,
+            business_day=r.business_day,
+            sequence=r.sequence,
+            receipt_key=key,
+            kind=r.kind,
+            status="pending",
+            offline=offline,
+            body_hash=digest,
+            till_time=r.occurred_at,
+            sent_at=r.sent_at,
+            received_at=now,
+            effective_at=effective,
+            clock_skew_seconds=skew,
+            refunds={},
+            returns_applied=0,
+            body=msgspec.to_builtins(msgspec.structs.replace(r, sent_at=None)),
+            result={},
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "till_code", "business_day", "sequence"])
+        .returning(_RECEIPTS.c.id)
+    )
+    row = (await session.execute(stmt)).first()
+    return None if row is None else int(row[0])
+
+
+async def apply_receipt(
+    session: AsyncSession,
+    ctx: PosContext,
+    store: Store,
+    r: ReceiptIn,
+    *,
+    tills: set[str],
+    offline: bool,
+    sent_at: datetime | None,
+    strict: bool,
+) -> ReceiptResult:
+    """Apply one receipt. ``strict`` (an online checkout): a rejection raises, and the caller's transaction
+    rolls back. Otherwise (a batch) the rejection is recorded and returned, and the batch goes on."""
+    now = ctx.clock()
+    key = receipt_key(r.store, r.till, r.business_day, r.sequence)
+    digest = body_hash(r)
+    sent = r.sent_at or sent_at
+    try:
+        if r.till not in tills:
+            raise ReceiptRejected(
+                "unknown_till", f"store {store.code!r} has no active till {r.till!r}", status=404
+            )
+        validate(r, ctx)
+        effective, skew = effective_time(r.occurred_at, sent, now)
+        validate(r, ctx, effective)
+    except ReceiptRejected as exc:
+        if strict:
+            raise
+        return _result(r, key, "rejected", offline=offline, reason=exc.reason, detail=exc.message)
+    if skew is not None and abs(skew) > SKEW_WARNING_SECONDS:
+        log.warning("till clock skew", store=store.code, till=r.till, skew_seconds=skew)
+
+    existing = await _existing(session, store, r)
+    row_id: int | None = None
+    if existing is None:
+        row_id = await _claim(session, store, r, key, digest, effective, skew, offline, now)
+        if row_id is None:  # a concurrent upload of this receipt committed first
+            existing = await _existing(session, store, r)
+            assert existing is not None
+    if existing is not None:
+        if existing.status == "applied":
+            if existing.body_hash != digest:
+                message = f"receipt key {key} was already used for a different receipt"
+                if strict:
+                    raise Conflict(message, extra={"reason": "key_reused"})
+                return _result(r, key, "conflict", offline=offline, reason="key_reused", detail=message)
+            stored = msgspec.convert(existing.result, ReceiptResult)
+            return msgspec.structs.replace(stored, replayed=True)
+        row_id = existing.id
+    assert row_id is not None
+    c = _Claimed(row_id, key, digest, effective, skew)
+    try:
+        async with session.begin_nested():
+            if r.kind == "sale":
+                result, links = await _sale(session, ctx, store, r, c, offline)
+            else:
+                result, links = await _return(session, ctx, store, r, c, offline)
+    except ReceiptRejected as exc:
+        if strict:
+            raise
+        await _finish(session, c, r, offline, sent, now, "rejected", reason=exc.reason, detail=exc.message)
+        return _result(
+            r,
+            key,
+            "rejected",
+            offline=offline,
+            reason=exc.reason,
+            detail=exc.message,
+            clock_skew_seconds=skew,
+        )
+    await _finish(session, c, r, offline, sent, now, "applied", result=result, **links)
+    return result
+
+
+async def _finish(
+    session: AsyncSession, c: _Claimed, r: ReceiptIn, offline: bool, sent: datetime | None, now: datetime,
+    status: str, *, result: ReceiptResult | None = None, reason: str | None = None, detail: str | None = None,
+    **links: Any,
+) -> None:  # fmt: skip
+    values: dict[str, Any] = {
+        "status": status,
+        "reason": reason,
+        "detail": detail,
+        "offline": offline,
+        "body_hash": c.hash,
+        "body": msgspec.to_builtins(msgspec.structs.replace(r, sent_at=None)),
+        "till_time": r.occurred_at,
+        "sent_at": sent,
+        "received_at": now,
+        "effective_at": c.effective,
+        "clock_skew_seconds": c.skew,
+        "result": msgspec.to_builtins(result) if result is not None else {},
+        "updated_at": now,
+        **links,
+    }
+    await session.execute(sa.update(_RECEIPTS).where(_RECEIPTS.c.id == c.row_id).values(**values))
+
+
+async def apply_batch(
+    session: AsyncSession,
+    ctx: PosContext,
+    store: Store,
+    receipts: Sequence[ReceiptIn],
+    *,
+    sent_at: datetime | None,
+    offline: bool = True,
+    strict: bool = False,
+) -> BatchResult:
+    """Apply receipts in key order (business day, till, sequence), each on its own savepoint. Receipts
+    rejected because of another receipt (a return before its sale, points not yet earned) are tried once
+    more at the end of the batch, so a batch's own order never decides its outcome."""
+    tills = await active_tills(session, store)
+    order = sorted(
+        range(len(receipts)), key=lambda i: (receipts[i].business_day, receipts[i].till, receipts[i].sequence)
+    )
+    results: dict[int, ReceiptResult] = {}
+    retry: list[int] = []
+    for i in order:
+        res = await apply_receipt(
+            session, ctx, store, receipts[i], tills=tills, offline=offline, sent_at=sent_at, strict=strict
+        )
+        results[i] = res
+        if res.status == "rejected" and res.reason in {"original_not_found", "insufficient_points"}:
+            retry.append(i)
+    if retry and len(retry) < len(order):
+        for i in retry:
+            results[i] = await apply_receipt(
+                session, ctx, store, receipts[i], tills=tills, offline=offline, sent_at=sent_at, strict=strict
+            )
+    members = {res.member_id for res in results.values() if res.status == "applied" and not res.replayed}
+    members.discard(None)
+    if members:
+        await tiers.reevaluate(session, ctx.tiers(ctx.clock()), [m for m in members if m is not None])
+    out = [results[i] for i in range(len(receipts))]
+    return BatchResult(
+        applied=sum(1 for x in out if x.status == "applied" and not x.replayed),
+        replayed=sum(1 for x in out if x.replayed),
+        rejected=sum(1 for x in out if x.status != "applied"),
+        results=out,
+    )
+
+
+async def receipt_view(
+    session: AsyncSession, store: Store, till: str, business_day: date, sequence: int
+) -> ReceiptView | None:
+    row = (
+        await session.execute(
+            sa.select(PosReceipt).where(
+                PosReceipt.account_id == store.account_id,
+                PosReceipt.till_code == till,
+                PosReceipt.business_day == business_day,
+                PosReceipt.sequence == sequence,
+                PosReceipt.status != "pending",
+            )
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    if row.status == "applied":
+        result = msgspec.convert(row.result, ReceiptResult)
+    else:
+        result = ReceiptResult(
+            key=row.receipt_key,
+            store=store.code,
+            till=row.till_code,
+            business_day=row.business_day,
+            sequence=row.sequence,
+            kind=row.kind,
+            status=row.status,
+            offline=row.offline,
+            reason=row.reason,
+            detail=row.detail,
+            clock_skew_seconds=row.clock_skew_seconds,
+        )
+    return ReceiptView(
+        result=result,
+        receipt=dict(row.body),
+        received_at=row.received_at,
+        effective_at=row.effective_at,
+        till_time=row.till_time,
+        original_key=row.original_key,
+        returned_fen={k: int(v.get("fen", 0)) for k, v in (row.refunds or {}).items()},
+    )
