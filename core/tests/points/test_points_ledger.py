@@ -1,0 +1,354 @@
+"""The points ledger through the service: earning from order facts, release, proportional reversal under both
+policies, replays, expiry at the programme's wall-clock boundary, caps and merges — on every database backend."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from points_helpers import SHANGHAI, Clock, ctx, make_members, order, snapshot
+from tongcrm.errors import Conflict
+from tongcrm.jobs.models import OutboxEvent
+from tongcrm.points import ledger, service
+from tongcrm.points.models import PointsEntry, PointsLot
+from tongcrm.points.multipliers import TierInfo, set_tier_resolver
+from tongcrm.testing.database import TestDatabase
+
+BASE = {"rules": [{"type": "spend", "code": "base", "priority": 100, "release": "paid"}]}
+PAID = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+
+
+async def _members(db: TestDatabase, n: int = 2) -> list[int]:
+    async with db.sessions() as s, s.begin():
+        return await make_members(s, n)
+
+
+async def _apply(db: TestDatabase, c: Any, orders: list[Any]) -> None:
+    async with db.sessions() as s, s.begin():
+        await service.apply_orders(s, c, orders)
+
+
+async def _balance(db: TestDatabase, member_id: int) -> tuple[int, int, int, int]:
+    async with db.sessions() as s:
+        b = await service.balance(s, member_id)
+    return b.available, b.pending, b.debt, b.owed
+
+
+async def _verify(db: TestDatabase) -> None:
+    async with db.sessions() as s:
+        assert await ledger.verify(s) == []
+
+
+async def test_paid_order_earns_per_line_and_replays_change_nothing(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    clock = Clock()
+    c = ctx(clock, BASE)
+    facts = [
+        order(1, m, [(11, 12_345), (12, 99)], paid_at=PAID),
+        order(2, m, [(21, 0)], status="closed", paid_at=None),
+    ]
+    await _apply(tongcrm_db, c, facts)
+    assert await _balance(tongcrm_db, m) == (123, 0, 0, 0)  # 123.45 yuan → 123, 0.99 → 0 (rounded down)
+    async with tongcrm_db.sessions() as s:
+        before = await snapshot(s)
+        entry = (await s.execute(sa.select(PointsEntry))).scalar_one()
+    assert entry.idempotency_key == "earn:11:base" and entry.rule_version == 7 and entry.line_id == 11
+    for _ in range(3):
+        await _apply(tongcrm_db, c, facts)
+    async with tongcrm_db.sessions() as s:
+        assert await snapshot(s) == before
+    await _verify(tongcrm_db)
+
+
+async def test_pending_until_completion_then_return_window(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    clock = Clock()
+    doc = {
+        "rules": [
+            {
+                "type": "spend",
+                "code": "base",
+                "priority": 100,
+                "release": "return_window",
+                "return_window_days": 7,
+            }
+        ]
+    }
+    c = ctx(clock, doc)
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000)], paid_at=PAID)])
+    assert await _balance(tongcrm_db, m) == (0, 100, 0, 0)
+    with pytest.raises(Conflict):  # pending points are visible but not spendable
+        async with tongcrm_db.sessions() as s, s.begin():
+            await service.redeem(s, c, m, 1, key="k1")
+    completed = clock.now
+    await _apply(
+        tongcrm_db, c, [order(1, m, [(11, 10_000)], status="completed", paid_at=PAID, completed_at=completed)]
+    )
+    assert await _balance(tongcrm_db, m) == (0, 100, 0, 0)  # the window is still open
+    clock.advance(days=7, seconds=1)
+    async with tongcrm_db.sessions() as s, s.begin():
+        assert await ledger.release_due(s, now=clock()) == 1
+    assert await _balance(tongcrm_db, m) == (100, 0, 0, 0)
+    await _verify(tongcrm_db)
+
+
+async def test_partial_then_full_refund_reverses_proportionally_never_more(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    c = ctx(Clock(), BASE)
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000)], paid_at=PAID)])
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000, 3_333)], paid_at=PAID)])
+    assert await _balance(tongcrm_db, m) == (67, 0, 0, 0)  # floor(100 × 3333 / 10000) = 33 taken back
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000, 3_333)], paid_at=PAID)])  # replay
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000, 10_000)], status="refunded", paid_at=PAID)])
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000, 12_000)], status="refunded", paid_at=PAID)])
+    assert await _balance(tongcrm_db, m) == (0, 0, 0, 0)
+    async with tongcrm_db.sessions() as s:
+        kinds = [
+            (e.kind, e.amount)
+            for e in (await s.execute(sa.select(PointsEntry).order_by(PointsEntry.id))).scalars()
+        ]
+    assert kinds == [("earn", 100), ("reverse", -33), ("reverse", -67)]
+    await _verify(tongcrm_db)
+
+
+@pytest.mark.parametrize("policy", ["debt", "clawback"])
+async def test_refund_of_spent_points_follows_the_policy(tongcrm_db: TestDatabase, policy: str) -> None:
+    (m, _) = await _members(tongcrm_db)
+    doc = {**BASE, "reversal_policy": policy}
+    c = ctx(Clock(), doc)
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000)], paid_at=PAID)])
+    async with tongcrm_db.sessions() as s, s.begin():
+        await service.redeem(s, c, m, 80, key="spend-80")
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000, 10_000)], status="refunded", paid_at=PAID)])
+    if policy == "debt":
+        assert await _balance(tongcrm_db, m) == (-80, 0, 80, 0)
+    else:
+        assert await _balance(tongcrm_db, m) == (0, 0, 0, 80)
+    await _verify(tongcrm_db)
+    # the next 50 points pay the debt / clawback first
+    await _apply(tongcrm_db, c, [order(2, m, [(21, 5_000)], paid_at=PAID)])
+    if policy == "debt":
+        assert await _balance(tongcrm_db, m) == (-30, 0, 30, 0)
+    else:
+        assert await _balance(tongcrm_db, m) == (0, 0, 0, 30)
+    await _verify(tongcrm_db)
+    await _apply(tongcrm_db, c, [order(3, m, [(31, 10_000)], paid_at=PAID)])
+    assert await _balance(tongcrm_db, m) == (70, 0, 0, 0)
+    with pytest.raises(Conflict):
+        async with tongcrm_db.sessions() as s, s.begin():
+            await service.redeem(s, c, m, 71, key="too-much")
+    await _verify(tongcrm_db)
+
+
+async def test_expiry_happens_at_the_shanghai_midnight(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    doc = {**BASE, "expiry": {"kind": "end_of_month", "months": 0}}
+    clock = Clock(datetime(2026, 3, 31, 15, 30, tzinfo=UTC))  # 23:30 on 31 March in Shanghai
+    c = ctx(clock, doc)
+    earned_at = clock.now
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000)], paid_at=earned_at)])
+    async with tongcrm_db.sessions() as s:
+        lot = (await s.execute(sa.select(PointsLot))).scalar_one()
+    assert lot.expires_at == datetime(2026, 4, 1, 0, 0, tzinfo=SHANGHAI)  # = 2026-03-31 16:00 UTC
+    clock.now = datetime(2026, 3, 31, 15, 59, 59, tzinfo=UTC)
+    async with tongcrm_db.sessions() as s, s.begin():
+        assert await ledger.expire_due(s, now=clock()) == 0
+    clock.now = datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
+    async with tongcrm_db.sessions() as s, s.begin():
+        assert await ledger.expire_due(s, now=clock()) == 1
+    async with tongcrm_db.sessions() as s, s.begin():
+        assert await ledger.expire_due(s, now=clock()) == 0  # once
+    assert await _balance(tongcrm_db, m) == (0, 0, 0, 0)
+    await _verify(tongcrm_db)
+
+
+async def test_redemption_draws_fifo_by_expiry_then_age(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    clock = Clock()
+    c = ctx(clock, BASE)
+    async with tongcrm_db.sessions() as s, s.begin():
+        never = await service.adjust(s, c, m, 50, key="a", reason="goodwill")
+        soon = await service.adjust(
+            s, c, m, 30, key="b", reason="goodwill", expires=clock.now + timedelta(days=3)
+        )
+        later = await service.adjust(
+            s, c, m, 40, key="c", reason="goodwill", expires=clock.now + timedelta(days=9)
+        )
+        result = await service.redeem(s, c, m, 60, key="r")
+    assert [(d.lot_id, d.amount) for d in result.draws] == [(soon.entry_id, 30), (later.entry_id, 30)]
+    assert never.entry_id not in {d.lot_id for d in result.draws}
+    assert result.balance.available == 60
+    await _verify(tongcrm_db)
+
+
+async def test_transfer_is_one_atomic_pair(tongcrm_db: TestDatabase) -> None:
+    a, b = await _members(tongcrm_db)
+    c = ctx(Clock(), BASE)
+    async with tongcrm_db.sessions() as s, s.begin():
+        await service.adjust(s, c, a, 100, key="seed", reason="seed")
+        result = await service.transfer(s, c, a, b, 70, key="t1")
+    assert result.balance.available == 30 and result.counterpart_balance is not None
+    assert result.counterpart_balance.available == 70
+    with pytest.raises(Conflict):
+        async with tongcrm_db.sessions() as s, s.begin():
+            await service.transfer(s, c, a, b, 31, key="t2")
+    assert await _balance(tongcrm_db, a) == (30, 0, 0, 0)
+    assert await _balance(tongcrm_db, b) == (70, 0, 0, 0)
+    async with tongcrm_db.sessions() as s:
+        kinds = sorted(e.kind for e in (await s.execute(sa.select(PointsEntry))).scalars())
+    assert kinds == ["adjust", "transfer_in", "transfer_out"]
+    await _verify(tongcrm_db)
+
+
+async def test_stacking_priority_exclusions_tier_multiplier_and_caps(tongcrm_db: TestDatabase) -> None:
+    (m, other) = await _members(tongcrm_db)
+    doc = {
+        "rules": [
+            {
+                "type": "spend",
+                "code": "beauty-x3",
+                "priority": 10,
+                "points_per_yuan": "3",
+                "stacking": "exclusive",
+                "categories": ["beauty"],
+                "release": "paid",
+                "tier_multiplier": False,
+                "cap": {"points": 500, "period": "month"},
+            },
+            {
+                "type": "spend",
+                "code": "base",
+                "priority": 100,
+                "points_per_yuan": "1.5",
+                "rounding": "half_up",
+                "exclude_channels": ["jd"],
+                "release": "paid",
+                "tier_multiplier": True,
+            },
+            {"type": "event", "code": "first", "priority": 1, "event": "first_purchase", "points": 20},
+        ]
+    }
+    async with tongcrm_db.sessions() as s, s.begin():
+        stored = await service.create_rule_set(s, doc, now=PAID, activate=True)
+    c = ctx(Clock())  # the active, stored version
+
+    async def gold(session: Any, ids: Any, at: Any) -> dict[int, TierInfo]:
+        return {m: TierInfo("gold", 200)}
+
+    set_tier_resolver(gold)
+    try:
+        await _apply(
+            tongcrm_db,
+            c,
+            [
+                order(1, m, [(11, 1_001)], paid_at=PAID),  # 10.01 yuan × 1.5 × 2 = 30.03 → 30
+                order(2, m, [(21, 20_000)], paid_at=PAID, category="beauty"),  # 200 × 3 = 600 → capped at 500
+                order(3, m, [(31, 10_000)], paid_at=PAID, channel="jd"),  # excluded channel
+                order(4, other, [(41, 10_000)], paid_at=PAID, category="beauty"),
+            ],
+        )
+    finally:
+        set_tier_resolver(None)
+    assert await _balance(tongcrm_db, m) == (30 + 500 + 20, 0, 0, 0)
+    assert await _balance(tongcrm_db, other) == (300 + 20, 0, 0, 0)
+    async with tongcrm_db.sessions() as s:
+        st = await service.statement(s, m, tz=SHANGHAI)
+    capped = next(e for e in st.entries if e.rule_code == "beauty-x3")
+    assert "capped from 600" in capped.explanation and capped.rule is not None
+    assert capped.rule["points_per_yuan"] == "3" and capped.rule_version == stored.version
+    await _verify(tongcrm_db)
+
+
+async def test_rule_changes_never_re_award_an_old_order(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    facts = [order(1, m, [(11, 10_000)], paid_at=PAID)]
+    await _apply(tongcrm_db, ctx(Clock(), BASE, version=1), facts)
+    doubled = {
+        "rules": [
+            {"type": "spend", "code": "double", "priority": 1, "points_per_yuan": "2", "release": "paid"}
+        ]
+    }
+    await _apply(tongcrm_db, ctx(Clock(), doubled, version=2), facts)
+    assert await _balance(tongcrm_db, m) == (100, 0, 0, 0)
+
+
+async def test_points_changed_events_go_through_the_outbox(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    await _apply(tongcrm_db, ctx(Clock(), BASE), [order(1, m, [(11, 10_000)], paid_at=PAID)])
+    async with tongcrm_db.sessions() as s:
+        events = (await s.execute(sa.select(OutboxEvent))).scalars().all()
+    assert [(e.name, e.payload) for e in events] == [
+        ("points_changed", {"member_id": m, "delta": 100, "available": 100, "pending": 0})
+    ]
+
+
+async def test_merge_listener_recomputes_balances(tongcrm_db: TestDatabase) -> None:
+    from tongcrm.members.references import listeners, references
+
+    a, b = await _members(tongcrm_db)
+    c = ctx(Clock(), {**BASE, "reversal_policy": "debt"})
+    await _apply(
+        tongcrm_db, c, [order(1, a, [(11, 10_000)], paid_at=PAID), order(2, b, [(21, 5_000)], paid_at=PAID)]
+    )
+    async with tongcrm_db.sessions() as s, s.begin():
+        await service.redeem(s, c, b, 50, key="spend")
+    await _apply(tongcrm_db, c, [order(2, b, [(21, 5_000, 5_000)], status="refunded", paid_at=PAID)])
+    assert await _balance(tongcrm_db, b) == (-50, 0, 50, 0)
+    tables = {r.table for r in references()}
+    assert {"points_entries", "points_lots", "points_line_awards"} <= tables
+    async with (
+        tongcrm_db.sessions() as s,
+        s.begin(),
+    ):  # what the members module does: move rows, call listeners
+        for ref in references():
+            if ref.table.startswith("points_"):
+                await s.execute(
+                    sa.text(f"UPDATE {ref.table} SET {ref.column} = :a WHERE {ref.column} = :b"),  # noqa: S608 - names from the registry
+                    {"a": a, "b": b},
+                )
+        for listener in listeners():
+            await listener(s, a, (b,))
+    assert await _balance(tongcrm_db, a) == (50, 0, 0, 0)  # the survivor's points paid the absorbed debt
+    assert await _balance(tongcrm_db, b) == (0, 0, 0, 0)
+    await _verify(tongcrm_db)
+
+
+async def test_verify_reports_drift(tongcrm_db: TestDatabase) -> None:
+    (m, _) = await _members(tongcrm_db)
+    await _apply(tongcrm_db, ctx(Clock(), BASE), [order(1, m, [(11, 10_000)], paid_at=PAID)])
+    async with tongcrm_db.sessions() as s, s.begin():
+        await s.execute(sa.text("UPDATE points_balances SET available = available + 5"))
+    async with tongcrm_db.sessions() as s:
+        drifts = await ledger.verify(s)
+    assert drifts and drifts[0].member_id == m and "available=105" in drifts[0].problem
+
+
+async def test_concurrent_replays_of_the_same_page_post_once(tongcrm_db: TestDatabase) -> None:
+    members = await _members(tongcrm_db, 5)
+    c = ctx(Clock(), BASE)
+    facts = [
+        order(i, members[i % 5], [(i * 10 + 1, 1_000 + i), (i * 10 + 2, 500)], paid_at=PAID)
+        for i in range(1, 40)
+    ]
+    from tongcrm.db.engine import create_engine, session_factory
+
+    engines = [create_engine(tongcrm_db.url) for _ in range(3)]
+    try:
+
+        async def one(engine: Any) -> None:
+            async with session_factory(engine)() as s, s.begin():
+                await service.apply_orders(s, c, facts)
+
+        await asyncio.gather(*(one(e) for e in engines))
+    finally:
+        for e in engines:
+            await e.dispose()
+    expected = sum((1_000 + i) // 100 + 5 for i in range(1, 40))
+    total = 0
+    for mid in members:
+        total += (await _balance(tongcrm_db, mid))[0]
+    assert total == expected
+    await _verify(tongcrm_db)

@@ -1,0 +1,234 @@
+"""Points HTTP API: a member's explained statement, redemptions, adjustments and transfers (each needs an
+``Idempotency-Key``), and the earning rules with their dry run. Thin: parsing and roles here, logic in the service."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.auth.service import Principal, Role
+from tongcrm.config import Settings
+from tongcrm.db.engine import transaction
+from tongcrm.points import service
+from tongcrm.points.schemas import LedgerResult, PreviewOrderIn, PreviewOut, RuleSetOut, StatementOut
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key", description="Required: retries with the same key and body are safe."
+    ),
+]
+
+
+class RedemptionIn(msgspec.Struct, forbid_unknown_fields=True):
+    points: int
+    reason: str = ""
+
+
+class AdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
+    points: int
+    reason: str
+    expires_at: datetime | None = None
+
+
+class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
+    to_member_id: int
+    points: int
+    reason: str = ""
+
+
+class RuleSetIn(msgspec.Struct, forbid_unknown_fields=True):
+    document: dict[str, Any]
+    note: str = ""
+    activate: bool = False
+
+
+class PreviewIn(msgspec.Struct, forbid_unknown_fields=True):
+    order: PreviewOrderIn
+    #: A draft rule-set document; omitted: the active rule set (or ``version``).
+    rules: dict[str, Any] | None = None
+    version: int | None = None
+
+
+def _ctx(settings: Settings, principal: Principal) -> service.PointsContext:
+    return service.PointsContext(
+        clock=lambda: datetime.now(UTC), tz=settings.tz, actor=f"apikey:{principal.key_id}"
+    )
+
+
+def _reply(result: LedgerResult, replayed: bool) -> Response[LedgerResult]:
+    return Response(result, status_code=201, headers={"Idempotent-Replayed": "true" if replayed else "false"})
+
+
+class MemberPointsController(Controller):
+    path = "/api/members/{member_id:int}/points"
+    tags = ["points"]
+
+    @get(
+        "/",
+        guards=[requires(*READ_ROLES, Role.POS)],
+        summary="Balance and explained ledger entries, newest first",
+    )
+    async def get_statement(
+        self,
+        member_id: FromPath[int],
+        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        limit: FromQuery[int] = 50,
+        offset: FromQuery[int] = 0,
+    ) -> StatementOut:
+        async with read_sessions() as session:
+            return await service.statement(session, member_id, tz=settings.tz, limit=limit, offset=offset)
+
+    @post("/redemptions", guards=[requires(*WRITE_ROLES, Role.POS)], summary="Spend points (FIFO by expiry)")
+    async def redeem(
+        self,
+        member_id: FromPath[int],
+        data: JSONBody[RedemptionIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[LedgerResult]:
+        ctx = _ctx(settings, principal)
+        async with transaction(sessions) as session:
+            result, replayed = await service.idempotent(
+                session,
+                key=idempotency_key,
+                kind="redemption",
+                member_id=member_id,
+                body=msgspec.to_builtins(data),
+                now=ctx.clock(),
+                action=lambda: service.redeem(
+                    session, ctx, member_id, data.points, key=str(idempotency_key), reason=data.reason
+                ),
+            )
+        return _reply(result, replayed)
+
+    @post("/adjustments", guards=[requires(*WRITE_ROLES)], summary="Manual correction with a reason")
+    async def adjust(
+        self,
+        member_id: FromPath[int],
+        data: JSONBody[AdjustmentIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[LedgerResult]:
+        ctx = _ctx(settings, principal)
+        async with transaction(sessions) as session:
+            result, replayed = await service.idempotent(
+                session,
+                key=idempotency_key,
+                kind="adjustment",
+                member_id=member_id,
+                body=msgspec.to_builtins(data),
+                now=ctx.clock(),
+                action=lambda: service.adjust(
+                    session,
+                    ctx,
+                    member_id,
+                    data.points,
+                    key=str(idempotency_key),
+                    reason=data.reason,
+                    expires=data.expires_at,
+                ),
+            )
+        return _reply(result, replayed)
+
+    @post("/transfers", guards=[requires(*WRITE_ROLES)], summary="Move points to another member atomically")
+    async def transfer(
+        self,
+        member_id: FromPath[int],
+        data: JSONBody[TransferIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[LedgerResult]:
+        ctx = _ctx(settings, principal)
+        async with transaction(sessions) as session:
+            result, replayed = await service.idempotent(
+                session,
+                key=idempotency_key,
+                kind="transfer",
+                member_id=member_id,
+                body=msgspec.to_builtins(data),
+                now=ctx.clock(),
+                action=lambda: service.transfer(
+                    session,
+                    ctx,
+                    member_id,
+                    data.to_member_id,
+                    data.points,
+                    key=str(idempotency_key),
+                    reason=data.reason,
+                ),
+            )
+        return _reply(result, replayed)
+
+
+class PointsRulesController(Controller):
+    path = "/api/points/rules"
+    tags = ["points"]
+
+    @get("/", guards=[requires(*READ_ROLES)], summary="Rule-set versions, newest first")
+    async def list_rule_sets(
+        self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> list[RuleSetOut]:
+        async with read_sessions() as session:
+            return await service.list_rule_sets(session)
+
+    @post("/", guards=[requires(Role.ADMIN)], summary="Store a new rule-set version (optionally activate it)")
+    async def create_rule_set(
+        self,
+        data: JSONBody[RuleSetIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        principal: NamedDependency[Principal],
+    ) -> RuleSetOut:
+        async with transaction(sessions) as session:
+            return await service.create_rule_set(
+                session,
+                data.document,
+                now=datetime.now(UTC),
+                note=data.note,
+                actor=f"apikey:{principal.key_id}",
+                activate=data.activate,
+            )
+
+    @post("/{version:int}/activate", guards=[requires(Role.ADMIN)], summary="Make a version the active one")
+    async def activate_rule_set(
+        self, version: FromPath[int], sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> RuleSetOut:
+        async with transaction(sessions) as session:
+            return await service.activate_rule_set(session, version, now=datetime.now(UTC))
+
+    @post(
+        "/preview",
+        guards=[requires(*READ_ROLES)],
+        status_code=200,
+        summary="Points an order would earn under the active, a stored or a draft rule set (writes nothing)",
+    )
+    async def preview(
+        self,
+        data: JSONBody[PreviewIn],
+        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+    ) -> PreviewOut:
+        ctx = _ctx(settings, principal)
+        async with read_sessions() as session:
+            if data.rules is not None:
+                rules, draft = service.draft_rules(data.rules), True
+            elif data.version is not None:
+                rules, draft = await service.rule_set(session, data.version), False
+            else:
+                rules, draft = await service.active_rules(session), False
+            return await service.preview(session, ctx, data.order, rules, draft=draft)

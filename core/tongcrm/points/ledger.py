@@ -1,0 +1,800 @@
+"""Ledger mechanics shared by every points operation.
+
+Two write paths, both inside the caller's transaction:
+
+* :func:`post_credits` — earns and other pure credits in bulk: the entries are inserted with
+  ``ON CONFLICT DO NOTHING`` on their idempotency key, and only the entries that were really inserted create
+  lots and move balances (an upsert that adds to the cached balance). A handful of statements per batch.
+* :class:`Book` — everything that takes points (redeem, reverse, expire, transfer, clawback) or moves them between
+  pending and available: it first locks the members' balance rows (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite
+  writers are already serialised by ``BEGIN IMMEDIATE``), reads the lots it needs, decides in Python and writes
+  everything back in bulk in :meth:`Book.flush`.
+
+Invariants (checked by :func:`verify`): for every member ``available + pending = Σ entries``; ``pending`` is the
+remainder of pending lots; ``max(available, 0)`` is the remainder of available lots (``available < 0`` is debt,
+recorded by a reversal under the ``debt`` policy, and no available lot has points while it lasts); ``owed`` (the
+``clawback`` policy) is ``Σ shortfall − Σ clawbacks``; every lot's remainder is its amount minus its draws, and
+never negative.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.errors import Conflict
+from tongcrm.jobs.models import OutboxEvent
+from tongcrm.jobs.outbox import emit
+from tongcrm.points.models import (
+    EntryKind,
+    PointsBalance,
+    PointsEntry,
+    PointsLot,
+    PointsLotDraw,
+)
+
+ENTRIES = cast(sa.Table, PointsEntry.__table__)
+LOTS = cast(sa.Table, PointsLot.__table__)
+DRAWS = cast(sa.Table, PointsLotDraw.__table__)
+BALANCES = cast(sa.Table, PointsBalance.__table__)
+
+PENDING = "pending"
+AVAILABLE = "available"
+
+
+@dataclass(slots=True)
+class Credit:
+    """A credit to post in bulk: an entry and, when ``lot`` is true, the lot it creates."""
+
+    member_id: int
+    key: str
+    kind: str
+    amount: int
+    occurred_at: datetime
+    available_at: datetime | None
+    expires_at: datetime | None
+    status: str = AVAILABLE
+    release_on: str = "paid"
+    return_window_days: int = 0
+    account_id: int | None = None
+    order_id: int | None = None
+    line_id: int | None = None
+    rule_code: str | None = None
+    rule_version: int | None = None
+    reason: str | None = None
+    actor: str = "system"
+    ref_entry_id: int | None = None
+    detail: dict[str, Any] | None = None
+
+
+def _entry_row(c: Credit) -> dict[str, Any]:
+    return {
+        "member_id": c.member_id,
+        "kind": c.kind,
+        "amount": c.amount,
+        "shortfall": 0,
+        "idempotency_key": c.key,
+        "account_id": c.account_id,
+        "order_id": c.order_id,
+        "line_id": c.line_id,
+        "rule_code": c.rule_code,
+        "rule_version": c.rule_version,
+        "reason": c.reason,
+        "actor": c.actor,
+        "ref_entry_id": c.ref_entry_id,
+        "occurred_at": c.occurred_at,
+        "available_from": c.available_at if c.status == AVAILABLE else None,
+        "expires_at": c.expires_at,
+        "detail": c.detail,
+        "created_at": c.occurred_at,
+    }
+
+
+async def post_credits(
+    session: AsyncSession, credits: Sequence[Credit], *, now: datetime, emit_events: bool = True
+) -> dict[str, int]:
+    """Post credits whose keys are new; credits whose key was already posted change nothing.
+
+    Returns the entry id of every credit that was posted, by key.
+    """
+    credits = [c for c in credits if c.amount > 0]
+    if not credits:
+        return {}
+    by_key: dict[str, Credit] = {}
+    for c in credits:
+        by_key.setdefault(c.key, c)
+    stmt = insert(session, ENTRIES).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    rows = (
+        await session.execute(
+            stmt.returning(ENTRIES.c.id, ENTRIES.c.idempotency_key), [_entry_row(c) for c in by_key.values()]
+        )
+    ).all()
+    posted = {key: entry_id for entry_id, key in rows}
+    if not posted:
+        return {}
+    lots = []
+    deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for key, entry_id in posted.items():
+        c = by_key[key]
+        lots.append(
+            {
+                "id": entry_id,
+                "member_id": c.member_id,
+                "order_id": c.order_id,
+                "line_id": c.line_id,
+                "rule_code": c.rule_code,
+                "amount": c.amount,
+                "remaining": c.amount,
+                "reversed": 0,
+                "status": c.status,
+                "release_on": c.release_on,
+                "return_window_days": c.return_window_days,
+                "available_at": c.available_at,
+                "expires_at": c.expires_at,
+                "earned_at": c.occurred_at,
+            }
+        )
+        deltas[c.member_id][0 if c.status == AVAILABLE else 1] += c.amount
+    await session.execute(sa.insert(LOTS), lots)
+    balances = await _add_to_balances(session, deltas, now)
+    needs_settling = [
+        m
+        for m, (available, _pending, owed) in balances.items()
+        if deltas[m][0] and (available - deltas[m][0] < 0 or owed > 0)
+    ]
+    if emit_events:
+        # the same rows tongcrm.jobs.outbox.emit() writes, as one bulk statement: awards come in thousands
+        await session.execute(
+            sa.insert(OutboxEvent),
+            [
+                {
+                    "name": "points_changed",
+                    "payload": {
+                        "member_id": member_id,
+                        "delta": sum(deltas[member_id]),
+                        "available": balances[member_id][0],
+                        "pending": balances[member_id][1],
+                    },
+                    "occurred_at": now,
+                }
+                for member_id in sorted(deltas)
+            ],
+        )
+    if needs_settling:
+        book = Book(session, now=now)
+        await book.lock(needs_settling)
+        await book.settle(needs_settling)
+        await book.flush()
+    return posted
+
+
+async def _add_to_balances(
+    session: AsyncSession, deltas: dict[int, list[int]], now: datetime
+) -> dict[int, tuple[int, int, int]]:
+    stmt = insert(session, BALANCES)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["member_id"],
+        set_={
+            "available": BALANCES.c.available + stmt.excluded.available,
+            "pending": BALANCES.c.pending + stmt.excluded.pending,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    ).returning(BALANCES.c.member_id, BALANCES.c.available, BALANCES.c.pending, BALANCES.c.owed)
+    rows = [
+        {"member_id": m, "available": d[0], "pending": d[1], "owed": 0, "updated_at": now}
+        for m, d in sorted(deltas.items())  # one lock order for every writer
+    ]
+    result = (await session.execute(stmt, rows)).all()
+    return {r[0]: (r[1], r[2], r[3]) for r in result}
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Lot:
+    id: int | None
+    key: str | None  # the creating entry's key while the lot is new
+    member_id: int
+    amount: int
+    remaining: int
+    reversed: int
+    status: str
+    release_on: str
+    return_window_days: int
+    available_at: datetime | None
+    expires_at: datetime | None
+    earned_at: datetime
+    order_id: int | None = None
+    line_id: int | None = None
+    rule_code: str | None = None
+    new: bool = False
+    dirty: bool = False
+
+    def sort_key(self) -> tuple[int, datetime, datetime, int]:
+        far = self.earned_at.replace(year=9999)
+        return (0 if self.expires_at else 1, self.expires_at or far, self.earned_at, self.id or 0)
+
+
+@dataclass(slots=True)
+class Balance:
+    member_id: int
+    available: int
+    pending: int
+    owed: int
+    before: tuple[int, int, int] = (0, 0, 0)
+
+
+@dataclass(slots=True)
+class _Draw:
+    lot: Lot
+    entry: str | int  # the new entry's key, or an existing entry's id
+    kind: str
+    amount: int
+
+
+@dataclass(slots=True)
+class Taken:
+    pending: int = 0
+    available: int = 0
+    draws: list[tuple[Lot, int]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.available
+
+
+def _lot_from_row(row: Any) -> Lot:
+    return Lot(
+        id=row.id,
+        key=None,
+        member_id=row.member_id,
+        amount=row.amount,
+        remaining=row.remaining,
+        reversed=row.reversed,
+        status=row.status,
+        release_on=row.release_on,
+        return_window_days=row.return_window_days,
+        available_at=row.available_at,
+        expires_at=row.expires_at,
+        earned_at=row.earned_at,
+        order_id=row.order_id,
+        line_id=row.line_id,
+        rule_code=row.rule_code,
+    )
+
+
+class Book:
+    """A unit of ledger work on locked members: read, decide in memory, write back in bulk."""
+
+    def __init__(self, session: AsyncSession, *, now: datetime, actor: str = "system") -> None:
+        self.session = session
+        self.now = now
+        self.actor = actor
+        self.balances: dict[int, Balance] = {}
+        self.lots: dict[int, Lot] = {}
+        self.new_lots: list[Lot] = []
+        self.entries: list[dict[str, Any]] = []
+        self.draws: list[_Draw] = []
+        self._available_loaded: set[int] = set()
+        self.flushed_ids: dict[str, int] = {}
+
+    # -- reading -------------------------------------------------------------------------------------------------
+
+    async def lock(self, member_ids: Iterable[int]) -> None:
+        """Create missing balance rows, then lock and read them, in member id order."""
+        ids = sorted(set(member_ids) - self.balances.keys())
+        if not ids:
+            return
+        ensure = insert(self.session, BALANCES).on_conflict_do_nothing(index_elements=["member_id"])
+        await self.session.execute(
+            ensure,
+            [{"member_id": m, "available": 0, "pending": 0, "owed": 0, "updated_at": self.now} for m in ids],
+        )
+        query = (
+            sa.select(BALANCES.c.member_id, BALANCES.c.available, BALANCES.c.pending, BALANCES.c.owed)
+            .where(BALANCES.c.member_id.in_(ids))
+            .order_by(BALANCES.c.member_id)
+        )
+        if dialect_name(self.session) == "postgresql":
+            query = query.with_for_update()
+        for m, available, pending, owed in (await self.session.execute(query)).all():
+            self.balances[m] = Balance(m, available, pending, owed, (available, pending, owed))
+
+    async def load_lots(self, where: sa.ColumnElement[bool]) -> list[Lot]:
+        """Lots matching ``where`` (call after :meth:`lock` for their members)."""
+        rows = (await self.session.execute(sa.select(LOTS).where(where))).all()
+        out = []
+        for row in rows:
+            lot = self.lots.get(row.id)
+            if lot is None:
+                lot = self.lots[row.id] = _lot_from_row(row)
+            out.append(lot)
+        return out
+
+    async def load_available(self, member_ids: Iterable[int]) -> None:
+        ids = sorted(set(member_ids) - self._available_loaded)
+        if not ids:
+            return
+        await self.load_lots(
+            sa.and_(LOTS.c.member_id.in_(ids), LOTS.c.status == AVAILABLE, LOTS.c.remaining > 0)
+        )
+        self._available_loaded.update(ids)
+
+    def balance(self, member_id: int) -> Balance:
+        try:
+            return self.balances[member_id]
+        except KeyError:
+            raise RuntimeError(f"member {member_id}'s balance is not locked in this unit of work") from None
+
+    def available_lots(self, member_id: int) -> list[Lot]:
+        if member_id not in self._available_loaded:
+            raise RuntimeError(f"available lots of member {member_id} were not loaded")
+        lots = [
+            lot
+            for lot in (*self.lots.values(), *self.new_lots)
+            if lot.member_id == member_id and lot.status == AVAILABLE and lot.remaining > 0
+        ]
+        return sorted(lots, key=Lot.sort_key)
+
+    # -- deciding -----------------------------------------------------------------------------------------------
+
+    def entry(
+        self,
+        member_id: int,
+        kind: str,
+        amount: int,
+        key: str,
+        *,
+        shortfall: int = 0,
+        occurred_at: datetime | None = None,
+        **fields: Any,
+    ) -> str:
+        row: dict[str, Any] = {
+            "member_id": member_id,
+            "kind": kind,
+            "amount": amount,
+            "shortfall": shortfall,
+            "idempotency_key": key,
+            "account_id": None,
+            "order_id": None,
+            "line_id": None,
+            "rule_code": None,
+            "rule_version": None,
+            "reason": None,
+            "actor": self.actor,
+            "ref_entry_id": None,
+            "occurred_at": occurred_at or self.now,
+            "available_from": None,
+            "expires_at": None,
+            "detail": None,
+            "created_at": self.now,
+        }
+        row.update(fields)
+        self.entries.append(row)
+        return key
+
+    def draw(self, lot: Lot, entry: str | int, amount: int, kind: str) -> None:
+        if amount <= 0:
+            return
+        if amount > lot.remaining:
+            raise RuntimeError(f"lot {lot.id} has {lot.remaining} points, cannot draw {amount}")
+        lot.remaining -= amount
+        lot.dirty = True
+        self.draws.append(_Draw(lot, entry, kind, amount))
+
+    def take(
+        self,
+        member_id: int,
+        points: int,
+        entry: str,
+        kind: str,
+        *,
+        first: Lot | None = None,
+        spill: bool = True,
+    ) -> Taken:
+        """Draw up to ``points``: from ``first`` (pending or available), then the member's available lots FIFO
+        by expiry then age. Moves the balance for what it took; returns how much came from where."""
+        taken = Taken()
+        wanted = points
+        candidates = [first] if first is not None else []
+        if spill:
+            candidates += [lot for lot in self.available_lots(member_id) if lot is not first]
+        balance = self.balance(member_id)
+        for lot in candidates:
+            if wanted <= 0:
+                break
+            amount = min(lot.remaining, wanted)
+            if amount <= 0:
+                continue
+            self.draw(lot, entry, amount, kind)
+            taken.draws.append((lot, amount))
+            if lot.status == PENDING:
+                taken.pending += amount
+                balance.pending -= amount
+            else:
+                taken.available += amount
+                balance.available -= amount
+            wanted -= amount
+        return taken
+
+    def new_lot(self, credit: Credit) -> Lot:
+        """A credit posted through the book (transfer-in, adjustment): entry, lot and balance."""
+        self.entry(
+            credit.member_id,
+            credit.kind,
+            credit.amount,
+            credit.key,
+            occurred_at=credit.occurred_at,
+            account_id=credit.account_id,
+            order_id=credit.order_id,
+            line_id=credit.line_id,
+            rule_code=credit.rule_code,
+            rule_version=credit.rule_version,
+            reason=credit.reason,
+            actor=credit.actor,
+            ref_entry_id=credit.ref_entry_id,
+            available_from=credit.available_at if credit.status == AVAILABLE else None,
+            expires_at=credit.expires_at,
+            detail=credit.detail,
+        )
+        lot = Lot(
+            id=None,
+            key=credit.key,
+            member_id=credit.member_id,
+            amount=credit.amount,
+            remaining=credit.amount,
+            reversed=0,
+            status=credit.status,
+            release_on=credit.release_on,
+            return_window_days=credit.return_window_days,
+            available_at=credit.available_at,
+            expires_at=credit.expires_at,
+            earned_at=credit.occurred_at,
+            order_id=credit.order_id,
+            line_id=credit.line_id,
+            rule_code=credit.rule_code,
+            new=True,
+        )
+        self.new_lots.append(lot)
+        balance = self.balance(credit.member_id)
+        if credit.status == AVAILABLE:
+            balance.available += credit.amount
+        else:
+            balance.pending += credit.amount
+        return lot
+
+    def release(self, lot: Lot) -> bool:
+        """A pending lot becomes spendable. Call :meth:`settle` for its member afterwards."""
+        if lot.status != PENDING:
+            return False
+        lot.status = AVAILABLE
+        lot.dirty = True
+        balance = self.balance(lot.member_id)
+        balance.pending -= lot.remaining
+        balance.available += lot.remaining
+        return True
+
+    async def settle(self, member_ids: Iterable[int]) -> None:
+        """Pay recorded debt and owed clawbacks from available lots, restoring the invariants."""
+        ids = sorted(set(member_ids))
+        await self.load_available(ids)
+        for m in ids:
+            balance = self.balance(m)
+            lots = self.available_lots(m)
+            in_lots = sum(lot.remaining for lot in lots)
+            # debt: the lots shrink with the debt, the (negative) balance already counts them
+            excess = in_lots - max(balance.available, 0)
+            for lot in lots:
+                if excess <= 0:
+                    break
+                amount = min(lot.remaining, excess)
+                self.draw(lot, lot.id if lot.id is not None else str(lot.key), amount, "settle")
+                excess -= amount
+            if balance.owed > 0 and balance.available > 0:
+                amount = min(balance.owed, balance.available)
+                key = f"clawback:{m}:{self.now.isoformat()}:{balance.owed}"
+                self.entry(m, EntryKind.CLAWBACK, -amount, key, reason="clawback of an earlier reversal")
+                taken = self.take(m, amount, key, EntryKind.CLAWBACK)
+                balance.owed -= taken.total
+
+    # -- writing ------------------------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        ids: dict[str, int] = {}
+        if self.entries:
+            stmt = insert(self.session, ENTRIES).on_conflict_do_nothing(index_elements=["idempotency_key"])
+            rows = (
+                await self.session.execute(
+                    stmt.returning(ENTRIES.c.id, ENTRIES.c.idempotency_key), self.entries
+                )
+            ).all()
+            ids = {key: entry_id for entry_id, key in rows}
+            if len(ids) != len(self.entries):
+                missing = sorted({e["idempotency_key"] for e in self.entries} - ids.keys())
+                raise Conflict(
+                    "a concurrent change posted the same ledger effect; retry",
+                    extra={"idempotency_keys": missing[:10]},
+                )
+        self.flushed_ids.update(ids)
+        if self.new_lots:
+            for lot in self.new_lots:
+                lot.id = ids[str(lot.key)]
+            await self.session.execute(sa.insert(LOTS), [_lot_row(lot) for lot in self.new_lots])
+        dirty = [lot for lot in self.lots.values() if lot.dirty]
+        if dirty:
+            await self.session.execute(
+                sa.update(LOTS)
+                .where(LOTS.c.id == sa.bindparam("lot_id"))
+                .values(
+                    remaining=sa.bindparam("u_remaining"),
+                    reversed=sa.bindparam("u_reversed"),
+                    status=sa.bindparam("u_status"),
+                    available_at=sa.bindparam("u_available_at"),
+                ),
+                [
+                    {
+                        "lot_id": lot.id,
+                        "u_remaining": lot.remaining,
+                        "u_reversed": lot.reversed,
+                        "u_status": lot.status,
+                        "u_available_at": lot.available_at,
+                    }
+                    for lot in sorted(dirty, key=lambda x: x.id or 0)
+                ],
+            )
+        if self.draws:
+            await self.session.execute(
+                sa.insert(DRAWS),
+                [
+                    {
+                        "lot_id": d.lot.id,
+                        "entry_id": d.entry if isinstance(d.entry, int) else ids[d.entry],
+                        "kind": d.kind,
+                        "amount": d.amount,
+                    }
+                    for d in self.draws
+                ],
+            )
+        changed = [b for b in self.balances.values() if (b.available, b.pending, b.owed) != b.before]
+        if changed:
+            await self.session.execute(
+                sa.update(BALANCES)
+                .where(BALANCES.c.member_id == sa.bindparam("m"))
+                .values(
+                    available=sa.bindparam("u_available"),
+                    pending=sa.bindparam("u_pending"),
+                    owed=sa.bindparam("u_owed"),
+                    updated_at=self.now,
+                ),
+                [
+                    {"m": b.member_id, "u_available": b.available, "u_pending": b.pending, "u_owed": b.owed}
+                    for b in sorted(changed, key=lambda b: b.member_id)
+                ],
+            )
+            for b in sorted(changed, key=lambda b: b.member_id):
+                delta = b.available + b.pending - b.before[0] - b.before[1]
+                emit(
+                    self.session,
+                    "points_changed",
+                    {
+                        "member_id": b.member_id,
+                        "delta": delta,
+                        "available": b.available,
+                        "pending": b.pending,
+                    },
+                )
+                b.before = (b.available, b.pending, b.owed)
+        for lot in self.lots.values():
+            lot.dirty = False
+        for lot in self.new_lots:
+            lot.new = False
+            self.lots[int(lot.id or 0)] = lot
+        self.new_lots = []
+        self.entries = []
+        self.draws = []
+
+
+def _lot_row(lot: Lot) -> dict[str, Any]:
+    return {
+        "id": lot.id,
+        "member_id": lot.member_id,
+        "order_id": lot.order_id,
+        "line_id": lot.line_id,
+        "rule_code": lot.rule_code,
+        "amount": lot.amount,
+        "remaining": lot.remaining,
+        "reversed": lot.reversed,
+        "status": lot.status,
+        "release_on": lot.release_on,
+        "return_window_days": lot.return_window_days,
+        "available_at": lot.available_at,
+        "expires_at": lot.expires_at,
+        "earned_at": lot.earned_at,
+    }
+
+
+# -------------------------------------------------------------------------------------------------------------
+# expiry and release (jobs), recompute and verify
+
+
+async def expire_due(session: AsyncSession, *, now: datetime, limit: int = 500) -> int:
+    """Post an ``expire`` entry for what is left of each lot whose expiry has passed. Returns lots expired."""
+    due = sa.and_(LOTS.c.expires_at <= now, LOTS.c.remaining > 0)
+    picked = (
+        await session.execute(
+            sa.select(LOTS.c.id, LOTS.c.member_id).where(due).order_by(LOTS.c.id).limit(limit)
+        )
+    ).all()
+    if not picked:
+        return 0
+    book = Book(session, now=now)
+    await book.lock(r[1] for r in picked)
+    lots = await book.load_lots(sa.and_(LOTS.c.id.in_([r[0] for r in picked]), due))
+    for lot in lots:
+        key = f"expire:{lot.id}"
+        points = lot.remaining
+        book.entry(
+            lot.member_id,
+            EntryKind.EXPIRE,
+            -points,
+            key,
+            ref_entry_id=lot.id,
+            occurred_at=lot.expires_at,
+            reason="points expired",
+            detail={"lot_id": lot.id},
+        )
+        book.take(lot.member_id, points, key, EntryKind.EXPIRE, first=lot, spill=False)
+    await book.flush()
+    return len(lots)
+
+
+async def release_due(session: AsyncSession, *, now: datetime, limit: int = 500) -> int:
+    """Make pending lots whose business event (e.g. the end of a return window) has passed available."""
+    due = sa.and_(LOTS.c.status == PENDING, LOTS.c.available_at <= now)
+    picked = (
+        await session.execute(
+            sa.select(LOTS.c.id, LOTS.c.member_id).where(due).order_by(LOTS.c.id).limit(limit)
+        )
+    ).all()
+    if not picked:
+        return 0
+    book = Book(session, now=now)
+    members = {r[1] for r in picked}
+    await book.lock(members)
+    lots = await book.load_lots(sa.and_(LOTS.c.id.in_([r[0] for r in picked]), due))
+    for lot in lots:
+        book.release(lot)
+    await book.settle(members)
+    await book.flush()
+    return len(lots)
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    available: int
+    pending: int
+    owed: int
+    in_available_lots: int
+
+
+async def derive(session: AsyncSession, member_ids: Sequence[int] | None = None) -> dict[int, Derived]:
+    """Balances recomputed from entries and lots (all members when ``member_ids`` is None)."""
+    entry_q = sa.select(
+        ENTRIES.c.member_id,
+        sa.func.coalesce(sa.func.sum(ENTRIES.c.amount), 0),
+        sa.func.coalesce(sa.func.sum(ENTRIES.c.shortfall), 0),
+        sa.func.coalesce(
+            sa.func.sum(sa.case((ENTRIES.c.kind == EntryKind.CLAWBACK, ENTRIES.c.amount), else_=0)), 0
+        ),
+    ).group_by(ENTRIES.c.member_id)
+    lot_q = sa.select(
+        LOTS.c.member_id,
+        sa.func.coalesce(sa.func.sum(sa.case((LOTS.c.status == PENDING, LOTS.c.remaining), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(sa.case((LOTS.c.status == AVAILABLE, LOTS.c.remaining), else_=0)), 0),
+    ).group_by(LOTS.c.member_id)
+    if member_ids is not None:
+        entry_q = entry_q.where(ENTRIES.c.member_id.in_(list(member_ids)))
+        lot_q = lot_q.where(LOTS.c.member_id.in_(list(member_ids)))
+    totals = {r[0]: (int(r[1]), int(r[2]) + int(r[3])) for r in (await session.execute(entry_q)).all()}
+    lots = {r[0]: (int(r[1]), int(r[2])) for r in (await session.execute(lot_q)).all()}
+    out: dict[int, Derived] = {}
+    for m in set(totals) | set(lots) | set(member_ids or ()):
+        total, owed = totals.get(m, (0, 0))
+        pending, in_available = lots.get(m, (0, 0))
+        out[m] = Derived(total - pending, pending, owed, in_available)
+    return out
+
+
+async def recompute_balances(
+    session: AsyncSession, member_ids: Sequence[int], *, now: datetime | None = None
+) -> None:
+    """Rewrite the cached balances of ``member_ids`` from their entries and lots (after a merge moved rows),
+    then settle debt and owed points against any available lots the member now has."""
+    from tongcrm.db.base import utcnow
+
+    now = now or utcnow()
+    ids = sorted(set(member_ids))
+    book = Book(session, now=now)
+    await book.lock(ids)
+    for m, d in (await derive(session, ids)).items():
+        b = book.balance(m)
+        b.available, b.pending, b.owed = d.available, d.pending, d.owed
+    await book.settle(ids)
+    await book.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    member_id: int | None
+    lot_id: int | None
+    problem: str
+
+
+async def verify(session: AsyncSession) -> list[Drift]:
+    """Every disagreement between the cached balances, the entries, the lots and their draws."""
+    drifts: list[Drift] = []
+    derived = await derive(session)
+    cached = {
+        r[0]: (r[1], r[2], r[3])
+        for r in (
+            await session.execute(
+                sa.select(BALANCES.c.member_id, BALANCES.c.available, BALANCES.c.pending, BALANCES.c.owed)
+            )
+        ).all()
+    }
+    for m in sorted(set(derived) | set(cached)):
+        d = derived.get(m, Derived(0, 0, 0, 0))
+        available, pending, owed = cached.get(m, (0, 0, 0))
+        if (available, pending, owed) != (d.available, d.pending, d.owed):
+            drifts.append(
+                Drift(
+                    m,
+                    None,
+                    f"cached balance available={available} pending={pending} owed={owed}, but entries and lots "
+                    f"give available={d.available} pending={d.pending} owed={d.owed}",
+                )
+            )
+        if max(d.available, 0) != d.in_available_lots:
+            drifts.append(
+                Drift(
+                    m,
+                    None,
+                    f"available lots hold {d.in_available_lots} points but the available balance is {d.available}",
+                )
+            )
+        if d.owed < 0:
+            drifts.append(Drift(m, None, f"owed points are negative ({d.owed})"))
+    drawn = (
+        sa.select(DRAWS.c.lot_id, sa.func.sum(DRAWS.c.amount).label("drawn"))
+        .group_by(DRAWS.c.lot_id)
+        .subquery()
+    )
+    bad_lots = (
+        await session.execute(
+            sa.select(LOTS.c.id, LOTS.c.member_id, LOTS.c.amount, LOTS.c.remaining, drawn.c.drawn)
+            .select_from(LOTS.outerjoin(drawn, drawn.c.lot_id == LOTS.c.id))
+            .where(
+                sa.or_(
+                    LOTS.c.remaining < 0,
+                    LOTS.c.remaining != LOTS.c.amount - sa.func.coalesce(drawn.c.drawn, 0),
+                )
+            )
+        )
+    ).all()
+    for lot_id, m, amount, remaining, drawn_sum in bad_lots:
+        drifts.append(
+            Drift(
+                m,
+                lot_id,
+                f"lot {lot_id} of {amount} has {remaining} left but its draws took {drawn_sum or 0}",
+            )
+        )
+    return drifts

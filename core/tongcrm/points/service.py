@@ -1,0 +1,1060 @@
+"""The points service: what the rest of tongcrm calls. Domain logic only; every function runs inside the
+caller's transaction and never commits.
+
+Ingest calls :func:`apply_orders` with the facts of a page of orders; it brings the ledger to the state those
+facts imply and is idempotent (deterministic keys per line and effect):
+
+* ``earn:{line_id}:{rule}`` — on payment, per line and applicable spend rule, decided once under the rule version
+  active then (``points_line_awards`` records the decision);
+* the lot becomes available on the rule's business event (payment, completion, or the end of a return window
+  after completion — the ``points.release`` job handles windows that end later);
+* ``reverse:{lot_id}:{target}`` — a refund takes back ``floor(earned × refunded / amount)`` of each lot of the
+  line (all of it when the line is fully refunded; an order closed or refunded after payment counts as fully
+  refunded), never more than was earned; what was already spent follows the rule set's ``reversal_policy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.db.dialect import insert
+from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
+from tongcrm.members.models import Member
+from tongcrm.orders.models import Order, OrderLine
+from tongcrm.plugin.types import OrderStatus
+from tongcrm.points import ledger
+from tongcrm.points.ledger import AVAILABLE, PENDING, Book, Credit, post_credits
+from tongcrm.points.models import (
+    EntryKind,
+    PointsBalance,
+    PointsEntry,
+    PointsLineAward,
+    PointsLot,
+    PointsLotDraw,
+    PointsRequest,
+    PointsRuleSet,
+    PointsRuleUsage,
+)
+from tongcrm.points.multipliers import NO_TIER, resolve_tiers
+from tongcrm.points.rules import (
+    DEFAULT_DOCUMENT,
+    EventRule,
+    Expiry,
+    LineInput,
+    RuleSet,
+    RuleSetDoc,
+    SpendRule,
+    compile_rules,
+    earn_for_line,
+    event_points,
+    expires_at,
+    parse_document,
+    period_key,
+)
+from tongcrm.points.schemas import (
+    BacktestGroup,
+    BacktestReport,
+    BalanceOut,
+    DrawOut,
+    EntryOut,
+    LedgerResult,
+    LotOut,
+    PreviewLineOut,
+    PreviewOrderIn,
+    PreviewOut,
+    PreviewRuleOut,
+    RuleSetOut,
+    StatementOut,
+)
+
+# -------------------------------------------------------------------------------------------------------------
+# the interface ingest calls
+
+
+@dataclass(frozen=True, slots=True)
+class LineFacts:
+    line_id: int
+    external_id: str
+    sku: str | None
+    category: str | None
+    amount_fen: int
+    refunded_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFacts:
+    order_id: int
+    member_id: int
+    account_id: int
+    channel: str
+    store_code: str | None
+    status: str  # tongcrm.plugin.types.OrderStatus value
+    placed_at: datetime
+    paid_at: datetime | None
+    completed_at: datetime | None
+    lines: tuple[LineFacts, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PointsContext:
+    clock: Callable[[], datetime]
+    tz: ZoneInfo
+    actor: str = "system"
+    #: A rule set to use instead of the active one (tests, dry runs).
+    rules: RuleSet | None = None
+
+
+_FULLY_REFUNDED = frozenset({OrderStatus.CLOSED.value, OrderStatus.REFUNDED.value})
+
+
+def _refunded(order: OrderFacts, line: LineFacts) -> int:
+    if order.status in _FULLY_REFUNDED:
+        return line.amount_fen
+    return min(max(line.refunded_fen, 0), line.amount_fen)
+
+
+def _release_time(release_on: str, window_days: int, order: OrderFacts) -> datetime | None:
+    if release_on == "paid":
+        return order.paid_at
+    if order.completed_at is None:
+        return None
+    if release_on == "completed":
+        return order.completed_at
+    return order.completed_at + timedelta(days=window_days)
+
+
+def _lot_expiry(rules: RuleSet, expiry: Expiry | None, earned_at: datetime, tz: ZoneInfo) -> datetime | None:
+    return expires_at(expiry or rules.doc.expiry, earned_at, tz)
+
+
+async def apply_orders(session: AsyncSession, ctx: PointsContext, orders: Sequence[OrderFacts]) -> None:
+    """Bring the ledger to the state the order facts imply (see the module docstring). Idempotent, batched."""
+    now = ctx.clock()
+    paid = [o for o in orders if o.paid_at is not None]  # closed before payment: nothing to do
+    if not paid:
+        return
+    rules = ctx.rules or await active_rules(session)
+    await _earn(session, ctx, rules, paid, now)
+    await _follow_up(session, rules, paid, now)
+
+
+async def _earn(
+    session: AsyncSession, ctx: PointsContext, rules: RuleSet, orders: Sequence[OrderFacts], now: datetime
+) -> None:
+    spend = rules.spend_rules
+    tiers = (
+        await resolve_tiers(session, [o.member_id for o in orders], now)
+        if any(r.tier_multiplier for r in spend)
+        else {}
+    )
+    awards: list[dict[str, Any]] = []
+    planned: dict[int, list[Credit]] = {}
+    for order in orders:
+        paid_at = order.paid_at
+        assert paid_at is not None
+        pct = tiers.get(order.member_id, NO_TIER).multiplier_pct
+        for line in order.lines:
+            credits = []
+            for earned in earn_for_line(
+                rules,
+                LineInput(order.channel, order.store_code, line.sku, line.category, line.amount_fen),
+                pct,
+            ):
+                if earned.points <= 0:
+                    continue
+                rule = earned.rule
+                available_at = _release_time(rule.release, rule.return_window_days, order)
+                ready = available_at is not None and available_at <= now
+                credits.append(
+                    Credit(
+                        member_id=order.member_id,
+                        key=f"earn:{line.line_id}:{rule.code}",
+                        kind=EntryKind.EARN,
+                        amount=earned.points,
+                        occurred_at=paid_at,
+                        available_at=available_at,
+                        expires_at=_lot_expiry(rules, rule.expiry, paid_at, ctx.tz),
+                        status=AVAILABLE if ready else PENDING,
+                        release_on=rule.release,
+                        return_window_days=rule.return_window_days,
+                        account_id=order.account_id,
+                        order_id=order.order_id,
+                        line_id=line.line_id,
+                        rule_code=rule.code,
+                        rule_version=rules.version,
+                        actor=ctx.actor,
+                        detail=earned.detail,
+                    )
+                )
+            planned[line.line_id] = credits
+            awards.append(
+                {
+                    "line_id": line.line_id,
+                    "order_id": order.order_id,
+                    "member_id": order.member_id,
+                    "rule_version": rules.version,
+                    "points": sum(c.amount for c in credits),
+                    "evaluated_at": now,
+                }
+            )
+    if not awards:
+        return
+    gate = insert(session, cast(sa.Table, PointsLineAward.__table__)).on_conflict_do_nothing(
+        index_elements=["line_id"]
+    )
+    won = {r[0] for r in (await session.execute(gate.returning(PointsLineAward.line_id), awards)).all()}
+    if not won:
+        return
+    credits = [c for line_id in sorted(won) for c in planned[line_id]]
+    first_buyers = sorted({a["member_id"] for a in awards if a["line_id"] in won})
+    for member_id in first_buyers:
+        order = next(o for o in orders if o.member_id == member_id)
+        assert order.paid_at is not None
+        credits.extend(
+            _event_credits(ctx, rules, member_id, "first_purchase", str(member_id), order.paid_at, 100)
+        )
+    await _post_with_caps(session, ctx, rules, credits, now)
+
+
+def _event_credits(
+    ctx: PointsContext, rules: RuleSet, member_id: int, event: str, ref: str, at: datetime, pct: int
+) -> list[Credit]:
+    out = []
+    for rule, points in event_points(rules, event, pct):
+        if points <= 0:
+            continue
+        out.append(
+            Credit(
+                member_id=member_id,
+                key=f"event:{event}:{ref}:{rule.code}",
+                kind=EntryKind.EARN,
+                amount=points,
+                occurred_at=at,
+                available_at=at,
+                expires_at=_lot_expiry(rules, rule.expiry, at, ctx.tz),
+                rule_code=rule.code,
+                rule_version=rules.version,
+                actor=ctx.actor,
+                reason=f"{event} bonus",
+                detail={
+                    "event": event,
+                    "ref": ref,
+                    "points": rule.points,
+                    "multiplier_pct": pct if rule.tier_multiplier else 100,
+                },
+            )
+        )
+    return out
+
+
+async def _post_with_caps(
+    session: AsyncSession, ctx: PointsContext, rules: RuleSet, credits: list[Credit], now: datetime
+) -> dict[str, int]:
+    capped: dict[tuple[int, str, str], int] = {}
+    if rules.has_caps:
+        caps = {r.code: r.cap for r in rules.doc.rules if r.cap is not None}
+        keys = {
+            (c.member_id, str(c.rule_code), period_key(caps[str(c.rule_code)].period, c.occurred_at, ctx.tz))
+            for c in credits
+            if c.rule_code in caps
+        }
+        if keys:
+            book = Book(session, now=now)
+            await book.lock({k[0] for k in keys})  # caps are read-modify-write: serialise per member
+            usage_t = cast(sa.Table, PointsRuleUsage.__table__)
+            rows = (
+                await session.execute(
+                    sa.select(
+                        usage_t.c.member_id, usage_t.c.rule_code, usage_t.c.period, usage_t.c.points
+                    ).where(
+                        usage_t.c.member_id.in_(sorted({k[0] for k in keys})),
+                        usage_t.c.rule_code.in_(sorted({k[1] for k in keys})),
+                    )
+                )
+            ).all()
+            used = {(r[0], r[1], r[2]): r[3] for r in rows}
+            for c in credits:
+                cap = caps.get(str(c.rule_code))
+                if cap is None:
+                    continue
+                k = (c.member_id, str(c.rule_code), period_key(cap.period, c.occurred_at, ctx.tz))
+                room = max(cap.points - used.get(k, 0), 0)
+                if c.amount > room:
+                    c.detail = {
+                        **(c.detail or {}),
+                        "capped_from": c.amount,
+                        "cap": cap.points,
+                        "period": k[2],
+                    }
+                    c.amount = room
+                used[k] = used.get(k, 0) + c.amount
+                capped[k] = capped.get(k, 0) + c.amount
+    posted = await post_credits(session, credits, now=now)
+    if capped and posted:
+        increments: dict[tuple[int, str, str], int] = defaultdict(int)
+        for c in credits:
+            if c.key in posted and c.rule_code in {k[1] for k in capped}:
+                cap_rule = rules.rule(c.rule_code)
+                assert cap_rule is not None and cap_rule.cap is not None
+                increments[
+                    (c.member_id, str(c.rule_code), period_key(cap_rule.cap.period, c.occurred_at, ctx.tz))
+                ] += c.amount
+        if increments:
+            usage_t = cast(sa.Table, PointsRuleUsage.__table__)
+            stmt = insert(session, usage_t)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["member_id", "rule_code", "period"],
+                set_={"points": usage_t.c.points + stmt.excluded.points},
+            )
+            await session.execute(
+                stmt,
+                [
+                    {"member_id": k[0], "rule_code": k[1], "period": k[2], "points": v}
+                    for k, v in sorted(increments.items())
+                ],
+            )
+    return posted
+
+
+async def _follow_up(
+    session: AsyncSession, rules: RuleSet, orders: Sequence[OrderFacts], now: datetime
+) -> None:
+    """Release and reversal for lines that already earned: one read, and writes only when something changed."""
+    candidates = [
+        o
+        for o in orders
+        if o.completed_at is not None
+        or o.status in _FULLY_REFUNDED
+        or any(line.refunded_fen > 0 for line in o.lines)
+    ]
+    if not candidates:
+        return
+    facts: dict[int, tuple[OrderFacts, LineFacts]] = {
+        line.line_id: (o, line) for o in candidates for line in o.lines
+    }
+    lots_t = cast(sa.Table, PointsLot.__table__)
+    rows = (
+        await session.execute(
+            sa.select(
+                lots_t.c.id,
+                lots_t.c.member_id,
+                lots_t.c.line_id,
+                lots_t.c.status,
+                lots_t.c.available_at,
+                lots_t.c.release_on,
+                lots_t.c.return_window_days,
+                lots_t.c.amount,
+                lots_t.c.reversed,
+            ).where(lots_t.c.line_id.in_(sorted(facts)))
+        )
+    ).all()
+    work: list[int] = []
+    for r in rows:
+        order, line = facts[r.line_id]
+        target = _reversal_target(r.amount, line.amount_fen, _refunded(order, line))
+        releasable = r.status == PENDING and (
+            (r.available_at is None and _release_time(r.release_on, r.return_window_days, order) is not None)
+            or (r.available_at is not None and r.available_at <= now)
+        )
+        if releasable or target > r.reversed:
+            work.append(r.id)
+    if not work:
+        return
+    book = Book(session, now=now)
+    await book.lock(sorted({r.member_id for r in rows if r.id in set(work)}))
+    lots = sorted(await book.load_lots(lots_t.c.id.in_(work)), key=lambda lot: lot.id or 0)
+    released: set[int] = set()
+    reversing = []
+    for lot in lots:
+        assert lot.line_id is not None
+        order, line = facts[lot.line_id]
+        if lot.status == PENDING and lot.available_at is None:
+            lot.available_at = _release_time(lot.release_on, lot.return_window_days, order)
+            lot.dirty = lot.available_at is not None
+        if lot.status == PENDING and lot.available_at is not None and lot.available_at <= now:
+            book.release(lot)
+            released.add(lot.member_id)
+        target = _reversal_target(lot.amount, line.amount_fen, _refunded(order, line))
+        if target > lot.reversed:
+            reversing.append((lot, target, order, line))
+    await book.load_available({lot.member_id for lot, *_ in reversing})
+    for lot, target, order, line in reversing:
+        _reverse(book, rules, lot, target, order, line)
+    await book.settle(released)
+    await book.flush()
+
+
+def _reversal_target(earned: int, amount_fen: int, refunded_fen: int) -> int:
+    if amount_fen <= 0 or refunded_fen >= amount_fen:
+        return earned
+    return earned * refunded_fen // amount_fen
+
+
+def _reverse(book: Book, rules: RuleSet, lot: Any, target: int, order: OrderFacts, line: LineFacts) -> None:
+    delta = target - lot.reversed
+    key = f"reverse:{lot.id}:{target}"
+    taken = book.take(lot.member_id, delta, key, EntryKind.REVERSE, first=lot)
+    short = delta - taken.total
+    balance = book.balance(lot.member_id)
+    policy = rules.doc.reversal_policy
+    if policy == "debt":
+        amount, shortfall = -delta, 0
+        balance.available -= short
+    else:
+        amount, shortfall = -taken.total, short
+        balance.owed += short
+    lot.reversed = target
+    lot.dirty = True
+    book.entry(
+        lot.member_id,
+        EntryKind.REVERSE,
+        amount,
+        key,
+        shortfall=shortfall,
+        account_id=order.account_id,
+        order_id=order.order_id,
+        line_id=line.line_id,
+        rule_code=lot.rule_code,
+        rule_version=rules.version,
+        ref_entry_id=lot.id,
+        reason="refund",
+        detail={
+            "lot_id": lot.id,
+            "earned": lot.amount,
+            "amount_fen": line.amount_fen,
+            "refunded_fen": _refunded(order, line),
+            "target": target,
+            "policy": policy,
+            "short": short,
+        },
+    )
+
+
+# -------------------------------------------------------------------------------------------------------------
+# event rules
+
+
+async def award_event(
+    session: AsyncSession,
+    ctx: PointsContext,
+    member_id: int,
+    event: str,
+    ref: str,
+    *,
+    occurred_at: datetime | None = None,
+) -> int:
+    """Award the event rules for ``event`` (signup, birthday, first_purchase, referral, review) once per ``ref``
+    (e.g. the member id for sign-up, ``"{member}:{year}"`` for a birthday, the review id). Returns points posted."""
+    now = ctx.clock()
+    rules = ctx.rules or await active_rules(session)
+    pct = 100
+    if any(r.tier_multiplier for r in rules.event_rules(event)):
+        pct = (await resolve_tiers(session, [member_id], now)).get(member_id, NO_TIER).multiplier_pct
+    credits = _event_credits(ctx, rules, member_id, event, ref, occurred_at or now, pct)
+    posted = await _post_with_caps(session, ctx, rules, credits, now)
+    return sum(c.amount for c in credits if c.key in posted)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# redemptions, adjustments, transfers (idempotent by the caller's key)
+
+
+async def _member_ok(session: AsyncSession, member_id: int) -> None:
+    row = (
+        await session.execute(sa.select(Member.status, Member.merged_into_id).where(Member.id == member_id))
+    ).first()
+    if row is None:
+        raise NotFound(f"no member {member_id}")
+    if row[0] == "merged":
+        raise Conflict(
+            f"member {member_id} was merged into member {row[1]}", extra={"merged_into_id": row[1]}
+        )
+
+
+def _balance_out(member_id: int, available: int, pending: int, owed: int) -> BalanceOut:
+    return BalanceOut(member_id, available, pending, max(-available, 0), owed)
+
+
+def _result(
+    book: Book, key: str, member_id: int, kind: str, points: int, draws: list[DrawOut]
+) -> LedgerResult:
+    b = book.balance(member_id)
+    return LedgerResult(
+        entry_id=book.flushed_ids[key],
+        member_id=member_id,
+        kind=kind,
+        points=points,
+        balance=_balance_out(member_id, b.available, b.pending, b.owed),
+        draws=draws,
+    )
+
+
+async def _debit(
+    book: Book, member_id: int, points: int, key: str, kind: str, **fields: Any
+) -> list[DrawOut]:
+    balance = book.balance(member_id)
+    if balance.available < points:
+        raise Conflict(
+            f"member {member_id} has {max(balance.available, 0)} points available; {points} requested",
+            extra={"available": balance.available, "requested": points},
+        )
+    await book.load_available([member_id])
+    book.entry(member_id, kind, -points, key, **fields)
+    taken = book.take(member_id, points, key, kind)
+    if taken.total != points:  # the cached balance disagrees with the lots: refuse rather than overdraw
+        raise Conflict(f"member {member_id}'s lots do not cover the balance; run `tongcrm verify`")
+    return [DrawOut(int(lot.id or 0), amount, kind) for lot, amount in taken.draws]
+
+
+async def redeem(
+    session: AsyncSession, ctx: PointsContext, member_id: int, points: int, *, key: str, reason: str = ""
+) -> LedgerResult:
+    """Spend available points (FIFO by expiry, then age). Conflict when the balance does not cover them."""
+    if points <= 0:
+        raise Unprocessable("points to redeem must be a positive integer")
+    await _member_ok(session, member_id)
+    book = Book(session, now=ctx.clock(), actor=ctx.actor)
+    await book.lock([member_id])
+    entry_key = f"redeem:{key}"
+    draws = await _debit(book, member_id, points, entry_key, EntryKind.REDEEM, reason=reason or None)
+    await book.flush()
+    return _result(book, entry_key, member_id, EntryKind.REDEEM, points, draws)
+
+
+async def adjust(
+    session: AsyncSession,
+    ctx: PointsContext,
+    member_id: int,
+    points: int,
+    *,
+    key: str,
+    reason: str,
+    expires: datetime | None = None,
+) -> LedgerResult:
+    """A manual correction with a reason and the actor. Positive: a new lot (expiring per the rule set's default
+    unless ``expires`` is given); negative: taken FIFO, never below zero."""
+    if points == 0:
+        raise Unprocessable("an adjustment needs a non-zero number of points")
+    if not reason.strip():
+        raise Unprocessable("an adjustment needs a reason")
+    await _member_ok(session, member_id)
+    now = ctx.clock()
+    book = Book(session, now=now, actor=ctx.actor)
+    await book.lock([member_id])
+    entry_key = f"adjust:{key}"
+    draws: list[DrawOut] = []
+    if points > 0:
+        rules = ctx.rules or await active_rules(session)
+        book.new_lot(
+            Credit(
+                member_id=member_id,
+                key=entry_key,
+                kind=EntryKind.ADJUST,
+                amount=points,
+                occurred_at=now,
+                available_at=now,
+                expires_at=expires or _lot_expiry(rules, None, now, ctx.tz),
+                reason=reason,
+                actor=ctx.actor,
+                rule_version=rules.version,
+            )
+        )
+        await book.settle([member_id])
+    else:
+        draws = await _debit(book, member_id, -points, entry_key, EntryKind.ADJUST, reason=reason)
+    await book.flush()
+    return _result(book, entry_key, member_id, EntryKind.ADJUST, points, draws)
+
+
+async def transfer(
+    session: AsyncSession,
+    ctx: PointsContext,
+    from_member_id: int,
+    to_member_id: int,
+    points: int,
+    *,
+    key: str,
+    reason: str = "",
+) -> LedgerResult:
+    """Move available points to another member: one ``transfer_out`` and one ``transfer_in`` entry in one
+    transaction. The new lot keeps the earliest expiry of the lots drawn on (a transfer never extends life)."""
+    if points <= 0:
+        raise Unprocessable("points to transfer must be a positive integer")
+    if from_member_id == to_member_id:
+        raise Unprocessable("cannot transfer points to the same member")
+    await _member_ok(session, from_member_id)
+    await _member_ok(session, to_member_id)
+    now = ctx.clock()
+    book = Book(session, now=now, actor=ctx.actor)
+    await book.lock([from_member_id, to_member_id])
+    out_key, in_key = f"transfer:{key}:out", f"transfer:{key}:in"
+    draws = await _debit(
+        book,
+        from_member_id,
+        points,
+        out_key,
+        EntryKind.TRANSFER_OUT,
+        reason=reason or None,
+        detail={"to_member_id": to_member_id},
+    )
+    expiries = [book.lots[d.lot_id].expires_at for d in draws if d.lot_id in book.lots]
+    known = [e for e in expiries if e is not None]
+    book.new_lot(
+        Credit(
+            member_id=to_member_id,
+            key=in_key,
+            kind=EntryKind.TRANSFER_IN,
+            amount=points,
+            occurred_at=now,
+            available_at=now,
+            expires_at=min(known) if known else None,
+            reason=reason or None,
+            actor=ctx.actor,
+            detail={"from_member_id": from_member_id},
+        )
+    )
+    await book.settle([to_member_id])
+    await book.flush()
+    result = _result(book, out_key, from_member_id, EntryKind.TRANSFER_OUT, points, draws)
+    b = book.balance(to_member_id)
+    return msgspec.structs.replace(
+        result,
+        counterpart_entry_id=book.flushed_ids[in_key],
+        counterpart_balance=_balance_out(to_member_id, b.available, b.pending, b.owed),
+    )
+
+
+async def idempotent(
+    session: AsyncSession,
+    *,
+    key: str | None,
+    kind: str,
+    member_id: int,
+    body: Mapping[str, Any],
+    now: datetime,
+    action: Callable[[], Awaitable[LedgerResult]],
+) -> tuple[LedgerResult, bool]:
+    """Run ``action`` once per ``key``. The same key with the same request returns the stored result
+    (``True`` = replayed); with a different request it is refused. A failed action stores nothing."""
+    if not key or not key.strip():
+        raise BadRequest("this request needs an Idempotency-Key header")
+    if len(key) > 150:
+        raise BadRequest("the Idempotency-Key header may be at most 150 characters long")
+    digest = hashlib.sha256(
+        json.dumps({"kind": kind, "member_id": member_id, "body": body}, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    table = cast(sa.Table, PointsRequest.__table__)
+    claim = (
+        insert(session, table)
+        .values(key=key, kind=kind, member_id=member_id, body_hash=digest, response={}, created_at=now)
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(table.c.key)
+    )
+    if (await session.execute(claim)).first() is None:
+        stored = (await session.execute(sa.select(table).where(table.c.key == key))).one()
+        if stored.body_hash != digest:
+            raise Unprocessable(
+                f"Idempotency-Key {key!r} was already used for a different request",
+                extra={"idempotency_key": key},
+            )
+        return msgspec.convert(stored.response, LedgerResult), True
+    result = await action()
+    await session.execute(
+        sa.update(table).where(table.c.key == key).values(response=msgspec.to_builtins(result))
+    )
+    return result, False
+
+
+# -------------------------------------------------------------------------------------------------------------
+# rule sets
+
+_compiled: dict[tuple[int, str], RuleSet] = {}
+
+
+def _compile_cached(version: int, document: dict[str, Any]) -> RuleSet:
+    fingerprint = json.dumps(document, sort_keys=True)
+    cached = _compiled.get((version, fingerprint))
+    if cached is None:
+        if len(_compiled) > 64:
+            _compiled.clear()
+        cached = _compiled[(version, fingerprint)] = compile_rules(version, parse_document(document))
+    return cached
+
+
+async def active_rules(session: AsyncSession) -> RuleSet:
+    """The active rule set; version 0 (the built-in default) while none was ever activated."""
+    table = cast(sa.Table, PointsRuleSet.__table__)
+    row = (
+        await session.execute(sa.select(table.c.version, table.c.document).where(table.c.status == "active"))
+    ).first()
+    if row is None:
+        return compile_rules(0, DEFAULT_DOCUMENT)
+    return _compile_cached(row[0], row[1])
+
+
+async def rule_set(session: AsyncSession, version: int) -> RuleSet:
+    if version == 0:
+        return compile_rules(0, DEFAULT_DOCUMENT)
+    row = await session.get(PointsRuleSet, version)
+    if row is None:
+        raise NotFound(f"no rule set version {version}")
+    return _compile_cached(row.version, row.document)
+
+
+def draft_rules(document: Any) -> RuleSet:
+    """A rule set that is not stored (dry runs, backtests): version -1."""
+    return compile_rules(-1, parse_document(document))
+
+
+async def create_rule_set(
+    session: AsyncSession,
+    document: Any,
+    *,
+    now: datetime,
+    note: str = "",
+    actor: str = "system",
+    activate: bool = False,
+) -> RuleSetOut:
+    doc = parse_document(document)
+    version = (
+        int(
+            (
+                await session.execute(sa.select(sa.func.coalesce(sa.func.max(PointsRuleSet.version), 0)))
+            ).scalar_one()
+        )
+        + 1
+    )
+    row = PointsRuleSet(
+        version=version,
+        document=msgspec.to_builtins(doc),
+        status="draft",
+        note=note,
+        created_by=actor,
+        created_at=now,
+    )
+    session.add(row)
+    await session.flush()
+    if activate:
+        return await activate_rule_set(session, version, now=now)
+    return _rule_set_out(row)
+
+
+async def activate_rule_set(session: AsyncSession, version: int, *, now: datetime) -> RuleSetOut:
+    row = await session.get(PointsRuleSet, version, with_for_update=True)
+    if row is None:
+        raise NotFound(f"no rule set version {version}")
+    await session.execute(
+        sa.update(PointsRuleSet)
+        .where(PointsRuleSet.status == "active", PointsRuleSet.version != version)
+        .values(status="retired")
+    )
+    row.status = "active"
+    row.activated_at = now
+    await session.flush()
+    return _rule_set_out(row)
+
+
+async def list_rule_sets(session: AsyncSession) -> list[RuleSetOut]:
+    rows = (await session.execute(sa.select(PointsRuleSet).order_by(PointsRuleSet.version.desc()))).scalars()
+    return [_rule_set_out(r) for r in rows]
+
+
+def _rule_set_out(row: PointsRuleSet) -> RuleSetOut:
+    return RuleSetOut(
+        row.version, row.status, row.note, row.created_by, row.created_at, row.activated_at, row.document
+    )
+
+
+# -------------------------------------------------------------------------------------------------------------
+# reading: balance and the explained statement
+
+
+async def balance(session: AsyncSession, member_id: int) -> BalanceOut:
+    row = await session.get(PointsBalance, member_id)
+    if row is None:
+        return _balance_out(member_id, 0, 0, 0)
+    return _balance_out(member_id, row.available, row.pending, row.owed)
+
+
+def _yuan(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+def _explain(entry: PointsEntry, lot: PointsLot | None, tz: ZoneInfo) -> str:
+    d = entry.detail or {}
+    rule = f"rule {entry.rule_code!r} v{entry.rule_version}"
+    if entry.kind == EntryKind.EARN and "base_fen" in d:
+        text = (
+            f"{entry.amount} points under {rule}: {_yuan(d['base_fen'])} yuan × {d['points_per_yuan']} points/yuan"
+            f" × {d['multiplier_pct']}% tier multiplier, rounded {d['rounding']}"
+        )
+        if "capped_from" in d:
+            text += f", capped from {d['capped_from']} (cap {d['cap']} per {d['period']})"
+        if lot is not None and lot.status == PENDING:
+            text += f"; pending until the order's {lot.release_on.replace('_', ' ')}"
+        return text
+    if entry.kind == EntryKind.EARN:
+        return f"{entry.amount} points under {rule} for the {d.get('event', 'event')} event"
+    if entry.kind == EntryKind.REVERSE:
+        text = (
+            f"refund of {_yuan(d.get('refunded_fen', 0))} of {_yuan(d.get('amount_fen', 0))} yuan on line "
+            f"{entry.line_id}: {d.get('target', 0)} of the {d.get('earned', 0)} points earned are taken back in total"
+        )
+        if d.get("short"):
+            text += (
+                f"; {d['short']} had been spent: recorded as debt"
+                if d.get("policy") == "debt"
+                else f"; {d['short']} had been spent: owed from future earnings"
+            )
+        return text
+    if entry.kind == EntryKind.EXPIRE:
+        at = entry.occurred_at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+        return f"{-entry.amount} points of lot {entry.ref_entry_id} expired at {at}"
+    if entry.kind == EntryKind.CLAWBACK:
+        return f"{-entry.amount} points clawed back for an earlier refund"
+    if entry.kind == EntryKind.REDEEM:
+        return f"redeemed {-entry.amount} points" + (f": {entry.reason}" if entry.reason else "")
+    if entry.kind == EntryKind.ADJUST:
+        return f"manual adjustment of {entry.amount} by {entry.actor}: {entry.reason}"
+    if entry.kind == EntryKind.TRANSFER_OUT:
+        return f"{-entry.amount} points transferred to member {d.get('to_member_id')}"
+    if entry.kind == EntryKind.TRANSFER_IN:
+        return f"{entry.amount} points transferred from member {d.get('from_member_id')}"
+    return entry.kind
+
+
+async def statement(
+    session: AsyncSession, member_id: int, *, tz: ZoneInfo, limit: int = 50, offset: int = 0
+) -> StatementOut:
+    """The balance and the newest entries, each explained: the rule and version that produced it, the
+    computation, its lot and the lots it drew on."""
+    if (await session.get(Member, member_id)) is None:
+        raise NotFound(f"no member {member_id}")
+    limit = max(1, min(limit, 500))
+    total = int(
+        (
+            await session.execute(sa.select(sa.func.count()).where(PointsEntry.member_id == member_id))
+        ).scalar_one()
+    )
+    entries = list(
+        (
+            await session.execute(
+                sa.select(PointsEntry)
+                .where(PointsEntry.member_id == member_id)
+                .order_by(PointsEntry.id.desc())
+                .limit(limit)
+                .offset(max(offset, 0))
+            )
+        ).scalars()
+    )
+    ids = [e.id for e in entries]
+    lots = {
+        lot.id: lot
+        for lot in (await session.execute(sa.select(PointsLot).where(PointsLot.id.in_(ids)))).scalars()
+    }
+    draws: dict[int, list[DrawOut]] = defaultdict(list)
+    for d in (
+        await session.execute(
+            sa.select(PointsLotDraw).where(PointsLotDraw.entry_id.in_(ids)).order_by(PointsLotDraw.id)
+        )
+    ).scalars():
+        draws[d.entry_id].append(DrawOut(d.lot_id, d.amount, d.kind))
+    versions = {e.rule_version for e in entries if e.rule_version is not None}
+    rule_docs: dict[int, RuleSet] = {}
+    for v in versions:
+        try:
+            rule_docs[v] = await rule_set(session, v)
+        except NotFound:
+            continue
+    out = []
+    for e in entries:
+        lot = lots.get(e.id)
+        rule_doc = None
+        if e.rule_version in rule_docs and e.rule_code:
+            found = rule_docs[e.rule_version].rule(e.rule_code)
+            rule_doc = msgspec.to_builtins(found) if found is not None else None
+        out.append(
+            EntryOut(
+                id=e.id,
+                kind=e.kind,
+                amount=e.amount,
+                occurred_at=e.occurred_at,
+                explanation=_explain(e, lot, tz),
+                idempotency_key=e.idempotency_key,
+                shortfall=e.shortfall,
+                available_from=e.available_from
+                or (lot.available_at if lot and lot.status == AVAILABLE else None),
+                expires_at=e.expires_at,
+                rule_code=e.rule_code,
+                rule_version=e.rule_version,
+                rule=rule_doc,
+                account_id=e.account_id,
+                order_id=e.order_id,
+                line_id=e.line_id,
+                reason=e.reason,
+                actor=e.actor,
+                ref_entry_id=e.ref_entry_id,
+                detail=e.detail,
+                lot=LotOut(
+                    lot.id,
+                    lot.amount,
+                    lot.remaining,
+                    lot.reversed,
+                    lot.status,
+                    lot.release_on,
+                    lot.available_at,
+                    lot.expires_at,
+                )
+                if lot is not None
+                else None,
+                draws=draws.get(e.id, []),
+            )
+        )
+    return StatementOut(await balance(session, member_id), out, total, limit, max(offset, 0))
+
+
+# -------------------------------------------------------------------------------------------------------------
+# dry runs
+
+
+async def preview(
+    session: AsyncSession, ctx: PointsContext, order: PreviewOrderIn, rules: RuleSet, *, draft: bool
+) -> PreviewOut:
+    """The points an order would earn under ``rules``; reads the member's tier, writes nothing."""
+    tier = NO_TIER
+    if order.member_id is not None:
+        tier = (await resolve_tiers(session, [order.member_id], ctx.clock())).get(order.member_id, NO_TIER)
+    lines = []
+    for line in order.lines:
+        if line.amount_fen < 0:
+            raise Unprocessable("a line amount cannot be negative")
+        earned = earn_for_line(
+            rules,
+            LineInput(order.channel, order.store_code, line.sku, line.category, line.amount_fen),
+            tier.multiplier_pct,
+        )
+        lines.append(
+            PreviewLineOut(
+                line.external_id,
+                line.amount_fen,
+                sum(e.points for e in earned),
+                [PreviewRuleOut(e.rule.code, e.points, e.detail) for e in earned],
+            )
+        )
+    return PreviewOut(
+        rule_version=None if draft else rules.version,
+        draft=draft,
+        tier=tier.tier,
+        multiplier_pct=tier.multiplier_pct,
+        total=sum(line.points for line in lines),
+        lines=lines,
+    )
+
+
+async def backtest(
+    session: AsyncSession, ctx: PointsContext, rules: RuleSet, since: datetime, *, chunk: int = 2000
+) -> BacktestReport:
+    """Replay stored paid orders since ``since`` under ``rules`` (before caps) and compare with the points
+    their lines actually earned."""
+    by_channel: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    by_tier: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    totals = [0, 0, 0, 0]  # draft, actual, orders, lines
+    last_id = 0
+    while True:
+        orders = (
+            await session.execute(
+                sa.select(Order.id, Order.member_id, Order.channel, Order.store_code, Order.paid_at)
+                .where(
+                    Order.paid_at.is_not(None),
+                    Order.paid_at >= since,
+                    Order.member_id.is_not(None),
+                    Order.id > last_id,
+                )
+                .order_by(Order.id)
+                .limit(chunk)
+            )
+        ).all()
+        if not orders:
+            break
+        last_id = orders[-1].id
+        ids = [o.id for o in orders]
+        lines: dict[int, list[Any]] = defaultdict(list)
+        for line in (
+            await session.execute(
+                sa.select(OrderLine.order_id, OrderLine.sku, OrderLine.category, OrderLine.amount_fen).where(
+                    OrderLine.order_id.in_(ids)
+                )
+            )
+        ).all():
+            lines[line.order_id].append(line)
+        actual = {
+            r[0]: int(r[1])
+            for r in (
+                await session.execute(
+                    sa.select(PointsEntry.order_id, sa.func.sum(PointsEntry.amount))
+                    .where(PointsEntry.order_id.in_(ids), PointsEntry.kind == EntryKind.EARN)
+                    .group_by(PointsEntry.order_id)
+                )
+            ).all()
+        }
+        tiers = await resolve_tiers(session, [int(o.member_id) for o in orders], ctx.clock())
+        for o in orders:
+            tier = tiers.get(int(o.member_id), NO_TIER)
+            draft = sum(
+                e.points
+                for line in lines[o.id]
+                for e in earn_for_line(
+                    rules,
+                    LineInput(o.channel, o.store_code, line.sku, line.category, line.amount_fen),
+                    tier.multiplier_pct,
+                )
+            )
+            got = actual.get(o.id, 0)
+            for group in (by_channel[o.channel], by_tier[tier.tier or "(none)"]):
+                group[0] += draft
+                group[1] += got
+                group[2] += 1
+            totals[0] += draft
+            totals[1] += got
+            totals[2] += 1
+            totals[3] += len(lines[o.id])
+    return BacktestReport(
+        since=since,
+        orders=totals[2],
+        lines=totals[3],
+        draft_total=totals[0],
+        actual_total=totals[1],
+        difference=totals[0] - totals[1],
+        by_channel={k: BacktestGroup(v[0], v[1], v[0] - v[1], v[2]) for k, v in sorted(by_channel.items())},
+        by_tier={k: BacktestGroup(v[0], v[1], v[0] - v[1], v[2]) for k, v in sorted(by_tier.items())},
+    )
+
+
+# re-exported for jobs and the CLI
+expire_due = ledger.expire_due
+release_due = ledger.release_due
+verify = ledger.verify
+recompute_balances = ledger.recompute_balances
+
+__all__ = [
+    "EventRule",
+    "LineFacts",
+    "OrderFacts",
+    "PointsContext",
+    "RuleSetDoc",
+    "SpendRule",
+    "apply_orders",
+    "award_event",
+]
