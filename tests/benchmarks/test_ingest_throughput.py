@@ -7,13 +7,17 @@ Run: ``python -m pytest tests/benchmarks/test_ingest_throughput.py --benchmark-e
 
 from __future__ import annotations
 
-import asyncio
+import importlib.util
 import os
+import subprocess
+import sys
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from tongcrm.channels import service as accounts
@@ -24,15 +28,11 @@ from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import ChannelContext, NormalisedOrder
 from tongcrm.testing.database import TestDatabase
-from tongcrm.testing.servers import serve_in_thread
+from tongcrm.testing.servers import free_port
 
 TRADES = int(os.environ.get("TONGCRM_BENCH_TRADES", "100000"))
 BUYERS = max(1, TRADES * 3 // 10)
 VAULT = Vault("bench-secret-0123456789abcdef")
-
-
-def _run(coro: Any) -> Any:
-    return asyncio.get_event_loop().run_until_complete(coro)
 
 
 async def _copy_ceiling(db: TestDatabase, orders: list[NormalisedOrder]) -> float:
@@ -54,56 +54,92 @@ async def _copy_ceiling(db: TestDatabase, orders: list[NormalisedOrder]) -> floa
     return len(rows) / elapsed
 
 
+def _business_now() -> Any:
+    """The fake shop's "now", from the server script (one definition for both processes)."""
+    spec = importlib.util.spec_from_file_location(
+        "fake_top_process", Path(__file__).with_name("fake_top_process.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BUSINESS_NOW
+
+
+@pytest.fixture(scope="module")
+def fake_top() -> Iterator[str]:
+    """The fake gateway in a subprocess on 127.0.0.1 (stopped at the end)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("fake_top_process.py")),
+            str(port),
+            str(TRADES),
+            str(BUYERS),
+        ]
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/router/rest", timeout=1)
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("fake TOP gateway did not start") from None
+            time.sleep(0.2)
+    try:
+        yield f"http://127.0.0.1:{port}/router/rest"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.mark.slow
 async def test_end_to_end_ingest_throughput(
-    tongcrm_db: TestDatabase, benchmark: Any, report_figure: Any
+    tongcrm_db: TestDatabase, benchmark: Any, report_figure: Any, fake_top: str
 ) -> None:
-    from tongcrm_taobao.fake_server import FakeTopGateway, create_app
-    from tongcrm_taobao.fake_shop import FakeShop, ShopConfig
+    BUSINESS_NOW = _business_now()
 
-    anchor = datetime(2024, 11, 11, 23, 0, tzinfo=UTC)
-    clock = lambda: anchor + timedelta(hours=1)  # noqa: E731
-    shop = FakeShop(ShopConfig(trades=TRADES, buyers=BUYERS, days=10, anchor=anchor), clock=clock)
-    gateway = FakeTopGateway(shop, app_key="12345678", app_secret="bench-secret", session="bench-session")
+    clock = lambda: BUSINESS_NOW  # noqa: E731
     host = PluginHost(autoload=True, disabled=set())
-    with serve_in_thread(create_app(gateway)) as url:
-        settings = {
-            "app_key": "12345678",
-            "app_secret": "bench-secret",
-            "session": "bench-session",
-            "gateway_url": f"{url}/router/rest",
-            "initial_sync_days": "11",
-        }
-        async with tongcrm_db.sessions() as session, session.begin():
-            await accounts.create_account(session, host, VAULT, "taobao", "bench", settings)
-        ctx = IngestContext(host=host, vault=VAULT, clock=clock, tz=ZoneInfo("Asia/Shanghai"))
+    settings = {
+        "app_key": "12345678",
+        "app_secret": "bench-secret",
+        "session": "bench-session",
+        "gateway_url": fake_top,
+        "initial_sync_days": "11",
+    }
+    async with tongcrm_db.sessions() as session, session.begin():
+        await accounts.create_account(session, host, VAULT, "taobao", "bench", settings)
+    ctx = IngestContext(host=host, vault=VAULT, clock=clock, tz=ZoneInfo("Asia/Shanghai"))
 
-        started = time.perf_counter()
-        report = await sync_account(tongcrm_db.sessions, ctx, "bench")
-        elapsed = time.perf_counter() - started
-        assert report.error is None and report.caught_up
+    started = time.perf_counter()
+    report = await sync_account(tongcrm_db.sessions, ctx, "bench")
+    elapsed = time.perf_counter() - started
+    assert report.error is None and report.caught_up
 
-        # the platform side alone: the same pages fetched and normalised without a database
-        adapter = host.channel("taobao").factory(ChannelContext("bench", settings, clock=clock))
-        fetched: list[NormalisedOrder] = []
-        cursor = None
-        f_started = time.perf_counter()
-        while True:
-            page = await adapter.fetch_orders(cursor)
-            fetched.extend(page.orders)
-            cursor = page.next_cursor
-            if not page.has_more:
-                break
-        fetch_elapsed = time.perf_counter() - f_started
-        await adapter.aclose()
+    # the platform side alone: the same pages fetched and normalised without a database
+    adapter = host.channel("taobao").factory(ChannelContext("bench", settings, clock=clock))
+    fetched: list[NormalisedOrder] = []
+    cursor = None
+    f_started = time.perf_counter()
+    while True:
+        page = await adapter.fetch_orders(cursor)
+        fetched.extend(page.orders)
+        cursor = page.next_cursor
+        if not page.has_more:
+            break
+    fetch_elapsed = time.perf_counter() - f_started
+    await adapter.aclose()
 
     async with tongcrm_db.sessions() as session:
         stored = (await session.execute(sa.select(sa.func.count()).select_from(Order))).scalar_one()
-    assert stored == len(shop)
+    assert stored == TRADES
     rate = stored / elapsed
     line = (
-        f"ingest {tongcrm_db.backend}: {stored} orders in {elapsed:.1f} s = {rate:,.0f} orders/s end to end; "
-        f"fetch+normalise alone {len(fetched) / fetch_elapsed:,.0f} orders/s"
+        f"ingest {tongcrm_db.backend}: {stored} orders ({BUYERS} buyers) in {elapsed:.1f} s = {rate:,.0f} orders/s "
+        f"end to end; fetch+normalise alone {len(fetched) / fetch_elapsed:,.0f} orders/s"
     )
     if tongcrm_db.backend == "postgresql":
         line += f"; PostgreSQL COPY ceiling {await _copy_ceiling(tongcrm_db, fetched):,.0f} rows/s"

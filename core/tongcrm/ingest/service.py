@@ -8,6 +8,8 @@ from the last committed cursor, replaying at most one page, which changes nothin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -92,12 +94,17 @@ async def sync_account(
         channel_ctx = accounts.channel_context(account, ctx.vault, clock=ctx.clock, since=since)
     adapter: ChannelAdapter = spec.factory(channel_ctx)
     bound = log.bind(account=name, channel=channel)
+    pending: asyncio.Task[OrderPage] | None = None
     try:
         limit = max_pages or MAX_PAGES_PER_RUN
-        while report.pages < limit:
+        # The next page is fetched while this one is applied: the platform round trip overlaps the database
+        # work. A prefetched page is only ever applied after its predecessor committed.
+        pending = asyncio.create_task(adapter.fetch_orders(cursor))
+        while pending is not None and report.pages < limit:
             try:
-                page = await adapter.fetch_orders(cursor)
+                page = await pending
             except ChannelAuthError as exc:
+                pending = None
                 report.error, report.needs_reauth = f"authorisation failed: {exc.message}", True
                 async with sessions() as session, session.begin():
                     await accounts.mark_status(session, account_id, "needs_reauth", exc.message)
@@ -105,11 +112,13 @@ async def sync_account(
                 bound.error("sync stopped: account needs re-authorisation", error=exc.message, code=exc.code)
                 break
             except ChannelError as exc:
+                pending = None
                 report.error = f"{type(exc).__name__}: {exc.message}"
                 async with sessions() as session, session.begin():
                     await _record_error(session, account_id, report.error, ctx.clock())
                 bound.warning("sync stopped by a platform error", error=exc.message, code=exc.code)
                 break
+            pending = None
             if page.has_more and page.next_cursor == cursor:
                 report.error = (
                     "the channel adapter returned the same cursor with more pages: refusing to loop"
@@ -117,6 +126,8 @@ async def sync_account(
                 async with sessions() as session, session.begin():
                     await _record_error(session, account_id, report.error, ctx.clock())
                 break
+            if page.has_more and report.pages + 1 < limit:
+                pending = asyncio.create_task(adapter.fetch_orders(page.next_cursor))
             async with sessions() as session, session.begin():
                 if not await leases.acquire(
                     session, lease_key(account_id), holder, ctx.lease_ttl, now=ctx.clock()
@@ -148,6 +159,10 @@ async def sync_account(
                     .values(last_success_at=ctx.clock(), last_error=None)
                 )
     finally:
+        if pending is not None:  # an error ended the run with a prefetch in flight
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
         await adapter.aclose()
         async with sessions() as session, session.begin():
             await leases.release(session, lease_key(account_id), holder)
