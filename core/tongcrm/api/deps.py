@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.api.security import principal_of
 from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
-from tongcrm.membership import MembershipService
 from tongcrm.crypto import Vault
+from tongcrm.membership import MembershipService
 from tongcrm.plugin.host import PluginHost
 
 
