@@ -16,7 +16,9 @@ from typing import Any
 
 from litestar import Response, Router, get, post
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.api.security import principal_of, requires
 from tongcrm.audit.service import Actor
@@ -98,12 +100,12 @@ def build_router(config: PosConfig) -> Router:
         status_code=200,
     )
     async def lookup(
-        data: LookupIn,
-        sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
-        host: PluginHost,
-        vault: Vault,
-        principal: Principal,
+        data: JSONBody[LookupIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        host: NamedDependency[PluginHost],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
     ) -> MemberAtTill:
         async with sessions() as session, session.begin():
             store = await stores.get_store(session, own_store(principal, principal.store_code or ""))
@@ -124,12 +126,12 @@ def build_router(config: PosConfig) -> Router:
         "is still recorded as given now).",
     )
     async def enrol(
-        data: EnrolIn,
-        sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
-        host: PluginHost,
-        vault: Vault,
-        principal: Principal,
+        data: JSONBody[EnrolIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        host: NamedDependency[PluginHost],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
     ) -> Response[MemberAtTill]:
         async with sessions() as session, session.begin():
             store = await stores.get_store(session, own_store(principal, principal.store_code or ""))
@@ -157,12 +159,12 @@ def build_router(config: PosConfig) -> Router:
         request_max_body_size=MAX_BODY_BYTES,
     )
     async def checkout(
-        data: ReceiptIn,
-        sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
-        host: PluginHost,
-        vault: Vault,
-        principal: Principal,
+        data: JSONBody[ReceiptIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        host: NamedDependency[PluginHost],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
     ) -> Response[ReceiptResult]:
         own_store(principal, data.store)
         async with sessions() as session, session.begin():
@@ -189,12 +191,12 @@ def build_router(config: PosConfig) -> Router:
         request_max_body_size=MAX_BODY_BYTES,
     )
     async def upload(
-        data: BatchIn,
-        sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
-        host: PluginHost,
-        vault: Vault,
-        principal: Principal,
+        data: JSONBody[BatchIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        host: NamedDependency[PluginHost],
+        vault: NamedDependency[Vault],
+        principal: NamedDependency[Principal],
     ) -> BatchResult:
         if len(data.receipts) > config.max_batch:
             raise PayloadTooLarge(
@@ -214,12 +216,12 @@ def build_router(config: PosConfig) -> Router:
         summary="A receipt by its key, with the answer the till was given",
     )
     async def receipt(
-        store_code: str,
-        till: str,
-        business_day: date,
-        sequence: int,
-        read_sessions: async_sessionmaker[AsyncSession],
-        principal: Principal,
+        store_code: FromPath[str],
+        till: FromPath[str],
+        business_day: FromPath[date],
+        sequence: FromPath[int],
+        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        principal: NamedDependency[Principal],
     ) -> ReceiptView:
         own_store(principal, store_code)
         async with read_sessions() as session:
@@ -243,7 +245,9 @@ def build_router(config: PosConfig) -> Router:
         status_code=201,
     )
     async def issue_code(
-        data: CodeIn, read_sessions: async_sessionmaker[AsyncSession], vault: Vault
+        data: JSONBody[CodeIn],
+        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        vault: NamedDependency[Vault],
     ) -> CodeOut:
         from tongcrm.members.service import resolve_live_id
 
