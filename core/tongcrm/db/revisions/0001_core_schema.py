@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 01:49:28.959926
+Create Date: 2026-11-23 02:11:07.708352
 """
 
 from collections.abc import Sequence

@@ -1,0 +1,103 @@
+"""Entitlement HTTP API: the catalogue, a member's entitlements and grants, and recording a grant's use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.auth.service import Principal, Role
+from tongcrm.config import Settings
+from tongcrm.db.engine import transaction
+from tongcrm.entitlements import service
+from tongcrm.entitlements.models import EntitlementGrant, EntitlementUsage
+from tongcrm.tiers.schemas import GrantOut, MemberEntitlementsOut, UsageIn, UsageOut
+from tongcrm.tiers.service import TierContext
+
+
+def _grant_out(g: EntitlementGrant, usages: list[EntitlementUsage]) -> GrantOut:
+    return GrantOut(
+        g.id,
+        g.grant_key,
+        g.kind,
+        g.tier_code,
+        g.value,
+        dict(g.params or {}),
+        g.valid_from,
+        g.valid_until,
+        g.status,
+        g.provider,
+        g.attempts,
+        g.reference,
+        g.last_error,
+        usages[0].used_at if usages else None,
+    )
+
+
+def _usage_out(u: EntitlementUsage) -> UsageOut:
+    return UsageOut(u.id, u.grant_id, u.member_id, u.usage_key, u.reference, u.used_at)
+
+
+class EntitlementController(Controller):
+    path = "/api/entitlements"
+    tags = ["entitlements"]
+
+    @get(
+        "/catalogue", guards=[requires(*READ_ROLES)], summary="Entitlement kinds and how their values compare"
+    )
+    async def get_catalogue(self) -> list[dict[str, Any]]:
+        return service.catalogue()
+
+    @post(
+        "/grants/{grant_id:int}/usages",
+        guards=[requires(*WRITE_ROLES, Role.POS)],
+        summary="Record that a grant was used (idempotent by usage_key)",
+    )
+    async def use_grant(
+        self,
+        grant_id: FromPath[int],
+        data: JSONBody[UsageIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+    ) -> Response[UsageOut]:
+        async with transaction(sessions) as session:
+            usage, created = await service.use(
+                session,
+                TierContext.of(settings),
+                grant_id,
+                usage_key=data.usage_key,
+                reference=data.reference,
+                actor=f"key:{principal.key_id}",
+            )
+            out = _usage_out(usage)
+        return Response(out, status_code=201 if created else 200)
+
+
+class MemberEntitlementsController(Controller):
+    path = "/api/members/{member_id:int}/entitlements"
+    tags = ["entitlements"]
+
+    @get(
+        "/",
+        guards=[requires(*READ_ROLES, Role.POS)],
+        summary="Standing benefits of the tier and recent grants",
+    )
+    async def get_entitlements(
+        self,
+        member_id: FromPath[int],
+        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+    ) -> MemberEntitlementsOut:
+        async with read_sessions() as session:
+            found = await service.for_member(session, TierContext.of(settings), member_id)
+        return MemberEntitlementsOut(
+            member_id,
+            found.tier.code,
+            [e.as_dict() for e in found.standing],
+            [_grant_out(g, found.usages.get(g.id, [])) for g in found.grants],
+        )
