@@ -1,8 +1,8 @@
 """Applying one page of normalised orders, inside the caller's transaction.
 
 A page is applied in a fixed number of statements whatever its size: one read of the orders it names, one
-identity resolution for the whole page, one upsert of orders, one of lines, the points for the page, one insert
-of outbox events. Orders move only forward: a record older than what is stored changes nothing, and a status
+identity resolution for the whole page, one upsert of orders, one of lines, the points for the page, one tier
+re-evaluation of its members, one insert of outbox events. Orders move only forward: a record older than what is stored changes nothing, and a status
 never steps back along created → paid → shipped → delivered → completed (closed and refunded are final). That
 is what makes a replayed page, a late push or an overlapping window harmless.
 """
@@ -30,6 +30,8 @@ from tongcrm.orders.models import Order, OrderLine
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import NormalisedOrder, OrderStatus, QuarantinedRecord
 from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_orders
+from tongcrm.tiers.service import TierContext
+from tongcrm.tiers.service import reevaluate as reevaluate_tiers
 
 log = get_logger(__name__)
 
@@ -293,6 +295,10 @@ async def apply_orders_page(
         )
     if facts:
         await apply_orders(session, PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor), facts)
+        # a qualifying purchase upgrades at once (downgrades wait for review time)
+        await reevaluate_tiers(
+            session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), result.member_ids
+        )
 
     # 6. one order_changed event per order that moved forward (status, refunds, shipping...)
     events = [
