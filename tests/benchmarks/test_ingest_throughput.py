@@ -1,7 +1,8 @@
-"""End-to-end ingest: fake TOP gateway on 127.0.0.1 → tongcrm-taobao's client → ingest engine → database.
+"""End-to-end ingest: a fake platform (TOP for Taobao, JOS for JD) in its own process on 127.0.0.1 → the
+plugin's real client → ingest engine → database.
 
-Reports orders/s on each backend and, on PostgreSQL, ``COPY`` of the same normalised order rows as the
-physical ceiling. Size with ``TONGCRM_BENCH_TRADES`` (default 100,000 trades from 30 % as many buyers).
+Reports orders/s per channel and backend and, on PostgreSQL, ``COPY`` of the same normalised order rows as the
+physical ceiling. Size with ``TONGCRM_BENCH_TRADES`` (default 100,000 orders from 30 % as many buyers).
 Run: ``python -m pytest tests/benchmarks/test_ingest_throughput.py --benchmark-enable --benchmark-only -s``.
 """
 
@@ -54,10 +55,24 @@ async def _copy_ceiling(db: TestDatabase, orders: list[NormalisedOrder]) -> floa
     return len(rows) / elapsed
 
 
-def _business_now() -> Any:
-    """The fake shop's "now", from the server script (one definition for both processes)."""
+CHANNELS: dict[str, dict[str, Any]] = {
+    "taobao": {
+        "script": "fake_top_process.py",
+        "path": "/router/rest",
+        "settings": {"app_key": "12345678", "app_secret": "bench-secret", "session": "bench-session"},
+    },
+    "jd": {
+        "script": "fake_jd_process.py",
+        "path": "/routerjson",
+        "settings": {"app_key": "bench-app", "app_secret": "bench-secret", "access_token": "bench-token"},
+    },
+}
+
+
+def _business_now(script: str) -> Any:
+    """The fake shop's "now", from its server script (one definition for both processes)."""
     spec = importlib.util.spec_from_file_location(
-        "fake_top_process", Path(__file__).with_name("fake_top_process.py")
+        script.removesuffix(".py"), Path(__file__).with_name(script)
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -65,31 +80,27 @@ def _business_now() -> Any:
     return module.BUSINESS_NOW
 
 
-@pytest.fixture(scope="module")
-def fake_top() -> Iterator[str]:
-    """The fake gateway in a subprocess on 127.0.0.1 (stopped at the end)."""
+@pytest.fixture(scope="module", params=sorted(CHANNELS))
+def fake_platform(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(channel, gateway URL): the channel's fake platform in a subprocess on 127.0.0.1, stopped at the end."""
+    channel: str = request.param
+    conf = CHANNELS[channel]
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("fake_top_process.py")),
-            str(port),
-            str(TRADES),
-            str(BUYERS),
-        ]
+        [sys.executable, str(Path(__file__).with_name(conf["script"])), str(port), str(TRADES), str(BUYERS)]
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while True:
         try:
-            httpx.get(f"http://127.0.0.1:{port}/router/rest", timeout=1)
+            httpx.get(f"http://127.0.0.1:{port}{conf['path']}", timeout=1)
             break
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("fake TOP gateway did not start") from None
+                raise RuntimeError(f"fake {channel} platform did not start") from None
             time.sleep(0.2)
     try:
-        yield f"http://127.0.0.1:{port}/router/rest"
+        yield channel, f"http://127.0.0.1:{port}{conf['path']}"
     finally:
         proc.terminate()
         proc.wait(10)
@@ -97,21 +108,15 @@ def fake_top() -> Iterator[str]:
 
 @pytest.mark.slow
 async def test_end_to_end_ingest_throughput(
-    tongcrm_db: TestDatabase, benchmark: Any, report_figure: Any, fake_top: str
+    tongcrm_db: TestDatabase, benchmark: Any, report_figure: Any, fake_platform: tuple[str, str]
 ) -> None:
-    BUSINESS_NOW = _business_now()
-
-    clock = lambda: BUSINESS_NOW  # noqa: E731
+    channel, url = fake_platform
+    business_now = _business_now(CHANNELS[channel]["script"])
+    clock = lambda: business_now  # noqa: E731
     host = PluginHost(autoload=True, disabled=set())
-    settings = {
-        "app_key": "12345678",
-        "app_secret": "bench-secret",
-        "session": "bench-session",
-        "gateway_url": fake_top,
-        "initial_sync_days": "11",
-    }
+    settings = {**CHANNELS[channel]["settings"], "gateway_url": url, "initial_sync_days": "11"}
     async with tongcrm_db.sessions() as session, session.begin():
-        await accounts.create_account(session, host, VAULT, "taobao", "bench", settings)
+        await accounts.create_account(session, host, VAULT, channel, "bench", settings)
     ctx = IngestContext(host=host, vault=VAULT, clock=clock, tz=ZoneInfo("Asia/Shanghai"))
 
     started = time.perf_counter()
@@ -120,7 +125,7 @@ async def test_end_to_end_ingest_throughput(
     assert report.error is None and report.caught_up
 
     # the platform side alone: the same pages fetched and normalised without a database
-    adapter = host.channel("taobao").factory(ChannelContext("bench", settings, clock=clock))
+    adapter = host.channel(channel).factory(ChannelContext("bench", settings, clock=clock))
     fetched: list[NormalisedOrder] = []
     cursor = None
     f_started = time.perf_counter()
@@ -138,11 +143,13 @@ async def test_end_to_end_ingest_throughput(
     assert stored == TRADES
     rate = stored / elapsed
     line = (
-        f"ingest {tongcrm_db.backend}: {stored} orders ({BUYERS} buyers) in {elapsed:.1f} s = {rate:,.0f} orders/s "
+        f"ingest {channel} on {tongcrm_db.backend}: {stored} orders ({BUYERS} buyers) in {elapsed:.1f} s = {rate:,.0f} orders/s "
         f"end to end; fetch+normalise alone {len(fetched) / fetch_elapsed:,.0f} orders/s"
     )
     if tongcrm_db.backend == "postgresql":
         line += f"; PostgreSQL COPY ceiling {await _copy_ceiling(tongcrm_db, fetched):,.0f} rows/s"
     report_figure(line)
-    benchmark.extra_info.update({"orders": stored, "orders_per_s": rate, "backend": tongcrm_db.backend})
+    benchmark.extra_info.update(
+        {"channel": channel, "orders": stored, "orders_per_s": rate, "backend": tongcrm_db.backend}
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -50,8 +51,7 @@ def _sync(db: TestDatabase) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.slow
-async def test_sigkill_mid_sync_then_restart_loses_and_duplicates_nothing(tongcrm_db: TestDatabase) -> None:
+def _taobao_platform() -> tuple[Any, dict[str, str], Any]:
     from tongcrm_taobao.fake_server import FakeTopGateway, FaultPlan, create_app
     from tongcrm_taobao.fake_shop import FakeShop, ShopConfig
 
@@ -64,25 +64,73 @@ async def test_sigkill_mid_sync_then_restart_loses_and_duplicates_nothing(tongcr
         session="kill-session",
         faults=FaultPlan(slow=1.0, slow_seconds=0.03),  # every call a little slow, so the kill lands mid-run
     )
-    with serve_in_thread(create_app(gateway)) as url:
+    settings = {
+        "app_key": "12345678",
+        "app_secret": "kill-secret",
+        "session": "kill-session",
+        "initial_sync_days": "3",
+    }
+
+    def expected() -> tuple[dict[str, str], int]:
+        trades = {str(tid): shop.trade(tid) for tid in shop.tids()}
+        return {t: v["status"] for t, v in trades.items()}, sum(
+            len(v["orders"]["order"]) for v in trades.values()
+        )
+
+    return create_app(gateway), {**settings, "_path": "/router/rest"}, expected
+
+
+def _jd_platform() -> tuple[Any, dict[str, str], Any]:
+    from tongcrm_jd.fake_server import FakeJosGateway, FaultPlan, create_app
+    from tongcrm_jd.fake_shop import generate_shop
+
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    shop = generate_shop(seed=8, orders=1_200, buyers=300, start=end - timedelta(days=2), end=end)
+    gateway = FakeJosGateway(
+        shop=shop,
+        app_key="kill-app",
+        app_secret="kill-secret",
+        access_tokens={"kill-token"},
+        faults=FaultPlan(slow_rate=1.0, slow_seconds=0.1),
+    )
+    settings = {
+        "app_key": "kill-app",
+        "app_secret": "kill-secret",
+        "access_token": "kill-token",
+        "initial_sync_days": "3",
+    }
+
+    def expected() -> tuple[dict[str, str], int]:
+        orders = shop.snapshot()
+        return {o: v["orderState"] for o, v in orders.items()}, sum(
+            len(v["itemInfoList"]) for v in orders.values()
+        )
+
+    return create_app(gateway), {**settings, "_path": "/routerjson"}, expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channel", ["taobao", "jd"])
+async def test_sigkill_mid_sync_then_restart_loses_and_duplicates_nothing(
+    tongcrm_db: TestDatabase, channel: str
+) -> None:
+    app, settings, expected = (_taobao_platform if channel == "taobao" else _jd_platform)()
+    total = len(expected()[0])
+    with serve_in_thread(app) as url:
+        path = settings.pop("_path")
         async with tongcrm_db.sessions() as session, session.begin():
             await accounts.create_account(
                 session,
                 PluginHost(autoload=True, disabled=set()),
                 Vault(SECRET),
-                "taobao",
+                channel,
                 "shop",
-                {
-                    "app_key": "12345678",
-                    "app_secret": "kill-secret",
-                    "session": "kill-session",
-                    "gateway_url": f"{url}/router/rest",
-                    "initial_sync_days": "3",
-                },
+                {**settings, "gateway_url": f"{url}{path}"},
             )
         first = _sync(tongcrm_db)
         deadline = time.monotonic() + 60
-        while await _orders(tongcrm_db) < 200:
+        # kill once some pages are committed (JD pages are whole time windows, so fewer and larger)
+        while await _orders(tongcrm_db) < (200 if channel == "taobao" else 1):
             assert first.poll() is None, f"sync ended before it could be killed: {first.communicate()}"
             assert time.monotonic() < deadline, "sync made no progress"
             await asyncio.sleep(0.05)
@@ -90,7 +138,7 @@ async def test_sigkill_mid_sync_then_restart_loses_and_duplicates_nothing(tongcr
         await asyncio.to_thread(first.wait, 10)
         assert first.returncode == -signal.SIGKILL
         partial = await _orders(tongcrm_db)
-        assert 0 < partial < len(shop)
+        assert 0 < partial < total
 
         await asyncio.sleep(LEASE_SECONDS + 0.5)  # the dead worker's lease lapses
         second = _sync(tongcrm_db)
@@ -103,6 +151,6 @@ async def test_sigkill_mid_sync_then_restart_loses_and_duplicates_nothing(tongcr
             for r in (await session.execute(sa.select(Order.external_id, Order.platform_status))).all()
         }
         lines = (await session.execute(sa.select(sa.func.count()).select_from(OrderLine))).scalar_one()
-    expected = {str(tid): shop.trade(tid) for tid in shop.tids()}
-    assert stored == {tid: trade["status"] for tid, trade in expected.items()}
-    assert lines == sum(len(trade["orders"]["order"]) for trade in expected.values())
+    statuses, line_count = expected()
+    assert stored == statuses
+    assert lines == line_count
