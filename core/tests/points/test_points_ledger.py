@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from points_helpers import SHANGHAI, Clock, ctx, make_members, order, snapshot
 from tongcrm.errors import Conflict
 from tongcrm.jobs.models import OutboxEvent
-from tongcrm.points import ledger, service
+from tongcrm.points import ledger, multipliers, service
 from tongcrm.points.models import PointsEntry, PointsLot
 from tongcrm.points.multipliers import TierInfo, set_tier_resolver
 from tongcrm.testing.database import TestDatabase
@@ -238,6 +238,7 @@ async def test_stacking_priority_exclusions_tier_multiplier_and_caps(tongcrm_db:
     async def gold(session: Any, ids: Any, at: Any) -> dict[int, TierInfo]:
         return {m: TierInfo("gold", 200)}
 
+    previous = multipliers._resolver  # the tiers module's resolver, when it is loaded
     set_tier_resolver(gold)
     try:
         await _apply(
@@ -251,7 +252,7 @@ async def test_stacking_priority_exclusions_tier_multiplier_and_caps(tongcrm_db:
             ],
         )
     finally:
-        set_tier_resolver(None)
+        set_tier_resolver(previous)
     assert await _balance(tongcrm_db, m) == (30 + 500 + 20, 0, 0, 0)
     assert await _balance(tongcrm_db, other) == (300 + 20, 0, 0, 0)
     async with tongcrm_db.sessions() as s:
