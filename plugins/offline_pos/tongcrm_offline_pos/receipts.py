@@ -37,7 +37,6 @@ from tongcrm.orders.models import Order
 from tongcrm.plugin.types import IdentityClaim, LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
 from tongcrm.points import service as points
 from tongcrm.points.models import EntryKind, PointsEntry
-from tongcrm.tiers import service as tiers
 
 from tongcrm_offline_pos.members import PosContext, claim_for_member, find_by_mobile
 from tongcrm_offline_pos.models import PosReceipt
@@ -584,10 +583,7 @@ async def apply_batch(
             results[i] = await apply_receipt(
                 session, ctx, store, receipts[i], tills=tills, offline=offline, sent_at=sent_at, strict=strict
             )
-    members = {res.member_id for res in results.values() if res.status == "applied" and not res.replayed}
-    members.discard(None)
-    if members:
-        await tiers.reevaluate(session, ctx.tiers(ctx.clock()), [m for m in members if m is not None])
+    # tiers were re-evaluated by the ingest engine with each applied receipt, in this same transaction
     out = [results[i] for i in range(len(receipts))]
     return BatchResult(
         applied=sum(1 for x in out if x.status == "applied" and not x.replayed),
