@@ -51,9 +51,6 @@ class PosContext:
     def points(self) -> points.PointsContext:
         return points.PointsContext(clock=self.clock, tz=self.tz, actor=self.actor.name)
 
-    def tiers(self, now: datetime) -> tiers.TierContext:
-        return tiers.TierContext(now=now, tz=self.tz, actor=self.actor.name)
-
 
 def mask_name(name: str | None) -> str | None:
     """``张三丰`` → ``张**``: enough for a cashier to greet, too little to copy a customer list from."""
