@@ -17,6 +17,7 @@ from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError
 from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.settings import split_settings
 from tongcrm.plugin.types import ChannelContext, ChannelSpec
 
 _SECRETS_CONTEXT = "channel_account.secrets"
@@ -54,30 +55,7 @@ def validate_settings(
     spec: ChannelSpec, given: Mapping[str, str | None]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Split into (plain, secret) settings, applying defaults; every problem is named in one message."""
-    fields = {f.name: f for f in spec.settings}
-    problems: list[str] = []
-    unknown = sorted(set(given) - set(fields))
-    if unknown:
-        problems.append(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-    plain: dict[str, str] = {}
-    secret: dict[str, str] = {}
-    for field in spec.settings:
-        value = given.get(field.name)
-        if value is None or value == "":
-            value = field.default
-        if value is None:
-            if field.required:
-                problems.append(f"missing required setting {field.name!r} ({field.help})")
-            continue
-        if field.choices and value not in field.choices:
-            problems.append(
-                f"setting {field.name!r} must be one of {', '.join(field.choices)}, got {value!r}"
-            )
-            continue
-        (secret if field.secret else plain)[field.name] = str(value)
-    if problems:
-        raise BadRequest(f"invalid settings for channel {spec.name!r}: " + "; ".join(problems))
-    return plain, secret
+    return split_settings(spec.settings, given, what=f"channel {spec.name!r}")
 
 
 async def create_account(

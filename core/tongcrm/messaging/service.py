@@ -32,6 +32,7 @@ from tongcrm.messaging.models import (
     SmsOptOut,
 )
 from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.settings import split_settings
 from tongcrm.plugin.types import DeliveryReceipt, InboundReply, MessengerContext, MessengerSpec, validate_name
 
 log = get_logger(__name__)
@@ -57,28 +58,7 @@ def _spec(host: PluginHost, messenger: str) -> MessengerSpec:
 def _split_settings(
     spec: MessengerSpec, given: Mapping[str, str | None]
 ) -> tuple[dict[str, str], dict[str, str]]:
-    fields = {f.name: f for f in spec.settings}
-    problems: list[str] = []
-    unknown = sorted(set(given) - set(fields))
-    if unknown:
-        problems.append(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-    plain: dict[str, str] = {}
-    secret: dict[str, str] = {}
-    for field in spec.settings:
-        value = given.get(field.name)
-        if value is None or value == "":
-            value = field.default
-        if value is None:
-            if field.required:
-                problems.append(f"missing required setting {field.name!r} ({field.help})")
-            continue
-        if field.choices and value not in field.choices:
-            problems.append(f"setting {field.name!r} must be one of {', '.join(field.choices)}")
-            continue
-        (secret if field.secret else plain)[field.name] = str(value)
-    if problems:
-        raise BadRequest(f"invalid settings for messenger {spec.name!r}: " + "; ".join(problems))
-    return plain, secret
+    return split_settings(spec.settings, given, what=f"messenger {spec.name!r}")
 
 
 async def create_account(
