@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -63,7 +64,27 @@ def _ctx(settings: Settings, principal: Principal) -> service.PointsContext:
     )
 
 
-def _reply(result: LedgerResult, replayed: bool) -> Response[LedgerResult]:
+async def _once(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: service.PointsContext,
+    *,
+    key: str | None,
+    kind: str,
+    member_id: int,
+    data: msgspec.Struct,
+    action: Callable[[AsyncSession], Awaitable[LedgerResult]],
+) -> Response[LedgerResult]:
+    """One unit of work that runs ``action`` at most once per Idempotency-Key and answers 201 either way."""
+    async with transaction(sessions) as session:
+        result, replayed = await service.idempotent(
+            session,
+            key=key,
+            kind=kind,
+            member_id=member_id,
+            body=msgspec.to_builtins(data),
+            now=ctx.clock(),
+            action=lambda: action(session),
+        )
     return Response(result, status_code=201, headers={"Idempotent-Replayed": "true" if replayed else "false"})
 
 
@@ -98,19 +119,17 @@ class MemberPointsController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[LedgerResult]:
         ctx = _ctx(settings, principal)
-        async with transaction(sessions) as session:
-            result, replayed = await service.idempotent(
-                session,
-                key=idempotency_key,
-                kind="redemption",
-                member_id=member_id,
-                body=msgspec.to_builtins(data),
-                now=ctx.clock(),
-                action=lambda: service.redeem(
-                    session, ctx, member_id, data.points, key=str(idempotency_key), reason=data.reason
-                ),
-            )
-        return _reply(result, replayed)
+        return await _once(
+            sessions,
+            ctx,
+            key=idempotency_key,
+            kind="redemption",
+            member_id=member_id,
+            data=data,
+            action=lambda session: service.redeem(
+                session, ctx, member_id, data.points, key=str(idempotency_key), reason=data.reason
+            ),
+        )
 
     @post("/adjustments", guards=[requires(*WRITE_ROLES)], summary="Manual correction with a reason")
     async def adjust(
@@ -123,25 +142,23 @@ class MemberPointsController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[LedgerResult]:
         ctx = _ctx(settings, principal)
-        async with transaction(sessions) as session:
-            result, replayed = await service.idempotent(
+        return await _once(
+            sessions,
+            ctx,
+            key=idempotency_key,
+            kind="adjustment",
+            member_id=member_id,
+            data=data,
+            action=lambda session: service.adjust(
                 session,
-                key=idempotency_key,
-                kind="adjustment",
-                member_id=member_id,
-                body=msgspec.to_builtins(data),
-                now=ctx.clock(),
-                action=lambda: service.adjust(
-                    session,
-                    ctx,
-                    member_id,
-                    data.points,
-                    key=str(idempotency_key),
-                    reason=data.reason,
-                    expires=data.expires_at,
-                ),
-            )
-        return _reply(result, replayed)
+                ctx,
+                member_id,
+                data.points,
+                key=str(idempotency_key),
+                reason=data.reason,
+                expires=data.expires_at,
+            ),
+        )
 
     @post("/transfers", guards=[requires(*WRITE_ROLES)], summary="Move points to another member atomically")
     async def transfer(
@@ -154,25 +171,23 @@ class MemberPointsController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[LedgerResult]:
         ctx = _ctx(settings, principal)
-        async with transaction(sessions) as session:
-            result, replayed = await service.idempotent(
+        return await _once(
+            sessions,
+            ctx,
+            key=idempotency_key,
+            kind="transfer",
+            member_id=member_id,
+            data=data,
+            action=lambda session: service.transfer(
                 session,
-                key=idempotency_key,
-                kind="transfer",
-                member_id=member_id,
-                body=msgspec.to_builtins(data),
-                now=ctx.clock(),
-                action=lambda: service.transfer(
-                    session,
-                    ctx,
-                    member_id,
-                    data.to_member_id,
-                    data.points,
-                    key=str(idempotency_key),
-                    reason=data.reason,
-                ),
-            )
-        return _reply(result, replayed)
+                ctx,
+                member_id,
+                data.to_member_id,
+                data.points,
+                key=str(idempotency_key),
+                reason=data.reason,
+            ),
+        )
 
 
 class PointsRulesController(Controller):
