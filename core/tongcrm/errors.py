@@ -66,7 +66,3 @@ class Forbidden(TongcrmError):
 class TooManyRequests(TongcrmError):
     status_code = 429
     title = "Too many requests"
-
-
-class DatabaseError(TongcrmError):
-    title = "Database error"

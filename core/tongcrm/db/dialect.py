@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,11 +17,3 @@ def insert(session: AsyncSession, table: Any) -> Any:
     if dialect_name(session) == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
-
-
-def excluded(stmt: Any) -> Any:
-    return stmt.excluded
-
-
-def now_sql() -> sa.ColumnElement[Any]:
-    return sa.func.current_timestamp()

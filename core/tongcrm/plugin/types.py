@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    import click
     from litestar.types import ControllerRouterHandler
 
 __all__ = [
@@ -514,7 +513,3 @@ class DomainEvent:
     name: str
     payload: Mapping[str, Any]
     occurred_at: datetime
-
-
-CliCommands = Sequence["click.Command"]
-EventHandler = Callable[[DomainEvent], Awaitable[None] | None]
