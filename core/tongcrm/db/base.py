@@ -55,6 +55,53 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
+    # Bulk writes (ingest pages, points awards) bind several datetimes per row; going through
+    # process_bind_param and then the SQLite type's own processor cost a quarter of an award batch. These two
+    # fuse both steps into one function per dialect with the same results (SQLite's storage format, to the
+    # microsecond, so stored strings keep comparing in time order).
+    def bind_processor(self, dialect: Dialect) -> Any:
+        check = self.process_bind_param
+        if dialect.name != "sqlite":
+            impl = self.impl_instance.bind_processor(dialect)
+
+            def to_utc(value: datetime | None) -> Any:
+                if value is not None and value.tzinfo is not UTC:
+                    value = check(value, dialect)
+                return impl(value) if impl is not None else value
+
+            return to_utc
+
+        def to_sqlite(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is not UTC:
+                value = check(value, dialect)
+                assert value is not None
+            return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - fastest here
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+            )
+
+        return to_sqlite
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        from_iso = datetime.fromisoformat
+
+        def from_sqlite(value: str | datetime | None) -> datetime | None:
+            if value is None:
+                return None
+            parsed = from_iso(value) if isinstance(value, str) else value
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+        return from_sqlite
+
 
 #: JSON on SQLite, JSONB on PostgreSQL.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")

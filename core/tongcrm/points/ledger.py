@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db.dialect import dialect_name, insert
 from tongcrm.errors import Conflict
-from tongcrm.jobs.models import OutboxEvent
+from tongcrm.jobs import outbox
 from tongcrm.jobs.outbox import emit
 from tongcrm.points.models import (
     EntryKind,
@@ -151,21 +151,21 @@ async def post_credits(
     ]
     if emit_events:
         # the same rows tongcrm.jobs.outbox.emit() writes, as one bulk statement: awards come in thousands
-        await session.execute(
-            sa.insert(OutboxEvent),
+        await outbox.emit_many(
+            session,
             [
-                {
-                    "name": "points_changed",
-                    "payload": {
+                (
+                    "points_changed",
+                    {
                         "member_id": member_id,
                         "delta": sum(deltas[member_id]),
                         "available": balances[member_id][0],
                         "pending": balances[member_id][1],
                     },
-                    "occurred_at": now,
-                }
+                )
                 for member_id in sorted(deltas)
             ],
+            now=now,
         )
     if needs_settling:
         book = Book(session, now=now)
