@@ -19,6 +19,7 @@ from tongcrm.auth.service import Principal, Role
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
+from tongcrm.db.engine import single_statement
 from tongcrm.errors import BadRequest, TongcrmError
 from tongcrm.identity.models import Merge
 from tongcrm.members import merge as merging
@@ -165,20 +166,28 @@ class MemberController(Controller):
         reveal: FromQuery[str | None] = None,
     ) -> Response[MemberOut]:
         revealing = _reveal(reveal, principal)
-        async with (sessions if revealing else read_sessions)() as session, session.begin():
-            member = await service.lookup(session, vault, host, mobile=mobile, identity=identity)
-            out = (await service.summaries(session, vault, [member], reveal=revealing))[0]
-            if revealing:
-                from tongcrm.audit import service as audit
-
-                audit.record(
-                    session,
-                    Actor.of(principal),
-                    "member.reveal",
-                    "member",
-                    member.id,
-                    after={"fields": ["mobile"]},
+        if not revealing:
+            async with single_statement(read_sessions) as session:
+                member, tags = await service.lookup_with_tags(
+                    session, vault, host, mobile=mobile, identity=identity
                 )
+            out = service.summary(member, tags, vault)
+            return Response(member_out(out), headers={"ETag": etag(out.version)})
+        async with sessions() as session, session.begin():
+            member, tags = await service.lookup_with_tags(
+                session, vault, host, mobile=mobile, identity=identity
+            )
+            out = service.summary(member, tags, vault, reveal=True)
+            from tongcrm.audit import service as audit
+
+            audit.record(
+                session,
+                Actor.of(principal),
+                "member.reveal",
+                "member",
+                member.id,
+                after={"fields": ["mobile"]},
+            )
         return Response(member_out(out), headers={"ETag": etag(out.version)})
 
     @get("/{member_id:int}", guards=[requires(*READ_ROLES)], summary="The 360 view of a member")

@@ -44,6 +44,9 @@ def normalise_mobile(raw: str, region: str = DEFAULT_REGION) -> str:
 
 def mask_mobile(e164: str) -> str:
     """``+8613800138000`` → ``138****8000``; other countries keep their calling code: ``+1 650***0000``."""
+    if len(e164) == 14 and e164.startswith("+861") and e164[1:].isdigit():
+        # a Chinese mobile (the common case: every lookup masks one) without re-parsing the number
+        return e164[3:6] + "****" + e164[-4:]
     try:
         number = phonenumbers.parse(e164, None)
         national = str(number.national_number)
