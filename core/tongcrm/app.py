@@ -24,7 +24,7 @@ from tongcrm.audit.api import AuditController
 from tongcrm.auth.service import KeyVerifier
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
-from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.db.engine import create_engine, create_point_read_engine, session_factory
 from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsController
 from tongcrm.ingest.api import QuarantineController
 from tongcrm.jobs.registry import load_job_modules
@@ -71,6 +71,8 @@ def create_app(
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
     read_sessions = session_factory(engine, readonly=True)
+    point_engine = create_point_read_engine(settings.database_url, engine)
+    point_reads = session_factory(point_engine, readonly=True)
     run_jobs = settings.run_jobs_in_process if run_jobs is None else run_jobs
 
     handlers: list[ControllerRouterHandler] = [*CORE_HANDLERS, *extra_handlers]
@@ -92,17 +94,21 @@ def create_app(
             stop.set()
             if task is not None:
                 await task
+            if point_engine is not engine:
+                await point_engine.dispose()
             await engine.dispose()
 
+    vault = settings.vault()
     state: dict[str, Any] = {
         "settings": settings,
         "host": host,
         "engine": engine,
         "sessions": sessions,
         "read_sessions": read_sessions,
+        "point_reads": point_reads,
         "key_verifier": KeyVerifier(read_sessions),
         "membership": MembershipService(sessions, host, settings),
-        "vault": settings.vault(),
+        "vault": vault,
     }
     return Litestar(
         route_handlers=handlers,

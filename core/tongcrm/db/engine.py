@@ -48,10 +48,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Any) -> None:
-    options = conn.get_execution_options()
-    if options.get("isolation_level") == "AUTOCOMMIT":
-        return  # see single_statement(): nothing to begin
-    if options.get("readonly"):
+    if conn.get_execution_options().get("readonly"):
         conn.exec_driver_sql("BEGIN")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -69,24 +66,34 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     )
 
 
+def create_point_read_engine(url: str, fallback: AsyncEngine) -> AsyncEngine:
+    """The engine for hot point reads (see :mod:`tongcrm.db.inline_sqlite`): inline on a SQLite file, the
+    ``fallback`` engine everywhere else (PostgreSQL's driver has no thread to hand off to)."""
+    aurl = async_url(url)
+    database = aurl.database
+    if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return fallback
+    from tongcrm.db.inline_sqlite import INLINE_BUSY_TIMEOUT_S, inline_creator
+
+    engine = create_async_engine(aurl, async_creator=inline_creator(database))
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        _sqlite_on_connect(dbapi_connection, _record)
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(INLINE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+    return engine
+
+
 def session_factory(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[AsyncSession]:
     """``readonly`` sessions skip SQLite's write lock (a plain deferred BEGIN), so lookups never queue
     behind writers; they must not write."""
     bind = engine.execution_options(readonly=True) if readonly else engine
     return async_sessionmaker(bind, expire_on_commit=False)
-
-
-@asynccontextmanager
-async def single_statement(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session for a read that is one statement: no BEGIN and no COMMIT around it.
-
-    A lone SELECT is consistent by itself, and on SQLite the two extra statements were most of a lookup's time
-    (each statement is a hop to the driver's thread). Use it only with read-only sessions and only for reads of
-    one statement: anything more wants a transaction's snapshot.
-    """
-    async with sessions() as session:
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
 
 
 @asynccontextmanager

@@ -19,7 +19,6 @@ from tongcrm.auth.service import Principal, Role
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
-from tongcrm.db.engine import single_statement
 from tongcrm.errors import BadRequest, TongcrmError
 from tongcrm.identity.models import Merge
 from tongcrm.members import merge as merging
@@ -156,7 +155,7 @@ class MemberController(Controller):
     )
     async def lookup(
         self,
-        read_sessions: NamedDependency[Sessions],
+        point_reads: NamedDependency[Sessions],
         sessions: NamedDependency[Sessions],
         vault: NamedDependency[Vault],
         host: NamedDependency[PluginHost],
@@ -167,26 +166,17 @@ class MemberController(Controller):
     ) -> Response[MemberOut]:
         revealing = _reveal(reveal, principal)
         if not revealing:
-            async with single_statement(read_sessions) as session:
-                member, tags = await service.lookup_with_tags(
-                    session, vault, host, mobile=mobile, identity=identity
-                )
-            out = service.summary(member, tags, vault)
+            async with point_reads() as session, session.begin():
+                out = await service.lookup_summary(session, vault, host, mobile=mobile, identity=identity)
             return Response(member_out(out), headers={"ETag": etag(out.version)})
         async with sessions() as session, session.begin():
-            member, tags = await service.lookup_with_tags(
-                session, vault, host, mobile=mobile, identity=identity
+            out = await service.lookup_summary(
+                session, vault, host, mobile=mobile, identity=identity, reveal=True
             )
-            out = service.summary(member, tags, vault, reveal=True)
             from tongcrm.audit import service as audit
 
             audit.record(
-                session,
-                Actor.of(principal),
-                "member.reveal",
-                "member",
-                member.id,
-                after={"fields": ["mobile"]},
+                session, Actor.of(principal), "member.reveal", "member", out.id, after={"fields": ["mobile"]}
             )
         return Response(member_out(out), headers={"ETag": etag(out.version)})
 
