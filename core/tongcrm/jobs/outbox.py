@@ -14,7 +14,8 @@ from tongcrm.errors import PluginError
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.plugin.hookspecs import EVENT_NAMES
 
-_EVENTS = cast(sa.Table, OutboxEvent.__table__)
+#: The outbox table, for bulk paths that build events in SQL.
+EVENTS = cast(sa.Table, OutboxEvent.__table__)
 
 
 def emit(session: AsyncSession, name: str, payload: Mapping[str, Any]) -> OutboxEvent:
@@ -39,6 +40,6 @@ async def emit_many(
         if name not in EVENT_NAMES:
             raise PluginError(f"unknown domain event {name!r}")
     await session.execute(
-        sa.insert(_EVENTS),
+        sa.insert(EVENTS),
         [{"name": name, "payload": dict(payload), "occurred_at": now} for name, payload in events],
     )

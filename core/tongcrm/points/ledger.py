@@ -19,6 +19,8 @@ never negative.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db.dialect import dialect_name, insert
@@ -110,63 +113,53 @@ async def post_credits(
     by_key: dict[str, Credit] = {}
     for c in credits:
         by_key.setdefault(c.key, c)
-    stmt = insert(session, ENTRIES).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    rows = (
-        await session.execute(
-            stmt.returning(ENTRIES.c.id, ENTRIES.c.idempotency_key), [_entry_row(c) for c in by_key.values()]
-        )
-    ).all()
+    bulk = _bulk(dialect_name(session))
+    entry_rows = [_entry_row(c) for c in by_key.values()]
+    if bulk.unnest:
+        # one statement with one array per column: PostgreSQL plans it once, where a RETURNING insert of
+        # many VALUES rows is a new, huge statement to parse and plan for every batch size
+        columns = {name: [r[name] for r in entry_rows] for name in _ENTRY_COLUMNS}
+        columns["detail"] = [None if d is None else json.dumps(d) for d in columns["detail"]]
+        rows = (await session.execute(bulk.insert_entries, columns)).all()
+    else:
+        rows = (await session.execute(bulk.insert_entries, entry_rows)).all()
     posted = {key: entry_id for entry_id, key in rows}
     if not posted:
         return {}
-    lots = []
+    # The lots, the balance changes and the events are derived in the database from the entries just
+    # written: binding each of them row by row from Python cost three times the entries' own insert.
+    groups: dict[tuple[str, str, int, datetime | None], list[int]] = defaultdict(list)
     deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for key, entry_id in posted.items():
         c = by_key[key]
-        lots.append(
-            {
-                "id": entry_id,
-                "member_id": c.member_id,
-                "order_id": c.order_id,
-                "line_id": c.line_id,
-                "rule_code": c.rule_code,
-                "amount": c.amount,
-                "remaining": c.amount,
-                "reversed": 0,
-                "status": c.status,
-                "release_on": c.release_on,
-                "return_window_days": c.return_window_days,
-                "available_at": c.available_at,
-                "expires_at": c.expires_at,
-                "earned_at": c.occurred_at,
-            }
-        )
+        pending_at = None if c.status == AVAILABLE else c.available_at
+        groups[(c.status, c.release_on, c.return_window_days, pending_at)].append(entry_id)
         deltas[c.member_id][0 if c.status == AVAILABLE else 1] += c.amount
-    await session.execute(sa.insert(LOTS), lots)
-    balances = await _add_to_balances(session, deltas, now)
+    ids = sorted(posted.values())
+    for (status, release_on, window, pending_at), entry_ids in groups.items():
+        for chunk in _chunks(entry_ids):
+            await session.execute(
+                bulk.lots_from_pending_entries if status != AVAILABLE else bulk.lots_from_available_entries,
+                {
+                    "ids": chunk,
+                    "status": status,
+                    "release_on": release_on,
+                    "return_window_days": window,
+                    "available_at": pending_at,
+                },
+            )
+    balances: dict[int, tuple[int, int, int]] = {}
+    for chunk in _chunks(ids):
+        result = await session.execute(bulk.add_lots_to_balances, {"ids": chunk, "now": now})
+        balances.update({r[0]: (r[1], r[2], r[3]) for r in result})
     needs_settling = [
         m
         for m, (available, _pending, owed) in balances.items()
         if deltas[m][0] and (available - deltas[m][0] < 0 or owed > 0)
     ]
     if emit_events:
-        # the same rows tongcrm.jobs.outbox.emit() writes, as one bulk statement: awards come in thousands
-        await outbox.emit_many(
-            session,
-            [
-                (
-                    "points_changed",
-                    {
-                        "member_id": member_id,
-                        "delta": sum(deltas[member_id]),
-                        "available": balances[member_id][0],
-                        "pending": balances[member_id][1],
-                    },
-                )
-                for member_id in sorted(deltas)
-            ],
-            now=now,
-        )
+        for chunk in _chunks(ids):
+            await session.execute(bulk.events_for_lots, {"ids": chunk, "now": now})
     if needs_settling:
         book = Book(session, now=now)
         await book.lock(needs_settling)
@@ -175,24 +168,154 @@ async def post_credits(
     return posted
 
 
-async def _add_to_balances(
-    session: AsyncSession, deltas: dict[int, list[int]], now: datetime
-) -> dict[int, tuple[int, int, int]]:
-    stmt = insert(session, BALANCES)
-    stmt = stmt.on_conflict_do_update(
+def _chunks(ids: Sequence[int], size: int = 5000) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield list(ids[start : start + size])
+
+
+_ENTRY_COLUMNS = (
+    "member_id",
+    "kind",
+    "amount",
+    "shortfall",
+    "idempotency_key",
+    "account_id",
+    "order_id",
+    "line_id",
+    "rule_code",
+    "rule_version",
+    "reason",
+    "actor",
+    "ref_entry_id",
+    "occurred_at",
+    "available_from",
+    "expires_at",
+    "detail",
+    "created_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _BulkStatements:
+    """The statements of :func:`post_credits` for one dialect, built once."""
+
+    unnest: bool
+    insert_entries: Any
+    lots_from_available_entries: sa.Insert
+    lots_from_pending_entries: sa.Insert
+    add_lots_to_balances: Any
+    events_for_lots: sa.Insert
+
+
+@functools.cache
+def _bulk(dialect: str) -> _BulkStatements:
+    postgres = dialect == "postgresql"
+
+    def among(column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        """``column`` is one of ``:ids``: one array parameter on PostgreSQL, an expanded IN list on SQLite."""
+        if postgres:
+            return column == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger)))
+        return column.in_(sa.bindparam("ids", expanding=True))
+
+    upsert: Any = postgresql.insert if postgres else sqlite.insert
+    if postgres:
+        arrays = [
+            sa.bindparam(name, type_=postgresql.ARRAY(sa.Text if name == "detail" else ENTRIES.c[name].type))
+            for name in _ENTRY_COLUMNS
+        ]
+        rows = sa.func.unnest(*arrays).table_valued(*_ENTRY_COLUMNS).render_derived()
+        select = sa.select(
+            *(rows.c[n].cast(postgresql.JSONB) if n == "detail" else rows.c[n] for n in _ENTRY_COLUMNS)
+        )
+        insert_entries: Any = upsert(ENTRIES).from_select(list(_ENTRY_COLUMNS), select)
+    else:
+        insert_entries = upsert(ENTRIES)
+    insert_entries = insert_entries.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
+        ENTRIES.c.id, ENTRIES.c.idempotency_key
+    )
+
+    def lots_from_entries(*, pending: bool) -> sa.Insert:
+        """A lot for each entry in ``:ids`` (sharing its entry's id); what entries do not hold is bound."""
+        available_at: Any = (
+            sa.bindparam("available_at", type_=ENTRIES.c.available_from.type)
+            if pending
+            else ENTRIES.c.available_from
+        )
+        select = sa.select(
+            ENTRIES.c.id,
+            ENTRIES.c.member_id,
+            ENTRIES.c.order_id,
+            ENTRIES.c.line_id,
+            ENTRIES.c.rule_code,
+            ENTRIES.c.amount,
+            ENTRIES.c.amount.label("remaining"),
+            sa.literal(0, sa.BigInteger).label("reversed"),
+            sa.bindparam("status", type_=sa.String).label("status"),
+            sa.bindparam("release_on", type_=sa.String).label("release_on"),
+            sa.bindparam("return_window_days", type_=sa.Integer).label("return_window_days"),
+            available_at.label("available_at"),
+            ENTRIES.c.expires_at,
+            ENTRIES.c.occurred_at,
+        ).where(among(ENTRIES.c.id))
+        columns = ["id", "member_id", "order_id", "line_id", "rule_code", "amount", "remaining", "reversed"]
+        columns += ["status", "release_on", "return_window_days", "available_at", "expires_at", "earned_at"]
+        return sa.insert(LOTS).from_select(columns, select)
+
+    is_available = LOTS.c.status == AVAILABLE
+    sums = (
+        sa.select(
+            LOTS.c.member_id,
+            sa.func.sum(sa.case((is_available, LOTS.c.amount), else_=0)).label("available"),
+            sa.func.sum(sa.case((is_available, 0), else_=LOTS.c.amount)).label("pending"),
+        )
+        .where(among(LOTS.c.id))
+        .group_by(LOTS.c.member_id)
+        .subquery()
+    )
+    now = sa.bindparam("now", type_=BALANCES.c.updated_at.type)
+    select = (
+        sa.select(sums.c.member_id, sums.c.available, sums.c.pending, sa.literal(0, sa.BigInteger), now)
+        .where(sa.true())  # SQLite needs a WHERE before an upsert's ON CONFLICT
+        .order_by(sums.c.member_id)  # one lock order for every writer
+    )
+    add: Any = upsert(BALANCES).from_select(
+        ["member_id", "available", "pending", "owed", "updated_at"], select
+    )
+    add = add.on_conflict_do_update(
         index_elements=["member_id"],
         set_={
-            "available": BALANCES.c.available + stmt.excluded.available,
-            "pending": BALANCES.c.pending + stmt.excluded.pending,
-            "updated_at": stmt.excluded.updated_at,
+            "available": BALANCES.c.available + add.excluded.available,
+            "pending": BALANCES.c.pending + add.excluded.pending,
+            "updated_at": add.excluded.updated_at,
         },
     ).returning(BALANCES.c.member_id, BALANCES.c.available, BALANCES.c.pending, BALANCES.c.owed)
-    rows = [
-        {"member_id": m, "available": d[0], "pending": d[1], "owed": 0, "updated_at": now}
-        for m, d in sorted(deltas.items())  # one lock order for every writer
-    ]
-    result = (await session.execute(stmt, rows)).all()
-    return {r[0]: (r[1], r[2], r[3]) for r in result}
+
+    # one points_changed event per member, with the balance after the lots: the rows outbox.emit() writes
+    build = sa.func.jsonb_build_object if postgres else sa.func.json_object
+    payload = build(
+        "member_id",
+        sums.c.member_id,
+        "delta",
+        sums.c.available + sums.c.pending,
+        "available",
+        BALANCES.c.available,
+        "pending",
+        BALANCES.c.pending,
+    )
+    events = sa.insert(outbox.EVENTS).from_select(
+        ["name", "payload", "occurred_at"],
+        sa.select(sa.literal("points_changed", sa.String), payload, now)
+        .select_from(sums.join(BALANCES, BALANCES.c.member_id == sums.c.member_id))
+        .order_by(sums.c.member_id),
+    )
+    return _BulkStatements(
+        unnest=postgres,
+        insert_entries=insert_entries,
+        lots_from_available_entries=lots_from_entries(pending=False),
+        lots_from_pending_entries=lots_from_entries(pending=True),
+        add_lots_to_balances=add,
+        events_for_lots=events,
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------
