@@ -317,6 +317,45 @@ async def test_merge_listener_recomputes_balances(tongcrm_db: TestDatabase) -> N
     await _verify(tongcrm_db)
 
 
+async def test_caps_count_what_a_merged_member_used_and_undo_gives_it_back(tongcrm_db: TestDatabase) -> None:
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.members.merge import merge_members, undo_merge
+    from tongcrm.points.models import PointsRuleUsage
+
+    a, b = await _members(tongcrm_db)
+    capped = {
+        "rules": [
+            {
+                "type": "spend",
+                "code": "beauty-x3",
+                "priority": 10,
+                "points_per_yuan": "3",
+                "categories": ["beauty"],
+                "release": "paid",
+                "tier_multiplier": False,
+                "cap": {"points": 500, "period": "month"},
+            }
+        ]
+    }
+    c = ctx(Clock(), capped)
+    # the same person as two members: 300 of the month's 500 used as b
+    await _apply(tongcrm_db, c, [order(1, b, [(11, 10_000)], paid_at=PAID, category="beauty")])
+    async with tongcrm_db.sessions() as s, s.begin():
+        merge = await merge_members(s, a, b, actor=SYSTEM, reason="same mobile", at=PAID, tz=SHANGHAI)
+    await _apply(tongcrm_db, c, [order(2, a, [(21, 20_000)], paid_at=PAID, category="beauty")])
+    assert await _balance(tongcrm_db, a) == (300 + 200, 0, 0, 0)  # 600 capped at the 200 left
+    async with tongcrm_db.sessions() as s, s.begin():
+        await undo_merge(s, merge.id, actor=SYSTEM, at=PAID, tz=SHANGHAI)
+    async with tongcrm_db.sessions() as s:
+        usage = {
+            (r.member_id, r.period): r.points for r in (await s.execute(sa.select(PointsRuleUsage))).scalars()
+        }
+    assert usage == {(b, "month:2026-03"): 300, (a, "month:2026-03"): 200}
+    assert await _balance(tongcrm_db, b) == (300, 0, 0, 0)
+    assert await _balance(tongcrm_db, a) == (200, 0, 0, 0)
+    await _verify(tongcrm_db)
+
+
 async def test_verify_reports_drift(tongcrm_db: TestDatabase) -> None:
     (m, _) = await _members(tongcrm_db)
     await _apply(tongcrm_db, ctx(Clock(), BASE), [order(1, m, [(11, 10_000)], paid_at=PAID)])

@@ -273,17 +273,22 @@ async def _post_with_caps(
             book = Book(session, now=now)
             await book.lock({k[0] for k in keys})  # caps are read-modify-write: serialise per member
             usage_t = cast(sa.Table, PointsRuleUsage.__table__)
+            # A member absorbed by a merge keeps its usage rows (an undo gives them back untouched); what it
+            # used counts toward the survivor's caps, so one person cannot earn a cap twice.
+            owner = await _merged_into(session, {k[0] for k in keys})
             rows = (
                 await session.execute(
                     sa.select(
                         usage_t.c.member_id, usage_t.c.rule_code, usage_t.c.period, usage_t.c.points
                     ).where(
-                        usage_t.c.member_id.in_(sorted({k[0] for k in keys})),
+                        usage_t.c.member_id.in_(sorted(owner)),
                         usage_t.c.rule_code.in_(sorted({k[1] for k in keys})),
                     )
                 )
             ).all()
-            used = {(r[0], r[1], r[2]): r[3] for r in rows}
+            used: dict[tuple[int, str, str], int] = defaultdict(int)
+            for r in rows:
+                used[(owner[r[0]], r[1], r[2])] += r[3]
             for c in credits:
                 cap = caps.get(str(c.rule_code))
                 if cap is None:
@@ -325,6 +330,29 @@ async def _post_with_caps(
                 ],
             )
     return posted
+
+
+async def _merged_into(session: AsyncSession, member_ids: set[int]) -> dict[int, int]:
+    """Each of ``member_ids`` mapped to itself, and every member merged into one of them (through any chain of
+    merges) mapped to that member."""
+    owner = {m: m for m in member_ids}
+    frontier = sorted(member_ids)
+    for _ in range(8):  # merge chains are short
+        if not frontier:
+            break
+        rows = (
+            await session.execute(
+                sa.select(Member.id, Member.merged_into_id).where(
+                    Member.merged_into_id.in_(frontier), Member.status == "merged"
+                )
+            )
+        ).all()
+        frontier = []
+        for absorbed, into in rows:
+            if absorbed not in owner and into is not None:
+                owner[absorbed] = owner[into]
+                frontier.append(absorbed)
+    return owner
 
 
 async def _follow_up(
