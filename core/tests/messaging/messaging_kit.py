@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,13 +57,16 @@ def sms_host() -> PluginHost:
 
 
 @contextmanager
-def fake_gateway(clock: Clock, **options: Any) -> Iterator[tuple[FakeAliyun, str]]:
+def fake_gateway(
+    clock: Clock, *, extra_templates: Sequence[FakeTemplate] = (), **options: Any
+) -> Iterator[tuple[FakeAliyun, str]]:
     fake = FakeAliyun(
         access_keys={KEY_ID: SECRET},
         signatures={SIGN},
         templates=[
             FakeTemplate(NOTICE, frozenset({"member_name", "order_id"}), "notice"),
             FakeTemplate(PROMO, frozenset(), "promotion"),
+            *extra_templates,
         ],
         clock=clock,
         **options,
@@ -167,7 +170,9 @@ class World:
         async with self.sessions() as session, session.begin():
             await session.execute(sa.update(Order).where(Order.id == order_id).values(**values))
 
-    async def event(self, order_id: int, member_id: int, status: str, previous: str | None) -> None:
+    async def event(
+        self, order_id: int, member_id: int, status: str, previous: str | None, **extra: Any
+    ) -> None:
         async with self.sessions() as session, session.begin():
             event = emit(
                 session,
@@ -180,6 +185,7 @@ class World:
                     "member_id": member_id,
                     "status": status,
                     "previous": previous,
+                    **extra,
                 },
             )
             event.occurred_at = self.clock()

@@ -24,9 +24,10 @@ from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
 from tongcrm.db.dialect import insert
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
-from tongcrm.jobs.models import OutboxEvent
+from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
 from tongcrm.orders.models import Order, OrderLine
+from tongcrm.orders.shipments import encode as encode_shipments
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import NormalisedOrder, OrderStatus, QuarantinedRecord
 from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_orders
@@ -201,6 +202,7 @@ async def apply_orders_page(
                 "paid_at": o.paid_at,
                 "shipped_at": o.shipped_at,
                 "completed_at": o.completed_at,
+                "shipments": encode_shipments(o.shipments),
                 "modified_at": o.modified_at,
                 "ingested_at": now,
                 "updated_at": now,
@@ -301,22 +303,24 @@ async def apply_orders_page(
         )
 
     # 6. one order_changed event per order that moved forward (status, refunds, shipping...)
-    events = [
-        {
-            "name": "order_changed",
-            "payload": {
-                "order_id": row.id,
-                "account_id": account_id,
-                "channel": channel,
-                "external_id": ext,
-                "member_id": row.member_id,
-                "status": row.status,
-                "previous": previous[ext],
-            },
-            "occurred_at": now,
-        }
-        for ext, row in written.items()
-    ]
-    if events:
-        await session.execute(sa.insert(OutboxEvent), events)
+    await outbox.emit_many(
+        session,
+        [
+            (
+                "order_changed",
+                {
+                    "order_id": row.id,
+                    "account_id": account_id,
+                    "channel": channel,
+                    "external_id": ext,
+                    "member_id": row.member_id,
+                    "status": row.status,
+                    "previous": previous[ext],
+                    "refunded_fen": sum(line.refunded_fen for line in by_external[ext].lines),
+                },
+            )
+            for ext, row in written.items()
+        ],
+        now=now,
+    )
     return result

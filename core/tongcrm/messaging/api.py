@@ -15,12 +15,13 @@ from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.db.engine import transaction
 from tongcrm.errors import Unprocessable
-from tongcrm.messaging import flows, service
+from tongcrm.messaging import flows, holdout, service
 from tongcrm.messaging.jobs import request_dispatch
 from tongcrm.messaging.models import CareFlowConfig, Message, MessageTemplate, MessengerAccount
 from tongcrm.messaging.schemas import (
     CampaignSendIn,
     CampaignSendOut,
+    CampaignStatusOut,
     FlowConfigIn,
     FlowConfigOut,
     FlowReportOut,
@@ -84,6 +85,7 @@ def _message_out(m: Message) -> MessageOut:
         sent_at=m.sent_at,
         delivered_at=m.delivered_at,
         finished_at=m.finished_at,
+        held_out=m.held_out,
     )
 
 
@@ -214,18 +216,39 @@ class MessageController(Controller):
     ) -> CampaignSendOut:
         if len(data.member_ids) > MAX_CAMPAIGN_MEMBERS:
             raise Unprocessable(f"at most {MAX_CAMPAIGN_MEMBERS} members per request")
+        try:
+            points = holdout.basis_points(data.holdout_percent)
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from exc
         flow = f"campaign.{data.campaign}"
+        targets = [
+            service.Target(m, held_out=holdout.in_holdout(flow, m, points, data.holdout_seed))
+            for m in dict.fromkeys(data.member_ids)
+        ]
         async with transaction(sessions) as session:
             template = await service.get_template(session, data.template)
             queued = await service.queue_messages(
-                session,
-                flow,
-                template,
-                [service.Target(m) for m in dict.fromkeys(data.member_ids)],
-                not_before=data.not_before,
+                session, flow, template, [t for t in targets if not t.held_out], not_before=data.not_before
+            )
+            held = await service.queue_messages(
+                session, flow, template, [t for t in targets if t.held_out], not_before=data.not_before
             )
             await request_dispatch(session, data.not_before or utcnow())
-        return CampaignSendOut(flow, len(data.member_ids), queued)
+        return CampaignSendOut(flow, len(data.member_ids), queued + held, held)
+
+    @get(
+        "/campaigns/{campaign:str}",
+        guards=[requires(*READ_ROLES)],
+        summary="A campaign's send log by status, with its hold-out (control) and treatment counts",
+    )
+    async def campaign_status(
+        self, campaign: FromPath[str], read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> CampaignStatusOut:
+        async with read_sessions() as session:
+            status = await service.campaign_status(session, f"campaign.{campaign}")
+        return CampaignStatusOut(
+            status.flow, status.statuses, status.assigned_holdout, status.held_out, status.treatment_reached
+        )
 
 
 class CareFlowController(Controller):

@@ -12,7 +12,13 @@ per-message locking: budgets are read, decided and written in the batch's transa
    ``failed_number``/``failed_message`` → failed; ``failed_account`` → the account pauses and the message waits.
 
 Nothing is lost: every claimed message ends sent, failed or refused with a code or reason, or queued to retry.
-A gateway timeout is retried, so delivery is at-least-once, never at-most-once.
+A gateway timeout is retried, so delivery is at-least-once, never at-most-once. Known limitation: a timed-out
+request may have been accepted, and the only way to avoid a duplicate would be to ask the gateway about the
+first attempt before retrying (Aliyun's ``OutId`` carries our message id), but protocols.md §3 documents no API
+to query sends, so none is called; see :mod:`tongcrm_sms_gateway.messenger`, "Timeouts".
+
+The send rate a messenger account is configured with is one window for every run and process: the dispatcher
+gives each messenger the account's :class:`~tongcrm.messaging.ratewindow.DatabaseRateGate`.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.members.service import resolve_live_ids
 from tongcrm.messaging import service, variables
+from tongcrm.messaging.holdout import HOLDOUT_REASON
 from tongcrm.messaging.models import ContactBudget, Message, MessageTemplate, MessengerAccount
-from tongcrm.messaging.policy import Facts, PolicyConfig, Verdict, beijing_day, decide
+from tongcrm.messaging.policy import Decision, Facts, PolicyConfig, Verdict, beijing_day, decide
+from tongcrm.messaging.ratewindow import DatabaseRateGate
 from tongcrm.messaging.templates import fill
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import Messenger, OutboundMessage, SendOutcome, SendResult
@@ -241,7 +249,7 @@ class Dispatcher:
             wanted = {v for t in templates.values() for v in t.variables}
             member_vals = await variables.member_values(session, live_ids, wanted, now)
             order_vals = await variables.order_values(
-                session, [m.order_id for m in messages if m.order_id is not None]
+                session, [m.order_id for m in messages if m.order_id is not None], wanted
             )
             # budgets
             used: dict[int, int] = {}
@@ -283,6 +291,9 @@ class Dispatcher:
                         missing_variables=missing,
                     )
                 decision = decide(self.config, facts, now)
+                if m.held_out and decision.verdict is Verdict.SEND:
+                    # the control group: eligible, and deliberately not sent (nor charged to the budget)
+                    decision = Decision(Verdict.REFUSE, HOLDOUT_REASON)
                 row: dict[str, Any] = {
                     "id": m.id,
                     "status": "sending",
@@ -362,7 +373,10 @@ class Dispatcher:
         if cached is not None:
             await cached[1].aclose()
         spec = service.ensure_messenger(self.host, account.messenger)
-        messenger = spec.factory(service.messenger_context(account, self.vault, self.clock))
+        # the account's send-rate window lives in the database: a new messenger (next run, other process)
+        # continues it rather than starting an empty one
+        gate = DatabaseRateGate(self.sessions, account_id)
+        messenger = spec.factory(service.messenger_context(account, self.vault, self.clock, rate_gate=gate))
         self._messengers[account_id] = (account.updated_at, messenger)
         return messenger
 

@@ -5,6 +5,14 @@ key ``care:<flow>:<order>``, so replayed or reordered events schedule each flow 
 reads the flow's configuration for the order's channel account and schedules ``messaging.care.fire`` at the
 anchor time plus the configured delay; the fire job checks the order *as it is now* (a paid order gets no
 payment reminder, a delivered one no shipping notice) and logs the message in the unique send log.
+
+Refund notices are the exception to "once per order": a refund is an occasion of its own. The handler keys
+them ``care:refund_notice:<order>:r<refunded fen>`` from the event's ``refunded_fen`` (the sum refunded over
+the order's lines), so a partial refund — some lines refunded while the order stays shipped or completed —
+triggers a notice, a later refund of more lines another one, and a replayed event nothing. The fire job
+compares what is refunded now with the largest amount a notice was already logged for, and logs one message
+keyed by the new total (``<flow>:<member>:<order>:r<total>``) carrying the newly refunded amount as
+``refund_amount``. The unique send log makes each refund notice go at most once.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.errors import NotFound, Unprocessable
 from tongcrm.messaging import service
 from tongcrm.messaging.models import CareFlowConfig, Message, MessageTemplate
+from tongcrm.messaging.variables import yuan
 from tongcrm.orders.models import Order
 
 
@@ -35,6 +44,9 @@ class CareFlow:
     anchor: str = "event"
     #: Don't send when the message would be this late after its anchor (stale care is worse than none).
     stale_after: timedelta = timedelta(days=3)
+    #: Also triggered when the refunded amount of an order grows, whatever its status (partial refunds);
+    #: one message per refund, keyed by the refunded total, instead of one per order.
+    on_refund: bool = False
 
     @property
     def flow_key(self) -> str:
@@ -69,7 +81,14 @@ FLOWS: Mapping[str, CareFlow] = {
             timedelta(days=1),
             stale_after=timedelta(days=7),
         ),
-        CareFlow("refund_notice", "退款通知", frozenset({"refunded"}), frozenset({"refunded"}), timedelta(0)),
+        CareFlow(
+            "refund_notice",
+            "退款通知: whole or partial refunds",
+            frozenset({"refunded"}),
+            frozenset({"refunded"}),
+            timedelta(0),
+            on_refund=True,
+        ),
     )
 }
 
@@ -173,7 +192,7 @@ async def fire(
     order = await session.get(Order, order_id)
     if order is None or order.member_id is None:
         return "skipped: order or member unknown"
-    if order.status not in flow.still:
+    if not flow.on_refund and order.status not in flow.still:
         return f"skipped: order is {order.status}"
     if flow.name == "payment_reminder" and order.paid_at is not None:
         return "skipped: order was paid"
@@ -186,10 +205,56 @@ async def fire(
     template = await session.get(MessageTemplate, config.template_id)
     if template is None:
         return "skipped: template missing"
-    new = await service.queue_messages(
-        session, flow.flow_key, template, [service.Target(order.member_id, order.id)], now=now
-    )
+    target = service.Target(order.member_id, order.id)
+    if flow.on_refund:
+        refunded = refunded_total(order)
+        if refunded <= 0:
+            return "skipped: nothing refunded"
+        if now - order.modified_at > flow.stale_after:
+            # a refund seen first long after it happened (a backfill of old orders): news no longer
+            return "skipped: refund is too old"
+        notified = await notified_refund(session, flow, order)
+        if refunded <= notified:
+            return "skipped: refund already notified"
+        target = service.Target(
+            order.member_id,
+            order.id,
+            params={"refund_amount": yuan(refunded - notified)},
+            occasion=refund_occasion(refunded),
+        )
+    new = await service.queue_messages(session, flow.flow_key, template, [target], now=now)
     return "queued" if new else "skipped: already in the send log"
+
+
+def refunded_total(order: Order) -> int:
+    """Fen refunded on the order: the sum over its lines; a whole-order refund from a channel that reports
+    no line amounts counts as everything paid."""
+    if order.refunded_fen:
+        return int(order.refunded_fen)
+    return int(order.paid_fen) if order.status == "refunded" else 0
+
+
+def refund_occasion(refunded_fen: int) -> str:
+    return f"r{refunded_fen}"
+
+
+async def notified_refund(session: AsyncSession, flow: CareFlow, order: Order) -> int:
+    """The largest refunded total a notice was already logged for (sent, refused or waiting alike), read
+    from the send log's keys. A key without a refunded total predates partial refunds: that notice was for
+    the whole order, so it covers everything paid."""
+    keys = (
+        await session.execute(
+            sa.select(Message.dedupe_key).where(Message.flow == flow.flow_key, Message.order_id == order.id)
+        )
+    ).scalars()
+    covered = 0
+    for key in keys:
+        last = key.rsplit(":", 1)[-1]
+        if last.startswith("r") and last[1:].isdigit():
+            covered = max(covered, int(last[1:]))
+        elif key.count(":") == 2:  # <flow>:<member>:<order>, as logged before refunds had occasions
+            covered = max(covered, int(order.paid_fen))
+    return covered
 
 
 # -------------------------------------------------------------------------------------------------------------

@@ -46,12 +46,14 @@ async def care_job(ctx: JobContext, payload: dict[str, Any]) -> None:
         if plan.due is None:
             log.info("care flow not scheduled", flow=flow.name, order_id=order_id, reason=plan.reason)
             return
+        occasion = payload.get("occasion")
+        suffix = f":{occasion}" if occasion else ""
         await enqueue(
             session,
             "messaging.care.fire",
             {"flow": flow.name, "order_id": order_id, "occurred_at": occurred_at.isoformat()},
             run_at=max(plan.due, ctx.clock()),
-            unique_key=f"care-fire:{flow.name}:{order_id}",
+            unique_key=f"care-fire:{flow.name}:{order_id}{suffix}",
         )
 
 

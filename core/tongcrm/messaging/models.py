@@ -34,6 +34,21 @@ class MessengerAccount(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class SendGrant(Base):
+    """Messages released to one messenger account at one moment: the account's send-rate window, kept in the
+    database so that it holds across dispatcher runs and processes (:mod:`tongcrm.messaging.ratewindow`).
+    Rows older than the window are deleted as new ones are written."""
+
+    __tablename__ = "messenger_send_grants"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("messenger_accounts.id", ondelete="CASCADE"))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    permits: Mapped[int] = mapped_column(sa.Integer)
+
+    __table_args__ = (sa.Index("ix_messenger_send_grants_account_granted", "account_id", "granted_at"),)
+
+
 class MessageTemplate(Base):
     """A provider template (code + approved signature) with the text it renders and the variables it takes."""
 
@@ -87,6 +102,9 @@ class Message(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     locked_by: Mapped[str | None] = mapped_column(sa.String(100))
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Campaigns: the member is in the campaign's hold-out (control) group (:mod:`tongcrm.messaging.holdout`).
+    #: The message goes through the policy and, where it would be sent, is refused with reason ``hold-out``.
+    held_out: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     #: The Beijing day whose fatigue budget this message used (charged once, on its first real attempt).
     budget_day: Mapped[str | None] = mapped_column(sa.String(10))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

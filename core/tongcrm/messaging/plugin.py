@@ -1,28 +1,45 @@
 """Core's built-in hook implementation for messaging: care flows triggered by ``order_changed``.
 
 It only enqueues: one ``messaging.care`` job per (flow, order), keyed ``care:<flow>:<order>``, so a replayed or
-reordered event schedules nothing twice. Delays, conditions and configuration are the job's business.
+reordered event schedules nothing twice. Refund notices are keyed per refund instead,
+``care:refund_notice:<order>:r<refunded fen>``: an event whose ``refunded_fen`` grew (a partial refund, with or
+without a status change) schedules a new one, a replay of it nothing. Delays, conditions and configuration
+are the job's business.
 """
 
 from __future__ import annotations
 
-from tongcrm.messaging.flows import FLOWS
+from typing import Any
+
+from tongcrm.messaging.flows import FLOWS, refund_occasion
 from tongcrm.plugin import hookimpl
 from tongcrm.plugin.hookspecs import Enqueue
 from tongcrm.plugin.types import DomainEvent
 
 
+def _refunded_fen(payload: dict[str, Any]) -> int:
+    value = payload.get("refunded_fen")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 @hookimpl
 def order_changed(event: DomainEvent, enqueue: Enqueue) -> None:
-    payload = event.payload
+    payload = dict(event.payload)
     order_id = payload.get("order_id")
     status = payload.get("status")
-    if order_id is None or payload.get("member_id") is None or status == payload.get("previous"):
+    if order_id is None or payload.get("member_id") is None:
         return
+    moved = status != payload.get("previous")
+    refunded = _refunded_fen(payload)
     for flow in FLOWS.values():
-        if status in flow.trigger:
-            enqueue(
-                "messaging.care",
-                {"flow": flow.name, "order_id": int(order_id), "occurred_at": event.occurred_at.isoformat()},
-                unique_key=f"care:{flow.name}:{order_id}",
-            )
+        job = {"flow": flow.name, "order_id": int(order_id), "occurred_at": event.occurred_at.isoformat()}
+        if flow.on_refund:
+            if refunded or (moved and status in flow.trigger):
+                occasion = refund_occasion(refunded)
+                enqueue(
+                    "messaging.care",
+                    {**job, "occasion": occasion},
+                    unique_key=f"care:{flow.name}:{order_id}:{occasion}",
+                )
+        elif moved and status in flow.trigger:
+            enqueue("messaging.care", job, unique_key=f"care:{flow.name}:{order_id}")

@@ -69,6 +69,7 @@ class MessageOut(msgspec.Struct):
     sent_at: datetime | None
     delivered_at: datetime | None
     finished_at: datetime | None
+    held_out: bool = False
 
 
 class CampaignSendIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,12 +78,28 @@ class CampaignSendIn(msgspec.Struct, forbid_unknown_fields=True):
     member_ids: list[int]
     #: Not before this moment (the policy still holds marketing to the quiet hours).
     not_before: datetime | None = None
+    #: Percentage of the members kept as the control group (0–50, two decimals): a deterministic sample by
+    #: HMAC of campaign and member under ``holdout_seed``; use the same values in every request of a campaign.
+    holdout_percent: float = 0.0
+    holdout_seed: str = ""
 
 
 class CampaignSendOut(msgspec.Struct):
     flow: str
     requested: int
     queued: int
+    #: Of the newly queued, how many were assigned to the hold-out group.
+    held_out: int = 0
+
+
+class CampaignStatusOut(msgspec.Struct):
+    flow: str
+    statuses: dict[str, int]
+    #: Members assigned to the hold-out group, and of those the eligible ones held out (reason ``hold-out``).
+    assigned_holdout: int
+    held_out: int
+    #: Members outside the hold-out whom the message reached (sent or delivered).
+    treatment_reached: int
 
 
 class FlowConfigIn(msgspec.Struct, forbid_unknown_fields=True):

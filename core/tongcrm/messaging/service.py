@@ -23,6 +23,7 @@ from tongcrm.identity.models import Identity
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.logging import get_logger
 from tongcrm.members.phone import MOBILE_INDEX_PURPOSE
+from tongcrm.messaging import holdout
 from tongcrm.messaging import templates as tpl
 from tongcrm.messaging.models import (
     InboundRecord,
@@ -33,7 +34,14 @@ from tongcrm.messaging.models import (
 )
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.settings import split_settings
-from tongcrm.plugin.types import DeliveryReceipt, InboundReply, MessengerContext, MessengerSpec, validate_name
+from tongcrm.plugin.types import (
+    DeliveryReceipt,
+    InboundReply,
+    MessengerContext,
+    MessengerSpec,
+    SendRateGate,
+    validate_name,
+)
 
 log = get_logger(__name__)
 
@@ -108,12 +116,16 @@ async def list_accounts(session: AsyncSession) -> list[MessengerAccount]:
 
 
 def messenger_context(
-    account: MessengerAccount, vault: Vault, clock: Callable[[], datetime]
+    account: MessengerAccount,
+    vault: Vault,
+    clock: Callable[[], datetime],
+    *,
+    rate_gate: SendRateGate | None = None,
 ) -> MessengerContext:
     settings: dict[str, str] = dict(account.settings)
     if account.secrets:
         settings.update(json.loads(vault.decrypt(account.secrets, context=_SECRETS_CONTEXT)))
-    return MessengerContext(name=account.name, settings=settings, clock=clock)
+    return MessengerContext(name=account.name, settings=settings, clock=clock, rate_gate=rate_gate)
 
 
 async def pause_account(
@@ -215,8 +227,11 @@ async def list_templates(session: AsyncSession) -> list[MessageTemplate]:
 # queueing
 
 
-def dedupe_key(flow: str, member_id: int, order_id: int | None) -> str:
-    return f"{flow}:{member_id}:{order_id if order_id is not None else '-'}"
+def dedupe_key(flow: str, member_id: int, order_id: int | None, occasion: str | None = None) -> str:
+    """``<flow>:<member>:<order or ->``, plus ``:<occasion>`` for flows that may message the same order more
+    than once, each time for a different occasion (a refund notice per refunded amount)."""
+    key = f"{flow}:{member_id}:{order_id if order_id is not None else '-'}"
+    return f"{key}:{occasion}" if occasion else key
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +239,10 @@ class Target:
     member_id: int
     order_id: int | None = None
     params: Mapping[str, str] | None = None
+    #: Distinguishes several messages of one flow about one order (see :func:`dedupe_key`).
+    occasion: str | None = None
+    #: In the campaign's hold-out group: logged, decided by the policy, never sent (see :mod:`.holdout`).
+    held_out: bool = False
 
 
 def validate_flow_name(flow: str) -> str:
@@ -248,7 +267,7 @@ async def queue_messages(
     now = now or utcnow()
     rows = [
         {
-            "dedupe_key": dedupe_key(flow, t.member_id, t.order_id),
+            "dedupe_key": dedupe_key(flow, t.member_id, t.order_id, t.occasion),
             "flow": flow,
             "member_id": t.member_id,
             "order_id": t.order_id,
@@ -257,6 +276,7 @@ async def queue_messages(
             "purpose": template.purpose,
             "priority": PRIORITY[template.purpose],
             "params": dict(t.params or {}),
+            "held_out": t.held_out,
             "status": "queued",
             "reason": "",
             "code": "",
@@ -315,6 +335,34 @@ async def get_message(session: AsyncSession, message_id: int) -> Message:
     if message is None:
         raise NotFound(f"no message {message_id}")
     return message
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignStatus:
+    """A campaign's send log by status, and its two groups: members assigned to the hold-out, those of them
+    held out (eligible: the policy would have sent to them), and the treatment members reached."""
+
+    flow: str
+    statuses: dict[str, int]
+    assigned_holdout: int
+    held_out: int
+    treatment_reached: int
+
+
+async def campaign_status(session: AsyncSession, flow: str) -> CampaignStatus:
+    validate_flow_name(flow)
+    statuses = (await status_counts(session, flow)).get(flow, {s: 0 for s in STATUSES})
+    reached = Message.status.in_(("sent", "delivered"))
+    row = (
+        await session.execute(
+            sa.select(
+                sa.func.count().filter(Message.held_out.is_(True)),
+                sa.func.count().filter(Message.held_out.is_(True), Message.reason == holdout.HOLDOUT_REASON),
+                sa.func.count().filter(Message.held_out.is_(False), reached),
+            ).where(Message.flow == flow)
+        )
+    ).one()
+    return CampaignStatus(flow, statuses, int(row[0]), int(row[1]), int(row[2]))
 
 
 async def status_counts(session: AsyncSession, flow: str | None = None) -> dict[str, dict[str, int]]:

@@ -15,6 +15,8 @@ KNOWN_VARIABLES: frozenset[str] = frozenset(
         "order_id",
         "order_amount",
         "tracking_number",
+        "carrier",
+        "refund_amount",
         "points",
         "tier",
         "short_link",

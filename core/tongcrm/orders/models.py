@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tongcrm.db.base import Base, BigId, UTCDateTime, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 
 
 class Order(Base):
@@ -32,6 +33,11 @@ class Order(Base):
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Parcels as the channel last reported them (:mod:`tongcrm.orders.shipments`): carrier, tracking number,
+    #: shipped time, lines. Replaced as a whole by each newer record. Personal data: never logged.
+    shipments: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONType, default=list, server_default=sa.text("'[]'")
+    )
     #: The platform's modified time: a record is applied only when it is newer than this.
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ingested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -53,8 +53,10 @@ __all__ = [
     "ResolutionDecision",
     "RouteSpec",
     "SendOutcome",
+    "SendRateGate",
     "SendResult",
     "SettingField",
+    "Shipment",
     "validate_name",
 ]
 
@@ -221,6 +223,37 @@ class OrderLine:
             )
 
 
+_MAX_TRACKING_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    """One parcel of an order as the channel reports it: which carrier took it, under which tracking (waybill)
+    number, and when. Channel-neutral: a channel fills what its platform gives and leaves the rest blank.
+
+    ``carrier_name`` is the company as people read it (Taobao's ``logistics_company``, e.g. "圆通速递");
+    ``carrier_code`` is the platform's id for it (JD's ``logisticsId``). ``line_ids`` name the order lines in
+    the parcel (``OrderLine.external_id``); empty means the whole order, or that the platform does not say.
+    Tracking numbers identify a delivery to a person: core stores them for care messages and never logs them.
+    """
+
+    tracking_number: str
+    carrier_name: str | None = None
+    carrier_code: str | None = None
+    shipped_at: datetime | None = None
+    line_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        number = self.tracking_number
+        if not isinstance(number, str) or not number.strip() or number != number.strip():
+            raise ValueError("shipment tracking number must be a non-blank string without surrounding space")
+        if len(number) > _MAX_TRACKING_LENGTH:
+            raise ValueError(f"shipment tracking number is longer than {_MAX_TRACKING_LENGTH} characters")
+        _aware(self.shipped_at, "shipment shipped_at")
+        if len(set(self.line_ids)) != len(self.line_ids):
+            raise ValueError("shipment names a line twice")
+
+
 @dataclass(frozen=True, slots=True)
 class NormalisedOrder:
     """One order as every channel must describe it.
@@ -245,6 +278,9 @@ class NormalisedOrder:
     store_code: str | None = None
     buyer: BuyerProfile = field(default_factory=BuyerProfile)
     platform_status: str = ""
+    #: Parcels shipped so far (tracking numbers for the shipping notice); empty before shipment or when the
+    #: channel does not report them. A newer record replaces the list as a whole.
+    shipments: tuple[Shipment, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.external_id:
@@ -264,6 +300,17 @@ class NormalisedOrder:
         ids = [line.external_id for line in self.lines]
         if len(ids) != len(set(ids)):
             raise ValueError(f"order {self.external_id}: duplicate line ids")
+        known = set(ids)
+        numbers: set[tuple[str | None, str]] = set()
+        for shipment in self.shipments:
+            if not isinstance(shipment, Shipment):
+                raise ValueError(f"order {self.external_id}: shipments must be Shipment records")
+            if not known.issuperset(shipment.line_ids):
+                raise ValueError(f"order {self.external_id}: a shipment names a line the order does not have")
+            key = (shipment.carrier_code or shipment.carrier_name, shipment.tracking_number)
+            if key in numbers:
+                raise ValueError(f"order {self.external_id}: the same shipment is listed twice")
+            numbers.add(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,11 +465,27 @@ class InboundReply:
     dedupe_key: str
 
 
+@runtime_checkable
+class SendRateGate(Protocol):
+    """A send-rate window that the core keeps for one messenger account in its database, so that it holds
+    across dispatcher runs and across processes (an in-memory limiter starts empty with every messenger).
+
+    ``acquire`` returns once ``permits`` messages may go: in any ``window`` seconds at most ``rate`` messages
+    are released to this account, counting every process that sends through it. ``permits`` must not exceed
+    ``rate``. A messenger calls it right before each request to its platform.
+    """
+
+    async def acquire(self, permits: int, *, rate: int, window: float) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class MessengerContext:
     name: str
     settings: Mapping[str, str]
     clock: Callable[[], datetime] = _utcnow
+    #: The account's shared send-rate window (``None`` when the core runs the messenger outside a dispatcher,
+    #: e.g. in a plugin's own tests); messengers that enforce a rate should use it when given.
+    rate_gate: SendRateGate | None = None
 
 
 @runtime_checkable

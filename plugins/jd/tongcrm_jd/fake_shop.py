@@ -84,6 +84,18 @@ class FakeShop:
         bisect.insort(self._by_modified, _key(record["modified"], order_id))
         return copy.deepcopy(record)
 
+    def ship(self, order_id: str, at: datetime, *, waybill: str | None = None) -> Record:
+        """The seller ships the order: it waits for the buyer's confirmation and carries a waybill and the
+        carrier's ``logisticsId``, as ``pop.order.search`` reports them."""
+        number = waybill or f"JDV{int(order_id) % 10**12:012d}"
+        return self.modify(
+            order_id,
+            at,
+            state="WAIT_GOODS_RECEIVE_CONFIRM",
+            waybill=number,
+            logisticsId=logistics_id(number),
+        )
+
     def search(
         self,
         *,
@@ -121,6 +133,16 @@ class _Sku:
     outer: str
     name: str
     price_fen: int
+
+
+#: ``logisticsId`` values of the carriers the generated shop ships with (opaque platform ids).
+LOGISTICS_IDS: tuple[str, ...] = ("2087", "463", "467", "1327")
+
+
+def logistics_id(waybill: str) -> str:
+    """The carrier id that goes with a generated waybill: derived from the number, so the generator's random
+    stream (and every other generated field) is unchanged by it."""
+    return LOGISTICS_IDS[sum(map(ord, waybill)) % len(LOGISTICS_IDS)]
 
 
 def yuan(fen: int) -> str:
@@ -243,6 +265,7 @@ def _order(
             for sku, qty in lines
         ],
         "waybill": waybill,
+        "logisticsId": logistics_id(waybill) if waybill else "",
         "storeId": "0",
         "orderRemark": "",
         "venderRemark": "",

@@ -28,6 +28,11 @@ Lines: one per ``itemInfoList`` entry; ``quantity`` = ``itemTotal``, ``unit_pric
 largest-remainder method (:func:`tongcrm_jd.money.allocate`), so lines sum to ``paid_fen`` exactly and
 freight and discounts are spread the same way. A repeated ``skuId`` gets ``#2``, ``#3``... line ids.
 
+Shipments: ``waybill`` is the tracking number and ``logisticsId`` the platform's id of the carrier, which
+becomes ``carrier_code`` (JD gives no carrier name here). A waybill listing several parcels separated by
+commas or semicolons (whether JD does this is unconfirmed; no single waybill contains one) becomes one
+shipment per number. JD's search gives no shipping time, so ``shipped_at`` stays unknown.
+
 Buyer: claim ``jd.open_id`` from ``open_id_buyer``; only when that is absent, ``jd.pin`` from ``pin``
 (unless masked). ``consigneeInfo`` is the receiver's personal data: it never becomes a claim and is never
 logged. Its mobile goes into :class:`BuyerProfile` only if it is a plain mainland mobile number (masked or
@@ -52,6 +57,7 @@ from tongcrm.plugin.types import (
     OrderLine,
     OrderStatus,
     QuarantinedRecord,
+    Shipment,
 )
 
 from tongcrm_jd.identity import JD_OPEN_ID, JD_PIN
@@ -93,9 +99,11 @@ OPTIONAL_FIELDS: tuple[str, ...] = (
     "consigneeInfo",
     "itemInfoList",
     "waybill",
+    "logisticsId",
     "storeId",
 )
 
+_WAYBILL_SPLIT = re.compile(r"[,;，；]")
 _MOBILE = re.compile(r"^(?:\+?86[- ]?)?(1[3-9]\d{9})$")
 _QUANTITY = re.compile(r"^\d+$")
 _ID = re.compile(r"^[0-9A-Za-z_-]+$")
@@ -205,6 +213,24 @@ def _lines(record: Mapping[str, Any], paid_fen: int, refunded: bool) -> tuple[Or
     )
 
 
+def _shipments(record: Mapping[str, Any]) -> tuple[Shipment, ...]:
+    """Parcels from ``waybill`` and ``logisticsId`` (see the module docstring); ``"0"`` means none."""
+    waybill = record.get("waybill")
+    if _blank(waybill):
+        return ()
+    if not isinstance(waybill, str | int) or isinstance(waybill, bool):
+        raise NormaliseError("waybill is not a string")
+    carrier = record.get("logisticsId")
+    if not _blank(carrier) and (not isinstance(carrier, str | int) or isinstance(carrier, bool)):
+        raise NormaliseError("logisticsId is not an id")
+    code = None if _blank(carrier) or str(carrier).strip() == "0" else str(carrier).strip()
+    numbers = [n.strip() for n in _WAYBILL_SPLIT.split(str(waybill)) if n.strip() not in ("", "0")]
+    try:
+        return tuple(Shipment(tracking_number=n, carrier_code=code) for n in dict.fromkeys(numbers))
+    except ValueError as exc:
+        raise NormaliseError(f"waybill: {exc}") from None
+
+
 def _claims(record: Mapping[str, Any], order_id: str) -> tuple[IdentityClaim, ...]:
     evidence = f"jd order {order_id}"
     open_id = record.get("open_id_buyer")
@@ -254,8 +280,8 @@ def normalise_order(record: Mapping[str, Any]) -> NormalisedOrder:
     modified_at = _required_time(record, "modified")
     paid_at = _time(record, "paymentConfirmTime")
     end_at = _time(record, "orderEndTime")
-    waybill = record.get("waybill")
-    shipped = isinstance(waybill, str) and waybill.strip() not in ("", "0")
+    shipments = _shipments(record)
+    shipped = bool(shipments)
     status = map_status(state, paid=paid_at is not None, shipped=shipped)
     paid_fen = _money(record, "orderPayment", required=True)
     store = record.get("storeId")
@@ -276,6 +302,7 @@ def normalise_order(record: Mapping[str, Any]) -> NormalisedOrder:
             store_code=str(store).strip() if not _blank(store) and str(store).strip() != "0" else None,
             buyer=_buyer(record),
             platform_status=state,
+            shipments=shipments,
         )
     except NormaliseError:
         raise

@@ -46,7 +46,9 @@ SignatureNonceUsed              retry      each attempt has a fresh UUID nonce, 
                                            middlebox repeated our request; the original's fate is
                                            unknown and a new attempt is the only way to learn it
 tongcrm.TIMEOUT                 retry      no answer in time; the request may have been accepted, so
-                                           this retry is at-least-once, like every retry
+                                           this retry is at-least-once, like every retry: protocols.md
+                                           documents no API to look a send up by OutId first (see
+                                           tongcrm_sms_gateway.messenger, "Timeouts")
 tongcrm.TRANSPORT_ERROR         retry      connection refused or reset, DNS, TLS: nothing was sent
 tongcrm.HTTP_ERROR              retry      5xx/429 without a dysmsapi body (a proxy, an outage)
 tongcrm.BAD_RESPONSE            account    any other answer without a dysmsapi body: the endpoint

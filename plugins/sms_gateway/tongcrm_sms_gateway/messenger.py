@@ -16,6 +16,23 @@ Correlating delivery reports
     echo one ``OutId`` to every recipient; ``SendBatchSms`` has no ``OutId`` at all), so a report's
     ``message_id`` is either right or ``None``, never another message's id.
 
+Send rate
+    ``max_send_rate`` caps the messages released in any one second (plus :data:`RATE_WINDOW_MARGIN`), counted
+    before every request, per-recipient re-sends included. When the core hands the messenger a
+    :class:`~tongcrm.plugin.types.SendRateGate` (the dispatcher always does) the window is the account's
+    shared one in the core's database, so it holds across dispatcher runs and processes; without one (tests,
+    scripts) an in-memory :class:`~tongcrm_sms_gateway.ratelimit.SlidingWindowLimiter` holds it for this
+    messenger's lifetime only.
+
+Timeouts and at-most-once
+    A request that times out may have been accepted, and it is retried (``tongcrm.TIMEOUT`` → retry later),
+    so a member may rarely get a message twice. Aliyun's ``SendSms`` takes no idempotency token; ``OutId``
+    carries our message id, but the only documented way to look a send up again would be by that id, and
+    protocols.md §3.1 documents no query API (only ``SendSms``/``SendBatchSms`` and the pushed reports).
+    Without a documented lookup we cannot tell "accepted" from "lost" before retrying, so delivery stays
+    at-least-once. A delivery report that later arrives for the first attempt is matched by ``OutId`` to the
+    message all the same.
+
 Failures
     A per-recipient code on a multi-message request (a bad number, one member's flow control) is resolved by
     re-sending that request's messages one at a time, so only the culprit fails. A number that is not a
@@ -31,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from tongcrm.plugin.types import MessengerContext, OutboundMessage, SendOutcome, SendResult
+from tongcrm.plugin.types import MessengerContext, OutboundMessage, SendOutcome, SendRateGate, SendResult
 
 from tongcrm_sms_gateway.aliyun import (
     DEFAULT_ENDPOINT,
@@ -107,11 +124,31 @@ class AliyunSmsMessenger:
 
     max_batch = SEND_SMS_LIMIT
 
-    def __init__(self, client: AliyunSmsClient, *, max_rate: int | None = None, concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        client: AliyunSmsClient,
+        *,
+        max_rate: int | None = None,
+        concurrency: int = 4,
+        rate_gate: SendRateGate | None = None,
+    ) -> None:
         self._client = client
-        self._limiter = SlidingWindowLimiter(max_rate, 1.0 + RATE_WINDOW_MARGIN) if max_rate else None
+        self._max_rate = max_rate
+        self._window = 1.0 + RATE_WINDOW_MARGIN
+        self._gate = rate_gate if max_rate else None
+        self._gate_turn = asyncio.Lock()  # this messenger's requests wait for the shared window in turn
+        self._limiter = (
+            SlidingWindowLimiter(max_rate, self._window) if max_rate and rate_gate is None else None
+        )
         self._max_request = max_rate
         self._slots = asyncio.Semaphore(max(concurrency, 1))
+
+    async def _take_permits(self, count: int) -> None:
+        if self._gate is not None and self._max_rate:
+            async with self._gate_turn:
+                await self._gate.acquire(count, rate=self._max_rate, window=self._window)
+        elif self._limiter is not None:
+            await self._limiter.acquire(count)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -153,8 +190,7 @@ class AliyunSmsMessenger:
     async def _call(self, request: _Request) -> AliyunAnswer:
         items = request.items
         async with self._slots:
-            if self._limiter is not None:
-                await self._limiter.acquire(len(items))
+            await self._take_permits(len(items))
             if request.batch_api:
                 return await self._client.send_batch_sms(
                     [i.phone for i in items],
@@ -208,4 +244,5 @@ def messenger_from_context(context: MessengerContext) -> AliyunSmsMessenger:
         client,
         max_rate=_positive_int(settings, "max_send_rate"),
         concurrency=_positive_int(settings, "concurrency") or 4,
+        rate_gate=getattr(context, "rate_gate", None),
     )

@@ -115,6 +115,14 @@ _CATALOGUE: tuple[tuple[str, int], ...] = (
     ("口红 #999", 32000),
     ("试用装小样", 100),
 )
+#: Carriers a shop ships with, and the prefix of their waybill numbers in the generated data.
+_CARRIERS: tuple[tuple[str, str], ...] = (
+    ("圆通速递", "YT"),
+    ("中通快递", "ZT"),
+    ("韵达快递", "YD"),
+    ("顺丰速运", "SF"),
+    ("申通快递", "ST"),
+)
 _CITIES = (
     ("浙江省", "杭州市"),
     ("上海", "上海市"),
@@ -217,6 +225,33 @@ def _yuan(fen: int) -> str:
 
 def _digest(*parts: object) -> str:
     return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+
+
+def _parcel(tid: int, n: int) -> tuple[str, str]:
+    """Carrier name and waybill of the trade's ``n``-th parcel: derived from the tid alone, so adding
+    logistics data draws nothing from the generator's random streams (every other field stays as it was)."""
+    digest = _digest(tid, "parcel", n)
+    company, prefix = _CARRIERS[int(digest[:4], 16) % len(_CARRIERS)]
+    return company, f"{prefix}{int(digest[4:20], 16) % 10**13:013d}"
+
+
+def _consign_lines(trade: dict[str, Any], consign_time: str) -> None:
+    """Put the lines that have shipped and carry no waybill yet into one new parcel, as TOP reports it on
+    each line (``logistics_company``, ``invoice_no``, ``consign_time``)."""
+    lines = trade["orders"]["order"]
+    waiting = [
+        line
+        for line in lines
+        if not line.get("invoice_no")
+        and line["status"] not in (TradeStatus.WAIT_SELLER_SEND_GOODS, *UNPAID)
+        and line["refund_status"] != "SUCCESS"
+    ]
+    if not waiting:
+        return
+    parcels = len({line["invoice_no"] for line in lines if line.get("invoice_no")})
+    company, number = _parcel(trade["tid"], parcels)
+    for line in waiting:
+        line.update(logistics_company=company, invoice_no=number, consign_time=consign_time)
 
 
 class FakeShop:
@@ -356,6 +391,8 @@ class FakeShop:
             trade["end_time"] = self._fmt(sk.modified)
         if sk.status == TradeStatus.SELLER_CONSIGNED_PART and len(lines) > 1:
             lines[-1]["status"] = TradeStatus.WAIT_SELLER_SEND_GOODS
+        if "consign_time" in trade:
+            _consign_lines(trade, trade["consign_time"])
         self._refunds(trade, sk, rng)
         if sk.type == "step":
             self._presale(trade, sk, payment)
@@ -496,6 +533,7 @@ class FakeShop:
         for line in trade["orders"]["order"]:
             if line["refund_status"] != "SUCCESS":
                 line["status"] = TradeStatus.WAIT_BUYER_CONFIRM_GOODS
+        _consign_lines(trade, trade["consign_time"])
         self._touch(tid, trade, TradeStatus.WAIT_BUYER_CONFIRM_GOODS)
         self._publish("taobao_trade_TradeSellerShip", trade)
 

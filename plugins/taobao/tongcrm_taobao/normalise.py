@@ -15,6 +15,10 @@ Rules, and why:
   ``refund_id``; the amount lives on ``taobao.refund.get``), so a line whose refund succeeded counts as
   refunded in full: its paid amount (``divide_order_fee``, else ``payment``). Other lines stay untouched,
   which is how a partially refunded trade looks.
+* **Shipments** come from the lines: TOP reports the parcel per order line (``logistics_company``, the
+  carrier's name, and ``invoice_no``, the waybill of the parcel the line is in; ``consign_time`` on the line,
+  else on the trade). Lines that share carrier and waybill are one :class:`~tongcrm.plugin.types.Shipment`.
+  A line with a carrier but no waybill says nothing trackable and is left out.
 * **Identity**: ``taobao.open_uid`` (``buyer_open_uid``, per app, stable), plus ``taobao.ouid`` and
   ``taobao.omid`` when the trade carries them. ``oaid`` names a receiver for a week and is never a claim.
 
@@ -40,6 +44,7 @@ from tongcrm.plugin.types import (
     OrderLine,
     OrderStatus,
     QuarantinedRecord,
+    Shipment,
 )
 
 from tongcrm_taobao.timefmt import parse_top_time
@@ -247,6 +252,38 @@ def _line(order: object, index: int) -> OrderLine:
         raise TradeError(str(exc)) from None
 
 
+def _shipments(
+    orders: list[Any], lines: tuple[OrderLine, ...], trade_consign: datetime | None
+) -> tuple[Shipment, ...]:
+    """Parcels from the lines' ``logistics_company``/``invoice_no`` (see the module docstring)."""
+    parcels: dict[tuple[str | None, str], tuple[datetime | None, list[str]]] = {}
+    for order, line in zip(orders, lines, strict=True):
+        raw = order.get("invoice_no")
+        number = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else _text(raw)
+        if number is None:
+            continue
+        carrier = _text(order.get("logistics_company"))
+        shipped = _time(order, "consign_time", required=False) or trade_consign
+        seen = parcels.get((carrier, number))
+        if seen is None:
+            parcels[(carrier, number)] = (shipped, [line.external_id])
+            continue
+        earliest = min((t for t in (seen[0], shipped) if t is not None), default=None)
+        parcels[(carrier, number)] = (earliest, [*seen[1], line.external_id])
+    try:
+        return tuple(
+            Shipment(
+                tracking_number=number,
+                carrier_name=carrier,
+                shipped_at=shipped,
+                line_ids=tuple(line_ids),
+            )
+            for (carrier, number), (shipped, line_ids) in parcels.items()
+        )
+    except ValueError as exc:
+        raise TradeError(f"invoice_no: {exc}") from None
+
+
 def _claims(trade: Mapping[str, Any]) -> tuple[IdentityClaim, ...]:
     open_uid = trade.get("buyer_open_uid")
     if not isinstance(open_uid, str) or not open_uid.strip():
@@ -287,6 +324,8 @@ def normalise_trade(trade: Mapping[str, Any]) -> NormalisedOrder:
     lines = tuple(_line(order, index) for index, order in enumerate(orders))
     payment = _money(trade, "payment", "trade")
     completed = _time(trade, "end_time", required=False) if status is OrderStatus.COMPLETED else None
+    consigned = _time(trade, "consign_time", required=False)
+    shipments = _shipments(orders, lines, consigned)
     try:
         return NormalisedOrder(
             external_id=tid,
@@ -298,7 +337,7 @@ def normalise_trade(trade: Mapping[str, Any]) -> NormalisedOrder:
             claims=_claims(trade),
             lines=lines,
             paid_at=_time(trade, "pay_time", required=False),
-            shipped_at=_time(trade, "consign_time", required=False),
+            shipped_at=consigned,
             completed_at=completed,
             post_fee_fen=_money(trade, "post_fee", "trade", default=0),
             discount_fen=_money(trade, "discount_fee", "trade", default=0),
@@ -306,6 +345,7 @@ def normalise_trade(trade: Mapping[str, Any]) -> NormalisedOrder:
                 province=_text(trade.get("receiver_state")), city=_text(trade.get("receiver_city"))
             ),
             platform_status=str(raw_status),
+            shipments=shipments,
         )
     except ValueError as exc:
         if isinstance(exc, TradeError):
