@@ -30,7 +30,7 @@ from tongcrm.db import dialect
 from tongcrm.errors import Unprocessable
 from tongcrm.identity.models import Identity, Merge
 from tongcrm.identity.plugin import default_decision
-from tongcrm.jobs.outbox import emit
+from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, InvalidMobile, normalise_mobile
@@ -595,10 +595,17 @@ async def _write(
         )
 
     # 6. events
-    for ph in roots:
-        p = plan.new_members[ph]
-        emit(
-            session,
-            "member_created",
-            {"member_id": placeholder_ids[ph], "source": p.claim_set.source_channel or "unknown"},
-        )
+    await outbox.emit_many(
+        session,
+        [
+            (
+                "member_created",
+                {
+                    "member_id": placeholder_ids[ph],
+                    "source": plan.new_members[ph].claim_set.source_channel or "unknown",
+                },
+            )
+            for ph in roots
+        ],
+        now=now,
+    )

@@ -209,7 +209,9 @@ async def apply_orders_page(
             }
         )
     table = Order.__table__
-    stmt = insert(session, table).values(rows)
+    # executemany form: the compiled statement is cached; .values(rows) built and compiled a new statement of
+    # every page's size each time
+    stmt = insert(session, table)
     updatable = [
         c for c in rows[0] if c not in {"account_id", "external_id", "origin_member_id", "ingested_at"}
     ]
@@ -218,7 +220,7 @@ async def apply_orders_page(
         set_={c: stmt.excluded[c] for c in updatable},
         where=table.c.modified_at < stmt.excluded.modified_at,
     ).returning(table.c.id, table.c.external_id, table.c.member_id, table.c.status)
-    written = {row.external_id: row for row in (await session.execute(stmt)).all()}
+    written = {row.external_id: row for row in (await session.execute(stmt, rows)).all()}
     result.unchanged += len(todo) - len(written)
     result.applied = len(written)
     if not written:
@@ -245,7 +247,7 @@ async def apply_orders_page(
     line_ids: dict[tuple[int, str], int] = {}
     if line_rows:
         ltable = OrderLine.__table__
-        lstmt = insert(session, ltable).values(line_rows)
+        lstmt = insert(session, ltable)
         lstmt = lstmt.on_conflict_do_update(
             index_elements=["order_id", "external_id"],
             set_={
@@ -262,7 +264,9 @@ async def apply_orders_page(
                 )
             },
         ).returning(ltable.c.id, ltable.c.order_id, ltable.c.external_id)
-        line_ids = {(r.order_id, r.external_id): r.id for r in (await session.execute(lstmt)).all()}
+        line_ids = {
+            (r.order_id, r.external_id): r.id for r in (await session.execute(lstmt, line_rows)).all()
+        }
 
     # 5. points for every order that has a member
     facts = []
