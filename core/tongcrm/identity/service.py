@@ -269,13 +269,18 @@ async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[
     i = _IDENTITIES.c
     for start in range(0, len(pairs), _CHUNK):
         chunk = pairs[start : start + _CHUNK]
+        # kind = ? AND value IN (…) per kind, not (kind, value) IN (…): SQLite does not use the (kind, value)
+        # index for a row-value IN list and scanned every identity (0.8 s a batch at a million members)
+        by_kind: dict[str, list[str]] = {}
+        for kind, value in chunk:
+            by_kind.setdefault(kind, []).append(value)
         rows = await session.execute(
             sa.select(
                 i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version,
                 m.name, m.province, m.city, m.mobile_enc, m.profile_meta,
             )
             .join_from(_IDENTITIES, _MEMBERS, i.member_id == m.id)
-            .where(sa.tuple_(i.kind, i.value).in_(chunk))
+            .where(sa.or_(*(sa.and_(i.kind == k, i.value.in_(vs)) for k, vs in sorted(by_kind.items()))))
         )  # fmt: skip
         for row in rows:
             found[(row.kind, row.value)] = _Known(
