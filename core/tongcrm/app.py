@@ -24,6 +24,7 @@ from tongcrm.audit.api import AuditController
 from tongcrm.auth.service import KeyVerifier
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
+from tongcrm.counter import CounterService
 from tongcrm.db.engine import create_engine, create_point_read_engine, session_factory
 from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsController
 from tongcrm.ingest.api import QuarantineController
@@ -109,6 +110,7 @@ def create_app(
         "key_verifier": KeyVerifier(read_sessions),
         "membership": MembershipService(sessions, host, settings),
         "vault": vault,
+        "counter": CounterService(sessions, read_sessions, host, settings, vault=vault),
     }
     return Litestar(
         route_handlers=handlers,

@@ -18,10 +18,13 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from litestar import Litestar, post
+from litestar.params import JSONBody
 from tongcrm.app import create_app
+from tongcrm.audit.service import SYSTEM
 from tongcrm.auth.service import create_key
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
+from tongcrm.counter import CounterService
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 from tongcrm.testing.servers import serve_in_thread
@@ -64,7 +67,7 @@ async def _drive(base_url: str, key: str, work: Any) -> tuple[int, float, list[f
 
 def _ceiling_app() -> Litestar:
     @post("/pos/v1/receipts", status_code=201)
-    async def receipt(data: dict[str, Any]) -> dict[str, Any]:
+    async def receipt(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
         return {"status": "applied", "sequence": data.get("sequence")}
 
     return Litestar([receipt])
@@ -76,15 +79,18 @@ async def test_pos_checkout_throughput(
 ) -> None:
     from tongcrm_offline_pos import stores
     from tongcrm_offline_pos.api import PosConfig
+    from tongcrm_offline_pos.models import TABLES
     from tongcrm_offline_pos.plugin import OfflinePosPlugin
 
     host = PluginHost(autoload=False)
     host.register(OfflinePosPlugin(PosConfig(rate_per_second=10_000, burst=10_000)), "offline_pos")
     async with tongcrm_db.sessions() as session, session.begin():
         await accounts.create_account(session, host, tongcrm_settings.vault(), "offline_pos", "BENCH", {})
-        for n in range(TILLS):
-            await stores.add_till(session, "BENCH", f"T{n:02d}")
         key = (await create_key(session, "pos", store_code="BENCH")).key
+    counter = CounterService(tongcrm_db.sessions, tongcrm_db.read_sessions, host, tongcrm_settings)
+    async with counter.unit_of_work(actor=SYSTEM, tables=TABLES) as uow:
+        for n in range(TILLS):
+            await stores.add_till(uow, "BENCH", f"T{n:02d}")
     app = create_app(tongcrm_settings, host, run_jobs=False, configure_logs=False)
     now = datetime.now(UTC)
     day = now.astimezone(TZ).date().isoformat()

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.api.security import principal_of
 from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
+from tongcrm.counter import CounterService
 from tongcrm.crypto import Vault
 from tongcrm.membership import MembershipService
 from tongcrm.plugin.host import PluginHost
@@ -53,6 +54,11 @@ def _membership(state: State) -> MembershipService:
     return service
 
 
+def _counter(state: State) -> CounterService:
+    service: CounterService = state.counter
+    return service
+
+
 def _principal(request: Request[Any, Any, Any]) -> Principal:
     return principal_of(request)
 
@@ -65,5 +71,6 @@ dependencies: dict[str, Provide] = {
     "settings": Provide(_settings, sync_to_thread=False),
     "principal": Provide(_principal, sync_to_thread=False),
     "membership": Provide(_membership, sync_to_thread=False),
+    "counter": Provide(_counter, sync_to_thread=False),
     "vault": Provide(_vault, sync_to_thread=False),
 }

@@ -28,6 +28,8 @@ class EntryKind:
     ADJUST = "adjust"
     TRANSFER_OUT = "transfer_out"
     TRANSFER_IN = "transfer_in"
+    #: Redeemed points given back (goods paid with points were returned); references the redemption.
+    REFUND = "refund"
 
 
 class PointsEntry(Base):

@@ -663,6 +663,114 @@ async def transfer(
     )
 
 
+# -- giving redeemed points back ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionState:
+    """A redemption and how much of it was given back so far (by :func:`refund_redemption`)."""
+
+    entry_id: int
+    member_id: int
+    redeemed: int
+    refunded: int
+
+
+async def redemption_state(session: AsyncSession, redemption_key: str) -> RedemptionState | None:
+    """The redemption made with ``redemption_key`` (the key given to :func:`redeem`), or None."""
+    row = (
+        await session.execute(
+            sa.select(PointsEntry.id, PointsEntry.member_id, PointsEntry.amount).where(
+                PointsEntry.idempotency_key == f"redeem:{redemption_key}",
+                PointsEntry.kind == EntryKind.REDEEM,
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    # refunds move with the redemption when members merge: the member's index finds them
+    back = (
+        await session.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.amount), 0)).where(
+                PointsEntry.member_id == row.member_id,
+                PointsEntry.ref_entry_id == row.id,
+                PointsEntry.kind == EntryKind.REFUND,
+            )
+        )
+    ).scalar_one()
+    return RedemptionState(int(row.id), int(row.member_id), -int(row.amount), int(back))
+
+
+async def refund_redemption(
+    session: AsyncSession,
+    ctx: PointsContext,
+    redemption_key: str,
+    points: int,
+    *,
+    key: str,
+    reason: str = "",
+) -> LedgerResult:
+    """Give back ``points`` of the redemption made with ``redemption_key`` (goods paid with points came back).
+
+    A new ``refund`` entry references the redemption (which stays as it was) and creates a lot that expires
+    under the programme's default expiry, counted from now; the cached balance moves in the same transaction.
+    Idempotent by ``key``: the same key again changes nothing and returns the refund it made. Never gives back
+    more than was redeemed, over all refunds of that redemption (a Conflict names what is left).
+    """
+    if points <= 0:
+        raise Unprocessable("points to give back must be a positive integer")
+    entry_key = f"refund:{key}"
+    state = await redemption_state(session, redemption_key)
+    if state is None:
+        raise NotFound(f"no redemption with key {redemption_key!r}")
+    now = ctx.clock()
+    book = Book(session, now=now, actor=ctx.actor)
+    await book.lock([state.member_id])  # serialises refunds of one member's redemptions
+    done = (
+        await session.execute(
+            sa.select(PointsEntry.id, PointsEntry.amount, PointsEntry.ref_entry_id).where(
+                PointsEntry.idempotency_key == entry_key
+            )
+        )
+    ).first()
+    if done is not None:
+        if done.ref_entry_id != state.entry_id or done.amount != points:
+            raise Conflict(f"refund key {key!r} was already used for another refund", extra={"key": key})
+        b = book.balance(state.member_id)
+        return LedgerResult(
+            int(done.id), state.member_id, EntryKind.REFUND, points,
+            _balance_out(state.member_id, b.available, b.pending, b.owed),
+        )  # fmt: skip
+    state = await redemption_state(session, redemption_key)  # again, under the member's lock
+    assert state is not None
+    left = state.redeemed - state.refunded
+    if points > left:
+        raise Conflict(
+            f"only {left} of the {state.redeemed} redeemed points are left to give back; {points} asked",
+            extra={"redeemed": state.redeemed, "refunded": state.refunded, "requested": points},
+        )
+    rules = ctx.rules or await active_rules(session)
+    book.new_lot(
+        Credit(
+            member_id=state.member_id,
+            key=entry_key,
+            kind=EntryKind.REFUND,
+            amount=points,
+            occurred_at=now,
+            available_at=now,
+            expires_at=_lot_expiry(rules, None, now, ctx.tz),
+            reason=reason or None,
+            actor=ctx.actor,
+            rule_version=rules.version,
+            ref_entry_id=state.entry_id,
+            detail={"redeemed": state.redeemed, "refunded_before": state.refunded},
+        )
+    )
+    await book.settle([state.member_id])
+    await book.flush()
+    return _result(book, entry_key, state.member_id, EntryKind.REFUND, points, [])
+
+
 async def idempotent(
     session: AsyncSession,
     *,
@@ -860,6 +968,10 @@ def _explain(entry: PointsEntry, lot: PointsLot | None, tz: ZoneInfo) -> str:
         return f"{-entry.amount} points transferred to member {d.get('to_member_id')}"
     if entry.kind == EntryKind.TRANSFER_IN:
         return f"{entry.amount} points transferred from member {d.get('from_member_id')}"
+    if entry.kind == EntryKind.REFUND:
+        return f"{entry.amount} redeemed points given back (redemption {entry.ref_entry_id})" + (
+            f": {entry.reason}" if entry.reason else ""
+        )
     return entry.kind
 
 

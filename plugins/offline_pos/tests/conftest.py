@@ -11,12 +11,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from tongcrm.audit.service import SYSTEM
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
+from tongcrm.counter import CounterService
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.plugin import ApiClient
 from tongcrm_offline_pos import stores
 from tongcrm_offline_pos.api import PosConfig
+from tongcrm_offline_pos.models import TABLES
 from tongcrm_offline_pos.plugin import OfflinePosPlugin
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -54,12 +57,21 @@ def pos_host(clock: FakeClock) -> PluginHost:
 
 
 async def add_store(
-    api: ApiClient, host: PluginHost, settings: Settings, code: str, tills: tuple[str, ...]
+    api: ApiClient,
+    host: PluginHost,
+    settings: Settings,
+    code: str,
+    tills: tuple[str, ...],
+    **store_settings: str,
 ) -> None:
     async with api.db.sessions() as session, session.begin():
-        await accounts.create_account(session, host, settings.vault(), "offline_pos", code, {"title": code})
+        await accounts.create_account(
+            session, host, settings.vault(), "offline_pos", code, {"title": code, **store_settings}
+        )
+    counter = CounterService(api.db.sessions, api.db.read_sessions, host, settings)
+    async with counter.unit_of_work(actor=SYSTEM, tables=TABLES) as uow:
         for till in tills:
-            await stores.add_till(session, code, till)
+            await stores.add_till(uow, code, till)
 
 
 @pytest.fixture
@@ -139,11 +151,18 @@ class Receipts:
         till: str | None = None,
         quantities: dict[int, int] | None = None,
     ) -> dict[str, Any]:
-        """A return of ``lines`` ({line_no: fen}) of ``original``."""
+        """A return of ``lines`` ({line_no: fen}) of ``original`` (a sale of this or another store)."""
         if seq is None:
             self.seq += 1
             seq = self.seq
         by_no = {line["line_no"]: line for line in original["lines"]}
+        ref = {
+            "till": original["till"],
+            "business_day": original["business_day"],
+            "sequence": original["sequence"],
+        }
+        if original["store"] != self.store:
+            ref["store"] = original["store"]
         return {
             "store": self.store,
             "till": till or self.till,
@@ -152,11 +171,7 @@ class Receipts:
             "occurred_at": (self.clock() - timedelta(seconds=30)).isoformat(),
             "kind": "return",
             "total_fen": sum(lines.values()),
-            "original": {
-                "till": original["till"],
-                "business_day": original["business_day"],
-                "sequence": original["sequence"],
-            },
+            "original": ref,
             "return_lines": [
                 {
                     "line_no": no,

@@ -2,14 +2,21 @@
 
 Tills authenticate with a POS key (``tongcrm apikey create --role pos --store CODE``); a key sees only its own
 store: any other store code in a path or a receipt is answered 404, exactly as a store that does not exist, so
-a key cannot learn about other stores. Each request is one transaction. Every POS key is rate limited by an
+a key cannot learn about other stores. The one exception is a return that names a sale of another store of the
+brand (``original.store``): the store taking the goods back decides whether it accepts those (its setting
+``allow_cross_store_returns``), and the return receipt is its own. Every POS key is rate limited by an
 in-process token bucket (see :mod:`tongcrm_offline_pos.ratelimit`); over the limit the answer is a 429 problem
 with ``Retry-After``.
+
+Each request is one unit of work of the core's counter (:class:`tongcrm.counter.CounterService`, the
+``counter`` dependency): the core owns the transaction, and the plugin writes its own rows inside it. A lookup
+by mobile and a receipt query are read-only units of work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -19,16 +26,14 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.api.security import principal_of, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
-from tongcrm.config import Settings
-from tongcrm.crypto import Vault
+from tongcrm.counter import CounterService, CounterWork
 from tongcrm.errors import NotFound, TongcrmError, TooManyRequests
-from tongcrm.plugin.host import PluginHost
 
 from tongcrm_offline_pos import codes, members, receipts, stores
+from tongcrm_offline_pos.models import TABLES
 from tongcrm_offline_pos.ratelimit import TokenBucket
 from tongcrm_offline_pos.schemas import (
     BatchIn,
@@ -65,14 +70,18 @@ class PosConfig:
     burst: int = 40
     max_batch: int = receipts.MAX_BATCH
     clock: Callable[[], datetime] = _utcnow
+    #: Seconds a store's active tills are kept in memory (a till disabled elsewhere works this long).
+    till_ttl: float = 10.0
     limiter: TokenBucket = field(init=False)
+    tills: stores.TillCache = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limiter", TokenBucket(self.rate_per_second, self.burst))
+        object.__setattr__(self, "tills", stores.TillCache(self.till_ttl))
 
 
 def build_router(config: PosConfig) -> Router:
-    """The ``/pos/v1`` router with its own limiter state (one per plugin instance)."""
+    """The ``/pos/v1`` router with its own limiter and till cache (one per plugin instance)."""
 
     def rate_limited(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
         principal = principal_of(connection)
@@ -84,8 +93,12 @@ def build_router(config: PosConfig) -> Router:
                 extra={"retry_after": retry},
             )
 
-    def ctx(settings: Settings, host: PluginHost, vault: Vault, principal: Principal) -> members.PosContext:
-        return members.PosContext(host, vault, config.clock, settings.tz, Actor.of(principal))
+    def work(
+        counter: CounterService, principal: Principal, *, readonly: bool = False
+    ) -> AbstractAsyncContextManager[CounterWork]:
+        return counter.unit_of_work(
+            actor=Actor.of(principal), tables=TABLES, clock=config.clock, readonly=readonly
+        )
 
     def own_store(principal: Principal, code: str) -> str:
         if principal.store_code is None or principal.store_code != code:
@@ -101,22 +114,14 @@ def build_router(config: PosConfig) -> Router:
     )
     async def lookup(
         data: JSONBody[LookupIn],
-        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
-        settings: NamedDependency[Settings],
-        host: NamedDependency[PluginHost],
-        vault: NamedDependency[Vault],
+        counter: NamedDependency[CounterService],
         principal: NamedDependency[Principal],
     ) -> MemberAtTill:
-        async with sessions() as session, session.begin():
-            store = await stores.get_store(session, own_store(principal, principal.store_code or ""))
-            await stores.require_till(session, store, data.till)
+        async with work(counter, principal, readonly=data.code is None) as uow:
+            store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
+            await config.tills.require(uow, store, data.till)
             return await members.lookup(
-                session,
-                ctx(settings, host, vault, principal),
-                store,
-                data.till,
-                mobile=data.mobile,
-                code=data.code,
+                uow, counter.vault, store, data.till, mobile=data.mobile, code=data.code
             )
 
     @post(
@@ -127,18 +132,14 @@ def build_router(config: PosConfig) -> Router:
     )
     async def enrol(
         data: JSONBody[EnrolIn],
-        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
-        settings: NamedDependency[Settings],
-        host: NamedDependency[PluginHost],
-        vault: NamedDependency[Vault],
+        counter: NamedDependency[CounterService],
         principal: NamedDependency[Principal],
     ) -> Response[MemberAtTill]:
-        async with sessions() as session, session.begin():
-            store = await stores.get_store(session, own_store(principal, principal.store_code or ""))
-            await stores.require_till(session, store, data.till)
+        async with work(counter, principal) as uow:
+            store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
+            await config.tills.require(uow, store, data.till)
             out = await members.enrol(
-                session,
-                ctx(settings, host, vault, principal),
+                uow,
                 store,
                 data.till,
                 mobile=data.mobile,
@@ -153,32 +154,28 @@ def build_router(config: PosConfig) -> Router:
         "/receipts",
         summary="Checkout or return: one receipt, online",
         description="A sale earns points under the earning rules; a points payment is redeemed in the same "
-        "transaction. A return reverses points line by line. Sending the same receipt again returns the "
-        "first answer (replayed: true). A receipt that cannot be applied is a 4xx problem with a `reason` and "
-        "changes nothing.",
+        "transaction. A return reverses the points its lines earned, line by line, and gives back the share of "
+        "a points payment that the returned goods account for (`points_refunded`; over all returns of a sale "
+        "never more than was redeemed). A return may name a sale of another store of the brand in "
+        "`original.store` (a cross-store return): allowed when the returning store's setting "
+        "`allow_cross_store_returns` is true (the default), refused with reason `cross_store_return_refused` "
+        "otherwise; the return receipt belongs to the returning store, the member, lines and amounts come from "
+        "the sale, and a line comes back at most once in total, whichever store takes it. Sending the same "
+        "receipt again returns the first answer (replayed: true). A receipt that cannot be applied is a 4xx "
+        "problem with a `reason` and changes nothing.",
         request_max_body_size=MAX_BODY_BYTES,
     )
     async def checkout(
         data: JSONBody[ReceiptIn],
-        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
-        settings: NamedDependency[Settings],
-        host: NamedDependency[PluginHost],
-        vault: NamedDependency[Vault],
+        counter: NamedDependency[CounterService],
         principal: NamedDependency[Principal],
     ) -> Response[ReceiptResult]:
         own_store(principal, data.store)
-        async with sessions() as session, session.begin():
-            store = await stores.get_store(session, data.store)
-            batch = await receipts.apply_batch(
-                session,
-                ctx(settings, host, vault, principal),
-                store,
-                [data],
-                sent_at=None,
-                offline=False,
-                strict=True,
+        async with work(counter, principal) as uow:
+            store = await stores.get_store(uow, data.store)
+            result = await receipts.apply_receipt(
+                uow, store, data, tills=config.tills, offline=False, sent_at=None, strict=True
             )
-        result = batch.results[0]
         return Response(result, status_code=200 if result.replayed else 201)
 
     @post(
@@ -186,16 +183,14 @@ def build_router(config: PosConfig) -> Router:
         summary="Upload receipts queued while offline",
         description="Applied in key order and marked offline. Idempotent per receipt key: upload again at will. "
         "A receipt that can no longer be applied (points spent meanwhile, original not uploaded yet) is "
-        "reported in its result with a `reason`; the others still apply. At most 200 receipts per batch.",
+        "reported in its result with a `reason`; the others still apply. At most 200 receipts per batch. "
+        "Returns follow the rules of `POST /receipts` (cross-store returns included).",
         status_code=200,
         request_max_body_size=MAX_BODY_BYTES,
     )
     async def upload(
         data: JSONBody[BatchIn],
-        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
-        settings: NamedDependency[Settings],
-        host: NamedDependency[PluginHost],
-        vault: NamedDependency[Vault],
+        counter: NamedDependency[CounterService],
         principal: NamedDependency[Principal],
     ) -> BatchResult:
         if len(data.receipts) > config.max_batch:
@@ -205,28 +200,30 @@ def build_router(config: PosConfig) -> Router:
             )
         for r in data.receipts:
             own_store(principal, r.store)
-        async with sessions() as session, session.begin():
-            store = await stores.get_store(session, own_store(principal, principal.store_code or ""))
+        async with work(counter, principal) as uow:
+            store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
             return await receipts.apply_batch(
-                session, ctx(settings, host, vault, principal), store, data.receipts, sent_at=data.sent_at
+                uow, store, data.receipts, tills=config.tills, sent_at=data.sent_at
             )
 
     @get(
         "/receipts/{store_code:str}/{till:str}/{business_day:date}/{sequence:int}",
         summary="A receipt by its key, with the answer the till was given",
+        description="Only the key's own store: another store's receipt is a 404, also when this store took "
+        "back goods from it (the return receipt, with its `original_key`, is this store's).",
     )
     async def receipt(
         store_code: FromPath[str],
         till: FromPath[str],
         business_day: FromPath[date],
         sequence: FromPath[int],
-        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        counter: NamedDependency[CounterService],
         principal: NamedDependency[Principal],
     ) -> ReceiptView:
         own_store(principal, store_code)
-        async with read_sessions() as session:
-            store = await stores.get_store(session, store_code)
-            view = await receipts.receipt_view(session, store, till, business_day, sequence)
+        async with work(counter, principal, readonly=True) as uow:
+            store = await stores.get_store(uow, store_code)
+            view = await receipts.receipt_view(uow, store, till, business_day, sequence)
         if view is None:
             raise NotFound(f"no receipt {receipts.receipt_key(store_code, till, business_day, sequence)}")
         return view
@@ -246,16 +243,14 @@ def build_router(config: PosConfig) -> Router:
     )
     async def issue_code(
         data: JSONBody[CodeIn],
-        read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
-        vault: NamedDependency[Vault],
+        counter: NamedDependency[CounterService],
+        principal: NamedDependency[Principal],
     ) -> CodeOut:
-        from tongcrm.members.service import resolve_live_id
-
-        async with read_sessions() as session:
-            live = await resolve_live_id(session, data.member_id)
+        async with work(counter, principal, readonly=True) as uow:
+            live = await uow.live_member(data.member_id)
         if live is None:
             raise NotFound(f"no member {data.member_id}")
-        issued = codes.issue(vault, live, config.clock())
+        issued = codes.issue(counter.vault, live, config.clock())
         return CodeOut(issued.code, issued.member_id, issued.expires_at)
 
     return Router("/pos/v1", route_handlers=[pos, issue_code], tags=["pos"])

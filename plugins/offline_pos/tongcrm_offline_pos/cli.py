@@ -8,26 +8,28 @@ from datetime import date, datetime
 from typing import TypeVar
 
 import click
-from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.audit.service import Actor
 from tongcrm.config import Settings
-from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.counter import CounterWork, open_counter
 
 from tongcrm_offline_pos import stores
+from tongcrm_offline_pos.models import TABLES
 from tongcrm_offline_pos.simulator import simulate
 
 T = TypeVar("T")
+CLI_ACTOR = Actor("cli", "admin")
 
 
-def _in_transaction(body: Callable[[AsyncSession], Awaitable[T]]) -> T:
+def _in_unit_of_work(body: Callable[[CounterWork], Awaitable[T]]) -> T:
+    """Run ``body`` in one unit of work of the core's counter, on the configured database."""
     settings = Settings.from_env()
 
     async def main() -> T:
-        engine = create_engine(settings.database_url)
-        try:
-            async with session_factory(engine)() as session, session.begin():
-                return await body(session)
-        finally:
-            await engine.dispose()
+        async with (
+            open_counter(settings) as counter,
+            counter.unit_of_work(actor=CLI_ACTOR, tables=TABLES) as uow,
+        ):
+            return await body(uow)
 
     return asyncio.run(main())
 
@@ -44,20 +46,20 @@ def pos_group() -> click.Group:
     @click.option("--till", "till_code", required=True, help="Till code, e.g. T01.")
     @click.option("--label", default="", help="A note to recognise the till by.")
     def till_add(store_code: str, till_code: str, label: str) -> None:
-        view = _in_transaction(lambda s: stores.add_till(s, store_code, till_code, label=label))
+        view = _in_unit_of_work(lambda s: stores.add_till(s, store_code, till_code, label=label))
         click.echo(f"added till {view.till!r} to store {view.store!r}")
 
     @till.command("disable")
     @click.option("--store", "store_code", required=True)
     @click.option("--till", "till_code", required=True)
     def till_disable(store_code: str, till_code: str) -> None:
-        view = _in_transaction(lambda s: stores.disable_till(s, store_code, till_code))
+        view = _in_unit_of_work(lambda s: stores.disable_till(s, store_code, till_code))
         click.echo(f"disabled till {view.till!r} of store {view.store!r}")
 
     @till.command("list")
     @click.option("--store", "store_code", default=None)
     def till_list(store_code: str | None) -> None:
-        for view in _in_transaction(lambda s: stores.list_tills(s, store_code)):
+        for view in _in_unit_of_work(lambda s: stores.list_tills(s, store_code)):
             click.echo(f"{view.store}\t{view.till}\t{view.status}\t{view.label}")
 
     @group.command("simulate")
@@ -70,12 +72,15 @@ def pos_group() -> click.Group:
     @click.option("--receipts", default=100, show_default=True, type=click.IntRange(1, 100_000))
     @click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(1, 3600))
     @click.option("--seed", default=1, show_default=True)
+    @click.option("--customers", default=50, show_default=True, type=click.IntRange(1, 100_000))
     @click.option("--offline-share", default=0.2, show_default=True, type=click.FloatRange(0, 1))
+    @click.option("--return-share", default=0.05, show_default=True, type=click.FloatRange(0, 1))
     @click.option("--start-sequence", default=1, show_default=True, type=click.IntRange(1))
     @click.option("--business-day", type=click.DateTime(["%Y-%m-%d"]), default=None)
     def simulate_cmd(
         url: str, key: str, store_code: str, till_code: str, receipts: int, seconds: float, seed: int,
-        offline_share: float, start_sequence: int, business_day: datetime | None,
+        customers: int, offline_share: float, return_share: float, start_sequence: int,
+        business_day: datetime | None,
     ) -> None:  # fmt: skip
         """Play a day of store traffic against a running tongcrm (loopback only), bounded in count and time."""
         day: date | None = business_day.date() if business_day is not None else None
@@ -89,7 +94,9 @@ def pos_group() -> click.Group:
                     receipts=receipts,
                     seconds=seconds,
                     seed=seed,
+                    customers=customers,
                     offline_share=offline_share,
+                    return_share=return_share,
                     start_sequence=start_sequence,
                     business_day=day,
                 )
@@ -105,5 +112,7 @@ def pos_group() -> click.Group:
         )
         for error in report.errors[:10]:
             click.echo(f"error: {error}", err=True)
+        if report.errors:
+            raise click.exceptions.Exit(1)
 
     return group

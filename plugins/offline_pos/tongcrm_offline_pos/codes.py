@@ -16,11 +16,11 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.counter import OwnRows
 from tongcrm.crypto import Vault
-from tongcrm.db.dialect import insert
 from tongcrm.errors import Conflict, NotFound
 
 from tongcrm_offline_pos.models import PosCodeUse
@@ -81,20 +81,20 @@ def verify(vault: Vault, code: str, at: datetime) -> tuple[int, int] | None:
 
 
 async def consume(
-    session: AsyncSession, vault: Vault, code: str, *, at: datetime, account_id: int, till_code: str
+    rows: OwnRows, vault: Vault, code: str, *, at: datetime, account_id: int, till_code: str
 ) -> int:
     """The member a code names, recording its one use. 404 for an unknown or expired code, 409 for a used one."""
     found = verify(vault, code, at)
     if found is None:
         raise NotFound("this member code is unknown or has expired: ask the member to refresh it")
     member_id, step = found
-    table = PosCodeUse.__table__
+    table = cast(sa.Table, PosCodeUse.__table__)
     stmt = (
-        insert(session, table)
+        rows.insert(table)
         .values(member_id=member_id, step=step, account_id=account_id, till_code=till_code, used_at=at)
         .on_conflict_do_nothing(index_elements=["member_id", "step"])
-        .returning(sa.literal_column("member_id"))
+        .returning(table.c.member_id)
     )
-    if (await session.execute(stmt)).first() is None:
+    if (await rows.execute(stmt)).first() is None:
         raise Conflict("this member code was already used: ask the member to show a fresh one")
     return member_id

@@ -10,7 +10,7 @@ answer the till was given, so that an upload can be replayed and get the same an
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -97,3 +97,11 @@ class PosCodeUse(Base):
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("channel_accounts.id", ondelete="CASCADE"))
     till_code: Mapped[str] = mapped_column(sa.String(32))
     used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+#: The plugin's own tables: what it may read and write through the counter's unit of work (``uow.rows``).
+TABLES: tuple[sa.Table, ...] = (
+    cast(sa.Table, PosTill.__table__),
+    cast(sa.Table, PosReceipt.__table__),
+    cast(sa.Table, PosCodeUse.__table__),
+)

@@ -22,7 +22,7 @@ from tongcrm.plugin.types import (
 from tongcrm_offline_pos import models  # noqa: F401 - registers the plugin's tables on the core metadata
 from tongcrm_offline_pos.adapter import StoreAdapter
 from tongcrm_offline_pos.api import PosConfig, build_router
-from tongcrm_offline_pos.stores import CHANNEL
+from tongcrm_offline_pos.stores import CHANNEL, CROSS_STORE_RETURNS
 
 __all__ = ["STORE_CHANNEL", "OfflinePosPlugin", "channels", "cli_commands", "migration_locations", "routes"]
 
@@ -32,6 +32,13 @@ SETTINGS: tuple[SettingField, ...] = (
     SettingField("title", "The store's display name, e.g. 上海南京西路店", required=False),
     SettingField("city", "The city the store is in", required=False),
     SettingField("address", "The store's street address", required=False),
+    SettingField(
+        CROSS_STORE_RETURNS,
+        "Take back goods sold in other stores of the brand (a return naming original.store)",
+        required=False,
+        default="true",
+        choices=("true", "false"),
+    ),
 )
 
 

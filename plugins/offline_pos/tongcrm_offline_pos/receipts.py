@@ -1,14 +1,25 @@
-"""Receipts: checkout (earn, and pay with points), returns (reverse line by line), and offline batches.
+"""Receipts: checkout (earn, and pay with points), returns (reverse and give back line by line), offline batches.
 
-A sale becomes a core order through the ingest engine's :func:`apply_orders_page` (forward only, identity
-resolution, points under the earning rules, outbox), in the caller's transaction. Points paid at the till are a
-redemption in the same transaction; the part of the receipt paid with points earns nothing (it is allocated
-over the lines by largest remainder, so each line's earning base is exact in fen).
+Everything runs in one unit of work of the core's counter (:mod:`tongcrm.counter`): the counter records a sale
+as a core order through the ingest engine (forward only, identity resolution, points under the earning rules,
+tiers, outbox), and this module writes its own ``pos_receipts`` rows in the same transaction. Points paid at
+the till are a redemption in the same unit of work; the part of the receipt paid with points earns nothing (it
+is allocated over the lines by largest remainder, so each line's earning base is exact in fen).
 
 A return never edits ledger entries: it re-applies the original sale with the returned fen on its lines, and the
 points service posts the reversals (``floor(earned × refunded / amount)`` per line). The re-applied order
 carries ``modified_at`` = the sale's time + one microsecond per applied return, so the forward-only engine takes
-every return exactly once whatever order they arrive in.
+every return exactly once whatever order they arrive in. When the sale was paid partly with points, the return
+also gives back the share of those points the returned goods account for (:func:`tongcrm.counter.paid_points_due`:
+the redeemed points shared over the sale's lines by amount, a line's share given back in proportion to what of it
+came back, cumulative over all returns, so never more than was redeemed), as a ``refund`` ledger entry that
+references the redemption and is idempotent by the return's key.
+
+A return may be made in another store of the brand than the sale (``original.store``), when the returning store
+allows it (store setting ``allow_cross_store_returns``, default true). The return receipt belongs to the
+returning store; the sale is found by its full key, and the member, lines and amounts come from it. The
+cumulative returns are kept on the sale's row (locked while a return is applied), so a line cannot come back
+twice in total, whichever stores take it back.
 
 Idempotency: the receipt key (store, till, business day, sequence) is unique in ``pos_receipts``. A new key is
 claimed with ``INSERT … ON CONFLICT DO NOTHING`` before any effect, so two uploads of one receipt meet there
@@ -23,25 +34,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
-from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.counter import Buyer, CounterRefused, CounterWork, PaidPointsBack, PointsPayment, ReturnedLine
 from tongcrm.errors import Conflict, TongcrmError
-from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.logging import get_logger
-from tongcrm.members.phone import InvalidMobile, normalise_mobile
-from tongcrm.members.service import resolve_live_id
-from tongcrm.orders.models import Order
-from tongcrm.plugin.types import IdentityClaim, LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
-from tongcrm.points import service as points
-from tongcrm.points.models import EntryKind, PointsEntry
+from tongcrm.plugin.types import LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
 
-from tongcrm_offline_pos.members import PosContext, claim_for_member, find_by_mobile
 from tongcrm_offline_pos.models import PosReceipt
 from tongcrm_offline_pos.schemas import BatchResult, LineIn, ReceiptIn, ReceiptResult, ReceiptView
-from tongcrm_offline_pos.stores import CHANNEL, Store, active_tills
+from tongcrm_offline_pos.stores import Store, TillCache, find_store
 
 log = get_logger(__name__)
 
@@ -50,6 +54,7 @@ MAX_BATCH = 200
 #: Skew beyond this is logged as a warning (and, like any skew, tolerated and recorded).
 SKEW_WARNING_SECONDS = 300
 _RECEIPTS = cast(sa.Table, PosReceipt.__table__)
+_KEY_COLUMNS = ["account_id", "till_code", "business_day", "sequence"]
 
 
 class ReceiptRejected(TongcrmError):
@@ -119,18 +124,18 @@ def _aware(value: datetime | None, what: str) -> None:
         raise _invalid(f"{what} needs a UTC offset (e.g. 2024-06-18T10:00:00+08:00)")
 
 
-def validate(r: ReceiptIn, ctx: PosContext, effective: datetime | None = None) -> None:
+def validate(r: ReceiptIn, tz: ZoneInfo, effective: datetime | None = None) -> None:
     _aware(r.occurred_at, "occurred_at")
     _aware(r.sent_at, "sent_at")
     key = receipt_key(r.store, r.till, r.business_day, r.sequence)
     if len(key) > 64:
         raise _invalid("the receipt key (store:till:day:sequence) is longer than 64 characters")
     if effective is not None:
-        local = effective.astimezone(ctx.tz).date()
+        local = effective.astimezone(tz).date()
         if abs((r.business_day - local).days) > 1:
             raise _invalid(
                 f"business_day {r.business_day.isoformat()} is more than a day from the receipt time "
-                f"({local.isoformat()} in {ctx.tz.key})"
+                f"({local.isoformat()} in {tz.key})"
             )
     if r.kind == "sale":
         if r.original is not None or r.return_lines:
@@ -175,10 +180,8 @@ class _Claimed:
     hash: str
     effective: datetime
     skew: int | None
-
-
-def _ingest_ctx(ctx: PosContext) -> IngestContext:
-    return IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor.name)
+    #: The row was inserted by this call with the receipt as sent (not a retry of a rejected receipt).
+    fresh: bool
 
 
 def _result(r: ReceiptIn, key: str, status: str, **fields: Any) -> ReceiptResult:
@@ -198,13 +201,13 @@ def _order(
     r: ReceiptIn,
     key: str,
     effective: datetime,
-    claim: IdentityClaim | None,
     *,
     version: int = 0,
     refunds: dict[str, dict[str, int]] | None = None,
     offline: bool,
 ) -> NormalisedOrder:
-    """The core order for a sale, as of ``version`` returns (``refunds``: fen and quantity per line)."""
+    """The core order for a sale, as of ``version`` returns (``refunds``: fen and quantity per line). The
+    counter adds the buyer's identity claim."""
     points_fen = sum(p.amount_fen for p in r.payments if p.method == "points")
     bases = allocate([line.amount_fen for line in r.lines], points_fen)
     refunds = refunds or {}
@@ -239,115 +242,88 @@ def _order(
         total_fen=r.total_fen,
         paid_fen=r.total_fen - points_fen,
         discount_fen=r.discount_fen,
-        claims=(claim,) if claim is not None else (),
+        claims=(),
         lines=tuple(lines),
         store_code=r.store,
         platform_status="pos_offline" if offline else "pos",
     )
 
 
-async def _order_points(session: AsyncSession, order_id: int, kinds: Sequence[str]) -> int:
-    total = (
-        await session.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.amount), 0)).where(
-                PointsEntry.order_id == order_id, PointsEntry.kind.in_(list(kinds))
-            )
-        )
-    ).scalar_one()
-    return int(total)
-
-
-async def _available(session: AsyncSession, member_id: int | None) -> int | None:
-    if member_id is None:
-        return None
-    return max((await points.balance(session, member_id)).available, 0)
+def _refused(exc: CounterRefused) -> ReceiptRejected:
+    if exc.reason == "invalid_mobile":
+        return _invalid(f"member.mobile: {exc.message}")
+    return ReceiptRejected(exc.reason, exc.message, status=exc.status_code)
 
 
 async def _sale(
-    session: AsyncSession, ctx: PosContext, store: Store, r: ReceiptIn, c: _Claimed, offline: bool
+    uow: CounterWork, store: Store, r: ReceiptIn, c: _Claimed, offline: bool
 ) -> tuple[ReceiptResult, dict[str, Any]]:
-    claim: IdentityClaim | None = None
-    member_id: int | None = None
+    buyer: Buyer | None = None
     if r.member is not None and r.member.member_id is not None:
-        member_id = await resolve_live_id(session, r.member.member_id)
-        if member_id is None:
-            raise ReceiptRejected("unknown_member", f"no member {r.member.member_id}", status=422)
-        claim = await claim_for_member(session, ctx, member_id)
-        if claim is None:
-            raise ReceiptRejected(
-                "member_without_identity",
-                f"member {member_id} has no mobile or other strong identity to attribute a receipt to",
-                status=422,
-            )
+        buyer = await uow.buyer(member_id=r.member.member_id, evidence="pos receipt")
     elif r.member is not None and r.member.mobile:
-        try:
-            e164 = normalise_mobile(r.member.mobile)
-        except InvalidMobile as exc:
-            raise _invalid(f"member.mobile: {exc.message}") from None
-        claim = IdentityClaim("mobile", e164, f"given at till {r.store}/{r.till}")
-        member_id = await find_by_mobile(session, ctx, e164)
-
-    redeemed = 0
+        buyer = await uow.buyer(mobile=r.member.mobile, evidence=f"given at till {r.store}/{r.till}")
     want = sum(p.points for p in r.payments if p.method == "points")
-    if want:
-        if member_id is None:
-            raise ReceiptRejected("points_without_member", "a receipt paid with points needs a known member")
-        try:
-            await points.redeem(
-                session,
-                ctx.points,
-                member_id,
-                want,
-                key=f"pos:{c.key}",
-                reason=f"paid at till: receipt {c.key}",
-            )
-        except Conflict as exc:
-            raise ReceiptRejected("insufficient_points", exc.message) from None
-        redeemed = want
-
-    order = _order(r, c.key, c.effective, claim, offline=offline)
-    page = await apply_orders_page(session, _ingest_ctx(ctx), store.account_id, CHANNEL, [order])
-    if page.quarantined:
-        raise ReceiptRejected("identity_rejected", "the receipt's member claim was refused", status=422)
-    row = (
-        await session.execute(
-            sa.select(Order.id, Order.member_id).where(
-                Order.account_id == store.account_id, Order.external_id == c.key
-            )
-        )
-    ).one()
-    earned = await _order_points(session, row.id, [EntryKind.EARN])
+    payment = (
+        PointsPayment(want, key=f"pos:{c.key}", reason=f"paid at till: receipt {c.key}") if want else None
+    )
+    sale = await uow.record_sale(
+        store.account, _order(r, c.key, c.effective, offline=offline), buyer=buyer, points_payment=payment
+    )
     result = _result(
         r,
         c.key,
         "applied",
         offline=offline,
-        member_id=row.member_id,
-        points_earned=earned,
-        points_redeemed=redeemed,
-        points_available=await _available(session, row.member_id),
+        member_id=sale.member_id,
+        points_earned=sale.points_earned,
+        points_redeemed=sale.points_redeemed,
+        points_available=sale.points_available,
         clock_skew_seconds=c.skew,
     )
-    return result, {"member_id": row.member_id, "order_id": row.id}
+    return result, {"member_id": sale.member_id, "order_id": sale.order_id}
+
+
+async def _original_store(uow: CounterWork, store: Store, code: str, original_key: str) -> Store:
+    if code == store.code:
+        return store
+    if not store.allows_cross_store_returns:
+        raise ReceiptRejected(
+            "cross_store_return_refused",
+            f"store {store.code!r} does not take back goods sold in other stores "
+            "(its setting allow_cross_store_returns is false)",
+            status=403,
+        )
+    origin = await find_store(uow, code)
+    if origin is None:
+        raise ReceiptRejected(
+            "original_not_found", f"no applied sale {original_key} to return goods from (yet)", status=404
+        )
+    return origin
 
 
 async def _return(
-    session: AsyncSession, ctx: PosContext, store: Store, r: ReceiptIn, c: _Claimed, offline: bool
+    uow: CounterWork, store: Store, r: ReceiptIn, c: _Claimed, offline: bool
 ) -> tuple[ReceiptResult, dict[str, Any]]:
     ref = r.original
     assert ref is not None
-    original_key = receipt_key(store.code, ref.till, ref.business_day, ref.sequence)
-    query = sa.select(PosReceipt).where(
-        PosReceipt.account_id == store.account_id,
-        PosReceipt.till_code == ref.till,
-        PosReceipt.business_day == ref.business_day,
-        PosReceipt.sequence == ref.sequence,
-        PosReceipt.kind == "sale",
-        PosReceipt.status == "applied",
-    )
-    if dialect_name(session) == "postgresql":
-        query = query.with_for_update()
-    original = (await session.execute(query)).scalar_one_or_none()
+    code = ref.store or store.code
+    original_key = receipt_key(code, ref.till, ref.business_day, ref.sequence)
+    origin = await _original_store(uow, store, code, original_key)
+    original = (
+        await uow.rows.execute(
+            sa.select(_RECEIPTS)
+            .where(
+                _RECEIPTS.c.account_id == origin.account_id,
+                _RECEIPTS.c.till_code == ref.till,
+                _RECEIPTS.c.business_day == ref.business_day,
+                _RECEIPTS.c.sequence == ref.sequence,
+                _RECEIPTS.c.kind == "sale",
+                _RECEIPTS.c.status == "applied",
+            )
+            .with_for_update()  # returns of one sale, from any store, one at a time
+        )
+    ).first()
     if original is None:
         raise ReceiptRejected(
             "original_not_found", f"no applied sale {original_key} to return goods from (yet)", status=404
@@ -371,61 +347,66 @@ async def _return(
             )
         done["fen"] += back.amount_fen
         done["qty"] += back.quantity
-    member_id = await resolve_live_id(session, original.member_id) if original.member_id else None
-    claim = await claim_for_member(session, ctx, member_id) if member_id is not None else None
+    buyer = None
+    if original.member_id is not None:
+        buyer = await uow.buyer(member_id=original.member_id, evidence="pos receipt")
     version = original.returns_applied + 1
     order = _order(
-        sale,
-        original_key,
-        original.effective_at,
-        claim,
-        version=version,
-        refunds=refunds,
-        offline=original.offline,
+        sale, original_key, original.effective_at, version=version, refunds=refunds, offline=original.offline
     )
-    assert original.order_id is not None
-    kinds = [EntryKind.EARN, EntryKind.REVERSE]
-    before = await _order_points(session, original.order_id, kinds)
-    page = await apply_orders_page(session, _ingest_ctx(ctx), store.account_id, CHANNEL, [order])
-    if page.quarantined:
-        raise ReceiptRejected("identity_rejected", "the original sale's member claim was refused", status=422)
-    after = await _order_points(session, original.order_id, kinds)
-    original.refunds = refunds
-    original.returns_applied = version
+    paid_back = None
+    if any(p.method == "points" for p in sale.payments):
+        paid_back = PaidPointsBack(
+            payment_key=f"pos:{original_key}",
+            key=f"pos:{c.key}",
+            lines=tuple(
+                ReturnedLine(line.amount_fen, refunds.get(str(line.line_no), {}).get("fen", 0))
+                for line in sale.lines
+            ),
+            reason=f"goods returned at till: receipt {c.key}",
+        )
+    recorded = await uow.record_return(origin.account, order, buyer=buyer, paid_points=paid_back)
+    await uow.rows.execute(
+        sa.update(_RECEIPTS)
+        .where(_RECEIPTS.c.id == original.id)
+        .values(refunds=refunds, returns_applied=version, updated_at=uow.clock())
+    )
     result = _result(
         r,
         c.key,
         "applied",
         offline=offline,
-        member_id=member_id,
-        points_reversed=before - after,
-        points_available=await _available(session, member_id),
+        member_id=recorded.member_id,
+        points_reversed=recorded.points_reversed,
+        points_refunded=recorded.points_refunded,
+        points_available=recorded.points_available,
         clock_skew_seconds=c.skew,
     )
-    return result, {"member_id": member_id, "order_id": original.order_id, "original_key": original_key}
+    links = {"member_id": recorded.member_id, "order_id": recorded.order_id, "original_key": original_key}
+    return result, links
 
 
-async def _existing(session: AsyncSession, store: Store, r: ReceiptIn) -> PosReceipt | None:
+async def _existing(uow: CounterWork, store: Store, r: ReceiptIn) -> Any:
     return (
-        await session.execute(
-            sa.select(PosReceipt).where(
-                PosReceipt.account_id == store.account_id,
-                PosReceipt.till_code == r.till,
-                PosReceipt.business_day == r.business_day,
-                PosReceipt.sequence == r.sequence,
+        await uow.rows.execute(
+            sa.select(_RECEIPTS.c.id, _RECEIPTS.c.status, _RECEIPTS.c.body_hash, _RECEIPTS.c.result).where(
+                _RECEIPTS.c.account_id == store.account_id,
+                _RECEIPTS.c.till_code == r.till,
+                _RECEIPTS.c.business_day == r.business_day,
+                _RECEIPTS.c.sequence == r.sequence,
             )
         )
-    ).scalar_one_or_none()
+    ).first()
 
 
 async def _claim(
-    session: AsyncSession, store: Store, r: ReceiptIn, key: str, digest: str, effective: datetime,
-    skew: int | None, offline: bool, now: datetime,
+    uow: CounterWork, store: Store, r: ReceiptIn, key: str, digest: str, effective: datetime,
+    skew: int | None, offline: bool, sent: datetime | None, now: datetime,
 ) -> int | None:  # fmt: skip
     """Insert the receipt's row as ``pending``; ``None`` when the key already has a row (a replay, or a
     concurrent upload of the same receipt that committed first)."""
     stmt = (
-        insert(session, _RECEIPTS)
+        uow.rows.insert(_RECEIPTS)
         .values(
             account_id=store.account_id,
             till_code=r.till,
@@ -437,7 +418,7 @@ async def _claim(
             offline=offline,
             body_hash=digest,
             till_time=r.occurred_at,
-            sent_at=r.sent_at,
+            sent_at=sent,
             received_at=now,
             effective_at=effective,
             clock_skew_seconds=skew,
@@ -447,38 +428,38 @@ async def _claim(
             result={},
             updated_at=now,
         )
-        .on_conflict_do_nothing(index_elements=["account_id", "till_code", "business_day", "sequence"])
+        .on_conflict_do_nothing(index_elements=_KEY_COLUMNS)
         .returning(_RECEIPTS.c.id)
     )
-    row = (await session.execute(stmt)).first()
+    row = (await uow.rows.execute(stmt)).first()
     return None if row is None else int(row[0])
 
 
 async def apply_receipt(
-    session: AsyncSession,
-    ctx: PosContext,
+    uow: CounterWork,
     store: Store,
     r: ReceiptIn,
     *,
-    tills: set[str],
+    tills: TillCache,
     offline: bool,
     sent_at: datetime | None,
     strict: bool,
 ) -> ReceiptResult:
-    """Apply one receipt. ``strict`` (an online checkout): a rejection raises, and the caller's transaction
-    rolls back. Otherwise (a batch) the rejection is recorded and returned, and the batch goes on."""
-    now = ctx.clock()
+    """Apply one receipt. ``strict`` (an online checkout): a rejection raises, and the unit of work rolls
+    back. Otherwise (a batch) the receipt is applied on a savepoint; a rejection is recorded and returned, and
+    the batch goes on."""
+    now = uow.clock()
     key = receipt_key(r.store, r.till, r.business_day, r.sequence)
     digest = body_hash(r)
     sent = r.sent_at or sent_at
     try:
-        if r.till not in tills:
+        if not await tills.has(uow, store, r.till):
             raise ReceiptRejected(
                 "unknown_till", f"store {store.code!r} has no active till {r.till!r}", status=404
             )
-        validate(r, ctx)
+        validate(r, uow.tz)
         effective, skew = effective_time(r.occurred_at, sent, now)
-        validate(r, ctx, effective)
+        validate(r, uow.tz, effective)
     except ReceiptRejected as exc:
         if strict:
             raise
@@ -486,14 +467,11 @@ async def apply_receipt(
     if skew is not None and abs(skew) > SKEW_WARNING_SECONDS:
         log.warning("till clock skew", store=store.code, till=r.till, skew_seconds=skew)
 
-    existing = await _existing(session, store, r)
-    row_id: int | None = None
-    if existing is None:
-        row_id = await _claim(session, store, r, key, digest, effective, skew, offline, now)
-        if row_id is None:  # a concurrent upload of this receipt committed first
-            existing = await _existing(session, store, r)
-            assert existing is not None
-    if existing is not None:
+    row_id = await _claim(uow, store, r, key, digest, effective, skew, offline, sent, now)
+    fresh = row_id is not None
+    if row_id is None:  # the key is known: a replay, a retry of a rejected receipt, or a concurrent upload
+        existing = await _existing(uow, store, r)
+        assert existing is not None
         if existing.status == "applied":
             if existing.body_hash != digest:
                 message = f"receipt key {key} was already used for a different receipt"
@@ -502,19 +480,19 @@ async def apply_receipt(
                 return _result(r, key, "conflict", offline=offline, reason="key_reused", detail=message)
             stored = msgspec.convert(existing.result, ReceiptResult)
             return msgspec.structs.replace(stored, replayed=True)
-        row_id = existing.id
-    assert row_id is not None
-    c = _Claimed(row_id, key, digest, effective, skew)
+        row_id = int(existing.id)
+    c = _Claimed(row_id, key, digest, effective, skew, fresh)
+    apply = _sale if r.kind == "sale" else _return
     try:
-        async with session.begin_nested():
-            if r.kind == "sale":
-                result, links = await _sale(session, ctx, store, r, c, offline)
-            else:
-                result, links = await _return(session, ctx, store, r, c, offline)
+        if strict:  # a rejection rolls the whole unit of work back: no savepoint needed
+            result, links = await _applied(apply, uow, store, r, c, offline)
+        else:
+            async with uow.attempt():
+                result, links = await _applied(apply, uow, store, r, c, offline)
     except ReceiptRejected as exc:
         if strict:
             raise
-        await _finish(session, c, r, offline, sent, now, "rejected", reason=exc.reason, detail=exc.message)
+        await _finish(uow, c, r, offline, sent, now, "rejected", reason=exc.reason, detail=exc.message)
         return _result(
             r,
             key,
@@ -524,12 +502,22 @@ async def apply_receipt(
             detail=exc.message,
             clock_skew_seconds=skew,
         )
-    await _finish(session, c, r, offline, sent, now, "applied", result=result, **links)
+    await _finish(uow, c, r, offline, sent, now, "applied", result=result, **links)
     return result
 
 
+async def _applied(
+    apply: Any, uow: CounterWork, store: Store, r: ReceiptIn, c: _Claimed, offline: bool
+) -> tuple[ReceiptResult, dict[str, Any]]:
+    try:
+        out: tuple[ReceiptResult, dict[str, Any]] = await apply(uow, store, r, c, offline)
+    except CounterRefused as exc:
+        raise _refused(exc) from None
+    return out
+
+
 async def _finish(
-    session: AsyncSession, c: _Claimed, r: ReceiptIn, offline: bool, sent: datetime | None, now: datetime,
+    uow: CounterWork, c: _Claimed, r: ReceiptIn, offline: bool, sent: datetime | None, now: datetime,
     status: str, *, result: ReceiptResult | None = None, reason: str | None = None, detail: str | None = None,
     **links: Any,
 ) -> None:  # fmt: skip
@@ -537,27 +525,30 @@ async def _finish(
         "status": status,
         "reason": reason,
         "detail": detail,
-        "offline": offline,
-        "body_hash": c.hash,
-        "body": msgspec.to_builtins(msgspec.structs.replace(r, sent_at=None)),
-        "till_time": r.occurred_at,
-        "sent_at": sent,
-        "received_at": now,
-        "effective_at": c.effective,
-        "clock_skew_seconds": c.skew,
         "result": msgspec.to_builtins(result) if result is not None else {},
         "updated_at": now,
         **links,
     }
-    await session.execute(sa.update(_RECEIPTS).where(_RECEIPTS.c.id == c.row_id).values(**values))
+    if not c.fresh:  # a rejected receipt tried again: the row still describes the earlier attempt
+        values.update(
+            offline=offline,
+            body_hash=c.hash,
+            body=msgspec.to_builtins(msgspec.structs.replace(r, sent_at=None)),
+            till_time=r.occurred_at,
+            sent_at=sent,
+            received_at=now,
+            effective_at=c.effective,
+            clock_skew_seconds=c.skew,
+        )
+    await uow.rows.execute(sa.update(_RECEIPTS).where(_RECEIPTS.c.id == c.row_id).values(**values))
 
 
 async def apply_batch(
-    session: AsyncSession,
-    ctx: PosContext,
+    uow: CounterWork,
     store: Store,
     receipts: Sequence[ReceiptIn],
     *,
+    tills: TillCache,
     sent_at: datetime | None,
     offline: bool = True,
     strict: bool = False,
@@ -565,7 +556,6 @@ async def apply_batch(
     """Apply receipts in key order (business day, till, sequence), each on its own savepoint. Receipts
     rejected because of another receipt (a return before its sale, points not yet earned) are tried once
     more at the end of the batch, so a batch's own order never decides its outcome."""
-    tills = await active_tills(session, store)
     order = sorted(
         range(len(receipts)), key=lambda i: (receipts[i].business_day, receipts[i].till, receipts[i].sequence)
     )
@@ -573,7 +563,7 @@ async def apply_batch(
     retry: list[int] = []
     for i in order:
         res = await apply_receipt(
-            session, ctx, store, receipts[i], tills=tills, offline=offline, sent_at=sent_at, strict=strict
+            uow, store, receipts[i], tills=tills, offline=offline, sent_at=sent_at, strict=strict
         )
         results[i] = res
         if res.status == "rejected" and res.reason in {"original_not_found", "insufficient_points"}:
@@ -581,7 +571,7 @@ async def apply_batch(
     if retry and len(retry) < len(order):
         for i in retry:
             results[i] = await apply_receipt(
-                session, ctx, store, receipts[i], tills=tills, offline=offline, sent_at=sent_at, strict=strict
+                uow, store, receipts[i], tills=tills, offline=offline, sent_at=sent_at, strict=strict
             )
     # tiers were re-evaluated by the ingest engine with each applied receipt, in this same transaction
     out = [results[i] for i in range(len(receipts))]
@@ -594,19 +584,19 @@ async def apply_batch(
 
 
 async def receipt_view(
-    session: AsyncSession, store: Store, till: str, business_day: date, sequence: int
+    uow: CounterWork, store: Store, till: str, business_day: date, sequence: int
 ) -> ReceiptView | None:
     row = (
-        await session.execute(
-            sa.select(PosReceipt).where(
-                PosReceipt.account_id == store.account_id,
-                PosReceipt.till_code == till,
-                PosReceipt.business_day == business_day,
-                PosReceipt.sequence == sequence,
-                PosReceipt.status != "pending",
+        await uow.rows.execute(
+            sa.select(_RECEIPTS).where(
+                _RECEIPTS.c.account_id == store.account_id,
+                _RECEIPTS.c.till_code == till,
+                _RECEIPTS.c.business_day == business_day,
+                _RECEIPTS.c.sequence == sequence,
+                _RECEIPTS.c.status != "pending",
             )
         )
-    ).scalar_one_or_none()
+    ).first()
     if row is None:
         return None
     if row.status == "applied":

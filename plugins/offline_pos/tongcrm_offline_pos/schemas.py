@@ -43,12 +43,14 @@ class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
     points: Annotated[int, msgspec.Meta(ge=0, le=10**9)] = 0
 
 
-class ReceiptRef(msgspec.Struct, forbid_unknown_fields=True):
-    """The key of a sale in the same store (what a return refers to)."""
+class ReceiptRef(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The key of the sale a return refers to. ``store`` is the store of the sale when that is another store of
+    the brand (a cross-store return, if the returning store allows them); omitted, it is the returning store."""
 
     till: Code
     business_day: date
     sequence: Sequence_
+    store: StoreCode | None = None
 
 
 class ReturnLineIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,7 +106,10 @@ class ReceiptResult(msgspec.Struct):
     member_id: int | None = None
     points_earned: int = 0
     points_redeemed: int = 0
+    #: A return: earned points taken back.
     points_reversed: int = 0
+    #: A return of goods paid partly with points: redeemed points given back.
+    points_refunded: int = 0
     #: The member's available points after this receipt (at the time it was applied).
     points_available: int | None = None
     #: Machine-readable reason of a rejection, e.g. ``insufficient_points``, ``original_not_found``.

@@ -129,11 +129,15 @@ async def simulate(
     seed: int = 1,
     customers: int = 50,
     offline_share: float = 0.2,
+    return_share: float = 0.05,
     start_sequence: int = 1,
     business_day: date | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> SimReport:
-    """Play up to ``receipts`` receipts within ``seconds``; the same arguments replay the same day."""
+    """Play up to ``receipts`` receipts within ``seconds``; the same arguments replay the same day.
+
+    ``customers``: the size of the pool of mobiles; ``offline_share``: receipts queued while "offline" and
+    uploaded as a batch later; ``return_share``: receipts that return the first line of an earlier sale."""
     require_loopback(base_url)
     rnd = random.Random(seed)
     pool = mobile_pool(customers, seed)
@@ -178,7 +182,7 @@ async def simulate(
                             use_points = info["points_available"] // 2
                     else:
                         report.errors.append(f"lookup {found.status_code}: {found.text[:200]}")
-            if applied and not offline and rnd.random() < 0.05:
+            if applied and not offline and rnd.random() < return_share:
                 original = rnd.choice(applied)
                 line = original["lines"][0]
                 body: dict[str, Any] = {

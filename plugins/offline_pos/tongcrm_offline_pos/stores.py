@@ -4,31 +4,52 @@ A store is a core channel account of the ``offline_pos`` channel whose name is t
 (``tongcrm channel add offline_pos --name SH001``); a POS API key names that code (``tongcrm apikey create
 --role pos --store SH001``). Tills are registered per store (``tongcrm pos till add``) so that a receipt from a
 till nobody set up is refused instead of silently creating a new key space.
+
+Everything here runs inside a unit of work of the core's counter (:mod:`tongcrm.counter`): stores are read
+through it (the core caches accounts for a few seconds), tills are the plugin's own rows. The POS API keeps the
+active tills of each store in a :class:`TillCache`, so a checkout does not read them again; a till added
+elsewhere is picked up at once (a miss reloads), a till disabled elsewhere stops working within the cache's TTL.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
-from tongcrm.channels.models import ChannelAccount
+from tongcrm.counter import CounterAccount, CounterWork
 from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest, Conflict, NotFound
 
 from tongcrm_offline_pos.models import PosTill
 
 CHANNEL = "offline_pos"
+#: The store setting that lets a store take back goods sold in another store of the brand (default true).
+CROSS_STORE_RETURNS = "allow_cross_store_returns"
 _TILL = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+_TILLS = cast(sa.Table, PosTill.__table__)
 
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    account_id: int
-    code: str
-    settings: dict[str, str]
+    account: CounterAccount
+
+    @property
+    def account_id(self) -> int:
+        return self.account.id
+
+    @property
+    def code(self) -> str:
+        return self.account.name
+
+    @property
+    def allows_cross_store_returns(self) -> bool:
+        """Whether this store takes back goods sold in another store of the brand (a store created before the
+        setting existed does)."""
+        return self.account.settings.get(CROSS_STORE_RETURNS, "true").lower() != "false"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,85 +61,115 @@ class TillView:
     created_at: datetime
 
 
-async def get_store(session: AsyncSession, code: str) -> Store:
+async def get_store(uow: CounterWork, code: str) -> Store:
     """The active store with this code. Any other case is a 404 with the same words, so a key cannot probe
     which store codes exist."""
-    row = (
-        await session.execute(
-            sa.select(ChannelAccount.id, ChannelAccount.name, ChannelAccount.settings).where(
-                ChannelAccount.name == code,
-                ChannelAccount.channel == CHANNEL,
-                ChannelAccount.status == "active",
+    account = await uow.account(CHANNEL, code)
+    if account is None or not account.active:
+        raise NotFound(f"no store {code!r}")
+    return Store(account)
+
+
+async def find_store(uow: CounterWork, code: str) -> Store | None:
+    """The store with this code whatever its status (a sale made in a store that has closed since)."""
+    account = await uow.account(CHANNEL, code)
+    return None if account is None else Store(account)
+
+
+async def active_tills(uow: CounterWork, store: Store) -> frozenset[str]:
+    rows = await uow.rows.execute(
+        sa.select(_TILLS.c.till_code).where(
+            _TILLS.c.account_id == store.account_id, _TILLS.c.status == "active"
+        )
+    )
+    return frozenset(rows.scalars())
+
+
+class TillCache:
+    """The active tills of each store, kept ``ttl`` seconds; a till that is not in the cache is looked up again
+    before it is refused (so a till registered a moment ago works at once)."""
+
+    def __init__(self, ttl: float = 10.0) -> None:
+        self.ttl = ttl
+        self._tills: dict[int, tuple[float, frozenset[str]]] = {}
+
+    def forget(self) -> None:
+        self._tills.clear()
+
+    async def has(self, uow: CounterWork, store: Store, till: str) -> bool:
+        now = time.monotonic()
+        cached = self._tills.get(store.account_id)
+        if cached is not None and cached[0] > now and till in cached[1]:
+            return True
+        tills = await active_tills(uow, store)
+        if len(self._tills) > 10_000:
+            self._tills.clear()
+        self._tills[store.account_id] = (now + self.ttl, tills)
+        return till in tills
+
+    async def require(self, uow: CounterWork, store: Store, till: str) -> None:
+        if not await self.has(uow, store, till):
+            raise NotFound(
+                f"store {store.code!r} has no active till {till!r}: register it with `tongcrm pos till add`"
+            )
+
+
+async def _till_row(
+    uow: CounterWork, store: Store, till: str
+) -> sa.Row[tuple[int, str, str, datetime]] | None:
+    row: sa.Row[tuple[int, str, str, datetime]] | None = (
+        await uow.rows.execute(
+            sa.select(_TILLS.c.id, _TILLS.c.label, _TILLS.c.status, _TILLS.c.created_at).where(
+                _TILLS.c.account_id == store.account_id, _TILLS.c.till_code == till
             )
         )
     ).first()
-    if row is None:
-        raise NotFound(f"no store {code!r}")
-    return Store(row.id, row.name, dict(row.settings or {}))
+    return row
 
 
-async def active_tills(session: AsyncSession, store: Store) -> set[str]:
-    rows = await session.execute(
-        sa.select(PosTill.till_code).where(PosTill.account_id == store.account_id, PosTill.status == "active")
-    )
-    return set(rows.scalars())
-
-
-async def require_till(session: AsyncSession, store: Store, till: str) -> None:
-    if till not in await active_tills(session, store):
-        raise NotFound(
-            f"store {store.code!r} has no active till {till!r}: register it with `tongcrm pos till add`"
-        )
-
-
-async def add_till(session: AsyncSession, store_code: str, till: str, *, label: str = "") -> TillView:
+async def add_till(uow: CounterWork, store_code: str, till: str, *, label: str = "") -> TillView:
     if not _TILL.match(till):
         raise BadRequest("a till code is 1-16 letters, digits, '_' or '-'")
-    store = await get_store(session, store_code)
-    existing = (
-        await session.execute(
-            sa.select(PosTill).where(PosTill.account_id == store.account_id, PosTill.till_code == till)
-        )
-    ).scalar_one_or_none()
+    store = await get_store(uow, store_code)
+    existing = await _till_row(uow, store, till)
     if existing is not None:
         if existing.status == "active":
             raise Conflict(f"store {store_code!r} already has till {till!r}")
-        existing.status = "active"
-        existing.label = label or existing.label
-        await session.flush()
-        return _view(store.code, existing)
-    row = PosTill(
-        account_id=store.account_id, till_code=till, label=label, status="active", created_at=utcnow()
-    )
-    session.add(row)
-    await session.flush()
-    return _view(store.code, row)
-
-
-async def disable_till(session: AsyncSession, store_code: str, till: str) -> TillView:
-    store = await get_store(session, store_code)
-    row = (
-        await session.execute(
-            sa.select(PosTill).where(PosTill.account_id == store.account_id, PosTill.till_code == till)
+        label = label or existing.label
+        await uow.rows.execute(
+            sa.update(_TILLS).where(_TILLS.c.id == existing.id).values(status="active", label=label)
         )
-    ).scalar_one_or_none()
-    if row is None:
-        raise NotFound(f"store {store_code!r} has no till {till!r}")
-    row.status = "disabled"
-    await session.flush()
-    return _view(store.code, row)
-
-
-async def list_tills(session: AsyncSession, store_code: str | None = None) -> list[TillView]:
-    stmt = (
-        sa.select(ChannelAccount.name, PosTill)
-        .join(ChannelAccount, ChannelAccount.id == PosTill.account_id)
-        .order_by(ChannelAccount.name, PosTill.till_code)
+        return TillView(store.code, till, label, "active", existing.created_at)
+    created = utcnow()
+    await uow.rows.execute(
+        sa.insert(_TILLS).values(
+            account_id=store.account_id, till_code=till, label=label, status="active", created_at=created
+        )
     )
-    if store_code is not None:
-        stmt = stmt.where(ChannelAccount.name == store_code)
-    return [_view(name, till) for name, till in (await session.execute(stmt)).all()]
+    return TillView(store.code, till, label, "active", created)
 
 
-def _view(store: str, row: PosTill) -> TillView:
-    return TillView(store, row.till_code, row.label, row.status, row.created_at)
+async def disable_till(uow: CounterWork, store_code: str, till: str) -> TillView:
+    store = await get_store(uow, store_code)
+    existing = await _till_row(uow, store, till)
+    if existing is None:
+        raise NotFound(f"store {store_code!r} has no till {till!r}")
+    await uow.rows.execute(sa.update(_TILLS).where(_TILLS.c.id == existing.id).values(status="disabled"))
+    return TillView(store.code, till, existing.label, "disabled", existing.created_at)
+
+
+async def list_tills(uow: CounterWork, store_code: str | None = None) -> list[TillView]:
+    names = {a.id: a.name for a in await uow.accounts(CHANNEL) if store_code in (None, a.name)}
+    if not names:
+        return []
+    rows = (
+        await uow.rows.execute(
+            sa.select(
+                _TILLS.c.account_id, _TILLS.c.till_code, _TILLS.c.label, _TILLS.c.status, _TILLS.c.created_at
+            )
+            .where(_TILLS.c.account_id.in_(sorted(names)))
+            .order_by(_TILLS.c.till_code)
+        )
+    ).all()
+    views = [TillView(names[r.account_id], r.till_code, r.label, r.status, r.created_at) for r in rows]
+    return sorted(views, key=lambda v: (v.store, v.till))

@@ -1,0 +1,828 @@
+"""Serving a member in person, for any channel with a counter: a store's till, a pop-up stand, a service desk.
+
+What a counter does with the one member base: find a member by mobile or identity and show what a cashier may
+see (masked name and mobile, tier, entitlements usable now, available points); enrol a walk-in customer with the
+consent they give there; record a sale through the ingest engine, optionally paid in part with points (a
+redemption in the same unit of work); record a return, which reverses the points the returned lines earned and
+gives back the proportional share of the points they were paid with.
+
+Design: a unit of work the core owns
+------------------------------------
+:class:`CounterService` is made once by the app (``app.state.counter``) and handed to plugin routes by
+dependency injection (``counter: NamedDependency[CounterService]``), like
+:class:`tongcrm.membership.MembershipService`. A plugin never sees a session factory, a session or a
+transaction; it opens a unit of work and does everything inside it::
+
+    async with counter.unit_of_work(actor=actor, tables=MY_TABLES) as uow:
+        row = (await uow.rows.execute(sa.select(my_table).where(...))).first()   # the plugin's own rows
+        buyer = await uow.buyer(mobile=mobile, evidence="till S1/T01")
+        sale = await uow.record_sale(account, order, buyer=buyer, points_payment=paid)  # core operations
+        await uow.rows.execute(sa.update(my_table).values(result=...))
+
+The facade begins the transaction, commits when the block ends and rolls everything back when it raises, so a
+receipt row and the points it moved commit or fail together (one transaction per unit of work).
+``uow.attempt()`` is a savepoint for a part that may fail on its own (one receipt of an offline batch).
+
+``uow.rows`` is the narrow repository the design promises plugins that own tables: it runs the plugin's
+statements on the tables it named in ``tables`` and refuses any statement that touches another table (core's
+tables are reached only through the operations of ``uow``), and it refuses writes in a ``readonly`` unit of
+work. A context manager rather than one callback per operation, because a counter flow interleaves plugin rows
+and core operations with the plugin's own decisions in between (claim a receipt key, redeem, apply the sale,
+record the answer); one block reads like that flow, and the core still owns begin, commit, rollback and
+savepoints. Read-only units of work run on the read-only session factory, which on SQLite does not take the
+write lock, so lookups never queue behind checkouts.
+
+Nothing here knows which channel calls it: accounts, orders and idempotency keys are the caller's, and the
+refusals carry stable ``reason`` codes (:class:`CounterRefused`) that a channel maps to its own answers.
+
+Caching: channel accounts are cached for ``account_ttl`` seconds (10 by default): a counter asks for its
+account on every call, and accounts change rarely (a changed setting or status is seen within the TTL).
+
+Writers on SQLite: the database has one writer at a time. Writing units of work of one process take turns on
+an in-process lock (first come, first served) instead of waiting in SQLite's busy handler, whose growing sleeps
+left the database idle and gave checkouts multi-second tails. Units of work do not nest (a second one opened
+inside the first is refused: on SQLite it would wait for the first forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
+
+from tongcrm.audit import service as audit
+from tongcrm.audit.service import Actor
+from tongcrm.channels.models import ChannelAccount
+from tongcrm.config import Settings
+from tongcrm.consent import service as consent
+from tongcrm.crypto import Vault
+from tongcrm.db.dialect import dialect_name
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.entitlements import service as entitlements
+from tongcrm.entitlements.catalogue import CATALOGUE, Recurrence
+from tongcrm.entitlements.models import GrantStatus
+from tongcrm.errors import Conflict, NotFound, PluginError, TongcrmError
+from tongcrm.identity.models import Identity
+from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
+from tongcrm.ingest.apply import IngestContext, apply_orders_page
+from tongcrm.members import service as members
+from tongcrm.members.models import Member
+from tongcrm.members.phone import MOBILE_CONTEXT, InvalidMobile, mask_mobile, normalise_mobile
+from tongcrm.orders.models import Order
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import BuyerProfile, IdentityClaim, NormalisedOrder
+from tongcrm.points import service as points
+from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry
+from tongcrm.tiers.service import TierContext
+
+#: Set while a unit of work is open in the current task: a second one inside it would wait for the first.
+_OPEN: ContextVar[bool] = ContextVar("tongcrm_counter_unit_of_work", default=False)
+#: Entitlements shown at a counter, at most (the soonest to expire first).
+MAX_ENTITLEMENTS = 50
+_MAX_MERGE_HOPS = 8
+
+
+class CounterRefused(TongcrmError):
+    """What was asked at the counter cannot be done. ``reason`` is a stable code callers branch on:
+    ``unknown_member``, ``member_without_identity``, ``invalid_mobile``, ``points_without_member``,
+    ``insufficient_points``, ``identity_rejected``, ``order_not_found``, ``redemption_not_found``."""
+
+    title = "Refused at the counter"
+
+    def __init__(self, reason: str, message: str, *, status: int = 409) -> None:
+        super().__init__(message, extra={"reason": reason})
+        self.reason = reason
+        self.status_code = status
+
+
+# -------------------------------------------------------------------------------------------------------------
+# what the facade answers
+
+
+@dataclass(frozen=True, slots=True)
+class CounterAccount:
+    """A channel account (a store, a stand) as a counter needs it: no secrets."""
+
+    id: int
+    channel: str
+    name: str
+    status: str
+    settings: Mapping[str, str]
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class TierBadge:
+    code: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsableEntitlement:
+    """A standing benefit of the member's tier (``grant_id`` None) or a granted coupon or gift, usable now."""
+
+    kind: str
+    name: str
+    value: int
+    grant_id: int | None = None
+    valid_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAtCounter:
+    """What a cashier may see of a member, and nothing more: name and mobile stay masked."""
+
+    member_id: int
+    name: str | None
+    mobile: str | None
+    tier: TierBadge | None
+    entitlements: tuple[UsableEntitlement, ...]
+    points_available: int
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Buyer:
+    """Who a sale is for: the strong identity claim that names them, and their member id when they have one
+    yet (a mobile nobody has becomes a member when the sale is recorded)."""
+
+    member_id: int | None
+    claim: IdentityClaim
+
+
+@dataclass(frozen=True, slots=True)
+class PointsPayment:
+    """Part of a sale paid with points. ``key`` makes the redemption idempotent and names it for refunds."""
+
+    points: int
+    key: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedLine:
+    """A line of the original sale: what it cost (before any points payment), and how much of that has come
+    back in total, this return included."""
+
+    amount_fen: int
+    returned_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaidPointsBack:
+    """Give back the points a sale was paid with, in proportion to what came back.
+
+    ``payment_key`` is the key of the sale's :class:`PointsPayment`; ``key`` is the return's own key (the refund
+    is idempotent by it); ``lines`` are all lines of the sale (see :func:`paid_points_due`).
+    """
+
+    payment_key: str
+    key: str
+    lines: tuple[ReturnedLine, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SaleRecorded:
+    order_id: int
+    member_id: int | None
+    points_earned: int
+    points_redeemed: int
+    points_available: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnRecorded:
+    order_id: int
+    member_id: int | None
+    #: Earned points taken back by this return.
+    points_reversed: int
+    #: Redeemed points given back by this return.
+    points_refunded: int
+    points_available: int | None
+
+
+def mask_name(name: str | None) -> str | None:
+    """``张三丰`` → ``张**``: enough for a cashier to greet, too little to copy a customer list from."""
+    if not name:
+        return None
+    name = name.strip()
+    return name[0] + "*" * max(len(name) - 1, 1) if len(name) > 1 else "*"
+
+
+def share_out(amounts: Sequence[int], total: int) -> list[int]:
+    """``total`` split over ``amounts`` in proportion, by largest remainder (ties: the earlier line): the
+    shares are integers that add up to exactly ``total``."""
+    whole = sum(amounts)
+    if whole <= 0 or total <= 0:
+        return [0] * len(amounts)
+    shares = [a * total // whole for a in amounts]
+    rest = total - sum(shares)
+    by_remainder = sorted(range(len(amounts)), key=lambda i: (-(amounts[i] * total % whole), i))
+    for i in by_remainder[:rest]:
+        shares[i] += 1
+    return shares
+
+
+def paid_points_due(redeemed: int, lines: Sequence[ReturnedLine]) -> int:
+    """How many of the ``redeemed`` points the returned goods account for, in total over all returns so far.
+
+    The points are shared over the lines by their amounts (:func:`share_out`); a fully returned line gives back
+    its whole share, a partly returned one ``floor(share × returned / amount)``. The result never exceeds
+    ``redeemed``, never decreases as more comes back, and is ``redeemed`` once everything has come back — so a
+    return gives back ``paid_points_due(after) − already given back``, and any split of a return into several
+    gives back the same in the end.
+    """
+    shares = share_out([max(line.amount_fen, 0) for line in lines], redeemed)
+    due = 0
+    for share, line in zip(shares, lines, strict=True):
+        if line.amount_fen <= 0 or line.returned_fen <= 0:
+            continue
+        due += share if line.returned_fen >= line.amount_fen else share * line.returned_fen // line.amount_fen
+    return due
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the plugin's own rows
+
+
+class OwnRows:
+    """Statements on the tables a caller owns, in the unit of work's transaction, and nothing else."""
+
+    def __init__(self, session: AsyncSession, tables: Iterable[sa.Table], *, readonly: bool) -> None:
+        self._session = session
+        self._tables = frozenset(t.fullname for t in tables)
+        self._readonly = readonly
+        self.dialect = dialect_name(session)
+
+    def _refuse_foreign(self, statement: sa.Executable) -> None:
+        if self._readonly and isinstance(statement, UpdateBase):
+            raise PluginError("this unit of work is read-only")
+        clause: object = statement
+        if not isinstance(clause, ClauseElement):
+            raise PluginError(f"not a SQL statement: {type(statement).__name__}")
+        used: set[str] = set()
+        stack: list[Any] = [clause]
+        while stack:  # every table the statement names (bound values name none: not walked)
+            element = stack.pop()
+            if isinstance(element, BindParameter):
+                continue
+            if isinstance(element, sa.Table):
+                used.add(element.fullname)
+                continue
+            if isinstance(element, sa.Column) and isinstance(element.table, sa.Table):
+                used.add(element.table.fullname)
+            elif isinstance(element, sa.TextClause):
+                raise PluginError(
+                    "SQL text cannot go through the counter: build the statement on your tables"
+                )
+            stack.extend(element.get_children())
+        foreign = used - self._tables
+        if foreign:
+            raise PluginError(
+                f"a plugin may use only its own tables through the counter; {', '.join(sorted(foreign))} "
+                "belong to the core or another plugin"
+            )
+
+    def insert(self, table: sa.Table) -> Any:
+        """An ``INSERT`` with ``on_conflict_do_nothing``/``on_conflict_do_update`` on both databases."""
+        if table.fullname not in self._tables:
+            raise PluginError(f"table {table.fullname} is not one of this unit of work's own tables")
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+
+    async def execute(self, statement: sa.Executable) -> Any:
+        """Execute ``statement`` (select, insert, update, delete) on the caller's own tables."""
+        self._refuse_foreign(statement)
+        return await self._session.execute(statement)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the unit of work
+
+
+class CounterWork:
+    """One unit of work at a counter: core operations plus the caller's own rows, in one transaction."""
+
+    def __init__(
+        self,
+        service: CounterService,
+        session: AsyncSession,
+        actor: Actor,
+        clock: Callable[[], datetime],
+        tables: Iterable[sa.Table],
+        *,
+        readonly: bool,
+    ) -> None:
+        self._service = service
+        self._session = session
+        self.actor = actor
+        self.clock = clock
+        self.readonly = readonly
+        self.rows = OwnRows(session, tables, readonly=readonly)
+        self._members: dict[int, Member] = {}
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self._service.tz
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise PluginError("this unit of work is read-only")
+
+    @asynccontextmanager
+    async def attempt(self) -> AsyncIterator[None]:
+        """A savepoint: what the block did is undone if it raises; the unit of work goes on."""
+        async with self._session.begin_nested():
+            yield
+
+    # -- accounts and members ---------------------------------------------------------------------------------
+
+    async def account(self, channel: str, name: str) -> CounterAccount | None:
+        """The ``channel`` account called ``name`` (any status), or None."""
+        return await self._service._account(self._session, channel, name)
+
+    async def accounts(self, channel: str) -> list[CounterAccount]:
+        rows = (
+            await self._session.execute(
+                sa.select(
+                    ChannelAccount.id, ChannelAccount.name, ChannelAccount.status, ChannelAccount.settings
+                )
+                .where(ChannelAccount.channel == channel)
+                .order_by(ChannelAccount.name)
+            )
+        ).all()
+        return [CounterAccount(r.id, channel, r.name, r.status, dict(r.settings or {})) for r in rows]
+
+    async def live_member(self, member_id: int) -> int | None:
+        """The live member ``member_id`` is (itself, or the survivor of its merges), or None."""
+        return await members.resolve_live_id(self._session, member_id)
+
+    async def find_member(self, *, mobile: str | None = None, identity: str | None = None) -> int | None:
+        """The live member a mobile or a ``kind:value`` identity names, or None."""
+        try:
+            member = await members.lookup(
+                self._session, self._service.vault, self._service.host, mobile=mobile, identity=identity
+            )
+        except NotFound:
+            return None
+        except InvalidMobile as exc:
+            raise CounterRefused("invalid_mobile", exc.message, status=422) from None
+        self._members[member.id] = member  # the session's identity map holds it only weakly
+        return member.id
+
+    async def member_card(self, member_id: int, *, created: bool = False) -> MemberAtCounter:
+        """What a cashier may see of a live member."""
+        member = self._members.get(member_id) or await self._session.get(Member, member_id)
+        if member is None:
+            raise NotFound(f"no member {member_id}")
+        mobile = None
+        if member.mobile_enc:
+            mobile = mask_mobile(self._service.vault.decrypt(member.mobile_enc, context=MOBILE_CONTEXT))
+        now = self.clock()
+        tier: TierBadge | None = None
+        usable: tuple[UsableEntitlement, ...] = ()
+        try:
+            held = await entitlements.for_member(
+                self._session, TierContext(now, self.tz, self.actor.name), member_id
+            )
+        except NotFound:  # the member exists (read above): the brand has no tier ladder
+            held = None
+        if held is not None:
+            tier = TierBadge(held.tier.code, held.tier.name)
+            usable = _usable_now(held, now)
+        balance = await points.balance(self._session, member_id)
+        return MemberAtCounter(
+            member_id=member_id,
+            name=mask_name(member.name),
+            mobile=mobile,
+            tier=tier,
+            entitlements=usable,
+            points_available=max(balance.available, 0),
+            created=created,
+        )
+
+    async def enrol(
+        self,
+        account: CounterAccount,
+        *,
+        mobile: str,
+        name: str | None,
+        marketing: bool,
+        service: bool,
+        proof: str,
+        place: str,
+    ) -> MemberAtCounter:
+        """Enrol a walk-in customer (or find them, when the mobile is a member already) and record the consent
+        they gave at ``place`` (e.g. ``pos:S1:T01``). A new member gets the sign-up event points."""
+        self._writable()
+        try:
+            e164 = normalise_mobile(mobile)
+        except InvalidMobile as exc:
+            raise CounterRefused("invalid_mobile", exc.message, status=422) from None
+        now = self.clock()
+        [outcome] = await resolve_many(
+            self._session,
+            self._resolution(),
+            [
+                ClaimSet(
+                    claims=(IdentityClaim("mobile", e164, evidence=f"enrolled at {place}"),),
+                    account_id=account.id,
+                    profile=BuyerProfile(name=name.strip() if name and name.strip() else None, mobile=e164),
+                    source_channel=account.channel,
+                    source_store=account.name,
+                )
+            ],
+        )
+        if outcome.error is not None or outcome.member_id is None:
+            raise CounterRefused(
+                "identity_rejected", f"cannot enrol this customer: {outcome.error}", status=422
+            )
+        member_id = outcome.member_id
+        for purpose, given in ((consent.Purpose.MARKETING, marketing), (consent.Purpose.SERVICE, service)):
+            await consent.record_consent(
+                self._session,
+                member_id,
+                purpose.value,
+                (consent.ConsentStatus.OPT_IN if given else consent.ConsentStatus.OPT_OUT).value,
+                source=place,
+                proof=proof,
+                actor=self.actor,
+                at=now,
+            )
+        if outcome.created:
+            await points.award_event(
+                self._session, self._points(), member_id, "signup", str(member_id), occurred_at=now
+            )
+        audit.record(
+            self._session,
+            self.actor,
+            "counter.enrol" if outcome.created else "counter.enrol_existing",
+            "member",
+            member_id,
+            after={"channel": account.channel, "account": account.name, "place": place,
+                   "mobile": mask_mobile(e164), "marketing": marketing},
+            at=now,
+        )  # fmt: skip
+        return await self.member_card(member_id, created=outcome.created)
+
+    async def buyer(self, *, member_id: int | None = None, mobile: str | None = None, evidence: str) -> Buyer:
+        """The buyer of a sale, by member id (their strong identity: mobile first) or by a mobile given at the
+        counter (not necessarily a member yet)."""
+        if (member_id is None) == (mobile is None):
+            raise ValueError("name the buyer by exactly one of member_id or mobile")
+        if mobile is not None:
+            try:
+                e164 = normalise_mobile(mobile)
+            except InvalidMobile as exc:
+                raise CounterRefused("invalid_mobile", exc.message, status=422) from None
+            claim = IdentityClaim("mobile", e164, evidence)
+            return Buyer(await self.find_member(mobile=e164), claim)
+        assert member_id is not None
+        return await self._buyer_by_id(member_id, evidence)
+
+    async def _buyer_by_id(self, member_id: int, evidence: str) -> Buyer:
+        kinds = self._service.host.identity_kinds()
+        asked = member_id
+        for _ in range(_MAX_MERGE_HOPS):
+            rows = (
+                await self._session.execute(
+                    sa.select(
+                        Member.status,
+                        Member.merged_into_id,
+                        Identity.kind,
+                        Identity.value,
+                        Identity.value_enc,
+                    )
+                    .select_from(Member)
+                    .outerjoin(Identity, Identity.member_id == Member.id)
+                    .where(Member.id == member_id)
+                    .order_by(sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
+                )
+            ).all()
+            if not rows:
+                break
+            if rows[0].status == "merged" and rows[0].merged_into_id is not None:
+                member_id = rows[0].merged_into_id
+                continue
+            for row in rows:
+                spec = kinds.get(row.kind) if row.kind is not None else None
+                if spec is None or not spec.strong:
+                    continue
+                if row.kind == "mobile":
+                    if row.value_enc:
+                        mobile = self._service.vault.decrypt(row.value_enc, context=MOBILE_CONTEXT)
+                        return Buyer(member_id, IdentityClaim("mobile", mobile, evidence))
+                    continue
+                return Buyer(member_id, IdentityClaim(row.kind, row.value, evidence))
+            raise CounterRefused(
+                "member_without_identity",
+                f"member {member_id} has no mobile or other strong identity to attribute a sale to",
+                status=422,
+            )
+        raise CounterRefused("unknown_member", f"no member {asked}", status=422)
+
+    # -- sales and returns ------------------------------------------------------------------------------------
+
+    async def record_sale(
+        self,
+        account: CounterAccount,
+        order: NormalisedOrder,
+        *,
+        buyer: Buyer | None,
+        points_payment: PointsPayment | None = None,
+    ) -> SaleRecorded:
+        """Record a sale as an order of ``account`` through the ingest engine (identity resolution, earning
+        rules, tiers, outbox). A points payment is redeemed first, so the sale cannot be paid with the points
+        it earns; the order's lines should carry as ``amount_fen`` what earns points (the part not paid with
+        points)."""
+        self._writable()
+        redeemed = 0
+        if points_payment is not None and points_payment.points > 0:
+            if buyer is None or buyer.member_id is None:
+                raise CounterRefused("points_without_member", "a sale paid with points needs a known member")
+            try:
+                await points.redeem(
+                    self._session,
+                    self._points(),
+                    buyer.member_id,
+                    points_payment.points,
+                    key=points_payment.key,
+                    reason=points_payment.reason,
+                )
+            except Conflict as exc:
+                raise CounterRefused("insufficient_points", exc.message) from None
+            redeemed = points_payment.points
+        await self._apply(account, order, buyer)
+        order_id, member_id, earned, available = await self._order_points(
+            account.id, order.external_id, (EntryKind.EARN,)
+        )
+        payer = buyer.member_id if buyer is not None else None
+        if redeemed and member_id != payer:
+            raise Conflict(
+                f"the sale resolved to member {member_id}, not to member {payer} who paid with points"
+            )
+        return SaleRecorded(order_id, member_id, earned, redeemed, available)
+
+    async def record_return(
+        self,
+        account: CounterAccount,
+        order: NormalisedOrder,
+        *,
+        buyer: Buyer | None,
+        paid_points: PaidPointsBack | None = None,
+    ) -> ReturnRecorded:
+        """Record goods coming back: ``order`` is the sale as it now stands (its lines' ``refunded_fen``
+        cumulative, ``modified_at`` later than the last version), re-applied through the ingest engine, which
+        reverses the points the lines earned. With ``paid_points``, the share of the sale's points payment
+        that the returned goods account for is given back (never more than was redeemed, once per ``key``)."""
+        self._writable()
+        kinds = (EntryKind.EARN, EntryKind.REVERSE)
+        before = (await self._order_points(account.id, order.external_id, kinds))[2]
+        await self._apply(account, order, buyer)
+        order_id, member_id, after, available = await self._order_points(account.id, order.external_id, kinds)
+        refunded = 0
+        if paid_points is not None:
+            refunded, balance = await self._give_back(paid_points)
+            if balance is not None and member_id is not None:
+                available = max(balance, 0)
+        return ReturnRecorded(order_id, member_id, before - after, refunded, available)
+
+    async def _give_back(self, back: PaidPointsBack) -> tuple[int, int | None]:
+        """(points given back for ``back.key``, the member's available points after, when they moved)."""
+        state = await points.redemption_state(self._session, back.payment_key)
+        if state is None:
+            raise CounterRefused(
+                "redemption_not_found", f"no points payment {back.payment_key!r} to give back", status=409
+            )
+        already = await self._session.execute(
+            sa.select(PointsEntry.amount).where(PointsEntry.idempotency_key == f"refund:{back.key}")
+        )
+        if (done := already.scalar_one_or_none()) is not None:
+            return int(done), None  # this return gave them back already
+        due = paid_points_due(state.redeemed, back.lines) - state.refunded
+        if due <= 0:
+            return 0, None
+        refund = await points.refund_redemption(
+            self._session, self._points(), back.payment_key, due, key=back.key, reason=back.reason
+        )
+        return due, refund.balance.available
+
+    async def points_available(self, member_id: int) -> int:
+        return max((await points.balance(self._session, member_id)).available, 0)
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _resolution(self) -> ResolutionContext:
+        return ResolutionContext(self._service.host, self._service.vault, self.clock, actor=self.actor.name)
+
+    def _points(self) -> points.PointsContext:
+        return points.PointsContext(clock=self.clock, tz=self.tz, actor=self.actor.name)
+
+    async def _apply(self, account: CounterAccount, order: NormalisedOrder, buyer: Buyer | None) -> None:
+        if buyer is not None:
+            order = _with_claim(order, buyer.claim)
+        ctx = IngestContext(
+            host=self._service.host,
+            vault=self._service.vault,
+            clock=self.clock,
+            tz=self.tz,
+            actor=self.actor.name,
+        )
+        page = await apply_orders_page(self._session, ctx, account.id, account.channel, [order])
+        if page.quarantined:
+            raise CounterRefused("identity_rejected", "the buyer's identity claim was refused", status=422)
+
+    async def _order_points(
+        self, account_id: int, external_id: str, kinds: Sequence[str]
+    ) -> tuple[int, int | None, int, int | None]:
+        """(order id, member id, Σ points entries of ``kinds`` on the order, the member's available points),
+        in one query. CounterRefused ``order_not_found`` when there is no such order."""
+        summed = (
+            sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.amount), 0))
+            .where(PointsEntry.order_id == Order.id, PointsEntry.kind.in_(list(kinds)))
+            .scalar_subquery()
+        )
+        available = (
+            sa.select(PointsBalance.available)
+            .where(PointsBalance.member_id == Order.member_id)
+            .scalar_subquery()
+        )
+        row = (
+            await self._session.execute(
+                sa.select(Order.id, Order.member_id, summed, available).where(
+                    Order.account_id == account_id, Order.external_id == external_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise CounterRefused("order_not_found", f"no order {external_id}", status=404)
+        member_id = row[1]
+        shown = None if member_id is None else max(int(row[3] or 0), 0)
+        return int(row[0]), member_id, int(row[2]), shown
+
+
+def _with_claim(order: NormalisedOrder, claim: IdentityClaim) -> NormalisedOrder:
+    return replace(order, claims=(claim, *order.claims))
+
+
+def _usable_now(held: entitlements.MemberEntitlements, now: datetime) -> tuple[UsableEntitlement, ...]:
+    """Grants usable at ``now`` (active or fulfilled, within their validity; a standing grant — open-ended while
+    its tier lasts — any number of times, any other only until its first use), and the tier's standing benefits
+    that have no grant of their own."""
+
+    def standing(kind: str) -> bool:
+        spec = CATALOGUE.get(kind)
+        return spec is not None and spec.recurrence is Recurrence.STANDING
+
+    grants = sorted(
+        (
+            g
+            for g in held.grants
+            if g.status in (GrantStatus.ACTIVE, GrantStatus.FULFILLED)
+            and g.valid_from <= now
+            and (g.valid_until is None or now < g.valid_until)
+            and (g.valid_until is None or standing(g.kind) or not held.usages.get(g.id))
+        ),
+        key=lambda g: (g.valid_until is None, g.valid_until or now, g.id),
+    )[:MAX_ENTITLEMENTS]
+    granted = {g.kind for g in grants}
+    out = [
+        UsableEntitlement(ent.kind, _kind_name(ent.kind), ent.value)
+        for ent in held.standing
+        if ent.kind not in granted
+    ]
+    out.extend(UsableEntitlement(g.kind, _kind_name(g.kind), g.value, g.id, g.valid_until) for g in grants)
+    return tuple(out)
+
+
+def _kind_name(kind: str) -> str:
+    spec = CATALOGUE.get(kind)
+    return spec.name if spec is not None else kind
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the service
+
+
+class CounterService:
+    """Made once per app; plugin routes receive it as the ``counter`` dependency."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        read_sessions: async_sessionmaker[AsyncSession],
+        host: PluginHost,
+        settings: Settings,
+        *,
+        vault: Vault | None = None,
+        clock: Callable[[], datetime] | None = None,
+        account_ttl: float = 10.0,
+    ) -> None:
+        self._sessions = sessions
+        self._read_sessions = read_sessions
+        self.host = host
+        self.settings = settings
+        self.vault = vault or settings.vault()
+        self.tz = settings.tz
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._account_ttl = account_ttl
+        self._accounts: dict[tuple[str, str], tuple[float, CounterAccount]] = {}
+        self._sqlite: bool | None = None
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def unit_of_work(
+        self,
+        *,
+        actor: Actor,
+        tables: Iterable[sa.Table] = (),
+        clock: Callable[[], datetime] | None = None,
+        readonly: bool = False,
+    ) -> AsyncIterator[CounterWork]:
+        """One transaction: committed when the block ends, rolled back when it raises. ``tables``: the caller's
+        own tables, reachable through ``uow.rows``. ``clock``: the caller's clock (tests), else the service's.
+        ``readonly``: a read-only transaction (no write lock on SQLite); writes are refused."""
+        if _OPEN.get():
+            raise PluginError(
+                "a unit of work is already open here: do the work inside it, not in a second one"
+            )
+        token = _OPEN.set(True)
+        try:
+            if readonly:
+                async with self._read_sessions() as session, session.begin():
+                    yield CounterWork(self, session, actor, clock or self._clock, tables, readonly=True)
+                return
+            async with self._writer_turn(), self._sessions() as session, session.begin():
+                yield CounterWork(self, session, actor, clock or self._clock, tables, readonly=False)
+        finally:
+            _OPEN.reset(token)
+
+    @asynccontextmanager
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        """On SQLite, one writing unit of work of this process at a time, first come first served.
+
+        SQLite has one writer; without this, writers that find the lock taken wait in SQLite's busy handler,
+        which sleeps in growing steps (up to 100 ms) and leaves the database idle after the lock is released.
+        On PostgreSQL writers run concurrently and this is a no-op."""
+        if self._sqlite is None:
+            self._sqlite = self._sessions.kw["bind"].dialect.name == "sqlite"
+        if not self._sqlite:
+            yield
+            return
+        async with self._write_lock:
+            yield
+
+    def forget_accounts(self) -> None:
+        """Drop cached accounts (after changing one in this process)."""
+        self._accounts.clear()
+
+    async def _account(self, session: AsyncSession, channel: str, name: str) -> CounterAccount | None:
+        now = time.monotonic()
+        cached = self._accounts.get((channel, name))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = (
+            await session.execute(
+                sa.select(ChannelAccount.id, ChannelAccount.status, ChannelAccount.settings).where(
+                    ChannelAccount.name == name, ChannelAccount.channel == channel
+                )
+            )
+        ).first()
+        if row is None:
+            self._accounts.pop((channel, name), None)
+            return None
+        account = CounterAccount(row.id, channel, name, row.status, dict(row.settings or {}))
+        if len(self._accounts) > 10_000:
+            self._accounts.clear()
+        self._accounts[(channel, name)] = (now + self._account_ttl, account)
+        return account
+
+
+@asynccontextmanager
+async def open_counter(settings: Settings, host: PluginHost | None = None) -> AsyncIterator[CounterService]:
+    """A counter service on its own engine, for command-line tools (the app makes its own)."""
+    engine = create_engine(settings.database_url)
+    try:
+        yield CounterService(
+            session_factory(engine),
+            session_factory(engine, readonly=True),
+            host or PluginHost(),
+            settings,
+        )
+    finally:
+        await engine.dispose()
