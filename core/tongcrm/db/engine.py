@@ -68,7 +68,10 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
 
 def create_point_read_engine(url: str, fallback: AsyncEngine) -> AsyncEngine:
     """The engine for hot point reads (see :mod:`tongcrm.db.inline_sqlite`): inline on a SQLite file, the
-    ``fallback`` engine everywhere else (PostgreSQL's driver has no thread to hand off to)."""
+    ``fallback`` engine everywhere else (PostgreSQL's driver has no thread to hand off to).
+
+    On SQLite its sessions issue no BEGIN, so each statement is its own snapshot: use it for reads of one
+    statement (a lookup), never for a read that must see several tables at one moment."""
     aurl = async_url(url)
     database = aurl.database
     if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:":
@@ -85,7 +88,7 @@ def create_point_read_engine(url: str, fallback: AsyncEngine) -> AsyncEngine:
         cursor.close()
 
     event.listen(engine.sync_engine, "connect", on_connect)
-    event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+    # No BEGIN: a point read is one statement, which SQLite runs as its own read transaction.
     return engine
 
 

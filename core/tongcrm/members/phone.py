@@ -7,6 +7,7 @@ masked form for output.
 from __future__ import annotations
 
 import functools
+import re
 
 import phonenumbers
 from phonenumbers import PhoneNumberType
@@ -23,6 +24,16 @@ _MOBILE_TYPES = frozenset(
 )
 
 
+def _cn_mobile_pattern() -> re.Pattern[str]:
+    """phonenumbers' own pattern for Chinese mobile numbers (national form)."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region("CN")
+    pattern = metadata.mobile.national_number_pattern if metadata and metadata.mobile else None
+    return re.compile(pattern or r"(?!)")  # without metadata, never take the shortcut
+
+
+_CN_MOBILE = _cn_mobile_pattern()
+
+
 class InvalidMobile(Unprocessable):
     """Not a valid mobile number. The message never repeats the number in full."""
 
@@ -32,6 +43,10 @@ class InvalidMobile(Unprocessable):
 @functools.lru_cache(maxsize=65_536)
 def normalise_mobile(raw: str, region: str = DEFAULT_REGION) -> str:
     """E.164 form of ``raw``, or :class:`InvalidMobile`. A leading ``00`` is the international prefix."""
+    if region == "CN" and len(raw) == 11 and _CN_MOBILE.fullmatch(raw):
+        # the common case (a bare Chinese mobile) checked against phonenumbers' own mobile pattern for CN,
+        # which is what the full parse below would accept it by: same answer, a twentieth of the time
+        return "+86" + raw
     text = raw.strip()
     if text.startswith("00"):
         text = "+" + text[2:]
