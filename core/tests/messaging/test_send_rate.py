@@ -104,3 +104,26 @@ async def test_gate_refuses_impossible_requests_and_forgets_old_grants(tongcrm_d
     async with w.sessions() as session:
         rows = (await session.execute(sa.select(SendGrant.granted_at))).scalars().all()
     assert len(rows) == 1 and rows[0] > clock()  # and it was deleted once out of retention
+
+
+async def test_a_grant_in_flight_holds_its_permits_until_released(tongcrm_db: TestDatabase) -> None:
+    """Permits count from the moment their request finished, not from the grant: a slow request must not
+    arrive together with the next window's messages."""
+    clock = Clock(beijing(2024, 5, 1, 10))
+    w = world(tongcrm_db, clock)
+    with fake_gateway(clock) as (_, url):
+        await w.setup(url)
+    async with w.sessions() as session:
+        (account,) = await service.list_accounts(session)
+    gate = DatabaseRateGate(w.sessions, account.id)
+    first = await gate.acquire(4, rate=4, window=0.2)
+    second = asyncio.create_task(gate.acquire(1, rate=4, window=0.2))
+    await asyncio.sleep(0.5)  # two and a half windows later, the first request is still in flight
+    assert not second.done()
+    await first.release()
+    released = asyncio.get_running_loop().time()
+    granted = await asyncio.wait_for(second, timeout=5)
+    waited = asyncio.get_running_loop().time() - released
+    assert waited >= 0.15  # a window after the release, not before
+    await granted.release()
+    await first.release()  # releasing twice changes nothing

@@ -466,16 +466,25 @@ class InboundReply:
 
 
 @runtime_checkable
+class RateGrant(Protocol):
+    """Permits taken from a :class:`SendRateGate`; ``release`` once the request they were for has finished."""
+
+    async def release(self) -> None: ...
+
+
+@runtime_checkable
 class SendRateGate(Protocol):
     """A send-rate window that the core keeps for one messenger account in its database, so that it holds
     across dispatcher runs and across processes (an in-memory limiter starts empty with every messenger).
 
     ``acquire`` returns once ``permits`` messages may go: in any ``window`` seconds at most ``rate`` messages
-    are released to this account, counting every process that sends through it. ``permits`` must not exceed
-    ``rate``. A messenger calls it right before each request to its platform.
+    reach the platform from this account, counting every process that sends through it. ``permits`` must not
+    exceed ``rate``. A messenger calls it right before each request to its platform and releases the grant
+    when the request has finished: until then the permits count as being sent now, afterwards from the moment
+    the request finished — so a slow request can never arrive together with the next window's messages.
     """
 
-    async def acquire(self, permits: int, *, rate: int, window: float) -> None: ...
+    async def acquire(self, permits: int, *, rate: int, window: float) -> RateGrant: ...
 
 
 @dataclass(frozen=True, slots=True)

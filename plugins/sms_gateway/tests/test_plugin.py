@@ -55,9 +55,14 @@ class RecordingGate:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int, float]] = []
+        self.released = 0
 
-    async def acquire(self, permits: int, *, rate: int, window: float) -> None:
+    async def acquire(self, permits: int, *, rate: int, window: float) -> RecordingGate:
         self.calls.append((permits, rate, window))
+        return self
+
+    async def release(self) -> None:
+        self.released += 1
 
 
 async def test_the_shared_rate_gate_replaces_the_in_memory_window(
@@ -73,6 +78,7 @@ async def test_the_shared_rate_gate_replaces_the_in_memory_window(
     assert sorted(permits for permits, _, _ in gate.calls) == [2, 3]
     assert {(rate, window) for _, rate, window in gate.calls} == {(3, 1.0 + RATE_WINDOW_MARGIN)}
     assert sum(permits for permits, _, _ in gate.calls) == fake.meter.total == 5
+    assert gate.released == len(gate.calls)  # every grant released once its request finished
 
 
 async def test_factory_hands_the_context_gate_to_the_messenger() -> None:
@@ -81,8 +87,10 @@ async def test_factory_hands_the_context_gate_to_the_messenger() -> None:
     with_gate = plugin.ALIYUN_SMS.factory(MessengerContext("aliyun_sms", settings, rate_gate=gate))
     without = plugin.ALIYUN_SMS.factory(MessengerContext("aliyun_sms", settings))
     assert isinstance(with_gate, AliyunSmsMessenger) and isinstance(without, AliyunSmsMessenger)
-    await with_gate._take_permits(7)
-    await without._take_permits(7)  # the in-memory window, for this messenger only
-    assert gate.calls == [(7, 7, 1.0 + RATE_WINDOW_MARGIN)]
+    async with with_gate._permits(7):
+        assert gate.released == 0  # held while the request is in flight
+    async with without._permits(7):  # the in-memory window, for this messenger only
+        pass
+    assert gate.calls == [(7, 7, 1.0 + RATE_WINDOW_MARGIN)] and gate.released == 1
     for messenger in (with_gate, without):
         await messenger.aclose()

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
@@ -143,12 +144,20 @@ class AliyunSmsMessenger:
         self._max_request = max_rate
         self._slots = asyncio.Semaphore(max(concurrency, 1))
 
-    async def _take_permits(self, count: int) -> None:
+    @asynccontextmanager
+    async def _permits(self, count: int) -> AsyncIterator[None]:
+        """Permits for one request, held until it has finished (see SendRateGate)."""
         if self._gate is not None and self._max_rate:
             async with self._gate_turn:
-                await self._gate.acquire(count, rate=self._max_rate, window=self._window)
-        elif self._limiter is not None:
+                grant = await self._gate.acquire(count, rate=self._max_rate, window=self._window)
+            try:
+                yield
+            finally:
+                await grant.release()
+            return
+        if self._limiter is not None:
             await self._limiter.acquire(count)
+        yield
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -189,8 +198,7 @@ class AliyunSmsMessenger:
 
     async def _call(self, request: _Request) -> AliyunAnswer:
         items = request.items
-        async with self._slots:
-            await self._take_permits(len(items))
+        async with self._slots, self._permits(len(items)):
             if request.batch_api:
                 return await self._client.send_batch_sms(
                     [i.phone for i in items],
