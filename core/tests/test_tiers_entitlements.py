@@ -14,6 +14,7 @@ from tongcrm.audit.service import SYSTEM
 from tongcrm.entitlements import service as ents
 from tongcrm.entitlements.catalogue import Recurrence
 from tongcrm.entitlements.models import EntitlementGrant, GrantStatus
+from tongcrm.entitlements.standing import standing_filter
 from tongcrm.errors import Conflict
 from tongcrm.jobs.registry import load_job_modules
 from tongcrm.jobs.runner import Runner
@@ -27,6 +28,8 @@ from tongcrm.tiers import testing as kit
 
 SH = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2026, 4, 30, 16, 30, tzinfo=UTC)  # 2026-05-01 00:30 in Shanghai: already May there
+#: Recurring grants only (tier changes also grant standing benefits, see test_tiers_standing.py)
+RECURRING = sa.select(EntitlementGrant).where(sa.not_(standing_filter())).order_by(EntitlementGrant.id)
 
 
 class FlakyCoupons:
@@ -86,7 +89,7 @@ async def test_monthly_coupon_is_granted_once_and_fulfilled_after_failures(tongc
         async with tongcrm_db.sessions() as s, s.begin():
             await ents.grant_recurring(s, tiers.TierContext(clock(), SH), host, Recurrence.MONTHLY)
     async with tongcrm_db.sessions() as s:
-        grants = list((await s.execute(sa.select(EntitlementGrant))).scalars())
+        grants = list((await s.execute(RECURRING)).scalars())
     assert [(g.member_id, g.grant_key, g.status, g.value) for g in grants] == [
         (gold, f"monthly_coupon:2026-05:m{gold}", GrantStatus.PENDING, 2000)
     ]
@@ -125,7 +128,7 @@ async def test_birthday_points_are_posted_to_the_ledger_once(tongcrm_db: TestDat
     await ents.fulfil_due(tongcrm_db.sessions, host, ctx)
     async with tongcrm_db.sessions() as s:
         entries = {(e.member_id, e.amount) for e in (await s.execute(sa.select(PointsEntry))).scalars()}
-        statuses = {g.status for g in (await s.execute(sa.select(EntitlementGrant))).scalars()}
+        statuses = {g.status for g in (await s.execute(RECURRING)).scalars()}
     assert entries == {(gold, 300), (silver, 100)}
     assert statuses == {GrantStatus.FULFILLED}
 
@@ -136,7 +139,7 @@ async def test_usage_is_recorded_once(tongcrm_db: TestDatabase) -> None:
     doc_host_free = tiers.TierContext(NOW, SH)
     async with tongcrm_db.sessions() as s, s.begin():
         await ents.grant_recurring(s, doc_host_free, host, Recurrence.MONTHLY)
-        grant = (await s.execute(sa.select(EntitlementGrant))).scalar_one()
+        grant = (await s.execute(RECURRING)).scalar_one()
         grant.status = GrantStatus.FULFILLED
     async with tongcrm_db.sessions() as s, s.begin():
         usage, created = await ents.use(
@@ -181,7 +184,7 @@ async def test_member_entitlements_and_catalogue_over_http(make_client: Any) -> 
                 await ents.grant_recurring(
                     s, tiers.TierContext(NOW, SH), PluginHost(autoload=False), Recurrence.MONTHLY
                 )
-                grant = (await s.execute(sa.select(EntitlementGrant))).scalar_one()
+                grant = (await s.execute(RECURRING)).scalar_one()
                 grant.status = GrantStatus.FULFILLED
             catalogue = (await api.get("/api/entitlements/catalogue")).json()
             assert {k["code"] for k in catalogue} >= {"points_multiplier", "member_price", "monthly_coupon"}

@@ -353,6 +353,31 @@ def points_backtest(ctx: Context, rules_file: str, since: str, as_json: bool) ->
         console.print(table)
 
 
+@cli.group()
+def tiers() -> None:
+    """Tiers: standing entitlement grants."""
+
+
+@tiers.command("grant-standing")
+@click.option("--batch", default=50_000, show_default=True, help="Members per transaction.")
+@pass_ctx
+def tiers_grant_standing(ctx: Context, batch: int) -> None:
+    """Give every member the standing benefits of their tier as grants, and close grants of tiers they left.
+
+    Safe to run again: a second run changes nothing."""
+    from datetime import UTC, datetime
+
+    from tongcrm.tiers import service
+
+    tier_ctx = service.TierContext.of(ctx.settings, now=datetime.now(UTC), actor="cli")
+
+    async def body(engine: Any) -> Any:
+        return await service.grant_standing(session_factory(engine), tier_ctx, batch=batch)
+
+    moved = run(_with_engine(ctx.settings, body))
+    click.echo(f"standing grants: {moved.opened} opened, {moved.closed} closed")
+
+
 CORE_COMMANDS = frozenset(cli.commands)
 
 

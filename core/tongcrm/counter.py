@@ -628,7 +628,13 @@ class CounterWork:
     # -- helpers ----------------------------------------------------------------------------------------------
 
     def _resolution(self) -> ResolutionContext:
-        return ResolutionContext(self._service.host, self._service.vault, self.clock, actor=self.actor.name)
+        return ResolutionContext(
+            self._service.host,
+            self._service.vault,
+            self.clock,
+            actor=self.actor.name,
+            tz=self._service.settings.tz,
+        )
 
     def _points(self) -> points.PointsContext:
         return points.PointsContext(clock=self.clock, tz=self.tz, actor=self.actor.name)

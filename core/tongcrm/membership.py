@@ -59,7 +59,7 @@ class MembershipService:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def _ctx(self, actor: str) -> ResolutionContext:
-        return ResolutionContext(self._host, self._vault, self._clock, actor=actor)
+        return ResolutionContext(self._host, self._vault, self._clock, actor=actor, tz=self._settings.tz)
 
     async def account_settings(self, account_name: str, channel: str) -> dict[str, str]:
         """The settings (secrets decrypted) of one of the calling channel's accounts, to verify a platform's

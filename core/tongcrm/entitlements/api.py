@@ -1,4 +1,5 @@
-"""Entitlement HTTP API: the catalogue, a member's entitlements and grants, and recording a grant's use."""
+"""Entitlement HTTP API: the catalogue, a member's entitlements and grants, and recording a use — of a grant by
+its id, or of a member's standing benefit by its kind (what a till or an order system knows)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ from tongcrm.tiers.schemas import GrantOut, MemberEntitlementsOut, UsageIn, Usag
 from tongcrm.tiers.service import TierContext
 
 
+def _standing_out(g: EntitlementGrant, uses: service.StandingUse) -> GrantOut:
+    out = _grant_out(g, [])
+    out.used_at = uses.last_at
+    out.uses = uses.count
+    return out
+
+
 def _grant_out(g: EntitlementGrant, usages: list[EntitlementUsage]) -> GrantOut:
     return GrantOut(
         g.id,
@@ -35,6 +43,7 @@ def _grant_out(g: EntitlementGrant, usages: list[EntitlementUsage]) -> GrantOut:
         g.reference,
         g.last_error,
         usages[0].used_at if usages else None,
+        len(usages),
     )
 
 
@@ -85,7 +94,7 @@ class MemberEntitlementsController(Controller):
     @get(
         "/",
         guards=[requires(*READ_ROLES, Role.POS)],
-        summary="Standing benefits of the tier and recent grants",
+        summary="Live standing grants of the member's tier and recent recurring grants",
     )
     async def get_entitlements(
         self,
@@ -98,6 +107,33 @@ class MemberEntitlementsController(Controller):
         return MemberEntitlementsOut(
             member_id,
             found.tier.code,
-            [e.as_dict() for e in found.standing],
+            [_standing_out(g, found.standing_uses[g.id]) for g in found.standing],
             [_grant_out(g, found.usages.get(g.id, [])) for g in found.grants],
         )
+
+    @post(
+        "/{kind:str}/usages",
+        guards=[requires(*WRITE_ROLES, Role.POS)],
+        summary="Record a use of the member's standing benefit of this kind (idempotent by usage_key)",
+    )
+    async def use_standing(
+        self,
+        member_id: FromPath[int],
+        kind: FromPath[str],
+        data: JSONBody[UsageIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+    ) -> Response[UsageOut]:
+        async with transaction(sessions) as session:
+            usage, created = await service.use_standing(
+                session,
+                TierContext.of(settings),
+                member_id,
+                kind,
+                usage_key=data.usage_key,
+                reference=data.reference,
+                actor=f"key:{principal.key_id}",
+            )
+            out = _usage_out(usage)
+        return Response(out, status_code=201 if created else 200)

@@ -18,7 +18,7 @@ class Direction(enum.StrEnum):
 
 
 class Recurrence(enum.StrEnum):
-    STANDING = "standing"  # holds while the member holds the tier (read from the tier, never granted)
+    STANDING = "standing"  # granted on entering the tier, closed on leaving it; usable any number of times
     MONTHLY = "monthly"  # one grant per member per month (programme time zone)
     BIRTHDAY = "birthday"  # one grant per member per year, in the birthday month
 

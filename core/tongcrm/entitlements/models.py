@@ -1,8 +1,9 @@
 """Grants of entitlements to members and their use.
 
 A grant exists once per ``grant_key`` (``monthly_coupon:2026-11:m42``), so the jobs that grant recurring benefits
-can run any number of times. Standing benefits (multiplier, free shipping, member price…) are read from the
-member's tier and are never granted.
+can run any number of times. Standing benefits (multiplier, free shipping, member price…) are granted when a
+member enters a tier and closed when they leave it (see :mod:`tongcrm.entitlements.standing`): while the tier
+lasts their ``valid_until`` is NULL, since nobody knows when the tier will end.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class EntitlementGrant(Base):
     value: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     valid_from: Mapped[datetime] = mapped_column(UTCDateTime())
-    valid_until: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: NULL: open-ended (a standing grant while its tier lasts); closing it sets the moment it ended.
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(sa.String(16))
     provider: Mapped[str | None] = mapped_column(sa.String(100))
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
@@ -54,7 +56,9 @@ class EntitlementGrant(Base):
 
 
 class EntitlementUsage(Base):
-    """One use of a grant (a coupon redeemed on an order). ``usage_key`` makes recording it idempotent."""
+    """One use of a grant (a coupon redeemed on an order, free shipping on an order, gift packaging at a till).
+    ``usage_key`` makes recording it idempotent; a recurring grant is used once, a standing one any number of
+    times."""
 
     __tablename__ = "entitlement_usages"
 

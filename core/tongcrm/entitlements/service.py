@@ -1,5 +1,7 @@
 """Granting, fulfilling and using entitlements.
 
+Standing benefits (multiplier, free shipping…) are granted and closed by tier code as members enter and leave
+tiers (see :mod:`tongcrm.entitlements.standing`); this module reads them and records their use.
 Recurring benefits are granted by jobs with one set-based ``INSERT … SELECT … ON CONFLICT DO NOTHING`` per
 (kind, tier): the grant key names the kind, the period and the member, so a job that runs twice grants once.
 A grant whose benefit lives on a platform is ``pending`` until its provider (the ``entitlement_providers`` hook)
@@ -20,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.db.base import JSONType, UTCDateTime
 from tongcrm.db.dialect import insert
-from tongcrm.entitlements.catalogue import CATALOGUE, Recurrence
+from tongcrm.entitlements import standing as standing_grants
+from tongcrm.entitlements.catalogue import CATALOGUE, Recurrence, kind
 from tongcrm.entitlements.models import EntitlementGrant, EntitlementUsage, GrantStatus
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.jobs.runner import backoff
@@ -183,7 +186,7 @@ class Attempt:
     value: int
     provider: str
     attempts: int
-    valid_until: datetime
+    valid_until: datetime | None
     tier_code: str | None
     params: Mapping[str, Any]
 
@@ -260,7 +263,8 @@ async def fulfil_due(
                     **attempt.params,
                     "value": attempt.value,
                     "tier": attempt.tier_code,
-                    "valid_until": attempt.valid_until.isoformat(),
+                    # None: a standing benefit, valid while the member holds the tier
+                    "valid_until": attempt.valid_until.isoformat() if attempt.valid_until else None,
                 },
             )
             try:
@@ -350,25 +354,56 @@ async def _fulfil_internally(
 
 
 @dataclass(frozen=True, slots=True)
+class StandingUse:
+    """How often a standing grant was used, and when last."""
+
+    count: int
+    last_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class MemberEntitlements:
     tier: Tier
-    standing: list[Entitlement]
+    #: The member's live standing grants (those of the effective tier), by kind.
+    standing: list[EntitlementGrant]
+    #: Recent recurring grants (coupons, birthday gifts), newest first.
     grants: list[EntitlementGrant]
+    #: Uses of each recurring grant.
     usages: dict[int, list[EntitlementUsage]]
+    #: Uses of each standing grant (they can be many: free shipping on every order).
+    standing_uses: dict[int, StandingUse]
+
+
+def _live(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        EntitlementGrant.valid_from <= now,
+        sa.or_(EntitlementGrant.valid_until.is_(None), EntitlementGrant.valid_until > now),
+    )
 
 
 async def for_member(session: AsyncSession, ctx: TierContext, member_id: int) -> MemberEntitlements:
+    """What a member holds now: the standing grants of their tier (with how often each was used) and their
+    recent recurring grants. The stable read for the API and for tills."""
     ladder = await require_ladder(session)
     member = await session.get(Member, member_id)
     if member is None:
         raise NotFound(f"no member {member_id}", extra={"member_id": member_id})
     tier = (await effective_tiers(session, [member_id], ctx.now, ladder))[member_id]
-    standing = [e for e in tier.entitlements if CATALOGUE[e.kind].recurrence is Recurrence.STANDING]
+    is_standing = standing_grants.standing_filter()
+    standing = list(
+        (
+            await session.execute(
+                sa.select(EntitlementGrant)
+                .where(EntitlementGrant.member_id == member_id, is_standing, _live(ctx.now))
+                .order_by(EntitlementGrant.kind, EntitlementGrant.id)
+            )
+        ).scalars()
+    )
     grants = list(
         (
             await session.execute(
                 sa.select(EntitlementGrant)
-                .where(EntitlementGrant.member_id == member_id)
+                .where(EntitlementGrant.member_id == member_id, sa.not_(is_standing))
                 .order_by(EntitlementGrant.id.desc())
                 .limit(200)
             )
@@ -384,19 +419,28 @@ async def for_member(session: AsyncSession, ctx: TierContext, member_id: int) ->
             )
         ).scalars():
             usages[usage.grant_id].append(usage)
-    return MemberEntitlements(tier, standing, grants, usages)
+    uses: dict[int, StandingUse] = {g.id: StandingUse(0, None) for g in standing}
+    if standing:
+        counted = await session.execute(
+            sa.select(EntitlementUsage.grant_id, sa.func.count(), sa.func.max(EntitlementUsage.used_at))
+            .where(EntitlementUsage.grant_id.in_(list(uses)))
+            .group_by(EntitlementUsage.grant_id)
+        )
+        for grant_id, n, last in counted.all():
+            uses[grant_id] = StandingUse(int(n), last)
+    return MemberEntitlements(tier, standing, grants, usages, uses)
 
 
 async def use(
     session: AsyncSession, ctx: TierContext, grant_id: int, *, usage_key: str, reference: str, actor: str
 ) -> tuple[EntitlementUsage, bool]:
-    """Record that a grant was used (once: a grant is one coupon, one gift). The same ``usage_key`` again returns
-    the recorded use; another key for a used grant is a conflict. Returns (usage, created)."""
+    """Record that a grant was used. A recurring grant is one coupon, one gift: used once. A standing grant
+    (free shipping, gift packaging…) is used as often as the member likes while it is live, once per
+    ``usage_key`` (the order, the receipt). The same ``usage_key`` again returns the recorded use, even after
+    the grant closed; another key for a used recurring grant is a conflict. Returns (usage, created)."""
     if not usage_key.strip():
         raise Unprocessable("a usage needs a usage_key")
-    existing = (
-        await session.execute(sa.select(EntitlementUsage).where(EntitlementUsage.usage_key == usage_key))
-    ).scalar_one_or_none()
+    existing = await _usage(session, usage_key)
     if existing is not None:
         if existing.grant_id != grant_id:
             raise Conflict(f"usage key {usage_key!r} was already used for grant {existing.grant_id}")
@@ -404,20 +448,90 @@ async def use(
     grant = await session.get(EntitlementGrant, grant_id, with_for_update=True)
     if grant is None:
         raise NotFound(f"no entitlement grant {grant_id}")
-    if grant.status not in (GrantStatus.ACTIVE, GrantStatus.FULFILLED):
-        raise Conflict(f"grant {grant_id} is {grant.status}, not usable", extra={"status": grant.status})
-    if not grant.valid_from <= ctx.now < grant.valid_until:
-        raise Conflict(
-            f"grant {grant_id} is valid from {grant.valid_from.isoformat()} until {grant.valid_until.isoformat()}",
-            extra={"valid_until": grant.valid_until.isoformat()},
+    return await _record_use(session, ctx, grant, usage_key=usage_key, reference=reference, actor=actor)
+
+
+async def use_standing(
+    session: AsyncSession,
+    ctx: TierContext,
+    member_id: int,
+    kind_code: str,
+    *,
+    usage_key: str,
+    reference: str,
+    actor: str,
+) -> tuple[EntitlementUsage, bool]:
+    """Record a use of the member's live standing benefit ``kind_code`` (gift packaging at a till, free
+    shipping on an order) without the caller knowing the grant: idempotent by ``usage_key``."""
+    spec = kind(kind_code)
+    if spec.recurrence is not Recurrence.STANDING:
+        raise Unprocessable(
+            f"{kind_code!r} is granted per {spec.recurrence.value} period: record its use on the grant",
+            extra={"entitlement": kind_code},
         )
-    used = (
-        await session.execute(sa.select(sa.func.count()).where(EntitlementUsage.grant_id == grant_id))
-    ).scalar_one()
-    if used:
-        raise Conflict(f"grant {grant_id} was already used", extra={"grant_id": grant_id})
+    if not usage_key.strip():
+        raise Unprocessable("a usage needs a usage_key")
+    existing = await _usage(session, usage_key)
+    if existing is not None:
+        grant = await session.get(EntitlementGrant, existing.grant_id)
+        if grant is None or grant.member_id != member_id or grant.kind != kind_code:
+            raise Conflict(f"usage key {usage_key!r} was already used for grant {existing.grant_id}")
+        return existing, False
+    member = await session.get(Member, member_id)
+    if member is None:
+        raise NotFound(f"no member {member_id}", extra={"member_id": member_id})
+    grant = (
+        await session.execute(
+            sa.select(EntitlementGrant)
+            .where(
+                EntitlementGrant.member_id == member_id,
+                EntitlementGrant.kind == kind_code,
+                _live(ctx.now),
+            )
+            .order_by(EntitlementGrant.id)
+            .limit(1)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if grant is None:
+        raise Conflict(
+            f"member {member_id} holds no {kind_code!r} now",
+            extra={"member_id": member_id, "entitlement": kind_code},
+        )
+    return await _record_use(session, ctx, grant, usage_key=usage_key, reference=reference, actor=actor)
+
+
+async def _usage(session: AsyncSession, usage_key: str) -> EntitlementUsage | None:
+    return (
+        await session.execute(sa.select(EntitlementUsage).where(EntitlementUsage.usage_key == usage_key))
+    ).scalar_one_or_none()
+
+
+async def _record_use(
+    session: AsyncSession,
+    ctx: TierContext,
+    grant: EntitlementGrant,
+    *,
+    usage_key: str,
+    reference: str,
+    actor: str,
+) -> tuple[EntitlementUsage, bool]:
+    if grant.status not in (GrantStatus.ACTIVE, GrantStatus.FULFILLED):
+        raise Conflict(f"grant {grant.id} is {grant.status}, not usable", extra={"status": grant.status})
+    if not (grant.valid_from <= ctx.now and (grant.valid_until is None or ctx.now < grant.valid_until)):
+        until = grant.valid_until.isoformat() if grant.valid_until else "its tier ends"
+        raise Conflict(
+            f"grant {grant.id} is valid from {grant.valid_from.isoformat()} until {until}",
+            extra={"valid_until": grant.valid_until.isoformat() if grant.valid_until else None},
+        )
+    if not standing_grants.is_standing(grant.kind):
+        used = (
+            await session.execute(sa.select(sa.func.count()).where(EntitlementUsage.grant_id == grant.id))
+        ).scalar_one()
+        if used:
+            raise Conflict(f"grant {grant.id} was already used", extra={"grant_id": grant.id})
     usage = EntitlementUsage(
-        grant_id=grant_id,
+        grant_id=grant.id,
         member_id=grant.member_id,
         usage_key=usage_key,
         reference=reference,

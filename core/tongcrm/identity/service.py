@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -88,6 +89,8 @@ class ResolutionContext:
     vault: Vault
     clock: Callable[[], datetime]
     actor: str = "system"
+    #: The programme's time zone, for what merge listeners date in business days (None: the default zone).
+    tz: ZoneInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,6 +534,7 @@ async def _write(
             reason="identity resolution: strong claims named both members",
             evidence=evidence,
             at=now,
+            tz=ctx.tz,
             audit_it=False,
         )
         merged.update((survivor, absorbed))

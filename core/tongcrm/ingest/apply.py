@@ -144,7 +144,7 @@ async def apply_orders_page(
     with_claims = [o for o in todo if o.claims]
     outcomes = await resolve_many(
         session,
-        ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor),
+        ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor, tz=ctx.tz),
         [
             ClaimSet(
                 claims=o.claims,

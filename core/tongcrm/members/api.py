@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
+from tongcrm.config import Settings
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
@@ -327,6 +328,7 @@ class MergeController(Controller):
         data: JSONBody[MergeIn],
         sessions: NamedDependency[Sessions],
         principal: NamedDependency[Principal],
+        settings: NamedDependency[Settings],
     ) -> Response[MergeOut]:
         if not data.reason.strip():
             raise BadRequest("say why the members are merged (reason)")
@@ -339,6 +341,7 @@ class MergeController(Controller):
                 reason=data.reason.strip(),
                 evidence=[{"kind": "operator", "value": data.reason.strip()[:200]}],
                 at=utcnow(),
+                tz=settings.tz,
             )
         return Response(merge_out(record), status_code=201)
 
@@ -374,7 +377,10 @@ class MergeController(Controller):
         merge_id: FromPath[int],
         sessions: NamedDependency[Sessions],
         principal: NamedDependency[Principal],
+        settings: NamedDependency[Settings],
     ) -> MergeOut:
         async with sessions() as session, session.begin():
-            record = await merging.undo_merge(session, merge_id, actor=Actor.of(principal), at=utcnow())
+            record = await merging.undo_merge(
+                session, merge_id, actor=Actor.of(principal), at=utcnow(), tz=settings.tz
+            )
         return merge_out(record)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
+from tongcrm.config import PROGRAMME_TZ
 from tongcrm.consent import service as consent
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.db.base import metadata
@@ -31,7 +33,13 @@ from tongcrm.identity.models import Identity, Merge
 from tongcrm.jobs.outbox import emit
 from tongcrm.logging import get_logger
 from tongcrm.members.models import Member, MemberTag
-from tongcrm.members.references import MemberReference, listeners, references, register_reference
+from tongcrm.members.references import (
+    MemberReference,
+    MergeContext,
+    notify,
+    references,
+    register_reference,
+)
 
 #: Core's own member-owned tables. Orders live in their own module but the member base moves them.
 CORE_REFERENCES = (
@@ -106,8 +114,12 @@ async def merge_members(
     evidence: list[dict[str, Any]] | None = None,
     at: datetime,
     audit_it: bool = True,
+    tz: ZoneInfo | None = None,
 ) -> Merge:
-    """Merge ``absorbed_id`` into ``survivor_id`` inside the caller's unit of work, and record it."""
+    """Merge ``absorbed_id`` into ``survivor_id`` inside the caller's unit of work, and record it.
+
+    Listeners are told ``at`` and ``tz`` (the programme's zone from settings; the default zone when the caller
+    has none), so what they date follows the merge's own time, not the wall clock."""
     if survivor_id == absorbed_id:
         raise Unprocessable(f"cannot merge member {survivor_id} into itself")
     found = await _locked_members(session, (survivor_id, absorbed_id))
@@ -199,8 +211,7 @@ async def merge_members(
     record.created = {ConsentEvent.__tablename__: created_consents}
     record.profile_changes = changes
     await session.flush()
-    for listener in listeners():
-        await listener(session, survivor_id, (absorbed_id,))
+    await notify(session, survivor_id, (absorbed_id,), MergeContext(at, _zone(tz), record.id, False, actor))
     emit(
         session,
         "members_merged",
@@ -219,8 +230,12 @@ async def merge_members(
     return record
 
 
-async def undo_merge(session: AsyncSession, merge_id: int, *, actor: Actor, at: datetime) -> Merge:
-    """Split a merge back: the absorbed member lives again and gets exactly the rows the merge moved."""
+async def undo_merge(
+    session: AsyncSession, merge_id: int, *, actor: Actor, at: datetime, tz: ZoneInfo | None = None
+) -> Merge:
+    """Split a merge back: the absorbed member lives again and gets exactly the rows the merge moved.
+
+    Listeners are told ``at`` and ``tz`` as for the merge, with ``undo`` set and the roles swapped."""
     record = (
         await session.execute(
             sa.select(Merge)
@@ -290,8 +305,7 @@ async def undo_merge(session: AsyncSession, merge_id: int, *, actor: Actor, at: 
     record.undone_at = at
     record.undone_by = actor.name
     await session.flush()
-    for listener in listeners():
-        await listener(session, absorbed.id, (survivor.id,))
+    await notify(session, absorbed.id, (survivor.id,), MergeContext(at, _zone(tz), record.id, True, actor))
     emit(
         session,
         "members_merged",
@@ -307,6 +321,10 @@ async def undo_merge(session: AsyncSession, merge_id: int, *, actor: Actor, at: 
         after={"survivor": _profile_snapshot(survivor), "restored_member_id": absorbed.id},
     )
     return record
+
+
+def _zone(tz: ZoneInfo | None) -> ZoneInfo:
+    return tz if tz is not None else ZoneInfo(PROGRAMME_TZ)
 
 
 def _profile_snapshot(member: Member) -> dict[str, Any]:

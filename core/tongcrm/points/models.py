@@ -53,7 +53,7 @@ class PointsEntry(Base):
     reason: Mapped[str | None] = mapped_column(sa.String(500))
     actor: Mapped[str] = mapped_column(sa.String(100), default="system")
     #: The entry this one corrects, reverses or pairs with (a transfer's other half).
-    ref_entry_id: Mapped[int | None] = mapped_column(BigId)
+    ref_entry_id: Mapped[int | None] = mapped_column(BigId, index=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     #: When the points became spendable; NULL while that waits for a business event (see the lot).
     available_from: Mapped[datetime | None] = mapped_column(UTCDateTime())

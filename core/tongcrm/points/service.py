@@ -688,11 +688,11 @@ async def redemption_state(session: AsyncSession, redemption_key: str) -> Redemp
     ).first()
     if row is None:
         return None
-    # refunds move with the redemption when members merge: the member's index finds them
+    # by reference only, whoever holds them now: an undone merge can leave a refund with the survivor while
+    # the redemption goes back to the member it came from
     back = (
         await session.execute(
             sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.amount), 0)).where(
-                PointsEntry.member_id == row.member_id,
                 PointsEntry.ref_entry_id == row.id,
                 PointsEntry.kind == EntryKind.REFUND,
             )

@@ -1,5 +1,8 @@
 """Tier jobs: the daily review (run hourly so the first run after local midnight catches the day), override
-expiry, and the upgrade pass after a ladder change."""
+expiry, the upgrade pass after a ladder change, and standing-grant reconciliation: in full when enqueued with
+no payload (the backfill after upgrading to a version that grants standing benefits; also ``tongcrm tiers
+grant-standing``), and hourly for members who joined recently at the base tier, the one way into a tier that
+is not a tier change."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from tongcrm.config import Settings
+from tongcrm.entitlements.standing import standing_of
 from tongcrm.jobs.registry import registry
 from tongcrm.jobs.runner import JobContext
 from tongcrm.logging import get_logger
@@ -40,5 +44,25 @@ async def upgrade_all(ctx: JobContext, payload: dict[str, Any]) -> None:
     log.info("ladder upgrade pass done", version=payload.get("version"), changed=changed)
 
 
+@registry.job("tiers.grant_standing")
+async def grant_standing(ctx: JobContext, payload: dict[str, Any]) -> None:
+    tctx = tier_context(ctx)
+    since = None
+    if payload.get("recent_hours") is not None:
+        async with ctx.sessions() as session:
+            ladder = await service.active_ladder(session)
+        if ladder is None or not standing_of(ladder.base):
+            return  # every other tier is entered by a tier change, which grants its benefits itself
+        since = tctx.now - timedelta(hours=float(payload["recent_hours"]))
+    moved = await service.grant_standing(
+        ctx.sessions, tctx, batch=int(payload.get("batch", 50_000)), created_since=since
+    )
+    if moved.opened or moved.closed:
+        log.info("standing grants reconciled", opened=moved.opened, closed=moved.closed)
+
+
 registry.every("tiers.review", timedelta(hours=1), "tiers.review")
 registry.every("tiers.expire_overrides", timedelta(minutes=10), "tiers.expire_overrides")
+registry.every(
+    "tiers.grant_standing.recent", timedelta(hours=1), "tiers.grant_standing", {"recent_hours": 48}
+)

@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
-from tongcrm.members.references import MemberReference, register_listener, register_reference
+from tongcrm.members.references import (
+    MemberReference,
+    MergeContext,
+    register_context_listener,
+    register_reference,
+)
 from tongcrm.points.multipliers import TierInfo, set_tier_resolver
 
 
@@ -88,14 +93,33 @@ class TierReviewItem(Base):
     visible: Mapped[bool] = mapped_column(sa.Boolean)
 
 
+class TierMergeState(Base):
+    """The survivor's tier row just before a merge and just after the merge listener changed it (``None``: no
+    row), so undoing the merge can put back what the merge changed, exactly, and leave later changes alone.
+
+    The absorbed member's own row is never changed by a merge (a tombstone keeps it), so it needs no copy."""
+
+    __tablename__ = "tier_merge_states"
+
+    merge_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("member_merges.id"), primary_key=True, autoincrement=False
+    )
+    survivor_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 # history follows the member on a merge; the tier row itself is recomputed by the merge listener (service.py)
 register_reference(MemberReference("tier_history"))
 
 
-async def _after_merge(session: AsyncSession, survivor_id: int, other_ids: tuple[int, ...]) -> None:
+async def _after_merge(
+    session: AsyncSession, survivor_id: int, other_ids: tuple[int, ...], context: MergeContext
+) -> None:
     from tongcrm.tiers.service import after_merge
 
-    await after_merge(session, survivor_id, other_ids)
+    await after_merge(session, survivor_id, other_ids, context)
 
 
 async def _tier_info(
@@ -111,5 +135,5 @@ async def _tier_info(
     return out
 
 
-register_listener(_after_merge)
+register_context_listener(_after_merge)
 set_tier_resolver(_tier_info)

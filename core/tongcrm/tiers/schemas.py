@@ -133,19 +133,25 @@ class GrantOut(msgspec.Struct):
     value: int
     params: dict[str, Any]
     valid_from: datetime
-    valid_until: datetime
+    #: None: a standing benefit, valid for as long as the member holds the tier
+    valid_until: datetime | None
     status: str
     provider: str | None
     attempts: int
     reference: str | None
     last_error: str | None
+    #: When it was used (a standing grant: when it was last used)
     used_at: datetime | None
+    #: How many times it was used (a recurring grant: 0 or 1)
+    uses: int = 0
 
 
 class MemberEntitlementsOut(msgspec.Struct):
     member_id: int
     tier: str
-    standing: list[dict[str, Any]]
+    #: The live standing grants of the member's tier (usable by grant id or by kind)
+    standing: list[GrantOut]
+    #: Recent recurring grants, newest first
     grants: list[GrantOut]
 
 

@@ -4,7 +4,11 @@ member's tier status with its projections.
 Every pass that moves tiers is one set-based pipeline, whether it touches one member (``reevaluate``, called by
 ingest and POS inside their transaction) or a million (the review job): compute old and new tier per member
 into ``tier_review_items`` with one ``INSERT … SELECT``, then write history, outbox events and the tier rows
-from there with three more statements. Python never loops over members.
+from there with three more statements, and move the standing entitlement grants of the members who changed
+tier with two more (:mod:`tongcrm.entitlements.standing`). Python never loops over members.
+
+Wherever the effective tier changes — upgrade, review, override set, cleared or ended, ladder change (through
+the upgrade pass it enqueues), merge and merge undo — the standing grants follow in the same transaction.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from tongcrm.audit import service as audit_service
 from tongcrm.config import PROGRAMME_TZ, Settings
 from tongcrm.db.base import UTCDateTime
 from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.entitlements import standing
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.queue import enqueue
 from tongcrm.logging import get_logger
 from tongcrm.members.models import Member
+from tongcrm.members.references import MergeContext
 from tongcrm.orders.models import Order
 from tongcrm.points.models import PointsEntry
 from tongcrm.tiers.ladder import (
@@ -45,7 +51,7 @@ from tongcrm.tiers.ladder import (
     parse_ladder,
 )
 from tongcrm.tiers.metrics import MetricSource, code_sql, metrics_for, rank_sql
-from tongcrm.tiers.models import MemberTier, TierHistory, TierLadder, TierReviewItem
+from tongcrm.tiers.models import MemberTier, TierHistory, TierLadder, TierMergeState, TierReviewItem
 
 log = get_logger(__name__)
 
@@ -310,8 +316,19 @@ async def _stage(
 
 
 async def _apply_staged(
-    session: AsyncSession, ctx: TierContext, ladder: Ladder, run_id: str, reason: Reason, *, collect: bool
+    session: AsyncSession,
+    ctx: TierContext,
+    ladder: Ladder,
+    run_id: str,
+    reason: Reason,
+    *,
+    collect: bool,
+    id_range: tuple[int, int] | None = None,
+    all_grants: bool = False,
 ) -> tuple[int, list[TierChange]]:
+    """Write history, events and tier rows from the staged items, then move the standing grants of the members
+    who changed (``all_grants``: of every member in ``id_range``, when the pass reconciles a ladder change).
+    The id range, when there is one, lets the database read grants by member-id range rather than whole."""
     items = _t(TierReviewItem)
     this_run = items.c.run_id == run_id
     changed = sa.and_(this_run, items.c.old_code != items.c.new_code)
@@ -384,6 +401,19 @@ async def _apply_staged(
         },
     )
     await session.execute(stmt)
+    if all_grants and id_range is not None:
+        await standing.sync(session, ladder, ctx.now, _id_range(*id_range))
+    elif count:
+        movers = sa.select(items.c.member_id).where(changed)
+        low, high = id_range if id_range is not None else (None, None)
+        await standing.sync(
+            session,
+            ladder,
+            ctx.now,
+            lambda col: sa.and_(
+                col.in_(movers), *([] if low is None or high is None else [col > low, col <= high])
+            ),
+        )
     await session.execute(sa.delete(TierReviewItem).where(this_run))
     return int(count or 0), changes
 
@@ -474,16 +504,81 @@ async def _batched(
                 id_range=(low, high),
             )
             count, _ = await _apply_staged(
-                session, ctx, ladder, run_id, "review" if mode == "review" else "upgrade", collect=False
+                session,
+                ctx,
+                ladder,
+                run_id,
+                "review" if mode == "review" else "upgrade",
+                collect=False,
+                id_range=(low, high),
+                # after a ladder change every member's standing grants are checked against the new ladder
+                all_grants=mode == "upgrade",
             )
             total += count
             low = high
 
 
+def _id_range(low: int, high: int, *also: sa.ColumnElement[bool]) -> standing.MemberFilter:
+    """Members with ids in (low, high]; with conditions on ``members`` (``also``), those of them that meet them."""
+    if not also:
+        return lambda col: sa.and_(col > low, col <= high)
+    m = _t(Member)
+    chosen = sa.select(m.c.id).where(m.c.id > low, m.c.id <= high, *also)
+    return lambda col: sa.and_(col > low, col <= high, col.in_(chosen))
+
+
+async def grant_standing(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: TierContext,
+    *,
+    batch: int = 50_000,
+    created_since: datetime | None = None,
+) -> standing.Moved:
+    """Reconcile standing entitlement grants with every member's effective tier, in member-id batches (one
+    transaction and two statements each): the backfill for members who held a tier before standing benefits
+    were granted, and a repair that is safe to run at any time (a second run changes nothing).
+
+    With ``created_since``, only members created since then: the periodic pass that gives members who joined
+    at the base tier (no tier change ever happened to them) the base tier's standing benefits."""
+    async with sessions() as session:
+        ladder = await active_ladder(session)
+    total = standing.Moved(0, 0)
+    if ladder is None:
+        return total
+    m = _t(Member)
+    chosen: list[sa.ColumnElement[bool]] = []
+    if created_since is not None:
+        chosen.append(m.c.created_at >= created_since)
+    low = 0
+    while True:
+        async with sessions() as session, session.begin():
+            after_low = sa.and_(m.c.id > low, *chosen)
+            high = (
+                await session.execute(
+                    sa.select(m.c.id).where(after_low).order_by(m.c.id).offset(batch - 1).limit(1)
+                )
+            ).scalar_one_or_none()
+            if high is None:
+                high = (await session.execute(sa.select(sa.func.max(m.c.id)).where(after_low))).scalar()
+            if high is None:
+                return total
+            if dialect_name(session) == "postgresql":
+                await session.execute(sa.text("SET LOCAL enable_nestloop = off"))
+            moved = await standing.sync(session, ladder, ctx.now, _id_range(low, high, *chosen))
+            total = standing.Moved(total.closed + moved.closed, total.opened + moved.opened)
+            low = high
+
+
 async def expire_overrides(session: AsyncSession, ctx: TierContext) -> int:
-    """End overrides whose time is up: the member is back on the tier the rules give them."""
+    """End overrides whose time is up: the member is back on the tier the rules give them, and holds that
+    tier's standing benefits from now."""
     mt = _t(MemberTier)
     due = sa.and_(mt.c.override_code.is_not(None), mt.c.override_until <= ctx.now)
+    ladder = await active_ladder(session)
+    if ladder is not None:
+        # the effective tier at ``now`` already ignores an override that is over; sync before the rows forget it
+        ending = sa.select(mt.c.member_id).where(due)
+        await standing.sync(session, ladder, ctx.now, lambda col: col.in_(ending))
     now = sa.literal(ctx.now, UTCDateTime())
     visible = sa.and_(due, mt.c.override_code != mt.c.tier_code)
     await session.execute(
@@ -609,6 +704,7 @@ async def set_override(
         at=ctx.now,
     )
     await session.flush()
+    await standing.sync(session, ladder, ctx.now, lambda col: col == member_id)
     return row
 
 
@@ -631,6 +727,7 @@ async def clear_override(
         session, actor, "tiers.override.clear", "member", member_id, before=previous, after=None, at=ctx.now
     )
     await session.flush()
+    await standing.sync(session, ladder, ctx.now, lambda col: col == member_id)
 
 
 def _record_change(
@@ -664,21 +761,118 @@ def _record_change(
 # merges
 
 
-async def after_merge(session: AsyncSession, survivor_id: int, other_ids: tuple[int, ...]) -> None:
-    """A merge listener: the survivor keeps the better of its own tier and the tier of each member merged into
-    it (with that member's tenure and review day), then qualifies on the combined history."""
-    ctx = TierContext.of()
+_HELD_FIELDS = ("tier_code", "since", "anchor_on", "review_on", "ladder_version")
+_OVERRIDE_FIELDS = ("override_code", "override_until", "override_reason", "override_by")
+
+
+def _state(row: MemberTier | None) -> dict[str, Any] | None:
+    """A member's tier row as JSON (None: no row), for :class:`TierMergeState`."""
+    if row is None:
+        return None
+    out: dict[str, Any] = {}
+    for name in (*_HELD_FIELDS, *_OVERRIDE_FIELDS):
+        value = getattr(row, name)
+        out[name] = value.isoformat() if isinstance(value, date | datetime) else value
+    return out
+
+
+def _held_part(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if state is None else {name: state[name] for name in _HELD_FIELDS}
+
+
+def _override_part(state: dict[str, Any] | None) -> dict[str, Any]:
+    """No row and a row without an override are the same override: none."""
+    return {name: (state or {}).get(name) for name in _OVERRIDE_FIELDS}
+
+
+def _override_on(row: MemberTier | None, now: datetime) -> bool:
+    return (
+        row is not None
+        and row.override_code is not None
+        and row.override_until is not None
+        and row.override_until > now
+    )
+
+
+def _tier_event(session: AsyncSession, member_id: int, before: str, after: str) -> None:
+    if before != after:
+        emit(
+            session, "tier_changed", {"member_id": member_id, "from": before, "to": after, "reason": "merge"}
+        )
+
+
+def _history(
+    session: AsyncSession,
+    ctx: TierContext,
+    ladder: Ladder,
+    member_id: int,
+    before: str,
+    after: str,
+    detail: str,
+) -> None:
+    session.add(
+        TierHistory(
+            member_id=member_id,
+            from_code=before,
+            to_code=after,
+            reason="merge",
+            detail=detail[:500],
+            actor=ctx.actor,
+            ladder_version=ladder.version,
+            at=ctx.now,
+        )
+    )
+
+
+async def _rows(session: AsyncSession, member_ids: Sequence[int]) -> dict[int, MemberTier]:
+    result = await session.execute(
+        sa.select(MemberTier)
+        .where(MemberTier.member_id.in_(member_ids))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {r.member_id: r for r in result.scalars()}
+
+
+async def after_merge(
+    session: AsyncSession, survivor_id: int, other_ids: tuple[int, ...], context: MergeContext
+) -> None:
+    """The merge listener. Everything it writes is dated ``context.at`` in ``context.tz``, the merge's own
+    time and the programme's zone, never the wall clock.
+
+    On a merge the survivor keeps the better of its own tier and the tier of each member merged into it (with
+    that member's tenure and review day), and the better of its effective tier and an override the absorbed
+    member had in force (with its expiry and reason, audited), then qualifies on the combined history. The
+    survivor's row before and after is kept, so that the undo (called with the roles swapped) can put back
+    exactly what the merge changed. Standing grants follow in both directions."""
     ladder = await active_ladder(session)
     if ladder is None:
         return
-    rows = {
-        r.member_id: r
-        for r in (
-            await session.execute(
-                sa.select(MemberTier).where(MemberTier.member_id.in_((survivor_id, *other_ids)))
-            )
-        ).scalars()
-    }
+    ctx = TierContext(context.at, context.tz, context.actor.name)
+    involved = (survivor_id, *other_ids)
+    if context.undo:
+        await _undo_merge(session, ctx, ladder, context, other_ids)
+    else:
+        await _merge(session, ctx, ladder, context, survivor_id, other_ids)
+    await reevaluate(session, ctx, involved)
+    if not context.undo:
+        # what the merge left, the upgrade on the combined history included: what an undo compares with
+        row = (await _rows(session, [survivor_id])).get(survivor_id)
+        state = await session.get(TierMergeState, context.merge_id)
+        if state is not None:
+            state.after = _state(row)
+    await standing.sync(session, ladder, ctx.now, lambda col: col.in_(involved))
+
+
+async def _merge(
+    session: AsyncSession,
+    ctx: TierContext,
+    ladder: Ladder,
+    context: MergeContext,
+    survivor_id: int,
+    other_ids: tuple[int, ...],
+) -> None:
+    rows = await _rows(session, (survivor_id, *other_ids))
     merged_in = set(
         (
             await session.execute(
@@ -689,6 +883,17 @@ async def after_merge(session: AsyncSession, survivor_id: int, other_ids: tuple[
         ).scalars()
     )
     survivor = rows.get(survivor_id)
+    if await session.get(TierMergeState, context.merge_id) is None:  # one per merge, even if called again
+        session.add(
+            TierMergeState(
+                merge_id=context.merge_id,
+                survivor_id=survivor_id,
+                before=_state(survivor),
+                after=None,
+                created_at=ctx.now,
+            )
+        )
+    # the held tier, with its tenure and review day
     best = max(
         (rows[i] for i in merged_in if i in rows),
         key=lambda r: (ladder.rank_of(r.tier_code), -r.member_id),
@@ -696,6 +901,7 @@ async def after_merge(session: AsyncSession, survivor_id: int, other_ids: tuple[
     )
     held = survivor.tier_code if survivor is not None else ladder.base.code
     if best is not None and ladder.rank_of(best.tier_code) > ladder.rank_of(held):
+        seen = effective_code(survivor, ladder, ctx.now)
         if survivor is None:
             survivor = MemberTier(member_id=survivor_id, ladder_version=ladder.version)
             session.add(survivor)
@@ -703,27 +909,149 @@ async def after_merge(session: AsyncSession, survivor_id: int, other_ids: tuple[
         survivor.since = best.since
         survivor.anchor_on = best.anchor_on
         survivor.review_on = best.review_on
-        visible = effective_code(survivor, ladder, ctx.now) == best.tier_code
-        session.add(
-            TierHistory(
-                member_id=survivor_id,
-                from_code=held,
-                to_code=best.tier_code,
-                reason="merge",
-                detail=f"inherited from member {best.member_id}",
-                actor=ctx.actor,
-                ladder_version=ladder.version,
+        _history(
+            session,
+            ctx,
+            ladder,
+            survivor_id,
+            held,
+            best.tier_code,
+            f"inherited from member {best.member_id} by merge {context.merge_id}",
+        )
+        _tier_event(session, survivor_id, seen, effective_code(survivor, ladder, ctx.now))
+    # an override in force on a member merged in, when it gives more than the survivor has now
+    override = max(
+        (rows[i] for i in merged_in if _override_on(rows.get(i), ctx.now)),
+        key=lambda r: (ladder.rank_of(r.override_code), r.override_until, -r.member_id),
+        default=None,
+    )
+    if override is not None and override.override_code and override.override_until:
+        seen = effective_code(survivor, ladder, ctx.now)
+        own_until = (
+            survivor.override_until
+            if survivor is not None and _override_on(survivor, ctx.now) and survivor.override_code == seen
+            else None
+        )
+        rank, own_rank = ladder.rank_of(override.override_code), ladder.rank_of(seen)
+        if rank > own_rank or (
+            rank == own_rank and own_until is not None and override.override_until > own_until
+        ):
+            survivor = survivor or _base_row(session, ctx, ladder, survivor_id)
+            previous = {
+                "tier": survivor.override_code,
+                "until": survivor.override_until.isoformat() if survivor.override_until else None,
+            }
+            note = f"carried over from member {override.member_id} by merge {context.merge_id}"
+            reason = f"{override.override_reason} ({note})" if override.override_reason else note
+            survivor.override_code = override.override_code
+            survivor.override_until = override.override_until
+            survivor.override_reason = reason[:500]
+            survivor.override_by = override.override_by
+            until = override.override_until.isoformat()
+            _history(
+                session,
+                ctx,
+                ladder,
+                survivor_id,
+                seen,
+                override.override_code,
+                f"override {note} until {until}: {override.override_reason or ''}",
+            )
+            _tier_event(session, survivor_id, seen, override.override_code)
+            audit_service.record(
+                session,
+                context.actor,
+                "tiers.override.carry",
+                "member",
+                survivor_id,
+                before={"effective": seen, "override": previous},
+                after={
+                    "tier": override.override_code,
+                    "until": until,
+                    "reason": survivor.override_reason,
+                    "from_member_id": override.member_id,
+                    "merge_id": context.merge_id,
+                },
                 at=ctx.now,
             )
-        )
-        if visible:
-            emit(
-                session,
-                "tier_changed",
-                {"member_id": survivor_id, "from": held, "to": best.tier_code, "reason": "merge"},
-            )
-        await session.flush()
-    await reevaluate(session, ctx, [survivor_id])
+    await session.flush()
+
+
+def _base_row(session: AsyncSession, ctx: TierContext, ladder: Ladder, member_id: int) -> MemberTier:
+    """A tier row for a member who never had one: the base tier, as :func:`set_override` creates it."""
+    row = MemberTier(
+        member_id=member_id,
+        tier_code=ladder.base.code,
+        since=ctx.now,
+        anchor_on=ctx.today,
+        review_on=ladder.review.next_review(ctx.today, ctx.today),
+        ladder_version=ladder.version,
+    )
+    session.add(row)
+    return row
+
+
+async def _undo_merge(
+    session: AsyncSession, ctx: TierContext, ladder: Ladder, context: MergeContext, survivors: tuple[int, ...]
+) -> None:
+    """Put back the survivor's held tier and override as they were before the merge, each only if it is still
+    what the merge left (a later change — an operator's override, a review — wins over the undo, as for the
+    profile). The member who lives again never lost its own row."""
+    state = await session.get(TierMergeState, context.merge_id)
+    if state is None or state.survivor_id not in survivors:
+        return  # merged before merges were recorded for tiers, or with no ladder: re-qualifying is all we can do
+    member_id = state.survivor_id
+    row = (await _rows(session, [member_id])).get(member_id)
+    current = _state(row)
+    held = _held_part(current)
+    if held == _held_part(state.after):
+        held = _held_part(state.before)
+    override = _override_part(current)
+    if override == _override_part(state.after):
+        override = _override_part(state.before)
+    if held == _held_part(current) and override == _override_part(current):
+        return
+    seen = effective_code(row, ladder, ctx.now)
+    if held is None and override["override_code"] is None:
+        if row is not None:
+            await session.delete(row)
+        row = None
+    else:
+        if row is None:
+            row = _base_row(session, ctx, ladder, member_id)
+        if held is not None:
+            row.tier_code = held["tier_code"]
+            row.since = datetime.fromisoformat(held["since"])
+            row.anchor_on = date.fromisoformat(held["anchor_on"])
+            row.review_on = date.fromisoformat(held["review_on"])
+            row.ladder_version = held["ladder_version"]
+        row.override_code = override["override_code"]
+        until = override["override_until"]
+        row.override_until = datetime.fromisoformat(until) if until else None
+        row.override_reason = override["override_reason"]
+        row.override_by = override["override_by"]
+    now_code = effective_code(row, ladder, ctx.now)
+    _history(
+        session,
+        ctx,
+        ladder,
+        member_id,
+        seen,
+        now_code,
+        f"merge {context.merge_id} undone: the tier held before the merge is restored",
+    )
+    _tier_event(session, member_id, seen, now_code)
+    audit_service.record(
+        session,
+        context.actor,
+        "tiers.merge.undo",
+        "member",
+        member_id,
+        before=current,
+        after=_state(row),
+        at=ctx.now,
+    )
+    await session.flush()
 
 
 # -------------------------------------------------------------------------------------------------------------
