@@ -828,15 +828,23 @@ def _compile_cached(version: int, document: dict[str, Any]) -> RuleSet:
     return cached
 
 
+_RULES_KEY = "tongcrm.points.active_rules"
+
+
 async def active_rules(session: AsyncSession) -> RuleSet:
-    """The active rule set; version 0 (the built-in default) while none was ever activated."""
+    """The active rule set, read once per transaction; version 0 (the built-in default) while none was ever
+    activated."""
+    transaction = session.sync_session.get_transaction()
+    cached = session.info.get(_RULES_KEY)
+    if transaction is not None and cached is not None and cached[0] is transaction:
+        return cast(RuleSet, cached[1])
     table = cast(sa.Table, PointsRuleSet.__table__)
     row = (
         await session.execute(sa.select(table.c.version, table.c.document).where(table.c.status == "active"))
     ).first()
-    if row is None:
-        return compile_rules(0, DEFAULT_DOCUMENT)
-    return _compile_cached(row[0], row[1])
+    rules = compile_rules(0, DEFAULT_DOCUMENT) if row is None else _compile_cached(row[0], row[1])
+    session.info[_RULES_KEY] = (session.sync_session.get_transaction(), rules)
+    return rules
 
 
 async def rule_set(session: AsyncSession, version: int) -> RuleSet:
@@ -898,6 +906,7 @@ async def activate_rule_set(session: AsyncSession, version: int, *, now: datetim
     row.status = "active"
     row.activated_at = now
     await session.flush()
+    session.info.pop(_RULES_KEY, None)
     return _rule_set_out(row)
 
 

@@ -95,13 +95,22 @@ class TierChange:
 # ladders
 
 
+_LADDER_KEY = "tongcrm.tiers.active_ladder"
+
+
 async def active_ladder(session: AsyncSession) -> Ladder | None:
+    """The ladder in force, read once per transaction: one checkout asked for it three times (earning, tier
+    re-evaluation, the member card), each a query and a parse."""
+    transaction = session.sync_session.get_transaction()
+    cached = session.info.get(_LADDER_KEY)
+    if transaction is not None and cached is not None and cached[0] is transaction:
+        return cast("Ladder | None", cached[1])
     row = (
         await session.execute(sa.select(TierLadder).order_by(TierLadder.version.desc()).limit(1))
     ).scalar_one_or_none()
-    if row is None:
-        return None
-    return parse_ladder(row.definition, version=row.version)
+    ladder = None if row is None else parse_ladder(row.definition, version=row.version)
+    session.info[_LADDER_KEY] = (session.sync_session.get_transaction(), ladder)
+    return ladder
 
 
 async def require_ladder(session: AsyncSession) -> Ladder:
@@ -136,6 +145,7 @@ async def apply_ladder(
             created_at=ctx.now,
         )
     )
+    session.info.pop(_LADDER_KEY, None)
     if old is not None:
         await _carry_over(session, ctx, old, ladder, actor.name)
     audit_service.record(
