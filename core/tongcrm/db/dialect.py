@@ -14,6 +14,11 @@ def dialect_name(session: AsyncSession) -> str:
 
 def insert(session: AsyncSession, table: Any) -> Any:
     """An ``INSERT`` that supports ``on_conflict_do_nothing``/``on_conflict_do_update`` on both databases."""
-    if dialect_name(session) == "postgresql":
+    return insert_for(dialect_name(session), table)
+
+
+def insert_for(dialect: str, table: Any) -> Any:
+    """:func:`insert` by dialect name, for statements built once per dialect and cached."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)

@@ -19,12 +19,11 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
-from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.db.dialect import dialect_name, insert, insert_for
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
@@ -119,7 +118,7 @@ def _order_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     """The forward-only order upsert, built once per dialect and row shape: building it (``excluded`` for
     every column) cost a few milliseconds per page, a till's whole checkout budget. Run in executemany form."""
     table = cast(sa.Table, Order.__table__)
-    stmt = _upsert(dialect)(table)
+    stmt = insert_for(dialect, table)
     updatable = [
         c for c in columns if c not in {"account_id", "external_id", "origin_member_id", "ingested_at"}
     ]
@@ -133,17 +132,13 @@ def _order_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
 @functools.cache
 def _line_upsert(dialect: str) -> Any:
     table = cast(sa.Table, OrderLine.__table__)
-    stmt = _upsert(dialect)(table)
+    stmt = insert_for(dialect, table)
     changing = (
         "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen", "refunded_fen", "refund_status",
     )  # fmt: skip
     return stmt.on_conflict_do_update(
         index_elements=["order_id", "external_id"], set_={c: stmt.excluded[c] for c in changing}
     ).returning(table.c.id, table.c.order_id, table.c.external_id)
-
-
-def _upsert(dialect: str) -> Any:
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 async def apply_orders_page(

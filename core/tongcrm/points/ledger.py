@@ -28,10 +28,10 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.db.dialect import dialect_name, insert, insert_for
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
 from tongcrm.jobs.outbox import emit
@@ -217,7 +217,6 @@ def _bulk(dialect: str) -> _BulkStatements:
             return column == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger)))
         return column.in_(sa.bindparam("ids", expanding=True))
 
-    upsert: Any = postgresql.insert if postgres else sqlite.insert
     if postgres:
         arrays = [
             sa.bindparam(name, type_=postgresql.ARRAY(sa.Text if name == "detail" else ENTRIES.c[name].type))
@@ -227,9 +226,9 @@ def _bulk(dialect: str) -> _BulkStatements:
         select = sa.select(
             *(rows.c[n].cast(postgresql.JSONB) if n == "detail" else rows.c[n] for n in _ENTRY_COLUMNS)
         )
-        insert_entries: Any = upsert(ENTRIES).from_select(list(_ENTRY_COLUMNS), select)
+        insert_entries: Any = insert_for(dialect, ENTRIES).from_select(list(_ENTRY_COLUMNS), select)
     else:
-        insert_entries = upsert(ENTRIES)
+        insert_entries = insert_for(dialect, ENTRIES)
     insert_entries = insert_entries.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
         ENTRIES.c.id, ENTRIES.c.idempotency_key
     )
@@ -278,7 +277,7 @@ def _bulk(dialect: str) -> _BulkStatements:
         .where(sa.true())  # SQLite needs a WHERE before an upsert's ON CONFLICT
         .order_by(sums.c.member_id)  # one lock order for every writer
     )
-    add: Any = upsert(BALANCES).from_select(
+    add: Any = insert_for(dialect, BALANCES).from_select(
         ["member_id", "available", "pending", "owed", "updated_at"], select
     )
     add = add.on_conflict_do_update(

@@ -28,6 +28,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db import txcache
 from tongcrm.db.dialect import insert
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
@@ -834,16 +835,15 @@ _RULES_KEY = "tongcrm.points.active_rules"
 async def active_rules(session: AsyncSession) -> RuleSet:
     """The active rule set, read once per transaction; version 0 (the built-in default) while none was ever
     activated."""
-    transaction = session.sync_session.get_transaction()
-    cached = session.info.get(_RULES_KEY)
-    if transaction is not None and cached is not None and cached[0] is transaction:
-        return cast(RuleSet, cached[1])
+    found, cached = txcache.get(session, _RULES_KEY)
+    if found:
+        return cast(RuleSet, cached)
     table = cast(sa.Table, PointsRuleSet.__table__)
     row = (
         await session.execute(sa.select(table.c.version, table.c.document).where(table.c.status == "active"))
     ).first()
     rules = compile_rules(0, DEFAULT_DOCUMENT) if row is None else _compile_cached(row[0], row[1])
-    session.info[_RULES_KEY] = (session.sync_session.get_transaction(), rules)
+    txcache.put(session, _RULES_KEY, rules)
     return rules
 
 
@@ -906,7 +906,7 @@ async def activate_rule_set(session: AsyncSession, version: int, *, now: datetim
     row.status = "active"
     row.activated_at = now
     await session.flush()
-    session.info.pop(_RULES_KEY, None)
+    txcache.forget(session, _RULES_KEY)
     return _rule_set_out(row)
 
 

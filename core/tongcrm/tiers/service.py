@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.audit import service as audit_service
 from tongcrm.config import PROGRAMME_TZ, Settings
+from tongcrm.db import txcache
 from tongcrm.db.base import UTCDateTime
 from tongcrm.db.dialect import dialect_name, insert
 from tongcrm.entitlements import standing
@@ -99,17 +100,16 @@ _LADDER_KEY = "tongcrm.tiers.active_ladder"
 
 
 async def active_ladder(session: AsyncSession) -> Ladder | None:
-    """The ladder in force, read once per transaction: one checkout asked for it three times (earning, tier
-    re-evaluation, the member card), each a query and a parse."""
-    transaction = session.sync_session.get_transaction()
-    cached = session.info.get(_LADDER_KEY)
-    if transaction is not None and cached is not None and cached[0] is transaction:
-        return cast("Ladder | None", cached[1])
+    """The ladder in force, read once per transaction: one receipt asked for it in earning and in tier
+    re-evaluation, each a query and a parse."""
+    found, cached = txcache.get(session, _LADDER_KEY)
+    if found:
+        return cast("Ladder | None", cached)
     row = (
         await session.execute(sa.select(TierLadder).order_by(TierLadder.version.desc()).limit(1))
     ).scalar_one_or_none()
     ladder = None if row is None else parse_ladder(row.definition, version=row.version)
-    session.info[_LADDER_KEY] = (session.sync_session.get_transaction(), ladder)
+    txcache.put(session, _LADDER_KEY, ladder)
     return ladder
 
 
@@ -145,7 +145,7 @@ async def apply_ladder(
             created_at=ctx.now,
         )
     )
-    session.info.pop(_LADDER_KEY, None)
+    txcache.forget(session, _LADDER_KEY)
     if old is not None:
         await _carry_over(session, ctx, old, ladder, actor.name)
     audit_service.record(
@@ -682,15 +682,7 @@ async def set_override(
         raise Unprocessable("an override needs a reason")
     row = await session.get(MemberTier, member_id, with_for_update=True)
     if row is None:
-        row = MemberTier(
-            member_id=member_id,
-            tier_code=ladder.base.code,
-            since=ctx.now,
-            anchor_on=ctx.today,
-            review_on=ladder.review.next_review(ctx.today, ctx.today),
-            ladder_version=ladder.version,
-        )
-        session.add(row)
+        row = _base_row(session, ctx, ladder, member_id)
     before = effective_code(row, ladder, ctx.now)
     previous = {
         "tier": row.override_code,
