@@ -71,7 +71,7 @@ from tongcrm.crypto import Vault
 from tongcrm.db.dialect import dialect_name
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.entitlements import service as entitlements
-from tongcrm.entitlements.catalogue import CATALOGUE, Recurrence
+from tongcrm.entitlements.catalogue import CATALOGUE
 from tongcrm.entitlements.models import GrantStatus
 from tongcrm.errors import Conflict, NotFound, PluginError, TongcrmError
 from tongcrm.identity.models import Identity
@@ -134,12 +134,13 @@ class TierBadge:
 
 @dataclass(frozen=True, slots=True)
 class UsableEntitlement:
-    """A standing benefit of the member's tier (``grant_id`` None) or a granted coupon or gift, usable now."""
+    """A grant usable now: a standing benefit of the member's tier (``valid_until`` None: while the tier lasts)
+    or a granted coupon or gift."""
 
     kind: str
     name: str
     value: int
-    grant_id: int | None = None
+    grant_id: int
     valid_until: datetime | None = None
 
 
@@ -687,32 +688,26 @@ def _with_claim(order: NormalisedOrder, claim: IdentityClaim) -> NormalisedOrder
 
 
 def _usable_now(held: entitlements.MemberEntitlements, now: datetime) -> tuple[UsableEntitlement, ...]:
-    """Grants usable at ``now`` (active or fulfilled, within their validity; a standing grant — open-ended while
-    its tier lasts — any number of times, any other only until its first use), and the tier's standing benefits
-    that have no grant of their own."""
-
-    def standing(kind: str) -> bool:
-        spec = CATALOGUE.get(kind)
-        return spec is not None and spec.recurrence is Recurrence.STANDING
-
-    grants = sorted(
+    """The member's standing grants (usable any number of times while the tier lasts), then recurring grants
+    usable now: active or fulfilled, within their validity, not used yet."""
+    usable = (GrantStatus.ACTIVE, GrantStatus.FULFILLED)
+    recurring = sorted(
         (
             g
             for g in held.grants
-            if g.status in (GrantStatus.ACTIVE, GrantStatus.FULFILLED)
+            if g.status in usable
             and g.valid_from <= now
             and (g.valid_until is None or now < g.valid_until)
-            and (g.valid_until is None or standing(g.kind) or not held.usages.get(g.id))
+            and not held.usages.get(g.id)
         ),
         key=lambda g: (g.valid_until is None, g.valid_until or now, g.id),
     )[:MAX_ENTITLEMENTS]
-    granted = {g.kind for g in grants}
     out = [
-        UsableEntitlement(ent.kind, _kind_name(ent.kind), ent.value)
-        for ent in held.standing
-        if ent.kind not in granted
+        UsableEntitlement(g.kind, _kind_name(g.kind), g.value, g.id)
+        for g in held.standing
+        if g.status in usable
     ]
-    out.extend(UsableEntitlement(g.kind, _kind_name(g.kind), g.value, g.id, g.valid_until) for g in grants)
+    out.extend(UsableEntitlement(g.kind, _kind_name(g.kind), g.value, g.id, g.valid_until) for g in recurring)
     return tuple(out)
 
 
