@@ -9,7 +9,9 @@ import msgspec
 import pytest
 from litestar import get, post
 from litestar.params import JSONBody
-from tongcrm.errors import Conflict
+from tongcrm.api.security import requires
+from tongcrm.auth.service import Role
+from tongcrm.errors import ConfigError, Conflict
 from tongcrm.plugin import hookimpl
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import RouteSpec
@@ -20,14 +22,14 @@ class Order(msgspec.Struct):
     note: str
 
 
-@post("/api/test/orders")
+@post("/api/test/orders", guards=[requires(Role.ADMIN)])
 async def create_order(data: JSONBody[Order]) -> dict[str, Any]:
     if data.note == "dup":
         raise Conflict("order already exists", extra={"order_id": 42})
     return {"amount_fen": data.amount_fen}
 
 
-@get("/api/test/boom")
+@get("/api/test/boom", guards=[requires(Role.ADMIN)])
 async def boom() -> None:
     raise RuntimeError("secret internal detail")
 
@@ -135,7 +137,7 @@ async def test_plugin_routes_are_mounted_and_may_declare_public_paths(make_clien
     async def ping() -> dict[str, str]:
         return {"pong": "public"}
 
-    @get("/api/demo/secret")
+    @get("/api/demo/secret", guards=[requires(Role.ADMIN, Role.OPERATOR)])
     async def secret() -> dict[str, str]:
         return {"pong": "private"}
 
@@ -149,3 +151,37 @@ async def test_plugin_routes_are_mounted_and_may_declare_public_paths(make_clien
     async with make_client(host=host, role=None) as api:
         assert (await api.get("/callbacks/demo/ping")).json() == {"pong": "public"}
         assert (await api.get("/api/demo/secret")).status_code == 401
+
+
+def test_a_route_without_a_role_guard_stops_the_app_from_starting() -> None:
+    @get("/api/demo/open")
+    async def forgotten() -> dict[str, str]:
+        return {"oops": "open to anyone"}
+
+    @get("/callbacks/demo/signed")
+    async def signed() -> dict[str, str]:
+        return {"checks": "its own signature"}
+
+    host = PluginHost(autoload=False)
+    host.register(
+        SimpleNamespace(
+            routes=hookimpl(
+                lambda: [RouteSpec(handlers=(forgotten, signed), public_paths=("/callbacks/demo",))]
+            )
+        ),
+        "demo",
+    )
+    from tongcrm.app import create_app
+    from tongcrm.config import Settings
+
+    settings = Settings(database_url="sqlite:///:memory:", secret_key="k" * 32)
+    with pytest.raises(ConfigError, match=r"GET /api/demo/open \(forgotten\)") as raised:
+        create_app(settings, host, run_jobs=False, configure_logs=False)
+    assert "signed" not in str(raised.value)  # public paths authenticate their callers themselves
+
+
+async def test_options_is_answered_without_a_key_and_reveals_nothing_else(make_client: Any) -> None:
+    async with make_client(role=None) as api:
+        response = await api.options("/api/members/lookup")
+        assert response.status_code == 204 and "GET" in response.headers["allow"]
+        assert (await api.get("/api/members/lookup", params={"mobile": "13800138000"})).status_code == 401

@@ -1,42 +1,108 @@
-"""Point reads: inline on a SQLite file (no driver thread), an autocommit pool on PostgreSQL."""
+"""Point reads: statements compiled once and run on the driver give the same values an ORM read gives."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
+
 import pytest
 import sqlalchemy as sa
-from tongcrm.db.engine import create_point_read_engine, session_factory
-from tongcrm.db.inline_sqlite import InlineConnection
+from tongcrm.db.base import UTCDateTime
+from tongcrm.db.engine import create_engine
+from tongcrm.db.point_reads import (
+    AsyncpgReader,
+    EngineReader,
+    PointQuery,
+    SQLiteReader,
+    create_point_reader,
+)
 from tongcrm.testing.database import TestDatabase
 
+_things = sa.Table(
+    "point_things",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(20)),
+    sa.Column("seen_at", UTCDateTime()),
+    sa.Column("born", sa.Date),
+    sa.Column("meta", sa.JSON),
+)
+_BY_NAMES = PointQuery(
+    sa.select(_things.c.id, _things.c.seen_at, _things.c.born, _things.c.meta, _things.c.name.label("label"))
+    .where(_things.c.name.in_(sa.bindparam("names", expanding=True)), _things.c.id > sa.bindparam("after"))
+    .order_by(_things.c.id)
+    .limit(1),
+    lists=("names",),
+)
+SEEN = datetime(2026, 11, 11, 0, 0, 1, 250_000, tzinfo=UTC)
 
-async def test_point_reads_see_committed_writes_and_refuse_to_write(tongcrm_db: TestDatabase) -> None:
+
+@pytest.fixture
+async def things(tongcrm_db: TestDatabase) -> TestDatabase:
     async with tongcrm_db.engine.begin() as conn:
-        await conn.execute(sa.text("CREATE TABLE point_things (id INTEGER PRIMARY KEY, name TEXT)"))
-        await conn.execute(sa.text("INSERT INTO point_things VALUES (1, 'a'), (2, 'b')"))
-    engine = create_point_read_engine(tongcrm_db.url, tongcrm_db.engine)
+        await conn.run_sync(_things.metadata.create_all)
+        await conn.execute(
+            sa.insert(_things),
+            [
+                {"id": 1, "name": "a", "seen_at": SEEN, "born": date(1990, 2, 28), "meta": {"k": [1, 2]}},
+                {"id": 2, "name": "b", "seen_at": None, "born": None, "meta": None},
+            ],
+        )
+    yield tongcrm_db
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(_things.metadata.drop_all)
+
+
+async def test_rows_come_back_typed_for_each_list_length(things: TestDatabase) -> None:
+    reader = create_point_reader(things.url, things.engine)
     try:
-        reads = session_factory(engine, readonly=True)
-        async with reads() as session, session.begin():
-            rows = (await session.execute(sa.text("SELECT id, name FROM point_things ORDER BY id"))).all()
-            driver = (await (await session.connection()).get_raw_connection()).driver_connection
-        assert [tuple(r) for r in rows] == [(1, "a"), (2, "b")]
-        if tongcrm_db.backend == "sqlite":
-            assert engine is not tongcrm_db.engine
-            assert isinstance(driver, InlineConnection)
-            with pytest.raises(sa.exc.OperationalError, match=r"readonly|query_only|attempt to write"):
-                async with reads() as session, session.begin():
-                    await session.execute(sa.text("INSERT INTO point_things VALUES (3, 'c')"))
-        else:
-            assert engine is not tongcrm_db.engine and engine.dialect.name == "postgresql"
+        expected = SQLiteReader if things.backend == "sqlite" else AsyncpgReader
+        assert isinstance(reader, expected)
+        row = await reader.first(_BY_NAMES, {"names": ["a"], "after": 0})
+        assert row is not None
+        assert (row.id, row.seen_at, row.born, row.meta, row.label) == (
+            1,
+            SEEN,
+            date(1990, 2, 28),
+            {"k": [1, 2]},
+            "a",
+        )
+        assert row.seen_at.tzinfo is not None
+        # another length of the list is another compiled shape; the statement's own LIMIT still applies
+        row = await reader.first(_BY_NAMES, {"names": ["zz", "b", "a"], "after": 1})
+        assert row is not None and (row.id, row.seen_at, row.born, row.meta) == (2, None, None, None)
+        assert await reader.first(_BY_NAMES, {"names": ["nobody"], "after": 0}) is None
         # a write through the ordinary engine is visible to the next point read
-        async with tongcrm_db.engine.begin() as conn:
-            await conn.execute(sa.text("UPDATE point_things SET name = 'z' WHERE id = 1"))
-        async with reads() as session, session.begin():
-            assert (
-                await session.execute(sa.text("SELECT name FROM point_things WHERE id = 1"))
-            ).scalar() == "z"
+        async with things.engine.begin() as conn:
+            await conn.execute(sa.update(_things).where(_things.c.id == 1).values(name="z"))
+        assert await reader.first(_BY_NAMES, {"names": ["a"], "after": 0}) is None
+        assert (await reader.first(_BY_NAMES, {"names": ["z"], "after": 0})).id == 1
     finally:
-        if engine is not tongcrm_db.engine:
-            await engine.dispose()
-        async with tongcrm_db.engine.begin() as conn:
-            await conn.execute(sa.text("DROP TABLE point_things"))
+        await reader.close()
+
+
+async def test_sqlite_reader_cannot_write(things: TestDatabase) -> None:
+    if things.backend != "sqlite":
+        pytest.skip("query_only is the SQLite reader's guard; the PostgreSQL reader only runs SELECTs")
+    reader = create_point_reader(things.url, things.engine)
+    assert isinstance(reader, SQLiteReader)
+    write = PointQuery(sa.select(sa.literal(1).label("one")))
+    try:
+        assert (await reader.first(write, {})).one == 1
+        with pytest.raises(Exception, match=r"readonly|query_only|attempt to write"):
+            reader._connection().execute("DELETE FROM point_things")
+    finally:
+        await reader.close()
+
+
+async def test_in_memory_sqlite_reads_through_the_engine() -> None:
+    engine = create_engine("sqlite:///:memory:")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_things.metadata.create_all)
+            await conn.execute(sa.insert(_things), [{"id": 7, "name": "m", "seen_at": SEEN}])
+        reader = create_point_reader("sqlite:///:memory:", engine)
+        assert isinstance(reader, EngineReader)
+        row = await reader.first(_BY_NAMES, {"names": ["m", "n"], "after": 0})
+        assert row is not None and (row.id, row.seen_at, row.label) == (7, SEEN, "m")
+    finally:
+        await engine.dispose()

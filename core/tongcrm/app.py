@@ -18,14 +18,15 @@ import tongcrm
 from tongcrm.api.deps import dependencies
 from tongcrm.api.middleware import request_id_middleware
 from tongcrm.api.problems import exception_handlers
-from tongcrm.api.security import authenticator
+from tongcrm.api.security import check_route_access
 from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.service import KeyVerifier
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.counter import CounterService
-from tongcrm.db.engine import create_engine, create_point_read_engine, session_factory
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.db.point_reads import create_point_reader
 from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsController
 from tongcrm.ingest.api import QuarantineController
 from tongcrm.jobs.registry import load_job_modules
@@ -72,8 +73,7 @@ def create_app(
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
     read_sessions = session_factory(engine, readonly=True)
-    point_engine = create_point_read_engine(settings.database_url, engine)
-    point_reads = session_factory(point_engine, readonly=True)
+    point_reader = create_point_reader(settings.database_url, engine)
     run_jobs = settings.run_jobs_in_process if run_jobs is None else run_jobs
 
     handlers: list[ControllerRouterHandler] = [*CORE_HANDLERS, *extra_handlers]
@@ -95,8 +95,7 @@ def create_app(
             stop.set()
             if task is not None:
                 await task
-            if point_engine is not engine:
-                await point_engine.dispose()
+            await point_reader.close()
             await engine.dispose()
 
     vault = settings.vault()
@@ -106,18 +105,17 @@ def create_app(
         "engine": engine,
         "sessions": sessions,
         "read_sessions": read_sessions,
-        "point_reads": point_reads,
+        "point_reader": point_reader,
         "key_verifier": KeyVerifier(read_sessions),
         "membership": MembershipService(sessions, host, settings),
         "vault": vault,
         "counter": CounterService(sessions, read_sessions, host, settings, vault=vault),
     }
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         middleware=[request_id_middleware],
-        guards=[authenticator(public)],
         lifespan=[lifespan],
         state=State(state),
         openapi_config=OpenAPIConfig(
@@ -136,3 +134,5 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    check_route_access(app.routes, public)
+    return app

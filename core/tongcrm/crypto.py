@@ -36,13 +36,15 @@ class _Key:
     kid: str
     enc: bytes
     index: bytes
+    #: built once: every lookup decrypts a mobile, and building the cipher cost as much as using it
+    aead: AESGCM
 
 
 def _key(secret: str) -> _Key:
     enc = _derive(secret, "tongcrm/encrypt/v1")
     index = _derive(secret, "tongcrm/blind-index/v1")
     kid = hashlib.sha256(_derive(secret, "tongcrm/key-id/v1")).hexdigest()[:8]
-    return _Key(kid, enc, index)
+    return _Key(kid, enc, index, AESGCM(enc))
 
 
 class Vault:
@@ -64,7 +66,7 @@ class Vault:
     def encrypt(self, plaintext: str, *, context: str = "") -> str:
         """``context`` binds the ciphertext to where it is stored (e.g. ``"member.mobile"``)."""
         nonce = os.urandom(12)
-        ct = AESGCM(self.current.enc).encrypt(nonce, plaintext.encode(), context.encode() or None)
+        ct = self.current.aead.encrypt(nonce, plaintext.encode(), context.encode() or None)
         return f"v1.{self.current.kid}.{base64.urlsafe_b64encode(nonce + ct).decode()}"
 
     def decrypt(self, token: str, *, context: str = "") -> str:
@@ -79,7 +81,7 @@ class Vault:
             raise ValueError(f"ciphertext was made with key {kid!r}, which is not configured")
         raw = base64.urlsafe_b64decode(body.encode())
         try:
-            return AESGCM(key.enc).decrypt(raw[:12], raw[12:], context.encode() or None).decode()
+            return key.aead.decrypt(raw[:12], raw[12:], context.encode() or None).decode()
         except InvalidTag:
             raise ValueError("ciphertext does not verify (wrong key or context, or tampered)") from None
 
@@ -95,5 +97,5 @@ class Vault:
 
     @staticmethod
     def _index(key: _Key, value: str, purpose: str) -> str:
-        digest = hmac.new(key.index, f"{purpose}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        digest = hmac.digest(key.index, f"{purpose}\x00{value}".encode(), "sha256").hex()
         return f"{key.kid}.{digest}"

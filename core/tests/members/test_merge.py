@@ -249,3 +249,24 @@ async def test_chained_merges_undo_last_in_first_out(
     async with tongcrm_db.sessions() as session:
         owners = set((await partition(session)).values())
     assert owners == {a, b, c.member_id}
+
+
+async def test_lookup_that_lands_on_a_tombstone_answers_with_the_survivor(
+    tongcrm_db: TestDatabase, ctx: ResolutionContext
+) -> None:
+    from tongcrm.db.point_reads import create_point_reader
+    from tongcrm.members.service import lookup_summary
+
+    a, b = await two_members(tongcrm_db, ctx)
+    async with tongcrm_db.sessions() as session, session.begin():
+        await merge_members(session, a, b, actor=SYSTEM, reason="same person", at=T0)
+        # an identity row still naming the absorbed member (written by hand: merges move them all)
+        session.add(Identity(kind="shop.uid", value="stale", member_id=b, first_seen_at=T0, last_seen_at=T0))
+    reader = create_point_reader(tongcrm_db.url, tongcrm_db.engine)
+    try:
+        found = await lookup_summary(reader, ctx.vault, ctx.host, identity="shop.uid:stale")
+        assert found.id == a and found.status == "active"
+        with pytest.raises(NotFound, match="no member has this identity"):
+            await lookup_summary(reader, ctx.vault, ctx.host, identity="shop.uid:nobody")
+    finally:
+        await reader.close()

@@ -28,12 +28,6 @@ def _read_sessions(state: State) -> async_sessionmaker[AsyncSession]:
     return sessions
 
 
-def _point_reads(state: State) -> async_sessionmaker[AsyncSession]:
-    """Read-only sessions for reads of a few rows (lookups): inline on SQLite, see db.inline_sqlite."""
-    sessions: async_sessionmaker[AsyncSession] = state.point_reads
-    return sessions
-
-
 def _host(state: State) -> PluginHost:
     host: PluginHost = state.host
     return host
@@ -66,7 +60,6 @@ def _principal(request: Request[Any, Any, Any]) -> Principal:
 dependencies: dict[str, Provide] = {
     "sessions": Provide(_sessions, sync_to_thread=False),
     "read_sessions": Provide(_read_sessions, sync_to_thread=False),
-    "point_reads": Provide(_point_reads, sync_to_thread=False),
     "host": Provide(_host, sync_to_thread=False),
     "settings": Provide(_settings, sync_to_thread=False),
     "principal": Provide(_principal, sync_to_thread=False),

@@ -66,40 +66,6 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     )
 
 
-def create_point_read_engine(url: str, fallback: AsyncEngine) -> AsyncEngine:
-    """The engine for hot point reads (lookups): reads of one statement, where round trips are the cost.
-
-    - SQLite file: inline on the event loop's thread (:mod:`tongcrm.db.inline_sqlite`), no BEGIN.
-    - PostgreSQL: its own small pool in autocommit, so a lookup is one round trip instead of BEGIN, SELECT,
-      COMMIT (plus the pre-ping every engine does on checkout).
-    - anything else (an in-memory SQLite): ``fallback``.
-
-    Each statement is its own snapshot: never use it for a read that must see several tables at one moment.
-    """
-    aurl = async_url(url)
-    database = aurl.database
-    if aurl.get_backend_name() == "postgresql":
-        return create_async_engine(
-            aurl, pool_size=5, max_overflow=5, pool_pre_ping=True, isolation_level="AUTOCOMMIT"
-        )
-    if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return fallback
-    from tongcrm.db.inline_sqlite import INLINE_BUSY_TIMEOUT_S, inline_creator
-
-    engine = create_async_engine(aurl, async_creator=inline_creator(database))
-
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        _sqlite_on_connect(dbapi_connection, _record)
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={int(INLINE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA query_only=ON")
-        cursor.close()
-
-    event.listen(engine.sync_engine, "connect", on_connect)
-    # No BEGIN: a point read is one statement, which SQLite runs as its own read transaction.
-    return engine
-
-
 def session_factory(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[AsyncSession]:
     """``readonly`` sessions skip SQLite's write lock (a plain deferred BEGIN), so lookups never queue
     behind writers; they must not write."""

@@ -22,6 +22,7 @@ from tongcrm.audit.service import Actor
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
+from tongcrm.db.point_reads import PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
@@ -632,7 +633,7 @@ async def lookup(
 
 
 async def lookup_summary(
-    session: AsyncSession,
+    reader: PointReader,
     vault: Vault,
     host: PluginHost,
     *,
@@ -640,19 +641,22 @@ async def lookup_summary(
     identity: str | None = None,
     reveal: bool = False,
 ) -> MemberSummary:
-    """:func:`lookup`'s member as a summary, read in one prepared statement with its tags.
+    """:func:`lookup`'s member as a summary, in one point read (the member and its tags).
 
-    Lookups are the hottest read (the service desk, tills, platform callbacks). Building the statement for
-    each call and loading an ORM object cost more than the database did, so this runs a statement built
-    once, and reads plain rows.
+    Lookups are the hottest read (the service desk, tills, platform callbacks): they run a statement compiled
+    once, on the point reader, and read plain rows.
     """
     kind, values = _lookup_key(vault, host, mobile=mobile, identity=identity)
-    row = (await session.execute(_LOOKUP, {"kind": kind, "values": values})).first()
+    row = await reader.first(_LOOKUP, {"kind": kind, "values": values})
     if row is None:
         raise _not_found(kind)
-    if row.status != "active":  # pragma: no cover - identities always point at live members
-        member = await lookup(session, vault, host, mobile=mobile, identity=identity)
-        return summary(member, (await _tags_of(session, [member.id]))[member.id], vault, reveal=reveal)
+    for _ in range(MAX_TOMBSTONE_HOPS):
+        if row is None or row.status == "active" or row.merged_into_id is None:
+            break
+        # a merge committed between resolving the identity and reading the member: follow the tombstone
+        row = await reader.first(_MEMBER_BY_ID, {"id": row.merged_into_id})
+    if row is None or row.status != "active":
+        raise _not_found(kind)
     return summary(cast(Member, row), row.tags.split(",") if row.tags else [], vault, reveal=reveal)
 
 
@@ -687,24 +691,30 @@ def _not_found(kind: str) -> NotFound:
 _MEMBERS = cast(sa.Table, Member.__table__)
 _IDENTITIES = cast(sa.Table, Identity.__table__)
 _TAGS = cast(sa.Table, MemberTag.__table__)
-#: Built once: the member a (kind, any of values) identity names, with its tags comma-joined (tags never
-#: contain commas, see ``normalise_tag``).
-_LOOKUP = (
-    sa.select(
-        _MEMBERS,
-        sa.select(sa.func.aggregate_strings(_TAGS.c.tag, ","))
-        .where(_TAGS.c.member_id == _MEMBERS.c.id)
-        .correlate(_MEMBERS)
-        .scalar_subquery()
-        .label("tags"),
-    )
+#: What a summary shows of a member, and its tags comma-joined (tags never contain commas, see
+#: ``normalise_tag``).
+_SUMMARY_COLUMNS = (
+    *(c for c in _MEMBERS.c if c.key != "profile_meta"),
+    sa.select(sa.func.aggregate_strings(_TAGS.c.tag, ","))
+    .where(_TAGS.c.member_id == _MEMBERS.c.id)
+    .correlate(_MEMBERS)
+    .scalar_subquery()
+    .label("tags"),
+)
+#: The member a (kind, any of values) identity names.
+_LOOKUP = PointQuery(
+    sa.select(*_SUMMARY_COLUMNS)
     .join(_IDENTITIES, _IDENTITIES.c.member_id == _MEMBERS.c.id)
     .where(
         _IDENTITIES.c.kind == sa.bindparam("kind"),
         _IDENTITIES.c.value.in_(sa.bindparam("values", expanding=True)),
     )
-    .limit(1)
+    .limit(1),
+    lists=("values",),
 )
+_MEMBER_BY_ID = PointQuery(sa.select(*_SUMMARY_COLUMNS).where(_MEMBERS.c.id == sa.bindparam("id")))
+#: Merges chain (a survivor may itself be absorbed later); a lookup follows at most this many.
+MAX_TOMBSTONE_HOPS = 8
 
 
 async def summaries(

@@ -82,7 +82,10 @@ def entitlement_providers() -> Sequence[EntitlementProviderSpec]:
 
 @hookspec
 def routes() -> Sequence[RouteSpec]:
-    """Litestar handlers the plugin mounts on the app (a POS API, platform push callbacks, SMS receipts)."""
+    """Litestar handlers the plugin mounts on the app (a POS API, platform push callbacks, SMS receipts).
+
+    Each handler declares who may call it with ``requires(...)`` unless it is under a public path (see
+    :class:`~tongcrm.plugin.types.RouteSpec`)."""
     raise NotImplementedError
 
 

@@ -559,8 +559,12 @@ class EntitlementProviderSpec:
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
-    """Litestar route handlers or routers a plugin mounts. ``public`` paths skip API-key auth (the plugin
-    then authenticates the caller itself, e.g. by a platform signature)."""
+    """Litestar route handlers or routers a plugin mounts.
+
+    Every handler outside ``public_paths`` carries ``guards=[tongcrm.api.security.requires(<roles>)]``, which
+    checks the API key and the role; the app refuses to start with a handler that has neither. ``public``
+    paths skip API-key auth (the plugin then authenticates the caller itself, e.g. by a platform signature).
+    """
 
     handlers: tuple[ControllerRouterHandler, ...]
     public_paths: tuple[str, ...] = ()

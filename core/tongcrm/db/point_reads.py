@@ -1,0 +1,208 @@
+"""Point reads: one Core statement, compiled once, run straight on the driver.
+
+The hottest reads (member lookups at the service desk, the till and platform callbacks) fetch one row by an
+index. Through an ORM session each of them cost about half a millisecond of Python (session, transaction,
+execution context, greenlet hand-offs, and on SQLite nine hops to aiosqlite's thread) for some twenty
+microseconds of database work. A :class:`PointReader` skips all of that: a :class:`PointQuery` is compiled
+once per dialect and parameter shape, its parameters are bound positionally, and its columns go through the
+same SQLAlchemy type processors an ORM read would apply, so the values are identical.
+
+- SQLite file: one :mod:`sqlite3` connection used inline on the event loop's thread, ``query_only`` and with
+  a short busy timeout. A point read in WAL mode takes microseconds and never waits for writers; one that
+  cannot read at once (only during WAL recovery) fails fast rather than stalling the loop.
+- PostgreSQL: a small asyncpg pool in autocommit, so a read is one round trip (asyncpg prepares and caches the
+  statement per connection).
+- anything else (an in-memory SQLite database): a connection of the ordinary engine.
+
+Each read is its own snapshot: never use a reader for reads that must see several tables at one moment, and
+never for anything long (on SQLite it holds the event loop while it runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tongcrm.db.engine import async_url
+
+#: A SQLite point read that cannot start within this time fails instead of holding the event loop.
+INLINE_BUSY_TIMEOUT_S = 0.5
+#: How much of the database file the SQLite reader maps into memory.
+SQLITE_MMAP_BYTES = 1 << 30
+_Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A query compiled for one dialect and one length of each list parameter."""
+
+    sql: str
+    #: per positional parameter: (its name, or None for a constant; index into its list; constant; processor)
+    binds: tuple[tuple[str | None, int | None, Any, _Processor], ...]
+    row: type[tuple[Any, ...]]
+    processors: tuple[_Processor, ...]
+
+    def parameters(self, params: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, index, constant, process in self.binds:
+            value = constant if name is None else params[name] if index is None else params[name][index]
+            out.append(process(value) if process is not None else value)
+        return out
+
+    def build(self, raw: Sequence[Any]) -> Any:
+        return self.row(*(p(v) if p is not None else v for p, v in zip(self.processors, raw, strict=True)))
+
+
+class PointQuery:
+    """A SELECT to run through a :class:`PointReader`; rows come back as named tuples of its columns.
+
+    ``lists`` names the parameters that are lists (``column.in_(sa.bindparam(name, expanding=True))``); the
+    statement is compiled once per dialect and per length of each of them.
+    """
+
+    def __init__(self, statement: sa.Select[Any], *, lists: Sequence[str] = ()) -> None:
+        self.statement = statement
+        self._lists = tuple(lists)
+        self._names = [str(c.key) for c in statement.selected_columns]
+        #: the rows' type: a named tuple of the statement's column keys
+        self.row: type[tuple[Any, ...]] = namedtuple("PointRow", self._names, rename=True)  # type: ignore[misc]
+        self._plans: dict[tuple[str, tuple[int, ...]], _Plan] = {}
+
+    def plan(self, dialect: Dialect, params: Mapping[str, Any]) -> _Plan:
+        shape = (dialect.name, tuple(len(params[name]) for name in self._lists))
+        plan = self._plans.get(shape)
+        if plan is None:
+            plan = self._plans[shape] = self._compile(dialect, params)
+        return plan
+
+    def _compile(self, dialect: Dialect, params: Mapping[str, Any]) -> _Plan:
+        compiled = self.statement.compile(dialect=dialect)
+        expanded = compiled.construct_expanded_state(dict(params))
+        where = {
+            position: (name, index)
+            for name, positions in expanded.parameter_expansion.items()
+            for index, position in enumerate(positions)
+        }
+        binds: list[tuple[str | None, int | None, Any, _Processor]] = []
+        for position in expanded.positiontup or ():
+            name, index = where.get(position, (position, None))
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if name in params:
+                binds.append((name, index, None, process))
+            else:  # a value the statement carries itself, such as LIMIT 1
+                binds.append((None, None, expanded.parameters[position], process))
+        processors = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None)
+            for c in self.statement.selected_columns
+        )
+        return _Plan(expanded.statement, tuple(binds), self.row, processors)
+
+
+class PointReader(ABC):
+    """Runs :class:`PointQuery` reads; one per app, closed at shutdown."""
+
+    @abstractmethod
+    async def first(self, query: PointQuery, params: Mapping[str, Any]) -> Any | None:
+        """The first row of ``query`` with ``params``, or None."""
+
+    async def close(self) -> None:  # noqa: B027 - most readers hold nothing
+        """Release connections."""
+
+
+class SQLiteReader(PointReader):
+    def __init__(self, database: str, dialect: Dialect) -> None:
+        self._database = database
+        self._dialect = dialect
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._database, timeout=INLINE_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
+            )
+            conn.execute("PRAGMA query_only=ON")
+            # reads through the OS page cache instead of copying pages into SQLite's own small cache
+            conn.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+            self._conn = conn
+        return self._conn
+
+    async def first(self, query: PointQuery, params: Mapping[str, Any]) -> Any | None:
+        plan = query.plan(self._dialect, params)
+        raw = self._connection().execute(plan.sql, plan.parameters(params)).fetchone()
+        return None if raw is None else plan.build(raw)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class AsyncpgReader(PointReader):
+    def __init__(self, dsn: str, dialect: Dialect, *, max_size: int = 10) -> None:
+        self._dsn = dsn
+        self._dialect = dialect
+        self._max_size = max_size
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _acquire_pool(self) -> Any:
+        async with self._lock:
+            if self._pool is None:
+                import asyncpg  # type: ignore[import-untyped]
+
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=self._max_size, init=_json_codecs
+                )
+        return self._pool
+
+    async def first(self, query: PointQuery, params: Mapping[str, Any]) -> Any | None:
+        plan = query.plan(self._dialect, params)
+        pool = self._pool or await self._acquire_pool()
+        async with pool.acquire() as conn:
+            raw = await conn.fetchrow(plan.sql, *plan.parameters(params))
+        return None if raw is None else plan.build(tuple(raw))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def _json_codecs(conn: Any) -> None:
+    """JSON columns decoded as SQLAlchemy's asyncpg dialect decodes them (its JSON type then passes them on)."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class EngineReader(PointReader):
+    """Through an ordinary engine (an in-memory SQLite database has no second connection to read with)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def first(self, query: PointQuery, params: Mapping[str, Any]) -> Any | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query.statement, dict(params))).first()
+        return None if row is None else query.row(*row)
+
+
+def create_point_reader(url: str, engine: AsyncEngine) -> PointReader:
+    """The reader for ``url``; ``engine`` is the app's ordinary engine on the same database."""
+    aurl = async_url(url)
+    if aurl.get_backend_name() == "postgresql":
+        dsn = aurl.set(drivername="postgresql").render_as_string(hide_password=False)
+        return AsyncpgReader(dsn, engine.dialect)
+    database = aurl.database
+    if aurl.get_backend_name() == "sqlite" and database and database != ":memory:":
+        return SQLiteReader(database, engine.dialect)
+    return EngineReader(engine)
