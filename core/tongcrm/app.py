@@ -4,6 +4,7 @@ request ids, API-key auth, and (by default) the job runner in-process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -136,3 +137,15 @@ def create_app(
     )
     check_route_access(app.routes, public)
     return app
+
+
+def settle_heap() -> None:
+    """Take what the app built at start-up out of the cyclic garbage collector's view (call once, in the
+    serving process, after :func:`create_app`).
+
+    The app's long-lived objects (routes and their signature models, table metadata, plugin modules) are tens
+    of thousands of containers that never become garbage; without this every older-generation collection
+    walks them again, which cost an authenticated member lookup about a fifth of its time.
+    """
+    gc.collect()
+    gc.freeze()

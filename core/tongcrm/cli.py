@@ -134,7 +134,7 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool) -> None:
     """Serve the admin API (and, by default, run jobs in-process)."""
     import uvicorn
 
-    from tongcrm.app import create_app
+    from tongcrm.app import create_app, settle_heap
 
     settings = ctx.settings
     configure_logging(json=settings.log_json, level=settings.log_level)
@@ -145,6 +145,7 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool) -> None:
         )
         click.echo(f"  {admin_key}", err=True)
     app = create_app(settings, ctx.host, run_jobs=not no_jobs, configure_logs=False)
+    settle_heap()
     uvicorn.run(app, host=bind_host, port=port, log_config=None, access_log=False, lifespan="on")
 
 

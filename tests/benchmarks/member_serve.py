@@ -4,15 +4,18 @@ endpoint with no database as the ceiling."""
 from __future__ import annotations
 
 from litestar import Litestar, get
-from tongcrm.app import create_app
+from tongcrm.app import create_app, settle_heap
 from tongcrm.config import Settings
 from tongcrm.logging import configure_logging
 from tongcrm.plugin.host import PluginHost
 
 
 def members_app() -> Litestar:
+    """As ``tongcrm serve --no-jobs`` builds it (without plugins, which the member base does not need)."""
     configure_logging(json=True, level="WARNING")
-    return create_app(Settings.from_env(), PluginHost(autoload=False), run_jobs=False, configure_logs=False)
+    app = create_app(Settings.from_env(), PluginHost(autoload=False), run_jobs=False, configure_logs=False)
+    settle_heap()
+    return app
 
 
 @get("/ping")

@@ -13,11 +13,14 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from tongcrm.logging import get_logger
 
-log = get_logger("tongcrm.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    # Bound once, when the app is built (after logging is configured): a module-level lazy logger binds
+    # itself anew on every call, which this per-request line cannot afford.
+    log = get_logger("tongcrm.access").bind()
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
@@ -35,16 +38,17 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 message = {**message, "headers": headers}
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await app(scope, receive, send_with_id)
-            finally:
-                log.info(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                    status=status.get("code"),
-                    ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                status=status.get("code"),
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.reset_contextvars(**tokens)
 
     return middleware
