@@ -22,14 +22,14 @@ class Order(msgspec.Struct):
     note: str
 
 
-@post("/api/test/orders", guards=[requires(Role.ADMIN)])
+@post("/api/test/orders", opt=requires(Role.ADMIN))
 async def create_order(data: JSONBody[Order]) -> dict[str, Any]:
     if data.note == "dup":
         raise Conflict("order already exists", extra={"order_id": 42})
     return {"amount_fen": data.amount_fen}
 
 
-@get("/api/test/boom", guards=[requires(Role.ADMIN)])
+@get("/api/test/boom", opt=requires(Role.ADMIN))
 async def boom() -> None:
     raise RuntimeError("secret internal detail")
 
@@ -137,7 +137,7 @@ async def test_plugin_routes_are_mounted_and_may_declare_public_paths(make_clien
     async def ping() -> dict[str, str]:
         return {"pong": "public"}
 
-    @get("/api/demo/secret", guards=[requires(Role.ADMIN, Role.OPERATOR)])
+    @get("/api/demo/secret", opt=requires(Role.ADMIN, Role.OPERATOR))
     async def secret() -> dict[str, str]:
         return {"pong": "private"}
 
@@ -162,11 +162,18 @@ def test_a_route_without_a_role_guard_stops_the_app_from_starting() -> None:
     async def signed() -> dict[str, str]:
         return {"checks": "its own signature"}
 
+    async def own_hook(request: Any) -> None:
+        return None
+
+    @get("/api/demo/hooked", opt=requires(Role.ADMIN), before_request=own_hook)
+    async def hooked() -> dict[str, str]:
+        return {"would": "skip the key check"}
+
     host = PluginHost(autoload=False)
     host.register(
         SimpleNamespace(
             routes=hookimpl(
-                lambda: [RouteSpec(handlers=(forgotten, signed), public_paths=("/callbacks/demo",))]
+                lambda: [RouteSpec(handlers=(forgotten, signed, hooked), public_paths=("/callbacks/demo",))]
             )
         ),
         "demo",
@@ -175,8 +182,9 @@ def test_a_route_without_a_role_guard_stops_the_app_from_starting() -> None:
     from tongcrm.config import Settings
 
     settings = Settings(database_url="sqlite:///:memory:", secret_key="k" * 32)
-    with pytest.raises(ConfigError, match=r"GET /api/demo/open \(forgotten\)") as raised:
+    with pytest.raises(ConfigError, match=r"GET /api/demo/open \(forgotten\) names no roles") as raised:
         create_app(settings, host, run_jobs=False, configure_logs=False)
+    assert "GET /api/demo/hooked (hooked) replaces the app's before_request hook" in str(raised.value)
     assert "signed" not in str(raised.value)  # public paths authenticate their callers themselves
 
 

@@ -19,7 +19,7 @@ import tongcrm
 from tongcrm.api.deps import dependencies
 from tongcrm.api.middleware import request_id_middleware
 from tongcrm.api.problems import exception_handlers
-from tongcrm.api.security import check_route_access
+from tongcrm.api.security import authorize, check_route_access
 from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.service import KeyVerifier
@@ -117,6 +117,7 @@ def create_app(
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         middleware=[request_id_middleware],
+        before_request=authorize,
         lifespan=[lifespan],
         state=State(state),
         openapi_config=OpenAPIConfig(

@@ -36,15 +36,17 @@ class _Key:
     kid: str
     enc: bytes
     index: bytes
-    #: built once: every lookup decrypts a mobile, and building the cipher cost as much as using it
+    #: built once: every lookup decrypts a mobile and computes a blind index, and setting up the cipher or
+    #: the keyed hash cost as much as using it
     aead: AESGCM
+    index_mac: hmac.HMAC
 
 
 def _key(secret: str) -> _Key:
     enc = _derive(secret, "tongcrm/encrypt/v1")
     index = _derive(secret, "tongcrm/blind-index/v1")
     kid = hashlib.sha256(_derive(secret, "tongcrm/key-id/v1")).hexdigest()[:8]
-    return _Key(kid, enc, index, AESGCM(enc))
+    return _Key(kid, enc, index, AESGCM(enc), hmac.new(index, digestmod=hashlib.sha256))
 
 
 class Vault:
@@ -97,5 +99,7 @@ class Vault:
 
     @staticmethod
     def _index(key: _Key, value: str, purpose: str) -> str:
-        digest = hmac.digest(key.index, f"{purpose}\x00{value}".encode(), "sha256").hex()
+        mac = key.index_mac.copy()
+        mac.update(f"{purpose}\x00{value}".encode())
+        digest = mac.hexdigest()
         return f"{key.kid}.{digest}"

@@ -1,4 +1,4 @@
-"""API-key authentication and role guards.
+"""API-key authentication and role checks.
 
 Every route requires ``Authorization: Bearer <key>`` except ``/health``, ``/schema*`` and the paths a plugin
 declares public (it then authenticates the caller itself, e.g. by a platform signature).
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.handlers.base import BaseRouteHandler
 from litestar.routes import BaseRoute
 
 from tongcrm.auth.service import KeyVerifier, Principal, Role
@@ -49,35 +49,34 @@ def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     return user
 
 
-class RoleGuard:
-    """The guard :func:`requires` returns: authenticates the caller, then lets only ``roles`` through."""
-
-    __slots__ = ("roles",)
-
-    def __init__(self, roles: Iterable[Role]) -> None:
-        self.roles = frozenset(roles)
-
-    async def __call__(
-        self, connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
-    ) -> None:
-        principal = await authenticate(connection)
-        if principal.role not in self.roles:
-            names = ", ".join(sorted(r.value for r in self.roles))
-            raise PermissionDeniedException(
-                f"role {principal.role.value!r} may not do this (needs one of: {names})"
-            )
+#: The ``opt`` key of a route handler that names the roles allowed to call it (see :func:`requires`).
+ROLES_OPT = "tongcrm_roles"
 
 
-def requires(*roles: Role) -> RoleGuard:
-    """The guard every non-public route carries: 401 without a valid key, 403 for the other roles.
+def requires(*roles: Role) -> dict[str, frozenset[Role]]:
+    """Who may call a route: ``@get(..., opt=requires(Role.ADMIN, Role.OPERATOR))`` (or a controller's ``opt``).
 
-    Authentication and the role check are one guard because litestar copies the route handler for each guard
-    it calls, and a second guard cost an authenticated lookup more than its database read. That no route is
-    left open by forgetting it is checked when the app is built (:func:`check_route_access`).
+    :func:`authorize`, the app's ``before_request`` hook, then answers 401 without a valid key and 403 for other
+    roles. Roles are handler options rather than a guard because litestar copies the whole route handler for
+    every guard it calls, which cost an authenticated lookup more than its database read did. That no route is
+    left open by forgetting this is checked when the app is built (:func:`check_route_access`).
     """
     if not roles:
         raise ValueError("requires() needs at least one role")
-    return RoleGuard(roles)
+    return {ROLES_OPT: frozenset(roles)}
+
+
+async def authorize(request: Request[Any, Any, Any]) -> None:
+    """Before every handler: authenticate the caller and check its role, when the route names roles."""
+    roles: frozenset[Role] | None = request.route_handler.opt.get(ROLES_OPT)
+    if roles is None:  # a public path (check_route_access made sure of it)
+        return
+    principal = await authenticate(request)
+    if principal.role not in roles:
+        names = ", ".join(sorted(r.value for r in roles))
+        raise PermissionDeniedException(
+            f"role {principal.role.value!r} may not do this (needs one of: {names})"
+        )
 
 
 def is_public(path: str, public: Iterable[str]) -> bool:
@@ -85,23 +84,33 @@ def is_public(path: str, public: Iterable[str]) -> bool:
 
 
 def check_route_access(routes: Iterable[BaseRoute], extra_public: Iterable[str] = ()) -> None:
-    """Refuse to build an app with a route that is neither public nor guarded by :func:`requires`.
+    """Refuse to build an app with a route that is neither public nor protected by :func:`requires`.
 
-    A plugin route without a role guard would be open to anyone; failing at start names it instead. Handlers
-    of OPTIONS alone (litestar answers those itself with the allowed methods) need none.
+    A plugin route that names no roles, or that replaces the app's ``before_request`` hook with its own,
+    would be open to anyone; failing at start names it instead. Handlers of OPTIONS alone (litestar answers
+    those itself with the allowed methods) need neither.
     """
     public = (*PUBLIC_PATHS, *extra_public)
-    open_routes = sorted(
-        f"{', '.join(sorted(getattr(handler, 'http_methods', ()) or ('*',)))} {route.path} "
-        f"({handler.handler_name})"
+    handlers = [
+        (route.path, handler)
         for route in routes
         if not is_public(route.path, public)
         for handler in getattr(route, "route_handlers", ())
         if set(getattr(handler, "http_methods", ())) != {"OPTIONS"}
-        and not any(isinstance(guard, RoleGuard) for guard in handler.resolve_guards())
-    )
-    if open_routes:
-        raise ConfigError(
-            "routes without a role guard (add guards=[requires(...)], or list the path among the plugin's "
-            "public paths if it authenticates callers itself): " + "; ".join(open_routes)
-        )
+    ]
+
+    def name(path: str, handler: Any) -> str:
+        return f"{', '.join(sorted(getattr(handler, 'http_methods', ()) or ('*',)))} {path} ({handler.handler_name})"
+
+    problems = [
+        f"{name(path, h)} names no roles: add opt=requires(...), or list the path among the plugin's public "
+        "paths if it authenticates callers itself"
+        for path, h in handlers
+        if not h.opt.get(ROLES_OPT)
+    ] + [
+        f"{name(path, h)} replaces the app's before_request hook, which checks API keys and roles"
+        for path, h in handlers
+        if h.resolve_before_request() is not authorize
+    ]
+    if problems:
+        raise ConfigError("routes open to anyone: " + "; ".join(sorted(problems)))

@@ -50,7 +50,7 @@ async def health(state: State) -> Response[Any]:
 class PluginController(Controller):
     path = "/api/plugins"
     tags = ["system"]
-    guards = [requires(*READ_ROLES)]
+    opt = requires(*READ_ROLES)
 
     @get("/", summary="Installed plugins, their versions and the hooks they implement")
     async def list_plugins(self, host: NamedDependency[PluginHost]) -> list[PluginOut]:

@@ -66,7 +66,7 @@ class ChannelAccountController(Controller):
     path = "/api/channel-accounts"
     tags = ["channels"]
 
-    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Role.ADMIN)], summary="Connect a shop or store")
+    @post("/", status_code=HTTP_201_CREATED, opt=requires(Role.ADMIN), summary="Connect a shop or store")
     async def create(
         self,
         data: JSONBody[AccountIn],
@@ -80,21 +80,21 @@ class ChannelAccountController(Controller):
             )
             return _out(await service.account_view(session, data.name))
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="Channel accounts with their sync state")
+    @get("/", opt=requires(*READ_ROLES), summary="Channel accounts with their sync state")
     async def list_accounts(
         self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> list[AccountOut]:
         async with read_sessions() as session:
             return [_out(v) for v in await service.list_accounts(session)]
 
-    @get("/{name:str}", guards=[requires(*READ_ROLES)], summary="One channel account")
+    @get("/{name:str}", opt=requires(*READ_ROLES), summary="One channel account")
     async def show(
         self, name: FromPath[str], read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> AccountOut:
         async with read_sessions() as session:
             return _out(await service.account_view(session, name))
 
-    @put("/{name:str}/credentials", guards=[requires(*WRITE_ROLES)], summary="Re-authorise: replace settings")
+    @put("/{name:str}/credentials", opt=requires(*WRITE_ROLES), summary="Re-authorise: replace settings")
     async def reauthorise(
         self,
         name: FromPath[str],

@@ -55,15 +55,13 @@ class EntitlementController(Controller):
     path = "/api/entitlements"
     tags = ["entitlements"]
 
-    @get(
-        "/catalogue", guards=[requires(*READ_ROLES)], summary="Entitlement kinds and how their values compare"
-    )
+    @get("/catalogue", opt=requires(*READ_ROLES), summary="Entitlement kinds and how their values compare")
     async def get_catalogue(self) -> list[dict[str, Any]]:
         return service.catalogue()
 
     @post(
         "/grants/{grant_id:int}/usages",
-        guards=[requires(*WRITE_ROLES, Role.POS)],
+        opt=requires(*WRITE_ROLES, Role.POS),
         summary="Record that a grant was used (idempotent by usage_key)",
     )
     async def use_grant(
@@ -93,7 +91,7 @@ class MemberEntitlementsController(Controller):
 
     @get(
         "/",
-        guards=[requires(*READ_ROLES, Role.POS)],
+        opt=requires(*READ_ROLES, Role.POS),
         summary="Live standing grants of the member's tier and recent recurring grants",
     )
     async def get_entitlements(
@@ -113,7 +111,7 @@ class MemberEntitlementsController(Controller):
 
     @post(
         "/{kind:str}/usages",
-        guards=[requires(*WRITE_ROLES, Role.POS)],
+        opt=requires(*WRITE_ROLES, Role.POS),
         summary="Record a use of the member's standing benefit of this kind (idempotent by usage_key)",
     )
     async def use_standing(

@@ -35,7 +35,7 @@ class QuarantinePage(msgspec.Struct):
 class QuarantineController(Controller):
     path = "/api/ingest/quarantine"
     tags = ["ingest"]
-    guards = [requires(*READ_ROLES)]
+    opt = requires(*READ_ROLES)
 
     @get("/", summary="Records quarantined by ingest, newest first")
     async def list_quarantine(

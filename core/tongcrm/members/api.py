@@ -93,7 +93,7 @@ class MemberController(Controller):
     path = "/api/members"
     tags = ["members"]
 
-    @post("/", guards=[requires(*WRITE_ROLES)], summary="Create a member")
+    @post("/", opt=requires(*WRITE_ROLES), summary="Create a member")
     async def create(
         self,
         data: JSONBody[MemberCreate],
@@ -107,7 +107,7 @@ class MemberController(Controller):
             out = (await service.summaries(session, vault, [member]))[0]
         return Response(member_out(out), status_code=201, headers={"ETag": etag(out.version)})
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="List and search members (keyset pagination)")
+    @get("/", opt=requires(*READ_ROLES), summary="List and search members (keyset pagination)")
     async def list_members(
         self,
         read_sessions: NamedDependency[Sessions],
@@ -154,7 +154,7 @@ class MemberController(Controller):
 
     @get(
         "/lookup",
-        guards=[requires(*READ_ROLES, Role.POS)],
+        opt=requires(*READ_ROLES, Role.POS),
         summary="Find the member a mobile number or an identity (kind:value) names",
     )
     async def lookup(
@@ -184,7 +184,7 @@ class MemberController(Controller):
                 )
         return Response(member_out(out), headers={"ETag": etag(out.version)})
 
-    @get("/{member_id:int}", guards=[requires(*READ_ROLES)], summary="The 360 view of a member")
+    @get("/{member_id:int}", opt=requires(*READ_ROLES), summary="The 360 view of a member")
     async def get_member(
         self,
         member_id: FromPath[int],
@@ -200,7 +200,7 @@ class MemberController(Controller):
         out = msgspec.convert(view, MemberViewOut, from_attributes=True)
         return Response(out, headers={"ETag": etag(view.member.version)})
 
-    @patch("/{member_id:int}", guards=[requires(*WRITE_ROLES)], summary="Change a member's profile")
+    @patch("/{member_id:int}", opt=requires(*WRITE_ROLES), summary="Change a member's profile")
     async def update(
         self,
         member_id: FromPath[int],
@@ -218,7 +218,7 @@ class MemberController(Controller):
             out = (await service.summaries(session, vault, [member]))[0]
         return Response(member_out(out), headers={"ETag": etag(out.version)})
 
-    @post("/{member_id:int}/tags", guards=[requires(*WRITE_ROLES)], status_code=200, summary="Tag a member")
+    @post("/{member_id:int}/tags", opt=requires(*WRITE_ROLES), status_code=200, summary="Tag a member")
     async def tag(
         self,
         member_id: FromPath[int],
@@ -231,7 +231,7 @@ class MemberController(Controller):
             tags = await service.tag_member(session, vault, member_id, data.tags, Actor.of(principal))
         return TagsOut(member_id, tags)
 
-    @delete("/{member_id:int}/tags/{tag:str}", guards=[requires(*WRITE_ROLES)], summary="Remove a tag")
+    @delete("/{member_id:int}/tags/{tag:str}", opt=requires(*WRITE_ROLES), summary="Remove a tag")
     async def untag(
         self,
         member_id: FromPath[int],
@@ -242,7 +242,7 @@ class MemberController(Controller):
         async with sessions() as session, session.begin():
             await service.untag_member(session, member_id, tag, Actor.of(principal))
 
-    @get("/{member_id:int}/consents", guards=[requires(*READ_ROLES)], summary="Consent states and history")
+    @get("/{member_id:int}/consents", opt=requires(*READ_ROLES), summary="Consent states and history")
     async def consents(
         self, member_id: FromPath[int], read_sessions: NamedDependency[Sessions]
     ) -> ConsentOut:
@@ -260,7 +260,7 @@ class MemberController(Controller):
             [msgspec.convert(e, ConsentEventOut, from_attributes=True) for e in events],
         )
 
-    @post("/{member_id:int}/consents", guards=[requires(*WRITE_ROLES)], summary="Record an opt-in or opt-out")
+    @post("/{member_id:int}/consents", opt=requires(*WRITE_ROLES), summary="Record an opt-in or opt-out")
     async def record_consent(
         self,
         member_id: FromPath[int],
@@ -285,7 +285,7 @@ class MemberController(Controller):
 
     @get(
         "/{member_id:int}/contact-check",
-        guards=[requires(*READ_ROLES)],
+        opt=requires(*READ_ROLES),
         summary="Whether consent allows contacting the member for a purpose under a signature",
     )
     async def contact_check(
@@ -325,7 +325,7 @@ class MergeController(Controller):
     path = "/api/merges"
     tags = ["members"]
 
-    @post("/", guards=[requires(*WRITE_ROLES)], summary="Merge one member into another")
+    @post("/", opt=requires(*WRITE_ROLES), summary="Merge one member into another")
     async def merge(
         self,
         data: JSONBody[MergeIn],
@@ -348,7 +348,7 @@ class MergeController(Controller):
             )
         return Response(merge_out(record), status_code=201)
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="Merges a member took part in, newest first")
+    @get("/", opt=requires(*READ_ROLES), summary="Merges a member took part in, newest first")
     async def list_merges(
         self,
         read_sessions: NamedDependency[Sessions],
@@ -364,7 +364,7 @@ class MergeController(Controller):
             rows = list((await session.execute(stmt)).scalars())
         return [merge_out(r) for r in rows]
 
-    @get("/{merge_id:int}", guards=[requires(*READ_ROLES)], summary="One merge: who, what, why")
+    @get("/{merge_id:int}", opt=requires(*READ_ROLES), summary="One merge: who, what, why")
     async def get_merge(self, merge_id: FromPath[int], read_sessions: NamedDependency[Sessions]) -> MergeOut:
         async with read_sessions() as session, session.begin():
             record = await session.get(Merge, merge_id)
@@ -374,7 +374,7 @@ class MergeController(Controller):
                 raise NotFound(f"no merge {merge_id}")
             return merge_out(record)
 
-    @post("/{merge_id:int}/undo", guards=[requires(*WRITE_ROLES)], status_code=200, summary="Undo a merge")
+    @post("/{merge_id:int}/undo", opt=requires(*WRITE_ROLES), status_code=200, summary="Undo a merge")
     async def undo(
         self,
         merge_id: FromPath[int],

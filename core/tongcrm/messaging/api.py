@@ -97,9 +97,7 @@ class MessengerAccountController(Controller):
     path = "/api/messenger-accounts"
     tags = ["messaging"]
 
-    @post(
-        "/", guards=[requires(Role.ADMIN)], summary="Add a messenger account (secret settings are encrypted)"
-    )
+    @post("/", opt=requires(Role.ADMIN), summary="Add a messenger account (secret settings are encrypted)")
     async def create(
         self,
         data: JSONBody[MessengerAccountIn],
@@ -114,7 +112,7 @@ class MessengerAccountController(Controller):
             )
         return _account_out(account, vault, principal)
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="Messenger accounts and whether sending is paused")
+    @get("/", opt=requires(*READ_ROLES), summary="Messenger accounts and whether sending is paused")
     async def list_accounts(
         self,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
@@ -126,7 +124,7 @@ class MessengerAccountController(Controller):
 
     @post(
         "/{name:str}/resume",
-        guards=[requires(*WRITE_ROLES)],
+        opt=requires(*WRITE_ROLES),
         status_code=200,
         summary="Resume sending after the cause of a pause was fixed",
     )
@@ -149,7 +147,7 @@ class TemplateController(Controller):
 
     @post(
         "/",
-        guards=[requires(*WRITE_ROLES)],
+        opt=requires(*WRITE_ROLES),
         summary="Add a template (marketing ones must carry opt-out text)",
     )
     async def create(
@@ -169,7 +167,7 @@ class TemplateController(Controller):
             )
         return _template_out(template)
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="Templates")
+    @get("/", opt=requires(*READ_ROLES), summary="Templates")
     async def list_templates(
         self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> list[TemplateOut]:
@@ -181,7 +179,7 @@ class MessageController(Controller):
     path = "/api/messages"
     tags = ["messaging"]
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="The send log, per member and per flow or campaign")
+    @get("/", opt=requires(*READ_ROLES), summary="The send log, per member and per flow or campaign")
     async def list_messages(
         self,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
@@ -198,7 +196,7 @@ class MessageController(Controller):
         async with read_sessions() as session:
             return [_message_out(m) for m in await service.list_messages(session, query)]
 
-    @get("/{message_id:int}", guards=[requires(*READ_ROLES)], summary="One message")
+    @get("/{message_id:int}", opt=requires(*READ_ROLES), summary="One message")
     async def get_message(
         self, message_id: FromPath[int], read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> MessageOut:
@@ -207,7 +205,7 @@ class MessageController(Controller):
 
     @post(
         "/campaign-sends",
-        guards=[requires(*WRITE_ROLES)],
+        opt=requires(*WRITE_ROLES),
         status_code=202,
         summary="Queue a marketing send to members; each member gets it at most once per campaign",
     )
@@ -238,7 +236,7 @@ class MessageController(Controller):
 
     @get(
         "/campaigns/{campaign:str}",
-        guards=[requires(*READ_ROLES)],
+        opt=requires(*READ_ROLES),
         summary="A campaign's send log by status, with its hold-out (control) and treatment counts",
     )
     async def campaign_status(
@@ -255,7 +253,7 @@ class CareFlowController(Controller):
     path = "/api/care-flows"
     tags = ["messaging"]
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="Each care flow: messages by status, and its outcome")
+    @get("/", opt=requires(*READ_ROLES), summary="Each care flow: messages by status, and its outcome")
     async def report(
         self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> list[FlowReportOut]:
@@ -273,7 +271,7 @@ class CareFlowController(Controller):
                 for r in await flows.reports(session)
             ]
 
-    @get("/configs", guards=[requires(*READ_ROLES)], summary="Care-flow configurations")
+    @get("/configs", opt=requires(*READ_ROLES), summary="Care-flow configurations")
     async def configs(
         self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> list[FlowConfigOut]:
@@ -282,7 +280,7 @@ class CareFlowController(Controller):
 
     @put(
         "/{flow:str}",
-        guards=[requires(*WRITE_ROLES)],
+        opt=requires(*WRITE_ROLES),
         summary="Configure a flow (default or per channel account)",
     )
     async def configure(

@@ -84,7 +84,7 @@ def entitlement_providers() -> Sequence[EntitlementProviderSpec]:
 def routes() -> Sequence[RouteSpec]:
     """Litestar handlers the plugin mounts on the app (a POS API, platform push callbacks, SMS receipts).
 
-    Each handler declares who may call it with ``requires(...)`` unless it is under a public path (see
+    Each handler declares who may call it with ``opt=requires(...)`` unless it is under a public path (see
     :class:`~tongcrm.plugin.types.RouteSpec`)."""
     raise NotImplementedError
 

@@ -561,8 +561,9 @@ class EntitlementProviderSpec:
 class RouteSpec:
     """Litestar route handlers or routers a plugin mounts.
 
-    Every handler outside ``public_paths`` carries ``guards=[tongcrm.api.security.requires(<roles>)]``, which
-    checks the API key and the role; the app refuses to start with a handler that has neither. ``public``
+    Every handler outside ``public_paths`` says who may call it with ``opt=tongcrm.api.security.requires(<roles>)``
+    (on the handler, its controller or router); the app's ``before_request`` hook then checks the API key and
+    the role, and the app refuses to start with a handler that names no roles or replaces that hook. ``public``
     paths skip API-key auth (the plugin then authenticates the caller itself, e.g. by a platform signature).
     """
 

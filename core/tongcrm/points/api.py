@@ -94,7 +94,7 @@ class MemberPointsController(Controller):
 
     @get(
         "/",
-        guards=[requires(*READ_ROLES, Role.POS)],
+        opt=requires(*READ_ROLES, Role.POS),
         summary="Balance and explained ledger entries, newest first",
     )
     async def get_statement(
@@ -108,7 +108,7 @@ class MemberPointsController(Controller):
         async with read_sessions() as session:
             return await service.statement(session, member_id, tz=settings.tz, limit=limit, offset=offset)
 
-    @post("/redemptions", guards=[requires(*WRITE_ROLES, Role.POS)], summary="Spend points (FIFO by expiry)")
+    @post("/redemptions", opt=requires(*WRITE_ROLES, Role.POS), summary="Spend points (FIFO by expiry)")
     async def redeem(
         self,
         member_id: FromPath[int],
@@ -131,7 +131,7 @@ class MemberPointsController(Controller):
             ),
         )
 
-    @post("/adjustments", guards=[requires(*WRITE_ROLES)], summary="Manual correction with a reason")
+    @post("/adjustments", opt=requires(*WRITE_ROLES), summary="Manual correction with a reason")
     async def adjust(
         self,
         member_id: FromPath[int],
@@ -160,7 +160,7 @@ class MemberPointsController(Controller):
             ),
         )
 
-    @post("/transfers", guards=[requires(*WRITE_ROLES)], summary="Move points to another member atomically")
+    @post("/transfers", opt=requires(*WRITE_ROLES), summary="Move points to another member atomically")
     async def transfer(
         self,
         member_id: FromPath[int],
@@ -194,14 +194,14 @@ class PointsRulesController(Controller):
     path = "/api/points/rules"
     tags = ["points"]
 
-    @get("/", guards=[requires(*READ_ROLES)], summary="Rule-set versions, newest first")
+    @get("/", opt=requires(*READ_ROLES), summary="Rule-set versions, newest first")
     async def list_rule_sets(
         self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> list[RuleSetOut]:
         async with read_sessions() as session:
             return await service.list_rule_sets(session)
 
-    @post("/", guards=[requires(Role.ADMIN)], summary="Store a new rule-set version (optionally activate it)")
+    @post("/", opt=requires(Role.ADMIN), summary="Store a new rule-set version (optionally activate it)")
     async def create_rule_set(
         self,
         data: JSONBody[RuleSetIn],
@@ -218,7 +218,7 @@ class PointsRulesController(Controller):
                 activate=data.activate,
             )
 
-    @post("/{version:int}/activate", guards=[requires(Role.ADMIN)], summary="Make a version the active one")
+    @post("/{version:int}/activate", opt=requires(Role.ADMIN), summary="Make a version the active one")
     async def activate_rule_set(
         self, version: FromPath[int], sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> RuleSetOut:
@@ -227,7 +227,7 @@ class PointsRulesController(Controller):
 
     @post(
         "/preview",
-        guards=[requires(*READ_ROLES)],
+        opt=requires(*READ_ROLES),
         status_code=200,
         summary="Points an order would earn under the active, a stored or a draft rule set (writes nothing)",
     )

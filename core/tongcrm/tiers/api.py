@@ -61,7 +61,7 @@ class TierController(Controller):
     path = "/api/tiers"
     tags = ["tiers"]
 
-    @get("/ladder", guards=[requires(*READ_ROLES)], summary="The ladder in force")
+    @get("/ladder", opt=requires(*READ_ROLES), summary="The ladder in force")
     async def get_ladder(self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> LadderOut:
         async with read_sessions() as session:
             versions = await service.ladder_versions(session)
@@ -69,7 +69,7 @@ class TierController(Controller):
             raise NotFound("no tier ladder is configured yet: PUT /api/tiers/ladder first")
         return _ladder_out(versions[0])
 
-    @get("/ladder/versions", guards=[requires(*READ_ROLES)], summary="Every ladder version, newest first")
+    @get("/ladder/versions", opt=requires(*READ_ROLES), summary="Every ladder version, newest first")
     async def list_versions(
         self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> list[LadderOut]:
@@ -78,7 +78,7 @@ class TierController(Controller):
 
     @put(
         "/ladder",
-        guards=[requires(Role.ADMIN)],
+        opt=requires(Role.ADMIN),
         status_code=201,
         summary="Apply a new ladder version (audited; upgrades follow at once, drops wait for each member's review)",
     )
@@ -99,7 +99,7 @@ class TierController(Controller):
 
     @post(
         "/preview",
-        guards=[requires(*WRITE_ROLES)],
+        opt=requires(*WRITE_ROLES),
         status_code=200,
         summary="How many members a draft ladder would move up (at once) and down (at their review), per tier",
     )
@@ -128,7 +128,7 @@ class MemberTierController(Controller):
 
     @get(
         "/",
-        guards=[requires(*READ_ROLES, Role.POS)],
+        opt=requires(*READ_ROLES, Role.POS),
         summary="The member's tier, metric values, what the next tier needs and what keeping this one needs",
     )
     async def get_tier(
@@ -173,7 +173,7 @@ class MemberTierController(Controller):
             entitlements=[e.as_dict() for e in st.tier.entitlements],
         )
 
-    @get("/history", guards=[requires(*READ_ROLES)], summary="Tier changes with their reasons, newest first")
+    @get("/history", opt=requires(*READ_ROLES), summary="Tier changes with their reasons, newest first")
     async def get_history(
         self,
         member_id: FromPath[int],
@@ -189,7 +189,7 @@ class MemberTierController(Controller):
 
     @put(
         "/override",
-        guards=[requires(*WRITE_ROLES)],
+        opt=requires(*WRITE_ROLES),
         status_code=200,
         summary="Hold the member at a tier until a date, with a reason (audited)",
     )
@@ -216,7 +216,7 @@ class MemberTierController(Controller):
                 row.override_code, row.override_until, row.override_reason or "", row.override_by or ""
             )
 
-    @delete("/override", guards=[requires(*WRITE_ROLES)], summary="End an override now (audited)")
+    @delete("/override", opt=requires(*WRITE_ROLES), summary="End an override now (audited)")
     async def clear_override(
         self,
         member_id: FromPath[int],

@@ -26,7 +26,7 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
-from tongcrm.api.security import principal_of, requires
+from tongcrm.api.security import authenticate, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.counter import CounterService, CounterWork
@@ -83,8 +83,12 @@ class PosConfig:
 def build_router(config: PosConfig) -> Router:
     """The ``/pos/v1`` router with its own limiter and till cache (one per plugin instance)."""
 
-    def rate_limited(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-        principal = principal_of(connection)
+    async def rate_limited(
+        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        # A coroutine function: litestar runs synchronous guards in a worker thread. Guards run before the
+        # app's role check, so this authenticates the till key itself (the result is kept on the request).
+        principal = await authenticate(connection)
         wait = config.limiter.take(principal.key_id)
         if wait > 0:
             retry = TokenBucket.retry_after(wait)
@@ -231,14 +235,15 @@ def build_router(config: PosConfig) -> Router:
     pos = Router(
         "/",
         route_handlers=[lookup, enrol, checkout, upload, receipt],
-        guards=[requires(Role.POS), rate_limited],
+        opt=requires(Role.POS),
+        guards=[rate_limited],
     )
 
     @post(
         "/member-codes",
         summary="Issue a member's dynamic code (for the member app's backend)",
         description="The code is valid for 30-60 seconds and for one lookup at a till.",
-        guards=[requires(Role.ADMIN, Role.OPERATOR)],
+        opt=requires(Role.ADMIN, Role.OPERATOR),
         status_code=201,
     )
     async def issue_code(
