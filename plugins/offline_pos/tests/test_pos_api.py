@@ -238,3 +238,34 @@ async def test_oversize_and_malformed_requests_get_clear_4xx(pos: ApiClient, rec
     async with pos.db.sessions() as session:
         kept = (await session.execute(sa.select(PosReceipt.status))).scalars().all()
     assert kept == ["applied"]
+
+
+async def test_a_merge_moves_receipts_to_the_survivor_and_undo_moves_them_back(
+    pos: ApiClient, receipts: Receipts
+) -> None:
+    from datetime import UTC, datetime
+
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.members.merge import merge_members, undo_merge
+
+    first = (await enrol(pos, MOBILE))["member_id"]
+    second = (await enrol(pos, "13900139000"))["member_id"]
+    for member in (first, second):
+        sale = await pos.post("/pos/v1/receipts", json=receipts.sale((5_000,), member={"member_id": member}))
+        assert sale.status_code == 201, sale.text
+
+    async def owners() -> list[int | None]:
+        async with pos.db.sessions() as session:
+            return list(
+                (await session.execute(sa.select(PosReceipt.member_id).order_by(PosReceipt.id))).scalars()
+            )
+
+    assert await owners() == [first, second]
+    at = datetime(2025, 3, 14, 8, tzinfo=UTC)
+    async with pos.db.sessions() as session, session.begin():
+        merge = await merge_members(session, first, second, actor=SYSTEM, reason="same shopper", at=at)
+        assert merge.moved[PosReceipt.__tablename__] != []
+    assert await owners() == [first, first]
+    async with pos.db.sessions() as session, session.begin():
+        await undo_merge(session, merge.id, actor=SYSTEM, at=at)
+    assert await owners() == [first, second]
