@@ -3,7 +3,7 @@ re-authorisation — on both databases."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -260,6 +260,9 @@ async def test_order_changed_events_are_written_with_the_page(
             ).scalars()
         ]
     assert [(e["status"], e["previous"]) for e in events] == [("created", None), ("paid", "created")]
+    # when the platform changed the order, so care flows can tell a first sync's history from news
+    changed = [datetime.fromisoformat(e["changed_at"]) for e in events]
+    assert changed[0].tzinfo is not None and changed[1] - changed[0] == timedelta(minutes=1)
 
 
 # ------------------------------------------------------------------------------------------------ syncing

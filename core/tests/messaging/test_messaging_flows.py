@@ -193,3 +193,31 @@ async def test_withdrawn_service_consent_is_refused_with_reason(tongcrm_db: Test
         (message,) = await w.messages()
         assert (message.status, message.reason) == ("refused", "no_consent")
         assert fake.accepted == []
+
+
+async def test_a_first_sync_of_old_orders_sends_no_care_messages(tongcrm_db: TestDatabase) -> None:
+    """A shop's first sync brings months of shipped and completed orders: history, not news."""
+    from datetime import timedelta
+
+    clock = Clock(beijing(2024, 5, 1, 10))
+    w = world(tongcrm_db, clock)
+    with fake_gateway(clock) as (fake, url):
+        await w.setup(url)
+        old_member, new_member = await w.member(1), await w.member(2)
+        months_ago = (clock() - timedelta(days=90)).isoformat()
+        minutes_ago = (clock() - timedelta(minutes=4)).isoformat()
+        old = await w.order(old_member, "OLD", status="shipped")
+        new = await w.order(new_member, "NEW", status="shipped")
+        # both first seen now (previous: none); the platform changed one three months ago, one just now
+        await w.event(old, old_member, "shipped", None, changed_at=months_ago)
+        await w.event(new, new_member, "shipped", None, changed_at=minutes_ago)
+        # a platform clock ahead of ours does not push the flow into the future
+        await w.event(
+            new, new_member, "shipped", "paid", changed_at=(clock() + timedelta(hours=2)).isoformat()
+        )
+        await w.drain(w.runner())
+        await w.dispatcher().run()
+
+        sent = {m.order_id: m.status for m in await w.messages(flow="flow.shipping_notice")}
+        assert sent == {new: "sent"}, dump(await w.messages())
+        assert len(fake.accepted) == 1

@@ -322,6 +322,8 @@ async def apply_orders_page(
                     "status": row.status,
                     "previous": previous[ext],
                     "refunded_fen": sum(line.refunded_fen for line in by_external[ext].lines),
+                    # when the platform changed the order (a first sync brings changes months old)
+                    "changed_at": by_external[ext].modified_at.isoformat(),
                 },
             )
             for ext, row in written.items()
