@@ -361,3 +361,21 @@ async def test_platform_outage_ends_the_run_with_the_error_recorded(
     assert state.last_error and state.cursor == '{"page": 1}'
     report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
     assert report.applied == 1 and report.error is None
+
+
+async def test_a_page_is_planned_for_the_rows_it_meets_and_only_that_page(tongcrm_db: TestDatabase) -> None:
+    from tongcrm.db.dialect import plan_for_growing_tables
+
+    if tongcrm_db.backend != "postgresql":
+        async with tongcrm_db.sessions() as session, session.begin():
+            await plan_for_growing_tables(session)  # nothing to do: SQLite plans every statement afresh
+        return
+    show = sa.text("SHOW plan_cache_mode")
+    async with tongcrm_db.sessions() as session, session.begin():
+        configured = (await session.execute(show)).scalar()
+    async with tongcrm_db.sessions() as session, session.begin():
+        await plan_for_growing_tables(session)
+        assert (await session.execute(show)).scalar() == "force_custom_plan"
+    async with tongcrm_db.sessions() as session, session.begin():
+        # SET LOCAL: the next transaction on the pooled connection plans as the server is configured
+        assert (await session.execute(show)).scalar() == configured

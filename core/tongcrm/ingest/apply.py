@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
-from tongcrm.db.dialect import dialect_name, insert, insert_for
+from tongcrm.db.dialect import dialect_name, insert, insert_for, plan_for_growing_tables
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
@@ -150,6 +150,7 @@ async def apply_orders_page(
     quarantined: Sequence[QuarantinedRecord] = (),
 ) -> PageResult:
     result = PageResult()
+    await plan_for_growing_tables(session)
     result.quarantined += await quarantine(session, account_id, quarantined)
     incoming = _latest(orders)
     if not incoming:
