@@ -367,9 +367,7 @@ async def test_a_page_is_planned_for_the_rows_it_meets_and_only_that_page(tongcr
     from tongcrm.db.dialect import plan_for_growing_tables
 
     if tongcrm_db.backend != "postgresql":
-        async with tongcrm_db.sessions() as session, session.begin():
-            await plan_for_growing_tables(session)  # nothing to do: SQLite plans every statement afresh
-        return
+        pytest.skip("SQLite plans every statement afresh: there is nothing to set")
     show = sa.text("SHOW plan_cache_mode")
     async with tongcrm_db.sessions() as session, session.begin():
         configured = (await session.execute(show)).scalar()

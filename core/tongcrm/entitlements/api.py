@@ -3,6 +3,7 @@ its id, or of a member's standing benefit by its kind (what a till or an order s
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Controller, Response, get, post
@@ -47,6 +48,17 @@ def _grant_out(g: EntitlementGrant, usages: list[EntitlementUsage]) -> GrantOut:
     )
 
 
+async def _record_use(
+    sessions: async_sessionmaker[AsyncSession],
+    use: Callable[[AsyncSession], Awaitable[tuple[EntitlementUsage, bool]]],
+) -> Response[UsageOut]:
+    """One use in one unit of work: 201 when it was recorded now, 200 when its usage key was seen before."""
+    async with transaction(sessions) as session:
+        usage, created = await use(session)
+        out = _usage_out(usage)
+    return Response(out, status_code=201 if created else 200)
+
+
 def _usage_out(u: EntitlementUsage) -> UsageOut:
     return UsageOut(u.id, u.grant_id, u.member_id, u.usage_key, u.reference, u.used_at)
 
@@ -72,17 +84,17 @@ class EntitlementController(Controller):
         settings: NamedDependency[Settings],
         principal: NamedDependency[Principal],
     ) -> Response[UsageOut]:
-        async with transaction(sessions) as session:
-            usage, created = await service.use(
+        return await _record_use(
+            sessions,
+            lambda session: service.use(
                 session,
                 TierContext.of(settings),
                 grant_id,
                 usage_key=data.usage_key,
                 reference=data.reference,
                 actor=f"key:{principal.key_id}",
-            )
-            out = _usage_out(usage)
-        return Response(out, status_code=201 if created else 200)
+            ),
+        )
 
 
 class MemberEntitlementsController(Controller):
@@ -123,8 +135,9 @@ class MemberEntitlementsController(Controller):
         settings: NamedDependency[Settings],
         principal: NamedDependency[Principal],
     ) -> Response[UsageOut]:
-        async with transaction(sessions) as session:
-            usage, created = await service.use_standing(
+        return await _record_use(
+            sessions,
+            lambda session: service.use_standing(
                 session,
                 TierContext.of(settings),
                 member_id,
@@ -132,6 +145,5 @@ class MemberEntitlementsController(Controller):
                 usage_key=data.usage_key,
                 reference=data.reference,
                 actor=f"key:{principal.key_id}",
-            )
-            out = _usage_out(usage)
-        return Response(out, status_code=201 if created else 200)
+            ),
+        )
