@@ -150,3 +150,17 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def worker_app(worker: int, *, run_jobs: bool) -> Litestar:
+    """The app of one ``tongcrm serve --workers N`` process (see :mod:`tongcrm.serving`).
+
+    Settings and plugins are read again from the environment the worker inherited, as the parent read them.
+    Jobs run in worker 0 only: any number of runners may share the database, but N of them polling it would
+    only add contention for the one writer SQLite allows.
+    """
+    settings = Settings.from_env()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    app = create_app(settings, PluginHost(), run_jobs=run_jobs and worker == 0, configure_logs=False)
+    settle_heap()
+    return app

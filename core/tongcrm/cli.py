@@ -129,12 +129,18 @@ def db_status(ctx: Context) -> None:
 @click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--no-jobs", is_flag=True, help="Do not run jobs in this process (run `tongcrm jobs worker`).")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Serving processes sharing the port (about one per core); jobs run in the first one only.",
+)
 @pass_ctx
-def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool) -> None:
+def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) -> None:
     """Serve the admin API (and, by default, run jobs in-process)."""
-    import uvicorn
-
     from tongcrm.app import create_app, settle_heap
+    from tongcrm.serving import AppSpec, bind, run_app, run_workers
 
     settings = ctx.settings
     configure_logging(json=settings.log_json, level=settings.log_level)
@@ -144,9 +150,16 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool) -> None:
             "New database: migrated, and created an admin API key (shown once, keep it safe):", err=True
         )
         click.echo(f"  {admin_key}", err=True)
+    if workers > 1:
+        click.echo(f"serving on http://{bind_host}:{port} from {workers} process(es)", err=True)
+        spec = AppSpec("tongcrm.app:worker_app", {"run_jobs": not no_jobs})
+        sys.exit(run_workers(spec, bind_host, port, workers))
+    sock = bind(bind_host, port)
+    click.echo(f"serving on http://{bind_host}:{port} from 1 process", err=True)
     app = create_app(settings, ctx.host, run_jobs=not no_jobs, configure_logs=False)
     settle_heap()
-    uvicorn.run(app, host=bind_host, port=port, log_config=None, access_log=False, lifespan="on")
+    if not run_app(app, sock):
+        fail("the app did not start (see the log above)")
 
 
 async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:

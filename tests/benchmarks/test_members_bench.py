@@ -1,7 +1,8 @@
 """Member base benchmarks.
 
 - Lookup by mobile over HTTP on a seeded base (``TONGCRM_BENCH_MEMBERS``, default 1,000,000) at 8 concurrent
-  clients, next to a bare litestar endpoint served the same way (the ceiling): requests/s and p99.
+  clients, next to a bare litestar endpoint served the same way (the ceiling): requests/s and p99. Both are
+  served as ``tongcrm serve --workers N`` serves (``TONGCRM_BENCH_WORKERS``, default 1).
 - Resolution of batches of 100 claim sets (half known, half new): claim sets/s.
 
 Run: ``python -m pytest tests/benchmarks/test_members_bench.py --benchmark-enable --benchmark-only -s``.
@@ -38,6 +39,9 @@ MEMBERS = int(os.environ.get("TONGCRM_BENCH_MEMBERS", "1000000"))
 REQUESTS = int(os.environ.get("TONGCRM_BENCH_REQUESTS", "8000"))
 MAX_SECONDS = float(os.environ.get("TONGCRM_BENCH_SECONDS", "30"))
 CLIENTS = 8
+#: Serving processes, for the endpoint and its ceiling alike (``tongcrm serve --workers``). One by default: on
+#: a two-core machine the load generator needs the other core.
+WORKERS = int(os.environ.get("TONGCRM_BENCH_WORKERS", "1"))
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +64,13 @@ def _free_port() -> int:
 @contextmanager
 def serve(factory: str, env: dict[str, str]) -> Iterator[str]:
     port = _free_port()
+    code = (
+        "import sys; from tongcrm.serving import AppSpec, run_workers; "
+        f"sys.exit(run_workers(AppSpec('member_serve:{factory}'), '127.0.0.1', {port}, {WORKERS}))"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", f"member_serve:{factory}", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log", "--app-dir", str(HERE)],
-        env={**os.environ, **env},
-    )  # fmt: skip
+        [sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": str(HERE)}, cwd=str(HERE)
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -163,10 +169,13 @@ def test_lookup_by_mobile_over_http(benchmark: Any, bench_db: str) -> None:
 
         benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update({f"{k}_{m}": round(v, 2) for k, r in results.items() for m, v in r.items()})
-    benchmark.extra_info.update({"members": MEMBERS, "clients": CLIENTS, "cores": os.cpu_count()})
+    benchmark.extra_info.update(
+        {"members": MEMBERS, "clients": CLIENTS, "workers": WORKERS, "cores": os.cpu_count()}
+    )
     for name, r in results.items():
         print(
-            f"\n{name:>6}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  ({int(r['requests'])} requests)"
+            f"\n{name:>6}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  ({int(r['requests'])} requests,"
+            f" {WORKERS} worker(s), {os.cpu_count()} cores)"
         )
 
 
