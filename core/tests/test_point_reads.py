@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from tongcrm.db.engine import create_engine
 from tongcrm.db.point_reads import (
     AsyncpgReader,
     EngineReader,
+    KeyedQuery,
     PointQuery,
     SQLiteReader,
     create_point_reader,
@@ -34,6 +36,25 @@ _BY_NAMES = PointQuery(
     lists=("names",),
 )
 SEEN = datetime(2026, 11, 11, 0, 0, 1, 250_000, tzinfo=UTC)
+_gone = sa.table("no_such_things", sa.column("name", sa.String), sa.column("id", sa.Integer))
+#: by any of a caller's names, among the things after ``after`` (the group)
+_BY_ANY_NAME = KeyedQuery(
+    one=PointQuery(
+        sa.select(_things.c.id, _things.c.seen_at, _things.c.meta)
+        .where(
+            _things.c.name.in_(sa.bindparam("names", expanding=True)), _things.c.id > sa.bindparam("after")
+        )
+        .limit(1),
+        lists=("names",),
+    ),
+    many=PointQuery(
+        sa.select(_things.c.name, _things.c.id, _things.c.seen_at, _things.c.meta).where(
+            _things.c.name == sa.any_(sa.bindparam("names", type_=sa.ARRAY(sa.String))),
+            _things.c.id > sa.bindparam("after"),
+        )
+    ),
+    keys="names",
+)
 
 
 @pytest.fixture
@@ -106,3 +127,62 @@ async def test_in_memory_sqlite_reads_through_the_engine() -> None:
         assert row is not None and (row.id, row.seen_at, row.label) == (7, SEEN, "m")
     finally:
         await engine.dispose()
+
+
+async def test_keyed_reads_answer_each_caller_and_share_statements(things: TestDatabase) -> None:
+    reader = create_point_reader(things.url, things.engine)
+    callers = [(["a"], 0), (["nobody", "b"], 0), (["a"], 0), (["nobody"], 0), (["a"], 1), (["b"], 1)]
+    try:
+        rows = await asyncio.gather(
+            *(reader.first_by_keys(_BY_ANY_NAME, {"after": after}, names) for names, after in callers)
+        )
+        assert [None if r is None else r.id for r in rows] == [1, 2, 1, None, None, 2]
+        assert (rows[0].seen_at, rows[0].meta) == (SEEN, {"k": [1, 2]})  # typed as a read of ``one`` is
+        assert rows[0]._fields == ("id", "seen_at", "meta")
+        if isinstance(reader, AsyncpgReader):
+            # callers that arrived together share a statement per group (after=0, after=1)
+            assert (reader.shared_statements, reader.shared_callers) == (2, 6)
+            many = await asyncio.gather(
+                *(
+                    reader.first_by_keys(_BY_ANY_NAME, {"after": 0}, ["a"])
+                    for _ in range(reader.MAX_BATCH + 1)
+                )
+            )
+            assert {r.id for r in many} == {1}
+            assert reader.shared_statements == 4  # a full batch, then one more for the caller beyond it
+        else:
+            assert things.backend == "sqlite"  # each caller reads alone
+    finally:
+        await reader.close()
+
+
+async def test_a_shared_statement_that_fails_fails_for_every_caller_and_a_cancelled_caller_is_left_out(
+    things: TestDatabase,
+) -> None:
+    if things.backend != "postgresql":
+        pytest.skip("only a reader across a socket shares statements")
+    reader = create_point_reader(things.url, things.engine)
+    assert isinstance(reader, AsyncpgReader)
+    try:
+        broken = KeyedQuery(
+            one=_BY_ANY_NAME.one,
+            many=PointQuery(
+                sa.select(_gone.c.name, _gone.c.id).where(
+                    _gone.c.name == sa.any_(sa.bindparam("names", type_=sa.ARRAY(sa.String)))
+                )
+            ),
+            keys="names",
+        )
+        outcomes = await asyncio.gather(
+            *(reader.first_by_keys(broken, {}, ["a"]) for _ in range(3)), return_exceptions=True
+        )
+        assert all("no_such_things" in str(o) for o in outcomes), outcomes
+
+        left = asyncio.ensure_future(reader.first_by_keys(_BY_ANY_NAME, {"after": 0}, ["a"]))
+        stays = asyncio.ensure_future(reader.first_by_keys(_BY_ANY_NAME, {"after": 0}, ["b"]))
+        await asyncio.sleep(0)  # both have joined the batch; its statement has not gone out yet
+        left.cancel()
+        assert (await stays).id == 2
+        assert left.cancelled()
+    finally:
+        await reader.close()

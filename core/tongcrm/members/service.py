@@ -22,7 +22,7 @@ from tongcrm.audit.service import Actor
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
-from tongcrm.db.point_reads import PointQuery, PointReader
+from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
@@ -647,7 +647,7 @@ async def lookup_summary(
     once, on the point reader, and read plain rows.
     """
     kind, values = _lookup_key(vault, host, mobile=mobile, identity=identity)
-    row = await reader.first(_LOOKUP, {"kind": kind, "values": values})
+    row = await reader.first_by_keys(_LOOKUP, {"kind": kind}, values)
     if row is None:
         raise _not_found(kind)
     for _ in range(MAX_TOMBSTONE_HOPS):
@@ -701,16 +701,28 @@ _SUMMARY_COLUMNS = (
     .scalar_subquery()
     .label("tags"),
 )
-#: The member a (kind, any of values) identity names.
-_LOOKUP = PointQuery(
-    sa.select(*_SUMMARY_COLUMNS)
-    .join(_IDENTITIES, _IDENTITIES.c.member_id == _MEMBERS.c.id)
-    .where(
-        _IDENTITIES.c.kind == sa.bindparam("kind"),
-        _IDENTITIES.c.value.in_(sa.bindparam("values", expanding=True)),
-    )
-    .limit(1),
-    lists=("values",),
+#: The member a (kind, any of values) identity names; lookups arriving together may share one statement.
+_LOOKUP = KeyedQuery(
+    one=PointQuery(
+        sa.select(*_SUMMARY_COLUMNS)
+        .join(_IDENTITIES, _IDENTITIES.c.member_id == _MEMBERS.c.id)
+        .where(
+            _IDENTITIES.c.kind == sa.bindparam("kind"),
+            _IDENTITIES.c.value.in_(sa.bindparam("values", expanding=True)),
+        )
+        .limit(1),
+        lists=("values",),
+    ),
+    many=PointQuery(
+        sa.select(_IDENTITIES.c.value.label("found_by"), *_SUMMARY_COLUMNS)
+        .join(_IDENTITIES, _IDENTITIES.c.member_id == _MEMBERS.c.id)
+        .where(
+            _IDENTITIES.c.kind == sa.bindparam("kind"),
+            # one array parameter: one prepared statement for any number of callers (PostgreSQL only)
+            _IDENTITIES.c.value == sa.any_(sa.bindparam("values", type_=sa.ARRAY(sa.String))),
+        )
+    ),
+    keys="values",
 )
 _MEMBER_BY_ID = PointQuery(sa.select(*_SUMMARY_COLUMNS).where(_MEMBERS.c.id == sa.bindparam("id")))
 #: Merges chain (a survivor may itself be absorbed later); a lookup follows at most this many.
