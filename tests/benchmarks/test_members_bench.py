@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from tongcrm.plugin.types import IdentityClaim
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from http_load import KeepAlive, p99_ms, serve  # noqa: E402
 from member_seed import SECRET, mobile, seed  # noqa: E402
 
 MEMBERS = int(os.environ.get("TONGCRM_BENCH_MEMBERS", "1000000"))
@@ -55,57 +52,6 @@ def bench_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serve(factory: str, env: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
-    code = (
-        "import sys; from tongcrm.serving import AppSpec, run_workers; "
-        f"sys.exit(run_workers(AppSpec('member_serve:{factory}'), '127.0.0.1', {port}, {WORKERS}))"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": str(HERE)}, cwd=str(HERE)
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-async def _keep_alive_client(base: str, headers: dict[str, str]) -> Any:
-    """A minimal HTTP/1.1 keep-alive client (like wrk's): the load generator shares the two cores with the
-    server, so it must cost as little as possible; httpx spent more CPU per request than the bare endpoint."""
-    host, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-
-    async def get(path: str) -> tuple[int, bytes]:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await reader.readexactly(length)
-
-    return get, writer
-
-
 async def drive(base: str, paths: list[str], headers: dict[str, str]) -> dict[str, float]:
     """``CLIENTS`` concurrent keep-alive connections share the list of paths; bounded by count and by time."""
     latencies: list[float] = []
@@ -115,18 +61,18 @@ async def drive(base: str, paths: list[str], headers: dict[str, str]) -> dict[st
 
     async def client() -> None:
         nonlocal errors
-        get, writer = await _keep_alive_client(base, headers)
+        connection = await KeepAlive.open(base, headers)
         try:
             for path in cursor:
                 if time.monotonic() > deadline:
                     return
                 started = time.perf_counter()
-                status, _body = await get(path)
+                status, _body = await connection.request("GET", path)
                 latencies.append(time.perf_counter() - started)
                 if status != 200:
                     errors += 1
         finally:
-            writer.close()
+            connection.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
@@ -137,7 +83,7 @@ async def drive(base: str, paths: list[str], headers: dict[str, str]) -> dict[st
         "requests": len(latencies),
         "rps": len(latencies) / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "p99_ms": p99_ms(latencies),
     }
 
 
@@ -158,9 +104,9 @@ def test_lookup_by_mobile_over_http(benchmark: Any, bench_db: str) -> None:
     step = max(1, MEMBERS // REQUESTS)
     paths = [f"/api/members/lookup?mobile={mobile((i * step * 7919) % MEMBERS)}" for i in range(REQUESTS)]
     results: dict[str, dict[str, float]] = {}
-    with serve("bare_app", env) as base:
+    with serve("member_serve:bare_app", env, workers=WORKERS) as base:
         results["bare"] = asyncio.run(drive(base, ["/ping"] * REQUESTS, {}))
-    with serve("members_app", env) as base:
+    with serve("member_serve:members_app", env, workers=WORKERS) as base:
         probe = httpx.get(base + paths[0], headers={"Authorization": f"Bearer {key}"})
         assert probe.status_code == 200 and "****" in probe.json()["mobile"], probe.text
 

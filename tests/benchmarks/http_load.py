@@ -1,0 +1,97 @@
+"""What the HTTP benchmarks share: an app factory served in processes of its own, as ``tongcrm serve`` serves
+(so the load generator never competes with the server for a GIL), and a light HTTP/1.1 keep-alive client.
+
+The client is hand-written rather than httpx because the load generator shares the machine's cores with the
+server: it must cost as little as possible per request (httpx spent more CPU per request than a bare endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(factory: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+    """Serve ``module:function`` (a module beside this one) from ``workers`` processes; yields the base URL."""
+    port = free_port()
+    code = (
+        "import sys; from tongcrm.serving import AppSpec, run_workers; "
+        f"sys.exit(run_workers(AppSpec({factory!r}), '127.0.0.1', {port}, {workers}))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": str(HERE)}, cwd=str(HERE)
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/health", timeout=1)  # any answer will do: the bare apps have no /health
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{factory} did not start serving") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection, one request at a time (as a till or a wrk connection uses it)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: str) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._head = head
+
+    @classmethod
+    async def open(cls, base: str, headers: Mapping[str, str]) -> KeepAlive:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = f"Host: {host}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return cls(reader, writer, head)
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        if body is None:
+            self._writer.write(f"{method} {path} HTTP/1.1\r\n{self._head}\r\n".encode())
+        else:
+            self._writer.write(
+                f"{method} {path} HTTP/1.1\r\n{self._head}Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self._reader.readexactly(length)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def p99_ms(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
