@@ -427,21 +427,44 @@ class CounterWork:
         service: bool,
         proof: str,
         place: str,
+        claims: Sequence[IdentityClaim] = (),
     ) -> MemberAtCounter:
         """Enrol a walk-in customer (or find them, when the mobile is a member already) and record the consent
-        they gave at ``place`` (e.g. ``pos:S1:T01``). A new member gets the sign-up event points."""
+        they gave at ``place`` (e.g. ``pos:S1:T01``). A new member gets the sign-up event points.
+
+        ``claims``: other identities the customer hands over at the counter (a membership card issued to them
+        now), attached to the member. One that already names another member is refused (``identity_taken``,
+        409) rather than merging the two: at a counter that is far more often a card handed out twice or a
+        number mistyped than one person with two memberships; an operator merges those."""
         self._writable()
         try:
             e164 = normalise_mobile(mobile)
         except InvalidMobile as exc:
             raise CounterRefused("invalid_mobile", exc.message, status=422) from None
+        kinds = self._service.host.identity_kinds()
+        for claim in claims:
+            if claim.kind not in kinds:
+                raise CounterRefused(
+                    "unknown_identity_kind", f"unknown identity kind {claim.kind!r}", status=422
+                )
+        if claims:
+            owner = await self.find_member(mobile=e164)
+            for claim in claims:
+                named = await self.find_member(identity=f"{claim.kind}:{claim.value}")
+                if named is not None and named != owner:
+                    raise CounterRefused(
+                        "identity_taken",
+                        f"this {claim.kind} already belongs to member {named}, not to this mobile's "
+                        f"{'member ' + str(owner) if owner is not None else 'new member'}",
+                        status=409,
+                    )
         now = self.clock()
         [outcome] = await resolve_many(
             self._session,
             self._resolution(),
             [
                 ClaimSet(
-                    claims=(IdentityClaim("mobile", e164, evidence=f"enrolled at {place}"),),
+                    claims=(IdentityClaim("mobile", e164, evidence=f"enrolled at {place}"), *claims),
                     account_id=account.id,
                     profile=BuyerProfile(name=name.strip() if name and name.strip() else None, mobile=e164),
                     source_channel=account.channel,
@@ -481,11 +504,28 @@ class CounterWork:
         )  # fmt: skip
         return await self.member_card(member_id, created=outcome.created)
 
-    async def buyer(self, *, member_id: int | None = None, mobile: str | None = None, evidence: str) -> Buyer:
-        """The buyer of a sale, by member id (their strong identity: mobile first) or by a mobile given at the
-        counter (not necessarily a member yet)."""
-        if (member_id is None) == (mobile is None):
-            raise ValueError("name the buyer by exactly one of member_id or mobile")
+    async def buyer(
+        self,
+        *,
+        member_id: int | None = None,
+        mobile: str | None = None,
+        claim: IdentityClaim | None = None,
+        evidence: str = "",
+    ) -> Buyer:
+        """The buyer of a sale, by member id (their strong identity: mobile first), by a mobile given at the
+        counter, or by another strong identity shown there (a membership card) — the last two not necessarily
+        a member yet: the sale then makes one."""
+        if sum(x is not None for x in (member_id, mobile, claim)) != 1:
+            raise ValueError("name the buyer by exactly one of member_id, mobile or claim")
+        if claim is not None:
+            spec = self._service.host.identity_kinds().get(claim.kind)
+            if spec is None or not spec.strong:
+                raise CounterRefused(
+                    "unknown_identity_kind",
+                    f"{claim.kind!r} is not an identity a buyer can be named by",
+                    status=422,
+                )
+            return Buyer(await self.find_member(identity=f"{claim.kind}:{claim.value}"), claim)
         if mobile is not None:
             try:
                 e164 = normalise_mobile(mobile)

@@ -11,6 +11,7 @@ from tongcrm.config import Settings
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order
+from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.plugin import ApiClient
 from tongcrm_offline_pos import codes
 from tongcrm_offline_pos.api import PosConfig
@@ -269,3 +270,52 @@ async def test_a_merge_moves_receipts_to_the_survivor_and_undo_moves_them_back(
     async with pos.db.sessions() as session, session.begin():
         await undo_merge(session, merge.id, actor=SYSTEM, at=at)
     assert await owners() == [first, second]
+
+
+async def test_a_membership_card_finds_its_member_at_the_till_and_names_a_buyer(
+    pos: ApiClient,
+    receipts: Receipts,
+    pos_host: PluginHost,
+    make_client: Callable[..., AbstractAsyncContextManager[ApiClient]],
+) -> None:
+    enrolled = await pos.post(
+        "/pos/v1/members",
+        json={"till": "T01", "mobile": MOBILE, "card": "8801 2345-6789", "consent": {"marketing": False}},
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    member = enrolled.json()["member_id"]
+    for typed in ("880123456789", " 8801-2345-6789 "):
+        found = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "card": typed})
+        assert found.status_code == 200 and found.json()["member_id"] == member
+    async with make_client(host=pos_host, role="admin") as admin:  # the card is an identity like any other
+        by_identity = await admin.get("/api/members/lookup", params={"identity": "pos.card:880123456789"})
+        assert by_identity.status_code == 200 and by_identity.json()["id"] == member
+
+    # a card that names another member is refused, and nothing of the enrolment is written
+    taken = await pos.post(
+        "/pos/v1/members",
+        json={"till": "T01", "mobile": "13900139000", "card": "880123456789", "consent": {"marketing": True}},
+    )
+    assert taken.status_code == 409 and f"member {member}" in taken.json()["detail"]
+    missing = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "mobile": "13900139000"})
+    assert missing.status_code == 404
+    unknown = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "card": "0000111122"})
+    assert unknown.status_code == 404 and unknown.json()["detail"] == "no member has this card"
+    for bad in ({"card": "!!"}, {"card": "12345", "mobile": MOBILE}):
+        refused = await pos.post("/pos/v1/members/lookup", json={"till": "T01", **bad})
+        assert refused.status_code == 422, refused.text
+
+    # a sale names its buyer by the card; a card nobody has yet makes a member, as a new mobile does
+    sale = await pos.post(
+        "/pos/v1/receipts", json=receipts.sale((10_000,), member={"card": "8801 2345 6789"})
+    )
+    assert sale.status_code == 201 and sale.json()["member_id"] == member, sale.text
+    assert sale.json()["points_earned"] == 100
+    fresh = await pos.post("/pos/v1/receipts", json=receipts.sale((5_000,), member={"card": "77-77-77-77"}))
+    assert fresh.status_code == 201, fresh.text
+    assert fresh.json()["member_id"] not in (None, member)
+    found = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "card": "77777777"})
+    assert found.json()["member_id"] == fresh.json()["member_id"]
+    bad_card = await pos.post("/pos/v1/receipts", json=receipts.sale((5_000,), member={"card": "x"}))
+    assert bad_card.status_code == 422 and bad_card.json()["reason"] == "invalid_receipt"
+    assert "member.card" in bad_card.json()["detail"]

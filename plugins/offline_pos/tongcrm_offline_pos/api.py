@@ -114,7 +114,7 @@ def build_router(config: PosConfig) -> Router:
 
     @post(
         "/members/lookup",
-        summary="Find a member by mobile or by the dynamic member code they show",
+        summary="Find a member by mobile, membership card, or the dynamic member code they show",
         description="Returns masked name and mobile, tier (null without a tier ladder), entitlements usable "
         "now and available points. A member code is good for one use: a second lookup with it is a 409.",
         status_code=200,
@@ -129,7 +129,7 @@ def build_router(config: PosConfig) -> Router:
             store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
             await config.tills.require(uow, store, data.till)
             return await members.lookup(
-                uow, counter.vault, store, data.till, mobile=data.mobile, code=data.code
+                uow, counter.vault, store, data.till, mobile=data.mobile, code=data.code, card=data.card
             )
 
     @post(
@@ -156,6 +156,7 @@ def build_router(config: PosConfig) -> Router:
                 marketing=data.consent.marketing,
                 service=data.consent.service,
                 proof=data.consent.proof,
+                card=data.card,
             )
         return Response(out, status_code=201 if out.created else 200)
 

@@ -1,4 +1,4 @@
-"""Members at the till: lookup (mobile or dynamic code) and walk-in enrolment.
+"""Members at the till: lookup (mobile, membership card or dynamic code) and walk-in enrolment.
 
 The core's counter (:mod:`tongcrm.counter`) does the member work — identity resolution, consent, sign-up points,
 what a cashier may see (masked name and mobile, tier, entitlements usable now, available points); this module
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from tongcrm.counter import CounterRefused, CounterWork, MemberAtCounter
 from tongcrm.crypto import Vault
-from tongcrm.errors import NotFound, Unprocessable
+from tongcrm.errors import Conflict, NotFound, Unprocessable
 
 from tongcrm_offline_pos import codes
+from tongcrm_offline_pos.cards import POS_CARD, card_claim, normalise_card
 from tongcrm_offline_pos.schemas import EntitlementOut, MemberAtTill, TierOut
 from tongcrm_offline_pos.stores import Store
 
@@ -31,11 +32,18 @@ def at_till(member: MemberAtCounter) -> MemberAtTill:
 
 
 async def lookup(
-    uow: CounterWork, vault: Vault, store: Store, till: str, *, mobile: str | None, code: str | None
+    uow: CounterWork,
+    vault: Vault,
+    store: Store,
+    till: str,
+    *,
+    mobile: str | None,
+    code: str | None,
+    card: str | None = None,
 ) -> MemberAtTill:
-    """By mobile (a read) or by a dynamic member code (records the code's one use: a write)."""
-    if (mobile is None) == (code is None):
-        raise Unprocessable("look a member up by exactly one of mobile or code")
+    """By mobile or membership card (reads) or by a dynamic member code (records the code's one use: a write)."""
+    if sum(x is not None for x in (mobile, code, card)) != 1:
+        raise Unprocessable("look a member up by exactly one of mobile, code or card")
     if code is not None:
         named = await codes.consume(
             uow.rows, vault, code, at=uow.clock(), account_id=store.account_id, till_code=till
@@ -43,6 +51,11 @@ async def lookup(
         member_id = await uow.live_member(named)
         if member_id is None:
             raise NotFound("this member code names no member")
+    elif card is not None:
+        found = await uow.find_member(identity=f"{POS_CARD.name}:{normalise_card(card)}")
+        if found is None:
+            raise NotFound("no member has this card")
+        member_id = found
     else:
         assert mobile is not None
         try:
@@ -65,9 +78,13 @@ async def enrol(
     marketing: bool,
     service: bool,
     proof: str,
+    card: str | None = None,
 ) -> MemberAtTill:
     """Enrol a walk-in customer (or find them, if the mobile is already a member) and record what they agreed
-    to at the till. A new member gets the sign-up event points of the active rules."""
+    to at the till; ``card``, a membership card handed over now, is bound to them. A new member gets the
+    sign-up event points of the active rules."""
+    place = f"pos:{store.code}:{till}"
+    claims = () if card is None else (card_claim(card, evidence=f"card issued at {place}"),)
     try:
         member = await uow.enrol(
             store.account,
@@ -76,8 +93,9 @@ async def enrol(
             marketing=marketing,
             service=service,
             proof=proof,
-            place=f"pos:{store.code}:{till}",
+            place=place,
+            claims=claims,
         )
     except CounterRefused as exc:
-        raise Unprocessable(exc.message) from None
+        raise (Conflict if exc.status_code == 409 else Unprocessable)(exc.message) from None
     return at_till(member)

@@ -14,6 +14,7 @@ from tongcrm.plugin.types import (
     ChannelAdapter,
     ChannelContext,
     ChannelSpec,
+    IdentityKindSpec,
     MigrationLocation,
     RouteSpec,
     SettingField,
@@ -22,9 +23,18 @@ from tongcrm.plugin.types import (
 from tongcrm_offline_pos import models  # noqa: F401 - registers the plugin's tables on the core metadata
 from tongcrm_offline_pos.adapter import StoreAdapter
 from tongcrm_offline_pos.api import PosConfig, build_router
+from tongcrm_offline_pos.cards import POS_CARD
 from tongcrm_offline_pos.stores import CHANNEL, CROSS_STORE_RETURNS
 
-__all__ = ["STORE_CHANNEL", "OfflinePosPlugin", "channels", "cli_commands", "migration_locations", "routes"]
+__all__ = [
+    "STORE_CHANNEL",
+    "OfflinePosPlugin",
+    "channels",
+    "cli_commands",
+    "identity_kinds",
+    "migration_locations",
+    "routes",
+]
 
 REVISIONS = Path(__file__).resolve().parent / "revisions"
 
@@ -66,6 +76,10 @@ class OfflinePosPlugin:
         return [RouteSpec(handlers=(build_router(self.config),))]
 
     @hookimpl
+    def identity_kinds(self) -> list[IdentityKindSpec]:
+        return [POS_CARD]
+
+    @hookimpl
     def cli_commands(self) -> list[click.Command]:
         from tongcrm_offline_pos.cli import pos_group
 
@@ -87,6 +101,11 @@ def channels() -> list[ChannelSpec]:
 @hookimpl
 def routes() -> list[RouteSpec]:
     return _default.routes()
+
+
+@hookimpl
+def identity_kinds() -> list[IdentityKindSpec]:
+    return _default.identity_kinds()
 
 
 @hookimpl

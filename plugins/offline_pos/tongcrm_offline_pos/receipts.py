@@ -39,10 +39,11 @@ from zoneinfo import ZoneInfo
 import msgspec
 import sqlalchemy as sa
 from tongcrm.counter import Buyer, CounterRefused, CounterWork, PaidPointsBack, PointsPayment, ReturnedLine
-from tongcrm.errors import Conflict, TongcrmError
+from tongcrm.errors import Conflict, TongcrmError, Unprocessable
 from tongcrm.logging import get_logger
 from tongcrm.plugin.types import LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
 
+from tongcrm_offline_pos.cards import card_claim
 from tongcrm_offline_pos.models import PosReceipt
 from tongcrm_offline_pos.schemas import BatchResult, LineIn, ReceiptIn, ReceiptResult, ReceiptView
 from tongcrm_offline_pos.stores import Store, TillCache, find_store
@@ -263,6 +264,12 @@ async def _sale(
         buyer = await uow.buyer(member_id=r.member.member_id, evidence="pos receipt")
     elif r.member is not None and r.member.mobile:
         buyer = await uow.buyer(mobile=r.member.mobile, evidence=f"given at till {r.store}/{r.till}")
+    elif r.member is not None and r.member.card:
+        try:
+            claim = card_claim(r.member.card, evidence=f"card shown at till {r.store}/{r.till}")
+        except Unprocessable as exc:
+            raise _invalid(f"member.card: {exc.message}") from None
+        buyer = await uow.buyer(claim=claim)
     want = sum(p.points for p in r.payments if p.method == "points")
     payment = (
         PointsPayment(want, key=f"pos:{c.key}", reason=f"paid at till: receipt {c.key}") if want else None

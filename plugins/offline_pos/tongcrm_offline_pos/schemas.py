@@ -15,14 +15,18 @@ Code = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=r"^[A-Za
 StoreCode = Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[A-Za-z0-9_.-]+$")]
 Fen = Annotated[int, msgspec.Meta(ge=0, le=10**11)]
 Sequence_ = Annotated[int, msgspec.Meta(ge=1, le=10**9)]
+#: A membership card number as read or typed (normalised by ``cards.normalise_card``).
+CardNumber = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 PaymentMethod = Literal["cash", "card", "wechat", "alipay", "points", "coupon", "stored_value", "other"]
 
 
 class MemberRef(msgspec.Struct, forbid_unknown_fields=True):
-    """Who bought: the ``member_id`` a lookup returned (online), or the mobile the cashier typed (offline)."""
+    """Who bought: the ``member_id`` a lookup returned (online), or the mobile the cashier typed or the
+    membership card they scanned (offline). Give one; of several, ``member_id`` wins, then ``mobile``."""
 
     member_id: int | None = None
     mobile: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    card: CardNumber | None = None
 
 
 class LineIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -137,11 +141,13 @@ class ReceiptView(msgspec.Struct):
 
 
 class LookupIn(msgspec.Struct, forbid_unknown_fields=True):
-    """Exactly one of ``mobile`` or ``code`` (the dynamic member code the member shows)."""
+    """Exactly one of ``mobile``, ``code`` (the dynamic member code the member shows) or ``card`` (the number
+    of their membership card)."""
 
     till: Code
     mobile: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     code: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    card: CardNumber | None = None
 
 
 class TierOut(msgspec.Struct):
@@ -182,10 +188,13 @@ class ConsentIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class EnrolIn(msgspec.Struct, forbid_unknown_fields=True):
+    """``card``: a membership card handed over now (refused with 409 when it already names another member)."""
+
     till: Code
     mobile: Annotated[str, msgspec.Meta(min_length=5, max_length=32)]
     consent: ConsentIn
     name: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    card: CardNumber | None = None
 
 
 class CodeIn(msgspec.Struct, forbid_unknown_fields=True):
