@@ -249,6 +249,79 @@ def apikey_revoke(ctx: Context, key_id: str) -> None:
 # -------------------------------------------------------------------------------------------------------------
 
 
+@cli.group()
+def keys() -> None:
+    """The secret key: what is stored under which key id, and moving it all to the current key."""
+
+
+@keys.command("status")
+@pass_ctx
+def keys_status(ctx: Context) -> None:
+    """Count stored values per key id; an old key may leave TONGCRM_OLD_SECRET_KEYS once nothing is under it."""
+    from tongcrm import rotation
+
+    vault = ctx.settings.vault()
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine, readonly=True)() as session, session.begin():
+            return await rotation.key_usage(session, vault)
+
+    usage = run(_with_engine(ctx.settings, body))
+    table = Table("stored values", f"current key {usage.current}", "under old keys")
+    for name, counts in usage.by_store.items():
+        old = ", ".join(f"{kid}: {n}" for kid, n in sorted(counts.items()) if kid != usage.current)
+        table.add_row(name, str(counts.get(usage.current, 0)), old or "-")
+    console.print(table)
+    if usage.stranded_opt_outs:
+        click.echo(
+            f"{usage.stranded_opt_outs} SMS opt-out(s) of numbers no member has stay under an old key (their number "
+            "is stored nowhere to re-index from): keep that key listed or they stop being honoured."
+        )
+    left = usage.left_on_old_keys()
+    click.echo(
+        "nothing is left under old keys: they can leave TONGCRM_OLD_SECRET_KEYS (SMS gateways then need the new "
+        "callback URLs)"
+        if not left
+        else f"{left} value(s) under old keys: run `tongcrm keys rotate`"
+    )
+
+
+@keys.command("rotate")
+@click.option(
+    "--batch", default=500, show_default=True, type=click.IntRange(1, 10_000), help="Rows a transaction."
+)
+@pass_ctx
+def keys_rotate(ctx: Context, batch: int) -> None:
+    """Re-encrypt and re-index everything stored under old keys with the current key (safe to stop and rerun)."""
+    from tongcrm import rotation
+
+    vault = ctx.settings.vault()
+
+    async def body(engine: Any) -> Any:
+        return await rotation.rotate(
+            session_factory(engine), vault, batch=batch, progress=lambda name, n: click.echo(f"  {name}: {n}")
+        )
+
+    report = run(_with_engine(ctx.settings, body))
+    moved = ", ".join(f"{n} {name}" for name, n in report.moved.items()) or "nothing"
+    click.echo(f"moved to key {vault.kid}: {moved}")
+    for name, n in report.unreadable.items():
+        click.echo(
+            f"{n} {name} could not be read by any configured key (was their key dropped too early?)", err=True
+        )
+    if report.conflicts:
+        click.echo(
+            f"{len(report.conflicts)} mobile identit(y/ies) left alone: another identity already has their number "
+            f"(ids {', '.join(map(str, report.conflicts[:20]))}): merge those members, then run this again",
+            err=True,
+        )
+    if report.unreadable or report.conflicts:
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
 @cli.command("plugins")
 @pass_ctx
 def plugins_cmd(ctx: Context) -> None:

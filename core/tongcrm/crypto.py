@@ -2,7 +2,8 @@
 
 Keys are derived from ``TONGCRM_SECRET_KEY`` with HKDF, one per purpose, each named by a short key id so the
 secret can rotate: values encrypted or indexed under an old key stay readable and findable while old secrets
-are listed in ``TONGCRM_OLD_SECRET_KEYS``, and a re-encryption job moves them to the current key.
+are listed in ``TONGCRM_OLD_SECRET_KEYS``, and ``tongcrm keys rotate`` moves them to the current key
+(:mod:`tongcrm.rotation`).
 
 - Ciphertext: ``v1.<kid>.<base64url(nonce ‖ AES-GCM ciphertext)>``.
 - Blind index: ``<kid>.<hex HMAC-SHA256(value)>`` — equality lookups without storing the value.

@@ -20,7 +20,7 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.settings import split_settings
 from tongcrm.plugin.types import ChannelContext, ChannelSpec
 
-_SECRETS_CONTEXT = "channel_account.secrets"
+SECRETS_CONTEXT = "channel_account.secrets"
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -79,7 +79,7 @@ async def create_account(
         channel=channel,
         name=name,
         settings=plain,
-        secrets=vault.encrypt(json.dumps(secret), context=_SECRETS_CONTEXT) if secret else None,
+        secrets=vault.encrypt(json.dumps(secret), context=SECRETS_CONTEXT) if secret else None,
         secret_names=sorted(secret),
         status="active",
         status_detail="",
@@ -141,7 +141,7 @@ def channel_context(
 ) -> ChannelContext:
     settings: dict[str, Any] = dict(account.settings)
     if account.secrets:
-        settings.update(json.loads(vault.decrypt(account.secrets, context=_SECRETS_CONTEXT)))
+        settings.update(json.loads(vault.decrypt(account.secrets, context=SECRETS_CONTEXT)))
     return ChannelContext(account_name=account.name, settings=settings, clock=clock, since=since)
 
 
@@ -161,11 +161,11 @@ async def update_secrets(
     spec = _spec(host, account.channel)
     current = dict(account.settings)
     if account.secrets:
-        current.update(json.loads(vault.decrypt(account.secrets, context=_SECRETS_CONTEXT)))
+        current.update(json.loads(vault.decrypt(account.secrets, context=SECRETS_CONTEXT)))
     current.update({k: v for k, v in settings.items() if v is not None})
     plain, secret = validate_settings(spec, current)
     account.settings = plain
-    account.secrets = vault.encrypt(json.dumps(secret), context=_SECRETS_CONTEXT) if secret else None
+    account.secrets = vault.encrypt(json.dumps(secret), context=SECRETS_CONTEXT) if secret else None
     account.secret_names = sorted(secret)
     account.status = "active"
     account.status_detail = ""

@@ -45,7 +45,7 @@ from tongcrm.plugin.types import (
 
 log = get_logger(__name__)
 
-_SECRETS_CONTEXT = "messenger_account.secrets"
+SECRETS_CONTEXT = "messenger_account.secrets"
 _CALLBACK_PURPOSE = "messaging.callback"
 STATUSES = ("queued", "sending", "sent", "delivered", "failed", "refused")
 PRIORITY = {"service": 0, "marketing": 1}
@@ -89,7 +89,7 @@ async def create_account(
         messenger=messenger,
         name=name,
         settings=plain,
-        secrets=vault.encrypt(json.dumps(secret), context=_SECRETS_CONTEXT) if secret else None,
+        secrets=vault.encrypt(json.dumps(secret), context=SECRETS_CONTEXT) if secret else None,
         secret_names=sorted(secret),
         status="active",
         status_code="",
@@ -124,7 +124,7 @@ def messenger_context(
 ) -> MessengerContext:
     settings: dict[str, str] = dict(account.settings)
     if account.secrets:
-        settings.update(json.loads(vault.decrypt(account.secrets, context=_SECRETS_CONTEXT)))
+        settings.update(json.loads(vault.decrypt(account.secrets, context=SECRETS_CONTEXT)))
     return MessengerContext(name=account.name, settings=settings, clock=clock, rate_gate=rate_gate)
 
 

@@ -1,0 +1,156 @@
+"""Rotating the secret key: everything stored under an old key moves to the current one, so the old can go."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from tongcrm import rotation
+from tongcrm.audit.models import AuditEntry
+from tongcrm.audit.service import SYSTEM
+from tongcrm.channels.models import ChannelAccount
+from tongcrm.channels.service import SECRETS_CONTEXT as CHANNEL_SECRETS
+from tongcrm.cli import Context, build_cli
+from tongcrm.crypto import Vault
+from tongcrm.members import service as members
+from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
+from tongcrm.messaging import service as messaging
+from tongcrm.messaging.models import MessengerAccount
+from tongcrm.messaging.service import SECRETS_CONTEXT as MESSENGER_SECRETS
+from tongcrm.plugin.host import PluginHost
+from tongcrm.testing.database import TestDatabase
+
+OLD = "old-secret-key-0123456789abcdef"
+NEW = "new-secret-key-0123456789abcdef"
+AT = datetime(2026, 11, 11, tzinfo=UTC)
+MOBILES = ("13800138000", "13900139000", "13700137000")
+
+
+async def _seed_under(db: TestDatabase, vault: Vault) -> None:
+    async with db.sessions() as session, session.begin():
+        for i, mobile in enumerate(MOBILES):
+            await members.create_member(session, vault, {"name": f"会员{i}", "mobile": mobile}, [], SYSTEM)
+        session.add(
+            ChannelAccount(
+                channel="taobao",
+                name="tmall-flagship",
+                settings={},
+                secrets=vault.encrypt(json.dumps({"app_secret": "s3cret"}), context=CHANNEL_SECRETS),
+                secret_names=["app_secret"],
+            )
+        )
+        session.add(
+            MessengerAccount(
+                messenger="aliyun_sms",
+                name="sms",
+                settings={},
+                secrets=vault.encrypt(json.dumps({"access_key_secret": "k"}), context=MESSENGER_SECRETS),
+                secret_names=["access_key_secret"],
+            )
+        )
+        # one opt-out of a member's number, one of a number no member has
+        await messaging.record_opt_out(session, vault, "+8613800138000", "品牌", "TD", AT, members=[])
+        await messaging.record_opt_out(session, vault, "+8613600136000", "品牌", "TD", AT, members=[])
+
+
+async def _usage(db: TestDatabase, vault: Vault) -> rotation.KeyUsage:
+    async with db.read_sessions() as session, session.begin():
+        return await rotation.key_usage(session, vault)
+
+
+async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads_it(
+    tongcrm_db: TestDatabase,
+) -> None:
+    old, new = Vault(OLD), Vault(NEW)
+    both = Vault(NEW, [OLD])
+    await _seed_under(tongcrm_db, old)
+    before = await _usage(tongcrm_db, both)
+    assert before.current == new.kid != old.kid
+    assert before.by_store == {
+        "member mobiles": {old.kid: 3},
+        "channel account secrets": {old.kid: 1},
+        "messenger account secrets": {old.kid: 1},
+        rotation.MOBILE_IDENTITIES: {old.kid: 3},
+        rotation.OPT_OUTS: {old.kid: 2},
+    }
+    assert before.stranded_opt_outs == 1 and before.left_on_old_keys() == 10
+
+    report = await rotation.rotate(tongcrm_db.sessions, both, batch=2)  # several batches of each
+    assert report.moved == {
+        "member mobiles": 3,
+        "channel account secrets": 1,
+        "messenger account secrets": 1,
+        rotation.MOBILE_IDENTITIES: 3,
+        rotation.OPT_OUTS: 1,
+    }
+    assert not report.unreadable and not report.conflicts
+    after = await _usage(tongcrm_db, both)
+    assert after.by_store[rotation.MOBILE_IDENTITIES] == {new.kid: 3}
+    assert after.by_store[rotation.OPT_OUTS] == {new.kid: 1, old.kid: 1}
+    assert after.left_on_old_keys() == 1 and after.stranded_opt_outs == 1  # the number no member has
+
+    # with the old key gone, the new one finds members by mobile, reads their numbers and the accounts'
+    # secrets, and still honours the member's opt-out
+    host = PluginHost(autoload=False)
+    async with tongcrm_db.sessions() as session:
+        member = await members.lookup(session, new, host, mobile=MOBILES[1])
+        assert member.mobile_enc is not None
+        assert new.decrypt(member.mobile_enc, context=MOBILE_CONTEXT) == "+86" + MOBILES[1]
+        account = (await session.execute(sa.select(ChannelAccount))).scalar_one()
+        assert account.secrets is not None
+        assert json.loads(new.decrypt(account.secrets, context=CHANNEL_SECRETS)) == {"app_secret": "s3cret"}
+        indexes = new.blind_indexes("+8613800138000", purpose=MOBILE_INDEX_PURPOSE)
+        assert await messaging.opted_out_indexes(session, indexes, "品牌") == set(indexes)
+        actions = (await session.execute(sa.select(AuditEntry.action))).scalars().all()
+    assert actions.count("keys.rotate") == 1
+
+    again = await rotation.rotate(tongcrm_db.sessions, both)  # safe to run again: nothing left to move
+    assert again.moved == {} and not again.unreadable
+
+
+async def test_values_no_configured_key_reads_are_reported_and_left_as_they_are(
+    tongcrm_db: TestDatabase,
+) -> None:
+    await _seed_under(tongcrm_db, Vault(OLD))
+    report = await rotation.rotate(tongcrm_db.sessions, Vault(NEW))  # the old key dropped too early
+    assert report.moved == {}
+    assert report.unreadable == {
+        "member mobiles": 3,
+        "channel account secrets": 1,
+        "messenger account secrets": 1,
+        rotation.MOBILE_IDENTITIES: 3,
+    }
+    usage = await _usage(tongcrm_db, Vault(NEW, [OLD]))
+    assert usage.by_store["member mobiles"] == {Vault(OLD).kid: 3}
+
+
+def test_keys_commands_show_what_is_left_and_move_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'keys.sqlite3'}")
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", OLD)
+    host = PluginHost(autoload=True, disabled=set())
+
+    def invoke(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(build_cli(host), list(args), obj=Context(host), catch_exceptions=False)
+
+    assert invoke("db", "upgrade").exit_code == 0
+    assert "nothing is left under old keys" in invoke("keys", "status").output
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", NEW)
+    monkeypatch.setenv("TONGCRM_OLD_SECRET_KEYS", OLD)
+    status = invoke("keys", "status")
+    assert status.exit_code == 0 and "run `tongcrm keys rotate`" not in status.output  # nothing stored yet
+    assert invoke("channel", "add", "taobao", "--name", "shop", "--app-key", "k", "--app-secret", "s",
+                  "--session", "x").exit_code == 0  # fmt: skip
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", OLD)  # a value stored before the switch
+    monkeypatch.delenv("TONGCRM_OLD_SECRET_KEYS")
+    assert invoke("channel", "add", "taobao", "--name", "shop2", "--app-key", "k", "--app-secret", "s",
+                  "--session", "x").exit_code == 0  # fmt: skip
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", NEW)
+    monkeypatch.setenv("TONGCRM_OLD_SECRET_KEYS", OLD)
+    assert "1 value(s) under old keys" in invoke("keys", "status").output
+    rotated = invoke("keys", "rotate")
+    assert rotated.exit_code == 0 and "1 channel account secrets" in rotated.output
+    assert "nothing is left under old keys" in invoke("keys", "status").output
