@@ -19,7 +19,7 @@ from tongcrm.crypto import Vault
 from tongcrm.members import service as members
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.messaging import service as messaging
-from tongcrm.messaging.models import MessengerAccount
+from tongcrm.messaging.models import MessengerAccount, SmsOptOut
 from tongcrm.messaging.service import SECRETS_CONTEXT as MESSENGER_SECRETS
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
@@ -52,9 +52,18 @@ async def _seed_under(db: TestDatabase, vault: Vault) -> None:
                 secret_names=["access_key_secret"],
             )
         )
-        # one opt-out of a member's number, one of a number no member has
+        # opt-outs: of a member's number, of a number no member has, and one recorded before opt-outs kept
+        # their number (revision 0004) of a number no member has
         await messaging.record_opt_out(session, vault, "+8613800138000", "品牌", "TD", AT, members=[])
         await messaging.record_opt_out(session, vault, "+8613600136000", "品牌", "TD", AT, members=[])
+        await session.execute(
+            sa.insert(SmsOptOut).values(
+                mobile_index=vault.blind_index("+8613500135000", purpose=MOBILE_INDEX_PURPOSE),
+                signature="品牌",
+                keyword="TD",
+                at=AT,
+            )
+        )
 
 
 async def _usage(db: TestDatabase, vault: Vault) -> rotation.KeyUsage:
@@ -75,9 +84,9 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
         "channel account secrets": {old.kid: 1},
         "messenger account secrets": {old.kid: 1},
         rotation.MOBILE_IDENTITIES: {old.kid: 3},
-        rotation.OPT_OUTS: {old.kid: 2},
+        rotation.OPT_OUTS: {old.kid: 3},
     }
-    assert before.stranded_opt_outs == 1 and before.left_on_old_keys() == 10
+    assert before.stranded_opt_outs == 1 and before.left_on_old_keys() == 11
 
     report = await rotation.rotate(tongcrm_db.sessions, both, batch=2)  # several batches of each
     assert report.moved == {
@@ -85,13 +94,13 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
         "channel account secrets": 1,
         "messenger account secrets": 1,
         rotation.MOBILE_IDENTITIES: 3,
-        rotation.OPT_OUTS: 1,
+        rotation.OPT_OUTS: 2,
     }
     assert not report.unreadable and not report.conflicts
     after = await _usage(tongcrm_db, both)
     assert after.by_store[rotation.MOBILE_IDENTITIES] == {new.kid: 3}
-    assert after.by_store[rotation.OPT_OUTS] == {new.kid: 1, old.kid: 1}
-    assert after.left_on_old_keys() == 1 and after.stranded_opt_outs == 1  # the number no member has
+    assert after.by_store[rotation.OPT_OUTS] == {new.kid: 2, old.kid: 1}
+    assert after.left_on_old_keys() == 1 and after.stranded_opt_outs == 1  # the old one nobody's number names
 
     # with the old key gone, the new one finds members by mobile, reads their numbers and the accounts'
     # secrets, and still honours the member's opt-out
@@ -103,8 +112,9 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
         account = (await session.execute(sa.select(ChannelAccount))).scalar_one()
         assert account.secrets is not None
         assert json.loads(new.decrypt(account.secrets, context=CHANNEL_SECRETS)) == {"app_secret": "s3cret"}
-        indexes = new.blind_indexes("+8613800138000", purpose=MOBILE_INDEX_PURPOSE)
-        assert await messaging.opted_out_indexes(session, indexes, "品牌") == set(indexes)
+        for number in ("+8613800138000", "+8613600136000"):
+            indexes = new.blind_indexes(number, purpose=MOBILE_INDEX_PURPOSE)
+            assert await messaging.opted_out_indexes(session, indexes, "品牌") == set(indexes)
         actions = (await session.execute(sa.select(AuditEntry.action))).scalars().all()
     assert actions.count("keys.rotate") == 1
 
@@ -123,6 +133,7 @@ async def test_values_no_configured_key_reads_are_reported_and_left_as_they_are(
         "channel account secrets": 1,
         "messenger account secrets": 1,
         rotation.MOBILE_IDENTITIES: 3,
+        rotation.OPT_OUTS: 2,
     }
     usage = await _usage(tongcrm_db, Vault(NEW, [OLD]))
     assert usage.by_store["member mobiles"] == {Vault(OLD).kid: 3}

@@ -6,11 +6,11 @@ Rotating ``TONGCRM_SECRET_KEY`` is three steps: set the new secret and list the 
 from ``TONGCRM_OLD_SECRET_KEYS``.
 
 What is moved: members' encrypted mobiles, mobile identities (blind index and ciphertext together), the
-encrypted secrets of channel and messenger accounts, and SMS opt-outs, which are kept by blind index only —
-an opt-out moves with the mobile identity that has the same index, in the same transaction, so that an opt-out
-is never left findable only under a key that is about to go. An opt-out of a number no member has cannot be
-re-indexed (its number is stored nowhere); ``status`` counts those: while any remain, keep the old key listed
-or they stop being honoured.
+encrypted secrets of channel and messenger accounts, and SMS opt-outs, which are found by blind index and keep
+their number encrypted beside it. An opt-out recorded before its number was kept (revision 0004) moves with the
+mobile identity that has the same index, in the same transaction, so that it is never left findable only under
+a key that is about to go; one of a number no member has cannot be re-indexed (its number is stored nowhere)
+and ``status`` counts those: while any remain, keep the old key listed or they stop being honoured.
 
 Each batch is one transaction that rewrites a row only if it still holds the value read (a concurrent change
 wins; the next run picks the row up), so the command can be stopped and run again at any time. A mobile
@@ -127,6 +127,7 @@ async def key_usage(session: AsyncSession, vault: Vault) -> KeyUsage:
             .select_from(_OPT_OUTS)
             .where(
                 _index_kid(_OPT_OUTS.c.mobile_index) != vault.kid,
+                _OPT_OUTS.c.mobile_enc.is_(None),
                 ~sa.exists().where(
                     _IDENTITIES.c.kind == "mobile", _IDENTITIES.c.value == _OPT_OUTS.c.mobile_index
                 ),
@@ -149,6 +150,7 @@ async def rotate(
     for store in _CIPHERTEXTS:
         await _rotate_ciphertexts(sessions, vault, store, batch, report, progress)
     await _rotate_mobile_identities(sessions, vault, batch, report, progress)
+    await _rotate_opt_outs(sessions, vault, batch, report, progress)
     if report.moved:
         async with sessions() as session, session.begin():
             audit.record(
@@ -249,7 +251,7 @@ async def _rotate_mobile_identities(
                 if not result.rowcount:  # type: ignore[attr-defined]
                     continue
                 moved += 1
-                opt_outs += await _move_opt_outs(session, row.value, new_index)
+                opt_outs += await _move_opt_outs(session, row.value, new_index, vault, e164)
             after = rows[-1].id
         report.add(report.moved, MOBILE_IDENTITIES, moved)
         report.add(report.moved, OPT_OUTS, opt_outs)
@@ -257,21 +259,77 @@ async def _rotate_mobile_identities(
             progress(MOBILE_IDENTITIES, moved)
 
 
-async def _move_opt_outs(session: AsyncSession, old_index: str, new_index: str) -> int:
-    """Re-key the opt-outs of one number; an opt-out already recorded under the new index is kept as it is."""
+async def _rotate_opt_outs(
+    sessions: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    batch: int,
+    report: RotationReport,
+    progress: Callable[[str, int], None] | None,
+) -> None:
+    """Opt-outs that keep their number: re-indexed from it (the rest moved with their identity, or are stranded)."""
     o = _OPT_OUTS.c
-    signatures = (
-        (await session.execute(sa.select(o.signature).where(o.mobile_index == old_index))).scalars().all()
-    )
-    for signature in signatures:
+    after: tuple[str, str] = ("", "")
+    while True:
+        async with sessions() as session, session.begin():
+            rows = (
+                await session.execute(
+                    sa.select(o.mobile_index, o.signature, o.mobile_enc)
+                    .where(
+                        o.mobile_enc.is_not(None),
+                        _index_kid(o.mobile_index) != vault.kid,
+                        sa.tuple_(o.mobile_index, o.signature) > sa.tuple_(*after),
+                    )
+                    .order_by(o.mobile_index, o.signature)
+                    .limit(batch)
+                )
+            ).all()
+            if not rows:
+                return
+            moved = 0
+            for row in rows:
+                try:
+                    e164 = vault.decrypt(row.mobile_enc, context=MOBILE_CONTEXT)
+                except ValueError:
+                    report.add(report.unreadable, OPT_OUTS, 1)
+                    continue
+                new_index = vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE)
+                moved += await _move_opt_outs(
+                    session, row.mobile_index, new_index, vault, e164, row.signature
+                )
+            after = (rows[-1].mobile_index, rows[-1].signature)
+        report.add(report.moved, OPT_OUTS, moved)
+        if progress is not None:
+            progress(OPT_OUTS, moved)
+
+
+async def _move_opt_outs(
+    session: AsyncSession,
+    old_index: str,
+    new_index: str,
+    vault: Vault,
+    e164: str,
+    signature: str | None = None,
+) -> int:
+    """Re-key the opt-outs of one number (of one ``signature``, or all); an opt-out already recorded under the new
+    index is kept as it is. They keep the number encrypted under the current key from then on."""
+    o = _OPT_OUTS.c
+    query = sa.select(o.signature).where(o.mobile_index == old_index)
+    if signature is not None:
+        query = query.where(o.signature == signature)
+    signatures = (await session.execute(query)).scalars().all()
+    for each in signatures:
         exists = (
             await session.execute(
-                sa.select(o.signature).where(o.mobile_index == new_index, o.signature == signature)
+                sa.select(o.signature).where(o.mobile_index == new_index, o.signature == each)
             )
         ).first()
-        same = sa.and_(o.mobile_index == old_index, o.signature == signature)
+        same = sa.and_(o.mobile_index == old_index, o.signature == each)
         if exists is None:
-            await session.execute(sa.update(_OPT_OUTS).where(same).values(mobile_index=new_index))
+            await session.execute(
+                sa.update(_OPT_OUTS)
+                .where(same)
+                .values(mobile_index=new_index, mobile_enc=vault.encrypt(e164, context=MOBILE_CONTEXT))
+            )
         else:
             await session.execute(sa.delete(_OPT_OUTS).where(same))
     return len(signatures)

@@ -137,6 +137,8 @@ class SmsOptOut(Base):
 
     mobile_index: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
     signature: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    #: The number, encrypted: what a key rotation re-indexes from (NULL on opt-outs recorded before 0004).
+    mobile_enc: Mapped[str | None] = mapped_column(sa.Text)
     keyword: Mapped[str] = mapped_column(sa.String(32))
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

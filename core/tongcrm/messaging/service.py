@@ -22,7 +22,7 @@ from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, Unproces
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.logging import get_logger
-from tongcrm.members.phone import MOBILE_INDEX_PURPOSE
+from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.messaging import holdout
 from tongcrm.messaging import templates as tpl
 from tongcrm.messaging.models import (
@@ -610,7 +610,12 @@ async def record_opt_out(
 ) -> None:
     index = vault.blind_index(mobile_e164, purpose=MOBILE_INDEX_PURPOSE)
     stmt = insert(session, SmsOptOut.__table__).values(
-        mobile_index=index, signature=signature[:64], keyword=keyword[:32], at=at, created_at=utcnow()
+        mobile_index=index,
+        signature=signature[:64],
+        mobile_enc=vault.encrypt(mobile_e164, context=MOBILE_CONTEXT),
+        keyword=keyword[:32],
+        at=at,
+        created_at=utcnow(),
     )
     await session.execute(stmt.on_conflict_do_nothing(index_elements=["mobile_index", "signature"]))
     if members is None:
