@@ -26,7 +26,7 @@ from tongcrm.auth.service import KeyVerifier
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.counter import CounterService
-from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.db.engine import create_engine, create_inline_writer, session_factory
 from tongcrm.db.point_reads import create_point_reader
 from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsController
 from tongcrm.ingest.api import QuarantineController
@@ -75,6 +75,9 @@ def create_app(
     sessions = session_factory(engine)
     read_sessions = session_factory(engine, readonly=True)
     point_reader = create_point_reader(settings.database_url, engine)
+    # a till's lookup and checkout are short statements (some twenty for a checkout): on SQLite the counter
+    # runs them inline (see db.inline_sqlite)
+    counter_engine = create_inline_writer(settings.database_url)
     run_jobs = settings.run_jobs_in_process if run_jobs is None else run_jobs
 
     handlers: list[ControllerRouterHandler] = [*CORE_HANDLERS, *extra_handlers]
@@ -97,6 +100,8 @@ def create_app(
             if task is not None:
                 await task
             await point_reader.close()
+            if counter_engine is not None:
+                await counter_engine.dispose()
             await engine.dispose()
 
     vault = settings.vault()
@@ -110,7 +115,13 @@ def create_app(
         "key_verifier": KeyVerifier(read_sessions),
         "membership": MembershipService(sessions, host, settings),
         "vault": vault,
-        "counter": CounterService(sessions, read_sessions, host, settings, vault=vault),
+        "counter": CounterService(
+            session_factory(counter_engine) if counter_engine is not None else sessions,
+            session_factory(counter_engine, readonly=True) if counter_engine is not None else read_sessions,
+            host,
+            settings,
+            vault=vault,
+        ),
     }
     app = Litestar(
         route_handlers=handlers,

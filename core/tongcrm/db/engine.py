@@ -54,6 +54,13 @@ def _sqlite_on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_inline_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """After :func:`_sqlite_on_connect`: an inline connection waits for locks in asyncio, not inside SQLite."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.close()
+
+
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
     aurl = async_url(url)
     if aurl.get_backend_name() == "sqlite":
@@ -64,6 +71,22 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     return create_async_engine(
         aurl, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
     )
+
+
+def create_inline_writer(url: str) -> AsyncEngine | None:
+    """An engine for short writing units of work that runs SQLite on the event loop's thread
+    (:mod:`tongcrm.db.inline_sqlite`); None for other databases, where the ordinary engine serves."""
+    aurl = async_url(url)
+    database = aurl.database
+    if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    from tongcrm.db.inline_sqlite import connector
+
+    engine = create_async_engine(aurl, async_creator=connector(database), pool_size=2, max_overflow=4)
+    event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    event.listen(engine.sync_engine, "connect", _sqlite_inline_on_connect)
+    event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+    return engine
 
 
 def session_factory(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[AsyncSession]:

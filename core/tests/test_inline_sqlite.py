@@ -1,0 +1,110 @@
+"""SQLite inline on the event loop: waits for another connection's write lock in asyncio, not in SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
+from tongcrm.db import inline_sqlite
+from tongcrm.db.engine import create_inline_writer, session_factory
+
+_rows = sa.Table(
+    "inline_rows", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("v", sa.Text)
+)
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> str:
+    path = tmp_path / "inline.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE inline_rows (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+def test_only_a_sqlite_file_gets_an_inline_writer() -> None:
+    assert create_inline_writer("sqlite:///:memory:") is None
+    assert create_inline_writer("postgresql://u@127.0.0.1/x") is None
+
+
+async def test_units_of_work_commit_and_roll_back(database: str) -> None:
+    engine = create_inline_writer(f"sqlite:///{database}")
+    assert engine is not None
+    try:
+        sessions = session_factory(engine)
+        async with sessions() as session, session.begin():
+            await session.execute(sa.insert(_rows), [{"id": 1, "v": "kept"}, {"id": 2, "v": "kept too"}])
+
+        async def failing() -> None:
+            async with sessions() as session, session.begin():
+                await session.execute(sa.insert(_rows).values(id=3, v="rolled back"))
+                raise RuntimeError("the unit of work fails")
+
+        with pytest.raises(RuntimeError):
+            await failing()
+        async with session_factory(engine, readonly=True)() as session, session.begin():
+            assert (await session.execute(sa.select(_rows.c.v).order_by(_rows.c.id))).scalars().all() == [
+                "kept",
+                "kept too",
+            ]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_writer_waits_for_another_connections_lock_while_the_loop_runs_on(database: str) -> None:
+    engine = create_inline_writer(f"sqlite:///{database}")
+    assert engine is not None
+    other = sqlite3.connect(database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def write() -> None:
+        async with session_factory(engine)() as session, session.begin():
+            await session.execute(sa.insert(_rows).values(id=10, v="after the wait"))
+
+    running = asyncio.ensure_future(ticker())
+    try:
+        writing = asyncio.ensure_future(write())
+        await asyncio.sleep(0.2)
+        assert not writing.done() and ticks >= 10  # waiting, and the loop was never held
+        other.execute("COMMIT")
+        await asyncio.wait_for(writing, 5)
+        assert other.execute("SELECT v FROM inline_rows WHERE id = 10").fetchone() == ("after the wait",)
+    finally:
+        running.cancel()
+        other.close()
+        await engine.dispose()
+
+
+async def test_a_writer_gives_up_after_the_busy_timeout(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inline_sqlite, "BUSY_TIMEOUT_S", 0.2)
+    engine = create_inline_writer(f"sqlite:///{database}")
+    assert engine is not None
+    other = sqlite3.connect(database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+
+        async def write() -> None:
+            async with session_factory(engine)() as session, session.begin():
+                await session.execute(sa.insert(_rows).values(id=11, v="never"))
+
+        with pytest.raises(OperationalError, match="database is locked"):
+            await write()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await engine.dispose()
