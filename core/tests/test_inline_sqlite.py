@@ -31,6 +31,7 @@ async def database(tmp_path: Path) -> str:
 def test_only_a_sqlite_file_gets_an_inline_writer() -> None:
     assert create_inline_writer("sqlite:///:memory:") is None
     assert create_inline_writer("postgresql://u@127.0.0.1/x") is None
+    assert create_inline_writer("sqlite:///file:crm.sqlite3?mode=ro&uri=true") is None
 
 
 async def test_units_of_work_commit_and_roll_back(database: str) -> None:

@@ -78,8 +78,8 @@ def create_inline_writer(url: str) -> AsyncEngine | None:
     (:mod:`tongcrm.db.inline_sqlite`); None for other databases, where the ordinary engine serves."""
     aurl = async_url(url)
     database = aurl.database
-    if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return None
+    if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:" or aurl.query:
+        return None  # not a plain SQLite file (URI filenames and driver options stay with aiosqlite)
     from tongcrm.db.inline_sqlite import connector
 
     engine = create_async_engine(aurl, async_creator=connector(database), pool_size=2, max_overflow=4)
