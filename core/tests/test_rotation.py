@@ -16,6 +16,7 @@ from tongcrm.channels.models import ChannelAccount
 from tongcrm.channels.service import SECRETS_CONTEXT as CHANNEL_SECRETS
 from tongcrm.cli import Context, build_cli
 from tongcrm.crypto import Vault
+from tongcrm.identity.models import Identity
 from tongcrm.members import service as members
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.messaging import service as messaging
@@ -165,3 +166,41 @@ def test_keys_commands_show_what_is_left_and_move_it(tmp_path: Path, monkeypatch
     rotated = invoke("keys", "rotate")
     assert rotated.exit_code == 0 and "1 channel account secrets" in rotated.output
     assert "nothing is left under old keys" in invoke("keys", "status").output
+
+
+async def test_one_number_on_two_members_is_left_for_an_operator_and_its_opt_out_kept_once(
+    tongcrm_db: TestDatabase,
+) -> None:
+    old, new = Vault(OLD), Vault(NEW)
+    both = Vault(NEW, [OLD])
+    number = "+86" + MOBILES[0]
+    async with tongcrm_db.sessions() as session, session.begin():
+        first = await members.create_member(session, old, {"name": "甲", "mobile": MOBILES[0]}, [], SYSTEM)
+        await messaging.record_opt_out(session, old, number, "品牌", "TD", AT, members=[])
+    async with tongcrm_db.sessions() as session, session.begin():
+        second = await members.create_member(session, new, {"name": "乙", "mobile": MOBILES[1]}, [], SYSTEM)
+        # the same number claimed for another member under the new key, and opted out under it too
+        session.add(
+            Identity(
+                kind="mobile",
+                value=new.blind_index(number, purpose=MOBILE_INDEX_PURPOSE),
+                value_enc=new.encrypt(number, context=MOBILE_CONTEXT),
+                member_id=second.id,
+                evidence="test",
+                first_seen_at=AT,
+                last_seen_at=AT,
+            )
+        )
+        await messaging.record_opt_out(session, new, number, "品牌", "TD", AT, members=[])
+        stale = (
+            await session.execute(
+                sa.select(Identity.id).where(Identity.member_id == first.id, Identity.kind == "mobile")
+            )
+        ).scalar_one()
+
+    report = await rotation.rotate(tongcrm_db.sessions, both)
+    assert report.conflicts == [stale]
+    assert report.moved.get(rotation.MOBILE_IDENTITIES, 0) == 0
+    usage = await _usage(tongcrm_db, both)
+    assert usage.by_store[rotation.MOBILE_IDENTITIES] == {old.kid: 1, new.kid: 2}
+    assert usage.by_store[rotation.OPT_OUTS] == {new.kid: 1}  # the old copy gave way to the one already there

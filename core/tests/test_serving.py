@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from tongcrm.serving import KERNEL_BALANCES, bind
+from tongcrm.testing.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +35,6 @@ def who_app(worker, *, fail_worker=None):
 
     return Litestar(route_handlers=[who])
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_accepted_connections_have_nagle_off() -> None:
@@ -80,7 +75,7 @@ def who_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def supervisor(who_module: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = _free_port()
+    port = free_port()
     proc = _start_supervisor(who_module, port, workers=2)
     try:
         _wait_for(port)
@@ -102,7 +97,7 @@ def _start_supervisor(path: str, port: int, workers: int, **options: object) -> 
     )
 
 
-def _get(port: int, path: str = "/who") -> dict[str, int]:
+def _get(port: int, path: str = "/who") -> dict[str, object]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", path)
@@ -113,11 +108,11 @@ def _get(port: int, path: str = "/who") -> dict[str, int]:
         conn.close()
 
 
-def _wait_for(port: int, timeout: float = 30.0) -> None:
+def _wait_for(port: int, path: str = "/who", timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            _get(port)
+            _get(port, path)
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -173,7 +168,7 @@ def test_workers_share_the_port_and_a_dead_one_is_replaced(
 
 
 def test_a_worker_that_cannot_start_stops_the_supervisor(who_module: str) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _start_supervisor(who_module, port, workers=2, fail_worker=1)
     try:
         assert proc.wait(60) == 1
@@ -199,7 +194,7 @@ def test_a_port_in_use_is_refused_before_any_worker_starts(who_module: str) -> N
 
 
 def test_serve_with_workers_runs_jobs_in_one_of_them(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGCRM_")}
     env.update({"TONGCRM_DATABASE_URL": f"sqlite:///{tmp_path / 'crm.sqlite3'}", "TONGCRM_LOG_JSON": "1"})
     proc = subprocess.Popen(
@@ -210,7 +205,7 @@ def test_serve_with_workers_runs_jobs_in_one_of_them(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_for_health(port)
+        _wait_for(port, "/health", timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -222,20 +217,6 @@ def test_serve_with_workers_runs_jobs_in_one_of_them(tmp_path: Path) -> None:
     assert "from 2 process(es)" in log
     assert log.count('"worker started"') == 2, log
     assert log.count('"job runner started"') == 1, log
-
-
-def _wait_for_health(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "tongcrm serve --workers 2 did not answer /health"
-        time.sleep(0.2)
 
 
 def test_workers_stop_when_the_supervisor_is_killed(supervisor: tuple[subprocess.Popen[bytes], int]) -> None:

@@ -20,7 +20,7 @@ and reported: that is two members for one number, for an operator to merge.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -75,6 +75,13 @@ def _cipher_kid(column: Any) -> Any:
 
 def _index_kid(column: Any) -> Any:
     return sa.func.substr(column, 1, _KID_LEN)
+
+
+Progress = Callable[[str, int], None] | None
+#: one page of rows to move: (session, position after the last page) → rows, in order of position
+Page = Callable[[AsyncSession, Any], Awaitable[Sequence[Any]]]
+#: moves one page (in its transaction) → how many values moved under each store name
+Move = Callable[[AsyncSession, Sequence[Any]], Awaitable[dict[str, int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +150,7 @@ async def rotate(
     *,
     batch: int = 500,
     actor: Actor = SYSTEM,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Progress = None,
 ) -> RotationReport:
     """Move everything movable to the current key, ``batch`` rows a transaction."""
     report = RotationReport()
@@ -168,40 +175,67 @@ async def rotate(
     return report
 
 
+async def _in_batches(
+    sessions: async_sessionmaker[AsyncSession],
+    name: str,
+    page: Page,
+    move: Move,
+    position: Callable[[Any], Any],
+    start: Any,
+    report: RotationReport,
+    progress: Progress,
+) -> None:
+    """Page through what is left under old keys, one transaction a page, until a page comes back empty."""
+    after = start
+    while True:
+        async with sessions() as session, session.begin():
+            rows = await page(session, after)
+            if not rows:
+                return
+            moved = await move(session, rows)
+        after = position(rows[-1])
+        for store, n in moved.items():
+            report.add(report.moved, store, n)
+        if progress is not None:
+            progress(name, moved.get(name, 0))
+
+
 async def _rotate_ciphertexts(
     sessions: async_sessionmaker[AsyncSession],
     vault: Vault,
     store: _Ciphertexts,
     batch: int,
     report: RotationReport,
-    progress: Callable[[str, int], None] | None,
+    progress: Progress,
 ) -> None:
     table, column = store.table, store.table.c[store.column]
     key = table.primary_key.columns.values()[0]
-    after: Any = None
-    while True:
-        async with sessions() as session, session.begin():
-            query = sa.select(key, column).where(column.is_not(None), _cipher_kid(column) != vault.kid)
-            if after is not None:
-                query = query.where(key > after)
-            rows = (await session.execute(query.order_by(key).limit(batch))).all()
-            if not rows:
-                return
-            moved = 0
-            for row_id, old in rows:
-                try:
-                    new = vault.encrypt(vault.decrypt(old, context=store.context), context=store.context)
-                except ValueError:
-                    report.add(report.unreadable, store.name, 1)
-                    continue
-                result = await session.execute(
-                    sa.update(table).where(key == row_id, column == old).values({store.column: new})
-                )
-                moved += result.rowcount  # type: ignore[attr-defined]
-            after = rows[-1][0]
-        report.add(report.moved, store.name, moved)
-        if progress is not None:
-            progress(store.name, moved)
+
+    async def page(session: AsyncSession, after: Any) -> Sequence[Any]:
+        query = sa.select(key, column).where(column.is_not(None), _cipher_kid(column) != vault.kid)
+        if after is not None:
+            query = query.where(key > after)
+        return (await session.execute(query.order_by(key).limit(batch))).all()
+
+    async def move(session: AsyncSession, rows: Sequence[Any]) -> dict[str, int]:
+        changes = []
+        for row_id, old in rows:
+            try:
+                new = vault.encrypt(vault.decrypt(old, context=store.context), context=store.context)
+            except ValueError:
+                report.add(report.unreadable, store.name, 1)
+                continue
+            changes.append({"row_id": row_id, "old": old, "new": new})
+        if changes:  # one statement for the page; a row changed meanwhile keeps its newer value
+            await session.execute(
+                sa.update(table)
+                .where(key == sa.bindparam("row_id"), column == sa.bindparam("old"))
+                .values({store.column: sa.bindparam("new")}),
+                changes,
+            )
+        return {store.name: len(changes)}
+
+    await _in_batches(sessions, store.name, page, move, lambda row: row[0], None, report, progress)
 
 
 async def _rotate_mobile_identities(
@@ -209,54 +243,55 @@ async def _rotate_mobile_identities(
     vault: Vault,
     batch: int,
     report: RotationReport,
-    progress: Callable[[str, int], None] | None,
+    progress: Progress,
 ) -> None:
     ids = _IDENTITIES.c
-    after = 0
-    while True:
-        async with sessions() as session, session.begin():
-            rows = (
+
+    async def page(session: AsyncSession, after: int) -> Sequence[Any]:
+        query = (
+            sa.select(ids.id, ids.value, ids.value_enc)
+            .where(ids.kind == "mobile", _index_kid(ids.value) != vault.kid, ids.id > after)
+            .order_by(ids.id)
+            .limit(batch)
+        )
+        return (await session.execute(query)).all()
+
+    async def move(session: AsyncSession, rows: Sequence[Any]) -> dict[str, int]:
+        numbers: dict[str, str] = {}  # old index → number
+        for row in rows:
+            try:
+                numbers[row.value] = vault.decrypt(row.value_enc or "", context=MOBILE_CONTEXT)
+            except ValueError:
+                report.add(report.unreadable, MOBILE_IDENTITIES, 1)
+        renamed = {
+            old: vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE) for old, e164 in numbers.items()
+        }
+        taken = set(
+            (
                 await session.execute(
-                    sa.select(ids.id, ids.value, ids.value_enc)
-                    .where(ids.kind == "mobile", _index_kid(ids.value) != vault.kid, ids.id > after)
-                    .order_by(ids.id)
-                    .limit(batch)
+                    sa.select(ids.value).where(ids.kind == "mobile", ids.value.in_(list(renamed.values())))
                 )
-            ).all()
-            if not rows:
-                return
-            moved = opt_outs = 0
-            for row in rows:
-                try:
-                    e164 = vault.decrypt(row.value_enc or "", context=MOBILE_CONTEXT)
-                except ValueError:
-                    report.add(report.unreadable, MOBILE_IDENTITIES, 1)
-                    continue
-                new_index = vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE)
-                taken = (
-                    await session.execute(
-                        sa.select(ids.id).where(
-                            ids.kind == "mobile", ids.value == new_index, ids.id != row.id
-                        )
-                    )
-                ).first()
-                if taken is not None:
-                    report.conflicts.append(row.id)
-                    continue
-                result = await session.execute(
-                    sa.update(_IDENTITIES)
-                    .where(ids.id == row.id, ids.value == row.value)
-                    .values(value=new_index, value_enc=vault.encrypt(e164, context=MOBILE_CONTEXT))
-                )
-                if not result.rowcount:  # type: ignore[attr-defined]
-                    continue
-                moved += 1
-                opt_outs += await _move_opt_outs(session, row.value, new_index, vault, e164)
-            after = rows[-1].id
-        report.add(report.moved, MOBILE_IDENTITIES, moved)
-        report.add(report.moved, OPT_OUTS, opt_outs)
-        if progress is not None:
-            progress(MOBILE_IDENTITIES, moved)
+            ).scalars()
+        )
+        changes = [
+            {"row_id": row.id, "old": row.value, "new": renamed[row.value],
+             "enc": vault.encrypt(numbers[row.value], context=MOBILE_CONTEXT)}
+            for row in rows
+            if row.value in renamed and renamed[row.value] not in taken
+        ]  # fmt: skip
+        report.conflicts.extend(row.id for row in rows if renamed.get(row.value) in taken)
+        if changes:
+            await session.execute(
+                sa.update(_IDENTITIES)
+                .where(ids.id == sa.bindparam("row_id"), ids.value == sa.bindparam("old"))
+                .values(value=sa.bindparam("new"), value_enc=sa.bindparam("enc")),
+                changes,
+            )
+        moved = {old: new for old, new in renamed.items() if new not in taken}
+        opt_outs = await _move_opt_outs(session, vault, moved, numbers)
+        return {MOBILE_IDENTITIES: len(changes), OPT_OUTS: opt_outs}
+
+    await _in_batches(sessions, MOBILE_IDENTITIES, page, move, lambda row: row.id, 0, report, progress)
 
 
 async def _rotate_opt_outs(
@@ -264,72 +299,85 @@ async def _rotate_opt_outs(
     vault: Vault,
     batch: int,
     report: RotationReport,
-    progress: Callable[[str, int], None] | None,
+    progress: Progress,
 ) -> None:
     """Opt-outs that keep their number: re-indexed from it (the rest moved with their identity, or are stranded)."""
     o = _OPT_OUTS.c
-    after: tuple[str, str] = ("", "")
-    while True:
-        async with sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    sa.select(o.mobile_index, o.signature, o.mobile_enc)
-                    .where(
-                        o.mobile_enc.is_not(None),
-                        _index_kid(o.mobile_index) != vault.kid,
-                        sa.tuple_(o.mobile_index, o.signature) > sa.tuple_(*after),
-                    )
-                    .order_by(o.mobile_index, o.signature)
-                    .limit(batch)
-                )
-            ).all()
-            if not rows:
-                return
-            moved = 0
-            for row in rows:
-                try:
-                    e164 = vault.decrypt(row.mobile_enc, context=MOBILE_CONTEXT)
-                except ValueError:
-                    report.add(report.unreadable, OPT_OUTS, 1)
-                    continue
-                new_index = vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE)
-                moved += await _move_opt_outs(
-                    session, row.mobile_index, new_index, vault, e164, row.signature
-                )
-            after = (rows[-1].mobile_index, rows[-1].signature)
-        report.add(report.moved, OPT_OUTS, moved)
-        if progress is not None:
-            progress(OPT_OUTS, moved)
+
+    async def page(session: AsyncSession, after: tuple[str, str]) -> Sequence[Any]:
+        query = (
+            sa.select(o.mobile_index, o.signature, o.mobile_enc)
+            .where(
+                o.mobile_enc.is_not(None),
+                _index_kid(o.mobile_index) != vault.kid,
+                sa.tuple_(o.mobile_index, o.signature) > sa.tuple_(*after),
+            )
+            .order_by(o.mobile_index, o.signature)
+            .limit(batch)
+        )
+        return (await session.execute(query)).all()
+
+    async def move(session: AsyncSession, rows: Sequence[Any]) -> dict[str, int]:
+        numbers: dict[str, str] = {}
+        for row in rows:
+            try:
+                numbers[row.mobile_index] = vault.decrypt(row.mobile_enc, context=MOBILE_CONTEXT)
+            except ValueError:
+                report.add(report.unreadable, OPT_OUTS, 1)
+        renamed = {
+            old: vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE) for old, e164 in numbers.items()
+        }
+        return {OPT_OUTS: await _move_opt_outs(session, vault, renamed, numbers)}
+
+    await _in_batches(
+        sessions,
+        OPT_OUTS,
+        page,
+        move,
+        lambda row: (row.mobile_index, row.signature),
+        ("", ""),
+        report,
+        progress,
+    )
 
 
 async def _move_opt_outs(
-    session: AsyncSession,
-    old_index: str,
-    new_index: str,
-    vault: Vault,
-    e164: str,
-    signature: str | None = None,
+    session: AsyncSession, vault: Vault, renamed: dict[str, str], numbers: dict[str, str]
 ) -> int:
-    """Re-key the opt-outs of one number (of one ``signature``, or all); an opt-out already recorded under the new
-    index is kept as it is. They keep the number encrypted under the current key from then on."""
+    """Re-key every opt-out of the numbers in ``renamed`` (old index → new index), in three statements; an opt-out
+    already recorded under the new index is kept as it is. They keep the number encrypted under the current key
+    from then on."""
+    if not renamed:
+        return 0
     o = _OPT_OUTS.c
-    query = sa.select(o.signature).where(o.mobile_index == old_index)
-    if signature is not None:
-        query = query.where(o.signature == signature)
-    signatures = (await session.execute(query)).scalars().all()
-    for each in signatures:
-        exists = (
-            await session.execute(
-                sa.select(o.signature).where(o.mobile_index == new_index, o.signature == each)
-            )
-        ).first()
-        same = sa.and_(o.mobile_index == old_index, o.signature == each)
-        if exists is None:
-            await session.execute(
-                sa.update(_OPT_OUTS)
-                .where(same)
-                .values(mobile_index=new_index, mobile_enc=vault.encrypt(e164, context=MOBILE_CONTEXT))
-            )
+    found = (
+        await session.execute(sa.select(o.mobile_index, o.signature).where(o.mobile_index.in_(list(renamed))))
+    ).all()
+    if not found:
+        return 0
+    present = {
+        (index, signature)
+        for index, signature in await session.execute(
+            sa.select(o.mobile_index, o.signature).where(o.mobile_index.in_(list(renamed.values())))
+        )
+    }
+    keep, drop = [], []
+    for old, signature in found:
+        target = {"old": old, "sig": signature}
+        if (renamed[old], signature) in present:
+            drop.append(target)
         else:
-            await session.execute(sa.delete(_OPT_OUTS).where(same))
-    return len(signatures)
+            keep.append(
+                {**target, "new": renamed[old], "enc": vault.encrypt(numbers[old], context=MOBILE_CONTEXT)}
+            )
+    same = sa.and_(o.mobile_index == sa.bindparam("old"), o.signature == sa.bindparam("sig"))
+    if keep:
+        await session.execute(
+            sa.update(_OPT_OUTS)
+            .where(same)
+            .values(mobile_index=sa.bindparam("new"), mobile_enc=sa.bindparam("enc")),
+            keep,
+        )
+    if drop:
+        await session.execute(sa.delete(_OPT_OUTS).where(same), drop)
+    return len(found)

@@ -5,7 +5,7 @@ Operators write plain URLs (``sqlite:///path``, ``postgresql://…``); the async
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,16 +35,22 @@ def async_url(url: str) -> sa.URL:
     )
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-    # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of one failing with
-    # "database is locked" when it upgrades a read transaction to a write.
-    dbapi_connection.isolation_level = None
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    """The connect listener of a SQLite engine. ``busy_timeout_ms``: how long SQLite itself waits for a lock
+    (0 for inline connections, which wait in asyncio instead: :mod:`tongcrm.db.inline_sqlite`)."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+        # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of one failing with
+        # "database is locked" when it upgrades a read transaction to a write.
+        dbapi_connection.isolation_level = None
+
+    return on_connect
 
 
 def _sqlite_on_begin(conn: Any) -> None:
@@ -54,20 +60,17 @@ def _sqlite_on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _sqlite_inline_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """After :func:`_sqlite_on_connect`: an inline connection waits for locks in asyncio, not inside SQLite."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=0")
-    cursor.close()
+def _sqlite_events(engine: AsyncEngine, *, busy_timeout_ms: int) -> AsyncEngine:
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+    event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+    return engine
 
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
     aurl = async_url(url)
     if aurl.get_backend_name() == "sqlite":
         engine = create_async_engine(aurl, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-        return engine
+        return _sqlite_events(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
     return create_async_engine(
         aurl, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
     )
@@ -83,10 +86,7 @@ def create_inline_writer(url: str) -> AsyncEngine | None:
     from tongcrm.db.inline_sqlite import connector
 
     engine = create_async_engine(aurl, async_creator=connector(database), pool_size=2, max_overflow=4)
-    event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-    event.listen(engine.sync_engine, "connect", _sqlite_inline_on_connect)
-    event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-    return engine
+    return _sqlite_events(engine, busy_timeout_ms=0)
 
 
 def session_factory(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[AsyncSession]:

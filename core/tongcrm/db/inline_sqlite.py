@@ -83,9 +83,7 @@ class InlineConnection:
         self._conn.create_function(*args, **kw)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection = None
-            self._conn.close()
+        self.stop()
 
     def stop(self) -> None:
         if self._connection is not None:

@@ -701,25 +701,30 @@ _SUMMARY_COLUMNS = (
     .scalar_subquery()
     .label("tags"),
 )
+
+
+def _by_identity(*columns: Any) -> sa.Select[Any]:
+    """``columns`` of the members whose identities of kind ``:kind`` are looked for."""
+    return (
+        sa.select(*columns)
+        .select_from(_MEMBERS)
+        .join(_IDENTITIES, _IDENTITIES.c.member_id == _MEMBERS.c.id)
+        .where(_IDENTITIES.c.kind == sa.bindparam("kind"))
+    )
+
+
 #: The member a (kind, any of values) identity names; lookups arriving together may share one statement.
 _LOOKUP = KeyedQuery(
     one=PointQuery(
-        sa.select(*_SUMMARY_COLUMNS)
-        .join(_IDENTITIES, _IDENTITIES.c.member_id == _MEMBERS.c.id)
-        .where(
-            _IDENTITIES.c.kind == sa.bindparam("kind"),
-            _IDENTITIES.c.value.in_(sa.bindparam("values", expanding=True)),
-        )
+        _by_identity(*_SUMMARY_COLUMNS)
+        .where(_IDENTITIES.c.value.in_(sa.bindparam("values", expanding=True)))
         .limit(1),
         lists=("values",),
     ),
     many=PointQuery(
-        sa.select(_IDENTITIES.c.value.label("found_by"), *_SUMMARY_COLUMNS)
-        .join(_IDENTITIES, _IDENTITIES.c.member_id == _MEMBERS.c.id)
-        .where(
-            _IDENTITIES.c.kind == sa.bindparam("kind"),
-            # one array parameter: one prepared statement for any number of callers (PostgreSQL only)
-            _IDENTITIES.c.value == sa.any_(sa.bindparam("values", type_=sa.ARRAY(sa.String))),
+        # one array parameter: one prepared statement for any number of callers (PostgreSQL only)
+        _by_identity(_IDENTITIES.c.value.label("found_by"), *_SUMMARY_COLUMNS).where(
+            _IDENTITIES.c.value == sa.any_(sa.bindparam("values", type_=sa.ARRAY(sa.String)))
         )
     ),
     keys="values",
