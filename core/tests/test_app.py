@@ -130,6 +130,18 @@ async def test_unknown_route_is_a_404_problem(make_client: Any) -> None:
         response = await api.get("/api/does-not-exist")
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
+    # routing happens inside the request-id layer: a path no route matches is traced like any other
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_request_ids_are_unique_and_an_unsafe_incoming_one_is_replaced(make_client: Any) -> None:
+    async with make_client() as api:
+        ids = [(await api.get("/health")).headers["x-request-id"] for _ in range(3)]
+        unsafe = await api.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert len(set(ids)) == 3 and all(len(i) == 32 for i in ids)
+    assert (
+        unsafe.headers["x-request-id"] != "bad id\twith spaces" and len(unsafe.headers["x-request-id"]) == 32
+    )
 
 
 async def test_plugin_routes_are_mounted_and_may_declare_public_paths(make_client: Any) -> None:

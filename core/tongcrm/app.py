@@ -17,7 +17,7 @@ from litestar.types import ControllerRouterHandler
 
 import tongcrm
 from tongcrm.api.deps import dependencies
-from tongcrm.api.middleware import request_id_middleware
+from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.problems import exception_handlers
 from tongcrm.api.security import authorize, check_route_access
 from tongcrm.api.system import PluginController, health
@@ -127,7 +127,6 @@ def create_app(
         route_handlers=handlers,
         dependencies=dependencies,
         exception_handlers=exception_handlers,
-        middleware=[request_id_middleware],
         before_request=authorize,
         lifespan=[lifespan],
         state=State(state),
@@ -148,7 +147,7 @@ def create_app(
         debug=False,
     )
     check_route_access(app.routes, public)
-    return app
+    return with_request_ids(app)
 
 
 def settle_heap() -> None:

@@ -155,6 +155,15 @@ async def test_lookup_by_mobile_and_identity(make_client: Any, tongcrm_db: Any, 
         by_mobile = await api.get("/api/members/lookup", params={"mobile": "+86 139 0013 9000"})
         assert by_mobile.status_code == 200 and by_mobile.json()["id"] == out.member_id
         assert by_mobile.json()["mobile"] == "139****9000"
+        # the lookup encodes its answer itself: the same JSON litestar gives elsewhere, its version as ETag
+        assert by_mobile.headers["content-type"] == "application/json"
+        assert by_mobile.headers["etag"] == f'"v{by_mobile.json()["version"]}"'
+        listed = (await api.get("/api/members", params={"mobile": "13900139000"})).json()["items"]
+        assert listed == [by_mobile.json()]
+        documented = (await api.get("/schema/openapi.json")).json()["paths"]["/api/members/lookup"]["get"]
+        assert documented["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/MemberOut"
+        }
         by_id = await api.get("/api/members/lookup", params={"identity": "shop.uid:U-1"})
         assert by_id.json()["id"] == out.member_id
         by_mobile_identity = await api.get("/api/members/lookup", params={"identity": "mobile:13900139000"})

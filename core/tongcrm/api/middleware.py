@@ -1,13 +1,16 @@
-"""Request ids and access logging, as plain ASGI middleware (cheap: it runs on every call)."""
+"""Request ids and access logging: one plain ASGI layer around the whole app (see :func:`with_request_ids`)."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import re
 import time
 from typing import Any
 
 import structlog
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,38 +20,56 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Give every HTTP request an id (the caller's ``X-Request-ID`` when it is safe to echo), bind it for logs,
+    audit records and problem responses, return it in ``X-Request-ID``, and log the request at INFO."""
     # Bound once, when the app is built (after logging is configured): a module-level lazy logger binds
     # itself anew on every call, which this per-request line cannot afford.
     log = get_logger("tongcrm.access").bind()
+    logging_requests = log.is_enabled_for(logging.INFO)
+    # Unique without a system call per request: a random prefix for this process (each worker builds its own
+    # app) and a counter.
+    prefix = os.urandom(8).hex()
+    numbers = itertools.count(1)
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
-        request_id = incoming if incoming and _SAFE_ID.match(incoming) else os.urandom(16).hex()
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else f"{prefix}{next(numbers):016x}"
+        header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()
         status: dict[str, Any] = {}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "request",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                status=status.get("code"),
-                ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            if logging_requests:
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status.get("code"),
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
             structlog.contextvars.reset_contextvars(**tokens)
 
     return middleware
+
+
+def with_request_ids(app: Litestar) -> Litestar:
+    """Put :func:`request_id_middleware` around everything ``app`` does for a request, routing included.
+
+    As a litestar middleware it would run only for requests that matched a route (an unknown path got a 404
+    with no id and no access line) and it would make litestar wrap every route in a second exception
+    handler. Around the app's ASGI handler (where litestar itself puts CORS) it sees every request, once.
+    """
+    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    return app
