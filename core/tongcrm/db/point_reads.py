@@ -10,8 +10,9 @@ same SQLAlchemy type processors an ORM read would apply, so the values are ident
 - SQLite file: one :mod:`sqlite3` connection used inline on the event loop's thread, ``query_only`` and with
   a short busy timeout. A point read in WAL mode takes microseconds and never waits for writers; one that
   cannot read at once (only during WAL recovery) fails fast rather than stalling the loop.
-- PostgreSQL: a small asyncpg pool in autocommit, so a read is one round trip (asyncpg prepares and caches the
-  statement per connection, and the pool's sessions use generic plans: see :class:`AsyncpgReader`). Reads of a
+- PostgreSQL: a few asyncpg connections in autocommit (:mod:`tongcrm.db.pg_connections`), so a read is one
+  round trip (asyncpg prepares and caches the statement per connection, and the sessions use generic plans:
+  see :class:`AsyncpgReader`). Reads of a
   :class:`KeyedQuery` that start in the same turn of the event loop share one statement.
 - anything else (an in-memory SQLite database): a connection of the ordinary engine.
 
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tongcrm.db.engine import async_url
+from tongcrm.db.pg_connections import ConnectionKeeper
 
 #: A SQLite point read that cannot start within this time fails instead of holding the event loop.
 INLINE_BUSY_TIMEOUT_S = 0.5
@@ -192,7 +194,7 @@ class _Batch:
 class AsyncpgReader(PointReader):
     """Point reads on PostgreSQL.
 
-    The pool's sessions run with ``plan_cache_mode = force_generic_plan``: every point read is a lookup by a
+    Its sessions run with ``plan_cache_mode = force_generic_plan``: every point read is a lookup by a
     unique index, which a generic plan does as well as a custom one, and PostgreSQL would otherwise plan a
     statement with an array parameter afresh on every execution (it judges a generic plan for an array of
     unknown length too costly), which took more of the server's time than the read itself.
@@ -205,11 +207,13 @@ class AsyncpgReader(PointReader):
     MAX_BATCH = 8
 
     def __init__(self, dsn: str, dialect: Dialect, *, max_size: int = 10) -> None:
-        self._dsn = dsn
         self._dialect = dialect
-        self._max_size = max_size
-        self._pool: Any = None
-        self._lock = asyncio.Lock()
+        self._connections = ConnectionKeeper(
+            dsn,
+            max_size=max_size,
+            init=_json_codecs,
+            server_settings={"plan_cache_mode": "force_generic_plan"},
+        )
         #: batches still taking callers, by (query, group)
         self._open: dict[tuple[int, tuple[tuple[str, Any], ...]], _Batch] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -217,25 +221,9 @@ class AsyncpgReader(PointReader):
         self.shared_statements = 0
         self.shared_callers = 0
 
-    async def _acquire_pool(self) -> Any:
-        async with self._lock:
-            if self._pool is None:
-                import asyncpg  # type: ignore[import-untyped]
-
-                self._pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=1,
-                    max_size=self._max_size,
-                    init=_json_codecs,
-                    reset=_keep_session,
-                    server_settings={"plan_cache_mode": "force_generic_plan"},
-                )
-        return self._pool
-
     async def first(self, query: PointQuery, params: Mapping[str, Any]) -> Any | None:
         plan = query.plan(self._dialect, params)
-        pool = self._pool or await self._acquire_pool()
-        async with pool.acquire() as conn:
+        async with self._connections.connection() as conn:
             raw = await conn.fetchrow(plan.sql, *plan.parameters(params))
         return None if raw is None else plan.build(tuple(raw))
 
@@ -274,8 +262,7 @@ class AsyncpgReader(PointReader):
             else:
                 wanted = list(dict.fromkeys(key for keys, _ in waiters for key in keys))
                 plan = query.many.plan(self._dialect, {**batch.group, query.keys: wanted})
-                pool = self._pool or await self._acquire_pool()
-                async with pool.acquire() as conn:
+                async with self._connections.connection() as conn:
                     raws = await conn.fetch(plan.sql, *plan.parameters({**batch.group, query.keys: wanted}))
                 by_key = {row[0]: query.one.row(*row[1:]) for row in (plan.build(tuple(r)) for r in raws)}
                 found = [next((by_key[k] for k in keys if k in by_key), None) for keys, _ in waiters]
@@ -295,20 +282,13 @@ class AsyncpgReader(PointReader):
                 future.set_result(row)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._connections.close()
 
 
 async def _json_codecs(conn: Any) -> None:
     """JSON columns decoded as SQLAlchemy's asyncpg dialect decodes them (its JSON type then passes them on)."""
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def _keep_session(conn: Any) -> None:
-    """Nothing to reset: point reads only run SELECTs in autocommit and never change the session. (asyncpg's
-    default runs ``RESET ALL`` and three more statements on every release, a second round trip per read.)"""
 
 
 class EngineReader(PointReader):
