@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
@@ -164,13 +163,14 @@ class MemberController(Controller):
     async def lookup(
         self,
         request: Request[Any, Any, Any],
-        state: State,
         mobile: FromQuery[str | None] = None,
         identity: Annotated[str | None, QueryParameter(description="kind:value")] = None,
         reveal: FromQuery[str | None] = None,
     ) -> EncodedJSON:
-        # The app's services come from ``state`` rather than named dependencies: litestar resolves two or
-        # more dependencies in a task group, which cost a lookup more than its database read.
+        # The app's services come from its state rather than named dependencies: litestar resolves two or
+        # more dependencies in a task group, which cost a lookup more than its database read. (A ``state``
+        # parameter would be a copy of that state made for every request.)
+        state = request.app.state
         principal = principal_of(request)
         revealing = _reveal(reveal, principal)
         out = await service.lookup_summary(
