@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -18,7 +19,7 @@ async def _init(conn: Any) -> None:
 
 
 @pytest.fixture
-async def keeper(tongcrm_db: TestDatabase) -> Any:
+async def keeper(tongcrm_db: TestDatabase) -> AsyncIterator[ConnectionKeeper]:
     if tongcrm_db.backend != "postgresql":
         pytest.skip("connections kept across a socket: PostgreSQL only")
     inits.clear()
@@ -76,8 +77,7 @@ async def test_an_idle_connection_the_server_ended_is_replaced_unseen(
         assert await killer.fetchval("SELECT pg_terminate_backend($1)", first)
     finally:
         await killer.close()
-    for _ in range(100):  # the socket's end reaches the idle connection
-        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # for the socket's end to reach the idle connection (loopback: milliseconds)
     second = await _pid(keeper)  # no caller sees the dead one
     assert second != first and keeper.size == 1
 

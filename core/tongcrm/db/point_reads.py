@@ -12,8 +12,8 @@ same SQLAlchemy type processors an ORM read would apply, so the values are ident
   cannot read at once (only during WAL recovery) fails fast rather than stalling the loop.
 - PostgreSQL: a few asyncpg connections in autocommit (:mod:`tongcrm.db.pg_connections`), so a read is one
   round trip (asyncpg prepares and caches the statement per connection, and the sessions use generic plans:
-  see :class:`AsyncpgReader`). Reads of a
-  :class:`KeyedQuery` that start in the same turn of the event loop share one statement.
+  see :class:`AsyncpgReader`). Reads of a :class:`KeyedQuery` that start in the same turn of the event loop
+  share one statement.
 - anything else (an in-memory SQLite database): a connection of the ordinary engine.
 
 Each read is its own snapshot: never use a reader for reads that must see several tables at one moment, and
