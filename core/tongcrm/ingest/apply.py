@@ -32,6 +32,8 @@ from tongcrm.orders.shipments import encode as encode_shipments
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import NormalisedOrder, OrderStatus, QuarantinedRecord
 from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_orders
+from tongcrm.privacy.redact import redact
+from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
 from tongcrm.tiers.service import TierContext
 from tongcrm.tiers.service import reevaluate as reevaluate_tiers
 
@@ -82,16 +84,20 @@ def fingerprint(external_id: str | None, payload: str) -> str:
     return hashlib.sha256(f"{external_id}\x00{payload}".encode()).hexdigest()
 
 
-async def quarantine(session: AsyncSession, account_id: int, records: Sequence[QuarantinedRecord]) -> int:
-    """Keep records that could not be applied; a replayed page does not add them twice."""
+async def quarantine(
+    session: AsyncSession, vault: Vault, account_id: int, records: Sequence[QuarantinedRecord]
+) -> int:
+    """Keep records that could not be applied; a replayed page does not add them twice. The record is the
+    platform's, buyer's number and address included: it is kept sealed (:mod:`tongcrm.privacy.sealed`), and
+    the reason a plugin gave is scrubbed of any number it quoted."""
     if not records:
         return 0
     rows = [
         {
             "account_id": account_id,
             "external_id": r.external_id,
-            "reason": r.reason,
-            "payload": r.payload,
+            "reason": redact(r.reason),
+            "payload": seal(vault, r.payload, context=QUARANTINE_PAYLOAD),
             "fingerprint": fingerprint(r.external_id, r.payload),
         }
         for r in records
@@ -151,7 +157,7 @@ async def apply_orders_page(
 ) -> PageResult:
     result = PageResult()
     await plan_for_growing_tables(session)
-    result.quarantined += await quarantine(session, account_id, quarantined)
+    result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
     incoming = _latest(orders)
     if not incoming:
         return result
@@ -200,7 +206,7 @@ async def apply_orders_page(
         member_of[order.external_id] = outcome.member_id
         result.members_created += int(outcome.created)
     if bad:
-        result.quarantined += await quarantine(session, account_id, bad)
+        result.quarantined += await quarantine(session, ctx.vault, account_id, bad)
         todo = [o for o in todo if o.external_id in member_of]
         if not todo:
             return result

@@ -104,6 +104,13 @@ def _text(entry: Mapping[str, Any], name: str, *, required: bool = True) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{name} is not text")
     text = str(value).strip()
+    # no database keeps these: the entry is refused on its own, the rest of the push still applies
+    if "\x00" in text:
+        raise ValueError(f"{name} contains a NUL character (U+0000)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate)") from None
     if required and not text:
         raise ValueError(f"empty {name}")
     return text
