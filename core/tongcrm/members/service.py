@@ -376,6 +376,8 @@ async def _live_member(session: AsyncSession, member_id: int, *, lock: bool = Fa
     member = (await session.execute(stmt)).scalar_one_or_none()
     if member is None:
         raise NotFound(f"no member {member_id}")
+    if member.status == "erased":
+        raise Conflict(f"member {member_id} was erased: nothing about them can change any more")
     if member.status != "active":
         raise Conflict(
             f"member {member_id} was merged into member {member.merged_into_id}; change that member instead",
