@@ -320,7 +320,9 @@ async def erase_member(session: AsyncSession, member_id: int, actor: Actor, *, r
     with ``reason`` (the request it answers). Erasing an erased member again changes nothing and says so."""
     member = await _member_for(session, member_id)
     mid = member.id
-    if member.status == ERASED:
+    # one erasure (or profile change) of the member at a time: the status read here is the one changed below
+    locked = sa.select(Member.status).where(Member.id == mid).with_for_update()
+    if (await session.execute(locked)).scalar_one() == ERASED:
         return ErasureReport(mid, 0, 0, 0, 0, 0, 0, 0, 0, 0, already_erased=True)
     ids = [mid, *await _tombstones(session, mid)]
     now = utcnow()
