@@ -25,7 +25,7 @@ from tongcrm.messaging import service as messaging
 from tongcrm.messaging.models import InboundRecord, Message, MessageTemplate, MessengerAccount
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
-from tongcrm.plugin.types import InboundReply
+from tongcrm.plugin.types import InboundReply, OrderStatus
 from tongcrm.points.ledger import verify
 from tongcrm.points.models import PointsBalance, PointsEntry
 from tongcrm.testing.memory import make_order
@@ -275,3 +275,31 @@ def test_cli_exports_and_erases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         and after["profile"]["status"] == "erased"
     )
     assert "already erased" in invoke("member", "erase", str(member_id), "--reason", "asked", "--yes").output
+
+
+async def test_an_update_of_an_order_from_before_the_erasure_stays_with_the_anonymous_record(
+    make_client: Callable[..., Any], host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    """The platform sends an old order again (a refund): its buyer's claims are not resolved again, so no new
+    member is made from the erased buyer's old data, and the points stay exact."""
+    async with make_client(host=host, role="admin") as api:
+        member_id = await _seed(api, host, tongcrm_settings)
+        erased = await api.post(f"/api/members/{member_id}/erasure", json={"reason": "asked"})
+        assert erased.status_code == 200
+        vault = tongcrm_settings.vault()
+        async with api.db.sessions() as session, session.begin():
+            shop = await accounts.get_account(session, "shop")
+            ctx = IngestContext(host=host, vault=vault, clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai"))
+            refunded = make_order(
+                "T-1", "buyer-9", mobile=f"+86{MOBILE}", status=OrderStatus.COMPLETED, minutes=5,
+                refunded={"l1": 5_000},
+            )  # fmt: skip
+            page = await apply_orders_page(session, ctx, shop.id, "memory", [refunded])
+        assert page.applied == 1 and page.members_created == 0
+        lookup = await api.get("/api/members/lookup", params={"mobile": MOBILE})
+        assert lookup.status_code == 404
+    async with api.db.sessions() as session:
+        order = (await session.execute(sa.select(Order))).scalar_one()
+        assert (order.member_id, order.refunded_fen) == (member_id, 5_000)
+        assert (await session.execute(sa.select(sa.func.count()).select_from(Identity))).scalar_one() == 0
+        assert await verify(session) == []

@@ -27,6 +27,7 @@ from tongcrm.db.dialect import dialect_name, insert, insert_for, plan_for_growin
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
+from tongcrm.members.models import ERASED, Member
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.orders.shipments import encode as encode_shipments
 from tongcrm.plugin.host import PluginHost
@@ -165,19 +166,22 @@ async def apply_orders_page(
     # 1. what we hold for these orders
     stored_rows = (
         await session.execute(
-            sa.select(Order.external_id, Order.modified_at, Order.status).where(
-                Order.account_id == account_id, Order.external_id.in_([o.external_id for o in incoming])
-            )
+            sa.select(Order.external_id, Order.modified_at, Order.status, Order.member_id, Member.status)
+            .outerjoin(Member, Member.id == Order.member_id)
+            .where(Order.account_id == account_id, Order.external_id.in_([o.external_id for o in incoming]))
         )
     ).all()
-    stored = {row.external_id: (row.modified_at, row.status) for row in stored_rows}
+    stored = {row[0]: (row[1], row[2]) for row in stored_rows}
+    # an order of an erased member stays with that anonymous record: its buyer's claims are not resolved
+    # again (that would re-create the personal data the erasure removed, from an old order)
+    erased_owner = {row[0]: row[3] for row in stored_rows if row[4] == ERASED}
     todo = [o for o in incoming if o.external_id not in stored or o.modified_at > stored[o.external_id][0]]
     result.unchanged = len(incoming) - len(todo)
     if not todo:
         return result
 
     # 2. who bought them: one resolution for the page
-    with_claims = [o for o in todo if o.claims]
+    with_claims = [o for o in todo if o.claims and o.external_id not in erased_owner]
     outcomes = await resolve_many(
         session,
         ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor, tz=ctx.tz),
@@ -192,7 +196,7 @@ async def apply_orders_page(
             for o in with_claims
         ],
     )
-    member_of: dict[str, int | None] = {o.external_id: None for o in todo}
+    member_of: dict[str, int | None] = {o.external_id: erased_owner.get(o.external_id) for o in todo}
     bad: list[QuarantinedRecord] = []
     for order, outcome in zip(with_claims, outcomes, strict=True):
         if outcome.error is not None:

@@ -18,6 +18,7 @@ from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.crypto import Vault
 from tongcrm.errors import Unprocessable
+from tongcrm.members.models import ERASED
 from tongcrm.privacy import service
 
 
@@ -80,4 +81,4 @@ class PrivacyController(Controller):
             raise Unprocessable("an erasure needs a reason (the request it answers), for the audit log")
         async with sessions() as session, session.begin():
             report = await service.erase_member(session, member_id, Actor.of(principal), reason=reason)
-        return ErasureOut(report.member_id, service.ERASED, report.already_erased, report.counts())
+        return ErasureOut(report.member_id, ERASED, report.already_erased, report.counts())

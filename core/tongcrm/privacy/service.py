@@ -23,8 +23,10 @@ Tombstones merged into the member are the same person: they are erased with it.
 
 **A later order by the same buyer**: nothing links the buyer to the erased record any more, so identity
 resolution treats them as someone new and creates a new member (the erased one stays anonymous; its points
-are not carried over). An operator who is told it is the same person can merge the two only as far as the
-new member goes: erasure is final.
+are not carried over): erasure is final. An order from *before* the erasure that the platform sends again (a
+refund, a status change) stays with the anonymous record: ingest does not resolve its buyer's claims again
+(:func:`tongcrm.ingest.apply.apply_orders_page`), so the erased data is not rebuilt from an old order, and
+its points are reversed on the record that earned them.
 
 Both operations are audited (``member.export``, ``member.erase``); who may call them (admins) is decided by
 the API and the CLI, not here.
@@ -50,7 +52,7 @@ from tongcrm.db.base import utcnow
 from tongcrm.errors import NotFound
 from tongcrm.identity.models import Identity, Merge
 from tongcrm.logging import get_logger
-from tongcrm.members.models import Member, MemberTag
+from tongcrm.members.models import ERASED, Member, MemberTag
 from tongcrm.members.phone import MOBILE_CONTEXT
 from tongcrm.members.service import resolve_live_id
 from tongcrm.messaging.models import InboundRecord, Message
@@ -61,8 +63,6 @@ from tongcrm.tiers.models import MemberTier
 
 log = get_logger(__name__)
 
-#: ``members.status`` of an erased member
-ERASED = "erased"
 #: how many hops of merges into a member are followed to find its tombstones (chains are short)
 _MAX_HOPS = 50
 
