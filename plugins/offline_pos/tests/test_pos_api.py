@@ -319,3 +319,31 @@ async def test_a_membership_card_finds_its_member_at_the_till_and_names_a_buyer(
     bad_card = await pos.post("/pos/v1/receipts", json=receipts.sale((5_000,), member={"card": "x"}))
     assert bad_card.status_code == 422 and bad_card.json()["reason"] == "invalid_receipt"
     assert "member.card" in bad_card.json()["detail"]
+
+
+async def test_a_key_of_another_role_is_refused_for_its_role_not_rate_limited(
+    make_client: Callable[..., AbstractAsyncContextManager[ApiClient]],
+    tongcrm_settings: Settings,
+    clock: FakeClock,
+) -> None:
+    """The role check comes before the till's rate limit: an admin key is no till, and is told so however
+    often it asks (it is not counted against a bucket meant for tills)."""
+    host = make_host(PosConfig(clock=clock, rate_per_second=0.5, burst=2))
+    async with make_client(host=host, role="admin") as api:
+        await add_store(api, host, tongcrm_settings, "S1", ("T01",))
+        statuses = [
+            (await api.post("/pos/v1/members/lookup", json={"till": "T01", "mobile": MOBILE})).status_code
+            for _ in range(5)
+        ]
+        assert statuses == [403] * 5
+        till = await api.create_key("pos", store_code="S1")
+        as_till = {"Authorization": f"Bearer {till}"}
+        tills = [
+            (
+                await api.post(
+                    "/pos/v1/members/lookup", json={"till": "T01", "mobile": MOBILE}, headers=as_till
+                )
+            ).status_code
+            for _ in range(3)
+        ]
+        assert tills == [404, 404, 429]
