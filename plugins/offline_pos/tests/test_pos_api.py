@@ -13,7 +13,6 @@ from tongcrm.members.models import Member
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.plugin import ApiClient
-from tongcrm_offline_pos import codes
 from tongcrm_offline_pos.api import PosConfig
 from tongcrm_offline_pos.models import PosReceipt
 
@@ -174,9 +173,15 @@ async def test_member_code_is_single_use_and_expires(
     assert first.status_code == 200 and first.json()["member_id"] == member["member_id"]
     second = await pos.post("/pos/v1/members/lookup", json={"till": "T02", "code": code})
     assert second.status_code == 409
-    stale = codes.issue(tongcrm_settings.vault(), member["member_id"], clock())
+    stale = (
+        await pos.post(
+            "/pos/v1/member-codes",
+            json={"member_id": member["member_id"]},
+            headers={"Authorization": f"Bearer {admin_key}"},
+        )
+    ).json()["code"]
     clock.advance(61)
-    expired = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "code": stale.code})
+    expired = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "code": stale})
     assert expired.status_code == 404
     forged = code[:-1] + str((int(code[-1]) + 1) % 10)
     assert (await pos.post("/pos/v1/members/lookup", json={"till": "T01", "code": forged})).status_code == 404

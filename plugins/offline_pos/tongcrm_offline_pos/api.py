@@ -130,7 +130,7 @@ def build_router(config: PosConfig) -> Router:
             store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
             await config.tills.require(uow, store, data.till)
             return await members.lookup(
-                uow, counter.vault, store, data.till, mobile=data.mobile, code=data.code, card=data.card
+                uow, store, data.till, mobile=data.mobile, code=data.code, card=data.card
             )
 
     @post(
@@ -262,11 +262,11 @@ def build_router(config: PosConfig) -> Router:
         request: Request[Any, Any, Any],
     ) -> CodeOut:
         principal = principal_of(request)
-        async with work(counter, principal, readonly=True) as uow:
+        async with work(counter, principal) as uow:
             live = await uow.live_member(data.member_id)
-        if live is None:
-            raise NotFound(f"no member {data.member_id}")
-        issued = codes.issue(counter.vault, live, config.clock())
+            if live is None:
+                raise NotFound(f"no member {data.member_id}")
+            issued = await codes.issue(uow.rows, live, uow.clock())
         return CodeOut(issued.code, issued.member_id, issued.expires_at)
 
     return Router("/pos/v1", route_handlers=[pos, issue_code], tags=["pos"])
