@@ -6,8 +6,8 @@ import re
 from typing import Any
 
 import pytest
-from litestar import get
-from tongcrm.api.security import check_route_access, is_public, requires
+from litestar import Litestar, get
+from tongcrm.api.security import authorize, check_route_access, is_public, requires
 from tongcrm.auth.service import Role
 from tongcrm.errors import ConfigError
 from tongcrm.plugin.host import PluginHost
@@ -89,23 +89,24 @@ def test_a_route_admits_tills_alone_or_not_at_all() -> None:
         requires(Role.ADMIN, Role.POS)
 
 
-def test_the_app_refuses_a_till_route_in_the_admin_api() -> None:
-    @get("/api/till-things", opt=requires(Role.POS))
+@pytest.mark.parametrize("path", ["/api/till-things", "/api", "/jd/till-things", "/posh/things", "/pos"])
+def test_the_app_refuses_a_till_route_outside_the_till_namespace(path: str) -> None:
     async def till_things() -> None:
         return None
 
-    from litestar import Litestar
-    from tongcrm.api.security import authorize
-
-    app = Litestar(route_handlers=[till_things], before_request=authorize)
-    with pytest.raises(ConfigError, match=r"GET /api/till-things .* admits till keys"):
+    app = Litestar(route_handlers=[get(path, opt=requires(Role.POS))(till_things)], before_request=authorize)
+    with pytest.raises(ConfigError, match=rf"GET {path} .* admits till keys \(pos\) outside /pos/"):
         check_route_access(app.routes)
-    check_route_access(
-        Litestar(
-            route_handlers=[get("/pos/v9/things", opt=requires(Role.POS))(till_things.fn)],
-            before_request=authorize,
-        ).routes
+
+
+def test_a_till_route_under_pos_is_accepted() -> None:
+    async def till_things() -> None:
+        return None
+
+    app = Litestar(
+        route_handlers=[get("/pos/v9/things", opt=requires(Role.POS))(till_things)], before_request=authorize
     )
+    check_route_access(app.routes)
 
 
 PREVIEW_ORDER = {

@@ -5,7 +5,8 @@ declares public (it then authenticates the caller itself, e.g. by a platform sig
 
 Till keys (role ``pos``) are kept to the till API of their channel, structurally rather than route by route: a
 route either admits tills alone or no tills at all (:func:`requires` refuses a mix), and the app refuses to
-start with a till route in the core's own ``/api`` namespace (:func:`check_route_access`). A till key is scoped
+start with a till route outside ``/pos/`` (:func:`check_route_access`), the namespace of till APIs (a channel
+mounts its own there, e.g. ``/pos/v1``), so the admin API under ``/api`` never admits one. A till key is scoped
 to one store, while the admin API is brand-wide (any member's statement, redemptions, unmasked lookups); a till
 that could reach it would be a key to every store.
 """
@@ -25,8 +26,8 @@ from tongcrm.auth.service import KeyVerifier, Principal, Role
 from tongcrm.errors import ConfigError
 
 PUBLIC_PATHS = ("/health", "/schema")
-#: The core's admin API: no route under it admits till keys.
-ADMIN_API_PREFIX = "/api"
+#: Where till APIs live: only routes under it may admit till keys (so none of the admin API under /api does).
+TILL_API_PREFIX = "/pos"
 
 READ_ROLES = (Role.ADMIN, Role.OPERATOR, Role.ANALYST)
 WRITE_ROLES = (Role.ADMIN, Role.OPERATOR)
@@ -115,8 +116,8 @@ def check_route_access(routes: Iterable[BaseRoute], extra_public: Iterable[str] 
     """Refuse to build an app with a route that is neither public nor protected by :func:`requires`.
 
     A plugin route that names no roles, or that replaces the app's ``before_request`` hook with its own,
-    would be open to anyone, and one under ``/api`` that admits till keys would give a store's till the
-    brand's admin API; failing at start names it instead. Handlers of OPTIONS alone (litestar answers
+    would be open to anyone, and one outside ``/pos/`` that admits till keys (say under ``/api``) would give a
+    store's till more than its till API; failing at start names it instead. Handlers of OPTIONS alone (litestar answers
     those itself with the allowed methods) need neither.
     """
     public = (*PUBLIC_PATHS, *extra_public)
@@ -144,9 +145,10 @@ def check_route_access(routes: Iterable[BaseRoute], extra_public: Iterable[str] 
             if h.resolve_before_request() is not authorize
         ]
         + [
-            f"{name(path, h)} admits till keys (pos) in the admin API: tills work through their channel's till API"
+            f"{name(path, h)} admits till keys (pos) outside {TILL_API_PREFIX}/: tills work through their "
+            f"channel's till API, mounted under {TILL_API_PREFIX}/"
             for path, h in handlers
-            if Role.POS in h.opt.get(ROLES_OPT, ()) and (path + "/").startswith(ADMIN_API_PREFIX + "/")
+            if Role.POS in h.opt.get(ROLES_OPT, ()) and not path.startswith(TILL_API_PREFIX + "/")
         ]
     )
     if problems:
