@@ -51,6 +51,10 @@ def _out(k: KeyInfo) -> KeyOut:
     return KeyOut(k.id, k.prefix, k.role, k.store_code, k.label, k.created_at, k.revoked_at)
 
 
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
 def _audited(k: KeyInfo) -> dict[str, object]:
     return {"prefix": k.prefix, "role": k.role, "store_code": k.store_code, "label": k.label}
 
@@ -105,6 +109,6 @@ class ApiKeyController(Controller):
                     "api_key",
                     key_id,
                     before={**_audited(revoked.key), "revoked_at": None},
-                    after={**_audited(revoked.key), "revoked_at": str(revoked.key.revoked_at)},
+                    after={**_audited(revoked.key), "revoked_at": _iso(revoked.key.revoked_at)},
                 )
         return _out(revoked.key)

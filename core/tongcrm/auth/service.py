@@ -99,6 +99,26 @@ async def create_key(
     return CreatedKey(row.id, key, role_, store_code)
 
 
+#: The one row of ``api_key_revocations``.
+_REVOCATIONS_ROW = 1
+_REVOCATIONS = ApiKeyRevocations.__table__
+#: The revocation counter; requests arriving together on PostgreSQL share one statement.
+_GENERATION = KeyedQuery(
+    one=PointQuery(
+        sa.select(_REVOCATIONS.c.generation).where(
+            _REVOCATIONS.c.id.in_(sa.bindparam("ids", expanding=True))
+        ),
+        lists=("ids",),
+    ),
+    many=PointQuery(
+        sa.select(_REVOCATIONS.c.id.label("found_by"), _REVOCATIONS.c.generation).where(
+            _REVOCATIONS.c.id == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.Integer)))
+        )
+    ),
+    keys="ids",
+)
+
+
 def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(row.id, row.prefix, row.role, row.store_code, row.label, row.created_at, row.revoked_at)
 
@@ -153,26 +173,6 @@ async def _revoke(session: AsyncSession, row: ApiKey) -> Revoked:
     )
     await session.flush()
     return Revoked(_info(row), changed=True)
-
-
-#: The one row of ``api_key_revocations``.
-_REVOCATIONS_ROW = 1
-_REVOCATIONS = ApiKeyRevocations.__table__
-#: The revocation counter; requests arriving together on PostgreSQL share one statement.
-_GENERATION = KeyedQuery(
-    one=PointQuery(
-        sa.select(_REVOCATIONS.c.generation).where(
-            _REVOCATIONS.c.id.in_(sa.bindparam("ids", expanding=True))
-        ),
-        lists=("ids",),
-    ),
-    many=PointQuery(
-        sa.select(_REVOCATIONS.c.id.label("found_by"), _REVOCATIONS.c.generation).where(
-            _REVOCATIONS.c.id == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.Integer)))
-        )
-    ),
-    keys="ids",
-)
 
 
 class KeyVerifier:
