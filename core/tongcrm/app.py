@@ -22,6 +22,7 @@ from tongcrm.api.problems import exception_handlers
 from tongcrm.api.security import authorize, check_route_access
 from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
+from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
@@ -47,6 +48,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     MemberController,
     MergeController,
     AuditController,
+    ApiKeyController,
     ChannelAccountController,
     QuarantineController,
     MemberPointsController,
@@ -112,7 +114,7 @@ def create_app(
         "sessions": sessions,
         "read_sessions": read_sessions,
         "point_reader": point_reader,
-        "key_verifier": KeyVerifier(read_sessions),
+        "key_verifier": KeyVerifier(read_sessions, point_reader),
         "membership": MembershipService(sessions, host, settings),
         "vault": vault,
         "counter": CounterService(

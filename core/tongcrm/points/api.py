@@ -94,7 +94,7 @@ class MemberPointsController(Controller):
 
     @get(
         "/",
-        opt=requires(*READ_ROLES, Role.POS),
+        opt=requires(*READ_ROLES),
         summary="Balance and explained ledger entries, newest first",
     )
     async def get_statement(
@@ -108,7 +108,7 @@ class MemberPointsController(Controller):
         async with read_sessions() as session:
             return await service.statement(session, member_id, tz=settings.tz, limit=limit, offset=offset)
 
-    @post("/redemptions", opt=requires(*WRITE_ROLES, Role.POS), summary="Spend points (FIFO by expiry)")
+    @post("/redemptions", opt=requires(*WRITE_ROLES), summary="Spend points (FIFO by expiry)")
     async def redeem(
         self,
         member_id: FromPath[int],
@@ -227,6 +227,7 @@ class PointsRulesController(Controller):
 
     @post(
         "/preview",
+        # a preview writes nothing, so whoever may read may preview (as with tier ladders)
         opt=requires(*READ_ROLES),
         status_code=200,
         summary="Points an order would earn under the active, a stored or a draft rule set (writes nothing)",
