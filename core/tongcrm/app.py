@@ -38,6 +38,8 @@ from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.programme.api import ProgrammeSettingsController
+from tongcrm.programme.service import SettingsCache
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -56,6 +58,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     EntitlementController,
     MemberEntitlementsController,
     *MESSAGING_CONTROLLERS,
+    ProgrammeSettingsController,
 )
 
 
@@ -113,6 +116,7 @@ def create_app(
         "read_sessions": read_sessions,
         "point_reader": point_reader,
         "key_verifier": KeyVerifier(read_sessions),
+        "programme_settings": SettingsCache(read_sessions, settings),
         "membership": MembershipService(sessions, host, settings),
         "vault": vault,
         "counter": CounterService(
