@@ -36,6 +36,7 @@ from tongcrm.logging import configure_logging
 from tongcrm.members.api import MemberController, MergeController
 from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
+from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
 from tongcrm.programme.api import ProgrammeSettingsController
@@ -59,6 +60,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     MemberEntitlementsController,
     *MESSAGING_CONTROLLERS,
     ProgrammeSettingsController,
+    OrderController,
 )
 
 

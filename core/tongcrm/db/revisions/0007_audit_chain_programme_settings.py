@@ -1,4 +1,4 @@
-"""Audit records chained by hash; programme settings stored in the database, versioned
+"""Audit records chained by hash; programme settings stored in the database, versioned; the orders listing's index
 
 Revision ID: 0007
 Revises: 0004
@@ -39,6 +39,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("seq", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("prev_hash", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("hash", sa.String(length=64), nullable=True))
+    with op.batch_alter_table("orders", schema=None) as batch_op:
+        batch_op.create_index("ix_orders_placed_at_id", ["placed_at", "id"], unique=False)
     _chain_existing_records()
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.alter_column("seq", existing_type=sa.BigInteger(), nullable=False)
@@ -97,5 +99,7 @@ def downgrade() -> None:
         batch_op.drop_column("hash")
         batch_op.drop_column("prev_hash")
         batch_op.drop_column("seq")
+    with op.batch_alter_table("orders", schema=None) as batch_op:
+        batch_op.drop_index("ix_orders_placed_at_id")
     op.drop_table("programme_settings")
     op.drop_table("audit_chain_head")
