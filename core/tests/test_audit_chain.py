@@ -90,7 +90,7 @@ async def test_concurrent_appends_never_share_a_predecessor(tongcrm_db: TestData
         async with tongcrm_db.sessions() as session, session.begin():
             audit.record(session, audit.SYSTEM, "test.write", "thing", n)
             await session.flush()
-            await asyncio.sleep(0.01)  # hold the head a moment while the others queue on it
+            await asyncio.sleep(0.01)  # let the units of work interleave
             audit.record(session, audit.SYSTEM, "test.write", "thing", n)
 
     await asyncio.gather(*(writer(n) for n in range(12)))
@@ -99,6 +99,57 @@ async def test_concurrent_appends_never_share_a_predecessor(tongcrm_db: TestData
     assert len({r.prev_hash for r in rows}) == 24
     report = await _verify(tongcrm_db)
     assert report.ok, report.findings
+
+
+async def test_a_record_made_in_a_rolled_back_savepoint_is_dropped(tongcrm_db: TestDatabase) -> None:
+    async with tongcrm_db.sessions() as session, session.begin():
+        audit.record(session, audit.SYSTEM, "outer.before", "thing", 1)
+        try:
+            async with session.begin_nested():
+                audit.record(session, audit.SYSTEM, "inner.undone", "thing", 2)
+                async with session.begin_nested():
+                    audit.record(session, audit.SYSTEM, "inner.released.then.undone", "thing", 3)
+                raise RuntimeError("undo the savepoint")
+        except RuntimeError:
+            pass
+        async with session.begin_nested():
+            audit.record(session, audit.SYSTEM, "inner.kept", "thing", 4)
+        audit.record(session, audit.SYSTEM, "outer.after", "thing", 5)
+    assert [(r.seq, r.action) for r in await _rows(tongcrm_db)] == [
+        (1, "outer.before"),
+        (2, "inner.kept"),
+        (3, "outer.after"),
+    ]
+    assert (await _verify(tongcrm_db)).ok
+
+
+async def test_a_long_unit_of_work_does_not_hold_up_other_audited_changes(tongcrm_db: TestDatabase) -> None:
+    if tongcrm_db.backend == "sqlite":
+        pytest.skip(
+            "SQLite serialises whole write transactions (BEGIN IMMEDIATE); the head lock is PostgreSQL's"
+        )
+    other_done = asyncio.Event()
+
+    async def long_unit() -> None:
+        async with tongcrm_db.sessions() as session, session.begin():
+            audit.record(session, audit.SYSTEM, "long.first", "thing", 1)
+            await session.flush()
+            # still working: another audited change commits meanwhile instead of queueing behind this one
+            await asyncio.wait_for(other_done.wait(), timeout=10)
+            audit.record(session, audit.SYSTEM, "long.second", "thing", 1)
+
+    async def short_unit() -> None:
+        await asyncio.sleep(0.05)
+        await _append(tongcrm_db, 2)
+        other_done.set()
+
+    await asyncio.gather(long_unit(), short_unit())
+    assert [(r.seq, r.action) for r in await _rows(tongcrm_db)] == [
+        (1, "member.update"),
+        (2, "long.first"),
+        (3, "long.second"),
+    ]
+    assert (await _verify(tongcrm_db)).ok
 
 
 async def test_an_edited_record_is_named(tongcrm_db: TestDatabase) -> None:

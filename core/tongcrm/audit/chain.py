@@ -1,10 +1,14 @@
 """The audit log's hash chain: how records are chained on append, and how the chain is verified.
 
 Every audit record stores ``prev_hash`` (its predecessor's hash) and ``hash``, the SHA-256 of a canonical
-encoding of its own fields plus ``prev_hash``. Records get their ``seq`` (1, 2, 3… with no gaps) and hashes at
-flush time, in a ``before_flush`` listener, after locking the single :class:`AuditChainHead` row: services keep
-calling :func:`tongcrm.audit.service.record` without knowing about the chain, and concurrent transactions
-queue on the head instead of chaining onto the same predecessor.
+encoding of its own fields plus ``prev_hash``. Services keep calling :func:`tongcrm.audit.service.record`
+without knowing about the chain: a record is staged on the session (:func:`stage`) and joins the session only
+when the unit of work commits, after everything else was flushed; its ``seq`` (1, 2, 3… with no gaps) and
+hashes are then set in a ``before_flush`` listener after locking the single :class:`AuditChainHead` row.
+Concurrent transactions queue on the head instead of chaining onto the same predecessor, and each holds it
+only for its final insert and commit, never while the rest of its work runs (a long unit of work that audits
+early does not stall every other audited change, and cannot deadlock against them over rows it locks later).
+A record staged inside a savepoint that rolls back is dropped with it.
 
 :func:`verify` recomputes every hash in ``seq`` order and compares the end of the chain with the head, so it
 tells an edited record (its hash no longer matches), a removed one (a gap in ``seq``, or the head ahead of the
@@ -24,7 +28,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
 from tongcrm.audit.models import AuditChainHead, AuditEntry
 from tongcrm.db.dialect import insert_for
@@ -103,6 +107,54 @@ def record_hash(row: Any) -> str:
 
 # -------------------------------------------------------------------------------------------------------------
 # appending
+
+_STAGED = "tongcrm.audit.staged"
+
+
+def stage(session: AsyncSession, entry: AuditEntry) -> None:
+    """Keep ``entry`` for the commit of the session's unit of work, remembering the (nested) transaction it
+    was recorded in so a savepoint rollback can drop it."""
+    sync = session.sync_session
+    transaction = sync.get_nested_transaction() or sync.get_transaction()
+    sync.info.setdefault(_STAGED, []).append((entry, transaction))
+
+
+def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ended:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    staged = session.info.get(_STAGED)
+    if not staged:
+        return
+    if previous_transaction.parent is None:
+        session.info.pop(_STAGED, None)
+        return
+    session.info[_STAGED] = [(e, t) for e, t in staged if t is None or not _within(t, previous_transaction)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_at_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the unit of work is over, committed or not
+        session.info.pop(_STAGED, None)
+
+
+@event.listens_for(Session, "before_commit")
+def _append_staged(session: Session) -> None:
+    """At the commit of the unit of work (not of a savepoint): flush everything else first, then add the staged
+    records, which the commit's own flush chains (so the head is locked for that insert and the commit only)."""
+    if session.in_nested_transaction():
+        return
+    staged = session.info.pop(_STAGED, None)
+    if not staged:
+        return
+    session.flush()
+    session.add_all([entry for entry, _ in staged])
 
 
 def _lock_head(session: Session) -> tuple[int, str]:
