@@ -81,10 +81,6 @@ async def test_reply_route_uses_the_stored_opt_out_keywords(
             await w.setup(url)
             member = await w.member(1)
             token = (await api.get("/api/messenger-accounts")).json()[0]["callback_token"]
-            saved = await api.put(
-                "/api/programme-settings", json={"opt_out_keywords": ["STOP"]}, headers={"If-Match": '"v0"'}
-            )
-            assert saved.status_code == 200, saved.text
 
             def reply(text: str, seq: int) -> list[dict[str, Any]]:
                 return [
@@ -103,14 +99,25 @@ async def test_reply_route_uses_the_stored_opt_out_keywords(
                     states = await consent_states(session, member)
                 return any(s.source == "sms_reply" and s.status == "opt_out" for s in states)
 
-            # TD is a default keyword, but no longer one of the programme's: an ordinary reply
+            # before the change: STOP is no keyword (this also fills the app's settings cache)
             pushed = await api.post(
-                f"/sms/aliyun/sms/up?token={token}", json=reply("TD", 1), headers={"Authorization": ""}
+                f"/sms/aliyun/sms/up?token={token}", json=reply("STOP", 1), headers={"Authorization": ""}
+            )
+            assert pushed.status_code == 200
+            assert not await opted_out()
+            saved = await api.put(
+                "/api/programme-settings", json={"opt_out_keywords": ["STOP"]}, headers={"If-Match": '"v0"'}
+            )
+            assert saved.status_code == 200, saved.text
+
+            # the change applies at once (the cache is invalidated): TD, a default keyword, is now an ordinary reply
+            pushed = await api.post(
+                f"/sms/aliyun/sms/up?token={token}", json=reply("TD", 2), headers={"Authorization": ""}
             )
             assert pushed.status_code == 200
             assert not await opted_out()
             pushed = await api.post(
-                f"/sms/aliyun/sms/up?token={token}", json=reply("stop", 2), headers={"Authorization": ""}
+                f"/sms/aliyun/sms/up?token={token}", json=reply("stop", 3), headers={"Authorization": ""}
             )
             assert pushed.status_code == 200
             assert await opted_out()
