@@ -37,8 +37,11 @@ from tongcrm.logging import configure_logging
 from tongcrm.members.api import MemberController, MergeController
 from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
+from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.programme.api import ProgrammeSettingsController
+from tongcrm.programme.service import SettingsCache
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -58,6 +61,8 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     EntitlementController,
     MemberEntitlementsController,
     *MESSAGING_CONTROLLERS,
+    ProgrammeSettingsController,
+    OrderController,
 )
 
 
@@ -115,6 +120,7 @@ def create_app(
         "read_sessions": read_sessions,
         "point_reader": point_reader,
         "key_verifier": KeyVerifier(read_sessions, point_reader),
+        "programme_settings": SettingsCache(read_sessions, settings),
         "membership": MembershipService(sessions, host, settings),
         "vault": vault,
         "counter": CounterService(

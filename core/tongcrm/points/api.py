@@ -17,6 +17,7 @@ from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.auth.service import Principal, Role
 from tongcrm.config import Settings
 from tongcrm.db.engine import transaction
+from tongcrm.members.service import register_view_section
 from tongcrm.points import service
 from tongcrm.points.schemas import LedgerResult, PreviewOrderIn, PreviewOut, RuleSetOut, StatementOut
 
@@ -248,3 +249,11 @@ class PointsRulesController(Controller):
             else:
                 rules, draft = await service.active_rules(session), False
             return await service.preview(session, ctx, data.order, rules, draft=draft)
+
+
+async def _points_section(session: AsyncSession, member_id: int) -> dict[str, Any] | None:
+    """The ``points`` block of the member 360 view."""
+    return await service.view_section(session, member_id, now=datetime.now(UTC))
+
+
+register_view_section("points", _points_section)

@@ -1,7 +1,7 @@
 """A revocation counter for API keys, so that a key revoked through one process is refused by all at once
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0007
 Create Date: 2026-12-06 01:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0004"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
