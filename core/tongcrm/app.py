@@ -38,6 +38,7 @@ from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.replay.service import ReplayGuard
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -114,6 +115,7 @@ def create_app(
         "point_reader": point_reader,
         "key_verifier": KeyVerifier(read_sessions),
         "membership": MembershipService(sessions, host, settings),
+        "replay_guard": ReplayGuard(sessions),
         "vault": vault,
         "counter": CounterService(
             session_factory(counter_engine) if counter_engine is not None else sessions,
