@@ -134,6 +134,10 @@ def _refusal(answer: dict[str, Any]) -> tuple[int, str]:
         ({"at": datetime.now(UTC) + timedelta(minutes=11)}, (31, "isv.invalid-timestamp")),
         ({"app_key": "99999999"}, (29, "isv.appkey-not-exists")),
         ({"account": "no-such-shop"}, (29, "isv.appkey-not-exists")),
+        (
+            {"account": "flag%00ship"},
+            (29, "isv.appkey-not-exists"),
+        ),  # a NUL in the path: was a 500 on PostgreSQL
     ],
 )
 async def test_unsigned_or_stale_calls_are_refused_in_top_s_error_format(
