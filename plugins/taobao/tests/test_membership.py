@@ -177,6 +177,14 @@ async def test_malformed_calls_get_the_platform_s_refusal_not_a_500(
     assert await _members(tongcrm_db) == []
 
 
+async def test_a_signed_call_with_a_nul_is_a_bad_argument(api: Any, tongcrm_db: TestDatabase) -> None:
+    answer = await tmall(api).call(
+        "tmall.mei.crm.member.register", {"mobile": MOBILE, "ouid": "O1", "nick": "a\x00"}
+    )
+    assert _refusal(answer) == (41, "isv.invalid-parameter")
+    assert await _members(tongcrm_db) == []
+
+
 async def test_only_the_account_s_sign_method_is_accepted(api: Any, tongcrm_db: TestDatabase) -> None:
     """The caller does not choose the digest: an md5 signature, even with the right secret, is refused for an
     account configured for hmac-sha256 (and the other way round)."""

@@ -171,6 +171,11 @@ def check_call(params: dict[str, str], settings: Mapping[str, str], *, now: date
         raise Refused(
             31, "Invalid Timestamp", "isv.invalid-timestamp", "timestamp is more than 10 minutes off"
         )
+    if any("\x00" in key or "\x00" in value for key, value in params.items()):
+        # no field of the SPIs holds one, and the database refuses it in text: a bad argument, not our error
+        raise Refused(
+            41, "Invalid Arguments", "isv.invalid-parameter", "a parameter contains a NUL character"
+        )
     return VerifiedCall(params, given, sent)
 
 
