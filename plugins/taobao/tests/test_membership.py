@@ -11,9 +11,11 @@ from tongcrm.channels import service as accounts
 from tongcrm.identity.models import Identity
 from tongcrm.members.models import Member
 from tongcrm.plugin.host import PluginHost
+from tongcrm.replay.models import SeenCallback
 from tongcrm.testing.database import TestDatabase
 from tongcrm_taobao.fake_tmall import FakeTmall
 from tongcrm_taobao.signing import sign
+from tongcrm_taobao.timefmt import parse_top_time
 
 SECRET = "tmall-app-secret"
 HMAC_SECRET = "tmall-hmac-secret"
@@ -211,6 +213,11 @@ async def test_a_replayed_call_is_not_applied_again(api: Any, tongcrm_db: TestDa
     captured = spi.signed("tmall.mei.crm.member.register", {"mobile": MOBILE, "ouid": "OU7", "nick": "t**7"})
     first = await spi.send("tmall.mei.crm.member.register", captured)
     assert first["query_code"] == "SUC"
+    async with tongcrm_db.sessions() as session:
+        (claim,) = (await session.execute(sa.select(SeenCallback))).scalars()
+    assert claim.scope == "taobao:flagship"
+    # kept past the end of the window in which the captured call's timestamp is still accepted
+    assert claim.expires_at > parse_top_time(captured["timestamp"]) + timedelta(minutes=10)
     # an identical re-send while the binding holds gets the same answer, idempotently
     assert await spi.send("tmall.mei.crm.member.register", captured) == first
 
