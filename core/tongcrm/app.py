@@ -42,6 +42,7 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
 from tongcrm.programme.api import ProgrammeSettingsController
 from tongcrm.programme.service import SettingsCache
+from tongcrm.replay.service import ReplayGuard
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -122,6 +123,7 @@ def create_app(
         "key_verifier": KeyVerifier(read_sessions, point_reader),
         "programme_settings": SettingsCache(read_sessions, settings),
         "membership": MembershipService(sessions, host, settings),
+        "replay_guard": ReplayGuard(sessions),
         "vault": vault,
         "counter": CounterService(
             session_factory(counter_engine) if counter_engine is not None else sessions,
