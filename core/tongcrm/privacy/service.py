@@ -11,11 +11,15 @@ merged into: asking for a tombstone exports the live member, whose data includes
   mobile's blind index and ciphertext, platform ids, cards: so nothing finds the member again), tags, the
   proof text of consent statements, the messages' variables, texts and gateway ids (the id holds a digest of
   the number), the text of the member's SMS replies, orders' shipments (tracking numbers), the personal
-  values in merge records (matched claims, profile changes: such a merge cannot be undone any more) and the
-  masked views in audit entries about the member;
+  values in merge records (matched claims, profile changes: such a merge cannot be undone any more);
 - kept: the member row itself as an anonymous record (``status='erased'``), orders and their lines (amounts,
   goods, times: anonymous once the member is), the points ledger, lots and balance (so ``tongcrm verify``
   and reports stay right), tier history, entitlement grants and the audit entries' who/what/when;
+- kept, for now: the audit log's entries about the member as they were written (masked mobile, but the name
+  and profile as they changed): the log is hash-chained (:mod:`tongcrm.audit.chain`) and an entry's content is
+  part of its hash, so removing it would read as tampering. Erasing audit content needs a chain that hashes a
+  digest of the content (so the content can go and the link stay); until then the erasure is itself audited
+  and the older entries are reachable only by admins;
 - also kept, deliberately: SMS opt-outs, which bind the number (by blind index) and not the member: the law
   requires a sender to stop once a number refused, and that duty outlives the member record.
 
@@ -43,7 +47,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit import service as audit
-from tongcrm.audit.models import AuditEntry
 from tongcrm.audit.service import Actor
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.consent.models import ConsentEvent
@@ -294,7 +297,6 @@ class ErasureReport:
     replies: int
     orders: int
     merges: int
-    audit_entries: int
     already_erased: bool = False
 
     def counts(self) -> dict[str, int]:
@@ -307,7 +309,6 @@ class ErasureReport:
             "replies": self.replies,
             "orders": self.orders,
             "merges": self.merges,
-            "audit_entries": self.audit_entries,
         }
 
 
@@ -323,10 +324,9 @@ async def erase_member(session: AsyncSession, member_id: int, actor: Actor, *, r
     # one erasure (or profile change) of the member at a time: the status read here is the one changed below
     locked = sa.select(Member.status).where(Member.id == mid).with_for_update()
     if (await session.execute(locked)).scalar_one() == ERASED:
-        return ErasureReport(mid, 0, 0, 0, 0, 0, 0, 0, 0, 0, already_erased=True)
+        return ErasureReport(mid, 0, 0, 0, 0, 0, 0, 0, 0, already_erased=True)
     ids = [mid, *await _tombstones(session, mid)]
     now = utcnow()
-    as_text = [str(i) for i in ids]
 
     members = _count(
         await session.execute(
@@ -385,36 +385,14 @@ async def erase_member(session: AsyncSession, member_id: int, actor: Actor, *, r
     orders = _count(
         await session.execute(sa.update(Order).where(Order.member_id.in_(ids)).values(shipments=[]))
     )
-    merge_ids = [
-        str(i)
-        for i in (
-            await session.execute(
-                sa.select(Merge.id).where(sa.or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
-            )
-        ).scalars()
-    ]
     merges = _count(
         await session.execute(
             sa.update(Merge)
-            .where(Merge.id.in_([int(i) for i in merge_ids]))
+            .where(sa.or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
             .values(evidence=[], profile_changes={}, status=ERASED)
         )
     )
-    audit_entries = _count(
-        await session.execute(
-            sa.update(AuditEntry)
-            .where(
-                sa.or_(
-                    sa.and_(AuditEntry.object_type == "member", AuditEntry.object_id.in_(as_text)),
-                    sa.and_(AuditEntry.object_type == "merge", AuditEntry.object_id.in_(merge_ids)),
-                )
-            )
-            .values(before=None, after=None)
-        )
-    )
-    report = ErasureReport(
-        mid, members, identities, tags, consents, messages, replies, orders, merges, audit_entries
-    )
+    report = ErasureReport(mid, members, identities, tags, consents, messages, replies, orders, merges)
     audit.record(session, actor, "member.erase", "member", mid, after={"reason": reason, **report.counts()})
     log.info("member erased", member_id=mid, actor=actor.name)
     return report

@@ -116,7 +116,7 @@ async def test_the_migration_strips_mobiles_from_receipts_stored_before(tongcrm_
     body = {"store": "S1", "lines": [{"title": "tea"}], "member": {"member_id": None, "mobile": MOBILE}}
     async with scratch_url(tongcrm_backend) as url, open_database(tongcrm_backend, url) as db:
         await migrate.upgrade(db.engine, host)
-        await migrate.downgrade(db.engine, host, "pos_0001")  # as a database of before this change
+        await migrate.downgrade(db.engine, host, "pos_0002")  # as a database of before this change
         async with db.engine.begin() as conn:
             await conn.execute(
                 sa.text(

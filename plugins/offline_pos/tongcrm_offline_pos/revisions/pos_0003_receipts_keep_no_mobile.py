@@ -1,7 +1,7 @@
 """Stored receipts keep no buyer's mobile or card: the buyer stays as the member it resolved to
 
-Revision ID: pos_0002
-Revises: pos_0001
+Revision ID: pos_0003
+Revises: pos_0002
 Create Date: 2026-12-06 01:00:00
 
 ``pos_receipts.body`` kept the receipt as sent, ``member.mobile`` in clear. Receipts stored from now on keep
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 import tongcrm.db.base
 from alembic import op
 
-revision: str = "pos_0002"
-down_revision: str | Sequence[str] | None = "pos_0001"
+revision: str = "pos_0003"
+down_revision: str | Sequence[str] | None = "pos_0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
