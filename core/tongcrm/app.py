@@ -38,6 +38,7 @@ from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.segments.api import SegmentController
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -56,6 +57,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     EntitlementController,
     MemberEntitlementsController,
     *MESSAGING_CONTROLLERS,
+    SegmentController,
 )
 
 

@@ -20,6 +20,7 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.tiers.models",
     "tongcrm.entitlements.models",
     "tongcrm.messaging.models",
+    "tongcrm.segments.models",
 )
 
 
