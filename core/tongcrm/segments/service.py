@@ -294,12 +294,17 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
+_PLAIN_NUMBER = re.compile(r"^[+-]?\d+$")
+
+
 def _cell(value: Any) -> str:
-    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection)."""
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection): text starting with ``=``,
+    ``@``, a tab or a return, or with ``+``/``-`` unless it is a plain number (an E.164 mobile), gets a ``'``."""
     if value is None:
         return ""
     text = value.isoformat() if isinstance(value, date | datetime) else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    risky = text[:1] in ("=", "@", "\t", "\r") or (text[:1] in ("+", "-") and not _PLAIN_NUMBER.match(text))
+    return "'" + text if risky else text
 
 
 def csv_rows(rows: Iterable[MemberSummary], *, header: bool = False) -> str:
