@@ -66,7 +66,17 @@ async def test_preview_counts_and_samples_masked_members(make_client: Any, memor
         assert (await api.post("/api/segments/preview", json={"definition": spend, "sample": 0})).json() == {
             "count": 1,
             "sample": [],
+            "warnings": [],
         }
+        # a typo in a free-text value is valid but matches nobody: the preview says where
+        typo = doc({"any": [{"field": "tags", "op": "has_any", "value": ["vip", "vpi"]},
+                            {"field": "profile.city", "op": "eq", "value": "Shanghia"}]})  # fmt: skip
+        warned = (await api.post("/api/segments/preview", json={"definition": typo})).json()
+        assert warned["count"] == 2
+        assert warned["warnings"] == [
+            {"pointer": "/condition/any/0/value/1", "detail": "no member has tags 'vpi'"},
+            {"pointer": "/condition/any/1/value", "detail": "no member has profile.city 'Shanghia'"},
+        ]
         sleeping = doc({"not": {"field": "orders.last_at", "op": "within_days", "value": 90}})
         got = (await api.post("/api/segments/preview", json={"definition": sleeping})).json()
         assert sorted(m["id"] for m in got["sample"]) == ids[1:]

@@ -42,9 +42,16 @@ class PreviewIn(msgspec.Struct):
     sample: int = 10
 
 
+class WarningOut(msgspec.Struct):
+    pointer: str
+    detail: str
+
+
 class PreviewOut(msgspec.Struct):
     count: int
     sample: list[MemberOut]
+    #: Values that match no member (likely typos), with their JSON pointers.
+    warnings: list[WarningOut]
 
 
 class SegmentIn(msgspec.Struct):
@@ -162,7 +169,11 @@ class SegmentController(Controller):
         async with read_sessions() as session:
             context = await service.load_context(session, host, utcnow())
             result = await service.preview(session, vault, context, data.definition, sample=data.sample)
-        return PreviewOut(result.count, [member_out(s) for s in result.sample])
+        return PreviewOut(
+            result.count,
+            [member_out(s) for s in result.sample],
+            [WarningOut(w.pointer, w.detail) for w in result.warnings],
+        )
 
     @get("/", opt=requires(*READ_ROLES), summary="Saved segments, by name")
     async def list_segments(self, read_sessions: NamedDependency[Sessions]) -> list[SegmentOut]:

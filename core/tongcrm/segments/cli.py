@@ -94,6 +94,8 @@ def preview(obj: _Obj, source: str, sample: int) -> None:
 
     result = _run(obj, body)
     click.echo(f"{result.count} members")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning.pointer}: {warning.detail}", err=True)
     if result.sample:
         table = Table("id", "name", "mobile", "city", "tags")
         for m in result.sample:

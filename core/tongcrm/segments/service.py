@@ -17,7 +17,9 @@ from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -28,12 +30,12 @@ from tongcrm.db.dialect import insert
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tongcrm.logging import get_logger
 from tongcrm.members import service as members_service
-from tongcrm.members.models import Member
+from tongcrm.members.models import Member, MemberTag
 from tongcrm.members.service import MemberSummary
 from tongcrm.plugin.host import PluginHost
 from tongcrm.segments.compiler import Compiler, Condition, Context, member_filter, members
 from tongcrm.segments.models import Segment, SegmentCount, SegmentVersion
-from tongcrm.segments.schema import All, AnyOf, InvalidSegment, Leaf, Node, Not, parse
+from tongcrm.segments.schema import All, AnyOf, InvalidSegment, Leaf, Node, Not, Problem, leaves, parse
 from tongcrm.tiers.service import active_ladder
 
 log = get_logger(__name__)
@@ -122,6 +124,8 @@ async def _summaries(
 class Preview:
     count: int
     sample: list[MemberSummary]
+    #: Values that match no member at all (likely typos): the draft is valid, but is it what was meant?
+    warnings: list[Problem] = field(default_factory=list)
 
 
 async def preview(
@@ -132,7 +136,36 @@ async def preview(
         raise BadRequest(f"sample must be between 0 and {MAX_SAMPLE}")
     prepared = prepare(context, definition)
     ids = await member_ids(session, prepared, after_id=None, limit=sample) if sample else []
-    return Preview(await count(session, prepared), await _summaries(session, vault, ids, reveal=False))
+    return Preview(
+        await count(session, prepared),
+        await _summaries(session, vault, ids, reveal=False),
+        await unmatched_values(session, prepared.tree),
+    )
+
+
+#: Fields whose values are free text an operator types, with the indexed column that holds them.
+_TYPED_VALUES: Mapping[str, InstrumentedAttribute[Any]] = {
+    "tags": MemberTag.tag,
+    "profile.city": Member.city,
+    "profile.source_channel": Member.source_channel,
+}
+
+
+async def unmatched_values(session: AsyncSession, tree: Node) -> list[Problem]:
+    """Tags, cities and source channels in the tree that no member has: each costs one indexed lookup. A
+    segment is never silently empty because of a typo, and a preview says which value matched nothing."""
+    out: list[Problem] = []
+    for leaf in leaves(tree):
+        column = _TYPED_VALUES.get(leaf.field.name)
+        if column is None or leaf.op == "is_set":
+            continue
+        values = leaf.value if isinstance(leaf.value, tuple) else (leaf.value,)
+        for i, value in enumerate(values):
+            found = (await session.execute(sa.select(sa.literal(1)).where(column == value).limit(1))).first()
+            if found is None:
+                at = f"{leaf.pointer}/value" + (f"/{i}" if isinstance(leaf.value, tuple) else "")
+                out.append(Problem(at, f"no member has {leaf.field.name} {value!r}"))
+    return out
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -239,7 +272,13 @@ async def save(
             updated_at=now,
         )
         session.add(segment)
-        await session.flush()
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError as exc:  # another caller created the same name a moment ago
+            raise Conflict(
+                f"segment {name!r} exists; save a new version of it instead", extra={"segment": name}
+            ) from exc
     else:
         segment = existing
         segment.version += 1
