@@ -32,6 +32,7 @@ from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsCo
 from tongcrm.ingest.api import QuarantineController
 from tongcrm.jobs.registry import load_job_modules
 from tongcrm.jobs.runner import Runner
+from tongcrm.lifecycle.api import LifecycleController
 from tongcrm.logging import configure_logging
 from tongcrm.members.api import MemberController, MergeController
 from tongcrm.membership import MembershipService
@@ -58,6 +59,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     MemberEntitlementsController,
     *MESSAGING_CONTROLLERS,
     SegmentController,
+    LifecycleController,
 )
 
 

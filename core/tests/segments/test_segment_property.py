@@ -77,6 +77,7 @@ class MMember:
     history: list[tuple[str, int]]  # to_code, days ago
     orders: list[MOrder] = field(default_factory=list)
     merged: bool = False
+    stage: str = "prospect"
 
 
 lines = st.builds(
@@ -123,6 +124,7 @@ member_st = st.builds(
     history=st.lists(st.tuples(st.sampled_from(TIERS), st.integers(0, 400)), max_size=2),
     orders=st.lists(orders, max_size=5),
     merged=st.sampled_from([False, False, False, True]),
+    stage=st.sampled_from(["prospect", "new", "repeat", "dormant", "churned"]),
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,6 +175,7 @@ money = st.sampled_from([0, 1, 500, 5_000, 20_000, 40_000])
 leaf_st = st.one_of(
     _leaf("profile.gender", st.sampled_from(["eq", "ne"]), st.sampled_from(["male", "female", "unknown"])),
     _leaf("profile.gender", st.just("is_set"), st.booleans()),
+    _leaf("lifecycle.stage", st.sampled_from(["eq", "ne"]), st.sampled_from(["new", "dormant"])),
     _leaf("profile.city", st.sampled_from(["in", "not_in"]), st.lists(st.sampled_from(["Shanghai", "Beijing"]),
                                                                        min_size=1, max_size=2)),
     _int_leaf("profile.birthday_month", st.integers(1, 12)),
@@ -277,6 +280,8 @@ def evaluate(node: dict[str, Any], i: int, world: list[MMember]) -> bool:
     name, op, arg = node["field"], node["op"], node["value"]
     if name == "profile.gender":
         return _test(m.gender, op, arg)
+    if name == "lifecycle.stage":
+        return _test(m.stage, op, arg)
     if name == "profile.city":
         return _test(m.city, op, arg)
     if name == "profile.birthday_month":
@@ -354,6 +359,7 @@ async def _store(db: TestDatabase, world: list[MMember]) -> list[int]:
                 gender=m.gender,
                 city=m.city,
                 birthday=m.birthday,
+                lifecycle_stage=m.stage,
                 created_at=NOW - timedelta(days=m.joined_days_ago),
             )
             for m in world

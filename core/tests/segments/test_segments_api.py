@@ -115,7 +115,9 @@ async def test_bad_definitions_name_the_node(make_client: Any, memory_host: Plug
         await bad(
             doc({"field": "rfm.cell", "op": "eq", "value": "555"}), "/condition/field", "not available yet"
         )
-        await bad(doc({"field": "lifecycle.stage", "op": "eq", "value": "new"}), "/condition/field", "item 4")
+        await bad(
+            doc({"field": "lifecycle.stage", "op": "eq", "value": "zombie"}), "/condition/value", "not one of"
+        )
         await bad(
             doc({"field": "tier.code", "op": "eq", "value": "gold"}), "/condition/field", "no tier ladder"
         )

@@ -21,6 +21,7 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.entitlements.models",
     "tongcrm.messaging.models",
     "tongcrm.segments.models",
+    "tongcrm.lifecycle.models",
 )
 
 

@@ -16,6 +16,7 @@ JOB_MODULES: tuple[str, ...] = (
     "tongcrm.entitlements.jobs",
     "tongcrm.messaging.jobs",
     "tongcrm.segments.jobs",
+    "tongcrm.lifecycle.jobs",
 )
 
 

@@ -128,7 +128,7 @@ def _exists(*where: Condition) -> Condition:
 # order scopes: which orders a behaviour condition looks at
 
 
-def _purchased() -> Condition:
+def purchased_order() -> Condition:
     """An order that was bought: paid at some point. Agrees with the tier metrics (:mod:`tongcrm.tiers.metrics`):
     an unpaid order, or one closed before payment, is no purchase."""
     return sa.and_(
@@ -136,10 +136,10 @@ def _purchased() -> Condition:
     )
 
 
-def _counted() -> Condition:
+def counted_order() -> Condition:
     """A purchase that still counts as an order: not refunded in full."""
     return sa.and_(
-        _purchased(), sa.not_(sa.and_(Order.refunded_fen > 0, Order.refunded_fen >= Order.paid_fen))
+        purchased_order(), sa.not_(sa.and_(Order.refunded_fen > 0, Order.refunded_fen >= Order.paid_fen))
     )
 
 
@@ -364,14 +364,14 @@ def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     if name == "orders.count":
         # "has any" and "has none" are the common forms: EXISTS stops at the first order found
         if (op, value) in (("gte", 1), ("gt", 0)) or (op == "ne" and value == 0):
-            return _exists(*scope, _counted())
+            return _exists(*scope, counted_order())
         if (op, value) in (("eq", 0), ("lt", 1), ("lte", 0)):
-            return sa.not_(_exists(*scope, _counted()))
+            return sa.not_(_exists(*scope, counted_order()))
     if name in ("orders.bought_sku", "orders.bought_category"):
         column = OrderLine.sku if name == "orders.bought_sku" else OrderLine.category
         return _exists(
             *scope,
-            _counted(),
+            counted_order(),
             OrderLine.order_id == Order.id,
             column.in_(value),
             sa.not_(sa.and_(OrderLine.refunded_fen > 0, OrderLine.refunded_fen >= OrderLine.amount_fen)),
@@ -383,7 +383,7 @@ def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
         paid = sa.cast(sa.func.sum(Order.paid_fen), sa.BigInteger)
         refunded = sa.cast(sa.func.sum(Order.refunded_fen), sa.BigInteger)
         query = sa.select(sa.case((paid > 0, (refunded * 100) // paid), else_=None)).where(
-            *scope, _purchased()
+            *scope, purchased_order()
         )
     else:
         aggregates: dict[str, Callable[[], sa.ColumnElement[Any]]] = {
@@ -393,7 +393,7 @@ def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
             "orders.first_at": lambda: sa.func.min(Order.placed_at),
             "orders.aov": lambda: sa.case((sa.func.count() > 0, spend // sa.func.count()), else_=None),
         }
-        query = sa.select(aggregates[name]()).where(*scope, _counted())
+        query = sa.select(aggregates[name]()).where(*scope, counted_order())
     return _scalar_test(query.correlate(members).scalar_subquery(), op, value, now)
 
 
@@ -426,7 +426,12 @@ def _segment(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     return sa.not_(inner) if leaf.op == "ne" else inner
 
 
+def _lifecycle(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    return _column_test(members.c.lifecycle_stage, leaf.op, leaf.value, c.ctx.now, present=sa.true())
+
+
 _BUILDERS: dict[str, Callable[[Compiler, Leaf, int], Condition]] = {
+    "lifecycle": _lifecycle,
     "profile": _profile,
     "identity": _identity,
     "tier": _tier,

@@ -97,7 +97,6 @@ class FieldSpec:
 
 
 _NOT_YET_RFM = "RFM scores are not computed yet (issue #19, item 3)"
-_NOT_YET_LIFECYCLE = "lifecycle stages are not derived yet (issue #19, item 4)"
 
 FIELDS: Mapping[str, FieldSpec] = {
     spec.name: spec
@@ -155,8 +154,8 @@ FIELDS: Mapping[str, FieldSpec] = {
         FieldSpec("rfm.frequency", Type.INT, "frequency score 1-5", unavailable=_NOT_YET_RFM),
         FieldSpec("rfm.monetary", Type.INT, "monetary score 1-5", unavailable=_NOT_YET_RFM),
         FieldSpec("rfm.cell", Type.STRING, "RFM cell, e.g. 555", unavailable=_NOT_YET_RFM),
-        FieldSpec("lifecycle.stage", Type.STRING, "prospect, new, repeat, dormant or churned",
-                  unavailable=_NOT_YET_LIFECYCLE),
+        FieldSpec("lifecycle.stage", Type.STRING, "the derived lifecycle stage",
+                  choices=("prospect", "new", "repeat", "dormant", "churned")),
         # other segments
         FieldSpec("segment", Type.STRING, "member of another saved segment (its latest version)"),
     )

@@ -1,4 +1,5 @@
-"""Saved segments with versions and daily counts; members indexed by referrer for referral counts
+"""Saved segments with versions and daily counts; members indexed by referrer for referral counts; lifecycle
+policy and stage history
 
 Revision ID: 0011
 Revises: 0004
@@ -57,9 +58,36 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("members", schema=None) as batch_op:
         batch_op.create_index("ix_members_referrer_id", ["referrer_id"], unique=False)
+    op.create_table(
+        "lifecycle_policies",
+        sa.Column("version", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("new_days", sa.Integer(), nullable=False),
+        sa.Column("dormant_days", sa.Integer(), nullable=False),
+        sa.Column("churned_days", sa.Integer(), nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("version", name=op.f("pk_lifecycle_policies")),
+    )
+    op.create_table(
+        "lifecycle_history",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("from_stage", sa.String(length=16), nullable=False),
+        sa.Column("to_stage", sa.String(length=16), nullable=False),
+        sa.Column("policy_version", sa.Integer(), nullable=False),
+        sa.Column("at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_lifecycle_history_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_lifecycle_history")),
+    )
+    with op.batch_alter_table("lifecycle_history", schema=None) as batch_op:
+        batch_op.create_index("ix_lifecycle_history_member_id_id", ["member_id", "id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_table("lifecycle_history")
+    op.drop_table("lifecycle_policies")
     with op.batch_alter_table("members", schema=None) as batch_op:
         batch_op.drop_index("ix_members_referrer_id")
     op.drop_table("segment_counts")
