@@ -263,3 +263,33 @@ async def test_members_why_export_and_daily_counts(make_client: Any, memory_host
         assert [(c["version"], c["members"]) for c in counts] == [(1, 2)]
         async with api.db.sessions() as s:
             assert (await s.execute(sa.select(sa.func.count()).select_from(SegmentCount))).scalar_one() == 1
+
+
+async def test_a_segment_broken_elsewhere_blocks_neither_saves_nor_the_other_counts(
+    make_client: Any, memory_host: PluginHost
+) -> None:
+    """A stored definition that no longer compiles (here: it names a segment that is gone, as a tier taken
+    out of the ladder would) is reported where it is used, and leaves other saves and the daily counts alone."""
+    from tongcrm.segments.models import Segment, SegmentVersion
+
+    async with make_client(host=memory_host, role="operator") as api:
+        await _members(api)
+        async with api.db.sessions() as s, s.begin():
+            broken = Segment(name="broken", description="", version=1, created_by="test")
+            s.add(broken)
+            await s.flush()
+            s.add(SegmentVersion(segment_id=broken.id, version=1, created_by="test",
+                                 definition=doc({"field": "segment", "op": "eq", "value": "gone"})))  # fmt: skip
+        saved = await api.post("/api/segments", json={"name": "vip", "definition": VIP})
+        assert saved.status_code == 201, saved.text
+        assert (await api.put("/api/segments/vip", json={"definition": VIP})).status_code == 200
+        problem(
+            await api.get("/api/segments/broken/count"),
+            422,
+            "/condition/value",
+            "no saved segment named 'gone'",
+        )
+        now = datetime.now(UTC)
+        assert await service.snapshot(api.db.sessions, memory_host, now, now.date()) == 1
+        assert [c["members"] for c in (await api.get("/api/segments/vip/counts")).json()] == [2]
+        assert (await api.get("/api/segments/broken/counts")).json() == []

@@ -250,9 +250,14 @@ async def save(
     if existing is None and create is False:
         raise NotFound(f"no segment {name!r}", extra={"segment": name})
     if existing is not None:
-        # segments that use this one must still compile with its new definition
+        # segments that use this one must still compile with its new definition (one already broken for
+        # another reason, e.g. a tier taken out of the ladder, is not this save's business)
         for other, doc in context.segments.items():
             if other == name:
+                continue
+            try:
+                prepare(context, doc, name=other)
+            except InvalidSegment:
                 continue
             try:
                 prepare(after, doc, name=other)
