@@ -462,3 +462,44 @@ async def test_a_fixed_world_spot_checks(tongcrm_db: TestDatabase) -> None:
         assert await service.member_ids(s, prepared, after_id=None, limit=10) == [ids[0]]
         assert await service.count(s, prepared) == 1
         assert (await s.execute(sa.select(sa.func.count()).select_from(Member))).scalar_one() == 3
+
+
+async def test_points_fields_by_hand(tongcrm_db: TestDatabase) -> None:
+    """Points expiring within N days count available lots only, expired ones not; earned and redeemed sum the
+    ledger in the window."""
+    from tongcrm.points.models import PointsEntry, PointsLot
+
+    async with tongcrm_db.sessions() as s, s.begin():
+        a, b = Member(), Member()
+        s.add_all([a, b])
+        await s.flush()
+        entries = [
+            # member, kind, amount, days ago, (lot status, expires in days) for earns
+            (a, "earn", 300, 10, ("available", 20)),
+            (a, "earn", 200, 100, ("available", 60)),
+            (a, "earn", 50, 5, ("pending", 10)),
+            (a, "earn", 70, 400, ("available", -1)),  # already expired (the expiry job not run yet)
+            (a, "redeem", -120, 3, None),
+            (b, "redeem", -500, 60, None),
+        ]
+        for n, (member, kind, amount, ago, lot) in enumerate(entries):
+            entry = PointsEntry(member_id=member.id, kind=kind, amount=amount, idempotency_key=f"k{n}",
+                                occurred_at=NOW - timedelta(days=ago))  # fmt: skip
+            s.add(entry)
+            await s.flush()
+            if lot is not None:
+                s.add(PointsLot(id=entry.id, member_id=member.id, amount=amount, remaining=amount, status=lot[0],
+                                expires_at=NOW + timedelta(days=lot[1]), earned_at=entry.occurred_at))  # fmt: skip
+
+    async def who(condition: dict[str, Any]) -> list[int]:
+        async with tongcrm_db.sessions() as s:
+            prepared = service.prepare(CONTEXT, {"version": 1, "condition": condition})
+            return await service.member_ids(s, prepared, after_id=None, limit=10)
+
+    assert await who({"field": "points.expiring", "within_days": 30, "op": "eq", "value": 300}) == [a.id]
+    assert await who({"field": "points.expiring", "within_days": 90, "op": "eq", "value": 500}) == [a.id]
+    assert await who({"field": "points.expiring", "within_days": 90, "op": "eq", "value": 0}) == [b.id]
+    assert await who({"field": "points.earned", "op": "eq", "value": 620}) == [a.id]
+    assert await who({"field": "points.earned", "window_days": 30, "op": "eq", "value": 350}) == [a.id]
+    assert await who({"field": "points.redeemed", "window_days": 30, "op": "gte", "value": 100}) == [a.id]
+    assert await who({"field": "points.redeemed", "op": "gte", "value": 500}) == [b.id]
