@@ -166,6 +166,12 @@ async def test_saved_segments_versions_cycles_and_roles(make_client: Any, memory
             "/name",
             "invalid",
         )
+        problem(
+            await api.post("/api/segments", json={"name": "2024", "definition": VIP}),
+            422,
+            "/name",
+            "digits only",
+        )
 
         shanghai_vip = doc({"all": [{"field": "segment", "op": "eq", "value": "vip"},
                                     {"field": "profile.city", "op": "eq", "value": "Shanghai"}]})  # fmt: skip

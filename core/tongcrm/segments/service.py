@@ -42,7 +42,8 @@ log = get_logger(__name__)
 
 MAX_PAGE = 200
 MAX_SAMPLE = 50
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: Not digits only: the API takes a segment by id or by name in one path segment.
+_NAME = re.compile(r"^(?![0-9]+$)[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -175,7 +176,8 @@ async def unmatched_values(session: AsyncSession, tree: Node) -> list[Problem]:
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise Unprocessable(
-            f"segment name {name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit",
+            f"segment name {name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            " and not digits only",
             extra={"pointer": "/name"},
         )
     return name
