@@ -209,7 +209,9 @@ async def _batch(session: AsyncSession, policy: Policy, e: Edges, now: datetime,
     await session.execute(
         sa.update(members)
         .where(members.c.id == sa.bindparam("mid"), members.c.lifecycle_stage == sa.bindparam("before"))
-        .values(lifecycle_stage=sa.bindparam("after"), version=members.c.version + 1, updated_at=now),
+        # the stage is derived data, not an edit of the profile: the row version (If-Match of profile edits) stays,
+        # so an operator's edit is never refused because the hourly pass ran in between
+        .values(lifecycle_stage=sa.bindparam("after")),
         [{"mid": r.id, "before": r.lifecycle_stage, "after": r.stage} for r in rows],
     )
     await session.execute(
