@@ -33,6 +33,7 @@ from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsCo
 from tongcrm.ingest.api import QuarantineController
 from tongcrm.jobs.registry import load_job_modules
 from tongcrm.jobs.runner import Runner
+from tongcrm.lifecycle.api import LifecycleController
 from tongcrm.logging import configure_logging
 from tongcrm.members.api import MemberController, MergeController
 from tongcrm.membership import MembershipService
@@ -44,6 +45,7 @@ from tongcrm.privacy.api import PrivacyController
 from tongcrm.programme.api import ProgrammeSettingsController
 from tongcrm.programme.service import SettingsCache
 from tongcrm.replay.service import ReplayGuard
+from tongcrm.segments.api import SegmentController
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -65,6 +67,8 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     *MESSAGING_CONTROLLERS,
     ProgrammeSettingsController,
     OrderController,
+    SegmentController,
+    LifecycleController,
     PrivacyController,
 )
 

@@ -22,6 +22,8 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.messaging.models",
     "tongcrm.programme.models",
     "tongcrm.replay.models",
+    "tongcrm.segments.models",
+    "tongcrm.lifecycle.models",
 )
 
 

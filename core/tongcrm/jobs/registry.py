@@ -15,6 +15,8 @@ JOB_MODULES: tuple[str, ...] = (
     "tongcrm.tiers.jobs",
     "tongcrm.entitlements.jobs",
     "tongcrm.messaging.jobs",
+    "tongcrm.segments.jobs",
+    "tongcrm.lifecycle.jobs",
 )
 
 

@@ -145,6 +145,11 @@ def tier_changed(event: DomainEvent, enqueue: Enqueue) -> None:
 
 
 @hookspec
+def lifecycle_changed(event: DomainEvent, enqueue: Enqueue) -> None:
+    """A member's derived lifecycle stage changed (payload: ``member_id``, ``from``, ``to``)."""
+
+
+@hookspec
 def members_merged(event: DomainEvent, enqueue: Enqueue) -> None:
     """Two members became one (payload: ``merge_id``, ``survivor_id``, ``absorbed_id``) or were split back."""
 
@@ -156,5 +161,13 @@ def message_status(event: DomainEvent, enqueue: Enqueue) -> None:
 
 #: Names of the domain events; each is delivered through the hook of the same name.
 EVENT_NAMES: frozenset[str] = frozenset(
-    {"member_created", "order_changed", "points_changed", "tier_changed", "members_merged", "message_status"}
+    {
+        "member_created",
+        "order_changed",
+        "points_changed",
+        "tier_changed",
+        "lifecycle_changed",
+        "members_merged",
+        "message_status",
+    }
 )

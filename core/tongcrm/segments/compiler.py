@@ -1,0 +1,457 @@
+"""Segment trees compiled to one SQL condition over ``members``, the same on SQLite and PostgreSQL.
+
+Every condition becomes a predicate on the member row or a correlated subquery keyed by the member's id
+(``EXISTS`` for "has any", a scalar aggregate for counts and sums), with its window bounds in the ``WHERE`` so
+the ``(member_id, placed_at)``-style indexes do the work. Nothing is evaluated row by row in Python.
+
+Conditions are two-valued: a comparison on a member without a value (no birthday, no order yet) is false, never
+SQL's unknown, so ``not`` turns it into true exactly as a reader of the tree expects; ``ne``/``not_in`` are the
+negation of ``eq``/``in``.
+
+Names the tree uses are checked here against the programme (:class:`Context`): channels, tier codes and saved
+segments. A saved segment used by another is inlined (its latest version), so a cycle of segments referring to
+each other is found while compiling and refused with the pointer of the reference that closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from tongcrm.consent.models import ConsentEvent
+from tongcrm.errors import Unprocessable
+from tongcrm.identity.models import Identity
+from tongcrm.members.models import Member, MemberTag
+from tongcrm.members.service import normalise_tag
+from tongcrm.orders.models import Order, OrderLine
+from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry, PointsLot
+from tongcrm.segments.schema import (
+    FIELDS,
+    MAX_DEPTH,
+    MAX_NODES,
+    All,
+    AnyOf,
+    InvalidSegment,
+    Leaf,
+    Node,
+    Not,
+    Problem,
+    parse,
+    size,
+)
+from tongcrm.tiers.models import MemberTier, TierHistory
+
+members = sa.inspect(Member).local_table
+_referrals = members.alias("referral")
+Condition = sa.ColumnElement[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a tree is checked and compiled against: the moment it is evaluated at and the programme's names."""
+
+    now: datetime
+    #: Channel names orders can carry (installed channels and those of connected accounts).
+    channels: frozenset[str] = frozenset()
+    #: Identity kinds each channel declares (``identity.has`` takes a channel, never a hard-coded kind).
+    identity_kinds: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Tier codes of the ladder in force, base first; None when no ladder is configured.
+    tiers: tuple[str, ...] | None = None
+    #: Saved segments by name: the definition document of each one's latest version.
+    segments: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _known(predicate: Condition) -> Condition:
+    """A predicate over a value that may be NULL (an aggregate of no rows), made false rather than unknown."""
+    return sa.func.coalesce(predicate, sa.false(), type_=sa.Boolean)
+
+
+def _compare(expr: sa.ColumnElement[Any], op: str, value: Any, now: datetime) -> Condition:
+    """The positive form of ``op``: true only where ``expr`` has a value that matches."""
+    result: Condition
+    if op == "eq":
+        result = expr == value
+    elif op == "in":
+        result = expr.in_(value)
+    elif op == "gt":
+        result = expr > value
+    elif op in ("gte", "after"):
+        result = expr >= value
+    elif op in ("lt", "before"):
+        result = expr < value
+    elif op == "lte":
+        result = expr <= value
+    elif op == "between":
+        result = sa.and_(expr >= value[0], expr <= value[1])
+    elif op == "within_days":
+        result = expr >= now - timedelta(days=value)
+    elif op == "not_within_days":
+        result = expr < now - timedelta(days=value)
+    else:
+        raise AssertionError(f"unhandled operator {op}")
+    return result
+
+
+_NEGATED = {"ne": "eq", "not_in": "in"}
+
+
+def _column_test(
+    column: sa.ColumnElement[Any], op: str, value: Any, now: datetime, *, present: Condition | None = None
+) -> Condition:
+    """A test on a member column (or an expression of one) that may be NULL: index-friendly (no COALESCE)."""
+    present = present if present is not None else column.is_not(None)
+    if op == "is_set":
+        return present if value else sa.not_(present)
+    if op in _NEGATED:
+        return sa.not_(sa.and_(present, _compare(column, _NEGATED[op], value, now)))
+    return sa.and_(present, _compare(column, op, value, now))
+
+
+def _scalar_test(expr: sa.ColumnElement[Any], op: str, value: Any, now: datetime) -> Condition:
+    """A test on a correlated scalar subquery (NULL when the member has nothing to aggregate)."""
+    if op == "is_set":
+        return expr.is_not(None) if value else expr.is_(None)
+    if op in _NEGATED:
+        return sa.not_(_known(_compare(expr, _NEGATED[op], value, now)))
+    return _known(_compare(expr, op, value, now))
+
+
+def _exists(*where: Condition) -> Condition:
+    return sa.exists().where(*where).correlate(members)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# order scopes: which orders a behaviour condition looks at
+
+
+def purchased_order() -> Condition:
+    """An order that was bought: paid at some point. Agrees with the tier metrics (:mod:`tongcrm.tiers.metrics`):
+    an unpaid order, or one closed before payment, is no purchase."""
+    return sa.and_(
+        Order.status != "created", sa.not_(sa.and_(Order.status == "closed", Order.paid_at.is_(None)))
+    )
+
+
+def counted_order() -> Condition:
+    """A purchase that still counts as an order: not refunded in full."""
+    return sa.and_(
+        purchased_order(), sa.not_(sa.and_(Order.refunded_fen > 0, Order.refunded_fen >= Order.paid_fen))
+    )
+
+
+class Compiler:
+    """Checks names and compiles one tree; collects every problem before raising."""
+
+    def __init__(self, context: Context) -> None:
+        self.ctx = context
+        self.problems: list[Problem] = []
+        self.nodes = 0
+        self._stack: list[str] = []
+
+    def compile(self, tree: Node, *, name: str | None = None) -> Condition:
+        """The condition for ``tree``; ``name``: the saved segment this tree is (so a reference to it is a cycle)."""
+        if name is not None:
+            self._stack.append(name)
+        condition = self.node(tree, 0)
+        if self.problems:
+            raise InvalidSegment(self.problems)
+        return condition
+
+    def fail(self, pointer: str, detail: str) -> Condition:
+        self.problems.append(Problem(pointer, detail))
+        return sa.false()
+
+    def node(self, node: Node, depth: int) -> Condition:
+        self.nodes += 1
+        if self.nodes == MAX_NODES + 1:
+            self.fail(node.pointer, f"the tree, with the segments it uses, has more than {MAX_NODES} nodes")
+        if depth + 1 > MAX_DEPTH:
+            return self.fail(
+                node.pointer, f"with the segments it uses the tree is deeper than {MAX_DEPTH} levels"
+            )
+        if isinstance(node, All):
+            return sa.and_(*(self.node(c, depth + 1) for c in node.children))
+        if isinstance(node, AnyOf):
+            return sa.or_(*(self.node(c, depth + 1) for c in node.children))
+        if isinstance(node, Not):
+            return sa.not_(self.node(node.child, depth + 1))
+        return self.leaf(node, depth)
+
+    # ---------------------------------------------------------------------------------------------------------
+
+    def leaf(self, leaf: Leaf, depth: int) -> Condition:
+        return _BUILDERS[leaf.field.name.split(".")[0]](self, leaf, depth)
+
+    def order_scope(self, leaf: Leaf) -> list[Condition]:
+        where: list[Condition] = [Order.member_id == members.c.id]
+        if (days := leaf.param("window_days")) is not None:
+            where.append(Order.placed_at >= self.ctx.now - timedelta(days=days))
+        if (channel := leaf.param("channel")) is not None:
+            if channel not in self.ctx.channels:
+                known = ", ".join(sorted(self.ctx.channels)) or "none"
+                self.fail(f"{leaf.pointer}/channel", f"no channel named {channel!r} (known: {known})")
+            where.append(Order.channel == channel)
+        if (store := leaf.param("store")) is not None:
+            where.append(Order.store_code.is_not(None) if store == "*" else Order.store_code == store)
+        return where
+
+    def tier_codes(self, leaf: Leaf, codes: Sequence[str]) -> None:
+        if self.ctx.tiers is None:
+            self.fail(
+                f"{leaf.pointer}/field", "no tier ladder is configured yet, so tier conditions cannot match"
+            )
+            return
+        for i, code in enumerate(codes):
+            if code not in self.ctx.tiers:
+                at = f"{leaf.pointer}/value" + ("" if leaf.op in ("eq", "ne") else f"/{i}")
+                self.fail(at, f"no tier {code!r} in the ladder (tiers: {', '.join(self.ctx.tiers)})")
+
+
+def _profile(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    name, op, value, now = leaf.field.name, leaf.op, leaf.value, c.ctx.now
+    if name == "profile.referral_count":
+        count = (
+            sa.select(sa.func.count())
+            .select_from(_referrals)
+            .where(_referrals.c.referrer_id == members.c.id, _referrals.c.status == "active")
+            .correlate(members)
+            .scalar_subquery()
+        )
+        return _scalar_test(count, op, value, now)
+    if name == "profile.birthday_month":
+        month = sa.cast(sa.extract("month", members.c.birthday), sa.Integer)
+        return _column_test(month, op, value, now, present=members.c.birthday.is_not(None))
+    column = {
+        "profile.gender": members.c.gender,
+        "profile.city": members.c.city,
+        "profile.province": members.c.province,
+        "profile.joined_at": members.c.created_at,
+        "profile.source_channel": members.c.source_channel,
+        "profile.source_store": members.c.source_store,
+        "profile.source_campaign": members.c.source_campaign,
+        "profile.referrer": members.c.referrer_id,
+    }[name]
+    return _column_test(column, op, value, now)
+
+
+def _identity(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    channel = leaf.param("channel")
+    kinds = c.ctx.identity_kinds.get(channel, ())
+    if not kinds:
+        known = ", ".join(sorted(k for k, v in c.ctx.identity_kinds.items() if v)) or "none"
+        return c.fail(
+            f"{leaf.pointer}/channel",
+            f"channel {channel!r} declares no identity kinds (channels with identities: {known})",
+        )
+    has = _exists(Identity.member_id == members.c.id, Identity.kind.in_(kinds))
+    return has if leaf.value else sa.not_(has)
+
+
+def _effective_tier(c: Compiler) -> sa.ColumnElement[str]:
+    assert c.ctx.tiers is not None
+    mt = sa.inspect(MemberTier).local_table
+    held = (
+        sa.select(
+            sa.case(
+                (
+                    sa.and_(mt.c.override_code.is_not(None), mt.c.override_until > c.ctx.now),
+                    mt.c.override_code,
+                ),
+                else_=mt.c.tier_code,
+            )
+        )
+        .where(mt.c.member_id == members.c.id)
+        .correlate(members)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(held, c.ctx.tiers[0])
+
+
+def _tier(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    codes = leaf.value if isinstance(leaf.value, tuple) else (leaf.value,)
+    c.tier_codes(leaf, codes)
+    if c.ctx.tiers is None:
+        return sa.false()
+    if leaf.field.name == "tier.code":
+        return _column_test(_effective_tier(c), leaf.op, leaf.value, c.ctx.now, present=sa.true())
+    th = sa.inspect(TierHistory).local_table
+    where = [th.c.member_id == members.c.id, th.c.to_code.in_(codes)]
+    if (days := leaf.param("window_days")) is not None:
+        where.append(th.c.at >= c.ctx.now - timedelta(days=days))
+    return _exists(*where)
+
+
+def _tags(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    values = leaf.value if isinstance(leaf.value, tuple) else (leaf.value,)
+    tags: list[str] = []
+    for i, raw in enumerate(values):
+        try:
+            tags.append(normalise_tag(raw))
+        except Unprocessable as exc:
+            at = f"{leaf.pointer}/value" + ("" if leaf.op == "has" else f"/{i}")
+            c.fail(at, exc.message)
+
+    def has(*wanted: str) -> Condition:
+        return _exists(MemberTag.member_id == members.c.id, MemberTag.tag.in_(wanted))
+
+    if leaf.op == "has_all":
+        return sa.and_(*(has(t) for t in tags))
+    if leaf.op == "has_none":
+        return sa.not_(has(*tags))
+    return has(*tags)
+
+
+def _consent(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    purpose = leaf.param("purpose")
+    signature = leaf.param("signature") or "*"
+    latest = (
+        sa.select(ConsentEvent.status)
+        .where(
+            ConsentEvent.member_id == members.c.id,
+            ConsentEvent.purpose == purpose,
+            ConsentEvent.signature.in_(sorted({signature, "*"})),
+        )
+        .order_by(ConsentEvent.id.desc())
+        .limit(1)
+        .correlate(members)
+        .scalar_subquery()
+    )
+    # with no statement at all, service messages are allowed and marketing needs an opt-in (consent service)
+    default = "opt_in" if purpose == "service" else "opt_out"
+    opted_in = sa.func.coalesce(latest, default) == "opt_in"
+    return opted_in if leaf.value else sa.not_(opted_in)
+
+
+def _points(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    name, now = leaf.field.name, c.ctx.now
+    amount: sa.ColumnElement[Any]
+    if name == "points.balance":
+        amount = (
+            sa.select(PointsBalance.available)
+            .where(PointsBalance.member_id == members.c.id)
+            .correlate(members)
+            .scalar_subquery()
+        )
+    elif name == "points.expiring":
+        amount = (
+            sa.select(sa.func.sum(PointsLot.remaining))
+            .where(
+                PointsLot.member_id == members.c.id,
+                PointsLot.status == "available",
+                PointsLot.expires_at > now,
+                PointsLot.expires_at <= now + timedelta(days=leaf.param("within_days")),
+            )
+            .correlate(members)
+            .scalar_subquery()
+        )
+    else:
+        kind = EntryKind.EARN if name == "points.earned" else EntryKind.REDEEM
+        where = [PointsEntry.member_id == members.c.id, PointsEntry.kind == kind]
+        if (days := leaf.param("window_days")) is not None:
+            where.append(PointsEntry.occurred_at >= now - timedelta(days=days))
+        total = sa.func.sum(PointsEntry.amount if kind == EntryKind.EARN else -PointsEntry.amount)
+        amount = sa.select(total).where(*where).correlate(members).scalar_subquery()
+    return _scalar_test(sa.func.coalesce(amount, 0), leaf.op, leaf.value, now)
+
+
+def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    name, op, value, now = leaf.field.name, leaf.op, leaf.value, c.ctx.now
+    scope = c.order_scope(leaf)
+    if name == "orders.count":
+        # "has any" and "has none" are the common forms: EXISTS stops at the first order found
+        if (op, value) in (("gte", 1), ("gt", 0)) or (op == "ne" and value == 0):
+            return _exists(*scope, counted_order())
+        if (op, value) in (("eq", 0), ("lt", 1), ("lte", 0)):
+            return sa.not_(_exists(*scope, counted_order()))
+    if name in ("orders.bought_sku", "orders.bought_category"):
+        column = OrderLine.sku if name == "orders.bought_sku" else OrderLine.category
+        return _exists(
+            *scope,
+            counted_order(),
+            OrderLine.order_id == Order.id,
+            column.in_(value),
+            sa.not_(sa.and_(OrderLine.refunded_fen > 0, OrderLine.refunded_fen >= OrderLine.amount_fen)),
+        )
+    net = Order.paid_fen - Order.refunded_fen
+    spend = sa.cast(sa.func.coalesce(sa.func.sum(sa.case((net > 0, net), else_=0)), 0), sa.BigInteger)
+    query: sa.Select[Any]
+    if name == "orders.refund_rate":
+        paid = sa.cast(sa.func.sum(Order.paid_fen), sa.BigInteger)
+        refunded = sa.cast(sa.func.sum(Order.refunded_fen), sa.BigInteger)
+        query = sa.select(sa.case((paid > 0, (refunded * 100) // paid), else_=None)).where(
+            *scope, purchased_order()
+        )
+    else:
+        aggregates: dict[str, Callable[[], sa.ColumnElement[Any]]] = {
+            "orders.count": sa.func.count,
+            "orders.spend": lambda: spend,
+            "orders.last_at": lambda: sa.func.max(Order.placed_at),
+            "orders.first_at": lambda: sa.func.min(Order.placed_at),
+            "orders.aov": lambda: sa.case((sa.func.count() > 0, spend // sa.func.count()), else_=None),
+        }
+        query = sa.select(aggregates[name]()).where(*scope, counted_order())
+    return _scalar_test(query.correlate(members).scalar_subquery(), op, value, now)
+
+
+def _segment(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    name = leaf.value
+    at = f"{leaf.pointer}/value"
+    if name in c._stack:
+        chain = " -> ".join([*c._stack[c._stack.index(name) :], name])
+        return c.fail(at, f"segments refer to each other in a cycle: {chain}")
+    document = c.ctx.segments.get(name)
+    if document is None:
+        return c.fail(at, f"no saved segment named {name!r}")
+    try:
+        tree = parse(document)
+    except InvalidSegment as exc:
+        return c.fail(at, f"segment {name!r} is not valid any more: {exc.message}")
+    if c.nodes + size(tree) > MAX_NODES:
+        return c.fail(at, f"with segment {name!r} the tree has more than {MAX_NODES} nodes")
+    c._stack.append(name)
+    before = len(c.problems)
+    try:
+        inner = c.node(tree, depth)
+    finally:
+        c._stack.pop()
+    if len(c.problems) > before:
+        # a problem inside the used segment is reported where it is used: that is the node the caller can fix
+        found = c.problems[before:]
+        del c.problems[before:]
+        c.fail(at, f"segment {name!r}: " + "; ".join(f"{p.pointer}: {p.detail}" for p in found))
+    return sa.not_(inner) if leaf.op == "ne" else inner
+
+
+def _lifecycle(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    return _column_test(members.c.lifecycle_stage, leaf.op, leaf.value, c.ctx.now, present=sa.true())
+
+
+_BUILDERS: dict[str, Callable[[Compiler, Leaf, int], Condition]] = {
+    "lifecycle": _lifecycle,
+    "profile": _profile,
+    "identity": _identity,
+    "tier": _tier,
+    "tags": _tags,
+    "consent": _consent,
+    "points": _points,
+    "orders": _orders,
+    "segment": _segment,
+}
+
+# every field the language offers has a builder (or is declared unavailable)
+assert all(spec.name.split(".")[0] in _BUILDERS or spec.unavailable for spec in FIELDS.values())
+
+
+def compile_tree(tree: Node, context: Context, *, name: str | None = None) -> Condition:
+    """The SQL condition for ``tree`` (a member row qualifies where it is true); raises
+    :class:`InvalidSegment` when names in the tree are unknown or segments refer to each other in a cycle."""
+    return Compiler(context).compile(tree, name=name)
+
+
+def member_filter(condition: Condition) -> Condition:
+    """The condition restricted to live members (merged tombstones are in no segment)."""
+    return sa.and_(members.c.status == "active", condition)
