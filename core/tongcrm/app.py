@@ -41,6 +41,7 @@ from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.privacy.api import PrivacyController
 from tongcrm.programme.api import ProgrammeSettingsController
 from tongcrm.programme.service import SettingsCache
 from tongcrm.replay.service import ReplayGuard
@@ -68,6 +69,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     OrderController,
     SegmentController,
     LifecycleController,
+    PrivacyController,
 )
 
 

@@ -27,7 +27,7 @@ from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
-from tongcrm.members.models import Member, MemberTag
+from tongcrm.members.models import ERASED, Member, MemberTag
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
@@ -376,6 +376,8 @@ async def _live_member(session: AsyncSession, member_id: int, *, lock: bool = Fa
     member = (await session.execute(stmt)).scalar_one_or_none()
     if member is None:
         raise NotFound(f"no member {member_id}")
+    if member.status == ERASED:
+        raise Conflict(f"member {member_id} was erased: nothing about them can change any more")
     if member.status != "active":
         raise Conflict(
             f"member {member_id} was merged into member {member.merged_into_id}; change that member instead",
