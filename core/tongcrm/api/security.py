@@ -14,6 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.routes import BaseRoute
 
+from tongcrm.api.inputs import reject_unknown_query
 from tongcrm.auth.service import KeyVerifier, Principal, Role
 from tongcrm.errors import ConfigError
 
@@ -78,6 +79,7 @@ async def authorize(request: Request[Any, Any, Any]) -> None:
         raise PermissionDeniedException(
             f"role {principal.role.value!r} may not do this (needs one of: {names})"
         )
+    reject_unknown_query(request)
 
 
 def is_public(path: str, public: Iterable[str]) -> bool:

@@ -19,13 +19,14 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, PathParameter
+from tongcrm.api.inputs import problems
 from tongcrm.api.security import authenticate, principal_of, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
@@ -228,7 +229,7 @@ def build_router(config: PosConfig) -> Router:
         store_code: FromPath[str],
         till: FromPath[str],
         business_day: FromPath[date],
-        sequence: FromPath[int],
+        sequence: Annotated[int, PathParameter(ge=1, le=10**9)],
         counter: NamedDependency[CounterService],
         request: Request[Any, Any, Any],
     ) -> ReceiptView:
@@ -244,7 +245,7 @@ def build_router(config: PosConfig) -> Router:
     pos = Router(
         "/",
         route_handlers=[lookup, enrol, checkout, upload, receipt],
-        opt=requires(Role.POS),
+        opt={**requires(Role.POS), **problems(429)},  # a till over its rate limit
         guards=[rate_limited],
     )
 
