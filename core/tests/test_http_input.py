@@ -71,6 +71,14 @@ async def test_nul_characters_are_refused_naming_the_field(make_client: Any) -> 
         ("POST", "/api/merges", {"survivor_id": 2**63, "absorbed_id": 1, "reason": "dup"}, "survivor_id"),
         ("POST", "/api/members", {"name": "x", "referrer_id": 2**63}, "referrer_id"),
         ("POST", "/api/members", {"name": "x", "referrer_id": 2**64 + 1}, "referrer_id"),
+        ("PATCH", "/api/members/1", {"version": 2**31, "name": "x"}, "version"),
+        ("PUT", "/api/care-flows/birthday", {"template": "t", "delay_seconds": 2**31}, "delay_seconds"),
+        (
+            "POST",
+            "/api/messages/campaign-sends",
+            {"campaign": "c", "template": "t", "member_ids": [1, 2**63]},
+            "member_ids[1]",
+        ),
         (
             "POST",
             "/api/points/rules/preview",
@@ -85,6 +93,15 @@ async def test_integers_beyond_their_columns_are_a_400(
     async with make_client() as api:
         body = _problem(await api.request(method, url, json=json), 400, field)
         assert body["errors"][0]["key"].split(".")[-1] == field
+
+
+async def test_an_if_match_version_past_the_column_is_a_400(make_client: Any) -> None:
+    async with make_client() as api:
+        m = await _member(api)
+        r = await api.patch(f"/api/members/{m}", json={"name": "李四"}, headers={"If-Match": f'"v{2**31}"'})
+        _problem(r, 400, "If-Match")
+        r = await api.patch(f"/api/members/{m}", json={"name": "李四"}, headers={"If-Match": '"v1"'})
+        assert r.status_code == 200, r.text
 
 
 async def test_points_entries_and_balances_are_bounded(make_client: Any, tongcrm_db: Any) -> None:

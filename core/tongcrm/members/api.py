@@ -14,7 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.api.inputs import MAX_ID, PathId, QueryId, problems
+from tongcrm.api.inputs import MAX_ID, MAX_INT32, PathId, QueryId, problems
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
@@ -322,7 +322,7 @@ def _expected_version(if_match: str | None, data: MemberPatch) -> int:
         if found is None:
             raise BadRequest(f'If-Match {if_match!r} is not an ETag this API issued (like "v3")')
         version = int(found.group(1))
-        if version > MAX_ID:
+        if version > MAX_INT32:  # member versions are a 32-bit column
             raise BadRequest(f'If-Match {if_match!r} is not an ETag this API issued (like "v3")')
         if not isinstance(data.version, msgspec.UnsetType) and data.version != version:
             raise BadRequest("If-Match and the body's version disagree")

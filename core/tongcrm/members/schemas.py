@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from tongcrm.api.inputs import MAX_ID, BodyId
+from tongcrm.api.inputs import MAX_INT32, BodyId
 
 
 class MemberCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -40,7 +40,7 @@ class MemberPatch(msgspec.Struct, forbid_unknown_fields=True):
     source_campaign: str | UnsetType | None = UNSET
     referrer_id: BodyId | UnsetType | None = UNSET
     lifecycle_stage: str | UnsetType = UNSET
-    version: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] | UnsetType = UNSET
+    version: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT32)] | UnsetType = UNSET
 
     def changes(self) -> dict[str, Any]:
         return {
