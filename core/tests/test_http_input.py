@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from tongcrm.api.inputs import MAX_ID, MAX_JSON_DEPTH
-from tongcrm.api.security import ROLES_OPT
+from litestar import post
+from tongcrm.api.inputs import MAX_ID, MAX_JSON_DEPTH, nul_checked_per_item
+from tongcrm.api.security import ROLES_OPT, requires
 from tongcrm.auth.service import Role
 from tongcrm.errors import Conflict
 from tongcrm.plugin.host import PluginHost
@@ -49,6 +50,22 @@ async def test_nul_characters_are_refused_naming_the_field(make_client: Any) -> 
         _problem(await api.get("/api/channel-accounts/a%00b"), 400, "name", "NUL")
         # nothing reached the database: the member list holds only the one good member
         assert [i["id"] for i in (await api.get("/api/members")).json()["items"]] == [m]
+
+
+async def test_a_batch_route_may_check_nul_per_item(make_client: Any) -> None:
+    # a batch that answers item by item declares so, and sees the NUL to refuse that item alone
+    seen: list[Any] = []
+
+    @post("/test/batch", opt={**requires(Role.ADMIN), **nul_checked_per_item()}, status_code=200)
+    async def batch(data: list[dict[str, str]]) -> dict[str, int]:
+        seen.extend(data)
+        return {"refused": sum("\x00" in v for item in data for v in item.values())}
+
+    async with make_client(extra_handlers=[batch]) as api:
+        r = await api.post("/test/batch", json=[{"name": "ok"}, {"name": "b\x00d"}])
+        assert r.status_code == 200 and r.json() == {"refused": 1}, r.text
+        assert seen == [{"name": "ok"}, {"name": "b\x00d"}]
+        _problem(await api.post("/test/batch", json=[[[{"x": "y"}]]]), 400, "Expected `object`")
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,7 @@ class StrictRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
         if self._json is Empty:
             body = await self.body()
-            value = decode_body(body or b"null")
+            value = decode_body(body or b"null", nul=not self.route_handler.opt.get(NUL_PER_ITEM_OPT))
             target = _body_type(self)
             if target is not None and value is not None:
                 try:
@@ -92,26 +92,35 @@ class StrictRequest(Request[Any, Any, Any]):
         return self._json
 
 
-def decode_body(body: bytes) -> Any:
+#: The ``opt`` key of a route that refuses U+0000 per item itself (a batch that answers item by item), so
+#: one bad item does not fail the whole body: ``opt={..., **nul_checked_per_item()}``.
+NUL_PER_ITEM_OPT = "tongcrm_nul_per_item"
+
+
+def nul_checked_per_item() -> dict[str, bool]:
+    return {NUL_PER_ITEM_OPT: True}
+
+
+def decode_body(body: bytes, *, nul: bool = True) -> Any:
     """The JSON value of ``body``, refused (400) when it is not JSON, nests deeper than :data:`MAX_JSON_DEPTH`,
-    holds U+0000 in a string or key, or holds an integer beyond :data:`MAX_ID`."""
+    holds U+0000 in a string or key (unless ``nul`` is false), or holds an integer beyond :data:`MAX_ID`."""
     try:
         value = msgspec.json.decode(body)
     except RecursionError as exc:
         raise _invalid(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from exc
     except msgspec.DecodeError as exc:
         raise _invalid(f"the body is not valid JSON: {exc}") from exc
-    check_value(value)
+    check_value(value, nul=nul)
     return value
 
 
-def check_value(value: Any) -> None:
+def check_value(value: Any, *, nul: bool = True) -> None:
     """Walk a decoded JSON value without recursion and refuse what the database could not store."""
     stack: list[tuple[Any, str, int]] = [(value, "$", 1)]
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if nul and "\x00" in item:
                 raise _invalid("NUL characters (U+0000) are not allowed", key=_key(where))
         elif isinstance(item, bool):
             continue
@@ -123,7 +132,7 @@ def check_value(value: Any) -> None:
                 raise _invalid(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)")
             if isinstance(item, dict):
                 for k, v in item.items():
-                    if "\x00" in k:
+                    if nul and "\x00" in k:
                         raise _invalid("NUL characters (U+0000) are not allowed in keys", key=_key(where))
                     stack.append((v, f"{where}.{k}", depth + 1))
             else:
