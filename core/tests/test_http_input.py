@@ -158,6 +158,30 @@ async def test_points_entries_and_balances_are_bounded(make_client: Any, tongcrm
         assert statement["balance"]["available"] == MAX_BALANCE - 5
 
 
+@pytest.mark.parametrize(
+    ("rule", "words"),
+    [
+        ({"expiry": {"kind": "end_of_year", "months": 99_999_999_999}}, "months"),
+        ({"expiry": {"kind": "days_after", "days": 10**12}}, "days"),
+        ({"points_per_yuan": "1e30"}, "points_per_yuan"),
+        ({"return_window_days": 2**40, "release": "return_window"}, "return_window_days"),
+    ],
+)
+async def test_rule_documents_are_bounded(make_client: Any, rule: dict[str, Any], words: str) -> None:
+    # an expiry a hundred million years out was stored and activated; every adjustment after it was a 500
+    async with make_client() as api:
+        spend = {"type": "spend", "code": "base", "priority": 1, "points_per_yuan": "1", **rule}
+        r = await api.post("/api/points/rules", json={"document": {"rules": [spend]}, "activate": True})
+        _problem(r, 422, words)
+        m = await _member(api)
+        r = await api.post(
+            f"/api/members/{m}/points/adjustments",
+            json={"points": 5, "reason": "gift"},
+            headers={"Idempotency-Key": "after-rules"},
+        )
+        assert r.status_code == 201, r.text
+
+
 async def test_adjustment_expiry_needs_a_zone_and_a_future(make_client: Any) -> None:
     async with make_client() as api:
         m = await _member(api)
