@@ -19,7 +19,8 @@ accepted as an integer. Rather than each handler guarding itself, the app applie
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -40,6 +41,12 @@ MAX_INT32 = 2**31 - 1
 #: The deepest a JSON request body may nest (objects and arrays). No request the API defines needs more than a
 #: handful of levels; the bound keeps decoding and every later walk of the value cheap and non-recursive.
 MAX_JSON_DEPTH = 32
+
+#: Dates and times the API accepts: years 1900 to 2999. Wider values reached arithmetic that overflows (a
+#: ``+14:00`` time at 0001-01-01 has no UTC value; the day after 9999-12-31 does not exist) and no member's
+#: birthday, order or validity lies outside them.
+MIN_DATE = date(1900, 1, 1)
+MAX_DATE = date(2999, 12, 31)
 
 #: A positive database id in a path (``/api/members/{member_id}``).
 PathId = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="a positive id")]
@@ -83,11 +90,13 @@ class StrictRequest(Request[Any, Any, Any]):
             target = _body_type(self)
             if target is not None and value is not None:
                 try:
-                    msgspec.convert(
+                    typed = msgspec.convert(
                         value, target, strict=True, dec_hook=self.route_handler.default_deserializer
                     )
                 except msgspec.ValidationError as exc:
                     raise _invalid(_body_message(str(exc)), key=_error_key(str(exc))) from exc
+                for where, moment in _moments(typed, "$"):
+                    check_moment(_key(where) or "body", moment, source="body")
             self._json = self._connection_state.json = value
         return self._json
 
@@ -137,6 +146,33 @@ def check_value(value: Any, *, nul: bool = True) -> None:
                     stack.append((v, f"{where}.{k}", depth + 1))
             else:
                 stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+
+
+def check_moment(name: str, value: date, *, source: str) -> None:
+    """Refuse (400) a date or date-time outside :data:`MIN_DATE`..:data:`MAX_DATE` (a date-time with a zone
+    is judged by its date in UTC, which must exist)."""
+    day = value
+    if isinstance(value, datetime):
+        if value.tzinfo is not None and MIN_DATE <= value.date() <= MAX_DATE:
+            value = value.astimezone(UTC)  # cannot overflow inside the bounds
+        day = value.date()
+    if not MIN_DATE <= day <= MAX_DATE:
+        raise _invalid(f"date out of range ({MIN_DATE} to {MAX_DATE})", key=name, source=source)
+
+
+def _moments(value: Any, where: str) -> Iterator[tuple[str, date]]:
+    """The dates and date-times in a converted body (structs, mappings, sequences), with where they are."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, date):
+            yield at, item
+        elif isinstance(item, msgspec.Struct):
+            stack.extend((getattr(item, f), f"{at}.{f}") for f in item.__struct_fields__)
+        elif isinstance(item, dict):
+            stack.extend((v, f"{at}.{k}") for k, v in item.items())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
 
 
 def check_text(name: str, value: str, *, source: str = "query") -> None:
@@ -189,6 +225,10 @@ def _body_type(request: Request[Any, Any, Any]) -> Any:
 QUERY_OPT = "tongcrm_query"
 
 
+#: The ``opt`` key holding the query parameters a route reads as dates or date-times (name: type).
+QUERY_MOMENTS_OPT = "tongcrm_query_moments"
+
+
 def collect_query_names(routes: Iterable[BaseRoute]) -> None:
     """Record on every route handler the query parameter names it (and its dependencies) read; a handler
     that takes the whole ``query`` mapping reads what it likes and is not checked."""
@@ -198,14 +238,28 @@ def collect_query_names(routes: Iterable[BaseRoute]) -> None:
         for handler, kwargs_model in route.route_handler_map.values():
             names = frozenset(p.field_alias for p in kwargs_model.expected_query_params)
             handler.opt[QUERY_OPT] = None if "query" in kwargs_model.expected_reserved_kwargs else names
+            fields = handler.parsed_fn_signature.parameters
+            moments: dict[str, type[date]] = {}
+            for p in kwargs_model.expected_query_params:
+                field = fields.get(p.field_name)
+                for kind in (datetime, date):  # datetime first: it is a date too
+                    if field is not None and (
+                        field.is_subclass_of(kind) or field.has_inner_subclass_of(kind)
+                    ):
+                        moments[p.field_alias] = kind
+                        break
+            handler.opt[QUERY_MOMENTS_OPT] = moments
 
 
 def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
     """400 when the query string names a parameter the route does not read, or a path or query value holds a
-    NUL character."""
-    for name, value in request.scope["path_params"].items():
+    NUL character or a date out of range."""
+    in_path: dict[str, Any] = request.scope["path_params"]  # parsed: ints, dates, strings
+    for name, value in in_path.items():
         if isinstance(value, str):
             check_text(name, value, source="path")
+        elif isinstance(value, date):
+            check_moment(name, value, source="path")
     if not request.scope.get("query_string"):
         return
     known: frozenset[str] | None = request.route_handler.opt.get(QUERY_OPT)
@@ -225,8 +279,15 @@ def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
                     for k in unknown
                 ],
             )
+    moments: dict[str, Any] = request.route_handler.opt.get(QUERY_MOMENTS_OPT) or {}
     for name, value in params.multi_items():
         check_text(name, value)
+        if name in moments:
+            try:
+                parsed = msgspec.convert(value, moments[name])
+            except msgspec.ValidationError:
+                continue  # not a date: the handler's own parsing names it (a 400)
+            check_moment(name, parsed, source="query")
 
 
 # --- OpenAPI: the problems each operation can answer -------------------------------------------------------------
