@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from litestar import post
+from litestar.params import JSONBody
 from tongcrm.api.inputs import MAX_ID, MAX_JSON_DEPTH, nul_checked_per_item
 from tongcrm.api.security import ROLES_OPT, requires
 from tongcrm.auth.service import Role
@@ -57,7 +58,7 @@ async def test_a_batch_route_may_check_nul_per_item(make_client: Any) -> None:
     seen: list[Any] = []
 
     @post("/test/batch", opt={**requires(Role.ADMIN), **nul_checked_per_item()}, status_code=200)
-    async def batch(data: list[dict[str, str]]) -> dict[str, int]:
+    async def batch(data: JSONBody[list[dict[str, str]]]) -> dict[str, int]:
         seen.extend(data)
         return {"refused": sum("\x00" in v for item in data for v in item.values())}
 
