@@ -86,7 +86,7 @@ def count_requests(log: Path) -> int:
     return count
 
 
-def fuzz_role(url: str, role: str, key: str, seconds: int, workdir: Path) -> tuple[bool, str]:
+def fuzz_role(url: str, role: str, key: str, seconds: int, workdir: Path, seed: int) -> tuple[bool, str]:
     """One schemathesis run as ``role``: (passed, its output)."""
     command = [
         "schemathesis",
@@ -103,7 +103,7 @@ def fuzz_role(url: str, role: str, key: str, seconds: int, workdir: Path) -> tup
         "--max-time",
         str(seconds),
         "--seed",
-        str(SEED),
+        str(seed),
         "--workers",
         "1",
         "--request-timeout",
@@ -118,7 +118,9 @@ def fuzz_role(url: str, role: str, key: str, seconds: int, workdir: Path) -> tup
     return done.returncode == 0, done.stdout + done.stderr
 
 
-def fuzz_backend(backend: str, database_url: str, role_seconds: dict[str, int]) -> tuple[bool, int]:
+def fuzz_backend(
+    backend: str, database_url: str, role_seconds: dict[str, int], seed: int
+) -> tuple[bool, int]:
     """Serve ``database_url``, fuzz it as each role; (all passed, requests made)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"tongcrm-fuzz-{backend}-"))
     env = {
@@ -153,7 +155,7 @@ def fuzz_backend(backend: str, database_url: str, role_seconds: dict[str, int]) 
         for role, seconds in role_seconds.items():
             started = time.monotonic()
             before = count_requests(log)
-            ok, output = fuzz_role(url, role, keys[role], seconds, workdir)
+            ok, output = fuzz_role(url, role, keys[role], seconds, workdir, seed)
             made = count_requests(log) - before
             verdict = "passed" if ok else "FAILED"
             print(f"fuzz {backend} {role}: {verdict}, {made} requests in {time.monotonic() - started:.0f}s")
@@ -179,9 +181,9 @@ def fuzz_backend(backend: str, database_url: str, role_seconds: dict[str, int]) 
     return passed, total
 
 
-async def _with_scratch(backend: str, role_seconds: dict[str, int]) -> tuple[bool, int]:
+async def _with_scratch(backend: str, role_seconds: dict[str, int], seed: int) -> tuple[bool, int]:
     async with scratch_url(backend) as database_url:
-        return await asyncio.to_thread(fuzz_backend, backend, database_url, role_seconds)
+        return await asyncio.to_thread(fuzz_backend, backend, database_url, role_seconds, seed)
 
 
 def main() -> int:
@@ -191,6 +193,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, help="seconds per role and backend (default: per role)")
     parser.add_argument("--roles", default=",".join(ROLE_SECONDS), help="comma-separated roles to fuzz as")
     parser.add_argument("--backends", help="comma-separated: sqlite,postgresql (default: what is configured)")
+    parser.add_argument("--seed", type=int, default=SEED, help="schemathesis's seed (CI uses the default)")
     args = parser.parse_args()
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     role_seconds = {r: args.seconds or ROLE_SECONDS[r] for r in roles}
@@ -201,7 +204,7 @@ def main() -> int:
     )
     failed = []
     for backend in backends:
-        passed, requests = asyncio.run(_with_scratch(backend, role_seconds))
+        passed, requests = asyncio.run(_with_scratch(backend, role_seconds, args.seed))
         print(f"fuzz {backend}: {'passed' if passed else 'FAILED'}, {requests} requests in all")
         if not passed:
             failed.append(backend)
