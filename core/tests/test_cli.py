@@ -70,3 +70,55 @@ def test_errors_print_one_line_and_exit_non_zero(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert err.startswith("error: unsupported database 'mysql'")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected_utc"),
+    [
+        ("2026-11-01 00:00", "2026-10-31T16:00:00+00:00"),  # the README's form: Asia/Shanghai wall time
+        ("2026-11-01 00:00:30", "2026-10-31T16:00:30+00:00"),
+        ("2026-11-01", "2026-10-31T16:00:00+00:00"),
+        ("2026-11-01T08:00", "2026-11-01T00:00:00+00:00"),
+        ("2026-11-01T00:00:00+08:00", "2026-10-31T16:00:00+00:00"),
+        ("2026-11-01T00:00Z", "2026-11-01T00:00:00+00:00"),
+        ("2026-11-01 09:30:00.250-05:00", "2026-11-01T14:30:00.250000+00:00"),
+    ],
+)
+def test_sync_since_accepts_the_readme_form_and_iso_8601(
+    invoke, monkeypatch: pytest.MonkeyPatch, given: str, expected_utc: str
+) -> None:  # type: ignore[no-untyped-def]
+    from tongcrm.ingest import cli as ingest_cli
+
+    seen = []
+
+    async def run_sync(host, settings, names, since, max_pages):  # type: ignore[no-untyped-def]
+        seen.append(since)
+        return []
+
+    monkeypatch.setattr(ingest_cli, "_run_sync", run_sync)
+    result = invoke("sync", "--since", given)
+    assert result.exit_code == 0, result.output
+    (since,) = seen
+    assert since.isoformat() == expected_utc
+
+
+def test_sync_since_naive_time_uses_the_programme_time_zone(invoke, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from tongcrm.ingest import cli as ingest_cli
+
+    seen = []
+
+    async def run_sync(host, settings, names, since, max_pages):  # type: ignore[no-untyped-def]
+        seen.append(since)
+        return []
+
+    monkeypatch.setattr(ingest_cli, "_run_sync", run_sync)
+    monkeypatch.setenv("TONGCRM_TIMEZONE", "Europe/London")
+    assert invoke("sync", "--since", "2026-07-01 00:00").exit_code == 0
+    assert seen[0].isoformat() == "2026-06-30T23:00:00+00:00"  # BST is UTC+1
+
+
+@pytest.mark.parametrize("given", ["yesterday", "2026-13-01 00:00", "2026/11/01 00:00", ""])
+def test_sync_since_refuses_what_is_not_a_time(invoke, given: str) -> None:  # type: ignore[no-untyped-def]
+    result = invoke("sync", "--since", given)
+    assert result.exit_code == 2
+    assert "is not a date and time" in result.output

@@ -23,6 +23,7 @@ from tongcrm.api.problems import exception_handlers
 from tongcrm.api.security import ROLES_OPT, authorize, check_route_access
 from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
+from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
@@ -37,8 +38,12 @@ from tongcrm.logging import configure_logging
 from tongcrm.members.api import MemberController, MergeController
 from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
+from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.programme.api import ProgrammeSettingsController
+from tongcrm.programme.service import SettingsCache
+from tongcrm.replay.service import ReplayGuard
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -48,6 +53,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     MemberController,
     MergeController,
     AuditController,
+    ApiKeyController,
     ChannelAccountController,
     QuarantineController,
     MemberPointsController,
@@ -57,6 +63,8 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     EntitlementController,
     MemberEntitlementsController,
     *MESSAGING_CONTROLLERS,
+    ProgrammeSettingsController,
+    OrderController,
 )
 
 
@@ -113,8 +121,10 @@ def create_app(
         "sessions": sessions,
         "read_sessions": read_sessions,
         "point_reader": point_reader,
-        "key_verifier": KeyVerifier(read_sessions),
+        "key_verifier": KeyVerifier(read_sessions, point_reader),
+        "programme_settings": SettingsCache(read_sessions, settings),
         "membership": MembershipService(sessions, host, settings),
+        "replay_guard": ReplayGuard(sessions),
         "vault": vault,
         "counter": CounterService(
             session_factory(counter_engine) if counter_engine is not None else sessions,

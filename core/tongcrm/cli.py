@@ -387,6 +387,94 @@ def verify_cmd(ctx: Context) -> None:
     click.echo("points ledger: balances, entries and lots agree")
 
 
+@cli.group("settings")
+def settings_group() -> None:
+    """Programme settings: marketing window (quiet hours), fatigue budgets, opt-out keywords, time zone."""
+
+
+def _print_settings(current: Any) -> None:
+    table = Table("setting", f"value (version {current.version})")
+    for name, value in current.document().items():
+        table.add_row(name, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+    if current.version == 0:
+        click.echo("defaults: nothing saved yet")
+    else:
+        click.echo(f"saved {current.changed_at:%Y-%m-%d %H:%M} UTC by {current.changed_by}")
+
+
+@settings_group.command("show")
+@click.option("--history", is_flag=True, help="Every saved version, newest first.")
+@pass_ctx
+def settings_show(ctx: Context, history: bool) -> None:
+    """Show the programme settings in force (or their history)."""
+    from tongcrm.programme import service
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine, readonly=True)() as session, session.begin():
+            if history:
+                return await service.history(session, limit=1000)
+            return [await service.current(session, ctx.settings)]
+
+    for version in run(_with_engine(ctx.settings, body)):
+        _print_settings(version)
+
+
+@settings_group.command("set")
+@click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
+@click.option("--if-version", type=int, help="Refuse unless the settings are still at this version.")
+@pass_ctx
+def settings_set(ctx: Context, assignments: tuple[str, ...], if_version: int | None) -> None:
+    """Change settings, e.g. ``marketing_window_start=09:00 daily_budget=5 opt_out_keywords=T,TD,退订``.
+
+    Saved as a new version (the old one stays in the history) and audited."""
+    from tongcrm.audit.service import Actor
+    from tongcrm.programme import service
+
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"{item!r}: write NAME=VALUE (settable: {', '.join(service.FIELDS)})")
+        changes[name.strip()] = value
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine)() as session, session.begin():
+            expected = if_version
+            if expected is None:
+                expected = (await service.current(session, ctx.settings)).version
+            return await service.change(
+                session, ctx.settings, changes, expected_version=expected, actor=Actor("cli", "admin")
+            )
+
+    _print_settings(run(_with_engine(ctx.settings, body)))
+
+
+@cli.group()
+def audit() -> None:
+    """The audit log: check its hash chain."""
+
+
+@audit.command("verify")
+@pass_ctx
+def audit_verify(ctx: Context) -> None:
+    """Walk the audit log's hash chain; name every edited, inserted or removed record and exit non-zero."""
+    from tongcrm.audit.chain import verify
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine, readonly=True)() as session, session.begin():
+            return await verify(session)
+
+    report = run(_with_engine(ctx.settings, body))
+    for finding in report.findings:
+        click.echo(f"  {finding.kind}: {finding.detail}", err=True)
+    if not report.ok:
+        fail(f"audit log: {len(report.findings)} break(s) in the hash chain of {report.records} record(s)")
+    click.echo(
+        f"audit log: {report.records} record(s) chained, intact; head seq {report.head_seq} hash {report.head_hash}"
+    )
+
+
 @cli.group()
 def points() -> None:
     """Points: earning-rule backtests."""

@@ -16,6 +16,7 @@ from tongcrm.counter import CounterService
 from tongcrm.crypto import Vault
 from tongcrm.membership import MembershipService
 from tongcrm.plugin.host import PluginHost
+from tongcrm.replay.service import ReplayGuard
 
 
 def _sessions(state: State) -> async_sessionmaker[AsyncSession]:
@@ -53,6 +54,11 @@ def _counter(state: State) -> CounterService:
     return service
 
 
+def _replay_guard(state: State) -> ReplayGuard:
+    service: ReplayGuard = state.replay_guard
+    return service
+
+
 def _principal(request: Request[Any, Any, Any]) -> Principal:
     return principal_of(request)
 
@@ -65,5 +71,6 @@ dependencies: dict[str, Provide] = {
     "principal": Provide(_principal, sync_to_thread=False),
     "membership": Provide(_membership, sync_to_thread=False),
     "counter": Provide(_counter, sync_to_thread=False),
+    "replay_guard": Provide(_replay_guard, sync_to_thread=False),
     "vault": Provide(_vault, sync_to_thread=False),
 }

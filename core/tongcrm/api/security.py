@@ -2,6 +2,13 @@
 
 Every route requires ``Authorization: Bearer <key>`` except ``/health``, ``/schema*`` and the paths a plugin
 declares public (it then authenticates the caller itself, e.g. by a platform signature).
+
+Till keys (role ``pos``) are kept to the till API of their channel, structurally rather than route by route: a
+route either admits tills alone or no tills at all (:func:`requires` refuses a mix), and the app refuses to
+start with a till route outside ``/pos/`` (:func:`check_route_access`), the namespace of till APIs (a channel
+mounts its own there, e.g. ``/pos/v1``), so the admin API under ``/api`` never admits one. A till key is scoped
+to one store, while the admin API is brand-wide (any member's statement, redemptions, unmasked lookups); a till
+that could reach it would be a key to every store.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.routes import BaseRoute
 
 from tongcrm.api.inputs import reject_unknown_query
@@ -19,6 +27,8 @@ from tongcrm.auth.service import KeyVerifier, Principal, Role
 from tongcrm.errors import ConfigError
 
 PUBLIC_PATHS = ("/health", "/schema")
+#: Where till APIs live: only routes under it may admit till keys (so none of the admin API under /api does).
+TILL_API_PREFIX = "/pos"
 
 READ_ROLES = (Role.ADMIN, Role.OPERATOR, Role.ANALYST)
 WRITE_ROLES = (Role.ADMIN, Role.OPERATOR)
@@ -65,21 +75,40 @@ def requires(*roles: Role) -> dict[str, frozenset[Role]]:
     """
     if not roles:
         raise ValueError("requires() needs at least one role")
+    if Role.POS in roles and len(set(roles)) > 1:
+        raise ValueError(
+            "a route admits till keys (pos) alone or not at all: a till route is scoped to the till's store, "
+            "an admin route is not"
+        )
     return {ROLES_OPT: frozenset(roles)}
 
 
 async def authorize(request: Request[Any, Any, Any]) -> None:
-    """Before every handler: authenticate the caller and check its role, when the route names roles."""
-    roles: frozenset[Role] | None = request.route_handler.opt.get(ROLES_OPT)
+    """Before every handler: authenticate the caller and check its role, when the route names roles; then
+    refuse query parameters the route does not read (see :mod:`tongcrm.api.inputs`)."""
+    if await check_access(request, request.route_handler) is not None:
+        reject_unknown_query(request)
+
+
+async def check_access(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> Principal | None:
+    """Authenticate the caller and check its role against ``handler``'s (None for a public route).
+
+    :func:`authorize` calls it before every handler; a guard that must know the caller (e.g. a rate limit per
+    key) calls it first, since litestar runs guards before the ``before_request`` hook: a key of another role
+    is then refused for its role, never counted against a limit meant for the keys the route admits.
+    """
+    roles: frozenset[Role] | None = handler.opt.get(ROLES_OPT)
     if roles is None:  # a public path (check_route_access made sure of it)
-        return
-    principal = await authenticate(request)
+        return None
+    principal = await authenticate(connection)
     if principal.role not in roles:
         names = ", ".join(sorted(r.value for r in roles))
         raise PermissionDeniedException(
             f"role {principal.role.value!r} may not do this (needs one of: {names})"
         )
-    reject_unknown_query(request)
+    return principal
 
 
 def is_public(path: str, public: Iterable[str]) -> bool:
@@ -90,7 +119,8 @@ def check_route_access(routes: Iterable[BaseRoute], extra_public: Iterable[str] 
     """Refuse to build an app with a route that is neither public nor protected by :func:`requires`.
 
     A plugin route that names no roles, or that replaces the app's ``before_request`` hook with its own,
-    would be open to anyone; failing at start names it instead. Handlers of OPTIONS alone (litestar answers
+    would be open to anyone, and one outside ``/pos/`` that admits till keys (say under ``/api``) would give a
+    store's till more than its till API; failing at start names it instead. Handlers of OPTIONS alone (litestar answers
     those itself with the allowed methods) need neither.
     """
     public = (*PUBLIC_PATHS, *extra_public)
@@ -105,15 +135,24 @@ def check_route_access(routes: Iterable[BaseRoute], extra_public: Iterable[str] 
     def name(path: str, handler: Any) -> str:
         return f"{', '.join(sorted(getattr(handler, 'http_methods', ()) or ('*',)))} {path} ({handler.handler_name})"
 
-    problems = [
-        f"{name(path, h)} names no roles: add opt=requires(...), or list the path among the plugin's public "
-        "paths if it authenticates callers itself"
-        for path, h in handlers
-        if not h.opt.get(ROLES_OPT)
-    ] + [
-        f"{name(path, h)} replaces the app's before_request hook, which checks API keys and roles"
-        for path, h in handlers
-        if h.resolve_before_request() is not authorize
-    ]
+    problems = (
+        [
+            f"{name(path, h)} names no roles: add opt=requires(...), or list the path among the plugin's public "
+            "paths if it authenticates callers itself"
+            for path, h in handlers
+            if not h.opt.get(ROLES_OPT)
+        ]
+        + [
+            f"{name(path, h)} replaces the app's before_request hook, which checks API keys and roles"
+            for path, h in handlers
+            if h.resolve_before_request() is not authorize
+        ]
+        + [
+            f"{name(path, h)} admits till keys (pos) outside {TILL_API_PREFIX}/: tills work through their "
+            f"channel's till API, mounted under {TILL_API_PREFIX}/"
+            for path, h in handlers
+            if Role.POS in h.opt.get(ROLES_OPT, ()) and not path.startswith(TILL_API_PREFIX + "/")
+        ]
+    )
     if problems:
         raise ConfigError("routes open to anyone: " + "; ".join(sorted(problems)))

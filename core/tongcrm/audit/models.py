@@ -1,4 +1,9 @@
-"""The audit log table. Rows are only ever inserted: no code path updates or deletes them."""
+"""The audit log table and the head of its hash chain.
+
+Rows are only ever inserted: no code path updates or deletes them. Each row carries its place in the chain
+(``seq``), the hash of its predecessor and its own hash (:mod:`tongcrm.audit.chain`), so a row edited, inserted
+or removed behind the application's back is found by ``tongcrm audit verify``.
+"""
 
 from __future__ import annotations
 
@@ -27,5 +32,26 @@ class AuditEntry(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     request_id: Mapped[str | None] = mapped_column(sa.String(128))
+    #: Position in the hash chain: 1, 2, 3… with no gaps, assigned under the chain head's lock at flush.
+    seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)
+    #: The predecessor's ``hash`` (64 zeros for the first record).
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    #: SHA-256 (hex) of the canonical encoding of this record's fields and ``prev_hash``.
+    hash: Mapped[str] = mapped_column(sa.String(64))
 
     __table_args__ = (sa.Index("ix_audit_log_object", "object_type", "object_id"),)
+
+
+class AuditChainHead(Base):
+    """One row (``id = 1``): the newest record's ``seq`` and ``hash``.
+
+    Appends lock this row (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite writers are serialised by
+    ``BEGIN IMMEDIATE``), so two transactions never chain onto the same predecessor. It also lets a verifier
+    see that records were removed from, or appended to, the end of the log behind the application's back.
+    """
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    hash: Mapped[str] = mapped_column(sa.String(64))

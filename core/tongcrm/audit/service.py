@@ -1,7 +1,8 @@
 """Writing and reading the audit log.
 
 Services call :func:`record` inside the unit of work of the change they describe, so an audit row exists
-exactly when the change commits. The request id comes from the logging context the HTTP middleware binds,
+exactly when the change commits: the record is written, and hash-chained, as the unit of work commits
+(:mod:`tongcrm.audit.chain`), so it cannot be read back in the transaction that records it. The request id comes from the logging context the HTTP middleware binds,
 which keeps services free of HTTP.
 """
 
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.audit import chain
 from tongcrm.audit.models import AuditEntry
 from tongcrm.auth.service import Principal
 from tongcrm.db.base import utcnow
@@ -62,7 +64,7 @@ def record(
         after=dict(after) if after is not None else None,
         request_id=str(request_id) if request_id else None,
     )
-    session.add(entry)
+    chain.stage(session, entry)
     return entry
 
 

@@ -3,6 +3,10 @@
 A key looks like ``tck_<prefix>_<secret>``. The prefix finds the row; only SHA-256 of the whole key is stored.
 The keys are long random strings, so a plain digest is enough (nothing to brute-force); comparison is
 constant-time.
+
+A revocation takes effect in every process from the next request on: it bumps a counter in the database
+(:class:`~tongcrm.auth.models.ApiKeyRevocations`) in the same transaction, and :class:`KeyVerifier` reads that
+counter on every request and forgets its cached keys when it moved.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.auth.models import ApiKey
+from tongcrm.auth.models import ApiKey, ApiKeyRevocations
 from tongcrm.db.base import utcnow
+from tongcrm.db.dialect import insert
+from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, NotFound
 
 KEY_PREFIX = "tck"
@@ -93,46 +99,120 @@ async def create_key(
     return CreatedKey(row.id, key, role_, store_code)
 
 
+#: The one row of ``api_key_revocations``.
+_REVOCATIONS_ROW = 1
+_REVOCATIONS = ApiKeyRevocations.__table__
+#: The revocation counter; requests arriving together on PostgreSQL share one statement.
+_GENERATION = KeyedQuery(
+    one=PointQuery(
+        sa.select(_REVOCATIONS.c.generation).where(
+            _REVOCATIONS.c.id.in_(sa.bindparam("ids", expanding=True))
+        ),
+        lists=("ids",),
+    ),
+    many=PointQuery(
+        sa.select(_REVOCATIONS.c.id.label("found_by"), _REVOCATIONS.c.generation).where(
+            _REVOCATIONS.c.id == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.Integer)))
+        )
+    ),
+    keys="ids",
+)
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(row.id, row.prefix, row.role, row.store_code, row.label, row.created_at, row.revoked_at)
+
+
 async def list_keys(session: AsyncSession) -> list[KeyInfo]:
     rows = (await session.execute(sa.select(ApiKey).order_by(ApiKey.id))).scalars()
-    return [KeyInfo(r.id, r.prefix, r.role, r.store_code, r.label, r.created_at, r.revoked_at) for r in rows]
+    return [_info(r) for r in rows]
+
+
+async def key_info(session: AsyncSession, key_id: int) -> KeyInfo:
+    row = await session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key {key_id}")
+    return _info(row)
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    key: KeyInfo
+    #: False when the key was revoked already (nothing changed)
+    changed: bool
+
+
+async def revoke(session: AsyncSession, key_id: int) -> Revoked:
+    """Revoke the key with this id (idempotent: a revoked key stays revoked at its first time)."""
+    row = await session.get(ApiKey, key_id, with_for_update=True)
+    if row is None:
+        raise NotFound(f"no API key {key_id}")
+    return await _revoke(session, row)
 
 
 async def revoke_key(session: AsyncSession, key_id_or_prefix: str) -> KeyInfo:
+    """Revoke a key named by id or prefix (the CLI's way of naming keys)."""
     cond = ApiKey.prefix == key_id_or_prefix
     if key_id_or_prefix.isdigit():
         cond = sa.or_(cond, ApiKey.id == int(key_id_or_prefix))
     row = (await session.execute(sa.select(ApiKey).where(cond))).scalar_one_or_none()
     if row is None:
         raise NotFound(f"no API key with id or prefix {key_id_or_prefix!r}")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-    return KeyInfo(row.id, row.prefix, row.role, row.store_code, row.label, row.created_at, row.revoked_at)
+    return (await _revoke(session, row)).key
+
+
+async def _revoke(session: AsyncSession, row: ApiKey) -> Revoked:
+    if row.revoked_at is not None:
+        return Revoked(_info(row), changed=False)
+    row.revoked_at = utcnow()
+    # in the revoking transaction: other processes see the key revoked and the counter moved together
+    await session.execute(
+        insert(session, _REVOCATIONS)
+        .values(id=_REVOCATIONS_ROW, generation=1)
+        .on_conflict_do_update(index_elements=["id"], set_={"generation": _REVOCATIONS.c.generation + 1})
+    )
+    await session.flush()
+    return Revoked(_info(row), changed=True)
 
 
 class KeyVerifier:
-    """Checks bearer keys, caching good answers for a few seconds so a busy till does not cost a query per call.
+    """Checks bearer keys, caching answers for a few seconds so a busy till does not cost a key query per call.
 
-    A key revoked through this process takes effect at once; one revoked elsewhere within ``ttl`` seconds.
+    Every call reads the revocation counter (one point read by primary key through the app's
+    :class:`~tongcrm.db.point_reads.PointReader`: microseconds inline on SQLite, a round trip shared by the
+    requests that arrive together on PostgreSQL) and uses only answers cached under the same value, so a key
+    revoked through any process is refused by this one from the next request on. Each answer is cached with
+    the counter read *before* its key was read: an answer read while a revocation committed is never used
+    under the counter that revocation set.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl: float = 5.0) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], reader: PointReader, *, ttl: float = 5.0
+    ) -> None:
         self._sessions = sessions
+        self._reader = reader
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        #: key digest -> (monotonic expiry, revocation generation it was read under, principal or None)
+        self._cache: dict[str, tuple[float, int, Principal | None]] = {}
 
     def forget(self) -> None:
         self._cache.clear()
+
+    async def generation(self) -> int:
+        """How many revocations the database has seen."""
+        row = await self._reader.first_by_keys(_GENERATION, {}, (_REVOCATIONS_ROW,))
+        return 0 if row is None else int(row.generation)
 
     async def verify(self, key: str) -> Principal | None:
         parsed = _parse(key)
         if parsed is None:
             return None
+        generation = await self.generation()
         digest = _digest(key)
         cached = self._cache.get(digest)
         now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and cached[0] > now and cached[1] == generation:
+            return cached[2]
         async with self._sessions() as session:
             row = (
                 await session.execute(
@@ -146,5 +226,5 @@ class KeyVerifier:
             principal = Principal(row.id, Role(row.role), row.store_code, row.label)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now + self._ttl, principal)
+        self._cache[digest] = (now + self._ttl, generation, principal)
         return principal

@@ -92,6 +92,8 @@ async def create_account(
 
 
 async def get_account(session: AsyncSession, name: str) -> ChannelAccount:
+    if "\x00" in name:  # no stored name has one, and PostgreSQL refuses it in a query: a 500 on public routes
+        raise NotFound(f"no channel account named {name!r}")
     account = (
         await session.execute(sa.select(ChannelAccount).where(ChannelAccount.name == name))
     ).scalar_one_or_none()

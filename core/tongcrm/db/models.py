@@ -20,6 +20,8 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.tiers.models",
     "tongcrm.entitlements.models",
     "tongcrm.messaging.models",
+    "tongcrm.programme.models",
+    "tongcrm.replay.models",
 )
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
-from tongcrm.auth.service import Principal, Role
+from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
 from tongcrm.db.engine import transaction
 from tongcrm.entitlements import service
@@ -74,7 +74,7 @@ class EntitlementController(Controller):
 
     @post(
         "/grants/{grant_id:int}/usages",
-        opt=requires(*WRITE_ROLES, Role.POS),
+        opt=requires(*WRITE_ROLES),
         summary="Record that a grant was used (idempotent by usage_key)",
     )
     async def use_grant(
@@ -104,7 +104,7 @@ class MemberEntitlementsController(Controller):
 
     @get(
         "/",
-        opt=requires(*READ_ROLES, Role.POS),
+        opt=requires(*READ_ROLES),
         summary="Live standing grants of the member's tier and recent recurring grants",
     )
     async def get_entitlements(
@@ -124,7 +124,7 @@ class MemberEntitlementsController(Controller):
 
     @post(
         "/{kind:str}/usages",
-        opt=requires(*WRITE_ROLES, Role.POS),
+        opt=requires(*WRITE_ROLES),
         summary="Record a use of the member's standing benefit of this kind (idempotent by usage_key)",
     )
     async def use_standing(

@@ -125,8 +125,32 @@ def _order_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=["account_id", "external_id"],
         set_={c: stmt.excluded[c] for c in updatable},
-        where=table.c.modified_at < stmt.excluded.modified_at,
+        # a newer version, or the same version read anew with another paid amount (see _is_news)
+        where=sa.or_(
+            table.c.modified_at < stmt.excluded.modified_at,
+            sa.and_(
+                table.c.modified_at == stmt.excluded.modified_at,
+                table.c.paid_fen != stmt.excluded.paid_fen,
+            ),
+        ),
     ).returning(table.c.id, table.c.external_id, table.c.member_id, table.c.status)
+
+
+def _is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:
+    """Whether ``order`` changes what is held: it is new, a newer platform version, or the same version
+    with another ``paid_fen``.
+
+    Versions only move forward, so a replayed page changes nothing. The one exception is money received: when
+    a plugin's reading of the same platform record is corrected (JD once stored ``orderPayment`` as paid for
+    orders never paid), a re-sync (``tongcrm sync --since``) must correct the rows already stored — platforms
+    never modify a cancelled order again, so no newer version would ever bring the fix.
+    """
+    if stored is None:
+        return True
+    modified_at, _status, paid_fen = stored
+    return order.modified_at > modified_at or (
+        order.modified_at == modified_at and order.paid_fen != paid_fen
+    )
 
 
 @functools.cache
@@ -159,13 +183,13 @@ async def apply_orders_page(
     # 1. what we hold for these orders
     stored_rows = (
         await session.execute(
-            sa.select(Order.external_id, Order.modified_at, Order.status).where(
+            sa.select(Order.external_id, Order.modified_at, Order.status, Order.paid_fen).where(
                 Order.account_id == account_id, Order.external_id.in_([o.external_id for o in incoming])
             )
         )
     ).all()
-    stored = {row.external_id: (row.modified_at, row.status) for row in stored_rows}
-    todo = [o for o in incoming if o.external_id not in stored or o.modified_at > stored[o.external_id][0]]
+    stored = {row.external_id: (row.modified_at, row.status, row.paid_fen) for row in stored_rows}
+    todo = [o for o in incoming if _is_news(o, stored.get(o.external_id))]
     result.unchanged = len(incoming) - len(todo)
     if not todo:
         return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import click
@@ -26,6 +26,39 @@ from tongcrm.plugin.types import ChannelSpec, OrderPage
 
 def _settings() -> Settings:
     return Settings.from_env()
+
+
+class PointInTime(click.ParamType[datetime]):
+    """A moment on the command line: ``2026-11-01 00:00`` (the form the README shows), with seconds or not,
+    a bare date, or ISO 8601 with ``T`` and an optional zone (``Z``, ``+08:00``).
+
+    click's own ``DateTime`` knows three fixed formats and refuses the minutes-only form operators type. The
+    value stays naive when no zone is given: the command puts it in the programme's time zone
+    (``TONGCRM_TIMEZONE``), which only the command knows.
+    """
+
+    name = "datetime"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a date and time; use e.g. '2026-11-01 00:00', '2026-11-01', "
+                "'2026-11-01T00:00:00+08:00' or '2026-10-31T16:00Z'",
+                param,
+                ctx,
+            )
+
+
+def in_zone(moment: datetime, tz: tzinfo) -> datetime:
+    """``moment`` as aware UTC; a naive one is read as wall time in ``tz`` (the programme's time zone)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=tz)
+    return moment.astimezone(UTC)
 
 
 def _add_command(spec: ChannelSpec, host: PluginHost) -> click.Command:
@@ -134,14 +167,17 @@ def sync_command(host: PluginHost) -> click.Command:
     @click.command("sync")
     @click.option("--account", "names", multiple=True, help="Account(s) to sync (default: every active one).")
     @click.option(
-        "--since", type=click.DateTime(), help="Start from this time (Asia/Shanghai when no zone given)."
+        "--since",
+        type=PointInTime(),
+        help="Start from this time, e.g. '2026-11-01 00:00' or ISO 8601; without a zone it is in the "
+        "programme's time zone (TONGCRM_TIMEZONE, default Asia/Shanghai).",
     )
     @click.option("--max-pages", type=int, help="Stop after this many pages (the next run resumes).")
     def sync(names: tuple[str, ...], since: datetime | None, max_pages: int | None) -> None:
         """Pull orders from the platforms into the member base, page by page."""
         settings = _settings()
         configure_logging(json=settings.log_json, level=settings.log_level)
-        start = since.replace(tzinfo=settings.tz).astimezone(UTC) if since and since.tzinfo is None else since
+        start = in_zone(since, settings.tz) if since is not None else None
         reports = asyncio.run(_run_sync(host, settings, names, start, max_pages))
         failed = False
         for r in reports:

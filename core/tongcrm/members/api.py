@@ -19,7 +19,7 @@ from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
-from tongcrm.auth.service import Principal, Role
+from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
@@ -165,7 +165,7 @@ class MemberController(Controller):
 
     @get(
         "/lookup",
-        opt={**requires(*READ_ROLES, Role.POS), **problems(404)},
+        opt={**requires(*READ_ROLES), **problems(404)},
         summary="Find the member a mobile number or an identity (kind:value) names",
         responses={200: ResponseSpec(MemberOut, description="The member (its version in ETag)")},
     )

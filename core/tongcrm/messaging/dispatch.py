@@ -46,7 +46,7 @@ from tongcrm.members.service import resolve_live_ids
 from tongcrm.messaging import service, variables
 from tongcrm.messaging.holdout import HOLDOUT_REASON
 from tongcrm.messaging.models import ContactBudget, Message, MessageTemplate, MessengerAccount
-from tongcrm.messaging.policy import Decision, Facts, PolicyConfig, Verdict, beijing_day, decide
+from tongcrm.messaging.policy import Decision, Facts, PolicyConfig, Verdict, decide, programme_day
 from tongcrm.messaging.ratewindow import DatabaseRateGate
 from tongcrm.messaging.templates import fill
 from tongcrm.plugin.host import PluginHost
@@ -194,7 +194,7 @@ class Dispatcher:
 
     async def _decide(self, ids: Sequence[int], stats: DispatchStats) -> list[_ToSend]:
         now = self.clock()
-        today = beijing_day(now)
+        today = programme_day(self.config, now)
         async with self.sessions() as session, session.begin():
             messages = list(
                 (

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.config import Settings
 from tongcrm.crypto import Vault
 from tongcrm.errors import Unauthorized
 from tongcrm.messaging import service
 from tongcrm.messaging.policy import PolicyConfig
 from tongcrm.plugin.types import DeliveryReceipt, InboundReply
+from tongcrm.programme.service import SettingsCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,8 @@ class Inbox:
             return await service.record_replies(session, self.vault, account_id, replies, errors)
 
 
-def provide_inbox(state: State) -> Inbox:
-    settings: Settings = state.settings
-    return Inbox(state.sessions, state.vault, PolicyConfig.from_mapping(settings.extra))
+async def provide_inbox(state: State) -> Inbox:
+    """The inbox with the programme settings in force (the opt-out keywords), read through the app's
+    short-lived cache so a burst of reply pushes does not read them once each."""
+    cache: SettingsCache = state.programme_settings
+    return Inbox(state.sessions, state.vault, (await cache.get()).policy())

@@ -14,7 +14,7 @@ from tongcrm.jobs.runner import JobContext
 from tongcrm.logging import get_logger
 from tongcrm.messaging import flows
 from tongcrm.messaging.dispatch import Dispatcher
-from tongcrm.messaging.policy import PolicyConfig
+from tongcrm.programme import service as programme
 
 log = get_logger(__name__)
 
@@ -74,13 +74,10 @@ async def care_fire_job(ctx: JobContext, payload: dict[str, Any]) -> None:
 @registry.job(DISPATCH)
 async def dispatch_job(ctx: JobContext, payload: dict[str, Any]) -> None:
     settings: Settings = ctx.services["settings"]
-    dispatcher = Dispatcher(
-        ctx.sessions,
-        ctx.host,
-        settings.vault(),
-        PolicyConfig.from_mapping(settings.extra),
-        clock=ctx.clock,
-    )
+    # the programme settings in force for this run (one read; a change applies from the next run)
+    async with ctx.sessions() as session, session.begin():
+        config = (await programme.current(session, settings)).policy()
+    dispatcher = Dispatcher(ctx.sessions, ctx.host, settings.vault(), config, clock=ctx.clock)
     stats = await dispatcher.run()
     if stats.claimed:
         log.info(

@@ -105,7 +105,7 @@ class Message(Base):
     #: Campaigns: the member is in the campaign's hold-out (control) group (:mod:`tongcrm.messaging.holdout`).
     #: The message goes through the policy and, where it would be sent, is refused with reason ``hold-out``.
     held_out: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
-    #: The Beijing day whose fatigue budget this message used (charged once, on its first real attempt).
+    #: The programme day whose fatigue budget this message used (charged once, on its first real attempt).
     budget_day: Mapped[str | None] = mapped_column(sa.String(10))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -120,7 +120,8 @@ class Message(Base):
 
 
 class ContactBudget(Base):
-    """Messages a member was sent on one Beijing day, across every flow and campaign (the fatigue budget)."""
+    """Messages a member was sent on one programme day (in the programme time zone), across every flow and
+    campaign (the fatigue budget)."""
 
     __tablename__ = "contact_budgets"
 

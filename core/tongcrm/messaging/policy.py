@@ -2,9 +2,11 @@
 
 In order: consent for the purpose and signature (:func:`tongcrm.consent.service.may_contact_many`); SMS opt-outs
 by reply (marketing only — a member who replied ``R`` still gets the shipping notice for an order they placed,
-unless they also withdrew service consent); quiet hours in Beijing time (marketing only: outside the window
-the message waits for the window to open); and one fatigue budget per member per Beijing day across every
-flow and campaign, where marketing may use only part of it so that service messages always find room.
+unless they also withdrew service consent); quiet hours in the programme's time zone (marketing only: outside
+the window the message waits for the window to open); and one fatigue budget per member per programme day
+across every flow and campaign, where marketing may use only part of it so that service messages always find
+room. Operators set the window, budgets, opt-out keywords and time zone as programme settings
+(:mod:`tongcrm.programme`), which build the :class:`PolicyConfig`.
 
 The decisions are pure functions over facts loaded in bulk, so the dispatcher asks once per batch.
 """
@@ -12,7 +14,6 @@ The decisions are pure functions over facts loaded in bulk, so the dispatcher as
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -40,50 +41,32 @@ class Reason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    """``quiet_start``–``quiet_end`` is the window (Beijing time) in which marketing may go; every other hour
-    is quiet. ``daily_budget`` caps all messages to a member per Beijing day; ``marketing_budget`` caps the
-    marketing share of it, leaving ``daily_budget - marketing_budget`` for service messages."""
+    """``marketing_window_start``–``marketing_window_end`` is the window (in ``tz``, the programme's time zone)
+    in which marketing may go; every other hour is quiet. ``daily_budget`` caps all messages to a member per
+    day in ``tz``; ``marketing_budget`` caps the marketing share of it, leaving
+    ``daily_budget - marketing_budget`` for service messages."""
 
     marketing_window_start: time = time(8, 0)
     marketing_window_end: time = time(20, 0)
     daily_budget: int = 4
     marketing_budget: int = 2
     opt_out_keywords: tuple[str, ...] = ("T", "TD", "R", "退订")
+    tz: ZoneInfo = BEIJING
 
     def __post_init__(self) -> None:
         if self.marketing_window_start >= self.marketing_window_end:
-            raise ConfigError("the marketing window must start before it ends (same Beijing day)")
+            raise ConfigError("the marketing window must start before it ends (same day)")
         if not 0 <= self.marketing_budget <= self.daily_budget:
             raise ConfigError("the marketing budget must lie between 0 and the daily budget")
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, str]) -> PolicyConfig:
-        """From ``Settings.extra`` (``messaging.window_start``, ``messaging.window_end`` as ``HH:MM``,
-        ``messaging.daily_budget``, ``messaging.marketing_budget``, ``messaging.opt_out_keywords`` comma list)."""
-        kwargs: dict[str, object] = {}
-        try:
-            if "messaging.window_start" in values:
-                kwargs["marketing_window_start"] = time.fromisoformat(values["messaging.window_start"])
-            if "messaging.window_end" in values:
-                kwargs["marketing_window_end"] = time.fromisoformat(values["messaging.window_end"])
-            if "messaging.daily_budget" in values:
-                kwargs["daily_budget"] = int(values["messaging.daily_budget"])
-            if "messaging.marketing_budget" in values:
-                kwargs["marketing_budget"] = int(values["messaging.marketing_budget"])
-        except ValueError as exc:
-            raise ConfigError(f"bad messaging setting: {exc}") from exc
-        if "messaging.opt_out_keywords" in values:
-            words = tuple(w.strip() for w in values["messaging.opt_out_keywords"].split(",") if w.strip())
-            kwargs["opt_out_keywords"] = words
-        return cls(**kwargs)  # type: ignore[arg-type]
 
-
-def beijing_day(at: datetime) -> str:
-    return at.astimezone(BEIJING).date().isoformat()
+def programme_day(config: PolicyConfig, at: datetime) -> str:
+    """The day (ISO date in the programme's time zone) a fatigue budget is counted in."""
+    return at.astimezone(config.tz).date().isoformat()
 
 
 def in_marketing_window(config: PolicyConfig, at: datetime) -> bool:
-    local = at.astimezone(BEIJING).time()
+    local = at.astimezone(config.tz).time()
     return config.marketing_window_start <= local < config.marketing_window_end
 
 
@@ -91,10 +74,10 @@ def next_window_open(config: PolicyConfig, at: datetime) -> datetime:
     """The next moment (aware UTC-comparable) at which marketing may go, ``at`` itself when it may go now."""
     if in_marketing_window(config, at):
         return at
-    local = at.astimezone(BEIJING)
-    start = datetime.combine(local.date(), config.marketing_window_start, BEIJING)
+    local = at.astimezone(config.tz)
+    start = datetime.combine(local.date(), config.marketing_window_start, config.tz)
     if local >= start:  # after the window today: tomorrow's opening
-        start = datetime.combine(local.date() + timedelta(days=1), config.marketing_window_start, BEIJING)
+        start = datetime.combine(local.date() + timedelta(days=1), config.marketing_window_start, config.tz)
     return start
 
 

@@ -495,8 +495,14 @@ async def record_receipts(
     return InboundResult(new, dup, matched, errs)
 
 
+def _is_row_id(text: str) -> bool:
+    """Whether a gateway's echo of our message id can be one: ASCII digits within a 64-bit id. The echo is
+    whatever the push says, and ``int()`` of "²" or of a 30-digit number failed the whole push."""
+    return text.isascii() and text.isdigit() and 0 < int(text) < 2**63
+
+
 async def _match(session: AsyncSession, account_id: int, receipt: DeliveryReceipt) -> Message | None:
-    if receipt.message_id and receipt.message_id.isdigit():
+    if receipt.message_id and _is_row_id(receipt.message_id):
         message = await session.get(Message, int(receipt.message_id), with_for_update=True)
         if (
             message is not None

@@ -46,6 +46,8 @@ class Order(Base):
     __table_args__ = (
         sa.UniqueConstraint("account_id", "external_id"),
         sa.Index("ix_orders_member_placed", "member_id", "placed_at"),
+        #: The keyset of ``GET /api/orders`` (newest placed first).
+        sa.Index("ix_orders_placed_at_id", "placed_at", "id"),
     )
 
 

@@ -563,8 +563,10 @@ class RouteSpec:
 
     Every handler outside ``public_paths`` says who may call it with ``opt=tongcrm.api.security.requires(<roles>)``
     (on the handler, its controller or router); the app's ``before_request`` hook then checks the API key and
-    the role, and the app refuses to start with a handler that names no roles or replaces that hook. ``public``
-    paths skip API-key auth (the plugin then authenticates the caller itself, e.g. by a platform signature).
+    the role, and the app refuses to start with a handler that names no roles or replaces that hook. A till API
+    (handlers for ``pos`` keys) is mounted under ``/pos/`` and admits ``pos`` keys alone; the app refuses a
+    handler elsewhere that admits them. ``public`` paths skip API-key auth (the plugin then authenticates the
+    caller itself, e.g. by a platform signature).
     """
 
     handlers: tuple[ControllerRouterHandler, ...]

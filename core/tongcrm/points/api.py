@@ -18,6 +18,7 @@ from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.auth.service import Principal, Role
 from tongcrm.config import Settings
 from tongcrm.db.engine import transaction
+from tongcrm.members.service import register_view_section
 from tongcrm.points import service
 from tongcrm.points.ledger import MAX_ENTRY_POINTS
 from tongcrm.points.schemas import LedgerResult, PreviewOrderIn, PreviewOut, RuleSetOut, StatementOut
@@ -102,7 +103,7 @@ class MemberPointsController(Controller):
 
     @get(
         "/",
-        opt=requires(*READ_ROLES, Role.POS),
+        opt=requires(*READ_ROLES),
         summary="Balance and explained ledger entries, newest first",
     )
     async def get_statement(
@@ -116,7 +117,7 @@ class MemberPointsController(Controller):
         async with read_sessions() as session:
             return await service.statement(session, member_id, tz=settings.tz, limit=limit, offset=offset)
 
-    @post("/redemptions", opt=requires(*WRITE_ROLES, Role.POS), summary="Spend points (FIFO by expiry)")
+    @post("/redemptions", opt=requires(*WRITE_ROLES), summary="Spend points (FIFO by expiry)")
     async def redeem(
         self,
         member_id: PathId,
@@ -235,6 +236,7 @@ class PointsRulesController(Controller):
 
     @post(
         "/preview",
+        # a preview writes nothing, so whoever may read may preview (as with tier ladders)
         opt=requires(*READ_ROLES),
         status_code=200,
         summary="Points an order would earn under the active, a stored or a draft rule set (writes nothing)",
@@ -255,3 +257,11 @@ class PointsRulesController(Controller):
             else:
                 rules, draft = await service.active_rules(session), False
             return await service.preview(session, ctx, data.order, rules, draft=draft)
+
+
+async def _points_section(session: AsyncSession, member_id: int) -> dict[str, Any] | None:
+    """The ``points`` block of the member 360 view."""
+    return await service.view_section(session, member_id, now=datetime.now(UTC))
+
+
+register_view_section("points", _points_section)

@@ -947,6 +947,63 @@ async def balance(session: AsyncSession, member_id: int) -> BalanceOut:
     return _balance_out(member_id, row.available, row.pending, row.owed)
 
 
+#: How far ahead the member view looks for points about to expire, and how many entries it shows.
+EXPIRING_SOON = timedelta(days=30)
+VIEW_ENTRIES = 5
+
+
+async def view_section(session: AsyncSession, member_id: int, *, now: datetime) -> dict[str, Any]:
+    """The ``points`` block of the member 360 view: the balance, the spendable points that expire within
+    :data:`EXPIRING_SOON` (by expiry time, soonest first) and the newest ledger entries.
+
+    Three indexed reads (the balance row, the member's available lots, the newest entries), so the view stays
+    cheap for members with long histories."""
+    bal = await balance(session, member_id)
+    lots = (
+        await session.execute(
+            sa.select(PointsLot.expires_at, sa.func.sum(PointsLot.remaining))
+            .where(
+                PointsLot.member_id == member_id,
+                PointsLot.status == AVAILABLE,
+                PointsLot.remaining > 0,
+                PointsLot.expires_at > now,
+                PointsLot.expires_at <= now + EXPIRING_SOON,
+            )
+            .group_by(PointsLot.expires_at)
+            .order_by(PointsLot.expires_at)
+        )
+    ).all()
+    entries = (
+        await session.execute(
+            sa.select(
+                PointsEntry.id,
+                PointsEntry.kind,
+                PointsEntry.amount,
+                PointsEntry.occurred_at,
+                PointsEntry.reason,
+            )
+            .where(PointsEntry.member_id == member_id)
+            .order_by(PointsEntry.id.desc())
+            .limit(VIEW_ENTRIES)
+        )
+    ).all()
+    return {
+        "available": bal.available,
+        "pending": bal.pending,
+        "debt": bal.debt,
+        "owed": bal.owed,
+        "expiring_soon": {
+            "within_days": EXPIRING_SOON.days,
+            "points": sum(int(points) for _, points in lots),
+            "by_date": [{"expires_at": at, "points": int(points)} for at, points in lots],
+        },
+        "recent_entries": [
+            {"id": e.id, "kind": e.kind, "amount": e.amount, "occurred_at": e.occurred_at, "reason": e.reason}
+            for e in entries
+        ],
+    }
+
+
 def _yuan(fen: int) -> str:
     sign = "-" if fen < 0 else ""
     return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"

@@ -100,7 +100,8 @@ class TierController(Controller):
 
     @post(
         "/preview",
-        opt=requires(*WRITE_ROLES),
+        # a preview writes nothing, so whoever may read may preview (as with points rules)
+        opt=requires(*READ_ROLES),
         status_code=200,
         summary="How many members a draft ladder would move up (at once) and down (at their review), per tier",
     )
@@ -129,7 +130,7 @@ class MemberTierController(Controller):
 
     @get(
         "/",
-        opt=requires(*READ_ROLES, Role.POS),
+        opt=requires(*READ_ROLES),
         summary="The member's tier, metric values, what the next tier needs and what keeping this one needs",
     )
     async def get_tier(

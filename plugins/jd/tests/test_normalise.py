@@ -138,6 +138,42 @@ def test_completion_time_and_refunded_lines() -> None:
     assert sum(line.refunded_fen for line in refunded.lines) == refunded.paid_fen
 
 
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"orderState": "TRADE_CANCELED", "paymentConfirmTime": ""}, OrderStatus.CLOSED),
+        ({"orderState": "TRADE_CANCELED", "paymentConfirmTime": "0000-00-00 00:00:00"}, OrderStatus.CLOSED),
+        (
+            {"orderState": "WAIT_SELLER_STOCK_OUT", "paymentConfirmTime": "", "payType": "1"},
+            OrderStatus.CREATED,
+        ),
+        ({"orderState": "PAUSE", "paymentConfirmTime": ""}, OrderStatus.CREATED),
+    ],
+)
+def test_an_order_never_paid_has_paid_nothing(changes: dict[str, Any], status: OrderStatus) -> None:
+    order = normalise_order(record(**changes))
+    assert order.status is status
+    assert order.paid_at is None
+    assert order.paid_fen == 0  # orderPayment (296.00) was only due
+    assert order.total_fen == 30000
+    # the lines still say what each costs the buyer, and nothing of it is refunded
+    assert sum(line.amount_fen for line in order.lines) == 29600
+    assert all(line.refunded_fen == 0 for line in order.lines)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"orderState": "TRADE_CANCELED"},  # cancelled after payment: refunded, the money had been paid
+        {"orderState": "WAIT_GOODS_RECEIVE_CONFIRM", "waybill": "JDV1"},
+        {"orderState": "FINISHED_L", "orderEndTime": "2024-05-05 10:00:00"},
+        {"orderState": "LOCKED"},
+    ],
+)
+def test_a_paid_order_keeps_what_was_paid(changes: dict[str, Any]) -> None:
+    assert normalise_order(record(**changes)).paid_fen == 29600
+
+
 def test_open_id_wins_and_pin_is_the_fallback() -> None:
     assert [(c.kind, c.value) for c in normalise_order(record()).claims] == [("jd.open_id", "openid-abc")]
     legacy = normalise_order(record(open_id_buyer=""))

@@ -19,14 +19,16 @@ anything else                  quarantined (an unknown state is a platform chang
 =============================  ==========================================================================
 
 Money: ``total_fen`` = ``orderTotalPrice`` (goods at list price), ``paid_fen`` = ``orderPayment`` (what the
-buyer pays; whether it has been paid is told by ``status``/``paid_at``), ``post_fee_fen`` = ``freightPrice``,
+buyer paid) once the order is paid, and 0 while it is ``created`` or when it was ``closed`` without ever being
+paid: ``orderPayment`` is then only what was due, and the 360 view, tiers and care flows read ``paid_fen`` as
+money received (the Taobao plugin and the core's own channels store 0 too). ``post_fee_fen`` = ``freightPrice``,
 ``discount_fen`` = ``sellerDiscount``. ``balanceUsed`` is not added: whether ``orderPayment`` already counts
 the JD balance is not documented, and counting it twice would inflate points.
 
 Lines: one per ``itemInfoList`` entry; ``quantity`` = ``itemTotal``, ``unit_price_fen`` = ``jdPrice``.
 ``amount_fen`` is the line's share of ``orderPayment``, split in proportion to ``jdPrice × itemTotal`` by the
-largest-remainder method (:func:`tongcrm_jd.money.allocate`), so lines sum to ``paid_fen`` exactly and
-freight and discounts are spread the same way. A repeated ``skuId`` gets ``#2``, ``#3``... line ids.
+largest-remainder method (:func:`tongcrm_jd.money.allocate`), so lines sum to ``orderPayment`` exactly (to
+``paid_fen`` once paid) and freight and discounts are spread the same way. A repeated ``skuId`` gets ``#2``, ``#3``... line ids.
 
 Shipments: ``waybill`` is the tracking number and ``logisticsId`` the platform's id of the carrier, which
 becomes ``carrier_code`` (JD gives no carrier name here). A waybill listing several parcels separated by
@@ -76,6 +78,8 @@ ORDER_STATES: tuple[str, ...] = (
     "POP_ORDER_PAUSE",
 )
 HOLD_STATES = frozenset({"LOCKED", "PAUSE", "POP_ORDER_PAUSE"})
+#: Statuses of an order nobody has paid for (yet, or ever): its ``paid_fen`` is 0.
+UNPAID = frozenset({OrderStatus.CREATED, OrderStatus.CLOSED})
 _AWAITING_SHIPMENT = frozenset({"WAIT_SELLER_STOCK_OUT", "WAIT_SELLER_DELIVERY"})
 
 #: The ``optional_fields`` the adapter requests: what this module reads, and nothing else.
@@ -176,7 +180,7 @@ def map_status(state: str, *, paid: bool, shipped: bool) -> OrderStatus:
     raise NormaliseError(f"unknown orderState {state!r}")
 
 
-def _lines(record: Mapping[str, Any], paid_fen: int, refunded: bool) -> tuple[OrderLine, ...]:
+def _lines(record: Mapping[str, Any], payment_fen: int, refunded: bool) -> tuple[OrderLine, ...]:
     items = record.get("itemInfoList")
     if not isinstance(items, list) or not items:
         raise NormaliseError("itemInfoList is missing or empty")
@@ -197,7 +201,7 @@ def _lines(record: Mapping[str, Any], paid_fen: int, refunded: bool) -> tuple[Or
         outer = item.get("outerSkuId")
         sku = outer.strip() if isinstance(outer, str) and outer.strip() else sku_id
         parsed.append((line_id, title if isinstance(title, str) else "", int(quantity_text), unit, sku))
-    shares = allocate(paid_fen, [unit * quantity for _, _, quantity, unit, _ in parsed])
+    shares = allocate(payment_fen, [unit * quantity for _, _, quantity, unit, _ in parsed])
     return tuple(
         OrderLine(
             external_id=line_id,
@@ -283,7 +287,8 @@ def normalise_order(record: Mapping[str, Any]) -> NormalisedOrder:
     shipments = _shipments(record)
     shipped = bool(shipments)
     status = map_status(state, paid=paid_at is not None, shipped=shipped)
-    paid_fen = _money(record, "orderPayment", required=True)
+    payment_fen = _money(record, "orderPayment", required=True)
+    paid_fen = 0 if status in UNPAID else payment_fen
     store = record.get("storeId")
     try:
         return NormalisedOrder(
@@ -294,7 +299,7 @@ def normalise_order(record: Mapping[str, Any]) -> NormalisedOrder:
             total_fen=_money(record, "orderTotalPrice", required=True),
             paid_fen=paid_fen,
             claims=_claims(record, order_id),
-            lines=_lines(record, paid_fen, refunded=status is OrderStatus.REFUNDED),
+            lines=_lines(record, payment_fen, refunded=status is OrderStatus.REFUNDED),
             paid_at=paid_at,
             completed_at=end_at if status is OrderStatus.COMPLETED else None,
             post_fee_fen=_money(record, "freightPrice", required=False),

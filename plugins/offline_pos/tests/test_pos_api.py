@@ -13,7 +13,6 @@ from tongcrm.members.models import Member
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.plugin import ApiClient
-from tongcrm_offline_pos import codes
 from tongcrm_offline_pos.api import PosConfig
 from tongcrm_offline_pos.models import PosReceipt
 
@@ -174,9 +173,15 @@ async def test_member_code_is_single_use_and_expires(
     assert first.status_code == 200 and first.json()["member_id"] == member["member_id"]
     second = await pos.post("/pos/v1/members/lookup", json={"till": "T02", "code": code})
     assert second.status_code == 409
-    stale = codes.issue(tongcrm_settings.vault(), member["member_id"], clock())
+    stale = (
+        await pos.post(
+            "/pos/v1/member-codes",
+            json={"member_id": member["member_id"]},
+            headers={"Authorization": f"Bearer {admin_key}"},
+        )
+    ).json()["code"]
     clock.advance(61)
-    expired = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "code": stale.code})
+    expired = await pos.post("/pos/v1/members/lookup", json={"till": "T01", "code": stale})
     assert expired.status_code == 404
     forged = code[:-1] + str((int(code[-1]) + 1) % 10)
     assert (await pos.post("/pos/v1/members/lookup", json={"till": "T01", "code": forged})).status_code == 404
@@ -319,3 +324,31 @@ async def test_a_membership_card_finds_its_member_at_the_till_and_names_a_buyer(
     bad_card = await pos.post("/pos/v1/receipts", json=receipts.sale((5_000,), member={"card": "x"}))
     assert bad_card.status_code == 422 and bad_card.json()["reason"] == "invalid_receipt"
     assert "member.card" in bad_card.json()["detail"]
+
+
+async def test_a_key_of_another_role_is_refused_for_its_role_not_rate_limited(
+    make_client: Callable[..., AbstractAsyncContextManager[ApiClient]],
+    tongcrm_settings: Settings,
+    clock: FakeClock,
+) -> None:
+    """The role check comes before the till's rate limit: an admin key is no till, and is told so however
+    often it asks (it is not counted against a bucket meant for tills)."""
+    host = make_host(PosConfig(clock=clock, rate_per_second=0.5, burst=2))
+    async with make_client(host=host, role="admin") as api:
+        await add_store(api, host, tongcrm_settings, "S1", ("T01",))
+        statuses = [
+            (await api.post("/pos/v1/members/lookup", json={"till": "T01", "mobile": MOBILE})).status_code
+            for _ in range(5)
+        ]
+        assert statuses == [403] * 5
+        till = await api.create_key("pos", store_code="S1")
+        as_till = {"Authorization": f"Bearer {till}"}
+        tills = [
+            (
+                await api.post(
+                    "/pos/v1/members/lookup", json={"till": "T01", "mobile": MOBILE}, headers=as_till
+                )
+            ).status_code
+            for _ in range(3)
+        ]
+        assert tills == [404, 404, 429]

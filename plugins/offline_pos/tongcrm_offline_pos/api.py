@@ -27,7 +27,7 @@ from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody, PathParameter
 from tongcrm.api.inputs import problems
-from tongcrm.api.security import authenticate, principal_of, requires
+from tongcrm.api.security import check_access, principal_of, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.counter import CounterService, CounterWork
@@ -84,12 +84,13 @@ class PosConfig:
 def build_router(config: PosConfig) -> Router:
     """The ``/pos/v1`` router with its own limiter and till cache (one per plugin instance)."""
 
-    async def rate_limited(
-        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
-    ) -> None:
+    async def rate_limited(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         # A coroutine function: litestar runs synchronous guards in a worker thread. Guards run before the
-        # app's role check, so this authenticates the till key itself (the result is kept on the request).
-        principal = await authenticate(connection)
+        # app's role check, so this checks the key and its role itself (the result is kept on the request):
+        # a key of another role is refused for its role (403), never counted or limited as a till (429).
+        principal = await check_access(connection, handler)
+        if principal is None:  # not reached: every route of this router requires the pos role
+            return
         wait = config.limiter.take(principal.key_id)
         if wait > 0:
             retry = TokenBucket.retry_after(wait)
@@ -130,7 +131,7 @@ def build_router(config: PosConfig) -> Router:
             store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
             await config.tills.require(uow, store, data.till)
             return await members.lookup(
-                uow, counter.vault, store, data.till, mobile=data.mobile, code=data.code, card=data.card
+                uow, store, data.till, mobile=data.mobile, code=data.code, card=data.card
             )
 
     @post(
@@ -262,11 +263,11 @@ def build_router(config: PosConfig) -> Router:
         request: Request[Any, Any, Any],
     ) -> CodeOut:
         principal = principal_of(request)
-        async with work(counter, principal, readonly=True) as uow:
+        async with work(counter, principal) as uow:
             live = await uow.live_member(data.member_id)
-        if live is None:
-            raise NotFound(f"no member {data.member_id}")
-        issued = codes.issue(counter.vault, live, config.clock())
+            if live is None:
+                raise NotFound(f"no member {data.member_id}")
+            issued = await codes.issue(uow.rows, live, uow.clock())
         return CodeOut(issued.code, issued.member_id, issued.expires_at)
 
     return Router("/pos/v1", route_handlers=[pos, issue_code], tags=["pos"])

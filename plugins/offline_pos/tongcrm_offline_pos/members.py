@@ -8,7 +8,6 @@ adds the till's side: dynamic member codes and the shape of the answer.
 from __future__ import annotations
 
 from tongcrm.counter import CounterRefused, CounterWork, MemberAtCounter
-from tongcrm.crypto import Vault
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 
 from tongcrm_offline_pos import codes
@@ -33,7 +32,6 @@ def at_till(member: MemberAtCounter) -> MemberAtTill:
 
 async def lookup(
     uow: CounterWork,
-    vault: Vault,
     store: Store,
     till: str,
     *,
@@ -46,7 +44,7 @@ async def lookup(
         raise Unprocessable("look a member up by exactly one of mobile, code or card")
     if code is not None:
         named = await codes.consume(
-            uow.rows, vault, code, at=uow.clock(), account_id=store.account_id, till_code=till
+            uow.rows, code, at=uow.clock(), account_id=store.account_id, till_code=till
         )
         member_id = await uow.live_member(named)
         if member_id is None:

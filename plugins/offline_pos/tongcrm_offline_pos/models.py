@@ -1,7 +1,7 @@
 """Tables of the offline_pos plugin, on the core's declarative base so migrations and ``db check`` see them.
 
 A store is a core channel account (channel ``offline_pos``, account name = store code); this plugin adds its
-tills, the receipts tills sent, and the uses of dynamic member codes. Receipts are also written as core orders
+tills, the receipts tills sent, and the dynamic member codes issued (by hash). Receipts are also written as core orders
 (external id = the receipt key) through the ingest engine; the rows here keep what only a till knows: the key's
 parts, whether the receipt came in offline, the till's clock, the cumulative returns against a sale, and the
 answer the till was given, so that an upload can be replayed and get the same answer.
@@ -87,27 +87,32 @@ class PosReceipt(Base):
     )
 
 
-class PosCodeUse(Base):
-    """A dynamic member code that was used. The primary key makes each code good for one use."""
+class PosMemberCode(Base):
+    """A dynamic member code that was issued (see :mod:`tongcrm_offline_pos.codes`).
 
-    __tablename__ = "pos_code_uses"
+    The code is random and only its SHA-256 is kept: the row, not the code, names the member. ``used_at`` is
+    set by the one lookup that used it, with the store and till that did.
+    """
 
-    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), primary_key=True)
-    #: The time step the code was made for.
-    step: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
-    account_id: Mapped[int] = mapped_column(sa.ForeignKey("channel_accounts.id", ondelete="CASCADE"))
-    till_code: Mapped[str] = mapped_column(sa.String(32))
-    used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __tablename__ = "pos_member_codes"
+
+    code_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Accepted until then (exclusive); expired rows are deleted an hour later, as codes are issued.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("channel_accounts.id", ondelete="CASCADE"))
+    till_code: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 #: The plugin's own tables: what it may read and write through the counter's unit of work (``uow.rows``).
 TABLES: tuple[sa.Table, ...] = (
     cast(sa.Table, PosTill.__table__),
     cast(sa.Table, PosReceipt.__table__),
-    cast(sa.Table, PosCodeUse.__table__),
+    cast(sa.Table, PosMemberCode.__table__),
 )
 
-#: A merge moves the absorbed member's receipts to the survivor, and an undo moves exactly those back. Code
-#: uses stay where they are: they only stop one 30-60 second code being used twice, for the member it was
-#: made for.
+#: A merge moves the absorbed member's receipts to the survivor, and an undo moves exactly those back. Codes
+#: stay where they are: a lookup follows the merge from the member a code was made for, within its 30-60 s.
 register_reference(MemberReference(PosReceipt.__tablename__))

@@ -95,7 +95,19 @@ def _key(kind: str, *parts: str) -> str:
     return f"aliyun.{kind}:" + hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def _text(entry: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+#: The longest identifier (``biz_id``, ``out_id``, ``sequence_id``, ``sign_name``, codes...) a push may carry.
+#: Aliyun's are a few dozen characters at most; longer ones cannot be the platform's and would not fit the
+#: columns that keep them (a ``biz_id`` becomes part of a 200-character provider id).
+MAX_ID = 64
+#: The longest reply kept whole; longer text is cut (an SMS reply is at most a few long messages).
+MAX_CONTENT = 1000
+#: How much of an unparseable body is kept for operators.
+MAX_RAW = 64 * 1024
+
+
+def _text(entry: Mapping[str, Any], name: str, *, required: bool = True, limit: int = MAX_ID) -> str:
+    """A text field of an entry, stripped; ``ValueError`` (the entry's error) when it is missing, not text,
+    longer than ``limit`` or holds a NUL, which no database text column takes."""
     value = entry.get(name)
     if value is None:
         if required:
@@ -106,7 +118,22 @@ def _text(entry: Mapping[str, Any], name: str, *, required: bool = True) -> str:
     text = str(value).strip()
     if required and not text:
         raise ValueError(f"empty {name}")
+    if len(text) > limit:
+        raise ValueError(f"{name} is longer than {limit} characters")
+    if "\x00" in text:
+        raise ValueError(f"{name} contains a NUL character")
     return text
+
+
+def _content(entry: Mapping[str, Any]) -> str:
+    """A member's reply text: kept even when odd (a NUL becomes U+FFFD, a very long text is cut), since a
+    refusal inside it must still be honoured."""
+    value = entry.get("content")
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("content is not text")
+    return str(value).replace("\x00", "\ufffd").strip()[:MAX_CONTENT]
 
 
 def _bool(value: object) -> bool:
@@ -120,13 +147,16 @@ def _bool(value: object) -> bool:
 def _entries(body: bytes | str | object) -> tuple[list[Any], EntryError | None]:
     if isinstance(body, bytes | str):
         raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        kept = raw[:MAX_RAW].replace("\x00", "\ufffd")
         try:
             body = json.loads(raw)
         except json.JSONDecodeError as exc:
-            return [], EntryError(None, f"body is not JSON: {exc.msg}", raw)
+            return [], EntryError(None, f"body is not JSON: {exc.msg}", kept)
+        except RecursionError:
+            return [], EntryError(None, "body is not JSON Aliyun sends: nested too deeply", kept)
     if not isinstance(body, list):
         return [], EntryError(
-            None, "body is not a JSON array", json.dumps(body, ensure_ascii=False, default=str)
+            None, "body is not a JSON array", json.dumps(body, ensure_ascii=False, default=str)[:MAX_RAW]
         )
     return body, None
 
@@ -171,7 +201,7 @@ def _reply(entry: Mapping[str, Any]) -> InboundReply:
     send_time = _text(entry, "send_time")
     at = parse_platform_time(send_time)
     signature = _text(entry, "sign_name")
-    content = _text(entry, "content", required=False)
+    content = _content(entry)
     sequence_id = _text(entry, "sequence_id", required=False)
     if sequence_id:
         key = f"aliyun.up:{sequence_id}"

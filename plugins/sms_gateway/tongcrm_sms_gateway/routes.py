@@ -104,7 +104,7 @@ def route_spec() -> RouteSpec:
     router = Router(
         path=PREFIX,
         route_handlers=[sms_report, sms_up],
-        dependencies={"inbox": Provide(provide_inbox, sync_to_thread=False)},
+        dependencies={"inbox": Provide(provide_inbox)},
         tags=["sms_gateway"],
         request_max_body_size=MAX_BODY,
     )

@@ -49,8 +49,13 @@ class FakeTmall:
         return params
 
     async def call(self, method: str, business: Mapping[str, str], **kw: Any) -> dict[str, Any]:
+        """Sign and send one SPI call; the brand's answer (``query_code`` or TOP's ``error_response``)."""
+        return await self.send(method, self.signed(method, business, **kw))
+
+    async def send(self, method: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """Send parameters as they are (already signed, tampered with, or captured and sent again)."""
         path = f"/callbacks/taobao/{self.account}/{SPI_PATHS[method]}"
-        response = await self.client.post(path, data=self.signed(method, business, **kw))
+        response = await self.client.post(path, data=dict(params))
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body

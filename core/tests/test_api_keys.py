@@ -1,0 +1,103 @@
+"""API keys over HTTP (admins only, audited) and revocation that every app instance honours at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tongcrm.audit.models import AuditEntry
+from tongcrm.auth.service import revoke_key
+
+
+async def test_admins_create_list_and_revoke_keys_and_it_is_audited(make_client: Any) -> None:
+    async with make_client(role="admin") as api:
+        created = await api.post("/api/api-keys", json={"role": "pos", "store_code": "S1", "label": "till 1"})
+        assert created.status_code == 201, created.text
+        body = created.json()
+        key = body["key"]
+        assert (
+            key.startswith(f"tck_{body['prefix']}_") and body["role"] == "pos" and body["store_code"] == "S1"
+        )
+        as_new = {"Authorization": f"Bearer {key}"}
+        assert (
+            await api.get("/api/plugins", headers=as_new)
+        ).status_code == 403  # a till key: known, refused
+
+        listed = (await api.get("/api/api-keys")).json()
+        mine = next(k for k in listed if k["id"] == body["id"])
+        assert mine["label"] == "till 1" and mine["revoked_at"] is None
+        assert "key" not in mine and key.split("_")[2] not in (await api.get("/api/api-keys")).text
+
+        revoked = await api.delete(f"/api/api-keys/{body['id']}")
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+        refused = await api.get("/api/plugins", headers=as_new)
+        assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+        again = await api.delete(f"/api/api-keys/{body['id']}")  # idempotent, and audited once
+        assert again.status_code == 200 and again.json()["revoked_at"] == revoked.json()["revoked_at"]
+
+        async with api.db.sessions() as session:
+            entries = (await session.execute(sa.select(AuditEntry).order_by(AuditEntry.id))).scalars().all()
+        actions = [(e.action, e.object_id, e.role) for e in entries]
+        assert actions == [
+            ("api_key.create", str(body["id"]), "admin"),
+            ("api_key.revoke", str(body["id"]), "admin"),
+        ]
+        assert all(key.split("_")[2] not in str(e.after) for e in entries)
+        assert entries[1].after is not None and entries[1].after["store_code"] == "S1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "detail"),
+    [
+        ({"role": "root"}, 400, "unknown role 'root'"),
+        ({"role": "pos"}, 400, "scoped to one store"),
+        ({"role": "admin", "store_code": "S1"}, 400, "only pos keys"),
+        ({"role": "admin", "label": "x" * 201}, 400, "label"),
+        ({"role": "admin", "secret": "mine"}, 400, "secret"),
+    ],
+)
+async def test_bad_key_requests_are_4xx_problems(
+    make_client: Any, payload: dict[str, Any], status: int, detail: str
+) -> None:
+    async with make_client(role="admin") as api:
+        response = await api.post("/api/api-keys", json=payload)
+        missing = await api.delete("/api/api-keys/999999")
+    assert response.status_code == status and response.headers["content-type"].startswith(
+        "application/problem+json"
+    )
+    assert detail in response.json()["detail"]
+    assert missing.status_code == 404 and "no API key 999999" in missing.json()["detail"]
+
+
+@pytest.mark.parametrize("role", ["operator", "analyst", "pos"])
+async def test_only_admins_manage_keys(make_client: Any, role: str) -> None:
+    async with make_client(role=role, store_code="S1" if role == "pos" else None) as api:
+        assert (await api.get("/api/api-keys")).status_code == 403
+        assert (await api.post("/api/api-keys", json={"role": "admin"})).status_code == 403
+        assert (await api.delete("/api/api-keys/1")).status_code == 403
+
+
+async def test_a_key_revoked_through_one_app_is_refused_by_another_at_the_next_request(
+    make_client: Any,
+) -> None:
+    """Two app instances on one database stand for two processes: each has its own key cache."""
+    async with make_client(role="admin") as first, make_client(role=None) as second:
+        created = (await first.post("/api/api-keys", json={"role": "analyst"})).json()
+        as_analyst = {"Authorization": f"Bearer {created['key']}"}
+        # the second app has the key cached as good now
+        for _ in range(3):
+            assert (await second.get("/api/plugins", headers=as_analyst)).status_code == 200
+        assert (await first.delete(f"/api/api-keys/{created['id']}")).status_code == 200
+        assert (await second.get("/api/plugins", headers=as_analyst)).status_code == 401
+        # and the revoking app's own admin key, cached in the second app too, still works there
+        as_admin = {"Authorization": f"Bearer {first.key}"}
+        assert (await second.get("/api/api-keys", headers=as_admin)).status_code == 200
+
+
+async def test_a_key_revoked_from_the_command_line_is_refused_at_once(make_client: Any) -> None:
+    async with make_client(role="admin") as api:
+        assert (await api.get("/api/plugins")).status_code == 200
+        async with api.db.sessions() as session, session.begin():
+            await revoke_key(session, api.key.split("_")[1])
+        assert (await api.get("/api/plugins")).status_code == 401

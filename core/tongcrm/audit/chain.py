@@ -1,0 +1,344 @@
+"""The audit log's hash chain: how records are chained on append, and how the chain is verified.
+
+Every audit record stores ``prev_hash`` (its predecessor's hash) and ``hash``, the SHA-256 of a canonical
+encoding of its own fields plus ``prev_hash``. Services keep calling :func:`tongcrm.audit.service.record`
+without knowing about the chain: a record is staged on the session (:func:`stage`) and joins the session only
+when the unit of work commits, after everything else was flushed; its ``seq`` (1, 2, 3… with no gaps) and
+hashes are then set in a ``before_flush`` listener after locking the single :class:`AuditChainHead` row.
+Concurrent transactions queue on the head instead of chaining onto the same predecessor, and each holds it
+only for its final insert and commit, never while the rest of its work runs (a long unit of work that audits
+early does not stall every other audited change, and cannot deadlock against them over rows it locks later).
+A record staged inside a savepoint that rolls back is dropped with it.
+
+:func:`verify` recomputes every hash in ``seq`` order and compares the end of the chain with the head, so it
+tells an edited record (its hash no longer matches), a removed one (a gap in ``seq``, or the head ahead of the
+last record), and an inserted one (beyond the head, or a link that does not follow its predecessor). A hash
+chain without a secret cannot stop someone who rewrites the whole chain and the head: operators who need that
+keep the head hash :func:`verify` reports somewhere else and compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
+
+from tongcrm.audit.models import AuditChainHead, AuditEntry
+from tongcrm.db.dialect import insert_for
+
+#: ``prev_hash`` of the first record.
+GENESIS = "0" * 64
+#: Bumped if the canonical encoding ever changes (it is part of what is hashed).
+ENCODING_VERSION = 1
+HEAD_ID = 1
+
+_head = cast(sa.Table, AuditChainHead.__table__)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as the JSON column gives it back, so the hash computed on append is the one recomputed on
+    read (tuples become lists, keys become strings)."""
+    if value is None:
+        return None
+    return json.loads(json.dumps(value))
+
+
+def canonical(
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    actor_key_id: int | None,
+    role: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    before: Any,
+    after: Any,
+    request_id: str | None,
+    prev_hash: str,
+) -> bytes:
+    """The bytes that are hashed: a JSON array (fixed field order, sorted keys inside ``before``/``after``,
+    no whitespace, UTF-8), with the time as UTC to the microsecond, as both databases store it."""
+    fields = [
+        ENCODING_VERSION,
+        seq,
+        at.astimezone(UTC).isoformat(timespec="microseconds"),
+        actor,
+        actor_key_id,
+        role,
+        action,
+        object_type,
+        object_id,
+        before,
+        after,
+        request_id,
+        prev_hash,
+    ]
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(row: Any) -> str:
+    """The hash of an :class:`AuditEntry` (or a row with the same attribute names)."""
+    return hashlib.sha256(
+        canonical(
+            seq=int(row.seq),
+            at=row.at,
+            actor=row.actor,
+            actor_key_id=row.actor_key_id,
+            role=row.role,
+            action=row.action,
+            object_type=row.object_type,
+            object_id=row.object_id,
+            before=row.before,
+            after=row.after,
+            request_id=row.request_id,
+            prev_hash=row.prev_hash,
+        )
+    ).hexdigest()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# appending
+
+_STAGED = "tongcrm.audit.staged"
+
+
+def stage(session: AsyncSession, entry: AuditEntry) -> None:
+    """Keep ``entry`` for the commit of the session's unit of work, remembering the (nested) transaction it
+    was recorded in so a savepoint rollback can drop it."""
+    sync = session.sync_session
+    transaction = sync.get_nested_transaction() or sync.get_transaction()
+    sync.info.setdefault(_STAGED, []).append((entry, transaction))
+
+
+def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ended:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    staged = session.info.get(_STAGED)
+    if not staged:
+        return
+    if previous_transaction.parent is None:
+        session.info.pop(_STAGED, None)
+        return
+    session.info[_STAGED] = [(e, t) for e, t in staged if t is None or not _within(t, previous_transaction)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_at_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the unit of work is over, committed or not
+        session.info.pop(_STAGED, None)
+
+
+@event.listens_for(Session, "before_commit")
+def _append_staged(session: Session) -> None:
+    """At the commit of the unit of work (not of a savepoint): flush everything else first, then add the staged
+    records, which the commit's own flush chains (so the head is locked for that insert and the commit only)."""
+    if session.in_nested_transaction():
+        return
+    staged = session.info.pop(_STAGED, None)
+    if not staged:
+        return
+    session.flush()
+    session.add_all([entry for entry, _ in staged])
+
+
+def _lock_head(session: Session) -> tuple[int, str]:
+    """Lock the chain head for the rest of the transaction and return ``(seq, hash)``; create it when the
+    table is empty (a database built from the models, or emptied by tests)."""
+    select = sa.select(_head.c.seq, _head.c.hash).where(_head.c.id == HEAD_ID).with_for_update()
+    row = session.execute(select).first()
+    if row is None:
+        dialect = session.get_bind().dialect.name
+        session.execute(
+            insert_for(dialect, _head).values(id=HEAD_ID, seq=0, hash=GENESIS).on_conflict_do_nothing()
+        )
+        row = session.execute(select).one()
+    return int(row.seq), str(row.hash)
+
+
+@event.listens_for(Session, "before_flush")
+def _chain_new_records(session: Session, _context: UOWTransaction, _instances: object) -> None:
+    """Give the audit records about to be inserted their ``seq``, ``prev_hash`` and ``hash``, in the order
+    they were added, and move the head on — in the same transaction, so a rollback undoes both."""
+    pending = [obj for obj in session.new if isinstance(obj, AuditEntry)]
+    if not pending:
+        return
+    pending.sort(key=lambda obj: sa.inspect(obj).insert_order or 0)
+    seq, prev = _lock_head(session)
+    for entry in pending:
+        seq += 1
+        entry.seq = seq
+        entry.prev_hash = prev
+        entry.before = json_ready(entry.before)
+        entry.after = json_ready(entry.after)
+        entry.hash = record_hash(entry)
+        prev = entry.hash
+    session.execute(sa.update(_head).where(_head.c.id == HEAD_ID).values(seq=seq, hash=prev))
+
+
+# -------------------------------------------------------------------------------------------------------------
+# verifying
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One break in the chain. ``kind``: ``edited``, ``removed``, ``inserted`` or ``head``."""
+
+    kind: str
+    detail: str
+    seq: int | None = None
+    record_id: int | None = None
+
+
+@dataclass(slots=True)
+class ChainReport:
+    records: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+_COLUMNS = (
+    AuditEntry.id,
+    AuditEntry.seq,
+    AuditEntry.at,
+    AuditEntry.actor,
+    AuditEntry.actor_key_id,
+    AuditEntry.role,
+    AuditEntry.action,
+    AuditEntry.object_type,
+    AuditEntry.object_id,
+    AuditEntry.before,
+    AuditEntry.after,
+    AuditEntry.request_id,
+    AuditEntry.prev_hash,
+    AuditEntry.hash,
+)
+
+
+async def _read_head(session: AsyncSession) -> tuple[int, str] | None:
+    row = (await session.execute(sa.select(_head.c.seq, _head.c.hash).where(_head.c.id == HEAD_ID))).first()
+    return (int(row.seq), str(row.hash)) if row is not None else None
+
+
+async def verify(session: AsyncSession, *, batch: int = 2000) -> ChainReport:
+    """Walk the whole chain in ``seq`` order and report every break, without locking out appends.
+
+    Records appended while the walk runs are walked too: the head is read again after the last page, and
+    the walk goes on until it has reached the head it read, so only records beyond a head that was read after
+    them count as inserted.
+    """
+    report = ChainReport()
+    last_seq = 0
+    last_hash = GENESIS
+    last_id: int | None = None
+    walked: list[tuple[int, int]] = []  # (seq, id) of records seen beyond the first head read, for the end
+    first_head = await _read_head(session)
+    while True:
+        rows = (
+            await session.execute(
+                sa.select(*_COLUMNS).where(AuditEntry.seq > last_seq).order_by(AuditEntry.seq).limit(batch)
+            )
+        ).all()
+        if rows:
+            for row in rows:
+                report.records += 1
+                _check(report, row, last_seq, last_hash, last_id)
+                if first_head is None or row.seq > first_head[0]:
+                    walked.append((int(row.seq), int(row.id)))
+                last_seq, last_hash, last_id = int(row.seq), str(row.hash), int(row.id)
+            continue
+        head = await _read_head(session)
+        if head is not None and head[0] > last_seq and head != first_head:
+            first_head = head  # appends committed meanwhile: walk on to them
+            continue
+        break
+    if head is None:
+        if report.records:
+            report.findings.append(Finding("head", "the chain head row is missing: it was deleted"))
+        return report
+    report.head_seq, report.head_hash = head
+    for seq, record_id in walked:
+        if seq > head[0]:
+            report.findings.append(
+                Finding(
+                    "inserted",
+                    f"record {record_id} (seq {seq}) lies beyond the chain head (seq {head[0]}): "
+                    "it was inserted behind the application's back",
+                    seq,
+                    record_id,
+                )
+            )
+    if last_seq < head[0]:
+        first = last_seq + 1
+        what = f"seq {first}" if first == head[0] else f"seq {first} to {head[0]}"
+        report.findings.append(
+            Finding(
+                "removed",
+                f"the newest record(s) ({what}) were removed: the chain head says seq {head[0]}",
+                first,
+            )
+        )
+    elif last_seq == head[0] and last_hash != head[1]:
+        report.findings.append(
+            Finding(
+                "edited",
+                f"record {last_id} (seq {last_seq}) is not the record the chain head names (hash differs): "
+                "it was replaced",
+                last_seq,
+                last_id,
+            )
+        )
+    return report
+
+
+def _check(report: ChainReport, row: Any, last_seq: int, last_hash: str, last_id: int | None) -> None:
+    """Check one record against its own hash and against its predecessor."""
+    seq, record_id = int(row.seq), int(row.id)
+    if record_hash(row) != row.hash:
+        report.findings.append(
+            Finding(
+                "edited",
+                f"record {record_id} (seq {seq}, {row.action} on {row.object_type} {row.object_id}) was edited: "
+                "its fields no longer match its hash",
+                seq,
+                record_id,
+            )
+        )
+    if seq > last_seq + 1:
+        first, last = last_seq + 1, seq - 1
+        what = f"seq {first}" if first == last else f"seq {first} to {last}"
+        after = f"after record {last_id}" if last_id is not None else "at the start"
+        report.findings.append(
+            Finding("removed", f"record(s) {what} were removed ({after}, before record {record_id})", first)
+        )
+    elif row.prev_hash != last_hash:
+        previous = f"record {last_id} (seq {last_seq})" if last_id is not None else "the start of the chain"
+        report.findings.append(
+            Finding(
+                "inserted",
+                f"record {record_id} (seq {seq}) does not follow {previous}: it was inserted, or its predecessor "
+                "was rewritten",
+                seq,
+                record_id,
+            )
+        )

@@ -1,0 +1,115 @@
+"""API keys over HTTP, for admins: create (the key is in the answer once and never again), list, revoke.
+
+Creating and revoking are audited (``api_key.create``, ``api_key.revoke``) with the key's id, prefix, role and
+store, never its secret. A revocation is refused by every tongcrm process from its next request on (see
+:class:`tongcrm.auth.service.KeyVerifier`), so an admin who revokes a leaked key here need not restart anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.inputs import PathId
+from tongcrm.api.security import requires
+from tongcrm.audit import service as audit
+from tongcrm.audit.service import Actor
+from tongcrm.auth import service
+from tongcrm.auth.service import KeyInfo, Principal, Role
+
+
+class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
+    #: admin | operator | analyst | pos
+    role: str
+    #: The one store a ``pos`` key may touch (required for pos keys, refused for the others).
+    store_code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class KeyOut(msgspec.Struct):
+    id: int
+    prefix: str
+    role: str
+    store_code: str | None
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedKeyOut(KeyOut, kw_only=True):
+    #: The key itself: shown in this answer only (tongcrm keeps a hash).
+    key: str
+
+
+def _out(k: KeyInfo) -> KeyOut:
+    return KeyOut(k.id, k.prefix, k.role, k.store_code, k.label, k.created_at, k.revoked_at)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def _audited(k: KeyInfo) -> dict[str, object]:
+    return {"prefix": k.prefix, "role": k.role, "store_code": k.store_code, "label": k.label}
+
+
+class ApiKeyController(Controller):
+    path = "/api/api-keys"
+    tags = ["api keys"]
+    opt = requires(Role.ADMIN)
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Create a key; the answer holds it once (audited)")
+    async def create(
+        self,
+        data: JSONBody[KeyIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        principal: NamedDependency[Principal],
+    ) -> CreatedKeyOut:
+        async with sessions() as session, session.begin():
+            created = await service.create_key(
+                session, data.role, store_code=data.store_code, label=data.label
+            )
+            info = await service.key_info(session, created.id)
+            audit.record(
+                session, Actor.of(principal), "api_key.create", "api_key", info.id, after=_audited(info)
+            )
+        return CreatedKeyOut(**msgspec.structs.asdict(_out(info)), key=created.key)
+
+    @get("/", summary="Every key, revoked ones included (never their secrets)")
+    async def list_keys(
+        self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+    ) -> list[KeyOut]:
+        async with read_sessions() as session:
+            return [_out(k) for k in await service.list_keys(session)]
+
+    @delete(
+        "/{key_id:int}",
+        status_code=HTTP_200_OK,
+        summary="Revoke a key: refused by every process from the next request on (audited; idempotent)",
+    )
+    async def revoke(
+        self,
+        key_id: PathId,
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        principal: NamedDependency[Principal],
+    ) -> KeyOut:
+        async with sessions() as session, session.begin():
+            revoked = await service.revoke(session, key_id)
+            if revoked.changed:
+                audit.record(
+                    session,
+                    Actor.of(principal),
+                    "api_key.revoke",
+                    "api_key",
+                    key_id,
+                    before={**_audited(revoked.key), "revoked_at": None},
+                    after={**_audited(revoked.key), "revoked_at": _iso(revoked.key.revoked_at)},
+                )
+        return _out(revoked.key)

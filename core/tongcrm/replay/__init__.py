@@ -1,0 +1,1 @@
+"""Replay guard for platform callbacks: a signed call is applied once, across every tongcrm process."""
