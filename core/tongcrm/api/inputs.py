@@ -72,7 +72,8 @@ class Problem(msgspec.Struct):
     detail: str
     instance: str
     request_id: str | None = None
-    errors: list[dict[str, Any]] | None = None
+    #: What was wrong, per field: a list of ``{key, message, source}`` (validation) or ``{field: message}``.
+    errors: list[dict[str, Any]] | dict[str, Any] | None = None
 
 
 class StrictRequest(Request[Any, Any, Any]):
