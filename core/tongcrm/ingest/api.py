@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import QueryOffset
 from tongcrm.api.security import READ_ROLES, requires
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord
 from tongcrm.crypto import Vault
@@ -54,7 +55,7 @@ class QuarantineController(Controller):
         vault: NamedDependency[Vault],
         account: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: QueryOffset = 0,
     ) -> QuarantinePage:
         base = sa.select(QuarantinedRecord, ChannelAccount.name).join(
             ChannelAccount, ChannelAccount.id == QuarantinedRecord.account_id

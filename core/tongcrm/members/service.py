@@ -554,6 +554,8 @@ class MemberQuery:
     lifecycle_stage: str | None = None
     source_channel: str | None = None
     source_store: str | None = None
+    source_campaign: str | None = None
+    referrer_id: int | None = None  # members this one referred
     city: str | None = None
     province: str | None = None
     name: str | None = None  # prefix
@@ -577,6 +579,8 @@ async def list_members(
         (Member.lifecycle_stage, query.lifecycle_stage),
         (Member.source_channel, query.source_channel),
         (Member.source_store, query.source_store),
+        (Member.source_campaign, query.source_campaign),
+        (Member.referrer_id, query.referrer_id),
         (Member.city, query.city),
         (Member.province, query.province),
     ):

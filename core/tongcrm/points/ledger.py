@@ -51,6 +51,14 @@ BALANCES = cast(sa.Table, PointsBalance.__table__)
 PENDING = "pending"
 AVAILABLE = "available"
 
+#: The most points one manual entry (adjustment, redemption, transfer) may move: a billion points is far past
+#: any real correction, and keeps a single request from pushing a balance near its bound.
+MAX_ENTRY_POINTS = 10**9
+#: The most points a member may hold (available plus pending): 2^53 - 1, the largest integer every JSON
+#: client (JavaScript's numbers included) reads exactly, and far inside the 64-bit columns, so sums of
+#: balances over many members cannot overflow them either. A credit past it is refused (409), not stored.
+MAX_BALANCE = 2**53 - 1
+
 
 @dataclass(slots=True)
 class Credit:
@@ -75,6 +83,15 @@ class Credit:
     actor: str = "system"
     ref_entry_id: int | None = None
     detail: dict[str, Any] | None = None
+
+
+def check_balance_bound(member_id: int, total: int) -> None:
+    """Refuse (409) a credit that would take a member's points past :data:`MAX_BALANCE`."""
+    if total > MAX_BALANCE:
+        raise Conflict(
+            f"member {member_id}'s points would exceed the most a balance may hold ({MAX_BALANCE})",
+            extra={"max_balance": MAX_BALANCE},
+        )
 
 
 def _entry_row(c: Credit) -> dict[str, Any]:
@@ -152,6 +169,8 @@ async def post_credits(
     for chunk in _chunks(ids):
         result = await session.execute(bulk.add_lots_to_balances, {"ids": chunk, "now": now})
         balances.update({r[0]: (r[1], r[2], r[3]) for r in result})
+    for m, (available, pending, _owed) in balances.items():
+        check_balance_bound(m, available + pending)
     needs_settling = [
         m
         for m, (available, _pending, owed) in balances.items()
@@ -585,8 +604,9 @@ class Book:
             rule_code=credit.rule_code,
             new=True,
         )
-        self.new_lots.append(lot)
         balance = self.balance(credit.member_id)
+        check_balance_bound(credit.member_id, balance.available + balance.pending + credit.amount)
+        self.new_lots.append(lot)
         if credit.status == AVAILABLE:
             balance.available += credit.amount
         else:

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId
 from tongcrm.api.security import requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
@@ -51,7 +52,7 @@ class PrivacyController(Controller):
     )
     async def export(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         vault: NamedDependency[Vault],
         principal: NamedDependency[Principal],
@@ -71,7 +72,7 @@ class PrivacyController(Controller):
     )
     async def erase(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[ErasureIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         principal: NamedDependency[Principal],
