@@ -192,8 +192,9 @@ class PointsRequest(Base):
 # merges: entries, lots and line awards move with the member; balances are recomputed, not moved. An undo also
 # settles what happened on the survivor while merged (see tongcrm.points.ledger.split_after_undo).
 
-for _table in ("points_entries", "points_lots", "points_line_awards"):
+for _table in ("points_entries", "points_lots"):
     register_reference(MemberReference(_table))
+register_reference(MemberReference("points_line_awards", key="line_id"))  # keyed by line, not by an id
 
 
 async def _after_merge(
