@@ -319,3 +319,44 @@ async def test_merge_undo_and_merge_again(tongcrm_db: TestDatabase) -> None:
     assert await _balance(tongcrm_db, a) == (3, 0, 0, 0) and await _open_lots(tongcrm_db, a) == 3
     assert await _balance(tongcrm_db, b) == (90, 0, 0, 0) and await _open_lots(tongcrm_db, b) == 90
     await _verify(tongcrm_db)
+
+
+async def test_issue_18_over_http(make_client: Any) -> None:
+    """The reproduction as an operator meets it: after the undo A's redemption of 60 is refused for want of
+    points (409 naming the 23 available), not for lots that do not cover the balance; 23 can be redeemed."""
+    async with make_client() as api:
+        async with api.db.sessions() as s, s.begin():
+            a, b = await make_members(s, 2)
+        for member, points in ((a, 73), (b, 100)):  # A's lot first: redemptions draw it first
+            r = await api.post(
+                f"/api/members/{member}/points/adjustments",
+                json={"points": points, "reason": "opening balance"},
+                headers={"Idempotency-Key": f"seed-{member}"},
+            )
+            assert r.status_code == 201, r.text
+        merge = await api.post(
+            "/api/merges", json={"survivor_id": b, "absorbed_id": a, "reason": "same mobile"}
+        )
+        assert merge.status_code == 201, merge.text
+        spent = await api.post(
+            f"/api/members/{b}/points/redemptions", json={"points": 50}, headers={"Idempotency-Key": "after"}
+        )
+        assert spent.status_code == 201 and spent.json()["draws"][0]["lot_id"] != spent.json()["entry_id"]
+        undone = await api.post(f"/api/merges/{merge.json()['id']}/undo")
+        assert undone.status_code == 200, undone.text
+        refused = await api.post(
+            f"/api/members/{a}/points/redemptions", json={"points": 60}, headers={"Idempotency-Key": "a-60"}
+        )
+        assert refused.status_code == 409 and refused.headers["content-type"].startswith(
+            "application/problem"
+        )
+        assert refused.json()["available"] == 23 and "has 23 points available" in refused.json()["detail"]
+        ok = await api.post(
+            f"/api/members/{a}/points/redemptions", json={"points": 23}, headers={"Idempotency-Key": "a-23"}
+        )
+        assert ok.status_code == 201 and ok.json()["balance"]["available"] == 0
+        statement = (await api.get(f"/api/members/{b}/points")).json()
+        assert statement["balance"]["available"] == 100
+        assert statement["entries"][0]["kind"] == "merge_split" and statement["entries"][0]["amount"] == 50
+    async with api.db.sessions() as s:
+        assert await ledger.verify(s) == []
