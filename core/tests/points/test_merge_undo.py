@@ -360,3 +360,30 @@ async def test_issue_18_over_http(make_client: Any) -> None:
         assert statement["entries"][0]["kind"] == "merge_split" and statement["entries"][0]["amount"] == 50
     async with api.db.sessions() as s:
         assert await ledger.verify(s) == []
+
+
+async def test_refund_of_an_absorbed_members_redemption_goes_back_with_it(tongcrm_db: TestDatabase) -> None:
+    """A redeemed 30 before the merge; the points come back while merged (a lot on the survivor that names A's
+    redemption) and the merged member spends 10 of them. On undo the refund follows the redemption to A, with
+    its lot as it is; A's balance is its lots."""
+    a, b = await _members(tongcrm_db, 2)
+    c = ctx(Clock(T0), BASE)
+    await _earn(tongcrm_db, c, 1, a, 10_000, T0 - timedelta(days=2))
+    await _earn(tongcrm_db, c, 2, b, 5_000, T0 - timedelta(days=1))
+    await _redeem(tongcrm_db, c, a, 30, "goods")
+    merge_id = await _merge(tongcrm_db, b, a)
+    async with tongcrm_db.sessions() as s, s.begin():
+        await service.refund_redemption(s, c, "goods", 30, key="returned")
+    await _redeem(tongcrm_db, c, b, 130, "spend")  # A's 70, B's 50, then 10 of the refund lot
+    await _undo(tongcrm_db, merge_id)
+    async with tongcrm_db.sessions() as s:
+        refund = (
+            await s.execute(sa.select(PointsEntry).where(PointsEntry.kind == EntryKind.REFUND))
+        ).scalar_one()
+        lot = await s.get(PointsLot, refund.id)
+        assert (await service.redemption_state(s, "goods")) is not None
+    assert refund.member_id == a and lot is not None and lot.member_id == a and lot.remaining == 20
+    assert await _balance(tongcrm_db, a) == (20, 0, 0, 0) and await _open_lots(tongcrm_db, a) == 20
+    assert await _balance(tongcrm_db, b) == (0, 0, 0, 0) and await _open_lots(tongcrm_db, b) == 0
+    assert (await _splits(tongcrm_db))[a][:2] == (-80, 0)  # A's lots lost 70 + 10 to B's redemption
+    await _verify(tongcrm_db)
