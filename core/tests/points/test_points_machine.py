@@ -17,8 +17,8 @@ examples. Size, by environment variable:
   that many steps ran);
 * ``TONGCRM_LEDGER_MACHINE_STEPS_PER_EXAMPLE`` — steps per example (default 50).
 
-The long run, >= 100,000 steps on SQLite (about 25-30 minutes on a shared 2-core machine), and on PostgreSQL too
-when its URL is set::
+The long run, >= 100,000 steps on SQLite (100,002 steps in 2,467 examples took 1,041 s on a shared 2-core
+machine), and on PostgreSQL too when its URL is set::
 
     TONGCRM_LEDGER_MACHINE_STEPS=100000 python -m pytest core/tests/points/test_points_machine.py -q -s
 
