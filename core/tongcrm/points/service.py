@@ -1053,6 +1053,18 @@ def _explain(entry: PointsEntry, lot: PointsLot | None, tz: ZoneInfo) -> str:
         return f"{entry.amount} redeemed points given back (redemption {entry.ref_entry_id})" + (
             f": {entry.reason}" if entry.reason else ""
         )
+    if entry.kind == EntryKind.MERGE_SPLIT:
+        other = d.get("counterpart_id")
+        parts = []
+        if entry.amount < 0:
+            parts.append(f"{-entry.amount} points of this member's lots went to member {other} while merged")
+        elif entry.amount > 0:
+            parts.append(f"{entry.amount} points this member took from member {other}'s lots while merged")
+        if entry.shortfall > 0:
+            parts.append(f"{entry.shortfall} of this member's clawbacks paid member {other}'s owed points")
+        elif entry.shortfall < 0:
+            parts.append(f"{-entry.shortfall} owed points paid by member {other}'s clawbacks")
+        return f"undo of merge {d.get('merge_id')}: " + "; ".join(parts)
     return entry.kind
 
 
