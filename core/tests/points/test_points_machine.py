@@ -47,6 +47,7 @@ from hypothesis.stateful import (
 )
 from points_helpers import SHANGHAI, Clock, ctx, make_members, order
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from tongcrm.audit import chain
 from tongcrm.audit.service import SYSTEM
 from tongcrm.db.base import metadata
 from tongcrm.db.engine import async_url, create_engine, create_inline_writer, session_factory
@@ -305,6 +306,7 @@ class Harness:
         self.tables = [t.name for t in reversed(metadata.sorted_tables)]
         self.steps = 0
         self.examples = 0
+        self.audit_records = 0
 
         async def create() -> None:
             async with self.engine.begin() as conn:
@@ -375,6 +377,18 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def run(self, coro: Any) -> Any:
         return self.harness.run(coro)
+
+    def teardown(self) -> None:
+        """At the end of each example, before the tables are emptied: the audit chain the merges, undos and
+        adjustments wrote holds (what ``tongcrm audit verify`` checks)."""
+
+        async def body() -> chain.ChainReport:
+            async with self.harness.reads() as s:
+                return await chain.verify(s)
+
+        report = self.run(body())
+        assert report.ok, report.findings
+        self.harness.audit_records += report.records
 
     def step(self) -> None:
         self.harness.steps += 1
@@ -674,6 +688,7 @@ def test_points_ledger_state_machine(backend: str) -> None:
         harness.close()
     print(
         f"\nledger machine on {backend}: {harness.steps} steps in {harness.examples} examples, "
-        f"{time.monotonic() - started:.1f} s"
+        f"{time.monotonic() - started:.1f} s, {harness.audit_records} audit records verified"
     )
     assert harness.steps >= STEPS
+    assert harness.audit_records > 0  # merges and undos are audited, and their chain was checked
