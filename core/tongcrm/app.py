@@ -24,6 +24,7 @@ from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
+from tongcrm.campaigns.api import CampaignController
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.counter import CounterService
@@ -68,6 +69,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     OrderController,
     SegmentController,
     LifecycleController,
+    CampaignController,
 )
 
 
