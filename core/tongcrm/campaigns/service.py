@@ -206,10 +206,14 @@ async def runs(session: AsyncSession, campaign_id: int) -> list[CampaignRun]:
     return list((await session.execute(stmt)).scalars())
 
 
-async def _queued_to_treatment(session: AsyncSession, campaign_id: int) -> int:
+async def _queued_to_treatment(session: AsyncSession, campaign_id: int, *, besides: int | None = None) -> int:
+    """Messages earlier runs queued to their treatment groups (the budget they used); ``besides`` leaves out
+    the run being decided, whose row already exists."""
     used = await session.execute(
         sa.select(sa.func.coalesce(sa.func.sum(CampaignRun.audience - CampaignRun.control), 0)).where(
-            CampaignRun.campaign_id == campaign_id, CampaignRun.status == "queued"
+            CampaignRun.campaign_id == campaign_id,
+            CampaignRun.status == "queued",
+            CampaignRun.id != (besides or 0),
         )
     )
     return int(used.scalar_one())
@@ -385,7 +389,7 @@ async def execute_run(
     if audience == 0:
         reason = "empty audience: the segment had no member at the run"
     elif campaign.budget_messages is not None:
-        left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id)
+        left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id, besides=run_id)
         if audience - controlled > left:
             reason = (
                 f"budget exceeded: the run would message {audience - controlled} members and {left} messages are"
