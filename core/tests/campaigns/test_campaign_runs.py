@@ -178,3 +178,38 @@ async def test_a_run_beyond_the_budget_is_refused_and_queues_nothing(tongcrm_db:
     )
     assert len(await w.messages(flow="campaign.daily")) == 10
     assert await audience_of(w, runs[1].id) == {}
+
+
+@pytest.mark.asyncio
+async def test_the_periodic_job_starts_a_due_run_in_the_programme_time_zone(tongcrm_db: TestDatabase) -> None:
+    clock = Clock(datetime(2026, 9, 30, 15, 0, tzinfo=UTC))  # 23:00 in Shanghai
+    host = sms_host()
+    w = World(
+        tongcrm_db.sessions, Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(), host, clock
+    )
+    await w.setup("http://127.0.0.1:9")
+    await tag(w, [await w.member(i) for i in range(3)])
+    async with w.sessions() as session, session.begin():
+        context = await segments.load_context(session, host, clock())
+        definition = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vip"}}
+        await segments.save(session, context, "vip", definition, SYSTEM)
+        await service.create(
+            session, service.Draft("nightly", "vip", "promo", {"kind": "order", "within_days": 1}), SYSTEM
+        )
+        campaign = await service.schedule(
+            session, host, SYSTEM, "nightly", {"kind": "daily", "time": "00:10"}, now=clock(), tz=SH
+        )
+        assert campaign.next_run_at == datetime(2026, 9, 30, 16, 10, tzinfo=UTC)  # 1 October, 00:10 local
+    runner = w.runner()
+    await w.drain(runner)
+    assert await w.messages(flow="campaign.nightly") == []  # not due yet
+    clock.now = datetime(2026, 9, 30, 16, 11, tzinfo=UTC)
+    await w.drain(runner)
+    async with w.sessions() as session:
+        runs = await service.runs(session, campaign.id)
+        after = await service.get(session, "nightly")
+    assert [(r.scheduled_for, r.status, r.audience) for r in runs] == [
+        (datetime(2026, 9, 30, 16, 10, tzinfo=UTC), "queued", 3)
+    ]
+    assert after.status == "running" and after.next_run_at == datetime(2026, 10, 1, 16, 10, tzinfo=UTC)
+    assert len(await w.messages(flow="campaign.nightly")) == 3
