@@ -24,7 +24,7 @@ from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
-from tongcrm.campaigns.api import CampaignController
+from tongcrm.campaigns.api import CalendarController, CampaignController
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.counter import CounterService
@@ -70,6 +70,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     SegmentController,
     LifecycleController,
     CampaignController,
+    CalendarController,
 )
 
 

@@ -5,6 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_KIT = str(Path(__file__).resolve().parent.parent / "messaging")
-if _KIT not in sys.path:
-    sys.path.insert(0, _KIT)
+for _kit in (Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "messaging"):
+    if str(_kit) not in sys.path:
+        sys.path.insert(0, str(_kit))

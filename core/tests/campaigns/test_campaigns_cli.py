@@ -1,4 +1,4 @@
-"""``tongcrm campaigns …`` against a file database: create, list, schedule, show, report (with the SVG), cancel,
+"""``tongcrm campaigns …`` against a file database: create, list, schedule, show, report (with the SVG), the calendar, cancel,
 and refusals with a non-zero exit and their reason."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -80,5 +81,10 @@ def test_campaigns_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
     svg = tmp_path / "spring.svg"
     report = invoke("campaigns", "report", "spring", "--svg", str(svg))
     assert "too small to conclude" in report and svg.read_text().startswith("<svg")
+    day = at.astimezone(ZoneInfo("Asia/Shanghai")).date().isoformat()
+    calendar = invoke("calendar", "--from", day, "--to", day)
+    assert f"{day} " in calendar and "planned_run spring (scheduled)" in calendar
+    assert "care flows" not in calendar  # none configured in this database
     assert "cancelled 'spring'" in invoke("campaigns", "cancel", "spring")
+    assert "spring" not in invoke("calendar", "--from", day, "--to", day)
     assert "already cancelled" in invoke("campaigns", "cancel", "spring", ok=False)

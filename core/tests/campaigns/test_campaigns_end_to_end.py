@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from campaign_kit import CAMPAIGN, segment_of, tag
 from messaging_kit import SECRET_KEY, Clock, World, fake_gateway, sms_host
 from tongcrm.campaigns import control, service
 from tongcrm.config import Settings
-from tongcrm.members.models import MemberTag
 from tongcrm.messaging.models import Message, MessageTemplate
 from tongcrm.testing.database import TestDatabase
 
@@ -27,27 +27,6 @@ def next_beijing_ten(after: datetime) -> datetime:
     if moment <= local:
         moment += timedelta(days=1)
     return moment.astimezone(UTC)
-
-
-async def tag(w: World, members: list[int], name: str = "vip") -> None:
-    async with w.sessions() as session, session.begin():
-        session.add_all(MemberTag(member_id=m, tag=name) for m in members)
-
-
-def segment_of(tag: str) -> dict[str, Any]:
-    return {"version": 1, "condition": {"field": "tags", "op": "has", "value": tag}}
-
-
-CAMPAIGN = {
-    "name": "spring",
-    "goal": "bring VIPs back before the season",
-    "segment": "vip",
-    "template": "promo",
-    "control_percent": 25,
-    "control_seed": "2026",
-    "response": {"kind": "order", "within_days": 7, "min_paid_fen": 5000},
-    "message_cost_fen": 5,
-}
 
 
 @pytest.mark.asyncio

@@ -8,20 +8,20 @@ template without opt-out wording, a schedule in the past, a control share outsid
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
-from tongcrm.campaigns import chart, evaluation, service
+from tongcrm.campaigns import calendar, chart, evaluation, service
 from tongcrm.campaigns.models import Campaign, CampaignRun
 from tongcrm.config import Settings
 from tongcrm.db.base import utcnow
@@ -237,3 +237,105 @@ class CampaignController(Controller):
             campaign = await service.get(session, name)
             svg = chart.render(await evaluation.report(session, campaign))
         return Response(svg, media_type="image/svg+xml")
+
+
+class MarkIn(msgspec.Struct):
+    on: date
+    name: str
+    kind: str = "festival"
+
+
+class MarkOut(msgspec.Struct):
+    id: int
+    on: date
+    name: str
+    kind: str
+
+
+class EntryOut(msgspec.Struct):
+    day: date
+    at: datetime | None
+    kind: str
+    name: str
+    campaign: str | None
+    segment_id: int | None
+    status: str | None
+    detail: str
+
+
+class ClashOut(msgspec.Struct):
+    day: date
+    segment_id: int
+    campaigns: list[str]
+
+
+class CalendarOut(msgspec.Struct):
+    start: date
+    end: date
+    timezone: str
+    entries: list[EntryOut]
+    care_flows: list[str]
+    clashes: list[ClashOut]
+
+
+def calendar_out(c: calendar.Calendar) -> CalendarOut:
+    return CalendarOut(
+        c.start,
+        c.end,
+        c.timezone,
+        [
+            EntryOut(e.day, e.at, e.kind, e.name, e.campaign, e.segment_id, e.status, e.detail)
+            for e in c.entries
+        ],
+        c.care_flows,
+        [ClashOut(x.day, x.segment_id, x.campaigns) for x in c.clashes],
+    )
+
+
+class CalendarController(Controller):
+    path = "/api/calendar"
+    tags = ["campaigns"]
+
+    @get(
+        "/",
+        opt=requires(*READ_ROLES),
+        summary="Campaign runs, care flows, marked days and clashes by local day",
+    )
+    async def show(
+        self,
+        read_sessions: NamedDependency[Sessions],
+        settings: NamedDependency[Settings],
+        start: Annotated[date, QueryParameter(name="from", description="first local day")],
+        end: Annotated[date, QueryParameter(name="to", description="last local day (inclusive)")],
+    ) -> CalendarOut:
+        async with read_sessions() as session:
+            tz = await programme_tz(session, settings)
+            return calendar_out(await calendar.build(session, start, end, tz=tz))
+
+    @post(
+        "/marks",
+        opt=requires(*WRITE_ROLES),
+        status_code=201,
+        summary="Mark a day (a festival, 618…; audited)",
+    )
+    async def add_mark(
+        self,
+        data: JSONBody[MarkIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> MarkOut:
+        async with sessions() as session, session.begin():
+            mark = await calendar.add_mark(session, Actor.of(principal), data.on, data.name, data.kind)
+            return MarkOut(mark.id, mark.on, mark.name, mark.kind)
+
+    @delete(
+        "/marks/{mark_id:int}", opt=requires(*WRITE_ROLES), status_code=204, summary="Remove a marked day"
+    )
+    async def remove_mark(
+        self,
+        mark_id: FromPath[int],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> None:
+        async with sessions() as session, session.begin():
+            await calendar.remove_mark(session, Actor.of(principal), mark_id)

@@ -1,4 +1,5 @@
-"""``tongcrm campaigns create|list|show|schedule|cancel|runs|report``: the campaign service from a terminal.
+"""``tongcrm campaigns create|list|show|schedule|cancel|report`` and ``tongcrm calendar``: the campaign service
+from a terminal.
 
 The CLI acts as ``cli`` with the admin role (whoever runs it can read the database anyway); its changes are
 audited like the API's. ``report --svg FILE`` writes the chart too.
@@ -7,13 +8,15 @@ audited like the API's. ``report --svg FILE`` writes the chart too.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.campaigns import chart, evaluation, service
+from tongcrm.campaigns import calendar, chart, evaluation, service
 from tongcrm.campaigns.api import campaign_out, outcome_out, programme_tz, run_out
 from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest
@@ -155,3 +158,30 @@ def report(obj: _Obj, name: str, svg_path: str | None) -> None:
             raise BadRequest("--svg names a file ending in .svg")
         Path(svg_path).write_text(chart.render(result), encoding="utf-8")
         click.echo(f"chart written to {svg_path}")
+
+
+@click.command("calendar")
+@click.option("--from", "start", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First local day.")
+@click.option(
+    "--to", "end", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last local day (inclusive)."
+)
+@click.pass_obj
+def calendar_command(obj: _Obj, start: datetime, end: datetime) -> None:
+    """Campaign runs (past and planned), marked days and clashes, by local day."""
+
+    async def body(sessions: Sessions, read: Sessions) -> calendar.Calendar:
+        async with read() as session:
+            tz = await programme_tz(session, obj.settings)
+            return await calendar.build(session, start.date(), end.date(), tz=tz)
+
+    result = _run(obj, body)
+    for e in result.entries:
+        when = e.at.astimezone(ZoneInfo(result.timezone)).strftime("%H:%M") if e.at else "     "
+        extra = f" ({e.status}{': ' + e.detail if e.detail and e.kind == 'run' else ''})" if e.status else ""
+        click.echo(f"{e.day.isoformat()} {when} {e.kind:<11} {e.name}{extra}")
+    for clash in result.clashes:
+        click.echo(
+            f"clash {clash.day.isoformat()}: {', '.join(clash.campaigns)} send to segment #{clash.segment_id}"
+        )
+    if result.care_flows:
+        click.echo(f"care flows running: {', '.join(result.care_flows)}")

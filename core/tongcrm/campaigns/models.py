@@ -7,7 +7,7 @@ segment that changes later does not rewrite what a past run was sent to.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -80,3 +80,19 @@ class CampaignAudience(Base):
     )
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), primary_key=True, autoincrement=False)
     grp: Mapped[str] = mapped_column(sa.String(16))
+
+
+class CalendarMark(Base):
+    """A day the brand marks on its calendar (Double 11, 618, 会员日), shown among the campaign runs."""
+
+    __tablename__ = "calendar_marks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    on: Mapped[date] = mapped_column(sa.Date)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    #: festival | platform_event | member_day | other
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    created_by: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (sa.UniqueConstraint("on", "name"),)

@@ -1,4 +1,4 @@
-"""Campaigns, their runs and each run's frozen audience
+"""Campaigns, their runs and each run's frozen audience; days marked on the campaign calendar
 
 Revision ID: 0014
 Revises: 0004
@@ -82,9 +82,21 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("run_id", "member_id", name=op.f("pk_campaign_audience")),
     )
+    op.create_table(
+        "calendar_marks",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("on", sa.Date(), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_calendar_marks")),
+        sa.UniqueConstraint("on", "name", name=op.f("uq_calendar_marks_on_name")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("calendar_marks")
     op.drop_table("campaign_audience")
     op.drop_table("campaign_runs")
     op.drop_index("ix_campaigns_status_next_run", table_name="campaigns")
