@@ -116,7 +116,9 @@ def _message_key(campaign: Campaign, run_id: int) -> sa.ColumnElement[str]:
     )
 
 
-def _eligible(campaign: Campaign, run_id: int) -> sa.ColumnElement[bool]:
+def _eligible() -> sa.ColumnElement[bool]:
+    """Audience members the contact policy allowed: treated and sent (or failed at the gateway), or control and
+    refused only because they are held out."""
     return sa.or_(
         sa.and_(CampaignAudience.grp == control.TREATMENT, Message.status.in_(_ELIGIBLE_TREATED)),
         sa.and_(CampaignAudience.grp == control.CONTROL, Message.reason == HOLDOUT_REASON),
@@ -215,9 +217,7 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
             sa.func.coalesce(sa.func.sum(responses.c.revenue), 0),
         )
         .select_from(joined.outerjoin(responses, responses.c.member_id == CampaignAudience.member_id))
-        .where(
-            CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign), _eligible(campaign, run.id)
-        )
+        .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign), _eligible())
         .group_by(CampaignAudience.grp)
     )
     for grp, eligible, responders, orders, revenue in groups.all():
