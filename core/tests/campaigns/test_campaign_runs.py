@@ -5,7 +5,7 @@ run that would exceed the budget refused with nothing queued."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,6 +16,7 @@ from tongcrm.audit.service import SYSTEM
 from tongcrm.campaigns import control, service
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.config import Settings
+from tongcrm.errors import Unprocessable
 from tongcrm.members.models import MemberTag
 from tongcrm.messaging import service as messaging
 from tongcrm.segments import service as segments
@@ -213,3 +214,52 @@ async def test_the_periodic_job_starts_a_due_run_in_the_programme_time_zone(tong
     ]
     assert after.status == "running" and after.next_run_at == datetime(2026, 10, 1, 16, 10, tzinfo=UTC)
     assert len(await w.messages(flow="campaign.nightly")) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_cannot_start_is_refused_and_other_campaigns_still_run(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(datetime(2026, 5, 1, 1, tzinfo=UTC))
+    host = sms_host()
+    w = World(
+        tongcrm_db.sessions, Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(), host, clock
+    )
+    await w.setup("http://127.0.0.1:9")
+    await tag(w, [await w.member(i) for i in range(3)])
+    async with w.sessions() as session, session.begin():
+        context = await segments.load_context(session, host, clock())
+        definition = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vip"}}
+        await segments.save(session, context, "vip", definition, SYSTEM)
+        for name in ("broken", "fine"):
+            await service.create(
+                session, service.Draft(name, "vip", "promo", {"kind": "order", "within_days": 1}), SYSTEM
+            )
+            await service.schedule(
+                session, host, SYSTEM, name, {"kind": "daily", "time": "10:00"}, now=clock(), tz=SH
+            )
+        due = (await service.get(session, "fine")).next_run_at
+    assert due is not None
+    original = service._prepared
+
+    async def prepared(session: Any, host_: Any, campaign: Campaign, now: datetime) -> Any:
+        if campaign.name == "broken":
+            raise Unprocessable("segment 'vip' refers to tier 'gold', which the ladder no longer has")
+        return await original(session, host_, campaign, now)
+
+    monkeypatch.setattr(service, "_prepared", prepared)
+    started = await service.run_due(w.sessions, host, now=due, tz=SH)
+    assert len(started) == 2
+    async with w.sessions() as session:
+        broken, fine = await service.get(session, "broken"), await service.get(session, "fine")
+        broken_runs, fine_runs = await service.runs(session, broken.id), await service.runs(session, fine.id)
+    assert [(r.status, r.reason) for r in broken_runs] == [
+        (
+            "refused",
+            "the run could not start: segment 'vip' refers to tier 'gold', which the ladder no longer has",
+        )
+    ]
+    assert [(r.status, r.audience) for r in fine_runs] == [("queued", 3)]
+    assert broken.next_run_at == fine.next_run_at == due + timedelta(days=1)  # the schedule goes on
+    assert await w.messages(flow="campaign.broken") == []
+    assert len(await w.messages(flow="campaign.fine")) == 3

@@ -27,7 +27,7 @@ from tongcrm.campaigns import control
 from tongcrm.campaigns import schedule as sched
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.db.dialect import insert
-from tongcrm.errors import Conflict, NotFound, Unprocessable
+from tongcrm.errors import Conflict, NotFound, TongcrmError, Unprocessable
 from tongcrm.logging import get_logger
 from tongcrm.messaging import service as messaging
 from tongcrm.messaging import templates as tpl
@@ -458,7 +458,19 @@ async def run_due(
                 continue
             before = describe(campaign)
             scheduled_for = campaign.next_run_at
-            run = await execute_run(session, host, campaign, scheduled_for, now=now)
+            try:
+                async with session.begin_nested():
+                    run = await execute_run(session, host, campaign, scheduled_for, now=now)
+            except TongcrmError as exc:
+                # the segment broke (a tier taken out of the ladder…): this run is refused with the reason, the
+                # schedule goes on, and the other campaigns due in this tick still run
+                run = CampaignRun(
+                    campaign_id=campaign.id, scheduled_for=scheduled_for, started_at=now, segment_version=0,
+                    status="refused", reason=f"the run could not start: {exc.message}"[:500], audience=0, control=0,
+                )  # fmt: skip
+                session.add(run)
+                await session.flush()
+                log.warning("campaign run refused", campaign=campaign.name, reason=run.reason)
             started.append(run.id)
             assert campaign.schedule is not None
             parsed = sched.parse(campaign.schedule)
