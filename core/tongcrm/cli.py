@@ -629,13 +629,18 @@ def build_cli(host: PluginHost) -> click.Group:
         help=cli.help,
         context_settings=cli.context_settings,
     )
+    from tongcrm.campaigns.cli import calendar_command, campaigns_group
     from tongcrm.ingest.cli import channel_group, sync_command
     from tongcrm.segments.cli import segments_group
 
     group.add_command(channel_group(host))
     group.add_command(sync_command(host))
     group.add_command(segments_group)
-    for command in host.cli_commands(reserved=CORE_COMMANDS | {"channel", "sync", "segments"}):
+    group.add_command(campaigns_group)
+    group.add_command(calendar_command)
+    for command in host.cli_commands(
+        reserved=CORE_COMMANDS | {"channel", "sync", "segments", "campaigns", "calendar"}
+    ):
         group.add_command(command)
     return group
 

@@ -1,0 +1,342 @@
+"""Campaigns HTTP API: create a draft, schedule, cancel, list runs, and the report (JSON and SVG). Thin: roles
+and shapes here, logic in :mod:`tongcrm.campaigns.service` and :mod:`tongcrm.campaigns.evaluation`.
+
+Operators and up create, schedule and cancel; analysts and up read reports. Refusals (an empty audience, a
+template without opt-out wording, a schedule in the past, a control share outside 0–50 %, a budget exceeded) are
+422 problems saying why; nothing is queued.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.inputs import PathId
+from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.audit.service import Actor
+from tongcrm.auth.service import Principal
+from tongcrm.campaigns import calendar, chart, evaluation, service
+from tongcrm.campaigns.models import Campaign, CampaignRun
+from tongcrm.config import Settings
+from tongcrm.db.base import utcnow
+from tongcrm.plugin.host import PluginHost
+from tongcrm.programme import service as programme
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+class CampaignIn(msgspec.Struct):
+    name: str
+    segment: str
+    template: str
+    response: dict[str, Any]
+    goal: str = ""
+    control_percent: float = 10.0
+    control_seed: str = ""
+    budget_messages: int | None = None
+    message_cost_fen: int = 0
+
+
+class ScheduleIn(msgspec.Struct):
+    schedule: dict[str, Any]
+
+
+class CampaignOut(msgspec.Struct):
+    id: int
+    name: str
+    goal: str
+    status: str
+    segment_id: int
+    template_id: int
+    control_percent: float
+    control_seed: str
+    response: dict[str, Any]
+    budget_messages: int | None
+    message_cost_fen: int
+    schedule: dict[str, Any] | None
+    next_run_at: datetime | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunOut(msgspec.Struct):
+    id: int
+    scheduled_for: datetime
+    started_at: datetime
+    segment_version: int
+    status: str
+    reason: str
+    audience: int
+    control: int
+
+
+class GroupOut(msgspec.Struct):
+    eligible: int
+    responders: int
+    response_rate: float
+    orders: int
+    revenue_fen: int
+
+
+class OutcomeOut(msgspec.Struct):
+    audience: int
+    control: int
+    sent: int
+    delivered: int
+    failed: int
+    pending: int
+    refused: dict[str, int]
+    opted_out: int
+    treated: GroupOut
+    control_group: GroupOut
+    uplift: float
+    uplift_low: float
+    uplift_high: float
+    relative_uplift: float | None
+    conclusion: str
+    too_small: str | None
+    incremental_orders: float
+    incremental_revenue_fen: int
+    cost_fen: int
+    cost_per_incremental_order_fen: int | None
+
+
+class RunReportOut(msgspec.Struct):
+    run: RunOut
+    outcome: OutcomeOut
+
+
+class ReportOut(msgspec.Struct):
+    campaign: str
+    status: str
+    interval: str
+    runs: list[RunReportOut]
+    total: OutcomeOut
+
+
+def campaign_out(c: Campaign) -> CampaignOut:
+    return CampaignOut(
+        c.id, c.name, c.goal, c.status, c.segment_id, c.template_id, c.control_bp / 100, c.control_seed,
+        dict(c.response), c.budget_messages, c.message_cost_fen, c.schedule, c.next_run_at, c.created_by,
+        c.created_at, c.updated_at,
+    )  # fmt: skip
+
+
+def run_out(r: CampaignRun) -> RunOut:
+    return RunOut(
+        r.id, r.scheduled_for, r.started_at, r.segment_version, r.status, r.reason, r.audience, r.control
+    )
+
+
+def _group(g: evaluation.GroupFigures) -> GroupOut:
+    rate = g.responders / g.eligible if g.eligible else 0.0
+    return GroupOut(g.eligible, g.responders, rate, g.orders, g.revenue_fen)
+
+
+def outcome_out(o: evaluation.Outcome) -> OutcomeOut:
+    f, u = o.figures, o.uplift
+    return OutcomeOut(
+        f.audience, f.control, f.sent, f.delivered, f.failed, f.pending, dict(sorted(f.refused.items())),
+        f.opted_out, _group(f.treated), _group(f.held), u.absolute, u.low, u.high, u.relative, u.conclusion,
+        u.too_small, o.incremental_orders, o.incremental_revenue_fen, o.cost_fen, o.cost_per_incremental_order_fen,
+    )  # fmt: skip
+
+
+def report_out(r: evaluation.Report) -> ReportOut:
+    return ReportOut(
+        r.campaign.name,
+        r.campaign.status,
+        "newcombe-95",
+        [RunReportOut(run_out(x.run), outcome_out(x.outcome)) for x in r.runs],
+        outcome_out(r.total),
+    )
+
+
+async def programme_tz(session: AsyncSession, settings: Settings) -> ZoneInfo:
+    return ZoneInfo((await programme.current(session, settings)).timezone)
+
+
+class CampaignController(Controller):
+    path = "/api/campaigns"
+    tags = ["campaigns"]
+
+    @post("/", opt=requires(*WRITE_ROLES), status_code=201, summary="Create a campaign (a draft; audited)")
+    async def create(
+        self,
+        data: JSONBody[CampaignIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> CampaignOut:
+        draft = service.Draft(
+            data.name, data.segment, data.template, data.response, data.goal, data.control_percent,
+            data.control_seed, data.budget_messages, data.message_cost_fen,
+        )  # fmt: skip
+        async with sessions() as session, session.begin():
+            return campaign_out(await service.create(session, draft, Actor.of(principal)))
+
+    @get("/", opt=requires(*READ_ROLES), summary="Campaigns, by name")
+    async def list_campaigns(self, read_sessions: NamedDependency[Sessions]) -> list[CampaignOut]:
+        async with read_sessions() as session:
+            return [campaign_out(c) for c in await service.list_all(session)]
+
+    @get("/{name:str}", opt=requires(*READ_ROLES), summary="One campaign")
+    async def get_campaign(
+        self, name: FromPath[str], read_sessions: NamedDependency[Sessions]
+    ) -> CampaignOut:
+        async with read_sessions() as session:
+            return campaign_out(await service.get(session, name))
+
+    @post("/{name:str}/schedule", opt=requires(*WRITE_ROLES), status_code=200, summary="Schedule a campaign")
+    async def schedule(
+        self,
+        name: FromPath[str],
+        data: JSONBody[ScheduleIn],
+        sessions: NamedDependency[Sessions],
+        host: NamedDependency[PluginHost],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+    ) -> CampaignOut:
+        async with sessions() as session, session.begin():
+            tz = await programme_tz(session, settings)
+            campaign = await service.schedule(
+                session, host, Actor.of(principal), name, data.schedule, now=utcnow(), tz=tz
+            )
+            return campaign_out(campaign)
+
+    @post("/{name:str}/cancel", opt=requires(*WRITE_ROLES), status_code=200, summary="Cancel a campaign")
+    async def cancel(
+        self, name: FromPath[str], sessions: NamedDependency[Sessions], principal: NamedDependency[Principal]
+    ) -> CampaignOut:
+        async with sessions() as session, session.begin():
+            return campaign_out(await service.cancel(session, Actor.of(principal), name, now=utcnow()))
+
+    @get("/{name:str}/runs", opt=requires(*READ_ROLES), summary="A campaign's runs, oldest first")
+    async def list_runs(self, name: FromPath[str], read_sessions: NamedDependency[Sessions]) -> list[RunOut]:
+        async with read_sessions() as session:
+            campaign = await service.get(session, name)
+            return [run_out(r) for r in await service.runs(session, campaign.id)]
+
+    @get("/{name:str}/report", opt=requires(*READ_ROLES), summary="Evaluation per run and in total")
+    async def report(self, name: FromPath[str], read_sessions: NamedDependency[Sessions]) -> ReportOut:
+        async with read_sessions() as session:
+            campaign = await service.get(session, name)
+            return report_out(await evaluation.report(session, campaign))
+
+    @get("/{name:str}/report.svg", opt=requires(*READ_ROLES), summary="The report as an SVG chart")
+    async def report_svg(
+        self, name: FromPath[str], read_sessions: NamedDependency[Sessions]
+    ) -> Response[str]:
+        async with read_sessions() as session:
+            campaign = await service.get(session, name)
+            svg = chart.render(await evaluation.report(session, campaign))
+        return Response(svg, media_type="image/svg+xml")
+
+
+class MarkIn(msgspec.Struct):
+    on: date
+    name: str
+    kind: str = "festival"
+
+
+class MarkOut(msgspec.Struct):
+    id: int
+    on: date
+    name: str
+    kind: str
+
+
+class EntryOut(msgspec.Struct):
+    day: date
+    at: datetime | None
+    kind: str
+    name: str
+    campaign: str | None
+    segment_id: int | None
+    status: str | None
+    detail: str
+
+
+class ClashOut(msgspec.Struct):
+    day: date
+    segment_id: int
+    campaigns: list[str]
+
+
+class CalendarOut(msgspec.Struct):
+    start: date
+    end: date
+    timezone: str
+    entries: list[EntryOut]
+    care_flows: list[str]
+    clashes: list[ClashOut]
+
+
+def calendar_out(c: calendar.Calendar) -> CalendarOut:
+    return CalendarOut(
+        c.start,
+        c.end,
+        c.timezone,
+        [
+            EntryOut(e.day, e.at, e.kind, e.name, e.campaign, e.segment_id, e.status, e.detail)
+            for e in c.entries
+        ],
+        c.care_flows,
+        [ClashOut(x.day, x.segment_id, x.campaigns) for x in c.clashes],
+    )
+
+
+class CalendarController(Controller):
+    path = "/api/calendar"
+    tags = ["campaigns"]
+
+    @get(
+        "/",
+        opt=requires(*READ_ROLES),
+        summary="Campaign runs, care flows, marked days and clashes by local day",
+    )
+    async def show(
+        self,
+        read_sessions: NamedDependency[Sessions],
+        settings: NamedDependency[Settings],
+        start: Annotated[date, QueryParameter(name="from", description="first local day")],
+        end: Annotated[date, QueryParameter(name="to", description="last local day (inclusive)")],
+    ) -> CalendarOut:
+        async with read_sessions() as session:
+            tz = await programme_tz(session, settings)
+            return calendar_out(await calendar.build(session, start, end, tz=tz))
+
+    @post(
+        "/marks",
+        opt=requires(*WRITE_ROLES),
+        status_code=201,
+        summary="Mark a day (a festival, 618…; audited)",
+    )
+    async def add_mark(
+        self,
+        data: JSONBody[MarkIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> MarkOut:
+        async with sessions() as session, session.begin():
+            mark = await calendar.add_mark(session, Actor.of(principal), data.on, data.name, data.kind)
+            return MarkOut(mark.id, mark.on, mark.name, mark.kind)
+
+    @delete(
+        "/marks/{mark_id:int}", opt=requires(*WRITE_ROLES), status_code=204, summary="Remove a marked day"
+    )
+    async def remove_mark(
+        self,
+        mark_id: PathId,
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> None:
+        async with sessions() as session, session.begin():
+            await calendar.remove_mark(session, Actor.of(principal), mark_id)

@@ -1,0 +1,187 @@
+"""``tongcrm campaigns create|list|show|schedule|cancel|report`` and ``tongcrm calendar``: the campaign service
+from a terminal.
+
+The CLI acts as ``cli`` with the admin role (whoever runs it can read the database anyway); its changes are
+audited like the API's. ``report --svg FILE`` writes the chart too.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.campaigns import calendar, chart, evaluation, service
+from tongcrm.campaigns.api import campaign_out, outcome_out, programme_tz, run_out
+from tongcrm.db.base import utcnow
+from tongcrm.errors import BadRequest
+from tongcrm.segments.cli import CLI_ACTOR, _Obj, _read, _run
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+def _json(value: Any) -> str:
+    import msgspec
+
+    return json.dumps(msgspec.to_builtins(value), ensure_ascii=False, indent=2)
+
+
+@click.group("campaigns")
+def campaigns_group() -> None:
+    """Campaigns: create, schedule, cancel, runs and reports."""
+
+
+@campaigns_group.command("create")
+@click.argument("name")
+@click.option("--segment", required=True, help="The saved segment of the audience.")
+@click.option("--template", required=True, help="The marketing message template.")
+@click.option("--response", "response_source", required=True, help="Response definition: a JSON file or '-'.")
+@click.option("--goal", default="")
+@click.option("--control-percent", default=10.0, show_default=True, type=float)
+@click.option("--control-seed", default="")
+@click.option("--budget-messages", type=int, default=None)
+@click.option("--message-cost-fen", type=int, default=0, show_default=True)
+@click.pass_obj
+def create(
+    obj: _Obj, name: str, segment: str, template: str, response_source: str, goal: str,
+    control_percent: float, control_seed: str, budget_messages: int | None, message_cost_fen: int,
+) -> None:  # fmt: skip
+    """Create a campaign as a draft."""
+    draft = service.Draft(
+        name, segment, template, _read(response_source), goal, control_percent, control_seed, budget_messages,
+        message_cost_fen,
+    )  # fmt: skip
+
+    async def body(sessions: Sessions, read: Sessions) -> int:
+        async with sessions() as session, session.begin():
+            return (await service.create(session, draft, CLI_ACTOR)).id
+
+    click.echo(f"created campaign {name!r} (#{_run(obj, body)}) as a draft")
+
+
+@campaigns_group.command("list")
+@click.pass_obj
+def list_command(obj: _Obj) -> None:
+    """Campaigns with their status and next run."""
+
+    async def body(sessions: Sessions, read: Sessions) -> list[tuple[str, str, str]]:
+        async with read() as session:
+            return [
+                (c.name, c.status, c.next_run_at.isoformat() if c.next_run_at else "-")
+                for c in await service.list_all(session)
+            ]
+
+    for name, status, next_run in _run(obj, body):
+        click.echo(f"{name}\t{status}\tnext run {next_run}")
+
+
+@campaigns_group.command("show")
+@click.argument("name")
+@click.pass_obj
+def show(obj: _Obj, name: str) -> None:
+    """One campaign and its runs, as JSON."""
+
+    async def body(sessions: Sessions, read: Sessions) -> str:
+        async with read() as session:
+            c = await service.get(session, name)
+            runs = [run_out(r) for r in await service.runs(session, c.id)]
+            return _json({"campaign": campaign_out(c), "runs": runs})
+
+    click.echo(_run(obj, body))
+
+
+@campaigns_group.command("schedule")
+@click.argument("name")
+@click.argument("source")
+@click.pass_obj
+def schedule(obj: _Obj, name: str, source: str) -> None:
+    """Schedule a campaign: SOURCE is a schedule document (a JSON file or '-')."""
+    document = _read(source)
+
+    async def body(sessions: Sessions, read: Sessions) -> str:
+        async with sessions() as session, session.begin():
+            tz = await programme_tz(session, obj.settings)
+            c = await service.schedule(session, obj.host, CLI_ACTOR, name, document, now=utcnow(), tz=tz)
+            return c.next_run_at.isoformat() if c.next_run_at else "-"
+
+    click.echo(f"scheduled {name!r}; first run at {_run(obj, body)}")
+
+
+@campaigns_group.command("cancel")
+@click.argument("name")
+@click.pass_obj
+def cancel(obj: _Obj, name: str) -> None:
+    """Cancel a campaign: no further run starts."""
+
+    async def body(sessions: Sessions, read: Sessions) -> None:
+        async with sessions() as session, session.begin():
+            await service.cancel(session, CLI_ACTOR, name, now=utcnow())
+
+    _run(obj, body)
+    click.echo(f"cancelled {name!r}")
+
+
+@campaigns_group.command("report")
+@click.argument("name")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
+@click.pass_obj
+def report(obj: _Obj, name: str, svg_path: str | None) -> None:
+    """The evaluation, per run and in total; with --svg, the chart written to a file."""
+
+    async def body(sessions: Sessions, read: Sessions) -> evaluation.Report:
+        async with read() as session:
+            return await evaluation.report(session, await service.get(session, name))
+
+    result = _run(obj, body)
+    total = outcome_out(result.total)
+    for i, r in enumerate(result.runs, 1):
+        o = outcome_out(r.outcome)
+        click.echo(
+            f"run {i} {r.run.scheduled_for.isoformat()} {r.run.status}{' (' + r.run.reason + ')' if r.run.reason else ''}:"
+            f" audience {o.audience}, sent {o.sent}, treated {o.treated.responders}/{o.treated.eligible},"
+            f" control {o.control_group.responders}/{o.control_group.eligible}"
+        )
+    click.echo(
+        f"total: uplift {total.uplift * 100:+.2f} pts, 95% CI [{total.uplift_low * 100:+.2f},"
+        f" {total.uplift_high * 100:+.2f}] ({total.conclusion}), incremental orders {total.incremental_orders},"
+        f" incremental revenue {total.incremental_revenue_fen} fen, cost {total.cost_fen} fen"
+    )
+    if total.too_small:
+        click.echo(f"too small to conclude: {total.too_small}")
+    if svg_path:
+        if not svg_path.endswith(".svg"):
+            raise BadRequest("--svg names a file ending in .svg")
+        Path(svg_path).write_text(chart.render(result), encoding="utf-8")
+        click.echo(f"chart written to {svg_path}")
+
+
+@click.command("calendar")
+@click.option("--from", "start", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First local day.")
+@click.option(
+    "--to", "end", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last local day (inclusive)."
+)
+@click.pass_obj
+def calendar_command(obj: _Obj, start: datetime, end: datetime) -> None:
+    """Campaign runs (past and planned), marked days and clashes, by local day."""
+
+    async def body(sessions: Sessions, read: Sessions) -> calendar.Calendar:
+        async with read() as session:
+            tz = await programme_tz(session, obj.settings)
+            return await calendar.build(session, start.date(), end.date(), tz=tz)
+
+    result = _run(obj, body)
+    for e in result.entries:
+        when = e.at.astimezone(ZoneInfo(result.timezone)).strftime("%H:%M") if e.at else "     "
+        extra = f" ({e.status}{': ' + e.detail if e.detail and e.kind == 'run' else ''})" if e.status else ""
+        click.echo(f"{e.day.isoformat()} {when} {e.kind:<11} {e.name}{extra}")
+    for clash in result.clashes:
+        click.echo(
+            f"clash {clash.day.isoformat()}: {', '.join(clash.campaigns)} send to segment #{clash.segment_id}"
+        )
+    if result.care_flows:
+        click.echo(f"care flows running: {', '.join(result.care_flows)}")

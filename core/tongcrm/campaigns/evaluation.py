@@ -1,0 +1,250 @@
+"""A campaign's evaluation, per run and in total, computed from the frozen audiences, the send log and the
+orders as they are now — so a report asked again after more orders arrived says more.
+
+Groups: the *eligible* treated members (the policy allowed their message: sent, delivered, or failed at the
+gateway) against the *eligible* control members (the policy would have sent; refused ``hold-out``). Members the
+policy refused in either group (no consent, opted out, fatigue) are out of both alike, and messages still waiting
+(quiet hours) are counted as pending and left out until decided. This is the comparison the hold-out design of
+:mod:`tongcrm.messaging.holdout` was built for.
+
+A member *responds* to a run when, within ``within_days`` of the run's start, they place an order in any channel
+that is paid and not closed or refunded (optionally paying at least ``min_paid_fen``, or with a line of product
+``sku``), visit a store (an order with a store code), or redeem points — per the campaign's response definition.
+Orders and revenue are counted for those orders (revenue = paid − refunded, in fen).
+
+The totals pool the runs: a member in three runs is three exposures. Uplift and its interval are in
+:mod:`tongcrm.campaigns.stats`. Incremental orders and revenue are the difference of per-member averages between
+the groups times the eligible treated; cost is the messages sent times the campaign's cost per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.campaigns import control, stats
+from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
+from tongcrm.campaigns.service import flow_of, occasion_of, runs
+from tongcrm.consent.models import ConsentEvent
+from tongcrm.messaging.holdout import HOLDOUT_REASON
+from tongcrm.messaging.models import Message
+from tongcrm.orders.models import Order, OrderLine
+from tongcrm.points.models import EntryKind, PointsEntry
+
+_ELIGIBLE_TREATED = ("sent", "delivered", "failed")
+_PENDING = ("queued", "sending")
+RESPONDING_STATUSES = ("paid", "shipped", "delivered", "completed")
+
+
+@dataclass
+class GroupFigures:
+    eligible: int = 0
+    responders: int = 0
+    orders: int = 0
+    revenue_fen: int = 0
+
+    def add(self, other: GroupFigures) -> None:
+        self.eligible += other.eligible
+        self.responders += other.responders
+        self.orders += other.orders
+        self.revenue_fen += other.revenue_fen
+
+
+@dataclass
+class Figures:
+    """What one run (or all of them) did and what came of it."""
+
+    audience: int = 0
+    control: int = 0
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    pending: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    opted_out: int = 0
+    treated: GroupFigures = field(default_factory=GroupFigures)
+    held: GroupFigures = field(default_factory=GroupFigures)
+
+    def add(self, other: Figures) -> None:
+        self.audience += other.audience
+        self.control += other.control
+        self.sent += other.sent
+        self.delivered += other.delivered
+        self.failed += other.failed
+        self.pending += other.pending
+        for reason, n in other.refused.items():
+            self.refused[reason] = self.refused.get(reason, 0) + n
+        self.opted_out += other.opted_out
+        self.treated.add(other.treated)
+        self.held.add(other.held)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    figures: Figures
+    uplift: stats.Uplift
+    incremental_orders: float
+    incremental_revenue_fen: int
+    cost_fen: int
+    #: None when there is no incremental order to divide by.
+    cost_per_incremental_order_fen: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    run: CampaignRun
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    campaign: Campaign
+    runs: list[RunReport]
+    total: Outcome
+
+
+def _message_key(campaign: Campaign, run_id: int) -> sa.ColumnElement[str]:
+    """The send-log key of a run's message to the audience member (see :func:`messaging.service.dedupe_key`)."""
+    return (
+        sa.literal(f"{flow_of(campaign)}:")
+        + sa.cast(CampaignAudience.member_id, sa.String)
+        + sa.literal(f":-:{occasion_of(run_id)}")
+    )
+
+
+def _eligible() -> sa.ColumnElement[bool]:
+    """Audience members the contact policy allowed: treated and sent (or failed at the gateway), or control and
+    refused only because they are held out."""
+    return sa.or_(
+        sa.and_(CampaignAudience.grp == control.TREATMENT, Message.status.in_(_ELIGIBLE_TREATED)),
+        sa.and_(CampaignAudience.grp == control.CONTROL, Message.reason == HOLDOUT_REASON),
+    )
+
+
+def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]:
+    """(member id, order count, revenue) of responding members, for the run's window."""
+    response = campaign.response
+    start = run.started_at
+    end = start + timedelta(days=int(response["within_days"]))
+    kind = response["kind"]
+    if kind == "redemption":
+        return (
+            sa.select(
+                PointsEntry.member_id.label("member_id"),
+                sa.literal(0).label("orders"),
+                sa.literal(0).label("revenue"),
+            )
+            .where(
+                PointsEntry.kind == EntryKind.REDEEM,
+                PointsEntry.occurred_at >= start,
+                PointsEntry.occurred_at < end,
+            )
+            .distinct()
+        )
+    where = [
+        Order.member_id.is_not(None),
+        Order.placed_at >= start,
+        Order.placed_at < end,
+        Order.status.in_(RESPONDING_STATUSES),
+    ]
+    if kind == "store_visit":
+        where.append(Order.store_code.is_not(None))
+    if response.get("min_paid_fen") is not None:
+        where.append(Order.paid_fen >= int(response["min_paid_fen"]))
+    if response.get("sku"):
+        where.append(sa.exists().where(OrderLine.order_id == Order.id, OrderLine.sku == response["sku"]))
+    return (
+        sa.select(
+            Order.member_id.label("member_id"),
+            sa.func.count().label("orders"),
+            sa.func.sum(Order.paid_fen - Order.refunded_fen).label("revenue"),
+        )
+        .where(*where)
+        .group_by(Order.member_id)
+    )
+
+
+async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRun) -> Figures:
+    f = Figures(audience=run.audience, control=run.control)
+    if run.status != "queued":
+        return f
+    key = _message_key(campaign, run.id)
+    joined = sa.join(CampaignAudience, Message, Message.dedupe_key == key)
+    rows = await session.execute(
+        sa.select(Message.status, Message.reason, sa.func.count())
+        .select_from(joined)
+        .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign))
+        .group_by(Message.status, Message.reason)
+    )
+    for status, reason, n in rows.all():
+        n = int(n)
+        if status in ("sent", "delivered"):
+            f.sent += n  # a delivered message was sent first
+            f.delivered += n if status == "delivered" else 0
+        elif status == "failed":
+            f.failed += n
+        elif status in _PENDING:
+            f.pending += n
+        elif status == "refused" and reason != HOLDOUT_REASON:
+            f.refused[reason] = f.refused.get(reason, 0) + n
+    window_end = run.started_at + timedelta(days=int(campaign.response["within_days"]))
+    f.opted_out = int(
+        (
+            await session.execute(
+                sa.select(sa.func.count(sa.distinct(ConsentEvent.member_id))).where(
+                    ConsentEvent.member_id.in_(
+                        sa.select(CampaignAudience.member_id).where(CampaignAudience.run_id == run.id)
+                    ),
+                    ConsentEvent.purpose == "marketing",
+                    ConsentEvent.status == "opt_out",
+                    ConsentEvent.recorded_at >= run.started_at,
+                    ConsentEvent.recorded_at < window_end,
+                )
+            )
+        ).scalar_one()
+    )
+    responses = _responses(campaign, run).subquery()
+    groups = await session.execute(
+        sa.select(
+            CampaignAudience.grp,
+            sa.func.count(),
+            sa.func.count(responses.c.member_id),
+            sa.func.coalesce(sa.func.sum(responses.c.orders), 0),
+            sa.func.coalesce(sa.func.sum(responses.c.revenue), 0),
+        )
+        .select_from(joined.outerjoin(responses, responses.c.member_id == CampaignAudience.member_id))
+        .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign), _eligible())
+        .group_by(CampaignAudience.grp)
+    )
+    for grp, eligible, responders, orders, revenue in groups.all():
+        target = f.treated if grp == control.TREATMENT else f.held
+        target.eligible, target.responders = int(eligible), int(responders)
+        target.orders, target.revenue_fen = int(orders), int(revenue)
+    return f
+
+
+def outcome(campaign: Campaign, f: Figures) -> Outcome:
+    t, c = f.treated, f.held
+    up = stats.uplift(t.responders, t.eligible, c.responders, c.eligible)
+    if t.eligible and c.eligible:
+        inc_orders = (t.orders / t.eligible - c.orders / c.eligible) * t.eligible
+        inc_revenue = round((t.revenue_fen / t.eligible - c.revenue_fen / c.eligible) * t.eligible)
+    else:
+        inc_orders, inc_revenue = 0.0, 0
+    cost = f.sent * campaign.message_cost_fen
+    per = round(cost / inc_orders) if inc_orders > 0 else None
+    return Outcome(f, up, round(inc_orders, 2), inc_revenue, cost, per)
+
+
+async def report(session: AsyncSession, campaign: Campaign) -> Report:
+    out: list[RunReport] = []
+    total = Figures()
+    for run in await runs(session, campaign.id):
+        figures = await run_figures(session, campaign, run)
+        total.add(figures)
+        out.append(RunReport(run, outcome(campaign, figures)))
+    return Report(campaign, out, outcome(campaign, total))

@@ -1,0 +1,37 @@
+"""The campaign scheduler: every minute, start the runs that are due (in the programme's time zone, read from
+the programme settings each tick) and finish campaigns whose last response window has closed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tongcrm.campaigns import service
+from tongcrm.config import PROGRAMME_TZ, Settings
+from tongcrm.jobs.registry import registry
+from tongcrm.jobs.runner import JobContext
+from tongcrm.logging import get_logger
+from tongcrm.programme import service as programme
+
+log = get_logger(__name__)
+
+TICK = "campaigns.tick"
+
+
+async def programme_tz(ctx: JobContext) -> ZoneInfo:
+    settings = ctx.services.get("settings")
+    if not isinstance(settings, Settings):
+        return ZoneInfo(PROGRAMME_TZ)
+    async with ctx.sessions() as session:
+        return ZoneInfo((await programme.current(session, settings)).timezone)
+
+
+@registry.job(TICK)
+async def tick(ctx: JobContext, payload: dict[str, Any]) -> None:
+    started = await service.run_due(ctx.sessions, ctx.host, now=ctx.clock(), tz=await programme_tz(ctx))
+    if started:
+        log.info("campaign runs started", runs=len(started))
+
+
+registry.every(TICK, timedelta(minutes=1), TICK)

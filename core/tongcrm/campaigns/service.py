@@ -1,0 +1,528 @@
+"""Campaigns as a service: create a draft, schedule it, run it (freeze the audience, split the control group,
+queue one message per member through the message dispatcher), cancel it, and finish it. No HTTP here.
+
+A run is one transaction: the run row (unique per campaign and scheduled moment), its frozen audience and its
+queued messages commit together or not at all, so a scheduler that dies mid-run leaves nothing half done and the
+next tick runs it whole. Each message's send-log key carries the run (``campaign.<name>:<member>:-:run<id>``):
+one message per member per run, whatever is replayed. The contact policy (consent, opt-outs, quiet hours,
+fatigue budgets) decides each message when the dispatcher sends it, for the control group too — where it would
+have sent, a control member's message is refused with reason ``hold-out`` — so the two groups are eligible alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.audit import service as audit
+from tongcrm.audit.service import Actor
+from tongcrm.campaigns import control
+from tongcrm.campaigns import schedule as sched
+from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
+from tongcrm.db.dialect import insert
+from tongcrm.errors import Conflict, NotFound, TongcrmError, Unprocessable
+from tongcrm.logging import get_logger
+from tongcrm.messaging import service as messaging
+from tongcrm.messaging import templates as tpl
+from tongcrm.messaging.jobs import request_dispatch
+from tongcrm.messaging.models import MessageTemplate
+from tongcrm.plugin.host import PluginHost
+from tongcrm.segments import service as segments
+from tongcrm.segments.compiler import members
+
+log = get_logger(__name__)
+
+_NAME = re.compile(r"^(?![0-9]+$)[a-z0-9][a-z0-9_-]{0,63}$")
+RESPONSE_KINDS = ("order", "store_visit", "redemption")
+MAX_WITHIN_DAYS = 90
+_PAGE = 5000
+#: Statuses a campaign can be cancelled from.
+_OPEN = ("draft", "scheduled", "running")
+
+
+def flow_of(campaign: Campaign) -> str:
+    return f"campaign.{campaign.name}"
+
+
+def occasion_of(run_id: int) -> str:
+    return f"run{run_id}"
+
+
+def check_response(doc: Any) -> dict[str, Any]:
+    """The response definition, checked: what counts as a member responding to a run."""
+    if not isinstance(doc, Mapping):
+        raise Unprocessable("response must be an object with a 'kind'", extra={"pointer": "/response"})
+    kind = doc.get("kind")
+    if kind not in RESPONSE_KINDS:
+        raise Unprocessable(
+            f"response kind {kind!r} is unknown; use one of {', '.join(RESPONSE_KINDS)}",
+            extra={"pointer": "/response/kind"},
+        )
+    within = doc.get("within_days")
+    if not isinstance(within, int) or isinstance(within, bool) or not 1 <= within <= MAX_WITHIN_DAYS:
+        raise Unprocessable(
+            f"response within_days must be a whole number of days from 1 to {MAX_WITHIN_DAYS}",
+            extra={"pointer": "/response/within_days"},
+        )
+    out: dict[str, Any] = {"kind": kind, "within_days": within}
+    if kind == "order":
+        minimum = doc.get("min_paid_fen")
+        if minimum is not None:
+            if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 0:
+                raise Unprocessable(
+                    "response min_paid_fen is an amount in fen, 0 or more",
+                    extra={"pointer": "/response/min_paid_fen"},
+                )
+            out["min_paid_fen"] = minimum
+        sku = doc.get("sku")
+        if sku is not None:
+            if not isinstance(sku, str) or not sku.strip() or len(sku) > 100:
+                raise Unprocessable(
+                    "response sku is a product code of 1 to 100 characters",
+                    extra={"pointer": "/response/sku"},
+                )
+            out["sku"] = sku.strip()
+    unknown = set(doc) - {"kind", "within_days", "min_paid_fen", "sku"}
+    if unknown or (kind != "order" and {"min_paid_fen", "sku"} & set(doc)):
+        raise Unprocessable(
+            f"response has fields its kind {kind!r} does not take: {', '.join(sorted(set(doc) - set(out)))}",
+            extra={"pointer": "/response"},
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    name: str
+    segment: str
+    template: str
+    response: Mapping[str, Any]
+    goal: str = ""
+    control_percent: float = 10.0
+    control_seed: str = ""
+    budget_messages: int | None = None
+    message_cost_fen: int = 0
+
+
+async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
+    """A new campaign in ``draft``; everything it refers to is checked now, not at its first run."""
+    if not _NAME.match(draft.name):
+        raise Unprocessable(
+            f"campaign name {draft.name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', not digits only",
+            extra={"pointer": "/name"},
+        )
+    if len(draft.goal) > 500:
+        raise Unprocessable("goal is longer than 500 characters", extra={"pointer": "/goal"})
+    try:
+        bp = control.share_bp(draft.control_percent)
+    except ValueError as exc:
+        raise Unprocessable(str(exc), extra={"pointer": "/control_percent"}) from exc
+    if len(draft.control_seed) > 64:
+        raise Unprocessable("control_seed is longer than 64 characters", extra={"pointer": "/control_seed"})
+    for field, value in (
+        ("budget_messages", draft.budget_messages),
+        ("message_cost_fen", draft.message_cost_fen),
+    ):
+        if value is not None and value < 0:
+            raise Unprocessable(f"{field} cannot be negative", extra={"pointer": f"/{field}"})
+    response = check_response(draft.response)
+    segment = await segments.get_segment(session, draft.segment)
+    template = await messaging.get_template(session, draft.template)
+    if template.purpose != "marketing":
+        raise Unprocessable(
+            f"template {template.name!r} is a {template.purpose} template; a campaign sends marketing",
+            extra={"pointer": "/template"},
+        )
+    if not tpl.has_opt_out_wording(template.text):
+        raise Unprocessable(
+            f"template {template.name!r} lacks the opt-out wording marketing must carry (like 拒收请回复R)",
+            extra={"pointer": "/template"},
+        )
+    if (await session.execute(sa.select(Campaign.id).where(Campaign.name == draft.name))).first():
+        raise Conflict(f"a campaign named {draft.name!r} already exists")
+    campaign = Campaign(
+        name=draft.name,
+        goal=draft.goal,
+        segment_id=segment.id,
+        template_id=template.id,
+        control_bp=bp,
+        control_seed=draft.control_seed,
+        response=response,
+        budget_messages=draft.budget_messages,
+        message_cost_fen=draft.message_cost_fen,
+        schedule=None,
+        status="draft",
+        created_by=actor.name,
+    )
+    session.add(campaign)
+    await session.flush()
+    audit.record(session, actor, "campaign.create", "campaign", campaign.id, after=describe(campaign))
+    return campaign
+
+
+def describe(c: Campaign) -> dict[str, Any]:
+    """The audited view of a campaign (no personal data in it)."""
+    return {
+        "name": c.name,
+        "status": c.status,
+        "segment_id": c.segment_id,
+        "template_id": c.template_id,
+        "control_bp": c.control_bp,
+        "control_seed": c.control_seed,
+        "response": c.response,
+        "budget_messages": c.budget_messages,
+        "schedule": c.schedule,
+        "next_run_at": c.next_run_at.isoformat() if c.next_run_at else None,
+    }
+
+
+async def get(session: AsyncSession, name: str, *, lock: bool = False) -> Campaign:
+    stmt = sa.select(Campaign).where(Campaign.name == name)
+    if lock:
+        stmt = stmt.with_for_update()
+    found = (await session.execute(stmt)).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"no campaign named {name!r}")
+    return found
+
+
+async def list_all(session: AsyncSession) -> list[Campaign]:
+    return list((await session.execute(sa.select(Campaign).order_by(Campaign.name))).scalars())
+
+
+async def runs(session: AsyncSession, campaign_id: int) -> list[CampaignRun]:
+    stmt = (
+        sa.select(CampaignRun)
+        .where(CampaignRun.campaign_id == campaign_id)
+        .order_by(CampaignRun.scheduled_for)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def _queued_to_treatment(session: AsyncSession, campaign_id: int, *, besides: int | None = None) -> int:
+    """Messages earlier runs queued to their treatment groups (the budget they used); ``besides`` leaves out
+    the run being decided, whose row already exists."""
+    used = await session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(CampaignRun.audience - CampaignRun.control), 0)).where(
+            CampaignRun.campaign_id == campaign_id,
+            CampaignRun.status == "queued",
+            CampaignRun.id != (besides or 0),
+        )
+    )
+    return int(used.scalar_one())
+
+
+async def schedule(
+    session: AsyncSession,
+    host: PluginHost,
+    actor: Actor,
+    name: str,
+    document: Any,
+    *,
+    now: datetime,
+    tz: ZoneInfo,
+) -> Campaign:
+    """Schedule a draft (or reschedule a scheduled campaign). Refused, with the reason, when the schedule is
+    in the past or has no run left, when the audience is empty now, or when its first run alone would exceed
+    the message budget."""
+    campaign = await get(session, name, lock=True)
+    if campaign.status not in ("draft", "scheduled"):
+        raise Conflict(
+            f"campaign {name!r} is {campaign.status}; only a draft or scheduled campaign is (re)scheduled"
+        )
+    try:
+        parsed = sched.parse(document)
+    except sched.InvalidSchedule as exc:
+        raise Unprocessable(str(exc), extra={"pointer": "/schedule"}) from exc
+    if parsed.kind == "once" and parsed.at is not None and parsed.at <= now:
+        raise Unprocessable(
+            f"the schedule is in the past ({parsed.at.isoformat()} is before now, {now.isoformat()})",
+            extra={"pointer": "/schedule/at"},
+        )
+    first = sched.next_after(parsed, now, tz)
+    if first is None:
+        raise Unprocessable("the schedule has no run left after now", extra={"pointer": "/schedule"})
+    audience = await _count_now(session, host, campaign, now)
+    if audience == 0:
+        raise Unprocessable("the audience is empty: the campaign's segment has no member now")
+    if campaign.budget_messages is not None:
+        treated = audience - len(await _control_ids_now(session, host, campaign, now))
+        left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id)
+        if treated > left:
+            raise Unprocessable(
+                f"budget exceeded: the first run would message {treated} members and {left} messages are left"
+                f" of the budget of {campaign.budget_messages}"
+            )
+    before = describe(campaign)
+    campaign.schedule = parsed.document()
+    campaign.next_run_at = first
+    campaign.status = "scheduled"
+    campaign.updated_at = now
+    await session.flush()
+    audit.record(
+        session, actor, "campaign.schedule", "campaign", campaign.id, before=before, after=describe(campaign)
+    )
+    return campaign
+
+
+async def cancel(session: AsyncSession, actor: Actor, name: str, *, now: datetime) -> Campaign:
+    """Stop a campaign: no further run starts. Messages of runs already started still go out."""
+    campaign = await get(session, name, lock=True)
+    if campaign.status not in _OPEN:
+        raise Conflict(f"campaign {name!r} is already {campaign.status}")
+    before = describe(campaign)
+    campaign.status = "cancelled"
+    campaign.next_run_at = None
+    campaign.updated_at = now
+    await session.flush()
+    audit.record(
+        session, actor, "campaign.cancel", "campaign", campaign.id, before=before, after=describe(campaign)
+    )
+    return campaign
+
+
+async def _prepared(
+    session: AsyncSession, host: PluginHost, campaign: Campaign, now: datetime
+) -> tuple[segments.Prepared, int]:
+    segment = await segments.get_segment(session, campaign.segment_id)
+    context = await segments.load_context(session, host, now)
+    return await segments.prepared_segment(session, context, segment), segment.version
+
+
+async def _count_now(session: AsyncSession, host: PluginHost, campaign: Campaign, now: datetime) -> int:
+    prepared, _ = await _prepared(session, host, campaign, now)
+    return await segments.count(session, prepared)
+
+
+async def _control_ids_now(
+    session: AsyncSession, host: PluginHost, campaign: Campaign, now: datetime
+) -> list[int]:
+    prepared, _ = await _prepared(session, host, campaign, now)
+    out: list[int] = []
+    after: int | None = None
+    while True:
+        ids = await segments.member_ids(session, prepared, after_id=after, limit=_PAGE)
+        if not ids:
+            return out
+        out.extend(control.split(campaign.id, ids, campaign.control_bp, campaign.control_seed))
+        after = ids[-1]
+
+
+async def execute_run(
+    session: AsyncSession, host: PluginHost, campaign: Campaign, scheduled_for: datetime, *, now: datetime
+) -> CampaignRun:
+    """Start the run of ``campaign`` due at ``scheduled_for``, or return it if it already exists."""
+    prepared, version = await _prepared(session, host, campaign, now)
+    run_id = (
+        await session.execute(
+            insert(session, CampaignRun.__table__)
+            .values(
+                campaign_id=campaign.id,
+                scheduled_for=scheduled_for,
+                started_at=now,
+                segment_version=version,
+                status="queued",
+                reason="",
+                audience=0,
+                control=0,
+            )
+            .on_conflict_do_nothing(index_elements=["campaign_id", "scheduled_for"])
+            .returning(CampaignRun.__table__.c.id)
+        )
+    ).scalar_one_or_none()
+    if run_id is None:
+        existing = (
+            await session.execute(
+                sa.select(CampaignRun).where(
+                    CampaignRun.campaign_id == campaign.id, CampaignRun.scheduled_for == scheduled_for
+                )
+            )
+        ).scalar_one()
+        return existing
+    # freeze the audience: one set-based INSERT … SELECT from the segment's compiled SQL
+    await session.execute(
+        sa.insert(CampaignAudience).from_select(
+            ["run_id", "member_id", "grp"],
+            sa.select(
+                sa.literal(run_id, CampaignAudience.run_id.type),
+                members.c.id,
+                sa.literal(control.TREATMENT, sa.String(16)),
+            ).where(prepared.condition),
+        )
+    )
+    audience = controlled = 0
+    after = 0
+    while True:
+        ids = list(
+            (
+                await session.execute(
+                    sa.select(CampaignAudience.member_id)
+                    .where(CampaignAudience.run_id == run_id, CampaignAudience.member_id > after)
+                    .order_by(CampaignAudience.member_id)
+                    .limit(_PAGE)
+                )
+            ).scalars()
+        )
+        if not ids:
+            break
+        audience += len(ids)
+        held = control.split(campaign.id, ids, campaign.control_bp, campaign.control_seed)
+        if held:
+            controlled += len(held)
+            await session.execute(
+                sa.update(CampaignAudience)
+                .where(CampaignAudience.run_id == run_id, CampaignAudience.member_id.in_(held))
+                .values(grp=control.CONTROL)
+            )
+        after = ids[-1]
+    run = await session.get(CampaignRun, run_id)
+    assert run is not None
+    run.audience, run.control = audience, controlled
+    reason = ""
+    if audience == 0:
+        reason = "empty audience: the segment had no member at the run"
+    elif campaign.budget_messages is not None:
+        left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id, besides=run_id)
+        if audience - controlled > left:
+            reason = (
+                f"budget exceeded: the run would message {audience - controlled} members and {left} messages are"
+                f" left of the budget of {campaign.budget_messages}"
+            )
+    if reason:
+        run.status, run.reason = "refused", reason
+        await session.execute(sa.delete(CampaignAudience).where(CampaignAudience.run_id == run_id))
+        await session.flush()
+        log.warning("campaign run refused", campaign=campaign.name, run_id=run_id, reason=reason)
+        return run
+    template = await session.get(MessageTemplate, campaign.template_id)
+    assert template is not None
+    flow, occasion = flow_of(campaign), occasion_of(run_id)
+    after = 0
+    while True:
+        rows = (
+            await session.execute(
+                sa.select(CampaignAudience.member_id, CampaignAudience.grp)
+                .where(CampaignAudience.run_id == run_id, CampaignAudience.member_id > after)
+                .order_by(CampaignAudience.member_id)
+                .limit(_PAGE)
+            )
+        ).all()
+        if not rows:
+            break
+        targets = [
+            messaging.Target(member_id, occasion=occasion, held_out=grp == control.CONTROL)
+            for member_id, grp in rows
+        ]
+        await messaging.queue_messages(session, flow, template, targets, now=now)
+        after = rows[-1][0]
+    await request_dispatch(session, now)
+    await session.flush()
+    log.info(
+        "campaign run queued", campaign=campaign.name, run_id=run_id, audience=audience, control=controlled
+    )
+    return run
+
+
+SYSTEM_ACTOR = Actor("scheduler", "system")
+
+
+async def run_due(
+    sessions: async_sessionmaker[AsyncSession], host: PluginHost, *, now: datetime, tz: ZoneInfo
+) -> list[int]:
+    """Start every run that is due, each campaign in its own transaction; then finish campaigns whose last
+    response window has closed. Returns the ids of the runs started (or found already started)."""
+    started: list[int] = []
+    async with sessions() as session:
+        due = list(
+            (
+                await session.execute(
+                    sa.select(Campaign.id)
+                    .where(Campaign.status.in_(("scheduled", "running")), Campaign.next_run_at <= now)
+                    .order_by(Campaign.next_run_at)
+                )
+            ).scalars()
+        )
+    for campaign_id in due:
+        async with sessions() as session, session.begin():
+            campaign = await session.get(Campaign, campaign_id, with_for_update=True)
+            if campaign is None or campaign.next_run_at is None or campaign.next_run_at > now:
+                continue  # another scheduler got there first
+            if campaign.status not in ("scheduled", "running"):
+                continue
+            before = describe(campaign)
+            scheduled_for = campaign.next_run_at
+            try:
+                async with session.begin_nested():
+                    run = await execute_run(session, host, campaign, scheduled_for, now=now)
+            except TongcrmError as exc:
+                # the segment broke (a tier taken out of the ladder…): this run is refused with the reason, the
+                # schedule goes on, and the other campaigns due in this tick still run
+                run = CampaignRun(
+                    campaign_id=campaign.id, scheduled_for=scheduled_for, started_at=now, segment_version=0,
+                    status="refused", reason=f"the run could not start: {exc.message}"[:500], audience=0, control=0,
+                )  # fmt: skip
+                session.add(run)
+                await session.flush()
+                log.warning("campaign run refused", campaign=campaign.name, reason=run.reason)
+            started.append(run.id)
+            assert campaign.schedule is not None
+            parsed = sched.parse(campaign.schedule)
+            following = sched.next_after(parsed, max(scheduled_for, now), tz)
+            skipped = scheduled_for < now - timedelta(days=1) and following is not None
+            if skipped:
+                log.warning("campaign runs missed while the scheduler was down", campaign=campaign.name)
+            campaign.next_run_at = following
+            campaign.status = "running"
+            campaign.updated_at = now
+            audit.record(
+                session, SYSTEM_ACTOR, "campaign.run", "campaign", campaign.id, before=before,
+                after={**describe(campaign), "run_id": run.id, "run_status": run.status, "reason": run.reason},
+            )  # fmt: skip
+    await finish_done(sessions, now=now)
+    return started
+
+
+async def finish_done(sessions: async_sessionmaker[AsyncSession], *, now: datetime) -> int:
+    """Mark ``finished`` every running campaign with no run left whose last response window has closed."""
+    finished = 0
+    async with sessions() as session, session.begin():
+        candidates = list(
+            (
+                await session.execute(
+                    sa.select(Campaign)
+                    .where(Campaign.status == "running", Campaign.next_run_at.is_(None))
+                    .with_for_update()
+                )
+            ).scalars()
+        )
+        for campaign in candidates:
+            last = (
+                await session.execute(
+                    sa.select(sa.func.max(CampaignRun.started_at)).where(
+                        CampaignRun.campaign_id == campaign.id
+                    )
+                )
+            ).scalar_one()
+            if last is not None and last + timedelta(days=int(campaign.response["within_days"])) > now:
+                continue
+            before = describe(campaign)
+            campaign.status = "finished"
+            campaign.updated_at = now
+            audit.record(
+                session,
+                SYSTEM_ACTOR,
+                "campaign.finish",
+                "campaign",
+                campaign.id,
+                before=before,
+                after=describe(campaign),
+            )
+            finished += 1
+    return finished
