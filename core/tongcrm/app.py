@@ -25,6 +25,7 @@ from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
+from tongcrm.bulk.api import ExportController, ImportController
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.counter import CounterService
@@ -71,6 +72,8 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     SegmentController,
     LifecycleController,
     PrivacyController,
+    ImportController,
+    ExportController,
 )
 
 
