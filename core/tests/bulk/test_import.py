@@ -317,3 +317,58 @@ async def test_a_source_is_checked(
     with pytest.raises(BadRequest, match="import source 'Old CRM!'"):
         await service.open_import(tongcrm_db.sessions, ctx, "members", path, "csv", source="Old CRM!")
     assert await count(tongcrm_db, BulkImportError) == 0
+
+
+async def test_imported_history_counts_for_tiers_but_earns_no_points(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, memory_host: PluginHost, tmp_path: Path
+) -> None:
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.channels import service as accounts
+    from tongcrm.points.service import create_rule_set
+    from tongcrm.tiers.models import MemberTier
+    from tongcrm.tiers.service import TierContext, apply_ladder
+
+    ladder = {
+        "window_months": 24,
+        "review": {"mode": "anniversary", "one_step": False},
+        "tiers": [
+            {"code": "member", "name": "Member"},
+            {"code": "silver", "name": "Silver", "rule": {"metric": "spend_fen", "min": 10_000}},
+        ],
+    }
+    async with tongcrm_db.sessions() as session, session.begin():
+        await create_rule_set(
+            session,
+            {"rules": [{"type": "spend", "code": "base", "priority": 100, "points_per_yuan": "1"}]},
+            now=NOW,
+            activate=True,
+        )
+        await apply_ladder(session, TierContext(now=NOW, tz=TZ), ladder, reason="test", actor=SYSTEM)
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", MEMBERS_CSV))
+    orders = write(
+        tmp_path / "o.csv",
+        "order_id,member_id,placed_at,total_fen\nO1,M1,2025-12-01 10:00,19900\nO2,M2,2025-12-01 10:00,5000\n",
+    )
+    job, _ = await do_import(tongcrm_db, ctx, "orders", orders)
+    assert job.imported == 2
+    async with tongcrm_db.sessions() as session:
+        tiers = {
+            value: code
+            for value, code in (
+                await session.execute(
+                    sa.select(Identity.value, MemberTier.tier_code).join(
+                        MemberTier, MemberTier.member_id == Identity.member_id
+                    )
+                )
+            ).all()
+        }
+    assert tiers.get("legacy/M1") == "silver" and tiers.get("legacy/M2", "member") == "member"
+    assert await count(tongcrm_db, PointsEntry) == 0
+    # the same rules do earn on a channel's order: the import's silence on points is its own choice
+    ingest = IngestContext(host=memory_host, vault=VAULT, clock=lambda: NOW, tz=TZ)
+    async with tongcrm_db.sessions() as session, session.begin():
+        account = await accounts.create_account(
+            session, memory_host, VAULT, "memory", "shop-a", {"token": "t", "shop": "A"}
+        )
+        await apply_orders_page(session, ingest, account.id, "memory", [make_order("T1", "buyer-9")])
+    assert await count(tongcrm_db, PointsEntry, PointsEntry.kind == "earn") > 0
