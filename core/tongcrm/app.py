@@ -60,6 +60,8 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     ApiKeyController,
     ChannelAccountController,
     QuarantineController,
+    ImportController,
+    ExportController,
     MemberPointsController,
     PointsRulesController,
     TierController,
@@ -72,8 +74,6 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     SegmentController,
     LifecycleController,
     PrivacyController,
-    ImportController,
-    ExportController,
 )
 
 
