@@ -62,7 +62,7 @@ async def do_import(
     page_size: int = 1000,
     mapping: dict[str, str] | None = None,
 ) -> tuple[BulkImport, service.Progress]:
-    job = await service.open_import(db.sessions, ctx, kind, path, fmt, source=source)
+    job = await service.open_import(db.sessions, ctx, kind, path, fmt, source=source, mapping=mapping)
     progress = await service.run_import(db.sessions, ctx, job.id, path, mapping=mapping, page_size=page_size)
     async with db.sessions() as session:
         return await service.get_import(session, job.id), progress
@@ -308,6 +308,23 @@ def test_a_mapping_names_documented_columns_only() -> None:
         parse_mapping({"phone": "手机号"}, "members")
     with pytest.raises(BadRequest, match="unknown import kind 'coupons'"):
         parse_mapping({}, "coupons")
+
+
+async def test_a_file_that_cannot_be_read_as_a_whole_is_refused_before_it_starts(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    no_id = write(tmp_path / "m.csv", "编号,mobile\nA1,13800138001\n")
+    with pytest.raises(BadRequest, match=r"the header of m\.csv has no member_id column"):
+        await service.open_import(tongcrm_db.sessions, ctx, "members", no_id, "csv")
+    mapped = await service.open_import(
+        tongcrm_db.sessions, ctx, "members", no_id, "csv", mapping={"member_id": "编号"}
+    )
+    assert mapped.lines_total == 1
+    gbk = tmp_path / "gbk.csv"
+    gbk.write_bytes("member_id,name\nA1,张三\n".encode("gbk"))
+    with pytest.raises(BadRequest, match=r"gbk\.csv is not UTF-8 text"):
+        await service.open_import(tongcrm_db.sessions, ctx, "members", gbk, "csv")
+    assert await count(tongcrm_db, BulkImport) == 1
 
 
 async def test_a_source_is_checked(

@@ -98,13 +98,13 @@ async def _run_in_background(
     sessions: Sessions, ctx: imports.ImportContext, import_id: int, path: Path, mapping: dict[str, str]
 ) -> None:
     """The import after the answer was sent. A failure is recorded on the import row (and logged) by
-    :func:`run_import`; the upload stays on disk until the import finishes, so it can be run again."""
+    :func:`run_import`; uploading the same file again resumes from its checkpoint, so the upload is not kept."""
     try:
         await imports.run_import(sessions, ctx, import_id, path, mapping=mapping)
     except Exception:
-        log.warning("background import stopped", import_id=import_id)
-        return
-    await asyncio.to_thread(path.unlink, missing_ok=True)
+        log.warning("background import stopped; upload the file again to resume", import_id=import_id)
+    finally:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
 
 
 class ImportController(Controller):
@@ -154,9 +154,21 @@ class ImportController(Controller):
         ctx = imports.ImportContext(
             host=host, vault=vault, clock=lambda: datetime.now(UTC), tz=settings.tz, actor=actor.name
         )
-        job = await imports.open_import(
-            sessions, ctx, kind, path, fmt, source=source, file_name=file_name, created_by=actor.name
-        )
+        try:
+            job = await imports.open_import(
+                sessions,
+                ctx,
+                kind,
+                path,
+                fmt,
+                source=source,
+                file_name=file_name,
+                created_by=actor.name,
+                mapping=columns,
+            )
+        except BaseException:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            raise
         async with sessions() as session, session.begin():
             audit.record(
                 session,

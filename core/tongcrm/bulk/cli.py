@@ -84,7 +84,7 @@ def import_command(
         try:
             sessions = session_factory(engine)
             job = await imports.open_import(
-                sessions, import_ctx, kind, file, fmt, source=source, created_by="cli"
+                sessions, import_ctx, kind, file, fmt, source=source, created_by="cli", mapping=columns
             )
             if job.status == "finished":
                 click.echo(f"import {job.id}: this file was imported before; nothing to do", err=True)

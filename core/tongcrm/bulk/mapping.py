@@ -35,6 +35,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "points": ("entry_id", "member_id", "mobile", "points", "occurred_at", "expires_at", "note"),
 }  # fmt: skip
 KINDS = tuple(COLUMNS)
+#: Columns without which no row of the kind can be imported: a CSV header lacking one is refused up front.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "members": ("member_id",),
+    "orders": ("order_id", "placed_at", "total_fen"),
+    "points": ("points",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,26 @@ def count_records(path: Path, fmt: str) -> int:
     return sum(1 for _ in _raw(path, fmt))
 
 
+def check_header(path: Path, fmt: str, kind: str, mapping: Mapping[str, str] | None = None) -> None:
+    """Refuse a CSV file whose header lacks a column every row needs (rather than refusing each row)."""
+    if fmt != "csv":
+        return  # JSON Lines objects may each carry their own keys: checked row by row
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError:
+        raise BadRequest(f"{path.name} is not UTF-8 text: save the export as UTF-8") from None
+    names = {h.strip() for h in header or []}
+    rename = _renamer(mapping or {})
+    present = {rename.get(n, n) for n in names}
+    missing = [c for c in REQUIRED[kind] if c not in present]
+    if missing:
+        raise BadRequest(
+            f"the header of {path.name} has no {', '.join(missing)} column (it has: {', '.join(sorted(names))}); "
+            f"name it so, or map it with a mapping file"
+        )
+
+
 def _renamer(mapping: Mapping[str, str]) -> dict[str, str]:
     """Their column name → ours."""
     return {theirs: ours for ours, theirs in mapping.items()}
@@ -145,6 +171,15 @@ def _text(value: Any) -> str | None:
 
 
 def _raw(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    try:
+        yield from _raw_records(path, fmt)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"{path.name} is not UTF-8 text (byte {exc.start} of a block): save it as UTF-8"
+        ) from None
+
+
+def _raw_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     if fmt == "csv":
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.bulk.mapping import (
     Record,
+    check_header,
     check_kind,
     count_records,
     digest,
@@ -153,10 +154,12 @@ async def open_import(
     source: str = "legacy",
     file_name: str | None = None,
     created_by: str = "system",
+    mapping: dict[str, str] | None = None,
 ) -> BulkImport:
     """The checkpoint row of this file (by kind and content digest), created on its first import."""
     check_kind(kind)
     _validate_source(source)
+    check_header(path, fmt, kind, mapping)
     file_digest = digest(path)
     total = count_records(path, fmt)
     now = ctx.clock()
