@@ -24,6 +24,7 @@ from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.ledger import verify
 from tongcrm.points.models import PointsBalance, PointsEntry, PointsLot
+from tongcrm.points.service import statement
 from tongcrm.testing.database import TestDatabase
 from tongcrm.testing.memory import make_order
 
@@ -287,6 +288,11 @@ async def test_opening_balances_are_ledger_entries_with_their_expiry(
         }
         reasons = {e.line: e.reason for e in await service.import_errors(session, job.id)}
         assert await verify(session) == []
+        told = await statement(session, entries[0].member_id, tz=TZ)
+    assert (
+        told.entries[0].explanation
+        == "opening balance of 1200 carried over: imported from legacy: 2025 balance"
+    )
     assert [(e.kind, e.amount) for e in entries] == [("opening", 1200), ("opening", 300)]
     assert entries[0].reason == "imported from legacy: 2025 balance"
     assert lots[0].expires_at == expiry and lots[1].expires_at is None and lots[0].status == "available"

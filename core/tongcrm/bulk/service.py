@@ -18,6 +18,7 @@ file again imports nothing. A lease per import keeps two processes from importin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -159,9 +160,11 @@ async def open_import(
     """The checkpoint row of this file (by kind and content digest), created on its first import."""
     check_kind(kind)
     _validate_source(source)
-    check_header(path, fmt, kind, mapping)
-    file_digest = digest(path)
-    total = count_records(path, fmt)
+    # reading the whole file twice (digest, record count) is blocking work: keep it off the event loop, which
+    # in the API also serves other requests
+    await asyncio.to_thread(check_header, path, fmt, kind, mapping)
+    file_digest = await asyncio.to_thread(digest, path)
+    total = await asyncio.to_thread(count_records, path, fmt)
     now = ctx.clock()
     async with sessions() as session, session.begin():
         table = cast(sa.Table, BulkImport.__table__)
