@@ -395,3 +395,38 @@ async def test_imported_history_counts_for_tiers_but_earns_no_points(
         )
         await apply_orders_page(session, ingest, account.id, "memory", [make_order("T1", "buyer-9")])
     assert await count(tongcrm_db, PointsEntry, PointsEntry.kind == "earn") > 0
+
+
+async def test_json_lines_orders_may_carry_their_lines(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    from tongcrm.orders.models import OrderLine
+
+    rows = [
+        {
+            "order_id": "J1", "mobile": "13800138001", "placed_at": "2025-06-18T20:00:00+08:00", "total_fen": 30000,
+            "lines": [
+                {"line_id": "a", "title": "面霜", "category": "beauty", "sku": "S1", "amount_fen": 20000},
+                {"line_id": "b", "title": "袜子", "quantity": 2, "amount_fen": 10000, "refunded_fen": 10000},
+            ],
+        },
+        {"order_id": "J2", "placed_at": "2025-06-18T20:00:00+08:00", "total_fen": 100, "lines": [{"amount_fen": "1"}]},
+        {"order_id": "J3", "placed_at": "2025-06-18T20:00:00+08:00", "total_fen": 100, "lines": []},
+        {
+            "order_id": "J4", "placed_at": "2025-06-18T20:00:00+08:00", "total_fen": 100,
+            "lines": [{"line_id": 1, "amount_fen": 100}, {"line_id": 1, "amount_fen": 0}],
+        },
+    ]  # fmt: skip
+    path = write(tmp_path / "orders.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    job, _ = await do_import(tongcrm_db, ctx, "orders", path, fmt="jsonl")
+    assert (job.imported, job.failed) == (1, 3)
+    async with tongcrm_db.sessions() as session:
+        lines = (await session.execute(sa.select(OrderLine).order_by(OrderLine.external_id))).scalars().all()
+        reasons = {e.line: e.reason for e in await service.import_errors(session, job.id)}
+    assert [(x.external_id, x.category, x.quantity, x.unit_price_fen, x.refunded_fen) for x in lines] == [
+        ("a", "beauty", 1, 20000, 0),
+        ("b", None, 2, 5000, 10000),
+    ]
+    assert "line 1: amount_fen" in reasons[2]
+    assert "non-empty JSON array" in reasons[3]
+    assert "duplicate line ids" in reasons[4]

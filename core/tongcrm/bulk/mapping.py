@@ -30,7 +30,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "orders": (
         "order_id", "member_id", "mobile", "name", "status", "placed_at", "paid_at", "completed_at",
         "modified_at", "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "store_code",
-        "sku", "category", "title", "quantity",
+        "sku", "category", "title", "quantity", "lines",
     ),
     "points": ("entry_id", "member_id", "mobile", "points", "occurred_at", "expires_at", "note"),
 }  # fmt: skip

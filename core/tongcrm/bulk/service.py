@@ -524,19 +524,25 @@ def _order(record: Record, source: str, tz: ZoneInfo) -> NormalisedOrder:
     total = parse_int(record, "total_fen")
     paid = parse_int(record, "paid_fen", default=total)
     refunded = parse_int(record, "refunded_fen", default=0)
-    quantity = parse_int(record, "quantity", default=1, minimum=1)
     if refunded > paid:
         raise ValueError(f"refunded_fen {refunded} exceeds paid_fen {paid}")
-    line = OrderLine(
-        external_id="1",
-        title=(record.get("title") or f"order imported from {source}")[:300],
-        quantity=quantity,
-        unit_price_fen=paid // quantity,
-        amount_fen=paid,
-        sku=record.get("sku"),
-        category=record.get("category"),
-        refunded_fen=refunded,
-    )
+    raw_lines = record.get("lines")
+    if raw_lines is not None:
+        lines = _lines(raw_lines)
+    else:
+        quantity = parse_int(record, "quantity", default=1, minimum=1)
+        lines = (
+            OrderLine(
+                external_id="1",
+                title=(record.get("title") or f"order imported from {source}")[:300],
+                quantity=quantity,
+                unit_price_fen=paid // quantity,
+                amount_fen=paid,
+                sku=record.get("sku"),
+                category=record.get("category"),
+                refunded_fen=refunded,
+            ),
+        )
     return NormalisedOrder(
         external_id=order_id,
         status=status,
@@ -545,7 +551,7 @@ def _order(record: Record, source: str, tz: ZoneInfo) -> NormalisedOrder:
         total_fen=total,
         paid_fen=paid,
         claims=_claims(source, record),
-        lines=(line,),
+        lines=lines,
         paid_at=paid_at,
         completed_at=completed,
         post_fee_fen=parse_int(record, "post_fee_fen", default=0),
@@ -553,6 +559,38 @@ def _order(record: Record, source: str, tz: ZoneInfo) -> NormalisedOrder:
         store_code=record.get("store_code"),
         buyer=BuyerProfile(name=record.get("name")),
     )
+
+
+def _lines(raw: str) -> tuple[OrderLine, ...]:
+    """The ``lines`` of a JSON Lines order: ``[{"line_id", "title", "amount_fen", "quantity"?, "sku"?,
+    "category"?, "refunded_fen"?}, …]``; amounts are what the line was paid."""
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        raise ValueError("lines is not a JSON array of line objects") from None
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise ValueError("lines must be a non-empty JSON array of line objects")
+    out = []
+    for n, item in enumerate(items, start=1):
+        line_id = item.get("line_id", n)
+        amount, quantity = item.get("amount_fen"), item.get("quantity", 1)
+        refunded = item.get("refunded_fen", 0)
+        if type(amount) is not int or type(quantity) is not int or type(refunded) is not int or quantity < 1:
+            raise ValueError(f"line {n}: amount_fen, quantity (≥ 1) and refunded_fen must be whole numbers")
+        sku, category = item.get("sku"), item.get("category")
+        out.append(
+            OrderLine(
+                external_id=str(line_id)[:64],
+                title=str(item.get("title") or f"line {n}")[:300],
+                quantity=quantity,
+                unit_price_fen=amount // quantity,
+                amount_fen=amount,
+                sku=None if sku is None else str(sku)[:100],
+                category=None if category is None else str(category)[:100],
+                refunded_fen=refunded,
+            )
+        )
+    return tuple(out)
 
 
 async def _apply_orders(
