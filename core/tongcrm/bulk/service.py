@@ -286,12 +286,13 @@ async def run_import(
         kind, source, fmt, account_id = job.kind, job.source, job.format, job.account_id
         after, total = job.line_reached, job.lines_total
         progress = Progress(import_id, total, after, job.imported, job.skipped, job.failed, 0, 0.0)
-        if job.status != "finished":
+        finished = job.status == "finished"
+        if not finished:
             job.status, job.error, job.updated_at = "running", None, ctx.clock()
     started = time.monotonic()
     bound = log.bind(import_id=import_id, kind=kind, source=source)
     try:
-        if job.status != "finished":
+        if not finished:
             for page in _pages(read_records(path, fmt, mapping), after, page_size):
                 async with sessions() as session, session.begin():
                     if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
