@@ -24,6 +24,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -186,9 +187,7 @@ class ImportController(Controller):
         )
 
     @get("/{import_id:int}", opt=requires(*READ_ROLES), summary="An import's progress and its bad rows")
-    async def get_import(
-        self, import_id: FromPath[int], read_sessions: NamedDependency[Sessions]
-    ) -> ImportOut:
+    async def get_import(self, import_id: PathId, read_sessions: NamedDependency[Sessions]) -> ImportOut:
         async with read_sessions() as session, session.begin():
             job = await imports.get_import(session, import_id)
             return _out(job, await imports.import_errors(session, import_id))
