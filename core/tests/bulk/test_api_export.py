@@ -152,3 +152,10 @@ async def test_import_and_export_over_http(tongcrm_db: TestDatabase, make_client
     async with tongcrm_db.sessions() as session:
         actions = list((await session.execute(sa.select(AuditEntry.action))).scalars())
     assert actions.count("export.reveal") == 1 and actions.count("import.start") == 2
+
+
+def test_csv_cells_never_start_a_spreadsheet_formula() -> None:
+    page = [{"id": 1, "name": '=HYPERLINK("http://x")', "mobile": "+8613800138001", "amount": -50, "t": "-x"}]
+    text = export.encode_page("csv", ("id", "name", "mobile", "amount", "t"), page, header=False).decode()
+    assert text == '1,"\'=HYPERLINK(""http://x"")",+8613800138001,-50,\'-x\n'
+    assert export.encode_page("jsonl", ("name",), [{"name": "=1+1"}], header=False) == b'{"name": "=1+1"}\n'

@@ -73,7 +73,9 @@ KINDS: dict[str, _Kind] = {
 
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise BadRequest(f"unknown export {kind!r}; exports: {', '.join(KINDS)} (segments: not yet)")
+        raise BadRequest(
+            f"unknown export {kind!r}; exports: {', '.join(KINDS)} (a segment: tongcrm segments export)"
+        )
     return kind
 
 
@@ -145,6 +147,20 @@ async def rows(
             return
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not evaluate: text that starts like a formula (``=``, ``+``, ``-``, ``@``,
+    tab, return) gets a leading ``'``, unless it is a plain signed number (an E.164 mobile, a debit amount
+    rendered as text). Integers pass as they are. Names and order titles come from buyers, so this matters."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_STARTS):
+        return value
+    if value[0] in "+-" and value[1:].isdigit():
+        return value
+    return "'" + value
+
+
 def encode_page(fmt: str, columns: Sequence[str], page: Sequence[dict[str, Any]], *, header: bool) -> bytes:
     """One page as bytes: CSV (a header before the first page; blanks for NULL) or JSON Lines."""
     if fmt == "jsonl":
@@ -153,7 +169,7 @@ def encode_page(fmt: str, columns: Sequence[str], page: Sequence[dict[str, Any]]
     writer = csv.writer(buffer, lineterminator="\n")
     if header:
         writer.writerow(columns)
-    writer.writerows([["" if r[c] is None else r[c] for c in columns] for r in page])
+    writer.writerows([["" if r[c] is None else csv_safe(r[c]) for c in columns] for r in page])
     return buffer.getvalue().encode()
 
 
