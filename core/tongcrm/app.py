@@ -25,6 +25,7 @@ from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
+from tongcrm.bulk.api import ExportController, ImportController
 from tongcrm.campaigns.api import CalendarController, CampaignController
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
@@ -60,6 +61,8 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     ApiKeyController,
     ChannelAccountController,
     QuarantineController,
+    ImportController,
+    ExportController,
     MemberPointsController,
     PointsRulesController,
     TierController,

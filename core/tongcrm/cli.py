@@ -617,6 +617,14 @@ def member_erase(ctx: Context, member_id: int, reason: str) -> None:
     click.echo(f"member {report.member_id} erased ({counts})")
 
 
+def _bulk_commands() -> None:
+    from tongcrm.bulk.cli import export_command, import_command
+
+    cli.add_command(import_command)
+    cli.add_command(export_command)
+
+
+_bulk_commands()
 CORE_COMMANDS = frozenset(cli.commands)
 
 

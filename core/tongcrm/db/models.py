@@ -12,6 +12,7 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.jobs.models",
     "tongcrm.members.models",
     "tongcrm.channels.models",
+    "tongcrm.bulk.models",
     "tongcrm.orders.models",
     "tongcrm.points.models",
     "tongcrm.identity.models",

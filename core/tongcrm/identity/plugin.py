@@ -14,10 +14,17 @@ MOBILE = IdentityKindSpec(
     description="Mobile number in E.164, matched through a keyed blind index and stored encrypted",
 )
 
+#: A member's id in the CRM a brand moved from (``tongcrm import``): ``<source>/<id>``, one person per value.
+IMPORTED_MEMBER = IdentityKindSpec(
+    name="import.member_id",
+    strong=True,
+    description="A member's id in a previous CRM, as '<import source>/<id>' (tongcrm import)",
+)
+
 
 @hookimpl
 def identity_kinds() -> list[IdentityKindSpec]:
-    return [MOBILE]
+    return [MOBILE, IMPORTED_MEMBER]
 
 
 def default_decision(claims: Sequence[IdentityClaim], matches: Sequence[MemberMatch]) -> ResolutionDecision:

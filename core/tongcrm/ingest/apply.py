@@ -179,7 +179,13 @@ async def apply_orders_page(
     channel: str,
     orders: Sequence[NormalisedOrder],
     quarantined: Sequence[QuarantinedRecord] = (),
+    *,
+    earn_points: bool = True,
+    emit_events: bool = True,
 ) -> PageResult:
+    """Apply one page. ``earn_points=False`` and ``emit_events=False`` are for history brought in by
+    ``tongcrm import orders``: an imported order counts for tiers, but earns nothing (the previous CRM's balance
+    arrives as an opening balance) and triggers no care message about a parcel delivered years ago."""
     result = PageResult()
     await plan_for_growing_tables(session)
     result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
@@ -343,13 +349,16 @@ async def apply_orders_page(
             )
         )
     if facts:
-        await apply_orders(session, PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor), facts)
+        if earn_points:
+            await apply_orders(session, PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor), facts)
         # a qualifying purchase upgrades at once (downgrades wait for review time)
         await reevaluate_tiers(
             session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), result.member_ids
         )
 
     # 6. one order_changed event per order that moved forward (status, refunds, shipping...)
+    if not emit_events:
+        return result
     await outbox.emit_many(
         session,
         [

@@ -26,6 +26,9 @@ from tongcrm.members.references import (
 
 class EntryKind:
     EARN = "earn"
+    #: A balance carried over from a previous CRM by ``tongcrm import points`` (see docs/bulk.md): a credit
+    #: that creates an available lot, expiring when the import row says (or never); it earned nothing here.
+    OPENING = "opening"
     REDEEM = "redeem"
     REVERSE = "reverse"
     CLAWBACK = "clawback"

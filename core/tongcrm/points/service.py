@@ -1045,6 +1045,10 @@ def _explain(entry: PointsEntry, lot: PointsLot | None, tz: ZoneInfo) -> str:
         return f"redeemed {-entry.amount} points" + (f": {entry.reason}" if entry.reason else "")
     if entry.kind == EntryKind.ADJUST:
         return f"manual adjustment of {entry.amount} by {entry.actor}: {entry.reason}"
+    if entry.kind == EntryKind.OPENING:
+        return f"opening balance of {entry.amount} carried over" + (
+            f": {entry.reason}" if entry.reason else ""
+        )
     if entry.kind == EntryKind.TRANSFER_OUT:
         return f"{-entry.amount} points transferred to member {d.get('to_member_id')}"
     if entry.kind == EntryKind.TRANSFER_IN:

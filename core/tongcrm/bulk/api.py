@@ -1,0 +1,228 @@
+"""``/api/imports`` (upload a file to import, then follow its status) and ``/api/exports/{kind}`` (streamed).
+
+An upload is written to disk as it arrives (never held in memory), its checkpoint row is created, and the import
+runs after the 202 answer; ``GET /api/imports/{id}`` shows its progress and its first bad rows. Uploading the
+same file again resumes it (or, finished, imports nothing). Exports stream page by page; ``reveal=true`` shows
+mobiles and names in full, for admins only, and is audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tongcrm.api.inputs import PathId
+from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
+from tongcrm.audit import service as audit
+from tongcrm.audit.service import Actor
+from tongcrm.bulk import export
+from tongcrm.bulk import service as imports
+from tongcrm.bulk.mapping import check_kind, file_format, parse_mapping
+from tongcrm.bulk.models import BulkImport, BulkImportError
+from tongcrm.config import Settings
+from tongcrm.crypto import Vault
+from tongcrm.errors import BadRequest
+from tongcrm.logging import get_logger
+from tongcrm.plugin.host import PluginHost
+
+log = get_logger(__name__)
+Sessions = async_sessionmaker[AsyncSession]
+#: Uploaded files wait here (named by upload) so that an interrupted import can run again from its checkpoint.
+UPLOADS = Path(tempfile.gettempdir()) / "tongcrm-imports"
+
+
+class ImportErrorOut(msgspec.Struct, frozen=True):
+    line: int
+    key: str | None
+    reason: str
+
+
+class ImportOut(msgspec.Struct, frozen=True):
+    """An import's checkpoint: lines done of the file's records, what was imported, skipped and refused."""
+
+    id: int
+    kind: str
+    source: str
+    file_name: str
+    format: str
+    status: str
+    lines_total: int
+    line_reached: int
+    imported: int
+    skipped: int
+    failed: int
+    error: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    #: The first bad rows (up to 100), by line.
+    errors: list[ImportErrorOut]
+
+
+def _out(job: BulkImport, errors: list[BulkImportError]) -> ImportOut:
+    return ImportOut(
+        id=job.id,
+        kind=job.kind,
+        source=job.source,
+        file_name=job.file_name,
+        format=job.format,
+        status=job.status,
+        lines_total=job.lines_total,
+        line_reached=job.line_reached,
+        imported=job.imported,
+        skipped=job.skipped,
+        failed=job.failed,
+        error=job.error,
+        created_by=job.created_by,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        finished_at=job.finished_at,
+        errors=[ImportErrorOut(e.line, e.key, e.reason) for e in errors],
+    )
+
+
+async def _run_in_background(
+    sessions: Sessions, ctx: imports.ImportContext, import_id: int, path: Path, mapping: dict[str, str]
+) -> None:
+    """The import after the answer was sent. A failure is recorded on the import row (and logged) by
+    :func:`run_import`; uploading the same file again resumes from its checkpoint, so the upload is not kept."""
+    try:
+        await imports.run_import(sessions, ctx, import_id, path, mapping=mapping)
+    except Exception:
+        log.warning("background import stopped; upload the file again to resume", import_id=import_id)
+    finally:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+
+class ImportController(Controller):
+    path = "/api/imports"
+    tags = ["bulk"]
+
+    @post(
+        "/",
+        opt=requires(*WRITE_ROLES),
+        status_code=202,
+        request_max_body_size=None,
+        summary="Import a CSV or JSON Lines file (the request body) of members, orders or points",
+    )
+    async def create_import(
+        self,
+        request: Request[Any, Any, State],
+        sessions: NamedDependency[Sessions],
+        host: NamedDependency[PluginHost],
+        settings: NamedDependency[Settings],
+        vault: NamedDependency[Vault],
+        kind: Annotated[str, QueryParameter(description="members, orders or points")],
+        format: Annotated[str, QueryParameter(description="csv or jsonl")],
+        source: Annotated[str, QueryParameter(description="the previous CRM's name")] = "legacy",
+        file_name: Annotated[str, QueryParameter(description="shown in the status")] = "upload",
+        mapping: Annotated[
+            str | None, QueryParameter(description='JSON {"documented column": "column in the file"}')
+        ] = None,
+    ) -> Response[ImportOut]:
+        check_kind(kind)
+        fmt = file_format(Path(file_name), format)
+        try:
+            columns = parse_mapping(json.loads(mapping), kind) if mapping else {}
+        except ValueError as exc:
+            raise BadRequest(f"mapping is not JSON: {exc}") from None
+        UPLOADS.mkdir(parents=True, exist_ok=True)
+        path = UPLOADS / f"{uuid.uuid4().hex}.{fmt}"
+        size = 0
+        with path.open("wb") as f:
+            async for chunk in request.stream():
+                f.write(chunk)
+                size += len(chunk)
+        if size == 0:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            raise BadRequest("the request body is empty: send the file's bytes as the body")
+        principal = principal_of(request)
+        actor = Actor.of(principal)
+        ctx = imports.ImportContext(
+            host=host, vault=vault, clock=lambda: datetime.now(UTC), tz=settings.tz, actor=actor.name
+        )
+        try:
+            job = await imports.open_import(
+                sessions,
+                ctx,
+                kind,
+                path,
+                fmt,
+                source=source,
+                file_name=file_name,
+                created_by=actor.name,
+                mapping=columns,
+            )
+        except BaseException:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            raise
+        async with sessions() as session, session.begin():
+            audit.record(
+                session,
+                actor,
+                "import.start",
+                "import",
+                job.id,
+                after={"kind": kind, "source": source, "file_name": file_name, "digest": job.digest},
+            )
+        return Response(
+            _out(job, []),
+            status_code=202,
+            headers={"Location": f"/api/imports/{job.id}"},
+            background=BackgroundTask(_run_in_background, sessions, ctx, job.id, path, columns),
+        )
+
+    @get("/{import_id:int}", opt=requires(*READ_ROLES), summary="An import's progress and its bad rows")
+    async def get_import(self, import_id: PathId, read_sessions: NamedDependency[Sessions]) -> ImportOut:
+        async with read_sessions() as session, session.begin():
+            job = await imports.get_import(session, import_id)
+            return _out(job, await imports.import_errors(session, import_id))
+
+
+class ExportController(Controller):
+    path = "/api/exports"
+    tags = ["bulk"]
+
+    @get(
+        "/{kind:str}",
+        opt=requires(*READ_ROLES),
+        summary="Stream members, orders or the points ledger as CSV or JSON Lines (masked unless revealed)",
+    )
+    async def export_kind(
+        self,
+        request: Request[Any, Any, State],
+        kind: FromPath[str],
+        sessions: NamedDependency[Sessions],
+        read_sessions: NamedDependency[Sessions],
+        vault: NamedDependency[Vault],
+        format: Annotated[str, QueryParameter(description="csv or jsonl")] = "csv",
+        reveal: Annotated[
+            bool, QueryParameter(description="full mobiles and names (admins; audited)")
+        ] = False,
+    ) -> Stream:
+        export.check_kind(kind)
+        export.check_format(format)
+        actor = Actor.of(principal_of(request))
+        if export.check_reveal(reveal, actor):
+            async with sessions() as session, session.begin():
+                audit.record(session, actor, "export.reveal", "export", kind, after={"format": format})
+        extension = "csv" if format == "csv" else "jsonl"
+        return Stream(
+            export.stream(read_sessions, kind, format, vault, reveal=reveal),
+            media_type=export.MEDIA_TYPES[format],
+            headers={"Content-Disposition": f'attachment; filename="{kind}.{extension}"'},
+        )

@@ -1,0 +1,258 @@
+"""Reading import files: CSV or JSON Lines, one record at a time, with the file line each record starts on.
+
+Columns have documented names (:data:`COLUMNS`, described in docs/bulk.md); a brand whose previous CRM names
+them differently passes a mapping (``{"our name": "their name"}``) instead of rewriting a million-row file.
+Any ``identity.<kind>`` column (``identity.taobao.ouid``…) is an identity claim of that kind. Values reach the
+import service as stripped strings (``None`` when blank); parsing them is the service's business, so a bad value
+becomes a bad row with a reason, never a failed file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tongcrm.errors import BadRequest
+
+IDENTITY_PREFIX = "identity."
+FORMATS = ("csv", "jsonl")
+
+#: The documented columns of each kind of import file (docs/bulk.md describes each).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "members": ("member_id", "mobile", "name", "province", "city"),
+    "orders": (
+        "order_id", "member_id", "mobile", "name", "status", "placed_at", "paid_at", "completed_at",
+        "modified_at", "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "store_code",
+        "sku", "category", "title", "quantity", "lines",
+    ),
+    "points": ("entry_id", "member_id", "mobile", "points", "occurred_at", "expires_at", "note"),
+}  # fmt: skip
+KINDS = tuple(COLUMNS)
+#: Columns without which no row of the kind can be imported: a CSV header lacking one is refused up front.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "members": ("member_id",),
+    "orders": ("order_id", "placed_at", "total_fen"),
+    "points": ("points",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of an import file: where it starts, and its values under the documented names."""
+
+    line: int
+    values: dict[str, str | None]
+    #: Set when the record could not even be read (broken JSON): the row is bad, the file goes on.
+    error: str | None = None
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def identities(self) -> list[tuple[str, str]]:
+        """``(kind, value)`` of every non-blank ``identity.<kind>`` column."""
+        return [
+            (name[len(IDENTITY_PREFIX) :], value)
+            for name, value in self.values.items()
+            if name.startswith(IDENTITY_PREFIX) and value
+        ]
+
+
+def check_kind(kind: str) -> str:
+    if kind not in COLUMNS:
+        raise BadRequest(f"unknown import kind {kind!r}; kinds: {', '.join(KINDS)}")
+    return kind
+
+
+def file_format(path: Path, given: str | None) -> str:
+    """The format the caller named, else the one the file name says (``.csv``; ``.jsonl``/``.ndjson``)."""
+    if given is not None:
+        if given not in FORMATS:
+            raise BadRequest(f"unknown file format {given!r}; formats: {', '.join(FORMATS)}")
+        return given
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    raise BadRequest(f"cannot tell the format of {path.name!r} from its name: say csv or jsonl")
+
+
+def parse_mapping(raw: Any, kind: str) -> dict[str, str]:
+    """Validate a mapping document: an object from documented column names to the file's column names."""
+    if not isinstance(raw, dict):
+        raise BadRequest('a column mapping is a JSON object {"documented column": "column in the file"}')
+    known = set(COLUMNS[check_kind(kind)])
+    problems = []
+    mapping: dict[str, str] = {}
+    for ours, theirs in raw.items():
+        if ours not in known and not (ours.startswith(IDENTITY_PREFIX) and len(ours) > len(IDENTITY_PREFIX)):
+            problems.append(f"{ours!r} is not a column of {kind} files")
+        elif not isinstance(theirs, str) or not theirs:
+            problems.append(f"{ours!r} must map to a column name")
+        else:
+            mapping[ours] = theirs
+    if problems:
+        raise BadRequest(
+            "bad column mapping: "
+            + "; ".join(problems)
+            + f" (columns: {', '.join(COLUMNS[kind])}, identity.<kind>)"
+        )
+    return mapping
+
+
+def load_mapping(path: Path, kind: str) -> dict[str, str]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"cannot read the mapping file {path}: {exc}") from None
+    return parse_mapping(raw, kind)
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of the file's bytes: the same file finds its checkpoint again, whatever it is called."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def count_records(path: Path, fmt: str) -> int:
+    """Records in the file (for progress): one pass, constant memory."""
+    return sum(1 for _ in _raw(path, fmt))
+
+
+def check_header(path: Path, fmt: str, kind: str, mapping: Mapping[str, str] | None = None) -> None:
+    """Refuse a CSV file whose header lacks a column every row needs (rather than refusing each row)."""
+    if fmt != "csv":
+        return  # JSON Lines objects may each carry their own keys: checked row by row
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError:
+        raise BadRequest(f"{path.name} is not UTF-8 text: save the export as UTF-8") from None
+    names = {h.strip() for h in header or []}
+    rename = _renamer(mapping or {})
+    present = {rename.get(n, n) for n in names}
+    missing = [c for c in REQUIRED[kind] if c not in present]
+    if missing:
+        raise BadRequest(
+            f"the header of {path.name} has no {', '.join(missing)} column (it has: {', '.join(sorted(names))}); "
+            f"name it so, or map it with a mapping file"
+        )
+
+
+def _renamer(mapping: Mapping[str, str]) -> dict[str, str]:
+    """Their column name → ours."""
+    return {theirs: ours for ours, theirs in mapping.items()}
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value)
+        if isinstance(value, dict | list)
+        else str(value)
+    )
+    text = text.strip()
+    return text or None
+
+
+def _raw(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    try:
+        yield from _raw_records(path, fmt)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"{path.name} is not UTF-8 text (byte {exc.start} of a block): save it as UTF-8"
+        ) from None
+
+
+def _raw_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return
+            names = [h.strip() for h in header]
+            start = reader.line_num + 1
+            for cells in reader:
+                line, start = start, reader.line_num + 1
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) != len(names):
+                    yield line, None, f"has {len(cells)} fields where the header has {len(names)}"
+                    continue
+                yield line, dict(zip(names, cells, strict=True)), None
+        return
+    with path.open(encoding="utf-8-sig") as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, None, f"is not JSON ({exc.msg} at column {exc.colno})"
+                continue
+            if not isinstance(obj, dict):
+                yield number, None, "is not a JSON object"
+                continue
+            yield number, obj, None
+
+
+def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None) -> Iterator[Record]:
+    """Every record of the file in order, under the documented names (columns not documented are dropped)."""
+    rename = _renamer(mapping or {})
+    for line, raw, error in _raw(path, fmt):
+        if raw is None:
+            yield Record(line, {}, f"line {line} {error}")
+            continue
+        values: dict[str, str | None] = {}
+        for name, value in raw.items():
+            ours = rename.get(name, name)
+            values[ours] = _text(value)
+        yield Record(line, values)
+
+
+def parse_int(record: Record, name: str, *, default: int | None = None, minimum: int = 0) -> int:
+    """An integer column (fen, points, quantity). Raises ``ValueError`` with a message for the row's reason."""
+    raw = record.get(name)
+    if raw is None:
+        if default is None:
+            raise ValueError(f"{name} is missing")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} {raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_time(record: Record, name: str, tz: ZoneInfo, *, required: bool = False) -> datetime | None:
+    """An ISO 8601 time; one without a zone is read in the programme's time zone (what a Chinese CRM exports)."""
+    raw = record.get(name)
+    if raw is None:
+        if required:
+            raise ValueError(f"{name} is missing")
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{name} {raw!r} is not an ISO 8601 time (e.g. 2025-03-01T10:00:00+08:00)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return value

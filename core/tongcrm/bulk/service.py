@@ -1,0 +1,698 @@
+"""Bulk import: members, historical orders and opening points balances from a previous CRM.
+
+An import works in pages (1,000 records by default). Each page is one transaction that
+
+1. claims the natural key of every readable row in ``bulk_import_keys`` (``INSERT … ON CONFLICT DO NOTHING``):
+   a row whose key is already there was imported before — from this file or another — and is skipped;
+2. applies the claimed rows through the same code as channel ingest: :func:`tongcrm.identity.service.resolve_many`
+   for members (so a member who already exists through a channel identity or a mobile is merged, not
+   duplicated), :func:`tongcrm.ingest.apply.apply_orders_page` for orders (under the source's ``import`` channel
+   account, earning no points and sending no care message), and :func:`tongcrm.points.ledger.post_credits` for
+   opening balances (entry kind ``opening``), then re-evaluates the tiers of the members it touched;
+3. gives back the key of every row that failed and records it in ``bulk_import_errors`` with its line and reason;
+4. moves the file's checkpoint (``bulk_imports.line_reached``) to the page's last line.
+
+So a crash loses at most the page in flight and a new run resumes after the checkpoint, and running a finished
+file again imports nothing. A lease per import keeps two processes from importing the same file at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import cast
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tongcrm.bulk.mapping import (
+    Record,
+    check_header,
+    check_kind,
+    count_records,
+    digest,
+    parse_int,
+    parse_time,
+    read_records,
+)
+from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
+from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
+from tongcrm.counter import mask_name
+from tongcrm.crypto import Vault
+from tongcrm.db.dialect import insert
+from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
+from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
+from tongcrm.ingest.apply import IngestContext, apply_orders_page
+from tongcrm.jobs import leases
+from tongcrm.logging import get_logger
+from tongcrm.members.phone import InvalidMobile, mask_mobile, normalise_mobile
+from tongcrm.orders.models import Order
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import (
+    BuyerProfile,
+    IdentityClaim,
+    NormalisedOrder,
+    OrderLine,
+    OrderStatus,
+)
+from tongcrm.points.ledger import AVAILABLE, Credit, post_credits
+from tongcrm.points.models import EntryKind
+from tongcrm.tiers.service import TierContext
+from tongcrm.tiers.service import reevaluate as reevaluate_tiers
+
+log = get_logger(__name__)
+
+IMPORT_CHANNEL = "import"
+IMPORTED_MEMBER_KIND = "import.member_id"
+PAGE_SIZE = 1000
+_KEYS = cast(sa.Table, BulkImportKey.__table__)
+_ERRORS = cast(sa.Table, BulkImportError.__table__)
+_SOURCE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class ImportFailed(TongcrmError):
+    status_code = 500
+    title = "Import failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportContext:
+    host: PluginHost
+    vault: Vault
+    clock: Callable[[], datetime]
+    tz: ZoneInfo
+    actor: str = "import"
+    lease_ttl: timedelta = timedelta(minutes=5)
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where an import stands after a page, with its rate over this run and the time left at that rate."""
+
+    import_id: int
+    lines_total: int
+    line_reached: int
+    imported: int
+    skipped: int
+    failed: int
+    records_done: int
+    elapsed_s: float
+    done: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Records per second in this run."""
+        return self.records_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def eta_s(self, records_left: int) -> float | None:
+        return records_left / self.rate if self.rate > 0 else None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What applying a page's claimed rows gave: failures by key, and the members touched."""
+
+    failures: dict[str, str] = field(default_factory=dict)
+    members: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    record: Record
+    key: str
+
+
+def _validate_source(source: str) -> str:
+    """Sources name the import channel account (``import-<source>``) and prefix every row key."""
+    if not source or len(source) > 40 or not set(source) <= _SOURCE_CHARS:
+        raise BadRequest(
+            f"import source {source!r} must be 1-40 lowercase letters, digits, '-' or '_' (it names the previous CRM)"
+        )
+    return source
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the import row
+
+
+async def open_import(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: ImportContext,
+    kind: str,
+    path: Path,
+    fmt: str,
+    *,
+    source: str = "legacy",
+    file_name: str | None = None,
+    created_by: str = "system",
+    mapping: dict[str, str] | None = None,
+) -> BulkImport:
+    """The checkpoint row of this file (by kind and content digest), created on its first import."""
+    check_kind(kind)
+    _validate_source(source)
+    # reading the whole file twice (digest, record count) is blocking work: keep it off the event loop, which
+    # in the API also serves other requests
+    await asyncio.to_thread(check_header, path, fmt, kind, mapping)
+    file_digest = await asyncio.to_thread(digest, path)
+    total = await asyncio.to_thread(count_records, path, fmt)
+    now = ctx.clock()
+    async with sessions() as session, session.begin():
+        table = cast(sa.Table, BulkImport.__table__)
+        await session.execute(
+            insert(session, table)
+            .values(
+                kind=kind,
+                source=source,
+                file_name=(file_name or path.name)[:300],
+                digest=file_digest,
+                format=fmt,
+                status="queued",
+                line_reached=0,
+                lines_total=total,
+                imported=0,
+                skipped=0,
+                failed=0,
+                created_by=created_by,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["kind", "digest"])
+        )
+        row = (
+            await session.execute(
+                sa.select(BulkImport).where(BulkImport.kind == kind, BulkImport.digest == file_digest)
+            )
+        ).scalar_one()
+        if row.source != source:
+            raise Conflict(
+                f"this file was imported before from source {row.source!r} (import {row.id}); "
+                f"a file keeps its source so that its rows keep their keys"
+            )
+        if kind == "orders" and row.account_id is None:
+            row.account_id = await import_account(session, source)
+            await session.flush()
+        session.expunge(row)
+    return row
+
+
+async def import_account(session: AsyncSession, source: str) -> int:
+    """The channel account imported orders of ``source`` belong to: channel ``import``, never synced
+    (status ``disabled``, so no sync job picks it up), created on first use."""
+    name = f"import-{source}"
+    found = (await session.execute(sa.select(ChannelAccount.id).where(ChannelAccount.name == name))).scalar()
+    if found is not None:
+        return int(found)
+    account = ChannelAccount(
+        channel=IMPORT_CHANNEL,
+        name=name,
+        settings={"source": source},
+        secret_names=[],
+        status="disabled",
+        status_detail=f"historical orders imported from {source} (tongcrm import orders); not synced",
+    )
+    session.add(account)
+    await session.flush()
+    session.add(SyncState(account_id=account.id, pages=0, orders=0))
+    await session.flush()
+    return account.id
+
+
+async def get_import(session: AsyncSession, import_id: int) -> BulkImport:
+    row = await session.get(BulkImport, import_id)
+    if row is None:
+        raise NotFound(f"no import with id {import_id}")
+    return row
+
+
+async def import_errors(session: AsyncSession, import_id: int, *, limit: int = 100) -> list[BulkImportError]:
+    rows = await session.execute(
+        sa.select(BulkImportError)
+        .where(BulkImportError.import_id == import_id)
+        .order_by(BulkImportError.line)
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+# -------------------------------------------------------------------------------------------------------------
+# running
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pages(records: Iterable[Record], after: int, size: int) -> Iterator[list[Record]]:
+    page: list[Record] = []
+    for record in records:
+        if record.line <= after:
+            continue
+        page.append(record)
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+async def run_import(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: ImportContext,
+    import_id: int,
+    path: Path,
+    *,
+    mapping: dict[str, str] | None = None,
+    page_size: int = PAGE_SIZE,
+    on_progress: ProgressCallback | None = None,
+) -> Progress:
+    """Import the file of ``import_id`` from its checkpoint to the end. Safe to run again at any point."""
+    holder = _holder()
+    key = f"import:{import_id}"
+    async with sessions() as session, session.begin():
+        job = await get_import(session, import_id)
+        if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
+            current = await leases.holder_of(session, key, now=ctx.clock())
+            raise Conflict(f"import {import_id} is being run by {current}")
+        kind, source, fmt, account_id = job.kind, job.source, job.format, job.account_id
+        after, total = job.line_reached, job.lines_total
+        progress = Progress(import_id, total, after, job.imported, job.skipped, job.failed, 0, 0.0)
+        finished = job.status == "finished"
+        if not finished:
+            job.status, job.error, job.updated_at = "running", None, ctx.clock()
+    started = time.monotonic()
+    bound = log.bind(import_id=import_id, kind=kind, source=source)
+    try:
+        if not finished:
+            for page in _pages(read_records(path, fmt, mapping), after, page_size):
+                async with sessions() as session, session.begin():
+                    if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
+                        raise Conflict(f"lost the lease of import {import_id}; another process took over")
+                    counts = await _import_page(session, ctx, import_id, kind, source, account_id, page)
+                    await session.execute(
+                        sa.update(BulkImport)
+                        .where(BulkImport.id == import_id)
+                        .values(
+                            line_reached=page[-1].line,
+                            imported=BulkImport.imported + counts[0],
+                            skipped=BulkImport.skipped + counts[1],
+                            failed=BulkImport.failed + counts[2],
+                            updated_at=ctx.clock(),
+                        )
+                    )
+                progress.line_reached = page[-1].line
+                progress.imported += counts[0]
+                progress.skipped += counts[1]
+                progress.failed += counts[2]
+                progress.records_done += len(page)
+                progress.elapsed_s = time.monotonic() - started
+                bound.info(
+                    "import page done", line=progress.line_reached, imported=counts[0], failed=counts[2]
+                )
+                if on_progress is not None:
+                    on_progress(progress)
+            async with sessions() as session, session.begin():
+                now = ctx.clock()
+                await session.execute(
+                    sa.update(BulkImport)
+                    .where(BulkImport.id == import_id)
+                    .values(status="finished", finished_at=now, updated_at=now)
+                )
+        progress.done = True
+        progress.elapsed_s = time.monotonic() - started
+        if on_progress is not None:
+            on_progress(progress)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, TongcrmError) else f"{type(exc).__name__}: {exc}"
+        async with sessions() as session, session.begin():
+            await session.execute(
+                sa.update(BulkImport)
+                .where(BulkImport.id == import_id)
+                .values(status="failed", error=message[:2000], updated_at=ctx.clock())
+            )
+        bound.error("import stopped; run it again to resume", error=message, line=progress.line_reached)
+        raise
+    finally:
+        async with sessions() as session, session.begin():
+            await leases.release(session, key, holder)
+    return progress
+
+
+async def _import_page(
+    session: AsyncSession,
+    ctx: ImportContext,
+    import_id: int,
+    kind: str,
+    source: str,
+    account_id: int | None,
+    page: Sequence[Record],
+) -> tuple[int, int, int]:
+    """(imported, skipped, failed) of one page, applied in the caller's transaction."""
+    errors: list[tuple[Record, str | None, str]] = []
+    rows: list[_Row] = []
+    for record in page:
+        if record.error is not None:
+            errors.append((record, None, record.error))
+            continue
+        try:
+            rows.append(_Row(record, f"{source}/{_natural_key(kind, record)}"))
+        except ValueError as exc:
+            errors.append((record, None, str(exc)))
+    claimed = await _claim(session, import_id, kind, rows)
+    fresh = [r for r in rows if claimed.get(r.key) == r.record.line]
+    skipped = len(rows) - len(fresh)
+    outcome = _Outcome()
+    if fresh:
+        apply = {"members": _apply_members, "orders": _apply_orders, "points": _apply_points}[kind]
+        outcome = await apply(session, ctx, source, account_id, fresh)
+    if outcome.failures:
+        failed_keys = sorted(outcome.failures)
+        await session.execute(sa.delete(_KEYS).where(_KEYS.c.kind == kind, _KEYS.c.key.in_(failed_keys)))
+        errors.extend((r.record, r.key, outcome.failures[r.key]) for r in fresh if r.key in outcome.failures)
+    if outcome.members:
+        await reevaluate_tiers(
+            session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), outcome.members
+        )
+    if errors:
+        now = ctx.clock()
+        await session.execute(
+            insert(session, _ERRORS).on_conflict_do_nothing(index_elements=["import_id", "line"]),
+            [
+                {
+                    "import_id": import_id,
+                    "line": record.line,
+                    "key": key,
+                    "reason": reason[:2000],
+                    "row": masked_row(record),
+                    "created_at": now,
+                }
+                for record, key, reason in errors
+            ],
+        )
+    return len(fresh) - len(outcome.failures), skipped, len(errors)
+
+
+def _natural_key(kind: str, record: Record) -> str:
+    """A row's identity across files: the previous CRM's member, order or entry id."""
+    if kind == "members":
+        value = record.get("member_id")
+        if value is None:
+            raise ValueError("member_id is missing (the member's id in the previous CRM)")
+    elif kind == "orders":
+        value = record.get("order_id")
+        if value is None:
+            raise ValueError("order_id is missing")
+        if len(value) > 64:
+            raise ValueError("order_id is longer than 64 characters")
+    else:
+        entry, member = record.get("entry_id"), record.get("member_id")
+        if entry is None and member is None:
+            raise ValueError("an opening balance needs entry_id or member_id (one balance per member)")
+        value = f"entry:{entry}" if entry is not None else f"member:{member}"
+    if len(value) > 150:
+        raise ValueError("the row's id is longer than 150 characters")
+    return value
+
+
+async def _claim(session: AsyncSession, import_id: int, kind: str, rows: Sequence[_Row]) -> dict[str, int]:
+    """Insert the keys not imported yet; {key: line} of those this page claimed (the first line per key)."""
+    first: dict[str, int] = {}
+    for r in rows:
+        first.setdefault(r.key, r.record.line)
+    if not first:
+        return {}
+    stmt = (
+        insert(session, _KEYS).on_conflict_do_nothing(index_elements=["kind", "key"]).returning(_KEYS.c.key)
+    )
+    values = [{"kind": kind, "key": k, "import_id": import_id, "line": line} for k, line in first.items()]
+    won = {row[0] for row in (await session.execute(stmt, values)).all()}
+    return {k: line for k, line in first.items() if k in won}
+
+
+_PERSONAL = ("mobile", "name")
+
+
+def masked_row(record: Record) -> str:
+    """The row for the error table: mobile and name masked, never stored in the clear."""
+    out: dict[str, str | None] = {}
+    for name, value in record.values.items():
+        if value is not None and name == "mobile":
+            try:
+                value = mask_mobile(normalise_mobile(value))
+            except InvalidMobile:
+                value = "****"
+        elif value is not None and name == "name":
+            value = mask_name(value)
+        elif value is not None and name.startswith("identity."):
+            value = value[:2] + "***" if len(value) > 4 else "***"
+        out[name] = value
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _claims(source: str, record: Record) -> tuple[IdentityClaim, ...]:
+    evidence = f"imported from {source}, line {record.line}"
+    claims: list[IdentityClaim] = []
+    member = record.get("member_id")
+    if member is not None:
+        claims.append(IdentityClaim(IMPORTED_MEMBER_KIND, f"{source}/{member}", evidence))
+    mobile = record.get("mobile")
+    if mobile is not None:
+        claims.append(IdentityClaim("mobile", mobile, evidence))
+    claims.extend(IdentityClaim(kind, value, evidence) for kind, value in record.identities())
+    return tuple(claims)
+
+
+def _resolution(ctx: ImportContext) -> ResolutionContext:
+    return ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor, tz=ctx.tz)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# members
+
+
+async def _apply_members(
+    session: AsyncSession, ctx: ImportContext, source: str, account_id: int | None, rows: Sequence[_Row]
+) -> _Outcome:
+    outcome = _Outcome()
+    claim_sets = [
+        ClaimSet(
+            claims=_claims(source, r.record),
+            profile=BuyerProfile(
+                name=r.record.get("name"), province=r.record.get("province"), city=r.record.get("city")
+            ),
+            source_channel=IMPORT_CHANNEL,
+            source_campaign=source[:100],
+        )
+        for r in rows
+    ]
+    for r, resolved in zip(rows, await resolve_many(session, _resolution(ctx), claim_sets), strict=True):
+        if resolved.error is not None or resolved.member_id is None:
+            outcome.failures[r.key] = f"identity: {resolved.error or 'not resolved'}"
+        else:
+            outcome.members.add(resolved.member_id)
+    return outcome
+
+
+# -------------------------------------------------------------------------------------------------------------
+# orders
+
+
+def _order(record: Record, source: str, tz: ZoneInfo) -> NormalisedOrder:
+    order_id = record.get("order_id")
+    assert order_id is not None  # checked by _natural_key
+    status_raw = (record.get("status") or "completed").lower()
+    try:
+        status = OrderStatus(status_raw)
+    except ValueError:
+        known = ", ".join(s.value for s in OrderStatus)
+        raise ValueError(f"status {status_raw!r} is not one of {known}") from None
+    placed = parse_time(record, "placed_at", tz, required=True)
+    assert placed is not None
+    paid_at = parse_time(record, "paid_at", tz)
+    if paid_at is None and status not in (OrderStatus.CREATED, OrderStatus.CLOSED):
+        paid_at = placed  # a paid order from a CRM that kept one time only: paid when placed
+    completed = parse_time(record, "completed_at", tz)
+    modified = parse_time(record, "modified_at", tz) or max(t for t in (placed, paid_at, completed) if t)
+    total = parse_int(record, "total_fen")
+    paid = parse_int(record, "paid_fen", default=total)
+    refunded = parse_int(record, "refunded_fen", default=0)
+    if refunded > paid:
+        raise ValueError(f"refunded_fen {refunded} exceeds paid_fen {paid}")
+    raw_lines = record.get("lines")
+    if raw_lines is not None:
+        lines = _lines(raw_lines)
+    else:
+        quantity = parse_int(record, "quantity", default=1, minimum=1)
+        lines = (
+            OrderLine(
+                external_id="1",
+                title=(record.get("title") or f"order imported from {source}")[:300],
+                quantity=quantity,
+                unit_price_fen=paid // quantity,
+                amount_fen=paid,
+                sku=record.get("sku"),
+                category=record.get("category"),
+                refunded_fen=refunded,
+            ),
+        )
+    return NormalisedOrder(
+        external_id=order_id,
+        status=status,
+        created_at=placed,
+        modified_at=modified,
+        total_fen=total,
+        paid_fen=paid,
+        claims=_claims(source, record),
+        lines=lines,
+        paid_at=paid_at,
+        completed_at=completed,
+        post_fee_fen=parse_int(record, "post_fee_fen", default=0),
+        discount_fen=parse_int(record, "discount_fen", default=0),
+        store_code=record.get("store_code"),
+        buyer=BuyerProfile(name=record.get("name")),
+    )
+
+
+def _lines(raw: str) -> tuple[OrderLine, ...]:
+    """The ``lines`` of a JSON Lines order: ``[{"line_id", "title", "amount_fen", "quantity"?, "sku"?,
+    "category"?, "refunded_fen"?}, …]``; amounts are what the line was paid."""
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        raise ValueError("lines is not a JSON array of line objects") from None
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise ValueError("lines must be a non-empty JSON array of line objects")
+    out = []
+    for n, item in enumerate(items, start=1):
+        line_id = item.get("line_id", n)
+        amount, quantity = item.get("amount_fen"), item.get("quantity", 1)
+        refunded = item.get("refunded_fen", 0)
+        if type(amount) is not int or type(quantity) is not int or type(refunded) is not int or quantity < 1:
+            raise ValueError(f"line {n}: amount_fen, quantity (≥ 1) and refunded_fen must be whole numbers")
+        sku, category = item.get("sku"), item.get("category")
+        out.append(
+            OrderLine(
+                external_id=str(line_id)[:64],
+                title=str(item.get("title") or f"line {n}")[:300],
+                quantity=quantity,
+                unit_price_fen=amount // quantity,
+                amount_fen=amount,
+                sku=None if sku is None else str(sku)[:100],
+                category=None if category is None else str(category)[:100],
+                refunded_fen=refunded,
+            )
+        )
+    return tuple(out)
+
+
+async def _apply_orders(
+    session: AsyncSession, ctx: ImportContext, source: str, account_id: int | None, rows: Sequence[_Row]
+) -> _Outcome:
+    assert account_id is not None  # open_import gives every orders import its account
+    outcome = _Outcome()
+    orders: list[NormalisedOrder] = []
+    key_of: dict[str, str] = {}
+    for r in rows:
+        try:
+            order = _order(r.record, source, ctx.tz)
+        except ValueError as exc:
+            outcome.failures[r.key] = str(exc)
+            continue
+        orders.append(order)
+        key_of[order.external_id] = r.key
+    if not orders:
+        return outcome
+    ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
+    result = await apply_orders_page(
+        session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
+    )
+    outcome.members |= result.member_ids
+    external = list(key_of)
+    stored = set(
+        (
+            await session.execute(
+                sa.select(Order.external_id).where(
+                    Order.account_id == account_id, Order.external_id.in_(external)
+                )
+            )
+        ).scalars()
+    )
+    missing = [e for e in external if e not in stored]
+    if missing:
+        # apply_orders_page quarantined these (identity errors): take the reason it recorded
+        found = await session.execute(
+            sa.select(QuarantinedRecord.external_id, QuarantinedRecord.reason)
+            .where(QuarantinedRecord.account_id == account_id, QuarantinedRecord.external_id.in_(missing))
+            .order_by(QuarantinedRecord.id)
+        )
+        reasons: dict[str | None, str] = {external_id: reason for external_id, reason in found.all()}
+        for e in missing:
+            outcome.failures[key_of[e]] = reasons.get(e) or "the order could not be applied"
+    return outcome
+
+
+# -------------------------------------------------------------------------------------------------------------
+# opening balances
+
+
+async def _apply_points(
+    session: AsyncSession, ctx: ImportContext, source: str, account_id: int | None, rows: Sequence[_Row]
+) -> _Outcome:
+    outcome = _Outcome()
+    now = ctx.clock()
+    ready: list[tuple[_Row, int, datetime, datetime | None]] = []
+    for r in rows:
+        try:
+            points = parse_int(r.record, "points", minimum=1)
+            occurred = parse_time(r.record, "occurred_at", ctx.tz) or now
+            expires = parse_time(r.record, "expires_at", ctx.tz)
+            if occurred > now:
+                raise ValueError("occurred_at is in the future")
+            if expires is not None and expires <= now:
+                raise ValueError("expires_at has passed: an expired balance is not an opening balance")
+            if not _claims(source, r.record):
+                raise ValueError("no member: give member_id, mobile or an identity.<kind> column")
+        except ValueError as exc:
+            outcome.failures[r.key] = str(exc)
+            continue
+        ready.append((r, points, occurred, expires))
+    if not ready:
+        return outcome
+    resolved = await resolve_many(
+        session,
+        _resolution(ctx),
+        [ClaimSet(claims=_claims(source, r.record), source_channel=IMPORT_CHANNEL) for r, *_ in ready],
+    )
+    credits: list[Credit] = []
+    for (r, points, occurred, expires), res in zip(ready, resolved, strict=True):
+        if res.error is not None or res.member_id is None:
+            outcome.failures[r.key] = f"identity: {res.error or 'not resolved'}"
+            continue
+        outcome.members.add(res.member_id)
+        note = r.record.get("note")
+        credits.append(
+            Credit(
+                member_id=res.member_id,
+                key=f"opening:{r.key}",
+                kind=EntryKind.OPENING,
+                amount=points,
+                occurred_at=occurred,
+                available_at=occurred,
+                expires_at=expires,
+                status=AVAILABLE,
+                reason=(f"imported from {source}" + (f": {note}" if note else ""))[:500],
+                actor=ctx.actor,
+                detail={"source": source, "line": r.record.line},
+            )
+        )
+    await post_credits(session, credits, now=now)
+    return outcome
