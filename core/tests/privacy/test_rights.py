@@ -331,6 +331,10 @@ async def test_erasure_scrubs_the_member_from_every_audit_entry(
         )
         assert changed.status_code == 200, changed.text
         assert (await api.post(f"/api/members/{absorbed}/tags", json={"tags": ["vip"]})).status_code < 300
+        listed_all = await api.get(
+            "/api/members", params={"reveal": "mobile"}
+        )  # one bulk member.reveal entry
+        assert listed_all.status_code == 200, listed_all.text
         async with api.db.sessions() as session, session.begin():
             merge = await merge_members(
                 session, survivor, absorbed, actor=SYSTEM, reason="same buyer", at=NOW
@@ -369,3 +373,7 @@ async def test_erasure_scrubs_the_member_from_every_audit_entry(
     assert erased.json()["erased"]["audit_entries"] == len(redacted)
     assert all(r.before is None and r.after is None and r.content_salt is None for r in rows if r.redacted_at)
     assert all(r.redacted_at is None for r in rows if r.object_id == str(other))
+    # a bulk reveal names the member only by id among others (no personal data): it keeps its content
+    bulk = [r for r in rows if r.action == "member.reveal" and "," in r.object_id]
+    assert len(bulk) == 1 and bulk[0].redacted_at is None
+    assert bulk[0].after is not None and set(bulk[0].after["member_ids"]) == {absorbed, survivor, other}
