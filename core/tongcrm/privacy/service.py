@@ -39,8 +39,8 @@ refund, a status change) stays with the anonymous record: ingest does not resolv
 (:func:`tongcrm.ingest.apply.apply_orders_page`), so the erased data is not rebuilt from an old order, and
 its points are reversed on the record that earned them.
 
-Both operations are audited (``member.export``, ``member.erase``, and ``audit.redact`` for the redaction); who may call them (admins) is decided by
-the API and the CLI, not here.
+Both operations are audited (``member.export``, ``member.erase``, and ``audit.redact`` for the redaction); who
+may call them (admins) is decided by the API and the CLI, not here.
 """
 
 from __future__ import annotations
