@@ -63,15 +63,18 @@ async def test_appends_are_chained_in_order_across_transactions(tongcrm_db: Test
         assert row.prev_hash == previous.hash
     # the hash is SHA-256 over the canonical encoding, recomputable by anyone from the stored fields
     assert rows[2].hash == hashlib.sha256(chain.canonical(**_fields(rows[2]))).hexdigest()
-    assert rows[0].before == {"name": "张*", "tags": ["vip"]}  # stored as read back, so the hash holds
+    assert rows[0].before == {"name": "张*", "tags": ["vip"]}  # stored as read back, so the digest holds
+    # the chain covers the content through a digest salted per record (so a short value cannot be guessed)
+    assert rows[2].content_salt is not None and len({r.content_salt for r in rows}) == 5
+    assert rows[2].content_digest == chain.content_digest(rows[2].content_salt, rows[2].before, rows[2].after)
     report = await _verify(tongcrm_db)
     assert report.ok and report.records == 5
     assert (report.head_seq, report.head_hash) == (5, rows[-1].hash)
 
 
 def _fields(row: AuditEntry) -> dict[str, Any]:
-    names = ("seq", "at", "actor", "actor_key_id", "role", "action", "object_type", "object_id", "before")
-    return {n: getattr(row, n) for n in (*names, "after", "request_id", "prev_hash")}
+    names = ("seq", "at", "actor", "actor_key_id", "role", "action", "object_type", "object_id")
+    return {n: getattr(row, n) for n in (*names, "content_digest", "request_id", "prev_hash")}
 
 
 async def test_a_rolled_back_append_leaves_no_gap(tongcrm_db: TestDatabase) -> None:
@@ -209,6 +212,8 @@ async def test_a_record_inserted_behind_the_applications_back_is_named(tongcrm_d
         "object_id": "7",
         "before": None,
         "after": None,
+        "content_salt": "00" * 16,
+        "content_digest": chain.content_digest("00" * 16, None, None),
         "request_id": None,
         "prev_hash": last.hash,
     }
@@ -308,3 +313,123 @@ async def test_the_migration_chains_existing_records_in_id_order(tongcrm_backend
         await _append(db, 4)  # new records carry on from the migrated chain
         report = await _verify(db)
         assert report.ok and report.head_seq == 4
+
+
+# -------------------------------------------------------------------------------------------------------------
+# redaction: the content goes, the chain stays
+
+
+async def _redact(db: TestDatabase, *object_ids: int, reason: str = "erasure request 7") -> list[int]:
+    async with db.sessions() as session, session.begin():
+        return await audit.redact(
+            session,
+            audit.SYSTEM,
+            sa.and_(
+                AuditEntry.object_type == "member", AuditEntry.object_id.in_([str(i) for i in object_ids])
+            ),
+            reason=reason,
+            object_type="member",
+            object_id=object_ids[0],
+        )
+
+
+async def _update(db: TestDatabase, seq: int, **values: Any) -> None:
+    """Change a record behind the application's back (typed values, so JSON is JSON on both databases)."""
+    async with db.engine.begin() as conn:
+        await conn.execute(sa.update(AuditEntry.__table__).where(AuditEntry.seq == seq).values(**values))
+
+
+async def _table_text(db: TestDatabase) -> str:
+    """Every audit row as text, with JSON's ``\\uXXXX`` escapes (SQLite's JSON keeps them) read back."""
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT * FROM audit_log"))).all()
+    text = "\n".join("\t".join(str(value) for value in row) for row in rows)
+    return text.encode("ascii", "backslashreplace").decode("unicode_escape")
+
+
+async def test_a_redacted_record_keeps_the_chain_verifying(tongcrm_db: TestDatabase) -> None:
+    await _append(tongcrm_db, 1, 2, 3, before={"name": "张三丰"})
+    kept = await _rows(tongcrm_db)
+    assert "张三丰" in await _table_text(tongcrm_db)
+    assert await _redact(tongcrm_db, 2) == [2]
+    rows = await _rows(tongcrm_db)
+    redacted, proof = rows[1], rows[3]
+    assert (redacted.before, redacted.after, redacted.content_salt) == (None, None, None)
+    assert redacted.redacted_at is not None and redacted.redacted_at.tzinfo is not None
+    # the digest, the link and the non-personal fields are those written at first
+    assert (redacted.content_digest, redacted.hash, redacted.actor, redacted.object_id) == (
+        kept[1].content_digest,
+        kept[1].hash,
+        "system",
+        "2",
+    )
+    assert (rows[0].before, rows[2].before) == ({"name": "张三丰"}, {"name": "张三丰"})  # others untouched
+    assert (proof.seq, proof.action, proof.object_type, proof.object_id) == (4, "audit.redact", "member", "2")
+    assert proof.after == {"records": [2], "reason": "erasure request 7"}
+    report = await _verify(tongcrm_db)
+    assert report.ok, report.findings
+    assert report.records == 4
+    # redacting again finds nothing new, and the redaction record itself is never redacted
+    async with tongcrm_db.sessions() as session, session.begin():
+        everything = await audit.redact(
+            session, audit.SYSTEM, sa.true(), reason="all", object_type="audit_log", object_id="all"
+        )
+    assert everything == [1, 3]
+    rows = await _rows(tongcrm_db)
+    assert rows[3].after == {"records": [2], "reason": "erasure request 7"}
+    assert rows[4].after == {"records": [1, 3], "reason": "all"}
+    assert (await _verify(tongcrm_db)).ok
+    assert "张三丰" not in await _table_text(tongcrm_db)
+
+
+async def test_editing_a_redacted_records_other_fields_is_caught(tongcrm_db: TestDatabase) -> None:
+    await _append(tongcrm_db, 1, 2, 3)
+    await _redact(tongcrm_db, 2)
+    victim = (await _rows(tongcrm_db))[1]
+    await _update(tongcrm_db, 2, action="member.reveal")
+    report = await _verify(tongcrm_db)
+    assert [(f.kind, f.seq, f.record_id) for f in report.findings] == [("edited", 2, victim.id)]
+    assert "no longer match its hash" in report.findings[0].detail
+
+
+async def test_editing_the_content_of_an_unredacted_record_is_caught(tongcrm_db: TestDatabase) -> None:
+    await _append(tongcrm_db, 1, 2, 3)
+    await _redact(tongcrm_db, 3)
+    await _update(tongcrm_db, 2, before={"name": "王*", "tags": ["vip"]})
+    report = await _verify(tongcrm_db)
+    assert [(f.kind, f.seq) for f in report.findings] == [("edited", 2)]
+    assert "content (before/after) no longer matches its digest" in report.findings[0].detail
+    # removing the content (and its salt) without the redaction mark is an edit too
+    await _update(tongcrm_db, 2, before={"name": "张*", "tags": ["vip"]})
+    assert (await _verify(tongcrm_db)).ok
+    await _update(tongcrm_db, 1, before=sa.null(), after=sa.null(), content_salt=None)
+    assert [(f.kind, f.seq) for f in (await _verify(tongcrm_db)).findings] == [("edited", 1)]
+
+
+async def test_a_redaction_mark_set_behind_the_applications_back_is_caught(tongcrm_db: TestDatabase) -> None:
+    """``redacted_at`` is not covered by the hash (it is set after the record was chained), so the mark alone
+    proves nothing: a record marked redacted that still carries its content is reported as edited."""
+    await _append(tongcrm_db, 1, 2)
+    await _update(tongcrm_db, 1, redacted_at=datetime(2026, 12, 1, tzinfo=UTC))
+    report = await _verify(tongcrm_db)
+    assert [(f.kind, f.seq) for f in report.findings] == [("edited", 1)]
+    assert "marked redacted but still carries its content" in report.findings[0].detail
+
+
+async def test_content_removed_behind_the_applications_back_is_caught(tongcrm_db: TestDatabase) -> None:
+    """A forger who removes content the way the application does (content, salt, mark) leaves no
+    ``audit.redact`` record naming it, and cannot append one without breaking the chain or edit one without
+    breaking its digest."""
+    await _append(tongcrm_db, 1, 2, 3)
+    await _redact(tongcrm_db, 1)  # seq 4 names seq 1
+    victim = (await _rows(tongcrm_db))[2]
+    scrub = {"before": sa.null(), "after": sa.null(), "content_salt": None}
+    await _update(tongcrm_db, 3, **scrub, redacted_at=datetime(2026, 12, 1, tzinfo=UTC))
+    report = await _verify(tongcrm_db)
+    assert [(f.kind, f.seq, f.record_id) for f in report.findings] == [("redacted", 3, victim.id)]
+    assert "no audit.redact record names it" in report.findings[0].detail
+    # adding it to the genuine redaction record's list breaks that record's digest, and a redaction record
+    # that is not intact vouches for nothing (so seq 1 is unexplained now as well)
+    await _update(tongcrm_db, 4, after={"records": [1, 3], "reason": "erasure request 7"})
+    report = await _verify(tongcrm_db)
+    assert [(f.kind, f.seq) for f in report.findings] == [("edited", 4), ("redacted", 1), ("redacted", 3)]

@@ -185,8 +185,12 @@ async def test_erasure_removes_personal_data_and_keeps_the_books(
             await session.execute(sa.select(AuditEntry.after).where(AuditEntry.action == "member.erase"))
         ).scalar_one()
         assert erase_audit is not None and erase_audit["reason"] == "request #42"
-        # the audit log is hash-chained: erasure leaves its entries whole, and the chain still verifies
+        # the audit entries about the member lost their content, and the hash chain still verifies
         assert (await chain.verify(session)).ok
+        redacted = (
+            await session.execute(sa.select(AuditEntry.action).where(AuditEntry.redacted_at.is_not(None)))
+        ).scalars()
+        assert "member.create" in set(redacted)
 
 
 async def test_a_later_order_by_the_erased_buyer_makes_a_new_member(
@@ -297,3 +301,79 @@ async def test_an_update_of_an_order_from_before_the_erasure_stays_with_the_anon
         assert (order.member_id, order.refunded_fen) == (member_id, 5_000)
         assert (await session.execute(sa.select(sa.func.count()).select_from(Identity))).scalar_one() == 0
         assert await verify(session) == []
+
+
+async def _audit_text(db: Any) -> str:
+    """Every audit row as text, with JSON's ``\\uXXXX`` escapes (SQLite's JSON keeps them) read back."""
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT * FROM audit_log"))).all()
+    text = "\n".join("\t".join(str(value) for value in row) for row in rows)
+    return text.encode("ascii", "backslashreplace").decode("unicode_escape")
+
+
+async def test_erasure_scrubs_the_member_from_every_audit_entry(
+    make_client: Callable[..., Any], host: PluginHost
+) -> None:
+    """The member's name is in its own entries (create, update, tags), in a merge's profile snapshots (the merge
+    moved it into the survivor's profile) and in the survivor's entries; after erasure it is in no audit row,
+    the chain verifies, one ``audit.redact`` entry names exactly the redacted entries, and another member's
+    entries keep their content."""
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.members.merge import merge_members
+
+    async with make_client(host=host, role="admin") as api:
+        absorbed = (await api.post("/api/members", json={"name": NAME, "mobile": MOBILE})).json()["id"]
+        survivor = (await api.post("/api/members", json={"mobile": "13900001111"})).json()["id"]
+        other = (await api.post("/api/members", json={"name": "张保留", "city": "苏州"})).json()["id"]
+        view = await api.get(f"/api/members/{absorbed}")
+        changed = await api.patch(
+            f"/api/members/{absorbed}", json={"city": "杭州"}, headers={"If-Match": view.headers["etag"]}
+        )
+        assert changed.status_code == 200, changed.text
+        assert (await api.post(f"/api/members/{absorbed}/tags", json={"tags": ["vip"]})).status_code < 300
+        listed_all = await api.get(
+            "/api/members", params={"reveal": "mobile"}
+        )  # one bulk member.reveal entry
+        assert listed_all.status_code == 200, listed_all.text
+        async with api.db.sessions() as session, session.begin():
+            merge = await merge_members(
+                session, survivor, absorbed, actor=SYSTEM, reason="same buyer", at=NOW
+            )
+        async with api.db.sessions() as session:
+            survivor_row = await session.get(Member, survivor)
+        assert survivor_row is not None and survivor_row.name == NAME  # the merge moved the name over
+        text = await _audit_text(api.db)
+        assert text.count(NAME) >= 4 and "张保留" in text  # create, update (before/after), merge snapshot
+
+        erased = await api.post(f"/api/members/{absorbed}/erasure", json={"reason": "ticket 9"})
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["member_id"] == survivor  # the live member the tombstone leads to
+
+        text = await _audit_text(api.db)
+        assert NAME not in text and "杭州" not in text
+        assert "张保留" in text and "苏州" in text
+        listed = (await api.get("/api/audit", params={"object_type": "merge"})).json()["items"]
+        assert [(e["action"], e["before"], e["after"]) for e in listed] == [("member.merge", None, None)]
+        assert listed[0]["redacted_at"] is not None
+        assert (await api.get("/api/audit/verify")).json()["ok"] is True
+
+    async with api.db.sessions() as session:
+        rows = list((await session.execute(sa.select(AuditEntry).order_by(AuditEntry.seq))).scalars())
+    about_them = {("member", str(survivor)), ("member", str(absorbed)), ("merge", str(merge.id))}
+    redacted = [r.seq for r in rows if r.redacted_at is not None]
+    expected = [
+        r.seq
+        for r in rows
+        if (r.object_type, r.object_id) in about_them and r.action not in ("audit.redact", "member.erase")
+    ]
+    assert redacted == expected and len(redacted) >= 5
+    proof = [r for r in rows if r.action == "audit.redact"]
+    assert len(proof) == 1 and proof[0].after == {"records": redacted, "reason": "member.erase: ticket 9"}
+    assert (proof[0].object_type, proof[0].object_id) == ("member", str(survivor))
+    assert erased.json()["erased"]["audit_entries"] == len(redacted)
+    assert all(r.before is None and r.after is None and r.content_salt is None for r in rows if r.redacted_at)
+    assert all(r.redacted_at is None for r in rows if r.object_id == str(other))
+    # a bulk reveal names the member only by id among others (no personal data): it keeps its content
+    bulk = [r for r in rows if r.action == "member.reveal" and "," in r.object_id]
+    assert len(bulk) == 1 and bulk[0].redacted_at is None
+    assert bulk[0].after is not None and set(bulk[0].after["member_ids"]) == {absorbed, survivor, other}

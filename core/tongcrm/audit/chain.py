@@ -1,26 +1,40 @@
 """The audit log's hash chain: how records are chained on append, and how the chain is verified.
 
 Every audit record stores ``prev_hash`` (its predecessor's hash) and ``hash``, the SHA-256 of a canonical
-encoding of its own fields plus ``prev_hash``. Services keep calling :func:`tongcrm.audit.service.record`
-without knowing about the chain: a record is staged on the session (:func:`stage`) and joins the session only
-when the unit of work commits, after everything else was flushed; its ``seq`` (1, 2, 3… with no gaps) and
-hashes are then set in a ``before_flush`` listener after locking the single :class:`AuditChainHead` row.
-Concurrent transactions queue on the head instead of chaining onto the same predecessor, and each holds it
-only for its final insert and commit, never while the rest of its work runs (a long unit of work that audits
-early does not stall every other audited change, and cannot deadlock against them over rows it locks later).
-A record staged inside a savepoint that rolls back is dropped with it.
+encoding of its own fields plus ``prev_hash``. The record's content (``before``/``after``, which may hold
+personal data) is not in that encoding: ``content_digest`` is, a SHA-256 over a random per-record
+``content_salt`` and the canonical content. So the content can be *redacted* (PIPL erasure,
+:func:`tongcrm.audit.service.redact`: ``before``, ``after`` and the salt removed, ``redacted_at`` set, and a
+``audit.redact`` record appended naming the redacted records) and the chain still proves the order, the count
+and the non-personal fields (actor, action, object, time) of every record. The salt is why the digest left
+behind does not give the content away: without it, the digest of a short value such as a name could be found
+by hashing candidate names; with it gone, there is nothing to test a guess against.
+
+Services keep calling :func:`tongcrm.audit.service.record` without knowing about the chain: a record is staged
+on the session (:func:`stage`) and joins the session only when the unit of work commits, after everything else
+was flushed; its ``seq`` (1, 2, 3… with no gaps), salt, digest and hashes are then set in a ``before_flush``
+listener after locking the single :class:`AuditChainHead` row. Concurrent transactions queue on the head instead
+of chaining onto the same predecessor, and each holds it only for its final insert and commit, never while the
+rest of its work runs (a long unit of work that audits early does not stall every other audited change, and
+cannot deadlock against them over rows it locks later). A record staged inside a savepoint that rolls back is
+dropped with it.
 
 :func:`verify` recomputes every hash in ``seq`` order and compares the end of the chain with the head, so it
 tells an edited record (its hash no longer matches), a removed one (a gap in ``seq``, or the head ahead of the
-last record), and an inserted one (beyond the head, or a link that does not follow its predecessor). A hash
-chain without a secret cannot stop someone who rewrites the whole chain and the head: operators who need that
-keep the head hash :func:`verify` reports somewhere else and compare.
+last record), and an inserted one (beyond the head, or a link that does not follow its predecessor). Content
+is checked too: an unredacted record's content must match its digest (an edited ``before``/``after`` is an
+edit); a redacted record must carry no content and no salt (a record marked redacted that still has them was
+marked behind the application's back: the mark is not covered by the hash, so it proves nothing) and must be
+named by a later ``audit.redact`` record (content removed without one was removed behind the application's
+back: finding ``redacted``). A hash chain without a secret cannot stop someone who rewrites the whole chain and
+the head: operators who need that keep the head hash :func:`verify` reports somewhere else and compare.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -35,9 +49,12 @@ from tongcrm.db.dialect import insert_for
 
 #: ``prev_hash`` of the first record.
 GENESIS = "0" * 64
-#: Bumped if the canonical encoding ever changes (it is part of what is hashed).
-ENCODING_VERSION = 1
+#: Bumped if the canonical encoding ever changes (it is part of what is hashed). 2: content as a salted digest.
+ENCODING_VERSION = 2
 HEAD_ID = 1
+#: The action of the record a redaction appends; its ``after`` is ``{"records": [seq, …], "reason": …}``. Such
+#: records hold no personal data and are never redacted themselves (they are the proof the others were).
+REDACT_ACTION = "audit.redact"
 
 _head = cast(sa.Table, AuditChainHead.__table__)
 
@@ -50,6 +67,20 @@ def json_ready(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def new_salt() -> str:
+    """A fresh per-record salt: 16 random bytes, hex."""
+    return secrets.token_hex(16)
+
+
+def content_digest(salt: str, before: Any, after: Any) -> str:
+    """SHA-256 (hex) over the salt and the content, canonically encoded (a JSON array, sorted keys, no
+    whitespace, UTF-8). ``before``/``after`` must be as the JSON column gives them back (:func:`json_ready`)."""
+    encoded = json.dumps(
+        [ENCODING_VERSION, salt, before, after], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
 def canonical(
     *,
     seq: int,
@@ -60,13 +91,12 @@ def canonical(
     action: str,
     object_type: str,
     object_id: str,
-    before: Any,
-    after: Any,
+    content_digest: str,
     request_id: str | None,
     prev_hash: str,
 ) -> bytes:
-    """The bytes that are hashed: a JSON array (fixed field order, sorted keys inside ``before``/``after``,
-    no whitespace, UTF-8), with the time as UTC to the microsecond, as both databases store it."""
+    """The bytes that are hashed: a JSON array (fixed field order, no whitespace, UTF-8), with the time as UTC
+    to the microsecond, as both databases store it, and the content only as its digest."""
     fields = [
         ENCODING_VERSION,
         seq,
@@ -77,8 +107,7 @@ def canonical(
         action,
         object_type,
         object_id,
-        before,
-        after,
+        content_digest,
         request_id,
         prev_hash,
     ]
@@ -97,8 +126,7 @@ def record_hash(row: Any) -> str:
             action=row.action,
             object_type=row.object_type,
             object_id=row.object_id,
-            before=row.before,
-            after=row.after,
+            content_digest=row.content_digest,
             request_id=row.request_id,
             prev_hash=row.prev_hash,
         )
@@ -173,8 +201,9 @@ def _lock_head(session: Session) -> tuple[int, str]:
 
 @event.listens_for(Session, "before_flush")
 def _chain_new_records(session: Session, _context: UOWTransaction, _instances: object) -> None:
-    """Give the audit records about to be inserted their ``seq``, ``prev_hash`` and ``hash``, in the order
-    they were added, and move the head on — in the same transaction, so a rollback undoes both."""
+    """Give the audit records about to be inserted their ``seq``, salt, content digest, ``prev_hash`` and
+    ``hash``, in the order they were added, and move the head on — in the same transaction, so a rollback undoes
+    both."""
     pending = [obj for obj in session.new if isinstance(obj, AuditEntry)]
     if not pending:
         return
@@ -186,6 +215,8 @@ def _chain_new_records(session: Session, _context: UOWTransaction, _instances: o
         entry.prev_hash = prev
         entry.before = json_ready(entry.before)
         entry.after = json_ready(entry.after)
+        entry.content_salt = new_salt()
+        entry.content_digest = content_digest(entry.content_salt, entry.before, entry.after)
         entry.hash = record_hash(entry)
         prev = entry.hash
     session.execute(sa.update(_head).where(_head.c.id == HEAD_ID).values(seq=seq, hash=prev))
@@ -197,7 +228,8 @@ def _chain_new_records(session: Session, _context: UOWTransaction, _instances: o
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One break in the chain. ``kind``: ``edited``, ``removed``, ``inserted`` or ``head``."""
+    """One break in the chain. ``kind``: ``edited``, ``removed``, ``inserted``, ``redacted`` (content removed
+    with no ``audit.redact`` record naming it) or ``head``."""
 
     kind: str
     detail: str
@@ -229,6 +261,9 @@ _COLUMNS = (
     AuditEntry.object_id,
     AuditEntry.before,
     AuditEntry.after,
+    AuditEntry.content_digest,
+    AuditEntry.content_salt,
+    AuditEntry.redacted_at,
     AuditEntry.request_id,
     AuditEntry.prev_hash,
     AuditEntry.hash,
@@ -252,6 +287,7 @@ async def verify(session: AsyncSession, *, batch: int = 2000) -> ChainReport:
     last_hash = GENESIS
     last_id: int | None = None
     walked: list[tuple[int, int]] = []  # (seq, id) of records seen beyond the first head read, for the end
+    unexplained: dict[int, int] = {}  # seq -> id of redacted records no audit.redact record has named yet
     first_head = await _read_head(session)
     while True:
         rows = (
@@ -263,6 +299,7 @@ async def verify(session: AsyncSession, *, batch: int = 2000) -> ChainReport:
             for row in rows:
                 report.records += 1
                 _check(report, row, last_seq, last_hash, last_id)
+                _check_content(report, row, unexplained)
                 if first_head is None or row.seq > first_head[0]:
                     walked.append((int(row.seq), int(row.id)))
                 last_seq, last_hash, last_id = int(row.seq), str(row.hash), int(row.id)
@@ -272,6 +309,18 @@ async def verify(session: AsyncSession, *, batch: int = 2000) -> ChainReport:
             first_head = head  # appends committed meanwhile: walk on to them
             continue
         break
+    # a redaction commits its records' new state with the record naming them, so a walk that saw the one sees
+    # the other (it comes later in the chain, and the walk goes on to the head it read after seeing the first)
+    for seq, record_id in sorted(unexplained.items()):
+        report.findings.append(
+            Finding(
+                "redacted",
+                f"record {record_id} (seq {seq}) had its content removed, but no {REDACT_ACTION} record names "
+                "it: it was redacted behind the application's back",
+                seq,
+                record_id,
+            )
+        )
     if head is None:
         if report.records:
             report.findings.append(Finding("head", "the chain head row is missing: it was deleted"))
@@ -342,3 +391,42 @@ def _check(report: ChainReport, row: Any, last_seq: int, last_hash: str, last_id
                 record_id,
             )
         )
+
+
+def _check_content(report: ChainReport, row: Any, unexplained: dict[int, int]) -> None:
+    """Check one record's content against its digest, or, if redacted, that it was redacted by the application:
+    no content and no salt left, and (checked at the end of the walk) named by a later ``audit.redact`` record,
+    whose own content names the records it redacted."""
+    seq, record_id = int(row.seq), int(row.id)
+    where = f"record {record_id} (seq {seq}, {row.action} on {row.object_type} {row.object_id})"
+    if row.redacted_at is not None:
+        if row.before is not None or row.after is not None or row.content_salt is not None:
+            report.findings.append(
+                Finding(
+                    "edited",
+                    f"{where} is marked redacted but still carries its content: the mark was set behind the "
+                    "application's back",
+                    seq,
+                    record_id,
+                )
+            )
+        else:
+            unexplained[seq] = record_id
+        return
+    if (
+        row.content_salt is None
+        or content_digest(row.content_salt, row.before, row.after) != row.content_digest
+    ):
+        report.findings.append(
+            Finding(
+                "edited",
+                f"{where} was edited: its content (before/after) no longer matches its digest",
+                seq,
+                record_id,
+            )
+        )
+        return
+    if row.action == REDACT_ACTION and isinstance(row.after, dict):
+        for named in row.after.get("records") or ():
+            if isinstance(named, int):
+                unexplained.pop(named, None)

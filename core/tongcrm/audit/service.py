@@ -2,8 +2,11 @@
 
 Services call :func:`record` inside the unit of work of the change they describe, so an audit row exists
 exactly when the change commits: the record is written, and hash-chained, as the unit of work commits
-(:mod:`tongcrm.audit.chain`), so it cannot be read back in the transaction that records it. The request id comes from the logging context the HTTP middleware binds,
-which keeps services free of HTTP.
+(:mod:`tongcrm.audit.chain`), so it cannot be read back in the transaction that records it. The request id comes
+from the logging context the HTTP middleware binds, which keeps services free of HTTP.
+
+:func:`redact` is the one change ever made to a written record: it removes the content of records (PIPL
+erasure) and records that it did, so the chain still verifies and shows what was redacted, when and why.
 """
 
 from __future__ import annotations
@@ -66,6 +69,49 @@ def record(
     )
     chain.stage(session, entry)
     return entry
+
+
+async def redact(
+    session: AsyncSession,
+    actor: Actor,
+    which: sa.ColumnElement[bool],
+    *,
+    reason: str,
+    object_type: str,
+    object_id: object,
+) -> list[int]:
+    """Remove the ``before``/``after`` (and salt) of every committed audit record matching ``which``, set their
+    ``redacted_at``, and append one ``audit.redact`` record about ``object_type``/``object_id`` naming them by
+    ``seq`` with ``reason``. Returns those seqs (none: nothing is recorded).
+
+    Records already redacted are left alone, and ``audit.redact`` records are never redacted: they hold only
+    seqs and the reason, and they are what tells ``verify`` a redacted record was redacted by the application.
+    Records staged in this unit of work are not in the table yet, so they are never redacted by it. The chain
+    hash covers the content's digest, not the content, so it stays valid (:mod:`tongcrm.audit.chain`).
+    """
+    seqs = list(
+        (
+            await session.execute(
+                sa.select(AuditEntry.seq)
+                .where(which, AuditEntry.redacted_at.is_(None), AuditEntry.action != chain.REDACT_ACTION)
+                .order_by(AuditEntry.seq)
+            )
+        ).scalars()
+    )
+    if not seqs:
+        return []
+    now = utcnow()
+    for start in range(0, len(seqs), 1000):
+        await session.execute(
+            sa.update(AuditEntry)
+            .where(AuditEntry.seq.in_(seqs[start : start + 1000]), AuditEntry.redacted_at.is_(None))
+            .values(before=sa.null(), after=sa.null(), content_salt=None, redacted_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    record(
+        session, actor, chain.REDACT_ACTION, object_type, object_id, after={"records": seqs, "reason": reason}
+    )
+    return seqs
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,6 +192,8 @@ class AuditOut(msgspec.Struct):
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     request_id: str | None
+    #: set when the entry's content was redacted (PIPL erasure): ``before``/``after`` are then gone
+    redacted_at: datetime | None = None
 
 
 class AuditPage(msgspec.Struct):

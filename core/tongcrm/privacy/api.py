@@ -68,7 +68,8 @@ class PrivacyController(Controller):
         "texts and variables, reply texts, shipments and the personal values of merges and audit entries; keeps "
         "the anonymous member record (`status: erased`), orders, the points ledger and tier history, so "
         "reports and `tongcrm verify` stay right. Final. A later order by the same buyer makes a new member. "
-        "Admins only; audited as `member.erase` with the reason.",
+        "Admins only; audited as `member.erase` with the reason, and as `audit.redact` naming the audit entries "
+        "whose content was removed (the hash chain still verifies).",
     )
     async def erase(
         self,

@@ -14,12 +14,19 @@ merged into: asking for a tombstone exports the live member, whose data includes
   values in merge records (matched claims, profile changes: such a merge cannot be undone any more);
 - kept: the member row itself as an anonymous record (``status='erased'``), orders and their lines (amounts,
   goods, times: anonymous once the member is), the points ledger, lots and balance (so ``tongcrm verify``
-  and reports stay right), tier history, entitlement grants and the audit entries' who/what/when;
-- kept, for now: the audit log's entries about the member as they were written (masked mobile, but the name
-  and profile as they changed): the log is hash-chained (:mod:`tongcrm.audit.chain`) and an entry's content is
-  part of its hash, so removing it would read as tampering. Erasing audit content needs a chain that hashes a
-  digest of the content (so the content can go and the link stay); until then the erasure is itself audited
-  and the older entries are reachable only by admins;
+  and reports stay right), tier history, entitlement grants;
+- redacted: the content (``before``/``after``) of the audit entries about the member, which hold the name and
+  profile as they changed (:func:`tongcrm.audit.service.redact`; the hash chain covers a salted digest of the
+  content, so it still verifies, and one ``audit.redact`` entry names the redacted ones and gives the reason).
+  Which entries: those whose object is the member or one of its tombstones (``object_type='member'``, its id:
+  profile changes, tags, consents, reveals, counter enrolments, earlier exports), and those about a merge the
+  member took part in (``object_type='merge'``, a merge whose survivor or absorbed member is one of them: their
+  content is profile snapshots, and a merge moves the member's name into the survivor's, so the survivor's
+  snapshot in such an entry goes too). Not redacted: entries that name the member only by id among others, such
+  as a bulk ``member.reveal`` (``{"fields", "member_ids"}``): an id points at the anonymous record and is no
+  personal data once the member is erased, and those entries hold nothing else about them. The entries'
+  who/what/when stay, and so does the ``member.erase`` entry this erasure appends (its reason is the operator's
+  text: it should name a request, not the person);
 - also kept, deliberately: SMS opt-outs, which bind the number (by blind index) and not the member: the law
   requires a sender to stop once a number refused, and that duty outlives the member record.
 
@@ -32,8 +39,8 @@ refund, a status change) stays with the anonymous record: ingest does not resolv
 (:func:`tongcrm.ingest.apply.apply_orders_page`), so the erased data is not rebuilt from an old order, and
 its points are reversed on the record that earned them.
 
-Both operations are audited (``member.export``, ``member.erase``); who may call them (admins) is decided by
-the API and the CLI, not here.
+Both operations are audited (``member.export``, ``member.erase``, and ``audit.redact`` for the redaction); who
+may call them (admins) is decided by the API and the CLI, not here.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit import service as audit
+from tongcrm.audit.models import AuditEntry
 from tongcrm.audit.service import Actor
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.consent.models import ConsentEvent
@@ -297,6 +305,8 @@ class ErasureReport:
     replies: int
     orders: int
     merges: int
+    #: audit entries whose content was redacted
+    audit_entries: int = 0
     already_erased: bool = False
 
     def counts(self) -> dict[str, int]:
@@ -309,6 +319,7 @@ class ErasureReport:
             "replies": self.replies,
             "orders": self.orders,
             "merges": self.merges,
+            "audit_entries": self.audit_entries,
         }
 
 
@@ -385,6 +396,13 @@ async def erase_member(session: AsyncSession, member_id: int, actor: Actor, *, r
     orders = _count(
         await session.execute(sa.update(Order).where(Order.member_id.in_(ids)).values(shipments=[]))
     )
+    merge_ids = list(
+        (
+            await session.execute(
+                sa.select(Merge.id).where(sa.or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
+            )
+        ).scalars()
+    )
     merges = _count(
         await session.execute(
             sa.update(Merge)
@@ -392,7 +410,20 @@ async def erase_member(session: AsyncSession, member_id: int, actor: Actor, *, r
             .values(evidence=[], profile_changes={}, status=ERASED)
         )
     )
-    report = ErasureReport(mid, members, identities, tags, consents, messages, replies, orders, merges)
+    audit_entries = await audit.redact(
+        session,
+        actor,
+        sa.or_(
+            sa.and_(AuditEntry.object_type == "member", AuditEntry.object_id.in_([str(i) for i in ids])),
+            sa.and_(AuditEntry.object_type == "merge", AuditEntry.object_id.in_([str(i) for i in merge_ids])),
+        ),
+        reason=f"member.erase: {reason}",
+        object_type="member",
+        object_id=mid,
+    )
+    report = ErasureReport(
+        mid, members, identities, tags, consents, messages, replies, orders, merges, len(audit_entries)
+    )
     audit.record(session, actor, "member.erase", "member", mid, after={"reason": reason, **report.counts()})
     log.info("member erased", member_id=mid, actor=actor.name)
     return report

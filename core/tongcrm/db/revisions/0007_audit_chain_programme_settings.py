@@ -1,4 +1,4 @@
-"""Audit records chained by hash; programme settings stored in the database, versioned; the orders listing's index
+"""Audit records chained by hash (over a salted digest of their content, so it can be redacted); programme settings stored in the database, versioned; the orders listing's index
 
 Revision ID: 0007
 Revises: 0004
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import sqlalchemy as sa
 import tongcrm.db.base
 from alembic import op
-from tongcrm.audit.chain import GENESIS, HEAD_ID, json_ready, record_hash
+from tongcrm.audit.chain import GENESIS, HEAD_ID, content_digest, json_ready, new_salt, record_hash
 
 revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0004"
@@ -36,6 +36,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("version", name=op.f("pk_programme_settings")),
     )
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("content_digest", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("content_salt", sa.String(length=32), nullable=True))
+        batch_op.add_column(sa.Column("redacted_at", tongcrm.db.base.UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column("seq", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("prev_hash", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("hash", sa.String(length=64), nullable=True))
@@ -43,6 +46,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_orders_placed_at_id", ["placed_at", "id"], unique=False)
     _chain_existing_records()
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.alter_column("content_digest", existing_type=sa.String(length=64), nullable=False)
         batch_op.alter_column("seq", existing_type=sa.BigInteger(), nullable=False)
         batch_op.alter_column("prev_hash", existing_type=sa.String(length=64), nullable=False)
         batch_op.alter_column("hash", existing_type=sa.String(length=64), nullable=False)
@@ -50,7 +54,8 @@ def upgrade() -> None:
 
 
 def _chain_existing_records() -> None:
-    """Chain the records already there in id order (the order they were written in) and set the head."""
+    """Give the records already there a salt and content digest, chain them in id order (the order they were
+    written in) and set the head."""
     log = sa.table(
         "audit_log",
         sa.column("id", sa.BigInteger()),
@@ -64,6 +69,8 @@ def _chain_existing_records() -> None:
         sa.column("before", tongcrm.db.base.JSONType),
         sa.column("after", tongcrm.db.base.JSONType),
         sa.column("request_id", sa.String()),
+        sa.column("content_digest", sa.String()),
+        sa.column("content_salt", sa.String()),
         sa.column("seq", sa.BigInteger()),
         sa.column("prev_hash", sa.String()),
         sa.column("hash", sa.String()),
@@ -79,14 +86,17 @@ def _chain_existing_records() -> None:
             break
         for row in rows:
             seq += 1
-            values = dict(
-                row, seq=seq, prev_hash=prev, before=json_ready(row["before"]), after=json_ready(row["after"])
-            )
+            salt = new_salt()
+            before, after = json_ready(row["before"]), json_ready(row["after"])
+            digest = content_digest(salt, before, after)
+            values = dict(row, seq=seq, prev_hash=prev, content_digest=digest)
             values["hash"] = record_hash(SimpleNamespace(**values))
             conn.execute(
                 sa.update(log)
                 .where(log.c.id == row["id"])
-                .values(seq=seq, prev_hash=prev, hash=values["hash"])
+                .values(
+                    seq=seq, prev_hash=prev, hash=values["hash"], content_digest=digest, content_salt=salt
+                )
             )
             prev, last_id = values["hash"], row["id"]
     head = sa.table("audit_chain_head", sa.column("id"), sa.column("seq"), sa.column("hash"))
@@ -99,6 +109,9 @@ def downgrade() -> None:
         batch_op.drop_column("hash")
         batch_op.drop_column("prev_hash")
         batch_op.drop_column("seq")
+        batch_op.drop_column("redacted_at")
+        batch_op.drop_column("content_salt")
+        batch_op.drop_column("content_digest")
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.drop_index("ix_orders_placed_at_id")
     op.drop_table("programme_settings")
