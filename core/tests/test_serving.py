@@ -197,23 +197,30 @@ def test_serve_with_workers_runs_jobs_in_one_of_them(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGCRM_")}
     env.update({"TONGCRM_DATABASE_URL": f"sqlite:///{tmp_path / 'crm.sqlite3'}", "TONGCRM_LOG_JSON": "1"})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tongcrm", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    out = tmp_path / "serve.log"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tongcrm", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_for(port, "/health", timeout=60)
+        # one worker answering says nothing of the other, nor of the job runner: on a loaded machine stopping
+        # now raced their start-up, so wait until both workers said they started before stopping them
+        deadline = time.monotonic() + 60
+        while out.read_text().count('"worker started"') < 2 or '"job runner started"' not in out.read_text():
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert proc.stdout is not None
-    log = proc.stdout.read().decode()
+    log = out.read_text()
     assert "from 2 process(es)" in log
     assert log.count('"worker started"') == 2, log
     assert log.count('"job runner started"') == 1, log
