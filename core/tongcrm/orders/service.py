@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels.models import ChannelAccount
-from tongcrm.errors import BadRequest, NotFound
+from tongcrm.errors import BadRequest, NotFound, Unprocessable
 from tongcrm.orders import shipments
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.plugin.types import OrderStatus
@@ -83,7 +83,8 @@ async def list_orders(session: AsyncSession, query: OrderQuery) -> tuple[list[Or
             await session.execute(sa.select(ChannelAccount.id).where(ChannelAccount.name == query.account))
         ).scalar_one_or_none()
         if account_id is None:
-            raise NotFound(f"no channel account named {query.account!r}")
+            # a filter naming nothing is a bad filter (422), not a missing resource: the list itself exists
+            raise Unprocessable(f"no channel account named {query.account!r}")
         if query.account_id is not None and query.account_id != account_id:
             raise BadRequest(f"account {query.account!r} is not channel account {query.account_id}")
         stmt = stmt.where(Order.account_id == account_id)
