@@ -44,6 +44,7 @@ from tongcrm.points.api import MemberPointsController, PointsRulesController
 from tongcrm.programme.api import ProgrammeSettingsController
 from tongcrm.programme.service import SettingsCache
 from tongcrm.replay.service import ReplayGuard
+from tongcrm.rfm.api import RfmController
 from tongcrm.segments.api import SegmentController
 from tongcrm.tiers.api import MemberTierController, TierController
 
@@ -68,6 +69,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     OrderController,
     SegmentController,
     LifecycleController,
+    RfmController,
 )
 
 

@@ -566,12 +566,14 @@ def build_cli(host: PluginHost) -> click.Group:
         context_settings=cli.context_settings,
     )
     from tongcrm.ingest.cli import channel_group, sync_command
+    from tongcrm.rfm.cli import rfm_group
     from tongcrm.segments.cli import segments_group
 
     group.add_command(channel_group(host))
     group.add_command(sync_command(host))
     group.add_command(segments_group)
-    for command in host.cli_commands(reserved=CORE_COMMANDS | {"channel", "sync", "segments"}):
+    group.add_command(rfm_group)
+    for command in host.cli_commands(reserved=CORE_COMMANDS | {"channel", "sync", "segments", "rfm"}):
         group.add_command(command)
     return group
 

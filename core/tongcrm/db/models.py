@@ -24,6 +24,7 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.replay.models",
     "tongcrm.segments.models",
     "tongcrm.lifecycle.models",
+    "tongcrm.rfm.models",
 )
 
 

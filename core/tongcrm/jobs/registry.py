@@ -17,6 +17,7 @@ JOB_MODULES: tuple[str, ...] = (
     "tongcrm.messaging.jobs",
     "tongcrm.segments.jobs",
     "tongcrm.lifecycle.jobs",
+    "tongcrm.rfm.jobs",
 )
 
 

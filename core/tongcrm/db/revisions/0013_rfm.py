@@ -1,0 +1,66 @@
+"""RFM: settings versions, recompute runs with their quintile edges, scores per member
+
+Revision ID: 0013
+Revises: 0004
+Create Date: 2026-12-06 02:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+import tongcrm.db.base
+from alembic import op
+
+revision: str = "0013"
+down_revision: str | Sequence[str] | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "rfm_policies",
+        sa.Column("version", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("window_days", sa.Integer(), nullable=False),
+        sa.Column("channels", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("version", name=op.f("pk_rfm_policies")),
+    )
+    op.create_table(
+        "rfm_runs",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("policy_version", sa.Integer(), nullable=False),
+        sa.Column("as_of", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("started_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("finished_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("edges_run_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("edges", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("means", tongcrm.db.base.JSONType, nullable=False),
+        sa.Column("members", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rfm_runs")),
+    )
+    op.create_table(
+        "rfm_scores",
+        sa.Column("member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("recency_days", sa.Integer(), nullable=False),
+        sa.Column("frequency", sa.Integer(), nullable=False),
+        sa.Column("monetary_fen", sa.BigInteger(), nullable=False),
+        sa.Column("r", sa.SmallInteger(), nullable=False),
+        sa.Column("f", sa.SmallInteger(), nullable=False),
+        sa.Column("m", sa.SmallInteger(), nullable=False),
+        sa.Column("cell", sa.String(length=24), nullable=False),
+        sa.Column("run_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("computed_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["member_id"], ["members.id"], name=op.f("fk_rfm_scores_member_id_members")),
+        sa.PrimaryKeyConstraint("member_id", name=op.f("pk_rfm_scores")),
+    )
+    with op.batch_alter_table("rfm_scores", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_rfm_scores_cell"), ["cell"], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_table("rfm_scores")
+    op.drop_table("rfm_runs")
+    op.drop_table("rfm_policies")
