@@ -43,6 +43,7 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
 from tongcrm.programme.api import ProgrammeSettingsController
 from tongcrm.programme.service import SettingsCache
+from tongcrm.referrals.api import ReferralController
 from tongcrm.replay.service import ReplayGuard
 from tongcrm.rfm.api import RfmController
 from tongcrm.segments.api import SegmentController
@@ -70,6 +71,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     SegmentController,
     LifecycleController,
     RfmController,
+    ReferralController,
 )
 
 

@@ -25,6 +25,7 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.segments.models",
     "tongcrm.lifecycle.models",
     "tongcrm.rfm.models",
+    "tongcrm.referrals.models",
 )
 
 

@@ -32,6 +32,7 @@ from tongcrm.orders.shipments import encode as encode_shipments
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import NormalisedOrder, OrderStatus, QuarantinedRecord
 from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_orders
+from tongcrm.referrals import service as referrals
 from tongcrm.tiers.service import TierContext
 from tongcrm.tiers.service import reevaluate as reevaluate_tiers
 
@@ -326,7 +327,10 @@ async def apply_orders_page(
             )
         )
     if facts:
-        await apply_orders(session, PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor), facts)
+        points_ctx = PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
+        await apply_orders(session, points_ctx, facts)
+        # the referral rule: a referred member's first qualifying order credits the referrer; its refund reverses
+        await referrals.on_orders(session, points_ctx, facts)
         # a qualifying purchase upgrades at once (downgrades wait for review time)
         await reevaluate_tiers(
             session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), result.member_ids

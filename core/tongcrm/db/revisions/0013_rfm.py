@@ -1,4 +1,5 @@
-"""RFM: settings versions, recompute runs with their quintile edges, scores per member
+"""RFM: settings versions, recompute runs with their quintile edges, scores per member; referral codes and
+referral rewards
 
 Revision ID: 0013
 Revises: 0004
@@ -59,8 +60,51 @@ def upgrade() -> None:
     with op.batch_alter_table("rfm_scores", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_rfm_scores_cell"), ["cell"], unique=False)
 
+    op.create_table(
+        "referral_codes",
+        sa.Column("member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("code", sa.String(length=16), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_referral_codes_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("member_id", name=op.f("pk_referral_codes")),
+        sa.UniqueConstraint("code", name=op.f("uq_referral_codes_code")),
+    )
+    op.create_table(
+        "referral_rewards",
+        sa.Column("referred_member_id", tongcrm.db.base.BigId, autoincrement=False, nullable=False),
+        sa.Column("referrer_member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("order_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("points", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("awarded_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("reversed_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("reversed_points", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["order_id"], ["orders.id"], name=op.f("fk_referral_rewards_order_id_orders")
+        ),
+        sa.ForeignKeyConstraint(
+            ["referred_member_id"],
+            ["members.id"],
+            name=op.f("fk_referral_rewards_referred_member_id_members"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["referrer_member_id"],
+            ["members.id"],
+            name=op.f("fk_referral_rewards_referrer_member_id_members"),
+        ),
+        sa.PrimaryKeyConstraint("referred_member_id", name=op.f("pk_referral_rewards")),
+    )
+    with op.batch_alter_table("referral_rewards", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_referral_rewards_referrer_member_id"), ["referrer_member_id"], unique=False
+        )
+
 
 def downgrade() -> None:
+    op.drop_table("referral_rewards")
+    op.drop_table("referral_codes")
     op.drop_table("rfm_scores")
     op.drop_table("rfm_runs")
     op.drop_table("rfm_policies")
