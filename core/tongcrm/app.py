@@ -47,6 +47,7 @@ from tongcrm.referrals.api import ReferralController
 from tongcrm.replay.service import ReplayGuard
 from tongcrm.rfm.api import RfmController
 from tongcrm.segments.api import SegmentController
+from tongcrm.tagrules.api import TagHistoryController, TagRuleController
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -72,6 +73,8 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     LifecycleController,
     RfmController,
     ReferralController,
+    TagRuleController,
+    TagHistoryController,
 )
 
 

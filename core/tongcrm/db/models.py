@@ -26,6 +26,8 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.lifecycle.models",
     "tongcrm.rfm.models",
     "tongcrm.referrals.models",
+    "tongcrm.members.tag_history",
+    "tongcrm.tagrules.models",
 )
 
 

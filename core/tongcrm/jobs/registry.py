@@ -18,6 +18,7 @@ JOB_MODULES: tuple[str, ...] = (
     "tongcrm.segments.jobs",
     "tongcrm.lifecycle.jobs",
     "tongcrm.rfm.jobs",
+    "tongcrm.tagrules.jobs",
 )
 
 

@@ -1,5 +1,5 @@
 """RFM: settings versions, recompute runs with their quintile edges, scores per member; referral codes and
-referral rewards
+referral rewards; member tag history and tag rules
 
 Revision ID: 0013
 Revises: 0004
@@ -15,7 +15,8 @@ from alembic import op
 revision: str = "0013"
 down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+# tag_rules references segments (0011); the chain is relinked on merge, this keeps the order until then
+depends_on: str | Sequence[str] | None = "0011"
 
 
 def upgrade() -> None:
@@ -101,8 +102,60 @@ def upgrade() -> None:
             batch_op.f("ix_referral_rewards_referrer_member_id"), ["referrer_member_id"], unique=False
         )
 
+    op.create_table(
+        "member_tag_history",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("tag", sa.String(length=64), nullable=False),
+        sa.Column("action", sa.String(length=16), nullable=False),
+        sa.Column("at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("rule_id", tongcrm.db.base.BigId, nullable=True),
+        sa.Column("actor", sa.String(length=100), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_member_tag_history_member_id_members")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_member_tag_history")),
+    )
+    with op.batch_alter_table("member_tag_history", schema=None) as batch_op:
+        batch_op.create_index("ix_member_tag_history_member_id_id", ["member_id", "id"], unique=False)
+    op.create_table(
+        "tag_rules",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("tag", sa.String(length=64), nullable=False),
+        sa.Column("segment_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.Column("last_run_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["segment_id"], ["segments.id"], name=op.f("fk_tag_rules_segment_id_segments")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tag_rules")),
+        sa.UniqueConstraint("tag", name=op.f("uq_tag_rules_tag")),
+    )
+    op.create_table(
+        "tag_rule_members",
+        sa.Column("id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("rule_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("member_id", tongcrm.db.base.BigId, nullable=False),
+        sa.Column("tagged_at", tongcrm.db.base.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.id"], name=op.f("fk_tag_rule_members_member_id_members")
+        ),
+        sa.ForeignKeyConstraint(
+            ["rule_id"], ["tag_rules.id"], name=op.f("fk_tag_rule_members_rule_id_tag_rules")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tag_rule_members")),
+    )
+    with op.batch_alter_table("tag_rule_members", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_tag_rule_members_member_id"), ["member_id"], unique=False)
+        batch_op.create_index("ix_tag_rule_members_rule_id_member_id", ["rule_id", "member_id"], unique=False)
+
 
 def downgrade() -> None:
+    op.drop_table("tag_rule_members")
+    op.drop_table("tag_rules")
+    op.drop_table("member_tag_history")
     op.drop_table("referral_rewards")
     op.drop_table("referral_codes")
     op.drop_table("rfm_scores")
