@@ -300,3 +300,20 @@ def test_cli_recompute_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert incremental.exit_code == 0 and "rfm incremental run 2" in incremental.output
     cells = invoke("rfm", "cells")
     assert "important_value" in cells.output and "重要价值客户" in cells.output
+
+
+async def test_the_job_runs_full_or_incremental_by_payload(tongcrm_db: TestDatabase) -> None:
+    from tongcrm.jobs.registry import load_job_modules
+    from tongcrm.jobs.runner import JobContext
+
+    async with tongcrm_db.sessions() as s, s.begin():
+        await _population(s)
+    handler = load_job_modules().handlers["rfm.recompute"]
+    ctx = JobContext(tongcrm_db.sessions, PluginHost(autoload=False), lambda: NOW, job_id=1, attempt=1)
+    await handler(ctx, {"full": False})  # no full run yet: it runs full
+    await handler(ctx, {"full": False})
+    await handler(ctx, {"full": True})
+    async with tongcrm_db.sessions() as s:
+        runs = (await s.execute(sa.select(RfmRun.kind, RfmRun.members).order_by(RfmRun.id))).all()
+    assert [r.kind for r in runs] == ["full", "incremental", "full"]
+    assert runs[0].members == 10 and runs[2].members == 10
