@@ -84,6 +84,8 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
         "member mobiles": {old.kid: 3},
         "channel account secrets": {old.kid: 1},
         "messenger account secrets": {old.kid: 1},
+        "quarantined records": {},
+        "sms inbound payloads": {},
         rotation.MOBILE_IDENTITIES: {old.kid: 3},
         rotation.OPT_OUTS: {old.kid: 3},
     }
@@ -204,3 +206,44 @@ async def test_one_number_on_two_members_is_left_for_an_operator_and_its_opt_out
     usage = await _usage(tongcrm_db, both)
     assert usage.by_store[rotation.MOBILE_IDENTITIES] == {old.kid: 1, new.kid: 2}
     assert usage.by_store[rotation.OPT_OUTS] == {new.kid: 1}  # the old copy gave way to the one already there
+
+
+async def test_sealed_payloads_move_to_the_new_key_and_plain_ones_are_sealed(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """Quarantined records and SMS inbound payloads are ciphertexts like mobiles; those stored in plain text
+    before they were sealed (issue #18) are counted as ``clear`` and sealed by the rotation."""
+    from tongcrm.channels.models import QuarantinedRecord
+    from tongcrm.messaging.models import InboundRecord
+    from tongcrm.privacy.sealed import INBOUND_PAYLOAD, QUARANTINE_PAYLOAD, is_sealed, seal, unseal
+
+    old, both = Vault(OLD), Vault(NEW, [OLD])
+    await _seed_under(tongcrm_db, old)
+    raw = '{"receiver_mobile": "13800138000"}'
+    async with tongcrm_db.sessions() as session, session.begin():
+        shop = (await session.execute(sa.select(ChannelAccount.id))).scalar_one()
+        sms = (await session.execute(sa.select(MessengerAccount.id))).scalar_one()
+        for i, payload in enumerate([seal(old, raw, context=QUARANTINE_PAYLOAD), raw]):
+            session.add(QuarantinedRecord(account_id=shop, reason="r", payload=payload, fingerprint=f"f{i}"))
+        for i, payload in enumerate([seal(old, "TD", context=INBOUND_PAYLOAD), "v1.2 plain reply", ""]):
+            session.add(InboundRecord(account_id=sms, kind="reply", dedupe_key=f"k{i}", payload=payload))
+    before = await _usage(tongcrm_db, both)
+    assert before.by_store["quarantined records"] == {old.kid: 1, rotation.CLEAR: 1}
+    assert before.by_store["sms inbound payloads"] == {old.kid: 1, rotation.CLEAR: 1}
+
+    report = await rotation.rotate(tongcrm_db.sessions, both, batch=1)
+    assert report.moved["quarantined records"] == 2 and report.moved["sms inbound payloads"] == 2
+    after = await _usage(tongcrm_db, both)
+    assert after.by_store["quarantined records"] == {both.kid: 2}
+    assert after.by_store["sms inbound payloads"] == {both.kid: 2}
+    new_alone = Vault(NEW)
+    async with tongcrm_db.sessions() as session:
+        records = (await session.execute(sa.select(QuarantinedRecord.payload))).scalars().all()
+        replies = (
+            (await session.execute(sa.select(InboundRecord.payload).order_by(InboundRecord.dedupe_key)))
+            .scalars()
+            .all()
+        )
+    assert all(is_sealed(p) for p in records)
+    assert [unseal(new_alone, p, context=QUARANTINE_PAYLOAD) for p in records] == [raw, raw]
+    assert [unseal(new_alone, p, context=INBOUND_PAYLOAD) for p in replies] == ["TD", "v1.2 plain reply", ""]

@@ -17,9 +17,10 @@ from litestar.types import ControllerRouterHandler
 
 import tongcrm
 from tongcrm.api.deps import dependencies
+from tongcrm.api.inputs import StrictRequest, collect_query_names, document_problems
 from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.problems import exception_handlers
-from tongcrm.api.security import authorize, check_route_access
+from tongcrm.api.security import ROLES_OPT, authorize, check_route_access
 from tongcrm.api.system import PluginController, health
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
@@ -41,6 +42,7 @@ from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.api import MemberPointsController, PointsRulesController
+from tongcrm.privacy.api import PrivacyController
 from tongcrm.programme.api import ProgrammeSettingsController
 from tongcrm.programme.service import SettingsCache
 from tongcrm.referrals.api import ReferralController
@@ -71,6 +73,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     OrderController,
     SegmentController,
     LifecycleController,
+    PrivacyController,
     RfmController,
     ReferralController,
     TagRuleController,
@@ -149,6 +152,7 @@ def create_app(
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         before_request=authorize,
+        request_class=StrictRequest,
         lifespan=[lifespan],
         state=State(state),
         openapi_config=OpenAPIConfig(
@@ -168,6 +172,8 @@ def create_app(
         debug=False,
     )
     check_route_access(app.routes, public)
+    collect_query_names(app.routes)
+    document_problems(app, ROLES_OPT)
     return with_request_ids(app)
 
 

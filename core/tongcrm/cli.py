@@ -553,6 +553,70 @@ def tiers_grant_standing(ctx: Context, batch: int) -> None:
     click.echo(f"standing grants: {moved.opened} opened, {moved.closed} closed")
 
 
+@cli.group()
+def member() -> None:
+    """A member's rights under PIPL: a copy of their data, and its erasure (both audited)."""
+
+
+#: who the audit log names for what is done from the command line (whoever can run it holds the database)
+CLI_ACTOR = ("cli", "admin")
+
+
+@member.command("export")
+@click.argument("member_id", type=int)
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False, writable=True), help="Write here, not stdout."
+)
+@pass_ctx
+def member_export(ctx: Context, member_id: int, out_file: str | None) -> None:
+    """Print (or write to --out) everything kept about MEMBER_ID as JSON."""
+    import json
+
+    # logs go to stderr, so that stdout is the document alone
+    configure_logging(json=ctx.settings.log_json, level=ctx.settings.log_level)
+    from tongcrm.audit.service import Actor
+    from tongcrm.privacy import service as privacy
+
+    vault = ctx.settings.vault()
+
+    async def body(engine: Any) -> dict[str, Any]:
+        async with session_factory(engine)() as session, session.begin():
+            return await privacy.export_member(session, vault, member_id, Actor(*CLI_ACTOR))
+
+    text = json.dumps(run(_with_engine(ctx.settings, body)), ensure_ascii=False, indent=2)
+    if out_file:
+        with open(out_file, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+        click.echo(f"member {member_id} exported to {out_file}")
+    else:
+        click.echo(text)
+
+
+@member.command("erase")
+@click.argument("member_id", type=int)
+@click.option("--reason", required=True, help="The request this answers (kept in the audit log).")
+@click.confirmation_option(prompt="This erases the member's personal data for good. Continue?")
+@pass_ctx
+def member_erase(ctx: Context, member_id: int, reason: str) -> None:
+    """Erase MEMBER_ID's personal data; orders and points stay, anonymous."""
+    from tongcrm.audit.service import Actor
+    from tongcrm.privacy import service as privacy
+
+    if not reason.strip():
+        fail("--reason must say which request this erasure answers")
+
+    async def body(engine: Any) -> Any:
+        async with session_factory(engine)() as session, session.begin():
+            return await privacy.erase_member(session, member_id, Actor(*CLI_ACTOR), reason=reason.strip())
+
+    report = run(_with_engine(ctx.settings, body))
+    if report.already_erased:
+        click.echo(f"member {report.member_id} was already erased: nothing changed")
+        return
+    counts = ", ".join(f"{n} {name}" for name, n in report.counts().items() if n)
+    click.echo(f"member {report.member_id} erased ({counts})")
+
+
 CORE_COMMANDS = frozenset(cli.commands)
 
 

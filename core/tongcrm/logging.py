@@ -8,8 +8,38 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+from tongcrm.privacy.redact import redact
+
+
+def _exception_text(exc_info: Any) -> str | None:
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    elif isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if not isinstance(exc_info, tuple) or exc_info[0] is None:
+        return None
+    return "".join(traceback.format_exception(*exc_info))
+
+
+def scrub(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Render an exception as a plain traceback (code, never local variables) and pass every text of the line
+    through :func:`tongcrm.privacy.redact.redact`: a driver's error quoting a bound value, a number or a key
+    that slipped into a message, do not reach the log."""
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info:
+        text = _exception_text(exc_info)
+        if text:
+            event_dict["exception"] = text
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+    return event_dict
 
 
 def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
@@ -25,9 +55,9 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    tail: list[structlog.types.Processor] = [structlog.processors.StackInfoRenderer()]
-    if json:
-        tail.append(structlog.processors.format_exc_info)
+    # ``scrub`` formats exceptions itself: structlog's console default would print every frame's local
+    # variables (request bodies, mobiles, keys) with a traceback
+    tail: list[structlog.types.Processor] = [structlog.processors.StackInfoRenderer(), scrub]
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

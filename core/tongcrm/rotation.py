@@ -6,7 +6,9 @@ Rotating ``TONGCRM_SECRET_KEY`` is three steps: set the new secret and list the 
 from ``TONGCRM_OLD_SECRET_KEYS``.
 
 What is moved: members' encrypted mobiles, mobile identities (blind index and ciphertext together), the
-encrypted secrets of channel and messenger accounts, and SMS opt-outs, which are found by blind index and keep
+encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
+replies and unparseable gateway entries, :mod:`tongcrm.privacy.sealed`; one stored before sealing existed is
+in plain text, counted under ``clear``, and is sealed by the rotation), and SMS opt-outs, which are found by blind index and keep
 their number encrypted beside it. An opt-out recorded before its number was kept (revision 0004) moves with the
 mobile identity that has the same index, in the same transaction, so that it is never left findable only under
 a key that is about to go; one of a number no member has cannot be re-indexed (its number is stored nowhere)
@@ -29,14 +31,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import SYSTEM, Actor
-from tongcrm.channels.models import ChannelAccount
+from tongcrm.channels.models import ChannelAccount, QuarantinedRecord
 from tongcrm.channels.service import SECRETS_CONTEXT as CHANNEL_SECRETS
 from tongcrm.crypto import Vault
 from tongcrm.identity.models import Identity
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
-from tongcrm.messaging.models import MessengerAccount, SmsOptOut
+from tongcrm.messaging.models import InboundRecord, MessengerAccount, SmsOptOut
 from tongcrm.messaging.service import SECRETS_CONTEXT as MESSENGER_SECRETS
+from tongcrm.privacy.sealed import INBOUND_PAYLOAD, QUARANTINE_PAYLOAD, is_sealed
 
 #: key ids are 8 hex characters: ciphertexts are ``v1.<kid>.…``, blind indexes ``<kid>.…``
 _KID_LEN = 8
@@ -54,6 +57,8 @@ class _Ciphertexts:
     table: sa.Table
     column: str
     context: str
+    #: values stored in plain text before the column was encrypted are sealed by the rotation
+    seals_clear: bool = False
 
 
 _CIPHERTEXTS = (
@@ -64,13 +69,45 @@ _CIPHERTEXTS = (
     _Ciphertexts(
         "messenger account secrets", cast(sa.Table, MessengerAccount.__table__), "secrets", MESSENGER_SECRETS
     ),
+    _Ciphertexts(
+        "quarantined records",
+        cast(sa.Table, QuarantinedRecord.__table__),
+        "payload",
+        QUARANTINE_PAYLOAD,
+        True,
+    ),
+    _Ciphertexts(
+        "sms inbound payloads", cast(sa.Table, InboundRecord.__table__), "payload", INBOUND_PAYLOAD, True
+    ),
 )
+#: the key id ``status`` reports for values stored in plain text
+CLEAR = "clear"
 MOBILE_IDENTITIES = "mobile identities"
 OPT_OUTS = "sms opt-outs"
 
 
 def _cipher_kid(column: Any) -> Any:
     return sa.func.substr(column, 4, _KID_LEN)
+
+
+def _is_cipher(column: Any) -> Any:
+    return sa.and_(column.like("v1.%"), sa.func.substr(column, 4 + _KID_LEN, 1) == ".")
+
+
+def _stored_kid(store: _Ciphertexts) -> Any:
+    column = store.table.c[store.column]
+    if not store.seals_clear:
+        return _cipher_kid(column)
+    return sa.case((_is_cipher(column), _cipher_kid(column)), else_=sa.literal(CLEAR))
+
+
+def _to_move(store: _Ciphertexts, vault: Vault) -> Any:
+    column = store.table.c[store.column]
+    if not store.seals_clear:
+        return sa.and_(column.is_not(None), _cipher_kid(column) != vault.kid)
+    return sa.and_(
+        column.is_not(None), column != "", sa.or_(~_is_cipher(column), _cipher_kid(column) != vault.kid)
+    )
 
 
 def _index_kid(column: Any) -> Any:
@@ -123,7 +160,8 @@ async def key_usage(session: AsyncSession, vault: Vault) -> KeyUsage:
 
     for store in _CIPHERTEXTS:
         column = store.table.c[store.column]
-        await count(store.name, _cipher_kid(column), store.table, column.is_not(None))
+        where = [column.is_not(None), column != ""] if store.seals_clear else [column.is_not(None)]
+        await count(store.name, _stored_kid(store), store.table, *where)
     await count(
         MOBILE_IDENTITIES, _index_kid(_IDENTITIES.c.value), _IDENTITIES, _IDENTITIES.c.kind == "mobile"
     )
@@ -212,7 +250,7 @@ async def _rotate_ciphertexts(
     key = table.primary_key.columns.values()[0]
 
     async def page(session: AsyncSession, after: Any) -> Sequence[Any]:
-        query = sa.select(key, column).where(column.is_not(None), _cipher_kid(column) != vault.kid)
+        query = sa.select(key, column).where(_to_move(store, vault))
         if after is not None:
             query = query.where(key > after)
         return (await session.execute(query.order_by(key).limit(batch))).all()
@@ -221,7 +259,9 @@ async def _rotate_ciphertexts(
         changes = []
         for row_id, old in rows:
             try:
-                new = vault.encrypt(vault.decrypt(old, context=store.context), context=store.context)
+                clear = old if store.seals_clear and not is_sealed(old) else None
+                text = clear if clear is not None else vault.decrypt(old, context=store.context)
+                new = vault.encrypt(text, context=store.context)
             except ValueError:
                 report.add(report.unreadable, store.name, 1)
                 continue

@@ -287,7 +287,8 @@ async def test_points_changed_events_go_through_the_outbox(tongcrm_db: TestDatab
 
 
 async def test_merge_listener_recomputes_balances(tongcrm_db: TestDatabase) -> None:
-    from tongcrm.members.references import listeners, references
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.members.references import MergeContext, notify, references
 
     a, b = await _members(tongcrm_db)
     c = ctx(Clock(), {**BASE, "reversal_policy": "debt"})
@@ -310,8 +311,7 @@ async def test_merge_listener_recomputes_balances(tongcrm_db: TestDatabase) -> N
                     sa.text(f"UPDATE {ref.table} SET {ref.column} = :a WHERE {ref.column} = :b"),  # noqa: S608 - names from the registry
                     {"a": a, "b": b},
                 )
-        for listener in listeners():
-            await listener(s, a, (b,))
+        await notify(s, a, (b,), MergeContext(PAID, SHANGHAI, 0, False, SYSTEM))
     assert await _balance(tongcrm_db, a) == (50, 0, 0, 0)  # the survivor's points paid the absorbed debt
     assert await _balance(tongcrm_db, b) == (0, 0, 0, 0)
     await _verify(tongcrm_db)

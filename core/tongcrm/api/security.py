@@ -22,6 +22,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.routes import BaseRoute
 
+from tongcrm.api.inputs import reject_unknown_query
 from tongcrm.auth.service import KeyVerifier, Principal, Role
 from tongcrm.errors import ConfigError
 
@@ -83,8 +84,10 @@ def requires(*roles: Role) -> dict[str, frozenset[Role]]:
 
 
 async def authorize(request: Request[Any, Any, Any]) -> None:
-    """Before every handler: authenticate the caller and check its role, when the route names roles."""
-    await check_access(request, request.route_handler)
+    """Before every handler: authenticate the caller and check its role, when the route names roles; then
+    refuse query parameters the route does not read (see :mod:`tongcrm.api.inputs`)."""
+    if await check_access(request, request.route_handler) is not None:
+        reject_unknown_query(request)
 
 
 async def check_access(

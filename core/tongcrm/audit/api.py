@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import MAX_ID, QueryId
 from tongcrm.api.security import requires
 from tongcrm.audit import chain
 from tongcrm.audit.service import AuditQuery, search
@@ -46,8 +47,10 @@ class AuditController(Controller):
         action: FromQuery[str | None] = None,
         object_type: FromQuery[str | None] = None,
         object_id: FromQuery[str | None] = None,
-        actor_key_id: FromQuery[int | None] = None,
-        before: Annotated[int | None, QueryParameter(description="next_cursor of the previous page")] = None,
+        actor_key_id: QueryId = None,
+        before: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="next_cursor of the previous page")
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> AuditPage:
         query = AuditQuery(action, object_type, object_id, actor_key_id, before, limit)

@@ -13,10 +13,11 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId
 from tongcrm.api.security import requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -95,7 +96,7 @@ class ApiKeyController(Controller):
     )
     async def revoke(
         self,
-        key_id: FromPath[int],
+        key_id: PathId,
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         principal: NamedDependency[Principal],
     ) -> KeyOut:

@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tongcrm.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Every engine hides bound parameters from its error messages and logs: a failed statement's values are
+#: members' names, encrypted numbers and platform payloads, and its message ends up in the server log.
+HIDE_PARAMETERS = True
 
 
 def async_url(url: str) -> sa.URL:
@@ -69,10 +72,20 @@ def _sqlite_events(engine: AsyncEngine, *, busy_timeout_ms: int) -> AsyncEngine:
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
     aurl = async_url(url)
     if aurl.get_backend_name() == "sqlite":
-        engine = create_async_engine(aurl, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(
+            aurl,
+            echo=echo,
+            hide_parameters=HIDE_PARAMETERS,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
         return _sqlite_events(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
     return create_async_engine(
-        aurl, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        aurl,
+        echo=echo,
+        hide_parameters=HIDE_PARAMETERS,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
     )
 
 
@@ -85,7 +98,13 @@ def create_inline_writer(url: str) -> AsyncEngine | None:
         return None  # not a plain SQLite file (URI filenames and driver options stay with aiosqlite)
     from tongcrm.db.inline_sqlite import connector
 
-    engine = create_async_engine(aurl, async_creator=connector(database), pool_size=2, max_overflow=4)
+    engine = create_async_engine(
+        aurl,
+        async_creator=connector(database),
+        pool_size=2,
+        max_overflow=4,
+        hide_parameters=HIDE_PARAMETERS,
+    )
     return _sqlite_events(engine, busy_timeout_ms=0)
 
 

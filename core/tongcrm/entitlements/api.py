@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
@@ -78,7 +79,7 @@ class EntitlementController(Controller):
     )
     async def use_grant(
         self,
-        grant_id: FromPath[int],
+        grant_id: PathId,
         data: JSONBody[UsageIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
@@ -108,7 +109,7 @@ class MemberEntitlementsController(Controller):
     )
     async def get_entitlements(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
     ) -> MemberEntitlementsOut:
@@ -128,7 +129,7 @@ class MemberEntitlementsController(Controller):
     )
     async def use_standing(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         kind: FromPath[str],
         data: JSONBody[UsageIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],

@@ -12,8 +12,18 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import QueryOffset
 from tongcrm.api.security import READ_ROLES, requires
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord
+from tongcrm.crypto import Vault
+from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, unseal
+
+
+def _payload(vault: Vault, stored: str) -> str:
+    try:
+        return unseal(vault, stored, context=QUARANTINE_PAYLOAD)
+    except ValueError as exc:  # its key is no longer configured
+        return f"(sealed record not readable: {exc})"
 
 
 class QuarantinedOut(msgspec.Struct):
@@ -21,6 +31,7 @@ class QuarantinedOut(msgspec.Struct):
     account: str
     external_id: str | None
     reason: str
+    #: the platform's record as it came (kept sealed at rest)
     payload: str
     created_at: datetime
 
@@ -41,9 +52,10 @@ class QuarantineController(Controller):
     async def list_quarantine(
         self,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        vault: NamedDependency[Vault],
         account: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: QueryOffset = 0,
     ) -> QuarantinePage:
         base = sa.select(QuarantinedRecord, ChannelAccount.name).join(
             ChannelAccount, ChannelAccount.id == QuarantinedRecord.account_id
@@ -58,6 +70,7 @@ class QuarantineController(Controller):
                 await session.execute(base.order_by(QuarantinedRecord.id.desc()).limit(limit).offset(offset))
             ).all()
         items = [
-            QuarantinedOut(r.id, name, r.external_id, r.reason, r.payload, r.created_at) for r, name in rows
+            QuarantinedOut(r.id, name, r.external_id, r.reason, _payload(vault, r.payload), r.created_at)
+            for r, name in rows
         ]
         return QuarantinePage(items=items, total=total, limit=limit, offset=offset)

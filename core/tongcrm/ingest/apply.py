@@ -27,11 +27,14 @@ from tongcrm.db.dialect import dialect_name, insert, insert_for, plan_for_growin
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
+from tongcrm.members.models import ERASED, Member
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.orders.shipments import encode as encode_shipments
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import NormalisedOrder, OrderStatus, QuarantinedRecord
 from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_orders
+from tongcrm.privacy.redact import redact
+from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
 from tongcrm.referrals import service as referrals
 from tongcrm.tiers.service import TierContext
 from tongcrm.tiers.service import reevaluate as reevaluate_tiers
@@ -83,16 +86,20 @@ def fingerprint(external_id: str | None, payload: str) -> str:
     return hashlib.sha256(f"{external_id}\x00{payload}".encode()).hexdigest()
 
 
-async def quarantine(session: AsyncSession, account_id: int, records: Sequence[QuarantinedRecord]) -> int:
-    """Keep records that could not be applied; a replayed page does not add them twice."""
+async def quarantine(
+    session: AsyncSession, vault: Vault, account_id: int, records: Sequence[QuarantinedRecord]
+) -> int:
+    """Keep records that could not be applied; a replayed page does not add them twice. The record is the
+    platform's, buyer's number and address included: it is kept sealed (:mod:`tongcrm.privacy.sealed`), and
+    the reason a plugin gave is scrubbed of any number it quoted."""
     if not records:
         return 0
     rows = [
         {
             "account_id": account_id,
             "external_id": r.external_id,
-            "reason": r.reason,
-            "payload": r.payload,
+            "reason": redact(r.reason),
+            "payload": seal(vault, r.payload, context=QUARANTINE_PAYLOAD),
             "fingerprint": fingerprint(r.external_id, r.payload),
         }
         for r in records
@@ -176,7 +183,7 @@ async def apply_orders_page(
 ) -> PageResult:
     result = PageResult()
     await plan_for_growing_tables(session)
-    result.quarantined += await quarantine(session, account_id, quarantined)
+    result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
     incoming = _latest(orders)
     if not incoming:
         return result
@@ -184,19 +191,29 @@ async def apply_orders_page(
     # 1. what we hold for these orders
     stored_rows = (
         await session.execute(
-            sa.select(Order.external_id, Order.modified_at, Order.status, Order.paid_fen).where(
-                Order.account_id == account_id, Order.external_id.in_([o.external_id for o in incoming])
+            sa.select(
+                Order.external_id,
+                Order.modified_at,
+                Order.status,
+                Order.paid_fen,
+                Order.member_id,
+                Member.status,
             )
+            .outerjoin(Member, Member.id == Order.member_id)
+            .where(Order.account_id == account_id, Order.external_id.in_([o.external_id for o in incoming]))
         )
     ).all()
-    stored = {row.external_id: (row.modified_at, row.status, row.paid_fen) for row in stored_rows}
+    stored = {row[0]: (row[1], row[2], row[3]) for row in stored_rows}
+    # an order of an erased member stays with that anonymous record: its buyer's claims are not resolved
+    # again (that would re-create the personal data the erasure removed, from an old order)
+    erased_owner = {row[0]: row[4] for row in stored_rows if row[5] == ERASED}
     todo = [o for o in incoming if _is_news(o, stored.get(o.external_id))]
     result.unchanged = len(incoming) - len(todo)
     if not todo:
         return result
 
     # 2. who bought them: one resolution for the page
-    with_claims = [o for o in todo if o.claims]
+    with_claims = [o for o in todo if o.claims and o.external_id not in erased_owner]
     outcomes = await resolve_many(
         session,
         ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor, tz=ctx.tz),
@@ -211,7 +228,7 @@ async def apply_orders_page(
             for o in with_claims
         ],
     )
-    member_of: dict[str, int | None] = {o.external_id: None for o in todo}
+    member_of: dict[str, int | None] = {o.external_id: erased_owner.get(o.external_id) for o in todo}
     bad: list[QuarantinedRecord] = []
     for order, outcome in zip(with_claims, outcomes, strict=True):
         if outcome.error is not None:
@@ -225,7 +242,7 @@ async def apply_orders_page(
         member_of[order.external_id] = outcome.member_id
         result.members_created += int(outcome.created)
     if bad:
-        result.quarantined += await quarantine(session, account_id, bad)
+        result.quarantined += await quarantine(session, ctx.vault, account_id, bad)
         todo = [o for o in todo if o.external_id in member_of]
         if not todo:
             return result

@@ -27,6 +27,7 @@ from tongcrm.jobs import leases
 from tongcrm.logging import get_logger
 from tongcrm.plugin.errors import ChannelAuthError, ChannelError
 from tongcrm.plugin.types import ChannelAdapter, OrderPage
+from tongcrm.privacy.redact import redact
 
 log = get_logger(__name__)
 
@@ -200,7 +201,7 @@ async def _record_error(session: AsyncSession, account_id: int, error: str, now:
     await session.execute(
         sa.update(SyncState)
         .where(SyncState.account_id == account_id)
-        .values(last_error=error, last_error_at=now)
+        .values(last_error=redact(error), last_error_at=now)
     )
 
 

@@ -31,6 +31,7 @@ from tongcrm.jobs.queue import enqueue
 from tongcrm.logging import get_logger
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import DomainEvent
+from tongcrm.privacy.redact import redact
 
 log = get_logger(__name__)
 
@@ -241,7 +242,7 @@ class Runner:
             "locked_until": None,
         }
         if error is not None:
-            values["last_error"] = error
+            values["last_error"] = redact(error)
         if undo_attempt:
             values["attempts"] = Job.attempts - 1
         async with self.sessions() as session, session.begin():
@@ -252,7 +253,7 @@ class Runner:
     async def _finish(self, job_id: int, *, status: str, error: str | None = None) -> None:
         values: dict[str, Any] = {"status": status, "finished_at": self.clock(), "locked_until": None}
         if error is not None:
-            values["last_error"] = error
+            values["last_error"] = redact(error)
         async with self.sessions() as session, session.begin():
             await session.execute(
                 sa.update(Job).where(Job.id == job_id, Job.locked_by == self.worker_id).values(**values)
@@ -366,7 +367,7 @@ class Runner:
                 await result
         except Exception as exc:
             parked = attempts >= self.delivery_attempts
-            values: dict[str, Any] = {"last_error": f"{type(exc).__name__}: {exc}"}
+            values: dict[str, Any] = {"last_error": redact(f"{type(exc).__name__}: {exc}")}
             if parked:
                 values["status"] = "parked"
                 bound.error("event delivery parked after its last attempt", error=values["last_error"])

@@ -14,6 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import MAX_ID, MAX_INT32, PathId, QueryId, problems
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
@@ -121,13 +122,19 @@ class MemberController(Controller):
         lifecycle_stage: FromQuery[str | None] = None,
         source_channel: FromQuery[str | None] = None,
         source_store: FromQuery[str | None] = None,
+        source_campaign: FromQuery[str | None] = None,
+        referrer_id: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="members this member referred")
+        ] = None,
         city: FromQuery[str | None] = None,
         province: FromQuery[str | None] = None,
         name: Annotated[str | None, QueryParameter(description="name prefix")] = None,
         mobile: FromQuery[str | None] = None,
         created_from: FromQuery[datetime | None] = None,
         created_to: FromQuery[datetime | None] = None,
-        after: Annotated[int | None, QueryParameter(description="next_cursor of the previous page")] = None,
+        after: Annotated[
+            int | None, QueryParameter(ge=0, le=MAX_ID, description="next_cursor of the previous page")
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_PAGE)] = 50,
         reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
     ) -> MemberPage:
@@ -138,6 +145,8 @@ class MemberController(Controller):
             lifecycle_stage=lifecycle_stage,
             source_channel=source_channel,
             source_store=source_store,
+            source_campaign=source_campaign,
+            referrer_id=referrer_id,
             city=city,
             province=province,
             name=name,
@@ -156,7 +165,7 @@ class MemberController(Controller):
 
     @get(
         "/lookup",
-        opt=requires(*READ_ROLES),
+        opt={**requires(*READ_ROLES), **problems(404)},
         summary="Find the member a mobile number or an identity (kind:value) names",
         responses={200: ResponseSpec(MemberOut, description="The member (its version in ETag)")},
     )
@@ -191,7 +200,7 @@ class MemberController(Controller):
     @get("/{member_id:int}", opt=requires(*READ_ROLES), summary="The 360 view of a member")
     async def get_member(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[Sessions],
         sessions: NamedDependency[Sessions],
         vault: NamedDependency[Vault],
@@ -207,7 +216,7 @@ class MemberController(Controller):
     @patch("/{member_id:int}", opt=requires(*WRITE_ROLES), summary="Change a member's profile")
     async def update(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[MemberPatch],
         sessions: NamedDependency[Sessions],
         vault: NamedDependency[Vault],
@@ -225,7 +234,7 @@ class MemberController(Controller):
     @post("/{member_id:int}/tags", opt=requires(*WRITE_ROLES), status_code=200, summary="Tag a member")
     async def tag(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[TagsIn],
         sessions: NamedDependency[Sessions],
         vault: NamedDependency[Vault],
@@ -238,7 +247,7 @@ class MemberController(Controller):
     @delete("/{member_id:int}/tags/{tag:str}", opt=requires(*WRITE_ROLES), summary="Remove a tag")
     async def untag(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         tag: FromPath[str],
         sessions: NamedDependency[Sessions],
         principal: NamedDependency[Principal],
@@ -247,9 +256,7 @@ class MemberController(Controller):
             await service.untag_member(session, member_id, tag, Actor.of(principal))
 
     @get("/{member_id:int}/consents", opt=requires(*READ_ROLES), summary="Consent states and history")
-    async def consents(
-        self, member_id: FromPath[int], read_sessions: NamedDependency[Sessions]
-    ) -> ConsentOut:
+    async def consents(self, member_id: PathId, read_sessions: NamedDependency[Sessions]) -> ConsentOut:
         async with read_sessions() as session, session.begin():
             live = await service.resolve_live_id(session, member_id)
             if live is None:
@@ -267,7 +274,7 @@ class MemberController(Controller):
     @post("/{member_id:int}/consents", opt=requires(*WRITE_ROLES), summary="Record an opt-in or opt-out")
     async def record_consent(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[ConsentIn],
         sessions: NamedDependency[Sessions],
         principal: NamedDependency[Principal],
@@ -294,7 +301,7 @@ class MemberController(Controller):
     )
     async def contact_check(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         purpose: FromQuery[str],
         read_sessions: NamedDependency[Sessions],
         signature: FromQuery[str] = "*",
@@ -315,6 +322,8 @@ def _expected_version(if_match: str | None, data: MemberPatch) -> int:
         if found is None:
             raise BadRequest(f'If-Match {if_match!r} is not an ETag this API issued (like "v3")')
         version = int(found.group(1))
+        if version > MAX_INT32:  # member versions are a 32-bit column
+            raise BadRequest(f'If-Match {if_match!r} is not an ETag this API issued (like "v3")')
         if not isinstance(data.version, msgspec.UnsetType) and data.version != version:
             raise BadRequest("If-Match and the body's version disagree")
         return version
@@ -356,7 +365,7 @@ class MergeController(Controller):
     async def list_merges(
         self,
         read_sessions: NamedDependency[Sessions],
-        member_id: FromQuery[int | None] = None,
+        member_id: QueryId = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> list[MergeOut]:
         import sqlalchemy as sa
@@ -369,7 +378,7 @@ class MergeController(Controller):
         return [merge_out(r) for r in rows]
 
     @get("/{merge_id:int}", opt=requires(*READ_ROLES), summary="One merge: who, what, why")
-    async def get_merge(self, merge_id: FromPath[int], read_sessions: NamedDependency[Sessions]) -> MergeOut:
+    async def get_merge(self, merge_id: PathId, read_sessions: NamedDependency[Sessions]) -> MergeOut:
         async with read_sessions() as session, session.begin():
             record = await session.get(Merge, merge_id)
             if record is None:
@@ -381,7 +390,7 @@ class MergeController(Controller):
     @post("/{merge_id:int}/undo", opt=requires(*WRITE_ROLES), status_code=200, summary="Undo a merge")
     async def undo(
         self,
-        merge_id: FromPath[int],
+        merge_id: PathId,
         sessions: NamedDependency[Sessions],
         principal: NamedDependency[Principal],
         settings: NamedDependency[Settings],

@@ -11,6 +11,19 @@ stricter of the two (see :func:`tongcrm.consent.service.make_strictest`).
 
 Merges undo last-in-first-out along a chain: a merge whose survivor was itself merged away later must wait
 until that later merge is undone.
+
+Activity on the survivor while merged. Rows created after the merge are the survivor's and stay with it; the
+listeners of each domain settle what that activity did to the rows that go back. For the points ledger
+(:func:`tongcrm.points.ledger.split_after_undo`) the rule is "draws follow the lot":
+
+* every lot goes back as it is now: what the merged member redeemed, transferred out, clawed back or settled
+  from the absorbed member's lots is the absorbed member's loss, and the survivor's lots likewise stay its own;
+* an entry made while merged that is about a row going back (the expiry or refund reversal of a lot that goes
+  back, the refund of a redemption that goes back) goes back with it;
+* the undo then posts one pair of ``merge_split`` entries (summing to zero) that moves, from the member whose
+  entries exceed its open lots to the other, exactly that excess, and moves owed points (clawback policy) the
+  same way, so each member's balance equals its own open lots again and every total stays exact. Debt recorded
+  while merged stays with the member whose entries recorded it.
 """
 
 from __future__ import annotations

@@ -14,12 +14,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 
+#: ``members.status`` of a member whose personal data was erased (:mod:`tongcrm.privacy.service`): an anonymous
+#: record that keeps its orders and points, and that nothing finds by identity any more
+ERASED = "erased"
+
 
 class Member(Base):
     __tablename__ = "members"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    #: active | merged
+    #: active | merged | erased
     status: Mapped[str] = mapped_column(sa.String(16), default="active")
     merged_into_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"), index=True)
     #: Optimistic concurrency: every update bumps it; a write based on an older version is refused.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+from tongcrm.api.inputs import MAX_INT32, BodyId
 
 
 class MemberCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -19,7 +21,7 @@ class MemberCreate(msgspec.Struct, forbid_unknown_fields=True):
     source_channel: str | None = None
     source_store: str | None = None
     source_campaign: str | None = None
-    referrer_id: int | None = None
+    referrer_id: BodyId | None = None
     lifecycle_stage: str = "prospect"
     tags: list[str] = msgspec.field(default_factory=list)
 
@@ -36,9 +38,9 @@ class MemberPatch(msgspec.Struct, forbid_unknown_fields=True):
     source_channel: str | UnsetType | None = UNSET
     source_store: str | UnsetType | None = UNSET
     source_campaign: str | UnsetType | None = UNSET
-    referrer_id: int | UnsetType | None = UNSET
+    referrer_id: BodyId | UnsetType | None = UNSET
     lifecycle_stage: str | UnsetType = UNSET
-    version: int | UnsetType = UNSET
+    version: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT32)] | UnsetType = UNSET
 
     def changes(self) -> dict[str, Any]:
         return {
@@ -126,8 +128,8 @@ class TagsOut(msgspec.Struct):
 
 
 class MergeIn(msgspec.Struct, forbid_unknown_fields=True):
-    survivor_id: int
-    absorbed_id: int
+    survivor_id: BodyId
+    absorbed_id: BodyId
     reason: str
 
 

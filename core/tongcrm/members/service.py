@@ -27,7 +27,7 @@ from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
-from tongcrm.members.models import Member, MemberTag
+from tongcrm.members.models import ERASED, Member, MemberTag
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
 from tongcrm.members.tag_history import TagHistory
 from tongcrm.orders.models import Order
@@ -377,6 +377,8 @@ async def _live_member(session: AsyncSession, member_id: int, *, lock: bool = Fa
     member = (await session.execute(stmt)).scalar_one_or_none()
     if member is None:
         raise NotFound(f"no member {member_id}")
+    if member.status == ERASED:
+        raise Conflict(f"member {member_id} was erased: nothing about them can change any more")
     if member.status != "active":
         raise Conflict(
             f"member {member_id} was merged into member {member.merged_into_id}; change that member instead",
@@ -557,6 +559,8 @@ class MemberQuery:
     lifecycle_stage: str | None = None
     source_channel: str | None = None
     source_store: str | None = None
+    source_campaign: str | None = None
+    referrer_id: int | None = None  # members this one referred
     city: str | None = None
     province: str | None = None
     name: str | None = None  # prefix
@@ -580,6 +584,8 @@ async def list_members(
         (Member.lifecycle_stage, query.lifecycle_stage),
         (Member.source_channel, query.source_channel),
         (Member.source_store, query.source_store),
+        (Member.source_campaign, query.source_campaign),
+        (Member.referrer_id, query.referrer_id),
         (Member.city, query.city),
         (Member.province, query.province),
     ):

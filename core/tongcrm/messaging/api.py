@@ -3,11 +3,14 @@ member and per flow or campaign, campaign sends, and care-flow configuration and
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId, QueryId, QueryOffset
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.auth.service import Principal, Role
 from tongcrm.channels.service import get_account as get_channel_account
@@ -183,12 +186,12 @@ class MessageController(Controller):
     async def list_messages(
         self,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
-        member_id: FromQuery[int | None] = None,
+        member_id: QueryId = None,
         flow: FromQuery[str | None] = None,
         status: FromQuery[str | None] = None,
-        order_id: FromQuery[int | None] = None,
-        limit: FromQuery[int] = 100,
-        offset: FromQuery[int] = 0,
+        order_id: QueryId = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        offset: QueryOffset = 0,
     ) -> list[MessageOut]:
         if flow and "." not in flow:
             flow = f"flow.{flow}" if flow in flows.FLOWS else f"campaign.{flow}"
@@ -198,7 +201,7 @@ class MessageController(Controller):
 
     @get("/{message_id:int}", opt=requires(*READ_ROLES), summary="One message")
     async def get_message(
-        self, message_id: FromPath[int], read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+        self, message_id: PathId, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> MessageOut:
         async with read_sessions() as session:
             return _message_out(await service.get_message(session, message_id))

@@ -51,6 +51,7 @@ from tongcrm.messaging.ratewindow import DatabaseRateGate
 from tongcrm.messaging.templates import fill
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import Messenger, OutboundMessage, SendOutcome, SendResult
+from tongcrm.privacy.redact import redact
 
 log = get_logger(__name__)
 
@@ -439,7 +440,8 @@ class Dispatcher:
                 "id": item.message_id,
                 "status": "queued",
                 "code": result.code[:100],
-                "detail": result.detail[:2000],
+                # the gateway's words: an error may quote the number it refused
+                "detail": redact(result.detail)[:2000],
                 "provider_id": None,
                 "attempts": attempts,
                 "next_attempt_at": now,
@@ -463,7 +465,7 @@ class Dispatcher:
                         status="failed",
                         finished_at=now,
                         reason="retries_exhausted",
-                        detail=f"gave up after {attempts} attempts: {result.detail}"[:2000],
+                        detail=redact(f"gave up after {attempts} attempts: {result.detail}")[:2000],
                     )
                     events.append((item.message_id, item.member_id, "failed", result.code))
                     stats.failed += 1

@@ -45,7 +45,7 @@ class Inbox:
         self, account_id: int, receipts: Sequence[DeliveryReceipt], errors: Sequence[tuple[str, str]] = ()
     ) -> service.InboundResult:
         async with self.sessions() as session, session.begin():
-            return await service.record_receipts(session, account_id, receipts, errors)
+            return await service.record_receipts(session, self.vault, account_id, receipts, errors)
 
     async def record_replies(
         self,

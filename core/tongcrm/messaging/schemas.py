@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+
+from tongcrm.api.inputs import BodyId
+
+#: The longest a care flow may wait before its message (seconds).
+MAX_DELAY_SECONDS = 365 * 24 * 3600
 
 
 class MessengerAccountIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,7 +81,7 @@ class MessageOut(msgspec.Struct):
 class CampaignSendIn(msgspec.Struct, forbid_unknown_fields=True):
     campaign: str
     template: str
-    member_ids: list[int]
+    member_ids: list[BodyId]
     #: Not before this moment (the policy still holds marketing to the quiet hours).
     not_before: datetime | None = None
     #: Percentage of the members kept as the control group (0–50, two decimals): a deterministic sample by
@@ -106,7 +112,8 @@ class FlowConfigIn(msgspec.Struct, forbid_unknown_fields=True):
     template: str
     channel_account: str | None = None
     enabled: bool = True
-    delay_seconds: int | None = None
+    #: At most a year: a care message later than that has lost its occasion (and the column is 32-bit).
+    delay_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_DELAY_SECONDS)] | None = None
 
 
 class FlowConfigOut(msgspec.Struct):

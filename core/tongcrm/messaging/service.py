@@ -42,6 +42,8 @@ from tongcrm.plugin.types import (
     SendRateGate,
     validate_name,
 )
+from tongcrm.privacy.redact import redact
+from tongcrm.privacy.sealed import INBOUND_PAYLOAD, seal
 
 log = get_logger(__name__)
 
@@ -411,18 +413,27 @@ class InboundResult:
     opt_outs: int = 0
 
 
-async def _record_errors(
-    session: AsyncSession, account_id: int, kind: str, errors: Sequence[tuple[str, str]], at: datetime
-) -> int:
-    import hashlib
+#: ``message_inbound.dedupe_key`` of an unparseable entry: a keyed hash, since the entry holds a number
+ERROR_KEY_PURPOSE = "message_inbound.error"
 
+
+async def _record_errors(
+    session: AsyncSession,
+    vault: Vault,
+    account_id: int,
+    kind: str,
+    errors: Sequence[tuple[str, str]],
+    at: datetime,
+) -> int:
+    """Keep entries that could not be parsed, once each, sealed: they are the gateway's raw entries, phone
+    number included (:mod:`tongcrm.privacy.sealed`)."""
     rows = [
         {
             "account_id": account_id,
             "kind": "error",
-            "dedupe_key": f"{kind}-error:" + hashlib.sha256(payload.encode()).hexdigest()[:40],
-            "outcome": reason[:500],
-            "payload": payload,
+            "dedupe_key": f"{kind}-error:" + vault.blind_index(payload, purpose=ERROR_KEY_PURPOSE)[:80],
+            "outcome": redact(reason.replace("\x00", ""))[:500],
+            "payload": seal(vault, payload, context=INBOUND_PAYLOAD),
             "at": at,
         }
         for reason, payload in errors
@@ -433,6 +444,13 @@ async def _record_errors(
         )
         await session.execute(stmt, rows)
     return len(rows)
+
+
+def _unstored(what: str, exc: sa.exc.DBAPIError) -> tuple[str, str]:
+    """An entry the database refused, as an error to record in its place (the savepoint it was tried on is
+    gone): what it was, never its values."""
+    log.warning("inbound entry not stored", entry=what, error_type=type(exc.orig).__name__)
+    return (f"{what} could not be stored ({type(exc.orig).__name__})", what)
 
 
 async def apply_receipt(
@@ -454,45 +472,60 @@ async def apply_receipt(
 
 async def record_receipts(
     session: AsyncSession,
+    vault: Vault,
     account_id: int,
     receipts: Sequence[DeliveryReceipt],
     errors: Sequence[tuple[str, str]] = (),
 ) -> InboundResult:
     """Record delivery receipts once each (by ``dedupe_key``) and apply them to their messages, matched by
-    our message id when the gateway echoes it, else by the gateway's per-recipient id."""
+    our message id when the gateway echoes it, else by the gateway's per-recipient id. Each receipt is
+    recorded on its own savepoint: one the database refuses is kept as an error, the others apply."""
     now = utcnow()
     new = dup = matched = 0
+    failed: list[tuple[str, str]] = []
     for receipt in receipts:
-        key = receipt.dedupe_key or f"receipt:{receipt.provider_id}:{receipt.code}:{receipt.at.isoformat()}"
-        stmt = (
-            insert(session, InboundRecord.__table__)
-            .values(
-                account_id=account_id,
-                kind="receipt",
-                dedupe_key=key[:200],
-                provider_id=receipt.provider_id,
-                outcome=f"{'delivered' if receipt.delivered else 'failed'}:{receipt.code}"[:500],
-                payload="",
-                at=receipt.at,
-            )
-            .on_conflict_do_nothing(index_elements=["account_id", "dedupe_key"])
-            .returning(InboundRecord.__table__.c.id)
-        )
-        inbound_id = (await session.execute(stmt)).scalar_one_or_none()
-        if inbound_id is None:
-            dup += 1
+        try:
+            async with session.begin_nested():
+                outcome = await _record_receipt(session, account_id, receipt)
+        except sa.exc.DBAPIError as exc:
+            failed.append(_unstored("delivery receipt", exc))
             continue
-        new += 1
-        message = await _match(session, account_id, receipt)
-        if message is None:
-            continue  # the send result is not recorded yet; matched when it is (see dispatch)
-        await session.execute(
-            sa.update(InboundRecord).where(InboundRecord.id == inbound_id).values(message_id=message.id)
-        )
-        if await apply_receipt(session, message, receipt.delivered, receipt.code, receipt.at):
-            matched += 1
-    errs = await _record_errors(session, account_id, "receipt", errors, now)
+        new += outcome != "duplicate"
+        dup += outcome == "duplicate"
+        matched += outcome == "matched"
+    errs = await _record_errors(session, vault, account_id, "receipt", [*errors, *failed], now)
     return InboundResult(new, dup, matched, errs)
+
+
+async def _record_receipt(session: AsyncSession, account_id: int, receipt: DeliveryReceipt) -> str:
+    """``duplicate``, ``matched`` (applied to its message) or ``recorded``."""
+    key = receipt.dedupe_key or f"receipt:{receipt.provider_id}:{receipt.code}:{receipt.at.isoformat()}"
+    stmt = (
+        insert(session, InboundRecord.__table__)
+        .values(
+            account_id=account_id,
+            kind="receipt",
+            dedupe_key=key[:200],
+            provider_id=receipt.provider_id,
+            outcome=f"{'delivered' if receipt.delivered else 'failed'}:{receipt.code}"[:500],
+            payload="",
+            at=receipt.at,
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "dedupe_key"])
+        .returning(InboundRecord.__table__.c.id)
+    )
+    inbound_id = (await session.execute(stmt)).scalar_one_or_none()
+    if inbound_id is None:
+        return "duplicate"
+    message = await _match(session, account_id, receipt)
+    if message is None:
+        return "recorded"  # the send result is not recorded yet; matched when it is (see dispatch)
+    await session.execute(
+        sa.update(InboundRecord).where(InboundRecord.id == inbound_id).values(message_id=message.id)
+    )
+    if await apply_receipt(session, message, receipt.delivered, receipt.code, receipt.at):
+        return "matched"
+    return "recorded"
 
 
 def _is_row_id(text: str) -> bool:
@@ -574,35 +607,52 @@ async def record_replies(
 ) -> InboundResult:
     """Record member replies once each; a reply that is an opt-out (``keyword`` not None) stops marketing
     under its signature for that number — for its members' consent and for the number itself — before the
-    next send, since the dispatcher asks the policy right before each one."""
+    next send, since the dispatcher asks the policy right before each one. Each reply is recorded on its own
+    savepoint: one the database refuses is kept as an error, and never takes an opt-out beside it down.
+    The reply's text is the member's words: it is kept sealed."""
     now = utcnow()
     new = dup = opt_outs = 0
+    failed: list[tuple[str, str]] = []
     for reply, keyword in replies:
-        members = await members_by_mobile(session, vault, reply.mobile_e164)
-        stmt = (
-            insert(session, InboundRecord.__table__)
-            .values(
-                account_id=account_id,
-                kind="reply",
-                dedupe_key=reply.dedupe_key[:200],
-                member_id=members[0] if members else None,
-                outcome=f"opt_out:{keyword}" if keyword else "reply",
-                payload=reply.content[:1000],
-                at=reply.at,
-            )
-            .on_conflict_do_nothing(index_elements=["account_id", "dedupe_key"])
-            .returning(InboundRecord.__table__.c.id)
-        )
-        if (await session.execute(stmt)).scalar_one_or_none() is None:
+        try:
+            async with session.begin_nested():
+                recorded = await _record_reply(session, vault, account_id, reply, keyword)
+        except sa.exc.DBAPIError as exc:
+            failed.append(_unstored("reply", exc))
+            continue
+        if not recorded:
             dup += 1
             continue
         new += 1
-        if keyword is None:
-            continue
-        opt_outs += 1
-        await record_opt_out(session, vault, reply.mobile_e164, reply.signature, keyword, reply.at, members)
-    errs = await _record_errors(session, account_id, "reply", errors, now)
+        opt_outs += keyword is not None
+    errs = await _record_errors(session, vault, account_id, "reply", [*errors, *failed], now)
     return InboundResult(new, dup, 0, errs, opt_outs)
+
+
+async def _record_reply(
+    session: AsyncSession, vault: Vault, account_id: int, reply: InboundReply, keyword: str | None
+) -> bool:
+    """False: a reply already recorded (the gateway's retry)."""
+    members = await members_by_mobile(session, vault, reply.mobile_e164)
+    stmt = (
+        insert(session, InboundRecord.__table__)
+        .values(
+            account_id=account_id,
+            kind="reply",
+            dedupe_key=reply.dedupe_key[:200],
+            member_id=members[0] if members else None,
+            outcome=f"opt_out:{keyword}" if keyword else "reply",
+            payload=seal(vault, reply.content[:1000], context=INBOUND_PAYLOAD),
+            at=reply.at,
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "dedupe_key"])
+        .returning(InboundRecord.__table__.c.id)
+    )
+    if (await session.execute(stmt)).scalar_one_or_none() is None:
+        return False
+    if keyword is not None:
+        await record_opt_out(session, vault, reply.mobile_e164, reply.signature, keyword, reply.at, members)
+    return True
 
 
 async def record_opt_out(

@@ -9,9 +9,10 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import MAX_ID, PathId, QueryId
 from tongcrm.api.security import READ_ROLES, requires
 from tongcrm.orders import service
 from tongcrm.orders.models import Order
@@ -89,8 +90,10 @@ class OrderController(Controller):
     async def list_orders(
         self,
         read_sessions: NamedDependency[Sessions],
-        member_id: FromQuery[int | None] = None,
-        account_id: Annotated[int | None, QueryParameter(description="channel account id")] = None,
+        member_id: QueryId = None,
+        account_id: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="channel account id")
+        ] = None,
         account: Annotated[str | None, QueryParameter(description="channel account name")] = None,
         status: Annotated[
             str | None,
@@ -111,7 +114,7 @@ class OrderController(Controller):
             return OrderPage([_summary(o) for o in rows], next_cursor)
 
     @get("/{order_id:int}", summary="One order with its lines and parcels")
-    async def get_order(self, order_id: FromPath[int], read_sessions: NamedDependency[Sessions]) -> OrderOut:
+    async def get_order(self, order_id: PathId, read_sessions: NamedDependency[Sessions]) -> OrderOut:
         async with read_sessions() as session, session.begin():
             detail = await service.get_order(session, order_id)
             return OrderOut(

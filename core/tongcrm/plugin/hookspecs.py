@@ -131,7 +131,8 @@ def member_created(event: DomainEvent, enqueue: Enqueue) -> None:
 
 @hookspec
 def order_changed(event: DomainEvent, enqueue: Enqueue) -> None:
-    """An order was created or moved forward (payload: ``order_id``, ``member_id``, ``status``, ``previous``)."""
+    """An order was created or moved forward (payload: ``order_id``, ``account_id``, ``channel``, ``external_id``,
+    ``member_id``, ``status``, ``previous``, ``refunded_fen``, ``changed_at``: the platform's modified time)."""
 
 
 @hookspec

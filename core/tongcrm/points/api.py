@@ -10,15 +10,17 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import MAX_INT32, BodyId, PathId, PathInt32, QueryOffset
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.auth.service import Principal, Role
 from tongcrm.config import Settings
 from tongcrm.db.engine import transaction
 from tongcrm.members.service import register_view_section
 from tongcrm.points import service
+from tongcrm.points.ledger import MAX_ENTRY_POINTS
 from tongcrm.points.schemas import LedgerResult, PreviewOrderIn, PreviewOut, RuleSetOut, StatementOut
 
 IdempotencyKey = Annotated[
@@ -29,20 +31,26 @@ IdempotencyKey = Annotated[
 ]
 
 
+#: Points one request moves, bounded as the service bounds them (its own 422s say which sign it needs).
+EntryPoints = Annotated[int, msgspec.Meta(ge=-MAX_ENTRY_POINTS, le=MAX_ENTRY_POINTS)]
+#: An earning-rules version (a 32-bit column).
+RuleVersion = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT32)]
+
+
 class RedemptionIn(msgspec.Struct, forbid_unknown_fields=True):
-    points: int
+    points: EntryPoints
     reason: str = ""
 
 
 class AdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
-    points: int
+    points: EntryPoints
     reason: str
     expires_at: datetime | None = None
 
 
 class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
-    to_member_id: int
-    points: int
+    to_member_id: BodyId
+    points: EntryPoints
     reason: str = ""
 
 
@@ -56,7 +64,7 @@ class PreviewIn(msgspec.Struct, forbid_unknown_fields=True):
     order: PreviewOrderIn
     #: A draft rule-set document; omitted: the active rule set (or ``version``).
     rules: dict[str, Any] | None = None
-    version: int | None = None
+    version: RuleVersion | None = None
 
 
 def _ctx(settings: Settings, principal: Principal) -> service.PointsContext:
@@ -100,11 +108,11 @@ class MemberPointsController(Controller):
     )
     async def get_statement(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
-        limit: FromQuery[int] = 50,
-        offset: FromQuery[int] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        offset: QueryOffset = 0,
     ) -> StatementOut:
         async with read_sessions() as session:
             return await service.statement(session, member_id, tz=settings.tz, limit=limit, offset=offset)
@@ -112,7 +120,7 @@ class MemberPointsController(Controller):
     @post("/redemptions", opt=requires(*WRITE_ROLES), summary="Spend points (FIFO by expiry)")
     async def redeem(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[RedemptionIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
@@ -135,7 +143,7 @@ class MemberPointsController(Controller):
     @post("/adjustments", opt=requires(*WRITE_ROLES), summary="Manual correction with a reason")
     async def adjust(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[AdjustmentIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
@@ -164,7 +172,7 @@ class MemberPointsController(Controller):
     @post("/transfers", opt=requires(*WRITE_ROLES), summary="Move points to another member atomically")
     async def transfer(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[TransferIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
@@ -221,7 +229,7 @@ class PointsRulesController(Controller):
 
     @post("/{version:int}/activate", opt=requires(Role.ADMIN), summary="Make a version the active one")
     async def activate_rule_set(
-        self, version: FromPath[int], sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+        self, version: PathInt32, sessions: NamedDependency[async_sessionmaker[AsyncSession]]
     ) -> RuleSetOut:
         async with transaction(sessions) as session:
             return await service.activate_rule_set(session, version, now=datetime.now(UTC))

@@ -15,6 +15,13 @@ remainder of pending lots; ``max(available, 0)`` is the remainder of available l
 recorded by a reversal under the ``debt`` policy, and no available lot has points while it lasts); ``owed`` (the
 ``clawback`` policy) is ``Σ shortfall − Σ clawbacks``; every lot's remainder is its amount minus its draws, and
 never negative.
+
+Merges (:mod:`tongcrm.members.merge`) move entries and lots to the survivor and recompute balances. An undo moves
+them back, and :func:`split_after_undo` settles what the merged member did meanwhile: draws follow the lot (each
+lot goes back as it is; entries about a row that goes back, such as its expiry or refund reversal, go back with
+it), and one pair of ``merge_split`` entries, summing to zero, with no lot and no draw of their own, moves the
+points (and owed points) that one member's lots lost to the other's entries, so the invariants above hold for
+both members again.
 """
 
 from __future__ import annotations
@@ -51,6 +58,14 @@ BALANCES = cast(sa.Table, PointsBalance.__table__)
 PENDING = "pending"
 AVAILABLE = "available"
 
+#: The most points one manual entry (adjustment, redemption, transfer) may move: a billion points is far past
+#: any real correction, and keeps a single request from pushing a balance near its bound.
+MAX_ENTRY_POINTS = 10**9
+#: The most points a member may hold (available plus pending): 2^53 - 1, the largest integer every JSON
+#: client (JavaScript's numbers included) reads exactly, and far inside the 64-bit columns, so sums of
+#: balances over many members cannot overflow them either. A credit past it is refused (409), not stored.
+MAX_BALANCE = 2**53 - 1
+
 
 @dataclass(slots=True)
 class Credit:
@@ -75,6 +90,15 @@ class Credit:
     actor: str = "system"
     ref_entry_id: int | None = None
     detail: dict[str, Any] | None = None
+
+
+def check_balance_bound(member_id: int, total: int) -> None:
+    """Refuse (409) a credit that would take a member's points past :data:`MAX_BALANCE`."""
+    if total > MAX_BALANCE:
+        raise Conflict(
+            f"member {member_id}'s points would exceed the most a balance may hold ({MAX_BALANCE})",
+            extra={"max_balance": MAX_BALANCE},
+        )
 
 
 def _entry_row(c: Credit) -> dict[str, Any]:
@@ -152,6 +176,8 @@ async def post_credits(
     for chunk in _chunks(ids):
         result = await session.execute(bulk.add_lots_to_balances, {"ids": chunk, "now": now})
         balances.update({r[0]: (r[1], r[2], r[3]) for r in result})
+    for m, (available, pending, _owed) in balances.items():
+        check_balance_bound(m, available + pending)
     needs_settling = [
         m
         for m, (available, _pending, owed) in balances.items()
@@ -585,8 +611,9 @@ class Book:
             rule_code=credit.rule_code,
             new=True,
         )
-        self.new_lots.append(lot)
         balance = self.balance(credit.member_id)
+        check_balance_bound(credit.member_id, balance.available + balance.pending + credit.amount)
+        self.new_lots.append(lot)
         if credit.status == AVAILABLE:
             balance.available += credit.amount
         else:
@@ -851,6 +878,101 @@ async def recompute_balances(
         b.available, b.pending, b.owed = d.available, d.pending, d.owed
     await book.settle(ids)
     await book.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class UndoSplit:
+    """What :func:`split_after_undo` did: the entries that went back with what they are about, the points it moved
+    from ``restored_id`` to ``survivor_id`` (negative: the other way) and the owed points it moved onto
+    ``restored_id`` (negative: onto ``survivor_id``)."""
+
+    restored_id: int
+    survivor_id: int
+    followed: tuple[int, ...]
+    points: int
+    owed: int
+
+
+async def split_after_undo(
+    session: AsyncSession,
+    restored_id: int,
+    survivor_id: int,
+    *,
+    merge_id: int,
+    now: datetime,
+    actor: str = "system",
+) -> UndoSplit:
+    """Make both members' ledgers whole again after an undone merge moved the absorbed member's rows back.
+
+    Call it after the rows moved and before balances are recomputed. The rule (see the module docstring of
+    :mod:`tongcrm.members.merge` for the whole story):
+
+    1. **Entries follow what they are about.** An entry that the survivor got while merged and whose
+       ``ref_entry_id`` names an entry that went back (the expiry or the refund reversal of a lot that went back,
+       the refund of a redemption that went back) goes back too, with the lot it created if any. Repeated until
+       nothing more follows, so an expiry of such a refund lot follows as well.
+    2. **Lots are the truth.** Every lot stays as it is with its owner: what was drawn from it while merged
+       (a redemption, transfer out, clawback or debt settlement made by the other member) is its owner's loss.
+       Where a member's entries now exceed its open lots, exactly that excess moves to the other member with one
+       pair of ``merge_split`` entries (sum zero; no lot, no draw: the draws already happened). Whatever debt the
+       two had while merged stays with the member whose entries recorded it, which has no spendable lot then.
+    3. **Owed points likewise.** Where one member's clawbacks paid more than its own shortfalls (it paid the
+       other's), the surplus moves back as signed ``shortfall`` on the same pair, so neither ends with negative
+       owed points.
+
+    Sums over both members are unchanged, so every total (points issued, spent, owed) stays exact.
+    """
+    members = sorted({restored_id, survivor_id})
+    book = Book(session, now=now, actor=actor)
+    await book.lock(members)
+    followed: list[int] = []
+    for _ in range(16):  # each round follows one more link (an expiry of a refund lot of a redemption…)
+        went_back = sa.select(ENTRIES.c.id).where(ENTRIES.c.member_id == restored_id).scalar_subquery()
+        ids = sorted(
+            (
+                await session.execute(
+                    sa.select(ENTRIES.c.id).where(
+                        ENTRIES.c.member_id == survivor_id, ENTRIES.c.ref_entry_id.in_(went_back)
+                    )
+                )
+            ).scalars()
+        )
+        if not ids:
+            break
+        for chunk in _chunks(ids):
+            await session.execute(
+                sa.update(ENTRIES).where(ENTRIES.c.id.in_(chunk)).values(member_id=restored_id)
+            )
+            await session.execute(sa.update(LOTS).where(LOTS.c.id.in_(chunk)).values(member_id=restored_id))
+        followed += ids
+    derived = await derive(session, members)
+    # entries minus open lots: positive when the other member's entries drew this member's lots
+    gap = {m: derived[m].available - derived[m].in_available_lots for m in members}
+    points = gap[restored_id] if gap[restored_id] > 0 else -gap[survivor_id] if gap[survivor_id] > 0 else 0
+    owed = {m: derived[m].owed for m in members}
+    moved_owed = (
+        -owed[restored_id] if owed[restored_id] < 0 else owed[survivor_id] if owed[survivor_id] < 0 else 0
+    )
+    if points or moved_owed:
+        for member, other, sign in ((restored_id, survivor_id, -1), (survivor_id, restored_id, 1)):
+            book.entry(
+                member,
+                EntryKind.MERGE_SPLIT,
+                sign * points,
+                f"merge-split:{merge_id}:{member}",
+                shortfall=-sign * moved_owed,
+                reason=f"undo of merge {merge_id}",
+                detail={
+                    "merge_id": merge_id,
+                    "counterpart_id": other,
+                    "points": sign * points,
+                    "owed": -sign * moved_owed,
+                    "followed_entries": len(followed),
+                },
+            )
+        await book.flush()
+    await recompute_balances(session, members, now=now)
+    return UndoSplit(restored_id, survivor_id, tuple(followed), points, moved_owed)
 
 
 @dataclass(frozen=True, slots=True)

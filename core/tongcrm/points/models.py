@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
-from tongcrm.members.references import MemberReference, register_listener, register_reference
+from tongcrm.members.references import (
+    MemberReference,
+    MergeContext,
+    register_context_listener,
+    register_reference,
+)
 
 
 class EntryKind:
@@ -30,6 +35,9 @@ class EntryKind:
     TRANSFER_IN = "transfer_in"
     #: Redeemed points given back (goods paid with points were returned); references the redemption.
     REFUND = "refund"
+    #: An undone merge settling between the two members: points (and owed points, as signed ``shortfall``) that
+    #: one member's lots lost to the other's entries while they were merged. Always a pair that sums to zero.
+    MERGE_SPLIT = "merge_split"
 
 
 class PointsEntry(Base):
@@ -42,7 +50,8 @@ class PointsEntry(Base):
     kind: Mapped[str] = mapped_column(sa.String(16))
     #: Signed points; earns are positive, debits negative.
     amount: Mapped[int] = mapped_column(sa.BigInteger)
-    #: Clawback policy only: the part of a reversal that could not be taken yet (owed from future earnings).
+    #: Clawback policy: the part of a reversal that could not be taken yet (owed from future earnings). On a
+    #: ``merge_split`` entry, owed points an undone merge moved between two members (signed).
     shortfall: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     idempotency_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
     account_id: Mapped[int | None] = mapped_column(BigId)
@@ -180,16 +189,32 @@ class PointsRequest(Base):
 
 
 # -------------------------------------------------------------------------------------------------------------
-# merges: entries, lots and line awards move with the member; balances are recomputed, not moved.
+# merges: entries, lots and line awards move with the member; balances are recomputed, not moved. An undo also
+# settles what happened on the survivor while merged (see tongcrm.points.ledger.split_after_undo).
 
-for _table in ("points_entries", "points_lots", "points_line_awards"):
+for _table in ("points_entries", "points_lots"):
     register_reference(MemberReference(_table))
+register_reference(MemberReference("points_line_awards", key="line_id"))  # keyed by line, not by an id
 
 
-async def _after_merge(session: AsyncSession, survivor_id: int, other_ids: tuple[int, ...]) -> None:
-    from tongcrm.points.ledger import recompute_balances
+async def _after_merge(
+    session: AsyncSession, survivor_id: int, other_ids: tuple[int, ...], context: MergeContext
+) -> None:
+    from tongcrm.points.ledger import recompute_balances, split_after_undo
 
-    await recompute_balances(session, (survivor_id, *other_ids))
+    if context.undo:
+        # on an undo, survivor_id is the member that lives again and other_ids the merge's survivor
+        for other in other_ids:
+            await split_after_undo(
+                session,
+                survivor_id,
+                other,
+                merge_id=context.merge_id,
+                now=context.at,
+                actor=context.actor.name,
+            )
+        return
+    await recompute_balances(session, (survivor_id, *other_ids), now=context.at)
 
 
-register_listener(_after_merge)
+register_context_listener(_after_merge)

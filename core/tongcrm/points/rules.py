@@ -159,10 +159,25 @@ def compile_rules(version: int, doc: RuleSetDoc) -> RuleSet:
             rates[rule.code] = parse_rate(rule.points_per_yuan, rule.code)
             if rule.return_window_days < 0:
                 raise Unprocessable(f"rule {rule.code!r}: return_window_days cannot be negative")
+            if rule.return_window_days > MAX_RETURN_WINDOW_DAYS:
+                raise Unprocessable(
+                    f"rule {rule.code!r}: return_window_days is at most {MAX_RETURN_WINDOW_DAYS}"
+                )
         elif rule.points < 0:
             raise Unprocessable(f"rule {rule.code!r}: points cannot be negative (use an adjustment)")
+        elif rule.points > MAX_RATE:
+            raise Unprocessable(f"rule {rule.code!r}: an event earns at most {MAX_RATE} points")
     _check_expiry(doc.expiry, "(rule set)")
     return RuleSet(version, doc, rates)
+
+
+#: Bounds on a rule-set document's numbers, so every date and sum computed from them stays representable:
+#: expiry at most a hundred years out, a return window of at most ten years, and at most a million points
+#: per yuan or per event (one earning entry is still refused past a balance's bound by the ledger).
+MAX_EXPIRY_DAYS = 36_500
+MAX_EXPIRY_MONTHS = 1_200
+MAX_RETURN_WINDOW_DAYS = 3_650
+MAX_RATE = 1_000_000
 
 
 def _check_expiry(expiry: Expiry | None, code: str) -> None:
@@ -170,6 +185,10 @@ def _check_expiry(expiry: Expiry | None, code: str) -> None:
         return
     if expiry.days < 0 or expiry.months < 0:
         raise Unprocessable(f"rule {code!r}: expiry days and months cannot be negative")
+    if expiry.days > MAX_EXPIRY_DAYS or expiry.months > MAX_EXPIRY_MONTHS:
+        raise Unprocessable(
+            f"rule {code!r}: expiry is at most {MAX_EXPIRY_DAYS} days or {MAX_EXPIRY_MONTHS} months out"
+        )
     if expiry.kind == "days_after" and expiry.days < 1:
         raise Unprocessable(f"rule {code!r}: days_after expiry needs days >= 1")
 
@@ -182,6 +201,8 @@ def parse_rate(text: str, code: str = "") -> tuple[int, int]:
         raise Unprocessable(f"rule {code!r}: points_per_yuan {text!r} is not a number") from None
     if not rate.is_finite() or rate < 0:
         raise Unprocessable(f"rule {code!r}: points_per_yuan must be a non-negative number")
+    if rate > MAX_RATE:
+        raise Unprocessable(f"rule {code!r}: points_per_yuan is at most {MAX_RATE}")
     num, den = rate.as_integer_ratio()
     return num, den
 

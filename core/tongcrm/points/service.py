@@ -35,7 +35,7 @@ from tongcrm.members.models import Member
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.plugin.types import OrderStatus
 from tongcrm.points import ledger
-from tongcrm.points.ledger import AVAILABLE, PENDING, Book, Credit, post_credits
+from tongcrm.points.ledger import AVAILABLE, MAX_ENTRY_POINTS, PENDING, Book, Credit, post_credits
 from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
@@ -546,12 +546,18 @@ async def _debit(
     return [DrawOut(int(lot.id or 0), amount, kind) for lot, amount in taken.draws]
 
 
+def _check_entry_size(points: int) -> None:
+    if abs(points) > MAX_ENTRY_POINTS:
+        raise Unprocessable(f"one entry moves at most {MAX_ENTRY_POINTS} points")
+
+
 async def redeem(
     session: AsyncSession, ctx: PointsContext, member_id: int, points: int, *, key: str, reason: str = ""
 ) -> LedgerResult:
     """Spend available points (FIFO by expiry, then age). Conflict when the balance does not cover them."""
     if points <= 0:
         raise Unprocessable("points to redeem must be a positive integer")
+    _check_entry_size(points)
     await _member_ok(session, member_id)
     book = Book(session, now=ctx.clock(), actor=ctx.actor)
     await book.lock([member_id])
@@ -575,8 +581,16 @@ async def adjust(
     unless ``expires`` is given); negative: taken FIFO, never below zero."""
     if points == 0:
         raise Unprocessable("an adjustment needs a non-zero number of points")
+    _check_entry_size(points)
     if not reason.strip():
         raise Unprocessable("an adjustment needs a reason")
+    if expires is not None:
+        if expires.tzinfo is None:
+            raise Unprocessable("expires_at needs a time zone (e.g. 2027-01-01T00:00:00+08:00)")
+        if expires <= ctx.clock():
+            raise Unprocessable(
+                "expires_at must be in the future: points that already expired are not available"
+            )
     await _member_ok(session, member_id)
     now = ctx.clock()
     book = Book(session, now=now, actor=ctx.actor)
@@ -620,6 +634,7 @@ async def transfer(
     transaction. The new lot keeps the earliest expiry of the lots drawn on (a transfer never extends life)."""
     if points <= 0:
         raise Unprocessable("points to transfer must be a positive integer")
+    _check_entry_size(points)
     if from_member_id == to_member_id:
         raise Unprocessable("cannot transfer points to the same member")
     await _member_ok(session, from_member_id)
@@ -1038,6 +1053,18 @@ def _explain(entry: PointsEntry, lot: PointsLot | None, tz: ZoneInfo) -> str:
         return f"{entry.amount} redeemed points given back (redemption {entry.ref_entry_id})" + (
             f": {entry.reason}" if entry.reason else ""
         )
+    if entry.kind == EntryKind.MERGE_SPLIT:
+        other = d.get("counterpart_id")
+        parts = []
+        if entry.amount < 0:
+            parts.append(f"{-entry.amount} points of this member's lots went to member {other} while merged")
+        elif entry.amount > 0:
+            parts.append(f"{entry.amount} points this member took from member {other}'s lots while merged")
+        if entry.shortfall > 0:
+            parts.append(f"{entry.shortfall} of this member's clawbacks paid member {other}'s owed points")
+        elif entry.shortfall < 0:
+            parts.append(f"{-entry.shortfall} owed points paid by member {other}'s clawbacks")
+        return f"undo of merge {d.get('merge_id')}: " + "; ".join(parts)
     return entry.kind
 
 

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import MAX_INT32, PathInt32
 from tongcrm.api.security import READ_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
@@ -123,7 +124,9 @@ class ProgrammeSettingsController(Controller):
     async def history(
         self,
         read_sessions: NamedDependency[Sessions],
-        before: Annotated[int | None, QueryParameter(description="next_cursor of the previous page")] = None,
+        before: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_INT32, description="next_cursor of the previous page")
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> ProgrammeSettingsHistory:
         async with read_sessions() as session, session.begin():
@@ -134,7 +137,7 @@ class ProgrammeSettingsController(Controller):
 
     @get("/history/{version:int}", opt=requires(*READ_ROLES), summary="One saved version")
     async def one_version(
-        self, version: FromPath[int], read_sessions: NamedDependency[Sessions]
+        self, version: PathInt32, read_sessions: NamedDependency[Sessions]
     ) -> ProgrammeSettingsOut:
         async with read_sessions() as session, session.begin():
             return settings_out(await service.version(session, version))

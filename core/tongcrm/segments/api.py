@@ -20,6 +20,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import MAX_ID, PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
@@ -276,7 +277,9 @@ class SegmentController(Controller):
         read_sessions: NamedDependency[Sessions],
         host: NamedDependency[PluginHost],
         vault: NamedDependency[Vault],
-        after: Annotated[int | None, QueryParameter(description="next_cursor of the previous page")] = None,
+        after: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="next_cursor of the previous page")
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_PAGE)] = 50,
     ) -> SegmentMembersOut:
         async with read_sessions() as session:
@@ -294,7 +297,7 @@ class SegmentController(Controller):
     async def why(
         self,
         segment: FromPath[str],
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[Sessions],
         host: NamedDependency[PluginHost],
     ) -> MemberWhyOut:

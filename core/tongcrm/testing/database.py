@@ -72,7 +72,7 @@ async def scratch_url(backend: str) -> AsyncIterator[str]:
     if not server:
         raise RuntimeError(f"{POSTGRES_ENV} is not set")
     name = f"tongcrm_test_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = create_async_engine(async_url(server), isolation_level="AUTOCOMMIT")
+    admin = create_async_engine(async_url(server), isolation_level="AUTOCOMMIT", hide_parameters=True)
     try:
         async with admin.connect() as conn:
             await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))

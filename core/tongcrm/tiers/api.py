@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import JSONBody, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId, problems
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
@@ -61,7 +62,7 @@ class TierController(Controller):
     path = "/api/tiers"
     tags = ["tiers"]
 
-    @get("/ladder", opt=requires(*READ_ROLES), summary="The ladder in force")
+    @get("/ladder", opt={**requires(*READ_ROLES), **problems(404)}, summary="The ladder in force")
     async def get_ladder(self, read_sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> LadderOut:
         async with read_sessions() as session:
             versions = await service.ladder_versions(session)
@@ -134,7 +135,7 @@ class MemberTierController(Controller):
     )
     async def get_tier(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
     ) -> MemberTierOut:
@@ -177,7 +178,7 @@ class MemberTierController(Controller):
     @get("/history", opt=requires(*READ_ROLES), summary="Tier changes with their reasons, newest first")
     async def get_history(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
     ) -> list[HistoryOut]:
@@ -196,7 +197,7 @@ class MemberTierController(Controller):
     )
     async def set_override(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[OverrideIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
@@ -220,7 +221,7 @@ class MemberTierController(Controller):
     @delete("/override", opt=requires(*WRITE_ROLES), summary="End an override now (audited)")
     async def clear_override(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
         principal: NamedDependency[Principal],

@@ -19,13 +19,14 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, PathParameter
+from tongcrm.api.inputs import nul_checked_per_item, problems
 from tongcrm.api.security import check_access, principal_of, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
@@ -175,6 +176,8 @@ def build_router(config: PosConfig) -> Router:
         "receipt again returns the first answer (replayed: true). A receipt that cannot be applied is a 4xx "
         "problem with a `reason` and changes nothing.",
         request_max_body_size=MAX_BODY_BYTES,
+        # text the database cannot store is the receipt's own refusal (422, reason invalid_text), as any other
+        opt=nul_checked_per_item(),
     )
     async def checkout(
         data: JSONBody[ReceiptIn],
@@ -199,6 +202,7 @@ def build_router(config: PosConfig) -> Router:
         "Returns follow the rules of `POST /receipts` (cross-store returns included).",
         status_code=200,
         request_max_body_size=MAX_BODY_BYTES,
+        opt=nul_checked_per_item(),  # one receipt with a NUL is refused alone; the others apply
     )
     async def upload(
         data: JSONBody[BatchIn],
@@ -229,7 +233,7 @@ def build_router(config: PosConfig) -> Router:
         store_code: FromPath[str],
         till: FromPath[str],
         business_day: FromPath[date],
-        sequence: FromPath[int],
+        sequence: Annotated[int, PathParameter(ge=1, le=10**9)],
         counter: NamedDependency[CounterService],
         request: Request[Any, Any, Any],
     ) -> ReceiptView:
@@ -245,7 +249,7 @@ def build_router(config: PosConfig) -> Router:
     pos = Router(
         "/",
         route_handlers=[lookup, enrol, checkout, upload, receipt],
-        opt=requires(Role.POS),
+        opt={**requires(Role.POS), **problems(429)},  # a till over its rate limit
         guards=[rate_limited],
     )
 

@@ -45,7 +45,14 @@ from tongcrm.plugin.types import LineRefundStatus, NormalisedOrder, OrderLine, O
 
 from tongcrm_offline_pos.cards import card_claim
 from tongcrm_offline_pos.models import PosReceipt
-from tongcrm_offline_pos.schemas import BatchResult, LineIn, ReceiptIn, ReceiptResult, ReceiptView
+from tongcrm_offline_pos.schemas import (
+    BatchResult,
+    LineIn,
+    MemberRef,
+    ReceiptIn,
+    ReceiptResult,
+    ReceiptView,
+)
 from tongcrm_offline_pos.stores import Store, TillCache, find_store
 
 log = get_logger(__name__)
@@ -125,7 +132,47 @@ def _aware(value: datetime | None, what: str) -> None:
         raise _invalid(f"{what} needs a UTC offset (e.g. 2024-06-18T10:00:00+08:00)")
 
 
+def unstorable_text(value: Any, path: str = "") -> str | None:
+    """Why a text somewhere in ``value`` (decoded JSON) cannot be stored, naming where it is; ``None`` if all
+    can. PostgreSQL keeps no NUL character (U+0000) in text or JSON, and no database keeps a lone surrogate
+    (JSON allows ``"\ud800"``); SQLite would keep the NUL, so the rule is the same on both."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path or 'a text'} contains a NUL character (U+0000), which cannot be stored"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{path or 'a text'} is not valid Unicode text (it holds a lone surrogate)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unstorable_text(key, path or "a key") or unstorable_text(
+                item, f"{path}.{key}" if path else str(key)
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = unstorable_text(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def stored_body(r: ReceiptIn, member_id: int | None = None) -> dict[str, Any]:
+    """The receipt as ``pos_receipts.body`` keeps it: without ``sent_at`` and without the buyer's mobile or
+    card, which would be personal data in clear at rest; the buyer is kept as the member it resolved to.
+    Nothing reads them back: a return takes the member from the sale's row, and the replay check compares
+    ``body_hash``, which is made from the receipt as sent."""
+    member = None if r.member is None else MemberRef(member_id=member_id or r.member.member_id)
+    body: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(r, sent_at=None, member=member))
+    return body
+
+
 def validate(r: ReceiptIn, tz: ZoneInfo, effective: datetime | None = None) -> None:
+    bad_text = unstorable_text(msgspec.to_builtins(r))
+    if bad_text:
+        raise ReceiptRejected("invalid_text", bad_text, status=422)
     _aware(r.occurred_at, "occurred_at")
     _aware(r.sent_at, "sent_at")
     key = receipt_key(r.store, r.till, r.business_day, r.sequence)
@@ -431,7 +478,7 @@ async def _claim(
             clock_skew_seconds=skew,
             refunds={},
             returns_applied=0,
-            body=msgspec.to_builtins(msgspec.structs.replace(r, sent_at=None)),
+            body=stored_body(r),
             result={},
             updated_at=now,
         )
@@ -473,7 +520,31 @@ async def apply_receipt(
         return _result(r, key, "rejected", offline=offline, reason=exc.reason, detail=exc.message)
     if skew is not None and abs(skew) > SKEW_WARNING_SECONDS:
         log.warning("till clock skew", store=store.code, till=r.till, skew_seconds=skew)
+    if strict:  # a failure rolls the whole unit of work back
+        return await _claim_and_apply(uow, store, r, key, digest, effective, skew, offline, sent, now, strict)
+    try:  # one receipt of a batch: whatever the database refuses of it, the others still apply
+        async with uow.attempt():
+            return await _claim_and_apply(
+                uow, store, r, key, digest, effective, skew, offline, sent, now, strict
+            )
+    except sa.exc.DBAPIError as exc:
+        log.warning("receipt not stored", store=store.code, key=key, error_type=type(exc.orig).__name__)
+        return _result(
+            r,
+            key,
+            "rejected",
+            offline=offline,
+            reason="not_stored",
+            detail="the database refused this receipt and nothing of it was applied; send it again "
+            "(if it is refused again, it holds something that cannot be stored)",
+            clock_skew_seconds=skew,
+        )
 
+
+async def _claim_and_apply(
+    uow: CounterWork, store: Store, r: ReceiptIn, key: str, digest: str, effective: datetime,
+    skew: int | None, offline: bool, sent: datetime | None, now: datetime, strict: bool,
+) -> ReceiptResult:  # fmt: skip
     row_id = await _claim(uow, store, r, key, digest, effective, skew, offline, sent, now)
     fresh = row_id is not None
     if row_id is None:  # the key is known: a replay, a retry of a rejected receipt, or a concurrent upload
@@ -536,11 +607,13 @@ async def _finish(
         "updated_at": now,
         **links,
     }
+    if r.member is not None and links.get("member_id") is not None:  # the buyer, as the member it became
+        values["body"] = stored_body(r, links["member_id"])
     if not c.fresh:  # a rejected receipt tried again: the row still describes the earlier attempt
         values.update(
             offline=offline,
             body_hash=c.hash,
-            body=msgspec.to_builtins(msgspec.structs.replace(r, sent_at=None)),
+            body=values.get("body") or stored_body(r),
             till_time=r.occurred_at,
             sent_at=sent,
             received_at=now,

@@ -186,3 +186,25 @@ def test_match_names_number_and_signature() -> None:
     assert opt_out.dedupe_key == reply.dedupe_key
     [chat] = parse_sms_up([dict(UP, content="谢谢")]).records
     assert OptOutMatcher().match(chat) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("sign_name", "通通\x00", "sign_name contains a NUL character"),
+        ("sign_name", "\ud800", "sign_name is not valid Unicode text (a lone surrogate)"),
+    ],
+)
+def test_text_no_database_can_keep_makes_its_entry_an_error_and_the_rest_parses(
+    field: str, value: str, reason: str
+) -> None:
+    """Issue #18: one such entry made a whole push fail on PostgreSQL and lost the opt-out beside it."""
+    good = {**UP, "sequence_id": 2, "content": "TD"}
+    outcome = parse_sms_up(json.dumps([{**UP, field: value}, good]))
+    assert [r.content for r in outcome.records] == ["TD"]
+    assert [(e.index, e.reason) for e in outcome.errors] == [(0, reason)]
+
+
+def test_a_reply_with_a_lone_surrogate_is_kept_readable() -> None:
+    outcome = parse_sms_up(json.dumps([{**UP, "content": "T\ud800D", "sequence_id": None}]))
+    assert not outcome.errors and outcome.records[0].content == "T?D"

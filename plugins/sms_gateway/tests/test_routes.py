@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from tongcrm.config import Settings
+from tongcrm.crypto import Vault
 from tongcrm.messaging import service
 from tongcrm.messaging.models import InboundRecord
 from tongcrm.plugin.host import PluginHost
+from tongcrm.privacy.sealed import INBOUND_PAYLOAD, is_sealed, unseal
 from tongcrm.testing.database import TestDatabase
 from tongcrm_sms_gateway import plugin as sms_plugin
 
@@ -52,14 +54,22 @@ async def push(api: Any, kind: str, body: bytes | list[Any]) -> Any:
     )
 
 
+#: the key the ``tongcrm_settings`` fixture configures: payloads are stored sealed (issue #18)
+VAULT = Vault("test-secret-key-0123456789abcdef")
+
+
 async def _inbound(db: TestDatabase) -> list[tuple[str, str, str]]:
+    """What was recorded, payloads unsealed (each is checked to be sealed at rest)."""
     async with db.sessions() as session:
-        rows = await session.execute(
-            sa.select(InboundRecord.kind, InboundRecord.outcome, InboundRecord.payload).order_by(
-                InboundRecord.id
+        rows = (
+            await session.execute(
+                sa.select(InboundRecord.kind, InboundRecord.outcome, InboundRecord.payload).order_by(
+                    InboundRecord.id
+                )
             )
-        )
-        return [(r.kind, r.outcome, r.payload) for r in rows]
+        ).all()
+    assert all(r.payload == "" or is_sealed(r.payload) for r in rows)
+    return [(r.kind, r.outcome, unseal(VAULT, r.payload, context=INBOUND_PAYLOAD)) for r in rows]
 
 
 def reply(**changes: Any) -> dict[str, Any]:

@@ -116,6 +116,10 @@ def _text(entry: Mapping[str, Any], name: str, *, required: bool = True, limit: 
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{name} is not text")
     text = str(value).strip()
+    try:  # JSON allows "\ud800", which no database (and no hash of the key) can encode
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate)") from None
     if required and not text:
         raise ValueError(f"empty {name}")
     if len(text) > limit:
@@ -133,7 +137,8 @@ def _content(entry: Mapping[str, Any]) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError("content is not text")
-    return str(value).replace("\x00", "\ufffd").strip()[:MAX_CONTENT]
+    text = str(value).replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")  # lone surrogates
+    return text.strip()[:MAX_CONTENT]
 
 
 def _bool(value: object) -> bool:

@@ -233,7 +233,10 @@ async def _status_answer(
 
 
 @post(
-    f"{PREFIX}/{{account:str}}/member/bind-query", summary="会员通: is this buyer a member?", tags=["taobao"]
+    f"{PREFIX}/{{account:str}}/member/bind-query",
+    summary="会员通: is this buyer a member?",
+    tags=["taobao"],
+    status_code=200,
 )
 async def bind_query(
     account: FromPath[str], request: Request[Any, Any, Any], membership: NamedDependency[MembershipService]
@@ -295,7 +298,10 @@ async def _bind(
 
 
 @post(
-    f"{PREFIX}/{{account:str}}/member/bind", summary="会员通: bind the buyer to the member", tags=["taobao"]
+    f"{PREFIX}/{{account:str}}/member/bind",
+    summary="会员通: bind the buyer to the member",
+    tags=["taobao"],
+    status_code=200,
 )
 async def bind(
     account: FromPath[str],
@@ -307,7 +313,10 @@ async def bind(
 
 
 @post(
-    f"{PREFIX}/{{account:str}}/member/register", summary="会员通: enrol and bind the buyer", tags=["taobao"]
+    f"{PREFIX}/{{account:str}}/member/register",
+    summary="会员通: enrol and bind the buyer",
+    tags=["taobao"],
+    status_code=200,
 )
 async def register(
     account: FromPath[str],

@@ -1,7 +1,7 @@
 """Hook implementations of the taobao plugin; tongcrm loads this module through the ``tongcrm`` entry point.
 
-Only order fetching is registered for now. TMC push (``ChannelCapability.PUSH``) and the 会员通 bind SPIs need
-core services that do not exist yet; :mod:`tongcrm_taobao.tmc` already holds the protocol half of TMC.
+The channel (order sync, and TMC push through :mod:`tongcrm_taobao.tmc`: ``ChannelCapability.PUSH``) and the
+routes of Tmall's 会员通 SPIs (:mod:`tongcrm_taobao.membership`, served through the core's ``MembershipService``).
 """
 
 from __future__ import annotations

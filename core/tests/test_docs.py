@@ -1,0 +1,205 @@
+"""The documentation keeps up with the code.
+
+- The HTTP API reference (``docs/api/openapi.json`` and ``docs/api/routes.md``) is what
+  ``docs/gen_openapi.py`` writes from ``create_app()`` now: a route changed without regenerating fails here.
+- Every hook of the contract (``tongcrm.plugin.hookspecs``) has a heading in the plugin author guide.
+- Every hook implementation of the first-party plugins fits its spec: it implements a declared hook and takes
+  no argument the spec does not give (pluggy lets an implementation take a subset).
+
+No database: these tests read files and build the app without connecting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+import pytest
+from tongcrm.plugin import hookspecs
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+GUIDE = DOCS / "plugins.md"
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tongcrm_docs_gen_openapi", DOCS / "gen_openapi.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generator() -> ModuleType:
+    return _load_generator()
+
+
+def _hookspec_names() -> list[str]:
+    marker = f"{hookspecs.PROJECT}_spec"
+    return sorted(
+        name for name, func in vars(hookspecs).items() if inspect.isfunction(func) and hasattr(func, marker)
+    )
+
+
+def _headings(markdown: str) -> list[str]:
+    """Heading texts of a Markdown page (ATX headings outside fenced code blocks)."""
+    headings: list[str] = []
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        found = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if found and not fenced:
+            headings.append(found.group(1))
+    return headings
+
+
+def _named_in(heading: str) -> set[str]:
+    """The identifiers a heading names: ``#### `order_changed` `` and ``#### order_changed`` alike."""
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", heading))
+
+
+def test_the_generated_api_reference_matches_the_app(generator: ModuleType) -> None:
+    stale = [
+        path.relative_to(ROOT).as_posix()
+        for path, text in generator.generated().items()
+        if not path.exists() or path.read_text(encoding="utf-8") != text
+    ]
+    assert not stale, (
+        f"{', '.join(stale)} out of date: run `python docs/gen_openapi.py` and commit the result"
+    )
+
+
+def test_the_api_reference_lists_every_route_with_its_roles(generator: ModuleType) -> None:
+    """The routes page is not only in sync but complete: every route of the app is a row with its roles."""
+    from tongcrm.api.security import ROLES_OPT
+
+    app = generator.build_app()
+    text = (DOCS / "api" / "routes.md").read_text(encoding="utf-8")
+    rows = {
+        (m.group(1), m.group(2)): m.group(3)
+        for m in re.finditer(r"^\| ([A-Z]+) \| `([^`]+)` \| ([^|]+) \|", text, re.M)
+    }
+    expected = {}
+    for route in app.routes:
+        if route.path.startswith("/schema"):
+            continue
+        for handler in getattr(route, "route_handlers", ()):
+            roles = sorted(getattr(r, "value", str(r)) for r in handler.opt.get(ROLES_OPT, ()))
+            for method in set(getattr(handler, "http_methods", ())) - {"OPTIONS"}:
+                expected[(method, generator.display_path(route.path))] = roles
+    assert expected, "the app has routes"
+    assert set(rows) == set(expected)
+    for key, roles in expected.items():
+        shown = sorted(r.strip() for r in rows[key].split(","))
+        assert shown == (roles or ["public"]), key
+
+
+def test_the_openapi_document_covers_core_and_plugin_routes(generator: ModuleType) -> None:
+    import json
+
+    schema = json.loads((DOCS / "api" / "openapi.json").read_text(encoding="utf-8"))
+    assert schema["openapi"].startswith("3.")
+    paths = set(schema["paths"])
+    # core, a till API, a platform callback and a gateway callback
+    for path in ("/api/members", "/pos/v1/receipts", "/callbacks/taobao/{account}/member/bind", "/health"):
+        assert path in paths
+    assert "apiKey" in schema["components"]["securitySchemes"]
+
+
+def test_every_hookspec_has_a_heading_in_the_plugin_guide() -> None:
+    names = _hookspec_names()
+    assert len(names) >= 14, names  # seven registration hooks, one policy hook, six events at least
+    assert set(names) >= hookspecs.EVENT_NAMES
+    documented = set().union(*(_named_in(h) for h in _headings(GUIDE.read_text(encoding="utf-8"))))
+    missing = [name for name in names if name not in documented]
+    assert not missing, f"hooks without a section in docs/plugins.md: {', '.join(missing)}"
+
+
+def test_the_heading_check_finds_a_missing_hook() -> None:
+    """The check above reads headings, not mentions: a hook named only in running text is not documented."""
+    page = "# Guide\n\n#### `channels`\n\nThe routes hook is described elsewhere.\n```\n# routes\n```\n"
+    documented = set().union(*(_named_in(h) for h in _headings(page)))
+    assert "channels" in documented
+    assert "routes" not in documented
+
+
+def _first_party_plugins() -> Iterator[tuple[str, Any]]:
+    """The four first-party plugins and the core's own hook modules, with any class that holds hooks."""
+    from tongcrm.plugin.host import BUILTIN_PLUGINS
+
+    generator = _load_generator()
+    for name, module_name in [*generator.FIRST_PARTY, *((m, m) for m in BUILTIN_PLUGINS)]:
+        module = importlib.import_module(module_name)
+        yield name, module
+        for value in vars(module).values():
+            # plugins that keep their hooks on a class (the POS plugin) register an instance in tests
+            if inspect.isclass(value) and value.__module__ == module.__name__ and _hookimpls(value):
+                yield f"{name}:{value.__name__}", value
+
+
+def _hookimpls(owner: Any) -> dict[str, Any]:
+    marker = f"{hookspecs.PROJECT}_impl"
+    found = {}
+    for attr in dir(owner):
+        func = getattr(owner, attr, None)
+        if callable(func) and hasattr(func, marker):
+            found[attr] = func
+    return found
+
+
+def _argnames(func: Any) -> list[str]:
+    return [p for p in inspect.signature(func).parameters if p != "self"]
+
+
+def _spec_mismatches(owner: Any) -> list[str]:
+    problems = []
+    specs = {name: getattr(hookspecs, name) for name in _hookspec_names()}
+    for name, impl in _hookimpls(owner).items():
+        spec = specs.get(name)
+        if spec is None:
+            problems.append(f"{name}: no such hook in the contract")
+            continue
+        extra = [a for a in _argnames(impl) if a not in _argnames(spec)]
+        if extra:
+            problems.append(f"{name}: takes {', '.join(extra)}, which the spec does not give")
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("plugin", "owner"), [pytest.param(name, owner, id=name) for name, owner in _first_party_plugins()]
+)
+def test_first_party_hookimpls_fit_their_specs(plugin: str, owner: Any) -> None:
+    impls = _hookimpls(owner)
+    assert impls, f"{plugin} implements no hook"
+    assert _spec_mismatches(owner) == []
+
+
+def test_the_signature_check_finds_an_argument_the_spec_does_not_give() -> None:
+    hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
+
+    class Plugin:
+        @hookimpl
+        def order_changed(self, event: Any) -> None:  # a subset: fine
+            return None
+
+        @hookimpl
+        def resolve_member(self, claims: Any, matches: Any, session: Any) -> None:  # not in the spec
+            return None
+
+        @hookimpl
+        def order_shipped(self, event: Any) -> None:  # no such hook
+            return None
+
+    assert sorted(_spec_mismatches(Plugin())) == [
+        "order_shipped: no such hook in the contract",
+        "resolve_member: takes session, which the spec does not give",
+    ]

@@ -1,0 +1,369 @@
+"""What the admin API accepts, enforced in one place for every route (core and plugins alike).
+
+Outside testing (a fuzzer and hand-made requests) found inputs that reached the database and came back as 500s:
+ids past the 64-bit columns, NUL characters PostgreSQL text cannot hold, JSON nested thousands deep, ``"100"``
+accepted as an integer. Rather than each handler guarding itself, the app applies these rules:
+
+* **Bounded integers** — the parameter types below carry their bounds into validation and into the OpenAPI
+  document (a test walks every route and fails on an integer parameter without a maximum). A request body is
+  also checked as a whole: any JSON integer beyond a 64-bit column (:data:`MAX_ID`) is refused before a
+  handler sees it.
+* **Strict bodies** — :class:`StrictRequest` decodes every JSON body with msgspec's *strict* rules against the
+  handler's declared body type (no ``"100"`` or ``1e2`` for an integer), refuses bodies nested deeper than
+  :data:`MAX_JSON_DEPTH`, and refuses U+0000 in any string or key, naming the field.
+* **Known query parameters only** — :func:`reject_unknown_query` answers 400 for a query parameter the route
+  does not read, instead of silently ignoring a filter the caller thinks is applied.
+* **Documented failures** — :func:`document_problems` lists on every operation the problem statuses it can
+  answer, each with the RFC 9457 problem-details schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request
+from litestar.datastructures import UploadFile
+from litestar.exceptions import ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import PathParameter, QueryParameter
+from litestar.routes import BaseRoute, HTTPRoute
+from litestar.types import Empty
+
+#: The largest id, cursor or offset the API accepts: within the 64-bit (BIGINT) columns ids live in, and the
+#: largest such number a double holds exactly (2^63 - 1024), because the OpenAPI document states bounds as JSON
+#: numbers, which many clients (and litestar's schema writer) read as doubles: 2^63 - 1 would read as 2^63.
+MAX_ID = 2**63 - 1024
+#: The largest value a 32-bit (INTEGER) column holds, e.g. an earning-rules version.
+MAX_INT32 = 2**31 - 1
+#: The deepest a JSON request body may nest (objects and arrays). No request the API defines needs more than a
+#: handful of levels; the bound keeps decoding and every later walk of the value cheap and non-recursive.
+MAX_JSON_DEPTH = 32
+
+#: Dates and times the API accepts: years 1900 to 2999. Wider values reached arithmetic that overflows (a
+#: ``+14:00`` time at 0001-01-01 has no UTC value; the day after 9999-12-31 does not exist) and no member's
+#: birthday, order or validity lies outside them.
+MIN_DATE = date(1900, 1, 1)
+MAX_DATE = date(2999, 12, 31)
+
+#: A positive database id in a path (``/api/members/{member_id}``).
+PathId = Annotated[int, PathParameter(ge=1, le=MAX_ID, description="a positive id")]
+#: A 32-bit positive number in a path (an earning-rules version).
+PathInt32 = Annotated[int, PathParameter(ge=1, le=MAX_INT32, description="a positive 32-bit number")]
+#: An optional id filter or keyset cursor in a query string.
+QueryId = Annotated[int | None, QueryParameter(ge=1, le=MAX_ID, description="a positive id")]
+#: An offset into a listing.
+QueryOffset = Annotated[int, QueryParameter(ge=0, le=MAX_ID, description="rows to skip")]
+
+#: A positive id in a request body.
+BodyId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="a positive id")]
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(msgspec.Struct):
+    """An RFC 9457 problem details body, as :mod:`tongcrm.api.problems` writes it (more members may follow)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None
+    #: What was wrong, per field: a list of ``{key, message, source}`` (validation) or ``{field: message}``.
+    errors: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+class StrictRequest(Request[Any, Any, Any]):
+    """The app's request class: a JSON body is decoded once, checked (depth, NUL, 64-bit integers) and
+    validated strictly against the handler's body type before litestar converts it.
+
+    Validating here, rather than leaving it to litestar's signature model, also keeps a body field that shares
+    its name with a dependency (``settings``) from being mistaken for a failing dependency (a 500).
+    """
+
+    async def json(self) -> Any:
+        if self._json is Empty:
+            body = await self.body()
+            value = decode_body(body or b"null", nul=not self.route_handler.opt.get(NUL_PER_ITEM_OPT))
+            target = _body_type(self)
+            if target is not None and value is not None:
+                try:
+                    typed = msgspec.convert(
+                        value, target, strict=True, dec_hook=self.route_handler.default_deserializer
+                    )
+                except msgspec.ValidationError as exc:
+                    raise _invalid(_body_message(str(exc)), key=_error_key(str(exc))) from exc
+                for where, moment in _moments(typed, "$"):
+                    check_moment(_key(where) or "body", moment, source="body")
+            self._json = self._connection_state.json = value
+        return self._json
+
+
+#: The ``opt`` key of a route that refuses U+0000 per item itself (a batch that answers item by item), so
+#: one bad item does not fail the whole body: ``opt={..., **nul_checked_per_item()}``.
+NUL_PER_ITEM_OPT = "tongcrm_nul_per_item"
+
+
+def nul_checked_per_item() -> dict[str, bool]:
+    return {NUL_PER_ITEM_OPT: True}
+
+
+def decode_body(body: bytes, *, nul: bool = True) -> Any:
+    """The JSON value of ``body``, refused (400) when it is not JSON, nests deeper than :data:`MAX_JSON_DEPTH`,
+    holds U+0000 in a string or key (unless ``nul`` is false), or holds an integer beyond :data:`MAX_ID`."""
+    try:
+        value = msgspec.json.decode(body)
+    except RecursionError as exc:
+        raise _invalid(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from exc
+    except msgspec.DecodeError as exc:
+        raise _invalid(f"the body is not valid JSON: {exc}") from exc
+    check_value(value, nul=nul)
+    return value
+
+
+def check_value(value: Any, *, nul: bool = True) -> None:
+    """Walk a decoded JSON value without recursion and refuse what the database could not store."""
+    stack: list[tuple[Any, str, int]] = [(value, "$", 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            if nul and "\x00" in item:
+                raise _invalid("NUL characters (U+0000) are not allowed", key=_key(where))
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if not -MAX_ID <= item <= MAX_ID:
+                raise _invalid(f"integer out of range (at most {MAX_ID} in magnitude)", key=_key(where))
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _invalid(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if nul and "\x00" in k:
+                        raise _invalid("NUL characters (U+0000) are not allowed in keys", key=_key(where))
+                    stack.append((v, f"{where}.{k}", depth + 1))
+            else:
+                stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+
+
+def check_moment(name: str, value: date, *, source: str) -> None:
+    """Refuse (400) a date or date-time outside :data:`MIN_DATE`..:data:`MAX_DATE` (a date-time with a zone
+    is judged by its date in UTC, which must exist)."""
+    day = value
+    if isinstance(value, datetime):
+        if value.tzinfo is not None and MIN_DATE <= value.date() <= MAX_DATE:
+            value = value.astimezone(UTC)  # cannot overflow inside the bounds
+        day = value.date()
+    if not MIN_DATE <= day <= MAX_DATE:
+        raise _invalid(f"date out of range ({MIN_DATE} to {MAX_DATE})", key=name, source=source)
+
+
+def _moments(value: Any, where: str) -> Iterator[tuple[str, date]]:
+    """The dates and date-times in a converted body (structs, mappings, sequences), with where they are."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, date):
+            yield at, item
+        elif isinstance(item, msgspec.Struct):
+            stack.extend((getattr(item, f), f"{at}.{f}") for f in item.__struct_fields__)
+        elif isinstance(item, dict):
+            stack.extend((v, f"{at}.{k}") for k, v in item.items())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+
+
+def check_text(name: str, value: str, *, source: str = "query") -> None:
+    """Refuse U+0000 in a path or query value (400 naming the parameter)."""
+    if "\x00" in value:
+        raise _invalid("NUL characters (U+0000) are not allowed", key=name, source=source)
+
+
+def _key(where: str) -> str | None:
+    return None if where == "$" else where.removeprefix("$.")
+
+
+def _invalid(message: str, *, key: str | None = None, source: str = "body") -> ValidationException:
+    """A 400 whose problem names the field (``key``) and says what is wrong with it."""
+    error: dict[str, str] = {"message": message, "source": source}
+    if key:
+        error["key"] = key
+    return ValidationException(detail=f"{key}: {message}" if key else message, extra=[error])
+
+
+def _body_message(msgspec_message: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.points`"; the key names the field
+    return msgspec_message.rpartition(" - at `")[0] or msgspec_message
+
+
+def _error_key(msgspec_message: str) -> str | None:
+    _, sep, where = msgspec_message.rpartition(" - at `")
+    return _key(where.rstrip("`")) if sep else None
+
+
+_NO_BODY_TYPE = object()
+
+
+def _body_type(request: Request[Any, Any, Any]) -> Any:
+    """The type the handler declares for its ``data`` parameter (None when it reads JSON itself)."""
+    handler = request.route_handler
+    cached = handler.opt.get("tongcrm_body_type", _NO_BODY_TYPE)
+    if cached is _NO_BODY_TYPE:
+        field = handler.parsed_fn_signature.parameters.get("data")
+        cached = None
+        if field is not None and not field.is_subclass_of(UploadFile):
+            cached = field.annotation
+        handler.opt["tongcrm_body_type"] = cached
+    return cached
+
+
+# --- query parameters ------------------------------------------------------------------------------------------
+
+#: The ``opt`` key holding the query parameter names a route reads (None: it reads the whole query itself).
+QUERY_OPT = "tongcrm_query"
+
+
+#: The ``opt`` key holding the query parameters a route reads as dates or date-times (name: type).
+QUERY_MOMENTS_OPT = "tongcrm_query_moments"
+
+
+def collect_query_names(routes: Iterable[BaseRoute]) -> None:
+    """Record on every route handler the query parameter names it (and its dependencies) read; a handler
+    that takes the whole ``query`` mapping reads what it likes and is not checked."""
+    for route in routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler, kwargs_model in route.route_handler_map.values():
+            names = frozenset(p.field_alias for p in kwargs_model.expected_query_params)
+            handler.opt[QUERY_OPT] = None if "query" in kwargs_model.expected_reserved_kwargs else names
+            fields = handler.parsed_fn_signature.parameters
+            moments: dict[str, type[date]] = {}
+            for p in kwargs_model.expected_query_params:
+                field = fields.get(p.field_name)
+                for kind in (datetime, date):  # datetime first: it is a date too
+                    if field is not None and (
+                        field.is_subclass_of(kind) or field.has_inner_subclass_of(kind)
+                    ):
+                        moments[p.field_alias] = kind
+                        break
+            handler.opt[QUERY_MOMENTS_OPT] = moments
+
+
+def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
+    """400 when the query string names a parameter the route does not read, or a path or query value holds a
+    NUL character or a date out of range."""
+    in_path: dict[str, Any] = request.scope["path_params"]  # parsed: ints, dates, strings
+    for name, value in in_path.items():
+        if isinstance(value, str):
+            check_text(name, value, source="path")
+        elif isinstance(value, date):
+            check_moment(name, value, source="path")
+    if not request.scope.get("query_string"):
+        return
+    known: frozenset[str] | None = request.route_handler.opt.get(QUERY_OPT)
+    params = request.query_params
+    if known is not None:
+        unknown = sorted(k for k in params if k not in known)
+        if unknown:
+            accepted = ", ".join(sorted(known)) or "none"
+            raise ValidationException(
+                detail=f"unknown query parameter(s): {', '.join(unknown)} (this route accepts: {accepted})",
+                extra=[
+                    {
+                        "message": f"unknown query parameter (this route accepts: {accepted})",
+                        "key": k,
+                        "source": "query",
+                    }
+                    for k in unknown
+                ],
+            )
+    moments: dict[str, Any] = request.route_handler.opt.get(QUERY_MOMENTS_OPT) or {}
+    for name, value in params.multi_items():
+        check_text(name, value)
+        if name in moments:
+            try:
+                parsed = msgspec.convert(value, moments[name])
+            except msgspec.ValidationError:
+                continue  # not a date: the handler's own parsing names it (a 400)
+            check_moment(name, parsed, source="query")
+
+
+# --- OpenAPI: the problems each operation can answer -------------------------------------------------------------
+
+#: The ``opt`` key by which a handler names problem statuses beyond those derived from its shape.
+PROBLEMS_OPT = "tongcrm_problems"
+
+
+def problems(*statuses: int) -> dict[str, tuple[int, ...]]:
+    """Problem statuses a route answers beyond those its shape implies:
+    ``@get(..., opt={**requires(...), **problems(404)})`` (a router's ``opt`` applies to all its routes)."""
+    return {PROBLEMS_OPT: statuses}
+
+
+_DESCRIPTIONS = {
+    400: "Bad request: a malformed or invalid parameter or body (the problem names it)",
+    401: "Unauthorized: no API key, or one that is unknown or revoked",
+    403: "Forbidden: the key's role (or store) may not do this",
+    404: "Not found: a resource the request names does not exist",
+    409: "Conflict: the request conflicts with the current state",
+    412: "Precondition failed: the If-Match version is stale",
+    413: "Request too large",
+    415: "Unsupported media type",
+    422: "Unprocessable: valid in form but refused by a business rule",
+    428: "Precondition required: send the header the problem names",
+    429: "Too many requests: retry after the Retry-After header's seconds",
+}
+
+
+def problem_statuses(handler: Any, kwargs_model: Any, path: str, roles: frozenset[Any] | None) -> set[int]:
+    """The problem statuses an operation can answer, from its shape: who may call it, its path parameters,
+    method, body and headers, plus those its handler names in ``opt[PROBLEMS_OPT]``."""
+    methods = set(handler.http_methods)
+    statuses = {400}
+    if roles or not any(path == p or path.startswith(p + "/") for p in UNAUTHENTICATED_PATHS):
+        # a public plugin route authenticates its caller itself (a platform signature or token)
+        statuses |= {401, 403}
+    if "{" in path:
+        statuses.add(404)
+    if methods - {"GET", "HEAD", "OPTIONS"}:
+        statuses |= {404, 409, 422}
+    elif kwargs_model.expected_query_params:
+        statuses.add(422)  # a well-formed filter a business rule refuses (a mobile that is not one)
+    if "data" in handler.parsed_fn_signature.parameters:
+        statuses |= {413, 415}
+    headers = {p.field_alias.lower() for p in kwargs_model.expected_header_params}
+    if "if-match" in headers:
+        statuses |= {412, 428}
+    statuses |= set(handler.opt.get(PROBLEMS_OPT, ()))
+    return statuses
+
+
+#: Paths open to anyone: no key is asked for, so none can be refused.
+UNAUTHENTICATED_PATHS = ("/health", "/schema")
+
+
+def document_problems(app: Litestar, roles_opt: str) -> None:
+    """Attach a problem-details response for each status every operation can answer (see
+    :func:`problem_statuses`); a status a handler documents itself is left as it is."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler, kwargs_model in route.route_handler_map.values():
+            if set(handler.http_methods) <= {"OPTIONS", "HEAD"}:
+                continue
+            responses = dict(handler.responses or {})
+            roles = handler.opt.get(roles_opt)
+            for status in sorted(problem_statuses(handler, kwargs_model, route.path, roles)):
+                responses.setdefault(
+                    status,
+                    ResponseSpec(
+                        data_container=Problem,
+                        description=_DESCRIPTIONS.get(status, "Problem"),
+                        media_type=PROBLEM_MEDIA_TYPE,
+                        generate_examples=False,
+                    ),
+                )
+            handler.responses = responses
