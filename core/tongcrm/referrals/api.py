@@ -9,9 +9,10 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -56,7 +57,7 @@ class ReferralController(Controller):
     tags = ["referrals"]
 
     @post("/referral-code", opt=requires(*WRITE_ROLES), status_code=200, summary="The member's referral code")
-    async def code(self, member_id: FromPath[int], sessions: NamedDependency[Sessions]) -> CodeOut:
+    async def code(self, member_id: PathId, sessions: NamedDependency[Sessions]) -> CodeOut:
         async with sessions() as session, session.begin():
             return CodeOut(member_id, await service.code_for(session, member_id))
 
@@ -67,7 +68,7 @@ class ReferralController(Controller):
     )
     async def referrer(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         data: JSONBody[ReferrerIn],
         sessions: NamedDependency[Sessions],
         principal: NamedDependency[Principal],
@@ -87,7 +88,7 @@ class ReferralController(Controller):
     @get("/referrals", opt=requires(*READ_ROLES), summary="Whom the member referred, and the rewards")
     async def referrals(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[Sessions],
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> ReferralsOut:

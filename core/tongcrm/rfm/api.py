@@ -9,9 +9,10 @@ from typing import Any
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -99,9 +100,7 @@ class RfmController(Controller):
         )
 
     @get("/members/{member_id:int}", opt=requires(*READ_ROLES), summary="A member's RFM scores")
-    async def member(
-        self, member_id: FromPath[int], read_sessions: NamedDependency[Sessions]
-    ) -> MemberRfmOut:
+    async def member(self, member_id: PathId, read_sessions: NamedDependency[Sessions]) -> MemberRfmOut:
         async with read_sessions() as session:
             await service.require_member(session, member_id)
             found = await service.member_rfm(session, member_id)

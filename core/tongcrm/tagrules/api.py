@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
@@ -75,7 +76,7 @@ class TagRuleController(Controller):
     @delete("/{rule_id:int}", opt=requires(*WRITE_ROLES), status_code=200, summary="Disable a rule and untag")
     async def disable(
         self,
-        rule_id: FromPath[int],
+        rule_id: PathId,
         sessions: NamedDependency[Sessions],
         principal: NamedDependency[Principal],
     ) -> DisabledOut:
@@ -91,7 +92,7 @@ class TagHistoryController(Controller):
     @get("/", opt=requires(*READ_ROLES), summary="Tags put on and taken off the member, newest first")
     async def member_history(
         self,
-        member_id: FromPath[int],
+        member_id: PathId,
         read_sessions: NamedDependency[Sessions],
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> list[HistoryOut]:
