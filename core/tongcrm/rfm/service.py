@@ -550,11 +550,8 @@ async def require_member(session: AsyncSession, member_id: int) -> None:
 
 async def cell_counts(session: AsyncSession) -> dict[str, int]:
     """Members per cell (every cell listed, empty ones with 0)."""
-    found: dict[str, int] = dict(
-        (await session.execute(sa.select(scores.c.cell, sa.func.count()).group_by(scores.c.cell)))
-        .tuples()
-        .all()
-    )
+    rows = await session.execute(sa.select(scores.c.cell, sa.func.count()).group_by(scores.c.cell))
+    found: dict[str, int] = {str(cell): int(n) for cell, n in rows}
     return {code: int(found.get(code, 0)) for code in CELL_CODES}
 
 
