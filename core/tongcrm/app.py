@@ -47,8 +47,11 @@ from tongcrm.points.api import MemberPointsController, PointsRulesController
 from tongcrm.privacy.api import PrivacyController
 from tongcrm.programme.api import ProgrammeSettingsController
 from tongcrm.programme.service import SettingsCache
+from tongcrm.referrals.api import ReferralController
 from tongcrm.replay.service import ReplayGuard
+from tongcrm.rfm.api import RfmController
 from tongcrm.segments.api import SegmentController
+from tongcrm.tagrules.api import TagHistoryController, TagRuleController
 from tongcrm.tiers.api import MemberTierController, TierController
 
 #: Core controllers; domain folders add theirs here.
@@ -77,6 +80,10 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     PrivacyController,
     CampaignController,
     CalendarController,
+    RfmController,
+    ReferralController,
+    TagRuleController,
+    TagHistoryController,
 )
 
 

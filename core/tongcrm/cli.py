@@ -639,6 +639,7 @@ def build_cli(host: PluginHost) -> click.Group:
     )
     from tongcrm.campaigns.cli import calendar_command, campaigns_group
     from tongcrm.ingest.cli import channel_group, sync_command
+    from tongcrm.rfm.cli import rfm_group
     from tongcrm.segments.cli import segments_group
 
     group.add_command(channel_group(host))
@@ -646,8 +647,9 @@ def build_cli(host: PluginHost) -> click.Group:
     group.add_command(segments_group)
     group.add_command(campaigns_group)
     group.add_command(calendar_command)
+    group.add_command(rfm_group)
     for command in host.cli_commands(
-        reserved=CORE_COMMANDS | {"channel", "sync", "segments", "campaigns", "calendar"}
+        reserved=CORE_COMMANDS | {"channel", "sync", "segments", "campaigns", "calendar", "rfm"}
     ):
         group.add_command(command)
     return group

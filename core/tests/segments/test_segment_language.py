@@ -87,6 +87,8 @@ def test_the_catalogue_lists_every_field_and_each_available_one_compiles() -> No
             node["value"] = "female"
         if name == "lifecycle.stage":
             node["value"] = "dormant"
+        if name == "rfm.cell":
+            node["value"] = "important_value"
         if not spec["available"]:
             assert errors({"version": 1, "condition": node})[0][1].startswith(
                 f"field {name!r} is not available"

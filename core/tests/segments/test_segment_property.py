@@ -23,8 +23,10 @@ from tongcrm.identity.models import Identity
 from tongcrm.members.models import Member, MemberTag
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.points.models import PointsBalance
+from tongcrm.rfm.models import RfmScore
 from tongcrm.segments import service
 from tongcrm.segments.compiler import Context
+from tongcrm.segments.schema import RFM_CELLS
 from tongcrm.testing.database import TestDatabase
 from tongcrm.tiers.models import MemberTier, TierHistory
 
@@ -78,6 +80,7 @@ class MMember:
     orders: list[MOrder] = field(default_factory=list)
     merged: bool = False
     stage: str = "prospect"
+    rfm: tuple[int, int, int, str] | None = None  # r, f, m, cell (as a recompute left them)
 
 
 lines = st.builds(
@@ -125,6 +128,10 @@ member_st = st.builds(
     orders=st.lists(orders, max_size=5),
     merged=st.sampled_from([False, False, False, True]),
     stage=st.sampled_from(["prospect", "new", "repeat", "dormant", "churned"]),
+    rfm=st.one_of(
+        st.none(),
+        st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.sampled_from(RFM_CELLS[:3])),
+    ),
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,6 +183,13 @@ leaf_st = st.one_of(
     _leaf("profile.gender", st.sampled_from(["eq", "ne"]), st.sampled_from(["male", "female", "unknown"])),
     _leaf("profile.gender", st.just("is_set"), st.booleans()),
     _leaf("lifecycle.stage", st.sampled_from(["eq", "ne"]), st.sampled_from(["new", "dormant"])),
+    _int_leaf("rfm.recency", st.integers(1, 5)),
+    _int_leaf("rfm.frequency", st.integers(1, 5)),
+    _int_leaf("rfm.monetary", st.integers(1, 5)),
+    _leaf("rfm.monetary", st.just("is_set"), st.booleans()),
+    _leaf("rfm.cell", st.sampled_from(["eq", "ne"]), st.sampled_from(RFM_CELLS[:3])),
+    _leaf("rfm.cell", st.sampled_from(["in", "not_in"]), st.lists(st.sampled_from(RFM_CELLS[:3]), min_size=1,
+                                                                   max_size=2)),
     _leaf("profile.city", st.sampled_from(["in", "not_in"]), st.lists(st.sampled_from(["Shanghai", "Beijing"]),
                                                                        min_size=1, max_size=2)),
     _int_leaf("profile.birthday_month", st.integers(1, 12)),
@@ -282,6 +296,9 @@ def evaluate(node: dict[str, Any], i: int, world: list[MMember]) -> bool:
         return _test(m.gender, op, arg)
     if name == "lifecycle.stage":
         return _test(m.stage, op, arg)
+    if name.startswith("rfm."):
+        at = ("rfm.recency", "rfm.frequency", "rfm.monetary", "rfm.cell").index(name)
+        return _test(m.rfm[at] if m.rfm else None, op, arg)
     if name == "profile.city":
         return _test(m.city, op, arg)
     if name == "profile.birthday_month":
@@ -394,6 +411,10 @@ async def _store(db: TestDatabase, world: list[MMember]) -> list[int]:
                         if override else None,
                     )
                 )  # fmt: skip
+            if m.rfm is not None:
+                r, f, mon, cell = m.rfm
+                s.add(RfmScore(member_id=row.id, recency_days=0, frequency=1, monetary_fen=0, r=r, f=f, m=mon,
+                               cell=cell, run_id=1, computed_at=NOW))  # fmt: skip
             for code, ago in m.history:
                 s.add(TierHistory(member_id=row.id, from_code="member", to_code=code, reason="upgrade",
                                   ladder_version=1, at=NOW - timedelta(days=ago)))  # fmt: skip

@@ -26,6 +26,10 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.segments.models",
     "tongcrm.lifecycle.models",
     "tongcrm.campaigns.models",
+    "tongcrm.rfm.models",
+    "tongcrm.referrals.models",
+    "tongcrm.members.tag_history",
+    "tongcrm.tagrules.models",
 )
 
 

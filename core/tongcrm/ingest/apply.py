@@ -35,6 +35,7 @@ from tongcrm.plugin.types import NormalisedOrder, OrderStatus, QuarantinedRecord
 from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_orders
 from tongcrm.privacy.redact import redact
 from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
+from tongcrm.referrals import service as referrals
 from tongcrm.tiers.service import TierContext
 from tongcrm.tiers.service import reevaluate as reevaluate_tiers
 
@@ -349,8 +350,12 @@ async def apply_orders_page(
             )
         )
     if facts:
-        if earn_points:
-            await apply_orders(session, PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor), facts)
+        if earn_points:  # imported history earns nothing, and fires no referral reward either
+            points_ctx = PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
+            await apply_orders(session, points_ctx, facts)
+            # the referral rule: a referred member's first qualifying order credits the referrer; its refund
+            # reverses it
+            await referrals.on_orders(session, points_ctx, facts)
         # a qualifying purchase upgrades at once (downgrades wait for review time)
         await reevaluate_tiers(
             session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), result.member_ids

@@ -18,6 +18,8 @@ JOB_MODULES: tuple[str, ...] = (
     "tongcrm.segments.jobs",
     "tongcrm.lifecycle.jobs",
     "tongcrm.campaigns.jobs",
+    "tongcrm.rfm.jobs",
+    "tongcrm.tagrules.jobs",
 )
 
 

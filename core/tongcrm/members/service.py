@@ -29,6 +29,7 @@ from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
 from tongcrm.members.models import ERASED, Member, MemberTag
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
+from tongcrm.members.tag_history import TagHistory
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 
@@ -444,6 +445,7 @@ async def tag_member(
     added = [t for t in clean if t not in current]
     for tag in added:
         session.add(MemberTag(member_id=member_id, tag=tag, created_at=now))
+        session.add(TagHistory(member_id=member_id, tag=tag, action="tagged", at=now, actor=actor.name))
     if added:
         member.updated_at = now
         await session.flush()
@@ -461,6 +463,9 @@ async def untag_member(session: AsyncSession, member_id: int, tag: str, actor: A
         raise NotFound(f"member {member_id} has no tag {tag!r}")
     await session.execute(sa.delete(MemberTag).where(MemberTag.member_id == member_id, MemberTag.tag == tag))
     member.updated_at = utcnow()
+    session.add(
+        TagHistory(member_id=member_id, tag=tag, action="untagged", at=member.updated_at, actor=actor.name)
+    )
     await session.flush()
     audit.record(
         session, actor, "member.untag", "member", member_id, before={"tags": sorted(current)},

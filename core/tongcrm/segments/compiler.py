@@ -29,6 +29,7 @@ from tongcrm.members.models import Member, MemberTag
 from tongcrm.members.service import normalise_tag
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry, PointsLot
+from tongcrm.rfm.models import RfmScore
 from tongcrm.segments.schema import (
     FIELDS,
     MAX_DEPTH,
@@ -426,12 +427,24 @@ def _segment(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     return sa.not_(inner) if leaf.op == "ne" else inner
 
 
+def _rfm(c: Compiler, leaf: Leaf, depth: int) -> Condition:
+    column = {
+        "rfm.recency": RfmScore.r,
+        "rfm.frequency": RfmScore.f,
+        "rfm.monetary": RfmScore.m,
+        "rfm.cell": RfmScore.cell,
+    }[leaf.field.name]
+    held = sa.select(column).where(RfmScore.member_id == members.c.id).correlate(members).scalar_subquery()
+    return _scalar_test(held, leaf.op, leaf.value, c.ctx.now)
+
+
 def _lifecycle(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     return _column_test(members.c.lifecycle_stage, leaf.op, leaf.value, c.ctx.now, present=sa.true())
 
 
 _BUILDERS: dict[str, Callable[[Compiler, Leaf, int], Condition]] = {
     "lifecycle": _lifecycle,
+    "rfm": _rfm,
     "profile": _profile,
     "identity": _identity,
     "tier": _tier,

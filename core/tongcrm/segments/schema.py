@@ -96,7 +96,11 @@ class FieldSpec:
         return ops if self.nullable else tuple(op for op in ops if op != "is_set")
 
 
-_NOT_YET_RFM = "RFM scores are not computed yet (issue #19, item 3)"
+#: The eight classic RFM cells by code (names in :data:`tongcrm.rfm.service.CELLS`), R/F/M high or low.
+RFM_CELLS = (
+    "important_value", "important_retain", "important_develop", "important_winback",
+    "general_value", "general_retain", "general_develop", "general_winback",
+)  # fmt: skip
 
 FIELDS: Mapping[str, FieldSpec] = {
     spec.name: spec
@@ -149,11 +153,13 @@ FIELDS: Mapping[str, FieldSpec] = {
                   params=ORDER_SCOPE),
         FieldSpec("orders.bought_category", Type.STRING, "bought a line of one of these category codes",
                   params=ORDER_SCOPE),
-        # derived scores, later
-        FieldSpec("rfm.recency", Type.INT, "recency score 1-5", unavailable=_NOT_YET_RFM),
-        FieldSpec("rfm.frequency", Type.INT, "frequency score 1-5", unavailable=_NOT_YET_RFM),
-        FieldSpec("rfm.monetary", Type.INT, "monetary score 1-5", unavailable=_NOT_YET_RFM),
-        FieldSpec("rfm.cell", Type.STRING, "RFM cell, e.g. 555", unavailable=_NOT_YET_RFM),
+        # derived scores (the last RFM run; members without a counted order in the RFM window have none)
+        FieldSpec("rfm.recency", Type.INT, "recency score 1-5 (5: bought most recently)", nullable=True,
+                  minimum=1, maximum=5),
+        FieldSpec("rfm.frequency", Type.INT, "frequency score 1-5", nullable=True, minimum=1, maximum=5),
+        FieldSpec("rfm.monetary", Type.INT, "monetary score 1-5", nullable=True, minimum=1, maximum=5),
+        FieldSpec("rfm.cell", Type.STRING, "one of the eight RFM cells, e.g. important_value (重要价值客户)",
+                  nullable=True, choices=RFM_CELLS),
         FieldSpec("lifecycle.stage", Type.STRING, "the derived lifecycle stage",
                   choices=("prospect", "new", "repeat", "dormant", "churned")),
         # other segments

@@ -1,7 +1,7 @@
 """Campaigns, their runs and each run's frozen audience; days marked on the campaign calendar
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-06 02:00:00
 """
 
@@ -12,7 +12,7 @@ import tongcrm.db.base
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | Sequence[str] | None = "0012"
+down_revision: str | Sequence[str] | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 #: The audience references saved segments (0011); the lead relinks down_revision when merging.
 depends_on: str | Sequence[str] | None = None

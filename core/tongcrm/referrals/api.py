@@ -1,0 +1,104 @@
+"""Referral HTTP API: a member's referral code, recording a referrer from a code (once), and whom a member
+referred with the state of each reward."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tongcrm.api.inputs import PathId
+from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.audit import service as audit
+from tongcrm.audit.service import Actor
+from tongcrm.auth.service import Principal
+from tongcrm.referrals import service
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+class CodeOut(msgspec.Struct):
+    member_id: int
+    code: str
+
+
+class ReferrerIn(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+
+
+class ReferrerOut(msgspec.Struct):
+    member_id: int
+    referrer_id: int
+
+
+class ReferredOut(msgspec.Struct):
+    member_id: int
+    joined_at: datetime
+    #: awarded | reversed | None (no qualifying order yet)
+    reward_status: str | None
+    reward_points: int
+    rewarded_at: datetime | None
+
+
+class ReferralsOut(msgspec.Struct):
+    member_id: int
+    #: Live members this member referred.
+    count: int
+    referred: list[ReferredOut]
+
+
+class ReferralController(Controller):
+    path = "/api/members/{member_id:int}"
+    tags = ["referrals"]
+
+    @post("/referral-code", opt=requires(*WRITE_ROLES), status_code=200, summary="The member's referral code")
+    async def code(self, member_id: PathId, sessions: NamedDependency[Sessions]) -> CodeOut:
+        async with sessions() as session, session.begin():
+            return CodeOut(member_id, await service.code_for(session, member_id))
+
+    @put(
+        "/referrer",
+        opt=requires(*WRITE_ROLES),
+        summary="Record who referred the member, from a referral code (once; audited)",
+    )
+    async def referrer(
+        self,
+        member_id: PathId,
+        data: JSONBody[ReferrerIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> ReferrerOut:
+        async with sessions() as session, session.begin():
+            referrer = await service.set_referrer(session, member_id, data.code)
+            audit.record(
+                session,
+                Actor.of(principal),
+                "member.referrer",
+                "member",
+                member_id,
+                after={"referrer_id": referrer},
+            )
+        return ReferrerOut(member_id, referrer)
+
+    @get("/referrals", opt=requires(*READ_ROLES), summary="Whom the member referred, and the rewards")
+    async def referrals(
+        self,
+        member_id: PathId,
+        read_sessions: NamedDependency[Sessions],
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> ReferralsOut:
+        async with read_sessions() as session:
+            count, rows = await service.referred_by(session, member_id, limit=limit)
+        return ReferralsOut(
+            member_id,
+            count,
+            [
+                ReferredOut(r.member_id, r.created_at, r.reward_status, r.reward_points, r.rewarded_at)
+                for r in rows
+            ],
+        )

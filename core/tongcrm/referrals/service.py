@@ -1,0 +1,235 @@
+"""Referral codes, who referred whom, and the referral points rule.
+
+A member's referrer (``members.referrer_id``) is first-touch acquisition data: set once — when the member is
+created, or later by an operator or with a referral code while it is still empty — and never overwritten (syncs
+never write it; merges keep the one of the member created first).
+
+The referral rule (an ``event`` rule with ``"event": "referral"`` in the points rule set) fires once per
+referred member, when that member's **first qualifying order** — paid, completed, not refunded in full —
+arrives: the referrer (or the member it has since been merged into) earns the rule's points, with the ledger's
+idempotency key ``event:referral:{referred member id}:{rule}`` so a replayed order never pays twice. When that
+order is later refunded in full the reward is reversed: the points are taken back as an adjustment, as far as the
+referrer's available balance allows (never below zero). A reversed referral does not fire again on a later order.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.db.dialect import insert
+from tongcrm.errors import Conflict, NotFound, Unprocessable
+from tongcrm.members.models import Member
+from tongcrm.members.service import resolve_live_id
+from tongcrm.orders.models import Order
+from tongcrm.points import service as points
+from tongcrm.points.service import OrderFacts, PointsContext
+from tongcrm.referrals.models import ReferralCode, ReferralReward
+
+#: No 0/O/1/I/L: codes are read aloud and typed from screenshots.
+_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+CODE_LENGTH = 8
+
+
+def _qualifies(status: str, paid_fen: int, refunded_fen: int, completed_at: datetime | None) -> bool:
+    return (
+        completed_at is not None
+        and status not in ("closed", "refunded", "created")
+        and paid_fen > 0
+        and refunded_fen < paid_fen
+    )
+
+
+def _refunded_in_full(status: str, paid_fen: int, refunded_fen: int) -> bool:
+    return status in ("closed", "refunded") or (refunded_fen > 0 and refunded_fen >= paid_fen)
+
+
+async def on_orders(session: AsyncSession, ctx: PointsContext, facts: Sequence[OrderFacts]) -> None:
+    """Fire or reverse referral rewards for orders just applied (in the caller's transaction)."""
+    order_ids = sorted({f.order_id for f in facts})
+    if not order_ids:
+        return
+    await _reverse_refunded(session, ctx, order_ids)
+    rows = (
+        await session.execute(
+            sa.select(
+                Order.id, Order.member_id, Order.status, Order.paid_fen, Order.refunded_fen, Order.completed_at,
+                Member.referrer_id,
+            )
+            .join(Member, Member.id == Order.member_id)
+            .where(Order.id.in_(order_ids), Member.referrer_id.is_not(None), Member.status == "active")
+            .order_by(Order.completed_at, Order.id)
+        )
+    ).all()  # fmt: skip
+    first: dict[int, Any] = {}
+    for row in rows:
+        if _qualifies(row.status, row.paid_fen, row.refunded_fen, row.completed_at):
+            first.setdefault(int(row.member_id), row)
+    if not first:
+        return
+    done = set(
+        (
+            await session.execute(
+                sa.select(ReferralReward.referred_member_id).where(
+                    ReferralReward.referred_member_id.in_(list(first))
+                )
+            )
+        ).scalars()
+    )
+    for referred, row in sorted(first.items()):
+        if referred in done:
+            continue
+        referrer = await resolve_live_id(session, int(row.referrer_id))
+        if referrer is None or referrer == referred:
+            continue  # a member merged into its own referrer refers nobody
+        stmt = (
+            insert(session, cast(sa.Table, ReferralReward.__table__))
+            .values(
+                referred_member_id=referred, referrer_member_id=referrer, order_id=row.id, points=0,
+                status="awarded", awarded_at=ctx.clock(), reversed_points=0,
+            )
+            .on_conflict_do_nothing(index_elements=["referred_member_id"])
+            .returning(ReferralReward.referred_member_id)
+        )  # fmt: skip
+        if (await session.execute(stmt)).scalar() is None:
+            continue  # another transaction fired it first
+        posted = await points.award_event(
+            session, ctx, referrer, "referral", str(referred), occurred_at=row.completed_at
+        )
+        await session.execute(
+            sa.update(ReferralReward)
+            .where(ReferralReward.referred_member_id == referred)
+            .values(points=posted)
+        )
+
+
+async def _reverse_refunded(session: AsyncSession, ctx: PointsContext, order_ids: Sequence[int]) -> None:
+    rewards = (
+        await session.execute(
+            sa.select(ReferralReward, Order.status, Order.paid_fen, Order.refunded_fen)
+            .join(Order, Order.id == ReferralReward.order_id)
+            .where(ReferralReward.order_id.in_(order_ids), ReferralReward.status == "awarded")
+            .with_for_update(of=ReferralReward)
+        )
+    ).all()
+    for reward, status, paid_fen, refunded_fen in rewards:
+        if not _refunded_in_full(status, paid_fen, refunded_fen):
+            continue
+        taken = 0
+        holder = await resolve_live_id(session, reward.referrer_member_id)
+        if reward.points > 0 and holder is not None:
+            available = (await points.balance(session, holder)).available
+            taken = min(reward.points, max(available, 0))
+            if taken > 0:
+                await points.adjust(
+                    session, ctx, holder, -taken,
+                    key=f"referral-reversal:{reward.referred_member_id}",
+                    reason=f"referral of member {reward.referred_member_id} reversed: order {reward.order_id} refunded",
+                )  # fmt: skip
+        reward.status, reward.reversed_at, reward.reversed_points = "reversed", ctx.clock(), taken
+
+
+# -------------------------------------------------------------------------------------------------------------
+# codes and who referred whom
+
+
+async def code_for(session: AsyncSession, member_id: int) -> str:
+    """The member's referral code, created on first ask."""
+    live = await resolve_live_id(session, member_id)
+    if live is None:
+        raise NotFound(f"member {member_id} does not exist")
+    if live != member_id:
+        raise Conflict(f"member {member_id} was merged into member {live}", extra={"merged_into_id": live})
+    found = (
+        await session.execute(sa.select(ReferralCode.code).where(ReferralCode.member_id == member_id))
+    ).scalar()
+    if found is not None:
+        return str(found)
+    while True:
+        code = "".join(secrets.choice(_ALPHABET) for _ in range(CODE_LENGTH))
+        stmt = (
+            insert(session, cast(sa.Table, ReferralCode.__table__))
+            .values(member_id=member_id, code=code)
+            .on_conflict_do_nothing()
+            .returning(ReferralCode.code)
+        )
+        if (await session.execute(stmt)).scalar() is not None:
+            return code
+        again = (
+            await session.execute(sa.select(ReferralCode.code).where(ReferralCode.member_id == member_id))
+        ).scalar()
+        if again is not None:  # created concurrently
+            return str(again)
+
+
+async def owner_of(session: AsyncSession, code: str) -> int:
+    """The live member a code belongs to (a merged member's code refers to the survivor)."""
+    owner = (
+        await session.execute(
+            sa.select(ReferralCode.member_id).where(ReferralCode.code == code.strip().upper())
+        )
+    ).scalar()
+    live = await resolve_live_id(session, int(owner)) if owner is not None else None
+    if live is None:
+        raise Unprocessable(f"no referral code {code!r}", extra={"pointer": "/code"})
+    return live
+
+
+async def set_referrer(session: AsyncSession, member_id: int, code: str) -> int:
+    """Record who referred ``member_id`` from a referral code, once: a member who has a referrer keeps it."""
+    member = await session.get(Member, member_id, with_for_update=True)
+    if member is None:
+        raise NotFound(f"member {member_id} does not exist")
+    if member.status != "active":
+        raise Conflict(f"member {member_id} was merged into member {member.merged_into_id}")
+    referrer = await owner_of(session, code)
+    if referrer == member_id:
+        raise Unprocessable("a member cannot refer themselves", extra={"pointer": "/code"})
+    if member.referrer_id is not None:
+        if member.referrer_id == referrer:
+            return referrer
+        raise Conflict(
+            f"member {member_id} was already referred by member {member.referrer_id}; the first referrer stays",
+            extra={"referrer_id": member.referrer_id},
+        )
+    await session.execute(
+        # acquisition data, not a profile edit: the If-Match version stays
+        sa.update(Member).where(Member.id == member_id).values(referrer_id=referrer)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return referrer
+
+
+@dataclass(frozen=True, slots=True)
+class Referred:
+    member_id: int
+    status: str
+    created_at: datetime
+    reward_status: str | None
+    reward_points: int
+    rewarded_at: datetime | None
+
+
+async def referred_by(
+    session: AsyncSession, member_id: int, *, limit: int = 100
+) -> tuple[int, list[Referred]]:
+    """Whom a member referred (live members, newest first) and how many, with each reward's state."""
+    where = [Member.referrer_id == member_id, Member.status == "active"]
+    count = (await session.execute(sa.select(sa.func.count()).select_from(Member).where(*where))).scalar_one()
+    rows = (
+        await session.execute(
+            sa.select(Member.id, Member.status, Member.created_at, ReferralReward.status, ReferralReward.points,
+                      ReferralReward.awarded_at)
+            .outerjoin(ReferralReward, ReferralReward.referred_member_id == Member.id)
+            .where(*where)
+            .order_by(Member.id.desc())
+            .limit(limit)
+        )
+    ).all()  # fmt: skip
+    return int(count), [Referred(int(r[0]), r[1], r[2], r[3], int(r[4] or 0), r[5]) for r in rows]
