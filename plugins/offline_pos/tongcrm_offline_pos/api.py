@@ -42,6 +42,8 @@ from tongcrm_offline_pos.schemas import (
     CodeIn,
     CodeOut,
     EnrolIn,
+    EntitlementUseIn,
+    EntitlementUseOut,
     LookupIn,
     MemberAtTill,
     ReceiptIn,
@@ -246,9 +248,32 @@ def build_router(config: PosConfig) -> Router:
             raise NotFound(f"no receipt {receipts.receipt_key(store_code, till, business_day, sequence)}")
         return view
 
+    @post(
+        "/entitlements/usages",
+        summary="Record that the member at the till used an entitlement (idempotent by usage_key)",
+        description="The member is named as the lookup names them (mobile, membership card or a fresh dynamic "
+        "member code), never by member id; the entitlement by `grant_id` (as the lookup listed it) or by the "
+        "`kind` of a standing benefit. 201 when recorded now, 200 with `replayed: true` when the usage key was "
+        "seen before. Refused with a problem and a `reason`: `grant_not_found` (404: no such grant, or another "
+        "member's), `grant_closed`, `grant_not_valid_now`, `grant_used`, `not_held`, `usage_key_taken` (409), "
+        "`not_standing`, `unknown_entitlement` (422). Members are brand-wide: any store's till serves any "
+        "member presented in person.",
+    )
+    async def use_entitlement(
+        data: JSONBody[EntitlementUseIn],
+        counter: NamedDependency[CounterService],
+        request: Request[Any, Any, Any],
+    ) -> Response[EntitlementUseOut]:
+        principal = principal_of(request)
+        async with work(counter, principal) as uow:
+            store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
+            await config.tills.require(uow, store, data.till)
+            out = await members.use_entitlement(uow, store, data)
+        return Response(out, status_code=200 if out.replayed else 201)
+
     pos = Router(
         "/",
-        route_handlers=[lookup, enrol, checkout, upload, receipt],
+        route_handlers=[lookup, enrol, use_entitlement, checkout, upload, receipt],
         opt={**requires(Role.POS), **problems(429)},  # a till over its rate limit
         guards=[rate_limited],
     )
