@@ -234,6 +234,12 @@ async def test_a_dynamic_code_names_the_member_for_one_request(pos: ApiClient, c
     spent = await pos.post(URL, json={**body, "usage_key": "by-code-2", "grant_id": ids["a_wrap"]})
     assert spent.status_code == 409  # the code was used; the member shows a fresh one
     assert await _uses(pos, ids["a_wrap"]) == []
+    # a till that lost the answer asks again with the same usage key and a fresh code: the recorded use
+    fresh = (await pos.post("/pos/v1/member-codes", json={"member_id": ids["a"]}, headers=admin)).json()[
+        "code"
+    ]
+    replay = await pos.post(URL, json={**body, "member": {"code": fresh}})
+    assert replay.status_code == 200 and replay.json() == {**used.json(), "replayed": True}
 
 
 async def test_any_store_of_the_brand_serves_a_member_in_person_and_other_roles_are_refused(
