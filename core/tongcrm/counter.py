@@ -72,8 +72,8 @@ from tongcrm.db.dialect import dialect_name
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.entitlements import service as entitlements
 from tongcrm.entitlements.catalogue import CATALOGUE
-from tongcrm.entitlements.models import GrantStatus
-from tongcrm.errors import Conflict, NotFound, PluginError, TongcrmError
+from tongcrm.entitlements.models import EntitlementGrant, GrantStatus
+from tongcrm.errors import Conflict, NotFound, PluginError, TongcrmError, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
@@ -97,7 +97,8 @@ _MAX_MERGE_HOPS = 8
 class CounterRefused(TongcrmError):
     """What was asked at the counter cannot be done. ``reason`` is a stable code callers branch on:
     ``unknown_member``, ``member_without_identity``, ``invalid_mobile``, ``points_without_member``,
-    ``insufficient_points``, ``identity_rejected``, ``order_not_found``, ``redemption_not_found``."""
+    ``insufficient_points``, ``identity_rejected``, ``order_not_found``, ``redemption_not_found``; for
+    entitlement uses those of :meth:`CounterWork.use_entitlement`."""
 
     title = "Refused at the counter"
 
@@ -155,6 +156,22 @@ class MemberAtCounter:
     entitlements: tuple[UsableEntitlement, ...]
     points_available: int
     created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementUsed:
+    """A use of an entitlement recorded at a counter; ``created`` False when its usage key was seen before
+    (the recorded use is answered again)."""
+
+    usage_id: int
+    grant_id: int
+    kind: str
+    name: str
+    member_id: int
+    usage_key: str
+    reference: str
+    used_at: datetime
+    created: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +431,69 @@ class CounterWork:
             tier=tier,
             entitlements=usable,
             points_available=max(balance.available, 0),
+            created=created,
+        )
+
+    async def use_entitlement(
+        self,
+        member_id: int,
+        *,
+        grant_id: int | None = None,
+        kind: str | None = None,
+        usage_key: str,
+        reference: str,
+    ) -> EntitlementUsed:
+        """Record that the member served here used an entitlement: a grant by its id (a coupon, a birthday
+        gift, or a standing benefit shown at the lookup) or their live standing benefit of ``kind`` (gift
+        packaging). The recording is the entitlements service's (:func:`tongcrm.entitlements.service.use`,
+        :func:`~tongcrm.entitlements.service.use_standing`): idempotent by ``usage_key``, a recurring grant
+        once. The counter adds what the service cannot know: the grant must be this member's, since a
+        counter knows the member by who stands there and must not spend another member's grant by its id.
+
+        Refusals (:class:`CounterRefused`): ``grant_not_found`` (404: no such grant, or another member's,
+        alike so a counter cannot probe grant ids), ``grant_closed``, ``grant_not_valid_now``, ``grant_used``,
+        ``not_held`` (no live standing benefit of ``kind``), ``usage_key_taken`` (the key was used for another
+        grant), all 409; ``not_standing``, ``unknown_entitlement``, ``invalid_usage`` (422)."""
+        self._writable()
+        if (grant_id is None) == (kind is None):
+            raise ValueError("name the entitlement by exactly one of grant_id or kind")
+        ctx = TierContext(self.clock(), self.tz, self.actor.name)
+        try:
+            if grant_id is not None:
+                owner = (
+                    await self._session.execute(
+                        sa.select(EntitlementGrant.member_id).where(EntitlementGrant.id == grant_id)
+                    )
+                ).scalar_one_or_none()
+                if owner != member_id:
+                    raise CounterRefused(
+                        "grant_not_found", f"this member holds no entitlement grant {grant_id}", status=404
+                    )
+                usage, created = await entitlements.use(
+                    self._session, ctx, grant_id, usage_key=usage_key, reference=reference,
+                    actor=self.actor.name,
+                )  # fmt: skip
+            else:
+                assert kind is not None
+                usage, created = await entitlements.use_standing(
+                    self._session, ctx, member_id, kind, usage_key=usage_key, reference=reference,
+                    actor=self.actor.name,
+                )  # fmt: skip
+        except (Conflict, Unprocessable) as exc:
+            default = "unknown_entitlement" if "entitlement" in exc.extra else "invalid_usage"
+            reason = str(exc.extra.get("reason") or ("conflict" if isinstance(exc, Conflict) else default))
+            raise CounterRefused(reason, exc.message, status=exc.status_code) from None
+        grant = await self._session.get(EntitlementGrant, usage.grant_id)
+        assert grant is not None  # a usage's grant is never deleted (foreign key)
+        return EntitlementUsed(
+            usage_id=usage.id,
+            grant_id=usage.grant_id,
+            kind=grant.kind,
+            name=_kind_name(grant.kind),
+            member_id=usage.member_id,
+            usage_key=usage.usage_key,
+            reference=usage.reference,
+            used_at=usage.used_at,
             created=created,
         )
 

@@ -443,7 +443,10 @@ async def use(
     existing = await _usage(session, usage_key)
     if existing is not None:
         if existing.grant_id != grant_id:
-            raise Conflict(f"usage key {usage_key!r} was already used for grant {existing.grant_id}")
+            raise Conflict(
+                f"usage key {usage_key!r} was already used for grant {existing.grant_id}",
+                extra={"reason": "usage_key_taken"},
+            )
         return existing, False
     grant = await session.get(EntitlementGrant, grant_id, with_for_update=True)
     if grant is None:
@@ -467,7 +470,7 @@ async def use_standing(
     if spec.recurrence is not Recurrence.STANDING:
         raise Unprocessable(
             f"{kind_code!r} is granted per {spec.recurrence.value} period: record its use on the grant",
-            extra={"entitlement": kind_code},
+            extra={"entitlement": kind_code, "reason": "not_standing"},
         )
     if not usage_key.strip():
         raise Unprocessable("a usage needs a usage_key")
@@ -475,7 +478,10 @@ async def use_standing(
     if existing is not None:
         grant = await session.get(EntitlementGrant, existing.grant_id)
         if grant is None or grant.member_id != member_id or grant.kind != kind_code:
-            raise Conflict(f"usage key {usage_key!r} was already used for grant {existing.grant_id}")
+            raise Conflict(
+                f"usage key {usage_key!r} was already used for grant {existing.grant_id}",
+                extra={"reason": "usage_key_taken"},
+            )
         return existing, False
     member = await session.get(Member, member_id)
     if member is None:
@@ -496,7 +502,7 @@ async def use_standing(
     if grant is None:
         raise Conflict(
             f"member {member_id} holds no {kind_code!r} now",
-            extra={"member_id": member_id, "entitlement": kind_code},
+            extra={"member_id": member_id, "entitlement": kind_code, "reason": "not_held"},
         )
     return await _record_use(session, ctx, grant, usage_key=usage_key, reference=reference, actor=actor)
 
@@ -517,19 +523,27 @@ async def _record_use(
     actor: str,
 ) -> tuple[EntitlementUsage, bool]:
     if grant.status not in (GrantStatus.ACTIVE, GrantStatus.FULFILLED):
-        raise Conflict(f"grant {grant.id} is {grant.status}, not usable", extra={"status": grant.status})
+        raise Conflict(
+            f"grant {grant.id} is {grant.status}, not usable",
+            extra={"status": grant.status, "reason": "grant_closed"},
+        )
     if not (grant.valid_from <= ctx.now and (grant.valid_until is None or ctx.now < grant.valid_until)):
         until = grant.valid_until.isoformat() if grant.valid_until else "its tier ends"
         raise Conflict(
             f"grant {grant.id} is valid from {grant.valid_from.isoformat()} until {until}",
-            extra={"valid_until": grant.valid_until.isoformat() if grant.valid_until else None},
+            extra={
+                "valid_until": grant.valid_until.isoformat() if grant.valid_until else None,
+                "reason": "grant_not_valid_now",
+            },
         )
     if not standing_grants.is_standing(grant.kind):
         used = (
             await session.execute(sa.select(sa.func.count()).where(EntitlementUsage.grant_id == grant.id))
         ).scalar_one()
         if used:
-            raise Conflict(f"grant {grant.id} was already used", extra={"grant_id": grant.id})
+            raise Conflict(
+                f"grant {grant.id} was already used", extra={"grant_id": grant.id, "reason": "grant_used"}
+            )
     usage = EntitlementUsage(
         grant_id=grant.id,
         member_id=grant.member_id,

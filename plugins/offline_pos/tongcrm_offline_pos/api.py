@@ -25,6 +25,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, PathParameter
 from tongcrm.api.inputs import nul_checked_per_item, problems
 from tongcrm.api.security import check_access, principal_of, requires
@@ -42,6 +43,8 @@ from tongcrm_offline_pos.schemas import (
     CodeIn,
     CodeOut,
     EnrolIn,
+    EntitlementUseIn,
+    EntitlementUseOut,
     LookupIn,
     MemberAtTill,
     ReceiptIn,
@@ -139,6 +142,7 @@ def build_router(config: PosConfig) -> Router:
         summary="Enrol a walk-in customer with the consent given at the till",
         description="201 with the new member; 200 when the mobile already belongs to a member (their consent "
         "is still recorded as given now).",
+        responses={200: ResponseSpec(MemberAtTill, description="the mobile's member, already enrolled")},
     )
     async def enrol(
         data: JSONBody[EnrolIn],
@@ -176,6 +180,7 @@ def build_router(config: PosConfig) -> Router:
         "receipt again returns the first answer (replayed: true). A receipt that cannot be applied is a 4xx "
         "problem with a `reason` and changes nothing.",
         request_max_body_size=MAX_BODY_BYTES,
+        responses={200: ResponseSpec(ReceiptResult, description="the receipt sent again: its first answer")},
         # text the database cannot store is the receipt's own refusal (422, reason invalid_text), as any other
         opt=nul_checked_per_item(),
     )
@@ -246,9 +251,33 @@ def build_router(config: PosConfig) -> Router:
             raise NotFound(f"no receipt {receipts.receipt_key(store_code, till, business_day, sequence)}")
         return view
 
+    @post(
+        "/entitlements/usages",
+        summary="Record that the member at the till used an entitlement (idempotent by usage_key)",
+        description="The member is named as the lookup names them (mobile, membership card or a fresh dynamic "
+        "member code), never by member id; the entitlement by `grant_id` (as the lookup listed it) or by the "
+        "`kind` of a standing benefit. 201 when recorded now, 200 with `replayed: true` when the usage key was "
+        "seen before. Refused with a problem and a `reason`: `grant_not_found` (404: no such grant, or another "
+        "member's), `grant_closed`, `grant_not_valid_now`, `grant_used`, `not_held`, `usage_key_taken` (409), "
+        "`not_standing`, `unknown_entitlement` (422). Members are brand-wide: any store's till serves any "
+        "member presented in person.",
+        responses={200: ResponseSpec(EntitlementUseOut, description="the use recorded before (replayed)")},
+    )
+    async def use_entitlement(
+        data: JSONBody[EntitlementUseIn],
+        counter: NamedDependency[CounterService],
+        request: Request[Any, Any, Any],
+    ) -> Response[EntitlementUseOut]:
+        principal = principal_of(request)
+        async with work(counter, principal) as uow:
+            store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
+            await config.tills.require(uow, store, data.till)
+            out = await members.use_entitlement(uow, store, data)
+        return Response(out, status_code=200 if out.replayed else 201)
+
     pos = Router(
         "/",
-        route_handlers=[lookup, enrol, checkout, upload, receipt],
+        route_handlers=[lookup, enrol, use_entitlement, checkout, upload, receipt],
         opt={**requires(Role.POS), **problems(429)},  # a till over its rate limit
         guards=[rate_limited],
     )

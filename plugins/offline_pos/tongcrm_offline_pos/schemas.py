@@ -150,6 +150,43 @@ class LookupIn(msgspec.Struct, forbid_unknown_fields=True):
     card: CardNumber | None = None
 
 
+class PresentedMember(msgspec.Struct, forbid_unknown_fields=True):
+    """The member standing at the till, named as a lookup names them: exactly one of ``mobile``, ``card`` or
+    ``code`` (a fresh dynamic member code: a code is good for one request). Never a member id."""
+
+    mobile: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    card: CardNumber | None = None
+    code: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+
+
+class EntitlementUseIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A use of an entitlement at the till: a grant the lookup listed (``grant_id``: a coupon, a birthday gift,
+    a standing benefit) or the member's live standing benefit of ``kind`` (e.g. ``gift_packaging``) — exactly
+    one. ``usage_key`` makes it idempotent (the receipt key, say): the same key again answers the recorded
+    use."""
+
+    till: Code
+    member: PresentedMember
+    usage_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    grant_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1024)] | None = None
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=50)] | None = None
+    reference: Annotated[str, msgspec.Meta(max_length=150)] = ""
+
+
+class EntitlementUseOut(msgspec.Struct):
+    usage_id: int
+    grant_id: int
+    kind: str
+    name: str
+    member_id: int
+    usage_key: str
+    #: ``pos:STORE:TILL`` and the till's own reference.
+    reference: str
+    used_at: datetime
+    #: The usage key was seen before: this is the use recorded then.
+    replayed: bool = False
+
+
 class TierOut(msgspec.Struct):
     code: str
     name: str
