@@ -101,3 +101,27 @@ async def test_a_key_revoked_from_the_command_line_is_refused_at_once(make_clien
         async with api.db.sessions() as session, session.begin():
             await revoke_key(session, api.key.split("_")[1])
         assert (await api.get("/api/plugins")).status_code == 401
+
+
+async def test_the_member_lookup_confirms_a_cached_key_in_its_own_read(make_client: Any) -> None:
+    """The lookup trusts a cached key under the revocation counter its own statement reads: a key revoked in
+    another process is refused at the next lookup, whether the mobile names a member, names none, or is bad."""
+    async with make_client(role="admin") as first, make_client(role=None) as second:
+        made = await first.post("/api/members", json={"name": "王小明", "mobile": "13800138000"})
+        assert made.status_code == 201, made.text
+        created = (await first.post("/api/api-keys", json={"role": "analyst"})).json()
+        as_analyst = {"Authorization": f"Bearer {created['key']}"}
+        found = "/api/members/lookup?mobile=13800138000"
+        for _ in range(3):  # cached as good in the second app now
+            assert (await second.get(found, headers=as_analyst)).status_code == 200
+        assert (
+            await second.get("/api/members/lookup?mobile=13900139000", headers=as_analyst)
+        ).status_code == 404
+        assert (await first.delete(f"/api/api-keys/{created['id']}")).status_code == 200
+        for url in (found, "/api/members/lookup?mobile=13900139000", "/api/members/lookup?mobile=oops"):
+            refused = await second.get(url, headers=as_analyst)
+            assert refused.status_code == 401, (url, refused.text)
+            assert "王" not in refused.text
+        # another key cached in the second app is still good: the counter moved, the key is checked afresh
+        as_admin = {"Authorization": f"Bearer {first.key}"}
+        assert (await second.get(found, headers=as_admin)).status_code == 200

@@ -34,11 +34,33 @@ READ_ROLES = (Role.ADMIN, Role.OPERATOR, Role.ANALYST)
 WRITE_ROLES = (Role.ADMIN, Role.OPERATOR)
 
 
-async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
-    """The caller's :class:`Principal` from its bearer key (401 when there is none or it is not valid)."""
-    user = connection.scope.get("user")
-    if isinstance(user, Principal):
-        return user
+#: The ``opt`` key of a handler that confirms its caller's key itself (see :func:`confirms_key_itself`).
+CONFIRMS_KEY_OPT = "tongcrm_confirms_key"
+#: Scope key: the revocation counter a cached key was trusted under, still to be confirmed by the handler.
+_UNCONFIRMED = "tongcrm_unconfirmed_key_generation"
+
+
+def confirms_key_itself() -> dict[str, bool]:
+    """``opt`` of a hot read that reads the API keys' revocation counter in its own statement
+    (:data:`tongcrm.auth.service.GENERATION_COLUMN`) and calls :func:`confirm_key` with it before it answers,
+    on every path, errors included: :func:`authenticate` then trusts a cached key without a round trip of its
+    own. Checked by ``core/tests/test_api_keys.py`` (a key revoked elsewhere is refused at the next request)."""
+    return {CONFIRMS_KEY_OPT: True}
+
+
+async def confirm_key(connection: ASGIConnection[Any, Any, Any, Any], generation: int | None) -> None:
+    """For a handler with :func:`confirms_key_itself`: confirm the caller's key under the revocation counter
+    read after the request arrived (``None``: read it now); 401 when it was revoked meanwhile."""
+    seen = connection.scope.pop(_UNCONFIRMED, None)  # type: ignore[misc]
+    if seen is None:
+        return
+    verifier: KeyVerifier = connection.app.state.key_verifier
+    if await verifier.confirm(_bearer(connection), seen, generation) is None:
+        connection.scope.pop("user", None)  # type: ignore[misc]
+        raise NotAuthorizedException("unknown or revoked API key")
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     # read from the raw headers: building litestar's Headers for one lookup cost more than checking the key
     header = next((v.decode("latin-1") for k, v in connection.scope["headers"] if k == b"authorization"), "")
     scheme, _, key = header.partition(" ")
@@ -46,8 +68,28 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
         raise NotAuthorizedException("missing API key: send 'Authorization: Bearer <key>'")
     if scheme.lower() != "bearer" or not key.strip():
         raise NotAuthorizedException("malformed Authorization header: expected 'Bearer <key>'")
+    return key.strip()
+
+
+async def authenticate(
+    connection: ASGIConnection[Any, Any, Any, Any], *, deferred: bool = False
+) -> Principal:
+    """The caller's :class:`Principal` from its bearer key (401 when there is none or it is not valid).
+
+    ``deferred``: the handler confirms the key itself (:func:`confirms_key_itself`), so a key cached within its
+    TTL is trusted here under the revocation counter it was read with, left for :func:`confirm_key`."""
+    user = connection.scope.get("user")
+    if isinstance(user, Principal):
+        return user
+    key = _bearer(connection)
     verifier: KeyVerifier = connection.app.state.key_verifier
-    principal = await verifier.verify(key.strip())
+    if deferred:
+        cached = verifier.cached(key)
+        if cached is not None:
+            connection.scope[_UNCONFIRMED] = cached[1]  # type: ignore[literal-required]
+            connection.scope["user"] = cached[0]
+            return cached[0]
+    principal = await verifier.verify(key)
     if principal is None:
         raise NotAuthorizedException("unknown or revoked API key")
     connection.scope["user"] = principal
@@ -102,7 +144,7 @@ async def check_access(
     roles: frozenset[Role] | None = handler.opt.get(ROLES_OPT)
     if roles is None:  # a public path (check_route_access made sure of it)
         return None
-    principal = await authenticate(connection)
+    principal = await authenticate(connection, deferred=bool(handler.opt.get(CONFIRMS_KEY_OPT)))
     if principal.role not in roles:
         names = ", ".join(sorted(r.value for r in roles))
         raise PermissionDeniedException(

@@ -119,6 +119,16 @@ _GENERATION = KeyedQuery(
 )
 
 
+#: The revocation counter as a column a hot point read can carry (NULL, read as 0, before any revocation): the
+#: member lookup reads it in its own statement instead of a second round trip (see :meth:`KeyVerifier.cached`).
+GENERATION_COLUMN = (
+    sa.select(_REVOCATIONS.c.generation)
+    .where(_REVOCATIONS.c.id == _REVOCATIONS_ROW)
+    .scalar_subquery()
+    .label("key_generation")
+)
+
+
 def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(row.id, row.prefix, row.role, row.store_code, row.label, row.created_at, row.revoked_at)
 
@@ -202,6 +212,28 @@ class KeyVerifier:
         """How many revocations the database has seen."""
         row = await self._reader.first_by_keys(_GENERATION, {}, (_REVOCATIONS_ROW,))
         return 0 if row is None else int(row.generation)
+
+    def cached(self, key: str) -> tuple[Principal, int] | None:
+        """The principal of ``key`` cached within its TTL and the revocation counter it was read under, without
+        reading the counter. Only for a handler that reads the counter later in the request's own statement
+        (:data:`GENERATION_COLUMN`) and calls :meth:`confirm` with it before it answers."""
+        parsed = _parse(key)
+        if parsed is None:
+            return None
+        cached = self._cache.get(_digest(key))
+        if cached is None or cached[2] is None or cached[0] <= time.monotonic():
+            return None
+        return cached[2], cached[1]
+
+    async def confirm(self, key: str, seen: int, now: int | None) -> Principal | None:
+        """After :meth:`cached`: the principal still valid under the counter ``now`` read after the request
+        arrived (``None``: read it here). Unchanged counter, same answer; moved, the key is verified afresh."""
+        current = await self.generation() if now is None else now
+        if current == seen:
+            found = self.cached(key)
+            if found is not None:
+                return found[0]
+        return await self.verify(key)
 
     async def verify(self, key: str) -> Principal | None:
         parsed = _parse(key)

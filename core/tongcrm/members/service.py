@@ -20,6 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
+from tongcrm.auth.service import GENERATION_COLUMN
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
@@ -661,10 +662,29 @@ async def lookup_summary(
     Lookups are the hottest read (the service desk, tills, platform callbacks): they run a statement compiled
     once, on the point reader, and read plain rows.
     """
+    found, _ = await lookup_summary_stamped(
+        reader, vault, host, mobile=mobile, identity=identity, reveal=reveal
+    )
+    return found
+
+
+async def lookup_summary_stamped(
+    reader: PointReader,
+    vault: Vault,
+    host: PluginHost,
+    *,
+    mobile: str | None = None,
+    identity: str | None = None,
+    reveal: bool = False,
+) -> tuple[MemberSummary, int]:
+    """:func:`lookup_summary` and the API keys' revocation counter, read in the same statement: the HTTP lookup
+    confirms its caller's cached key with it, so the hottest read stays one round trip (see
+    :meth:`tongcrm.auth.service.KeyVerifier.cached`)."""
     kind, values = _lookup_key(vault, host, mobile=mobile, identity=identity)
     row = await reader.first_by_keys(_LOOKUP, {"kind": kind}, values)
     if row is None:
         raise _not_found(kind)
+    generation = int(row.key_generation or 0)
     for _ in range(MAX_TOMBSTONE_HOPS):
         if row is None or row.status == "active" or row.merged_into_id is None:
             break
@@ -672,7 +692,9 @@ async def lookup_summary(
         row = await reader.first(_MEMBER_BY_ID, {"id": row.merged_into_id})
     if row is None or row.status != "active":
         raise _not_found(kind)
-    return summary(cast(Member, row), row.tags.split(",") if row.tags else [], vault, reveal=reveal)
+    return summary(
+        cast(Member, row), row.tags.split(",") if row.tags else [], vault, reveal=reveal
+    ), generation
 
 
 def _lookup_key(
@@ -731,14 +753,14 @@ def _by_identity(*columns: Any) -> sa.Select[Any]:
 #: The member a (kind, any of values) identity names; lookups arriving together may share one statement.
 _LOOKUP = KeyedQuery(
     one=PointQuery(
-        _by_identity(*_SUMMARY_COLUMNS)
+        _by_identity(*_SUMMARY_COLUMNS, GENERATION_COLUMN)
         .where(_IDENTITIES.c.value.in_(sa.bindparam("values", expanding=True)))
         .limit(1),
         lists=("values",),
     ),
     many=PointQuery(
         # one array parameter: one prepared statement for any number of callers (PostgreSQL only)
-        _by_identity(_IDENTITIES.c.value.label("found_by"), *_SUMMARY_COLUMNS).where(
+        _by_identity(_IDENTITIES.c.value.label("found_by"), *_SUMMARY_COLUMNS, GENERATION_COLUMN).where(
             _IDENTITIES.c.value == sa.any_(sa.bindparam("values", type_=sa.ARRAY(sa.String)))
         )
     ),
