@@ -10,7 +10,10 @@ policy refused in either group (no consent, opted out, fatigue) are out of both 
 A member *responds* to a run when, within ``within_days`` of the run's start, they place an order in any channel
 that is paid and not closed or refunded (optionally paying at least ``min_paid_fen``, or with a line of product
 ``sku``), visit a store (an order with a store code), or redeem points — per the campaign's response definition.
-Orders and revenue are counted for those orders (revenue = paid − refunded, in fen).
+Orders and revenue are counted for those orders (revenue = paid − refunded, in fen). Responses are matched on
+the member the audience row names *now*: a member merged into another after the run has its orders (and
+ledger, and consent) moved to the survivor, so the audience member is followed along ``merged_into_id`` to
+the surviving member and that member's orders count (:func:`resolved_members`).
 
 The totals pool the runs: a member in three runs is three exposures. Uplift and its interval are in
 :mod:`tongcrm.campaigns.stats`. Incremental orders and revenue are the difference of per-member averages between
@@ -30,6 +33,7 @@ from tongcrm.campaigns import control, stats
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.campaigns.service import flow_of, occasion_of, runs
 from tongcrm.consent.models import ConsentEvent
+from tongcrm.members.models import Member
 from tongcrm.messaging.holdout import HOLDOUT_REASON
 from tongcrm.messaging.models import Message
 from tongcrm.orders.models import Order, OrderLine
@@ -125,6 +129,25 @@ def _eligible() -> sa.ColumnElement[bool]:
     )
 
 
+def resolved_members(origins: sa.Select[Any]) -> sa.Subquery:
+    """``(origin, current)`` for each member id ``origins`` selects: the member it is now, following merges
+    (a chain of them too). A member not merged is its own current member. Merging moves the absorbed member's
+    orders, ledger and consent to the survivor, so whatever happened to an audience member after a run is
+    found under ``current``."""
+    base = origins.subquery()
+    origin = base.c[0]
+    chain = (
+        sa.select(origin.label("origin"), Member.id.label("current"), Member.merged_into_id.label("next_id"))
+        .select_from(base.join(Member, Member.id == origin))
+        .cte("merge_chain", recursive=True)
+    )
+    step = sa.select(chain.c.origin, Member.id, Member.merged_into_id).join(
+        Member, Member.id == chain.c.next_id
+    )
+    chain = chain.union_all(step)
+    return sa.select(chain.c.origin, chain.c.current).where(chain.c.next_id.is_(None)).subquery("resolved")
+
+
 def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]:
     """(member id, order count, revenue) of responding members, for the run's window."""
     response = campaign.response
@@ -192,13 +215,14 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
         elif status == "refused" and reason != HOLDOUT_REASON:
             f.refused[reason] = f.refused.get(reason, 0) + n
     window_end = run.started_at + timedelta(days=int(campaign.response["within_days"]))
+    resolved = resolved_members(
+        sa.select(CampaignAudience.member_id).where(CampaignAudience.run_id == run.id)
+    )
     f.opted_out = int(
         (
             await session.execute(
                 sa.select(sa.func.count(sa.distinct(ConsentEvent.member_id))).where(
-                    ConsentEvent.member_id.in_(
-                        sa.select(CampaignAudience.member_id).where(CampaignAudience.run_id == run.id)
-                    ),
+                    ConsentEvent.member_id.in_(sa.select(resolved.c.current)),
                     ConsentEvent.purpose == "marketing",
                     ConsentEvent.status == "opt_out",
                     ConsentEvent.recorded_at >= run.started_at,
@@ -216,7 +240,11 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
             sa.func.coalesce(sa.func.sum(responses.c.orders), 0),
             sa.func.coalesce(sa.func.sum(responses.c.revenue), 0),
         )
-        .select_from(joined.outerjoin(responses, responses.c.member_id == CampaignAudience.member_id))
+        .select_from(
+            joined.join(resolved, resolved.c.origin == CampaignAudience.member_id).outerjoin(
+                responses, responses.c.member_id == resolved.c.current
+            )
+        )
         .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign), _eligible())
         .group_by(CampaignAudience.grp)
     )
