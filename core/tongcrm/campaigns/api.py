@@ -27,9 +27,16 @@ from tongcrm.campaigns.models import Campaign, CampaignRun
 from tongcrm.config import Settings
 from tongcrm.db.base import utcnow
 from tongcrm.plugin.host import PluginHost
+from tongcrm.points.ledger import MAX_BALANCE, MAX_ENTRY_POINTS
 from tongcrm.programme import service as programme
 
 Sessions = async_sessionmaker[AsyncSession]
+#: Points a campaign grants each treated member: at most what one ledger entry may move.
+BenefitPoints = Annotated[
+    int, msgspec.Meta(ge=0, le=MAX_ENTRY_POINTS, description="points per treated member")
+]
+#: A points budget: at most what a balance may hold.
+PointsBudget = Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE, description="points all runs may grant")]
 
 
 class CampaignIn(msgspec.Struct):
@@ -42,6 +49,8 @@ class CampaignIn(msgspec.Struct):
     control_seed: str = ""
     budget_messages: int | None = None
     message_cost_fen: int = 0
+    benefit_points: BenefitPoints = 0
+    budget_points: PointsBudget | None = None
 
 
 class ScheduleIn(msgspec.Struct):
@@ -60,6 +69,8 @@ class CampaignOut(msgspec.Struct):
     response: dict[str, Any]
     budget_messages: int | None
     message_cost_fen: int
+    benefit_points: int
+    budget_points: int | None
     schedule: dict[str, Any] | None
     next_run_at: datetime | None
     created_by: str
@@ -76,6 +87,7 @@ class RunOut(msgspec.Struct):
     reason: str
     audience: int
     control: int
+    points_granted: int
 
 
 class GroupOut(msgspec.Struct):
@@ -95,6 +107,7 @@ class OutcomeOut(msgspec.Struct):
     pending: int
     refused: dict[str, int]
     opted_out: int
+    points_granted: int
     treated: GroupOut
     control_group: GroupOut
     uplift: float
@@ -107,6 +120,7 @@ class OutcomeOut(msgspec.Struct):
     incremental_revenue_fen: int
     cost_fen: int
     cost_per_incremental_order_fen: int | None
+    points_per_incremental_order: int | None
 
 
 class RunReportOut(msgspec.Struct):
@@ -125,15 +139,16 @@ class ReportOut(msgspec.Struct):
 def campaign_out(c: Campaign) -> CampaignOut:
     return CampaignOut(
         c.id, c.name, c.goal, c.status, c.segment_id, c.template_id, c.control_bp / 100, c.control_seed,
-        dict(c.response), c.budget_messages, c.message_cost_fen, c.schedule, c.next_run_at, c.created_by,
+        dict(c.response), c.budget_messages, c.message_cost_fen, c.benefit_points, c.budget_points, c.schedule, c.next_run_at, c.created_by,
         c.created_at, c.updated_at,
     )  # fmt: skip
 
 
 def run_out(r: CampaignRun) -> RunOut:
     return RunOut(
-        r.id, r.scheduled_for, r.started_at, r.segment_version, r.status, r.reason, r.audience, r.control
-    )
+        r.id, r.scheduled_for, r.started_at, r.segment_version, r.status, r.reason, r.audience, r.control,
+        r.points_granted,
+    )  # fmt: skip
 
 
 def _group(g: evaluation.GroupFigures) -> GroupOut:
@@ -145,8 +160,9 @@ def outcome_out(o: evaluation.Outcome) -> OutcomeOut:
     f, u = o.figures, o.uplift
     return OutcomeOut(
         f.audience, f.control, f.sent, f.delivered, f.failed, f.pending, dict(sorted(f.refused.items())),
-        f.opted_out, _group(f.treated), _group(f.held), u.absolute, u.low, u.high, u.relative, u.conclusion,
-        u.too_small, o.incremental_orders, o.incremental_revenue_fen, o.cost_fen, o.cost_per_incremental_order_fen,
+        f.opted_out, f.points_granted, _group(f.treated), _group(f.held), u.absolute, u.low, u.high, u.relative,
+        u.conclusion, u.too_small, o.incremental_orders, o.incremental_revenue_fen, o.cost_fen,
+        o.cost_per_incremental_order_fen, o.points_per_incremental_order,
     )  # fmt: skip
 
 
@@ -177,7 +193,7 @@ class CampaignController(Controller):
     ) -> CampaignOut:
         draft = service.Draft(
             data.name, data.segment, data.template, data.response, data.goal, data.control_percent,
-            data.control_seed, data.budget_messages, data.message_cost_fen,
+            data.control_seed, data.budget_messages, data.message_cost_fen, data.benefit_points, data.budget_points,
         )  # fmt: skip
         async with sessions() as session, session.begin():
             return campaign_out(await service.create(session, draft, Actor.of(principal)))

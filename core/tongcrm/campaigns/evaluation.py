@@ -70,6 +70,8 @@ class Figures:
     pending: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     opted_out: int = 0
+    #: Points granted to the treated members (the benefit).
+    points_granted: int = 0
     treated: GroupFigures = field(default_factory=GroupFigures)
     held: GroupFigures = field(default_factory=GroupFigures)
 
@@ -83,6 +85,7 @@ class Figures:
         for reason, n in other.refused.items():
             self.refused[reason] = self.refused.get(reason, 0) + n
         self.opted_out += other.opted_out
+        self.points_granted += other.points_granted
         self.treated.add(other.treated)
         self.held.add(other.held)
 
@@ -96,6 +99,8 @@ class Outcome:
     cost_fen: int
     #: None when there is no incremental order to divide by.
     cost_per_incremental_order_fen: int | None
+    #: Points granted per incremental order (None likewise): the benefit's cost, in points.
+    points_per_incremental_order: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +197,7 @@ def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]
 
 
 async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRun) -> Figures:
-    f = Figures(audience=run.audience, control=run.control)
+    f = Figures(audience=run.audience, control=run.control, points_granted=run.points_granted)
     if run.status != "queued":
         return f
     key = _message_key(campaign, run.id)
@@ -255,7 +260,9 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
     return f
 
 
-def outcome(campaign: Campaign, f: Figures) -> Outcome:
+def outcome(campaign: Campaign | Any, f: Figures) -> Outcome:
+    """Uplift, increments and cost of ``f``; ``campaign`` is anything with ``message_cost_fen`` (a journey
+    too)."""
     t, c = f.treated, f.held
     up = stats.uplift(t.responders, t.eligible, c.responders, c.eligible)
     if t.eligible and c.eligible:
@@ -265,7 +272,8 @@ def outcome(campaign: Campaign, f: Figures) -> Outcome:
         inc_orders, inc_revenue = 0.0, 0
     cost = f.sent * campaign.message_cost_fen
     per = round(cost / inc_orders) if inc_orders > 0 else None
-    return Outcome(f, up, round(inc_orders, 2), inc_revenue, cost, per)
+    points_per = round(f.points_granted / inc_orders) if inc_orders > 0 else None
+    return Outcome(f, up, round(inc_orders, 2), inc_revenue, cost, per, points_per)
 
 
 async def report(session: AsyncSession, campaign: Campaign) -> Report:
