@@ -156,6 +156,8 @@ class JourneyParticipant(Base):
     entered_at: Mapped[datetime] = mapped_column(UTCDateTime())
     due_at: Mapped[datetime] = mapped_column(UTCDateTime())
     acted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The end of the response window opened by the action (``acted_at`` + the response's days).
+    respond_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: ``then`` or ``else`` once acted.
     branch: Mapped[str | None] = mapped_column(sa.String(8))
     messaged: Mapped[bool] = mapped_column(sa.Boolean, default=False)

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("entered_at", tongcrm.db.base.UTCDateTime(), nullable=False),
         sa.Column("due_at", tongcrm.db.base.UTCDateTime(), nullable=False),
         sa.Column("acted_at", tongcrm.db.base.UTCDateTime(), nullable=True),
+        sa.Column("respond_until", tongcrm.db.base.UTCDateTime(), nullable=True),
         sa.Column("branch", sa.String(length=8), nullable=True),
         sa.Column("messaged", sa.Boolean(), nullable=False),
         sa.Column("points_granted", sa.BigInteger(), nullable=False),
@@ -67,7 +68,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_journey_participants")),
         sa.UniqueConstraint(
-            "journey_id", "member_id", "occurrence", name=op.f("uq_journey_participants_journey_id_member_id_occurrence")
+            "journey_id",
+            "member_id",
+            "occurrence",
+            name=op.f("uq_journey_participants_journey_id_member_id_occurrence"),
         ),
     )
     op.create_index(
