@@ -22,8 +22,8 @@ from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
-from tongcrm.campaigns import calendar, chart, evaluation, service
-from tongcrm.campaigns.models import Campaign, CampaignRun
+from tongcrm.campaigns import calendar, chart, evaluation, journeys, service
+from tongcrm.campaigns.models import Campaign, CampaignRun, Journey
 from tongcrm.config import Settings
 from tongcrm.db.base import utcnow
 from tongcrm.plugin.host import PluginHost
@@ -356,3 +356,117 @@ class CalendarController(Controller):
     ) -> None:
         async with sessions() as session, session.begin():
             await calendar.remove_mark(session, Actor.of(principal), mark_id)
+
+
+class JourneyIn(msgspec.Struct):
+    name: str
+    trigger: dict[str, Any]
+    steps: dict[str, Any]
+    response: dict[str, Any]
+    goal: str = ""
+    control_percent: float = 10.0
+    control_seed: str = ""
+    budget_messages: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] | None = None
+    budget_points: PointsBudget | None = None
+    message_cost_fen: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] = 0
+
+
+class JourneyOut(msgspec.Struct):
+    id: int
+    name: str
+    goal: str
+    status: str
+    trigger: dict[str, Any]
+    steps: dict[str, Any]
+    control_percent: float
+    control_seed: str
+    response: dict[str, Any]
+    budget_messages: int | None
+    budget_points: int | None
+    message_cost_fen: int
+    #: Participants by state (``waiting``, ``done``).
+    participants: dict[str, int]
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class JourneyReportOut(msgspec.Struct):
+    journey: str
+    status: str
+    interval: str
+    participants: dict[str, int]
+    branches: dict[str, int]
+    total: OutcomeOut
+
+
+def journey_out(j: Journey, states: dict[str, int]) -> JourneyOut:
+    return JourneyOut(
+        j.id, j.name, j.goal, j.status, dict(j.trigger), dict(j.steps), j.control_bp / 100, j.control_seed,
+        dict(j.response), j.budget_messages, j.budget_points, j.message_cost_fen, states, j.created_by,
+        j.created_at, j.updated_at,
+    )  # fmt: skip
+
+
+class JourneyController(Controller):
+    path = "/api/journeys"
+    tags = ["campaigns"]
+
+    @post(
+        "/", opt=requires(*WRITE_ROLES), status_code=201, summary="Create a journey (active at once; audited)"
+    )
+    async def create(
+        self,
+        data: JSONBody[JourneyIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> JourneyOut:
+        draft = journeys.Draft(
+            data.name, data.trigger, data.steps, data.response, data.goal, data.control_percent, data.control_seed,
+            data.budget_messages, data.budget_points, data.message_cost_fen,
+        )  # fmt: skip
+        async with sessions() as session, session.begin():
+            journey = await journeys.create(session, draft, Actor.of(principal), now=utcnow())
+            return journey_out(journey, {})
+
+    @get("/", opt=requires(*READ_ROLES), summary="Journeys, by name")
+    async def list_journeys(self, read_sessions: NamedDependency[Sessions]) -> list[JourneyOut]:
+        async with read_sessions() as session:
+            return [
+                journey_out(j, await journeys.participant_states(session, j.id))
+                for j in await journeys.list_all(session)
+            ]
+
+    @get("/{name:str}", opt=requires(*READ_ROLES), summary="One journey, with its participants by state")
+    async def get_journey(self, name: FromPath[str], read_sessions: NamedDependency[Sessions]) -> JourneyOut:
+        async with read_sessions() as session:
+            journey = await journeys.get(session, name)
+            return journey_out(journey, await journeys.participant_states(session, journey.id))
+
+    @post("/{name:str}/pause", opt=requires(*WRITE_ROLES), status_code=200, summary="Pause a journey")
+    async def pause(
+        self, name: FromPath[str], sessions: NamedDependency[Sessions], principal: NamedDependency[Principal]
+    ) -> JourneyOut:
+        async with sessions() as session, session.begin():
+            journey = await journeys.set_status(session, Actor.of(principal), name, "paused", now=utcnow())
+            return journey_out(journey, await journeys.participant_states(session, journey.id))
+
+    @post(
+        "/{name:str}/resume", opt=requires(*WRITE_ROLES), status_code=200, summary="Resume a paused journey"
+    )
+    async def resume(
+        self, name: FromPath[str], sessions: NamedDependency[Sessions], principal: NamedDependency[Principal]
+    ) -> JourneyOut:
+        async with sessions() as session, session.begin():
+            journey = await journeys.set_status(session, Actor.of(principal), name, "active", now=utcnow())
+            return journey_out(journey, await journeys.participant_states(session, journey.id))
+
+    @get(
+        "/{name:str}/report", opt=requires(*READ_ROLES), summary="A journey's evaluation against its control"
+    )
+    async def report(self, name: FromPath[str], read_sessions: NamedDependency[Sessions]) -> JourneyReportOut:
+        async with read_sessions() as session:
+            r = await journeys.report(session, await journeys.get(session, name))
+        return JourneyReportOut(
+            r.journey.name, r.journey.status, "newcombe-95", r.states, r.branches, outcome_out(r.total)
+        )

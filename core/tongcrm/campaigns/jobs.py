@@ -54,15 +54,15 @@ async def journeys_tick(ctx: JobContext, payload: dict[str, Any]) -> None:
 
 @registry.job(JOURNEYS_ENTER)
 async def journeys_enter(ctx: JobContext, payload: dict[str, Any]) -> None:
-    """Members entering journeys on one domain event (enqueued once per event by the built-in hook)."""
+    """Members entering journeys on one domain event (enqueued once per event by the built-in hook). A journey
+    without a wait acts at once rather than at the next tick."""
+    now = ctx.clock()
     async with ctx.sessions() as session, session.begin():
-        await journeys.on_event(
-            session,
-            str(payload["event"]),
-            int(payload["event_id"]),
-            payload.get("payload") or {},
-            now=ctx.clock(),
+        entered = await journeys.on_event(
+            session, str(payload["event"]), int(payload["event_id"]), payload.get("payload") or {}, now=now
         )
+    if entered:
+        await journeys.advance_due(ctx.sessions, ctx.host, now=now, tz=await programme_tz(ctx))
 
 
 registry.every(JOURNEYS_TICK, timedelta(minutes=1), JOURNEYS_TICK)
