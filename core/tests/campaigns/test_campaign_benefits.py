@@ -9,45 +9,25 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from campaign_kit import tag
-from messaging_kit import SECRET_KEY, Clock, World, sms_host
+from campaign_kit import granted, tag, vip_world
+from messaging_kit import Clock, World
 from tongcrm.audit.service import SYSTEM
 from tongcrm.campaigns import control, evaluation, service
 from tongcrm.campaigns.models import CampaignAudience
-from tongcrm.config import Settings
 from tongcrm.errors import Unprocessable
-from tongcrm.points.models import PointsEntry
-from tongcrm.segments import service as segments
 from tongcrm.testing.database import TestDatabase
 
 SH = ZoneInfo("Asia/Shanghai")
 
 
 async def _world(tongcrm_db: TestDatabase, clock: Clock, n: int) -> tuple[World, list[int]]:
-    w = World(
-        tongcrm_db.sessions,
-        Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(),
-        sms_host(),
-        clock,
-    )
-    await w.setup("http://127.0.0.1:9")
-    members = [await w.member(i) for i in range(n)]
+    w, members = await vip_world(tongcrm_db, clock, n)
     await tag(w, members)
-    async with w.sessions() as session, session.begin():
-        context = await segments.load_context(session, w.host, clock())
-        definition = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vip"}}
-        await segments.save(session, context, "vip", definition, SYSTEM)
     return w, members
 
 
 async def _grants(w: World) -> dict[int, int]:
-    async with w.sessions() as session:
-        rows = await session.execute(
-            sa.select(PointsEntry.member_id, sa.func.sum(PointsEntry.amount))
-            .where(PointsEntry.idempotency_key.like("grant:campaign:%"))
-            .group_by(PointsEntry.member_id)
-        )
-        return {int(m): int(p) for m, p in rows.all()}
+    return await granted(w, "campaign:")
 
 
 @pytest.mark.asyncio

@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from messaging_kit import SECRET_KEY, Clock, World, sms_host
+from campaign_kit import vip_world
+from messaging_kit import Clock, World
 from tongcrm.audit.service import SYSTEM
 from tongcrm.campaigns import journeys
 from tongcrm.campaigns.models import JourneyParticipant
-from tongcrm.config import Settings
 from tongcrm.members.models import Member
 from tongcrm.points import service as points
 from tongcrm.testing.database import TestDatabase
@@ -27,14 +27,7 @@ def at_local(y: int, mo: int, d: int, h: int, mi: int = 0) -> datetime:
 
 
 async def _world(tongcrm_db: TestDatabase, clock: Clock) -> World:
-    w = World(
-        tongcrm_db.sessions,
-        Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(),
-        sms_host(),
-        clock,
-    )
-    await w.setup("http://127.0.0.1:9")
-    return w
+    return (await vip_world(tongcrm_db, clock, 0, segment=False))[0]
 
 
 async def _create(w: World, name: str, trigger: dict[str, object]) -> None:

@@ -11,17 +11,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from campaign_kit import tag
-from messaging_kit import SECRET_KEY, Clock, World, sms_host
+from campaign_kit import granted, tag, vip_world
+from messaging_kit import Clock, World
 from tongcrm.audit.service import SYSTEM
 from tongcrm.campaigns import control, journeys
 from tongcrm.campaigns.models import JourneyParticipant
-from tongcrm.config import Settings
 from tongcrm.errors import Unprocessable
 from tongcrm.jobs.outbox import emit
 from tongcrm.points import service as points
-from tongcrm.points.models import PointsEntry
-from tongcrm.segments import service as segments
 from tongcrm.testing.database import TestDatabase
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -34,19 +31,7 @@ STEPS: dict[str, Any] = {
 
 
 async def _world(tongcrm_db: TestDatabase, clock: Clock, n: int) -> tuple[World, list[int]]:
-    w = World(
-        tongcrm_db.sessions,
-        Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(),
-        sms_host(),
-        clock,
-    )
-    await w.setup("http://127.0.0.1:9")
-    members = [await w.member(i) for i in range(n)]
-    async with w.sessions() as session, session.begin():
-        context = await segments.load_context(session, w.host, clock())
-        definition = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vip"}}
-        await segments.save(session, context, "vip", definition, SYSTEM)
-    return w, members
+    return await vip_world(tongcrm_db, clock, n)
 
 
 async def _journey(w: World, name: str = "winback", **fields: Any) -> int:
@@ -80,13 +65,7 @@ async def _participants(w: World) -> list[JourneyParticipant]:
 
 
 async def _granted(w: World) -> dict[int, int]:
-    async with w.sessions() as session:
-        rows = await session.execute(
-            sa.select(PointsEntry.member_id, sa.func.sum(PointsEntry.amount))
-            .where(PointsEntry.idempotency_key.like("grant:journey:%"))
-            .group_by(PointsEntry.member_id)
-        )
-        return {int(m): int(p) for m, p in rows.all()}
+    return await granted(w, "journey:")
 
 
 @pytest.mark.asyncio

@@ -22,6 +22,7 @@ the groups times the eligible treated; cost is the messages sent times the campa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -116,6 +117,22 @@ class Report:
     total: Outcome
 
 
+def tally_messages(f: Figures, rows: Iterable[Any]) -> None:
+    """Add (status, reason, count) rows of the send log to ``f``: sent (delivered included), delivered, failed,
+    pending, refused by reason — hold-outs are the control group's, not refusals."""
+    for status, reason, n in rows:
+        n = int(n)
+        if status in ("sent", "delivered"):
+            f.sent += n  # a delivered message was sent first
+            f.delivered += n if status == "delivered" else 0
+        elif status == "failed":
+            f.failed += n
+        elif status in _PENDING:
+            f.pending += n
+        elif status == "refused" and reason != HOLDOUT_REASON:
+            f.refused[reason] = f.refused.get(reason, 0) + n
+
+
 def _message_key(campaign: Campaign, run_id: int) -> sa.ColumnElement[str]:
     """The send-log key of a run's message to the audience member (see :func:`messaging.service.dedupe_key`)."""
     return (
@@ -153,6 +170,19 @@ def resolved_members(origins: sa.Select[Any]) -> sa.Subquery:
     return sa.select(chain.c.origin, chain.c.current).where(chain.c.next_id.is_(None)).subquery("resolved")
 
 
+def order_filters(response: Mapping[str, Any], start: Any, end: Any) -> list[sa.ColumnElement[bool]]:
+    """The orders that count as a response placed from ``start`` until before ``end`` (moments, or columns of a
+    per-member window): paid and not closed or refunded, a store visit, a minimum paid, a product code."""
+    where = [Order.placed_at >= start, Order.placed_at < end, Order.status.in_(RESPONDING_STATUSES)]
+    if response["kind"] == "store_visit":
+        where.append(Order.store_code.is_not(None))
+    if response.get("min_paid_fen") is not None:
+        where.append(Order.paid_fen >= int(response["min_paid_fen"]))
+    if response.get("sku"):
+        where.append(sa.exists().where(OrderLine.order_id == Order.id, OrderLine.sku == response["sku"]))
+    return where
+
+
 def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]:
     """(member id, order count, revenue) of responding members, for the run's window."""
     response = campaign.response
@@ -173,18 +203,7 @@ def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]
             )
             .distinct()
         )
-    where = [
-        Order.member_id.is_not(None),
-        Order.placed_at >= start,
-        Order.placed_at < end,
-        Order.status.in_(RESPONDING_STATUSES),
-    ]
-    if kind == "store_visit":
-        where.append(Order.store_code.is_not(None))
-    if response.get("min_paid_fen") is not None:
-        where.append(Order.paid_fen >= int(response["min_paid_fen"]))
-    if response.get("sku"):
-        where.append(sa.exists().where(OrderLine.order_id == Order.id, OrderLine.sku == response["sku"]))
+    where = [Order.member_id.is_not(None), *order_filters(response, start, end)]
     return (
         sa.select(
             Order.member_id.label("member_id"),
@@ -208,17 +227,7 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
         .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign))
         .group_by(Message.status, Message.reason)
     )
-    for status, reason, n in rows.all():
-        n = int(n)
-        if status in ("sent", "delivered"):
-            f.sent += n  # a delivered message was sent first
-            f.delivered += n if status == "delivered" else 0
-        elif status == "failed":
-            f.failed += n
-        elif status in _PENDING:
-            f.pending += n
-        elif status == "refused" and reason != HOLDOUT_REASON:
-            f.refused[reason] = f.refused.get(reason, 0) + n
+    tally_messages(f, rows.all())
     window_end = run.started_at + timedelta(days=int(campaign.response["within_days"]))
     resolved = resolved_members(
         sa.select(CampaignAudience.member_id).where(CampaignAudience.run_id == run.id)

@@ -25,7 +25,6 @@ checked per participant when it acts: past the budget the action is left out and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -40,7 +39,7 @@ from tongcrm.audit.service import Actor
 from tongcrm.campaigns import control, evaluation
 from tongcrm.campaigns.evaluation import RESPONDING_STATUSES
 from tongcrm.campaigns.models import Journey, JourneyParticipant
-from tongcrm.campaigns.service import check_response
+from tongcrm.campaigns.service import check_basics, check_response
 from tongcrm.db.dialect import insert
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.lifecycle.service import STAGES
@@ -51,7 +50,7 @@ from tongcrm.messaging import templates as tpl
 from tongcrm.messaging.holdout import HOLDOUT_REASON
 from tongcrm.messaging.jobs import request_dispatch
 from tongcrm.messaging.models import Message
-from tongcrm.orders.models import Order, OrderLine
+from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points import service as points
 from tongcrm.points.ledger import AVAILABLE, MAX_ENTRY_POINTS
@@ -62,7 +61,6 @@ from tongcrm.tiers.service import active_ladder
 
 log = get_logger(__name__)
 
-_NAME = re.compile(r"^(?![0-9]+$)[a-z0-9][a-z0-9_-]{0,63}$")
 EVENT_TRIGGERS = ("lifecycle_changed", "tier_changed", "first_order")
 DAY_TRIGGERS = ("birthday", "points_expiring", "days_after_last_order")
 TRIGGERS = EVENT_TRIGGERS + DAY_TRIGGERS
@@ -231,26 +229,11 @@ def describe(j: Journey) -> dict[str, Any]:
 
 async def create(session: AsyncSession, draft: Draft, actor: Actor, *, now: datetime) -> Journey:
     """A new journey, active at once: members enter from the next trigger on (nothing is backfilled)."""
-    if not _NAME.match(draft.name):
-        raise Unprocessable(
-            f"journey name {draft.name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', not digits only",
-            extra={"pointer": "/name"},
-        )
-    if len(draft.goal) > 500:
-        raise Unprocessable("goal is longer than 500 characters", extra={"pointer": "/goal"})
-    try:
-        bp = control.share_bp(draft.control_percent)
-    except ValueError as exc:
-        raise Unprocessable(str(exc), extra={"pointer": "/control_percent"}) from exc
-    if len(draft.control_seed) > 64:
-        raise Unprocessable("control_seed is longer than 64 characters", extra={"pointer": "/control_seed"})
-    for field, value in (
-        ("budget_messages", draft.budget_messages),
-        ("budget_points", draft.budget_points),
-        ("message_cost_fen", draft.message_cost_fen),
-    ):
-        if value is not None and value < 0:
-            raise Unprocessable(f"{field} cannot be negative", extra={"pointer": f"/{field}"})
+    bp = check_basics(
+        "journey", draft.name, draft.goal, draft.control_percent, draft.control_seed,
+        {"budget_messages": draft.budget_messages, "budget_points": draft.budget_points,
+         "message_cost_fen": draft.message_cost_fen},
+    )  # fmt: skip
     trigger = check_trigger(draft.trigger)
     steps = await check_steps(session, draft.steps)
     response = check_response(draft.response)
@@ -574,7 +557,6 @@ async def _act(
         await _in_segment(session, host, steps["condition"], ids, now) if steps["condition"] else set(ids)
     )
     messages_used, points_used = await _used(session, journey.id)
-    templates: dict[str, Any] = {}
     targets: dict[str, list[messaging.Target]] = {}
     grants: list[points.Grant] = []
     for p in sorted(batch, key=lambda x: x.id):
@@ -607,7 +589,7 @@ async def _act(
                 p.points_granted = grant
                 points_used += grant
     for name, group in targets.items():
-        template = templates.get(name) or await messaging.get_template(session, name)
+        template = await messaging.get_template(session, name)
         await messaging.queue_messages(session, flow_of(journey), template, group, now=now)
     if grants:
         ctx = points.PointsContext(clock=lambda: now, tz=tz, actor=SYSTEM_ACTOR.name)
@@ -683,18 +665,7 @@ def _responses(journey: Journey, resolved: sa.Subquery) -> sa.Subquery:
             .group_by(p.id)
             .subquery("responses")
         )
-    where = [
-        base,
-        Order.placed_at >= p.acted_at,
-        Order.placed_at < p.respond_until,
-        Order.status.in_(RESPONDING_STATUSES),
-    ]
-    if response["kind"] == "store_visit":
-        where.append(Order.store_code.is_not(None))
-    if response.get("min_paid_fen") is not None:
-        where.append(Order.paid_fen >= int(response["min_paid_fen"]))
-    if response.get("sku"):
-        where.append(sa.exists().where(OrderLine.order_id == Order.id, OrderLine.sku == response["sku"]))
+    where = [base, *evaluation.order_filters(response, p.acted_at, p.respond_until)]
     return (
         sa.select(
             p.id.label("pid"),
@@ -733,24 +704,13 @@ async def report(session: AsyncSession, journey: Journey) -> JourneyReport:
         f.audience += int(n)
         f.control += int(n) if grp == control.CONTROL else 0
         f.points_granted += int(granted)
-    for status, reason, n in (
-        await session.execute(
-            sa.select(Message.status, Message.reason, sa.func.count())
-            .select_from(with_message)
-            .where(done, Message.id.is_not(None))
-            .group_by(Message.status, Message.reason)
-        )
-    ).all():
-        n = int(n)
-        if status in ("sent", "delivered"):
-            f.sent += n
-            f.delivered += n if status == "delivered" else 0
-        elif status == "failed":
-            f.failed += n
-        elif status in ("queued", "sending"):
-            f.pending += n
-        elif status == "refused" and reason != HOLDOUT_REASON:
-            f.refused[reason] = f.refused.get(reason, 0) + n
+    messages = await session.execute(
+        sa.select(Message.status, Message.reason, sa.func.count())
+        .select_from(with_message)
+        .where(done, Message.id.is_not(None))
+        .group_by(Message.status, Message.reason)
+    )
+    evaluation.tally_messages(f, messages.all())
     resolved = evaluation.resolved_members(
         sa.select(p.member_id).where(p.journey_id == journey.id).distinct()
     )

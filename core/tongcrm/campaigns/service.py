@@ -114,29 +114,42 @@ class Draft:
     budget_points: int | None = None
 
 
-async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
-    """A new campaign in ``draft``; everything it refers to is checked now, not at its first run."""
-    if not _NAME.match(draft.name):
+def check_basics(
+    what: str,
+    name: str,
+    goal: str,
+    control_percent: float,
+    control_seed: str,
+    amounts: Mapping[str, int | None],
+) -> int:
+    """What campaigns and journeys check alike — the name, the goal, the control share (returned in basis points)
+    and seed, amounts that cannot be negative — each refusal a 422 naming the field."""
+    if not _NAME.match(name):
         raise Unprocessable(
-            f"campaign name {draft.name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', not digits only",
+            f"{what} name {name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', not digits only",
             extra={"pointer": "/name"},
         )
-    if len(draft.goal) > 500:
+    if len(goal) > 500:
         raise Unprocessable("goal is longer than 500 characters", extra={"pointer": "/goal"})
     try:
-        bp = control.share_bp(draft.control_percent)
+        bp = control.share_bp(control_percent)
     except ValueError as exc:
         raise Unprocessable(str(exc), extra={"pointer": "/control_percent"}) from exc
-    if len(draft.control_seed) > 64:
+    if len(control_seed) > 64:
         raise Unprocessable("control_seed is longer than 64 characters", extra={"pointer": "/control_seed"})
-    for field, value in (
-        ("budget_messages", draft.budget_messages),
-        ("message_cost_fen", draft.message_cost_fen),
-        ("benefit_points", draft.benefit_points),
-        ("budget_points", draft.budget_points),
-    ):
+    for field, value in amounts.items():
         if value is not None and value < 0:
             raise Unprocessable(f"{field} cannot be negative", extra={"pointer": f"/{field}"})
+    return bp
+
+
+async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
+    """A new campaign in ``draft``; everything it refers to is checked now, not at its first run."""
+    bp = check_basics(
+        "campaign", draft.name, draft.goal, draft.control_percent, draft.control_seed,
+        {"budget_messages": draft.budget_messages, "message_cost_fen": draft.message_cost_fen,
+         "benefit_points": draft.benefit_points, "budget_points": draft.budget_points},
+    )  # fmt: skip
     response = check_response(draft.response)
     segment = await segments.get_segment(session, draft.segment)
     template = await messaging.get_template(session, draft.template)
