@@ -18,6 +18,8 @@ from tongcrm.campaigns import control, journeys
 from tongcrm.campaigns.models import JourneyParticipant
 from tongcrm.errors import Unprocessable
 from tongcrm.jobs.outbox import emit
+from tongcrm.members.merge import merge_members
+from tongcrm.messaging.models import Message
 from tongcrm.points import service as points
 from tongcrm.testing.database import TestDatabase
 
@@ -108,11 +110,25 @@ async def test_trigger_wait_branch_act_and_replays_add_nothing(tongcrm_db: TestD
     await _lifecycle(w, [m[0]])
     await w.drain(runner, rounds=10)
     assert [p.state for p in await _participants(w) if p.member_id == m[0]] == ["done", "waiting"]
+    # responses: the dispatcher sent the messages; m[3] orders, m[4] is merged into another member who orders
+    async with w.sessions() as session, session.begin():
+        await session.execute(sa.update(Message).values(status="sent", sent_at=clock()))
+    clock.advance(hours=3)
+    await w.order(m[3], "j-1", status="paid", paid_fen=800)
+    survivor = await w.member(99)
+    async with w.sessions() as session, session.begin():
+        await merge_members(session, survivor, m[4], actor=SYSTEM, reason="same person", at=clock())
+    await w.order(survivor, "j-2", status="paid", paid_fen=700)
+    clock.advance(days=8)
+    await w.order(m[2], "too-late", status="paid", paid_fen=600)
     async with w.sessions() as session:
         report = await journeys.report(session, journey)
     assert journey.id == journey_id
     assert (report.total.figures.audience, report.total.figures.points_granted) == (5, 300)
     assert report.branches == {"then": 3, "else": 2} and report.states == {"done": 5, "waiting": 1}
+    treated = report.total.figures.treated
+    assert (treated.eligible, treated.responders, treated.orders, treated.revenue_fen) == (5, 2, 2, 1500)
+    assert report.total.figures.sent == 5 and report.total.uplift.conclusion == "too_small"
 
 
 @pytest.mark.asyncio
