@@ -194,6 +194,22 @@ async def test_control_members_are_held_out_and_budgets_leave_actions_out(tongcr
 
 
 @pytest.mark.asyncio
+async def test_past_the_message_budget_a_treated_member_gets_no_message(tongcrm_db: TestDatabase) -> None:
+    clock = Clock(datetime(2026, 7, 1, 2, tzinfo=UTC))
+    w, m = await _world(tongcrm_db, clock, 12)
+    steps = {"wait_hours": 0, "condition": None, "then": {"template": "promo", "points": 5}}
+    await _journey(w, steps=steps, budget_messages=8)
+    async with w.sessions() as session, session.begin():
+        journey = await journeys.get(session, "winback")
+        await journeys.enter(session, journey, m, "event:9", now=clock())
+    await journeys.advance_due(w.sessions, w.host, now=clock(), tz=SH, limit=5)  # the budget spans batches
+    participants = await _participants(w)
+    assert sorted(x.member_id for x in await w.messages(flow="journey.winback")) == m[:8]
+    assert [p.reason for p in participants[8:]] == ["message budget exhausted (8 messages)"] * 4
+    assert await _granted(w) == {x: 5 for x in m}  # the points are another budget (none set)
+
+
+@pytest.mark.asyncio
 async def test_bad_journeys_are_refused_with_the_reason(tongcrm_db: TestDatabase) -> None:
     clock = Clock(datetime(2026, 7, 1, 2, tzinfo=UTC))
     w, _ = await _world(tongcrm_db, clock, 1)
