@@ -26,7 +26,7 @@ from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
 from tongcrm.bulk.api import ExportController, ImportController
-from tongcrm.campaigns.api import CalendarController, CampaignController
+from tongcrm.campaigns.api import CalendarController, CampaignController, JourneyController
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.counter import CounterService
@@ -80,6 +80,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     PrivacyController,
     CampaignController,
     CalendarController,
+    JourneyController,
     RfmController,
     ReferralController,
     TagRuleController,

@@ -27,3 +27,35 @@ CAMPAIGN: dict[str, Any] = {
     "response": {"kind": "order", "within_days": 7, "min_paid_fen": 5000},
     "message_cost_fen": 5,
 }
+
+
+async def vip_world(db: Any, clock: Any, n: int, *, segment: bool = True) -> tuple[World, list[int]]:
+    """A world on the test database (SMS account, templates, a shop), ``n`` consenting members and, unless told
+    otherwise, the saved segment ``vip`` (members tagged ``vip``)."""
+    from messaging_kit import SECRET_KEY, sms_host
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.config import Settings
+    from tongcrm.segments import service as segments
+
+    w = World(db.sessions, Settings(database_url=db.url, secret_key=SECRET_KEY).vault(), sms_host(), clock)
+    await w.setup("http://127.0.0.1:9")
+    members = [await w.member(i) for i in range(n)]
+    if segment:
+        async with w.sessions() as session, session.begin():
+            context = await segments.load_context(session, w.host, clock())
+            await segments.save(session, context, "vip", segment_of("vip"), SYSTEM)
+    return w, members
+
+
+async def granted(w: World, key_prefix: str) -> dict[int, int]:
+    """Points granted per member by ledger entries whose key starts with ``grant:<key_prefix>``."""
+    import sqlalchemy as sa
+    from tongcrm.points.models import PointsEntry
+
+    async with w.sessions() as session:
+        rows = await session.execute(
+            sa.select(PointsEntry.member_id, sa.func.sum(PointsEntry.amount))
+            .where(PointsEntry.idempotency_key.like(f"grant:{key_prefix}%"))
+            .group_by(PointsEntry.member_id)
+        )
+        return {int(m): int(p) for m, p in rows.all()}

@@ -110,3 +110,50 @@ async def test_response_kinds_windows_and_opt_outs(tongcrm_db: TestDatabase) -> 
     assert sku.figures.opted_out == visit.figures.opted_out == 1
     assert sku.figures.sent == 8 and sku.figures.held.eligible == 0
     assert sku.uplift.conclusion == "too_small"  # no control group: nothing to conclude
+
+
+@pytest.mark.asyncio
+async def test_orders_of_a_member_merged_after_the_run_are_credited(tongcrm_db: TestDatabase) -> None:
+    """An audience member merged into another after the run: the orders it placed (moved to the survivor by the
+    merge) and those the survivor places afterwards are the audience member's responses."""
+    from tongcrm.members.merge import merge_members
+
+    clock = Clock(datetime(2026, 3, 1, 1, tzinfo=UTC))
+    host = sms_host()
+    w = World(
+        tongcrm_db.sessions, Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(), host, clock
+    )
+    await w.setup("http://127.0.0.1:9")
+    m = [await w.member(i) for i in range(4)]
+    survivor, later_survivor = await w.member(10), await w.member(11)
+    async with w.sessions() as session, session.begin():
+        session.add_all(MemberTag(member_id=x, tag="vip") for x in m)
+        context = await segments.load_context(session, host, clock())
+        definition = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vip"}}
+        await segments.save(session, context, "vip", definition, SYSTEM)
+        response = {"kind": "order", "within_days": 7}
+        await service.create(
+            session, service.Draft("merged", "vip", "promo", response, control_percent=0), SYSTEM
+        )
+        once = {"kind": "once", "at": (clock() + timedelta(minutes=1)).isoformat()}
+        await service.schedule(session, host, SYSTEM, "merged", once, now=clock(), tz=SH)
+    clock.advance(minutes=1)
+    await service.run_due(w.sessions, host, now=clock(), tz=SH)
+    async with w.sessions() as session, session.begin():
+        await session.execute(sa.update(Message).values(status="sent", sent_at=clock()))
+    clock.advance(hours=2)
+    await w.order(m[0], "before-merge", status="paid", paid_fen=900)
+    clock.advance(hours=1)
+    async with w.sessions() as session, session.begin():
+        await merge_members(session, survivor, m[0], actor=SYSTEM, reason="same person", at=clock())
+        await merge_members(session, survivor, m[1], actor=SYSTEM, reason="same person", at=clock())
+    clock.advance(hours=1)
+    await w.order(survivor, "after-merge", status="paid", paid_fen=500)
+    async with w.sessions() as session, session.begin():  # a chain: the survivor merged away in its turn
+        await merge_members(session, later_survivor, survivor, actor=SYSTEM, reason="same person", at=clock())
+    await w.order(m[2], "plain", status="paid", paid_fen=100)
+
+    treated = (await _totals(w, "merged")).figures.treated
+    # m[0] and m[1] both resolve to the final survivor, which holds the two orders; m[2] has its own order
+    assert (treated.eligible, treated.responders) == (4, 3)
+    assert (treated.orders, treated.revenue_fen) == (2 + 2 + 1, 1400 + 1400 + 100)

@@ -88,3 +88,22 @@ def test_campaigns_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
     assert "cancelled 'spring'" in invoke("campaigns", "cancel", "spring")
     assert "spring" not in invoke("calendar", "--from", day, "--to", day)
     assert "already cancelled" in invoke("campaigns", "cancel", "spring", ok=False)
+    # journeys
+    trigger, steps = tmp_path / "trigger.json", tmp_path / "steps.json"
+    trigger.write_text(json.dumps({"kind": "birthday"}))
+    steps.write_text(
+        json.dumps({"wait_hours": 0, "condition": None, "then": {"template": "promo", "points": 88}})
+    )
+    out = invoke("campaigns", "journeys", "create", "bday", "--trigger", str(trigger), "--steps", str(steps),
+                 "--response", str(response), "--control-percent", "10", "--budget-points", "10000")  # fmt: skip
+    assert "created journey 'bday'" in out
+    assert "bday\tactive\tbirthday\tno participant" in invoke("campaigns", "journeys", "list")
+    assert json.loads(invoke("campaigns", "journeys", "show", "bday"))["steps"]["then"]["points"] == 88
+    assert "is paused" in invoke("campaigns", "journeys", "pause", "bday")
+    assert "already paused" in invoke("campaigns", "journeys", "pause", "bday", ok=False)
+    assert "is active" in invoke("campaigns", "journeys", "resume", "bday")
+    assert "too small to conclude" in invoke("campaigns", "journeys", "report", "bday")
+    trigger.write_text(json.dumps({"kind": "moonrise"}))
+    bad = invoke("campaigns", "journeys", "create", "moon", "--trigger", str(trigger), "--steps", str(steps),
+                 "--response", str(response), ok=False)  # fmt: skip
+    assert "trigger kind 'moonrise' is unknown" in bad

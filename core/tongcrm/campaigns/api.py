@@ -22,14 +22,21 @@ from tongcrm.api.inputs import PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
-from tongcrm.campaigns import calendar, chart, evaluation, service
-from tongcrm.campaigns.models import Campaign, CampaignRun
+from tongcrm.campaigns import calendar, chart, evaluation, journeys, service
+from tongcrm.campaigns.models import Campaign, CampaignRun, Journey
 from tongcrm.config import Settings
 from tongcrm.db.base import utcnow
 from tongcrm.plugin.host import PluginHost
+from tongcrm.points.ledger import MAX_BALANCE, MAX_ENTRY_POINTS
 from tongcrm.programme import service as programme
 
 Sessions = async_sessionmaker[AsyncSession]
+#: Points a campaign grants each treated member: at most what one ledger entry may move.
+BenefitPoints = Annotated[
+    int, msgspec.Meta(ge=0, le=MAX_ENTRY_POINTS, description="points per treated member")
+]
+#: A points budget: at most what a balance may hold.
+PointsBudget = Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE, description="points all runs may grant")]
 
 
 class CampaignIn(msgspec.Struct):
@@ -42,6 +49,8 @@ class CampaignIn(msgspec.Struct):
     control_seed: str = ""
     budget_messages: int | None = None
     message_cost_fen: int = 0
+    benefit_points: BenefitPoints = 0
+    budget_points: PointsBudget | None = None
 
 
 class ScheduleIn(msgspec.Struct):
@@ -60,6 +69,8 @@ class CampaignOut(msgspec.Struct):
     response: dict[str, Any]
     budget_messages: int | None
     message_cost_fen: int
+    benefit_points: int
+    budget_points: int | None
     schedule: dict[str, Any] | None
     next_run_at: datetime | None
     created_by: str
@@ -76,6 +87,7 @@ class RunOut(msgspec.Struct):
     reason: str
     audience: int
     control: int
+    points_granted: int
 
 
 class GroupOut(msgspec.Struct):
@@ -95,6 +107,7 @@ class OutcomeOut(msgspec.Struct):
     pending: int
     refused: dict[str, int]
     opted_out: int
+    points_granted: int
     treated: GroupOut
     control_group: GroupOut
     uplift: float
@@ -107,6 +120,7 @@ class OutcomeOut(msgspec.Struct):
     incremental_revenue_fen: int
     cost_fen: int
     cost_per_incremental_order_fen: int | None
+    points_per_incremental_order: int | None
 
 
 class RunReportOut(msgspec.Struct):
@@ -125,15 +139,16 @@ class ReportOut(msgspec.Struct):
 def campaign_out(c: Campaign) -> CampaignOut:
     return CampaignOut(
         c.id, c.name, c.goal, c.status, c.segment_id, c.template_id, c.control_bp / 100, c.control_seed,
-        dict(c.response), c.budget_messages, c.message_cost_fen, c.schedule, c.next_run_at, c.created_by,
+        dict(c.response), c.budget_messages, c.message_cost_fen, c.benefit_points, c.budget_points, c.schedule, c.next_run_at, c.created_by,
         c.created_at, c.updated_at,
     )  # fmt: skip
 
 
 def run_out(r: CampaignRun) -> RunOut:
     return RunOut(
-        r.id, r.scheduled_for, r.started_at, r.segment_version, r.status, r.reason, r.audience, r.control
-    )
+        r.id, r.scheduled_for, r.started_at, r.segment_version, r.status, r.reason, r.audience, r.control,
+        r.points_granted,
+    )  # fmt: skip
 
 
 def _group(g: evaluation.GroupFigures) -> GroupOut:
@@ -145,8 +160,9 @@ def outcome_out(o: evaluation.Outcome) -> OutcomeOut:
     f, u = o.figures, o.uplift
     return OutcomeOut(
         f.audience, f.control, f.sent, f.delivered, f.failed, f.pending, dict(sorted(f.refused.items())),
-        f.opted_out, _group(f.treated), _group(f.held), u.absolute, u.low, u.high, u.relative, u.conclusion,
-        u.too_small, o.incremental_orders, o.incremental_revenue_fen, o.cost_fen, o.cost_per_incremental_order_fen,
+        f.opted_out, f.points_granted, _group(f.treated), _group(f.held), u.absolute, u.low, u.high, u.relative,
+        u.conclusion, u.too_small, o.incremental_orders, o.incremental_revenue_fen, o.cost_fen,
+        o.cost_per_incremental_order_fen, o.points_per_incremental_order,
     )  # fmt: skip
 
 
@@ -177,7 +193,7 @@ class CampaignController(Controller):
     ) -> CampaignOut:
         draft = service.Draft(
             data.name, data.segment, data.template, data.response, data.goal, data.control_percent,
-            data.control_seed, data.budget_messages, data.message_cost_fen,
+            data.control_seed, data.budget_messages, data.message_cost_fen, data.benefit_points, data.budget_points,
         )  # fmt: skip
         async with sessions() as session, session.begin():
             return campaign_out(await service.create(session, draft, Actor.of(principal)))
@@ -340,3 +356,117 @@ class CalendarController(Controller):
     ) -> None:
         async with sessions() as session, session.begin():
             await calendar.remove_mark(session, Actor.of(principal), mark_id)
+
+
+class JourneyIn(msgspec.Struct):
+    name: str
+    trigger: dict[str, Any]
+    steps: dict[str, Any]
+    response: dict[str, Any]
+    goal: str = ""
+    control_percent: float = 10.0
+    control_seed: str = ""
+    budget_messages: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] | None = None
+    budget_points: PointsBudget | None = None
+    message_cost_fen: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] = 0
+
+
+class JourneyOut(msgspec.Struct):
+    id: int
+    name: str
+    goal: str
+    status: str
+    trigger: dict[str, Any]
+    steps: dict[str, Any]
+    control_percent: float
+    control_seed: str
+    response: dict[str, Any]
+    budget_messages: int | None
+    budget_points: int | None
+    message_cost_fen: int
+    #: Participants by state (``waiting``, ``done``).
+    participants: dict[str, int]
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class JourneyReportOut(msgspec.Struct):
+    journey: str
+    status: str
+    interval: str
+    participants: dict[str, int]
+    branches: dict[str, int]
+    total: OutcomeOut
+
+
+def journey_out(j: Journey, states: dict[str, int]) -> JourneyOut:
+    return JourneyOut(
+        j.id, j.name, j.goal, j.status, dict(j.trigger), dict(j.steps), j.control_bp / 100, j.control_seed,
+        dict(j.response), j.budget_messages, j.budget_points, j.message_cost_fen, states, j.created_by,
+        j.created_at, j.updated_at,
+    )  # fmt: skip
+
+
+class JourneyController(Controller):
+    path = "/api/journeys"
+    tags = ["campaigns"]
+
+    @post(
+        "/", opt=requires(*WRITE_ROLES), status_code=201, summary="Create a journey (active at once; audited)"
+    )
+    async def create(
+        self,
+        data: JSONBody[JourneyIn],
+        sessions: NamedDependency[Sessions],
+        principal: NamedDependency[Principal],
+    ) -> JourneyOut:
+        draft = journeys.Draft(
+            data.name, data.trigger, data.steps, data.response, data.goal, data.control_percent, data.control_seed,
+            data.budget_messages, data.budget_points, data.message_cost_fen,
+        )  # fmt: skip
+        async with sessions() as session, session.begin():
+            journey = await journeys.create(session, draft, Actor.of(principal), now=utcnow())
+            return journey_out(journey, {})
+
+    @get("/", opt=requires(*READ_ROLES), summary="Journeys, by name")
+    async def list_journeys(self, read_sessions: NamedDependency[Sessions]) -> list[JourneyOut]:
+        async with read_sessions() as session:
+            return [
+                journey_out(j, await journeys.participant_states(session, j.id))
+                for j in await journeys.list_all(session)
+            ]
+
+    @get("/{name:str}", opt=requires(*READ_ROLES), summary="One journey, with its participants by state")
+    async def get_journey(self, name: FromPath[str], read_sessions: NamedDependency[Sessions]) -> JourneyOut:
+        async with read_sessions() as session:
+            journey = await journeys.get(session, name)
+            return journey_out(journey, await journeys.participant_states(session, journey.id))
+
+    @post("/{name:str}/pause", opt=requires(*WRITE_ROLES), status_code=200, summary="Pause a journey")
+    async def pause(
+        self, name: FromPath[str], sessions: NamedDependency[Sessions], principal: NamedDependency[Principal]
+    ) -> JourneyOut:
+        async with sessions() as session, session.begin():
+            journey = await journeys.set_status(session, Actor.of(principal), name, "paused", now=utcnow())
+            return journey_out(journey, await journeys.participant_states(session, journey.id))
+
+    @post(
+        "/{name:str}/resume", opt=requires(*WRITE_ROLES), status_code=200, summary="Resume a paused journey"
+    )
+    async def resume(
+        self, name: FromPath[str], sessions: NamedDependency[Sessions], principal: NamedDependency[Principal]
+    ) -> JourneyOut:
+        async with sessions() as session, session.begin():
+            journey = await journeys.set_status(session, Actor.of(principal), name, "active", now=utcnow())
+            return journey_out(journey, await journeys.participant_states(session, journey.id))
+
+    @get(
+        "/{name:str}/report", opt=requires(*READ_ROLES), summary="A journey's evaluation against its control"
+    )
+    async def report(self, name: FromPath[str], read_sessions: NamedDependency[Sessions]) -> JourneyReportOut:
+        async with read_sessions() as session:
+            r = await journeys.report(session, await journeys.get(session, name))
+        return JourneyReportOut(
+            r.journey.name, r.journey.status, "newcombe-95", r.states, r.branches, outcome_out(r.total)
+        )

@@ -1,4 +1,5 @@
-"""``tongcrm campaigns create|list|show|schedule|cancel|report`` and ``tongcrm calendar``: the campaign service
+"""``tongcrm campaigns create|list|show|schedule|cancel|report``, ``tongcrm campaigns journeys …`` and
+``tongcrm calendar``: the campaign service
 from a terminal.
 
 The CLI acts as ``cli`` with the admin role (whoever runs it can read the database anyway); its changes are
@@ -16,8 +17,8 @@ from zoneinfo import ZoneInfo
 import click
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.campaigns import calendar, chart, evaluation, service
-from tongcrm.campaigns.api import campaign_out, outcome_out, programme_tz, run_out
+from tongcrm.campaigns import calendar, chart, evaluation, journeys, service
+from tongcrm.campaigns.api import campaign_out, journey_out, outcome_out, programme_tz, run_out
 from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest
 from tongcrm.segments.cli import CLI_ACTOR, _Obj, _read, _run
@@ -46,15 +47,18 @@ def campaigns_group() -> None:
 @click.option("--control-seed", default="")
 @click.option("--budget-messages", type=int, default=None)
 @click.option("--message-cost-fen", type=int, default=0, show_default=True)
+@click.option("--benefit-points", type=int, default=0, show_default=True, help="Points per treated member.")
+@click.option("--budget-points", type=int, default=None, help="Most points all runs together may grant.")
 @click.pass_obj
 def create(
     obj: _Obj, name: str, segment: str, template: str, response_source: str, goal: str,
     control_percent: float, control_seed: str, budget_messages: int | None, message_cost_fen: int,
+    benefit_points: int, budget_points: int | None,
 ) -> None:  # fmt: skip
     """Create a campaign as a draft."""
     draft = service.Draft(
         name, segment, template, _read(response_source), goal, control_percent, control_seed, budget_messages,
-        message_cost_fen,
+        message_cost_fen, benefit_points, budget_points,
     )  # fmt: skip
 
     async def body(sessions: Sessions, read: Sessions) -> int:
@@ -150,6 +154,7 @@ def report(obj: _Obj, name: str, svg_path: str | None) -> None:
         f"total: uplift {total.uplift * 100:+.2f} pts, 95% CI [{total.uplift_low * 100:+.2f},"
         f" {total.uplift_high * 100:+.2f}] ({total.conclusion}), incremental orders {total.incremental_orders},"
         f" incremental revenue {total.incremental_revenue_fen} fen, cost {total.cost_fen} fen"
+        f" and {total.points_granted} points"
     )
     if total.too_small:
         click.echo(f"too small to conclude: {total.too_small}")
@@ -185,3 +190,118 @@ def calendar_command(obj: _Obj, start: datetime, end: datetime) -> None:
         )
     if result.care_flows:
         click.echo(f"care flows running: {', '.join(result.care_flows)}")
+
+
+@campaigns_group.group("journeys")
+def journeys_group() -> None:
+    """Journeys: triggered campaigns (create, list, show, pause, resume, report)."""
+
+
+@journeys_group.command("create")
+@click.argument("name")
+@click.option("--trigger", "trigger_source", required=True, help="Trigger document: a JSON file or '-'.")
+@click.option("--steps", "steps_source", required=True, help="Steps document: a JSON file or '-'.")
+@click.option("--response", "response_source", required=True, help="Response definition: a JSON file or '-'.")
+@click.option("--goal", default="")
+@click.option("--control-percent", default=10.0, show_default=True, type=float)
+@click.option("--control-seed", default="")
+@click.option("--budget-messages", type=int, default=None)
+@click.option("--budget-points", type=int, default=None)
+@click.option("--message-cost-fen", type=int, default=0, show_default=True)
+@click.pass_obj
+def journey_create(
+    obj: _Obj, name: str, trigger_source: str, steps_source: str, response_source: str, goal: str,
+    control_percent: float, control_seed: str, budget_messages: int | None, budget_points: int | None,
+    message_cost_fen: int,
+) -> None:  # fmt: skip
+    """Create a journey; it is active at once."""
+    draft = journeys.Draft(
+        name, _read(trigger_source), _read(steps_source), _read(response_source), goal, control_percent,
+        control_seed, budget_messages, budget_points, message_cost_fen,
+    )  # fmt: skip
+
+    async def body(sessions: Sessions, read: Sessions) -> int:
+        async with sessions() as session, session.begin():
+            return (await journeys.create(session, draft, CLI_ACTOR, now=utcnow())).id
+
+    click.echo(f"created journey {name!r} (#{_run(obj, body)}), active")
+
+
+@journeys_group.command("list")
+@click.pass_obj
+def journey_list(obj: _Obj) -> None:
+    """Journeys with their status, trigger and participants by state."""
+
+    async def body(sessions: Sessions, read: Sessions) -> list[str]:
+        async with read() as session:
+            out = []
+            for j in await journeys.list_all(session):
+                states = await journeys.participant_states(session, j.id)
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "no participant"
+                out.append(f"{j.name}\t{j.status}\t{j.trigger['kind']}\t{counts}")
+            return out
+
+    for line in _run(obj, body):
+        click.echo(line)
+
+
+@journeys_group.command("show")
+@click.argument("name")
+@click.pass_obj
+def journey_show(obj: _Obj, name: str) -> None:
+    """One journey, as JSON."""
+
+    async def body(sessions: Sessions, read: Sessions) -> str:
+        async with read() as session:
+            j = await journeys.get(session, name)
+            return _json(journey_out(j, await journeys.participant_states(session, j.id)))
+
+    click.echo(_run(obj, body))
+
+
+def _set_status(obj: _Obj, name: str, status: str) -> None:
+    async def body(sessions: Sessions, read: Sessions) -> None:
+        async with sessions() as session, session.begin():
+            await journeys.set_status(session, CLI_ACTOR, name, status, now=utcnow())
+
+    _run(obj, body)
+    click.echo(f"journey {name!r} is {status}")
+
+
+@journeys_group.command("pause")
+@click.argument("name")
+@click.pass_obj
+def journey_pause(obj: _Obj, name: str) -> None:
+    """Pause a journey: nobody enters; members already waiting still act when due."""
+    _set_status(obj, name, "paused")
+
+
+@journeys_group.command("resume")
+@click.argument("name")
+@click.pass_obj
+def journey_resume(obj: _Obj, name: str) -> None:
+    """Resume a paused journey."""
+    _set_status(obj, name, "active")
+
+
+@journeys_group.command("report")
+@click.argument("name")
+@click.pass_obj
+def journey_report(obj: _Obj, name: str) -> None:
+    """A journey's evaluation against its control group."""
+
+    async def body(sessions: Sessions, read: Sessions) -> journeys.JourneyReport:
+        async with read() as session:
+            return await journeys.report(session, await journeys.get(session, name))
+
+    r = _run(obj, body)
+    o = outcome_out(r.total)
+    click.echo(
+        f"participants {dict(sorted(r.states.items()))}, branches {dict(sorted(r.branches.items()))}:"
+        f" treated {o.treated.responders}/{o.treated.eligible}, control {o.control_group.responders}/"
+        f"{o.control_group.eligible}; uplift {o.uplift * 100:+.2f} pts, 95% CI [{o.uplift_low * 100:+.2f},"
+        f" {o.uplift_high * 100:+.2f}] ({o.conclusion}); sent {o.sent}, cost {o.cost_fen} fen and"
+        f" {o.points_granted} points"
+    )
+    if o.too_small:
+        click.echo(f"too small to conclude: {o.too_small}")

@@ -10,7 +10,10 @@ policy refused in either group (no consent, opted out, fatigue) are out of both 
 A member *responds* to a run when, within ``within_days`` of the run's start, they place an order in any channel
 that is paid and not closed or refunded (optionally paying at least ``min_paid_fen``, or with a line of product
 ``sku``), visit a store (an order with a store code), or redeem points — per the campaign's response definition.
-Orders and revenue are counted for those orders (revenue = paid − refunded, in fen).
+Orders and revenue are counted for those orders (revenue = paid − refunded, in fen). Responses are matched on
+the member the audience row names *now*: a member merged into another after the run has its orders (and
+ledger, and consent) moved to the survivor, so the audience member is followed along ``merged_into_id`` to
+the surviving member and that member's orders count (:func:`resolved_members`).
 
 The totals pool the runs: a member in three runs is three exposures. Uplift and its interval are in
 :mod:`tongcrm.campaigns.stats`. Incremental orders and revenue are the difference of per-member averages between
@@ -19,6 +22,7 @@ the groups times the eligible treated; cost is the messages sent times the campa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -30,6 +34,7 @@ from tongcrm.campaigns import control, stats
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.campaigns.service import flow_of, occasion_of, runs
 from tongcrm.consent.models import ConsentEvent
+from tongcrm.members.models import Member
 from tongcrm.messaging.holdout import HOLDOUT_REASON
 from tongcrm.messaging.models import Message
 from tongcrm.orders.models import Order, OrderLine
@@ -66,6 +71,8 @@ class Figures:
     pending: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     opted_out: int = 0
+    #: Points granted to the treated members (the benefit).
+    points_granted: int = 0
     treated: GroupFigures = field(default_factory=GroupFigures)
     held: GroupFigures = field(default_factory=GroupFigures)
 
@@ -79,6 +86,7 @@ class Figures:
         for reason, n in other.refused.items():
             self.refused[reason] = self.refused.get(reason, 0) + n
         self.opted_out += other.opted_out
+        self.points_granted += other.points_granted
         self.treated.add(other.treated)
         self.held.add(other.held)
 
@@ -92,6 +100,8 @@ class Outcome:
     cost_fen: int
     #: None when there is no incremental order to divide by.
     cost_per_incremental_order_fen: int | None
+    #: Points granted per incremental order (None likewise): the benefit's cost, in points.
+    points_per_incremental_order: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +115,22 @@ class Report:
     campaign: Campaign
     runs: list[RunReport]
     total: Outcome
+
+
+def tally_messages(f: Figures, rows: Iterable[Any]) -> None:
+    """Add (status, reason, count) rows of the send log to ``f``: sent (delivered included), delivered, failed,
+    pending, refused by reason — hold-outs are the control group's, not refusals."""
+    for status, reason, n in rows:
+        n = int(n)
+        if status in ("sent", "delivered"):
+            f.sent += n  # a delivered message was sent first
+            f.delivered += n if status == "delivered" else 0
+        elif status == "failed":
+            f.failed += n
+        elif status in _PENDING:
+            f.pending += n
+        elif status == "refused" and reason != HOLDOUT_REASON:
+            f.refused[reason] = f.refused.get(reason, 0) + n
 
 
 def _message_key(campaign: Campaign, run_id: int) -> sa.ColumnElement[str]:
@@ -123,6 +149,38 @@ def _eligible() -> sa.ColumnElement[bool]:
         sa.and_(CampaignAudience.grp == control.TREATMENT, Message.status.in_(_ELIGIBLE_TREATED)),
         sa.and_(CampaignAudience.grp == control.CONTROL, Message.reason == HOLDOUT_REASON),
     )
+
+
+def resolved_members(origins: sa.Select[Any]) -> sa.Subquery:
+    """``(origin, current)`` for each member id ``origins`` selects: the member it is now, following merges
+    (a chain of them too). A member not merged is its own current member. Merging moves the absorbed member's
+    orders, ledger and consent to the survivor, so whatever happened to an audience member after a run is
+    found under ``current``."""
+    base = origins.subquery()
+    origin = base.c[0]
+    chain = (
+        sa.select(origin.label("origin"), Member.id.label("current"), Member.merged_into_id.label("next_id"))
+        .select_from(base.join(Member, Member.id == origin))
+        .cte("merge_chain", recursive=True)
+    )
+    step = sa.select(chain.c.origin, Member.id, Member.merged_into_id).join(
+        Member, Member.id == chain.c.next_id
+    )
+    chain = chain.union_all(step)
+    return sa.select(chain.c.origin, chain.c.current).where(chain.c.next_id.is_(None)).subquery("resolved")
+
+
+def order_filters(response: Mapping[str, Any], start: Any, end: Any) -> list[sa.ColumnElement[bool]]:
+    """The orders that count as a response placed from ``start`` until before ``end`` (moments, or columns of a
+    per-member window): paid and not closed or refunded, a store visit, a minimum paid, a product code."""
+    where = [Order.placed_at >= start, Order.placed_at < end, Order.status.in_(RESPONDING_STATUSES)]
+    if response["kind"] == "store_visit":
+        where.append(Order.store_code.is_not(None))
+    if response.get("min_paid_fen") is not None:
+        where.append(Order.paid_fen >= int(response["min_paid_fen"]))
+    if response.get("sku"):
+        where.append(sa.exists().where(OrderLine.order_id == Order.id, OrderLine.sku == response["sku"]))
+    return where
 
 
 def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]:
@@ -145,18 +203,7 @@ def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]
             )
             .distinct()
         )
-    where = [
-        Order.member_id.is_not(None),
-        Order.placed_at >= start,
-        Order.placed_at < end,
-        Order.status.in_(RESPONDING_STATUSES),
-    ]
-    if kind == "store_visit":
-        where.append(Order.store_code.is_not(None))
-    if response.get("min_paid_fen") is not None:
-        where.append(Order.paid_fen >= int(response["min_paid_fen"]))
-    if response.get("sku"):
-        where.append(sa.exists().where(OrderLine.order_id == Order.id, OrderLine.sku == response["sku"]))
+    where = [Order.member_id.is_not(None), *order_filters(response, start, end)]
     return (
         sa.select(
             Order.member_id.label("member_id"),
@@ -169,7 +216,7 @@ def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]
 
 
 async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRun) -> Figures:
-    f = Figures(audience=run.audience, control=run.control)
+    f = Figures(audience=run.audience, control=run.control, points_granted=run.points_granted)
     if run.status != "queued":
         return f
     key = _message_key(campaign, run.id)
@@ -180,25 +227,16 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
         .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign))
         .group_by(Message.status, Message.reason)
     )
-    for status, reason, n in rows.all():
-        n = int(n)
-        if status in ("sent", "delivered"):
-            f.sent += n  # a delivered message was sent first
-            f.delivered += n if status == "delivered" else 0
-        elif status == "failed":
-            f.failed += n
-        elif status in _PENDING:
-            f.pending += n
-        elif status == "refused" and reason != HOLDOUT_REASON:
-            f.refused[reason] = f.refused.get(reason, 0) + n
+    tally_messages(f, rows.all())
     window_end = run.started_at + timedelta(days=int(campaign.response["within_days"]))
+    resolved = resolved_members(
+        sa.select(CampaignAudience.member_id).where(CampaignAudience.run_id == run.id)
+    )
     f.opted_out = int(
         (
             await session.execute(
                 sa.select(sa.func.count(sa.distinct(ConsentEvent.member_id))).where(
-                    ConsentEvent.member_id.in_(
-                        sa.select(CampaignAudience.member_id).where(CampaignAudience.run_id == run.id)
-                    ),
+                    ConsentEvent.member_id.in_(sa.select(resolved.c.current)),
                     ConsentEvent.purpose == "marketing",
                     ConsentEvent.status == "opt_out",
                     ConsentEvent.recorded_at >= run.started_at,
@@ -216,7 +254,11 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
             sa.func.coalesce(sa.func.sum(responses.c.orders), 0),
             sa.func.coalesce(sa.func.sum(responses.c.revenue), 0),
         )
-        .select_from(joined.outerjoin(responses, responses.c.member_id == CampaignAudience.member_id))
+        .select_from(
+            joined.join(resolved, resolved.c.origin == CampaignAudience.member_id).outerjoin(
+                responses, responses.c.member_id == resolved.c.current
+            )
+        )
         .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign), _eligible())
         .group_by(CampaignAudience.grp)
     )
@@ -227,7 +269,9 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
     return f
 
 
-def outcome(campaign: Campaign, f: Figures) -> Outcome:
+def outcome(campaign: Campaign | Any, f: Figures) -> Outcome:
+    """Uplift, increments and cost of ``f``; ``campaign`` is anything with ``message_cost_fen`` (a journey
+    too)."""
     t, c = f.treated, f.held
     up = stats.uplift(t.responders, t.eligible, c.responders, c.eligible)
     if t.eligible and c.eligible:
@@ -237,7 +281,8 @@ def outcome(campaign: Campaign, f: Figures) -> Outcome:
         inc_orders, inc_revenue = 0.0, 0
     cost = f.sent * campaign.message_cost_fen
     per = round(cost / inc_orders) if inc_orders > 0 else None
-    return Outcome(f, up, round(inc_orders, 2), inc_revenue, cost, per)
+    points_per = round(f.points_granted / inc_orders) if inc_orders > 0 else None
+    return Outcome(f, up, round(inc_orders, 2), inc_revenue, cost, per, points_per)
 
 
 async def report(session: AsyncSession, campaign: Campaign) -> Report:

@@ -36,6 +36,10 @@ class Campaign(Base):
     budget_messages: Mapped[int | None] = mapped_column(sa.BigInteger)
     #: What one sent message costs, for cost per incremental order.
     message_cost_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: The benefit: points granted to each treated member of a run (0: none). Never to the control group.
+    benefit_points: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    #: Most points all runs together may grant (None: no limit); a run that would pass it is refused up front.
+    budget_points: Mapped[int | None] = mapped_column(sa.BigInteger)
     #: ``{"kind": "once", "at": …}`` or a recurrence (:mod:`tongcrm.campaigns.schedule`); None while a draft.
     schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(sa.String(16), default="draft")
@@ -66,6 +70,8 @@ class CampaignRun(Base):
     reason: Mapped[str] = mapped_column(sa.String(500), default="")
     audience: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     control: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: Points the run granted to its treated members (the points budget it used).
+    points_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
     __table_args__ = (sa.UniqueConstraint("campaign_id", "scheduled_for"),)
 
@@ -96,3 +102,70 @@ class CalendarMark(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (sa.UniqueConstraint("on", "name"),)
+
+
+class Journey(Base):
+    """A triggered campaign: members enter on an event or a day (``trigger``), wait, then one condition
+    branch picks the action (a message and/or points). status: ``active`` (members enter) or ``paused``.
+
+    ``trigger``: ``{"kind": "lifecycle_changed", "to": stage}``, ``{"kind": "tier_changed", "direction":
+    "up"|"down"|"any", "to": tier?}``, ``{"kind": "first_order"}``, ``{"kind": "days_after_last_order",
+    "days": N}``, ``{"kind": "points_expiring", "days_before": N}``, ``{"kind": "birthday"}``.
+    ``steps``: ``{"wait_hours": N, "condition": segment name or None, "then": action, "else": action}`` with an
+    action ``{"template": name or None, "points": N}``; see :mod:`tongcrm.campaigns.journeys`."""
+
+    __tablename__ = "journeys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    goal: Mapped[str] = mapped_column(sa.String(500), default="")
+    trigger: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    steps: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    control_bp: Mapped[int] = mapped_column(sa.Integer, default=0)
+    control_seed: Mapped[str] = mapped_column(sa.String(64), default="")
+    response: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    budget_messages: Mapped[int | None] = mapped_column(sa.BigInteger)
+    budget_points: Mapped[int | None] = mapped_column(sa.BigInteger)
+    message_cost_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    status: Mapped[str] = mapped_column(sa.String(16), default="active")
+    #: The last local day the day-based triggers (birthday, expiry, days after the last order) were scanned.
+    scanned_on: Mapped[date | None] = mapped_column(sa.Date)
+    created_by: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JourneyParticipant(Base):
+    """One member on one journey for one trigger occurrence, unique per (journey, member, occurrence): a
+    replayed event or a second scan finds the row and adds nothing. The row is the member's state, so a
+    restart resumes it: ``waiting`` until ``due_at``, then ``done`` (``branch`` taken, effects recorded) in the
+    same transaction as its message and points.
+
+    ``occurrence`` names the trigger occurrence: the event id, the birthday's year, the expiring day, the
+    last order's id."""
+
+    __tablename__ = "journey_participants"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    journey_id: Mapped[int] = mapped_column(sa.ForeignKey("journeys.id"))
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    occurrence: Mapped[str] = mapped_column(sa.String(100))
+    #: ``treatment`` or ``control`` (deterministic per journey and member).
+    grp: Mapped[str] = mapped_column(sa.String(16))
+    state: Mapped[str] = mapped_column(sa.String(16), default="waiting")
+    entered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    acted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The end of the response window opened by the action (``acted_at`` + the response's days).
+    respond_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: ``then`` or ``else`` once acted.
+    branch: Mapped[str | None] = mapped_column(sa.String(8))
+    messaged: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    points_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: Why an action was left out (a budget exhausted, a member merged away).
+    reason: Mapped[str] = mapped_column(sa.String(500), default="")
+
+    __table_args__ = (
+        sa.UniqueConstraint("journey_id", "member_id", "occurrence"),
+        sa.Index("ix_journey_participants_state_due", "state", "due_at"),
+    )

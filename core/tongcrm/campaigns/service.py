@@ -34,6 +34,7 @@ from tongcrm.messaging import templates as tpl
 from tongcrm.messaging.jobs import request_dispatch
 from tongcrm.messaging.models import MessageTemplate
 from tongcrm.plugin.host import PluginHost
+from tongcrm.points import service as points
 from tongcrm.segments import service as segments
 from tongcrm.segments.compiler import members
 
@@ -109,29 +110,46 @@ class Draft:
     control_seed: str = ""
     budget_messages: int | None = None
     message_cost_fen: int = 0
+    benefit_points: int = 0
+    budget_points: int | None = None
+
+
+def check_basics(
+    what: str,
+    name: str,
+    goal: str,
+    control_percent: float,
+    control_seed: str,
+    amounts: Mapping[str, int | None],
+) -> int:
+    """What campaigns and journeys check alike — the name, the goal, the control share (returned in basis points)
+    and seed, amounts that cannot be negative — each refusal a 422 naming the field."""
+    if not _NAME.match(name):
+        raise Unprocessable(
+            f"{what} name {name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', not digits only",
+            extra={"pointer": "/name"},
+        )
+    if len(goal) > 500:
+        raise Unprocessable("goal is longer than 500 characters", extra={"pointer": "/goal"})
+    try:
+        bp = control.share_bp(control_percent)
+    except ValueError as exc:
+        raise Unprocessable(str(exc), extra={"pointer": "/control_percent"}) from exc
+    if len(control_seed) > 64:
+        raise Unprocessable("control_seed is longer than 64 characters", extra={"pointer": "/control_seed"})
+    for field, value in amounts.items():
+        if value is not None and value < 0:
+            raise Unprocessable(f"{field} cannot be negative", extra={"pointer": f"/{field}"})
+    return bp
 
 
 async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
     """A new campaign in ``draft``; everything it refers to is checked now, not at its first run."""
-    if not _NAME.match(draft.name):
-        raise Unprocessable(
-            f"campaign name {draft.name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', not digits only",
-            extra={"pointer": "/name"},
-        )
-    if len(draft.goal) > 500:
-        raise Unprocessable("goal is longer than 500 characters", extra={"pointer": "/goal"})
-    try:
-        bp = control.share_bp(draft.control_percent)
-    except ValueError as exc:
-        raise Unprocessable(str(exc), extra={"pointer": "/control_percent"}) from exc
-    if len(draft.control_seed) > 64:
-        raise Unprocessable("control_seed is longer than 64 characters", extra={"pointer": "/control_seed"})
-    for field, value in (
-        ("budget_messages", draft.budget_messages),
-        ("message_cost_fen", draft.message_cost_fen),
-    ):
-        if value is not None and value < 0:
-            raise Unprocessable(f"{field} cannot be negative", extra={"pointer": f"/{field}"})
+    bp = check_basics(
+        "campaign", draft.name, draft.goal, draft.control_percent, draft.control_seed,
+        {"budget_messages": draft.budget_messages, "message_cost_fen": draft.message_cost_fen,
+         "benefit_points": draft.benefit_points, "budget_points": draft.budget_points},
+    )  # fmt: skip
     response = check_response(draft.response)
     segment = await segments.get_segment(session, draft.segment)
     template = await messaging.get_template(session, draft.template)
@@ -157,6 +175,8 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
         response=response,
         budget_messages=draft.budget_messages,
         message_cost_fen=draft.message_cost_fen,
+        benefit_points=draft.benefit_points,
+        budget_points=draft.budget_points,
         schedule=None,
         status="draft",
         created_by=actor.name,
@@ -178,6 +198,8 @@ def describe(c: Campaign) -> dict[str, Any]:
         "control_seed": c.control_seed,
         "response": c.response,
         "budget_messages": c.budget_messages,
+        "benefit_points": c.benefit_points,
+        "budget_points": c.budget_points,
         "schedule": c.schedule,
         "next_run_at": c.next_run_at.isoformat() if c.next_run_at else None,
     }
@@ -219,6 +241,41 @@ async def _queued_to_treatment(session: AsyncSession, campaign_id: int, *, besid
     return int(used.scalar_one())
 
 
+async def _points_granted(session: AsyncSession, campaign_id: int, *, besides: int | None = None) -> int:
+    used = await session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(CampaignRun.points_granted), 0)).where(
+            CampaignRun.campaign_id == campaign_id,
+            CampaignRun.status == "queued",
+            CampaignRun.id != (besides or 0),
+        )
+    )
+    return int(used.scalar_one())
+
+
+async def _over_budget(
+    session: AsyncSession, campaign: Campaign, treated: int, *, run_id: int | None, first: bool = False
+) -> str:
+    """Why a run to ``treated`` members would pass the message or points budget ("" when it fits). Checked
+    before anything is queued or granted, so a refused run costs nothing."""
+    what = "the first run" if first else "the run"
+    if campaign.budget_messages is not None:
+        left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id, besides=run_id)
+        if treated > left:
+            return (
+                f"budget exceeded: {what} would message {treated} members and {left} messages are left"
+                f" of the budget of {campaign.budget_messages}"
+            )
+    if campaign.budget_points is not None and campaign.benefit_points:
+        needed = treated * campaign.benefit_points
+        left = campaign.budget_points - await _points_granted(session, campaign.id, besides=run_id)
+        if needed > left:
+            return (
+                f"points budget exceeded: {what} would grant {treated} members × {campaign.benefit_points}"
+                f" = {needed} points and {left} points are left of the budget of {campaign.budget_points}"
+            )
+    return ""
+
+
 async def schedule(
     session: AsyncSession,
     host: PluginHost,
@@ -252,14 +309,11 @@ async def schedule(
     audience = await _count_now(session, host, campaign, now)
     if audience == 0:
         raise Unprocessable("the audience is empty: the campaign's segment has no member now")
-    if campaign.budget_messages is not None:
+    if campaign.budget_messages is not None or campaign.budget_points is not None:
         treated = audience - len(await _control_ids_now(session, host, campaign, now))
-        left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id)
-        if treated > left:
-            raise Unprocessable(
-                f"budget exceeded: the first run would message {treated} members and {left} messages are left"
-                f" of the budget of {campaign.budget_messages}"
-            )
+        reason = await _over_budget(session, campaign, treated, run_id=None, first=True)
+        if reason:
+            raise Unprocessable(reason)
     before = describe(campaign)
     campaign.schedule = parsed.document()
     campaign.next_run_at = first
@@ -315,8 +369,19 @@ async def _control_ids_now(
         after = ids[-1]
 
 
+def grant_key(campaign: Campaign, run_id: int, member_id: int) -> str:
+    """The ledger key of a run's points to one member: once per (campaign, run, member)."""
+    return f"campaign:{campaign.id}:run{run_id}:{member_id}"
+
+
 async def execute_run(
-    session: AsyncSession, host: PluginHost, campaign: Campaign, scheduled_for: datetime, *, now: datetime
+    session: AsyncSession,
+    host: PluginHost,
+    campaign: Campaign,
+    scheduled_for: datetime,
+    *,
+    now: datetime,
+    tz: ZoneInfo,
 ) -> CampaignRun:
     """Start the run of ``campaign`` due at ``scheduled_for``, or return it if it already exists."""
     prepared, version = await _prepared(session, host, campaign, now)
@@ -388,13 +453,8 @@ async def execute_run(
     reason = ""
     if audience == 0:
         reason = "empty audience: the segment had no member at the run"
-    elif campaign.budget_messages is not None:
-        left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id, besides=run_id)
-        if audience - controlled > left:
-            reason = (
-                f"budget exceeded: the run would message {audience - controlled} members and {left} messages are"
-                f" left of the budget of {campaign.budget_messages}"
-            )
+    else:
+        reason = await _over_budget(session, campaign, audience - controlled, run_id=run_id)
     if reason:
         run.status, run.reason = "refused", reason
         await session.execute(sa.delete(CampaignAudience).where(CampaignAudience.run_id == run_id))
@@ -421,6 +481,15 @@ async def execute_run(
             for member_id, grp in rows
         ]
         await messaging.queue_messages(session, flow, template, targets, now=now)
+        if campaign.benefit_points:
+            grants = [
+                points.Grant(member_id, campaign.benefit_points, grant_key(campaign, run_id, member_id))
+                for member_id, grp in rows
+                if grp == control.TREATMENT
+            ]
+            ctx = points.PointsContext(clock=lambda: now, tz=tz, actor=SYSTEM_ACTOR.name)
+            await points.grant_many(session, ctx, grants, reason=f"campaign {campaign.name}, run {run_id}")
+            run.points_granted += campaign.benefit_points * len(grants)
         after = rows[-1][0]
     await request_dispatch(session, now)
     await session.flush()
@@ -460,7 +529,7 @@ async def run_due(
             scheduled_for = campaign.next_run_at
             try:
                 async with session.begin_nested():
-                    run = await execute_run(session, host, campaign, scheduled_for, now=now)
+                    run = await execute_run(session, host, campaign, scheduled_for, now=now, tz=tz)
             except TongcrmError as exc:
                 # the segment broke (a tier taken out of the ladder…): this run is refused with the reason, the
                 # schedule goes on, and the other campaigns due in this tick still run

@@ -249,8 +249,10 @@ class Target:
 
 def validate_flow_name(flow: str) -> str:
     kind, _, rest = flow.partition(".")
-    if kind not in ("flow", "campaign") or not rest or len(flow) > 100:
-        raise Unprocessable("a flow is 'flow.<name>' or 'campaign.<name>' (at most 100 characters)")
+    if kind not in ("flow", "campaign", "journey") or not rest or len(flow) > 100:
+        raise Unprocessable(
+            "a flow is 'flow.<name>', 'campaign.<name>' or 'journey.<name>' (at most 100 characters)"
+        )
     return flow
 
 

@@ -36,7 +36,11 @@ DISABLE_ENV = "TONGCRM_DISABLE_PLUGINS"
 AUTOLOAD_ENV = "TONGCRM_DISABLE_PLUGIN_AUTOLOAD"
 
 #: Core modules that implement hooks themselves (default policies, core identity kinds, core event handlers).
-BUILTIN_PLUGINS: tuple[str, ...] = ("tongcrm.identity.plugin", "tongcrm.messaging.plugin")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "tongcrm.identity.plugin",
+    "tongcrm.messaging.plugin",
+    "tongcrm.campaigns.plugin",
+)
 
 T = TypeVar("T")
 

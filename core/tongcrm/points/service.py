@@ -679,6 +679,52 @@ async def transfer(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Points a campaign or journey gives one member, under the caller's idempotency key."""
+
+    member_id: int
+    points: int
+    key: str
+
+
+async def grant_many(
+    session: AsyncSession, ctx: PointsContext, grants: Sequence[Grant], *, reason: str
+) -> dict[str, int]:
+    """Give points away in bulk (a campaign run's treated members, a journey step): ``adjust`` entries with the
+    reason and actor, each a new available lot expiring per the rule set's default, posted once per key
+    (``grant:<key>``) so a replayed run or step grants nothing twice. Returns the entry id by caller's key of
+    the grants posted now."""
+    if not reason.strip():
+        raise Unprocessable("a grant needs a reason")
+    for g in grants:
+        if g.points <= 0:
+            raise Unprocessable("points to grant must be a positive integer")
+        _check_entry_size(g.points)
+    if not grants:
+        return {}
+    now = ctx.clock()
+    rules = ctx.rules or await active_rules(session)
+    expires = _lot_expiry(rules, None, now, ctx.tz)
+    credits = [
+        Credit(
+            member_id=g.member_id,
+            key=f"grant:{g.key}",
+            kind=EntryKind.ADJUST,
+            amount=g.points,
+            occurred_at=now,
+            available_at=now,
+            expires_at=expires,
+            reason=reason,
+            actor=ctx.actor,
+            rule_version=rules.version,
+        )
+        for g in grants
+    ]
+    posted = await post_credits(session, credits, now=now)
+    return {key.removeprefix("grant:"): entry_id for key, entry_id in posted.items()}
+
+
 # -- giving redeemed points back ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,109 @@
+"""A campaign's points benefit, on both databases: granted through the ledger to the treated members only, once
+per run and member whatever is replayed; a run whose audience × points passes the points budget is refused up
+front with nothing granted or queued; the report counts the points."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from campaign_kit import granted, tag, vip_world
+from messaging_kit import Clock, World
+from tongcrm.audit.service import SYSTEM
+from tongcrm.campaigns import control, evaluation, service
+from tongcrm.campaigns.models import CampaignAudience
+from tongcrm.errors import Unprocessable
+from tongcrm.testing.database import TestDatabase
+
+SH = ZoneInfo("Asia/Shanghai")
+
+
+async def _world(tongcrm_db: TestDatabase, clock: Clock, n: int) -> tuple[World, list[int]]:
+    w, members = await vip_world(tongcrm_db, clock, n)
+    await tag(w, members)
+    return w, members
+
+
+async def _grants(w: World) -> dict[int, int]:
+    return await granted(w, "campaign:")
+
+
+@pytest.mark.asyncio
+async def test_points_go_to_the_treated_only_once_per_run(tongcrm_db: TestDatabase) -> None:
+    clock = Clock(datetime(2026, 5, 1, 2, tzinfo=UTC))
+    w, members = await _world(tongcrm_db, clock, 40)
+    async with w.sessions() as session, session.begin():
+        draft = service.Draft(
+            "gift", "vip", "promo", {"kind": "order", "within_days": 3}, control_percent=30, control_seed="g",
+            benefit_points=200,
+        )  # fmt: skip
+        campaign = await service.create(session, draft, SYSTEM)
+        once = {"kind": "once", "at": (clock() + timedelta(minutes=5)).isoformat()}
+        await service.schedule(session, w.host, SYSTEM, "gift", once, now=clock(), tz=SH)
+    clock.advance(minutes=5)
+    [run_id] = await service.run_due(w.sessions, w.host, now=clock(), tz=SH)
+    held = set(control.split(campaign.id, members, 3000, "g"))
+    assert 0 < len(held) < len(members)
+    grants = await _grants(w)
+    assert grants == {m: 200 for m in members if m not in held}
+    # a replay of the same run (a second scheduler, a retried tick) finds it and grants nothing more
+    async with w.sessions() as session, session.begin():
+        again = await service.get(session, "gift")
+        [first] = await service.runs(session, campaign.id)
+        replay = await service.execute_run(session, w.host, again, first.scheduled_for, now=clock(), tz=SH)
+    async with w.sessions() as session:
+        runs = await service.runs(session, campaign.id)
+    assert replay.id == run_id and [r.points_granted for r in runs] == [200 * (len(members) - len(held))]
+    assert await _grants(w) == grants
+    async with w.sessions() as session:
+        report = await evaluation.report(session, await service.get(session, "gift"))
+    assert report.total.figures.points_granted == 200 * (len(members) - len(held))
+
+
+@pytest.mark.asyncio
+async def test_a_run_beyond_the_points_budget_is_refused_with_nothing_granted(
+    tongcrm_db: TestDatabase,
+) -> None:
+    clock = Clock(datetime(2026, 5, 1, 2, tzinfo=UTC))
+    w, members = await _world(tongcrm_db, clock, 10)
+    async with w.sessions() as session, session.begin():
+        too_small = service.Draft(
+            "tight", "vip", "promo", {"kind": "order", "within_days": 3}, control_percent=0,
+            benefit_points=100, budget_points=999,
+        )  # fmt: skip
+        await service.create(session, too_small, SYSTEM)
+        with pytest.raises(
+            Unprocessable, match="points budget exceeded: the first run would grant 10 members"
+        ):
+            await service.schedule(
+                session, w.host, SYSTEM, "tight", {"kind": "daily", "time": "10:30"}, now=clock(), tz=SH
+            )
+        room_for_one = service.Draft(
+            "daily", "vip", "promo", {"kind": "order", "within_days": 1}, control_percent=0,
+            benefit_points=100, budget_points=1500,
+        )  # fmt: skip
+        campaign = await service.create(session, room_for_one, SYSTEM)
+        await service.schedule(
+            session, w.host, SYSTEM, "daily", {"kind": "daily", "time": "10:30"}, now=clock(), tz=SH
+        )
+    for _ in range(2):
+        async with w.sessions() as session:
+            due = (await service.get(session, "daily")).next_run_at
+        assert due is not None
+        clock.now = due
+        await service.run_due(w.sessions, w.host, now=clock(), tz=SH)
+    async with w.sessions() as session:
+        runs = await service.runs(session, campaign.id)
+        frozen = (
+            await session.execute(sa.select(sa.func.count()).where(CampaignAudience.run_id == runs[1].id))
+        ).scalar_one()
+    assert [(r.status, r.points_granted) for r in runs] == [("queued", 1000), ("refused", 0)]
+    assert runs[1].reason == (
+        "points budget exceeded: the run would grant 10 members × 100 = 1000 points and 500 points are left of"
+        " the budget of 1500"
+    )
+    assert await _grants(w) == {m: 100 for m in members}  # the first run's only
+    assert len(await w.messages(flow="campaign.daily")) == 10 and frozen == 0
+    assert all(m.flow == "campaign.daily" for m in await w.messages())
