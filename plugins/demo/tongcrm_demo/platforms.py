@@ -81,8 +81,8 @@ def build(seed: int, anchor: datetime, clock: DemoClock, ports: Ports) -> Platfo
     shop = FakeShop(
         ShopConfig(
             seed=seed,
-            trades=500,
-            buyers=180,
+            trades=320,
+            buyers=150,
             days=HISTORY_DAYS,
             anchor=anchor,
             seller_nick="通通美妆旗舰店",
@@ -95,7 +95,7 @@ def build(seed: int, anchor: datetime, clock: DemoClock, ports: Ports) -> Platfo
     top = FakeTopGateway(shop, app_key=TOP_APP_KEY, app_secret=TOP_SECRET, session=TOP_SESSION)
     jos = FakeJosGateway(
         shop=generate_shop(
-            seed=seed, orders=360, buyers=140, start=anchor - timedelta(days=HISTORY_DAYS), end=anchor
+            seed=seed, orders=260, buyers=110, start=anchor - timedelta(days=HISTORY_DAYS), end=anchor
         ),
         app_key=JOS_APP_KEY,
         app_secret=JOS_SECRET,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -126,12 +127,32 @@ def run_demo(folder: Path, *, fresh: bool, reuse: bool, bind_host: str, port: in
             console.print(f"  operator key  [bold]{made.operator}[/]")
             console.print(f"  admin key     [bold]{made.admin}[/]")
             console.print(f"  e.g.  curl -H 'Authorization: Bearer {made.operator}' {url}/api/members")
-            console.print("  Ctrl-C stops the demo and its fake platforms.")
+            console.print(
+                "  The job runner catches up in the background: care messages (shipping, refund) go out by SMS"
+            )
+            console.print("  within a minute or so. Ctrl-C stops the demo and its fake platforms.")
             console.rule()
 
-        if not run_app(app, sock, on_started=announce):
-            raise click.ClickException("the app did not start (see the log above)")
-    console.print("demo stopped")
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the handlers it found and raises the signal
+        # again: ours turns it into an exception, so the fake platforms stop here and the exit status is 0
+        previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if not run_app(app, sock, on_started=announce):
+                raise click.ClickException("the app did not start (see the log above)")
+        except Stopped:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    console.print("demo stopped: the server and the fake platforms")
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM while serving."""
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signal.Signals(signum).name)
 
 
 def _play(
@@ -150,7 +171,8 @@ def _play(
         finally:
             await engine.dispose()
         _quiet(settings)  # Alembic's environment configures logging for itself: take it back
-        story = Story(settings, host, platforms, clock, seed=seed, anchor=anchor, step=step)
+        # the served app's job runner works through the backlog (care flows, periodic jobs) once serving
+        story = Story(settings, host, platforms, clock, seed=seed, anchor=anchor, step=step, drain_jobs=False)
         return await story.play()
 
     last = [time.monotonic()]
