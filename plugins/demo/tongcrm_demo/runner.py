@@ -8,12 +8,14 @@ story was anchored at and the fakes' ports, so ``--reuse`` regenerates the same 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -79,8 +81,7 @@ def choose(folder: Path, fresh: bool, reuse: bool, console: Console) -> str:
 
 
 def run_demo(folder: Path, *, fresh: bool, reuse: bool, bind_host: str, port: int, seed: int) -> None:
-    from tongcrm.app import create_app, settle_heap
-    from tongcrm.serving import bind, run_app
+    from tongcrm.serving import bind
 
     console = Console(highlight=False, soft_wrap=True)  # keys and URLs never wrap
     started = time.monotonic()
@@ -105,7 +106,38 @@ def run_demo(folder: Path, *, fresh: bool, reuse: bool, bind_host: str, port: in
         meta = {"seed": seed, "anchor": anchor.isoformat(), "ports": dataclasses.asdict(ports)}
         (folder / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
     platforms = fakes.build(seed, anchor, clock, ports)
-    with fakes.serving(platforms):
+    try:
+        _run(folder, mode, settings, host, platforms, clock, seed, anchor, sock, bind_host, started, console)
+    except KeyboardInterrupt:  # Ctrl-C before serving: the fake platforms stopped with the block
+        console.print("demo interrupted")
+        sys.exit(130)
+
+
+def _run(
+    folder: Path,
+    mode: str,
+    settings: Settings,
+    host: PluginHost,
+    platforms: fakes.Platforms,
+    clock: DemoClock,
+    seed: int,
+    anchor: datetime,
+    sock: socket.socket,
+    bind_host: str,
+    started: float,
+    console: Console,
+) -> None:
+    from tongcrm.app import create_app, settle_heap
+    from tongcrm.serving import run_app
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(fakes.serving(platforms))
+        except RuntimeError as exc:  # a port of demo.json is taken now (reuse) or was taken meanwhile
+            raise click.ClickException(
+                f"the fake platforms cannot listen on their ports {dataclasses.asdict(platforms.ports)} "
+                f"({exc}); free them, or start afresh with --fresh"
+            ) from exc
         if mode == "reuse":
             made = _read_keys(folder)
             console.print(f"[bold]Reusing[/] {folder} (seed {seed}); the fake platforms are back on loopback")
