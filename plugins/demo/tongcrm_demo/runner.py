@@ -142,7 +142,9 @@ def _run(
             made = _read_keys(folder)
             console.print(f"[bold]Reusing[/] {folder} (seed {seed}); the fake platforms are back on loopback")
         else:
-            report = _play(settings, host, platforms, clock, seed, anchor, console)
+            # the served app's job runner works through the backlog (care flows, periodic jobs) once serving
+            story = Story(settings, host, platforms, clock, seed=seed, anchor=anchor, drain_jobs=False)
+            report = _play(story, console)
             made = report.keys
             _write_keys(folder, made)
             _summary(console, report)
@@ -187,24 +189,17 @@ def _stopped(signum: int, frame: Any) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def _play(
-    settings: Settings,
-    host: PluginHost,
-    platforms: fakes.Platforms,
-    clock: DemoClock,
-    seed: int,
-    anchor: datetime,
-    console: Console,
-) -> StoryReport:
+def _play(story: Story, console: Console) -> StoryReport:
+    """Migrate the new database and play the story, saying what it is doing."""
+    settings = story.settings
+
     async def main() -> StoryReport:
         engine = create_engine(settings.database_url)
         try:
-            await migrate.upgrade(engine, host)
+            await migrate.upgrade(engine, story.host)
         finally:
             await engine.dispose()
         _quiet(settings)  # Alembic's environment configures logging for itself: take it back
-        # the served app's job runner works through the backlog (care flows, periodic jobs) once serving
-        story = Story(settings, host, platforms, clock, seed=seed, anchor=anchor, step=step, drain_jobs=False)
         return await story.play()
 
     last = [time.monotonic()]
@@ -214,6 +209,7 @@ def _play(
         console.print(f"[dim]{now - last[0]:5.1f} s[/]  {text}")
         last[0] = now
 
+    story.step = step
     with console.status("[bold]filling the demo member base…", spinner="dots"):
         console.print("[bold]tongcrm demo[/]: a fresh member base, three weeks of life, then the API")
         step("migrating a new SQLite database")

@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -270,7 +270,9 @@ class Story:
         engine = create_engine(self.settings.database_url)
         self.sessions = session_factory(engine)
         app = create_app(self.settings, self.host, run_jobs=False, configure_logs=False)
-        self.api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://demo.local")
+        self.api = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=cast(Any, app)), base_url="http://demo.local"
+        )
         self.ingest = IngestContext(host=self.host, vault=self.vault, clock=self.clock, tz=self.tz)
         self.runner = Runner(
             self.sessions,
@@ -416,18 +418,24 @@ class Story:
                 continue
             self.sales[store].append(body)
             self.report.points_payments += int(result["points_redeemed"] > 0)
-            visitor = buyers.get(result["sequence"])
-            if visitor is not None and result["points_available"] is not None:
-                self.points_seen[visitor.index] = result["points_available"]
+            buyer = buyers.get(result["sequence"])
+            if buyer is not None and result["points_available"] is not None:
+                self.points_seen[buyer.index] = result["points_available"]
 
     def sale(
         self, store: str, day: date, seq: int, member: dict[str, Any] | None, use_points: int
     ) -> dict[str, Any]:
         at = local_moment(day, 10, 0, self.tz) + timedelta(minutes=self.rnd.randint(0, 600))
-        return simulated_sale(store, TILL, day, seq, at, member, self.rnd, use_points, catalogue=_CATALOGUE)
+        body: dict[str, Any] = simulated_sale(
+            store, TILL, day, seq, at, member, self.rnd, use_points, catalogue=_CATALOGUE
+        )
+        return body
 
     def refund(self, store: str, day: date, seq: int, original: dict[str, Any]) -> dict[str, Any]:
-        return return_of_first_line(original, store, TILL, day, seq, local_moment(day, 19, 30, self.tz))
+        body: dict[str, Any] = return_of_first_line(
+            original, store, TILL, day, seq, local_moment(day, 19, 30, self.tz)
+        )
+        return body
 
     async def enrol(self, store: str, visitor: Shopper) -> None:
         await self.pos(
