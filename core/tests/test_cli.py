@@ -54,7 +54,7 @@ def test_pos_key_needs_a_store(invoke) -> None:  # type: ignore[no-untyped-def]
 
 def test_plugins_lists_first_party_plugins(invoke) -> None:  # type: ignore[no-untyped-def]
     out = invoke("plugins").output
-    for name in ("taobao", "jd", "offline_pos", "sms_gateway"):
+    for name in ("taobao", "jd", "offline_pos", "sms_gateway", "demo"):
         assert name in out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -84,11 +85,12 @@ class Till:
 
 def sale(
     store: str, till: str, day: date, seq: int, at: datetime, member: dict[str, Any] | None, rnd: random.Random,
-    points_to_use: int = 0,
+    points_to_use: int = 0, catalogue: Sequence[tuple[str, str, str, int]] = _CATALOGUE,
 ) -> dict[str, Any]:  # fmt: skip
+    """One sale receipt of 1–3 lines drawn from ``catalogue`` (the demo passes its own shop's)."""
     lines: list[dict[str, Any]] = []
     for n in range(1, rnd.randint(1, 3) + 1):
-        sku, title, category, price = rnd.choice(_CATALOGUE)
+        sku, title, category, price = rnd.choice(catalogue)
         qty = rnd.randint(1, 2)
         lines.append(
             {
@@ -116,6 +118,21 @@ def sale(
     if member is not None:
         body["member"] = member
     return body
+
+
+def return_of_first_line(
+    original: dict[str, Any], store: str, till: str, day: date, seq: int, at: datetime
+) -> dict[str, Any]:
+    """A return receipt taking back the first line of ``original`` (a sale body as :func:`sale` makes it)."""
+    line = original["lines"][0]
+    return {
+        "store": store, "till": till, "business_day": day.isoformat(), "sequence": seq,
+        "occurred_at": at.isoformat(), "kind": "return", "total_fen": line["amount_fen"],
+        "original": {"till": original["till"], "business_day": original["business_day"],
+                     "sequence": original["sequence"]},
+        "return_lines": [{"line_no": line["line_no"], "quantity": line["quantity"],
+                          "amount_fen": line["amount_fen"]}],
+    }  # fmt: skip
 
 
 async def simulate(
@@ -184,15 +201,7 @@ async def simulate(
                         report.errors.append(f"lookup {found.status_code}: {found.text[:200]}")
             if applied and not offline and rnd.random() < return_share:
                 original = rnd.choice(applied)
-                line = original["lines"][0]
-                body: dict[str, Any] = {
-                    "store": store, "till": till, "business_day": day.isoformat(), "sequence": seq,
-                    "occurred_at": at.isoformat(), "kind": "return", "total_fen": line["amount_fen"],
-                    "original": {"till": original["till"], "business_day": original["business_day"],
-                                 "sequence": original["sequence"]},
-                    "return_lines": [{"line_no": line["line_no"], "quantity": line["quantity"],
-                                      "amount_fen": line["amount_fen"]}],
-                }  # fmt: skip
+                body = return_of_first_line(original, store, till, day, seq, at)
                 applied.remove(original)
                 report.returns += 1
             else:
