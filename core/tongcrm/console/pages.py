@@ -8,18 +8,29 @@ from litestar import Router
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
+from tongcrm.auth.service import Role
+from tongcrm.console.admin import AuditPage, KeyPages
 from tongcrm.console.auth import SignInPages, root
 from tongcrm.console.dashboard import DashboardPage
+from tongcrm.console.members import MemberPages
 from tongcrm.console.web import PREFIX, NavItem, console_guard, exception_handlers, public_page, set_nav
 
 #: Console page controllers (each a :class:`tongcrm.console.web.ConsoleController`).
 PAGES: tuple[ControllerRouterHandler, ...] = (
     SignInPages,
+    MemberPages,
+    AuditPage,
+    KeyPages,
     DashboardPage,
 )
 
 #: The menu, in order; an entry shows to the roles it names.
-NAV: tuple[NavItem, ...] = (NavItem("nav.dashboard", PREFIX + "/dashboard"),)
+NAV: tuple[NavItem, ...] = (
+    NavItem("nav.dashboard", PREFIX + "/dashboard"),
+    NavItem("nav.members", PREFIX + "/members"),
+    NavItem("nav.audit", PREFIX + "/audit", frozenset({Role.ADMIN})),
+    NavItem("nav.keys", PREFIX + "/keys", frozenset({Role.ADMIN})),
+)
 
 STATIC = Path(__file__).parent / "static"
 
