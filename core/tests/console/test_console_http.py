@@ -136,3 +136,17 @@ async def test_static_files_are_served_without_a_session(make_client: Any) -> No
         css = await api.get("/console/static/console.css")
         assert css.status_code == 200 and "text/css" in css.headers["content-type"]
         assert (await api.get("/console/static/nope.css")).status_code == 404
+
+
+async def test_over_https_the_session_cookie_is_secure(make_client: Any) -> None:
+    async with make_client(role=None) as api:
+        api.client.base_url = "https://console.example"
+        key = await api.create_key("admin")
+        form = await api.get("/console/sign-in")
+        answer = await api.post(
+            "/console/sign-in", data={"key": key, "csrf_token": csrf_of(form.text)}, follow_redirects=False
+        )
+        cookie = next(
+            v for k, v in answer.headers.multi_items() if k == "set-cookie" and "tongcrm_console=" in v
+        )
+        assert "Secure" in cookie and "HttpOnly" in cookie
