@@ -7,7 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from litestar import get
 from tongcrm.auth.models import ApiKey
 from tongcrm.auth.service import Role
 from tongcrm.console import web
@@ -16,6 +18,7 @@ from tongcrm.console.models import ConsoleSession
 from tongcrm.console.sessions import ABSOLUTE, IDLE
 from tongcrm.dashboard.service import MESSAGE_WINDOWS
 from tongcrm.db.base import utcnow
+from tongcrm.errors import ConfigError
 
 from .conftest import csrf_of, sign_in
 
@@ -170,3 +173,15 @@ async def test_over_https_the_session_cookie_is_secure(make_client: Any) -> None
             v for k, v in answer.headers.multi_items() if k == "set-cookie" and "tongcrm_console=" in v
         )
         assert "Secure" in cookie and "HttpOnly" in cookie
+
+
+@get("/console/forgotten", include_in_schema=False)
+async def _forgotten() -> str:
+    return "open to anyone"
+
+
+async def test_the_app_refuses_a_console_route_without_the_console_guard(make_client: Any) -> None:
+    """/console is left to the console by the API-key hook, so a route there must carry console_guard."""
+    with pytest.raises(ConfigError, match=r"/console/forgotten"):
+        async with make_client(role=None, extra_handlers=[_forgotten]):
+            pass
