@@ -29,7 +29,11 @@ from tongcrm.bulk.api import ExportController, ImportController
 from tongcrm.campaigns.api import CalendarController, CampaignController, JourneyController
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
+from tongcrm.console.pages import console_handlers
+from tongcrm.console.web import PREFIX as CONSOLE_PREFIX
+from tongcrm.console.web import check_console_routes
 from tongcrm.counter import CounterService
+from tongcrm.dashboard.api import DashboardController
 from tongcrm.db.engine import create_engine, create_inline_writer, session_factory
 from tongcrm.db.point_reads import create_point_reader
 from tongcrm.entitlements.api import EntitlementController, MemberEntitlementsController
@@ -85,6 +89,7 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     ReferralController,
     TagRuleController,
     TagHistoryController,
+    DashboardController,
 )
 
 
@@ -109,8 +114,9 @@ def create_app(
     counter_engine = create_inline_writer(settings.database_url)
     run_jobs = settings.run_jobs_in_process if run_jobs is None else run_jobs
 
-    handlers: list[ControllerRouterHandler] = [*CORE_HANDLERS, *extra_handlers]
-    public: list[str] = []
+    handlers: list[ControllerRouterHandler] = [*CORE_HANDLERS, *extra_handlers, *console_handlers()]
+    # the console authenticates by its session cookie (console_guard, checked by check_console_routes below)
+    public: list[str] = [CONSOLE_PREFIX]
     for provided in host.routes():
         handlers.extend(provided.value.handlers)
         public.extend(provided.value.public_paths)
@@ -178,7 +184,8 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    check_route_access(app.routes, public)
+    check_route_access(app.routes, public, exact_public=("/",))
+    check_console_routes(app.routes)
     collect_query_names(app.routes)
     document_problems(app, ROLES_OPT)
     return with_request_ids(app)

@@ -157,19 +157,23 @@ def is_public(path: str, public: Iterable[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in public)
 
 
-def check_route_access(routes: Iterable[BaseRoute], extra_public: Iterable[str] = ()) -> None:
+def check_route_access(
+    routes: Iterable[BaseRoute], extra_public: Iterable[str] = (), *, exact_public: Iterable[str] = ()
+) -> None:
     """Refuse to build an app with a route that is neither public nor protected by :func:`requires`.
 
     A plugin route that names no roles, or that replaces the app's ``before_request`` hook with its own,
     would be open to anyone, and one outside ``/pos/`` that admits till keys (say under ``/api``) would give a
-    store's till more than its till API; failing at start names it instead. Handlers of OPTIONS alone (litestar answers
+    store's till more than its till API; failing at start names it instead. ``exact_public`` are paths public
+    themselves but not below them (``/``, which redirects to the console). Handlers of OPTIONS alone (litestar answers
     those itself with the allowed methods) need neither.
     """
     public = (*PUBLIC_PATHS, *extra_public)
+    exact = set(exact_public)
     handlers = [
         (route.path, handler)
         for route in routes
-        if not is_public(route.path, public)
+        if not is_public(route.path, public) and route.path not in exact
         for handler in getattr(route, "route_handlers", ())
         if set(getattr(handler, "http_methods", ())) != {"OPTIONS"}
     ]

@@ -19,9 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.api.inputs import PathId
 from tongcrm.api.security import requires
-from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
-from tongcrm.auth import service
+from tongcrm.auth import audited, service
 from tongcrm.auth.service import KeyInfo, Principal, Role
 
 
@@ -52,14 +51,6 @@ def _out(k: KeyInfo) -> KeyOut:
     return KeyOut(k.id, k.prefix, k.role, k.store_code, k.label, k.created_at, k.revoked_at)
 
 
-def _iso(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat()
-
-
-def _audited(k: KeyInfo) -> dict[str, object]:
-    return {"prefix": k.prefix, "role": k.role, "store_code": k.store_code, "label": k.label}
-
-
 class ApiKeyController(Controller):
     path = "/api/api-keys"
     tags = ["api keys"]
@@ -73,12 +64,8 @@ class ApiKeyController(Controller):
         principal: NamedDependency[Principal],
     ) -> CreatedKeyOut:
         async with sessions() as session, session.begin():
-            created = await service.create_key(
-                session, data.role, store_code=data.store_code, label=data.label
-            )
-            info = await service.key_info(session, created.id)
-            audit.record(
-                session, Actor.of(principal), "api_key.create", "api_key", info.id, after=_audited(info)
+            created, info = await audited.create(
+                session, Actor.of(principal), data.role, store_code=data.store_code, label=data.label
             )
         return CreatedKeyOut(**msgspec.structs.asdict(_out(info)), key=created.key)
 
@@ -101,15 +88,5 @@ class ApiKeyController(Controller):
         principal: NamedDependency[Principal],
     ) -> KeyOut:
         async with sessions() as session, session.begin():
-            revoked = await service.revoke(session, key_id)
-            if revoked.changed:
-                audit.record(
-                    session,
-                    Actor.of(principal),
-                    "api_key.revoke",
-                    "api_key",
-                    key_id,
-                    before={**_audited(revoked.key), "revoked_at": None},
-                    after={**_audited(revoked.key), "revoked_at": _iso(revoked.key.revoked_at)},
-                )
+            revoked = await audited.revoke(session, Actor.of(principal), key_id)
         return _out(revoked.key)

@@ -387,13 +387,8 @@ class MergeController(Controller):
         member_id: QueryId = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> list[MergeOut]:
-        import sqlalchemy as sa
-
-        stmt = sa.select(Merge).order_by(Merge.id.desc()).limit(limit)
-        if member_id is not None:
-            stmt = stmt.where(sa.or_(Merge.survivor_id == member_id, Merge.absorbed_id == member_id))
         async with read_sessions() as session, session.begin():
-            rows = list((await session.execute(stmt)).scalars())
+            rows = await merging.list_merges(session, member_id=member_id, limit=limit)
         return [merge_out(r) for r in rows]
 
     @get("/{merge_id:int}", opt=requires(*READ_ROLES), summary="One merge: who, what, why")

@@ -243,6 +243,14 @@ async def merge_members(
     return record
 
 
+async def list_merges(session: AsyncSession, *, member_id: int | None = None, limit: int = 50) -> list[Merge]:
+    """Merges newest first; with ``member_id``, those it survived or was absorbed in."""
+    stmt = sa.select(Merge).order_by(Merge.id.desc()).limit(limit)
+    if member_id is not None:
+        stmt = stmt.where(sa.or_(Merge.survivor_id == member_id, Merge.absorbed_id == member_id))
+    return list((await session.execute(stmt)).scalars())
+
+
 async def undo_merge(
     session: AsyncSession, merge_id: int, *, actor: Actor, at: datetime, tz: ZoneInfo | None = None
 ) -> Merge:

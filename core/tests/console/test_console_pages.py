@@ -1,0 +1,238 @@
+"""The console's pages over HTTP on each backend: the dashboard equals the API's figures, member search and
+the 360 page of a shopper who bought on Tmall and in a store, undoing a merge (the ledger splits back), masking
+and roles (analysts see no write control and cannot post one), the audit log and API keys."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tongcrm.audit.models import AuditEntry
+from tongcrm.auth.models import ApiKey
+from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
+from tongcrm.config import Settings
+from tongcrm.console import testing as seed
+from tongcrm.db.base import utcnow
+from tongcrm.identity.models import Merge
+from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
+from tongcrm.plugin.host import PluginHost
+
+from .conftest import csrf_of, sign_in
+
+
+@pytest.fixture
+def host() -> PluginHost:
+    return PluginHost(autoload=True, disabled=set())
+
+
+async def _seeded(api: Any, host: PluginHost, settings: Settings) -> seed.Seeded:
+    return await seed.seed_shoppers(api.db.sessions, host, settings.vault())
+
+
+def _figure(html: str, name: str) -> int:
+    found = re.search(rf'data-figure="{name}">(-?\d+)<', html)
+    assert found is not None, name
+    return int(found.group(1))
+
+
+async def _operations(api: Any, s: seed.Seeded) -> None:
+    """A shop that needs re-authorising after a failed sync, a quarantined record, and messages: sent and
+    refused in the last week, sent three weeks ago, and one too old to count."""
+    now = utcnow()
+    async with api.db.sessions() as session, session.begin():
+        await session.execute(
+            sa.update(ChannelAccount)
+            .where(ChannelAccount.id == s.tmall_account)
+            .values(status="needs_reauth")
+        )
+        await session.execute(
+            sa.update(SyncState)
+            .where(SyncState.account_id == s.tmall_account)
+            .values(last_error="session expired", last_error_at=now)
+        )
+        session.add(
+            QuarantinedRecord(account_id=s.store_account, reason="bad", payload="{}", fingerprint="f" * 64)
+        )
+        account = MessengerAccount(messenger="sms", name="sms-main")
+        session.add(account)
+        await session.flush()
+        template = MessageTemplate(
+            name="care",
+            account_id=account.id,
+            purpose="service",
+            signature="通",
+            template_code="T1",
+            text="hi",
+        )
+        session.add(template)
+        await session.flush()
+        for i, (status, days) in enumerate(
+            [("sent", 1), ("delivered", 2), ("refused", 3), ("sent", 20), ("refused", 25), ("sent", 40)]
+        ):
+            session.add(
+                Message(
+                    dedupe_key=f"care:{s.shopper}:{i}",
+                    flow="flow.care",
+                    member_id=s.shopper,
+                    template_id=template.id,
+                    account_id=account.id,
+                    purpose="service",
+                    status=status,
+                    created_at=now - timedelta(days=days),
+                )
+            )
+
+
+async def test_the_dashboard_shows_the_apis_figures(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role="analyst") as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        await _operations(api, s)
+        figures = (await api.get("/api/dashboard")).json()
+        await sign_in(api, "analyst")
+        html = (await api.get("/console/dashboard")).text
+    assert figures["members"] == 1  # the merged buyer is a tombstone
+    assert figures["overlap"] == [{"channels": ["offline_pos", "taobao"], "members": 1}]
+    assert figures["points_liability"] == 988  # 588 + 300 + the merged buyer's 100
+    assert sum(t["members"] for t in figures["tiers"]) == 1
+    assert {a["name"]: a["needs_reauth"] for a in figures["accounts"]} == {
+        seed.TMALL: True,
+        seed.STORE: False,
+    }
+    assert [(m["days"], m["sent"], m["refused"], m["total"]) for m in figures["messages"]] == [
+        (7, 2, 1, 3),
+        (30, 3, 2, 5),
+    ]
+    assert figures["quarantine"] == 1
+    assert "session expired" in html and 'class="bad">是<' in html
+    for name in ("members", "points_liability", "points_pending", "points_expiring_30d", "quarantine"):
+        assert _figure(html, name) == figures[name], name
+    for o in figures["overlap"]:
+        combo = "+".join(o["channels"])
+        assert re.search(
+            rf'data-overlap="{re.escape(combo)}"><td>[^<]*</td><td class="num">{o["members"]}<', html
+        )
+    for c in figures["lifecycle"]:
+        assert f'data-stage="{c["key"]}"><td>{c["key"]}</td><td class="num">{c["members"]}<' in html
+    for m in figures["messages"]:
+        assert re.search(
+            rf'data-days="{m["days"]}"><td>[^<]+</td><td class="num">{m["sent"]}</td><td class="num">{m["refused"]}<',
+            html,
+        )
+
+
+async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role=None) as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        await sign_in(api, "operator")
+        by_name = (await api.get("/console/members", params={"name": "李"})).text
+        assert (
+            f'data-member="{s.shopper}"' in by_name
+            and "138****8000" in by_name
+            and "13800138000" not in by_name
+        )
+        by_identity = (await api.get("/console/members", params={"identity": "pos.card:CARD0001"})).text
+        assert f'data-member="{s.shopper}"' in by_identity
+        by_mobile = (await api.get("/console/members", params={"mobile": "13800138000"})).text
+        assert f'data-member="{s.shopper}"' in by_mobile
+        nobody = (await api.get("/console/members", params={"identity": "pos.card:NOPE0000"})).text
+        assert "没有找到会员" in nobody
+        page = (await api.get(f"/console/members/{s.shopper}")).text
+        assert 'data-order-channel="taobao"' in page and 'data-order-channel="offline_pos"' in page
+        assert 'data-identity="taobao.open_uid"' in page and 'data-identity="pos.card"' in page
+        assert _figure(page, "available") == 988
+        assert "再消费 ¥12 可升至 金卡" in page  # ¥888 + the merged buyer's ¥100 of ¥1,000
+        assert f'action="/console/members/merges/{s.merge_id}/undo"' in page
+        assert "138****8000" in page and "13800138000" not in page
+        en = (await api.get(f"/console/members/{s.shopper}?lang=en")).text
+        assert "¥12 more to 金卡" in en
+        # a tombstone's id shows its survivor
+        tombstone = (await api.get(f"/console/members/{s.absorbed}")).text
+        assert f"(#{s.absorbed} → #{s.shopper})" in tombstone
+        assert (await api.get("/console/members/999999")).status_code == 404
+        # operators may not reveal the mobile (admins only, as on the API)
+        assert (await api.get(f"/console/members/{s.shopper}?reveal=mobile")).status_code == 403
+
+
+async def test_undoing_a_merge_splits_the_ledger_back(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role=None) as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        csrf = await sign_in(api, "operator")
+        undone = await api.post(f"/console/members/merges/{s.merge_id}/undo", data={"csrf_token": csrf})
+        assert undone.status_code == 200 and f'data-undone="{s.absorbed}"' in undone.text
+        assert _figure(undone.text, "available") == 888
+        assert "再消费 ¥112 可升至 金卡" in undone.text  # the merged buyer's spend went back with him
+        assert _figure((await api.get(f"/console/members/{s.absorbed}")).text, "available") == 100
+        async with api.db.sessions() as session:
+            assert await session.scalar(sa.select(Merge.status).where(Merge.id == s.merge_id)) == "undone"
+            actor = await session.scalar(
+                sa.select(AuditEntry.actor).where(AuditEntry.action == "member.merge_undo")
+            )
+            keys = (await session.execute(sa.select(ApiKey.id))).scalars().all()
+        assert actor in {f"key:{k}" for k in keys}  # audited as the operator's key, as the API does
+        again = await api.post(f"/console/members/merges/{s.merge_id}/undo", data={"csrf_token": csrf})
+        assert again.status_code == 409 and "already undone" in again.text
+
+
+async def test_an_analyst_sees_no_write_control_and_cannot_post_one(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role=None) as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        csrf = await sign_in(api, "analyst")
+        page = (await api.get(f"/console/members/{s.shopper}")).text
+        assert "/undo" not in page and 'class="danger"' not in page
+        refused = await api.post(f"/console/members/merges/{s.merge_id}/undo", data={"csrf_token": csrf})
+        assert refused.status_code == 403
+        assert (await api.get("/console/keys")).status_code == 403
+        assert (await api.get("/console/audit")).status_code == 403
+        assert "/console/keys" not in page and "/console/audit" not in page  # not in the menu either
+        async with api.db.sessions() as session:
+            assert await session.scalar(sa.select(Merge.status).where(Merge.id == s.merge_id)) == "active"
+
+
+async def test_a_forged_undo_without_the_token_is_refused(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role=None) as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        await sign_in(api, "admin")
+        assert (await api.post(f"/console/members/merges/{s.merge_id}/undo", data={})).status_code == 403
+        async with api.db.sessions() as session:
+            assert await session.scalar(sa.select(Merge.status).where(Merge.id == s.merge_id)) == "active"
+
+
+async def test_admins_create_and_revoke_keys_audited_and_read_the_audit_log(make_client: Any) -> None:
+    async with make_client(role=None) as api:
+        csrf = await sign_in(api, "admin")
+        created = await api.post(
+            "/console/keys", data={"csrf_token": csrf, "role": "analyst", "label": "报表"}
+        )
+        assert created.status_code == 200
+        key = re.search(r"data-created-key>([^<]+)<", created.text)
+        assert key is not None and key.group(1).startswith("tck_")
+        assert key.group(1) not in (await api.get("/console/keys")).text  # shown once
+        bad = await api.post("/console/keys", data={"csrf_token": csrf, "role": "pos"})
+        assert bad.status_code == 400 and "store" in bad.text
+        async with api.db.sessions() as session:
+            new_id = await session.scalar(sa.select(ApiKey.id).where(ApiKey.label == "报表"))
+        revoked = await api.post(f"/console/keys/{new_id}/revoke", data={"csrf_token": csrf})
+        assert revoked.status_code == 200
+        log = (await api.get("/console/audit", params={"object_type": "api_key"})).text
+        assert 'data-action="api_key.create"' in log and 'data-action="api_key.revoke"' in log
+        only = (await api.get("/console/audit", params={"action": "api_key.revoke"})).text
+        assert 'data-action="api_key.create"' not in only
+        # the revoked key can no longer sign in
+        form = await api.get("/console/sign-in")
+        answer = await api.post(
+            "/console/sign-in", data={"key": key.group(1), "csrf_token": csrf_of(form.text)}
+        )
+        assert answer.status_code == 401

@@ -1,0 +1,85 @@
+"""Admin pages: the audit log (filters, keyset pages) and API keys (list, create shown once, revoke), through
+the same services as ``/api/audit`` and ``/api/api-keys``, so console actions are audited as API calls are."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post
+from litestar.params import QueryParameter
+
+from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.audit.service import AuditQuery, search
+from tongcrm.auth import audited
+from tongcrm.auth import service as keys
+from tongcrm.auth.service import Role
+from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
+from tongcrm.errors import BadRequest
+
+AUDIT_PAGE = 50
+Text = Annotated[str | None, QueryParameter(max_length=64)]
+
+
+def _field(form: Any, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+class AuditPage(ConsoleController):
+    path = PREFIX + "/audit"
+
+    @get("/", opt=page(Role.ADMIN))
+    async def index(
+        self,
+        request: Request[Any, Any, Any],
+        action: Text = None,
+        object_type: Text = None,
+        object_id: Text = None,
+        before: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
+    ) -> Response[str]:
+        query = AuditQuery(action or None, object_type or None, object_id or None, None, before, AUDIT_PAGE)
+        async with request.app.state.read_sessions() as session, session.begin():
+            rows = await search(session, query)
+        filters = {"action": action or "", "object_type": object_type or "", "object_id": object_id or ""}
+        more = rows[-1].id if len(rows) == AUDIT_PAGE else None
+        return render(
+            request, "audit.html", {"rows": rows, "filters": filters, "more": more}, title="audit.title"
+        )
+
+
+class KeyPages(ConsoleController):
+    path = PREFIX + "/keys"
+
+    @get("/", opt=page(Role.ADMIN))
+    async def index(self, request: Request[Any, Any, Any]) -> Response[str]:
+        return await _keys_page(request, created=None)
+
+    @post("/", opt=action(Role.ADMIN))
+    async def create(self, request: Request[Any, Any, Any]) -> Response[str]:
+        """Create a key and show it in this answer only (never in a URL, never again)."""
+        form = await request.form()
+        role, store, label = _field(form, "role"), _field(form, "store_code"), _field(form, "label")
+        if len(store) > 64 or len(label) > 200:
+            raise BadRequest("store code at most 64 characters, label at most 200")
+        async with request.app.state.sessions() as session, session.begin():
+            created, _ = await audited.create(
+                session, actor_of(request), role, store_code=store or None, label=label
+            )
+        return await _keys_page(request, created=created.key)
+
+    @post("/{key_id:int}/revoke", opt=action(Role.ADMIN))
+    async def revoke(self, request: Request[Any, Any, Any], key_id: PathId) -> Response[Any]:
+        async with request.app.state.sessions() as session, session.begin():
+            await audited.revoke(session, actor_of(request), key_id)
+        return redirect(request, PREFIX + "/keys")
+
+
+async def _keys_page(request: Request[Any, Any, Any], *, created: str | None) -> Response[str]:
+    async with request.app.state.read_sessions() as session, session.begin():
+        rows = await keys.list_keys(session)
+    return render(
+        request,
+        "keys.html",
+        {"rows": rows, "created": created, "roles": [r.value for r in Role]},
+        title="keys.title",
+    )

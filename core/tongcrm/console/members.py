@@ -1,0 +1,182 @@
+"""Member search and the member 360 page, and undoing a merge from it.
+
+Every figure comes from the service functions the API's controllers call (members, orders, points, tiers,
+entitlements, messaging, merges), so roles, masking and audit records are the API's: the mobile is masked unless
+an admin reveals it (audited, as ``?reveal=mobile`` on the API), and the undo is an operator's or admin's write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from litestar import Request, Response, get, post
+from litestar.params import QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.channels.models import ChannelAccount
+from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
+from tongcrm.db.base import utcnow
+from tongcrm.entitlements import service as entitlements
+from tongcrm.errors import NotFound
+from tongcrm.members import merge as merging
+from tongcrm.members import service as members
+from tongcrm.messaging import service as messaging
+from tongcrm.orders import service as orders
+from tongcrm.points import service as points
+from tongcrm.tiers import service as tiers
+from tongcrm.tiers.ladder import describe_amount
+
+PAGE_SIZE = 20
+MAX_OFFSET = 1_000_000
+
+#: Optional text filters of the search form (bounded: they reach SQL).
+Text = Annotated[str | None, QueryParameter(max_length=200)]
+
+
+class MemberPages(ConsoleController):
+    path = PREFIX + "/members"
+
+    @get("/", opt=page())
+    async def search(
+        self,
+        request: Request[Any, Any, Any],
+        mobile: Text = None,
+        identity: Text = None,
+        name: Text = None,
+        after: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
+    ) -> Response[str]:
+        """Search by mobile, ``kind:value`` identity or name prefix; without a filter, the newest members."""
+        state = request.app.state
+        mobile, identity, name = (v.strip() or None if v else None for v in (mobile, identity, name))
+        found: list[members.MemberSummary] = []
+        cursor: int | None = None
+        async with state.read_sessions() as session, session.begin():
+            if identity:
+                try:
+                    member = await members.lookup(session, state.vault, state.host, identity=identity)
+                except NotFound:
+                    member = None
+                if member is not None:
+                    found = await members.summaries(session, state.vault, [member])
+            else:
+                query = members.MemberQuery(
+                    status="active", name=name, mobile=mobile, after_id=after, limit=PAGE_SIZE
+                )
+                found, cursor = await members.list_members(session, state.vault, query, actor_of(request))
+        return render(
+            request,
+            "members.html",
+            {
+                "found": found,
+                "cursor": cursor,
+                "form": {"mobile": mobile or "", "identity": identity or "", "name": name or ""},
+            },
+            title="members.title",
+        )
+
+    @get("/{member_id:int}", opt=page())
+    async def member(
+        self,
+        request: Request[Any, Any, Any],
+        member_id: PathId,
+        orders_cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        points_offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+        reveal: Annotated[str | None, QueryParameter(max_length=20)] = None,
+        undone: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
+    ) -> Response[str]:
+        state = request.app.state
+        actor = actor_of(request)
+        revealing = members.check_reveal([reveal] if reveal else [], actor)
+        # a reveal is audited, so it needs a session that can write (as on the API)
+        factory = state.sessions if revealing else state.read_sessions
+        async with factory() as session, session.begin():
+            view = await members.member_view(session, state.vault, member_id, actor, reveal=revealing)
+            data = await member_360(session, state.settings, view, orders_cursor, points_offset)
+        return render(
+            request,
+            "member.html",
+            {"v": view, "d": data, "revealing": revealing, "undone": undone, "points_offset": points_offset},
+            title="m360.title",
+        )
+
+    @post("/merges/{merge_id:int}/undo", opt=action())
+    async def undo_merge(self, request: Request[Any, Any, Any], merge_id: PathId) -> Response[Any]:
+        """Split a merge back (operators and admins, CSRF-checked by the guard), then show the survivor."""
+        state = request.app.state
+        async with state.sessions() as session, session.begin():
+            record = await merging.undo_merge(
+                session, merge_id, actor=actor_of(request), at=utcnow(), tz=state.settings.tz
+            )
+        return redirect(request, f"{PREFIX}/members/{record.survivor_id}?undone={record.absorbed_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """The next tier and what is missing, said in the operator's language where the shortfall is one spend."""
+
+    tier: str
+    amount: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Member360:
+    accounts: dict[int, str]
+    orders: list[Any]
+    orders_next: str | None
+    statement: Any
+    tier: tiers.TierStatus | None
+    projection: Projection | None
+    tier_history: list[Any]
+    entitlements: entitlements.MemberEntitlements | None
+    messages: list[Any]
+    merges: list[Any]
+
+
+async def member_360(
+    session: AsyncSession,
+    settings: Any,
+    view: members.MemberView,
+    orders_cursor: str | None,
+    points_offset: int,
+) -> Member360:
+    """Everything the 360 page shows beyond :func:`tongcrm.members.service.member_view`, each part from its
+    domain's service; the long lists (orders, ledger) are pages, so a member with years of orders costs what a
+    new one does."""
+    live = view.member.id
+    accounts = {
+        int(i): str(n) for i, n in await session.execute(sa.select(ChannelAccount.id, ChannelAccount.name))
+    }
+    page_orders, orders_next = await orders.list_orders(
+        session, orders.OrderQuery(member_id=live, cursor=orders_cursor, limit=PAGE_SIZE)
+    )
+    statement = await points.statement(session, live, tz=settings.tz, limit=PAGE_SIZE, offset=points_offset)
+    ctx = tiers.TierContext.of(settings)
+    status: tiers.TierStatus | None = None
+    held: entitlements.MemberEntitlements | None = None
+    if await tiers.active_ladder(session) is not None:
+        status = await tiers.status(session, ctx, live)
+        held = await entitlements.for_member(session, ctx, live)
+    projection = None
+    if status is not None and status.next is not None:
+        ways = status.next.ways
+        single_spend = len(ways) == 1 and len(ways[0]) == 1 and ways[0][0].metric == "spend_fen"
+        amount = describe_amount("spend_fen", ways[0][0].missing) if single_spend else None
+        projection = Projection(status.next.tier.name, amount, status.next.message)
+    return Member360(
+        accounts=accounts,
+        orders=page_orders,
+        orders_next=orders_next,
+        statement=statement,
+        tier=status,
+        projection=projection,
+        tier_history=await tiers.history(session, live, limit=PAGE_SIZE),
+        entitlements=held,
+        messages=await messaging.list_messages(
+            session, messaging.MessageQuery(member_id=live, limit=PAGE_SIZE)
+        ),
+        merges=await merging.list_merges(session, member_id=live, limit=PAGE_SIZE),
+    )

@@ -1,0 +1,50 @@
+"""Every console page and the menu. Add a page's controller to :data:`PAGES` and its entry to :data:`NAV`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar import Router
+from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
+
+from tongcrm.auth.service import Role
+from tongcrm.console.admin import AuditPage, KeyPages
+from tongcrm.console.auth import SignInPages, root
+from tongcrm.console.dashboard import DashboardPage
+from tongcrm.console.members import MemberPages
+from tongcrm.console.web import PREFIX, NavItem, console_guard, exception_handlers, public_page, set_nav
+
+#: Console page controllers (each a :class:`tongcrm.console.web.ConsoleController`).
+PAGES: tuple[ControllerRouterHandler, ...] = (
+    SignInPages,
+    MemberPages,
+    AuditPage,
+    KeyPages,
+    DashboardPage,
+)
+
+#: The menu, in order; an entry shows to the roles it names.
+NAV: tuple[NavItem, ...] = (
+    NavItem("nav.dashboard", PREFIX + "/dashboard"),
+    NavItem("nav.members", PREFIX + "/members"),
+    NavItem("nav.audit", PREFIX + "/audit", frozenset({Role.ADMIN})),
+    NavItem("nav.keys", PREFIX + "/keys", frozenset({Role.ADMIN})),
+)
+
+STATIC = Path(__file__).parent / "static"
+
+
+def console_handlers() -> list[ControllerRouterHandler]:
+    """What the app mounts: ``/`` (a redirect), the console pages and their static files."""
+    set_nav(NAV)
+    static = create_static_files_router(
+        path=PREFIX + "/static",
+        directories=[STATIC],
+        guards=[console_guard],
+        opt=public_page(),
+        include_in_schema=False,
+        cache_control=None,
+    )
+    pages = Router(path="/", route_handlers=list(PAGES), exception_handlers=exception_handlers)
+    return [root, pages, static]
