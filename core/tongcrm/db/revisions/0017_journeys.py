@@ -1,7 +1,7 @@
 """Campaign benefits (points per treated member, a points budget) and journeys with their participants
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-06 04:00:00
 """
 
@@ -12,7 +12,7 @@ import tongcrm.db.base
 from alembic import op
 
 revision: str = "0017"
-down_revision: str | Sequence[str] | None = "0014"
+down_revision: str | Sequence[str] | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
