@@ -111,6 +111,7 @@ def test_first_party_plugins_load_through_entry_points() -> None:
         "jd": "tongcrm-jd",
         "offline_pos": "tongcrm-offline-pos",
         "sms_gateway": "tongcrm-sms-gateway",
+        "webhooks": "tongcrm-webhooks",
     }
 
 

@@ -26,8 +26,8 @@ async def test_endpoints_crud_and_roles(make_client: Callable[..., Any], host: P
         )
         assert created.status_code == 201, created.text
         body = created.json()
-        assert body["secret"].startswith("whsec_") and body["secrets_in_force"] == 1
-        endpoint_id = body["id"]
+        assert body["secret"].startswith("whsec_") and body["endpoint"]["secrets_in_force"] == 1
+        endpoint_id = body["endpoint"]["id"]
         listed = (await admin.get(f"{BASE}/endpoints")).json()
         assert [e["id"] for e in listed] == [endpoint_id] and "secret" not in listed[0]
         changed = await admin.patch(f"{BASE}/endpoints/{endpoint_id}", json={"event_types": ["tier.changed"]})
@@ -95,7 +95,7 @@ async def test_dead_letters_replayed_over_http(
         created = await admin.post(
             f"{BASE}/endpoints", json={"url": receiver_url, "event_types": ["points.changed"]}
         )
-        endpoint_id = created.json()["id"]
+        endpoint_id = created.json()["endpoint"]["id"]
     receiver.fail_always = True
     async with tongcrm_db.sessions() as session, session.begin():
         emit(session, "points_changed", {"member_id": 1, "delta": 5, "available": 5, "pending": 0})
@@ -116,8 +116,8 @@ async def test_dead_letters_replayed_over_http(
     await drain(runner)
     async with make_client(host=host, role="analyst") as analyst:
         detail = (await analyst.get(f"{BASE}/deliveries/{dead['id']}")).json()
-        assert detail["status"] == "delivered" and detail["replays"] == 1
-        assert [a["status_code"] for a in detail["attempts_log"]][-1] == 200
+        assert detail["delivery"]["status"] == "delivered" and detail["delivery"]["replays"] == 1
+        assert [a["status_code"] for a in detail["attempts"]][-1] == 200
         assert (await analyst.get(f"{BASE}/dead-letters")).json() == []
     async with make_client(host=host, role="operator") as operator:
         done = await operator.post(f"{BASE}/deliveries/{dead['id']}/replay")

@@ -38,7 +38,8 @@ async def test_a_subscribed_event_arrives_signed_once(
     receiver_url: str,
     clock: Clock,
 ) -> None:
-    endpoint, secret = await service.create_endpoint(store, url=receiver_url, event_types=["points.changed"])
+    created = await service.create_endpoint(store, url=receiver_url, event_types=["points.changed"])
+    endpoint, secret = created.endpoint, created.secret
     await _emit(
         tongcrm_db,
         ("points_changed", {"member_id": 7, "delta": 120, "available": 320, "pending": 0}),
@@ -70,7 +71,8 @@ async def test_a_receiver_failing_five_times_gets_the_event_later(
     receiver_url: str,
     clock: Clock,
 ) -> None:
-    _, secret = await service.create_endpoint(store, url=receiver_url, event_types=["tier.changed"])
+    created = await service.create_endpoint(store, url=receiver_url, event_types=["tier.changed"])
+    _, secret = created.endpoint, created.secret
     receiver.fail_next = 5
     await _emit(
         tongcrm_db, ("tier_changed", {"member_id": 3, "from": "silver", "to": "gold", "reason": "upgrade"})
@@ -135,7 +137,9 @@ async def test_rotation_signs_with_both_secrets_until_the_grace_ends(
 ) -> None:
     from datetime import timedelta
 
-    endpoint, old = await service.create_endpoint(store, url=receiver_url, event_types=["member.created"])
+    created = await service.create_endpoint(store, url=receiver_url, event_types=["member.created"])
+
+    endpoint, old = created.endpoint, created.secret
     new, until = await service.rotate_secret(store, endpoint.id, timedelta(hours=1))
     assert until == clock() + timedelta(hours=1)
     assert (await service.get_endpoint(store, endpoint.id)).secrets_in_force == 2
@@ -158,7 +162,8 @@ async def test_rotation_signs_with_both_secrets_until_the_grace_ends(
 async def test_secrets_are_sealed_at_rest_and_disabled_endpoints_get_nothing(
     tongcrm_db: TestDatabase, store: PluginStore, runner: Runner, receiver: Receiver, receiver_url: str
 ) -> None:
-    endpoint, secret = await service.create_endpoint(store, url=receiver_url, event_types=["message.status"])
+    created = await service.create_endpoint(store, url=receiver_url, event_types=["message.status"])
+    endpoint, secret = created.endpoint, created.secret
     async with tongcrm_db.sessions() as session:
         stored = (await session.execute(sa.text("SELECT secret_sealed FROM webhooks_secrets"))).scalar_one()
     assert secret not in stored and secret.removeprefix("whsec_") not in stored

@@ -21,7 +21,14 @@ from tongcrm.auth.service import Role
 from tongcrm.plugin.store import PluginStore
 
 from tongcrm_webhooks import service
-from tongcrm_webhooks.service import MAX_ROTATION_GRACE, MAX_URL
+from tongcrm_webhooks.service import (
+    MAX_ROTATION_GRACE,
+    MAX_URL,
+    Delivery,
+    DeliveryDetail,
+    Endpoint,
+    EndpointCreated,
+)
 
 Url = Annotated[str, msgspec.Meta(min_length=8, max_length=MAX_URL)]
 EventTypes = Annotated[
@@ -49,23 +56,6 @@ class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True):
         return {f: getattr(self, f) for f in self.__struct_fields__ if getattr(self, f) is not UNSET}
 
 
-class EndpointOut(msgspec.Struct):
-    id: int
-    url: str
-    description: str
-    event_types: list[str]
-    enabled: bool
-    #: secrets signing now: 2 while a rotation's grace period runs
-    secrets_in_force: int
-    created_at: datetime
-    updated_at: datetime
-
-
-class EndpointCreated(EndpointOut):
-    #: shown once: store it on the receiver to verify signatures
-    secret: str = ""
-
-
 class RotateIn(msgspec.Struct, forbid_unknown_fields=True):
     #: how long the secrets in force now keep signing next to the new one
     grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=int(MAX_ROTATION_GRACE.total_seconds()))] = 86_400
@@ -76,44 +66,10 @@ class RotateOut(msgspec.Struct):
     previous_expire_at: datetime
 
 
-class DeliveryOut(msgspec.Struct):
-    id: int
-    endpoint_id: int
-    message_id: str
-    event_type: str
-    status: str
-    attempts: int
-    next_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-    replays: int
-    created_at: datetime
-
-
-class AttemptOut(msgspec.Struct):
-    attempted_at: datetime
-    status_code: int | None
-    error: str | None
-    duration_ms: int
-
-
-class DeliveryDetail(DeliveryOut):
-    attempts_log: list[AttemptOut] = msgspec.field(default_factory=list)
-
-
 class ReplayOut(msgspec.Struct):
-    delivery: DeliveryOut
+    delivery: Delivery
     #: false when it was already back in the queue (a repeated request)
     replayed: bool
-
-
-def _endpoint_out(endpoint: service.Endpoint) -> EndpointOut:
-    return msgspec.convert(endpoint, EndpointOut, from_attributes=True)
-
-
-def _delivery_out(delivery: service.Delivery) -> DeliveryOut:
-    return msgspec.convert(delivery, DeliveryOut, from_attributes=True)
 
 
 class WebhooksController(Controller):
@@ -132,26 +88,25 @@ class WebhooksController(Controller):
     async def create_endpoint(
         self, data: JSONBody[EndpointIn], store: NamedDependency[PluginStore]
     ) -> EndpointCreated:
-        endpoint, secret = await service.create_endpoint(
+        return await service.create_endpoint(
             store,
             url=data.url,
             event_types=data.event_types,
             description=data.description,
             enabled=data.enabled,
         )
-        return EndpointCreated(**msgspec.structs.asdict(_endpoint_out(endpoint)), secret=secret)
 
     @get("/endpoints", opt=requires(*READ_ROLES), summary="Webhook endpoints")
-    async def list_endpoints(self, store: NamedDependency[PluginStore]) -> list[EndpointOut]:
-        return [_endpoint_out(e) for e in await service.list_endpoints(store)]
+    async def list_endpoints(self, store: NamedDependency[PluginStore]) -> list[Endpoint]:
+        return await service.list_endpoints(store)
 
     @get(
         "/endpoints/{endpoint_id:int}",
         opt={**requires(*READ_ROLES), **problems(404)},
         summary="A webhook endpoint",
     )
-    async def get_endpoint(self, endpoint_id: PathId, store: NamedDependency[PluginStore]) -> EndpointOut:
-        return _endpoint_out(await service.get_endpoint(store, endpoint_id))
+    async def get_endpoint(self, endpoint_id: PathId, store: NamedDependency[PluginStore]) -> Endpoint:
+        return await service.get_endpoint(store, endpoint_id)
 
     @patch(
         "/endpoints/{endpoint_id:int}",
@@ -160,8 +115,8 @@ class WebhooksController(Controller):
     )
     async def update_endpoint(
         self, endpoint_id: PathId, data: JSONBody[EndpointPatch], store: NamedDependency[PluginStore]
-    ) -> EndpointOut:
-        return _endpoint_out(await service.update_endpoint(store, endpoint_id, data.changes()))
+    ) -> Endpoint:
+        return await service.update_endpoint(store, endpoint_id, data.changes())
 
     @delete(
         "/endpoints/{endpoint_id:int}",
@@ -194,11 +149,10 @@ class WebhooksController(Controller):
         status: Annotated[Status | None, QueryParameter(description="pending, delivered or dead")] = None,
         after: QueryId = None,
         limit: Limit = 50,
-    ) -> list[DeliveryOut]:
-        rows = await service.list_deliveries(
+    ) -> list[Delivery]:
+        return await service.list_deliveries(
             store, endpoint_id=endpoint_id, status=status, after=after, limit=limit
         )
-        return [_delivery_out(d) for d in rows]
 
     @get("/dead-letters", opt=requires(*READ_ROLES), summary="Deliveries out of attempts, newest first")
     async def dead_letters(
@@ -207,11 +161,10 @@ class WebhooksController(Controller):
         endpoint_id: QueryId = None,
         after: QueryId = None,
         limit: Limit = 50,
-    ) -> list[DeliveryOut]:
-        rows = await service.list_deliveries(
+    ) -> list[Delivery]:
+        return await service.list_deliveries(
             store, endpoint_id=endpoint_id, status="dead", after=after, limit=limit
         )
-        return [_delivery_out(d) for d in rows]
 
     @get(
         "/deliveries/{delivery_id:int}",
@@ -220,8 +173,7 @@ class WebhooksController(Controller):
     )
     async def get_delivery(self, delivery_id: PathId, store: NamedDependency[PluginStore]) -> DeliveryDetail:
         delivery, attempts = await service.get_delivery(store, delivery_id)
-        log = [msgspec.convert(a, AttemptOut, from_attributes=True) for a in attempts]
-        return DeliveryDetail(**msgspec.structs.asdict(_delivery_out(delivery)), attempts_log=log)
+        return DeliveryDetail(delivery, attempts)
 
     @post(
         "/deliveries/{delivery_id:int}/replay",
@@ -231,4 +183,4 @@ class WebhooksController(Controller):
     )
     async def replay(self, delivery_id: PathId, store: NamedDependency[PluginStore]) -> ReplayOut:
         delivery, changed = await service.replay(store, delivery_id)
-        return ReplayOut(_delivery_out(delivery), changed)
+        return ReplayOut(delivery, changed)

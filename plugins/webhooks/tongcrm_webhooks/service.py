@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -113,6 +113,13 @@ class Endpoint:
     secrets_in_force: int
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointCreated:
+    endpoint: Endpoint
+    #: shown once: store it on the receiver to verify signatures
+    secret: str
+
+
 async def _endpoint(uow: StoreWork, endpoint_id: int) -> Endpoint:
     row = (await uow.rows.execute(sa.select(ENDPOINTS).where(ENDPOINTS.c.id == endpoint_id))).first()
     if row is None:
@@ -158,7 +165,7 @@ async def _add_secret(store: PluginStore, uow: StoreWork, endpoint_id: int) -> s
 
 async def create_endpoint(
     store: PluginStore, *, url: str, event_types: Sequence[str], description: str = "", enabled: bool = True
-) -> tuple[Endpoint, str]:
+) -> EndpointCreated:
     """A new endpoint and its first secret (returned once: it is kept sealed)."""
     check_url(url)
     types = check_types(event_types)
@@ -178,7 +185,7 @@ async def create_endpoint(
         )
         endpoint_id = int(created.scalar_one())
         secret = await _add_secret(store, uow, endpoint_id)
-        return await _endpoint(uow, endpoint_id), secret
+        return EndpointCreated(await _endpoint(uow, endpoint_id), secret)
 
 
 async def list_endpoints(store: PluginStore) -> list[Endpoint]:
@@ -492,6 +499,12 @@ def _delivery(row: Any) -> Delivery:
     )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryDetail:
+    delivery: Delivery
+    attempts: list[Attempt]
+
+
 async def list_deliveries(
     store: PluginStore, *, endpoint_id: int | None, status: str | None, after: int | None, limit: int
 ) -> list[Delivery]:
@@ -555,7 +568,3 @@ async def replay(store: PluginStore, delivery_id: int) -> tuple[Delivery, bool]:
             )
         delivery, _ = await _delivery_with_attempts(uow, delivery_id)
         return delivery, changed
-
-
-def utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
