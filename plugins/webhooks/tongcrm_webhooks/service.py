@@ -85,9 +85,19 @@ def retry_delay(attempts: int) -> timedelta | None:
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL:
-        raise Unprocessable(f"url must be an absolute http(s) URL of at most {MAX_URL} characters")
+    problem = f"url must be an absolute http(s) URL of at most {MAX_URL} characters"
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # both raise on a malformed host or port
+    except ValueError:
+        raise Unprocessable(problem) from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not host
+        or len(url) > MAX_URL
+        or any(c.isspace() for c in url)
+    ):
+        raise Unprocessable(problem)
     return url
 
 
