@@ -35,6 +35,7 @@ FIRST_PARTY: tuple[tuple[str, str], ...] = (
     ("jd", "tongcrm_jd.plugin"),
     ("offline_pos", "tongcrm_offline_pos.plugin"),
     ("sms_gateway", "tongcrm_sms_gateway.plugin"),
+    ("webhooks", "tongcrm_webhooks.plugin"),
 )
 
 #: The role order used in the table: widest first.

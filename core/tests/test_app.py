@@ -83,7 +83,7 @@ async def test_roles_are_enforced(make_client: Any, role: str, status: int) -> N
 async def test_plugins_endpoint_lists_plugins_and_hooks(make_client: Any) -> None:
     async with make_client(host=PluginHost(autoload=True, disabled=set())) as api:
         body = (await api.get("/api/plugins")).json()
-    assert {p["name"] for p in body} == {"taobao", "jd", "offline_pos", "sms_gateway", "demo"}
+    assert {p["name"] for p in body} == {"taobao", "jd", "offline_pos", "sms_gateway", "demo", "webhooks"}
 
 
 async def test_validation_error_is_a_400_problem_that_names_the_field(make_client: Any) -> None:

@@ -112,6 +112,7 @@ def test_first_party_plugins_load_through_entry_points() -> None:
         "offline_pos": "tongcrm-offline-pos",
         "sms_gateway": "tongcrm-sms-gateway",
         "demo": "tongcrm-demo",
+        "webhooks": "tongcrm-webhooks",
     }
 
 

@@ -47,6 +47,7 @@ from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.store import PluginStore
 from tongcrm.points.api import MemberPointsController, PointsRulesController
 from tongcrm.privacy.api import PrivacyController
 from tongcrm.programme.api import ProgrammeSettingsController
@@ -152,6 +153,7 @@ def create_app(
         "membership": MembershipService(sessions, host, settings),
         "replay_guard": ReplayGuard(sessions),
         "vault": vault,
+        "store": PluginStore(sessions, vault, read_sessions=read_sessions),
         "counter": CounterService(
             session_factory(counter_engine) if counter_engine is not None else sessions,
             session_factory(counter_engine, readonly=True) if counter_engine is not None else read_sessions,

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -330,6 +331,39 @@ def plugins_cmd(ctx: Context) -> None:
     for info in ctx.host.plugins():
         table.add_row(info.name, info.distribution, info.version, ", ".join(info.hooks) or "-")
     Console(width=200).print(table)
+
+
+@cli.group("plugin")
+def plugin_group() -> None:
+    """Write plugins: a package to start a channel, messenger or entitlement plugin from."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option(
+    "--kind",
+    type=click.Choice(["channel", "messenger", "entitlement"]),
+    required=True,
+    help="What it connects.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to write the package folder (tongcrm-NAME).",
+)
+def plugin_new(name: str, kind: str, directory: Path) -> None:
+    """Write a working plugin package: pyproject with the entry point, adapter, fake platform, contract test."""
+    from tongcrm.scaffold import write_plugin
+
+    try:
+        target = write_plugin(name, kind, directory)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {target}")
+    click.echo(f"next: cd {target} && pip install -e '.[test]' && python -m pytest")
 
 
 @cli.group()

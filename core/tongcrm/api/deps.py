@@ -16,6 +16,7 @@ from tongcrm.counter import CounterService
 from tongcrm.crypto import Vault
 from tongcrm.membership import MembershipService
 from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.store import PluginStore
 from tongcrm.replay.service import ReplayGuard
 
 
@@ -54,6 +55,11 @@ def _counter(state: State) -> CounterService:
     return service
 
 
+def _store(state: State) -> PluginStore:
+    store: PluginStore = state.store
+    return store
+
+
 def _replay_guard(state: State) -> ReplayGuard:
     service: ReplayGuard = state.replay_guard
     return service
@@ -72,5 +78,6 @@ dependencies: dict[str, Provide] = {
     "membership": Provide(_membership, sync_to_thread=False),
     "counter": Provide(_counter, sync_to_thread=False),
     "replay_guard": Provide(_replay_guard, sync_to_thread=False),
+    "store": Provide(_store, sync_to_thread=False),
     "vault": Provide(_vault, sync_to_thread=False),
 }

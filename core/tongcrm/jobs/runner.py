@@ -25,12 +25,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.errors import PluginError
 from tongcrm.jobs import leases
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
 from tongcrm.jobs.queue import enqueue
 from tongcrm.logging import get_logger
 from tongcrm.plugin.host import PluginHost
-from tongcrm.plugin.types import DomainEvent
+from tongcrm.plugin.store import PluginStore
+from tongcrm.plugin.types import DomainEvent, JobSpec, PluginJobContext
 from tongcrm.privacy.redact import redact
 
 log = get_logger(__name__)
@@ -115,6 +117,15 @@ class Runner:
         self.retry_base = retry_base
         self.services = dict(services or {})
         self._periodic_slots: dict[str, datetime] = {}
+        settings = self.services.get("settings")
+        #: Plugins' jobs (the ``jobs`` hook) run with the store facade, never with the session factory.
+        self.store = PluginStore(
+            sessions, settings.vault() if settings is not None else None, clock=self.clock
+        )
+        self.plugin_jobs: dict[str, JobSpec] = host.jobs()
+        for name in self.plugin_jobs:
+            if name in registry.handlers:
+                raise PluginError(f"plugin job {name!r} has the name of a core job")
 
     # ---------------------------------------------------------------------------------------------------------
     # the loop
@@ -147,15 +158,28 @@ class Runner:
     async def schedule_periodic(self) -> int:
         now = self.clock()
         scheduled = 0
-        for spec in self.registry.periodic.values():
+        plugin_periodic = [
+            PeriodicJob(f"plugin:{job.name}", job.every, job.name)
+            for job in self.plugin_jobs.values()
+            if job.every is not None
+        ]
+        for spec in [*self.registry.periodic.values(), *plugin_periodic]:
             seconds = spec.every.total_seconds()
             slot = datetime.fromtimestamp((now.timestamp() // seconds) * seconds, UTC)
             if self._periodic_slots.get(spec.name) == slot:
                 continue
             async with self.sessions() as session, session.begin():
                 key = f"periodic:{spec.name}:{slot.isoformat()}"
+                plugin_job = self.plugin_jobs.get(spec.job)
+                attempts = plugin_job.max_attempts if plugin_job is not None else 5
                 if await enqueue(
-                    session, spec.job, spec.payload, run_at=slot, unique_key=key, lock_key=spec.name
+                    session,
+                    spec.job,
+                    spec.payload,
+                    run_at=slot,
+                    unique_key=key,
+                    lock_key=spec.name,
+                    max_attempts=attempts,
                 ):
                     scheduled += 1
             self._periodic_slots[spec.name] = slot
@@ -179,12 +203,17 @@ class Runner:
                 await self._requeue(job_id, delay=timedelta(seconds=1), undo_attempt=True)
                 return True
         handler = self.registry.handlers.get(name)
+        plugin_job = self.plugin_jobs.get(name)
         bound = log.bind(job_id=job_id, job=name, attempt=attempts, worker=self.worker_id)
         try:
-            if handler is None:
+            if plugin_job is not None:
+                plugin_ctx = PluginJobContext(self.store, self.clock, job_id, attempts)
+                await plugin_job.handler(plugin_ctx, dict(payload))
+            elif handler is None:
                 raise LookupError(f"no handler registered for job {name!r}")
-            ctx = JobContext(self.sessions, self.host, self.clock, job_id, attempts, self.services)
-            await handler(ctx, dict(payload))
+            else:
+                ctx = JobContext(self.sessions, self.host, self.clock, job_id, attempts, self.services)
+                await handler(ctx, dict(payload))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             if attempts >= max_attempts:
@@ -382,12 +411,14 @@ class Runner:
         now = self.clock()
         async with self.sessions() as session, session.begin():
             for name, payload, unique_key, delay_seconds in requested:
+                plugin_job = self.plugin_jobs.get(name)
                 await enqueue(
                     session,
                     name,
                     payload,
                     run_at=now + timedelta(seconds=delay_seconds),
                     unique_key=unique_key,
+                    max_attempts=plugin_job.max_attempts if plugin_job is not None else 5,
                 )
             await session.execute(
                 sa.update(EventDelivery)

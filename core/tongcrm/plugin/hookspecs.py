@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         EntitlementProviderSpec,
         IdentityClaim,
         IdentityKindSpec,
+        JobSpec,
         MemberMatch,
         MessengerSpec,
         MigrationLocation,
@@ -98,6 +99,16 @@ def cli_commands() -> Sequence[click.Command]:
 @hookspec
 def migration_locations() -> Sequence[MigrationLocation]:
     """Folders of Alembic revisions that ship inside the plugin's wheel, each on its own branch label."""
+    raise NotImplementedError
+
+
+@hookspec
+def jobs() -> Sequence[JobSpec]:
+    """Background jobs of this plugin: the handlers of the jobs its event handlers ``enqueue``, and periodic work.
+
+    A handler receives a :class:`~tongcrm.plugin.types.PluginJobContext` (the store facade, never a session).
+    Job names are namespaced with the plugin's name and unique across the core and all plugins.
+    """
     raise NotImplementedError
 
 

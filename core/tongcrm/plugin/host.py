@@ -23,6 +23,7 @@ from tongcrm.plugin.types import (
     EntitlementProviderSpec,
     IdentityClaim,
     IdentityKindSpec,
+    JobSpec,
     MemberMatch,
     MessengerSpec,
     MigrationLocation,
@@ -235,6 +236,9 @@ class PluginHost:
                 )
             owners[cmd_name] = item.plugin
         return [item.value for item in items]
+
+    def jobs(self) -> dict[str, JobSpec]:
+        return self._unique("jobs", self._collect("jobs", JobSpec), lambda j: j.name, "job")
 
     def migration_locations(self) -> list[MigrationLocation]:
         items = self._collect("migration_locations", MigrationLocation)

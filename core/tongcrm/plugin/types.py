@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
+
+    from tongcrm.plugin.store import PluginStore
 
 __all__ = [
     "BuyerProfile",
@@ -36,6 +38,7 @@ __all__ = [
     "IdentityClaim",
     "IdentityKindSpec",
     "InboundReply",
+    "JobSpec",
     "LineRefundStatus",
     "MemberMatch",
     "Messenger",
@@ -47,6 +50,7 @@ __all__ = [
     "OrderPage",
     "OrderStatus",
     "OutboundMessage",
+    "PluginJobContext",
     "PushBatch",
     "PushSource",
     "QuarantinedRecord",
@@ -592,3 +596,43 @@ class DomainEvent:
     name: str
     payload: Mapping[str, Any]
     occurred_at: datetime
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plugin jobs
+
+
+@dataclass(frozen=True, slots=True)
+class PluginJobContext:
+    """What a plugin's job handler gets: the store facade (its own tables and ``enqueue``, one transaction per
+    ``unit_of_work``), the runner's clock, and which attempt this is. Never a session."""
+
+    store: PluginStore
+    clock: Callable[[], datetime]
+    job_id: int
+    attempt: int
+
+
+#: ``async def handler(ctx: PluginJobContext, payload: dict) -> None``
+PluginJobHandler = Callable[[PluginJobContext, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Background work a plugin registers: the handler of the job ``name`` (what its event handlers and units
+    of work ``enqueue``), optionally run ``every`` so often. Names are namespaced with the plugin's name
+    (``webhooks.deliver``). Handlers must be idempotent: a job whose runner died runs again."""
+
+    name: str
+    handler: PluginJobHandler
+    every: timedelta | None = None
+    max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "job")
+        if "." not in self.name:
+            raise ValueError(f"job name {self.name!r} must be namespaced with the plugin's name (plugin.job)")
+        if self.every is not None and self.every <= timedelta(0):
+            raise ValueError(f"job {self.name!r}: a periodic job needs a positive interval")
+        if self.max_attempts < 1:
+            raise ValueError(f"job {self.name!r}: max_attempts must be at least 1")

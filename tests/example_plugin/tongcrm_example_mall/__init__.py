@@ -1,0 +1,1 @@
+"""Example Mall: a channel plugin for tongcrm."""
