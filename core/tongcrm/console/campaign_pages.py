@@ -23,17 +23,16 @@ from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import PathId
-from tongcrm.audit.service import Actor
 from tongcrm.campaigns import calendar, chart, evaluation, service
 from tongcrm.campaigns.api import programme_tz
 from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
 from tongcrm.campaigns.schedule import InvalidSchedule
+from tongcrm.console.forms import actor_of, form_fields, form_lists
 from tongcrm.console.web import (
     PREFIX,
     WRITE_ROLES,
     ConsoleController,
     action,
-    context_of,
     page,
     redirect,
     render,
@@ -52,27 +51,6 @@ CALENDAR = PREFIX + "/calendar"
 RESPONSE_KINDS = ("order", "store_visit", "redemption")
 SCHEDULE_KINDS = ("once", "daily", "weekly", "monthly", "yearly")
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
-
-
-def _actor(request: Request[Any, Any, Any]) -> Actor:
-    principal = context_of(request).principal
-    if principal is None:
-        raise Forbidden("sign in to the console")
-    return Actor.of(principal)
-
-
-async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
-
-
-async def _form_lists(request: Request[Any, Any, Any]) -> dict[str, list[str]]:
-    form = await request.form()
-    out: dict[str, list[str]] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            out.setdefault(key, []).append(value)
-    return out
 
 
 def _refusable(exc: TongcrmError) -> bool:
@@ -337,11 +315,11 @@ class CampaignPages(ConsoleController):
 
     @post("/", opt=action(*WRITE_ROLES))
     async def create(self, request: Request[Any, Any, Any]) -> Response[Any]:
-        form = await _form(request)
+        form = await form_fields(request)
         try:
             draft = draft_from_form(form)
             async with transaction(request.app.state.sessions) as session:
-                created = await service.create(session, draft, _actor(request))
+                created = await service.create(session, draft, actor_of(request))
                 name = created.name
         except TongcrmError as exc:
             if not _refusable(exc):
@@ -355,14 +333,14 @@ class CampaignPages(ConsoleController):
 
     @post("/{name:str}/schedule", opt=action(*WRITE_ROLES))
     async def schedule(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
-        form = await _form_lists(request)
+        form = await form_lists(request)
         state = request.app.state
         try:
             async with transaction(state.sessions) as session:
                 tz = await programme_tz(session, state.settings)
                 document = schedule_from_form(form, tz)
                 await service.schedule(
-                    session, state.host, _actor(request), name, document, now=utcnow(), tz=tz
+                    session, state.host, actor_of(request), name, document, now=utcnow(), tz=tz
                 )
         except InvalidSchedule as exc:
             return await _detail_page(request, name, problem=str(exc), status_code=422)
@@ -376,7 +354,7 @@ class CampaignPages(ConsoleController):
     async def cancel(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
         try:
             async with transaction(request.app.state.sessions) as session:
-                await service.cancel(session, _actor(request), name, now=utcnow())
+                await service.cancel(session, actor_of(request), name, now=utcnow())
         except TongcrmError as exc:
             if not _refusable(exc):
                 raise
@@ -424,7 +402,7 @@ class CalendarPage(ConsoleController):
 
     @post("/marks", opt=action(*WRITE_ROLES))
     async def add_mark(self, request: Request[Any, Any, Any]) -> Response[Any]:
-        form = await _form(request)
+        form = await form_fields(request)
         try:
             on = date.fromisoformat(form.get("on", ""))
         except ValueError:
@@ -434,7 +412,7 @@ class CalendarPage(ConsoleController):
         try:
             async with transaction(request.app.state.sessions) as session:
                 await calendar.add_mark(
-                    session, _actor(request), on, form.get("name", "").strip(), form.get("kind", "")
+                    session, actor_of(request), on, form.get("name", "").strip(), form.get("kind", "")
                 )
         except TongcrmError as exc:
             if not _refusable(exc):
@@ -445,8 +423,8 @@ class CalendarPage(ConsoleController):
 
     @post("/marks/{mark_id:int}/remove", opt=action(*WRITE_ROLES))
     async def remove_mark(self, request: Request[Any, Any, Any], mark_id: PathId) -> Response[Any]:
-        form = await _form(request)
+        form = await form_fields(request)
         async with transaction(request.app.state.sessions) as session:
-            await calendar.remove_mark(session, _actor(request), mark_id)
+            await calendar.remove_mark(session, actor_of(request), mark_id)
         month = form.get("month", "")
         return redirect(request, f"{CALENDAR}?month={month}" if _MONTH.match(month) else CALENDAR)

@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request, Response, get, post
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.console.forms import form_fields
 from tongcrm.console.web import PREFIX, READ_ROLES, ConsoleController, action, page, render
 from tongcrm.errors import BadRequest, TongcrmError, Unprocessable
 from tongcrm.points import service as points
@@ -37,11 +38,6 @@ def _document(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the draft is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc
-
-
-async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -106,7 +102,7 @@ class PointsRulesPage(ConsoleController):
 
     @post("/backtest", opt=action(*READ_ROLES), status_code=200)
     async def backtest(self, request: Request[Any, Any, Any]) -> Response[str]:
-        form = await _form(request)
+        form = await form_fields(request)
         draft, since_text = form.get("document", ""), form.get("since", "")
         try:
             try:
@@ -183,7 +179,7 @@ class TiersPage(ConsoleController):
 
     @post("/preview", opt=action(*READ_ROLES), status_code=200)
     async def preview(self, request: Request[Any, Any, Any]) -> Response[str]:
-        form = await _form(request)
+        form = await form_fields(request)
         draft = form.get("ladder", "")
         try:
             document = _document(draft)

@@ -11,7 +11,7 @@ session's CSRF token like every console POST) that saves nothing, so analysts ma
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -22,9 +22,8 @@ from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import MAX_ID, PathId
-from tongcrm.audit.service import Actor
-from tongcrm.auth.service import Principal
 from tongcrm.console.charts import DailyPoint, daily_counts
+from tongcrm.console.forms import actor_of, form_fields, principal_of
 from tongcrm.console.i18n import translate
 from tongcrm.console.web import (
     PREFIX,
@@ -55,13 +54,6 @@ STARTER: dict[str, Any] = {
     "version": 1,
     "condition": {"all": [{"field": "orders.count", "op": "gte", "value": 1, "window_days": 90}]},
 }
-
-
-def _principal(request: Request[Any, Any, Any]) -> Principal:
-    principal = context_of(request).principal
-    if principal is None:  # the guard signs everyone in before a page handler runs
-        raise Forbidden("sign in to the console")
-    return principal
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -195,11 +187,6 @@ def _editor(
     )
 
 
-async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
-
-
 class SegmentPages(ConsoleController):
     path = SEGMENTS
 
@@ -239,7 +226,7 @@ class SegmentPages(ConsoleController):
     @post("/check", opt=action(*READ_ROLES), status_code=200)
     async def check(self, request: Request[Any, Any, Any]) -> Response[str]:
         """The editor without JavaScript: count the draft in the form and show the editor again."""
-        form = await _form(request)
+        form = await form_fields(request)
         text = form.get("definition", "")
         segment_id = form.get("segment_id", "")
         async with request.app.state.read_sessions() as session:
@@ -256,7 +243,7 @@ class SegmentPages(ConsoleController):
 
     @post("/", opt=action(*WRITE_ROLES))
     async def create(self, request: Request[Any, Any, Any]) -> Response[Any]:
-        form = await _form(request)
+        form = await form_fields(request)
         return await _save(request, form, segment=None)
 
     @get("/{segment_id:int}", opt=page())
@@ -278,7 +265,7 @@ class SegmentPages(ConsoleController):
                 "chart": chart,
                 "definition_text": json_text(detail.definition, 2),
                 "json": json_text,
-                "may_reveal": _principal(request).role.value in REVEAL_ROLES,
+                "may_reveal": principal_of(request).role.value in REVEAL_ROLES,
             },
             title="seg.detail_title",
         )
@@ -293,7 +280,7 @@ class SegmentPages(ConsoleController):
 
     @post("/{segment_id:int}", opt=action(*WRITE_ROLES))
     async def new_version(self, request: Request[Any, Any, Any], segment_id: PathId) -> Response[Any]:
-        form = await _form(request)
+        form = await form_fields(request)
         async with request.app.state.read_sessions() as session:
             segment = await service.get_segment(session, segment_id)
         return await _save(request, form, segment=segment)
@@ -327,28 +314,17 @@ class SegmentPages(ConsoleController):
     ) -> Stream:
         """The same CSV as ``GET /api/segments/{s}/export``, audited the same way (``segment.export``)."""
         state = request.app.state
-        actor = Actor.of(_principal(request))
+        actor = actor_of(request)
         revealing = check_reveal([f.strip() for f in (reveal or "").split(",") if f.strip()], actor)
-        async with transaction(state.sessions) as session:
-            found = await service.get_segment(session, segment_id)
-            context = await service.load_context(session, state.host, utcnow())
-            prepared = await service.prepared_segment(session, context, found)
-            total = await service.count(session, prepared)
-            service.record_export(session, actor, found, reveal=revealing, members_count=total)
-
-        async def body() -> AsyncIterator[str]:
-            yield service.csv_rows([], header=True)
-            async for rows in service.export_pages(
-                state.read_sessions, state.vault, prepared, reveal=revealing
-            ):
-                yield service.csv_rows(rows)
-
+        export = await service.start_export(
+            state.sessions, state.read_sessions, state.host, state.vault, actor, segment_id, reveal=revealing
+        )
         return Stream(
-            body(),
+            export.body,
             media_type="text/csv; charset=utf-8",
             headers={
-                "Content-Disposition": f'attachment; filename="segment-{found.name}-v{found.version}.csv"',
-                "X-Total-Count": str(total),
+                "Content-Disposition": f'attachment; filename="{export.filename}"',
+                "X-Total-Count": str(export.total),
                 "Cache-Control": "no-store",
             },
         )
@@ -369,7 +345,7 @@ async def _save(
         async with transaction(state.sessions) as session:
             context = await service.load_context(session, state.host, utcnow())
             saved = await service.save(
-                session, context, name, definition, Actor.of(_principal(request)),
+                session, context, name, definition, actor_of(request),
                 description=description, note=note, create=segment is None,
             )  # fmt: skip
             saved_id = saved.id
