@@ -1,0 +1,218 @@
+"""The console in a real browser: Debian's headless Chromium (``/usr/bin/chromium``) driven by Playwright
+against the app served by uvicorn on 127.0.0.1, over the test database of each backend.
+
+Operators sign in, find a shopper who bought on Tmall and in a store, open the 360 page and undo a merge (the
+ledger splits back); an analyst sees no write control and a forged POST is refused; every input has a label and
+the keyboard reaches the main controls. Screenshots of each page go to ``$TONGCRM_SCREENSHOT_DIR`` (default
+``.ci-artifacts/screenshots``), which CI keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from tongcrm.app import create_app
+from tongcrm.auth.service import create_key
+from tongcrm.config import Settings
+from tongcrm.console import testing as seed
+from tongcrm.plugin.host import PluginHost
+from tongcrm.testing.database import TestDatabase
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium chromium-driver)",
+)
+SHOTS = Path(
+    os.environ.get("TONGCRM_SCREENSHOT_DIR") or Path(__file__).parents[3] / ".ci-artifacts" / "screenshots"
+)
+
+
+@dataclass
+class Served:
+    url: str
+    db: TestDatabase
+    seeded: seed.Seeded
+    backend: str
+
+    async def key(self, role: str) -> str:
+        async with self.db.sessions() as session, session.begin():
+            return (await create_key(session, role)).key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def served(
+    tongcrm_settings: Settings, tongcrm_db: TestDatabase, tongcrm_backend: str
+) -> AsyncIterator[Served]:
+    """The app on a free loopback port (uvicorn in a thread, with its own event loop) over the test database,
+    seeded with the console's shoppers."""
+    host = PluginHost(autoload=True, disabled=set())
+    seeded = await seed.seed_shoppers(tongcrm_db.sessions, host, tongcrm_settings.vault())
+    app = create_app(tongcrm_settings, host, run_jobs=False, configure_logs=False)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+        await asyncio.sleep(0.05)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", tongcrm_db, seeded, tongcrm_backend)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def _shot(page: Any, served: Served, name: str) -> None:
+    # playwright creates the folder
+    await page.screenshot(path=str(SHOTS / f"{name}-{served.backend}.png"), full_page=True)
+
+
+async def _sign_in(page: Any, served: Served, role: str) -> None:
+    await page.goto(served.url + "/")  # the root sends a browser to the console, which asks for a key
+    assert page.url.startswith(served.url + "/console/sign-in")
+    await page.get_by_label("API 密钥").fill(await served.key(role))
+    await page.get_by_role("button", name="登录").click()
+    await page.wait_for_url("**/console/dashboard")
+
+
+async def _unlabelled_inputs(page: Any) -> list[str]:
+    found: list[str] = await page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea')]
+            .filter(e => e.type !== 'hidden')
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+            .map(e => e.outerHTML)"""
+    )
+    return found
+
+
+async def _tab_reaches(page: Any, wanted: list[str], presses: int = 25) -> list[str]:
+    """Press Tab from the top of the page; which of ``wanted`` (accessible names) got focus, in order."""
+    await page.locator("body").focus()
+    reached: list[str] = []
+    for _ in range(presses):
+        await page.keyboard.press("Tab")
+        name = await page.evaluate(
+            """() => { const e = document.activeElement;
+                 return (e.labels && e.labels.length ? e.labels[0].textContent : e.textContent || e.value || '').trim() }"""
+        )
+        if name in wanted and name not in reached:
+            reached.append(name)
+    return reached
+
+
+async def test_an_operator_finds_a_shopper_opens_the_360_page_and_undoes_a_merge(
+    served: Served, browser: Any
+) -> None:
+    page = await (await browser.new_context(locale="zh-CN")).new_page()
+    await _sign_in(page, served, "operator")
+    assert await page.locator('[data-overlap="offline_pos+taobao"]').count() == 1
+    assert await _unlabelled_inputs(page) == []
+    await _shot(page, served, "dashboard")
+
+    await page.get_by_role("link", name="会员").click()
+    assert await _tab_reaches(
+        page, ["跳到主要内容", "概览", "会员", "手机号", "渠道身份（类型:值）", "姓名", "搜索"]
+    ) == [
+        "跳到主要内容",
+        "概览",
+        "会员",
+        "手机号",
+        "渠道身份（类型:值）",
+        "姓名",
+        "搜索",
+    ]
+    await page.get_by_label("渠道身份（类型:值）").fill("pos.card:CARD0001")
+    await page.keyboard.press("Enter")  # the form submits from the keyboard
+    await page.wait_for_url("**/console/members?*")
+    assert await _unlabelled_inputs(page) == []
+    await _shot(page, served, "members")
+    await page.get_by_role("link", name="李雷").click()
+
+    shopper = served.seeded.shopper
+    await page.wait_for_url(f"**/console/members/{shopper}")
+    channels = await page.locator("[data-order-channel]").evaluate_all(
+        "rows => rows.map(r => r.dataset.orderChannel)"
+    )
+    assert {"taobao", "offline_pos"} <= set(channels)
+    assert await page.locator('[data-figure="available"]').inner_text() == "988"
+    assert "138****8000" in await page.locator('[data-field="mobile"]').inner_text()
+    await _shot(page, served, "member-360")
+
+    await page.get_by_role("button", name=f"撤销合并 #{served.seeded.merge_id}").click()
+    await page.wait_for_url(f"**/console/members/{shopper}?undone={served.seeded.absorbed}")
+    assert await page.locator('[data-figure="available"]').inner_text() == "888"
+    assert "¥112" in await page.locator('[data-figure="projection"]').inner_text()
+    await _shot(page, served, "member-360-after-undo")
+    await page.locator(f'[data-undone] a[href="/console/members/{served.seeded.absorbed}"]').click()
+    assert await page.locator('[data-figure="available"]').inner_text() == "100"
+
+    await page.get_by_role("link", name="English").click()
+    assert (
+        await page.get_by_role("heading", level=1).inner_text() == f"Member 360 · #{served.seeded.absorbed}"
+    )
+
+
+async def test_an_analyst_sees_no_write_control_and_a_forged_post_is_refused(
+    served: Served, browser: Any
+) -> None:
+    context = await browser.new_context(locale="zh-CN")
+    page = await context.new_page()
+    await _sign_in(page, served, "analyst")
+    assert await page.get_by_role("link", name="API 密钥").count() == 0
+    await page.goto(f"{served.url}/console/members/{served.seeded.shopper}")
+    assert await page.locator("form[method=post] button.danger").count() == 0
+    assert await page.get_by_role("button", name="撤销合并").count() == 0
+    await _shot(page, served, "member-360-analyst")
+    # the browser's own session cookie, no CSRF token: refused, and nothing changed
+    forged = await context.request.post(
+        f"{served.url}/console/members/merges/{served.seeded.merge_id}/undo", form={}, max_redirects=0
+    )
+    assert forged.status == 403
+    await page.reload()
+    assert await page.locator('[data-figure="available"]').inner_text() == "988"
+
+    admin = await (await browser.new_context(locale="zh-CN")).new_page()
+    await _sign_in(admin, served, "admin")
+    token = await admin.locator("header input[name=csrf_token]").get_attribute("value")
+    # the admin's token in the analyst's session is still not the analyst's: refused too
+    stolen = await context.request.post(
+        f"{served.url}/console/members/merges/{served.seeded.merge_id}/undo",
+        form={"csrf_token": token},
+        max_redirects=0,
+    )
+    assert stolen.status == 403
+    await admin.get_by_role("link", name="API 密钥").click()
+    assert await _unlabelled_inputs(admin) == []
+    await _shot(admin, served, "keys")
+    await admin.get_by_role("link", name="审计日志").click()
+    await _shot(admin, served, "audit")
