@@ -52,19 +52,13 @@ class Ops:
 
 
 async def seed(db: TestDatabase, host: PluginHost, *, members: int = 40, vip: int = 36) -> Ops:
+    """Everything: a ladder, a rule set, a shop needing re-authorisation, a store, orders, and the marketing."""
     now = datetime.now(UTC)
-    vault = Settings(database_url=db.url, secret_key=SECRET_KEY).vault()
     async with db.sessions() as session, session.begin():
         await tiers.apply_ladder(session, tiers.TierContext.of(), LADDER, reason="launch", actor=SYSTEM)
         await points.create_rule_set(session, RULES, now=now - timedelta(days=400), activate=True)
-        ids: list[int] = []
-        for n in range(members):
-            member = await create_member(
-                session, vault, {"name": f"会员{n}", "mobile": f"+86139{n:08d}"}, [], SYSTEM
-            )
-            await record_consent(session, member.id, "marketing", "opt_in", source="test")
-            ids.append(member.id)
-        session.add_all(MemberTag(member_id=m, tag="vip") for m in ids[:vip])
+    ops = await seed_marketing(db, host, members=members, vip=vip)
+    async with db.sessions() as session, session.begin():
         shop = ChannelAccount(
             channel="test", name="tmall-shop", settings={}, secret_names=["app_secret"], status="needs_reauth",
             status_detail="session key expired",
@@ -81,7 +75,7 @@ async def seed(db: TestDatabase, host: PluginHost, *, members: int = 40, vip: in
                 last_error="authorisation failed: invalid session", last_error_at=now - timedelta(hours=1),
             )
         )  # fmt: skip
-        for i, m in enumerate(ids[:5]):
+        for i, m in enumerate(ops.members[:5]):
             at = now - timedelta(days=10 + i)
             order = Order(
                 account_id=shop.id if i else store.id, external_id=f"o{i}", member_id=m, origin_member_id=m,
@@ -96,6 +90,26 @@ async def seed(db: TestDatabase, host: PluginHost, *, members: int = 40, vip: in
                     amount_fen=12_900,
                 )
             )  # fmt: skip
+    return ops
+
+
+async def seed_marketing(
+    db: TestDatabase, host: PluginHost, *, members: int = 40, vip: int = 36, mobile_prefix: str = "+86139"
+) -> Ops:
+    """Members (the first ``vip`` tagged ``vip``, all opted in to marketing), a messenger with a marketing
+    template, the segment ``vip``, a draft campaign ``spring``, a campaign ``autumn`` that ran once, and a marked
+    day (会员日, today)."""
+    now = datetime.now(UTC)
+    vault = Settings(database_url=db.url, secret_key=SECRET_KEY).vault()
+    async with db.sessions() as session, session.begin():
+        ids: list[int] = []
+        for n in range(members):
+            member = await create_member(
+                session, vault, {"name": f"会员{n}", "mobile": f"{mobile_prefix}{n:08d}"}, [], SYSTEM
+            )
+            await record_consent(session, member.id, "marketing", "opt_in", source="test")
+            ids.append(member.id)
+        session.add_all(MemberTag(member_id=m, tag="vip") for m in ids[:vip])
         await messaging.create_account(
             session, host, vault, "aliyun_sms", "sms",
             {"access_key_id": "LTAI-x", "access_key_secret": "s3cret", "endpoint": "http://127.0.0.1:9/"},
