@@ -10,7 +10,7 @@ from typing import Any
 
 from . import test_browser as framework
 from .ops_kit import ops_host, seed_marketing
-from .test_browser import Served, _shot, _sign_in, _unlabelled_inputs
+from .test_browser import Served, _shot, _sign_in, _tab_reaches, _unlabelled_inputs
 
 # the framework's browser fixtures and skip rule (no /usr/bin/chromium: skipped), by name
 served = framework.served
@@ -48,6 +48,10 @@ async def test_an_operator_builds_a_segment_watching_its_count(served: Served, b
 
     # the starter tree: members with an order in the last 90 days (none of the seeded vip members bought)
     assert await page.locator("#tree-editor").is_visible()
+    # the keyboard reaches the editor's controls in order
+    assert await _tab_reaches(page, ["名称", "条件组", "字段", "添加条件", "计算人数", "保存"], presses=40) == [
+        "名称", "条件组", "字段", "添加条件", "计算人数", "保存",
+    ]  # fmt: skip
     first = await _count(page)
     field = page.locator("li.leaf select").first
     await field.select_option("tags")

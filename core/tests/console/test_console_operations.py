@@ -55,7 +55,7 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
                 assert page.status_code == 200, (role, path, page.text[:500])
                 writes = path in _WRITE_PAGES or path.startswith("/console/segments/")
                 assert (WRITE_MARK in page.text) == (role != "analyst" and writes), (role, path)
-            for nav in ("人群", "营销活动", "营销日历", "积分规则", "会员等级", "渠道与门店"):
+            for nav in ("人群", "营销活动", "营销日历", "积分规则", "等级体系", "渠道与门店"):
                 assert nav in page.text
             edit = await api.get(f"/console/segments/{ops.segment_id}/edit")
             assert edit.status_code == (403 if role == "analyst" else 200)
@@ -456,7 +456,7 @@ def test_form_values_become_exact_documents() -> None:
         and yuan_to_fen(" 50 ", "x") == 5000
         and yuan_to_fen("", "x") is None
     )
-    for bad in ("1.234", "-1", "abc"):
+    for bad in ("1.234", "-1", "abc", "Infinity", "NaN", "1e30"):
         with pytest.raises(Unprocessable):
             yuan_to_fen(bad, "x")
     once = schedule_from_form({"kind": ["once"], "at": ["2026-11-11T00:30"]}, SH)
@@ -467,3 +467,5 @@ def test_form_values_become_exact_documents() -> None:
     assert weekly == {"kind": "weekly", "time": "20:00", "weekdays": [1, 5], "until": "2026-12-31"}
     with pytest.raises(Unprocessable):
         schedule_from_form({"kind": ["hourly"]}, SH)
+    with pytest.raises(Unprocessable):
+        schedule_from_form({"kind": ["monthly"], "time": ["10:00"], "day": [str(10**30)]}, SH)

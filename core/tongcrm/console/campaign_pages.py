@@ -10,6 +10,7 @@ page again with the service's reason and keeps what was typed. The report's char
 from __future__ import annotations
 
 import calendar as monthly
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -22,7 +23,7 @@ from litestar.params import FromPath, QueryParameter
 from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.api.inputs import PathId
+from tongcrm.api.inputs import MAX_ID, PathId
 from tongcrm.campaigns import calendar, chart, evaluation, service
 from tongcrm.campaigns.api import programme_tz
 from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
@@ -73,7 +74,7 @@ def yuan_to_fen(text: str, field_name: str) -> int | None:
     except InvalidOperation as exc:
         raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan") from exc
     fen = amount * 100
-    if fen != fen.to_integral_value() or fen < 0:
+    if not fen.is_finite() or fen != fen.to_integral_value() or not 0 <= fen <= MAX_ID:
         raise Unprocessable(f"{field_name}: {text!r} must be a positive amount with at most 2 decimals")
     return int(fen)
 
@@ -83,9 +84,12 @@ def _int(text: str, field_name: str) -> int | None:
     if not text:
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError as exc:
         raise Unprocessable(f"{field_name}: {text!r} is not a whole number") from exc
+    if abs(value) > MAX_ID:
+        raise Unprocessable(f"{field_name}: {text!r} is too large")
+    return value
 
 
 def draft_from_form(form: dict[str, str]) -> service.Draft:
@@ -100,6 +104,8 @@ def draft_from_form(form: dict[str, str]) -> service.Draft:
             response["sku"] = form["sku"].strip()
     try:
         percent = float(form.get("control_percent", "10") or "10")
+        if not math.isfinite(percent):
+            raise ValueError(percent)
     except ValueError as exc:
         raise Unprocessable(f"control_percent: {form.get('control_percent')!r} is not a number") from exc
     return service.Draft(
@@ -130,7 +136,8 @@ def schedule_from_form(form: dict[str, list[str]], tz: Any) -> dict[str, Any]:
             local = datetime.fromisoformat(one("at"))
         except ValueError as exc:
             raise Unprocessable(f"at: {one('at')!r} is not a date and time") from exc
-        return {"kind": "once", "at": local.replace(tzinfo=tz).isoformat()}
+        # a browser's datetime-local has no offset: it is the programme's local time, as the calendar shows it
+        return {"kind": "once", "at": (local if local.tzinfo else local.replace(tzinfo=tz)).isoformat()}
     doc: dict[str, Any] = {"kind": kind, "time": one("time")}
     if kind == "weekly":
         doc["weekdays"] = [_int(d, "weekdays") for d in form.get("weekdays", [])]

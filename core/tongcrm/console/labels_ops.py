@@ -9,7 +9,7 @@ ZH_OPS: dict[str, str] = {
     "nav.campaigns": "营销活动",
     "nav.calendar": "营销日历",
     "nav.points_rules": "积分规则",
-    "nav.tiers": "会员等级",
+    "nav.tiers": "等级体系",
     "nav.channels": "渠道与门店",
     # segments
     "seg.title": "人群",
@@ -229,7 +229,7 @@ ZH_OPS: dict[str, str] = {
     "rules.actual_points": "实际积分",
     "rules.difference": "差额",
     # tiers
-    "tiers.title": "会员等级",
+    "tiers.title": "等级体系",
     "tiers.in_force": "当前等级体系（第 {version} 版）",
     "tiers.tier": "等级",
     "tiers.name": "名称",

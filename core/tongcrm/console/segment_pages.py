@@ -96,12 +96,6 @@ async def count_draft(session: AsyncSession, request: Request[Any, Any, Any], de
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentRow:
-    segment: Segment
-    definition: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
 class SegmentDetail:
     segment: Segment
     definition: dict[str, Any]
@@ -193,10 +187,7 @@ class SegmentPages(ConsoleController):
     @get("/", opt=page())
     async def list_page(self, request: Request[Any, Any, Any]) -> Response[str]:
         async with request.app.state.read_sessions() as session:
-            rows = [
-                SegmentRow(s, await service.current_definition(session, s))
-                for s in await service.list_segments(session)
-            ]
+            rows = await service.list_segments(session)
         return render(request, "segments/list.html", {"rows": rows}, title="seg.title")
 
     @get("/new", opt=page())
@@ -230,7 +221,8 @@ class SegmentPages(ConsoleController):
         text = form.get("definition", "")
         segment_id = form.get("segment_id", "")
         async with request.app.state.read_sessions() as session:
-            segment = await service.get_segment(session, int(segment_id)) if segment_id.isdigit() else None
+            known = segment_id.isdigit() and 0 < int(segment_id) <= MAX_ID
+            segment = await service.get_segment(session, int(segment_id)) if known else None
             try:
                 result: DraftResult | None = await count_draft(session, request, parse_definition(text))
                 problem = None
