@@ -71,8 +71,14 @@ def display_path(path: str) -> str:
 
 def _roles(handler: Any) -> str:
     from tongcrm.api.security import ROLES_OPT
+    from tongcrm.console.web import CONSOLE_OPT, PUBLIC
 
     roles = handler.opt.get(ROLES_OPT)
+    console = handler.opt.get(CONSOLE_OPT)
+    if console is not None:  # web console pages: the roles of a session cookie, not of an API key
+        if console == PUBLIC:
+            return "console: no session"
+        return ", ".join(r for r in ROLE_ORDER if r in {c.value for c in console})
     if not roles:
         return "public"
     names = {getattr(r, "value", str(r)) for r in roles}
@@ -102,7 +108,10 @@ def routes_text(app: Any) -> str:
         "",
         "Every route of the app with the core and the four first-party plugins, and the roles of the API keys",
         "that may call it. *public* routes take no API key: `/health`, and platform callbacks that authenticate",
-        "the platform themselves (a signature, or a token derived from the account). The request and response",
+        "the platform themselves (a signature, or a token derived from the account). `/console` routes are the web",
+        "console's pages: their roles are those of the console session (signed in with a key of that role, see",
+        "the web console page), never a bearer key; they are not in the OpenAPI document.",
+        "The request and response",
         "shapes are in [openapi.json](openapi.json); what the roles mean is on the [HTTP API](index.md) page.",
         "",
         "| method | path | roles | what it does |",

@@ -81,6 +81,7 @@ def test_the_generated_api_reference_matches_the_app(generator: ModuleType) -> N
 def test_the_api_reference_lists_every_route_with_its_roles(generator: ModuleType) -> None:
     """The routes page is not only in sync but complete: every route of the app is a row with its roles."""
     from tongcrm.api.security import ROLES_OPT
+    from tongcrm.console.web import CONSOLE_OPT, PUBLIC
 
     app = generator.build_app()
     text = (DOCS / "api" / "routes.md").read_text(encoding="utf-8")
@@ -94,6 +95,9 @@ def test_the_api_reference_lists_every_route_with_its_roles(generator: ModuleTyp
             continue
         for handler in getattr(route, "route_handlers", ()):
             roles = sorted(getattr(r, "value", str(r)) for r in handler.opt.get(ROLES_OPT, ()))
+            console = handler.opt.get(CONSOLE_OPT)  # console pages: the roles of the session
+            if console is not None:
+                roles = ["console: no session"] if console == PUBLIC else sorted(r.value for r in console)
             for method in set(getattr(handler, "http_methods", ())) - {"OPTIONS"}:
                 expected[(method, generator.display_path(route.path))] = roles
     assert expected, "the app has routes"

@@ -3,14 +3,22 @@ redirect, and that console routes stay out of the API's OpenAPI document. Every 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from litestar import get
 from tongcrm.auth.models import ApiKey
+from tongcrm.auth.service import Role
+from tongcrm.console import web
 from tongcrm.console.i18n import EN, ZH
 from tongcrm.console.models import ConsoleSession
-from tongcrm.console.sessions import IDLE
+from tongcrm.console.sessions import ABSOLUTE, IDLE
+from tongcrm.dashboard.service import MESSAGE_WINDOWS
 from tongcrm.db.base import utcnow
+from tongcrm.errors import ConfigError
 
 from .conftest import csrf_of, sign_in
 
@@ -18,6 +26,16 @@ from .conftest import csrf_of, sign_in
 def test_both_catalogs_have_the_same_keys_and_no_empty_label() -> None:
     assert set(ZH) == set(EN)
     assert all(v.strip() for v in (*ZH.values(), *EN.values()))
+    # and every label a template names is in them (a missing one would fail the page)
+    templates = Path(web.__file__).parent / "templates"
+    named = {
+        key
+        for page in templates.glob("*.html")
+        for key in re.findall(r"t\(['\"]([\w.]+)['\"]\s*[,)]", page.read_text())
+    }
+    assert named and named - set(ZH) == set()
+    # labels a template builds from a value: roles and message windows
+    assert {f"role.{r.value}" for r in Role} | {f"dash.last_{d}" for d in MESSAGE_WINDOWS} <= set(ZH)
 
 
 async def test_root_redirects_to_the_console_and_pages_need_a_session(make_client: Any) -> None:
@@ -106,11 +124,16 @@ async def test_a_revoked_key_ends_its_sessions_at_the_next_request(make_client: 
             assert await session.scalar(sa.select(sa.func.count()).select_from(ConsoleSession)) == 0
 
 
-async def test_an_idle_session_expires(make_client: Any) -> None:
+async def test_an_idle_session_expires_and_so_does_an_old_one(make_client: Any) -> None:
     async with make_client(role=None) as api:
         await sign_in(api, "analyst")
         async with api.db.sessions() as session, session.begin():
             await session.execute(sa.update(ConsoleSession).values(last_seen_at=utcnow() - IDLE))
+        assert (await api.get("/console/dashboard", follow_redirects=False)).status_code == 303
+        await sign_in(api, "analyst")
+        async with api.db.sessions() as session, session.begin():
+            # busy all along, but signed in longer ago than the absolute bound
+            await session.execute(sa.update(ConsoleSession).values(created_at=utcnow() - ABSOLUTE))
         assert (await api.get("/console/dashboard", follow_redirects=False)).status_code == 303
 
 
@@ -136,3 +159,29 @@ async def test_static_files_are_served_without_a_session(make_client: Any) -> No
         css = await api.get("/console/static/console.css")
         assert css.status_code == 200 and "text/css" in css.headers["content-type"]
         assert (await api.get("/console/static/nope.css")).status_code == 404
+
+
+async def test_over_https_the_session_cookie_is_secure(make_client: Any) -> None:
+    async with make_client(role=None) as api:
+        api.client.base_url = "https://console.example"
+        key = await api.create_key("admin")
+        form = await api.get("/console/sign-in")
+        answer = await api.post(
+            "/console/sign-in", data={"key": key, "csrf_token": csrf_of(form.text)}, follow_redirects=False
+        )
+        cookie = next(
+            v for k, v in answer.headers.multi_items() if k == "set-cookie" and "tongcrm_console=" in v
+        )
+        assert "Secure" in cookie and "HttpOnly" in cookie
+
+
+@get("/console/forgotten", include_in_schema=False)
+async def _forgotten() -> str:
+    return "open to anyone"
+
+
+async def test_the_app_refuses_a_console_route_without_the_console_guard(make_client: Any) -> None:
+    """/console is left to the console by the API-key hook, so a route there must carry console_guard."""
+    with pytest.raises(ConfigError, match=r"/console/forgotten"):
+        async with make_client(role=None, extra_handlers=[_forgotten]):
+            pass

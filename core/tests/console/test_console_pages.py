@@ -5,15 +5,19 @@ and roles (analysts see no write control and cannot post one), the audit log and
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from tongcrm.audit.models import AuditEntry
 from tongcrm.auth.models import ApiKey
+from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.config import Settings
 from tongcrm.console import testing as seed
+from tongcrm.db.base import utcnow
 from tongcrm.identity.models import Merge
+from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
 from tongcrm.plugin.host import PluginHost
 
 from .conftest import csrf_of, sign_in
@@ -34,22 +38,77 @@ def _figure(html: str, name: str) -> int:
     return int(found.group(1))
 
 
+async def _operations(api: Any, s: seed.Seeded) -> None:
+    """A shop that needs re-authorising after a failed sync, a quarantined record, and messages: sent and
+    refused in the last week, sent three weeks ago, and one too old to count."""
+    now = utcnow()
+    async with api.db.sessions() as session, session.begin():
+        await session.execute(
+            sa.update(ChannelAccount)
+            .where(ChannelAccount.id == s.tmall_account)
+            .values(status="needs_reauth")
+        )
+        await session.execute(
+            sa.update(SyncState)
+            .where(SyncState.account_id == s.tmall_account)
+            .values(last_error="session expired", last_error_at=now)
+        )
+        session.add(
+            QuarantinedRecord(account_id=s.store_account, reason="bad", payload="{}", fingerprint="f" * 64)
+        )
+        account = MessengerAccount(messenger="sms", name="sms-main")
+        session.add(account)
+        await session.flush()
+        template = MessageTemplate(
+            name="care",
+            account_id=account.id,
+            purpose="service",
+            signature="通",
+            template_code="T1",
+            text="hi",
+        )
+        session.add(template)
+        await session.flush()
+        for i, (status, days) in enumerate(
+            [("sent", 1), ("delivered", 2), ("refused", 3), ("sent", 20), ("refused", 25), ("sent", 40)]
+        ):
+            session.add(
+                Message(
+                    dedupe_key=f"care:{s.shopper}:{i}",
+                    flow="flow.care",
+                    member_id=s.shopper,
+                    template_id=template.id,
+                    account_id=account.id,
+                    purpose="service",
+                    status=status,
+                    created_at=now - timedelta(days=days),
+                )
+            )
+
+
 async def test_the_dashboard_shows_the_apis_figures(
     make_client: Any, host: PluginHost, tongcrm_settings: Settings
 ) -> None:
     async with make_client(host=host, role="analyst") as api:
-        await _seeded(api, host, tongcrm_settings)
+        s = await _seeded(api, host, tongcrm_settings)
+        await _operations(api, s)
         figures = (await api.get("/api/dashboard")).json()
         await sign_in(api, "analyst")
-        html = (await api.get("/console/dashboard?lang=en")).text
+        html = (await api.get("/console/dashboard")).text
     assert figures["members"] == 1  # the merged buyer is a tombstone
     assert figures["overlap"] == [{"channels": ["offline_pos", "taobao"], "members": 1}]
     assert figures["points_liability"] == 988  # 588 + 300 + the merged buyer's 100
     assert sum(t["members"] for t in figures["tiers"]) == 1
     assert {a["name"]: a["needs_reauth"] for a in figures["accounts"]} == {
-        seed.TMALL: False,
+        seed.TMALL: True,
         seed.STORE: False,
     }
+    assert [(m["days"], m["sent"], m["refused"], m["total"]) for m in figures["messages"]] == [
+        (7, 2, 1, 3),
+        (30, 3, 2, 5),
+    ]
+    assert figures["quarantine"] == 1
+    assert "session expired" in html and 'class="bad">是<' in html
     for name in ("members", "points_liability", "points_pending", "points_expiring_30d", "quarantine"):
         assert _figure(html, name) == figures[name], name
     for o in figures["overlap"]:
@@ -60,7 +119,10 @@ async def test_the_dashboard_shows_the_apis_figures(
     for c in figures["lifecycle"]:
         assert f'data-stage="{c["key"]}"><td>{c["key"]}</td><td class="num">{c["members"]}<' in html
     for m in figures["messages"]:
-        assert f'data-days="{m["days"]}">' in html
+        assert re.search(
+            rf'data-days="{m["days"]}"><td>[^<]+</td><td class="num">{m["sent"]}</td><td class="num">{m["refused"]}<',
+            html,
+        )
 
 
 async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(

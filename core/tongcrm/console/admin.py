@@ -9,21 +9,15 @@ from litestar import Request, Response, get, post
 from litestar.params import QueryParameter
 
 from tongcrm.api.inputs import MAX_ID, PathId
-from tongcrm.audit.service import Actor, AuditQuery, search
+from tongcrm.audit.service import AuditQuery, search
 from tongcrm.auth import audited
 from tongcrm.auth import service as keys
 from tongcrm.auth.service import Role
-from tongcrm.console.web import PREFIX, ConsoleController, action, context_of, page, redirect, render
+from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
 from tongcrm.errors import BadRequest
 
 AUDIT_PAGE = 50
 Text = Annotated[str | None, QueryParameter(max_length=64)]
-
-
-def _actor(request: Request[Any, Any, Any]) -> Actor:
-    principal = context_of(request).principal
-    assert principal is not None  # page() and action() routes run only with a session
-    return Actor.of(principal)
 
 
 def _field(form: Any, name: str) -> str:
@@ -69,14 +63,14 @@ class KeyPages(ConsoleController):
             raise BadRequest("store code at most 64 characters, label at most 200")
         async with request.app.state.sessions() as session, session.begin():
             created, _ = await audited.create(
-                session, _actor(request), role, store_code=store or None, label=label
+                session, actor_of(request), role, store_code=store or None, label=label
             )
         return await _keys_page(request, created=created.key)
 
     @post("/{key_id:int}/revoke", opt=action(Role.ADMIN))
     async def revoke(self, request: Request[Any, Any, Any], key_id: PathId) -> Response[Any]:
         async with request.app.state.sessions() as session, session.begin():
-            await audited.revoke(session, _actor(request), key_id)
+            await audited.revoke(session, actor_of(request), key_id)
         return redirect(request, PREFIX + "/keys")
 
 

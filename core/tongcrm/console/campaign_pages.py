@@ -28,12 +28,13 @@ from tongcrm.campaigns import calendar, chart, evaluation, service
 from tongcrm.campaigns.api import programme_tz
 from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
 from tongcrm.campaigns.schedule import InvalidSchedule
-from tongcrm.console.forms import actor_of, form_fields, form_lists
+from tongcrm.console.forms import form_fields, form_lists
 from tongcrm.console.web import (
     PREFIX,
     WRITE_ROLES,
     ConsoleController,
     action,
+    actor_of,
     page,
     redirect,
     render,

@@ -1,4 +1,5 @@
-"""What the operations pages read from a request: the signed-in caller as an audit actor, and form fields."""
+"""What the operations pages read from a request: the signed-in caller, and form fields. (The caller as an
+audit actor is :func:`tongcrm.console.web.actor_of`.)"""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from typing import Any
 
 from litestar import Request
 
-from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
 from tongcrm.console.web import context_of
 from tongcrm.errors import Forbidden
@@ -18,11 +18,6 @@ def principal_of(request: Request[Any, Any, Any]) -> Principal:
     if principal is None:
         raise Forbidden("sign in to the console")
     return principal
-
-
-def actor_of(request: Request[Any, Any, Any]) -> Actor:
-    """The caller as the services' audit records name it, exactly as the API's ``Actor.of(principal)``."""
-    return Actor.of(principal_of(request))
 
 
 async def form_fields(request: Request[Any, Any, Any]) -> dict[str, str]:

@@ -16,9 +16,8 @@ from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import MAX_ID, PathId
-from tongcrm.audit.service import Actor
 from tongcrm.channels.models import ChannelAccount
-from tongcrm.console.web import PREFIX, ConsoleController, action, context_of, page, redirect, render
+from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
 from tongcrm.db.base import utcnow
 from tongcrm.entitlements import service as entitlements
 from tongcrm.errors import NotFound
@@ -35,12 +34,6 @@ MAX_OFFSET = 1_000_000
 
 #: Optional text filters of the search form (bounded: they reach SQL).
 Text = Annotated[str | None, QueryParameter(max_length=200)]
-
-
-def _actor(request: Request[Any, Any, Any]) -> Actor:
-    principal = context_of(request).principal
-    assert principal is not None  # page() routes run only with a session
-    return Actor.of(principal)
 
 
 class MemberPages(ConsoleController):
@@ -72,7 +65,7 @@ class MemberPages(ConsoleController):
                 query = members.MemberQuery(
                     status="active", name=name, mobile=mobile, after_id=after, limit=PAGE_SIZE
                 )
-                found, cursor = await members.list_members(session, state.vault, query, _actor(request))
+                found, cursor = await members.list_members(session, state.vault, query, actor_of(request))
         return render(
             request,
             "members.html",
@@ -95,7 +88,7 @@ class MemberPages(ConsoleController):
         undone: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
     ) -> Response[str]:
         state = request.app.state
-        actor = _actor(request)
+        actor = actor_of(request)
         revealing = members.check_reveal([reveal] if reveal else [], actor)
         # a reveal is audited, so it needs a session that can write (as on the API)
         factory = state.sessions if revealing else state.read_sessions
@@ -115,7 +108,7 @@ class MemberPages(ConsoleController):
         state = request.app.state
         async with state.sessions() as session, session.begin():
             record = await merging.undo_merge(
-                session, merge_id, actor=_actor(request), at=utcnow(), tz=state.settings.tz
+                session, merge_id, actor=actor_of(request), at=utcnow(), tz=state.settings.tz
             )
         return redirect(request, f"{PREFIX}/members/{record.survivor_id}?undone={record.absorbed_id}")
 

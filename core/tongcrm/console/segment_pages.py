@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import MAX_ID, PathId
 from tongcrm.console.charts import DailyPoint, daily_counts
-from tongcrm.console.forms import actor_of, form_fields, principal_of
+from tongcrm.console.forms import form_fields, principal_of
 from tongcrm.console.i18n import translate
 from tongcrm.console.web import (
     PREFIX,
@@ -31,6 +31,7 @@ from tongcrm.console.web import (
     WRITE_ROLES,
     ConsoleController,
     action,
+    actor_of,
     context_of,
     page,
     redirect,

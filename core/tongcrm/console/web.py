@@ -31,6 +31,7 @@ from litestar.routes import BaseRoute
 from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.types import ExceptionHandlersMap
 
+from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.console import sessions
 from tongcrm.console.i18n import CATALOGS, DEFAULT_LANG, translate
@@ -92,6 +93,15 @@ class ConsoleContext:
 
     def may(self, *roles: Role) -> bool:
         return self.principal is not None and self.principal.role in (roles or WRITE_ROLES)
+
+
+def actor_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Actor:
+    """The signed-in operator as the services' :class:`~tongcrm.audit.service.Actor` (audit records name the
+    API key the session was opened with, as they do for API calls)."""
+    principal = context_of(connection).principal
+    if principal is None:
+        raise SignInRequired("sign in to the console")
+    return Actor.of(principal)
 
 
 class CsrfRefused(PermissionDeniedException):
