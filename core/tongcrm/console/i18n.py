@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tongcrm.console.labels_ops import EN_OPS, ZH_OPS
+
 DEFAULT_LANG = "zh"
 
 ZH: dict[str, str] = {
@@ -301,6 +303,10 @@ EN: dict[str, str] = {
     "keys.revoke": "Revoke",
     "keys.new_key": "New key (shown this once; keep it now):",
 }
+
+# the operations pages' labels (segments, campaigns, calendar, rules, tiers, channels) live in their own module
+ZH.update(ZH_OPS)
+EN.update(EN_OPS)
 
 CATALOGS: Mapping[str, Mapping[str, str]] = {"zh": ZH, "en": EN}
 

@@ -11,8 +11,12 @@ from litestar.types import ControllerRouterHandler
 from tongcrm.auth.service import Role
 from tongcrm.console.admin import AuditPage, KeyPages
 from tongcrm.console.auth import SignInPages, root
+from tongcrm.console.campaign_pages import CalendarPage, CampaignPages, CareFlowPage
+from tongcrm.console.channel_pages import ChannelsPage
 from tongcrm.console.dashboard import DashboardPage
 from tongcrm.console.members import MemberPages
+from tongcrm.console.programme_pages import PointsRulesPage, TiersPage
+from tongcrm.console.segment_pages import SegmentPages
 from tongcrm.console.web import PREFIX, NavItem, console_guard, exception_handlers, public_page, set_nav
 
 #: Console page controllers (each a :class:`tongcrm.console.web.ConsoleController`).
@@ -22,12 +26,25 @@ PAGES: tuple[ControllerRouterHandler, ...] = (
     AuditPage,
     KeyPages,
     DashboardPage,
+    SegmentPages,
+    CampaignPages,
+    CareFlowPage,
+    CalendarPage,
+    PointsRulesPage,
+    TiersPage,
+    ChannelsPage,
 )
 
 #: The menu, in order; an entry shows to the roles it names.
 NAV: tuple[NavItem, ...] = (
     NavItem("nav.dashboard", PREFIX + "/dashboard"),
     NavItem("nav.members", PREFIX + "/members"),
+    NavItem("nav.segments", PREFIX + "/segments"),
+    NavItem("nav.campaigns", PREFIX + "/campaigns"),
+    NavItem("nav.calendar", PREFIX + "/calendar"),
+    NavItem("nav.points_rules", PREFIX + "/points/rules"),
+    NavItem("nav.tiers", PREFIX + "/tiers"),
+    NavItem("nav.channels", PREFIX + "/channels"),
     NavItem("nav.audit", PREFIX + "/audit", frozenset({Role.ADMIN})),
     NavItem("nav.keys", PREFIX + "/keys", frozenset({Role.ADMIN})),
 )

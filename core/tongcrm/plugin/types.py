@@ -369,6 +369,9 @@ class PushSource(Protocol):
 class ChannelCapability(enum.StrEnum):
     FETCH_ORDERS = "fetch_orders"
     PUSH = "push"
+    #: Each account of the channel is a physical store and its name is the store code orders carry, so the
+    #: core can list stores (the console) without knowing which plugin sells in person.
+    STORE = "store"
 
 
 def _utcnow() -> datetime:

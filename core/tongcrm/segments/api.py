@@ -9,7 +9,6 @@ and every export is audited. Errors in a definition come back as a 422 problem w
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -326,24 +325,14 @@ class SegmentController(Controller):
     ) -> Stream:
         actor = Actor.of(principal)
         revealing = check_reveal([f.strip() for f in (reveal or "").split(",") if f.strip()], actor)
-        async with sessions() as session, session.begin():
-            found = await service.get_segment(session, _ref(segment))
-            context = await service.load_context(session, host, utcnow())
-            prepared = await service.prepared_segment(session, context, found)
-            total = await service.count(session, prepared)
-            service.record_export(session, actor, found, reveal=revealing, members_count=total)
-
-        async def body() -> AsyncIterator[str]:
-            yield service.csv_rows([], header=True)
-            async for page in service.export_pages(read_sessions, vault, prepared, reveal=revealing):
-                yield service.csv_rows(page)
-
-        filename = f"segment-{found.name}-v{found.version}.csv"
+        export = await service.start_export(
+            sessions, read_sessions, host, vault, actor, _ref(segment), reveal=revealing
+        )
         return Stream(
-            body(),
+            export.body,
             media_type="text/csv; charset=utf-8",
             headers={
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                "X-Total-Count": str(total),
+                "Content-Disposition": f'attachment; filename="{export.filename}"',
+                "X-Total-Count": str(export.total),
             },
         )

@@ -403,6 +403,46 @@ async def export_pages(
         after = ids[-1]
 
 
+@dataclass(frozen=True, slots=True)
+class Export:
+    segment: Segment
+    total: int
+    #: The CSV text, header first, read page by page as the client downloads.
+    body: AsyncIterator[str]
+
+    @property
+    def filename(self) -> str:
+        return f"segment-{self.segment.name}-v{self.segment.version}.csv"
+
+
+async def start_export(
+    sessions: async_sessionmaker[AsyncSession],
+    read_sessions: async_sessionmaker[AsyncSession],
+    host: PluginHost,
+    vault: Vault,
+    actor: Actor,
+    ref: int | str,
+    *,
+    reveal: bool,
+) -> Export:
+    """An export as the API and the console answer it: the audit record commits in its own unit of work before
+    the first row leaves, then the rows stream from short reads. ``reveal`` must have passed
+    :func:`tongcrm.members.service.check_reveal` for ``actor``."""
+    async with sessions() as session, session.begin():
+        found = await get_segment(session, ref)
+        context = await load_context(session, host, utcnow())
+        prepared = await prepared_segment(session, context, found)
+        total = await count(session, prepared)
+        record_export(session, actor, found, reveal=reveal, members_count=total)
+
+    async def body() -> AsyncIterator[str]:
+        yield csv_rows([], header=True)
+        async for rows in export_pages(read_sessions, vault, prepared, reveal=reveal):
+            yield csv_rows(rows)
+
+    return Export(found, total, body())
+
+
 # -------------------------------------------------------------------------------------------------------------
 # why
 

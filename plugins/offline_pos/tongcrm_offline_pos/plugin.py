@@ -12,6 +12,7 @@ import click
 from tongcrm.plugin import hookimpl
 from tongcrm.plugin.types import (
     ChannelAdapter,
+    ChannelCapability,
     ChannelContext,
     ChannelSpec,
     IdentityKindSpec,
@@ -59,7 +60,11 @@ def _factory(ctx: ChannelContext) -> ChannelAdapter:
 #: A store: the account name is the store code that POS keys are scoped to. Stores push receipts through the
 #: POS API; the adapter's ``fetch_orders`` returns an empty caught-up page (a store is never polled).
 STORE_CHANNEL = ChannelSpec(
-    name=CHANNEL, display_name="Offline store (POS)", settings=SETTINGS, factory=_factory
+    name=CHANNEL,
+    display_name="Offline store (POS)",
+    settings=SETTINGS,
+    factory=_factory,
+    capabilities=frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.STORE}),
 )
 
 

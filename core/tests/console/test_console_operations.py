@@ -1,0 +1,471 @@
+"""The console's operations pages over HTTP (no browser), on each backend: segments with the live count, the
+export and "why"; campaigns with their report; the calendar; care flows; points rules with the backtest; tiers
+with the review preview; channel accounts and stores. Roles as in the API (an analyst sees no write control and
+its POSTs are refused), CSRF on every POST, Chinese and English labels."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tongcrm.audit.models import AuditEntry
+from tongcrm.campaigns.models import CalendarMark, Campaign
+from tongcrm.console.campaign_pages import schedule_from_form, yuan_to_fen
+from tongcrm.console.charts import DailyPoint, daily_counts
+from tongcrm.errors import Unprocessable
+from tongcrm.segments.models import Segment
+
+from .conftest import sign_in
+from .ops_kit import SH, VIP, ops_host, seed
+
+PAGES = (
+    "/console/segments",
+    "/console/segments/new",
+    "/console/campaigns",
+    "/console/campaigns/spring",
+    "/console/campaigns/autumn",
+    "/console/care-flows",
+    "/console/calendar",
+    "/console/points/rules",
+    "/console/tiers",
+    "/console/channels",
+)
+WRITE_MARK = "data-write"
+
+
+def _json_headers(csrf: str) -> dict[str, str]:
+    return {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+
+
+async def test_every_page_renders_for_each_role_and_analysts_see_no_write_control(
+    make_client: Any, tongcrm_db: Any
+) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        ops = await seed(api.db, host)
+        for role in ("admin", "operator", "analyst"):
+            await sign_in(api, role)
+            for path in (*PAGES, f"/console/segments/{ops.segment_id}"):
+                page = await api.get(path)
+                assert page.status_code == 200, (role, path, page.text[:500])
+                writes = path in _WRITE_PAGES or path.startswith("/console/segments/")
+                assert (WRITE_MARK in page.text) == (role != "analyst" and writes), (role, path)
+            for nav in ("人群", "营销活动", "营销日历", "积分规则", "等级体系", "渠道与门店"):
+                assert nav in page.text
+            edit = await api.get(f"/console/segments/{ops.segment_id}/edit")
+            assert edit.status_code == (403 if role == "analyst" else 200)
+
+        detail = (await api.get(f"/console/segments/{ops.segment_id}")).text
+        assert 'data-figure="live-count">36<' in detail
+        assert "<svg" in detail and 'role="img"' in detail
+        assert "+8613900000000" not in detail and "13900000000" not in detail  # masked
+        assert detail.count('data-member="') == 25  # one page; a next-page link for the rest
+        assert 'rel="next"' in detail
+        second = (await api.get(f"/console/segments/{ops.segment_id}?after={ops.vip[24]}")).text
+        assert second.count('data-member="') == 11 and 'rel="next"' not in second
+
+        why_in = (await api.get(f"/console/segments/{ops.segment_id}/why?member_id={ops.vip[0]}")).text
+        assert 'data-member-in="true"' in why_in and 'data-met="true"' in why_in
+        outsider = ops.members[-1]
+        why_out = (await api.get(f"/console/segments/{ops.segment_id}/why?member_id={outsider}")).text
+        assert 'data-member-in="false"' in why_out and 'data-met="false"' in why_out
+
+        report = (await api.get("/console/campaigns/autumn")).text
+        assert "data-too-small" in report and "样本太小" in report
+        assert (
+            'data-chart="campaign-report"' in report and "<svg" in report and "treated vs control" in report
+        )
+        assert "已入队" in report  # the run, queued
+        assert 'data-status="draft"' in (await api.get("/console/campaigns/spring")).text
+
+        month = datetime.now(UTC).astimezone(SH).strftime("%Y-%m")
+        cal = (await api.get(f"/console/calendar?month={month}")).text
+        assert "会员日" in cal and 'data-kind="mark"' in cal
+        run_day = (datetime.now(UTC) + timedelta(hours=1)).astimezone(SH)
+        if run_day.strftime("%Y-%m") == month:
+            assert 'data-kind="run"' in cal
+
+        channels = (await api.get("/console/channels")).text
+        assert 'data-account="tmall-shop" data-needs-reauth="true"' in channels
+        assert "authorisation failed: invalid session" in channels and "s3cret" not in channels
+        assert 'data-store="SH001"' in channels and "上海南京西路店" in channels
+        assert 'data-account="SH001" data-needs-reauth="false"' in channels
+
+        tiers = (await api.get("/console/tiers")).text
+        assert "data-review" in tiers and 'data-tier-code="gold"' in tiers
+        rules = (await api.get("/console/points/rules")).text
+        assert 'data-rule-version="1" data-status="active"' in rules
+
+        care = (await api.get("/console/care-flows")).text
+        assert 'data-flow="payment_reminder"' in care
+
+
+_WRITE_PAGES = {"/console/segments", "/console/segments/new", "/console/campaigns", "/console/campaigns/spring",
+                "/console/campaigns/autumn", "/console/calendar"}  # fmt: skip
+
+
+async def test_the_live_count_follows_the_draft_and_names_mistakes(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host)
+        csrf = await sign_in(api, "analyst")  # previews write nothing: analysts may count, as in the API
+        vip = await api.post(
+            "/console/segments/preview", json={"definition": VIP}, headers=_json_headers(csrf)
+        )
+        assert vip.status_code == 200, vip.text
+        assert vip.json() == {"count": 36, "warnings": [], "errors": []}
+        narrower = {
+            "version": 1,
+            "condition": {"all": [VIP["condition"], {"field": "orders.count", "op": "gte", "value": 1}]},
+        }
+        answer = await api.post(
+            "/console/segments/preview", json={"definition": narrower}, headers=_json_headers(csrf)
+        )
+        assert answer.json()["count"] == 5
+        typo = {"version": 1, "condition": {"all": [{"field": "orders.spnd", "op": "gte", "value": 1}]}}
+        bad = await api.post(
+            "/console/segments/preview", json={"definition": typo}, headers=_json_headers(csrf)
+        )
+        assert bad.status_code == 422
+        assert bad.json()["errors"][0]["pointer"] == "/condition/all/0/field"
+        assert "orders.spend" in bad.json()["errors"][0]["detail"]
+        unknown_tag = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vipp"}}
+        warned = await api.post(
+            "/console/segments/preview", json={"definition": unknown_tag}, headers=_json_headers(csrf)
+        )
+        assert warned.json()["count"] == 0 and warned.json()["warnings"]
+        # without the session's token, or from another site, the count is refused
+        forged = await api.post("/console/segments/preview", json={"definition": VIP})
+        assert forged.status_code == 403
+        cross = await api.post(
+            "/console/segments/preview", json={"definition": VIP},
+            headers={**_json_headers(csrf), "Origin": "https://evil.example"},
+        )  # fmt: skip
+        assert cross.status_code == 403
+        # the form without JavaScript counts too
+        page = await api.post(
+            "/console/segments/check", data={"csrf_token": csrf, "definition": '{"version": 1, "condition": '
+                                             '{"field": "tags", "op": "has", "value": "vip"}}'},
+        )  # fmt: skip
+        assert page.status_code == 200 and 'data-count="36"' in page.text
+        broken = await api.post("/console/segments/check", data={"csrf_token": csrf, "definition": "{nope"})
+        assert broken.status_code == 200 and "not JSON" in broken.text
+
+
+async def test_saving_segments_through_the_forms(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        ops = await seed(api.db, host)
+        definition = '{"version": 1, "condition": {"field": "orders.count", "op": "gte", "value": 1}}'
+        form = {"name": "buyers", "definition": definition, "description": "买过的", "note": "first"}
+
+        csrf = await sign_in(api, "analyst")
+        refused = await api.post("/console/segments/", data={**form, "csrf_token": csrf})
+        assert refused.status_code == 403
+
+        csrf = await sign_in(api, "operator")
+        no_token = await api.post("/console/segments/", data=form)
+        assert no_token.status_code == 403 and "表单已过期" in no_token.text
+        saved = await api.post(
+            "/console/segments/", data={**form, "csrf_token": csrf}, follow_redirects=False
+        )
+        assert saved.status_code == 303, saved.text
+        async with api.db.sessions() as session:
+            created = (await session.execute(sa.select(Segment).where(Segment.name == "buyers"))).scalar_one()
+            audited = (
+                (
+                    await session.execute(
+                        sa.select(AuditEntry.action).where(
+                            AuditEntry.object_type == "segment", AuditEntry.object_id == str(created.id)
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert saved.headers["location"] == f"/console/segments/{created.id}?saved=1"
+        assert audited, "the service audits the save"
+        page = await api.get(saved.headers["location"])
+        assert 'data-figure="live-count">5<' in page.text and "已保存为第 1 版" in page.text
+
+        twice = await api.post("/console/segments/", data={**form, "csrf_token": csrf})
+        assert twice.status_code == 409 and "buyers" in twice.text and "买过的" in twice.text  # kept as typed
+        typo = definition.replace("orders.count", "orders.cont")
+        invalid = await api.post(
+            "/console/segments/", data={**form, "name": "other", "definition": typo, "csrf_token": csrf}
+        )
+        assert invalid.status_code == 422 and 'data-pointer="/condition/field"' in invalid.text
+
+        wider = '{"version": 1, "condition": {"field": "orders.count", "op": "gte", "value": 0}}'
+        again = await api.post(
+            f"/console/segments/{created.id}", data={"definition": wider, "note": "all", "csrf_token": csrf},
+            follow_redirects=False,
+        )  # fmt: skip
+        assert again.status_code == 303
+        page = await api.get(again.headers["location"])
+        assert 'data-version="2"' in page.text and 'data-version="1"' in page.text
+        assert 'data-figure="live-count">40<' in page.text
+        assert ops.segment_id != created.id
+
+
+async def test_the_export_is_masked_audited_and_reveals_only_for_admins(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        ops = await seed(api.db, host, members=6, vip=4)
+        await sign_in(api, "analyst")
+        masked = await api.get(f"/console/segments/{ops.segment_id}/export")
+        assert masked.status_code == 200 and masked.headers["x-total-count"] == "4"
+        rows = list(csv.DictReader(io.StringIO(masked.text)))
+        assert len(rows) == 4 and all("*" in r["mobile"] for r in rows)
+        refused = await api.get(f"/console/segments/{ops.segment_id}/export?reveal=mobile")
+        assert refused.status_code == 403
+        detail = (await api.get(f"/console/segments/{ops.segment_id}")).text
+        assert "reveal=mobile" not in detail
+
+        await sign_in(api, "admin")
+        assert "reveal=mobile" in (await api.get(f"/console/segments/{ops.segment_id}")).text
+        revealed = await api.get(f"/console/segments/{ops.segment_id}/export?reveal=mobile")
+        rows = list(csv.DictReader(io.StringIO(revealed.text)))
+        assert {r["mobile"] for r in rows} == {f"+86139{n:08d}" for n in range(4)}
+        async with api.db.sessions() as session:
+            exports = (
+                (
+                    await session.execute(
+                        sa.select(AuditEntry.role)
+                        .where(AuditEntry.action == "segment.export")
+                        .order_by(AuditEntry.seq)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert exports == ["analyst", "admin"]  # the refused reveal left no record
+
+
+async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=6, vip=4)
+        form = {
+            "name": "winter", "goal": "冬季", "segment": "vip", "template": "promo", "control_percent": "20",
+            "response_kind": "order", "within_days": "7", "min_paid_yuan": "49.90", "sku": "", "budget_messages": "",
+            "message_cost_fen": "5",
+        }  # fmt: skip
+        csrf = await sign_in(api, "analyst")
+        assert (await api.post("/console/campaigns/", data={**form, "csrf_token": csrf})).status_code == 403
+        assert (
+            await api.post("/console/campaigns/spring/cancel", data={"csrf_token": csrf})
+        ).status_code == 403
+
+        csrf = await sign_in(api, "operator")
+        bad = await api.post(
+            "/console/campaigns/", data={**form, "control_percent": "60", "csrf_token": csrf}
+        )
+        assert bad.status_code == 422 and "data-problem" in bad.text and 'value="winter"' in bad.text
+        cents = await api.post(
+            "/console/campaigns/", data={**form, "min_paid_yuan": "49.999", "csrf_token": csrf}
+        )
+        assert cents.status_code == 422 and "2 decimals" in cents.text
+        made = await api.post(
+            "/console/campaigns/", data={**form, "csrf_token": csrf}, follow_redirects=False
+        )
+        assert made.status_code == 303 and made.headers["location"] == "/console/campaigns/winter?created=1"
+        async with api.db.sessions() as session:
+            winter = (
+                await session.execute(sa.select(Campaign).where(Campaign.name == "winter"))
+            ).scalar_one()
+        assert winter.response == {"kind": "order", "within_days": 7, "min_paid_fen": 4990}
+        assert winter.control_bp == 2000 and winter.message_cost_fen == 5 and winter.status == "draft"
+
+        past = await api.post(
+            "/console/campaigns/winter/schedule",
+            data={"kind": "once", "at": "2020-01-01T10:00", "csrf_token": csrf},
+        )
+        assert past.status_code == 422 and "in the past" in past.text
+        at = (datetime.now(UTC) + timedelta(days=2)).astimezone(SH).strftime("%Y-%m-%dT10:00")
+        done = await api.post(
+            "/console/campaigns/winter/schedule", data={"kind": "once", "at": at, "csrf_token": csrf},
+            follow_redirects=False,
+        )  # fmt: skip
+        assert done.status_code == 303, done.text
+        page = (await api.get(done.headers["location"])).text
+        assert 'data-status="scheduled"' in page and "已排期" in page
+        cancelled = await api.post(
+            "/console/campaigns/winter/cancel", data={"csrf_token": csrf}, follow_redirects=False
+        )
+        assert cancelled.status_code == 303
+        page = (await api.get(cancelled.headers["location"])).text
+        assert (
+            'data-status="cancelled"' in page
+            and WRITE_MARK not in page.split("<main")[1].split("h-report")[0]
+        )
+        again = await api.post("/console/campaigns/winter/cancel", data={"csrf_token": csrf})
+        assert again.status_code == 409 and "already cancelled" in again.text
+
+
+async def test_calendar_marks_and_clashes(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=6, vip=4)
+        csrf = await sign_in(api, "operator")
+        # spring goes out the same local day as autumn's planned run, to the same segment: a clash
+        run_local = (datetime.now(UTC) + timedelta(days=3)).astimezone(SH)
+        at = run_local.strftime("%Y-%m-%dT10:00")
+        for name in ("spring",):
+            answer = await api.post(
+                f"/console/campaigns/{name}/schedule", data={"kind": "once", "at": at, "csrf_token": csrf},
+                follow_redirects=False,
+            )  # fmt: skip
+            assert answer.status_code == 303, answer.text
+        made = await api.post("/console/campaigns/", data={
+            "name": "winter", "segment": "vip", "template": "promo", "control_percent": "10",
+            "response_kind": "store_visit", "within_days": "14", "csrf_token": csrf}, follow_redirects=False)  # fmt: skip
+        assert made.status_code == 303
+        answer = await api.post(
+            "/console/campaigns/winter/schedule", data={"kind": "once", "at": at, "csrf_token": csrf},
+            follow_redirects=False,
+        )  # fmt: skip
+        assert answer.status_code == 303
+        month = run_local.strftime("%Y-%m")
+        cal = (await api.get(f"/console/calendar?month={month}")).text
+        assert f'data-clash="{run_local.date().isoformat()}"' in cal and "spring, winter" in cal
+
+        day = run_local.date().isoformat()
+        added = await api.post(
+            "/console/calendar/marks", data={"on": day, "name": "双11大促", "kind": "platform_event", "csrf_token": csrf},
+            follow_redirects=False,
+        )  # fmt: skip
+        assert added.status_code == 303 and added.headers["location"] == f"/console/calendar?month={month}"
+        cal = (await api.get(added.headers["location"])).text
+        assert "★ 双11大促" in cal and "平台大促" in cal
+        wrong = await api.post(
+            "/console/calendar/marks", data={"on": day, "name": "x", "kind": "party", "csrf_token": csrf}
+        )
+        assert wrong.status_code == 422
+        async with api.db.sessions() as session:
+            mark_id = (
+                await session.execute(sa.select(CalendarMark.id).where(CalendarMark.name == "双11大促"))
+            ).scalar_one()
+
+        analyst_csrf = await sign_in(api, "analyst")
+        cal = (await api.get(f"/console/calendar?month={month}")).text
+        assert "/remove" not in cal and "h-mark" not in cal
+        assert (
+            await api.post(f"/console/calendar/marks/{mark_id}/remove", data={"csrf_token": analyst_csrf})
+        ).status_code == 403
+
+        csrf = await sign_in(api, "operator")
+        removed = await api.post(
+            f"/console/calendar/marks/{mark_id}/remove",
+            data={"month": month, "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert removed.status_code == 303
+        assert "双11大促" not in (await api.get(removed.headers["location"])).text
+        bad_month = await api.get("/console/calendar?month=2026-13")
+        assert bad_month.status_code == 422
+
+
+async def test_backtest_and_tier_previews(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=6, vip=4)
+        csrf = await sign_in(api, "analyst")
+        page = (await api.get("/console/points/rules")).text
+        assert "<textarea" in page and "&#34;base&#34;" in page and WRITE_MARK not in page
+        double = '{"rules": [{"type": "spend", "code": "base", "priority": 100, "points_per_yuan": "2", "release": "paid"}]}'
+        since = (datetime.now(UTC) - timedelta(days=90)).date().isoformat()
+        answer = await api.post(
+            "/console/points/rules/backtest", data={"document": double, "since": since, "csrf_token": csrf}
+        )
+        assert answer.status_code == 200, answer.text
+        found = re.search(r"data-backtest>\s*<p[^>]*>([^<]*)</p>", answer.text)
+        assert found is not None and "5 笔订单" in found.group(1) and "草稿规则 1290 分" in found.group(1)
+        broken = await api.post(
+            "/console/points/rules/backtest", data={"document": "{", "since": since, "csrf_token": csrf}
+        )
+        assert broken.status_code == 400 and "not JSON" in broken.text and "{" in broken.text
+        wrong = await api.post(
+            "/console/points/rules/backtest",
+            data={"document": '{"rules": 1}', "since": since, "csrf_token": csrf},
+        )
+        assert wrong.status_code == 422
+        forged = await api.post("/console/points/rules/backtest", data={"document": double, "since": since})
+        assert forged.status_code == 403
+
+        ladder = (
+            '{"window_months": 12, "review": {"mode": "anniversary", "one_step": false}, "tiers": ['
+            '{"code": "member", "name": "会员"}, {"code": "silver", "name": "银卡", '
+            '"rule": {"metric": "spend_fen", "min": 10000}}]}'
+        )
+        preview = await api.post("/console/tiers/preview", data={"ladder": ladder, "csrf_token": csrf})
+        assert preview.status_code == 200, preview.text
+        body = preview.text[preview.text.find("data-draft-preview") :]
+        assert "data-draft-preview" in preview.text and 'data-move="member>silver"' in body
+        assert 'data-moves-up="5"' in preview.text
+        unfair = await api.post(
+            "/console/tiers/preview", data={"ladder": '{"tiers": []}', "csrf_token": csrf}
+        )
+        assert unfair.status_code == 422 and "data-problem" in unfair.text
+
+
+async def test_english_labels(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        ops = await seed(api.db, host, members=4, vip=2)
+        await sign_in(api, "operator")
+        english = {
+            "/console/segments?lang=en": "Saved segments",
+            f"/console/segments/{ops.segment_id}": "Members per day",
+            "/console/segments/new": "Add condition",
+            "/console/campaigns": "New campaign (draft)",
+            "/console/campaigns/autumn": "Sample too small",
+            "/console/calendar": "Mark a day",
+            "/console/care-flows": "Care-flow reports",
+            "/console/points/rules": "Backtest a draft",
+            "/console/tiers": "Review preview: who moves",
+            "/console/channels": "Channels &amp; stores",
+        }
+        for path, label in english.items():
+            page = await api.get(path)  # the language cookie set by ?lang=en carries on
+            assert page.status_code == 200 and label in page.text, path
+        chinese = await api.get("/console/tiers?lang=zh")
+        assert "复核预览" in chinese.text
+
+
+def test_daily_counts_chart_escapes_its_label_and_draws_each_day() -> None:
+    today = datetime(2026, 11, 11, tzinfo=UTC).date()
+    svg = str(
+        daily_counts(
+            [DailyPoint(today - timedelta(days=2 - i), v) for i, v in enumerate((3, 7, 5))], label="<b>&"
+        )
+    )
+    assert "<b>" not in svg and "&lt;b&gt;&amp;" in svg
+    assert svg.count("<circle") == 3 and "2026-11-09" in svg and "2026-11-11" in svg
+    assert "<circle" not in str(daily_counts([], label="empty"))
+
+
+def test_form_values_become_exact_documents() -> None:
+    assert (
+        yuan_to_fen("49.90", "x") == 4990
+        and yuan_to_fen(" 50 ", "x") == 5000
+        and yuan_to_fen("", "x") is None
+    )
+    for bad in ("1.234", "-1", "abc", "Infinity", "NaN", "1e30"):
+        with pytest.raises(Unprocessable):
+            yuan_to_fen(bad, "x")
+    once = schedule_from_form({"kind": ["once"], "at": ["2026-11-11T00:30"]}, SH)
+    assert once == {"kind": "once", "at": "2026-11-11T00:30:00+08:00"}
+    weekly = schedule_from_form(
+        {"kind": ["weekly"], "time": ["20:00"], "weekdays": ["1", "5"], "until": ["2026-12-31"]}, SH
+    )
+    assert weekly == {"kind": "weekly", "time": "20:00", "weekdays": [1, 5], "until": "2026-12-31"}
+    with pytest.raises(Unprocessable):
+        schedule_from_form({"kind": ["hourly"]}, SH)
+    with pytest.raises(Unprocessable):
+        schedule_from_form({"kind": ["monthly"], "time": ["10:00"], "day": [str(10**30)]}, SH)

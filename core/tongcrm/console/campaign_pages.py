@@ -1,0 +1,438 @@
+"""Console pages for campaigns (营销活动), care-flow reports and the calendar.
+
+They call the services behind ``/api/campaigns``, ``/api/care-flows`` and ``/api/calendar`` with that API's
+roles: analysts read reports and the calendar; operators and admins create drafts, schedule, cancel and mark
+days. A refusal (an empty audience, a schedule in the past, a template without opt-out wording…) shows the
+page again with the service's reason and keeps what was typed. The report's chart is the SVG
+:mod:`tongcrm.campaigns.chart` draws for ``report.svg``, inlined.
+"""
+
+from __future__ import annotations
+
+import calendar as monthly
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from litestar import Request, Response, get, post
+from litestar.params import FromPath, QueryParameter
+from markupsafe import Markup
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.campaigns import calendar, chart, evaluation, service
+from tongcrm.campaigns.api import programme_tz
+from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
+from tongcrm.campaigns.schedule import InvalidSchedule
+from tongcrm.console.forms import form_fields, form_lists
+from tongcrm.console.web import (
+    PREFIX,
+    WRITE_ROLES,
+    ConsoleController,
+    action,
+    actor_of,
+    page,
+    redirect,
+    render,
+)
+from tongcrm.db.base import utcnow
+from tongcrm.db.engine import transaction
+from tongcrm.errors import Forbidden, TongcrmError, Unprocessable
+from tongcrm.messaging import flows
+from tongcrm.messaging import service as messaging
+from tongcrm.messaging.models import MessageTemplate
+from tongcrm.segments import service as segments
+from tongcrm.segments.models import Segment
+
+CAMPAIGNS = PREFIX + "/campaigns"
+CALENDAR = PREFIX + "/calendar"
+RESPONSE_KINDS = ("order", "store_visit", "redemption")
+SCHEDULE_KINDS = ("once", "daily", "weekly", "monthly", "yearly")
+_MONTH = re.compile(r"^\d{4}-\d{2}$")
+
+
+def _refusable(exc: TongcrmError) -> bool:
+    """Refusals worth showing on the form (the operator can fix them); 403s and server errors go to the
+    console's error page."""
+    return 400 <= exc.status_code < 500 and not isinstance(exc, Forbidden)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# form parsing (no HTTP here: plain strings in, documents the services check out)
+
+
+def yuan_to_fen(text: str, field_name: str) -> int | None:
+    """``"50"`` or ``"49.90"`` yuan as integer fen (exact, no float); empty is None."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        amount = Decimal(text)
+    except InvalidOperation as exc:
+        raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan") from exc
+    fen = amount * 100
+    if not fen.is_finite() or fen != fen.to_integral_value() or not 0 <= fen <= MAX_ID:
+        raise Unprocessable(f"{field_name}: {text!r} must be a positive amount with at most 2 decimals")
+    return int(fen)
+
+
+def _int(text: str, field_name: str) -> int | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise Unprocessable(f"{field_name}: {text!r} is not a whole number") from exc
+    if abs(value) > MAX_ID:
+        raise Unprocessable(f"{field_name}: {text!r} is too large")
+    return value
+
+
+def draft_from_form(form: dict[str, str]) -> service.Draft:
+    """A campaign draft from the create form; the service checks everything else (names, template, share)."""
+    kind = form.get("response_kind", "order")
+    response: dict[str, Any] = {"kind": kind, "within_days": _int(form.get("within_days", ""), "within_days")}
+    if kind == "order":
+        min_paid = yuan_to_fen(form.get("min_paid_yuan", ""), "min_paid_yuan")
+        if min_paid is not None:
+            response["min_paid_fen"] = min_paid
+        if form.get("sku", "").strip():
+            response["sku"] = form["sku"].strip()
+    try:
+        percent = float(form.get("control_percent", "10") or "10")
+        if not math.isfinite(percent):
+            raise ValueError(percent)
+    except ValueError as exc:
+        raise Unprocessable(f"control_percent: {form.get('control_percent')!r} is not a number") from exc
+    return service.Draft(
+        name=form.get("name", "").strip(),
+        segment=form.get("segment", ""),
+        template=form.get("template", ""),
+        response=response,
+        goal=form.get("goal", "").strip(),
+        control_percent=percent,
+        control_seed=form.get("control_seed", "").strip(),
+        budget_messages=_int(form.get("budget_messages", ""), "budget_messages"),
+        message_cost_fen=_int(form.get("message_cost_fen", ""), "message_cost_fen") or 0,
+    )
+
+
+def schedule_from_form(form: dict[str, list[str]], tz: Any) -> dict[str, Any]:
+    """A schedule document from the schedule form: a local date and time for ``once`` (in the programme's time
+    zone, as the calendar shows it), a time of day and the recurrence's fields otherwise."""
+
+    def one(name: str) -> str:
+        return (form.get(name) or [""])[0].strip()
+
+    kind = one("kind")
+    if kind not in SCHEDULE_KINDS:
+        raise Unprocessable(f"kind must be one of {', '.join(SCHEDULE_KINDS)}")
+    if kind == "once":
+        try:
+            local = datetime.fromisoformat(one("at"))
+        except ValueError as exc:
+            raise Unprocessable(f"at: {one('at')!r} is not a date and time") from exc
+        # a browser's datetime-local has no offset: it is the programme's local time, as the calendar shows it
+        return {"kind": "once", "at": (local if local.tzinfo else local.replace(tzinfo=tz)).isoformat()}
+    doc: dict[str, Any] = {"kind": kind, "time": one("time")}
+    if kind == "weekly":
+        doc["weekdays"] = [_int(d, "weekdays") for d in form.get("weekdays", [])]
+    if kind in ("monthly", "yearly"):
+        doc["day"] = _int(one("day"), "day")
+    if kind == "yearly":
+        doc["month"] = _int(one("month"), "month")
+    for key in ("from", "until"):
+        if one(key):
+            doc[key] = one(key)
+    return doc
+
+
+# -------------------------------------------------------------------------------------------------------------
+# view models
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    campaign: Campaign
+    segment: str
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignChoices:
+    segments: list[Segment]
+    templates: list[MessageTemplate]
+
+
+async def campaign_rows(session: AsyncSession) -> tuple[list[CampaignRow], CampaignChoices]:
+    segs = await segments.list_segments(session)
+    names = {s.id: s.name for s in segs}
+    rows = [
+        CampaignRow(c, names.get(c.segment_id, str(c.segment_id))) for c in await service.list_all(session)
+    ]
+    templates = [t for t in await messaging.list_templates(session) if t.purpose == "marketing"]
+    return rows, CampaignChoices(segs, templates)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignDetail:
+    campaign: Campaign
+    segment: str
+    template: str
+    runs: list[CampaignRun]
+    report: evaluation.Report
+    chart: Markup
+
+
+async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
+    campaign = await service.get(session, name)
+    segment = await session.get(Segment, campaign.segment_id)
+    template = await session.get(MessageTemplate, campaign.template_id)
+    report = await evaluation.report(session, campaign)
+    return CampaignDetail(
+        campaign,
+        segment.name if segment else str(campaign.segment_id),
+        template.name if template else str(campaign.template_id),
+        await service.runs(session, campaign.id),
+        report,
+        # chart.render escapes every text it writes; it is the same document /report.svg answers
+        Markup(chart.render(report)),  # noqa: S704 - chart.render escapes every text it writes
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    on: date
+    in_month: bool
+    entries: list[calendar.Entry] = field(default_factory=list)
+    marks: list[CalendarMark] = field(default_factory=list)
+    clashes: list[calendar.Clash] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Month:
+    first: date
+    previous: str
+    next: str
+    weeks: list[list[Day]]
+    care_flows: list[str]
+    timezone: str
+    segment_names: dict[int, str]
+    clashes: list[calendar.Clash]
+
+
+def month_of(text: str | None, today: date) -> date:
+    if not text:
+        return today.replace(day=1)
+    try:
+        year, month = (int(p) for p in text.split("-"))
+        return date(year, month, 1)
+    except ValueError as exc:
+        raise Unprocessable(f"month must look like 2026-11, not {text!r}") from exc
+
+
+async def month_view(session: AsyncSession, first: date, tz: Any) -> Month:
+    """The calendar's month as weeks Monday to Sunday, days outside the month included to fill the weeks."""
+    weeks_days = monthly.Calendar(firstweekday=0).monthdatescalendar(first.year, first.month)
+    built = await calendar.build(session, weeks_days[0][0], weeks_days[-1][-1], tz=tz)
+    days = {d: Day(d, d.month == first.month) for week in weeks_days for d in week}
+    for entry in built.entries:
+        days[entry.day].entries.append(entry)
+    for clash in built.clashes:
+        days[clash.day].clashes.append(clash)
+    # the marks again as rows: the page offers to remove each one by its id
+    marks = await session.execute(
+        sa.select(CalendarMark)
+        .where(CalendarMark.on >= weeks_days[0][0], CalendarMark.on <= weeks_days[-1][-1])
+        .order_by(CalendarMark.on, CalendarMark.id)
+    )
+    for mark in marks.scalars():
+        days[mark.on].marks.append(mark)
+    names = {s.id: s.name for s in await segments.list_segments(session)}
+    prev_month = (first - timedelta(days=1)).replace(day=1)
+    next_month = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return Month(
+        first,
+        prev_month.strftime("%Y-%m"),
+        next_month.strftime("%Y-%m"),
+        [[days[d] for d in week] for week in weeks_days],
+        built.care_flows,
+        built.timezone,
+        names,
+        [c for c in built.clashes if c.day.month == first.month],
+    )
+
+
+# -------------------------------------------------------------------------------------------------------------
+# pages
+
+
+async def _list_page(
+    request: Request[Any, Any, Any], *, form: dict[str, str] | None = None, problem: str | None = None,
+    status_code: int = 200,
+) -> Response[str]:  # fmt: skip
+    async with request.app.state.read_sessions() as session:
+        rows, choices = await campaign_rows(session)
+    return render(
+        request,
+        "campaigns/list.html",
+        {
+            "rows": rows,
+            "choices": choices,
+            "form": form or {},
+            "problem": problem,
+            "response_kinds": RESPONSE_KINDS,
+        },
+        title="camp.title",
+        status_code=status_code,
+    )
+
+
+async def _detail_page(
+    request: Request[Any, Any, Any], name: str, *, problem: str | None = None, status_code: int = 200
+) -> Response[str]:
+    async with request.app.state.read_sessions() as session:
+        detail = await campaign_detail(session, name)
+        tz = await programme_tz(session, request.app.state.settings)
+    return render(
+        request,
+        "campaigns/detail.html",
+        {
+            "d": detail,
+            "problem": problem,
+            "schedule_kinds": SCHEDULE_KINDS,
+            "timezone": str(tz),
+            "pct": lambda x: f"{x * 100:.1f}%",
+            "pts": lambda x: f"{x * 100:+.1f}",
+        },
+        title="camp.detail_title",
+        status_code=status_code,
+    )
+
+
+class CampaignPages(ConsoleController):
+    path = CAMPAIGNS
+
+    @get("/", opt=page())
+    async def list_page(self, request: Request[Any, Any, Any]) -> Response[str]:
+        return await _list_page(request)
+
+    @post("/", opt=action(*WRITE_ROLES))
+    async def create(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        form = await form_fields(request)
+        try:
+            draft = draft_from_form(form)
+            async with transaction(request.app.state.sessions) as session:
+                created = await service.create(session, draft, actor_of(request))
+                name = created.name
+        except TongcrmError as exc:
+            if not _refusable(exc):
+                raise
+            return await _list_page(request, form=form, problem=exc.message, status_code=exc.status_code)
+        return redirect(request, f"{CAMPAIGNS}/{name}?created=1")
+
+    @get("/{name:str}", opt=page())
+    async def show(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[str]:
+        return await _detail_page(request, name)
+
+    @post("/{name:str}/schedule", opt=action(*WRITE_ROLES))
+    async def schedule(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
+        form = await form_lists(request)
+        state = request.app.state
+        try:
+            async with transaction(state.sessions) as session:
+                tz = await programme_tz(session, state.settings)
+                document = schedule_from_form(form, tz)
+                await service.schedule(
+                    session, state.host, actor_of(request), name, document, now=utcnow(), tz=tz
+                )
+        except InvalidSchedule as exc:
+            return await _detail_page(request, name, problem=str(exc), status_code=422)
+        except TongcrmError as exc:
+            if not _refusable(exc):
+                raise
+            return await _detail_page(request, name, problem=exc.message, status_code=exc.status_code)
+        return redirect(request, f"{CAMPAIGNS}/{name}?scheduled=1")
+
+    @post("/{name:str}/cancel", opt=action(*WRITE_ROLES))
+    async def cancel(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
+        try:
+            async with transaction(request.app.state.sessions) as session:
+                await service.cancel(session, actor_of(request), name, now=utcnow())
+        except TongcrmError as exc:
+            if not _refusable(exc):
+                raise
+            return await _detail_page(request, name, problem=exc.message, status_code=exc.status_code)
+        return redirect(request, f"{CAMPAIGNS}/{name}?cancelled=1")
+
+
+class CareFlowPage(ConsoleController):
+    path = PREFIX + "/care-flows"
+
+    @get("/", opt=page())
+    async def show(self, request: Request[Any, Any, Any]) -> Response[str]:
+        async with request.app.state.read_sessions() as session:
+            reports = await flows.reports(session)
+        return render(request, "campaigns/care_flows.html", {"reports": reports}, title="care.title")
+
+
+async def _calendar_page(
+    request: Request[Any, Any, Any], month: str | None, *, problem: str | None = None, status_code: int = 200
+) -> Response[str]:
+    state = request.app.state
+    async with state.read_sessions() as session:
+        tz = await programme_tz(session, state.settings)
+        first = month_of(month, utcnow().astimezone(tz).date())
+        view = await month_view(session, first, tz)
+    return render(
+        request,
+        "campaigns/calendar.html",
+        {"m": view, "problem": problem, "mark_kinds": calendar.MARK_KINDS},
+        title="cal.title",
+        status_code=status_code,
+    )
+
+
+class CalendarPage(ConsoleController):
+    path = CALENDAR
+
+    @get("/", opt=page())
+    async def show(
+        self,
+        request: Request[Any, Any, Any],
+        month: Annotated[str | None, QueryParameter(pattern=r"^\d{4}-\d{1,2}$", max_length=7)] = None,
+    ) -> Response[str]:
+        return await _calendar_page(request, month)
+
+    @post("/marks", opt=action(*WRITE_ROLES))
+    async def add_mark(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        form = await form_fields(request)
+        try:
+            on = date.fromisoformat(form.get("on", ""))
+        except ValueError:
+            return await _calendar_page(
+                request, None, problem=f"on: {form.get('on')!r} is not a date", status_code=422
+            )
+        try:
+            async with transaction(request.app.state.sessions) as session:
+                await calendar.add_mark(
+                    session, actor_of(request), on, form.get("name", "").strip(), form.get("kind", "")
+                )
+        except TongcrmError as exc:
+            if not _refusable(exc):
+                raise
+            month = on.strftime("%Y-%m")
+            return await _calendar_page(request, month, problem=exc.message, status_code=exc.status_code)
+        return redirect(request, f"{CALENDAR}?month={on.strftime('%Y-%m')}")
+
+    @post("/marks/{mark_id:int}/remove", opt=action(*WRITE_ROLES))
+    async def remove_mark(self, request: Request[Any, Any, Any], mark_id: PathId) -> Response[Any]:
+        form = await form_fields(request)
+        async with transaction(request.app.state.sessions) as session:
+            await calendar.remove_mark(session, actor_of(request), mark_id)
+        month = form.get("month", "")
+        return redirect(request, f"{CALENDAR}?month={month}" if _MONTH.match(month) else CALENDAR)
