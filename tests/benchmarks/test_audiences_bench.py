@@ -152,22 +152,24 @@ def test_segment_count_vs_count_star(benchmark: Any, bench_db: str, report_figur
 
 
 async def _add_orders(engine: AsyncEngine, count: int) -> int:
-    """``count`` new paid taobao orders for existing members, stamped now (what a sync writes); returns the id
-    the new orders start after."""
+    """``count`` new paid taobao orders stamped now (what a sync writes), each for the buyer of an existing
+    order picked evenly over the seed, so buyers come in the seed's proportions (busy ones more often); returns
+    the id the new orders start after."""
     d = Dialect(engine.dialect.name)
     async with engine.begin() as conn:
         base = int((await conn.execute(sa.text("SELECT max(id) FROM orders"))).scalar_one())
         prefix, source = d.series(1, count)
         now = "now()" if d.pg else "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
         placed = d.ago("(i % 86400)")
+        seeded = MEMBERS * ORDERS_PER_MEMBER
         await conn.execute(
             sa.text(
                 f"{prefix}INSERT INTO orders (id, account_id, external_id, member_id, origin_member_id, channel, "  # noqa: S608
                 "status, platform_status, total_fen, paid_fen, refunded_fen, post_fee_fen, discount_fen, placed_at,"
                 " paid_at, modified_at, ingested_at, updated_at) "
-                f"SELECT {base} + i, 1, 'new' || ({base} + i), 1 + (i * 7919) % {MEMBERS}, 1 + (i * 7919) % {MEMBERS}"
-                f", 'taobao', 'paid', '', 5000 + i, 5000 + i, 0, 0, 0, {placed}, {placed}, {placed}, {now}, {now} "
-                f"FROM {source}"
+                f"SELECT {base} + i, 1, 'new' || ({base} + i), o.member_id, o.member_id, 'taobao', 'paid', '', "
+                f"5000 + i, 5000 + i, 0, 0, 0, {placed}, {placed}, {placed}, {now}, {now} "
+                f"FROM {source} JOIN orders o ON o.id = 1 + (i * 499) % {seeded}"
             )
         )  # fmt: skip
     return base

@@ -294,7 +294,10 @@ def _identity(c: Compiler, leaf: Leaf, depth: int) -> Condition:
             f"{leaf.pointer}/channel",
             f"channel {channel!r} declares no identity kinds (channels with identities: {known})",
         )
-    has = _exists(Identity.member_id == members.c.id, Identity.kind.in_(kinds))
+    where = [Identity.member_id == members.c.id, Identity.kind.in_(kinds)]
+    if leaf.field.name == "identity.membership_bound":
+        where.append(Identity.bound_at.is_not(None))
+    has = _exists(*where)
     return has if leaf.value else sa.not_(has)
 
 
