@@ -276,20 +276,27 @@ async def ensure_indexes(engine: AsyncEngine) -> None:
     since, and measuring with a stale set would measure another schema."""
     import_models()
 
-    def sync(conn: sa.Connection) -> None:
+    def sync(conn: sa.Connection) -> bool:
         metadata.create_all(conn)
         inspector = sa.inspect(conn)
+        changed = False
         for name in SEEDED:
             table = metadata.tables[name]
             wanted = {index.name for index in table.indexes}
-            for found in inspector.get_indexes(name):
-                if found["name"] and found["name"].startswith("ix_") and found["name"] not in wanted:
-                    conn.execute(sa.text(f"DROP INDEX {found['name']}"))
+            present = {found["name"] for found in inspector.get_indexes(name)}
+            for stale in sorted(n for n in present if n and n.startswith("ix_") and n not in wanted):
+                conn.execute(sa.text(f"DROP INDEX {stale}"))
+                changed = True
             for index in table.indexes:
-                index.create(conn, checkfirst=True)
+                if index.name not in present:
+                    index.create(conn)
+                    changed = True
+        return changed
 
     async with engine.begin() as conn:
-        await conn.run_sync(sync)
+        changed = await conn.run_sync(sync)
+    if changed:  # the planner's statistics must know the indexes it now has (SQLite's are per index)
+        await _autocommit(engine, "ANALYZE")
 
 
 async def seed(url: str, members: int, *, progress: Callable[[str], None] = print) -> float | None:

@@ -35,10 +35,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("bound_at", tongcrm.db.base.UTCDateTime(), nullable=True))
     op.create_index("ix_orders_updated_at", "orders", ["updated_at"], unique=False)
     op.create_index("ix_orders_member_activity", "orders", _ACTIVITY, unique=False)
+    # both begin with member_id, which the covering index serves (foreign key checks, merges) on its own
     op.drop_index("ix_orders_member_placed", table_name="orders")
+    op.drop_index("ix_orders_member_id", table_name="orders")
 
 
 def downgrade() -> None:
+    op.create_index("ix_orders_member_id", "orders", ["member_id"], unique=False)
     op.create_index("ix_orders_member_placed", "orders", ["member_id", "placed_at"], unique=False)
     op.drop_index("ix_orders_member_activity", table_name="orders")
     op.drop_index("ix_orders_updated_at", table_name="orders")
