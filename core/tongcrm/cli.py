@@ -675,6 +675,7 @@ def build_cli(host: PluginHost) -> click.Group:
     from tongcrm.ingest.cli import channel_group, sync_command
     from tongcrm.rfm.cli import rfm_group
     from tongcrm.segments.cli import segments_group
+    from tongcrm.tagrules.cli import tags_group
 
     group.add_command(channel_group(host))
     group.add_command(sync_command(host))
@@ -682,8 +683,9 @@ def build_cli(host: PluginHost) -> click.Group:
     group.add_command(campaigns_group)
     group.add_command(calendar_command)
     group.add_command(rfm_group)
+    group.add_command(tags_group)
     for command in host.cli_commands(
-        reserved=CORE_COMMANDS | {"channel", "sync", "segments", "campaigns", "calendar", "rfm"}
+        reserved=CORE_COMMANDS | {"channel", "sync", "segments", "campaigns", "calendar", "rfm", "tags"}
     ):
         group.add_command(command)
     return group

@@ -1,6 +1,11 @@
 """Platform membership binding, for any channel: a platform asks the brand whether its buyer is a member (by
 mobile), binds the buyer's platform identities to that member, or registers a new member.
 
+A bind also records the binding as state: each platform identity of the call gets ``bound_at`` (the
+``identity.membership_bound`` segment field reads it), and :meth:`MembershipService.unbind` clears it when the
+platform reports the buyer left the membership. Core keeps the state channel-neutral; which identity kinds a
+channel's binding covers is the plugin's claims.
+
 Tmall's 会员通 SPIs are one user of this (the Taobao plugin's routes); any platform with a similar "join the
 brand's membership" flow uses the same calls. Each call is one unit of work owned by the core — plugin routes
 receive this service through dependency injection and never see a database session. Binding and registering
@@ -15,13 +20,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.audit.service import Actor
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
 from tongcrm.errors import NotFound
-from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
+from tongcrm.identity.models import Identity
+from tongcrm.identity.service import ClaimSet, ResolutionContext, prepare_claim, resolve_many
 from tongcrm.members import service as members
 from tongcrm.members.phone import mask_mobile, normalise_mobile
 from tongcrm.plugin.host import PluginHost
@@ -130,7 +137,47 @@ class MembershipService:
             )[0]
             if outcome.error is not None or outcome.member_id is None:
                 raise NotFound(outcome.error or "the member could not be resolved")
+            await self._mark(session, outcome.member_id, claims, self._clock(), actor)
             return BindResult(outcome.member_id, outcome.created)
+
+    async def unbind(self, *, claims: Sequence[IdentityClaim], actor: str) -> int | None:
+        """Record that the platform reports these identities unbound from the brand's membership (the buyer
+        left it). The identities and the member stay; only the binding state is cleared. Returns the member
+        the identities belong to, or None when none of them is known. Idempotent."""
+        async with self._sessions() as session, session.begin():
+            found = await self._identities(session, claims, actor)
+            for identity in found:
+                identity.bound_at = None
+            return found[0].member_id if found else None
+
+    async def _identities(
+        self, session: AsyncSession, claims: Sequence[IdentityClaim], actor: str
+    ) -> list[Identity]:
+        ctx, kinds = self._ctx(actor), self._host.identity_kinds()
+        wanted = [prepare_claim(ctx, kinds, claim) for claim in claims if claim.kind != "mobile"]
+        if not wanted:
+            return []
+        rows = await session.execute(
+            sa.select(Identity)
+            .where(sa.or_(*(sa.and_(Identity.kind == c.kind, Identity.value.in_(c.lookup)) for c in wanted)))
+            .order_by(Identity.id)
+            .with_for_update()
+        )
+        return list(rows.scalars())
+
+    async def _mark(
+        self,
+        session: AsyncSession,
+        member_id: int,
+        claims: Sequence[IdentityClaim],
+        now: datetime,
+        actor: str,
+    ) -> None:
+        """The platform identities of a bind are bound from now on (an earlier binding keeps its time: a
+        platform retrying a bind does not move it). The mobile is how the member was found, not a binding."""
+        for identity in await self._identities(session, claims, actor):
+            if identity.member_id == member_id and identity.bound_at is None:
+                identity.bound_at = now
 
 
 def _sections(view: members.MemberView) -> dict[str, Any]:

@@ -97,6 +97,47 @@ async def test_update_needs_the_current_version(make_client: Any) -> None:
         assert audit["items"][1]["before"]["name"] == "A"
 
 
+async def test_acquisition_source_is_set_once(make_client: Any) -> None:
+    async with make_client(host=make_host()) as api:
+        referrer = await create(api, name="R")
+        other = await create(api, name="O")
+        m = await create(api, name="A", source_channel="taobao")
+        url = f"/api/members/{m['id']}"
+        # blank fields may be filled in, and a value repeated as it is
+        ok = await api.patch(
+            url,
+            json={
+                "source_store": "SH001",
+                "referrer_id": referrer["id"],
+                "source_channel": "taobao",
+                "version": 1,
+            },
+        )
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert (body["source_channel"], body["source_store"], body["referrer_id"]) == (
+            "taobao",
+            "SH001",
+            referrer["id"],
+        )
+        for change, name in (
+            ({"source_channel": "jd"}, "source_channel"),
+            ({"source_store": None}, "source_store"),
+            ({"referrer_id": other["id"]}, "referrer_id"),
+            ({"referrer_id": None}, "referrer_id"),
+        ):
+            refused = await api.patch(url, json={**change, "version": 2})
+            problem(refused, 409, f"{name} is first-touch acquisition data and is set once")
+            assert refused.json()["field"] == name
+        # nothing changed: the member is still at version 2 with its first values
+        view = (await api.get(url)).json()["member"]
+        assert view["version"] == 2 and view["source_channel"] == "taobao" and view["source_store"] == "SH001"
+        assert view["referrer_id"] == referrer["id"]
+        # the campaign was blank: it can still be set once
+        ok = await api.patch(url, json={"source_campaign": "double11", "version": 2})
+        assert ok.status_code == 200 and ok.json()["source_campaign"] == "double11"
+
+
 async def test_list_filters_and_pagination(make_client: Any) -> None:
     async with make_client(host=make_host()) as api:
         ids = [

@@ -81,6 +81,8 @@ class MMember:
     merged: bool = False
     stage: str = "prospect"
     rfm: tuple[int, int, int, str] | None = None  # r, f, m, cell (as a recompute left them)
+    #: Channels whose identity is bound to the platform's membership (only those the member has an identity on).
+    bound: set[str] = field(default_factory=set)
 
 
 lines = st.builds(
@@ -122,6 +124,7 @@ member_st = st.builds(
         max_size=3,
     ),
     identities=st.sets(st.sampled_from(CHANNELS), max_size=2),
+    bound=st.sets(st.sampled_from(CHANNELS), max_size=2),
     tier=st.sampled_from([None, *TIERS]),
     override=st.one_of(st.none(), st.tuples(st.sampled_from(TIERS), st.booleans())),
     history=st.lists(st.tuples(st.sampled_from(TIERS), st.integers(0, 400)), max_size=2),
@@ -196,6 +199,7 @@ leaf_st = st.one_of(
     _time_leaf("profile.joined_at", nullable=False),
     _int_leaf("profile.referral_count", st.integers(0, 3)),
     _leaf("identity.has", st.just("is"), st.booleans(), channel=st.sampled_from(CHANNELS)),
+    _leaf("identity.membership_bound", st.just("is"), st.booleans(), channel=st.sampled_from(CHANNELS)),
     _leaf("tier.code", st.sampled_from(["eq", "ne"]), st.sampled_from(TIERS)),
     _leaf("tier.reached", st.just("in"), st.lists(st.sampled_from(TIERS), min_size=1, max_size=2)),
     _leaf("tier.reached", st.just("eq"), st.sampled_from(TIERS), window_days=st.sampled_from([30, 200])),
@@ -309,6 +313,8 @@ def evaluate(node: dict[str, Any], i: int, world: list[MMember]) -> bool:
         return _test(sum(1 for o in world if o.referrer == i and not o.merged), op, arg)
     if name == "identity.has":
         return (node["channel"] in m.identities) == arg
+    if name == "identity.membership_bound":
+        return (node["channel"] in m.identities and node["channel"] in m.bound) == arg
     if name == "tier.code":
         held = m.tier or TIERS[0]
         if m.override is not None and m.override[1] and m.tier is not None:
@@ -400,7 +406,10 @@ async def _store(db: TestDatabase, world: list[MMember]) -> list[int]:
                 )
                 await s.flush()  # recording order is id order
             for ch in sorted(m.identities):
-                s.add(Identity(kind=KINDS[ch][0], value=f"v{next(_ids)}", member_id=row.id))
+                bound_at = NOW - timedelta(days=3) if ch in m.bound else None
+                s.add(
+                    Identity(kind=KINDS[ch][0], value=f"v{next(_ids)}", member_id=row.id, bound_at=bound_at)
+                )
             if m.tier is not None:
                 override = m.override
                 s.add(

@@ -85,7 +85,7 @@ async def test_preview_counts_and_samples_masked_members(make_client: Any, memor
         assert fields["version"] == 1
         by_name = {f["field"]: f for f in fields["fields"]}
         assert by_name["orders.spend"]["operators"][:2] == ["eq", "ne"]
-        assert by_name["identity.membership_bound"]["available"] is False
+        assert by_name["identity.membership_bound"]["available"] is True
         assert (
             by_name["rfm.cell"]["available"] is True and "important_value" in by_name["rfm.cell"]["choices"]
         )
@@ -116,9 +116,9 @@ async def test_bad_definitions_name_the_node(make_client: Any, memory_host: Plug
         await bad(doc({"not": cond, "all": [cond]}), "/condition", "no other keys")
         await bad(doc({**cond, "channel": "tmall"}), "/condition/channel", "no channel named 'tmall'")
         await bad(
-            doc({"field": "identity.membership_bound", "op": "is", "value": True, "channel": "taobao"}),
-            "/condition/field",
-            "not available yet",
+            doc({"field": "identity.membership_bound", "op": "is", "value": True, "channel": "nowhere"}),
+            "/condition/channel",
+            "declares no identity kinds",
         )
         await bad(
             doc({"field": "lifecycle.stage", "op": "eq", "value": "zombie"}), "/condition/value", "not one of"

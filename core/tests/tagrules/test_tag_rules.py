@@ -113,3 +113,40 @@ async def test_http_rules_and_history(make_client: Any) -> None:
         off = await api.delete(f"/api/tag-rules/{rule.json()['id']}")
         assert off.status_code == 200 and off.json()["untagged"] == 1
         assert [r["enabled"] for r in (await api.get("/api/tag-rules")).json()] == [False]
+
+
+async def test_at_most_fifty_active_rules(tongcrm_db: TestDatabase) -> None:
+    host = PluginHost(autoload=False)
+    async with tongcrm_db.sessions() as s, s.begin():
+        await segments.save(s, await segments.load_context(s, host, NOW), "shanghai", SHANGHAI, actor=ACTOR)
+        rules = [
+            await service.create_rule(s, {"tag": f"t{i}", "segment": "shanghai"}, ACTOR)
+            for i in range(service.MAX_ACTIVE_RULES)
+        ]
+    async with tongcrm_db.sessions() as s, s.begin():
+        with pytest.raises(
+            Unprocessable, match="at most 50 rule-based tags can be active and 50 are"
+        ) as caught:
+            await service.create_rule(s, {"tag": "one-more", "segment": "shanghai"}, ACTOR)
+        assert caught.value.extra == {"limit": 50, "active": 50}
+    # a disabled rule frees its place
+    async with tongcrm_db.sessions() as s, s.begin():
+        await service.disable_rule(s, rules[0].id, ACTOR, NOW)
+    async with tongcrm_db.sessions() as s, s.begin():
+        extra = await service.create_rule(s, {"tag": "one-more", "segment": "shanghai"}, ACTOR)
+    assert extra.enabled
+
+
+async def test_http_refuses_the_51st_rule(make_client: Any) -> None:
+    async with make_client(role="operator") as api:
+        saved = await api.post("/api/segments", json={"name": "shanghai", "definition": SHANGHAI})
+        assert saved.status_code in (200, 201), saved.text
+        async with api.db.sessions() as s, s.begin():
+            s.add_all(
+                TagRule(tag=f"t{i}", segment_id=saved.json()["id"], enabled=True, created_by="test")
+                for i in range(service.MAX_ACTIVE_RULES)
+            )
+        refused = await api.post("/api/tag-rules", json={"tag": "late", "segment": "shanghai"})
+        assert refused.status_code == 422, refused.text
+        assert "at most 50 rule-based tags can be active" in refused.json()["detail"]
+        assert refused.json()["limit"] == 50

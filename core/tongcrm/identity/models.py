@@ -30,6 +30,10 @@ class Identity(Base):
     evidence: Mapped[str] = mapped_column(sa.Text, default="")
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Since when the platform reports this identity bound to the brand's membership on that platform (e.g.
+    #: Tmall 会员通); None: not bound, or unbound since. Plugins set it only through the membership facade
+    #: (:class:`tongcrm.membership.MembershipService`); it moves with the identity when members merge.
+    bound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (sa.UniqueConstraint("kind", "value"),)
 

@@ -388,6 +388,26 @@ async def _live_member(session: AsyncSession, member_id: int, *, lock: bool = Fa
     return member
 
 
+#: First-touch acquisition: where and through whom the member came. Set once, never rewritten.
+ACQUISITION_FIELDS = ("source_channel", "source_store", "source_campaign", "referrer_id")
+
+
+def _keep_acquisition(member: Member, changes: ProfileChanges) -> None:
+    """Refuse a change to acquisition data already recorded: it is first-touch attribution (campaign reports,
+    referral rewards and segments count on it), so an edit may fill a blank field or repeat its value, never
+    replace or clear it. A wrong value stays visible in the audit trail rather than silently rewritten."""
+    for name in ACQUISITION_FIELDS:
+        if name not in changes.values:
+            continue
+        current, wanted = getattr(member, name), changes.values[name]
+        if current is not None and wanted != current:
+            raise Conflict(
+                f"{name} is first-touch acquisition data and is set once: member {member.id} already has "
+                f"{name} {current!r}, so it cannot be changed to {wanted!r}",
+                extra={"field": name, "current": current},
+            )
+
+
 async def update_member(
     session: AsyncSession,
     vault: Vault,
@@ -407,6 +427,7 @@ async def update_member(
     tags = (await _tags_of(session, [member_id]))[member_id]
     before = _audit_view(member, tags, vault)
     changes = await _validate(session, vault, raw, member_id)
+    _keep_acquisition(member, changes)
     if changes.mobile:
         await _claim_mobile(session, vault, member_id, changes.mobile, actor)
     now = utcnow()

@@ -125,6 +125,49 @@ def _exists(*where: Condition) -> Condition:
     return sa.exists().where(*where).correlate(members)
 
 
+def _among(ids: sa.Select[Any]) -> Condition:
+    """The member is one of ``ids`` (an uncorrelated select of member ids, never NULL).
+
+    Written as ``EXISTS`` over the set rather than ``IN``: PostgreSQL plans both as a hashed semi join, but only
+    ``NOT EXISTS`` becomes an anti join (``NOT IN`` must allow for NULLs and rescans the set per member once it
+    outgrows ``work_mem``); SQLite builds the set once and probes it by member id. Computing the set once,
+    instead of a correlated probe per member, is what keeps a count over a large base near a scan of
+    ``members``."""
+    found = ids.subquery()
+    return sa.exists().select_from(found).where(found.c[0] == members.c.id).correlate(members)
+
+
+def _py_compare(have: int, op: str, value: Any) -> bool:
+    """:func:`_compare` on a Python number (the value a member without rows has)."""
+    if op == "eq":
+        return bool(have == value)
+    if op == "in":
+        return bool(have in value)
+    if op == "gt":
+        return bool(have > value)
+    if op == "gte":
+        return bool(have >= value)
+    if op == "lt":
+        return bool(have < value)
+    if op == "lte":
+        return bool(have <= value)
+    if op == "between":
+        return bool(value[0] <= have <= value[1])
+    raise AssertionError(f"unhandled operator {op} on a number")
+
+
+def _empty_matches(op: str, value: Any, empty: int | None) -> bool:
+    """Whether :func:`_scalar_test` holds for a member with nothing to aggregate (``empty``: the aggregate's
+    value then, e.g. 0 for a count, None for a latest time)."""
+    if op == "is_set":
+        return (empty is not None) == bool(value)
+    if empty is None:
+        return op in _NEGATED
+    if op in _NEGATED:
+        return not _py_compare(empty, _NEGATED[op], value)
+    return _py_compare(empty, op, value)
+
+
 # -------------------------------------------------------------------------------------------------------------
 # order scopes: which orders a behaviour condition looks at
 
@@ -187,8 +230,11 @@ class Compiler:
     def leaf(self, leaf: Leaf, depth: int) -> Condition:
         return _BUILDERS[leaf.field.name.split(".")[0]](self, leaf, depth)
 
-    def order_scope(self, leaf: Leaf) -> list[Condition]:
-        where: list[Condition] = [Order.member_id == members.c.id]
+    def order_scope(self, leaf: Leaf, *, correlated: bool = True) -> list[Condition]:
+        """The orders a behaviour leaf looks at: the member's own (``correlated``) or everyone's with a member."""
+        where: list[Condition] = [
+            Order.member_id == members.c.id if correlated else Order.member_id.is_not(None)
+        ]
         if (days := leaf.param("window_days")) is not None:
             where.append(Order.placed_at >= self.ctx.now - timedelta(days=days))
         if (channel := leaf.param("channel")) is not None:
@@ -248,28 +294,26 @@ def _identity(c: Compiler, leaf: Leaf, depth: int) -> Condition:
             f"{leaf.pointer}/channel",
             f"channel {channel!r} declares no identity kinds (channels with identities: {known})",
         )
-    has = _exists(Identity.member_id == members.c.id, Identity.kind.in_(kinds))
+    where = [Identity.member_id == members.c.id, Identity.kind.in_(kinds)]
+    if leaf.field.name == "identity.membership_bound":
+        where.append(Identity.bound_at.is_not(None))
+    has = _exists(*where)
     return has if leaf.value else sa.not_(has)
 
 
-def _effective_tier(c: Compiler) -> sa.ColumnElement[str]:
+def _holds_tier(c: Compiler, codes: Sequence[str]) -> Condition:
+    """Holds one of ``codes`` now: the override while in force, else the tier under the rules; a member without
+    a tier row holds the base tier. Compiled as membership of the set of tier rows that match (or, when the base
+    tier is wanted, as not being among the rows that do not match)."""
     assert c.ctx.tiers is not None
     mt = sa.inspect(MemberTier).local_table
-    held = (
-        sa.select(
-            sa.case(
-                (
-                    sa.and_(mt.c.override_code.is_not(None), mt.c.override_until > c.ctx.now),
-                    mt.c.override_code,
-                ),
-                else_=mt.c.tier_code,
-            )
-        )
-        .where(mt.c.member_id == members.c.id)
-        .correlate(members)
-        .scalar_subquery()
+    effective = sa.case(
+        (sa.and_(mt.c.override_code.is_not(None), mt.c.override_until > c.ctx.now), mt.c.override_code),
+        else_=mt.c.tier_code,
     )
-    return sa.func.coalesce(held, c.ctx.tiers[0])
+    if c.ctx.tiers[0] in codes:
+        return sa.not_(_among(sa.select(mt.c.member_id).where(effective.not_in(codes))))
+    return _among(sa.select(mt.c.member_id).where(effective.in_(codes)))
 
 
 def _tier(c: Compiler, leaf: Leaf, depth: int) -> Condition:
@@ -278,7 +322,8 @@ def _tier(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     if c.ctx.tiers is None:
         return sa.false()
     if leaf.field.name == "tier.code":
-        return _column_test(_effective_tier(c), leaf.op, leaf.value, c.ctx.now, present=sa.true())
+        held = _holds_tier(c, codes)
+        return sa.not_(held) if leaf.op in _NEGATED else held
     th = sa.inspect(TierHistory).local_table
     where = [th.c.member_id == members.c.id, th.c.to_code.in_(codes)]
     if (days := leaf.param("window_days")) is not None:
@@ -308,22 +353,27 @@ def _tags(c: Compiler, leaf: Leaf, depth: int) -> Condition:
 
 def _consent(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     purpose = leaf.param("purpose")
-    signature = leaf.param("signature") or "*"
-    latest = (
-        sa.select(ConsentEvent.status)
-        .where(
-            ConsentEvent.member_id == members.c.id,
-            ConsentEvent.purpose == purpose,
-            ConsentEvent.signature.in_(sorted({signature, "*"})),
+    signatures = sorted({leaf.param("signature") or "*", "*"})
+    ce = sa.inspect(ConsentEvent).local_table
+    later = ce.alias("later")
+
+    def latest_is(status: str) -> Condition:
+        """The member's latest statement for the purpose and signature (or every signature) says ``status``."""
+        superseded = sa.exists().where(
+            later.c.member_id == ce.c.member_id,
+            later.c.purpose == purpose,
+            later.c.signature.in_(signatures),
+            later.c.id > ce.c.id,
         )
-        .order_by(ConsentEvent.id.desc())
-        .limit(1)
-        .correlate(members)
-        .scalar_subquery()
-    )
+        return _among(
+            sa.select(ce.c.member_id).where(
+                ce.c.purpose == purpose, ce.c.signature.in_(signatures), ce.c.status == status,
+                sa.not_(superseded),
+            )
+        )  # fmt: skip
+
     # with no statement at all, service messages are allowed and marketing needs an opt-in (consent service)
-    default = "opt_in" if purpose == "service" else "opt_out"
-    opted_in = sa.func.coalesce(latest, default) == "opt_in"
+    opted_in = sa.not_(latest_is("opt_out")) if purpose == "service" else latest_is("opt_in")
     return opted_in if leaf.value else sa.not_(opted_in)
 
 
@@ -361,41 +411,48 @@ def _points(c: Compiler, leaf: Leaf, depth: int) -> Condition:
 
 def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     name, op, value, now = leaf.field.name, leaf.op, leaf.value, c.ctx.now
-    scope = c.order_scope(leaf)
     if name == "orders.count":
         # "has any" and "has none" are the common forms: EXISTS stops at the first order found
         if (op, value) in (("gte", 1), ("gt", 0)) or (op == "ne" and value == 0):
-            return _exists(*scope, counted_order())
+            return _exists(*c.order_scope(leaf), counted_order())
         if (op, value) in (("eq", 0), ("lt", 1), ("lte", 0)):
-            return sa.not_(_exists(*scope, counted_order()))
+            return sa.not_(_exists(*c.order_scope(leaf), counted_order()))
     if name in ("orders.bought_sku", "orders.bought_category"):
         column = OrderLine.sku if name == "orders.bought_sku" else OrderLine.category
         return _exists(
-            *scope,
+            *c.order_scope(leaf),
             counted_order(),
             OrderLine.order_id == Order.id,
             column.in_(value),
             sa.not_(sa.and_(OrderLine.refunded_fen > 0, OrderLine.refunded_fen >= OrderLine.amount_fen)),
         )
+    # an aggregate over each member's orders in scope, compiled as the set of members whose group passes the
+    # test (one pass over the orders in scope) rather than one correlated aggregate per member; a member with
+    # no order in scope has the aggregate's empty value (0 for a count or spend, none otherwise)
     net = Order.paid_fen - Order.refunded_fen
     spend = sa.cast(sa.func.coalesce(sa.func.sum(sa.case((net > 0, net), else_=0)), 0), sa.BigInteger)
-    query: sa.Select[Any]
+    which = purchased_order() if name == "orders.refund_rate" else counted_order()
+    aggregate: sa.ColumnElement[Any]
+    empty: int | None = None
     if name == "orders.refund_rate":
         paid = sa.cast(sa.func.sum(Order.paid_fen), sa.BigInteger)
         refunded = sa.cast(sa.func.sum(Order.refunded_fen), sa.BigInteger)
-        query = sa.select(sa.case((paid > 0, (refunded * 100) // paid), else_=None)).where(
-            *scope, purchased_order()
-        )
+        aggregate = sa.case((paid > 0, (refunded * 100) // paid), else_=None)
+    elif name in ("orders.count", "orders.spend"):
+        aggregate, empty = (sa.func.count() if name == "orders.count" else spend), 0
+    elif name == "orders.last_at":
+        aggregate = sa.func.max(Order.placed_at)
+    elif name == "orders.first_at":
+        aggregate = sa.func.min(Order.placed_at)
     else:
-        aggregates: dict[str, Callable[[], sa.ColumnElement[Any]]] = {
-            "orders.count": sa.func.count,
-            "orders.spend": lambda: spend,
-            "orders.last_at": lambda: sa.func.max(Order.placed_at),
-            "orders.first_at": lambda: sa.func.min(Order.placed_at),
-            "orders.aov": lambda: sa.case((sa.func.count() > 0, spend // sa.func.count()), else_=None),
-        }
-        query = sa.select(aggregates[name]()).where(*scope, counted_order())
-    return _scalar_test(query.correlate(members).scalar_subquery(), op, value, now)
+        aggregate = sa.case((sa.func.count() > 0, spend // sa.func.count()), else_=None)
+    test = _scalar_test(aggregate, op, value, now)
+    where = [*c.order_scope(leaf, correlated=False), which]
+
+    def passing(having: Condition) -> Condition:
+        return _among(sa.select(Order.member_id).where(*where).group_by(Order.member_id).having(having))
+
+    return sa.not_(passing(sa.not_(test))) if _empty_matches(op, value, empty) else passing(test)
 
 
 def _segment(c: Compiler, leaf: Leaf, depth: int) -> Condition:

@@ -121,8 +121,7 @@ FIELDS: Mapping[str, FieldSpec] = {
         FieldSpec("identity.has", Type.BOOL, "has an identity of a kind the channel declares",
                   params=(Param("channel", "name", required=True, description="a channel name"),)),
         FieldSpec("identity.membership_bound", Type.BOOL, "bound to a platform's brand membership",
-                  params=(Param("channel", "name", required=True),),
-                  unavailable="bindings are not recorded as a state yet (only as identity evidence)"),
+                  params=(Param("channel", "name", required=True),)),
         # tier
         FieldSpec("tier.code", Type.STRING, "the tier held now (an override in force counts)"),
         FieldSpec("tier.reached", Type.STRING, "moved into one of these tiers (tier history)", params=(WINDOW,)),

@@ -34,6 +34,9 @@ from tongcrm.tagrules.models import TagRule, TagRuleMember
 
 members = sa.inspect(Member).local_table
 _CHUNK = 1_000
+#: Active (enabled) rules at most. Every rule is a segment evaluated over the whole base on each hourly run; past
+#: a few dozen the run no longer fits its hour on a large base, and so many machine tags stop meaning anything.
+MAX_ACTIVE_RULES = 50
 
 
 async def create_rule(session: AsyncSession, raw: Any, actor: Actor) -> TagRule:
@@ -60,6 +63,14 @@ async def create_rule(session: AsyncSession, raw: Any, actor: Actor) -> TagRule:
     taken = (await session.execute(sa.select(TagRule.id).where(TagRule.tag == tag))).scalar()
     if taken is not None:
         raise Conflict(f"tag {tag!r} already has a rule ({taken})", extra={"rule_id": taken})
+    active = int(
+        (await session.execute(sa.select(sa.func.count()).where(TagRule.enabled.is_(True)))).scalar_one()
+    )
+    if active >= MAX_ACTIVE_RULES:
+        raise Unprocessable(
+            f"at most {MAX_ACTIVE_RULES} rule-based tags can be active and {active} are: disable one first",
+            extra={"limit": MAX_ACTIVE_RULES, "active": active},
+        )
     rule = TagRule(tag=tag, segment_id=segment.id, enabled=True, created_by=actor.name)
     session.add(rule)
     await session.flush()

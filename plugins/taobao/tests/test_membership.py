@@ -271,3 +271,59 @@ async def test_bind_query_reads_and_may_be_asked_again(api: Any) -> None:
 async def test_invalid_mobile_is_an_error_answer(api: Any) -> None:
     answer = await tmall(api).call("tmall.mei.crm.member.register", {"mobile": "12345", "ouid": "OU4"})
     assert answer["query_code"] == "E04"
+
+
+async def test_a_bind_is_recorded_as_membership_state_for_segments(
+    api: Any, tongcrm_db: TestDatabase, tongcrm_settings: Any
+) -> None:
+    from tongcrm.membership import MembershipService
+    from tongcrm.plugin.types import IdentityClaim
+    from tongcrm.segments import service as segments
+
+    spi = tmall(api)
+    answer = await spi.call("tmall.mei.crm.member.register", {"mobile": MOBILE, "ouid": "OU1", "omid": "OM1"})
+    assert answer["query_code"] == "SUC"
+    other = await api.post(
+        "/api/members",
+        json={"name": "not bound"},
+        headers={"Authorization": f"Bearer {await api.create_key('admin')}"},
+    )
+    assert other.status_code == 201
+
+    async def bound_at() -> dict[str, datetime | None]:
+        async with tongcrm_db.sessions() as session:
+            rows = await session.execute(sa.select(Identity.kind, Identity.bound_at))
+            return {kind: at for kind, at in rows}
+
+    async def matching(value: bool) -> int:
+        async with tongcrm_db.sessions() as session:
+            context = await segments.load_context(session, api.host, datetime.now(UTC))
+            definition = {
+                "version": 1,
+                "condition": {
+                    "field": "identity.membership_bound",
+                    "op": "is",
+                    "value": value,
+                    "channel": "taobao",
+                },
+            }
+            return await segments.count(session, segments.prepare(context, definition))
+
+    first = await bound_at()
+    assert first["mobile"] is None  # the mobile found the member; it is no platform binding
+    assert first["taobao.ouid"] is not None and first["taobao.omid"] == first["taobao.ouid"]
+    assert (await matching(True), await matching(False)) == (1, 1)
+    # Tmall retrying the enrolment does not move the binding's time
+    assert (await spi.call("tmall.mei.crm.member.register", {"mobile": MOBILE, "ouid": "OU1"}))[
+        "query_code"
+    ] == "SUC"
+    assert (await bound_at())["taobao.ouid"] == first["taobao.ouid"]
+
+    service = MembershipService(tongcrm_db.sessions, api.host, tongcrm_settings)
+    member_id = await service.unbind(
+        claims=[IdentityClaim("taobao.ouid", "OU1"), IdentityClaim("taobao.omid", "OM1")], actor="t"
+    )
+    assert member_id == (await _members(tongcrm_db))[0]
+    assert all(at is None for at in (await bound_at()).values())
+    assert (await matching(True), await matching(False)) == (0, 2)
+    assert await service.unbind(claims=[IdentityClaim("taobao.ouid", "nobody")], actor="t") is None

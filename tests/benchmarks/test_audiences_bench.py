@@ -1,0 +1,216 @@
+"""Audience benchmarks on a generated base (:mod:`audience_seed`): ``TONGCRM_BENCH_MEMBERS`` members (default
+1,000,000) with five times as many orders, on SQLite and on PostgreSQL.
+
+- Count of a four-condition segment (gold tier, at least 2 orders on taobao in 90 days, never bought in a store,
+  opted in to marketing) next to a plain ``SELECT count(*) FROM members`` (the ceiling), measured in alternating
+  turns in the same run (``TONGCRM_BENCH_ROUNDS``, default 5): median ms of each and their ratio. Aims: at most
+  3x the count and 100 ms on PostgreSQL.
+- A full RFM recompute (aim: 60 s), then 10,000 new orders and the incremental recompute they cause (aim: 2 s).
+
+The seed is kept and reused by later runs (it takes minutes): PostgreSQL in the database
+``TONGCRM_BENCH_AUDIENCE_POSTGRES_URL`` (default: ``bench_aud`` on the server of ``TONGCRM_TEST_POSTGRES_URL``,
+created when missing; no server named: the PostgreSQL case is skipped), SQLite in a file under
+``TONGCRM_BENCH_DATA_DIR`` (default ``$TMPDIR/tongcrm-bench``).
+
+Run: ``python -m pytest tests/benchmarks/test_audiences_bench.py --benchmark-enable --benchmark-only -s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.rfm import service as rfm
+from tongcrm.segments import service
+from tongcrm.segments.compiler import Context
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from audience_seed import NOW, ORDERS_PER_MEMBER, Dialect, seed  # noqa: E402
+
+MEMBERS = int(os.environ.get("TONGCRM_BENCH_MEMBERS", "1000000"))
+ROUNDS = int(os.environ.get("TONGCRM_BENCH_ROUNDS", "5"))
+NEW_ORDERS = 10_000
+TZ = ZoneInfo("Asia/Shanghai")
+CONTEXT = Context(
+    now=NOW,
+    channels=frozenset({"taobao", "jd", "offline_pos"}),
+    identity_kinds={"taobao": ("taobao.ouid",), "jd": ("jd.open_id",), "offline_pos": ("pos.card",)},
+    tiers=("member", "silver", "gold", "platinum"),
+)
+SEGMENT = {
+    "version": 1,
+    "condition": {
+        "all": [
+            {"field": "tier.code", "op": "eq", "value": "gold"},
+            {"field": "orders.count", "op": "gte", "value": 2, "window_days": 90, "channel": "taobao"},
+            {"not": {"field": "orders.count", "op": "gte", "value": 1, "store": "*"}},
+            {"field": "consent.opted_in", "op": "is", "value": True, "purpose": "marketing"},
+        ]
+    },
+}
+
+
+def _postgres_url() -> str | None:
+    if explicit := os.environ.get("TONGCRM_BENCH_AUDIENCE_POSTGRES_URL"):
+        return explicit
+    server = os.environ.get("TONGCRM_TEST_POSTGRES_URL")
+    if not server:
+        return None
+    return sa.make_url(server).set(database="bench_aud").render_as_string(hide_password=False)
+
+
+async def _create_database(url: str) -> None:
+    target = sa.make_url(url)
+    engine = create_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            found = await conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            )
+            if found.first() is None:
+                await conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def bench_db(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        url = _postgres_url()
+        if url is None:
+            pytest.skip("no PostgreSQL server named (TONGCRM_TEST_POSTGRES_URL)")
+        asyncio.run(_create_database(url))
+    else:
+        folder = Path(os.environ.get("TONGCRM_BENCH_DATA_DIR", Path(tempfile.gettempdir()) / "tongcrm-bench"))
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{folder / f'audiences-{MEMBERS}.sqlite3'}"
+    took = asyncio.run(seed(url, MEMBERS, progress=lambda line: print(f"  seed {line}")))
+    how = "reused" if took is None else f"seeded in {took:.0f}s"
+    print(f"\n{MEMBERS} members, {MEMBERS * ORDERS_PER_MEMBER} orders on {request.param}: {how}")
+    return url
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f} on {os.cpu_count()} cores"
+
+
+def test_segment_count_vs_count_star(benchmark: Any, bench_db: str, report_figure: Any) -> None:
+    async def measure() -> tuple[dict[str, list[float]], int, int]:
+        engine = create_engine(bench_db)
+        times: dict[str, list[float]] = {"count(*)": [], "segment": []}
+        try:
+            async with session_factory(engine)() as session:
+                prepared = service.prepare(CONTEXT, SEGMENT)
+                everyone = sa.select(sa.func.count()).select_from(sa.table("members"))
+
+                async def plain() -> int:
+                    return int((await session.execute(everyone)).scalar_one())
+
+                async def segment() -> int:
+                    return await service.count(session, prepared)
+
+                total, matched = await plain(), await segment()  # warm: both read from the cache alike
+                for _ in range(ROUNDS):
+                    for name, run in (("count(*)", plain), ("segment", segment)):
+                        started = time.perf_counter()
+                        await run()
+                        times[name].append((time.perf_counter() - started) * 1000)
+                    await session.rollback()  # no snapshot held across turns
+        finally:
+            await engine.dispose()
+        return times, total, matched
+
+    results: list[tuple[dict[str, list[float]], int, int]] = []
+    benchmark.pedantic(lambda: results.append(asyncio.run(measure())), rounds=1, iterations=1)
+    times, total, matched = results[0]
+    plain_ms, segment_ms = statistics.median(times["count(*)"]), statistics.median(times["segment"])
+    ratio = segment_ms / plain_ms
+    dialect = bench_db.split(":")[0]
+    benchmark.extra_info.update(
+        {"count_star_ms": round(plain_ms, 1), "segment_ms": round(segment_ms, 1), "ratio": round(ratio, 2),
+         "members": total, "matched": matched, "rounds": ROUNDS, "cores": os.cpu_count()}
+    )  # fmt: skip
+    report_figure(
+        f"{dialect}: 4-condition segment count {segment_ms:.1f} ms ({matched} of {total}) vs count(*) "
+        f"{plain_ms:.1f} ms = {ratio:.2f}x (median of {ROUNDS} alternating turns; {_load()})"
+    )
+    assert total == MEMBERS and 0 < matched < total
+
+
+async def _add_orders(engine: AsyncEngine, count: int) -> int:
+    """``count`` new paid taobao orders stamped now (what a sync writes), each for the buyer of an existing
+    order picked evenly over the seed, so buyers come in the seed's proportions (busy ones more often); returns
+    the id the new orders start after."""
+    d = Dialect(engine.dialect.name)
+    async with engine.begin() as conn:
+        base = int((await conn.execute(sa.text("SELECT max(id) FROM orders"))).scalar_one())
+        prefix, source = d.series(1, count)
+        now = "now()" if d.pg else "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+        placed = d.ago("(i % 86400)")
+        seeded = MEMBERS * ORDERS_PER_MEMBER
+        await conn.execute(
+            sa.text(
+                f"{prefix}INSERT INTO orders (id, account_id, external_id, member_id, origin_member_id, channel, "  # noqa: S608
+                "status, platform_status, total_fen, paid_fen, refunded_fen, post_fee_fen, discount_fen, placed_at,"
+                " paid_at, modified_at, ingested_at, updated_at) "
+                f"SELECT {base} + i, 1, 'new' || ({base} + i), o.member_id, o.member_id, 'taobao', 'paid', '', "
+                f"5000 + i, 5000 + i, 0, 0, 0, {placed}, {placed}, {placed}, {now}, {now} "
+                f"FROM {source} JOIN orders o ON o.id = 1 + (i * 499) % {seeded}"
+            )
+        )  # fmt: skip
+    return base
+
+
+async def _remove_orders(engine: AsyncEngine, after: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM orders WHERE id > :after"), {"after": after})
+
+
+def test_rfm_full_then_incremental(benchmark: Any, bench_db: str, report_figure: Any) -> None:
+    dialect = bench_db.split(":")[0]
+
+    async def measure() -> tuple[float, float, rfm.RunResult, rfm.RunResult]:
+        engine = create_engine(bench_db)
+        sessions = session_factory(engine)
+        try:
+            started = time.perf_counter()
+            full = await rfm.recompute_full(sessions, NOW, TZ)
+            full_s = time.perf_counter() - started
+            base = await _add_orders(engine, NEW_ORDERS)
+            try:
+                started = time.perf_counter()
+                incremental = await rfm.recompute_incremental(sessions, NOW, TZ)
+                incremental_s = time.perf_counter() - started
+            finally:
+                await _remove_orders(engine, base)  # the kept seed stays as generated
+        finally:
+            await engine.dispose()
+        return full_s, incremental_s, full, incremental
+
+    results: list[tuple[float, float, rfm.RunResult, rfm.RunResult]] = []
+    benchmark.pedantic(lambda: results.append(asyncio.run(measure())), rounds=1, iterations=1)
+    full_s, incremental_s, full, incremental = results[0]
+    benchmark.extra_info.update(
+        {"full_s": round(full_s, 2), "incremental_s": round(incremental_s, 3), "scored": full.scored,
+         "incremental_members": incremental.members, "cores": os.cpu_count()}
+    )  # fmt: skip
+    report_figure(
+        f"{dialect}: full RFM recompute {full_s:.1f} s ({full.scored} members scored); incremental after "
+        f"{NEW_ORDERS} new orders {incremental_s:.2f} s ({incremental.members} members re-scored; {_load()})"
+    )
+    assert incremental.kind == "incremental" and 0 < incremental.members <= NEW_ORDERS
+    assert full.scored > MEMBERS // 2
