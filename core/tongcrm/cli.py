@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -19,6 +19,9 @@ from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import TongcrmError
 from tongcrm.logging import configure_logging, get_logger
 from tongcrm.plugin.host import PluginHost
+
+if TYPE_CHECKING:
+    from tongcrm.jobs.runner import Runner
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -338,31 +341,87 @@ def jobs() -> None:
 
 
 @jobs.command("worker")
-@click.option("--poll", default=0.5, show_default=True, help="Seconds between polls when idle.")
+@click.option(
+    "--poll", default=0.5, show_default=True, help="Seconds between polls when idle (in-process mode)."
+)
+@click.option(
+    "--concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Jobs one broker-mode worker runs at once (start more processes for more cores).",
+)
 @pass_ctx
-def jobs_worker(ctx: Context, poll: float) -> None:
-    """Run jobs and deliver events until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    from tongcrm.jobs.registry import load_job_modules
-    from tongcrm.jobs.runner import Runner
+def jobs_worker(ctx: Context, poll: float, concurrency: int) -> None:
+    """Run jobs and deliver events until interrupted (SIGINT/SIGTERM stop it cleanly).
+
+    With TONGCRM_JOBS_BROKER_URL set this is a taskiq worker taking work from RabbitMQ (start any number, on
+    any machine; `tongcrm jobs scheduler` feeds them); otherwise it polls the database itself.
+    """
+    from tongcrm.jobs.broker import BrokerSpec, run_worker
 
     settings = ctx.settings
     configure_logging(json=settings.log_json, level=settings.log_level)
 
-    async def main() -> None:
-        engine = create_engine(settings.database_url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            runner = Runner(
-                session_factory(engine), ctx.host, load_job_modules(), services={"settings": settings}
-            )
+    async def main(engine: Any) -> None:
+        stop = _stop_on_signals()
+        runner = _job_runner(ctx, settings, engine)
+        if settings.jobs_broker_url:
+            await run_worker(BrokerSpec(settings.jobs_broker_url), runner, stop, concurrency=concurrency)
+        else:
             await runner.run_forever(stop, poll_seconds=poll)
-        finally:
-            await engine.dispose()
 
-    run(main())
+    run(_with_engine(settings, main))
+
+
+@jobs.command("scheduler")
+@click.option("--poll", default=0.5, show_default=True, help="Seconds between passes when idle.")
+@pass_ctx
+def jobs_scheduler(ctx: Context, poll: float) -> None:
+    """Broker mode: schedule periodic jobs, relay the outbox and publish due work to the workers.
+
+    Run one or two (a standby takes over when the active one's database lease lapses); never more than one
+    is active, so a periodic slot runs once cluster-wide.
+    """
+    from tongcrm.jobs.broker import BrokerSpec, run_scheduler
+
+    settings = ctx.settings
+    if not settings.jobs_broker_url:
+        fail(
+            "the scheduler feeds broker-mode workers: set TONGCRM_JOBS_BROKER_URL=amqp://… (without it, "
+            "`tongcrm serve` or `tongcrm jobs worker` schedule periodic jobs themselves)"
+        )
+    broker_url = settings.jobs_broker_url
+    configure_logging(json=settings.log_json, level=settings.log_level)
+
+    async def main(engine: Any) -> None:
+        runner = _job_runner(ctx, settings, engine)
+        await run_scheduler(BrokerSpec(broker_url), runner, _stop_on_signals(), poll_seconds=poll)
+
+    run(_with_engine(settings, main))
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _job_runner(ctx: Context, settings: Settings, engine: Any) -> Runner:
+    from datetime import timedelta
+
+    from tongcrm.jobs.registry import load_job_modules
+    from tongcrm.jobs.runner import Runner
+
+    return Runner(
+        session_factory(engine),
+        ctx.host,
+        load_job_modules(),
+        services={"settings": settings},
+        lock_ttl=timedelta(seconds=settings.job_lock_seconds),
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------

@@ -83,6 +83,27 @@ class JobRegistry:
         self.periodic[name] = PeriodicJob(name, every, job, dict(payload or {}))
 
 
+def job_due(now: datetime) -> sa.ColumnElement[bool]:
+    """A job any runner may claim now: queued and due, or running under a lock its runner let expire (it died)."""
+    return sa.or_(
+        sa.and_(Job.status == "queued", Job.run_at <= now),
+        sa.and_(Job.status == "running", Job.locked_until < now),
+    )
+
+
+def delivery_due(now: datetime) -> sa.ColumnElement[bool]:
+    """A delivery any relay may attempt now (a claimed one is pushed into the future while it is worked on)."""
+    return sa.and_(EventDelivery.status == "pending", EventDelivery.next_attempt_at <= now)
+
+
+def _claim_target(row_id: int | None, next_due: sa.Select[Any]) -> sa.ColumnElement[Any] | int:
+    """The row a claim updates: the one a broker message names, or else the next due one that no concurrent
+    claim has locked."""
+    if row_id is not None:
+        return row_id
+    return next_due.limit(1).with_for_update(skip_locked=True).scalar_subquery()
+
+
 def backoff(attempt: int, *, base: float = 2.0, cap: float = 600.0) -> timedelta:
     """Exponential backoff with ±20 % jitter, so retries of many failures do not arrive together."""
     delay = min(cap, base * (2 ** max(0, attempt - 1)))
@@ -165,7 +186,15 @@ class Runner:
     # jobs
 
     async def run_next_job(self) -> bool:
-        job = await self._claim_job()
+        return await self.run_job()
+
+    async def run_job(self, job_id: int | None = None) -> bool:
+        """Claim and run one due job: the next one, or ``job_id`` when a broker message names it.
+
+        A message for a job that is not due (already done, running elsewhere, backing off) claims nothing and
+        returns False: that is how a redelivered or duplicated message stays without effect.
+        """
+        job = await self._claim_job(job_id)
         if job is None:
             return False
         job_id, name, payload, attempts, max_attempts, lock_key = job
@@ -202,22 +231,15 @@ class Runner:
                     await leases.release(session, lock_name, self.worker_id)
         return True
 
-    async def _claim_job(self) -> tuple[int, str, dict[str, Any], int, int, str | None] | None:
+    async def _claim_job(
+        self, job_id: int | None = None
+    ) -> tuple[int, str, dict[str, Any], int, int, str | None] | None:
         now = self.clock()
-        due = sa.or_(
-            sa.and_(Job.status == "queued", Job.run_at <= now),
-            sa.and_(Job.status == "running", Job.locked_until < now),  # its runner died
-        )
-        pick = (
-            sa.select(Job.id)
-            .where(due)
-            .order_by(Job.run_at, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).scalar_subquery()
+        due = job_due(now)
+        target = _claim_target(job_id, sa.select(Job.id).where(due).order_by(Job.run_at, Job.id))
         stmt = (
             sa.update(Job)
-            .where(Job.id == pick, due)
+            .where(Job.id == target, due)
             .values(
                 status="running",
                 attempts=Job.attempts + 1,
@@ -240,6 +262,7 @@ class Runner:
             "run_at": self.clock() + delay,
             "locked_by": None,
             "locked_until": None,
+            "published_at": None,  # broker mode: publish it again when it is due again
         }
         if error is not None:
             values["last_error"] = redact(error)
@@ -309,19 +332,26 @@ class Runner:
             delivered += 1
         return delivered
 
-    async def _claim_delivery(self) -> tuple[int, str, int, DomainEvent] | None:
+    async def deliver_one(self, delivery_id: int) -> bool:
+        """Deliver the event delivery a broker message names, if it is still due (see :meth:`run_job`)."""
+        claimed = await self._claim_delivery(delivery_id)
+        if claimed is None:
+            return False
+        await self._deliver(*claimed)
+        return True
+
+    async def _claim_delivery(
+        self, delivery_id: int | None = None
+    ) -> tuple[int, str, int, DomainEvent] | None:
         now = self.clock()
-        due = sa.and_(EventDelivery.status == "pending", EventDelivery.next_attempt_at <= now)
-        pick = (
-            sa.select(EventDelivery.id)
-            .where(due)
-            .order_by(EventDelivery.next_attempt_at, EventDelivery.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).scalar_subquery()
+        due = delivery_due(now)
+        target = _claim_target(
+            delivery_id,
+            sa.select(EventDelivery.id).where(due).order_by(EventDelivery.next_attempt_at, EventDelivery.id),
+        )
         stmt = (
             sa.update(EventDelivery)
-            .where(EventDelivery.id == pick, due)
+            .where(EventDelivery.id == target, due)
             # invisible to other relays while this one works on it; visible again if this one dies
             .values(attempts=EventDelivery.attempts + 1, next_attempt_at=now + self.lock_ttl)
             .returning(EventDelivery.id, EventDelivery.plugin, EventDelivery.attempts, EventDelivery.event_id)
@@ -373,6 +403,7 @@ class Runner:
                 bound.error("event delivery parked after its last attempt", error=values["last_error"])
             else:
                 values["next_attempt_at"] = self.clock() + backoff(attempts, base=self.retry_base)
+                values["published_at"] = None
                 bound.warning("event delivery failed; will retry", error=values["last_error"])
             async with self.sessions() as session, session.begin():
                 await session.execute(
