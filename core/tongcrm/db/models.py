@@ -30,6 +30,7 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.referrals.models",
     "tongcrm.members.tag_history",
     "tongcrm.tagrules.models",
+    "tongcrm.limits.models",
 )
 
 
