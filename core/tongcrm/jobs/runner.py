@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import socket
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from tongcrm.jobs import leases
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
 from tongcrm.jobs.queue import enqueue
 from tongcrm.logging import get_logger
+from tongcrm.metrics import DELIVERIES, JOB_FAILURES, JOB_SECONDS, JOB_WAIT_SECONDS
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import DomainEvent
 from tongcrm.privacy.redact import redact
@@ -197,7 +199,8 @@ class Runner:
         job = await self._claim_job(job_id)
         if job is None:
             return False
-        job_id, name, payload, attempts, max_attempts, lock_key = job
+        job_id, name, payload, attempts, max_attempts, lock_key, due_at = job
+        JOB_WAIT_SECONDS.labels(name).observe(max(0.0, (self.clock() - due_at).total_seconds()))
         lock_name = f"job-lock:{lock_key}" if lock_key else None
         if lock_name is not None:
             async with self.sessions() as session, session.begin():
@@ -209,6 +212,8 @@ class Runner:
                 return True
         handler = self.registry.handlers.get(name)
         bound = log.bind(job_id=job_id, job=name, attempt=attempts, worker=self.worker_id)
+        started = time.perf_counter()
+        outcome = "done"
         try:
             if handler is None:
                 raise LookupError(f"no handler registered for job {name!r}")
@@ -216,6 +221,8 @@ class Runner:
             await handler(ctx, dict(payload))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
+            JOB_FAILURES.labels(name).inc()
+            outcome = "parked" if attempts >= max_attempts else "retry"
             if attempts >= max_attempts:
                 bound.error("job parked after its last attempt", error=error)
                 await self._finish(job_id, status="parked", error=traceback.format_exc())
@@ -226,6 +233,7 @@ class Runner:
         else:
             await self._finish(job_id, status="done")
         finally:
+            JOB_SECONDS.labels(name, outcome).observe(time.perf_counter() - started)
             if lock_name is not None:
                 async with self.sessions() as session, session.begin():
                     await leases.release(session, lock_name, self.worker_id)
@@ -233,7 +241,7 @@ class Runner:
 
     async def _claim_job(
         self, job_id: int | None = None
-    ) -> tuple[int, str, dict[str, Any], int, int, str | None] | None:
+    ) -> tuple[int, str, dict[str, Any], int, int, str | None, datetime] | None:
         now = self.clock()
         due = job_due(now)
         target = _claim_target(job_id, sa.select(Job.id).where(due).order_by(Job.run_at, Job.id))
@@ -246,13 +254,15 @@ class Runner:
                 locked_by=self.worker_id,
                 locked_until=now + self.lock_ttl,
             )
-            .returning(Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.lock_key)
+            .returning(
+                Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.lock_key, Job.run_at
+            )
         )
         async with self.sessions() as session, session.begin():
             row = (await session.execute(stmt)).first()
         if row is None:
             return None
-        return (row[0], row[1], row[2], row[3], row[4], row[5])
+        return (row[0], row[1], row[2], row[3], row[4], row[5], row[6])
 
     async def _requeue(
         self, job_id: int, *, delay: timedelta, error: str | None = None, undo_attempt: bool = False
@@ -397,6 +407,7 @@ class Runner:
                 await result
         except Exception as exc:
             parked = attempts >= self.delivery_attempts
+            DELIVERIES.labels(event.name, "parked" if parked else "retry").inc()
             values: dict[str, Any] = {"last_error": redact(f"{type(exc).__name__}: {exc}")}
             if parked:
                 values["status"] = "parked"
@@ -410,6 +421,7 @@ class Runner:
                     sa.update(EventDelivery).where(EventDelivery.id == delivery_id).values(**values)
                 )
             return
+        DELIVERIES.labels(event.name, "done").inc()
         now = self.clock()
         async with self.sessions() as session, session.begin():
             for name, payload, unique_key, delay_seconds in requested:
