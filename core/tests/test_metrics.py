@@ -69,3 +69,25 @@ async def test_job_runs_are_timed_and_failures_counted(tongcrm_db: TestDatabase)
     await Runner(tongcrm_db.sessions, PluginHost(autoload=False), jobs).run_once()
     assert value("tongcrm_job_failures_total", job="metrics.boom") == before + 1
     assert value("tongcrm_job_duration_seconds_count", job="metrics.boom", outcome="parked") >= 1
+
+
+async def test_a_workers_health_endpoint_checks_its_database_and_serves_its_metrics(
+    tongcrm_db: TestDatabase,
+) -> None:
+    import httpx
+    from tongcrm.jobs.health import HealthServer
+
+    runner = Runner(tongcrm_db.sessions, PluginHost(autoload=False), JobRegistry(), worker_id="w-1")
+    server = HealthServer(runner, role="worker")
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            health = await client.get("/health")
+            assert health.status_code == 200
+            assert health.json() == {"status": "ok", "role": "worker", "worker": "w-1", "database": "ok"}
+            scraped = await client.get("/metrics")
+            assert scraped.status_code == 200 and "tongcrm_job_duration_seconds" in scraped.text
+            assert (await client.get("/nope")).status_code == 404
+            assert (await client.post("/health")).status_code == 405
+    finally:
+        await server.close()

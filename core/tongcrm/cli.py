@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -351,8 +352,17 @@ def jobs() -> None:
     type=click.IntRange(1, 256),
     help="Jobs one broker-mode worker runs at once (start more processes for more cores).",
 )
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /health and /metrics (this process's) on 127.0.0.1:PORT; --health-host to bind elsewhere.",
+)
+@click.option("--health-host", default="127.0.0.1", show_default=True)
 @pass_ctx
-def jobs_worker(ctx: Context, poll: float, concurrency: int) -> None:
+def jobs_worker(
+    ctx: Context, poll: float, concurrency: int, health_port: int | None, health_host: str
+) -> None:
     """Run jobs and deliver events until interrupted (SIGINT/SIGTERM stop it cleanly).
 
     With TONGCRM_JOBS_BROKER_URL set this is a taskiq worker taking work from RabbitMQ (start any number, on
@@ -366,18 +376,26 @@ def jobs_worker(ctx: Context, poll: float, concurrency: int) -> None:
     async def main(engine: Any) -> None:
         stop = _stop_on_signals()
         runner = _job_runner(ctx, settings, engine)
-        if settings.jobs_broker_url:
-            await run_worker(BrokerSpec(settings.jobs_broker_url), runner, stop, concurrency=concurrency)
-        else:
-            await runner.run_forever(stop, poll_seconds=poll)
+        async with _health(runner, "worker", health_host, health_port):
+            if settings.jobs_broker_url:
+                await run_worker(BrokerSpec(settings.jobs_broker_url), runner, stop, concurrency=concurrency)
+            else:
+                await runner.run_forever(stop, poll_seconds=poll)
 
     run(_with_engine(settings, main))
 
 
 @jobs.command("scheduler")
 @click.option("--poll", default=0.5, show_default=True, help="Seconds between passes when idle.")
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /health and /metrics (this process's) on 127.0.0.1:PORT; --health-host to bind elsewhere.",
+)
+@click.option("--health-host", default="127.0.0.1", show_default=True)
 @pass_ctx
-def jobs_scheduler(ctx: Context, poll: float) -> None:
+def jobs_scheduler(ctx: Context, poll: float, health_port: int | None, health_host: str) -> None:
     """Broker mode: schedule periodic jobs, relay the outbox and publish due work to the workers.
 
     Run one or two (a standby takes over when the active one's database lease lapses); never more than one
@@ -396,9 +414,25 @@ def jobs_scheduler(ctx: Context, poll: float) -> None:
 
     async def main(engine: Any) -> None:
         runner = _job_runner(ctx, settings, engine)
-        await run_scheduler(BrokerSpec(broker_url), runner, _stop_on_signals(), poll_seconds=poll)
+        async with _health(runner, "scheduler", health_host, health_port):
+            await run_scheduler(BrokerSpec(broker_url), runner, _stop_on_signals(), poll_seconds=poll)
 
     run(_with_engine(settings, main))
+
+
+@asynccontextmanager
+async def _health(runner: Runner, role: str, bind_host: str, port: int | None) -> AsyncIterator[None]:
+    from tongcrm.jobs.health import HealthServer
+
+    if port is None:
+        yield
+        return
+    server = HealthServer(runner, role=role, bind_host=bind_host, port=port)
+    await server.start()
+    try:
+        yield
+    finally:
+        await server.close()
 
 
 def _stop_on_signals() -> asyncio.Event:
