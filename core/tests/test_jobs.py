@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.jobs import leases
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
@@ -87,6 +88,24 @@ async def test_delayed_job_runs_once_after_the_delay_with_two_competing_runners(
     async with tongcrm_db.sessions() as session:
         job = (await session.execute(sa.select(Job))).scalar_one()
     assert job.status == "done" and job.attempts == 1
+
+
+async def test_the_enqueuing_requests_id_follows_the_job_into_its_log_context(
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
+) -> None:
+    seen: list[dict[str, Any]] = []
+    registry = JobRegistry()
+
+    @registry.job("traced")
+    async def traced(ctx: JobContext, payload: dict[str, Any]) -> None:
+        seen.append(dict(structlog.contextvars.get_contextvars()))
+
+    with structlog.contextvars.bound_contextvars(request_id="req-0001"):
+        async with tongcrm_db.sessions() as session, session.begin():
+            await enqueue(session, "traced", run_at=clock())
+    await (await runner_for(registry)).run_once()
+    assert len(seen) == 1
+    assert seen[0]["request_id"] == "req-0001" and isinstance(seen[0]["job_id"], int)
 
 
 async def test_unique_key_schedules_once(tongcrm_db: TestDatabase) -> None:

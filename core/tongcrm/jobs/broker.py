@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -202,6 +203,8 @@ async def run_worker(spec: BrokerSpec, runner: Runner, stop: asyncio.Event, *, c
     """Consume work messages until ``stop`` is set. Messages are acked after the row's work has run, so a
     message a dead worker held goes back to the queue (and, being a duplicate by then, claims nothing)."""
     broker, _task = create_broker(spec)
+    # taskiq logs every message at INFO; our own lines carry the task, job and request ids
+    logging.getLogger("taskiq").setLevel(logging.WARNING)
     broker.is_worker_process = True
     broker.state.runner = runner
     await broker.startup()

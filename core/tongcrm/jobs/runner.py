@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.jobs import leases
@@ -199,7 +200,22 @@ class Runner:
         job = await self._claim_job(job_id)
         if job is None:
             return False
-        job_id, name, payload, attempts, max_attempts, lock_key, due_at = job
+        job_id, name, payload, attempts, max_attempts, lock_key, due_at, request_id = job
+        with structlog.contextvars.bound_contextvars(
+            job_id=job_id, **({"request_id": request_id} if request_id else {})
+        ):
+            return await self._run_claimed(job_id, name, payload, attempts, max_attempts, lock_key, due_at)
+
+    async def _run_claimed(
+        self,
+        job_id: int,
+        name: str,
+        payload: dict[str, Any],
+        attempts: int,
+        max_attempts: int,
+        lock_key: str | None,
+        due_at: datetime,
+    ) -> bool:
         JOB_WAIT_SECONDS.labels(name).observe(max(0.0, (self.clock() - due_at).total_seconds()))
         lock_name = f"job-lock:{lock_key}" if lock_key else None
         if lock_name is not None:
@@ -241,7 +257,7 @@ class Runner:
 
     async def _claim_job(
         self, job_id: int | None = None
-    ) -> tuple[int, str, dict[str, Any], int, int, str | None, datetime] | None:
+    ) -> tuple[int, str, dict[str, Any], int, int, str | None, datetime, str | None] | None:
         now = self.clock()
         due = job_due(now)
         target = _claim_target(job_id, sa.select(Job.id).where(due).order_by(Job.run_at, Job.id))
@@ -255,14 +271,21 @@ class Runner:
                 locked_until=now + self.lock_ttl,
             )
             .returning(
-                Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.lock_key, Job.run_at
+                Job.id,
+                Job.name,
+                Job.payload,
+                Job.attempts,
+                Job.max_attempts,
+                Job.lock_key,
+                Job.run_at,
+                Job.request_id,
             )
         )
         async with self.sessions() as session, session.begin():
             row = (await session.execute(stmt)).first()
         if row is None:
             return None
-        return (row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+        return (row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
 
     async def _requeue(
         self, job_id: int, *, delay: timedelta, error: str | None = None, undo_attempt: bool = False

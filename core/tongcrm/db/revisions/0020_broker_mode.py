@@ -20,6 +20,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # expand-only: nullable columns the in-process runner ignores, so workers of the previous release keep running
     op.add_column("jobs", sa.Column("published_at", tongcrm.db.base.UTCDateTime(), nullable=True))
+    op.add_column("jobs", sa.Column("request_id", sa.String(length=64), nullable=True))
     op.add_column("event_deliveries", sa.Column("published_at", tongcrm.db.base.UTCDateTime(), nullable=True))
     op.create_table(
         "call_grants",
@@ -37,4 +38,5 @@ def downgrade() -> None:
     with op.batch_alter_table("event_deliveries") as batch:
         batch.drop_column("published_at")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("request_id")
         batch.drop_column("published_at")
