@@ -378,7 +378,8 @@ def jobs_worker(
         runner = _job_runner(ctx, settings, engine)
         async with _health(runner, "worker", health_host, health_port):
             if settings.jobs_broker_url:
-                await run_worker(BrokerSpec(settings.jobs_broker_url), runner, stop, concurrency=concurrency)
+                spec = BrokerSpec(settings.jobs_broker_url, queue=settings.jobs_queue)
+                await run_worker(spec, runner, stop, concurrency=concurrency)
             else:
                 await runner.run_forever(stop, poll_seconds=poll)
 
@@ -401,6 +402,8 @@ def jobs_scheduler(ctx: Context, poll: float, health_port: int | None, health_ho
     Run one or two (a standby takes over when the active one's database lease lapses); never more than one
     is active, so a periodic slot runs once cluster-wide.
     """
+    from datetime import timedelta
+
     from tongcrm.jobs.broker import BrokerSpec, run_scheduler
 
     settings = ctx.settings
@@ -415,7 +418,13 @@ def jobs_scheduler(ctx: Context, poll: float, health_port: int | None, health_ho
     async def main(engine: Any) -> None:
         runner = _job_runner(ctx, settings, engine)
         async with _health(runner, "scheduler", health_host, health_port):
-            await run_scheduler(BrokerSpec(broker_url), runner, _stop_on_signals(), poll_seconds=poll)
+            await run_scheduler(
+                BrokerSpec(broker_url, queue=settings.jobs_queue),
+                runner,
+                _stop_on_signals(),
+                poll_seconds=poll,
+                republish_after=timedelta(seconds=settings.jobs_republish_seconds),
+            )
 
     run(_with_engine(settings, main))
 

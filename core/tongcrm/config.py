@@ -36,6 +36,10 @@ class Settings:
     jobs_broker_url: str | None = None
     #: How long a claimed job stays locked to its worker; a job of a worker that died runs again after this.
     job_lock_seconds: float = 300.0
+    #: Broker mode: the RabbitMQ queue (one per tongcrm installation sharing a vhost) and how old a row's
+    #: ``published_at`` must be before the scheduler publishes it again (its message may have been lost).
+    jobs_queue: str = "tongcrm.jobs"
+    jobs_republish_seconds: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,6 +81,8 @@ class Settings:
             sync_lease_seconds=float(env.get("TONGCRM_SYNC_LEASE_SECONDS", "120")),
             jobs_broker_url=broker_url,
             job_lock_seconds=float(env.get("TONGCRM_JOB_LOCK_SECONDS", "300")),
+            jobs_queue=env.get("TONGCRM_JOBS_QUEUE", "tongcrm.jobs"),
+            jobs_republish_seconds=float(env.get("TONGCRM_JOBS_REPUBLISH_SECONDS", "30")),
         )
 
 

@@ -228,11 +228,17 @@ async def run_worker(spec: BrokerSpec, runner: Runner, stop: asyncio.Event, *, c
 
 
 async def run_scheduler(
-    spec: BrokerSpec, runner: Runner, stop: asyncio.Event, *, poll_seconds: float = 0.5
+    spec: BrokerSpec,
+    runner: Runner,
+    stop: asyncio.Event,
+    *,
+    poll_seconds: float = 0.5,
+    republish_after: timedelta = timedelta(seconds=30),
 ) -> None:
     broker, task = create_broker(spec)
     await broker.startup()
     try:
-        await Scheduler(runner, task).run_forever(stop, poll_seconds=poll_seconds)
+        scheduler = Scheduler(runner, task, republish_after=republish_after)
+        await scheduler.run_forever(stop, poll_seconds=poll_seconds)
     finally:
         await broker.shutdown()
