@@ -59,6 +59,11 @@ def healthy(port: int) -> None:
         answer.read()
 
 
+def delete_queue(name: str) -> None:
+    """Durable queues outlive the run otherwise."""
+    subprocess.run(["rabbitmqctl", "delete_queue", name], capture_output=True, check=False)
+
+
 def admin(url: str, sql: str) -> None:
     subprocess.run(["psql", url, "-qc", sql], check=True, capture_output=True)
 
@@ -163,6 +168,8 @@ async def run(server_url: str, workers: int, orders: int, env_base: dict[str, st
             process.wait(30)
         await engine.dispose()
         admin(server_url, f"DROP DATABASE IF EXISTS {name}")
+        for queue in (env["TONGCRM_JOBS_QUEUE"], env["TONGCRM_JOBS_QUEUE"] + ".dead"):
+            delete_queue(queue)
     return {
         "workers": workers,
         "seconds": round(elapsed, 1),

@@ -204,6 +204,11 @@ async def test_two_shops_sync_through_a_worker_kill_and_a_broker_restart(
                     await asyncio.to_thread(process.wait, 20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+            queue = cluster_env["TONGCRM_JOBS_QUEUE"]
+            for name in (queue, f"{queue}.dead"):  # durable queues outlive the test otherwise
+                await asyncio.to_thread(
+                    subprocess.run, ["rabbitmqctl", "delete_queue", name], capture_output=True, check=False
+                )
 
 
 async def _orders_match(db: TestDatabase, *truths: Callable[[], tuple[dict[str, str], int]]) -> bool:

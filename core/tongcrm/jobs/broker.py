@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from pamqp.common import FieldTable
 from taskiq import AsyncTaskiqDecoratedTask, Context, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 from taskiq.api import run_receiver_task
@@ -68,10 +69,24 @@ def create_broker(spec: BrokerSpec) -> tuple[AioPikaBroker, WorkTask]:
         queue = Queue(name=spec.queue, routing_key=spec.queue)
         dead = Queue(name=f"{spec.queue}.dead")
     else:
+        # throw-away queues (tests): RabbitMQ drops them a minute after their last use, the dead-letter one
+        # (which never has a consumer, so auto-delete would never fire) included
+        expiring: FieldTable = {"x-expires": 60_000}
         queue = Queue(
-            name=spec.queue, routing_key=spec.queue, type=QueueType.CLASSIC, durable=False, auto_delete=True
+            name=spec.queue,
+            routing_key=spec.queue,
+            type=QueueType.CLASSIC,
+            durable=False,
+            auto_delete=True,
+            arguments=expiring,
         )
-        dead = Queue(name=f"{spec.queue}.dead", type=QueueType.CLASSIC, durable=False, auto_delete=True)
+        dead = Queue(
+            name=f"{spec.queue}.dead",
+            type=QueueType.CLASSIC,
+            durable=False,
+            auto_delete=True,
+            arguments=expiring,
+        )
     broker = AioPikaBroker(
         spec.url,
         exchange=Exchange(name=spec.exchange),
