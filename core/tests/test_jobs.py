@@ -6,12 +6,14 @@ Runners get a controllable clock, so "after the delay" is a clock step rather th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.jobs import leases
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
@@ -21,6 +23,7 @@ from tongcrm.jobs.runner import JobContext, JobRegistry, Runner
 from tongcrm.plugin import hookimpl
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import DomainEvent
+from tongcrm.testing.broker import BrokerRunner, broker_reachable
 from tongcrm.testing.database import TestDatabase
 
 
@@ -40,16 +43,24 @@ def clock() -> Clock:
     return Clock()
 
 
-def _runner(
-    db: TestDatabase, registry: JobRegistry, clock: Clock, host: PluginHost | None = None, **kw: Any
-) -> Runner:
-    return Runner(
-        db.sessions, host or PluginHost(autoload=False), registry, clock=clock, retry_base=1.0, **kw
-    )
+MakeRunner = Callable[..., Awaitable[Any]]
+RunnerFor = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+def runner_for(make_runner: MakeRunner, tongcrm_db: TestDatabase, clock: Clock) -> RunnerFor:
+    """A runner of the test's kind (in-process or broker) on the test database with the test clock."""
+
+    async def factory(registry: JobRegistry, host: PluginHost | None = None, **kw: Any) -> Any:
+        kw.setdefault("retry_base", 1.0)
+        sessions = kw.pop("sessions", tongcrm_db.sessions)
+        return await make_runner(sessions, registry, host=host, clock=clock, **kw)
+
+    return factory
 
 
 async def test_delayed_job_runs_once_after_the_delay_with_two_competing_runners(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     runs: list[dict[str, Any]] = []
     registry = JobRegistry()
@@ -65,8 +76,8 @@ async def test_delayed_job_runs_once_after_the_delay_with_two_competing_runners(
     # two runners with their own connection pools, like two processes
     other_engine = create_engine(tongcrm_db.url)
     try:
-        first = _runner(tongcrm_db, registry, clock)
-        second = Runner(session_factory(other_engine), PluginHost(autoload=False), registry, clock=clock)
+        first = await runner_for(registry)
+        second = await runner_for(registry, sessions=session_factory(other_engine))
         await asyncio.gather(first.run_once(), second.run_once())
         assert runs == []  # not before the delay
         clock.advance(minutes=10)
@@ -79,6 +90,24 @@ async def test_delayed_job_runs_once_after_the_delay_with_two_competing_runners(
     assert job.status == "done" and job.attempts == 1
 
 
+async def test_the_enqueuing_requests_id_follows_the_job_into_its_log_context(
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
+) -> None:
+    seen: list[dict[str, Any]] = []
+    registry = JobRegistry()
+
+    @registry.job("traced")
+    async def traced(ctx: JobContext, payload: dict[str, Any]) -> None:
+        seen.append(dict(structlog.contextvars.get_contextvars()))
+
+    with structlog.contextvars.bound_contextvars(request_id="req-0001"):
+        async with tongcrm_db.sessions() as session, session.begin():
+            await enqueue(session, "traced", run_at=clock())
+    await (await runner_for(registry)).run_once()
+    assert len(seen) == 1
+    assert seen[0]["request_id"] == "req-0001" and isinstance(seen[0]["job_id"], int)
+
+
 async def test_unique_key_schedules_once(tongcrm_db: TestDatabase) -> None:
     async with tongcrm_db.sessions() as session, session.begin():
         assert await enqueue(session, "x", unique_key="k1") is True
@@ -88,7 +117,7 @@ async def test_unique_key_schedules_once(tongcrm_db: TestDatabase) -> None:
 
 
 async def test_failing_job_is_retried_with_backoff_then_parked(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     registry = JobRegistry()
     attempts: list[int] = []
@@ -100,7 +129,7 @@ async def test_failing_job_is_retried_with_backoff_then_parked(
 
     async with tongcrm_db.sessions() as session, session.begin():
         await enqueue(session, "flaky", run_at=clock(), max_attempts=3)
-    runner = _runner(tongcrm_db, registry, clock)
+    runner = await runner_for(registry)
     await runner.run_once()
     assert attempts == [1]
     await runner.run_once()
@@ -116,7 +145,7 @@ async def test_failing_job_is_retried_with_backoff_then_parked(
 
 
 async def test_job_of_a_dead_runner_is_claimed_again_after_its_lock_expires(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     registry = JobRegistry()
     runs: list[str] = []
@@ -127,9 +156,9 @@ async def test_job_of_a_dead_runner_is_claimed_again_after_its_lock_expires(
 
     async with tongcrm_db.sessions() as session, session.begin():
         await enqueue(session, "work", run_at=clock())
-    dead = _runner(tongcrm_db, registry, clock, lock_ttl=timedelta(minutes=1))
+    dead = await runner_for(registry, lock_ttl=timedelta(minutes=1))
     assert await dead._claim_job() is not None  # claimed, then the runner "dies"
-    alive = _runner(tongcrm_db, registry, clock)
+    alive = await runner_for(registry)
     await alive.run_once()
     assert runs == []
     clock.advance(minutes=2)
@@ -137,7 +166,9 @@ async def test_job_of_a_dead_runner_is_claimed_again_after_its_lock_expires(
     assert runs == ["ran"]
 
 
-async def test_jobs_with_the_same_lock_key_never_overlap(tongcrm_db: TestDatabase, clock: Clock) -> None:
+async def test_jobs_with_the_same_lock_key_never_overlap(
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
+) -> None:
     registry = JobRegistry()
     running = 0
     peak = 0
@@ -153,7 +184,7 @@ async def test_jobs_with_the_same_lock_key_never_overlap(tongcrm_db: TestDatabas
     async with tongcrm_db.sessions() as session, session.begin():
         for i in range(4):
             await enqueue(session, "sync", {"i": i}, run_at=clock(), lock_key="account:shop-1")
-    runners = [_runner(tongcrm_db, registry, clock) for _ in range(3)]
+    runners = [await runner_for(registry) for _ in range(3)]
     for _ in range(6):
         await asyncio.gather(*(r.run_next_job() for r in runners))
         clock.advance(seconds=2)
@@ -164,7 +195,7 @@ async def test_jobs_with_the_same_lock_key_never_overlap(tongcrm_db: TestDatabas
 
 
 async def test_periodic_job_gets_one_run_per_slot_across_runners(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     registry = JobRegistry()
     ticks: list[str] = []
@@ -174,7 +205,7 @@ async def test_periodic_job_gets_one_run_per_slot_across_runners(
         ticks.append(ctx.clock().isoformat())
 
     registry.every("ticker", timedelta(minutes=5), "tick")
-    runners = [_runner(tongcrm_db, registry, clock) for _ in range(2)]
+    runners = [await runner_for(registry) for _ in range(2)]
     for _ in range(3):
         await asyncio.gather(*(r.run_once() for r in runners))
     clock.advance(minutes=5)
@@ -215,14 +246,14 @@ class Recorder:
 
 
 async def test_event_from_committed_transaction_is_delivered_and_may_enqueue(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     host = PluginHost(autoload=False)
     recorder = Recorder()
     host.register(recorder, "recorder")
     async with tongcrm_db.sessions() as session, session.begin():
         emit(session, "member_created", {"member_id": 7})
-    runner = _runner(tongcrm_db, JobRegistry(), clock, host=host)
+    runner = await runner_for(JobRegistry(), host=host)
     await runner.run_once()
     await runner.run_once()
     assert [e.payload for e in recorder.seen] == [{"member_id": 7}]
@@ -232,7 +263,7 @@ async def test_event_from_committed_transaction_is_delivered_and_may_enqueue(
 
 
 async def test_event_written_in_a_rolled_back_transaction_is_never_delivered(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     host = PluginHost(autoload=False)
     recorder = Recorder()
@@ -246,7 +277,7 @@ async def test_event_written_in_a_rolled_back_transaction_is_never_delivered(
 
     with pytest.raises(RuntimeError):
         await failing_change()
-    runner = _runner(tongcrm_db, JobRegistry(), clock, host=host)
+    runner = await runner_for(JobRegistry(), host=host)
     await runner.run_once()
     assert recorder.seen == []
     async with tongcrm_db.sessions() as session:
@@ -254,7 +285,7 @@ async def test_event_written_in_a_rolled_back_transaction_is_never_delivered(
 
 
 async def test_failing_event_handler_is_retried_then_parked_with_its_error(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     host = PluginHost(autoload=False)
     flaky = Recorder(fail_times=1)
@@ -263,7 +294,7 @@ async def test_failing_event_handler_is_retried_then_parked_with_its_error(
     host.register(broken, "broken")
     async with tongcrm_db.sessions() as session, session.begin():
         emit(session, "member_created", {"member_id": 3})
-    runner = _runner(tongcrm_db, JobRegistry(), clock, host=host, delivery_attempts=3)
+    runner = await runner_for(JobRegistry(), host=host, delivery_attempts=3)
     for _ in range(6):
         await runner.run_once()
         clock.advance(minutes=10)
@@ -277,7 +308,7 @@ async def test_failing_event_handler_is_retried_then_parked_with_its_error(
 
 
 async def test_events_are_delivered_once_per_plugin_with_competing_relays(
-    tongcrm_db: TestDatabase, clock: Clock
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
 ) -> None:
     host = PluginHost(autoload=False)
     recorder = Recorder()
@@ -285,13 +316,15 @@ async def test_events_are_delivered_once_per_plugin_with_competing_relays(
     async with tongcrm_db.sessions() as session, session.begin():
         for i in range(20):
             emit(session, "member_created", {"member_id": i})
-    runners = [_runner(tongcrm_db, JobRegistry(), clock, host=host) for _ in range(3)]
+    runners = [await runner_for(JobRegistry(), host=host) for _ in range(3)]
     for _ in range(3):
         await asyncio.gather(*(r.run_once() for r in runners))
     assert sorted(e.payload["member_id"] for e in recorder.seen) == list(range(20))
 
 
-async def test_async_event_handler_is_awaited(tongcrm_db: TestDatabase, clock: Clock) -> None:
+async def test_async_event_handler_is_awaited(
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
+) -> None:
     seen: list[int] = []
 
     async def points_changed(event: DomainEvent) -> None:
@@ -302,5 +335,87 @@ async def test_async_event_handler_is_awaited(tongcrm_db: TestDatabase, clock: C
     host.register(SimpleNamespace(points_changed=hookimpl(points_changed)), "async_plugin")
     async with tongcrm_db.sessions() as session, session.begin():
         emit(session, "points_changed", {"member_id": 5})
-    await _runner(tongcrm_db, JobRegistry(), clock, host=host).run_once()
+    await (await runner_for(JobRegistry(), host=host)).run_once()
     assert seen == [5]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# broker mode only: what the broker adds (duplicates, lost messages, one active scheduler)
+
+
+@pytest.fixture
+async def broker_runner_for(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> AsyncIterator[Callable[..., Awaitable[BrokerRunner]]]:
+    if (reason := await broker_reachable()) is not None:
+        pytest.skip(reason)
+    started: list[BrokerRunner] = []
+
+    async def factory(registry: JobRegistry, **kw: Any) -> BrokerRunner:
+        runner = Runner(tongcrm_db.sessions, PluginHost(autoload=False), registry, clock=clock, **kw)
+        started.append(await BrokerRunner(runner).start())
+        return started[-1]
+
+    yield factory
+    for broker_runner in started:
+        await broker_runner.close()
+
+
+def _counting_registry(runs: list[int]) -> JobRegistry:
+    registry = JobRegistry()
+
+    @registry.job("effect")
+    async def effect(ctx: JobContext, payload: dict[str, Any]) -> None:
+        runs.append(ctx.job_id)
+
+    return registry
+
+
+async def _one_job(db: TestDatabase, clock: Clock) -> int:
+    async with db.sessions() as session, session.begin():
+        await enqueue(session, "effect", run_at=clock())
+        return (await session.execute(sa.select(Job.id))).scalar_one()
+
+
+async def test_duplicate_and_redelivered_messages_make_no_second_effect(
+    tongcrm_db: TestDatabase, clock: Clock, broker_runner_for: Callable[..., Awaitable[BrokerRunner]]
+) -> None:
+    runs: list[int] = []
+    worker = await broker_runner_for(_counting_registry(runs))
+    job_id = await _one_job(tongcrm_db, clock)
+    await worker.run_once()
+    await worker.publish("job", job_id)  # the broker redelivers it
+    await worker.publish("job", job_id)
+    await worker.publish("delivery", 999_999)  # a message naming a row that does not exist
+    assert runs == [job_id]
+
+
+async def test_a_lost_message_is_published_again(
+    tongcrm_db: TestDatabase, clock: Clock, broker_runner_for: Callable[..., Awaitable[BrokerRunner]]
+) -> None:
+    runs: list[int] = []
+    worker = await broker_runner_for(_counting_registry(runs))
+    job_id = await _one_job(tongcrm_db, clock)
+    assert await worker.scheduler._mark("job", 10) == [job_id]  # marked published, but the message was lost
+    await worker.run_once()
+    assert runs == []  # not yet: it may still be on its way
+    clock.advance(seconds=31)
+    await worker.run_once()
+    assert runs == [job_id]
+
+
+async def test_only_one_scheduler_is_active_and_a_standby_takes_over(
+    tongcrm_db: TestDatabase, clock: Clock, broker_runner_for: Callable[..., Awaitable[BrokerRunner]]
+) -> None:
+    runs: list[int] = []
+    registry = _counting_registry(runs)
+    registry.every("effects", timedelta(minutes=1), "effect")
+    active = await broker_runner_for(registry)
+    standby = await broker_runner_for(registry)
+    assert await active.run_once() > 0
+    assert await standby.scheduler.run_once() == 0  # standing by: schedules and publishes nothing
+    assert len(runs) == 1
+    clock.advance(seconds=61)  # the active scheduler died: its lease lapsed, the next slot is due
+    assert await standby.run_once() > 0
+    assert not await active.scheduler.hold_lease()
+    assert len(runs) == 2

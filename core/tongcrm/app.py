@@ -21,7 +21,7 @@ from tongcrm.api.inputs import StrictRequest, collect_query_names, document_prob
 from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.problems import exception_handlers
 from tongcrm.api.security import ROLES_OPT, authorize, check_route_access
-from tongcrm.api.system import PluginController, health
+from tongcrm.api.system import PluginController, health, metrics
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
@@ -45,6 +45,7 @@ from tongcrm.logging import configure_logging
 from tongcrm.members.api import MemberController, MergeController
 from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
+from tongcrm.metrics import HTTP_METRICS
 from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.store import PluginStore
@@ -62,6 +63,7 @@ from tongcrm.tiers.api import MemberTierController, TierController
 #: Core controllers; domain folders add theirs here.
 CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
     health,
+    metrics,
     PluginController,
     MemberController,
     MergeController,
@@ -164,6 +166,7 @@ def create_app(
     }
     app = Litestar(
         route_handlers=handlers,
+        middleware=[HTTP_METRICS.middleware],
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         before_request=authorize,

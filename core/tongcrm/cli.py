@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -20,6 +21,9 @@ from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import TongcrmError
 from tongcrm.logging import configure_logging, get_logger
 from tongcrm.plugin.host import PluginHost
+
+if TYPE_CHECKING:
+    from tongcrm.jobs.runner import Runner
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -372,31 +376,129 @@ def jobs() -> None:
 
 
 @jobs.command("worker")
-@click.option("--poll", default=0.5, show_default=True, help="Seconds between polls when idle.")
+@click.option(
+    "--poll", default=0.5, show_default=True, help="Seconds between polls when idle (in-process mode)."
+)
+@click.option(
+    "--concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Jobs one broker-mode worker runs at once (start more processes for more cores).",
+)
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /health and /metrics (this process's) on 127.0.0.1:PORT; --health-host to bind elsewhere.",
+)
+@click.option("--health-host", default="127.0.0.1", show_default=True)
 @pass_ctx
-def jobs_worker(ctx: Context, poll: float) -> None:
-    """Run jobs and deliver events until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    from tongcrm.jobs.registry import load_job_modules
-    from tongcrm.jobs.runner import Runner
+def jobs_worker(
+    ctx: Context, poll: float, concurrency: int, health_port: int | None, health_host: str
+) -> None:
+    """Run jobs and deliver events until interrupted (SIGINT/SIGTERM stop it cleanly).
+
+    With TONGCRM_JOBS_BROKER_URL set this is a taskiq worker taking work from RabbitMQ (start any number, on
+    any machine; `tongcrm jobs scheduler` feeds them); otherwise it polls the database itself.
+    """
+    from tongcrm.jobs.broker import BrokerSpec, run_worker
 
     settings = ctx.settings
     configure_logging(json=settings.log_json, level=settings.log_level)
 
-    async def main() -> None:
-        engine = create_engine(settings.database_url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            runner = Runner(
-                session_factory(engine), ctx.host, load_job_modules(), services={"settings": settings}
-            )
-            await runner.run_forever(stop, poll_seconds=poll)
-        finally:
-            await engine.dispose()
+    async def main(engine: Any) -> None:
+        stop = _stop_on_signals()
+        runner = _job_runner(ctx, settings, engine)
+        async with _health(runner, "worker", health_host, health_port):
+            if settings.jobs_broker_url:
+                spec = BrokerSpec(settings.jobs_broker_url, queue=settings.jobs_queue)
+                await run_worker(spec, runner, stop, concurrency=concurrency)
+            else:
+                await runner.run_forever(stop, poll_seconds=poll)
 
-    run(main())
+    run(_with_engine(settings, main))
+
+
+@jobs.command("scheduler")
+@click.option("--poll", default=0.5, show_default=True, help="Seconds between passes when idle.")
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /health and /metrics (this process's) on 127.0.0.1:PORT; --health-host to bind elsewhere.",
+)
+@click.option("--health-host", default="127.0.0.1", show_default=True)
+@pass_ctx
+def jobs_scheduler(ctx: Context, poll: float, health_port: int | None, health_host: str) -> None:
+    """Broker mode: schedule periodic jobs, relay the outbox and publish due work to the workers.
+
+    Run one or two (a standby takes over when the active one's database lease lapses); never more than one
+    is active, so a periodic slot runs once cluster-wide.
+    """
+    from datetime import timedelta
+
+    from tongcrm.jobs.broker import BrokerSpec, run_scheduler
+
+    settings = ctx.settings
+    if not settings.jobs_broker_url:
+        fail(
+            "the scheduler feeds broker-mode workers: set TONGCRM_JOBS_BROKER_URL=amqp://… (without it, "
+            "`tongcrm serve` or `tongcrm jobs worker` schedule periodic jobs themselves)"
+        )
+    broker_url = settings.jobs_broker_url
+    configure_logging(json=settings.log_json, level=settings.log_level)
+
+    async def main(engine: Any) -> None:
+        runner = _job_runner(ctx, settings, engine)
+        async with _health(runner, "scheduler", health_host, health_port):
+            await run_scheduler(
+                BrokerSpec(broker_url, queue=settings.jobs_queue),
+                runner,
+                _stop_on_signals(),
+                poll_seconds=poll,
+                republish_after=timedelta(seconds=settings.jobs_republish_seconds),
+            )
+
+    run(_with_engine(settings, main))
+
+
+@asynccontextmanager
+async def _health(runner: Runner, role: str, bind_host: str, port: int | None) -> AsyncIterator[None]:
+    from tongcrm.jobs.health import HealthServer
+
+    if port is None:
+        yield
+        return
+    server = HealthServer(runner, role=role, bind_host=bind_host, port=port)
+    await server.start()
+    try:
+        yield
+    finally:
+        await server.close()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _job_runner(ctx: Context, settings: Settings, engine: Any) -> Runner:
+    from datetime import timedelta
+
+    from tongcrm.jobs.registry import load_job_modules
+    from tongcrm.jobs.runner import Runner
+
+    return Runner(
+        session_factory(engine),
+        ctx.host,
+        load_job_modules(),
+        services={"settings": settings},
+        lock_ttl=timedelta(seconds=settings.job_lock_seconds),
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,15 @@ class Settings:
     job_poll_seconds: float = 0.5
     #: How long a sync worker's lease on an account lasts without renewal (a dead worker's lapses after this).
     sync_lease_seconds: float = 120.0
+    #: Broker mode (``amqp://…``): jobs run on ``tongcrm jobs worker`` processes fed through RabbitMQ by
+    #: ``tongcrm jobs scheduler``. None: the in-process runner, the embedded default.
+    jobs_broker_url: str | None = None
+    #: How long a claimed job stays locked to its worker; a job of a worker that died runs again after this.
+    job_lock_seconds: float = 300.0
+    #: Broker mode: the RabbitMQ queue (one per tongcrm installation sharing a vhost) and how old a row's
+    #: ``published_at`` must be before the scheduler publishes it again (its message may have been lost).
+    jobs_queue: str = "tongcrm.jobs"
+    jobs_republish_seconds: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -55,6 +64,11 @@ class Settings:
             ZoneInfo(tz)
         except Exception as exc:
             raise ConfigError(f"TONGCRM_TIMEZONE={tz!r} is not a known time zone") from exc
+        broker_url = env.get("TONGCRM_JOBS_BROKER_URL") or None
+        if broker_url is not None and not broker_url.startswith(("amqp://", "amqps://")):
+            raise ConfigError("TONGCRM_JOBS_BROKER_URL must be an amqp:// or amqps:// URL (RabbitMQ)")
+        # in broker mode the API process runs no jobs unless asked to: the workers do
+        in_process_default = "0" if broker_url else "1"
         return cls(
             database_url=url,
             secret_key=secret,
@@ -62,8 +76,13 @@ class Settings:
             log_json=log_json,
             log_level=env.get("TONGCRM_LOG_LEVEL", "INFO").upper(),
             old_secret_keys=tuple(k for k in env.get("TONGCRM_OLD_SECRET_KEYS", "").split(",") if k.strip()),
-            run_jobs_in_process=env.get("TONGCRM_IN_PROCESS_JOBS", "1").lower() not in {"0", "false", "no"},
+            run_jobs_in_process=env.get("TONGCRM_IN_PROCESS_JOBS", in_process_default).lower()
+            not in {"0", "false", "no"},
             sync_lease_seconds=float(env.get("TONGCRM_SYNC_LEASE_SECONDS", "120")),
+            jobs_broker_url=broker_url,
+            job_lock_seconds=float(env.get("TONGCRM_JOB_LOCK_SECONDS", "300")),
+            jobs_queue=env.get("TONGCRM_JOBS_QUEUE", "tongcrm.jobs"),
+            jobs_republish_seconds=float(env.get("TONGCRM_JOBS_REPUBLISH_SECONDS", "30")),
         )
 
 

@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +20,7 @@ from tongcrm.crypto import Vault
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
+from tongcrm.testing.platforms import jd_platform, taobao_platform
 from tongcrm.testing.servers import serve_in_thread
 
 SECRET = "sigkill-test-secret-0123456789"
@@ -51,70 +50,15 @@ def _sync(db: TestDatabase) -> subprocess.Popen[str]:
     )
 
 
-def _taobao_platform() -> tuple[Any, dict[str, str], Any]:
-    from tongcrm_taobao.fake_server import FakeTopGateway, FaultPlan, create_app
-    from tongcrm_taobao.fake_shop import FakeShop, ShopConfig
-
-    anchor = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
-    shop = FakeShop(ShopConfig(trades=1_200, buyers=300, days=2, anchor=anchor))
-    gateway = FakeTopGateway(
-        shop,
-        app_key="12345678",
-        app_secret="kill-secret",
-        session="kill-session",
-        faults=FaultPlan(slow=1.0, slow_seconds=0.03),  # every call a little slow, so the kill lands mid-run
-    )
-    settings = {
-        "app_key": "12345678",
-        "app_secret": "kill-secret",
-        "session": "kill-session",
-        "initial_sync_days": "3",
-    }
-
-    def expected() -> tuple[dict[str, str], int]:
-        trades = {str(tid): shop.trade(tid) for tid in shop.tids()}
-        return {t: v["status"] for t, v in trades.items()}, sum(
-            len(v["orders"]["order"]) for v in trades.values()
-        )
-
-    return create_app(gateway), {**settings, "_path": "/router/rest"}, expected
-
-
-def _jd_platform() -> tuple[Any, dict[str, str], Any]:
-    from tongcrm_jd.fake_server import FakeJosGateway, FaultPlan, create_app
-    from tongcrm_jd.fake_shop import generate_shop
-
-    end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
-    shop = generate_shop(seed=8, orders=1_200, buyers=300, start=end - timedelta(days=2), end=end)
-    gateway = FakeJosGateway(
-        shop=shop,
-        app_key="kill-app",
-        app_secret="kill-secret",
-        access_tokens={"kill-token"},
-        faults=FaultPlan(slow_rate=1.0, slow_seconds=0.1),
-    )
-    settings = {
-        "app_key": "kill-app",
-        "app_secret": "kill-secret",
-        "access_token": "kill-token",
-        "initial_sync_days": "3",
-    }
-
-    def expected() -> tuple[dict[str, str], int]:
-        orders = shop.snapshot()
-        return {o: v["orderState"] for o, v in orders.items()}, sum(
-            len(v["itemInfoList"]) for v in orders.values()
-        )
-
-    return create_app(gateway), {**settings, "_path": "/routerjson"}, expected
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("channel", ["taobao", "jd"])
 async def test_sigkill_mid_sync_then_restart_loses_and_duplicates_nothing(
     tongcrm_db: TestDatabase, channel: str
 ) -> None:
-    app, settings, expected = (_taobao_platform if channel == "taobao" else _jd_platform)()
+    if channel == "taobao":  # every call a little slow, so the kill lands mid-run
+        app, settings, expected = taobao_platform(trades=1_200, slow_seconds=0.03)
+    else:
+        app, settings, expected = jd_platform(orders=1_200, slow_seconds=0.1)
     total = len(expected()[0])
     with serve_in_thread(app) as url:
         path = settings.pop("_path")

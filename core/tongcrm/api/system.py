@@ -12,6 +12,9 @@ from litestar.di import NamedDependency
 
 import tongcrm
 from tongcrm.api.security import READ_ROLES, requires
+from tongcrm.auth.service import Role
+from tongcrm.db.base import utcnow
+from tongcrm.metrics import database_gauges, render
 from tongcrm.plugin.host import PluginHost
 
 
@@ -45,6 +48,25 @@ async def health(state: State) -> Response[Any]:
             media_type="application/problem+json",
         )
     return Response(Health(status="ok", database="ok", version=tongcrm.__version__))
+
+
+#: What Prometheus needs to read the exposition format.
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@get(
+    "/metrics",
+    summary="Prometheus metrics: this process's HTTP and job metrics, and the cluster's queues, backlogs and lag",
+    description="Scrape with an admin key (`authorization: {type: Bearer, credentials: tck_…}` in the scrape "
+    "config). Workers expose their own job metrics on `tongcrm jobs worker --metrics-port`.",
+    tags=["system"],
+    opt=requires(Role.ADMIN),
+    media_type=PROMETHEUS_TEXT,
+)
+async def metrics(state: State) -> Response[bytes]:
+    async with state.read_sessions() as session:
+        gauges = await database_gauges(session, now=utcnow())
+    return Response(render(process=True, database=gauges), media_type=PROMETHEUS_TEXT)
 
 
 class PluginController(Controller):

@@ -18,7 +18,7 @@ from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.settings import split_settings
-from tongcrm.plugin.types import ChannelContext, ChannelSpec
+from tongcrm.plugin.types import CallGate, ChannelContext, ChannelSpec
 
 SECRETS_CONTEXT = "channel_account.secrets"
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -139,12 +139,19 @@ def view(account: ChannelAccount, state: SyncState | None) -> AccountView:
 
 
 def channel_context(
-    account: ChannelAccount, vault: Vault, *, clock: Callable[[], datetime], since: datetime | None = None
+    account: ChannelAccount,
+    vault: Vault,
+    *,
+    clock: Callable[[], datetime],
+    since: datetime | None = None,
+    call_gate: CallGate | None = None,
 ) -> ChannelContext:
     settings: dict[str, Any] = dict(account.settings)
     if account.secrets:
         settings.update(json.loads(vault.decrypt(account.secrets, context=SECRETS_CONTEXT)))
-    return ChannelContext(account_name=account.name, settings=settings, clock=clock, since=since)
+    return ChannelContext(
+        account_name=account.name, settings=settings, clock=clock, since=since, call_gate=call_gate
+    )
 
 
 async def mark_status(session: AsyncSession, account_id: int, status: str, detail: str) -> None:

@@ -31,6 +31,7 @@ CORE_MODEL_MODULES: tuple[str, ...] = (
     "tongcrm.members.tag_history",
     "tongcrm.tagrules.models",
     "tongcrm.console.models",
+    "tongcrm.limits.models",
 )
 
 

@@ -18,6 +18,7 @@ from tongcrm.db.dialect import insert
 from tongcrm.errors import Conflict
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.jobs import leases
+from tongcrm.limits.gate import DatabaseCallGate
 from tongcrm.logging import get_logger
 from tongcrm.plugin.errors import ChannelAuthError, ChannelError
 from tongcrm.plugin.types import ChannelCapability, PushSource
@@ -55,7 +56,9 @@ async def poll_push(
         if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
             raise Conflict(f"push channel of {name!r} is being drained by another worker")
         account_id, channel = account.id, account.channel
-        channel_ctx = accounts.channel_context(account, ctx.vault, clock=ctx.clock)
+        channel_ctx = accounts.channel_context(
+            account, ctx.vault, clock=ctx.clock, call_gate=DatabaseCallGate(sessions)
+        )
     adapter = spec.factory(channel_ctx)
     try:
         if not isinstance(adapter, PushSource):

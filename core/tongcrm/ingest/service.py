@@ -24,6 +24,7 @@ from tongcrm.channels.models import ChannelAccount, SyncState
 from tongcrm.errors import Conflict, TongcrmError
 from tongcrm.ingest.apply import IngestContext, PageResult, apply_orders_page
 from tongcrm.jobs import leases
+from tongcrm.limits.gate import DatabaseCallGate
 from tongcrm.logging import get_logger
 from tongcrm.plugin.errors import ChannelAuthError, ChannelError
 from tongcrm.plugin.types import ChannelAdapter, OrderPage
@@ -92,7 +93,9 @@ async def sync_account(
         cursor = None if since is not None or state is None else state.cursor
         account_id, channel = account.id, account.channel
         spec = ctx.host.channel(channel)
-        channel_ctx = accounts.channel_context(account, ctx.vault, clock=ctx.clock, since=since)
+        channel_ctx = accounts.channel_context(
+            account, ctx.vault, clock=ctx.clock, since=since, call_gate=DatabaseCallGate(sessions)
+        )
     adapter: ChannelAdapter = spec.factory(channel_ctx)
     bound = log.bind(account=name, channel=channel)
     pending: asyncio.Task[OrderPage] | None = None

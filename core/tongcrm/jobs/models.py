@@ -37,6 +37,9 @@ class EventDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Broker mode: when the scheduler last published this delivery; a message lost on the way is published
+    #: again once this is old enough (see ``tongcrm.jobs.broker``).
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         sa.UniqueConstraint("event_id", "plugin"),
@@ -64,6 +67,11 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The request (``X-Request-ID``) that enqueued the job, if any: the job's log lines carry it, so one id
+    #: follows the work from the API process to whichever worker runs it.
+    request_id: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Broker mode: when the scheduler last published this job (see ``EventDelivery.published_at``).
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (sa.Index("ix_jobs_due", "status", "run_at"),)
 

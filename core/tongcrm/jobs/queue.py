@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import structlog
 from sqlalchemy import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,6 +41,8 @@ async def enqueue(
         status="queued",
         attempts=0,
         created_at=utcnow(),
+        # the request that asked for the work, so the worker's log lines carry its id
+        request_id=structlog.contextvars.get_contextvars().get("request_id"),
     )
     if unique_key is not None:
         stmt = stmt.on_conflict_do_nothing(index_elements=["unique_key"])

@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import socket
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.errors import PluginError
@@ -30,6 +32,7 @@ from tongcrm.jobs import leases
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
 from tongcrm.jobs.queue import enqueue
 from tongcrm.logging import get_logger
+from tongcrm.metrics import DELIVERIES, JOB_FAILURES, JOB_SECONDS, JOB_WAIT_SECONDS
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.store import PluginStore
 from tongcrm.plugin.types import DomainEvent, JobSpec, PluginJobContext
@@ -83,6 +86,27 @@ class JobRegistry:
         if every <= timedelta(0):
             raise ValueError("a periodic job needs a positive interval")
         self.periodic[name] = PeriodicJob(name, every, job, dict(payload or {}))
+
+
+def job_due(now: datetime) -> sa.ColumnElement[bool]:
+    """A job any runner may claim now: queued and due, or running under a lock its runner let expire (it died)."""
+    return sa.or_(
+        sa.and_(Job.status == "queued", Job.run_at <= now),
+        sa.and_(Job.status == "running", Job.locked_until < now),
+    )
+
+
+def delivery_due(now: datetime) -> sa.ColumnElement[bool]:
+    """A delivery any relay may attempt now (a claimed one is pushed into the future while it is worked on)."""
+    return sa.and_(EventDelivery.status == "pending", EventDelivery.next_attempt_at <= now)
+
+
+def _claim_target(row_id: int | None, next_due: sa.Select[Any]) -> sa.ColumnElement[Any] | int:
+    """The row a claim updates: the one a broker message names, or else the next due one that no concurrent
+    claim has locked."""
+    if row_id is not None:
+        return row_id
+    return next_due.limit(1).with_for_update(skip_locked=True).scalar_subquery()
 
 
 def backoff(attempt: int, *, base: float = 2.0, cap: float = 600.0) -> timedelta:
@@ -189,10 +213,34 @@ class Runner:
     # jobs
 
     async def run_next_job(self) -> bool:
-        job = await self._claim_job()
+        return await self.run_job()
+
+    async def run_job(self, job_id: int | None = None) -> bool:
+        """Claim and run one due job: the next one, or ``job_id`` when a broker message names it.
+
+        A message for a job that is not due (already done, running elsewhere, backing off) claims nothing and
+        returns False: that is how a redelivered or duplicated message stays without effect.
+        """
+        job = await self._claim_job(job_id)
         if job is None:
             return False
-        job_id, name, payload, attempts, max_attempts, lock_key = job
+        job_id, name, payload, attempts, max_attempts, lock_key, due_at, request_id = job
+        with structlog.contextvars.bound_contextvars(
+            job_id=job_id, **({"request_id": request_id} if request_id else {})
+        ):
+            return await self._run_claimed(job_id, name, payload, attempts, max_attempts, lock_key, due_at)
+
+    async def _run_claimed(
+        self,
+        job_id: int,
+        name: str,
+        payload: dict[str, Any],
+        attempts: int,
+        max_attempts: int,
+        lock_key: str | None,
+        due_at: datetime,
+    ) -> bool:
+        JOB_WAIT_SECONDS.labels(name).observe(max(0.0, (self.clock() - due_at).total_seconds()))
         lock_name = f"job-lock:{lock_key}" if lock_key else None
         if lock_name is not None:
             async with self.sessions() as session, session.begin():
@@ -205,6 +253,8 @@ class Runner:
         handler = self.registry.handlers.get(name)
         plugin_job = self.plugin_jobs.get(name)
         bound = log.bind(job_id=job_id, job=name, attempt=attempts, worker=self.worker_id)
+        started = time.perf_counter()
+        outcome = "done"
         try:
             if plugin_job is not None:
                 plugin_ctx = PluginJobContext(self.store, self.clock, job_id, attempts)
@@ -216,6 +266,8 @@ class Runner:
                 await handler(ctx, dict(payload))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
+            JOB_FAILURES.labels(name).inc()
+            outcome = "parked" if attempts >= max_attempts else "retry"
             if attempts >= max_attempts:
                 bound.error("job parked after its last attempt", error=error)
                 await self._finish(job_id, status="parked", error=traceback.format_exc())
@@ -226,40 +278,43 @@ class Runner:
         else:
             await self._finish(job_id, status="done")
         finally:
+            JOB_SECONDS.labels(name, outcome).observe(time.perf_counter() - started)
             if lock_name is not None:
                 async with self.sessions() as session, session.begin():
                     await leases.release(session, lock_name, self.worker_id)
         return True
 
-    async def _claim_job(self) -> tuple[int, str, dict[str, Any], int, int, str | None] | None:
+    async def _claim_job(
+        self, job_id: int | None = None
+    ) -> tuple[int, str, dict[str, Any], int, int, str | None, datetime, str | None] | None:
         now = self.clock()
-        due = sa.or_(
-            sa.and_(Job.status == "queued", Job.run_at <= now),
-            sa.and_(Job.status == "running", Job.locked_until < now),  # its runner died
-        )
-        pick = (
-            sa.select(Job.id)
-            .where(due)
-            .order_by(Job.run_at, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).scalar_subquery()
+        due = job_due(now)
+        target = _claim_target(job_id, sa.select(Job.id).where(due).order_by(Job.run_at, Job.id))
         stmt = (
             sa.update(Job)
-            .where(Job.id == pick, due)
+            .where(Job.id == target, due)
             .values(
                 status="running",
                 attempts=Job.attempts + 1,
                 locked_by=self.worker_id,
                 locked_until=now + self.lock_ttl,
             )
-            .returning(Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.lock_key)
+            .returning(
+                Job.id,
+                Job.name,
+                Job.payload,
+                Job.attempts,
+                Job.max_attempts,
+                Job.lock_key,
+                Job.run_at,
+                Job.request_id,
+            )
         )
         async with self.sessions() as session, session.begin():
             row = (await session.execute(stmt)).first()
         if row is None:
             return None
-        return (row[0], row[1], row[2], row[3], row[4], row[5])
+        return (row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
 
     async def _requeue(
         self, job_id: int, *, delay: timedelta, error: str | None = None, undo_attempt: bool = False
@@ -269,6 +324,7 @@ class Runner:
             "run_at": self.clock() + delay,
             "locked_by": None,
             "locked_until": None,
+            "published_at": None,  # broker mode: publish it again when it is due again
         }
         if error is not None:
             values["last_error"] = redact(error)
@@ -338,19 +394,26 @@ class Runner:
             delivered += 1
         return delivered
 
-    async def _claim_delivery(self) -> tuple[int, str, int, DomainEvent] | None:
+    async def deliver_one(self, delivery_id: int) -> bool:
+        """Deliver the event delivery a broker message names, if it is still due (see :meth:`run_job`)."""
+        claimed = await self._claim_delivery(delivery_id)
+        if claimed is None:
+            return False
+        await self._deliver(*claimed)
+        return True
+
+    async def _claim_delivery(
+        self, delivery_id: int | None = None
+    ) -> tuple[int, str, int, DomainEvent] | None:
         now = self.clock()
-        due = sa.and_(EventDelivery.status == "pending", EventDelivery.next_attempt_at <= now)
-        pick = (
-            sa.select(EventDelivery.id)
-            .where(due)
-            .order_by(EventDelivery.next_attempt_at, EventDelivery.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).scalar_subquery()
+        due = delivery_due(now)
+        target = _claim_target(
+            delivery_id,
+            sa.select(EventDelivery.id).where(due).order_by(EventDelivery.next_attempt_at, EventDelivery.id),
+        )
         stmt = (
             sa.update(EventDelivery)
-            .where(EventDelivery.id == pick, due)
+            .where(EventDelivery.id == target, due)
             # invisible to other relays while this one works on it; visible again if this one dies
             .values(attempts=EventDelivery.attempts + 1, next_attempt_at=now + self.lock_ttl)
             .returning(EventDelivery.id, EventDelivery.plugin, EventDelivery.attempts, EventDelivery.event_id)
@@ -396,18 +459,21 @@ class Runner:
                 await result
         except Exception as exc:
             parked = attempts >= self.delivery_attempts
+            DELIVERIES.labels(event.name, "parked" if parked else "retry").inc()
             values: dict[str, Any] = {"last_error": redact(f"{type(exc).__name__}: {exc}")}
             if parked:
                 values["status"] = "parked"
                 bound.error("event delivery parked after its last attempt", error=values["last_error"])
             else:
                 values["next_attempt_at"] = self.clock() + backoff(attempts, base=self.retry_base)
+                values["published_at"] = None
                 bound.warning("event delivery failed; will retry", error=values["last_error"])
             async with self.sessions() as session, session.begin():
                 await session.execute(
                     sa.update(EventDelivery).where(EventDelivery.id == delivery_id).values(**values)
                 )
             return
+        DELIVERIES.labels(event.name, "done").inc()
         now = self.clock()
         async with self.sessions() as session, session.begin():
             for name, payload, unique_key, delay_seconds in requested:

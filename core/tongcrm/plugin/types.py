@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuyerProfile",
+    "CallGate",
     "ChannelAdapter",
     "ChannelCapability",
     "ChannelContext",
@@ -390,6 +391,9 @@ class ChannelContext:
     clock: Callable[[], datetime] = _utcnow
     #: With no cursor, start the sync here instead of the adapter's default look-back (``tongcrm sync --since``).
     since: datetime | None = None
+    #: Call windows shared by every worker (``None`` outside the core's sync, e.g. in a plugin's own tests).
+    #: An adapter whose platform meters an app key acquires ``"<platform>:<app key>"`` before each call.
+    call_gate: CallGate | None = None
 
 
 @runtime_checkable
@@ -492,6 +496,19 @@ class SendRateGate(Protocol):
     """
 
     async def acquire(self, permits: int, *, rate: int, window: float) -> RateGrant: ...
+
+
+@runtime_checkable
+class CallGate(Protocol):
+    """Call limits that the core keeps per key in its database, so that they hold across every worker and
+    machine (platforms meter an app key, whichever process calls).
+
+    ``acquire`` returns once one more call under ``key`` keeps at most ``rate`` calls in any ``window`` seconds;
+    call it right before each request and ``release`` the grant when the request has finished (see
+    :class:`SendRateGate` for why a grant counts as "now" until then).
+    """
+
+    async def acquire(self, key: str, *, rate: int, window: float = 1.0) -> RateGrant: ...
 
 
 @dataclass(frozen=True, slots=True)

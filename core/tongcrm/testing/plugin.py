@@ -3,11 +3,13 @@
 ``tongcrm_db``: a migrated database, once per backend (SQLite always; PostgreSQL when
 ``TONGCRM_TEST_POSTGRES_URL`` is set), emptied after each test. Every test that asks for it runs on each backend.
 ``plugin_host``: a hermetic plugin host (no entry points) that tests register plugins on.
+``make_runner``: job runners of each kind (the in-process runner; broker mode over RabbitMQ with taskiq), so
+one job-runner suite checks both.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -42,6 +44,36 @@ async def _tongcrm_session_db(tongcrm_backend: str) -> AsyncIterator[TestDatabas
 async def tongcrm_db(_tongcrm_session_db: TestDatabase) -> AsyncIterator[TestDatabase]:
     yield _tongcrm_session_db
     await _tongcrm_session_db.truncate()
+
+
+@pytest.fixture(params=["inprocess", "broker"])
+async def make_runner(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await make_runner(sessions, registry, host=..., clock=..., **runner_kw)``: a runner of this test's kind.
+
+    The broker kind needs RabbitMQ (``TONGCRM_TEST_BROKER_URL``, default the local one) and is skipped with the
+    reason when it cannot be reached.
+    """
+    from tongcrm.jobs.runner import Runner
+    from tongcrm.testing.broker import BrokerRunner, broker_reachable
+
+    kind: str = request.param
+    if kind == "broker" and (reason := await broker_reachable()) is not None:
+        pytest.skip(reason)
+    started: list[BrokerRunner] = []
+
+    async def factory(sessions: Any, registry: Any, *, host: PluginHost | None = None, **kw: Any) -> Any:
+        runner = Runner(sessions, host or PluginHost(autoload=False), registry, **kw)
+        if kind == "inprocess":
+            return runner
+        broker_runner = await BrokerRunner(runner).start()
+        started.append(broker_runner)
+        return broker_runner
+
+    try:
+        yield factory
+    finally:
+        for broker_runner in started:
+            await broker_runner.close()
 
 
 @pytest.fixture

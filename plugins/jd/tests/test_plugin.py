@@ -19,6 +19,7 @@ def test_channel_spec() -> None:
         "gateway_url",
         "initial_sync_days",
         "page_size",
+        "calls_per_second",
     }
     assert {name for name, f in fields.items() if f.secret} == {"app_secret", "access_token"}
     assert fields["gateway_url"].default == "https://api.jd.com/routerjson"

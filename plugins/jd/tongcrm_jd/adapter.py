@@ -107,6 +107,8 @@ class JdChannelAdapter:
             rng=rng,
             deadline=deadline,
             transport=transport,
+            call_gate=context.call_gate,
+            calls_per_second=self.settings.calls_per_second,
         )
 
     def __repr__(self) -> str:

@@ -28,6 +28,12 @@ SETTINGS: tuple[SettingField, ...] = (
         default="30",
     ),
     SettingField("page_size", f"Orders per API call, 1 to {MAX_PAGE_SIZE}", required=False, default="100"),
+    SettingField(
+        "calls_per_second",
+        "The JOS app's call limit per second, shared by every shop of the app on every worker (0: none)",
+        required=False,
+        default="0",
+    ),
 )
 
 
@@ -41,6 +47,7 @@ class JdSettings:
     gateway_url: str
     initial_sync_days: int
     page_size: int
+    calls_per_second: int = 0
 
     def __repr__(self) -> str:
         return (
@@ -72,4 +79,5 @@ def parse_settings(raw: Mapping[str, str]) -> JdSettings:
         gateway_url=gateway,
         initial_sync_days=_int(raw, "initial_sync_days", 0, 3650),
         page_size=_int(raw, "page_size", 1, MAX_PAGE_SIZE),
+        calls_per_second=_int(raw, "calls_per_second", 0, 100_000),
     )

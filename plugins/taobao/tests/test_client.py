@@ -214,3 +214,33 @@ async def test_secrets_are_never_logged(rig_factory: RigFactory) -> None:
     text = repr(logs) + repr(client)
     for secret in (SECRET, SESSION, "other-session-value"):
         assert secret not in text
+
+
+class RecordingGate:
+    """A CallGate that records what the client asks of it; the core's database gate is tested in the core."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def acquire(self, key: str, *, rate: int, window: float = 1.0) -> RecordingGate.Grant:
+        self.log.append(f"acquire {key} {rate}/{window:.2f}s")
+        return RecordingGate.Grant(self)
+
+    class Grant:
+        def __init__(self, gate: RecordingGate) -> None:
+            self.gate = gate
+
+        async def release(self) -> None:
+            self.gate.log.append("release")
+
+
+async def test_each_attempt_takes_a_grant_of_the_app_keys_shared_window(rig: Rig) -> None:
+    gate = RecordingGate()
+    rig.gateway.faults = FaultPlan(schedule=deque(["isp"]))  # one retried attempt, then success
+    client = rig.client(call_gate=gate, calls_per_second=40)
+    assert "trades" in await client.call(INCREMENT, WINDOW)
+    key = f"acquire top:{client.app_key} 40/1.05s"
+    assert gate.log == [key, "release", key, "release"]
+    unlimited = RecordingGate()
+    await rig.client(call_gate=unlimited, calls_per_second=0).call(INCREMENT, WINDOW)
+    assert unlimited.log == []

@@ -136,6 +136,8 @@ class TaobaoAdapter:
             session=_required(settings, "session"),
             gateway_url=settings.get("gateway_url") or DEFAULT_GATEWAY,
             sign_method=parse_sign_method(settings.get("sign_method") or "hmac-sha256"),
+            call_gate=ctx.call_gate,
+            calls_per_second=_setting_int(settings, "calls_per_second", 0, 0, 100_000),
         )
         self._log = log.bind(account=ctx.account_name)
         self.tmc = TmcClient(self.client, group_name=settings.get("tmc_group") or "default")

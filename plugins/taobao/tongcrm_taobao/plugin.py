@@ -58,6 +58,12 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="default",
     ),
+    SettingField(
+        "calls_per_second",
+        "The TOP app's call limit per second, shared by every shop of the app on every worker (0: none)",
+        required=False,
+        default="0",
+    ),
 )
 
 

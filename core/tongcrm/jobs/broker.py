@@ -1,0 +1,259 @@
+"""Broker mode: the same jobs and event deliveries, carried to taskiq workers over RabbitMQ.
+
+The database stays the source of truth. A broker message only says "job 42 may be due" or "delivery 7 may be
+due"; the worker that receives it claims that row with the same conditional ``UPDATE … RETURNING`` as the
+in-process runner, so:
+
+- a message the broker redelivers (or a duplicate the scheduler published) claims nothing and is acked;
+- a worker SIGKILLed mid-job leaves its row ``running`` under a lock that expires; the scheduler then publishes
+  the row again and another worker claims it (the handler is idempotent, as for the in-process runner);
+- a message lost on the way (broker restarted before it was stored, a publish that failed) is published again
+  once its ``published_at`` is older than ``republish_after``.
+
+The scheduler (``tongcrm jobs scheduler``) is the only process that looks for work: it holds the
+``jobs:scheduler`` lease, so of any number of schedulers exactly one schedules periodic slots, fans committed
+outbox events out into deliveries and publishes due rows; the others wait as hot standbys and take over when
+the holder's lease lapses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from pamqp.common import FieldTable
+from taskiq import AsyncTaskiqDecoratedTask, Context, TaskiqDepends
+from taskiq.acks import AcknowledgeType
+from taskiq.api import run_receiver_task
+from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
+from taskiq_aio_pika.queue import QueueType
+
+from tongcrm.jobs import leases
+from tongcrm.jobs.models import EventDelivery, Job
+from tongcrm.jobs.runner import Runner, delivery_due, job_due
+from tongcrm.logging import get_logger
+
+log = get_logger(__name__)
+
+#: The one taskiq task: every job and delivery travels as ``(kind, row id)``.
+WORK_TASK = "tongcrm.work"
+DEFAULT_QUEUE = "tongcrm.jobs"
+SCHEDULER_LEASE = "jobs:scheduler"
+KINDS = ("job", "delivery")
+
+#: The context parameter is injected by the worker, so publishers call ``kiq(kind, item_id)`` only.
+WorkTask = AsyncTaskiqDecoratedTask[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSpec:
+    """Where the work goes. Tests give each broker a queue of its own that disappears with it."""
+
+    url: str
+    queue: str = DEFAULT_QUEUE
+    exchange: str = "tongcrm"
+    #: Production queues are durable quorum queues: a message survives a RabbitMQ restart.
+    durable: bool = True
+    prefetch: int = 8
+
+
+def create_broker(spec: BrokerSpec) -> tuple[AioPikaBroker, WorkTask]:
+    """The taskiq broker and its work task. Workers find their :class:`Runner` on ``broker.state.runner``."""
+    if spec.durable:
+        queue = Queue(name=spec.queue, routing_key=spec.queue)
+        dead = Queue(name=f"{spec.queue}.dead")
+    else:
+        # throw-away queues (tests): RabbitMQ drops them a minute after their last use, the dead-letter one
+        # (which never has a consumer, so auto-delete would never fire) included
+        expiring: FieldTable = {"x-expires": 60_000}
+        queue = Queue(
+            name=spec.queue,
+            routing_key=spec.queue,
+            type=QueueType.CLASSIC,
+            durable=False,
+            auto_delete=True,
+            arguments=expiring,
+        )
+        dead = Queue(
+            name=f"{spec.queue}.dead",
+            type=QueueType.CLASSIC,
+            durable=False,
+            auto_delete=True,
+            arguments=expiring,
+        )
+    broker = AioPikaBroker(
+        spec.url,
+        exchange=Exchange(name=spec.exchange),
+        task_queues=[queue],
+        dead_letter_queue=dead,
+        qos=spec.prefetch,
+    )
+    task: WorkTask = broker.register_task(work, task_name=WORK_TASK)
+    return broker, task
+
+
+#: taskiq injects the message's context (and with it the worker's state) into a parameter defaulting to this.
+INJECT_CONTEXT: Any = TaskiqDepends()
+
+
+async def work(kind: str, item_id: int, context: Context = INJECT_CONTEXT) -> bool:
+    """Claim and run the row a message names; False when it was not due (a duplicate or a redelivery)."""
+    runner: Runner = context.state.runner
+    with structlog.contextvars.bound_contextvars(
+        task_id=context.message.task_id,
+        **({"job_id": item_id} if kind == "job" else {"delivery_id": item_id}),
+    ):
+        if kind == "job":
+            return await runner.run_job(item_id)
+        if kind == "delivery":
+            return await runner.deliver_one(item_id)
+    log.warning("broker message of an unknown kind ignored", kind=kind, item_id=item_id)
+    return False
+
+
+class Scheduler:
+    """The broker mode's only poller: periodic slots, outbox fan-out and publishing due rows."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        task: WorkTask,
+        *,
+        lease_ttl: timedelta = timedelta(seconds=30),
+        republish_after: timedelta = timedelta(seconds=30),
+        batch: int = 500,
+    ) -> None:
+        self.runner = runner
+        self.task = task
+        self.lease_ttl = lease_ttl
+        self.republish_after = republish_after
+        self.batch = batch
+        #: Messages published by this scheduler since it started (tests wait for as many to be handled).
+        self.published = 0
+
+    async def hold_lease(self) -> bool:
+        async with self.runner.sessions() as session, session.begin():
+            return await leases.acquire(
+                session, SCHEDULER_LEASE, self.runner.worker_id, self.lease_ttl, now=self.runner.clock()
+            )
+
+    async def run_once(self) -> int:
+        """One pass if this scheduler holds the lease; 0 (and nothing done) on a standby."""
+        if not await self.hold_lease():
+            return 0
+        done = await self.runner.schedule_periodic()
+        while True:
+            dispatched = await self.runner.dispatch_events()
+            done += dispatched
+            if not dispatched:
+                break
+        return done + await self.publish_due()
+
+    async def publish_due(self, limit: int | None = None) -> int:
+        """Mark due, unpublished rows as published and publish them. Safe to run concurrently: rows are
+        marked by a conditional update, so two publishers never publish the same row in the same window."""
+        published = 0
+        for kind in KINDS:
+            ids = await self._mark(kind, limit if limit is not None else self.batch)
+            for item_id in ids:
+                await self.task.kiq(kind, item_id)
+                self.published += 1
+            published += len(ids)
+            if limit is not None and published >= limit:
+                break
+        return published
+
+    async def _mark(self, kind: str, limit: int) -> list[int]:
+        now = self.runner.clock()
+        table: type[Job] | type[EventDelivery]
+        if kind == "job":
+            table, due, order = Job, job_due(now), (Job.run_at, Job.id)
+        else:
+            table, due = EventDelivery, delivery_due(now)
+            order = (EventDelivery.next_attempt_at, EventDelivery.id)
+        stale = sa.or_(table.published_at.is_(None), table.published_at < now - self.republish_after)
+        pick = (
+            sa.select(table.id)
+            .where(due, stale)
+            .order_by(*order)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.runner.sessions() as session, session.begin():
+            ids = list((await session.execute(pick)).scalars())
+            if not ids:
+                return []
+            rows = await session.execute(
+                sa.update(table)
+                .where(table.id.in_(ids), stale)
+                .values(published_at=now)
+                .returning(table.id)
+                .execution_options(synchronize_session=False)
+            )
+            return sorted(rows.scalars())
+
+    async def run_forever(self, stop: asyncio.Event, *, poll_seconds: float = 0.5) -> None:
+        log.info("job scheduler started", worker=self.runner.worker_id)
+        while not stop.is_set():
+            try:
+                did = await self.run_once()
+            except Exception:  # the loop must survive a bad pass (the database or the broker restarting)
+                log.exception("job scheduler pass failed", worker=self.runner.worker_id)
+                did = 0
+            if not did:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+        async with self.runner.sessions() as session, session.begin():
+            await leases.release(session, SCHEDULER_LEASE, self.runner.worker_id)
+        log.info("job scheduler stopped", worker=self.runner.worker_id)
+
+
+async def run_worker(spec: BrokerSpec, runner: Runner, stop: asyncio.Event, *, concurrency: int = 4) -> None:
+    """Consume work messages until ``stop`` is set. Messages are acked after the row's work has run, so a
+    message a dead worker held goes back to the queue (and, being a duplicate by then, claims nothing)."""
+    broker, _task = create_broker(spec)
+    # taskiq logs every message at INFO; our own lines carry the task, job and request ids
+    logging.getLogger("taskiq").setLevel(logging.WARNING)
+    broker.is_worker_process = True
+    broker.state.runner = runner
+    await broker.startup()
+    log.info("job worker started", worker=runner.worker_id, queue=spec.queue, concurrency=concurrency)
+    receiving = asyncio.create_task(
+        run_receiver_task(
+            broker,
+            max_async_tasks=concurrency,
+            ack_time=AcknowledgeType.WHEN_EXECUTED,
+            run_startup=False,
+        )
+    )
+    try:
+        await stop.wait()
+    finally:
+        receiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiving
+        await broker.shutdown()
+        log.info("job worker stopped", worker=runner.worker_id)
+
+
+async def run_scheduler(
+    spec: BrokerSpec,
+    runner: Runner,
+    stop: asyncio.Event,
+    *,
+    poll_seconds: float = 0.5,
+    republish_after: timedelta = timedelta(seconds=30),
+) -> None:
+    broker, task = create_broker(spec)
+    await broker.startup()
+    try:
+        scheduler = Scheduler(runner, task, republish_after=republish_after)
+        await scheduler.run_forever(stop, poll_seconds=poll_seconds)
+    finally:
+        await broker.shutdown()

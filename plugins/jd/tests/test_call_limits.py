@@ -1,0 +1,98 @@
+"""The JOS app's call limit holds across workers: three workers sync three shops of one app at once, each with
+its own connection pool like a process of its own, and the gateway never sees more calls in a second than the
+configured limit (the window is the core's, in the database)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from tongcrm.channels import service as accounts
+from tongcrm.config import Settings
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.ingest.apply import IngestContext
+from tongcrm.ingest.service import sync_account
+from tongcrm.plugin.host import PluginHost
+from tongcrm.testing.database import TestDatabase
+from tongcrm.testing.servers import serve_in_thread
+from tongcrm_jd.fake_server import FakeJosGateway, create_app
+from tongcrm_jd.fake_shop import generate_shop
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+LIMIT = 12
+SHOPS = 3
+
+
+def clock() -> datetime:
+    return NOW + timedelta(minutes=10)
+
+
+class Meter:
+    """Arrival times at the gateway, and the most calls that arrived within any one second."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+
+    def __call__(self, _n: int) -> None:
+        self.arrivals.append(time.monotonic())
+
+    def peak(self, window: float = 1.0) -> int:
+        times, best, start = sorted(self.arrivals), 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[str, Meter]]:
+    meter = Meter()
+    shop = generate_shop(seed=11, orders=40, buyers=20, start=NOW - timedelta(days=2), end=NOW)
+    fake = FakeJosGateway(shop=shop, clock=clock, on_call=meter)
+    with serve_in_thread(create_app(fake)) as url:
+        yield f"{url}/routerjson", meter
+
+
+async def test_three_workers_never_exceed_the_app_call_limit(
+    tongcrm_db: TestDatabase, tongcrm_settings: Settings, gateway: tuple[str, Meter]
+) -> None:
+    url, meter = gateway
+    host = PluginHost(autoload=True, disabled=set())
+    async with tongcrm_db.sessions() as session, session.begin():
+        for i in range(SHOPS):
+            await accounts.create_account(
+                session,
+                host,
+                tongcrm_settings.vault(),
+                "jd",
+                f"jd-shop-{i}",
+                {
+                    "app_key": "fake-app-key",
+                    "app_secret": "fake-app-secret",
+                    "access_token": "fake-access-token",
+                    "gateway_url": url,
+                    "initial_sync_days": "3",
+                    "page_size": "4",
+                    "calls_per_second": str(LIMIT),
+                },
+            )
+    ctx = IngestContext(host=host, vault=tongcrm_settings.vault(), clock=clock, tz=tongcrm_settings.tz)
+    engines = [create_engine(tongcrm_db.url) for _ in range(SHOPS)]  # three workers, three pools
+    try:
+        reports = await asyncio.gather(
+            *(
+                sync_account(session_factory(engine), ctx, f"jd-shop-{i}", holder=f"worker-{i}")
+                for i, engine in enumerate(engines)
+            )
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert [r.error for r in reports] == [None] * SHOPS
+    assert all(r.applied > 0 and r.caught_up for r in reports)
+    assert len(meter.arrivals) >= 4 * LIMIT  # enough calls that an unshared limit bursts past it (49 in 1 s)
+    assert meter.peak() <= LIMIT, f"{meter.peak()} calls arrived within one second"

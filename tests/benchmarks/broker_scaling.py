@@ -1,0 +1,209 @@
+"""Broker-mode ingest scaling: four fake JD shops synced by 1, 2 and 4 ``tongcrm jobs worker`` processes.
+
+    TONGCRM_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
+        python tests/benchmarks/broker_scaling.py --orders 300 --workers 1,2,4
+
+For each worker count: a fresh PostgreSQL database (migrated with ``tongcrm db upgrade``), a scheduler and N
+workers on RabbitMQ (started and healthy before the clock starts), four accounts and one ``ingest.sync_account``
+job each; the clock stops when every order is stored. Prints orders/s, the ratio to one worker and the CPU
+seconds each process used (from /proc), this process's included (it serves the four fake gateways), so the
+figure can be read for a machine with more cores than this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from tongcrm.channels import service as accounts
+from tongcrm.crypto import Vault
+from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.jobs.models import Job
+from tongcrm.jobs.queue import enqueue
+from tongcrm.orders.models import Order
+from tongcrm.plugin.host import PluginHost
+from tongcrm.testing.servers import serve_in_thread
+from tongcrm_jd.fake_server import FakeJosGateway, create_app
+from tongcrm_jd.fake_shop import generate_shop
+
+SECRET = "bench-secret-key-0123456789abcdef"
+SHOPS = 4
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tongcrm", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def healthy(port: int) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+        answer.read()
+
+
+def delete_queue(name: str) -> None:
+    """Durable queues outlive the run otherwise."""
+    subprocess.run(["rabbitmqctl", "delete_queue", name], capture_output=True, check=False)
+
+
+def admin(url: str, sql: str) -> None:
+    subprocess.run(["psql", url, "-qc", sql], check=True, capture_output=True)
+
+
+async def run(server_url: str, workers: int, orders: int, env_base: dict[str, str]) -> dict[str, object]:
+    name = f"tongcrm_bench_broker_{workers}"
+    admin(server_url, f"DROP DATABASE IF EXISTS {name}")
+    admin(server_url, f"CREATE DATABASE {name}")
+    url = server_url.rsplit("/", 1)[0] + f"/{name}"
+    env = {**env_base, "TONGCRM_DATABASE_URL": url, "TONGCRM_JOBS_QUEUE": f"tongcrm.bench.{os.getpid()}"}
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tongcrm", "db", "upgrade"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    engine = create_engine(url)
+    try:
+        with ExitStack() as stack:
+            urls = []
+            for i in range(SHOPS):
+                shop = generate_shop(
+                    seed=i, orders=orders, buyers=orders // 2, start=end - timedelta(days=2), end=end
+                )
+                gateway = FakeJosGateway(shop=shop, app_key=f"bench-{i}", access_tokens={"bench-token"})
+                urls.append(stack.enter_context(serve_in_thread(create_app(gateway))))
+            ports = {}
+            for role in ["scheduler", *(f"worker-{i}" for i in range(workers))]:
+                ports[role] = 19300 + len(ports)
+                args = (
+                    ["jobs", "scheduler"] if role == "scheduler" else ["jobs", "worker", "--concurrency", "4"]
+                )
+                processes[role] = spawn([*args, "--health-port", str(ports[role])], env)
+            for port in ports.values():  # every process up before the clock starts
+                for _ in range(600):
+                    try:
+                        await asyncio.to_thread(healthy, port)
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.1)
+            host = PluginHost(autoload=True, disabled=set())
+            sessions = session_factory(engine)
+            # the scheduler's first periodic slots (ingest.sync_all among them) run before the shops exist,
+            # so none of them enqueues a second sync of an account while the clock runs
+            for _ in range(600):
+                async with sessions() as session:
+                    busy = (
+                        await session.execute(
+                            sa.select(sa.func.count())
+                            .select_from(Job)
+                            .where(Job.status.in_(["queued", "running"]), Job.run_at <= sa.func.now())
+                        )
+                    ).scalar_one()
+                    periodic = (
+                        await session.execute(sa.select(sa.func.count()).select_from(Job))
+                    ).scalar_one()
+                if periodic and not busy:
+                    break
+                await asyncio.sleep(0.2)
+            cpu_before = {role: cpu_seconds(p.pid) for role, p in processes.items()}
+            cpu_before["gateways+bench"] = cpu_seconds(os.getpid())
+            async with sessions() as session, session.begin():
+                for i, gateway_url in enumerate(urls):
+                    settings = {
+                        "app_key": f"bench-{i}",
+                        "app_secret": "fake-app-secret",
+                        "access_token": "bench-token",
+                        "gateway_url": f"{gateway_url}/routerjson",
+                        "initial_sync_days": "3",
+                    }
+                    await accounts.create_account(session, host, Vault(SECRET), "jd", f"shop-{i}", settings)
+                    await enqueue(
+                        session, "ingest.sync_account", {"account": f"shop-{i}"}, lock_key=f"sync:shop-{i}"
+                    )
+            started = time.perf_counter()
+            while True:
+                async with sessions() as session:
+                    stored = (
+                        await session.execute(sa.select(sa.func.count()).select_from(Order))
+                    ).scalar_one()
+                if stored >= SHOPS * orders:
+                    break
+                if time.perf_counter() - started > 600:
+                    raise TimeoutError(f"only {stored} of {SHOPS * orders} orders after 600 s")
+                await asyncio.sleep(0.1)
+            elapsed = time.perf_counter() - started
+            async with sessions() as session:
+                retried = (
+                    await session.execute(
+                        sa.select(sa.func.sum(Job.attempts - 1)).where(Job.name == "ingest.sync_account")
+                    )
+                ).scalar_one()
+            cpu = {role: round(cpu_seconds(p.pid) - cpu_before[role], 1) for role, p in processes.items()}
+            cpu["gateways+bench"] = round(cpu_seconds(os.getpid()) - cpu_before["gateways+bench"], 1)
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait(30)
+        await engine.dispose()
+        admin(server_url, f"DROP DATABASE IF EXISTS {name}")
+        for queue in (env["TONGCRM_JOBS_QUEUE"], env["TONGCRM_JOBS_QUEUE"] + ".dead"):
+            delete_queue(queue)
+    return {
+        "workers": workers,
+        "seconds": round(elapsed, 1),
+        "orders_per_s": round(SHOPS * orders / elapsed, 1),
+        "cpu_s": cpu,
+        "sync_retries": retried,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=300, help="orders per shop")
+    parser.add_argument("--workers", default="1,2,4")
+    options = parser.parse_args()
+    server_url = os.environ["TONGCRM_TEST_POSTGRES_URL"]
+    env = {
+        **os.environ,
+        "TONGCRM_SECRET_KEY": SECRET,
+        "TONGCRM_JOBS_BROKER_URL": os.environ.get(
+            "TONGCRM_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"
+        ),
+        "TONGCRM_LOG_LEVEL": "WARNING",
+        "TONGCRM_DISABLE_PLUGINS": "",
+    }
+    results = [await run(server_url, int(n), options.orders, env) for n in options.workers.split(",")]
+    base = results[0]["orders_per_s"]
+    print(f"cores on this machine: {os.cpu_count()}")
+    for result in results:
+        ratio = float(result["orders_per_s"]) / float(base)  # type: ignore[arg-type]
+        print(
+            f"{result['workers']} worker(s): {result['orders_per_s']} orders/s in {result['seconds']} s, "
+            f"x{ratio:.2f} of one worker; sync job retries {result['sync_retries']}; CPU seconds {result['cpu_s']}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
