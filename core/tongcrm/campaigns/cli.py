@@ -49,16 +49,21 @@ def campaigns_group() -> None:
 @click.option("--message-cost-fen", type=int, default=0, show_default=True)
 @click.option("--benefit-points", type=int, default=0, show_default=True, help="Points per treated member.")
 @click.option("--budget-points", type=int, default=None, help="Most points all runs together may grant.")
+@click.option(
+    "--benefit-entitlement", "entitlement_source", default=None,
+    help="An entitlement per treated member: a JSON file or '-' ({\"kind\", \"value\", \"validity_days\", \"cost_fen\"}).",
+)  # fmt: skip
 @click.pass_obj
 def create(
     obj: _Obj, name: str, segment: str, template: str, response_source: str, goal: str,
     control_percent: float, control_seed: str, budget_messages: int | None, message_cost_fen: int,
-    benefit_points: int, budget_points: int | None,
+    benefit_points: int, budget_points: int | None, entitlement_source: str | None,
 ) -> None:  # fmt: skip
     """Create a campaign as a draft."""
     draft = service.Draft(
         name, segment, template, _read(response_source), goal, control_percent, control_seed, budget_messages,
         message_cost_fen, benefit_points, budget_points,
+        None if entitlement_source is None else _read(entitlement_source),
     )  # fmt: skip
 
     async def body(sessions: Sessions, read: Sessions) -> int:
@@ -154,7 +159,7 @@ def report(obj: _Obj, name: str, svg_path: str | None) -> None:
         f"total: uplift {total.uplift * 100:+.2f} pts, 95% CI [{total.uplift_low * 100:+.2f},"
         f" {total.uplift_high * 100:+.2f}] ({total.conclusion}), incremental orders {total.incremental_orders},"
         f" incremental revenue {total.incremental_revenue_fen} fen, cost {total.cost_fen} fen"
-        f" and {total.points_granted} points"
+        f" and {total.points_granted} points, {total.entitlements_granted} entitlements granted"
     )
     if total.too_small:
         click.echo(f"too small to conclude: {total.too_small}")

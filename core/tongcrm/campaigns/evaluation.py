@@ -73,6 +73,9 @@ class Figures:
     opted_out: int = 0
     #: Points granted to the treated members (the benefit).
     points_granted: int = 0
+    #: Entitlements granted to the treated members (the benefit), and what they cost in fen.
+    entitlements_granted: int = 0
+    entitlement_cost_fen: int = 0
     treated: GroupFigures = field(default_factory=GroupFigures)
     held: GroupFigures = field(default_factory=GroupFigures)
 
@@ -87,6 +90,8 @@ class Figures:
             self.refused[reason] = self.refused.get(reason, 0) + n
         self.opted_out += other.opted_out
         self.points_granted += other.points_granted
+        self.entitlements_granted += other.entitlements_granted
+        self.entitlement_cost_fen += other.entitlement_cost_fen
         self.treated.add(other.treated)
         self.held.add(other.held)
 
@@ -238,7 +243,14 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
     groups with their responses — the responding orders pre-aggregated per member over the window (the
     ``placed_at`` index), joined by hash to the audience and its messages, merged members followed through
     :func:`merged_survivors`. No per-member subquery."""
-    f = Figures(audience=run.audience, control=run.control, points_granted=run.points_granted)
+    benefit = campaign.benefit_entitlement or {}
+    f = Figures(
+        audience=run.audience,
+        control=run.control,
+        points_granted=run.points_granted,
+        entitlements_granted=run.entitlements_granted,
+        entitlement_cost_fen=run.entitlements_granted * int(benefit.get("cost_fen", 0)),
+    )
     if run.status != "queued":
         return f
     of_run = _run_messages(campaign, run.id)
@@ -312,7 +324,7 @@ def outcome(campaign: Campaign | Any, f: Figures) -> Outcome:
         inc_revenue = round((t.revenue_fen / t.eligible - c.revenue_fen / c.eligible) * t.eligible)
     else:
         inc_orders, inc_revenue = 0.0, 0
-    cost = f.sent * campaign.message_cost_fen
+    cost = f.sent * campaign.message_cost_fen + f.entitlement_cost_fen
     per = round(cost / inc_orders) if inc_orders > 0 else None
     points_per = round(f.points_granted / inc_orders) if inc_orders > 0 else None
     return Outcome(f, up, round(inc_orders, 2), inc_revenue, cost, per, points_per)

@@ -27,6 +27,7 @@ from tongcrm.campaigns import control
 from tongcrm.campaigns import schedule as sched
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.entitlements import service as entitlements
 from tongcrm.errors import Conflict, NotFound, TongcrmError, Unprocessable
 from tongcrm.logging import get_logger
 from tongcrm.messaging import service as messaging
@@ -112,6 +113,8 @@ class Draft:
     message_cost_fen: int = 0
     benefit_points: int = 0
     budget_points: int | None = None
+    #: An entitlement granted to each treated member of a run (:func:`entitlements.check_benefit`).
+    benefit_entitlement: Mapping[str, Any] | None = None
 
 
 def check_basics(
@@ -151,6 +154,9 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
          "benefit_points": draft.benefit_points, "budget_points": draft.budget_points},
     )  # fmt: skip
     response = check_response(draft.response)
+    benefit = (
+        None if draft.benefit_entitlement is None else entitlements.check_benefit(draft.benefit_entitlement)
+    )
     segment = await segments.get_segment(session, draft.segment)
     template = await messaging.get_template(session, draft.template)
     if template.purpose != "marketing":
@@ -177,6 +183,7 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
         message_cost_fen=draft.message_cost_fen,
         benefit_points=draft.benefit_points,
         budget_points=draft.budget_points,
+        benefit_entitlement=benefit,
         schedule=None,
         status="draft",
         created_by=actor.name,
@@ -200,6 +207,7 @@ def describe(c: Campaign) -> dict[str, Any]:
         "budget_messages": c.budget_messages,
         "benefit_points": c.benefit_points,
         "budget_points": c.budget_points,
+        "benefit_entitlement": c.benefit_entitlement,
         "schedule": c.schedule,
         "next_run_at": c.next_run_at.isoformat() if c.next_run_at else None,
     }
@@ -374,6 +382,11 @@ def grant_key(campaign: Campaign, run_id: int, member_id: int) -> str:
     return f"campaign:{campaign.id}:run{run_id}:{member_id}"
 
 
+def entitlement_key_prefix(campaign: Campaign, run_id: int) -> str:
+    """The grant key of a run's entitlement to a member, less the member id: once per (campaign, run, member)."""
+    return f"campaign:{campaign.id}:run{run_id}:entitlement:"
+
+
 async def execute_run(
     session: AsyncSession,
     host: PluginHost,
@@ -472,6 +485,18 @@ async def execute_run(
         occasion=occasion,
         now=now,
     )
+    if campaign.benefit_entitlement:
+        run.entitlements_granted = await entitlements.grant_benefit(
+            session,
+            host,
+            campaign.benefit_entitlement,
+            sa.select(CampaignAudience.member_id).where(
+                CampaignAudience.run_id == run_id, CampaignAudience.grp == control.TREATMENT
+            ),
+            key_prefix=entitlement_key_prefix(campaign, run_id),
+            now=now,
+            tz=tz,
+        )
     if campaign.benefit_points:
         after = 0
         ctx = points.PointsContext(clock=lambda: now, tz=tz, actor=SYSTEM_ACTOR.name)
