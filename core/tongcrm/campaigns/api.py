@@ -286,6 +286,7 @@ class EntryOut(msgspec.Struct):
     segment_id: int | None
     status: str | None
     detail: str
+    journey: str | None = None
 
 
 class ClashOut(msgspec.Struct):
@@ -309,7 +310,7 @@ def calendar_out(c: calendar.Calendar) -> CalendarOut:
         c.end,
         c.timezone,
         [
-            EntryOut(e.day, e.at, e.kind, e.name, e.campaign, e.segment_id, e.status, e.detail)
+            EntryOut(e.day, e.at, e.kind, e.name, e.campaign, e.segment_id, e.status, e.detail, e.journey)
             for e in c.entries
         ],
         c.care_flows,
@@ -478,3 +479,11 @@ class JourneyController(Controller):
         return JourneyReportOut(
             r.journey.name, r.journey.status, "newcombe-95", r.states, r.branches, outcome_out(r.total)
         )
+
+    @get("/{name:str}/report.svg", opt=requires(*READ_ROLES), summary="A journey's report as an SVG chart")
+    async def report_svg(
+        self, name: FromPath[str], read_sessions: NamedDependency[Sessions]
+    ) -> Response[str]:
+        async with read_sessions() as session:
+            svg = chart.render_journey(await journeys.report(session, await journeys.get(session, name)))
+        return Response(svg, media_type="image/svg+xml")

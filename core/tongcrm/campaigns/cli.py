@@ -135,6 +135,13 @@ def cancel(obj: _Obj, name: str) -> None:
     click.echo(f"cancelled {name!r}")
 
 
+def _write_svg(path: str, svg: str) -> None:
+    if not path.endswith(".svg"):
+        raise BadRequest("--svg names a file ending in .svg")
+    Path(path).write_text(svg, encoding="utf-8")
+    click.echo(f"chart written to {path}")
+
+
 @campaigns_group.command("report")
 @click.argument("name")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
@@ -164,10 +171,7 @@ def report(obj: _Obj, name: str, svg_path: str | None) -> None:
     if total.too_small:
         click.echo(f"too small to conclude: {total.too_small}")
     if svg_path:
-        if not svg_path.endswith(".svg"):
-            raise BadRequest("--svg names a file ending in .svg")
-        Path(svg_path).write_text(chart.render(result), encoding="utf-8")
-        click.echo(f"chart written to {svg_path}")
+        _write_svg(svg_path, chart.render(result))
 
 
 @click.command("calendar")
@@ -291,9 +295,10 @@ def journey_resume(obj: _Obj, name: str) -> None:
 
 @journeys_group.command("report")
 @click.argument("name")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.pass_obj
-def journey_report(obj: _Obj, name: str) -> None:
-    """A journey's evaluation against its control group."""
+def journey_report(obj: _Obj, name: str, svg_path: str | None) -> None:
+    """A journey's evaluation against its control group; with --svg, the chart written to a file."""
 
     async def body(sessions: Sessions, read: Sessions) -> journeys.JourneyReport:
         async with read() as session:
@@ -310,3 +315,5 @@ def journey_report(obj: _Obj, name: str) -> None:
     )
     if o.too_small:
         click.echo(f"too small to conclude: {o.too_small}")
+    if svg_path:
+        _write_svg(svg_path, chart.render_journey(r))
