@@ -167,6 +167,8 @@ class JourneyParticipant(Base):
     branch: Mapped[str | None] = mapped_column(sa.String(8))
     messaged: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     points_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: Entitlements granted by the action (0 or 1; the journey's entitlement benefit, treated members only).
+    entitlements_granted: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     #: Why an action was left out (a budget exhausted, a member merged away).
     reason: Mapped[str] = mapped_column(sa.String(500), default="")
 

@@ -490,10 +490,11 @@ async def execute_run(
             session,
             host,
             campaign.benefit_entitlement,
-            sa.select(CampaignAudience.member_id).where(
-                CampaignAudience.run_id == run_id, CampaignAudience.grp == control.TREATMENT
-            ),
-            key_prefix=entitlement_key_prefix(campaign, run_id),
+            sa.select(
+                CampaignAudience.member_id,
+                sa.literal(entitlement_key_prefix(campaign, run_id))
+                + sa.cast(CampaignAudience.member_id, sa.String),
+            ).where(CampaignAudience.run_id == run_id, CampaignAudience.grp == control.TREATMENT),
             now=now,
             tz=tz,
         )

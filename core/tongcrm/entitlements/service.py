@@ -232,27 +232,25 @@ async def grant_benefit(
     session: AsyncSession,
     host: PluginHost,
     benefit: Mapping[str, Any],
-    member_ids: sa.Select[int],
+    targets: sa.Select[int, str],
     *,
-    key_prefix: str,
     now: datetime,
     tz: ZoneInfo,
 ) -> int:
-    """Grant a checked benefit (:func:`check_benefit`) to each member ``member_ids`` selects, in one
-    ``INSERT … SELECT``. The grant key is ``key_prefix`` and the member id, so a replayed run grants nothing
-    twice. Usable from the local day's start (``tz``) for ``validity_days`` days; fulfilled by its provider
+    """Grant a checked benefit (:func:`check_benefit`) to each ``(member_id, grant_key)`` row ``targets``
+    selects, in one ``INSERT … SELECT``. The caller's grant key names the occasion (a campaign run and member,
+    a journey participant), so a replay grants nothing twice. Usable from the local day's start (``tz``) for ``validity_days`` days; fulfilled by its provider
     like a tier's grant. Returns how many grants were new."""
     provider = provider_for_kind(benefit["kind"], host)
     status = GrantStatus.PENDING if provider is not None else GrantStatus.ACTIVE
     today = now.astimezone(tz).date()
     valid_from = local_midnight(today, tz)
     valid_until = end_of_local_day(today + timedelta(days=int(benefit["validity_days"]) - 1), tz)
-    targets = member_ids.subquery("targets")
-    member_id = targets.c[0]
+    rows = targets.subquery("targets")
     g = _t(EntitlementGrant)
     columns = {
-        "member_id": member_id,
-        "grant_key": sa.literal(key_prefix) + sa.cast(member_id, sa.String),
+        "member_id": rows.c[0],
+        "grant_key": rows.c[1],
         "kind": sa.literal(benefit["kind"], sa.String),
         "value": sa.literal(int(benefit["value"]), sa.BigInteger),
         "params": sa.literal({}, JSONType),
@@ -266,7 +264,7 @@ async def grant_benefit(
     }
     stmt = (
         insert(session, g)
-        .from_select(list(columns), sa.select(*columns.values()).select_from(targets).where(sa.true()))
+        .from_select(list(columns), sa.select(*columns.values()).select_from(rows).where(sa.true()))
         .on_conflict_do_nothing(index_elements=[g.c.grant_key])
     )
     result = cast(CursorResult[Any], await session.execute(stmt))

@@ -1,4 +1,5 @@
-"""Campaign entitlement benefits: the benefit on the campaign, the grants made on each run
+"""Campaign and journey entitlement benefits: the benefit on the campaign, the grants made by each run and by each
+journey participant's action
 
 Revision ID: 0021
 Revises: 0017
@@ -24,9 +25,13 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("entitlements_granted", sa.BigInteger(), server_default="0", nullable=False)
         )
+    with op.batch_alter_table("journey_participants") as batch:
+        batch.add_column(sa.Column("entitlements_granted", sa.Integer(), server_default="0", nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("journey_participants") as batch:
+        batch.drop_column("entitlements_granted")
     with op.batch_alter_table("campaign_runs") as batch:
         batch.drop_column("entitlements_granted")
     with op.batch_alter_table("campaigns") as batch:
