@@ -5,6 +5,7 @@ front with nothing granted or queued; the report counts the points."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,7 +15,9 @@ from messaging_kit import Clock, World
 from tongcrm.audit.service import SYSTEM
 from tongcrm.campaigns import control, evaluation, service
 from tongcrm.campaigns.models import CampaignAudience
+from tongcrm.entitlements.models import EntitlementGrant
 from tongcrm.errors import Unprocessable
+from tongcrm.messaging.models import Message
 from tongcrm.testing.database import TestDatabase
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -107,3 +110,102 @@ async def test_a_run_beyond_the_points_budget_is_refused_with_nothing_granted(
     assert await _grants(w) == {m: 100 for m in members}  # the first run's only
     assert len(await w.messages(flow="campaign.daily")) == 10 and frozen == 0
     assert all(m.flow == "campaign.daily" for m in await w.messages())
+
+
+async def _entitlement_grants(w: World) -> list[EntitlementGrant]:
+    async with w.sessions() as session:
+        stmt = sa.select(EntitlementGrant).order_by(EntitlementGrant.member_id)
+        return list((await session.execute(stmt)).scalars())
+
+
+@pytest.mark.asyncio
+async def test_an_entitlement_goes_to_the_treated_only_once_per_run_and_counts_as_cost(
+    tongcrm_db: TestDatabase,
+) -> None:
+    clock = Clock(datetime(2026, 5, 1, 2, tzinfo=UTC))  # 10:00 in Shanghai
+    w, members = await _world(tongcrm_db, clock, 40)
+    coupon = {"kind": "monthly_coupon", "value": 1000, "validity_days": 14, "cost_fen": 700}
+    async with w.sessions() as session, session.begin():
+        draft = service.Draft(
+            "coupon", "vip", "promo", {"kind": "order", "within_days": 3}, control_percent=30, control_seed="c",
+            message_cost_fen=5, benefit_entitlement=coupon,
+        )  # fmt: skip
+        campaign = await service.create(session, draft, SYSTEM)
+        once = {"kind": "once", "at": (clock() + timedelta(minutes=5)).isoformat()}
+        await service.schedule(session, w.host, SYSTEM, "coupon", once, now=clock(), tz=SH)
+    clock.advance(minutes=5)
+    [run_id] = await service.run_due(w.sessions, w.host, now=clock(), tz=SH)
+    held = set(control.split(campaign.id, members, 3000, "c"))
+    treated = [m for m in members if m not in held]
+    assert held and treated
+    grants = await _entitlement_grants(w)
+    assert [g.member_id for g in grants] == treated
+    g = grants[0]
+    assert (g.kind, g.value, g.status, g.tier_code) == ("monthly_coupon", 1000, "active", None)
+    assert g.grant_key == f"campaign:{campaign.id}:run{run_id}:entitlement:{g.member_id}"
+    # usable from the start of the Shanghai day (1 May) for 14 days: until midnight ending 14 May there
+    assert g.valid_from == datetime(2026, 4, 30, 16, tzinfo=UTC)
+    assert g.valid_until == datetime(2026, 5, 14, 16, tzinfo=UTC)
+    # a replayed run grants nothing twice
+    async with w.sessions() as session, session.begin():
+        [first] = await service.runs(session, campaign.id)
+        again = await service.get(session, "coupon")
+        await service.execute_run(session, w.host, again, first.scheduled_for, now=clock(), tz=SH)
+    assert len(await _entitlement_grants(w)) == len(treated)
+    async with w.sessions() as session, session.begin():  # what the dispatcher would record
+        await session.execute(
+            sa.update(Message)
+            .where(Message.flow == "campaign.coupon")
+            .values(
+                status=sa.case((Message.held_out, "refused"), else_="sent"),
+                reason=sa.case((Message.held_out, "hold-out"), else_=""),
+            )
+        )
+    async with w.sessions() as session:
+        report = await evaluation.report(session, await service.get(session, "coupon"))
+    f = report.total.figures
+    assert (f.entitlements_granted, f.entitlement_cost_fen) == (len(treated), 700 * len(treated))
+    assert f.sent == len(treated) and report.total.cost_fen == 5 * f.sent + 700 * len(treated)
+    assert [r.run.entitlements_granted for r in report.runs] == [len(treated)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("benefit", "pointer", "says"),
+    [
+        ({"kind": "free_shipping", "value": 0}, "/benefit_entitlement/kind", "cannot be a campaign benefit"),
+        (
+            {"kind": "monthly_coupon", "value": 0},
+            "/benefit_entitlement/value",
+            "value is a whole number from 1",
+        ),
+        (
+            {"kind": "monthly_coupon", "value": 5, "validity_days": 400},
+            "/benefit_entitlement/validity_days",
+            "to 366",
+        ),
+        (
+            {"kind": "monthly_coupon", "value": 5, "cost_fen": -1},
+            "/benefit_entitlement/cost_fen",
+            "0 or more",
+        ),
+        (
+            {"kind": "monthly_coupon", "value": 5, "colour": "red"},
+            "/benefit_entitlement",
+            "unknown fields: colour",
+        ),
+        ([1], "/benefit_entitlement", "is an object"),
+    ],
+)
+async def test_a_bad_entitlement_benefit_is_refused_naming_the_field(
+    tongcrm_db: TestDatabase, benefit: Any, pointer: str, says: str
+) -> None:
+    clock = Clock(datetime(2026, 5, 1, 2, tzinfo=UTC))
+    w, _ = await _world(tongcrm_db, clock, 2)
+    async with w.sessions() as session, session.begin():
+        draft = service.Draft(
+            "bad", "vip", "promo", {"kind": "order", "within_days": 3}, benefit_entitlement=benefit
+        )
+        with pytest.raises(Unprocessable, match=says) as refused:
+            await service.create(session, draft, SYSTEM)
+    assert refused.value.extra == {"pointer": pointer}

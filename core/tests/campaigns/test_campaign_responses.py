@@ -153,7 +153,15 @@ async def test_orders_of_a_member_merged_after_the_run_are_credited(tongcrm_db: 
         await merge_members(session, later_survivor, survivor, actor=SYSTEM, reason="same person", at=clock())
     await w.order(m[2], "plain", status="paid", paid_fen=100)
 
-    treated = (await _totals(w, "merged")).figures.treated
+    async with w.sessions() as session, session.begin():
+        # opt-outs in the window: the final survivor (the audience's m[0] and m[1] now: one person, counted once),
+        # m[3] itself, and a member never in the audience (not counted)
+        for who in (later_survivor, m[3], await w.member(12)):
+            await record_consent(session, who, "marketing", "opt_out", source="sms_reply", at=clock())
+
+    figures = (await _totals(w, "merged")).figures
+    assert figures.opted_out == 2
+    treated = figures.treated
     # m[0] and m[1] both resolve to the final survivor, which holds the two orders; m[2] has its own order
     assert (treated.eligible, treated.responders) == (4, 3)
     assert (treated.orders, treated.revenue_fen) == (2 + 2 + 1, 1400 + 1400 + 100)

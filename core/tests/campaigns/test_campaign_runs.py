@@ -80,22 +80,17 @@ async def test_monthly_runs_across_month_ends_leap_day_and_a_restart_mid_run(
         due = await next_run()
         assert due is not None
         clock.now = due
-        if month == 1:  # February: the scheduler dies after queueing part of the run
-            monkeypatch.setattr(service, "_PAGE", 5)
-            real = messaging.queue_messages
-            calls = 0
+        if month == 1:  # February: the scheduler dies after queueing the run's messages, before it commits
+            real = messaging.queue_selected
 
             async def dying(*args: Any, _real: Any = real, **kwargs: Any) -> int:
-                nonlocal calls
-                calls += 1
-                if calls == 2:
-                    raise RuntimeError("process killed")
-                return int(await _real(*args, **kwargs))
+                await _real(*args, **kwargs)
+                raise RuntimeError("process killed")
 
-            monkeypatch.setattr(messaging, "queue_messages", dying)
+            monkeypatch.setattr(messaging, "queue_selected", dying)
             with pytest.raises(RuntimeError, match="killed"):
                 await service.run_due(w.sessions, host, now=clock(), tz=SH)
-            monkeypatch.setattr(messaging, "queue_messages", real)
+            monkeypatch.setattr(messaging, "queue_selected", real)
             # nothing of the run survived, and it is still due
             assert await next_run() == due
             async with w.sessions() as session:

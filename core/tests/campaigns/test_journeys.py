@@ -16,6 +16,7 @@ from messaging_kit import Clock, World
 from tongcrm.audit.service import SYSTEM
 from tongcrm.campaigns import control, journeys
 from tongcrm.campaigns.models import JourneyParticipant
+from tongcrm.entitlements.models import EntitlementGrant
 from tongcrm.errors import Unprocessable
 from tongcrm.jobs.outbox import emit
 from tongcrm.members.merge import merge_members
@@ -256,3 +257,61 @@ async def test_first_order_and_tier_triggers(tongcrm_db: TestDatabase) -> None:
         (m[1], "event", "done"),
     ]
     assert sorted(x.member_id for x in await w.messages()) == [m[0], m[1]]
+
+
+@pytest.mark.asyncio
+async def test_an_entitlement_action_goes_to_treated_participants_once_and_counts_as_cost(
+    tongcrm_db: TestDatabase,
+) -> None:
+    clock = Clock(datetime(2026, 7, 1, 2, tzinfo=UTC))
+    w, m = await _world(tongcrm_db, clock, 24)
+    await tag(w, m[:12])
+    coupon = {"kind": "monthly_coupon", "value": 500, "validity_days": 7, "cost_fen": 300}
+    steps = {
+        "wait_hours": 0, "condition": "vip", "then": {"template": "promo", "entitlement": coupon},
+        "else": {"template": "promo"},
+    }  # fmt: skip
+    journey_id = await _journey(w, steps=steps, control_percent=30, control_seed="e")
+    async with w.sessions() as session, session.begin():
+        journey = await journeys.get(session, "winback")
+        await journeys.enter(session, journey, m, "event:9", now=clock())
+    await journeys.advance_due(w.sessions, w.host, now=clock(), tz=SH, limit=5)  # across batches
+    # a replayed event and a second advance add nothing
+    async with w.sessions() as session, session.begin():
+        await journeys.enter(session, await journeys.get(session, "winback"), m, "event:9", now=clock())
+    await journeys.advance_due(w.sessions, w.host, now=clock(), tz=SH)
+    held = {x for x in m if control.in_control(journey_id, x, 3000, "journey:e")}
+    entitled = [x for x in m[:12] if x not in held]
+    assert held & set(m[:12]) and entitled
+    async with w.sessions() as session:
+        grants = list(
+            (
+                await session.execute(sa.select(EntitlementGrant).order_by(EntitlementGrant.member_id))
+            ).scalars()
+        )
+    by_member = {p.member_id: p for p in await _participants(w)}
+    assert [g.member_id for g in grants] == entitled  # the vip branch's treated only: not control, not 'else'
+    assert all(
+        g.grant_key == f"journey:{journey_id}:p{by_member[g.member_id].id}:entitlement" for g in grants
+    )
+    assert all((g.kind, g.value) == ("monthly_coupon", 500) for g in grants)
+    assert sum(p.entitlements_granted for p in by_member.values()) == len(entitled)
+    async with w.sessions() as session:
+        report = await journeys.report(session, await journeys.get(session, "winback"))
+    f = report.total.figures
+    assert (f.entitlements_granted, f.entitlement_cost_fen) == (len(entitled), 300 * len(entitled))
+    assert report.total.cost_fen == 300 * len(entitled)  # the journey's messages cost nothing here
+
+
+@pytest.mark.asyncio
+async def test_a_bad_entitlement_action_is_refused_naming_the_field(tongcrm_db: TestDatabase) -> None:
+    clock = Clock(datetime(2026, 7, 1, 2, tzinfo=UTC))
+    w, _ = await _world(tongcrm_db, clock, 1)
+    steps = {
+        "wait_hours": 0,
+        "condition": None,
+        "then": {"entitlement": {"kind": "member_price", "value": 90}},
+    }
+    with pytest.raises(Unprocessable, match="cannot be a campaign benefit") as refused:
+        await _journey(w, steps=steps)
+    assert refused.value.extra == {"pointer": "/steps/then/entitlement/kind"}

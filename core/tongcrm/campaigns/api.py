@@ -51,6 +51,9 @@ class CampaignIn(msgspec.Struct):
     message_cost_fen: int = 0
     benefit_points: BenefitPoints = 0
     budget_points: PointsBudget | None = None
+    #: ``{"kind": "monthly_coupon", "value": 1000, "validity_days": 14, "cost_fen": 1000}``: granted to each
+    #: treated member of a run, never to the control group.
+    benefit_entitlement: dict[str, Any] | None = None
 
 
 class ScheduleIn(msgspec.Struct):
@@ -71,6 +74,7 @@ class CampaignOut(msgspec.Struct):
     message_cost_fen: int
     benefit_points: int
     budget_points: int | None
+    benefit_entitlement: dict[str, Any] | None
     schedule: dict[str, Any] | None
     next_run_at: datetime | None
     created_by: str
@@ -88,6 +92,7 @@ class RunOut(msgspec.Struct):
     audience: int
     control: int
     points_granted: int
+    entitlements_granted: int
 
 
 class GroupOut(msgspec.Struct):
@@ -108,6 +113,8 @@ class OutcomeOut(msgspec.Struct):
     refused: dict[str, int]
     opted_out: int
     points_granted: int
+    entitlements_granted: int
+    entitlement_cost_fen: int
     treated: GroupOut
     control_group: GroupOut
     uplift: float
@@ -139,7 +146,7 @@ class ReportOut(msgspec.Struct):
 def campaign_out(c: Campaign) -> CampaignOut:
     return CampaignOut(
         c.id, c.name, c.goal, c.status, c.segment_id, c.template_id, c.control_bp / 100, c.control_seed,
-        dict(c.response), c.budget_messages, c.message_cost_fen, c.benefit_points, c.budget_points, c.schedule, c.next_run_at, c.created_by,
+        dict(c.response), c.budget_messages, c.message_cost_fen, c.benefit_points, c.budget_points, c.benefit_entitlement, c.schedule, c.next_run_at, c.created_by,
         c.created_at, c.updated_at,
     )  # fmt: skip
 
@@ -147,7 +154,7 @@ def campaign_out(c: Campaign) -> CampaignOut:
 def run_out(r: CampaignRun) -> RunOut:
     return RunOut(
         r.id, r.scheduled_for, r.started_at, r.segment_version, r.status, r.reason, r.audience, r.control,
-        r.points_granted,
+        r.points_granted, r.entitlements_granted,
     )  # fmt: skip
 
 
@@ -160,7 +167,7 @@ def outcome_out(o: evaluation.Outcome) -> OutcomeOut:
     f, u = o.figures, o.uplift
     return OutcomeOut(
         f.audience, f.control, f.sent, f.delivered, f.failed, f.pending, dict(sorted(f.refused.items())),
-        f.opted_out, f.points_granted, _group(f.treated), _group(f.held), u.absolute, u.low, u.high, u.relative,
+        f.opted_out, f.points_granted, f.entitlements_granted, f.entitlement_cost_fen, _group(f.treated), _group(f.held), u.absolute, u.low, u.high, u.relative,
         u.conclusion, u.too_small, o.incremental_orders, o.incremental_revenue_fen, o.cost_fen,
         o.cost_per_incremental_order_fen, o.points_per_incremental_order,
     )  # fmt: skip
@@ -194,6 +201,7 @@ class CampaignController(Controller):
         draft = service.Draft(
             data.name, data.segment, data.template, data.response, data.goal, data.control_percent,
             data.control_seed, data.budget_messages, data.message_cost_fen, data.benefit_points, data.budget_points,
+            data.benefit_entitlement,
         )  # fmt: skip
         async with sessions() as session, session.begin():
             return campaign_out(await service.create(session, draft, Actor.of(principal)))
@@ -278,6 +286,7 @@ class EntryOut(msgspec.Struct):
     segment_id: int | None
     status: str | None
     detail: str
+    journey: str | None = None
 
 
 class ClashOut(msgspec.Struct):
@@ -301,7 +310,7 @@ def calendar_out(c: calendar.Calendar) -> CalendarOut:
         c.end,
         c.timezone,
         [
-            EntryOut(e.day, e.at, e.kind, e.name, e.campaign, e.segment_id, e.status, e.detail)
+            EntryOut(e.day, e.at, e.kind, e.name, e.campaign, e.segment_id, e.status, e.detail, e.journey)
             for e in c.entries
         ],
         c.care_flows,
@@ -470,3 +479,11 @@ class JourneyController(Controller):
         return JourneyReportOut(
             r.journey.name, r.journey.status, "newcombe-95", r.states, r.branches, outcome_out(r.total)
         )
+
+    @get("/{name:str}/report.svg", opt=requires(*READ_ROLES), summary="A journey's report as an SVG chart")
+    async def report_svg(
+        self, name: FromPath[str], read_sessions: NamedDependency[Sessions]
+    ) -> Response[str]:
+        async with read_sessions() as session:
+            svg = chart.render_journey(await journeys.report(session, await journeys.get(session, name)))
+        return Response(svg, media_type="image/svg+xml")

@@ -3,6 +3,11 @@ schedules will start), the care flows that run continuously, the days the brand 
 such as Double 11 and 618, member days), and clashes — two campaigns sending to the same audience (the same saved
 segment) on one local day, which the fatigue budget would then ration unpredictably between them.
 
+Journeys are on it too: each journey once, on the first day of the range it is active (``journey``: since when,
+on what trigger, active or paused), and a journey on a day trigger (birthdays, points expiry, days after the last
+order) once more on each day it scans — ``journey_scan`` for the days already scanned, ``planned_scan`` for the
+days an active journey will scan. Event-triggered journeys act when their events arrive, which no calendar knows.
+
 Days are local to the programme's time zone. Planned runs are expanded from each schedule as it stands, starting
 at the campaign's next run; runs that happened come from the run table, with their outcome.
 """
@@ -20,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
 from tongcrm.campaigns import schedule as sched
-from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
+from tongcrm.campaigns.journeys import DAY_TRIGGERS
+from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun, Journey
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.messaging import flows
 
@@ -34,12 +40,13 @@ _MAX_PLANNED = 400
 class Entry:
     day: date
     at: datetime | None
-    kind: str  # run | planned_run | mark
+    kind: str  # run | planned_run | mark | journey | journey_scan | planned_scan
     name: str
     campaign: str | None = None
     segment_id: int | None = None
     status: str | None = None
     detail: str = ""
+    journey: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,7 @@ async def build(session: AsyncSession, start: date, end: date, *, tz: ZoneInfo) 
                     Entry(at.astimezone(tz).date(), at, "planned_run", c.name, c.name, c.segment_id, c.status)
                 )
             at = sched.next_after(parsed, at, tz)
+    entries.extend(await _journey_entries(session, start, end, tz))
     marks = await session.execute(
         sa.select(CalendarMark)
         .where(CalendarMark.on >= start, CalendarMark.on <= end)
@@ -115,6 +123,34 @@ async def build(session: AsyncSession, start: date, end: date, *, tz: ZoneInfo) 
     configs = await flows.list_configs(session)
     care = sorted({cfg.flow for cfg in configs if cfg.enabled})
     return Calendar(start, end, str(tz), entries, care, clashes)
+
+
+async def _journey_entries(session: AsyncSession, start: date, end: date, tz: ZoneInfo) -> list[Entry]:
+    """Each journey's active period (from its creation day, open-ended) and, for day triggers, its daily scans:
+    done up to the last day scanned, planned after it while the journey is active."""
+    out: list[Entry] = []
+    for j in (await session.execute(sa.select(Journey).order_by(Journey.name))).scalars():
+        since = j.created_at.astimezone(tz).date()
+        if since > end:
+            continue
+        kind = str(j.trigger.get("kind", ""))
+        out.append(
+            Entry(max(since, start), None, "journey", j.name, journey=j.name, status=j.status,
+                  detail=f"trigger {kind}, active since {since.isoformat()}" if j.status == "active"
+                  else f"trigger {kind}, created {since.isoformat()}, paused")
+        )  # fmt: skip
+        if kind not in DAY_TRIGGERS:
+            continue
+        day = max(since, start)
+        while day <= end:
+            if j.scanned_on is not None and day <= j.scanned_on:
+                out.append(Entry(day, None, "journey_scan", j.name, journey=j.name, status="scanned",
+                                 detail=f"{kind} scan"))  # fmt: skip
+            elif j.status == "active":
+                out.append(Entry(day, None, "planned_scan", j.name, journey=j.name, status=j.status,
+                                 detail=f"{kind} scan"))  # fmt: skip
+            day += timedelta(days=1)
+    return out
 
 
 async def add_mark(session: AsyncSession, actor: Actor, on: date, name: str, kind: str) -> CalendarMark:

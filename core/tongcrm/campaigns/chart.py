@@ -1,12 +1,16 @@
-"""A campaign report as an SVG chart, drawn on the server so any client (a browser, a chat bot, an e-mail) can
+"""A campaign (or journey) report as an SVG chart, drawn on the server so any client (a browser, a chat bot, an e-mail) can
 show it without a charting library: per run and in total, the response rate of the treated and of the control
 group as two bars, and the uplift with its 95 % interval as text under them. Every text is escaped."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 from tongcrm.campaigns.evaluation import Outcome, Report
+
+if TYPE_CHECKING:
+    from tongcrm.campaigns.journeys import JourneyReport
 
 _W_GROUP = 120
 _H = 260
@@ -53,13 +57,22 @@ def _bars(x0: int, label: str, o: Outcome, scale: float) -> list[str]:
 def render(report: Report) -> str:
     groups = [(f"run {i + 1}", r.outcome) for i, r in enumerate(report.runs) if r.run.status == "queued"]
     groups.append(("total", report.total))
+    return render_groups(report.campaign.name, groups)
+
+
+def render_journey(report: JourneyReport) -> str:
+    """A journey's chart: its participants pooled (it has no runs), treated against control."""
+    return render_groups(report.journey.name, [("all participants", report.total)])
+
+
+def render_groups(title: str, groups: list[tuple[str, Outcome]]) -> str:
     highest = max([max(o.uplift.treated_rate, o.uplift.control_rate) for _, o in groups] + [0.01])
     scale = _PLOT / highest
     width = 40 + _W_GROUP * len(groups)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{_H}" viewBox="0 0 {width} {_H}"'
         ' font-family="sans-serif">',
-        f'<text x="20" y="20" font-size="13" font-weight="bold">{escape(report.campaign.name)}: response rate,'
+        f'<text x="20" y="20" font-size="13" font-weight="bold">{escape(title)}: response rate,'
         " treated vs control</text>",
         f'<rect x="{width - 170}" y="28" width="10" height="10" fill="{_TREATED}"/>'
         f'<text x="{width - 156}" y="37" font-size="10">treated</text>'

@@ -49,16 +49,21 @@ def campaigns_group() -> None:
 @click.option("--message-cost-fen", type=int, default=0, show_default=True)
 @click.option("--benefit-points", type=int, default=0, show_default=True, help="Points per treated member.")
 @click.option("--budget-points", type=int, default=None, help="Most points all runs together may grant.")
+@click.option(
+    "--benefit-entitlement", "entitlement_source", default=None,
+    help="An entitlement per treated member: a JSON file or '-' ({\"kind\", \"value\", \"validity_days\", \"cost_fen\"}).",
+)  # fmt: skip
 @click.pass_obj
 def create(
     obj: _Obj, name: str, segment: str, template: str, response_source: str, goal: str,
     control_percent: float, control_seed: str, budget_messages: int | None, message_cost_fen: int,
-    benefit_points: int, budget_points: int | None,
+    benefit_points: int, budget_points: int | None, entitlement_source: str | None,
 ) -> None:  # fmt: skip
     """Create a campaign as a draft."""
     draft = service.Draft(
         name, segment, template, _read(response_source), goal, control_percent, control_seed, budget_messages,
         message_cost_fen, benefit_points, budget_points,
+        None if entitlement_source is None else _read(entitlement_source),
     )  # fmt: skip
 
     async def body(sessions: Sessions, read: Sessions) -> int:
@@ -130,6 +135,13 @@ def cancel(obj: _Obj, name: str) -> None:
     click.echo(f"cancelled {name!r}")
 
 
+def _write_svg(path: str, svg: str) -> None:
+    if not path.endswith(".svg"):
+        raise BadRequest("--svg names a file ending in .svg")
+    Path(path).write_text(svg, encoding="utf-8")
+    click.echo(f"chart written to {path}")
+
+
 @campaigns_group.command("report")
 @click.argument("name")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
@@ -154,15 +166,12 @@ def report(obj: _Obj, name: str, svg_path: str | None) -> None:
         f"total: uplift {total.uplift * 100:+.2f} pts, 95% CI [{total.uplift_low * 100:+.2f},"
         f" {total.uplift_high * 100:+.2f}] ({total.conclusion}), incremental orders {total.incremental_orders},"
         f" incremental revenue {total.incremental_revenue_fen} fen, cost {total.cost_fen} fen"
-        f" and {total.points_granted} points"
+        f" and {total.points_granted} points, {total.entitlements_granted} entitlements granted"
     )
     if total.too_small:
         click.echo(f"too small to conclude: {total.too_small}")
     if svg_path:
-        if not svg_path.endswith(".svg"):
-            raise BadRequest("--svg names a file ending in .svg")
-        Path(svg_path).write_text(chart.render(result), encoding="utf-8")
-        click.echo(f"chart written to {svg_path}")
+        _write_svg(svg_path, chart.render(result))
 
 
 @click.command("calendar")
@@ -286,9 +295,10 @@ def journey_resume(obj: _Obj, name: str) -> None:
 
 @journeys_group.command("report")
 @click.argument("name")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.pass_obj
-def journey_report(obj: _Obj, name: str) -> None:
-    """A journey's evaluation against its control group."""
+def journey_report(obj: _Obj, name: str, svg_path: str | None) -> None:
+    """A journey's evaluation against its control group; with --svg, the chart written to a file."""
 
     async def body(sessions: Sessions, read: Sessions) -> journeys.JourneyReport:
         async with read() as session:
@@ -305,3 +315,5 @@ def journey_report(obj: _Obj, name: str) -> None:
     )
     if o.too_small:
         click.echo(f"too small to conclude: {o.too_small}")
+    if svg_path:
+        _write_svg(svg_path, chart.render_journey(r))

@@ -73,6 +73,9 @@ class Figures:
     opted_out: int = 0
     #: Points granted to the treated members (the benefit).
     points_granted: int = 0
+    #: Entitlements granted to the treated members (the benefit), and what they cost in fen.
+    entitlements_granted: int = 0
+    entitlement_cost_fen: int = 0
     treated: GroupFigures = field(default_factory=GroupFigures)
     held: GroupFigures = field(default_factory=GroupFigures)
 
@@ -87,6 +90,8 @@ class Figures:
             self.refused[reason] = self.refused.get(reason, 0) + n
         self.opted_out += other.opted_out
         self.points_granted += other.points_granted
+        self.entitlements_granted += other.entitlements_granted
+        self.entitlement_cost_fen += other.entitlement_cost_fen
         self.treated.add(other.treated)
         self.held.add(other.held)
 
@@ -133,13 +138,11 @@ def tally_messages(f: Figures, rows: Iterable[Any]) -> None:
             f.refused[reason] = f.refused.get(reason, 0) + n
 
 
-def _message_key(campaign: Campaign, run_id: int) -> sa.ColumnElement[str]:
-    """The send-log key of a run's message to the audience member (see :func:`messaging.service.dedupe_key`)."""
-    return (
-        sa.literal(f"{flow_of(campaign)}:")
-        + sa.cast(CampaignAudience.member_id, sa.String)
-        + sa.literal(f":-:{occasion_of(run_id)}")
-    )
+def _run_messages(campaign: Campaign, run_id: int) -> list[sa.ColumnElement[bool]]:
+    """The send log's messages of one run: the campaign's flow and the run's occasion ending the key
+    (``campaign.<name>:<member>:-:run<id>``, see :func:`messaging.service.dedupe_key`). ``:-:run1`` does not end
+    ``…:-:run11``, so the suffix names one run."""
+    return [Message.flow == flow_of(campaign), Message.dedupe_key.endswith(f":-:{occasion_of(run_id)}")]
 
 
 def _eligible() -> sa.ColumnElement[bool]:
@@ -149,6 +152,26 @@ def _eligible() -> sa.ColumnElement[bool]:
         sa.and_(CampaignAudience.grp == control.TREATMENT, Message.status.in_(_ELIGIBLE_TREATED)),
         sa.and_(CampaignAudience.grp == control.CONTROL, Message.reason == HOLDOUT_REASON),
     )
+
+
+def merged_survivors() -> sa.Subquery:
+    """``(origin, current)`` for each merged member: the member it is now, at the end of its chain of merges.
+    Seeded from the members that were merged (few, found by the index on ``merged_into_id``) rather than from an
+    audience of a million, so a report follows merges without walking every audience member."""
+    chain = (
+        sa.select(
+            Member.id.label("origin"),
+            Member.merged_into_id.label("current"),
+            Member.merged_into_id.label("next_id"),
+        )
+        .where(Member.merged_into_id.is_not(None))
+        .cte("merged_chain", recursive=True)
+    )
+    step = sa.select(chain.c.origin, Member.id, Member.merged_into_id).join(
+        Member, Member.id == chain.c.next_id
+    )
+    chain = chain.union_all(step)
+    return sa.select(chain.c.origin, chain.c.current).where(chain.c.next_id.is_(None)).subquery("survivors")
 
 
 def resolved_members(origins: sa.Select[Any]) -> sa.Subquery:
@@ -216,31 +239,50 @@ def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]
 
 
 async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRun) -> Figures:
-    f = Figures(audience=run.audience, control=run.control, points_granted=run.points_granted)
+    """One run's figures in three set-based statements: the send log tallied, the opt-outs in the window, and the
+    groups with their responses — the responding orders pre-aggregated per member over the window (the
+    ``placed_at`` index), joined by hash to the audience and its messages, merged members followed through
+    :func:`merged_survivors`. No per-member subquery."""
+    benefit = campaign.benefit_entitlement or {}
+    f = Figures(
+        audience=run.audience,
+        control=run.control,
+        points_granted=run.points_granted,
+        entitlements_granted=run.entitlements_granted,
+        entitlement_cost_fen=run.entitlements_granted * int(benefit.get("cost_fen", 0)),
+    )
     if run.status != "queued":
         return f
-    key = _message_key(campaign, run.id)
-    joined = sa.join(CampaignAudience, Message, Message.dedupe_key == key)
+    of_run = _run_messages(campaign, run.id)
     rows = await session.execute(
         sa.select(Message.status, Message.reason, sa.func.count())
-        .select_from(joined)
-        .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign))
+        .where(*of_run)
         .group_by(Message.status, Message.reason)
     )
     tally_messages(f, rows.all())
     window_end = run.started_at + timedelta(days=int(campaign.response["within_days"]))
-    resolved = resolved_members(
-        sa.select(CampaignAudience.member_id).where(CampaignAudience.run_id == run.id)
+    survivors = merged_survivors()
+    in_audience = sa.exists().where(CampaignAudience.run_id == run.id)
+    # the audience members as they are now: themselves unless merged (then the survivor they were merged into)
+    now_in_audience = sa.or_(
+        in_audience.where(CampaignAudience.member_id == ConsentEvent.member_id).where(
+            ~sa.exists().where(Member.id == ConsentEvent.member_id, Member.merged_into_id.is_not(None))
+        ),
+        ConsentEvent.member_id.in_(
+            sa.select(survivors.c.current).where(
+                in_audience.where(CampaignAudience.member_id == survivors.c.origin)
+            )
+        ),
     )
     f.opted_out = int(
         (
             await session.execute(
                 sa.select(sa.func.count(sa.distinct(ConsentEvent.member_id))).where(
-                    ConsentEvent.member_id.in_(sa.select(resolved.c.current)),
                     ConsentEvent.purpose == "marketing",
                     ConsentEvent.status == "opt_out",
                     ConsentEvent.recorded_at >= run.started_at,
                     ConsentEvent.recorded_at < window_end,
+                    now_in_audience,
                 )
             )
         ).scalar_one()
@@ -255,11 +297,14 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
             sa.func.coalesce(sa.func.sum(responses.c.revenue), 0),
         )
         .select_from(
-            joined.join(resolved, resolved.c.origin == CampaignAudience.member_id).outerjoin(
-                responses, responses.c.member_id == resolved.c.current
+            sa.join(CampaignAudience, Message, Message.member_id == CampaignAudience.member_id)
+            .outerjoin(survivors, survivors.c.origin == CampaignAudience.member_id)
+            .outerjoin(
+                responses,
+                responses.c.member_id == sa.func.coalesce(survivors.c.current, CampaignAudience.member_id),
             )
         )
-        .where(CampaignAudience.run_id == run.id, Message.flow == flow_of(campaign), _eligible())
+        .where(CampaignAudience.run_id == run.id, *of_run, _eligible())
         .group_by(CampaignAudience.grp)
     )
     for grp, eligible, responders, orders, revenue in groups.all():
@@ -279,7 +324,7 @@ def outcome(campaign: Campaign | Any, f: Figures) -> Outcome:
         inc_revenue = round((t.revenue_fen / t.eligible - c.revenue_fen / c.eligible) * t.eligible)
     else:
         inc_orders, inc_revenue = 0.0, 0
-    cost = f.sent * campaign.message_cost_fen
+    cost = f.sent * campaign.message_cost_fen + f.entitlement_cost_fen
     per = round(cost / inc_orders) if inc_orders > 0 else None
     points_per = round(f.points_granted / inc_orders) if inc_orders > 0 else None
     return Outcome(f, up, round(inc_orders, 2), inc_revenue, cost, per, points_per)

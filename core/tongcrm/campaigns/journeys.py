@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import QueryableAttribute
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -41,6 +42,7 @@ from tongcrm.campaigns.evaluation import RESPONDING_STATUSES
 from tongcrm.campaigns.models import Journey, JourneyParticipant
 from tongcrm.campaigns.service import check_basics, check_response
 from tongcrm.db.dialect import insert
+from tongcrm.entitlements import service as entitlements
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.lifecycle.service import STAGES
 from tongcrm.logging import get_logger
@@ -80,6 +82,15 @@ def occasion_of(participant_id: int) -> str:
 
 def grant_key(journey: Journey, participant_id: int) -> str:
     return f"journey:{journey.id}:p{participant_id}"
+
+
+def entitlement_key(journey: Journey, participant_id: QueryableAttribute[int]) -> sa.ColumnElement[str]:
+    """The grant key of a participant's entitlement (SQL): once per journey and participant."""
+    return (
+        sa.literal(f"journey:{journey.id}:p")
+        + sa.cast(participant_id, sa.String)
+        + sa.literal(":entitlement")
+    )
 
 
 def control_seed(journey: Journey) -> str:
@@ -150,10 +161,11 @@ def check_trigger(doc: Any) -> dict[str, Any]:
 
 async def _check_action(session: AsyncSession, doc: Any, pointer: str) -> dict[str, Any]:
     if doc is None:
-        return {"template": None, "points": 0}
-    if not isinstance(doc, Mapping) or set(doc) - {"template", "points"}:
+        return {"template": None, "points": 0, "entitlement": None}
+    if not isinstance(doc, Mapping) or set(doc) - {"template", "points", "entitlement"}:
         raise Unprocessable(
-            "an action is {'template': name or null, 'points': N}", extra={"pointer": pointer}
+            "an action is {'template': name or null, 'points': N, 'entitlement': benefit or null}",
+            extra={"pointer": pointer},
         )
     name = doc.get("template")
     if name is not None:
@@ -168,7 +180,10 @@ async def _check_action(session: AsyncSession, doc: Any, pointer: str) -> dict[s
                 extra={"pointer": f"{pointer}/template"},
             )
     grant = _whole(doc, "points", 0, MAX_ENTRY_POINTS, f"{pointer}/points", default=0)
-    return {"template": name, "points": grant}
+    benefit = doc.get("entitlement")
+    if benefit is not None:
+        benefit = entitlements.check_benefit(benefit, f"{pointer}/entitlement")
+    return {"template": name, "points": grant, "entitlement": benefit}
 
 
 async def check_steps(session: AsyncSession, doc: Any) -> dict[str, Any]:
@@ -188,13 +203,14 @@ async def check_steps(session: AsyncSession, doc: Any) -> dict[str, Any]:
         await segments.get_segment(session, condition)
     then = await _check_action(session, doc.get("then"), "/steps/then")
     otherwise = await _check_action(session, doc.get("else"), "/steps/else")
-    if condition is None and (otherwise["template"] or otherwise["points"]):
+    if condition is None and (otherwise["template"] or otherwise["points"] or otherwise["entitlement"]):
         raise Unprocessable(
             "an 'else' action needs a condition to branch on", extra={"pointer": "/steps/else"}
         )
-    if not (then["template"] or then["points"] or otherwise["template"] or otherwise["points"]):
+    if not any(a["template"] or a["points"] or a["entitlement"] for a in (then, otherwise)):
         raise Unprocessable(
-            "a journey needs an action: a template or points", extra={"pointer": "/steps/then"}
+            "a journey needs an action: a template, points or an entitlement",
+            extra={"pointer": "/steps/then"},
         )
     return {"wait_hours": wait, "condition": condition, "then": then, "else": otherwise}
 
@@ -559,6 +575,7 @@ async def _act(
     messages_used, points_used = await _used(session, journey.id)
     targets: dict[str, list[messaging.Target]] = {}
     grants: list[points.Grant] = []
+    entitled: dict[str, list[int]] = {}  # branch → participants whose action grants its entitlement
     for p in sorted(batch, key=lambda x: x.id):
         p.state, p.acted_at = "done", now
         p.respond_until = now + timedelta(days=int(journey.response["within_days"]))
@@ -588,12 +605,26 @@ async def _act(
                 grants.append(points.Grant(p.member_id, grant, grant_key(journey, p.id)))
                 p.points_granted = grant
                 points_used += grant
+        if action.get("entitlement") and treated:
+            entitled.setdefault(p.branch, []).append(p.id)
+            p.entitlements_granted = 1
     for name, group in targets.items():
         template = await messaging.get_template(session, name)
         await messaging.queue_messages(session, flow_of(journey), template, group, now=now)
     if grants:
         ctx = points.PointsContext(clock=lambda: now, tz=tz, actor=SYSTEM_ACTOR.name)
         await points.grant_many(session, ctx, grants, reason=f"journey {journey.name}")
+    await session.flush()
+    for branch, participant_ids in entitled.items():
+        part = JourneyParticipant
+        await entitlements.grant_benefit(
+            session,
+            host,
+            steps[branch]["entitlement"],
+            sa.select(part.member_id, entitlement_key(journey, part.id)).where(part.id.in_(participant_ids)),
+            now=now,
+            tz=tz,
+        )
     if targets:
         await request_dispatch(session, now)
     await session.flush()
@@ -694,16 +725,25 @@ async def report(session: AsyncSession, journey: Journey) -> JourneyReport:
         p, Message, sa.and_(Message.dedupe_key == key, Message.flow == flow_of(journey))
     )
     f = evaluation.Figures()
-    for grp, n, granted in (
+    for grp, branch, n, granted, entitled in (
         await session.execute(
-            sa.select(p.grp, sa.func.count(), sa.func.coalesce(sa.func.sum(p.points_granted), 0))
+            sa.select(
+                p.grp,
+                p.branch,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(p.points_granted), 0),
+                sa.func.coalesce(sa.func.sum(p.entitlements_granted), 0),
+            )
             .where(done)
-            .group_by(p.grp)
+            .group_by(p.grp, p.branch)
         )
     ).all():
         f.audience += int(n)
         f.control += int(n) if grp == control.CONTROL else 0
         f.points_granted += int(granted)
+        f.entitlements_granted += int(entitled)
+        benefit = journey.steps[str(branch)].get("entitlement") or {}  # done: a branch was taken
+        f.entitlement_cost_fen += int(entitled) * int(benefit.get("cost_fen", 0))
     messages = await session.execute(
         sa.select(Message.status, Message.reason, sa.func.count())
         .select_from(with_message)

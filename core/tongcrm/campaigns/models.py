@@ -40,6 +40,9 @@ class Campaign(Base):
     benefit_points: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     #: Most points all runs together may grant (None: no limit); a run that would pass it is refused up front.
     budget_points: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: The entitlement benefit granted to each treated member of a run (None: none), checked by
+    #: :func:`tongcrm.entitlements.service.check_benefit`: ``{"kind", "value", "validity_days", "cost_fen"}``.
+    benefit_entitlement: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     #: ``{"kind": "once", "at": …}`` or a recurrence (:mod:`tongcrm.campaigns.schedule`); None while a draft.
     schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(sa.String(16), default="draft")
@@ -72,6 +75,8 @@ class CampaignRun(Base):
     control: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     #: Points the run granted to its treated members (the points budget it used).
     points_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    #: Entitlement grants made to the treated members (the campaign's entitlement benefit).
+    entitlements_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
     __table_args__ = (sa.UniqueConstraint("campaign_id", "scheduled_for"),)
 
@@ -162,6 +167,8 @@ class JourneyParticipant(Base):
     branch: Mapped[str | None] = mapped_column(sa.String(8))
     messaged: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     points_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: Entitlements granted by the action (0 or 1; the journey's entitlement benefit, treated members only).
+    entitlements_granted: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     #: Why an action was left out (a budget exhausted, a member merged away).
     reason: Mapped[str] = mapped_column(sa.String(500), default="")
 

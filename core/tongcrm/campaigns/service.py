@@ -26,7 +26,8 @@ from tongcrm.audit.service import Actor
 from tongcrm.campaigns import control
 from tongcrm.campaigns import schedule as sched
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
-from tongcrm.db.dialect import insert
+from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.entitlements import service as entitlements
 from tongcrm.errors import Conflict, NotFound, TongcrmError, Unprocessable
 from tongcrm.logging import get_logger
 from tongcrm.messaging import service as messaging
@@ -112,6 +113,8 @@ class Draft:
     message_cost_fen: int = 0
     benefit_points: int = 0
     budget_points: int | None = None
+    #: An entitlement granted to each treated member of a run (:func:`entitlements.check_benefit`).
+    benefit_entitlement: Mapping[str, Any] | None = None
 
 
 def check_basics(
@@ -151,6 +154,9 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
          "benefit_points": draft.benefit_points, "budget_points": draft.budget_points},
     )  # fmt: skip
     response = check_response(draft.response)
+    benefit = (
+        None if draft.benefit_entitlement is None else entitlements.check_benefit(draft.benefit_entitlement)
+    )
     segment = await segments.get_segment(session, draft.segment)
     template = await messaging.get_template(session, draft.template)
     if template.purpose != "marketing":
@@ -177,6 +183,7 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
         message_cost_fen=draft.message_cost_fen,
         benefit_points=draft.benefit_points,
         budget_points=draft.budget_points,
+        benefit_entitlement=benefit,
         schedule=None,
         status="draft",
         created_by=actor.name,
@@ -200,6 +207,7 @@ def describe(c: Campaign) -> dict[str, Any]:
         "budget_messages": c.budget_messages,
         "benefit_points": c.benefit_points,
         "budget_points": c.budget_points,
+        "benefit_entitlement": c.benefit_entitlement,
         "schedule": c.schedule,
         "next_run_at": c.next_run_at.isoformat() if c.next_run_at else None,
     }
@@ -374,6 +382,11 @@ def grant_key(campaign: Campaign, run_id: int, member_id: int) -> str:
     return f"campaign:{campaign.id}:run{run_id}:{member_id}"
 
 
+def entitlement_key_prefix(campaign: Campaign, run_id: int) -> str:
+    """The grant key of a run's entitlement to a member, less the member id: once per (campaign, run, member)."""
+    return f"campaign:{campaign.id}:run{run_id}:entitlement:"
+
+
 async def execute_run(
     session: AsyncSession,
     host: PluginHost,
@@ -411,42 +424,38 @@ async def execute_run(
             )
         ).scalar_one()
         return existing
-    # freeze the audience: one set-based INSERT … SELECT from the segment's compiled SQL
+    # freeze the audience and split the control group: one set-based INSERT … SELECT from the segment's compiled
+    # SQL, the group drawn by the database (the digest in a fenced subquery, so once per member)
+    dialect = dialect_name(session)
+    drawn = (
+        sa.select(
+            members.c.id.label("member_id"),
+            control.draw_sql(dialect, campaign.id, members.c.id, campaign.control_seed).label("draw"),
+        )
+        .where(prepared.condition)
+        .offset(0)
+        .subquery("drawn")
+    )
     await session.execute(
         sa.insert(CampaignAudience).from_select(
             ["run_id", "member_id", "grp"],
             sa.select(
                 sa.literal(run_id, CampaignAudience.run_id.type),
-                members.c.id,
-                sa.literal(control.TREATMENT, sa.String(16)),
-            ).where(prepared.condition),
+                drawn.c.member_id,
+                control.group_sql(dialect, drawn.c.draw, campaign.control_bp),
+            ),
         )
     )
-    audience = controlled = 0
-    after = 0
-    while True:
-        ids = list(
-            (
-                await session.execute(
-                    sa.select(CampaignAudience.member_id)
-                    .where(CampaignAudience.run_id == run_id, CampaignAudience.member_id > after)
-                    .order_by(CampaignAudience.member_id)
-                    .limit(_PAGE)
-                )
-            ).scalars()
-        )
-        if not ids:
-            break
-        audience += len(ids)
-        held = control.split(campaign.id, ids, campaign.control_bp, campaign.control_seed)
-        if held:
-            controlled += len(held)
-            await session.execute(
-                sa.update(CampaignAudience)
-                .where(CampaignAudience.run_id == run_id, CampaignAudience.member_id.in_(held))
-                .values(grp=control.CONTROL)
-            )
-        after = ids[-1]
+    counted: dict[str, int] = {}
+    groups = await session.execute(
+        sa.select(CampaignAudience.grp, sa.func.count())
+        .where(CampaignAudience.run_id == run_id)
+        .group_by(CampaignAudience.grp)
+    )
+    for grp, n in groups.all():
+        counted[grp] = int(n)
+    controlled = int(counted.get(control.CONTROL, 0))
+    audience = controlled + int(counted.get(control.TREATMENT, 0))
     run = await session.get(CampaignRun, run_id)
     assert run is not None
     run.audience, run.control = audience, controlled
@@ -464,33 +473,57 @@ async def execute_run(
     template = await session.get(MessageTemplate, campaign.template_id)
     assert template is not None
     flow, occasion = flow_of(campaign), occasion_of(run_id)
-    after = 0
-    while True:
-        rows = (
-            await session.execute(
-                sa.select(CampaignAudience.member_id, CampaignAudience.grp)
-                .where(CampaignAudience.run_id == run_id, CampaignAudience.member_id > after)
-                .order_by(CampaignAudience.member_id)
-                .limit(_PAGE)
+    # one message per audience member, queued by one INSERT … SELECT; the contact policy decides each when it
+    # is sent (module docstring)
+    await messaging.queue_selected(
+        session,
+        flow,
+        template,
+        sa.select(CampaignAudience.member_id, CampaignAudience.grp == control.CONTROL).where(
+            CampaignAudience.run_id == run_id
+        ),
+        occasion=occasion,
+        now=now,
+    )
+    if campaign.benefit_entitlement:
+        run.entitlements_granted = await entitlements.grant_benefit(
+            session,
+            host,
+            campaign.benefit_entitlement,
+            sa.select(
+                CampaignAudience.member_id,
+                sa.literal(entitlement_key_prefix(campaign, run_id))
+                + sa.cast(CampaignAudience.member_id, sa.String),
+            ).where(CampaignAudience.run_id == run_id, CampaignAudience.grp == control.TREATMENT),
+            now=now,
+            tz=tz,
+        )
+    if campaign.benefit_points:
+        after = 0
+        ctx = points.PointsContext(clock=lambda: now, tz=tz, actor=SYSTEM_ACTOR.name)
+        while True:
+            treated = list(
+                (
+                    await session.execute(
+                        sa.select(CampaignAudience.member_id)
+                        .where(
+                            CampaignAudience.run_id == run_id,
+                            CampaignAudience.grp == control.TREATMENT,
+                            CampaignAudience.member_id > after,
+                        )
+                        .order_by(CampaignAudience.member_id)
+                        .limit(_PAGE)
+                    )
+                ).scalars()
             )
-        ).all()
-        if not rows:
-            break
-        targets = [
-            messaging.Target(member_id, occasion=occasion, held_out=grp == control.CONTROL)
-            for member_id, grp in rows
-        ]
-        await messaging.queue_messages(session, flow, template, targets, now=now)
-        if campaign.benefit_points:
+            if not treated:
+                break
             grants = [
-                points.Grant(member_id, campaign.benefit_points, grant_key(campaign, run_id, member_id))
-                for member_id, grp in rows
-                if grp == control.TREATMENT
+                points.Grant(m, campaign.benefit_points, grant_key(campaign, run_id, m)) for m in treated
             ]
-            ctx = points.PointsContext(clock=lambda: now, tz=tz, actor=SYSTEM_ACTOR.name)
             await points.grant_many(session, ctx, grants, reason=f"campaign {campaign.name}, run {run_id}")
             run.points_granted += campaign.benefit_points * len(grants)
-        after = rows[-1][0]
+            after = treated[-1]
     await request_dispatch(session, now)
     await session.flush()
     log.info(

@@ -14,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from tongcrm.campaigns import control
 from tongcrm.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -49,6 +50,8 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        # campaigns freeze and split an audience in one INSERT … SELECT; PostgreSQL draws in plain SQL
+        dbapi_connection.create_function(control.SQLITE_FUNCTION, 3, control.bucket, deterministic=True)
         # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of one failing with
         # "database is locked" when it upgrades a read transaction to a write.
         dbapi_connection.isolation_level = None
