@@ -2,7 +2,7 @@
 journey participant's action
 
 Revision ID: 0021
-Revises: 0017
+Revises: 0020
 Create Date: 2026-12-06 05:00:00
 """
 
@@ -13,7 +13,7 @@ import tongcrm.db.base
 from alembic import op
 
 revision: str = "0021"
-down_revision: str | Sequence[str] | None = "0017"
+down_revision: str | Sequence[str] | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
