@@ -533,3 +533,44 @@ async def test_points_fields_by_hand(tongcrm_db: TestDatabase) -> None:
     assert await who({"field": "points.earned", "window_days": 30, "op": "eq", "value": 350}) == [a.id]
     assert await who({"field": "points.redeemed", "window_days": 30, "op": "gte", "value": 100}) == [a.id]
     assert await who({"field": "points.redeemed", "op": "gte", "value": 500}) == [b.id]
+
+
+async def test_tier_overrides_by_hand(tongcrm_db: TestDatabase) -> None:
+    """The effective tier, compiled as two exclusive branches, agrees with "the override while in force, else
+    the rules tier" at each edge: an override in force either way, an expired one, one without an end (never
+    in force, as the ``CASE`` it replaced read it), and no tier row at all (the base tier)."""
+    rows = [
+        # tier_code, override_code, override_until (days from NOW), effective tier
+        ("gold", None, None, "gold"),
+        ("silver", "gold", 1, "gold"),
+        ("gold", "silver", 1, "silver"),
+        ("gold", "silver", -1, "gold"),
+        ("silver", "gold", None, "silver"),
+        (None, None, None, "member"),
+    ]
+    async with tongcrm_db.sessions() as s, s.begin():
+        people = [Member() for _ in rows]
+        s.add_all(people)
+        await s.flush()
+        for person, (code, override, until, _) in zip(people, rows, strict=True):
+            if code is not None:
+                s.add(
+                    MemberTier(
+                        member_id=person.id, tier_code=code, since=NOW, anchor_on=NOW.date(),
+                        review_on=NOW.date(), ladder_version=1, override_code=override,
+                        override_until=None if until is None else NOW + timedelta(days=until),
+                    )
+                )  # fmt: skip
+        ids = [p.id for p in people]
+    cases = [
+        ({"field": "tier.code", "op": "eq", "value": "gold"}, {"gold"}),
+        ({"field": "tier.code", "op": "ne", "value": "gold"}, {"silver", "member"}),
+        ({"field": "tier.code", "op": "in", "value": ["member", "silver"]}, {"silver", "member"}),
+        ({"field": "tier.code", "op": "not_in", "value": ["member", "silver"]}, {"gold"}),
+        ({"field": "tier.code", "op": "eq", "value": "member"}, {"member"}),
+    ]
+    async with tongcrm_db.sessions() as s:
+        for tree, held in cases:
+            prepared = service.prepare(CONTEXT, {"version": 1, "condition": tree})
+            want = [i for i, row in zip(ids, rows, strict=True) if row[3] in held]
+            assert await service.member_ids(s, prepared, after_id=None, limit=10) == want, tree

@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.errors import Unprocessable
@@ -135,6 +137,29 @@ def _among(ids: sa.Select[Any]) -> Condition:
     ``members``."""
     found = ids.subquery()
     return sa.exists().select_from(found).where(found.c[0] == members.c.id).correlate(members)
+
+
+class _Unordered(sa.sql.functions.FunctionElement[int]):
+    """A member id column that SQLite must not read in index order (``+member_id``; the plain column elsewhere).
+
+    Grouping the orders of a window by member, SQLite prefers walking the whole member-ordered covering index
+    (five million entries on the benchmark base) to avoid a sort, over the range of the time-ordered one for
+    the window (600,000): the unary ``+`` leaves it no ordered index, so it takes the range and sorts the
+    survivors (2.3x less CPU for "2 orders on taobao in 90 days" there). PostgreSQL hashes either way."""
+
+    inherit_cache = True
+    name = "unordered"
+    type = sa.BigInteger()
+
+
+@compiles(_Unordered)
+def _unordered_default(element: _Unordered, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(_Unordered, "sqlite")
+def _unordered_sqlite(element: _Unordered, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + compiler.process(element.clauses, **kw)
 
 
 def _py_compare(have: int, op: str, value: Any) -> bool:
@@ -307,13 +332,33 @@ def _holds_tier(c: Compiler, codes: Sequence[str]) -> Condition:
     tier is wanted, as not being among the rows that do not match)."""
     assert c.ctx.tiers is not None
     mt = sa.inspect(MemberTier).local_table
-    effective = sa.case(
-        (sa.and_(mt.c.override_code.is_not(None), mt.c.override_until > c.ctx.now), mt.c.override_code),
-        else_=mt.c.tier_code,
-    )
     if c.ctx.tiers[0] in codes:
-        return sa.not_(_among(sa.select(mt.c.member_id).where(effective.not_in(codes))))
-    return _among(sa.select(mt.c.member_id).where(effective.in_(codes)))
+        return sa.not_(
+            _among(sa.select(mt.c.member_id).where(_effective_tier(mt, c.ctx.now, codes, held=False)))
+        )
+    return _among(sa.select(mt.c.member_id).where(_effective_tier(mt, c.ctx.now, codes, held=True)))
+
+
+def _effective_tier(mt: sa.FromClause, now: datetime, codes: Sequence[str], *, held: bool) -> Condition:
+    """The tier row's effective tier (the override while in force, else ``tier_code``) is (``held``) or is not
+    one of ``codes``.
+
+    Spelt as two branches rather than a ``CASE`` over both columns so that the rules branch is a range of
+    ``ix_member_tiers_tier_code`` and the override branch one of the ``override_until`` index (overrides in
+    force are few): a ``CASE`` can only be evaluated on every tier row. The branches are exclusive and, as
+    ``CASE`` does, an override without an end (or with a NULL end) is not in force."""
+    in_force = sa.and_(mt.c.override_code.is_not(None), mt.c.override_until > now)
+    not_in_force = sa.or_(
+        mt.c.override_code.is_(None), mt.c.override_until.is_(None), mt.c.override_until <= now
+    )
+    if held:
+        return sa.or_(
+            sa.and_(in_force, mt.c.override_code.in_(codes)), sa.and_(not_in_force, mt.c.tier_code.in_(codes))
+        )
+    return sa.or_(
+        sa.and_(in_force, mt.c.override_code.not_in(codes)),
+        sa.and_(not_in_force, mt.c.tier_code.not_in(codes)),
+    )
 
 
 def _tier(c: Compiler, leaf: Leaf, depth: int) -> Condition:
@@ -449,8 +494,10 @@ def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     test = _scalar_test(aggregate, op, value, now)
     where = [*c.order_scope(leaf, correlated=False), which]
 
+    buyer = _Unordered(Order.member_id)
+
     def passing(having: Condition) -> Condition:
-        return _among(sa.select(Order.member_id).where(*where).group_by(Order.member_id).having(having))
+        return _among(sa.select(Order.member_id).where(*where).group_by(buyer).having(having))
 
     return sa.not_(passing(sa.not_(test))) if _empty_matches(op, value, empty) else passing(test)
 

@@ -58,6 +58,12 @@ class MemberTier(Base):
     override_by: Mapped[str | None] = mapped_column(sa.String(100))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
+    __table_args__ = (
+        #: The members holding a tier under the rules, read from the index alone: a segment's ``tier.code``
+        #: condition is a range of it (plus the few overrides in force) instead of a scan of every tier row.
+        sa.Index("ix_member_tiers_tier_code", "tier_code", "member_id"),
+    )
+
 
 class TierHistory(Base):
     """Every change of a member's tier, with its reason: upgrade, review, override, override_expired, merge,
