@@ -51,39 +51,51 @@ def _refunded_in_full(status: str, paid_fen: int, refunded_fen: int) -> bool:
 
 
 async def on_orders(session: AsyncSession, ctx: PointsContext, facts: Sequence[OrderFacts]) -> None:
-    """Fire or reverse referral rewards for orders just applied (in the caller's transaction)."""
+    """Fire or reverse referral rewards for orders just applied (in the caller's transaction).
+
+    Every page of every sync and every till receipt comes through here, and almost none of them concern a
+    referral: so one statement reads what both halves need — each order with its buyer's referrer, whether an
+    awarded reward hangs on the order, whether its buyer's reward exists already — and the locking read of
+    rewards to reverse runs only when an order carrying one was refunded in full.
+    """
     order_ids = sorted({f.order_id for f in facts})
     if not order_ids:
         return
-    await _reverse_refunded(session, ctx, order_ids)
+    awarded_here = (
+        sa.select(sa.literal(1))
+        .where(ReferralReward.order_id == Order.id, ReferralReward.status == "awarded")
+        .exists()
+    )
+    rewarded_before = (
+        sa.select(sa.literal(1)).where(ReferralReward.referred_member_id == Order.member_id).exists()
+    )
     rows = (
         await session.execute(
             sa.select(
                 Order.id, Order.member_id, Order.status, Order.paid_fen, Order.refunded_fen, Order.completed_at,
-                Member.referrer_id,
+                Member.referrer_id, Member.status.label("member_status"), awarded_here.label("awarded_here"),
+                rewarded_before.label("rewarded_before"),
             )
-            .join(Member, Member.id == Order.member_id)
-            .where(Order.id.in_(order_ids), Member.referrer_id.is_not(None), Member.status == "active")
+            .outerjoin(Member, Member.id == Order.member_id)
+            .where(Order.id.in_(order_ids), sa.or_(Member.referrer_id.is_not(None), awarded_here))
             .order_by(Order.completed_at, Order.id)
         )
     ).all()  # fmt: skip
+    to_reverse = [
+        row.id
+        for row in rows
+        if row.awarded_here and _refunded_in_full(row.status, row.paid_fen, row.refunded_fen)
+    ]
+    if to_reverse:
+        await _reverse_refunded(session, ctx, to_reverse)
     first: dict[int, Any] = {}
     for row in rows:
+        if row.referrer_id is None or row.member_status != "active":
+            continue
         if _qualifies(row.status, row.paid_fen, row.refunded_fen, row.completed_at):
             first.setdefault(int(row.member_id), row)
-    if not first:
-        return
-    done = set(
-        (
-            await session.execute(
-                sa.select(ReferralReward.referred_member_id).where(
-                    ReferralReward.referred_member_id.in_(list(first))
-                )
-            )
-        ).scalars()
-    )
     for referred, row in sorted(first.items()):
-        if referred in done:
+        if row.rewarded_before:
             continue
         referrer = await resolve_live_id(session, int(row.referrer_id))
         if referrer is None or referrer == referred:
