@@ -169,6 +169,25 @@ async def test_own_rows_refuse_other_tables_sql_text_writes_when_read_only_and_n
                 pass
 
 
+async def test_a_statement_built_once_runs_with_params_and_is_still_checked_per_unit_of_work(
+    counter: CounterService,
+) -> None:
+    """A till's statements are built once and run with ``params``; the check that they touch only the
+    caller's tables is remembered per set of tables and read-only-ness, never skipped for another."""
+    insert = sa.insert(DESK_ROWS).values(note=sa.bindparam("note"))
+    notes = sa.select(DESK_ROWS.c.note).where(DESK_ROWS.c.note == sa.bindparam("note"))
+    for note in ("a", "b"):
+        async with counter.unit_of_work(actor=SYSTEM, tables=[DESK_ROWS]) as uow:
+            await uow.rows.execute(insert, {"note": note})
+    async with counter.unit_of_work(actor=SYSTEM, tables=[DESK_ROWS], readonly=True) as uow:
+        assert (await uow.rows.execute(notes, {"note": "b"})).scalars().all() == ["b"]
+        with pytest.raises(PluginError, match="read-only"):
+            await uow.rows.execute(insert, {"note": "c"})
+    async with counter.unit_of_work(actor=SYSTEM, tables=[]) as uow:
+        with pytest.raises(PluginError, match="counter_test_desk_rows"):
+            await uow.rows.execute(notes, {"note": "a"})
+
+
 def _order(
     key: str, amounts: tuple[int, ...], *, back: tuple[int, ...] = (), version: int = 0
 ) -> NormalisedOrder:

@@ -22,8 +22,19 @@ from tongcrm.testing.servers import free_port
 pytestmark = pytest.mark.slow
 
 WHO_APP = """
+import asyncio
 import os
+import sys
 from litestar import Litestar, get
+
+def _http_impl():
+    frame = sys._getframe()
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith("uvicorn.protocols.http."):
+            return name.rsplit(".", 1)[1]
+        frame = frame.f_back
+    return None
 
 def who_app(worker, *, fail_worker=None):
     if worker == fail_worker:
@@ -31,7 +42,8 @@ def who_app(worker, *, fail_worker=None):
 
     @get("/who")
     async def who() -> dict:
-        return {"worker": worker, "pid": os.getpid()}
+        loop = type(asyncio.get_running_loop()).__module__
+        return {"worker": worker, "pid": os.getpid(), "loop": loop, "http": _http_impl()}
 
     return Litestar(route_handlers=[who])
 """
@@ -167,6 +179,15 @@ def test_workers_share_the_port_and_a_dead_one_is_replaced(
         _get(port)
 
 
+def test_workers_serve_on_httptools_and_uvloop(supervisor: tuple[subprocess.Popen[bytes], int]) -> None:
+    """uvicorn's "auto" would quietly serve on h11 and asyncio's loop were they missing; we name the fast stack
+    (a bare endpoint answers ~2.5x as many requests on it), and both are core dependencies."""
+    _, port = supervisor
+    body = _get(port)
+    assert body["loop"].startswith("uvloop"), body
+    assert body["http"] == "httptools_impl", body
+
+
 def test_a_worker_that_cannot_start_stops_the_supervisor(who_module: str) -> None:
     port = free_port()
     proc = _start_supervisor(who_module, port, workers=2, fail_worker=1)
@@ -248,3 +269,19 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_stack_falls_back_when_the_fast_one_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform without wheels for them (uvloop has none on Windows) still serves, on h11 / asyncio."""
+    import importlib.util
+
+    from tongcrm import serving
+
+    assert serving.server_stack() == serving.ServerStack(http="httptools", loop="uvloop")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("httptools", "uvloop") else real(name, *a),
+    )
+    assert serving.server_stack() == serving.ServerStack(http="h11", loop="asyncio")

@@ -47,7 +47,9 @@ inside the first is refused: on SQLite it would wait for the first forever).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -279,6 +281,10 @@ def paid_points_due(redeemed: int, lines: Sequence[ReturnedLine]) -> int:
 # the plugin's own rows
 
 
+#: Statements :class:`OwnRows` found to touch only a caller's tables: statement → {(tables, readonly)}.
+_CHECKED: weakref.WeakKeyDictionary[Any, set[tuple[frozenset[str], bool]]] = weakref.WeakKeyDictionary()
+
+
 class OwnRows:
     """Statements on the tables a caller owns, in the unit of work's transaction, and nothing else."""
 
@@ -323,10 +329,19 @@ class OwnRows:
             raise PluginError(f"table {table.fullname} is not one of this unit of work's own tables")
         return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
 
-    async def execute(self, statement: sa.Executable) -> Any:
-        """Execute ``statement`` (select, insert, update, delete) on the caller's own tables."""
-        self._refuse_foreign(statement)
-        return await self._session.execute(statement)
+    async def execute(self, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> Any:
+        """Execute ``statement`` (select, insert, update, delete) on the caller's own tables, with ``params``
+        for its ``bindparam``s.
+
+        A statement built once (with ``sa.bindparam``) and run with ``params`` is checked once per set of
+        tables: on a till's path, building a statement and walking it cost more than running it."""
+        passed = _CHECKED.get(statement)
+        if passed is None or (self._tables, self._readonly) not in passed:
+            self._refuse_foreign(statement)
+            _CHECKED.setdefault(statement, set()).add((self._tables, self._readonly))
+        if params is None:
+            return await self._session.execute(statement)
+        return await self._session.execute(statement, dict(params))
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -620,21 +635,7 @@ class CounterWork:
         kinds = self._service.host.identity_kinds()
         asked = member_id
         for _ in range(_MAX_MERGE_HOPS):
-            rows = (
-                await self._session.execute(
-                    sa.select(
-                        Member.status,
-                        Member.merged_into_id,
-                        Identity.kind,
-                        Identity.value,
-                        Identity.value_enc,
-                    )
-                    .select_from(Member)
-                    .outerjoin(Identity, Identity.member_id == Member.id)
-                    .where(Member.id == member_id)
-                    .order_by(sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
-                )
-            ).all()
+            rows = (await self._session.execute(_BUYER_BY_ID, {"member_id": member_id})).all()
             if not rows:
                 break
             if rows[0].status == "merged" and rows[0].merged_into_id is not None:
@@ -779,21 +780,9 @@ class CounterWork:
     ) -> tuple[int, int | None, int, int | None]:
         """(order id, member id, Σ points entries of ``kinds`` on the order, the member's available points),
         in one query. CounterRefused ``order_not_found`` when there is no such order."""
-        summed = (
-            sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.amount), 0))
-            .where(PointsEntry.order_id == Order.id, PointsEntry.kind.in_(list(kinds)))
-            .scalar_subquery()
-        )
-        available = (
-            sa.select(PointsBalance.available)
-            .where(PointsBalance.member_id == Order.member_id)
-            .scalar_subquery()
-        )
         row = (
             await self._session.execute(
-                sa.select(Order.id, Order.member_id, summed, available).where(
-                    Order.account_id == account_id, Order.external_id == external_id
-                )
+                _order_points_statement(tuple(kinds)), {"account_id": account_id, "external_id": external_id}
             )
         ).first()
         if row is None:
@@ -801,6 +790,34 @@ class CounterWork:
         member_id = row[1]
         shown = None if member_id is None else max(int(row[3] or 0), 0)
         return int(row[0]), member_id, int(row[2]), shown
+
+
+#: A member's status and identities, mobile first (statements on a till's path are built once: building one
+#: cost more than running it).
+_BUYER_BY_ID = (
+    sa.select(Member.status, Member.merged_into_id, Identity.kind, Identity.value, Identity.value_enc)
+    .select_from(Member)
+    .outerjoin(Identity, Identity.member_id == Member.id)
+    .where(Member.id == sa.bindparam("member_id"))
+    .order_by(sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
+)
+
+
+@functools.cache
+def _order_points_statement(kinds: tuple[str, ...]) -> Any:
+    """(order id, member id, Σ points entries of ``kinds`` on the order, the member's available points) of the
+    order bound as ``account_id``/``external_id``."""
+    summed = (
+        sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.amount), 0))
+        .where(PointsEntry.order_id == Order.id, PointsEntry.kind.in_(list(kinds)))
+        .scalar_subquery()
+    )
+    available = (
+        sa.select(PointsBalance.available).where(PointsBalance.member_id == Order.member_id).scalar_subquery()
+    )
+    return sa.select(Order.id, Order.member_id, summed, available).where(
+        Order.account_id == sa.bindparam("account_id"), Order.external_id == sa.bindparam("external_id")
+    )
 
 
 def _with_claim(order: NormalisedOrder, claim: IdentityClaim) -> NormalisedOrder:

@@ -89,3 +89,18 @@ class KeepAlive:
 def p99_ms(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+def stack() -> str:
+    """The server stack the figures were measured on (``tongcrm.serving`` picks it), for the report."""
+    import uvicorn
+    from tongcrm.serving import server_stack
+
+    chosen = server_stack()
+    return f"uvicorn {uvicorn.__version__} http={chosen.http} loop={chosen.loop}"
+
+
+def load() -> str:
+    """The machine's load averages when the figure was taken: other work on its cores skews every figure."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"

@@ -1,8 +1,10 @@
 """End-to-end ingest: a fake platform (TOP for Taobao, JOS for JD) in its own process on 127.0.0.1 → the
 plugin's real client → ingest engine → database.
 
-Reports orders/s per channel and backend and, on PostgreSQL, ``COPY`` of the same normalised order rows as the
-physical ceiling. Size with ``TONGCRM_BENCH_TRADES`` (default 100,000 orders from 30 % as many buyers).
+Reports orders/s per channel and backend next to, in the same run: fetch + normalise alone (the platform side);
+on PostgreSQL the lean reference pipeline (:mod:`lean_reference`: the same pages fetched again and applied with
+fixed-text array statements on asyncpg, seven statements a page) and ``COPY`` of the same normalised order rows as
+the physical ceiling. Size with ``TONGCRM_BENCH_TRADES`` (default 100,000 orders from 30 % as many buyers).
 Run: ``python -m pytest tests/benchmarks/test_ingest_throughput.py --benchmark-enable --benchmark-only -s``.
 """
 
@@ -31,6 +33,10 @@ from tongcrm.plugin.types import ChannelContext, NormalisedOrder
 from tongcrm.testing.database import TestDatabase
 from tongcrm.testing.servers import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lean_reference
+from http_load import load
+
 TRADES = int(os.environ.get("TONGCRM_BENCH_TRADES", "100000"))
 BUYERS = max(1, TRADES * 3 // 10)
 VAULT = Vault("bench-secret-0123456789abcdef")
@@ -53,6 +59,25 @@ async def _copy_ceiling(db: TestDatabase, orders: list[NormalisedOrder]) -> floa
         elapsed = time.perf_counter() - started
         await driver.execute("DROP TABLE bench_copy")
     return len(rows) / elapsed
+
+
+async def _lean_reference(
+    db: TestDatabase, host: PluginHost, channel: str, settings: dict[str, str], clock: Any
+) -> float:
+    """The lean reference pipeline over the same platform, end to end (fetch included): orders/s."""
+    adapter = host.channel(channel).factory(ChannelContext("bench", settings, clock=clock))
+
+    async def fetch_page(cursor: Any) -> tuple[list[NormalisedOrder], Any, bool]:
+        page = await adapter.fetch_orders(cursor)
+        return list(page.orders), page.next_cursor, page.has_more
+
+    dsn = sa.engine.make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        written, elapsed = await lean_reference.run(dsn, 1, fetch_page)
+    finally:
+        await adapter.aclose()
+    assert written == TRADES
+    return written / elapsed
 
 
 CHANNELS: dict[str, dict[str, Any]] = {
@@ -147,8 +172,11 @@ async def test_end_to_end_ingest_throughput(
         f"end to end; fetch+normalise alone {len(fetched) / fetch_elapsed:,.0f} orders/s"
     )
     if tongcrm_db.backend == "postgresql":
+        ref_rate = await _lean_reference(tongcrm_db, host, channel, settings, clock)
+        line += f"; lean reference pipeline {ref_rate:,.0f} orders/s (ratio {rate / ref_rate:.2f})"
+        benchmark.extra_info["reference_orders_per_s"] = ref_rate
         line += f"; PostgreSQL COPY ceiling {await _copy_ceiling(tongcrm_db, fetched):,.0f} rows/s"
-    report_figure(line)
+    report_figure(f"{line}; {load()}")
     benchmark.extra_info.update(
         {"channel": channel, "orders": stored, "orders_per_s": rate, "backend": tongcrm_db.backend}
     )

@@ -31,7 +31,7 @@ from tongcrm.plugin.types import IdentityClaim
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from http_load import KeepAlive, p99_ms, serve  # noqa: E402
+from http_load import KeepAlive, load, p99_ms, serve, stack  # noqa: E402
 from member_seed import SECRET, mobile, seed  # noqa: E402
 
 MEMBERS = int(os.environ.get("TONGCRM_BENCH_MEMBERS", "1000000"))
@@ -146,14 +146,14 @@ def test_lookup_by_mobile_over_http(benchmark: Any, bench_db: str) -> None:
             "workers": WORKERS,
         }
     )
-    benchmark.extra_info["cores"] = os.cpu_count()
+    benchmark.extra_info.update({"cores": os.cpu_count(), "stack": stack(), "load": load()})
     for name, r in results.items():
         turns = ", ".join(f"{x:.0f}" for x in rates[name])
         print(
             f"\n{name:>6}: {r['rps']:8.0f} req/s (median of {ROUNDS} turns: {turns})  p99 {r['p99_ms']:6.2f} ms"
             f"  ({int(r['requests'])} requests, {WORKERS} worker(s), {os.cpu_count()} cores)"
         )
-    print(f"lookup / ceiling: {ratio:.2f}")
+    print(f"lookup / ceiling: {ratio:.2f} on {stack()}; {load()}")
 
 
 def test_resolve_batches_of_100(benchmark: Any, bench_db: str) -> None:

@@ -29,7 +29,7 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_load import KeepAlive, p99_ms, serve
+from http_load import KeepAlive, load, p99_ms, serve, stack
 
 TILLS = 8
 RECEIPTS = int(os.environ.get("TONGCRM_BENCH_POS_RECEIPTS", "400"))
@@ -121,8 +121,10 @@ async def test_pos_checkout_throughput(
     report_figure(
         f"pos checkout {tongcrm_db.backend}, {TILLS} tills: {done} receipts (lookup + earn) in {elapsed:.1f} s = "
         f"{rate:,.0f} receipts/s, p99 {p99_ms(latencies):.0f} ms; bare litestar ceiling {ceiling:,.0f} receipts/s, "
-        f"p99 {p99_ms(c_latencies):.0f} ms"
+        f"p99 {p99_ms(c_latencies):.0f} ms; ratio {rate / ceiling:.2f}; {stack()}; {load()}"
     )
     assert done == TILLS * max(1, RECEIPTS // TILLS) and len(set(members.values())) == len(members)
-    benchmark.extra_info.update({"receipts": done, "receipts_per_s": rate, "ceiling_per_s": ceiling})
+    benchmark.extra_info.update(
+        {"receipts": done, "receipts_per_s": rate, "ceiling_per_s": ceiling, "stack": stack(), "load": load()}
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

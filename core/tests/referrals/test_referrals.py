@@ -141,6 +141,36 @@ async def test_a_partial_refund_keeps_the_reward_and_an_unreferred_buyer_earns_n
         assert (await s.execute(sa.select(sa.func.count()).select_from(ReferralReward))).scalar_one() == 1
 
 
+async def test_the_referral_hook_costs_a_page_one_statement_when_nothing_fires(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    """Every page and till receipt runs the hook; a page where no reward fires or reverses (the referred
+    friend's order only paid, a stranger's completed) reads once, and nothing is written."""
+    await _referrer_and_friend(tongcrm_db, ctx, account)
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "referral_rewards" in statement:
+            seen.append(statement)
+
+    engine = tongcrm_db.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        await apply(
+            tongcrm_db,
+            ctx,
+            account,
+            order("f2", "friend", OrderStatus.PAID, 1),
+            order("s1", "stranger", OrderStatus.COMPLETED, 2),
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(seen) == 1, seen
+    assert seen[0].lstrip().upper().startswith("SELECT")
+    async with tongcrm_db.sessions() as s:
+        assert (await s.execute(sa.select(sa.func.count()).select_from(ReferralReward))).scalar_one() == 0
+
+
 async def test_a_merged_referrer_is_credited_in_the_member_it_was_merged_into(
     tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
 ) -> None:

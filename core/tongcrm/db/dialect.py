@@ -36,3 +36,20 @@ async def plan_for_growing_tables(session: AsyncSession) -> None:
     """
     if dialect_name(session) == "postgresql":
         await session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+def one_of(dialect: str, column: Any, name: str) -> Any:
+    """``column`` is one of the list bound as ``name``, in SQL whose text does not depend on the list's length.
+
+    An ``IN`` list renders one placeholder per value, so every page size was a new statement: PostgreSQL
+    prepared 2,539 statements for 1,388 distinct texts over one 100k-order sync, and SQLAlchemy expanded the
+    list on every execution (issue #22). Here the list is one parameter — ``= ANY($1)`` with an array on
+    PostgreSQL, ``IN (SELECT value FROM json_each(?))`` with a JSON array on SQLite — and the statement,
+    built once per dialect, is prepared once per connection. Bind a Python list.
+    """
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
+    values = sa.select(sa.column("value", column.type)).select_from(
+        sa.func.json_each(sa.bindparam(name, type_=sa.JSON()))
+    )
+    return column.in_(values)

@@ -16,6 +16,7 @@ savepoint and resolves the batch again, now seeing the winner's member.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -265,26 +266,56 @@ async def resolve(session: AsyncSession, ctx: ResolutionContext, claim_set: Clai
     return outcome
 
 
+@functools.cache
+def _lookup_statement(dialect_name: str, kinds: tuple[str, ...]) -> Any:
+    """The identities of the given kinds with values in the lists bound as ``values_0``, ``values_1``…, and
+    their members: one text per set of kinds whatever the number of values (:func:`tongcrm.db.dialect.one_of`).
+
+    ``kind = 'x' AND value IN (list)`` per kind, not ``(kind, value) IN (…)``: SQLite does not use the
+    (kind, value) index for a row-value IN list and scanned every identity (0.8 s a batch at a million members).
+    """
+    m = _MEMBERS.c
+    i = _IDENTITIES.c
+    return (
+        sa.select(
+            i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version,
+            m.name, m.province, m.city, m.mobile_enc, m.profile_meta,
+        )
+        .join_from(_IDENTITIES, _MEMBERS, i.member_id == m.id)
+        .where(
+            sa.or_(
+                *(
+                    sa.and_(i.kind == kind, dialect.one_of(dialect_name, i.value, f"values_{n}"))
+                    for n, kind in enumerate(kinds)
+                )
+            )
+        )
+    )  # fmt: skip
+
+
+@functools.cache
+def _touch_statement(dialect_name: str) -> Any:
+    """``last_seen_at = :now`` for the identities bound as the list ``ids``; fixed text."""
+    return (
+        sa.update(_IDENTITIES)
+        .where(dialect.one_of(dialect_name, _IDENTITIES.c.id, "ids"))
+        .values(last_seen_at=sa.bindparam("now"))
+    )
+
+
 async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[tuple[str, str], _Known]:
     pairs = sorted({(c.kind, v) for p in prepared for c in p.claims for v in c.lookup})
     found: dict[tuple[str, str], _Known] = {}
-    m = _MEMBERS.c
-    i = _IDENTITIES.c
     for start in range(0, len(pairs), _CHUNK):
         chunk = pairs[start : start + _CHUNK]
-        # kind = ? AND value IN (…) per kind, not (kind, value) IN (…): SQLite does not use the (kind, value)
-        # index for a row-value IN list and scanned every identity (0.8 s a batch at a million members)
         by_kind: dict[str, list[str]] = {}
         for kind, value in chunk:
             by_kind.setdefault(kind, []).append(value)
+        kinds = tuple(sorted(by_kind))
         rows = await session.execute(
-            sa.select(
-                i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version,
-                m.name, m.province, m.city, m.mobile_enc, m.profile_meta,
-            )
-            .join_from(_IDENTITIES, _MEMBERS, i.member_id == m.id)
-            .where(sa.or_(*(sa.and_(i.kind == k, i.value.in_(vs)) for k, vs in sorted(by_kind.items()))))
-        )  # fmt: skip
+            _lookup_statement(dialect.dialect_name(session), kinds),
+            {f"values_{n}": by_kind[kind] for n, kind in enumerate(kinds)},
+        )
         for row in rows:
             found[(row.kind, row.value)] = _Known(
                 row.id,
@@ -567,9 +598,8 @@ async def _write(
         ids = sorted(plan.touched)
         for start in range(0, len(ids), _CHUNK):
             await session.execute(
-                sa.update(_IDENTITIES)
-                .where(_IDENTITIES.c.id.in_(ids[start : start + _CHUNK]))
-                .values(last_seen_at=now)
+                _touch_statement(dialect.dialect_name(session)),
+                {"ids": ids[start : start + _CHUNK], "now": now},
             )
 
     # 5. fill blank profile fields of existing members from what the channel knows (never overwrite)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
-from tongcrm.db.dialect import dialect_name, insert, insert_for, plan_for_growing_tables
+from tongcrm.db.dialect import dialect_name, insert, insert_for, one_of, plan_for_growing_tables
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
@@ -162,6 +162,27 @@ def _is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -
 
 
 @functools.cache
+def _stored_orders(dialect: str) -> Any:
+    """What is held for a page's orders (and whether their member was erased): one fixed statement for any
+    page size, bound with ``account_id`` and the list ``external_ids``."""
+    return (
+        sa.select(
+            Order.external_id,
+            Order.modified_at,
+            Order.status,
+            Order.paid_fen,
+            Order.member_id,
+            Member.status,
+        )
+        .outerjoin(Member, Member.id == Order.member_id)
+        .where(
+            Order.account_id == sa.bindparam("account_id"),
+            one_of(dialect, Order.external_id, "external_ids"),
+        )
+    )
+
+
+@functools.cache
 def _line_upsert(dialect: str) -> Any:
     table = cast(sa.Table, OrderLine.__table__)
     stmt = insert_for(dialect, table)
@@ -197,16 +218,8 @@ async def apply_orders_page(
     # 1. what we hold for these orders
     stored_rows = (
         await session.execute(
-            sa.select(
-                Order.external_id,
-                Order.modified_at,
-                Order.status,
-                Order.paid_fen,
-                Order.member_id,
-                Member.status,
-            )
-            .outerjoin(Member, Member.id == Order.member_id)
-            .where(Order.account_id == account_id, Order.external_id.in_([o.external_id for o in incoming]))
+            _stored_orders(dialect_name(session)),
+            {"account_id": account_id, "external_ids": [o.external_id for o in incoming]},
         )
     ).all()
     stored = {row[0]: (row[1], row[2], row[3]) for row in stored_rows}

@@ -15,6 +15,7 @@ facts imply and is idempotent (deterministic keys per line and effect):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -29,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import txcache
-from tongcrm.db.dialect import insert
+from tongcrm.db.dialect import dialect_name, insert, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order, OrderLine
@@ -356,6 +357,24 @@ async def _merged_into(session: AsyncSession, member_ids: set[int]) -> dict[int,
     return owner
 
 
+@functools.cache
+def _lots_of_lines(dialect: str) -> Any:
+    """The lots earned on the lines bound as the list ``line_ids``: one fixed text per dialect, whatever the
+    page's number of lines (:func:`tongcrm.db.dialect.one_of`)."""
+    lots_t = cast(sa.Table, PointsLot.__table__)
+    return sa.select(
+        lots_t.c.id,
+        lots_t.c.member_id,
+        lots_t.c.line_id,
+        lots_t.c.status,
+        lots_t.c.available_at,
+        lots_t.c.release_on,
+        lots_t.c.return_window_days,
+        lots_t.c.amount,
+        lots_t.c.reversed,
+    ).where(one_of(dialect, lots_t.c.line_id, "line_ids"))
+
+
 async def _follow_up(
     session: AsyncSession, rules: RuleSet, orders: Sequence[OrderFacts], now: datetime
 ) -> None:
@@ -373,21 +392,7 @@ async def _follow_up(
         line.line_id: (o, line) for o in candidates for line in o.lines
     }
     lots_t = cast(sa.Table, PointsLot.__table__)
-    rows = (
-        await session.execute(
-            sa.select(
-                lots_t.c.id,
-                lots_t.c.member_id,
-                lots_t.c.line_id,
-                lots_t.c.status,
-                lots_t.c.available_at,
-                lots_t.c.release_on,
-                lots_t.c.return_window_days,
-                lots_t.c.amount,
-                lots_t.c.reversed,
-            ).where(lots_t.c.line_id.in_(sorted(facts)))
-        )
-    ).all()
+    rows = (await session.execute(_lots_of_lines(dialect_name(session)), {"line_ids": sorted(facts)})).all()
     work: list[int] = []
     for r in rows:
         order, line = facts[r.line_id]

@@ -14,6 +14,7 @@ referrer's available balance allows (never below zero). A reversed referral does
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.dialect import insert
+from tongcrm.db.dialect import dialect_name, insert, one_of
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
 from tongcrm.members.service import resolve_live_id
@@ -50,40 +51,56 @@ def _refunded_in_full(status: str, paid_fen: int, refunded_fen: int) -> bool:
     return status in ("closed", "refunded") or (refunded_fen > 0 and refunded_fen >= paid_fen)
 
 
+@functools.cache
+def _orders_of_referred(dialect: str) -> Any:
+    """The orders bound as ``order_ids`` with what :func:`on_orders` decides on: the buyer's referrer, whether
+    an awarded reward hangs on the order, whether the buyer's reward exists. Built once per dialect, fixed
+    text."""
+    # not correlated: referral_rewards has no index on order_id, and a correlated test would scan it once per
+    # order where this scans it once per statement (as the two reads this replaced did)
+    awarded_here = Order.id.in_(sa.select(ReferralReward.order_id).where(ReferralReward.status == "awarded"))
+    rewarded_before = (
+        sa.select(sa.literal(1)).where(ReferralReward.referred_member_id == Order.member_id).exists()
+    )
+    return (
+        sa.select(
+            Order.id, Order.member_id, Order.status, Order.paid_fen, Order.refunded_fen, Order.completed_at,
+            Member.referrer_id, Member.status.label("member_status"), awarded_here.label("awarded_here"),
+            rewarded_before.label("rewarded_before"),
+        )
+        .outerjoin(Member, Member.id == Order.member_id)
+        .where(one_of(dialect, Order.id, "order_ids"))  # a page's orders: the few rows are filtered here
+        .order_by(Order.completed_at, Order.id)
+    )  # fmt: skip
+
+
 async def on_orders(session: AsyncSession, ctx: PointsContext, facts: Sequence[OrderFacts]) -> None:
-    """Fire or reverse referral rewards for orders just applied (in the caller's transaction)."""
+    """Fire or reverse referral rewards for orders just applied (in the caller's transaction).
+
+    Every page of every sync and every till receipt comes through here, and almost none of them concern a
+    referral: so one statement reads what both halves need — each order with its buyer's referrer, whether an
+    awarded reward hangs on the order, whether its buyer's reward exists already — and the locking read of
+    rewards to reverse runs only when an order carrying one was refunded in full.
+    """
     order_ids = sorted({f.order_id for f in facts})
     if not order_ids:
         return
-    await _reverse_refunded(session, ctx, order_ids)
-    rows = (
-        await session.execute(
-            sa.select(
-                Order.id, Order.member_id, Order.status, Order.paid_fen, Order.refunded_fen, Order.completed_at,
-                Member.referrer_id,
-            )
-            .join(Member, Member.id == Order.member_id)
-            .where(Order.id.in_(order_ids), Member.referrer_id.is_not(None), Member.status == "active")
-            .order_by(Order.completed_at, Order.id)
-        )
-    ).all()  # fmt: skip
+    rows = (await session.execute(_orders_of_referred(dialect_name(session)), {"order_ids": order_ids})).all()
+    to_reverse = [
+        row.id
+        for row in rows
+        if row.awarded_here and _refunded_in_full(row.status, row.paid_fen, row.refunded_fen)
+    ]
+    if to_reverse:
+        await _reverse_refunded(session, ctx, to_reverse)
     first: dict[int, Any] = {}
     for row in rows:
+        if row.referrer_id is None or row.member_status != "active":
+            continue
         if _qualifies(row.status, row.paid_fen, row.refunded_fen, row.completed_at):
             first.setdefault(int(row.member_id), row)
-    if not first:
-        return
-    done = set(
-        (
-            await session.execute(
-                sa.select(ReferralReward.referred_member_id).where(
-                    ReferralReward.referred_member_id.in_(list(first))
-                )
-            )
-        ).scalars()
-    )
     for referred, row in sorted(first.items()):
-        if referred in done:
+        if row.rewarded_before:
             continue
         referrer = await resolve_live_id(session, int(row.referrer_id))
         if referrer is None or referrer == referred:

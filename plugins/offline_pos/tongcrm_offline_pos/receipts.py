@@ -440,17 +440,37 @@ async def _return(
     return result, links
 
 
-async def _existing(uow: CounterWork, store: Store, r: ReceiptIn) -> Any:
-    return (
-        await uow.rows.execute(
-            sa.select(_RECEIPTS.c.id, _RECEIPTS.c.status, _RECEIPTS.c.body_hash, _RECEIPTS.c.result).where(
-                _RECEIPTS.c.account_id == store.account_id,
-                _RECEIPTS.c.till_code == r.till,
-                _RECEIPTS.c.business_day == r.business_day,
-                _RECEIPTS.c.sequence == r.sequence,
-            )
+#: The receipt under a key (statements on a till's path are built once, see :meth:`OwnRows.execute`).
+_EXISTING = sa.select(_RECEIPTS.c.id, _RECEIPTS.c.status, _RECEIPTS.c.body_hash, _RECEIPTS.c.result).where(
+    *(_RECEIPTS.c[name] == sa.bindparam(name) for name in _KEY_COLUMNS)
+)
+#: Columns a claimed receipt row is inserted with.
+_CLAIM_COLUMNS = (
+    "account_id", "till_code", "business_day", "sequence", "receipt_key", "kind", "status", "offline",
+    "body_hash", "till_time", "sent_at", "received_at", "effective_at", "clock_skew_seconds", "refunds",
+    "returns_applied", "body", "result", "updated_at",
+)  # fmt: skip
+
+
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(uow: CounterWork) -> Any:
+    """Insert a receipt's row unless its key has one, returning its id: built once per dialect."""
+    stmt = _CLAIMS.get(uow.rows.dialect)
+    if stmt is None:
+        stmt = _CLAIMS[uow.rows.dialect] = (
+            uow.rows.insert(_RECEIPTS)
+            .values({name: sa.bindparam(name, type_=_RECEIPTS.c[name].type) for name in _CLAIM_COLUMNS})
+            .on_conflict_do_nothing(index_elements=_KEY_COLUMNS)
+            .returning(_RECEIPTS.c.id)
         )
-    ).first()
+    return stmt
+
+
+async def _existing(uow: CounterWork, store: Store, r: ReceiptIn) -> Any:
+    key = {"account_id": store.account_id, "till_code": r.till, "business_day": r.business_day}
+    return (await uow.rows.execute(_EXISTING, {**key, "sequence": r.sequence})).first()
 
 
 async def _claim(
@@ -459,33 +479,28 @@ async def _claim(
 ) -> int | None:  # fmt: skip
     """Insert the receipt's row as ``pending``; ``None`` when the key already has a row (a replay, or a
     concurrent upload of the same receipt that committed first)."""
-    stmt = (
-        uow.rows.insert(_RECEIPTS)
-        .values(
-            account_id=store.account_id,
-            till_code=r.till,
-            business_day=r.business_day,
-            sequence=r.sequence,
-            receipt_key=key,
-            kind=r.kind,
-            status="pending",
-            offline=offline,
-            body_hash=digest,
-            till_time=r.occurred_at,
-            sent_at=sent,
-            received_at=now,
-            effective_at=effective,
-            clock_skew_seconds=skew,
-            refunds={},
-            returns_applied=0,
-            body=stored_body(r),
-            result={},
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=_KEY_COLUMNS)
-        .returning(_RECEIPTS.c.id)
-    )
-    row = (await uow.rows.execute(stmt)).first()
+    values = {
+        "account_id": store.account_id,
+        "till_code": r.till,
+        "business_day": r.business_day,
+        "sequence": r.sequence,
+        "receipt_key": key,
+        "kind": r.kind,
+        "status": "pending",
+        "offline": offline,
+        "body_hash": digest,
+        "till_time": r.occurred_at,
+        "sent_at": sent,
+        "received_at": now,
+        "effective_at": effective,
+        "clock_skew_seconds": skew,
+        "refunds": {},
+        "returns_applied": 0,
+        "body": stored_body(r),
+        "result": {},
+        "updated_at": now,
+    }
+    row = (await uow.rows.execute(_claim_statement(uow), values)).first()
     return None if row is None else int(row[0])
 
 

@@ -1,0 +1,59 @@
+"""``one_of``: a list bound as one parameter, so a statement's text does not change with the list's length."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.channels import service as accounts
+from tongcrm.crypto import Vault
+from tongcrm.db.dialect import dialect_name, one_of
+from tongcrm.ingest.apply import IngestContext, apply_orders_page
+from tongcrm.orders.models import Order
+from tongcrm.plugin.host import PluginHost
+from tongcrm.testing.database import TestDatabase
+from tongcrm.testing.memory import make_order
+
+
+async def test_one_of_matches_lists_of_any_length_with_one_statement_text(
+    tongcrm_db: TestDatabase, memory_host: PluginHost
+) -> None:
+    vault = Vault("dialect-test-secret-0123456789")
+    ctx = IngestContext(
+        host=memory_host,
+        vault=vault,
+        clock=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+        tz=ZoneInfo("Asia/Shanghai"),
+    )
+    async with tongcrm_db.sessions() as s, s.begin():
+        account = await accounts.create_account(
+            s, memory_host, vault, "memory", "shop-a", {"token": "t0ken-value", "shop": "A"}
+        )
+        orders = [make_order(f"o{n}", f"buyer{n}", minutes=n) for n in range(5)]
+        await apply_orders_page(s, ctx, account.id, "memory", orders, ())
+    texts: set[str] = set()
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        texts.add(statement)
+
+    async def matching(s: AsyncSession, column: str, values: list[object]) -> set[str]:
+        col = Order.external_id if column == "external_id" else Order.id
+        stmt = sa.select(Order.external_id).where(one_of(dialect_name(s), col, "values"))
+        return set((await s.execute(stmt, {"values": values})).scalars())
+
+    engine = tongcrm_db.engine.sync_engine
+    async with tongcrm_db.sessions() as s:
+        ids = {ext: id_ for ext, id_ in (await s.execute(sa.select(Order.external_id, Order.id))).all()}
+        sa.event.listen(engine, "before_cursor_execute", seen)
+        try:
+            assert await matching(s, "external_id", []) == set()
+            assert await matching(s, "external_id", ["o1"]) == {"o1"}
+            assert await matching(s, "external_id", ["o0", "o3", "nope", "o4"]) == {"o0", "o3", "o4"}
+            assert await matching(s, "external_id", ['it\'s "quoted"', "o2"]) == {"o2"}
+            by_id = await matching(s, "id", [ids["o1"], ids["o2"], -1])
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", seen)
+    assert by_id == {"o1", "o2"}
+    assert len(texts) == 2, texts  # one text per column, whatever the list's length

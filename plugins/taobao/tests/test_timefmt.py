@@ -1,0 +1,43 @@
+"""TOP times: the positional fast path reads exactly what strptime reads, and refuses what it refuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tongcrm_taobao.timefmt import _FORMAT, BEIJING, format_top_time, parse_top_time
+
+
+def _by_strptime(text: str) -> datetime:
+    return datetime.strptime(text.strip(), _FORMAT).replace(tzinfo=BEIJING).astimezone(UTC)
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2099, 12, 31)))
+def test_canonical_times_parse_as_strptime_parses_them(moment: datetime) -> None:
+    text = moment.replace(microsecond=0).strftime(_FORMAT)
+    assert parse_top_time(text) == _by_strptime(text)
+    assert parse_top_time(f" {text} ") == _by_strptime(text)
+    assert format_top_time(parse_top_time(text)) == text
+
+
+@pytest.mark.parametrize("text", ["2024-1-5 3:04:05", "2024-01-05 3:4:5"])
+def test_unpadded_times_still_parse(text: str) -> None:
+    assert parse_top_time(text) == _by_strptime(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-13-01 00:00:00",
+        "2023-02-29 00:00:00",
+        "2024-01-05 24:00:00",
+        "2024-01-05T03:04:05",
+        "",
+        "2024-01-05",
+    ],
+)
+def test_malformed_times_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="malformed TOP time"):
+        parse_top_time(text)
