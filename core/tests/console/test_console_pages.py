@@ -4,6 +4,8 @@ and roles (analysts see no write control and cannot post one), the audit log and
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -19,6 +21,7 @@ from tongcrm.db.base import utcnow
 from tongcrm.identity.models import Merge
 from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
 from tongcrm.plugin.host import PluginHost
+from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
 
 from .conftest import csrf_of, sign_in
 
@@ -232,3 +235,41 @@ async def test_admins_create_and_revoke_keys_audited_and_read_the_audit_log(make
             "/console/sign-in", data={"key": key.group(1), "csrf_token": csrf_of(form.text)}
         )
         assert answer.status_code == 401
+
+
+async def test_the_quarantine_page_shows_what_the_api_shows_per_account(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role="analyst") as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        await _operations(api, s)
+        record = {"tid": "T-9", "buyer": "x"}
+        async with api.db.sessions() as session, session.begin():
+            session.add(
+                QuarantinedRecord(
+                    account_id=s.tmall_account,
+                    external_id="T-9",
+                    reason="unknown status TRADE_X",
+                    payload=seal(tongcrm_settings.vault(), json.dumps(record), context=QUARANTINE_PAYLOAD),
+                    fingerprint="e" * 64,
+                )
+            )
+        listed = (await api.get("/api/ingest/quarantine", params={"account": seed.TMALL})).json()
+        everything = (await api.get("/api/ingest/quarantine")).json()
+        await sign_in(api, "analyst")  # the API's quarantine routes are open to every read role
+        page = await api.get("/console/quarantine")
+        tmall = await api.get("/console/quarantine", params={"account": seed.TMALL})
+    assert page.status_code == 200 and tmall.status_code == 200
+    assert everything["total"] == 2 and listed["total"] == 1
+    assert _figure(page.text, "quarantine-total") == 2
+    assert _figure(page.text, f"quarantine.{seed.TMALL}") == 1
+    assert _figure(page.text, f"quarantine.{seed.STORE}") == 1
+    assert _figure(tmall.text, "quarantine-total") == 1
+    (item,) = listed["items"]
+    row = re.search(rf'data-quarantined="{item["id"]}">(.*?)</tr>', tmall.text, re.S)
+    assert row is not None
+    assert "unknown status TRADE_X" in row.group(1) and "T-9" in row.group(1)
+    # the record as received, unsealed for the page exactly as the API answers it
+    assert json.loads(item["payload"]) == record
+    assert item["payload"] in html.unescape(row.group(1))
+    assert f'data-quarantined="{everything["items"][1]["id"]}"' not in tmall.text  # the store's record
