@@ -166,6 +166,14 @@ async def test_an_operator_finds_a_shopper_opens_the_360_page_and_undoes_a_merge
     assert {"taobao", "offline_pos"} <= set(channels)
     assert await page.locator('[data-figure="available"]').inner_text() == "988"
     assert "138****8000" in await page.locator('[data-field="mobile"]').inner_text()
+    # the 360 page's controls are labelled and reachable from the keyboard, the merge's undo button included
+    assert await _unlabelled_inputs(page) == []
+    undo = f"撤销合并 #{served.seeded.merge_id}"
+    assert await _tab_reaches(page, ["跳到主要内容", "会员", undo], presses=80) == [
+        "跳到主要内容",
+        "会员",
+        undo,
+    ]
     await _shot(page, served, "member-360")
 
     await page.get_by_role("button", name=f"撤销合并 #{served.seeded.merge_id}").click()

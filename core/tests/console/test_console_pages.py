@@ -4,6 +4,8 @@ and roles (analysts see no write control and cannot post one), the audit log and
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -19,6 +21,7 @@ from tongcrm.db.base import utcnow
 from tongcrm.identity.models import Merge
 from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
 from tongcrm.plugin.host import PluginHost
+from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
 
 from .conftest import csrf_of, sign_in
 
@@ -33,7 +36,7 @@ async def _seeded(api: Any, host: PluginHost, settings: Settings) -> seed.Seeded
 
 
 def _figure(html: str, name: str) -> int:
-    found = re.search(rf'data-figure="{name}">(-?\d+)<', html)
+    found = re.search(rf'data-figure="{re.escape(name)}">(-?\d+)<', html)
     assert found is not None, name
     return int(found.group(1))
 
@@ -112,17 +115,13 @@ async def test_the_dashboard_shows_the_apis_figures(
     for name in ("members", "points_liability", "points_pending", "points_expiring_30d", "quarantine"):
         assert _figure(html, name) == figures[name], name
     for o in figures["overlap"]:
-        combo = "+".join(o["channels"])
-        assert re.search(
-            rf'data-overlap="{re.escape(combo)}"><td>[^<]*</td><td class="num">{o["members"]}<', html
-        )
+        assert _figure(html, f"overlap.{'+'.join(o['channels'])}") == o["members"]
     for c in figures["lifecycle"]:
-        assert f'data-stage="{c["key"]}"><td>{c["key"]}</td><td class="num">{c["members"]}<' in html
+        assert f'data-stage="{c["key"]}"><td>{c["key"]}</td>' in html
+        assert _figure(html, f"stage.{c['key']}") == c["members"]
     for m in figures["messages"]:
-        assert re.search(
-            rf'data-days="{m["days"]}"><td>[^<]+</td><td class="num">{m["sent"]}</td><td class="num">{m["refused"]}<',
-            html,
-        )
+        assert _figure(html, f"messages.{m['days']}.sent") == m["sent"]
+        assert _figure(html, f"messages.{m['days']}.refused") == m["refused"]
 
 
 async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
@@ -236,3 +235,41 @@ async def test_admins_create_and_revoke_keys_audited_and_read_the_audit_log(make
             "/console/sign-in", data={"key": key.group(1), "csrf_token": csrf_of(form.text)}
         )
         assert answer.status_code == 401
+
+
+async def test_the_quarantine_page_shows_what_the_api_shows_per_account(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role="analyst") as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        await _operations(api, s)
+        record = {"tid": "T-9", "buyer": "x"}
+        async with api.db.sessions() as session, session.begin():
+            session.add(
+                QuarantinedRecord(
+                    account_id=s.tmall_account,
+                    external_id="T-9",
+                    reason="unknown status TRADE_X",
+                    payload=seal(tongcrm_settings.vault(), json.dumps(record), context=QUARANTINE_PAYLOAD),
+                    fingerprint="e" * 64,
+                )
+            )
+        listed = (await api.get("/api/ingest/quarantine", params={"account": seed.TMALL})).json()
+        everything = (await api.get("/api/ingest/quarantine")).json()
+        await sign_in(api, "analyst")  # the API's quarantine routes are open to every read role
+        page = await api.get("/console/quarantine")
+        tmall = await api.get("/console/quarantine", params={"account": seed.TMALL})
+    assert page.status_code == 200 and tmall.status_code == 200
+    assert everything["total"] == 2 and listed["total"] == 1
+    assert _figure(page.text, "quarantine-total") == 2
+    assert _figure(page.text, f"quarantine.{seed.TMALL}") == 1
+    assert _figure(page.text, f"quarantine.{seed.STORE}") == 1
+    assert _figure(tmall.text, "quarantine-total") == 1
+    (item,) = listed["items"]
+    row = re.search(rf'data-quarantined="{item["id"]}">(.*?)</tr>', tmall.text, re.S)
+    assert row is not None
+    assert "unknown status TRADE_X" in row.group(1) and "T-9" in row.group(1)
+    # the record as received, unsealed for the page exactly as the API answers it
+    assert json.loads(item["payload"]) == record
+    assert item["payload"] in html.unescape(row.group(1))
+    assert f'data-quarantined="{everything["items"][1]["id"]}"' not in tmall.text  # the store's record

@@ -7,6 +7,8 @@ an admin reveals it (audited, as ``?reveal=mobile`` on the API), and the undo is
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 from litestar import Request, Response, get, post
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from tongcrm.api.inputs import MAX_ID, PathId
 from tongcrm.channels.models import ChannelAccount
@@ -92,7 +95,7 @@ class MemberPages(ConsoleController):
         revealing = members.check_reveal([reveal] if reveal else [], actor)
         # a reveal is audited, so it needs a session that can write (as on the API)
         factory = state.sessions if revealing else state.read_sessions
-        async with factory() as session, session.begin():
+        async with factory() as session, session.begin(), _held_rows(session):
             view = await members.member_view(session, state.vault, member_id, actor, reveal=revealing)
             data = await member_360(session, state.settings, view, orders_cursor, points_offset)
         return render(
@@ -111,6 +114,28 @@ class MemberPages(ConsoleController):
                 session, merge_id, actor=actor_of(request), at=utcnow(), tz=state.settings.tz
             )
         return redirect(request, f"{PREFIX}/members/{record.survivor_id}?undone={record.absorbed_id}")
+
+
+@asynccontextmanager
+async def _held_rows(session: AsyncSession) -> AsyncIterator[None]:
+    """Keep every row this read loads in the session's identity map until the page is built.
+
+    The member view, points statement, tier status and entitlements each look the member (and its tier row and
+    balance) up by primary key. The identity map holds objects weakly, and the services hand back summaries, so
+    the loaded rows were collected between calls and each service read them again. Holding them for this one
+    read transaction (whose pages are bounded) turns the repeats into identity-map hits.
+    """
+    held: list[object] = []
+
+    def keep(_: Session, instance: object) -> None:
+        held.append(instance)
+
+    sa.event.listen(session.sync_session, "loaded_as_persistent", keep)
+    try:
+        yield
+    finally:
+        sa.event.remove(session.sync_session, "loaded_as_persistent", keep)
+        held.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +191,7 @@ async def member_360(
         single_spend = len(ways) == 1 and len(ways[0]) == 1 and ways[0][0].metric == "spend_fen"
         amount = describe_amount("spend_fen", ways[0][0].missing) if single_spend else None
         projection = Projection(status.next.tier.name, amount, status.next.message)
-    return Member360(
+    page = Member360(
         accounts=accounts,
         orders=page_orders,
         orders_next=orders_next,
@@ -180,3 +205,4 @@ async def member_360(
         ),
         merges=await merging.list_merges(session, member_id=live, limit=PAGE_SIZE),
     )
+    return page

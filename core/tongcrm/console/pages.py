@@ -16,6 +16,7 @@ from tongcrm.console.channel_pages import ChannelsPage
 from tongcrm.console.dashboard import DashboardPage
 from tongcrm.console.members import MemberPages
 from tongcrm.console.programme_pages import PointsRulesPage, TiersPage
+from tongcrm.console.quarantine_page import QuarantinePage
 from tongcrm.console.segment_pages import SegmentPages
 from tongcrm.console.web import PREFIX, NavItem, console_guard, exception_handlers, public_page, set_nav
 
@@ -33,6 +34,7 @@ PAGES: tuple[ControllerRouterHandler, ...] = (
     PointsRulesPage,
     TiersPage,
     ChannelsPage,
+    QuarantinePage,
 )
 
 #: The menu, in order; an entry shows to the roles it names.
@@ -45,6 +47,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("nav.points_rules", PREFIX + "/points/rules"),
     NavItem("nav.tiers", PREFIX + "/tiers"),
     NavItem("nav.channels", PREFIX + "/channels"),
+    NavItem("nav.quarantine", PREFIX + "/quarantine"),
     NavItem("nav.audit", PREFIX + "/audit", frozenset({Role.ADMIN})),
     NavItem("nav.keys", PREFIX + "/keys", frozenset({Role.ADMIN})),
 )

@@ -1,12 +1,18 @@
 """The demo's story, played in-process on each test database: what issue #21 promises a newcomer exists
 afterwards — members on several channels with one mobile, merged identities, refunds and shipments on both
 platforms, store receipts paid partly with points and returns, care messages through the SMS fake, a rule
-change, segments, and a campaign whose report shows a response rate."""
+change, segments, and a campaign whose report shows a response rate. Then an operator signs in to the console
+with the story's operator key over HTTP and every figure the dashboard page renders must equal
+``GET /api/dashboard``'s."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
+from html.parser import HTMLParser
+from typing import Any
 
 import sqlalchemy as sa
 from tongcrm.campaigns import evaluation
@@ -25,9 +31,11 @@ from tongcrm_demo import platforms as fakes
 from tongcrm_demo.clock import DemoClock
 from tongcrm_demo.story import CAMPAIGN, Story
 
+_CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
+
 
 async def test_the_story_leaves_everything_the_issue_promises(
-    tongcrm_db: TestDatabase, tongcrm_settings: Settings
+    tongcrm_db: TestDatabase, tongcrm_settings: Settings, make_client: Callable[..., Any]
 ) -> None:
     clock = DemoClock()
     anchor = datetime.now(UTC).replace(microsecond=0)
@@ -106,3 +114,101 @@ async def test_the_story_leaves_everything_the_issue_promises(
     )
     assert 0 < total.uplift.treated_rate <= 1 and 0 <= total.uplift.control_rate <= 1
     assert total.figures.treated.responders <= total.figures.treated.eligible
+
+    # the console, signed in with the story's operator key, shows exactly the API's dashboard figures (one story
+    # per database is all the time CI has, so this rides on the same run)
+    async with make_client(PluginHost(autoload=True, disabled=set()), role=None) as api:
+        form = await api.get("/console/sign-in")
+        assert form.status_code == 200, form.text
+        signed_in = await api.post(
+            "/console/sign-in",
+            data={"key": report.keys.operator, "csrf_token": _csrf(form.text), "next": "/console/dashboard"},
+            follow_redirects=False,
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        page = await api.get("/console/dashboard")
+        assert page.status_code == 200, page.text
+        answer = await api.get("/api/dashboard", headers={"Authorization": f"Bearer {report.keys.operator}"})
+        assert answer.status_code == 200, answer.text
+    rendered, expected = _rendered_figures(page.text), _api_figures(answer.json())
+    assert expected["members"] > 0 and any(k.startswith("overlap.") for k in expected), expected
+    assert set(rendered) == set(expected), set(rendered) ^ set(expected)
+    for key, value in expected.items():
+        shown = rendered[key]
+        if key.endswith("_at"):
+            assert (datetime.fromisoformat(shown) if shown else None) == value, key
+        else:
+            assert shown == str(value), (key, shown, value)
+
+
+def _csrf(html: str) -> str:
+    found = _CSRF.search(html)
+    assert found is not None, "the sign-in form carries no CSRF token"
+    return found.group(1)
+
+
+class _Figures(HTMLParser):
+    """Every ``data-figure`` element of a page: its ``data-value`` when it carries one (a localised yes/no, a
+    local time), else its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: dict[str, str] = {}
+        self._open: list[tuple[str, int, list[str]]] = []
+        self._depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._depth += 1
+        found = dict(attrs)
+        key = found.get("data-figure")
+        if key is None:
+            return
+        assert key not in self.figures, f"figure {key} rendered twice"
+        if "data-value" in found:
+            self.figures[key] = found["data-value"] or ""
+        else:
+            self._open.append((key, self._depth, []))
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open and self._open[-1][1] == self._depth:
+            key, _, text = self._open.pop()
+            self.figures[key] = "".join(text).strip()
+        self._depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        for _, _, text in self._open:
+            text.append(data)
+
+
+def _rendered_figures(html: str) -> dict[str, str]:
+    parser = _Figures()
+    parser.feed(html)
+    parser.close()
+    assert not parser._open, "a data-figure element was never closed"
+    return parser.figures
+
+
+def _api_figures(d: dict[str, Any]) -> dict[str, Any]:
+    """The API's dashboard flattened to the keys the page's ``data-figure`` attributes use (``at`` is the moment
+    of the answer and the message totals are not on the page)."""
+    out: dict[str, Any] = {
+        k: d[k]
+        for k in ("members", "points_liability", "points_pending", "points_expiring_30d", "quarantine")
+    }
+    out |= {f"overlap.{'+'.join(o['channels'])}": o["members"] for o in d["overlap"]}
+    out |= {f"tier.{c['key']}": c["members"] for c in d["tiers"]}
+    out |= {f"stage.{c['key']}": c["members"] for c in d["lifecycle"]}
+    for m in d["messages"]:
+        out |= {f"messages.{m['days']}.sent": m["sent"], f"messages.{m['days']}.refused": m["refused"]}
+    for a in d["accounts"]:
+        f = f"account.{a['id']}."
+        out |= {f + k: a[k] for k in ("name", "channel", "status")}
+        out[f + "needs_reauth"] = str(a["needs_reauth"]).lower()
+        out[f + "last_success_at"] = _moment(a["last_success_at"])
+        if a["last_error"]:
+            out |= {f + "last_error": a["last_error"], f + "last_error_at": _moment(a["last_error_at"])}
+    return out
+
+
+def _moment(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
