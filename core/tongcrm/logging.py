@@ -69,6 +69,12 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.getLevelName(level))
+    # uvicorn's own logging config (applied by any uvicorn.Config built without ``log_config=None``) gives its
+    # loggers handlers of their own that bypass the scrubbing renderer: route them through the root handler again
+    for name in ("uvicorn", "uvicorn.error"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers = []
+        uvicorn_logger.propagate = True
     # uvicorn's access log prints full query strings (some platforms put tokens there); tongcrm logs requests
     logging.getLogger("uvicorn.access").disabled = True
 

@@ -31,7 +31,7 @@ from tongcrm.crypto import Vault
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.plugin.host import PluginHost
-from tongcrm.testing.broker import broker_reachable, test_broker_url
+from tongcrm.testing.broker import broker_reachable, broker_url_for_tests
 from tongcrm.testing.database import TestDatabase
 from tongcrm.testing.platforms import jd_platform, taobao_platform
 from tongcrm.testing.servers import serve_in_thread
@@ -71,7 +71,7 @@ def cluster_env(tongcrm_db: TestDatabase) -> dict[str, str]:
         "TONGCRM_SECRET_KEY": SECRET,
         "TONGCRM_LOG_JSON": "1",
         "TONGCRM_DISABLE_PLUGINS": "",
-        "TONGCRM_JOBS_BROKER_URL": test_broker_url(),
+        "TONGCRM_JOBS_BROKER_URL": broker_url_for_tests(),
         "TONGCRM_JOBS_QUEUE": f"tongcrm.system-test.{os.getpid()}",
         "TONGCRM_JOB_LOCK_SECONDS": "6",
         "TONGCRM_SYNC_LEASE_SECONDS": "4",

@@ -66,7 +66,9 @@ async def served(
     seeded = await seed.seed_shoppers(tongcrm_db.sessions, host, tongcrm_settings.vault())
     app = create_app(tongcrm_settings, host, run_jobs=False, configure_logs=False)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

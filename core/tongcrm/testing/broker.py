@@ -25,7 +25,7 @@ from tongcrm.jobs.runner import Runner
 DEFAULT_TEST_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-def test_broker_url() -> str:
+def broker_url_for_tests() -> str:
     return os.environ.get("TONGCRM_TEST_BROKER_URL", DEFAULT_TEST_BROKER_URL)
 
 
@@ -33,7 +33,7 @@ async def broker_reachable(url: str | None = None, *, wait_seconds: float = 2.0)
     """None when RabbitMQ answers at ``url``; otherwise why not (the reason a broker test is skipped with)."""
     import aio_pika
 
-    url = url or test_broker_url()
+    url = url or broker_url_for_tests()
     try:
         connection = await asyncio.wait_for(aio_pika.connect(url), timeout=wait_seconds)
     except Exception as exc:
@@ -57,7 +57,7 @@ class BrokerRunner:
     def __init__(self, runner: Runner, url: str | None = None) -> None:
         self.runner = runner
         self.spec = BrokerSpec(
-            url or test_broker_url(), queue=f"tongcrm.test.{uuid.uuid4().hex}", durable=False
+            url or broker_url_for_tests(), queue=f"tongcrm.test.{uuid.uuid4().hex}", durable=False
         )
         self.broker, task = create_broker(self.spec)
         self.failures = _Failures()
