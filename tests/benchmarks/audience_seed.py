@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -256,6 +257,33 @@ def _statements(d: Dialect, n: int) -> list[tuple[str, int, Callable[[int, int],
             "" if k == 0 else f"WHERE {_pct('i', 'line2')} < 40",
         )  # fmt: skip
     return stmts
+
+
+def bench_postgres_url(env_var: str, database: str) -> str | None:
+    """The PostgreSQL URL of a kept benchmark database: ``env_var`` names one outright, else ``database`` on the
+    test server (``TONGCRM_TEST_POSTGRES_URL``); ``None`` when neither is set."""
+    if explicit := os.environ.get(env_var):
+        return explicit
+    server = os.environ.get("TONGCRM_TEST_POSTGRES_URL")
+    if not server:
+        return None
+    return sa.make_url(server).set(database=database).render_as_string(hide_password=False)
+
+
+async def create_database(url: str) -> None:
+    """Create the database ``url`` names unless it exists (the seed is kept between runs)."""
+    target = sa.make_url(url)
+    engine = create_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            found = await conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            )
+            if found.first() is None:
+                await conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        await engine.dispose()
 
 
 async def _autocommit(engine: AsyncEngine, sql: str) -> None:

@@ -37,7 +37,14 @@ from tongcrm.segments.compiler import Context
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from audience_seed import NOW, ORDERS_PER_MEMBER, Dialect, seed  # noqa: E402
+from audience_seed import (  # noqa: E402
+    NOW,
+    ORDERS_PER_MEMBER,
+    Dialect,
+    bench_postgres_url,
+    create_database,
+    seed,
+)
 
 MEMBERS = int(os.environ.get("TONGCRM_BENCH_MEMBERS", "1000000"))
 ROUNDS = int(os.environ.get("TONGCRM_BENCH_ROUNDS", "5"))
@@ -63,27 +70,7 @@ SEGMENT = {
 
 
 def _postgres_url() -> str | None:
-    if explicit := os.environ.get("TONGCRM_BENCH_AUDIENCE_POSTGRES_URL"):
-        return explicit
-    server = os.environ.get("TONGCRM_TEST_POSTGRES_URL")
-    if not server:
-        return None
-    return sa.make_url(server).set(database="bench_aud").render_as_string(hide_password=False)
-
-
-async def _create_database(url: str) -> None:
-    target = sa.make_url(url)
-    engine = create_engine(target.set(database="postgres").render_as_string(hide_password=False))
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            found = await conn.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
-            )
-            if found.first() is None:
-                await conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        await engine.dispose()
+    return bench_postgres_url("TONGCRM_BENCH_AUDIENCE_POSTGRES_URL", "bench_aud")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -92,7 +79,7 @@ def bench_db(request: pytest.FixtureRequest) -> str:
         url = _postgres_url()
         if url is None:
             pytest.skip("no PostgreSQL server named (TONGCRM_TEST_POSTGRES_URL)")
-        asyncio.run(_create_database(url))
+        asyncio.run(create_database(url))
     else:
         folder = Path(os.environ.get("TONGCRM_BENCH_DATA_DIR", Path(tempfile.gettempdir()) / "tongcrm-bench"))
         folder.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from tongcrm.segments import service as segments
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-audience_seed = pytest.importorskip("audience_seed", reason="the audience seed (branch audbench) is not here")
+import audience_seed  # noqa: E402
 
 MEMBERS = int(os.environ.get("TONGCRM_BENCH_MEMBERS", "1000000"))
 ROUNDS = int(os.environ.get("TONGCRM_BENCH_ROUNDS", "3"))
@@ -52,27 +52,7 @@ EVERYONE = {"version": 1, "condition": {"not": {"field": "orders.count", "op": "
 
 
 def _postgres_url() -> str | None:
-    if explicit := os.environ.get("TONGCRM_BENCH_CAMPAIGN_POSTGRES_URL"):
-        return explicit
-    server = os.environ.get("TONGCRM_TEST_POSTGRES_URL")
-    if not server:
-        return None
-    return sa.make_url(server).set(database="bench_campaigns").render_as_string(hide_password=False)
-
-
-async def _create_database(url: str) -> None:
-    target = sa.make_url(url)
-    engine = create_engine(target.set(database="postgres").render_as_string(hide_password=False))
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            found = await conn.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
-            )
-            if found.first() is None:
-                await conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        await engine.dispose()
+    return audience_seed.bench_postgres_url("TONGCRM_BENCH_CAMPAIGN_POSTGRES_URL", "bench_campaigns")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +60,7 @@ def bench_db() -> str:
     url = _postgres_url()
     if url is None:
         pytest.skip("no PostgreSQL server named (TONGCRM_TEST_POSTGRES_URL)")
-    asyncio.run(_create_database(url))
+    asyncio.run(audience_seed.create_database(url))
     took = asyncio.run(audience_seed.seed(url, MEMBERS, progress=lambda line: print(f"  seed {line}")))
     how = "reused" if took is None else f"seeded in {took:.0f}s"
     print(f"\n{MEMBERS} members, {MEMBERS * audience_seed.ORDERS_PER_MEMBER} orders on postgresql: {how}")
