@@ -169,14 +169,15 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) 
 
 async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:
     """Migrate a new database and mint its first admin key; refuse to serve a database that is behind."""
-    from tongcrm.auth import service as keys
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.auth import audited
 
     engine = create_engine(settings.database_url)
     try:
         if await migrate.is_new_database(engine):
             await migrate.upgrade(engine, host)
             async with session_factory(engine)() as session, session.begin():
-                created = await keys.create_key(session, "admin", label="first admin key")
+                created, _ = await audited.create(session, SYSTEM, "admin", label="first admin key")
             return created.key
         heads, current = await migrate.status(engine, host)
         if heads != current:
@@ -200,12 +201,16 @@ def apikey() -> None:
 @click.option("--label", default="", help="A note to recognise the key by.")
 @pass_ctx
 def apikey_create(ctx: Context, role: str, store_code: str | None, label: str) -> None:
-    """Create a key and print it once; only its hash is stored."""
-    from tongcrm.auth import service as keys
+    """Create a key and print it once; only its hash is stored (audited as ``api_key.create`` by ``cli``)."""
+    from tongcrm.audit.service import Actor
+    from tongcrm.auth import audited
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine)() as session, session.begin():
-            return await keys.create_key(session, role, store_code=store_code, label=label)
+            created, _ = await audited.create(
+                session, Actor(*CLI_ACTOR), role, store_code=store_code, label=label
+            )
+            return created
 
     created = run(_with_engine(ctx.settings, body))
     click.echo(f"created {created.role.value} key #{created.id} (shown once, store it now):", err=True)
@@ -240,12 +245,13 @@ def apikey_list(ctx: Context) -> None:
 @click.argument("key_id")
 @pass_ctx
 def apikey_revoke(ctx: Context, key_id: str) -> None:
-    """Revoke a key by id or prefix."""
-    from tongcrm.auth import service as keys
+    """Revoke a key by id or prefix (audited as ``api_key.revoke`` by ``cli`` when it changed anything)."""
+    from tongcrm.audit.service import Actor
+    from tongcrm.auth import audited
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine)() as session, session.begin():
-            return await keys.revoke_key(session, key_id)
+            return await audited.revoke_named(session, Actor(*CLI_ACTOR), key_id)
 
     info = run(_with_engine(ctx.settings, body))
     click.echo(f"revoked key #{info.id} ({info.prefix}, {info.role})")

@@ -1,5 +1,5 @@
-"""Creating and revoking API keys with their audit records, one unit of work each: the HTTP API and the console
-both come through here, so a key made in either leaves the same trail (``api_key.create``, ``api_key.revoke``:
+"""Creating and revoking API keys with their audit records, one unit of work each: the HTTP API, the console and
+the CLI all come through here, so a key made in either leaves the same trail (``api_key.create``, ``api_key.revoke``:
 the key's id, prefix, role and store, never its secret)."""
 
 from __future__ import annotations
@@ -46,3 +46,8 @@ async def revoke(session: AsyncSession, actor: Actor, key_id: int) -> Revoked:
             after={**_audited(revoked.key), "revoked_at": _iso(revoked.key.revoked_at)},
         )
     return revoked
+
+
+async def revoke_named(session: AsyncSession, actor: Actor, key_id_or_prefix: str) -> KeyInfo:
+    """Revoke a key named by id or prefix (the CLI's way), audited like :func:`revoke`."""
+    return (await revoke(session, actor, await service.key_id_named(session, key_id_or_prefix))).key

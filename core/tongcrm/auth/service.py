@@ -160,15 +160,20 @@ async def revoke(session: AsyncSession, key_id: int) -> Revoked:
     return await _revoke(session, row)
 
 
-async def revoke_key(session: AsyncSession, key_id_or_prefix: str) -> KeyInfo:
-    """Revoke a key named by id or prefix (the CLI's way of naming keys)."""
+async def key_id_named(session: AsyncSession, key_id_or_prefix: str) -> int:
+    """The id of the key named by id or prefix (the CLI's way of naming keys)."""
     cond = ApiKey.prefix == key_id_or_prefix
     if key_id_or_prefix.isdigit():
         cond = sa.or_(cond, ApiKey.id == int(key_id_or_prefix))
-    row = (await session.execute(sa.select(ApiKey).where(cond))).scalar_one_or_none()
-    if row is None:
+    key_id = (await session.execute(sa.select(ApiKey.id).where(cond))).scalar_one_or_none()
+    if key_id is None:
         raise NotFound(f"no API key with id or prefix {key_id_or_prefix!r}")
-    return (await _revoke(session, row)).key
+    return int(key_id)
+
+
+async def revoke_key(session: AsyncSession, key_id_or_prefix: str) -> KeyInfo:
+    """Revoke a key named by id or prefix, without an audit record (``tongcrm.auth.audited`` writes one)."""
+    return (await revoke(session, await key_id_named(session, key_id_or_prefix))).key
 
 
 async def _revoke(session: AsyncSession, row: ApiKey) -> Revoked:

@@ -24,8 +24,8 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import httpx
-from tongcrm.audit.service import Actor
-from tongcrm.auth import service as keys
+from tongcrm.audit.service import SYSTEM, Actor
+from tongcrm.auth import audited as keys
 from tongcrm.campaigns import service as campaigns
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
@@ -356,13 +356,13 @@ class Story:
             await flows.configure(s, "shipping_notice", template="ship", delay_seconds=0)
             await flows.configure(s, "refund_notice", template="refund", delay_seconds=0)
             made = Keys(
-                admin=(await keys.create_key(s, "admin", label="demo admin")).key,
-                operator=(await keys.create_key(s, "operator", label="demo operator")).key,
+                admin=(await keys.create(s, SYSTEM, "admin", label="demo admin"))[0].key,
+                operator=(await keys.create(s, SYSTEM, "operator", label="demo operator"))[0].key,
             )
             for code, _, _ in STORES:
                 made.pos[code] = (
-                    await keys.create_key(s, "pos", store_code=code, label=f"demo till {code}")
-                ).key
+                    await keys.create(s, SYSTEM, "pos", store_code=code, label=f"demo till {code}")
+                )[0].key
         async with open_counter(self.settings, self.host) as counter:
             for code, _, _ in STORES:
                 async with counter.unit_of_work(actor=OPERATOR, tables=POS_TABLES) as uow:
