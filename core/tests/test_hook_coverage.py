@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 import sqlalchemy as sa
+from tongcrm import rotation
 from tongcrm.cli import build_cli
 from tongcrm.config import Settings
 from tongcrm.db.migrate import alembic_config
@@ -40,6 +41,7 @@ from tongcrm.plugin.types import (
     PluginJobContext,
     ResolutionDecision,
     RouteSpec,
+    SealedColumn,
 )
 from tongcrm.testing.database import TestDatabase
 
@@ -97,6 +99,11 @@ class Recorder:
     def jobs(self) -> Sequence[JobSpec]:
         self.calls.add("jobs")
         return [JobSpec("recorder.tick", self._tick)]
+
+    @hookimpl
+    def sealed_columns(self) -> Sequence[SealedColumn]:
+        self.calls.add("sealed_columns")
+        return []
 
     @hookimpl
     def resolve_member(
@@ -167,6 +174,10 @@ async def test_every_hook_is_called_by_the_core(tongcrm_db: TestDatabase, tongcr
     alembic_config(tongcrm_db.url, host)
     host.messengers()  # the messaging dispatcher's registry
     host.entitlement_providers()  # the entitlements.fulfil job's registry
+    async with (
+        tongcrm_db.sessions() as session
+    ):  # `tongcrm keys status` (and `keys rotate`) read the plugins' sealed columns
+        await rotation.key_usage(session, tongcrm_settings.vault(), host)
 
     # identity resolution (registered kinds, then the policy), which creates a member: member_created
     ctx = ResolutionContext(host, tongcrm_settings.vault(), lambda: NOW)

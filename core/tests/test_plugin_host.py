@@ -143,3 +143,30 @@ def test_cli_command_clash_with_core_is_refused(plugin_host: PluginHost) -> None
         PluginError, match=r"command 'serve' is registered by both 'tongcrm' and plugin 'greedy'"
     ):
         plugin_host.cli_commands(reserved={"serve"})
+
+
+def test_sealed_columns_are_checked_and_their_names_unique(plugin_host: PluginHost) -> None:
+    import sqlalchemy as sa
+    from tongcrm import rotation
+    from tongcrm.plugin.types import SealedColumn
+
+    table = sa.Table(
+        "x_tokens", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("tok", sa.Text)
+    )
+    with pytest.raises(ValueError, match="no column 'token'"):
+        SealedColumn("tokens", table, "token", "x.tokens")
+    with pytest.raises(ValueError, match="context_column"):
+        SealedColumn("tokens", table, "tok", lambda row_id: f"x.{row_id}")
+    one = SealedColumn("tokens", table, "tok", lambda row_id: f"x.{row_id}", "id")
+    assert one.context_of(7) == "x.7"
+    plugin_host.register(SimpleNamespace(sealed_columns=hookimpl(lambda: [one])), "first")
+    plugin_host.register(SimpleNamespace(sealed_columns=hookimpl(lambda: [one])), "second")
+    with pytest.raises(PluginError, match="'tokens' is registered by both plugin 'first' and 'second'"):
+        plugin_host.sealed_columns()
+    plugin_host.unregister("second")
+    plugin_host.register(
+        SimpleNamespace(sealed_columns=hookimpl(lambda: [SealedColumn("member mobiles", table, "tok", "x")])),
+        "third",
+    )
+    with pytest.raises(PluginError, match="name of one of the core's"):
+        rotation._stores(plugin_host)

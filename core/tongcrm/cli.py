@@ -275,7 +275,7 @@ def keys_status(ctx: Context) -> None:
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine, readonly=True)() as session, session.begin():
-            return await rotation.key_usage(session, vault)
+            return await rotation.key_usage(session, vault, ctx.host)
 
     usage = run(_with_engine(ctx.settings, body))
     table = Table("stored values", f"current key {usage.current}", "under old keys")
@@ -310,7 +310,11 @@ def keys_rotate(ctx: Context, batch: int) -> None:
 
     async def body(engine: Any) -> Any:
         return await rotation.rotate(
-            session_factory(engine), vault, batch=batch, progress=lambda name, n: click.echo(f"  {name}: {n}")
+            session_factory(engine),
+            vault,
+            batch=batch,
+            progress=lambda name, n: click.echo(f"  {name}: {n}"),
+            host=ctx.host,
         )
 
     report = run(_with_engine(ctx.settings, body))

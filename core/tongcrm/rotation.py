@@ -8,7 +8,8 @@ from ``TONGCRM_OLD_SECRET_KEYS``.
 What is moved: members' encrypted mobiles, mobile identities (blind index and ciphertext together), the
 encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
 replies and unparseable gateway entries, :mod:`tongcrm.privacy.sealed`; one stored before sealing existed is
-in plain text, counted under ``clear``, and is sealed by the rotation), and SMS opt-outs, which are found by blind index and keep
+in plain text, counted under ``clear``, and is sealed by the rotation), what plugins sealed and declared through
+the ``sealed_columns`` hook (e.g. webhook signing secrets), and SMS opt-outs, which are found by blind index and keep
 their number encrypted beside it. An opt-out recorded before its number was kept (revision 0004) moves with the
 mobile identity that has the same index, in the same transaction, so that it is never left findable only under
 a key that is about to go; one of a number no member has cannot be re-indexed (its number is stored nowhere)
@@ -34,11 +35,14 @@ from tongcrm.audit.service import SYSTEM, Actor
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord
 from tongcrm.channels.service import SECRETS_CONTEXT as CHANNEL_SECRETS
 from tongcrm.crypto import Vault
+from tongcrm.errors import PluginError
 from tongcrm.identity.models import Identity
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.messaging.models import InboundRecord, MessengerAccount, SmsOptOut
 from tongcrm.messaging.service import SECRETS_CONTEXT as MESSENGER_SECRETS
+from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import SealedColumn
 from tongcrm.privacy.sealed import INBOUND_PAYLOAD, QUARANTINE_PAYLOAD, is_sealed
 
 #: key ids are 8 hex characters: ciphertexts are ``v1.<kid>.…``, blind indexes ``<kid>.…``
@@ -56,9 +60,20 @@ class _Ciphertexts:
     name: str
     table: sa.Table
     column: str
-    context: str
+    context: str | Callable[[Any], str]
     #: values stored in plain text before the column was encrypted are sealed by the rotation
     seals_clear: bool = False
+    #: when ``context`` is a function: the column of the row it is a function of
+    context_column: str | None = None
+
+    def context_of(self, value: Any) -> str:
+        return self.context(value) if callable(self.context) else self.context
+
+    @classmethod
+    def of(cls, declared: SealedColumn) -> _Ciphertexts:
+        return cls(
+            declared.name, declared.table, declared.column, declared.context, False, declared.context_column
+        )
 
 
 _CIPHERTEXTS = (
@@ -80,6 +95,19 @@ _CIPHERTEXTS = (
         "sms inbound payloads", cast(sa.Table, InboundRecord.__table__), "payload", INBOUND_PAYLOAD, True
     ),
 )
+
+
+def _stores(host: PluginHost | None) -> tuple[_Ciphertexts, ...]:
+    """The core's encrypted columns and the ones installed plugins declared (``sealed_columns``)."""
+    if host is None:
+        return _CIPHERTEXTS
+    declared = tuple(_Ciphertexts.of(column) for column in host.sealed_columns())
+    for store in declared:
+        if store.name in {core.name for core in _CIPHERTEXTS} | {MOBILE_IDENTITIES, OPT_OUTS}:
+            raise PluginError(f"sealed column {store.name!r} has the name of one of the core's")
+    return _CIPHERTEXTS + declared
+
+
 #: the key id ``status`` reports for values stored in plain text
 CLEAR = "clear"
 MOBILE_IDENTITIES = "mobile identities"
@@ -147,7 +175,7 @@ class RotationReport:
             counts[name] = counts.get(name, 0) + n
 
 
-async def key_usage(session: AsyncSession, vault: Vault) -> KeyUsage:
+async def key_usage(session: AsyncSession, vault: Vault, host: PluginHost | None = None) -> KeyUsage:
     by_store: dict[str, dict[str, int]] = {}
 
     async def count(name: str, kid: Any, table: Any, *where: Any) -> None:
@@ -158,7 +186,7 @@ async def key_usage(session: AsyncSession, vault: Vault) -> KeyUsage:
         ).all()
         by_store[name] = {str(k): int(n) for k, n in rows}
 
-    for store in _CIPHERTEXTS:
+    for store in _stores(host):
         column = store.table.c[store.column]
         where = [column.is_not(None), column != ""] if store.seals_clear else [column.is_not(None)]
         await count(store.name, _stored_kid(store), store.table, *where)
@@ -189,10 +217,12 @@ async def rotate(
     batch: int = 500,
     actor: Actor = SYSTEM,
     progress: Progress = None,
+    host: PluginHost | None = None,
 ) -> RotationReport:
-    """Move everything movable to the current key, ``batch`` rows a transaction."""
+    """Move everything movable to the current key, ``batch`` rows a transaction (with ``host``: the plugins'
+    sealed columns too)."""
     report = RotationReport()
-    for store in _CIPHERTEXTS:
+    for store in _stores(host):
         await _rotate_ciphertexts(sessions, vault, store, batch, report, progress)
     await _rotate_mobile_identities(sessions, vault, batch, report, progress)
     await _rotate_opt_outs(sessions, vault, batch, report, progress)
@@ -248,20 +278,22 @@ async def _rotate_ciphertexts(
 ) -> None:
     table, column = store.table, store.table.c[store.column]
     key = table.primary_key.columns.values()[0]
+    bound_to = table.c[store.context_column] if store.context_column else sa.null()
 
     async def page(session: AsyncSession, after: Any) -> Sequence[Any]:
-        query = sa.select(key, column).where(_to_move(store, vault))
+        query = sa.select(key, column, bound_to).where(_to_move(store, vault))
         if after is not None:
             query = query.where(key > after)
         return (await session.execute(query.order_by(key).limit(batch))).all()
 
     async def move(session: AsyncSession, rows: Sequence[Any]) -> dict[str, int]:
         changes = []
-        for row_id, old in rows:
+        for row_id, old, bound in rows:
+            context = store.context_of(bound)
             try:
                 clear = old if store.seals_clear and not is_sealed(old) else None
-                text = clear if clear is not None else vault.decrypt(old, context=store.context)
-                new = vault.encrypt(text, context=store.context)
+                text = clear if clear is not None else vault.decrypt(old, context=context)
+                new = vault.encrypt(text, context=context)
             except ValueError:
                 report.add(report.unreadable, store.name, 1)
                 continue

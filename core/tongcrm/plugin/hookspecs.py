@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         MigrationLocation,
         ResolutionDecision,
         RouteSpec,
+        SealedColumn,
     )
 
 PROJECT = "tongcrm"
@@ -108,6 +109,18 @@ def jobs() -> Sequence[JobSpec]:
 
     A handler receives a :class:`~tongcrm.plugin.types.PluginJobContext` (the store facade, never a session).
     Job names are namespaced with the plugin's name and unique across the core and all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def sealed_columns() -> Sequence[SealedColumn]:
+    """Columns of this plugin's tables that hold values sealed with ``PluginStore.seal`` (secrets, tokens).
+
+    ``tongcrm keys rotate`` re-seals them under the current secret key and ``tongcrm keys status`` counts them, so
+    an operator can retire an old key without breaking the plugin. A plugin that seals values and does not declare
+    them finds them unreadable once the old key leaves ``TONGCRM_OLD_SECRET_KEYS``. Names are unique across
+    plugins.
     """
     raise NotImplementedError
 

@@ -29,6 +29,7 @@ from tongcrm.plugin.types import (
     MigrationLocation,
     ResolutionDecision,
     RouteSpec,
+    SealedColumn,
     validate_name,
 )
 
@@ -245,6 +246,10 @@ class PluginHost:
         return list(
             self._unique("migration_locations", items, lambda m: m.branch_label, "migration branch").values()
         )
+
+    def sealed_columns(self) -> list[SealedColumn]:
+        items = self._collect("sealed_columns", SealedColumn)
+        return list(self._unique("sealed_columns", items, lambda s: s.name, "sealed column").values())
 
     # ---------------------------------------------------------------------------------------------------------
     # policy and events

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import sqlalchemy as sa
+
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
@@ -57,6 +59,7 @@ __all__ = [
     "QuarantinedRecord",
     "ResolutionDecision",
     "RouteSpec",
+    "SealedColumn",
     "SendOutcome",
     "SendRateGate",
     "SendResult",
@@ -606,6 +609,41 @@ class MigrationLocation:
 
     def __post_init__(self) -> None:
         validate_name(self.branch_label, "migration branch")
+
+
+@dataclass(frozen=True, slots=True)
+class SealedColumn:
+    """A column of a plugin's table whose values the plugin sealed with ``PluginStore.seal``.
+
+    Declaring it is what lets an operator retire an old secret key: ``tongcrm keys status`` counts its values per
+    key id and ``tongcrm keys rotate`` re-seals them under the current key, in batches, rewriting a row only if it
+    still holds the value read. A sealed value is bound to the context it was sealed with, so the rotation needs
+    it: one ``context`` for the whole column, or a function of the row's ``context_column`` when the plugin binds
+    each value to its row (e.g. ``lambda endpoint_id: f"webhooks.endpoint.{endpoint_id}"``). The table must have
+    a one-column primary key (the rotation pages by it).
+    """
+
+    #: what ``tongcrm keys status`` calls these values, e.g. ``"webhook secrets"``; unique across plugins
+    name: str
+    table: sa.Table
+    column: str
+    context: str | Callable[[Any], str]
+    context_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("a sealed column needs a name")
+        for column in (self.column, self.context_column):
+            if column is not None and column not in self.table.c:
+                raise ValueError(f"table {self.table.name!r} has no column {column!r}")
+        if callable(self.context) and self.context_column is None:
+            raise ValueError("a context function needs the context_column it is a function of")
+        if len(self.table.primary_key.columns) != 1:
+            raise ValueError(f"table {self.table.name!r} must have a one-column primary key")
+
+    def context_of(self, value: Any) -> str:
+        """The context the value of a row whose ``context_column`` holds ``value`` was sealed with."""
+        return self.context(value) if callable(self.context) else self.context
 
 
 @dataclass(frozen=True, slots=True)

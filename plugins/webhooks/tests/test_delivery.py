@@ -3,12 +3,15 @@ replayed, signed twice during a secret rotation. Every test runs on SQLite and P
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
 import sqlalchemy as sa
+from tongcrm.config import Settings
 from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.runner import Runner
+from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.store import PluginStore
 from tongcrm.testing.database import TestDatabase
 from tongcrm_webhooks import service
@@ -176,3 +179,40 @@ async def test_secrets_are_sealed_at_rest_and_disabled_endpoints_get_nothing(
     async with tongcrm_db.sessions() as session:
         assert (await session.execute(sa.select(sa.func.count()).select_from(MESSAGES))).scalar_one() == 1
         assert (await session.execute(sa.select(sa.func.count()).select_from(DELIVERIES))).scalar_one() == 0
+
+
+async def test_a_key_rotation_reseals_the_secrets_and_signing_goes_on(
+    tongcrm_db: TestDatabase,
+    tongcrm_settings: Settings,
+    host: PluginHost,
+    receiver: Receiver,
+    receiver_url: str,
+    clock: Clock,
+) -> None:
+    """The plugin declares its sealed column, so `tongcrm keys rotate` moves the secrets to the new key and the
+    old key can leave: deliveries are still signed with the endpoint's secret under the new key alone."""
+    from tongcrm import rotation
+    from tongcrm.crypto import Vault
+    from tongcrm.jobs.runner import JobRegistry
+
+    old_key, new_key = tongcrm_settings.secret_key, "the-next-secret-key-0123456789abcdef"
+    old_store = PluginStore(tongcrm_db.sessions, Vault(old_key), clock=clock)
+    created = await service.create_endpoint(old_store, url=receiver_url, event_types=["points.changed"])
+    both = Vault(new_key, [old_key])
+    async with tongcrm_db.sessions() as session:
+        usage = await rotation.key_usage(session, both, host)
+    assert usage.by_store["webhook secrets"] == {Vault(old_key).kid: 1}
+    report = await rotation.rotate(tongcrm_db.sessions, both, batch=1, host=host)
+    assert report.moved["webhook secrets"] == 1 and not report.unreadable
+    async with tongcrm_db.sessions() as session:
+        usage = await rotation.key_usage(session, both, host)
+    assert usage.by_store["webhook secrets"] == {both.kid: 1} and usage.left_on_old_keys() == 0
+
+    only_new = dataclasses.replace(
+        tongcrm_settings, secret_key=new_key, old_secret_keys=()
+    )  # the old key is gone
+    runner = Runner(tongcrm_db.sessions, host, JobRegistry(), clock=clock, services={"settings": only_new})
+    await _emit(tongcrm_db, ("points_changed", {"member_id": 7, "delta": 1, "available": 1, "pending": 0}))
+    await drain(runner)
+    [got] = receiver.requests
+    verify(created.secret, got.headers, got.body, now=clock().timestamp())

@@ -13,7 +13,14 @@ from typing import Any
 
 from tongcrm.plugin import hookimpl
 from tongcrm.plugin.hookspecs import Enqueue
-from tongcrm.plugin.types import DomainEvent, JobSpec, MigrationLocation, PluginJobContext, RouteSpec
+from tongcrm.plugin.types import (
+    DomainEvent,
+    JobSpec,
+    MigrationLocation,
+    PluginJobContext,
+    RouteSpec,
+    SealedColumn,
+)
 
 from tongcrm_webhooks import models as _models  # noqa: F401  (the tables must be on the metadata when loaded)
 from tongcrm_webhooks import service
@@ -30,6 +37,12 @@ def _record(event: DomainEvent, enqueue: Enqueue) -> None:
         "data": dict(event.payload),
     }
     enqueue(service.RECORD_JOB, payload, unique_key=f"{service.RECORD_JOB}:{event.id}")
+
+
+@hookimpl
+def sealed_columns() -> Sequence[SealedColumn]:
+    """Endpoint signing secrets are sealed per endpoint: `tongcrm keys rotate` must re-seal them."""
+    return [service.SEALED_SECRETS]
 
 
 @hookimpl

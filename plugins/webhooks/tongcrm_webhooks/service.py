@@ -28,6 +28,7 @@ import httpx
 import sqlalchemy as sa
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.plugin.store import PluginStore, StoreWork
+from tongcrm.plugin.types import SealedColumn
 
 from tongcrm_webhooks import signing
 from tongcrm_webhooks.models import ATTEMPTS, DELIVERIES, ENDPOINTS, MESSAGES, SECRETS, TABLES
@@ -162,6 +163,10 @@ async def _secrets(uow: StoreWork, endpoint_id: int) -> list[tuple[int, str]]:
 
 def _context(endpoint_id: int) -> str:
     return f"webhooks.endpoint.{endpoint_id}"
+
+
+#: the signing secrets, each sealed bound to its endpoint (declared so that a key rotation re-seals them)
+SEALED_SECRETS = SealedColumn("webhook secrets", SECRETS, "secret_sealed", _context, "endpoint_id")
 
 
 async def _add_secret(store: PluginStore, uow: StoreWork, endpoint_id: int) -> str:
