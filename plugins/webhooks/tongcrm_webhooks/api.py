@@ -66,6 +66,16 @@ class RotateOut(msgspec.Struct):
     previous_expire_at: datetime
 
 
+class ReplayDeadIn(msgspec.Struct, forbid_unknown_fields=True):
+    #: only dead deliveries recorded at or after this moment (an aware date-time); all of them when absent
+    since: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+
+class ReplayDeadOut(msgspec.Struct):
+    #: how many dead deliveries went back in the queue (0 when there were none: a repeated request)
+    replayed: int
+
+
 class ReplayOut(msgspec.Struct):
     delivery: Delivery
     #: false when it was already back in the queue (a repeated request)
@@ -184,3 +194,14 @@ class WebhooksController(Controller):
     async def replay(self, delivery_id: PathId, store: NamedDependency[PluginStore]) -> ReplayOut:
         delivery, changed = await service.replay(store, delivery_id)
         return ReplayOut(delivery, changed)
+
+    @post(
+        "/endpoints/{endpoint_id:int}/replay-dead",
+        opt={**requires(*WRITE_ROLES), **problems(404)},
+        status_code=200,
+        summary="Send every dead letter of an endpoint again (since a moment), each with a fresh set of attempts",
+    )
+    async def replay_dead(
+        self, endpoint_id: PathId, data: JSONBody[ReplayDeadIn], store: NamedDependency[PluginStore]
+    ) -> ReplayDeadOut:
+        return ReplayDeadOut(await service.replay_dead(store, endpoint_id, data.since))

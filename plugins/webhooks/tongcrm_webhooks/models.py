@@ -28,6 +28,10 @@ class WebhookEndpoint(Base):
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: the first failed attempt since the last success (None: the latest attempt succeeded, or none was made)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: why tongcrm disabled it (it failed for too long); None when enabled, or disabled by an admin
+    disabled_reason: Mapped[str | None] = mapped_column(sa.String(200))
 
 
 class WebhookSecret(Base):
@@ -55,7 +59,8 @@ class WebhookMessage(Base):
     #: the exact JSON body sent (and signed) on every attempt
     body: Mapped[str] = mapped_column(sa.Text)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: when it was recorded: the retention sweep removes finished messages by it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class WebhookDelivery(Base):

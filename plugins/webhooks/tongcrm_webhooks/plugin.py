@@ -27,6 +27,8 @@ from tongcrm_webhooks import service
 
 #: How often the delivery sweep runs (retries come due between event-driven runs).
 SWEEP_EVERY = timedelta(seconds=5)
+#: How often finished messages past their retention are removed.
+PRUNE_EVERY = timedelta(hours=1)
 
 
 def _record(event: DomainEvent, enqueue: Enqueue) -> None:
@@ -88,11 +90,16 @@ async def _deliver_job(ctx: PluginJobContext, payload: dict[str, Any]) -> None:
     await service.deliver_due(ctx.store)
 
 
+async def _prune_job(ctx: PluginJobContext, payload: dict[str, Any]) -> None:
+    await service.prune(ctx.store)
+
+
 @hookimpl
 def jobs() -> Sequence[JobSpec]:
     return [
         JobSpec(service.RECORD_JOB, _record_job, max_attempts=10),
         JobSpec(service.DELIVER_JOB, _deliver_job, every=SWEEP_EVERY),
+        JobSpec(service.PRUNE_JOB, _prune_job, every=PRUNE_EVERY),
     ]
 
 

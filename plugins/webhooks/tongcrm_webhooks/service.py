@@ -11,6 +11,10 @@ Why the work is split in jobs the way it is:
   a lease, commits, sends outside any transaction, then records the attempt and the outcome. A runner killed
   mid-send leaves the claim to expire: the delivery is sent again (at least once; receivers dedupe by
   ``webhook-id``, which never changes for a message).
+- An endpoint that has failed every attempt for :data:`DISABLE_AFTER` is disabled by tongcrm (its pending
+  deliveries wait, they are not lost): a receiver that is gone for good should not be retried for ever, and
+  the operator sees why on the endpoint. ``webhooks.prune`` (hourly) removes finished messages older than
+  :data:`RETENTION` with their deliveries and attempts, so the log does not grow without bound.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 import sqlalchemy as sa
 from tongcrm.errors import Conflict, NotFound, Unprocessable
+from tongcrm.logging import get_logger
 from tongcrm.plugin.store import PluginStore, StoreWork
 from tongcrm.plugin.types import SealedColumn
 
@@ -45,8 +50,11 @@ EVENT_TYPES: dict[str, str] = {
 }
 KNOWN_TYPES = frozenset(EVENT_TYPES.values())
 
+log = get_logger(__name__)
+
 RECORD_JOB = "webhooks.record"
 DELIVER_JOB = "webhooks.deliver"
+PRUNE_JOB = "webhooks.prune"
 
 #: Wait before attempt n+1 after n failed attempts (Standard Webhooks suggests a schedule of this shape). After
 #: the last one a delivery is dead: on the dead-letter list until an operator replays it.
@@ -67,6 +75,13 @@ TIMEOUT_SECONDS = 10.0
 RUN_BATCH = 200
 MAX_ROTATION_GRACE = timedelta(days=7)
 MAX_URL = 2000
+#: An endpoint whose attempts have all failed for this long is disabled (Standard Webhooks' providers use days).
+DISABLE_AFTER = timedelta(days=5)
+#: Messages whose every delivery is finished (delivered or dead) are removed this long after they were recorded.
+RETENTION = timedelta(days=30)
+#: Messages one prune transaction removes (with their deliveries and attempts), and transactions one run makes.
+PRUNE_BATCH = 500
+PRUNE_ROUNDS = 40
 
 
 def message_id(event_id: int) -> str:
@@ -122,6 +137,10 @@ class Endpoint:
     created_at: datetime
     updated_at: datetime
     secrets_in_force: int
+    #: the first failed attempt since the last success; None while the latest attempt succeeded
+    failing_since: datetime | None
+    #: why tongcrm disabled it (it failed for longer than five days); None otherwise
+    disabled_reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +164,8 @@ async def _endpoint(uow: StoreWork, endpoint_id: int) -> Endpoint:
         row.created_at,
         row.updated_at,
         count,
+        row.failing_since,
+        row.disabled_reason,
     )
 
 
@@ -220,6 +241,8 @@ async def update_endpoint(store: PluginStore, endpoint_id: int, changes: Mapping
         check_url(values["url"])
     if "event_types" in values:
         values["event_types"] = check_types(values["event_types"])
+    if values.get("enabled") is True:  # enabled again: its failure streak and the reason it was disabled end
+        values.update(failing_since=None, disabled_reason=None)
     async with store.unit_of_work(tables=TABLES) as uow:
         await _endpoint(uow, endpoint_id)
         if values:
@@ -228,7 +251,20 @@ async def update_endpoint(store: PluginStore, endpoint_id: int, changes: Mapping
                 .where(ENDPOINTS.c.id == endpoint_id)
                 .values(**values, updated_at=uow.clock())
             )
+        if values.get("enabled") is True:
+            await _resume(uow, endpoint_id)
         return await _endpoint(uow, endpoint_id)
+
+
+async def _resume(uow: StoreWork, endpoint_id: int) -> None:
+    """An endpoint enabled again gets what waited for it now, not at the next step of each retry schedule."""
+    now = uow.clock()
+    waiting = sa.and_(DELIVERIES.c.endpoint_id == endpoint_id, DELIVERIES.c.status == "pending")
+    await uow.rows.execute(
+        sa.update(DELIVERIES).where(waiting, DELIVERIES.c.next_attempt_at > now).values(next_attempt_at=now)
+    )
+    if (await uow.rows.execute(sa.select(sa.exists().where(waiting)))).scalar_one():
+        await uow.enqueue(DELIVER_JOB, {}, unique_key=f"{DELIVER_JOB}:resume:{endpoint_id}:{now.isoformat()}")
 
 
 async def delete_endpoint(store: PluginStore, endpoint_id: int) -> None:
@@ -322,6 +358,7 @@ async def record(store: PluginStore, payload: Mapping[str, Any]) -> int:
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     delivery_id: int
+    endpoint_id: int
     attempts: int
     url: str
     msg_id: str
@@ -345,7 +382,8 @@ async def _claim(store: PluginStore, limit: int) -> list[_Claimed]:
                     MESSAGES.c.body,
                 )
                 .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
-                .where(due)
+                .join(ENDPOINTS, ENDPOINTS.c.id == DELIVERIES.c.endpoint_id)
+                .where(due, ENDPOINTS.c.enabled)  # a disabled endpoint's deliveries wait for it
                 .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id)
                 .limit(limit)
             )
@@ -374,6 +412,7 @@ async def _claim(store: PluginStore, limit: int) -> list[_Claimed]:
             claimed.append(
                 _Claimed(
                     row.id,
+                    row.endpoint_id,
                     row.attempts,
                     urls[row.endpoint_id],
                     message_id(row.event_id),
@@ -437,6 +476,37 @@ async def _settle(store: PluginStore, item: _Claimed, outcome: _Outcome, attempt
             .where(DELIVERIES.c.id == item.delivery_id, DELIVERIES.c.status == "pending")
             .values(**values)
         )
+        await _track_health(uow, item.endpoint_id, outcome.ok, attempted_at)
+
+
+async def _track_health(uow: StoreWork, endpoint_id: int, ok: bool, attempted_at: datetime) -> None:
+    """A success ends the endpoint's failure streak; a failure starts one or, once it is older than
+    :data:`DISABLE_AFTER`, disables the endpoint with the reason."""
+    endpoint = ENDPOINTS.c.id == endpoint_id
+    if ok:
+        await uow.rows.execute(
+            sa.update(ENDPOINTS)
+            .where(endpoint, ENDPOINTS.c.failing_since.is_not(None))
+            .values(failing_since=None)
+        )
+        return
+    await uow.rows.execute(
+        sa.update(ENDPOINTS)
+        .where(endpoint, ENDPOINTS.c.failing_since.is_(None))
+        .values(failing_since=attempted_at)
+    )
+    now = uow.clock()
+    disabled = await uow.rows.execute(
+        sa.update(ENDPOINTS)
+        .where(endpoint, ENDPOINTS.c.enabled, ENDPOINTS.c.failing_since <= now - DISABLE_AFTER)
+        .values(
+            enabled=False,
+            disabled_reason=f"every attempt failed for {DISABLE_AFTER.days} days",
+            updated_at=now,
+        )
+    )
+    if disabled.rowcount == 1:
+        log.warning("webhook endpoint disabled: it failed for too long", endpoint_id=endpoint_id)
 
 
 async def deliver_due(
@@ -583,3 +653,66 @@ async def replay(store: PluginStore, delivery_id: int) -> tuple[Delivery, bool]:
             )
         delivery, _ = await _delivery_with_attempts(uow, delivery_id)
         return delivery, changed
+
+
+async def replay_dead(store: PluginStore, endpoint_id: int, since: datetime | None = None) -> int:
+    """Put every dead delivery of an endpoint (recorded at or after ``since``) back in the queue with a fresh set
+    of attempts, in one unit of work; returns how many. Repeating it replays nothing twice: a replayed delivery
+    is pending, not dead."""
+    async with store.unit_of_work(tables=TABLES) as uow:
+        await _endpoint(uow, endpoint_id)
+        dead = sa.and_(DELIVERIES.c.endpoint_id == endpoint_id, DELIVERIES.c.status == "dead")
+        if since is not None:
+            dead = sa.and_(dead, DELIVERIES.c.created_at >= since)
+        now = uow.clock()
+        result = await uow.rows.execute(
+            sa.update(DELIVERIES)
+            .where(dead)
+            .values(status="pending", attempts=0, next_attempt_at=now, replays=DELIVERIES.c.replays + 1)
+        )
+        replayed = max(int(result.rowcount or 0), 0)
+        if replayed:
+            await uow.enqueue(
+                DELIVER_JOB, {}, unique_key=f"{DELIVER_JOB}:replay-dead:{endpoint_id}:{now.isoformat()}"
+            )
+        return replayed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# retention
+
+
+async def prune(store: PluginStore) -> int:
+    """The ``webhooks.prune`` job: remove messages recorded more than :data:`RETENTION` ago whose deliveries are
+    all finished (none pending), with their deliveries and attempts, :data:`PRUNE_BATCH` a transaction. A message
+    with a pending delivery stays, however old. Returns how many messages went."""
+    removed = 0
+    for _ in range(PRUNE_ROUNDS):
+        async with store.unit_of_work(tables=TABLES) as uow:
+            pending = sa.exists().where(
+                DELIVERIES.c.message_id == MESSAGES.c.id, DELIVERIES.c.status == "pending"
+            )
+            ids = (
+                (
+                    await uow.rows.execute(
+                        sa.select(MESSAGES.c.id)
+                        .where(MESSAGES.c.created_at < uow.clock() - RETENTION, ~pending)
+                        .order_by(MESSAGES.c.id)
+                        .limit(PRUNE_BATCH)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                break
+            deliveries = sa.select(DELIVERIES.c.id).where(DELIVERIES.c.message_id.in_(ids))
+            await uow.rows.execute(sa.delete(ATTEMPTS).where(ATTEMPTS.c.delivery_id.in_(deliveries)))
+            await uow.rows.execute(sa.delete(DELIVERIES).where(DELIVERIES.c.message_id.in_(ids)))
+            await uow.rows.execute(sa.delete(MESSAGES).where(MESSAGES.c.id.in_(ids)))
+        removed += len(ids)
+        if len(ids) < PRUNE_BATCH:
+            break
+    if removed:
+        log.info("webhook messages pruned", messages=removed, older_than_days=RETENTION.days)
+    return removed
