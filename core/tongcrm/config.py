@@ -83,7 +83,29 @@ class Settings:
             job_lock_seconds=float(env.get("TONGCRM_JOB_LOCK_SECONDS", "300")),
             jobs_queue=env.get("TONGCRM_JOBS_QUEUE", "tongcrm.jobs"),
             jobs_republish_seconds=float(env.get("TONGCRM_JOBS_REPUBLISH_SECONDS", "30")),
+            extra=_provider_settings(env),
         )
+
+
+#: ``TONGCRM_ENTITLEMENTS__<PROVIDER>__<SETTING>=value`` → ``extra["<provider>.<setting>"]`` (lower case): the
+#: settings an installed entitlement provider receives. Double underscores separate the parts because provider
+#: and setting names may hold single ones.
+PROVIDER_ENV_PREFIX = "TONGCRM_ENTITLEMENTS__"
+
+
+def _provider_settings(env: dict[str, str]) -> dict[str, str]:
+    extra: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(PROVIDER_ENV_PREFIX):
+            continue
+        provider, sep, setting = name[len(PROVIDER_ENV_PREFIX) :].partition("__")
+        if not (sep and provider and setting) or "__" in setting:
+            raise ConfigError(
+                f"{name}: expected {PROVIDER_ENV_PREFIX}<PROVIDER>__<SETTING>, e.g. "
+                f"{PROVIDER_ENV_PREFIX}TMALL_COUPON__APP_KEY"
+            )
+        extra[f"{provider.lower()}.{setting.lower()}"] = value
+    return extra
 
 
 def _local_secret(workdir: Path) -> str:
