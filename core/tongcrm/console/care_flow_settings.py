@@ -85,18 +85,14 @@ def delay_of(text: str) -> int | None:
 
 
 async def _page(
-    request: Request[Any, Any, Any],
-    *,
-    problem: str | None = None,
-    failed: str | None = None,
-    status_code: int = 200,
+    request: Request[Any, Any, Any], *, problem: str | None = None, status_code: int = 200
 ) -> Response[str]:
     async with request.app.state.read_sessions() as session:
         view = await settings_view(session)
     return render(
         request,
         "campaigns/care_flow_settings.html",
-        {"v": view, "problem": problem, "failed": failed},
+        {"v": view, "problem": problem},
         title="cfs.title",
         status_code=status_code,
     )
@@ -129,5 +125,5 @@ class CareFlowSettingsPage(ConsoleController):
         except TongcrmError as exc:
             if exc.status_code >= 500:
                 raise
-            return await _page(request, problem=exc.message, failed=flow, status_code=exc.status_code)
+            return await _page(request, problem=f"{flow}: {exc.message}", status_code=exc.status_code)
         return redirect(request, f"{SETTINGS}#flow-{flow}")
