@@ -14,7 +14,7 @@ from tongcrm.console.testing import LADDER, RULES, TMALL
 
 from . import test_browser as framework
 from .ops_kit import ops_host, seed_marketing
-from .test_browser import Served, _shot, _sign_in, _unlabelled_inputs
+from .test_browser import Served, _shot, _sign_in, _tab_reaches, _unlabelled_inputs
 
 # the framework's browser fixtures and skip rule (no /usr/bin/chromium: skipped), by name
 served = framework.served
@@ -91,10 +91,13 @@ async def test_an_operator_changes_a_care_flow_and_reauthorises_a_shop(served: S
     assert await row.get_attribute("data-needs-reauth") == "true"
     await row.get_by_role("link", name="重新授权").click()
     await page.wait_for_url(f"**/console/channels/{TMALL}/reauthorise")
-    assert (
-        await page.locator("input[type=password]").count() == 1
-    )  # the Taobao plugin renews the session only
+    # the Taobao plugin renews the session key only (the app's key and secret stay)
+    assert await page.locator("input[type=password]").count() == 1
     assert await _unlabelled_inputs(page) == []
+    assert await _tab_reaches(page, ["session", "保存并恢复同步"], presses=40) == [
+        "session",
+        "保存并恢复同步",
+    ]
     await _shot(page, served, "channel-reauthorise")
     await page.get_by_label("session").fill("fresh-session-key")
     await page.get_by_role("button", name="保存并恢复同步").click()

@@ -286,6 +286,10 @@ async def test_an_account_is_reauthorised_with_what_its_channel_plugin_asks_for(
         path = "/console/channels/tmall-flagship/reauthorise"
 
         analyst = await sign_in(api, "analyst")
+        dashboard = (await api.get("/console/dashboard")).text
+        assert (
+            f'<a href="{path}" data-reauth-link>' in dashboard
+        )  # the dashboard leads to the account's state
         listing = (await api.get("/console/channels")).text
         assert f'href="{path}"' in listing and WRITE_MARK not in listing
         state = await api.get(path)
@@ -392,3 +396,19 @@ def test_every_catalogue_field_and_parameter_has_a_chinese_description() -> None
     fields = catalogue().fields
     assert {f["field"] for f in fields} <= FIELDS_ZH.keys()
     assert {p["name"] for f in fields for p in f["parameters"]} <= PARAMS_ZH.keys()
+
+
+async def test_the_programme_write_pages_in_english(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=4, vip=2)
+        await sign_in(api, "admin")
+        for path, label in (
+            ("/console/points/rules?lang=en", "Store draft"),
+            ("/console/points/rules/1", "Rule-set version"),
+            ("/console/care-flows/settings", "Care-flow settings"),
+            ("/console/channels/tmall-shop/reauthorise", "is not installed"),
+        ):
+            page = await api.get(path)
+            assert page.status_code == 200 and label in page.text, path
+            assert '<html lang="en">' in page.text
