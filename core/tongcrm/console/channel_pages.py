@@ -123,14 +123,20 @@ class ReauthView:
 
 
 async def reauth_view(session: AsyncSession, host: PluginHost, name: str) -> ReauthView:
+    """One account's state (``GET /api/channel-accounts/{name}``'s view) and what its plugin asks for."""
     account = await channels.get_account(session, name)
-    view = (await channels_view(session, host)).accounts
-    row = next(r for r in view if r.account.id == account.id)
+    state = await session.get(SyncState, account.id)
     try:
         spec = host.channel(account.channel)
     except PluginError:
-        return ReauthView(row, None)
-    return ReauthView(row, spec.reauth_settings)
+        spec = None
+    row = AccountRow(
+        channels.view(account, state),
+        spec.display_name if spec else account.channel,
+        account.status == "needs_reauth",
+        state.last_error_at if state else None,
+    )
+    return ReauthView(row, spec.reauth_settings if spec else None)
 
 
 async def _reauth_page(
