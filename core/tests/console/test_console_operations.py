@@ -34,6 +34,7 @@ PAGES = (
     "/console/points/rules",
     "/console/tiers",
     "/console/channels",
+    "/console/care-flows/settings",
 )
 WRITE_MARK = "data-write"
 
@@ -54,7 +55,9 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
                 page = await api.get(path)
                 assert page.status_code == 200, (role, path, page.text[:500])
                 writes = path in _WRITE_PAGES or path.startswith("/console/segments/")
-                assert (WRITE_MARK in page.text) == (role != "analyst" and writes), (role, path)
+                admin_writes = path in _ADMIN_WRITE_PAGES  # storing a rule set: admin-only, as in the API
+                expected = (role != "analyst" and writes) or (role == "admin" and admin_writes)
+                assert (WRITE_MARK in page.text) == expected, (role, path)
             for nav in ("人群", "营销活动", "营销日历", "积分规则", "等级体系", "渠道与门店"):
                 assert nav in page.text
             edit = await api.get(f"/console/segments/{ops.segment_id}/edit")
@@ -106,7 +109,9 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
 
 
 _WRITE_PAGES = {"/console/segments", "/console/segments/new", "/console/campaigns", "/console/campaigns/spring",
-                "/console/campaigns/autumn", "/console/calendar"}  # fmt: skip
+                "/console/campaigns/autumn", "/console/calendar", "/console/channels",
+                "/console/care-flows/settings"}  # fmt: skip
+_ADMIN_WRITE_PAGES = {"/console/points/rules"}
 
 
 async def test_the_live_count_follows_the_draft_and_names_mistakes(make_client: Any) -> None:

@@ -111,7 +111,10 @@ async def test_the_dashboard_shows_the_apis_figures(
         (30, 3, 2, 5),
     ]
     assert figures["quarantine"] == 1
-    assert "session expired" in html and 'class="bad">是<' in html
+    assert (
+        "session expired" in html
+        and 'class="bad">是 · <a href="/console/channels/tmall-flagship/reauthorise"' in html
+    )
     for name in ("members", "points_liability", "points_pending", "points_expiring_30d", "quarantine"):
         assert _figure(html, name) == figures[name], name
     for o in figures["overlap"]:

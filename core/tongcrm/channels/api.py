@@ -12,7 +12,8 @@ from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
-from tongcrm.auth.service import Role
+from tongcrm.audit.service import Actor
+from tongcrm.auth.service import Principal, Role
 from tongcrm.channels import service
 from tongcrm.config import Settings
 from tongcrm.plugin.host import PluginHost
@@ -94,7 +95,11 @@ class ChannelAccountController(Controller):
         async with read_sessions() as session:
             return _out(await service.account_view(session, name))
 
-    @put("/{name:str}/credentials", opt=requires(*WRITE_ROLES), summary="Re-authorise: replace settings")
+    @put(
+        "/{name:str}/credentials",
+        opt=requires(*WRITE_ROLES),
+        summary="Re-authorise: replace settings (audited)",
+    )
     async def reauthorise(
         self,
         name: FromPath[str],
@@ -102,7 +107,10 @@ class ChannelAccountController(Controller):
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         host: NamedDependency[PluginHost],
         settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
     ) -> AccountOut:
         async with sessions() as session, session.begin():
-            await service.update_secrets(session, host, settings.vault(), name, data.settings)
+            await service.update_secrets(
+                session, host, settings.vault(), name, data.settings, actor=Actor.of(principal)
+            )
             return _out(await service.account_view(session, name))

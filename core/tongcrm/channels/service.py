@@ -12,6 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.audit import service as audit_service
+from tongcrm.audit.service import SYSTEM, Actor
 from tongcrm.channels.models import ChannelAccount, SyncState
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
@@ -163,10 +165,20 @@ async def mark_status(session: AsyncSession, account_id: int, status: str, detai
 
 
 async def update_secrets(
-    session: AsyncSession, host: PluginHost, vault: Vault, name: str, settings: Mapping[str, str | None]
+    session: AsyncSession,
+    host: PluginHost,
+    vault: Vault,
+    name: str,
+    settings: Mapping[str, str | None],
+    *,
+    actor: Actor = SYSTEM,
 ) -> ChannelAccount:
-    """Re-authorise: new settings (e.g. a fresh session token) replace the old ones and the account resumes."""
+    """Re-authorise: new settings (e.g. a fresh session token) replace the old ones and the account resumes.
+
+    Audited as ``channel_account.reauthorise`` with the status before and the names of the settings given
+    (never their values): a shop's sync resuming is something an operator did."""
     account = await get_account(session, name)
+    before = {"status": account.status, "status_detail": account.status_detail}
     spec = _spec(host, account.channel)
     current = dict(account.settings)
     if account.secrets:
@@ -179,4 +191,14 @@ async def update_secrets(
     account.status = "active"
     account.status_detail = ""
     await session.flush()
+    given = sorted(k for k, v in settings.items() if v is not None)
+    audit_service.record(
+        session,
+        actor,
+        "channel_account.reauthorise",
+        "channel_account",
+        account.name,
+        before=before,
+        after={"status": "active", "settings_given": given},
+    )
     return account

@@ -5,24 +5,36 @@ Accounts come from :func:`tongcrm.channels.service.list_accounts`, the service b
 ``GET /api/channel-accounts`` (settings without secrets; which secrets are set). Stores are the accounts of
 channels that declare :attr:`tongcrm.plugin.types.ChannelCapability.STORE` (the account name is the store
 code), with what their orders say: how many and the latest sale. The core names no channel here.
+
+Re-authorising an account (its token expired or was revoked, ``needs_reauth``) follows the channel's own
+contract: the form asks for the settings the plugin's :class:`~tongcrm.plugin.types.ChannelSpec` says a
+re-authorisation renews (``reauthorise``; every secret setting if it names none), each with the plugin's own
+help text, and saves them with :func:`tongcrm.channels.service.update_secrets`, the service behind
+``PUT /api/channel-accounts/{name}/credentials`` (operators and admins; audited as
+``channel_account.reauthorise`` with the names of the settings given, never their values).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
-from litestar import Request, Response, get
+from litestar import Request, Response, get, post
+from litestar.params import PathParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels import service as channels
 from tongcrm.channels.models import SyncState
-from tongcrm.console.web import PREFIX, ConsoleController, page, render
+from tongcrm.console.forms import form_fields
+from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
+from tongcrm.errors import PluginError, TongcrmError, Unprocessable
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
-from tongcrm.plugin.types import ChannelCapability
+from tongcrm.plugin.types import ChannelCapability, SettingField
+
+AccountName = Annotated[str, PathParameter(max_length=100)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +113,73 @@ class ChannelsPage(ConsoleController):
         async with request.app.state.read_sessions() as session:
             view = await channels_view(session, request.app.state.host)
         return render(request, "channels/channels.html", {"v": view}, title="chan.title")
+
+
+@dataclass(frozen=True, slots=True)
+class ReauthView:
+    account: AccountRow
+    #: What the channel's plugin asks for; None when the plugin is not installed (nothing to re-authorise with).
+    fields: tuple[SettingField, ...] | None
+
+
+async def reauth_view(session: AsyncSession, host: PluginHost, name: str) -> ReauthView:
+    """One account's state (``GET /api/channel-accounts/{name}``'s view) and what its plugin asks for."""
+    account = await channels.get_account(session, name)
+    state = await session.get(SyncState, account.id)
+    try:
+        spec = host.channel(account.channel)
+    except PluginError:
+        spec = None
+    row = AccountRow(
+        channels.view(account, state),
+        spec.display_name if spec else account.channel,
+        account.status == "needs_reauth",
+        state.last_error_at if state else None,
+    )
+    return ReauthView(row, spec.reauth_settings if spec else None)
+
+
+async def _reauth_page(
+    request: Request[Any, Any, Any], name: str, *, problem: str | None = None, status_code: int = 200
+) -> Response[str]:
+    async with request.app.state.read_sessions() as session:
+        view = await reauth_view(session, request.app.state.host, name)
+    return render(
+        request,
+        "channels/reauthorise.html",
+        {"v": view, "problem": problem},
+        title="chan.reauth_title",
+        status_code=status_code,
+    )
+
+
+class ChannelAccountPages(ConsoleController):
+    path = PREFIX + "/channels/{name:str}"
+
+    @get("/reauthorise", opt=page())
+    async def show(self, request: Request[Any, Any, Any], name: AccountName) -> Response[str]:
+        return await _reauth_page(request, name)
+
+    @post("/reauthorise", opt=action())
+    async def reauthorise(self, request: Request[Any, Any, Any], name: AccountName) -> Response[Any]:
+        """Save the renewed settings the form names (blank ones keep their value) and resume the account."""
+        form = await form_fields(request)
+        state = request.app.state
+        try:
+            async with state.sessions() as session, session.begin():
+                fields = (await reauth_view(session, state.host, name)).fields
+                if fields is None:
+                    raise Unprocessable("the channel's plugin is not installed: nothing can re-authorise it")
+                given = {f.name: form[f.name] for f in fields if form.get(f.name, "").strip()}
+                if not given:
+                    raise Unprocessable(
+                        "give the renewed value of at least one of: " + ", ".join(f.name for f in fields)
+                    )
+                await channels.update_secrets(
+                    session, state.host, state.settings.vault(), name, given, actor=actor_of(request)
+                )
+        except TongcrmError as exc:
+            if exc.status_code >= 500 or exc.status_code == 404:
+                raise
+            return await _reauth_page(request, name, problem=exc.message, status_code=exc.status_code)
+        return redirect(request, f"{PREFIX}/channels?reauthorised={name}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tongcrm.console.labels_ops import EN_OPS, ZH_OPS
+from tongcrm.console.labels_programme import EN_PROGRAMME, ZH_PROGRAMME
 
 DEFAULT_LANG = "zh"
 
@@ -307,6 +308,8 @@ EN: dict[str, str] = {
 # the operations pages' labels (segments, campaigns, calendar, rules, tiers, channels) live in their own module
 ZH.update(ZH_OPS)
 EN.update(EN_OPS)
+ZH.update(ZH_PROGRAMME)
+EN.update(EN_PROGRAMME)
 
 CATALOGS: Mapping[str, Mapping[str, str]] = {"zh": ZH, "en": EN}
 

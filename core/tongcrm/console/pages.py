@@ -12,7 +12,8 @@ from tongcrm.auth.service import Role
 from tongcrm.console.admin import AuditPage, KeyPages
 from tongcrm.console.auth import SignInPages, root
 from tongcrm.console.campaign_pages import CalendarPage, CampaignPages, CareFlowPage
-from tongcrm.console.channel_pages import ChannelsPage
+from tongcrm.console.care_flow_settings import CareFlowSettingsPage
+from tongcrm.console.channel_pages import ChannelAccountPages, ChannelsPage
 from tongcrm.console.dashboard import DashboardPage
 from tongcrm.console.members import MemberPages
 from tongcrm.console.programme_pages import PointsRulesPage, TiersPage
@@ -30,10 +31,12 @@ PAGES: tuple[ControllerRouterHandler, ...] = (
     SegmentPages,
     CampaignPages,
     CareFlowPage,
+    CareFlowSettingsPage,
     CalendarPage,
     PointsRulesPage,
     TiersPage,
     ChannelsPage,
+    ChannelAccountPages,
     QuarantinePage,
 )
 
@@ -44,6 +47,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("nav.segments", PREFIX + "/segments"),
     NavItem("nav.campaigns", PREFIX + "/campaigns"),
     NavItem("nav.calendar", PREFIX + "/calendar"),
+    NavItem("nav.care_settings", PREFIX + "/care-flows/settings"),
     NavItem("nav.points_rules", PREFIX + "/points/rules"),
     NavItem("nav.tiers", PREFIX + "/tiers"),
     NavItem("nav.channels", PREFIX + "/channels"),

@@ -1,10 +1,14 @@
 """Console pages for the loyalty rules: points rule-set versions with a draft's backtest ("what a draft rule
-would have paid"), and the tier ladder with its preview ("who moves").
+would have paid") and their activation, and the tier ladder with its preview ("who moves") and its application.
 
 Both previews write nothing, so whoever may read may run them, as with ``POST /api/points/rules/preview`` and
 ``POST /api/tiers/preview``; they are POSTs (a draft document is too long for a URL) carrying the session's
-CSRF token. Storing or activating rules and applying a ladder stay admin calls of the API: these pages offer no
-write control.
+CSRF token. Storing a rule set, activating one and applying a ladder are admin calls of the API
+(``POST /api/points/rules``, ``POST /api/points/rules/{v}/activate``, ``PUT /api/tiers/ladder``), and so they
+are here: the same service functions with the session key as the actor, audited as the API audits them. Each
+write comes after what it changes was shown: a version is activated from its review page, which backtests it
+against the orders paid since a day; a ladder is applied from the result of its preview, which carries the
+previewed document unchanged.
 """
 
 from __future__ import annotations
@@ -12,14 +16,27 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
+from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.console.forms import form_fields
-from tongcrm.console.web import PREFIX, READ_ROLES, ConsoleController, action, page, render
-from tongcrm.errors import BadRequest, TongcrmError, Unprocessable
+from tongcrm.api.inputs import PathInt32
+from tongcrm.auth.service import Role
+from tongcrm.console.forms import form_fields, principal_of
+from tongcrm.console.web import (
+    PREFIX,
+    READ_ROLES,
+    ConsoleController,
+    action,
+    actor_of,
+    page,
+    redirect,
+    render,
+)
+from tongcrm.db.engine import transaction
+from tongcrm.errors import BadRequest, NotFound, TongcrmError, Unprocessable
 from tongcrm.points import service as points
 from tongcrm.points.schemas import BacktestReport, RuleSetOut
 from tongcrm.tiers import service as tiers
@@ -76,7 +93,6 @@ async def _rules_page(
     state = request.app.state
     async with state.read_sessions() as session:
         view = await rules_view(session)
-    today = datetime.now(UTC).astimezone(state.settings.tz).date()
     return render(
         request,
         "programme/points_rules.html",
@@ -84,13 +100,24 @@ async def _rules_page(
             "v": view,
             "json": _json,
             "draft": draft if draft is not None else (_json(view.active.document) if view.active else ""),
-            "since": since or (today - timedelta(days=BACKTEST_DAYS)).isoformat(),
+            "since": since or _default_since(state.settings),
             "report": report,
             "problem": problem,
         },
         title="rules.title",
         status_code=status_code,
     )
+
+
+def _since(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise Unprocessable(f"since: {text!r} is not a date like 2026-01-31") from exc
+
+
+def _default_since(settings: Any) -> str:
+    return (datetime.now(UTC).astimezone(settings.tz).date() - timedelta(days=BACKTEST_DAYS)).isoformat()
 
 
 class PointsRulesPage(ConsoleController):
@@ -100,15 +127,76 @@ class PointsRulesPage(ConsoleController):
     async def show(self, request: Request[Any, Any, Any]) -> Response[str]:
         return await _rules_page(request)
 
+    @post("/", opt=action(Role.ADMIN))
+    async def store(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        """Store the draft as a new version (``POST /api/points/rules`` without ``activate``); it earns
+        nothing until it is activated from its review page, which this answer opens."""
+        form = await form_fields(request)
+        draft, note = form.get("document", ""), form.get("note", "").strip()
+        if len(note) > 500:
+            raise BadRequest("note: at most 500 characters")
+        try:
+            document = _document(draft)
+            async with transaction(request.app.state.sessions) as session:
+                stored = await points.create_rule_set(
+                    session,
+                    document,
+                    now=datetime.now(UTC),
+                    note=note,
+                    actor=f"apikey:{principal_of(request).key_id}",
+                    auditor=actor_of(request),
+                )
+        except TongcrmError as exc:
+            if exc.status_code >= 500:
+                raise
+            return await _rules_page(request, draft=draft, problem=exc.message, status_code=exc.status_code)
+        return redirect(request, f"{PREFIX}/points/rules/{stored.version}")
+
+    @get("/{version:int}", opt=page())
+    async def review(
+        self,
+        request: Request[Any, Any, Any],
+        version: PathInt32,
+        since: Annotated[str | None, QueryParameter(max_length=10)] = None,
+    ) -> Response[str]:
+        """One version: its document, the backtest of it against what was paid since ``since``, and (for
+        admins, when it is not the active one) the button that activates it."""
+        settings = request.app.state.settings
+        since_text = since or _default_since(settings)
+        problem, report, status_code = None, None, 200
+        async with request.app.state.read_sessions() as session:
+            view = await rules_view(session)
+            chosen = next((v for v in view.versions if v.version == version), None)
+            if chosen is None:
+                raise NotFound(f"no rule set version {version}")
+            try:
+                report = await backtest(session, settings, chosen.document, _since(since_text))
+            except TongcrmError as exc:
+                if exc.status_code >= 500:
+                    raise
+                problem, status_code = exc.message, exc.status_code
+        return render(
+            request,
+            "programme/rule_version.html",
+            {"r": chosen, "active": view.active, "json": _json, "since": since_text, "report": report,
+             "problem": problem},
+            title="rules.review_title",
+            status_code=status_code,
+        )  # fmt: skip
+
+    @post("/{version:int}/activate", opt=action(Role.ADMIN))
+    async def activate(self, request: Request[Any, Any, Any], version: PathInt32) -> Response[Any]:
+        """``POST /api/points/rules/{version}/activate``: the version earns from now on, audited."""
+        async with transaction(request.app.state.sessions) as session:
+            await points.activate_rule_set(session, version, now=datetime.now(UTC), actor=actor_of(request))
+        return redirect(request, f"{PREFIX}/points/rules")
+
     @post("/backtest", opt=action(*READ_ROLES), status_code=200)
     async def backtest(self, request: Request[Any, Any, Any]) -> Response[str]:
         form = await form_fields(request)
         draft, since_text = form.get("document", ""), form.get("since", "")
         try:
-            try:
-                since = date.fromisoformat(since_text)
-            except ValueError as exc:
-                raise Unprocessable(f"since: {since_text!r} is not a date like 2026-01-31") from exc
+            since = _since(since_text)
             document = _document(draft)
             async with request.app.state.read_sessions() as session:
                 report = await backtest(session, request.app.state.settings, document, since)
@@ -192,3 +280,48 @@ class TiersPage(ConsoleController):
                 raise
             return await _tiers_page(request, draft=draft, problem=exc.message, status_code=exc.status_code)
         return await _tiers_page(request, draft=draft, preview=result)
+
+    @post("/apply", opt=action(Role.ADMIN))
+    async def apply(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        """``PUT /api/tiers/ladder``: the previewed draft becomes the ladder in force (upgrades follow at once
+        through ``tiers.upgrade_all``, drops wait for each member's review), audited as
+        ``tiers.ladder.apply``. The form that posts here is shown only under a preview of the same text."""
+        form = await form_fields(request)
+        draft, reason = form.get("ladder", ""), form.get("reason", "").strip()
+        if len(reason) > 500:
+            raise BadRequest("reason: at most 500 characters")
+        settings = request.app.state.settings
+        try:
+            document = _document(draft)
+            async with transaction(request.app.state.sessions) as session:
+                await tiers.apply_ladder(
+                    session,
+                    tiers.TierContext.of(settings, actor=f"key:{principal_of(request).key_id}"),
+                    document,
+                    reason=reason,
+                    actor=actor_of(request),
+                )
+        except TongcrmError as exc:
+            if exc.status_code >= 500:
+                raise
+            # refused (no reason given, say): the preview and its apply form again, with the reason why
+            return await _tiers_page(
+                request,
+                draft=draft,
+                preview=await _preview_of(request, draft),
+                problem=exc.message,
+                status_code=exc.status_code,
+            )
+        return redirect(request, f"{PREFIX}/tiers")
+
+
+async def _preview_of(request: Request[Any, Any, Any], draft: str) -> tiers.Preview | None:
+    """The draft's preview, or None when the draft itself is what is wrong."""
+    try:
+        document = _document(draft)
+        async with request.app.state.read_sessions() as session:
+            return await tiers.preview(session, tiers.TierContext.of(request.app.state.settings), document)
+    except TongcrmError as exc:
+        if exc.status_code >= 500:
+            raise
+        return None

@@ -25,6 +25,7 @@ from tongcrm.api.inputs import MAX_ID, PathId
 from tongcrm.console.charts import DailyPoint, daily_counts
 from tongcrm.console.forms import form_fields, principal_of
 from tongcrm.console.i18n import translate
+from tongcrm.console.segment_fields_zh import in_chinese
 from tongcrm.console.web import (
     PREFIX,
     READ_ROLES,
@@ -130,10 +131,13 @@ async def segment_detail(
     )
 
 
-def editor_config(lang_labels: Mapping[str, str]) -> str:
+def editor_config(lang_labels: Mapping[str, str], lang: str = "en") -> str:
     """The catalogue and the editor's labels as JSON for ``segment-editor.js`` (read from a
-    ``<script type="application/json">``: data, not code, so the page's CSP allows it)."""
+    ``<script type="application/json">``: data, not code, so the page's CSP allows it); in zh the fields'
+    and parameters' descriptions are Chinese (:mod:`tongcrm.console.segment_fields_zh`)."""
     fields = [f for f in catalogue().fields if f["available"]]
+    if lang == "zh":
+        fields = [in_chinese(f) for f in fields]
     return json.dumps({"fields": fields, "labels": dict(lang_labels)}, ensure_ascii=False).replace(
         "</", "<\\/"
     )
@@ -175,7 +179,7 @@ def _editor(
             "note": note,
             "result": result,
             "problem": problem,
-            "config": editor_config(labels),
+            "config": editor_config(labels, lang),
         },
         title="seg.edit_title" if segment else "seg.new_title",
         status_code=status_code,

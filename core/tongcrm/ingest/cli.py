@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tongcrm.audit.service import Actor
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
 from tongcrm.db.engine import create_engine, session_factory
@@ -153,7 +154,9 @@ def channel_group(host: PluginHost) -> click.Group:
             engine = create_engine(settings.database_url)
             try:
                 async with session_factory(engine)() as session, session.begin():
-                    await accounts.update_secrets(session, host, settings.vault(), name, values)
+                    await accounts.update_secrets(
+                        session, host, settings.vault(), name, values, actor=Actor("cli", "admin")
+                    )
             finally:
                 await engine.dispose()
 

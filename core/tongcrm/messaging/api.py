@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.api.inputs import PathId, QueryId, QueryOffset
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.channels.service import get_account as get_channel_account
 from tongcrm.crypto import Vault
@@ -284,13 +285,14 @@ class CareFlowController(Controller):
     @put(
         "/{flow:str}",
         opt=requires(*WRITE_ROLES),
-        summary="Configure a flow (default or per channel account)",
+        summary="Configure a flow (default or per channel account; audited)",
     )
     async def configure(
         self,
         flow: FromPath[str],
         data: JSONBody[FlowConfigIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        principal: NamedDependency[Principal],
     ) -> FlowConfigOut:
         async with transaction(sessions) as session:
             account_id = None
@@ -303,6 +305,7 @@ class CareFlowController(Controller):
                 channel_account_id=account_id,
                 enabled=data.enabled,
                 delay_seconds=data.delay_seconds,
+                actor=Actor.of(principal),
             )
         return _config_out(config)
 

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.audit import service as audit_service
 from tongcrm.errors import NotFound, Unprocessable
 from tongcrm.messaging import service
 from tongcrm.messaging.models import CareFlowConfig, Message, MessageTemplate
@@ -112,7 +113,11 @@ async def configure(
     channel_account_id: int | None = None,
     enabled: bool = True,
     delay_seconds: int | None = None,
+    actor: audit_service.Actor = audit_service.SYSTEM,
 ) -> CareFlowConfig:
+    """Set how ``flow_name`` runs for one channel account (or by default), audited as
+    ``care_flow.configure`` with the settings before and after: turning a flow off stops messages to
+    customers, so who did it and when must be answerable."""
     flow = get_flow(flow_name)
     tpl = await service.get_template(session, template)
     if delay_seconds is not None and delay_seconds < 0:
@@ -126,6 +131,7 @@ async def configure(
     config = (
         await session.execute(sa.select(CareFlowConfig).where(CareFlowConfig.flow == flow.name, cond))
     ).scalar_one_or_none()
+    before = None if config is None else _config_state(config)
     if config is None:
         config = CareFlowConfig(flow=flow.name, channel_account_id=channel_account_id)
         session.add(config)
@@ -133,7 +139,25 @@ async def configure(
     config.delay_seconds = delay
     config.template_id = tpl.id
     await session.flush()
+    audit_service.record(
+        session,
+        actor,
+        "care_flow.configure",
+        "care_flow",
+        flow.name if channel_account_id is None else f"{flow.name}:{channel_account_id}",
+        before=before,
+        after=_config_state(config),
+    )
     return config
+
+
+def _config_state(config: CareFlowConfig) -> dict[str, object]:
+    return {
+        "channel_account_id": config.channel_account_id,
+        "enabled": config.enabled,
+        "delay_seconds": config.delay_seconds,
+        "template_id": config.template_id,
+    }
 
 
 async def config_for(

@@ -420,12 +420,25 @@ class ChannelSpec:
     factory: Callable[[ChannelContext], ChannelAdapter]
     capabilities: frozenset[ChannelCapability] = frozenset({ChannelCapability.FETCH_ORDERS})
     identity_kinds: tuple[IdentityKindSpec, ...] = ()
+    #: The settings a re-authorisation renews (the shop's OAuth access token, not the app's key): what an
+    #: operator is asked for when the account ``needs_reauth``. Empty: every secret setting.
+    reauthorise: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_name(self.name, "channel")
         names = [s.name for s in self.settings]
         if len(names) != len(set(names)):
             raise ValueError(f"channel {self.name!r} declares a setting twice")
+        unknown = sorted(set(self.reauthorise) - set(names))
+        if unknown:
+            raise ValueError(f"channel {self.name!r} re-authorises undeclared settings: {', '.join(unknown)}")
+
+    @property
+    def reauth_settings(self) -> tuple[SettingField, ...]:
+        """The settings an operator supplies to re-authorise an account of this channel."""
+        if self.reauthorise:
+            return tuple(s for s in self.settings if s.name in self.reauthorise)
+        return tuple(s for s in self.settings if s.secret)
 
 
 # --------------------------------------------------------------------------------------------------------------

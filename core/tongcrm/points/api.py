@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.api.inputs import MAX_INT32, BodyId, PathId, PathInt32, QueryOffset
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
+from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.config import Settings
 from tongcrm.db.engine import transaction
@@ -225,14 +226,22 @@ class PointsRulesController(Controller):
                 note=data.note,
                 actor=f"apikey:{principal.key_id}",
                 activate=data.activate,
+                auditor=Actor.of(principal),
             )
 
-    @post("/{version:int}/activate", opt=requires(Role.ADMIN), summary="Make a version the active one")
+    @post(
+        "/{version:int}/activate", opt=requires(Role.ADMIN), summary="Make a version the active one (audited)"
+    )
     async def activate_rule_set(
-        self, version: PathInt32, sessions: NamedDependency[async_sessionmaker[AsyncSession]]
+        self,
+        version: PathInt32,
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        principal: NamedDependency[Principal],
     ) -> RuleSetOut:
         async with transaction(sessions) as session:
-            return await service.activate_rule_set(session, version, now=datetime.now(UTC))
+            return await service.activate_rule_set(
+                session, version, now=datetime.now(UTC), actor=Actor.of(principal)
+            )
 
     @post(
         "/preview",

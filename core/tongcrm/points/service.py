@@ -29,6 +29,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.audit import service as audit_service
 from tongcrm.db import txcache
 from tongcrm.db.dialect import dialect_name, insert, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -935,6 +936,7 @@ async def create_rule_set(
     note: str = "",
     actor: str = "system",
     activate: bool = False,
+    auditor: audit_service.Actor = audit_service.SYSTEM,
 ) -> RuleSetOut:
     doc = parse_document(document)
     version = (
@@ -956,14 +958,26 @@ async def create_rule_set(
     session.add(row)
     await session.flush()
     if activate:
-        return await activate_rule_set(session, version, now=now)
+        return await activate_rule_set(session, version, now=now, actor=auditor)
     return _rule_set_out(row)
 
 
-async def activate_rule_set(session: AsyncSession, version: int, *, now: datetime) -> RuleSetOut:
+async def activate_rule_set(
+    session: AsyncSession,
+    version: int,
+    *,
+    now: datetime,
+    actor: audit_service.Actor = audit_service.SYSTEM,
+) -> RuleSetOut:
+    """Make ``version`` the rule set that earns from now on (the one active before retires), audited as
+    ``points.rules.activate`` with the versions before and after: which rules paid an order is a question
+    support answers from the audit log."""
     row = await session.get(PointsRuleSet, version, with_for_update=True)
     if row is None:
         raise NotFound(f"no rule set version {version}")
+    before = (
+        await session.execute(sa.select(PointsRuleSet.version).where(PointsRuleSet.status == "active"))
+    ).scalar_one_or_none()
     await session.execute(
         sa.update(PointsRuleSet)
         .where(PointsRuleSet.status == "active", PointsRuleSet.version != version)
@@ -973,6 +987,16 @@ async def activate_rule_set(session: AsyncSession, version: int, *, now: datetim
     row.activated_at = now
     await session.flush()
     txcache.forget(session, _RULES_KEY)
+    audit_service.record(
+        session,
+        actor,
+        "points.rules.activate",
+        "points_rule_set",
+        version,
+        before={"active_version": before},
+        after={"active_version": version, "note": row.note},
+        at=now,
+    )
     return _rule_set_out(row)
 
 

@@ -15,6 +15,8 @@ JD_CHANNEL = ChannelSpec(
     settings=SETTINGS,
     factory=create_adapter,
     identity_kinds=IDENTITY_KINDS,
+    # the shop re-authorises the JOS app and brings back a new access token; the app's key stays
+    reauthorise=("access_token",),
 )
 
 

@@ -78,6 +78,8 @@ TAOBAO_CHANNEL = ChannelSpec(
     factory=_factory,
     capabilities=frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.PUSH}),
     identity_kinds=IDENTITY_KINDS,
+    # the seller re-authorises the app on Taobao and brings back a new session key; the app's key stays
+    reauthorise=("session",),
 )
 
 

@@ -1,0 +1,137 @@
+"""The programme's write pages in a real browser (Debian's headless Chromium through Playwright, the framework's
+fixtures from ``test_browser``): an admin stores a draft rule set, reads its backtest and activates it, previews a
+ladder and applies it; an operator changes a care flow's settings and re-authorises a Tmall shop whose session
+expired with what the Taobao plugin asks for; an analyst sees none of these controls and its forged POSTs are
+refused. Every input has a label; a screenshot of each page goes to the framework's screenshot folder."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tongcrm.channels import service as channels
+from tongcrm.console.testing import LADDER, RULES, TMALL
+
+from . import test_browser as framework
+from .ops_kit import ops_host, seed_marketing
+from .test_browser import Served, _shot, _sign_in, _tab_reaches, _unlabelled_inputs
+
+# the framework's browser fixtures and skip rule (no /usr/bin/chromium: skipped), by name
+served = framework.served
+browser = framework.browser
+pytestmark = framework.pytestmark
+
+DOUBLE = {"rules": [{**RULES["rules"][0], "points_per_yuan": "2"}]}
+THREE_TIERS = {**LADDER, "tiers": [*LADDER["tiers"], {"code": "silver", "name": "银卡", "rule": {"metric": "spend_fen", "min": 50_000}}]}  # fmt: skip
+
+
+async def test_an_admin_activates_a_backtested_rule_set_and_applies_a_previewed_ladder(
+    served: Served, browser: Any
+) -> None:
+    page = await (await browser.new_context(locale="zh-CN")).new_page()
+    await _sign_in(page, served, "admin")
+    await page.get_by_role("link", name="积分规则").first.click()
+    await page.wait_for_url("**/console/points/rules")
+    await page.get_by_label("草稿规则集（JSON）").fill(json.dumps(DOUBLE))
+    await page.get_by_label("备注").fill("双倍积分")
+    await page.get_by_role("button", name="保存草稿").click()
+    await page.wait_for_url("**/console/points/rules/2")
+    backtest = await page.locator("[data-backtest] p").first.inner_text()
+    assert "草稿规则" in backtest and "差额 +" in backtest
+    assert await _unlabelled_inputs(page) == []
+    await _shot(page, served, "rule-version")
+    await page.get_by_role("button", name="启用第 2 版").click()
+    await page.wait_for_url("**/console/points/rules")
+    assert await page.locator('[data-rule-version="2"][data-status="active"]').count() == 1
+    assert await page.locator('[data-rule-version="1"][data-status="retired"]').count() == 1
+    await _shot(page, served, "points-rules-activated")
+
+    await page.get_by_role("link", name="等级体系").first.click()
+    await page.wait_for_url("**/console/tiers")
+    assert await page.get_by_role("button", name="应用此等级体系").count() == 0  # only under a preview
+    await page.get_by_label("草稿等级体系（JSON）").fill(json.dumps(THREE_TIERS, ensure_ascii=False))
+    await page.get_by_role("button", name="预览").click()
+    await page.wait_for_url("**/console/tiers/preview")
+    assert await page.locator("[data-draft-preview]").is_visible()
+    assert await _unlabelled_inputs(page) == []
+    await _shot(page, served, "tier-apply")
+    await page.get_by_label("变更原因（必填，记入审计）").fill("增设银卡")
+    await page.get_by_role("button", name="应用此等级体系").click()
+    await page.wait_for_url("**/console/tiers")
+    assert "第 2 版" in await page.locator("#h-ladder").inner_text()
+    assert await page.locator('[data-tier-code="silver"]').count() == 1
+
+
+async def test_an_operator_changes_a_care_flow_and_reauthorises_a_shop(served: Served, browser: Any) -> None:
+    await seed_marketing(served.db, ops_host(), members=2, vip=1, mobile_prefix="+86136")  # a template: promo
+    async with served.db.sessions() as session, session.begin():
+        await channels.mark_status(session, served.seeded.tmall_account, "needs_reauth", "session-expired")
+    page = await (await browser.new_context(locale="zh-CN")).new_page()
+    await _sign_in(page, served, "operator")
+
+    await page.get_by_role("link", name="关怀流程").first.click()
+    await page.wait_for_url("**/console/care-flows/settings")
+    flow = page.locator('[data-flow="shipping_notice"]')
+    assert await flow.locator("text=未配置").count() == 1
+    assert await _unlabelled_inputs(page) == []
+    await flow.get_by_label("消息模板").select_option("promo")
+    await flow.get_by_label("延迟（秒）").fill("120")
+    await flow.get_by_role("button", name="保存").click()
+    await page.wait_for_url("**/console/care-flows/settings#flow-shipping_notice")
+    saved = page.locator('[data-config="shipping_notice:*"]')
+    assert (
+        await saved.get_attribute("data-enabled") == "true"
+        and await saved.get_attribute("data-delay") == "120"
+    )
+    await _shot(page, served, "care-flow-settings")
+
+    await page.get_by_role("link", name="渠道与门店").first.click()
+    await page.wait_for_url("**/console/channels")
+    row = page.locator(f'[data-account="{TMALL}"]')
+    assert await row.get_attribute("data-needs-reauth") == "true"
+    await row.get_by_role("link", name="重新授权").click()
+    await page.wait_for_url(f"**/console/channels/{TMALL}/reauthorise")
+    # the Taobao plugin renews the session key only (the app's key and secret stay)
+    assert await page.locator("input[type=password]").count() == 1
+    assert await _unlabelled_inputs(page) == []
+    assert await _tab_reaches(page, ["session", "保存并恢复同步"], presses=40) == [
+        "session",
+        "保存并恢复同步",
+    ]
+    await _shot(page, served, "channel-reauthorise")
+    await page.get_by_label("session").fill("fresh-session-key")
+    await page.get_by_role("button", name="保存并恢复同步").click()
+    await page.wait_for_url("**/console/channels?reauthorised=*")
+    assert await page.locator(f'[data-account="{TMALL}"]').get_attribute("data-needs-reauth") == "false"
+    assert "fresh-session-key" not in await page.content()
+
+
+async def test_an_analyst_sees_no_programme_write_control_and_cannot_post_one(
+    served: Served, browser: Any
+) -> None:
+    context = await browser.new_context(locale="zh-CN")
+    page = await context.new_page()
+    await _sign_in(page, served, "analyst")
+    for path in (
+        "/console/points/rules",
+        "/console/points/rules/1",
+        "/console/tiers",
+        "/console/care-flows/settings",
+        "/console/channels",
+        f"/console/channels/{TMALL}/reauthorise",
+    ):
+        await page.goto(served.url + path)
+        assert await page.locator("[data-write]").count() == 0, path
+        assert await _unlabelled_inputs(page) == [], path
+    await _shot(page, served, "channel-reauthorise-analyst")
+    token = await page.locator("input[name=csrf_token]").first.get_attribute("value")
+    for path, form in (
+        ("/console/points/rules/1/activate", {}),
+        ("/console/tiers/apply", {"ladder": json.dumps(LADDER), "reason": "x"}),
+        ("/console/care-flows/settings/shipping_notice", {"template": "x"}),
+        (f"/console/channels/{TMALL}/reauthorise", {"session": "stolen"}),
+    ):
+        answer = await context.request.post(
+            served.url + path, form={**form, "csrf_token": token or ""}, max_redirects=0
+        )
+        assert answer.status == 403, path
