@@ -29,16 +29,19 @@ CAMPAIGN: dict[str, Any] = {
 }
 
 
-async def vip_world(db: Any, clock: Any, n: int, *, segment: bool = True) -> tuple[World, list[int]]:
+async def vip_world(
+    db: Any, clock: Any, n: int, *, segment: bool = True, endpoint: str = "http://127.0.0.1:9"
+) -> tuple[World, list[int]]:
     """A world on the test database (SMS account, templates, a shop), ``n`` consenting members and, unless told
-    otherwise, the saved segment ``vip`` (members tagged ``vip``)."""
+    otherwise, the saved segment ``vip`` (members tagged ``vip``). The SMS account sends to ``endpoint`` (by
+    default nowhere: messages are only queued)."""
     from messaging_kit import SECRET_KEY, sms_host
     from tongcrm.audit.service import SYSTEM
     from tongcrm.config import Settings
     from tongcrm.segments import service as segments
 
     w = World(db.sessions, Settings(database_url=db.url, secret_key=SECRET_KEY).vault(), sms_host(), clock)
-    await w.setup("http://127.0.0.1:9")
+    await w.setup(endpoint)
     members = [await w.member(i) for i in range(n)]
     if segment:
         async with w.sessions() as session, session.begin():

@@ -31,8 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.campaigns import control, stats
+from tongcrm.campaigns.feed import flow_of, occasion_of
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
-from tongcrm.campaigns.service import flow_of, occasion_of, runs
+from tongcrm.campaigns.service import runs
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.members.models import Member
 from tongcrm.messaging.holdout import HOLDOUT_REASON
@@ -260,6 +261,8 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
         .group_by(Message.status, Message.reason)
     )
     tally_messages(f, rows.all())
+    # audience members whose message the feed has not written yet are waiting like queued ones
+    f.pending += max(0, run.audience - run.enqueued)
     window_end = run.started_at + timedelta(days=int(campaign.response["within_days"]))
     survivors = merged_survivors()
     in_audience = sa.exists().where(CampaignAudience.run_id == run.id)

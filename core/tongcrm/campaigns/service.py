@@ -23,8 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
-from tongcrm.campaigns import control
+from tongcrm.campaigns import control, feed
 from tongcrm.campaigns import schedule as sched
+from tongcrm.campaigns.feed import flow_of as flow_of
+from tongcrm.campaigns.feed import occasion_of as occasion_of
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.db.dialect import dialect_name, insert
 from tongcrm.entitlements import service as entitlements
@@ -33,7 +35,6 @@ from tongcrm.logging import get_logger
 from tongcrm.messaging import service as messaging
 from tongcrm.messaging import templates as tpl
 from tongcrm.messaging.jobs import request_dispatch
-from tongcrm.messaging.models import MessageTemplate
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points import service as points
 from tongcrm.segments import service as segments
@@ -47,14 +48,6 @@ MAX_WITHIN_DAYS = 90
 _PAGE = 5000
 #: Statuses a campaign can be cancelled from.
 _OPEN = ("draft", "scheduled", "running")
-
-
-def flow_of(campaign: Campaign) -> str:
-    return f"campaign.{campaign.name}"
-
-
-def occasion_of(run_id: int) -> str:
-    return f"run{run_id}"
 
 
 def check_response(doc: Any) -> dict[str, Any]:
@@ -470,21 +463,9 @@ async def execute_run(
         await session.flush()
         log.warning("campaign run refused", campaign=campaign.name, run_id=run_id, reason=reason)
         return run
-    template = await session.get(MessageTemplate, campaign.template_id)
-    assert template is not None
-    flow, occasion = flow_of(campaign), occasion_of(run_id)
-    # one message per audience member, queued by one INSERT … SELECT; the contact policy decides each when it
-    # is sent (module docstring)
-    await messaging.queue_selected(
-        session,
-        flow,
-        template,
-        sa.select(CampaignAudience.member_id, CampaignAudience.grp == control.CONTROL).where(
-            CampaignAudience.run_id == run_id
-        ),
-        occasion=occasion,
-        now=now,
-    )
+    # the first page of messages now (a small audience whole); the rest is written page by page as the
+    # dispatcher drains them (:mod:`tongcrm.campaigns.feed`). The contact policy decides each when it is sent.
+    await feed.write_page(session, campaign, run, now=now, limit=feed.FIRST_PAGE)
     if campaign.benefit_entitlement:
         run.entitlements_granted = await entitlements.grant_benefit(
             session,
