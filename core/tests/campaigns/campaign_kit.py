@@ -62,3 +62,17 @@ async def granted(w: World, key_prefix: str) -> dict[int, int]:
             .group_by(PointsEntry.member_id)
         )
         return {int(m): int(p) for m, p in rows.all()}
+
+
+async def run_due_twice(w: World, name: str, tz: Any) -> list[Any]:
+    """Move the clock to the campaign's next run and start it, twice; returns the campaign's runs."""
+    from tongcrm.campaigns import service
+
+    for _ in range(2):
+        async with w.sessions() as session:
+            due = (await service.get(session, name)).next_run_at
+        assert due is not None
+        w.clock.now = due
+        await service.run_due(w.sessions, w.host, now=w.clock(), tz=tz)
+    async with w.sessions() as session:
+        return await service.runs(session, (await service.get(session, name)).id)

@@ -1,8 +1,9 @@
 """Campaigns as a service: create a draft, schedule it, run it (freeze the audience, split the control group,
-queue one message per member through the message dispatcher), cancel it, and finish it. No HTTP here.
+queue the first page of messages; :mod:`tongcrm.campaigns.feed` writes the rest as the dispatcher drains them),
+cancel it, and finish it. No HTTP here.
 
 A run is one transaction: the run row (unique per campaign and scheduled moment), its frozen audience and its
-queued messages commit together or not at all, so a scheduler that dies mid-run leaves nothing half done and the
+first page of queued messages commit together or not at all, so a scheduler that dies mid-run leaves nothing half done and the
 next tick runs it whole. Each message's send-log key carries the run (``campaign.<name>:<member>:-:run<id>``):
 one message per member per run, whatever is replayed. The contact policy (consent, opt-outs, quiet hours,
 fatigue budgets) decides each message when the dispatcher sends it, for the control group too — where it would
@@ -108,6 +109,8 @@ class Draft:
     budget_points: int | None = None
     #: An entitlement granted to each treated member of a run (:func:`entitlements.check_benefit`).
     benefit_entitlement: Mapping[str, Any] | None = None
+    #: Most entitlement grants all runs together may make (None: no limit).
+    budget_entitlements: int | None = None
 
 
 def check_basics(
@@ -144,7 +147,8 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
     bp = check_basics(
         "campaign", draft.name, draft.goal, draft.control_percent, draft.control_seed,
         {"budget_messages": draft.budget_messages, "message_cost_fen": draft.message_cost_fen,
-         "benefit_points": draft.benefit_points, "budget_points": draft.budget_points},
+         "benefit_points": draft.benefit_points, "budget_points": draft.budget_points,
+         "budget_entitlements": draft.budget_entitlements},
     )  # fmt: skip
     response = check_response(draft.response)
     benefit = (
@@ -177,6 +181,7 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
         benefit_points=draft.benefit_points,
         budget_points=draft.budget_points,
         benefit_entitlement=benefit,
+        budget_entitlements=draft.budget_entitlements,
         schedule=None,
         status="draft",
         created_by=actor.name,
@@ -201,6 +206,7 @@ def describe(c: Campaign) -> dict[str, Any]:
         "benefit_points": c.benefit_points,
         "budget_points": c.budget_points,
         "benefit_entitlement": c.benefit_entitlement,
+        "budget_entitlements": c.budget_entitlements,
         "schedule": c.schedule,
         "next_run_at": c.next_run_at.isoformat() if c.next_run_at else None,
     }
@@ -242,9 +248,12 @@ async def _queued_to_treatment(session: AsyncSession, campaign_id: int, *, besid
     return int(used.scalar_one())
 
 
-async def _points_granted(session: AsyncSession, campaign_id: int, *, besides: int | None = None) -> int:
+async def _granted(
+    session: AsyncSession, column: Any, campaign_id: int, *, besides: int | None = None
+) -> int:
+    """What earlier runs granted (``CampaignRun.points_granted`` or ``entitlements_granted``): the budget used."""
     used = await session.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(CampaignRun.points_granted), 0)).where(
+        sa.select(sa.func.coalesce(sa.func.sum(column), 0)).where(
             CampaignRun.campaign_id == campaign_id,
             CampaignRun.status == "queued",
             CampaignRun.id != (besides or 0),
@@ -268,11 +277,22 @@ async def _over_budget(
             )
     if campaign.budget_points is not None and campaign.benefit_points:
         needed = treated * campaign.benefit_points
-        left = campaign.budget_points - await _points_granted(session, campaign.id, besides=run_id)
+        left = campaign.budget_points - await _granted(
+            session, CampaignRun.points_granted, campaign.id, besides=run_id
+        )
         if needed > left:
             return (
                 f"points budget exceeded: {what} would grant {treated} members × {campaign.benefit_points}"
                 f" = {needed} points and {left} points are left of the budget of {campaign.budget_points}"
+            )
+    if campaign.budget_entitlements is not None and campaign.benefit_entitlement:
+        left = campaign.budget_entitlements - await _granted(
+            session, CampaignRun.entitlements_granted, campaign.id, besides=run_id
+        )
+        if treated > left:
+            return (
+                f"entitlement budget exceeded: {what} would grant {treated} entitlements and {left} are left"
+                f" of the budget of {campaign.budget_entitlements}"
             )
     return ""
 
@@ -310,7 +330,10 @@ async def schedule(
     audience = await _count_now(session, host, campaign, now)
     if audience == 0:
         raise Unprocessable("the audience is empty: the campaign's segment has no member now")
-    if campaign.budget_messages is not None or campaign.budget_points is not None:
+    if any(
+        b is not None
+        for b in (campaign.budget_messages, campaign.budget_points, campaign.budget_entitlements)
+    ):
         treated = audience - len(await _control_ids_now(session, host, campaign, now))
         reason = await _over_budget(session, campaign, treated, run_id=None, first=True)
         if reason:
