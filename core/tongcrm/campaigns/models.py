@@ -92,15 +92,14 @@ class CampaignAudience(Base):
     """A run's frozen audience: each member and its group (``treatment`` or ``control``), one narrow row per
     member, read in member id order by the feed that writes the run's messages page by page.
 
-    ``member_id`` carries no foreign key: the rows are selected from ``members`` in the statement that writes
-    them and members are never deleted (merged or erased members keep their row), so a million per-row checks
-    would verify nothing (migration 0026 dropped it)."""
+    Neither column carries a foreign key: the rows are written by one statement selecting them from
+    ``members``, in the transaction that has just inserted their run, and neither members nor runs are ever
+    deleted (merged or erased members keep their row). A million per-row checks would verify nothing and took
+    about a third of the freeze (migration 0026 dropped both; measured in docs/campaigns.md)."""
 
     __tablename__ = "campaign_audience"
 
-    run_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("campaign_runs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
-    )
+    run_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     member_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     grp: Mapped[str] = mapped_column(sa.String(16))
 

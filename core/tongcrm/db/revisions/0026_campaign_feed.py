@@ -1,6 +1,6 @@
 """Campaign messages written page by page as they are sent (the run's feed cursor), entitlement budgets for
-campaigns and journeys, a journey's start moment for its day scans, and no per-row member check on a frozen
-audience
+campaigns and journeys, a journey's start moment for its day scans, and no per-row member or run check on a
+frozen audience
 
 Revision ID: 0026
 Revises: 0022
@@ -29,6 +29,7 @@ def upgrade() -> None:
     op.execute("UPDATE campaign_runs SET enqueued = audience, enqueued_through = 9223372036854775807")
     with op.batch_alter_table("campaign_audience") as batch:
         batch.drop_constraint("fk_campaign_audience_member_id_members", type_="foreignkey")
+        batch.drop_constraint("fk_campaign_audience_run_id_campaign_runs", type_="foreignkey")
     with op.batch_alter_table("journeys") as batch:
         batch.add_column(sa.Column("budget_entitlements", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("active_since", tongcrm.db.base.UTCDateTime(), nullable=True))
@@ -40,6 +41,13 @@ def downgrade() -> None:
         batch.drop_column("budget_entitlements")
     with op.batch_alter_table("campaign_audience") as batch:
         batch.create_foreign_key("fk_campaign_audience_member_id_members", "members", ["member_id"], ["id"])
+        batch.create_foreign_key(
+            "fk_campaign_audience_run_id_campaign_runs",
+            "campaign_runs",
+            ["run_id"],
+            ["id"],
+            ondelete="CASCADE",
+        )
     with op.batch_alter_table("campaign_runs") as batch:
         batch.drop_column("enqueued_through")
         batch.drop_column("enqueued")
