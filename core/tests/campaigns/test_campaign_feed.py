@@ -103,3 +103,34 @@ async def test_messages_are_written_in_pages_as_they_are_sent(
     # a further feed finds nothing left to write
     async with w.sessions() as session, session.begin():
         assert await feed.feed_runs(session, clock(), 1000) == 0
+
+
+@pytest.mark.asyncio
+async def test_quiet_hours_hold_the_feed_until_the_window(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed, "FIRST_PAGE", 4)
+    monkeypatch.setattr(feed, "PAGE", 6)
+    night = datetime(2031, 3, 4, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai: outside the marketing window
+    clock = Clock(night)
+    with fake_gateway(clock) as (fake, url):
+        w, members = await vip_world(tongcrm_db, clock, 25, endpoint=url)
+        await tag(w, members)
+        async with w.sessions() as session, session.begin():
+            draft = service.Draft(
+                "paged", "vip", "promo", {"kind": "order", "within_days": 7}, control_percent=0
+            )
+            campaign = await service.create(session, draft, SYSTEM)
+            run_id = (await service.execute_run(session, w.host, campaign, night, now=night, tz=SH)).id
+        # the first page waits for the window; the feed adds one page while fewer than a batch are queued, then
+        # stops: the send log holds what waits to be sent, not the whole audience
+        await w.dispatcher(batch=5).run()
+        assert (await _run(w, run_id)).enqueued == 10
+        assert {m.status for m in await w.messages(flow="campaign.paged")} == {"queued"}
+        assert fake.accepted == []
+        clock.now = datetime(2031, 3, 5, 1, 0, tzinfo=UTC)  # 09:00 the next morning
+        await w.dispatcher(batch=5).run()
+    assert (await _run(w, run_id)).enqueued == 25
+    messages = await w.messages(flow="campaign.paged")
+    assert sorted(m.member_id for m in messages) == sorted(members)
+    assert {m.status for m in messages} == {"sent"} and len(fake.accepted) == 25
