@@ -29,16 +29,19 @@ CAMPAIGN: dict[str, Any] = {
 }
 
 
-async def vip_world(db: Any, clock: Any, n: int, *, segment: bool = True) -> tuple[World, list[int]]:
+async def vip_world(
+    db: Any, clock: Any, n: int, *, segment: bool = True, endpoint: str = "http://127.0.0.1:9"
+) -> tuple[World, list[int]]:
     """A world on the test database (SMS account, templates, a shop), ``n`` consenting members and, unless told
-    otherwise, the saved segment ``vip`` (members tagged ``vip``)."""
+    otherwise, the saved segment ``vip`` (members tagged ``vip``). The SMS account sends to ``endpoint`` (by
+    default nowhere: messages are only queued)."""
     from messaging_kit import SECRET_KEY, sms_host
     from tongcrm.audit.service import SYSTEM
     from tongcrm.config import Settings
     from tongcrm.segments import service as segments
 
     w = World(db.sessions, Settings(database_url=db.url, secret_key=SECRET_KEY).vault(), sms_host(), clock)
-    await w.setup("http://127.0.0.1:9")
+    await w.setup(endpoint)
     members = [await w.member(i) for i in range(n)]
     if segment:
         async with w.sessions() as session, session.begin():
@@ -59,3 +62,17 @@ async def granted(w: World, key_prefix: str) -> dict[int, int]:
             .group_by(PointsEntry.member_id)
         )
         return {int(m): int(p) for m, p in rows.all()}
+
+
+async def run_due_twice(w: World, name: str, tz: Any) -> list[Any]:
+    """Move the clock to the campaign's next run and start it, twice; returns the campaign's runs."""
+    from tongcrm.campaigns import service
+
+    for _ in range(2):
+        async with w.sessions() as session:
+            due = (await service.get(session, name)).next_run_at
+        assert due is not None
+        w.clock.now = due
+        await service.run_due(w.sessions, w.host, now=w.clock(), tz=tz)
+    async with w.sessions() as session:
+        return await service.runs(session, (await service.get(session, name)).id)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from campaign_kit import granted, tag, vip_world
+from campaign_kit import granted, run_due_twice, tag, vip_world
 from messaging_kit import Clock, World
 from tongcrm.audit.service import SYSTEM
 from tongcrm.campaigns import control, evaluation, service
@@ -87,18 +87,12 @@ async def test_a_run_beyond_the_points_budget_is_refused_with_nothing_granted(
             "daily", "vip", "promo", {"kind": "order", "within_days": 1}, control_percent=0,
             benefit_points=100, budget_points=1500,
         )  # fmt: skip
-        campaign = await service.create(session, room_for_one, SYSTEM)
+        await service.create(session, room_for_one, SYSTEM)
         await service.schedule(
             session, w.host, SYSTEM, "daily", {"kind": "daily", "time": "10:30"}, now=clock(), tz=SH
         )
-    for _ in range(2):
-        async with w.sessions() as session:
-            due = (await service.get(session, "daily")).next_run_at
-        assert due is not None
-        clock.now = due
-        await service.run_due(w.sessions, w.host, now=clock(), tz=SH)
+    runs = await run_due_twice(w, "daily", SH)
     async with w.sessions() as session:
-        runs = await service.runs(session, campaign.id)
         frozen = (
             await session.execute(sa.select(sa.func.count()).where(CampaignAudience.run_id == runs[1].id))
         ).scalar_one()

@@ -135,3 +135,55 @@ async def test_points_expiring_and_days_after_the_last_order(tongcrm_db: TestDat
     await _tick(w, at_local(2026, 2, 1, 0, 5))
     assert await _entered(w, "expiry") == {(a, "expiry:2026-02-03"), (b, "expiry:2026-02-04")}
     assert await _entered(w, "quiet") == {(c, "last_order:2026-01-27")}  # not again the day after
+
+
+@pytest.mark.asyncio
+async def test_missed_days_are_backfilled_once_and_a_journey_starts_from_its_start(
+    tongcrm_db: TestDatabase,
+) -> None:
+    clock = Clock(at_local(2026, 6, 1, 10))
+    w = await _world(tongcrm_db, clock)
+    born = {d: date(1990, 6, d) for d in (1, 2, 3, 4, 5, 6, 7)} | {
+        10: date(1990, 6, 10),
+        31: date(1990, 7, 1),
+    }
+    ids: dict[int, int] = {}
+    for i, (key, birthday) in enumerate(born.items()):
+        ids[key] = await w.member(i)
+        async with w.sessions() as session, session.begin():
+            await session.execute(sa.update(Member).where(Member.id == ids[key]).values(birthday=birthday))
+    expiring = await w.member(50)
+    ctx = points.PointsContext(clock=clock, tz=SH)
+    async with w.sessions() as session, session.begin():  # expires on local 5 June: enters on the 3rd
+        await points.adjust(
+            session, ctx, expiring, 100, key="x", reason="test", expires=at_local(2026, 6, 5, 12)
+        )
+    # created at 10:00 on 1 June: that day's birthdays happened before it (at local midnight)
+    await _create(w, "bday", {"kind": "birthday"})
+    await _create(w, "expiry", {"kind": "points_expiring", "days_before": 2})
+    await _tick(w, at_local(2026, 6, 1, 23, 0))
+    assert await _entered(w, "bday") == set()
+    await _tick(w, at_local(2026, 6, 2, 0, 5))
+    assert await _entered(w, "bday") == {(ids[2], "birthday:2026")}
+    # the scheduler is down from the 2nd until 09:00 on the 4th: the 3rd and the 4th are scanned when it returns
+    await _tick(w, at_local(2026, 6, 4, 9, 0))
+    await _tick(w, at_local(2026, 6, 4, 9, 1))  # and a second tick adds nothing
+    assert await _entered(w, "bday") == {(ids[d], "birthday:2026") for d in (2, 3, 4)}
+    assert await _entered(w, "expiry") == {(expiring, "expiry:2026-06-05")}
+    async with w.sessions() as session:
+        assert (await journeys.get(session, "bday")).scanned_on == date(2026, 6, 4)
+    # paused on the 4th, resumed at 10:00 on the 6th: the paused days and the 6th are not backfilled
+    async with w.sessions() as session, session.begin():
+        await journeys.set_status(session, SYSTEM, "bday", "paused", now=w.clock())
+    await _tick(w, at_local(2026, 6, 5, 8))
+    w.clock.now = at_local(2026, 6, 6, 10)
+    async with w.sessions() as session, session.begin():
+        await journeys.set_status(session, SYSTEM, "bday", "active", now=w.clock())
+    await _tick(w, at_local(2026, 6, 6, 11))
+    await _tick(w, at_local(2026, 6, 7, 0, 1))
+    assert await _entered(w, "bday") == {(ids[d], "birthday:2026") for d in (2, 3, 4, 7)}
+    # down for six weeks: only the last MAX_BACKFILL_DAYS days are replayed (1 July in, 10 June out)
+    assert journeys.MAX_BACKFILL_DAYS == 31
+    await _tick(w, at_local(2026, 7, 20, 9))
+    entered = await _entered(w, "bday")
+    assert (ids[31], "birthday:2026") in entered and (ids[10], "birthday:2026") not in entered

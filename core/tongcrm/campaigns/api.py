@@ -51,6 +51,8 @@ class CampaignIn(msgspec.Struct):
     message_cost_fen: int = 0
     benefit_points: BenefitPoints = 0
     budget_points: PointsBudget | None = None
+    #: Most entitlement grants all runs together may make (none: no limit).
+    budget_entitlements: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] | None = None
     #: ``{"kind": "monthly_coupon", "value": 1000, "validity_days": 14, "cost_fen": 1000}``: granted to each
     #: treated member of a run, never to the control group.
     benefit_entitlement: dict[str, Any] | None = None
@@ -75,6 +77,7 @@ class CampaignOut(msgspec.Struct):
     benefit_points: int
     budget_points: int | None
     benefit_entitlement: dict[str, Any] | None
+    budget_entitlements: int | None
     schedule: dict[str, Any] | None
     next_run_at: datetime | None
     created_by: str
@@ -146,7 +149,7 @@ class ReportOut(msgspec.Struct):
 def campaign_out(c: Campaign) -> CampaignOut:
     return CampaignOut(
         c.id, c.name, c.goal, c.status, c.segment_id, c.template_id, c.control_bp / 100, c.control_seed,
-        dict(c.response), c.budget_messages, c.message_cost_fen, c.benefit_points, c.budget_points, c.benefit_entitlement, c.schedule, c.next_run_at, c.created_by,
+        dict(c.response), c.budget_messages, c.message_cost_fen, c.benefit_points, c.budget_points, c.benefit_entitlement, c.budget_entitlements, c.schedule, c.next_run_at, c.created_by,
         c.created_at, c.updated_at,
     )  # fmt: skip
 
@@ -201,7 +204,7 @@ class CampaignController(Controller):
         draft = service.Draft(
             data.name, data.segment, data.template, data.response, data.goal, data.control_percent,
             data.control_seed, data.budget_messages, data.message_cost_fen, data.benefit_points, data.budget_points,
-            data.benefit_entitlement,
+            data.benefit_entitlement, data.budget_entitlements,
         )  # fmt: skip
         async with sessions() as session, session.begin():
             return campaign_out(await service.create(session, draft, Actor.of(principal)))
@@ -378,6 +381,8 @@ class JourneyIn(msgspec.Struct):
     budget_messages: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] | None = None
     budget_points: PointsBudget | None = None
     message_cost_fen: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] = 0
+    #: Most entitlement grants all participants together may receive (none: no limit).
+    budget_entitlements: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] | None = None
 
 
 class JourneyOut(msgspec.Struct):
@@ -393,6 +398,7 @@ class JourneyOut(msgspec.Struct):
     budget_messages: int | None
     budget_points: int | None
     message_cost_fen: int
+    budget_entitlements: int | None
     #: Participants by state (``waiting``, ``done``).
     participants: dict[str, int]
     created_by: str
@@ -412,7 +418,7 @@ class JourneyReportOut(msgspec.Struct):
 def journey_out(j: Journey, states: dict[str, int]) -> JourneyOut:
     return JourneyOut(
         j.id, j.name, j.goal, j.status, dict(j.trigger), dict(j.steps), j.control_bp / 100, j.control_seed,
-        dict(j.response), j.budget_messages, j.budget_points, j.message_cost_fen, states, j.created_by,
+        dict(j.response), j.budget_messages, j.budget_points, j.message_cost_fen, j.budget_entitlements, states, j.created_by,
         j.created_at, j.updated_at,
     )  # fmt: skip
 
@@ -432,7 +438,7 @@ class JourneyController(Controller):
     ) -> JourneyOut:
         draft = journeys.Draft(
             data.name, data.trigger, data.steps, data.response, data.goal, data.control_percent, data.control_seed,
-            data.budget_messages, data.budget_points, data.message_cost_fen,
+            data.budget_messages, data.budget_points, data.message_cost_fen, data.budget_entitlements,
         )  # fmt: skip
         async with sessions() as session, session.begin():
             journey = await journeys.create(session, draft, Actor.of(principal), now=utcnow())

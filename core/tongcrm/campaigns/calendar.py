@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
 from tongcrm.campaigns import schedule as sched
-from tongcrm.campaigns.journeys import DAY_TRIGGERS
+from tongcrm.campaigns.journeys import DAY_TRIGGERS, first_scan_day
 from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun, Journey
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.messaging import flows
@@ -127,7 +127,7 @@ async def build(session: AsyncSession, start: date, end: date, *, tz: ZoneInfo) 
 
 async def _journey_entries(session: AsyncSession, start: date, end: date, tz: ZoneInfo) -> list[Entry]:
     """Each journey's active period (from its creation day, open-ended) and, for day triggers, its daily scans:
-    done up to the last day scanned, planned after it while the journey is active."""
+    done up to the last day scanned, planned after it (from its first scan day) while the journey is active."""
     out: list[Entry] = []
     for j in (await session.execute(sa.select(Journey).order_by(Journey.name))).scalars():
         since = j.created_at.astimezone(tz).date()
@@ -142,11 +142,12 @@ async def _journey_entries(session: AsyncSession, start: date, end: date, tz: Zo
         if kind not in DAY_TRIGGERS:
             continue
         day = max(since, start)
+        first = first_scan_day(j, tz)
         while day <= end:
             if j.scanned_on is not None and day <= j.scanned_on:
                 out.append(Entry(day, None, "journey_scan", j.name, journey=j.name, status="scanned",
                                  detail=f"{kind} scan"))  # fmt: skip
-            elif j.status == "active":
+            elif j.status == "active" and day >= first:
                 out.append(Entry(day, None, "planned_scan", j.name, journey=j.name, status=j.status,
                                  detail=f"{kind} scan"))  # fmt: skip
             day += timedelta(days=1)

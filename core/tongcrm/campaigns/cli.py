@@ -50,6 +50,12 @@ def campaigns_group() -> None:
 @click.option("--benefit-points", type=int, default=0, show_default=True, help="Points per treated member.")
 @click.option("--budget-points", type=int, default=None, help="Most points all runs together may grant.")
 @click.option(
+    "--budget-entitlements",
+    type=int,
+    default=None,
+    help="Most entitlement grants all runs together may make.",
+)
+@click.option(
     "--benefit-entitlement", "entitlement_source", default=None,
     help="An entitlement per treated member: a JSON file or '-' ({\"kind\", \"value\", \"validity_days\", \"cost_fen\"}).",
 )  # fmt: skip
@@ -57,13 +63,14 @@ def campaigns_group() -> None:
 def create(
     obj: _Obj, name: str, segment: str, template: str, response_source: str, goal: str,
     control_percent: float, control_seed: str, budget_messages: int | None, message_cost_fen: int,
-    benefit_points: int, budget_points: int | None, entitlement_source: str | None,
+    benefit_points: int, budget_points: int | None, budget_entitlements: int | None,
+    entitlement_source: str | None,
 ) -> None:  # fmt: skip
     """Create a campaign as a draft."""
     draft = service.Draft(
         name, segment, template, _read(response_source), goal, control_percent, control_seed, budget_messages,
         message_cost_fen, benefit_points, budget_points,
-        None if entitlement_source is None else _read(entitlement_source),
+        None if entitlement_source is None else _read(entitlement_source), budget_entitlements,
     )  # fmt: skip
 
     async def body(sessions: Sessions, read: Sessions) -> int:
@@ -217,16 +224,17 @@ def journeys_group() -> None:
 @click.option("--budget-messages", type=int, default=None)
 @click.option("--budget-points", type=int, default=None)
 @click.option("--message-cost-fen", type=int, default=0, show_default=True)
+@click.option("--budget-entitlements", type=int, default=None, help="Most entitlement grants in all.")
 @click.pass_obj
 def journey_create(
     obj: _Obj, name: str, trigger_source: str, steps_source: str, response_source: str, goal: str,
     control_percent: float, control_seed: str, budget_messages: int | None, budget_points: int | None,
-    message_cost_fen: int,
+    message_cost_fen: int, budget_entitlements: int | None,
 ) -> None:  # fmt: skip
     """Create a journey; it is active at once."""
     draft = journeys.Draft(
         name, _read(trigger_source), _read(steps_source), _read(response_source), goal, control_percent,
-        control_seed, budget_messages, budget_points, message_cost_fen,
+        control_seed, budget_messages, budget_points, message_cost_fen, budget_entitlements,
     )  # fmt: skip
 
     async def body(sessions: Sessions, read: Sessions) -> int:

@@ -13,7 +13,7 @@ that is paid and not closed or refunded (optionally paying at least ``min_paid_f
 Orders and revenue are counted for those orders (revenue = paid − refunded, in fen). Responses are matched on
 the member the audience row names *now*: a member merged into another after the run has its orders (and
 ledger, and consent) moved to the survivor, so the audience member is followed along ``merged_into_id`` to
-the surviving member and that member's orders count (:func:`resolved_members`).
+the surviving member and that member's orders count (:func:`merged_survivors`, :func:`credited_member`).
 
 The totals pool the runs: a member in three runs is three exposures. Uplift and its interval are in
 :mod:`tongcrm.campaigns.stats`. Incremental orders and revenue are the difference of per-member averages between
@@ -29,10 +29,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
 
 from tongcrm.campaigns import control, stats
+from tongcrm.campaigns.feed import flow_of, occasion_of
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
-from tongcrm.campaigns.service import flow_of, occasion_of, runs
+from tongcrm.campaigns.service import runs
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.members.models import Member
 from tongcrm.messaging.holdout import HOLDOUT_REASON
@@ -174,23 +176,13 @@ def merged_survivors() -> sa.Subquery:
     return sa.select(chain.c.origin, chain.c.current).where(chain.c.next_id.is_(None)).subquery("survivors")
 
 
-def resolved_members(origins: sa.Select[Any]) -> sa.Subquery:
-    """``(origin, current)`` for each member id ``origins`` selects: the member it is now, following merges
-    (a chain of them too). A member not merged is its own current member. Merging moves the absorbed member's
-    orders, ledger and consent to the survivor, so whatever happened to an audience member after a run is
-    found under ``current``."""
-    base = origins.subquery()
-    origin = base.c[0]
-    chain = (
-        sa.select(origin.label("origin"), Member.id.label("current"), Member.merged_into_id.label("next_id"))
-        .select_from(base.join(Member, Member.id == origin))
-        .cte("merge_chain", recursive=True)
-    )
-    step = sa.select(chain.c.origin, Member.id, Member.merged_into_id).join(
-        Member, Member.id == chain.c.next_id
-    )
-    chain = chain.union_all(step)
-    return sa.select(chain.c.origin, chain.c.current).where(chain.c.next_id.is_(None)).subquery("resolved")
+def credited_member(
+    survivors: sa.Subquery, member_id: sa.ColumnElement[int] | QueryableAttribute[int]
+) -> sa.ColumnElement[int]:
+    """The member whose orders and ledger are credited to ``member_id`` now: the survivor it was merged into
+    (``survivors`` from :func:`merged_survivors`, outer-joined on ``origin``), else itself. The one credit rule
+    of the campaign and the journey reports."""
+    return sa.func.coalesce(survivors.c.current, member_id)
 
 
 def order_filters(response: Mapping[str, Any], start: Any, end: Any) -> list[sa.ColumnElement[bool]]:
@@ -260,6 +252,8 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
         .group_by(Message.status, Message.reason)
     )
     tally_messages(f, rows.all())
+    # audience members whose message the feed has not written yet are waiting like queued ones
+    f.pending += max(0, run.audience - run.enqueued)
     window_end = run.started_at + timedelta(days=int(campaign.response["within_days"]))
     survivors = merged_survivors()
     in_audience = sa.exists().where(CampaignAudience.run_id == run.id)
@@ -301,7 +295,7 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
             .outerjoin(survivors, survivors.c.origin == CampaignAudience.member_id)
             .outerjoin(
                 responses,
-                responses.c.member_id == sa.func.coalesce(survivors.c.current, CampaignAudience.member_id),
+                responses.c.member_id == credited_member(survivors, CampaignAudience.member_id),
             )
         )
         .where(CampaignAudience.run_id == run.id, *of_run, _eligible())

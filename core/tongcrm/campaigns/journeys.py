@@ -65,6 +65,8 @@ log = get_logger(__name__)
 
 EVENT_TRIGGERS = ("lifecycle_changed", "tier_changed", "first_order")
 DAY_TRIGGERS = ("birthday", "points_expiring", "days_after_last_order")
+#: Most missed local days a returning scheduler replays for a day-based journey (the latest ones).
+MAX_BACKFILL_DAYS = 31
 TRIGGERS = EVENT_TRIGGERS + DAY_TRIGGERS
 MAX_WAIT_HOURS = 24 * 90
 MAX_DAYS = 365
@@ -227,6 +229,8 @@ class Draft:
     budget_messages: int | None = None
     budget_points: int | None = None
     message_cost_fen: int = 0
+    #: Most entitlement grants all participants together may receive (None: no limit).
+    budget_entitlements: int | None = None
 
 
 def describe(j: Journey) -> dict[str, Any]:
@@ -240,15 +244,17 @@ def describe(j: Journey) -> dict[str, Any]:
         "response": j.response,
         "budget_messages": j.budget_messages,
         "budget_points": j.budget_points,
+        "budget_entitlements": j.budget_entitlements,
     }
 
 
 async def create(session: AsyncSession, draft: Draft, actor: Actor, *, now: datetime) -> Journey:
-    """A new journey, active at once: members enter from the next trigger on (nothing is backfilled)."""
+    """A new journey, active at once: members enter from the next trigger on — event triggers from the next
+    event, day triggers from the first local day that starts after now (:func:`first_scan_day`)."""
     bp = check_basics(
         "journey", draft.name, draft.goal, draft.control_percent, draft.control_seed,
         {"budget_messages": draft.budget_messages, "budget_points": draft.budget_points,
-         "message_cost_fen": draft.message_cost_fen},
+         "message_cost_fen": draft.message_cost_fen, "budget_entitlements": draft.budget_entitlements},
     )  # fmt: skip
     trigger = check_trigger(draft.trigger)
     steps = await check_steps(session, draft.steps)
@@ -258,8 +264,9 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor, *, now: date
     journey = Journey(
         name=draft.name, goal=draft.goal, trigger=trigger, steps=steps, control_bp=bp,
         control_seed=draft.control_seed, response=response, budget_messages=draft.budget_messages,
-        budget_points=draft.budget_points, message_cost_fen=draft.message_cost_fen, status="active",
-        scanned_on=None, created_by=actor.name, created_at=now, updated_at=now,
+        budget_points=draft.budget_points, budget_entitlements=draft.budget_entitlements,
+        message_cost_fen=draft.message_cost_fen, status="active",
+        scanned_on=None, active_since=now, created_by=actor.name, created_at=now, updated_at=now,
     )  # fmt: skip
     session.add(journey)
     await session.flush()
@@ -290,6 +297,8 @@ async def set_status(
         raise Conflict(f"journey {name!r} is already {status}")
     before = describe(journey)
     journey.status, journey.updated_at = status, now
+    if status == "active":  # day scans start again from now: the paused days are not backfilled
+        journey.active_since = now
     await session.flush()
     audit.record(session, actor, f"journey.{'pause' if status == 'paused' else 'resume'}", "journey",
                  journey.id, before=before, after=describe(journey))  # fmt: skip
@@ -491,9 +500,37 @@ async def scan_day(session: AsyncSession, journey: Journey, day: date, tz: ZoneI
         after = page[-1]
 
 
+def first_scan_day(journey: Journey, tz: ZoneInfo) -> date:
+    """The first local day a day-based journey scans: the first whose start (local midnight, when its
+    occurrences happen) is at or after the journey became active — so a journey created or resumed mid-day
+    starts with the next day, and a day that began before it was active is never entered."""
+    since = (journey.active_since or journey.created_at).astimezone(tz)
+    day = since.date()
+    return day if since == datetime.combine(day, time(0), tzinfo=tz) else day + timedelta(days=1)
+
+
+def days_to_scan(journey: Journey, today: date, tz: ZoneInfo) -> list[date]:
+    """The local days up to ``today`` a day-based journey has not scanned yet and was active for, oldest
+    first, at most :data:`MAX_BACKFILL_DAYS` (a scheduler down longer replays only the latest of them)."""
+    first = first_scan_day(journey, tz)
+    if journey.scanned_on is not None:
+        first = max(first, journey.scanned_on + timedelta(days=1))
+    if first > today:
+        return []
+    oldest = today - timedelta(days=MAX_BACKFILL_DAYS - 1)
+    if first < oldest:
+        log.warning("journey days missed beyond the backfill window are not replayed", journey=journey.name,
+                    first_missed=first.isoformat(), replayed_from=oldest.isoformat())  # fmt: skip
+        first = oldest
+    return [first + timedelta(days=n) for n in range((today - first).days + 1)]
+
+
 async def scan_due(sessions: async_sessionmaker[AsyncSession], *, now: datetime, tz: ZoneInfo) -> int:
-    """Scan each active day-based journey not yet scanned for today's local day (one transaction each). A
-    scheduler that was down scans today only: the days it missed are logged, not replayed."""
+    """Scan each active day-based journey for every local day up to today it has not scanned, oldest first,
+    one transaction per day (the day's entries and the journey's ``scanned_on`` together). A scheduler that was
+    down backfills the days it missed when it returns — each day's occurrences enter once, since entries are
+    unique per occurrence and a day is marked scanned with them — and a journey scans no day that began before
+    it was active (:func:`first_scan_day`)."""
     today = now.astimezone(tz).date()
     entered = 0
     async with sessions() as session:
@@ -504,17 +541,16 @@ async def scan_due(sessions: async_sessionmaker[AsyncSession], *, now: datetime,
             if j.scanned_on is None or j.scanned_on < today
         ]
     for journey_id in ids:
-        async with sessions() as session, session.begin():
-            journey = await session.get(Journey, journey_id, with_for_update=True)
-            if journey is None or journey.status != "active":
-                continue
-            if journey.scanned_on is not None and journey.scanned_on >= today:
-                continue
-            if journey.scanned_on is not None and journey.scanned_on < today - timedelta(days=1):
-                log.warning("journey days missed while the scheduler was down", journey=journey.name,
-                            last_scanned=journey.scanned_on.isoformat())  # fmt: skip
-            entered += await scan_day(session, journey, today, tz, now=now)
-            journey.scanned_on = today
+        while True:
+            async with sessions() as session, session.begin():
+                journey = await session.get(Journey, journey_id, with_for_update=True)
+                if journey is None or journey.status != "active":
+                    break
+                days = days_to_scan(journey, today, tz)
+                if not days:
+                    break
+                entered += await scan_day(session, journey, days[0], tz, now=now)
+                journey.scanned_on = days[0]
     return entered
 
 
@@ -532,8 +568,8 @@ async def _in_segment(
     return set(rows.scalars())
 
 
-async def _used(session: AsyncSession, journey_id: int) -> tuple[int, int]:
-    """Messages queued to treated participants and points granted so far (the budgets used)."""
+async def _used(session: AsyncSession, journey_id: int) -> tuple[int, int, int]:
+    """Messages queued to treated participants, points and entitlements granted so far (the budgets used)."""
     row = (
         await session.execute(
             sa.select(
@@ -552,10 +588,11 @@ async def _used(session: AsyncSession, journey_id: int) -> tuple[int, int]:
                     0,
                 ),
                 sa.func.coalesce(sa.func.sum(JourneyParticipant.points_granted), 0),
+                sa.func.coalesce(sa.func.sum(JourneyParticipant.entitlements_granted), 0),
             ).where(JourneyParticipant.journey_id == journey_id)
         )
     ).one()
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 async def _act(
@@ -572,7 +609,7 @@ async def _act(
     matched = (
         await _in_segment(session, host, steps["condition"], ids, now) if steps["condition"] else set(ids)
     )
-    messages_used, points_used = await _used(session, journey.id)
+    messages_used, points_used, entitlements_used = await _used(session, journey.id)
     targets: dict[str, list[messaging.Target]] = {}
     grants: list[points.Grant] = []
     entitled: dict[str, list[int]] = {}  # branch → participants whose action grants its entitlement
@@ -606,8 +643,14 @@ async def _act(
                 p.points_granted = grant
                 points_used += grant
         if action.get("entitlement") and treated:
-            entitled.setdefault(p.branch, []).append(p.id)
-            p.entitlements_granted = 1
+            if journey.budget_entitlements is not None and entitlements_used >= journey.budget_entitlements:
+                p.reason = (p.reason + "; " if p.reason else "") + (
+                    f"entitlement budget exhausted ({journey.budget_entitlements} grants)"
+                )
+            else:
+                entitled.setdefault(p.branch, []).append(p.id)
+                p.entitlements_granted = 1
+                entitlements_used += 1
     for name, group in targets.items():
         template = await messaging.get_template(session, name)
         await messaging.queue_messages(session, flow_of(journey), template, group, now=now)
@@ -655,8 +698,10 @@ async def advance_due(
             by_journey: dict[int, list[JourneyParticipant]] = {}
             for p in batch:
                 by_journey.setdefault(p.journey_id, []).append(p)
-            for journey_id, group in by_journey.items():
-                journey = await session.get(Journey, journey_id)
+            for journey_id, group in sorted(by_journey.items()):
+                # the journey's row lock serialises its budgets: two workers acting for the same journey read
+                # and spend the budget one after the other, so it stops exactly at its limit
+                journey = await session.get(Journey, journey_id, with_for_update=True, populate_existing=True)
                 assert journey is not None
                 await _act(session, host, journey, group, now=now, tz=tz)
             acted += len(batch)
@@ -676,17 +721,20 @@ class JourneyReport:
     total: evaluation.Outcome
 
 
-def _responses(journey: Journey, resolved: sa.Subquery) -> sa.Subquery:
+def _responses(journey: Journey) -> sa.Subquery:
     """(participant id, orders, revenue) of participants who responded within their window: an order (or a
-    visit, a redemption) of the member they are now — merges followed — between acting and ``respond_until``."""
+    visit, a redemption) of the member they are now — merges followed as the campaign report follows them
+    (:func:`evaluation.credited_member`) — between acting and ``respond_until``."""
     p = JourneyParticipant
     response = journey.response
     base = sa.and_(p.journey_id == journey.id, p.state == "done", p.branch.is_not(None))
-    joined = sa.join(p, resolved, resolved.c.origin == p.member_id)
+    survivors = evaluation.merged_survivors()
+    joined = sa.outerjoin(p, survivors, survivors.c.origin == p.member_id)
+    current = evaluation.credited_member(survivors, p.member_id)
     if response["kind"] == "redemption":
         return (
             sa.select(p.id.label("pid"), sa.literal(0).label("orders"), sa.literal(0).label("revenue"))
-            .select_from(joined.join(PointsEntry, PointsEntry.member_id == resolved.c.current))
+            .select_from(joined.join(PointsEntry, PointsEntry.member_id == current))
             .where(
                 base,
                 PointsEntry.kind == EntryKind.REDEEM,
@@ -703,7 +751,7 @@ def _responses(journey: Journey, resolved: sa.Subquery) -> sa.Subquery:
             sa.func.count(Order.id).label("orders"),
             sa.func.sum(Order.paid_fen - Order.refunded_fen).label("revenue"),
         )
-        .select_from(joined.join(Order, Order.member_id == resolved.c.current))
+        .select_from(joined.join(Order, Order.member_id == current))
         .where(*where)
         .group_by(p.id)
         .subquery("responses")
@@ -751,10 +799,7 @@ async def report(session: AsyncSession, journey: Journey) -> JourneyReport:
         .group_by(Message.status, Message.reason)
     )
     evaluation.tally_messages(f, messages.all())
-    resolved = evaluation.resolved_members(
-        sa.select(p.member_id).where(p.journey_id == journey.id).distinct()
-    )
-    responses = _responses(journey, resolved)
+    responses = _responses(journey)
     eligible = sa.or_(
         Message.id.is_(None),
         sa.and_(p.grp == control.TREATMENT, Message.status.in_(("sent", "delivered", "failed"))),

@@ -40,6 +40,8 @@ class Campaign(Base):
     benefit_points: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     #: Most points all runs together may grant (None: no limit); a run that would pass it is refused up front.
     budget_points: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: Most entitlement grants all runs together may make (None: no limit); refused up front like points.
+    budget_entitlements: Mapped[int | None] = mapped_column(sa.BigInteger)
     #: The entitlement benefit granted to each treated member of a run (None: none), checked by
     #: :func:`tongcrm.entitlements.service.check_benefit`: ``{"kind", "value", "validity_days", "cost_fen"}``.
     benefit_entitlement: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
@@ -77,19 +79,28 @@ class CampaignRun(Base):
     points_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     #: Entitlement grants made to the treated members (the campaign's entitlement benefit).
     entitlements_granted: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    #: Audience members whose message is written into the send log so far: the first page when the run
+    #: starts, then a page at a time as the dispatcher drains them (:mod:`tongcrm.campaigns.feed`).
+    enqueued: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    #: The highest member id of the audience whose message is written (the feed's cursor, in member id order).
+    enqueued_through: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
     __table_args__ = (sa.UniqueConstraint("campaign_id", "scheduled_for"),)
 
 
 class CampaignAudience(Base):
-    """A run's frozen audience: each member and its group (``treatment`` or ``control``)."""
+    """A run's frozen audience: each member and its group (``treatment`` or ``control``), one narrow row per
+    member, read in member id order by the feed that writes the run's messages page by page.
+
+    Neither column carries a foreign key: the rows are written by one statement selecting them from
+    ``members``, in the transaction that has just inserted their run, and neither members nor runs are ever
+    deleted (merged or erased members keep their row). A million per-row checks would verify nothing and took
+    about a third of the freeze (migration 0026 dropped both; measured in docs/campaigns.md)."""
 
     __tablename__ = "campaign_audience"
 
-    run_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("campaign_runs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
-    )
-    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), primary_key=True, autoincrement=False)
+    run_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    member_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     grp: Mapped[str] = mapped_column(sa.String(16))
 
 
@@ -131,10 +142,15 @@ class Journey(Base):
     response: Mapped[dict[str, Any]] = mapped_column(JSONType)
     budget_messages: Mapped[int | None] = mapped_column(sa.BigInteger)
     budget_points: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: Most entitlement grants all participants together may receive (None: no limit).
+    budget_entitlements: Mapped[int | None] = mapped_column(sa.BigInteger)
     message_cost_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     status: Mapped[str] = mapped_column(sa.String(16), default="active")
     #: The last local day the day-based triggers (birthday, expiry, days after the last order) were scanned.
     scanned_on: Mapped[date | None] = mapped_column(sa.Date)
+    #: When the journey last became active (created or resumed): day triggers are scanned from the first local
+    #: day starting at or after it, so a journey created mid-day does not enter that day's earlier occurrences.
+    active_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by: Mapped[str] = mapped_column(sa.String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,8 +1,9 @@
 """Campaigns as a service: create a draft, schedule it, run it (freeze the audience, split the control group,
-queue one message per member through the message dispatcher), cancel it, and finish it. No HTTP here.
+queue the first page of messages; :mod:`tongcrm.campaigns.feed` writes the rest as the dispatcher drains them),
+cancel it, and finish it. No HTTP here.
 
 A run is one transaction: the run row (unique per campaign and scheduled moment), its frozen audience and its
-queued messages commit together or not at all, so a scheduler that dies mid-run leaves nothing half done and the
+first page of queued messages commit together or not at all, so a scheduler that dies mid-run leaves nothing half done and the
 next tick runs it whole. Each message's send-log key carries the run (``campaign.<name>:<member>:-:run<id>``):
 one message per member per run, whatever is replayed. The contact policy (consent, opt-outs, quiet hours,
 fatigue budgets) decides each message when the dispatcher sends it, for the control group too — where it would
@@ -23,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
-from tongcrm.campaigns import control
+from tongcrm.campaigns import control, feed
 from tongcrm.campaigns import schedule as sched
+from tongcrm.campaigns.feed import flow_of as flow_of
+from tongcrm.campaigns.feed import occasion_of as occasion_of
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.db.dialect import dialect_name, insert
 from tongcrm.entitlements import service as entitlements
@@ -33,7 +36,6 @@ from tongcrm.logging import get_logger
 from tongcrm.messaging import service as messaging
 from tongcrm.messaging import templates as tpl
 from tongcrm.messaging.jobs import request_dispatch
-from tongcrm.messaging.models import MessageTemplate
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points import service as points
 from tongcrm.segments import service as segments
@@ -47,14 +49,6 @@ MAX_WITHIN_DAYS = 90
 _PAGE = 5000
 #: Statuses a campaign can be cancelled from.
 _OPEN = ("draft", "scheduled", "running")
-
-
-def flow_of(campaign: Campaign) -> str:
-    return f"campaign.{campaign.name}"
-
-
-def occasion_of(run_id: int) -> str:
-    return f"run{run_id}"
 
 
 def check_response(doc: Any) -> dict[str, Any]:
@@ -115,6 +109,8 @@ class Draft:
     budget_points: int | None = None
     #: An entitlement granted to each treated member of a run (:func:`entitlements.check_benefit`).
     benefit_entitlement: Mapping[str, Any] | None = None
+    #: Most entitlement grants all runs together may make (None: no limit).
+    budget_entitlements: int | None = None
 
 
 def check_basics(
@@ -151,7 +147,8 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
     bp = check_basics(
         "campaign", draft.name, draft.goal, draft.control_percent, draft.control_seed,
         {"budget_messages": draft.budget_messages, "message_cost_fen": draft.message_cost_fen,
-         "benefit_points": draft.benefit_points, "budget_points": draft.budget_points},
+         "benefit_points": draft.benefit_points, "budget_points": draft.budget_points,
+         "budget_entitlements": draft.budget_entitlements},
     )  # fmt: skip
     response = check_response(draft.response)
     benefit = (
@@ -184,6 +181,7 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
         benefit_points=draft.benefit_points,
         budget_points=draft.budget_points,
         benefit_entitlement=benefit,
+        budget_entitlements=draft.budget_entitlements,
         schedule=None,
         status="draft",
         created_by=actor.name,
@@ -208,6 +206,7 @@ def describe(c: Campaign) -> dict[str, Any]:
         "benefit_points": c.benefit_points,
         "budget_points": c.budget_points,
         "benefit_entitlement": c.benefit_entitlement,
+        "budget_entitlements": c.budget_entitlements,
         "schedule": c.schedule,
         "next_run_at": c.next_run_at.isoformat() if c.next_run_at else None,
     }
@@ -249,9 +248,12 @@ async def _queued_to_treatment(session: AsyncSession, campaign_id: int, *, besid
     return int(used.scalar_one())
 
 
-async def _points_granted(session: AsyncSession, campaign_id: int, *, besides: int | None = None) -> int:
+async def _granted(
+    session: AsyncSession, column: Any, campaign_id: int, *, besides: int | None = None
+) -> int:
+    """What earlier runs granted (``CampaignRun.points_granted`` or ``entitlements_granted``): the budget used."""
     used = await session.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(CampaignRun.points_granted), 0)).where(
+        sa.select(sa.func.coalesce(sa.func.sum(column), 0)).where(
             CampaignRun.campaign_id == campaign_id,
             CampaignRun.status == "queued",
             CampaignRun.id != (besides or 0),
@@ -275,11 +277,22 @@ async def _over_budget(
             )
     if campaign.budget_points is not None and campaign.benefit_points:
         needed = treated * campaign.benefit_points
-        left = campaign.budget_points - await _points_granted(session, campaign.id, besides=run_id)
+        left = campaign.budget_points - await _granted(
+            session, CampaignRun.points_granted, campaign.id, besides=run_id
+        )
         if needed > left:
             return (
                 f"points budget exceeded: {what} would grant {treated} members × {campaign.benefit_points}"
                 f" = {needed} points and {left} points are left of the budget of {campaign.budget_points}"
+            )
+    if campaign.budget_entitlements is not None and campaign.benefit_entitlement:
+        left = campaign.budget_entitlements - await _granted(
+            session, CampaignRun.entitlements_granted, campaign.id, besides=run_id
+        )
+        if treated > left:
+            return (
+                f"entitlement budget exceeded: {what} would grant {treated} entitlements and {left} are left"
+                f" of the budget of {campaign.budget_entitlements}"
             )
     return ""
 
@@ -317,7 +330,10 @@ async def schedule(
     audience = await _count_now(session, host, campaign, now)
     if audience == 0:
         raise Unprocessable("the audience is empty: the campaign's segment has no member now")
-    if campaign.budget_messages is not None or campaign.budget_points is not None:
+    if any(
+        b is not None
+        for b in (campaign.budget_messages, campaign.budget_points, campaign.budget_entitlements)
+    ):
         treated = audience - len(await _control_ids_now(session, host, campaign, now))
         reason = await _over_budget(session, campaign, treated, run_id=None, first=True)
         if reason:
@@ -470,21 +486,9 @@ async def execute_run(
         await session.flush()
         log.warning("campaign run refused", campaign=campaign.name, run_id=run_id, reason=reason)
         return run
-    template = await session.get(MessageTemplate, campaign.template_id)
-    assert template is not None
-    flow, occasion = flow_of(campaign), occasion_of(run_id)
-    # one message per audience member, queued by one INSERT … SELECT; the contact policy decides each when it
-    # is sent (module docstring)
-    await messaging.queue_selected(
-        session,
-        flow,
-        template,
-        sa.select(CampaignAudience.member_id, CampaignAudience.grp == control.CONTROL).where(
-            CampaignAudience.run_id == run_id
-        ),
-        occasion=occasion,
-        now=now,
-    )
+    # the first page of messages now (a small audience whole); the rest is written page by page as the
+    # dispatcher drains them (:mod:`tongcrm.campaigns.feed`). The contact policy decides each when it is sent.
+    await feed.write_page(session, campaign, run, now=now, limit=feed.FIRST_PAGE)
     if campaign.benefit_entitlement:
         run.entitlements_granted = await entitlements.grant_benefit(
             session,

@@ -3,6 +3,8 @@
 One dispatcher runs at a time (a lease, ``messaging.dispatch``), which keeps the fatigue budget exact without
 per-message locking: budgets are read, decided and written in the batch's transaction. Each batch is:
 
+0. let the send-log feeders (:mod:`.feed`) write their next page — a campaign run's messages are written as
+   they are drained, not all at once when the run starts;
 1. claim up to ``batch`` due messages of active accounts, service before marketing (``queued`` → ``sending``,
    with a lock that expires, so a dispatcher that dies leaves nothing stuck);
 2. decide every message with the policy on facts loaded in bulk; refusals are final with their reason,
@@ -43,7 +45,7 @@ from tongcrm.logging import get_logger
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.members.service import resolve_live_ids
-from tongcrm.messaging import service, variables
+from tongcrm.messaging import feed, service, variables
 from tongcrm.messaging.holdout import HOLDOUT_REASON
 from tongcrm.messaging.models import ContactBudget, Message, MessageTemplate, MessengerAccount
 from tongcrm.messaging.policy import Decision, Facts, PolicyConfig, Verdict, decide, programme_day
@@ -153,6 +155,8 @@ class Dispatcher:
 
     async def dispatch_batch(self) -> DispatchStats:
         stats = DispatchStats()
+        # sources written page by page (a campaign run's frozen audience) add their next page first
+        await feed.top_up(self.sessions, self.clock(), self.batch)
         ids = await self._claim()
         stats.claimed = len(ids)
         if not ids:
