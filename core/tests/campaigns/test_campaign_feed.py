@@ -68,6 +68,10 @@ async def test_messages_are_written_in_pages_as_they_are_sent(
         assert len(await w.messages(flow="campaign.paged")) == 4
         figures = await _report(w)
         assert (figures.audience, figures.pending, figures.sent) == (25, 25, 0)
+        # the send log's status read counts the unwritten members as queued too, control members as held out
+        async with w.sessions() as session:
+            status = await messaging.campaign_status(session, "campaign.paged")
+        assert status.statuses["queued"] == 25 and status.assigned_holdout == len(held)
 
         # a batch of 3 while 4 are queued: the feed waits for the flow to drain
         async with w.sessions() as session, session.begin():

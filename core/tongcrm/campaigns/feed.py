@@ -110,4 +110,29 @@ async def feed_runs(session: AsyncSession, now: datetime, room: int) -> int:
     return written
 
 
-feed.register("campaigns", feed_runs)
+async def unwritten(session: AsyncSession, flow: str) -> feed.Unwritten:
+    """The registered backlog: members of this flow's runs the feed has not written yet, and the control members
+    among them (their messages will be held out)."""
+    if not flow.startswith("campaign."):
+        return feed.Unwritten()
+    runs = (
+        await session.execute(
+            sa.select(CampaignRun.id, CampaignRun.enqueued_through)
+            .join(Campaign, Campaign.id == CampaignRun.campaign_id)
+            .where(unfed(), Campaign.name == flow[len("campaign.") :])
+        )
+    ).all()
+    messages = held_out = 0
+    for run_id, through in runs:
+        total, control_left = (
+            await session.execute(
+                sa.select(
+                    sa.func.count(), sa.func.count().filter(CampaignAudience.grp == control.CONTROL)
+                ).where(CampaignAudience.run_id == run_id, CampaignAudience.member_id > through)
+            )
+        ).one()
+        messages, held_out = messages + int(total), held_out + int(control_left)
+    return feed.Unwritten(messages, held_out)
+
+
+feed.register("campaigns", feed_runs, unwritten)

@@ -16,6 +16,7 @@ so a retried page is skipped by the unique key and never sent twice) and keep it
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,12 +28,37 @@ log = get_logger(__name__)
 #: ``(session, now, room) -> messages written``: write up to about ``room`` more queued messages.
 Feeder = Callable[[AsyncSession, datetime, int], Awaitable[int]]
 
+
+@dataclass(frozen=True, slots=True)
+class Unwritten:
+    """Messages of a flow a feeder has decided but not written yet, and how many of them are held out."""
+
+    messages: int = 0
+    held_out: int = 0
+
+
+#: ``(session, flow) -> Unwritten``: what a feeder still has to write for ``flow`` (a status read counts these as
+#: queued, so a flow being fed is not under-reported).
+Backlog = Callable[[AsyncSession, str], Awaitable[Unwritten]]
+
 _FEEDERS: dict[str, Feeder] = {}
+_BACKLOGS: dict[str, Backlog] = {}
 
 
-def register(name: str, feeder: Feeder) -> None:
+def register(name: str, feeder: Feeder, backlog: Backlog | None = None) -> None:
     """Register (or replace) the feeder called ``name``; the dispatcher calls every one before it claims."""
     _FEEDERS[name] = feeder
+    if backlog is not None:
+        _BACKLOGS[name] = backlog
+
+
+async def unwritten(session: AsyncSession, flow: str) -> Unwritten:
+    """What every feeder has still to write for ``flow``."""
+    messages = held_out = 0
+    for backlog in list(_BACKLOGS.values()):
+        left = await backlog(session, flow)
+        messages, held_out = messages + left.messages, held_out + left.held_out
+    return Unwritten(messages, held_out)
 
 
 async def top_up(sessions: async_sessionmaker[AsyncSession], now: datetime, room: int) -> int:

@@ -23,7 +23,7 @@ from tongcrm.identity.models import Identity
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.logging import get_logger
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
-from tongcrm.messaging import holdout
+from tongcrm.messaging import feed, holdout
 from tongcrm.messaging import templates as tpl
 from tongcrm.messaging.models import (
     InboundRecord,
@@ -402,6 +402,8 @@ class CampaignStatus:
 async def campaign_status(session: AsyncSession, flow: str) -> CampaignStatus:
     validate_flow_name(flow)
     statuses = (await status_counts(session, flow)).get(flow, {s: 0 for s in STATUSES})
+    left = await feed.unwritten(session, flow)  # decided, not in the send log yet: queued all the same
+    statuses["queued"] += left.messages
     reached = Message.status.in_(("sent", "delivered"))
     row = (
         await session.execute(
@@ -412,7 +414,7 @@ async def campaign_status(session: AsyncSession, flow: str) -> CampaignStatus:
             ).where(Message.flow == flow)
         )
     ).one()
-    return CampaignStatus(flow, statuses, int(row[0]), int(row[1]), int(row[2]))
+    return CampaignStatus(flow, statuses, int(row[0]) + left.held_out, int(row[1]), int(row[2]))
 
 
 async def status_counts(session: AsyncSession, flow: str | None = None) -> dict[str, dict[str, int]]:
