@@ -27,3 +27,13 @@ async def snapshot(ctx: JobContext, payload: dict[str, Any]) -> None:
 
 
 registry.every("segments.snapshot", timedelta(hours=1), "segments.snapshot")
+
+
+@registry.job("segments.activity")
+async def refresh_activity(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Keep the member activity summary current, so API counts seldom have to refresh it first (or, in a
+    read-only transaction, read the orders instead)."""
+    await service.refresh_activity(ctx.sessions)
+
+
+registry.every("segments.activity", timedelta(minutes=1), "segments.activity")
