@@ -106,9 +106,11 @@ async def _summarise(url: str) -> float | None:
         started = time.perf_counter()
         async with session_factory(engine)() as session, session.begin():
             await activity.rebuild(session)
-        async with engine.connect() as conn:  # planner statistics for the new table
+        async with engine.connect() as conn:  # statistics, and the visibility map index-only scans need
             await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(
-                sa.text("ANALYZE member_activity")
+                sa.text(
+                    ("VACUUM " if engine.dialect.name == "postgresql" else "") + "ANALYZE member_activity"
+                )
             )
         return time.perf_counter() - started
     finally:

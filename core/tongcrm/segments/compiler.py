@@ -106,7 +106,7 @@ def _compare(expr: sa.ColumnElement[Any], op: str, value: Any, now: datetime) ->
 _NEGATED = {"ne": "eq", "not_in": "in"}
 
 
-def _column_test(
+def column_test(
     column: sa.ColumnElement[Any], op: str, value: Any, now: datetime, *, present: Condition | None = None
 ) -> Condition:
     """A test on a member column (or an expression of one) that may be NULL: index-friendly (no COALESCE)."""
@@ -131,7 +131,7 @@ def _exists(*where: Condition) -> Condition:
     return sa.exists().where(*where).correlate(members)
 
 
-def among(ids: sa.Select[Any]) -> Condition:
+def among(ids: sa.Select[Any] | sa.CompoundSelect[Any]) -> Condition:
     """The member is one of ``ids`` (an uncorrelated select of member ids, never NULL).
 
     Written as ``EXISTS`` over the set rather than ``IN``: PostgreSQL plans both as a hashed semi join, but only
@@ -313,7 +313,7 @@ def _profile(c: Compiler, leaf: Leaf, depth: int) -> Condition:
         return scalar_test(count, op, value, now)
     if name == "profile.birthday_month":
         month = sa.cast(sa.extract("month", members.c.birthday), sa.Integer)
-        return _column_test(month, op, value, now, present=members.c.birthday.is_not(None))
+        return column_test(month, op, value, now, present=members.c.birthday.is_not(None))
     column = {
         "profile.gender": members.c.gender,
         "profile.city": members.c.city,
@@ -324,7 +324,7 @@ def _profile(c: Compiler, leaf: Leaf, depth: int) -> Condition:
         "profile.source_campaign": members.c.source_campaign,
         "profile.referrer": members.c.referrer_id,
     }[name]
-    return _column_test(column, op, value, now)
+    return column_test(column, op, value, now)
 
 
 def _identity(c: Compiler, leaf: Leaf, depth: int) -> Condition:
@@ -559,7 +559,7 @@ def _rfm(c: Compiler, leaf: Leaf, depth: int) -> Condition:
 
 
 def _lifecycle(c: Compiler, leaf: Leaf, depth: int) -> Condition:
-    return _column_test(members.c.lifecycle_stage, leaf.op, leaf.value, c.ctx.now, present=sa.true())
+    return column_test(members.c.lifecycle_stage, leaf.op, leaf.value, c.ctx.now, present=sa.true())
 
 
 _BUILDERS: dict[str, Callable[[Compiler, Leaf, int], Condition]] = {

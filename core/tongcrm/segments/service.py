@@ -455,6 +455,7 @@ async def start_export(
     """An export as the API and the console answer it: the audit record commits in its own unit of work before
     the first row leaves, then the rows stream from short reads. ``reveal`` must have passed
     :func:`tongcrm.members.service.check_reveal` for ``actor``."""
+    await refresh_activity(sessions)
     async with sessions() as session, session.begin():
         found = await get_segment(session, ref)
         context = await load_context(session, host, utcnow())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -35,10 +34,14 @@ activity = sa.inspect(MemberActivity).local_table
 
 @dataclass(frozen=True, slots=True)
 class Covered:
-    """A condition on the member's summary row, and whether a member without a row meets it."""
+    """A condition on the member's summary row, and whether a member without a row meets it.
+
+    ``arms``: the same test as two exclusive parts, rows without an override and rows with one (the tier held
+    now), so that the rows without one — nearly all — are a range of ``ix_member_activity_reach``."""
 
     test: Condition
     empty: bool
+    arms: tuple[Condition, Condition] | None = None
 
 
 def _tier(c: Compiler, leaf: Leaf) -> Covered | None:
@@ -57,24 +60,31 @@ def _tier(c: Compiler, leaf: Leaf) -> Covered | None:
     held_empty = base in codes
     if leaf.op in ("ne", "not_in"):
         return Covered(sa.not_(held), not held_empty)
-    return Covered(held, held_empty)
+    rules = a.tier_code.in_(codes) if not held_empty else sa.func.coalesce(a.tier_code, base).in_(codes)
+    return Covered(
+        held,
+        held_empty,
+        (sa.and_(a.override_code.is_(None), rules), sa.and_(a.override_code.is_not(None), held)),
+    )
 
 
 def _consent(c: Compiler, leaf: Leaf) -> Covered | None:
     if leaf.param("signature") not in (None, "*"):
         return None  # the summary keeps the statements for every signature only
     purpose = leaf.param("purpose")
+    # "IS NOT NULL AND =" rather than COALESCE: as true or false, and a range of an index
     if purpose == "marketing":
-        opted_in, empty = sql.known(activity.c.marketing == "opt_in"), False
+        opted_in, empty = sql.column_test(activity.c.marketing, "eq", "opt_in", c.ctx.now), False
     elif purpose == "service":
-        opted_in, empty = sa.not_(sql.known(activity.c.service == "opt_out")), True
+        opted_in, empty = sql.column_test(activity.c.service, "ne", "opt_out", c.ctx.now), True
     else:
         return None
     return Covered(opted_in, empty) if leaf.value else Covered(sa.not_(opted_in), not empty)
 
 
 def _lifetime(leaf: Leaf) -> tuple[sa.ColumnElement[Any], int | None] | None:
-    """The summary column holding a lifetime order aggregate of ``leaf`` and its value with no order."""
+    """The summary column holding a lifetime order aggregate of ``leaf`` and its value with no order (counts
+    and spend are never NULL in a row; the times are NULL without a counted order)."""
     if leaf.param("window_days") is not None or leaf.param("channel") is not None:
         return None
     a, name, store = activity.c, leaf.field.name, leaf.param("store")
@@ -151,7 +161,7 @@ def narrowed(c: Compiler, node: Node) -> Condition | None:
     if node.param("store") is not None:
         necessary.append(a.store_orders >= (bound if node.field.name == "orders.count" else 1))
     if (days := node.param("window_days")) is not None:
-        necessary.append(sql.known(a.last_at >= c.ctx.now - timedelta(days=days)))
+        necessary.append(sql.column_test(a.last_at, "within_days", days, c.ctx.now))
     exact = (
         sa.select(aggregate)
         .where(*c.order_scope(node, member=a.member_id), sql.counted_order())
@@ -170,8 +180,12 @@ def conjunction(c: Compiler, children: Sequence[Node], compiled: Sequence[Condit
     tests: list[Condition] = []
     rest: list[Condition] = []
     empty = True
+    arms: tuple[Condition, Condition] | None = None
     for child, cover, source in zip(children, found, compiled, strict=True):
-        if cover is not None:
+        if cover is not None and cover.arms is not None and arms is None:
+            arms = cover.arms
+            empty = empty and cover.empty
+        elif cover is not None:
             tests.append(cover.test)
             empty = empty and cover.empty
         elif (narrow := narrowed(c, child)) is not None:
@@ -181,7 +195,10 @@ def conjunction(c: Compiler, children: Sequence[Node], compiled: Sequence[Condit
             rest.append(source)
     rows = sa.select(activity.c.member_id)
     if empty:
-        among = sa.not_(sql.among(rows.where(sa.not_(sa.and_(*tests)))))
+        held = sa.and_(*tests, *([sa.or_(*arms)] if arms is not None else []))
+        among = sa.not_(sql.among(rows.where(sa.not_(held))))
+    elif arms is not None:
+        among = sql.among(sa.union_all(rows.where(arms[0], *tests), rows.where(arms[1], *tests)))
     else:
         among = sql.among(rows.where(*tests))
     return sa.and_(among, *rest)

@@ -48,6 +48,13 @@ def upgrade() -> None:
         sa.Column("undone_seen", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_member_activity_state")),
     )
+    op.create_index(
+        "ix_member_activity_reach",
+        "member_activity",
+        ["tier_code", "marketing", "store_orders", "override_code", "orders", "last_at", "member_id"],
+        unique=False,
+    )
+    op.create_index("ix_member_activity_override", "member_activity", ["override_code"], unique=False)
     op.create_index("ix_member_tiers_updated_at", "member_tiers", ["updated_at"], unique=False)
     op.create_index("ix_consent_events_recorded_at", "consent_events", ["recorded_at"], unique=False)
 
@@ -56,4 +63,6 @@ def downgrade() -> None:
     op.drop_index("ix_consent_events_recorded_at", table_name="consent_events")
     op.drop_index("ix_member_tiers_updated_at", table_name="member_tiers")
     op.drop_table("member_activity_state")
+    op.drop_index("ix_member_activity_override", table_name="member_activity")
+    op.drop_index("ix_member_activity_reach", table_name="member_activity")
     op.drop_table("member_activity")
