@@ -104,8 +104,14 @@ class MemberActivity(Base):
             "last_at",
             "member_id",
         ),
-        #: The few rows with an override (the other arm of a tier condition).
-        sa.Index("ix_member_activity_override", "override_code"),
+        #: The few rows with an override (the other arm of a tier condition), as a partial index both
+        #: databases match to that arm's ``override_code IS NOT NULL``.
+        sa.Index(
+            "ix_member_activity_override",
+            "override_code",
+            sqlite_where=sa.text("override_code IS NOT NULL"),
+            postgresql_where=sa.text("override_code IS NOT NULL"),
+        ),
     )
 
 

@@ -107,9 +107,11 @@ def _orders(c: Compiler, leaf: Leaf) -> Covered | None:
     if held is None:
         return None
     column, empty = held
-    return Covered(
-        sql.scalar_test(column, leaf.op, leaf.value, c.ctx.now), sql.empty_matches(leaf.op, leaf.value, empty)
-    )
+    matches_empty = sql.empty_matches(leaf.op, leaf.value, empty)
+    if leaf.field.name == "orders.aov":
+        return Covered(sql.scalar_test(column, leaf.op, leaf.value, c.ctx.now), matches_empty)
+    present = sa.true() if empty is not None else None  # counts and spend are NOT NULL: nothing to guard
+    return Covered(sql.column_test(column, leaf.op, leaf.value, c.ctx.now, present=present), matches_empty)
 
 
 _COVERS: dict[str, Callable[[Compiler, Leaf], Covered | None]] = {
@@ -196,9 +198,11 @@ def conjunction(c: Compiler, children: Sequence[Node], compiled: Sequence[Condit
     rows = sa.select(activity.c.member_id)
     if empty:
         held = sa.and_(*tests, *([sa.or_(*arms)] if arms is not None else []))
-        among = sa.not_(sql.among(rows.where(sa.not_(held))))
-    elif arms is not None:
-        among = sql.among(sa.union_all(rows.where(arms[0], *tests), rows.where(arms[1], *tests)))
-    else:
-        among = sql.among(rows.where(*tests))
-    return sa.and_(among, *rest)
+        return sa.and_(sa.not_(sql.among(rows.where(sa.not_(held)))), *rest)
+    ids: sa.Select[Any] | sa.CompoundSelect[Any] = (
+        sa.union_all(rows.where(arms[0], *tests), rows.where(arms[1], *tests)) if arms else rows.where(*tests)
+    )
+    # IN rather than EXISTS: the set is small, and SQLite then builds it once and looks each member up by id
+    # (an EXISTS over a UNION ALL it re-evaluates per member, pushing the member id into both arms);
+    # PostgreSQL plans either as the same semi join
+    return sa.and_(sql.members.c.id.in_(ids), *rest)

@@ -54,7 +54,14 @@ def upgrade() -> None:
         ["tier_code", "marketing", "store_orders", "override_code", "orders", "last_at", "member_id"],
         unique=False,
     )
-    op.create_index("ix_member_activity_override", "member_activity", ["override_code"], unique=False)
+    op.create_index(
+        "ix_member_activity_override",
+        "member_activity",
+        ["override_code"],
+        unique=False,
+        sqlite_where=sa.text("override_code IS NOT NULL"),
+        postgresql_where=sa.text("override_code IS NOT NULL"),
+    )
     op.create_index("ix_member_tiers_updated_at", "member_tiers", ["updated_at"], unique=False)
     op.create_index("ix_consent_events_recorded_at", "consent_events", ["recorded_at"], unique=False)
 
