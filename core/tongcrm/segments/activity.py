@@ -210,18 +210,26 @@ async def refresh(session: AsyncSession, *, progress: Callable[[int, int], None]
         await session.flush()
         return True
     affected = await _affected(session, state)
-    if progress:
-        progress(0, len(affected))
-    for i in range(0, len(affected), BATCH):
-        chunk = affected[i : i + BATCH]
-        await session.execute(sa.delete(activity).where(activity.c.member_id.in_(chunk)))
-        await session.execute(_write(chunk))
-        if progress:
-            progress(min(i + BATCH, len(affected)), len(affected))
+    await recompute(session, affected, progress=progress)
     await session.execute(
         sa.update(ActivityState).where(ActivityState.id == 1).values(refreshed_at=started, **marks)
     )
     return True
+
+
+async def recompute(
+    session: AsyncSession, members: Sequence[int], *, progress: Callable[[int, int], None] | None = None
+) -> None:
+    """Recompute the rows of ``members`` from the sources, :data:`BATCH` at a time (what a refresh does for
+    the members it found changed; also a repair for rows a bypassing write left behind)."""
+    if progress:
+        progress(0, len(members))
+    for i in range(0, len(members), BATCH):
+        chunk = list(members[i : i + BATCH])
+        await session.execute(sa.delete(activity).where(activity.c.member_id.in_(chunk)))
+        await session.execute(_write(chunk))
+        if progress:
+            progress(min(i + BATCH, len(members)), len(members))
 
 
 async def rebuild(session: AsyncSession) -> None:
