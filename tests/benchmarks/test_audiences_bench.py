@@ -4,13 +4,17 @@
 - Count of a four-condition segment (gold tier, at least 2 orders on taobao in 90 days, never bought in a store,
   opted in to marketing) next to a plain ``SELECT count(*) FROM members`` (the ceiling), measured in alternating
   turns in the same run (``TONGCRM_BENCH_ROUNDS``, default 5): median ms of each and their ratio. Aims: at most
-  3x the count and 100 ms on PostgreSQL.
+  3x the count and 100 ms on PostgreSQL. The segment is counted with the member activity summary (built first
+  when it is not current; the turn includes the "is it current" probes) and, as a reference, on the source
+  tables; both must find the same members.
+- The summary's refresh after 10,000 new orders, and a count right after it.
 - A full RFM recompute (aim: 60 s), then 10,000 new orders and the incremental recompute they cause (aim: 2 s).
 
 The seed is kept and reused by later runs (it takes minutes): PostgreSQL in the database
 ``TONGCRM_BENCH_AUDIENCE_POSTGRES_URL`` (default: ``bench_aud`` on the server of ``TONGCRM_TEST_POSTGRES_URL``,
 created when missing; no server named: the PostgreSQL case is skipped), SQLite in a file under
-``TONGCRM_BENCH_DATA_DIR`` (default ``$TMPDIR/tongcrm-bench``).
+``TONGCRM_BENCH_DATA_DIR`` (default ``$TMPDIR/tongcrm-bench``). Two engineers seeding at once: give each their own
+database and folder through these two variables.
 
 Run: ``python -m pytest tests/benchmarks/test_audiences_bench.py --benchmark-enable --benchmark-only -s``.
 """
