@@ -6,6 +6,8 @@ only the members concerned; ``differences`` (what ``tongcrm verify`` reports) fi
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import sqlalchemy as sa
 from tongcrm.audit.service import SYSTEM
@@ -14,7 +16,7 @@ from tongcrm.consent.models import ConsentEvent
 from tongcrm.members.merge import merge_members, undo_merge
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order
-from tongcrm.segments import activity
+from tongcrm.segments import activity, jobs
 from tongcrm.segments.models import MemberActivity
 from tongcrm.testing.database import TestDatabase
 from tongcrm.tiers.models import MemberTier
@@ -108,3 +110,22 @@ async def test_the_summary_follows_orders_tiers_consent_and_merges(tongcrm_db: T
         await activity.rebuild(s)
     async with tongcrm_db.sessions() as s:
         assert await activity.differences(s) == []
+
+
+async def test_the_minutely_job_brings_the_summary_up_to_date(tongcrm_db: TestDatabase) -> None:
+    async with tongcrm_db.sessions() as s, s.begin():
+        person = Member()
+        s.add(person)
+        await s.flush()
+        s.add(
+            ConsentEvent(member_id=person.id, purpose="marketing", signature="*", status="opt_in", source="t")
+        )
+    job_ctx: Any = SimpleNamespace(sessions=tongcrm_db.sessions)
+    await jobs.refresh_activity(job_ctx, {})
+    async with tongcrm_db.sessions() as s:
+        assert await activity.is_current(s)
+        row = await s.get(MemberActivity, person.id)
+        assert row is not None and row.marketing == "opt_in"
+    await jobs.refresh_activity(job_ctx, {})  # nothing changed: it runs again and changes nothing
+    async with tongcrm_db.sessions() as s:
+        assert await activity.is_current(s) and await activity.differences(s) == []
