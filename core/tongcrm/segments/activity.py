@@ -68,6 +68,23 @@ def rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
         .group_by(Order.member_id)
         .subquery("o")
     )
+    # the second-latest counted order per member (row 2 of each member's orders, latest first; ties by id)
+    ranked = (
+        sa.select(
+            Order.member_id,
+            Order.placed_at,
+            sa.func.row_number()
+            .over(partition_by=Order.member_id, order_by=(Order.placed_at.desc(), Order.id.desc()))
+            .label("rn"),
+        )
+        .where(Order.member_id.is_not(None), counted_order(), *only(Order.member_id))
+        .subquery("ranked")
+    )
+    second = (
+        sa.select(ranked.c.member_id, ranked.c.placed_at.label("last2_at"))
+        .where(ranked.c.rn == 2)
+        .subquery("s")
+    )
     ce = sa.inspect(ConsentEvent).local_table
     latest = (
         sa.select(ce.c.member_id, sa.func.max(ce.c.id).label("id"))
@@ -103,9 +120,11 @@ def rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
         sa.func.coalesce(orders.c.spend, 0),
         orders.c.first_at,
         orders.c.last_at,
+        second.c.last2_at,
         sa.func.coalesce(orders.c.store_orders, 0),
     ).select_from(
         ids.outerjoin(orders, orders.c.member_id == ids.c.member_id)
+        .outerjoin(second, second.c.member_id == ids.c.member_id)
         .outerjoin(consent, consent.c.member_id == ids.c.member_id)
         .outerjoin(tiers, tiers.c.member_id == ids.c.member_id)
     )

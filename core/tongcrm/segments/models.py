@@ -88,6 +88,8 @@ class MemberActivity(Base):
     spend: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     first_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When the second-latest counted order was placed: "2 or more orders in a window" needs it inside the window.
+    last2_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     store_orders: Mapped[int] = mapped_column(sa.Integer, default=0)
 
     __table_args__ = (
@@ -102,6 +104,7 @@ class MemberActivity(Base):
             "override_code",
             "orders",
             "last_at",
+            "last2_at",
             "member_id",
         ),
         #: The few rows with an override (the other arm of a tier condition), as a partial index both

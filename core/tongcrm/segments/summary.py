@@ -146,8 +146,8 @@ def _lower_bound(op: str, value: Any) -> int:
 def narrowed(c: Compiler, node: Node) -> Condition | None:
     """A windowed or per-channel/per-store ``orders.count`` or ``orders.spend`` that needs at least one order,
     as a test on the summary row: necessary conditions the summary answers (lifetime orders or spend at least
-    the bound, in a store when the scope is one, latest order inside the window), then the exact aggregate over
-    that member's orders in scope."""
+    the bound, in a store when the scope is one, latest order — or second-latest, for two or more orders — inside
+    the window), then the exact aggregate over that member's orders in scope."""
     if not isinstance(node, Leaf) or node.field.name not in ("orders.count", "orders.spend"):
         return None
     if sql.empty_matches(node.op, node.value, 0) or node.op == "is_set":
@@ -163,7 +163,9 @@ def narrowed(c: Compiler, node: Node) -> Condition | None:
     if node.param("store") is not None:
         necessary.append(a.store_orders >= (bound if node.field.name == "orders.count" else 1))
     if (days := node.param("window_days")) is not None:
-        necessary.append(sql.column_test(a.last_at, "within_days", days, c.ctx.now))
+        # one order in the window: the latest is in it; two or more: the second-latest too
+        latest = a.last2_at if node.field.name == "orders.count" and bound >= 2 else a.last_at
+        necessary.append(sql.column_test(latest, "within_days", days, c.ctx.now))
     exact = (
         sa.select(aggregate)
         .where(*c.order_scope(node, member=a.member_id), sql.counted_order())

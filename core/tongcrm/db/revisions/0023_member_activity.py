@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("spend", sa.BigInteger(), nullable=False),
         sa.Column("first_at", UTCDateTime(), nullable=True),
         sa.Column("last_at", UTCDateTime(), nullable=True),
+        sa.Column("last2_at", UTCDateTime(), nullable=True),
         sa.Column("store_orders", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["member_id"], ["members.id"], name=op.f("fk_member_activity_member_id_members")
@@ -51,7 +52,16 @@ def upgrade() -> None:
     op.create_index(
         "ix_member_activity_reach",
         "member_activity",
-        ["tier_code", "marketing", "store_orders", "override_code", "orders", "last_at", "member_id"],
+        [
+            "tier_code",
+            "marketing",
+            "store_orders",
+            "override_code",
+            "orders",
+            "last_at",
+            "last2_at",
+            "member_id",
+        ],
         unique=False,
     )
     op.create_index(
