@@ -68,13 +68,15 @@ def rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
         .group_by(Order.member_id)
         .subquery("o")
     )
-    # the second-latest counted order per member (row 2 of each member's orders, latest first; ties by id)
+    # the second-latest counted order per member: row 2 of each member's orders, latest first (which of two
+    # orders at the same moment comes first does not change the time; and without the id the orders are read
+    # from ix_orders_member_activity alone)
     ranked = (
         sa.select(
             Order.member_id,
             Order.placed_at,
             sa.func.row_number()
-            .over(partition_by=Order.member_id, order_by=(Order.placed_at.desc(), Order.id.desc()))
+            .over(partition_by=Order.member_id, order_by=Order.placed_at.desc())
             .label("rn"),
         )
         .where(Order.member_id.is_not(None), counted_order(), *only(Order.member_id))
