@@ -10,7 +10,7 @@ knows only the language's documented meaning and none of the compiler.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from tongcrm.members.models import Member, MemberTag
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.points.models import PointsBalance
 from tongcrm.rfm.models import RfmScore
-from tongcrm.segments import service
+from tongcrm.segments import activity, service
 from tongcrm.segments.compiler import Context
 from tongcrm.segments.schema import RFM_CELLS
 from tongcrm.testing.database import TestDatabase
@@ -36,6 +36,8 @@ STORES = ("SH001", "BJ002")
 TIERS = ("member", "silver", "gold")
 KINDS = {"taobao": ("taobao.ouid",), "jd": ("jd.open_id",), "offline_pos": ("pos.card",)}
 CONTEXT = Context(now=NOW, channels=frozenset(CHANNELS), identity_kinds=KINDS, tiers=TIERS)
+#: The same programme with the member activity summary current: covered conditions read it instead.
+SUMMARY = replace(CONTEXT, activity=True)
 _ids = itertools.count(1)
 
 
@@ -454,15 +456,26 @@ async def test_sql_selects_what_the_python_reading_selects(
 ) -> None:
     await tongcrm_db.truncate()
     ids = await _store(tongcrm_db, world)
+    await _summarise(tongcrm_db)
     for tree in trees:
         document = {"version": 1, "condition": tree}
         expected = [ids[i] for i in range(len(world)) if not world[i].merged and evaluate(tree, i, world)]
-        async with tongcrm_db.sessions() as s:
-            prepared = service.prepare(CONTEXT, document)
-            got = await service.member_ids(s, prepared, after_id=None, limit=100)
-            counted = await service.count(s, prepared)
-        assert got == expected, tree
-        assert counted == len(expected)
+        for context in (CONTEXT, SUMMARY):
+            async with tongcrm_db.sessions() as s:
+                prepared = service.prepare(context, document)
+                got = await service.member_ids(s, prepared, after_id=None, limit=100)
+                counted = await service.count(s, prepared)
+            assert got == expected, (context.activity, tree)
+            assert counted == len(expected)
+
+
+async def _summarise(db: TestDatabase) -> None:
+    """Build the activity summary from the stored world; it must then be current and equal a recomputation."""
+    async with db.sessions() as s, s.begin():
+        await activity.rebuild(s)
+    async with db.sessions() as s:
+        assert await activity.is_current(s)
+        assert await activity.differences(s) == []
 
 
 async def test_a_fixed_world_spot_checks(tongcrm_db: TestDatabase) -> None:
@@ -487,10 +500,12 @@ async def test_a_fixed_world_spot_checks(tongcrm_db: TestDatabase) -> None:
         ]
     }
     assert [evaluate(tree, i, world) for i in range(3)] == [True, False, False]
+    await _summarise(tongcrm_db)
     async with tongcrm_db.sessions() as s:
-        prepared = service.prepare(CONTEXT, {"version": 1, "condition": tree})
-        assert await service.member_ids(s, prepared, after_id=None, limit=10) == [ids[0]]
-        assert await service.count(s, prepared) == 1
+        for context in (CONTEXT, SUMMARY):
+            prepared = service.prepare(context, {"version": 1, "condition": tree})
+            assert await service.member_ids(s, prepared, after_id=None, limit=10) == [ids[0]]
+            assert await service.count(s, prepared) == 1
         assert (await s.execute(sa.select(sa.func.count()).select_from(Member))).scalar_one() == 3
 
 
@@ -569,8 +584,9 @@ async def test_tier_overrides_by_hand(tongcrm_db: TestDatabase) -> None:
         ({"field": "tier.code", "op": "not_in", "value": ["member", "silver"]}, {"gold"}),
         ({"field": "tier.code", "op": "eq", "value": "member"}, {"member"}),
     ]
+    await _summarise(tongcrm_db)
     async with tongcrm_db.sessions() as s:
-        for tree, held in cases:
-            prepared = service.prepare(CONTEXT, {"version": 1, "condition": tree})
+        for (tree, held), context in itertools.product(cases, (CONTEXT, SUMMARY)):
+            prepared = service.prepare(context, {"version": 1, "condition": tree})
             want = [i for i, row in zip(ids, rows, strict=True) if row[3] in held]
             assert await service.member_ids(s, prepared, after_id=None, limit=10) == want, tree

@@ -17,6 +17,7 @@ from tongcrm.cli import Context, build_cli
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.members.models import Member, MemberTag
 from tongcrm.plugin.host import PluginHost
+from tongcrm.segments.models import MemberActivity
 from tongcrm.segments.schema import InvalidSegment
 
 
@@ -97,3 +98,28 @@ def test_a_bad_definition_names_the_node(invoke: Any, tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidSegment, match="/condition/all/0/field: unknown field 'tag'"):
         invoke("segments", "preview", str(bad))
+
+
+def test_verify_checks_the_member_activity_summary(invoke: Any) -> None:
+    """``tongcrm verify`` refreshes the summary, then compares it with a recomputation: a row written behind its
+    back is reported (and fails the command) until ``segments rebuild-activity`` recomputes it."""
+    assert invoke("db", "upgrade").exit_code == 0
+    asyncio.run(_seed(invoke.url, 2))
+    good = invoke("verify")
+    assert good.exit_code == 0 and "member activity summary: equals" in good.output
+
+    async def drift() -> int:
+        engine = create_engine(invoke.url)
+        try:
+            async with session_factory(engine)() as s, s.begin():
+                member = (await s.execute(sa.select(sa.func.min(Member.id)))).scalar_one()
+                s.add(MemberActivity(member_id=member, orders=3, spend=100, store_orders=0))
+                return int(member)
+        finally:
+            await engine.dispose()
+
+    member = asyncio.run(drift())
+    bad = invoke("verify")
+    assert bad.exit_code != 0 and f"for members {member}" in bad.output
+    assert "rebuilt" in invoke("segments", "rebuild-activity").output
+    assert invoke("verify").exit_code == 0

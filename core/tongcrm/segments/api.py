@@ -162,10 +162,12 @@ class SegmentController(Controller):
     async def preview(
         self,
         data: JSONBody[PreviewIn],
+        sessions: NamedDependency[Sessions],
         read_sessions: NamedDependency[Sessions],
         host: NamedDependency[PluginHost],
         vault: NamedDependency[Vault],
     ) -> PreviewOut:
+        await service.refresh_activity(sessions)
         async with read_sessions() as session:
             context = await service.load_context(session, host, utcnow())
             result = await service.preview(session, vault, context, data.definition, sample=data.sample)
@@ -237,10 +239,12 @@ class SegmentController(Controller):
     async def count(
         self,
         segment: FromPath[str],
+        sessions: NamedDependency[Sessions],
         read_sessions: NamedDependency[Sessions],
         host: NamedDependency[PluginHost],
     ) -> CountOut:
         now = utcnow()
+        await service.refresh_activity(sessions)
         async with read_sessions() as session:
             found = await service.get_segment(session, _ref(segment))
             context = await service.load_context(session, host, now)
@@ -273,6 +277,7 @@ class SegmentController(Controller):
     async def members(
         self,
         segment: FromPath[str],
+        sessions: NamedDependency[Sessions],
         read_sessions: NamedDependency[Sessions],
         host: NamedDependency[PluginHost],
         vault: NamedDependency[Vault],
@@ -281,6 +286,7 @@ class SegmentController(Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_PAGE)] = 50,
     ) -> SegmentMembersOut:
+        await service.refresh_activity(sessions)
         async with read_sessions() as session:
             found = await service.get_segment(session, _ref(segment))
             context = await service.load_context(session, host, utcnow())

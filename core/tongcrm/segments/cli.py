@@ -25,7 +25,7 @@ from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import BadRequest
 from tongcrm.members.service import check_reveal
 from tongcrm.plugin.host import PluginHost
-from tongcrm.segments import service
+from tongcrm.segments import activity, service
 from tongcrm.segments.schema import catalogue
 
 CLI_ACTOR = Actor("cli", "admin")
@@ -88,6 +88,7 @@ def preview(obj: _Obj, source: str, sample: int) -> None:
     definition = _read(source)
 
     async def body(sessions: Sessions, read: Sessions) -> service.Preview:
+        await service.refresh_activity(sessions)
         async with read() as session:
             context = await service.load_context(session, obj.host, utcnow())
             return await service.preview(session, obj.settings.vault(), context, definition, sample=sample)
@@ -145,6 +146,21 @@ def list_command(obj: _Obj) -> None:
     Console().print(table)
 
 
+@segments_group.command("rebuild-activity")
+@click.pass_obj
+def rebuild_activity(obj: _Obj) -> None:
+    """Recompute the member activity summary from the orders, tiers and consent (after ``tongcrm verify``
+    reports a difference; the refresh before each count is otherwise enough)."""
+
+    async def body(sessions: Sessions, read: Sessions) -> int:
+        async with sessions() as session, session.begin():
+            await activity.rebuild(session)
+        async with read() as session:
+            return len(await activity.differences(session))
+
+    click.echo("member activity summary rebuilt" if _run(obj, body) == 0 else "rebuilt, but it still differs")
+
+
 @segments_group.command("count")
 @click.argument("name")
 @click.pass_obj
@@ -152,6 +168,7 @@ def count_command(obj: _Obj, name: str) -> None:
     """How many members segment NAME has now."""
 
     async def body(sessions: Sessions, read: Sessions) -> int:
+        await service.refresh_activity(sessions)
         async with read() as session:
             segment = await service.get_segment(session, name)
             context = await service.load_context(session, obj.host, utcnow())
@@ -172,6 +189,7 @@ def export(obj: _Obj, name: str, output: str | None, reveal: str) -> None:
     revealing = check_reveal([f.strip() for f in reveal.split(",") if f.strip()], CLI_ACTOR)
 
     async def body(sessions: Sessions, read: Sessions, sink: TextIO) -> int:
+        await service.refresh_activity(sessions)
         async with sessions() as session, session.begin():
             segment = await service.get_segment(session, name)
             context = await service.load_context(session, obj.host, utcnow())

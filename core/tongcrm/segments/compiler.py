@@ -32,6 +32,7 @@ from tongcrm.members.service import normalise_tag
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry, PointsLot
 from tongcrm.rfm.models import RfmScore
+from tongcrm.segments import summary
 from tongcrm.segments.schema import (
     FIELDS,
     MAX_DEPTH,
@@ -66,9 +67,12 @@ class Context:
     tiers: tuple[str, ...] | None = None
     #: Saved segments by name: the definition document of each one's latest version.
     segments: Mapping[str, Any] = field(default_factory=dict)
+    #: The member activity summary is current (:func:`tongcrm.segments.activity.is_current`): conditions it
+    #: covers are read from it (:mod:`tongcrm.segments.summary`) instead of the order, tier and consent tables.
+    activity: bool = False
 
 
-def _known(predicate: Condition) -> Condition:
+def known(predicate: Condition) -> Condition:
     """A predicate over a value that may be NULL (an aggregate of no rows), made false rather than unknown."""
     return sa.func.coalesce(predicate, sa.false(), type_=sa.Boolean)
 
@@ -102,7 +106,7 @@ def _compare(expr: sa.ColumnElement[Any], op: str, value: Any, now: datetime) ->
 _NEGATED = {"ne": "eq", "not_in": "in"}
 
 
-def _column_test(
+def column_test(
     column: sa.ColumnElement[Any], op: str, value: Any, now: datetime, *, present: Condition | None = None
 ) -> Condition:
     """A test on a member column (or an expression of one) that may be NULL: index-friendly (no COALESCE)."""
@@ -114,20 +118,20 @@ def _column_test(
     return sa.and_(present, _compare(column, op, value, now))
 
 
-def _scalar_test(expr: sa.ColumnElement[Any], op: str, value: Any, now: datetime) -> Condition:
+def scalar_test(expr: sa.ColumnElement[Any], op: str, value: Any, now: datetime) -> Condition:
     """A test on a correlated scalar subquery (NULL when the member has nothing to aggregate)."""
     if op == "is_set":
         return expr.is_not(None) if value else expr.is_(None)
     if op in _NEGATED:
-        return sa.not_(_known(_compare(expr, _NEGATED[op], value, now)))
-    return _known(_compare(expr, op, value, now))
+        return sa.not_(known(_compare(expr, _NEGATED[op], value, now)))
+    return known(_compare(expr, op, value, now))
 
 
 def _exists(*where: Condition) -> Condition:
     return sa.exists().where(*where).correlate(members)
 
 
-def _among(ids: sa.Select[Any]) -> Condition:
+def among(ids: sa.Select[Any] | sa.CompoundSelect[Any]) -> Condition:
     """The member is one of ``ids`` (an uncorrelated select of member ids, never NULL).
 
     Written as ``EXISTS`` over the set rather than ``IN``: PostgreSQL plans both as a hashed semi join, but only
@@ -181,7 +185,7 @@ def _py_compare(have: int, op: str, value: Any) -> bool:
     raise AssertionError(f"unhandled operator {op} on a number")
 
 
-def _empty_matches(op: str, value: Any, empty: int | None) -> bool:
+def empty_matches(op: str, value: Any, empty: int | None) -> bool:
     """Whether :func:`_scalar_test` holds for a member with nothing to aggregate (``empty``: the aggregate's
     value then, e.g. 0 for a count, None for a latest time)."""
     if op == "is_set":
@@ -210,6 +214,13 @@ def counted_order() -> Condition:
     return sa.and_(
         purchased_order(), sa.not_(sa.and_(Order.refunded_fen > 0, Order.refunded_fen >= Order.paid_fen))
     )
+
+
+def net_spend() -> sa.ColumnElement[int]:
+    """The spend of a member's orders in a group: what was paid minus what was refunded, never below zero per
+    order (0 with no order)."""
+    net = Order.paid_fen - Order.refunded_fen
+    return sa.cast(sa.func.coalesce(sa.func.sum(sa.case((net > 0, net), else_=0)), 0), sa.BigInteger)
 
 
 class Compiler:
@@ -243,23 +254,29 @@ class Compiler:
                 node.pointer, f"with the segments it uses the tree is deeper than {MAX_DEPTH} levels"
             )
         if isinstance(node, All):
-            return sa.and_(*(self.node(c, depth + 1) for c in node.children))
+            children = [self.node(c, depth + 1) for c in node.children]
+            if self.ctx.activity and not self.problems:
+                return summary.conjunction(self, node.children, children)
+            return sa.and_(*children)
         if isinstance(node, AnyOf):
             return sa.or_(*(self.node(c, depth + 1) for c in node.children))
-        if isinstance(node, Not):
-            return sa.not_(self.node(node.child, depth + 1))
-        return self.leaf(node, depth)
+        alone = sa.not_(self.node(node.child, depth + 1)) if isinstance(node, Not) else self.leaf(node, depth)
+        if self.ctx.activity and not self.problems:
+            return summary.conjunction(self, (node,), [alone])
+        return alone
 
     # ---------------------------------------------------------------------------------------------------------
 
     def leaf(self, leaf: Leaf, depth: int) -> Condition:
         return _BUILDERS[leaf.field.name.split(".")[0]](self, leaf, depth)
 
-    def order_scope(self, leaf: Leaf, *, correlated: bool = True) -> list[Condition]:
-        """The orders a behaviour leaf looks at: the member's own (``correlated``) or everyone's with a member."""
-        where: list[Condition] = [
-            Order.member_id == members.c.id if correlated else Order.member_id.is_not(None)
-        ]
+    def order_scope(
+        self, leaf: Leaf, *, correlated: bool = True, member: sa.ColumnElement[int] | None = None
+    ) -> list[Condition]:
+        """The orders a behaviour leaf looks at: the member's own (``correlated``: those of ``members.id``, or
+        of the ``member`` column given) or everyone's with a member."""
+        owner = members.c.id if member is None else member
+        where: list[Condition] = [Order.member_id == owner if correlated else Order.member_id.is_not(None)]
         if (days := leaf.param("window_days")) is not None:
             where.append(Order.placed_at >= self.ctx.now - timedelta(days=days))
         if (channel := leaf.param("channel")) is not None:
@@ -293,10 +310,10 @@ def _profile(c: Compiler, leaf: Leaf, depth: int) -> Condition:
             .correlate(members)
             .scalar_subquery()
         )
-        return _scalar_test(count, op, value, now)
+        return scalar_test(count, op, value, now)
     if name == "profile.birthday_month":
         month = sa.cast(sa.extract("month", members.c.birthday), sa.Integer)
-        return _column_test(month, op, value, now, present=members.c.birthday.is_not(None))
+        return column_test(month, op, value, now, present=members.c.birthday.is_not(None))
     column = {
         "profile.gender": members.c.gender,
         "profile.city": members.c.city,
@@ -307,7 +324,7 @@ def _profile(c: Compiler, leaf: Leaf, depth: int) -> Condition:
         "profile.source_campaign": members.c.source_campaign,
         "profile.referrer": members.c.referrer_id,
     }[name]
-    return _column_test(column, op, value, now)
+    return column_test(column, op, value, now)
 
 
 def _identity(c: Compiler, leaf: Leaf, depth: int) -> Condition:
@@ -334,9 +351,9 @@ def _holds_tier(c: Compiler, codes: Sequence[str]) -> Condition:
     mt = sa.inspect(MemberTier).local_table
     if c.ctx.tiers[0] in codes:
         return sa.not_(
-            _among(sa.select(mt.c.member_id).where(_effective_tier(mt, c.ctx.now, codes, held=False)))
+            among(sa.select(mt.c.member_id).where(_effective_tier(mt, c.ctx.now, codes, held=False)))
         )
-    return _among(sa.select(mt.c.member_id).where(_effective_tier(mt, c.ctx.now, codes, held=True)))
+    return among(sa.select(mt.c.member_id).where(_effective_tier(mt, c.ctx.now, codes, held=True)))
 
 
 def _effective_tier(mt: sa.FromClause, now: datetime, codes: Sequence[str], *, held: bool) -> Condition:
@@ -410,7 +427,7 @@ def _consent(c: Compiler, leaf: Leaf, depth: int) -> Condition:
             later.c.signature.in_(signatures),
             later.c.id > ce.c.id,
         )
-        return _among(
+        return among(
             sa.select(ce.c.member_id).where(
                 ce.c.purpose == purpose, ce.c.signature.in_(signatures), ce.c.status == status,
                 sa.not_(superseded),
@@ -451,7 +468,7 @@ def _points(c: Compiler, leaf: Leaf, depth: int) -> Condition:
             where.append(PointsEntry.occurred_at >= now - timedelta(days=days))
         total = sa.func.sum(PointsEntry.amount if kind == EntryKind.EARN else -PointsEntry.amount)
         amount = sa.select(total).where(*where).correlate(members).scalar_subquery()
-    return _scalar_test(sa.func.coalesce(amount, 0), leaf.op, leaf.value, now)
+    return scalar_test(sa.func.coalesce(amount, 0), leaf.op, leaf.value, now)
 
 
 def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
@@ -474,8 +491,7 @@ def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
     # an aggregate over each member's orders in scope, compiled as the set of members whose group passes the
     # test (one pass over the orders in scope) rather than one correlated aggregate per member; a member with
     # no order in scope has the aggregate's empty value (0 for a count or spend, none otherwise)
-    net = Order.paid_fen - Order.refunded_fen
-    spend = sa.cast(sa.func.coalesce(sa.func.sum(sa.case((net > 0, net), else_=0)), 0), sa.BigInteger)
+    spend = net_spend()
     which = purchased_order() if name == "orders.refund_rate" else counted_order()
     aggregate: sa.ColumnElement[Any]
     empty: int | None = None
@@ -491,15 +507,15 @@ def _orders(c: Compiler, leaf: Leaf, depth: int) -> Condition:
         aggregate = sa.func.min(Order.placed_at)
     else:
         aggregate = sa.case((sa.func.count() > 0, spend // sa.func.count()), else_=None)
-    test = _scalar_test(aggregate, op, value, now)
+    test = scalar_test(aggregate, op, value, now)
     where = [*c.order_scope(leaf, correlated=False), which]
 
     buyer = _Unordered(Order.member_id)
 
     def passing(having: Condition) -> Condition:
-        return _among(sa.select(Order.member_id).where(*where).group_by(buyer).having(having))
+        return among(sa.select(Order.member_id).where(*where).group_by(buyer).having(having))
 
-    return sa.not_(passing(sa.not_(test))) if _empty_matches(op, value, empty) else passing(test)
+    return sa.not_(passing(sa.not_(test))) if empty_matches(op, value, empty) else passing(test)
 
 
 def _segment(c: Compiler, leaf: Leaf, depth: int) -> Condition:
@@ -539,11 +555,11 @@ def _rfm(c: Compiler, leaf: Leaf, depth: int) -> Condition:
         "rfm.cell": RfmScore.cell,
     }[leaf.field.name]
     held = sa.select(column).where(RfmScore.member_id == members.c.id).correlate(members).scalar_subquery()
-    return _scalar_test(held, leaf.op, leaf.value, c.ctx.now)
+    return scalar_test(held, leaf.op, leaf.value, c.ctx.now)
 
 
 def _lifecycle(c: Compiler, leaf: Leaf, depth: int) -> Condition:
-    return _column_test(members.c.lifecycle_stage, leaf.op, leaf.value, c.ctx.now, present=sa.true())
+    return column_test(members.c.lifecycle_stage, leaf.op, leaf.value, c.ctx.now, present=sa.true())
 
 
 _BUILDERS: dict[str, Callable[[Compiler, Leaf, int], Condition]] = {

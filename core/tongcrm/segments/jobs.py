@@ -11,7 +11,7 @@ from tongcrm.config import PROGRAMME_TZ, Settings
 from tongcrm.jobs.registry import registry
 from tongcrm.jobs.runner import JobContext
 from tongcrm.logging import get_logger
-from tongcrm.segments import service
+from tongcrm.segments import activity, service
 
 log = get_logger(__name__)
 
@@ -27,3 +27,16 @@ async def snapshot(ctx: JobContext, payload: dict[str, Any]) -> None:
 
 
 registry.every("segments.snapshot", timedelta(hours=1), "segments.snapshot")
+
+
+@registry.job("segments.activity")
+async def refresh_activity(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Keep the member activity summary current, so API counts seldom have to refresh it first (or, in a
+    read-only transaction, read the orders instead). It refreshes even when the summary looks current: a
+    transaction that was open across the last refresh and committed after it, with stamps older than what that
+    refresh saw, is not visible to ``is_current`` but is inside the refresh's look-back margin."""
+    async with ctx.sessions() as session, session.begin():
+        await activity.refresh(session)
+
+
+registry.every("segments.activity", timedelta(minutes=1), "segments.activity")

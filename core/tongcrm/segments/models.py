@@ -13,8 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
+from tongcrm.consent.models import ConsentEvent
 from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 from tongcrm.members.models import Member
+from tongcrm.tiers.models import MemberTier
 
 
 class Segment(Base):
@@ -62,3 +64,77 @@ class SegmentCount(Base):
 #: ``profile.referral_count`` counts the members whose referrer is this one: a correlated count that needs this
 #: index to stay a lookup per member instead of a scan of the member table.
 sa.Index("ix_members_referrer_id", Member.referrer_id)
+
+
+class MemberActivity(Base):
+    """One narrow row per member with the inputs of the common segment conditions (a derived cache of the
+    tier, consent and order tables, kept by :mod:`tongcrm.segments.activity`).
+
+    Only what does not move with the clock is stored, so no daily roll is needed: the tier inputs (the effective
+    tier is computed at query time, because an override ends without any write), the latest consent statement
+    for every signature per purpose, and lifetime counts over the orders that count (paid, not refunded in
+    full). A member without a row has none of these: base tier, no statement, no order."""
+
+    __tablename__ = "member_activity"
+
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), primary_key=True, autoincrement=False)
+    tier_code: Mapped[str | None] = mapped_column(sa.String(32))
+    override_code: Mapped[str | None] = mapped_column(sa.String(32))
+    override_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The status (``opt_in``/``opt_out``) of the latest statement for every signature (``*``), per purpose.
+    marketing: Mapped[str | None] = mapped_column(sa.String(8))
+    service: Mapped[str | None] = mapped_column(sa.String(8))
+    orders: Mapped[int] = mapped_column(sa.Integer, default=0)
+    spend: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    first_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When the second-latest counted order was placed: "2 or more orders in a window" needs it inside the window.
+    last2_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    store_orders: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+    __table_args__ = (
+        #: The rows of a tier without an override, by consent and store buying, with what the usual order
+        #: conditions read: "gold, opted in, never in a store, N orders lately" is a range of this index read
+        #: alone (PostgreSQL's index-only scan, SQLite's covering index) instead of a scan of every row.
+        sa.Index(
+            "ix_member_activity_reach",
+            "tier_code",
+            "marketing",
+            "store_orders",
+            "override_code",
+            "orders",
+            "last_at",
+            "last2_at",
+            "member_id",
+        ),
+        #: The few rows with an override (the other arm of a tier condition), as a partial index both
+        #: databases match to that arm's ``override_code IS NOT NULL``.
+        sa.Index(
+            "ix_member_activity_override",
+            "override_code",
+            sqlite_where=sa.text("override_code IS NOT NULL"),
+            postgresql_where=sa.text("override_code IS NOT NULL"),
+        ),
+    )
+
+
+class ActivityState(Base):
+    """The one row saying how far :class:`MemberActivity` has been kept: the newest change it has seen in each
+    source. A source with a newer change means the summary is not current (segments then read the orders)."""
+
+    __tablename__ = "member_activity_state"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    orders_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    tiers_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    consent_seen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: Merges by id and undos by how many there are: both are dated by the caller (``at``), maybe in the past.
+    merges_seen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    undone_seen: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+#: How :mod:`tongcrm.segments.activity` finds what changed since it last looked, as ranges rather than scans:
+#: tier rows by ``updated_at`` and consent statements by ``recorded_at`` (orders have ``ix_orders_updated_at``).
+sa.Index("ix_member_tiers_updated_at", MemberTier.updated_at)
+sa.Index("ix_consent_events_recorded_at", ConsentEvent.recorded_at)

@@ -33,6 +33,7 @@ from tongcrm.members import service as members_service
 from tongcrm.members.models import Member, MemberTag
 from tongcrm.members.service import MemberSummary
 from tongcrm.plugin.host import PluginHost
+from tongcrm.segments import activity
 from tongcrm.segments.compiler import Compiler, Condition, Context, member_filter, members
 from tongcrm.segments.models import Segment, SegmentCount, SegmentVersion
 from tongcrm.segments.schema import All, AnyOf, InvalidSegment, Leaf, Node, Not, Problem, leaves, parse
@@ -50,10 +51,22 @@ _NAME = re.compile(r"^(?![0-9]+$)[a-z0-9][a-z0-9_-]{0,63}$")
 # context and compilation
 
 
+async def refresh_activity(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Bring the activity summary up to date in a unit of work of its own, when it is behind: what the API, the
+    CLI and the jobs do before loading a context, so their counts can use it. (A context loaded while the
+    summary is behind reads the orders instead: slower, equally exact.)"""
+    async with sessions() as session:
+        if await activity.is_current(session):
+            return
+    async with sessions() as session, session.begin():
+        await activity.refresh(session)
+
+
 async def load_context(session: AsyncSession, host: PluginHost, now: datetime) -> Context:
     """The programme's names a tree is checked against, read once per call: channels (installed ones and those
     of connected accounts), the identity kinds each channel declares, the ladder's tier codes and every saved
-    segment's latest definition."""
+    segment's latest definition; and whether the activity summary is current, so compiled conditions may read
+    it (exact as of this call: a change after it is seen by the next context)."""
     specs = host.channels()
     accounts = (await session.execute(sa.select(ChannelAccount.channel).distinct())).scalars()
     ladder = await active_ladder(session)
@@ -69,6 +82,7 @@ async def load_context(session: AsyncSession, host: PluginHost, now: datetime) -
         identity_kinds={name: tuple(k.name for k in spec.identity_kinds) for name, spec in specs.items()},
         tiers=tuple(t.code for t in ladder.tiers) if ladder is not None else None,
         segments={row.name: row.definition for row in latest},
+        activity=await activity.is_current(session),
     )
 
 
@@ -441,6 +455,7 @@ async def start_export(
     """An export as the API and the console answer it: the audit record commits in its own unit of work before
     the first row leaves, then the rows stream from short reads. ``reveal`` must have passed
     :func:`tongcrm.members.service.check_reveal` for ``actor``."""
+    await refresh_activity(sessions)
     async with sessions() as session, session.begin():
         found = await get_segment(session, ref)
         context = await load_context(session, host, utcnow())
@@ -547,6 +562,7 @@ async def snapshot(
     """Count every saved segment once for ``today`` (a run later the same day changes nothing). Each segment is
     its own unit of work; one that no longer compiles (its tier was removed from the ladder) is logged and
     skipped, the others are still counted. Returns how many counts were written."""
+    await refresh_activity(sessions)
     async with sessions() as session:
         context = await load_context(session, host, now)
         done = set(
