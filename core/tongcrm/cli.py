@@ -282,6 +282,11 @@ def keys_status(ctx: Context) -> None:
             f"{usage.stranded_opt_outs} SMS opt-out(s) of numbers no member has stay under an old key (their number "
             "is stored nowhere to re-index from): keep that key listed or they stop being honoured."
         )
+    if usage.unindexed_masked_mobiles:
+        click.echo(
+            f"{usage.unindexed_masked_mobiles} member mobile(s) have no masked-mobile index under the current key "
+            "yet: `tongcrm keys rotate` (or `tongcrm member index-masked`) writes them"
+        )
     left = usage.left_on_old_keys()
     click.echo(
         "nothing is left under old keys: they can leave TONGCRM_OLD_SECRET_KEYS (SMS gateways then need the new "
@@ -691,7 +696,8 @@ def tiers_grant_standing(ctx: Context, batch: int) -> None:
 
 @cli.group()
 def member() -> None:
-    """A member's rights under PIPL: a copy of their data, and its erasure (both audited)."""
+    """A member's rights under PIPL (a copy of their data, its erasure: both audited), and the masked-mobile
+    index."""
 
 
 #: who the audit log names for what is done from the command line (whoever can run it holds the database)
@@ -751,6 +757,29 @@ def member_erase(ctx: Context, member_id: int, reason: str) -> None:
         return
     counts = ", ".join(f"{n} {name}" for name, n in report.counts().items() if n)
     click.echo(f"member {report.member_id} erased ({counts})")
+
+
+@member.command("index-masked")
+@click.option(
+    "--batch", default=500, show_default=True, type=click.IntRange(1, 10_000), help="Members a transaction."
+)
+@pass_ctx
+def member_index_masked(ctx: Context, batch: int) -> None:
+    """Write the masked-mobile index (search by 138****8000) of members that lack it: run once after the
+    upgrade to revision 0024. Safe to stop and run again; a second run finds nothing to do."""
+    from tongcrm.members import masked
+
+    vault = ctx.settings.vault()
+
+    async def body(engine: Any) -> Any:
+        return await masked.index_masked_mobiles(
+            session_factory(engine), vault, batch=batch, progress=lambda n: click.echo(f"  indexed {n}")
+        )
+
+    report = run(_with_engine(ctx.settings, body))
+    click.echo(f"masked mobiles indexed: {report.indexed}, stale indexes cleared: {report.cleared}")
+    if report.unreadable:
+        fail(f"{report.unreadable} member mobile(s) could not be read by any configured key")
 
 
 def _bulk_commands() -> None:

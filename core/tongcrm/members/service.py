@@ -28,6 +28,7 @@ from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
+from tongcrm.members.masked import looks_masked, masked_lookup, mobile_columns
 from tongcrm.members.models import ERASED, Member, MemberTag
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
 from tongcrm.members.tag_history import TagHistory
@@ -238,6 +239,8 @@ class ProfileChanges:
 
     values: dict[str, Any] = field(default_factory=dict)
     mobile: str | None = None  # E.164, when a new mobile was given
+    #: columns written with ``values`` that are not profile fields (no provenance): the masked-mobile index
+    derived: dict[str, Any] = field(default_factory=dict)
 
 
 async def _validate(
@@ -280,11 +283,10 @@ async def _validate(
     elif "referrer_id" in raw:
         out.values["referrer_id"] = None
     if "mobile" in raw:
-        if raw["mobile"] is None:
-            out.values["mobile_enc"] = None
-        else:
-            out.mobile = normalise_mobile(str(raw["mobile"]))
-            out.values["mobile_enc"] = vault.encrypt(out.mobile, context=MOBILE_CONTEXT)
+        out.mobile = None if raw["mobile"] is None else normalise_mobile(str(raw["mobile"]))
+        columns = mobile_columns(vault, out.mobile)
+        out.values["mobile_enc"] = columns.pop("mobile_enc")
+        out.derived.update(columns)
     return out
 
 
@@ -343,7 +345,7 @@ async def create_member(
         created_at=now,
         updated_at=now,
         profile_meta=_stamp({}, profile_fields, now),
-        **{"lifecycle_stage": "prospect", **changes.values},
+        **{"lifecycle_stage": "prospect", **changes.values, **changes.derived},
     )
     session.add(member)
     await session.flush()
@@ -431,7 +433,7 @@ async def update_member(
     if changes.mobile:
         await _claim_mobile(session, vault, member_id, changes.mobile, actor)
     now = utcnow()
-    for name, value in changes.values.items():
+    for name, value in {**changes.values, **changes.derived}.items():
         setattr(member, name, value)
     member.profile_meta = _stamp(member.profile_meta or {}, [k for k in changes.values], now)
     member.updated_at = now
@@ -586,6 +588,8 @@ class MemberQuery:
     city: str | None = None
     province: str | None = None
     name: str | None = None  # prefix
+    #: a whole number (matched exactly through the mobile identities) or a masked one, ``138****8000``
+    #: (matched through the members' masked-mobile index; many members may share one)
     mobile: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
@@ -618,7 +622,9 @@ async def list_members(
         stmt = stmt.where(Member.name.like(escaped + "%", escape="\\"))
     if query.tag:
         stmt = stmt.where(sa.exists().where(MemberTag.member_id == Member.id, MemberTag.tag == query.tag))
-    if query.mobile:
+    if query.mobile and looks_masked(query.mobile):
+        stmt = stmt.where(Member.mobile_masked_index.in_(masked_lookup(vault, query.mobile)))
+    elif query.mobile:
         indexes = vault.blind_indexes(normalise_mobile(query.mobile), purpose=MOBILE_INDEX_PURPOSE)
         stmt = stmt.where(
             sa.exists().where(
