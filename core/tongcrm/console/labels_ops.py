@@ -22,6 +22,10 @@ ZH_OPS: dict[str, str] = {
     "quar.at": "隔离时间",
     "quar.payload": "原始记录",
     "quar.count": "条数",
+    "quar.shape": "记录结构（值已隐藏）",
+    "quar.masked_note": "记录含买家的个人信息：此处只显示其结构（字段名与每个值的类型和长度）。",
+    "quar.reveal": "显示本页原始记录（将记入审计日志）",
+    "quar.revealed_note": "已显示原始记录；此次查看已记入审计日志。",
     # segments
     "seg.title": "人群",
     "seg.new": "新建人群",
@@ -308,6 +312,11 @@ EN_OPS: dict[str, str] = {
     "quar.at": "Quarantined at",
     "quar.payload": "Record as received",
     "quar.count": "Records",
+    "quar.shape": "Record structure (values hidden)",
+    "quar.masked_note": "Records hold buyers' personal data: only their structure is shown (field names, and "
+    "each value's type and length).",
+    "quar.reveal": "Show the records of this page (audited)",
+    "quar.revealed_note": "The records are shown; this view is in the audit log.",
     # segments
     "seg.title": "Segments",
     "seg.new": "New segment",

@@ -1,4 +1,5 @@
-"""Finding members by a platform's masked mobile (``138****8000``) without decrypting anyone's number.
+"""Masked personal data: finding members by a platform's masked mobile (``138****8000``) without decrypting
+anyone's number, and the masked name every output shows to those who may not reveal it (:func:`mask_name`).
 
 Platforms hand operators and customer service only the masked form of a buyer's mobile: the first three and
 the last four digits. Each member row keeps a keyed hash of the masked form of its profile mobile
@@ -69,6 +70,15 @@ def parse_masked(raw: str) -> str:
             raise InvalidMobile("a masked Chinese mobile hides exactly 4 digits: 138****8000")
         return f"{head}****{tail}"
     return f"+{cc} {head}{stars}{tail}"
+
+
+def mask_name(name: str | None) -> str | None:
+    """``张三丰`` → ``张**``: enough for a cashier to greet or an operator to recognise, too little to copy a
+    customer list from. Every output that may not reveal a member's name shows this."""
+    if not name:
+        return None
+    name = name.strip()
+    return name[0] + "*" * max(len(name) - 1, 1) if len(name) > 1 else "*"
 
 
 def masked_index(vault: Vault, e164: str) -> str:

@@ -28,7 +28,7 @@ from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
-from tongcrm.members.masked import looks_masked, masked_lookup, mobile_columns
+from tongcrm.members.masked import looks_masked, mask_name, masked_lookup, mobile_columns
 from tongcrm.members.models import ERASED, Member, MemberTag
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
 from tongcrm.members.tag_history import TagHistory
@@ -37,7 +37,12 @@ from tongcrm.plugin.host import PluginHost
 
 GENDERS = frozenset({"male", "female", "unknown"})
 LIFECYCLE_STAGES = ("prospect", "new", "repeat", "dormant", "churned")
-REVEALABLE = frozenset({"mobile"})
+#: The masking rule (docs/architecture.md, "Personal data"): a member's name and mobile leave the service
+#: masked — lists, lookups, the 360 view, previews, exports, the console — unless a role in ``REVEAL_ROLES``
+#: asks to reveal them, and every reveal is audited. Asking for either field reveals both: a reveal is of the
+#: member's personal data, and its audit record lists ``REVEALED_FIELDS``.
+REVEALABLE = frozenset({"mobile", "name"})
+REVEALED_FIELDS = ("mobile", "name")
 REVEAL_ROLES = frozenset({"admin"})
 MAX_PAGE = 200
 MAX_TAGS = 50
@@ -131,7 +136,7 @@ def summary(member: Member, tags: Sequence[str], vault: Vault, *, reveal: bool =
         status=member.status,
         merged_into_id=member.merged_into_id,
         version=member.version,
-        name=member.name,
+        name=member.name if reveal else mask_name(member.name),
         gender=member.gender,
         birthday=member.birthday,
         province=member.province,
@@ -149,10 +154,11 @@ def summary(member: Member, tags: Sequence[str], vault: Vault, *, reveal: bool =
 
 
 def _audit_view(member: Member, tags: Sequence[str], vault: Vault) -> dict[str, Any]:
-    """What audit records hold of a member: masked, JSON-ready."""
+    """What audit records hold of a member: the mobile masked, JSON-ready. The name stays in clear: the audit
+    log is admins' reading, and an erasure redacts these entries."""
     s = summary(member, tags, vault)
     return {
-        "name": s.name,
+        "name": member.name,
         "gender": s.gender,
         "birthday": s.birthday.isoformat() if s.birthday else None,
         "province": s.province,
@@ -502,12 +508,13 @@ async def untag_member(session: AsyncSession, member_id: int, tag: str, actor: A
 # queries
 
 
-def check_reveal(reveal: Sequence[str], actor: Actor) -> bool:
-    """Whether the call reveals the mobile; refuses fields that cannot be revealed and roles that may not."""
-    unknown = set(reveal) - REVEALABLE
+def check_reveal(reveal: Sequence[str], actor: Actor, *, revealable: frozenset[str] = REVEALABLE) -> bool:
+    """Whether the call reveals personal data; refuses fields that cannot be revealed (a member's, unless
+    ``revealable`` names others) and roles that may not (the one rule: ``REVEAL_ROLES``)."""
+    unknown = set(reveal) - revealable
     if unknown:
         raise BadRequest(
-            f"cannot reveal {', '.join(sorted(unknown))}; revealable: {', '.join(sorted(REVEALABLE))}"
+            f"cannot reveal {', '.join(sorted(unknown))}; revealable: {', '.join(sorted(revealable))}"
         )
     if reveal and actor.role not in REVEAL_ROLES:
         raise Forbidden(f"role {actor.role!r} may not reveal personal data")
@@ -565,7 +572,7 @@ async def member_view(
         if value is not None:
             sections[name] = value
     if reveal:
-        audit.record(session, actor, "member.reveal", "member", live, after={"fields": ["mobile"]})
+        audit.record(session, actor, "member.reveal", "member", live, after={"fields": list(REVEALED_FIELDS)})
     return MemberView(
         member=summary(member, tags, vault, reveal=reveal),
         identities=identities,
@@ -644,7 +651,7 @@ async def list_members(
     if reveal and members:
         audit.record(
             session, actor, "member.reveal", "member", ",".join(str(m.id) for m in members)[:64],
-            after={"fields": ["mobile"], "member_ids": [m.id for m in members]},
+            after={"fields": list(REVEALED_FIELDS), "member_ids": [m.id for m in members]},
         )  # fmt: skip
     return [summary(m, tags[m.id], vault, reveal=reveal) for m in members], members[-1].id if more else None
 
