@@ -2,7 +2,7 @@
 
 Every figure comes from the service functions the API's controllers call (members, orders, points, tiers,
 entitlements, messaging, merges), so roles, masking and audit records are the API's: the mobile is masked unless
-an admin reveals it (audited, as ``?reveal=mobile`` on the API), and the undo is an operator's or admin's write.
+an admin reveals it (audited, as ``?reveal=mobile,name`` on the API), and the undo is an operator's or admin's write.
 """
 
 from __future__ import annotations

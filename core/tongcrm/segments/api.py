@@ -2,7 +2,7 @@
 counts, the member list, CSV export and "why is this member in it". Thin: roles and shapes here, logic in
 :mod:`tongcrm.segments.service`.
 
-Analysts and up may read and preview; operators and up may save; an export reveals mobiles only for admins,
+Analysts and up may read and preview; operators and up may save; an export reveals mobiles and names only for admins,
 and every export is audited. Errors in a definition come back as a 422 problem whose ``pointer`` (and each of
 ``errors[].pointer``) is a JSON pointer into the definition document.
 """
@@ -310,7 +310,7 @@ class SegmentController(Controller):
     @get(
         "/{segment:str}/export",
         opt=requires(*READ_ROLES),
-        summary="The segment's members as CSV, streamed (masked; `reveal=mobile` for admins; audited)",
+        summary="The segment's members as CSV, streamed (masked; `reveal=mobile,name` for admins; audited)",
         media_type="text/csv",
     )
     async def export(
