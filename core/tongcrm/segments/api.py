@@ -321,7 +321,10 @@ class SegmentController(Controller):
         host: NamedDependency[PluginHost],
         vault: NamedDependency[Vault],
         principal: NamedDependency[Principal],
-        reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
+        reveal: Annotated[
+            str | None,
+            QueryParameter(description="`mobile` or `name` (either reveals both: admins; audited)"),
+        ] = None,
     ) -> Stream:
         actor = Actor.of(principal)
         revealing = check_reveal([f.strip() for f in (reveal or "").split(",") if f.strip()], actor)
