@@ -633,9 +633,11 @@ async def list_members(
         stmt = stmt.where(Member.mobile_masked_index.in_(masked_lookup(vault, query.mobile)))
     elif query.mobile:
         indexes = vault.blind_indexes(normalise_mobile(query.mobile), purpose=MOBILE_INDEX_PURPOSE)
+        # ``id IN (the identities' members)``, not a correlated EXISTS: SQLite ran the EXISTS once per member in
+        # id order (381 ms a search at 100,000 members) where the identity index answers at once
         stmt = stmt.where(
-            sa.exists().where(
-                Identity.member_id == Member.id, Identity.kind == "mobile", Identity.value.in_(indexes)
+            Member.id.in_(
+                sa.select(Identity.member_id).where(Identity.kind == "mobile", Identity.value.in_(indexes))
             )
         )
     if query.created_from:
