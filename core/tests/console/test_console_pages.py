@@ -147,6 +147,8 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert (
             'data-member="' not in (await api.get("/console/members", params={"mobile": "139****8000"})).text
         )
+        malformed = await api.get("/console/members", params={"mobile": "138***8000"})
+        assert malformed.status_code == 422 and "hides exactly 4 digits" in malformed.text
         # names follow the masking rule too: an operator sees 李* (search by the name still works)
         assert "李*" in by_mobile and "李雷" not in by_mobile
         nobody = (await api.get("/console/members", params={"identity": "pos.card:NOPE0000"})).text
@@ -166,6 +168,24 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert (await api.get("/console/members/999999")).status_code == 404
         # operators may not reveal the mobile (admins only, as on the API)
         assert (await api.get(f"/console/members/{s.shopper}?reveal=mobile")).status_code == 403
+        assert "李雷" not in page and 'data-field="name">李*<' in page
+        # an admin sees them masked too, with a link that reveals both, audited
+        await sign_in(api, "admin")
+        masked = (await api.get(f"/console/members/{s.shopper}")).text
+        assert "李雷" not in masked and 'href="?reveal=mobile,name"' in masked
+        revealed = (await api.get(f"/console/members/{s.shopper}?reveal=mobile,name")).text
+        assert 'data-field="name">李雷<' in revealed and "+8613800138000" in revealed
+        async with api.db.sessions() as session:
+            reveals = (
+                (
+                    await session.execute(
+                        sa.select(AuditEntry.after).where(AuditEntry.action == "member.reveal")
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert reveals == [{"fields": ["mobile", "name"]}]
 
 
 async def test_undoing_a_merge_splits_the_ledger_back(
