@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tongcrm.config import Settings
 from tongcrm.db import migrate
 from tongcrm.db.engine import create_engine, session_factory
-from tongcrm.errors import TongcrmError
+from tongcrm.errors import ConfigError, TongcrmError
 from tongcrm.logging import configure_logging, get_logger
 from tongcrm.plugin.host import PluginHost
 
@@ -83,12 +83,27 @@ def db() -> None:
 def db_upgrade(ctx: Context) -> None:
     """Apply every installed distribution's migrations (all heads)."""
 
-    async def body(engine: Any) -> set[str]:
-        await migrate.upgrade(engine, ctx.host)
-        return (await migrate.status(engine, ctx.host))[1]
+    from tongcrm.members import masked
 
-    current = run(_with_engine(ctx.settings, body))
+    async def body(engine: Any) -> tuple[set[str], int]:
+        await migrate.upgrade(engine, ctx.host)
+        unindexed = 0
+        try:
+            vault = ctx.settings.vault()
+        except ConfigError:  # an upgrade run without the secret key: the hint needs it, the upgrade does not
+            vault = None
+        if vault is not None:
+            async with session_factory(engine, readonly=True)() as session, session.begin():
+                unindexed = await masked.count_unindexed(session, vault)
+        return (await migrate.status(engine, ctx.host))[1], unindexed
+
+    current, unindexed = run(_with_engine(ctx.settings, body))
     click.echo(f"database is at {', '.join(sorted(current)) or 'base'}")
+    if unindexed:
+        click.echo(
+            f"{unindexed} member mobile(s) have no masked-mobile index yet (search by 138****8000 misses them): "
+            "run `tongcrm member index-masked`"
+        )
 
 
 @db.command("downgrade")

@@ -3,6 +3,7 @@ merges and their undo, erasure, and the backfill of members written before the i
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from tongcrm.cli import Context, build_cli
 from tongcrm.crypto import Vault
+from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.members import masked
 from tongcrm.members.models import Member
-from tongcrm.members.phone import InvalidMobile
+from tongcrm.members.phone import MOBILE_CONTEXT, InvalidMobile
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import BuyerProfile, IdentityClaim
 
@@ -187,6 +189,22 @@ def test_the_backfill_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def invoke(*args: str):  # type: ignore[no-untyped-def]
         return CliRunner().invoke(build_cli(host), list(args), obj=Context(host), catch_exceptions=False)
 
-    assert invoke("db", "upgrade").exit_code == 0
+    upgraded = invoke("db", "upgrade")
+    assert upgraded.exit_code == 0 and "index-masked" not in upgraded.output  # a new database: nothing to do
+
+    async def old_member() -> None:  # a member as written before revision 0024
+        vault = Vault("masked-secret-key-0123456789abcdef")
+        engine = create_engine(f"sqlite:///{tmp_path / 'masked.sqlite3'}")
+        try:
+            async with session_factory(engine)() as session, session.begin():
+                session.add(Member(mobile_enc=vault.encrypt("+8613800138000", context=MOBILE_CONTEXT)))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(old_member())
+    hinted = invoke("db", "upgrade")
+    assert hinted.exit_code == 0 and "1 member mobile(s) have no masked-mobile index" in hinted.output
     first = invoke("member", "index-masked", "--batch", "10")
-    assert first.exit_code == 0 and "masked mobiles indexed: 0" in first.output
+    assert first.exit_code == 0 and "masked mobiles indexed: 1" in first.output
+    assert "index-masked" not in invoke("db", "upgrade").output
+    assert "masked mobiles indexed: 0" in invoke("member", "index-masked").output  # a second run: nothing
