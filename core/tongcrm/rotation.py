@@ -6,8 +6,8 @@ Rotating ``TONGCRM_SECRET_KEY`` is three steps: set the new secret and list the 
 from ``TONGCRM_OLD_SECRET_KEYS``.
 
 What is moved: members' encrypted mobiles and the blind indexes of their masked forms
-(:mod:`tongcrm.members.masked`, which also writes the ones missing), mobile identities (blind index and ciphertext together), the
-encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
+(:mod:`tongcrm.members.masked`, which also writes the ones missing), mobile identities (blind index and
+ciphertext together), the encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
 replies and unparseable gateway entries, :mod:`tongcrm.privacy.sealed`; one stored before sealing existed is
 in plain text, counted under ``clear``, and is sealed by the rotation), and SMS opt-outs, which are found by blind index and keep
 their number encrypted beside it. An opt-out recorded before its number was kept (revision 0004) moves with the
