@@ -88,8 +88,10 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
         "sms inbound payloads": {},
         rotation.MOBILE_IDENTITIES: {old.kid: 3},
         rotation.OPT_OUTS: {old.kid: 3},
+        rotation.MASKED_MOBILES: {old.kid: 3},
     }
-    assert before.stranded_opt_outs == 1 and before.left_on_old_keys() == 11
+    assert before.stranded_opt_outs == 1 and before.left_on_old_keys() == 14
+    assert before.unindexed_masked_mobiles == 3  # their masked indexes are under the old key
 
     report = await rotation.rotate(tongcrm_db.sessions, both, batch=2)  # several batches of each
     assert report.moved == {
@@ -98,11 +100,13 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
         "messenger account secrets": 1,
         rotation.MOBILE_IDENTITIES: 3,
         rotation.OPT_OUTS: 2,
+        rotation.MASKED_MOBILES: 3,
     }
     assert not report.unreadable and not report.conflicts
     after = await _usage(tongcrm_db, both)
     assert after.by_store[rotation.MOBILE_IDENTITIES] == {new.kid: 3}
     assert after.by_store[rotation.OPT_OUTS] == {new.kid: 2, old.kid: 1}
+    assert after.by_store[rotation.MASKED_MOBILES] == {new.kid: 3} and after.unindexed_masked_mobiles == 0
     assert after.left_on_old_keys() == 1 and after.stranded_opt_outs == 1  # the old one nobody's number names
 
     # with the old key gone, the new one finds members by mobile, reads their numbers and the accounts'
@@ -110,6 +114,11 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
     host = PluginHost(autoload=False)
     async with tongcrm_db.sessions() as session:
         member = await members.lookup(session, new, host, mobile=MOBILES[1])
+        # and by the masked form a platform shows
+        listed, _ = await members.list_members(
+            session, new, members.MemberQuery(mobile="139****9000"), SYSTEM
+        )
+        assert [m.id for m in listed] == [member.id]
         assert member.mobile_enc is not None
         assert new.decrypt(member.mobile_enc, context=MOBILE_CONTEXT) == "+86" + MOBILES[1]
         account = (await session.execute(sa.select(ChannelAccount))).scalar_one()
@@ -137,6 +146,7 @@ async def test_values_no_configured_key_reads_are_reported_and_left_as_they_are(
         "messenger account secrets": 1,
         rotation.MOBILE_IDENTITIES: 3,
         rotation.OPT_OUTS: 2,
+        rotation.MASKED_MOBILES: 3,
     }
     usage = await _usage(tongcrm_db, Vault(NEW, [OLD]))
     assert usage.by_store["member mobiles"] == {Vault(OLD).kid: 3}

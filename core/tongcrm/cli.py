@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tongcrm.config import Settings
 from tongcrm.db import migrate
 from tongcrm.db.engine import create_engine, session_factory
-from tongcrm.errors import TongcrmError
+from tongcrm.errors import ConfigError, TongcrmError
 from tongcrm.logging import configure_logging, get_logger
 from tongcrm.plugin.host import PluginHost
 
@@ -83,12 +83,27 @@ def db() -> None:
 def db_upgrade(ctx: Context) -> None:
     """Apply every installed distribution's migrations (all heads)."""
 
-    async def body(engine: Any) -> set[str]:
-        await migrate.upgrade(engine, ctx.host)
-        return (await migrate.status(engine, ctx.host))[1]
+    from tongcrm.members import masked
 
-    current = run(_with_engine(ctx.settings, body))
+    async def body(engine: Any) -> tuple[set[str], int]:
+        await migrate.upgrade(engine, ctx.host)
+        unindexed = 0
+        try:
+            vault = ctx.settings.vault()
+        except ConfigError:  # an upgrade run without the secret key: the hint needs it, the upgrade does not
+            vault = None
+        if vault is not None:
+            async with session_factory(engine, readonly=True)() as session, session.begin():
+                unindexed = await masked.count_unindexed(session, vault)
+        return (await migrate.status(engine, ctx.host))[1], unindexed
+
+    current, unindexed = run(_with_engine(ctx.settings, body))
     click.echo(f"database is at {', '.join(sorted(current)) or 'base'}")
+    if unindexed:
+        click.echo(
+            f"{unindexed} member mobile(s) have no masked-mobile index yet (search by 138****8000 misses them): "
+            "run `tongcrm member index-masked`"
+        )
 
 
 @db.command("downgrade")
@@ -287,6 +302,11 @@ def keys_status(ctx: Context) -> None:
         click.echo(
             f"{usage.stranded_opt_outs} SMS opt-out(s) of numbers no member has stay under an old key (their number "
             "is stored nowhere to re-index from): keep that key listed or they stop being honoured."
+        )
+    if usage.unindexed_masked_mobiles:
+        click.echo(
+            f"{usage.unindexed_masked_mobiles} member mobile(s) have no masked-mobile index under the current key "
+            "yet: `tongcrm keys rotate` (or `tongcrm member index-masked`) writes them"
         )
     left = usage.left_on_old_keys()
     click.echo(
@@ -722,7 +742,8 @@ def tiers_grant_standing(ctx: Context, batch: int) -> None:
 
 @cli.group()
 def member() -> None:
-    """A member's rights under PIPL: a copy of their data, and its erasure (both audited)."""
+    """A member's rights under PIPL (a copy of their data, its erasure: both audited), and the masked-mobile
+    index."""
 
 
 #: who the audit log names for what is done from the command line (whoever can run it holds the database)
@@ -782,6 +803,29 @@ def member_erase(ctx: Context, member_id: int, reason: str) -> None:
         return
     counts = ", ".join(f"{n} {name}" for name, n in report.counts().items() if n)
     click.echo(f"member {report.member_id} erased ({counts})")
+
+
+@member.command("index-masked")
+@click.option(
+    "--batch", default=500, show_default=True, type=click.IntRange(1, 10_000), help="Members a transaction."
+)
+@pass_ctx
+def member_index_masked(ctx: Context, batch: int) -> None:
+    """Write the masked-mobile index (search by 138****8000) of members that lack it: run once after the
+    upgrade to revision 0024. Safe to stop and run again; a second run finds nothing to do."""
+    from tongcrm.members import masked
+
+    vault = ctx.settings.vault()
+
+    async def body(engine: Any) -> Any:
+        return await masked.index_masked_mobiles(
+            session_factory(engine), vault, batch=batch, progress=lambda n: click.echo(f"  indexed {n}")
+        )
+
+    report = run(_with_engine(ctx.settings, body))
+    click.echo(f"masked mobiles indexed: {report.indexed}, stale indexes cleared: {report.cleared}")
+    if report.unreadable:
+        fail(f"{report.unreadable} member mobile(s) could not be read by any configured key")
 
 
 def _bulk_commands() -> None:

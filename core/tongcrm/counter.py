@@ -80,6 +80,7 @@ from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.members import service as members
+from tongcrm.members.masked import mask_name
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, InvalidMobile, mask_mobile, normalise_mobile
 from tongcrm.orders.models import Order
@@ -235,14 +236,6 @@ class ReturnRecorded:
     #: Redeemed points given back by this return.
     points_refunded: int
     points_available: int | None
-
-
-def mask_name(name: str | None) -> str | None:
-    """``张三丰`` → ``张**``: enough for a cashier to greet, too little to copy a customer list from."""
-    if not name:
-        return None
-    name = name.strip()
-    return name[0] + "*" * max(len(name) - 1, 1) if len(name) > 1 else "*"
 
 
 def share_out(amounts: Sequence[int], total: int) -> list[int]:

@@ -5,8 +5,9 @@ Rotating ``TONGCRM_SECRET_KEY`` is three steps: set the new secret and list the 
 ``tongcrm keys rotate`` (this module); when ``tongcrm keys status`` shows nothing left under the old key, drop it
 from ``TONGCRM_OLD_SECRET_KEYS``.
 
-What is moved: members' encrypted mobiles, mobile identities (blind index and ciphertext together), the
-encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
+What is moved: members' encrypted mobiles and the blind indexes of their masked forms
+(:mod:`tongcrm.members.masked`, which also writes the ones missing), mobile identities (blind index and
+ciphertext together), the encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
 replies and unparseable gateway entries, :mod:`tongcrm.privacy.sealed`; one stored before sealing existed is
 in plain text, counted under ``clear``, and is sealed by the rotation), what plugins sealed and declared through
 the ``sealed_columns`` hook (e.g. webhook signing secrets), and SMS opt-outs, which are found by blind index and keep
@@ -37,6 +38,7 @@ from tongcrm.channels.service import SECRETS_CONTEXT as CHANNEL_SECRETS
 from tongcrm.crypto import Vault
 from tongcrm.errors import PluginError
 from tongcrm.identity.models import Identity
+from tongcrm.members import masked
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.messaging.models import InboundRecord, MessengerAccount, SmsOptOut
@@ -111,6 +113,7 @@ def _stores(host: PluginHost | None) -> tuple[_Ciphertexts, ...]:
 #: the key id ``status`` reports for values stored in plain text
 CLEAR = "clear"
 MOBILE_IDENTITIES = "mobile identities"
+MASKED_MOBILES = "member masked mobiles"
 OPT_OUTS = "sms opt-outs"
 
 
@@ -157,6 +160,9 @@ class KeyUsage:
     by_store: dict[str, dict[str, int]]
     #: opt-outs under an old key whose number no member identity has: they cannot be moved
     stranded_opt_outs: int
+    #: members with a mobile whose masked-mobile index is missing or under an old key (``keys rotate`` or
+    #: ``member index-masked`` writes them)
+    unindexed_masked_mobiles: int = 0
 
     def left_on_old_keys(self) -> int:
         return sum(n for counts in self.by_store.values() for kid, n in counts.items() if kid != self.current)
@@ -194,6 +200,12 @@ async def key_usage(session: AsyncSession, vault: Vault, host: PluginHost | None
         MOBILE_IDENTITIES, _index_kid(_IDENTITIES.c.value), _IDENTITIES, _IDENTITIES.c.kind == "mobile"
     )
     await count(OPT_OUTS, _index_kid(_OPT_OUTS.c.mobile_index), _OPT_OUTS)
+    await count(
+        MASKED_MOBILES,
+        _index_kid(_MEMBERS.c.mobile_masked_index),
+        _MEMBERS,
+        _MEMBERS.c.mobile_masked_index.is_not(None),
+    )
     stranded = (
         await session.execute(
             sa.select(sa.func.count())
@@ -207,7 +219,7 @@ async def key_usage(session: AsyncSession, vault: Vault, host: PluginHost | None
             )
         )
     ).scalar_one()
-    return KeyUsage(vault.kid, by_store, int(stranded))
+    return KeyUsage(vault.kid, by_store, int(stranded), await masked.count_unindexed(session, vault))
 
 
 async def rotate(
@@ -224,6 +236,14 @@ async def rotate(
     report = RotationReport()
     for store in _stores(host):
         await _rotate_ciphertexts(sessions, vault, store, batch, report, progress)
+    indexed = await masked.index_masked_mobiles(
+        sessions,
+        vault,
+        batch=batch,
+        progress=None if progress is None else lambda n: progress(MASKED_MOBILES, n),
+    )
+    report.add(report.moved, MASKED_MOBILES, indexed.indexed)
+    report.add(report.unreadable, MASKED_MOBILES, indexed.unreadable)
     await _rotate_mobile_identities(sessions, vault, batch, report, progress)
     await _rotate_opt_outs(sessions, vault, batch, report, progress)
     if report.moved:

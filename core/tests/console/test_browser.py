@@ -153,12 +153,21 @@ async def test_an_operator_finds_a_shopper_opens_the_360_page_and_undoes_a_merge
         "姓名",
         "搜索",
     ]
+    # the masked mobile a platform shows, typed with full-width asterisks, finds the shopper
+    await page.get_by_label("手机号").fill("138＊＊＊＊8000")
+    async with page.expect_navigation(url="**/console/members?mobile=*"):
+        await page.keyboard.press("Enter")
+    shopper_row = page.locator(f'[data-member="{served.seeded.shopper}"]')
+    assert await shopper_row.count() == 1
+    assert "138****8000" in await shopper_row.inner_text()
+    await _shot(page, served, "members-by-masked-mobile")
+    await page.get_by_label("手机号").fill("")
     await page.get_by_label("渠道身份（类型:值）").fill("pos.card:CARD0001")
-    await page.keyboard.press("Enter")  # the form submits from the keyboard
-    await page.wait_for_url("**/console/members?*")
+    async with page.expect_navigation(url="**/console/members?*identity=pos.card*"):
+        await page.keyboard.press("Enter")  # the form submits from the keyboard
     assert await _unlabelled_inputs(page) == []
     await _shot(page, served, "members")
-    await page.get_by_role("link", name="李雷").click()
+    await page.get_by_role("link", name="李*").click()  # an operator sees the name masked
 
     shopper = served.seeded.shopper
     await page.wait_for_url(f"**/console/members/{shopper}")

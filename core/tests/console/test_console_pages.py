@@ -143,6 +143,17 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert f'data-member="{s.shopper}"' in by_identity
         by_mobile = (await api.get("/console/members", params={"mobile": "13800138000"})).text
         assert f'data-member="{s.shopper}"' in by_mobile
+        # the masked form a platform shows (typed with spaces or full-width asterisks) finds the same member
+        for pattern in ("138****8000", "138 **** 8000", "138＊＊＊＊8000"):
+            by_pattern = (await api.get("/console/members", params={"mobile": pattern})).text
+            assert f'data-member="{s.shopper}"' in by_pattern and "13800138000" not in by_pattern, pattern
+        assert (
+            'data-member="' not in (await api.get("/console/members", params={"mobile": "139****8000"})).text
+        )
+        malformed = await api.get("/console/members", params={"mobile": "138***8000"})
+        assert malformed.status_code == 422 and "hides exactly 4 digits" in malformed.text
+        # names follow the masking rule too: an operator sees 李* (search by the name still works)
+        assert "李*" in by_mobile and "李雷" not in by_mobile
         nobody = (await api.get("/console/members", params={"identity": "pos.card:NOPE0000"})).text
         assert "没有找到会员" in nobody
         page = (await api.get(f"/console/members/{s.shopper}")).text
@@ -160,6 +171,24 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert (await api.get("/console/members/999999")).status_code == 404
         # operators may not reveal the mobile (admins only, as on the API)
         assert (await api.get(f"/console/members/{s.shopper}?reveal=mobile")).status_code == 403
+        assert "李雷" not in page and 'data-field="name">李*<' in page
+        # an admin sees them masked too, with a link that reveals both, audited
+        await sign_in(api, "admin")
+        masked = (await api.get(f"/console/members/{s.shopper}")).text
+        assert "李雷" not in masked and 'href="?reveal=mobile,name"' in masked
+        revealed = (await api.get(f"/console/members/{s.shopper}?reveal=mobile,name")).text
+        assert 'data-field="name">李雷<' in revealed and "+8613800138000" in revealed
+        async with api.db.sessions() as session:
+            reveals = (
+                (
+                    await session.execute(
+                        sa.select(AuditEntry.after).where(AuditEntry.action == "member.reveal")
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert reveals == [{"fields": ["mobile", "name"]}]
 
 
 async def test_undoing_a_merge_splits_the_ledger_back(
@@ -262,6 +291,21 @@ async def test_the_quarantine_page_shows_what_the_api_shows_per_account(
         await sign_in(api, "analyst")  # the API's quarantine routes are open to every read role
         page = await api.get("/console/quarantine")
         tmall = await api.get("/console/quarantine", params={"account": seed.TMALL})
+        # the records themselves only for roles that may reveal personal data, as on the API
+        assert (await api.get("/console/quarantine", params={"reveal": "payload"})).status_code == 403
+        await sign_in(api, "admin")
+        admin_page = await api.get("/console/quarantine", params={"account": seed.TMALL})
+        revealed = await api.get("/console/quarantine", params={"account": seed.TMALL, "reveal": "payload"})
+        async with api.db.sessions() as session:
+            reveals = (
+                (
+                    await session.execute(
+                        sa.select(AuditEntry.after).where(AuditEntry.action == "quarantine.reveal")
+                    )
+                )
+                .scalars()
+                .all()
+            )
     assert page.status_code == 200 and tmall.status_code == 200
     assert everything["total"] == 2 and listed["total"] == 1
     assert _figure(page.text, "quarantine-total") == 2
@@ -272,7 +316,19 @@ async def test_the_quarantine_page_shows_what_the_api_shows_per_account(
     row = re.search(rf'data-quarantined="{item["id"]}">(.*?)</tr>', tmall.text, re.S)
     assert row is not None
     assert "unknown status TRADE_X" in row.group(1) and "T-9" in row.group(1)
-    # the record as received, unsealed for the page exactly as the API answers it
-    assert json.loads(item["payload"]) == record
-    assert item["payload"] in html.unescape(row.group(1))
+    # masked: the record's shape, exactly as the API answers it, and no value of it
+    assert item["payload"] is None and json.loads(item["payload_shape"]) == {
+        "tid": "<text 3>",
+        "buyer": "<text 1>",
+    }
+    assert item["payload_shape"] in html.unescape(row.group(1)) and 'data-field="payload"' not in row.group(1)
+    assert (
+        'data-masking="masked"' in tmall.text and "reveal=payload" not in tmall.text
+    )  # no link for analysts
+    assert "reveal=payload" in admin_page.text and 'data-field="payload"' not in admin_page.text
+    # an admin's reveal: the record as received, unsealed as the API unseals it, and audited
+    assert revealed.status_code == 200 and 'data-masking="revealed"' in revealed.text
+    shown = re.search(r'<pre data-field="payload">(.*?)</pre>', revealed.text, re.S)
+    assert shown is not None and json.loads(html.unescape(shown.group(1))) == record
+    assert reveals == [{"fields": ["payload"], "record_ids": [item["id"]]}]
     assert f'data-quarantined="{everything["items"][1]["id"]}"' not in tmall.text  # the store's record

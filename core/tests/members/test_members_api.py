@@ -52,20 +52,29 @@ async def test_create_get_and_mask(make_client: Any) -> None:
 
 async def test_reveal_is_for_admins_and_audited(make_client: Any) -> None:
     async with make_client(host=make_host()) as api:
-        m = await create(api, mobile="13800138000")
+        m = await create(api, mobile="13800138000", name="张三丰")
+        assert m["name"] == "张**"  # names are masked as mobiles are, for admins too until they reveal
+        masked = (await api.get(f"/api/members/{m['id']}")).json()["member"]
+        assert (masked["name"], masked["mobile"]) == ("张**", "138****8000")
         revealed = await api.get(f"/api/members/{m['id']}", params={"reveal": "mobile"})
         assert revealed.status_code == 200
         assert revealed.json()["member"]["mobile"] == "+8613800138000"
+        assert revealed.json()["member"]["name"] == "张三丰"
         assert revealed.json()["identities"][0]["value"] == "+8613800138000"
         looked = await api.get(
             "/api/members/lookup", params={"mobile": "008613800138000", "reveal": "mobile"}
         )
         assert looked.json()["mobile"] == "+8613800138000"
+        by_name = (await api.get(f"/api/members/{m['id']}", params={"reveal": "name"})).json()["member"]
+        assert by_name["name"] == "张三丰"
+        listed = (await api.get("/api/members", params={"name": "张", "reveal": "mobile,name"})).json()
+        assert [(i["name"], i["mobile"]) for i in listed["items"]] == [("张三丰", "+8613800138000")]
         problem(
-            await api.get(f"/api/members/{m['id']}", params={"reveal": "name"}), 400, "cannot reveal name"
+            await api.get(f"/api/members/{m['id']}", params={"reveal": "city"}), 400, "cannot reveal city"
         )
         audit = (await api.get("/api/audit", params={"action": "member.reveal"})).json()["items"]
-        assert len(audit) == 2 and all(a["object_id"] == str(m["id"]) for a in audit)
+        assert len(audit) == 4 and all(a["object_id"] == str(m["id"]) for a in audit)
+        assert all(a["after"]["fields"] == ["mobile", "name"] for a in audit)
         assert audit[0]["role"] == "admin" and audit[0]["request_id"]
         async with api.db.sessions() as session:
             rows = (await session.execute(sa.select(AuditEntry))).scalars().all()
@@ -73,6 +82,11 @@ async def test_reveal_is_for_admins_and_audited(make_client: Any) -> None:
     async with make_client(host=make_host(), role="operator") as op:
         problem(await op.get(f"/api/members/{m['id']}", params={"reveal": "mobile"}), 403, "may not reveal")
         assert (await op.get(f"/api/members/{m['id']}")).json()["member"]["mobile"] == "138****8000"
+        problem(await op.get("/api/members", params={"reveal": "name"}), 403, "may not reveal")
+        listed = (await op.get("/api/members", params={"name": "张三"})).json()["items"]  # searched in clear
+        assert [(i["name"], i["mobile"]) for i in listed] == [("张**", "138****8000")]
+        looked = (await op.get("/api/members/lookup", params={"mobile": "13800138000"})).json()
+        assert looked["name"] == "张**"
         assert (await op.get("/api/audit")).status_code == 403
 
 
@@ -82,7 +96,7 @@ async def test_update_needs_the_current_version(make_client: Any) -> None:
         url = f"/api/members/{m['id']}"
         problem(await api.patch(url, json={"name": "B"}), 428, "If-Match")
         ok = await api.patch(url, json={"name": "B", "city": None}, headers={"If-Match": '"v1"'})
-        assert ok.status_code == 200 and ok.json()["name"] == "B" and ok.json()["city"] is None
+        assert ok.status_code == 200 and ok.json()["name"] == "*" and ok.json()["city"] is None
         assert ok.headers["etag"] == '"v2"'
         problem(await api.patch(url, json={"name": "C"}, headers={"If-Match": '"v1"'}), 412, "version 2")
         ok2 = await api.patch(url, json={"name": "C", "version": 2})

@@ -263,7 +263,7 @@ async def test_members_why_export_and_daily_counts(make_client: Any, memory_host
                     .order_by(AuditEntry.id)
                 )
             ).scalars()
-            assert [(e["members"], e["revealed"]) for e in exports] == [(2, []), (2, ["mobile"])]
+            assert [(e["members"], e["revealed"]) for e in exports] == [(2, []), (2, ["mobile", "name"])]
 
         # the daily snapshot: once a day, whatever how often the job runs
         now = datetime.now(UTC)

@@ -72,7 +72,11 @@ def test_segments_commands(invoke: Any, tmp_path: Path) -> None:
     assert exported.exit_code == 0 and "exported 3 members" in exported.output
     with out.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert [r["name"] for r in rows] == ["m0", "m1", "m2"] and rows[0]["tags"] == "vip"
+    assert [r["name"] for r in rows] == ["m*", "m*", "m*"] and rows[0]["tags"] == "vip"  # masked by default
+    revealed = invoke("segments", "export", "vip", "--output", str(out), "--reveal", "name")
+    assert revealed.exit_code == 0
+    with out.open(encoding="utf-8") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == ["m0", "m1", "m2"]
 
     async def exports() -> list[Any]:
         engine = create_engine(invoke.url)
@@ -85,7 +89,10 @@ def test_segments_commands(invoke: Any, tmp_path: Path) -> None:
         finally:
             await engine.dispose()
 
-    assert [(a, e["members"]) for a, e in asyncio.run(exports())] == [("cli", 3)]
+    assert [(a, e["members"], e["revealed"]) for a, e in asyncio.run(exports())] == [
+        ("cli", 3, []),
+        ("cli", 3, ["mobile", "name"]),
+    ]
     assert "fields" in invoke("segments", "--help").output
     assert "orders.spend" in invoke("segments", "fields").output
 

@@ -22,16 +22,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.audit.service import Actor
-from tongcrm.counter import mask_name
 from tongcrm.crypto import Vault
 from tongcrm.errors import BadRequest, Forbidden
+from tongcrm.members.masked import mask_name
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, mask_mobile
+from tongcrm.members.service import REVEAL_ROLES  # one masking rule for every output
 from tongcrm.orders.models import Order
 from tongcrm.points.models import PointsEntry
 
 FORMATS = ("csv", "jsonl")
-REVEAL_ROLES = frozenset({"admin"})
 PAGE = 1000
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 

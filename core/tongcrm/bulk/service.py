@@ -44,7 +44,6 @@ from tongcrm.bulk.mapping import (
 )
 from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
-from tongcrm.counter import mask_name
 from tongcrm.crypto import Vault
 from tongcrm.db.dialect import insert
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
@@ -52,6 +51,7 @@ from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.jobs import leases
 from tongcrm.logging import get_logger
+from tongcrm.members.masked import mask_name
 from tongcrm.members.phone import InvalidMobile, mask_mobile, normalise_mobile
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost

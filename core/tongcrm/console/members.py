@@ -2,7 +2,7 @@
 
 Every figure comes from the service functions the API's controllers call (members, orders, points, tiers,
 entitlements, messaging, merges), so roles, masking and audit records are the API's: the mobile is masked unless
-an admin reveals it (audited, as ``?reveal=mobile`` on the API), and the undo is an operator's or admin's write.
+an admin reveals it (audited, as ``?reveal=mobile,name`` on the API), and the undo is an operator's or admin's write.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class MemberPages(ConsoleController):
     ) -> Response[str]:
         state = request.app.state
         actor = actor_of(request)
-        revealing = members.check_reveal([reveal] if reveal else [], actor)
+        revealing = members.check_reveal([f.strip() for f in (reveal or "").split(",") if f.strip()], actor)
         # a reveal is audited, so it needs a session that can write (as on the API)
         factory = state.sessions if revealing else state.read_sessions
         async with factory() as session, session.begin(), _held_rows(session):

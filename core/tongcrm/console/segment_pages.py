@@ -307,7 +307,10 @@ class SegmentPages(ConsoleController):
         self,
         request: Request[Any, Any, Any],
         segment_id: PathId,
-        reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
+        reveal: Annotated[
+            str | None,
+            QueryParameter(description="`mobile` or `name` (either reveals both: admins; audited)"),
+        ] = None,
     ) -> Stream:
         """The same CSV as ``GET /api/segments/{s}/export``, audited the same way (``segment.export``)."""
         state = request.app.state

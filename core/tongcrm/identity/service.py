@@ -34,6 +34,7 @@ from tongcrm.identity.models import Identity, Merge
 from tongcrm.identity.plugin import default_decision
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
+from tongcrm.members.masked import masked_index, mobile_columns
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, InvalidMobile, normalise_mobile
 from tongcrm.plugin.host import PluginHost
@@ -118,6 +119,8 @@ class _Claim:
     lookup: tuple[str, ...]
     value_enc: str | None
     evidence: str
+    #: the number itself (mobile claims only), for the member's masked-mobile index
+    e164: str | None = None
 
 
 @dataclass(slots=True)
@@ -125,7 +128,7 @@ class _Prepared:
     index: int
     claim_set: ClaimSet
     claims: list[_Claim]
-    mobile_enc: str | None  # the (first) mobile claim, encrypted, for a new member's profile
+    mobile: _Claim | None  # the (first) mobile claim, for a new member's profile
 
 
 @dataclass(slots=True)
@@ -193,6 +196,7 @@ def prepare_claim(ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], cl
             lookup,
             ctx.vault.encrypt(e164, context=MOBILE_CONTEXT),
             claim.evidence,
+            e164,
         )
     value = claim.value.strip()
     if len(value) > 200:
@@ -207,16 +211,16 @@ def _prepare(
         raise ClaimError("a claim set needs at least one identity claim")
     claims: list[_Claim] = []
     seen: set[tuple[str, str]] = set()
-    mobile_enc: str | None = None
+    mobile: _Claim | None = None
     for claim in cs.claims:
         prepared = prepare_claim(ctx, kinds, claim)
         if (prepared.kind, prepared.value) in seen:
             continue
         seen.add((prepared.kind, prepared.value))
-        if prepared.kind == MOBILE and mobile_enc is None:
-            mobile_enc = prepared.value_enc
+        if prepared.kind == MOBILE and mobile is None:
+            mobile = prepared
         claims.append(prepared)
-    return _Prepared(index, cs, claims, mobile_enc)
+    return _Prepared(index, cs, claims, mobile)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def _lookup_statement(dialect_name: str, kinds: tuple[str, ...]) -> Any:
     return (
         sa.select(
             i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version,
-            m.name, m.province, m.city, m.mobile_enc, m.profile_meta,
+            m.name, m.province, m.city, m.mobile_enc, m.mobile_masked_index, m.profile_meta,
         )
         .join_from(_IDENTITIES, _MEMBERS, i.member_id == m.id)
         .where(
@@ -330,6 +334,7 @@ async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[
                     "province": row.province,
                     "city": row.city,
                     "mobile_enc": row.mobile_enc,
+                    "mobile_masked_index": row.mobile_masked_index,
                     "profile_meta": row.profile_meta or {},
                 },
             )
@@ -480,14 +485,18 @@ def _profile_values(p: _Prepared) -> dict[str, str]:
     return values
 
 
-def _profile_mobile(ctx: ResolutionContext, p: _Prepared) -> tuple[str | None, bool]:
-    """(ciphertext, verified): a mobile claim is verified by the channel; a profile mobile is not."""
-    if p.mobile_enc is not None:
-        return p.mobile_enc, True
+def _profile_mobile(ctx: ResolutionContext, p: _Prepared) -> tuple[dict[str, str | None] | None, bool]:
+    """(``mobile_enc`` and ``mobile_masked_index``, verified): a mobile claim is verified by the channel; a
+    profile mobile is not."""
+    if p.mobile is not None and p.mobile.e164 is not None:
+        return {
+            "mobile_enc": p.mobile.value_enc,
+            "mobile_masked_index": masked_index(ctx.vault, p.mobile.e164),
+        }, True
     prof = p.claim_set.profile
     if prof is not None and prof.mobile:
         try:
-            return ctx.vault.encrypt(normalise_mobile(prof.mobile), context=MOBILE_CONTEXT), False
+            return mobile_columns(ctx.vault, normalise_mobile(prof.mobile)), False
         except InvalidMobile:
             return None, False
     return None, False
@@ -511,9 +520,9 @@ async def _write(
         for ph in roots:
             p = plan.new_members[ph]
             values = _profile_values(p)
-            mobile_enc, verified = _profile_mobile(ctx, p)
+            mobile, verified = _profile_mobile(ctx, p)
             meta = {name: {"at": now.isoformat(), "verified": False} for name in values}
-            if mobile_enc is not None:
+            if mobile is not None:
                 meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
             cs = p.claim_set
             rows.append(
@@ -525,7 +534,7 @@ async def _write(
                     "name": values.get("name"),
                     "province": values.get("province"),
                     "city": values.get("city"),
-                    "mobile_enc": mobile_enc,
+                    **(mobile or {"mobile_enc": None, "mobile_masked_index": None}),
                     "profile_meta": meta,
                     "source_channel": cs.source_channel,
                     "source_store": cs.source_store,
@@ -616,12 +625,15 @@ async def _write(
                     change[name] = value
                     meta[name] = {"at": now.isoformat(), "verified": False}
             if not current.get("mobile_enc") and "mobile_enc" not in change:
-                enc, verified = _profile_mobile(ctx, p)
-                if enc is not None:
-                    change["mobile_enc"] = enc
+                mobile, verified = _profile_mobile(ctx, p)
+                if mobile is not None:
+                    change.update(mobile)
                     meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
         if change:
-            row = {name: current.get(name) for name in ("name", "province", "city", "mobile_enc")}
+            row = {
+                name: current.get(name)
+                for name in ("name", "province", "city", "mobile_enc", "mobile_masked_index")
+            }
             row.update(change)
             updates.append({"b_id": member_id, "b_version": current["version"], "profile_meta": meta, **row})
     if updates:

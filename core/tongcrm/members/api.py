@@ -66,6 +66,10 @@ def etag(version: int) -> str:
     return f'"v{version}"'
 
 
+#: what ``reveal=`` says in the API document
+REVEAL_HELP = "`mobile` or `name` (either reveals both: admins; audited). Without it both are masked."
+
+
 def _reveal(reveal: str | None, principal: Principal) -> bool:
     if not reveal:
         return False
@@ -136,14 +140,20 @@ class MemberController(Controller):
         city: FromQuery[str | None] = None,
         province: FromQuery[str | None] = None,
         name: Annotated[str | None, QueryParameter(description="name prefix")] = None,
-        mobile: FromQuery[str | None] = None,
+        mobile: Annotated[
+            str | None,
+            QueryParameter(
+                description="a whole mobile number (matched exactly) or the masked form a platform shows, "
+                "`138****8000` (spaces and full-width asterisks allowed; every member it fits)"
+            ),
+        ] = None,
         created_from: FromQuery[datetime | None] = None,
         created_to: FromQuery[datetime | None] = None,
         after: Annotated[
             int | None, QueryParameter(ge=0, le=MAX_ID, description="next_cursor of the previous page")
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_PAGE)] = 50,
-        reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
+        reveal: Annotated[str | None, QueryParameter(description=REVEAL_HELP)] = None,
     ) -> MemberPage:
         revealing = _reveal(reveal, principal)
         query = service.MemberQuery(
@@ -212,7 +222,7 @@ class MemberController(Controller):
                     "member.reveal",
                     "member",
                     out.id,
-                    after={"fields": ["mobile"]},
+                    after={"fields": list(service.REVEALED_FIELDS)},
                 )
         return EncodedJSON(_JSON.encode(member_out(out)), (b"etag", etag(out.version).encode()))
 
@@ -224,7 +234,7 @@ class MemberController(Controller):
         sessions: NamedDependency[Sessions],
         vault: NamedDependency[Vault],
         principal: NamedDependency[Principal],
-        reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
+        reveal: Annotated[str | None, QueryParameter(description=REVEAL_HELP)] = None,
     ) -> Response[MemberViewOut]:
         revealing = _reveal(reveal, principal)
         async with (sessions if revealing else read_sessions)() as session, session.begin():

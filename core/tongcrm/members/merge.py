@@ -66,6 +66,8 @@ for _ref in CORE_REFERENCES:
 
 #: Profile fields ruled by "most recent verified value wins".
 PROFILE_FIELDS = ("name", "gender", "birthday", "province", "city", "mobile_enc")
+#: not a profile field: written with ``mobile_enc`` (and recorded in ``profile_changes`` beside it)
+MASKED_INDEX = "mobile_masked_index"
 #: Acquisition fields, taken from the member created first.
 ACQUISITION_FIELDS = ("source_channel", "source_store", "source_campaign", "referrer_id")
 _CHUNK = 1000
@@ -199,6 +201,9 @@ async def merge_members(
             changes[field] = [_jsonable(getattr(survivor, field)), _jsonable(winner[3])]
             changes[f"meta.{field}"] = [meta.get(field), (absorbed.profile_meta or {}).get(field)]
             setattr(survivor, field, winner[3])
+            if field == "mobile_enc":  # the masked-mobile index travels with the number it was made from
+                changes[MASKED_INDEX] = [survivor.mobile_masked_index, absorbed.mobile_masked_index]
+                survivor.mobile_masked_index = absorbed.mobile_masked_index
             meta[field] = (absorbed.profile_meta or {}).get(field) or {
                 "at": at.isoformat(),
                 "verified": False,
@@ -306,11 +311,15 @@ async def undo_merge(
     before = _profile_snapshot(survivor)
     meta = dict(survivor.profile_meta or {})
     for field, (old, new) in (record.profile_changes or {}).items():
-        if field.startswith("meta."):
+        if field.startswith("meta.") or field == MASKED_INDEX:
             continue
         # Only put back what still is what the merge set: a later edit of the survivor wins over the undo.
         if _jsonable(getattr(survivor, field)) == new:
             setattr(survivor, field, _from_json(field, old))
+            if field == "mobile_enc":
+                # with the index it had (a merge recorded before the index existed: none, and
+                # ``tongcrm member index-masked`` makes it again)
+                survivor.mobile_masked_index = (record.profile_changes or {}).get(MASKED_INDEX, [None])[0]
             if field in PROFILE_FIELDS:
                 old_meta = (record.profile_changes or {}).get(f"meta.{field}", [None])[0]
                 if old_meta is None:

@@ -41,6 +41,9 @@ class Member(Base):
     #: The profile's mobile number (E.164) as a Vault ciphertext (context ``member.mobile``); it is matched
     #: through the ``mobile`` identity's blind index, never through this column.
     mobile_enc: Mapped[str | None] = mapped_column(sa.Text)
+    #: Blind index of the mobile's masked form (``138****8000``), for searches by what platforms show
+    #: (:mod:`tongcrm.members.masked`); written with ``mobile_enc``, None when it is None.
+    mobile_masked_index: Mapped[str | None] = mapped_column(sa.String(80), index=True)
     #: Provenance per profile field, ``{field: {"at": iso time, "verified": bool}}``: merge survivorship
     #: keeps the most recent verified value of each field.
     profile_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -7,9 +7,9 @@ merged into: asking for a tombstone exports the live member, whose data includes
 
 **Erasure** removes the member's personal data and keeps what the books need:
 
-- removed: the profile (name, gender, birthday, place, mobile ciphertext, provenance), every identity (the
-  mobile's blind index and ciphertext, platform ids, cards: so nothing finds the member again), tags, the
-  proof text of consent statements, the messages' variables, texts and gateway ids (the id holds a digest of
+- removed: the profile (name, gender, birthday, place, mobile ciphertext and its masked-form index,
+  provenance), every identity (the mobile's blind index and ciphertext, platform ids, cards: so nothing finds
+  the member again), tags, the proof text of consent statements, the messages' variables, texts and gateway ids (the id holds a digest of
   the number), the text of the member's SMS replies, orders' shipments (tracking numbers), the personal
   values in merge records (matched claims, profile changes: such a merge cannot be undone any more);
 - kept: the member row itself as an anonymous record (``status='erased'``), orders and their lines (amounts,
@@ -350,6 +350,7 @@ async def erase_member(session: AsyncSession, member_id: int, actor: Actor, *, r
                 province=None,
                 city=None,
                 mobile_enc=None,
+                mobile_masked_index=None,  # a masked-mobile search must not find them either
                 profile_meta={},
                 source_campaign=None,
                 updated_at=now,

@@ -2,7 +2,7 @@
 counts, the member list, CSV export and "why is this member in it". Thin: roles and shapes here, logic in
 :mod:`tongcrm.segments.service`.
 
-Analysts and up may read and preview; operators and up may save; an export reveals mobiles only for admins,
+Analysts and up may read and preview; operators and up may save; an export reveals mobiles and names only for admins,
 and every export is audited. Errors in a definition come back as a 422 problem whose ``pointer`` (and each of
 ``errors[].pointer``) is a JSON pointer into the definition document.
 """
@@ -316,7 +316,7 @@ class SegmentController(Controller):
     @get(
         "/{segment:str}/export",
         opt=requires(*READ_ROLES),
-        summary="The segment's members as CSV, streamed (masked; `reveal=mobile` for admins; audited)",
+        summary="The segment's members as CSV, streamed (masked; `reveal=mobile,name` for admins; audited)",
         media_type="text/csv",
     )
     async def export(
@@ -327,7 +327,10 @@ class SegmentController(Controller):
         host: NamedDependency[PluginHost],
         vault: NamedDependency[Vault],
         principal: NamedDependency[Principal],
-        reveal: Annotated[str | None, QueryParameter(description="`mobile` (admins; audited)")] = None,
+        reveal: Annotated[
+            str | None,
+            QueryParameter(description="`mobile` or `name` (either reveals both: admins; audited)"),
+        ] = None,
     ) -> Stream:
         actor = Actor.of(principal)
         revealing = check_reveal([f.strip() for f in (reveal or "").split(",") if f.strip()], actor)

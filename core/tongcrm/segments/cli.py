@@ -182,7 +182,9 @@ def count_command(obj: _Obj, name: str) -> None:
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, writable=True), help="CSV file (default: stdout)."
 )
-@click.option("--reveal", default="", help="'mobile' to write unmasked mobiles (audited).")
+@click.option(
+    "--reveal", default="", help="'mobile' or 'name' to write mobiles and names unmasked (audited)."
+)
 @click.pass_obj
 def export(obj: _Obj, name: str, output: str | None, reveal: str) -> None:
     """Write segment NAME's members as CSV, page by page, with a progress bar (on stderr)."""

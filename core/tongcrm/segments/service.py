@@ -403,7 +403,7 @@ def record_export(
     audit.record(
         session, actor, "segment.export", "segment", segment.id,
         after={"name": segment.name, "version": segment.version, "members": members_count,
-               "revealed": ["mobile"] if reveal else []},
+               "revealed": list(members_service.REVEALED_FIELDS) if reveal else []},
     )  # fmt: skip
 
 
