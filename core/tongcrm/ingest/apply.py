@@ -2,7 +2,9 @@
 
 A page is applied in a fixed number of statements whatever its size: one read of the orders it names, one
 identity resolution for the whole page, one upsert of orders, one of lines, the points for the page, one tier
-re-evaluation of its members, one insert of outbox events. Orders move only forward: a record older than what is stored changes nothing, and a status
+re-evaluation of its members, one insert of outbox events — and each of those statements has one text whatever
+the page size (array parameters on PostgreSQL, :func:`tongcrm.db.dialect.insert_rows`), so it is prepared once
+per connection. Orders move only forward: a record older than what is stored changes nothing, and a status
 never steps back along created → paid → shipped → delivered → completed (closed and refunded are final). That
 is what makes a replayed page, a late push or an overlapping window harmless.
 """
