@@ -57,3 +57,50 @@ async def test_one_of_matches_lists_of_any_length_with_one_statement_text(
             sa.event.remove(engine, "before_cursor_execute", seen)
     assert by_id == {"o1", "o2"}
     assert len(texts) == 2, texts  # one text per column, whatever the list's length
+
+
+async def test_insert_rows_keeps_one_text_and_returns_ids_in_row_order(tongcrm_db: TestDatabase) -> None:
+    """``insert_rows``: rows of any number in one statement text on PostgreSQL (unnest of column arrays), JSON
+    and aware datetimes stored as the ORM stores them, and sequence ids ascending in row order."""
+    from tongcrm.db.dialect import insert_rows, rows_params
+    from tongcrm.jobs.models import OutboxEvent
+
+    table = OutboxEvent.__table__
+    columns = ("name", "payload", "occurred_at")
+    at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=ZoneInfo("Asia/Shanghai"))
+    texts: set[str] = set()
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "outbox_events" in statement:
+            texts.add(statement)
+
+    engine = tongcrm_db.engine.sync_engine
+    returned: list[list[int]] = []
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        async with tongcrm_db.sessions() as s, s.begin():
+            dialect = dialect_name(s)
+            stmt = insert_rows(dialect, table, columns, in_order=True).returning(table.c.id)
+            for size in (1, 3, 7):
+                rows = [
+                    {
+                        "name": "order_changed",
+                        "payload": {"n": n, "size": size, "text": 'it\'s "x"'},
+                        "occurred_at": at,
+                    }
+                    for n in range(size)
+                ]
+                result = await s.execute(stmt, rows_params(dialect, table, columns, rows))
+                returned.append(sorted(result.scalars().all()))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    if tongcrm_db.backend == "postgresql":
+        assert len(texts) == 1, texts  # whatever the number of rows
+    async with tongcrm_db.sessions() as s:
+        stored = (await s.execute(sa.select(OutboxEvent).order_by(OutboxEvent.id))).scalars().all()
+    assert [e.id for e in stored] == [i for ids in returned for i in ids]
+    # ascending ids follow the rows' order
+    assert [(e.payload["size"], e.payload["n"]) for e in stored] == [
+        (size, n) for size in (1, 3, 7) for n in range(size)
+    ]
+    assert all(e.payload["text"] == 'it\'s "x"' and e.occurred_at == at for e in stored)

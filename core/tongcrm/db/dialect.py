@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,3 +55,66 @@ def one_of(dialect: str, column: Any, name: str) -> Any:
         sa.func.json_each(sa.bindparam(name, type_=sa.JSON()))
     )
     return column.in_(values)
+
+
+def _is_json(column: sa.ColumnElement[Any]) -> bool:
+    return isinstance(column.type, sa.JSON)
+
+
+def array_rows(table: sa.Table, columns: Sequence[str], *, in_order: bool = False) -> sa.Select[Any]:
+    """PostgreSQL: the rows bound as one array per column, each parameter named after its column, as a
+    ``SELECT`` for ``INSERT … SELECT`` (bind them with :func:`column_arrays`).
+
+    ``unnest($1::bigint[], $2::text[], …)`` has one text whatever the number of rows, so it is parsed and
+    planned once per connection; ``executemany`` with ``RETURNING`` rendered a ``VALUES`` list per batch size —
+    a new statement to parse and plan on nearly every page (issue #22). JSON columns travel as text and are
+    cast back. ``in_order`` sorts by the arrays' positions: ids drawn from a sequence then ascend in row order,
+    the guarantee SQLAlchemy's own ``sort_by_parameter_order`` rests on.
+    """
+
+    def item_type(name: str) -> Any:
+        return sa.Text() if _is_json(table.c[name]) else table.c[name].type
+
+    arrays = [sa.bindparam(name, type_=postgresql.ARRAY(item_type(name))) for name in columns]
+    rows = (
+        sa.func.unnest(*arrays)
+        .table_valued(*columns, with_ordinality="position" if in_order else None)
+        .render_derived()
+    )
+    select = sa.select(
+        *(rows.c[n].cast(postgresql.JSONB) if _is_json(table.c[n]) else rows.c[n] for n in columns)
+    )
+    return select.order_by(rows.c.position) if in_order else select
+
+
+def column_arrays(
+    table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    """The parameters of :func:`array_rows`: one list per column, JSON values serialised."""
+    params: dict[str, list[Any]] = {}
+    for name in columns:
+        values = [row[name] for row in rows]
+        if _is_json(table.c[name]):
+            values = [None if v is None else json.dumps(v) for v in values]
+        params[name] = values
+    return params
+
+
+def insert_rows(dialect: str, table: sa.Table, columns: Sequence[str], *, in_order: bool = False) -> Any:
+    """An ``INSERT`` of many rows whose text does not depend on their number: ``INSERT … SELECT`` from
+    :func:`array_rows` on PostgreSQL, an executemany ``INSERT`` on SQLite. Add ``on_conflict_…`` and
+    ``returning`` as usual; bind with :func:`rows_params`."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).from_select(
+            list(columns), array_rows(table, columns, in_order=in_order)
+        )
+    return sqlite.insert(table)
+
+
+def rows_params(
+    dialect: str, table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> Any:
+    """The parameters of an :func:`insert_rows` statement: column arrays on PostgreSQL, the rows on SQLite."""
+    if dialect == "postgresql":
+        return column_arrays(table, columns, rows)
+    return list(rows)

@@ -307,6 +307,29 @@ def _touch_statement(dialect_name: str) -> Any:
     )
 
 
+_MEMBER_COLUMNS = (
+    "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc", "profile_meta",
+    "source_channel", "source_store", "source_campaign", "lifecycle_stage",
+)  # fmt: skip
+_IDENTITY_COLUMNS = (
+    "kind", "value", "member_id", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at",
+)  # fmt: skip
+
+
+@functools.cache
+def _new_members_statement(dialect_name: str) -> Any:
+    """New members, one fixed text whatever their number (:func:`tongcrm.db.dialect.insert_rows`)."""
+    stmt = dialect.insert_rows(dialect_name, _MEMBERS, _MEMBER_COLUMNS, in_order=True)
+    return stmt.returning(_MEMBERS.c.id)
+
+
+@functools.cache
+def _new_identities_statement(dialect_name: str) -> Any:
+    """New identities; a conflict returns no row (another transaction won the race). Fixed text."""
+    stmt = dialect.insert_rows(dialect_name, _IDENTITIES, _IDENTITY_COLUMNS)
+    return stmt.on_conflict_do_nothing(index_elements=["kind", "value"]).returning(_IDENTITIES.c.id)
+
+
 async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[tuple[str, str], _Known]:
     pairs = sorted({(c.kind, v) for p in prepared for c in p.claims for v in c.lookup})
     found: dict[tuple[str, str], _Known] = {}
@@ -542,16 +565,13 @@ async def _write(
                     "lifecycle_stage": "prospect",
                 }
             )
-        if dialect.dialect_name(session) == "sqlite":
-            # SQLite would run an order-preserving RETURNING row by row; one multi-row INSERT assigns rowids
-            # in VALUES order (and writers are serialised), so ascending ids match the rows.
-            result = await session.execute(sa.insert(members).returning(members.c.id), rows)
-            new_ids = sorted(result.scalars().all())
-        else:
-            result = await session.execute(
-                sa.insert(members).returning(members.c.id, sort_by_parameter_order=True), rows
-            )
-            new_ids = list(result.scalars().all())
+        # Ascending ids match the rows: SQLite's one multi-row INSERT assigns rowids in VALUES order (writers
+        # are serialised); PostgreSQL's INSERT … SELECT … ORDER BY position draws the sequence in that order.
+        name = dialect.dialect_name(session)
+        result = await session.execute(
+            _new_members_statement(name), dialect.rows_params(name, members, _MEMBER_COLUMNS, rows)
+        )
+        new_ids = sorted(result.scalars().all())
         placeholder_ids = dict(zip(roots, new_ids, strict=True))
     for ph in plan.new_members:
         if ph not in placeholder_ids:
@@ -595,10 +615,11 @@ async def _write(
             }
             for key, (c, account_id, owner) in plan.new_identities.items()
         ]
+        name = dialect.dialect_name(session)
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            stmt = dialect.insert(session, table).on_conflict_do_nothing(index_elements=["kind", "value"])
-            inserted = (await session.execute(stmt.returning(table.c.id), chunk)).all()
+            params = dialect.rows_params(name, table, _IDENTITY_COLUMNS, chunk)
+            inserted = (await session.execute(_new_identities_statement(name), params)).all()
             if len(inserted) != len(chunk):
                 raise _LostRace()
 

@@ -2,7 +2,9 @@
 
 A page is applied in a fixed number of statements whatever its size: one read of the orders it names, one
 identity resolution for the whole page, one upsert of orders, one of lines, the points for the page, one tier
-re-evaluation of its members, one insert of outbox events. Orders move only forward: a record older than what is stored changes nothing, and a status
+re-evaluation of its members, one insert of outbox events — and each of those statements has one text whatever
+the page size (array parameters on PostgreSQL, :func:`tongcrm.db.dialect.insert_rows`), so it is prepared once
+per connection. Orders move only forward: a record older than what is stored changes nothing, and a status
 never steps back along created → paid → shipped → delivered → completed (closed and refunded are final). That
 is what makes a replayed page, a late push or an overlapping window harmless.
 """
@@ -23,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
-from tongcrm.db.dialect import dialect_name, insert, insert_for, one_of, plan_for_growing_tables
+from tongcrm.db.dialect import (
+    dialect_name,
+    insert,
+    insert_rows,
+    one_of,
+    plan_for_growing_tables,
+    rows_params,
+)
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
@@ -124,9 +133,10 @@ def _latest(orders: Sequence[NormalisedOrder]) -> list[NormalisedOrder]:
 @functools.cache
 def _order_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     """The forward-only order upsert, built once per dialect and row shape: building it (``excluded`` for
-    every column) cost a few milliseconds per page, a till's whole checkout budget. Run in executemany form."""
+    every column) cost a few milliseconds per page, a till's whole checkout budget. One fixed text whatever the
+    page size (:func:`tongcrm.db.dialect.insert_rows`); bind with ``rows_params``."""
     table = cast(sa.Table, Order.__table__)
-    stmt = insert_for(dialect, table)
+    stmt = insert_rows(dialect, table, columns)
     updatable = [
         c for c in columns if c not in {"account_id", "external_id", "origin_member_id", "ingested_at"}
     ]
@@ -182,10 +192,16 @@ def _stored_orders(dialect: str) -> Any:
     )
 
 
+_LINE_COLUMNS = (
+    "order_id", "external_id", "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen",
+    "refunded_fen", "refund_status",
+)  # fmt: skip
+
+
 @functools.cache
 def _line_upsert(dialect: str) -> Any:
     table = cast(sa.Table, OrderLine.__table__)
-    stmt = insert_for(dialect, table)
+    stmt = insert_rows(dialect, table, _LINE_COLUMNS)
     changing = (
         "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen", "refunded_fen", "refund_status",
     )  # fmt: skip
@@ -299,8 +315,11 @@ async def apply_orders_page(
                 "updated_at": now,
             }
         )
-    stmt = _order_upsert(dialect_name(session), tuple(rows[0]))
-    written = {row.external_id: row for row in (await session.execute(stmt, rows)).all()}
+    dialect = dialect_name(session)
+    columns = tuple(rows[0])
+    stmt = _order_upsert(dialect, columns)
+    params = rows_params(dialect, cast(sa.Table, Order.__table__), columns, rows)
+    written = {row.external_id: row for row in (await session.execute(stmt, params)).all()}
     result.unchanged += len(todo) - len(written)
     result.applied = len(written)
     if not written:
@@ -326,9 +345,10 @@ async def apply_orders_page(
     ]
     line_ids: dict[tuple[int, str], int] = {}
     if line_rows:
-        lstmt = _line_upsert(dialect_name(session))
+        lparams = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, line_rows)
         line_ids = {
-            (r.order_id, r.external_id): r.id for r in (await session.execute(lstmt, line_rows)).all()
+            (r.order_id, r.external_id): r.id
+            for r in (await session.execute(_line_upsert(dialect), lparams)).all()
         }
 
     # 5. points for every order that has a member

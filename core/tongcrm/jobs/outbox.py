@@ -3,6 +3,7 @@ exists exactly when that transaction commits."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -10,6 +11,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db.dialect import dialect_name, insert_rows, rows_params
 from tongcrm.errors import PluginError
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.plugin.hookspecs import EVENT_NAMES
@@ -39,7 +41,15 @@ async def emit_many(
     for name, _ in events:
         if name not in EVENT_NAMES:
             raise PluginError(f"unknown domain event {name!r}")
-    await session.execute(
-        sa.insert(EVENTS),
-        [{"name": name, "payload": dict(payload), "occurred_at": now} for name, payload in events],
-    )
+    rows = [{"name": name, "payload": dict(payload), "occurred_at": now} for name, payload in events]
+    dialect = dialect_name(session)
+    await session.execute(_insert_events(dialect), rows_params(dialect, EVENTS, _COLUMNS, rows))
+
+
+_COLUMNS = ("name", "payload", "occurred_at")
+
+
+@functools.cache
+def _insert_events(dialect: str) -> Any:
+    """One fixed text whatever the number of events (:func:`tongcrm.db.dialect.insert_rows`)."""
+    return insert_rows(dialect, EVENTS, _COLUMNS)

@@ -27,7 +27,6 @@ both members again.
 from __future__ import annotations
 
 import functools
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +37,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.dialect import dialect_name, insert, insert_for
+from tongcrm.db.dialect import dialect_name, insert, insert_for, insert_rows, rows_params
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
-from tongcrm.jobs.outbox import emit
+from tongcrm.jobs.outbox import emit_many
 from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
@@ -137,16 +136,13 @@ async def post_credits(
     by_key: dict[str, Credit] = {}
     for c in credits:
         by_key.setdefault(c.key, c)
-    bulk = _bulk(dialect_name(session))
+    dialect = dialect_name(session)
+    bulk = _bulk(dialect)
+    # one statement with one array per column on PostgreSQL: planned once, where a RETURNING insert of many
+    # VALUES rows is a new, huge statement to parse and plan for every batch size
     entry_rows = [_entry_row(c) for c in by_key.values()]
-    if bulk.unnest:
-        # one statement with one array per column: PostgreSQL plans it once, where a RETURNING insert of
-        # many VALUES rows is a new, huge statement to parse and plan for every batch size
-        columns = {name: [r[name] for r in entry_rows] for name in _ENTRY_COLUMNS}
-        columns["detail"] = [None if d is None else json.dumps(d) for d in columns["detail"]]
-        rows = (await session.execute(bulk.insert_entries, columns)).all()
-    else:
-        rows = (await session.execute(bulk.insert_entries, entry_rows)).all()
+    params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
+    rows = (await session.execute(bulk.insert_entries, params)).all()
     posted = {key: entry_id for entry_id, key in rows}
     if not posted:
         return {}
@@ -243,20 +239,10 @@ def _bulk(dialect: str) -> _BulkStatements:
             return column == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger)))
         return column.in_(sa.bindparam("ids", expanding=True))
 
-    if postgres:
-        arrays = [
-            sa.bindparam(name, type_=postgresql.ARRAY(sa.Text if name == "detail" else ENTRIES.c[name].type))
-            for name in _ENTRY_COLUMNS
-        ]
-        rows = sa.func.unnest(*arrays).table_valued(*_ENTRY_COLUMNS).render_derived()
-        select = sa.select(
-            *(rows.c[n].cast(postgresql.JSONB) if n == "detail" else rows.c[n] for n in _ENTRY_COLUMNS)
-        )
-        insert_entries: Any = insert_for(dialect, ENTRIES).from_select(list(_ENTRY_COLUMNS), select)
-    else:
-        insert_entries = insert_for(dialect, ENTRIES)
-    insert_entries = insert_entries.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
-        ENTRIES.c.id, ENTRIES.c.idempotency_key
+    insert_entries = (
+        insert_rows(dialect, ENTRIES, _ENTRY_COLUMNS)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(ENTRIES.c.id, ENTRIES.c.idempotency_key)
     )
 
     def lots_from_entries(*, pending: bool) -> sa.Insert:
@@ -659,12 +645,9 @@ class Book:
     async def flush(self) -> None:
         ids: dict[str, int] = {}
         if self.entries:
-            stmt = insert(self.session, ENTRIES).on_conflict_do_nothing(index_elements=["idempotency_key"])
-            rows = (
-                await self.session.execute(
-                    stmt.returning(ENTRIES.c.id, ENTRIES.c.idempotency_key), self.entries
-                )
-            ).all()
+            dialect = dialect_name(self.session)
+            params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, self.entries)
+            rows = (await self.session.execute(_bulk(dialect).insert_entries, params)).all()
             ids = {key: entry_id for entry_id, key in rows}
             if len(ids) != len(self.entries):
                 missing = sorted({e["idempotency_key"] for e in self.entries} - ids.keys())
@@ -728,19 +711,19 @@ class Book:
                     for b in sorted(changed, key=lambda b: b.member_id)
                 ],
             )
+            events: list[tuple[str, dict[str, Any]]] = []
             for b in sorted(changed, key=lambda b: b.member_id):
                 delta = b.available + b.pending - b.before[0] - b.before[1]
-                emit(
-                    self.session,
-                    "points_changed",
-                    {
-                        "member_id": b.member_id,
-                        "delta": delta,
-                        "available": b.available,
-                        "pending": b.pending,
-                    },
-                )
+                payload = {
+                    "member_id": b.member_id,
+                    "delta": delta,
+                    "available": b.available,
+                    "pending": b.pending,
+                }
+                events.append(("points_changed", payload))
                 b.before = (b.available, b.pending, b.owed)
+            # one fixed-text statement (the ORM's flush of added events rendered a VALUES list per count)
+            await emit_many(self.session, events, now=self.now)
         for lot in self.lots.values():
             lot.dirty = False
         for lot in self.new_lots:

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit import service as audit_service
 from tongcrm.db import txcache
-from tongcrm.db.dialect import dialect_name, insert, one_of
+from tongcrm.db.dialect import dialect_name, insert, insert_rows, one_of, rows_params
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order, OrderLine
@@ -213,10 +213,9 @@ async def _earn(
             )
     if not awards:
         return
-    gate = insert(session, cast(sa.Table, PointsLineAward.__table__)).on_conflict_do_nothing(
-        index_elements=["line_id"]
-    )
-    won = {r[0] for r in (await session.execute(gate.returning(PointsLineAward.line_id), awards)).all()}
+    dialect = dialect_name(session)
+    params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards)
+    won = {r[0] for r in (await session.execute(_award_gate(dialect), params)).all()}
     if not won:
         return
     credits = [c for line_id in sorted(won) for c in planned[line_id]]
@@ -228,6 +227,17 @@ async def _earn(
             _event_credits(ctx, rules, member_id, "first_purchase", str(member_id), order.paid_at, 100)
         )
     await _post_with_caps(session, ctx, rules, credits, now)
+
+
+_AWARDS = cast(sa.Table, PointsLineAward.__table__)
+_AWARD_COLUMNS = ("line_id", "order_id", "member_id", "rule_version", "points", "evaluated_at")
+
+
+@functools.cache
+def _award_gate(dialect: str) -> Any:
+    """Claim the lines' awards; a line already awarded returns no row. One fixed text whatever the page."""
+    stmt = insert_rows(dialect, _AWARDS, _AWARD_COLUMNS).on_conflict_do_nothing(index_elements=["line_id"])
+    return stmt.returning(_AWARDS.c.line_id)
 
 
 def _event_credits(

@@ -32,7 +32,8 @@ class ReferralReward(Base):
     )
     #: The member credited (the referrer, or the member it had been merged into).
     referrer_member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
-    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"))
+    #: Indexed: every ingest page and till receipt asks whether an awarded reward hangs on its orders.
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
     points: Mapped[int] = mapped_column(sa.Integer)
     #: awarded | reversed
     status: Mapped[str] = mapped_column(sa.String(16), default="awarded")
