@@ -3,7 +3,7 @@ campaigns and journeys, a journey's start moment for its day scans, and no per-r
 frozen audience
 
 Revision ID: 0026
-Revises: 0024
+Revises: 0025
 Create Date: 2026-12-06 07:00:00
 """
 
@@ -14,7 +14,7 @@ import tongcrm.db.base
 from alembic import op
 
 revision: str = "0026"
-down_revision: str | Sequence[str] | None = "0024"
+down_revision: str | Sequence[str] | None = "0025"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
