@@ -23,6 +23,8 @@ order and lines, identity resolution, points under the earning rules, referral r
   (:mod:`tongcrm.db.txcache`), where the points and tier services find them;
 * points posted with ``fresh=True`` for an order inserted just now without refunds: it has no lots to release
   or reverse, so the follow-up read is skipped;
+* the tier re-evaluation only when the member qualifies above their tier
+  (:func:`tongcrm.tiers.service.upgrade_due`, one read): one that upgrades nobody writes nothing;
 * the referral hook skipped for a new order of a buyer without a referrer: no reward can hang on an order that
   did not exist, and no reward is due for a buyer nobody referred (the hook reads and decides nothing else).
 
@@ -343,7 +345,9 @@ async def apply_counter_order(
         nobody_referred = created or (known is not None and known.referrer_id is None and member == member_id)
         if not (held is None and nobody_referred):
             await referrals.on_orders(session, points_ctx, [facts])
-        await tiers.reevaluate(session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), [member])
+        tier_ctx = TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor)
+        if await tiers.upgrade_due(session, tier_ctx, member):
+            await tiers.reevaluate(session, tier_ctx, [member])
 
     await outbox.emit_many(
         session,
