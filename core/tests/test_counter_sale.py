@@ -16,6 +16,8 @@ from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.counter import CounterAccount, CounterService
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
+from tongcrm.jobs.outbox import OutboxEvent
+from tongcrm.members.models import Member
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import IdentityClaim, LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
 from tongcrm.points import ledger
@@ -194,3 +196,30 @@ async def test_a_known_buyer_s_sale_runs_only_what_one_receipt_needs(
     # buyer, stored order, settings, identity seen, order, lines, tier multiplier, award gate, entries, lots,
     # balances, points_changed, upgrade due?, order_changed, the sale's points
     assert len(run) <= 15
+
+
+async def test_a_buyer_made_a_member_meanwhile_is_attached_not_duplicated(
+    tongcrm_db: TestDatabase, tongcrm_settings: Settings
+) -> None:
+    """The counter looked and found nobody; another receipt made the member before this one's insert: the
+    identity's insert meets it, the member made for nothing is dropped, and resolution attaches the sale."""
+    desk = await _setup(tongcrm_db)
+    counter = CounterService(
+        tongcrm_db.sessions,
+        tongcrm_db.read_sessions,
+        PluginHost(autoload=False),
+        tongcrm_settings,
+        clock=lambda: NOW,
+    )
+    async with counter.unit_of_work(actor=SYSTEM) as uow:
+        stale = await uow.buyer(mobile=MOBILE, evidence="desk")
+        first = await uow.record_sale(desk, _order("R-1", (10_000,)), buyer=stale)
+    assert stale.member_id is None and first.member_id is not None
+    async with counter.unit_of_work(actor=SYSTEM) as uow:  # as if looked up before R-1 committed
+        second = await uow.record_sale(desk, _order("R-2", (20_000,)), buyer=stale)
+    assert second.member_id == first.member_id and second.points_available == 300
+    async with tongcrm_db.sessions() as s:
+        assert (await s.execute(sa.select(sa.func.count()).select_from(Member))).scalar_one() == 1
+        created = await s.execute(sa.select(sa.func.count()).where(OutboxEvent.name == "member_created"))
+        assert created.scalar_one() == 1
+        assert await ledger.verify(s) == []

@@ -34,6 +34,7 @@ the two cannot drift apart in what they write.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,7 +44,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import txcache
-from tongcrm.db.dialect import dialect_name
+from tongcrm.db.dialect import dialect_name, insert_for
 from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
 from tongcrm.identity.service import (
@@ -202,6 +203,108 @@ async def _known_member(
     return member_id
 
 
+_MEMBERS = cast(sa.Table, Member.__table__)
+_IDENTITIES = cast(sa.Table, Identity.__table__)
+_MEMBER_COLUMNS = (
+    "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc", "profile_meta",
+    "source_channel", "source_store", "source_campaign", "lifecycle_stage",
+)  # fmt: skip
+_IDENTITY_COLUMNS = ("kind", "value", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at")
+
+
+def _bound(table: sa.Table, names: tuple[str, ...]) -> list[Any]:
+    return [sa.bindparam(name, type_=table.c[name].type) for name in names]
+
+
+@functools.cache
+def _create_statement(dialect: str) -> Any:
+    """A new member and their identity. PostgreSQL: one statement (the identity inserted from the member's
+    ``RETURNING``), answering the member's id and the identity's member id — None when the identity was
+    there already (another transaction made it first). SQLite: the member's insert (its writers take turns)."""
+    member = sa.insert(_MEMBERS).values(
+        dict(zip(_MEMBER_COLUMNS, _bound(_MEMBERS, _MEMBER_COLUMNS), strict=True))
+    )
+    if dialect != "postgresql":
+        return member.returning(_MEMBERS.c.id)
+    made = member.returning(_MEMBERS.c.id).cte("made")
+    identity = (
+        insert_for(dialect, _IDENTITIES)
+        .from_select(
+            [*_IDENTITY_COLUMNS, "member_id"],
+            sa.select(*_bound(_IDENTITIES, _IDENTITY_COLUMNS), made.c.id),
+        )
+        .on_conflict_do_nothing(index_elements=["kind", "value"])
+        .returning(_IDENTITIES.c.member_id)
+        .cte("attached")
+    )
+    return sa.select(made.c.id, identity.c.member_id).select_from(made.outerjoin(identity, sa.true()))
+
+
+@functools.cache
+def _identity_statement(dialect: str) -> Any:
+    """A new member's identity, unless it exists (SQLite's second statement of :func:`_create_statement`)."""
+    values = dict(zip(_IDENTITY_COLUMNS, _bound(_IDENTITIES, _IDENTITY_COLUMNS), strict=True))
+    values["member_id"] = sa.bindparam("member_id", type_=_IDENTITIES.c.member_id.type)
+    return (
+        insert_for(dialect, _IDENTITIES)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["kind", "value"])
+        .returning(_IDENTITIES.c.member_id)
+    )
+
+
+_DROP_MEMBER = sa.delete(_MEMBERS).where(_MEMBERS.c.id == sa.bindparam("member_id"))
+
+
+async def _new_member(
+    session: AsyncSession, ctx: IngestContext, account_id: int, channel: str, order: NormalisedOrder
+) -> int | None:
+    """The member ``resolve_many`` would create for this order's one claim, created as it creates them — or
+    None (nothing written) when its answer might differ: the policy would not create, a profile would fill
+    fields, the claim has values under rotated keys (resolve_many reads under each), or the identity exists
+    (another transaction made it since the counter looked): resolve_many then decides, as before."""
+    profile = order.buyer
+    if len(order.claims) != 1 or any((profile.name, profile.mobile, profile.province, profile.city)):
+        return None
+    try:
+        claim = prepare_claim(_resolution(ctx), ctx.host.identity_kinds(), order.claims[0])
+    except ClaimError:
+        return None
+    if claim.lookup != (claim.value,):
+        return None
+    said = [IdentityClaim(claim.kind, claim.value, claim.evidence)]
+    decision = ctx.host.resolve_member(said, []) or default_decision(said, [])
+    if not decision.create:
+        return None
+    now = ctx.clock()
+    meta = {} if claim.value_enc is None else {"mobile_enc": {"at": now.isoformat(), "verified": True}}
+    member = {
+        "status": "active", "version": 1, "created_at": now, "updated_at": now, "name": None, "province": None,
+        "city": None, "mobile_enc": claim.value_enc, "profile_meta": meta, "source_channel": channel,
+        "source_store": order.store_code, "source_campaign": None, "lifecycle_stage": "prospect",
+    }  # fmt: skip
+    identity = {
+        "kind": claim.kind, "value": claim.value, "value_enc": claim.value_enc, "account_id": account_id,
+        "evidence": claim.evidence, "first_seen_at": now, "last_seen_at": now,
+    }  # fmt: skip
+    dialect = dialect_name(session)
+    if dialect == "postgresql":
+        row = (await session.execute(_create_statement(dialect), {**member, **identity})).one()
+        member_id, attached = int(row[0]), row[1]
+    else:
+        member_id = int((await session.execute(_create_statement(dialect), member)).scalar_one())
+        attached = (
+            await session.execute(_identity_statement(dialect), {**identity, "member_id": member_id})
+        ).scalar()
+    if attached is None:  # the identity was there: this member never was
+        await session.execute(_DROP_MEMBER, {"member_id": member_id})
+        return None
+    await outbox.emit_many(
+        session, [("member_created", {"member_id": member_id, "source": channel or "unknown"})], now=now
+    )
+    return member_id
+
+
 def _resolution(ctx: IngestContext) -> ResolutionContext:
     return ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor, tz=ctx.tz)
 
@@ -235,6 +338,9 @@ async def apply_counter_order(
         fast = None
         if member_id is not None and known is not None:
             fast = await _known_member(session, ctx, order, member_id, known)
+        elif member_id is None:
+            fast = await _new_member(session, ctx, account_id, channel, order)
+            created = fast is not None
         if fast is not None:
             buyer = fast
         else:
