@@ -2,9 +2,10 @@
 
 What a counter does with the one member base: find a member by mobile or identity and show what a cashier may
 see (masked name and mobile, tier, entitlements usable now, available points); enrol a walk-in customer with the
-consent they give there; record a sale through the ingest engine, optionally paid in part with points (a
-redemption in the same unit of work); record a return, which reverses the points the returned lines earned and
-gives back the proportional share of the points they were paid with.
+consent they give there; record a sale with the ingest engine's effects (through its single-order path,
+:mod:`tongcrm.counter_sale`), optionally paid in part with points (a redemption in the same unit of work);
+record a return, which reverses the points the returned lines earned and gives back the proportional share of
+the points they were paid with.
 
 Design: a unit of work the core owns
 ------------------------------------
@@ -677,8 +678,8 @@ class CounterWork:
         buyer: Buyer | None,
         points_payment: PointsPayment | None = None,
     ) -> SaleRecorded:
-        """Record a sale as an order of ``account`` through the ingest engine (identity resolution, earning
-        rules, tiers, outbox). A points payment is redeemed first, so the sale cannot be paid with the points
+        """Record a sale as an order of ``account`` with what the ingest engine does to an order (identity
+        resolution, earning rules, tiers, outbox), on its single-order path (:mod:`tongcrm.counter_sale`). A points payment is redeemed first, so the sale cannot be paid with the points
         it earns; the order's lines should carry as ``amount_fen`` what earns points (the part not paid with
         points)."""
         self._writable()
