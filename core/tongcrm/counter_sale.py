@@ -41,6 +41,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import txcache
@@ -65,7 +66,7 @@ from tongcrm.ingest.apply import (
 )
 from tongcrm.jobs import outbox
 from tongcrm.members.models import ERASED, Member
-from tongcrm.orders.models import Order
+from tongcrm.orders.models import Order, OrderLine
 from tongcrm.orders.shipments import encode as encode_shipments
 from tongcrm.plugin.types import (
     IdentityClaim,
@@ -253,6 +254,32 @@ def _identity_statement(dialect: str) -> Any:
     )
 
 
+_LINE_COLUMNS = (
+    "order_id", "external_id", "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen",
+    "refunded_fen", "refund_status",
+)  # fmt: skip
+
+
+@functools.cache
+def _lines_statement(dialect: str) -> Any:
+    """The line upsert of the page path, with one fixed text for any number of lines on PostgreSQL (one array
+    per column, ``unnest``): the page path's ``executemany`` renders one ``VALUES`` row per line, a new
+    statement to prepare for every receipt length. SQLite runs the page path's statement per line (its text
+    does not change)."""
+    if dialect != "postgresql":
+        return _line_upsert(dialect)
+    table = cast(sa.Table, OrderLine.__table__)
+    arrays = [sa.bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in _LINE_COLUMNS]
+    rows = sa.func.unnest(*arrays).table_valued(*_LINE_COLUMNS).render_derived()
+    stmt = insert_for(dialect, table).from_select(
+        list(_LINE_COLUMNS), sa.select(*(rows.c[c] for c in _LINE_COLUMNS))
+    )
+    changing = [c for c in _LINE_COLUMNS if c not in {"order_id", "external_id"}]
+    return stmt.on_conflict_do_update(
+        index_elements=["order_id", "external_id"], set_={c: stmt.excluded[c] for c in changing}
+    ).returning(table.c.id, table.c.order_id, table.c.external_id)
+
+
 _DROP_MEMBER = sa.delete(_MEMBERS).where(_MEMBERS.c.id == sa.bindparam("member_id"))
 
 
@@ -413,8 +440,11 @@ async def apply_counter_order(
             }
             for line in order.lines
         ]
+        params: Any = line_rows
+        if dialect == "postgresql":
+            params = {c: [r[c] for r in line_rows] for c in _LINE_COLUMNS}
         line_ids = {
-            r.external_id: r.id for r in (await session.execute(_line_upsert(dialect), line_rows)).all()
+            r.external_id: r.id for r in (await session.execute(_lines_statement(dialect), params)).all()
         }
 
     # points, referral rewards, tiers
