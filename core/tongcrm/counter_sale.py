@@ -19,7 +19,8 @@ order and lines, identity resolution, points under the earning rules, referral r
   :func:`tongcrm.identity.service.resolve_many` asks it, and only when it attaches the claim to that member
   does the identity's ``last_seen_at`` move in one statement; any other answer, a new buyer, or a buyer with
   a profile to merge goes through ``resolve_many`` unchanged;
-* the active rule set and tier ladder read in one statement into the transaction's cache
+* the active rule set and tier ladder read with what is held for the order, in one statement, into the
+  transaction's cache
   (:mod:`tongcrm.db.txcache`), where the points and tier services find them;
 * points posted with ``fresh=True`` for an order inserted just now without refunds: it has no lots to release
   or reverse, so the follow-up read is skipped;
@@ -113,7 +114,9 @@ class CounterOrder:
 
 #: What is held for one order (and whether its member was erased): fixed text, no list parameter.
 _STORED = (
-    sa.select(Order.modified_at, Order.status, Order.paid_fen, Order.member_id, Member.status)
+    sa.select(
+        Order.modified_at, Order.status, Order.paid_fen, Order.member_id, Member.status.label("member_status")
+    )
     .outerjoin(Member, Member.id == Order.member_id)
     .where(Order.account_id == sa.bindparam("account_id"), Order.external_id == sa.bindparam("external_id"))
 )
@@ -148,29 +151,34 @@ def _settings_statement() -> Any:
 _SETTINGS = _settings_statement()
 
 
-async def read_settings(session: AsyncSession) -> None:
-    """Put the active rule set and tier ladder in the transaction's cache with one statement, unless both are
-    there already; :func:`tongcrm.points.service.active_rules` and :func:`tongcrm.tiers.service.active_ladder`
-    then answer from it, with what their own reads would have found."""
-    have_rules = txcache.get(session, points._RULES_KEY)[0]
-    have_ladder = txcache.get(session, tiers._LADDER_KEY)[0]
-    if have_rules and have_ladder:
-        return
-    row = (await session.execute(_SETTINGS)).one()
-    if not have_rules:
+def _settings_cached(session: AsyncSession) -> bool:
+    """Whether the transaction holds the active rule set and ladder already (:mod:`tongcrm.db.txcache`), where
+    :func:`tongcrm.points.service.active_rules` and :func:`tongcrm.tiers.service.active_ladder` find them."""
+    return txcache.get(session, points._RULES_KEY)[0] and txcache.get(session, tiers._LADDER_KEY)[0]
+
+
+def _cache_settings(session: AsyncSession, row: Any) -> None:
+    """Cache what a row of :data:`_SETTINGS` holds, where the transaction holds nothing yet."""
+    if not txcache.get(session, points._RULES_KEY)[0]:
         rules = (
             compile_rules(0, DEFAULT_DOCUMENT)
             if row.rules_version is None
             else points._compile_cached(row.rules_version, _json(row.rules_document))
         )
         txcache.put(session, points._RULES_KEY, rules)
-    if not have_ladder:
+    if not txcache.get(session, tiers._LADDER_KEY)[0]:
         ladder = (
             None
             if row.ladder_version is None
             else parse_ladder(_json(row.ladder_definition), version=row.ladder_version)
         )
         txcache.put(session, tiers._LADDER_KEY, ladder)
+
+
+_HELD = _STORED.subquery("held")
+_SETTINGS_ROW = _SETTINGS.subquery("settings")
+#: The settings and what is held for the order, in one round trip (the first order of a transaction).
+_STORED_AND_SETTINGS = sa.select(_SETTINGS_ROW, _HELD).select_from(_SETTINGS_ROW.outerjoin(_HELD, sa.true()))
 
 
 def _json(value: Any) -> Any:
@@ -351,12 +359,18 @@ async def apply_counter_order(
     ``member_id`` and ``known``: the buyer whose claim leads ``order.claims``, as read in this unit of work."""
     dialect = dialect_name(session)
     key = {"account_id": account_id, "external_id": order.external_id}
-    held = (await session.execute(_STORED, key)).first()
-    stored = None if held is None else (held[0], held[1], held[2])
+    held: Any
+    if _settings_cached(session):
+        held = (await session.execute(_STORED, key)).first()
+    else:
+        held = (await session.execute(_STORED_AND_SETTINGS, key)).one()
+        _cache_settings(session, held)
+        if held.modified_at is None:  # no such order (an order always has its modified_at)
+            held = None
+    stored = None if held is None else (held.modified_at, held.status, held.paid_fen)
     if not _is_news(order, stored):
         return CounterOrder(None, None)
-    erased_owner = held[3] if held is not None and held[4] == ERASED else None
-    await read_settings(session)
+    erased_owner = held.member_id if held is not None and held.member_status == ERASED else None
 
     # who bought it
     buyer: int | None = erased_owner
@@ -395,7 +409,7 @@ async def apply_counter_order(
 
     # the order and its lines, forward only
     now = ctx.clock()
-    prior_status = held[1] if held is not None else None
+    prior_status = held.status if held is not None else None
     row = {
         "account_id": account_id,
         "external_id": order.external_id,
