@@ -2,9 +2,10 @@
 
 What a counter does with the one member base: find a member by mobile or identity and show what a cashier may
 see (masked name and mobile, tier, entitlements usable now, available points); enrol a walk-in customer with the
-consent they give there; record a sale through the ingest engine, optionally paid in part with points (a
-redemption in the same unit of work); record a return, which reverses the points the returned lines earned and
-gives back the proportional share of the points they were paid with.
+consent they give there; record a sale with the ingest engine's effects (through its single-order path,
+:mod:`tongcrm.counter_sale`), optionally paid in part with points (a redemption in the same unit of work);
+record a return, which reverses the points the returned lines earned and gives back the proportional share of
+the points they were paid with.
 
 Design: a unit of work the core owns
 ------------------------------------
@@ -69,6 +70,7 @@ from tongcrm.audit.service import Actor
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
+from tongcrm.counter_sale import KnownBuyer, apply_counter_order
 from tongcrm.crypto import Vault
 from tongcrm.db.dialect import dialect_name
 from tongcrm.db.engine import create_engine, session_factory
@@ -78,7 +80,7 @@ from tongcrm.entitlements.models import EntitlementGrant, GrantStatus
 from tongcrm.errors import Conflict, NotFound, PluginError, TongcrmError, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
-from tongcrm.ingest.apply import IngestContext, apply_orders_page
+from tongcrm.ingest.apply import IngestContext
 from tongcrm.members import service as members
 from tongcrm.members.masked import mask_name
 from tongcrm.members.models import Member
@@ -184,6 +186,9 @@ class Buyer:
 
     member_id: int | None
     claim: IdentityClaim
+    #: the member and the identity behind ``claim`` as read in this unit of work: the sale's identity
+    #: resolution then needs no second read (:func:`tongcrm.counter_sale.apply_counter_order`)
+    known: KnownBuyer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,12 +643,17 @@ class CounterWork:
                 spec = kinds.get(row.kind) if row.kind is not None else None
                 if spec is None or not spec.strong:
                     continue
+                known = None
+                if rows[0].status == "active":
+                    known = KnownBuyer(
+                        row.identity_id, row.kind, row.value, row.created_at, row.has_mobile, row.referrer_id
+                    )
                 if row.kind == "mobile":
                     if row.value_enc:
                         mobile = self._service.vault.decrypt(row.value_enc, context=MOBILE_CONTEXT)
-                        return Buyer(member_id, IdentityClaim("mobile", mobile, evidence))
+                        return Buyer(member_id, IdentityClaim("mobile", mobile, evidence), known)
                     continue
-                return Buyer(member_id, IdentityClaim(row.kind, row.value, evidence))
+                return Buyer(member_id, IdentityClaim(row.kind, row.value, evidence), known)
             raise CounterRefused(
                 "member_without_identity",
                 f"member {member_id} has no mobile or other strong identity to attribute a sale to",
@@ -661,8 +671,8 @@ class CounterWork:
         buyer: Buyer | None,
         points_payment: PointsPayment | None = None,
     ) -> SaleRecorded:
-        """Record a sale as an order of ``account`` through the ingest engine (identity resolution, earning
-        rules, tiers, outbox). A points payment is redeemed first, so the sale cannot be paid with the points
+        """Record a sale as an order of ``account`` with what the ingest engine does to an order (identity
+        resolution, earning rules, tiers, outbox), on its single-order path (:mod:`tongcrm.counter_sale`). A points payment is redeemed first, so the sale cannot be paid with the points
         it earns; the order's lines should carry as ``amount_fen`` what earns points (the part not paid with
         points)."""
         self._writable()
@@ -764,8 +774,16 @@ class CounterWork:
             tz=self.tz,
             actor=self.actor.name,
         )
-        page = await apply_orders_page(self._session, ctx, account.id, account.channel, [order])
-        if page.quarantined:
+        applied = await apply_counter_order(
+            self._session,
+            ctx,
+            account.id,
+            account.channel,
+            order,
+            member_id=buyer.member_id if buyer is not None else None,
+            known=buyer.known if buyer is not None else None,
+        )
+        if applied.quarantined:
             raise CounterRefused("identity_rejected", "the buyer's identity claim was refused", status=422)
 
     async def _order_points(
@@ -788,7 +806,17 @@ class CounterWork:
 #: A member's status and identities, mobile first (statements on a till's path are built once: building one
 #: cost more than running it).
 _BUYER_BY_ID = (
-    sa.select(Member.status, Member.merged_into_id, Identity.kind, Identity.value, Identity.value_enc)
+    sa.select(
+        Member.status,
+        Member.merged_into_id,
+        Identity.kind,
+        Identity.value,
+        Identity.value_enc,
+        Identity.id.label("identity_id"),
+        Member.created_at,
+        Member.mobile_enc.is_not(None).label("has_mobile"),
+        Member.referrer_id,
+    )
     .select_from(Member)
     .outerjoin(Identity, Identity.member_id == Member.id)
     .where(Member.id == sa.bindparam("member_id"))

@@ -141,15 +141,22 @@ def _lot_expiry(rules: RuleSet, expiry: Expiry | None, earned_at: datetime, tz: 
     return expires_at(expiry or rules.doc.expiry, earned_at, tz)
 
 
-async def apply_orders(session: AsyncSession, ctx: PointsContext, orders: Sequence[OrderFacts]) -> None:
-    """Bring the ledger to the state the order facts imply (see the module docstring). Idempotent, batched."""
+async def apply_orders(
+    session: AsyncSession, ctx: PointsContext, orders: Sequence[OrderFacts], *, fresh: bool = False
+) -> None:
+    """Bring the ledger to the state the order facts imply (see the module docstring). Idempotent, batched.
+
+    ``fresh``: every order was inserted just now, with no refund and not closed, so none has a lot from before
+    to release or reverse, and the lots posted now are already in their state: the follow-up read is skipped
+    (a till's receipt, :mod:`tongcrm.counter_sale`)."""
     now = ctx.clock()
     paid = [o for o in orders if o.paid_at is not None]  # closed before payment: nothing to do
     if not paid:
         return
     rules = ctx.rules or await active_rules(session)
     await _earn(session, ctx, rules, paid, now)
-    await _follow_up(session, rules, paid, now)
+    if not fresh:
+        await _follow_up(session, rules, paid, now)
 
 
 async def _earn(

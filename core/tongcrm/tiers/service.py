@@ -257,6 +257,27 @@ async def _stage(
     ``upgrade``: every active member (rows or not) who qualifies above the tier they hold. ``review``: members
     with a tier row whose review is due, moved to what they qualify for (at most one step down when the
     ladder says so)."""
+    select = _staged(
+        ctx, ladder, run_id, mode=mode, members=members, member_subquery=member_subquery, id_range=id_range
+    )
+    await session.execute(
+        sa.insert(TierReviewItem).from_select(
+            ["run_id", "member_id", "old_code", "new_code", "next_review_on", "visible"], select
+        )
+    )
+
+
+def _staged(
+    ctx: TierContext,
+    ladder: Ladder,
+    run_id: str,
+    *,
+    mode: Literal["upgrade", "review"],
+    members: sa.ColumnElement[bool] | None,
+    member_subquery: sa.Select[Any] | None,
+    id_range: tuple[int, int] | None = None,
+) -> sa.Select[Any]:
+    """The rows :func:`_stage` stages (see there)."""
     m = _t(Member)
     mt = _t(MemberTier)
     order_filter: sa.ColumnElement[bool] | None = None
@@ -318,11 +339,7 @@ async def _stage(
         select = select.where(qualified > cur)
     if members is not None:
         select = select.where(members)
-    await session.execute(
-        sa.insert(TierReviewItem).from_select(
-            ["run_id", "member_id", "old_code", "new_code", "next_review_on", "visible"], select
-        )
-    )
+    return select
 
 
 async def _apply_staged(
@@ -451,6 +468,25 @@ async def reevaluate(session: AsyncSession, ctx: TierContext, member_ids: Iterab
     )
     _, changes = await _apply_staged(session, ctx, ladder, run_id, "upgrade", collect=True)
     return changes
+
+
+async def upgrade_due(session: AsyncSession, ctx: TierContext, member_id: int) -> bool:
+    """Whether :func:`reevaluate` would upgrade ``member_id`` now: the select it stages, for one member, read
+    without staging. A till's receipt asks this first, and re-evaluates only when the answer is yes (almost
+    never): a re-evaluation that upgrades nobody writes nothing, but costs six statements."""
+    ladder = await active_ladder(session)
+    if ladder is None or len(ladder.tiers) < 2:
+        return False
+    m = _t(Member)
+    select = _staged(
+        ctx,
+        ladder,
+        "",
+        mode="upgrade",
+        members=m.c.id == member_id,
+        member_subquery=sa.select(m.c.id).where(m.c.id == member_id),
+    )
+    return (await session.execute(select.limit(1))).first() is not None
 
 
 async def upgrade_all(

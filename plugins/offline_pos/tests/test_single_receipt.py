@@ -1,0 +1,85 @@
+"""A till's receipt on the counter's single-order path (tongcrm.counter_sale): several receipts of one member at
+once, one receipt uploaded twice at once, and returns after earning — the ledger stays whole and nothing is
+earned twice, on every database backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+from tongcrm.points import ledger
+from tongcrm.points.models import PointsBalance, PointsEntry
+from tongcrm.testing.plugin import ApiClient
+
+from .conftest import Receipts, enrol
+
+
+async def _balance(pos: ApiClient, member_id: int) -> tuple[int, int]:
+    async with pos.db.sessions() as session:
+        assert await ledger.verify(session) == []
+        available = (
+            await session.execute(
+                sa.select(PointsBalance.available).where(PointsBalance.member_id == member_id)
+            )
+        ).scalar_one_or_none() or 0  # no row until the member's first points
+        earned = (
+            await session.execute(
+                sa.select(sa.func.count()).where(
+                    PointsEntry.member_id == member_id, PointsEntry.kind == "earn"
+                )
+            )
+        ).scalar_one()
+    return int(available), int(earned)
+
+
+async def test_receipts_of_one_member_at_several_tills_at_once_all_earn(
+    pos: ApiClient, receipts: Receipts
+) -> None:
+    member = await enrol(pos, "13800138010")
+    ref = {"member_id": member["member_id"]}
+    start, _ = await _balance(pos, member["member_id"])
+    bodies = [receipts.sale((10_000 * (n + 1),), member=ref, till=("T01", "T02")[n % 2]) for n in range(6)]
+    answers = await asyncio.gather(*(pos.post("/pos/v1/receipts", json=b) for b in bodies))
+    assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
+    assert sorted(a.json()["points_earned"] for a in answers) == [100, 200, 300, 400, 500, 600]
+    available, earns = await _balance(pos, member["member_id"])
+    assert available == start + 2_100 and earns == 6
+    assert max(a.json()["points_available"] for a in answers) == available
+
+
+async def test_one_receipt_uploaded_twice_at_once_earns_once(pos: ApiClient, receipts: Receipts) -> None:
+    member = await enrol(pos, "13800138011")
+    start, _ = await _balance(pos, member["member_id"])
+    body = receipts.sale((25_000, 5_000), member={"member_id": member["member_id"]})
+    first, second = await asyncio.gather(
+        pos.post("/pos/v1/receipts", json=body), pos.post("/pos/v1/receipts", json=body)
+    )
+    assert sorted((first.status_code, second.status_code)) == [200, 201], (first.text, second.text)
+    assert first.json()["points_earned"] == second.json()["points_earned"] == 300
+    again = await pos.post("/pos/v1/receipts", json=body)  # and a retry later: the first answer again
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    available, earns = await _balance(pos, member["member_id"])
+    assert available == start + 300 and earns == 2
+
+
+async def test_returns_after_earning_and_paying_with_points_settle_exactly(
+    pos: ApiClient, receipts: Receipts
+) -> None:
+    member = await enrol(pos, "13800138012")
+    ref = {"member_id": member["member_id"]}
+    start, _ = await _balance(pos, member["member_id"])
+    first = await pos.post("/pos/v1/receipts", json=receipts.sale((60_000,), member=ref))
+    assert first.json()["points_earned"] == 600
+    # 300 yuan, 200 points paid as 20 yuan: the 280 yuan left earn per line, 186.67 + 93.33 yuan → 186 + 93
+    sale = receipts.sale((20_000, 10_000), member=ref, points=200, points_fen=2_000)
+    paid = await pos.post("/pos/v1/receipts", json=sale)
+    assert paid.status_code == 201, paid.text
+    assert (paid.json()["points_redeemed"], paid.json()["points_earned"]) == (200, 279)
+    back = await pos.post("/pos/v1/receipts", json=receipts.ret(sale, {2: 10_000}))
+    assert back.status_code == 201, back.text
+    assert back.json()["points_reversed"] + back.json()["points_refunded"] > 0
+    rest = await pos.post("/pos/v1/receipts", json=receipts.ret(sale, {1: 20_000}))
+    assert rest.status_code == 201, rest.text
+    available, _ = await _balance(pos, member["member_id"])
+    # everything of the second sale came back: its 279 points are gone, its 200 points are back
+    assert available == start + 600
