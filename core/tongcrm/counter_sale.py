@@ -42,11 +42,10 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import txcache
-from tongcrm.db.dialect import dialect_name, insert_for
+from tongcrm.db.dialect import dialect_name, insert_for, rows_params
 from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
 from tongcrm.identity.service import (
@@ -58,6 +57,7 @@ from tongcrm.identity.service import (
     resolve_many,
 )
 from tongcrm.ingest.apply import (
+    _LINE_COLUMNS,
     IngestContext,
     _is_news,
     _line_upsert,
@@ -66,6 +66,7 @@ from tongcrm.ingest.apply import (
     quarantine,
 )
 from tongcrm.jobs import outbox
+from tongcrm.members.masked import masked_index
 from tongcrm.members.models import ERASED, Member
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.orders.shipments import encode as encode_shipments
@@ -215,8 +216,8 @@ async def _known_member(
 _MEMBERS = cast(sa.Table, Member.__table__)
 _IDENTITIES = cast(sa.Table, Identity.__table__)
 _MEMBER_COLUMNS = (
-    "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc", "profile_meta",
-    "source_channel", "source_store", "source_campaign", "lifecycle_stage",
+    "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc",
+    "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
 )  # fmt: skip
 _IDENTITY_COLUMNS = ("kind", "value", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at")
 
@@ -262,32 +263,6 @@ def _identity_statement(dialect: str) -> Any:
     )
 
 
-_LINE_COLUMNS = (
-    "order_id", "external_id", "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen",
-    "refunded_fen", "refund_status",
-)  # fmt: skip
-
-
-@functools.cache
-def _lines_statement(dialect: str) -> Any:
-    """The line upsert of the page path, with one fixed text for any number of lines on PostgreSQL (one array
-    per column, ``unnest``): the page path's ``executemany`` renders one ``VALUES`` row per line, a new
-    statement to prepare for every receipt length. SQLite runs the page path's statement per line (its text
-    does not change)."""
-    if dialect != "postgresql":
-        return _line_upsert(dialect)
-    table = cast(sa.Table, OrderLine.__table__)
-    arrays = [sa.bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in _LINE_COLUMNS]
-    rows = sa.func.unnest(*arrays).table_valued(*_LINE_COLUMNS).render_derived()
-    stmt = insert_for(dialect, table).from_select(
-        list(_LINE_COLUMNS), sa.select(*(rows.c[c] for c in _LINE_COLUMNS))
-    )
-    changing = [c for c in _LINE_COLUMNS if c not in {"order_id", "external_id"}]
-    return stmt.on_conflict_do_update(
-        index_elements=["order_id", "external_id"], set_={c: stmt.excluded[c] for c in changing}
-    ).returning(table.c.id, table.c.order_id, table.c.external_id)
-
-
 _DROP_MEMBER = sa.delete(_MEMBERS).where(_MEMBERS.c.id == sa.bindparam("member_id"))
 
 
@@ -316,6 +291,7 @@ async def _new_member(
     member = {
         "status": "active", "version": 1, "created_at": now, "updated_at": now, "name": None, "province": None,
         "city": None, "mobile_enc": claim.value_enc, "profile_meta": meta, "source_channel": channel,
+        "mobile_masked_index": None if claim.e164 is None else masked_index(ctx.vault, claim.e164),
         "source_store": order.store_code, "source_campaign": None, "lifecycle_stage": "prospect",
     }  # fmt: skip
     identity = {
@@ -433,7 +409,13 @@ async def apply_counter_order(
         "ingested_at": now,
         "updated_at": now,
     }
-    written = (await session.execute(_order_upsert(dialect, tuple(row)), row)).first()
+    columns = tuple(row)
+    orders_table = cast(sa.Table, Order.__table__)
+    written = (
+        await session.execute(
+            _order_upsert(dialect, columns), rows_params(dialect, orders_table, columns, [row])
+        )
+    ).first()
     if written is None:  # another transaction stored a newer version first
         return CounterOrder(None, None)
     order_id, member, status = int(written.id), written.member_id, written.status
@@ -454,12 +436,8 @@ async def apply_counter_order(
             }
             for line in order.lines
         ]
-        params: Any = line_rows
-        if dialect == "postgresql":
-            params = {c: [r[c] for r in line_rows] for c in _LINE_COLUMNS}
-        line_ids = {
-            r.external_id: r.id for r in (await session.execute(_lines_statement(dialect), params)).all()
-        }
+        params = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, line_rows)
+        line_ids = {r.external_id: r.id for r in (await session.execute(_line_upsert(dialect), params)).all()}
 
     # points, referral rewards, tiers
     if member is not None:

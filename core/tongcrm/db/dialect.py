@@ -90,7 +90,12 @@ def array_rows(table: sa.Table, columns: Sequence[str], *, in_order: bool = Fals
 def column_arrays(
     table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> dict[str, list[Any]]:
-    """The parameters of :func:`array_rows`: one list per column, JSON values serialised."""
+    """The parameters of :func:`array_rows`: one list per column, JSON values serialised.
+
+    A row with a key the statement has no column for is refused: SQLite's executemany would write it, the arrays
+    would silently drop it, and the two databases would hold different rows."""
+    if rows and (extra := set(rows[0]) - set(columns)):
+        raise ValueError(f"{table.name}: values for columns the statement does not write: {sorted(extra)}")
     params: dict[str, list[Any]] = {}
     for name in columns:
         values = [row[name] for row in rows]

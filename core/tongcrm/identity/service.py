@@ -308,8 +308,8 @@ def _touch_statement(dialect_name: str) -> Any:
 
 
 _MEMBER_COLUMNS = (
-    "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc", "profile_meta",
-    "source_channel", "source_store", "source_campaign", "lifecycle_stage",
+    "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc",
+    "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
 )  # fmt: skip
 _IDENTITY_COLUMNS = (
     "kind", "value", "member_id", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at",
