@@ -47,6 +47,9 @@ WINDOW_JOB = "ingest.backfill_window"
 #: outlast a long window worked elsewhere (``tongcrm sync --parallel``) whose worker then dies.
 WINDOW_JOB_ATTEMPTS = 20
 MAX_WINDOWS = 10_000
+#: ``tongcrm sync --window-hours`` ends its backfill this long before now: adapters leave the last moments to the
+#: next poll (platforms index changes a little late), so a window ending at "now" could not reach its end.
+PRESENT_MARGIN = timedelta(minutes=10)
 
 
 def window_lease(window_id: int) -> str:

@@ -19,6 +19,7 @@ from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import BadRequest
 from tongcrm.ingest.apply import IngestContext
 from tongcrm.ingest.backfill import (
+    PRESENT_MARGIN,
     BackfillView,
     WindowReport,
     backfill_views,
@@ -290,7 +291,7 @@ async def _run_backfill(
     try:
         async with sessions() as session, session.begin():
             backfill_id = await create_backfill(
-                session, host, name, since=since, until=datetime.now(UTC), window=window
+                session, host, name, since=since, until=datetime.now(UTC) - PRESENT_MARGIN, window=window
             )
         async with sessions() as session:
             view = (await backfill_views(session, backfill_id))[0]
