@@ -28,7 +28,7 @@ from tongcrm.messaging.jobs import DISPATCH
 from tongcrm.messaging.models import Message
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.broker import broker_reachable
-from tongcrm.testing.cluster import cluster, cluster_env, stamp_heads, until
+from tongcrm.testing.cluster import cluster, cluster_env, noon_zone, stamp_heads, until
 from tongcrm.testing.database import TestDatabase
 
 RATE = 3
@@ -42,12 +42,6 @@ WORKERS = 3
 #: seconds for the sending once every process is up (starting them takes long on a loaded 2-core machine)
 DEADLINE = 60.0
 STARTUP = 120.0
-
-
-def noon_zone(now: datetime) -> str:
-    """A fixed-offset zone in which it is about noon now, inside the marketing window whenever the test runs."""
-    offset = 12 - now.hour
-    return f"Etc/GMT{-offset:+d}"
 
 
 async def test_three_workers_sending_one_campaign_hold_the_gateways_rate(

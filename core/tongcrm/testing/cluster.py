@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,13 @@ def cluster_env(db: TestDatabase, secret: str, **extra: str) -> dict[str, str]:
         "TONGCRM_IN_PROCESS_JOBS": "0",
         **extra,
     }
+
+
+def noon_zone(now: datetime) -> str:
+    """A fixed-offset zone in which it is about noon at ``now`` (UTC): for ``TONGCRM_TIMEZONE`` in tests that
+    send marketing messages from worker processes, whose clock the test cannot move into the marketing window."""
+    offset = 12 - now.hour
+    return f"Etc/GMT{-offset:+d}"
 
 
 async def stamp_heads(db: TestDatabase, host: PluginHost) -> None:
