@@ -336,3 +336,36 @@ async def test_a_channel_without_windowed_backfills_gets_one_window(
     ctx = IngestContext(host=host, vault=tongcrm_settings.vault(), clock=Clock(), tz=tongcrm_settings.tz)
     await _backfill(tongcrm_db, ctx)
     assert [(w.start, w.end) for w in await _windows(tongcrm_db)] == [(SINCE, UNTIL)]
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"
+
+
+async def test_a_page_that_lost_a_deadlock_is_redone_from_the_committed_cursor(
+    tongcrm_db: TestDatabase, ctx: IngestContext, timeline: Timeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows of one account apply pages at once; PostgreSQL may pick one of two pages sharing members as a
+    deadlock victim. That page rolled back with its cursor and is redone, without failing the window."""
+    await _backfill(tongcrm_db, ctx)
+    window = (await _windows(tongcrm_db))[2]
+    import tongcrm.ingest.service as engine
+
+    real = engine.apply_orders_page
+    calls = 0
+
+    async def loses_the_second_page_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise sa.exc.DBAPIError("INSERT …", None, _Deadlock("deadlock detected"))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "apply_orders_page", loses_the_second_page_once)
+    report = await work_window(tongcrm_db.sessions, ctx, window.id, holder="w")
+    assert report.caught_up and report.error is None and report.pages == 3
+    assert [cursor for *_, cursor in timeline.calls].count(
+        '{"offset": 7}'
+    ) == 2  # the lost page, fetched again
+    expected = {o.external_id for o in timeline.orders if window.start <= o.modified_at < window.end}
+    assert await _stored(tongcrm_db) == expected

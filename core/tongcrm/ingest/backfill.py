@@ -38,9 +38,12 @@ from tongcrm.ingest.service import MAX_PAGES_PER_RUN, PageSink, Source, SyncRepo
 from tongcrm.jobs import leases
 from tongcrm.jobs.queue import enqueue
 from tongcrm.limits.gate import DatabaseCallGate
+from tongcrm.logging import get_logger
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import ChannelCapability, OrderPage
 from tongcrm.privacy.redact import redact
+
+log = get_logger(__name__)
 
 WINDOW_JOB = "ingest.backfill_window"
 #: A window job that finds its window leased by another worker retries with backoff; enough attempts to
@@ -50,6 +53,16 @@ MAX_WINDOWS = 10_000
 #: ``tongcrm sync --window-hours`` ends its backfill this long before now: adapters leave the last moments to the
 #: next poll (platforms index changes a little late), so a window ending at "now" could not reach its end.
 PRESENT_MARGIN = timedelta(minutes=10)
+
+
+#: PostgreSQL's deadlock_detected and serialization_failure: a concurrent page won, this one can be redone.
+RETRYABLE = frozenset({"40P01", "40001"})
+CONFLICT_RETRIES = 5
+
+
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code if isinstance(code, str) else None
 
 
 def window_lease(window_id: int) -> str:
@@ -178,17 +191,22 @@ async def work_window(
             sa.update(BackfillWindow).where(BackfillWindow.id == window_id).values(last_error=redact(error))
         )
 
+    sink = PageSink(window_lease(window_id), advance, record_error)
     try:
-        await pull(
-            sessions,
-            ctx,
-            adapter,
-            source,
-            cursor,
-            PageSink(window_lease(window_id), advance, record_error),
-            report,
-            limit=MAX_PAGES_PER_RUN,
-        )
+        for attempt in range(1, CONFLICT_RETRIES + 1):
+            try:
+                await pull(sessions, ctx, adapter, source, cursor, sink, report, limit=MAX_PAGES_PER_RUN)
+                break
+            except sa.exc.DBAPIError as exc:
+                # Windows of one account apply pages at the same time, and pages sharing members can deadlock
+                # in PostgreSQL; the loser's page rolled back whole with its cursor, so it is simply redone.
+                if _sqlstate(exc) not in RETRYABLE or attempt == CONFLICT_RETRIES:
+                    raise
+                log.info("backfill page conflicted; redoing it", window=window_id, attempt=attempt)
+                async with sessions() as session:
+                    cursor = await session.scalar(
+                        sa.select(BackfillWindow.cursor).where(BackfillWindow.id == window_id)
+                    )
     finally:
         await adapter.aclose()
         async with sessions() as session, session.begin():
