@@ -149,4 +149,6 @@ def test_sync_window_hours_backfills_in_windows_and_backfills_shows_progress(inv
     assert "6/6 windows done" in result.output and f"{len(statuses)} orders applied" in result.output
     shown = invoke("backfills").output
     assert "jd-pop" in shown and "done" in shown and "6/6 (0 running)" in shown
+    resumed = invoke("backfills", "--resume", "1")  # nothing left: it says so and fetches nothing
+    assert resumed.exit_code == 0 and "6/6 windows done" in resumed.output
     assert invoke("sync", "--since", since, "--window-hours", "12").exit_code == 2  # which account?

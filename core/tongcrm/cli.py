@@ -781,7 +781,7 @@ def build_cli(host: PluginHost) -> click.Group:
 
     group.add_command(channel_group(host))
     group.add_command(sync_command(host))
-    group.add_command(backfills_command())
+    group.add_command(backfills_command(host))
     group.add_command(segments_group)
     group.add_command(campaigns_group)
     group.add_command(calendar_command)

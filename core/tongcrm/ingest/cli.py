@@ -231,12 +231,23 @@ def sync_command(host: PluginHost) -> click.Command:
     return sync
 
 
-def backfills_command() -> click.Command:
+def backfills_command(host: PluginHost) -> click.Command:
     @click.command("backfills")
     @click.option("--id", "backfill_id", type=int, help="Only this backfill.")
-    def backfills(backfill_id: int | None) -> None:
+    @click.option(
+        "--resume",
+        "resume_id",
+        type=int,
+        help="Work the unfinished windows of this backfill here (after its jobs gave up, e.g. on an account "
+        "that needed re-authorising).",
+    )
+    @click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True)
+    def backfills(backfill_id: int | None, resume_id: int | None, parallel: int) -> None:
         """Progress of windowed backfills (tongcrm sync --window-hours): windows done, applied through."""
         settings = _settings()
+        if resume_id is not None:
+            configure_logging(json=settings.log_json, level=settings.log_level)
+            sys.exit(asyncio.run(_work(host, settings, resume_id, parallel)))
 
         async def body() -> list[BackfillView]:
             engine = create_engine(settings.database_url)
@@ -295,12 +306,22 @@ async def _run_backfill(
             )
         async with sessions() as session:
             view = (await backfill_views(session, backfill_id))[0]
-        click.echo(
-            f"backfill {backfill_id} of {name}: {view.total_windows} windows queued for the job workers"
-        )
-        if parallel == 0:
-            click.echo(f"follow it with: tongcrm backfills --id {backfill_id}")
-            return 0
+    finally:
+        await engine.dispose()
+    click.echo(f"backfill {backfill_id} of {name}: {view.total_windows} windows queued for the job workers")
+    if parallel == 0:
+        click.echo(f"follow it with: tongcrm backfills --id {backfill_id}")
+        return 0
+    return await _work(host, settings, backfill_id, parallel)
+
+
+async def _work(host: PluginHost, settings: Settings, backfill_id: int, parallel: int) -> int:
+    """Work a backfill's unfinished windows in this process, beside the job workers; 1 when a window failed."""
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session:
+            view = (await backfill_views(session, backfill_id))[0]
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -310,10 +331,12 @@ async def _run_backfill(
             console=Console(stderr=True),
             disable=not sys.stderr.isatty(),
         ) as progress:
-            task = progress.add_task(f"backfill {name}", total=view.total_windows)
+            task = progress.add_task(
+                f"backfill {view.account}", total=view.total_windows, completed=view.windows["done"]
+            )
 
             def on_window(report: WindowReport) -> None:
-                if report.caught_up:
+                if report.caught_up and not report.finished_before:
                     progress.advance(task)
 
             failed = await work_backfill(
@@ -329,7 +352,7 @@ async def _run_backfill(
     finally:
         await engine.dispose()
     click.echo(
-        f"backfill {backfill_id} of {name}: {view.windows['done']}/{view.total_windows} windows done, "
+        f"backfill {backfill_id} of {view.account}: {view.windows['done']}/{view.total_windows} windows done, "
         f"{view.pages} pages, {view.orders} orders applied, {view.quarantined} quarantined, "
         f"through {_local(view.through, settings.tz)}"
     )

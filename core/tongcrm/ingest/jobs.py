@@ -70,7 +70,9 @@ async def backfill_window(ctx: JobContext, payload: dict[str, Any]) -> None:
     if report.busy:
         # another worker (or ``tongcrm sync --parallel``) has it: look again later, in case that one dies
         raise RuntimeError(f"backfill window {report.window_id} is being worked by another worker")
-    if report.error and not report.needs_reauth:
+    if report.error:
+        # unlike the periodic sync, nothing would come back for this window: retry it with backoff (an account
+        # re-authorised within the attempts resumes it; after them, ``tongcrm backfills --resume`` does)
         raise RuntimeError(report.error)
 
 
