@@ -23,6 +23,7 @@ for the others a backfill is one window, which runs to the live horizon.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import Backfill, BackfillWindow, ChannelAccount
 from tongcrm.errors import BadRequest, NotFound
+from tongcrm.identity.service import LostRace
 from tongcrm.ingest.apply import IngestContext, PageResult
 from tongcrm.ingest.service import MAX_PAGES_PER_RUN, PageSink, Source, SyncReport, pull
 from tongcrm.jobs import leases
@@ -57,12 +59,14 @@ PRESENT_MARGIN = timedelta(minutes=10)
 
 #: PostgreSQL's deadlock_detected and serialization_failure: a concurrent page won, this one can be redone.
 RETRYABLE = frozenset({"40P01", "40001"})
-CONFLICT_RETRIES = 5
+CONFLICT_RETRIES = 8
 
 
-def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code if isinstance(code, str) else None
+def _conflict(exc: Exception) -> bool:
+    if isinstance(exc, LostRace):
+        return True
+    orig = getattr(exc, "orig", None)
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in RETRYABLE
 
 
 def window_lease(window_id: int) -> str:
@@ -197,12 +201,14 @@ async def work_window(
             try:
                 await pull(sessions, ctx, adapter, source, cursor, sink, report, limit=MAX_PAGES_PER_RUN)
                 break
-            except sa.exc.DBAPIError as exc:
-                # Windows of one account apply pages at the same time, and pages sharing members can deadlock
-                # in PostgreSQL; the loser's page rolled back whole with its cursor, so it is simply redone.
-                if _sqlstate(exc) not in RETRYABLE or attempt == CONFLICT_RETRIES:
+            except (sa.exc.DBAPIError, LostRace) as exc:
+                # Windows of one account apply pages at the same time, and pages sharing new members race to
+                # create them (or deadlock in PostgreSQL); the loser's page rolled back whole with its cursor,
+                # so it is simply redone.
+                if not _conflict(exc) or attempt == CONFLICT_RETRIES:
                     raise
                 log.info("backfill page conflicted; redoing it", window=window_id, attempt=attempt)
+                await asyncio.sleep(random.uniform(0.05, 0.25) * attempt)  # not in step with the winner again
                 async with sessions() as session:
                     cursor = await session.scalar(
                         sa.select(BackfillWindow.cursor).where(BackfillWindow.id == window_id)
