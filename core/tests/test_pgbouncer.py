@@ -145,8 +145,11 @@ async def _workload(url: str) -> tuple[list[str], list[int]]:
 
     try:
         await asyncio.gather(*(client(n) for n in range(CLIENTS)))
-        while await runner.run_next_job():
-            pass
+        try:  # the jobs the clients left
+            while await runner.run_next_job():
+                pass
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     finally:
         await engine.dispose()
     return errors, ran
