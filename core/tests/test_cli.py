@@ -146,3 +146,33 @@ def test_sync_since_refuses_what_is_not_a_time(invoke, given: str) -> None:  # t
     result = invoke("sync", "--since", given)
     assert result.exit_code == 2
     assert "is not a date and time" in result.output
+
+
+def test_sync_window_hours_backfills_in_windows_and_backfills_shows_progress(invoke) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    from tongcrm.testing.platforms import jd_platform
+    from tongcrm.testing.servers import serve_in_thread
+
+    app, settings, truth = jd_platform(orders=80, buyers=30)
+    assert invoke("db", "upgrade").exit_code == 0
+    with serve_in_thread(app) as url:
+        added = invoke(
+            "channel", "add", "jd", "--name", "jd-pop", "--app-key", settings["app_key"],
+            "--app-secret", settings["app_secret"], "--access-token", settings["access_token"],
+            "--gateway-url", f"{url}{settings['_path']}",
+        )  # fmt: skip
+        assert added.exit_code == 0, added.output
+        since = (datetime.now(UTC) - timedelta(days=3)).isoformat(timespec="seconds")
+        result = invoke(
+            "sync", "--account", "jd-pop", "--since", since, "--window-hours", "12", "--parallel", "2"
+        )
+    assert result.exit_code == 0, result.output
+    assert "backfill 1 of jd-pop: 6 windows queued for the job workers" in result.output
+    statuses, _lines = truth()
+    assert "6/6 windows done" in result.output and f"{len(statuses)} orders applied" in result.output
+    shown = invoke("backfills").output
+    assert "jd-pop" in shown and "done" in shown and "6/6 (0 running)" in shown
+    resumed = invoke("backfills", "--resume", "1")  # nothing left: it says so and fetches nothing
+    assert resumed.exit_code == 0 and "6/6 windows done" in resumed.output
+    assert invoke("sync", "--since", since, "--window-hours", "12").exit_code == 2  # which account?

@@ -849,13 +849,14 @@ def build_cli(host: PluginHost) -> click.Group:
         context_settings=cli.context_settings,
     )
     from tongcrm.campaigns.cli import calendar_command, campaigns_group
-    from tongcrm.ingest.cli import channel_group, sync_command
+    from tongcrm.ingest.cli import backfills_command, channel_group, sync_command
     from tongcrm.rfm.cli import rfm_group
     from tongcrm.segments.cli import segments_group
     from tongcrm.tagrules.cli import tags_group
 
     group.add_command(channel_group(host))
     group.add_command(sync_command(host))
+    group.add_command(backfills_command(host))
     group.add_command(segments_group)
     group.add_command(campaigns_group)
     group.add_command(calendar_command)

@@ -1,7 +1,11 @@
-"""Broker-mode ingest scaling: four fake JD shops synced by 1, 2 and 4 ``tongcrm jobs worker`` processes.
+"""Broker-mode ingest scaling: fake JD shops synced by 1, 2 and 4 ``tongcrm jobs worker`` processes.
 
     TONGCRM_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
-        python tests/benchmarks/broker_scaling.py --orders 300 --workers 1,2,4
+        python tests/benchmarks/broker_scaling.py --orders 300 --workers 1,2,4 [--mode backfill]
+
+``--mode shops`` (default): four shops, one ``ingest.sync_account`` job each — parallel ingest of accounts.
+``--mode backfill``: one shop holding the four shops' orders, backfilled in eight windows
+(:mod:`tongcrm.ingest.backfill`) — one account's history split across workers.
 
 For each worker count: a fresh PostgreSQL database (migrated with ``tongcrm db upgrade``), a scheduler and N
 workers on RabbitMQ (started and healthy before the clock starts), four accounts and one ``ingest.sync_account``
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +32,7 @@ import sqlalchemy as sa
 from tongcrm.channels import service as accounts
 from tongcrm.crypto import Vault
 from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.ingest.backfill import create_backfill
 from tongcrm.jobs.models import Job
 from tongcrm.jobs.queue import enqueue
 from tongcrm.orders.models import Order
@@ -59,6 +65,13 @@ def healthy(port: int) -> None:
         answer.read()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def delete_queue(name: str) -> None:
     """Durable queues outlive the run otherwise."""
     subprocess.run(["rabbitmqctl", "delete_queue", name], capture_output=True, check=False)
@@ -68,7 +81,9 @@ def admin(url: str, sql: str) -> None:
     subprocess.run(["psql", url, "-qc", sql], check=True, capture_output=True)
 
 
-async def run(server_url: str, workers: int, orders: int, env_base: dict[str, str]) -> dict[str, object]:
+async def run(
+    server_url: str, workers: int, orders: int, env_base: dict[str, str], mode: str
+) -> dict[str, object]:
     name = f"tongcrm_bench_broker_{workers}"
     admin(server_url, f"DROP DATABASE IF EXISTS {name}")
     admin(server_url, f"CREATE DATABASE {name}")
@@ -87,15 +102,17 @@ async def run(server_url: str, workers: int, orders: int, env_base: dict[str, st
     try:
         with ExitStack() as stack:
             urls = []
-            for i in range(SHOPS):
+            shops = SHOPS if mode == "shops" else 1
+            per_shop = orders if mode == "shops" else SHOPS * orders
+            for i in range(shops):
                 shop = generate_shop(
-                    seed=i, orders=orders, buyers=orders // 2, start=end - timedelta(days=2), end=end
+                    seed=i, orders=per_shop, buyers=per_shop // 2, start=end - timedelta(days=2), end=end
                 )
                 gateway = FakeJosGateway(shop=shop, app_key=f"bench-{i}", access_tokens={"bench-token"})
                 urls.append(stack.enter_context(serve_in_thread(create_app(gateway))))
             ports = {}
             for role in ["scheduler", *(f"worker-{i}" for i in range(workers))]:
-                ports[role] = 19300 + len(ports)
+                ports[role] = free_port()
                 args = (
                     ["jobs", "scheduler"] if role == "scheduler" else ["jobs", "worker", "--concurrency", "4"]
                 )
@@ -126,6 +143,7 @@ async def run(server_url: str, workers: int, orders: int, env_base: dict[str, st
                 if periodic and not busy:
                     break
                 await asyncio.sleep(0.2)
+            load_before = os.getloadavg()[0]
             cpu_before = {role: cpu_seconds(p.pid) for role, p in processes.items()}
             cpu_before["gateways+bench"] = cpu_seconds(os.getpid())
             async with sessions() as session, session.begin():
@@ -138,9 +156,18 @@ async def run(server_url: str, workers: int, orders: int, env_base: dict[str, st
                         "initial_sync_days": "3",
                     }
                     await accounts.create_account(session, host, Vault(SECRET), "jd", f"shop-{i}", settings)
-                    await enqueue(
-                        session, "ingest.sync_account", {"account": f"shop-{i}"}, lock_key=f"sync:shop-{i}"
-                    )
+                    if mode == "shops":
+                        await enqueue(
+                            session,
+                            "ingest.sync_account",
+                            {"account": f"shop-{i}"},
+                            lock_key=f"sync:shop-{i}",
+                        )
+                    else:  # two days and a bit in eight windows
+                        since = end - timedelta(days=2, hours=1)
+                        await create_backfill(
+                            session, host, f"shop-{i}", since=since, until=end, window=timedelta(hours=49) / 8
+                        )
             started = time.perf_counter()
             while True:
                 async with sessions() as session:
@@ -153,12 +180,31 @@ async def run(server_url: str, workers: int, orders: int, env_base: dict[str, st
                     raise TimeoutError(f"only {stored} of {SHOPS * orders} orders after 600 s")
                 await asyncio.sleep(0.1)
             elapsed = time.perf_counter() - started
+            load_after = os.getloadavg()[0]
             async with sessions() as session:
                 retried = (
                     await session.execute(
-                        sa.select(sa.func.sum(Job.attempts - 1)).where(Job.name == "ingest.sync_account")
+                        sa.select(sa.func.sum(Job.attempts - 1)).where(
+                            Job.name.in_(["ingest.sync_account", "ingest.backfill_window"])
+                        )
                     )
                 ).scalar_one()
+                errors = sorted(
+                    {
+                        next(
+                            (line for line in reversed((error or "").splitlines()) if "Error" in line[:80]),
+                            "",
+                        )[:200]
+                        for error in (
+                            await session.execute(
+                                sa.select(Job.last_error).where(
+                                    Job.name.in_(["ingest.sync_account", "ingest.backfill_window"]),
+                                    Job.last_error.is_not(None),
+                                )
+                            )
+                        ).scalars()
+                    }
+                )
             cpu = {role: round(cpu_seconds(p.pid) - cpu_before[role], 1) for role, p in processes.items()}
             cpu["gateways+bench"] = round(cpu_seconds(os.getpid()) - cpu_before["gateways+bench"], 1)
     finally:
@@ -176,6 +222,8 @@ async def run(server_url: str, workers: int, orders: int, env_base: dict[str, st
         "orders_per_s": round(SHOPS * orders / elapsed, 1),
         "cpu_s": cpu,
         "sync_retries": retried,
+        "load": (round(load_before, 2), round(load_after, 2)),
+        "retry_reasons": errors,
     }
 
 
@@ -183,6 +231,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=300, help="orders per shop")
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--mode", choices=["shops", "backfill"], default="shops")
     options = parser.parse_args()
     server_url = os.environ["TONGCRM_TEST_POSTGRES_URL"]
     env = {
@@ -194,15 +243,20 @@ async def main() -> None:
         "TONGCRM_LOG_LEVEL": "WARNING",
         "TONGCRM_DISABLE_PLUGINS": "",
     }
-    results = [await run(server_url, int(n), options.orders, env) for n in options.workers.split(",")]
+    results = [
+        await run(server_url, int(n), options.orders, env, options.mode) for n in options.workers.split(",")
+    ]
     base = results[0]["orders_per_s"]
-    print(f"cores on this machine: {os.cpu_count()}")
+    print(f"mode {options.mode}, {SHOPS * options.orders} orders; cores on this machine: {os.cpu_count()}")
     for result in results:
         ratio = float(result["orders_per_s"]) / float(base)  # type: ignore[arg-type]
         print(
             f"{result['workers']} worker(s): {result['orders_per_s']} orders/s in {result['seconds']} s, "
-            f"x{ratio:.2f} of one worker; sync job retries {result['sync_retries']}; CPU seconds {result['cpu_s']}"
+            f"x{ratio:.2f} of one worker; sync job retries {result['sync_retries']}; CPU seconds {result['cpu_s']}; "
+            f"1-min load average before/after {result['load']}"
         )
+        for reason in result["retry_reasons"]:  # type: ignore[attr-defined]
+            print(f"    retried after: {reason}")
 
 
 if __name__ == "__main__":

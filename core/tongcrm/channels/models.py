@@ -76,3 +76,47 @@ class PushMessage(Base):
     )
     message_id: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Backfill(Base):
+    """A long replay of one account (``tongcrm sync --since … --window-hours …``), cut into windows that any
+    number of workers take at once. ``through`` only advances over a contiguous run of finished windows, so it
+    always means "everything the platform changed before this moment has been applied"."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("channel_accounts.id", ondelete="CASCADE"))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    until: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: running | done
+    status: Mapped[str] = mapped_column(sa.String(16), default="running")
+    through: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class BackfillWindow(Base):
+    """One window ``[start, end)`` of a backfill. Its ``cursor`` is written in the same transaction as each of
+    its pages, so a worker that dies mid-window leaves it resumable by whoever takes its lease next."""
+
+    __tablename__ = "backfill_windows"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    backfill_id: Mapped[int] = mapped_column(sa.ForeignKey("backfills.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(sa.Integer)
+    start: Mapped[datetime] = mapped_column(UTCDateTime())
+    end: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: pending | running | done
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    cursor: Mapped[str | None] = mapped_column(sa.Text)
+    pages: Mapped[int] = mapped_column(sa.Integer, default=0)
+    orders: Mapped[int] = mapped_column(sa.Integer, default=0)
+    quarantined: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: How many times a worker took the window (more than one: a worker died or a platform call failed).
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    worked_by: Mapped[str | None] = mapped_column(sa.String(100))
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (sa.UniqueConstraint("backfill_id", "seq"),)

@@ -146,13 +146,19 @@ def channel_context(
     *,
     clock: Callable[[], datetime],
     since: datetime | None = None,
+    until: datetime | None = None,
     call_gate: CallGate | None = None,
 ) -> ChannelContext:
     settings: dict[str, Any] = dict(account.settings)
     if account.secrets:
         settings.update(json.loads(vault.decrypt(account.secrets, context=SECRETS_CONTEXT)))
     return ChannelContext(
-        account_name=account.name, settings=settings, clock=clock, since=since, call_gate=call_gate
+        account_name=account.name,
+        settings=settings,
+        clock=clock,
+        since=since,
+        until=until,
+        call_gate=call_gate,
     )
 
 

@@ -5,6 +5,7 @@ Operators write plain URLs (``sqlite:///path``, ``postgresql://…``); the async
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,17 +24,37 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 HIDE_PARAMETERS = True
 
 
-def async_url(url: str) -> sa.URL:
-    """Map a plain database URL to its async-driver form, refusing databases tongcrm does not support."""
+#: ``?pooler=transaction`` on a PostgreSQL URL says a transaction-mode pooler (PgBouncer) stands between tongcrm
+#: and the server: consecutive transactions of one client connection may run on different server connections.
+POOLER_PARAM = "pooler"
+POOLER_MODES = frozenset({"transaction", "session"})
+
+
+def _parse(url: str) -> sa.URL:
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except Exception as exc:
         raise ConfigError(f"cannot parse database URL {url!r}: {exc}") from exc
+
+
+def transaction_pooled(url: str) -> bool:
+    """True when ``url`` says ``?pooler=transaction`` (see :data:`POOLER_PARAM`)."""
+    mode = _parse(url).query.get(POOLER_PARAM)
+    if mode is not None and mode not in POOLER_MODES:
+        raise ConfigError(f"{POOLER_PARAM}={mode!r} in TONGCRM_DATABASE_URL: use transaction or session")
+    return mode == "transaction"
+
+
+def async_url(url: str) -> sa.URL:
+    """Map a plain database URL to its async-driver form, refusing databases tongcrm does not support.
+    tongcrm's own ``pooler`` parameter is taken off (the driver would send it to the server)."""
+    parsed = _parse(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return parsed.set(drivername="sqlite+aiosqlite")
     if backend in {"postgresql", "postgres"}:
-        return parsed.set(drivername="postgresql+asyncpg")
+        transaction_pooled(url)  # refuses an unknown mode
+        return parsed.difference_update_query([POOLER_PARAM]).set(drivername="postgresql+asyncpg")
     raise ConfigError(
         f"unsupported database {backend!r} in TONGCRM_DATABASE_URL: use sqlite:/// or postgresql://"
     )
@@ -89,7 +110,25 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        connect_args=_transaction_pooler_args() if transaction_pooled(url) else {},
     )
+
+
+def _transaction_pooler_args() -> dict[str, Any]:
+    """asyncpg behind a transaction-mode pooler (checked against PgBouncer 1.18 in
+    ``core/tests/test_pgbouncer.py``): a statement prepared in one transaction is gone in the next (another
+    server connection), and two clients' ``__asyncpg_stmt_1__`` collide on one server connection. So no
+    statement cache, and every prepared statement gets a name no other client uses (either one alone fails);
+    asyncpg's own cache (the pool's ping, type introspection) is off too, so it uses unnamed statements."""
+    return {
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unique_statement_name,
+        "statement_cache_size": 0,
+    }
+
+
+def _unique_statement_name() -> str:
+    return f"__tongcrm_{uuid.uuid4().hex}__"
 
 
 def create_inline_writer(url: str) -> AsyncEngine | None:

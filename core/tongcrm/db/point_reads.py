@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tongcrm.db.engine import async_url
+from tongcrm.db.engine import async_url, transaction_pooled
 from tongcrm.db.pg_connections import ConnectionKeeper
 
 #: A SQLite point read that cannot start within this time fails instead of holding the event loop.
@@ -306,6 +306,10 @@ class EngineReader(PointReader):
 def create_point_reader(url: str, engine: AsyncEngine) -> PointReader:
     """The reader for ``url``; ``engine`` is the app's ordinary engine on the same database."""
     aurl = async_url(url)
+    if aurl.get_backend_name() == "postgresql" and transaction_pooled(url):
+        # the direct reader lives on asyncpg's prepared statements, which a transaction pooler cannot keep:
+        # read through the engine (set up for the pooler) instead. Faster: a session pool, or no pooler.
+        return EngineReader(engine)
     if aurl.get_backend_name() == "postgresql":
         dsn = aurl.set(drivername="postgresql").render_as_string(hide_password=False)
         return AsyncpgReader(dsn, engine.dialect)

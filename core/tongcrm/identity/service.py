@@ -105,8 +105,9 @@ class ResolveOutcome:
     error_code: str | None = None
 
 
-class _LostRace(Exception):
-    """Another transaction created an identity this batch meant to create: resolve the batch again."""
+class LostRace(Exception):
+    """Another transaction created an identity this batch meant to create: resolve the batch again. Escapes
+    :func:`resolve_many` only after ``MAX_ATTEMPTS`` lost races in a row; the caller may redo its unit of work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +249,7 @@ async def resolve_many(
             async with session.begin_nested():
                 results = await _resolve_prepared(session, ctx, prepared)
             break
-        except _LostRace:
+        except LostRace:
             log.info("identity resolution lost a race; resolving the batch again", attempt=attempt)
             if attempt == MAX_ATTEMPTS:
                 raise
@@ -616,12 +617,15 @@ async def _write(
             for key, (c, account_id, owner) in plan.new_identities.items()
         ]
         name = dialect.dialect_name(session)
+        # in key order: two transactions inserting overlapping identities (backfill windows of one account
+        # applying pages at once) then wait on each other in the same order instead of deadlocking
+        rows.sort(key=lambda row: (row["kind"], row["value"]))
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             params = dialect.rows_params(name, table, _IDENTITY_COLUMNS, chunk)
             inserted = (await session.execute(_new_identities_statement(name), params)).all()
             if len(inserted) != len(chunk):
-                raise _LostRace()
+                raise LostRace()
 
     # 4. last seen of identities that were claimed again, one statement
     if plan.touched:

@@ -19,7 +19,15 @@ from tongcrm.config import Settings
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import BadRequest
 from tongcrm.ingest.apply import IngestContext
-from tongcrm.ingest.service import SyncReport, active_accounts, sync_account
+from tongcrm.ingest.backfill import (
+    PRESENT_MARGIN,
+    BackfillView,
+    WindowReport,
+    backfill_views,
+    create_backfill,
+    work_backfill,
+)
+from tongcrm.ingest.service import SyncReport, active_accounts, sync_account, worker_name
 from tongcrm.logging import configure_logging
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import ChannelSpec, OrderPage
@@ -176,11 +184,37 @@ def sync_command(host: PluginHost) -> click.Command:
         "programme's time zone (TONGCRM_TIMEZONE, default Asia/Shanghai).",
     )
     @click.option("--max-pages", type=int, help="Stop after this many pages (the next run resumes).")
-    def sync(names: tuple[str, ...], since: datetime | None, max_pages: int | None) -> None:
+    @click.option(
+        "--window-hours",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Backfill: cut --since … now into windows of this many hours that workers sync in parallel "
+        "(the job workers, and this command with --parallel). Needs --since and one --account.",
+    )
+    @click.option(
+        "--parallel",
+        type=click.IntRange(min=0),
+        default=4,
+        show_default=True,
+        help="Backfill: windows this command syncs at once (0: leave every window to the job workers).",
+    )
+    def sync(
+        names: tuple[str, ...],
+        since: datetime | None,
+        max_pages: int | None,
+        window_hours: float | None,
+        parallel: int,
+    ) -> None:
         """Pull orders from the platforms into the member base, page by page."""
         settings = _settings()
         configure_logging(json=settings.log_json, level=settings.log_level)
         start = in_zone(since, settings.tz) if since is not None else None
+        if window_hours is not None:
+            if start is None or len(names) != 1 or max_pages is not None:
+                raise click.UsageError(
+                    "--window-hours needs --since and exactly one --account (no --max-pages)"
+                )
+            window = timedelta(hours=window_hours)
+            sys.exit(asyncio.run(_run_backfill(host, settings, names[0], start, window, parallel)))
         reports = asyncio.run(_run_sync(host, settings, names, start, max_pages))
         failed = False
         for r in reports:
@@ -200,6 +234,136 @@ def sync_command(host: PluginHost) -> click.Command:
     return sync
 
 
+def backfills_command(host: PluginHost) -> click.Command:
+    @click.command("backfills")
+    @click.option("--id", "backfill_id", type=int, help="Only this backfill.")
+    @click.option(
+        "--resume",
+        "resume_id",
+        type=int,
+        help="Work the unfinished windows of this backfill here (after its jobs gave up, e.g. on an account "
+        "that needed re-authorising).",
+    )
+    @click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True)
+    def backfills(backfill_id: int | None, resume_id: int | None, parallel: int) -> None:
+        """Progress of windowed backfills (tongcrm sync --window-hours): windows done, applied through."""
+        settings = _settings()
+        if resume_id is not None:
+            configure_logging(json=settings.log_json, level=settings.log_level)
+            sys.exit(asyncio.run(_work(host, settings, resume_id, parallel)))
+
+        async def body() -> list[BackfillView]:
+            engine = create_engine(settings.database_url)
+            try:
+                async with session_factory(engine)() as session:
+                    return await backfill_views(session, backfill_id)
+            finally:
+                await engine.dispose()
+
+        table = Table("id", "account", "period", "status", "windows done", "through", "orders", "retries")
+        views = asyncio.run(body())
+        for v in views:
+            table.add_row(
+                str(v.id),
+                v.account,
+                f"{_local(v.since, settings.tz)} .. {_local(v.until, settings.tz)}",
+                v.status,
+                f"{v.windows['done']}/{v.total_windows} ({v.windows['running']} running)",
+                _local(v.through, settings.tz),
+                str(v.orders),
+                str(v.retries),
+            )
+        Console(width=200).print(table)
+        for v in views:
+            for error in v.errors:
+                click.echo(f"backfill {v.id}: {error[:200]}", err=True)
+
+    return backfills
+
+
+def _local(moment: datetime, tz: tzinfo) -> str:
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _ingest_context(host: PluginHost, settings: Settings) -> IngestContext:
+    return IngestContext(
+        host=host,
+        vault=settings.vault(),
+        clock=lambda: datetime.now(UTC),
+        tz=settings.tz,
+        actor="cli",
+        lease_ttl=timedelta(seconds=settings.sync_lease_seconds),
+    )
+
+
+async def _run_backfill(
+    host: PluginHost, settings: Settings, name: str, since: datetime, window: timedelta, parallel: int
+) -> int:
+    """Create the backfill (its window jobs go to whichever job workers run) and work windows here too."""
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session, session.begin():
+            backfill_id = await create_backfill(
+                session, host, name, since=since, until=datetime.now(UTC) - PRESENT_MARGIN, window=window
+            )
+        async with sessions() as session:
+            view = (await backfill_views(session, backfill_id))[0]
+    finally:
+        await engine.dispose()
+    click.echo(f"backfill {backfill_id} of {name}: {view.total_windows} windows queued for the job workers")
+    if parallel == 0:
+        click.echo(f"follow it with: tongcrm backfills --id {backfill_id}")
+        return 0
+    return await _work(host, settings, backfill_id, parallel)
+
+
+async def _work(host: PluginHost, settings: Settings, backfill_id: int, parallel: int) -> int:
+    """Work a backfill's unfinished windows in this process, beside the job workers; 1 when a window failed."""
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session:
+            view = (await backfill_views(session, backfill_id))[0]
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} windows"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not sys.stderr.isatty(),
+        ) as progress:
+            task = progress.add_task(
+                f"backfill {view.account}", total=view.total_windows, completed=view.windows["done"]
+            )
+
+            def on_window(report: WindowReport) -> None:
+                if report.caught_up and not report.finished_before:
+                    progress.advance(task)
+
+            failed = await work_backfill(
+                sessions,
+                _ingest_context(host, settings),
+                backfill_id,
+                holder=worker_name(),
+                parallel=parallel,
+                on_window=on_window,
+            )
+        async with sessions() as session:
+            view = (await backfill_views(session, backfill_id))[0]
+    finally:
+        await engine.dispose()
+    click.echo(
+        f"backfill {backfill_id} of {view.account}: {view.windows['done']}/{view.total_windows} windows done, "
+        f"{view.pages} pages, {view.orders} orders applied, {view.quarantined} quarantined, "
+        f"through {_local(view.through, settings.tz)}"
+    )
+    for report in failed:
+        click.echo(f"window {report.window_id}: error: {report.error} (its job retries it)", err=True)
+    return 1 if failed else 0
+
+
 async def _run_sync(
     host: PluginHost,
     settings: Settings,
@@ -209,14 +373,7 @@ async def _run_sync(
 ) -> list[SyncReport]:
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
-    ctx = IngestContext(
-        host=host,
-        vault=settings.vault(),
-        clock=lambda: datetime.now(UTC),
-        tz=settings.tz,
-        actor="cli",
-        lease_ttl=timedelta(seconds=settings.sync_lease_seconds),
-    )
+    ctx = _ingest_context(host, settings)
     reports: list[SyncReport] = []
     try:
         if not names:

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.ingest.apply import IngestContext
+from tongcrm.ingest.backfill import WINDOW_JOB, work_window
 from tongcrm.ingest.push import poll_push
-from tongcrm.ingest.service import active_accounts, sync_account
+from tongcrm.ingest.service import active_accounts, sync_account, worker_name
 from tongcrm.jobs.queue import enqueue
 from tongcrm.jobs.registry import registry
 from tongcrm.jobs.runner import JobContext
@@ -57,6 +58,21 @@ async def sync_one(ctx: JobContext, payload: dict[str, Any]) -> None:
     report = await sync_account(ctx.sessions, ingest_context(ctx), payload["account"])
     if report.error and not report.needs_reauth:
         # a platform hiccup: fail the job so it is retried with backoff
+        raise RuntimeError(report.error)
+
+
+@registry.job(WINDOW_JOB)
+async def backfill_window(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """One window of a backfill (see :mod:`tongcrm.ingest.backfill`); resumes from the window's cursor."""
+    report = await work_window(
+        ctx.sessions, ingest_context(ctx), payload["window"], holder=f"{worker_name()}:job-{ctx.job_id}"
+    )
+    if report.busy:
+        # another worker (or ``tongcrm sync --parallel``) has it: look again later, in case that one dies
+        raise RuntimeError(f"backfill window {report.window_id} is being worked by another worker")
+    if report.error:
+        # unlike the periodic sync, nothing would come back for this window: retry it with backoff (an account
+        # re-authorised within the attempts resumes it; after them, ``tongcrm backfills --resume`` does)
         raise RuntimeError(report.error)
 
 

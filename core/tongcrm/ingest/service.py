@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -97,10 +97,75 @@ async def sync_account(
             account, ctx.vault, clock=ctx.clock, since=since, call_gate=DatabaseCallGate(sessions)
         )
     adapter: ChannelAdapter = spec.factory(channel_ctx)
-    bound = log.bind(account=name, channel=channel)
+    sink = PageSink(
+        lease=lease_key(account_id),
+        advance=lambda session, page, result: _advance(session, account_id, page, result, ctx.clock()),
+        record_error=lambda session, error: _record_error(session, account_id, error, ctx.clock()),
+    )
+    try:
+        await pull(
+            sessions,
+            ctx,
+            adapter,
+            Source(account_id, channel, name, holder),
+            cursor,
+            sink,
+            report,
+            limit=max_pages or MAX_PAGES_PER_RUN,
+            on_page=on_page,
+        )
+        if report.error is None:
+            async with sessions() as session, session.begin():
+                await session.execute(
+                    sa.update(SyncState)
+                    .where(SyncState.account_id == account_id)
+                    .values(last_success_at=ctx.clock(), last_error=None)
+                )
+    finally:
+        await adapter.aclose()
+        async with sessions() as session, session.begin():
+            await leases.release(session, lease_key(account_id), holder)
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The account a pull reads, and who pulls it (the holder of its lease)."""
+
+    account_id: int
+    channel: str
+    name: str
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class PageSink:
+    """Where a pull keeps its progress: the account's sync state, or one backfill window. ``advance`` runs in
+    each page's transaction (the page's effects and its cursor commit together); ``lease`` is renewed there."""
+
+    lease: str
+    advance: Callable[[AsyncSession, OrderPage, PageResult], Awaitable[None]]
+    record_error: Callable[[AsyncSession, str], Awaitable[None]]
+
+
+async def pull(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: IngestContext,
+    adapter: ChannelAdapter,
+    source: Source,
+    cursor: str | None,
+    sink: PageSink,
+    report: SyncReport,
+    *,
+    limit: int,
+    on_page: PageCallback | None = None,
+) -> None:
+    """Fetch and apply pages after ``cursor`` until caught up, ``limit`` pages, or a platform error (then
+    ``report.error`` is set). The caller holds ``sink.lease``; a page whose transaction cannot renew it is not
+    committed (:class:`LeaseLost`)."""
+    bound = log.bind(account=source.name, channel=source.channel)
     pending: asyncio.Task[OrderPage] | None = None
     try:
-        limit = max_pages or MAX_PAGES_PER_RUN
         # The next page is fetched while this one is applied: the platform round trip overlaps the database
         # work. A prefetched page is only ever applied after its predecessor committed.
         pending = asyncio.create_task(adapter.fetch_orders(cursor))
@@ -111,15 +176,15 @@ async def sync_account(
                 pending = None
                 report.error, report.needs_reauth = f"authorisation failed: {exc.message}", True
                 async with sessions() as session, session.begin():
-                    await accounts.mark_status(session, account_id, "needs_reauth", exc.message)
-                    await _record_error(session, account_id, report.error, ctx.clock())
+                    await accounts.mark_status(session, source.account_id, "needs_reauth", exc.message)
+                    await sink.record_error(session, report.error)
                 bound.error("sync stopped: account needs re-authorisation", error=exc.message, code=exc.code)
                 break
             except ChannelError as exc:
                 pending = None
                 report.error = f"{type(exc).__name__}: {exc.message}"
                 async with sessions() as session, session.begin():
-                    await _record_error(session, account_id, report.error, ctx.clock())
+                    await sink.record_error(session, report.error)
                 bound.warning("sync stopped by a platform error", error=exc.message, code=exc.code)
                 break
             pending = None
@@ -128,19 +193,21 @@ async def sync_account(
                     "the channel adapter returned the same cursor with more pages: refusing to loop"
                 )
                 async with sessions() as session, session.begin():
-                    await _record_error(session, account_id, report.error, ctx.clock())
+                    await sink.record_error(session, report.error)
                 break
             if page.has_more and report.pages + 1 < limit:
                 pending = asyncio.create_task(adapter.fetch_orders(page.next_cursor))
             async with sessions() as session, session.begin():
                 if not await leases.acquire(
-                    session, lease_key(account_id), holder, ctx.lease_ttl, now=ctx.clock()
+                    session, sink.lease, source.holder, ctx.lease_ttl, now=ctx.clock()
                 ):
-                    raise LeaseLost(f"lost the sync lease of {name!r}; another worker took over")
+                    raise LeaseLost(
+                        f"lost the lease {sink.lease!r} of {source.name!r}; another worker took over"
+                    )
                 result = await apply_orders_page(
-                    session, ctx, account_id, channel, page.orders, page.quarantined
+                    session, ctx, source.account_id, source.channel, page.orders, page.quarantined
                 )
-                await _advance(session, account_id, page, result, ctx.clock())
+                await sink.advance(session, page, result)
             cursor = page.next_cursor
             _add(report, result)
             if on_page is not None:
@@ -155,22 +222,11 @@ async def sync_account(
             if not page.has_more:
                 report.caught_up = True
                 break
-        if report.error is None:
-            async with sessions() as session, session.begin():
-                await session.execute(
-                    sa.update(SyncState)
-                    .where(SyncState.account_id == account_id)
-                    .values(last_success_at=ctx.clock(), last_error=None)
-                )
     finally:
         if pending is not None:  # an error ended the run with a prefetch in flight
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
-        await adapter.aclose()
-        async with sessions() as session, session.begin():
-            await leases.release(session, lease_key(account_id), holder)
-    return report
 
 
 def _add(report: SyncReport, result: PageResult) -> None:

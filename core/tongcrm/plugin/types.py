@@ -376,6 +376,9 @@ class ChannelCapability(enum.StrEnum):
     #: Each account of the channel is a physical store and its name is the store code orders carry, so the
     #: core can list stores (the console) without knowing which plugin sells in person.
     STORE = "store"
+    #: The adapter honours :attr:`ChannelContext.until`, so a backfill of the channel can be cut into windows
+    #: synced in parallel. Without it a backfill is one window that runs to the live horizon.
+    BACKFILL_WINDOWS = "backfill_windows"
 
 
 def _utcnow() -> datetime:
@@ -394,6 +397,10 @@ class ChannelContext:
     clock: Callable[[], datetime] = _utcnow
     #: With no cursor, start the sync here instead of the adapter's default look-back (``tongcrm sync --since``).
     since: datetime | None = None
+    #: A backfill window's end: an adapter of a channel with the ``backfill_windows`` capability treats it as
+    #: its horizon (it reports ``has_more=False`` once everything modified before ``until`` was delivered), so
+    #: that one long period can be cut into windows that different workers sync at once.
+    until: datetime | None = None
     #: Call windows shared by every worker (``None`` outside the core's sync, e.g. in a plugin's own tests).
     #: An adapter whose platform meters an app key acquires ``"<platform>:<app key>"`` before each call.
     call_gate: CallGate | None = None

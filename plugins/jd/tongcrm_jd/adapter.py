@@ -95,6 +95,7 @@ class JdChannelAdapter:
         self.settings: JdSettings = parse_settings(context.settings)
         self._clock = context.clock
         self._since = context.since
+        self._until = context.until
         self.tuning = tuning or SyncTuning()
         self.client = JosClient(
             app_key=self.settings.app_key,
@@ -128,6 +129,8 @@ class JdChannelAdapter:
         tuning = self.tuning
         for _ in range(tuning.max_windows_per_call):
             horizon = _whole_seconds(self._clock() - timedelta(seconds=tuning.safety_lag))
+            if self._until is not None:  # a backfill window: its end is the horizon
+                horizon = min(horizon, _whole_seconds(self._until))
             if state.end is None and state.since >= horizon:
                 return OrderPage(orders=(), next_cursor=state.encode(), has_more=False)
             end = state.end or min(state.since + timedelta(seconds=state.span), horizon)

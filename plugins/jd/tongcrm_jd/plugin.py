@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tongcrm.plugin import hookimpl
-from tongcrm.plugin.types import ChannelSpec
+from tongcrm.plugin.types import ChannelCapability, ChannelSpec
 
 from tongcrm_jd.adapter import create_adapter
 from tongcrm_jd.identity import IDENTITY_KINDS
@@ -17,6 +17,8 @@ JD_CHANNEL = ChannelSpec(
     identity_kinds=IDENTITY_KINDS,
     # the shop re-authorises the JOS app and brings back a new access token; the app's key stays
     reauthorise=("access_token",),
+    # the adapter's horizon stops at ChannelContext.until, so a long backfill can be synced in windows
+    capabilities=frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.BACKFILL_WINDOWS}),
 )
 
 

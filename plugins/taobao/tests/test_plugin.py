@@ -11,7 +11,9 @@ def test_the_channel_registers_through_the_host() -> None:
     host = PluginHost(autoload=False)
     host.register(plugin, "taobao")
     spec = host.channel("taobao")
-    assert spec.capabilities == frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.PUSH})
+    assert spec.capabilities == frozenset(
+        {ChannelCapability.FETCH_ORDERS, ChannelCapability.PUSH, ChannelCapability.BACKFILL_WINDOWS}
+    )
     settings = {s.name: s for s in spec.settings}
     assert settings["app_secret"].secret
     assert settings["session"].secret

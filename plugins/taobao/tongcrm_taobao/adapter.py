@@ -199,6 +199,8 @@ class TaobaoAdapter:
     async def fetch_orders(self, cursor: str | None) -> OrderPage:
         state = Cursor.decode(cursor) if cursor else self._initial()
         limit = self._now() - self.tuning.safety_lag
+        if self.ctx.until is not None:  # a backfill window: its end is the horizon
+            limit = min(limit, math.floor(self.ctx.until.timestamp()))
         must_reach = state.start
         pos = state.start - self.tuning.overlap if state.caught_up and state.walk is None else state.start
         span, walk = state.span, state.walk

@@ -76,7 +76,9 @@ TAOBAO_CHANNEL = ChannelSpec(
     display_name="Taobao / Tmall",
     settings=SETTINGS,
     factory=_factory,
-    capabilities=frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.PUSH}),
+    capabilities=frozenset(
+        {ChannelCapability.FETCH_ORDERS, ChannelCapability.PUSH, ChannelCapability.BACKFILL_WINDOWS}
+    ),
     identity_kinds=IDENTITY_KINDS,
     # the seller re-authorises the app on Taobao and brings back a new session key; the app's key stays
     reauthorise=("session",),
