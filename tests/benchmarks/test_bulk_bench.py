@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -336,4 +337,89 @@ def test_export_ledger(bench: Bench, benchmark: Any, report_figure: Any) -> None
         f"export ledger {ROWS:,} rows on {bench.backend}: {took:.1f}s = {ROWS / took:,.0f} rows/s, peak RSS "
         f"{peak_kb / 1024:.0f} MB (aim <= 200 MB) · same-run bare read of the same columns to CSV "
         f"{ceiling:.1f}s = {ROWS / ceiling:,.0f} rows/s · {load_before} before, {_uptime()} after"
+    )
+
+
+SYNC_TRADES = int(os.environ.get("TONGCRM_BENCH_SYNC_TRADES", str(ROWS)))
+
+
+async def _taobao_account(url: str, gateway: str) -> None:
+    from tongcrm.channels import service as accounts
+    from tongcrm.crypto import Vault
+    from tongcrm.db.engine import session_factory
+    from tongcrm.plugin.host import PluginHost
+
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await accounts.create_account(
+                session,
+                PluginHost(autoload=True, disabled=set()),
+                Vault(SECRET),
+                "taobao",
+                "bench",
+                {
+                    "app_key": "12345678",
+                    "app_secret": "bench-secret",
+                    "session": "bench-session",
+                    "gateway_url": gateway,
+                },
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_sync_peak_rss(bench: Bench, benchmark: Any, report_figure: Any) -> None:
+    """Peak RSS of ``tongcrm sync`` over SYNC_TRADES orders from the fake TOP gateway (its own process), next
+    to the peak RSS of ``tongcrm plugins`` (the programme loaded, doing nothing) in the same run."""
+    if bench.backend != "postgresql":
+        pytest.skip("the sync's memory is measured on PostgreSQL")
+    import httpx
+    from tongcrm.testing.servers import free_port
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from fake_top_process import ANCHOR
+
+    port = free_port()
+    shop = subprocess.Popen(
+        [
+            sys.executable,
+            str(here / "fake_top_process.py"),
+            str(port),
+            str(SYNC_TRADES),
+            str(SYNC_TRADES * 3 // 10),
+        ]
+    )
+    gateway = f"http://127.0.0.1:{port}/router/rest"
+    try:
+        deadline = time.monotonic() + LIMIT_S
+        while True:
+            try:
+                httpx.get(gateway, timeout=1)
+                break
+            except httpx.TransportError:
+                assert shop.poll() is None and time.monotonic() < deadline, "fake TOP gateway did not start"
+                time.sleep(0.5)
+        asyncio.run(_taobao_account(bench.url, gateway))
+        orders_before = int(bench.scalar("SELECT count(*) FROM orders WHERE channel = 'taobao'"))
+        since = (ANCHOR - timedelta(days=11)).isoformat()
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            result["sync"] = bench.tongcrm("sync", "--account", "bench", "--since", since)
+
+        load_before = _uptime()
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        took, peak_kb = result["sync"]
+        synced = int(bench.scalar("SELECT count(*) FROM orders WHERE channel = 'taobao'")) - orders_before
+        assert synced == SYNC_TRADES
+        _idle_s, idle_kb = bench.tongcrm("plugins")
+    finally:
+        shop.terminate()
+        shop.wait(30)
+    report_figure(
+        f"tongcrm sync of {synced:,} taobao orders on postgresql: peak RSS {peak_kb / 1024:.0f} MB (aim <= 300 MB), "
+        f"{took:.1f}s = {synced / took:,.0f} orders/s · same-run peak RSS of `tongcrm plugins` (loaded, idle) "
+        f"{idle_kb / 1024:.0f} MB · {load_before} before, {_uptime()} after"
     )
