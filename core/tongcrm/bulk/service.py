@@ -19,6 +19,7 @@ file again imports nothing. A lease per import keeps two processes from importin
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -31,7 +32,9 @@ from typing import cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tongcrm.bulk import stats
 from tongcrm.bulk.mapping import (
     Record,
     check_header,
@@ -45,7 +48,7 @@ from tongcrm.bulk.mapping import (
 from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
-from tongcrm.db.dialect import insert
+from tongcrm.db.dialect import dialect_name, insert, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
@@ -291,6 +294,7 @@ async def run_import(
             job.status, job.error, job.updated_at = "running", None, ctx.clock()
     started = time.monotonic()
     bound = log.bind(import_id=import_id, kind=kind, source=source)
+    schedule = stats.AnalyseSchedule()
     try:
         if not finished:
             for page in _pages(read_records(path, fmt, mapping), after, page_size):
@@ -320,7 +324,12 @@ async def run_import(
                 )
                 if on_progress is not None:
                     on_progress(progress)
+                if schedule.due(progress.records_done):
+                    async with sessions() as session, session.begin():
+                        await stats.analyse(session, kind)
             async with sessions() as session, session.begin():
+                if progress.records_done:
+                    await stats.analyse(session, kind)
                 now = ctx.clock()
                 await session.execute(
                     sa.update(BulkImport)
@@ -376,7 +385,10 @@ async def _import_page(
         outcome = await apply(session, ctx, source, account_id, fresh)
     if outcome.failures:
         failed_keys = sorted(outcome.failures)
-        await session.execute(sa.delete(_KEYS).where(_KEYS.c.kind == kind, _KEYS.c.key.in_(failed_keys)))
+        await session.execute(
+            sa.delete(_KEYS).where(_KEYS.c.kind == kind, one_of(dialect_name(session), _KEYS.c.key, "keys")),
+            {"keys": failed_keys},
+        )
         errors.extend((r.record, r.key, outcome.failures[r.key]) for r in fresh if r.key in outcome.failures)
     if outcome.members:
         await reevaluate_tiers(
@@ -430,12 +442,37 @@ async def _claim(session: AsyncSession, import_id: int, kind: str, rows: Sequenc
         first.setdefault(r.key, r.record.line)
     if not first:
         return {}
-    stmt = (
-        insert(session, _KEYS).on_conflict_do_nothing(index_elements=["kind", "key"]).returning(_KEYS.c.key)
-    )
-    values = [{"kind": kind, "key": k, "import_id": import_id, "line": line} for k, line in first.items()]
-    won = {row[0] for row in (await session.execute(stmt, values)).all()}
+    if dialect_name(session) == "postgresql":
+        result = await session.execute(
+            _claim_statement(),
+            {"kind": kind, "import_id": import_id, "keys": list(first), "lines": list(first.values())},
+        )
+    else:
+        stmt = (
+            insert(session, _KEYS)
+            .on_conflict_do_nothing(index_elements=["kind", "key"])
+            .returning(_KEYS.c.key)
+        )
+        values = [{"kind": kind, "key": k, "import_id": import_id, "line": line} for k, line in first.items()]
+        result = await session.execute(stmt, values)
+    won = {row[0] for row in result.all()}
     return {k: line for k, line in first.items() if k in won}
+
+
+@functools.cache
+def _claim_statement() -> sa.TextClause:
+    """PostgreSQL: a page's keys as two array parameters, one fixed text prepared once per connection, instead
+    of a multi-row ``VALUES`` that SQLAlchemy renders and binds four parameters per row for (#22)."""
+    return sa.text(
+        "INSERT INTO bulk_import_keys (kind, key, import_id, line) "
+        "SELECT :kind, k, :import_id, l FROM unnest(CAST(:keys AS varchar[]), CAST(:lines AS bigint[])) AS t(k, l) "
+        "ON CONFLICT (kind, key) DO NOTHING RETURNING key"
+    ).bindparams(
+        sa.bindparam("kind", type_=sa.String()),
+        sa.bindparam("import_id", type_=sa.BigInteger()),
+        sa.bindparam("keys", type_=postgresql.ARRAY(sa.String())),
+        sa.bindparam("lines", type_=postgresql.ARRAY(sa.BigInteger())),
+    )
 
 
 _PERSONAL = ("mobile", "name")
@@ -621,8 +658,9 @@ async def _apply_orders(
         (
             await session.execute(
                 sa.select(Order.external_id).where(
-                    Order.account_id == account_id, Order.external_id.in_(external)
-                )
+                    Order.account_id == account_id, one_of(dialect_name(session), Order.external_id, "ids")
+                ),
+                {"ids": external},
             )
         ).scalars()
     )
@@ -631,8 +669,12 @@ async def _apply_orders(
         # apply_orders_page quarantined these (identity errors): take the reason it recorded
         found = await session.execute(
             sa.select(QuarantinedRecord.external_id, QuarantinedRecord.reason)
-            .where(QuarantinedRecord.account_id == account_id, QuarantinedRecord.external_id.in_(missing))
-            .order_by(QuarantinedRecord.id)
+            .where(
+                QuarantinedRecord.account_id == account_id,
+                one_of(dialect_name(session), QuarantinedRecord.external_id, "ids"),
+            )
+            .order_by(QuarantinedRecord.id),
+            {"ids": missing},
         )
         reasons: dict[str | None, str] = {external_id: reason for external_id, reason in found.all()}
         for e in missing:

@@ -1,0 +1,425 @@
+"""Bulk import and export at scale (#22), measured from outside: the real ``tongcrm`` command in a subprocess.
+
+- ``tongcrm import members`` of N members (PostgreSQL) next to a plain ``COPY`` of the same rows (read back out
+  of the members table the import filled) into an empty copy of the members table, in the same run.
+- ``tongcrm import orders`` of N historical orders from N/3 buyers (both databases): orders/s. On PostgreSQL the
+  buyers are the members the members benchmark imported (members first, as docs/bulk.md says); on SQLite the
+  import creates them.
+- ``tongcrm export ledger`` of N ledger rows (both databases): rows/s and the exporting process's peak RSS
+  (``VmHWM``, read by the child itself at exit), next to a bare ``COPY … TO`` / ``SELECT`` of the same table.
+
+Size with ``TONGCRM_BENCH_BULK_ROWS`` (default 1,000,000); every command is bounded by
+``TONGCRM_BENCH_BULK_SECONDS`` (default 3,600). PostgreSQL runs when ``TONGCRM_BENCH_POSTGRES_URL`` or
+``TONGCRM_TEST_POSTGRES_URL`` names a server: each run creates its own ``bench_bulk_*`` database and drops it.
+Data files are written to /tmp and deleted afterwards.
+
+Run: ``python -m pytest tests/benchmarks/test_bulk_bench.py --benchmark-enable --benchmark-only -s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from tongcrm.db.engine import create_engine
+
+ROWS = int(os.environ.get("TONGCRM_BENCH_BULK_ROWS", "1000000"))
+BUYERS = max(1, ROWS // 3)
+LIMIT_S = float(os.environ.get("TONGCRM_BENCH_BULK_SECONDS", "3600"))
+SECRET = "bench-bulk-secret-0123456789abcdef"
+SOURCE = "bench"
+PG_SERVER = os.environ.get("TONGCRM_BENCH_POSTGRES_URL") or os.environ.get("TONGCRM_TEST_POSTGRES_URL")
+#: Runs the ``tongcrm`` command in this process and, at exit, writes its peak RSS (VmHWM, kB) to a file.
+RSS_WRAPPER = """
+import sys
+from tongcrm.cli import main
+
+peak_file = sys.argv[1]
+sys.argv = ["tongcrm", *sys.argv[2:]]
+try:
+    main()
+finally:
+    with open("/proc/self/status") as status, open(peak_file, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+"""
+
+
+def _uptime() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _mobile(i: int) -> str:
+    """Distinct valid mainland mobiles for i < 3·10^8."""
+    return f"{('138', '139', '150')[i % 3]}{i // 3:08d}"
+
+
+class Bench:
+    """One throw-away database and the way to run ``tongcrm`` against it."""
+
+    def __init__(self, backend: str, url: str, workdir: Path) -> None:
+        self.backend, self.url, self.workdir = backend, url, workdir
+
+    def tongcrm(self, *args: str) -> tuple[float, int]:
+        """Run ``tongcrm ARGS``: (seconds, peak RSS in kB)."""
+        peak = self.workdir / f"peak-{secrets.token_hex(4)}"
+        env = {
+            **os.environ,
+            "TONGCRM_DATABASE_URL": self.url,
+            "TONGCRM_SECRET_KEY": SECRET,
+            "TONGCRM_IN_PROCESS_JOBS": "0",
+        }
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", RSS_WRAPPER, str(peak), *args],
+            env=env,
+            cwd=self.workdir,
+            timeout=LIMIT_S,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        took = time.perf_counter() - started
+        assert done.returncode == 0, done.stderr[-3000:]
+        kb = int(peak.read_text())
+        peak.unlink()
+        return took, kb
+
+    def scalar(self, sql: str) -> Any:
+        async def body() -> Any:
+            engine = create_engine(self.url)
+            try:
+                async with engine.connect() as conn:
+                    return (await conn.execute(sa.text(sql))).scalar()
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(body())
+
+
+async def _admin(sql: str) -> None:
+    assert PG_SERVER
+    admin = create_engine(PG_SERVER).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await admin.dispose()
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
+    backend: str = request.param
+    with tempfile.TemporaryDirectory(prefix="bench_bulk_", dir="/tmp") as tmp:
+        workdir = Path(tmp)
+        if backend == "sqlite":
+            url = f"sqlite:///{workdir / 'bench.sqlite3'}"
+            name = None
+        else:
+            if not PG_SERVER:
+                pytest.skip("no PostgreSQL server (TONGCRM_BENCH_POSTGRES_URL / TONGCRM_TEST_POSTGRES_URL)")
+            name = f"bench_bulk_{os.getpid()}_{secrets.token_hex(3)}"
+            asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+            url = make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
+        try:
+            b = Bench(backend, url, workdir)
+            b.tongcrm("db", "upgrade")
+            yield b
+        finally:
+            if name is not None:
+                asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _write_members(path: Path, n: int) -> None:
+    cities = ["杭州", "上海", "北京", "深圳", "成都", ""]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["member_id", "mobile", "name", "city"])
+        for i in range(n):
+            w.writerow([f"M{i}", _mobile(i), f"会员{i}", cities[i % len(cities)]])
+
+
+def _write_orders(path: Path, n: int, buyers: int) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["order_id", "member_id", "placed_at", "total_fen", "paid_fen", "status", "sku", "title"])
+        for i in range(n):
+            day = 1 + i % 28
+            w.writerow(
+                [
+                    f"O{i}",
+                    f"M{(i * 7919) % buyers}",
+                    f"2024-{1 + i % 12:02d}-{day:02d}T{i % 24:02d}:{i % 60:02d}:00+08:00",
+                    1000 + i % 50000,
+                    1000 + i % 50000,
+                    "completed",
+                    f"SKU{i % 500}",
+                    f"商品{i % 500}",
+                ]
+            )
+
+
+async def _copy_members_ceiling(url: str, workdir: Path) -> tuple[float, int]:
+    """Dump the members the import wrote (untimed), then time a plain ``COPY`` of them into an empty copy of
+    the members table (same columns, constraints and indexes): (seconds, rows)."""
+    dump = workdir / "members.copy"
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.copy_from_query("SELECT * FROM members ORDER BY id", output=str(dump))
+            await driver.execute("CREATE TABLE bench_copy_members (LIKE members INCLUDING ALL)")
+            started = time.perf_counter()
+            status = await driver.copy_to_table("bench_copy_members", source=str(dump))
+            took = time.perf_counter() - started
+            await driver.execute("DROP TABLE bench_copy_members")
+    finally:
+        await engine.dispose()
+        dump.unlink(missing_ok=True)
+    return took, int(status.split()[-1])
+
+
+def test_import_members_vs_copy(bench: Bench, benchmark: Any, report_figure: Any) -> None:
+    if bench.backend != "postgresql":
+        pytest.skip("the members import is measured on PostgreSQL (its COPY is the reference)")
+    data = bench.workdir / "members.csv"
+    _write_members(data, ROWS)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["import"] = bench.tongcrm("import", "members", str(data), "--source", SOURCE)
+
+    load_before = _uptime()
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    data.unlink()
+    took, peak_kb = result["import"]
+    assert bench.scalar("SELECT count(*) FROM members") == ROWS
+    assert bench.scalar("SELECT status FROM bulk_imports WHERE kind = 'members'") == "finished"
+    copy_s, copied = asyncio.run(_copy_members_ceiling(bench.url, bench.workdir))
+    assert copied == ROWS
+    report_figure(
+        f"import members {ROWS:,} on postgresql: {took:.1f}s = {ROWS / took:,.0f} rows/s (peak RSS "
+        f"{peak_kb / 1024:.0f} MB) · same-run COPY of the same rows into an empty members copy {copy_s:.1f}s = "
+        f"{copied / copy_s:,.0f} rows/s · ratio {took / copy_s:.1f}x (aim <= 2x) · {load_before} before, "
+        f"{_uptime()} after"
+    )
+
+
+def test_import_orders(bench: Bench, benchmark: Any, report_figure: Any) -> None:
+    data = bench.workdir / "orders.csv"
+    _write_orders(data, ROWS, BUYERS)
+    members_before = bench.scalar("SELECT count(*) FROM members")
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["import"] = bench.tongcrm("import", "orders", str(data), "--source", SOURCE)
+
+    load_before = _uptime()
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    data.unlink()
+    took, peak_kb = result["import"]
+    assert bench.scalar("SELECT count(*) FROM orders") == ROWS
+    assert bench.scalar("SELECT status FROM bulk_imports WHERE kind = 'orders'") == "finished"
+    report_figure(
+        f"import orders {ROWS:,} from {BUYERS:,} buyers on {bench.backend} ({members_before:,} members there "
+        f"before): {took:.1f}s = {ROWS / took:,.0f} orders/s (aim >= 10,000) · peak RSS {peak_kb / 1024:.0f} MB "
+        f"· {load_before} before, {_uptime()} after"
+    )
+
+
+_LEDGER_SEED_PG = """
+INSERT INTO points_entries (id, member_id, kind, amount, shortfall, idempotency_key, actor, reason,
+                            occurred_at, available_from, created_at)
+SELECT g, (SELECT min(id) FROM members) + g % {members}, 'earn', 1 + g % 500, 0, 'bench:' || g, 'bench',
+       'benchmark entry ' || g, now() - g * interval '1 second', now(), now()
+FROM generate_series(1, {rows}) AS g
+"""
+
+
+def _seed_ledger(bench: Bench, rows: int) -> None:
+    """``rows`` ledger entries for the members already there (untimed set-up, straight SQL)."""
+    members = min(int(bench.scalar("SELECT count(*) FROM members")), rows)
+    if bench.backend == "postgresql":
+        asyncio.run(_run_sql(bench.url, _LEDGER_SEED_PG.format(members=members, rows=rows)))
+        return
+    path = make_url(bench.url).database
+    assert path
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?) "
+            "INSERT INTO points_entries (id, member_id, kind, amount, shortfall, idempotency_key, actor, reason,"
+            " occurred_at, available_from, created_at) "
+            "SELECT n, (SELECT min(id) FROM members) + n % ?, 'earn', 1 + n % 500, 0, 'bench:' || n, 'bench',"
+            " 'benchmark entry ' || n, '2025-01-01 00:00:00.000000', '2025-01-01 00:00:00.000000',"
+            " '2025-01-01 00:00:00.000000' FROM g",
+            (rows, members),
+        )
+
+
+async def _run_sql(url: str, sql: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await engine.dispose()
+
+
+async def _read_ceiling(url: str, workdir: Path) -> float:
+    """The database side alone: ``COPY (SELECT the exported columns) TO`` a file (PostgreSQL), or a plain
+    cursor over them written as CSV (SQLite). Seconds."""
+    columns = (
+        "id, member_id, kind, amount, shortfall, idempotency_key, account_id, order_id, line_id, rule_code, "
+        "rule_version, reason, actor, ref_entry_id, occurred_at, available_from, expires_at, created_at"
+    )
+    out = workdir / "ledger.copy"
+    started = time.perf_counter()
+    if url.startswith("postgresql"):
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                await driver.copy_from_query(
+                    f"SELECT {columns} FROM points_entries ORDER BY id",  # noqa: S608 - a constant column list
+                    output=str(out),
+                    format="csv",
+                )
+        finally:
+            await engine.dispose()
+    else:
+        path = make_url(url).database
+        assert path
+        with sqlite3.connect(path) as conn, out.open("w", newline="") as f:
+            csv.writer(f).writerows(conn.execute(f"SELECT {columns} FROM points_entries ORDER BY id"))  # noqa: S608
+    took = time.perf_counter() - started
+    out.unlink()
+    return took
+
+
+def test_export_ledger(bench: Bench, benchmark: Any, report_figure: Any) -> None:
+    if bench.scalar("SELECT count(*) FROM members") == 0:
+        _write_members(bench.workdir / "m.csv", 1000)
+        bench.tongcrm("import", "members", str(bench.workdir / "m.csv"), "--source", "seed")
+        (bench.workdir / "m.csv").unlink()
+    existing = int(bench.scalar("SELECT count(*) FROM points_entries"))
+    assert existing == 0
+    _seed_ledger(bench, ROWS)
+    output = bench.workdir / "ledger.csv"
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["export"] = bench.tongcrm("export", "ledger", "--output", str(output))
+
+    load_before = _uptime()
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    took, peak_kb = result["export"]
+    with output.open(encoding="utf-8") as f:
+        exported = sum(1 for _ in f) - 1
+    output.unlink()
+    assert exported == ROWS
+    ceiling = asyncio.run(_read_ceiling(bench.url, bench.workdir))
+    report_figure(
+        f"export ledger {ROWS:,} rows on {bench.backend}: {took:.1f}s = {ROWS / took:,.0f} rows/s, peak RSS "
+        f"{peak_kb / 1024:.0f} MB (aim <= 200 MB) · same-run bare read of the same columns to CSV "
+        f"{ceiling:.1f}s = {ROWS / ceiling:,.0f} rows/s · {load_before} before, {_uptime()} after"
+    )
+
+
+SYNC_TRADES = int(os.environ.get("TONGCRM_BENCH_SYNC_TRADES", str(ROWS)))
+
+
+async def _taobao_account(url: str, gateway: str) -> None:
+    from tongcrm.channels import service as accounts
+    from tongcrm.crypto import Vault
+    from tongcrm.db.engine import session_factory
+    from tongcrm.plugin.host import PluginHost
+
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await accounts.create_account(
+                session,
+                PluginHost(autoload=True, disabled=set()),
+                Vault(SECRET),
+                "taobao",
+                "bench",
+                {
+                    "app_key": "12345678",
+                    "app_secret": "bench-secret",
+                    "session": "bench-session",
+                    "gateway_url": gateway,
+                },
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_sync_peak_rss(bench: Bench, benchmark: Any, report_figure: Any) -> None:
+    """Peak RSS of ``tongcrm sync`` over SYNC_TRADES orders from the fake TOP gateway (its own process), next
+    to the peak RSS of ``tongcrm plugins`` (the programme loaded, doing nothing) in the same run."""
+    if bench.backend != "postgresql":
+        pytest.skip("the sync's memory is measured on PostgreSQL")
+    import httpx
+    from tongcrm.testing.servers import free_port
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from fake_top_process import ANCHOR
+
+    port = free_port()
+    shop = subprocess.Popen(
+        [
+            sys.executable,
+            str(here / "fake_top_process.py"),
+            str(port),
+            str(SYNC_TRADES),
+            str(SYNC_TRADES * 3 // 10),
+        ]
+    )
+    gateway = f"http://127.0.0.1:{port}/router/rest"
+    try:
+        deadline = time.monotonic() + LIMIT_S
+        while True:
+            try:
+                httpx.get(gateway, timeout=1)
+                break
+            except httpx.TransportError:
+                assert shop.poll() is None and time.monotonic() < deadline, "fake TOP gateway did not start"
+                time.sleep(0.5)
+        asyncio.run(_taobao_account(bench.url, gateway))
+        orders_before = int(bench.scalar("SELECT count(*) FROM orders WHERE channel = 'taobao'"))
+        since = (ANCHOR - timedelta(days=11)).isoformat()
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            result["sync"] = bench.tongcrm("sync", "--account", "bench", "--since", since)
+
+        load_before = _uptime()
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        took, peak_kb = result["sync"]
+        synced = int(bench.scalar("SELECT count(*) FROM orders WHERE channel = 'taobao'")) - orders_before
+        assert synced == SYNC_TRADES
+        _idle_s, idle_kb = bench.tongcrm("plugins")
+    finally:
+        shop.terminate()
+        shop.wait(30)
+    report_figure(
+        f"tongcrm sync of {synced:,} taobao orders on postgresql: peak RSS {peak_kb / 1024:.0f} MB (aim <= 300 MB), "
+        f"{took:.1f}s = {synced / took:,.0f} orders/s · same-run peak RSS of `tongcrm plugins` (loaded, idle) "
+        f"{idle_kb / 1024:.0f} MB · {load_before} before, {_uptime()} after"
+    )
