@@ -5,7 +5,9 @@
 
 ``--mode shops`` (default): four shops, one ``ingest.sync_account`` job each — parallel ingest of accounts.
 ``--mode backfill``: one shop holding the four shops' orders, backfilled in eight windows
-(:mod:`tongcrm.ingest.backfill`) — one account's history split across workers.
+(:mod:`tongcrm.ingest.backfill`) — one account's history split across workers. ``--latency S``: the fake
+gateways answer every call after S seconds, as a real platform's round trip does (the instant fakes leave
+nothing for more workers to overlap on a small machine).
 
 For each worker count: a fresh PostgreSQL database (migrated with ``tongcrm db upgrade``), a scheduler and N
 workers on RabbitMQ (started and healthy before the clock starts), four accounts and one ``ingest.sync_account``
@@ -38,7 +40,7 @@ from tongcrm.jobs.queue import enqueue
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.servers import serve_in_thread
-from tongcrm_jd.fake_server import FakeJosGateway, create_app
+from tongcrm_jd.fake_server import FakeJosGateway, FaultPlan, create_app
 from tongcrm_jd.fake_shop import generate_shop
 
 SECRET = "bench-secret-key-0123456789abcdef"
@@ -82,7 +84,7 @@ def admin(url: str, sql: str) -> None:
 
 
 async def run(
-    server_url: str, workers: int, orders: int, env_base: dict[str, str], mode: str
+    server_url: str, workers: int, orders: int, env_base: dict[str, str], mode: str, latency: float = 0.0
 ) -> dict[str, object]:
     name = f"tongcrm_bench_broker_{workers}"
     admin(server_url, f"DROP DATABASE IF EXISTS {name}")
@@ -108,7 +110,11 @@ async def run(
                 shop = generate_shop(
                     seed=i, orders=per_shop, buyers=per_shop // 2, start=end - timedelta(days=2), end=end
                 )
-                gateway = FakeJosGateway(shop=shop, app_key=f"bench-{i}", access_tokens={"bench-token"})
+                # every call answered after ``latency`` seconds: a platform's round trip, which workers overlap
+                faults = FaultPlan(slow_rate=1.0, slow_seconds=latency) if latency else FaultPlan()
+                gateway = FakeJosGateway(
+                    shop=shop, app_key=f"bench-{i}", access_tokens={"bench-token"}, faults=faults
+                )
                 urls.append(stack.enter_context(serve_in_thread(create_app(gateway))))
             ports = {}
             for role in ["scheduler", *(f"worker-{i}" for i in range(workers))]:
@@ -232,6 +238,9 @@ async def main() -> None:
     parser.add_argument("--orders", type=int, default=300, help="orders per shop")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--mode", choices=["shops", "backfill"], default="shops")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds the fake gateway takes to answer each call"
+    )
     options = parser.parse_args()
     server_url = os.environ["TONGCRM_TEST_POSTGRES_URL"]
     env = {
@@ -244,10 +253,14 @@ async def main() -> None:
         "TONGCRM_DISABLE_PLUGINS": "",
     }
     results = [
-        await run(server_url, int(n), options.orders, env, options.mode) for n in options.workers.split(",")
+        await run(server_url, int(n), options.orders, env, options.mode, options.latency)
+        for n in options.workers.split(",")
     ]
     base = results[0]["orders_per_s"]
-    print(f"mode {options.mode}, {SHOPS * options.orders} orders; cores on this machine: {os.cpu_count()}")
+    print(
+        f"mode {options.mode}, {SHOPS * options.orders} orders, gateway latency {options.latency} s a call; "
+        f"cores on this machine: {os.cpu_count()}"
+    )
     for result in results:
         ratio = float(result["orders_per_s"]) / float(base)  # type: ignore[arg-type]
         print(
