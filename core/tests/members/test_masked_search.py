@@ -181,6 +181,29 @@ async def test_the_backfill_indexes_what_lacks_an_index_in_batches_and_can_run_a
         assert await found(api, "138****8000") == ids
 
 
+async def test_the_periodic_job_fills_the_index_in_shares(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgraded installation finds its members by masked mobile without anyone running the command."""
+    from types import SimpleNamespace
+
+    from tongcrm.config import Settings
+    from tongcrm.members import jobs
+
+    async with make_client(host=make_host()) as api:
+        ids = [await create(api, mobile=f"139{n:04d}7000") for n in range(3)]
+        async with api.db.sessions() as session, session.begin():
+            await session.execute(sa.update(Member).values(mobile_masked_index=None))
+        settings = Settings(database_url=api.db.url, secret_key=_secret(api))
+        ctx: Any = SimpleNamespace(sessions=api.db.sessions, services={"settings": settings})
+        monkeypatch.setattr(jobs, "PER_RUN", 2)
+        await jobs.index_masked(ctx, {})  # a share: two of the three
+        assert len(await found(api, "139****7000")) == 2
+        await jobs.index_masked(ctx, {})
+        assert await found(api, "139****7000") == ids
+        await jobs.index_masked(SimpleNamespace(sessions=api.db.sessions, services={}), {})  # no key: nothing
+
+
 def test_the_backfill_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'masked.sqlite3'}")
     monkeypatch.setenv("TONGCRM_SECRET_KEY", "masked-secret-key-0123456789abcdef")

@@ -20,6 +20,7 @@ JOB_MODULES: tuple[str, ...] = (
     "tongcrm.campaigns.jobs",
     "tongcrm.rfm.jobs",
     "tongcrm.tagrules.jobs",
+    "tongcrm.members.jobs",
 )
 
 

@@ -140,10 +140,14 @@ async def index_masked_mobiles(
     *,
     batch: int = 500,
     progress: Callable[[int], None] | None = None,
+    limit: int | None = None,
 ) -> IndexReport:
     """(Re)write the masked index of every member whose index is missing or stale, ``batch`` rows a
-    transaction, in id order. Stopping it loses at most the batch in flight; running it again goes on."""
+    transaction, in id order. Stopping it loses at most the batch in flight; running it again goes on. With
+    ``limit``, it stops after about that many rows (the periodic job's share of a run)."""
     report = IndexReport()
+    if limit is not None:
+        batch = max(1, min(batch, limit))
     m = _MEMBERS.c
     async with sessions() as session, session.begin():
         cleared = await session.execute(
@@ -184,3 +188,5 @@ async def index_masked_mobiles(
         report.indexed += len(changes)
         if progress is not None:
             progress(len(changes))
+        if limit is not None and report.indexed + report.unreadable >= limit:
+            return report
