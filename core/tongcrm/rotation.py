@@ -104,8 +104,9 @@ def _stores(host: PluginHost | None) -> tuple[_Ciphertexts, ...]:
     if host is None:
         return _CIPHERTEXTS
     declared = tuple(_Ciphertexts.of(column) for column in host.sealed_columns())
+    taken = {core.name for core in _CIPHERTEXTS} | {MOBILE_IDENTITIES, OPT_OUTS}
     for store in declared:
-        if store.name in {core.name for core in _CIPHERTEXTS} | {MOBILE_IDENTITIES, OPT_OUTS}:
+        if store.name in taken:
             raise PluginError(f"sealed column {store.name!r} has the name of one of the core's")
     return _CIPHERTEXTS + declared
 

@@ -115,24 +115,20 @@ async def unwritten(session: AsyncSession, flow: str) -> feed.Unwritten:
     among them (their messages will be held out)."""
     if not flow.startswith("campaign."):
         return feed.Unwritten()
-    runs = (
+    total, control_left = (
         await session.execute(
-            sa.select(CampaignRun.id, CampaignRun.enqueued_through)
+            sa.select(sa.func.count(), sa.func.count().filter(CampaignAudience.grp == control.CONTROL))
+            .select_from(CampaignAudience)
+            .join(CampaignRun, CampaignRun.id == CampaignAudience.run_id)
             .join(Campaign, Campaign.id == CampaignRun.campaign_id)
-            .where(unfed(), Campaign.name == flow[len("campaign.") :])
-        )
-    ).all()
-    messages = held_out = 0
-    for run_id, through in runs:
-        total, control_left = (
-            await session.execute(
-                sa.select(
-                    sa.func.count(), sa.func.count().filter(CampaignAudience.grp == control.CONTROL)
-                ).where(CampaignAudience.run_id == run_id, CampaignAudience.member_id > through)
+            .where(
+                unfed(),
+                Campaign.name == flow[len("campaign.") :],
+                CampaignAudience.member_id > CampaignRun.enqueued_through,
             )
-        ).one()
-        messages, held_out = messages + int(total), held_out + int(control_left)
-    return feed.Unwritten(messages, held_out)
+        )
+    ).one()
+    return feed.Unwritten(int(total), int(control_left))
 
 
 feed.register("campaigns", feed_runs, unwritten)

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.runner import Runner
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.store import PluginStore
@@ -18,18 +17,18 @@ from tongcrm_webhooks import service
 from tongcrm_webhooks.models import ATTEMPTS, DELIVERIES, MESSAGES
 
 from .conftest import Clock, Receiver, drain
+from .test_delivery import _emit as emit_events
+from .test_delivery import _pass_retry_delay as pass_retry_delay
 
 
 async def _emit(db: TestDatabase, order_id: int) -> None:
-    async with db.sessions() as session, session.begin():
-        emit(session, "order_changed", {"order_id": order_id, "status": "paid"})
+    await emit_events(db, ("order_changed", {"order_id": order_id, "status": "paid"}))
 
 
 async def _until_dead(runner: Runner, clock: Clock) -> None:
     """Let every retry come due (the schedule spans about nine hours)."""
     for attempts in range(1, service.MAX_ATTEMPTS):
-        clock.advance(seconds=service.RETRY_DELAYS[attempts - 1].total_seconds() * 1.1 + 1)
-        await drain(runner)
+        await pass_retry_delay(runner, clock, attempts)
 
 
 async def test_an_endpoint_failing_for_five_days_is_disabled_and_its_deliveries_wait(
