@@ -139,7 +139,12 @@ class _Indexed:
 
 
 _PROFILES = _Indexed(_MEMBERS, "mobile_enc", "mobile_masked_index")
-_IDENTITY_ROWS = _Indexed(_IDENTITIES, "value_enc", "masked_index", lambda: _IDENTITIES.c.kind == "mobile")
+# ``kind || '' = 'mobile'``, not ``kind = 'mobile'``: SQLite otherwise reads every mobile identity through the
+# (kind, value) index and sorts them for each batch of the backfill (1,986 rows/s at 100,000 members, falling
+# as the base grows) where the id order of the primary key reads a batch at once
+_IDENTITY_ROWS = _Indexed(
+    _IDENTITIES, "value_enc", "masked_index", lambda: _IDENTITIES.c.kind.concat("") == "mobile"
+)
 
 
 def _kid(column: Any) -> Any:
