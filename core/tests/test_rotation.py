@@ -89,9 +89,12 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
         rotation.MOBILE_IDENTITIES: {old.kid: 3},
         rotation.OPT_OUTS: {old.kid: 3},
         rotation.MASKED_MOBILES: {old.kid: 3},
+        rotation.MASKED_IDENTITIES: {old.kid: 3},
     }
-    assert before.stranded_opt_outs == 1 and before.left_on_old_keys() == 14
-    assert before.unindexed_masked_mobiles == 3  # their masked indexes are under the old key
+    assert before.stranded_opt_outs == 1 and before.left_on_old_keys() == 17
+    assert (
+        before.unindexed_masked_mobiles == 6
+    )  # their masked indexes (profiles, identities) are under the old key
 
     report = await rotation.rotate(tongcrm_db.sessions, both, batch=2)  # several batches of each
     assert report.moved == {
@@ -107,6 +110,8 @@ async def test_rotation_moves_everything_it_can_and_the_new_key_alone_then_reads
     assert after.by_store[rotation.MOBILE_IDENTITIES] == {new.kid: 3}
     assert after.by_store[rotation.OPT_OUTS] == {new.kid: 2, old.kid: 1}
     assert after.by_store[rotation.MASKED_MOBILES] == {new.kid: 3} and after.unindexed_masked_mobiles == 0
+    # the identities' masked indexes moved with their blind index, in the same statement
+    assert after.by_store[rotation.MASKED_IDENTITIES] == {new.kid: 3}
     assert after.left_on_old_keys() == 1 and after.stranded_opt_outs == 1  # the old one nobody's number names
 
     # with the old key gone, the new one finds members by mobile, reads their numbers and the accounts'
@@ -147,6 +152,7 @@ async def test_values_no_configured_key_reads_are_reported_and_left_as_they_are(
         rotation.MOBILE_IDENTITIES: 3,
         rotation.OPT_OUTS: 2,
         rotation.MASKED_MOBILES: 3,
+        rotation.MASKED_IDENTITIES: 3,
     }
     usage = await _usage(tongcrm_db, Vault(NEW, [OLD]))
     assert usage.by_store["member mobiles"] == {Vault(OLD).kid: 3}

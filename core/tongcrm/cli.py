@@ -823,7 +823,10 @@ def member_index_masked(ctx: Context, batch: int) -> None:
         )
 
     report = run(_with_engine(ctx.settings, body))
-    click.echo(f"masked mobiles indexed: {report.indexed}, stale indexes cleared: {report.cleared}")
+    click.echo(
+        f"masked mobiles indexed: {report.indexed}, mobile identities indexed: {report.identities}, "
+        f"stale indexes cleared: {report.cleared}"
+    )
     if report.unreadable:
         fail(f"{report.unreadable} member mobile(s) could not be read by any configured key")
 

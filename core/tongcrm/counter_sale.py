@@ -219,7 +219,9 @@ _MEMBER_COLUMNS = (
     "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc",
     "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
 )  # fmt: skip
-_IDENTITY_COLUMNS = ("kind", "value", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at")
+_IDENTITY_COLUMNS = (
+    "kind", "value", "value_enc", "masked_index", "account_id", "evidence", "first_seen_at", "last_seen_at",
+)  # fmt: skip
 
 
 def _bound(table: sa.Table, names: tuple[str, ...]) -> list[Any]:
@@ -288,14 +290,16 @@ async def _new_member(
         return None
     now = ctx.clock()
     meta = {} if claim.value_enc is None else {"mobile_enc": {"at": now.isoformat(), "verified": True}}
+    masked = None if claim.e164 is None else masked_index(ctx.vault, claim.e164)
     member = {
         "status": "active", "version": 1, "created_at": now, "updated_at": now, "name": None, "province": None,
         "city": None, "mobile_enc": claim.value_enc, "profile_meta": meta, "source_channel": channel,
-        "mobile_masked_index": None if claim.e164 is None else masked_index(ctx.vault, claim.e164),
+        "mobile_masked_index": masked,
         "source_store": order.store_code, "source_campaign": None, "lifecycle_stage": "prospect",
     }  # fmt: skip
     identity = {
-        "kind": claim.kind, "value": claim.value, "value_enc": claim.value_enc, "account_id": account_id,
+        "kind": claim.kind, "value": claim.value, "value_enc": claim.value_enc, "masked_index": masked,
+        "account_id": account_id,
         "evidence": claim.evidence, "first_seen_at": now, "last_seen_at": now,
     }  # fmt: skip
     dialect = dialect_name(session)

@@ -6,8 +6,8 @@ Rotating ``TONGCRM_SECRET_KEY`` is three steps: set the new secret and list the 
 from ``TONGCRM_OLD_SECRET_KEYS``.
 
 What is moved: members' encrypted mobiles and the blind indexes of their masked forms
-(:mod:`tongcrm.members.masked`, which also writes the ones missing), mobile identities (blind index and
-ciphertext together), the encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
+(:mod:`tongcrm.members.masked`, which also writes the ones missing), mobile identities (blind index, masked
+index and ciphertext together), the encrypted secrets of channel and messenger accounts, the sealed raw bodies (quarantined platform records, SMS
 replies and unparseable gateway entries, :mod:`tongcrm.privacy.sealed`; one stored before sealing existed is
 in plain text, counted under ``clear``, and is sealed by the rotation), what plugins sealed and declared through
 the ``sealed_columns`` hook (e.g. webhook signing secrets), and SMS opt-outs, which are found by blind index and keep
@@ -104,7 +104,12 @@ def _stores(host: PluginHost | None) -> tuple[_Ciphertexts, ...]:
     if host is None:
         return _CIPHERTEXTS
     declared = tuple(_Ciphertexts.of(column) for column in host.sealed_columns())
-    taken = {core.name for core in _CIPHERTEXTS} | {MOBILE_IDENTITIES, OPT_OUTS}
+    taken = {core.name for core in _CIPHERTEXTS} | {
+        MOBILE_IDENTITIES,
+        OPT_OUTS,
+        MASKED_MOBILES,
+        MASKED_IDENTITIES,
+    }
     for store in declared:
         if store.name in taken:
             raise PluginError(f"sealed column {store.name!r} has the name of one of the core's")
@@ -115,6 +120,7 @@ def _stores(host: PluginHost | None) -> tuple[_Ciphertexts, ...]:
 CLEAR = "clear"
 MOBILE_IDENTITIES = "mobile identities"
 MASKED_MOBILES = "member masked mobiles"
+MASKED_IDENTITIES = "identity masked mobiles"
 OPT_OUTS = "sms opt-outs"
 
 
@@ -207,6 +213,12 @@ async def key_usage(session: AsyncSession, vault: Vault, host: PluginHost | None
         _MEMBERS,
         _MEMBERS.c.mobile_masked_index.is_not(None),
     )
+    await count(
+        MASKED_IDENTITIES,
+        _index_kid(_IDENTITIES.c.masked_index),
+        _IDENTITIES,
+        _IDENTITIES.c.masked_index.is_not(None),
+    )
     stranded = (
         await session.execute(
             sa.select(sa.func.count())
@@ -237,6 +249,9 @@ async def rotate(
     report = RotationReport()
     for store in _stores(host):
         await _rotate_ciphertexts(sessions, vault, store, batch, report, progress)
+    # identities first: their move rewrites their masked index too, so the indexing below only has the ones
+    # missing (rows older than revision 0033, conflicts left under the old key) to write
+    await _rotate_mobile_identities(sessions, vault, batch, report, progress)
     indexed = await masked.index_masked_mobiles(
         sessions,
         vault,
@@ -244,8 +259,9 @@ async def rotate(
         progress=None if progress is None else lambda n: progress(MASKED_MOBILES, n),
     )
     report.add(report.moved, MASKED_MOBILES, indexed.indexed)
+    report.add(report.moved, MASKED_IDENTITIES, indexed.identities)
     report.add(report.unreadable, MASKED_MOBILES, indexed.unreadable)
-    await _rotate_mobile_identities(sessions, vault, batch, report, progress)
+    report.add(report.unreadable, MASKED_IDENTITIES, indexed.unreadable_identities)
     await _rotate_opt_outs(sessions, vault, batch, report, progress)
     if report.moved:
         async with sessions() as session, session.begin():
@@ -368,7 +384,8 @@ async def _rotate_mobile_identities(
         )
         changes = [
             {"row_id": row.id, "old": row.value, "new": renamed[row.value],
-             "enc": vault.encrypt(numbers[row.value], context=MOBILE_CONTEXT)}
+             "enc": vault.encrypt(numbers[row.value], context=MOBILE_CONTEXT),
+             "masked": masked.masked_index(vault, numbers[row.value])}
             for row in rows
             if row.value in renamed and renamed[row.value] not in taken
         ]  # fmt: skip
@@ -377,7 +394,11 @@ async def _rotate_mobile_identities(
             await session.execute(
                 sa.update(_IDENTITIES)
                 .where(ids.id == sa.bindparam("row_id"), ids.value == sa.bindparam("old"))
-                .values(value=sa.bindparam("new"), value_enc=sa.bindparam("enc")),
+                .values(
+                    value=sa.bindparam("new"),
+                    value_enc=sa.bindparam("enc"),
+                    masked_index=sa.bindparam("masked"),
+                ),
                 changes,
             )
         moved = {old: new for old, new in renamed.items() if new not in taken}

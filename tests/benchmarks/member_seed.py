@@ -73,6 +73,7 @@ def rows(
                     "id": i + 1,
                     "kind": "mobile",
                     "value": vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE),
+                    "value_enc": vault.encrypt(e164, context=MOBILE_CONTEXT),
                     "member_id": i + 1,
                     "evidence": "seed",
                     "first_seen_at": now,

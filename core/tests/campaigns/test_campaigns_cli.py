@@ -103,6 +103,11 @@ def test_campaigns_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
     assert "already paused" in invoke("campaigns", "journeys", "pause", "bday", ok=False)
     assert "is active" in invoke("campaigns", "journeys", "resume", "bday")
     assert "too small to conclude" in invoke("campaigns", "journeys", "report", "bday")
+    journey_svg = tmp_path / "bday.svg"
+    drawn = invoke("campaigns", "journeys", "report", "bday", "--svg", str(journey_svg))
+    assert "uplift +0.00 pts" in drawn and journey_svg.read_text().startswith("<svg")
+    not_svg = invoke("campaigns", "journeys", "report", "bday", "--svg", str(tmp_path / "bday.png"), ok=False)
+    assert "ending in .svg" in not_svg
     trigger.write_text(json.dumps({"kind": "moonrise"}))
     bad = invoke("campaigns", "journeys", "create", "moon", "--trigger", str(trigger), "--steps", str(steps),
                  "--response", str(response), ok=False)  # fmt: skip

@@ -235,3 +235,54 @@ async def test_an_analyst_sees_no_write_control_and_a_forged_post_is_refused(
     await _shot(admin, served, "keys")
     await admin.get_by_role("link", name="审计日志").click()
     await _shot(admin, served, "audit")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+async def test_the_search_hint_sits_under_the_mobile_input(served: Served, browser: Any, width: int) -> None:
+    """The hint under its input at a desktop and a phone width; the fields still line up by their labels."""
+    page = await (
+        await browser.new_context(locale="zh-CN", viewport={"width": width, "height": 800})
+    ).new_page()
+    await _sign_in(page, served, "admin")
+    await page.goto(f"{served.url}/console/members")
+    field = await page.locator("#q-mobile").bounding_box()
+    hint = await page.locator("#q-mobile-hint").bounding_box()
+    wrapper = await page.locator("#q-mobile").locator("xpath=..").bounding_box()
+    assert field is not None and hint is not None and wrapper is not None
+    assert hint["y"] >= field["y"] + field["height"] - 1  # under the input, not beside it
+    assert (
+        abs(hint["x"] - field["x"]) <= 1 and hint["x"] + hint["width"] <= wrapper["x"] + wrapper["width"] + 1
+    )
+    assert wrapper["x"] + wrapper["width"] <= width  # nothing runs off a phone's screen
+    name = await page.locator("#q-name").bounding_box()
+    button = await page.get_by_role("button", name="搜索").bounding_box()
+    assert name is not None and button is not None
+    if width >= 1280:  # one row: the inputs and the button at one height
+        assert abs(name["y"] - field["y"]) <= 1 and abs(button["y"] - field["y"]) <= 2
+    else:  # a column: each field under the one before
+        assert name["y"] > hint["y"] + hint["height"]
+    await _shot(page, served, f"members-search-{width}")
+
+
+async def test_an_admin_reveals_from_the_console_but_not_through_a_link_elsewhere(
+    served: Served, browser: Any
+) -> None:
+    """A real browser names where a navigation came from: the console's own reveal link and button work, the
+    same reveal link opened from another site is refused (it would carry the SameSite=Lax session cookie)."""
+    page = await (await browser.new_context(locale="zh-CN")).new_page()
+    await _sign_in(page, served, "admin")
+    shopper = served.seeded.shopper
+    await page.goto(f"{served.url}/console/members/{shopper}")
+    await page.get_by_role("link", name="显示完整姓名和号码（记入审计）").click()
+    await page.wait_for_url(f"**/console/members/{shopper}?reveal=mobile,name")
+    assert await page.locator('[data-field="name"]').inner_text() == "李雷"
+    await page.goto(f"{served.url}/console/members?mobile=138****8000")
+    await page.get_by_role("button", name="显示本页完整姓名和号码（记入审计）").click()
+    await page.wait_for_url("**/console/members/reveal")
+    assert "李雷" in await page.locator(f'[data-member="{shopper}"]').inner_text()
+    # the same link on another site's page (a data: URL is another origin)
+    link = f"{served.url}/console/members/{shopper}?reveal=mobile,name"
+    await page.goto(f'data:text/html,<a id="x" href="{link}">x</a>')
+    await page.click("#x")
+    await page.wait_for_url(link)
+    assert "李雷" not in await page.content()

@@ -75,14 +75,19 @@ async def test_an_operator_changes_a_care_flow_and_reauthorises_a_shop(served: S
     assert await flow.locator("text=未配置").count() == 1
     assert await _unlabelled_inputs(page) == []
     await flow.get_by_label("消息模板").select_option("promo")
-    await flow.get_by_label("延迟（秒）").fill("120")
+    await flow.get_by_label("延迟", exact=True).fill("2")
+    await flow.get_by_label("单位", exact=True).select_option("hours")
     await flow.get_by_role("button", name="保存").click()
     await page.wait_for_url("**/console/care-flows/settings#flow-shipping_notice")
     saved = page.locator('[data-config="shipping_notice:*"]')
     assert (
         await saved.get_attribute("data-enabled") == "true"
-        and await saved.get_attribute("data-delay") == "120"
+        and await saved.get_attribute("data-delay") == "7200"
     )
+    # shown back as entered: in the table and in the form
+    assert "2 小时" in await saved.inner_text()
+    assert await flow.get_by_label("延迟", exact=True).input_value() == "2"
+    assert await flow.get_by_label("单位", exact=True).input_value() == "hours"
     await _shot(page, served, "care-flow-settings")
 
     await page.get_by_role("link", name="渠道与门店").first.click()

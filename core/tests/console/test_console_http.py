@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from litestar import get
+from tongcrm.audit.models import AuditEntry
 from tongcrm.auth.models import ApiKey
 from tongcrm.auth.service import Role
 from tongcrm.console import web
@@ -112,6 +113,33 @@ async def test_posts_need_the_sessions_csrf_token_and_the_same_origin(make_clien
         out = await api.post("/console/sign-out", data={"csrf_token": csrf}, follow_redirects=False)
         assert out.status_code == 303
         assert (await api.get("/console/dashboard", follow_redirects=False)).status_code == 303
+
+
+async def test_a_reveal_link_followed_from_another_site_is_refused(make_client: Any) -> None:
+    """The session cookie is SameSite=Lax: a link on another site would carry it, so a ``?reveal=`` GET must
+    come from the console itself (Sec-Fetch-Site, else Referer), or nothing is revealed or audited."""
+    async with make_client(role=None) as api:
+        await sign_in(api, "admin")
+        path = "/console/quarantine?reveal=payload"
+        for headers in (
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+            {"Referer": "http://evil.example/page"},
+        ):
+            assert (await api.get(path, headers=headers)).status_code == 403, headers
+        async with api.db.sessions() as session:
+            audited = await session.scalar(
+                sa.select(sa.func.count())
+                .select_from(AuditEntry)
+                .where(AuditEntry.action == "quarantine.reveal")
+            )
+        assert audited == 0
+        for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+            assert (await api.get(path, headers=headers)).status_code == 200, headers
+        # pages without a reveal open from anywhere, as links to them should
+        assert (
+            await api.get("/console/quarantine", headers={"Sec-Fetch-Site": "cross-site"})
+        ).status_code == 200
 
 
 async def test_a_revoked_key_ends_its_sessions_at_the_next_request(make_client: Any) -> None:

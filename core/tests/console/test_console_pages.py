@@ -35,6 +35,15 @@ async def _seeded(api: Any, host: PluginHost, settings: Settings) -> seed.Seeded
     return await seed.seed_shoppers(api.db.sessions, host, settings.vault())
 
 
+async def _audited(api: Any, action: str) -> list[Any]:
+    """What the audit records of ``action`` hold after the change, oldest first."""
+    async with api.db.sessions() as session:
+        rows = await session.execute(
+            sa.select(AuditEntry.after).where(AuditEntry.action == action).order_by(AuditEntry.id)
+        )
+        return list(rows.scalars())
+
+
 def _figure(html: str, name: str) -> int:
     found = re.search(rf'data-figure="{re.escape(name)}">(-?\d+)<', html)
     assert found is not None, name
@@ -178,17 +187,40 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert "李雷" not in masked and 'href="?reveal=mobile,name"' in masked
         revealed = (await api.get(f"/console/members/{s.shopper}?reveal=mobile,name")).text
         assert 'data-field="name">李雷<' in revealed and "+8613800138000" in revealed
-        async with api.db.sessions() as session:
-            reveals = (
-                (
-                    await session.execute(
-                        sa.select(AuditEntry.after).where(AuditEntry.action == "member.reveal")
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        reveals = await _audited(api, "member.reveal")
         assert reveals == [{"fields": ["mobile", "name"]}]
+
+
+async def test_the_member_list_reveals_names_and_mobiles_to_admins_only_audited(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    async with make_client(host=host, role=None) as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        csrf = await sign_in(api, "operator")
+        listed = (await api.get("/console/members", params={"mobile": "138****8000"})).text
+        assert f'data-member="{s.shopper}"' in listed and 'action="/console/members/reveal"' not in listed
+        # a forged reveal, even with the operator's own CSRF token: refused, nothing shown or audited
+        forged = await api.post("/console/members/reveal", data={"csrf_token": csrf, "mobile": "138****8000"})
+        assert forged.status_code == 403 and "李雷" not in forged.text and "13800138000" not in forged.text
+        csrf = await sign_in(api, "admin")
+        masked = (await api.get("/console/members", params={"mobile": "138****8000"})).text
+        assert 'action="/console/members/reveal"' in masked and "李雷" not in masked
+        assert 'name="mobile" value="138****8000"' in masked  # the reveal repeats the search
+        # without the session's CSRF token an admin's browser cannot be made to reveal (and audit)
+        no_token = await api.post("/console/members/reveal", data={"mobile": "138****8000"})
+        assert no_token.status_code == 403 and "李雷" not in no_token.text
+        revealed = await api.post(
+            "/console/members/reveal", data={"csrf_token": csrf, "mobile": "138****8000"}
+        )
+        assert revealed.status_code == 200, revealed.text
+        assert 'data-masking="revealed"' in revealed.text
+        assert "李雷" in revealed.text and "+8613800138000" in revealed.text
+        by_identity = await api.post(
+            "/console/members/reveal", data={"csrf_token": csrf, "identity": "pos.card:CARD0001"}
+        )
+        assert by_identity.status_code == 200 and "李雷" in by_identity.text
+        reveals = await _audited(api, "member.reveal")
+        assert reveals == [{"fields": ["mobile", "name"], "member_ids": [s.shopper]}] * 2
 
 
 async def test_undoing_a_merge_splits_the_ledger_back(
@@ -296,16 +328,7 @@ async def test_the_quarantine_page_shows_what_the_api_shows_per_account(
         await sign_in(api, "admin")
         admin_page = await api.get("/console/quarantine", params={"account": seed.TMALL})
         revealed = await api.get("/console/quarantine", params={"account": seed.TMALL, "reveal": "payload"})
-        async with api.db.sessions() as session:
-            reveals = (
-                (
-                    await session.execute(
-                        sa.select(AuditEntry.after).where(AuditEntry.action == "quarantine.reveal")
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        reveals = await _audited(api, "quarantine.reveal")
     assert page.status_code == 200 and tmall.status_code == 200
     assert everything["total"] == 2 and listed["total"] == 1
     assert _figure(page.text, "quarantine-total") == 2

@@ -20,6 +20,8 @@ from tongcrm.console.segment_fields_zh import FIELDS_ZH, PARAMS_ZH
 from tongcrm.messaging.models import CareFlowConfig
 from tongcrm.plugin.types import ChannelSpec, SettingField
 from tongcrm.segments.schema import catalogue
+from tongcrm_jd import plugin as jd_plugin
+from tongcrm_offline_pos import plugin as pos_plugin
 from tongcrm_taobao import plugin as taobao_plugin
 
 from .conftest import sign_in
@@ -176,6 +178,52 @@ async def test_a_ladder_is_applied_from_its_preview_by_an_admin(make_client: Any
         assert entry.after is not None and entry.after["reason"] == "简化为两级"
 
 
+async def test_care_flow_delays_are_entered_and_shown_with_a_unit(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=2, vip=1)
+        operator = await sign_in(api, "operator")
+        # delays are entered with a unit and shown back the same way (the API and data-delay keep seconds)
+        for number, unit, seconds, shown in (
+            ("2", "hours", 7200, "2 hours"),
+            ("1.5", "hours", 5400, "90 minutes"),
+            ("3", "days", 259200, "3 days"),
+        ):
+            again = await api.post(
+                "/console/care-flows/settings/delivery_care",
+                data={
+                    "template": "promo",
+                    "enabled": "on",
+                    "delay": number,
+                    "delay_unit": unit,
+                    "csrf_token": operator,
+                },
+            )
+            assert again.status_code == 200, again.text
+            assert f'data-config="delivery_care:*" data-enabled="true" data-delay="{seconds}"' in again.text
+            assert f'data-delay-shown="{shown}"' in again.text
+        form = re.search(r'id="cf-delivery_care-delay"[^>]*value="(\w*)"', again.text)
+        assert form is not None and form.group(1) == "3"
+        assert re.search(r'<option value="days" selected>天</option>', again.text)
+        en = (await api.get("/console/care-flows/settings?lang=en")).text
+        assert 'data-delay-shown="3 days">3 days<' in en
+        # a delay set through the API that is no whole number of minutes is shown in seconds
+        await api.post(
+            "/console/care-flows/settings/delivery_care",
+            data={"template": "promo", "enabled": "on", "delay_seconds": "90", "csrf_token": operator},
+        )
+        shown = (await api.get("/console/care-flows/settings?lang=zh")).text
+        assert 'data-delay-shown="90 seconds">90 秒<' in shown
+
+        key = await api.create_key("operator")
+        (config,) = [
+            c
+            for c in (await api.get("/api/care-flows/configs", headers=_bearer(key))).json()
+            if c["flow"] == "delivery_care"
+        ]
+        assert config["delay_seconds"] == 90  # the API's unit stays the second
+
+
 async def test_care_flow_settings_are_changed_by_writers_and_audited_as_the_api(make_client: Any) -> None:
     host = ops_host()
     async with make_client(host=host, role=None) as api:
@@ -204,7 +252,13 @@ async def test_care_flow_settings_are_changed_by_writers_and_audited_as_the_api(
         assert page.text.count(WRITE_MARK) == 5  # one form per flow
         saved = await api.post(
             "/console/care-flows/settings/shipping_notice",
-            data={"template": "promo", "enabled": "on", "delay_seconds": "60", "csrf_token": operator},
+            data={
+                "template": "promo",
+                "enabled": "on",
+                "delay": "1",
+                "delay_unit": "minutes",
+                "csrf_token": operator,
+            },
             follow_redirects=False,
         )
         assert saved.status_code == 303
@@ -222,10 +276,16 @@ async def test_care_flow_settings_are_changed_by_writers_and_audited_as_the_api(
         page = (await api.get("/console/care-flows/settings")).text
         assert 'data-config="shipping_notice:*" data-enabled="true" data-delay="60"' in page
         assert 'data-config="shipping_notice:SH001" data-enabled="false" data-delay="0"' in page
-
+        assert 'data-delay-shown="1 minutes">1 分钟<' in page
         for data, status in (
             ({"template": "promo", "delay_seconds": "soon"}, 422),
             ({"template": "promo", "delay_seconds": "-5"}, 422),
+            ({"template": "promo", "delay": "soon", "delay_unit": "hours"}, 422),
+            ({"template": "promo", "delay": "-1", "delay_unit": "hours"}, 422),
+            ({"template": "promo", "delay": "366", "delay_unit": "days"}, 422),
+            ({"template": "promo", "delay": "0.001", "delay_unit": "minutes"}, 422),
+            ({"template": "promo", "delay": "nan", "delay_unit": "minutes"}, 422),
+            ({"template": "promo", "delay": "1", "delay_unit": "weeks"}, 422),
             ({"template": "nope"}, 404),
             ({"template": "promo", "channel_account": "nowhere"}, 404),
         ):
@@ -303,7 +363,11 @@ async def test_an_account_is_reauthorised_with_what_its_channel_plugin_asks_for(
         operator = await sign_in(api, "operator")
         form = (await api.get(path)).text
         assert WRITE_MARK in form and 'name="session" type="password"' in form
-        assert "The seller&#39;s OAuth session key" in form or "The seller's OAuth session key" in form
+        # the plugin's help in the console's language: Chinese on the zh console, its English text on the en one
+        assert "本店铺的卖家授权 SessionKey" in form and "OAuth session key" not in form
+        english = (await api.get(path, params={"lang": "en"})).text
+        assert "The seller&#39;s OAuth session key" in english or "The seller's OAuth session key" in english
+        await api.get(path, params={"lang": "zh"})
         assert 'name="app_secret"' not in form and 'name="app_key"' not in form  # the app's key stays
         assert "expired-token" not in form and "app-s3cret" not in form
         empty = await api.post(path, data={"session": "  ", "csrf_token": operator})
@@ -368,6 +432,24 @@ def test_a_channel_declares_what_a_reauthorisation_renews() -> None:
     with pytest.raises(ValueError, match="undeclared settings: session"):
         ChannelSpec("demo", "Demo", fields, factory=lambda ctx: None, reauthorise=("session",))  # type: ignore[arg-type,return-value]
     assert [f.name for f in taobao_plugin.TAOBAO_CHANNEL.reauth_settings] == ["session"]
+
+
+def test_a_setting_declares_its_help_per_language_and_falls_back_to_english() -> None:
+    field = SettingField(
+        "token", "The shop's token", help_by_locale={"zh": "店铺令牌", "zh-Hant": "店鋪令牌"}
+    )
+    assert field.help_for("zh") == "店铺令牌" and field.help_for("zh-CN") == "店铺令牌"
+    assert field.help_for("zh-Hant") == "店鋪令牌" and field.help_for("zh-Hant-TW") == "店鋪令牌"
+    assert field.help_for("en") == field.help_for("fr") == "The shop's token"
+    assert SettingField("token", "The shop's token").help_for("zh") == "The shop's token"
+    hash(field)  # still usable in sets: the translations are not part of its identity
+    for bad in ({"": "x"}, {"ZH": "x"}, {"zh": " "}):
+        with pytest.raises(ValueError, match="language code"):
+            SettingField("token", "t", help_by_locale=bad)
+    # the first-party channels give every setting in Chinese
+    for spec in (taobao_plugin.TAOBAO_CHANNEL, jd_plugin.JD_CHANNEL, pos_plugin.STORE_CHANNEL):
+        missing = [s.name for s in spec.settings if "zh" not in s.help_by_locale]
+        assert missing == [], spec.name
 
 
 async def test_the_segment_editor_describes_fields_in_the_consoles_language(make_client: Any) -> None:

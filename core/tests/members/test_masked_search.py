@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from tongcrm.cli import Context, build_cli
 from tongcrm.crypto import Vault
 from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.members import masked
 from tongcrm.members.models import Member
@@ -86,10 +87,18 @@ async def test_edits_keep_the_index_with_the_number(make_client: Any) -> None:
         a = await create(api, mobile=SAME_A)
         changed = await api.patch(f"/api/members/{a}", json={"mobile": OTHER}, headers={"If-Match": '"v1"'})
         assert changed.status_code == 200, changed.text
-        assert await found(api, "138****8000") == [] and await found(api, "139****9000") == [a]
+        assert await found(api, "139****9000") == [a]
+        # the old number stays the member's (a mobile identity, as the whole-number search shows): still found
+        assert await found(api, SAME_A) == [a] and await found(api, "138****8000") == [a]
+        assert all(i is not None for i in await _identity_indexes(api, a))  # each identity has its index
         cleared = await api.patch(f"/api/members/{a}", json={"mobile": None}, headers={"If-Match": '"v2"'})
         assert cleared.status_code == 200, cleared.text
-        assert await found(api, "139****9000") == []
+        async with api.db.sessions() as session:
+            profile = (
+                await session.execute(sa.select(Member.mobile_masked_index).where(Member.id == a))
+            ).scalar()
+        assert profile is None  # the profile's index goes with its number
+        assert await found(api, "139****9000") == await found(api, OTHER) == [a]  # the identities stay
 
 
 async def test_members_made_by_ingest_are_found_by_their_masked_mobile(
@@ -159,16 +168,17 @@ async def test_the_backfill_indexes_what_lacks_an_index_in_batches_and_can_run_a
         # as the rows were before revision 0024, plus a stale index left on a member without a mobile
         async with api.db.sessions() as session, session.begin():
             await session.execute(sa.update(Member).values(mobile_masked_index=None))
+            await session.execute(sa.update(Identity).values(masked_index=None))  # and before 0033
             await session.execute(
                 sa.update(Member).where(Member.mobile_enc.is_(None)).values(mobile_masked_index="x.y")
             )
         assert await found(api, "138****8000") == []
         async with api.db.read_sessions() as session:
-            assert await masked.count_unindexed(session, vault) == 5
+            assert await masked.count_unindexed(session, vault) == 10  # 5 profiles, 5 mobile identities
         batches: list[int] = []
         report = await masked.index_masked_mobiles(api.db.sessions, vault, batch=2, progress=batches.append)
-        assert (report.indexed, report.cleared, report.unreadable) == (5, 1, 0)
-        assert batches == [2, 2, 1]
+        assert (report.indexed, report.identities, report.cleared, report.unreadable) == (5, 5, 1, 0)
+        assert batches == [2, 2, 1, 2, 2, 1]
         assert await found(api, "138****8000") == ids
         # a run stopped halfway is finished by the next one, which touches only what is left
         async with api.db.sessions() as session, session.begin():
@@ -194,13 +204,17 @@ async def test_the_periodic_job_fills_the_index_in_shares(
         ids = [await create(api, mobile=f"139{n:04d}7000") for n in range(3)]
         async with api.db.sessions() as session, session.begin():
             await session.execute(sa.update(Member).values(mobile_masked_index=None))
+            await session.execute(sa.update(Identity).values(masked_index=None))
         settings = Settings(database_url=api.db.url, secret_key=_secret(api))
         ctx: Any = SimpleNamespace(sessions=api.db.sessions, services={"settings": settings})
         monkeypatch.setattr(jobs, "PER_RUN", 2)
         await jobs.index_masked(ctx, {})  # a share: two of the three
         assert len(await found(api, "139****7000")) == 2
-        await jobs.index_masked(ctx, {})
+        await jobs.index_masked(ctx, {})  # the third profile, then the identities' turn
         assert await found(api, "139****7000") == ids
+        await jobs.index_masked(ctx, {})
+        async with api.db.read_sessions() as session:
+            assert await masked.count_unindexed(session, Vault(_secret(api))) == 0
         await jobs.index_masked(SimpleNamespace(sessions=api.db.sessions, services={}), {})  # no key: nothing
 
 
@@ -231,3 +245,75 @@ def test_the_backfill_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert first.exit_code == 0 and "masked mobiles indexed: 1" in first.output
     assert "index-masked" not in invoke("db", "upgrade").output
     assert "masked mobiles indexed: 0" in invoke("member", "index-masked").output  # a second run: nothing
+
+
+# -------------------------------------------------------------------------------------------------------------
+# a member's other numbers: every mobile identity keeps its own masked index (revision 0033)
+
+
+async def _identity_indexes(api: Any, member_id: int) -> list[str | None]:
+    async with api.db.sessions() as session:
+        rows = await session.execute(
+            sa.select(Identity.masked_index)
+            .where(Identity.member_id == member_id, Identity.kind == "mobile")
+            .order_by(Identity.id)
+        )
+        return list(rows.scalars())
+
+
+async def test_a_second_mobile_identity_is_found_by_its_masked_form(make_client: Any, vault: Vault) -> None:
+    async with make_client(host=make_host()) as api:
+        ctx = ResolutionContext(host=make_host(), vault=vault, clock=lambda: datetime.now(UTC))
+        async with api.db.sessions() as session, session.begin():
+            (first,) = await resolve_many(
+                session, ctx, [ClaimSet((IdentityClaim("shop.uid", "U-9"), IdentityClaim("mobile", SAME_A)))]
+            )
+            # the same buyer later shows another number: a second mobile identity, the profile keeps the first
+            (again,) = await resolve_many(
+                session, ctx, [ClaimSet((IdentityClaim("shop.uid", "U-9"), IdentityClaim("mobile", OTHER)))]
+            )
+        member = first.member_id
+        assert again.member_id == member
+        assert await found(api, "139****9000") == [member]  # the second number
+        assert await found(api, "138****8000") == [member]  # the profile's, found once
+        assert await found(api, OTHER) == [member]  # as the whole number always was
+        indexes = await _identity_indexes(api, member)
+        assert len(indexes) == 2 and all(i is not None and "9000" not in i for i in indexes)
+
+
+async def test_merge_undo_and_erasure_carry_the_other_numbers(make_client: Any) -> None:
+    async with make_client(host=make_host()) as api:
+        survivor = await create(api, mobile=SAME_A)
+        absorbed = await create(api, mobile=OTHER)
+        merged = await api.post(
+            "/api/merges", json={"survivor_id": survivor, "absorbed_id": absorbed, "reason": "same customer"}
+        )
+        assert merged.status_code == 201, merged.text
+        # the survivor keeps its profile number and is found by the one the merge brought
+        assert await found(api, "139****9000") == [survivor]
+        assert await found(api, "138****8000") == [survivor]
+        undone = await api.post(f"/api/merges/{merged.json()['id']}/undo")
+        assert undone.status_code == 200, undone.text
+        assert await found(api, "139****9000") == [absorbed]
+        assert await found(api, "138****8000") == [survivor]
+        erased = await api.post(f"/api/members/{absorbed}/erasure", json={"reason": "request #8"})
+        assert erased.status_code == 200, erased.text
+        assert await found(api, "139****9000") == []
+        assert await found(api, "139****9000", status="erased") == []
+
+
+async def test_the_backfill_indexes_mobile_identities_too(make_client: Any) -> None:
+    async with make_client(host=make_host()) as api:
+        a = await create(api, mobile=SAME_A)
+        changed = await api.patch(f"/api/members/{a}", json={"mobile": OTHER}, headers={"If-Match": '"v1"'})
+        assert changed.status_code == 200, changed.text
+        vault = Vault(_secret(api))
+        async with api.db.sessions() as session, session.begin():  # as the rows were before revision 0033
+            await session.execute(sa.update(Identity).values(masked_index=None))
+        assert await found(api, "138****8000") == []  # the old number is on no profile any more
+        async with api.db.read_sessions() as session:
+            assert await masked.count_unindexed(session, vault) == 2
+        report = await masked.index_masked_mobiles(api.db.sessions, vault, batch=1)
+        assert (report.indexed, report.identities, report.unreadable_identities) == (0, 2, 0)
+        assert await found(api, "138****8000") == [a]
+        assert (await masked.index_masked_mobiles(api.db.sessions, vault)).identities == 0

@@ -9,21 +9,31 @@ audited like the API's. ``report --svg FILE`` writes the chart too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.campaigns import calendar, chart, evaluation, journeys, service
-from tongcrm.campaigns.api import campaign_out, journey_out, outcome_out, programme_tz, run_out
+from tongcrm.campaigns.api import OutcomeOut, campaign_out, journey_out, outcome_out, programme_tz, run_out
+from tongcrm.cli_run import CLI_ACTOR, CliObj, read, write
 from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest
-from tongcrm.segments.cli import CLI_ACTOR, _Obj, _read, _run
+from tongcrm.segments.cli import _read
 
-Sessions = async_sessionmaker[AsyncSession]
+
+def _report_command(group: click.Group) -> Callable[[Callable[..., None]], click.Command]:
+    """``report NAME [--svg FILE]`` of campaigns and of journeys: the command's shape, declared once."""
+    svg = click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
+
+    def declare(handler: Callable[..., None]) -> click.Command:
+        return group.command("report")(click.argument("name")(svg(click.pass_obj(handler))))
+
+    return declare
 
 
 def _json(value: Any) -> str:
@@ -61,7 +71,7 @@ def campaigns_group() -> None:
 )  # fmt: skip
 @click.pass_obj
 def create(
-    obj: _Obj, name: str, segment: str, template: str, response_source: str, goal: str,
+    obj: CliObj, name: str, segment: str, template: str, response_source: str, goal: str,
     control_percent: float, control_seed: str, budget_messages: int | None, message_cost_fen: int,
     benefit_points: int, budget_points: int | None, budget_entitlements: int | None,
     entitlement_source: str | None,
@@ -73,94 +83,96 @@ def create(
         None if entitlement_source is None else _read(entitlement_source), budget_entitlements,
     )  # fmt: skip
 
-    async def body(sessions: Sessions, read: Sessions) -> int:
-        async with sessions() as session, session.begin():
-            return (await service.create(session, draft, CLI_ACTOR)).id
+    async def change(session: AsyncSession) -> int:
+        return (await service.create(session, draft, CLI_ACTOR)).id
 
-    click.echo(f"created campaign {name!r} (#{_run(obj, body)}) as a draft")
+    click.echo(f"created campaign {name!r} (#{write(obj, change)}) as a draft")
 
 
 @campaigns_group.command("list")
 @click.pass_obj
-def list_command(obj: _Obj) -> None:
+def list_command(obj: CliObj) -> None:
     """Campaigns with their status and next run."""
 
-    async def body(sessions: Sessions, read: Sessions) -> list[tuple[str, str, str]]:
-        async with read() as session:
-            return [
-                (c.name, c.status, c.next_run_at.isoformat() if c.next_run_at else "-")
-                for c in await service.list_all(session)
-            ]
+    async def query(session: AsyncSession) -> list[tuple[str, str, str]]:
+        return [
+            (c.name, c.status, c.next_run_at.isoformat() if c.next_run_at else "-")
+            for c in await service.list_all(session)
+        ]
 
-    for name, status, next_run in _run(obj, body):
+    for name, status, next_run in read(obj, query):
         click.echo(f"{name}\t{status}\tnext run {next_run}")
 
 
 @campaigns_group.command("show")
 @click.argument("name")
 @click.pass_obj
-def show(obj: _Obj, name: str) -> None:
+def show(obj: CliObj, name: str) -> None:
     """One campaign and its runs, as JSON."""
 
-    async def body(sessions: Sessions, read: Sessions) -> str:
-        async with read() as session:
-            c = await service.get(session, name)
-            runs = [run_out(r) for r in await service.runs(session, c.id)]
-            return _json({"campaign": campaign_out(c), "runs": runs})
+    async def query(session: AsyncSession) -> str:
+        c = await service.get(session, name)
+        runs = [run_out(r) for r in await service.runs(session, c.id)]
+        return _json({"campaign": campaign_out(c), "runs": runs})
 
-    click.echo(_run(obj, body))
+    click.echo(read(obj, query))
 
 
 @campaigns_group.command("schedule")
 @click.argument("name")
 @click.argument("source")
 @click.pass_obj
-def schedule(obj: _Obj, name: str, source: str) -> None:
+def schedule(obj: CliObj, name: str, source: str) -> None:
     """Schedule a campaign: SOURCE is a schedule document (a JSON file or '-')."""
     document = _read(source)
 
-    async def body(sessions: Sessions, read: Sessions) -> str:
-        async with sessions() as session, session.begin():
-            tz = await programme_tz(session, obj.settings)
-            c = await service.schedule(session, obj.host, CLI_ACTOR, name, document, now=utcnow(), tz=tz)
-            return c.next_run_at.isoformat() if c.next_run_at else "-"
+    async def change(session: AsyncSession) -> str:
+        tz = await programme_tz(session, obj.settings)
+        c = await service.schedule(session, obj.host, CLI_ACTOR, name, document, now=utcnow(), tz=tz)
+        return c.next_run_at.isoformat() if c.next_run_at else "-"
 
-    click.echo(f"scheduled {name!r}; first run at {_run(obj, body)}")
+    click.echo(f"scheduled {name!r}; first run at {write(obj, change)}")
 
 
 @campaigns_group.command("cancel")
 @click.argument("name")
 @click.pass_obj
-def cancel(obj: _Obj, name: str) -> None:
+def cancel(obj: CliObj, name: str) -> None:
     """Cancel a campaign: no further run starts."""
 
-    async def body(sessions: Sessions, read: Sessions) -> None:
-        async with sessions() as session, session.begin():
-            await service.cancel(session, CLI_ACTOR, name, now=utcnow())
+    async def change(session: AsyncSession) -> None:
+        await service.cancel(session, CLI_ACTOR, name, now=utcnow())
 
-    _run(obj, body)
+    write(obj, change)
     click.echo(f"cancelled {name!r}")
 
 
-def _write_svg(path: str, svg: str) -> None:
-    if not path.endswith(".svg"):
-        raise BadRequest("--svg names a file ending in .svg")
-    Path(path).write_text(svg, encoding="utf-8")
-    click.echo(f"chart written to {path}")
+def _uplift(o: OutcomeOut) -> str:
+    return (
+        f"uplift {o.uplift * 100:+.2f} pts, 95% CI [{o.uplift_low * 100:+.2f}, {o.uplift_high * 100:+.2f}]"
+        f" ({o.conclusion})"
+    )
 
 
-@campaigns_group.command("report")
-@click.argument("name")
-@click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
-@click.pass_obj
-def report(obj: _Obj, name: str, svg_path: str | None) -> None:
+def _close_report(o: OutcomeOut, svg_path: str | None, draw: Callable[[], str]) -> None:
+    """The end of a campaign's or a journey's report: why it cannot conclude, and the chart (``--svg``)."""
+    if o.too_small:
+        click.echo(f"too small to conclude: {o.too_small}")
+    if svg_path:
+        if not svg_path.endswith(".svg"):
+            raise BadRequest("--svg names a file ending in .svg")
+        Path(svg_path).write_text(draw(), encoding="utf-8")
+        click.echo(f"chart written to {svg_path}")
+
+
+@_report_command(campaigns_group)
+def report(obj: CliObj, name: str, svg_path: str | None) -> None:
     """The evaluation, per run and in total; with --svg, the chart written to a file."""
 
-    async def body(sessions: Sessions, read: Sessions) -> evaluation.Report:
-        async with read() as session:
-            return await evaluation.report(session, await service.get(session, name))
+    async def query(session: AsyncSession) -> evaluation.Report:
+        return await evaluation.report(session, await service.get(session, name))
 
-    result = _run(obj, body)
+    result = read(obj, query)
     total = outcome_out(result.total)
     for i, r in enumerate(result.runs, 1):
         o = outcome_out(r.outcome)
@@ -170,15 +182,11 @@ def report(obj: _Obj, name: str, svg_path: str | None) -> None:
             f" control {o.control_group.responders}/{o.control_group.eligible}"
         )
     click.echo(
-        f"total: uplift {total.uplift * 100:+.2f} pts, 95% CI [{total.uplift_low * 100:+.2f},"
-        f" {total.uplift_high * 100:+.2f}] ({total.conclusion}), incremental orders {total.incremental_orders},"
+        f"total: {_uplift(total)}, incremental orders {total.incremental_orders},"
         f" incremental revenue {total.incremental_revenue_fen} fen, cost {total.cost_fen} fen"
         f" and {total.points_granted} points, {total.entitlements_granted} entitlements granted"
     )
-    if total.too_small:
-        click.echo(f"too small to conclude: {total.too_small}")
-    if svg_path:
-        _write_svg(svg_path, chart.render(result))
+    _close_report(total, svg_path, lambda: chart.render(result))
 
 
 @click.command("calendar")
@@ -187,15 +195,14 @@ def report(obj: _Obj, name: str, svg_path: str | None) -> None:
     "--to", "end", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last local day (inclusive)."
 )
 @click.pass_obj
-def calendar_command(obj: _Obj, start: datetime, end: datetime) -> None:
+def calendar_command(obj: CliObj, start: datetime, end: datetime) -> None:
     """Campaign runs (past and planned), marked days and clashes, by local day."""
 
-    async def body(sessions: Sessions, read: Sessions) -> calendar.Calendar:
-        async with read() as session:
-            tz = await programme_tz(session, obj.settings)
-            return await calendar.build(session, start.date(), end.date(), tz=tz)
+    async def query(session: AsyncSession) -> calendar.Calendar:
+        tz = await programme_tz(session, obj.settings)
+        return await calendar.build(session, start.date(), end.date(), tz=tz)
 
-    result = _run(obj, body)
+    result = read(obj, query)
     for e in result.entries:
         when = e.at.astimezone(ZoneInfo(result.timezone)).strftime("%H:%M") if e.at else "     "
         extra = f" ({e.status}{': ' + e.detail if e.detail and e.kind == 'run' else ''})" if e.status else ""
@@ -227,7 +234,7 @@ def journeys_group() -> None:
 @click.option("--budget-entitlements", type=int, default=None, help="Most entitlement grants in all.")
 @click.pass_obj
 def journey_create(
-    obj: _Obj, name: str, trigger_source: str, steps_source: str, response_source: str, goal: str,
+    obj: CliObj, name: str, trigger_source: str, steps_source: str, response_source: str, goal: str,
     control_percent: float, control_seed: str, budget_messages: int | None, budget_points: int | None,
     message_cost_fen: int, budget_entitlements: int | None,
 ) -> None:  # fmt: skip
@@ -237,58 +244,54 @@ def journey_create(
         control_seed, budget_messages, budget_points, message_cost_fen, budget_entitlements,
     )  # fmt: skip
 
-    async def body(sessions: Sessions, read: Sessions) -> int:
-        async with sessions() as session, session.begin():
-            return (await journeys.create(session, draft, CLI_ACTOR, now=utcnow())).id
+    async def change(session: AsyncSession) -> int:
+        return (await journeys.create(session, draft, CLI_ACTOR, now=utcnow())).id
 
-    click.echo(f"created journey {name!r} (#{_run(obj, body)}), active")
+    click.echo(f"created journey {name!r} (#{write(obj, change)}), active")
 
 
 @journeys_group.command("list")
 @click.pass_obj
-def journey_list(obj: _Obj) -> None:
+def journey_list(obj: CliObj) -> None:
     """Journeys with their status, trigger and participants by state."""
 
-    async def body(sessions: Sessions, read: Sessions) -> list[str]:
-        async with read() as session:
-            out = []
-            for j in await journeys.list_all(session):
-                states = await journeys.participant_states(session, j.id)
-                counts = ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "no participant"
-                out.append(f"{j.name}\t{j.status}\t{j.trigger['kind']}\t{counts}")
-            return out
+    async def query(session: AsyncSession) -> list[str]:
+        out = []
+        for j in await journeys.list_all(session):
+            states = await journeys.participant_states(session, j.id)
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "no participant"
+            out.append(f"{j.name}\t{j.status}\t{j.trigger['kind']}\t{counts}")
+        return out
 
-    for line in _run(obj, body):
+    for line in read(obj, query):
         click.echo(line)
 
 
 @journeys_group.command("show")
 @click.argument("name")
 @click.pass_obj
-def journey_show(obj: _Obj, name: str) -> None:
+def journey_show(obj: CliObj, name: str) -> None:
     """One journey, as JSON."""
 
-    async def body(sessions: Sessions, read: Sessions) -> str:
-        async with read() as session:
-            j = await journeys.get(session, name)
-            return _json(journey_out(j, await journeys.participant_states(session, j.id)))
+    async def query(session: AsyncSession) -> str:
+        j = await journeys.get(session, name)
+        return _json(journey_out(j, await journeys.participant_states(session, j.id)))
 
-    click.echo(_run(obj, body))
+    click.echo(read(obj, query))
 
 
-def _set_status(obj: _Obj, name: str, status: str) -> None:
-    async def body(sessions: Sessions, read: Sessions) -> None:
-        async with sessions() as session, session.begin():
-            await journeys.set_status(session, CLI_ACTOR, name, status, now=utcnow())
+def _set_status(obj: CliObj, name: str, status: str) -> None:
+    async def change(session: AsyncSession) -> None:
+        await journeys.set_status(session, CLI_ACTOR, name, status, now=utcnow())
 
-    _run(obj, body)
+    write(obj, change)
     click.echo(f"journey {name!r} is {status}")
 
 
 @journeys_group.command("pause")
 @click.argument("name")
 @click.pass_obj
-def journey_pause(obj: _Obj, name: str) -> None:
+def journey_pause(obj: CliObj, name: str) -> None:
     """Pause a journey: nobody enters; members already waiting still act when due."""
     _set_status(obj, name, "paused")
 
@@ -296,32 +299,24 @@ def journey_pause(obj: _Obj, name: str) -> None:
 @journeys_group.command("resume")
 @click.argument("name")
 @click.pass_obj
-def journey_resume(obj: _Obj, name: str) -> None:
+def journey_resume(obj: CliObj, name: str) -> None:
     """Resume a paused journey."""
     _set_status(obj, name, "active")
 
 
-@journeys_group.command("report")
-@click.argument("name")
-@click.option("--svg", "svg_path", type=click.Path(dir_okay=False, writable=True), default=None)
-@click.pass_obj
-def journey_report(obj: _Obj, name: str, svg_path: str | None) -> None:
+@_report_command(journeys_group)
+def journey_report(obj: CliObj, name: str, svg_path: str | None) -> None:
     """A journey's evaluation against its control group; with --svg, the chart written to a file."""
 
-    async def body(sessions: Sessions, read: Sessions) -> journeys.JourneyReport:
-        async with read() as session:
-            return await journeys.report(session, await journeys.get(session, name))
+    async def query(session: AsyncSession) -> journeys.JourneyReport:
+        return await journeys.report(session, await journeys.get(session, name))
 
-    r = _run(obj, body)
+    r = read(obj, query)
     o = outcome_out(r.total)
     click.echo(
         f"participants {dict(sorted(r.states.items()))}, branches {dict(sorted(r.branches.items()))}:"
         f" treated {o.treated.responders}/{o.treated.eligible}, control {o.control_group.responders}/"
-        f"{o.control_group.eligible}; uplift {o.uplift * 100:+.2f} pts, 95% CI [{o.uplift_low * 100:+.2f},"
-        f" {o.uplift_high * 100:+.2f}] ({o.conclusion}); sent {o.sent}, cost {o.cost_fen} fen and"
+        f"{o.control_group.eligible}; {_uplift(o)}; sent {o.sent}, cost {o.cost_fen} fen and"
         f" {o.points_granted} points"
     )
-    if o.too_small:
-        click.echo(f"too small to conclude: {o.too_small}")
-    if svg_path:
-        _write_svg(svg_path, chart.render_journey(r))
+    _close_report(o, svg_path, lambda: chart.render_journey(r))

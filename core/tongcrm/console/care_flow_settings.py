@@ -1,6 +1,8 @@
 """Console page for the care flows' settings (关怀流程设置): every flow the core runs
 (:data:`tongcrm.messaging.flows.FLOWS`) with what triggers it, its default delay, and its configurations (the
 default one and any per channel account: on or off, delay, message template); operators and admins change one.
+Delays are entered and shown in minutes, hours or days (:func:`delay_of`, :func:`delay_shown`); the API and the
+table keep whole seconds.
 
 A change calls :func:`tongcrm.messaging.flows.configure`, the service behind ``PUT /api/care-flows/{flow}``,
 with the session key as the actor, so it is audited as ``care_flow.configure`` exactly as the API's is. Roles
@@ -10,6 +12,7 @@ are the API's: every read role sees the page, writers get the forms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
@@ -70,18 +73,40 @@ async def settings_view(session: AsyncSession) -> SettingsView:
     )
 
 
-def delay_of(text: str) -> int | None:
-    """The form's delay in whole seconds; empty: the flow's default (as when the API's body omits it)."""
-    text = text.strip()
-    if not text:
+#: The units an operator enters a delay in, and their length in seconds (the API keeps whole seconds).
+UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
+#: A delay stored through the API that is no whole number of minutes is shown back in seconds.
+SECONDS = "seconds"
+
+
+def delay_of(number: str, unit: str = "minutes") -> int | None:
+    """The form's delay (a number and a unit: ``1.5`` ``hours``) in whole seconds, as the service takes it;
+    empty: the flow's default (as when the API's body omits it)."""
+    number = number.strip()
+    if not number:
         return None
+    size = {**UNITS, SECONDS: 1}.get(unit)
+    if size is None:
+        raise Unprocessable(f"delay: unknown unit {unit!r}; one of {', '.join(UNITS)}")
     try:
-        seconds = int(text)
-    except ValueError as exc:
-        raise Unprocessable(f"delay: {text!r} is not a whole number of seconds") from exc
+        amount = Decimal(number)
+    except InvalidOperation as exc:
+        raise Unprocessable(f"delay: {number!r} is not a number") from exc
+    seconds = amount * size
+    if not amount.is_finite() or seconds != seconds.to_integral_value():
+        raise Unprocessable(f"delay: {number} {unit} is not a whole number of seconds")
     if not 0 <= seconds <= MAX_DELAY_SECONDS:
-        raise Unprocessable(f"delay: between 0 and {MAX_DELAY_SECONDS} seconds (a year)")
-    return seconds
+        raise Unprocessable(f"delay: between 0 and {MAX_DELAY_SECONDS // UNITS['days']} days (a year)")
+    return int(seconds)
+
+
+def delay_shown(seconds: int) -> tuple[int, str]:
+    """A stored delay in the largest unit that holds it whole (``7200`` → ``(2, "hours")``), so the page shows it
+    back as it was entered; seconds only for a delay the API set to no whole number of minutes."""
+    for unit, size in sorted(UNITS.items(), key=lambda item: -item[1]):
+        if seconds % size == 0 and (seconds or unit == "minutes"):
+            return seconds // size, unit
+    return seconds, SECONDS
 
 
 async def _page(
@@ -92,7 +117,7 @@ async def _page(
     return render(
         request,
         "campaigns/care_flow_settings.html",
-        {"v": view, "problem": problem},
+        {"v": view, "problem": problem, "delay_shown": delay_shown, "units": list(UNITS)},
         title="cfs.title",
         status_code=status_code,
     )
@@ -109,7 +134,10 @@ class CareFlowSettingsPage(ConsoleController):
     async def configure(self, request: Request[Any, Any, Any], flow: FlowName) -> Response[Any]:
         form = await form_fields(request)
         try:
-            delay = delay_of(form.get("delay_seconds", ""))
+            if "delay" in form:
+                delay = delay_of(form.get("delay", ""), form.get("delay_unit", "minutes"))
+            else:  # a form of an older page (or a script) that posts whole seconds
+                delay = delay_of(form.get("delay_seconds", ""), SECONDS)
             async with transaction(request.app.state.sessions) as session:
                 account = form.get("channel_account", "").strip()
                 account_id = (await channels.get_account(session, account)).id if account else None

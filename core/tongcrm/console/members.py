@@ -19,7 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.audit import service as audit
+from tongcrm.auth.service import Role
 from tongcrm.channels.models import ChannelAccount
+from tongcrm.console.forms import form_fields
 from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
 from tongcrm.db.base import utcnow
 from tongcrm.entitlements import service as entitlements
@@ -52,33 +55,21 @@ class MemberPages(ConsoleController):
         after: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
     ) -> Response[str]:
         """Search by mobile, ``kind:value`` identity or name prefix; without a filter, the newest members."""
-        state = request.app.state
-        mobile, identity, name = (v.strip() or None if v else None for v in (mobile, identity, name))
-        found: list[members.MemberSummary] = []
-        cursor: int | None = None
-        async with state.read_sessions() as session, session.begin():
-            if identity:
-                try:
-                    member = await members.lookup(session, state.vault, state.host, identity=identity)
-                except NotFound:
-                    member = None
-                if member is not None:
-                    found = await members.summaries(session, state.vault, [member])
-            else:
-                query = members.MemberQuery(
-                    status="active", name=name, mobile=mobile, after_id=after, limit=PAGE_SIZE
-                )
-                found, cursor = await members.list_members(session, state.vault, query, actor_of(request))
-        return render(
-            request,
-            "members.html",
-            {
-                "found": found,
-                "cursor": cursor,
-                "form": {"mobile": mobile or "", "identity": identity or "", "name": name or ""},
-            },
-            title="members.title",
+        return await _search(request, SearchForm.of(mobile, identity, name, after), reveal=False)
+
+    @post("/reveal", opt=action(Role.ADMIN))
+    async def reveal(self, request: Request[Any, Any, Any]) -> Response[str]:
+        """The same page of results with names and mobiles in full: admins only, a CSRF-checked POST (the
+        guard) because it writes the ``member.reveal`` audit record the API's ``?reveal=`` writes."""
+        form = {k: v[:200] for k, v in (await form_fields(request)).items()}
+        after = form.get("after", "")
+        searched = SearchForm.of(
+            form.get("mobile"),
+            form.get("identity"),
+            form.get("name"),
+            int(after) if after.isdigit() and int(after) <= MAX_ID else None,
         )
+        return await _search(request, searched, reveal=True)
 
     @get("/{member_id:int}", opt=page())
     async def member(
@@ -114,6 +105,68 @@ class MemberPages(ConsoleController):
                 session, merge_id, actor=actor_of(request), at=utcnow(), tz=state.settings.tz
             )
         return redirect(request, f"{PREFIX}/members/{record.survivor_id}?undone={record.absorbed_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchForm:
+    """The search's filters as typed (blank ones dropped), carried by the reveal form and the pager."""
+
+    mobile: str | None
+    identity: str | None
+    name: str | None
+    after: int | None
+
+    @classmethod
+    def of(cls, mobile: str | None, identity: str | None, name: str | None, after: int | None) -> SearchForm:
+        def clean(value: str | None) -> str | None:
+            return value.strip() or None if value else None
+
+        return cls(clean(mobile), clean(identity), clean(name), after)
+
+
+async def _search(request: Request[Any, Any, Any], form: SearchForm, *, reveal: bool) -> Response[str]:
+    """One page of results, masked or (for an admin's reveal) in full and audited as the API audits it."""
+    state = request.app.state
+    actor = actor_of(request)
+    if reveal:
+        members.check_reveal(list(members.REVEALED_FIELDS), actor)  # the one rule, as on the API
+    found: list[members.MemberSummary] = []
+    cursor: int | None = None
+    async with (state.sessions if reveal else state.read_sessions)() as session, session.begin():
+        if form.identity:
+            try:
+                member = await members.lookup(session, state.vault, state.host, identity=form.identity)
+            except NotFound:
+                member = None
+            if member is not None:
+                found = await members.summaries(session, state.vault, [member], reveal=reveal)
+                if reveal:
+                    audit.record(
+                        session, actor, "member.reveal", "member", member.id,
+                        after={"fields": list(members.REVEALED_FIELDS), "member_ids": [member.id]},
+                    )  # fmt: skip
+        else:
+            query = members.MemberQuery(
+                status="active", name=form.name, mobile=form.mobile, after_id=form.after, limit=PAGE_SIZE
+            )
+            found, cursor = await members.list_members(session, state.vault, query, actor, reveal=reveal)
+    return render(
+        request,
+        "members.html",
+        {
+            "found": found,
+            "cursor": cursor,
+            "revealing": reveal,
+            "may_reveal": actor.role in members.REVEAL_ROLES,
+            "form": {
+                "mobile": form.mobile or "",
+                "identity": form.identity or "",
+                "name": form.name or "",
+                "after": "" if form.after is None else str(form.after),
+            },
+        },
+        title="members.title",
+    )
 
 
 @asynccontextmanager

@@ -129,6 +129,19 @@ def _same_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
     return urlsplit(source).netloc == headers.get("host", "")
 
 
+def _cross_site_reveal(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """A ``?reveal=`` link followed from another site. The session cookie is ``SameSite=Lax``, so such a
+    navigation carries it: without this check another site could make an admin's browser reveal, and so audit,
+    personal data. Browsers name where a navigation came from (``Sec-Fetch-Site``); one that names none (an old
+    browser, a script) is judged by Referer like a POST."""
+    if "reveal" not in connection.query_params:
+        return False
+    site = connection.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    return not _same_origin(connection)
+
+
 def context_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ConsoleContext:
     found = connection.state.get(_CONTEXT)
     if not isinstance(found, ConsoleContext):
@@ -148,7 +161,7 @@ async def console_guard(connection: ASGIConnection[Any, Any, Any, Any], handler:
     context = ConsoleContext(lang, set_lang)
     connection.state[_CONTEXT] = context
     is_action = bool(handler.opt.get(ACTION_OPT))
-    if is_action and not _same_origin(connection):
+    if (is_action and not _same_origin(connection)) or _cross_site_reveal(connection):
         raise CsrfRefused("cross-origin request refused")
     if spec == PUBLIC:
         return

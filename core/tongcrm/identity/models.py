@@ -25,6 +25,9 @@ class Identity(Base):
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
     #: Encrypted original value for kinds whose ``value`` is a blind index (mobile).
     value_enc: Mapped[str | None] = mapped_column(sa.Text)
+    #: Blind index of a mobile's masked form (``138****8000``, :mod:`tongcrm.members.masked`), so a masked
+    #: search finds a member by every mobile it holds, not only its profile's; None for other kinds.
+    masked_index: Mapped[str | None] = mapped_column(sa.String(80), index=True)
     #: The channel account the claim first came from (None: entered by an operator).
     account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("channel_accounts.id"))
     evidence: Mapped[str] = mapped_column(sa.Text, default="")

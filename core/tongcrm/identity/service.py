@@ -313,7 +313,8 @@ _MEMBER_COLUMNS = (
     "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
 )  # fmt: skip
 _IDENTITY_COLUMNS = (
-    "kind", "value", "member_id", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at",
+    "kind", "value", "member_id", "value_enc", "masked_index", "account_id", "evidence", "first_seen_at",
+    "last_seen_at",
 )  # fmt: skip
 
 
@@ -609,6 +610,7 @@ async def _write(
                 "value": key[1],
                 "member_id": real(owner),
                 "value_enc": c.value_enc,
+                "masked_index": None if c.e164 is None else masked_index(ctx.vault, c.e164),
                 "account_id": account_id,
                 "evidence": c.evidence,
                 "first_seen_at": now,

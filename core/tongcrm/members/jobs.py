@@ -26,10 +26,11 @@ async def index_masked(ctx: JobContext, payload: dict[str, Any]) -> None:
     if not isinstance(settings, Settings):  # a runner without settings has no key to index with
         return
     report = await masked.index_masked_mobiles(ctx.sessions, settings.vault(), limit=PER_RUN)
-    if report.indexed or report.cleared or report.unreadable:
+    if report.indexed or report.identities or report.cleared or report.unreadable:
         log.info(
             "masked mobile index filled in",
             indexed=report.indexed,
+            identities=report.identities,
             cleared=report.cleared,
             unreadable=report.unreadable,
         )

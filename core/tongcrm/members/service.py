@@ -28,7 +28,7 @@ from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
-from tongcrm.members.masked import looks_masked, mask_name, masked_lookup, mobile_columns
+from tongcrm.members.masked import looks_masked, mask_name, masked_index, masked_lookup, mobile_columns
 from tongcrm.members.models import ERASED, Member, MemberTag
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
 from tongcrm.members.tag_history import TagHistory
@@ -317,6 +317,7 @@ async def _claim_mobile(session: AsyncSession, vault: Vault, member_id: int, e16
                 value=vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE),
                 member_id=member_id,
                 value_enc=vault.encrypt(e164, context=MOBILE_CONTEXT),
+                masked_index=masked_index(vault, e164),
                 account_id=None,
                 evidence=f"entered by {actor.name}",
                 first_seen_at=now,
@@ -596,7 +597,8 @@ class MemberQuery:
     province: str | None = None
     name: str | None = None  # prefix
     #: a whole number (matched exactly through the mobile identities) or a masked one, ``138****8000``
-    #: (matched through the members' masked-mobile index; many members may share one)
+    #: (matched through the masked-mobile indexes of the members' profiles and mobile identities; many
+    #: members may share one)
     mobile: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
@@ -630,7 +632,17 @@ async def list_members(
     if query.tag:
         stmt = stmt.where(sa.exists().where(MemberTag.member_id == Member.id, MemberTag.tag == query.tag))
     if query.mobile and looks_masked(query.mobile):
-        stmt = stmt.where(Member.mobile_masked_index.in_(masked_lookup(vault, query.mobile)))
+        hashes = masked_lookup(vault, query.mobile)
+        # the profile's mobile or any mobile identity (a second number, one a merge brought): two indexed
+        # reads joined by UNION, not an OR, which SQLite answered by scanning the members
+        stmt = stmt.where(
+            Member.id.in_(
+                sa.union(
+                    sa.select(Member.id).where(Member.mobile_masked_index.in_(hashes)),
+                    sa.select(Identity.member_id).where(Identity.masked_index.in_(hashes)),
+                )
+            )
+        )
     elif query.mobile:
         indexes = vault.blind_indexes(normalise_mobile(query.mobile), purpose=MOBILE_INDEX_PURPOSE)
         # ``id IN (the identities' members)``, not a correlated EXISTS: SQLite ran the EXISTS once per member in

@@ -108,19 +108,28 @@ class CampaignStatusOut(msgspec.Struct):
     treatment_reached: int
 
 
+#: The API's unit stays the second; the console enters and shows the same delay in minutes, hours or days.
+DELAY_HELP = (
+    "Whole seconds from the flow's anchor to the message (0 to a year; the console enters minutes, hours or "
+    "days and converts); omitted: the flow's default delay."
+)
+
+
 class FlowConfigIn(msgspec.Struct, forbid_unknown_fields=True):
     template: str
     channel_account: str | None = None
     enabled: bool = True
     #: At most a year: a care message later than that has lost its occasion (and the column is 32-bit).
-    delay_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_DELAY_SECONDS)] | None = None
+    delay_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_DELAY_SECONDS, description=DELAY_HELP)] | None = (
+        None
+    )
 
 
 class FlowConfigOut(msgspec.Struct):
     flow: str
     channel_account_id: int | None
     enabled: bool
-    delay_seconds: int
+    delay_seconds: Annotated[int, msgspec.Meta(description=DELAY_HELP)]
     template_id: int
 
 

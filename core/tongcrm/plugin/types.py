@@ -86,12 +86,17 @@ def _aware(value: datetime | None, what: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # settings
 
+#: a language tag as the console names its languages: ``zh``, ``en``, ``zh-Hant``
+_LOCALE = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
+
 
 @dataclass(frozen=True, slots=True)
 class SettingField:
     """One setting of a channel account or messenger (app key, secret, gateway URL...).
 
     ``secret`` settings are encrypted at rest, never echoed back by the API or CLI, and never logged.
+    ``help`` is English (the API, the CLI and the English console show it); ``help_by_locale`` gives it in other
+    languages for the console's operators, keyed by language (``{"zh": "…"}``): see :meth:`help_for`.
     """
 
     name: str
@@ -100,11 +105,26 @@ class SettingField:
     secret: bool = False
     default: str | None = None
     choices: tuple[str, ...] = ()
+    help_by_locale: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         validate_name(self.name, "setting")
         if self.choices and self.default is not None and self.default not in self.choices:
             raise ValueError(f"default {self.default!r} of setting {self.name!r} is not one of its choices")
+        for locale, text in self.help_by_locale.items():
+            if not _LOCALE.fullmatch(locale) or not isinstance(text, str) or not text.strip():
+                raise ValueError(
+                    f"help of setting {self.name!r} in {locale!r}: a language code (zh, zh-Hant) and some text"
+                )
+
+    def help_for(self, locale: str) -> str:
+        """The help in ``locale`` (``zh-CN`` falls back to ``zh``), else the English ``help``."""
+        tag = locale.strip()
+        while tag:
+            if tag in self.help_by_locale:
+                return self.help_by_locale[tag]
+            tag = tag.rpartition("-")[0]
+        return self.help
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -7,42 +7,15 @@ how many members each rule tagged and untagged.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Protocol
-
 import click
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.audit.service import Actor
-from tongcrm.config import Settings
+from tongcrm.cli_run import CLI_ACTOR, CliObj, Sessions, read, run_with_sessions, write
 from tongcrm.db.base import utcnow
-from tongcrm.db.engine import create_engine, session_factory
-from tongcrm.plugin.host import PluginHost
 from tongcrm.segments.models import Segment
 from tongcrm.tagrules import service
-
-CLI_ACTOR = Actor("cli", "admin")
-Sessions = async_sessionmaker[AsyncSession]
-
-
-class _Obj(Protocol):
-    host: PluginHost
-
-    @property
-    def settings(self) -> Settings: ...
-
-
-def _run(obj: _Obj, body: Any) -> Any:
-    async def main() -> Any:
-        engine = create_engine(obj.settings.database_url)
-        try:
-            return await body(session_factory(engine))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
 
 
 @click.group("tags")
@@ -57,25 +30,24 @@ def rules_group() -> None:
 
 @rules_group.command("list")
 @click.pass_obj
-def list_rules(obj: _Obj) -> None:
+def list_rules(obj: CliObj) -> None:
     """Every rule, enabled or not, with its segment and last run."""
 
-    async def body(sessions: Sessions) -> list[tuple[str, ...]]:
-        async with sessions() as session:
-            rows: list[tuple[str, ...]] = []
-            for rule in await service.list_rules(session):
-                segment = await session.get(Segment, rule.segment_id)
-                rows.append(
-                    (
-                        str(rule.id), rule.tag, segment.name if segment else str(rule.segment_id),
-                        "yes" if rule.enabled else "no",
-                        rule.last_run_at.isoformat() if rule.last_run_at else "never",
-                    )
-                )  # fmt: skip
-            return rows
+    async def listed(session: AsyncSession) -> list[tuple[str, ...]]:
+        rows: list[tuple[str, ...]] = []
+        for rule in await service.list_rules(session):
+            segment = await session.get(Segment, rule.segment_id)
+            rows.append(
+                (
+                    str(rule.id), rule.tag, segment.name if segment else str(rule.segment_id),
+                    "yes" if rule.enabled else "no",
+                    rule.last_run_at.isoformat() if rule.last_run_at else "never",
+                )
+            )  # fmt: skip
+        return rows
 
     table = Table("id", "tag", "segment", "enabled", "last run")
-    rows: list[tuple[str, ...]] = _run(obj, body)
+    rows = read(obj, listed)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
@@ -87,7 +59,7 @@ def list_rules(obj: _Obj) -> None:
 @click.argument("segment")
 @click.option("--run/--no-run", "run_now", default=True, show_default=True, help="apply the rule at once")
 @click.pass_obj
-def create(obj: _Obj, tag: str, segment: str, run_now: bool) -> None:
+def create(obj: CliObj, tag: str, segment: str, run_now: bool) -> None:
     """Create a rule: TAG is carried by the members of SEGMENT (a saved segment's name or id)."""
     ref: str | int = int(segment) if segment.isdigit() else segment
 
@@ -98,7 +70,7 @@ def create(obj: _Obj, tag: str, segment: str, run_now: bool) -> None:
         runs = await service.run_all(sessions, obj.host, utcnow(), rule_id=rule_id) if run_now else []
         return rule_id, rule_tag, runs
 
-    rule_id, rule_tag, runs = _run(obj, body)
+    rule_id, rule_tag, runs = run_with_sessions(obj, body)
     click.echo(f"rule {rule_id}: tag {rule_tag!r} follows segment {segment!r}")
     _report(runs)
 
@@ -106,27 +78,26 @@ def create(obj: _Obj, tag: str, segment: str, run_now: bool) -> None:
 @rules_group.command("disable")
 @click.argument("rule_id", type=click.IntRange(1, 2**62))
 @click.pass_obj
-def disable(obj: _Obj, rule_id: int) -> None:
+def disable(obj: CliObj, rule_id: int) -> None:
     """Stop a rule and take its tag off the members it tagged (tags put on by hand stay)."""
 
-    async def body(sessions: Sessions) -> service.RuleRun:
-        async with sessions() as session, session.begin():
-            return await service.disable_rule(session, rule_id, CLI_ACTOR, utcnow())
+    async def change(session: AsyncSession) -> service.RuleRun:
+        return await service.disable_rule(session, rule_id, CLI_ACTOR, utcnow())
 
-    done: service.RuleRun = _run(obj, body)
+    done = write(obj, change)
     click.echo(f"rule {done.rule_id} disabled: tag {done.tag!r} taken off {done.removed} members")
 
 
 @rules_group.command("run")
 @click.option("--rule", "rule_id", type=click.IntRange(1, 2**62), help="only this rule")
 @click.pass_obj
-def run(obj: _Obj, rule_id: int | None) -> None:
+def run(obj: CliObj, rule_id: int | None) -> None:
     """Apply the enabled rules now: tag members who entered their segments, untag those who left."""
 
     async def body(sessions: Sessions) -> list[service.RuleRun]:
         return await service.run_all(sessions, obj.host, utcnow(), rule_id=rule_id)
 
-    _report(_run(obj, body))
+    _report(run_with_sessions(obj, body))
 
 
 def _report(runs: list[service.RuleRun]) -> None:

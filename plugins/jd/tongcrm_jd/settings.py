@@ -12,27 +12,52 @@ from tongcrm_jd.client import DEFAULT_GATEWAY
 MAX_PAGE_SIZE = 100  # JOS refuses more (protocols.md §2.3)
 
 SETTINGS: tuple[SettingField, ...] = (
-    SettingField("app_key", "App key of the JOS application (open.jd.com)"),
-    SettingField("app_secret", "App secret of the JOS application", secret=True),
-    SettingField("access_token", "The shop's access token from JOS OAuth authorisation", secret=True),
+    SettingField(
+        "app_key",
+        "App key of the JOS application (open.jd.com)",
+        help_by_locale={"zh": "京东宙斯开放平台（JOS，open.jd.com）应用的 App Key"},
+    ),
+    SettingField(
+        "app_secret",
+        "App secret of the JOS application",
+        secret=True,
+        help_by_locale={"zh": "JOS 应用的 App Secret"},
+    ),
+    SettingField(
+        "access_token",
+        "The shop's access token from JOS OAuth authorisation",
+        secret=True,
+        help_by_locale={
+            "zh": "本店铺经 JOS OAuth 授权获得的 access_token：店铺在京东开放平台重新授权应用后获得"
+        },
+    ),
     SettingField(
         "gateway_url",
         "JOS gateway; change only for a sandbox or a test gateway",
         required=False,
         default=DEFAULT_GATEWAY,
+        help_by_locale={"zh": "JOS 网关地址；仅在使用沙箱或测试网关时修改"},
     ),
     SettingField(
         "initial_sync_days",
         "How many days of orders the first sync fetches, counted back from now",
         required=False,
         default="30",
+        help_by_locale={"zh": "首次同步拉取多少天内的订单（从现在往前算）"},
     ),
-    SettingField("page_size", f"Orders per API call, 1 to {MAX_PAGE_SIZE}", required=False, default="100"),
+    SettingField(
+        "page_size",
+        f"Orders per API call, 1 to {MAX_PAGE_SIZE}",
+        required=False,
+        default="100",
+        help_by_locale={"zh": f"每次调用接口拉取的订单数，1 到 {MAX_PAGE_SIZE}"},
+    ),
     SettingField(
         "calls_per_second",
         "The JOS app's call limit per second, shared by every shop of the app on every worker (0: none)",
         required=False,
         default="0",
+        help_by_locale={"zh": "JOS 应用每秒调用上限，由该应用下所有店铺、所有 worker 共享（0：不限）"},
     ),
 )
 

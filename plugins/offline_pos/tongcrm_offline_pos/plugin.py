@@ -40,15 +40,23 @@ __all__ = [
 REVISIONS = Path(__file__).resolve().parent / "revisions"
 
 SETTINGS: tuple[SettingField, ...] = (
-    SettingField("title", "The store's display name, e.g. 上海南京西路店", required=False),
-    SettingField("city", "The city the store is in", required=False),
-    SettingField("address", "The store's street address", required=False),
+    SettingField(
+        "title",
+        "The store's display name, e.g. 上海南京西路店",
+        required=False,
+        help_by_locale={"zh": "门店显示名称，如 上海南京西路店"},
+    ),
+    SettingField("city", "The city the store is in", required=False, help_by_locale={"zh": "门店所在城市"}),
+    SettingField(
+        "address", "The store's street address", required=False, help_by_locale={"zh": "门店街道地址"}
+    ),
     SettingField(
         CROSS_STORE_RETURNS,
         "Take back goods sold in other stores of the brand (a return naming original.store)",
         required=False,
         default="true",
         choices=("true", "false"),
+        help_by_locale={"zh": "接受品牌其他门店售出商品的退货（退货单注明 original.store）"},
     ),
 )
 

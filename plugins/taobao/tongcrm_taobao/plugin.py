@@ -24,14 +24,31 @@ from tongcrm_taobao.signing import SIGN_METHODS
 __all__ = ["SETTINGS", "TAOBAO_CHANNEL", "channels"]
 
 SETTINGS: tuple[SettingField, ...] = (
-    SettingField("app_key", "TOP application key (AppKey) of the ISV application"),
-    SettingField("app_secret", "TOP application secret (AppSecret); signs every request", secret=True),
-    SettingField("session", "The seller's OAuth session key (access token) for this shop", secret=True),
+    SettingField(
+        "app_key",
+        "TOP application key (AppKey) of the ISV application",
+        help_by_locale={"zh": "ISV 应用在淘宝开放平台（TOP）的 AppKey"},
+    ),
+    SettingField(
+        "app_secret",
+        "TOP application secret (AppSecret); signs every request",
+        secret=True,
+        help_by_locale={"zh": "ISV 应用的 AppSecret，用于每次请求的签名"},
+    ),
+    SettingField(
+        "session",
+        "The seller's OAuth session key (access token) for this shop",
+        secret=True,
+        help_by_locale={
+            "zh": "本店铺的卖家授权 SessionKey（访问令牌）：店铺在淘宝开放平台重新授权应用后获得"
+        },
+    ),
     SettingField(
         "gateway_url",
         "TOP gateway; the sandbox is https://gw.api.tbsandbox.com/router/rest",
         required=False,
         default=DEFAULT_GATEWAY,
+        help_by_locale={"zh": "TOP 网关地址；沙箱环境为 https://gw.api.tbsandbox.com/router/rest"},
     ),
     SettingField(
         "sign_method",
@@ -39,30 +56,35 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="hmac-sha256",
         choices=SIGN_METHODS,
+        help_by_locale={"zh": "请求签名方式：md5、hmac（HMAC-MD5）或 hmac-sha256"},
     ),
     SettingField(
         "initial_sync_days",
         "How many days back the first sync starts (1-90: the trade APIs only reach back three months)",
         required=False,
         default="90",
+        help_by_locale={"zh": "首次同步从多少天前开始（1–90：交易接口最多只能追溯三个月）"},
     ),
     SettingField(
         "page_size",
         "Trades per API call and the size of one sync page (1-100)",
         required=False,
         default="100",
+        help_by_locale={"zh": "每次调用接口拉取的交易数，也是一页同步的大小（1–100）"},
     ),
     SettingField(
         "tmc_group",
         "TMC message group this account consumes (trade and refund topics must be permitted for the seller)",
         required=False,
         default="default",
+        help_by_locale={"zh": "本账户消费的 TMC 消息分组（需为卖家开通交易与退款消息）"},
     ),
     SettingField(
         "calls_per_second",
         "The TOP app's call limit per second, shared by every shop of the app on every worker (0: none)",
         required=False,
         default="0",
+        help_by_locale={"zh": "TOP 应用每秒调用上限，由该应用下所有店铺、所有 worker 共享（0：不限）"},
     ),
 )
 
