@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.dialect import dialect_name, insert, insert_for, insert_rows, rows_params
+from tongcrm.db.dialect import column_arrays, dialect_name, insert, insert_for, insert_rows, rows_params
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
 from tongcrm.jobs.outbox import emit_many
@@ -137,9 +137,9 @@ async def post_credits(
     for c in credits:
         by_key.setdefault(c.key, c)
     dialect = dialect_name(session)
+    if dialect == "postgresql":
+        return await _post_in_one(session, by_key, now=now, emit_events=emit_events)
     bulk = _bulk(dialect)
-    # one statement with one array per column on PostgreSQL: planned once, where a RETURNING insert of many
-    # VALUES rows is a new, huge statement to parse and plan for every batch size
     entry_rows = [_entry_row(c) for c in by_key.values()]
     params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
     rows = (await session.execute(bulk.insert_entries, params)).all()
@@ -172,22 +172,141 @@ async def post_credits(
     for chunk in _chunks(ids):
         result = await session.execute(bulk.add_lots_to_balances, {"ids": chunk, "now": now})
         balances.update({r[0]: (r[1], r[2], r[3]) for r in result})
+    if emit_events:
+        for chunk in _chunks(ids):
+            await session.execute(bulk.events_for_lots, {"ids": chunk, "now": now})
+    await _settle_credited(session, balances, {m: d[0] for m, d in deltas.items()}, now=now)
+    return posted
+
+
+async def _settle_credited(
+    session: AsyncSession,
+    balances: dict[int, tuple[int, int, int]],
+    available_deltas: dict[int, int],
+    *,
+    now: datetime,
+) -> None:
+    """After credits moved ``balances`` (available, pending, owed): refuse a balance past its bound, and let a
+    member in debt or owing points pay it from what it just earned."""
     for m, (available, pending, _owed) in balances.items():
         check_balance_bound(m, available + pending)
     needs_settling = [
         m
         for m, (available, _pending, owed) in balances.items()
-        if deltas[m][0] and (available - deltas[m][0] < 0 or owed > 0)
+        if available_deltas.get(m, 0) and (available - available_deltas[m] < 0 or owed > 0)
     ]
-    if emit_events:
-        for chunk in _chunks(ids):
-            await session.execute(bulk.events_for_lots, {"ids": chunk, "now": now})
     if needs_settling:
         book = Book(session, now=now)
         await book.lock(needs_settling)
         await book.settle(needs_settling)
         await book.flush()
+
+
+async def _post_in_one(
+    session: AsyncSession, by_key: dict[str, Credit], *, now: datetime, emit_events: bool
+) -> dict[str, int]:
+    """PostgreSQL: the entries, their lots, the balance changes and the ``points_changed`` events in ONE
+    statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page.
+
+    Writes the same rows as the SQLite path: lots share their entry's id, balances move by what the new lots
+    hold, one event per member with its balance after them, in member order."""
+    entry_rows = []
+    for c in by_key.values():
+        row = _entry_row(c)
+        row["lot_status"] = c.status
+        row["lot_release_on"] = c.release_on
+        row["lot_window"] = c.return_window_days
+        row["lot_available_at"] = None if c.status == AVAILABLE else c.available_at
+        entry_rows.append(row)
+    params: dict[str, Any] = {**column_arrays(_POSTING_TABLE, _POSTING_COLUMNS, entry_rows), "now": now}
+    rows = (await session.execute(_posting(emit_events), params)).all()
+    posted = {r.idempotency_key: r.id for r in rows}
+    if not posted:
+        return {}
+    deltas: dict[int, int] = defaultdict(int)
+    balances: dict[int, tuple[int, int, int]] = {}
+    for r in rows:
+        if by_key[r.idempotency_key].status == AVAILABLE:
+            deltas[r.member_id] += by_key[r.idempotency_key].amount
+        balances[r.member_id] = (r.available, r.pending, r.owed)
+    await _settle_credited(session, dict(sorted(balances.items())), deltas, now=now)
     return posted
+
+
+@functools.cache
+def _posting(emit_events: bool) -> Any:
+    """The statement of :func:`_post_in_one`: one fixed text (one array per column), prepared once per
+    connection. Each CTE sees only what the ones before it returned, so balances and events are computed from
+    the entries' RETURNING and the balances' RETURNING, not re-read."""
+    pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+    def array_type(name: str) -> str:
+        column = _POSTING_TABLE.c[name]
+        if isinstance(column.type, sa.JSON):
+            return "TEXT[]"
+        return f"{column.type.compile(dialect=pg)}[]"
+
+    columns = ", ".join(_POSTING_COLUMNS)
+    arrays = ", ".join(f"CAST(:{n} AS {array_type(n)})" for n in _POSTING_COLUMNS)
+    entry_columns = [n for n in _POSTING_COLUMNS if not n.startswith("lot_")]
+    entry_values = ", ".join(f"CAST(r.{n} AS JSONB)" if n == "detail" else f"r.{n}" for n in entry_columns)
+    events = (
+        """,
+events AS (
+    INSERT INTO outbox_events (name, payload, occurred_at)
+    SELECT 'points_changed', jsonb_build_object('member_id', s.member_id, 'delta', s.available + s.pending,
+        'available', b.available, 'pending', b.pending), :now
+    FROM sums s JOIN balances b ON b.member_id = s.member_id
+    ORDER BY s.member_id
+)"""
+        if emit_events
+        else ""
+    )
+    sql = f"""
+WITH r AS (
+    SELECT * FROM unnest({arrays}) WITH ORDINALITY AS r({columns}, position)
+),
+entries AS (
+    INSERT INTO points_entries ({", ".join(entry_columns)})
+    SELECT {entry_values} FROM r ORDER BY r.position
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key, member_id, order_id, line_id, rule_code, amount, available_from, expires_at,
+        occurred_at
+),
+posted AS (
+    SELECT e.*, r.lot_status, r.lot_release_on, r.lot_window, r.lot_available_at
+    FROM entries e JOIN r ON r.idempotency_key = e.idempotency_key
+),
+lots AS (
+    INSERT INTO points_lots (id, member_id, order_id, line_id, rule_code, amount, remaining, reversed, status,
+        release_on, return_window_days, available_at, expires_at, earned_at)
+    SELECT id, member_id, order_id, line_id, rule_code, amount, amount, 0, lot_status, lot_release_on,
+        lot_window, CASE WHEN lot_status = 'available' THEN available_from ELSE lot_available_at END,
+        expires_at, occurred_at
+    FROM posted
+),
+sums AS (
+    SELECT member_id,
+        sum(CASE WHEN lot_status = 'available' THEN amount ELSE 0 END) AS available,
+        sum(CASE WHEN lot_status = 'available' THEN 0 ELSE amount END) AS pending
+    FROM posted GROUP BY member_id
+),
+balances AS (
+    INSERT INTO points_balances AS b (member_id, available, pending, owed, updated_at)
+    SELECT member_id, available, pending, 0, :now FROM sums ORDER BY member_id
+    ON CONFLICT (member_id) DO UPDATE SET available = b.available + excluded.available,
+        pending = b.pending + excluded.pending, updated_at = excluded.updated_at
+    RETURNING b.member_id, b.available, b.pending, b.owed
+){events}
+SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
+FROM posted p JOIN balances b ON b.member_id = p.member_id
+"""  # noqa: S608 - built from this module's constant column names, no input
+    binds = [
+        sa.bindparam(n, type_=postgresql.ARRAY(sa.Text() if isinstance(c.type, sa.JSON) else c.type))
+        for n, c in ((n, _POSTING_TABLE.c[n]) for n in _POSTING_COLUMNS)
+    ]
+    binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
+    return sa.text(sql).bindparams(*binds)
 
 
 def _chunks(ids: Sequence[int], size: int = 5000) -> Iterable[list[int]]:
@@ -214,6 +333,19 @@ _ENTRY_COLUMNS = (
     "expires_at",
     "detail",
     "created_at",
+)
+
+
+#: the entry columns plus what each entry's lot needs that the entry does not hold
+_POSTING_COLUMNS = (*_ENTRY_COLUMNS, "lot_status", "lot_release_on", "lot_window", "lot_available_at")
+_POSTING_TABLE = sa.Table(
+    "points_posting",
+    sa.MetaData(),
+    *(sa.Column(c.name, c.type) for c in ENTRIES.c if c.name != "id"),
+    sa.Column("lot_status", sa.String()),
+    sa.Column("lot_release_on", sa.String()),
+    sa.Column("lot_window", sa.Integer()),
+    sa.Column("lot_available_at", LOTS.c.available_at.type),
 )
 
 
