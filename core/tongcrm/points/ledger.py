@@ -27,6 +27,7 @@ both members again.
 from __future__ import annotations
 
 import functools
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -210,15 +211,15 @@ async def _post_in_one(
 
     Writes the same rows as the SQLite path: lots share their entry's id, balances move by what the new lots
     hold, one event per member with its balance after them, in member order."""
-    entry_rows = []
-    for c in by_key.values():
-        row = _entry_row(c)
-        row["lot_status"] = c.status
-        row["lot_release_on"] = c.release_on
-        row["lot_window"] = c.return_window_days
-        row["lot_available_at"] = None if c.status == AVAILABLE else c.available_at
-        entry_rows.append(row)
-    params: dict[str, Any] = {**column_arrays(_POSTING_TABLE, _POSTING_COLUMNS, entry_rows), "now": now}
+    credits = list(by_key.values())
+    params: dict[str, Any] = {
+        **column_arrays(ENTRIES, _ENTRY_COLUMNS, [_entry_row(c) for c in credits]),
+        "lot_status": [c.status for c in credits],
+        "lot_release_on": [c.release_on for c in credits],
+        "lot_window": [c.return_window_days for c in credits],
+        "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
+        "now": now,
+    }
     rows = (await session.execute(_posting(emit_events), params)).all()
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
@@ -238,18 +239,17 @@ def _posting(emit_events: bool) -> Any:
     """The statement of :func:`_post_in_one`: one fixed text (one array per column), prepared once per
     connection. Each CTE sees only what the ones before it returned, so balances and events are computed from
     the entries' RETURNING and the balances' RETURNING, not re-read."""
-    pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
-
-    def array_type(name: str) -> str:
-        column = _POSTING_TABLE.c[name]
-        if isinstance(column.type, sa.JSON):
-            return "TEXT[]"
-        return f"{column.type.compile(dialect=pg)}[]"
-
-    columns = ", ".join(_POSTING_COLUMNS)
-    arrays = ", ".join(f"CAST(:{n} AS {array_type(n)})" for n in _POSTING_COLUMNS)
-    entry_columns = [n for n in _POSTING_COLUMNS if not n.startswith("lot_")]
-    entry_values = ", ".join(f"CAST(r.{n} AS JSONB)" if n == "detail" else f"r.{n}" for n in entry_columns)
+    arrays, binds = _unnest(
+        [
+            *((n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS),
+            ("lot_status", LOTS.c.status.type),
+            ("lot_release_on", LOTS.c.release_on.type),
+            ("lot_window", LOTS.c.return_window_days.type),
+            ("lot_available_at", LOTS.c.available_at.type),
+        ]
+    )
+    columns = ", ".join((*_ENTRY_COLUMNS, "lot_status", "lot_release_on", "lot_window", "lot_available_at"))
+    entry_values = _entry_values("r")
     events = (
         """,
 events AS (
@@ -264,10 +264,10 @@ events AS (
     )
     sql = f"""
 WITH r AS (
-    SELECT * FROM unnest({arrays}) WITH ORDINALITY AS r({columns}, position)
+    SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
 ),
 entries AS (
-    INSERT INTO points_entries ({", ".join(entry_columns)})
+    INSERT INTO points_entries ({", ".join(_ENTRY_COLUMNS)})
     SELECT {entry_values} FROM r ORDER BY r.position
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, idempotency_key, member_id, order_id, line_id, rule_code, amount, available_from, expires_at,
@@ -301,10 +301,6 @@ balances AS (
 SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
 FROM posted p JOIN balances b ON b.member_id = p.member_id
 """  # noqa: S608 - built from this module's constant column names, no input
-    binds = [
-        sa.bindparam(n, type_=postgresql.ARRAY(sa.Text() if isinstance(c.type, sa.JSON) else c.type))
-        for n, c in ((n, _POSTING_TABLE.c[n]) for n in _POSTING_COLUMNS)
-    ]
     binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
     return sa.text(sql).bindparams(*binds)
 
@@ -333,19 +329,6 @@ _ENTRY_COLUMNS = (
     "expires_at",
     "detail",
     "created_at",
-)
-
-
-#: the entry columns plus what each entry's lot needs that the entry does not hold
-_POSTING_COLUMNS = (*_ENTRY_COLUMNS, "lot_status", "lot_release_on", "lot_window", "lot_available_at")
-_POSTING_TABLE = sa.Table(
-    "points_posting",
-    sa.MetaData(),
-    *(sa.Column(c.name, c.type) for c in ENTRIES.c if c.name != "id"),
-    sa.Column("lot_status", sa.String()),
-    sa.Column("lot_release_on", sa.String()),
-    sa.Column("lot_window", sa.Integer()),
-    sa.Column("lot_available_at", LOTS.c.available_at.type),
 )
 
 
@@ -775,6 +758,9 @@ class Book:
     # -- writing ------------------------------------------------------------------------------------------------
 
     async def flush(self) -> None:
+        if dialect_name(self.session) == "postgresql":
+            await self._flush_in_one()
+            return
         ids: dict[str, int] = {}
         if self.entries:
             dialect = dialect_name(self.session)
@@ -827,7 +813,7 @@ class Book:
                     for d in self.draws
                 ],
             )
-        changed = [b for b in self.balances.values() if (b.available, b.pending, b.owed) != b.before]
+        changed, events = self._changed_balances()
         if changed:
             await self.session.execute(
                 sa.update(BALANCES)
@@ -840,22 +826,84 @@ class Book:
                 ),
                 [
                     {"m": b.member_id, "u_available": b.available, "u_pending": b.pending, "u_owed": b.owed}
-                    for b in sorted(changed, key=lambda b: b.member_id)
+                    for b in changed
                 ],
             )
-            events: list[tuple[str, dict[str, Any]]] = []
-            for b in sorted(changed, key=lambda b: b.member_id):
-                delta = b.available + b.pending - b.before[0] - b.before[1]
-                payload = {
-                    "member_id": b.member_id,
-                    "delta": delta,
-                    "available": b.available,
-                    "pending": b.pending,
-                }
-                events.append(("points_changed", payload))
+            for b in changed:
                 b.before = (b.available, b.pending, b.owed)
             # one fixed-text statement (the ORM's flush of added events rendered a VALUES list per count)
             await emit_many(self.session, events, now=self.now)
+        self._flushed()
+
+    def _changed_balances(self) -> tuple[list[Balance], list[tuple[str, dict[str, Any]]]]:
+        """The balances that moved, in member order, and their ``points_changed`` events."""
+        changed = sorted(
+            (b for b in self.balances.values() if (b.available, b.pending, b.owed) != b.before),
+            key=lambda b: b.member_id,
+        )
+        events: list[tuple[str, dict[str, Any]]] = []
+        for b in changed:
+            delta = b.available + b.pending - b.before[0] - b.before[1]
+            payload = {
+                "member_id": b.member_id,
+                "delta": delta,
+                "available": b.available,
+                "pending": b.pending,
+            }
+            events.append(("points_changed", payload))
+        return changed, events
+
+    async def _flush_in_one(self) -> None:
+        """PostgreSQL: everything :meth:`flush` writes — entries, new lots, changed lots, draws, balances and
+        their events — in ONE statement (:func:`_flush_statement`), where it was up to six round trips. When an
+        entry's key was posted meanwhile, nothing but the other entries is written, and it raises
+        :class:`Conflict` as the SQLite path does."""
+        changed, events = self._changed_balances()
+        dirty = sorted((lot for lot in self.lots.values() if lot.dirty), key=lambda x: x.id or 0)
+        keys = [e["idempotency_key"] for e in self.entries]
+        new_lots = [{n: row[n] for n in _NEW_LOT_COLUMNS} for row in map(_lot_row, self.new_lots)]
+        params: dict[str, Any] = {
+            **column_arrays(ENTRIES, _ENTRY_COLUMNS, self.entries),
+            "entry_count": len(self.entries),
+            "now": self.now,
+            "n_key": [str(lot.key) for lot in self.new_lots],
+            **{
+                f"n_{name}": values
+                for name, values in column_arrays(LOTS, _NEW_LOT_COLUMNS, new_lots).items()
+            },
+            "u_id": [lot.id for lot in dirty],
+            "u_remaining": [lot.remaining for lot in dirty],
+            "u_reversed": [lot.reversed for lot in dirty],
+            "u_status": [lot.status for lot in dirty],
+            "u_available_at": [lot.available_at for lot in dirty],
+            "d_lot_id": [d.lot.id for d in self.draws],
+            "d_lot_key": [None if d.lot.id is not None else str(d.lot.key) for d in self.draws],
+            "d_entry_id": [d.entry if isinstance(d.entry, int) else None for d in self.draws],
+            "d_entry_key": [d.entry if isinstance(d.entry, str) else None for d in self.draws],
+            "d_kind": [d.kind for d in self.draws],
+            "d_amount": [d.amount for d in self.draws],
+            "b_member_id": [b.member_id for b in changed],
+            "b_available": [b.available for b in changed],
+            "b_pending": [b.pending for b in changed],
+            "b_owed": [b.owed for b in changed],
+            "e_payload": [json.dumps(payload) for _, payload in events],
+        }
+        rows = (await self.session.execute(_flush_statement(), params)).all()
+        ids = {key: entry_id for entry_id, key in rows}
+        if len(ids) != len(keys):
+            missing = sorted(set(keys) - ids.keys())
+            raise Conflict(
+                "a concurrent change posted the same ledger effect; retry",
+                extra={"idempotency_keys": missing[:10]},
+            )
+        self.flushed_ids.update(ids)
+        for lot in self.new_lots:
+            lot.id = ids[str(lot.key)]
+        for b in changed:
+            b.before = (b.available, b.pending, b.owed)
+        self._flushed()
+
+    def _flushed(self) -> None:
         for lot in self.lots.values():
             lot.dirty = False
         for lot in self.new_lots:
@@ -864,6 +912,104 @@ class Book:
         self.new_lots = []
         self.entries = []
         self.draws = []
+
+
+_NEW_LOT_COLUMNS = (
+    "member_id", "order_id", "line_id", "rule_code", "amount", "remaining", "reversed", "status", "release_on",
+    "return_window_days", "available_at", "expires_at", "earned_at",
+)  # fmt: skip
+
+
+def _unnest(arrays: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """``unnest(CAST(:a AS T[]), …)`` over the named, typed arrays, and their bind parameters: one text for
+    any number of rows (JSON travels as text; cast it where it is stored)."""
+    pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+    binds: list[Any] = []
+    casts: list[str] = []
+    for name, type_ in arrays:
+        item = sa.Text() if isinstance(type_, sa.JSON) else type_
+        binds.append(sa.bindparam(name, type_=postgresql.ARRAY(item)))
+        casts.append(f"CAST(:{name} AS {item.compile(dialect=pg)}[])")
+    return f"unnest({', '.join(casts)})", binds
+
+
+def _entry_values(alias: str) -> str:
+    """The entry columns read from the unnested row ``alias``, the JSON one cast back from text."""
+    return ", ".join(
+        f"CAST({alias}.{n} AS JSONB)" if n == "detail" else f"{alias}.{n}" for n in _ENTRY_COLUMNS
+    )
+
+
+@functools.cache
+def _flush_statement() -> Any:
+    """The statement of :meth:`Book._flush_in_one`. Lots and draws find the ids of the entries inserted with
+    them by key; nothing but the entries is written unless every entry was inserted (``:entry_count``)."""
+    entries, entry_binds = _unnest([(n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS])
+    entry_values = _entry_values("r")
+    lots, lot_binds = _unnest([("n_key", sa.Text()), *((f"n_{n}", LOTS.c[n].type) for n in _NEW_LOT_COLUMNS)])
+    updates, update_binds = _unnest(
+        [(f"u_{n}", LOTS.c[n].type) for n in ("id", "remaining", "reversed", "status", "available_at")]
+    )
+    draws, draw_binds = _unnest(
+        [("d_lot_id", sa.BigInteger()), ("d_lot_key", sa.Text()), ("d_entry_id", sa.BigInteger()),
+         ("d_entry_key", sa.Text()), ("d_kind", DRAWS.c.kind.type), ("d_amount", sa.BigInteger())]
+    )  # fmt: skip
+    balances, balance_binds = _unnest(
+        [(f"b_{n}", BALANCES.c[n].type) for n in ("member_id", "available", "pending", "owed")]
+    )
+    events, event_binds = _unnest([("e_payload", sa.Text())])
+    complete = "(SELECT count(*) FROM e) = :entry_count"
+    sql = f"""
+WITH e AS (
+    INSERT INTO points_entries ({", ".join(_ENTRY_COLUMNS)})
+    SELECT {entry_values} FROM {entries} WITH ORDINALITY AS r({", ".join(_ENTRY_COLUMNS)}, position)
+    ORDER BY r.position
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key
+),
+new_lots AS (
+    INSERT INTO points_lots (id, {", ".join(_NEW_LOT_COLUMNS)})
+    SELECT e.id, {", ".join(f"n.{n}" for n in _NEW_LOT_COLUMNS)}
+    FROM {lots} WITH ORDINALITY AS n(key, {", ".join(_NEW_LOT_COLUMNS)}, position)
+    JOIN e ON e.idempotency_key = n.key
+    WHERE {complete}
+    ORDER BY n.position
+),
+changed_lots AS (
+    UPDATE points_lots l SET remaining = u.remaining, reversed = u.reversed, status = u.status,
+        available_at = u.available_at
+    FROM {updates} AS u(id, remaining, reversed, status, available_at)
+    WHERE l.id = u.id AND {complete}
+),
+draws AS (
+    INSERT INTO points_lot_draws (lot_id, entry_id, kind, amount)
+    SELECT coalesce(d.lot_id, lot_entry.id), coalesce(d.entry_id, entry.id), d.kind, d.amount
+    FROM {draws} WITH ORDINALITY AS d(lot_id, lot_key, entry_id, entry_key, kind, amount, position)
+    LEFT JOIN e lot_entry ON lot_entry.idempotency_key = d.lot_key
+    LEFT JOIN e entry ON entry.idempotency_key = d.entry_key
+    WHERE {complete}
+    ORDER BY d.position
+),
+balances AS (
+    UPDATE points_balances b SET available = u.available, pending = u.pending, owed = u.owed, updated_at = :now
+    FROM {balances} AS u(member_id, available, pending, owed)
+    WHERE b.member_id = u.member_id AND {complete}
+),
+events AS (
+    INSERT INTO outbox_events (name, payload, occurred_at)
+    SELECT 'points_changed', CAST(v.payload AS JSONB), :now
+    FROM {events} WITH ORDINALITY AS v(payload, position)
+    WHERE {complete}
+    ORDER BY v.position
+)
+SELECT id, idempotency_key FROM e
+"""  # noqa: S608 - built from this module's constant column names, no input
+    binds = [*entry_binds, *lot_binds, *update_binds, *draw_binds, *balance_binds, *event_binds]
+    binds += [
+        sa.bindparam("now", type_=BALANCES.c.updated_at.type),
+        sa.bindparam("entry_count", type_=sa.Integer()),
+    ]
+    return sa.text(sql).bindparams(*binds)
 
 
 def _lot_row(lot: Lot) -> dict[str, Any]:
