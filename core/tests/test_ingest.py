@@ -363,17 +363,24 @@ async def test_platform_outage_ends_the_run_with_the_error_recorded(
     assert report.applied == 1 and report.error is None
 
 
-async def test_a_page_is_planned_for_the_rows_it_meets_and_only_that_page(tongcrm_db: TestDatabase) -> None:
-    from tongcrm.db.dialect import plan_for_growing_tables
+async def test_a_growing_sync_analyses_the_tables_it_writes_on_a_geometric_schedule(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tongcrm.bulk.stats import AnalyseSchedule
+    from tongcrm.ingest import apply
 
-    if tongcrm_db.backend != "postgresql":
-        pytest.skip("SQLite plans every statement afresh: there is nothing to set")
-    show = sa.text("SHOW plan_cache_mode")
-    async with tongcrm_db.sessions() as session, session.begin():
-        configured = (await session.execute(show)).scalar()
-    async with tongcrm_db.sessions() as session, session.begin():
-        await plan_for_growing_tables(session)
-        assert (await session.execute(show)).scalar() == "force_custom_plan"
-    async with tongcrm_db.sessions() as session, session.begin():
-        # SET LOCAL: the next transaction on the pooled connection plans as the server is configured
-        assert (await session.execute(show)).scalar() == configured
+    analysed: list[str] = []
+
+    async def analyse(session: Any, kind: str) -> None:
+        analysed.append(kind)
+
+    monkeypatch.setattr(apply, "_GROWTH", {})
+    monkeypatch.setattr(apply, "AnalyseSchedule", lambda: AnalyseSchedule(first=2))
+    monkeypatch.setattr(apply, "analyse", analyse)
+    for n in range(1, 5):  # 1, 2, 3, 4 orders written: due at 2 and 4
+        await _apply(tongcrm_db, ctx, account, [make_order(f"g{n}", f"b{n}")])
+        expected = {1: 0, 2: 1, 3: 1, 4: 2}[n] if tongcrm_db.backend == "postgresql" else 0
+        assert analysed == ["orders", "points"] * expected
+    # a replayed order writes nothing and counts nothing
+    await _apply(tongcrm_db, ctx, account, [make_order("g4", "b4")])
+    assert len(analysed) == (4 if tongcrm_db.backend == "postgresql" else 0)

@@ -270,7 +270,10 @@ async def test_two_concurrent_batches_creating_the_same_member_end_with_one(
                     sa.select(sa.func.count(sa.distinct(Identity.member_id))).where(Identity.kind == "mobile")
                 )
             ).scalar_one()
+            members = (await session.execute(sa.select(sa.func.count()).select_from(Member))).scalar_one()
         assert per_mobile == 5 and mobile_members == 5
+        # the loser's first attempt (no savepoint) took back the members it had made for nothing
+        assert members == 5 + 2 * 5
     finally:
         for engine in engines:
             await engine.dispose()

@@ -27,19 +27,6 @@ def insert_for(dialect: str, table: Any) -> Any:
     return sqlite.insert(table)
 
 
-async def plan_for_growing_tables(session: AsyncSession) -> None:
-    """Plan this transaction's statements for the data they meet (PostgreSQL; nothing to do on SQLite).
-
-    A shop's first sync grows orders, lines and identities from empty to hundreds of thousands of rows within
-    minutes. PostgreSQL switches a prepared statement to a generic plan after a few runs; one chosen while a
-    table was nearly empty (a sequential scan) stays until the table is analysed again, and the page apply
-    slowed as the tables grew: 100,000 JD orders ran at 256 orders/s, 548 with custom plans (measured with
-    autovacuum off). Planning a page's handful of statements each time costs far less than that.
-    """
-    if dialect_name(session) == "postgresql":
-        await session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
-
-
 def one_of(dialect: str, column: Any, name: str) -> Any:
     """``column`` is one of the list bound as ``name``, in SQL whose text does not depend on the list's length.
 

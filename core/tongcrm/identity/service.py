@@ -10,8 +10,10 @@ unknown kind, an invalid mobile) gets an error in its :class:`ResolveOutcome` an
 alone; the caller quarantines that record.
 
 Concurrency: two transactions that both try to create the member for the same new claim meet on the unique
-``(kind, value)`` of identities. The loser notices that its identity insert did nothing, rolls back to a
-savepoint and resolves the batch again, now seeing the winner's member.
+``(kind, value)`` of identities. The loser notices that its identity insert did nothing, deletes the members and
+identities it had just inserted (a first attempt takes no savepoint: two round trips on every page for a race
+almost never lost; one that merges members does), and resolves the batch again under a savepoint, now seeing
+the winner's member.
 """
 
 from __future__ import annotations
@@ -246,8 +248,9 @@ async def resolve_many(
             outcomes[i] = ResolveOutcome(None, False, (), exc.message, exc.code)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            async with session.begin_nested():
-                results = await _resolve_prepared(session, ctx, prepared)
+            # The first attempt takes no savepoint (two round trips on every page, for a race almost never
+            # lost): it undoes its own few writes when it loses. Later attempts run under a savepoint.
+            results = await _resolve_prepared(session, ctx, prepared, optimistic=attempt == 1)
             break
         except LostRace:
             log.info("identity resolution lost a race; resolving the batch again", attempt=attempt)
@@ -377,7 +380,19 @@ async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[
 
 
 async def _resolve_prepared(
-    session: AsyncSession, ctx: ResolutionContext, prepared: Sequence[_Prepared]
+    session: AsyncSession, ctx: ResolutionContext, prepared: Sequence[_Prepared], *, optimistic: bool = False
+) -> dict[int, ResolveOutcome]:
+    """Plan the batch from one lookup, then write it. Writes run under a savepoint unless ``optimistic`` and
+    the plan merges nobody: then a lost race (raised by the identities' insert, before anything else is
+    written) deletes the members and identities this attempt inserted, and the transaction is as it was."""
+    if not optimistic:
+        async with session.begin_nested():
+            return await _resolve_planned(session, ctx, prepared, optimistic=False)
+    return await _resolve_planned(session, ctx, prepared, optimistic=True)
+
+
+async def _resolve_planned(
+    session: AsyncSession, ctx: ResolutionContext, prepared: Sequence[_Prepared], *, optimistic: bool
 ) -> dict[int, ResolveOutcome]:
     now = ctx.clock()
     known = await _lookup(session, prepared)
@@ -457,7 +472,11 @@ async def _resolve_prepared(
             plan.fills.setdefault(target, []).append(p)
         plan.outcomes[p.index] = (target, created, merged)
 
-    await _write(session, ctx, plan, profiles, now)
+    if optimistic and plan.merges:  # a merge writes too much to undo by hand
+        async with session.begin_nested():
+            await _write(session, ctx, plan, profiles, now)
+    else:
+        await _write(session, ctx, plan, profiles, now, undo_on_lost_race=optimistic)
 
     results: dict[int, ResolveOutcome] = dict(errors)
     ids = plan.placeholder_ids
@@ -466,6 +485,24 @@ async def _resolve_prepared(
         member_id = ids[final] if final < 0 else final
         results[index] = ResolveOutcome(member_id, created and final == target, tuple(merged), None)
     return results
+
+
+@functools.cache
+def _undo_statements(dialect_name: str) -> tuple[Any, Any]:
+    return (
+        sa.delete(_IDENTITIES).where(dialect.one_of(dialect_name, _IDENTITIES.c.id, "ids")),
+        sa.delete(_MEMBERS).where(dialect.one_of(dialect_name, _MEMBERS.c.id, "ids")),
+    )
+
+
+async def _undo_inserts(session: AsyncSession, identity_ids: list[int], member_ids: list[int]) -> None:
+    """Take back what an attempt without a savepoint wrote before it lost a race: its new identities and the
+    new members they pointed at (nothing else refers to them yet)."""
+    identities, members = _undo_statements(dialect.dialect_name(session))
+    if identity_ids:
+        await session.execute(identities, {"ids": identity_ids})
+    if member_ids:
+        await session.execute(members, {"ids": member_ids})
 
 
 def _check_decision(
@@ -533,6 +570,8 @@ async def _write(
     plan: _Plan,
     profiles: dict[int, dict[str, Any]],
     now: datetime,
+    *,
+    undo_on_lost_race: bool = False,
 ) -> None:
     from tongcrm.members.merge import merge_members
 
@@ -622,11 +661,15 @@ async def _write(
         # in key order: two transactions inserting overlapping identities (backfill windows of one account
         # applying pages at once) then wait on each other in the same order instead of deadlocking
         rows.sort(key=lambda row: (row["kind"], row["value"]))
+        written: list[int] = []
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             params = dialect.rows_params(name, table, _IDENTITY_COLUMNS, chunk)
             inserted = (await session.execute(_new_identities_statement(name), params)).all()
+            written.extend(row[0] for row in inserted)
             if len(inserted) != len(chunk):
+                if undo_on_lost_race:
+                    await _undo_inserts(session, written, sorted(placeholder_ids.values()))
                 raise LostRace()
 
     # 4. last seen of identities that were claimed again, one statement

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.bulk.stats import AnalyseSchedule, analyse
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
 from tongcrm.db.dialect import (
@@ -30,7 +31,6 @@ from tongcrm.db.dialect import (
     insert,
     insert_rows,
     one_of,
-    plan_for_growing_tables,
     rows_params,
 )
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
@@ -154,6 +154,29 @@ def _order_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     ).returning(table.c.id, table.c.external_id, table.c.member_id, table.c.status)
 
 
+#: Orders this process has written per database, and when the tables they grow are analysed next.
+_GROWTH: dict[str, tuple[list[int], AnalyseSchedule]] = {}
+
+
+async def _analyse_as_tables_grow(session: AsyncSession, written: int) -> None:
+    """Refresh the planner statistics of what ingest writes when the orders this process wrote reach 10,000,
+    20,000, 40,000… (the bulk import's schedule, :mod:`tongcrm.bulk.stats`), PostgreSQL only.
+
+    A first channel sync grows orders, lines, identities, members and the ledger from empty, and nothing
+    analyses them where autovacuum is off or lags behind; PostgreSQL's prepared statements then keep generic
+    plans costed for near-empty tables. An ``ANALYZE`` invalidates those plans, so they are made again for the
+    tables as they are. The schedule is geometric: all the analyses of a run cost at most twice the last one."""
+    if dialect_name(session) != "postgresql":
+        return
+    key = session.get_bind().engine.url.render_as_string(hide_password=True)
+    done, schedule = _GROWTH.setdefault(key, ([0], AnalyseSchedule()))
+    done[0] += written
+    if schedule.due(done[0]):
+        log.info("analysing the tables a sync grows", orders_written=done[0])
+        await analyse(session, "orders")
+        await analyse(session, "points")
+
+
 def _is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:
     """Whether ``order`` changes what is held: it is new, a newer platform version, or the same version
     with another ``paid_fen``.
@@ -225,7 +248,6 @@ async def apply_orders_page(
     ``tongcrm import orders``: an imported order counts for tiers, but earns nothing (the previous CRM's balance
     arrives as an opening balance) and triggers no care message about a parcel delivered years ago."""
     result = PageResult()
-    await plan_for_growing_tables(session)
     result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
     incoming = _latest(orders)
     if not incoming:
@@ -324,6 +346,7 @@ async def apply_orders_page(
     result.applied = len(written)
     if not written:
         return result
+    await _analyse_as_tables_grow(session, len(written))
 
     # 4. their lines
     by_external = {o.external_id: o for o in todo}
