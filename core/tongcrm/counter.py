@@ -91,6 +91,7 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import BuyerProfile, IdentityClaim, NormalisedOrder
 from tongcrm.points import service as points
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry
+from tongcrm.tiers.models import TierLadder
 from tongcrm.tiers.service import TierContext
 
 #: Set while a unit of work is open in the current task: a second one inside it would wait for the first.
@@ -367,6 +368,8 @@ class CounterWork:
         self.readonly = readonly
         self.rows = OwnRows(session, tables, readonly=readonly)
         self._members: dict[int, Member] = {}
+        #: in a read-only unit of work, the card rows :meth:`find_member` read (nothing here can change them)
+        self._cards: dict[int, Any] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -406,6 +409,8 @@ class CounterWork:
 
     async def find_member(self, *, mobile: str | None = None, identity: str | None = None) -> int | None:
         """The live member a mobile or a ``kind:value`` identity names, or None."""
+        if self.readonly:
+            return await self._find_card(mobile=mobile, identity=identity)
         try:
             member = await members.lookup(
                 self._session, self._service.vault, self._service.host, mobile=mobile, identity=identity
@@ -417,8 +422,32 @@ class CounterWork:
         self._members[member.id] = member  # the session's identity map holds it only weakly
         return member.id
 
+    async def _find_card(self, *, mobile: str | None, identity: str | None) -> int | None:
+        """:meth:`find_member` in a read-only unit of work: the member, their available points and whether
+        there is a tier ladder in one statement (a till's lookup by mobile is then one round trip without a
+        ladder), kept for :meth:`member_card`. A member found not live goes the long way."""
+        try:
+            kind, values = members.lookup_key(
+                self._service.vault, self._service.host, mobile=mobile, identity=identity
+            )
+        except NotFound:
+            return None
+        except InvalidMobile as exc:
+            raise CounterRefused("invalid_mobile", exc.message, status=422) from None
+        row = (await self._session.execute(_CARD, {"kind": kind, "values": values})).first()
+        if row is None:
+            return None
+        if row.status != "active":
+            found = await members.resolve_live_id(self._session, row.id)
+            return found
+        self._cards[row.id] = row
+        return int(row.id)
+
     async def member_card(self, member_id: int, *, created: bool = False) -> MemberAtCounter:
         """What a cashier may see of a live member."""
+        card = self._cards.get(member_id)
+        if card is not None:
+            return await self._card(member_id, card, created)
         member = self._members.get(member_id) or await self._session.get(Member, member_id)
         if member is None:
             raise NotFound(f"no member {member_id}")
@@ -445,6 +474,34 @@ class CounterWork:
             tier=tier,
             entitlements=usable,
             points_available=max(balance.available, 0),
+            created=created,
+        )
+
+    async def _card(self, member_id: int, card: Any, created: bool) -> MemberAtCounter:
+        """:meth:`member_card` from a row of :data:`_CARD`: the entitlements are read only under a ladder."""
+        mobile = None
+        if card.mobile_enc:
+            mobile = mask_mobile(self._service.vault.decrypt(card.mobile_enc, context=MOBILE_CONTEXT))
+        tier: TierBadge | None = None
+        usable: tuple[UsableEntitlement, ...] = ()
+        if card.has_ladder:
+            now = self.clock()
+            try:
+                held = await entitlements.for_member(
+                    self._session, TierContext(now, self.tz, self.actor.name), member_id
+                )
+            except NotFound:  # the ladder went meanwhile
+                held = None
+            if held is not None:
+                tier = TierBadge(held.tier.code, held.tier.name)
+                usable = _usable_now(held, now)
+        return MemberAtCounter(
+            member_id=member_id,
+            name=mask_name(card.name),
+            mobile=mobile,
+            tier=tier,
+            entitlements=usable,
+            points_available=max(int(card.available or 0), 0),
             created=created,
         )
 
@@ -822,6 +879,26 @@ _BUYER_BY_ID = (
     .outerjoin(Identity, Identity.member_id == Member.id)
     .where(Member.id == sa.bindparam("member_id"))
     .order_by(sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
+)
+
+
+#: A member an identity names (as :func:`tongcrm.members.service.lookup` finds them), with what a cashier sees
+#: of them, their available points and whether a tier ladder exists: a till's lookup in one statement.
+_CARD = (
+    sa.select(
+        Member.id,
+        Member.status,
+        Member.name,
+        Member.mobile_enc,
+        sa.select(PointsBalance.available)
+        .where(PointsBalance.member_id == Member.id)
+        .scalar_subquery()
+        .label("available"),
+        sa.select(TierLadder.version).exists().label("has_ladder"),
+    )
+    .join(Identity, Identity.member_id == Member.id)
+    .where(Identity.kind == sa.bindparam("kind"), Identity.value.in_(sa.bindparam("values", expanding=True)))
+    .limit(1)
 )
 
 
