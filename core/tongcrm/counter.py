@@ -446,39 +446,17 @@ class CounterWork:
     async def member_card(self, member_id: int, *, created: bool = False) -> MemberAtCounter:
         """What a cashier may see of a live member."""
         card = self._cards.get(member_id)
-        if card is not None:
-            return await self._card(member_id, card, created)
-        member = self._members.get(member_id) or await self._session.get(Member, member_id)
-        if member is None:
-            raise NotFound(f"no member {member_id}")
-        mobile = None
-        if member.mobile_enc:
-            mobile = mask_mobile(self._service.vault.decrypt(member.mobile_enc, context=MOBILE_CONTEXT))
-        now = self.clock()
-        tier: TierBadge | None = None
-        usable: tuple[UsableEntitlement, ...] = ()
-        try:
-            held = await entitlements.for_member(
-                self._session, TierContext(now, self.tz, self.actor.name), member_id
-            )
-        except NotFound:  # the member exists (read above): the brand has no tier ladder
-            held = None
-        if held is not None:
-            tier = TierBadge(held.tier.code, held.tier.name)
-            usable = _usable_now(held, now)
-        balance = await points.balance(self._session, member_id)
-        return MemberAtCounter(
-            member_id=member_id,
-            name=mask_name(member.name),
-            mobile=mobile,
-            tier=tier,
-            entitlements=usable,
-            points_available=max(balance.available, 0),
-            created=created,
-        )
+        if card is None:
+            member = self._members.get(member_id) or await self._session.get(Member, member_id)
+            if member is None:
+                raise NotFound(f"no member {member_id}")
+            balance = await points.balance(self._session, member_id)
+            card = _CardFields(member.name, member.mobile_enc, balance.available, has_ladder=True)
+        return await self._card(member_id, card, created)
 
     async def _card(self, member_id: int, card: Any, created: bool) -> MemberAtCounter:
-        """:meth:`member_card` from a row of :data:`_CARD`: the entitlements are read only under a ladder."""
+        """:meth:`member_card` from a row of :data:`_CARD` or :class:`_CardFields`: entitlements are read only
+        under a ladder (or when it is not known whether there is one)."""
         mobile = None
         if card.mobile_enc:
             mobile = mask_mobile(self._service.vault.decrypt(card.mobile_enc, context=MOBILE_CONTEXT))
@@ -490,7 +468,7 @@ class CounterWork:
                 held = await entitlements.for_member(
                     self._session, TierContext(now, self.tz, self.actor.name), member_id
                 )
-            except NotFound:  # the ladder went meanwhile
+            except NotFound:  # the brand has no tier ladder (the member exists: read above)
                 held = None
             if held is not None:
                 tier = TierBadge(held.tier.code, held.tier.name)
@@ -880,6 +858,16 @@ _BUYER_BY_ID = (
     .where(Member.id == sa.bindparam("member_id"))
     .order_by(sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _CardFields:
+    """What :meth:`CounterWork.member_card` shows a member from, as :data:`_CARD` reads it."""
+
+    name: str | None
+    mobile_enc: str | None
+    available: int | None
+    has_ladder: bool
 
 
 #: A member an identity names (as :func:`tongcrm.members.service.lookup` finds them), with what a cashier sees
