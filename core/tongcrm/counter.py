@@ -31,7 +31,8 @@ work. A context manager rather than one callback per operation, because a counte
 and core operations with the plugin's own decisions in between (claim a receipt key, redeem, apply the sale,
 record the answer); one block reads like that flow, and the core still owns begin, commit, rollback and
 savepoints. Read-only units of work run on the read-only session factory, which on SQLite does not take the
-write lock, so lookups never queue behind checkouts.
+write lock, so lookups never queue behind checkouts; on PostgreSQL they run in autocommit (each statement its
+own snapshot, no ``BEGIN``/``ROLLBACK`` round trips).
 
 Nothing here knows which channel calls it: accounts, orders and idempotency keys are the caller's, and the
 refusals carry stable ``reason`` codes (:class:`CounterRefused`) that a channel maps to its own answers.
@@ -61,7 +62,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
@@ -90,6 +91,7 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import BuyerProfile, IdentityClaim, NormalisedOrder
 from tongcrm.points import service as points
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry
+from tongcrm.tiers.models import TierLadder
 from tongcrm.tiers.service import TierContext
 
 #: Set while a unit of work is open in the current task: a second one inside it would wait for the first.
@@ -366,6 +368,8 @@ class CounterWork:
         self.readonly = readonly
         self.rows = OwnRows(session, tables, readonly=readonly)
         self._members: dict[int, Member] = {}
+        #: in a read-only unit of work, the card rows :meth:`find_member` read (nothing here can change them)
+        self._cards: dict[int, Any] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -405,6 +409,8 @@ class CounterWork:
 
     async def find_member(self, *, mobile: str | None = None, identity: str | None = None) -> int | None:
         """The live member a mobile or a ``kind:value`` identity names, or None."""
+        if self.readonly:
+            return await self._find_card(mobile=mobile, identity=identity)
         try:
             member = await members.lookup(
                 self._session, self._service.vault, self._service.host, mobile=mobile, identity=identity
@@ -416,34 +422,64 @@ class CounterWork:
         self._members[member.id] = member  # the session's identity map holds it only weakly
         return member.id
 
+    async def _find_card(self, *, mobile: str | None, identity: str | None) -> int | None:
+        """:meth:`find_member` in a read-only unit of work: the member, their available points and whether
+        there is a tier ladder in one statement (a till's lookup by mobile is then one round trip without a
+        ladder), kept for :meth:`member_card`. A member found not live goes the long way."""
+        try:
+            kind, values = members.lookup_key(
+                self._service.vault, self._service.host, mobile=mobile, identity=identity
+            )
+        except NotFound:
+            return None
+        except InvalidMobile as exc:
+            raise CounterRefused("invalid_mobile", exc.message, status=422) from None
+        row = (await self._session.execute(_CARD, {"kind": kind, "values": values})).first()
+        if row is None:
+            return None
+        if row.status != "active":
+            found = await members.resolve_live_id(self._session, row.id)
+            return found
+        self._cards[row.id] = row
+        return int(row.id)
+
     async def member_card(self, member_id: int, *, created: bool = False) -> MemberAtCounter:
         """What a cashier may see of a live member."""
-        member = self._members.get(member_id) or await self._session.get(Member, member_id)
-        if member is None:
-            raise NotFound(f"no member {member_id}")
+        card = self._cards.get(member_id)
+        if card is None:
+            member = self._members.get(member_id) or await self._session.get(Member, member_id)
+            if member is None:
+                raise NotFound(f"no member {member_id}")
+            balance = await points.balance(self._session, member_id)
+            card = _CardFields(member.name, member.mobile_enc, balance.available, has_ladder=True)
+        return await self._card(member_id, card, created)
+
+    async def _card(self, member_id: int, card: Any, created: bool) -> MemberAtCounter:
+        """:meth:`member_card` from a row of :data:`_CARD` or :class:`_CardFields`: entitlements are read only
+        under a ladder (or when it is not known whether there is one)."""
         mobile = None
-        if member.mobile_enc:
-            mobile = mask_mobile(self._service.vault.decrypt(member.mobile_enc, context=MOBILE_CONTEXT))
-        now = self.clock()
+        if card.mobile_enc:
+            mobile = mask_mobile(self._service.vault.decrypt(card.mobile_enc, context=MOBILE_CONTEXT))
         tier: TierBadge | None = None
         usable: tuple[UsableEntitlement, ...] = ()
-        try:
-            held = await entitlements.for_member(
-                self._session, TierContext(now, self.tz, self.actor.name), member_id
-            )
-        except NotFound:  # the member exists (read above): the brand has no tier ladder
-            held = None
-        if held is not None:
-            tier = TierBadge(held.tier.code, held.tier.name)
-            usable = _usable_now(held, now)
-        balance = await points.balance(self._session, member_id)
+        if card.has_ladder:
+            now = self.clock()
+            try:
+                held = await entitlements.for_member(
+                    self._session, TierContext(now, self.tz, self.actor.name), member_id
+                )
+            except NotFound:  # the brand has no tier ladder (the member exists: read above)
+                held = None
+            if held is not None:
+                tier = TierBadge(held.tier.code, held.tier.name)
+                usable = _usable_now(held, now)
         return MemberAtCounter(
             member_id=member_id,
-            name=mask_name(member.name),
+            name=mask_name(card.name),
             mobile=mobile,
             tier=tier,
             entitlements=usable,
-            points_available=max(balance.available, 0),
+            points_available=max(int(card.available or 0), 0),
             created=created,
         )
 
@@ -824,6 +860,36 @@ _BUYER_BY_ID = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _CardFields:
+    """What :meth:`CounterWork.member_card` shows a member from, as :data:`_CARD` reads it."""
+
+    name: str | None
+    mobile_enc: str | None
+    available: int | None
+    has_ladder: bool
+
+
+#: A member an identity names (as :func:`tongcrm.members.service.lookup` finds them), with what a cashier sees
+#: of them, their available points and whether a tier ladder exists: a till's lookup in one statement.
+_CARD = (
+    sa.select(
+        Member.id,
+        Member.status,
+        Member.name,
+        Member.mobile_enc,
+        sa.select(PointsBalance.available)
+        .where(PointsBalance.member_id == Member.id)
+        .scalar_subquery()
+        .label("available"),
+        sa.select(TierLadder.version).exists().label("has_ladder"),
+    )
+    .join(Identity, Identity.member_id == Member.id)
+    .where(Identity.kind == sa.bindparam("kind"), Identity.value.in_(sa.bindparam("values", expanding=True)))
+    .limit(1)
+)
+
+
 @functools.cache
 def _order_points_statement(kinds: tuple[str, ...]) -> Any:
     """(order id, member id, Σ points entries of ``kinds`` on the order, the member's available points) of the
@@ -893,7 +959,7 @@ class CounterService:
         account_ttl: float = 10.0,
     ) -> None:
         self._sessions = sessions
-        self._read_sessions = read_sessions
+        self._read_sessions = _reads_alone(read_sessions)
         self.host = host
         self.settings = settings
         self.vault = vault or settings.vault()
@@ -970,6 +1036,20 @@ class CounterService:
             self._accounts.clear()
         self._accounts[(channel, name)] = (now + self._account_ttl, account)
         return account
+
+
+def _reads_alone(read_sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """On PostgreSQL, read-only units of work in autocommit: each statement is its own snapshot, and the
+    ``BEGIN`` and ``ROLLBACK`` around a till's lookup (two of its six round trips) are not sent. What a counter
+    reads is shown to a cashier (a member's card, a receipt's answer), where statements a moment apart do as
+    well as one snapshot; writes are refused in a read-only unit of work anyway. SQLite's readers stay as they
+    are (in-process, and their deferred ``BEGIN`` takes no lock)."""
+    bind = read_sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or bind.dialect.name != "postgresql":
+        return read_sessions
+    return async_sessionmaker(
+        **{**read_sessions.kw, "bind": bind.execution_options(isolation_level="AUTOCOMMIT")}
+    )
 
 
 @asynccontextmanager

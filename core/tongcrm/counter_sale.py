@@ -44,8 +44,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db import txcache
-from tongcrm.db.dialect import dialect_name, insert_for, rows_params
+from tongcrm.db.dialect import dialect_name, insert_for
 from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
 from tongcrm.identity.service import (
@@ -57,19 +56,19 @@ from tongcrm.identity.service import (
     resolve_many,
 )
 from tongcrm.ingest.apply import (
-    _LINE_COLUMNS,
     IngestContext,
-    _is_news,
-    _line_upsert,
-    _order_upsert,
-    next_status,
+    is_news,
+    line_rows,
+    order_facts,
+    order_row,
     quarantine,
+    upsert_lines,
+    upsert_orders,
 )
 from tongcrm.jobs import outbox
 from tongcrm.members.masked import masked_index
 from tongcrm.members.models import ERASED, Member
-from tongcrm.orders.models import Order, OrderLine
-from tongcrm.orders.shipments import encode as encode_shipments
+from tongcrm.orders.models import Order
 from tongcrm.plugin.types import (
     IdentityClaim,
     MemberMatch,
@@ -79,11 +78,9 @@ from tongcrm.plugin.types import (
 )
 from tongcrm.points import service as points
 from tongcrm.points.models import PointsRuleSet
-from tongcrm.points.rules import DEFAULT_DOCUMENT, compile_rules
-from tongcrm.points.service import LineFacts, OrderFacts, PointsContext
+from tongcrm.points.service import PointsContext
 from tongcrm.referrals import service as referrals
 from tongcrm.tiers import service as tiers
-from tongcrm.tiers.ladder import parse_ladder
 from tongcrm.tiers.models import TierLadder
 from tongcrm.tiers.service import TierContext
 
@@ -155,25 +152,16 @@ _SETTINGS = _settings_statement()
 def _settings_cached(session: AsyncSession) -> bool:
     """Whether the transaction holds the active rule set and ladder already (:mod:`tongcrm.db.txcache`), where
     :func:`tongcrm.points.service.active_rules` and :func:`tongcrm.tiers.service.active_ladder` find them."""
-    return txcache.get(session, points._RULES_KEY)[0] and txcache.get(session, tiers._LADDER_KEY)[0]
+    return points.holds_active_rules(session) and tiers.holds_active_ladder(session)
 
 
 def _cache_settings(session: AsyncSession, row: Any) -> None:
-    """Cache what a row of :data:`_SETTINGS` holds, where the transaction holds nothing yet."""
-    if not txcache.get(session, points._RULES_KEY)[0]:
-        rules = (
-            compile_rules(0, DEFAULT_DOCUMENT)
-            if row.rules_version is None
-            else points._compile_cached(row.rules_version, _json(row.rules_document))
-        )
-        txcache.put(session, points._RULES_KEY, rules)
-    if not txcache.get(session, tiers._LADDER_KEY)[0]:
-        ladder = (
-            None
-            if row.ladder_version is None
-            else parse_ladder(_json(row.ladder_definition), version=row.ladder_version)
-        )
-        txcache.put(session, tiers._LADDER_KEY, ladder)
+    """Hand the points and tier services what a row of :data:`_SETTINGS` holds, where the transaction holds
+    nothing yet."""
+    if not points.holds_active_rules(session):
+        points.hold_active_rules(session, row.rules_version, _json(row.rules_document))
+    if not tiers.holds_active_ladder(session):
+        tiers.hold_active_ladder(session, row.ladder_version, _json(row.ladder_definition))
 
 
 _HELD = _STORED.subquery("held")
@@ -337,7 +325,6 @@ async def apply_counter_order(
     """Apply one order as ``apply_orders_page`` would apply a page of it (see the module docstring).
 
     ``member_id`` and ``known``: the buyer whose claim leads ``order.claims``, as read in this unit of work."""
-    dialect = dialect_name(session)
     key = {"account_id": account_id, "external_id": order.external_id}
     held: Any
     if _settings_cached(session):
@@ -348,7 +335,7 @@ async def apply_counter_order(
         if held.modified_at is None:  # no such order (an order always has its modified_at)
             held = None
     stored = None if held is None else (held.modified_at, held.status, held.paid_fen)
-    if not _is_news(order, stored):
+    if not is_news(order, stored):
         return CounterOrder(None, None)
     erased_owner = held.member_id if held is not None and held.member_status == ERASED else None
 
@@ -390,83 +377,19 @@ async def apply_counter_order(
     # the order and its lines, forward only
     now = ctx.clock()
     prior_status = held.status if held is not None else None
-    row = {
-        "account_id": account_id,
-        "external_id": order.external_id,
-        "member_id": buyer,
-        "origin_member_id": buyer,
-        "channel": channel,
-        "status": next_status(prior_status, order.status).value,
-        "platform_status": order.platform_status,
-        "store_code": order.store_code,
-        "total_fen": order.total_fen,
-        "paid_fen": order.paid_fen,
-        "refunded_fen": sum(line.refunded_fen for line in order.lines),
-        "post_fee_fen": order.post_fee_fen,
-        "discount_fen": order.discount_fen,
-        "placed_at": order.created_at,
-        "paid_at": order.paid_at,
-        "shipped_at": order.shipped_at,
-        "completed_at": order.completed_at,
-        "shipments": encode_shipments(order.shipments),
-        "modified_at": order.modified_at,
-        "ingested_at": now,
-        "updated_at": now,
-    }
-    columns = tuple(row)
-    orders_table = cast(sa.Table, Order.__table__)
-    written = (
-        await session.execute(
-            _order_upsert(dialect, columns), rows_params(dialect, orders_table, columns, [row])
-        )
-    ).first()
-    if written is None:  # another transaction stored a newer version first
+    written_rows = await upsert_orders(
+        session, [order_row(account_id, channel, order, buyer, prior_status, now)]
+    )
+    if not written_rows:  # another transaction stored a newer version first
         return CounterOrder(None, None)
+    written = written_rows[0]
     order_id, member, status = int(written.id), written.member_id, written.status
-    line_ids: dict[str, int] = {}
-    if order.lines:
-        line_rows = [
-            {
-                "order_id": order_id,
-                "external_id": line.external_id,
-                "sku": line.sku,
-                "category": line.category,
-                "title": line.title[:300],
-                "quantity": line.quantity,
-                "unit_price_fen": line.unit_price_fen,
-                "amount_fen": line.amount_fen,
-                "refunded_fen": line.refunded_fen,
-                "refund_status": line.refund_status.value,
-            }
-            for line in order.lines
-        ]
-        params = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, line_rows)
-        line_ids = {r.external_id: r.id for r in (await session.execute(_line_upsert(dialect), params)).all()}
+    lines = line_rows(order_id, order)
+    line_ids = await upsert_lines(session, lines) if lines else {}
 
     # points, referral rewards, tiers
     if member is not None:
-        facts = OrderFacts(
-            order_id=order_id,
-            member_id=member,
-            account_id=account_id,
-            channel=channel,
-            store_code=order.store_code,
-            status=status,
-            placed_at=order.created_at,
-            paid_at=order.paid_at,
-            completed_at=order.completed_at,
-            lines=tuple(
-                LineFacts(
-                    line_id=line_ids[line.external_id],
-                    external_id=line.external_id,
-                    sku=line.sku,
-                    category=line.category,
-                    amount_fen=line.amount_fen,
-                    refunded_fen=line.refunded_fen,
-                )
-                for line in order.lines
-            ),
-        )
+        facts = order_facts(written, account_id, channel, order, line_ids)
         fresh = (
             held is None
             and status not in _FULLY_REFUNDED

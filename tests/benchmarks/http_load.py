@@ -22,8 +22,38 @@ from tongcrm.testing.servers import free_port
 HERE = Path(__file__).resolve().parent
 
 
+class Served(str):
+    """The base URL of a served app, with the supervisor's process id (for :func:`cpu_seconds`)."""
+
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process ``pid`` and every live process below it: the serving
+    processes' own work, which — unlike requests per second — hardly moves with other work on a shared machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        below = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
 @contextmanager
-def serve(factory: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+def serve(factory: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator[Served]:
     """Serve ``module:function`` (a module beside this one) from ``workers`` processes; yields the base URL."""
     port = free_port()
     code = (
@@ -33,7 +63,8 @@ def serve(factory: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator
     proc = subprocess.Popen(
         [sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": str(HERE)}, cwd=str(HERE)
     )
-    base = f"http://127.0.0.1:{port}"
+    base = Served(f"http://127.0.0.1:{port}")
+    base.pid = proc.pid
     try:
         deadline = time.monotonic() + 60
         while True:

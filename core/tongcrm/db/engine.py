@@ -5,6 +5,7 @@ Operators write plain URLs (``sqlite:///path``, ``postgresql://…``); the async
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -103,15 +104,49 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
         return _sqlite_events(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
-    return create_async_engine(
+    engine = create_async_engine(
         aurl,
         echo=echo,
         hide_parameters=HIDE_PARAMETERS,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         connect_args=_transaction_pooler_args() if transaction_pooled(url) else {},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+#: A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 5.0
+_LAST_USED = "tongcrm_last_used"
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection before use only when it sat idle for :data:`IDLE_PING_SECONDS`.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout, and asyncpg's ping is three round trips (``BEGIN``,
+    ``;``, ``ROLLBACK``: wrapped in a transaction for transaction-mode poolers), so a till's checkout or lookup
+    paid three round trips of its ~15 for it (issue #22). A connection handed back moments ago is as alive as
+    a ping would show; one that sat idle — over a server restart, a pooler's idle timeout — is pinged, and one
+    that fails the ping is replaced before anyone uses it (the pool retries on ``DisconnectionError``). A
+    connection that dies within the window fails its next statement, and the pool then drops every connection
+    made before it (SQLAlchemy's handling of a disconnect error), as it would with ``pool_pre_ping``."""
+
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_LAST_USED)
+        if last is not None and time.monotonic() - last < IDLE_PING_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    event.listen(engine.sync_engine, "connect", on_checkin)  # a connection made just now is alive
+    event.listen(engine.sync_engine, "checkout", on_checkout)
+    event.listen(engine.sync_engine, "checkin", on_checkin)
 
 
 def _transaction_pooler_args() -> dict[str, Any]:

@@ -233,6 +233,114 @@ def _line_upsert(dialect: str) -> Any:
     ).returning(table.c.id, table.c.order_id, table.c.external_id)
 
 
+def is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:
+    """Whether ``order`` changes what is held (see :func:`_is_news`): for a single-order path."""
+    return _is_news(order, stored)
+
+
+def order_row(
+    account_id: int,
+    channel: str,
+    order: NormalisedOrder,
+    member_id: int | None,
+    prior_status: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The ``orders`` row an order is upserted as, after what is held (``prior_status``): the one builder of
+    the page path and of a till's single-order path (:mod:`tongcrm.counter_sale`)."""
+    return {
+        "account_id": account_id,
+        "external_id": order.external_id,
+        "member_id": member_id,
+        "origin_member_id": member_id,
+        "channel": channel,
+        "status": next_status(prior_status, order.status).value,
+        "platform_status": order.platform_status,
+        "store_code": order.store_code,
+        "total_fen": order.total_fen,
+        "paid_fen": order.paid_fen,
+        "refunded_fen": sum(line.refunded_fen for line in order.lines),
+        "post_fee_fen": order.post_fee_fen,
+        "discount_fen": order.discount_fen,
+        "placed_at": order.created_at,
+        "paid_at": order.paid_at,
+        "shipped_at": order.shipped_at,
+        "completed_at": order.completed_at,
+        "shipments": encode_shipments(order.shipments),
+        "modified_at": order.modified_at,
+        "ingested_at": now,
+        "updated_at": now,
+    }
+
+
+def line_rows(order_id: int, order: NormalisedOrder) -> list[dict[str, Any]]:
+    """The ``order_lines`` rows of a stored order (columns :data:`_LINE_COLUMNS`)."""
+    return [
+        {
+            "order_id": order_id,
+            "external_id": line.external_id,
+            "sku": line.sku,
+            "category": line.category,
+            "title": line.title[:300],
+            "quantity": line.quantity,
+            "unit_price_fen": line.unit_price_fen,
+            "amount_fen": line.amount_fen,
+            "refunded_fen": line.refunded_fen,
+            "refund_status": line.refund_status.value,
+        }
+        for line in order.lines
+    ]
+
+
+def order_facts(
+    written: Any, account_id: int, channel: str, order: NormalisedOrder, line_ids: dict[tuple[int, str], int]
+) -> OrderFacts:
+    """What the points service needs of an order just upserted (``written``: its row as the upsert returned
+    it, with a member), its lines' ids keyed by (order id, line external id)."""
+    return OrderFacts(
+        order_id=written.id,
+        member_id=written.member_id,
+        account_id=account_id,
+        channel=channel,
+        store_code=order.store_code,
+        status=written.status,
+        placed_at=order.created_at,
+        paid_at=order.paid_at,
+        completed_at=order.completed_at,
+        lines=tuple(
+            LineFacts(
+                line_id=line_ids[(written.id, line.external_id)],
+                external_id=line.external_id,
+                sku=line.sku,
+                category=line.category,
+                amount_fen=line.amount_fen,
+                refunded_fen=line.refunded_fen,
+            )
+            for line in order.lines
+        ),
+    )
+
+
+async def upsert_orders(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """Upsert ``rows`` (of :func:`order_row`) forward only; the rows written (id, external_id, member_id,
+    status): an order held in a newer version is not among them."""
+    dialect = dialect_name(session)
+    columns = tuple(rows[0])
+    stmt = _order_upsert(dialect, columns)
+    params = rows_params(dialect, cast(sa.Table, Order.__table__), columns, rows)
+    return list((await session.execute(stmt, params)).all())
+
+
+async def upsert_lines(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, str], int]:
+    """Upsert ``rows`` (of :func:`line_rows`); their ids by (order id, line external id)."""
+    dialect = dialect_name(session)
+    params = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, rows)
+    return {
+        (r.order_id, r.external_id): r.id
+        for r in (await session.execute(_line_upsert(dialect), params)).all()
+    }
+
+
 async def apply_orders_page(
     session: AsyncSession,
     ctx: IngestContext,
@@ -311,37 +419,8 @@ async def apply_orders_page(
     for o in todo:
         prior = stored.get(o.external_id)
         previous[o.external_id] = prior[1] if prior else None
-        member_id = member_of[o.external_id]
-        rows.append(
-            {
-                "account_id": account_id,
-                "external_id": o.external_id,
-                "member_id": member_id,
-                "origin_member_id": member_id,
-                "channel": channel,
-                "status": next_status(prior[1] if prior else None, o.status).value,
-                "platform_status": o.platform_status,
-                "store_code": o.store_code,
-                "total_fen": o.total_fen,
-                "paid_fen": o.paid_fen,
-                "refunded_fen": sum(line.refunded_fen for line in o.lines),
-                "post_fee_fen": o.post_fee_fen,
-                "discount_fen": o.discount_fen,
-                "placed_at": o.created_at,
-                "paid_at": o.paid_at,
-                "shipped_at": o.shipped_at,
-                "completed_at": o.completed_at,
-                "shipments": encode_shipments(o.shipments),
-                "modified_at": o.modified_at,
-                "ingested_at": now,
-                "updated_at": now,
-            }
-        )
-    dialect = dialect_name(session)
-    columns = tuple(rows[0])
-    stmt = _order_upsert(dialect, columns)
-    params = rows_params(dialect, cast(sa.Table, Order.__table__), columns, rows)
-    written = {row.external_id: row for row in (await session.execute(stmt, params)).all()}
+        rows.append(order_row(account_id, channel, o, member_of[o.external_id], previous[o.external_id], now))
+    written = {row.external_id: row for row in await upsert_orders(session, rows)}
     result.unchanged += len(todo) - len(written)
     result.applied = len(written)
     if not written:
@@ -350,29 +429,8 @@ async def apply_orders_page(
 
     # 4. their lines
     by_external = {o.external_id: o for o in todo}
-    line_rows = [
-        {
-            "order_id": written[ext].id,
-            "external_id": line.external_id,
-            "sku": line.sku,
-            "category": line.category,
-            "title": line.title[:300],
-            "quantity": line.quantity,
-            "unit_price_fen": line.unit_price_fen,
-            "amount_fen": line.amount_fen,
-            "refunded_fen": line.refunded_fen,
-            "refund_status": line.refund_status.value,
-        }
-        for ext in written
-        for line in by_external[ext].lines
-    ]
-    line_ids: dict[tuple[int, str], int] = {}
-    if line_rows:
-        lparams = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, line_rows)
-        line_ids = {
-            (r.order_id, r.external_id): r.id
-            for r in (await session.execute(_line_upsert(dialect), lparams)).all()
-        }
+    lines = [line for ext in written for line in line_rows(written[ext].id, by_external[ext])]
+    line_ids = await upsert_lines(session, lines) if lines else {}
 
     # 5. points for every order that has a member
     facts = []
@@ -381,30 +439,7 @@ async def apply_orders_page(
             continue
         o = by_external[ext]
         result.member_ids.add(row.member_id)
-        facts.append(
-            OrderFacts(
-                order_id=row.id,
-                member_id=row.member_id,
-                account_id=account_id,
-                channel=channel,
-                store_code=o.store_code,
-                status=row.status,
-                placed_at=o.created_at,
-                paid_at=o.paid_at,
-                completed_at=o.completed_at,
-                lines=tuple(
-                    LineFacts(
-                        line_id=line_ids[(row.id, line.external_id)],
-                        external_id=line.external_id,
-                        sku=line.sku,
-                        category=line.category,
-                        amount_fen=line.amount_fen,
-                        refunded_fen=line.refunded_fen,
-                    )
-                    for line in o.lines
-                ),
-            )
-        )
+        facts.append(order_facts(row, account_id, channel, o, line_ids))
     if facts:
         if earn_points:  # imported history earns nothing, and fires no referral reward either
             points_ctx = PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)

@@ -745,6 +745,14 @@ async def lookup_summary_stamped(
     ), generation
 
 
+def lookup_key(
+    vault: Vault, host: PluginHost, *, mobile: str | None = None, identity: str | None = None
+) -> tuple[str, list[str]]:
+    """The identity kind and the stored values :func:`lookup` looks for (400, 404 or ``InvalidMobile`` as it
+    answers), for a caller that reads the member with other rows in one statement (a till's lookup)."""
+    return _lookup_key(vault, host, mobile=mobile, identity=identity)
+
+
 def _lookup_key(
     vault: Vault, host: PluginHost, *, mobile: str | None, identity: str | None
 ) -> tuple[str, list[str]]:

@@ -916,6 +916,23 @@ def _compile_cached(version: int, document: dict[str, Any]) -> RuleSet:
 _RULES_KEY = "tongcrm.points.active_rules"
 
 
+def holds_active_rules(session: AsyncSession) -> bool:
+    """Whether the transaction holds the active rule set already (read by :func:`active_rules` or handed in by
+    :func:`hold_active_rules`)."""
+    return txcache.get(session, _RULES_KEY)[0]
+
+
+def hold_active_rules(session: AsyncSession, version: int | None, document: dict[str, Any] | None) -> None:
+    """Hand the transaction the active rule set read by a caller with other rows in one statement (a till's
+    checkout), so :func:`active_rules` needs no read of its own; ``version`` None: no rule set was activated."""
+    rules = (
+        compile_rules(0, DEFAULT_DOCUMENT)
+        if version is None or document is None
+        else _compile_cached(version, document)
+    )
+    txcache.put(session, _RULES_KEY, rules)
+
+
 async def active_rules(session: AsyncSession) -> RuleSet:
     """The active rule set, read once per transaction; version 0 (the built-in default) while none was ever
     activated."""

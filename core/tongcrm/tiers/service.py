@@ -99,6 +99,18 @@ class TierChange:
 _LADDER_KEY = "tongcrm.tiers.active_ladder"
 
 
+def holds_active_ladder(session: AsyncSession) -> bool:
+    """Whether the transaction holds the ladder in force already (see :func:`hold_active_ladder`)."""
+    return txcache.get(session, _LADDER_KEY)[0]
+
+
+def hold_active_ladder(session: AsyncSession, version: int | None, definition: Any) -> None:
+    """Hand the transaction the newest ladder read by a caller with other rows in one statement (a till's
+    checkout), so :func:`active_ladder` needs no read of its own; ``version`` None: there is no ladder."""
+    ladder = None if version is None else parse_ladder(definition, version=version)
+    txcache.put(session, _LADDER_KEY, ladder)
+
+
 async def active_ladder(session: AsyncSession) -> Ladder | None:
     """The ladder in force, read once per transaction: one receipt asked for it in earning and in tier
     re-evaluation, each a query and a parse."""
