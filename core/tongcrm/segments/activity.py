@@ -34,7 +34,7 @@ from tongcrm.db.dialect import dialect_name
 from tongcrm.identity.models import Merge
 from tongcrm.orders.models import Order
 from tongcrm.segments.compiler import counted_order, net_spend
-from tongcrm.segments.models import ActivityState, MemberActivity
+from tongcrm.segments.models import ActivityState, MemberActivity, MemberChannelActivity
 from tongcrm.tiers.models import MemberTier
 
 #: How far before the newest change seen a refresh looks again (late commits with earlier stamps).
@@ -46,6 +46,8 @@ _LOCK_KEY = 0x7465_6719
 
 activity = cast(sa.Table, MemberActivity.__table__)
 _COLUMNS = [c.name for c in activity.columns]
+per_channel = cast(sa.Table, MemberChannelActivity.__table__)
+_CHANNEL_COLUMNS = [c.name for c in per_channel.columns]
 
 
 def rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
@@ -132,8 +134,57 @@ def rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
     )
 
 
-def _write(members: Sequence[int] | None) -> sa.Insert:
-    return sa.insert(activity).from_select(_COLUMNS, rows_of(members))
+def channel_rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
+    """The per-channel summary rows of ``members`` (every member with a counted order when None): one per
+    member and channel with a counted order, in the column order of ``member_channel_activity``."""
+    only = [] if members is None else [Order.member_id.in_(members)]
+    counted = [Order.member_id.is_not(None), counted_order(), *only]
+    ranked = (
+        sa.select(
+            Order.member_id,
+            Order.channel,
+            Order.placed_at,
+            sa.func.row_number()
+            .over(partition_by=(Order.member_id, Order.channel), order_by=Order.placed_at.desc())
+            .label("rn"),
+        )
+        .where(*counted)
+        .subquery("ranked")
+    )
+    second = (
+        sa.select(ranked.c.member_id, ranked.c.channel, ranked.c.placed_at.label("last2_at"))
+        .where(ranked.c.rn == 2)
+        .subquery("s")
+    )
+    groups = (
+        sa.select(
+            Order.member_id.label("member_id"),
+            Order.channel.label("channel"),
+            sa.func.count().label("orders"),
+            net_spend().label("spend"),
+            sa.func.max(Order.placed_at).label("last_at"),
+        )
+        .where(*counted)
+        .group_by(Order.member_id, Order.channel)
+        .subquery("g")
+    )
+    return sa.select(
+        groups.c.member_id,
+        groups.c.channel,
+        groups.c.orders,
+        groups.c.spend,
+        groups.c.last_at,
+        second.c.last2_at,
+    ).select_from(
+        groups.outerjoin(
+            second, sa.and_(second.c.member_id == groups.c.member_id, second.c.channel == groups.c.channel)
+        )
+    )
+
+
+async def _write(session: AsyncSession, members: Sequence[int] | None) -> None:
+    await session.execute(sa.insert(activity).from_select(_COLUMNS, rows_of(members)))
+    await session.execute(sa.insert(per_channel).from_select(_CHANNEL_COLUMNS, channel_rows_of(members)))
 
 
 async def _marks(session: AsyncSession) -> dict[str, Any]:
@@ -226,7 +277,8 @@ async def refresh(session: AsyncSession, *, progress: Callable[[int, int], None]
     state = await _state(session)
     if state is None:
         await session.execute(sa.delete(activity))
-        await session.execute(_write(None))
+        await session.execute(sa.delete(per_channel))
+        await _write(session, None)
         session.add(ActivityState(id=1, refreshed_at=started, **marks))
         await session.flush()
         return True
@@ -248,7 +300,8 @@ async def recompute(
     for i in range(0, len(members), BATCH):
         chunk = list(members[i : i + BATCH])
         await session.execute(sa.delete(activity).where(activity.c.member_id.in_(chunk)))
-        await session.execute(_write(chunk))
+        await session.execute(sa.delete(per_channel).where(per_channel.c.member_id.in_(chunk)))
+        await _write(session, chunk)
         if progress:
             progress(min(i + BATCH, len(members)), len(members))
 
@@ -262,10 +315,14 @@ async def rebuild(session: AsyncSession) -> None:
 async def differences(session: AsyncSession, *, limit: int = 20) -> list[int]:
     """Members whose stored summary row differs from a recomputation from the sources (missing, extra or
     different), at most ``limit`` of them: empty when the summary is exact."""
-    stored = sa.select(*(activity.c[name] for name in _COLUMNS))
-    derived = rows_of(None)
-    one_way = sa.except_(stored, derived).subquery()
-    other_way = sa.except_(derived, stored).subquery()
-    ids = sa.union(sa.select(one_way.c[0]), sa.select(other_way.c[0])).subquery()
+    pairs: list[tuple[sa.Select[Any], sa.Select[Any]]] = [
+        (sa.select(*(activity.c[name] for name in _COLUMNS)), rows_of(None)),
+        (sa.select(*(per_channel.c[name] for name in _CHANNEL_COLUMNS)), channel_rows_of(None)),
+    ]
+    differing = []
+    for stored, derived in pairs:
+        differing.append(sa.select(sa.except_(stored, derived).subquery().c[0]))
+        differing.append(sa.select(sa.except_(derived, stored).subquery().c[0]))
+    ids = sa.union(*differing).subquery()
     found = await session.execute(sa.select(ids.c[0]).order_by(ids.c[0]).limit(limit))
     return [int(i) for i in found.scalars()]
