@@ -231,6 +231,8 @@ class Compiler:
         self.problems: list[Problem] = []
         self.nodes = 0
         self._stack: list[str] = []
+        #: What :mod:`tongcrm.segments.summary` made of each node (by id: the parsed tree outlives the compile).
+        self.memo: dict[tuple[str, int], Any] = {}
 
     def compile(self, tree: Node, *, name: str | None = None) -> Condition:
         """The condition for ``tree``; ``name``: the saved segment this tree is (so a reference to it is a cycle)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -29,6 +29,7 @@ from tongcrm.segments.schema import Leaf, Node, Not
 if TYPE_CHECKING:
     from tongcrm.segments.compiler import Compiler, Condition
 
+_T = TypeVar("_T")
 activity = sa.inspect(MemberActivity).local_table
 per_channel = sa.inspect(MemberChannelActivity).local_table
 
@@ -132,7 +133,25 @@ def _no_order(c: Compiler, node: Node) -> Covered | None:
     return None if held is None else Covered(held[0] == 0, True)
 
 
+def _once(c: Compiler, what: str, node: Node, make: Callable[[Compiler, Node], _T]) -> _T:
+    """``make(c, node)``, computed once per node of a compile. Keyed by id, with the node kept beside the value
+    so that an id reused by a later node (a used segment's tree is freed after it is inlined) is not a hit."""
+    hit = c.memo.get((what, id(node)))
+    if hit is not None and hit[0] is node:
+        found: _T = hit[1]
+        return found
+    made = make(c, node)
+    c.memo[(what, id(node))] = (node, made)
+    return made
+
+
 def covered(c: Compiler, node: Node) -> Covered | None:
+    """The node as a test of the summary row, or None when the summary does not hold what it needs (once per
+    node of a compile: the compiler asks again at each level)."""
+    return _once(c, "covered", node, _covered)
+
+
+def _covered(c: Compiler, node: Node) -> Covered | None:
     if isinstance(node, Not) and (none := _no_order(c, node.child)) is not None:
         return none
     if isinstance(node, Not):
@@ -163,6 +182,10 @@ def _lower_bound(op: str, value: Any) -> int:
 
 
 def narrowed(c: Compiler, node: Node) -> Condition | None:
+    return _once(c, "narrowed", node, _narrowed)
+
+
+def _narrowed(c: Compiler, node: Node) -> Condition | None:
     """A windowed or per-channel/per-store ``orders.count`` or ``orders.spend`` that needs at least one order,
     as a test on the summary row: necessary conditions the summary answers (lifetime orders or spend at least
     the bound, in a store when the scope is one, latest order — or second-latest, for two or more orders — inside
