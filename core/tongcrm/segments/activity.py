@@ -2,21 +2,23 @@
 building sets over the order, tier and consent tables (issue #19: a four-condition count at a million members).
 
 It is a **derived cache**, never written by the writers of orders, tiers or consent: every row is recomputed
-from those tables by one statement (:func:`rows_of`), so the summary cannot hold anything the sources do not
-say. What keeps it exact is knowing when it is behind:
+from those tables by one statement (:func:`rows_of`; the per-channel rows of ``member_channel_activity`` by
+:func:`channel_rows_of`, kept together with them), so the summary cannot hold anything the sources do not say. What keeps it exact is knowing when it is behind:
 
 - :func:`refresh` recomputes the rows of the members whose sources changed since the last refresh (orders by
   ``updated_at``, tier rows by ``updated_at``, consent statements by id and ``recorded_at``, merges by id and
   their undos by count) — looking back :data:`MARGIN` further, as the RFM incremental run does, so a transaction that
   committed late with an earlier stamp is still picked up — and records the newest change it saw per source;
-- :func:`is_current` says whether any source has a change newer than that (four index probes). The segment
+- :func:`is_current` says whether any source has a change newer than that (one statement). The segment
   compiler uses the summary only when it is current; otherwise it reads the orders, exactly as before.
 
-Nothing stored moves with the clock (lifetime counts, not rolling windows; an override's end rather than the
-effective tier), so there is no daily roll: windowed conditions are answered from the orders, for the few
-members the summary's other conditions leave (see :mod:`tongcrm.segments.compiler`).
+Nothing stored moves with the clock (lifetime counts and the times of the latest two orders, not rolling
+windows; an override's end rather than the effective tier), so there is no daily roll: "one (two) orders on a
+channel within N days" compares the channel's latest (second-latest) order with the moment counted at, and other
+windowed conditions are answered from the orders, for the few members the summary's other conditions leave (see
+:mod:`tongcrm.segments.summary`).
 
-``tongcrm verify`` compares the stored rows with a full recomputation (:func:`differences`).
+``tongcrm verify`` compares the stored rows of both tables with a full recomputation (:func:`differences`).
 """
 
 from __future__ import annotations
