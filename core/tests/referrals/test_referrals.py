@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from tongcrm.audit.models import AuditEntry
 from tongcrm.audit.service import Actor
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import ChannelAccount
@@ -24,6 +25,7 @@ from tongcrm.members.models import Member
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import OrderStatus
 from tongcrm.points import service as points
+from tongcrm.points.models import PointsEntry
 from tongcrm.referrals import service
 from tongcrm.referrals.models import ReferralReward
 from tongcrm.testing.database import TestDatabase
@@ -241,3 +243,107 @@ async def test_http_codes_referrer_and_referrals(make_client: Any) -> None:
         )  # fmt: skip
         assert [m["id"] for m in found.json()["sample"]] == [ids[0]]
         assert (await api.post("/api/members/999999/referral-code")).status_code == 404
+
+
+async def test_unbinding_a_wrong_referrer_takes_the_reward_back_through_the_ledger(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    """The operator recorded the wrong referrer and the reward already fired: the unbinding takes the points back
+    with an adjustment under its own key (no ledger row deleted), leaves the reward row as history, and the right
+    referrer can then be recorded — without a second reward for the same friend."""
+    wrong, friend = await _referrer_and_friend(tongcrm_db, ctx, account)
+    await apply(tongcrm_db, ctx, account, order("f1", "friend", OrderStatus.COMPLETED, 2))
+    assert await available(tongcrm_db, wrong) == 600
+    pctx = points.PointsContext(clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai"), actor="test")
+    async with tongcrm_db.sessions() as s, s.begin():
+        with pytest.raises(Unprocessable):
+            await service.unbind_referrer(s, pctx, friend, reason="  ")
+        done = await service.unbind_referrer(s, pctx, friend, reason="wrong code typed")
+    assert done == service.Unbound(friend, wrong, "unbound", 500)
+    assert await available(tongcrm_db, wrong) == 100
+    got = await reward(tongcrm_db, friend)
+    assert got is not None and (got.status, got.reversed_points, got.referrer_member_id) == (
+        "unbound",
+        500,
+        wrong,
+    )
+    async with tongcrm_db.sessions() as s:
+        keys = (
+            await s.execute(
+                sa.select(PointsEntry.idempotency_key, PointsEntry.amount)
+                .where(PointsEntry.member_id == wrong)
+                .order_by(PointsEntry.id)
+            )
+        ).all()
+        assert [tuple(k) for k in keys][-2:] == [
+            (f"event:referral:{friend}:refer-a-friend", 500),
+            (f"adjust:referral-unbind:{friend}", -500),
+        ]
+        assert (await s.get(Member, friend)).referrer_id is None  # type: ignore[union-attr]
+        assert (await service.referred_by(s, wrong))[0] == 0
+    async with tongcrm_db.sessions() as s, s.begin():
+        with pytest.raises(Conflict):  # nothing left to unbind
+            await service.unbind_referrer(s, pctx, friend, reason="again")
+        right = Member()
+        s.add(right)
+        await s.flush()
+        right_id = right.id
+        assert await service.set_referrer(s, friend, await service.code_for(s, right_id)) == right_id
+    # the friend buys again and the old order is refunded: no second reward, no second take-back
+    await apply(tongcrm_db, ctx, account, order("f2", "friend", OrderStatus.COMPLETED, 5))
+    await apply(
+        tongcrm_db, ctx, account, order("f1", "friend", OrderStatus.REFUNDED, 6, refunded={"l1": 10_000})
+    )
+    assert await available(tongcrm_db, right_id) == 0
+    assert await available(tongcrm_db, wrong) == 100
+    got = await reward(tongcrm_db, friend)
+    assert got is not None and got.status == "unbound"
+
+
+async def test_unbinding_before_any_reward_and_after_a_refund_takes_nothing(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    pctx = points.PointsContext(clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai"), actor="test")
+    referrer, friend = await _referrer_and_friend(tongcrm_db, ctx, account)
+    async with tongcrm_db.sessions() as s, s.begin():
+        assert await service.unbind_referrer(s, pctx, friend, reason="typo") == service.Unbound(
+            friend, referrer, None, 0
+        )
+        await service.set_referrer(s, friend, await service.code_for(s, referrer))
+    await apply(tongcrm_db, ctx, account, order("f1", "friend", OrderStatus.COMPLETED, 2))
+    await apply(
+        tongcrm_db, ctx, account, order("f1", "friend", OrderStatus.REFUNDED, 3, refunded={"l1": 10_000})
+    )
+    async with tongcrm_db.sessions() as s, s.begin():
+        done = await service.unbind_referrer(s, pctx, friend, reason="typo")
+    assert done == service.Unbound(friend, referrer, "reversed", 0)  # the refund already took it back
+    assert await available(tongcrm_db, referrer) == 100
+
+
+async def test_http_unbind_referrer_is_audited(make_client: Any) -> None:
+    async with make_client(role="admin") as api:
+        async with api.db.sessions() as s, s.begin():
+            a, b = Member(), Member()
+            s.add_all([a, b])
+            await s.flush()
+            ids = a.id, b.id
+        code = (await api.post(f"/api/members/{ids[0]}/referral-code")).json()["code"]
+        assert (await api.put(f"/api/members/{ids[1]}/referrer", json={"code": code})).status_code == 200
+        assert (
+            await api.delete(f"/api/members/{ids[1]}/referrer")
+        ).status_code == 400  # a reason is required
+        done = await api.delete(f"/api/members/{ids[1]}/referrer", params={"reason": "wrong friend"})
+        assert done.status_code == 200, done.text
+        assert done.json() == {
+            "member_id": ids[1], "referrer_id": ids[0], "reward_status": None, "points_taken": 0
+        }  # fmt: skip
+        again = await api.delete(f"/api/members/{ids[1]}/referrer", params={"reason": "wrong friend"})
+        assert again.status_code == 409
+        assert (await api.get(f"/api/members/{ids[0]}/referrals")).json()["count"] == 0
+        async with api.db.sessions() as s:
+            entry = (
+                await s.execute(sa.select(AuditEntry).where(AuditEntry.action == "member.referrer_unbound"))
+            ).scalar_one()
+        assert entry.object_id == str(ids[1]) and entry.before == {"referrer_id": ids[0]}
+        assert entry.after is not None and entry.after["reason"] == "wrong friend"
+        assert (await api.delete("/api/members/999999/referrer", params={"reason": "x"})).status_code == 404

@@ -590,3 +590,54 @@ async def test_tier_overrides_by_hand(tongcrm_db: TestDatabase) -> None:
             prepared = service.prepare(context, {"version": 1, "condition": tree})
             want = [i for i, row in zip(ids, rows, strict=True) if row[3] in held]
             assert await service.member_ids(s, prepared, after_id=None, limit=10) == want, tree
+
+
+async def test_channel_windows_from_the_per_channel_summary_across_the_shanghai_midnight(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """ "N orders on a channel in the last D days" read from ``member_channel_activity`` (latest and
+    second-latest counted order per channel) equals the orders themselves at every moment: the summary is built
+    once and the clock then moves hour by hour across the Asia/Shanghai midnight (16:00 UTC), as orders leave the
+    window, without a refresh."""
+
+    def buyer(*placed: tuple[str, int], status: str = "paid") -> MMember:
+        m = MMember(None, None, None, 400, set(), None, None, [], set(), "gold", None, [])
+        m.orders = [MOrder(ch, None, status, 1_000, 0, days, True, []) for ch, days in placed]
+        return m
+
+    world = [
+        buyer(("taobao", 89), ("taobao", 89)),  # both leave a 90-day window a day later
+        buyer(("taobao", 10), ("taobao", 89), ("jd", 5)),
+        buyer(("taobao", 10), ("jd", 3), ("jd", 89)),
+        buyer(("taobao", 29), ("taobao", 29), ("taobao", 1)),
+        buyer(("taobao", 2), ("taobao", 2), status="refunded"),  # refunded in full: never counted
+        buyer(("taobao", 2), ("offline_pos", 200)),
+    ]
+    world[-1].orders[1].store = "SH001"
+    await _store(tongcrm_db, world)
+    await _summarise(tongcrm_db)
+    trees = [
+        {"all": [{"field": "tier.code", "op": "eq", "value": "gold"},
+                 {"field": "orders.count", "op": op, "value": n, "window_days": days, "channel": ch}]}
+        for op, n in (("gte", 1), ("gte", 2), ("gt", 1), ("gte", 3), ("eq", 1))
+        for days in (1, 30, 90)
+        for ch in ("taobao", "jd")
+    ] + [
+        {"all": [{"field": "tier.code", "op": "eq", "value": "gold"},
+                 {"field": "orders.count", "op": "gte", "value": 2, "window_days": 90, "channel": "taobao"},
+                 {"not": {"field": "orders.count", "op": "gte", "value": 1, "store": "*"}},
+                 {"field": "orders.spend", "op": "gte", "value": 1_500, "channel": "jd"}]},
+    ]  # fmt: skip
+    seen: set[tuple[int, ...]] = set()
+    async with tongcrm_db.sessions() as s:
+        for hours in range(0, 49, 3):  # 06:00 UTC (14:00 in Shanghai) to two days later
+            now = NOW + timedelta(hours=hours)
+            for tree in trees:
+                document = {"version": 1, "condition": tree}
+                found = []
+                for context in (replace(CONTEXT, now=now), replace(SUMMARY, now=now)):
+                    prepared = service.prepare(context, document)
+                    found.append(await service.member_ids(s, prepared, after_id=None, limit=100))
+                assert found[0] == found[1], (hours, tree)
+                seen.add(tuple(found[0]))
+    assert len(seen) > 4  # the windows did move members in and out

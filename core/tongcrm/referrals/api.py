@@ -1,15 +1,15 @@
-"""Referral HTTP API: a member's referral code, recording a referrer from a code (once), and whom a member
-referred with the state of each reward."""
+"""Referral HTTP API: a member's referral code, recording a referrer from a code (once), unbinding a referrer
+recorded by mistake, and whom a member referred with the state of each reward."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, get, post, put
+from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, QueryParameter
+from litestar.params import JSONBody, Parameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.api.inputs import PathId
@@ -17,6 +17,8 @@ from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
+from tongcrm.config import Settings
+from tongcrm.points.service import PointsContext
 from tongcrm.referrals import service
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -36,10 +38,21 @@ class ReferrerOut(msgspec.Struct):
     referrer_id: int
 
 
+class UnboundOut(msgspec.Struct):
+    member_id: int
+    #: The referrer removed.
+    referrer_id: int
+    #: The member's referral reward after the unbinding: unbound (it had been awarded), reversed (its order had
+    #: been refunded), None (none had fired).
+    reward_status: str | None
+    #: Points taken back from the member credited (never below a zero balance).
+    points_taken: int
+
+
 class ReferredOut(msgspec.Struct):
     member_id: int
     joined_at: datetime
-    #: awarded | reversed | None (no qualifying order yet)
+    #: awarded | reversed | unbound | None (no qualifying order yet)
     reward_status: str | None
     reward_points: int
     rewarded_at: datetime | None
@@ -84,6 +97,39 @@ class ReferralController(Controller):
                 after={"referrer_id": referrer},
             )
         return ReferrerOut(member_id, referrer)
+
+    @delete(
+        "/referrer",
+        opt=requires(*WRITE_ROLES),
+        status_code=200,
+        summary="Unbind a referrer recorded by mistake; an awarded reward is taken back (audited)",
+    )
+    async def unbind(
+        self,
+        member_id: PathId,
+        sessions: NamedDependency[Sessions],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+        reason: Annotated[str, Parameter(min_length=1, max_length=500)],
+    ) -> UnboundOut:
+        ctx = PointsContext(
+            clock=lambda: datetime.now(UTC), tz=settings.tz, actor=f"apikey:{principal.key_id}"
+        )
+        async with sessions() as session, session.begin():
+            done = await service.unbind_referrer(session, ctx, member_id, reason=reason)
+            audit.record(
+                session,
+                Actor.of(principal),
+                "member.referrer_unbound",
+                "member",
+                member_id,
+                before={"referrer_id": done.referrer_id},
+                after={
+                    "referrer_id": None, "reason": reason, "reward_status": done.reward_status,
+                    "points_taken": done.points_taken,
+                },
+            )  # fmt: skip
+        return UnboundOut(done.member_id, done.referrer_id, done.reward_status, done.points_taken)
 
     @get("/referrals", opt=requires(*READ_ROLES), summary="Whom the member referred, and the rewards")
     async def referrals(

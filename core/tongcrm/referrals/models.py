@@ -35,9 +35,9 @@ class ReferralReward(Base):
     #: Indexed: every ingest page and till receipt asks whether an awarded reward hangs on its orders.
     order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
     points: Mapped[int] = mapped_column(sa.Integer)
-    #: awarded | reversed
+    #: awarded | reversed (its order refunded in full) | unbound (the referrer was removed as a mistake)
     status: Mapped[str] = mapped_column(sa.String(16), default="awarded")
     awarded_at: Mapped[datetime] = mapped_column(UTCDateTime())
     reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    #: Points the reversal took back (never below a zero balance, like an adjustment).
+    #: Points the reversal or unbinding took back (never below a zero balance, like an adjustment).
     reversed_points: Mapped[int] = mapped_column(sa.Integer, default=0)

@@ -10,6 +10,9 @@ arrives: the referrer (or the member it has since been merged into) earns the ru
 idempotency key ``event:referral:{referred member id}:{rule}`` so a replayed order never pays twice. When that
 order is later refunded in full the reward is reversed: the points are taken back as an adjustment, as far as the
 referrer's available balance allows (never below zero). A reversed referral does not fire again on a later order.
+
+An operator who recorded the wrong referrer unbinds it (:func:`unbind_referrer`): the one correction of the
+set-once rule, audited with a reason; an awarded reward is then taken back through the ledger the same way.
 """
 
 from __future__ import annotations
@@ -142,18 +145,26 @@ async def _reverse_refunded(session: AsyncSession, ctx: PointsContext, order_ids
     for reward, status, paid_fen, refunded_fen in rewards:
         if not _refunded_in_full(status, paid_fen, refunded_fen):
             continue
-        taken = 0
-        holder = await resolve_live_id(session, reward.referrer_member_id)
-        if reward.points > 0 and holder is not None:
-            available = (await points.balance(session, holder)).available
-            taken = min(reward.points, max(available, 0))
-            if taken > 0:
-                await points.adjust(
-                    session, ctx, holder, -taken,
-                    key=f"referral-reversal:{reward.referred_member_id}",
-                    reason=f"referral of member {reward.referred_member_id} reversed: order {reward.order_id} refunded",
-                )  # fmt: skip
-        reward.status, reward.reversed_at, reward.reversed_points = "reversed", ctx.clock(), taken
+        await _take_back(
+            session, ctx, reward, "reversed",
+            key=f"referral-reversal:{reward.referred_member_id}",
+            reason=f"referral of member {reward.referred_member_id} reversed: order {reward.order_id} refunded",
+        )  # fmt: skip
+
+
+async def _take_back(
+    session: AsyncSession, ctx: PointsContext, reward: ReferralReward, status: str, *, key: str, reason: str
+) -> None:
+    """Take an awarded reward's points back from the member credited (or the one it was merged into) as a
+    ledger adjustment under ``key``, as far as the available balance allows, and mark the reward ``status``."""
+    taken = 0
+    holder = await resolve_live_id(session, reward.referrer_member_id)
+    if reward.points > 0 and holder is not None:
+        available = (await points.balance(session, holder)).available
+        taken = min(reward.points, max(available, 0))
+        if taken > 0:
+            await points.adjust(session, ctx, holder, -taken, key=key, reason=reason)
+    reward.status, reward.reversed_at, reward.reversed_points = status, ctx.clock(), taken
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -225,6 +236,61 @@ async def set_referrer(session: AsyncSession, member_id: int, code: str) -> int:
         .execution_options(synchronize_session=False)
     )  # fmt: skip
     return referrer
+
+
+@dataclass(frozen=True, slots=True)
+class Unbound:
+    """What unbinding a referrer did: the referrer removed, the state the member's reward was left in
+    (None: no reward had fired) and the points taken back from the member credited."""
+
+    member_id: int
+    referrer_id: int
+    reward_status: str | None
+    points_taken: int
+
+
+async def unbind_referrer(
+    session: AsyncSession, ctx: PointsContext, member_id: int, *, reason: str
+) -> Unbound:
+    """Remove a referrer recorded by mistake (an operator's correction; the caller audits it).
+
+    The referrer field is then blank, so the right referrer can be recorded once more (code or PATCH). A reward
+    already awarded for this member is taken back through the ledger (key ``referral-unbind:{member}``, as far
+    as the credited member's available balance allows, like a refund's reversal) and marked ``unbound``; the
+    reward row stays as history, and as a referred member's reward fires at most once (its ledger key is the
+    referred member's), a referrer recorded afterwards is not rewarded automatically."""
+    if not reason.strip():
+        raise Unprocessable("unbinding a referrer needs a reason", extra={"pointer": "/reason"})
+    member = await session.get(Member, member_id, with_for_update=True)
+    if member is None:
+        raise NotFound(f"member {member_id} does not exist")
+    if member.status != "active":
+        raise Conflict(
+            f"member {member_id} was merged into member {member.merged_into_id}",
+            extra={"merged_into_id": member.merged_into_id},
+        )
+    if member.referrer_id is None:
+        raise Conflict(f"member {member_id} has no referrer to unbind")
+    referrer = int(member.referrer_id)
+    reward = (
+        await session.execute(
+            sa.select(ReferralReward).where(ReferralReward.referred_member_id == member_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    taken = 0
+    if reward is not None and reward.status == "awarded":
+        await _take_back(
+            session, ctx, reward, "unbound",
+            key=f"referral-unbind:{member_id}",
+            reason=f"referrer {referrer} of member {member_id} unbound: {reason.strip()}",
+        )  # fmt: skip
+        taken = reward.reversed_points
+    await session.execute(
+        # acquisition data, not a profile edit: the If-Match version stays
+        sa.update(Member).where(Member.id == member_id).values(referrer_id=None)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return Unbound(member_id, referrer, reward.status if reward is not None else None, taken)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,21 +2,23 @@
 building sets over the order, tier and consent tables (issue #19: a four-condition count at a million members).
 
 It is a **derived cache**, never written by the writers of orders, tiers or consent: every row is recomputed
-from those tables by one statement (:func:`rows_of`), so the summary cannot hold anything the sources do not
-say. What keeps it exact is knowing when it is behind:
+from those tables by one statement (:func:`rows_of`; the per-channel rows of ``member_channel_activity`` by
+:func:`channel_rows_of`, kept together with them), so the summary cannot hold anything the sources do not say. What keeps it exact is knowing when it is behind:
 
 - :func:`refresh` recomputes the rows of the members whose sources changed since the last refresh (orders by
   ``updated_at``, tier rows by ``updated_at``, consent statements by id and ``recorded_at``, merges by id and
   their undos by count) — looking back :data:`MARGIN` further, as the RFM incremental run does, so a transaction that
   committed late with an earlier stamp is still picked up — and records the newest change it saw per source;
-- :func:`is_current` says whether any source has a change newer than that (four index probes). The segment
+- :func:`is_current` says whether any source has a change newer than that (one statement). The segment
   compiler uses the summary only when it is current; otherwise it reads the orders, exactly as before.
 
-Nothing stored moves with the clock (lifetime counts, not rolling windows; an override's end rather than the
-effective tier), so there is no daily roll: windowed conditions are answered from the orders, for the few
-members the summary's other conditions leave (see :mod:`tongcrm.segments.compiler`).
+Nothing stored moves with the clock (lifetime counts and the times of the latest two orders, not rolling
+windows; an override's end rather than the effective tier), so there is no daily roll: "one (two) orders on a
+channel within N days" compares the channel's latest (second-latest) order with the moment counted at, and other
+windowed conditions are answered from the orders, for the few members the summary's other conditions leave (see
+:mod:`tongcrm.segments.summary`).
 
-``tongcrm verify`` compares the stored rows with a full recomputation (:func:`differences`).
+``tongcrm verify`` compares the stored rows of both tables with a full recomputation (:func:`differences`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tongcrm.db.dialect import dialect_name
 from tongcrm.identity.models import Merge
 from tongcrm.orders.models import Order
 from tongcrm.segments.compiler import counted_order, net_spend
-from tongcrm.segments.models import ActivityState, MemberActivity
+from tongcrm.segments.models import ActivityState, MemberActivity, MemberChannelActivity
 from tongcrm.tiers.models import MemberTier
 
 #: How far before the newest change seen a refresh looks again (late commits with earlier stamps).
@@ -46,6 +48,8 @@ _LOCK_KEY = 0x7465_6719
 
 activity = cast(sa.Table, MemberActivity.__table__)
 _COLUMNS = [c.name for c in activity.columns]
+per_channel = cast(sa.Table, MemberChannelActivity.__table__)
+_CHANNEL_COLUMNS = [c.name for c in per_channel.columns]
 
 
 def rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
@@ -132,56 +136,113 @@ def rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
     )
 
 
-def _write(members: Sequence[int] | None) -> sa.Insert:
-    return sa.insert(activity).from_select(_COLUMNS, rows_of(members))
+def channel_rows_of(members: Sequence[int] | None = None) -> sa.Select[Any]:
+    """The per-channel summary rows of ``members`` (every member with a counted order when None): one per
+    member and channel with a counted order, in the column order of ``member_channel_activity``."""
+    only = [] if members is None else [Order.member_id.in_(members)]
+    counted = [Order.member_id.is_not(None), counted_order(), *only]
+    ranked = (
+        sa.select(
+            Order.member_id,
+            Order.channel,
+            Order.placed_at,
+            sa.func.row_number()
+            .over(partition_by=(Order.member_id, Order.channel), order_by=Order.placed_at.desc())
+            .label("rn"),
+        )
+        .where(*counted)
+        .subquery("ranked")
+    )
+    second = (
+        sa.select(ranked.c.member_id, ranked.c.channel, ranked.c.placed_at.label("last2_at"))
+        .where(ranked.c.rn == 2)
+        .subquery("s")
+    )
+    groups = (
+        sa.select(
+            Order.member_id.label("member_id"),
+            Order.channel.label("channel"),
+            sa.func.count().label("orders"),
+            net_spend().label("spend"),
+            sa.func.max(Order.placed_at).label("last_at"),
+        )
+        .where(*counted)
+        .group_by(Order.member_id, Order.channel)
+        .subquery("g")
+    )
+    return sa.select(
+        groups.c.member_id,
+        groups.c.channel,
+        groups.c.orders,
+        groups.c.spend,
+        groups.c.last_at,
+        second.c.last2_at,
+    ).select_from(
+        groups.outerjoin(
+            second, sa.and_(second.c.member_id == groups.c.member_id, second.c.channel == groups.c.channel)
+        )
+    )
+
+
+async def _write(session: AsyncSession, members: Sequence[int] | None) -> None:
+    await session.execute(sa.insert(activity).from_select(_COLUMNS, rows_of(members)))
+    await session.execute(sa.insert(per_channel).from_select(_CHANNEL_COLUMNS, channel_rows_of(members)))
+
+
+_MARKS = ("orders_seen", "tiers_seen", "consent_seen", "merges_seen", "undone_seen")
+
+
+def _marks_now() -> list[sa.ScalarSelect[Any]]:
+    """The newest change in each source, as :data:`_MARKS`: maxima of indexed columns (each read at one end of
+    its index whatever the plan) and the count of undone merges (few rows)."""
+    return [
+        sa.select(sa.func.max(Order.updated_at)).scalar_subquery(),
+        sa.select(sa.func.max(MemberTier.updated_at)).scalar_subquery(),
+        sa.select(sa.func.coalesce(sa.func.max(ConsentEvent.id), 0)).scalar_subquery(),
+        sa.select(sa.func.coalesce(sa.func.max(Merge.id), 0)).scalar_subquery(),
+        sa.select(sa.func.count()).where(Merge.undone_at.is_not(None)).scalar_subquery(),
+    ]
 
 
 async def _marks(session: AsyncSession) -> dict[str, Any]:
     """The newest change in each source now (read before the rows are recomputed, so a change that lands in
     between is newer than the marks and seen again next time)."""
-    row = (
-        await session.execute(
-            sa.select(
-                sa.select(sa.func.max(Order.updated_at)).scalar_subquery(),
-                sa.select(sa.func.max(MemberTier.updated_at)).scalar_subquery(),
-                sa.select(sa.func.coalesce(sa.func.max(ConsentEvent.id), 0)).scalar_subquery(),
-                sa.select(sa.func.coalesce(sa.func.max(Merge.id), 0)).scalar_subquery(),
-                sa.select(sa.func.count()).where(Merge.undone_at.is_not(None)).scalar_subquery(),
-            )
-        )
-    ).one()
-    return {
-        "orders_seen": row[0], "tiers_seen": row[1], "consent_seen": int(row[2]), "merges_seen": int(row[3]),
-        "undone_seen": int(row[4]),
-    }  # fmt: skip
+    row = (await session.execute(sa.select(*_marks_now()))).one()
+    return {name: row[i] if i < 2 else int(row[i]) for i, name in enumerate(_MARKS)}
 
 
 async def _state(session: AsyncSession) -> ActivityState | None:
     return (await session.execute(sa.select(ActivityState).where(ActivityState.id == 1))).scalar_one_or_none()
 
 
-def _newer(column: Any, seen: Any) -> sa.ColumnElement[bool]:
-    newer: sa.ColumnElement[bool] = column.is_not(None) if seen is None else column > seen
-    return newer
-
-
 async def is_current(session: AsyncSession) -> bool:
-    """Whether the summary holds every change the sources hold (no source has a change newer than the last
-    refresh saw). Index probes and a count of undone merges; read only."""
-    state = await _state(session)
-    if state is None:
+    """Whether the summary holds every change the sources hold: no source has a change newer than the last
+    refresh saw. One read only statement: the state row beside the sources' newest changes now.
+
+    The newest changes are read as maxima, not as "is there a row newer than the mark" with the mark bound as a
+    parameter: PostgreSQL plans a statement prepared again and again generically after five runs, and its
+    generic plan for ``updated_at > $1`` scanned all five million orders (3-4 s a probe on the benchmark base);
+    a maximum is read at the end of the index under any plan."""
+    state = sa.inspect(ActivityState).local_table
+    row = (
+        await session.execute(sa.select(*(state.c[n] for n in _MARKS), *_marks_now()).where(state.c.id == 1))
+    ).first()
+    if row is None:
         return False
-    newer = sa.select(
-        sa.or_(
-            sa.exists().where(_newer(Order.updated_at, state.orders_seen)),
-            sa.exists().where(_newer(MemberTier.updated_at, state.tiers_seen)),
-            sa.exists().where(ConsentEvent.id > state.consent_seen),
-            sa.exists().where(Merge.id > state.merges_seen),
-            sa.select(sa.func.count()).where(Merge.undone_at.is_not(None)).scalar_subquery()
-            != state.undone_seen,
-        )
+    orders, tiers, consent, merges, undone = row[: len(_MARKS)]
+    orders_now, tiers_now, consent_now, merges_now, undone_now = row[len(_MARKS) :]
+
+    def newer(latest: datetime | None, then: datetime | None) -> bool:
+        return latest is not None and (then is None or latest > then)
+
+    # an undo is dated by its caller, so it is known by the count only
+    return not (
+        newer(orders_now, orders)
+        or newer(tiers_now, tiers)
+        or int(consent_now) > int(consent)
+        or int(merges_now) > int(merges)
+        or int(undone_now) != int(undone)
     )
-    return not bool((await session.execute(newer)).scalar_one())
 
 
 async def _affected(session: AsyncSession, state: ActivityState) -> list[int]:
@@ -226,7 +287,8 @@ async def refresh(session: AsyncSession, *, progress: Callable[[int, int], None]
     state = await _state(session)
     if state is None:
         await session.execute(sa.delete(activity))
-        await session.execute(_write(None))
+        await session.execute(sa.delete(per_channel))
+        await _write(session, None)
         session.add(ActivityState(id=1, refreshed_at=started, **marks))
         await session.flush()
         return True
@@ -248,7 +310,8 @@ async def recompute(
     for i in range(0, len(members), BATCH):
         chunk = list(members[i : i + BATCH])
         await session.execute(sa.delete(activity).where(activity.c.member_id.in_(chunk)))
-        await session.execute(_write(chunk))
+        await session.execute(sa.delete(per_channel).where(per_channel.c.member_id.in_(chunk)))
+        await _write(session, chunk)
         if progress:
             progress(min(i + BATCH, len(members)), len(members))
 
@@ -262,10 +325,14 @@ async def rebuild(session: AsyncSession) -> None:
 async def differences(session: AsyncSession, *, limit: int = 20) -> list[int]:
     """Members whose stored summary row differs from a recomputation from the sources (missing, extra or
     different), at most ``limit`` of them: empty when the summary is exact."""
-    stored = sa.select(*(activity.c[name] for name in _COLUMNS))
-    derived = rows_of(None)
-    one_way = sa.except_(stored, derived).subquery()
-    other_way = sa.except_(derived, stored).subquery()
-    ids = sa.union(sa.select(one_way.c[0]), sa.select(other_way.c[0])).subquery()
+    pairs: list[tuple[sa.Select[Any], sa.Select[Any]]] = [
+        (sa.select(*(activity.c[name] for name in _COLUMNS)), rows_of(None)),
+        (sa.select(*(per_channel.c[name] for name in _CHANNEL_COLUMNS)), channel_rows_of(None)),
+    ]
+    differing = []
+    for stored, derived in pairs:
+        differing.append(sa.select(sa.except_(stored, derived).subquery().c[0]))
+        differing.append(sa.select(sa.except_(derived, stored).subquery().c[0]))
+    ids = sa.union(*differing).subquery()
     found = await session.execute(sa.select(ids.c[0]).order_by(ids.c[0]).limit(limit))
     return [int(i) for i in found.scalars()]

@@ -231,6 +231,8 @@ class Compiler:
         self.problems: list[Problem] = []
         self.nodes = 0
         self._stack: list[str] = []
+        #: What :mod:`tongcrm.segments.summary` made of each node (by id: the parsed tree outlives the compile).
+        self.memo: dict[tuple[str, int], Any] = {}
 
     def compile(self, tree: Node, *, name: str | None = None) -> Condition:
         """The condition for ``tree``; ``name``: the saved segment this tree is (so a reference to it is a cycle)."""
@@ -245,7 +247,11 @@ class Compiler:
         self.problems.append(Problem(pointer, detail))
         return sa.false()
 
-    def node(self, node: Node, depth: int) -> Condition:
+    def node(self, node: Node, depth: int, *, in_all: bool = False) -> Condition:
+        """``in_all``: a child of an ``all`` whose summary pass (:func:`summary.conjunction`) reads this node
+        again. A child that pass answers from the summary is then only checked here (its condition on the source
+        tables would be thrown away: building it was three quarters of preparing a four-condition count), and a
+        node's own summary pass is skipped."""
         self.nodes += 1
         if self.nodes == MAX_NODES + 1:
             self.fail(node.pointer, f"the tree, with the segments it uses, has more than {MAX_NODES} nodes")
@@ -253,19 +259,34 @@ class Compiler:
             return self.fail(
                 node.pointer, f"with the segments it uses the tree is deeper than {MAX_DEPTH} levels"
             )
+        if in_all and isinstance(node, Leaf | Not) and summary.answers(self, node):
+            if isinstance(node, Not):
+                self.node(node.child, depth + 1, in_all=True)
+            else:
+                self.check(node)
+            return sa.true()  # a placeholder: the summary pass puts the node's test in its place
         if isinstance(node, All):
-            children = [self.node(c, depth + 1) for c in node.children]
+            # the summary pass replaces children only when one of them is covered (see summary.conjunction)
+            in_all = self.ctx.activity and any(summary.covered(self, c) is not None for c in node.children)
+            children = [self.node(c, depth + 1, in_all=in_all) for c in node.children]
             if self.ctx.activity and not self.problems:
                 return summary.conjunction(self, node.children, children)
             return sa.and_(*children)
         if isinstance(node, AnyOf):
             return sa.or_(*(self.node(c, depth + 1) for c in node.children))
         alone = sa.not_(self.node(node.child, depth + 1)) if isinstance(node, Not) else self.leaf(node, depth)
-        if self.ctx.activity and not self.problems:
+        if self.ctx.activity and not in_all and not self.problems:
             return summary.conjunction(self, (node,), [alone])
         return alone
 
     # ---------------------------------------------------------------------------------------------------------
+
+    def check(self, leaf: Leaf) -> None:
+        """The name checks a leaf's builder makes, without building it (the leaves the summary answers)."""
+        if leaf.field.name.startswith("tier."):
+            self.tier_codes(leaf, leaf.value if isinstance(leaf.value, tuple) else (leaf.value,))
+        elif leaf.field.name.startswith("orders."):
+            self.order_scope(leaf)
 
     def leaf(self, leaf: Leaf, depth: int) -> Condition:
         return _BUILDERS[leaf.field.name.split(".")[0]](self, leaf, depth)

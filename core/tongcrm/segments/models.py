@@ -96,15 +96,17 @@ class MemberActivity(Base):
         #: The rows of a tier without an override, by consent and store buying, with what the usual order
         #: conditions read: "gold, opted in, never in a store, N orders lately" is a range of this index read
         #: alone (PostgreSQL's index-only scan, SQLite's covering index) instead of a scan of every row.
+        #: ``last2_at`` before ``orders``: "2 or more orders lately" (``last2_at`` inside the window) is then a seek
+        #: to the few rows wanted, where a range on ``orders`` first read every gold, opted-in buyer with 2 orders.
         sa.Index(
             "ix_member_activity_reach",
             "tier_code",
             "marketing",
             "store_orders",
             "override_code",
+            "last2_at",
             "orders",
             "last_at",
-            "last2_at",
             "member_id",
         ),
         #: The few rows with an override (the other arm of a tier condition), as a partial index both
@@ -116,6 +118,29 @@ class MemberActivity(Base):
             postgresql_where=sa.text("override_code IS NOT NULL"),
         ),
     )
+
+
+class MemberChannelActivity(Base):
+    """Per member and channel, what :class:`MemberActivity` holds for all orders: counted orders, net spend and
+    the times of the latest two (a derived cache of the orders, kept with it by :mod:`tongcrm.segments.activity`).
+
+    "At least one (two) counted orders on a channel within N days" holds exactly when the channel's latest
+    (second-latest) counted order was placed within those days, so the common windowed channel condition is a
+    probe of this row at query time: nothing stored moves with the clock and no daily roll is needed. A member
+    without a row for a channel has no counted order there."""
+
+    __tablename__ = "member_channel_activity"
+
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), primary_key=True, autoincrement=False)
+    channel: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    orders: Mapped[int] = mapped_column(sa.Integer, default=0)
+    spend: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last2_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    #: On SQLite the row lives in its primary key's b-tree, so a segment's probe by (member, channel) is one
+    #: seek rather than a seek of the key's index and another of the table.
+    __table_args__ = {"sqlite_with_rowid": False}
 
 
 class ActivityState(Base):

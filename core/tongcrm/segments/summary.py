@@ -18,18 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
 from tongcrm.segments import compiler as sql
-from tongcrm.segments.models import MemberActivity
+from tongcrm.segments.models import MemberActivity, MemberChannelActivity
 from tongcrm.segments.schema import Leaf, Node, Not
 
 if TYPE_CHECKING:
     from tongcrm.segments.compiler import Compiler, Condition
 
+_T = TypeVar("_T")
 activity = sa.inspect(MemberActivity).local_table
+per_channel = sa.inspect(MemberChannelActivity).local_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +123,49 @@ _COVERS: dict[str, Callable[[Compiler, Leaf], Covered | None]] = {
 }
 
 
+def _no_order(c: Compiler, node: Node) -> Covered | None:
+    """``not`` of a lifetime "at least one order" (in a store, or at all) as the count being 0: equal for a
+    count, and an equality keeps the later columns of ``ix_member_activity_reach`` usable (``< 1`` is a range
+    that ends the seek there)."""
+    if not isinstance(node, Leaf) or node.field.name != "orders.count" or (node.op, node.value) != ("gte", 1):
+        return None
+    held = _lifetime(node)
+    return None if held is None else Covered(held[0] == 0, True)
+
+
+def _once(c: Compiler, what: str, node: Node, make: Callable[[Compiler, Node], _T]) -> _T:
+    """``make(c, node)``, computed once per node of a compile. Keyed by id, with the node kept beside the value
+    so that an id reused by a later node (a used segment's tree is freed after it is inlined) is not a hit."""
+    hit = c.memo.get((what, id(node)))
+    if hit is not None and hit[0] is node:
+        found: _T = hit[1]
+        return found
+    made = make(c, node)
+    c.memo[(what, id(node))] = (node, made)
+    return made
+
+
 def covered(c: Compiler, node: Node) -> Covered | None:
+    """The node as a test of the summary row, or None when the summary does not hold what it needs (once per
+    node of a compile: the compiler asks again at each level)."""
+    return _once(c, "covered", node, _covered)
+
+
+def _covered(c: Compiler, node: Node) -> Covered | None:
+    if isinstance(node, Not) and (none := _no_order(c, node.child)) is not None:
+        return none
     if isinstance(node, Not):
         inner = covered(c, node.child)
         return None if inner is None else Covered(sa.not_(inner.test), not inner.empty)
     if isinstance(node, Leaf) and (cover := _COVERS.get(node.field.name.split(".")[0])) is not None:
         return cover(c, node)
     return None
+
+
+def answers(c: Compiler, node: Node) -> bool:
+    """Whether a child of an ``all`` that has a covered child is answered from the summary by
+    :func:`conjunction` (covered or narrowed), so that its condition on the source tables is never used."""
+    return covered(c, node) is not None or narrowed(c, node) is not None
 
 
 def _lower_bound(op: str, value: Any) -> int:
@@ -144,6 +182,10 @@ def _lower_bound(op: str, value: Any) -> int:
 
 
 def narrowed(c: Compiler, node: Node) -> Condition | None:
+    return _once(c, "narrowed", node, _narrowed)
+
+
+def _narrowed(c: Compiler, node: Node) -> Condition | None:
     """A windowed or per-channel/per-store ``orders.count`` or ``orders.spend`` that needs at least one order,
     as a test on the summary row: necessary conditions the summary answers (lifetime orders or spend at least
     the bound, in a store when the scope is one, latest order — or second-latest, for two or more orders — inside
@@ -166,6 +208,8 @@ def narrowed(c: Compiler, node: Node) -> Condition | None:
         # one order in the window: the latest is in it; two or more: the second-latest too
         latest = a.last2_at if node.field.name == "orders.count" and bound >= 2 else a.last_at
         necessary.append(sql.column_test(latest, "within_days", days, c.ctx.now))
+    if (by_channel := _channel_row(c, node, bound)) is not None:
+        return sa.and_(*necessary, by_channel)
     exact = (
         sa.select(aggregate)
         .where(*c.order_scope(node, member=a.member_id), sql.counted_order())
@@ -173,6 +217,35 @@ def narrowed(c: Compiler, node: Node) -> Condition | None:
         .scalar_subquery()
     )
     return sa.and_(*necessary, sql.scalar_test(exact, node.op, node.value, c.ctx.now))
+
+
+def _channel_row(c: Compiler, node: Leaf, bound: int) -> Condition | None:
+    """A channel's ``orders.count``/``orders.spend`` answered exactly by the member's row of that channel in
+    ``member_channel_activity`` (no order read): over all time, any test a member without orders there fails; in
+    a window, "at least 1 (2) orders", which holds when the latest (second-latest) counted order on the channel
+    was placed inside it."""
+    channel = node.param("channel")
+    if channel is None or node.param("store") is not None or channel not in c.ctx.channels:
+        return None
+    mc = per_channel.c
+    test: Condition
+    if (days := node.param("window_days")) is None:
+        column = mc.orders if node.field.name == "orders.count" else mc.spend
+        test = sql.column_test(column, node.op, node.value, c.ctx.now, present=sa.true())
+    elif node.field.name == "orders.count" and (node.op, node.value) in (
+        ("gte", 1),
+        ("gte", 2),
+        ("gt", 0),
+        ("gt", 1),
+    ):
+        test = sql.column_test(mc.last2_at if bound == 2 else mc.last_at, "within_days", days, c.ctx.now)
+    else:
+        return None
+    return (
+        sa.exists()
+        .where(mc.member_id == activity.c.member_id, mc.channel == channel, test)
+        .correlate(activity)
+    )
 
 
 def conjunction(c: Compiler, children: Sequence[Node], compiled: Sequence[Condition]) -> Condition:
