@@ -51,6 +51,9 @@ KINDS = ("job", "delivery")
 #: Outbox events fanned out per transaction.
 DISPATCH_BATCH = 200
 
+#: Seconds between scheduler passes while work trickles in (a job waits at most this much longer to go out).
+BUSY_PAUSE = 0.1
+
 #: How many messages wait in the work queue (ready, not yet delivered to a worker); None when unknown.
 QueueDepth = Callable[[], Awaitable[int | None]]
 
@@ -261,20 +264,30 @@ class Scheduler:
                         .execution_options(synchronize_session=False)
                     )
 
-    async def run_forever(self, stop: asyncio.Event, *, poll_seconds: float = 0.5) -> None:
+    async def run_forever(
+        self, stop: asyncio.Event, *, poll_seconds: float = 0.5, busy_pause: float = BUSY_PAUSE
+    ) -> None:
+        """Pass after pass: ``poll_seconds`` apart when a pass found nothing, ``busy_pause`` apart when it found
+        less than a full batch (while workers keep adding rows, a pass right after the last one would find one
+        or two and pay a pass's fixed round trips for each), at once after a full batch."""
         log.info("job scheduler started", worker=self.runner.worker_id)
+        passes = 0
         while not stop.is_set():
             try:
                 did = await self.run_once()
             except Exception:  # the loop must survive a bad pass (the database or the broker restarting)
                 log.exception("job scheduler pass failed", worker=self.runner.worker_id)
                 did = 0
-            if not did:
+            passes += 1
+            pause = poll_seconds if not did else busy_pause if did < self.batch else 0.0
+            if pause:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
         async with self.runner.sessions() as session, session.begin():
             await leases.release(session, SCHEDULER_LEASE, self.runner.worker_id)
-        log.info("job scheduler stopped", worker=self.runner.worker_id)
+        log.info(
+            "job scheduler stopped", worker=self.runner.worker_id, passes=passes, published=self.published
+        )
 
 
 async def run_worker(spec: BrokerSpec, runner: Runner, stop: asyncio.Event, *, concurrency: int = 4) -> None:
