@@ -6,6 +6,7 @@ Runners get a controllable clock, so "after the delay" is a clock step rather th
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 import structlog
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.jobs import leases
+from tongcrm.jobs.broker import BrokerSpec, create_broker, run_worker
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
 from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.queue import enqueue
@@ -23,7 +25,7 @@ from tongcrm.jobs.runner import JobContext, JobRegistry, Runner
 from tongcrm.plugin import hookimpl
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import DomainEvent
-from tongcrm.testing.broker import BrokerRunner, broker_reachable
+from tongcrm.testing.broker import BrokerRunner, broker_reachable, broker_url_for_tests
 from tongcrm.testing.database import TestDatabase
 
 
@@ -467,6 +469,39 @@ async def test_a_job_running_longer_than_its_lock_is_not_claimed_again_meanwhile
     assert len(runs) == 1 and not any(claims)
     async with tongcrm_db.sessions() as session:
         assert list((await session.execute(sa.select(Job.status))).scalars()) == ["done"]
+
+
+async def test_a_stopping_worker_finishes_the_job_it_runs_before_it_disconnects(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    if (reason := await broker_reachable()) is not None:
+        pytest.skip(reason)
+    registry = JobRegistry()
+    started = asyncio.Event()
+
+    @registry.job("slow")
+    async def slow(ctx: JobContext, payload: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+
+    async with tongcrm_db.sessions() as session, session.begin():
+        await enqueue(session, "slow", run_at=clock())
+        job_id = (await session.execute(sa.select(Job.id))).scalar_one()
+    runner = Runner(tongcrm_db.sessions, PluginHost(autoload=False), registry, clock=clock)
+    spec = BrokerSpec(broker_url_for_tests(), queue=f"tongcrm.test.{uuid.uuid4().hex}", durable=False)
+    publisher, task = create_broker(spec)
+    await publisher.startup()
+    stop = asyncio.Event()
+    working = asyncio.create_task(run_worker(spec, runner, stop))
+    try:
+        await task.kiq("job", job_id)
+        await asyncio.wait_for(started.wait(), 20)
+        stop.set()  # SIGTERM mid-job, as a rolling upgrade does
+        await asyncio.wait_for(working, 20)
+    finally:
+        await publisher.shutdown()
+    async with tongcrm_db.sessions() as session:
+        assert (await session.execute(sa.select(Job.status))).scalar_one() == "done"
 
 
 async def test_only_one_scheduler_is_active_and_a_standby_takes_over(

@@ -54,6 +54,9 @@ DISPATCH_BATCH = 200
 #: Seconds between scheduler passes while work trickles in (a job waits at most this much longer to go out).
 BUSY_PAUSE = 0.1
 
+#: Seconds a stopping worker gives the jobs it runs to finish (within the usual 30 s of a process manager).
+STOP_GRACE = 25.0
+
 #: How many messages wait in the work queue (ready, not yet delivered to a worker); None when unknown.
 QueueDepth = Callable[[], Awaitable[int | None]]
 
@@ -115,6 +118,11 @@ INJECT_CONTEXT: Any = TaskiqDepends()
 async def work(kind: str, item_id: int, context: Context = INJECT_CONTEXT) -> bool:
     """Claim and run the row a message names; False when it was not due (a duplicate or a redelivery)."""
     runner: Runner = context.state.runner
+    running: set[asyncio.Task[Any]] | None = context.state.get("running")
+    this = asyncio.current_task()
+    if running is not None and this is not None:  # the whole callback, the ack after this function included
+        running.add(this)
+        this.add_done_callback(running.discard)
     with structlog.contextvars.bound_contextvars(
         task_id=context.message.task_id,
         **({"job_id": item_id} if kind == "job" else {"delivery_id": item_id}),
@@ -290,14 +298,28 @@ class Scheduler:
         )
 
 
-async def run_worker(spec: BrokerSpec, runner: Runner, stop: asyncio.Event, *, concurrency: int = 4) -> None:
+async def run_worker(
+    spec: BrokerSpec,
+    runner: Runner,
+    stop: asyncio.Event,
+    *,
+    concurrency: int = 4,
+    stop_grace: float = STOP_GRACE,
+) -> None:
     """Consume work messages until ``stop`` is set. Messages are acked after the row's work has run, so a
-    message a dead worker held goes back to the queue (and, being a duplicate by then, claims nothing)."""
+    message a dead worker held goes back to the queue (and, being a duplicate by then, claims nothing).
+
+    On ``stop`` the worker takes no more messages and lets the jobs it runs finish and be acked (up to
+    ``stop_grace`` seconds) before it closes its connection: a worker stopped for an upgrade would otherwise
+    abandon them mid-run, and they would wait for their locks to lapse (five minutes) before another worker
+    took them."""
     broker, _task = create_broker(spec)
     # taskiq logs every message at INFO; our own lines carry the task, job and request ids
     logging.getLogger("taskiq").setLevel(logging.WARNING)
     broker.is_worker_process = True
     broker.state.runner = runner
+    running: set[asyncio.Task[Any]] = set()
+    broker.state.running = running
     await broker.startup()
     log.info("job worker started", worker=runner.worker_id, queue=spec.queue, concurrency=concurrency)
     receiving = asyncio.create_task(
@@ -314,6 +336,9 @@ async def run_worker(spec: BrokerSpec, runner: Runner, stop: asyncio.Event, *, c
         receiving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await receiving
+        if running:
+            log.info("job worker finishing what it runs", worker=runner.worker_id, running=len(running))
+            await asyncio.wait(set(running), timeout=stop_grace)
         await broker.shutdown()
         log.info("job worker stopped", worker=runner.worker_id)
 
