@@ -234,7 +234,9 @@ class Scheduler:
                 else:
                     table, due = EventDelivery, delivery_due(now)
                     order = (EventDelivery.next_attempt_at, EventDelivery.id)
-                    lost = sa.false()
+                    # claimed, still pending and due again with its old publication: its relay died (a failed
+                    # attempt clears published_at)
+                    lost = EventDelivery.attempts > 0
                 stale = table.published_at < now - self.republish_after
                 publishable = sa.or_(
                     table.published_at.is_(None), stale if republish else sa.and_(stale, lost)
