@@ -280,7 +280,7 @@ async def run(
             async with sessions() as session:
                 retried = (
                     await session.execute(
-                        sa.select(sa.func.sum(Job.attempts - 1)).where(
+                        sa.select(sa.func.sum(sa.case((Job.attempts > 1, Job.attempts - 1), else_=0))).where(
                             Job.name.in_(["ingest.sync_account", "ingest.backfill_window"])
                         )
                     )
