@@ -6,6 +6,7 @@ Runners get a controllable clock, so "after the delay" is a clock step rather th
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 import structlog
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.jobs import leases
+from tongcrm.jobs.broker import BrokerSpec, create_broker, run_worker
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
 from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.queue import enqueue
@@ -23,7 +25,7 @@ from tongcrm.jobs.runner import JobContext, JobRegistry, Runner
 from tongcrm.plugin import hookimpl
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import DomainEvent
-from tongcrm.testing.broker import BrokerRunner, broker_reachable
+from tongcrm.testing.broker import BrokerRunner, broker_reachable, broker_url_for_tests
 from tongcrm.testing.database import TestDatabase
 
 
@@ -166,9 +168,12 @@ async def test_job_of_a_dead_runner_is_claimed_again_after_its_lock_expires(
     assert runs == ["ran"]
 
 
+@pytest.mark.parametrize("one_runner", [False, True], ids=["three-runners", "one-runner-three-slots"])
 async def test_jobs_with_the_same_lock_key_never_overlap(
-    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor
+    tongcrm_db: TestDatabase, clock: Clock, runner_for: RunnerFor, one_runner: bool
 ) -> None:
+    """Across runners, and within one runner claiming several jobs at once (a broker worker's concurrency):
+    the lock key is held per job, not per runner."""
     registry = JobRegistry()
     running = 0
     peak = 0
@@ -184,7 +189,9 @@ async def test_jobs_with_the_same_lock_key_never_overlap(
     async with tongcrm_db.sessions() as session, session.begin():
         for i in range(4):
             await enqueue(session, "sync", {"i": i}, run_at=clock(), lock_key="account:shop-1")
-    runners = [await runner_for(registry) for _ in range(3)]
+    runners = (
+        [await runner_for(registry)] * 3 if one_runner else [await runner_for(registry) for _ in range(3)]
+    )
     for _ in range(6):
         await asyncio.gather(*(r.run_next_job() for r in runners))
         clock.advance(seconds=2)
@@ -396,12 +403,105 @@ async def test_a_lost_message_is_published_again(
     runs: list[int] = []
     worker = await broker_runner_for(_counting_registry(runs))
     job_id = await _one_job(tongcrm_db, clock)
-    assert await worker.scheduler._mark("job", 10) == [job_id]  # marked published, but the message was lost
+    marked = await worker.scheduler._mark(clock(), 10, republish=True)
+    assert marked == [("job", job_id)]  # marked published, but the message was lost
     await worker.run_once()
     assert runs == []  # not yet: it may still be on its way
     clock.advance(seconds=31)
     await worker.run_once()
     assert runs == [job_id]
+
+
+async def test_a_row_waiting_in_a_long_queue_is_not_published_again_but_a_dead_runners_job_is(
+    tongcrm_db: TestDatabase, clock: Clock, broker_runner_for: Callable[..., Awaitable[BrokerRunner]]
+) -> None:
+    runs: list[int] = []
+    worker = await broker_runner_for(_counting_registry(runs))
+    depth = 5
+
+    async def queue_depth() -> int | None:
+        return depth
+
+    worker.scheduler.queue_depth = queue_depth
+    waiting = await _one_job(tongcrm_db, clock)
+    assert await worker.scheduler._mark(clock(), 10, republish=True) == [("job", waiting)]  # in the queue
+    async with tongcrm_db.sessions() as session, session.begin():
+        await enqueue(session, "effect", run_at=clock())
+        second = (await session.execute(sa.select(sa.func.max(Job.id)))).scalar_one()
+    dead = await worker.runner._claim_job(second)  # published, claimed, and its runner died
+    assert dead is not None
+    clock.advance(minutes=6)  # both stale, and the dead runner's lock has lapsed
+    await worker.run_once()
+    assert runs == [dead[0]]  # five messages still wait in the queue: the first row is on its way
+    depth = 0  # the queue drained and the row never came: it was lost
+    clock.advance(seconds=31)
+    await worker.run_once()
+    assert runs == [dead[0], waiting]
+
+
+async def test_a_job_running_longer_than_its_lock_is_not_claimed_again_meanwhile(
+    tongcrm_db: TestDatabase,
+) -> None:
+    registry = JobRegistry()
+    runs: list[int] = []
+    started = asyncio.Event()
+
+    @registry.job("long")
+    async def long(ctx: JobContext, payload: dict[str, Any]) -> None:
+        runs.append(ctx.job_id)
+        started.set()
+        await asyncio.sleep(1.5)  # two and a half lock terms
+
+    async with tongcrm_db.sessions() as session, session.begin():
+        await enqueue(session, "long", lock_key="account:shop-1")
+    # the real clock: the running job's lock is extended while it runs, every third of its term
+    ttl = timedelta(seconds=0.6)
+    busy = Runner(tongcrm_db.sessions, PluginHost(autoload=False), registry, lock_ttl=ttl)
+    other = Runner(tongcrm_db.sessions, PluginHost(autoload=False), registry, lock_ttl=ttl)
+    running = asyncio.create_task(busy.run_next_job())
+    await started.wait()
+    claims = []
+    while not running.done():
+        claims.append(await other.run_next_job())
+        claims.append(await busy.run_next_job())  # the same runner (a worker's other slots) neither
+        await asyncio.sleep(0.05)
+    assert await running
+    assert len(runs) == 1 and not any(claims)
+    async with tongcrm_db.sessions() as session:
+        assert list((await session.execute(sa.select(Job.status))).scalars()) == ["done"]
+
+
+async def test_a_stopping_worker_finishes_the_job_it_runs_before_it_disconnects(
+    tongcrm_db: TestDatabase, clock: Clock
+) -> None:
+    if (reason := await broker_reachable()) is not None:
+        pytest.skip(reason)
+    registry = JobRegistry()
+    started = asyncio.Event()
+
+    @registry.job("slow")
+    async def slow(ctx: JobContext, payload: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+
+    async with tongcrm_db.sessions() as session, session.begin():
+        await enqueue(session, "slow", run_at=clock())
+        job_id = (await session.execute(sa.select(Job.id))).scalar_one()
+    runner = Runner(tongcrm_db.sessions, PluginHost(autoload=False), registry, clock=clock)
+    spec = BrokerSpec(broker_url_for_tests(), queue=f"tongcrm.test.{uuid.uuid4().hex}", durable=False)
+    publisher, task = create_broker(spec)
+    await publisher.startup()
+    stop = asyncio.Event()
+    working = asyncio.create_task(run_worker(spec, runner, stop))
+    try:
+        await task.kiq("job", job_id)
+        await asyncio.wait_for(started.wait(), 20)
+        stop.set()  # SIGTERM mid-job, as a rolling upgrade does
+        await asyncio.wait_for(working, 20)
+    finally:
+        await publisher.shutdown()
+    async with tongcrm_db.sessions() as session:
+        assert (await session.execute(sa.select(Job.status))).scalar_one() == "done"
 
 
 async def test_only_one_scheduler_is_active_and_a_standby_takes_over(

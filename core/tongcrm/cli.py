@@ -548,11 +548,17 @@ def verify_cmd(ctx: Context) -> None:
 
     async def summary(engine: Any) -> list[int]:
         # brought up to date first (as before any count), then compared with a full recomputation: a change the
-        # incremental refresh missed shows as a difference
-        async with session_factory(engine)() as session, session.begin():
-            await activity.refresh(session)
-        async with session_factory(engine, readonly=True)() as session:
-            return await activity.differences(session)
+        # incremental refresh missed shows as a difference. Both in one transaction and, on PostgreSQL, one
+        # snapshot, so writes that land meanwhile on a running cluster are not taken for drift; and never while
+        # another refresh (the periodic job) holds the lock: the summary would be compared half-refreshed
+        for _ in range(120):
+            async with session_factory(engine)() as session, session.begin():
+                if engine.dialect.name == "postgresql":
+                    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                if await activity.refresh(session):
+                    return await activity.differences(session)
+            await asyncio.sleep(0.5)
+        fail("another refresh of the member activity summary held its lock for a minute: run verify again")
 
     drifts = run(_with_engine(ctx.settings, body))
     for drift in drifts:

@@ -13,13 +13,21 @@ For each worker count: a fresh PostgreSQL database (migrated with ``tongcrm db u
 workers on RabbitMQ (started and healthy before the clock starts), four accounts and one ``ingest.sync_account``
 job each; the clock stops when every order is stored. Prints orders/s, the ratio to one worker and the CPU
 seconds each process used (from /proc), this process's included (it serves the four fake gateways), so the
-figure can be read for a machine with more cores than this one.
+figure can be read for a machine with more cores than this one: each worker, the scheduler, this process
+(it serves the fake gateways), the PostgreSQL backends of the run's database (sampled from ``pg_stat_activity``
+and /proc every half second, so a backend that came and went between two samples is missed) and RabbitMQ's
+``beam.smp`` (the whole broker: run nothing else on it meanwhile). It also counts the rows the scheduler had to
+publish (jobs and event deliveries created during the run), so the scheduler's CPU can be read per message.
+
+Databases are named ``{--db-prefix}_{workers}`` (default ``tongcrm_bench_broker``): on a shared server give a
+prefix of your own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -31,11 +39,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.channels import service as accounts
 from tongcrm.crypto import Vault
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.ingest.backfill import create_backfill
-from tongcrm.jobs.models import Job
+from tongcrm.jobs.models import EventDelivery, Job
 from tongcrm.jobs.queue import enqueue
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
@@ -51,6 +60,62 @@ TICK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def beam_pid() -> int | None:
+    """RabbitMQ's Erlang VM on this machine, if it runs here."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving one database, sampled while the run goes on: the first and
+    the latest reading of each backend process (a backend is a process of its own on this machine)."""
+
+    def __init__(self, server_url: str, database: str) -> None:
+        self.server_url = server_url
+        self.database = database
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def sample(self) -> None:
+        answer = subprocess.run(
+            [
+                "psql",
+                self.server_url,
+                "-Atc",
+                "SELECT pid, datname FROM pg_stat_activity",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in answer.stdout.split():
+            pid_text, _, database = line.partition("|")
+            if database != self.database:
+                continue
+            pid = int(pid_text)
+            try:
+                used = cpu_seconds(pid)
+            except (OSError, IndexError):
+                continue
+            self.first.setdefault(pid, used)
+            self.last[pid] = used
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(self.sample)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    def total(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -84,9 +149,15 @@ def admin(url: str, sql: str) -> None:
 
 
 async def run(
-    server_url: str, workers: int, orders: int, env_base: dict[str, str], mode: str, latency: float = 0.0
+    server_url: str,
+    workers: int,
+    orders: int,
+    env_base: dict[str, str],
+    mode: str,
+    latency: float = 0.0,
+    db_prefix: str = "tongcrm_bench_broker",
 ) -> dict[str, object]:
-    name = f"tongcrm_bench_broker_{workers}"
+    name = f"{db_prefix}_{workers}"
     admin(server_url, f"DROP DATABASE IF EXISTS {name}")
     admin(server_url, f"CREATE DATABASE {name}")
     url = server_url.rsplit("/", 1)[0] + f"/{name}"
@@ -150,8 +221,17 @@ async def run(
                     break
                 await asyncio.sleep(0.2)
             load_before = os.getloadavg()[0]
+            beam = beam_pid()
             cpu_before = {role: cpu_seconds(p.pid) for role, p in processes.items()}
             cpu_before["gateways+bench"] = cpu_seconds(os.getpid())
+            if beam is not None:
+                cpu_before["rabbitmq"] = cpu_seconds(beam)
+            async with sessions() as session:
+                rows_before = await _published_rows(session)
+            backends = BackendCpu(server_url, name)
+            backends.sample()
+            stop_sampling = asyncio.Event()
+            sampling = asyncio.create_task(backends.watch(stop_sampling))
             async with sessions() as session, session.begin():
                 for i, gateway_url in enumerate(urls):
                     settings = {
@@ -187,10 +267,20 @@ async def run(
                 await asyncio.sleep(0.1)
             elapsed = time.perf_counter() - started
             load_after = os.getloadavg()[0]
+            cpu = {role: round(cpu_seconds(p.pid) - cpu_before[role], 1) for role, p in processes.items()}
+            cpu["gateways+bench"] = round(cpu_seconds(os.getpid()) - cpu_before["gateways+bench"], 1)
+            if beam is not None:
+                cpu["rabbitmq"] = round(cpu_seconds(beam) - cpu_before["rabbitmq"], 1)
+            stop_sampling.set()
+            await sampling
+            backends.sample()
+            cpu["postgres"] = round(backends.total(), 1)
+            async with sessions() as session:
+                published = await _published_rows(session) - rows_before
             async with sessions() as session:
                 retried = (
                     await session.execute(
-                        sa.select(sa.func.sum(Job.attempts - 1)).where(
+                        sa.select(sa.func.sum(sa.case((Job.attempts > 1, Job.attempts - 1), else_=0))).where(
                             Job.name.in_(["ingest.sync_account", "ingest.backfill_window"])
                         )
                     )
@@ -211,8 +301,6 @@ async def run(
                         ).scalars()
                     }
                 )
-            cpu = {role: round(cpu_seconds(p.pid) - cpu_before[role], 1) for role, p in processes.items()}
-            cpu["gateways+bench"] = round(cpu_seconds(os.getpid()) - cpu_before["gateways+bench"], 1)
     finally:
         for process in processes.values():
             process.terminate()
@@ -227,10 +315,18 @@ async def run(
         "seconds": round(elapsed, 1),
         "orders_per_s": round(SHOPS * orders / elapsed, 1),
         "cpu_s": cpu,
+        "published": published,
         "sync_retries": retried,
         "load": (round(load_before, 2), round(load_after, 2)),
         "retry_reasons": errors,
     }
+
+
+async def _published_rows(session: AsyncSession) -> int:
+    """Jobs and event deliveries ever created: each is at least one message the scheduler publishes."""
+    jobs = (await session.execute(sa.select(sa.func.count()).select_from(Job))).scalar_one()
+    deliveries = (await session.execute(sa.select(sa.func.count()).select_from(EventDelivery))).scalar_one()
+    return int(jobs) + int(deliveries)
 
 
 async def main() -> None:
@@ -240,6 +336,9 @@ async def main() -> None:
     parser.add_argument("--mode", choices=["shops", "backfill"], default="shops")
     parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds the fake gateway takes to answer each call"
+    )
+    parser.add_argument(
+        "--db-prefix", default="tongcrm_bench_broker", help="the run's databases are PREFIX_<workers>"
     )
     options = parser.parse_args()
     server_url = os.environ["TONGCRM_TEST_POSTGRES_URL"]
@@ -253,7 +352,7 @@ async def main() -> None:
         "TONGCRM_DISABLE_PLUGINS": "",
     }
     results = [
-        await run(server_url, int(n), options.orders, env, options.mode, options.latency)
+        await run(server_url, int(n), options.orders, env, options.mode, options.latency, options.db_prefix)
         for n in options.workers.split(",")
     ]
     base = results[0]["orders_per_s"]
@@ -265,8 +364,15 @@ async def main() -> None:
         ratio = float(result["orders_per_s"]) / float(base)  # type: ignore[arg-type]
         print(
             f"{result['workers']} worker(s): {result['orders_per_s']} orders/s in {result['seconds']} s, "
-            f"x{ratio:.2f} of one worker; sync job retries {result['sync_retries']}; CPU seconds {result['cpu_s']}; "
+            f"x{ratio:.2f} of one worker; sync job retries {result['sync_retries']}; "
             f"1-min load average before/after {result['load']}"
+        )
+        cpu: dict[str, float] = result["cpu_s"]  # type: ignore[assignment]
+        print(
+            f"    CPU seconds in the {result['seconds']} s: "
+            + ", ".join(f"{role} {used}" for role, used in cpu.items())
+            + f"; rows published {result['published']}"
+            + f" ({1000 * cpu['scheduler'] / max(1, int(result['published'])):.2f} scheduler CPU ms a row)"  # type: ignore[call-overload]
         )
         for reason in result["retry_reasons"]:  # type: ignore[attr-defined]
             print(f"    retried after: {reason}")

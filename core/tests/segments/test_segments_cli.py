@@ -14,11 +14,15 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from tongcrm.audit.models import AuditEntry
 from tongcrm.cli import Context, build_cli
+from tongcrm.consent.service import record_consent
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.members.models import Member, MemberTag
 from tongcrm.plugin.host import PluginHost
+from tongcrm.segments import activity
 from tongcrm.segments.models import MemberActivity
 from tongcrm.segments.schema import InvalidSegment
+from tongcrm.testing.cluster import stamp_heads
+from tongcrm.testing.database import TestDatabase
 
 
 @pytest.fixture
@@ -130,3 +134,30 @@ def test_verify_checks_the_member_activity_summary(invoke: Any) -> None:
     assert bad.exit_code != 0 and f"for members {member}" in bad.output
     assert "rebuilt" in invoke("segments", "rebuild-activity").output
     assert invoke("verify").exit_code == 0
+
+
+async def test_verify_waits_for_a_refresh_in_progress_instead_of_reporting_its_rows(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a running cluster the periodic job may be refreshing the summary when ``verify`` runs: comparing then
+    would report every member that refresh is about to bring up to date (the full system test saw it)."""
+    if not tongcrm_db.url.startswith("postgresql"):
+        pytest.skip("the refresh lock is PostgreSQL's (SQLite has one writer)")
+    host = PluginHost(autoload=True, disabled=set())  # every plugin's revisions: others may have stamped them
+    await stamp_heads(tongcrm_db, host)
+    async with tongcrm_db.sessions() as s, s.begin():
+        await activity.refresh(s)
+        member = Member(name="m")
+        s.add(member)
+        await s.flush()
+        await record_consent(s, member.id, "marketing", "opt_in", source="test")  # the summary is behind
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", tongcrm_db.url)
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    async with tongcrm_db.sessions() as s, s.begin():
+        await s.execute(sa.select(sa.func.pg_advisory_xact_lock(activity._LOCK_KEY)))  # a refresh under way
+        verifying = asyncio.create_task(
+            asyncio.to_thread(CliRunner().invoke, build_cli(host), ["verify"], obj=Context(host))
+        )
+        await asyncio.sleep(1.5)
+    result = await verifying
+    assert result.exit_code == 0, result.output

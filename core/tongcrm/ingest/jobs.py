@@ -55,7 +55,10 @@ async def sync_all(ctx: JobContext, payload: dict[str, Any]) -> None:
 
 @registry.job("ingest.sync_account")
 async def sync_one(ctx: JobContext, payload: dict[str, Any]) -> None:
-    report = await sync_account(ctx.sessions, ingest_context(ctx), payload["account"])
+    # the lease is held per job: a worker running two jobs at once must not run two syncs of one account
+    report = await sync_account(
+        ctx.sessions, ingest_context(ctx), payload["account"], holder=f"{worker_name()}:job-{ctx.job_id}"
+    )
     if report.error and not report.needs_reauth:
         # a platform hiccup: fail the job so it is retried with backoff
         raise RuntimeError(report.error)

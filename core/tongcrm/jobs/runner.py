@@ -242,11 +242,12 @@ class Runner:
     ) -> bool:
         JOB_WAIT_SECONDS.labels(name).observe(max(0.0, (self.clock() - due_at).total_seconds()))
         lock_name = f"job-lock:{lock_key}" if lock_key else None
+        # the lock key is held per job, not per runner: a runner running several jobs at once (a broker worker's
+        # concurrency) must not let two jobs of one key (two slots' syncs of one account) run side by side
+        holder = f"{self.worker_id}:job-{job_id}"
         if lock_name is not None:
             async with self.sessions() as session, session.begin():
-                got = await leases.acquire(
-                    session, lock_name, self.worker_id, self.lock_ttl, now=self.clock()
-                )
+                got = await leases.acquire(session, lock_name, holder, self.lock_ttl, now=self.clock())
             if not got:
                 await self._requeue(job_id, delay=timedelta(seconds=1), undo_attempt=True)
                 return True
@@ -255,6 +256,7 @@ class Runner:
         bound = log.bind(job_id=job_id, job=name, attempt=attempts, worker=self.worker_id)
         started = time.perf_counter()
         outcome = "done"
+        keeping = asyncio.create_task(self._keep_claim(job_id, lock_name, holder))
         try:
             if plugin_job is not None:
                 plugin_ctx = PluginJobContext(self.store, self.clock, job_id, attempts)
@@ -278,11 +280,35 @@ class Runner:
         else:
             await self._finish(job_id, status="done")
         finally:
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeping
             JOB_SECONDS.labels(name, outcome).observe(time.perf_counter() - started)
             if lock_name is not None:
                 async with self.sessions() as session, session.begin():
-                    await leases.release(session, lock_name, self.worker_id)
+                    await leases.release(session, lock_name, holder)
         return True
+
+    async def _keep_claim(self, job_id: int, lock_name: str | None, holder: str) -> None:
+        """Extend a running job's lock (and its lock key's lease) every third of ``lock_ttl`` while its handler
+        runs. Without it a job that runs longer than the lock (a long sync) looks like a dead runner's: another
+        runner, or this one, claims it again and the two runs overlap. Only a runner that died (or whose loop
+        stalled for a whole ``lock_ttl``) lets the lock lapse."""
+        interval = self.lock_ttl.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            try:
+                async with self.sessions() as session, session.begin():
+                    await session.execute(
+                        sa.update(Job)
+                        .where(Job.id == job_id, Job.status == "running", Job.locked_by == self.worker_id)
+                        .values(locked_until=now + self.lock_ttl)
+                    )
+                    if lock_name is not None:
+                        await leases.acquire(session, lock_name, holder, self.lock_ttl, now=now)
+            except Exception:  # a database hiccup: try again next time; the lock still has two thirds left
+                log.warning("could not extend a running job's lock", job_id=job_id, exc_info=True)
 
     async def _claim_job(
         self, job_id: int | None = None
