@@ -5,7 +5,7 @@ The column starts empty: the ``members.index_masked`` job (every 10 minutes) or 
 fills it from the identities' encrypted numbers after the upgrade, as for revision 0024.
 
 Revision ID: 0033
-Revises: 0027
+Revises: 0031
 Create Date: 2026-12-06 10:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0033"
-down_revision: str | Sequence[str] | None = "0027"
+down_revision: str | Sequence[str] | None = "0031"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
