@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.channels import service as accounts
@@ -60,7 +61,8 @@ async def test_one_of_matches_lists_of_any_length_with_one_statement_text(
 
 
 async def test_insert_rows_keeps_one_text_and_returns_ids_in_row_order(tongcrm_db: TestDatabase) -> None:
-    """``insert_rows``: rows of any number in one statement text on PostgreSQL (unnest of column arrays), JSON
+    """``insert_rows``: rows of any number in one statement text (PostgreSQL: unnest of column arrays; SQLite:
+    json_each of one JSON array), JSON
     and aware datetimes stored as the ORM stores them, and sequence ids ascending in row order."""
     from tongcrm.db.dialect import insert_rows, rows_params
     from tongcrm.jobs.models import OutboxEvent
@@ -94,8 +96,7 @@ async def test_insert_rows_keeps_one_text_and_returns_ids_in_row_order(tongcrm_d
                 returned.append(sorted(result.scalars().all()))
     finally:
         sa.event.remove(engine, "before_cursor_execute", seen)
-    if tongcrm_db.backend == "postgresql":
-        assert len(texts) == 1, texts  # whatever the number of rows
+    assert len(texts) == 1, texts  # whatever the number of rows, on both databases
     async with tongcrm_db.sessions() as s:
         stored = (await s.execute(sa.select(OutboxEvent).order_by(OutboxEvent.id))).scalars().all()
     assert [e.id for e in stored] == [i for ids in returned for i in ids]
@@ -104,3 +105,61 @@ async def test_insert_rows_keeps_one_text_and_returns_ids_in_row_order(tongcrm_d
         (size, n) for size in (1, 3, 7) for n in range(size)
     ]
     assert all(e.payload["text"] == 'it\'s "x"' and e.occurred_at == at for e in stored)
+
+
+async def test_sqlite_json_rows_store_what_an_executemany_stores() -> None:
+    """SQLite's ``insert_rows`` (one JSON parameter) stores byte for byte what an executemany ``INSERT`` of the
+    same rows stores: datetimes as SQLAlchemy's text, JSON (and JSON null) serialised, booleans as integers,
+    quotes, non-ASCII text and NULLs as they are; upserts and ``RETURNING`` work through it."""
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tongcrm.db.base import JSONType, UTCDateTime
+    from tongcrm.db.dialect import insert_rows, rows_params
+
+    table = sa.Table(
+        "probe",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(20), unique=True),
+        sa.Column("n", sa.BigInteger),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("at", UTCDateTime()),
+        sa.Column("meta", JSONType),
+        sa.Column("note", sa.Text),
+    )
+    columns = ("code", "n", "flag", "at", "meta", "note")
+    at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=ZoneInfo("Asia/Shanghai"))
+    rows = [
+        {"code": "a", "n": 2**62, "flag": True, "at": at, "meta": {"k": [1, "二"]}, "note": 'it\'s "x" 面膜'},
+        {"code": "b", "n": -1, "flag": False, "at": None, "meta": None, "note": None},
+        {"code": "c", "n": 0, "flag": None, "at": at, "meta": [], "note": "[1, 2]"},
+    ]
+    engine = create_async_engine("sqlite+aiosqlite://")
+    try:
+        stored = {}
+        for how in ("executemany", "json_rows"):
+            async with engine.begin() as conn:
+                await conn.run_sync(table.metadata.drop_all)
+                await conn.run_sync(table.metadata.create_all)
+                if how == "executemany":
+                    await conn.execute(sqlite.insert(table), rows)
+                else:
+                    stmt = insert_rows("sqlite", table, columns, in_order=True).returning(table.c.id)
+                    ids = (await conn.execute(stmt, rows_params("sqlite", table, columns, rows))).scalars()
+                    assert sorted(ids) == [1, 2, 3]
+                raw = await conn.execute(sa.text("SELECT *, typeof(n), typeof(flag), typeof(at) FROM probe"))
+                stored[how] = [tuple(r) for r in raw]
+        assert stored["json_rows"] == stored["executemany"]
+
+        async with engine.begin() as conn:  # an upsert through the same SELECT
+            stmt = insert_rows("sqlite", table, columns)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["code"], set_={"n": stmt.excluded.n}, where=table.c.n < stmt.excluded.n
+            ).returning(table.c.code)
+            again = [{**row, "n": 5} for row in rows]
+            changed = (await conn.execute(stmt, rows_params("sqlite", table, columns, again))).scalars()
+            assert sorted(changed) == ["b", "c"]
+            with pytest.raises(ValueError, match="does not write"):
+                rows_params("sqlite", table, columns[:2], rows)
+    finally:
+        await engine.dispose()

@@ -94,19 +94,65 @@ def column_arrays(
 
 def insert_rows(dialect: str, table: sa.Table, columns: Sequence[str], *, in_order: bool = False) -> Any:
     """An ``INSERT`` of many rows whose text does not depend on their number: ``INSERT … SELECT`` from
-    :func:`array_rows` on PostgreSQL, an executemany ``INSERT`` on SQLite. Add ``on_conflict_…`` and
+    :func:`array_rows` on PostgreSQL, from :func:`json_rows` on SQLite. Add ``on_conflict_…`` and
     ``returning`` as usual; bind with :func:`rows_params`."""
     if dialect == "postgresql":
         return postgresql.insert(table).from_select(
             list(columns), array_rows(table, columns, in_order=in_order)
         )
-    return sqlite.insert(table)
+    return sqlite.insert(table).from_select(list(columns), json_rows(columns, in_order=in_order))
 
 
 def rows_params(
     dialect: str, table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> Any:
-    """The parameters of an :func:`insert_rows` statement: column arrays on PostgreSQL, the rows on SQLite."""
+    """The parameters of an :func:`insert_rows` statement: column arrays on PostgreSQL, one JSON array of
+    the rows on SQLite."""
     if dialect == "postgresql":
         return column_arrays(table, columns, rows)
-    return list(rows)
+    return json_rows_param(table, columns, rows)
+
+
+# ------------------------------------------------------------------------------------------------- SQLite
+
+#: The parameter :func:`json_rows` reads its rows from.
+JSON_ROWS = "rows_json"
+#: Bind processors are taken from this dialect: aiosqlite's is pysqlite's, whose processors these are.
+_SQLITE = sqlite.dialect()
+
+
+def json_rows(columns: Sequence[str], *, in_order: bool = False) -> sa.Select[Any]:
+    """SQLite: the rows bound as one JSON array of arrays (:func:`json_rows_param`), as a ``SELECT`` for
+    ``INSERT … SELECT``: ``SELECT value ->> 0, value ->> 1, … FROM json_each(?)``.
+
+    An executemany ``INSERT`` rendered a ``VALUES`` list per batch through SQLAlchemy's insertmanyvalues, the
+    SQL text changing with the row count and every value bound one by one (issue #22). One text and one
+    parameter whatever the number of rows: SQLite parses the statement once per connection (its statement
+    cache) and SQLAlchemy caches its compilation. Each value was already converted by its column's bind
+    processor (:func:`json_rows_param`), so ``->>`` yields exactly what the executemany bound: text, integer,
+    real or NULL. ``WHERE true`` settles SQLite's parsing ambiguity between a join's ``ON`` and an upsert's
+    ``ON CONFLICT``; ``in_order`` inserts in row order (``ORDER BY`` the array index), so new rowids ascend in
+    row order as PostgreSQL's ``in_order`` sequence ids do.
+    """
+    rows = sa.func.json_each(sa.bindparam(JSON_ROWS, type_=sa.Text())).table_valued("key", "value")
+    select = sa.select(
+        *(rows.c.value.op("->>")(sa.literal_column(str(i))).label(name) for i, name in enumerate(columns))
+    ).where(sa.true())
+    return select.order_by(rows.c.key) if in_order else select
+
+
+def json_rows_param(
+    table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """The parameter of :func:`json_rows`: the rows as one JSON array of arrays, in ``columns`` order, each
+    value converted by its column's SQLite bind processor (datetimes to SQLAlchemy's stored text, JSON to its
+    serialised text, booleans to integers), the same values the executemany bound. A value JSON cannot carry
+    (bytes) is refused, as is a key the statement has no column for (see :func:`column_arrays`)."""
+    if rows and (extra := set(rows[0]) - set(columns)):
+        raise ValueError(f"{table.name}: values for columns the statement does not write: {sorted(extra)}")
+    # the type caches its processor per dialect: a dictionary look-up per column
+    processors = [(name, table.c[name].type._cached_bind_processor(_SQLITE)) for name in columns]
+    data = [
+        [row[name] if process is None else process(row[name]) for name, process in processors] for row in rows
+    ]
+    return {JSON_ROWS: json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)}

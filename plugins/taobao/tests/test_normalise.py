@@ -228,4 +228,10 @@ def test_a_bad_trade_is_quarantined_with_its_reason_and_raw_json(case: dict[str,
 def test_missing_fields_drive_the_fullinfo_fallback() -> None:
     assert missing_fields(trade()) == []
     assert missing_fields(trade(orders={"order": []}, buyer_open_uid="")) == ["buyer_open_uid", "orders"]
-    assert missing_fields(trade(type="step")) == ["step_trade_status", "step_paid_fee"]
+    step = ["step_trade_status", "step_paid_fee"]
+    assert missing_fields(trade(type="step", status="WAIT_BUYER_PAY")) == step
+    assert missing_fields(trade(type="step", status="TRADE_CLOSED_BY_TAOBAO")) == step
+    assert missing_fields(trade(type="step", status="NEW_STATUS")) == step
+    # paid: what was paid is ``payment`` whatever the step fields say, so they are not worth a request
+    assert missing_fields(trade(type="step")) == []
+    assert missing_fields(trade(type="step", status="WAIT_SELLER_SEND_GOODS")) == []

@@ -18,6 +18,7 @@ def _by_strptime(text: str) -> datetime:
 def test_canonical_times_parse_as_strptime_parses_them(moment: datetime) -> None:
     text = moment.replace(microsecond=0).strftime(_FORMAT)
     assert parse_top_time(text) == _by_strptime(text)
+    assert parse_top_time(text).tzinfo is UTC  # what the storage's fast path for UTC expects
     assert parse_top_time(f" {text} ") == _by_strptime(text)
     assert format_top_time(parse_top_time(text)) == text
 

@@ -120,6 +120,8 @@ REQUIRED_FIELDS: tuple[str, ...] = ("status", "created", "modified", "payment", 
 # statuses in which the buyer has not paid (the amount in ``payment`` is what is due, not what was paid)
 _STEP_FIELDS = ("step_trade_status", "step_paid_fee")
 _UNPAID = frozenset({OrderStatus.CREATED, OrderStatus.CLOSED})
+# where :func:`_paid_fen` reads the step fields (``None``: a status not known yet, so nothing is ruled out)
+_STEP_READ = frozenset({*_UNPAID, None})
 _MONEY = re.compile(r"^(\d{1,12})(?:\.(\d{1,2}))?$")
 
 
@@ -179,13 +181,15 @@ def trade_id(trade: Mapping[str, Any]) -> str | None:
 def missing_fields(trade: Mapping[str, Any]) -> list[str]:
     """Required fields the trade lacks (an empty ``orders`` wrapper counts as missing).
 
-    A presale (``step``) trade also needs ``step_trade_status`` and ``step_paid_fee``: without them a paid
-    deposit would look like an unpaid trade.
+    A presale (``step``) trade in a status without payment also needs ``step_trade_status`` and
+    ``step_paid_fee``: without them a paid deposit would look like an unpaid trade. In any other status they
+    are never read (what was paid is ``payment``), so their absence costs no ``fullinfo`` request — one a
+    presale trade, most of a Taobao sync's requests (issue #22).
     """
     missing = [name for name in REQUIRED_FIELDS if trade.get(name) in (None, "")]
     if "orders" not in missing and not _order_list(trade.get("orders")):
         missing.append("orders")
-    if trade.get("type") == "step":
+    if trade.get("type") == "step" and STATUS_MAP.get(str(trade.get("status"))) in _STEP_READ:
         missing.extend(name for name in _STEP_FIELDS if trade.get(name) in (None, ""))
     return missing
 
