@@ -1,0 +1,197 @@
+"""The set-based writer of an import page's brand-new members (PostgreSQL): COPY instead of row-by-row binds.
+
+Most rows of a first import from another CRM name someone tongcrm has never seen. For those, identity
+resolution's answer is known before it runs: none of the row's claims is stored, no other row of the page
+shares one, and the policy (``resolve_member``, asked here with no matches, exactly as resolution would ask it)
+says "create". Such a row becomes one new member with its identities and a ``member_created`` event, which
+this module writes with a handful of fixed-text statements and ``COPY`` — the members and events straight into
+their tables (nothing can conflict there: the ids come from the members' own sequence), the identities
+through a temporary staging table and one ``INSERT … SELECT … ON CONFLICT DO NOTHING``, because a channel
+sync running at the same time may store one of the same identities first.
+
+Every other row (a claim already stored, a claim shared with another row of the page, a policy that does not
+simply create, a claim that cannot be prepared) is left to :func:`tongcrm.identity.service.resolve_many`, which
+merges rather than duplicates. So is the whole page when the identities insert finds a conflict: the writes
+here roll back to their savepoint and the caller resolves every row the ordinary way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.identity.service import (
+    MOBILE,
+    ClaimError,
+    ClaimSet,
+    ResolutionContext,
+    ResolveOutcome,
+    prepare_claim,
+)
+from tongcrm.logging import get_logger
+from tongcrm.members.masked import masked_index
+from tongcrm.plugin.types import IdentityClaim
+
+log = get_logger(__name__)
+
+#: Claims of a page that are already stored: one fixed text, the page's claims as array parameters.
+_LOOKUP = (
+    "SELECT DISTINCT t.n FROM unnest($1::varchar[], $2::varchar[], $3::int[]) AS t(k, v, n) "
+    "JOIN identities AS i ON i.kind = t.k AND i.value = t.v"
+)
+_NEW_IDS = "SELECT nextval(pg_get_serial_sequence('members', 'id')) FROM generate_series(1, $1)"
+_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS bulk_stage_identities ("
+    " kind varchar(64) NOT NULL, value varchar(200) NOT NULL, member_id bigint NOT NULL, value_enc text,"
+    " evidence text NOT NULL, seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
+)
+#: In (kind, value) order, as resolution inserts them: concurrent writers then wait on each other instead of
+#: deadlocking.
+_INSERT_IDENTITIES = (
+    "INSERT INTO identities (kind, value, member_id, value_enc, account_id, evidence, first_seen_at, last_seen_at) "
+    "SELECT kind, value, member_id, value_enc, NULL, evidence, seen_at, seen_at FROM bulk_stage_identities "
+    "ORDER BY kind, value ON CONFLICT (kind, value) DO NOTHING"
+)
+_MEMBER_COLUMNS = (
+    "id", "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc",
+    "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
+)  # fmt: skip
+_IDENTITY_COLUMNS = ("kind", "value", "member_id", "value_enc", "evidence", "seen_at")
+
+
+class _Conflict(Exception):
+    """Another transaction stored one of the page's new identities first."""
+
+
+@dataclass(slots=True)
+class _New:
+    index: int
+    claim_set: ClaimSet
+    claims: list[Any]  # tongcrm.identity.service._Claim
+
+
+def _prepared(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> list[Any] | None:
+    """The claim set's claims ready to store, without repeats; None when one cannot be prepared (resolution
+    reports that error itself)."""
+    out: list[Any] = []
+    seen: set[tuple[str, str]] = set()
+    try:
+        for claim in cs.claims:
+            c = prepare_claim(ctx, kinds, claim)
+            if (c.kind, c.value) not in seen:
+                seen.add((c.kind, c.value))
+                out.append(c)
+    except ClaimError:
+        return None
+    return out or None
+
+
+def _creates(ctx: ResolutionContext, claims: Sequence[Any]) -> bool:
+    """Whether the policy creates a member for claims none of which is stored (what resolution would ask)."""
+    try:
+        decision = ctx.host.resolve_member([IdentityClaim(c.kind, c.value, c.evidence) for c in claims], [])
+    except Exception:
+        return False
+    return decision is None or decision.create
+
+
+async def write_new_members(
+    session: AsyncSession, ctx: ResolutionContext, claim_sets: Sequence[ClaimSet]
+) -> dict[int, ResolveOutcome]:
+    """Create the members of the claim sets that certainly make new members; {index: outcome} of those.
+
+    The caller resolves the others (in their order) with :func:`tongcrm.identity.service.resolve_many`. Runs in
+    the caller's transaction (PostgreSQL only)."""
+    kinds = ctx.host.identity_kinds()
+    candidates: list[_New] = []
+    for i, cs in enumerate(claim_sets):
+        claims = _prepared(ctx, kinds, cs)
+        if claims is not None:
+            candidates.append(_New(i, cs, claims))
+    if not candidates:
+        return {}
+    # a claim two rows of the page share: resolution decides how they meet
+    uses = Counter((c.kind, v) for new in candidates for c in new.claims for v in {c.value, *c.lookup})
+    unique = [
+        new
+        for new in candidates
+        if all(uses[(c.kind, v)] == 1 for c in new.claims for v in {c.value, *c.lookup})
+    ]
+    if not unique:
+        return {}
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    kinds_arg, values_arg, rows_arg = [], [], []
+    for n, new in enumerate(unique):
+        for c in new.claims:
+            for v in {c.value, *c.lookup}:
+                kinds_arg.append(c.kind)
+                values_arg.append(v)
+                rows_arg.append(n)
+    known = {r[0] for r in await driver.fetch(_LOOKUP, kinds_arg, values_arg, rows_arg)}
+    fresh = [new for n, new in enumerate(unique) if n not in known and _creates(ctx, new.claims)]
+    if not fresh:
+        return {}
+    now = ctx.clock()
+    # a savepoint of its own, on the connection the writes use (the ORM's nested transaction would not cover them)
+    await driver.execute("SAVEPOINT bulk_staged_members")
+    try:
+        ids = await _write(driver, ctx, fresh, now)
+    except _Conflict:
+        await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_members")
+        log.info("a new identity of the import page was stored meanwhile; resolving the page row by row")
+        return {}
+    await driver.execute("RELEASE SAVEPOINT bulk_staged_members")
+    return {
+        new.index: ResolveOutcome(member_id, True, (), None)
+        for new, member_id in zip(fresh, ids, strict=True)
+    }
+
+
+async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now: datetime) -> list[int]:
+    ids = sorted(r[0] for r in await driver.fetch(_NEW_IDS, len(fresh)))
+    stamp = now.isoformat()
+    members: list[tuple[Any, ...]] = []
+    identities: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    for member_id, new in zip(ids, fresh, strict=True):
+        cs = new.claim_set
+        profile: dict[str, str] = {}
+        if cs.profile is not None:
+            for name in ("name", "province", "city"):
+                raw = getattr(cs.profile, name)
+                if raw and raw.strip():
+                    profile[name] = raw.strip()[: 100 if name == "name" else 64]
+        meta: dict[str, Any] = {name: {"at": stamp, "verified": False} for name in profile}
+        mobile = next((c for c in new.claims if c.kind == MOBILE and c.e164 is not None), None)
+        mobile_enc = masked = None
+        if mobile is not None:
+            mobile_enc, masked = mobile.value_enc, masked_index(ctx.vault, mobile.e164)
+            meta["mobile_enc"] = {"at": stamp, "verified": True}
+        members.append(
+            (
+                member_id, "active", 1, now, now, profile.get("name"), profile.get("province"), profile.get("city"),
+                mobile_enc, masked, json.dumps(meta), cs.source_channel, cs.source_store, cs.source_campaign,
+                "prospect",
+            )
+        )  # fmt: skip
+        identities.extend((c.kind, c.value, member_id, c.value_enc, c.evidence, now) for c in new.claims)
+        payload = {"member_id": member_id, "source": cs.source_channel or "unknown"}
+        events.append(("member_created", json.dumps(payload), now))
+    await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
+    await driver.execute(_STAGE)
+    await driver.execute("DELETE FROM bulk_stage_identities")
+    await driver.copy_records_to_table("bulk_stage_identities", records=identities, columns=_IDENTITY_COLUMNS)
+    status = await driver.execute(_INSERT_IDENTITIES)
+    if int(status.split()[-1]) != len(identities):
+        raise _Conflict()
+    await driver.copy_records_to_table(
+        "outbox_events", records=events, columns=("name", "payload", "occurred_at")
+    )
+    return ids
