@@ -579,3 +579,91 @@ async def test_an_identity_stored_meanwhile_sends_the_page_through_resolution(
     assert owners["legacy/M6"] == before["buyer-2"]
     assert await count(tongcrm_db, Member) == 3
     assert await count(tongcrm_db, OutboxEvent, OutboxEvent.name == "member_created") == 3
+
+
+async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store_them(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same history imported twice under two sources (two accounts), once with the set-based writer and once
+    through ingest alone, stores the same orders, lines and buyers."""
+    await _channel_buyers(tongcrm_db, memory_host)
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", MEMBERS_CSV))
+    lines = json.dumps(
+        [
+            {
+                "line_id": "a",
+                "title": "裙",
+                "amount_fen": 15000,
+                "quantity": 3,
+                "sku": "S1",
+                "refunded_fen": 5000,
+            },
+            {"line_id": "b", "amount_fen": 4900, "category": "鞋"},
+        ]
+    )
+    text = "\n".join(
+        json.dumps(row, ensure_ascii=False)
+        for row in [
+            {"order_id": "O1", "mobile": "13800138001", "placed_at": "2025-03-01 10:00", "total_fen": "19900",
+             "paid_fen": "19900", "refunded_fen": "5000", "lines": lines, "store_code": "S", "post_fee_fen": "500"},
+            {"order_id": "O2", "title": "t", "identity.memory.buyer": "buyer-1", "placed_at": "2025-04-01T10:00:00+08:00",
+             "total_fen": "5000", "status": "shipped", "completed_at": "2025-04-03 10:00"},
+            {"order_id": "O3", "title": "t", "placed_at": "2025-05-01 10:00", "total_fen": "100", "status": "created"},
+            {"order_id": "O4", "title": "t", "mobile": "13900139999", "placed_at": "2025-05-01 10:00", "total_fen": "100"},
+            {"order_id": "O5", "title": "t", "mobile": "13800138002", "name": "李四", "placed_at": "2025-05-02", "total_fen": "7"},
+        ]
+    )  # fmt: skip
+    path = write(tmp_path / "orders.jsonl", text + "\n")
+    written: list[int] = []
+    real = staged.write_orders
+
+    async def spying(*args: Any) -> staged.OrdersWritten:
+        out = await real(*args)
+        written.append(len(out.external_ids))
+        return out
+
+    monkeypatch.setattr(staged, "write_orders", spying)
+    first, _ = await do_import(tongcrm_db, ctx, "orders", path, fmt="jsonl", source="a")
+
+    async def nothing(*args: Any) -> staged.OrdersWritten:
+        return staged.OrdersWritten(set(), set())
+
+    monkeypatch.setattr(staged, "write_orders", nothing)
+    second, _ = await do_import(
+        tongcrm_db, ctx, "orders", write(tmp_path / "o.jsonl", text), fmt="jsonl", source="b"
+    )
+    assert (first.imported, first.failed) == (second.imported, second.failed) == (5, 0)
+    # PostgreSQL: O1 (a known mobile), O2 (a known channel buyer) and O3 (no buyer); O4 makes a member and O5
+    # fills a profile, both through ingest
+    assert written == ([3] if tongcrm_db.backend == "postgresql" else [])
+
+    def shape(order: Order, order_lines: list[Any]) -> tuple[Any, ...]:
+        skip = {"id", "account_id", "ingested_at", "updated_at", "member_id", "origin_member_id"}
+        own = {c.key: getattr(order, c.key) for c in sa.inspect(Order).column_attrs if c.key not in skip}
+        kept = [
+            {c: getattr(line, c) for c in ("external_id", "sku", "category", "title", "quantity", "unit_price_fen",
+                                           "amount_fen", "refunded_fen", "refund_status")}
+            for line in sorted(order_lines, key=lambda line: line.external_id)
+        ]  # fmt: skip
+        return own, kept
+
+    from tongcrm.orders.models import OrderLine
+
+    async with tongcrm_db.sessions() as session:
+        stored = (await session.execute(sa.select(Order).order_by(Order.id))).scalars().all()
+        by_order: dict[int, list[Any]] = {}
+        for line in (await session.execute(sa.select(OrderLine))).scalars():
+            by_order.setdefault(line.order_id, []).append(line)
+    a = {o.external_id: o for o in stored if o.account_id == first.account_id}
+    b = {o.external_id: o for o in stored if o.account_id == second.account_id}
+    assert set(a) == set(b) == {"O1", "O2", "O3", "O4", "O5"}
+    for ext in a:
+        assert shape(a[ext], by_order.get(a[ext].id, [])) == shape(b[ext], by_order.get(b[ext].id, []))
+    for ext in ("O1", "O2", "O5"):
+        assert a[ext].member_id == b[ext].member_id and a[ext].member_id is not None
+    assert a["O3"].member_id is None and a["O4"].member_id is not None
+    assert a["O1"].refunded_fen == 5000 and len(by_order[a["O1"].id]) == 2

@@ -657,11 +657,19 @@ async def _apply_orders(
         key_of[order.external_id] = r.key
     if not orders:
         return outcome
-    ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
-    result = await apply_orders_page(
-        session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
-    )
-    outcome.members |= result.member_ids
+    if dialect_name(session) == "postgresql":
+        # orders of buyers already known (most of a history imported after its members): set-based
+        staged_orders = await staged.write_orders(
+            session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders
+        )
+        outcome.members |= staged_orders.member_ids
+        orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
+    if orders:
+        ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
+        result = await apply_orders_page(
+            session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
+        )
+        outcome.members |= result.member_ids
     external = list(key_of)
     stored = set(
         (
