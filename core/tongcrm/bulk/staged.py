@@ -1,18 +1,21 @@
-"""The set-based writer of an import page's brand-new members (PostgreSQL): COPY instead of row-by-row binds.
+"""Set-based writers of an import page (PostgreSQL): ``COPY`` and fixed-text statements instead of row-by-row
+binds, for the rows whose outcome identity resolution would decide without anything to weigh.
 
-Most rows of a first import from another CRM name someone tongcrm has never seen. For those, identity
-resolution's answer is known before it runs: none of the row's claims is stored, no other row of the page
-shares one, and the policy (``resolve_member``, asked here with no matches, exactly as resolution would ask it)
-says "create". Such a row becomes one new member with its identities and a ``member_created`` event, which
-this module writes with a handful of fixed-text statements and ``COPY`` — the members and events straight into
-their tables (nothing can conflict there: the ids come from the members' own sequence), the identities
-through a temporary staging table and one ``INSERT … SELECT … ON CONFLICT DO NOTHING``, because a channel
-sync running at the same time may store one of the same identities first.
+**Members.** Most rows of a first import from another CRM name someone tongcrm has never seen: none of the
+row's claims is stored, no other row of the page shares one, and the policy (``resolve_member``, asked with no
+matches, exactly as resolution would ask it) says "create". Such a row becomes one new member with its
+identities and a ``member_created`` event, all three written by ``COPY`` (the member ids drawn from the
+members' own sequence first). A channel sync running at the same time may store one of the same identities
+first: the identities' unique ``(kind, value)`` then stops the ``COPY``, the writes roll back to their savepoint
+and the caller resolves every row of the page the ordinary way.
 
-Every other row (a claim already stored, a claim shared with another row of the page, a policy that does not
-simply create, a claim that cannot be prepared) is left to :func:`tongcrm.identity.service.resolve_many`, which
-merges rather than duplicates. So is the whole page when the identities insert finds a conflict: the writes
-here roll back to their savepoint and the caller resolves every row the ordinary way.
+**Orders.** A historical order whose every claim is stored and names one live member that the policy attaches
+to (or that has no claims at all) is staged by ``COPY`` and inserted with one ``INSERT … SELECT … ON CONFLICT
+DO NOTHING``; its lines go in by ``COPY`` and the claimed identities' ``last_seen_at`` moves in one statement.
+
+Every other row (a claim not stored yet, claims naming several members, a claim shared within the page, a
+profile to fill, a claim that cannot be prepared) is left to :func:`tongcrm.identity.service.resolve_many` or
+:func:`tongcrm.ingest.apply.apply_orders_page`, which merge rather than duplicate.
 """
 
 from __future__ import annotations
@@ -46,23 +49,16 @@ _LOOKUP = (
     "JOIN identities AS i ON i.kind = t.k AND i.value = t.v"
 )
 _NEW_IDS = "SELECT nextval(pg_get_serial_sequence('members', 'id')) FROM generate_series(1, $1)"
-_STAGE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS bulk_stage_identities ("
-    " kind varchar(64) NOT NULL, value varchar(200) NOT NULL, member_id bigint NOT NULL, value_enc text,"
-    " evidence text NOT NULL, seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
-)
-#: In (kind, value) order, as resolution inserts them: concurrent writers then wait on each other instead of
-#: deadlocking.
-_INSERT_IDENTITIES = (
-    "INSERT INTO identities (kind, value, member_id, value_enc, account_id, evidence, first_seen_at, last_seen_at) "
-    "SELECT kind, value, member_id, value_enc, NULL, evidence, seen_at, seen_at FROM bulk_stage_identities "
-    "ORDER BY kind, value ON CONFLICT (kind, value) DO NOTHING"
-)
 _MEMBER_COLUMNS = (
     "id", "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc",
     "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
 )  # fmt: skip
-_IDENTITY_COLUMNS = ("kind", "value", "member_id", "value_enc", "evidence", "seen_at")
+_IDENTITY_COLUMNS = (
+    "kind", "value", "member_id", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at",
+)  # fmt: skip
+
+
+_UNIQUE_VIOLATION = "23505"
 
 
 class _Conflict(Exception):
@@ -182,16 +178,20 @@ async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now
                 "prospect",
             )
         )  # fmt: skip
-        identities.extend((c.kind, c.value, member_id, c.value_enc, c.evidence, now) for c in new.claims)
+        identities.extend(
+            (c.kind, c.value, member_id, c.value_enc, None, c.evidence, now, now) for c in new.claims
+        )
         payload = {"member_id": member_id, "source": cs.source_channel or "unknown"}
         events.append(("member_created", json.dumps(payload), now))
     await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
-    await driver.execute(_STAGE)
-    await driver.execute("DELETE FROM bulk_stage_identities")
-    await driver.copy_records_to_table("bulk_stage_identities", records=identities, columns=_IDENTITY_COLUMNS)
-    status = await driver.execute(_INSERT_IDENTITIES)
-    if int(status.split()[-1]) != len(identities):
-        raise _Conflict()
+    # in (kind, value) order, as resolution inserts them: concurrent writers wait on each other in that order
+    identities.sort(key=lambda row: (row[0], row[1]))
+    try:
+        await driver.copy_records_to_table("identities", records=identities, columns=_IDENTITY_COLUMNS)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            raise _Conflict() from None
+        raise
     await driver.copy_records_to_table(
         "outbox_events", records=events, columns=("name", "payload", "occurred_at")
     )
