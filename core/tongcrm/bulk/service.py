@@ -664,12 +664,14 @@ async def _apply_orders(
         )
         outcome.members |= staged_orders.member_ids
         orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
-    if orders:
-        ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
-        result = await apply_orders_page(
-            session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
-        )
-        outcome.members |= result.member_ids
+        key_of = {o.external_id: key_of[o.external_id] for o in orders}
+    if not orders:
+        return outcome
+    ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
+    result = await apply_orders_page(
+        session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
+    )
+    outcome.members |= result.member_ids
     external = list(key_of)
     stored = set(
         (

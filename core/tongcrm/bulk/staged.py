@@ -349,8 +349,9 @@ async def write_orders(
         )  # fmt: skip
     if not rows:
         return out
+    # rows a rolled-back page left are gone (ON COMMIT DELETE ROWS drops them at commit and a rollback with
+    # the page); rows of an earlier call in this transaction were inserted then, so they insert nothing now
     await driver.execute(_STAGE_ORDERS)
-    await driver.execute("DELETE FROM bulk_stage_orders")
     await driver.copy_records_to_table("bulk_stage_orders", records=rows, columns=_ORDER_COLUMNS)
     written = await driver.fetch(_INSERT_ORDERS)
     lines = [
