@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from tongcrm.bulk import service, staged
 from tongcrm.bulk.mapping import parse_mapping
-from tongcrm.bulk.models import BulkImport, BulkImportError
+from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.crypto import Vault
 from tongcrm.errors import BadRequest
 from tongcrm.identity.models import Identity
@@ -667,3 +667,25 @@ async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store
         assert a[ext].member_id == b[ext].member_id and a[ext].member_id is not None
     assert a["O3"].member_id is None and a["O4"].member_id is not None
     assert a["O1"].refunded_fen == 5000 and len(by_order[a["O1"].id]) == 2
+
+
+async def test_orders_stored_meanwhile_fall_back_to_ingest(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    """An order whose key is free but that is stored (another import of the same account got there first) stops
+    the set-based COPY; the page goes through ingest, which finds nothing new."""
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", MEMBERS_CSV))
+    text = "order_id,member_id,placed_at,total_fen\nO1,M1,2025-03-01 10:00,100\nO2,M2,2025-03-02 10:00,200\n"
+    first, _ = await do_import(tongcrm_db, ctx, "orders", write(tmp_path / "o.csv", text))
+    async with tongcrm_db.sessions() as session, session.begin():
+        await session.execute(sa.delete(BulkImportKey).where(BulkImportKey.kind == "orders"))
+    again, _ = await do_import(
+        tongcrm_db, ctx, "orders", write(tmp_path / "o2.csv", text + "O3,M3,2025-03-03,300\n")
+    )
+    assert (first.imported, again.imported, again.failed) == (2, 3, 0)
+    assert await count(tongcrm_db, Order) == 3
+    async with tongcrm_db.sessions() as session:
+        lines = (
+            await session.execute(sa.select(sa.func.count()).select_from(sa.table("order_lines")))
+        ).scalar()
+    assert lines == 3

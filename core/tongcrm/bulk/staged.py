@@ -10,8 +10,10 @@ first: the identities' unique ``(kind, value)`` then stops the ``COPY``, the wri
 and the caller resolves every row of the page the ordinary way.
 
 **Orders.** A historical order whose every claim is stored and names one live member that the policy attaches
-to (or that has no claims at all) is staged by ``COPY`` and inserted with one ``INSERT … SELECT … ON CONFLICT
-DO NOTHING``; its lines go in by ``COPY`` and the claimed identities' ``last_seen_at`` moves in one statement.
+to (or that has no claims at all) goes in by ``COPY`` under an id drawn from the orders' sequence, its lines by
+``COPY``, and the claimed identities' ``last_seen_at`` moves in one statement. The page's keys were new, so its
+orders should be; one stored meanwhile stops the ``COPY`` on ``(account_id, external_id)`` and the page goes
+through ingest.
 
 Every other row (a claim not stored yet, claims naming several members, a claim shared within the page, a
 profile to fill, a claim that cannot be prepared) is left to :func:`tongcrm.identity.service.resolve_many` or
@@ -186,12 +188,7 @@ async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now
     await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
     # in (kind, value) order, as resolution inserts them: concurrent writers wait on each other in that order
     identities.sort(key=lambda row: (row[0], row[1]))
-    try:
-        await driver.copy_records_to_table("identities", records=identities, columns=_IDENTITY_COLUMNS)
-    except Exception as exc:
-        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
-            raise _Conflict() from None
-        raise
+    await _copy(driver, "identities", identities, _IDENTITY_COLUMNS)
     await driver.copy_records_to_table(
         "outbox_events", records=events, columns=("name", "payload", "occurred_at")
     )
@@ -208,30 +205,12 @@ _ORDER_LOOKUP = (
     "JOIN identities AS i ON i.kind = t.k AND i.value = t.v JOIN members AS m ON m.id = i.member_id"
 )
 _TOUCH = "UPDATE identities SET last_seen_at = $2 WHERE id = ANY($1::bigint[])"
-_STAGE_ORDERS = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS bulk_stage_orders ("
-    " n int NOT NULL, account_id bigint NOT NULL, external_id varchar(64) NOT NULL, member_id bigint,"
-    " channel varchar(64) NOT NULL, status varchar(16) NOT NULL, platform_status varchar(64) NOT NULL,"
-    " store_code varchar(64), total_fen bigint NOT NULL, paid_fen bigint NOT NULL, refunded_fen bigint NOT NULL,"
-    " post_fee_fen bigint NOT NULL, discount_fen bigint NOT NULL, placed_at timestamptz NOT NULL,"
-    " paid_at timestamptz, shipped_at timestamptz, completed_at timestamptz, modified_at timestamptz NOT NULL,"
-    " seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
-)
+_NEW_ORDER_IDS = "SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)"
 _ORDER_COLUMNS = (
-    "n", "account_id", "external_id", "member_id", "channel", "status", "platform_status", "store_code",
-    "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "placed_at", "paid_at", "shipped_at",
-    "completed_at", "modified_at", "seen_at",
+    "id", "account_id", "external_id", "member_id", "origin_member_id", "channel", "status", "platform_status",
+    "store_code", "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "placed_at", "paid_at",
+    "shipped_at", "completed_at", "shipments", "modified_at", "ingested_at", "updated_at",
 )  # fmt: skip
-#: An order stored meanwhile (by an overlapping import) is left out here and applied the ordinary way.
-_INSERT_ORDERS = (
-    "INSERT INTO orders (account_id, external_id, member_id, origin_member_id, channel, status, platform_status,"
-    " store_code, total_fen, paid_fen, refunded_fen, post_fee_fen, discount_fen, placed_at, paid_at, shipped_at,"
-    " completed_at, shipments, modified_at, ingested_at, updated_at) "
-    "SELECT account_id, external_id, member_id, member_id, channel, status, platform_status, store_code, total_fen,"
-    " paid_fen, refunded_fen, post_fee_fen, discount_fen, placed_at, paid_at, shipped_at, completed_at, '[]',"
-    " modified_at, seen_at, seen_at FROM bulk_stage_orders ORDER BY n "
-    "ON CONFLICT (account_id, external_id) DO NOTHING RETURNING id, external_id"
-)
 _LINE_COLUMNS = (
     "order_id", "external_id", "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen",
     "refunded_fen", "refund_status",
@@ -322,10 +301,9 @@ async def write_orders(
         ):
             found[(kind, value)] = _Found(identity_id, value, member_id, status, created)
     now = ctx.clock()
-    rows: list[tuple[Any, ...]] = []
-    by_external: dict[str, tuple[NormalisedOrder, int | None]] = {}
+    chosen: list[tuple[NormalisedOrder, int | None]] = []
     touched: set[int] = set()
-    for n, (order, claims) in enumerate(prepared):
+    for order, claims in prepared:
         member: int | None = None
         if claims:
             buyer = _buyer(ctx, order, claims, found)
@@ -338,37 +316,67 @@ async def write_orders(
                 for v in (c.value, *c.lookup)
                 if (c.kind, v) in found
             )
-        by_external[order.external_id] = (order, member)
-        rows.append(
-            (
-                n, account_id, order.external_id, member, channel, order.status.value, order.platform_status,
-                order.store_code, order.total_fen, order.paid_fen, sum(line.refunded_fen for line in order.lines),
-                order.post_fee_fen, order.discount_fen, order.created_at, order.paid_at, order.shipped_at,
-                order.completed_at, order.modified_at, now,
-            )
-        )  # fmt: skip
-    if not rows:
+        chosen.append((order, member))
+    if not chosen:
         return out
-    # rows a rolled-back page left are gone (ON COMMIT DELETE ROWS drops them at commit and a rollback with
-    # the page); rows of an earlier call in this transaction were inserted then, so they insert nothing now
-    await driver.execute(_STAGE_ORDERS)
-    await driver.copy_records_to_table("bulk_stage_orders", records=rows, columns=_ORDER_COLUMNS)
-    written = await driver.fetch(_INSERT_ORDERS)
-    lines = [
-        (
-            order_id, line.external_id, line.sku, line.category, line.title[:300], line.quantity,
-            line.unit_price_fen, line.amount_fen, line.refunded_fen, line.refund_status.value,
-        )
-        for order_id, external_id in written
-        for line in by_external[external_id][0].lines
-    ]  # fmt: skip
-    if lines:
-        await driver.copy_records_to_table("order_lines", records=lines, columns=_LINE_COLUMNS)
+    # a savepoint of its own, on the connection the writes use
+    await driver.execute("SAVEPOINT bulk_staged_orders")
+    try:
+        await _write_orders(driver, account_id, channel, chosen, now)
+    except _Conflict:
+        await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_orders")
+        log.info("an order of the import page was stored meanwhile; applying the page through ingest")
+        return out
+    await driver.execute("RELEASE SAVEPOINT bulk_staged_orders")
     if touched:
         await driver.execute(_TOUCH, sorted(touched), now)
-    for _order_id, external_id in written:
-        out.external_ids.add(external_id)
-        member = by_external[external_id][1]
+    for order, member in chosen:
+        out.external_ids.add(order.external_id)
         if member is not None:
             out.member_ids.add(member)
     return out
+
+
+async def _write_orders(
+    driver: Any,
+    account_id: int,
+    channel: str,
+    chosen: Sequence[tuple[NormalisedOrder, int | None]],
+    now: datetime,
+) -> None:
+    """The orders by ``COPY`` under ids drawn from their sequence, then their lines. The page's keys were new,
+    so the orders should be too; one stored meanwhile (an overlapping import of the same account) stops the
+    ``COPY`` on the ``(account_id, external_id)`` unique constraint."""
+    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(chosen)))
+    rows: list[tuple[Any, ...]] = []
+    lines: list[tuple[Any, ...]] = []
+    for order_id, (order, member) in zip(ids, chosen, strict=True):
+        rows.append(
+            (
+                order_id, account_id, order.external_id, member, member, channel, order.status.value,
+                order.platform_status, order.store_code, order.total_fen, order.paid_fen,
+                sum(line.refunded_fen for line in order.lines), order.post_fee_fen, order.discount_fen,
+                order.created_at, order.paid_at, order.shipped_at, order.completed_at, "[]", order.modified_at,
+                now, now,
+            )
+        )  # fmt: skip
+        lines.extend(
+            (
+                order_id, line.external_id, line.sku, line.category, line.title[:300], line.quantity,
+                line.unit_price_fen, line.amount_fen, line.refunded_fen, line.refund_status.value,
+            )
+            for line in order.lines
+        )  # fmt: skip
+    await _copy(driver, "orders", rows, _ORDER_COLUMNS)
+    if lines:
+        await _copy(driver, "order_lines", lines, _LINE_COLUMNS)
+
+
+async def _copy(driver: Any, table: str, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
+    """``COPY`` into ``table``; a unique violation (another transaction stored a row first) is a :class:`_Conflict`."""
+    try:
+        await driver.copy_records_to_table(table, records=records, columns=columns)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            raise _Conflict() from None
+        raise
