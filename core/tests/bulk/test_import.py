@@ -11,15 +11,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from tongcrm.bulk import service
+from tongcrm.bulk import service, staged
 from tongcrm.bulk.mapping import parse_mapping
-from tongcrm.bulk.models import BulkImport, BulkImportError
+from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.crypto import Vault
 from tongcrm.errors import BadRequest
 from tongcrm.identity.models import Identity
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.jobs.models import OutboxEvent
+from tongcrm.members.masked import masked_index
 from tongcrm.members.models import Member
+from tongcrm.members.phone import MOBILE_CONTEXT
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.ledger import verify
@@ -187,28 +189,9 @@ async def test_bad_rows_are_kept_with_line_numbers_and_reasons(
 async def test_members_known_through_channel_identities_merge_instead_of_duplicating(
     tongcrm_db: TestDatabase, ctx: service.ImportContext, memory_host: PluginHost, tmp_path: Path
 ) -> None:
-    from tongcrm.channels import service as accounts
-
-    ingest = IngestContext(host=memory_host, vault=VAULT, clock=lambda: NOW, tz=TZ)
-    async with tongcrm_db.sessions() as session, session.begin():
-        account = await accounts.create_account(
-            session, memory_host, VAULT, "memory", "shop-a", {"token": "t", "shop": "A"}
-        )
-        await apply_orders_page(
-            session,
-            ingest,
-            account.id,
-            "memory",
-            [make_order("T1", "buyer-1"), make_order("T2", "buyer-2", mobile="13700137002")],
-        )
+    channel = await _channel_buyers(tongcrm_db, memory_host)
     assert await count(tongcrm_db, Member) == 2
-    async with tongcrm_db.sessions() as session:
-        buyer1 = (
-            await session.execute(sa.select(Identity.member_id).where(Identity.value == "buyer-1"))
-        ).scalar_one()
-        buyer2 = (
-            await session.execute(sa.select(Identity.member_id).where(Identity.value == "buyer-2"))
-        ).scalar_one()
+    buyer1, buyer2 = channel["buyer-1"], channel["buyer-2"]
     path = write(
         tmp_path / "members.csv",
         "member_id,mobile,name,taobao_id\n"
@@ -457,3 +440,252 @@ async def test_imported_mobiles_are_not_at_rest_in_the_clear(
     for number in numbers:
         assert number[-8:] not in dump
     assert "王*" in dump and "王五" not in dump  # the refused row is kept, masked
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the set-based members path (#22): brand-new members by COPY on PostgreSQL, the rest through resolution
+
+MIXED_CSV = (
+    "member_id,mobile,name,city,buyer\n"
+    "M1,13800138001, 张三 ,上海,\n"  # new
+    "M2,,李四,,\n"  # new, no mobile
+    "M3,13800138009,王五,,\n"  # M3 and M4 share a mobile: one person
+    "M4,138 0013 8009,,杭州,\n"
+    "M5,,赵六,,buyer-1\n"  # the channel's buyer-1
+    "M6,13700137002,,,\n"  # the channel's buyer-2's mobile
+)
+
+
+async def _channel_buyers(db: TestDatabase, host: PluginHost) -> dict[str, int]:
+    from tongcrm.channels import service as accounts
+
+    ingest = IngestContext(host=host, vault=VAULT, clock=lambda: NOW, tz=TZ)
+    async with db.sessions() as session, session.begin():
+        account = await accounts.create_account(
+            session, host, VAULT, "memory", "shop-a", {"token": "t", "shop": "A"}
+        )
+        await apply_orders_page(
+            session,
+            ingest,
+            account.id,
+            "memory",
+            [make_order("T1", "buyer-1"), make_order("T2", "buyer-2", mobile="13700137002")],
+        )
+    return await _owners(db)
+
+
+async def _owners(db: TestDatabase) -> dict[str, int]:
+    async with db.sessions() as session:
+        return {v: m for v, m in (await session.execute(sa.select(Identity.value, Identity.member_id))).all()}
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many members each page's staged write created."""
+    written: list[int] = []
+    real = staged._write
+
+    async def spying(driver: Any, ctx: Any, fresh: Any, now: Any) -> list[int]:
+        ids = await real(driver, ctx, fresh, now)
+        written.append(len(ids))
+        return ids
+
+    monkeypatch.setattr(staged, "_write", spying)
+    return written
+
+
+async def test_new_rows_are_written_set_based_and_known_ones_are_resolved(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = await _channel_buyers(tongcrm_db, memory_host)
+    events_before = await count(tongcrm_db, OutboxEvent, OutboxEvent.name == "member_created")
+    written = _spy(monkeypatch)
+    path = write(tmp_path / "members.csv", MIXED_CSV)
+    job, _ = await do_import(tongcrm_db, ctx, "members", path, mapping={"identity.memory.buyer": "buyer"})
+
+    assert (job.imported, job.failed) == (6, 0)
+    # PostgreSQL: M1 and M2 by COPY; M3/M4 (shared mobile), M5 and M6 (known) through resolution
+    assert written == ([2] if tongcrm_db.backend == "postgresql" else [])
+    owners = await _owners(tongcrm_db)
+    assert owners["legacy/M5"] == before["buyer-1"]
+    assert owners["legacy/M6"] == before["buyer-2"]
+    assert owners["legacy/M3"] == owners["legacy/M4"]
+    new = {owners["legacy/M1"], owners["legacy/M2"], owners["legacy/M3"]}
+    assert len(new) == 3 and not new & set(before.values())
+    assert await count(tongcrm_db, Member) == 2 + 3
+    # one member_created per new member, naming it
+    async with tongcrm_db.sessions() as session:
+        payloads = (
+            await session.execute(
+                sa.select(OutboxEvent.payload)
+                .where(OutboxEvent.name == "member_created")
+                .order_by(OutboxEvent.id)
+            )
+        ).scalars()
+        created = [p for p in payloads][events_before:]
+        m1 = await session.get(Member, owners["legacy/M1"])
+        m2 = await session.get(Member, owners["legacy/M2"])
+        mobile_identity = (
+            await session.execute(
+                sa.select(Identity).where(
+                    Identity.member_id == owners["legacy/M1"], Identity.kind == "mobile"
+                )
+            )
+        ).scalar_one()
+    assert sorted(p["member_id"] for p in created) == sorted(new)
+    assert {p["source"] for p in created} == {"import"}
+    # the staged member is the member resolution would have written
+    assert m1 is not None and m2 is not None
+    assert (m1.status, m1.version, m1.name, m1.city, m1.province, m1.lifecycle_stage) == (
+        "active", 1, "张三", "上海", None, "prospect",
+    )  # fmt: skip
+    assert (m1.source_channel, m1.source_campaign, m1.source_store) == ("import", "legacy", None)
+    assert (
+        m1.mobile_enc is not None and VAULT.decrypt(m1.mobile_enc, context=MOBILE_CONTEXT) == "+8613800138001"
+    )
+    assert m1.mobile_masked_index == masked_index(VAULT, "+8613800138001")
+    assert m1.profile_meta["mobile_enc"]["verified"] is True and m1.profile_meta["name"]["verified"] is False
+    assert set(m1.profile_meta) == {"name", "city", "mobile_enc"}
+    assert m2.mobile_enc is None and set(m2.profile_meta) == {"name"}
+    assert mobile_identity.value_enc == m1.mobile_enc
+    assert "line 2" in mobile_identity.evidence
+
+
+async def test_an_identity_stored_meanwhile_sends_the_page_through_resolution(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A channel sync may store a claim between the lookup and the write: the staged write rolls back to its
+    savepoint and resolution merges as usual."""
+    if tongcrm_db.backend != "postgresql":
+        pytest.skip("the staged writer runs on PostgreSQL")
+    before = await _channel_buyers(tongcrm_db, memory_host)
+    # a lookup that misses what is stored, as if it had run before the channel's commit
+    monkeypatch.setattr(
+        staged,
+        "_LOOKUP",
+        "SELECT t.n FROM unnest($1::varchar[], $2::varchar[], $3::int[]) AS t(k, v, n) WHERE false",
+    )
+    path = write(tmp_path / "members.csv", "member_id,mobile\nM1,13800138001\nM6,13700137002\n")
+    job, _ = await do_import(tongcrm_db, ctx, "members", path)
+    assert (job.imported, job.failed) == (2, 0)
+    owners = await _owners(tongcrm_db)
+    assert owners["legacy/M6"] == before["buyer-2"]
+    assert await count(tongcrm_db, Member) == 3
+    assert await count(tongcrm_db, OutboxEvent, OutboxEvent.name == "member_created") == 3
+
+
+async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store_them(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same history imported twice under two sources (two accounts), once with the set-based writer and once
+    through ingest alone, stores the same orders, lines and buyers."""
+    await _channel_buyers(tongcrm_db, memory_host)
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", MEMBERS_CSV))
+    lines = json.dumps(
+        [
+            {
+                "line_id": "a",
+                "title": "裙",
+                "amount_fen": 15000,
+                "quantity": 3,
+                "sku": "S1",
+                "refunded_fen": 5000,
+            },
+            {"line_id": "b", "amount_fen": 4900, "category": "鞋"},
+        ]
+    )
+    text = "\n".join(
+        json.dumps(row, ensure_ascii=False)
+        for row in [
+            {"order_id": "O1", "mobile": "13800138001", "placed_at": "2025-03-01 10:00", "total_fen": "19900",
+             "paid_fen": "19900", "refunded_fen": "5000", "lines": lines, "store_code": "S", "post_fee_fen": "500"},
+            {"order_id": "O2", "title": "t", "identity.memory.buyer": "buyer-1", "placed_at": "2025-04-01T10:00:00+08:00",
+             "total_fen": "5000", "status": "shipped", "completed_at": "2025-04-03 10:00"},
+            {"order_id": "O3", "title": "t", "placed_at": "2025-05-01 10:00", "total_fen": "100", "status": "created"},
+            {"order_id": "O4", "title": "t", "mobile": "13900139999", "placed_at": "2025-05-01 10:00", "total_fen": "100"},
+            {"order_id": "O5", "title": "t", "mobile": "13800138002", "name": "李四", "placed_at": "2025-05-02", "total_fen": "7"},
+        ]
+    )  # fmt: skip
+    path = write(tmp_path / "orders.jsonl", text + "\n")
+    written: list[int] = []
+    real = staged.write_orders
+
+    async def spying(*args: Any) -> staged.OrdersWritten:
+        out = await real(*args)
+        written.append(len(out.external_ids))
+        return out
+
+    monkeypatch.setattr(staged, "write_orders", spying)
+    first, _ = await do_import(tongcrm_db, ctx, "orders", path, fmt="jsonl", source="a")
+
+    async def nothing(*args: Any) -> staged.OrdersWritten:
+        return staged.OrdersWritten(set(), set())
+
+    monkeypatch.setattr(staged, "write_orders", nothing)
+    second, _ = await do_import(
+        tongcrm_db, ctx, "orders", write(tmp_path / "o.jsonl", text), fmt="jsonl", source="b"
+    )
+    assert (first.imported, first.failed) == (second.imported, second.failed) == (5, 0)
+    # PostgreSQL: O1 (a known mobile), O2 (a known channel buyer) and O3 (no buyer); O4 makes a member and O5
+    # fills a profile, both through ingest
+    assert written == ([3] if tongcrm_db.backend == "postgresql" else [])
+
+    def shape(order: Order, order_lines: list[Any]) -> tuple[Any, ...]:
+        skip = {"id", "account_id", "ingested_at", "updated_at", "member_id", "origin_member_id"}
+        own = {c.key: getattr(order, c.key) for c in sa.inspect(Order).column_attrs if c.key not in skip}
+        kept = [
+            {c: getattr(line, c) for c in ("external_id", "sku", "category", "title", "quantity", "unit_price_fen",
+                                           "amount_fen", "refunded_fen", "refund_status")}
+            for line in sorted(order_lines, key=lambda line: line.external_id)
+        ]  # fmt: skip
+        return own, kept
+
+    from tongcrm.orders.models import OrderLine
+
+    async with tongcrm_db.sessions() as session:
+        stored = (await session.execute(sa.select(Order).order_by(Order.id))).scalars().all()
+        by_order: dict[int, list[Any]] = {}
+        for line in (await session.execute(sa.select(OrderLine))).scalars():
+            by_order.setdefault(line.order_id, []).append(line)
+    a = {o.external_id: o for o in stored if o.account_id == first.account_id}
+    b = {o.external_id: o for o in stored if o.account_id == second.account_id}
+    assert set(a) == set(b) == {"O1", "O2", "O3", "O4", "O5"}
+    for ext in a:
+        assert shape(a[ext], by_order.get(a[ext].id, [])) == shape(b[ext], by_order.get(b[ext].id, []))
+    for ext in ("O1", "O2", "O5"):
+        assert a[ext].member_id == b[ext].member_id and a[ext].member_id is not None
+    assert a["O3"].member_id is None and a["O4"].member_id is not None
+    assert a["O1"].refunded_fen == 5000 and len(by_order[a["O1"].id]) == 2
+
+
+async def test_orders_stored_meanwhile_fall_back_to_ingest(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    """An order whose key is free but that is stored (another import of the same account got there first) stops
+    the set-based COPY; the page goes through ingest, which finds nothing new."""
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", MEMBERS_CSV))
+    text = "order_id,member_id,placed_at,total_fen\nO1,M1,2025-03-01 10:00,100\nO2,M2,2025-03-02 10:00,200\n"
+    first, _ = await do_import(tongcrm_db, ctx, "orders", write(tmp_path / "o.csv", text))
+    async with tongcrm_db.sessions() as session, session.begin():
+        await session.execute(sa.delete(BulkImportKey).where(BulkImportKey.kind == "orders"))
+    again, _ = await do_import(
+        tongcrm_db, ctx, "orders", write(tmp_path / "o2.csv", text + "O3,M3,2025-03-03,300\n")
+    )
+    assert (first.imported, again.imported, again.failed) == (2, 3, 0)
+    assert await count(tongcrm_db, Order) == 3
+    async with tongcrm_db.sessions() as session:
+        lines = (
+            await session.execute(sa.select(sa.func.count()).select_from(sa.table("order_lines")))
+        ).scalar()
+    assert lines == 3

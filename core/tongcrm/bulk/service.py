@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tongcrm.bulk import stats
+from tongcrm.bulk import staged, stats
 from tongcrm.bulk.mapping import (
     Record,
     check_header,
@@ -50,7 +50,7 @@ from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
 from tongcrm.db.dialect import dialect_name, insert, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
-from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
+from tongcrm.identity.service import ClaimSet, ResolutionContext, ResolveOutcome, resolve_many
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.jobs import leases
 from tongcrm.logging import get_logger
@@ -531,7 +531,16 @@ async def _apply_members(
         )
         for r in rows
     ]
-    for r, resolved in zip(rows, await resolve_many(session, _resolution(ctx), claim_sets), strict=True):
+    resolution = _resolution(ctx)
+    done: dict[int, ResolveOutcome] = {}
+    if dialect_name(session) == "postgresql":
+        done = await staged.write_new_members(session, resolution, claim_sets)
+    rest = [i for i in range(len(rows)) if i not in done]
+    if rest:
+        resolved_rest = await resolve_many(session, resolution, [claim_sets[i] for i in rest])
+        done.update(zip(rest, resolved_rest, strict=True))
+    for i, r in enumerate(rows):
+        resolved = done[i]
         if resolved.error is not None or resolved.member_id is None:
             outcome.failures[r.key] = f"identity: {resolved.error or 'not resolved'}"
         else:
@@ -646,6 +655,16 @@ async def _apply_orders(
             continue
         orders.append(order)
         key_of[order.external_id] = r.key
+    if not orders:
+        return outcome
+    if dialect_name(session) == "postgresql":
+        # orders of buyers already known (most of a history imported after its members): set-based
+        staged_orders = await staged.write_orders(
+            session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders
+        )
+        outcome.members |= staged_orders.member_ids
+        orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
+        key_of = {o.external_id: key_of[o.external_id] for o in orders}
     if not orders:
         return outcome
     ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)

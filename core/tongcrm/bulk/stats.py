@@ -1,9 +1,8 @@
 """Planner statistics for the tables a bulk import grows.
 
 An import grows members, identities and orders from (nearly) nothing to millions of rows within minutes, faster
-than autovacuum's analyse follows, and not at all where autovacuum is off. Ingest plans every statement for the
-data it meets (``plan_cache_mode = force_custom_plan``), but a custom plan is only as good as the statistics:
-measured at 1,000,000 imported members whose tables had never been analysed, PostgreSQL looked identities up
+than autovacuum's analyse follows, and not at all where autovacuum is off. Every plan is only as good as the
+statistics: measured at 1,000,000 imported members whose tables had never been analysed, PostgreSQL looked identities up
 by ``kind`` alone through the ``(kind, value)`` index and filtered the values (462 ms a page of 700 values,
 against 3.5 ms with the index on both columns), and an orders import ran at ~1,200 orders/s. So the import
 analyses the tables it writes when the rows done in this run reach 10,000, 20,000, 40,000… (a geometric

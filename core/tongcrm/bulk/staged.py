@@ -1,0 +1,382 @@
+"""Set-based writers of an import page (PostgreSQL): ``COPY`` and fixed-text statements instead of row-by-row
+binds, for the rows whose outcome identity resolution would decide without anything to weigh.
+
+**Members.** Most rows of a first import from another CRM name someone tongcrm has never seen: none of the
+row's claims is stored, no other row of the page shares one, and the policy (``resolve_member``, asked with no
+matches, exactly as resolution would ask it) says "create". Such a row becomes one new member with its
+identities and a ``member_created`` event, all three written by ``COPY`` (the member ids drawn from the
+members' own sequence first). A channel sync running at the same time may store one of the same identities
+first: the identities' unique ``(kind, value)`` then stops the ``COPY``, the writes roll back to their savepoint
+and the caller resolves every row of the page the ordinary way.
+
+**Orders.** A historical order whose every claim is stored and names one live member that the policy attaches
+to (or that has no claims at all) goes in by ``COPY`` under an id drawn from the orders' sequence, its lines by
+``COPY``, and the claimed identities' ``last_seen_at`` moves in one statement. The page's keys were new, so its
+orders should be; one stored meanwhile stops the ``COPY`` on ``(account_id, external_id)`` and the page goes
+through ingest.
+
+Every other row (a claim not stored yet, claims naming several members, a claim shared within the page, a
+profile to fill, a claim that cannot be prepared) is left to :func:`tongcrm.identity.service.resolve_many` or
+:func:`tongcrm.ingest.apply.apply_orders_page`, which merge rather than duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.identity.plugin import default_decision
+from tongcrm.identity.service import (
+    MOBILE,
+    ClaimError,
+    ClaimSet,
+    ResolutionContext,
+    ResolveOutcome,
+    prepare_claim,
+)
+from tongcrm.logging import get_logger
+from tongcrm.members.masked import masked_index
+from tongcrm.plugin.types import IdentityClaim, MemberMatch, NormalisedOrder
+
+log = get_logger(__name__)
+
+#: Claims of a page that are already stored: one fixed text, the page's claims as array parameters.
+_LOOKUP = (
+    "SELECT DISTINCT t.n FROM unnest($1::varchar[], $2::varchar[], $3::int[]) AS t(k, v, n) "
+    "JOIN identities AS i ON i.kind = t.k AND i.value = t.v"
+)
+_NEW_IDS = "SELECT nextval(pg_get_serial_sequence('members', 'id')) FROM generate_series(1, $1)"
+_MEMBER_COLUMNS = (
+    "id", "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc",
+    "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
+)  # fmt: skip
+_IDENTITY_COLUMNS = (
+    "kind", "value", "member_id", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at",
+)  # fmt: skip
+
+
+_UNIQUE_VIOLATION = "23505"
+
+
+class _Conflict(Exception):
+    """Another transaction stored one of the page's new identities first."""
+
+
+@dataclass(slots=True)
+class _New:
+    index: int
+    claim_set: ClaimSet
+    claims: list[Any]  # tongcrm.identity.service._Claim
+
+
+def _prepared(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> list[Any] | None:
+    """The claim set's claims ready to store, without repeats; None when one cannot be prepared (resolution
+    reports that error itself)."""
+    out: list[Any] = []
+    seen: set[tuple[str, str]] = set()
+    try:
+        for claim in cs.claims:
+            c = prepare_claim(ctx, kinds, claim)
+            if (c.kind, c.value) not in seen:
+                seen.add((c.kind, c.value))
+                out.append(c)
+    except ClaimError:
+        return None
+    return out or None
+
+
+def _creates(ctx: ResolutionContext, claims: Sequence[Any]) -> bool:
+    """Whether the policy creates a member for claims none of which is stored (what resolution would ask)."""
+    try:
+        decision = ctx.host.resolve_member([IdentityClaim(c.kind, c.value, c.evidence) for c in claims], [])
+    except Exception:
+        return False
+    return decision is None or decision.create
+
+
+async def write_new_members(
+    session: AsyncSession, ctx: ResolutionContext, claim_sets: Sequence[ClaimSet]
+) -> dict[int, ResolveOutcome]:
+    """Create the members of the claim sets that certainly make new members; {index: outcome} of those.
+
+    The caller resolves the others (in their order) with :func:`tongcrm.identity.service.resolve_many`. Runs in
+    the caller's transaction (PostgreSQL only)."""
+    kinds = ctx.host.identity_kinds()
+    candidates: list[_New] = []
+    for i, cs in enumerate(claim_sets):
+        claims = _prepared(ctx, kinds, cs)
+        if claims is not None:
+            candidates.append(_New(i, cs, claims))
+    if not candidates:
+        return {}
+    # a claim two rows of the page share: resolution decides how they meet
+    uses = Counter((c.kind, v) for new in candidates for c in new.claims for v in {c.value, *c.lookup})
+    unique = [
+        new
+        for new in candidates
+        if all(uses[(c.kind, v)] == 1 for c in new.claims for v in {c.value, *c.lookup})
+    ]
+    if not unique:
+        return {}
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    kinds_arg, values_arg, rows_arg = [], [], []
+    for n, new in enumerate(unique):
+        for c in new.claims:
+            for v in {c.value, *c.lookup}:
+                kinds_arg.append(c.kind)
+                values_arg.append(v)
+                rows_arg.append(n)
+    known = {r[0] for r in await driver.fetch(_LOOKUP, kinds_arg, values_arg, rows_arg)}
+    fresh = [new for n, new in enumerate(unique) if n not in known and _creates(ctx, new.claims)]
+    if not fresh:
+        return {}
+    now = ctx.clock()
+    # a savepoint of its own, on the connection the writes use (the ORM's nested transaction would not cover them)
+    await driver.execute("SAVEPOINT bulk_staged_members")
+    try:
+        ids = await _write(driver, ctx, fresh, now)
+    except _Conflict:
+        await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_members")
+        log.info("a new identity of the import page was stored meanwhile; resolving the page row by row")
+        return {}
+    await driver.execute("RELEASE SAVEPOINT bulk_staged_members")
+    return {
+        new.index: ResolveOutcome(member_id, True, (), None)
+        for new, member_id in zip(fresh, ids, strict=True)
+    }
+
+
+async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now: datetime) -> list[int]:
+    ids = sorted(r[0] for r in await driver.fetch(_NEW_IDS, len(fresh)))
+    stamp = now.isoformat()
+    members: list[tuple[Any, ...]] = []
+    identities: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    for member_id, new in zip(ids, fresh, strict=True):
+        cs = new.claim_set
+        profile: dict[str, str] = {}
+        if cs.profile is not None:
+            for name in ("name", "province", "city"):
+                raw = getattr(cs.profile, name)
+                if raw and raw.strip():
+                    profile[name] = raw.strip()[: 100 if name == "name" else 64]
+        meta: dict[str, Any] = {name: {"at": stamp, "verified": False} for name in profile}
+        mobile = next((c for c in new.claims if c.kind == MOBILE and c.e164 is not None), None)
+        mobile_enc = masked = None
+        if mobile is not None:
+            mobile_enc, masked = mobile.value_enc, masked_index(ctx.vault, mobile.e164)
+            meta["mobile_enc"] = {"at": stamp, "verified": True}
+        members.append(
+            (
+                member_id, "active", 1, now, now, profile.get("name"), profile.get("province"), profile.get("city"),
+                mobile_enc, masked, json.dumps(meta), cs.source_channel, cs.source_store, cs.source_campaign,
+                "prospect",
+            )
+        )  # fmt: skip
+        identities.extend(
+            (c.kind, c.value, member_id, c.value_enc, None, c.evidence, now, now) for c in new.claims
+        )
+        payload = {"member_id": member_id, "source": cs.source_channel or "unknown"}
+        events.append(("member_created", json.dumps(payload), now))
+    await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
+    # in (kind, value) order, as resolution inserts them: concurrent writers wait on each other in that order
+    identities.sort(key=lambda row: (row[0], row[1]))
+    await _copy(driver, "identities", identities, _IDENTITY_COLUMNS)
+    await driver.copy_records_to_table(
+        "outbox_events", records=events, columns=("name", "payload", "occurred_at")
+    )
+    return ids
+
+
+# -------------------------------------------------------------------------------------------------------------
+# historical orders
+
+#: Each claim of a page's orders that is stored, with its live member: one fixed text, arrays as parameters.
+_ORDER_LOOKUP = (
+    "SELECT t.n, t.k, t.v, i.id, m.id, m.status, m.created_at "
+    "FROM unnest($1::varchar[], $2::varchar[], $3::int[]) AS t(k, v, n) "
+    "JOIN identities AS i ON i.kind = t.k AND i.value = t.v JOIN members AS m ON m.id = i.member_id"
+)
+_TOUCH = "UPDATE identities SET last_seen_at = $2 WHERE id = ANY($1::bigint[])"
+_NEW_ORDER_IDS = "SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)"
+_ORDER_COLUMNS = (
+    "id", "account_id", "external_id", "member_id", "origin_member_id", "channel", "status", "platform_status",
+    "store_code", "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "placed_at", "paid_at",
+    "shipped_at", "completed_at", "shipments", "modified_at", "ingested_at", "updated_at",
+)  # fmt: skip
+_LINE_COLUMNS = (
+    "order_id", "external_id", "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen",
+    "refunded_fen", "refund_status",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class OrdersWritten:
+    """What :func:`write_orders` stored: the orders by external id, and their members (for tiers)."""
+
+    external_ids: set[str]
+    member_ids: set[int]
+
+
+def _buyer(
+    ctx: ResolutionContext,
+    order: NormalisedOrder,
+    claims: Sequence[Any],
+    found: dict[tuple[str, str], _Found],
+) -> int | bool | None:
+    """The member the order's claims already name, as resolution would decide it; False when resolution must
+    decide (a claim not stored yet, several members, a profile to fill, a policy that says otherwise)."""
+    matches: list[MemberMatch] = []
+    hook_claims: list[IdentityClaim] = []
+    for c in claims:
+        hit = next((found[(c.kind, v)] for v in (c.value, *c.lookup) if (c.kind, v) in found), None)
+        if hit is None or hit.status != "active":
+            return False
+        matches.append(MemberMatch(hit.member_id, c.kind, hit.value, c.strong, hit.member_created_at))
+        hook_claims.append(IdentityClaim(c.kind, hit.value, c.evidence))
+    members = {m.member_id for m in matches}
+    if len(members) != 1:
+        return False
+    try:
+        decision = ctx.host.resolve_member(hook_claims, matches) or default_decision(hook_claims, matches)
+    except Exception:
+        return False
+    member = members.pop()
+    if decision.create or decision.merge_from or decision.member_id != member:
+        return False
+    return member
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    identity_id: int
+    value: str
+    member_id: int
+    status: str
+    member_created_at: datetime
+
+
+async def write_orders(
+    session: AsyncSession,
+    ctx: ResolutionContext,
+    account_id: int,
+    channel: str,
+    orders: Sequence[NormalisedOrder],
+) -> OrdersWritten:
+    """Store the new orders whose buyer is already known (or who have none), set-based; the caller applies the
+    rest with :func:`tongcrm.ingest.apply.apply_orders_page`. Imported history only: the orders earn no points
+    and emit no events (PostgreSQL, in the caller's transaction)."""
+    kinds = ctx.host.identity_kinds()
+    prepared: list[tuple[NormalisedOrder, list[Any]]] = []
+    for order in orders:
+        if order.buyer.name or order.buyer.mobile or order.buyer.province or order.buyer.city:
+            continue  # a profile to fill into the member: resolution does that
+        claims = _prepared(ctx, kinds, ClaimSet(order.claims)) if order.claims else []
+        if claims is not None:
+            prepared.append((order, claims))
+    out = OrdersWritten(set(), set())
+    if not prepared:
+        return out
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    kinds_arg, values_arg, rows_arg = [], [], []
+    for n, (_, claims) in enumerate(prepared):
+        for c in claims:
+            for v in {c.value, *c.lookup}:
+                kinds_arg.append(c.kind)
+                values_arg.append(v)
+                rows_arg.append(n)
+    found: dict[tuple[str, str], _Found] = {}
+    if kinds_arg:
+        for _n, kind, value, identity_id, member_id, status, created in await driver.fetch(
+            _ORDER_LOOKUP, kinds_arg, values_arg, rows_arg
+        ):
+            found[(kind, value)] = _Found(identity_id, value, member_id, status, created)
+    now = ctx.clock()
+    chosen: list[tuple[NormalisedOrder, int | None]] = []
+    touched: set[int] = set()
+    for order, claims in prepared:
+        member: int | None = None
+        if claims:
+            buyer = _buyer(ctx, order, claims, found)
+            if buyer is False:
+                continue
+            member = cast(int, buyer)
+            touched.update(
+                found[(c.kind, v)].identity_id
+                for c in claims
+                for v in (c.value, *c.lookup)
+                if (c.kind, v) in found
+            )
+        chosen.append((order, member))
+    if not chosen:
+        return out
+    # a savepoint of its own, on the connection the writes use
+    await driver.execute("SAVEPOINT bulk_staged_orders")
+    try:
+        await _write_orders(driver, account_id, channel, chosen, now)
+    except _Conflict:
+        await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_orders")
+        log.info("an order of the import page was stored meanwhile; applying the page through ingest")
+        return out
+    await driver.execute("RELEASE SAVEPOINT bulk_staged_orders")
+    if touched:
+        await driver.execute(_TOUCH, sorted(touched), now)
+    for order, member in chosen:
+        out.external_ids.add(order.external_id)
+        if member is not None:
+            out.member_ids.add(member)
+    return out
+
+
+async def _write_orders(
+    driver: Any,
+    account_id: int,
+    channel: str,
+    chosen: Sequence[tuple[NormalisedOrder, int | None]],
+    now: datetime,
+) -> None:
+    """The orders by ``COPY`` under ids drawn from their sequence, then their lines. The page's keys were new,
+    so the orders should be too; one stored meanwhile (an overlapping import of the same account) stops the
+    ``COPY`` on the ``(account_id, external_id)`` unique constraint."""
+    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(chosen)))
+    rows: list[tuple[Any, ...]] = []
+    lines: list[tuple[Any, ...]] = []
+    for order_id, (order, member) in zip(ids, chosen, strict=True):
+        rows.append(
+            (
+                order_id, account_id, order.external_id, member, member, channel, order.status.value,
+                order.platform_status, order.store_code, order.total_fen, order.paid_fen,
+                sum(line.refunded_fen for line in order.lines), order.post_fee_fen, order.discount_fen,
+                order.created_at, order.paid_at, order.shipped_at, order.completed_at, "[]", order.modified_at,
+                now, now,
+            )
+        )  # fmt: skip
+        lines.extend(
+            (
+                order_id, line.external_id, line.sku, line.category, line.title[:300], line.quantity,
+                line.unit_price_fen, line.amount_fen, line.refunded_fen, line.refund_status.value,
+            )
+            for line in order.lines
+        )  # fmt: skip
+    await _copy(driver, "orders", rows, _ORDER_COLUMNS)
+    if lines:
+        await _copy(driver, "order_lines", lines, _LINE_COLUMNS)
+
+
+async def _copy(driver: Any, table: str, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
+    """``COPY`` into ``table``; a unique violation (another transaction stored a row first) is a :class:`_Conflict`."""
+    try:
+        await driver.copy_records_to_table(table, records=records, columns=columns)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            raise _Conflict() from None
+        raise
