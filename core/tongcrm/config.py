@@ -40,6 +40,9 @@ class Settings:
     #: ``published_at`` must be before the scheduler publishes it again (its message may have been lost).
     jobs_queue: str = "tongcrm.jobs"
     jobs_republish_seconds: float = 30.0
+    #: Finished (``done``/``parked``) job rows older than this many days are deleted by the ``jobs.prune``
+    #: job; 0 keeps them all.
+    jobs_retention_days: int = 14
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -67,6 +70,15 @@ class Settings:
         broker_url = env.get("TONGCRM_JOBS_BROKER_URL") or None
         if broker_url is not None and not broker_url.startswith(("amqp://", "amqps://")):
             raise ConfigError("TONGCRM_JOBS_BROKER_URL must be an amqp:// or amqps:// URL (RabbitMQ)")
+        retention_raw = env.get("TONGCRM_JOBS_RETENTION_DAYS", "14")
+        try:
+            retention_days = int(retention_raw)
+        except ValueError:
+            retention_days = -1
+        if retention_days < 0:
+            raise ConfigError(
+                "TONGCRM_JOBS_RETENTION_DAYS must be a whole number of days (0 keeps every job)"
+            )
         # in broker mode the API process runs no jobs unless asked to: the workers do
         in_process_default = "0" if broker_url else "1"
         return cls(
@@ -83,6 +95,7 @@ class Settings:
             job_lock_seconds=float(env.get("TONGCRM_JOB_LOCK_SECONDS", "300")),
             jobs_queue=env.get("TONGCRM_JOBS_QUEUE", "tongcrm.jobs"),
             jobs_republish_seconds=float(env.get("TONGCRM_JOBS_REPUBLISH_SECONDS", "30")),
+            jobs_retention_days=retention_days,
             extra=_provider_settings(env),
         )
 

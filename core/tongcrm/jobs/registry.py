@@ -21,6 +21,7 @@ JOB_MODULES: tuple[str, ...] = (
     "tongcrm.rfm.jobs",
     "tongcrm.tagrules.jobs",
     "tongcrm.members.jobs",
+    "tongcrm.jobs.prune",
 )
 
 
