@@ -77,11 +77,10 @@ from tongcrm.plugin.types import (
     QuarantinedRecord,
 )
 from tongcrm.points import service as points
-from tongcrm.points.models import PointsRuleSet
 from tongcrm.points.service import PointsContext
 from tongcrm.referrals import service as referrals
+from tongcrm.tiers import programme
 from tongcrm.tiers import service as tiers
-from tongcrm.tiers.models import TierLadder
 from tongcrm.tiers.service import TierContext
 
 _FULLY_REFUNDED = frozenset({OrderStatus.CLOSED, OrderStatus.REFUNDED})
@@ -126,53 +125,10 @@ _TOUCH = (
 )
 
 
-def _settings_statement() -> Any:
-    """The active rule set and the newest tier ladder, in one row (each None when there is none)."""
-    rules = cast(sa.Table, PointsRuleSet.__table__)
-    ladders = cast(sa.Table, TierLadder.__table__)
-    active = rules.c.status == "active"
-    newest = sa.select(sa.func.max(ladders.c.version)).scalar_subquery()
-    return sa.select(
-        sa.select(rules.c.version).where(active).scalar_subquery().label("rules_version"),
-        sa.select(rules.c.document).where(active).scalar_subquery().label("rules_document"),
-        sa.select(ladders.c.version)
-        .where(ladders.c.version == newest)
-        .scalar_subquery()
-        .label("ladder_version"),
-        sa.select(ladders.c.definition)
-        .where(ladders.c.version == newest)
-        .scalar_subquery()
-        .label("ladder_definition"),
-    )
-
-
-_SETTINGS = _settings_statement()
-
-
-def _settings_cached(session: AsyncSession) -> bool:
-    """Whether the transaction holds the active rule set and ladder already (:mod:`tongcrm.db.txcache`), where
-    :func:`tongcrm.points.service.active_rules` and :func:`tongcrm.tiers.service.active_ladder` find them."""
-    return points.holds_active_rules(session) and tiers.holds_active_ladder(session)
-
-
-def _cache_settings(session: AsyncSession, row: Any) -> None:
-    """Hand the points and tier services what a row of :data:`_SETTINGS` holds, where the transaction holds
-    nothing yet."""
-    if not points.holds_active_rules(session):
-        points.hold_active_rules(session, row.rules_version, _json(row.rules_document))
-    if not tiers.holds_active_ladder(session):
-        tiers.hold_active_ladder(session, row.ladder_version, _json(row.ladder_definition))
-
-
 _HELD = _STORED.subquery("held")
-_SETTINGS_ROW = _SETTINGS.subquery("settings")
+_SETTINGS_ROW = programme.SETTINGS.subquery("settings")
 #: The settings and what is held for the order, in one round trip (the first order of a transaction).
 _STORED_AND_SETTINGS = sa.select(_SETTINGS_ROW, _HELD).select_from(_SETTINGS_ROW.outerjoin(_HELD, sa.true()))
-
-
-def _json(value: Any) -> Any:
-    """A JSON column read through a scalar subquery: SQLite hands back its text."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 async def _known_member(
@@ -327,11 +283,11 @@ async def apply_counter_order(
     ``member_id`` and ``known``: the buyer whose claim leads ``order.claims``, as read in this unit of work."""
     key = {"account_id": account_id, "external_id": order.external_id}
     held: Any
-    if _settings_cached(session):
+    if programme.held(session):
         held = (await session.execute(_STORED, key)).first()
     else:
         held = (await session.execute(_STORED_AND_SETTINGS, key)).one()
-        _cache_settings(session, held)
+        programme.hold(session, held)
         if held.modified_at is None:  # no such order (an order always has its modified_at)
             held = None
     stored = None if held is None else (held.modified_at, held.status, held.paid_fen)

@@ -105,6 +105,9 @@ class ResolveOutcome:
     error: str | None
     #: The :class:`ClaimError` subclass' ``code`` when ``error`` is set.
     error_code: str | None = None
+    #: Whether the member has a referrer, as resolution read it (a member it created has none); None when not
+    #: known (a merge took place in the batch). Lets a page skip the referral rule's read.
+    referred: bool | None = None
 
 
 class LostRace(Exception):
@@ -144,6 +147,8 @@ class _Known:
     member_id: int
     member_created_at: datetime
     profile: dict[str, Any]
+    #: Whether the member read has a referrer (None: the identity named a tombstone, followed since).
+    referred: bool | None = None
 
 
 @dataclass(slots=True)
@@ -286,7 +291,7 @@ def _lookup_statement(dialect_name: str, kinds: tuple[str, ...]) -> Any:
     i = _IDENTITIES.c
     return (
         sa.select(
-            i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version,
+            i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version, m.referrer_id,
             m.name, m.province, m.city, m.mobile_enc, m.mobile_masked_index, m.profile_meta,
         )
         .join_from(_IDENTITIES, _MEMBERS, i.member_id == m.id)
@@ -365,6 +370,7 @@ async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[
                     "mobile_masked_index": row.mobile_masked_index,
                     "profile_meta": row.profile_meta or {},
                 },
+                row.referrer_id is not None,
             )
     # Identities always point at live members (a merge moves them); follow a tombstone defensively anyway.
     stale = {k.member_id for k in found.values() if k.profile["status"] != "active"}
@@ -376,6 +382,7 @@ async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[
             if known.member_id in live:
                 known.member_id = live[known.member_id]
                 known.profile = {}
+                known.referred = None
     return found
 
 
@@ -478,12 +485,27 @@ async def _resolve_planned(
     else:
         await _write(session, ctx, plan, profiles, now, undo_on_lost_race=optimistic)
 
+    # sync never writes a referrer: a member created here has none, one read has what the lookup saw, unless a
+    # merge (which keeps the referrer of the member created first) mixed members
+    referred: dict[int, bool | None] = {}
+    if not plan.merges:
+        for k in known.values():
+            # two readings that disagree (a tombstone followed to a member also read): not known
+            referred[k.member_id] = (
+                k.referred if referred.get(k.member_id, k.referred) == k.referred else None
+            )
     results: dict[int, ResolveOutcome] = dict(errors)
     ids = plan.placeholder_ids
     for index, (target, created, merged) in plan.outcomes.items():
         final = plan.find(target)
         member_id = ids[final] if final < 0 else final
-        results[index] = ResolveOutcome(member_id, created and final == target, tuple(merged), None)
+        results[index] = ResolveOutcome(
+            member_id,
+            created and final == target,
+            tuple(merged),
+            None,
+            referred=False if final < 0 else referred.get(final),
+        )
     return results
 
 

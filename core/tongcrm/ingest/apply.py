@@ -45,6 +45,7 @@ from tongcrm.points.service import LineFacts, OrderFacts, PointsContext, apply_o
 from tongcrm.privacy.redact import redact
 from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
 from tongcrm.referrals import service as referrals
+from tongcrm.tiers import programme
 from tongcrm.tiers.service import TierContext
 from tongcrm.tiers.service import reevaluate as reevaluate_tiers
 
@@ -395,6 +396,7 @@ async def apply_orders_page(
     )
     member_of: dict[str, int | None] = {o.external_id: erased_owner.get(o.external_id) for o in todo}
     bad: list[QuarantinedRecord] = []
+    unreferred: set[int] = set()  # buyers resolution read (or created) without a referrer
     for order, outcome in zip(with_claims, outcomes, strict=True):
         if outcome.error is not None:
             # the claims' values are personal data: keep only their kinds in the quarantine
@@ -406,6 +408,8 @@ async def apply_orders_page(
             continue
         member_of[order.external_id] = outcome.member_id
         result.members_created += int(outcome.created)
+        if outcome.referred is False and outcome.member_id is not None:
+            unreferred.add(outcome.member_id)
     if bad:
         result.quarantined += await quarantine(session, ctx.vault, account_id, bad)
         todo = [o for o in todo if o.external_id in member_of]
@@ -441,12 +445,14 @@ async def apply_orders_page(
         result.member_ids.add(row.member_id)
         facts.append(order_facts(row, account_id, channel, o, line_ids))
     if facts:
+        # the rule set and the ladder both services read, in one statement for the page
+        await programme.read(session)
         if earn_points:  # imported history earns nothing, and fires no referral reward either
             points_ctx = PointsContext(clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
             await apply_orders(session, points_ctx, facts)
             # the referral rule: a referred member's first qualifying order credits the referrer; its refund
             # reverses it
-            await referrals.on_orders(session, points_ctx, facts)
+            await referrals.on_orders(session, points_ctx, facts, unreferred=frozenset(unreferred))
         # a qualifying purchase upgrades at once (downgrades wait for review time)
         await reevaluate_tiers(
             session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), result.member_ids

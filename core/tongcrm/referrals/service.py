@@ -54,6 +54,12 @@ def _refunded_in_full(status: str, paid_fen: int, refunded_fen: int) -> bool:
     return status in ("closed", "refunded") or (refunded_fen > 0 and refunded_fen >= paid_fen)
 
 
+def _maybe_refunded_in_full(facts: OrderFacts) -> bool:
+    """Whether the order may be refunded in full (:func:`_refunded_in_full`) as far as ``facts`` tell: its paid
+    amount is not among them, so any refund counts."""
+    return facts.status in ("closed", "refunded") or any(line.refunded_fen > 0 for line in facts.lines)
+
+
 @functools.cache
 def _orders_of_referred(dialect: str) -> Any:
     """The orders bound as ``order_ids`` with what :func:`on_orders` decides on: the buyer's referrer, whether
@@ -81,16 +87,29 @@ def _orders_of_referred(dialect: str) -> Any:
     )  # fmt: skip
 
 
-async def on_orders(session: AsyncSession, ctx: PointsContext, facts: Sequence[OrderFacts]) -> None:
+async def on_orders(
+    session: AsyncSession,
+    ctx: PointsContext,
+    facts: Sequence[OrderFacts],
+    *,
+    unreferred: frozenset[int] = frozenset(),
+) -> None:
     """Fire or reverse referral rewards for orders just applied (in the caller's transaction).
 
     Every page of every sync and every till receipt comes through here, and almost none of them concern a
     referral: so one statement reads what both halves need — each order with its buyer's referrer, whether an
     awarded reward hangs on the order, whether its buyer's reward exists already — and the locking read of
     rewards to reverse runs only when an order carrying one was refunded in full.
+
+    ``unreferred``: members the caller read in this transaction without a referrer (identity resolution
+    reports it). When every buyer is one of them, no reward can be earned; and when no order may be refunded
+    in full, none can be reversed (a merge can leave a reward on an order of a member without a referrer):
+    then there is nothing to read.
     """
     order_ids = sorted({f.order_id for f in facts})
     if not order_ids:
+        return
+    if all(f.member_id in unreferred and not _maybe_refunded_in_full(f) for f in facts):
         return
     rows = (await session.execute(_orders_of_referred(dialect_name(session)), {"order_ids": order_ids})).all()
     to_reverse = [
