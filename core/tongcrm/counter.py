@@ -71,7 +71,7 @@ from tongcrm.audit.service import Actor
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
-from tongcrm.counter_sale import KnownBuyer, apply_counter_order
+from tongcrm.counter_sale import CounterOrder, KnownBuyer, apply_counter_order
 from tongcrm.crypto import Vault
 from tongcrm.db.dialect import dialect_name
 from tongcrm.db.engine import create_engine, session_factory
@@ -728,9 +728,10 @@ class CounterWork:
             except Conflict as exc:
                 raise CounterRefused("insufficient_points", exc.message) from None
             redeemed = points_payment.points
-        await self._apply(account, order, buyer)
-        order_id, member_id, earned, available = await self._order_points(
-            account.id, order.external_id, (EntryKind.EARN,)
+        kinds = (EntryKind.EARN,)
+        applied = await self._apply(account, order, buyer, kinds)
+        order_id, member_id, earned, available = await self._after(
+            account.id, order.external_id, kinds, applied
         )
         payer = buyer.member_id if buyer is not None else None
         if redeemed and member_id != payer:
@@ -754,8 +755,10 @@ class CounterWork:
         self._writable()
         kinds = (EntryKind.EARN, EntryKind.REVERSE)
         before = (await self._order_points(account.id, order.external_id, kinds))[2]
-        await self._apply(account, order, buyer)
-        order_id, member_id, after, available = await self._order_points(account.id, order.external_id, kinds)
+        applied = await self._apply(account, order, buyer, kinds)
+        order_id, member_id, after, available = await self._after(
+            account.id, order.external_id, kinds, applied
+        )
         refunded = 0
         if paid_points is not None:
             refunded, balance = await self._give_back(paid_points)
@@ -800,7 +803,9 @@ class CounterWork:
     def _points(self) -> points.PointsContext:
         return points.PointsContext(clock=self.clock, tz=self.tz, actor=self.actor.name)
 
-    async def _apply(self, account: CounterAccount, order: NormalisedOrder, buyer: Buyer | None) -> None:
+    async def _apply(
+        self, account: CounterAccount, order: NormalisedOrder, buyer: Buyer | None, tally: tuple[str, ...]
+    ) -> CounterOrder:
         if buyer is not None:
             order = _with_claim(order, buyer.claim)
         ctx = IngestContext(
@@ -818,9 +823,22 @@ class CounterWork:
             order,
             member_id=buyer.member_id if buyer is not None else None,
             known=buyer.known if buyer is not None else None,
+            tally=tally,
         )
         if applied.quarantined:
             raise CounterRefused("identity_rejected", "the buyer's identity claim was refused", status=422)
+        return applied
+
+    async def _after(
+        self, account_id: int, external_id: str, kinds: tuple[str, ...], applied: CounterOrder
+    ) -> tuple[int, int | None, int, int | None]:
+        """What :meth:`_order_points` reads, as the order's write answered it (``tally``) when it was written;
+        read when it was not (a receipt sent again)."""
+        if applied.order_id is None or applied.points is None:
+            return await self._order_points(account_id, external_id, kinds)
+        member_id = applied.member_id
+        shown = None if member_id is None else max(applied.available or 0, 0)
+        return applied.order_id, member_id, applied.points, shown
 
     async def _order_points(
         self, account_id: int, external_id: str, kinds: Sequence[str]

@@ -17,8 +17,9 @@ order and lines, identity resolution, points under the earning rules, referral r
 * the identity resolution of a buyer the counter already read (:class:`KnownBuyer`, from the same unit of work)
   done without a second read or a savepoint: the resolution policy is asked exactly as
   :func:`tongcrm.identity.service.resolve_many` asks it, and only when it attaches the claim to that member
-  does the identity's ``last_seen_at`` move in one statement; any other answer, a new buyer, or a buyer with
-  a profile to merge goes through ``resolve_many`` unchanged;
+  does the identity's ``last_seen_at`` move — on PostgreSQL inside the order's upsert (a data-modifying CTE),
+  elsewhere in one statement before it; any other answer, a new buyer, or a buyer with a profile to merge goes
+  through ``resolve_many`` unchanged;
 * the active rule set and tier ladder read with what is held for the order, in one statement, into the
   transaction's cache
   (:mod:`tongcrm.db.txcache`), where the points and tier services find them;
@@ -28,6 +29,8 @@ order and lines, identity resolution, points under the earning rules, referral r
   (:func:`tongcrm.tiers.service.upgrade_due`, one read): one that upgrades nobody writes nothing;
 * the referral hook skipped for a new order of a buyer without a referrer: no reward can hang on an order that
   did not exist, and no reward is due for a buyer nobody referred (the hook reads and decides nothing else).
+* with ``tally``, the ``order_changed`` event's insert answers the order's points and the member's balance in
+  its ``RETURNING``: the counter shows them without a read after the sale (issue #22).
 
 Everything else is the page path's own code (the same upserts, the same points, tier and outbox services), so
 the two cannot drift apart in what they write.
@@ -77,6 +80,7 @@ from tongcrm.plugin.types import (
     QuarantinedRecord,
 )
 from tongcrm.points import service as points
+from tongcrm.points.models import PointsBalance, PointsEntry
 from tongcrm.points.service import PointsContext
 from tongcrm.referrals import service as referrals
 from tongcrm.tiers import programme
@@ -107,6 +111,10 @@ class CounterOrder:
     order_id: int | None
     member_id: int | None
     quarantined: bool = False
+    #: with ``tally``, once the order is written: Σ the order's points entries of those kinds
+    points: int | None = None
+    #: with ``tally``, once the order is written: the member's available points (None: no balance row)
+    available: int | None = None
 
 
 #: What is held for one order (and whether its member was erased): fixed text, no list parameter.
@@ -117,12 +125,6 @@ _STORED = (
     .outerjoin(Member, Member.id == Order.member_id)
     .where(Order.account_id == sa.bindparam("account_id"), Order.external_id == sa.bindparam("external_id"))
 )
-#: ``last_seen_at`` of one identity claimed again.
-_TOUCH = (
-    sa.update(cast(sa.Table, Identity.__table__))
-    .where(Identity.__table__.c.id == sa.bindparam("identity_id"))
-    .values(last_seen_at=sa.bindparam("now"))
-)
 
 
 _HELD = _STORED.subquery("held")
@@ -131,11 +133,45 @@ _SETTINGS_ROW = programme.SETTINGS.subquery("settings")
 _STORED_AND_SETTINGS = sa.select(_SETTINGS_ROW, _HELD).select_from(_SETTINGS_ROW.outerjoin(_HELD, sa.true()))
 
 
-async def _known_member(
-    session: AsyncSession, ctx: IngestContext, order: NormalisedOrder, member_id: int, known: KnownBuyer
-) -> int | None:
-    """The member ``resolve_many`` would attach this order's one claim to, when that is ``member_id`` named by
-    ``known`` and resolution would change nothing but the identity's ``last_seen_at``; else None."""
+@functools.cache
+def _order_changed_statement(kinds: tuple[str, ...]) -> Any:
+    """The ``order_changed`` event's row (as :func:`tongcrm.jobs.outbox.emit_many` writes it), answering in
+    its ``RETURNING`` with Σ the points entries of ``kinds`` on the order bound as ``order_id`` and the
+    available points of the member bound as ``member_id``. The receipt's last statement: what the till shows
+    was read after everything the sale posted, without a read of its own."""
+    events = outbox.EVENTS
+    entries = cast(sa.Table, PointsEntry.__table__)
+    balances = cast(sa.Table, PointsBalance.__table__)
+    summed = (
+        sa.select(sa.func.coalesce(sa.func.sum(entries.c.amount), 0))
+        .where(
+            entries.c.order_id == sa.bindparam("order_id", type_=entries.c.order_id.type),
+            entries.c.kind.in_(list(kinds)),
+        )
+        .scalar_subquery()
+    )
+    available = (
+        sa.select(balances.c.available)
+        .where(balances.c.member_id == sa.bindparam("member_id", type_=balances.c.member_id.type))
+        .scalar_subquery()
+    )
+    return (
+        sa.insert(events)
+        .values(
+            name=sa.bindparam("name", type_=events.c.name.type),
+            payload=sa.bindparam("payload", type_=events.c.payload.type),
+            occurred_at=sa.bindparam("occurred_at", type_=events.c.occurred_at.type),
+        )
+        .returning(summed.label("points"), available.label("available"))
+    )
+
+
+def _known_member(
+    ctx: IngestContext, order: NormalisedOrder, member_id: int, known: KnownBuyer
+) -> tuple[int, datetime] | None:
+    """(identity id, now) when ``resolve_many`` would attach this order's one claim to ``member_id`` named by
+    ``known`` and change nothing but that identity's ``last_seen_at`` (to now); else None. The caller moves it
+    with the order's upsert (:func:`tongcrm.ingest.apply.upsert_orders`)."""
     profile = order.buyer
     if len(order.claims) != 1 or any((profile.name, profile.mobile, profile.province, profile.city)):
         return None  # a profile may fill the member's blank fields: resolve_many decides
@@ -153,8 +189,7 @@ async def _known_member(
     decision = ctx.host.resolve_member(said, matches) or default_decision(said, matches)
     if decision.create or decision.member_id != member_id or decision.merge_from:
         return None
-    await session.execute(_TOUCH, {"identity_id": known.identity_id, "now": ctx.clock()})
-    return member_id
+    return known.identity_id, ctx.clock()
 
 
 _MEMBERS = cast(sa.Table, Member.__table__)
@@ -277,10 +312,13 @@ async def apply_counter_order(
     *,
     member_id: int | None = None,
     known: KnownBuyer | None = None,
+    tally: tuple[str, ...] | None = None,
 ) -> CounterOrder:
     """Apply one order as ``apply_orders_page`` would apply a page of it (see the module docstring).
 
-    ``member_id`` and ``known``: the buyer whose claim leads ``order.claims``, as read in this unit of work."""
+    ``member_id`` and ``known``: the buyer whose claim leads ``order.claims``, as read in this unit of work.
+    ``tally``: points entry kinds to sum on the order, answered with the member's available points by the
+    statement that writes the ``order_changed`` event (:func:`_order_changed_statement`)."""
     key = {"account_id": account_id, "external_id": order.external_id}
     held: Any
     if programme.held(session):
@@ -298,10 +336,12 @@ async def apply_counter_order(
     # who bought it
     buyer: int | None = erased_owner
     created = False
+    touch: tuple[int, datetime] | None = None
     if order.claims and erased_owner is None:
         fast = None
         if member_id is not None and known is not None:
-            fast = await _known_member(session, ctx, order, member_id, known)
+            touch = _known_member(ctx, order, member_id, known)
+            fast = None if touch is None else member_id
         elif member_id is None:
             fast = await _new_member(session, ctx, account_id, channel, order)
             created = fast is not None
@@ -334,7 +374,7 @@ async def apply_counter_order(
     now = ctx.clock()
     prior_status = held.status if held is not None else None
     written_rows = await upsert_orders(
-        session, [order_row(account_id, channel, order, buyer, prior_status, now)]
+        session, [order_row(account_id, channel, order, buyer, prior_status, now)], touch=touch
     )
     if not written_rows:  # another transaction stored a newer version first
         return CounterOrder(None, None)
@@ -360,24 +400,29 @@ async def apply_counter_order(
         if await tiers.upgrade_due(session, tier_ctx, member):
             await tiers.reevaluate(session, tier_ctx, [member])
 
-    await outbox.emit_many(
-        session,
-        [
-            (
-                "order_changed",
-                {
-                    "order_id": order_id,
-                    "account_id": account_id,
-                    "channel": channel,
-                    "external_id": order.external_id,
-                    "member_id": member,
-                    "status": status,
-                    "previous": prior_status,
-                    "refunded_fen": sum(line.refunded_fen for line in order.lines),
-                    "changed_at": order.modified_at.isoformat(),
-                },
-            )
-        ],
-        now=now,
+    changed = {
+        "order_id": order_id,
+        "account_id": account_id,
+        "channel": channel,
+        "external_id": order.external_id,
+        "member_id": member,
+        "status": status,
+        "previous": prior_status,
+        "refunded_fen": sum(line.refunded_fen for line in order.lines),
+        "changed_at": order.modified_at.isoformat(),
+    }
+    if tally is None:
+        await outbox.emit_many(session, [("order_changed", changed)], now=now)
+        return CounterOrder(order_id, member)
+    event = {"name": "order_changed", "payload": changed, "occurred_at": now}
+    row = (
+        await session.execute(
+            _order_changed_statement(tally), {**event, "order_id": order_id, "member_id": member}
+        )
+    ).one()
+    return CounterOrder(
+        order_id,
+        member,
+        points=int(row.points),
+        available=None if row.available is None else int(row.available),
     )
-    return CounterOrder(order_id, member)
