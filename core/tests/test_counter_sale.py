@@ -114,8 +114,13 @@ def _with(order: NormalisedOrder, claim: IdentityClaim) -> NormalisedOrder:
     return replace(order, claims=(claim,))
 
 
+def _counter(db: TestDatabase, host: PluginHost, settings: Settings) -> CounterService:
+    """The till's service on the test database, its clock stopped at ``NOW``."""
+    return CounterService(db.sessions, db.read_sessions, host, settings, clock=lambda: NOW)
+
+
 async def _by_counter(db: TestDatabase, host: PluginHost, settings: Settings, desk: CounterAccount) -> None:
-    counter = CounterService(db.sessions, db.read_sessions, host, settings, clock=lambda: NOW)
+    counter = _counter(db, host, settings)
     member: int | None = None
     for order, is_return in STEPS:
         async with counter.unit_of_work(actor=SYSTEM) as uow:
@@ -166,13 +171,7 @@ async def test_a_known_buyer_s_sale_runs_only_what_one_receipt_needs(
     tongcrm_db: TestDatabase, tongcrm_settings: Settings, statements: list[str]
 ) -> None:
     desk = await _setup(tongcrm_db)
-    counter = CounterService(
-        tongcrm_db.sessions,
-        tongcrm_db.read_sessions,
-        PluginHost(autoload=False),
-        tongcrm_settings,
-        clock=lambda: NOW,
-    )
+    counter = _counter(tongcrm_db, PluginHost(autoload=False), tongcrm_settings)
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         buyer = await uow.buyer(mobile=MOBILE, evidence="desk")
         member = (await uow.record_sale(desk, _order("K-1", (10_000,)), buyer=buyer)).member_id
@@ -204,13 +203,7 @@ async def test_a_buyer_made_a_member_meanwhile_is_attached_not_duplicated(
     """The counter looked and found nobody; another receipt made the member before this one's insert: the
     identity's insert meets it, the member made for nothing is dropped, and resolution attaches the sale."""
     desk = await _setup(tongcrm_db)
-    counter = CounterService(
-        tongcrm_db.sessions,
-        tongcrm_db.read_sessions,
-        PluginHost(autoload=False),
-        tongcrm_settings,
-        clock=lambda: NOW,
-    )
+    counter = _counter(tongcrm_db, PluginHost(autoload=False), tongcrm_settings)
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         stale = await uow.buyer(mobile=MOBILE, evidence="desk")
         first = await uow.record_sale(desk, _order("R-1", (10_000,)), buyer=stale)

@@ -230,22 +230,36 @@ _MEMBER_TABLES = {
 _ORDER_TABLES = {"orders": "true", "order_lines": "true", "bulk_import_keys": "kind = 'orders'"}
 
 
+#: Whether an import of each kind says it finished.
+_FINISHED = {
+    "members": "SELECT status FROM bulk_imports WHERE kind = 'members'",
+    "orders": "SELECT status FROM bulk_imports WHERE kind = 'orders'",
+}
+
+
+def _import_once(bench: Bench, benchmark: Any, kind: str, data: Path) -> tuple[float, int]:
+    """One timed ``tongcrm import KIND FILE`` (the file is deleted after it): seconds and peak RSS in kB, once the
+    import says it finished."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["import"] = bench.tongcrm("import", kind, str(data), "--source", SOURCE)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    data.unlink()
+    assert bench.scalar(_FINISHED[kind]) == "finished"
+    took, peak_kb = result["import"]
+    return took, peak_kb
+
+
 def test_import_members_vs_copy(bench: Bench, benchmark: Any, report_figure: Any) -> None:
     if bench.backend != "postgresql":
         pytest.skip("the members import is measured on PostgreSQL (its COPY is the reference)")
     data = bench.workdir / "members.csv"
     _write_members(data, ROWS)
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        result["import"] = bench.tongcrm("import", "members", str(data), "--source", SOURCE)
-
     load_before = _uptime()
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    data.unlink()
-    took, peak_kb = result["import"]
+    took, peak_kb = _import_once(bench, benchmark, "members", data)
     assert bench.scalar("SELECT count(*) FROM members") == ROWS
-    assert bench.scalar("SELECT status FROM bulk_imports WHERE kind = 'members'") == "finished"
     copy_s, copied = asyncio.run(_copy_members_ceiling(bench.url, bench.workdir))
     assert copied == ROWS
     all_s, all_rows = asyncio.run(_copy_all_ceiling(bench.url, bench.workdir, _MEMBER_TABLES))
@@ -262,17 +276,9 @@ def test_import_orders(bench: Bench, benchmark: Any, report_figure: Any) -> None
     data = bench.workdir / "orders.csv"
     _write_orders(data, ROWS, BUYERS)
     members_before = bench.scalar("SELECT count(*) FROM members")
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        result["import"] = bench.tongcrm("import", "orders", str(data), "--source", SOURCE)
-
     load_before = _uptime()
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    data.unlink()
-    took, peak_kb = result["import"]
+    took, peak_kb = _import_once(bench, benchmark, "orders", data)
     assert bench.scalar("SELECT count(*) FROM orders") == ROWS
-    assert bench.scalar("SELECT status FROM bulk_imports WHERE kind = 'orders'") == "finished"
     reference = ""
     if bench.backend == "postgresql":
         all_s, all_rows = asyncio.run(_copy_all_ceiling(bench.url, bench.workdir, _ORDER_TABLES))
