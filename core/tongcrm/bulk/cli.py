@@ -16,14 +16,11 @@ from typing import Any, BinaryIO
 
 import click
 from tongcrm.audit import service as audit
-from tongcrm.audit.service import Actor
 from tongcrm.bulk import export
 from tongcrm.bulk import service as imports
 from tongcrm.bulk.mapping import KINDS, file_format, load_mapping
+from tongcrm.cli_run import CLI_ACTOR
 from tongcrm.db.engine import create_engine, session_factory
-
-#: Who the CLI is in the audit log: whoever can run it on the server holds the database, i.e. an admin.
-CLI_ACTOR = Actor("cli", "admin")
 
 
 def _duration(seconds: float | None) -> str:
