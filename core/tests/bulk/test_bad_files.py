@@ -6,13 +6,15 @@ HTTP), nothing is imported from it and no upload is left behind; what the reader
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from litestar import Request
+from litestar.exceptions import InternalServerException
 from tongcrm.bulk.api import UPLOADS, _upload_path
 from tongcrm.bulk.models import BulkImport
 from tongcrm.cli import Context, build_cli
@@ -82,6 +84,29 @@ async def test_an_upload_is_refused_in_the_words_of_its_own_name(
     async with tongcrm_db.sessions() as session:
         names = (await session.execute(sa.select(Member.name).order_by(Member.id))).scalars().all()
     assert names == ["x" * 100, "ok"]
+
+
+@pytest.mark.asyncio
+async def test_an_upload_cut_off_mid_body_leaves_nothing_behind(
+    tongcrm_db: TestDatabase, make_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client goes away halfway through the body (litestar's request stream raises): the half-written upload
+    is removed, and no import was opened from it."""
+
+    async def cut_off(self: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
+        yield b"member_id,name\nA1,first half\n"
+        raise InternalServerException("client disconnected prematurely")
+
+    async with make_client(role="operator") as op:
+        monkeypatch.setattr(Request, "stream", cut_off)
+        gone = await op.post(
+            "/api/imports",
+            params={"kind": "members", "format": "csv", "file_name": "cut off.csv"},
+            content=b"member_id,name\nA1,first half\nA2,second half\n",
+        )
+        monkeypatch.undo()
+    assert gone.status_code == 500
+    assert _left_behind("cut off.csv") == [] and await _imports(tongcrm_db) == []
 
 
 def test_an_upload_waits_under_its_own_name_in_a_folder_of_its_own() -> None:

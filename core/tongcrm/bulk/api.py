@@ -160,22 +160,21 @@ class ImportController(Controller):
             columns = parse_mapping(json.loads(mapping), kind) if mapping else {}
         except ValueError as exc:
             raise BadRequest(f"mapping is not JSON: {exc}") from None
-        path = _upload_path(file_name, fmt)
-        path.parent.mkdir(parents=True)
-        size = 0
-        with path.open("wb") as f:
-            async for chunk in request.stream():
-                f.write(chunk)
-                size += len(chunk)
-        if size == 0:
-            await asyncio.to_thread(_discard, path)
-            raise BadRequest("the request body is empty: send the file's bytes as the body")
         principal = principal_of(request)
         actor = Actor.of(principal)
         ctx = imports.ImportContext(
             host=host, vault=vault, clock=lambda: datetime.now(UTC), tz=settings.tz, actor=actor.name
         )
-        try:
+        path = _upload_path(file_name, fmt)
+        path.parent.mkdir(parents=True)
+        try:  # whatever stops the upload or its checks (a client gone mid-body too), the upload is not kept
+            size = 0
+            with path.open("wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+                    size += len(chunk)
+            if size == 0:
+                raise BadRequest("the request body is empty: send the file's bytes as the body")
             with refusing_unreadable(path.name):
                 job = await imports.open_import(
                     sessions,
