@@ -5,7 +5,7 @@ knows nothing about (a service desk), on every database backend."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -29,14 +29,14 @@ from tongcrm.entitlements.models import EntitlementGrant, EntitlementUsage, Gran
 from tongcrm.errors import PluginError
 from tongcrm.members.models import Member
 from tongcrm.plugin.host import PluginHost
-from tongcrm.plugin.types import LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
 from tongcrm.points import ledger
 from tongcrm.points.models import PointsEntry
 from tongcrm.testing.database import TestDatabase
 from tongcrm.tiers import service as tiers
 from tongcrm.tiers.testing import LADDER
 
-NOW = datetime(2026, 5, 20, 6, 0, tzinfo=UTC)
+from .counter_orders import NOW, counter_order
+
 DESK_ROWS = sa.Table(
     "counter_test_desk_rows",
     sa.MetaData(),
@@ -188,28 +188,6 @@ async def test_a_statement_built_once_runs_with_params_and_is_still_checked_per_
             await uow.rows.execute(notes, {"note": "a"})
 
 
-def _order(
-    key: str, amounts: tuple[int, ...], *, back: tuple[int, ...] = (), version: int = 0
-) -> NormalisedOrder:
-    back = back or (0,) * len(amounts)
-    return NormalisedOrder(
-        external_id=key,
-        status=OrderStatus.REFUNDED if all(b >= a for a, b in zip(amounts, back, strict=True)) else OrderStatus.COMPLETED,
-        created_at=NOW - timedelta(hours=1),
-        modified_at=NOW - timedelta(hours=1) + timedelta(microseconds=version),
-        paid_at=NOW - timedelta(hours=1),
-        completed_at=NOW - timedelta(hours=1),
-        total_fen=sum(amounts),
-        paid_fen=sum(amounts),
-        claims=(),
-        lines=tuple(
-            OrderLine(str(i), f"item {i}", 1, a, a, refunded_fen=b,
-                      refund_status=LineRefundStatus.REFUNDED if b else LineRefundStatus.NONE)
-            for i, (a, b) in enumerate(zip(amounts, back, strict=True), start=1)
-        ),
-    )  # fmt: skip
-
-
 async def test_a_sale_paid_with_points_and_its_return(
     counter: CounterService, tongcrm_db: TestDatabase
 ) -> None:
@@ -217,19 +195,19 @@ async def test_a_sale_paid_with_points_and_its_return(
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         buyer = await uow.buyer(mobile="13800138000", evidence="desk")
         assert buyer.member_id is None  # not a member yet: the sale makes them one
-        first = await uow.record_sale(desk, _order("D-1", (80_000,)), buyer=buyer)
+        first = await uow.record_sale(desk, counter_order("D-1", (80_000,)), buyer=buyer)
     assert first.points_earned == 800 and first.points_available == 800 and first.member_id is not None
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         buyer = await uow.buyer(member_id=first.member_id, evidence="desk")
         assert buyer.claim.kind == "mobile" and buyer.claim.value == "+8613800138000"
         with pytest.raises(CounterRefused) as too_much:
-            await uow.record_sale(desk, _order("D-2", (10_000,)), buyer=buyer,
+            await uow.record_sale(desk, counter_order("D-2", (10_000,)), buyer=buyer,
                                   points_payment=PointsPayment(801, key="desk:D-2"))  # fmt: skip
         assert too_much.value.reason == "insufficient_points"
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         buyer = await uow.buyer(member_id=first.member_id, evidence="desk")
         # 300 + 200 yuan paid partly with 500 points: the lines carry what earns (the rest)
-        paid = await uow.record_sale(desk, _order("D-2", (27_000, 18_000)), buyer=buyer,
+        paid = await uow.record_sale(desk, counter_order("D-2", (27_000, 18_000)), buyer=buyer,
                                      points_payment=PointsPayment(500, key="desk:D-2", reason="desk sale"))  # fmt: skip
     assert (paid.points_redeemed, paid.points_earned, paid.points_available) == (500, 450, 800 - 500 + 450)
 
@@ -238,7 +216,7 @@ async def test_a_sale_paid_with_points_and_its_return(
             buyer = await uow.buyer(member_id=first.member_id, evidence="desk")
             returned = await uow.record_return(
                 desk,
-                _order(
+                counter_order(
                     "D-2", (27_000, 18_000), back=(back[0] * 27 // 30, back[1] * 18 // 20), version=version
                 ),
                 buyer=buyer,
@@ -265,7 +243,7 @@ async def test_a_sale_paid_with_points_and_its_return(
     assert list(refunds) == [200, 300]
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         with pytest.raises(CounterRefused) as unknown:
-            await uow.record_return(desk, _order("D-404", (1,), back=(1,)), buyer=None)
+            await uow.record_return(desk, counter_order("D-404", (1,), back=(1,)), buyer=None)
         assert unknown.value.reason == "order_not_found"
         with pytest.raises(CounterRefused) as nobody:
             await uow.buyer(member_id=999_999, evidence="desk")

@@ -5,7 +5,6 @@ buyer's checkout runs only the statements one receipt needs."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,13 +18,14 @@ from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.jobs.outbox import OutboxEvent
 from tongcrm.members.models import Member
 from tongcrm.plugin.host import PluginHost
-from tongcrm.plugin.types import IdentityClaim, LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
+from tongcrm.plugin.types import IdentityClaim, NormalisedOrder
 from tongcrm.points import ledger
 from tongcrm.testing.database import TestDatabase
 from tongcrm.tiers import service as tiers
 from tongcrm.tiers.testing import LADDER
 
-NOW = datetime(2026, 5, 20, 6, 0, tzinfo=UTC)
+from .counter_orders import NOW, counter_order
+
 MOBILE = "+8613800138000"
 #: What a sale or return writes, and what the comparison reads back whole.
 TABLES = (
@@ -34,38 +34,15 @@ TABLES = (
 )  # fmt: skip
 
 
-def _order(
-    key: str, amounts: tuple[int, ...], *, back: tuple[int, ...] = (), version: int = 0
-) -> NormalisedOrder:
-    back = back or (0,) * len(amounts)
-    fully = all(b >= a for a, b in zip(amounts, back, strict=True))
-    return NormalisedOrder(
-        external_id=key,
-        status=OrderStatus.REFUNDED if fully else OrderStatus.COMPLETED,
-        created_at=NOW - timedelta(hours=1),
-        modified_at=NOW - timedelta(hours=1) + timedelta(microseconds=version),
-        paid_at=NOW - timedelta(hours=1),
-        completed_at=NOW - timedelta(hours=1),
-        total_fen=sum(amounts),
-        paid_fen=sum(amounts),
-        claims=(),
-        lines=tuple(
-            OrderLine(str(i), f"item {i}", 1, a, a, refunded_fen=b,
-                      refund_status=LineRefundStatus.REFUNDED if b else LineRefundStatus.NONE)
-            for i, (a, b) in enumerate(zip(amounts, back, strict=True), start=1)
-        ),
-    )  # fmt: skip
-
-
 #: (order, is a return): a first sale that makes the member, sales to them, a partial and a full return, a sale
 #: that lifts them to gold, and a replay of it.
 STEPS = (
-    (_order("D-1", (80_000,)), False),
-    (_order("D-2", (30_000, 20_000)), False),
-    (_order("D-2", (30_000, 20_000), back=(0, 20_000), version=1), True),
-    (_order("D-2", (30_000, 20_000), back=(30_000, 20_000), version=2), True),
-    (_order("D-3", (450_000, 50_000)), False),
-    (_order("D-3", (450_000, 50_000)), False),
+    (counter_order("D-1", (80_000,)), False),
+    (counter_order("D-2", (30_000, 20_000)), False),
+    (counter_order("D-2", (30_000, 20_000), back=(0, 20_000), version=1), True),
+    (counter_order("D-2", (30_000, 20_000), back=(30_000, 20_000), version=2), True),
+    (counter_order("D-3", (450_000, 50_000)), False),
+    (counter_order("D-3", (450_000, 50_000)), False),
 )
 
 
@@ -174,14 +151,14 @@ async def test_a_known_buyer_s_sale_runs_only_what_one_receipt_needs(
     counter = _counter(tongcrm_db, PluginHost(autoload=False), tongcrm_settings)
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         buyer = await uow.buyer(mobile=MOBILE, evidence="desk")
-        member = (await uow.record_sale(desk, _order("K-1", (10_000,)), buyer=buyer)).member_id
+        member = (await uow.record_sale(desk, counter_order("K-1", (10_000,)), buyer=buyer)).member_id
     assert member is not None
     texts: list[list[str]] = []
     for key in ("K-2", "K-3"):
         statements.clear()
         async with counter.unit_of_work(actor=SYSTEM) as uow:
             buyer = await uow.buyer(member_id=member, evidence="desk")
-            sale = await uow.record_sale(desk, _order(key, (10_000,)), buyer=buyer)
+            sale = await uow.record_sale(desk, counter_order(key, (10_000,)), buyer=buyer)
         assert sale.points_earned == 100 and sale.member_id == member
         texts.append([s for s in statements if s.split()[0] not in {"BEGIN", "COMMIT"}])
     run = texts[0]
@@ -206,10 +183,10 @@ async def test_a_buyer_made_a_member_meanwhile_is_attached_not_duplicated(
     counter = _counter(tongcrm_db, PluginHost(autoload=False), tongcrm_settings)
     async with counter.unit_of_work(actor=SYSTEM) as uow:
         stale = await uow.buyer(mobile=MOBILE, evidence="desk")
-        first = await uow.record_sale(desk, _order("R-1", (10_000,)), buyer=stale)
+        first = await uow.record_sale(desk, counter_order("R-1", (10_000,)), buyer=stale)
     assert stale.member_id is None and first.member_id is not None
     async with counter.unit_of_work(actor=SYSTEM) as uow:  # as if looked up before R-1 committed
-        second = await uow.record_sale(desk, _order("R-2", (20_000,)), buyer=stale)
+        second = await uow.record_sale(desk, counter_order("R-2", (20_000,)), buyer=stale)
     assert second.member_id == first.member_id and second.points_available == 300
     async with tongcrm_db.sessions() as s:
         assert (await s.execute(sa.select(sa.func.count()).select_from(Member))).scalar_one() == 1

@@ -217,14 +217,12 @@ def apikey() -> None:
 @pass_ctx
 def apikey_create(ctx: Context, role: str, store_code: str | None, label: str) -> None:
     """Create a key and print it once; only its hash is stored (audited as ``api_key.create`` by ``cli``)."""
-    from tongcrm.audit.service import Actor
     from tongcrm.auth import audited
+    from tongcrm.cli_run import CLI_ACTOR
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine)() as session, session.begin():
-            created, _ = await audited.create(
-                session, Actor(*CLI_ACTOR), role, store_code=store_code, label=label
-            )
+            created, _ = await audited.create(session, CLI_ACTOR, role, store_code=store_code, label=label)
             return created
 
     created = run(_with_engine(ctx.settings, body))
@@ -261,12 +259,12 @@ def apikey_list(ctx: Context) -> None:
 @pass_ctx
 def apikey_revoke(ctx: Context, key_id: str) -> None:
     """Revoke a key by id or prefix (audited as ``api_key.revoke`` by ``cli`` when it changed anything)."""
-    from tongcrm.audit.service import Actor
     from tongcrm.auth import audited
+    from tongcrm.cli_run import CLI_ACTOR
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine)() as session, session.begin():
-            return await audited.revoke_named(session, Actor(*CLI_ACTOR), key_id)
+            return await audited.revoke_named(session, CLI_ACTOR, key_id)
 
     info = run(_with_engine(ctx.settings, body))
     click.echo(f"revoked key #{info.id} ({info.prefix}, {info.role})")
@@ -621,7 +619,7 @@ def settings_set(ctx: Context, assignments: tuple[str, ...], if_version: int | N
     """Change settings, e.g. ``marketing_window_start=09:00 daily_budget=5 opt_out_keywords=T,TD,退订``.
 
     Saved as a new version (the old one stays in the history) and audited."""
-    from tongcrm.audit.service import Actor
+    from tongcrm.cli_run import CLI_ACTOR
     from tongcrm.programme import service
 
     changes: dict[str, Any] = {}
@@ -637,7 +635,7 @@ def settings_set(ctx: Context, assignments: tuple[str, ...], if_version: int | N
             if expected is None:
                 expected = (await service.current(session, ctx.settings)).version
             return await service.change(
-                session, ctx.settings, changes, expected_version=expected, actor=Actor("cli", "admin")
+                session, ctx.settings, changes, expected_version=expected, actor=CLI_ACTOR
             )
 
     _print_settings(run(_with_engine(ctx.settings, body)))
@@ -752,10 +750,6 @@ def member() -> None:
     index."""
 
 
-#: who the audit log names for what is done from the command line (whoever can run it holds the database)
-CLI_ACTOR = ("cli", "admin")
-
-
 @member.command("export")
 @click.argument("member_id", type=int)
 @click.option(
@@ -768,14 +762,14 @@ def member_export(ctx: Context, member_id: int, out_file: str | None) -> None:
 
     # logs go to stderr, so that stdout is the document alone
     configure_logging(json=ctx.settings.log_json, level=ctx.settings.log_level)
-    from tongcrm.audit.service import Actor
+    from tongcrm.cli_run import CLI_ACTOR
     from tongcrm.privacy import service as privacy
 
     vault = ctx.settings.vault()
 
     async def body(engine: Any) -> dict[str, Any]:
         async with session_factory(engine)() as session, session.begin():
-            return await privacy.export_member(session, vault, member_id, Actor(*CLI_ACTOR))
+            return await privacy.export_member(session, vault, member_id, CLI_ACTOR)
 
     text = json.dumps(run(_with_engine(ctx.settings, body)), ensure_ascii=False, indent=2)
     if out_file:
@@ -793,7 +787,7 @@ def member_export(ctx: Context, member_id: int, out_file: str | None) -> None:
 @pass_ctx
 def member_erase(ctx: Context, member_id: int, reason: str) -> None:
     """Erase MEMBER_ID's personal data; orders and points stay, anonymous."""
-    from tongcrm.audit.service import Actor
+    from tongcrm.cli_run import CLI_ACTOR
     from tongcrm.privacy import service as privacy
 
     if not reason.strip():
@@ -801,7 +795,7 @@ def member_erase(ctx: Context, member_id: int, reason: str) -> None:
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine)() as session, session.begin():
-            return await privacy.erase_member(session, member_id, Actor(*CLI_ACTOR), reason=reason.strip())
+            return await privacy.erase_member(session, member_id, CLI_ACTOR, reason=reason.strip())
 
     report = run(_with_engine(ctx.settings, body))
     if report.already_erased:

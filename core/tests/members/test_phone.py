@@ -6,7 +6,13 @@ import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tongcrm.members.phone import InvalidMobile, mask_mobile, normalise_mobile
+from tongcrm.crypto import Vault
+from tongcrm.identity.service import mobile_identity_value
+from tongcrm.members.phone import MOBILE_INDEX_PURPOSE, InvalidMobile, mask_mobile, normalise_mobile
+
+#: +8613800138000's blind index under the current and the old secret of the rotation test below.
+CURRENT_INDEX = "7dda1609.099acbce494aabeafd84eb04806e408bbf764df35c3a1859fc59428d4e2c1539"
+OLD_INDEX = "4fd6ce9a.6920aa479da3baec7b804edb8bfe3695486714bb4a1de38652646f342603430d"
 
 
 def _full(raw: str) -> str | None:
@@ -46,3 +52,18 @@ def test_one_person_typed_several_ways(raw: str) -> None:
 
 def test_masking_other_countries_keeps_the_calling_code() -> None:
     assert mask_mobile("+16502530000") == "+1 650***0000"
+
+
+def test_a_mobile_identity_is_stored_under_the_current_key_and_found_under_every_key() -> None:
+    """The stored value is the blind index under the current key, and the lookup values are the indexes under
+    every configured key, current first — pinned, so computing them differently cannot change what is stored."""
+    rotated = Vault("the-current-secret-0123456789", ["an-old-secret-0123456789"])
+    value, lookup, e164 = mobile_identity_value(rotated, "138 0013 8000")
+    assert e164 == "+8613800138000"
+    assert value == rotated.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE) == lookup[0]
+    assert lookup == tuple(rotated.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE)) and len(lookup) == 2
+    assert (value, lookup[1]) == (CURRENT_INDEX, OLD_INDEX)
+    alone = Vault("the-current-secret-0123456789")
+    assert mobile_identity_value(alone, "+86 13800138000") == (CURRENT_INDEX, (CURRENT_INDEX,), e164)
+    with pytest.raises(InvalidMobile):
+        mobile_identity_value(alone, "12345")

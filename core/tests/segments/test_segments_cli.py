@@ -16,6 +16,7 @@ from tongcrm.audit.models import AuditEntry
 from tongcrm.cli import Context, build_cli
 from tongcrm.consent.service import record_consent
 from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.errors import BadRequest
 from tongcrm.members.models import Member, MemberTag
 from tongcrm.plugin.host import PluginHost
 from tongcrm.segments import activity
@@ -109,6 +110,21 @@ def test_a_bad_definition_names_the_node(invoke: Any, tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidSegment, match="/condition/all/0/field: unknown field 'tag'"):
         invoke("segments", "preview", str(bad))
+
+
+def test_a_definition_that_is_not_json_says_where(invoke: Any, tmp_path: Path) -> None:
+    """The JSON reader the segment and campaign commands share (:func:`tongcrm.cli_run.load_json`): a file or
+    standard input that is not JSON is refused naming the source and the place, before anything is done."""
+    invoke("db", "upgrade")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1,\n  "condition": }', encoding="utf-8")
+    with pytest.raises(BadRequest, match=r"broken\.json: not JSON \(Expecting value at line 2, column 16\)"):
+        invoke("segments", "preview", str(broken))
+    with pytest.raises(BadRequest, match=r"^-: not JSON \(Expecting value at line 1, column 1\)"):
+        invoke("segments", "save", "vip", "-", input="vip")
+    with pytest.raises(BadRequest, match=r"broken\.json: not JSON"):
+        invoke("campaigns", "create", "c", "--segment", "s", "--template", "t", "--response", str(broken))
+    assert "vip" not in invoke("segments", "list").output
 
 
 def test_verify_checks_the_member_activity_summary(invoke: Any) -> None:

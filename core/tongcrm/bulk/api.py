@@ -9,6 +9,7 @@ mobiles and names in full, for admins only, and is audited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tempfile
 import uuid
@@ -32,6 +33,7 @@ from tongcrm.bulk import export
 from tongcrm.bulk import service as imports
 from tongcrm.bulk.mapping import check_kind, file_format, parse_mapping
 from tongcrm.bulk.models import BulkImport, BulkImportError
+from tongcrm.bulk.refusals import refusing_unreadable
 from tongcrm.config import Settings
 from tongcrm.crypto import Vault
 from tongcrm.errors import BadRequest
@@ -40,8 +42,26 @@ from tongcrm.plugin.host import PluginHost
 
 log = get_logger(__name__)
 Sessions = async_sessionmaker[AsyncSession]
-#: Uploaded files wait here (named by upload) so that an interrupted import can run again from its checkpoint.
+#: Uploaded files wait here (a folder per upload) so that an interrupted import can run again from its checkpoint.
 UPLOADS = Path(tempfile.gettempdir()) / "tongcrm-imports"
+
+
+def _upload_path(file_name: str, fmt: str) -> Path:
+    """Where an upload waits: a folder of its own, the file under the caller's ``file_name`` (its last part,
+    printable characters, at most 200 bytes), so that what the checks say of the file names the file the caller
+    sent rather than a temporary name."""
+    name = "".join(c for c in Path(file_name.replace("\\", "/")).name if c.isprintable()).strip()
+    name = name.encode()[:200].decode(errors="ignore")
+    if name in ("", ".", ".."):
+        name = f"upload.{fmt}"
+    return UPLOADS / uuid.uuid4().hex / name
+
+
+def _discard(path: Path) -> None:
+    """Remove an upload and its folder."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # gone already
+        path.parent.rmdir()
 
 
 class ImportErrorOut(msgspec.Struct, frozen=True):
@@ -105,7 +125,7 @@ async def _run_in_background(
     except Exception:
         log.warning("background import stopped; upload the file again to resume", import_id=import_id)
     finally:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(_discard, path)
 
 
 class ImportController(Controller):
@@ -140,35 +160,35 @@ class ImportController(Controller):
             columns = parse_mapping(json.loads(mapping), kind) if mapping else {}
         except ValueError as exc:
             raise BadRequest(f"mapping is not JSON: {exc}") from None
-        UPLOADS.mkdir(parents=True, exist_ok=True)
-        path = UPLOADS / f"{uuid.uuid4().hex}.{fmt}"
-        size = 0
-        with path.open("wb") as f:
-            async for chunk in request.stream():
-                f.write(chunk)
-                size += len(chunk)
-        if size == 0:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-            raise BadRequest("the request body is empty: send the file's bytes as the body")
         principal = principal_of(request)
         actor = Actor.of(principal)
         ctx = imports.ImportContext(
             host=host, vault=vault, clock=lambda: datetime.now(UTC), tz=settings.tz, actor=actor.name
         )
-        try:
-            job = await imports.open_import(
-                sessions,
-                ctx,
-                kind,
-                path,
-                fmt,
-                source=source,
-                file_name=file_name,
-                created_by=actor.name,
-                mapping=columns,
-            )
+        path = _upload_path(file_name, fmt)
+        path.parent.mkdir(parents=True)
+        try:  # whatever stops the upload or its checks (a client gone mid-body too), the upload is not kept
+            size = 0
+            with path.open("wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+                    size += len(chunk)
+            if size == 0:
+                raise BadRequest("the request body is empty: send the file's bytes as the body")
+            with refusing_unreadable(path.name):
+                job = await imports.open_import(
+                    sessions,
+                    ctx,
+                    kind,
+                    path,
+                    fmt,
+                    source=source,
+                    file_name=file_name,
+                    created_by=actor.name,
+                    mapping=columns,
+                )
         except BaseException:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+            await asyncio.to_thread(_discard, path)
             raise
         async with sessions() as session, session.begin():
             audit.record(

@@ -16,14 +16,13 @@ from typing import Any, BinaryIO
 
 import click
 from tongcrm.audit import service as audit
-from tongcrm.audit.service import Actor
 from tongcrm.bulk import export
 from tongcrm.bulk import service as imports
 from tongcrm.bulk.mapping import KINDS, file_format, load_mapping
+from tongcrm.bulk.refusals import refusing_unreadable
+from tongcrm.cli_run import CLI_ACTOR
 from tongcrm.db.engine import create_engine, session_factory
-
-#: Who the CLI is in the audit log: whoever can run it on the server holds the database, i.e. an admin.
-CLI_ACTOR = Actor("cli", "admin")
+from tongcrm.errors import BadRequest
 
 
 def _duration(seconds: float | None) -> str:
@@ -74,6 +73,8 @@ def import_command(
     row imported before (by its member, order or entry id) is skipped in any file."""
     settings = ctx.settings
     fmt = file_format(file, fmt)
+    if file.stat().st_size == 0:
+        raise BadRequest(f"{file.name} is empty: nothing to import (a CSV file starts with its header row)")
     columns = load_mapping(mapping, kind) if mapping else {}
     import_ctx = imports.ImportContext(
         host=ctx.host, vault=settings.vault(), clock=lambda: datetime.now(UTC), tz=settings.tz, actor="cli"
@@ -83,9 +84,10 @@ def import_command(
         engine = create_engine(settings.database_url)
         try:
             sessions = session_factory(engine)
-            job = await imports.open_import(
-                sessions, import_ctx, kind, file, fmt, source=source, created_by="cli", mapping=columns
-            )
+            with refusing_unreadable(file.name):
+                job = await imports.open_import(
+                    sessions, import_ctx, kind, file, fmt, source=source, created_by="cli", mapping=columns
+                )
             if job.status == "finished":
                 click.echo(f"import {job.id}: this file was imported before; nothing to do", err=True)
             elif job.line_reached:

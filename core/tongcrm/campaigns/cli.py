@@ -20,10 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.campaigns import calendar, chart, evaluation, journeys, service
 from tongcrm.campaigns.api import OutcomeOut, campaign_out, journey_out, outcome_out, programme_tz, run_out
-from tongcrm.cli_run import CLI_ACTOR, CliObj, read, write
+from tongcrm.cli_run import CLI_ACTOR, CliObj, load_json, read, write
 from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest
-from tongcrm.segments.cli import _read
 
 
 def _report_command(group: click.Group) -> Callable[[Callable[..., None]], click.Command]:
@@ -78,9 +77,9 @@ def create(
 ) -> None:  # fmt: skip
     """Create a campaign as a draft."""
     draft = service.Draft(
-        name, segment, template, _read(response_source), goal, control_percent, control_seed, budget_messages,
+        name, segment, template, load_json(response_source), goal, control_percent, control_seed, budget_messages,
         message_cost_fen, benefit_points, budget_points,
-        None if entitlement_source is None else _read(entitlement_source), budget_entitlements,
+        None if entitlement_source is None else load_json(entitlement_source), budget_entitlements,
     )  # fmt: skip
 
     async def change(session: AsyncSession) -> int:
@@ -124,7 +123,7 @@ def show(obj: CliObj, name: str) -> None:
 @click.pass_obj
 def schedule(obj: CliObj, name: str, source: str) -> None:
     """Schedule a campaign: SOURCE is a schedule document (a JSON file or '-')."""
-    document = _read(source)
+    document = load_json(source)
 
     async def change(session: AsyncSession) -> str:
         tz = await programme_tz(session, obj.settings)
@@ -240,7 +239,7 @@ def journey_create(
 ) -> None:  # fmt: skip
     """Create a journey; it is active at once."""
     draft = journeys.Draft(
-        name, _read(trigger_source), _read(steps_source), _read(response_source), goal, control_percent,
+        name, load_json(trigger_source), load_json(steps_source), load_json(response_source), goal, control_percent,
         control_seed, budget_messages, budget_points, message_cost_fen, budget_entitlements,
     )  # fmt: skip
 

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
-from tongcrm.campaigns import control, stats
+from tongcrm.campaigns import stats
 from tongcrm.campaigns.feed import flow_of, occasion_of
 from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
 from tongcrm.campaigns.service import runs
@@ -148,11 +148,12 @@ def _run_messages(campaign: Campaign, run_id: int) -> list[sa.ColumnElement[bool
 
 
 def _eligible() -> sa.ColumnElement[bool]:
-    """Audience members the contact policy allowed: treated and sent (or failed at the gateway), or control and
-    refused only because they are held out."""
+    """A run's messages to members the contact policy allowed: treated and sent (or failed at the gateway), or
+    control and refused only because they are held out. The group is the message's ``held_out``, which the feed
+    writes from the member's audience row (``grp == control``)."""
     return sa.or_(
-        sa.and_(CampaignAudience.grp == control.TREATMENT, Message.status.in_(_ELIGIBLE_TREATED)),
-        sa.and_(CampaignAudience.grp == control.CONTROL, Message.reason == HOLDOUT_REASON),
+        sa.and_(Message.held_out.is_(False), Message.status.in_(_ELIGIBLE_TREATED)),
+        sa.and_(Message.held_out.is_(True), Message.reason == HOLDOUT_REASON),
     )
 
 
@@ -233,8 +234,10 @@ def _responses(campaign: Campaign, run: CampaignRun) -> sa.Select[Any, Any, Any]
 async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRun) -> Figures:
     """One run's figures in three set-based statements: the send log tallied, the opt-outs in the window, and the
     groups with their responses — the responding orders pre-aggregated per member over the window (the
-    ``placed_at`` index), joined by hash to the audience and its messages, merged members followed through
-    :func:`merged_survivors`. No per-member subquery."""
+    ``placed_at`` index), joined by hash to the run's messages (which carry the member and its group, so the
+    audience is not joined: a hash of every audience member spilt to disk at the default ``work_mem`` from a
+    couple of hundred thousand), merged members followed through :func:`merged_survivors`. No per-member
+    subquery."""
     benefit = campaign.benefit_entitlement or {}
     f = Figures(
         audience=run.audience,
@@ -284,25 +287,22 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
     responses = _responses(campaign, run).subquery()
     groups = await session.execute(
         sa.select(
-            CampaignAudience.grp,
+            Message.held_out,
             sa.func.count(),
             sa.func.count(responses.c.member_id),
             sa.func.coalesce(sa.func.sum(responses.c.orders), 0),
             sa.func.coalesce(sa.func.sum(responses.c.revenue), 0),
         )
         .select_from(
-            sa.join(CampaignAudience, Message, Message.member_id == CampaignAudience.member_id)
-            .outerjoin(survivors, survivors.c.origin == CampaignAudience.member_id)
-            .outerjoin(
-                responses,
-                responses.c.member_id == credited_member(survivors, CampaignAudience.member_id),
+            sa.outerjoin(Message, survivors, survivors.c.origin == Message.member_id).outerjoin(
+                responses, responses.c.member_id == credited_member(survivors, Message.member_id)
             )
         )
-        .where(CampaignAudience.run_id == run.id, *of_run, _eligible())
-        .group_by(CampaignAudience.grp)
+        .where(*of_run, _eligible())
+        .group_by(Message.held_out)
     )
-    for grp, eligible, responders, orders, revenue in groups.all():
-        target = f.treated if grp == control.TREATMENT else f.held
+    for held_out, eligible, responders, orders, revenue in groups.all():
+        target = f.held if held_out else f.treated
         target.eligible, target.responders = int(eligible), int(responders)
         target.orders, target.revenue_fen = int(orders), int(revenue)
     return f

@@ -180,11 +180,9 @@ def mobile_identity_value(vault: Vault, raw: str) -> tuple[str, tuple[str, ...],
     """(stored value, lookup values, E.164) for a raw mobile: the blind index under the current key, and under
     every configured key for lookups across a key rotation. Raises :class:`InvalidMobile`."""
     e164 = normalise_mobile(raw)
-    return (
-        vault.blind_index(e164, purpose=MOBILE_INDEX_PURPOSE),
-        tuple(vault.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE)),
-        e164,
-    )
+    # the current key comes first among every key's indexes: the stored value is the first lookup value
+    lookup = tuple(vault.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE))
+    return lookup[0], lookup, e164
 
 
 def prepare_claim(ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], claim: IdentityClaim) -> _Claim:

@@ -6,62 +6,20 @@ Definitions are read from a JSON file (``-`` for standard input). The CLI acts a
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.audit.service import Actor
-from tongcrm.config import Settings
+from tongcrm.cli_run import CLI_ACTOR, CliObj, Sessions, load_json, run_with_reads
 from tongcrm.db.base import utcnow
-from tongcrm.db.engine import create_engine, session_factory
-from tongcrm.errors import BadRequest
 from tongcrm.members.service import check_reveal
-from tongcrm.plugin.host import PluginHost
 from tongcrm.segments import activity, service
 from tongcrm.segments.schema import catalogue
-
-CLI_ACTOR = Actor("cli", "admin")
-
-
-class _Obj(Protocol):
-    """What the root command passes down (:class:`tongcrm.cli.Context`)."""
-
-    host: PluginHost
-
-    @property
-    def settings(self) -> Settings: ...
-
-
-def _read(source: str) -> Any:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"{source}: not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
-
-
-def _run(obj: _Obj, body: Any) -> Any:
-    import asyncio
-
-    async def main() -> Any:
-        engine = create_engine(obj.settings.database_url)
-        try:
-            return await body(session_factory(engine), session_factory(engine, readonly=True))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
-Sessions = async_sessionmaker[AsyncSession]
 
 
 @click.group("segments")
@@ -83,9 +41,9 @@ def fields() -> None:
 @click.argument("source")
 @click.option("--sample", default=10, show_default=True, help="Members to show (masked).")
 @click.pass_obj
-def preview(obj: _Obj, source: str, sample: int) -> None:
+def preview(obj: CliObj, source: str, sample: int) -> None:
     """Count the members a definition in SOURCE (a JSON file, or - for stdin) selects, without saving it."""
-    definition = _read(source)
+    definition = load_json(source)
 
     async def body(sessions: Sessions, read: Sessions) -> service.Preview:
         await service.refresh_activity(sessions)
@@ -93,7 +51,7 @@ def preview(obj: _Obj, source: str, sample: int) -> None:
             context = await service.load_context(session, obj.host, utcnow())
             return await service.preview(session, obj.settings.vault(), context, definition, sample=sample)
 
-    result = _run(obj, body)
+    result = run_with_reads(obj, body)
     click.echo(f"{result.count} members")
     for warning in result.warnings:
         click.echo(f"warning: {warning.pointer}: {warning.detail}", err=True)
@@ -110,9 +68,9 @@ def preview(obj: _Obj, source: str, sample: int) -> None:
 @click.option("--description", default=None, help="What the segment is for.")
 @click.option("--note", default="", help="What changed in this version.")
 @click.pass_obj
-def save(obj: _Obj, name: str, source: str, description: str | None, note: str) -> None:
+def save(obj: CliObj, name: str, source: str, description: str | None, note: str) -> None:
     """Save the definition in SOURCE as segment NAME (a new segment, or its next version)."""
-    definition = _read(source)
+    definition = load_json(source)
 
     async def body(sessions: Sessions, read: Sessions) -> tuple[int, int]:
         async with sessions() as session, session.begin():
@@ -122,13 +80,13 @@ def save(obj: _Obj, name: str, source: str, description: str | None, note: str) 
             )
             return segment.id, segment.version
 
-    segment_id, version = _run(obj, body)
+    segment_id, version = run_with_reads(obj, body)
     click.echo(f"saved segment {name!r} (#{segment_id}) version {version}")
 
 
 @segments_group.command("list")
 @click.pass_obj
-def list_command(obj: _Obj) -> None:
+def list_command(obj: CliObj) -> None:
     """Saved segments with their current version and latest daily count."""
 
     async def body(sessions: Sessions, read: Sessions) -> list[tuple[Any, ...]]:
@@ -141,14 +99,14 @@ def list_command(obj: _Obj) -> None:
             return out
 
     table = Table("id", "name", "version", "last daily count", "description")
-    for row in _run(obj, body):
+    for row in run_with_reads(obj, body):
         table.add_row(*row)
     Console().print(table)
 
 
 @segments_group.command("rebuild-activity")
 @click.pass_obj
-def rebuild_activity(obj: _Obj) -> None:
+def rebuild_activity(obj: CliObj) -> None:
     """Recompute the member activity summary from the orders, tiers and consent (after ``tongcrm verify``
     reports a difference; the refresh before each count is otherwise enough)."""
 
@@ -158,13 +116,14 @@ def rebuild_activity(obj: _Obj) -> None:
         async with read() as session:
             return len(await activity.differences(session))
 
-    click.echo("member activity summary rebuilt" if _run(obj, body) == 0 else "rebuilt, but it still differs")
+    differences = run_with_reads(obj, body)
+    click.echo("member activity summary rebuilt" if differences == 0 else "rebuilt, but it still differs")
 
 
 @segments_group.command("count")
 @click.argument("name")
 @click.pass_obj
-def count_command(obj: _Obj, name: str) -> None:
+def count_command(obj: CliObj, name: str) -> None:
     """How many members segment NAME has now."""
 
     async def body(sessions: Sessions, read: Sessions) -> int:
@@ -174,7 +133,7 @@ def count_command(obj: _Obj, name: str) -> None:
             context = await service.load_context(session, obj.host, utcnow())
             return await service.count(session, await service.prepared_segment(session, context, segment))
 
-    click.echo(str(_run(obj, body)))
+    click.echo(str(run_with_reads(obj, body)))
 
 
 @segments_group.command("export")
@@ -186,7 +145,7 @@ def count_command(obj: _Obj, name: str) -> None:
     "--reveal", default="", help="'mobile' or 'name' to write mobiles and names unmasked (audited)."
 )
 @click.pass_obj
-def export(obj: _Obj, name: str, output: str | None, reveal: str) -> None:
+def export(obj: CliObj, name: str, output: str | None, reveal: str) -> None:
     """Write segment NAME's members as CSV, page by page, with a progress bar (on stderr)."""
     revealing = check_reveal([f.strip() for f in reveal.split(",") if f.strip()], CLI_ACTOR)
 
@@ -210,5 +169,5 @@ def export(obj: _Obj, name: str, output: str | None, reveal: str) -> None:
         return written
 
     with open(output, "w", encoding="utf-8", newline="") if output else nullcontext(sys.stdout) as sink:
-        written = _run(obj, lambda sessions, read: body(sessions, read, sink))
+        written = run_with_reads(obj, lambda sessions, read: body(sessions, read, sink))
     click.echo(f"exported {written} members" + (f" to {output}" if output else ""), err=True)
