@@ -689,3 +689,63 @@ async def test_orders_stored_meanwhile_fall_back_to_ingest(
             await session.execute(sa.select(sa.func.count()).select_from(sa.table("order_lines")))
         ).scalar()
     assert lines == 3
+
+
+async def test_a_nul_character_makes_its_row_bad_not_the_file(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    """PostgreSQL's text columns cannot hold U+0000: a row carrying one is kept as a bad row with its line (the
+    NUL shown as U+FFFD) and every other row of its page is imported, on either database."""
+    path = write(
+        tmp_path / "members.csv",
+        "member_id,mobile,name,city\nM1,13800138001,张三,上海\nM2,13800138002,李\x00四,北京\nM3,13800138003,王五,\n",
+    )
+    job, _ = await do_import(tongcrm_db, ctx, "members", path)
+    assert (job.status, job.imported, job.failed) == ("finished", 2, 1)
+    async with tongcrm_db.sessions() as session:
+        (error,) = await service.import_errors(session, job.id)
+    assert error.line == 3 and error.reason == "line 3: the name value contains a NUL character (U+0000)"
+    assert json.loads(error.row)["city"] == "北京" and "\x00" not in error.row
+    assert await count(tongcrm_db, Member) == 2
+
+    orders = write(
+        tmp_path / "orders.jsonl",
+        "".join(
+            json.dumps(
+                {"order_id": o, "member_id": "M1", "placed_at": "2026-11-01 10:00:00", "total_fen": 100} | x
+            )
+            + "\n"
+            for o, x in (("O1", {"title": "a\x00b"}), ("O2", {"ignored column": "a\x00b"}))
+        ),
+    )
+    job2, _ = await do_import(tongcrm_db, ctx, "orders", orders, fmt="jsonl")
+    assert (job2.imported, job2.failed) == (1, 1)  # a NUL in a column no import reads harms nothing
+    async with tongcrm_db.sessions() as session:
+        (error,) = await service.import_errors(session, job2.id)
+    assert error.line == 1 and "the title value contains a NUL" in error.reason
+
+
+async def test_two_columns_meaning_one_are_refused_not_guessed(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    twice = write(tmp_path / "twice.csv", "member_id,mobile,mobile\nM1,13800138001,13800138009\n")
+    with pytest.raises(BadRequest, match=r"the header of twice\.csv has the column 'mobile' twice"):
+        await service.open_import(tongcrm_db.sessions, ctx, "members", twice, "csv")
+    both = write(tmp_path / "both.csv", "member_id,mobile,手机号\nM1,13800138001,13800138009\n")
+    with pytest.raises(
+        BadRequest, match=r"has both 'mobile' and '手机号', which both mean the 'mobile' column"
+    ):
+        await service.open_import(
+            tongcrm_db.sessions, ctx, "members", both, "csv", mapping={"mobile": "手机号"}
+        )
+    assert await count(tongcrm_db, BulkImport) == 0
+
+    jsonl = write(
+        tmp_path / "both.jsonl",
+        '{"member_id": "J1", "mobile": "13900139001", "手机号": "13900139009"}\n{"member_id": "J2"}\n',
+    )
+    job, _ = await do_import(tongcrm_db, ctx, "members", jsonl, fmt="jsonl", mapping={"mobile": "手机号"})
+    assert (job.imported, job.failed) == (1, 1)
+    async with tongcrm_db.sessions() as session:
+        (error,) = await service.import_errors(session, job.id)
+    assert error.line == 1 and "which both mean the 'mobile' column" in error.reason

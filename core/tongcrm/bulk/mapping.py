@@ -35,6 +35,14 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "points": ("entry_id", "member_id", "mobile", "points", "occurred_at", "expires_at", "note"),
 }  # fmt: skip
 KINDS = tuple(COLUMNS)
+_DOCUMENTED = frozenset(name for names in COLUMNS.values() for name in names)
+
+
+def _read(name: str) -> bool:
+    """Whether an import reads the column ``name`` (the rest of a file's columns are ignored)."""
+    return name in _DOCUMENTED or name.startswith("identity.")
+
+
 #: Columns without which no row of the kind can be imported: a CSV header lacking one is refused up front.
 REQUIRED: dict[str, tuple[str, ...]] = {
     "members": ("member_id",),
@@ -140,6 +148,9 @@ def check_header(path: Path, fmt: str, kind: str, mapping: Mapping[str, str] | N
         raise BadRequest(f"{path.name} is not UTF-8 text: save the export as UTF-8") from None
     names = {h.strip() for h in header or []}
     rename = _renamer(mapping or {})
+    clashes = _clashes([h.strip() for h in header or []], rename)
+    if clashes:
+        raise BadRequest(f"the header of {path.name} {clashes}: which one holds the value is ambiguous")
     present = {rename.get(n, n) for n in names}
     missing = [c for c in REQUIRED[kind] if c not in present]
     if missing:
@@ -152,6 +163,23 @@ def check_header(path: Path, fmt: str, kind: str, mapping: Mapping[str, str] | N
 def _renamer(mapping: Mapping[str, str]) -> dict[str, str]:
     """Their column name → ours."""
     return {theirs: ours for ours, theirs in mapping.items()}
+
+
+def _clashes(names: list[str], rename: Mapping[str, str]) -> str | None:
+    """Why the columns ``names`` are ambiguous: the same column twice, or two columns that mean one documented
+    column (a mapped column beside one under the documented name), silently keeping the last would lose data."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if not name:
+            continue
+        ours = rename.get(name, name)
+        if ours not in seen:
+            seen[ours] = name
+        elif seen[ours] == name:
+            return f"has the column {name!r} twice"
+        else:
+            return f"has both {seen[ours]!r} and {name!r}, which both mean the {ours!r} column"
+    return None
 
 
 def _text(value: Any) -> str | None:
@@ -219,10 +247,23 @@ def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None)
         if raw is None:
             yield Record(line, {}, f"line {line} {error}")
             continue
+        clash = _clashes(list(raw), rename) if fmt != "csv" else None
+        if clash is not None:
+            yield Record(line, {}, f"line {line} {clash}")
+            continue
         values: dict[str, str | None] = {}
         for name, value in raw.items():
             ours = rename.get(name, name)
             values[ours] = _text(value)
+        nul = next(
+            (n for n, text in values.items() if text is not None and "\x00" in text and _read(n)), None
+        )
+        if nul is not None:
+            # No database text column can hold U+0000 (PostgreSQL refuses it): the row is bad, not the file, and it
+            # is kept for the report with each NUL shown as U+FFFD.
+            shown = {k: None if v is None else v.replace("\x00", "\ufffd") for k, v in values.items()}
+            yield Record(line, shown, f"line {line}: the {nul} value contains a NUL character (U+0000)")
+            continue
         yield Record(line, values)
 
 
