@@ -1,5 +1,5 @@
 """The litestar app factory: core controllers, every plugin's routes, OpenAPI at /schema, problem details,
-request ids, API-key auth, and (by default) the job runner in-process."""
+request ids and HTTP metrics, API-key auth, and (by default) the job runner in-process."""
 
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ from tongcrm.logging import configure_logging
 from tongcrm.members.api import MemberController, MergeController
 from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
-from tongcrm.metrics import HTTP_METRICS
 from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.store import PluginStore
@@ -166,7 +165,6 @@ def create_app(
     }
     app = Litestar(
         route_handlers=handlers,
-        middleware=[HTTP_METRICS.middleware],
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         before_request=authorize,

@@ -1,4 +1,5 @@
-"""Request ids and access logging: one plain ASGI layer around the whole app (see :func:`with_request_ids`)."""
+"""Request ids, access logging and HTTP metrics: one plain ASGI layer around the whole app (see
+:func:`with_request_ids`)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from tongcrm.logging import get_logger
+from tongcrm.metrics import HttpMetrics
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Give every HTTP request an id (the caller's ``X-Request-ID`` when it is safe to echo), bind it for logs,
-    audit records and problem responses, return it in ``X-Request-ID``, and log the request at INFO."""
+    audit records and problem responses, return it in ``X-Request-ID``, log the request at INFO, and count it
+    in the HTTP metrics (:class:`tongcrm.metrics.HttpMetrics`, by the route template litestar's router put in
+    the scope)."""
     # Bound once, when the app is built (after logging is configured): a module-level lazy logger binds
     # itself anew on every call, which this per-request line cannot afford.
     log = get_logger("tongcrm.access").bind()
@@ -30,6 +34,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     # app) and a counter.
     prefix = os.urandom(8).hex()
     numbers = itertools.count(1)
+    metrics = HttpMetrics()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -47,17 +52,24 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
+        method = scope["method"]
+        in_progress = metrics.in_progress(method)
+        in_progress.inc()
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            in_progress.dec()
+            # no status: the app raised past its own exception handlers, and the server answers 500
+            metrics.record(method, scope.get("path_template"), status.get("code", 500), seconds)
             if logging_requests:
                 log.info(
                     "request",
-                    method=scope.get("method"),
+                    method=method,
                     path=scope.get("path"),
                     status=status.get("code"),
-                    ms=round((time.perf_counter() - started) * 1000, 2),
+                    ms=round(seconds * 1000, 2),
                 )
             structlog.contextvars.reset_contextvars(**tokens)
 
