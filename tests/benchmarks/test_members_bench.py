@@ -8,7 +8,8 @@
 - Resolution of batches of 100 claim sets (half known, half new): claim sets/s.
 
 Run: ``python -m pytest tests/benchmarks/test_members_bench.py --benchmark-enable --benchmark-only -s``.
-The database is SQLite unless ``TONGCRM_BENCH_POSTGRES_URL`` names an empty PostgreSQL database. With
+The database is SQLite unless ``TONGCRM_BENCH_POSTGRES_URL`` names an empty PostgreSQL database (one an earlier
+run seeded with the same number of members is reused). With
 ``TONGCRM_BENCH_DATA_DIR`` the SQLite seed is kept in that folder (``members-<N>.sqlite3``) and reused by later
 runs, which then skip the seeding (a few minutes at 200,000 members); the resolution benchmark adds members to it.
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from tongcrm.crypto import Vault
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
@@ -64,11 +66,26 @@ def bench_db(tmp_path_factory: pytest.TempPathFactory) -> str:
             return url
         for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             leftover.unlink(missing_ok=True)
+    elif asyncio.run(_members_in(url)) == MEMBERS:
+        print(f"\nreusing the {MEMBERS} members seeded in {url.rpartition('/')[2]}")
+        return url
     took = asyncio.run(seed(url, MEMBERS))
     if done is not None:
         done.touch()
     print(f"\nseeded {MEMBERS} members in {took:.1f}s on {url.split(':')[0]} ({os.cpu_count()} cores)")
     return url
+
+
+async def _members_in(url: str) -> int | None:
+    """How many members an earlier run seeded in this PostgreSQL database (None: not seeded)."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            if not await conn.run_sync(lambda c: sa.inspect(c).has_table("members")):
+                return None
+            return int((await conn.execute(sa.text("SELECT count(*) FROM members"))).scalar_one())
+    finally:
+        await engine.dispose()
 
 
 async def drive(base: str, paths: list[str], headers: dict[str, str]) -> tuple[float, list[float]]:
