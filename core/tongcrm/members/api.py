@@ -140,10 +140,10 @@ def hot_lookup(app: Litestar, roles: frozenset[Role]) -> HotAnswer:
                 mobile=value if name == "mobile" else None,
                 identity=value if name == "identity" else None,
             )
+            # the key was trusted from the cache: confirmed under the revocation counter the read carried
+            principal = await verifier.confirm(key, cached[1], generation)
         except Exception:  # refused or failed: the route reads again and answers with the problem
             return None
-        # the key was trusted from the cache: confirmed under the revocation counter the read carried
-        principal = await verifier.confirm(key, cached[1], generation)
         if principal is None or principal.role not in roles:
             return None
         return _lookup_answer(out)
