@@ -45,6 +45,39 @@ async def test_metrics_show_queue_depth_outbox_backlog_and_http_requests(
     assert http, "the HTTP middleware counted the request by its route"
 
 
+async def test_http_requests_are_counted_by_route_template_and_status(make_client: Any) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(path: str, status: int, method: str = "GET") -> float:
+        labels = {"method": method, "path": path, "status_code": str(status), "app_name": "tongcrm"}
+        return REGISTRY.get_sample_value("tongcrm_requests_total", labels) or 0.0
+
+    def seconds(path: str, status: int) -> float:
+        labels = {"method": "GET", "path": path, "status_code": str(status), "app_name": "tongcrm"}
+        return REGISTRY.get_sample_value("tongcrm_request_duration_seconds_count", labels) or 0.0
+
+    template = "/api/members/{member_id}"
+    before = {
+        "found": count(template, 404),
+        "timed": seconds(template, 404),
+        "refused": count("/api/plugins", 401),
+        "metrics": count("/metrics", 200),
+    }
+    async with make_client(role="admin") as client:
+        for member_id in (998, 999):  # two ids, one series: grouped by the route's template
+            assert (await client.get(f"/api/members/{member_id}")).status_code == 404
+        assert (await client.get("/no/such/route")).status_code == 404
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/api/plugins", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert count(template, 404) == before["found"] + 2
+    assert seconds(template, 404) == before["timed"] + 2
+    assert count("/api/plugins", 401) == before["refused"] + 1, "a refused request is counted with its status"
+    assert count("/metrics", 200) == before["metrics"], "/metrics is not counted"
+    assert count("/no/such/route", 404) == 0, "paths that match no route make no series"
+    gauge = {"method": "GET", "app_name": "tongcrm"}
+    assert REGISTRY.get_sample_value("tongcrm_requests_in_progress", gauge) == 0
+
+
 @pytest.mark.parametrize("role", ["operator", "analyst", None])
 async def test_metrics_need_an_admin_key(make_client: Any, role: str | None) -> None:
     async with make_client(role=role) as client:

@@ -61,7 +61,13 @@ def serve(factory: str, env: Mapping[str, str], *, workers: int = 1) -> Iterator
         f"sys.exit(run_workers(AppSpec({factory!r}), '127.0.0.1', {port}, {workers}))"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": str(HERE)}, cwd=str(HERE)
+        [sys.executable, "-c", code],
+        env={
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH")))),
+        },
+        cwd=str(HERE),
     )
     base = Served(f"http://127.0.0.1:{port}")
     base.pid = proc.pid

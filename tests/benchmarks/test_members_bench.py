@@ -3,11 +3,15 @@
 - Lookup by mobile over HTTP on a seeded base (``TONGCRM_BENCH_MEMBERS``, default 1,000,000) at 8 concurrent
   clients, next to a bare litestar endpoint served the same way (the ceiling): requests/s and p99. Both are
   served as ``tongcrm serve --workers N`` serves (``TONGCRM_BENCH_WORKERS``, default 1), and measured in
-  alternating turns (``TONGCRM_BENCH_ROUNDS``, default 3; ``TONGCRM_BENCH_REQUESTS`` each).
+  alternating turns (``TONGCRM_BENCH_ROUNDS``, default 3; ``TONGCRM_BENCH_REQUESTS`` each). Each also reports
+  the serving processes' CPU time per request, which moves far less than requests/s with a shared machine's load.
 - Resolution of batches of 100 claim sets (half known, half new): claim sets/s.
 
 Run: ``python -m pytest tests/benchmarks/test_members_bench.py --benchmark-enable --benchmark-only -s``.
-The database is SQLite unless ``TONGCRM_BENCH_POSTGRES_URL`` names an empty PostgreSQL database.
+The database is SQLite unless ``TONGCRM_BENCH_POSTGRES_URL`` names an empty PostgreSQL database (one an earlier
+run seeded with the same number of members is reused). With
+``TONGCRM_BENCH_DATA_DIR`` the SQLite seed is kept in that folder (``members-<N>.sqlite3``) and reused by later
+runs, which then skip the seeding (a few minutes at 200,000 members); the resolution benchmark adds members to it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from tongcrm.crypto import Vault
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
@@ -31,7 +36,7 @@ from tongcrm.plugin.types import IdentityClaim
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from http_load import KeepAlive, load, p99_ms, serve, stack  # noqa: E402
+from http_load import KeepAlive, cpu_seconds, load, p99_ms, serve, stack  # noqa: E402
 from member_seed import SECRET, mobile, seed  # noqa: E402
 
 MEMBERS = int(os.environ.get("TONGCRM_BENCH_MEMBERS", "1000000"))
@@ -47,13 +52,40 @@ WORKERS = int(os.environ.get("TONGCRM_BENCH_WORKERS", "1"))
 
 @pytest.fixture(scope="module")
 def bench_db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = (
-        os.environ.get("TONGCRM_BENCH_POSTGRES_URL")
-        or f"sqlite:///{tmp_path_factory.mktemp('bench') / 'members.sqlite3'}"
-    )
+    url = os.environ.get("TONGCRM_BENCH_POSTGRES_URL")
+    done: Path | None = None
+    if url is None:
+        kept = os.environ.get("TONGCRM_BENCH_DATA_DIR")
+        folder = Path(kept) if kept else tmp_path_factory.mktemp("bench")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"members-{MEMBERS}.sqlite3"
+        url = f"sqlite:///{path}"
+        done = path.with_suffix(".seeded")  # written once the seed is whole: an interrupted one is redone
+        if kept and done.exists():
+            print(f"\nreusing the {MEMBERS} members seeded in {path}")
+            return url
+        for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+    elif asyncio.run(_members_in(url)) == MEMBERS:
+        print(f"\nreusing the {MEMBERS} members seeded in {url.rpartition('/')[2]}")
+        return url
     took = asyncio.run(seed(url, MEMBERS))
+    if done is not None:
+        done.touch()
     print(f"\nseeded {MEMBERS} members in {took:.1f}s on {url.split(':')[0]} ({os.cpu_count()} cores)")
     return url
+
+
+async def _members_in(url: str) -> int | None:
+    """How many members an earlier run seeded in this PostgreSQL database (None: not seeded)."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            if not await conn.run_sync(lambda c: sa.inspect(c).has_table("members")):
+                return None
+            return int((await conn.execute(sa.text("SELECT count(*) FROM members"))).scalar_one())
+    finally:
+        await engine.dispose()
 
 
 async def drive(base: str, paths: list[str], headers: dict[str, str]) -> tuple[float, list[float]]:
@@ -106,6 +138,8 @@ def test_lookup_by_mobile_over_http(benchmark: Any, bench_db: str) -> None:
     auth = {"Authorization": f"Bearer {key}"}
     rates: dict[str, list[float]] = {"bare": [], "lookup": []}
     latencies: dict[str, list[float]] = {"bare": [], "lookup": []}
+    #: CPU seconds the serving processes spent per turn: per request, it hardly moves with the machine's load
+    cpu: dict[str, list[float]] = {"bare": [], "lookup": []}
     # Both served at once (the idle one costs nothing) and measured in turns: this machine's speed drifts by
     # more than the difference being measured, and turns expose both to the same drift.
     with (
@@ -122,7 +156,9 @@ def test_lookup_by_mobile_over_http(benchmark: Any, bench_db: str) -> None:
                     # each turn looks up other members
                     ("lookup", members, paths[turn * REQUESTS : (turn + 1) * REQUESTS], auth),
                 ):
+                    spent = cpu_seconds(base.pid)
                     rate, samples = asyncio.run(drive(base, work, headers))
+                    cpu[name].append((cpu_seconds(base.pid) - spent) / len(samples))
                     rates[name].append(rate)
                     latencies[name].extend(samples)
 
@@ -131,15 +167,18 @@ def test_lookup_by_mobile_over_http(benchmark: Any, bench_db: str) -> None:
         name: {
             "rps": statistics.median(rates[name]),
             "p99_ms": p99_ms(latencies[name]),
+            "cpu_us": statistics.median(cpu[name]) * 1e6,
             "requests": len(latencies[name]),
         }
         for name in rates
     }
     ratio = results["lookup"]["rps"] / results["bare"]["rps"]
+    cpu_ratio = results["bare"]["cpu_us"] / results["lookup"]["cpu_us"]
     benchmark.extra_info.update({f"{k}_{m}": round(v, 2) for k, r in results.items() for m, v in r.items()})
     benchmark.extra_info.update(
         {
             "ratio": round(ratio, 3),
+            "cpu_ratio": round(cpu_ratio, 3),
             "rounds": ROUNDS,
             "members": MEMBERS,
             "clients": CLIENTS,
@@ -151,9 +190,13 @@ def test_lookup_by_mobile_over_http(benchmark: Any, bench_db: str) -> None:
         turns = ", ".join(f"{x:.0f}" for x in rates[name])
         print(
             f"\n{name:>6}: {r['rps']:8.0f} req/s (median of {ROUNDS} turns: {turns})  p99 {r['p99_ms']:6.2f} ms"
+            f"  server CPU {r['cpu_us']:6.1f} us/request"
             f"  ({int(r['requests'])} requests, {WORKERS} worker(s), {os.cpu_count()} cores)"
         )
-    print(f"lookup / ceiling: {ratio:.2f} on {stack()}; {load()}")
+    print(
+        f"lookup / ceiling: {ratio:.2f} (server CPU per request, ceiling / lookup: {cpu_ratio:.2f}) on {stack()};"
+        f" {load()}"
+    )
 
 
 def test_resolve_batches_of_100(benchmark: Any, bench_db: str) -> None:

@@ -1,4 +1,5 @@
-"""Request ids and access logging: one plain ASGI layer around the whole app (see :func:`with_request_ids`)."""
+"""Request ids, access logging and HTTP metrics: one plain ASGI layer around the whole app (see
+:func:`with_request_ids`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -14,14 +16,20 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from tongcrm.api.hot import HotAnswer
 from tongcrm.logging import get_logger
+from tongcrm.metrics import HttpMetrics
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
+def request_id_middleware(app: ASGIApp, hot: Mapping[str, HotAnswer] | None = None) -> ASGIApp:
     """Give every HTTP request an id (the caller's ``X-Request-ID`` when it is safe to echo), bind it for logs,
-    audit records and problem responses, return it in ``X-Request-ID``, and log the request at INFO."""
+    audit records and problem responses, return it in ``X-Request-ID``, log the request at INFO, and count it
+    in the HTTP metrics (:class:`tongcrm.metrics.HttpMetrics`, by the route template litestar's router put in
+    the scope). ``hot``: the answers of hot routes by path (see :mod:`tongcrm.api.hot`), tried before ``app``
+    (read at each request: the mapping is the app's ``state.hot_answers``)."""
+    hot = {} if hot is None else hot
     # Bound once, when the app is built (after logging is configured): a module-level lazy logger binds
     # itself anew on every call, which this per-request line cannot afford.
     log = get_logger("tongcrm.access").bind()
@@ -30,6 +38,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     # app) and a counter.
     prefix = os.urandom(8).hex()
     numbers = itertools.count(1)
+    metrics = HttpMetrics()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -47,29 +56,42 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
+        method = scope["method"]
+        in_progress = metrics.in_progress(method)
+        in_progress.inc()
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            await app(scope, receive, send_with_id)
+            answer = hot.get(scope["path"]) if method == "GET" else None
+            response = None if answer is None else await answer(scope)
+            if response is None:
+                await app(scope, receive, send_with_id)
+            else:
+                scope["path_template"] = scope["path"]
+                await response(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            in_progress.dec()
+            # no status: the app raised past its own exception handlers, and the server answers 500
+            metrics.record(method, scope.get("path_template"), status.get("code", 500), seconds)
             if logging_requests:
                 log.info(
                     "request",
-                    method=scope.get("method"),
+                    method=method,
                     path=scope.get("path"),
                     status=status.get("code"),
-                    ms=round((time.perf_counter() - started) * 1000, 2),
+                    ms=round(seconds * 1000, 2),
                 )
             structlog.contextvars.reset_contextvars(**tokens)
 
     return middleware
 
 
-def with_request_ids(app: Litestar) -> Litestar:
+def with_request_ids(app: Litestar, hot: Mapping[str, HotAnswer] | None = None) -> Litestar:
     """Put :func:`request_id_middleware` around everything ``app`` does for a request, routing included.
 
     As a litestar middleware it would run only for requests that matched a route (an unknown path got a 404
     with no id and no access line) and it would make litestar wrap every route in a second exception
     handler. Around the app's ASGI handler (where litestar itself puts CORS) it sees every request, once.
     """
-    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    app.asgi_handler = request_id_middleware(app.asgi_handler, hot)
     return app

@@ -8,12 +8,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Litestar, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.types import Scope
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.hot import HotAnswer, bearer, only_query
 from tongcrm.api.inputs import MAX_ID, MAX_INT32, PathId, QueryId, problems
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import (
@@ -26,7 +28,7 @@ from tongcrm.api.security import (
 )
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
-from tongcrm.auth.service import Principal
+from tongcrm.auth.service import KeyVerifier, Principal, Role
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
@@ -101,6 +103,52 @@ def merge_out(m: Merge) -> MergeOut:
         undone_at=m.undone_at,
         undone_by=m.undone_by,
     )
+
+
+def _lookup_answer(out: service.MemberSummary) -> EncodedJSON:
+    return EncodedJSON(_JSON.encode(member_out(out)), (b"etag", etag(out.version).encode()))
+
+
+#: The lookup's query parameters the hot answer takes (one of them, alone: ``reveal`` is audited, so litestar's)
+_HOT_LOOKUP_QUERY = frozenset({"mobile", "identity"})
+
+
+def hot_lookup(app: Litestar, roles: frozenset[Role]) -> HotAnswer:
+    """``GET /api/members/lookup`` answered before litestar (see :mod:`tongcrm.api.hot`) when its caller's key
+    is cached with one of ``roles``, the query is ``mobile=`` or ``identity=`` alone and a member is found: the
+    member masked, as :meth:`MemberController.lookup` answers it. Anything else — no key, a key not cached or
+    of another role, ``reveal``, other parameters, no member, a key revoked meanwhile — is left to the route,
+    which refuses or answers it (the read done here has no effect to undo)."""
+    state = app.state
+    verifier: KeyVerifier = state.key_verifier
+    reader, vault, host = state.point_reader, state.vault, state.host
+
+    async def answer(scope: Scope) -> EncodedJSON | None:
+        query = only_query(scope, _HOT_LOOKUP_QUERY)
+        key = bearer(scope)
+        if query is None or key is None:
+            return None
+        cached = verifier.cached(key)
+        if cached is None or cached[0].role not in roles:
+            return None
+        name, value = query
+        try:
+            out, generation = await service.lookup_summary_stamped(
+                reader,
+                vault,
+                host,
+                mobile=value if name == "mobile" else None,
+                identity=value if name == "identity" else None,
+            )
+            # the key was trusted from the cache: confirmed under the revocation counter the read carried
+            principal = await verifier.confirm(key, cached[1], generation)
+        except Exception:  # refused or failed: the route reads again and answers with the problem
+            return None
+        if principal is None or principal.role not in roles:
+            return None
+        return _lookup_answer(out)
+
+    return answer
 
 
 class MemberController(Controller):
@@ -224,7 +272,7 @@ class MemberController(Controller):
                     out.id,
                     after={"fields": list(service.REVEALED_FIELDS)},
                 )
-        return EncodedJSON(_JSON.encode(member_out(out)), (b"etag", etag(out.version).encode()))
+        return _lookup_answer(out)
 
     @get("/{member_id:int}", opt=requires(*READ_ROLES), summary="The 360 view of a member")
     async def get_member(

@@ -680,14 +680,7 @@ async def lookup(
 ) -> Member:
     """The live member a mobile number or a ``kind:value`` identity names (404 when none)."""
     kind, values = _lookup_key(vault, host, mobile=mobile, identity=identity)
-    member = (
-        await session.execute(
-            sa.select(Member)
-            .join(Identity, Identity.member_id == Member.id)
-            .where(Identity.kind == kind, Identity.value.in_(values))
-            .limit(1)
-        )
-    ).scalar_one_or_none()
+    member = (await session.execute(_LOOKUP_MEMBER, {"kind": kind, "values": values})).scalar_one_or_none()
     if member is None:
         raise _not_found(kind)
     if member.status != "active":  # pragma: no cover - identities always point at live members
@@ -821,6 +814,14 @@ _LOOKUP = KeyedQuery(
         )
     ),
     keys="values",
+)
+#: :func:`lookup`'s statement, built once rather than per call (the till's, the console's and membership's
+#: lookups go through the ORM session of their unit of work).
+_LOOKUP_MEMBER = (
+    sa.select(Member)
+    .join(Identity, Identity.member_id == Member.id)
+    .where(Identity.kind == sa.bindparam("kind"), Identity.value.in_(sa.bindparam("values", expanding=True)))
+    .limit(1)
 )
 _MEMBER_BY_ID = PointQuery(sa.select(*_SUMMARY_COLUMNS).where(_MEMBERS.c.id == sa.bindparam("id")))
 #: Merges chain (a survivor may itself be absorbed later); a lookup follows at most this many.
