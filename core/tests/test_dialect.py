@@ -219,3 +219,31 @@ async def test_insert_rows_keeps_64_bit_integers_exact_and_refuses_wider_ones(
     finally:
         async with tongcrm_db.engine.begin() as conn:
             await conn.run_sync(table.metadata.drop_all)
+
+
+def test_sqlite_datetime_text_is_sqlalchemys_format() -> None:
+    """UTCDateTime's SQLite bind processor (the ISO form cut to 26 characters, one C call) writes exactly the
+    text SQLAlchemy's own SQLite DateTime writes for the same instant in UTC, and still refuses naive values."""
+    from datetime import timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+    from tongcrm.db.base import UTCDateTime
+
+    ours = UTCDateTime().bind_processor(sqlite.dialect())
+    theirs = sa.DateTime()._cached_bind_processor(sqlite.dialect())
+    assert theirs is not None
+    shanghai, new_york = ZoneInfo("Asia/Shanghai"), ZoneInfo("America/New_York")
+    instants = [
+        datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=shanghai),
+        datetime(2026, 3, 1, 12, 30, 15, tzinfo=UTC),  # no microseconds: still written, as SQLAlchemy does
+        datetime(2026, 1, 1, 0, 0, tzinfo=shanghai),  # the day before in UTC
+        datetime(2026, 11, 1, 1, 30, fold=1, tzinfo=new_york),  # the second 01:30 of the DST change
+        datetime(999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),  # a year below 1000: four digits
+        datetime(9999, 12, 31, 15, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-8))),
+        datetime(1, 1, 1, 8, 0, tzinfo=timezone(timedelta(hours=8))),
+    ]
+    for at in instants:
+        assert ours(at) == theirs(at.astimezone(UTC).replace(tzinfo=None)), at
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(datetime(2026, 3, 1, 12, 30))
