@@ -247,7 +247,8 @@ def _converter(column: sa.Column[Any]) -> Callable[[Any], Any] | None:
 
 
 def _refuse_wide_integers(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """The exact check behind :data:`_LONG_INTEGER`, on the values as bound (a JSON column's number is text)."""
+    """The exact check behind :func:`_may_hold_wide_integers`, on the values as bound (a JSON column's number is
+    text)."""
     for values in map(_row_reader(table, tuple(columns)), rows):
         for name, value in zip(columns, values, strict=True):
             if type(value) is int and value not in INT64:
