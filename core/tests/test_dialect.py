@@ -163,3 +163,87 @@ async def test_sqlite_json_rows_store_what_an_executemany_stores() -> None:
                 rows_params("sqlite", table, columns[:2], rows)
     finally:
         await engine.dispose()
+
+
+async def test_insert_rows_keeps_64_bit_integers_exact_and_refuses_wider_ones(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """The extremes of a 64-bit integer are stored exactly; one beyond them is refused with a clear error on
+    both databases (SQLite's JSON would otherwise have read it as a REAL, another number). The check costs
+    nothing on ordinary pages: digits in text, or a wide number inside a JSON column (text), pass; NaN is
+    refused."""
+    from tongcrm.db.base import JSONType
+    from tongcrm.db.dialect import insert_rows, rows_params
+
+    table = sa.Table(
+        "probe_wide",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("n", sa.BigInteger),
+        sa.Column("note", sa.Text),
+        sa.Column("meta", JSONType),
+    )
+    columns = ("n", "note", "meta")
+    fits = [
+        {"n": 2**63 - 1, "note": "1234567890123456789012", "meta": {"big": 2**70}},
+        {"n": -(2**63), "note": ",12345678901234567890,", "meta": 2**64},
+        {"n": 7, "note": None, "meta": None},
+    ]
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+    try:
+        async with tongcrm_db.sessions() as s, s.begin():
+            dialect = dialect_name(s)
+            stmt = insert_rows(dialect, table, columns, in_order=True)
+            await s.execute(stmt, rows_params(dialect, table, columns, fits))
+        async with tongcrm_db.sessions() as s:
+            stored = (
+                await s.execute(sa.select(table.c.n, table.c.note, table.c.meta).order_by(table.c.id))
+            ).all()
+        assert [tuple(r) for r in stored] == [(r["n"], r["note"], r["meta"]) for r in fits]
+        assert all(type(r.n) is int for r in stored)
+
+        for wide in (2**63, -(2**63) - 1, 10**30):
+            rows = [{"n": 1, "note": "x", "meta": None}, {"n": wide, "note": "y", "meta": None}]
+            with pytest.raises((OverflowError, sa.exc.DBAPIError)) as refused:
+                async with tongcrm_db.sessions() as s, s.begin():
+                    await s.execute(stmt, rows_params(dialect, table, columns, rows))
+            if dialect == "sqlite":
+                assert refused.type is OverflowError
+                assert "probe_wide.n" in str(refused.value) and "64-bit" in str(refused.value)
+        if dialect == "sqlite":
+            with pytest.raises(ValueError, match="JSON compliant"):
+                rows_params(dialect, table, columns, [{"n": float("nan"), "note": "x", "meta": None}])
+        async with tongcrm_db.sessions() as s:
+            assert (await s.execute(sa.select(sa.func.count()).select_from(table))).scalar_one() == len(fits)
+    finally:
+        async with tongcrm_db.engine.begin() as conn:
+            await conn.run_sync(table.metadata.drop_all)
+
+
+def test_sqlite_datetime_text_is_sqlalchemys_format() -> None:
+    """UTCDateTime's SQLite bind processor (the ISO form cut to 26 characters, one C call) writes exactly the
+    text SQLAlchemy's own SQLite DateTime writes for the same instant in UTC, and still refuses naive values."""
+    from datetime import timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+    from tongcrm.db.base import UTCDateTime
+
+    ours = UTCDateTime().bind_processor(sqlite.dialect())
+    theirs = sa.DateTime()._cached_bind_processor(sqlite.dialect())
+    assert theirs is not None
+    shanghai, new_york = ZoneInfo("Asia/Shanghai"), ZoneInfo("America/New_York")
+    instants = [
+        datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=shanghai),
+        datetime(2026, 3, 1, 12, 30, 15, tzinfo=UTC),  # no microseconds: still written, as SQLAlchemy does
+        datetime(2026, 1, 1, 0, 0, tzinfo=shanghai),  # the day before in UTC
+        datetime(2026, 11, 1, 1, 30, fold=1, tzinfo=new_york),  # the second 01:30 of the DST change
+        datetime(999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),  # a year below 1000: four digits
+        datetime(9999, 12, 31, 15, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-8))),
+        datetime(1, 1, 1, 8, 0, tzinfo=timezone(timedelta(hours=8))),
+    ]
+    for at in instants:
+        assert ours(at) == theirs(at.astimezone(UTC).replace(tzinfo=None)), at
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(datetime(2026, 3, 1, 12, 30))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import functools
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -147,12 +151,105 @@ def json_rows_param(
     """The parameter of :func:`json_rows`: the rows as one JSON array of arrays, in ``columns`` order, each
     value converted by its column's SQLite bind processor (datetimes to SQLAlchemy's stored text, JSON to its
     serialised text, booleans to integers), the same values the executemany bound. A value JSON cannot carry
-    (bytes) is refused, as is a key the statement has no column for (see :func:`column_arrays`)."""
-    if rows and (extra := set(rows[0]) - set(columns)):
+    (bytes, NaN, infinities) is refused, as is a key the statement has no column for (see
+    :func:`column_arrays`), and so is an integer beyond SQLite's 64 bits (:data:`INT64`): the executemany
+    refused it (``OverflowError``), and SQLite's JSON would have read it as a REAL, another number.
+
+    The values are read with one ``itemgetter`` per row and only the columns that have a bind processor are
+    converted (:func:`_row_reader`, built once per table and columns): converting value by value was ~18 % of
+    a page's CPU on SQLite (issue #22)."""
+    if not rows:
+        return {JSON_ROWS: "[]"}
+    if extra := set(rows[0]) - set(columns):
         raise ValueError(f"{table.name}: values for columns the statement does not write: {sorted(extra)}")
-    # the type caches its processor per dialect: a dictionary look-up per column
-    processors = [(name, table.c[name].type._cached_bind_processor(_SQLITE)) for name in columns]
-    data = [
-        [row[name] if process is None else process(row[name]) for name, process in processors] for row in rows
-    ]
-    return {JSON_ROWS: json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)}
+    text = _ENCODE(list(map(_row_reader(table, tuple(columns)), rows)))
+    if _may_hold_wide_integers(text):
+        _refuse_wide_integers(table, columns, rows)
+    return {JSON_ROWS: text}
+
+
+#: The integers SQLite stores as INTEGER; its JSON reads any other integer as a REAL.
+INT64 = range(-(2**63), 2**63)
+#: The C encoder, made once; NaN and infinities are refused (JSON has no such numbers).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+#: Digits to 0 and commas to ``[``: an array item of 19 digits or more then reads ``[`` and 19 zeros.
+_DIGITS = bytes.maketrans(b"0123456789,", b"0000000000[")
+_LONG = b"[" + b"0" * 19
+_LONG_NEGATIVE = b"[-" + b"0" * 19
+
+
+def _may_hold_wide_integers(text: str) -> bool:
+    """Whether ``text`` (a JSON array of arrays) has an item of 19 digits or more, possibly beyond
+    :data:`INT64`. Digits in a string are quoted and do not count, unless a comma stands before them inside the
+    string; :func:`_refuse_wide_integers` then checks exactly. Byte translation and ``find`` run in C: ~20 µs
+    for a page of 100 orders, where a regular expression took ~150 µs."""
+    digits = text.encode().translate(_DIGITS)
+    return _LONG in digits or _LONG_NEGATIVE in digits
+
+
+@functools.lru_cache(maxsize=512)
+def _row_reader(table: sa.Table, columns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """A row's values in ``columns`` order, converted by the bind processors of the columns that have one
+    (integers and text have none on SQLite: they are bound as they are; see :func:`_converter`)."""
+    get = operator.itemgetter(*columns)
+    converting = tuple(
+        (i, convert) for i, name in enumerate(columns) if (convert := _converter(table.c[name])) is not None
+    )
+    if len(columns) == 1:
+        (only,) = columns
+        convert = converting[0][1] if converting else None
+        return lambda row: (row[only] if convert is None else convert(row[only]),)
+    if not converting:
+        return get  # a tuple, which JSON encodes as an array
+
+    def read(row: Mapping[str, Any]) -> list[Any]:
+        values = list(get(row))
+        for i, convert in converting:
+            values[i] = convert(values[i])
+        return values
+
+    return read
+
+
+#: Values of these types cannot change, so one converted a moment ago can be reused (see :func:`_converter`).
+_IMMUTABLE = (datetime.datetime, datetime.date, bool, int, float, str, decimal.Decimal)
+
+
+def _converter(column: sa.Column[Any]) -> Callable[[Any], Any] | None:
+    """The column's SQLite bind processor (the type caches it per dialect), None when it has none; with two
+    shortcuts of the same results. A JSON column's ``None`` is its ``null`` text at once. Otherwise, when the
+    values cannot change, the last value converted is remembered with its result: a page's rows share one
+    ``ingested_at``/``updated_at`` (the same object), converted once instead of once a row."""
+    process = column.type._cached_bind_processor(_SQLITE)
+    if process is None:
+        return None
+    if isinstance(column.type, sa.JSON):
+        null = process(None)
+        return lambda value: null if value is None else process(value)
+    kind = column.type.impl_instance if isinstance(column.type, sa.TypeDecorator) else column.type
+    try:
+        immutable = kind.python_type in _IMMUTABLE
+    except NotImplementedError:
+        immutable = False
+    if not immutable:
+        return cast(Callable[[Any], Any], process)
+    last: list[tuple[Any, Any]] = [(None, process(None))]
+
+    def convert(value: Any) -> Any:
+        seen, converted = last[0]  # one tuple, swapped whole: safe across threads
+        if value is seen:
+            return converted
+        converted = process(value)
+        last[0] = (value, converted)
+        return converted
+
+    return convert
+
+
+def _refuse_wide_integers(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """The exact check behind :func:`_may_hold_wide_integers`, on the values as bound (a JSON column's number is
+    text)."""
+    for values in map(_row_reader(table, tuple(columns)), rows):
+        for name, value in zip(columns, values, strict=True):
+            if type(value) is int and value not in INT64:
+                raise OverflowError(f"{table.name}.{name}: {value} does not fit SQLite's 64-bit INTEGER")

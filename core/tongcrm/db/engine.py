@@ -97,12 +97,20 @@ def _sqlite_events(engine: AsyncEngine, *, busy_timeout_ms: int) -> AsyncEngine:
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
     aurl = async_url(url)
     if aurl.get_backend_name() == "sqlite":
-        engine = create_async_engine(
-            aurl,
-            echo=echo,
-            hide_parameters=HIDE_PARAMETERS,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-        )
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        database = _plain_sqlite_file(aurl)
+        if database is not None:
+            # one hand-off to aiosqlite's thread per statement instead of four (tongcrm.db.sqlite_thread)
+            from tongcrm.db.sqlite_thread import connector
+
+            creator = connector(database, check_same_thread=False, **connect_args)
+            engine = create_async_engine(
+                aurl, echo=echo, hide_parameters=HIDE_PARAMETERS, async_creator=creator
+            )
+        else:
+            engine = create_async_engine(
+                aurl, echo=echo, hide_parameters=HIDE_PARAMETERS, connect_args=connect_args
+            )
         return _sqlite_events(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
     engine = create_async_engine(
         aurl,
@@ -166,13 +174,22 @@ def _unique_statement_name() -> str:
     return f"__tongcrm_{uuid.uuid4().hex}__"
 
 
+def _plain_sqlite_file(aurl: sa.URL) -> str | None:
+    """The path of a plain SQLite database file; None for other databases, in-memory ones, and URI filenames
+    or driver options (those stay with aiosqlite's own connect)."""
+    database = aurl.database
+    if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:" or aurl.query:
+        return None
+    return database
+
+
 def create_inline_writer(url: str) -> AsyncEngine | None:
     """An engine for short writing units of work that runs SQLite on the event loop's thread
     (:mod:`tongcrm.db.inline_sqlite`); None for other databases, where the ordinary engine serves."""
     aurl = async_url(url)
-    database = aurl.database
-    if aurl.get_backend_name() != "sqlite" or not database or database == ":memory:" or aurl.query:
-        return None  # not a plain SQLite file (URI filenames and driver options stay with aiosqlite)
+    database = _plain_sqlite_file(aurl)
+    if database is None:
+        return None
     from tongcrm.db.inline_sqlite import connector
 
     engine = create_async_engine(

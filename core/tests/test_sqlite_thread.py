@@ -1,0 +1,86 @@
+"""The ordinary engine's statements: results of any length, streamed or not, row counts and new row ids, as the
+driver gives them (on SQLite through :mod:`tongcrm.db.sqlite_thread`: one hand-off to aiosqlite's thread per
+statement whose result fits its prefetch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiosqlite
+import pytest
+import sqlalchemy as sa
+from tongcrm.db import sqlite_thread
+from tongcrm.testing.database import TestDatabase
+
+_probe = sa.Table(
+    "probe_thread",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("v", sa.Text, nullable=False),
+)
+#: longer than one prefetch, so the rest is fetched in further hand-offs
+ROWS = sqlite_thread.PREFETCH * 2 + 7
+
+
+@pytest.fixture
+async def probe(tongcrm_db: TestDatabase) -> Any:
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(_probe.metadata.create_all)
+    try:
+        yield _probe
+    finally:
+        async with tongcrm_db.engine.begin() as conn:
+            await conn.run_sync(_probe.metadata.drop_all)
+
+
+async def test_results_of_any_length_streamed_or_not_and_counts(tongcrm_db: TestDatabase, probe: Any) -> None:
+    async with tongcrm_db.sessions() as s, s.begin():
+        await s.execute(sa.insert(probe), [{"v": f"{n:06d}"} for n in range(1, ROWS + 1)])
+        made = await s.execute(sa.insert(probe).values(v="one more"))
+        assert made.inserted_primary_key == (ROWS + 1,)  # the new row's id (SQLite: the cursor's lastrowid)
+        changed = await s.execute(sa.update(probe).where(probe.c.v <= "000010").values(v=probe.c.v + "c"))
+        assert changed.rowcount == 10
+        returned = (
+            await s.execute(sa.delete(probe).where(probe.c.id == ROWS + 1).returning(probe.c.v))
+        ).all()
+        assert [tuple(r) for r in returned] == [("one more",)]
+
+    expected = [(f"{n:06d}c" if n <= 10 else f"{n:06d}",) for n in range(1, ROWS + 1)]
+    select = sa.select(probe.c.v).order_by(probe.c.v)
+    async with tongcrm_db.read_sessions() as s, s.begin():
+        assert [tuple(r) for r in (await s.execute(select)).all()] == expected
+        assert [tuple(r) for r in (await s.execute(select.limit(3))).all()] == expected[:3]
+        assert (await s.execute(select.where(probe.c.id < 0))).all() == []
+        # a server-side cursor streams in batches across the prefetch's end
+        streamed = await s.stream(select.execution_options(yield_per=1000))
+        assert [tuple(r) async for r in streamed] == expected
+        # and one read in part is closed without reading the rest
+        partial = await s.stream(select.execution_options(yield_per=100))
+        first = await partial.fetchmany(150)
+        await partial.close()
+        assert [tuple(r) for r in first] == expected[:150]
+        assert (await s.execute(sa.select(sa.func.count()).select_from(probe))).scalar_one() == ROWS
+
+
+async def test_a_sqlite_statement_is_one_hand_off_to_aiosqlites_thread(
+    tongcrm_db: TestDatabase, probe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("aiosqlite's thread: SQLite only")
+    calls: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    async with tongcrm_db.sessions() as s, s.begin():
+        raw = await (await s.connection()).get_raw_connection()
+        assert isinstance(raw.driver_connection, sqlite_thread.Connection)
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        await s.execute(sa.insert(probe), [{"id": n, "v": "x"} for n in range(1, 4)])  # executemany
+        rows = (await s.execute(sa.select(probe.c.id).order_by(probe.c.id))).scalars().all()
+        await s.execute(sa.update(probe).values(v="y"))
+        monkeypatch.undo()
+    assert rows == [1, 2, 3]
+    assert calls == ["_run_many", "_run", "_run"]  # no cursor, fetch or close round trips
