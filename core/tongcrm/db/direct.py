@@ -1,0 +1,193 @@
+"""Statements of a unit of work run straight on its connection's driver: compiled once, bound positionally.
+
+A till's receipt is a dozen statements of one row each. Through ``session.execute`` each paid some 150-250 µs
+of Python for a few µs of database work: the ORM's compile state, a cache-key walk of the statement, the
+execution context, parameter processing by name, the result's metadata, the greenlet hand-offs (issue #22).
+:func:`rows` skips that for a statement built once (module level, values as ``sa.bindparam``): it is compiled
+once per dialect, its parameters are bound in order through the same SQLAlchemy type processors, and its
+columns come back through the same result processors, so what is written and read is what ``session.execute``
+would write and read. It runs in the session's own transaction, on its own connection:
+
+- PostgreSQL (asyncpg): on the driver connection SQLAlchemy holds, inside the transaction it started (or
+  starting it, exactly as its adapter would); asyncpg prepares the statement once per connection.
+- SQLite through the inline writer (:mod:`tongcrm.db.inline_sqlite`): on its ``sqlite3`` connection, with its
+  busy retry and its turn for other tasks.
+- anything else (aiosqlite's thread, an in-memory database): ``session.execute``, as before.
+
+What stays as it was: listeners of ``before_cursor_execute`` see every statement (tests count round trips with
+them), and a driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` subclass for it
+(``IntegrityError`` …), so callers catch what they caught. Not for statements with list (expanding) parameters
+or ORM entities to load: rows are named tuples of the statement's column keys.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import weakref
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.db.inline_sqlite import InlineConnection
+
+_Processor = Callable[[Any], Any] | None
+_CONNECTION_KEY = "tongcrm.db.direct.connection"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A statement compiled for one dialect."""
+
+    sql: str
+    #: per positional parameter: (its name, or None for a value the statement carries; that value; processor)
+    binds: tuple[tuple[str | None, Any, _Processor], ...]
+    row: type[tuple[Any, ...]]
+    #: (column index, result processor) for the columns that have one
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+    def parameters(self, params: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, constant, process in self.binds:
+            value = constant if name is None else params[name]
+            out.append(process(value) if process is not None else value)
+        return out
+
+    def build(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        if not self.processors:
+            return self.row(*raw)
+        values = list(raw)
+        for index, process in self.processors:
+            values[index] = process(values[index])
+        return self.row(*values)
+
+
+#: statement → {dialect name: plan}; statements are built once, so this holds a few dozen
+_PLANS: weakref.WeakKeyDictionary[Any, dict[str, _Plan]] = weakref.WeakKeyDictionary()
+
+
+def plan(statement: Any, dialect: Dialect) -> _Plan:
+    """``statement`` compiled for ``dialect`` (once)."""
+    plans = _PLANS.get(statement)
+    if plans is None:
+        plans = _PLANS[statement] = {}
+    found = plans.get(dialect.name)
+    if found is None:
+        found = plans[dialect.name] = _compile(statement, dialect)
+    return found
+
+
+def _compile(statement: Any, dialect: Dialect) -> _Plan:
+    compiled = statement.compile(dialect=dialect)
+    if any(bind.expanding and bind.required for bind in compiled.binds.values()):
+        raise ValueError("a statement with list (expanding) parameters cannot run directly")
+    # lists the statement holds itself (``kind IN ('earn')``) expand once, here: one position per value
+    expanded = compiled.construct_expanded_state(compiled.construct_params(_check=False))
+    origin = {
+        position: name for name, positions in expanded.parameter_expansion.items() for position in positions
+    }
+    binds: list[tuple[str | None, Any, _Processor]] = []
+    for position in expanded.positiontup or ():
+        bind = compiled.binds[origin.get(position, position)]
+        process = bind.type._cached_bind_processor(dialect)
+        if bind.required:
+            binds.append((position, None, process))
+        else:  # a value the statement holds itself (LIMIT 1, a literal compared with, a list's item)
+            binds.append((None, expanded.parameters[position], process))
+    columns = compiled._result_columns
+    row: type[tuple[Any, ...]] = namedtuple("DirectRow", [c[0] for c in columns], rename=True)  # type: ignore[misc]
+    processors = tuple(
+        (index, process)
+        for index, c in enumerate(columns)
+        if (process := c[3]._cached_result_processor(dialect, None)) is not None
+    )
+    return _Plan(expanded.statement, tuple(binds), row, processors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    """The session's connection in this transaction, as :func:`rows` uses it."""
+
+    sync: Any  # sqlalchemy.engine.Connection
+    dialect: Dialect
+    dbapi: Any  # SQLAlchemy's adapted DBAPI connection
+    driver: Any  # asyncpg.Connection, an InlineConnection, or None (run through the session)
+
+
+async def _connection(session: AsyncSession) -> _Connection:
+    """Kept per transaction and per savepoint: a savepoint begun is only emitted when a statement in it asks
+    the session for its connection (so the first statement after ``begin_nested`` asks again)."""
+    sync_session = session.sync_session
+    current = sync_session.get_nested_transaction() or sync_session.get_transaction()
+    held = session.info.get(_CONNECTION_KEY)
+    if held is not None and current is not None and held[0] is current:
+        return held[1]  # type: ignore[no-any-return]
+    conn = await session.connection()
+    fairy = await conn.get_raw_connection()
+    driver = fairy.driver_connection
+    dialect = conn.dialect
+    if not (
+        (dialect.name == "postgresql" and dialect.driver == "asyncpg")
+        or (dialect.name == "sqlite" and isinstance(driver, InlineConnection))
+    ):
+        driver = None
+    found = _Connection(conn.sync_connection, dialect, fairy.dbapi_connection, driver)
+    current = sync_session.get_nested_transaction() or sync_session.get_transaction()
+    session.info[_CONNECTION_KEY] = (current, found)
+    return found
+
+
+async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
+    """All rows of ``statement`` run with ``params`` in the session's transaction (see the module docstring)."""
+    conn = await _connection(session)
+    if conn.driver is None:
+        result = await session.execute(statement, dict(params))
+        return list(result.all()) if getattr(result, "returns_rows", True) else []
+    compiled = plan(statement, conn.dialect)
+    args = compiled.parameters(params)
+    sync = conn.sync
+    if sync._has_events or sync.engine._has_events:
+        for listener in sync.dispatch.before_cursor_execute:
+            listener(sync, None, compiled.sql, args, None, False)
+    try:
+        if conn.dialect.name == "postgresql":
+            raw = await _asyncpg(conn, compiled.sql, args)
+        else:
+            driver: InlineConnection = conn.driver
+            cursor = driver._conn.cursor()
+            raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
+    except Exception as error:
+        raise _translated(conn, compiled.sql, args, error) from error
+    return [compiled.build(r) for r in raw]
+
+
+async def first(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> Any | None:
+    """The first row of ``statement`` with ``params``, or None."""
+    found = await rows(session, statement, params)
+    return found[0] if found else None
+
+
+async def _asyncpg(conn: _Connection, sql: str, args: list[Any]) -> list[Any]:
+    adapter = conn.dbapi
+    async with adapter._execute_mutex:  # as SQLAlchemy's cursor: one statement at a time per connection
+        if adapter._transaction is None:
+            await adapter._start_transaction()  # a no-op in autocommit
+        return list(await conn.driver.fetch(sql, *args))
+
+
+def _translated(conn: _Connection, sql: str, args: list[Any], error: Exception) -> Exception:
+    """``error`` as SQLAlchemy raises a driver's error: its DBAPIError subclass, the original attached."""
+    if conn.dialect.name == "postgresql":
+        try:
+            # the adapter's DBAPI error for it (and a lost connection noted)
+            conn.dbapi._handle_exception(error)
+        except Exception as adapted:
+            error = adapted
+    if isinstance(error, sa.exc.DBAPIError):
+        return error
+    base = conn.dialect.loaded_dbapi.Error if conn.dialect.name == "postgresql" else sqlite3.Error
+    return sa.exc.DBAPIError.instance(sql, args, error, base)
