@@ -14,14 +14,16 @@ would write and read. It runs in the session's own transaction, on its own conne
   busy retry and its turn for other tasks.
 - anything else (aiosqlite's thread, an in-memory database): ``session.execute``, as before.
 
-What stays as it was: listeners of ``before_cursor_execute`` see every statement (tests count round trips with
+What stays as it was: what the ORM holds is flushed first (autoflush), listeners of ``before_cursor_execute`` see every statement (tests count round trips with
 them), and a driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` subclass for it
-(``IntegrityError`` …), so callers catch what they caught. Not for statements with list (expanding) parameters
-or ORM entities to load: rows are named tuples of the statement's column keys.
+(``IntegrityError`` …), so callers catch what they caught. Rows are named tuples of the statement's column
+keys (not ORM entities). A statement with list (expanding) parameters, whose text changes with their length,
+goes through ``session.execute``.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import weakref
 from collections import namedtuple
@@ -46,7 +48,8 @@ class _Plan:
     sql: str
     #: per positional parameter: (its name, or None for a value the statement carries; that value; processor)
     binds: tuple[tuple[str | None, Any, _Processor], ...]
-    row: type[tuple[Any, ...]]
+    #: a named tuple of the statement's columns; None for SQL text, whose columns the driver names
+    row: type[tuple[Any, ...]] | None
     #: (column index, result processor) for the columns that have one
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]
 
@@ -57,34 +60,33 @@ class _Plan:
             out.append(process(value) if process is not None else value)
         return out
 
-    def build(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+    def build(self, raw: Sequence[Any], row: type[tuple[Any, ...]]) -> tuple[Any, ...]:
         if not self.processors:
-            return self.row(*raw)
+            return row(*raw)
         values = list(raw)
         for index, process in self.processors:
             values[index] = process(values[index])
-        return self.row(*values)
+        return row(*values)
 
 
-#: statement → {dialect name: plan}; statements are built once, so this holds a few dozen
-_PLANS: weakref.WeakKeyDictionary[Any, dict[str, _Plan]] = weakref.WeakKeyDictionary()
+#: statement → {dialect name: plan, or None: run through the session}; statements are built once
+_PLANS: weakref.WeakKeyDictionary[Any, dict[str, _Plan | None]] = weakref.WeakKeyDictionary()
 
 
-def plan(statement: Any, dialect: Dialect) -> _Plan:
-    """``statement`` compiled for ``dialect`` (once)."""
+def plan(statement: Any, dialect: Dialect) -> _Plan | None:
+    """``statement`` compiled for ``dialect`` (once); None when it has list parameters (bound per call)."""
     plans = _PLANS.get(statement)
     if plans is None:
         plans = _PLANS[statement] = {}
-    found = plans.get(dialect.name)
-    if found is None:
-        found = plans[dialect.name] = _compile(statement, dialect)
-    return found
+    if dialect.name not in plans:
+        plans[dialect.name] = _compile(statement, dialect)
+    return plans[dialect.name]
 
 
-def _compile(statement: Any, dialect: Dialect) -> _Plan:
+def _compile(statement: Any, dialect: Dialect) -> _Plan | None:
     compiled = statement.compile(dialect=dialect)
     if any(bind.expanding and bind.required for bind in compiled.binds.values()):
-        raise ValueError("a statement with list (expanding) parameters cannot run directly")
+        return None  # ``IN`` a list given per call: its text changes with the list's length
     # lists the statement holds itself (``kind IN ('earn')``) expand once, here: one position per value
     expanded = compiled.construct_expanded_state(compiled.construct_params(_check=False))
     origin = {
@@ -99,7 +101,7 @@ def _compile(statement: Any, dialect: Dialect) -> _Plan:
         else:  # a value the statement holds itself (LIMIT 1, a literal compared with, a list's item)
             binds.append((None, expanded.parameters[position], process))
     columns = compiled._result_columns
-    row: type[tuple[Any, ...]] = namedtuple("DirectRow", [c[0] for c in columns], rename=True)  # type: ignore[misc]
+    row = _row_type(tuple(c[0] for c in columns)) if columns else None
     processors = tuple(
         (index, process)
         for index, c in enumerate(columns)
@@ -144,10 +146,12 @@ async def _connection(session: AsyncSession) -> _Connection:
 async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
     """All rows of ``statement`` run with ``params`` in the session's transaction (see the module docstring)."""
     conn = await _connection(session)
-    if conn.driver is None:
-        result = await session.execute(statement, dict(params))
-        return list(result.all()) if getattr(result, "returns_rows", True) else []
-    compiled = plan(statement, conn.dialect)
+    compiled = None if conn.driver is None else plan(statement, conn.dialect)
+    if compiled is None:
+        return await _through_session(session, statement, params)
+    pending = session.sync_session
+    if pending.autoflush and (pending._new or pending._deleted or pending.identity_map._modified):
+        await session.flush()  # as session.execute would: what the ORM holds goes first
     args = compiled.parameters(params)
     sync = conn.sync
     if sync._has_events or sync.engine._has_events:
@@ -162,7 +166,23 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
             raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
     except Exception as error:
         raise _translated(conn, compiled.sql, args, error) from error
-    return [compiled.build(r) for r in raw]
+    if not raw:
+        return []
+    row = compiled.row
+    if row is None:  # SQL text: the columns as the driver names them
+        names = raw[0].keys() if conn.dialect.name == "postgresql" else [d[0] for d in cursor.description]
+        row = _row_type(tuple(names))
+    return [compiled.build(r, row) for r in raw]
+
+
+@functools.cache
+def _row_type(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
+    return namedtuple("DirectRow", names, rename=True)
+
+
+async def _through_session(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
+    result = await session.execute(statement, dict(params))
+    return list(result.all()) if getattr(result, "returns_rows", True) else []
 
 
 async def first(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> Any | None:

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db import direct
 from tongcrm.db.dialect import column_arrays, dialect_name, insert, insert_for, insert_rows, rows_params
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
@@ -143,7 +144,7 @@ async def post_credits(
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
     params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
-    rows = (await session.execute(bulk.insert_entries, params)).all()
+    rows = await direct.rows(session, bulk.insert_entries, params)
     posted = {key: entry_id for entry_id, key in rows}
     if not posted:
         return {}
@@ -220,7 +221,7 @@ async def _post_in_one(
         "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
         "now": now,
     }
-    rows = (await session.execute(_posting(emit_events), params)).all()
+    rows = await direct.rows(session, _posting(emit_events), params)
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
         return {}
