@@ -451,7 +451,7 @@ class CounterWork:
             return None
         except InvalidMobile as exc:
             raise CounterRefused("invalid_mobile", exc.message, status=422) from None
-        row = (await self._session.execute(_CARD, {"kind": kind, "values": values})).first()
+        row = await direct.first(self._session, _CARD, {"kind": kind, "values": values})
         if row is None:
             return None
         if row.status != "active":

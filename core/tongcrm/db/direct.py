@@ -17,8 +17,8 @@ would write and read. It runs in the session's own transaction, on its own conne
 What stays as it was: what the ORM holds is flushed first (autoflush), listeners of ``before_cursor_execute`` see every statement (tests count round trips with
 them), and a driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` subclass for it
 (``IntegrityError`` …), so callers catch what they caught. Rows are named tuples of the statement's column
-keys (not ORM entities). A statement with list (expanding) parameters, whose text changes with their length,
-goes through ``session.execute``.
+keys (not ORM entities). A statement with list (expanding) parameters is compiled per length of its lists,
+for a few lengths (a till's lists hold one item or a few); beyond those it goes through ``session.execute``.
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ _CONNECTION_KEY = "tongcrm.db.direct.connection"
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """A statement compiled for one dialect."""
+    """A statement compiled for one dialect and one length of each of its list parameters."""
 
     sql: str
-    #: per positional parameter: (its name, or None for a value the statement carries; that value; processor)
-    binds: tuple[tuple[str | None, Any, _Processor], ...]
+    #: per positional parameter: (its name, or None for a value the statement carries; its index in that list
+    #: parameter, or None; the value carried; processor)
+    binds: tuple[tuple[str | None, int | None, Any, _Processor], ...]
     #: a named tuple of the statement's columns; None for SQL text, whose columns the driver names
     row: type[tuple[Any, ...]] | None
     #: (column index, result processor) for the columns that have one
@@ -55,8 +56,8 @@ class _Plan:
 
     def parameters(self, params: Mapping[str, Any]) -> list[Any]:
         out = []
-        for name, constant, process in self.binds:
-            value = constant if name is None else params[name]
+        for name, index, constant, process in self.binds:
+            value = constant if name is None else params[name] if index is None else params[name][index]
             out.append(process(value) if process is not None else value)
         return out
 
@@ -69,37 +70,58 @@ class _Plan:
         return row(*values)
 
 
-#: statement → {dialect name: plan, or None: run through the session}; statements are built once
-_PLANS: weakref.WeakKeyDictionary[Any, dict[str, _Plan | None]] = weakref.WeakKeyDictionary()
+@dataclass(slots=True)
+class _Plans:
+    """A statement's plans: its list parameters (``IN`` a list given per call) and a plan per dialect and
+    length of each (their text changes with the lengths; a till's lists hold one item or a few)."""
+
+    lists: tuple[str, ...]
+    by_shape: dict[tuple[str, tuple[int, ...]], _Plan]
 
 
-def plan(statement: Any, dialect: Dialect) -> _Plan | None:
-    """``statement`` compiled for ``dialect`` (once); None when it has list parameters (bound per call)."""
+#: statement → its plans; statements are built once, so this holds a few dozen
+_PLANS: weakref.WeakKeyDictionary[Any, _Plans] = weakref.WeakKeyDictionary()
+#: plans kept per statement at most (list lengths are few on a till's path; a page's go through the session)
+MAX_SHAPES = 16
+
+
+def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> _Plan | None:
+    """``statement`` compiled for ``dialect`` and the lengths of its list parameters in ``params`` (once);
+    None when it has more shapes than :data:`MAX_SHAPES` (it then runs through the session)."""
     plans = _PLANS.get(statement)
     if plans is None:
-        plans = _PLANS[statement] = {}
-    if dialect.name not in plans:
-        plans[dialect.name] = _compile(statement, dialect)
-    return plans[dialect.name]
+        compiled = statement.compile(dialect=dialect)
+        lists = tuple(n for n, b in compiled.binds.items() if b.expanding and b.required)
+        plans = _PLANS[statement] = _Plans(lists, {})
+    shape = (dialect.name, tuple(len(params[name]) for name in plans.lists))
+    found = plans.by_shape.get(shape)
+    if found is None:
+        if len(plans.by_shape) >= MAX_SHAPES:
+            return None
+        found = plans.by_shape[shape] = _compile(statement, dialect, plans.lists, params)
+    return found
 
 
-def _compile(statement: Any, dialect: Dialect) -> _Plan | None:
+def _compile(statement: Any, dialect: Dialect, lists: tuple[str, ...], params: Mapping[str, Any]) -> _Plan:
     compiled = statement.compile(dialect=dialect)
-    if any(bind.expanding and bind.required for bind in compiled.binds.values()):
-        return None  # ``IN`` a list given per call: its text changes with the list's length
-    # lists the statement holds itself (``kind IN ('earn')``) expand once, here: one position per value
-    expanded = compiled.construct_expanded_state(compiled.construct_params(_check=False))
+    # every list expands here, one position per item: those the statement holds (``kind IN ('earn')``) with
+    # their values, those given per call with this call's (only their lengths count)
+    carried = compiled.construct_params(_check=False)
+    expanded = compiled.construct_expanded_state({**carried, **{name: params[name] for name in lists}})
     origin = {
-        position: name for name, positions in expanded.parameter_expansion.items() for position in positions
+        position: (name, index)
+        for name, positions in expanded.parameter_expansion.items()
+        for index, position in enumerate(positions)
     }
-    binds: list[tuple[str | None, Any, _Processor]] = []
+    binds: list[tuple[str | None, int | None, Any, _Processor]] = []
     for position in expanded.positiontup or ():
-        bind = compiled.binds[origin.get(position, position)]
+        name, index = origin.get(position, (position, None))
+        bind = compiled.binds[name]
         process = bind.type._cached_bind_processor(dialect)
         if bind.required:
-            binds.append((position, None, process))
+            binds.append((name, index, None, process))
         else:  # a value the statement holds itself (LIMIT 1, a literal compared with, a list's item)
-            binds.append((None, expanded.parameters[position], process))
+            binds.append((None, None, expanded.parameters[position], process))
     columns = compiled._result_columns
     row = _row_type(tuple(c[0] for c in columns)) if columns else None
     processors = tuple(
@@ -146,7 +168,7 @@ async def _connection(session: AsyncSession) -> _Connection:
 async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
     """All rows of ``statement`` run with ``params`` in the session's transaction (see the module docstring)."""
     conn = await _connection(session)
-    compiled = None if conn.driver is None else plan(statement, conn.dialect)
+    compiled = None if conn.driver is None else plan(statement, conn.dialect, params)
     if compiled is None:
         return await _through_session(session, statement, params)
     pending = session.sync_session

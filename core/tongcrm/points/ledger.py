@@ -160,7 +160,8 @@ async def post_credits(
     ids = sorted(posted.values())
     for (status, release_on, window, pending_at), entry_ids in groups.items():
         for chunk in _chunks(entry_ids):
-            await session.execute(
+            await direct.rows(
+                session,
                 bulk.lots_from_pending_entries if status != AVAILABLE else bulk.lots_from_available_entries,
                 {
                     "ids": chunk,
@@ -172,11 +173,11 @@ async def post_credits(
             )
     balances: dict[int, tuple[int, int, int]] = {}
     for chunk in _chunks(ids):
-        result = await session.execute(bulk.add_lots_to_balances, {"ids": chunk, "now": now})
+        result = await direct.rows(session, bulk.add_lots_to_balances, {"ids": chunk, "now": now})
         balances.update({r[0]: (r[1], r[2], r[3]) for r in result})
     if emit_events:
         for chunk in _chunks(ids):
-            await session.execute(bulk.events_for_lots, {"ids": chunk, "now": now})
+            await direct.rows(session, bulk.events_for_lots, {"ids": chunk, "now": now})
     await _settle_credited(session, balances, {m: d[0] for m, d in deltas.items()}, now=now)
     return posted
 
