@@ -13,7 +13,8 @@ order and lines, identity resolution, points under the earning rules, referral r
 ``order_changed`` event, quarantine of a refused identity — with:
 
 * fixed-text statements for one row (no arrays, no ``IN`` lists): compiled once, prepared once per
-  connection, planned generically (every one is a lookup by a unique key);
+  connection, planned generically (every one is a lookup by a unique key), and run straight on the session's
+  driver connection (:mod:`tongcrm.db.direct`), not through ``session.execute``'s per-statement machinery;
 * the identity resolution of a buyer the counter already read (:class:`KnownBuyer`, from the same unit of work)
   done without a second read or a savepoint: the resolution policy is asked exactly as
   :func:`tongcrm.identity.service.resolve_many` asks it, and only when it attaches the claim to that member
