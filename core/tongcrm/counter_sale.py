@@ -13,7 +13,8 @@ order and lines, identity resolution, points under the earning rules, referral r
 ``order_changed`` event, quarantine of a refused identity — with:
 
 * fixed-text statements for one row (no arrays, no ``IN`` lists): compiled once, prepared once per
-  connection, planned generically (every one is a lookup by a unique key);
+  connection, planned generically (every one is a lookup by a unique key), and run straight on the session's
+  driver connection (:mod:`tongcrm.db.direct`), not through ``session.execute``'s per-statement machinery;
 * the identity resolution of a buyer the counter already read (:class:`KnownBuyer`, from the same unit of work)
   done without a second read or a savepoint: the resolution policy is asked exactly as
   :func:`tongcrm.identity.service.resolve_many` asks it, and only when it attaches the claim to that member
@@ -47,6 +48,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name, insert_for
 from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
@@ -283,15 +285,17 @@ async def _new_member(
     }  # fmt: skip
     dialect = dialect_name(session)
     if dialect == "postgresql":
-        row = (await session.execute(_create_statement(dialect), {**member, **identity})).one()
+        [row] = await direct.rows(session, _create_statement(dialect), {**member, **identity})
         member_id, attached = int(row[0]), row[1]
     else:
-        member_id = int((await session.execute(_create_statement(dialect), member)).scalar_one())
-        attached = (
-            await session.execute(_identity_statement(dialect), {**identity, "member_id": member_id})
-        ).scalar()
+        [made] = await direct.rows(session, _create_statement(dialect), member)
+        member_id = int(made[0])
+        found = await direct.first(
+            session, _identity_statement(dialect), {**identity, "member_id": member_id}
+        )
+        attached = None if found is None else found[0]
     if attached is None:  # the identity was there: this member never was
-        await session.execute(_DROP_MEMBER, {"member_id": member_id})
+        await direct.rows(session, _DROP_MEMBER, {"member_id": member_id})
         return None
     await outbox.emit_many(
         session, [("member_created", {"member_id": member_id, "source": channel or "unknown"})], now=now
@@ -322,9 +326,9 @@ async def apply_counter_order(
     key = {"account_id": account_id, "external_id": order.external_id}
     held: Any
     if programme.held(session):
-        held = (await session.execute(_STORED, key)).first()
+        held = await direct.first(session, _STORED, key)
     else:
-        held = (await session.execute(_STORED_AND_SETTINGS, key)).one()
+        [held] = await direct.rows(session, _STORED_AND_SETTINGS, key)
         programme.hold(session, held)
         if held.modified_at is None:  # no such order (an order always has its modified_at)
             held = None
@@ -415,11 +419,9 @@ async def apply_counter_order(
         await outbox.emit_many(session, [("order_changed", changed)], now=now)
         return CounterOrder(order_id, member)
     event = {"name": "order_changed", "payload": changed, "occurred_at": now}
-    row = (
-        await session.execute(
-            _order_changed_statement(tally), {**event, "order_id": order_id, "member_id": member}
-        )
-    ).one()
+    [row] = await direct.rows(
+        session, _order_changed_statement(tally), {**event, "order_id": order_id, "member_id": member}
+    )
     return CounterOrder(
         order_id,
         member,

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.bulk.stats import AnalyseSchedule, analyse
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
+from tongcrm.db import direct
 from tongcrm.db.dialect import (
     dialect_name,
     insert,
@@ -357,9 +358,9 @@ async def upsert_orders(
         stmt = _order_upsert(dialect, columns, True)
     else:
         if touch is not None:
-            await session.execute(_TOUCH, {"identity_id": touch[0], "now": touch[1]})
+            await direct.rows(session, _TOUCH, {"identity_id": touch[0], "now": touch[1]})
         stmt = _order_upsert(dialect, columns)
-    return list((await session.execute(stmt, params)).all())
+    return await direct.rows(session, stmt, params)
 
 
 #: ``last_seen_at`` of one identity claimed again (:func:`upsert_orders` on SQLite).
@@ -375,8 +376,7 @@ async def upsert_lines(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
     dialect = dialect_name(session)
     params = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, rows)
     return {
-        (r.order_id, r.external_id): r.id
-        for r in (await session.execute(_line_upsert(dialect), params)).all()
+        (r.order_id, r.external_id): r.id for r in await direct.rows(session, _line_upsert(dialect), params)
     }
 
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name, insert_rows, rows_params
 from tongcrm.errors import PluginError
 from tongcrm.jobs.models import OutboxEvent
@@ -43,7 +44,7 @@ async def emit_many(
             raise PluginError(f"unknown domain event {name!r}")
     rows = [{"name": name, "payload": dict(payload), "occurred_at": now} for name, payload in events]
     dialect = dialect_name(session)
-    await session.execute(_insert_events(dialect), rows_params(dialect, EVENTS, _COLUMNS, rows))
+    await direct.rows(session, _insert_events(dialect), rows_params(dialect, EVENTS, _COLUMNS, rows))
 
 
 _COLUMNS = ("name", "payload", "occurred_at")

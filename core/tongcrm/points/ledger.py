@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db import direct
 from tongcrm.db.dialect import column_arrays, dialect_name, insert, insert_for, insert_rows, rows_params
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
@@ -143,7 +144,7 @@ async def post_credits(
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
     params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
-    rows = (await session.execute(bulk.insert_entries, params)).all()
+    rows = await direct.rows(session, bulk.insert_entries, params)
     posted = {key: entry_id for entry_id, key in rows}
     if not posted:
         return {}
@@ -159,7 +160,8 @@ async def post_credits(
     ids = sorted(posted.values())
     for (status, release_on, window, pending_at), entry_ids in groups.items():
         for chunk in _chunks(entry_ids):
-            await session.execute(
+            await direct.rows(
+                session,
                 bulk.lots_from_pending_entries if status != AVAILABLE else bulk.lots_from_available_entries,
                 {
                     "ids": chunk,
@@ -171,11 +173,11 @@ async def post_credits(
             )
     balances: dict[int, tuple[int, int, int]] = {}
     for chunk in _chunks(ids):
-        result = await session.execute(bulk.add_lots_to_balances, {"ids": chunk, "now": now})
+        result = await direct.rows(session, bulk.add_lots_to_balances, {"ids": chunk, "now": now})
         balances.update({r[0]: (r[1], r[2], r[3]) for r in result})
     if emit_events:
         for chunk in _chunks(ids):
-            await session.execute(bulk.events_for_lots, {"ids": chunk, "now": now})
+            await direct.rows(session, bulk.events_for_lots, {"ids": chunk, "now": now})
     await _settle_credited(session, balances, {m: d[0] for m, d in deltas.items()}, now=now)
     return posted
 
@@ -220,7 +222,7 @@ async def _post_in_one(
         "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
         "now": now,
     }
-    rows = (await session.execute(_posting(emit_events), params)).all()
+    rows = await direct.rows(session, _posting(emit_events), params)
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
         return {}

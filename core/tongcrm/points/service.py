@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit import service as audit_service
-from tongcrm.db import txcache
+from tongcrm.db import direct, txcache
 from tongcrm.db.dialect import dialect_name, insert, insert_rows, one_of, rows_params
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
@@ -222,7 +222,7 @@ async def _earn(
         return
     dialect = dialect_name(session)
     params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards)
-    won = {r[0] for r in (await session.execute(_award_gate(dialect), params)).all()}
+    won = {r[0] for r in await direct.rows(session, _award_gate(dialect), params)}
     if not won:
         return
     credits = [c for line_id in sorted(won) for c in planned[line_id]]

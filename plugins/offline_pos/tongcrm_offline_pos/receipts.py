@@ -470,7 +470,7 @@ def _claim_statement(uow: CounterWork) -> Any:
 
 async def _existing(uow: CounterWork, store: Store, r: ReceiptIn) -> Any:
     key = {"account_id": store.account_id, "till_code": r.till, "business_day": r.business_day}
-    return (await uow.rows.execute(_EXISTING, {**key, "sequence": r.sequence})).first()
+    return await uow.rows.first(_EXISTING, {**key, "sequence": r.sequence})
 
 
 async def _claim(
@@ -500,7 +500,7 @@ async def _claim(
         "result": {},
         "updated_at": now,
     }
-    row = (await uow.rows.execute(_claim_statement(uow), values)).first()
+    row = await uow.rows.first(_claim_statement(uow), values)
     return None if row is None else int(row[0])
 
 
@@ -635,7 +635,7 @@ async def _finish(
             effective_at=c.effective,
             clock_skew_seconds=c.skew,
         )
-    await uow.rows.execute(_finish_statement(tuple(values)), {**values, "row_id": c.row_id})
+    await uow.rows.run(_finish_statement(tuple(values)), {**values, "row_id": c.row_id})
 
 
 #: ``_finish``'s updates, one per set of columns (built once: building and checking one cost more than running it).

@@ -1,0 +1,149 @@
+"""Direct statements (tongcrm.db.direct): compiled once and run on the session's driver connection, they write
+and read what ``session.execute`` writes and reads, in the same transaction and savepoint, with the same
+errors, and listeners still see them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import registry
+from tongcrm.db import direct
+from tongcrm.db.base import UTCDateTime
+from tongcrm.db.dialect import insert_for
+from tongcrm.db.engine import create_inline_writer
+from tongcrm.testing.database import TestDatabase
+
+_meta = sa.MetaData()
+_things = sa.Table(
+    "direct_things",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(20), nullable=False, unique=True),
+    sa.Column("seen_at", UTCDateTime()),
+    sa.Column("born", sa.Date),
+    sa.Column("meta", sa.JSON),
+    sa.Column("ok", sa.Boolean),
+)
+SEEN = datetime(2026, 11, 11, 0, 0, 1, 250_000, tzinfo=UTC)
+_READ = (
+    sa.select(_things.c.id, _things.c.seen_at, _things.c.born, _things.c.meta, _things.c.ok, _things.c.name)
+    .where(_things.c.name.in_(sa.bindparam("names", expanding=True)), _things.c.id.in_([1, 2, 3]))
+    .order_by(_things.c.id)
+)
+_ADD = (
+    sa.insert(_things)
+    .values(
+        name=sa.bindparam("name"),
+        seen_at=sa.bindparam("seen_at"),
+        born=sa.bindparam("born"),
+        meta=sa.bindparam("meta"),
+        ok=sa.bindparam("ok"),
+    )
+    .returning(_things.c.id, _things.c.seen_at, _things.c.meta)
+)
+
+
+class _Thing:
+    """The table mapped, for a row the ORM holds before a flush."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+registry().map_imperatively(_Thing, _things)
+_RENAME = sa.update(_things).where(_things.c.id == sa.bindparam("thing")).values(name=sa.bindparam("name"))
+
+
+@pytest.fixture
+async def sessions(tongcrm_db: TestDatabase) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions as the counter's writer gets them: the inline SQLite writer, PostgreSQL's engine."""
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    engine: AsyncEngine = create_inline_writer(tongcrm_db.url) or tongcrm_db.engine
+    try:
+        yield async_sessionmaker(engine, expire_on_commit=False)
+    finally:
+        if engine is not tongcrm_db.engine:
+            await engine.dispose()
+        async with tongcrm_db.engine.begin() as conn:
+            await conn.run_sync(_meta.drop_all)
+
+
+def _thing(name: str, **values: Any) -> dict[str, Any]:
+    return {"name": name, "seen_at": None, "born": None, "meta": None, "ok": None, **values}
+
+
+async def test_rows_written_and_read_directly_are_those_the_session_writes_and_reads(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session, session.begin():
+        [added] = await direct.rows(
+            session, _ADD, _thing("a", seen_at=SEEN, born=date(1990, 2, 28), meta={"k": [1, 2]}, ok=True)
+        )
+        assert (added.seen_at, added.meta) == (SEEN, {"k": [1, 2]})
+        await session.execute(_ADD, _thing("b"))
+        mine = await direct.rows(session, _READ, {"names": ["a", "b"]})
+        theirs = (await session.execute(_READ, {"names": ["a", "b"]})).all()
+        assert [tuple(r) for r in mine] == [tuple(r) for r in theirs]
+        assert mine[0].seen_at.tzinfo is not None and mine[0].ok is True
+        # another length of the list is another plan; the list the statement holds itself still applies
+        assert [r.name for r in await direct.rows(session, _READ, {"names": ["b"]})] == ["b"]
+        assert await direct.first(session, _READ, {"names": ["zz", "yy", "xx"]}) is None
+        await direct.rows(session, _RENAME, {"thing": added.id, "name": "c"})
+    async with sessions() as session:  # committed with the session's transaction
+        names = (await session.execute(sa.select(_things.c.name).order_by(_things.c.id))).scalars().all()
+    assert names == ["c", "b"]
+
+
+async def _two_on_a_savepoint(session: AsyncSession, *names: str) -> None:
+    async with session.begin_nested():
+        for name in names:
+            await direct.rows(session, _ADD, _thing(name))
+
+
+async def test_a_refused_statement_is_the_session_s_error_and_its_savepoint_rolls_it_back(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session, session.begin():
+        await direct.rows(session, _ADD, _thing("a"))
+        with pytest.raises(sa.exc.IntegrityError):
+            await _two_on_a_savepoint(session, "b", "a")  # "a" is taken
+        # the transaction goes on (on PostgreSQL the savepoint was rolled back, not the transaction aborted)
+        await direct.rows(session, _ADD, _thing("c"))
+    async with sessions() as session:
+        names = (await session.execute(sa.select(_things.c.name).order_by(_things.c.name))).scalars().all()
+    assert names == ["a", "c"]
+
+
+async def test_what_the_orm_holds_goes_first_and_listeners_see_direct_statements(
+    sessions: async_sessionmaker[AsyncSession], tongcrm_db: TestDatabase
+) -> None:
+    seen: list[str] = []
+
+    def on(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+        seen.append(" ".join(statement.split()))
+
+    async with sessions() as session, session.begin():
+        session.add(_Thing("a"))  # pending in the ORM: flushed before the direct statement, as before execute
+        assert [r.name for r in await direct.rows(session, _READ, {"names": ["a"]})] == ["a"]
+        event.listen(sa.engine.Engine, "before_cursor_execute", on)
+        try:
+            await direct.rows(session, _RENAME, {"thing": 1, "name": "b"})
+        finally:
+            event.remove(sa.engine.Engine, "before_cursor_execute", on)
+        # an upsert of the dialect, as the till's statements are
+        upsert = (
+            insert_for(tongcrm_db.backend, _things)
+            .values(name=sa.bindparam("name"))
+            .on_conflict_do_nothing(index_elements=["name"])
+            .returning(_things.c.id)
+        )
+        assert await direct.first(session, upsert, {"name": "b"}) is None
+        assert (await direct.first(session, upsert, {"name": "d"})) is not None
+    assert [s for s in seen if s.upper().startswith("UPDATE DIRECT_THINGS")]

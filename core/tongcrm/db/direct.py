@@ -1,0 +1,235 @@
+"""Statements of a unit of work run straight on its connection's driver: compiled once, bound positionally.
+
+A till's receipt is a dozen statements of one row each. Through ``session.execute`` each paid some 150-250 µs
+of Python for a few µs of database work: the ORM's compile state, a cache-key walk of the statement, the
+execution context, parameter processing by name, the result's metadata, the greenlet hand-offs (issue #22).
+:func:`rows` skips that for a statement built once (module level, values as ``sa.bindparam``): it is compiled
+once per dialect, its parameters are bound in order through the same SQLAlchemy type processors, and its
+columns come back through the same result processors, so what is written and read is what ``session.execute``
+would write and read. It runs in the session's own transaction, on its own connection:
+
+- PostgreSQL (asyncpg): on the driver connection SQLAlchemy holds, inside the transaction it started (or
+  starting it, exactly as its adapter would); asyncpg prepares the statement once per connection.
+- SQLite through the inline writer (:mod:`tongcrm.db.inline_sqlite`): on its ``sqlite3`` connection, with its
+  busy retry and its turn for other tasks.
+- anything else (aiosqlite's thread, an in-memory database): ``session.execute``, as before.
+
+What stays as it was: what the ORM holds is flushed first (autoflush), listeners of ``before_cursor_execute`` see every statement (tests count round trips with
+them), and a driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` subclass for it
+(``IntegrityError`` …), so callers catch what they caught. Rows are named tuples of the statement's column
+keys (not ORM entities). A statement with list (expanding) parameters is compiled per length of its lists,
+for a few lengths (a till's lists hold one item or a few); beyond those it goes through ``session.execute``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import weakref
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tongcrm.db.inline_sqlite import InlineConnection
+
+_Processor = Callable[[Any], Any] | None
+_CONNECTION_KEY = "tongcrm.db.direct.connection"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A statement compiled for one dialect and one length of each of its list parameters."""
+
+    sql: str
+    #: per positional parameter: (its name, or None for a value the statement carries; its index in that list
+    #: parameter, or None; the value carried; processor)
+    binds: tuple[tuple[str | None, int | None, Any, _Processor], ...]
+    #: a named tuple of the statement's columns; None for SQL text, whose columns the driver names
+    row: type[tuple[Any, ...]] | None
+    #: (column index, result processor) for the columns that have one
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+    def parameters(self, params: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, index, constant, process in self.binds:
+            value = constant if name is None else params[name] if index is None else params[name][index]
+            out.append(process(value) if process is not None else value)
+        return out
+
+    def build(self, raw: Sequence[Any], row: type[tuple[Any, ...]]) -> tuple[Any, ...]:
+        if not self.processors:
+            return row(*raw)
+        values = list(raw)
+        for index, process in self.processors:
+            values[index] = process(values[index])
+        return row(*values)
+
+
+@dataclass(slots=True)
+class _Plans:
+    """A statement's plans: its list parameters (``IN`` a list given per call) and a plan per dialect and
+    length of each (their text changes with the lengths; a till's lists hold one item or a few)."""
+
+    lists: tuple[str, ...]
+    by_shape: dict[tuple[str, tuple[int, ...]], _Plan]
+
+
+#: statement → its plans; statements are built once, so this holds a few dozen
+_PLANS: weakref.WeakKeyDictionary[Any, _Plans] = weakref.WeakKeyDictionary()
+#: plans kept per statement at most (list lengths are few on a till's path; a page's go through the session)
+MAX_SHAPES = 16
+
+
+def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> _Plan | None:
+    """``statement`` compiled for ``dialect`` and the lengths of its list parameters in ``params`` (once);
+    None when it has more shapes than :data:`MAX_SHAPES` (it then runs through the session)."""
+    plans = _PLANS.get(statement)
+    if plans is None:
+        compiled = statement.compile(dialect=dialect)
+        lists = tuple(n for n, b in compiled.binds.items() if b.expanding and b.required)
+        plans = _PLANS[statement] = _Plans(lists, {})
+    shape = (dialect.name, tuple(len(params[name]) for name in plans.lists))
+    found = plans.by_shape.get(shape)
+    if found is None:
+        if len(plans.by_shape) >= MAX_SHAPES:
+            return None
+        found = plans.by_shape[shape] = _compile(statement, dialect, plans.lists, params)
+    return found
+
+
+def _compile(statement: Any, dialect: Dialect, lists: tuple[str, ...], params: Mapping[str, Any]) -> _Plan:
+    compiled = statement.compile(dialect=dialect)
+    # every list expands here, one position per item: those the statement holds (``kind IN ('earn')``) with
+    # their values, those given per call with this call's (only their lengths count)
+    carried = compiled.construct_params(_check=False)
+    expanded = compiled.construct_expanded_state({**carried, **{name: params[name] for name in lists}})
+    origin = {
+        position: (name, index)
+        for name, positions in expanded.parameter_expansion.items()
+        for index, position in enumerate(positions)
+    }
+    binds: list[tuple[str | None, int | None, Any, _Processor]] = []
+    for position in expanded.positiontup or ():
+        name, index = origin.get(position, (position, None))
+        bind = compiled.binds[name]
+        process = bind.type._cached_bind_processor(dialect)
+        if bind.required:
+            binds.append((name, index, None, process))
+        else:  # a value the statement holds itself (LIMIT 1, a literal compared with, a list's item)
+            binds.append((None, None, expanded.parameters[position], process))
+    columns = compiled._result_columns
+    row = _row_type(tuple(c[0] for c in columns)) if columns else None
+    processors = tuple(
+        (index, process)
+        for index, c in enumerate(columns)
+        if (process := c[3]._cached_result_processor(dialect, None)) is not None
+    )
+    return _Plan(expanded.statement, tuple(binds), row, processors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    """The session's connection in this transaction, as :func:`rows` uses it."""
+
+    sync: Any  # sqlalchemy.engine.Connection
+    dialect: Dialect
+    dbapi: Any  # SQLAlchemy's adapted DBAPI connection
+    driver: Any  # asyncpg.Connection, an InlineConnection, or None (run through the session)
+
+
+async def _connection(session: AsyncSession) -> _Connection:
+    """Kept per transaction and per savepoint: a savepoint begun is only emitted when a statement in it asks
+    the session for its connection (so the first statement after ``begin_nested`` asks again)."""
+    sync_session = session.sync_session
+    current = sync_session.get_nested_transaction() or sync_session.get_transaction()
+    held = session.info.get(_CONNECTION_KEY)
+    if held is not None and current is not None and held[0] is current:
+        return held[1]  # type: ignore[no-any-return]
+    conn = await session.connection()
+    fairy = await conn.get_raw_connection()
+    driver = fairy.driver_connection
+    dialect = conn.dialect
+    if not (
+        (dialect.name == "postgresql" and dialect.driver == "asyncpg")
+        or (dialect.name == "sqlite" and isinstance(driver, InlineConnection))
+    ):
+        driver = None
+    found = _Connection(conn.sync_connection, dialect, fairy.dbapi_connection, driver)
+    current = sync_session.get_nested_transaction() or sync_session.get_transaction()
+    session.info[_CONNECTION_KEY] = (current, found)
+    return found
+
+
+async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
+    """All rows of ``statement`` run with ``params`` in the session's transaction (see the module docstring)."""
+    conn = await _connection(session)
+    compiled = None if conn.driver is None else plan(statement, conn.dialect, params)
+    if compiled is None:
+        return await _through_session(session, statement, params)
+    pending = session.sync_session
+    if pending.autoflush and (pending._new or pending._deleted or pending.identity_map._modified):
+        await session.flush()  # as session.execute would: what the ORM holds goes first
+    args = compiled.parameters(params)
+    sync = conn.sync
+    if sync._has_events or sync.engine._has_events:
+        for listener in sync.dispatch.before_cursor_execute:
+            listener(sync, None, compiled.sql, args, None, False)
+    try:
+        if conn.dialect.name == "postgresql":
+            raw = await _asyncpg(conn, compiled.sql, args)
+        else:
+            driver: InlineConnection = conn.driver
+            cursor = driver._conn.cursor()
+            raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
+    except Exception as error:
+        raise _translated(conn, compiled.sql, args, error) from error
+    if not raw:
+        return []
+    row = compiled.row
+    if row is None:  # SQL text: the columns as the driver names them
+        names = raw[0].keys() if conn.dialect.name == "postgresql" else [d[0] for d in cursor.description]
+        row = _row_type(tuple(names))
+    return [compiled.build(r, row) for r in raw]
+
+
+@functools.cache
+def _row_type(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
+    return namedtuple("DirectRow", names, rename=True)
+
+
+async def _through_session(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
+    result = await session.execute(statement, dict(params))
+    return list(result.all()) if getattr(result, "returns_rows", True) else []
+
+
+async def first(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> Any | None:
+    """The first row of ``statement`` with ``params``, or None."""
+    found = await rows(session, statement, params)
+    return found[0] if found else None
+
+
+async def _asyncpg(conn: _Connection, sql: str, args: list[Any]) -> list[Any]:
+    adapter = conn.dbapi
+    async with adapter._execute_mutex:  # as SQLAlchemy's cursor: one statement at a time per connection
+        if adapter._transaction is None:
+            await adapter._start_transaction()  # a no-op in autocommit
+        return list(await conn.driver.fetch(sql, *args))
+
+
+def _translated(conn: _Connection, sql: str, args: list[Any], error: Exception) -> Exception:
+    """``error`` as SQLAlchemy raises a driver's error: its DBAPIError subclass, the original attached."""
+    if conn.dialect.name == "postgresql":
+        try:
+            # the adapter's DBAPI error for it (and a lost connection noted)
+            conn.dbapi._handle_exception(error)
+        except Exception as adapted:
+            error = adapted
+    if isinstance(error, sa.exc.DBAPIError):
+        return error
+    base = conn.dialect.loaded_dbapi.Error if conn.dialect.name == "postgresql" else sqlite3.Error
+    return sa.exc.DBAPIError.instance(sql, args, error, base)
