@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from tongcrm.bulk import service
-from tongcrm.bulk.stats import AnalyseSchedule
 from tongcrm.crypto import Vault
+from tongcrm.db.stats import AnalyseSchedule
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 
