@@ -86,7 +86,8 @@ _SOURCE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 #: The tables an import of each kind grows, analysed on the database's schedule (:mod:`tongcrm.db.stats`).
 GROWN_TABLES: dict[str, tuple[str, ...]] = {
     "members": (Member.__tablename__, Identity.__tablename__),
-    "orders": (Order.__tablename__, OrderLineRow.__tablename__, Identity.__tablename__, Member.__tablename__),
+    # its buyers' identities and members too when some of its orders went through resolution (RESOLVED_TABLES)
+    "orders": (Order.__tablename__, OrderLineRow.__tablename__),
     "points": (
         PointsEntry.__tablename__,
         PointsLot.__tablename__,
@@ -95,6 +96,8 @@ GROWN_TABLES: dict[str, tuple[str, ...]] = {
         Member.__tablename__,
     ),
 }
+#: What resolving buyers may grow: analysed with an orders import's tables once some of its orders needed it.
+RESOLVED_TABLES = (Identity.__tablename__, Member.__tablename__)
 
 
 class ImportFailed(TongcrmError):
@@ -144,6 +147,8 @@ class _Outcome:
 
     failures: dict[str, str] = field(default_factory=dict)
     members: set[int] = field(default_factory=set)
+    #: Whether some rows went through identity resolution (which may create members and identities).
+    resolved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +333,7 @@ async def run_import(
     try:
         if not finished:
             dialect = await _dialect(sessions)
+            tables = GROWN_TABLES[kind]
             prepare = functools.partial(_prepare_page, ctx, kind, source, dialect)
             async for page in _prepared_pages(
                 _pages(read_records(path, fmt, mapping), after, page_size), prepare
@@ -336,6 +342,8 @@ async def run_import(
                     if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
                         raise Conflict(f"lost the lease of import {import_id}; another process took over")
                     counts = await _import_page(session, ctx, import_id, kind, source, account_id, page)
+                    if counts[3]:
+                        tables = tuple(dict.fromkeys((*tables, *RESOLVED_TABLES)))
                     await session.execute(
                         sa.update(BulkImport)
                         .where(BulkImport.id == import_id)
@@ -361,10 +369,10 @@ async def run_import(
                     on_progress(progress)
                 if analyse:
                     async with sessions() as session, session.begin():
-                        await stats.analyse(session, GROWN_TABLES[kind])
+                        await stats.analyse(session, tables)
             async with sessions() as session, session.begin():
                 if progress.records_done:
-                    await stats.analyse(session, GROWN_TABLES[kind])
+                    await stats.analyse(session, tables)
                 now = ctx.clock()
                 await session.execute(
                     sa.update(BulkImport)
@@ -451,8 +459,9 @@ async def _import_page(
     source: str,
     account_id: int | None,
     page: _Page,
-) -> tuple[int, int, int]:
-    """(imported, skipped, failed) of one page, applied in the caller's transaction."""
+) -> tuple[int, int, int, bool]:
+    """(imported, skipped, failed, whether rows went through identity resolution) of one page, applied in the
+    caller's transaction."""
     errors = list(page.errors)
     rows = page.rows
     claimed = await _claim(session, import_id, kind, rows)
@@ -489,7 +498,7 @@ async def _import_page(
                 for record, key, reason in errors
             ],
         )
-    return len(fresh) - len(outcome.failures), skipped, len(errors)
+    return len(fresh) - len(outcome.failures), skipped, len(errors), outcome.resolved
 
 
 def _natural_key(kind: str, record: Record) -> str:
@@ -778,6 +787,7 @@ async def _apply_orders(
     if not orders:
         return outcome
     ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
+    outcome.resolved = True
     result = await apply_orders_page(
         session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
     )
