@@ -335,8 +335,9 @@ async def run_import(
             dialect = await _dialect(sessions)
             tables = GROWN_TABLES[kind]
             prepare = functools.partial(_prepare_page, ctx, kind, source, dialect)
+            overlap = _Overlap()
             async for page in _prepared_pages(
-                _pages(read_records(path, fmt, mapping), after, page_size), prepare
+                _pages(read_records(path, fmt, mapping), after, page_size), prepare, overlap
             ):
                 async with sessions() as session, session.begin():
                     if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
@@ -379,6 +380,13 @@ async def run_import(
                     .where(BulkImport.id == import_id)
                     .values(status="finished", finished_at=now, updated_at=now)
                 )
+            bound.info(
+                "import read",
+                records=progress.records_done,
+                reading_s=round(overlap.reading_s, 3),
+                waited_for_reading_s=round(overlap.waited_s, 3),
+                elapsed_s=round(time.monotonic() - started, 3),
+            )
         progress.done = True
         progress.elapsed_s = time.monotonic() - started
         if on_progress is not None:
@@ -404,8 +412,17 @@ async def _dialect(sessions: async_sessionmaker[AsyncSession]) -> str:
         return dialect_name(session)
 
 
+@dataclass(slots=True)
+class _Overlap:
+    """How much of the reading thread's work the page writes hid: the seconds it spent reading and preparing
+    pages, and the seconds the writer waited for it (the part not hidden)."""
+
+    reading_s: float = 0.0
+    waited_s: float = 0.0
+
+
 async def _prepared_pages(
-    pages: Iterator[list[Record]], prepare: Callable[[list[Record]], _Page]
+    pages: Iterator[list[Record]], prepare: Callable[[list[Record]], _Page], overlap: _Overlap
 ) -> AsyncIterator[_Page]:
     """The pages of ``pages``, each read and prepared by ``prepare`` in a thread of its own one page ahead of the
     caller: the next page's parsing, normalising and encryption run while the database writes this one (the
@@ -414,12 +431,20 @@ async def _prepared_pages(
     reader = ThreadPoolExecutor(1, thread_name_prefix="import-reader")
 
     def next_page() -> _Page | None:
+        started = time.perf_counter()
         page = next(pages, None)
-        return None if page is None else prepare(page)
+        prepared = None if page is None else prepare(page)
+        overlap.reading_s += time.perf_counter() - started
+        return prepared
 
     try:
         pending = loop.run_in_executor(reader, next_page)
-        while (page := await pending) is not None:
+        while True:
+            started = time.perf_counter()
+            page = await pending
+            overlap.waited_s += time.perf_counter() - started
+            if page is None:
+                break
             pending = loop.run_in_executor(reader, next_page)
             yield page
     finally:

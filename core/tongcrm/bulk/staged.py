@@ -70,12 +70,14 @@ class _Conflict(Exception):
 @dataclass(frozen=True, slots=True)
 class PreparedMember:
     """What a new member of a claim set needs that no database does: its claims ready to store (normalised,
-    encrypted, blind-indexed), their lookup keys, and the masked index of its mobile. Made by
-    :func:`prepare_member`, in the import's reading thread."""
+    encrypted, blind-indexed), their lookup keys, the masked index of its mobile, and whether the policy creates
+    a member for these claims when none is stored. Made by :func:`prepare_member`, in the import's reading
+    thread."""
 
     claims: list[Any]  # tongcrm.identity.service._Claim
     keys: frozenset[tuple[str, str]]
     masked: str | None
+    creates: bool
 
 
 @dataclass(slots=True)
@@ -87,7 +89,9 @@ class _New:
 
 def prepare_member(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> PreparedMember | None:
     """The claim set made ready for :func:`write_new_members`; None when a claim cannot be prepared (resolution
-    reports that error itself). A pure function of the claim set: safe in another thread."""
+    reports that error itself). A function of the claim set alone (the ``resolve_member`` policy is asked with no
+    matches, as resolution asks it of claims none of which is stored; a policy decides, it keeps no state): safe in
+    another thread."""
     claims = _prepared(ctx, kinds, cs)
     if claims is None:
         return None
@@ -96,6 +100,7 @@ def prepare_member(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) 
         claims,
         frozenset((c.kind, v) for c in claims for v in (c.value, *c.lookup)),
         None if mobile is None else masked_index(ctx.vault, mobile.e164),
+        _creates(ctx, claims),
     )
 
 
@@ -166,7 +171,7 @@ async def write_new_members(
             values_arg.append(value)
             rows_arg.append(n)
     known = {r[0] for r in await driver.fetch(_LOOKUP, kinds_arg, values_arg, rows_arg)}
-    fresh = [new for n, new in enumerate(unique) if n not in known and _creates(ctx, new.prepared.claims)]
+    fresh = [new for n, new in enumerate(unique) if n not in known and new.prepared.creates]
     if not fresh:
         return {}
     now = ctx.clock()
