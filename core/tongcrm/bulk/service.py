@@ -19,12 +19,13 @@ file again imports nothing. A lease per import keeps two processes from importin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -336,41 +337,44 @@ async def run_import(
             tables = GROWN_TABLES[kind]
             prepare = functools.partial(_prepare_page, ctx, kind, source, dialect)
             overlap = _Overlap()
-            async for page in _prepared_pages(
+            pages = _prepared_pages(
                 _pages(read_records(path, fmt, mapping), after, page_size), prepare, overlap
-            ):
-                async with sessions() as session, session.begin():
-                    if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
-                        raise Conflict(f"lost the lease of import {import_id}; another process took over")
-                    counts = await _import_page(session, ctx, import_id, kind, source, account_id, page)
-                    if counts[3]:
-                        tables = tuple(dict.fromkeys((*tables, *RESOLVED_TABLES)))
-                    await session.execute(
-                        sa.update(BulkImport)
-                        .where(BulkImport.id == import_id)
-                        .values(
-                            line_reached=page.records[-1].line,
-                            imported=BulkImport.imported + counts[0],
-                            skipped=BulkImport.skipped + counts[1],
-                            failed=BulkImport.failed + counts[2],
-                            updated_at=ctx.clock(),
-                        )
-                    )
-                    analyse = stats.grown(session, len(page.records))
-                progress.line_reached = page.records[-1].line
-                progress.imported += counts[0]
-                progress.skipped += counts[1]
-                progress.failed += counts[2]
-                progress.records_done += len(page.records)
-                progress.elapsed_s = time.monotonic() - started
-                bound.info(
-                    "import page done", line=progress.line_reached, imported=counts[0], failed=counts[2]
-                )
-                if on_progress is not None:
-                    on_progress(progress)
-                if analyse:
+            )
+            # closed when the loop ends, by an error too: the reader thread and the file stop here, not at GC
+            async with contextlib.aclosing(pages):
+                async for page in pages:
                     async with sessions() as session, session.begin():
-                        await stats.analyse(session, tables)
+                        if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
+                            raise Conflict(f"lost the lease of import {import_id}; another process took over")
+                        counts = await _import_page(session, ctx, import_id, kind, source, account_id, page)
+                        if counts[3]:
+                            tables = tuple(dict.fromkeys((*tables, *RESOLVED_TABLES)))
+                        await session.execute(
+                            sa.update(BulkImport)
+                            .where(BulkImport.id == import_id)
+                            .values(
+                                line_reached=page.records[-1].line,
+                                imported=BulkImport.imported + counts[0],
+                                skipped=BulkImport.skipped + counts[1],
+                                failed=BulkImport.failed + counts[2],
+                                updated_at=ctx.clock(),
+                            )
+                        )
+                        analyse = stats.grown(session, len(page.records))
+                    progress.line_reached = page.records[-1].line
+                    progress.imported += counts[0]
+                    progress.skipped += counts[1]
+                    progress.failed += counts[2]
+                    progress.records_done += len(page.records)
+                    progress.elapsed_s = time.monotonic() - started
+                    bound.info(
+                        "import page done", line=progress.line_reached, imported=counts[0], failed=counts[2]
+                    )
+                    if on_progress is not None:
+                        on_progress(progress)
+                    if analyse:
+                        async with sessions() as session, session.begin():
+                            await stats.analyse(session, tables)
             async with sessions() as session, session.begin():
                 if progress.records_done:
                     await stats.analyse(session, tables)
@@ -423,7 +427,7 @@ class _Overlap:
 
 async def _prepared_pages(
     pages: Iterator[list[Record]], prepare: Callable[[list[Record]], _Page], overlap: _Overlap
-) -> AsyncIterator[_Page]:
+) -> AsyncGenerator[_Page, None]:
     """The pages of ``pages``, each read and prepared by ``prepare`` in a thread of its own one page ahead of the
     caller: the next page's parsing, normalising and encryption run while the database writes this one (the
     event loop is idle then). At most two pages are held; the reading thread stops with the caller."""
@@ -437,8 +441,8 @@ async def _prepared_pages(
         overlap.reading_s += time.perf_counter() - started
         return prepared
 
+    pending = loop.run_in_executor(reader, next_page)
     try:
-        pending = loop.run_in_executor(reader, next_page)
         while True:
             started = time.perf_counter()
             page = await pending
@@ -448,7 +452,10 @@ async def _prepared_pages(
             pending = loop.run_in_executor(reader, next_page)
             yield page
     finally:
-        reader.shutdown(wait=True, cancel_futures=True)
+        # the page in preparation is finished (or fails) without blocking the event loop, then the file closes
+        with contextlib.suppress(Exception):
+            await pending
+        reader.shutdown(wait=False)
         close = getattr(pages, "close", None)
         if close is not None:
             close()
