@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from tongcrm.bulk import service
-from tongcrm.bulk.stats import AnalyseSchedule
 from tongcrm.crypto import Vault
+from tongcrm.db.stats import AnalyseSchedule
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 
@@ -55,3 +55,21 @@ async def test_an_import_leaves_the_tables_it_grew_analysed(
     # 37 members, each with an import.member_id and a mobile identity: what ANALYZE counted at the end
     assert await _planner_rows(tongcrm_db, "members") == 37
     assert await _planner_rows(tongcrm_db, "identities") == 74
+
+
+async def test_an_orders_import_that_created_its_buyers_leaves_their_tables_analysed_too(
+    tongcrm_db: TestDatabase, memory_host: PluginHost, tmp_path: Path
+) -> None:
+    ctx = service.ImportContext(
+        host=memory_host, vault=VAULT, clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai")
+    )
+    rows = "".join(f"O{i},B{i % 12},2025-03-01T10:00:00+08:00,{1000 + i}\n" for i in range(30))
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,member_id,placed_at,total_fen\n" + rows, encoding="utf-8")
+    job = await service.open_import(tongcrm_db.sessions, ctx, "orders", path, "csv", source="stats")
+    progress = await service.run_import(tongcrm_db.sessions, ctx, job.id, path, page_size=10)
+    assert progress.imported == 30
+    assert await _planner_rows(tongcrm_db, "orders") == 30
+    # 12 buyers nobody knew: resolution created them, and the import analysed what it grew for them
+    assert await _planner_rows(tongcrm_db, "members") == 12
+    assert await _planner_rows(tongcrm_db, "identities") == 12

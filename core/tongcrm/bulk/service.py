@@ -19,22 +19,24 @@ file again imports nothing. A lease per import keeps two processes from importin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tongcrm.bulk import staged, stats
+from tongcrm.bulk import staged
 from tongcrm.bulk.mapping import (
     Record,
     check_header,
@@ -48,15 +50,19 @@ from tongcrm.bulk.mapping import (
 from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
+from tongcrm.db import stats
 from tongcrm.db.dialect import dialect_name, insert, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
+from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, ResolveOutcome, resolve_many
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.jobs import leases
 from tongcrm.logging import get_logger
 from tongcrm.members.masked import mask_name
+from tongcrm.members.models import Member
 from tongcrm.members.phone import InvalidMobile, mask_mobile, normalise_mobile
 from tongcrm.orders.models import Order
+from tongcrm.orders.models import OrderLine as OrderLineRow
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import (
     BuyerProfile,
@@ -66,7 +72,7 @@ from tongcrm.plugin.types import (
     OrderStatus,
 )
 from tongcrm.points.ledger import AVAILABLE, Credit, post_credits
-from tongcrm.points.models import EntryKind
+from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry, PointsLot
 from tongcrm.tiers.service import TierContext
 from tongcrm.tiers.service import reevaluate as reevaluate_tiers
 
@@ -78,6 +84,21 @@ PAGE_SIZE = 1000
 _KEYS = cast(sa.Table, BulkImportKey.__table__)
 _ERRORS = cast(sa.Table, BulkImportError.__table__)
 _SOURCE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+#: The tables an import of each kind grows, analysed on the database's schedule (:mod:`tongcrm.db.stats`).
+GROWN_TABLES: dict[str, tuple[str, ...]] = {
+    "members": (Member.__tablename__, Identity.__tablename__),
+    # its buyers' identities and members too when some of its orders went through resolution (RESOLVED_TABLES)
+    "orders": (Order.__tablename__, OrderLineRow.__tablename__),
+    "points": (
+        PointsEntry.__tablename__,
+        PointsLot.__tablename__,
+        PointsBalance.__tablename__,
+        Identity.__tablename__,
+        Member.__tablename__,
+    ),
+}
+#: What resolving buyers may grow: analysed with an orders import's tables once some of its orders needed it.
+RESOLVED_TABLES = (Identity.__tablename__, Member.__tablename__)
 
 
 class ImportFailed(TongcrmError):
@@ -127,12 +148,28 @@ class _Outcome:
 
     failures: dict[str, str] = field(default_factory=dict)
     members: set[int] = field(default_factory=set)
+    #: Whether some rows went through identity resolution (which may create members and identities).
+    resolved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class _Row:
+    """A readable record with its key, and what the kind's writer prepared of it off the event loop (see
+    :func:`_prepare_page`)."""
+
     record: Record
     key: str
+    work: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A page read and prepared in the reading thread: its records, the readable rows with their keys, and the
+    rows refused before any database work (unreadable, no key)."""
+
+    records: list[Record]
+    rows: list[_Row]
+    errors: list[tuple[Record, str | None, str]]
 
 
 def _validate_source(source: str) -> str:
@@ -294,48 +331,66 @@ async def run_import(
             job.status, job.error, job.updated_at = "running", None, ctx.clock()
     started = time.monotonic()
     bound = log.bind(import_id=import_id, kind=kind, source=source)
-    schedule = stats.AnalyseSchedule()
     try:
         if not finished:
-            for page in _pages(read_records(path, fmt, mapping), after, page_size):
-                async with sessions() as session, session.begin():
-                    if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
-                        raise Conflict(f"lost the lease of import {import_id}; another process took over")
-                    counts = await _import_page(session, ctx, import_id, kind, source, account_id, page)
-                    await session.execute(
-                        sa.update(BulkImport)
-                        .where(BulkImport.id == import_id)
-                        .values(
-                            line_reached=page[-1].line,
-                            imported=BulkImport.imported + counts[0],
-                            skipped=BulkImport.skipped + counts[1],
-                            failed=BulkImport.failed + counts[2],
-                            updated_at=ctx.clock(),
-                        )
-                    )
-                progress.line_reached = page[-1].line
-                progress.imported += counts[0]
-                progress.skipped += counts[1]
-                progress.failed += counts[2]
-                progress.records_done += len(page)
-                progress.elapsed_s = time.monotonic() - started
-                bound.info(
-                    "import page done", line=progress.line_reached, imported=counts[0], failed=counts[2]
-                )
-                if on_progress is not None:
-                    on_progress(progress)
-                if schedule.due(progress.records_done):
+            dialect = await _dialect(sessions)
+            tables = GROWN_TABLES[kind]
+            prepare = functools.partial(_prepare_page, ctx, kind, source, dialect)
+            overlap = _Overlap()
+            pages = _prepared_pages(
+                _pages(read_records(path, fmt, mapping), after, page_size), prepare, overlap
+            )
+            # closed when the loop ends, by an error too: the reader thread and the file stop here, not at GC
+            async with contextlib.aclosing(pages):
+                async for page in pages:
                     async with sessions() as session, session.begin():
-                        await stats.analyse(session, kind)
+                        if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
+                            raise Conflict(f"lost the lease of import {import_id}; another process took over")
+                        counts = await _import_page(session, ctx, import_id, kind, source, account_id, page)
+                        if counts[3]:
+                            tables = tuple(dict.fromkeys((*tables, *RESOLVED_TABLES)))
+                        await session.execute(
+                            sa.update(BulkImport)
+                            .where(BulkImport.id == import_id)
+                            .values(
+                                line_reached=page.records[-1].line,
+                                imported=BulkImport.imported + counts[0],
+                                skipped=BulkImport.skipped + counts[1],
+                                failed=BulkImport.failed + counts[2],
+                                updated_at=ctx.clock(),
+                            )
+                        )
+                        analyse = stats.grown(session, len(page.records))
+                    progress.line_reached = page.records[-1].line
+                    progress.imported += counts[0]
+                    progress.skipped += counts[1]
+                    progress.failed += counts[2]
+                    progress.records_done += len(page.records)
+                    progress.elapsed_s = time.monotonic() - started
+                    bound.info(
+                        "import page done", line=progress.line_reached, imported=counts[0], failed=counts[2]
+                    )
+                    if on_progress is not None:
+                        on_progress(progress)
+                    if analyse:
+                        async with sessions() as session, session.begin():
+                            await stats.analyse(session, tables)
             async with sessions() as session, session.begin():
                 if progress.records_done:
-                    await stats.analyse(session, kind)
+                    await stats.analyse(session, tables)
                 now = ctx.clock()
                 await session.execute(
                     sa.update(BulkImport)
                     .where(BulkImport.id == import_id)
                     .values(status="finished", finished_at=now, updated_at=now)
                 )
+            bound.info(
+                "import read",
+                records=progress.records_done,
+                reading_s=round(overlap.reading_s, 3),
+                waited_for_reading_s=round(overlap.waited_s, 3),
+                elapsed_s=round(time.monotonic() - started, 3),
+            )
         progress.done = True
         progress.elapsed_s = time.monotonic() - started
         if on_progress is not None:
@@ -356,6 +411,78 @@ async def run_import(
     return progress
 
 
+async def _dialect(sessions: async_sessionmaker[AsyncSession]) -> str:
+    async with sessions() as session:
+        return dialect_name(session)
+
+
+@dataclass(slots=True)
+class _Overlap:
+    """How much of the reading thread's work the page writes hid: the seconds it spent reading and preparing
+    pages, and the seconds the writer waited for it (the part not hidden)."""
+
+    reading_s: float = 0.0
+    waited_s: float = 0.0
+
+
+async def _prepared_pages(
+    pages: Iterator[list[Record]], prepare: Callable[[list[Record]], _Page], overlap: _Overlap
+) -> AsyncGenerator[_Page, None]:
+    """The pages of ``pages``, each read and prepared by ``prepare`` in a thread of its own one page ahead of the
+    caller: the next page's parsing, normalising and encryption run while the database writes this one (the
+    event loop is idle then). At most two pages are held; the reading thread stops with the caller."""
+    loop = asyncio.get_running_loop()
+    reader = ThreadPoolExecutor(1, thread_name_prefix="import-reader")
+
+    def next_page() -> _Page | None:
+        started = time.perf_counter()
+        page = next(pages, None)
+        prepared = None if page is None else prepare(page)
+        overlap.reading_s += time.perf_counter() - started
+        return prepared
+
+    pending = loop.run_in_executor(reader, next_page)
+    try:
+        while True:
+            started = time.perf_counter()
+            page = await pending
+            overlap.waited_s += time.perf_counter() - started
+            if page is None:
+                break
+            pending = loop.run_in_executor(reader, next_page)
+            yield page
+    finally:
+        # the page in preparation is finished (or fails) without blocking the event loop, then the file closes
+        with contextlib.suppress(Exception):
+            await pending
+        reader.shutdown(wait=False)
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+
+
+def _prepare_page(ctx: ImportContext, kind: str, source: str, dialect: str, page: list[Record]) -> _Page:
+    """Everything of a page that needs no database: keys, refusals, and the kind's per-row work (claims ready to
+    store for members, parsed orders). Runs in the reading thread: pure functions of the rows only."""
+    errors: list[tuple[Record, str | None, str]] = []
+    keyed: list[tuple[Record, str]] = []
+    for record in page:
+        if record.error is not None:
+            errors.append((record, None, record.error))
+            continue
+        try:
+            keyed.append((record, f"{source}/{_natural_key(kind, record)}"))
+        except ValueError as exc:
+            errors.append((record, None, str(exc)))
+    if kind == "members":
+        rows = _prepare_members(ctx, source, dialect, keyed)
+    elif kind == "orders":
+        rows = _prepare_orders(ctx, source, dialect, keyed)
+    else:
+        rows = [_Row(record, key) for record, key in keyed]
+    return _Page(page, rows, errors)
+
+
 async def _import_page(
     session: AsyncSession,
     ctx: ImportContext,
@@ -363,19 +490,12 @@ async def _import_page(
     kind: str,
     source: str,
     account_id: int | None,
-    page: Sequence[Record],
-) -> tuple[int, int, int]:
-    """(imported, skipped, failed) of one page, applied in the caller's transaction."""
-    errors: list[tuple[Record, str | None, str]] = []
-    rows: list[_Row] = []
-    for record in page:
-        if record.error is not None:
-            errors.append((record, None, record.error))
-            continue
-        try:
-            rows.append(_Row(record, f"{source}/{_natural_key(kind, record)}"))
-        except ValueError as exc:
-            errors.append((record, None, str(exc)))
+    page: _Page,
+) -> tuple[int, int, int, bool]:
+    """(imported, skipped, failed, whether rows went through identity resolution) of one page, applied in the
+    caller's transaction."""
+    errors = list(page.errors)
+    rows = page.rows
     claimed = await _claim(session, import_id, kind, rows)
     fresh = [r for r in rows if claimed.get(r.key) == r.record.line]
     skipped = len(rows) - len(fresh)
@@ -410,7 +530,7 @@ async def _import_page(
                 for record, key, reason in errors
             ],
         )
-    return len(fresh) - len(outcome.failures), skipped, len(errors)
+    return len(fresh) - len(outcome.failures), skipped, len(errors), outcome.resolved
 
 
 def _natural_key(kind: str, record: Record) -> str:
@@ -516,25 +636,36 @@ def _resolution(ctx: ImportContext) -> ResolutionContext:
 # members
 
 
-async def _apply_members(
-    session: AsyncSession, ctx: ImportContext, source: str, account_id: int | None, rows: Sequence[_Row]
-) -> _Outcome:
-    outcome = _Outcome()
-    claim_sets = [
-        ClaimSet(
-            claims=_claims(source, r.record),
+def _prepare_members(
+    ctx: ImportContext, source: str, dialect: str, keyed: Sequence[tuple[Record, str]]
+) -> list[_Row]:
+    """Each row's claim set and, on PostgreSQL, its claims ready for the set-based writer (reading thread)."""
+    resolution = _resolution(ctx)
+    kinds = ctx.host.identity_kinds() if dialect == "postgresql" else {}
+    rows = []
+    for record, key in keyed:
+        cs = ClaimSet(
+            claims=_claims(source, record),
             profile=BuyerProfile(
-                name=r.record.get("name"), province=r.record.get("province"), city=r.record.get("city")
+                name=record.get("name"), province=record.get("province"), city=record.get("city")
             ),
             source_channel=IMPORT_CHANNEL,
             source_campaign=source[:100],
         )
-        for r in rows
-    ]
+        prepared = staged.prepare_member(resolution, kinds, cs) if dialect == "postgresql" else None
+        rows.append(_Row(record, key, (cs, prepared)))
+    return rows
+
+
+async def _apply_members(
+    session: AsyncSession, ctx: ImportContext, source: str, account_id: int | None, rows: Sequence[_Row]
+) -> _Outcome:
+    outcome = _Outcome()
+    claim_sets: list[ClaimSet] = [r.work[0] for r in rows]
     resolution = _resolution(ctx)
     done: dict[int, ResolveOutcome] = {}
     if dialect_name(session) == "postgresql":
-        done = await staged.write_new_members(session, resolution, claim_sets)
+        done = await staged.write_new_members(session, resolution, claim_sets, [r.work[1] for r in rows])
     rest = [i for i in range(len(rows)) if i not in done]
     if rest:
         resolved_rest = await resolve_many(session, resolution, [claim_sets[i] for i in rest])
@@ -640,27 +771,47 @@ def _lines(raw: str) -> tuple[OrderLine, ...]:
     return tuple(out)
 
 
+def _prepare_orders(
+    ctx: ImportContext, source: str, dialect: str, keyed: Sequence[tuple[Record, str]]
+) -> list[_Row]:
+    """Each row's order (or why it cannot be one) and, on PostgreSQL, its claims ready for the set-based writer
+    (reading thread)."""
+    resolution = _resolution(ctx)
+    kinds = ctx.host.identity_kinds() if dialect == "postgresql" else {}
+    rows = []
+    for record, key in keyed:
+        try:
+            order = _order(record, source, ctx.tz)
+        except ValueError as exc:
+            rows.append(_Row(record, key, str(exc)))
+            continue
+        claims = staged.prepare_order(resolution, kinds, order) if dialect == "postgresql" else None
+        rows.append(_Row(record, key, (order, claims)))
+    return rows
+
+
 async def _apply_orders(
     session: AsyncSession, ctx: ImportContext, source: str, account_id: int | None, rows: Sequence[_Row]
 ) -> _Outcome:
     assert account_id is not None  # open_import gives every orders import its account
     outcome = _Outcome()
     orders: list[NormalisedOrder] = []
+    claims_of: list[list[Any] | None] = []
     key_of: dict[str, str] = {}
     for r in rows:
-        try:
-            order = _order(r.record, source, ctx.tz)
-        except ValueError as exc:
-            outcome.failures[r.key] = str(exc)
+        if isinstance(r.work, str):
+            outcome.failures[r.key] = r.work
             continue
+        order, claims = r.work
         orders.append(order)
+        claims_of.append(claims)
         key_of[order.external_id] = r.key
     if not orders:
         return outcome
     if dialect_name(session) == "postgresql":
         # orders of buyers already known (most of a history imported after its members): set-based
         staged_orders = await staged.write_orders(
-            session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders
+            session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders, claims_of
         )
         outcome.members |= staged_orders.member_ids
         orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
@@ -668,6 +819,7 @@ async def _apply_orders(
     if not orders:
         return outcome
     ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
+    outcome.resolved = True
     result = await apply_orders_page(
         session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
     )

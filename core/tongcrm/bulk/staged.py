@@ -67,11 +67,49 @@ class _Conflict(Exception):
     """Another transaction stored one of the page's new identities first."""
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedMember:
+    """What a new member of a claim set needs that no database does: its claims ready to store (normalised,
+    encrypted, blind-indexed), their lookup keys, the masked index of its mobile, and whether the policy creates
+    a member for these claims when none is stored. Made by :func:`prepare_member`, in the import's reading
+    thread."""
+
+    claims: list[Any]  # tongcrm.identity.service._Claim
+    keys: frozenset[tuple[str, str]]
+    masked: str | None
+    creates: bool
+
+
 @dataclass(slots=True)
 class _New:
     index: int
     claim_set: ClaimSet
-    claims: list[Any]  # tongcrm.identity.service._Claim
+    prepared: PreparedMember
+
+
+def prepare_member(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> PreparedMember | None:
+    """The claim set made ready for :func:`write_new_members`; None when a claim cannot be prepared (resolution
+    reports that error itself). A function of the claim set alone (the ``resolve_member`` policy is asked with no
+    matches, as resolution asks it of claims none of which is stored; a policy decides, it keeps no state): safe in
+    another thread."""
+    claims = _prepared(ctx, kinds, cs)
+    if claims is None:
+        return None
+    mobile = next((c for c in claims if c.kind == MOBILE and c.e164 is not None), None)
+    return PreparedMember(
+        claims,
+        frozenset((c.kind, v) for c in claims for v in (c.value, *c.lookup)),
+        None if mobile is None else masked_index(ctx.vault, mobile.e164),
+        _creates(ctx, claims),
+    )
+
+
+def prepare_order(ctx: ResolutionContext, kinds: dict[str, Any], order: NormalisedOrder) -> list[Any] | None:
+    """The order's claims ready for :func:`write_orders`; None when the order is not for it (a buyer profile to
+    fill, a claim that cannot be prepared). Pure: safe in another thread."""
+    if order.buyer.name or order.buyer.mobile or order.buyer.province or order.buyer.city:
+        return None  # a profile to fill into the member: resolution does that
+    return _prepared(ctx, kinds, ClaimSet(order.claims)) if order.claims else []
 
 
 def _prepared(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> list[Any] | None:
@@ -100,27 +138,27 @@ def _creates(ctx: ResolutionContext, claims: Sequence[Any]) -> bool:
 
 
 async def write_new_members(
-    session: AsyncSession, ctx: ResolutionContext, claim_sets: Sequence[ClaimSet]
+    session: AsyncSession,
+    ctx: ResolutionContext,
+    claim_sets: Sequence[ClaimSet],
+    prepared: Sequence[PreparedMember | None] | None = None,
 ) -> dict[int, ResolveOutcome]:
     """Create the members of the claim sets that certainly make new members; {index: outcome} of those.
 
-    The caller resolves the others (in their order) with :func:`tongcrm.identity.service.resolve_many`. Runs in
-    the caller's transaction (PostgreSQL only)."""
-    kinds = ctx.host.identity_kinds()
-    candidates: list[_New] = []
-    for i, cs in enumerate(claim_sets):
-        claims = _prepared(ctx, kinds, cs)
-        if claims is not None:
-            candidates.append(_New(i, cs, claims))
+    ``prepared`` gives :func:`prepare_member` of each claim set when the caller made them beforehand (the bulk
+    import does, in its reading thread). The caller resolves the others (in their order) with
+    :func:`tongcrm.identity.service.resolve_many`. Runs in the caller's transaction (PostgreSQL only)."""
+    if prepared is None:
+        kinds = ctx.host.identity_kinds()
+        prepared = [prepare_member(ctx, kinds, cs) for cs in claim_sets]
+    candidates = [
+        _New(i, cs, p) for i, (cs, p) in enumerate(zip(claim_sets, prepared, strict=True)) if p is not None
+    ]
     if not candidates:
         return {}
     # a claim two rows of the page share: resolution decides how they meet
-    uses = Counter((c.kind, v) for new in candidates for c in new.claims for v in {c.value, *c.lookup})
-    unique = [
-        new
-        for new in candidates
-        if all(uses[(c.kind, v)] == 1 for c in new.claims for v in {c.value, *c.lookup})
-    ]
+    uses = Counter(key for new in candidates for key in new.prepared.keys)
+    unique = [new for new in candidates if all(uses[key] == 1 for key in new.prepared.keys)]
     if not unique:
         return {}
     connection = await session.connection()
@@ -128,13 +166,12 @@ async def write_new_members(
     driver: Any = raw.driver_connection
     kinds_arg, values_arg, rows_arg = [], [], []
     for n, new in enumerate(unique):
-        for c in new.claims:
-            for v in {c.value, *c.lookup}:
-                kinds_arg.append(c.kind)
-                values_arg.append(v)
-                rows_arg.append(n)
+        for kind, value in new.prepared.keys:
+            kinds_arg.append(kind)
+            values_arg.append(value)
+            rows_arg.append(n)
     known = {r[0] for r in await driver.fetch(_LOOKUP, kinds_arg, values_arg, rows_arg)}
-    fresh = [new for n, new in enumerate(unique) if n not in known and _creates(ctx, new.claims)]
+    fresh = [new for n, new in enumerate(unique) if n not in known and new.prepared.creates]
     if not fresh:
         return {}
     now = ctx.clock()
@@ -168,10 +205,10 @@ async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now
                 if raw and raw.strip():
                     profile[name] = raw.strip()[: 100 if name == "name" else 64]
         meta: dict[str, Any] = {name: {"at": stamp, "verified": False} for name in profile}
-        mobile = next((c for c in new.claims if c.kind == MOBILE and c.e164 is not None), None)
-        mobile_enc = masked = None
-        if mobile is not None:
-            mobile_enc, masked = mobile.value_enc, masked_index(ctx.vault, mobile.e164)
+        claims, masked = new.prepared.claims, new.prepared.masked
+        mobile_enc = None
+        if masked is not None:
+            mobile_enc = next(c.value_enc for c in claims if c.kind == MOBILE and c.e164 is not None)
             meta["mobile_enc"] = {"at": stamp, "verified": True}
         members.append(
             (
@@ -181,7 +218,7 @@ async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now
             )
         )  # fmt: skip
         identities.extend(
-            (c.kind, c.value, member_id, c.value_enc, None, c.evidence, now, now) for c in new.claims
+            (c.kind, c.value, member_id, c.value_enc, None, c.evidence, now, now) for c in claims
         )
         payload = {"member_id": member_id, "source": cs.source_channel or "unknown"}
         events.append(("member_created", json.dumps(payload), now))
@@ -269,18 +306,18 @@ async def write_orders(
     account_id: int,
     channel: str,
     orders: Sequence[NormalisedOrder],
+    claims_of: Sequence[list[Any] | None] | None = None,
 ) -> OrdersWritten:
     """Store the new orders whose buyer is already known (or who have none), set-based; the caller applies the
     rest with :func:`tongcrm.ingest.apply.apply_orders_page`. Imported history only: the orders earn no points
-    and emit no events (PostgreSQL, in the caller's transaction)."""
-    kinds = ctx.host.identity_kinds()
-    prepared: list[tuple[NormalisedOrder, list[Any]]] = []
-    for order in orders:
-        if order.buyer.name or order.buyer.mobile or order.buyer.province or order.buyer.city:
-            continue  # a profile to fill into the member: resolution does that
-        claims = _prepared(ctx, kinds, ClaimSet(order.claims)) if order.claims else []
-        if claims is not None:
-            prepared.append((order, claims))
+    and emit no events (PostgreSQL, in the caller's transaction). ``claims_of`` gives :func:`prepare_order` of
+    each order when the caller made them beforehand (the bulk import does, in its reading thread)."""
+    if claims_of is None:
+        kinds = ctx.host.identity_kinds()
+        claims_of = [prepare_order(ctx, kinds, order) for order in orders]
+    prepared = [
+        (order, claims) for order, claims in zip(orders, claims_of, strict=True) if claims is not None
+    ]
     out = OrdersWritten(set(), set())
     if not prepared:
         return out

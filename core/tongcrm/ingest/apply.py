@@ -23,10 +23,9 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.bulk.stats import AnalyseSchedule, analyse
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
-from tongcrm.db import direct
+from tongcrm.db import direct, stats
 from tongcrm.db.dialect import (
     dialect_name,
     insert,
@@ -173,13 +172,16 @@ def _order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False
     ).returning(table.c.id, table.c.external_id, table.c.member_id, table.c.status)
 
 
-#: Orders this process has written per database, and when the tables they grow are analysed next.
-_GROWTH: dict[str, tuple[list[int], AnalyseSchedule]] = {}
+#: What a sync grows, analysed on the database's schedule (:mod:`tongcrm.db.stats`).
+GROWN_TABLES = (
+    "orders", "order_lines", "identities", "members", "points_entries", "points_lots", "points_balances",
+)  # fmt: skip
 
 
 async def _analyse_as_tables_grow(session: AsyncSession, written: int) -> None:
-    """Refresh the planner statistics of what ingest writes when the orders this process wrote reach 10,000,
-    20,000, 40,000… (the bulk import's schedule, :mod:`tongcrm.bulk.stats`), PostgreSQL only.
+    """Count the orders written on the database's analyse schedule (10,000, 20,000, 40,000… rows this process
+    wrote, :mod:`tongcrm.db.stats`, shared with the bulk import) and refresh the planner statistics of what
+    ingest writes when it is due, PostgreSQL only.
 
     A first channel sync grows orders, lines, identities, members and the ledger from empty, and nothing
     analyses them where autovacuum is off or lags behind; PostgreSQL's prepared statements then keep generic
@@ -187,13 +189,9 @@ async def _analyse_as_tables_grow(session: AsyncSession, written: int) -> None:
     tables as they are. The schedule is geometric: all the analyses of a run cost at most twice the last one."""
     if dialect_name(session) != "postgresql":
         return
-    key = session.get_bind().engine.url.render_as_string(hide_password=True)
-    done, schedule = _GROWTH.setdefault(key, ([0], AnalyseSchedule()))
-    done[0] += written
-    if schedule.due(done[0]):
-        log.info("analysing the tables a sync grows", orders_written=done[0])
-        await analyse(session, "orders")
-        await analyse(session, "points")
+    if stats.grown(session, written):
+        log.info("analysing the tables a sync grows", orders_written=written)
+        await stats.analyse(session, GROWN_TABLES)
 
 
 def _is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:
