@@ -103,6 +103,20 @@ def insert_rows(dialect: str, table: sa.Table, columns: Sequence[str], *, in_ord
     return sqlite.insert(table).from_select(list(columns), json_rows(columns, in_order=in_order))
 
 
+def typed_unnest(arrays: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """PostgreSQL, for statements written as text: ``unnest(CAST(:a AS T[]), …)`` over the named, typed
+    arrays, and their bind parameters: one text for any number of rows (JSON travels as text; cast it where it
+    is stored)."""
+    pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+    binds: list[Any] = []
+    casts: list[str] = []
+    for name, type_ in arrays:
+        item = sa.Text() if isinstance(type_, sa.JSON) else type_
+        binds.append(sa.bindparam(name, type_=postgresql.ARRAY(item)))
+        casts.append(f"CAST(:{name} AS {item.compile(dialect=pg)}[])")
+    return f"unnest({', '.join(casts)})", binds
+
+
 def rows_params(
     dialect: str, table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> Any:
