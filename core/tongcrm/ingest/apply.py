@@ -36,7 +36,7 @@ from tongcrm.db.dialect import (
 )
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
-from tongcrm.jobs import outbox
+from tongcrm.jobs import leases, outbox
 from tongcrm.logging import get_logger
 from tongcrm.members.models import ERASED, Member
 from tongcrm.orders.models import Order, OrderLine
@@ -211,6 +211,35 @@ def _is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -
     return order.modified_at > modified_at or (
         order.modified_at == modified_at and order.paid_fen != paid_fen
     )
+
+
+@functools.cache
+def _stored_orders_renewing() -> Any:
+    """PostgreSQL: :func:`_stored_orders` with the sync's lease renewed in the same statement
+    (:func:`tongcrm.jobs.leases.renewal_cte`), one round trip less a page. Always one row or more: the lease's
+    holder (None when it was not renewed) first, then the columns of a stored order (None when none is)."""
+    renewed = leases.renewal_cte()
+    stored = _stored_orders("postgresql").subquery("stored")
+    one = sa.select(sa.literal(1).label("one")).subquery("one")
+    return sa.select(
+        sa.select(renewed.c.holder).scalar_subquery().label("lease_holder"), *stored.c
+    ).select_from(one.outerjoin(stored, sa.true()))
+
+
+async def _read_stored(
+    session: AsyncSession, account_id: int, external_ids: list[str], lease: leases.Renewal | None
+) -> list[Any]:
+    """What :func:`_stored_orders` reads; with ``lease`` renewed first (:class:`tongcrm.jobs.leases.NotHeld`
+    when someone else holds it), on PostgreSQL in the same statement."""
+    params = {"account_id": account_id, "external_ids": external_ids}
+    dialect = dialect_name(session)
+    if lease is None or dialect != "postgresql":
+        if lease is not None:
+            await lease.renew(session)
+        return list((await session.execute(_stored_orders(dialect), params)).all())
+    rows = (await session.execute(_stored_orders_renewing(), {**params, **lease.params()})).all()
+    lease.check(rows[0].lease_holder)
+    return [tuple(row)[1:] for row in rows if row.external_id is not None]
 
 
 @functools.cache
@@ -453,23 +482,25 @@ async def apply_orders_page(
     *,
     earn_points: bool = True,
     emit_events: bool = True,
+    lease: leases.Renewal | None = None,
 ) -> PageResult:
     """Apply one page. ``earn_points=False`` and ``emit_events=False`` are for history brought in by
     ``tongcrm import orders``: an imported order counts for tiers, but earns nothing (the previous CRM's balance
-    arrives as an opening balance) and triggers no care message about a parcel delivered years ago."""
+    arrives as an opening balance) and triggers no care message about a parcel delivered years ago.
+
+    ``lease``: renewed in the page's transaction before anything is read (:class:`tongcrm.jobs.leases.NotHeld`
+    when it is lost), on PostgreSQL in the statement that reads the stored orders."""
     result = PageResult()
-    result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
     incoming = _latest(orders)
     if not incoming:
+        if lease is not None:
+            await lease.renew(session)
+        result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
         return result
 
     # 1. what we hold for these orders
-    stored_rows = (
-        await session.execute(
-            _stored_orders(dialect_name(session)),
-            {"account_id": account_id, "external_ids": [o.external_id for o in incoming]},
-        )
-    ).all()
+    stored_rows = await _read_stored(session, account_id, [o.external_id for o in incoming], lease)
+    result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
     stored = {row[0]: (row[1], row[2], row[3]) for row in stored_rows}
     # an order of an erased member stays with that anonymous record: its buyer's claims are not resolved
     # again (that would re-create the personal data the erasure removed, from an old order)

@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db.dialect import (
+    among,
     column_arrays,
     dialect_name,
     insert,
@@ -590,7 +591,11 @@ class Book:
         if not ids:
             return
         await self.load_lots(
-            sa.and_(LOTS.c.member_id.in_(ids), LOTS.c.status == AVAILABLE, LOTS.c.remaining > 0)
+            sa.and_(
+                among(dialect_name(self.session), LOTS.c.member_id, ids),
+                LOTS.c.status == AVAILABLE,
+                LOTS.c.remaining > 0,
+            )
         )
         self._available_loaded.update(ids)
 
