@@ -44,6 +44,16 @@ def one_of(dialect: str, column: Any, name: str) -> Any:
     return column.in_(values)
 
 
+def among(dialect: str, column: Any, values: Sequence[Any]) -> Any:
+    """``column`` is one of ``values``, bound with the statement: on PostgreSQL ``= ANY($1)`` with one array,
+    so the text (and asyncpg's prepared statement) does not change with the number of values — an ``IN`` list
+    was a new text, a new prepare round trip and an entry evicting others from the connection's statement cache
+    for every length; an ``IN`` list elsewhere."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
 def _is_json(column: sa.ColumnElement[Any]) -> bool:
     return isinstance(column.type, sa.JSON)
 
