@@ -215,22 +215,39 @@ def _is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -
 
 @functools.cache
 def _stored_orders_renewing() -> Any:
-    """PostgreSQL: :func:`_stored_orders` with the sync's lease renewed in the same statement
-    (:func:`tongcrm.jobs.leases.renewal_cte`), one round trip less a page. Always one row or more: the lease's
-    holder (None when it was not renewed) first, then the columns of a stored order (None when none is)."""
+    """PostgreSQL: :func:`_stored_orders` with the sync's lease renewed (:func:`tongcrm.jobs.leases.renewal_cte`)
+    and the programme's settings read (:data:`tongcrm.tiers.programme.SETTINGS`) in the same statement, two
+    round trips less a page. One head row (``head`` true) carries the lease's holder (None when it was not
+    renewed) and the settings; the stored orders follow, in the columns after them."""
     renewed = leases.renewal_cte()
     stored = _stored_orders("postgresql").subquery("stored")
-    one = sa.select(sa.literal(1).label("one")).subquery("one")
-    return sa.select(
-        sa.select(renewed.c.holder).scalar_subquery().label("lease_holder"), *stored.c
-    ).select_from(one.outerjoin(stored, sa.true()))
+    settings = programme.SETTINGS.subquery("settings")
+    holder = sa.select(renewed.c.holder).scalar_subquery()
+    head = sa.select(
+        sa.true().label("head"),
+        holder.label("lease_holder"),
+        *settings.c,
+        *(sa.cast(sa.null(), c.type).label(c.name) for c in stored.c),
+    ).select_from(settings)
+    orders = sa.select(
+        sa.false(),
+        sa.cast(sa.null(), holder.type),
+        *(sa.cast(sa.null(), c.type) for c in settings.c),
+        *stored.c,
+    )
+    return sa.union_all(head, orders)
+
+
+#: The columns of :func:`_stored_orders_renewing` before a stored order's.
+_HEAD_COLUMNS = 6
 
 
 async def _read_stored(
     session: AsyncSession, account_id: int, external_ids: list[str], lease: leases.Renewal | None
 ) -> list[Any]:
     """What :func:`_stored_orders` reads; with ``lease`` renewed first (:class:`tongcrm.jobs.leases.NotHeld`
-    when someone else holds it), on PostgreSQL in the same statement."""
+    when someone else holds it), on PostgreSQL in the same statement, which also hands the transaction the
+    programme's settings (:func:`tongcrm.tiers.programme.hold`)."""
     params = {"account_id": account_id, "external_ids": external_ids}
     dialect = dialect_name(session)
     if lease is None or dialect != "postgresql":
@@ -238,8 +255,10 @@ async def _read_stored(
             await lease.renew(session)
         return list((await session.execute(_stored_orders(dialect), params)).all())
     rows = (await session.execute(_stored_orders_renewing(), {**params, **lease.params()})).all()
-    lease.check(rows[0].lease_holder)
-    return [tuple(row)[1:] for row in rows if row.external_id is not None]
+    head = next(row for row in rows if row.head)
+    lease.check(head.lease_holder)
+    programme.hold(session, head)
+    return [tuple(row)[_HEAD_COLUMNS:] for row in rows if not row.head]
 
 
 @functools.cache
