@@ -425,8 +425,13 @@ async def _follow_up(
     if not work:
         return
     book = Book(session, now=now)
-    await book.lock(sorted({r.member_id for r in rows if r.id in set(work)}))
-    lots = sorted(await book.load_lots(among(dialect, lots_t.c.id, work)), key=lambda lot: lot.id or 0)
+    members = sorted({r.member_id for r in rows if r.id in set(work)})
+    await book.lock(members)
+    # the lots to work on, and (for reversals) their members' available lots, in one read
+    lots = sorted(
+        await book.load_lots(among(dialect, lots_t.c.id, work), with_available_of=members),
+        key=lambda lot: lot.id or 0,
+    )
     released: set[int] = set()
     reversing = []
     for lot in lots:
