@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.channels import service as accounts
 from tongcrm.crypto import Vault
-from tongcrm.db.dialect import dialect_name, one_of
+from tongcrm.db.dialect import among, dialect_name, one_of
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
@@ -58,6 +58,27 @@ async def test_one_of_matches_lists_of_any_length_with_one_statement_text(
             sa.event.remove(engine, "before_cursor_execute", seen)
     assert by_id == {"o1", "o2"}
     assert len(texts) == 2, texts  # one text per column, whatever the list's length
+
+    # among: the values bound with the statement, one text on PostgreSQL whatever their number
+    texts.clear()
+    async with tongcrm_db.sessions() as s:
+        sa.event.listen(engine, "before_cursor_execute", seen)
+        try:
+            found = [
+                set(
+                    (
+                        await s.execute(
+                            sa.select(Order.external_id).where(among(dialect_name(s), Order.id, v))
+                        )
+                    ).scalars()
+                )
+                for v in ([ids["o1"]], [ids["o0"], ids["o3"], -1], [ids["o4"], ids["o2"]])
+            ]
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", seen)
+    assert found == [{"o1"}, {"o0", "o3"}, {"o4", "o2"}]
+    if tongcrm_db.backend == "postgresql":
+        assert len(texts) == 1, texts
 
 
 async def test_insert_rows_keeps_one_text_and_returns_ids_in_row_order(tongcrm_db: TestDatabase) -> None:

@@ -327,6 +327,41 @@ async def test_two_workers_never_sync_one_account_at_once(
         await sync_account(tongcrm_db.sessions, ctx, "shop-a")
 
 
+@pytest.mark.parametrize("page", [["o1", "o2"], []], ids=["orders", "empty"])
+async def test_a_page_renews_its_lease_and_is_refused_once_another_worker_holds_it(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount, page: list[str]
+) -> None:
+    key, ttl = lease_key(account.id), timedelta(minutes=2)
+    orders = [make_order(ext, "b1") for ext in page]
+    async with tongcrm_db.sessions() as session, session.begin():
+        assert await leases.acquire(session, key, "me", ttl, now=NOW)
+    later = NOW + timedelta(minutes=1)
+    async with tongcrm_db.sessions() as session, session.begin():
+        result = await apply_orders_page(
+            session, ctx, account.id, "memory", orders, lease=leases.Renewal(key, "me", ttl, later)
+        )
+    assert result.applied == len(page)
+    async with tongcrm_db.sessions() as session:
+        # renewed: another worker cannot take it before the renewal runs out
+        assert await leases.holder_of(session, key, now=later + timedelta(seconds=90)) == "me"
+    async with tongcrm_db.sessions() as session, session.begin():
+        assert await leases.acquire(session, key, "other-worker", ttl, now=later + ttl + timedelta(seconds=1))
+    async with tongcrm_db.sessions() as session:
+        with pytest.raises(leases.NotHeld):
+            async with session.begin():
+                await apply_orders_page(
+                    session,
+                    ctx,
+                    account.id,
+                    "memory",
+                    [make_order("o3", "b2")],
+                    lease=leases.Renewal(key, "me", ttl, later + ttl + timedelta(seconds=2)),
+                )
+    assert await _count(tongcrm_db, Order) == len(page)
+    async with tongcrm_db.sessions() as session:
+        assert await leases.holder_of(session, key, now=later + ttl + timedelta(seconds=2)) == "other-worker"
+
+
 async def test_expired_session_stops_the_account_until_reauthorised(
     tongcrm_db: TestDatabase,
     ctx: IngestContext,

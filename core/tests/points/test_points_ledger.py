@@ -392,3 +392,43 @@ async def test_concurrent_replays_of_the_same_page_post_once(tongcrm_db: TestDat
         total += (await _balance(tongcrm_db, mid))[0]
     assert total == expected
     await _verify(tongcrm_db)
+
+
+async def test_lock_takes_a_balance_another_transaction_created_after_its_snapshot(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """PostgreSQL locks in one statement that cannot see a balance row committed after it started (its insert
+    waits for that row, then does nothing): it must still lock and read that row."""
+    if tongcrm_db.backend != "postgresql":
+        pytest.skip("the race needs two real connections to PostgreSQL (SQLite serialises writers)")
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    async with tongcrm_db.sessions() as s, s.begin():
+        (member,) = await make_members(s, 1)
+    balances = ledger.BALANCES
+    async with tongcrm_db.sessions() as other, tongcrm_db.sessions() as watcher:
+        await other.begin()
+        await other.execute(
+            sa.insert(balances).values(member_id=member, available=7, pending=2, owed=0, updated_at=now)
+        )
+
+        async def lock() -> ledger.Balance:
+            async with tongcrm_db.sessions() as s, s.begin():
+                book = ledger.Book(s, now=now)
+                await book.lock([member])
+                return book.balance(member)
+
+        locking = asyncio.create_task(lock())
+        waiting = sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        for _ in range(500):  # until the lock's insert waits on the uncommitted row
+            waits = (await watcher.execute(waiting)).scalar_one()
+            await watcher.rollback()  # pg_stat_activity is read once per transaction
+            if waits:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the lock never waited on the other transaction's row")
+        await other.commit()
+        got = await locking
+    assert (got.available, got.pending, got.owed) == (7, 2, 0)

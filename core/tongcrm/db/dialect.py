@@ -48,6 +48,16 @@ def one_of(dialect: str, column: Any, name: str) -> Any:
     return column.in_(values)
 
 
+def among(dialect: str, column: Any, values: Sequence[Any]) -> Any:
+    """``column`` is one of ``values``, bound with the statement: on PostgreSQL ``= ANY($1)`` with one array,
+    so the text (and asyncpg's prepared statement) does not change with the number of values — an ``IN`` list
+    was a new text, a new prepare round trip and an entry evicting others from the connection's statement cache
+    for every length; an ``IN`` list elsewhere."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
 def _is_json(column: sa.ColumnElement[Any]) -> bool:
     return isinstance(column.type, sa.JSON)
 
@@ -105,6 +115,20 @@ def insert_rows(dialect: str, table: sa.Table, columns: Sequence[str], *, in_ord
             list(columns), array_rows(table, columns, in_order=in_order)
         )
     return sqlite.insert(table).from_select(list(columns), json_rows(columns, in_order=in_order))
+
+
+def typed_unnest(arrays: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """PostgreSQL, for statements written as text: ``unnest(CAST(:a AS T[]), …)`` over the named, typed
+    arrays, and their bind parameters: one text for any number of rows (JSON travels as text; cast it where it
+    is stored)."""
+    pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+    binds: list[Any] = []
+    casts: list[str] = []
+    for name, type_ in arrays:
+        item = sa.Text() if isinstance(type_, sa.JSON) else type_
+        binds.append(sa.bindparam(name, type_=postgresql.ARRAY(item)))
+        casts.append(f"CAST(:{name} AS {item.compile(dialect=pg)}[])")
+    return f"unnest({', '.join(casts)})", binds
 
 
 def rows_params(

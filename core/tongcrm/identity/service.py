@@ -584,6 +584,104 @@ def _profile_mobile(ctx: ResolutionContext, p: _Prepared) -> tuple[dict[str, str
     return None, False
 
 
+def _new_member_rows(
+    ctx: ResolutionContext, plan: _Plan, roots: Sequence[int], now: datetime
+) -> list[dict[str, Any]]:
+    """The ``members`` rows (columns :data:`_MEMBER_COLUMNS`) of the batch's new members ``roots``, in order."""
+    rows = []
+    for ph in roots:
+        p = plan.new_members[ph]
+        values = _profile_values(p)
+        mobile, verified = _profile_mobile(ctx, p)
+        meta = {name: {"at": now.isoformat(), "verified": False} for name in values}
+        if mobile is not None:
+            meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
+        cs = p.claim_set
+        rows.append(
+            {
+                "status": "active",
+                "version": 1,
+                "created_at": now,
+                "updated_at": now,
+                "name": values.get("name"),
+                "province": values.get("province"),
+                "city": values.get("city"),
+                **(mobile or {"mobile_enc": None, "mobile_masked_index": None}),
+                "profile_meta": meta,
+                "source_channel": cs.source_channel,
+                "source_store": cs.source_store,
+                "source_campaign": cs.source_campaign,
+                "lifecycle_stage": "prospect",
+            }
+        )
+    return rows
+
+
+def _new_identity_rows(
+    ctx: ResolutionContext, plan: _Plan, member_of: Callable[[int], int | None], now: datetime
+) -> list[dict[str, Any]]:
+    """The ``identities`` rows (columns :data:`_IDENTITY_COLUMNS`) of the batch's new identities, in key order:
+    two transactions inserting overlapping identities (backfill windows of one account applying pages at once)
+    then wait on each other in the same order instead of deadlocking. ``member_of`` maps a plan's member."""
+    rows = [
+        {
+            "kind": c.kind,
+            "value": key[1],
+            "member_id": member_of(owner),
+            "value_enc": c.value_enc,
+            "masked_index": None if c.e164 is None else masked_index(ctx.vault, c.e164),
+            "account_id": account_id,
+            "evidence": c.evidence,
+            "first_seen_at": now,
+            "last_seen_at": now,
+        }
+        for key, (c, account_id, owner) in plan.new_identities.items()
+    ]
+    rows.sort(key=lambda row: (row["kind"], row["value"]))
+    return rows
+
+
+def _fill_updates(
+    ctx: ResolutionContext,
+    plan: _Plan,
+    profiles: dict[int, dict[str, Any]],
+    merged: set[int],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Blank profile fields of existing members filled from what the channel knows (never overwritten): one
+    row per member that changes, its id and version as ``b_id``/``b_version``."""
+    updates = []
+    for member_id, preps in plan.fills.items():
+        if member_id in merged or plan.find(member_id) != member_id or member_id not in profiles:
+            continue
+        current = profiles[member_id]
+        meta = dict(current["profile_meta"])
+        change: dict[str, Any] = {}
+        for p in preps:
+            for name, value in _profile_values(p).items():
+                if not current.get(name) and name not in change:
+                    change[name] = value
+                    meta[name] = {"at": now.isoformat(), "verified": False}
+            if not current.get("mobile_enc") and "mobile_enc" not in change:
+                mobile, verified = _profile_mobile(ctx, p)
+                if mobile is not None:
+                    change.update(mobile)
+                    meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
+        if change:
+            row = {name: current.get(name) for name in _FILLED}
+            row.update(change)
+            updates.append({"b_id": member_id, "b_version": current["version"], "profile_meta": meta, **row})
+    return updates
+
+
+#: The profile columns a fill may set (besides ``profile_meta``).
+_FILLED = ("name", "province", "city", "mobile_enc", "mobile_masked_index")
+
+
+def _created_event(member_id: int, p: _Prepared) -> dict[str, Any]:
+    return {"member_id": member_id, "source": p.claim_set.source_channel or "unknown"}
+
+
 async def _write(
     session: AsyncSession,
     ctx: ResolutionContext,
@@ -596,39 +694,17 @@ async def _write(
     from tongcrm.members.merge import merge_members
 
     members = _MEMBERS
-    # 1. new members, one statement
+    name = dialect.dialect_name(session)
     roots = [ph for ph in sorted(plan.new_members, reverse=True) if plan.find(ph) == ph]
+    if name == "postgresql" and not plan.merges and len(plan.new_identities) <= _CHUNK:
+        await _write_in_one(session, ctx, plan, profiles, now, roots, undo_on_lost_race=undo_on_lost_race)
+        return
+    # 1. new members, one statement
     placeholder_ids: dict[int, int] = {}
     if roots:
-        rows = []
-        for ph in roots:
-            p = plan.new_members[ph]
-            values = _profile_values(p)
-            mobile, verified = _profile_mobile(ctx, p)
-            meta = {name: {"at": now.isoformat(), "verified": False} for name in values}
-            if mobile is not None:
-                meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
-            cs = p.claim_set
-            rows.append(
-                {
-                    "status": "active",
-                    "version": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                    "name": values.get("name"),
-                    "province": values.get("province"),
-                    "city": values.get("city"),
-                    **(mobile or {"mobile_enc": None, "mobile_masked_index": None}),
-                    "profile_meta": meta,
-                    "source_channel": cs.source_channel,
-                    "source_store": cs.source_store,
-                    "source_campaign": cs.source_campaign,
-                    "lifecycle_stage": "prospect",
-                }
-            )
+        rows = _new_member_rows(ctx, plan, roots, now)
         # Ascending ids match the rows: SQLite's one multi-row INSERT assigns rowids in VALUES order (writers
         # are serialised); PostgreSQL's INSERT … SELECT … ORDER BY position draws the sequence in that order.
-        name = dialect.dialect_name(session)
         result = await session.execute(
             _new_members_statement(name), dialect.rows_params(name, members, _MEMBER_COLUMNS, rows)
         )
@@ -663,24 +739,7 @@ async def _write(
     # 3. new identities, one statement; a missing row means another transaction won the race
     if plan.new_identities:
         table = _IDENTITIES
-        rows = [
-            {
-                "kind": c.kind,
-                "value": key[1],
-                "member_id": real(owner),
-                "value_enc": c.value_enc,
-                "masked_index": None if c.e164 is None else masked_index(ctx.vault, c.e164),
-                "account_id": account_id,
-                "evidence": c.evidence,
-                "first_seen_at": now,
-                "last_seen_at": now,
-            }
-            for key, (c, account_id, owner) in plan.new_identities.items()
-        ]
-        name = dialect.dialect_name(session)
-        # in key order: two transactions inserting overlapping identities (backfill windows of one account
-        # applying pages at once) then wait on each other in the same order instead of deadlocking
-        rows.sort(key=lambda row: (row["kind"], row["value"]))
+        rows = _new_identity_rows(ctx, plan, real, now)
         written: list[int] = []
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
@@ -696,36 +755,10 @@ async def _write(
     if plan.touched:
         ids = sorted(plan.touched)
         for start in range(0, len(ids), _CHUNK):
-            await session.execute(
-                _touch_statement(dialect.dialect_name(session)),
-                {"ids": ids[start : start + _CHUNK], "now": now},
-            )
+            await session.execute(_touch_statement(name), {"ids": ids[start : start + _CHUNK], "now": now})
 
     # 5. fill blank profile fields of existing members from what the channel knows (never overwrite)
-    updates = []
-    for member_id, preps in plan.fills.items():
-        if member_id in merged or plan.find(member_id) != member_id or member_id not in profiles:
-            continue
-        current = profiles[member_id]
-        meta = dict(current["profile_meta"])
-        change: dict[str, Any] = {}
-        for p in preps:
-            for name, value in _profile_values(p).items():
-                if not current.get(name) and name not in change:
-                    change[name] = value
-                    meta[name] = {"at": now.isoformat(), "verified": False}
-            if not current.get("mobile_enc") and "mobile_enc" not in change:
-                mobile, verified = _profile_mobile(ctx, p)
-                if mobile is not None:
-                    change.update(mobile)
-                    meta["mobile_enc"] = {"at": now.isoformat(), "verified": verified}
-        if change:
-            row = {
-                name: current.get(name)
-                for name in ("name", "province", "city", "mobile_enc", "mobile_masked_index")
-            }
-            row.update(change)
-            updates.append({"b_id": member_id, "b_version": current["version"], "profile_meta": meta, **row})
+    updates = _fill_updates(ctx, plan, profiles, merged, now)
     if updates:
         c = members.c
         await session.execute(
@@ -738,15 +771,141 @@ async def _write(
     # 6. events
     await outbox.emit_many(
         session,
-        [
-            (
-                "member_created",
-                {
-                    "member_id": placeholder_ids[ph],
-                    "source": plan.new_members[ph].claim_set.source_channel or "unknown",
-                },
-            )
-            for ph in roots
-        ],
+        [("member_created", _created_event(placeholder_ids[ph], plan.new_members[ph])) for ph in roots],
         now=now,
     )
+
+
+async def _write_in_one(
+    session: AsyncSession,
+    ctx: ResolutionContext,
+    plan: _Plan,
+    profiles: dict[int, dict[str, Any]],
+    now: datetime,
+    roots: Sequence[int],
+    *,
+    undo_on_lost_race: bool,
+) -> None:
+    """PostgreSQL, a batch that merges nobody: what :func:`_write` does in steps 1 and 3–6 — new members,
+    their identities, last seen of identities claimed again, profile fills and ``member_created`` events — in
+    ONE statement (:func:`_write_statement`), where they were five round trips a page.
+
+    A new identity names its new member by the member's position among ``roots`` (``member_pos``): the
+    members are inserted in that order, so their ids ascend with it. The events are written only when every
+    identity was (a lost race writes none); the statement returns the new members' and identities' ids, so a
+    lost race undoes its inserts as :func:`_write` does."""
+    position = {ph: n for n, ph in enumerate(roots, start=1)}
+    member_rows = _new_member_rows(ctx, plan, roots, now)
+    identity_rows = _new_identity_rows(ctx, plan, plan.find, now)
+    updates = _fill_updates(ctx, plan, profiles, set(), now)
+    if not (member_rows or identity_rows or plan.touched or updates):
+        return
+    params: dict[str, Any] = {
+        **{f"m_{k}": v for k, v in dialect.column_arrays(_MEMBERS, _MEMBER_COLUMNS, member_rows).items()},
+        **dialect.column_arrays(
+            _IDENTITIES,
+            _IDENTITY_COLUMNS,
+            [{**row, "member_id": max(row["member_id"], 0) or None} for row in identity_rows],
+        ),
+        "member_pos": [position.get(row["member_id"]) for row in identity_rows],
+        "touch_ids": sorted(plan.touched),
+        **{
+            f"f_{k}": v
+            for k, v in dialect.column_arrays(
+                _MEMBERS, ("id", "version", *_FILLED, "profile_meta"), [_fill_row(u) for u in updates]
+            ).items()
+        },
+        "e_source": [plan.new_members[ph].claim_set.source_channel or "unknown" for ph in roots],
+        "identity_count": len(identity_rows),
+        "now": now,
+    }
+    rows = (await session.execute(_write_statement(), params)).all()
+    new_ids = sorted(r.id for r in rows if r.made == "member")
+    written = [r.id for r in rows if r.made == "identity"]
+    plan.placeholder_ids = dict(zip(roots, new_ids, strict=True))
+    for ph in plan.new_members:
+        if ph not in plan.placeholder_ids:
+            plan.placeholder_ids[ph] = plan.placeholder_ids.get(plan.find(ph), plan.find(ph))
+    if len(written) != len(identity_rows):
+        if undo_on_lost_race:
+            await _undo_inserts(session, written, new_ids)
+        raise LostRace()
+
+
+def _fill_row(update: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": update["b_id"],
+        "version": update["b_version"],
+        **{name: update[name] for name in (*_FILLED, "profile_meta")},
+    }
+
+
+@functools.cache
+def _write_statement() -> Any:
+    """The statement of :func:`_write_in_one`: one fixed text (one array per column), prepared once per
+    connection. Each data-modifying CTE sees only what those before it returned: the identities find their new
+    members' ids in the members' ``RETURNING``, the events run only if the identities' ``RETURNING`` has every
+    row (``:identity_count``)."""
+    m_arrays, m_binds = dialect.typed_unnest([(f"m_{n}", _MEMBERS.c[n].type) for n in _MEMBER_COLUMNS])
+    i_arrays, i_binds = dialect.typed_unnest(
+        [*((n, _IDENTITIES.c[n].type) for n in _IDENTITY_COLUMNS), ("member_pos", sa.Integer())]
+    )
+    f_columns = ("id", "version", *_FILLED, "profile_meta")
+    f_arrays, f_binds = dialect.typed_unnest([(f"f_{n}", _MEMBERS.c[n].type) for n in f_columns])
+    e_arrays, e_binds = dialect.typed_unnest([("e_source", sa.Text())])
+    t_arrays, t_binds = dialect.typed_unnest([("touch_ids", _IDENTITIES.c.id.type)])
+
+    def cast_json(column: str, alias: str) -> str:
+        return f"CAST({alias}.{column} AS JSONB)" if column == "profile_meta" else f"{alias}.{column}"
+
+    identity_values = ", ".join(
+        "coalesce(r.member_id, nm.id)" if n == "member_id" else f"r.{n}" for n in _IDENTITY_COLUMNS
+    )
+    sql = f"""
+WITH m AS (
+    SELECT * FROM {m_arrays} WITH ORDINALITY AS m({", ".join(_MEMBER_COLUMNS)}, position)
+),
+made AS (
+    INSERT INTO members ({", ".join(_MEMBER_COLUMNS)})
+    SELECT {", ".join(cast_json(n, "m") for n in _MEMBER_COLUMNS)} FROM m ORDER BY m.position
+    RETURNING id
+),
+nm AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS position FROM made
+),
+r AS (
+    SELECT * FROM {i_arrays} AS r({", ".join(_IDENTITY_COLUMNS)}, member_pos)
+),
+inserted AS (
+    INSERT INTO identities ({", ".join(_IDENTITY_COLUMNS)})
+    SELECT {identity_values} FROM r LEFT JOIN nm ON nm.position = r.member_pos
+    ON CONFLICT (kind, value) DO NOTHING
+    RETURNING id
+),
+touched AS (
+    UPDATE identities SET last_seen_at = :now
+    WHERE id IN (SELECT t.id FROM {t_arrays} AS t(id))
+),
+filled AS (
+    UPDATE members SET version = members.version + 1, updated_at = :now,
+        {", ".join(f"{n} = {cast_json(n, 'f')}" for n in (*_FILLED, "profile_meta"))}
+    FROM {f_arrays} AS f({", ".join(f_columns)})
+    WHERE members.id = f.id AND members.version = f.version
+),
+events AS (
+    INSERT INTO outbox_events (name, payload, occurred_at)
+    SELECT 'member_created', jsonb_build_object('member_id', nm.id, 'source', e.source), :now
+    FROM nm JOIN {e_arrays} WITH ORDINALITY AS e(source, position) ON e.position = nm.position
+    WHERE (SELECT count(*) FROM inserted) = :identity_count
+    ORDER BY nm.position
+)
+SELECT 'member' AS made, id FROM made
+UNION ALL
+SELECT 'identity', id FROM inserted
+"""  # noqa: S608 - built from this module's constant column names, no input
+    binds = [
+        *m_binds, *i_binds, *f_binds, *e_binds, *t_binds,
+        sa.bindparam("now", type_=_IDENTITIES.c.last_seen_at.type),
+        sa.bindparam("identity_count", type_=sa.Integer()),
+    ]  # fmt: skip
+    return sa.text(sql).bindparams(*binds).columns(made=sa.Text(), id=_MEMBERS.c.id.type)

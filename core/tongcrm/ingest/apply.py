@@ -21,6 +21,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
@@ -35,7 +36,7 @@ from tongcrm.db.dialect import (
 )
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
-from tongcrm.jobs import outbox
+from tongcrm.jobs import leases, outbox
 from tongcrm.logging import get_logger
 from tongcrm.members.models import ERASED, Member
 from tongcrm.orders.models import Order, OrderLine
@@ -212,6 +213,54 @@ def _is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -
 
 
 @functools.cache
+def _stored_orders_renewing() -> Any:
+    """PostgreSQL: :func:`_stored_orders` with the sync's lease renewed (:func:`tongcrm.jobs.leases.renewal_cte`)
+    and the programme's settings read (:data:`tongcrm.tiers.programme.SETTINGS`) in the same statement, two
+    round trips less a page. One head row (``head`` true) carries the lease's holder (None when it was not
+    renewed) and the settings; the stored orders follow, in the columns after them."""
+    renewed = leases.renewal_cte()
+    stored = _stored_orders("postgresql").subquery("stored")
+    settings = programme.SETTINGS.subquery("settings")
+    holder = sa.select(renewed.c.holder).scalar_subquery()
+    head = sa.select(
+        sa.true().label("head"),
+        holder.label("lease_holder"),
+        *settings.c,
+        *(sa.cast(sa.null(), c.type).label(c.name) for c in stored.c),
+    ).select_from(settings)
+    orders = sa.select(
+        sa.false(),
+        sa.cast(sa.null(), holder.type),
+        *(sa.cast(sa.null(), c.type) for c in settings.c),
+        *stored.c,
+    )
+    return sa.union_all(head, orders)
+
+
+#: The columns of :func:`_stored_orders_renewing` before a stored order's.
+_HEAD_COLUMNS = 6
+
+
+async def _read_stored(
+    session: AsyncSession, account_id: int, external_ids: list[str], lease: leases.Renewal | None
+) -> list[Any]:
+    """What :func:`_stored_orders` reads; with ``lease`` renewed first (:class:`tongcrm.jobs.leases.NotHeld`
+    when someone else holds it), on PostgreSQL in the same statement, which also hands the transaction the
+    programme's settings (:func:`tongcrm.tiers.programme.hold`)."""
+    params = {"account_id": account_id, "external_ids": external_ids}
+    dialect = dialect_name(session)
+    if lease is None or dialect != "postgresql":
+        if lease is not None:
+            await lease.renew(session)
+        return list((await session.execute(_stored_orders(dialect), params)).all())
+    rows = (await session.execute(_stored_orders_renewing(), {**params, **lease.params()})).all()
+    head = next(row for row in rows if row.head)
+    lease.check(head.lease_holder)
+    programme.hold(session, head)
+    return [tuple(row)[_HEAD_COLUMNS:] for row in rows if not row.head]
+
+
+@functools.cache
 def _stored_orders(dialect: str) -> Any:
     """What is held for a page's orders (and whether their member was erased): one fixed statement for any
     page size, bound with ``account_id`` and the list ``external_ids``."""
@@ -240,14 +289,76 @@ _LINE_COLUMNS = (
 
 @functools.cache
 def _line_upsert(dialect: str) -> Any:
+    return _line_conflict(insert_rows(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS))
+
+
+def _line_conflict(stmt: Any) -> Any:
+    """``stmt`` (an insert of :data:`_LINE_COLUMNS`) as the line upsert, returning (id, order_id, external_id)."""
     table = cast(sa.Table, OrderLine.__table__)
-    stmt = insert_rows(dialect, table, _LINE_COLUMNS)
     changing = (
         "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen", "refunded_fen", "refund_status",
     )  # fmt: skip
     return stmt.on_conflict_do_update(
         index_elements=["order_id", "external_id"], set_={c: stmt.excluded[c] for c in changing}
     ).returning(table.c.id, table.c.order_id, table.c.external_id)
+
+
+@functools.cache
+def _orders_with_lines(columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: the forward-only order upsert (:func:`_order_upsert`) and the upsert of the lines of the
+    orders it writes, in ONE statement (a data-modifying CTE), where they were two round trips a page. The
+    lines are bound as arrays named ``l_<column>``, each naming its order by external id in ``l_order``; they
+    find the order's id in the upsert's ``RETURNING``, so the lines of an order held in a newer version are not
+    written (as when they were upserted after it). Rows: ("order", id, external_id, member_id, status) and
+    ("line", id, external_id, order_id, NULL). One fixed text whatever the page size."""
+    written = _order_upsert("postgresql", columns).cte("written")
+    lines = cast(sa.Table, OrderLine.__table__)
+    names = ("l_order", *(f"l_{c}" for c in _LINE_COLUMNS[1:]))
+    arrays = [
+        sa.bindparam("l_order", type_=postgresql.ARRAY(Order.__table__.c.external_id.type)),
+        *(sa.bindparam(f"l_{c}", type_=postgresql.ARRAY(lines.c[c].type)) for c in _LINE_COLUMNS[1:]),
+    ]
+    rows = sa.func.unnest(*arrays).table_valued(*names, with_ordinality="position").render_derived()
+    source = (
+        sa.select(written.c.id, *(rows.c[n] for n in names[1:]))
+        .join_from(rows, written, written.c.external_id == rows.c.l_order)
+        .order_by(rows.c.position)
+    )
+    upserted = _line_conflict(postgresql.insert(lines).from_select(list(_LINE_COLUMNS), source)).cte("lines")
+    return sa.union_all(
+        sa.select(
+            sa.literal("order").label("kind"),
+            written.c.id,
+            written.c.external_id,
+            written.c.member_id,
+            written.c.status,
+        ),
+        sa.select(sa.literal("line"), upserted.c.id, upserted.c.external_id, upserted.c.order_id, sa.null()),
+    )
+
+
+async def _upsert_orders_with_lines(
+    session: AsyncSession, rows: Sequence[dict[str, Any]], orders: dict[str, NormalisedOrder]
+) -> tuple[dict[str, Any], dict[tuple[int, str], int]]:
+    """PostgreSQL: :func:`upsert_orders` of ``rows`` and :func:`upsert_lines` of the lines of those written
+    (``orders`` by external id) in one statement (:func:`_orders_with_lines`); the orders written by external
+    id, and the lines' ids by (order id, line external id)."""
+    columns = tuple(rows[0])
+    params = rows_params("postgresql", cast(sa.Table, Order.__table__), columns, rows)
+    line_values = [
+        (ext, row) for ext in (r["external_id"] for r in rows) for row in line_rows(0, orders[ext])
+    ]
+    params["l_order"] = [ext for ext, _ in line_values]
+    for c in _LINE_COLUMNS[1:]:
+        params[f"l_{c}"] = [row[c] for _, row in line_values]
+    written: dict[str, Any] = {}
+    line_ids: dict[tuple[int, str], int] = {}
+    for r in (await session.execute(_orders_with_lines(columns), params)).all():
+        if r.kind == "order":
+            written[r.external_id] = r
+        else:
+            line_ids[(r.member_id, r.external_id)] = r.id  # the line's order id rides in the 4th column
+    return written, line_ids
 
 
 def is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:
@@ -388,23 +499,25 @@ async def apply_orders_page(
     *,
     earn_points: bool = True,
     emit_events: bool = True,
+    lease: leases.Renewal | None = None,
 ) -> PageResult:
     """Apply one page. ``earn_points=False`` and ``emit_events=False`` are for history brought in by
     ``tongcrm import orders``: an imported order counts for tiers, but earns nothing (the previous CRM's balance
-    arrives as an opening balance) and triggers no care message about a parcel delivered years ago."""
+    arrives as an opening balance) and triggers no care message about a parcel delivered years ago.
+
+    ``lease``: renewed in the page's transaction before anything is read (:class:`tongcrm.jobs.leases.NotHeld`
+    when it is lost), on PostgreSQL in the statement that reads the stored orders."""
     result = PageResult()
-    result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
     incoming = _latest(orders)
     if not incoming:
+        if lease is not None:
+            await lease.renew(session)
+        result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
         return result
 
     # 1. what we hold for these orders
-    stored_rows = (
-        await session.execute(
-            _stored_orders(dialect_name(session)),
-            {"account_id": account_id, "external_ids": [o.external_id for o in incoming]},
-        )
-    ).all()
+    stored_rows = await _read_stored(session, account_id, [o.external_id for o in incoming], lease)
+    result.quarantined += await quarantine(session, ctx.vault, account_id, quarantined)
     stored = {row[0]: (row[1], row[2], row[3]) for row in stored_rows}
     # an order of an erased member stays with that anonymous record: its buyer's claims are not resolved
     # again (that would re-create the personal data the erasure removed, from an old order)
@@ -460,7 +573,13 @@ async def apply_orders_page(
         prior = stored.get(o.external_id)
         previous[o.external_id] = prior[1] if prior else None
         rows.append(order_row(account_id, channel, o, member_of[o.external_id], previous[o.external_id], now))
-    written = {row.external_id: row for row in await upsert_orders(session, rows)}
+    by_external = {o.external_id: o for o in todo}
+    line_ids: dict[tuple[int, str], int] = {}
+    with_lines = dialect_name(session) == "postgresql"  # 3 and 4 in one statement
+    if with_lines:
+        written, line_ids = await _upsert_orders_with_lines(session, rows, by_external)
+    else:
+        written = {row.external_id: row for row in await upsert_orders(session, rows)}
     result.unchanged += len(todo) - len(written)
     result.applied = len(written)
     if not written:
@@ -468,9 +587,9 @@ async def apply_orders_page(
     await _analyse_as_tables_grow(session, len(written))
 
     # 4. their lines
-    by_external = {o.external_id: o for o in todo}
-    lines = [line for ext in written for line in line_rows(written[ext].id, by_external[ext])]
-    line_ids = await upsert_lines(session, lines) if lines else {}
+    if not with_lines:
+        lines = [line for ext in written for line in line_rows(written[ext].id, by_external[ext])]
+        line_ids = await upsert_lines(session, lines) if lines else {}
 
     # 5. points for every order that has a member
     facts = []

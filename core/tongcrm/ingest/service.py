@@ -198,15 +198,22 @@ async def pull(
             if page.has_more and report.pages + 1 < limit:
                 pending = asyncio.create_task(adapter.fetch_orders(page.next_cursor))
             async with sessions() as session, session.begin():
-                if not await leases.acquire(
-                    session, sink.lease, source.holder, ctx.lease_ttl, now=ctx.clock()
-                ):
+                # the lease is renewed in the page's transaction, by its first statement
+                renewal = leases.Renewal(sink.lease, source.holder, ctx.lease_ttl, ctx.clock())
+                try:
+                    result = await apply_orders_page(
+                        session,
+                        ctx,
+                        source.account_id,
+                        source.channel,
+                        page.orders,
+                        page.quarantined,
+                        lease=renewal,
+                    )
+                except leases.NotHeld:
                     raise LeaseLost(
                         f"lost the lease {sink.lease!r} of {source.name!r}; another worker took over"
-                    )
-                result = await apply_orders_page(
-                    session, ctx, source.account_id, source.channel, page.orders, page.quarantined
-                )
+                    ) from None
                 await sink.advance(session, page, result)
             cursor = page.next_cursor
             _add(report, result)

@@ -6,9 +6,13 @@ workers can never both hold it, and a dead worker's lease lapses on its own.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db.dialect import insert
@@ -37,3 +41,60 @@ async def holder_of(session: AsyncSession, key: str, *, now: datetime) -> str | 
         await session.execute(sa.select(Lease.holder).where(Lease.key == key, Lease.expires_at >= now))
     ).first()
     return row[0] if row else None
+
+
+class NotHeld(Exception):
+    """A :class:`Renewal` found the lease held by someone else."""
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """A lease to renew inside a unit of work, by :func:`acquire` or (PostgreSQL) riding in the unit's first
+    statement as the CTE :func:`renewal_cte`, one round trip less."""
+
+    key: str
+    holder: str
+    ttl: timedelta
+    now: datetime
+
+    async def renew(self, session: AsyncSession) -> None:
+        """Renew it in a statement of its own; :class:`NotHeld` when someone else holds it."""
+        if not await acquire(session, self.key, self.holder, self.ttl, now=self.now):
+            raise NotHeld(self.key)
+
+    def params(self) -> dict[str, Any]:
+        """The parameters of :func:`renewal_cte`."""
+        return {
+            "lease_key": self.key,
+            "lease_holder": self.holder,
+            "lease_expires_at": self.now + self.ttl,
+            "lease_now": self.now,
+        }
+
+    def check(self, holder: str | None) -> None:
+        """:class:`NotHeld` unless ``holder`` (what :func:`renewal_cte` returned) is this renewal's."""
+        if holder != self.holder:
+            raise NotHeld(self.key)
+
+
+@functools.cache
+def renewal_cte() -> Any:
+    """PostgreSQL: :func:`acquire` as a data-modifying CTE named ``renewed`` with one column ``holder`` (a row
+    only when the lease was taken or renewed), bound with :meth:`Renewal.params`; add it to a statement of the
+    unit of work and pass what it returned to :meth:`Renewal.check`."""
+    table = cast(sa.Table, Lease.__table__)
+    stmt = postgresql.insert(table).values(
+        key=sa.bindparam("lease_key", type_=table.c.key.type),
+        holder=sa.bindparam("lease_holder", type_=table.c.holder.type),
+        expires_at=sa.bindparam("lease_expires_at", type_=table.c.expires_at.type),
+    )
+    now = sa.bindparam("lease_now", type_=table.c.expires_at.type)
+    return (
+        stmt.on_conflict_do_update(
+            index_elements=[table.c.key],
+            set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+            where=sa.or_(table.c.expires_at < now, table.c.holder == stmt.excluded.holder),
+        )
+        .returning(table.c.holder)
+        .cte("renewed")
+    )

@@ -39,7 +39,16 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import direct
-from tongcrm.db.dialect import column_arrays, dialect_name, insert, insert_for, insert_rows, rows_params
+from tongcrm.db.dialect import (
+    among,
+    column_arrays,
+    dialect_name,
+    insert,
+    insert_for,
+    insert_rows,
+    rows_params,
+    typed_unnest,
+)
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
 from tongcrm.jobs.outbox import emit_many
@@ -241,7 +250,7 @@ def _posting(emit_events: bool) -> Any:
     """The statement of :func:`_post_in_one`: one fixed text (one array per column), prepared once per
     connection. Each CTE sees only what the ones before it returned, so balances and events are computed from
     the entries' RETURNING and the balances' RETURNING, not re-read."""
-    arrays, binds = _unnest(
+    arrays, binds = typed_unnest(
         [
             *((n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS),
             ("lot_status", LOTS.c.status.type),
@@ -544,6 +553,15 @@ class Book:
         ids = sorted(set(member_ids) - self.balances.keys())
         if not ids:
             return
+        if dialect_name(self.session) == "postgresql":
+            rows = (await self.session.execute(_lock_statement(), {"ids": ids, "now": self.now})).all()
+            for m, available, pending, owed in sorted(rows):
+                self.balances[m] = Balance(m, available, pending, owed, (available, pending, owed))
+            # a row another transaction inserted after this statement's snapshot is neither inserted nor read
+            # by it: lock those the long way
+            ids = [m for m in ids if m not in self.balances]
+            if not ids:
+                return
         ensure = insert(self.session, BALANCES).on_conflict_do_nothing(index_elements=["member_id"])
         await self.session.execute(
             ensure,
@@ -559,24 +577,38 @@ class Book:
         for m, available, pending, owed in (await self.session.execute(query)).all():
             self.balances[m] = Balance(m, available, pending, owed, (available, pending, owed))
 
-    async def load_lots(self, where: sa.ColumnElement[bool]) -> list[Lot]:
-        """Lots matching ``where`` (call after :meth:`lock` for their members)."""
-        rows = (await self.session.execute(sa.select(LOTS).where(where))).all()
+    async def load_lots(
+        self, where: sa.ColumnElement[bool], *, with_available_of: Iterable[int] = ()
+    ) -> list[Lot]:
+        """Lots matching ``where`` (call after :meth:`lock` for their members). ``with_available_of``: the
+        same read also does :meth:`load_available` for those members (one round trip instead of two)."""
+        ids = sorted(set(with_available_of) - self._available_loaded)
+        query = sa.select(LOTS)
+        if ids:
+            query = sa.select(LOTS, where.label("wanted")).where(sa.or_(where, self._available_of(ids)))
+        rows = (await self.session.execute(query if ids else query.where(where))).all()
         out = []
         for row in rows:
             lot = self.lots.get(row.id)
             if lot is None:
                 lot = self.lots[row.id] = _lot_from_row(row)
-            out.append(lot)
+            if not ids or row.wanted:
+                out.append(lot)
+        self._available_loaded.update(ids)
         return out
+
+    def _available_of(self, member_ids: Sequence[int]) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            among(dialect_name(self.session), LOTS.c.member_id, member_ids),
+            LOTS.c.status == AVAILABLE,
+            LOTS.c.remaining > 0,
+        )
 
     async def load_available(self, member_ids: Iterable[int]) -> None:
         ids = sorted(set(member_ids) - self._available_loaded)
         if not ids:
             return
-        await self.load_lots(
-            sa.and_(LOTS.c.member_id.in_(ids), LOTS.c.status == AVAILABLE, LOTS.c.remaining > 0)
-        )
+        await self.load_lots(self._available_of(ids))
         self._available_loaded.update(ids)
 
     def balance(self, member_id: int) -> Balance:
@@ -922,17 +954,37 @@ _NEW_LOT_COLUMNS = (
 )  # fmt: skip
 
 
-def _unnest(arrays: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
-    """``unnest(CAST(:a AS T[]), …)`` over the named, typed arrays, and their bind parameters: one text for
-    any number of rows (JSON travels as text; cast it where it is stored)."""
-    pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
-    binds: list[Any] = []
-    casts: list[str] = []
-    for name, type_ in arrays:
-        item = sa.Text() if isinstance(type_, sa.JSON) else type_
-        binds.append(sa.bindparam(name, type_=postgresql.ARRAY(item)))
-        casts.append(f"CAST(:{name} AS {item.compile(dialect=pg)}[])")
-    return f"unnest({', '.join(casts)})", binds
+@functools.cache
+def _lock_statement() -> Any:
+    """PostgreSQL, :meth:`Book.lock` in ONE statement where it was two round trips: create the missing balance
+    rows of the members bound as ``ids`` (returned as inserted, locked by the insert) and lock and read the
+    others, both in member id order. The locking read runs on the statement's snapshot, so it does not see the
+    rows the insert adds (the two halves never return a member twice), nor a row another transaction inserted
+    since: that member is in neither half, and the caller locks it again with the two statements."""
+    sql = """
+WITH ids AS (
+    SELECT unnest(CAST(:ids AS BIGINT[])) AS member_id
+),
+ensured AS (
+    INSERT INTO points_balances (member_id, available, pending, owed, updated_at)
+    SELECT member_id, 0, 0, 0, :now FROM ids ORDER BY member_id
+    ON CONFLICT (member_id) DO NOTHING
+    RETURNING member_id, available, pending, owed
+),
+locked AS (
+    SELECT b.member_id, b.available, b.pending, b.owed FROM points_balances b
+    WHERE b.member_id IN (SELECT member_id FROM ids)
+    ORDER BY b.member_id
+    FOR UPDATE OF b
+)
+SELECT * FROM ensured
+UNION ALL
+SELECT * FROM locked
+"""
+    return sa.text(sql).bindparams(
+        sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger())),
+        sa.bindparam("now", type_=BALANCES.c.updated_at.type),
+    )
 
 
 def _entry_values(alias: str) -> str:
@@ -946,20 +998,22 @@ def _entry_values(alias: str) -> str:
 def _flush_statement() -> Any:
     """The statement of :meth:`Book._flush_in_one`. Lots and draws find the ids of the entries inserted with
     them by key; nothing but the entries is written unless every entry was inserted (``:entry_count``)."""
-    entries, entry_binds = _unnest([(n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS])
+    entries, entry_binds = typed_unnest([(n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS])
     entry_values = _entry_values("r")
-    lots, lot_binds = _unnest([("n_key", sa.Text()), *((f"n_{n}", LOTS.c[n].type) for n in _NEW_LOT_COLUMNS)])
-    updates, update_binds = _unnest(
+    lots, lot_binds = typed_unnest(
+        [("n_key", sa.Text()), *((f"n_{n}", LOTS.c[n].type) for n in _NEW_LOT_COLUMNS)]
+    )
+    updates, update_binds = typed_unnest(
         [(f"u_{n}", LOTS.c[n].type) for n in ("id", "remaining", "reversed", "status", "available_at")]
     )
-    draws, draw_binds = _unnest(
+    draws, draw_binds = typed_unnest(
         [("d_lot_id", sa.BigInteger()), ("d_lot_key", sa.Text()), ("d_entry_id", sa.BigInteger()),
          ("d_entry_key", sa.Text()), ("d_kind", DRAWS.c.kind.type), ("d_amount", sa.BigInteger())]
     )  # fmt: skip
-    balances, balance_binds = _unnest(
+    balances, balance_binds = typed_unnest(
         [(f"b_{n}", BALANCES.c[n].type) for n in ("member_id", "available", "pending", "owed")]
     )
-    events, event_binds = _unnest([("e_payload", sa.Text())])
+    events, event_binds = typed_unnest([("e_payload", sa.Text())])
     complete = "(SELECT count(*) FROM e) = :entry_count"
     sql = f"""
 WITH e AS (

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit import service as audit_service
 from tongcrm.db import direct, txcache
-from tongcrm.db.dialect import dialect_name, insert, insert_rows, one_of, rows_params
+from tongcrm.db.dialect import among, dialect_name, insert, insert_rows, one_of, rows_params
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order, OrderLine
@@ -410,7 +410,8 @@ async def _follow_up(
         line.line_id: (o, line) for o in candidates for line in o.lines
     }
     lots_t = cast(sa.Table, PointsLot.__table__)
-    rows = (await session.execute(_lots_of_lines(dialect_name(session)), {"line_ids": sorted(facts)})).all()
+    dialect = dialect_name(session)
+    rows = (await session.execute(_lots_of_lines(dialect), {"line_ids": sorted(facts)})).all()
     work: list[int] = []
     for r in rows:
         order, line = facts[r.line_id]
@@ -424,8 +425,13 @@ async def _follow_up(
     if not work:
         return
     book = Book(session, now=now)
-    await book.lock(sorted({r.member_id for r in rows if r.id in set(work)}))
-    lots = sorted(await book.load_lots(lots_t.c.id.in_(work)), key=lambda lot: lot.id or 0)
+    members = sorted({r.member_id for r in rows if r.id in set(work)})
+    await book.lock(members)
+    # the lots to work on, and (for reversals) their members' available lots, in one read
+    lots = sorted(
+        await book.load_lots(among(dialect, lots_t.c.id, work), with_available_of=members),
+        key=lambda lot: lot.id or 0,
+    )
     released: set[int] = set()
     reversing = []
     for lot in lots:
