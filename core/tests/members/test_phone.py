@@ -45,6 +45,27 @@ def test_the_bare_mobile_shortcut_agrees_with_phonenumbers(tail: str) -> None:
         assert mask_mobile(expected) == f"{raw[:3]}****{raw[-4:]}"
 
 
+@settings(max_examples=2000, deadline=None)  # phonenumbers' first parses are slow on a loaded machine
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789", min_size=11, max_size=11),
+        st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True),
+    ),
+    st.sampled_from(["CN", "US", "GB"]),
+)
+def test_the_e164_mobile_shortcut_agrees_with_phonenumbers(national: str, region: str) -> None:
+    """``+86`` and eleven digits (the form channels that normalise numbers hand over) skip phonenumbers: the
+    answer must be what phonenumbers says for that text, from any default region."""
+    raw = "+86" + national
+    expected = _full(raw)
+    normalise_mobile.cache_clear()  # the shortcut, not an earlier answer, is under test
+    if expected is None:
+        with pytest.raises(InvalidMobile):
+            normalise_mobile(raw, region)
+    else:
+        assert normalise_mobile(raw, region) == expected == raw
+
+
 @pytest.mark.parametrize("raw", ["13800138000", "+86 138-0013-8000", "008613800138000", " 138 0013 8000 "])
 def test_one_person_typed_several_ways(raw: str) -> None:
     assert normalise_mobile(raw) == "+8613800138000"

@@ -17,6 +17,7 @@ from tongcrm.identity.service import (
     InvalidClaimValue,
     ResolutionContext,
     UnknownIdentityKind,
+    _LazyMeta,
     resolve,
     resolve_many,
 )
@@ -285,6 +286,10 @@ async def test_profile_fills_blanks_but_never_overwrites(
     (a,) = await run(
         tongcrm_db, ctx, ClaimSet((uid("u1"),), profile=BuyerProfile(name="李四"), source_channel="taobao")
     )
+    async with tongcrm_db.sessions() as session:
+        first = await session.get(Member, a.member_id)
+        assert first is not None
+        name_meta = first.profile_meta["name"]
     await run(
         tongcrm_db,
         ctx,
@@ -296,8 +301,27 @@ async def test_profile_fills_blanks_but_never_overwrites(
     assert member.name == "李四" and member.city == "上海" and member.source_channel == "taobao"
     assert ctx.vault.decrypt(member.mobile_enc or "", context="member.mobile") == "+8613800138000"
     assert member.version == 2
+    # the fill adds the metadata of what it filled to what the member had (read back from the lookup)
+    assert member.profile_meta["name"] == name_meta
+    assert set(member.profile_meta) == {"name", "city", "mobile_enc"}
+    assert member.profile_meta["mobile_enc"]["verified"] is False
 
 
 def test_clock_fixture_is_monotonic() -> None:
     clock = Clock()
     assert clock() < clock()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('{"name": {"verified": true}}', {"name": {"verified": True}}),
+        ({"city": {}}, {"city": {}}),
+        (None, {}),
+        ("null", {}),
+    ],
+)
+def test_profile_metadata_read_by_the_lookup_parses_on_first_use(raw: Any, expected: dict[str, Any]) -> None:
+    """The lookup hands ``profile_meta`` over as the text the database returned; a fill copies it as a dict."""
+    meta = _LazyMeta(raw)
+    assert dict(meta) == expected and len(meta) == len(expected)

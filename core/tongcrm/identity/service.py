@@ -19,7 +19,8 @@ the winner's member.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -149,6 +150,33 @@ class _Known:
     profile: dict[str, Any]
     #: Whether the member read has a referrer (None: the identity named a tombstone, followed since).
     referred: bool | None = None
+
+
+class _LazyMeta(Mapping[str, Any]):
+    """A member's ``profile_meta`` as the lookup read it (JSON text, or what the driver decoded), parsed on
+    first use: a page reads it for every known member and needs it only for the few whose blank fields it
+    fills."""
+
+    __slots__ = ("_parsed", "_raw")
+
+    def __init__(self, raw: str | Mapping[str, Any] | None) -> None:
+        self._raw = raw
+        self._parsed: Mapping[str, Any] | None = None
+
+    def _meta(self) -> Mapping[str, Any]:
+        if self._parsed is None:
+            raw = self._raw
+            self._parsed = (json.loads(raw) if isinstance(raw, str) else raw) or {}
+        return self._parsed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._meta()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._meta())
+
+    def __len__(self) -> int:
+        return len(self._meta())
 
 
 @dataclass(slots=True)
@@ -290,7 +318,9 @@ def _lookup_statement(dialect_name: str, kinds: tuple[str, ...]) -> Any:
     return (
         sa.select(
             i.id, i.kind, i.value, i.member_id, m.status, m.created_at, m.version, m.referrer_id,
-            m.name, m.province, m.city, m.mobile_enc, m.mobile_masked_index, m.profile_meta,
+            m.name, m.province, m.city, m.mobile_enc, m.mobile_masked_index,
+            # as text, parsed only where it is needed (:class:`_LazyMeta`)
+            sa.type_coerce(m.profile_meta, sa.Text()).label("profile_meta"),
         )
         .join_from(_IDENTITIES, _MEMBERS, i.member_id == m.id)
         .where(
@@ -366,7 +396,7 @@ async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[
                     "city": row.city,
                     "mobile_enc": row.mobile_enc,
                     "mobile_masked_index": row.mobile_masked_index,
-                    "profile_meta": row.profile_meta or {},
+                    "profile_meta": _LazyMeta(row.profile_meta),
                 },
                 row.referrer_id is not None,
             )

@@ -47,6 +47,10 @@ def normalise_mobile(raw: str, region: str = DEFAULT_REGION) -> str:
         # the common case (a bare Chinese mobile) checked against phonenumbers' own mobile pattern for CN,
         # which is what the full parse below would accept it by: same answer, a twentieth of the time
         return "+86" + raw
+    if len(raw) == 14 and raw.startswith("+86") and _CN_MOBILE.fullmatch(raw, 3):
+        # a Chinese mobile already in E.164 (what channels that normalise numbers hand over): +86 is CN's
+        # calling code whatever the region, so the parse below reads the same national number as above
+        return raw
     text = raw.strip()
     if text.startswith("00"):
         text = "+" + text[2:]

@@ -20,7 +20,7 @@ rules of lower priority do not apply to that line (or event). Arithmetic is in i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -109,6 +109,12 @@ class RuleSet:
     version: int
     doc: RuleSetDoc
     rates: dict[str, tuple[int, int]]  # spend rule code -> (numerator, denominator) points per yuan
+    #: The spend rules in order of evaluation (priority), sorted once: every line of every order walks them.
+    spend_by_priority: tuple[SpendRule, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.spend_rules, key=lambda r: r.priority))
+        object.__setattr__(self, "spend_by_priority", ordered)
 
     @property
     def spend_rules(self) -> list[SpendRule]:
@@ -252,7 +258,7 @@ def spend_applies(rule: SpendRule, line: LineInput) -> bool:
 def earn_for_line(rules: RuleSet, line: LineInput, multiplier_pct: int) -> list[Earned]:
     """The points each applicable spend rule awards for one line, before caps."""
     out: list[Earned] = []
-    for rule in sorted(rules.spend_rules, key=lambda r: r.priority):
+    for rule in rules.spend_by_priority:
         if not spend_applies(rule, line):
             continue
         num, den = rules.rates[rule.code]
