@@ -242,14 +242,26 @@ _LINE_COLUMNS = (
 
 @functools.cache
 def _line_upsert(dialect: str) -> Any:
+    return line_upsert(insert_rows(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS))
+
+
+def line_upsert(stmt: Any) -> Any:
+    """``stmt`` (a dialect's ``INSERT`` of ``order_lines`` rows of :func:`line_rows`' columns) as the lines'
+    upsert, returning (id, order_id, external_id): the page's statement, and the tail of a till's order-and-lines
+    statement (:mod:`tongcrm.counter_sale`)."""
     table = cast(sa.Table, OrderLine.__table__)
-    stmt = insert_rows(dialect, table, _LINE_COLUMNS)
     changing = (
         "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen", "refunded_fen", "refund_status",
     )  # fmt: skip
     return stmt.on_conflict_do_update(
         index_elements=["order_id", "external_id"], set_={c: stmt.excluded[c] for c in changing}
     ).returning(table.c.id, table.c.order_id, table.c.external_id)
+
+
+def order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False) -> Any:
+    """The statement :func:`upsert_orders` runs for rows of ``columns`` (built once), for a caller that chains
+    it with more (a till's order and its lines in one statement, :mod:`tongcrm.counter_sale`)."""
+    return _order_upsert(dialect, columns, touching)
 
 
 def is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:
