@@ -68,6 +68,7 @@ from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
+from tongcrm.auth.service import GENERATION_COLUMN
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
@@ -284,6 +285,22 @@ def paid_points_due(redeemed: int, lines: Sequence[ReturnedLine]) -> int:
 
 #: Statements :class:`OwnRows` found to touch only a caller's tables: statement → {(tables, readonly)}.
 _CHECKED: weakref.WeakKeyDictionary[Any, set[tuple[frozenset[str], bool]]] = weakref.WeakKeyDictionary()
+#: A caller's statement → the same statement answering the API keys' revocation counter too (built once).
+_STAMPED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _stamped(statement: sa.Executable) -> Any:
+    """``statement`` answering :data:`tongcrm.auth.service.GENERATION_COLUMN` as its last column."""
+    stamped = _STAMPED.get(statement)
+    if stamped is None:
+        if isinstance(statement, sa.Select):
+            stamped = statement.add_columns(GENERATION_COLUMN)
+        elif isinstance(statement, sa.Insert | sa.Update | sa.Delete):
+            stamped = statement.returning(GENERATION_COLUMN)
+        else:
+            raise PluginError(f"a statement answering rows is needed, not {type(statement).__name__}")
+        _STAMPED[statement] = stamped
+    return stamped
 
 
 class OwnRows:
@@ -294,6 +311,8 @@ class OwnRows:
         self._tables = frozenset(t.fullname for t in tables)
         self._readonly = readonly
         self.dialect = dialect_name(session)
+        #: the API keys' revocation counter as a statement of this unit of work last read it (None: not read)
+        self.key_generation: int | None = None
 
     def _refuse_foreign(self, statement: sa.Executable) -> None:
         if self._readonly and isinstance(statement, UpdateBase):
@@ -349,6 +368,18 @@ class OwnRows:
         self._checked(statement)
         return await direct.first(self._session, statement, params)
 
+    async def first_stamped(self, statement: sa.Executable, params: Mapping[str, Any]) -> Any | None:
+        """:meth:`first`, the statement also answering the API keys' revocation counter (a ``SELECT``'s extra
+        column, a write's extra ``RETURNING``), kept in :attr:`key_generation` when a row came back: a request
+        handler that confirms its caller's key itself (:func:`tongcrm.api.security.confirms_key_itself`)
+        confirms it under that counter, without a round trip of its own. The row carries it as
+        ``key_generation`` after the statement's own columns."""
+        self._checked(statement)
+        row = await direct.first(self._session, _stamped(statement), params)
+        if row is not None:
+            self.key_generation = int(row.key_generation or 0)
+        return row
+
     async def run(self, statement: sa.Executable, params: Mapping[str, Any]) -> None:
         """Run ``statement`` (built once) with ``params`` as :meth:`first` does, for a write answering nothing."""
         self._checked(statement)
@@ -391,6 +422,12 @@ class CounterWork:
     @property
     def tz(self) -> ZoneInfo:
         return self._service.tz
+
+    @property
+    def key_generation(self) -> int | None:
+        """The API keys' revocation counter as a statement of this unit of work read it (the till's lookup,
+        :meth:`OwnRows.first_stamped`), for :func:`tongcrm.api.security.confirm_key`; None: none read it."""
+        return self.rows.key_generation
 
     def _writable(self) -> None:
         if self.readonly:
@@ -454,6 +491,7 @@ class CounterWork:
         row = await direct.first(self._session, _CARD, {"kind": kind, "values": values})
         if row is None:
             return None
+        self.rows.key_generation = int(row.key_generation or 0)
         if row.status != "active":
             found = await members.resolve_live_id(self._session, row.id)
             return found
@@ -906,7 +944,8 @@ class _CardFields:
 
 
 #: A member an identity names (as :func:`tongcrm.members.service.lookup` finds them), with what a cashier sees
-#: of them, their available points and whether a tier ladder exists: a till's lookup in one statement.
+#: of them, their available points, whether a tier ladder exists and the API keys' revocation counter (the
+#: till's key is confirmed under it, :attr:`CounterWork.key_generation`): a till's lookup in one statement.
 _CARD = (
     sa.select(
         Member.id,
@@ -918,6 +957,7 @@ _CARD = (
         .scalar_subquery()
         .label("available"),
         sa.select(TierLadder.version).exists().label("has_ladder"),
+        GENERATION_COLUMN,
     )
     .join(Identity, Identity.member_id == Member.id)
     .where(Identity.kind == sa.bindparam("kind"), Identity.value.in_(sa.bindparam("values", expanding=True)))
