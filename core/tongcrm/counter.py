@@ -52,6 +52,7 @@ import asyncio
 import functools
 import time
 import weakref
+from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -418,6 +419,8 @@ class CounterWork:
         self._members: dict[int, Member] = {}
         #: in a read-only unit of work, the card rows :meth:`find_member` read (nothing here can change them)
         self._cards: dict[int, Any] = {}
+        #: a buyer's rows (as :data:`_BUYER_BY_ID` reads them) read along another statement, for :meth:`buyer`
+        self._buyers: dict[int, list[Any]] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -438,6 +441,26 @@ class CounterWork:
         """A savepoint: what the block did is undone if it raises; the unit of work goes on."""
         async with self._session.begin_nested():
             yield
+
+    async def first_with_buyer(
+        self, statement: sa.Executable, params: Mapping[str, Any], *, member_id: int
+    ) -> Any | None:
+        """``uow.rows.first_stamped(statement, params)`` and, on PostgreSQL in the same statement, the read
+        that ``buyer(member_id=member_id)`` makes first, kept for it in this unit of work (one round trip
+        for a till's receipt row and its buyer). The buyer is read whatever the statement answers; a caller
+        that does not go on to ask for the buyer has read it for nothing, and nothing else changes."""
+        if self.rows.dialect != "postgresql":
+            return await self.rows.first_stamped(statement, params)
+        self.rows._checked(statement)
+        plan = _with_buyer(statement)
+        rows = await direct.rows(self._session, plan.statement, {**params, _BUYER_ID: member_id})
+        own = next((r for r in rows if r.own_present), None)
+        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+        if own is None:
+            return None
+        row = plan.own(own)
+        self.rows.key_generation = int(row.key_generation or 0)
+        return row
 
     # -- accounts and members ---------------------------------------------------------------------------------
 
@@ -724,7 +747,9 @@ class CounterWork:
         kinds = self._service.host.identity_kinds()
         asked = member_id
         for _ in range(_MAX_MERGE_HOPS):
-            rows = await direct.rows(self._session, _BUYER_BY_ID, {"member_id": member_id})
+            rows = self._buyers.pop(member_id, None)
+            if rows is None:
+                rows = await direct.rows(self._session, _BUYER_BY_ID, {"member_id": member_id})
             if not rows:
                 break
             if rows[0].status == "merged" and rows[0].merged_into_id is not None:
@@ -914,23 +939,74 @@ class CounterWork:
 
 #: A member's status and identities, mobile first (statements on a till's path are built once: building one
 #: cost more than running it).
+_BUYER_COLUMNS = (
+    Member.status,
+    Member.merged_into_id,
+    Identity.kind,
+    Identity.value,
+    Identity.value_enc,
+    Identity.id.label("identity_id"),
+    Member.created_at,
+    Member.mobile_enc.is_not(None).label("has_mobile"),
+    Member.referrer_id,
+)
+_BUYER_ORDER = (sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
 _BUYER_BY_ID = (
-    sa.select(
-        Member.status,
-        Member.merged_into_id,
-        Identity.kind,
-        Identity.value,
-        Identity.value_enc,
-        Identity.id.label("identity_id"),
-        Member.created_at,
-        Member.mobile_enc.is_not(None).label("has_mobile"),
-        Member.referrer_id,
-    )
+    sa.select(*_BUYER_COLUMNS)
     .select_from(Member)
     .outerjoin(Identity, Identity.member_id == Member.id)
     .where(Member.id == sa.bindparam("member_id"))
-    .order_by(sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
+    .order_by(*_BUYER_ORDER)
 )
+_BUYER_ID = "buyer_member_id"
+_BUYER_KEYS: tuple[str, ...] = tuple(str(c.key) for c in _BUYER_BY_ID.selected_columns)
+_BuyerRow = namedtuple("_BuyerRow", _BUYER_KEYS)  # type: ignore[misc]
+
+
+@dataclass(frozen=True, slots=True)
+class _WithBuyer:
+    """A caller's statement (stamped) and :data:`_BUYER_BY_ID` in one: its rows split back into the two."""
+
+    statement: Any
+    own_row: Any
+    own_width: int
+
+    def own(self, row: Any) -> Any:
+        return self.own_row(*row[: self.own_width])
+
+    def buyer(self, row: Any) -> Any:
+        return _BuyerRow(*row[self.own_width + 1 : self.own_width + 1 + len(_BUYER_KEYS)])
+
+
+_WITH_BUYER: weakref.WeakKeyDictionary[Any, _WithBuyer] = weakref.WeakKeyDictionary()
+
+
+def _with_buyer(statement: sa.Executable) -> _WithBuyer:
+    """PostgreSQL: ``SELECT own.*, true, buyer.* FROM (SELECT 1) LEFT JOIN own LEFT JOIN buyer``, ``own`` the
+    stamped statement as a CTE (a write in it runs once, whatever the rest reads), ``buyer`` the rows of
+    :data:`_BUYER_BY_ID` for the member bound as ``buyer_member_id``, in its order. Built once per statement."""
+    plan = _WITH_BUYER.get(statement)
+    if plan is not None:
+        return plan
+    own = _stamped(statement).cte("own")
+    keys = [c.key for c in own.c]
+    marked = sa.select(*own.c, sa.true().label("own_present")).subquery("own_row")
+    ranked = (
+        sa.select(*_BUYER_COLUMNS, sa.func.row_number().over(order_by=_BUYER_ORDER).label("buyer_rank"))
+        .select_from(Member)
+        .outerjoin(Identity, Identity.member_id == Member.id)
+        .where(Member.id == sa.bindparam(_BUYER_ID, type_=Member.id.type))
+        .subquery("buyer")
+    )
+    anchor = sa.select(sa.literal(1).label("one")).subquery("anchor")
+    buyer_columns = [ranked.c[name].label(f"buyer_{name}") for name in _BUYER_KEYS]
+    combined = (
+        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns)
+        .select_from(anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true()))
+        .order_by(ranked.c.buyer_rank)
+    )
+    plan = _WITH_BUYER[statement] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys))
+    return plan
 
 
 @dataclass(frozen=True, slots=True)

@@ -502,7 +502,11 @@ async def _claim(
         "result": {},
         "updated_at": now,
     }
-    row = await uow.rows.first_stamped(_claim_statement(uow), values)
+    buyer = r.member.member_id if r.kind == "sale" and r.member is not None else None
+    if buyer is not None:  # the sale reads its buyer next: on PostgreSQL with the claim, in one round trip
+        row = await uow.first_with_buyer(_claim_statement(uow), values, member_id=buyer)
+    else:
+        row = await uow.rows.first_stamped(_claim_statement(uow), values)
     return None if row is None else int(row[0])
 
 
