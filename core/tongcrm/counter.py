@@ -499,10 +499,11 @@ class CounterWork:
         self._members[member.id] = member  # the session's identity map holds it only weakly
         return member.id
 
-    async def _find_card(self, *, mobile: str | None, identity: str | None) -> int | None:
+    async def _find_card(self, *, mobile: str | None, identity: str | None, keep: bool = True) -> int | None:
         """:meth:`find_member` in a read-only unit of work: the member, their available points and whether
         there is a tier ladder in one statement (a till's lookup by mobile is then one round trip without a
-        ladder), kept for :meth:`member_card`. A member found not live goes the long way."""
+        ladder), kept for :meth:`member_card` (``keep``). A member found not live goes the long way. A sale's
+        buyer (:meth:`buyer`) is found with it too, without ``keep``: the sale changes what it read."""
         try:
             kind, values = members.lookup_key(
                 self._service.vault, self._service.host, mobile=mobile, identity=identity
@@ -518,7 +519,8 @@ class CounterWork:
         if row.status != "active":
             found = await members.resolve_live_id(self._session, row.id)
             return found
-        self._cards[row.id] = row
+        if keep:
+            self._cards[row.id] = row
         return int(row.id)
 
     async def member_card(self, member_id: int, *, created: bool = False) -> MemberAtCounter:
@@ -732,14 +734,15 @@ class CounterWork:
                     f"{claim.kind!r} is not an identity a buyer can be named by",
                     status=422,
                 )
-            return Buyer(await self.find_member(identity=f"{claim.kind}:{claim.value}"), claim)
+            named = await self._find_card(mobile=None, identity=f"{claim.kind}:{claim.value}", keep=False)
+            return Buyer(named, claim)
         if mobile is not None:
             try:
                 e164 = normalise_mobile(mobile)
             except InvalidMobile as exc:
                 raise CounterRefused("invalid_mobile", exc.message, status=422) from None
             claim = IdentityClaim("mobile", e164, evidence)
-            return Buyer(await self.find_member(mobile=e164), claim)
+            return Buyer(await self._find_card(mobile=e164, identity=None, keep=False), claim)
         assert member_id is not None
         return await self._buyer_by_id(member_id, evidence)
 
