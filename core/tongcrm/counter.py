@@ -52,6 +52,7 @@ import asyncio
 import functools
 import time
 import weakref
+from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -68,6 +69,7 @@ from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
+from tongcrm.auth.service import GENERATION_COLUMN
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
@@ -284,6 +286,22 @@ def paid_points_due(redeemed: int, lines: Sequence[ReturnedLine]) -> int:
 
 #: Statements :class:`OwnRows` found to touch only a caller's tables: statement → {(tables, readonly)}.
 _CHECKED: weakref.WeakKeyDictionary[Any, set[tuple[frozenset[str], bool]]] = weakref.WeakKeyDictionary()
+#: A caller's statement → the same statement answering the API keys' revocation counter too (built once).
+_STAMPED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _stamped(statement: sa.Executable) -> Any:
+    """``statement`` answering :data:`tongcrm.auth.service.GENERATION_COLUMN` as its last column."""
+    stamped = _STAMPED.get(statement)
+    if stamped is None:
+        if isinstance(statement, sa.Select):
+            stamped = statement.add_columns(GENERATION_COLUMN)
+        elif isinstance(statement, sa.Insert | sa.Update | sa.Delete):
+            stamped = statement.returning(GENERATION_COLUMN)
+        else:
+            raise PluginError(f"a statement answering rows is needed, not {type(statement).__name__}")
+        _STAMPED[statement] = stamped
+    return stamped
 
 
 class OwnRows:
@@ -294,6 +312,8 @@ class OwnRows:
         self._tables = frozenset(t.fullname for t in tables)
         self._readonly = readonly
         self.dialect = dialect_name(session)
+        #: the API keys' revocation counter as a statement of this unit of work last read it (None: not read)
+        self.key_generation: int | None = None
 
     def _refuse_foreign(self, statement: sa.Executable) -> None:
         if self._readonly and isinstance(statement, UpdateBase):
@@ -349,6 +369,18 @@ class OwnRows:
         self._checked(statement)
         return await direct.first(self._session, statement, params)
 
+    async def first_stamped(self, statement: sa.Executable, params: Mapping[str, Any]) -> Any | None:
+        """:meth:`first`, the statement also answering the API keys' revocation counter (a ``SELECT``'s extra
+        column, a write's extra ``RETURNING``), kept in :attr:`key_generation` when a row came back: a request
+        handler that confirms its caller's key itself (:func:`tongcrm.api.security.confirms_key_itself`)
+        confirms it under that counter, without a round trip of its own. The row carries it as
+        ``key_generation`` after the statement's own columns."""
+        self._checked(statement)
+        row = await direct.first(self._session, _stamped(statement), params)
+        if row is not None:
+            self.key_generation = int(row.key_generation or 0)
+        return row
+
     async def run(self, statement: sa.Executable, params: Mapping[str, Any]) -> None:
         """Run ``statement`` (built once) with ``params`` as :meth:`first` does, for a write answering nothing."""
         self._checked(statement)
@@ -387,10 +419,18 @@ class CounterWork:
         self._members: dict[int, Member] = {}
         #: in a read-only unit of work, the card rows :meth:`find_member` read (nothing here can change them)
         self._cards: dict[int, Any] = {}
+        #: a buyer's rows (as :data:`_BUYER_BY_ID` reads them) read along another statement, for :meth:`buyer`
+        self._buyers: dict[int, list[Any]] = {}
 
     @property
     def tz(self) -> ZoneInfo:
         return self._service.tz
+
+    @property
+    def key_generation(self) -> int | None:
+        """The API keys' revocation counter as a statement of this unit of work read it (the till's lookup,
+        :meth:`OwnRows.first_stamped`), for :func:`tongcrm.api.security.confirm_key`; None: none read it."""
+        return self.rows.key_generation
 
     def _writable(self) -> None:
         if self.readonly:
@@ -401,6 +441,26 @@ class CounterWork:
         """A savepoint: what the block did is undone if it raises; the unit of work goes on."""
         async with self._session.begin_nested():
             yield
+
+    async def first_with_buyer(
+        self, statement: sa.Executable, params: Mapping[str, Any], *, member_id: int
+    ) -> Any | None:
+        """``uow.rows.first_stamped(statement, params)`` and, on PostgreSQL in the same statement, the read
+        that ``buyer(member_id=member_id)`` makes first, kept for it in this unit of work (one round trip
+        for a till's receipt row and its buyer). The buyer is read whatever the statement answers; a caller
+        that does not go on to ask for the buyer has read it for nothing, and nothing else changes."""
+        if self.rows.dialect != "postgresql":
+            return await self.rows.first_stamped(statement, params)
+        self.rows._checked(statement)
+        plan = _with_buyer(statement)
+        rows = await direct.rows(self._session, plan.statement, {**params, _BUYER_ID: member_id})
+        own = next((r for r in rows if r.own_present), None)
+        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+        if own is None:
+            return None
+        row = plan.own(own)
+        self.rows.key_generation = int(row.key_generation or 0)
+        return row
 
     # -- accounts and members ---------------------------------------------------------------------------------
 
@@ -439,10 +499,11 @@ class CounterWork:
         self._members[member.id] = member  # the session's identity map holds it only weakly
         return member.id
 
-    async def _find_card(self, *, mobile: str | None, identity: str | None) -> int | None:
+    async def _find_card(self, *, mobile: str | None, identity: str | None, keep: bool = True) -> int | None:
         """:meth:`find_member` in a read-only unit of work: the member, their available points and whether
         there is a tier ladder in one statement (a till's lookup by mobile is then one round trip without a
-        ladder), kept for :meth:`member_card`. A member found not live goes the long way."""
+        ladder), kept for :meth:`member_card` (``keep``). A member found not live goes the long way. A sale's
+        buyer (:meth:`buyer`) is found with it too, without ``keep``: the sale changes what it read."""
         try:
             kind, values = members.lookup_key(
                 self._service.vault, self._service.host, mobile=mobile, identity=identity
@@ -454,10 +515,12 @@ class CounterWork:
         row = await direct.first(self._session, _CARD, {"kind": kind, "values": values})
         if row is None:
             return None
+        self.rows.key_generation = int(row.key_generation or 0)
         if row.status != "active":
             found = await members.resolve_live_id(self._session, row.id)
             return found
-        self._cards[row.id] = row
+        if keep:
+            self._cards[row.id] = row
         return int(row.id)
 
     async def member_card(self, member_id: int, *, created: bool = False) -> MemberAtCounter:
@@ -671,14 +734,15 @@ class CounterWork:
                     f"{claim.kind!r} is not an identity a buyer can be named by",
                     status=422,
                 )
-            return Buyer(await self.find_member(identity=f"{claim.kind}:{claim.value}"), claim)
+            named = await self._find_card(mobile=None, identity=f"{claim.kind}:{claim.value}", keep=False)
+            return Buyer(named, claim)
         if mobile is not None:
             try:
                 e164 = normalise_mobile(mobile)
             except InvalidMobile as exc:
                 raise CounterRefused("invalid_mobile", exc.message, status=422) from None
             claim = IdentityClaim("mobile", e164, evidence)
-            return Buyer(await self.find_member(mobile=e164), claim)
+            return Buyer(await self._find_card(mobile=e164, identity=None, keep=False), claim)
         assert member_id is not None
         return await self._buyer_by_id(member_id, evidence)
 
@@ -686,7 +750,9 @@ class CounterWork:
         kinds = self._service.host.identity_kinds()
         asked = member_id
         for _ in range(_MAX_MERGE_HOPS):
-            rows = await direct.rows(self._session, _BUYER_BY_ID, {"member_id": member_id})
+            rows = self._buyers.pop(member_id, None)
+            if rows is None:
+                rows = await direct.rows(self._session, _BUYER_BY_ID, {"member_id": member_id})
             if not rows:
                 break
             if rows[0].status == "merged" and rows[0].merged_into_id is not None:
@@ -876,23 +942,74 @@ class CounterWork:
 
 #: A member's status and identities, mobile first (statements on a till's path are built once: building one
 #: cost more than running it).
+_BUYER_COLUMNS = (
+    Member.status,
+    Member.merged_into_id,
+    Identity.kind,
+    Identity.value,
+    Identity.value_enc,
+    Identity.id.label("identity_id"),
+    Member.created_at,
+    Member.mobile_enc.is_not(None).label("has_mobile"),
+    Member.referrer_id,
+)
+_BUYER_ORDER = (sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
 _BUYER_BY_ID = (
-    sa.select(
-        Member.status,
-        Member.merged_into_id,
-        Identity.kind,
-        Identity.value,
-        Identity.value_enc,
-        Identity.id.label("identity_id"),
-        Member.created_at,
-        Member.mobile_enc.is_not(None).label("has_mobile"),
-        Member.referrer_id,
-    )
+    sa.select(*_BUYER_COLUMNS)
     .select_from(Member)
     .outerjoin(Identity, Identity.member_id == Member.id)
     .where(Member.id == sa.bindparam("member_id"))
-    .order_by(sa.case((Identity.kind == "mobile", 0), else_=1), Identity.id)
+    .order_by(*_BUYER_ORDER)
 )
+_BUYER_ID = "buyer_member_id"
+_BUYER_KEYS: tuple[str, ...] = tuple(str(c.key) for c in _BUYER_BY_ID.selected_columns)
+_BuyerRow = namedtuple("_BuyerRow", _BUYER_KEYS)  # type: ignore[misc]
+
+
+@dataclass(frozen=True, slots=True)
+class _WithBuyer:
+    """A caller's statement (stamped) and :data:`_BUYER_BY_ID` in one: its rows split back into the two."""
+
+    statement: Any
+    own_row: Any
+    own_width: int
+
+    def own(self, row: Any) -> Any:
+        return self.own_row(*row[: self.own_width])
+
+    def buyer(self, row: Any) -> Any:
+        return _BuyerRow(*row[self.own_width + 1 : self.own_width + 1 + len(_BUYER_KEYS)])
+
+
+_WITH_BUYER: weakref.WeakKeyDictionary[Any, _WithBuyer] = weakref.WeakKeyDictionary()
+
+
+def _with_buyer(statement: sa.Executable) -> _WithBuyer:
+    """PostgreSQL: ``SELECT own.*, true, buyer.* FROM (SELECT 1) LEFT JOIN own LEFT JOIN buyer``, ``own`` the
+    stamped statement as a CTE (a write in it runs once, whatever the rest reads), ``buyer`` the rows of
+    :data:`_BUYER_BY_ID` for the member bound as ``buyer_member_id``, in its order. Built once per statement."""
+    plan = _WITH_BUYER.get(statement)
+    if plan is not None:
+        return plan
+    own = _stamped(statement).cte("own")
+    keys = [c.key for c in own.c]
+    marked = sa.select(*own.c, sa.true().label("own_present")).subquery("own_row")
+    ranked = (
+        sa.select(*_BUYER_COLUMNS, sa.func.row_number().over(order_by=_BUYER_ORDER).label("buyer_rank"))
+        .select_from(Member)
+        .outerjoin(Identity, Identity.member_id == Member.id)
+        .where(Member.id == sa.bindparam(_BUYER_ID, type_=Member.id.type))
+        .subquery("buyer")
+    )
+    anchor = sa.select(sa.literal(1).label("one")).subquery("anchor")
+    buyer_columns = [ranked.c[name].label(f"buyer_{name}") for name in _BUYER_KEYS]
+    combined = (
+        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns)
+        .select_from(anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true()))
+        .order_by(ranked.c.buyer_rank)
+    )
+    plan = _WITH_BUYER[statement] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys))
+    return plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -906,7 +1023,8 @@ class _CardFields:
 
 
 #: A member an identity names (as :func:`tongcrm.members.service.lookup` finds them), with what a cashier sees
-#: of them, their available points and whether a tier ladder exists: a till's lookup in one statement.
+#: of them, their available points, whether a tier ladder exists and the API keys' revocation counter (the
+#: till's key is confirmed under it, :attr:`CounterWork.key_generation`): a till's lookup in one statement.
 _CARD = (
     sa.select(
         Member.id,
@@ -918,6 +1036,7 @@ _CARD = (
         .scalar_subquery()
         .label("available"),
         sa.select(TierLadder.version).exists().label("has_ladder"),
+        GENERATION_COLUMN,
     )
     .join(Identity, Identity.member_id == Member.id)
     .where(Identity.kind == sa.bindparam("kind"), Identity.value.in_(sa.bindparam("values", expanding=True)))

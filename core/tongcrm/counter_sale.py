@@ -46,10 +46,11 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import direct
-from tongcrm.db.dialect import dialect_name, insert_for
+from tongcrm.db.dialect import dialect_name, insert_for, rows_params
 from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
 from tongcrm.identity.service import (
@@ -64,8 +65,10 @@ from tongcrm.ingest.apply import (
     IngestContext,
     is_news,
     line_rows,
+    line_upsert,
     order_facts,
     order_row,
+    order_upsert,
     quarantine,
     upsert_lines,
     upsert_orders,
@@ -73,7 +76,7 @@ from tongcrm.ingest.apply import (
 from tongcrm.jobs import outbox
 from tongcrm.members.masked import masked_index
 from tongcrm.members.models import ERASED, Member
-from tongcrm.orders.models import Order
+from tongcrm.orders.models import Order, OrderLine
 from tongcrm.plugin.types import (
     IdentityClaim,
     MemberMatch,
@@ -166,6 +169,64 @@ def _order_changed_statement(kinds: tuple[str, ...]) -> Any:
         )
         .returning(summed.label("points"), available.label("available"))
     )
+
+
+_LINES = cast(sa.Table, OrderLine.__table__)
+#: The columns of a line bound as arrays by the order-and-lines statement (the order's id comes from its upsert),
+#: each as ``line_<column>``: the order's own arrays are named after its columns, some of them the same.
+_LINE_VALUES = (
+    "external_id", "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen", "refunded_fen",
+    "refund_status",
+)  # fmt: skip
+
+
+@functools.cache
+def _order_and_lines_statement(columns: tuple[str, ...], touching: bool) -> Any:
+    """PostgreSQL: the order's forward-only upsert (:func:`tongcrm.ingest.apply.order_upsert`, with the known
+    buyer's ``last_seen_at`` when ``touching``) and its lines' upsert (:func:`tongcrm.ingest.apply.line_upsert`)
+    in one statement, the lines inserted from the order's ``RETURNING``: one row per line written, (the order's
+    id, external_id, member_id, status, the line's id and external_id). No row: the order is held in a newer
+    version, and neither it nor its lines were written — what the two statements did, in one round trip."""
+    written = order_upsert("postgresql", columns, touching).cte("written")
+    arrays = [sa.bindparam(f"line_{n}", type_=postgresql.ARRAY(_LINES.c[n].type)) for n in _LINE_VALUES]
+    values = sa.func.unnest(*arrays).table_valued(*_LINE_VALUES).render_derived("line_values")
+    source = sa.select(written.c.id, *values.c).select_from(written.join(values, sa.true()))
+    lines = line_upsert(postgresql.insert(_LINES).from_select(["order_id", *_LINE_VALUES], source)).cte(
+        "lines"
+    )
+    return sa.select(
+        written.c.id,
+        written.c.external_id,
+        written.c.member_id,
+        written.c.status,
+        lines.c.id.label("line_id"),
+        lines.c.external_id.label("line_external_id"),
+    ).select_from(written.outerjoin(lines, sa.true()))
+
+
+async def _order_and_lines(
+    session: AsyncSession, row: dict[str, Any], order: NormalisedOrder, touch: tuple[int, datetime] | None
+) -> tuple[Any, dict[tuple[int, str], int]] | None:
+    """The order's row and its lines' ids as :func:`upsert_orders` and :func:`upsert_lines` answer them (None:
+    held in a newer version, nothing written): in one statement on PostgreSQL when the order has lines,
+    else in those two."""
+    if dialect_name(session) != "postgresql" or not order.lines:
+        written_rows = await upsert_orders(session, [row], touch=touch)
+        if not written_rows:
+            return None
+        lines = line_rows(int(written_rows[0].id), order)
+        return written_rows[0], (await upsert_lines(session, lines) if lines else {})
+    columns = tuple(row)
+    params = rows_params("postgresql", cast(sa.Table, Order.__table__), columns, [row])
+    if touch is not None:
+        params.update(touch_identity_id=touch[0], touch_at=touch[1])
+    for line in line_rows(0, order):
+        for name in _LINE_VALUES:
+            params.setdefault(f"line_{name}", []).append(line[name])
+    written = await direct.rows(session, _order_and_lines_statement(columns, touch is not None), params)
+    if not written:
+        return None
+    return written[0], {(r.id, r.line_external_id): r.line_id for r in written}
 
 
 def _known_member(
@@ -377,15 +438,13 @@ async def apply_counter_order(
     # the order and its lines, forward only
     now = ctx.clock()
     prior_status = held.status if held is not None else None
-    written_rows = await upsert_orders(
-        session, [order_row(account_id, channel, order, buyer, prior_status, now)], touch=touch
+    stored_now = await _order_and_lines(
+        session, order_row(account_id, channel, order, buyer, prior_status, now), order, touch
     )
-    if not written_rows:  # another transaction stored a newer version first
+    if stored_now is None:  # another transaction stored a newer version first
         return CounterOrder(None, None)
-    written = written_rows[0]
+    written, line_ids = stored_now
     order_id, member, status = int(written.id), written.member_id, written.status
-    lines = line_rows(order_id, order)
-    line_ids = await upsert_lines(session, lines) if lines else {}
 
     # points, referral rewards, tiers
     if member is not None:

@@ -289,11 +289,13 @@ _LINE_COLUMNS = (
 
 @functools.cache
 def _line_upsert(dialect: str) -> Any:
-    return _line_conflict(insert_rows(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS))
+    return line_upsert(insert_rows(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS))
 
 
-def _line_conflict(stmt: Any) -> Any:
-    """``stmt`` (an insert of :data:`_LINE_COLUMNS`) as the line upsert, returning (id, order_id, external_id)."""
+def line_upsert(stmt: Any) -> Any:
+    """``stmt`` (a dialect's ``INSERT`` of ``order_lines`` rows of :func:`line_rows`' columns) as the lines'
+    upsert, returning (id, order_id, external_id): the page's statement, and the tail of a till's order-and-lines
+    statement (:mod:`tongcrm.counter_sale`)."""
     table = cast(sa.Table, OrderLine.__table__)
     changing = (
         "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen", "refunded_fen", "refund_status",
@@ -324,7 +326,7 @@ def _orders_with_lines(columns: tuple[str, ...]) -> Any:
         .join_from(rows, written, written.c.external_id == rows.c.l_order)
         .order_by(rows.c.position)
     )
-    upserted = _line_conflict(postgresql.insert(lines).from_select(list(_LINE_COLUMNS), source)).cte("lines")
+    upserted = line_upsert(postgresql.insert(lines).from_select(list(_LINE_COLUMNS), source)).cte("lines")
     return sa.union_all(
         sa.select(
             sa.literal("order").label("kind"),
@@ -359,6 +361,12 @@ async def _upsert_orders_with_lines(
         else:
             line_ids[(r.member_id, r.external_id)] = r.id  # the line's order id rides in the 4th column
     return written, line_ids
+
+
+def order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False) -> Any:
+    """The statement :func:`upsert_orders` runs for rows of ``columns`` (built once), for a caller that chains
+    it with more (a till's order and its lines in one statement, :mod:`tongcrm.counter_sale`)."""
+    return _order_upsert(dialect, columns, touching)
 
 
 def is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:

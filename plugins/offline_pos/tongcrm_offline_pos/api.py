@@ -28,7 +28,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, PathParameter
 from tongcrm.api.inputs import nul_checked_per_item, problems
-from tongcrm.api.security import check_access, principal_of, requires
+from tongcrm.api.security import check_access, confirm_key, confirms_key_itself, principal_of, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.counter import CounterService, CounterWork
@@ -123,6 +123,7 @@ def build_router(config: PosConfig) -> Router:
         description="Returns masked name and mobile, tier (null without a tier ladder), entitlements usable "
         "now and available points. A member code is good for one use: a second lookup with it is a 409.",
         status_code=200,
+        opt=confirms_key_itself(),
     )
     async def lookup(
         data: JSONBody[LookupIn],
@@ -130,12 +131,20 @@ def build_router(config: PosConfig) -> Router:
         request: Request[Any, Any, Any],
     ) -> MemberAtTill:
         principal = principal_of(request)
-        async with work(counter, principal, readonly=data.code is None) as uow:
-            store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
-            await config.tills.require(uow, store, data.till)
-            return await members.lookup(
-                uow, store, data.till, mobile=data.mobile, code=data.code, card=data.card
-            )
+        # A till key trusted from the cache is confirmed under the revocation counter the lookup's own
+        # statement read (a refusal included: then read here), before anything is answered or committed.
+        try:
+            async with work(counter, principal, readonly=data.code is None) as uow:
+                store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
+                await config.tills.require(uow, store, data.till)
+                found = await members.lookup(
+                    uow, store, data.till, mobile=data.mobile, code=data.code, card=data.card
+                )
+                await confirm_key(request, uow.key_generation)
+        except Exception:
+            await confirm_key(request, None)
+            raise
+        return found
 
     @post(
         "/members",
@@ -182,7 +191,8 @@ def build_router(config: PosConfig) -> Router:
         request_max_body_size=MAX_BODY_BYTES,
         responses={200: ResponseSpec(ReceiptResult, description="the receipt sent again: its first answer")},
         # text the database cannot store is the receipt's own refusal (422, reason invalid_text), as any other
-        opt=nul_checked_per_item(),
+        # the till's key is confirmed under the revocation counter the receipt's claim read (see lookup)
+        opt={**nul_checked_per_item(), **confirms_key_itself()},
     )
     async def checkout(
         data: JSONBody[ReceiptIn],
@@ -190,12 +200,17 @@ def build_router(config: PosConfig) -> Router:
         request: Request[Any, Any, Any],
     ) -> Response[ReceiptResult]:
         principal = principal_of(request)
-        own_store(principal, data.store)
-        async with work(counter, principal) as uow:
-            store = await stores.get_store(uow, data.store)
-            result = await receipts.apply_receipt(
-                uow, store, data, tills=config.tills, offline=False, sent_at=None, strict=True
-            )
+        try:
+            own_store(principal, data.store)
+            async with work(counter, principal) as uow:
+                store = await stores.get_store(uow, data.store)
+                result = await receipts.apply_receipt(
+                    uow, store, data, tills=config.tills, offline=False, sent_at=None, strict=True
+                )
+                await confirm_key(request, uow.key_generation)  # a 401 here rolls the receipt back
+        except Exception:
+            await confirm_key(request, None)
+            raise
         return Response(result, status_code=200 if result.replayed else 201)
 
     @post(

@@ -470,7 +470,7 @@ def _claim_statement(uow: CounterWork) -> Any:
 
 async def _existing(uow: CounterWork, store: Store, r: ReceiptIn) -> Any:
     key = {"account_id": store.account_id, "till_code": r.till, "business_day": r.business_day}
-    return await uow.rows.first(_EXISTING, {**key, "sequence": r.sequence})
+    return await uow.rows.first_stamped(_EXISTING, {**key, "sequence": r.sequence})
 
 
 async def _claim(
@@ -478,7 +478,9 @@ async def _claim(
     skew: int | None, offline: bool, sent: datetime | None, now: datetime,
 ) -> int | None:  # fmt: skip
     """Insert the receipt's row as ``pending``; ``None`` when the key already has a row (a replay, or a
-    concurrent upload of the same receipt that committed first)."""
+    concurrent upload of the same receipt that committed first). The claim, or the read of the row it met,
+    also reads the API keys' revocation counter (``uow.key_generation``), under which the online checkout
+    confirms its till's key."""
     values = {
         "account_id": store.account_id,
         "till_code": r.till,
@@ -500,7 +502,11 @@ async def _claim(
         "result": {},
         "updated_at": now,
     }
-    row = await uow.rows.first(_claim_statement(uow), values)
+    buyer = r.member.member_id if r.kind == "sale" and r.member is not None else None
+    if buyer is not None:  # the sale reads its buyer next: on PostgreSQL with the claim, in one round trip
+        row = await uow.first_with_buyer(_claim_statement(uow), values, member_id=buyer)
+    else:
+        row = await uow.rows.first_stamped(_claim_statement(uow), values)
     return None if row is None else int(row[0])
 
 
