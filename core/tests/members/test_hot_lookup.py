@@ -180,3 +180,18 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
         hot_routes(app, {"/unconfirmed": build})
     with pytest.raises(ConfigError, match="no GET route"):
         hot_routes(app, {"/missing": build})
+
+
+async def test_a_mobile_typed_with_other_digits_is_the_same_member(make_client: Any) -> None:
+    """A mobile sent with fullwidth digits (as some input methods type them) is the member of the same mobile
+    in ASCII: one member, found by either form (the E.164 shortcut once stored it as it came, under another
+    blind index)."""
+    async with make_client(host=make_host()) as api:
+        made = await api.post("/api/members", json={"name": "王小明", "mobile": "+86138\uff10\uff10138000"})
+        assert made.status_code == 201, made.text
+        for mobile in ("13800138000", "+8613800138000", "+86138\uff10\uff10138000"):
+            found = await api.get(LOOKUP, params={"mobile": mobile})
+            assert found.status_code == 200, (mobile, found.text)
+            assert found.json()["id"] == made.json()["id"]
+        again = await api.post("/api/members", json={"name": "王小明", "mobile": "13800138000"})
+        assert again.status_code == 409, again.text

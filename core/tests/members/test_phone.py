@@ -88,3 +88,19 @@ def test_a_mobile_identity_is_stored_under_the_current_key_and_found_under_every
     assert mobile_identity_value(alone, "+86 13800138000") == (CURRENT_INDEX, (CURRENT_INDEX,), e164)
     with pytest.raises(InvalidMobile):
         mobile_identity_value(alone, "12345")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "+86138\uff10\uff10138000",  # E.164 with two FULLWIDTH DIGIT ZEROs (an IME's digits, pasted)
+        "138\uff10\uff10138000",  # the bare form, the same digits
+        "+86138\u0660\u0660138000",  # ARABIC-INDIC DIGIT ZEROs
+    ],
+)
+def test_digits_of_other_scripts_give_the_ascii_e164(raw: str) -> None:
+    """The shortcuts match phonenumbers' pattern, whose ``\\d`` would match any script's digits: such a number
+    must still come out as phonenumbers writes it (ASCII digits), not as it came in — otherwise it is stored under
+    another blind index than the same mobile typed in ASCII, and the same person becomes a second member."""
+    normalise_mobile.cache_clear()
+    assert normalise_mobile(raw) == "+8613800138000" == _full(raw)

@@ -325,3 +325,58 @@ def test_profile_metadata_read_by_the_lookup_parses_on_first_use(raw: Any, expec
     """The lookup hands ``profile_meta`` over as the text the database returned; a fill copies it as a dict."""
     meta = _LazyMeta(raw)
     assert dict(meta) == expected and len(meta) == len(expected)
+
+
+class MobileWins:
+    """A policy for claims naming two members: the one the mobile names takes them (no merge)."""
+
+    @hookimpl
+    def resolve_member(self, claims: Any, matches: list[MemberMatch]) -> ResolutionDecision | None:
+        by_mobile = [m.member_id for m in matches if m.kind == "mobile"]
+        if by_mobile and len({m.member_id for m in matches}) > 1:
+            return ResolutionDecision(member_id=by_mobile[0], reason="the mobile wins")
+        return None
+
+
+async def test_a_lost_race_leaves_no_profile_fill_of_its_first_attempt(
+    tongcrm_db: TestDatabase, vault: Any
+) -> None:
+    """The first attempt of a batch (no savepoint) that loses the race for a new identity takes back what it
+    wrote: its resolution is redone and may name another member, so the profile it filled into the member it
+    first chose must not stay there."""
+    if tongcrm_db.backend != "postgresql":
+        pytest.skip("the race needs two real connections to PostgreSQL (SQLite serialises writers)")
+    host = make_host()
+    host.register(MobileWins(), "policy")
+    ctx = ResolutionContext(host=host, vault=vault, clock=Clock())
+    (a,) = await run(tongcrm_db, ctx, ClaimSet((uid("u1"),)))  # member A: no city, no mobile
+    engine = create_engine(tongcrm_db.url)
+    try:
+        async with session_factory(engine)() as other, other.begin():
+            # another transaction stores the mobile first, for a new member B, and has not committed yet
+            (b,) = await resolve_many(other, ctx, [ClaimSet((mobile("13700130000"),))])
+            batch = asyncio.create_task(
+                run(
+                    tongcrm_db,
+                    ctx,
+                    ClaimSet((uid("u1"), mobile("13700130000")), profile=BuyerProfile(city="上海")),
+                )
+            )
+            for _ in range(600):  # until the batch waits on B's identity row (its first attempt's insert)
+                waiting = await other.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                )
+                if waiting.scalar_one() or batch.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert not batch.done()
+        (out,) = await batch  # B committed: the first attempt lost, the second resolves to B (the policy)
+    finally:
+        await engine.dispose()
+    assert out.member_id == b.member_id != a.member_id
+    async with tongcrm_db.sessions() as session:
+        member_a = await session.get(Member, a.member_id)
+        member_b = await session.get(Member, b.member_id)
+    assert member_a is not None and member_b is not None
+    assert member_b.city == "上海"
+    assert (member_a.city, member_a.version) == (None, 1), "the lost attempt's fill of A stayed"

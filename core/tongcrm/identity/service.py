@@ -821,8 +821,8 @@ async def _write_in_one(
     ONE statement (:func:`_write_statement`), where they were five round trips a page.
 
     A new identity names its new member by the member's position among ``roots`` (``member_pos``): the
-    members are inserted in that order, so their ids ascend with it. The events are written only when every
-    identity was (a lost race writes none); the statement returns the new members' and identities' ids, so a
+    members are inserted in that order, so their ids ascend with it. The touches, fills and events are written
+    only when every identity was (a lost race writes none of them); the statement returns the new members' and identities' ids, so a
     lost race undoes its inserts as :func:`_write` does."""
     position = {ph: n for n, ph in enumerate(roots, start=1)}
     member_rows = _new_member_rows(ctx, plan, roots, now)
@@ -874,8 +874,8 @@ def _fill_row(update: dict[str, Any]) -> dict[str, Any]:
 def _write_statement() -> Any:
     """The statement of :func:`_write_in_one`: one fixed text (one array per column), prepared once per
     connection. Each data-modifying CTE sees only what those before it returned: the identities find their new
-    members' ids in the members' ``RETURNING``, the events run only if the identities' ``RETURNING`` has every
-    row (``:identity_count``)."""
+    members' ids in the members' ``RETURNING``; the touches, fills and events run only if the identities'
+    ``RETURNING`` has every row (``:identity_count``), so a lost race leaves only the inserts it undoes."""
     m_arrays, m_binds = dialect.typed_unnest([(f"m_{n}", _MEMBERS.c[n].type) for n in _MEMBER_COLUMNS])
     i_arrays, i_binds = dialect.typed_unnest(
         [*((n, _IDENTITIES.c[n].type) for n in _IDENTITY_COLUMNS), ("member_pos", sa.Integer())]
@@ -891,6 +891,9 @@ def _write_statement() -> Any:
     identity_values = ", ".join(
         "coalesce(r.member_id, nm.id)" if n == "member_id" else f"r.{n}" for n in _IDENTITY_COLUMNS
     )
+    # what is not undone by hand when the race is lost (the first attempt has no savepoint) is written only when
+    # every identity was: the touches, the fills and the events
+    complete = "(SELECT count(*) FROM inserted) = :identity_count"
     sql = f"""
 WITH m AS (
     SELECT * FROM {m_arrays} WITH ORDINALITY AS m({", ".join(_MEMBER_COLUMNS)}, position)
@@ -914,19 +917,19 @@ inserted AS (
 ),
 touched AS (
     UPDATE identities SET last_seen_at = :now
-    WHERE id IN (SELECT t.id FROM {t_arrays} AS t(id))
+    WHERE id IN (SELECT t.id FROM {t_arrays} AS t(id)) AND {complete}
 ),
 filled AS (
     UPDATE members SET version = members.version + 1, updated_at = :now,
         {", ".join(f"{n} = {cast_json(n, 'f')}" for n in (*_FILLED, "profile_meta"))}
     FROM {f_arrays} AS f({", ".join(f_columns)})
-    WHERE members.id = f.id AND members.version = f.version
+    WHERE members.id = f.id AND members.version = f.version AND {complete}
 ),
 events AS (
     INSERT INTO outbox_events (name, payload, occurred_at)
     SELECT 'member_created', jsonb_build_object('member_id', nm.id, 'source', e.source), :now
     FROM nm JOIN {e_arrays} WITH ORDINALITY AS e(source, position) ON e.position = nm.position
-    WHERE (SELECT count(*) FROM inserted) = :identity_count
+    WHERE {complete}
     ORDER BY nm.position
 )
 SELECT 'member' AS made, id FROM made

@@ -25,10 +25,12 @@ _MOBILE_TYPES = frozenset(
 
 
 def _cn_mobile_pattern() -> re.Pattern[str]:
-    """phonenumbers' own pattern for Chinese mobile numbers (national form)."""
+    """phonenumbers' own pattern for Chinese mobile numbers (national form), over ASCII digits only: phonenumbers
+    applies it to the digits it has normalised, and a ``\\d`` matching another script's digits would hand back
+    a number that is not E.164 (stored under another blind index than the same mobile in ASCII)."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region("CN")
     pattern = metadata.mobile.national_number_pattern if metadata and metadata.mobile else None
-    return re.compile(pattern or r"(?!)")  # without metadata, never take the shortcut
+    return re.compile(pattern or r"(?!)", re.ASCII)  # without metadata, never take the shortcut
 
 
 _CN_MOBILE = _cn_mobile_pattern()
