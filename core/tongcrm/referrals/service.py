@@ -27,7 +27,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.dialect import dialect_name, insert, one_of
+from tongcrm.db.dialect import among, dialect_name, insert, one_of
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
 from tongcrm.members.service import resolve_live_id
@@ -167,7 +167,8 @@ async def _reverse_refunded(session: AsyncSession, ctx: PointsContext, order_ids
         await session.execute(
             sa.select(ReferralReward, Order.status, Order.paid_fen, Order.refunded_fen)
             .join(Order, Order.id == ReferralReward.order_id)
-            .where(ReferralReward.order_id.in_(order_ids), ReferralReward.status == "awarded")
+            .where(among(dialect_name(session), ReferralReward.order_id, order_ids))
+            .where(ReferralReward.status == "awarded")
             .with_for_update(of=ReferralReward)
         )
     ).all()
