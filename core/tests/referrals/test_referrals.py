@@ -22,6 +22,7 @@ from tongcrm.identity.models import Identity
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.members.merge import merge_members
 from tongcrm.members.models import Member
+from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import OrderStatus
 from tongcrm.points import service as points
@@ -143,34 +144,121 @@ async def test_a_partial_refund_keeps_the_reward_and_an_unreferred_buyer_earns_n
         assert (await s.execute(sa.select(sa.func.count()).select_from(ReferralReward))).scalar_one() == 1
 
 
-async def test_the_referral_hook_costs_a_page_one_statement_when_nothing_fires(
-    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
-) -> None:
-    """Every page and till receipt runs the hook; a page where no reward fires or reverses (the referred
-    friend's order only paid, a stranger's completed) reads once, and nothing is written."""
-    await _referrer_and_friend(tongcrm_db, ctx, account)
+async def apply_counting(
+    db: TestDatabase, ctx: IngestContext, account: ChannelAccount, *orders: Any
+) -> list[str]:
+    """:func:`apply`, and the statements naming ``referral_rewards`` it ran."""
     seen: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if "referral_rewards" in statement:
             seen.append(statement)
 
-    engine = tongcrm_db.engine.sync_engine
+    engine = db.engine.sync_engine
     sa.event.listen(engine, "before_cursor_execute", count)
     try:
-        await apply(
-            tongcrm_db,
-            ctx,
-            account,
-            order("f2", "friend", OrderStatus.PAID, 1),
-            order("s1", "stranger", OrderStatus.COMPLETED, 2),
-        )
+        await apply(db, ctx, account, *orders)
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
+    return seen
+
+
+async def test_the_referral_hook_costs_a_page_one_statement_when_nothing_fires(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    """Every page and till receipt runs the hook; a page where no reward fires or reverses (the referred
+    friend's order only paid, a stranger's completed) reads once, and nothing is written."""
+    await _referrer_and_friend(tongcrm_db, ctx, account)
+    seen = await apply_counting(
+        tongcrm_db,
+        ctx,
+        account,
+        order("f2", "friend", OrderStatus.PAID, 1),
+        order("s1", "stranger", OrderStatus.COMPLETED, 2),
+    )
     assert len(seen) == 1, seen
     assert seen[0].lstrip().upper().startswith("SELECT")
     async with tongcrm_db.sessions() as s:
         assert (await s.execute(sa.select(sa.func.count()).select_from(ReferralReward))).scalar_one() == 0
+
+
+async def awarded_marker(db: TestDatabase, ext: str) -> bool:
+    async with db.sessions() as s:
+        return bool(
+            (await s.execute(sa.select(Order.referral_awarded).where(Order.external_id == ext))).scalar_one()
+        )
+
+
+async def test_a_page_of_ordinary_orders_with_refunds_reads_no_referral(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    """Buyers without a referrer, and orders closed or refunded in full that carry no awarded reward (the
+    order upsert returns ``orders.referral_awarded``): the referral hook has nothing to read; the same buyers'
+    refunds were a read each page before."""
+    await apply(
+        tongcrm_db,
+        ctx,
+        account,
+        order("s1", "stranger", OrderStatus.COMPLETED, 0),
+        order("s2", "stranger", OrderStatus.PAID, 0),
+    )
+    seen = await apply_counting(
+        tongcrm_db,
+        ctx,
+        account,
+        order("s1", "stranger", OrderStatus.REFUNDED, 1, refunded={"l1": 10_000}),
+        order("s2", "stranger", OrderStatus.CLOSED, 1),
+        order("n1", "newcomer", OrderStatus.CLOSED, 1),
+    )
+    assert seen == []
+    assert not await awarded_marker(tongcrm_db, "s1")
+    async with tongcrm_db.sessions() as s:
+        assert (await s.execute(sa.select(Order.status).where(Order.external_id == "s1"))).scalar_one() == (
+            "refunded"
+        )
+
+
+async def test_a_refund_reverses_the_reward_its_order_carries_when_the_buyer_has_no_referrer_any_more(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    """The friend, rewarded for order f1, is merged into its own referrer (which has no referrer): the buyer of
+    f1 is read without a referrer, yet f1's refund still reverses the reward, because the order is marked."""
+    referrer, friend = await _referrer_and_friend(tongcrm_db, ctx, account)
+    await apply(tongcrm_db, ctx, account, order("f1", "friend", OrderStatus.COMPLETED, 2))
+    assert await awarded_marker(tongcrm_db, "f1")
+    assert not await awarded_marker(tongcrm_db, "r1")
+    async with tongcrm_db.sessions() as s, s.begin():
+        await merge_members(s, referrer, friend, actor=Actor("test", "admin"), reason="same person", at=NOW)
+    async with tongcrm_db.sessions() as s:
+        assert (await s.get(Member, referrer)).referrer_id is None  # type: ignore[union-attr]
+    seen = await apply_counting(
+        tongcrm_db,
+        ctx,
+        account,
+        order("f1", "friend", OrderStatus.REFUNDED, 4, refunded={"l1": 10_000}),
+        order("s1", "stranger", OrderStatus.CLOSED, 4),
+    )
+    assert seen  # the marked order's refund is read
+    got = await reward(tongcrm_db, friend)
+    assert got is not None and (got.status, got.reversed_points) == ("reversed", 500)
+    assert not await awarded_marker(tongcrm_db, "f1")
+
+
+async def test_unbinding_clears_the_marker_of_the_rewarded_order(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    _, friend = await _referrer_and_friend(tongcrm_db, ctx, account)
+    await apply(tongcrm_db, ctx, account, order("f1", "friend", OrderStatus.COMPLETED, 2))
+    assert await awarded_marker(tongcrm_db, "f1")
+    async with tongcrm_db.sessions() as s, s.begin():
+        unbound = await service.unbind_referrer(
+            s,
+            points.PointsContext(clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai")),
+            friend,
+            reason="wrong code",
+        )
+    assert unbound.reward_status == "unbound"
+    assert not await awarded_marker(tongcrm_db, "f1")
 
 
 async def test_a_merged_referrer_is_credited_in_the_member_it_was_merged_into(

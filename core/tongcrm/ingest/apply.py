@@ -170,7 +170,7 @@ def _order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False
                 table.c.paid_fen != stmt.excluded.paid_fen,
             ),
         ),
-    ).returning(table.c.id, table.c.external_id, table.c.member_id, table.c.status)
+    ).returning(table.c.id, table.c.external_id, table.c.member_id, table.c.status, table.c.referral_awarded)
 
 
 #: What a sync grows, analysed on the database's schedule (:mod:`tongcrm.db.stats`).
@@ -311,8 +311,8 @@ def _orders_with_lines(columns: tuple[str, ...]) -> Any:
     orders it writes, in ONE statement (a data-modifying CTE), where they were two round trips a page. The
     lines are bound as arrays named ``l_<column>``, each naming its order by external id in ``l_order``; they
     find the order's id in the upsert's ``RETURNING``, so the lines of an order held in a newer version are not
-    written (as when they were upserted after it). Rows: ("order", id, external_id, member_id, status) and
-    ("line", id, external_id, order_id, NULL). One fixed text whatever the page size."""
+    written (as when they were upserted after it). Rows: ("order", id, external_id, member_id, status,
+    referral_awarded) and ("line", id, external_id, order_id, NULL, NULL). One fixed text whatever the page size."""
     written = _order_upsert("postgresql", columns).cte("written")
     lines = cast(sa.Table, OrderLine.__table__)
     names = ("l_order", *(f"l_{c}" for c in _LINE_COLUMNS[1:]))
@@ -334,8 +334,16 @@ def _orders_with_lines(columns: tuple[str, ...]) -> Any:
             written.c.external_id,
             written.c.member_id,
             written.c.status,
+            written.c.referral_awarded,
         ),
-        sa.select(sa.literal("line"), upserted.c.id, upserted.c.external_id, upserted.c.order_id, sa.null()),
+        sa.select(
+            sa.literal("line"),
+            upserted.c.id,
+            upserted.c.external_id,
+            upserted.c.order_id,
+            sa.null(),
+            sa.null(),
+        ),
     )
 
 
@@ -615,7 +623,13 @@ async def apply_orders_page(
             await apply_orders(session, points_ctx, facts)
             # the referral rule: a referred member's first qualifying order credits the referrer; its refund
             # reverses it
-            await referrals.on_orders(session, points_ctx, facts, unreferred=frozenset(unreferred))
+            await referrals.on_orders(
+                session,
+                points_ctx,
+                facts,
+                unreferred=frozenset(unreferred),
+                awarded=frozenset(row.id for row in written.values() if row.referral_awarded),
+            )
         # a qualifying purchase upgrades at once (downgrades wait for review time)
         await reevaluate_tiers(
             session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), result.member_ids

@@ -44,6 +44,10 @@ class Order(Base):
     shipments: Mapped[list[dict[str, Any]]] = mapped_column(
         JSONType, default=list, server_default=sa.text("'[]'")
     )
+    #: Whether an awarded referral reward hangs on the order (``referral_rewards.order_id``, status awarded):
+    #: set when the reward fires, cleared when it is reversed or unbound. The order upsert returns it, so the
+    #: referral hook knows without a read whether a refund on the page may have a reward to reverse.
+    referral_awarded: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
     #: The platform's modified time: a record is applied only when it is newer than this.
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ingested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -301,8 +301,8 @@ async def _post_with_caps(
                     sa.select(
                         usage_t.c.member_id, usage_t.c.rule_code, usage_t.c.period, usage_t.c.points
                     ).where(
-                        usage_t.c.member_id.in_(sorted(owner)),
-                        usage_t.c.rule_code.in_(sorted({k[1] for k in keys})),
+                        among(dialect_name(session), usage_t.c.member_id, sorted(owner)),
+                        among(dialect_name(session), usage_t.c.rule_code, sorted({k[1] for k in keys})),
                     )
                 )
             ).all()
@@ -363,7 +363,7 @@ async def _merged_into(session: AsyncSession, member_ids: set[int]) -> dict[int,
         rows = (
             await session.execute(
                 sa.select(Member.id, Member.merged_into_id).where(
-                    Member.merged_into_id.in_(frontier), Member.status == "merged"
+                    among(dialect_name(session), Member.merged_into_id, frontier), Member.status == "merged"
                 )
             )
         ).all()

@@ -27,7 +27,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.dialect import dialect_name, insert, one_of
+from tongcrm.db.dialect import among, dialect_name, insert, one_of
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
 from tongcrm.members.service import resolve_live_id
@@ -93,6 +93,7 @@ async def on_orders(
     facts: Sequence[OrderFacts],
     *,
     unreferred: frozenset[int] = frozenset(),
+    awarded: frozenset[int] | None = None,
 ) -> None:
     """Fire or reverse referral rewards for orders just applied (in the caller's transaction).
 
@@ -105,11 +106,19 @@ async def on_orders(
     reports it). When every buyer is one of them, no reward can be earned; and when no order may be refunded
     in full, none can be reversed (a merge can leave a reward on an order of a member without a referrer):
     then there is nothing to read.
+
+    ``awarded``: when the caller knows it (the order upsert returns ``orders.referral_awarded``, written in the
+    transaction that awards or takes back a reward, so the row it locked tells), the orders of ``facts`` an
+    awarded reward hangs on: only their refunds can reverse one. None: any order refunded in full may carry one.
     """
     order_ids = sorted({f.order_id for f in facts})
     if not order_ids:
         return
-    if all(f.member_id in unreferred and not _maybe_refunded_in_full(f) for f in facts):
+    if all(
+        f.member_id in unreferred
+        and not (_maybe_refunded_in_full(f) and (awarded is None or f.order_id in awarded))
+        for f in facts
+    ):
         return
     rows = (await session.execute(_orders_of_referred(dialect_name(session)), {"order_ids": order_ids})).all()
     to_reverse = [
@@ -142,6 +151,7 @@ async def on_orders(
         )  # fmt: skip
         if (await session.execute(stmt)).scalar() is None:
             continue  # another transaction fired it first
+        await _mark_awarded(session, row.id)
         posted = await points.award_event(
             session, ctx, referrer, "referral", str(referred), occurred_at=row.completed_at
         )
@@ -157,7 +167,8 @@ async def _reverse_refunded(session: AsyncSession, ctx: PointsContext, order_ids
         await session.execute(
             sa.select(ReferralReward, Order.status, Order.paid_fen, Order.refunded_fen)
             .join(Order, Order.id == ReferralReward.order_id)
-            .where(ReferralReward.order_id.in_(order_ids), ReferralReward.status == "awarded")
+            .where(among(dialect_name(session), ReferralReward.order_id, order_ids))
+            .where(ReferralReward.status == "awarded")
             .with_for_update(of=ReferralReward)
         )
     ).all()
@@ -184,6 +195,25 @@ async def _take_back(
         if taken > 0:
             await points.adjust(session, ctx, holder, -taken, key=key, reason=reason)
     reward.status, reward.reversed_at, reward.reversed_points = status, ctx.clock(), taken
+    await _mark_awarded(session, reward.order_id)
+
+
+#: ``orders`` with the two columns the marker's update names: the model's ``updated_at`` moves on every ORM
+#: update, and the marker is no change of the order (the incremental RFM reads orders by ``updated_at``).
+_ORDERS = sa.table("orders", sa.column("id", sa.BigInteger), sa.column("referral_awarded", sa.Boolean))
+
+
+async def _mark_awarded(session: AsyncSession, order_id: int) -> None:
+    """Set ``orders.referral_awarded`` of ``order_id`` to whether an awarded reward hangs on it (after a reward
+    fired on it, was reversed or unbound, in the same transaction). The ORM's pending changes are flushed first,
+    so the reward's new status is what is read."""
+    await session.flush()
+    awarded = (
+        sa.select(sa.literal(1))
+        .where(ReferralReward.order_id == _ORDERS.c.id, ReferralReward.status == "awarded")
+        .exists()
+    )
+    await session.execute(sa.update(_ORDERS).where(_ORDERS.c.id == order_id).values(referral_awarded=awarded))
 
 
 # -------------------------------------------------------------------------------------------------------------
