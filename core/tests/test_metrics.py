@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tongcrm import metrics as metrics_module
 from tongcrm.db.base import utcnow
 from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.queue import enqueue
 from tongcrm.jobs.runner import JobContext, JobRegistry, Runner
+from tongcrm.metrics import HttpMetrics
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 
@@ -124,3 +126,20 @@ async def test_a_workers_health_endpoint_checks_its_database_and_serves_its_metr
             assert (await client.post("/health")).status_code == 405
     finally:
         await server.close()
+
+
+def test_made_up_methods_share_one_cached_in_progress_gauge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gauge's child is looked up once per label: prometheus_client's labels() locks and builds a key."""
+    looked_up: list[tuple[str, ...]] = []
+    labels = metrics_module.HTTP_IN_PROGRESS.labels
+
+    def counting(*values: str) -> Any:
+        looked_up.append(values)
+        return labels(*values)
+
+    monkeypatch.setattr(metrics_module.HTTP_IN_PROGRESS, "labels", counting)
+    metrics = HttpMetrics()
+    other = metrics.in_progress("BREW")
+    assert metrics.in_progress("PROPFIND") is other is metrics.in_progress("BREW")
+    assert metrics.in_progress("GET") is metrics.in_progress("GET") is not other
+    assert [v[0] for v in looked_up] == ["other", "GET"]

@@ -58,9 +58,10 @@ class HttpMetrics:
         self._in_progress: dict[str, Gauge] = {}
 
     def in_progress(self, method: str) -> Gauge:
-        gauge = self._in_progress.get(method)
+        # keyed by the label, not the method: a scanner's made-up methods all share "other" (bounded, and cached)
+        name = method if method in self.METHODS else "other"
+        gauge = self._in_progress.get(name)
         if gauge is None:
-            name = method if method in self.METHODS else "other"
             gauge = self._in_progress[name] = HTTP_IN_PROGRESS.labels(name, APP_NAME)
         return gauge
 
