@@ -42,8 +42,9 @@ _CONNECTION_KEY = "tongcrm.db.direct.connection"
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """A statement compiled for one dialect and one length of each of its list parameters."""
+class Plan:
+    """A statement compiled for one dialect and one length of each of its list parameters (also the point
+    reads' plan, :class:`tongcrm.db.point_reads.PointQuery`)."""
 
     sql: str
     #: per positional parameter: (its name, or None for a value the statement carries; its index in that list
@@ -76,7 +77,7 @@ class _Plans:
     length of each (their text changes with the lengths; a till's lists hold one item or a few)."""
 
     lists: tuple[str, ...]
-    by_shape: dict[tuple[str, tuple[int, ...]], _Plan]
+    by_shape: dict[tuple[str, tuple[int, ...]], Plan]
 
 
 #: statement → its plans; statements are built once, so this holds a few dozen
@@ -85,7 +86,7 @@ _PLANS: weakref.WeakKeyDictionary[Any, _Plans] = weakref.WeakKeyDictionary()
 MAX_SHAPES = 16
 
 
-def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> _Plan | None:
+def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> Plan | None:
     """``statement`` compiled for ``dialect`` and the lengths of its list parameters in ``params`` (once);
     None when it has more shapes than :data:`MAX_SHAPES` (it then runs through the session)."""
     plans = _PLANS.get(statement)
@@ -98,11 +99,11 @@ def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> _Plan |
     if found is None:
         if len(plans.by_shape) >= MAX_SHAPES:
             return None
-        found = plans.by_shape[shape] = _compile(statement, dialect, plans.lists, params)
+        found = plans.by_shape[shape] = compile_plan(statement, dialect, plans.lists, params)
     return found
 
 
-def _compile(statement: Any, dialect: Dialect, lists: tuple[str, ...], params: Mapping[str, Any]) -> _Plan:
+def compile_plan(statement: Any, dialect: Dialect, lists: tuple[str, ...], params: Mapping[str, Any]) -> Plan:
     compiled = statement.compile(dialect=dialect)
     # every list expands here, one position per item: those the statement holds (``kind IN ('earn')``) with
     # their values, those given per call with this call's (only their lengths count)
@@ -129,7 +130,7 @@ def _compile(statement: Any, dialect: Dialect, lists: tuple[str, ...], params: M
         for index, c in enumerate(columns)
         if (process := c[3]._cached_result_processor(dialect, None)) is not None
     )
-    return _Plan(expanded.statement, tuple(binds), row, processors)
+    return Plan(expanded.statement, tuple(binds), row, processors)
 
 
 @dataclass(frozen=True, slots=True)

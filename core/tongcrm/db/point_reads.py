@@ -27,7 +27,7 @@ import json
 import sqlite3
 from abc import ABC, abstractmethod
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tongcrm.db.direct import Plan, compile_plan
 from tongcrm.db.engine import async_url, transaction_pooled
 from tongcrm.db.pg_connections import ConnectionKeeper
 
@@ -42,32 +43,6 @@ from tongcrm.db.pg_connections import ConnectionKeeper
 INLINE_BUSY_TIMEOUT_S = 0.5
 #: How much of the database file the SQLite reader maps into memory.
 SQLITE_MMAP_BYTES = 1 << 30
-_Processor = Callable[[Any], Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A query compiled for one dialect and one length of each list parameter."""
-
-    sql: str
-    #: per positional parameter: (its name, or None for a constant; index into its list; constant; processor)
-    binds: tuple[tuple[str | None, int | None, Any, _Processor], ...]
-    row: type[tuple[Any, ...]]
-    #: (column index, result processor) for the columns that have one
-    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
-
-    def parameters(self, params: Mapping[str, Any]) -> list[Any]:
-        out = []
-        for name, index, constant, process in self.binds:
-            value = constant if name is None else params[name] if index is None else params[name][index]
-            out.append(process(value) if process is not None else value)
-        return out
-
-    def build(self, raw: Sequence[Any]) -> Any:
-        values = list(raw)
-        for index, process in self.processors:
-            values[index] = process(values[index])
-        return self.row(*values)
 
 
 class PointQuery:
@@ -83,37 +58,17 @@ class PointQuery:
         self._names = [str(c.key) for c in statement.selected_columns]
         #: the rows' type: a named tuple of the statement's column keys
         self.row: type[tuple[Any, ...]] = namedtuple("PointRow", self._names, rename=True)  # type: ignore[misc]
-        self._plans: dict[tuple[str, tuple[int, ...]], _Plan] = {}
+        self._plans: dict[tuple[str, tuple[int, ...]], Plan] = {}
 
-    def plan(self, dialect: Dialect, params: Mapping[str, Any]) -> _Plan:
+    def plan(self, dialect: Dialect, params: Mapping[str, Any]) -> Plan:
         shape = (dialect.name, tuple(len(params[name]) for name in self._lists))
         plan = self._plans.get(shape)
         if plan is None:
             plan = self._plans[shape] = self._compile(dialect, params)
         return plan
 
-    def _compile(self, dialect: Dialect, params: Mapping[str, Any]) -> _Plan:
-        compiled = self.statement.compile(dialect=dialect)
-        expanded = compiled.construct_expanded_state(dict(params))
-        where = {
-            position: (name, index)
-            for name, positions in expanded.parameter_expansion.items()
-            for index, position in enumerate(positions)
-        }
-        binds: list[tuple[str | None, int | None, Any, _Processor]] = []
-        for position in expanded.positiontup or ():
-            name, index = where.get(position, (position, None))
-            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if name in params:
-                binds.append((name, index, None, process))
-            else:  # a value the statement carries itself, such as LIMIT 1
-                binds.append((None, None, expanded.parameters[position], process))
-        processors = tuple(
-            (index, process)
-            for index, c in enumerate(self.statement.selected_columns)
-            if (process := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
-        )
-        return _Plan(expanded.statement, tuple(binds), self.row, processors)
+    def _compile(self, dialect: Dialect, params: Mapping[str, Any]) -> Plan:
+        return compile_plan(self.statement, dialect, self._lists, params)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -174,7 +129,7 @@ class SQLiteReader(PointReader):
     async def first(self, query: PointQuery, params: Mapping[str, Any]) -> Any | None:
         plan = query.plan(self._dialect, params)
         raw = self._connection().execute(plan.sql, plan.parameters(params)).fetchone()
-        return None if raw is None else plan.build(raw)
+        return None if raw is None else plan.build(raw, query.row)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -225,7 +180,7 @@ class AsyncpgReader(PointReader):
         plan = query.plan(self._dialect, params)
         async with self._connections.connection() as conn:
             raw = await conn.fetchrow(plan.sql, *plan.parameters(params))
-        return None if raw is None else plan.build(tuple(raw))
+        return None if raw is None else plan.build(tuple(raw), query.row)
 
     async def first_by_keys(
         self, query: KeyedQuery, group: Mapping[str, Any], keys: Sequence[Any]
@@ -264,7 +219,10 @@ class AsyncpgReader(PointReader):
                 plan = query.many.plan(self._dialect, {**batch.group, query.keys: wanted})
                 async with self._connections.connection() as conn:
                     raws = await conn.fetch(plan.sql, *plan.parameters({**batch.group, query.keys: wanted}))
-                by_key = {row[0]: query.one.row(*row[1:]) for row in (plan.build(tuple(r)) for r in raws)}
+                by_key = {
+                    row[0]: query.one.row(*row[1:])
+                    for row in (plan.build(tuple(r), query.many.row) for r in raws)
+                }
                 found = [next((by_key[k] for k in keys if k in by_key), None) for keys, _ in waiters]
         except BaseException as exc:  # every caller of the statement gets its failure
             for _, future in waiters:
