@@ -122,6 +122,18 @@ async def test_a_refused_statement_is_the_session_s_error_and_its_savepoint_roll
     assert names == ["a", "c"]
 
 
+async def test_a_refused_statement_s_message_hides_its_parameters_as_the_engine_does(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Engines hide bound parameters from error messages (members' data ends up in the server log otherwise)."""
+    async with sessions() as session, session.begin():
+        await direct.rows(session, _ADD, _thing("13800138000"))
+        with pytest.raises(sa.exc.IntegrityError) as refused:
+            await _two_on_a_savepoint(session, "13800138000")
+    assert "13800138000" not in str(refused.value)
+    assert "hidden" in str(refused.value)
+
+
 async def test_what_the_orm_holds_goes_first_and_listeners_see_direct_statements(
     sessions: async_sessionmaker[AsyncSession], tongcrm_db: TestDatabase
 ) -> None:
