@@ -5,7 +5,7 @@ buyer's checkout runs only the statements one receipt needs."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from sqlalchemy import event
 from tongcrm.audit.service import SYSTEM
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
-from tongcrm.counter import CounterAccount, CounterService
+from tongcrm.counter import CounterAccount, CounterService, CounterWork
 from tongcrm.ingest.apply import IngestContext, apply_orders_page
 from tongcrm.jobs.outbox import OutboxEvent
 from tongcrm.members.models import Member
@@ -193,3 +193,50 @@ async def test_a_buyer_made_a_member_meanwhile_is_attached_not_duplicated(
         created = await s.execute(sa.select(sa.func.count()).where(OutboxEvent.name == "member_created"))
         assert created.scalar_one() == 1
         assert await ledger.verify(s) == []
+
+
+async def test_a_buyer_read_along_a_claim_is_used_by_that_receipt_alone(
+    tongcrm_db: TestDatabase, tongcrm_settings: Settings
+) -> None:
+    """A receipt's claim reads the sale's buyer in the same statement (PostgreSQL) for the buyer read that
+    follows. When that receipt goes no further — its claim met its row (a replay: nothing applied, no buyer
+    read), or it was refused on its savepoint before its buyer was read — the read must not be kept for a later
+    buyer read of the same unit of work (a batch's return of the same member, receipts later), which reads the
+    member as it is then: here merged into another meanwhile."""
+    desk = await _setup(tongcrm_db)
+    counter = _counter(tongcrm_db, PluginHost(autoload=False), tongcrm_settings)
+    made = []
+    for key, mobile in (("M-1", MOBILE), ("M-2", "+8613900139000"), ("M-3", "+8613700137000")):
+        async with counter.unit_of_work(actor=SYSTEM) as uow:
+            buyer = await uow.buyer(mobile=mobile, evidence="desk")
+            made.append((await uow.record_sale(desk, counter_order(key, (10_000,)), buyer=buyer)).member_id)
+    replayed, refused, survivor = made
+    accounts = cast(sa.Table, ChannelAccount.__table__)
+    claim = sa.select(accounts.c.id).where(accounts.c.id == sa.bindparam("account_id"))
+
+    async def merge(uow: CounterWork, member_id: int | None) -> None:
+        # the member changes after the claim read it (another transaction's merge; here the unit's own statement)
+        await uow._session.execute(
+            sa.update(Member).where(Member.id == member_id).values(status="merged", merged_into_id=survivor)
+        )
+
+    async with counter.unit_of_work(actor=SYSTEM, tables=(accounts,)) as uow:
+        met_its_row = await uow.first_with_buyer(claim, {"account_id": -1}, member_id=replayed)
+        assert met_its_row is None
+        await merge(uow, replayed)
+        assert (await uow.buyer(member_id=replayed, evidence="desk")).member_id == survivor
+
+    async def refused_receipt(uow: CounterWork) -> None:
+        async with uow.attempt():
+            assert await uow.first_with_buyer(claim, {"account_id": desk.id}, member_id=refused) is not None
+            raise ReceiptRefused("refused before its buyer was read")
+
+    async with counter.unit_of_work(actor=SYSTEM, tables=(accounts,)) as uow:
+        with pytest.raises(ReceiptRefused):
+            await refused_receipt(uow)
+        await merge(uow, refused)
+        assert (await uow.buyer(member_id=refused, evidence="desk")).member_id == survivor
+
+
+class ReceiptRefused(Exception):
+    """A receipt of a batch refused on its savepoint."""

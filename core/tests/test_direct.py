@@ -4,6 +4,7 @@ errors, and listeners still see them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy.orm import registry
 from tongcrm.db import direct
 from tongcrm.db.base import UTCDateTime
 from tongcrm.db.dialect import insert_for
-from tongcrm.db.engine import create_inline_writer
+from tongcrm.db.engine import create_engine, create_inline_writer
 from tongcrm.testing.database import TestDatabase
 
 _meta = sa.MetaData()
@@ -121,6 +122,18 @@ async def test_a_refused_statement_is_the_session_s_error_and_its_savepoint_roll
     assert names == ["a", "c"]
 
 
+async def test_a_refused_statement_s_message_hides_its_parameters_as_the_engine_does(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Engines hide bound parameters from error messages (members' data ends up in the server log otherwise)."""
+    async with sessions() as session, session.begin():
+        await direct.rows(session, _ADD, _thing("13800138000"))
+        with pytest.raises(sa.exc.IntegrityError) as refused:
+            await _two_on_a_savepoint(session, "13800138000")
+    assert "13800138000" not in str(refused.value)
+    assert "hidden" in str(refused.value)
+
+
 async def test_what_the_orm_holds_goes_first_and_listeners_see_direct_statements(
     sessions: async_sessionmaker[AsyncSession], tongcrm_db: TestDatabase
 ) -> None:
@@ -147,3 +160,47 @@ async def test_what_the_orm_holds_goes_first_and_listeners_see_direct_statements
         assert await direct.first(session, upsert, {"name": "b"}) is None
         assert (await direct.first(session, upsert, {"name": "d"})) is not None
     assert [s for s in seen if s.upper().startswith("UPDATE DIRECT_THINGS")]
+
+
+_ONE = sa.select(sa.literal(1, sa.Integer).label("one"))
+_BACKEND_PID = sa.select(sa.func.pg_backend_pid().label("pid"))
+
+
+@pytest.fixture
+async def one_connection(tongcrm_db: TestDatabase) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions of an engine that keeps one connection: the next session gets the connection the last had."""
+    engine = create_inline_writer(tongcrm_db.url) or create_engine(tongcrm_db.url, pool_size=1)
+    try:
+        yield async_sessionmaker(engine, expire_on_commit=False)
+    finally:
+        await engine.dispose()
+
+
+async def _lose_connection(session: AsyncSession, tongcrm_db: TestDatabase) -> None:
+    """The session's connection lost under it: its PostgreSQL backend terminated, its SQLite file closed."""
+    if tongcrm_db.backend == "postgresql":
+        [mine] = await direct.rows(session, _BACKEND_PID, {})
+        async with tongcrm_db.engine.connect() as other:
+            await other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": mine.pid})
+        await asyncio.sleep(0.2)  # the server closes the socket
+    else:
+        raw = await (await session.connection()).get_raw_connection()
+        raw.driver_connection._conn.close()
+
+
+async def test_a_connection_lost_under_a_direct_statement_is_invalidated_as_the_session_s_would_be(
+    one_connection: async_sessionmaker[AsyncSession], tongcrm_db: TestDatabase
+) -> None:
+    async with one_connection() as session:
+        await session.begin()
+        await _lose_connection(session, tongcrm_db)
+        with pytest.raises(sa.exc.DBAPIError) as lost:
+            await direct.rows(session, _ONE, {})
+        # SQLAlchemy's disconnect handling ran: the connection is invalidated, not handed back to the pool
+        assert lost.value.connection_invalidated
+        # and the unit of work cannot commit as if its statements had been written
+        with pytest.raises(sa.exc.SQLAlchemyError):
+            await session.commit()
+    for _ in range(3):  # the pool's next connections work (a dead one handed out again would fail here)
+        async with one_connection() as session, session.begin():
+            assert [r.one for r in await direct.rows(session, _ONE, {})] == [1]

@@ -438,26 +438,32 @@ class CounterWork:
 
     @asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
-        """A savepoint: what the block did is undone if it raises; the unit of work goes on."""
-        async with self._session.begin_nested():
-            yield
+        """A savepoint: what the block did is undone if it raises; the unit of work goes on. A buyer read along
+        a claim in it (:meth:`first_with_buyer`) is for its receipt alone: not kept past it."""
+        try:
+            async with self._session.begin_nested():
+                yield
+        finally:
+            self._buyers.clear()
 
     async def first_with_buyer(
         self, statement: sa.Executable, params: Mapping[str, Any], *, member_id: int
     ) -> Any | None:
         """``uow.rows.first_stamped(statement, params)`` and, on PostgreSQL in the same statement, the read
-        that ``buyer(member_id=member_id)`` makes first, kept for it in this unit of work (one round trip
-        for a till's receipt row and its buyer). The buyer is read whatever the statement answers; a caller
-        that does not go on to ask for the buyer has read it for nothing, and nothing else changes."""
+        that ``buyer(member_id=member_id)`` makes first, kept for it (one round trip for a till's receipt row
+        and its buyer). Kept only when the statement answered a row, and only until that buyer read or the end
+        of the receipt's savepoint (:meth:`attempt`): a read of the member later in the unit of work (a batch's
+        return of the same member, receipts on) must see the member as it is then, not as this claim saw it."""
         if self.rows.dialect != "postgresql":
             return await self.rows.first_stamped(statement, params)
         self.rows._checked(statement)
         plan = _with_buyer(statement)
         rows = await direct.rows(self._session, plan.statement, {**params, _BUYER_ID: member_id})
         own = next((r for r in rows if r.own_present), None)
-        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
-        if own is None:
+        if own is None:  # the claim met its row: this receipt reads no buyer, and a later read must be fresh
+            self._buyers.pop(member_id, None)
             return None
+        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
         row = plan.own(own)
         self.rows.key_generation = int(row.key_generation or 0)
         return row

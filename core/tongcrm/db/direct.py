@@ -15,8 +15,9 @@ would write and read. It runs in the session's own transaction, on its own conne
 - anything else (aiosqlite's thread, an in-memory database): ``session.execute``, as before.
 
 What stays as it was: what the ORM holds is flushed first (autoflush), listeners of ``before_cursor_execute`` see every statement (tests count round trips with
-them), and a driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` subclass for it
-(``IntegrityError`` …), so callers catch what they caught. Rows are named tuples of the statement's column
+them), and a driver error goes through SQLAlchemy's handling of it on the session's connection: raised as the
+:class:`~sqlalchemy.exc.DBAPIError` subclass for it (``IntegrityError`` …), so callers catch what they caught,
+and a lost connection invalidated as the session would have (not handed back to the pool, nor committed). Rows are named tuples of the statement's column
 keys (not ORM entities). A statement with list (expanding) parameters is compiled per length of its lists,
 for a few lengths (a till's lists hold one item or a few); beyond those it goes through ``session.execute``.
 """
@@ -24,14 +25,12 @@ for a few lengths (a till's lists hold one item or a few); beyond those it goes 
 from __future__ import annotations
 
 import functools
-import sqlite3
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -188,7 +187,7 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
             cursor = driver._conn.cursor()
             raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
     except Exception as error:
-        raise _translated(conn, compiled.sql, args, error) from error
+        _raise_as_the_session_would(conn, compiled.sql, args, error)
     if not raw:
         return []
     row = compiled.row
@@ -222,15 +221,17 @@ async def _asyncpg(conn: _Connection, sql: str, args: list[Any]) -> list[Any]:
         return list(await conn.driver.fetch(sql, *args))
 
 
-def _translated(conn: _Connection, sql: str, args: list[Any], error: Exception) -> Exception:
-    """``error`` as SQLAlchemy raises a driver's error: its DBAPIError subclass, the original attached."""
+def _raise_as_the_session_would(conn: _Connection, sql: str, args: list[Any], error: Exception) -> NoReturn:
+    """Raise ``error`` as ``session.execute`` raises a driver's error: through SQLAlchemy's own handling of it on
+    the session's connection, so it is the DBAPIError subclass for it (the original attached), ``handle_error``
+    listeners see it, and a lost connection (a PostgreSQL backend gone, a closed SQLite file) is invalidated —
+    with the pool's connections made before it — instead of going back to the pool looking alive: there its
+    next unit of work would fail on it again, and a commit of this one would have nothing to commit and say
+    nothing (asyncpg's adapter forgets the transaction of a closed connection), its statements lost."""
     if conn.dialect.name == "postgresql":
         try:
-            # the adapter's DBAPI error for it (and a lost connection noted)
-            conn.dbapi._handle_exception(error)
+            conn.dbapi._handle_exception(error)  # asyncpg's error as the adapter's DBAPI error
         except Exception as adapted:
             error = adapted
-    if isinstance(error, sa.exc.DBAPIError):
-        return error
-    base = conn.dialect.loaded_dbapi.Error if conn.dialect.name == "postgresql" else sqlite3.Error
-    return sa.exc.DBAPIError.instance(sql, args, error, base)
+    conn.sync._handle_dbapi_exception(error, sql, args, None, None)
+    raise AssertionError("unreachable: SQLAlchemy's handling raises")  # pragma: no cover
