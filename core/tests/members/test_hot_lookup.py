@@ -195,3 +195,24 @@ async def test_a_mobile_typed_with_other_digits_is_the_same_member(make_client: 
             assert found.json()["id"] == made.json()["id"]
         again = await api.post("/api/members", json={"name": "王小明", "mobile": "13800138000"})
         assert again.status_code == 409, again.text
+
+
+def test_the_lookup_encodes_its_summary_as_member_out_would() -> None:
+    """The lookup encodes :class:`MemberSummary` itself rather than a :class:`MemberOut` copy of it: the two must
+    keep the same fields, in the same order, of the same types, so that the JSON is the documented one."""
+    from datetime import UTC, date, datetime
+    from typing import get_type_hints
+
+    from tongcrm.members.api import _JSON, member_out
+    from tongcrm.members.schemas import MemberOut
+    from tongcrm.members.service import MemberSummary
+
+    assert MemberSummary.__struct_fields__ == MemberOut.__struct_fields__
+    assert get_type_hints(MemberSummary) == get_type_hints(MemberOut)
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    summary = MemberSummary(
+        id=7, status="active", merged_into_id=None, version=3, name="王**", gender="f", birthday=date(1990, 5, 6),
+        province="浙江", city="杭州", mobile="138****8000", source_channel="jd", source_store="S1",
+        source_campaign="c", referrer_id=2, lifecycle_stage="active", tags=["a", "b"], created_at=at, updated_at=at,
+    )  # fmt: skip
+    assert _JSON.encode(summary) == _JSON.encode(member_out(summary))

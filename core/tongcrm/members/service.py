@@ -750,8 +750,6 @@ def _lookup_key(
     vault: Vault, host: PluginHost, *, mobile: str | None, identity: str | None
 ) -> tuple[str, list[str]]:
     """The identity kind and the stored values (blind indexes, one per key id, for a mobile) to look for."""
-    from tongcrm.identity.service import UnknownIdentityKind
-
     if (mobile is None) == (identity is None):
         raise BadRequest("look up by exactly one of mobile= or identity=kind:value")
     if identity is not None:
@@ -760,6 +758,9 @@ def _lookup_key(
             raise BadRequest("identity must look like kind:value, e.g. taobao.open_uid:AAE…")
         kinds = host.identity_kinds()
         if kind not in kinds:
+            # imported here only: an import statement runs on every call, which the lookup by mobile need not pay
+            from tongcrm.identity.service import UnknownIdentityKind
+
             raise UnknownIdentityKind(
                 f"unknown identity kind {kind!r} (known kinds: {', '.join(sorted(kinds))})"
             )
