@@ -79,7 +79,9 @@ async def test_the_hot_lookup_answers_as_the_route_does(make_client: Any) -> Non
     [
         ("mobile=13800138000&reveal=mobile", {}, 403),  # an analyst may not reveal: the route refuses
         ("mobile=13800138000&status=active", {}, 400),  # a parameter the route does not read
-        ("mobile=13800138000&mobile=13800138000", {}, 200),  # the route decides what a repeat means
+        ("mobile=13800138000&mobile=13800138000", {}, 400),  # given twice: the route refuses it
+        ("mobile=13900139000&mobile=13800138000", {}, 400),  # (it once answered for the last value)
+        ("identity=mobile:13800138000&identity=mobile:13800138000", {}, 400),
         ("mobile=13800138000&identity=mobile:13800138000", {}, 400),  # exactly one of them
         ("mobile=1380013%008000", {}, 400),  # a NUL character
         ("mobile=13900139000", {}, 404),  # no such member
@@ -180,6 +182,32 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
         hot_routes(app, {"/unconfirmed": build})
     with pytest.raises(ConfigError, match="no GET route"):
         hot_routes(app, {"/missing": build})
+
+
+@pytest.mark.parametrize("name", ["mobile", "identity"])
+async def test_a_lookup_parameter_given_twice_is_refused_by_the_route_and_the_hot_path(
+    make_client: Any, name: str
+) -> None:
+    """``mobile=`` (or ``identity=``) twice is a 400 problem, whether the key is cached (the hot path leaves it to
+    the route) or not (the route alone), rather than an answer for the last value."""
+    async with make_client(host=make_host()) as api:
+        as_analyst, _ = await _member_and_key(api)
+        value = "13800138000" if name == "mobile" else "mobile:13800138000"
+        twice = (
+            f"{LOOKUP}?{name}=13900139000&{name}={value}"
+            if name == "mobile"
+            else f"{LOOKUP}?{name}={value}&{name}={value}"
+        )
+        spy = Spy(api.app)
+        for _ in range(2):  # the first request checks the key through the route, the second has it cached
+            response = await api.get(twice, headers=as_analyst)
+            assert response.status_code == 400, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.json()["detail"] == f"{name} given twice"
+            assert "王" not in response.text
+        assert spy.answered in ([], [False], [False, False])
+        assert (await api.get(f"{LOOKUP}?{name}={value}", headers=as_analyst)).status_code == 200
+        assert spy.last(), "a cached key's plain lookup is answered before litestar"
 
 
 async def test_a_mobile_typed_with_other_digits_is_the_same_member(make_client: Any) -> None:

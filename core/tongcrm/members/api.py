@@ -105,6 +105,14 @@ def merge_out(m: Merge) -> MergeOut:
     )
 
 
+def _once(request: Request[Any, Any, Any], *names: str) -> None:
+    """400 when one of the query parameters ``names`` is given more than once (litestar would take the last)."""
+    query = request.query_params
+    for name in names:
+        if len(query.getall(name, [])) > 1:
+            raise BadRequest(f"{name} given twice")
+
+
 def _lookup_answer(out: service.MemberSummary) -> EncodedJSON:
     # MemberSummary has MemberOut's fields, in its order and of its types (a test holds them equal), so it
     # encodes to the same JSON without the copy member_out() makes
@@ -251,6 +259,7 @@ class MemberController(Controller):
         # the caller's key was trusted from the cache: the revocation counter comes with the member's row and
         # confirms it before anything is answered, a refusal included (one round trip for the hottest read)
         try:
+            _once(request, "mobile", "identity")
             revealing = _reveal(reveal, principal)
             out, generation = await service.lookup_summary_stamped(
                 state.point_reader,
