@@ -147,3 +147,13 @@ async def test_what_the_orm_holds_goes_first_and_listeners_see_direct_statements
         assert await direct.first(session, upsert, {"name": "b"}) is None
         assert (await direct.first(session, upsert, {"name": "d"})) is not None
     assert [s for s in seen if s.upper().startswith("UPDATE DIRECT_THINGS")]
+
+
+def test_a_plan_is_kept_under_the_dialect_and_the_length_of_each_list() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+    from tongcrm.db.direct import plan_shape
+
+    params = {"a": [1, 2], "b": ["x"], "c": [], "n": 5}
+    assert plan_shape(sqlite.dialect(), (), params) == ("sqlite", ())
+    assert plan_shape(sqlite.dialect(), ("a",), params) == ("sqlite", (2,))
+    assert plan_shape(postgresql.dialect(), ("a", "b", "c"), params) == ("postgresql", (2, 1, 0))
