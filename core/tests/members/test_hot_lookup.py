@@ -244,3 +244,30 @@ def test_the_lookup_encodes_its_summary_as_member_out_would() -> None:
         source_campaign="c", referrer_id=2, lifecycle_stage="active", tags=["a", "b"], created_at=at, updated_at=at,
     )  # fmt: skip
     assert _JSON.encode(summary) == _JSON.encode(member_out(summary))
+
+
+def test_a_summary_holds_each_field_of_its_member() -> None:
+    """``summary`` builds its struct positionally: each field must come from the member's attribute of its name."""
+    from datetime import UTC, date, datetime
+    from types import SimpleNamespace
+    from typing import cast
+
+    from tongcrm.crypto import Vault
+    from tongcrm.members.models import Member
+    from tongcrm.members.phone import MOBILE_CONTEXT
+    from tongcrm.members.service import MemberSummary, summary
+
+    vault = Vault("a-test-secret-0123456789abcdef")
+    member = SimpleNamespace(
+        id=1, status="s-status", merged_into_id=3, version=4, name="n-name", gender="g-gender",
+        birthday=date(1990, 1, 2), province="p-province", city="c-city",
+        mobile_enc=vault.encrypt("+8613800138000", context=MOBILE_CONTEXT), source_channel="sc-channel",
+        source_store="ss-store", source_campaign="sp-campaign", referrer_id=5, lifecycle_stage="l-stage",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC), updated_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )  # fmt: skip
+    out = summary(cast(Member, member), ["b", "a", "b"], vault, reveal=True)
+    for field in MemberSummary.__struct_fields__:
+        expected = {"mobile": "+8613800138000", "tags": ["a", "b"]}.get(field, getattr(member, field, None))
+        assert getattr(out, field) == expected, field
+    masked = summary(cast(Member, member), [], vault)
+    assert (masked.name, masked.mobile) == ("n*****", "138****8000")
