@@ -48,6 +48,25 @@ async def test_health_and_schema_need_no_key(make_client: Any) -> None:
         assert "/api/plugins" in schema.json()["paths"]
 
 
+async def test_health_answers_503_when_the_database_check_fails(make_client: Any) -> None:
+    async with make_client(role=None) as api:
+        reader = api.app.state.point_reader
+
+        class Down:
+            async def first(self, *_: Any) -> None:
+                raise ConnectionRefusedError("database down")
+
+        api.app.state.point_reader = Down()
+        try:
+            down = await api.get("/health")
+        finally:
+            api.app.state.point_reader = reader
+        assert down.status_code == 503
+        assert down.headers["content-type"].startswith("application/problem+json")
+        assert down.json()["detail"] == "database check failed: ConnectionRefusedError"
+        assert (await api.get("/health")).json()["database"] == "ok"
+
+
 @pytest.mark.parametrize(
     ("header", "detail"),
     [

@@ -204,3 +204,13 @@ async def test_a_connection_lost_under_a_direct_statement_is_invalidated_as_the_
     for _ in range(3):  # the pool's next connections work (a dead one handed out again would fail here)
         async with one_connection() as session, session.begin():
             assert [r.one for r in await direct.rows(session, _ONE, {})] == [1]
+
+
+def test_a_plan_is_kept_under_the_dialect_and_the_length_of_each_list() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+    from tongcrm.db.direct import plan_shape
+
+    params = {"a": [1, 2], "b": ["x"], "c": [], "n": 5}
+    assert plan_shape(sqlite.dialect(), (), params) == ("sqlite", ())
+    assert plan_shape(sqlite.dialect(), ("a",), params) == ("sqlite", (2,))
+    assert plan_shape(postgresql.dialect(), ("a", "b", "c"), params) == ("postgresql", (2, 1, 0))

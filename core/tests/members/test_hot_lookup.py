@@ -79,7 +79,9 @@ async def test_the_hot_lookup_answers_as_the_route_does(make_client: Any) -> Non
     [
         ("mobile=13800138000&reveal=mobile", {}, 403),  # an analyst may not reveal: the route refuses
         ("mobile=13800138000&status=active", {}, 400),  # a parameter the route does not read
-        ("mobile=13800138000&mobile=13800138000", {}, 200),  # the route decides what a repeat means
+        ("mobile=13800138000&mobile=13800138000", {}, 400),  # given twice: the route refuses it
+        ("mobile=13900139000&mobile=13800138000", {}, 400),  # (it once answered for the last value)
+        ("identity=mobile:13800138000&identity=mobile:13800138000", {}, 400),
         ("mobile=13800138000&identity=mobile:13800138000", {}, 400),  # exactly one of them
         ("mobile=1380013%008000", {}, 400),  # a NUL character
         ("mobile=13900139000", {}, 404),  # no such member
@@ -182,6 +184,32 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
         hot_routes(app, {"/missing": build})
 
 
+@pytest.mark.parametrize("name", ["mobile", "identity"])
+async def test_a_lookup_parameter_given_twice_is_refused_by_the_route_and_the_hot_path(
+    make_client: Any, name: str
+) -> None:
+    """``mobile=`` (or ``identity=``) twice is a 400 problem, whether the key is cached (the hot path leaves it to
+    the route) or not (the route alone), rather than an answer for the last value."""
+    async with make_client(host=make_host()) as api:
+        as_analyst, _ = await _member_and_key(api)
+        value = "13800138000" if name == "mobile" else "mobile:13800138000"
+        twice = (
+            f"{LOOKUP}?{name}=13900139000&{name}={value}"
+            if name == "mobile"
+            else f"{LOOKUP}?{name}={value}&{name}={value}"
+        )
+        spy = Spy(api.app)
+        for _ in range(2):  # the first request checks the key through the route, the second has it cached
+            response = await api.get(twice, headers=as_analyst)
+            assert response.status_code == 400, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.json()["detail"] == f"{name} given twice"
+            assert "王" not in response.text
+        assert spy.answered in ([], [False], [False, False])
+        assert (await api.get(f"{LOOKUP}?{name}={value}", headers=as_analyst)).status_code == 200
+        assert spy.last(), "a cached key's plain lookup is answered before litestar"
+
+
 async def test_a_mobile_typed_with_other_digits_is_the_same_member(make_client: Any) -> None:
     """A mobile sent with fullwidth digits (as some input methods type them) is the member of the same mobile
     in ASCII: one member, found by either form (the E.164 shortcut once stored it as it came, under another
@@ -195,3 +223,51 @@ async def test_a_mobile_typed_with_other_digits_is_the_same_member(make_client: 
             assert found.json()["id"] == made.json()["id"]
         again = await api.post("/api/members", json={"name": "王小明", "mobile": "13800138000"})
         assert again.status_code == 409, again.text
+
+
+def test_the_lookup_encodes_its_summary_as_member_out_would() -> None:
+    """The lookup encodes :class:`MemberSummary` itself rather than a :class:`MemberOut` copy of it: the two must
+    keep the same fields, in the same order, of the same types, so that the JSON is the documented one."""
+    from datetime import UTC, date, datetime
+    from typing import get_type_hints
+
+    from tongcrm.members.api import _JSON, member_out
+    from tongcrm.members.schemas import MemberOut
+    from tongcrm.members.service import MemberSummary
+
+    assert MemberSummary.__struct_fields__ == MemberOut.__struct_fields__
+    assert get_type_hints(MemberSummary) == get_type_hints(MemberOut)
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    summary = MemberSummary(
+        id=7, status="active", merged_into_id=None, version=3, name="王**", gender="f", birthday=date(1990, 5, 6),
+        province="浙江", city="杭州", mobile="138****8000", source_channel="jd", source_store="S1",
+        source_campaign="c", referrer_id=2, lifecycle_stage="active", tags=["a", "b"], created_at=at, updated_at=at,
+    )  # fmt: skip
+    assert _JSON.encode(summary) == _JSON.encode(member_out(summary))
+
+
+def test_a_summary_holds_each_field_of_its_member() -> None:
+    """``summary`` builds its struct positionally: each field must come from the member's attribute of its name."""
+    from datetime import UTC, date, datetime
+    from types import SimpleNamespace
+    from typing import cast
+
+    from tongcrm.crypto import Vault
+    from tongcrm.members.models import Member
+    from tongcrm.members.phone import MOBILE_CONTEXT
+    from tongcrm.members.service import MemberSummary, summary
+
+    vault = Vault("a-test-secret-0123456789abcdef")
+    member = SimpleNamespace(
+        id=1, status="s-status", merged_into_id=3, version=4, name="n-name", gender="g-gender",
+        birthday=date(1990, 1, 2), province="p-province", city="c-city",
+        mobile_enc=vault.encrypt("+8613800138000", context=MOBILE_CONTEXT), source_channel="sc-channel",
+        source_store="ss-store", source_campaign="sp-campaign", referrer_id=5, lifecycle_stage="l-stage",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC), updated_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )  # fmt: skip
+    out = summary(cast(Member, member), ["b", "a", "b"], vault, reveal=True)
+    for field in MemberSummary.__struct_fields__:
+        expected = {"mobile": "+8613800138000", "tags": ["a", "b"]}.get(field, getattr(member, field, None))
+        assert getattr(out, field) == expected, field
+    masked = summary(cast(Member, member), [], vault)
+    assert (masked.name, masked.mobile) == ("n*****", "138****8000")

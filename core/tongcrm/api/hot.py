@@ -81,13 +81,20 @@ def hot_routes(app: Litestar, routes: Mapping[str, HotRoute]) -> dict[str, HotAn
 def only_query(scope: Scope, names: frozenset[str]) -> tuple[str, str] | None:
     """The request's one query parameter as litestar decodes it, when it is one of ``names``, given once and
     without a NUL character, and the request's Host header is one litestar accepts; otherwise None."""
-    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    host = _header(scope, b"host")
     if host is not None and not is_valid_host(host):
         return None
-    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True, separator="&")
-    if len(pairs) != 1:
+    query = scope["query_string"].decode("latin-1")
+    if "&" in query or "%" in query or "+" in query:
+        pairs = parse_qsl(query, keep_blank_values=True, separator="&")
+        if len(pairs) != 1:
+            return None
+        name, value = pairs[0]
+    elif query:
+        # one parameter and nothing to unquote: what parse_qsl answers, without its cost (a tenth of the lookup's)
+        name, _, value = query.partition("=")
+    else:
         return None
-    name, value = pairs[0]
     if name not in names or "\x00" in value:
         return None
     return name, value
@@ -95,9 +102,18 @@ def only_query(scope: Scope, names: frozenset[str]) -> tuple[str, str] | None:
 
 def bearer(scope: Scope) -> str | None:
     """The key of a well-formed ``Authorization: Bearer <key>`` header (None: none, or malformed)."""
-    header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+    header = _header(scope, b"authorization")
     if header is None:
         return None
     scheme, _, key = header.decode("latin-1").partition(" ")
     key = key.strip()
     return key if key and scheme.lower() == "bearer" else None
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case, as ASGI servers give it); a plain loop rather than
+    ``next()`` over a generator, which cost several times as much per request."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None

@@ -11,11 +11,11 @@ class EncodedJSON(ASGIResponse):
 
     litestar's own responses (this class's base included) collect their headers in a mutable header map and
     re-encode them on every response, which cost the member lookup about as much as decrypting the member's
-    mobile. This one builds the start message once, from bytes. Return it from a handler annotated
+    mobile. This one builds its headers once, from bytes. Return it from a handler annotated
     ``-> EncodedJSON`` and document the body with ``responses={200: ResponseSpec(...)}``.
     """
 
-    __slots__ = ("_start",)
+    __slots__ = ("_headers",)
 
     def __init__(self, body: bytes, *headers: tuple[bytes, bytes]) -> None:
         # the base's __init__ is the cost this class exists to avoid; set what its readers expect
@@ -23,16 +23,18 @@ class EncodedJSON(ASGIResponse):
         self.status_code = 200
         self.background = None
         self.is_head_response = False
-        self._start = {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-                *headers,
-            ],
-        }
+        self._headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            *headers,
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(self._start)  # type: ignore[arg-type]
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+    async def send_adding(self, send: Send, header: tuple[bytes, bytes]) -> None:
+        """As the response sends itself, with ``header`` after its own (the outer layer's request id, added
+        here rather than by wrapping ``send`` to copy the start message)."""
+        await send({"type": "http.response.start", "status": 200, "headers": [*self._headers, header]})
         await send({"type": "http.response.body", "body": self.body, "more_body": False})

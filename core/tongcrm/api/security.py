@@ -36,7 +36,8 @@ WRITE_ROLES = (Role.ADMIN, Role.OPERATOR)
 
 #: The ``opt`` key of a handler that confirms its caller's key itself (see :func:`confirms_key_itself`).
 CONFIRMS_KEY_OPT = "tongcrm_confirms_key"
-#: Scope key: the revocation counter a cached key was trusted under, still to be confirmed by the handler.
+#: Scope key: the cached key (:class:`~tongcrm.auth.service.CachedKey`: the revocation counter it was trusted
+#: under), still to be confirmed by the handler.
 _UNCONFIRMED = "tongcrm_unconfirmed_key_generation"
 
 
@@ -86,9 +87,9 @@ async def authenticate(
     if deferred:
         cached = verifier.cached(key)
         if cached is not None:
-            connection.scope[_UNCONFIRMED] = cached[1]  # type: ignore[literal-required]
-            connection.scope["user"] = cached[0]
-            return cached[0]
+            connection.scope[_UNCONFIRMED] = cached  # type: ignore[literal-required]
+            connection.scope["user"] = cached.principal
+            return cached.principal
     principal = await verifier.verify(key)
     if principal is None:
         raise NotAuthorizedException("unknown or revoked API key")

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from litestar import Controller, Response, get
+from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
@@ -14,6 +14,7 @@ import tongcrm
 from tongcrm.api.security import READ_ROLES, requires
 from tongcrm.auth.service import Role
 from tongcrm.db.base import utcnow
+from tongcrm.db.point_reads import PointQuery
 from tongcrm.metrics import database_gauges, render
 from tongcrm.plugin.host import PluginHost
 
@@ -31,11 +32,18 @@ class PluginOut(msgspec.Struct):
     hooks: list[str]
 
 
+#: The health check's statement: one point read (see :mod:`tongcrm.db.point_reads`).
+_ALIVE = PointQuery(sa.select(sa.literal(1).label("alive")))
+
+
 @get("/health", summary="Liveness and database check", tags=["system"])
-async def health(state: State) -> Response[Any]:
+async def health(request: Request[Any, Any, Any]) -> Response[Any]:
+    # Through the app's point reader, as the hot reads go, rather than an ORM session on the read pool: on
+    # SQLite that session cost ~550 us of CPU a check (a thread hand-off for each of its begin, statement,
+    # rollback and close), on PostgreSQL a pool check-out and a transaction, for a SELECT 1. (The app's state
+    # from the request: a ``state`` parameter would be a copy of it made for every request.)
     try:
-        async with state.read_sessions() as session:
-            await session.execute(sa.text("SELECT 1"))
+        await request.app.state.point_reader.first(_ALIVE, {})
     except Exception as exc:
         return Response(
             {

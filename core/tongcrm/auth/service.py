@@ -18,6 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,6 +47,15 @@ class Principal:
     role: Role
     store_code: str | None
     label: str
+
+
+class CachedKey(NamedTuple):
+    """A key's answer as :meth:`KeyVerifier.cached` found it: its principal, the revocation counter it was read
+    under, and the key's digest (so that :meth:`KeyVerifier.confirm` need not hash the key again)."""
+
+    principal: Principal
+    generation: int
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,26 +228,29 @@ class KeyVerifier:
         row = await self._reader.first_by_keys(_GENERATION, {}, (_REVOCATIONS_ROW,))
         return 0 if row is None else int(row.generation)
 
-    def cached(self, key: str) -> tuple[Principal, int] | None:
+    def cached(self, key: str) -> CachedKey | None:
         """The principal of ``key`` cached within its TTL and the revocation counter it was read under, without
         reading the counter. Only for a handler that reads the counter later in the request's own statement
         (:data:`GENERATION_COLUMN`) and calls :meth:`confirm` with it before it answers."""
         parsed = _parse(key)
         if parsed is None:
             return None
-        cached = self._cache.get(_digest(key))
+        digest = _digest(key)
+        cached = self._cache.get(digest)
         if cached is None or cached[2] is None or cached[0] <= time.monotonic():
             return None
-        return cached[2], cached[1]
+        return CachedKey(cached[2], cached[1], digest)
 
-    async def confirm(self, key: str, seen: int, now: int | None) -> Principal | None:
+    async def confirm(self, key: str, seen: CachedKey, now: int | None) -> Principal | None:
         """After :meth:`cached`: the principal still valid under the counter ``now`` read after the request
-        arrived (``None``: read it here). Unchanged counter, same answer; moved, the key is verified afresh."""
+        arrived (``None``: read it here). Unchanged counter, same answer (while still cached within its TTL);
+        moved, the key is verified afresh."""
         current = await self.generation() if now is None else now
-        if current == seen:
-            found = self.cached(key)
-            if found is not None:
-                return found[0]
+        if current == seen.generation:
+            # the digest :meth:`cached` computed for this key (hashing it again cost as much as the check)
+            cached = self._cache.get(seen.digest)
+            if cached is not None and cached[2] is not None and cached[0] > time.monotonic():
+                return cached[2]
         return await self.verify(key)
 
     async def verify(self, key: str) -> Principal | None:

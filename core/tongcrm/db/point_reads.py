@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tongcrm.db.direct import Plan, compile_plan
+from tongcrm.db.direct import Plan, compile_plan, plan_shape
 from tongcrm.db.engine import async_url, transaction_pooled
 from tongcrm.db.pg_connections import ConnectionKeeper
 
@@ -61,7 +61,7 @@ class PointQuery:
         self._plans: dict[tuple[str, tuple[int, ...]], Plan] = {}
 
     def plan(self, dialect: Dialect, params: Mapping[str, Any]) -> Plan:
-        shape = (dialect.name, tuple(len(params[name]) for name in self._lists))
+        shape = plan_shape(dialect, self._lists, params)
         plan = self._plans.get(shape)
         if plan is None:
             plan = self._plans[shape] = self._compile(dialect, params)

@@ -105,8 +105,18 @@ def merge_out(m: Merge) -> MergeOut:
     )
 
 
+def _once(request: Request[Any, Any, Any], *names: str) -> None:
+    """400 when one of the query parameters ``names`` is given more than once (litestar would take the last)."""
+    query = request.query_params
+    for name in names:
+        if len(query.getall(name, [])) > 1:
+            raise BadRequest(f"{name} given twice")
+
+
 def _lookup_answer(out: service.MemberSummary) -> EncodedJSON:
-    return EncodedJSON(_JSON.encode(member_out(out)), (b"etag", etag(out.version).encode()))
+    # MemberSummary has MemberOut's fields, in its order and of its types (a test holds them equal), so it
+    # encodes to the same JSON without the copy member_out() makes
+    return EncodedJSON(_JSON.encode(out), (b"etag", etag(out.version).encode()))
 
 
 #: The lookup's query parameters the hot answer takes (one of them, alone: ``reveal`` is audited, so litestar's)
@@ -129,7 +139,7 @@ def hot_lookup(app: Litestar, roles: frozenset[Role]) -> HotAnswer:
         if query is None or key is None:
             return None
         cached = verifier.cached(key)
-        if cached is None or cached[0].role not in roles:
+        if cached is None or cached.principal.role not in roles:
             return None
         name, value = query
         try:
@@ -141,7 +151,7 @@ def hot_lookup(app: Litestar, roles: frozenset[Role]) -> HotAnswer:
                 identity=value if name == "identity" else None,
             )
             # the key was trusted from the cache: confirmed under the revocation counter the read carried
-            principal = await verifier.confirm(key, cached[1], generation)
+            principal = await verifier.confirm(key, cached, generation)
         except Exception:  # refused or failed: the route reads again and answers with the problem
             return None
         if principal is None or principal.role not in roles:
@@ -249,6 +259,7 @@ class MemberController(Controller):
         # the caller's key was trusted from the cache: the revocation counter comes with the member's row and
         # confirms it before anything is answered, a refusal included (one round trip for the hottest read)
         try:
+            _once(request, "mobile", "identity")
             revealing = _reveal(reveal, principal)
             out, generation = await service.lookup_summary_stamped(
                 state.point_reader,
