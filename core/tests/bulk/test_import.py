@@ -297,6 +297,12 @@ def test_a_mapping_names_documented_columns_only() -> None:
         parse_mapping({"phone": "手机号"}, "members")
     with pytest.raises(BadRequest, match="unknown import kind 'coupons'"):
         parse_mapping({}, "coupons")
+    # a kind of any size is quoted by its first 40 characters only
+    with pytest.raises(
+        BadRequest, match=r"unknown import kind 'k{40}'…; kinds: members, orders, points$"
+    ) as long:
+        parse_mapping({}, "k" * 100_000)
+    assert len(long.value.message) < 120
 
 
 async def test_a_file_that_cannot_be_read_as_a_whole_is_refused_before_it_starts(

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +47,7 @@ from tongcrm.bulk.mapping import (
     parse_int,
     parse_time,
     read_records,
+    shown,
 )
 from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
@@ -176,7 +178,7 @@ def _validate_source(source: str) -> str:
     """Sources name the import channel account (``import-<source>``) and prefix every row key."""
     if not source or len(source) > 40 or not set(source) <= _SOURCE_CHARS:
         raise BadRequest(
-            f"import source {source!r} must be 1-40 lowercase letters, digits, '-' or '_' (it names the previous CRM)"
+            f"import source {shown(source)} must be 1-40 lowercase letters, digits, '-' or '_' (it names the previous CRM)"
         )
     return source
 
@@ -292,17 +294,19 @@ def _holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pages(records: Iterable[Record], after: int, size: int) -> Iterator[list[Record]]:
+def _pages(records: Generator[Record], after: int, size: int) -> Iterator[list[Record]]:
+    """``records`` in pages of ``size`` after line ``after``; closing the pages closes ``records`` (the file)."""
     page: list[Record] = []
-    for record in records:
-        if record.line <= after:
-            continue
-        page.append(record)
-        if len(page) >= size:
+    with contextlib.closing(records):
+        for record in records:
+            if record.line <= after:
+                continue
+            page.append(record)
+            if len(page) >= size:
+                yield page
+                page = []
+        if page:
             yield page
-            page = []
-    if page:
-        yield page
 
 
 async def run_import(
@@ -430,7 +434,12 @@ async def _prepared_pages(
 ) -> AsyncGenerator[_Page, None]:
     """The pages of ``pages``, each read and prepared by ``prepare`` in a thread of its own one page ahead of the
     caller: the next page's parsing, normalising and encryption run while the database writes this one (the
-    event loop is idle then). At most two pages are held; the reading thread stops with the caller."""
+    event loop is idle then). At most two pages are held; the reading thread stops with the caller.
+
+    The thread runs each page in a copy of the caller's context, so what it logs carries the caller's structlog
+    context variables (a request's id, a job's name). However the caller stops — the end, an error, or a
+    cancellation while it waits for a page — ``pages`` is closed (its file with it) in the thread, right after the
+    page in preparation, and before this generator finishes."""
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="import-reader")
 
@@ -441,7 +450,16 @@ async def _prepared_pages(
         overlap.reading_s += time.perf_counter() - started
         return prepared
 
-    pending = loop.run_in_executor(reader, next_page)
+    def read_ahead() -> asyncio.Future[_Page | None]:
+        return loop.run_in_executor(reader, contextvars.copy_context().run, next_page)
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            close_pages = getattr(pages, "close", None)
+            if close_pages is not None:
+                close_pages()
+
+    pending = read_ahead()
     try:
         while True:
             started = time.perf_counter()
@@ -449,16 +467,20 @@ async def _prepared_pages(
             overlap.waited_s += time.perf_counter() - started
             if page is None:
                 break
-            pending = loop.run_in_executor(reader, next_page)
+            pending = read_ahead()
             yield page
     finally:
-        # the page in preparation is finished (or fails) without blocking the event loop, then the file closes
-        with contextlib.suppress(Exception):
-            await pending
+        # Not waited for: the page in preparation is not wanted (its error, if any, neither). The single reader
+        # thread closes the file once that page is done — a generator cannot be closed while another thread runs
+        # it — and the caller waits for that without blocking the event loop; a cancellation of that wait does not
+        # stop the close, which is already queued in the thread.
+        if not pending.done():
+            pending.cancel()
+        elif not pending.cancelled():
+            pending.exception()  # a page prepared but not wanted: its error is not reported either
+        closed = asyncio.wrap_future(reader.submit(close))
         reader.shutdown(wait=False)
-        close = getattr(pages, "close", None)
-        if close is not None:
-            close()
+        await asyncio.shield(closed)
 
 
 def _prepare_page(ctx: ImportContext, kind: str, source: str, dialect: str, page: list[Record]) -> _Page:
