@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 from tongcrm.bulk import service
-from tongcrm.bulk.mapping import Record, read_records
+from tongcrm.bulk.mapping import Record, count_records, read_records
 
 
 class _Source:
@@ -133,3 +133,19 @@ def test_closing_the_pages_closes_the_file_while_its_records_are_still_reference
     assert _open_fds(path) == 1
     pages.close()
     assert _open_fds(path) == 0  # `records` is still referenced: it was closed, not collected
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        ("csv", 'member_id,name\nM1,"two\nlines"\n\n , \nM2\nM3,a,b\n"",""\nM4,x'),
+        ("csv", "\ufeffmember_id\n"),
+        ("csv", "\n\nM1\nM2\n"),  # a blank first line is the header, as the reader takes it
+        ("jsonl", '{"member_id": "M1"}\n\n   \nnot json\n[1]\n{"member_id": "M2"}'),
+        ("jsonl", ""),
+    ],
+)
+def test_the_record_count_is_the_number_of_records_read(tmp_path: Path, fmt: str, text: str) -> None:
+    path = tmp_path / f"f.{fmt}"
+    path.write_text(text, encoding="utf-8")
+    assert count_records(path, fmt) == len(list(read_records(path, fmt)))

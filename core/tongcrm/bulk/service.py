@@ -53,7 +53,7 @@ from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
 from tongcrm.db import stats
-from tongcrm.db.dialect import dialect_name, insert, one_of
+from tongcrm.db.dialect import dialect_name, insert, insert_rows, json_rows_param, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, ResolveOutcome, resolve_many
@@ -152,6 +152,9 @@ class _Outcome:
     members: set[int] = field(default_factory=set)
     #: Whether some rows went through identity resolution (which may create members and identities).
     resolved: bool = False
+    #: Members whose tiers were re-evaluated already, after all of the page's rows were written (by
+    #: ``apply_orders_page``, which does that for the orders it applies).
+    tiers_done: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,9 +535,11 @@ async def _import_page(
             {"keys": failed_keys},
         )
         errors.extend((r.record, r.key, outcome.failures[r.key]) for r in fresh if r.key in outcome.failures)
-    if outcome.members:
+    if outcome.members - outcome.tiers_done:
         await reevaluate_tiers(
-            session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), outcome.members
+            session,
+            TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor),
+            outcome.members - outcome.tiers_done,
         )
     if errors:
         now = ctx.clock()
@@ -590,15 +595,27 @@ async def _claim(session: AsyncSession, import_id: int, kind: str, rows: Sequenc
             {"kind": kind, "import_id": import_id, "keys": list(first), "lines": list(first.values())},
         )
     else:
-        stmt = (
-            insert(session, _KEYS)
-            .on_conflict_do_nothing(index_elements=["kind", "key"])
-            .returning(_KEYS.c.key)
-        )
         values = [{"kind": kind, "key": k, "import_id": import_id, "line": line} for k, line in first.items()]
-        result = await session.execute(stmt, values)
+        result = await session.execute(
+            _claim_statement_sqlite(), json_rows_param(_KEYS, _KEY_COLUMNS, values)
+        )
     won = {row[0] for row in result.all()}
     return {k: line for k, line in first.items() if k in won}
+
+
+_KEY_COLUMNS = ("kind", "key", "import_id", "line")
+
+
+@functools.cache
+def _claim_statement_sqlite() -> Any:
+    """SQLite: a page's keys as one JSON array (:func:`tongcrm.db.dialect.json_rows`), one fixed text; an
+    executemany with ``RETURNING`` was rendered by SQLAlchemy as a ``VALUES`` list of four binds per key on
+    every page (#22)."""
+    return (
+        insert_rows("sqlite", _KEYS, _KEY_COLUMNS)
+        .on_conflict_do_nothing(index_elements=["kind", "key"])
+        .returning(_KEYS.c.key)
+    )
 
 
 @functools.cache
@@ -846,6 +863,9 @@ async def _apply_orders(
         session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
     )
     outcome.members |= result.member_ids
+    outcome.tiers_done = result.member_ids  # re-evaluated after the page's staged orders were written too
+    if result.applied == len(orders):
+        return outcome  # every order of the page was written (their keys were new): none to look for
     external = list(key_of)
     stored = set(
         (
