@@ -120,6 +120,9 @@ async def test_import_and_export_over_http(tongcrm_db: TestDatabase, make_client
         bad = await op.post("/api/imports", params={"kind": "coupons", "format": "csv"}, content=b"x\n")
         assert bad.status_code == 400 and "unknown import kind 'coupons'" in bad.json()["detail"]
         assert bad.headers["content-type"].startswith("application/problem+json")
+        long = await op.post("/api/imports", params={"kind": "c" * 5000, "format": "csv"}, content=b"x\n")
+        assert long.status_code == 400, long.text
+        assert f"unknown import kind '{'c' * 40}'…;" in long.json()["detail"] and "c" * 41 not in long.text
         empty = await op.post("/api/imports", params={"kind": "members", "format": "csv"}, content=b"")
         assert empty.status_code == 400 and "body is empty" in empty.json()["detail"]
         mapping = await op.post(
@@ -137,6 +140,8 @@ async def test_import_and_export_over_http(tongcrm_db: TestDatabase, make_client
         assert refused.status_code == 403
         unknown = await op.get("/api/exports/coupons")
         assert unknown.status_code == 400 and "unknown export 'coupons'" in unknown.json()["detail"]
+        long_export = await op.get(f"/api/exports/{'c' * 3000}")
+        assert long_export.status_code == 400 and "c" * 41 not in long_export.json()["detail"]
 
     async with make_client(role="analyst") as analyst:
         upload = await analyst.post(

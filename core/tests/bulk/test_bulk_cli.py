@@ -4,6 +4,7 @@ bad rows, masking, and an exported ledger that ``tongcrm verify`` agrees with.""
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tongcrm.bulk.cli import batch_collector
 from tongcrm.cli import Context, build_cli
 from tongcrm.plugin.host import PluginHost
 
@@ -70,3 +72,22 @@ def test_import_then_export_from_the_command_line(invoke: Any, tmp_path: Path) -
 
     unknown = CliRunner().invoke(build_cli(PluginHost(autoload=False)), ["export", "segment"])
     assert unknown.exit_code != 0 and "Invalid value" in unknown.output
+
+
+def test_an_import_collects_garbage_for_a_batch_and_puts_the_collector_back() -> None:
+    before = gc.get_threshold()
+    if gc.get_freeze_count():
+        pytest.skip("this process froze its heap before (the collector is then left frozen)")
+    with batch_collector(5_000):
+        assert gc.get_threshold() == (5_000, *before[1:])
+        frozen = gc.get_freeze_count()
+        assert (
+            frozen > 10_000
+        )  # the programme loaded so far (modules, classes, tests) is out of the collector's view
+        cycle: list[Any] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # what the batch makes is still collected
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

@@ -297,6 +297,12 @@ def test_a_mapping_names_documented_columns_only() -> None:
         parse_mapping({"phone": "手机号"}, "members")
     with pytest.raises(BadRequest, match="unknown import kind 'coupons'"):
         parse_mapping({}, "coupons")
+    # a kind of any size is quoted by its first 40 characters only
+    with pytest.raises(
+        BadRequest, match=r"unknown import kind 'k{40}'…; kinds: members, orders, points$"
+    ) as long:
+        parse_mapping({}, "k" * 100_000)
+    assert len(long.value.message) < 120
 
 
 async def test_a_file_that_cannot_be_read_as_a_whole_is_refused_before_it_starts(
@@ -749,3 +755,30 @@ async def test_two_columns_meaning_one_are_refused_not_guessed(
     async with tongcrm_db.sessions() as session:
         (error,) = await service.import_errors(session, job.id)
     assert error.line == 1 and "which both mean the 'mobile' column" in error.reason
+
+
+async def test_an_order_resolution_refuses_is_a_bad_row_beside_the_orders_written(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", MEMBERS_CSV))
+    path = write(
+        tmp_path / "orders.csv",
+        "order_id,member_id,identity.nowhere.id,placed_at,total_fen\n"
+        "O1,M1,,2025-03-01 10:00:00,19900\n"
+        "O2,M2,x-1,2025-03-02 10:00:00,500\n"  # a claim of a kind no plugin declares: resolution refuses it
+        "O3,M9,,2025-03-03 10:00:00,700\n",  # a buyer not known yet: created through ingest
+    )
+    job, _ = await do_import(tongcrm_db, ctx, "orders", path)
+    assert (job.imported, job.failed) == (2, 1)
+    async with tongcrm_db.sessions() as session:
+        errors = await service.import_errors(session, job.id)
+        stored = set((await session.execute(sa.select(Order.external_id))).scalars())
+    assert [(e.line, e.key) for e in errors] == [(3, "legacy/O2")]
+    assert "identity" in errors[0].reason and "nowhere.id" in errors[0].reason
+    assert stored == {"O1", "O3"}
+    # its key was given back: the corrected row imports
+    fixed = write(
+        tmp_path / "fixed.csv", "order_id,member_id,placed_at,total_fen\nO2,M2,2025-03-02 10:00:00,500\n"
+    )
+    again, _ = await do_import(tongcrm_db, ctx, "orders", fixed)
+    assert (again.imported, again.skipped, again.failed) == (1, 0, 0)

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.audit.service import Actor
+from tongcrm.bulk.mapping import shown
 from tongcrm.crypto import Vault
 from tongcrm.errors import BadRequest, Forbidden
 from tongcrm.members.masked import mask_name
@@ -74,7 +75,7 @@ KINDS: dict[str, _Kind] = {
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise BadRequest(
-            f"unknown export {kind!r}; exports: {', '.join(KINDS)} (a segment: tongcrm segments export)"
+            f"unknown export {shown(kind)}; exports: {', '.join(KINDS)} (a segment: tongcrm segments export)"
         )
     return kind
 

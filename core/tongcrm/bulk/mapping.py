@@ -9,10 +9,11 @@ becomes a bad row with a reason, never a failed file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,9 +73,18 @@ class Record:
         ]
 
 
+#: How much of a value the caller sent an error message echoes back (a query parameter may be any size).
+SHOWN_CHARS = 40
+
+
+def shown(value: str) -> str:
+    """``value`` as an error message quotes it: its first :data:`SHOWN_CHARS` characters, ``…`` when cut."""
+    return repr(value) if len(value) <= SHOWN_CHARS else repr(value[:SHOWN_CHARS]) + "…"
+
+
 def check_kind(kind: str) -> str:
     if kind not in COLUMNS:
-        raise BadRequest(f"unknown import kind {kind!r}; kinds: {', '.join(KINDS)}")
+        raise BadRequest(f"unknown import kind {shown(kind)}; kinds: {', '.join(KINDS)}")
     return kind
 
 
@@ -82,7 +92,7 @@ def file_format(path: Path, given: str | None) -> str:
     """The format the caller named, else the one the file name says (``.csv``; ``.jsonl``/``.ndjson``)."""
     if given is not None:
         if given not in FORMATS:
-            raise BadRequest(f"unknown file format {given!r}; formats: {', '.join(FORMATS)}")
+            raise BadRequest(f"unknown file format {shown(given)}; formats: {', '.join(FORMATS)}")
         return given
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -133,8 +143,22 @@ def digest(path: Path) -> str:
 
 
 def count_records(path: Path, fmt: str) -> int:
-    """Records in the file (for progress): one pass, constant memory."""
-    return sum(1 for _ in _raw(path, fmt))
+    """Records in the file (for progress): one pass, constant memory. The records :func:`read_records` gives,
+    counted without making them: a CSV row with a non-blank cell (the header aside), a non-blank JSON Lines
+    line (a line that is not JSON is a record too: a bad row)."""
+    try:
+        if fmt == "csv":
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                reader = csv.reader(f)
+                if next(reader, None) is None:  # the header
+                    return 0
+                return sum(1 for cells in reader if any(c.strip() for c in cells))
+        with path.open(encoding="utf-8-sig") as f:
+            return sum(1 for text in f if text.strip())
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"{path.name} is not UTF-8 text (byte {exc.start} of a block): save it as UTF-8"
+        ) from None
 
 
 def check_header(path: Path, fmt: str, kind: str, mapping: Mapping[str, str] | None = None) -> None:
@@ -198,7 +222,7 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def _raw(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def _raw(path: Path, fmt: str) -> Generator[tuple[int, dict[str, Any] | None, str | None]]:
     try:
         yield from _raw_records(path, fmt)
     except UnicodeDecodeError as exc:
@@ -207,7 +231,7 @@ def _raw(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str
         ) from None
 
 
-def _raw_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def _raw_records(path: Path, fmt: str) -> Generator[tuple[int, dict[str, Any] | None, str | None]]:
     if fmt == "csv":
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -240,31 +264,33 @@ def _raw_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | N
             yield number, obj, None
 
 
-def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None) -> Iterator[Record]:
-    """Every record of the file in order, under the documented names (columns not documented are dropped)."""
+def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None) -> Generator[Record]:
+    """Every record of the file in order, under the documented names (columns not documented are dropped).
+    Closing the records closes the file (not the garbage collector)."""
     rename = _renamer(mapping or {})
-    for line, raw, error in _raw(path, fmt):
-        if raw is None:
-            yield Record(line, {}, f"line {line} {error}")
-            continue
-        clash = _clashes(list(raw), rename) if fmt != "csv" else None
-        if clash is not None:
-            yield Record(line, {}, f"line {line} {clash}")
-            continue
-        values: dict[str, str | None] = {}
-        for name, value in raw.items():
-            ours = rename.get(name, name)
-            values[ours] = _text(value)
-        nul = next(
-            (n for n, text in values.items() if text is not None and "\x00" in text and _read(n)), None
-        )
-        if nul is not None:
-            # No database text column can hold U+0000 (PostgreSQL refuses it): the row is bad, not the file, and it
-            # is kept for the report with each NUL shown as U+FFFD.
-            shown = {k: None if v is None else v.replace("\x00", "\ufffd") for k, v in values.items()}
-            yield Record(line, shown, f"line {line}: the {nul} value contains a NUL character (U+0000)")
-            continue
-        yield Record(line, values)
+    with contextlib.closing(_raw(path, fmt)) as raws:
+        for line, raw, error in raws:
+            if raw is None:
+                yield Record(line, {}, f"line {line} {error}")
+                continue
+            clash = _clashes(list(raw), rename) if fmt != "csv" else None
+            if clash is not None:
+                yield Record(line, {}, f"line {line} {clash}")
+                continue
+            values: dict[str, str | None] = {}
+            for name, value in raw.items():
+                ours = rename.get(name, name)
+                values[ours] = _text(value)
+            nul = next(
+                (n for n, text in values.items() if text is not None and "\x00" in text and _read(n)), None
+            )
+            if nul is not None:
+                # No database text column can hold U+0000 (PostgreSQL refuses it): the row is bad, not the file, and it
+                # is kept for the report with each NUL shown as U+FFFD.
+                visible = {k: None if v is None else v.replace("\x00", "\ufffd") for k, v in values.items()}
+                yield Record(line, visible, f"line {line}: the {nul} value contains a NUL character (U+0000)")
+                continue
+            yield Record(line, values)
 
 
 def parse_int(record: Record, name: str, *, default: int | None = None, minimum: int = 0) -> int:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,12 +47,13 @@ from tongcrm.bulk.mapping import (
     parse_int,
     parse_time,
     read_records,
+    shown,
 )
 from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
 from tongcrm.db import stats
-from tongcrm.db.dialect import dialect_name, insert, one_of
+from tongcrm.db.dialect import dialect_name, insert, insert_rows, json_rows_param, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, ResolveOutcome, resolve_many
@@ -150,6 +152,9 @@ class _Outcome:
     members: set[int] = field(default_factory=set)
     #: Whether some rows went through identity resolution (which may create members and identities).
     resolved: bool = False
+    #: Members whose tiers were re-evaluated already, after all of the page's rows were written (by
+    #: ``apply_orders_page``, which does that for the orders it applies).
+    tiers_done: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +181,7 @@ def _validate_source(source: str) -> str:
     """Sources name the import channel account (``import-<source>``) and prefix every row key."""
     if not source or len(source) > 40 or not set(source) <= _SOURCE_CHARS:
         raise BadRequest(
-            f"import source {source!r} must be 1-40 lowercase letters, digits, '-' or '_' (it names the previous CRM)"
+            f"import source {shown(source)} must be 1-40 lowercase letters, digits, '-' or '_' (it names the previous CRM)"
         )
     return source
 
@@ -292,17 +297,19 @@ def _holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pages(records: Iterable[Record], after: int, size: int) -> Iterator[list[Record]]:
+def _pages(records: Generator[Record], after: int, size: int) -> Iterator[list[Record]]:
+    """``records`` in pages of ``size`` after line ``after``; closing the pages closes ``records`` (the file)."""
     page: list[Record] = []
-    for record in records:
-        if record.line <= after:
-            continue
-        page.append(record)
-        if len(page) >= size:
+    with contextlib.closing(records):
+        for record in records:
+            if record.line <= after:
+                continue
+            page.append(record)
+            if len(page) >= size:
+                yield page
+                page = []
+        if page:
             yield page
-            page = []
-    if page:
-        yield page
 
 
 async def run_import(
@@ -430,7 +437,12 @@ async def _prepared_pages(
 ) -> AsyncGenerator[_Page, None]:
     """The pages of ``pages``, each read and prepared by ``prepare`` in a thread of its own one page ahead of the
     caller: the next page's parsing, normalising and encryption run while the database writes this one (the
-    event loop is idle then). At most two pages are held; the reading thread stops with the caller."""
+    event loop is idle then). At most two pages are held; the reading thread stops with the caller.
+
+    The thread runs each page in a copy of the caller's context, so what it logs carries the caller's structlog
+    context variables (a request's id, a job's name). However the caller stops — the end, an error, or a
+    cancellation while it waits for a page — ``pages`` is closed (its file with it) in the thread, right after the
+    page in preparation, and before this generator finishes."""
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="import-reader")
 
@@ -441,7 +453,16 @@ async def _prepared_pages(
         overlap.reading_s += time.perf_counter() - started
         return prepared
 
-    pending = loop.run_in_executor(reader, next_page)
+    def read_ahead() -> asyncio.Future[_Page | None]:
+        return loop.run_in_executor(reader, contextvars.copy_context().run, next_page)
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            close_pages = getattr(pages, "close", None)
+            if close_pages is not None:
+                close_pages()
+
+    pending = read_ahead()
     try:
         while True:
             started = time.perf_counter()
@@ -449,16 +470,20 @@ async def _prepared_pages(
             overlap.waited_s += time.perf_counter() - started
             if page is None:
                 break
-            pending = loop.run_in_executor(reader, next_page)
+            pending = read_ahead()
             yield page
     finally:
-        # the page in preparation is finished (or fails) without blocking the event loop, then the file closes
-        with contextlib.suppress(Exception):
-            await pending
+        # Not waited for: the page in preparation is not wanted (its error, if any, neither). The single reader
+        # thread closes the file once that page is done — a generator cannot be closed while another thread runs
+        # it — and the caller waits for that without blocking the event loop; a cancellation of that wait does not
+        # stop the close, which is already queued in the thread.
+        if not pending.done():
+            pending.cancel()
+        elif not pending.cancelled():
+            pending.exception()  # a page prepared but not wanted: its error is not reported either
+        closed = asyncio.wrap_future(reader.submit(close))
         reader.shutdown(wait=False)
-        close = getattr(pages, "close", None)
-        if close is not None:
-            close()
+        await asyncio.shield(closed)
 
 
 def _prepare_page(ctx: ImportContext, kind: str, source: str, dialect: str, page: list[Record]) -> _Page:
@@ -510,9 +535,11 @@ async def _import_page(
             {"keys": failed_keys},
         )
         errors.extend((r.record, r.key, outcome.failures[r.key]) for r in fresh if r.key in outcome.failures)
-    if outcome.members:
+    if outcome.members - outcome.tiers_done:
         await reevaluate_tiers(
-            session, TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor), outcome.members
+            session,
+            TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor),
+            outcome.members - outcome.tiers_done,
         )
     if errors:
         now = ctx.clock()
@@ -568,15 +595,27 @@ async def _claim(session: AsyncSession, import_id: int, kind: str, rows: Sequenc
             {"kind": kind, "import_id": import_id, "keys": list(first), "lines": list(first.values())},
         )
     else:
-        stmt = (
-            insert(session, _KEYS)
-            .on_conflict_do_nothing(index_elements=["kind", "key"])
-            .returning(_KEYS.c.key)
-        )
         values = [{"kind": kind, "key": k, "import_id": import_id, "line": line} for k, line in first.items()]
-        result = await session.execute(stmt, values)
+        result = await session.execute(
+            _claim_statement_sqlite(), json_rows_param(_KEYS, _KEY_COLUMNS, values)
+        )
     won = {row[0] for row in result.all()}
     return {k: line for k, line in first.items() if k in won}
+
+
+_KEY_COLUMNS = ("kind", "key", "import_id", "line")
+
+
+@functools.cache
+def _claim_statement_sqlite() -> Any:
+    """SQLite: a page's keys as one JSON array (:func:`tongcrm.db.dialect.json_rows`), one fixed text; an
+    executemany with ``RETURNING`` was rendered by SQLAlchemy as a ``VALUES`` list of four binds per key on
+    every page (#22)."""
+    return (
+        insert_rows("sqlite", _KEYS, _KEY_COLUMNS)
+        .on_conflict_do_nothing(index_elements=["kind", "key"])
+        .returning(_KEYS.c.key)
+    )
 
 
 @functools.cache
@@ -824,6 +863,9 @@ async def _apply_orders(
         session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
     )
     outcome.members |= result.member_ids
+    outcome.tiers_done = result.member_ids  # re-evaluated after the page's staged orders were written too
+    if result.applied == len(orders):
+        return outcome  # every order of the page was written (their keys were new): none to look for
     external = list(key_of)
     stored = set(
         (
