@@ -60,12 +60,19 @@ registry().map_imperatively(_Thing, _things)
 _RENAME = sa.update(_things).where(_things.c.id == sa.bindparam("thing")).values(name=sa.bindparam("name"))
 
 
-@pytest.fixture
-async def sessions(tongcrm_db: TestDatabase) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions as the counter's writer gets them: the inline SQLite writer, PostgreSQL's engine."""
+@pytest.fixture(params=["writer", "engine"])
+async def sessions(
+    tongcrm_db: TestDatabase, request: pytest.FixtureRequest
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions as the counter's writer gets them (the inline SQLite writer, PostgreSQL's engine) and as
+    everything else does (the ordinary engine: on SQLite a file's connection is aiosqlite's thread's)."""
+    if request.param == "engine" and tongcrm_db.backend != "sqlite":
+        pytest.skip("one engine on PostgreSQL")
     async with tongcrm_db.engine.begin() as conn:
         await conn.run_sync(_meta.create_all)
-    engine: AsyncEngine = create_inline_writer(tongcrm_db.url) or tongcrm_db.engine
+    engine: AsyncEngine = (
+        create_inline_writer(tongcrm_db.url) if request.param == "writer" else None
+    ) or tongcrm_db.engine
     try:
         yield async_sessionmaker(engine, expire_on_commit=False)
     finally:
@@ -147,3 +154,41 @@ async def test_what_the_orm_holds_goes_first_and_listeners_see_direct_statements
         assert await direct.first(session, upsert, {"name": "b"}) is None
         assert (await direct.first(session, upsert, {"name": "d"})) is not None
     assert [s for s in seen if s.upper().startswith("UPDATE DIRECT_THINGS")]
+
+
+async def test_on_sqlite_s_ordinary_engine_a_writer_s_direct_statements_run_without_a_hand_off(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writing transaction runs them on the event loop's thread (no call to aiosqlite's thread); a read-only
+    one keeps them on the thread."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("aiosqlite's thread is SQLite's")
+    from tongcrm.db import sqlite_thread
+    from tongcrm.db.engine import session_factory
+
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    calls: list[object] = []
+    handed = sqlite_thread.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn)
+        return await handed(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_thread.Connection, "_execute", counted)
+    try:
+        async with tongcrm_db.sessions() as session, session.begin():
+            await session.connection()  # BEGIN IMMEDIATE, on the thread
+            calls.clear()
+            [added] = await direct.rows(session, _ADD, _thing("a", seen_at=SEEN, meta={"k": 1}))
+            assert [r.name for r in await direct.rows(session, _READ, {"names": ["a"]})] == ["a"]
+            assert calls == []
+            assert (added.seen_at, added.meta) == (SEEN, {"k": 1})
+        async with session_factory(tongcrm_db.engine, readonly=True)() as session, session.begin():
+            await session.connection()
+            calls.clear()
+            assert [r.id for r in await direct.rows(session, _READ, {"names": ["a"]})] == [added.id]
+            assert calls  # through the session, on the thread
+    finally:
+        async with tongcrm_db.engine.begin() as conn:
+            await conn.run_sync(_meta.drop_all)

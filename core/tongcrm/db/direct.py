@@ -12,7 +12,14 @@ would write and read. It runs in the session's own transaction, on its own conne
   starting it, exactly as its adapter would); asyncpg prepares the statement once per connection.
 - SQLite through the inline writer (:mod:`tongcrm.db.inline_sqlite`): on its ``sqlite3`` connection, with its
   busy retry and its turn for other tasks.
-- anything else (aiosqlite's thread, an in-memory database): ``session.execute``, as before.
+- SQLite through the ordinary engine (:mod:`tongcrm.db.sqlite_thread`), in a writing transaction: on its
+  ``sqlite3`` connection too, on the event loop's thread, under the adapter's lock, then a turn for other tasks.
+  aiosqlite's thread is idle meanwhile (each statement of the transaction is awaited in turn), and the
+  transaction began with ``BEGIN IMMEDIATE`` on that thread, so it holds the write lock and a statement in it
+  does not wait on other writers. A statement's hand-off to the thread and back cost more CPU than most of the
+  page's statements themselves (issue #22). Read-only transactions stay on the thread (their first read may
+  wait on SQLite's locks, which must not stall the loop).
+- anything else (an in-memory database, aiosqlite's own connect): ``session.execute``, as before.
 
 What stays as it was: what the ORM holds is flushed first (autoflush), listeners of ``before_cursor_execute`` see every statement (tests count round trips with
 them), and a driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` subclass for it
@@ -23,6 +30,7 @@ for a few lengths (a till's lists hold one item or a few); beyond those it goes 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import weakref
@@ -35,6 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db import sqlite_thread
 from tongcrm.db.inline_sqlite import InlineConnection
 
 _Processor = Callable[[Any], Any] | None
@@ -140,7 +149,7 @@ class _Connection:
     sync: Any  # sqlalchemy.engine.Connection
     dialect: Dialect
     dbapi: Any  # SQLAlchemy's adapted DBAPI connection
-    driver: Any  # asyncpg.Connection, an InlineConnection, or None (run through the session)
+    driver: Any  # asyncpg.Connection, an InlineConnection, a sqlite_thread.Connection, or None (the session)
 
 
 async def _connection(session: AsyncSession) -> _Connection:
@@ -155,12 +164,15 @@ async def _connection(session: AsyncSession) -> _Connection:
     fairy = await conn.get_raw_connection()
     driver = fairy.driver_connection
     dialect = conn.dialect
+    sync = conn.sync_connection
+    writing = sync is not None and not sync.get_execution_options().get("readonly")
     if not (
         (dialect.name == "postgresql" and dialect.driver == "asyncpg")
         or (dialect.name == "sqlite" and isinstance(driver, InlineConnection))
+        or (dialect.name == "sqlite" and isinstance(driver, sqlite_thread.Connection) and writing)
     ):
         driver = None
-    found = _Connection(conn.sync_connection, dialect, fairy.dbapi_connection, driver)
+    found = _Connection(sync, dialect, fairy.dbapi_connection, driver)
     current = sync_session.get_nested_transaction() or sync_session.get_transaction()
     session.info[_CONNECTION_KEY] = (current, found)
     return found
@@ -183,10 +195,12 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
     try:
         if conn.dialect.name == "postgresql":
             raw = await _asyncpg(conn, compiled.sql, args)
-        else:
+        elif isinstance(conn.driver, InlineConnection):
             driver: InlineConnection = conn.driver
             cursor = driver._conn.cursor()
             raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
+        else:
+            raw, cursor = await _on_loop(conn, compiled.sql, args)
     except Exception as error:
         raise _translated(conn, compiled.sql, args, error) from error
     if not raw:
@@ -220,6 +234,20 @@ async def _asyncpg(conn: _Connection, sql: str, args: list[Any]) -> list[Any]:
         if adapter._transaction is None:
             await adapter._start_transaction()  # a no-op in autocommit
         return list(await conn.driver.fetch(sql, *args))
+
+
+async def _on_loop(conn: _Connection, sql: str, args: list[Any]) -> tuple[list[Any], sqlite3.Cursor]:
+    """SQLite: ``sql`` on the ``sqlite3`` connection of aiosqlite's thread, run here (see the module docstring),
+    then a turn for other tasks, as a statement awaited on the thread gave them."""
+    adapter = conn.dbapi
+    async with adapter._execute_mutex:  # as SQLAlchemy's cursor: one statement at a time per connection
+        cursor = conn.driver._conn.cursor()
+        try:
+            raw = cursor.execute(sql, args).fetchall()
+        finally:
+            cursor.close()
+    await asyncio.sleep(0)
+    return raw, cursor
 
 
 def _translated(conn: _Connection, sql: str, args: list[Any], error: Exception) -> Exception:

@@ -252,7 +252,7 @@ async def _read_stored(
     if lease is None or dialect != "postgresql":
         if lease is not None:
             await lease.renew(session)
-        return list((await session.execute(_stored_orders(dialect), params)).all())
+        return await direct.rows(session, _stored_orders(dialect), params)
     rows = (await session.execute(_stored_orders_renewing(), {**params, **lease.params()})).all()
     head = next(row for row in rows if row.head)
     lease.check(head.lease_holder)

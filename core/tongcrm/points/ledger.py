@@ -46,6 +46,7 @@ from tongcrm.db.dialect import (
     insert,
     insert_for,
     insert_rows,
+    one_of,
     rows_params,
     typed_unnest,
 )
@@ -360,10 +361,10 @@ def _bulk(dialect: str) -> _BulkStatements:
     postgres = dialect == "postgresql"
 
     def among(column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
-        """``column`` is one of ``:ids``: one array parameter on PostgreSQL, an expanded IN list on SQLite."""
-        if postgres:
-            return column == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger)))
-        return column.in_(sa.bindparam("ids", expanding=True))
+        """``column`` is one of ``:ids``: one parameter whatever their number (an array on PostgreSQL, a JSON
+        array on SQLite, :func:`tongcrm.db.dialect.one_of`), so the text is fixed: an expanded ``IN`` list was a
+        new statement for SQLite to prepare, and for :mod:`tongcrm.db.direct` to compile, at every length."""
+        return cast(sa.ColumnElement[bool], one_of(dialect, column, "ids"))
 
     insert_entries = (
         insert_rows(dialect, ENTRIES, _ENTRY_COLUMNS)

@@ -411,7 +411,7 @@ async def _follow_up(
     }
     lots_t = cast(sa.Table, PointsLot.__table__)
     dialect = dialect_name(session)
-    rows = (await session.execute(_lots_of_lines(dialect), {"line_ids": sorted(facts)})).all()
+    rows = await direct.rows(session, _lots_of_lines(dialect), {"line_ids": sorted(facts)})
     work: list[int] = []
     for r in rows:
         order, line = facts[r.line_id]
