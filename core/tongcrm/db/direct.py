@@ -44,6 +44,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import sqlite_thread
+from tongcrm.db.dialect import VALUES_ROWS
 from tongcrm.db.inline_sqlite import InlineConnection
 
 _Processor = Callable[[Any], Any] | None
@@ -63,12 +64,21 @@ class Plan:
     row: type[tuple[Any, ...]] | None
     #: (column index, result processor) for the columns that have one
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    #: (position, count) of the rows of a SQLite ``VALUES`` insert (:func:`tongcrm.db.dialect.values_rows`),
+    #: bound from its one flat list as it is (its values converted already); not among ``binds``
+    flat: tuple[int, int] | None = None
 
     def parameters(self, params: Mapping[str, Any]) -> list[Any]:
         out = []
         for name, index, constant, process in self.binds:
             value = constant if name is None else params[name] if index is None else params[name][index]
             out.append(process(value) if process is not None else value)
+        if self.flat is not None:
+            start, count = self.flat
+            values = params[VALUES_ROWS]
+            if len(values) != count:
+                raise ValueError(f"{len(values)} values for a VALUES list of {count}")
+            out[start:start] = values
         return out
 
     def build(self, raw: Sequence[Any], row: type[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -124,8 +134,14 @@ def compile_plan(statement: Any, dialect: Dialect, lists: tuple[str, ...], param
         for index, position in enumerate(positions)
     }
     binds: list[tuple[str | None, int | None, Any, _Processor]] = []
+    flat: list[int] = []
     for position in expanded.positiontup or ():
         name, index = origin.get(position, (position, None))
+        if name.startswith(_FLAT_PREFIX):
+            if int(name[len(_FLAT_PREFIX) :]) != len(flat):
+                raise ValueError("a VALUES list's parameters out of order")
+            flat.append(len(binds))
+            continue
         bind = compiled.binds[name]
         process = bind.type._cached_bind_processor(dialect)
         if bind.required:
@@ -139,7 +155,10 @@ def compile_plan(statement: Any, dialect: Dialect, lists: tuple[str, ...], param
         for index, c in enumerate(columns)
         if (process := c[3]._cached_result_processor(dialect, None)) is not None
     )
-    return Plan(expanded.statement, tuple(binds), row, processors)
+    return Plan(expanded.statement, tuple(binds), row, processors, (flat[0], len(flat)) if flat else None)
+
+
+_FLAT_PREFIX = f"{VALUES_ROWS}_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +237,9 @@ def _row_type(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
 
 
 async def _through_session(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
+    values = params.get(VALUES_ROWS)
+    if values is not None:  # a VALUES list's parameters by name (tongcrm.db.dialect.values_rows)
+        params = {**params, **{f"{_FLAT_PREFIX}{k}": v for k, v in enumerate(values)}}
     result = await session.execute(statement, dict(params))
     return list(result.all()) if getattr(result, "returns_rows", True) else []
 

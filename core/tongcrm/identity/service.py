@@ -355,16 +355,17 @@ _IDENTITY_COLUMNS = (
 
 
 @functools.cache
-def _new_members_statement(dialect_name: str) -> Any:
-    """New members, one fixed text whatever their number (:func:`tongcrm.db.dialect.insert_rows`)."""
-    stmt = dialect.insert_rows(dialect_name, _MEMBERS, _MEMBER_COLUMNS, in_order=True)
+def _new_members_statement(dialect_name: str, size: int | None = None) -> Any:
+    """New members, one fixed text whatever their number (:func:`tongcrm.db.dialect.insert_rows`; on SQLite
+    one per ``size``)."""
+    stmt = dialect.insert_rows(dialect_name, _MEMBERS, _MEMBER_COLUMNS, in_order=True, size=size)
     return stmt.returning(_MEMBERS.c.id)
 
 
 @functools.cache
-def _new_identities_statement(dialect_name: str) -> Any:
+def _new_identities_statement(dialect_name: str, size: int | None = None) -> Any:
     """New identities; a conflict returns no row (another transaction won the race). Fixed text."""
-    stmt = dialect.insert_rows(dialect_name, _IDENTITIES, _IDENTITY_COLUMNS)
+    stmt = dialect.insert_rows(dialect_name, _IDENTITIES, _IDENTITY_COLUMNS, size=size)
     return stmt.on_conflict_do_nothing(index_elements=["kind", "value"]).returning(_IDENTITIES.c.id)
 
 
@@ -743,9 +744,9 @@ async def _write(
         rows = _new_member_rows(ctx, plan, roots, now)
         # Ascending ids match the rows: SQLite's one multi-row INSERT assigns rowids in VALUES order (writers
         # are serialised); PostgreSQL's INSERT … SELECT … ORDER BY position draws the sequence in that order.
-        result = await direct.rows(
-            session, _new_members_statement(name), dialect.rows_params(name, members, _MEMBER_COLUMNS, rows)
-        )
+        size = dialect.values_size(name, _MEMBER_COLUMNS, len(rows))
+        params = dialect.rows_params(name, members, _MEMBER_COLUMNS, rows, size=size)
+        result = await direct.rows(session, _new_members_statement(name, size), params)
         new_ids = sorted(row[0] for row in result)
         placeholder_ids = dict(zip(roots, new_ids, strict=True))
     for ph in plan.new_members:
@@ -781,8 +782,9 @@ async def _write(
         written: list[int] = []
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            params = dialect.rows_params(name, table, _IDENTITY_COLUMNS, chunk)
-            inserted = await direct.rows(session, _new_identities_statement(name), params)
+            size = dialect.values_size(name, _IDENTITY_COLUMNS, len(chunk))
+            params = dialect.rows_params(name, table, _IDENTITY_COLUMNS, chunk, size=size)
+            inserted = await direct.rows(session, _new_identities_statement(name, size), params)
             written.extend(row[0] for row in inserted)
             if len(inserted) != len(chunk):
                 if undo_on_lost_race:

@@ -49,6 +49,7 @@ from tongcrm.db.dialect import (
     one_of,
     rows_params,
     typed_unnest,
+    values_size,
 )
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
@@ -153,8 +154,9 @@ async def post_credits(
         return await _post_in_one(session, by_key, now=now, emit_events=emit_events)
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
-    params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
-    rows = await direct.rows(session, bulk.insert_entries, params)
+    size = values_size(dialect, _ENTRY_COLUMNS, len(entry_rows))
+    params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows, size=size)
+    rows = await direct.rows(session, _insert_entries(dialect, size), params)
     posted = {key: entry_id for entry_id, key in rows}
     if not posted:
         return {}
@@ -357,6 +359,17 @@ class _BulkStatements:
 
 
 @functools.cache
+def _insert_entries(dialect: str, size: int | None = None) -> Any:
+    """Entries whose key is new, returning (id, key) of those inserted: one fixed text (on SQLite one per
+    ``size``, :func:`tongcrm.db.dialect.values_size`)."""
+    return (
+        insert_rows(dialect, ENTRIES, _ENTRY_COLUMNS, size=size)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(ENTRIES.c.id, ENTRIES.c.idempotency_key)
+    )
+
+
+@functools.cache
 def _bulk(dialect: str) -> _BulkStatements:
     postgres = dialect == "postgresql"
 
@@ -366,11 +379,7 @@ def _bulk(dialect: str) -> _BulkStatements:
         new statement for SQLite to prepare, and for :mod:`tongcrm.db.direct` to compile, at every length."""
         return cast(sa.ColumnElement[bool], one_of(dialect, column, "ids"))
 
-    insert_entries = (
-        insert_rows(dialect, ENTRIES, _ENTRY_COLUMNS)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(ENTRIES.c.id, ENTRIES.c.idempotency_key)
-    )
+    insert_entries = _insert_entries(dialect)
 
     def lots_from_entries(*, pending: bool) -> sa.Insert:
         """A lot for each entry in ``:ids`` (sharing its entry's id); what entries do not hold is bound."""
