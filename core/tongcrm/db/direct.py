@@ -12,13 +12,10 @@ would write and read. It runs in the session's own transaction, on its own conne
   starting it, exactly as its adapter would); asyncpg prepares the statement once per connection.
 - SQLite through the inline writer (:mod:`tongcrm.db.inline_sqlite`): on its ``sqlite3`` connection, with its
   busy retry and its turn for other tasks.
-- SQLite through the ordinary engine (:mod:`tongcrm.db.sqlite_thread`), in a writing transaction: on its
-  ``sqlite3`` connection too, on the event loop's thread, under the adapter's lock, then a turn for other tasks.
-  aiosqlite's thread is idle meanwhile (each statement of the transaction is awaited in turn), and the
-  transaction began with ``BEGIN IMMEDIATE`` on that thread, so it holds the write lock and a statement in it
-  does not wait on other writers. A statement's hand-off to the thread and back cost more CPU than most of the
-  page's statements themselves (issue #22). Read-only transactions stay on the thread (their first read may
-  wait on SQLite's locks, which must not stall the loop).
+- SQLite through the ordinary engine (:mod:`tongcrm.db.sqlite_thread`): on its ``sqlite3`` connection, in one
+  hand-off to aiosqlite's thread (statement, rows and close in one call), under the adapter's lock. Run on the
+  event loop's thread instead, a page's statements cost as much CPU (issue #22: 20,000 orders, 8.5 s against
+  8.7 s) but could no longer overlap the next page's fetch, and took longer on a loaded machine.
 - anything else (an in-memory database, aiosqlite's own connect): ``session.execute``, as before.
 
 What stays as it was: what the ORM holds is flushed first (autoflush), listeners of ``before_cursor_execute`` see every statement (tests count round trips with
@@ -30,7 +27,6 @@ for a few lengths (a till's lists hold one item or a few); beyond those it goes 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import sqlite3
 import weakref
@@ -183,15 +179,12 @@ async def _connection(session: AsyncSession) -> _Connection:
     fairy = await conn.get_raw_connection()
     driver = fairy.driver_connection
     dialect = conn.dialect
-    sync = conn.sync_connection
-    writing = sync is not None and not sync.get_execution_options().get("readonly")
     if not (
         (dialect.name == "postgresql" and dialect.driver == "asyncpg")
-        or (dialect.name == "sqlite" and isinstance(driver, InlineConnection))
-        or (dialect.name == "sqlite" and isinstance(driver, sqlite_thread.Connection) and writing)
+        or (dialect.name == "sqlite" and isinstance(driver, InlineConnection | sqlite_thread.Connection))
     ):
         driver = None
-    found = _Connection(sync, dialect, fairy.dbapi_connection, driver)
+    found = _Connection(conn.sync_connection, dialect, fairy.dbapi_connection, driver)
     current = sync_session.get_nested_transaction() or sync_session.get_transaction()
     session.info[_CONNECTION_KEY] = (current, found)
     return found
@@ -219,7 +212,7 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
             cursor = driver._conn.cursor()
             raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
         else:
-            raw, cursor = await _on_loop(conn, compiled.sql, args)
+            raw, cursor = await _on_thread(conn, compiled.sql, args)
     except Exception as error:
         raise _translated(conn, compiled.sql, args, error) from error
     if not raw:
@@ -258,18 +251,21 @@ async def _asyncpg(conn: _Connection, sql: str, args: list[Any]) -> list[Any]:
         return list(await conn.driver.fetch(sql, *args))
 
 
-async def _on_loop(conn: _Connection, sql: str, args: list[Any]) -> tuple[list[Any], sqlite3.Cursor]:
-    """SQLite: ``sql`` on the ``sqlite3`` connection of aiosqlite's thread, run here (see the module docstring),
-    then a turn for other tasks, as a statement awaited on the thread gave them."""
-    adapter = conn.dbapi
-    async with adapter._execute_mutex:  # as SQLAlchemy's cursor: one statement at a time per connection
-        cursor = conn.driver._conn.cursor()
+async def _on_thread(conn: _Connection, sql: str, args: list[Any]) -> tuple[list[Any], sqlite3.Cursor]:
+    """SQLite: ``sql`` on the ``sqlite3`` connection of aiosqlite's thread, in one call there (see the module
+    docstring); its rows and its cursor (closed, for the description)."""
+    connection: sqlite3.Connection = conn.driver._conn
+
+    def run() -> tuple[list[Any], sqlite3.Cursor]:
+        cursor = connection.cursor()
         try:
-            raw = cursor.execute(sql, args).fetchall()
+            return cursor.execute(sql, args).fetchall(), cursor
         finally:
             cursor.close()
-    await asyncio.sleep(0)
-    return raw, cursor
+
+    async with conn.dbapi._execute_mutex:  # as SQLAlchemy's cursor: one statement at a time per connection
+        done: tuple[list[Any], sqlite3.Cursor] = await conn.driver._execute(run)
+    return done
 
 
 def _translated(conn: _Connection, sql: str, args: list[Any], error: Exception) -> Exception:
