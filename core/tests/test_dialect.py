@@ -268,3 +268,95 @@ def test_sqlite_datetime_text_is_sqlalchemys_format() -> None:
     assert ours(None) is None
     with pytest.raises(ValueError, match="naive"):
         ours(datetime(2026, 3, 1, 12, 30))
+
+
+async def test_sqlite_values_rows_store_what_an_executemany_stores(tongcrm_db: TestDatabase) -> None:
+    """SQLite's ``insert_rows(..., size=…)`` (a ``VALUES`` list padded to ``size`` rows, its values in one flat
+    parameter) stores byte for byte what an executemany ``INSERT`` stores, run directly on the connection or
+    through the session; ids ascend in row order; upserts and ``RETURNING`` work through it; one text per size;
+    a value wider than 64 bits is refused."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("VALUES lists are SQLite's")
+    from sqlalchemy.dialects import sqlite
+    from tongcrm.db import direct
+    from tongcrm.db.base import JSONType, UTCDateTime
+    from tongcrm.db.dialect import VALUES_SIZES, insert_rows, rows_params, values_size
+
+    table = sa.Table(
+        "probe_values",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(20), unique=True),
+        sa.Column("n", sa.BigInteger),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("at", UTCDateTime()),
+        sa.Column("meta", JSONType),
+        sa.Column("note", sa.Text),
+    )
+    columns = ("code", "n", "flag", "at", "meta", "note")
+    at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=ZoneInfo("Asia/Shanghai"))
+    rows = [
+        {
+            "code": "a",
+            "n": 2**63 - 1,
+            "flag": True,
+            "at": at,
+            "meta": {"k": [1, "二"]},
+            "note": 'it\'s "x" 面膜',
+        },
+        {"code": "b", "n": -(2**63), "flag": False, "at": None, "meta": None, "note": None},
+        {"code": "c", "n": 0, "flag": None, "at": at, "meta": [], "note": "[1, 2]"},
+    ]
+    size = values_size("sqlite", columns, len(rows))
+    assert size == VALUES_SIZES[0] and values_size("postgresql", columns, 3) is None
+    assert values_size("sqlite", columns, VALUES_SIZES[-1] + 1) is None  # beyond: JSON rows
+    assert values_size("sqlite", tuple(f"c{i}" for i in range(100)), 512) is None  # past SQLite's parameters
+    stmt = insert_rows("sqlite", table, columns, in_order=True, size=size).returning(table.c.id)
+    texts: set[str] = set()
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "INSERT INTO probe_values" in statement and "SELECT column2" in statement:
+            texts.add(statement)
+
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+    sa.event.listen(tongcrm_db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        stored = {}
+        for how in ("executemany", "direct", "session"):
+            async with tongcrm_db.sessions() as s, s.begin():
+                await s.execute(table.delete())
+                if how == "executemany":
+                    await s.execute(sqlite.insert(table), rows)
+                else:
+                    params = rows_params("sqlite", table, columns, rows, size=size)
+                    run = direct.rows if how == "direct" else direct._through_session
+                    ids = [r[0] for r in await run(s, stmt, params)]
+                    assert ids == sorted(ids) and len(ids) == 3
+                raw = await s.execute(
+                    sa.text("SELECT *, typeof(n), typeof(flag), typeof(at) FROM probe_values")
+                )
+                stored[how] = [tuple(r) for r in raw]
+        assert stored["direct"] == stored["executemany"] == stored["session"]
+        assert len(texts) == 1  # direct and the session ran the one text of this size
+
+        async with tongcrm_db.sessions() as s, s.begin():  # an upsert through the same SELECT
+            upsert = insert_rows("sqlite", table, columns, size=size)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["code"], set_={"n": upsert.excluded.n}, where=table.c.n < upsert.excluded.n
+            ).returning(table.c.code)
+            again = [{**row, "n": 5} for row in rows]
+            changed = await direct.rows(s, upsert, rows_params("sqlite", table, columns, again, size=size))
+            assert sorted(r.code for r in changed) == ["b", "c"]
+            with pytest.raises(ValueError, match="does not write"):
+                rows_params("sqlite", table, columns[:2], rows, size=size)
+            with pytest.raises(ValueError, match="rows for a statement of"):
+                rows_params("sqlite", table, columns, rows * 3, size=size)
+        wide = rows_params("sqlite", table, columns, [{**rows[0], "code": "w", "n": 2**63}], size=size)
+        async with tongcrm_db.sessions() as s, s.begin():
+            with pytest.raises((OverflowError, sa.exc.StatementError)):
+                await direct.rows(s, stmt, wide)
+    finally:
+        sa.event.remove(tongcrm_db.engine.sync_engine, "before_cursor_execute", seen)
+        async with tongcrm_db.engine.begin() as conn:
+            await conn.run_sync(table.metadata.drop_all)

@@ -61,12 +61,19 @@ registry().map_imperatively(_Thing, _things)
 _RENAME = sa.update(_things).where(_things.c.id == sa.bindparam("thing")).values(name=sa.bindparam("name"))
 
 
-@pytest.fixture
-async def sessions(tongcrm_db: TestDatabase) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions as the counter's writer gets them: the inline SQLite writer, PostgreSQL's engine."""
+@pytest.fixture(params=["writer", "engine"])
+async def sessions(
+    tongcrm_db: TestDatabase, request: pytest.FixtureRequest
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions as the counter's writer gets them (the inline SQLite writer, PostgreSQL's engine) and as
+    everything else does (the ordinary engine: on SQLite a file's connection is aiosqlite's thread's)."""
+    if request.param == "engine" and tongcrm_db.backend != "sqlite":
+        pytest.skip("one engine on PostgreSQL")
     async with tongcrm_db.engine.begin() as conn:
         await conn.run_sync(_meta.create_all)
-    engine: AsyncEngine = create_inline_writer(tongcrm_db.url) or tongcrm_db.engine
+    engine: AsyncEngine = (
+        create_inline_writer(tongcrm_db.url) if request.param == "writer" else None
+    ) or tongcrm_db.engine
     try:
         yield async_sessionmaker(engine, expire_on_commit=False)
     finally:
@@ -214,3 +221,40 @@ def test_a_plan_is_kept_under_the_dialect_and_the_length_of_each_list() -> None:
     assert plan_shape(sqlite.dialect(), (), params) == ("sqlite", ())
     assert plan_shape(sqlite.dialect(), ("a",), params) == ("sqlite", (2,))
     assert plan_shape(postgresql.dialect(), ("a", "b", "c"), params) == ("postgresql", (2, 1, 0))
+
+
+async def test_on_sqlite_s_ordinary_engine_a_direct_statement_is_one_hand_off_to_aiosqlite_s_thread(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statement, rows and close in one call on the thread, in writing and read-only transactions alike."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("aiosqlite's thread is SQLite's")
+    from tongcrm.db import sqlite_thread
+    from tongcrm.db.engine import session_factory
+
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    calls: list[object] = []
+    handed = sqlite_thread.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn)
+        return await handed(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_thread.Connection, "_execute", counted)
+    try:
+        async with tongcrm_db.sessions() as session, session.begin():
+            await session.connection()  # BEGIN IMMEDIATE
+            calls.clear()
+            [added] = await direct.rows(session, _ADD, _thing("a", seen_at=SEEN, meta={"k": 1}))
+            assert [r.name for r in await direct.rows(session, _READ, {"names": ["a"]})] == ["a"]
+            assert len(calls) == 2
+            assert (added.seen_at, added.meta) == (SEEN, {"k": 1})
+        async with session_factory(tongcrm_db.engine, readonly=True)() as session, session.begin():
+            await session.connection()
+            calls.clear()
+            assert [r.id for r in await direct.rows(session, _READ, {"names": ["a"]})] == [added.id]
+            assert len(calls) == 1
+    finally:
+        async with tongcrm_db.engine.begin() as conn:
+            await conn.run_sync(_meta.drop_all)

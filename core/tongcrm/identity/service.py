@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit.service import SYSTEM, Actor
 from tongcrm.crypto import Vault
-from tongcrm.db import dialect
+from tongcrm.db import dialect, direct
 from tongcrm.errors import Unprocessable
 from tongcrm.identity.models import Identity, Merge
 from tongcrm.identity.plugin import default_decision
@@ -355,16 +355,17 @@ _IDENTITY_COLUMNS = (
 
 
 @functools.cache
-def _new_members_statement(dialect_name: str) -> Any:
-    """New members, one fixed text whatever their number (:func:`tongcrm.db.dialect.insert_rows`)."""
-    stmt = dialect.insert_rows(dialect_name, _MEMBERS, _MEMBER_COLUMNS, in_order=True)
+def _new_members_statement(dialect_name: str, size: int | None = None) -> Any:
+    """New members, one fixed text whatever their number (:func:`tongcrm.db.dialect.insert_rows`; on SQLite
+    one per ``size``)."""
+    stmt = dialect.insert_rows(dialect_name, _MEMBERS, _MEMBER_COLUMNS, in_order=True, size=size)
     return stmt.returning(_MEMBERS.c.id)
 
 
 @functools.cache
-def _new_identities_statement(dialect_name: str) -> Any:
+def _new_identities_statement(dialect_name: str, size: int | None = None) -> Any:
     """New identities; a conflict returns no row (another transaction won the race). Fixed text."""
-    stmt = dialect.insert_rows(dialect_name, _IDENTITIES, _IDENTITY_COLUMNS)
+    stmt = dialect.insert_rows(dialect_name, _IDENTITIES, _IDENTITY_COLUMNS, size=size)
     return stmt.on_conflict_do_nothing(index_elements=["kind", "value"]).returning(_IDENTITIES.c.id)
 
 
@@ -377,7 +378,8 @@ async def _lookup(session: AsyncSession, prepared: Sequence[_Prepared]) -> dict[
         for kind, value in chunk:
             by_kind.setdefault(kind, []).append(value)
         kinds = tuple(sorted(by_kind))
-        rows = await session.execute(
+        rows = await direct.rows(
+            session,
             _lookup_statement(dialect.dialect_name(session), kinds),
             {f"values_{n}": by_kind[kind] for n, kind in enumerate(kinds)},
         )
@@ -704,6 +706,13 @@ def _fill_updates(
     return updates
 
 
+#: The fills of :func:`_fill_updates`, an executemany of rows that also carry their columns' values; built once.
+_FILL = (
+    sa.update(_MEMBERS)
+    .where(_MEMBERS.c.id == sa.bindparam("b_id"), _MEMBERS.c.version == sa.bindparam("b_version"))
+    .values(version=_MEMBERS.c.version + 1, updated_at=sa.bindparam("b_now"))
+)
+
 #: The profile columns a fill may set (besides ``profile_meta``).
 _FILLED = ("name", "province", "city", "mobile_enc", "mobile_masked_index")
 
@@ -735,10 +744,10 @@ async def _write(
         rows = _new_member_rows(ctx, plan, roots, now)
         # Ascending ids match the rows: SQLite's one multi-row INSERT assigns rowids in VALUES order (writers
         # are serialised); PostgreSQL's INSERT … SELECT … ORDER BY position draws the sequence in that order.
-        result = await session.execute(
-            _new_members_statement(name), dialect.rows_params(name, members, _MEMBER_COLUMNS, rows)
-        )
-        new_ids = sorted(result.scalars().all())
+        size = dialect.values_size(name, _MEMBER_COLUMNS, len(rows))
+        params = dialect.rows_params(name, members, _MEMBER_COLUMNS, rows, size=size)
+        result = await direct.rows(session, _new_members_statement(name, size), params)
+        new_ids = sorted(row[0] for row in result)
         placeholder_ids = dict(zip(roots, new_ids, strict=True))
     for ph in plan.new_members:
         if ph not in placeholder_ids:
@@ -773,8 +782,9 @@ async def _write(
         written: list[int] = []
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            params = dialect.rows_params(name, table, _IDENTITY_COLUMNS, chunk)
-            inserted = (await session.execute(_new_identities_statement(name), params)).all()
+            size = dialect.values_size(name, _IDENTITY_COLUMNS, len(chunk))
+            params = dialect.rows_params(name, table, _IDENTITY_COLUMNS, chunk, size=size)
+            inserted = await direct.rows(session, _new_identities_statement(name, size), params)
             written.extend(row[0] for row in inserted)
             if len(inserted) != len(chunk):
                 if undo_on_lost_race:
@@ -785,18 +795,14 @@ async def _write(
     if plan.touched:
         ids = sorted(plan.touched)
         for start in range(0, len(ids), _CHUNK):
-            await session.execute(_touch_statement(name), {"ids": ids[start : start + _CHUNK], "now": now})
+            await direct.rows(
+                session, _touch_statement(name), {"ids": ids[start : start + _CHUNK], "now": now}
+            )
 
     # 5. fill blank profile fields of existing members from what the channel knows (never overwrite)
     updates = _fill_updates(ctx, plan, profiles, merged, now)
     if updates:
-        c = members.c
-        await session.execute(
-            sa.update(members)
-            .where(c.id == sa.bindparam("b_id"), c.version == sa.bindparam("b_version"))
-            .values(version=c.version + 1, updated_at=now),
-            updates,
-        )
+        await session.execute(_FILL, [{**update, "b_now": now} for update in updates])
 
     # 6. events
     await outbox.emit_many(

@@ -33,6 +33,7 @@ from tongcrm.db.dialect import (
     insert_rows,
     one_of,
     rows_params,
+    values_size,
 )
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
@@ -134,7 +135,9 @@ def _latest(orders: Sequence[NormalisedOrder]) -> list[NormalisedOrder]:
 
 
 @functools.cache
-def _order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False) -> Any:
+def _order_upsert(
+    dialect: str, columns: tuple[str, ...], touching: bool = False, size: int | None = None
+) -> Any:
     """The forward-only order upsert, built once per dialect and row shape: building it (``excluded`` for
     every column) cost a few milliseconds per page, a till's whole checkout budget. One fixed text whatever the
     page size (:func:`tongcrm.db.dialect.insert_rows`); bind with ``rows_params``.
@@ -155,7 +158,7 @@ def _order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False
             .values(last_seen_at=sa.bindparam("touch_at", type_=identities.c.last_seen_at.type))
         )
         return _order_upsert(dialect, columns).add_cte(touch.cte("touched"))
-    stmt = insert_rows(dialect, table, columns)
+    stmt = insert_rows(dialect, table, columns, size=size)
     updatable = [
         c for c in columns if c not in {"account_id", "external_id", "origin_member_id", "ingested_at"}
     ]
@@ -252,7 +255,7 @@ async def _read_stored(
     if lease is None or dialect != "postgresql":
         if lease is not None:
             await lease.renew(session)
-        return list((await session.execute(_stored_orders(dialect), params)).all())
+        return await direct.rows(session, _stored_orders(dialect), params)
     rows = (await session.execute(_stored_orders_renewing(), {**params, **lease.params()})).all()
     head = next(row for row in rows if row.head)
     lease.check(head.lease_holder)
@@ -288,8 +291,8 @@ _LINE_COLUMNS = (
 
 
 @functools.cache
-def _line_upsert(dialect: str) -> Any:
-    return line_upsert(insert_rows(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS))
+def _line_upsert(dialect: str, size: int | None = None) -> Any:
+    return line_upsert(insert_rows(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, size=size))
 
 
 def line_upsert(stmt: Any) -> Any:
@@ -477,14 +480,15 @@ async def upsert_orders(
     receipt), elsewhere in a statement of its own before it."""
     dialect = dialect_name(session)
     columns = tuple(rows[0])
-    params = rows_params(dialect, cast(sa.Table, Order.__table__), columns, rows)
+    size = values_size(dialect, columns, len(rows))
+    params = rows_params(dialect, cast(sa.Table, Order.__table__), columns, rows, size=size)
     if touch is not None and dialect == "postgresql":
         params = {**params, "touch_identity_id": touch[0], "touch_at": touch[1]}
         stmt = _order_upsert(dialect, columns, True)
     else:
         if touch is not None:
             await direct.rows(session, _TOUCH, {"identity_id": touch[0], "now": touch[1]})
-        stmt = _order_upsert(dialect, columns)
+        stmt = _order_upsert(dialect, columns, size=size)
     return await direct.rows(session, stmt, params)
 
 
@@ -499,9 +503,11 @@ _TOUCH = (
 async def upsert_lines(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, str], int]:
     """Upsert ``rows`` (of :func:`line_rows`); their ids by (order id, line external id)."""
     dialect = dialect_name(session)
-    params = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, rows)
+    size = values_size(dialect, _LINE_COLUMNS, len(rows))
+    params = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, rows, size=size)
     return {
-        (r.order_id, r.external_id): r.id for r in await direct.rows(session, _line_upsert(dialect), params)
+        (r.order_id, r.external_id): r.id
+        for r in await direct.rows(session, _line_upsert(dialect, size), params)
     }
 
 

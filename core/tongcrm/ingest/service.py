@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import ChannelAccount, SyncState
+from tongcrm.db import direct
 from tongcrm.errors import Conflict, TongcrmError
 from tongcrm.ingest.apply import IngestContext, PageResult, apply_orders_page
 from tongcrm.jobs import leases
@@ -247,20 +250,35 @@ def _add(report: SyncReport, result: PageResult) -> None:
 async def _advance(
     session: AsyncSession, account_id: int, page: OrderPage, result: PageResult, now: datetime
 ) -> None:
-    values: dict[str, object] = {
+    params = {
+        "account_id": account_id,
         "cursor": page.next_cursor,
-        "pages": SyncState.pages + 1,
-        "orders": SyncState.orders + result.applied,
-        "last_page_at": now,
+        "applied": result.applied,
+        "now": now,
+        "watermark": page.watermark,
     }
-    if page.watermark is not None:
-        # never backwards, whatever the adapter says
+    await direct.rows(session, _advance_statement(page.watermark is not None), params)
+
+
+@functools.cache
+def _advance_statement(watermark: bool) -> Any:
+    """A page's progress on the account's sync state, built once: the cursor, the counts and, when the page
+    carries one, the watermark — never backwards, whatever the adapter says."""
+    table = cast(sa.Table, SyncState.__table__)
+    values: dict[str, Any] = {
+        "cursor": sa.bindparam("cursor", type_=table.c.cursor.type),
+        "pages": table.c.pages + 1,
+        "orders": table.c.orders + sa.bindparam("applied", type_=table.c.orders.type),
+        "last_page_at": sa.bindparam("now", type_=table.c.last_page_at.type),
+    }
+    if watermark:
+        mark = sa.bindparam("watermark", type_=table.c.watermark.type)
         values["watermark"] = sa.case(
-            (SyncState.watermark.is_(None), page.watermark),
-            (SyncState.watermark < page.watermark, page.watermark),
-            else_=SyncState.watermark,
+            (table.c.watermark.is_(None), mark),
+            (table.c.watermark < mark, mark),
+            else_=table.c.watermark,
         )
-    await session.execute(sa.update(SyncState).where(SyncState.account_id == account_id).values(**values))
+    return sa.update(table).where(table.c.account_id == sa.bindparam("account_id")).values(**values)
 
 
 async def _record_error(session: AsyncSession, account_id: int, error: str, now: datetime) -> None:

@@ -12,24 +12,37 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.dialect import insert
+from tongcrm.db import direct
+from tongcrm.db.dialect import dialect_name, insert_for
 from tongcrm.jobs.models import Lease
 
 
 async def acquire(session: AsyncSession, key: str, holder: str, ttl: timedelta, *, now: datetime) -> bool:
     """Take or renew ``key`` for ``holder``; False when someone else holds an unexpired lease."""
-    table = Lease.__table__
-    stmt = insert(session, table).values(key=key, holder=holder, expires_at=now + ttl)
-    stmt = stmt.on_conflict_do_update(
+    params = {"key": key, "holder": holder, "expires_at": now + ttl, "now": now}
+    row = await direct.first(session, _acquire(dialect_name(session)), params)
+    return row is not None and row[0] == holder
+
+
+@functools.cache
+def _acquire(dialect: str, prefix: str = "") -> Any:
+    """The upsert of :func:`acquire`, built once per dialect (a sync renews its lease on every page): it only
+    overwrites an expired lease or the holder's own. Bound as ``key``, ``holder``, ``expires_at`` and ``now``,
+    each name after ``prefix``."""
+    table = cast(sa.Table, Lease.__table__)
+    stmt = insert_for(dialect, table).values(
+        key=sa.bindparam(f"{prefix}key", type_=table.c.key.type),
+        holder=sa.bindparam(f"{prefix}holder", type_=table.c.holder.type),
+        expires_at=sa.bindparam(f"{prefix}expires_at", type_=table.c.expires_at.type),
+    )
+    now = sa.bindparam(f"{prefix}now", type_=table.c.expires_at.type)
+    return stmt.on_conflict_do_update(
         index_elements=[table.c.key],
         set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
-        where=sa.or_(table.c.expires_at < now, table.c.holder == holder),
+        where=sa.or_(table.c.expires_at < now, table.c.holder == stmt.excluded.holder),
     ).returning(table.c.holder)
-    row = (await session.execute(stmt)).first()
-    return row is not None and row[0] == holder
 
 
 async def release(session: AsyncSession, key: str, holder: str) -> None:
@@ -82,19 +95,4 @@ def renewal_cte() -> Any:
     """PostgreSQL: :func:`acquire` as a data-modifying CTE named ``renewed`` with one column ``holder`` (a row
     only when the lease was taken or renewed), bound with :meth:`Renewal.params`; add it to a statement of the
     unit of work and pass what it returned to :meth:`Renewal.check`."""
-    table = cast(sa.Table, Lease.__table__)
-    stmt = postgresql.insert(table).values(
-        key=sa.bindparam("lease_key", type_=table.c.key.type),
-        holder=sa.bindparam("lease_holder", type_=table.c.holder.type),
-        expires_at=sa.bindparam("lease_expires_at", type_=table.c.expires_at.type),
-    )
-    now = sa.bindparam("lease_now", type_=table.c.expires_at.type)
-    return (
-        stmt.on_conflict_do_update(
-            index_elements=[table.c.key],
-            set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
-            where=sa.or_(table.c.expires_at < now, table.c.holder == stmt.excluded.holder),
-        )
-        .returning(table.c.holder)
-        .cte("renewed")
-    )
+    return _acquire("postgresql", "lease_").cte("renewed")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import direct
-from tongcrm.db.dialect import dialect_name, insert_rows, rows_params
+from tongcrm.db.dialect import dialect_name, insert_rows, rows_params, values_size
 from tongcrm.errors import PluginError
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.plugin.hookspecs import EVENT_NAMES
@@ -44,13 +44,16 @@ async def emit_many(
             raise PluginError(f"unknown domain event {name!r}")
     rows = [{"name": name, "payload": dict(payload), "occurred_at": now} for name, payload in events]
     dialect = dialect_name(session)
-    await direct.rows(session, _insert_events(dialect), rows_params(dialect, EVENTS, _COLUMNS, rows))
+    size = values_size(dialect, _COLUMNS, len(rows))
+    params = rows_params(dialect, EVENTS, _COLUMNS, rows, size=size)
+    await direct.rows(session, _insert_events(dialect, size), params)
 
 
 _COLUMNS = ("name", "payload", "occurred_at")
 
 
 @functools.cache
-def _insert_events(dialect: str) -> Any:
-    """One fixed text whatever the number of events (:func:`tongcrm.db.dialect.insert_rows`)."""
-    return insert_rows(dialect, EVENTS, _COLUMNS)
+def _insert_events(dialect: str, size: int | None = None) -> Any:
+    """One fixed text whatever the number of events (:func:`tongcrm.db.dialect.insert_rows`; on SQLite one per
+    ``size``)."""
+    return insert_rows(dialect, EVENTS, _COLUMNS, size=size)

@@ -46,8 +46,10 @@ from tongcrm.db.dialect import (
     insert,
     insert_for,
     insert_rows,
+    one_of,
     rows_params,
     typed_unnest,
+    values_size,
 )
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
@@ -152,8 +154,9 @@ async def post_credits(
         return await _post_in_one(session, by_key, now=now, emit_events=emit_events)
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
-    params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
-    rows = await direct.rows(session, bulk.insert_entries, params)
+    size = values_size(dialect, _ENTRY_COLUMNS, len(entry_rows))
+    params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows, size=size)
+    rows = await direct.rows(session, _insert_entries(dialect, size), params)
     posted = {key: entry_id for entry_id, key in rows}
     if not posted:
         return {}
@@ -356,20 +359,27 @@ class _BulkStatements:
 
 
 @functools.cache
+def _insert_entries(dialect: str, size: int | None = None) -> Any:
+    """Entries whose key is new, returning (id, key) of those inserted: one fixed text (on SQLite one per
+    ``size``, :func:`tongcrm.db.dialect.values_size`)."""
+    return (
+        insert_rows(dialect, ENTRIES, _ENTRY_COLUMNS, size=size)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(ENTRIES.c.id, ENTRIES.c.idempotency_key)
+    )
+
+
+@functools.cache
 def _bulk(dialect: str) -> _BulkStatements:
     postgres = dialect == "postgresql"
 
     def among(column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
-        """``column`` is one of ``:ids``: one array parameter on PostgreSQL, an expanded IN list on SQLite."""
-        if postgres:
-            return column == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger)))
-        return column.in_(sa.bindparam("ids", expanding=True))
+        """``column`` is one of ``:ids``: one parameter whatever their number (an array on PostgreSQL, a JSON
+        array on SQLite, :func:`tongcrm.db.dialect.one_of`), so the text is fixed: an expanded ``IN`` list was a
+        new statement for SQLite to prepare, and for :mod:`tongcrm.db.direct` to compile, at every length."""
+        return cast(sa.ColumnElement[bool], one_of(dialect, column, "ids"))
 
-    insert_entries = (
-        insert_rows(dialect, ENTRIES, _ENTRY_COLUMNS)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(ENTRIES.c.id, ENTRIES.c.idempotency_key)
-    )
+    insert_entries = _insert_entries(dialect)
 
     def lots_from_entries(*, pending: bool) -> sa.Insert:
         """A lot for each entry in ``:ids`` (sharing its entry's id); what entries do not hold is bound."""

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.audit import service as audit_service
 from tongcrm.db import direct, txcache
-from tongcrm.db.dialect import among, dialect_name, insert, insert_rows, one_of, rows_params
+from tongcrm.db.dialect import among, dialect_name, insert, insert_rows, one_of, rows_params, values_size
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order, OrderLine
@@ -221,8 +221,9 @@ async def _earn(
     if not awards:
         return
     dialect = dialect_name(session)
-    params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards)
-    won = {r[0] for r in await direct.rows(session, _award_gate(dialect), params)}
+    size = values_size(dialect, _AWARD_COLUMNS, len(awards))
+    params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards, size=size)
+    won = {r[0] for r in await direct.rows(session, _award_gate(dialect, size), params)}
     if not won:
         return
     credits = [c for line_id in sorted(won) for c in planned[line_id]]
@@ -241,9 +242,11 @@ _AWARD_COLUMNS = ("line_id", "order_id", "member_id", "rule_version", "points", 
 
 
 @functools.cache
-def _award_gate(dialect: str) -> Any:
-    """Claim the lines' awards; a line already awarded returns no row. One fixed text whatever the page."""
-    stmt = insert_rows(dialect, _AWARDS, _AWARD_COLUMNS).on_conflict_do_nothing(index_elements=["line_id"])
+def _award_gate(dialect: str, size: int | None = None) -> Any:
+    """Claim the lines' awards; a line already awarded returns no row. One fixed text whatever the page (on
+    SQLite one per ``size``, :func:`tongcrm.db.dialect.values_size`)."""
+    stmt = insert_rows(dialect, _AWARDS, _AWARD_COLUMNS, size=size)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["line_id"])
     return stmt.returning(_AWARDS.c.line_id)
 
 
@@ -411,7 +414,7 @@ async def _follow_up(
     }
     lots_t = cast(sa.Table, PointsLot.__table__)
     dialect = dialect_name(session)
-    rows = (await session.execute(_lots_of_lines(dialect), {"line_ids": sorted(facts)})).all()
+    rows = await direct.rows(session, _lots_of_lines(dialect), {"line_ids": sorted(facts)})
     work: list[int] = []
     for r in rows:
         order, line = facts[r.line_id]

@@ -14,6 +14,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db import direct
 from tongcrm.points import service as points
 from tongcrm.points.models import PointsRuleSet
 from tongcrm.tiers import service as tiers
@@ -63,7 +64,9 @@ def hold(session: AsyncSession, row: Any) -> None:
 async def read(session: AsyncSession) -> None:
     """Read the rule set and ladder in one statement, unless the transaction holds them already."""
     if not held(session):
-        hold(session, (await session.execute(SETTINGS)).one())
+        row = await direct.first(session, SETTINGS, {})
+        assert row is not None  # one row of scalar subqueries
+        hold(session, row)
 
 
 def _json(value: Any) -> Any:
