@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -258,3 +259,60 @@ async def test_on_sqlite_s_ordinary_engine_a_direct_statement_is_one_hand_off_to
     finally:
         async with tongcrm_db.engine.begin() as conn:
             await conn.run_sync(_meta.drop_all)
+
+
+@asynccontextmanager
+async def _held_or_run(tongcrm_db: TestDatabase) -> AsyncIterator[float]:
+    """How a statement is caught while its driver is awaited: on PostgreSQL, waiting for a table lock another
+    connection holds (for as long as the block lasts); on SQLite's inline writer, in the turn it gives other
+    tasks right after the statement ran (the task's first pause). Yields how long to let the task run."""
+    if tongcrm_db.backend == "postgresql":
+        async with tongcrm_db.engine.connect() as other:
+            await other.execute(sa.text("LOCK TABLE direct_things IN ACCESS EXCLUSIVE MODE"))
+            yield 0.3
+            await other.rollback()
+    else:
+        yield 0
+
+
+async def _pid(session: AsyncSession, tongcrm_db: TestDatabase) -> int | None:
+    if tongcrm_db.backend != "postgresql":
+        return None
+    return int((await direct.rows(session, _BACKEND_PID, {}))[0].pid)
+
+
+@pytest.mark.parametrize("way", ["direct", "session"])
+async def test_a_cancelled_statement_invalidates_its_connection_as_the_session_s_would(
+    sessions: async_sessionmaker[AsyncSession],
+    one_connection: async_sessionmaker[AsyncSession],
+    tongcrm_db: TestDatabase,
+    way: str,
+) -> None:
+    """A statement cancelled while its driver is awaited (waiting for a lock, or once it ran: see
+    :func:`_held_or_run`) leaves its connection in an unknown state: ``session.execute`` invalidates it and the unit of work cannot
+    commit; a direct statement does the same (its unit of work used to commit as if nothing had happened, and
+    its connection went back to the pool)."""
+    if way == "session" and tongcrm_db.backend == "sqlite":
+        # the reference is PostgreSQL's: under pytest, the session's own path on the inline writer leaves the
+        # file locked after such a cancellation (the next BEGIN IMMEDIATE waits 30 s), which a script does not
+        pytest.skip("session.execute's cancellation on the inline SQLite writer: see the comment above")
+    async with one_connection() as session:
+        await session.begin()
+        assert [r.one for r in await direct.rows(session, _ONE, {})] == [1]  # connected, in its transaction
+        first_pid = await _pid(session, tongcrm_db)
+        async with _held_or_run(tongcrm_db) as pause:
+            if way == "direct":
+                task = asyncio.create_task(direct.rows(session, _ADD, _thing("cancelled")))
+            else:
+                task = asyncio.create_task(session.execute(_ADD, _thing("cancelled")))
+            await asyncio.sleep(pause)
+            assert not task.done(), "the statement did not wait"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        with pytest.raises(sa.exc.SQLAlchemyError):  # the unit of work cannot commit half of itself
+            await session.commit()
+    async with one_connection() as session, session.begin():  # the pool's connection is a new one
+        assert [r.name for r in await direct.rows(session, _READ, {"names": ["cancelled"]})] == []
+        if first_pid is not None:
+            assert await _pid(session, tongcrm_db) != first_pid

@@ -8,8 +8,16 @@ from typing import Any
 
 import pytest
 from litestar import Litestar, get
+from litestar.config.compression import CompressionConfig
+from litestar.config.cors import CORSConfig
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import CacheControlHeader, Cookie, ResponseHeader
+from litestar.testing import TestClient
 from tongcrm.api.hot import HotAnswer, hot_routes
+from tongcrm.api.middleware import with_request_ids
+from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, requires
+from tongcrm.app import HOT_ROUTES, create_app
 from tongcrm.errors import ConfigError
 
 from .conftest import make_host
@@ -208,6 +216,78 @@ async def test_a_lookup_parameter_given_twice_is_refused_by_the_route_and_the_ho
         assert spy.answered in ([], [False], [False, False])
         assert (await api.get(f"{LOOKUP}?{name}={value}", headers=as_analyst)).status_code == 200
         assert spy.last(), "a cached key's plain lookup is answered before litestar"
+
+
+def _plain_route() -> Any:
+    @get("/plain", opt={**requires(*READ_ROLES), **confirms_key_itself()})
+    async def plain() -> None:
+        return None
+
+    return plain
+
+
+def _no_answer(_app: Litestar, _roles: frozenset[Any]) -> HotAnswer:
+    async def answer(scope: Any) -> None:
+        return None
+
+    return answer
+
+
+async def _hook(message: Any, scope: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"before_send": [_hook]}, "app before_send hooks"),
+        ({"cors_config": CORSConfig()}, "CORS"),
+        ({"csrf_config": CSRFConfig(secret="s" * 32)}, "CSRF"),
+        ({"compression_config": CompressionConfig(backend="gzip")}, "compression"),
+        ({"allowed_hosts": ["api.example.com"]}, "allowed hosts"),
+        ({"response_headers": [ResponseHeader(name="X-Frame-Options", value="DENY")]}, "response headers"),
+        ({"response_cookies": [Cookie(key="seen", value="1")]}, "response headers or cookies"),
+        ({"cache_control": CacheControlHeader(no_store=True)}, "response headers"),
+    ],
+)
+def test_a_hot_route_must_rely_on_nothing_the_app_applies_around_every_route(
+    config: dict[str, Any], problem: str
+) -> None:
+    """What the app's config applies to every route (hooks on its messages, middleware around the router or the
+    routes, headers and cookies) would not apply, or not as litestar applies it, to a hot answer: the app does
+    not start, and says why."""
+    assert set(hot_routes(Litestar([_plain_route()], before_request=authorize), {"/plain": _no_answer})) == {
+        "/plain"
+    }
+    app = Litestar([_plain_route()], before_request=authorize, **config)
+    with pytest.raises(
+        ConfigError, match=f"hot route /plain cannot be answered outside litestar: .*{problem}"
+    ):
+        hot_routes(app, {"/plain": _no_answer})
+
+
+def test_a_before_send_hook_sees_a_hot_answer_without_its_route() -> None:
+    """Why the app's ``before_send`` hooks are refused: they run on a hot answer's messages (the layer sits
+    inside the send litestar wraps), but the scope they get names no route handler, as litestar's would."""
+    seen: list[tuple[str, bool]] = []
+
+    async def hook(message: Any, scope: Any) -> None:
+        if message["type"] == "http.response.start":
+            seen.append((scope["path"], "route_handler" in scope))
+
+    async def answer(scope: Any) -> EncodedJSON:
+        return EncodedJSON(b"{}")
+
+    app = with_request_ids(Litestar([_plain_route()], before_send=[hook]), {"/plain": answer})
+    with TestClient(app) as client:
+        assert client.get("/plain").content == b"{}"
+    assert seen == [("/plain", False)]
+
+
+def test_the_app_answers_its_hot_routes(tongcrm_settings: Any) -> None:
+    """Today's app starts with its hot routes (nothing it applies around every route is refused)."""
+    app = create_app(tongcrm_settings, make_host(), run_jobs=False, configure_logs=False)
+    assert set(app.state.hot_answers) == set(HOT_ROUTES) == {LOOKUP}
 
 
 async def test_a_mobile_typed_with_other_digits_is_the_same_member(make_client: Any) -> None:

@@ -15,6 +15,10 @@ route must not rely on anything else litestar would run: :func:`hot_routes` refu
 route has guards, middleware, dependencies, ``after_request``/``after_response`` hooks or another
 ``before_request`` than :func:`tongcrm.api.security.authorize`, or does not confirm its caller's key itself
 (:func:`tongcrm.api.security.confirms_key_itself`), and it hands the answer the roles the route admits.
+Nor may the route rely on what litestar applies around it from other layers or the app: layered response
+headers or cookies (``cache_control`` and ``etag`` included), a response cache, the app's ``before_send`` hooks
+(they do see a hot answer's messages, but with a scope that names no route handler), and the middleware the
+app's config puts around the router or every route (CORS, CSRF, compression, allowed hosts, OpenTelemetry).
 """
 
 from __future__ import annotations
@@ -69,6 +73,12 @@ def hot_routes(app: Litestar, routes: Mapping[str, HotRoute]) -> dict[str, HotAn
                 ("a before_request other than authorize", handler.resolve_before_request() is not authorize),
                 ("no confirms_key_itself()", not handler.opt.get(CONFIRMS_KEY_OPT)),
                 ("no roles", not handler.opt.get(ROLES_OPT)),
+                (
+                    "response headers or cookies",
+                    bool(handler.resolve_response_headers() or handler.resolve_response_cookies()),
+                ),
+                ("a response cache", bool(handler.cache)),
+                *_app_wide(app),
             )
             if bad
         ]
@@ -76,6 +86,21 @@ def hot_routes(app: Litestar, routes: Mapping[str, HotRoute]) -> dict[str, HotAn
             raise ConfigError(f"hot route {path} cannot be answered outside litestar: {', '.join(problems)}")
         answers[path] = build(app, handler.opt[ROLES_OPT])
     return answers
+
+
+def _app_wide(app: Litestar) -> list[tuple[str, bool]]:
+    """What ``app`` applies to every route outside the route's own layers (see the module's doc)."""
+    return [
+        # run on a hot answer's messages too (they wrap the send the app's ASGI handler gets), but with a scope
+        # that has no route handler or path parameters in it: a hook may read them
+        ("app before_send hooks", bool(app.before_send)),
+        # the middleware litestar puts around its router or around every route from the app's config
+        ("CORS", app.cors_config is not None),
+        ("CSRF", app.csrf_config is not None),
+        ("compression", app.compression_config is not None),
+        ("allowed hosts", bool(app.allowed_hosts)),
+        ("OpenTelemetry", "OpenTelemetryPlugin" in {type(p).__name__ for p in app.plugins}),
+    ]
 
 
 def only_query(scope: Scope, names: frozenset[str]) -> tuple[str, str] | None:

@@ -21,7 +21,8 @@ would write and read. It runs in the session's own transaction, on its own conne
 What stays as it was: what the ORM holds is flushed first (autoflush), listeners of ``before_cursor_execute`` see every statement (tests count round trips with
 them), and a driver error goes through SQLAlchemy's handling of it on the session's connection: raised as the
 :class:`~sqlalchemy.exc.DBAPIError` subclass for it (``IntegrityError`` …), so callers catch what they caught,
-and a lost connection invalidated as the session would have (not handed back to the pool, nor committed). Rows are named tuples of the statement's column
+and a lost connection — or one whose statement was cancelled — invalidated as the session would have (not handed
+back to the pool, nor committed). Rows are named tuples of the statement's column
 keys (not ORM entities). A statement with list (expanding) parameters is compiled per length of its lists,
 for a few lengths (a till's lists hold one item or a few); beyond those it goes through ``session.execute``.
 """
@@ -226,7 +227,7 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
             raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
         else:
             raw, cursor = await _on_thread(conn, compiled.sql, args)
-    except Exception as error:
+    except BaseException as error:  # a cancellation too: the session invalidates the connection it came on
         _raise_as_the_session_would(conn, compiled.sql, args, error)
     if not raw:
         return []
@@ -281,14 +282,21 @@ async def _on_thread(conn: _Connection, sql: str, args: list[Any]) -> tuple[list
     return done
 
 
-def _raise_as_the_session_would(conn: _Connection, sql: str, args: list[Any], error: Exception) -> NoReturn:
+def _raise_as_the_session_would(
+    conn: _Connection, sql: str, args: list[Any], error: BaseException
+) -> NoReturn:
     """Raise ``error`` as ``session.execute`` raises a driver's error: through SQLAlchemy's own handling of it on
     the session's connection, so it is the DBAPIError subclass for it (the original attached), ``handle_error``
     listeners see it, and a lost connection (a PostgreSQL backend gone, a closed SQLite file) is invalidated —
     with the pool's connections made before it — instead of going back to the pool looking alive: there its
     next unit of work would fail on it again, and a commit of this one would have nothing to commit and say
-    nothing (asyncpg's adapter forgets the transaction of a closed connection), its statements lost."""
-    if conn.dialect.name == "postgresql":
+    nothing (asyncpg's adapter forgets the transaction of a closed connection), its statements lost.
+
+    A cancellation (``asyncio.CancelledError`` while the driver was awaited, a task cancelled or timed out) is
+    handled as SQLAlchemy handles it under ``session.execute``: raised as it is, after the connection is
+    invalidated (this one only, not the pool) — the statement may have run, or be running, on it, so neither
+    the connection nor the unit of work can go on (a commit is refused until the session rolls back)."""
+    if conn.dialect.name == "postgresql" and isinstance(error, Exception):
         try:
             conn.dbapi._handle_exception(error)  # asyncpg's error as the adapter's DBAPI error
         except Exception as adapted:
