@@ -56,6 +56,7 @@ from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
     PointsEntry,
+    PointsLineAward,
     PointsLot,
     PointsLotDraw,
 )
@@ -64,6 +65,9 @@ ENTRIES = cast(sa.Table, PointsEntry.__table__)
 LOTS = cast(sa.Table, PointsLot.__table__)
 DRAWS = cast(sa.Table, PointsLotDraw.__table__)
 BALANCES = cast(sa.Table, PointsBalance.__table__)
+AWARDS = cast(sa.Table, PointsLineAward.__table__)
+#: The columns of an award gate's rows (:func:`post_credits`' ``gate``).
+AWARD_COLUMNS = ("line_id", "order_id", "member_id", "rule_version", "points", "evaluated_at")
 
 PENDING = "pending"
 AVAILABLE = "available"
@@ -135,19 +139,34 @@ def _entry_row(c: Credit) -> dict[str, Any]:
 
 
 async def post_credits(
-    session: AsyncSession, credits: Sequence[Credit], *, now: datetime, emit_events: bool = True
+    session: AsyncSession,
+    credits: Sequence[Credit],
+    *,
+    now: datetime,
+    emit_events: bool = True,
+    gate: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """Post credits whose keys are new; credits whose key was already posted change nothing.
 
     Returns the entry id of every credit that was posted, by key.
+
+    ``gate`` (PostgreSQL only): ``points_line_awards`` rows (columns :data:`AWARD_COLUMNS`) claimed in the same
+    statement, before the credits: a credit of a line (``line_id`` set) is posted only when its line's award
+    was claimed now, and a credit without a line only when its member's award of some line was — what posting
+    the credits of the lines an award gate returned (and the events of their members) did in two statements.
+    The awards are claimed even when no credit is left to post.
     """
     credits = [c for c in credits if c.amount > 0]
-    if not credits:
+    if not credits and not gate:
         return {}
     by_key: dict[str, Credit] = {}
     for c in credits:
         by_key.setdefault(c.key, c)
     dialect = dialect_name(session)
+    if gate is not None:
+        if dialect != "postgresql":
+            raise ValueError("an award gate rides with the posting on PostgreSQL only")
+        return await _post_in_one(session, by_key, now=now, emit_events=emit_events, gate=gate)
     if dialect == "postgresql":
         return await _post_in_one(session, by_key, now=now, emit_events=emit_events)
     bulk = _bulk(dialect)
@@ -215,10 +234,16 @@ async def _settle_credited(
 
 
 async def _post_in_one(
-    session: AsyncSession, by_key: dict[str, Credit], *, now: datetime, emit_events: bool
+    session: AsyncSession,
+    by_key: dict[str, Credit],
+    *,
+    now: datetime,
+    emit_events: bool,
+    gate: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """PostgreSQL: the entries, their lots, the balance changes and the ``points_changed`` events in ONE
-    statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page.
+    statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page; with ``gate``
+    (see :func:`post_credits`) the award gate's claim too.
 
     Writes the same rows as the SQLite path: lots share their entry's id, balances move by what the new lots
     hold, one event per member with its balance after them, in member order."""
@@ -231,7 +256,9 @@ async def _post_in_one(
         "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
         "now": now,
     }
-    rows = await direct.rows(session, _posting(emit_events), params)
+    if gate is not None:
+        params.update({f"a_{n}": values for n, values in column_arrays(AWARDS, AWARD_COLUMNS, gate).items()})
+    rows = await direct.rows(session, _posting(emit_events, gate is not None), params)
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
         return {}
@@ -246,10 +273,14 @@ async def _post_in_one(
 
 
 @functools.cache
-def _posting(emit_events: bool) -> Any:
+def _posting(emit_events: bool, gated: bool = False) -> Any:
     """The statement of :func:`_post_in_one`: one fixed text (one array per column), prepared once per
     connection. Each CTE sees only what the ones before it returned, so balances and events are computed from
-    the entries' RETURNING and the balances' RETURNING, not re-read."""
+    the entries' RETURNING and the balances' RETURNING, not re-read.
+
+    ``gated``: the award rows bound as ``a_<column>`` are claimed first (``ON CONFLICT (line_id) DO NOTHING``,
+    the award gate's own insert), and only the credits the claim lets through (see :func:`post_credits`) are
+    the statement's ``r``."""
     arrays, binds = typed_unnest(
         [
             *((n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS),
@@ -273,10 +304,26 @@ events AS (
         if emit_events
         else ""
     )
-    sql = f"""
+    head = f"""
 WITH r AS (
     SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
+),"""  # noqa: S608 - this module's constant column names
+    if gated:
+        awards, award_binds = typed_unnest([(f"a_{n}", AWARDS.c[n].type) for n in AWARD_COLUMNS])
+        binds.extend(award_binds)
+        head = f"""
+WITH gate AS (
+    INSERT INTO points_line_awards ({", ".join(AWARD_COLUMNS)})
+    SELECT * FROM {awards}
+    ON CONFLICT (line_id) DO NOTHING
+    RETURNING line_id, member_id
 ),
+r AS (
+    SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
+    WHERE r.line_id IN (SELECT line_id FROM gate)
+        OR (r.line_id IS NULL AND r.member_id IN (SELECT member_id FROM gate))
+),"""  # noqa: S608 - this module's constant column names
+    sql = f"""{head}
 entries AS (
     INSERT INTO points_entries ({", ".join(_ENTRY_COLUMNS)})
     SELECT {entry_values} FROM r ORDER BY r.position
