@@ -39,12 +39,25 @@ async def emit_many(
     """
     if not events:
         return
+    dialect = dialect_name(session)
+    await direct.rows(session, _insert_events(dialect), events_params(dialect, events, now=now))
+
+
+def events_params(dialect: str, events: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime) -> Any:
+    """The parameters of :func:`emit_many`'s insert for ``events`` (refusing an unknown name), for a caller
+    that runs the insert inside a statement of its own (:func:`events_cte`)."""
     for name, _ in events:
         if name not in EVENT_NAMES:
             raise PluginError(f"unknown domain event {name!r}")
     rows = [{"name": name, "payload": dict(payload), "occurred_at": now} for name, payload in events]
-    dialect = dialect_name(session)
-    await direct.rows(session, _insert_events(dialect), rows_params(dialect, EVENTS, _COLUMNS, rows))
+    return rows_params(dialect, EVENTS, _COLUMNS, rows)
+
+
+@functools.cache
+def events_cte() -> Any:
+    """PostgreSQL: :func:`emit_many`'s insert as a data-modifying CTE (named ``events``) to add to another
+    statement, bound with :func:`events_params`: the events ride in that statement's round trip."""
+    return _insert_events("postgresql").cte("events")
 
 
 _COLUMNS = ("name", "payload", "occurred_at")
