@@ -114,6 +114,34 @@ async def test_partial_then_full_refund_reverses_proportionally_never_more(tongc
     await _verify(tongcrm_db)
 
 
+async def test_an_order_first_seen_refunded_earns_and_reverses_in_one_apply(tongcrm_db: TestDatabase) -> None:
+    """The follow-up finds the lots the same apply posted (on PostgreSQL the posting's statement returns them
+    with the lots held before) beside a lot posted earlier."""
+    (m, _) = await _members(tongcrm_db)
+    c = ctx(Clock(), BASE)
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000)], paid_at=PAID)])
+    await _apply(
+        tongcrm_db,
+        c,
+        [
+            order(1, m, [(11, 10_000, 5_000)], paid_at=PAID),  # earned before, half refunded now
+            order(2, m, [(21, 4_000, 1_000), (22, 3_000)], paid_at=PAID),  # new, a quarter of a line refunded
+            order(3, m, [(31, 2_000, 2_000)], status="refunded", paid_at=PAID),  # new, refunded in full
+        ],
+    )
+    assert await _balance(tongcrm_db, m) == (50 + 40 - 10 + 30, 0, 0, 0)
+    async with tongcrm_db.sessions() as s:
+        entries = [
+            (e.idempotency_key.split(":")[0], e.line_id, e.amount)
+            for e in (await s.execute(sa.select(PointsEntry).order_by(PointsEntry.id))).scalars()
+        ]
+    assert sorted(entries, key=lambda e: (e[0], e[1] or 0)) == [
+        ("earn", 11, 100), ("earn", 21, 40), ("earn", 22, 30), ("earn", 31, 20),
+        ("reverse", 11, -50), ("reverse", 21, -10), ("reverse", 31, -20),
+    ]  # fmt: skip
+    await _verify(tongcrm_db)
+
+
 @pytest.mark.parametrize("policy", ["debt", "clawback"])
 async def test_refund_of_spent_points_follows_the_policy(tongcrm_db: TestDatabase, policy: str) -> None:
     (m, _) = await _members(tongcrm_db)

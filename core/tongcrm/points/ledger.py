@@ -138,37 +138,52 @@ def _entry_row(c: Credit) -> dict[str, Any]:
     }
 
 
-async def post_credits(
+async def post_gated(
     session: AsyncSession,
     credits: Sequence[Credit],
     *,
+    gate: Sequence[dict[str, Any]],
+    lots_of: Sequence[int],
     now: datetime,
-    emit_events: bool = True,
-    gate: Sequence[dict[str, Any]] | None = None,
+) -> tuple[dict[str, int], list[Any]]:
+    """PostgreSQL: :func:`post_credits` behind an award gate, in one statement, with the lots of the lines
+    ``lots_of`` as a read of them right after would find them.
+
+    ``gate``: ``points_line_awards`` rows (columns :data:`AWARD_COLUMNS`) claimed in the same statement, before
+    the credits: a credit of a line (``line_id`` set) is posted only when its line's award was claimed now, and
+    a credit without a line only when its member's award of some line was — what posting the credits of the
+    lines an award gate returned (and the events of their members) did in two statements. The awards are
+    claimed even when no credit is left to post.
+
+    Returns the entry ids posted by key, and the lots of ``lots_of`` (the columns of a lot that decide its
+    release and reversal: ``id``, ``member_id``, ``line_id``, ``status``, ``available_at``, ``release_on``,
+    ``return_window_days``, ``amount``, ``reversed``): those held before the statement and those it posted."""
+    if dialect_name(session) != "postgresql":
+        raise ValueError("an award gate rides with the posting on PostgreSQL only")
+    by_key: dict[str, Credit] = {}
+    for c in credits:
+        if c.amount > 0:
+            by_key.setdefault(c.key, c)
+    return await _post_in_one(session, by_key, now=now, emit_events=True, gate=(gate, lots_of))
+
+
+async def post_credits(
+    session: AsyncSession, credits: Sequence[Credit], *, now: datetime, emit_events: bool = True
 ) -> dict[str, int]:
     """Post credits whose keys are new; credits whose key was already posted change nothing.
 
     Returns the entry id of every credit that was posted, by key.
-
-    ``gate`` (PostgreSQL only): ``points_line_awards`` rows (columns :data:`AWARD_COLUMNS`) claimed in the same
-    statement, before the credits: a credit of a line (``line_id`` set) is posted only when its line's award
-    was claimed now, and a credit without a line only when its member's award of some line was — what posting
-    the credits of the lines an award gate returned (and the events of their members) did in two statements.
-    The awards are claimed even when no credit is left to post.
     """
     credits = [c for c in credits if c.amount > 0]
-    if not credits and not gate:
+    if not credits:
         return {}
     by_key: dict[str, Credit] = {}
     for c in credits:
         by_key.setdefault(c.key, c)
     dialect = dialect_name(session)
-    if gate is not None:
-        if dialect != "postgresql":
-            raise ValueError("an award gate rides with the posting on PostgreSQL only")
-        return await _post_in_one(session, by_key, now=now, emit_events=emit_events, gate=gate)
     if dialect == "postgresql":
-        return await _post_in_one(session, by_key, now=now, emit_events=emit_events)
+        posted, _ = await _post_in_one(session, by_key, now=now, emit_events=emit_events)
+        return posted
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
     params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
@@ -239,11 +254,11 @@ async def _post_in_one(
     *,
     now: datetime,
     emit_events: bool,
-    gate: Sequence[dict[str, Any]] | None = None,
-) -> dict[str, int]:
+    gate: tuple[Sequence[dict[str, Any]], Sequence[int]] | None = None,
+) -> tuple[dict[str, int], list[Any]]:
     """PostgreSQL: the entries, their lots, the balance changes and the ``points_changed`` events in ONE
     statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page; with ``gate``
-    (see :func:`post_credits`) the award gate's claim too.
+    (award rows, lines: see :func:`post_gated`) the award gate's claim and the lines' lots too.
 
     Writes the same rows as the SQLite path: lots share their entry's id, balances move by what the new lots
     hold, one event per member with its balance after them, in member order."""
@@ -256,12 +271,21 @@ async def _post_in_one(
         "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
         "now": now,
     }
+    lots: list[Any] = []
     if gate is not None:
-        params.update({f"a_{n}": values for n, values in column_arrays(AWARDS, AWARD_COLUMNS, gate).items()})
-    rows = await direct.rows(session, _posting(emit_events, gate is not None), params)
+        awards, lots_of = gate
+        params.update(
+            {f"a_{n}": values for n, values in column_arrays(AWARDS, AWARD_COLUMNS, awards).items()}
+        )
+        params["lots_of"] = list(lots_of)
+        rows: list[Any] = []
+        for row in await direct.rows(session, _posting(emit_events, True), params):
+            (rows if row.kind == "entry" else lots).append(row)
+    else:
+        rows = await direct.rows(session, _posting(emit_events), params)
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
-        return {}
+        return {}, lots
     deltas: dict[int, int] = defaultdict(int)
     balances: dict[int, tuple[int, int, int]] = {}
     for r in rows:
@@ -269,7 +293,7 @@ async def _post_in_one(
             deltas[r.member_id] += by_key[r.idempotency_key].amount
         balances[r.member_id] = (r.available, r.pending, r.owed)
     await _settle_credited(session, dict(sorted(balances.items())), deltas, now=now)
-    return posted
+    return posted, lots
 
 
 @functools.cache
@@ -279,8 +303,10 @@ def _posting(emit_events: bool, gated: bool = False) -> Any:
     the entries' RETURNING and the balances' RETURNING, not re-read.
 
     ``gated``: the award rows bound as ``a_<column>`` are claimed first (``ON CONFLICT (line_id) DO NOTHING``,
-    the award gate's own insert), and only the credits the claim lets through (see :func:`post_credits`) are
-    the statement's ``r``."""
+    the award gate's own insert), and only the credits the claim lets through (see :func:`post_gated`) are
+    the statement's ``r``; rows carry a ``kind``: ``entry`` rows as above, then ``lot`` rows, the lots of the
+    lines bound as ``lots_of`` — those the statement's snapshot holds (a CTE does not see its siblings'
+    inserts) and those it inserts."""
     arrays, binds = typed_unnest(
         [
             *((n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS),
@@ -359,8 +385,36 @@ balances AS (
 SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
 FROM posted p JOIN balances b ON b.member_id = p.member_id
 """  # noqa: S608 - built from this module's constant column names, no input
+    if gated:
+        sql = sql.replace(
+            "\nSELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed\n",
+            _GATED_TAIL,
+        )
+        binds.append(sa.bindparam("lots_of", type_=postgresql.ARRAY(sa.BigInteger())))
     binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
     return sa.text(sql).bindparams(*binds)
+
+
+#: The gated posting's rows (:func:`_posting`): its entries, then the lots of the lines ``lots_of`` held before
+#: it, then those it posted on them (a lot's columns as :func:`_lots_of_lines` in :mod:`tongcrm.points.service`).
+_GATED_TAIL = """,
+old_lots AS (
+    SELECT id, member_id, line_id, status, available_at, release_on, return_window_days, amount, reversed
+    FROM points_lots WHERE line_id = ANY(CAST(:lots_of AS BIGINT[]))
+)
+SELECT 'lot' AS kind, id, CAST(NULL AS VARCHAR) AS idempotency_key, member_id, CAST(NULL AS BIGINT) AS available,
+    CAST(NULL AS BIGINT) AS pending, CAST(NULL AS BIGINT) AS owed, line_id, status, available_at, release_on,
+    return_window_days, amount, reversed
+FROM old_lots
+UNION ALL
+SELECT 'lot', id, NULL, member_id, NULL, NULL, NULL, line_id, lot_status,
+    CASE WHEN lot_status = 'available' THEN available_from ELSE lot_available_at END, lot_release_on, lot_window,
+    amount, 0
+FROM posted WHERE line_id = ANY(CAST(:lots_of AS BIGINT[]))
+UNION ALL
+SELECT 'entry', p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL
+"""
 
 
 def _chunks(ids: Sequence[int], size: int = 5000) -> Iterable[list[int]]:

@@ -45,6 +45,7 @@ from tongcrm.points.ledger import (
     Book,
     Credit,
     post_credits,
+    post_gated,
 )
 from tongcrm.points.models import (
     EntryKind,
@@ -162,14 +163,16 @@ async def apply_orders(
     if not paid:
         return
     rules = ctx.rules or await active_rules(session)
-    await _earn(session, ctx, rules, paid, now)
+    lots = await _earn(session, ctx, rules, paid, now)
     if not fresh:
-        await _follow_up(session, rules, paid, now)
+        await _follow_up(session, rules, paid, now, lots)
 
 
 async def _earn(
     session: AsyncSession, ctx: PointsContext, rules: RuleSet, orders: Sequence[OrderFacts], now: datetime
-) -> None:
+) -> list[Any] | None:
+    """Post what the orders' lines earn, once per line; on PostgreSQL without caps in one statement that also
+    returns the lots of the lines the follow-up works on (:func:`_follow_up`'s read), else None."""
     spend = rules.spend_rules
     tiers = (
         await resolve_tiers(session, [o.member_id for o in orders], now)
@@ -227,26 +230,28 @@ async def _earn(
                 }
             )
     if not awards:
-        return
+        return None
     dialect = dialect_name(session)
     if dialect == "postgresql" and not rules.has_caps:
-        # the gate rides with the posting (:func:`tongcrm.points.ledger.post_credits`' ``gate``): every line's
+        # the gate rides with the posting (:func:`tongcrm.points.ledger.post_gated`): every line's
         # credits, and every buyer's first-purchase credits, each posted only if the claim of its line (of one
         # of its member's lines) is won in the same statement — one round trip a page less
         gated = [c for line_id in sorted(planned) for c in planned[line_id]]
         for member_id in sorted({a["member_id"] for a in awards}):
             gated.extend(_first_purchase_credits(ctx, rules, orders, member_id))
-        await post_credits(session, gated, now=now, gate=awards)
-        return
+        lines = sorted(line.line_id for o in _follow_up_candidates(orders) for line in o.lines)
+        _, lots = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
+        return lots
     params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards)
     won = {r[0] for r in await direct.rows(session, _award_gate(dialect), params)}
     if not won:
-        return
+        return None
     credits = [c for line_id in sorted(won) for c in planned[line_id]]
     first_buyers = sorted({a["member_id"] for a in awards if a["line_id"] in won})
     for member_id in first_buyers:
         credits.extend(_first_purchase_credits(ctx, rules, orders, member_id))
     await _post_with_caps(session, ctx, rules, credits, now)
+    return None
 
 
 def _first_purchase_credits(
@@ -416,17 +421,28 @@ def _lots_of_lines(dialect: str) -> Any:
     ).where(one_of(dialect, lots_t.c.line_id, "line_ids"))
 
 
-async def _follow_up(
-    session: AsyncSession, rules: RuleSet, orders: Sequence[OrderFacts], now: datetime
-) -> None:
-    """Release and reversal for lines that already earned: one read, and writes only when something changed."""
-    candidates = [
+def _follow_up_candidates(orders: Sequence[OrderFacts]) -> list[OrderFacts]:
+    """The orders whose lots :func:`_follow_up` may release or reverse."""
+    return [
         o
         for o in orders
         if o.completed_at is not None
         or o.status in _FULLY_REFUNDED
         or any(line.refunded_fen > 0 for line in o.lines)
     ]
+
+
+async def _follow_up(
+    session: AsyncSession,
+    rules: RuleSet,
+    orders: Sequence[OrderFacts],
+    now: datetime,
+    lots_read: list[Any] | None = None,
+) -> None:
+    """Release and reversal for lines that already earned: one read, and writes only when something changed.
+    ``lots_read``: the candidates' lots as the earning's statement returned them (:func:`_earn`), which then
+    stands for the read."""
+    candidates = _follow_up_candidates(orders)
     if not candidates:
         return
     facts: dict[int, tuple[OrderFacts, LineFacts]] = {
@@ -434,7 +450,11 @@ async def _follow_up(
     }
     lots_t = cast(sa.Table, PointsLot.__table__)
     dialect = dialect_name(session)
-    rows = (await session.execute(_lots_of_lines(dialect), {"line_ids": sorted(facts)})).all()
+    rows = (
+        lots_read
+        if lots_read is not None
+        else (await session.execute(_lots_of_lines(dialect), {"line_ids": sorted(facts)})).all()
+    )
     work: list[int] = []
     for r in rows:
         order, line = facts[r.line_id]
