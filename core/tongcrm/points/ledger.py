@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -145,7 +145,7 @@ async def post_gated(
     gate: Sequence[dict[str, Any]],
     lots_of: Sequence[int],
     now: datetime,
-) -> tuple[dict[str, int], list[Any]]:
+) -> tuple[dict[str, int], list[Any], dict[int, tuple[int, int, int]]]:
     """PostgreSQL: :func:`post_credits` behind an award gate, in one statement, with the lots of the lines
     ``lots_of`` as a read of them right after would find them.
 
@@ -155,9 +155,12 @@ async def post_gated(
     lines an award gate returned (and the events of their members) did in two statements. The awards are
     claimed even when no credit is left to post.
 
-    Returns the entry ids posted by key, and the lots of ``lots_of`` (the columns of a lot that decide its
+    Returns the entry ids posted by key; the lots of ``lots_of`` (the columns of a lot that decide its
     release and reversal: ``id``, ``member_id``, ``line_id``, ``status``, ``available_at``, ``release_on``,
-    ``return_window_days``, ``amount``, ``reversed``): those held before the statement and those it posted."""
+    ``return_window_days``, ``amount``, ``reversed``): those held before the statement and those it posted;
+    and the balances (available, pending, owed) of the members it credited, by member, as its upsert left
+    them — locked by it for the rest of the transaction (:meth:`Book.hold`) — unless settling debt moved them
+    since."""
     if dialect_name(session) != "postgresql":
         raise ValueError("an award gate rides with the posting on PostgreSQL only")
     by_key: dict[str, Credit] = {}
@@ -182,7 +185,7 @@ async def post_credits(
         by_key.setdefault(c.key, c)
     dialect = dialect_name(session)
     if dialect == "postgresql":
-        posted, _ = await _post_in_one(session, by_key, now=now, emit_events=emit_events)
+        posted, _, _ = await _post_in_one(session, by_key, now=now, emit_events=emit_events)
         return posted
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
@@ -231,9 +234,9 @@ async def _settle_credited(
     available_deltas: dict[int, int],
     *,
     now: datetime,
-) -> None:
+) -> list[int]:
     """After credits moved ``balances`` (available, pending, owed): refuse a balance past its bound, and let a
-    member in debt or owing points pay it from what it just earned."""
+    member in debt or owing points pay it from what it just earned. Returns the members settled."""
     for m, (available, pending, _owed) in balances.items():
         check_balance_bound(m, available + pending)
     needs_settling = [
@@ -246,6 +249,7 @@ async def _settle_credited(
         await book.lock(needs_settling)
         await book.settle(needs_settling)
         await book.flush()
+    return needs_settling
 
 
 async def _post_in_one(
@@ -255,7 +259,7 @@ async def _post_in_one(
     now: datetime,
     emit_events: bool,
     gate: tuple[Sequence[dict[str, Any]], Sequence[int]] | None = None,
-) -> tuple[dict[str, int], list[Any]]:
+) -> tuple[dict[str, int], list[Any], dict[int, tuple[int, int, int]]]:
     """PostgreSQL: the entries, their lots, the balance changes and the ``points_changed`` events in ONE
     statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page; with ``gate``
     (award rows, lines: see :func:`post_gated`) the award gate's claim and the lines' lots too.
@@ -285,15 +289,17 @@ async def _post_in_one(
         rows = await direct.rows(session, _posting(emit_events), params)
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
-        return {}, lots
+        return {}, lots, {}
     deltas: dict[int, int] = defaultdict(int)
     balances: dict[int, tuple[int, int, int]] = {}
     for r in rows:
         if by_key[r.idempotency_key].status == AVAILABLE:
             deltas[r.member_id] += by_key[r.idempotency_key].amount
         balances[r.member_id] = (r.available, r.pending, r.owed)
-    await _settle_credited(session, dict(sorted(balances.items())), deltas, now=now)
-    return posted, lots
+    settled = await _settle_credited(session, dict(sorted(balances.items())), deltas, now=now)
+    for m in settled:
+        del balances[m]
+    return posted, lots, balances
 
 
 @functools.cache
@@ -648,6 +654,13 @@ class Book:
         self.flushed_ids: dict[str, int] = {}
 
     # -- reading -------------------------------------------------------------------------------------------------
+
+    def hold(self, balances: Mapping[int, tuple[int, int, int]]) -> None:
+        """Balances (available, pending, owed) this transaction has already locked and read as they are — the
+        rows a posting's upsert just updated, as it returned them (:func:`post_gated`): :meth:`lock` then
+        skips them (one round trip less)."""
+        for m, (available, pending, owed) in balances.items():
+            self.balances.setdefault(m, Balance(m, available, pending, owed, (available, pending, owed)))
 
     async def lock(self, member_ids: Iterable[int]) -> None:
         """Create missing balance rows, then lock and read them, in member id order."""

@@ -163,16 +163,17 @@ async def apply_orders(
     if not paid:
         return
     rules = ctx.rules or await active_rules(session)
-    lots = await _earn(session, ctx, rules, paid, now)
+    read = await _earn(session, ctx, rules, paid, now)
     if not fresh:
-        await _follow_up(session, rules, paid, now, lots)
+        await _follow_up(session, rules, paid, now, read)
 
 
 async def _earn(
     session: AsyncSession, ctx: PointsContext, rules: RuleSet, orders: Sequence[OrderFacts], now: datetime
-) -> list[Any] | None:
+) -> _Read | None:
     """Post what the orders' lines earn, once per line; on PostgreSQL without caps in one statement that also
-    returns the lots of the lines the follow-up works on (:func:`_follow_up`'s read), else None."""
+    returns the lots of the lines the follow-up works on (:func:`_follow_up`'s read) and the balances it locked,
+    else None."""
     spend = rules.spend_rules
     tiers = (
         await resolve_tiers(session, [o.member_id for o in orders], now)
@@ -240,8 +241,8 @@ async def _earn(
         for member_id in sorted({a["member_id"] for a in awards}):
             gated.extend(_first_purchase_credits(ctx, rules, orders, member_id))
         lines = sorted(line.line_id for o in _follow_up_candidates(orders) for line in o.lines)
-        _, lots = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
-        return lots
+        _, lots, held = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
+        return _Read(lots, held)
     params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards)
     won = {r[0] for r in await direct.rows(session, _award_gate(dialect), params)}
     if not won:
@@ -421,6 +422,14 @@ def _lots_of_lines(dialect: str) -> Any:
     ).where(one_of(dialect, lots_t.c.line_id, "line_ids"))
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What the earning's statement read for the follow-up (:func:`tongcrm.points.ledger.post_gated`)."""
+
+    lots: list[Any]
+    held: dict[int, tuple[int, int, int]]
+
+
 def _follow_up_candidates(orders: Sequence[OrderFacts]) -> list[OrderFacts]:
     """The orders whose lots :func:`_follow_up` may release or reverse."""
     return [
@@ -437,11 +446,11 @@ async def _follow_up(
     rules: RuleSet,
     orders: Sequence[OrderFacts],
     now: datetime,
-    lots_read: list[Any] | None = None,
+    read: _Read | None = None,
 ) -> None:
     """Release and reversal for lines that already earned: one read, and writes only when something changed.
-    ``lots_read``: the candidates' lots as the earning's statement returned them (:func:`_earn`), which then
-    stands for the read."""
+    ``read``: the candidates' lots as the earning's statement returned them (:func:`_earn`), which then stands
+    for the read, and the balances it locked, which the lock then skips."""
     candidates = _follow_up_candidates(orders)
     if not candidates:
         return
@@ -451,8 +460,8 @@ async def _follow_up(
     lots_t = cast(sa.Table, PointsLot.__table__)
     dialect = dialect_name(session)
     rows = (
-        lots_read
-        if lots_read is not None
+        read.lots
+        if read is not None
         else (await session.execute(_lots_of_lines(dialect), {"line_ids": sorted(facts)})).all()
     )
     work: list[int] = []
@@ -469,6 +478,8 @@ async def _follow_up(
         return
     book = Book(session, now=now)
     members = sorted({r.member_id for r in rows if r.id in set(work)})
+    if read is not None:  # the posting's upsert locked these rows: as it left them, they need no lock again
+        book.hold({m: read.held[m] for m in members if m in read.held})
     await book.lock(members)
     # the lots to work on, and (for reversals) their members' available lots, in one read
     lots = sorted(
