@@ -285,6 +285,32 @@ async def test_sync_walks_pages_and_stores_the_cursor(
     assert memory_channel.fetched[-1] == '{"page": 2}'
 
 
+async def test_a_sync_writes_each_pages_order_changed_events_with_its_cursor(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount, memory_channel: MemoryChannel
+) -> None:
+    """The sync writes a page's order_changed events with its cursor (one statement on PostgreSQL): the
+    same events as a page applied alone, the page's last, committed with the cursor that follows it."""
+    memory_channel.add_page([make_order("o1", "b1"), make_order("o2", "b2")])
+    memory_channel.add_page([make_order("o1", "b1", status=OrderStatus.SHIPPED, minutes=1)])
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert (report.pages, report.applied, report.error) == (2, 3, None)
+    async with tongcrm_db.sessions() as session:
+        events = (await session.execute(sa.select(OutboxEvent).order_by(OutboxEvent.id))).scalars().all()
+        state = (await session.execute(sa.select(SyncState))).scalar_one()
+    changed = [(e.payload["external_id"], e.payload["status"], e.payload["previous"]) for e in events
+               if e.name == "order_changed"]  # fmt: skip
+    assert changed == [("o1", "paid", None), ("o2", "paid", None), ("o1", "shipped", "paid")]
+    assert all(e.occurred_at == ctx.clock() for e in events if e.name == "order_changed")
+    # each page's order_changed events come after everything else the page emitted
+    first_page = [e.name for e in events][: [e.name for e in events].index("order_changed") + 2]
+    assert first_page[-2:] == ["order_changed", "order_changed"]
+    assert "order_changed" not in first_page[:-2] and "member_created" in first_page
+    assert state.cursor == '{"page": 2}' and state.pages == 2 and state.orders == 3
+    # a replay changes nothing and emits nothing
+    await sync_account(tongcrm_db.sessions, ctx, "shop-a", since=datetime(2020, 1, 1, tzinfo=UTC))
+    assert await _count(tongcrm_db, OutboxEvent) == len(events)
+
+
 async def test_a_crash_mid_page_replays_that_page_only(
     tongcrm_db: TestDatabase,
     ctx: IngestContext,

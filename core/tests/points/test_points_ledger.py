@@ -13,7 +13,7 @@ from points_helpers import SHANGHAI, Clock, ctx, make_members, order, snapshot
 from tongcrm.errors import Conflict
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.points import ledger, multipliers, service
-from tongcrm.points.models import PointsEntry, PointsLot
+from tongcrm.points.models import PointsEntry, PointsLineAward, PointsLot
 from tongcrm.points.multipliers import TierInfo, set_tier_resolver
 from tongcrm.testing.database import TestDatabase
 
@@ -111,6 +111,34 @@ async def test_partial_then_full_refund_reverses_proportionally_never_more(tongc
             for e in (await s.execute(sa.select(PointsEntry).order_by(PointsEntry.id))).scalars()
         ]
     assert kinds == [("earn", 100), ("reverse", -33), ("reverse", -67)]
+    await _verify(tongcrm_db)
+
+
+async def test_an_order_first_seen_refunded_earns_and_reverses_in_one_apply(tongcrm_db: TestDatabase) -> None:
+    """The follow-up finds the lots the same apply posted (on PostgreSQL the posting's statement returns them
+    with the lots held before) beside a lot posted earlier."""
+    (m, _) = await _members(tongcrm_db)
+    c = ctx(Clock(), BASE)
+    await _apply(tongcrm_db, c, [order(1, m, [(11, 10_000)], paid_at=PAID)])
+    await _apply(
+        tongcrm_db,
+        c,
+        [
+            order(1, m, [(11, 10_000, 5_000)], paid_at=PAID),  # earned before, half refunded now
+            order(2, m, [(21, 4_000, 1_000), (22, 3_000)], paid_at=PAID),  # new, a quarter of a line refunded
+            order(3, m, [(31, 2_000, 2_000)], status="refunded", paid_at=PAID),  # new, refunded in full
+        ],
+    )
+    assert await _balance(tongcrm_db, m) == (50 + 40 - 10 + 30, 0, 0, 0)
+    async with tongcrm_db.sessions() as s:
+        entries = [
+            (e.idempotency_key.split(":")[0], e.line_id, e.amount)
+            for e in (await s.execute(sa.select(PointsEntry).order_by(PointsEntry.id))).scalars()
+        ]
+    assert sorted(entries, key=lambda e: (e[0], e[1] or 0)) == [
+        ("earn", 11, 100), ("earn", 21, 40), ("earn", 22, 30), ("earn", 31, 20),
+        ("reverse", 11, -50), ("reverse", 21, -10), ("reverse", 31, -20),
+    ]  # fmt: skip
     await _verify(tongcrm_db)
 
 
@@ -274,6 +302,45 @@ async def test_rule_changes_never_re_award_an_old_order(tongcrm_db: TestDatabase
     }
     await _apply(tongcrm_db, ctx(Clock(), doubled, version=2), facts)
     assert await _balance(tongcrm_db, m) == (100, 0, 0, 0)
+
+
+async def test_a_line_awarded_before_earns_nothing_again_not_even_its_buyers_first_purchase(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """The award gate decides what is posted (on PostgreSQL in the posting's own statement): a line's credits
+    only when its award is claimed now, a buyer's first-purchase credit only when one of its lines is."""
+    m, other = await _members(tongcrm_db)
+    await _apply(tongcrm_db, ctx(Clock(), BASE, version=1), [order(1, other, [(11, 10_000)], paid_at=PAID)])
+    with_bonus = {
+        "rules": [
+            *BASE["rules"],
+            {"type": "event", "code": "first", "priority": 1, "event": "first_purchase", "points": 20},
+        ]
+    }
+    c = ctx(Clock(), with_bonus, version=2)
+    # other's line was awarded under version 1: neither it nor other's first purchase earns under version 2;
+    # m's lines (one worth nothing: its award is still claimed) earn, with m's first purchase once
+    page = [
+        order(1, other, [(11, 10_000)], paid_at=PAID),
+        order(2, m, [(21, 5_000), (22, 50)], paid_at=PAID),
+        order(3, m, [(31, 2_000)], paid_at=PAID),
+    ]
+    for _ in range(2):  # a replay changes nothing
+        await _apply(tongcrm_db, c, page)
+        assert await _balance(tongcrm_db, other) == (100, 0, 0, 0)
+        assert await _balance(tongcrm_db, m) == (50 + 20 + 20, 0, 0, 0)
+    async with tongcrm_db.sessions() as s:
+        keys = (await s.execute(sa.select(PointsEntry.idempotency_key).order_by(PointsEntry.id))).scalars()
+        awards = (
+            await s.execute(
+                sa.select(PointsLineAward.line_id, PointsLineAward.rule_version, PointsLineAward.points)
+            )
+        ).all()
+        events = (await s.execute(sa.select(OutboxEvent.payload).order_by(OutboxEvent.id))).scalars().all()
+    assert list(keys) == ["earn:11:base", "earn:21:base", "earn:31:base", f"event:first_purchase:{m}:first"]
+    assert sorted(awards) == [(11, 1, 100), (21, 2, 50), (22, 2, 0), (31, 2, 20)]
+    assert events[-1] == {"member_id": m, "delta": 90, "available": 90, "pending": 0}
+    await _verify(tongcrm_db)
 
 
 async def test_points_changed_events_go_through_the_outbox(tongcrm_db: TestDatabase) -> None:

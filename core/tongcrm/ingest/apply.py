@@ -93,6 +93,11 @@ class PageResult:
     quarantined: int = 0
     members_created: int = 0
     member_ids: set[int] = field(default_factory=set)
+    #: With ``defer_events``: the page's ``order_changed`` events, still to be written in its transaction
+    #: (whoever writes them takes them off; :func:`tongcrm.ingest.service.pull` writes what is left).
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Their ``occurred_at``.
+    events_at: datetime | None = None
 
 
 def fingerprint(external_id: str | None, payload: str) -> str:
@@ -522,13 +527,18 @@ async def apply_orders_page(
     earn_points: bool = True,
     emit_events: bool = True,
     lease: leases.Renewal | None = None,
+    defer_events: bool = False,
 ) -> PageResult:
     """Apply one page. ``earn_points=False`` and ``emit_events=False`` are for history brought in by
     ``tongcrm import orders``: an imported order counts for tiers, but earns nothing (the previous CRM's balance
     arrives as an opening balance) and triggers no care message about a parcel delivered years ago.
 
     ``lease``: renewed in the page's transaction before anything is read (:class:`tongcrm.jobs.leases.NotHeld`
-    when it is lost), on PostgreSQL in the statement that reads the stored orders."""
+    when it is lost), on PostgreSQL in the statement that reads the stored orders.
+
+    ``defer_events``: the ``order_changed`` events are not written but left in ``PageResult.events`` for the
+    caller to write in the same transaction (a sync writes them with its cursor, in one statement on
+    PostgreSQL)."""
     result = PageResult()
     incoming = _latest(orders)
     if not incoming:
@@ -644,26 +654,26 @@ async def apply_orders_page(
     # 6. one order_changed event per order that moved forward (status, refunds, shipping...)
     if not emit_events:
         return result
-    await outbox.emit_many(
-        session,
-        [
-            (
-                "order_changed",
-                {
-                    "order_id": row.id,
-                    "account_id": account_id,
-                    "channel": channel,
-                    "external_id": ext,
-                    "member_id": row.member_id,
-                    "status": row.status,
-                    "previous": previous[ext],
-                    "refunded_fen": sum(line.refunded_fen for line in by_external[ext].lines),
-                    # when the platform changed the order (a first sync brings changes months old)
-                    "changed_at": by_external[ext].modified_at.isoformat(),
-                },
-            )
-            for ext, row in written.items()
-        ],
-        now=now,
-    )
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "order_changed",
+            {
+                "order_id": row.id,
+                "account_id": account_id,
+                "channel": channel,
+                "external_id": ext,
+                "member_id": row.member_id,
+                "status": row.status,
+                "previous": previous[ext],
+                "refunded_fen": sum(line.refunded_fen for line in by_external[ext].lines),
+                # when the platform changed the order (a first sync brings changes months old)
+                "changed_at": by_external[ext].modified_at.isoformat(),
+            },
+        )
+        for ext, row in written.items()
+    ]
+    if defer_events:
+        result.events, result.events_at = events, now
+    else:
+        await outbox.emit_many(session, events, now=now)
     return result

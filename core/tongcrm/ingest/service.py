@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import ChannelAccount, SyncState
 from tongcrm.db import direct
+from tongcrm.db.dialect import dialect_name
 from tongcrm.errors import Conflict, TongcrmError
 from tongcrm.ingest.apply import IngestContext, PageResult, apply_orders_page
-from tongcrm.jobs import leases
+from tongcrm.jobs import leases, outbox
 from tongcrm.limits.gate import DatabaseCallGate
 from tongcrm.logging import get_logger
 from tongcrm.plugin.errors import ChannelAuthError, ChannelError
@@ -212,12 +213,19 @@ async def pull(
                         page.orders,
                         page.quarantined,
                         lease=renewal,
+                        defer_events=True,
                     )
                 except leases.NotHeld:
                     raise LeaseLost(
                         f"lost the lease {sink.lease!r} of {source.name!r}; another worker took over"
                     ) from None
+                # the page's order_changed events: written by the sink's advance when it takes them (a sync,
+                # with its cursor in one statement on PostgreSQL), else here, in the page's transaction
                 await sink.advance(session, page, result)
+                if result.events:
+                    assert result.events_at is not None
+                    await outbox.emit_many(session, result.events, now=result.events_at)
+                    result.events = []
             cursor = page.next_cursor
             _add(report, result)
             if on_page is not None:
@@ -250,20 +258,29 @@ def _add(report: SyncReport, result: PageResult) -> None:
 async def _advance(
     session: AsyncSession, account_id: int, page: OrderPage, result: PageResult, now: datetime
 ) -> None:
-    params = {
+    """The account's cursor, watermark and counts after ``page``; on PostgreSQL the page's deferred events
+    (``result.events``) are written in the same statement (one round trip a page less), and taken off."""
+    params: dict[str, Any] = {
         "account_id": account_id,
         "cursor": page.next_cursor,
         "applied": result.applied,
         "now": now,
         "watermark": page.watermark,
     }
-    await direct.rows(session, _advance_statement(page.watermark is not None), params)
+    events = bool(result.events) and dialect_name(session) == "postgresql"
+    if events:
+        assert result.events_at is not None
+        params.update(outbox.events_params("postgresql", result.events, now=result.events_at))
+    await direct.rows(session, _advance_statement(page.watermark is not None, events), params)
+    if events:
+        result.events = []
 
 
 @functools.cache
-def _advance_statement(watermark: bool) -> Any:
+def _advance_statement(watermark: bool, events: bool = False) -> Any:
     """A page's progress on the account's sync state, built once: the cursor, the counts and, when the page
-    carries one, the watermark — never backwards, whatever the adapter says."""
+    carries one, the watermark — never backwards, whatever the adapter says; with ``events`` (PostgreSQL) the
+    page's deferred events inserted by a CTE of the same statement (:func:`tongcrm.jobs.outbox.events_cte`)."""
     table = cast(sa.Table, SyncState.__table__)
     values: dict[str, Any] = {
         "cursor": sa.bindparam("cursor", type_=table.c.cursor.type),
@@ -278,7 +295,8 @@ def _advance_statement(watermark: bool) -> Any:
             (table.c.watermark < mark, mark),
             else_=table.c.watermark,
         )
-    return sa.update(table).where(table.c.account_id == sa.bindparam("account_id")).values(**values)
+    stmt = sa.update(table).where(table.c.account_id == sa.bindparam("account_id")).values(**values)
+    return stmt.add_cte(outbox.events_cte()) if events else stmt
 
 
 async def _record_error(session: AsyncSession, account_id: int, error: str, now: datetime) -> None:

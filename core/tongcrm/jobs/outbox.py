@@ -39,14 +39,31 @@ async def emit_many(
     """
     if not events:
         return
+    dialect = dialect_name(session)
+    size = values_size(dialect, _COLUMNS, len(events))
+    await direct.rows(
+        session, _insert_events(dialect, size), events_params(dialect, events, now=now, size=size)
+    )
+
+
+def events_params(
+    dialect: str, events: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime, size: int | None = None
+) -> Any:
+    """The parameters of :func:`emit_many`'s insert for ``events`` (refusing an unknown name), for a caller
+    that runs the insert inside a statement of its own (:func:`events_cte`, PostgreSQL; ``size`` as
+    :func:`tongcrm.db.dialect.values_size` gave for SQLite's VALUES form)."""
     for name, _ in events:
         if name not in EVENT_NAMES:
             raise PluginError(f"unknown domain event {name!r}")
     rows = [{"name": name, "payload": dict(payload), "occurred_at": now} for name, payload in events]
-    dialect = dialect_name(session)
-    size = values_size(dialect, _COLUMNS, len(rows))
-    params = rows_params(dialect, EVENTS, _COLUMNS, rows, size=size)
-    await direct.rows(session, _insert_events(dialect, size), params)
+    return rows_params(dialect, EVENTS, _COLUMNS, rows, size=size)
+
+
+@functools.cache
+def events_cte() -> Any:
+    """PostgreSQL: :func:`emit_many`'s insert as a data-modifying CTE (named ``events``) to add to another
+    statement, bound with :func:`events_params`: the events ride in that statement's round trip."""
+    return _insert_events("postgresql").cte("events")
 
 
 _COLUMNS = ("name", "payload", "occurred_at")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -58,6 +58,7 @@ from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
     PointsEntry,
+    PointsLineAward,
     PointsLot,
     PointsLotDraw,
 )
@@ -66,6 +67,9 @@ ENTRIES = cast(sa.Table, PointsEntry.__table__)
 LOTS = cast(sa.Table, PointsLot.__table__)
 DRAWS = cast(sa.Table, PointsLotDraw.__table__)
 BALANCES = cast(sa.Table, PointsBalance.__table__)
+AWARDS = cast(sa.Table, PointsLineAward.__table__)
+#: The columns of an award gate's rows (:func:`post_credits`' ``gate``).
+AWARD_COLUMNS = ("line_id", "order_id", "member_id", "rule_version", "points", "evaluated_at")
 
 PENDING = "pending"
 AVAILABLE = "available"
@@ -136,6 +140,38 @@ def _entry_row(c: Credit) -> dict[str, Any]:
     }
 
 
+async def post_gated(
+    session: AsyncSession,
+    credits: Sequence[Credit],
+    *,
+    gate: Sequence[dict[str, Any]],
+    lots_of: Sequence[int],
+    now: datetime,
+) -> tuple[dict[str, int], list[Any], dict[int, tuple[int, int, int]]]:
+    """PostgreSQL: :func:`post_credits` behind an award gate, in one statement, with the lots of the lines
+    ``lots_of`` as a read of them right after would find them.
+
+    ``gate``: ``points_line_awards`` rows (columns :data:`AWARD_COLUMNS`) claimed in the same statement, before
+    the credits: a credit of a line (``line_id`` set) is posted only when its line's award was claimed now, and
+    a credit without a line only when its member's award of some line was — what posting the credits of the
+    lines an award gate returned (and the events of their members) did in two statements. The awards are
+    claimed even when no credit is left to post.
+
+    Returns the entry ids posted by key; the lots of ``lots_of`` (the columns of a lot that decide its
+    release and reversal: ``id``, ``member_id``, ``line_id``, ``status``, ``available_at``, ``release_on``,
+    ``return_window_days``, ``amount``, ``reversed``): those held before the statement and those it posted;
+    and the balances (available, pending, owed) of the members it credited, by member, as its upsert left
+    them — locked by it for the rest of the transaction (:meth:`Book.hold`) — unless settling debt moved them
+    since."""
+    if dialect_name(session) != "postgresql":
+        raise ValueError("an award gate rides with the posting on PostgreSQL only")
+    by_key: dict[str, Credit] = {}
+    for c in credits:
+        if c.amount > 0:
+            by_key.setdefault(c.key, c)
+    return await _post_in_one(session, by_key, now=now, emit_events=True, gate=(gate, lots_of))
+
+
 async def post_credits(
     session: AsyncSession, credits: Sequence[Credit], *, now: datetime, emit_events: bool = True
 ) -> dict[str, int]:
@@ -151,7 +187,8 @@ async def post_credits(
         by_key.setdefault(c.key, c)
     dialect = dialect_name(session)
     if dialect == "postgresql":
-        return await _post_in_one(session, by_key, now=now, emit_events=emit_events)
+        posted, _, _ = await _post_in_one(session, by_key, now=now, emit_events=emit_events)
+        return posted
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
     size = values_size(dialect, _ENTRY_COLUMNS, len(entry_rows))
@@ -200,9 +237,9 @@ async def _settle_credited(
     available_deltas: dict[int, int],
     *,
     now: datetime,
-) -> None:
+) -> list[int]:
     """After credits moved ``balances`` (available, pending, owed): refuse a balance past its bound, and let a
-    member in debt or owing points pay it from what it just earned."""
+    member in debt or owing points pay it from what it just earned. Returns the members settled."""
     for m, (available, pending, _owed) in balances.items():
         check_balance_bound(m, available + pending)
     needs_settling = [
@@ -215,13 +252,20 @@ async def _settle_credited(
         await book.lock(needs_settling)
         await book.settle(needs_settling)
         await book.flush()
+    return needs_settling
 
 
 async def _post_in_one(
-    session: AsyncSession, by_key: dict[str, Credit], *, now: datetime, emit_events: bool
-) -> dict[str, int]:
+    session: AsyncSession,
+    by_key: dict[str, Credit],
+    *,
+    now: datetime,
+    emit_events: bool,
+    gate: tuple[Sequence[dict[str, Any]], Sequence[int]] | None = None,
+) -> tuple[dict[str, int], list[Any], dict[int, tuple[int, int, int]]]:
     """PostgreSQL: the entries, their lots, the balance changes and the ``points_changed`` events in ONE
-    statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page.
+    statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page; with ``gate``
+    (award rows, lines: see :func:`post_gated`) the award gate's claim and the lines' lots too.
 
     Writes the same rows as the SQLite path: lots share their entry's id, balances move by what the new lots
     hold, one event per member with its balance after them, in member order."""
@@ -234,25 +278,44 @@ async def _post_in_one(
         "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
         "now": now,
     }
-    rows = await direct.rows(session, _posting(emit_events), params)
+    lots: list[Any] = []
+    if gate is not None:
+        awards, lots_of = gate
+        params.update(
+            {f"a_{n}": values for n, values in column_arrays(AWARDS, AWARD_COLUMNS, awards).items()}
+        )
+        params["lots_of"] = list(lots_of)
+        rows: list[Any] = []
+        for row in await direct.rows(session, _posting(emit_events, True), params):
+            (rows if row.kind == "entry" else lots).append(row)
+    else:
+        rows = await direct.rows(session, _posting(emit_events), params)
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
-        return {}
+        return {}, lots, {}
     deltas: dict[int, int] = defaultdict(int)
     balances: dict[int, tuple[int, int, int]] = {}
     for r in rows:
         if by_key[r.idempotency_key].status == AVAILABLE:
             deltas[r.member_id] += by_key[r.idempotency_key].amount
         balances[r.member_id] = (r.available, r.pending, r.owed)
-    await _settle_credited(session, dict(sorted(balances.items())), deltas, now=now)
-    return posted
+    settled = await _settle_credited(session, dict(sorted(balances.items())), deltas, now=now)
+    for m in settled:
+        del balances[m]
+    return posted, lots, balances
 
 
 @functools.cache
-def _posting(emit_events: bool) -> Any:
+def _posting(emit_events: bool, gated: bool = False) -> Any:
     """The statement of :func:`_post_in_one`: one fixed text (one array per column), prepared once per
     connection. Each CTE sees only what the ones before it returned, so balances and events are computed from
-    the entries' RETURNING and the balances' RETURNING, not re-read."""
+    the entries' RETURNING and the balances' RETURNING, not re-read.
+
+    ``gated``: the award rows bound as ``a_<column>`` are claimed first (``ON CONFLICT (line_id) DO NOTHING``,
+    the award gate's own insert), and only the credits the claim lets through (see :func:`post_gated`) are
+    the statement's ``r``; rows carry a ``kind``: ``entry`` rows as above, then ``lot`` rows, the lots of the
+    lines bound as ``lots_of`` — those the statement's snapshot holds (a CTE does not see its siblings'
+    inserts) and those it inserts."""
     arrays, binds = typed_unnest(
         [
             *((n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS),
@@ -276,10 +339,26 @@ events AS (
         if emit_events
         else ""
     )
-    sql = f"""
+    head = f"""
 WITH r AS (
     SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
+),"""  # noqa: S608 - this module's constant column names
+    if gated:
+        awards, award_binds = typed_unnest([(f"a_{n}", AWARDS.c[n].type) for n in AWARD_COLUMNS])
+        binds.extend(award_binds)
+        head = f"""
+WITH gate AS (
+    INSERT INTO points_line_awards ({", ".join(AWARD_COLUMNS)})
+    SELECT * FROM {awards}
+    ON CONFLICT (line_id) DO NOTHING
+    RETURNING line_id, member_id
 ),
+r AS (
+    SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
+    WHERE r.line_id IN (SELECT line_id FROM gate)
+        OR (r.line_id IS NULL AND r.member_id IN (SELECT member_id FROM gate))
+),"""  # noqa: S608 - this module's constant column names
+    sql = f"""{head}
 entries AS (
     INSERT INTO points_entries ({", ".join(_ENTRY_COLUMNS)})
     SELECT {entry_values} FROM r ORDER BY r.position
@@ -315,8 +394,36 @@ balances AS (
 SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
 FROM posted p JOIN balances b ON b.member_id = p.member_id
 """  # noqa: S608 - built from this module's constant column names, no input
+    if gated:
+        sql = sql.replace(
+            "\nSELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed\n",
+            _GATED_TAIL,
+        )
+        binds.append(sa.bindparam("lots_of", type_=postgresql.ARRAY(sa.BigInteger())))
     binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
     return sa.text(sql).bindparams(*binds)
+
+
+#: The gated posting's rows (:func:`_posting`): its entries, then the lots of the lines ``lots_of`` held before
+#: it, then those it posted on them (a lot's columns as :func:`_lots_of_lines` in :mod:`tongcrm.points.service`).
+_GATED_TAIL = """,
+old_lots AS (
+    SELECT id, member_id, line_id, status, available_at, release_on, return_window_days, amount, reversed
+    FROM points_lots WHERE line_id = ANY(CAST(:lots_of AS BIGINT[]))
+)
+SELECT 'lot' AS kind, id, CAST(NULL AS VARCHAR) AS idempotency_key, member_id, CAST(NULL AS BIGINT) AS available,
+    CAST(NULL AS BIGINT) AS pending, CAST(NULL AS BIGINT) AS owed, line_id, status, available_at, release_on,
+    return_window_days, amount, reversed
+FROM old_lots
+UNION ALL
+SELECT 'lot', id, NULL, member_id, NULL, NULL, NULL, line_id, lot_status,
+    CASE WHEN lot_status = 'available' THEN available_from ELSE lot_available_at END, lot_release_on, lot_window,
+    amount, 0
+FROM posted WHERE line_id = ANY(CAST(:lots_of AS BIGINT[]))
+UNION ALL
+SELECT 'entry', p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL
+"""
 
 
 def _chunks(ids: Sequence[int], size: int = 5000) -> Iterable[list[int]]:
@@ -557,6 +664,13 @@ class Book:
         self.flushed_ids: dict[str, int] = {}
 
     # -- reading -------------------------------------------------------------------------------------------------
+
+    def hold(self, balances: Mapping[int, tuple[int, int, int]]) -> None:
+        """Balances (available, pending, owed) this transaction has already locked and read as they are — the
+        rows a posting's upsert just updated, as it returned them (:func:`post_gated`): :meth:`lock` then
+        skips them (one round trip less)."""
+        for m, (available, pending, owed) in balances.items():
+            self.balances.setdefault(m, Balance(m, available, pending, owed, (available, pending, owed)))
 
     async def lock(self, member_ids: Iterable[int]) -> None:
         """Create missing balance rows, then lock and read them, in member id order."""
