@@ -73,7 +73,15 @@ from tongcrm.auth.service import GENERATION_COLUMN
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
-from tongcrm.counter_sale import CounterOrder, KnownBuyer, apply_counter_order
+from tongcrm.counter_sale import (
+    HELD_ACCOUNT,
+    HELD_EXTERNAL,
+    HELD_KEYS,
+    STORED_AND_SETTINGS,
+    CounterOrder,
+    KnownBuyer,
+    apply_counter_order,
+)
 from tongcrm.crypto import Vault
 from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name
@@ -421,6 +429,9 @@ class CounterWork:
         self._cards: dict[int, Any] = {}
         #: a buyer's rows (as :data:`_BUYER_BY_ID` reads them) read along another statement, for :meth:`buyer`
         self._buyers: dict[int, list[Any]] = {}
+        #: the order a claim read along (:meth:`first_with_buyer`): its key and its row of
+        #: :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, for the next application of that order
+        self._held: tuple[tuple[int, str], Any] | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -439,25 +450,49 @@ class CounterWork:
     @asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
         """A savepoint: what the block did is undone if it raises; the unit of work goes on."""
-        async with self._session.begin_nested():
-            yield
+        try:
+            async with self._session.begin_nested():
+                yield
+        except BaseException:
+            self._held = None  # what a claim read along is no longer known to hold
+            raise
 
     async def first_with_buyer(
-        self, statement: sa.Executable, params: Mapping[str, Any], *, member_id: int
+        self,
+        statement: sa.Executable,
+        params: Mapping[str, Any],
+        *,
+        member_id: int | None,
+        order: tuple[int, str] | None = None,
     ) -> Any | None:
         """``uow.rows.first_stamped(statement, params)`` and, on PostgreSQL in the same statement, the read
-        that ``buyer(member_id=member_id)`` makes first, kept for it in this unit of work (one round trip
-        for a till's receipt row and its buyer). The buyer is read whatever the statement answers; a caller
-        that does not go on to ask for the buyer has read it for nothing, and nothing else changes."""
+        that ``buyer(member_id=member_id)`` makes first (None: no buyer to read), kept for it in this unit of
+        work (one round trip for a till's receipt row and its buyer). The buyer is read whatever the statement
+        answers; a caller that does not go on to ask for the buyer has read it for nothing, and nothing else
+        changes.
+
+        ``order``: the key (account id, external id) of the order a sale of this unit of work applies next,
+        when ``statement`` claims it for this unit of work — a row returned means nobody else can write that
+        order until this transaction ends. The order as stored and the programme's settings (rule set, tier
+        ladder), which the sale reads first, are then read in the same statement and kept for the next
+        :meth:`record_sale` of that order (on PostgreSQL; SQLite's statements are function calls in process).
+        """
         if self.rows.dialect != "postgresql":
             return await self.rows.first_stamped(statement, params)
         self.rows._checked(statement)
-        plan = _with_buyer(statement)
-        rows = await direct.rows(self._session, plan.statement, {**params, _BUYER_ID: member_id})
+        plan = _with_buyer(statement, held=order is not None)
+        bound = {**params, _BUYER_ID: member_id}
+        if order is not None:
+            bound[HELD_ACCOUNT], bound[HELD_EXTERNAL] = order
+        rows = await direct.rows(self._session, plan.statement, bound)
         own = next((r for r in rows if r.own_present), None)
-        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+        if member_id is not None:
+            self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+        self._held = None
         if own is None:
             return None
+        if order is not None:
+            self._held = (order, plan.held(rows[0]))
         row = plan.own(own)
         self.rows.key_generation = int(row.key_generation or 0)
         return row
@@ -898,6 +933,7 @@ class CounterWork:
             tz=self.tz,
             actor=self.actor.name,
         )
+        held, self._held = self._held, None  # read along the claim of this order, if it was: used once
         applied = await apply_counter_order(
             self._session,
             ctx,
@@ -907,6 +943,7 @@ class CounterWork:
             member_id=buyer.member_id if buyer is not None else None,
             known=buyer.known if buyer is not None else None,
             tally=tally,
+            prefetched=held[1] if held is not None and held[0] == (account.id, order.external_id) else None,
         )
         if applied.quarantined:
             raise CounterRefused("identity_rejected", "the buyer's identity claim was refused", status=422)
@@ -968,7 +1005,8 @@ _BuyerRow = namedtuple("_BuyerRow", _BUYER_KEYS)  # type: ignore[misc]
 
 @dataclass(frozen=True, slots=True)
 class _WithBuyer:
-    """A caller's statement (stamped) and :data:`_BUYER_BY_ID` in one: its rows split back into the two."""
+    """A caller's statement (stamped), :data:`_BUYER_BY_ID` and, with ``held``, the order and settings of
+    :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, in one: its rows split back into the parts."""
 
     statement: Any
     own_row: Any
@@ -980,15 +1018,22 @@ class _WithBuyer:
     def buyer(self, row: Any) -> Any:
         return _BuyerRow(*row[self.own_width + 1 : self.own_width + 1 + len(_BUYER_KEYS)])
 
+    def held(self, row: Any) -> Any:
+        return _HeldRow(*row[self.own_width + 1 + len(_BUYER_KEYS) :])
 
-_WITH_BUYER: weakref.WeakKeyDictionary[Any, _WithBuyer] = weakref.WeakKeyDictionary()
+
+_HeldRow = namedtuple("_HeldRow", HELD_KEYS)  # type: ignore[misc]
+_WITH_BUYER: weakref.WeakKeyDictionary[Any, dict[bool, _WithBuyer]] = weakref.WeakKeyDictionary()
 
 
-def _with_buyer(statement: sa.Executable) -> _WithBuyer:
+def _with_buyer(statement: sa.Executable, *, held: bool) -> _WithBuyer:
     """PostgreSQL: ``SELECT own.*, true, buyer.* FROM (SELECT 1) LEFT JOIN own LEFT JOIN buyer``, ``own`` the
     stamped statement as a CTE (a write in it runs once, whatever the rest reads), ``buyer`` the rows of
-    :data:`_BUYER_BY_ID` for the member bound as ``buyer_member_id``, in its order. Built once per statement."""
-    plan = _WITH_BUYER.get(statement)
+    :data:`_BUYER_BY_ID` for the member bound as ``buyer_member_id``, in its order; with ``held`` also
+    ``LEFT JOIN`` the one row of :data:`tongcrm.counter_sale.STORED_AND_SETTINGS` (same on every row). Built
+    once per statement."""
+    plans = _WITH_BUYER.setdefault(statement, {})
+    plan = plans.get(held)
     if plan is not None:
         return plan
     own = _stamped(statement).cte("own")
@@ -1003,12 +1048,18 @@ def _with_buyer(statement: sa.Executable) -> _WithBuyer:
     )
     anchor = sa.select(sa.literal(1).label("one")).subquery("anchor")
     buyer_columns = [ranked.c[name].label(f"buyer_{name}") for name in _BUYER_KEYS]
+    joined = anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true())
+    held_columns: list[Any] = []
+    if held:
+        order = STORED_AND_SETTINGS.subquery("held_order")
+        joined = joined.outerjoin(order, sa.true())
+        held_columns = [order.c[name].label(f"held_{name}") for name in HELD_KEYS]
     combined = (
-        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns)
-        .select_from(anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true()))
+        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns, *held_columns)
+        .select_from(joined)
         .order_by(ranked.c.buyer_rank)
     )
-    plan = _WITH_BUYER[statement] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys))
+    plan = plans[held] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys))
     return plan
 
 
