@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from litestar import Litestar, get
 from tongcrm.api.hot import HotAnswer, hot_routes
-from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, requires
+from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, limited_by, requires
 from tongcrm.errors import ConfigError
 
 from .conftest import make_host
@@ -163,7 +163,11 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
     async def unconfirmed() -> None:
         return None
 
-    app = Litestar([plain, guarded, unconfirmed], before_request=authorize)
+    @get("/limited", opt={**requires(*READ_ROLES), **confirms_key_itself(), **limited_by(lambda _: None)})
+    async def limited() -> None:
+        return None
+
+    app = Litestar([plain, guarded, unconfirmed, limited], before_request=authorize)
 
     def build(_app: Litestar, roles: frozenset[Any]) -> HotAnswer:
         assert roles == frozenset(READ_ROLES)
@@ -178,6 +182,8 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
         hot_routes(app, {"/guarded": build})
     with pytest.raises(ConfigError, match="confirms_key_itself"):
         hot_routes(app, {"/unconfirmed": build})
+    with pytest.raises(ConfigError, match="a limit on its callers"):  # the answer would skip the limit
+        hot_routes(app, {"/limited": build})
     with pytest.raises(ConfigError, match="no GET route"):
         hot_routes(app, {"/missing": build})
 
