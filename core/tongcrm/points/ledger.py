@@ -56,11 +56,15 @@ from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
     PointsEntry,
+    PointsLineAward,
     PointsLot,
     PointsLotDraw,
 )
 
 ENTRIES = cast(sa.Table, PointsEntry.__table__)
+#: a line's award (the earning gate of :mod:`tongcrm.points.service`): the columns written
+AWARDS = cast(sa.Table, PointsLineAward.__table__)
+AWARD_COLUMNS = ("line_id", "order_id", "member_id", "rule_version", "points", "evaluated_at")
 LOTS = cast(sa.Table, PointsLot.__table__)
 DRAWS = cast(sa.Table, PointsLotDraw.__table__)
 BALANCES = cast(sa.Table, PointsBalance.__table__)
@@ -135,21 +139,32 @@ def _entry_row(c: Credit) -> dict[str, Any]:
 
 
 async def post_credits(
-    session: AsyncSession, credits: Sequence[Credit], *, now: datetime, emit_events: bool = True
+    session: AsyncSession,
+    credits: Sequence[Credit],
+    *,
+    now: datetime,
+    emit_events: bool = True,
+    awards: Sequence[dict[str, Any]] = (),
 ) -> dict[str, int]:
     """Post credits whose keys are new; credits whose key was already posted change nothing.
+
+    ``awards`` (PostgreSQL only): rows of ``points_line_awards`` (:data:`AWARD_COLUMNS`) to insert in the same
+    statement, each unless its line has one (``ON CONFLICT DO NOTHING``), whether or not a credit is posted:
+    the earning gate of lines that cannot hold an award yet, which need not be asked first.
 
     Returns the entry id of every credit that was posted, by key.
     """
     credits = [c for c in credits if c.amount > 0]
-    if not credits:
+    if not credits and not awards:
         return {}
     by_key: dict[str, Credit] = {}
     for c in credits:
         by_key.setdefault(c.key, c)
     dialect = dialect_name(session)
     if dialect == "postgresql":
-        return await _post_in_one(session, by_key, now=now, emit_events=emit_events)
+        return await _post_in_one(session, by_key, now=now, emit_events=emit_events, awards=awards)
+    if awards:
+        raise ValueError("awards go with the posting on PostgreSQL only")
     bulk = _bulk(dialect)
     entry_rows = [_entry_row(c) for c in by_key.values()]
     params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows)
@@ -215,10 +230,16 @@ async def _settle_credited(
 
 
 async def _post_in_one(
-    session: AsyncSession, by_key: dict[str, Credit], *, now: datetime, emit_events: bool
+    session: AsyncSession,
+    by_key: dict[str, Credit],
+    *,
+    now: datetime,
+    emit_events: bool,
+    awards: Sequence[dict[str, Any]] = (),
 ) -> dict[str, int]:
     """PostgreSQL: the entries, their lots, the balance changes and the ``points_changed`` events in ONE
-    statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page.
+    statement (data-modifying CTEs, :func:`_posting`), where they were five round trips a page; with
+    ``awards``, the lines' awards too.
 
     Writes the same rows as the SQLite path: lots share their entry's id, balances move by what the new lots
     hold, one event per member with its balance after them, in member order."""
@@ -231,7 +252,10 @@ async def _post_in_one(
         "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
         "now": now,
     }
-    rows = await direct.rows(session, _posting(emit_events), params)
+    if awards:
+        arrays = column_arrays(AWARDS, AWARD_COLUMNS, awards)
+        params.update({f"award_{name}": values for name, values in arrays.items()})
+    rows = await direct.rows(session, _posting(emit_events, gated=bool(awards)), params)
     posted = {r.idempotency_key: r.id for r in rows}
     if not posted:
         return {}
@@ -246,10 +270,23 @@ async def _post_in_one(
 
 
 @functools.cache
-def _posting(emit_events: bool) -> Any:
+def _posting(emit_events: bool, gated: bool = False) -> Any:
     """The statement of :func:`_post_in_one`: one fixed text (one array per column), prepared once per
     connection. Each CTE sees only what the ones before it returned, so balances and events are computed from
-    the entries' RETURNING and the balances' RETURNING, not re-read."""
+    the entries' RETURNING and the balances' RETURNING, not re-read. ``gated``: it also inserts the lines'
+    awards (``award_<column>`` arrays), a CTE nothing reads (PostgreSQL runs it all the same)."""
+    gate = ""
+    award_binds: list[Any] = []
+    if gated:
+        award_arrays, award_binds = typed_unnest(
+            [(f"award_{name}", AWARDS.c[name].type) for name in AWARD_COLUMNS]
+        )
+        gate = f"""gate AS (
+    INSERT INTO points_line_awards ({", ".join(AWARD_COLUMNS)})
+    SELECT * FROM {award_arrays}
+    ON CONFLICT (line_id) DO NOTHING
+),
+"""  # noqa: S608 - built from this module's constant column names, no input
     arrays, binds = typed_unnest(
         [
             *((n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS),
@@ -274,7 +311,7 @@ events AS (
         else ""
     )
     sql = f"""
-WITH r AS (
+WITH {gate}r AS (
     SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
 ),
 entries AS (
@@ -313,7 +350,7 @@ SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
 FROM posted p JOIN balances b ON b.member_id = p.member_id
 """  # noqa: S608 - built from this module's constant column names, no input
     binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
-    return sa.text(sql).bindparams(*binds)
+    return sa.text(sql).bindparams(*binds, *award_binds)
 
 
 def _chunks(ids: Sequence[int], size: int = 5000) -> Iterable[list[int]]:

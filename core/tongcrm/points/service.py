@@ -42,7 +42,6 @@ from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
     PointsEntry,
-    PointsLineAward,
     PointsLot,
     PointsLotDraw,
     PointsRequest,
@@ -154,13 +153,19 @@ async def apply_orders(
     if not paid:
         return
     rules = ctx.rules or await active_rules(session)
-    await _earn(session, ctx, rules, paid, now)
+    await _earn(session, ctx, rules, paid, now, fresh=fresh)
     if not fresh:
         await _follow_up(session, rules, paid, now)
 
 
 async def _earn(
-    session: AsyncSession, ctx: PointsContext, rules: RuleSet, orders: Sequence[OrderFacts], now: datetime
+    session: AsyncSession,
+    ctx: PointsContext,
+    rules: RuleSet,
+    orders: Sequence[OrderFacts],
+    now: datetime,
+    *,
+    fresh: bool = False,
 ) -> None:
     spend = rules.spend_rules
     tiers = (
@@ -221,8 +226,15 @@ async def _earn(
     if not awards:
         return
     dialect = dialect_name(session)
-    params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards)
-    won = {r[0] for r in await direct.rows(session, _award_gate(dialect), params)}
+    gated: list[dict[str, Any]] = []
+    if fresh and dialect == "postgresql":
+        # lines of orders inserted in this transaction hold no award yet: every one is won, and the gate
+        # is written by the posting's statement (one round trip less for a till's receipt)
+        won = {a["line_id"] for a in awards}
+        gated = awards
+    else:
+        params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards)
+        won = {r[0] for r in await direct.rows(session, _award_gate(dialect), params)}
     if not won:
         return
     credits = [c for line_id in sorted(won) for c in planned[line_id]]
@@ -233,11 +245,11 @@ async def _earn(
         credits.extend(
             _event_credits(ctx, rules, member_id, "first_purchase", str(member_id), order.paid_at, 100)
         )
-    await _post_with_caps(session, ctx, rules, credits, now)
+    await _post_with_caps(session, ctx, rules, credits, now, awards=gated)
 
 
-_AWARDS = cast(sa.Table, PointsLineAward.__table__)
-_AWARD_COLUMNS = ("line_id", "order_id", "member_id", "rule_version", "points", "evaluated_at")
+_AWARDS = ledger.AWARDS
+_AWARD_COLUMNS = ledger.AWARD_COLUMNS
 
 
 @functools.cache
@@ -279,8 +291,15 @@ def _event_credits(
 
 
 async def _post_with_caps(
-    session: AsyncSession, ctx: PointsContext, rules: RuleSet, credits: list[Credit], now: datetime
+    session: AsyncSession,
+    ctx: PointsContext,
+    rules: RuleSet,
+    credits: list[Credit],
+    now: datetime,
+    *,
+    awards: Sequence[dict[str, Any]] = (),
 ) -> dict[str, int]:
+    """Post ``credits`` within their rules' caps; ``awards``: see :func:`tongcrm.points.ledger.post_credits`."""
     capped: dict[tuple[int, str, str], int] = {}
     if rules.has_caps:
         caps = {r.code: r.cap for r in rules.doc.rules if r.cap is not None}
@@ -325,7 +344,7 @@ async def _post_with_caps(
                     c.amount = room
                 used[k] = used.get(k, 0) + c.amount
                 capped[k] = capped.get(k, 0) + c.amount
-    posted = await post_credits(session, credits, now=now)
+    posted = await post_credits(session, credits, now=now, awards=awards)
     if capped and posted:
         increments: dict[tuple[int, str, str], int] = defaultdict(int)
         for c in credits:
