@@ -23,9 +23,11 @@ order and lines, identity resolution, points under the earning rules, referral r
   through ``resolve_many`` unchanged;
 * the active rule set and tier ladder read with what is held for the order, in one statement, into the
   transaction's cache
-  (:mod:`tongcrm.db.txcache`), where the points and tier services find them;
+  (:mod:`tongcrm.db.txcache`), where the points and tier services find them — or handed in as ``prefetched``,
+  read along the statement that claimed the order for this transaction (a till's receipt claim);
 * points posted with ``fresh=True`` for an order inserted just now without refunds: it has no lots to release
-  or reverse, so the follow-up read is skipped;
+  or reverse, so the follow-up read is skipped, and no line can hold an award yet, so on PostgreSQL the award
+  gate is written by the posting's statement;
 * the tier re-evaluation only when the member qualifies above their tier
   (:func:`tongcrm.tiers.service.upgrade_due`, one read): one that upgrades nobody writes nothing;
 * the referral hook skipped for a new order of a buyer without a referrer: no reward can hang on an order that
