@@ -432,6 +432,9 @@ class CounterWork:
         #: the order a claim read along (:meth:`first_with_buyer`): its key and its row of
         #: :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, for the next application of that order
         self._held: tuple[tuple[int, str], Any] | None = None
+        #: a buyer's card row (as :data:`_CARD` reads it; None: nobody) read along another statement, by the
+        #: identity kind and values it was looked up by, for :meth:`buyer`
+        self._found_cards: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -455,6 +458,7 @@ class CounterWork:
                 yield
         except BaseException:
             self._held = None  # what a claim read along is no longer known to hold
+            self._found_cards.clear()
             raise
 
     async def first_with_buyer(
@@ -464,6 +468,7 @@ class CounterWork:
         *,
         member_id: int | None,
         order: tuple[int, str] | None = None,
+        card: tuple[str, tuple[str, ...]] | None = None,
     ) -> Any | None:
         """``uow.rows.first_stamped(statement, params)`` and, on PostgreSQL in the same statement, the read
         that ``buyer(member_id=member_id)`` makes first (None: no buyer to read), kept for it in this unit of
@@ -476,14 +481,20 @@ class CounterWork:
         order until this transaction ends. The order as stored and the programme's settings (rule set, tier
         ladder), which the sale reads first, are then read in the same statement and kept for the next
         :meth:`record_sale` of that order (on PostgreSQL; SQLite's statements are function calls in process).
+
+        ``card``: the identity kind and stored values (:func:`tongcrm.members.service.lookup_key`) a sale's
+        buyer is named by (a mobile given at the till): the member they name is read in the same statement and
+        kept for :meth:`buyer`, which would read it next.
         """
         if self.rows.dialect != "postgresql":
             return await self.rows.first_stamped(statement, params)
         self.rows._checked(statement)
-        plan = _with_buyer(statement, held=order is not None)
+        plan = _with_buyer(statement, held=order is not None, card=card is not None)
         bound = {**params, _BUYER_ID: member_id}
         if order is not None:
             bound[HELD_ACCOUNT], bound[HELD_EXTERNAL] = order
+        if card is not None:
+            bound["card_kind"], bound["card_values"] = card[0], list(card[1])
         rows = await direct.rows(self._session, plan.statement, bound)
         own = next((r for r in rows if r.own_present), None)
         if member_id is not None:
@@ -491,6 +502,8 @@ class CounterWork:
         self._held = None
         if own is None:
             return None
+        if card is not None:
+            self._found_cards[card] = plan.card(rows[0])
         if order is not None:
             self._held = (order, plan.held(rows[0]))
         row = plan.own(own)
@@ -547,7 +560,11 @@ class CounterWork:
             return None
         except InvalidMobile as exc:
             raise CounterRefused("invalid_mobile", exc.message, status=422) from None
-        row = await direct.first(self._session, _CARD, {"kind": kind, "values": values})
+        along = (kind, tuple(values))
+        if along in self._found_cards:  # read with the receipt's claim (first_with_buyer), just before
+            row = self._found_cards.pop(along)
+        else:
+            row = await direct.first(self._session, _CARD, {"kind": kind, "values": values})
         if row is None:
             return None
         self.rows.key_generation = int(row.key_generation or 0)
@@ -781,6 +798,17 @@ class CounterWork:
         assert member_id is not None
         return await self._buyer_by_id(member_id, evidence)
 
+    def buyer_key(self, *, mobile: str) -> tuple[str, tuple[str, ...]] | None:
+        """What :meth:`buyer` (``mobile=``) looks the buyer up by: the identity kind and stored values, for
+        :meth:`first_with_buyer`'s ``card``; None when the mobile is not one (``buyer`` then refuses it)."""
+        try:
+            kind, values = members.lookup_key(
+                self._service.vault, self._service.host, mobile=normalise_mobile(mobile), identity=None
+            )
+        except (InvalidMobile, NotFound):
+            return None
+        return kind, tuple(values)
+
     async def _buyer_by_id(self, member_id: int, evidence: str) -> Buyer:
         kinds = self._service.host.identity_kinds()
         asked = member_id
@@ -1005,12 +1033,14 @@ _BuyerRow = namedtuple("_BuyerRow", _BUYER_KEYS)  # type: ignore[misc]
 
 @dataclass(frozen=True, slots=True)
 class _WithBuyer:
-    """A caller's statement (stamped), :data:`_BUYER_BY_ID` and, with ``held``, the order and settings of
-    :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, in one: its rows split back into the parts."""
+    """A caller's statement (stamped), :data:`_BUYER_BY_ID` and, as asked, the order and settings of
+    :data:`tongcrm.counter_sale.STORED_AND_SETTINGS` and the member of :data:`_CARD_ALONG`, in one: its rows
+    split back into the parts."""
 
     statement: Any
     own_row: Any
     own_width: int
+    held_width: int
 
     def own(self, row: Any) -> Any:
         return self.own_row(*row[: self.own_width])
@@ -1019,21 +1049,28 @@ class _WithBuyer:
         return _BuyerRow(*row[self.own_width + 1 : self.own_width + 1 + len(_BUYER_KEYS)])
 
     def held(self, row: Any) -> Any:
-        return _HeldRow(*row[self.own_width + 1 + len(_BUYER_KEYS) :])
+        start = self.own_width + 1 + len(_BUYER_KEYS)
+        return _HeldRow(*row[start : start + self.held_width])
+
+    def card(self, row: Any) -> Any | None:
+        """The member :data:`_CARD_ALONG` found, as :data:`_CARD` answers it; None: none."""
+        start = self.own_width + 1 + len(_BUYER_KEYS) + self.held_width
+        found = row[start : start + len(_CARD_KEYS)]
+        return None if found[0] is None else _CardRow(*found)
 
 
 _HeldRow = namedtuple("_HeldRow", HELD_KEYS)  # type: ignore[misc]
-_WITH_BUYER: weakref.WeakKeyDictionary[Any, dict[bool, _WithBuyer]] = weakref.WeakKeyDictionary()
+_WITH_BUYER: weakref.WeakKeyDictionary[Any, dict[tuple[bool, bool], _WithBuyer]] = weakref.WeakKeyDictionary()
 
 
-def _with_buyer(statement: sa.Executable, *, held: bool) -> _WithBuyer:
+def _with_buyer(statement: sa.Executable, *, held: bool, card: bool = False) -> _WithBuyer:
     """PostgreSQL: ``SELECT own.*, true, buyer.* FROM (SELECT 1) LEFT JOIN own LEFT JOIN buyer``, ``own`` the
     stamped statement as a CTE (a write in it runs once, whatever the rest reads), ``buyer`` the rows of
     :data:`_BUYER_BY_ID` for the member bound as ``buyer_member_id``, in its order; with ``held`` also
-    ``LEFT JOIN`` the one row of :data:`tongcrm.counter_sale.STORED_AND_SETTINGS` (same on every row). Built
-    once per statement."""
+    ``LEFT JOIN`` the one row of :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, with ``card`` the row (or
+    none) of :data:`_CARD_ALONG` (each the same on every row). Built once per statement and parts."""
     plans = _WITH_BUYER.setdefault(statement, {})
-    plan = plans.get(held)
+    plan = plans.get((held, card))
     if plan is not None:
         return plan
     own = _stamped(statement).cte("own")
@@ -1049,17 +1086,22 @@ def _with_buyer(statement: sa.Executable, *, held: bool) -> _WithBuyer:
     anchor = sa.select(sa.literal(1).label("one")).subquery("anchor")
     buyer_columns = [ranked.c[name].label(f"buyer_{name}") for name in _BUYER_KEYS]
     joined = anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true())
-    held_columns: list[Any] = []
+    extra: list[Any] = []
     if held:
         order = STORED_AND_SETTINGS.subquery("held_order")
         joined = joined.outerjoin(order, sa.true())
-        held_columns = [order.c[name].label(f"held_{name}") for name in HELD_KEYS]
+        extra += [order.c[name].label(f"held_{name}") for name in HELD_KEYS]
+    if card:
+        found = _CARD_ALONG.subquery("card")
+        joined = joined.outerjoin(found, sa.true())
+        extra += [found.c[name].label(f"card_{name}") for name in _CARD_KEYS]
     combined = (
-        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns, *held_columns)
+        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns, *extra)
         .select_from(joined)
         .order_by(ranked.c.buyer_rank)
     )
-    plan = plans[held] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys))
+    widths = len(HELD_KEYS) if held else 0
+    plan = plans[(held, card)] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys), widths)
     return plan
 
 
@@ -1073,26 +1115,35 @@ class _CardFields:
     has_ladder: bool
 
 
+def _card_statement(kind: str, values: str) -> Any:
+    """:data:`_CARD` with the identity's kind and values bound as ``kind`` and ``values`` (expanding)."""
+    return (
+        sa.select(
+            Member.id,
+            Member.status,
+            Member.name,
+            Member.mobile_enc,
+            sa.select(PointsBalance.available)
+            .where(PointsBalance.member_id == Member.id)
+            .scalar_subquery()
+            .label("available"),
+            sa.select(TierLadder.version).exists().label("has_ladder"),
+            GENERATION_COLUMN,
+        )
+        .join(Identity, Identity.member_id == Member.id)
+        .where(Identity.kind == sa.bindparam(kind), Identity.value.in_(sa.bindparam(values, expanding=True)))
+        .limit(1)
+    )
+
+
 #: A member an identity names (as :func:`tongcrm.members.service.lookup` finds them), with what a cashier sees
 #: of them, their available points, whether a tier ladder exists and the API keys' revocation counter (the
 #: till's key is confirmed under it, :attr:`CounterWork.key_generation`): a till's lookup in one statement.
-_CARD = (
-    sa.select(
-        Member.id,
-        Member.status,
-        Member.name,
-        Member.mobile_enc,
-        sa.select(PointsBalance.available)
-        .where(PointsBalance.member_id == Member.id)
-        .scalar_subquery()
-        .label("available"),
-        sa.select(TierLadder.version).exists().label("has_ladder"),
-        GENERATION_COLUMN,
-    )
-    .join(Identity, Identity.member_id == Member.id)
-    .where(Identity.kind == sa.bindparam("kind"), Identity.value.in_(sa.bindparam("values", expanding=True)))
-    .limit(1)
-)
+_CARD = _card_statement("kind", "values")
+#: :data:`_CARD` under bind names of its own, read along a receipt's claim (:meth:`CounterWork.first_with_buyer`)
+_CARD_ALONG = _card_statement("card_kind", "card_values")
+_CARD_KEYS: tuple[str, ...] = tuple(str(c.key) for c in _CARD.selected_columns)
+_CardRow = namedtuple("_CardRow", _CARD_KEYS)  # type: ignore[misc]
 
 
 @functools.cache

@@ -507,8 +507,12 @@ async def _claim(
         # key, which this claim takes) and the programme's settings next: on PostgreSQL with the claim, in
         # one round trip
         buyer = r.member.member_id if r.member is not None else None
+        mobile = r.member.mobile if r.member is not None and buyer is None else None
+        card = uow.buyer_key(mobile=mobile) if mobile and uow.rows.dialect == "postgresql" else None
         order = (store.account_id, key)
-        row = await uow.first_with_buyer(_claim_statement(uow), values, member_id=buyer, order=order)
+        row = await uow.first_with_buyer(
+            _claim_statement(uow), values, member_id=buyer, order=order, card=card
+        )
     else:
         row = await uow.rows.first_stamped(_claim_statement(uow), values)
     return None if row is None else int(row[0])
