@@ -34,10 +34,12 @@ TABLES = (
 )  # fmt: skip
 
 
-#: (order, is a return): a first sale that makes the member, sales to them, a partial and a full return, a sale
-#: that lifts them to gold, and a replay of it.
+#: (order, is a return): a first sale that makes the member, a sale too small to earn a point (its line's award
+#: is still written: on PostgreSQL by the posting's statement, which then posts nothing), sales to them, a
+#: partial and a full return, a sale that lifts them to gold, and a replay of it.
 STEPS = (
     (counter_order("D-1", (80_000,)), False),
+    (counter_order("D-0", (50,)), False),
     (counter_order("D-2", (30_000, 20_000)), False),
     (counter_order("D-2", (30_000, 20_000), back=(0, 20_000), version=1), True),
     (counter_order("D-2", (30_000, 20_000), back=(30_000, 20_000), version=2), True),
@@ -128,6 +130,7 @@ async def test_the_counter_path_writes_what_the_page_path_writes(
     page, counter = snapshots
     assert page["member_tiers"][0]["tier_code"] == "gold"  # the steps did move the tier
     assert {e["kind"] for e in page["points_entries"]} >= {"earn", "reverse"}
+    assert any(a["points"] == 0 for a in page["points_line_awards"])  # the sale that earned nothing
     for name in TABLES:
         assert counter[name] == page[name], name
 

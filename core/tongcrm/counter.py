@@ -73,7 +73,15 @@ from tongcrm.auth.service import GENERATION_COLUMN
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
-from tongcrm.counter_sale import CounterOrder, KnownBuyer, apply_counter_order
+from tongcrm.counter_sale import (
+    HELD_ACCOUNT,
+    HELD_EXTERNAL,
+    HELD_KEYS,
+    STORED_AND_SETTINGS,
+    CounterOrder,
+    KnownBuyer,
+    apply_counter_order,
+)
 from tongcrm.crypto import Vault
 from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name
@@ -421,6 +429,12 @@ class CounterWork:
         self._cards: dict[int, Any] = {}
         #: a buyer's rows (as :data:`_BUYER_BY_ID` reads them) read along another statement, for :meth:`buyer`
         self._buyers: dict[int, list[Any]] = {}
+        #: the order a claim read along (:meth:`first_with_buyer`): its key and its row of
+        #: :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, for the next application of that order
+        self._held: tuple[tuple[int, str], Any] | None = None
+        #: a buyer's card row (as :data:`_CARD` reads it; None: nobody) read along another statement, by the
+        #: identity kind and values it was looked up by, for :meth:`buyer`
+        self._found_cards: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -438,32 +452,67 @@ class CounterWork:
 
     @asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
-        """A savepoint: what the block did is undone if it raises; the unit of work goes on. A buyer read along
-        a claim in it (:meth:`first_with_buyer`) is for its receipt alone: not kept past it."""
+        """A savepoint: what the block did is undone if it raises; the unit of work goes on. What a claim in it
+        read along (:meth:`first_with_buyer`: a buyer, a held order, a found card) is for its receipt alone: not
+        kept past it."""
         try:
             async with self._session.begin_nested():
                 yield
         finally:
             self._buyers.clear()
+            self._held = None
+            self._found_cards.clear()
 
     async def first_with_buyer(
-        self, statement: sa.Executable, params: Mapping[str, Any], *, member_id: int
+        self,
+        statement: sa.Executable,
+        params: Mapping[str, Any],
+        *,
+        member_id: int | None,
+        order: tuple[int, str] | None = None,
+        card: tuple[str, tuple[str, ...]] | None = None,
     ) -> Any | None:
         """``uow.rows.first_stamped(statement, params)`` and, on PostgreSQL in the same statement, the read
-        that ``buyer(member_id=member_id)`` makes first, kept for it (one round trip for a till's receipt row
-        and its buyer). Kept only when the statement answered a row, and only until that buyer read or the end
-        of the receipt's savepoint (:meth:`attempt`): a read of the member later in the unit of work (a batch's
-        return of the same member, receipts on) must see the member as it is then, not as this claim saw it."""
+        that ``buyer(member_id=member_id)`` makes first (None: no buyer to read), kept for it in this unit of
+        work (one round trip for a till's receipt row and its buyer). Kept only when the statement answered a
+        row, and only until that buyer read or the end of the receipt's savepoint (:meth:`attempt`): a read of
+        the member later in the unit of work (a batch's return of the same member, receipts on) must see the
+        member as it is then, not as this claim saw it.
+
+        ``order``: the key (account id, external id) of the order a sale of this unit of work applies next,
+        when ``statement`` claims it for this unit of work — a row returned means nobody else can write that
+        order until this transaction ends. The order as stored and the programme's settings (rule set, tier
+        ladder), which the sale reads first, are then read in the same statement and kept for the next
+        :meth:`record_sale` of that order (on PostgreSQL; SQLite's statements are function calls in process).
+
+        ``card``: the identity kind and stored values (:func:`tongcrm.members.service.lookup_key`) a sale's
+        buyer is named by (a mobile given at the till): the member they name is read in the same statement and
+        kept for :meth:`buyer`, which would read it next.
+        """
         if self.rows.dialect != "postgresql":
             return await self.rows.first_stamped(statement, params)
         self.rows._checked(statement)
-        plan = _with_buyer(statement)
-        rows = await direct.rows(self._session, plan.statement, {**params, _BUYER_ID: member_id})
+        plan = _with_buyer(statement, held=order is not None, card=card is not None)
+        bound = {**params, _BUYER_ID: member_id}
+        if order is not None:
+            bound[HELD_ACCOUNT], bound[HELD_EXTERNAL] = order
+        if card is not None:
+            bound["card_kind"], bound["card_values"] = card[0], list(card[1])
+        rows = await direct.rows(self._session, plan.statement, bound)
         own = next((r for r in rows if r.own_present), None)
-        if own is None:  # the claim met its row: this receipt reads no buyer, and a later read must be fresh
-            self._buyers.pop(member_id, None)
+        self._held = None
+        if (
+            own is None
+        ):  # the claim met its row: this receipt reads nothing along it, and a later read must be fresh
+            if member_id is not None:
+                self._buyers.pop(member_id, None)
             return None
-        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+        if member_id is not None:
+            self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+        if card is not None:
+            self._found_cards[card] = plan.card(rows[0])
+        if order is not None:
+            self._held = (order, plan.held(rows[0]))
         row = plan.own(own)
         self.rows.key_generation = int(row.key_generation or 0)
         return row
@@ -518,7 +567,11 @@ class CounterWork:
             return None
         except InvalidMobile as exc:
             raise CounterRefused("invalid_mobile", exc.message, status=422) from None
-        row = await direct.first(self._session, _CARD, {"kind": kind, "values": values})
+        along = (kind, tuple(values))
+        if along in self._found_cards:  # read with the receipt's claim (first_with_buyer), just before
+            row = self._found_cards.pop(along)
+        else:
+            row = await direct.first(self._session, _CARD, {"kind": kind, "values": values})
         if row is None:
             return None
         self.rows.key_generation = int(row.key_generation or 0)
@@ -752,6 +805,17 @@ class CounterWork:
         assert member_id is not None
         return await self._buyer_by_id(member_id, evidence)
 
+    def buyer_key(self, *, mobile: str) -> tuple[str, tuple[str, ...]] | None:
+        """What :meth:`buyer` (``mobile=``) looks the buyer up by: the identity kind and stored values, for
+        :meth:`first_with_buyer`'s ``card``; None when the mobile is not one (``buyer`` then refuses it)."""
+        try:
+            kind, values = members.lookup_key(
+                self._service.vault, self._service.host, mobile=normalise_mobile(mobile), identity=None
+            )
+        except (InvalidMobile, NotFound):
+            return None
+        return kind, tuple(values)
+
     async def _buyer_by_id(self, member_id: int, evidence: str) -> Buyer:
         kinds = self._service.host.identity_kinds()
         asked = member_id
@@ -904,6 +968,7 @@ class CounterWork:
             tz=self.tz,
             actor=self.actor.name,
         )
+        held, self._held = self._held, None  # read along the claim of this order, if it was: used once
         applied = await apply_counter_order(
             self._session,
             ctx,
@@ -913,6 +978,7 @@ class CounterWork:
             member_id=buyer.member_id if buyer is not None else None,
             known=buyer.known if buyer is not None else None,
             tally=tally,
+            prefetched=held[1] if held is not None and held[0] == (account.id, order.external_id) else None,
         )
         if applied.quarantined:
             raise CounterRefused("identity_rejected", "the buyer's identity claim was refused", status=422)
@@ -974,11 +1040,14 @@ _BuyerRow = namedtuple("_BuyerRow", _BUYER_KEYS)  # type: ignore[misc]
 
 @dataclass(frozen=True, slots=True)
 class _WithBuyer:
-    """A caller's statement (stamped) and :data:`_BUYER_BY_ID` in one: its rows split back into the two."""
+    """A caller's statement (stamped), :data:`_BUYER_BY_ID` and, as asked, the order and settings of
+    :data:`tongcrm.counter_sale.STORED_AND_SETTINGS` and the member of :data:`_CARD_ALONG`, in one: its rows
+    split back into the parts."""
 
     statement: Any
     own_row: Any
     own_width: int
+    held_width: int
 
     def own(self, row: Any) -> Any:
         return self.own_row(*row[: self.own_width])
@@ -986,15 +1055,29 @@ class _WithBuyer:
     def buyer(self, row: Any) -> Any:
         return _BuyerRow(*row[self.own_width + 1 : self.own_width + 1 + len(_BUYER_KEYS)])
 
+    def held(self, row: Any) -> Any:
+        start = self.own_width + 1 + len(_BUYER_KEYS)
+        return _HeldRow(*row[start : start + self.held_width])
 
-_WITH_BUYER: weakref.WeakKeyDictionary[Any, _WithBuyer] = weakref.WeakKeyDictionary()
+    def card(self, row: Any) -> Any | None:
+        """The member :data:`_CARD_ALONG` found, as :data:`_CARD` answers it; None: none."""
+        start = self.own_width + 1 + len(_BUYER_KEYS) + self.held_width
+        found = row[start : start + len(_CARD_KEYS)]
+        return None if found[0] is None else _CardRow(*found)
 
 
-def _with_buyer(statement: sa.Executable) -> _WithBuyer:
+_HeldRow = namedtuple("_HeldRow", HELD_KEYS)  # type: ignore[misc]
+_WITH_BUYER: weakref.WeakKeyDictionary[Any, dict[tuple[bool, bool], _WithBuyer]] = weakref.WeakKeyDictionary()
+
+
+def _with_buyer(statement: sa.Executable, *, held: bool, card: bool = False) -> _WithBuyer:
     """PostgreSQL: ``SELECT own.*, true, buyer.* FROM (SELECT 1) LEFT JOIN own LEFT JOIN buyer``, ``own`` the
     stamped statement as a CTE (a write in it runs once, whatever the rest reads), ``buyer`` the rows of
-    :data:`_BUYER_BY_ID` for the member bound as ``buyer_member_id``, in its order. Built once per statement."""
-    plan = _WITH_BUYER.get(statement)
+    :data:`_BUYER_BY_ID` for the member bound as ``buyer_member_id``, in its order; with ``held`` also
+    ``LEFT JOIN`` the one row of :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, with ``card`` the row (or
+    none) of :data:`_CARD_ALONG` (each the same on every row). Built once per statement and parts."""
+    plans = _WITH_BUYER.setdefault(statement, {})
+    plan = plans.get((held, card))
     if plan is not None:
         return plan
     own = _stamped(statement).cte("own")
@@ -1009,12 +1092,23 @@ def _with_buyer(statement: sa.Executable) -> _WithBuyer:
     )
     anchor = sa.select(sa.literal(1).label("one")).subquery("anchor")
     buyer_columns = [ranked.c[name].label(f"buyer_{name}") for name in _BUYER_KEYS]
+    joined = anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true())
+    extra: list[Any] = []
+    if held:
+        order = STORED_AND_SETTINGS.subquery("held_order")
+        joined = joined.outerjoin(order, sa.true())
+        extra += [order.c[name].label(f"held_{name}") for name in HELD_KEYS]
+    if card:
+        found = _CARD_ALONG.subquery("card")
+        joined = joined.outerjoin(found, sa.true())
+        extra += [found.c[name].label(f"card_{name}") for name in _CARD_KEYS]
     combined = (
-        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns)
-        .select_from(anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true()))
+        sa.select(*(marked.c[k] for k in keys), marked.c.own_present, *buyer_columns, *extra)
+        .select_from(joined)
         .order_by(ranked.c.buyer_rank)
     )
-    plan = _WITH_BUYER[statement] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys))
+    widths = len(HELD_KEYS) if held else 0
+    plan = plans[(held, card)] = _WithBuyer(combined, namedtuple("_Own", keys), len(keys), widths)
     return plan
 
 
@@ -1028,26 +1122,35 @@ class _CardFields:
     has_ladder: bool
 
 
+def _card_statement(kind: str, values: str) -> Any:
+    """:data:`_CARD` with the identity's kind and values bound as ``kind`` and ``values`` (expanding)."""
+    return (
+        sa.select(
+            Member.id,
+            Member.status,
+            Member.name,
+            Member.mobile_enc,
+            sa.select(PointsBalance.available)
+            .where(PointsBalance.member_id == Member.id)
+            .scalar_subquery()
+            .label("available"),
+            sa.select(TierLadder.version).exists().label("has_ladder"),
+            GENERATION_COLUMN,
+        )
+        .join(Identity, Identity.member_id == Member.id)
+        .where(Identity.kind == sa.bindparam(kind), Identity.value.in_(sa.bindparam(values, expanding=True)))
+        .limit(1)
+    )
+
+
 #: A member an identity names (as :func:`tongcrm.members.service.lookup` finds them), with what a cashier sees
 #: of them, their available points, whether a tier ladder exists and the API keys' revocation counter (the
 #: till's key is confirmed under it, :attr:`CounterWork.key_generation`): a till's lookup in one statement.
-_CARD = (
-    sa.select(
-        Member.id,
-        Member.status,
-        Member.name,
-        Member.mobile_enc,
-        sa.select(PointsBalance.available)
-        .where(PointsBalance.member_id == Member.id)
-        .scalar_subquery()
-        .label("available"),
-        sa.select(TierLadder.version).exists().label("has_ladder"),
-        GENERATION_COLUMN,
-    )
-    .join(Identity, Identity.member_id == Member.id)
-    .where(Identity.kind == sa.bindparam("kind"), Identity.value.in_(sa.bindparam("values", expanding=True)))
-    .limit(1)
-)
+_CARD = _card_statement("kind", "values")
+#: :data:`_CARD` under bind names of its own, read along a receipt's claim (:meth:`CounterWork.first_with_buyer`)
+_CARD_ALONG = _card_statement("card_kind", "card_values")
+_CARD_KEYS: tuple[str, ...] = tuple(str(c.key) for c in _CARD.selected_columns)
+_CardRow = namedtuple("_CardRow", _CARD_KEYS)  # type: ignore[misc]
 
 
 @functools.cache

@@ -23,9 +23,11 @@ order and lines, identity resolution, points under the earning rules, referral r
   through ``resolve_many`` unchanged;
 * the active rule set and tier ladder read with what is held for the order, in one statement, into the
   transaction's cache
-  (:mod:`tongcrm.db.txcache`), where the points and tier services find them;
+  (:mod:`tongcrm.db.txcache`), where the points and tier services find them — or handed in as ``prefetched``,
+  read along the statement that claimed the order for this transaction (a till's receipt claim);
 * points posted with ``fresh=True`` for an order inserted just now without refunds: it has no lots to release
-  or reverse, so the follow-up read is skipped;
+  or reverse, so the follow-up read is skipped, and no line can hold an award yet, so on PostgreSQL the award
+  gate is written by the posting's statement;
 * the tier re-evaluation only when the member qualifies above their tier
   (:func:`tongcrm.tiers.service.upgrade_due`, one read): one that upgrades nobody writes nothing;
 * the referral hook skipped for a new order of a buyer without a referrer: no reward can hang on an order that
@@ -122,20 +124,39 @@ class CounterOrder:
     available: int | None = None
 
 
-#: What is held for one order (and whether its member was erased): fixed text, no list parameter.
-_STORED = (
-    sa.select(
-        Order.modified_at, Order.status, Order.paid_fen, Order.member_id, Member.status.label("member_status")
+def _stored(account: str, external: str) -> Any:
+    """What is held for one order (and whether its member was erased), its key bound as ``account`` and
+    ``external``: fixed text, no list parameter."""
+    return (
+        sa.select(
+            Order.modified_at,
+            Order.status,
+            Order.paid_fen,
+            Order.member_id,
+            Member.status.label("member_status"),
+        )
+        .outerjoin(Member, Member.id == Order.member_id)
+        .where(Order.account_id == sa.bindparam(account), Order.external_id == sa.bindparam(external))
     )
-    .outerjoin(Member, Member.id == Order.member_id)
-    .where(Order.account_id == sa.bindparam("account_id"), Order.external_id == sa.bindparam("external_id"))
-)
 
 
-_HELD = _STORED.subquery("held")
-_SETTINGS_ROW = programme.SETTINGS.subquery("settings")
+def _stored_and_settings(stored: Any) -> Any:
+    """The settings and what ``stored`` reads of the order, in one row (its order's columns NULL: no order)."""
+    settings, held = programme.SETTINGS.subquery("settings"), stored.subquery("held")
+    return sa.select(settings, held).select_from(settings.outerjoin(held, sa.true()))
+
+
+_STORED = _stored("account_id", "external_id")
 #: The settings and what is held for the order, in one round trip (the first order of a transaction).
-_STORED_AND_SETTINGS = sa.select(_SETTINGS_ROW, _HELD).select_from(_SETTINGS_ROW.outerjoin(_HELD, sa.true()))
+_STORED_AND_SETTINGS = _stored_and_settings(_STORED)
+#: The order's key as :data:`STORED_AND_SETTINGS` binds it: names no statement it is joined to uses.
+HELD_ACCOUNT, HELD_EXTERNAL = "held_account_id", "held_external_id"
+#: :data:`_STORED_AND_SETTINGS` with the order's key bound as :data:`HELD_ACCOUNT` and :data:`HELD_EXTERNAL`,
+#: for a statement that runs before the order is applied to read along (a till's receipt claim,
+#: :meth:`tongcrm.counter.CounterWork.first_with_buyer`); its row goes to :func:`apply_counter_order` as
+#: ``prefetched`` (columns :data:`HELD_KEYS`).
+STORED_AND_SETTINGS = _stored_and_settings(_stored(HELD_ACCOUNT, HELD_EXTERNAL))
+HELD_KEYS: tuple[str, ...] = tuple(str(c.key) for c in _STORED_AND_SETTINGS.selected_columns)
 
 
 @functools.cache
@@ -378,15 +399,22 @@ async def apply_counter_order(
     member_id: int | None = None,
     known: KnownBuyer | None = None,
     tally: tuple[str, ...] | None = None,
+    prefetched: Any = None,
 ) -> CounterOrder:
     """Apply one order as ``apply_orders_page`` would apply a page of it (see the module docstring).
 
     ``member_id`` and ``known``: the buyer whose claim leads ``order.claims``, as read in this unit of work.
     ``tally``: points entry kinds to sum on the order, answered with the member's available points by the
-    statement that writes the ``order_changed`` event (:func:`_order_changed_statement`)."""
+    statement that writes the ``order_changed`` event (:func:`_order_changed_statement`).
+    ``prefetched``: a row of :data:`STORED_AND_SETTINGS` for this order, read in this transaction by a statement
+    since which nothing wrote the order (its key's claim: see :meth:`tongcrm.counter.CounterWork._apply`),
+    instead of reading it here."""
     key = {"account_id": account_id, "external_id": order.external_id}
     held: Any
-    if programme.held(session):
+    if prefetched is not None:  # read by a statement of this transaction just before, nothing written since
+        programme.hold(session, prefetched)
+        held = None if prefetched.modified_at is None else prefetched
+    elif programme.held(session):
         held = await direct.first(session, _STORED, key)
     else:
         [held] = await direct.rows(session, _STORED_AND_SETTINGS, key)

@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 from tongcrm.api.hot import HotAnswer, hot_routes
 from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.responses import EncodedJSON
-from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, requires
+from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, limited_by, requires
 from tongcrm.app import HOT_ROUTES, create_app
 from tongcrm.errors import ConfigError
 
@@ -173,7 +173,11 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
     async def unconfirmed() -> None:
         return None
 
-    app = Litestar([plain, guarded, unconfirmed], before_request=authorize)
+    @get("/limited", opt={**requires(*READ_ROLES), **confirms_key_itself(), **limited_by(lambda _: None)})
+    async def limited() -> None:
+        return None
+
+    app = Litestar([plain, guarded, unconfirmed, limited], before_request=authorize)
 
     def build(_app: Litestar, roles: frozenset[Any]) -> HotAnswer:
         assert roles == frozenset(READ_ROLES)
@@ -188,6 +192,8 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
         hot_routes(app, {"/guarded": build})
     with pytest.raises(ConfigError, match="confirms_key_itself"):
         hot_routes(app, {"/unconfirmed": build})
+    with pytest.raises(ConfigError, match="a limit on its callers"):  # the answer would skip the limit
+        hot_routes(app, {"/limited": build})
     with pytest.raises(ConfigError, match="no GET route"):
         hot_routes(app, {"/missing": build})
 

@@ -12,8 +12,9 @@ the work is always correct.
 What the shortcut skips is exactly what litestar would have run around the handler: routing (done here by exact
 path), the request object, the keyword-argument and signature models and the ``before_request`` hook. So the
 route must not rely on anything else litestar would run: :func:`hot_routes` refuses to build the app when a hot
-route has guards, middleware, dependencies, ``after_request``/``after_response`` hooks or another
-``before_request`` than :func:`tongcrm.api.security.authorize`, or does not confirm its caller's key itself
+route has guards, middleware, dependencies, ``after_request``/``after_response`` hooks, another
+``before_request`` than :func:`tongcrm.api.security.authorize` or a limit on its callers
+(:func:`tongcrm.api.security.limited_by`: the answer would skip it), or does not confirm its caller's key itself
 (:func:`tongcrm.api.security.confirms_key_itself`), and it hands the answer the roles the route admits.
 Nor may the route rely on what litestar applies around it from other layers or the app: layered response
 headers or cookies (``cache_control`` and ``etag`` included), a response cache, the app's ``before_send`` hooks
@@ -32,7 +33,7 @@ from litestar.response.base import ASGIResponse
 from litestar.routes import HTTPRoute
 from litestar.types import Scope
 
-from tongcrm.api.security import CONFIRMS_KEY_OPT, ROLES_OPT, authorize
+from tongcrm.api.security import CONFIRMS_KEY_OPT, LIMIT_OPT, ROLES_OPT, authorize
 from tongcrm.auth.service import Role
 from tongcrm.errors import ConfigError
 
@@ -73,6 +74,7 @@ def hot_routes(app: Litestar, routes: Mapping[str, HotRoute]) -> dict[str, HotAn
                 ("a before_request other than authorize", handler.resolve_before_request() is not authorize),
                 ("no confirms_key_itself()", not handler.opt.get(CONFIRMS_KEY_OPT)),
                 ("no roles", not handler.opt.get(ROLES_OPT)),
+                ("a limit on its callers", handler.opt.get(LIMIT_OPT) is not None),
                 (
                     "response headers or cookies",
                     bool(handler.resolve_response_headers() or handler.resolve_response_cookies()),

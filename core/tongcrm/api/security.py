@@ -13,7 +13,7 @@ that could reach it would be a key to every store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from litestar import Request
@@ -126,10 +126,28 @@ def requires(*roles: Role) -> dict[str, frozenset[Role]]:
     return {ROLES_OPT: frozenset(roles)}
 
 
+#: The ``opt`` key of a route's limit on its callers (see :func:`limited_by`).
+LIMIT_OPT = "tongcrm_limit"
+
+
+def limited_by(check: Callable[[Principal], None]) -> dict[str, Callable[[Principal], None]]:
+    """A limit on a route's callers (``opt=limited_by(check)`` on a handler, controller or router):
+    :func:`authorize` calls ``check(principal)`` once the caller's key and role passed, before anything else
+    of the request is read; ``check`` raises to refuse the request (a rate limit's 429). Not a guard, because
+    litestar copies the whole route handler for every guard it calls (see :func:`requires`); and run after the
+    role check, so a key of another role is refused for its role, never counted against the limit."""
+    return {LIMIT_OPT: check}
+
+
 async def authorize(request: Request[Any, Any, Any]) -> None:
-    """Before every handler: authenticate the caller and check its role, when the route names roles; then
-    refuse query parameters the route does not read (see :mod:`tongcrm.api.inputs`)."""
-    if await check_access(request, request.route_handler) is not None:
+    """Before every handler: authenticate the caller and check its role, when the route names roles, and its
+    limit (:func:`limited_by`); then refuse query parameters the route does not read (see
+    :mod:`tongcrm.api.inputs`)."""
+    principal = await check_access(request, request.route_handler)
+    if principal is not None:
+        limit = request.route_handler.opt.get(LIMIT_OPT)
+        if limit is not None:
+            limit(principal)
         reject_unknown_query(request)
 
 

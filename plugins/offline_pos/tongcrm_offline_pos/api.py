@@ -22,13 +22,11 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
-from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, PathParameter
 from tongcrm.api.inputs import nul_checked_per_item, problems
-from tongcrm.api.security import check_access, confirm_key, confirms_key_itself, principal_of, requires
+from tongcrm.api.security import confirm_key, confirms_key_itself, limited_by, principal_of, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.counter import CounterService, CounterWork
@@ -87,13 +85,10 @@ class PosConfig:
 def build_router(config: PosConfig) -> Router:
     """The ``/pos/v1`` router with its own limiter and till cache (one per plugin instance)."""
 
-    async def rate_limited(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        # A coroutine function: litestar runs synchronous guards in a worker thread. Guards run before the
-        # app's role check, so this checks the key and its role itself (the result is kept on the request):
-        # a key of another role is refused for its role (403), never counted or limited as a till (429).
-        principal = await check_access(connection, handler)
-        if principal is None:  # not reached: every route of this router requires the pos role
-            return
+    def rate_limited(principal: Principal) -> None:
+        # Run by the app's authorize hook once the key and its role passed (tongcrm.api.security.limited_by),
+        # not as a guard: litestar copies the whole route handler for every guard call. A key of another role
+        # is refused for its role (403), never counted or limited as a till (429).
         wait = config.limiter.take(principal.key_id)
         if wait > 0:
             retry = TokenBucket.retry_after(wait)
@@ -293,8 +288,7 @@ def build_router(config: PosConfig) -> Router:
     pos = Router(
         "/",
         route_handlers=[lookup, enrol, use_entitlement, checkout, upload, receipt],
-        opt={**requires(Role.POS), **problems(429)},  # a till over its rate limit
-        guards=[rate_limited],
+        opt={**requires(Role.POS), **problems(429), **limited_by(rate_limited)},  # a till over its rate limit
     )
 
     @post(

@@ -502,9 +502,17 @@ async def _claim(
         "result": {},
         "updated_at": now,
     }
-    buyer = r.member.member_id if r.kind == "sale" and r.member is not None else None
-    if buyer is not None:  # the sale reads its buyer next: on PostgreSQL with the claim, in one round trip
-        row = await uow.first_with_buyer(_claim_statement(uow), values, member_id=buyer)
+    if r.kind == "sale":
+        # the sale reads its buyer (when named by id), the order it makes (its external id is the receipt's
+        # key, which this claim takes) and the programme's settings next: on PostgreSQL with the claim, in
+        # one round trip
+        buyer = r.member.member_id if r.member is not None else None
+        mobile = r.member.mobile if r.member is not None and buyer is None else None
+        card = uow.buyer_key(mobile=mobile) if mobile and uow.rows.dialect == "postgresql" else None
+        order = (store.account_id, key)
+        row = await uow.first_with_buyer(
+            _claim_statement(uow), values, member_id=buyer, order=order, card=card
+        )
     else:
         row = await uow.rows.first_stamped(_claim_statement(uow), values)
     return None if row is None else int(row[0])
