@@ -134,20 +134,9 @@ async def test_sqlite_json_rows_store_what_an_executemany_stores() -> None:
     quotes, non-ASCII text and NULLs as they are; upserts and ``RETURNING`` work through it."""
     from sqlalchemy.dialects import sqlite
     from sqlalchemy.ext.asyncio import create_async_engine
-    from tongcrm.db.base import JSONType, UTCDateTime
     from tongcrm.db.dialect import insert_rows, rows_params
 
-    table = sa.Table(
-        "probe",
-        sa.MetaData(),
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("code", sa.String(20), unique=True),
-        sa.Column("n", sa.BigInteger),
-        sa.Column("flag", sa.Boolean),
-        sa.Column("at", UTCDateTime()),
-        sa.Column("meta", JSONType),
-        sa.Column("note", sa.Text),
-    )
+    table = _probe_table("probe")
     columns = ("code", "n", "flag", "at", "meta", "note")
     at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=ZoneInfo("Asia/Shanghai"))
     rows = [
@@ -279,20 +268,9 @@ async def test_sqlite_values_rows_store_what_an_executemany_stores(tongcrm_db: T
         pytest.skip("VALUES lists are SQLite's")
     from sqlalchemy.dialects import sqlite
     from tongcrm.db import direct
-    from tongcrm.db.base import JSONType, UTCDateTime
     from tongcrm.db.dialect import VALUES_SIZES, insert_rows, rows_params, values_size
 
-    table = sa.Table(
-        "probe_values",
-        sa.MetaData(),
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("code", sa.String(20), unique=True),
-        sa.Column("n", sa.BigInteger),
-        sa.Column("flag", sa.Boolean),
-        sa.Column("at", UTCDateTime()),
-        sa.Column("meta", JSONType),
-        sa.Column("note", sa.Text),
-    )
+    table = _probe_table("probe_values")
     columns = ("code", "n", "flag", "at", "meta", "note")
     at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=ZoneInfo("Asia/Shanghai"))
     rows = [
@@ -360,3 +338,20 @@ async def test_sqlite_values_rows_store_what_an_executemany_stores(tongcrm_db: T
         sa.event.remove(tongcrm_db.engine.sync_engine, "before_cursor_execute", seen)
         async with tongcrm_db.engine.begin() as conn:
             await conn.run_sync(table.metadata.drop_all)
+
+
+def _probe_table(name: str) -> sa.Table:
+    """A table with a column of each type the bulk writers convert (64-bit ints, booleans, UTC times, JSON)."""
+    from tongcrm.db.base import JSONType, UTCDateTime
+
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(20), unique=True),
+        sa.Column("n", sa.BigInteger),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("at", UTCDateTime()),
+        sa.Column("meta", JSONType),
+        sa.Column("note", sa.Text),
+    )
