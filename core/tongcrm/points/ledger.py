@@ -68,7 +68,7 @@ LOTS = cast(sa.Table, PointsLot.__table__)
 DRAWS = cast(sa.Table, PointsLotDraw.__table__)
 BALANCES = cast(sa.Table, PointsBalance.__table__)
 AWARDS = cast(sa.Table, PointsLineAward.__table__)
-#: The columns of an award gate's rows (:func:`post_credits`' ``gate``).
+#: The columns of an award gate's rows (:func:`post_gated`'s ``gate``).
 AWARD_COLUMNS = ("line_id", "order_id", "member_id", "rule_version", "points", "evaluated_at")
 
 PENDING = "pending"
@@ -140,6 +140,15 @@ def _entry_row(c: Credit) -> dict[str, Any]:
     }
 
 
+def _by_key(credits: Sequence[Credit]) -> dict[str, Credit]:
+    """The credits that move points (amount > 0), the first of each idempotency key."""
+    by_key: dict[str, Credit] = {}
+    for c in credits:
+        if c.amount > 0:
+            by_key.setdefault(c.key, c)
+    return by_key
+
+
 async def post_gated(
     session: AsyncSession,
     credits: Sequence[Credit],
@@ -165,11 +174,7 @@ async def post_gated(
     since."""
     if dialect_name(session) != "postgresql":
         raise ValueError("an award gate rides with the posting on PostgreSQL only")
-    by_key: dict[str, Credit] = {}
-    for c in credits:
-        if c.amount > 0:
-            by_key.setdefault(c.key, c)
-    return await _post_in_one(session, by_key, now=now, emit_events=True, gate=(gate, lots_of))
+    return await _post_in_one(session, _by_key(credits), now=now, emit_events=True, gate=(gate, lots_of))
 
 
 async def post_credits(
@@ -179,12 +184,9 @@ async def post_credits(
 
     Returns the entry id of every credit that was posted, by key.
     """
-    credits = [c for c in credits if c.amount > 0]
-    if not credits:
+    by_key = _by_key(credits)
+    if not by_key:
         return {}
-    by_key: dict[str, Credit] = {}
-    for c in credits:
-        by_key.setdefault(c.key, c)
     dialect = dialect_name(session)
     if dialect == "postgresql":
         posted, _, _ = await _post_in_one(session, by_key, now=now, emit_events=emit_events)

@@ -40,6 +40,7 @@ from tongcrm.points import ledger
 from tongcrm.points.ledger import (
     AVAILABLE,
     AWARD_COLUMNS,
+    AWARDS,
     MAX_ENTRY_POINTS,
     PENDING,
     Book,
@@ -51,7 +52,6 @@ from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
     PointsEntry,
-    PointsLineAward,
     PointsLot,
     PointsLotDraw,
     PointsRequest,
@@ -243,8 +243,8 @@ async def _earn(
         lines = sorted(line.line_id for o in _follow_up_candidates(orders) for line in o.lines)
         _, lots, held = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
         return _Read(lots, held)
-    size = values_size(dialect, _AWARD_COLUMNS, len(awards))
-    params = rows_params(dialect, _AWARDS, _AWARD_COLUMNS, awards, size=size)
+    size = values_size(dialect, AWARD_COLUMNS, len(awards))
+    params = rows_params(dialect, AWARDS, AWARD_COLUMNS, awards, size=size)
     won = {r[0] for r in await direct.rows(session, _award_gate(dialect, size), params)}
     if not won:
         return None
@@ -266,17 +266,13 @@ def _first_purchase_credits(
     return _event_credits(ctx, rules, member_id, "first_purchase", str(member_id), order.paid_at, 100)
 
 
-_AWARDS = cast(sa.Table, PointsLineAward.__table__)
-_AWARD_COLUMNS = AWARD_COLUMNS
-
-
 @functools.cache
 def _award_gate(dialect: str, size: int | None = None) -> Any:
     """Claim the lines' awards; a line already awarded returns no row. One fixed text whatever the page (on
     SQLite one per ``size``, :func:`tongcrm.db.dialect.values_size`)."""
-    stmt = insert_rows(dialect, _AWARDS, _AWARD_COLUMNS, size=size)
+    stmt = insert_rows(dialect, AWARDS, AWARD_COLUMNS, size=size)
     stmt = stmt.on_conflict_do_nothing(index_elements=["line_id"])
-    return stmt.returning(_AWARDS.c.line_id)
+    return stmt.returning(AWARDS.c.line_id)
 
 
 def _event_credits(
@@ -480,7 +476,8 @@ async def _follow_up(
     if not work:
         return
     book = Book(session, now=now)
-    members = sorted({r.member_id for r in rows if r.id in set(work)})
+    working = set(work)
+    members = sorted({r.member_id for r in rows if r.id in working})
     if read is not None:  # the posting's upsert locked these rows: as it left them, they need no lock again
         book.hold({m: read.held[m] for m in members if m in read.held})
     await book.lock(members)
