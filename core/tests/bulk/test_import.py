@@ -303,6 +303,12 @@ def test_a_mapping_names_documented_columns_only() -> None:
     ) as long:
         parse_mapping({}, "k" * 100_000)
     assert len(long.value.message) < 120
+    # keys of any size and number are quoted by their first 40 characters, the first five of them
+    with pytest.raises(
+        BadRequest, match=r"'x{40}'… is not a column of members files, .* and 95 more \("
+    ) as many:
+        parse_mapping({"x" * 100_000 + str(i): "y" for i in range(100)}, "members")
+    assert len(many.value.message) < 600
 
 
 async def test_a_file_that_cannot_be_read_as_a_whole_is_refused_before_it_starts(
