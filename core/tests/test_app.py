@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
+import tongcrm
 from litestar import get, post
 from litestar.params import JSONBody
+from tongcrm.api.problems import MAX_INSTANCE, instance_of
 from tongcrm.api.security import requires
+from tongcrm.api.system import WriteCheck
 from tongcrm.auth.service import Role
 from tongcrm.errors import ConfigError, Conflict
 from tongcrm.plugin import hookimpl
@@ -48,6 +52,19 @@ async def test_health_and_schema_need_no_key(make_client: Any) -> None:
         assert "/api/plugins" in schema.json()["paths"]
 
 
+async def _health_with(api: Any, part: str, stand_in: Any) -> Any:
+    """``/health`` with the app's ``part`` (its point reader, its write check) replaced: a 503 problem."""
+    real = getattr(api.app.state, part)
+    setattr(api.app.state, part, stand_in)
+    try:
+        down = await api.get("/health")
+    finally:
+        setattr(api.app.state, part, real)
+    assert down.status_code == 503
+    assert down.headers["content-type"].startswith("application/problem+json")
+    return down
+
+
 async def test_health_answers_503_when_the_database_check_fails(make_client: Any) -> None:
     async with make_client(role=None) as api:
         reader = api.app.state.point_reader
@@ -56,15 +73,91 @@ async def test_health_answers_503_when_the_database_check_fails(make_client: Any
             async def first(self, *_: Any) -> None:
                 raise ConnectionRefusedError("database down")
 
-        api.app.state.point_reader = Down()
-        try:
-            down = await api.get("/health")
-        finally:
-            api.app.state.point_reader = reader
-        assert down.status_code == 503
-        assert down.headers["content-type"].startswith("application/problem+json")
+        down = await _health_with(api, "point_reader", Down())
+        assert api.app.state.point_reader is reader
         assert down.json()["detail"] == "database check failed: ConnectionRefusedError"
+        assert down.json()["instance"] == "/health"
+        assert down.json()["request_id"] == down.headers["x-request-id"]
         assert (await api.get("/health")).json()["database"] == "ok"
+
+
+class _Connection:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    async def __aenter__(self) -> _Connection:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        return None
+
+    async def execute(self, _statement: Any) -> Any:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        if self.answer == "hang":
+            await asyncio.sleep(3600)
+        return SimpleNamespace(scalar=lambda: self.answer)
+
+
+class _Engine:
+    """A write pool whose connections answer ``answer`` (a value, an exception, or ``"hang"``), counting checks."""
+
+    def __init__(self, answer: Any, dialect: str = "postgresql") -> None:
+        self.answer, self.checks = answer, 0
+        self.dialect = SimpleNamespace(name=dialect)
+
+    def connect(self) -> _Connection:
+        self.checks += 1
+        return _Connection(self.answer)
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        (ConnectionRefusedError("pool"), "write pool check failed: ConnectionRefusedError"),
+        ("hang", "write pool check failed: TimeoutError"),
+        (True, "the database is a read-only standby"),
+    ],
+)
+async def test_health_answers_503_when_the_write_pool_fails_though_reads_work(
+    make_client: Any, answer: Any, detail: str
+) -> None:
+    async with make_client(role=None) as api:
+        down = await _health_with(api, "write_check", WriteCheck(_Engine(answer), timeout=0.05))  # type: ignore[arg-type]
+        assert down.json()["detail"] == detail
+        assert (await api.get("/health")).json() == {
+            "status": "ok",
+            "database": "ok",
+            "version": tongcrm.__version__,
+        }
+
+
+async def test_the_write_check_of_health_is_reused_for_its_ttl_and_shared_by_concurrent_callers() -> None:
+    now = [0.0]
+    engine = _Engine(False)
+    check = WriteCheck(engine, ttl=1.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert await asyncio.gather(*(check.failure() for _ in range(5))) == [None] * 5
+    assert engine.checks == 1  # five callers at once: one check
+    now[0] = 0.99
+    assert await check.failure() is None and engine.checks == 1
+    engine.answer = ConnectionResetError()
+    now[0] = 1.0
+    assert await check.failure() == "write pool check failed: ConnectionResetError"
+    assert engine.checks == 2
+    engine.answer = False
+    now[0] = 2.0  # a recovered pool is seen at the next check
+    assert await check.failure() is None and engine.checks == 3
+
+
+async def test_the_write_check_passes_on_a_working_database(tongcrm_db: Any) -> None:
+    """The real statement, on the test database of each backend (PostgreSQL: not a standby)."""
+    from tongcrm.db.engine import create_engine
+
+    engine = create_engine(tongcrm_db.url)
+    try:
+        assert await WriteCheck(engine).failure() is None
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -139,6 +232,22 @@ async def test_unknown_route_is_a_404_problem(make_client: Any) -> None:
     assert response.headers["content-type"].startswith("application/problem+json")
     # routing happens inside the request-id layer: a path no route matches is traced like any other
     assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_a_problem_names_the_path_as_a_bounded_uri_reference_without_the_query(
+    make_client: Any,
+) -> None:
+    async with make_client() as api:
+        spaced = await api.get("/api/does not/会员%25", params={"mobile": "13800138000"})
+        long = await api.get("/api/" + "长" * 5_000)
+    assert spaced.json()["instance"] == "/api/does%20not/%E4%BC%9A%E5%91%98%25"  # RFC 3986, no query
+    instance = long.json()["instance"]
+    assert long.status_code == 404 and len(instance) <= MAX_INSTANCE
+    assert instance.startswith("/api/%E9%95%BF") and instance.endswith(
+        "%E9%95%BF"
+    )  # cut at a whole character
+    assert len(long.content) < 1_000
+    assert instance_of("/" + "a" * 1_000) == "/" + "a" * (MAX_INSTANCE - 1)
 
 
 async def test_request_ids_are_unique_and_an_unsafe_incoming_one_is_replaced(make_client: Any) -> None:

@@ -320,6 +320,11 @@ async def test_unknown_query_parameters_are_a_400_on_every_protected_route(make_
         assert (await api.get("/api/members", params={"tag": "vip", "limit": 5})).status_code == 200
         body = _problem(await api.get("/api/members", params={"tags": "vip"}), 400, "tags")
         assert "tag" in body["detail"].split("accepts:")[1]
+        # any number of unknown names of any size: the first five, each by its first 40 characters
+        many = await api.get("/api/members", params={f"{i:03d}" + "z" * 2_000: "1" for i in range(20)})
+        body = _problem(many, 400, "000" + "z" * 37)
+        assert len(many.content) < 4_000
+        assert [e["key"] for e in body["errors"]] == [f"{i:03d}" + "z" * 37 for i in range(5)]
 
 
 async def test_openapi_documents_problems_and_bounds_every_integer(make_client: Any) -> None:

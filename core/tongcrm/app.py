@@ -22,7 +22,7 @@ from tongcrm.api.inputs import StrictRequest, collect_query_names, document_prob
 from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.problems import exception_handlers
 from tongcrm.api.security import ROLES_OPT, authorize, check_route_access
-from tongcrm.api.system import PluginController, health, metrics
+from tongcrm.api.system import PluginController, WriteCheck, health, metrics
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
@@ -154,6 +154,7 @@ def create_app(
         "sessions": sessions,
         "read_sessions": read_sessions,
         "point_reader": point_reader,
+        "write_check": WriteCheck(engine),
         "key_verifier": KeyVerifier(read_sessions, point_reader),
         "programme_settings": SettingsCache(read_sessions, settings),
         "membership": MembershipService(sessions, host, settings),

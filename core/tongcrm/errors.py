@@ -7,6 +7,23 @@ from __future__ import annotations
 
 from typing import Any
 
+#: How much of a value the caller sent an error message echoes back (a query parameter may be any size).
+SHOWN_CHARS = 40
+#: How many of a request's bad names (keys, parameters) an error message lists.
+SHOWN_NAMES = 5
+
+
+def shown(value: str) -> str:
+    """``value`` as an error message quotes it: its first :data:`SHOWN_CHARS` characters, ``…`` when cut."""
+    return repr(value) if len(value) <= SHOWN_CHARS else repr(value[:SHOWN_CHARS]) + "…"
+
+
+def listed(items: list[str]) -> str:
+    """The first :data:`SHOWN_NAMES` of ``items`` (already quoted), and how many more there are: an error
+    message about a request stays short however many bad names the request held."""
+    more = len(items) - SHOWN_NAMES
+    return ", ".join(items[:SHOWN_NAMES]) + (f" and {more} more" if more > 0 else "")
+
 
 class TongcrmError(Exception):
     """Base class. ``message`` is safe to show to an operator; ``extra`` adds machine-readable detail."""

@@ -303,6 +303,24 @@ def test_a_mapping_names_documented_columns_only() -> None:
     ) as long:
         parse_mapping({}, "k" * 100_000)
     assert len(long.value.message) < 120
+    # keys of any size and number are quoted by their first 40 characters, the first five of them
+    with pytest.raises(
+        BadRequest, match=r"'x{40}'… is not a column of members files, .* and 95 more \("
+    ) as many:
+        parse_mapping({"x" * 100_000 + str(i): "y" for i in range(100)}, "members")
+    assert len(many.value.message) < 600
+
+
+async def test_a_member_a_balance_row_creates_comes_from_the_import_like_one_a_members_file_creates(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", "member_id\nM1\n"), source="youzan")
+    await do_import(
+        tongcrm_db, ctx, "points", write(tmp_path / "p.csv", "member_id,points\nZZ,5\n"), source="youzan"
+    )
+    async with tongcrm_db.sessions() as session:
+        origins = (await session.execute(sa.select(Member.source_channel, Member.source_campaign))).all()
+    assert [tuple(o) for o in origins] == [("import", "youzan"), ("import", "youzan")]
 
 
 async def test_a_file_that_cannot_be_read_as_a_whole_is_refused_before_it_starts(

@@ -32,6 +32,8 @@ from litestar.params import PathParameter, QueryParameter
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.types import Empty
 
+from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, listed, shown
+
 #: The largest id, cursor or offset the API accepts: within the 64-bit (BIGINT) columns ids live in, and the
 #: largest such number a double holds exactly (2^63 - 1024), because the OpenAPI document states bounds as JSON
 #: numbers, which many clients (and litestar's schema writer) read as doubles: 2^63 - 1 would read as 2^63.
@@ -268,17 +270,18 @@ def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
     params = request.query_params
     if known is not None:
         unknown = sorted(k for k in params if k not in known)
-        if unknown:
+        if unknown:  # named by their start, the first few: a query string may hold any number of any size
             accepted = ", ".join(sorted(known)) or "none"
             raise ValidationException(
-                detail=f"unknown query parameter(s): {', '.join(unknown)} (this route accepts: {accepted})",
+                detail=f"unknown query parameter(s): {listed([shown(k) for k in unknown])} "
+                f"(this route accepts: {accepted})",
                 extra=[
                     {
                         "message": f"unknown query parameter (this route accepts: {accepted})",
-                        "key": k,
+                        "key": k[:SHOWN_CHARS],
                         "source": "query",
                     }
-                    for k in unknown
+                    for k in unknown[:SHOWN_NAMES]
                 ],
             )
     moments: dict[str, Any] = request.route_handler.opt.get(QUERY_MOMENTS_OPT) or {}

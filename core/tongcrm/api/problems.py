@@ -4,6 +4,7 @@ request id the response carries."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from litestar import Request, Response
@@ -16,6 +17,33 @@ from tongcrm.logging import get_logger
 log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+#: The longest ``instance`` a problem carries (characters of the percent-encoded path).
+MAX_INSTANCE = 256
+#: What stays unescaped in ``instance``: RFC 3986's path characters (pchar and ``/``); a ``%`` of the decoded
+#: path is escaped like the rest.
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
+
+def instance_of(path: str) -> str:
+    """The ``instance`` of a problem: the request's path, percent-encoded, without its query, at most
+    :data:`MAX_INSTANCE` characters.
+
+    RFC 9457 makes ``instance`` a URI reference identifying the occurrence, and its own example is the path of
+    the resource the request addressed; the request id next to it tells occurrences apart. The path comes
+    decoded from the server, so it is encoded again (a path with a space or 会员 would not be a URI reference);
+    the query is left out (it may carry a mobile or a token, and the client has it); and a long path is cut, at
+    a whole character, so that a 60 KB path cannot make a 60 KB error."""
+    encoded = quote(path, safe=_PATH_SAFE)
+    if len(encoded) <= MAX_INSTANCE:
+        return encoded
+    pieces, size = [], 0
+    for char in path:  # whole characters, so that no escape and no UTF-8 sequence is cut in two
+        piece = quote(char, safe=_PATH_SAFE)
+        if size + len(piece) > MAX_INSTANCE:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)
 
 
 def problem(
@@ -26,7 +54,7 @@ def problem(
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": instance_of(request.scope["path"]),
     }
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:

@@ -175,8 +175,10 @@ def export_command(ctx: Any, kind: str, fmt: str, output: Path | None, reveal: b
                         after={"format": fmt, "via": "cli"},
                     )
             reads = session_factory(engine, readonly=True)
-            async for chunk in export.stream(reads, kind, fmt, settings.vault(), reveal=reveal):
-                out.write(chunk)
+            # a page's rows, dicts and cells are garbage once it is written, as an import's are
+            with batch_collector():
+                async for chunk in export.stream(reads, kind, fmt, settings.vault(), reveal=reveal):
+                    out.write(chunk)
         finally:
             await engine.dispose()
 

@@ -22,9 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.audit.service import Actor
-from tongcrm.bulk.mapping import shown
 from tongcrm.crypto import Vault
-from tongcrm.errors import BadRequest, Forbidden
+from tongcrm.errors import BadRequest, Forbidden, shown
 from tongcrm.members.masked import mask_name
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT, mask_mobile
@@ -83,7 +82,7 @@ def check_kind(kind: str) -> str:
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise BadRequest(
-            f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)} (parquet is not offered)"
+            f"unknown export format {shown(fmt)}; formats: {', '.join(FORMATS)} (parquet is not offered)"
         )
     return fmt
 

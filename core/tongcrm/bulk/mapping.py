@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tongcrm.errors import BadRequest
+from tongcrm.errors import BadRequest, listed
+from tongcrm.errors import shown as shown  # re-exported: the import's messages quote values by it
 
 IDENTITY_PREFIX = "identity."
 FORMATS = ("csv", "jsonl")
@@ -73,15 +74,6 @@ class Record:
         ]
 
 
-#: How much of a value the caller sent an error message echoes back (a query parameter may be any size).
-SHOWN_CHARS = 40
-
-
-def shown(value: str) -> str:
-    """``value`` as an error message quotes it: its first :data:`SHOWN_CHARS` characters, ``…`` when cut."""
-    return repr(value) if len(value) <= SHOWN_CHARS else repr(value[:SHOWN_CHARS]) + "…"
-
-
 def check_kind(kind: str) -> str:
     if kind not in COLUMNS:
         raise BadRequest(f"unknown import kind {shown(kind)}; kinds: {', '.join(KINDS)}")
@@ -111,16 +103,14 @@ def parse_mapping(raw: Any, kind: str) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for ours, theirs in raw.items():
         if ours not in known and not (ours.startswith(IDENTITY_PREFIX) and len(ours) > len(IDENTITY_PREFIX)):
-            problems.append(f"{ours!r} is not a column of {kind} files")
+            problems.append(f"{shown(ours)} is not a column of {kind} files")
         elif not isinstance(theirs, str) or not theirs:
-            problems.append(f"{ours!r} must map to a column name")
+            problems.append(f"{shown(ours)} must map to a column name")
         else:
             mapping[ours] = theirs
-    if problems:
+    if problems:  # each key quoted by its start, and the first few only: a mapping may have any number
         raise BadRequest(
-            "bad column mapping: "
-            + "; ".join(problems)
-            + f" (columns: {', '.join(COLUMNS[kind])}, identity.<kind>)"
+            f"bad column mapping: {listed(problems)} (columns: {', '.join(COLUMNS[kind])}, identity.<kind>)"
         )
     return mapping
 

@@ -925,7 +925,13 @@ async def _apply_points(
     resolved = await resolve_many(
         session,
         _resolution(ctx),
-        [ClaimSet(claims=_claims(source, r.record), source_channel=IMPORT_CHANNEL) for r, *_ in ready],
+        [
+            # a member a balance row creates comes from the import like one a members file creates
+            ClaimSet(
+                claims=_claims(source, r.record), source_channel=IMPORT_CHANNEL, source_campaign=source[:100]
+            )
+            for r, *_ in ready
+        ],
     )
     credits: list[Credit] = []
     for (r, points, occurred, expires), res in zip(ready, resolved, strict=True):

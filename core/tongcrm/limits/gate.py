@@ -9,9 +9,14 @@ Plugins never see a session: the core hands them a :class:`tongcrm.plugin.types.
 ``ChannelContext`` and they call ``acquire(key, rate=…, window=…)`` right before each request and ``release``
 the grant when the request has finished. As in :mod:`tongcrm.messaging.ratewindow`, a grant counts as being
 sent *now* until it is released and from the moment its request finished afterwards, because the platform counts
-on arrival: a slow request must not land together with the next window's calls. Each attempt is one short
-transaction under a lock per key (a transaction-scoped advisory lock on PostgreSQL, dated by the server's
-clock so several machines share one; SQLite's write lock and the local clock on SQLite).
+on arrival: a slow request must not land together with the next window's calls. A request that got no answer
+(a timeout, a cancelled call) is released ``in_doubt``: it may not have reached the platform yet — it can sit in
+a socket buffer or the platform's queue after the client gave up — so dating it "finished now" would let the
+next window's calls arrive with it. It stays counted as in flight for :data:`IN_FLIGHT` more instead, the bound
+already assumed for any request (one permit fewer for a minute, after a failure that is rare).
+
+Each attempt is one short transaction under a lock per key (a transaction-scoped advisory lock on PostgreSQL,
+dated by the server's clock so several machines share one; SQLite's write lock and the local clock on SQLite).
 """
 
 from __future__ import annotations
@@ -105,14 +110,17 @@ class DatabaseCallGate:
             return None, (finished[excess] + span - now).total_seconds()
         return None, POLL_SECONDS
 
-    async def _finish(self, key: str, grant_id: int) -> None:
+    async def _finish(self, key: str, grant_id: int, *, in_doubt: bool = False) -> None:
         async with self.sessions() as session, session.begin():
             now = await self._lock_and_now(session, key)
-            await session.execute(sa.update(CallGrant).where(CallGrant.id == grant_id).values(granted_at=now))
+            # a request in doubt may still reach the platform: it counts as in flight for IN_FLIGHT more
+            at = now + IN_FLIGHT if in_doubt else now
+            await session.execute(sa.update(CallGrant).where(CallGrant.id == grant_id).values(granted_at=at))
 
 
 class CallGrantHandle:
-    """A :class:`tongcrm.plugin.types.RateGrant`: releasing dates the call to the moment it finished."""
+    """A :class:`tongcrm.plugin.types.RateGrant`: releasing dates the call to the moment it finished, or keeps a
+    call in doubt counted as in flight (:data:`IN_FLIGHT` from then)."""
 
     def __init__(self, gate: DatabaseCallGate, key: str, grant_id: int) -> None:
         self._gate = gate
@@ -120,7 +128,7 @@ class CallGrantHandle:
         self.grant_id = grant_id
         self._released = False
 
-    async def release(self) -> None:
+    async def release(self, *, in_doubt: bool = False) -> None:
         if not self._released:
             self._released = True
-            await self._gate._finish(self._key, self.grant_id)
+            await self._gate._finish(self._key, self.grant_id, in_doubt=in_doubt)

@@ -119,22 +119,25 @@ class DatabaseRateGate:
                 break
         return None, wait
 
-    async def _finish(self, grant_id: int) -> None:
+    async def _finish(self, grant_id: int, *, in_doubt: bool = False) -> None:
         async with self.sessions() as session, session.begin():
             now = await _lock_and_now(session, self.account_id)
-            await session.execute(sa.update(SendGrant).where(SendGrant.id == grant_id).values(granted_at=now))
+            # a request in doubt may still reach the platform: it counts as in flight for IN_FLIGHT more
+            at = now + IN_FLIGHT if in_doubt else now
+            await session.execute(sa.update(SendGrant).where(SendGrant.id == grant_id).values(granted_at=at))
 
 
 class _Grant:
     """A :class:`tongcrm.plugin.types.RateGrant`: releasing it dates the grant to the moment its request
-    finished. Releasing twice changes nothing."""
+    finished (or, ``in_doubt``, keeps it in flight; see :class:`tongcrm.plugin.types.RateGrant`). Releasing twice
+    changes nothing."""
 
     def __init__(self, gate: DatabaseRateGate, grant_id: int) -> None:
         self._gate = gate
         self.grant_id = grant_id
         self._released = False
 
-    async def release(self) -> None:
+    async def release(self, *, in_doubt: bool = False) -> None:
         if not self._released:
             self._released = True
-            await self._gate._finish(self.grant_id)
+            await self._gate._finish(self.grant_id, in_doubt=in_doubt)

@@ -521,9 +521,16 @@ class InboundReply:
 
 @runtime_checkable
 class RateGrant(Protocol):
-    """Permits taken from a :class:`SendRateGate`; ``release`` once the request they were for has finished."""
+    """Permits taken from a :class:`SendRateGate` or a :class:`CallGate`; ``release`` once the request they were
+    for has finished.
 
-    async def release(self) -> None: ...
+    Pass ``in_doubt=True`` when the request may have been sent and got no answer — a read timeout, a call
+    cancelled by a deadline, a connection lost after sending: the platform may still receive it (and count it)
+    later, so the grant keeps counting as in flight for the gate's in-flight bound (a minute) instead of from
+    now. A request that was never sent (no connection could be made) is not in doubt.
+    """
+
+    async def release(self, *, in_doubt: bool = False) -> None: ...
 
 
 @runtime_checkable

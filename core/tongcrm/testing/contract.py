@@ -242,7 +242,7 @@ class _Grant:
     gate: RecordingRateGate
     done: bool = False
 
-    async def release(self) -> None:
+    async def release(self, *, in_doubt: bool = False) -> None:
         assert not self.done, "a rate grant was released twice"
         self.done = True
         self.gate.released += 1

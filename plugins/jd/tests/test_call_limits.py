@@ -8,13 +8,15 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import pytest
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
 from tongcrm.db.engine import create_engine, session_factory
+from tongcrm.ingest import service
 from tongcrm.ingest.apply import IngestContext
-from tongcrm.ingest.service import sync_account
+from tongcrm.limits.gate import CallGrantHandle, DatabaseCallGate
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 from tongcrm.testing.servers import serve_in_thread
@@ -39,13 +41,50 @@ class Meter:
     def __call__(self, _n: int) -> None:
         self.arrivals.append(time.monotonic())
 
-    def peak(self, window: float = 1.0) -> int:
-        times, best, start = sorted(self.arrivals), 0, 0
+    def densest(self, window: float = 1.0) -> list[float]:
+        """The arrivals of the busiest ``window`` (half-open, as the gateway counts)."""
+        times, best, start = sorted(self.arrivals), (0, 0), 0
         for end, at in enumerate(times):
             while at - times[start] >= window:
                 start += 1
-            best = max(best, end - start + 1)
-        return best
+            if end - start + 1 > best[1] - best[0]:
+                best = (start, end + 1)
+        return times[best[0] : best[1]]
+
+    def peak(self, window: float = 1.0) -> int:
+        return len(self.densest(window))
+
+
+class GrantLog(DatabaseCallGate):
+    """The core's gate, noting when each grant was given and released (the test's clock, the meter's)."""
+
+    grants: ClassVar[dict[int, list[float]]] = {}
+
+    async def acquire(self, key: str, *, rate: int, window: float = 1.0) -> CallGrantHandle:
+        handle = await super().acquire(key, rate=rate, window=window)
+        self.grants[handle.grant_id] = [time.monotonic()]
+        return handle
+
+    async def _finish(self, key: str, grant_id: int, *, in_doubt: bool = False) -> None:
+        self.grants[grant_id].append(time.monotonic())
+        await super()._finish(key, grant_id, in_doubt=in_doubt)
+
+
+def timeline(meter: Meter, start: float) -> str:
+    """The busiest second's arrivals and the grants around it, in seconds since the syncs started."""
+    busiest = meter.densest()
+    first, last = busiest[0], busiest[-1]
+    near = sorted(
+        (times[0], times[1] if len(times) > 1 else None)
+        for times in GrantLog.grants.values()
+        if times[0] <= last and (len(times) == 1 or times[1] >= first - 1.1)
+    )
+    arrivals = ", ".join(f"{at - start:.3f}" for at in busiest)
+    grants = ", ".join(
+        f"{granted - start:.3f}→{'never' if released is None else f'{released - start:.3f}'}"
+        for granted, released in near
+    )
+    return f"arrivals {arrivals}; grants given→released around them: {grants}"
 
 
 @pytest.fixture
@@ -58,7 +97,10 @@ def gateway() -> Iterator[tuple[str, Meter]]:
 
 
 async def test_three_workers_never_exceed_the_app_call_limit(
-    tongcrm_db: TestDatabase, tongcrm_settings: Settings, gateway: tuple[str, Meter]
+    tongcrm_db: TestDatabase,
+    tongcrm_settings: Settings,
+    gateway: tuple[str, Meter],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, meter = gateway
     host = PluginHost(autoload=True, disabled=set())
@@ -82,17 +124,25 @@ async def test_three_workers_never_exceed_the_app_call_limit(
             )
     ctx = IngestContext(host=host, vault=tongcrm_settings.vault(), clock=clock, tz=tongcrm_settings.tz)
     engines = [create_engine(tongcrm_db.url) for _ in range(SHOPS)]  # three workers, three pools
+    monkeypatch.setattr(service, "DatabaseCallGate", GrantLog)
+    monkeypatch.setattr(GrantLog, "grants", {})
+    start = time.monotonic()
     try:
         reports = await asyncio.gather(
             *(
-                sync_account(session_factory(engine), ctx, f"jd-shop-{i}", holder=f"worker-{i}")
+                service.sync_account(session_factory(engine), ctx, f"jd-shop-{i}", holder=f"worker-{i}")
                 for i, engine in enumerate(engines)
             )
         )
     finally:
         for engine in engines:
             await engine.dispose()
-    assert [r.error for r in reports] == [None] * SHOPS
-    assert all(r.applied > 0 and r.caught_up for r in reports)
-    assert len(meter.arrivals) >= 4 * LIMIT  # enough calls that an unshared limit bursts past it (49 in 1 s)
-    assert meter.peak() <= LIMIT, f"{meter.peak()} calls arrived within one second"
+    summary = [(r.account, r.pages, r.applied, r.caught_up, r.error) for r in reports]
+    assert [r.error for r in reports] == [None] * SHOPS, f"a sync failed: {summary}"
+    assert all(r.applied > 0 and r.caught_up for r in reports), f"a sync stopped short: {summary}"
+    # enough calls that an unshared limit bursts past it (49 in 1 s)
+    assert len(meter.arrivals) >= 4 * LIMIT, f"only {len(meter.arrivals)} calls reached the gateway"
+    assert meter.peak() <= LIMIT, (
+        f"{meter.peak()} calls arrived within one second (limit {LIMIT}): {timeline(meter, start)}"
+    )
+    assert all(len(times) == 2 for times in GrantLog.grants.values()), "a grant was never released"

@@ -234,6 +234,47 @@ async def test_slow_gateway_times_out_and_is_retried(
     await client.aclose()
 
 
+class Grants:
+    """A CallGate noting how each grant was released; the core's database gate is tested in the core."""
+
+    def __init__(self) -> None:
+        self.released: list[bool] = []
+
+    async def acquire(self, key: str, *, rate: int, window: float = 1.0) -> Grants:
+        return self
+
+    async def release(self, *, in_doubt: bool = False) -> None:
+        self.released.append(in_doubt)
+
+
+async def test_a_timed_out_call_keeps_its_grant_in_doubt_and_a_refused_connection_does_not(
+    make_client: ClientFactory, gateway: FakeJosGateway, sleeps: Sleeps, clock: Clock
+) -> None:
+    """A request that timed out may still reach the gateway and be counted there after the client gave up, so
+    its grant must keep counting; one whose connection was refused never left."""
+    grants = Grants()
+    gateway.faults.slow, gateway.faults.slow_seconds = 1, 5.0
+    client = make_client(deadline=0.05, call_gate=grants, calls_per_second=5)
+    assert "searchorderinfo_result" in await client.call(SEARCH, BUSINESS)
+    await client.aclose()
+    assert grants.released == [True, False]  # the timed-out attempt, then the answered retry
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    refused = Grants()
+    client = make_client(
+        call_gate=refused,
+        calls_per_second=5,
+        transport=httpx.MockTransport(refuse),
+        retry=RetryPolicy(attempts=2),
+    )
+    with pytest.raises(JosUnavailable):
+        await client.call(SEARCH, BUSINESS)
+    await client.aclose()
+    assert refused.released == [False, False]
+
+
 async def test_5xx_html_is_retried(
     make_client: ClientFactory, gateway: FakeJosGateway, sleeps: Sleeps
 ) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import structlog
+from tongcrm.plugin.grants import holding
 from tongcrm.plugin.types import CallGate
 
 from tongcrm_jd.envelope import JosCallLimited, decode_body, unwrap
@@ -175,10 +176,9 @@ class JosClient:
         grant = await self._gate.acquire(
             f"jos:{self.app_key}", rate=self._calls_per_second, window=1.0 + CALL_WINDOW_MARGIN
         )
-        try:
+        # a timed-out or cancelled request may still reach the gateway: the gate keeps counting it then
+        async with holding(grant):
             return await self._send(params)
-        finally:
-            await grant.release()
 
     async def _send(self, params: Mapping[str, str]) -> httpx.Response:
         request = httpx.Request(

@@ -61,7 +61,7 @@ class RecordingGate:
         self.calls.append((permits, rate, window))
         return self
 
-    async def release(self) -> None:
+    async def release(self, *, in_doubt: bool = False) -> None:
         self.released += 1
 
 

@@ -230,8 +230,8 @@ class RecordingGate:
         def __init__(self, gate: RecordingGate) -> None:
             self.gate = gate
 
-        async def release(self) -> None:
-            self.gate.log.append("release")
+        async def release(self, *, in_doubt: bool = False) -> None:
+            self.gate.log.append("release in doubt" if in_doubt else "release")
 
 
 async def test_each_attempt_takes_a_grant_of_the_app_keys_shared_window(rig: Rig) -> None:

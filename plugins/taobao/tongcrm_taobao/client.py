@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 
 import httpx
 import structlog
+from tongcrm.plugin.grants import holding
 from tongcrm.plugin.types import CallGate
 
 from tongcrm_taobao.errors import (
@@ -240,7 +241,8 @@ class TopClient:
             else None
         )
         try:
-            async with asyncio.timeout(self._deadline):
+            # released when the answer is read; a timed-out or cancelled request stays counted (in doubt)
+            async with holding(grant), asyncio.timeout(self._deadline):
                 request = httpx.Request(
                     "POST",
                     self.gateway_url,
@@ -257,9 +259,6 @@ class TopClient:
             raise _Retryable(f"timeout ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"transport error ({type(exc).__name__})") from None
-        finally:
-            if grant is not None:
-                await grant.release()
         return self._interpret(method, response.status_code, raw)
 
     def _interpret(self, method: str, status: int, raw: bytes) -> dict[str, Any]:
