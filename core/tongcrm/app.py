@@ -17,7 +17,7 @@ from litestar.types import ControllerRouterHandler
 
 import tongcrm
 from tongcrm.api.deps import dependencies
-from tongcrm.api.hot import HotRoute, hot_routes
+from tongcrm.api.hot import hot_routes, merge_hot_routes
 from tongcrm.api.inputs import StrictRequest, collect_query_names, document_problems
 from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.problems import exception_handlers
@@ -49,6 +49,7 @@ from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
 from tongcrm.orders.api import OrderController
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.store import PluginStore
+from tongcrm.plugin.types import HotRouteSpec
 from tongcrm.points.api import MemberPointsController, PointsRulesController
 from tongcrm.privacy.api import PrivacyController
 from tongcrm.programme.api import ProgrammeSettingsController
@@ -96,8 +97,9 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
 )
 
 
-#: Reads answered before litestar in their plain case (see tongcrm.api.hot): the member lookup, the hottest.
-HOT_ROUTES: dict[str, HotRoute] = {"/api/members/lookup": hot_lookup}
+#: Core's routes answered before litestar in their plain case (see tongcrm.api.hot): the member lookup, the
+#: hottest read. Plugins add theirs through the ``routes`` hook (``RouteSpec.hot``).
+HOT_ROUTES: tuple[HotRouteSpec, ...] = (HotRouteSpec("GET", "/api/members/lookup", hot_lookup),)
 
 
 def create_app(
@@ -124,7 +126,8 @@ def create_app(
     handlers: list[ControllerRouterHandler] = [*CORE_HANDLERS, *extra_handlers, *console_handlers()]
     # the console authenticates by its session cookie (console_guard, checked by check_console_routes below)
     public: list[str] = [CONSOLE_PREFIX]
-    for provided in host.routes():
+    provided_routes = host.routes()
+    for provided in provided_routes:
         handlers.extend(provided.value.handlers)
         public.extend(provided.value.public_paths)
 
@@ -197,7 +200,14 @@ def create_app(
     check_console_routes(app.routes)
     collect_query_names(app.routes)
     document_problems(app, ROLES_OPT)
-    app.state.hot_answers = hot_routes(app, HOT_ROUTES)
+    app.state.hot_answers = merge_hot_routes(
+        hot_routes(app, HOT_ROUTES),
+        (
+            (p.plugin, hot_routes(app, p.value.hot, plugin=p.plugin, mounted=p.value.handlers))
+            for p in provided_routes
+            if p.value.hot
+        ),
+    )
     return with_request_ids(app, app.state.hot_answers)
 
 

@@ -13,12 +13,13 @@ from litestar.config.cors import CORSConfig
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import CacheControlHeader, Cookie, ResponseHeader
 from litestar.testing import TestClient
-from tongcrm.api.hot import HotAnswer, hot_routes
+from tongcrm.api.hot import HotAnswer, HotTarget, hot_routes
 from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, limited_by, requires
 from tongcrm.app import HOT_ROUTES, create_app
 from tongcrm.errors import ConfigError
+from tongcrm.plugin.types import HotRouteSpec
 
 from .conftest import make_host
 
@@ -30,15 +31,15 @@ class Spy:
 
     def __init__(self, app: Any) -> None:
         self.answered: list[bool] = []
-        answers: dict[str, HotAnswer] = app.state.hot_answers
-        original = answers[LOOKUP]
+        answers: dict[tuple[str, str], HotAnswer] = app.state.hot_answers
+        original = answers[("GET", LOOKUP)]
 
-        async def spy(scope: Any) -> Any:
-            response = await original(scope)
+        async def spy(scope: Any, receive: Any) -> Any:
+            response = await original(scope, receive)
             self.answered.append(response is not None)
             return response
 
-        answers[LOOKUP] = spy
+        answers[("GET", LOOKUP)] = spy
 
     def last(self) -> bool:
         return self.answered[-1]
@@ -173,29 +174,37 @@ def test_a_hot_route_must_rely_on_nothing_litestar_would_run_around_it() -> None
     async def unconfirmed() -> None:
         return None
 
-    @get("/limited", opt={**requires(*READ_ROLES), **confirms_key_itself(), **limited_by(lambda _: None)})
+    def check(_: Any) -> None:
+        return None
+
+    @get("/limited", opt={**requires(*READ_ROLES), **confirms_key_itself(), **limited_by(check)})
     async def limited() -> None:
         return None
 
     app = Litestar([plain, guarded, unconfirmed, limited], before_request=authorize)
 
-    def build(_app: Litestar, roles: frozenset[Any]) -> HotAnswer:
-        assert roles == frozenset(READ_ROLES)
+    def build(target: HotTarget) -> HotAnswer:
+        assert target.roles == frozenset(READ_ROLES)
 
-        async def answer(scope: Any) -> None:
+        async def answer(scope: Any, receive: Any) -> None:
             return None
 
         return answer
 
-    assert set(hot_routes(app, {"/plain": build})) == {"/plain"}
+    def hot(path: str) -> dict[tuple[str, str], HotAnswer]:
+        return hot_routes(app, [HotRouteSpec("GET", path, build)])
+
+    assert set(hot("/plain")) == {("GET", "/plain")}
     with pytest.raises(ConfigError, match="guards"):
-        hot_routes(app, {"/guarded": build})
+        hot("/guarded")
     with pytest.raises(ConfigError, match="confirms_key_itself"):
-        hot_routes(app, {"/unconfirmed": build})
-    with pytest.raises(ConfigError, match="a limit on its callers"):  # the answer would skip the limit
-        hot_routes(app, {"/limited": build})
+        hot("/unconfirmed")
     with pytest.raises(ConfigError, match="no GET route"):
-        hot_routes(app, {"/missing": build})
+        hot("/missing")
+    with pytest.raises(ConfigError, match="no POST route"):
+        hot_routes(app, [HotRouteSpec("POST", "/plain", build)])
+    # a limit on its callers is run by the answer (HotTarget.caller), not skipped
+    assert set(hot("/limited")) == {("GET", "/limited")}
 
 
 @pytest.mark.parametrize("name", ["mobile", "identity"])
@@ -232,8 +241,8 @@ def _plain_route() -> Any:
     return plain
 
 
-def _no_answer(_app: Litestar, _roles: frozenset[Any]) -> HotAnswer:
-    async def answer(scope: Any) -> None:
+def _no_answer(_target: HotTarget) -> HotAnswer:
+    async def answer(scope: Any, receive: Any) -> None:
         return None
 
     return answer
@@ -262,14 +271,13 @@ def test_a_hot_route_must_rely_on_nothing_the_app_applies_around_every_route(
     """What the app's config applies to every route (hooks on its messages, middleware around the router or the
     routes, headers and cookies) would not apply, or not as litestar applies it, to a hot answer: the app does
     not start, and says why."""
-    assert set(hot_routes(Litestar([_plain_route()], before_request=authorize), {"/plain": _no_answer})) == {
-        "/plain"
-    }
+    spec = [HotRouteSpec("GET", "/plain", _no_answer)]
+    assert set(hot_routes(Litestar([_plain_route()], before_request=authorize), spec)) == {("GET", "/plain")}
     app = Litestar([_plain_route()], before_request=authorize, **config)
     with pytest.raises(
-        ConfigError, match=f"hot route /plain cannot be answered outside litestar: .*{problem}"
+        ConfigError, match=f"hot route GET /plain cannot be answered outside litestar: .*{problem}"
     ):
-        hot_routes(app, {"/plain": _no_answer})
+        hot_routes(app, spec)
 
 
 def test_a_before_send_hook_sees_a_hot_answer_without_its_route() -> None:
@@ -281,10 +289,10 @@ def test_a_before_send_hook_sees_a_hot_answer_without_its_route() -> None:
         if message["type"] == "http.response.start":
             seen.append((scope["path"], "route_handler" in scope))
 
-    async def answer(scope: Any) -> EncodedJSON:
+    async def answer(scope: Any, receive: Any) -> EncodedJSON:
         return EncodedJSON(b"{}")
 
-    app = with_request_ids(Litestar([_plain_route()], before_send=[hook]), {"/plain": answer})
+    app = with_request_ids(Litestar([_plain_route()], before_send=[hook]), {("GET", "/plain"): answer})
     with TestClient(app) as client:
         assert client.get("/plain").content == b"{}"
     assert seen == [("/plain", False)]
@@ -293,7 +301,7 @@ def test_a_before_send_hook_sees_a_hot_answer_without_its_route() -> None:
 def test_the_app_answers_its_hot_routes(tongcrm_settings: Any) -> None:
     """Today's app starts with its hot routes (nothing it applies around every route is refused)."""
     app = create_app(tongcrm_settings, make_host(), run_jobs=False, configure_logs=False)
-    assert set(app.state.hot_answers) == set(HOT_ROUTES) == {LOOKUP}
+    assert set(app.state.hot_answers) == {(r.method, r.path) for r in HOT_ROUTES} == {("GET", LOOKUP)}
 
 
 async def test_a_mobile_typed_with_other_digits_is_the_same_member(make_client: Any) -> None:

@@ -27,6 +27,7 @@ import msgspec
 from litestar import Litestar, Request
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter, QueryParameter
 from litestar.routes import BaseRoute, HTTPRoute
@@ -89,19 +90,29 @@ class StrictRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
         if self._json is Empty:
             body = await self.body()
-            value = decode_body(body or b"null", nul=not self.route_handler.opt.get(NUL_PER_ITEM_OPT))
-            target = _body_type(self)
-            if target is not None and value is not None:
-                try:
-                    typed = msgspec.convert(
-                        value, target, strict=True, dec_hook=self.route_handler.default_deserializer
-                    )
-                except msgspec.ValidationError as exc:
-                    raise _invalid(_body_message(str(exc)), key=_error_key(str(exc))) from exc
-                for where, moment in _moments(typed, "$"):
-                    check_moment(_key(where) or "body", moment, source="body")
+            value, _ = read_json(
+                body or b"null", self.route_handler, nul=not self.route_handler.opt.get(NUL_PER_ITEM_OPT)
+            )
             self._json = self._connection_state.json = value
         return self._json
+
+
+def read_json(body: bytes, handler: HTTPRouteHandler, *, nul: bool = True) -> tuple[Any, Any]:
+    """The JSON value of ``body`` and its strict conversion to ``handler``'s body type (None when the handler
+    declares none, or the body is ``null``), refused (400) as :class:`StrictRequest` refuses a body: the
+    checks of :func:`decode_body`, then the type, then dates out of range. A hot answer
+    (:mod:`tongcrm.api.hot`) reads its body through this too, so it accepts exactly what the route accepts."""
+    value = decode_body(body, nul=nul)
+    target = _body_type(handler)
+    typed = None
+    if target is not None and value is not None:
+        try:
+            typed = msgspec.convert(value, target, strict=True, dec_hook=handler.default_deserializer)
+        except msgspec.ValidationError as exc:
+            raise _invalid(_body_message(str(exc)), key=_error_key(str(exc))) from exc
+        for where, moment in _moments(typed, "$"):
+            check_moment(_key(where) or "body", moment, source="body")
+    return value, typed
 
 
 #: The ``opt`` key of a route that refuses U+0000 per item itself (a batch that answers item by item), so
@@ -209,9 +220,8 @@ def _error_key(msgspec_message: str) -> str | None:
 _NO_BODY_TYPE = object()
 
 
-def _body_type(request: Request[Any, Any, Any]) -> Any:
+def _body_type(handler: HTTPRouteHandler) -> Any:
     """The type the handler declares for its ``data`` parameter (None when it reads JSON itself)."""
-    handler = request.route_handler
     cached = handler.opt.get("tongcrm_body_type", _NO_BODY_TYPE)
     if cached is _NO_BODY_TYPE:
         field = handler.parsed_fn_signature.parameters.get("data")

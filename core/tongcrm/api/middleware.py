@@ -16,7 +16,7 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from tongcrm.api.hot import HotAnswer
+from tongcrm.api.hot import HotAnswer, Replay
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.logging import get_logger
 from tongcrm.metrics import HttpMetrics
@@ -24,12 +24,13 @@ from tongcrm.metrics import HttpMetrics
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def request_id_middleware(app: ASGIApp, hot: Mapping[str, HotAnswer] | None = None) -> ASGIApp:
+def request_id_middleware(app: ASGIApp, hot: Mapping[tuple[str, str], HotAnswer] | None = None) -> ASGIApp:
     """Give every HTTP request an id (the caller's ``X-Request-ID`` when it is safe to echo), bind it for logs,
     audit records and problem responses, return it in ``X-Request-ID``, log the request at INFO, and count it
     in the HTTP metrics (:class:`tongcrm.metrics.HttpMetrics`, by the route template litestar's router put in
-    the scope). ``hot``: the answers of hot routes by path (see :mod:`tongcrm.api.hot`), tried before ``app``
-    (read at each request: the mapping is the app's ``state.hot_answers``)."""
+    the scope). ``hot``: the answers of hot routes by method and path (see :mod:`tongcrm.api.hot`), tried before
+    ``app`` (read at each request: the mapping is the app's ``state.hot_answers``); a ``POST`` answer gets a
+    ``receive`` that records what it read, replayed to ``app`` when the answer leaves the request to it."""
     hot = {} if hot is None else hot
     # Bound once, when the app is built (after logging is configured): a module-level lazy logger binds
     # itself anew on every call, which this per-request line cannot afford.
@@ -66,8 +67,15 @@ def request_id_middleware(app: ASGIApp, hot: Mapping[str, HotAnswer] | None = No
         in_progress.inc()
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            answer = hot.get(scope["path"]) if method == "GET" else None
-            response = None if answer is None else await answer(scope)
+            answer = hot.get((method, scope["path"])) if hot else None
+            response = None
+            if answer is not None:
+                if method == "GET":
+                    response = await answer(scope, receive)
+                else:  # the answer reads the body: litestar reads the same messages again if it falls through
+                    replay = Replay(receive)
+                    response = await answer(scope, replay.receive)
+                    receive = replay.replay
             if response is None:
                 await app(scope, receive, send_with_id)
             else:
@@ -95,7 +103,7 @@ def request_id_middleware(app: ASGIApp, hot: Mapping[str, HotAnswer] | None = No
     return middleware
 
 
-def with_request_ids(app: Litestar, hot: Mapping[str, HotAnswer] | None = None) -> Litestar:
+def with_request_ids(app: Litestar, hot: Mapping[tuple[str, str], HotAnswer] | None = None) -> Litestar:
     """Put :func:`request_id_middleware` around everything ``app`` does for a request, routing included.
 
     As a litestar middleware it would run only for requests that matched a route (an unknown path got a 404

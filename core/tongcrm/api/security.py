@@ -21,6 +21,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.routes import BaseRoute
+from litestar.types import Scope
 
 from tongcrm.api.inputs import reject_unknown_query
 from tongcrm.auth.service import KeyVerifier, Principal, Role
@@ -135,20 +136,57 @@ def limited_by(check: Callable[[Principal], None]) -> dict[str, Callable[[Princi
     :func:`authorize` calls ``check(principal)`` once the caller's key and role passed, before anything else
     of the request is read; ``check`` raises to refuse the request (a rate limit's 429). Not a guard, because
     litestar copies the whole route handler for every guard it calls (see :func:`requires`); and run after the
-    role check, so a key of another role is refused for its role, never counted against the limit."""
+    role check, so a key of another role is refused for its role, never counted against the limit. A hot
+    answer of the route (:mod:`tongcrm.api.hot`) runs it too, and a request is counted once whichever path
+    serves it (:func:`take_limit`)."""
     return {LIMIT_OPT: check}
+
+
+#: Scope key: the outcome of the route's limit, once taken for the request (None: passed; else the exception
+#: that refused it), so that a request a hot answer counted and left to the route is not counted again.
+_LIMIT_TAKEN = "tongcrm_limit_taken"
+#: Scope key: what a hot answer's work raised, for the route to answer (see :func:`hand_over`).
+_HANDED_OVER = "tongcrm_handed_over"
+
+
+def take_limit(scope: Scope, check: Callable[[Principal], None], principal: Principal) -> None:
+    """Run a route's limit on its callers once for the request: the first run (a hot answer's, see
+    :mod:`tongcrm.api.hot`, or :func:`authorize`'s) counts it and keeps its outcome in the scope; a later one
+    repeats that outcome — the same refusal, or nothing — without counting the request again."""
+    if _LIMIT_TAKEN in scope:
+        refused = scope[_LIMIT_TAKEN]  # type: ignore[literal-required]
+        if refused is not None:
+            raise refused
+        return
+    try:
+        check(principal)
+    except Exception as exc:
+        scope[_LIMIT_TAKEN] = exc  # type: ignore[literal-required]
+        raise
+    scope[_LIMIT_TAKEN] = None  # type: ignore[literal-required]
+
+
+def hand_over(scope: Scope, exc: Exception) -> None:
+    """For a hot answer whose work (a unit of work, which may have written) raised ``exc``: let the route answer
+    it rather than run the work again. :func:`authorize` raises it once the caller passed, so litestar writes the
+    problem response the route's handler would have written had it raised ``exc`` itself."""
+    scope[_HANDED_OVER] = exc  # type: ignore[literal-required]
 
 
 async def authorize(request: Request[Any, Any, Any]) -> None:
     """Before every handler: authenticate the caller and check its role, when the route names roles, and its
-    limit (:func:`limited_by`); then refuse query parameters the route does not read (see
-    :mod:`tongcrm.api.inputs`)."""
+    limit (:func:`limited_by`, counted once per request: :func:`take_limit`); then refuse query parameters the
+    route does not read (see :mod:`tongcrm.api.inputs`), and raise what a hot answer handed over
+    (:func:`hand_over`)."""
     principal = await check_access(request, request.route_handler)
     if principal is not None:
         limit = request.route_handler.opt.get(LIMIT_OPT)
         if limit is not None:
-            limit(principal)
+            take_limit(request.scope, limit, principal)
         reject_unknown_query(request)
+        handed = request.scope.pop(_HANDED_OVER, None)  # type: ignore[misc]
+        if handed is not None:
+            raise handed
 
 
 async def check_access(

@@ -8,14 +8,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Litestar, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
-from litestar.types import Scope
+from litestar.types import Receive, Scope
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.api.hot import HotAnswer, bearer, only_query
+from tongcrm.api.hot import HotAnswer, HotTarget, only_query
 from tongcrm.api.inputs import MAX_ID, MAX_INT32, PathId, QueryId, problems
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import (
@@ -28,7 +28,7 @@ from tongcrm.api.security import (
 )
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
-from tongcrm.auth.service import KeyVerifier, Principal, Role
+from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
@@ -123,23 +123,21 @@ def _lookup_answer(out: service.MemberSummary) -> EncodedJSON:
 _HOT_LOOKUP_QUERY = frozenset({"mobile", "identity"})
 
 
-def hot_lookup(app: Litestar, roles: frozenset[Role]) -> HotAnswer:
+def hot_lookup(target: HotTarget) -> HotAnswer:
     """``GET /api/members/lookup`` answered before litestar (see :mod:`tongcrm.api.hot`) when its caller's key
-    is cached with one of ``roles``, the query is ``mobile=`` or ``identity=`` alone and a member is found: the
-    member masked, as :meth:`MemberController.lookup` answers it. Anything else — no key, a key not cached or
-    of another role, ``reveal``, other parameters, no member, a key revoked meanwhile — is left to the route,
-    which refuses or answers it (the read done here has no effect to undo)."""
-    state = app.state
-    verifier: KeyVerifier = state.key_verifier
+    is cached with one of the roles the route admits, the query is ``mobile=`` or ``identity=`` alone and a
+    member is found: the member masked, as :meth:`MemberController.lookup` answers it. Anything else — no key, a
+    key not cached or of another role, ``reveal``, other parameters, no member, a key revoked meanwhile — is
+    left to the route, which refuses or answers it (the read done here has no effect to undo)."""
+    state = target.app.state
     reader, vault, host = state.point_reader, state.vault, state.host
 
-    async def answer(scope: Scope) -> EncodedJSON | None:
-        query = only_query(scope, _HOT_LOOKUP_QUERY)
-        key = bearer(scope)
-        if query is None or key is None:
+    async def answer(scope: Scope, receive: Receive) -> EncodedJSON | None:
+        caller = target.caller(scope)
+        if caller is None:
             return None
-        cached = verifier.cached(key)
-        if cached is None or cached.principal.role not in roles:
+        query = only_query(scope, _HOT_LOOKUP_QUERY)
+        if query is None:
             return None
         name, value = query
         try:
@@ -151,10 +149,10 @@ def hot_lookup(app: Litestar, roles: frozenset[Role]) -> HotAnswer:
                 identity=value if name == "identity" else None,
             )
             # the key was trusted from the cache: confirmed under the revocation counter the read carried
-            principal = await verifier.confirm(key, cached, generation)
+            principal = await caller.verifier.confirm(caller.key, caller.cached, generation)
         except Exception:  # refused or failed: the route reads again and answers with the problem
             return None
-        if principal is None or principal.role not in roles:
+        if principal is None or principal.role not in target.roles:
             return None
         return _lookup_answer(out)
 

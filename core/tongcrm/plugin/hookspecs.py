@@ -87,7 +87,8 @@ def routes() -> Sequence[RouteSpec]:
     """Litestar handlers the plugin mounts on the app (a POS API, platform push callbacks, SMS receipts).
 
     Each handler declares who may call it with ``opt=requires(...)`` unless it is under a public path (see
-    :class:`~tongcrm.plugin.types.RouteSpec`)."""
+    :class:`~tongcrm.plugin.types.RouteSpec`). ``RouteSpec.hot`` may name some of them to be answered before
+    litestar in their plain case (:class:`~tongcrm.plugin.types.HotRouteSpec`, :mod:`tongcrm.api.hot`)."""
     raise NotImplementedError
 
 

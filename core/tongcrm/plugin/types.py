@@ -23,6 +23,7 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
+    from tongcrm.api.hot import HotRoute
     from tongcrm.plugin.store import PluginStore
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "EntitlementProviderSpec",
     "FulfilmentRequest",
     "FulfilmentResult",
+    "HotRouteSpec",
     "IdentityClaim",
     "IdentityKindSpec",
     "InboundReply",
@@ -645,6 +647,34 @@ class RouteSpec:
 
     handlers: tuple[ControllerRouterHandler, ...]
     public_paths: tuple[str, ...] = ()
+    #: Routes among ``handlers`` answered before litestar in their plain case (see :class:`HotRouteSpec`).
+    hot: tuple[HotRouteSpec, ...] = ()
+
+
+_HOT_METHODS = ("GET", "POST")
+
+
+@dataclass(frozen=True, slots=True)
+class HotRouteSpec:
+    """A route answered by the app's outermost layer before litestar in its plain case, when litestar's
+    per-request machinery costs more than the work (see :mod:`tongcrm.api.hot`): the route's ``method`` and
+    exact ``path`` as the app mounts it, and ``build``, which makes the answer from what the route admits
+    (a :class:`tongcrm.api.hot.HotTarget`: its roles, its limit, its body size). A plugin lists its own in
+    :attr:`RouteSpec.hot`; the app refuses to start — naming the plugin — when such a route is not one of the
+    plugin's handlers, or relies on what the shortcut skips (guards, middleware, dependencies, hooks, a key it
+    does not confirm itself)."""
+
+    method: str
+    path: str
+    build: HotRoute
+
+    def __post_init__(self) -> None:
+        if self.method not in _HOT_METHODS:
+            raise ValueError(
+                f"hot route {self.path}: method {self.method!r} is not one of {', '.join(_HOT_METHODS)}"
+            )
+        if not self.path.startswith("/"):
+            raise ValueError(f"hot route {self.path!r}: the path must start with '/'")
 
 
 @dataclass(frozen=True, slots=True)

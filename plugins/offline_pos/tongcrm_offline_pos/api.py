@@ -15,10 +15,11 @@ by mobile and a receipt query are read-only units of work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
@@ -50,6 +51,8 @@ from tongcrm_offline_pos.schemas import (
     ReceiptView,
 )
 
+#: Where the till API is mounted.
+PREFIX = "/pos/v1"
 #: A batch of 200 receipts of 50 lines each stays well under this.
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -82,6 +85,70 @@ class PosConfig:
         object.__setattr__(self, "tills", stores.TillCache(self.till_ttl))
 
 
+#: Confirms the caller's key under the revocation counter a statement read after the request arrived (None:
+#: read it now); 401 when it was revoked meanwhile. The route's is ``confirm_key``, a hot answer's its caller's.
+Confirm = Callable[[int | None], Awaitable[None]]
+
+
+def _work(
+    config: PosConfig, counter: CounterService, principal: Principal, *, readonly: bool = False
+) -> AbstractAsyncContextManager[CounterWork]:
+    return counter.unit_of_work(
+        actor=Actor.of(principal), tables=TABLES, clock=config.clock, readonly=readonly
+    )
+
+
+def own_store(principal: Principal, code: str) -> str:
+    """``code`` when it is the till key's own store; else 404, as a store that does not exist."""
+    if principal.store_code is None or principal.store_code != code:
+        raise NotFound(f"no store {code!r}")
+    return code
+
+
+async def find_member(
+    config: PosConfig, counter: CounterService, principal: Principal, data: LookupIn, confirm: Confirm
+) -> MemberAtTill:
+    """The till's lookup (``POST /members/lookup``), for its route and its hot answer alike. A till key trusted
+    from the cache is confirmed under the revocation counter the lookup's own statement read (a refusal
+    included: then read here), before anything is answered or committed."""
+    try:
+        async with _work(config, counter, principal, readonly=data.code is None) as uow:
+            store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
+            await config.tills.require(uow, store, data.till)
+            found = await members.lookup(
+                uow, store, data.till, mobile=data.mobile, code=data.code, card=data.card
+            )
+            await confirm(uow.key_generation)
+    except Exception:
+        await confirm(None)
+        raise
+    return found
+
+
+async def take_receipt(
+    config: PosConfig, counter: CounterService, principal: Principal, data: ReceiptIn, confirm: Confirm
+) -> ReceiptResult:
+    """The till's checkout or return (``POST /receipts``), for its route and its hot answer alike; the key is
+    confirmed as the lookup confirms it, inside the unit of work (a 401 there rolls the receipt back)."""
+    try:
+        own_store(principal, data.store)
+        async with _work(config, counter, principal) as uow:
+            store = await stores.get_store(uow, data.store)
+            result = await receipts.apply_receipt(
+                uow, store, data, tills=config.tills, offline=False, sent_at=None, strict=True
+            )
+            await confirm(uow.key_generation)
+    except Exception:
+        await confirm(None)
+        raise
+    return result
+
+
+def receipt_status(result: ReceiptResult) -> int:
+    """201 for a receipt applied now, 200 for one sent again (its first answer)."""
+    return 200 if result.replayed else 201
+
+
 def build_router(config: PosConfig) -> Router:
     """The ``/pos/v1`` router with its own limiter and till cache (one per plugin instance)."""
 
@@ -100,17 +167,12 @@ def build_router(config: PosConfig) -> Router:
     def work(
         counter: CounterService, principal: Principal, *, readonly: bool = False
     ) -> AbstractAsyncContextManager[CounterWork]:
-        return counter.unit_of_work(
-            actor=Actor.of(principal), tables=TABLES, clock=config.clock, readonly=readonly
-        )
+        return _work(config, counter, principal, readonly=readonly)
 
     # Handlers take the caller from the request rather than as a second named dependency: litestar resolves
-    # two or more dependencies in a task group, which costs a till request more than it looks.
-
-    def own_store(principal: Principal, code: str) -> str:
-        if principal.store_code is None or principal.store_code != code:
-            raise NotFound(f"no store {code!r}")
-        return code
+    # two or more dependencies in a task group, which costs a till request more than it looks. The lookup and
+    # the checkout take none at all (the counter from the app's state): their hot answers (tongcrm_offline_pos.hot)
+    # skip litestar's dependency injection, so their routes must not rely on it.
 
     @post(
         "/members/lookup",
@@ -120,26 +182,10 @@ def build_router(config: PosConfig) -> Router:
         status_code=200,
         opt=confirms_key_itself(),
     )
-    async def lookup(
-        data: JSONBody[LookupIn],
-        counter: NamedDependency[CounterService],
-        request: Request[Any, Any, Any],
-    ) -> MemberAtTill:
-        principal = principal_of(request)
-        # A till key trusted from the cache is confirmed under the revocation counter the lookup's own
-        # statement read (a refusal included: then read here), before anything is answered or committed.
-        try:
-            async with work(counter, principal, readonly=data.code is None) as uow:
-                store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
-                await config.tills.require(uow, store, data.till)
-                found = await members.lookup(
-                    uow, store, data.till, mobile=data.mobile, code=data.code, card=data.card
-                )
-                await confirm_key(request, uow.key_generation)
-        except Exception:
-            await confirm_key(request, None)
-            raise
-        return found
+    async def lookup(data: JSONBody[LookupIn], request: Request[Any, Any, Any]) -> MemberAtTill:
+        return await find_member(
+            config, request.app.state.counter, principal_of(request), data, partial(confirm_key, request)
+        )
 
     @post(
         "/members",
@@ -189,24 +235,11 @@ def build_router(config: PosConfig) -> Router:
         # the till's key is confirmed under the revocation counter the receipt's claim read (see lookup)
         opt={**nul_checked_per_item(), **confirms_key_itself()},
     )
-    async def checkout(
-        data: JSONBody[ReceiptIn],
-        counter: NamedDependency[CounterService],
-        request: Request[Any, Any, Any],
-    ) -> Response[ReceiptResult]:
-        principal = principal_of(request)
-        try:
-            own_store(principal, data.store)
-            async with work(counter, principal) as uow:
-                store = await stores.get_store(uow, data.store)
-                result = await receipts.apply_receipt(
-                    uow, store, data, tills=config.tills, offline=False, sent_at=None, strict=True
-                )
-                await confirm_key(request, uow.key_generation)  # a 401 here rolls the receipt back
-        except Exception:
-            await confirm_key(request, None)
-            raise
-        return Response(result, status_code=200 if result.replayed else 201)
+    async def checkout(data: JSONBody[ReceiptIn], request: Request[Any, Any, Any]) -> Response[ReceiptResult]:
+        result = await take_receipt(
+            config, request.app.state.counter, principal_of(request), data, partial(confirm_key, request)
+        )
+        return Response(result, status_code=receipt_status(result))
 
     @post(
         "/receipts/batch",
@@ -311,4 +344,4 @@ def build_router(config: PosConfig) -> Router:
             issued = await codes.issue(uow.rows, live, uow.clock())
         return CodeOut(issued.code, issued.member_id, issued.expires_at)
 
-    return Router("/pos/v1", route_handlers=[pos, issue_code], tags=["pos"])
+    return Router(PREFIX, route_handlers=[pos, issue_code], tags=["pos"])

@@ -25,6 +25,7 @@ from tongcrm_offline_pos import models  # noqa: F401 - registers the plugin's ta
 from tongcrm_offline_pos.adapter import StoreAdapter
 from tongcrm_offline_pos.api import PosConfig, build_router
 from tongcrm_offline_pos.cards import POS_CARD
+from tongcrm_offline_pos.hot import hot_routes
 from tongcrm_offline_pos.stores import CHANNEL, CROSS_STORE_RETURNS
 
 __all__ = [
@@ -86,7 +87,7 @@ class OfflinePosPlugin:
 
     @hookimpl
     def routes(self) -> list[RouteSpec]:
-        return [RouteSpec(handlers=(build_router(self.config),))]
+        return [RouteSpec(handlers=(build_router(self.config),), hot=hot_routes(self.config))]
 
     @hookimpl
     def identity_kinds(self) -> list[IdentityKindSpec]:
