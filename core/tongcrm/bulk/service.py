@@ -813,10 +813,10 @@ def _lines(raw: str) -> tuple[OrderLine, ...]:
 def _prepare_orders(
     ctx: ImportContext, source: str, dialect: str, keyed: Sequence[tuple[Record, str]]
 ) -> list[_Row]:
-    """Each row's order (or why it cannot be one) and, on PostgreSQL, its claims ready for the set-based writer
-    (reading thread)."""
+    """Each row's order (or why it cannot be one) and its claims ready for the set-based writer (reading
+    thread)."""
     resolution = _resolution(ctx)
-    kinds = ctx.host.identity_kinds() if dialect == "postgresql" else {}
+    kinds = ctx.host.identity_kinds()
     rows = []
     for record, key in keyed:
         try:
@@ -824,8 +824,7 @@ def _prepare_orders(
         except ValueError as exc:
             rows.append(_Row(record, key, str(exc)))
             continue
-        claims = staged.prepare_order(resolution, kinds, order) if dialect == "postgresql" else None
-        rows.append(_Row(record, key, (order, claims)))
+        rows.append(_Row(record, key, (order, staged.prepare_order(resolution, kinds, order))))
     return rows
 
 
@@ -847,14 +846,13 @@ async def _apply_orders(
         key_of[order.external_id] = r.key
     if not orders:
         return outcome
-    if dialect_name(session) == "postgresql":
-        # orders of buyers already known (most of a history imported after its members): set-based
-        staged_orders = await staged.write_orders(
-            session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders, claims_of
-        )
-        outcome.members |= staged_orders.member_ids
-        orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
-        key_of = {o.external_id: key_of[o.external_id] for o in orders}
+    # orders of buyers already known (most of a history imported after its members): set-based
+    staged_orders = await staged.write_orders(
+        session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders, claims_of
+    )
+    outcome.members |= staged_orders.member_ids
+    orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
+    key_of = {o.external_id: key_of[o.external_id] for o in orders}
     if not orders:
         return outcome
     ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
