@@ -250,8 +250,12 @@ _ORDER_LOOKUP = (
     "FROM unnest($1::varchar[], $2::varchar[], $3::int[]) AS t(k, v, n) "
     "JOIN identities AS i ON i.kind = t.k AND i.value = t.v JOIN members AS m ON m.id = i.member_id"
 )
-_TOUCH = "UPDATE identities SET last_seen_at = $2 WHERE id = ANY($1::bigint[])"
-_NEW_ORDER_IDS = "SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)"
+#: Ids for a page's orders, drawn from their sequence, and the ``last_seen_at`` of the identities their claims
+#: name moved (a data-modifying CTE runs whether or not the query reads it).
+_NEW_ORDER_IDS = (
+    "WITH touched AS (UPDATE identities SET last_seen_at = $3 WHERE id = ANY($2::bigint[])) "
+    "SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)"
+)
 _ORDER_COLUMNS = (
     "id", "account_id", "external_id", "member_id", "origin_member_id", "channel", "status", "platform_status",
     "store_code", "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "placed_at", "paid_at",
@@ -436,13 +440,11 @@ async def _write_orders_postgresql(session: AsyncSession, page: _Chosen) -> bool
     driver = await _driver(session)
     await driver.execute("SAVEPOINT bulk_staged_orders")
     try:
-        await _write_orders(driver, page.account_id, page.channel, page.orders, page.now)
+        await _write_orders(driver, page)
     except _Conflict:
         await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_orders")
         return False
-    await driver.execute("RELEASE SAVEPOINT bulk_staged_orders")
-    if page.touched:
-        await driver.execute(_TOUCH, page.touched, page.now)
+    # not released: the savepoint ends with the page's transaction (a RELEASE was one round trip more a page)
     return True
 
 
@@ -504,17 +506,13 @@ async def _write_orders_sqlite(session: AsyncSession, page: _Chosen) -> bool:
     return True
 
 
-async def _write_orders(
-    driver: Any,
-    account_id: int,
-    channel: str,
-    chosen: Sequence[tuple[NormalisedOrder, int | None]],
-    now: datetime,
-) -> None:
-    """The orders by ``COPY`` under ids drawn from their sequence, then their lines. The page's keys were new,
-    so the orders should be too; one stored meanwhile (an overlapping import of the same account) stops the
-    ``COPY`` on the ``(account_id, external_id)`` unique constraint."""
-    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(chosen)))
+async def _write_orders(driver: Any, page: _Chosen) -> None:
+    """The orders by ``COPY`` under ids drawn from their sequence — in the statement that moves the claimed
+    identities' ``last_seen_at``, one round trip for both —, then their lines. The page's keys were new, so the
+    orders should be too; one stored meanwhile (an overlapping import of the same account) stops the ``COPY`` on
+    the ``(account_id, external_id)`` unique constraint."""
+    account_id, channel, chosen, now = page.account_id, page.channel, page.orders, page.now
+    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(chosen), page.touched, now))
     rows: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
     for order_id, (order, member) in zip(ids, chosen, strict=True):
