@@ -162,6 +162,35 @@ async def test_replaying_a_page_changes_nothing(
     assert before == after
 
 
+async def test_a_page_larger_than_one_upsert_batch_stores_every_order_and_line_once(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    """A bulk import's page of 1,000 orders is upserted in batches on SQLite (its VALUES lists hold 512 rows at
+    most): every order and line is written, each line under its own order, and a replay changes nothing."""
+    page = [
+        make_order(f"o{i}", f"b{i % 300}", lines=(("a", 100 + i), ("b", 7)) if i % 2 else (("a", 100 + i),))
+        for i in range(1100)
+    ]
+    result = await _apply(tongcrm_db, ctx, account, page)
+    assert result.applied == 1100
+    async with tongcrm_db.sessions() as session:
+        stored = (
+            await session.execute(
+                sa.select(Order.external_id, OrderLine.external_id, OrderLine.amount_fen).join(
+                    OrderLine, OrderLine.order_id == Order.id
+                )
+            )
+        ).all()
+    assert len(stored) == 1100 + 550
+    assert {(o, line, amount) for o, line, amount in stored if line == "a"} == {
+        (f"o{i}", "a", 100 + i) for i in range(1100)
+    }
+    assert await _count(tongcrm_db, Member) == 300
+    again = await _apply(tongcrm_db, ctx, account, page)
+    assert (again.applied, again.unchanged) == (0, 1100)
+    assert await _count(tongcrm_db, OrderLine) == 1650
+
+
 async def test_older_version_never_overwrites_a_newer_one(
     tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
 ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import resource
 import secrets
 import sqlite3
 import subprocess
@@ -72,6 +73,8 @@ class Bench:
 
     def __init__(self, backend: str, url: str, workdir: Path) -> None:
         self.backend, self.url, self.workdir = backend, url, workdir
+        #: the last command's CPU seconds (user, system): what the load does not inflate, unlike its wall time
+        self.cpu = (0.0, 0.0)
 
     def tongcrm(self, *args: str) -> tuple[float, int]:
         """Run ``tongcrm ARGS``: (seconds, peak RSS in kB)."""
@@ -82,6 +85,7 @@ class Bench:
             "TONGCRM_SECRET_KEY": SECRET,
             "TONGCRM_IN_PROCESS_JOBS": "0",
         }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-c", RSS_WRAPPER, str(peak), *args],
@@ -93,6 +97,8 @@ class Bench:
             text=True,
         )
         took = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
         assert done.returncode == 0, done.stderr[-3000:]
         kb = int(peak.read_text())
         peak.unlink()
@@ -237,6 +243,12 @@ _FINISHED = {
 }
 
 
+def _cpu(bench: Bench) -> str:
+    """The last command's CPU time (on SQLite the whole import's: the database runs in its process)."""
+    user, system = bench.cpu
+    return f"process CPU {user:.2f}s user + {system:.2f}s sys"
+
+
 def _import_once(bench: Bench, benchmark: Any, kind: str, data: Path) -> tuple[float, int]:
     """One timed ``tongcrm import KIND FILE`` (the file is deleted after it): seconds and peak RSS in kB, once the
     import says it finished."""
@@ -265,7 +277,7 @@ def test_import_members_vs_copy(bench: Bench, benchmark: Any, report_figure: Any
     all_s, all_rows = asyncio.run(_copy_all_ceiling(bench.url, bench.workdir, _MEMBER_TABLES))
     report_figure(
         f"import members {ROWS:,} on postgresql: {took:.1f}s = {ROWS / took:,.0f} rows/s (peak RSS "
-        f"{peak_kb / 1024:.0f} MB) · same-run COPY of the same rows into an empty members copy {copy_s:.1f}s = "
+        f"{peak_kb / 1024:.0f} MB, {_cpu(bench)}) · same-run COPY of the same rows into an empty members copy {copy_s:.1f}s = "
         f"{copied / copy_s:,.0f} rows/s · ratio {took / copy_s:.1f}x (aim <= 2x) · same-run COPY of all "
         f"{all_rows:,} rows the import wrote (members, identities, keys, events) {all_s:.1f}s, ratio "
         f"{took / all_s:.1f}x · {load_before} before, {_uptime()} after"
@@ -288,7 +300,8 @@ def test_import_orders(bench: Bench, benchmark: Any, report_figure: Any) -> None
         )
     report_figure(
         f"import orders {ROWS:,} from {BUYERS:,} buyers on {bench.backend} ({members_before:,} members there "
-        f"before): {took:.1f}s = {ROWS / took:,.0f} orders/s (aim >= 10,000) · peak RSS {peak_kb / 1024:.0f} MB"
+        f"before): {took:.1f}s = {ROWS / took:,.0f} orders/s (aim >= 10,000) · peak RSS {peak_kb / 1024:.0f} MB, "
+        f"{_cpu(bench)}"
         f"{reference} · {load_before} before, {_uptime()} after"
     )
 

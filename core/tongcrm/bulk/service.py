@@ -52,7 +52,7 @@ from tongcrm.bulk.mapping import (
 from tongcrm.bulk.models import BulkImport, BulkImportError, BulkImportKey
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
-from tongcrm.db import stats
+from tongcrm.db import direct, stats
 from tongcrm.db.dialect import dialect_name, insert, insert_rows, json_rows_param, one_of
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
 from tongcrm.identity.models import Identity
@@ -351,9 +351,15 @@ async def run_import(
             async with contextlib.aclosing(pages):
                 async for page in pages:
                     async with sessions() as session, session.begin():
-                        if not await leases.acquire(session, key, holder, ctx.lease_ttl, now=ctx.clock()):
-                            raise Conflict(f"lost the lease of import {import_id}; another process took over")
-                        counts = await _import_page(session, ctx, import_id, kind, source, account_id, page)
+                        lease = leases.Renewal(key, holder, ctx.lease_ttl, ctx.clock())
+                        try:
+                            counts = await _import_page(
+                                session, ctx, import_id, kind, source, account_id, page, lease
+                            )
+                        except leases.NotHeld:
+                            raise Conflict(
+                                f"lost the lease of import {import_id}; another process took over"
+                            ) from None
                         if counts[3]:
                             tables = tuple(dict.fromkeys((*tables, *RESOLVED_TABLES)))
                         await session.execute(
@@ -516,12 +522,14 @@ async def _import_page(
     source: str,
     account_id: int | None,
     page: _Page,
+    lease: leases.Renewal,
 ) -> tuple[int, int, int, bool]:
     """(imported, skipped, failed, whether rows went through identity resolution) of one page, applied in the
-    caller's transaction."""
+    caller's transaction after renewing the import's ``lease`` (:class:`tongcrm.jobs.leases.NotHeld` when another
+    process holds it)."""
     errors = list(page.errors)
     rows = page.rows
-    claimed = await _claim(session, import_id, kind, rows)
+    claimed = await _claim(session, import_id, kind, rows, lease)
     fresh = [r for r in rows if claimed.get(r.key) == r.record.line]
     skipped = len(rows) - len(fresh)
     outcome = _Outcome()
@@ -582,24 +590,29 @@ def _natural_key(kind: str, record: Record) -> str:
     return value
 
 
-async def _claim(session: AsyncSession, import_id: int, kind: str, rows: Sequence[_Row]) -> dict[str, int]:
-    """Insert the keys not imported yet; {key: line} of those this page claimed (the first line per key)."""
+async def _claim(
+    session: AsyncSession, import_id: int, kind: str, rows: Sequence[_Row], lease: leases.Renewal
+) -> dict[str, int]:
+    """Renew ``lease``, then insert the keys not imported yet; {key: line} of those this page claimed (the first
+    line per key). On PostgreSQL both in one statement, one round trip less a page."""
     first: dict[str, int] = {}
     for r in rows:
         first.setdefault(r.key, r.record.line)
-    if not first:
-        return {}
     if dialect_name(session) == "postgresql":
-        result = await session.execute(
-            _claim_statement(),
-            {"kind": kind, "import_id": import_id, "keys": list(first), "lines": list(first.values())},
-        )
+        params = {"kind": kind, "import_id": import_id, "keys": list(first), "lines": list(first.values())}
+        head = await direct.first(session, _claim_statement(), {**params, **lease.params()})
+        assert head is not None  # one row, whatever was claimed
+        lease.check(head.lease_holder)
+        won = set(head.keys or ())
     else:
+        await lease.renew(session)
+        if not first:
+            return {}
         values = [{"kind": kind, "key": k, "import_id": import_id, "line": line} for k, line in first.items()]
         result = await session.execute(
             _claim_statement_sqlite(), json_rows_param(_KEYS, _KEY_COLUMNS, values)
         )
-    won = {row[0] for row in result.all()}
+        won = {row[0] for row in result.all()}
     return {k: line for k, line in first.items() if k in won}
 
 
@@ -619,18 +632,38 @@ def _claim_statement_sqlite() -> Any:
 
 
 @functools.cache
-def _claim_statement() -> sa.TextClause:
-    """PostgreSQL: a page's keys as two array parameters, one fixed text prepared once per connection, instead
-    of a multi-row ``VALUES`` that SQLAlchemy renders and binds four parameters per row for (#22)."""
-    return sa.text(
-        "INSERT INTO bulk_import_keys (kind, key, import_id, line) "
-        "SELECT :kind, k, :import_id, l FROM unnest(CAST(:keys AS varchar[]), CAST(:lines AS bigint[])) AS t(k, l) "
-        "ON CONFLICT (kind, key) DO NOTHING RETURNING key"
-    ).bindparams(
-        sa.bindparam("kind", type_=sa.String()),
-        sa.bindparam("import_id", type_=sa.BigInteger()),
-        sa.bindparam("keys", type_=postgresql.ARRAY(sa.String())),
-        sa.bindparam("lines", type_=postgresql.ARRAY(sa.BigInteger())),
+def _claim_statement() -> sa.Select[Any]:
+    """PostgreSQL: the import's lease renewed (:func:`tongcrm.jobs.leases.renewal_cte`) and a page's keys
+    claimed in one statement, the keys as two array parameters: one fixed text prepared once per connection,
+    instead of a multi-row ``VALUES`` that SQLAlchemy renders and binds four parameters per row for (#22). One
+    row: the lease's holder (None when it was not renewed) and the array of the keys claimed."""
+    renewed = leases.renewal_cte()
+    given = (
+        sa.func.unnest(
+            sa.bindparam("keys", type_=postgresql.ARRAY(_KEYS.c.key.type)),
+            sa.bindparam("lines", type_=postgresql.ARRAY(_KEYS.c.line.type)),
+        )
+        .table_valued("k", "l")
+        .render_derived()
+    )
+    claimed = (
+        postgresql.insert(_KEYS)
+        .from_select(
+            list(_KEY_COLUMNS),
+            sa.select(
+                sa.bindparam("kind", type_=_KEYS.c.kind.type),
+                given.c.k,
+                sa.bindparam("import_id", type_=_KEYS.c.import_id.type),
+                given.c.l,
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=["kind", "key"])
+        .returning(_KEYS.c.key)
+        .cte("claimed")
+    )
+    return sa.select(
+        sa.select(renewed.c.holder).scalar_subquery().label("lease_holder"),
+        sa.select(sa.func.array_agg(claimed.c.key)).scalar_subquery().label("keys"),
     )
 
 
@@ -813,10 +846,10 @@ def _lines(raw: str) -> tuple[OrderLine, ...]:
 def _prepare_orders(
     ctx: ImportContext, source: str, dialect: str, keyed: Sequence[tuple[Record, str]]
 ) -> list[_Row]:
-    """Each row's order (or why it cannot be one) and, on PostgreSQL, its claims ready for the set-based writer
-    (reading thread)."""
+    """Each row's order (or why it cannot be one) and its claims ready for the set-based writer (reading
+    thread)."""
     resolution = _resolution(ctx)
-    kinds = ctx.host.identity_kinds() if dialect == "postgresql" else {}
+    kinds = ctx.host.identity_kinds()
     rows = []
     for record, key in keyed:
         try:
@@ -824,8 +857,7 @@ def _prepare_orders(
         except ValueError as exc:
             rows.append(_Row(record, key, str(exc)))
             continue
-        claims = staged.prepare_order(resolution, kinds, order) if dialect == "postgresql" else None
-        rows.append(_Row(record, key, (order, claims)))
+        rows.append(_Row(record, key, (order, staged.prepare_order(resolution, kinds, order))))
     return rows
 
 
@@ -847,14 +879,13 @@ async def _apply_orders(
         key_of[order.external_id] = r.key
     if not orders:
         return outcome
-    if dialect_name(session) == "postgresql":
-        # orders of buyers already known (most of a history imported after its members): set-based
-        staged_orders = await staged.write_orders(
-            session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders, claims_of
-        )
-        outcome.members |= staged_orders.member_ids
-        orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
-        key_of = {o.external_id: key_of[o.external_id] for o in orders}
+    # orders of buyers already known (most of a history imported after its members): set-based
+    staged_orders = await staged.write_orders(
+        session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders, claims_of
+    )
+    outcome.members |= staged_orders.member_ids
+    orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
+    key_of = {o.external_id: key_of[o.external_id] for o in orders}
     if not orders:
         return outcome
     ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)

@@ -9,11 +9,14 @@ members' own sequence first). A channel sync running at the same time may store 
 first: the identities' unique ``(kind, value)`` then stops the ``COPY``, the writes roll back to their savepoint
 and the caller resolves every row of the page the ordinary way.
 
-**Orders.** A historical order whose every claim is stored and names one live member that the policy attaches
-to (or that has no claims at all) goes in by ``COPY`` under an id drawn from the orders' sequence, its lines by
-``COPY``, and the claimed identities' ``last_seen_at`` moves in one statement. The page's keys were new, so its
-orders should be; one stored meanwhile stops the ``COPY`` on ``(account_id, external_id)`` and the page goes
-through ingest.
+**Orders** (both databases). A historical order whose every claim is stored and names one live member that the
+policy attaches to (or that has no claims at all) is inserted as it is, without the forward-only upsert and the
+read of what is held that ingest needs for orders seen before: on PostgreSQL by ``COPY`` under an id drawn from
+the orders' sequence, its lines by ``COPY``; on SQLite (whose transaction holds the write lock from its start)
+under ids after the largest, orders and lines each one prepared ``INSERT`` run for every row (``executemany``,
+the values converted as SQLAlchemy converts them). The claimed identities' ``last_seen_at`` moves in one
+statement. The page's keys were new, so its orders should be; one stored meanwhile stops the insert on
+``(account_id, external_id)``, the writes roll back to their savepoint and the page goes through ingest.
 
 Every other row (a claim not stored yet, claims naming several members, a claim shared within the page, a
 profile to fill, a claim that cannot be prepared) is left to :func:`tongcrm.identity.service.resolve_many` or
@@ -22,6 +25,7 @@ profile to fill, a claim that cannot be prepared) is left to :func:`tongcrm.iden
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +33,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.db import direct
+from tongcrm.db.dialect import dialect_name, one_of, sqlite_values
+from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
 from tongcrm.identity.service import (
     MOBILE,
@@ -39,8 +47,11 @@ from tongcrm.identity.service import (
     ResolveOutcome,
     prepare_claim,
 )
+from tongcrm.ingest.apply import line_rows, order_row
 from tongcrm.logging import get_logger
 from tongcrm.members.masked import masked_index
+from tongcrm.members.models import Member
+from tongcrm.orders.models import Order, OrderLine
 from tongcrm.plugin.types import IdentityClaim, MemberMatch, NormalisedOrder
 
 log = get_logger(__name__)
@@ -161,9 +172,7 @@ async def write_new_members(
     unique = [new for new in candidates if all(uses[key] == 1 for key in new.prepared.keys)]
     if not unique:
         return {}
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver: Any = raw.driver_connection
+    driver = await _driver(session)
     kinds_arg, values_arg, rows_arg = [], [], []
     for n, new in enumerate(unique):
         for kind, value in new.prepared.keys:
@@ -241,8 +250,12 @@ _ORDER_LOOKUP = (
     "FROM unnest($1::varchar[], $2::varchar[], $3::int[]) AS t(k, v, n) "
     "JOIN identities AS i ON i.kind = t.k AND i.value = t.v JOIN members AS m ON m.id = i.member_id"
 )
-_TOUCH = "UPDATE identities SET last_seen_at = $2 WHERE id = ANY($1::bigint[])"
-_NEW_ORDER_IDS = "SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)"
+#: Ids for a page's orders, drawn from their sequence, and the ``last_seen_at`` of the identities their claims
+#: name moved (a data-modifying CTE runs whether or not the query reads it).
+_NEW_ORDER_IDS = (
+    "WITH touched AS (UPDATE identities SET last_seen_at = $3 WHERE id = ANY($2::bigint[])) "
+    "SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)"
+)
 _ORDER_COLUMNS = (
     "id", "account_id", "external_id", "member_id", "origin_member_id", "channel", "status", "platform_status",
     "store_code", "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "placed_at", "paid_at",
@@ -292,6 +305,18 @@ def _buyer(
 
 
 @dataclass(frozen=True, slots=True)
+class _Chosen:
+    """The orders of a page :func:`write_orders` stores set-based (with their members), and the identities
+    their claims touched."""
+
+    account_id: int
+    channel: str
+    orders: list[tuple[NormalisedOrder, int | None]]
+    touched: list[int]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class _Found:
     identity_id: int
     value: str
@@ -310,7 +335,7 @@ async def write_orders(
 ) -> OrdersWritten:
     """Store the new orders whose buyer is already known (or who have none), set-based; the caller applies the
     rest with :func:`tongcrm.ingest.apply.apply_orders_page`. Imported history only: the orders earn no points
-    and emit no events (PostgreSQL, in the caller's transaction). ``claims_of`` gives :func:`prepare_order` of
+    and emit no events (both databases, in the caller's transaction). ``claims_of`` gives :func:`prepare_order` of
     each order when the caller made them beforehand (the bulk import does, in its reading thread)."""
     if claims_of is None:
         kinds = ctx.host.identity_kinds()
@@ -321,22 +346,8 @@ async def write_orders(
     out = OrdersWritten(set(), set())
     if not prepared:
         return out
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver: Any = raw.driver_connection
-    kinds_arg, values_arg, rows_arg = [], [], []
-    for n, (_, claims) in enumerate(prepared):
-        for c in claims:
-            for v in {c.value, *c.lookup}:
-                kinds_arg.append(c.kind)
-                values_arg.append(v)
-                rows_arg.append(n)
-    found: dict[tuple[str, str], _Found] = {}
-    if kinds_arg:
-        for _n, kind, value, identity_id, member_id, status, created in await driver.fetch(
-            _ORDER_LOOKUP, kinds_arg, values_arg, rows_arg
-        ):
-            found[(kind, value)] = _Found(identity_id, value, member_id, status, created)
+    sqlite = dialect_name(session) == "sqlite"
+    found = await (_found_sqlite if sqlite else _found_postgresql)(session, prepared)
     now = ctx.clock()
     chosen: list[tuple[NormalisedOrder, int | None]] = []
     touched: set[int] = set()
@@ -356,17 +367,10 @@ async def write_orders(
         chosen.append((order, member))
     if not chosen:
         return out
-    # a savepoint of its own, on the connection the writes use
-    await driver.execute("SAVEPOINT bulk_staged_orders")
-    try:
-        await _write_orders(driver, account_id, channel, chosen, now)
-    except _Conflict:
-        await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_orders")
+    page = _Chosen(account_id, channel, chosen, sorted(touched), now)
+    if not await (_write_orders_sqlite if sqlite else _write_orders_postgresql)(session, page):
         log.info("an order of the import page was stored meanwhile; applying the page through ingest")
         return out
-    await driver.execute("RELEASE SAVEPOINT bulk_staged_orders")
-    if touched:
-        await driver.execute(_TOUCH, sorted(touched), now)
     for order, member in chosen:
         out.external_ids.add(order.external_id)
         if member is not None:
@@ -374,17 +378,141 @@ async def write_orders(
     return out
 
 
-async def _write_orders(
-    driver: Any,
-    account_id: int,
-    channel: str,
-    chosen: Sequence[tuple[NormalisedOrder, int | None]],
-    now: datetime,
-) -> None:
-    """The orders by ``COPY`` under ids drawn from their sequence, then their lines. The page's keys were new,
-    so the orders should be too; one stored meanwhile (an overlapping import of the same account) stops the
-    ``COPY`` on the ``(account_id, external_id)`` unique constraint."""
-    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(chosen)))
+async def _found_postgresql(
+    session: AsyncSession, prepared: Sequence[tuple[NormalisedOrder, list[Any]]]
+) -> dict[tuple[str, str], _Found]:
+    """Each claim value of the page's orders that is stored, with its identity and live member: one fixed text,
+    the claims as array parameters."""
+    driver = await _driver(session)
+    kinds_arg, values_arg, rows_arg = [], [], []
+    for n, (_, claims) in enumerate(prepared):
+        for c in claims:
+            for v in {c.value, *c.lookup}:
+                kinds_arg.append(c.kind)
+                values_arg.append(v)
+                rows_arg.append(n)
+    found: dict[tuple[str, str], _Found] = {}
+    if kinds_arg:
+        for _n, kind, value, identity_id, member_id, status, created in await driver.fetch(
+            _ORDER_LOOKUP, kinds_arg, values_arg, rows_arg
+        ):
+            found[(kind, value)] = _Found(identity_id, value, member_id, status, created)
+    return found
+
+
+async def _found_sqlite(
+    session: AsyncSession, prepared: Sequence[tuple[NormalisedOrder, list[Any]]]
+) -> dict[tuple[str, str], _Found]:
+    """:func:`_found_postgresql` on SQLite: one statement per identity kind of the page (a page holds one or a
+    few), each probing the ``(kind, value)`` index with a JSON array of the values."""
+    values: dict[str, set[str]] = {}
+    for _, claims in prepared:
+        for c in claims:
+            values.setdefault(c.kind, set()).update((c.value, *c.lookup))
+    found: dict[tuple[str, str], _Found] = {}
+    for kind, of_kind in values.items():
+        for row in await direct.rows(session, _sqlite_lookup(), {"kind": kind, "values": sorted(of_kind)}):
+            found[(kind, row.value)] = _Found(row.id, row.value, row.member_id, row.status, row.created_at)
+    return found
+
+
+@functools.cache
+def _sqlite_lookup() -> sa.Select[Any]:
+    """The stored identities of one kind among a JSON array of values, with their member (SQLite)."""
+    i, m = cast(sa.Table, Identity.__table__), cast(sa.Table, Member.__table__)
+    return (
+        sa.select(i.c.value, i.c.id, m.c.id.label("member_id"), m.c.status, m.c.created_at)
+        .join_from(i, m, m.c.id == i.c.member_id)
+        .where(i.c.kind == sa.bindparam("kind", type_=i.c.kind.type), one_of("sqlite", i.c.value, "values"))
+    )
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+async def _write_orders_postgresql(session: AsyncSession, page: _Chosen) -> bool:
+    """:func:`_write_orders` under a savepoint of its own, on the connection the writes use, then the claimed
+    identities touched; False (and nothing written) when an order was stored meanwhile."""
+    driver = await _driver(session)
+    await driver.execute("SAVEPOINT bulk_staged_orders")
+    try:
+        await _write_orders(driver, page)
+    except _Conflict:
+        await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_orders")
+        return False
+    # not released: the savepoint ends with the page's transaction (a RELEASE was one round trip more a page)
+    return True
+
+
+_ORDER_TABLE = cast(sa.Table, Order.__table__)
+_LINE_TABLE = cast(sa.Table, OrderLine.__table__)
+#: SQLite: the columns an order is inserted with: its id, then ingest's row (:func:`order_row`).
+_SQLITE_ORDER_COLUMNS = ("id", *_ORDER_COLUMNS[1:])
+
+
+def _sqlite_insert(table: str, columns: Sequence[str]) -> str:
+    """A plain positional ``INSERT`` of ``columns`` into ``table`` (module constants), for ``executemany``."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+
+
+_SQLITE_INSERT_ORDER = _sqlite_insert("orders", _SQLITE_ORDER_COLUMNS)
+_SQLITE_INSERT_LINE = _sqlite_insert("order_lines", _LINE_COLUMNS)
+_SQLITE_UNIQUE = "SQLITE_CONSTRAINT_UNIQUE"
+
+
+@functools.cache
+def _sqlite_touch() -> sa.Update:
+    i = cast(sa.Table, Identity.__table__)
+    return (
+        sa.update(i)
+        .where(one_of("sqlite", i.c.id, "ids"))
+        .values(last_seen_at=sa.bindparam("now", type_=i.c.last_seen_at.type))
+    )
+
+
+async def _write_orders_sqlite(session: AsyncSession, page: _Chosen) -> bool:
+    """SQLite: the orders and their lines inserted as ingest would store new ones (its row builders, the values
+    converted by the columns' SQLite bind processors), under ids after the largest — the transaction took the
+    write lock at its start (``BEGIN IMMEDIATE``), so no other writer draws one meanwhile — and under a
+    savepoint; False (and nothing written) when an order was stored meanwhile (its unique
+    ``(account_id, external_id)``)."""
+    orders: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
+    try:
+        async with session.begin_nested():
+            conn = await session.connection()
+            top = (await conn.exec_driver_sql("SELECT max(id) FROM orders")).scalar()
+            for order_id, (order, member) in enumerate(page.orders, start=(top or 0) + 1):
+                row = order_row(page.account_id, page.channel, order, member, None, page.now)
+                orders.append({"id": order_id, **row})
+                lines.extend(line_rows(order_id, order))
+            await conn.exec_driver_sql(
+                _SQLITE_INSERT_ORDER, sqlite_values(_ORDER_TABLE, _SQLITE_ORDER_COLUMNS, orders)
+            )
+            if lines:
+                await conn.exec_driver_sql(
+                    _SQLITE_INSERT_LINE, sqlite_values(_LINE_TABLE, _LINE_COLUMNS, lines)
+                )
+    except sa.exc.IntegrityError as exc:
+        if getattr(exc.orig, "sqlite_errorname", None) != _SQLITE_UNIQUE:
+            raise
+        return False
+    if page.touched:
+        await direct.rows(session, _sqlite_touch(), {"ids": page.touched, "now": page.now})
+    return True
+
+
+async def _write_orders(driver: Any, page: _Chosen) -> None:
+    """The orders by ``COPY`` under ids drawn from their sequence — in the statement that moves the claimed
+    identities' ``last_seen_at``, one round trip for both —, then their lines. The page's keys were new, so the
+    orders should be too; one stored meanwhile (an overlapping import of the same account) stops the ``COPY`` on
+    the ``(account_id, external_id)`` unique constraint."""
+    account_id, channel, chosen, now = page.account_id, page.channel, page.orders, page.now
+    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(chosen), page.touched, now))
     rows: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
     for order_id, (order, member) in zip(ids, chosen, strict=True):

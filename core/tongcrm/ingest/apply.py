@@ -28,6 +28,7 @@ from tongcrm.channels.models import QuarantinedRecord as QuarantineRow
 from tongcrm.crypto import Vault
 from tongcrm.db import direct, stats
 from tongcrm.db.dialect import (
+    VALUES_SIZES,
     dialect_name,
     insert,
     insert_rows,
@@ -484,6 +485,8 @@ async def upsert_orders(
     when it was moved just before. On PostgreSQL in the upsert's own statement (one round trip less per
     receipt), elsewhere in a statement of its own before it."""
     dialect = dialect_name(session)
+    if dialect == "sqlite" and touch is None and len(rows) > _SQLITE_BATCH:
+        return [row for batch in _batches(rows) for row in await upsert_orders(session, batch)]
     columns = tuple(rows[0])
     size = values_size(dialect, columns, len(rows))
     params = rows_params(dialect, cast(sa.Table, Order.__table__), columns, rows, size=size)
@@ -497,6 +500,16 @@ async def upsert_orders(
     return await direct.rows(session, stmt, params)
 
 
+#: SQLite: the most rows one order or line upsert carries. Beyond the largest VALUES list
+#: (:func:`tongcrm.db.dialect.values_rows`) the rows would travel as one JSON parameter, which SQLite (before 3.45)
+#: parses again for every column read: a page of more rows (a bulk import's 1,000) is upserted in batches of it.
+_SQLITE_BATCH = VALUES_SIZES[-1]
+
+
+def _batches(rows: Sequence[dict[str, Any]]) -> list[Sequence[dict[str, Any]]]:
+    return [rows[start : start + _SQLITE_BATCH] for start in range(0, len(rows), _SQLITE_BATCH)]
+
+
 #: ``last_seen_at`` of one identity claimed again (:func:`upsert_orders` on SQLite).
 _TOUCH = (
     sa.update(cast(sa.Table, Identity.__table__))
@@ -508,6 +521,10 @@ _TOUCH = (
 async def upsert_lines(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, str], int]:
     """Upsert ``rows`` (of :func:`line_rows`); their ids by (order id, line external id)."""
     dialect = dialect_name(session)
+    if dialect == "sqlite" and len(rows) > _SQLITE_BATCH:
+        return {
+            key: id_ for batch in _batches(rows) for key, id_ in (await upsert_lines(session, batch)).items()
+        }
     size = values_size(dialect, _LINE_COLUMNS, len(rows))
     params = rows_params(dialect, cast(sa.Table, OrderLine.__table__), _LINE_COLUMNS, rows, size=size)
     return {
