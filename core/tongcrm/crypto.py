@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tongcrm.errors import ConfigError
 
-
 #: base64url's two characters back to standard base64's (as ``base64.urlsafe_b64decode`` maps them)
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
