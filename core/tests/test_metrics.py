@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tongcrm import metrics as metrics_module
 from tongcrm.db.base import utcnow
 from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.queue import enqueue
@@ -128,18 +127,37 @@ async def test_a_workers_health_endpoint_checks_its_database_and_serves_its_metr
         await server.close()
 
 
-def test_made_up_methods_share_one_cached_in_progress_gauge(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gauge's child is looked up once per label: prometheus_client's labels() locks and builds a key."""
-    looked_up: list[tuple[str, ...]] = []
-    labels = metrics_module.HTTP_IN_PROGRESS.labels
+def test_made_up_methods_share_one_in_progress_label_and_the_families_scrape_as_before() -> None:
+    """Made-up methods count under "other" (bounded); the plain-number counts scrape as prometheus_client's
+    metrics did: a counter with its _created, a histogram with cumulative buckets, the errors of 5xx only."""
+    from prometheus_client import REGISTRY, generate_latest
 
-    def counting(*values: str) -> Any:
-        looked_up.append(values)
-        return labels(*values)
-
-    monkeypatch.setattr(metrics_module.HTTP_IN_PROGRESS, "labels", counting)
     metrics = HttpMetrics()
-    other = metrics.in_progress("BREW")
-    assert metrics.in_progress("PROPFIND") is other is metrics.in_progress("BREW")
-    assert metrics.in_progress("GET") is metrics.in_progress("GET") is not other
-    assert [v[0] for v in looked_up] == ["other", "GET"]
+    assert metrics.started("BREW") == "other" == metrics.started("PROPFIND")
+    assert (
+        REGISTRY.get_sample_value("tongcrm_requests_in_progress", {"method": "other", "app_name": "tongcrm"})
+        == 2
+    )
+    metrics.record("other", "BREW", None, 405, 0.001)  # no route: in progress no more, no series
+    metrics.record("other", "PROPFIND", "/test/metrics/{x}", 503, 0.2)
+    label = metrics.started("GET")
+    metrics.record(label, "GET", "/test/metrics/{x}", 200, 0.03)
+    metrics.record(metrics.started("GET"), "GET", "/test/metrics/{x}", 200, 7.0)
+    get = {"method": "GET", "path": "/test/metrics/{x}", "status_code": "200", "app_name": "tongcrm"}
+    failed = {"method": "PROPFIND", "path": "/test/metrics/{x}", "status_code": "503", "app_name": "tongcrm"}
+    value = REGISTRY.get_sample_value
+    assert value("tongcrm_requests_in_progress", {"method": "other", "app_name": "tongcrm"}) == 0
+    assert value("tongcrm_requests_total", get) == 2 and value("tongcrm_requests_created", get) is not None
+    assert value("tongcrm_request_duration_seconds_count", get) == 2
+    assert value("tongcrm_request_duration_seconds_sum", get) == pytest.approx(7.03)
+    assert value("tongcrm_request_duration_seconds_bucket", {**get, "le": "0.025"}) == 0
+    assert value("tongcrm_request_duration_seconds_bucket", {**get, "le": "0.05"}) == 1
+    assert value("tongcrm_request_duration_seconds_bucket", {**get, "le": "7.5"}) == 2
+    assert value("tongcrm_request_duration_seconds_bucket", {**get, "le": "+Inf"}) == 2
+    assert (
+        value("tongcrm_requests_error_total", failed) == 1
+        and value("tongcrm_requests_error_total", get) is None
+    )
+    text = generate_latest(REGISTRY).decode()
+    assert "# TYPE tongcrm_requests_total counter" in text
+    assert "# TYPE tongcrm_request_duration_seconds histogram" in text

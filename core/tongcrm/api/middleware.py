@@ -63,8 +63,7 @@ def request_id_middleware(app: ASGIApp, hot: Mapping[tuple[str, str], HotAnswer]
             await send(message)
 
         method = scope["method"]
-        in_progress = metrics.in_progress(method)
-        in_progress.inc()
+        label = metrics.started(method)
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             answer = hot.get((method, scope["path"])) if hot else None
@@ -87,9 +86,8 @@ def request_id_middleware(app: ASGIApp, hot: Mapping[tuple[str, str], HotAnswer]
                     await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            in_progress.dec()
             # no status: the app raised past its own exception handlers, and the server answers 500
-            metrics.record(method, scope.get("path_template"), status.get("code", 500), seconds)
+            metrics.record(label, method, scope.get("path_template"), status.get("code", 500), seconds)
             if logging_requests:
                 log.info(
                     "request",
