@@ -166,6 +166,7 @@ def create_app(
             host,
             settings,
             vault=vault,
+            reader=point_reader,
         ),
     }
     app = Litestar(
