@@ -170,6 +170,7 @@ def create_app(
             host,
             settings,
             vault=vault,
+            reader=point_reader,
         ),
     }
     app = Litestar(
