@@ -159,9 +159,17 @@ def posted_lot(credit: Credit, entry_id: int) -> Lot:
     """The lot ``credit`` created when it was posted as entry ``entry_id``, as a read of it right after finds
     it (what :func:`_posting` inserts; datetimes in UTC as they are read back): for the transaction that
     posted it, which alone can see it until it commits, so nothing else can have changed it."""
+    lot = _credit_lot(credit, entry_id, None, new=False)
+    lot.available_at, lot.expires_at = _utc(lot.available_at), _utc(lot.expires_at)
+    lot.earned_at = lot.earned_at.astimezone(UTC)
+    return lot
+
+
+def _credit_lot(credit: Credit, lot_id: int | None, key: str | None, *, new: bool) -> Lot:
+    """The lot a credit creates, before anything draws on it."""
     return Lot(
-        id=entry_id,
-        key=None,
+        id=lot_id,
+        key=key,
         member_id=credit.member_id,
         amount=credit.amount,
         remaining=credit.amount,
@@ -169,12 +177,13 @@ def posted_lot(credit: Credit, entry_id: int) -> Lot:
         status=credit.status,
         release_on=credit.release_on,
         return_window_days=credit.return_window_days,
-        available_at=_utc(credit.available_at),
-        expires_at=_utc(credit.expires_at),
-        earned_at=credit.occurred_at.astimezone(UTC),
+        available_at=credit.available_at,
+        expires_at=credit.expires_at,
+        earned_at=credit.occurred_at,
         order_id=credit.order_id,
         line_id=credit.line_id,
         rule_code=credit.rule_code,
+        new=new,
     )
 
 
@@ -907,24 +916,7 @@ class Book:
             expires_at=credit.expires_at,
             detail=credit.detail,
         )
-        lot = Lot(
-            id=None,
-            key=credit.key,
-            member_id=credit.member_id,
-            amount=credit.amount,
-            remaining=credit.amount,
-            reversed=0,
-            status=credit.status,
-            release_on=credit.release_on,
-            return_window_days=credit.return_window_days,
-            available_at=credit.available_at,
-            expires_at=credit.expires_at,
-            earned_at=credit.occurred_at,
-            order_id=credit.order_id,
-            line_id=credit.line_id,
-            rule_code=credit.rule_code,
-            new=True,
-        )
+        lot = _credit_lot(credit, None, credit.key, new=True)
         balance = self.balance(credit.member_id)
         check_balance_bound(credit.member_id, balance.available + balance.pending + credit.amount)
         self.new_lots.append(lot)
