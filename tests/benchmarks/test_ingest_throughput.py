@@ -65,10 +65,11 @@ async def _wal_position(db: TestDatabase, *, checkpoint: bool = False) -> int:
     """PostgreSQL: the server's WAL position in bytes; with ``checkpoint``, after a ``CHECKPOINT``.
 
     The channels' runs share one database (a session fixture, emptied between tests), so a run that followed
-    another started with that run's WAL (a 100,000-order sync writes ~500 MB, max_wal_size 1 GB triggers a
+    another started with that run's WAL (20,000 orders wrote 112-172 MB; max_wal_size 1 GB triggers a
     checkpoint at ~540 MB) and met its WAL-triggered checkpoint, with the full-page writes after it, early: a
     run on a database of its own starts after the checkpoint its predecessor's ``DROP DATABASE`` forced. The
-    checkpoint puts every run on that footing (skipped where the role may not checkpoint)."""
+    checkpoint puts every run on that footing (skipped where the role may not checkpoint). The position is the
+    server's: on a shared server the WAL figure counts other databases' writes too."""
     async with db.engine.connect() as conn:
         if checkpoint:
             try:
