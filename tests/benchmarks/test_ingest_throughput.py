@@ -61,6 +61,27 @@ async def _copy_ceiling(db: TestDatabase, orders: list[NormalisedOrder]) -> floa
     return len(rows) / elapsed
 
 
+async def _wal_position(db: TestDatabase, *, checkpoint: bool = False) -> int:
+    """PostgreSQL: the server's WAL position in bytes; with ``checkpoint``, after a ``CHECKPOINT``.
+
+    The channels' runs share one database (a session fixture, emptied between tests), so a run that followed
+    another started with that run's WAL (20,000 orders wrote 112-172 MB; max_wal_size 1 GB triggers a
+    checkpoint at ~540 MB) and met its WAL-triggered checkpoint, with the full-page writes after it, early: a
+    run on a database of its own starts after the checkpoint its predecessor's ``DROP DATABASE`` forced. The
+    checkpoint puts every run on that footing (skipped where the role may not checkpoint). The position is the
+    server's: on a shared server the WAL figure counts other databases' writes too."""
+    async with db.engine.connect() as conn:
+        if checkpoint:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(sa.text("CHECKPOINT"))
+            except sa.exc.DBAPIError:
+                pass
+        lsn = (await conn.execute(sa.text("SELECT pg_current_wal_lsn() - '0/0'"))).scalar_one()
+        await conn.rollback()
+    return int(lsn)
+
+
 async def _lean_reference(
     db: TestDatabase, host: PluginHost, channel: str, settings: dict[str, str], clock: Any
 ) -> float:
@@ -144,9 +165,12 @@ async def test_end_to_end_ingest_throughput(
         await accounts.create_account(session, host, VAULT, channel, "bench", settings)
     ctx = IngestContext(host=host, vault=VAULT, clock=clock, tz=ZoneInfo("Asia/Shanghai"))
 
-    started = time.perf_counter()
+    postgres = tongcrm_db.backend == "postgresql"
+    wal_before = await _wal_position(tongcrm_db, checkpoint=True) if postgres else 0
+    started, cpu_started = time.perf_counter(), time.process_time()
     report = await sync_account(tongcrm_db.sessions, ctx, "bench")
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    wal = (await _wal_position(tongcrm_db) - wal_before) / 2**20 if postgres else 0.0
     assert report.error is None and report.caught_up
 
     # the platform side alone: the same pages fetched and normalised without a database
@@ -169,11 +193,14 @@ async def test_end_to_end_ingest_throughput(
     rate = stored / elapsed
     line = (
         f"ingest {channel} on {tongcrm_db.backend}: {stored} orders ({BUYERS} buyers) in {elapsed:.1f} s = {rate:,.0f} orders/s "
-        f"end to end; fetch+normalise alone {len(fetched) / fetch_elapsed:,.0f} orders/s"
+        f"end to end (process CPU {cpu:.2f} s); fetch+normalise alone {len(fetched) / fetch_elapsed:,.0f} orders/s"
     )
-    if tongcrm_db.backend == "postgresql":
+    if postgres:
+        line += f"; WAL {wal:,.0f} MB"
+        ref_cpu_started = time.process_time()
         ref_rate = await _lean_reference(tongcrm_db, host, channel, settings, clock)
-        line += f"; lean reference pipeline {ref_rate:,.0f} orders/s (ratio {rate / ref_rate:.2f})"
+        ref_cpu = time.process_time() - ref_cpu_started
+        line += f"; lean reference pipeline {ref_rate:,.0f} orders/s (CPU {ref_cpu:.2f} s, ratio {rate / ref_rate:.2f})"
         benchmark.extra_info["reference_orders_per_s"] = ref_rate
         line += f"; PostgreSQL COPY ceiling {await _copy_ceiling(tongcrm_db, fetched):,.0f} rows/s"
     report_figure(f"{line}; {load()}")

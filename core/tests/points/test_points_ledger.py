@@ -142,6 +142,57 @@ async def test_an_order_first_seen_refunded_earns_and_reverses_in_one_apply(tong
     await _verify(tongcrm_db)
 
 
+async def test_refunds_of_lots_the_same_apply_posts_read_no_lot_on_postgresql(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """On PostgreSQL the follow-up takes the lots the posting's statement just inserted as it inserted them
+    (``ledger.posted_lot``): when every reversal falls on those, it reads no lot. What it stores is what the
+    read led to: the same lots, draws and entries on both databases."""
+    (m, _) = await _members(tongcrm_db)
+    c = ctx(Clock(), BASE)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(tongcrm_db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await _apply(
+            tongcrm_db,
+            c,
+            [
+                order(2, m, [(21, 4_000, 1_000), (22, 3_000)], paid_at=PAID),  # a quarter of a line refunded
+                order(3, m, [(31, 2_000, 2_000)], status="refunded", paid_at=PAID),  # refunded in full
+            ],
+        )
+    finally:
+        sa.event.remove(tongcrm_db.engine.sync_engine, "before_cursor_execute", count)
+    reads = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM points_lots" in s]
+    if tongcrm_db.backend == "postgresql":
+        assert reads == []
+    assert await _balance(tongcrm_db, m) == (40 - 10 + 30, 0, 0, 0)
+    async with tongcrm_db.sessions() as s:
+        lots = [
+            (lot.line_id, lot.amount, lot.remaining, lot.reversed, lot.status, lot.expires_at, lot.earned_at)
+            for lot in (await s.execute(sa.select(PointsLot).order_by(PointsLot.line_id))).scalars()
+        ]
+        draws = (
+            await s.execute(
+                sa.select(PointsLot.line_id, PointsEntry.kind, ledger.DRAWS.c.kind, ledger.DRAWS.c.amount)
+                .join(PointsLot, PointsLot.id == ledger.DRAWS.c.lot_id)
+                .join(PointsEntry, PointsEntry.id == ledger.DRAWS.c.entry_id)
+                .order_by(PointsLot.line_id)
+            )
+        ).all()
+    assert lots == [
+        (21, 40, 30, 10, "available", None, PAID),
+        (22, 30, 30, 0, "available", None, PAID),
+        (31, 20, 0, 20, "available", None, PAID),
+    ]
+    assert [tuple(d) for d in draws] == [(21, "reverse", "reverse", 10), (31, "reverse", "reverse", 20)]
+    await _verify(tongcrm_db)
+
+
 @pytest.mark.parametrize("policy", ["debt", "clawback"])
 async def test_refund_of_spent_points_follows_the_policy(tongcrm_db: TestDatabase, policy: str) -> None:
     (m, _) = await _members(tongcrm_db)

@@ -31,7 +31,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -147,6 +147,48 @@ def _by_key(credits: Sequence[Credit]) -> dict[str, Credit]:
         if c.amount > 0:
             by_key.setdefault(c.key, c)
     return by_key
+
+
+def posted_credits(credits: Sequence[Credit], posted: Mapping[str, int]) -> dict[int, Credit]:
+    """The credits of ``credits`` that a posting wrote (``posted``: entry ids by key, as :func:`post_gated`
+    returns them), by entry id — which is their lot's id."""
+    return {posted[key]: c for key, c in _by_key(credits).items() if key in posted}
+
+
+def posted_lot(credit: Credit, entry_id: int) -> Lot:
+    """The lot ``credit`` created when it was posted as entry ``entry_id``, as a read of it right after finds
+    it (what :func:`_posting` inserts; datetimes in UTC as they are read back): for the transaction that
+    posted it, which alone can see it until it commits, so nothing else can have changed it."""
+    lot = _credit_lot(credit, entry_id, None, new=False)
+    lot.available_at, lot.expires_at = _utc(lot.available_at), _utc(lot.expires_at)
+    lot.earned_at = lot.earned_at.astimezone(UTC)
+    return lot
+
+
+def _credit_lot(credit: Credit, lot_id: int | None, key: str | None, *, new: bool) -> Lot:
+    """The lot a credit creates, before anything draws on it."""
+    return Lot(
+        id=lot_id,
+        key=key,
+        member_id=credit.member_id,
+        amount=credit.amount,
+        remaining=credit.amount,
+        reversed=0,
+        status=credit.status,
+        release_on=credit.release_on,
+        return_window_days=credit.return_window_days,
+        available_at=credit.available_at,
+        expires_at=credit.expires_at,
+        earned_at=credit.occurred_at,
+        order_id=credit.order_id,
+        line_id=credit.line_id,
+        rule_code=credit.rule_code,
+        new=new,
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
 
 
 async def post_gated(
@@ -674,6 +716,13 @@ class Book:
         for m, (available, pending, owed) in balances.items():
             self.balances.setdefault(m, Balance(m, available, pending, owed, (available, pending, owed)))
 
+    def know(self, lots: Iterable[Lot]) -> None:
+        """Lots as they are in this transaction without a read: those it inserted itself (:func:`posted_lot`),
+        which no other transaction can see, let alone change. :meth:`load_lots` keeps these objects for
+        their rows."""
+        for lot in lots:
+            self.lots.setdefault(int(lot.id or 0), lot)
+
     async def lock(self, member_ids: Iterable[int]) -> None:
         """Create missing balance rows, then lock and read them, in member id order."""
         ids = sorted(set(member_ids) - self.balances.keys())
@@ -812,27 +861,40 @@ class Book:
         """Draw up to ``points``: from ``first`` (pending or available), then the member's available lots FIFO
         by expiry then age. Moves the balance for what it took; returns how much came from where."""
         taken = Taken()
-        wanted = points
-        candidates = [first] if first is not None else []
-        if spill:
-            candidates += [lot for lot in self.available_lots(member_id) if lot is not first]
         balance = self.balance(member_id)
-        for lot in candidates:
-            if wanted <= 0:
-                break
-            amount = min(lot.remaining, wanted)
-            if amount <= 0:
-                continue
-            self.draw(lot, entry, amount, kind)
-            taken.draws.append((lot, amount))
-            if lot.status == PENDING:
-                taken.pending += amount
-                balance.pending -= amount
-            else:
-                taken.available += amount
-                balance.available -= amount
-            wanted -= amount
+        wanted = (
+            points
+            if first is None
+            else self._take_from(first, wanted=points, taken=taken, balance=balance, entry=entry, kind=kind)
+        )
+        # the member's available lots only when ``first`` did not cover it: they need not be loaded otherwise
+        # (a reversal of a lot the transaction just posted, :meth:`know`)
+        if spill and wanted > 0:
+            for lot in self.available_lots(member_id):
+                if wanted <= 0:
+                    break
+                if lot is not first:
+                    wanted = self._take_from(
+                        lot, wanted=wanted, taken=taken, balance=balance, entry=entry, kind=kind
+                    )
         return taken
+
+    def _take_from(
+        self, lot: Lot, *, wanted: int, taken: Taken, balance: Balance, entry: str, kind: str
+    ) -> int:
+        """:meth:`take`'s draw from one lot; what is still wanted after it."""
+        amount = min(lot.remaining, wanted)
+        if amount <= 0:
+            return wanted
+        self.draw(lot, entry, amount, kind)
+        taken.draws.append((lot, amount))
+        if lot.status == PENDING:
+            taken.pending += amount
+            balance.pending -= amount
+        else:
+            taken.available += amount
+            balance.available -= amount
+        return wanted - amount
 
     def new_lot(self, credit: Credit) -> Lot:
         """A credit posted through the book (transfer-in, adjustment): entry, lot and balance."""
@@ -854,24 +916,7 @@ class Book:
             expires_at=credit.expires_at,
             detail=credit.detail,
         )
-        lot = Lot(
-            id=None,
-            key=credit.key,
-            member_id=credit.member_id,
-            amount=credit.amount,
-            remaining=credit.amount,
-            reversed=0,
-            status=credit.status,
-            release_on=credit.release_on,
-            return_window_days=credit.return_window_days,
-            available_at=credit.available_at,
-            expires_at=credit.expires_at,
-            earned_at=credit.occurred_at,
-            order_id=credit.order_id,
-            line_id=credit.line_id,
-            rule_code=credit.rule_code,
-            new=True,
-        )
+        lot = _credit_lot(credit, None, credit.key, new=True)
         balance = self.balance(credit.member_id)
         check_balance_bound(credit.member_id, balance.available + balance.pending + credit.amount)
         self.new_lots.append(lot)

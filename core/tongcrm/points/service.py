@@ -45,8 +45,11 @@ from tongcrm.points.ledger import (
     PENDING,
     Book,
     Credit,
+    Lot,
     post_credits,
     post_gated,
+    posted_credits,
+    posted_lot,
 )
 from tongcrm.points.models import (
     EntryKind,
@@ -241,8 +244,8 @@ async def _earn(
         for member_id in sorted({a["member_id"] for a in awards}):
             gated.extend(_first_purchase_credits(ctx, rules, orders, member_id))
         lines = sorted(line.line_id for o in _follow_up_candidates(orders) for line in o.lines)
-        _, lots, held = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
-        return _Read(lots, held)
+        posted, lots, held = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
+        return _Read(lots, held, posted, gated)
     size = values_size(dialect, AWARD_COLUMNS, len(awards))
     params = rows_params(dialect, AWARDS, AWARD_COLUMNS, awards, size=size)
     won = {r[0] for r in await direct.rows(session, _award_gate(dialect, size), params)}
@@ -427,6 +430,20 @@ class _Read:
 
     lots: list[Any]
     held: dict[int, tuple[int, int, int]]
+    #: The entries it posted, by key, and the credits it was given: the lots it inserted (:meth:`fresh`).
+    posted: dict[str, int]
+    credits: Sequence[Credit]
+
+    def fresh(self, lot_ids: Sequence[int]) -> dict[int, Lot]:
+        """Those of ``lot_ids`` the statement inserted for a member whose balance it locked and left as it
+        returned it, as :meth:`tongcrm.points.ledger.Book.load_lots` would read them
+        (:func:`tongcrm.points.ledger.posted_lot`): nothing but this transaction can have changed them — a
+        member whose debt the posting settled is not among ``held``, and its lots are read."""
+        ids = set(self.posted.values()).intersection(lot_ids)
+        if not ids:
+            return {}
+        by_id = posted_credits(self.credits, self.posted)
+        return {i: posted_lot(c, i) for i in sorted(ids) if (c := by_id[i]).member_id in self.held}
 
 
 def _follow_up_candidates(orders: Sequence[OrderFacts]) -> list[OrderFacts]:
@@ -478,14 +495,25 @@ async def _follow_up(
     book = Book(session, now=now)
     working = set(work)
     members = sorted({r.member_id for r in rows if r.id in working})
+    fresh: dict[int, Lot] = {}
     if read is not None:  # the posting's upsert locked these rows: as it left them, they need no lock again
         book.hold({m: read.held[m] for m in members if m in read.held})
+        # and the lots it inserted for them are as it inserted them: on a first sync, nearly every lot a page
+        # reverses (a refund seen with its payment) — then the page reads no lot (one round trip less)
+        fresh = read.fresh(work)
+        book.know(fresh.values())
     await book.lock(members)
-    # the lots to work on, and (for reversals) their members' available lots, in one read
-    lots = sorted(
-        await book.load_lots(among(dialect, lots_t.c.id, work), with_available_of=members),
-        key=lambda lot: lot.id or 0,
-    )
+    # the other lots to work on, and (for reversals) their members' available lots, in one read
+    rest = [i for i in work if i not in fresh]
+    if rest:
+        rest_ids = set(rest)
+        loaded = await book.load_lots(
+            among(dialect, lots_t.c.id, rest),
+            with_available_of=sorted({r.member_id for r in rows if r.id in rest_ids}),
+        )
+    else:
+        loaded = []
+    lots = sorted([*fresh.values(), *loaded], key=lambda lot: lot.id or 0)
     released: set[int] = set()
     reversing = []
     for lot in lots:
@@ -500,7 +528,11 @@ async def _follow_up(
         target = _reversal_target(lot.amount, line.amount_fen, _refunded(order, line))
         if target > lot.reversed:
             reversing.append((lot, target, order, line))
-    await book.load_available({lot.member_id for lot, *_ in reversing})
+    # a reversal spills into its member's available lots only when its own lot cannot cover it (never a lot
+    # just posted): those members' are loaded (read with the lots above unless only fresh lots were worked on)
+    await book.load_available(
+        {lot.member_id for lot, target, *_ in reversing if target - lot.reversed > lot.remaining}
+    )
     for lot, target, order, line in reversing:
         _reverse(book, rules, lot, target, order, line)
     await book.settle(released)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from tongcrm.db import stats
 from tongcrm.db.engine import async_url, create_engine, session_factory
 
 POSTGRES_ENV = "TONGCRM_TEST_POSTGRES_URL"
@@ -40,7 +41,9 @@ class TestDatabase:
     read_sessions: async_sessionmaker[AsyncSession]
 
     async def truncate(self) -> None:
-        """Empty every table (schema stays), between tests."""
+        """Empty every table (schema stays), between tests; the database's analyse schedule starts again
+        (:func:`tongcrm.db.stats.restart`), as for a new database."""
+        stats.restart(self.engine.url)
         async with self.engine.begin() as conn:
             names = await conn.run_sync(
                 lambda c: [t for t in sa.inspect(c).get_table_names() if t != "alembic_version"]
