@@ -84,3 +84,13 @@ async def test_a_sqlite_statement_is_one_hand_off_to_aiosqlites_thread(
         monkeypatch.undo()
     assert rows == [1, 2, 3]
     assert calls == ["_run_many", "_run", "_run"]  # no cursor, fetch or close round trips
+
+
+async def test_the_ordinary_engine_s_connections_checkpoint_a_longer_log(tongcrm_db: TestDatabase) -> None:
+    """Their automatic checkpoint waits for a longer log than SQLite's default of 1,000 pages (see
+    :data:`tongcrm.db.sqlite_thread.WAL_AUTOCHECKPOINT_PAGES`)."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("SQLite's WAL only")
+    async with tongcrm_db.sessions() as s, s.begin():
+        pages = (await s.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar_one()
+    assert pages == sqlite_thread.WAL_AUTOCHECKPOINT_PAGES == 10_000

@@ -106,6 +106,7 @@ def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> Plan | 
     """``statement`` compiled for ``dialect`` and the lengths of its list parameters in ``params`` (once);
     None when it has more shapes than :data:`MAX_SHAPES` (it then runs through the session)."""
     plans = _PLANS.get(statement)
+    compiled = None
     if plans is None:
         compiled = statement.compile(dialect=dialect)
         lists = tuple(n for n, b in compiled.binds.items() if b.expanding and b.required)
@@ -115,7 +116,7 @@ def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> Plan | 
     if found is None:
         if len(plans.by_shape) >= MAX_SHAPES:
             return None
-        found = plans.by_shape[shape] = compile_plan(statement, dialect, plans.lists, params)
+        found = plans.by_shape[shape] = compile_plan(statement, dialect, plans.lists, params, compiled)
     return found
 
 
@@ -132,8 +133,18 @@ def plan_shape(
     return dialect.name, tuple([len(params[name]) for name in lists])
 
 
-def compile_plan(statement: Any, dialect: Dialect, lists: tuple[str, ...], params: Mapping[str, Any]) -> Plan:
-    compiled = statement.compile(dialect=dialect)
+def compile_plan(
+    statement: Any,
+    dialect: Dialect,
+    lists: tuple[str, ...],
+    params: Mapping[str, Any],
+    compiled: Any = None,
+) -> Plan:
+    """``statement``'s plan for the lengths of ``lists`` in ``params``; ``compiled``: the statement already
+    compiled for ``dialect`` (its first plan), which is not compiled twice then — a SQLite page's ``VALUES``
+    statements have thousands of parameters, and compiling one of 128 rows took ~18 ms (issue #22)."""
+    if compiled is None:
+        compiled = statement.compile(dialect=dialect)
     # every list expands here, one position per item: those the statement holds (``kind IN ('earn')``) with
     # their values, those given per call with this call's (only their lengths count)
     carried = compiled.construct_params(_check=False)
