@@ -372,6 +372,40 @@ async def test_a_crash_mid_page_replays_that_page_only(
     assert await _count(tongcrm_db, Order) == 2
 
 
+async def test_a_page_that_loses_to_a_concurrent_one_is_redone_from_the_committed_cursor(
+    tongcrm_db: TestDatabase,
+    ctx: IngestContext,
+    account: ChannelAccount,
+    memory_channel: MemoryChannel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two shops of one brand share buyers: their pages race to create the same members, and on PostgreSQL can
+    deadlock. The loser's page rolled back whole with its cursor; the sync redoes it instead of failing."""
+    memory_channel.add_page([make_order("o1", "b1")])
+    memory_channel.add_page([make_order("o2", "b2"), make_order("o3", "b1")])
+    import tongcrm.ingest.service as engine
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    real = engine.apply_orders_page
+    calls = 0
+
+    async def deadlock_once_on_second(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await real(*args, **kwargs)
+        if calls == 2:  # after its writes, as a deadlock on the page's last statement would be
+            raise sa.exc.DBAPIError("statement", {}, Deadlock("deadlock detected"))
+        return result
+
+    monkeypatch.setattr(engine, "apply_orders_page", deadlock_once_on_second)
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert (report.pages, report.applied, report.caught_up, report.error) == (2, 3, True, None)
+    assert calls == 3 and memory_channel.fetched[-1] == '{"page": 1}', "the lost page was fetched again"
+    assert await _count(tongcrm_db, Order) == 3 and await _count(tongcrm_db, Member) == 2
+
+
 async def test_two_workers_never_sync_one_account_at_once(
     tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount, memory_channel: MemoryChannel
 ) -> None:

@@ -23,7 +23,6 @@ for the others a backfill is one window, which runs to the live horizon.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,9 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import Backfill, BackfillWindow, ChannelAccount
 from tongcrm.errors import BadRequest, NotFound
-from tongcrm.identity.service import LostRace
 from tongcrm.ingest.apply import IngestContext, PageResult
-from tongcrm.ingest.service import MAX_PAGES_PER_RUN, PageSink, Source, SyncReport, pull
+from tongcrm.ingest.service import MAX_PAGES_PER_RUN, PageSink, Source, SyncReport, pull_redoing_conflicts
 from tongcrm.jobs import leases
 from tongcrm.jobs.queue import enqueue
 from tongcrm.limits.gate import DatabaseCallGate
@@ -55,18 +53,6 @@ MAX_WINDOWS = 10_000
 #: ``tongcrm sync --window-hours`` ends its backfill this long before now: adapters leave the last moments to the
 #: next poll (platforms index changes a little late), so a window ending at "now" could not reach its end.
 PRESENT_MARGIN = timedelta(minutes=10)
-
-
-#: PostgreSQL's deadlock_detected and serialization_failure: a concurrent page won, this one can be redone.
-RETRYABLE = frozenset({"40P01", "40001"})
-CONFLICT_RETRIES = 8
-
-
-def _conflict(exc: Exception) -> bool:
-    if isinstance(exc, LostRace):
-        return True
-    orig = getattr(exc, "orig", None)
-    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in RETRYABLE
 
 
 def window_lease(window_id: int) -> str:
@@ -197,22 +183,10 @@ async def work_window(
 
     sink = PageSink(window_lease(window_id), advance, record_error)
     try:
-        for attempt in range(1, CONFLICT_RETRIES + 1):
-            try:
-                await pull(sessions, ctx, adapter, source, cursor, sink, report, limit=MAX_PAGES_PER_RUN)
-                break
-            except (sa.exc.DBAPIError, LostRace) as exc:
-                # Windows of one account apply pages at the same time, and pages sharing new members race to
-                # create them (or deadlock in PostgreSQL); the loser's page rolled back whole with its cursor,
-                # so it is simply redone.
-                if not _conflict(exc) or attempt == CONFLICT_RETRIES:
-                    raise
-                log.info("backfill page conflicted; redoing it", window=window_id, attempt=attempt)
-                await asyncio.sleep(random.uniform(0.05, 0.25) * attempt)  # not in step with the winner again
-                async with sessions() as session:
-                    cursor = await session.scalar(
-                        sa.select(BackfillWindow.cursor).where(BackfillWindow.id == window_id)
-                    )
+        # windows of one account apply pages at the same time: a page that loses a race is redone
+        await pull_redoing_conflicts(
+            sessions, ctx, adapter, source, cursor, sink, report, limit=MAX_PAGES_PER_RUN
+        )
     finally:
         await adapter.aclose()
         async with sessions() as session, session.begin():

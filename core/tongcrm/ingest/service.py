@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tongcrm.channels.models import ChannelAccount, SyncState
 from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name
 from tongcrm.errors import Conflict, TongcrmError
+from tongcrm.identity.service import LostRace
 from tongcrm.ingest.apply import IngestContext, PageResult, apply_orders_page
 from tongcrm.jobs import leases, outbox
 from tongcrm.limits.gate import DatabaseCallGate
@@ -107,7 +109,7 @@ async def sync_account(
         record_error=lambda session, error: _record_error(session, account_id, error, ctx.clock()),
     )
     try:
-        await pull(
+        await pull_redoing_conflicts(
             sessions,
             ctx,
             adapter,
@@ -130,6 +132,60 @@ async def sync_account(
         async with sessions() as session, session.begin():
             await leases.release(session, lease_key(account_id), holder)
     return report
+
+
+#: PostgreSQL's deadlock_detected and serialization_failure: a concurrent page won, this one can be redone.
+RETRYABLE = frozenset({"40P01", "40001"})
+CONFLICT_RETRIES = 8
+
+
+def conflicted(exc: BaseException) -> bool:
+    """Whether ``exc`` ended a page that lost to a concurrent one (a race to create the same member, or a
+    deadlock or serialisation failure on PostgreSQL): redone, not reported."""
+    if isinstance(exc, LostRace):
+        return True
+    orig = getattr(exc, "orig", None)
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in RETRYABLE
+
+
+async def pull_redoing_conflicts(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: IngestContext,
+    adapter: ChannelAdapter,
+    source: Source,
+    cursor: str | None,
+    sink: PageSink,
+    report: SyncReport,
+    *,
+    limit: int,
+    on_page: PageCallback | None = None,
+) -> None:
+    """:func:`pull`, redoing a page that lost to a concurrent one (see :func:`conflicted`).
+
+    Pages applied at the same time share buyers whenever two accounts sell to the same people (two shops of
+    one brand) or windows of one account run at once: they race to create the same members, and on
+    PostgreSQL two of them can deadlock on identities both touch. The loser's page rolled back whole with its
+    cursor, so it is redone from the cursor last committed, after a jittered pause (not in step with the
+    winner again); after :data:`CONFLICT_RETRIES` attempts the error is raised."""
+    committed = cursor
+
+    def committed_page(so_far: SyncReport, page: OrderPage) -> None:
+        nonlocal committed
+        committed = page.next_cursor  # called once the page's transaction committed
+        if on_page is not None:
+            on_page(so_far, page)
+
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        try:
+            await pull(
+                sessions, ctx, adapter, source, committed, sink, report, limit=limit, on_page=committed_page
+            )
+            return
+        except (sa.exc.DBAPIError, LostRace) as exc:
+            if not conflicted(exc) or attempt == CONFLICT_RETRIES:
+                raise
+            log.info("page lost to a concurrent one; redoing it", account=source.name, attempt=attempt)
+            await asyncio.sleep(random.uniform(0.05, 0.25) * attempt)
 
 
 @dataclass(frozen=True, slots=True)
