@@ -340,6 +340,24 @@ async def test_a_sync_writes_each_pages_order_changed_events_with_its_cursor(
     assert await _count(tongcrm_db, OutboxEvent) == len(events)
 
 
+def _fail_second_page(monkeypatch: pytest.MonkeyPatch, error: Exception) -> list[int]:
+    """Make the sync's second page application raise ``error`` after its writes (once); returns the calls."""
+    import tongcrm.ingest.service as engine
+
+    real = engine.apply_orders_page
+    calls: list[int] = []
+
+    async def fail_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(calls) + 1)
+        result = await real(*args, **kwargs)
+        if len(calls) == 2:
+            raise error
+        return result
+
+    monkeypatch.setattr(engine, "apply_orders_page", fail_on_second)
+    return calls
+
+
 async def test_a_crash_mid_page_replays_that_page_only(
     tongcrm_db: TestDatabase,
     ctx: IngestContext,
@@ -352,17 +370,7 @@ async def test_a_crash_mid_page_replays_that_page_only(
     import tongcrm.ingest.service as engine
 
     real = engine.apply_orders_page
-    calls = 0
-
-    async def crash_on_second(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        result = await real(*args, **kwargs)
-        if calls == 2:
-            raise RuntimeError("power cut")
-        return result
-
-    monkeypatch.setattr(engine, "apply_orders_page", crash_on_second)
+    _fail_second_page(monkeypatch, RuntimeError("power cut"))
     with pytest.raises(RuntimeError, match="power cut"):
         await sync_account(tongcrm_db.sessions, ctx, "shop-a")
     assert await _count(tongcrm_db, Order) == 1  # page 2 rolled back with its cursor
@@ -383,26 +391,16 @@ async def test_a_page_that_loses_to_a_concurrent_one_is_redone_from_the_committe
     deadlock. The loser's page rolled back whole with its cursor; the sync redoes it instead of failing."""
     memory_channel.add_page([make_order("o1", "b1")])
     memory_channel.add_page([make_order("o2", "b2"), make_order("o3", "b1")])
-    import tongcrm.ingest.service as engine
 
     class Deadlock(Exception):
         sqlstate = "40P01"
 
-    real = engine.apply_orders_page
-    calls = 0
-
-    async def deadlock_once_on_second(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        result = await real(*args, **kwargs)
-        if calls == 2:  # after its writes, as a deadlock on the page's last statement would be
-            raise sa.exc.DBAPIError("statement", {}, Deadlock("deadlock detected"))
-        return result
-
-    monkeypatch.setattr(engine, "apply_orders_page", deadlock_once_on_second)
+    calls = _fail_second_page(monkeypatch, sa.exc.DBAPIError("statement", {}, Deadlock("deadlock detected")))
     report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
     assert (report.pages, report.applied, report.caught_up, report.error) == (2, 3, True, None)
-    assert calls == 3 and memory_channel.fetched[-1] == '{"page": 1}', "the lost page was fetched again"
+    assert calls == [1, 2, 3] and memory_channel.fetched[-1] == '{"page": 1}', (
+        "the lost page was fetched again"
+    )
     assert await _count(tongcrm_db, Order) == 3 and await _count(tongcrm_db, Member) == 2
 
 
