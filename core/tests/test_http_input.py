@@ -53,6 +53,14 @@ async def test_nul_characters_are_refused_naming_the_field(make_client: Any) -> 
         assert [i["id"] for i in (await api.get("/api/members")).json()["items"]] == [m]
 
 
+async def test_a_request_without_its_body_says_a_json_body_is_required(make_client: Any) -> None:
+    """litestar names the missing body by its parameter ("data: 'data'"); the problem says what is wrong."""
+    async with make_client() as api:
+        response = await api.post("/api/members", content=b"", headers={"content-type": "application/json"})
+        body = _problem(response, 400, "a JSON body is required")
+        assert body["errors"] == [{"message": "a JSON body is required", "key": "data", "source": "body"}]
+
+
 async def test_a_batch_route_may_check_nul_per_item(make_client: Any) -> None:
     # a batch that answers item by item declares so, and sees the NUL to refuse that item alone
     seen: list[Any] = []

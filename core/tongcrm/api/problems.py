@@ -80,7 +80,9 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     if isinstance(exc, ValidationException):
         title = "Invalid request"
         if exc.extra:
-            extra["errors"] = exc.extra
+            extra["errors"] = exc.extra = (
+                [_missing_body(e) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
+            )
             detail = "; ".join(_describe(e) for e in exc.extra) if isinstance(exc.extra, list) else detail
     if status >= 500:
         log.error("request failed", error=exc.detail, status=status)
@@ -96,6 +98,14 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         "Internal error",
         "The server failed to handle this request; the request id identifies it in the logs.",
     )
+
+
+def _missing_body(error: Any) -> Any:
+    """litestar reports a request without the body its handler takes as a ``KeyError`` of the body's
+    parameter, ``{"message": "'data'", "key": "data", "source": "body"}``: say what is wrong instead."""
+    if isinstance(error, dict) and error.get("source") == "body" and error.get("message") == "'data'":
+        return {**error, "message": "a JSON body is required"}
+    return error
 
 
 def _describe(error: Any) -> str:
