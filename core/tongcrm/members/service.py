@@ -781,7 +781,7 @@ _MEMBERS = cast(sa.Table, Member.__table__)
 _IDENTITIES = cast(sa.Table, Identity.__table__)
 _TAGS = cast(sa.Table, MemberTag.__table__)
 #: The member columns a summary does not show: the profile's extra fields, and the masked mobile's blind index
-#: (searches use it; a lookup would decode its ~64 characters into a string it never reads).
+#: (searches use it; a lookup would decode its 73 characters into a string it never reads).
 _NOT_SUMMARISED = frozenset({"profile_meta", "mobile_masked_index"})
 #: What a summary shows of a member, and its tags comma-joined (tags never contain commas, see
 #: ``normalise_tag``).
