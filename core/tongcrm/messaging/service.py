@@ -49,7 +49,7 @@ log = get_logger(__name__)
 
 SECRETS_CONTEXT = "messenger_account.secrets"
 _CALLBACK_PURPOSE = "messaging.callback"
-STATUSES = ("queued", "sending", "sent", "delivered", "failed", "refused")
+STATUSES = ("queued", "sending", "sent", "in_doubt", "delivered", "failed", "refused")
 PRIORITY = {"service": 0, "marketing": 1}
 
 
@@ -506,9 +506,10 @@ def _unstored(what: str, exc: sa.exc.DBAPIError) -> tuple[str, str]:
 async def apply_receipt(
     session: AsyncSession, message: Message, delivered: bool, code: str, at: datetime
 ) -> bool:
-    """Move a sent message to delivered or failed. A receipt for a message in any other state (already
-    final, or not yet recorded as sent) changes nothing and returns False."""
-    if message.status != "sent":
+    """Move a sent (or in-doubt) message to delivered or failed. A report for an in-doubt message settles the
+    doubt: the gateway did accept it. A receipt for a message in any other state (already final, or not yet
+    recorded as sent) changes nothing and returns False."""
+    if message.status not in ("sent", "in_doubt"):
         return False
     message.status = "delivered" if delivered else "failed"
     message.code = code[:100]
