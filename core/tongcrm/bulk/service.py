@@ -44,6 +44,7 @@ from tongcrm.bulk.mapping import (
     check_kind,
     count_records,
     digest,
+    imported_column,
     parse_int,
     parse_time,
     read_records,
@@ -671,9 +672,13 @@ _PERSONAL = ("mobile", "name")
 
 
 def masked_row(record: Record) -> str:
-    """The row for the error table: mobile and name masked, never stored in the clear."""
+    """The row for the error table: the columns the import reads, mobile, name and identities masked, never
+    stored in the clear. A column no import reads is left out: it may hold anything personal (an ID card
+    number, an address) that no masking rule knows."""
     out: dict[str, str | None] = {}
     for name, value in record.values.items():
+        if not imported_column(name):
+            continue
         if value is not None and name == "mobile":
             try:
                 value = mask_mobile(normalise_mobile(value))
