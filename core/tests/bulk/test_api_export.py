@@ -32,7 +32,9 @@ NOW = datetime(2026, 11, 11, 2, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Shanghai")
 
 MEMBERS = "member_id,mobile,name\n" + "".join(f"M{i},1380013{8000 + i},会员{i}号\n" for i in range(1, 8))
-POINTS = "member_id,points\n" + "".join(f"M{i},{i * 100}\n" for i in range(1, 8))
+POINTS = "member_id,points,occurred_at\n" + "".join(
+    f"M{i},{i * 100},2024-01-0{i} 08:00:00\n" for i in range(1, 8)
+)
 
 
 async def _import(db: TestDatabase, host: PluginHost, tmp_path: Path, kind: str, text: str) -> None:
@@ -66,6 +68,12 @@ async def test_an_exported_ledger_adds_up_to_what_verify_recomputes(
     for r in exported:
         totals[int(r["member_id"])] += int(r["amount"])
     assert {r["kind"] for r in exported} == {"opening", "redeem"}
+    # an opening balance stood when the previous CRM says; its entry was written when it was imported
+    opening = [r for r in exported if r["kind"] == "opening"]
+    assert [datetime.fromisoformat(r["occurred_at"]) for r in opening] == [
+        datetime(2024, 1, i, tzinfo=UTC) for i in range(1, 8)
+    ]
+    assert {datetime.fromisoformat(r["created_at"]) for r in opening} == {NOW}
     async with tongcrm_db.sessions() as session:
         assert await verify(session) == []
         derived = await derive(session)
