@@ -156,6 +156,21 @@ async def test_import_and_export_over_http(tongcrm_db: TestDatabase, make_client
             "/api/imports", params={"kind": "members", "format": "csv"}, content=b"a\n"
         )
         assert upload.status_code == 403
+        # the imports, newest first, a keyset page at a time (it answered 405 before)
+        first = await analyst.get("/api/imports", params={"limit": 1})
+        assert first.status_code == 200, first.text
+        page = first.json()
+        assert [i["id"] for i in page["items"]] == [status["id"]] and page["next_cursor"] == status["id"]
+        assert "errors" not in page["items"][0] and page["items"][0]["failed"] == 1
+        rest = (await analyst.get("/api/imports", params={"before": page["next_cursor"]})).json()
+        assert rest == {"items": [], "next_cursor": None}
+        assert (await analyst.get("/api/imports", params={"kind": "orders"})).json()["items"] == []
+        wrong = await analyst.get("/api/imports", params={"kind": "coupons"})
+        assert wrong.status_code == 400 and "unknown import kind 'coupons'" in wrong.json()["detail"]
+        too_many = await analyst.get("/api/imports", params={"limit": 201})
+        assert too_many.status_code == 400 and too_many.headers["content-type"].startswith(
+            "application/problem+json"
+        )
         ledger = await analyst.get("/api/exports/ledger")
         assert ledger.status_code == 200 and ledger.text.startswith("id,member_id,kind,amount")
 

@@ -280,6 +280,18 @@ async def get_import(session: AsyncSession, import_id: int) -> BulkImport:
     return row
 
 
+async def list_imports(
+    session: AsyncSession, *, kind: str | None = None, before: int | None = None, limit: int = 50
+) -> list[BulkImport]:
+    """Imports newest first (by id), those with an id below ``before`` when given: a keyset page."""
+    stmt = sa.select(BulkImport).order_by(BulkImport.id.desc()).limit(limit)
+    if kind is not None:
+        stmt = stmt.where(BulkImport.kind == kind)
+    if before is not None:
+        stmt = stmt.where(BulkImport.id < before)
+    return list((await session.execute(stmt)).scalars())
+
+
 async def import_errors(session: AsyncSession, import_id: int, *, limit: int = 100) -> list[BulkImportError]:
     rows = await session.execute(
         sa.select(BulkImportError)
