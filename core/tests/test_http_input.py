@@ -70,6 +70,14 @@ async def test_a_method_a_path_does_not_take_says_which_it_does(make_client: Any
         assert {"GET", "PATCH"} <= allowed and "DELETE" not in allowed
 
 
+async def test_an_unknown_message_status_filter_is_a_400_listing_the_statuses(make_client: Any) -> None:
+    async with make_client() as api:
+        answer = await api.get("/api/messages", params={"status": "z" * 3000})
+        body = _problem(answer, 400, "unknown status 'zzz", "in_doubt", "refused")
+        assert "z" * 100 not in body["detail"]  # the value is shown cut, not echoed whole
+        assert (await api.get("/api/messages", params={"status": "in_doubt"})).json() == []
+
+
 async def test_a_batch_route_may_check_nul_per_item(make_client: Any) -> None:
     # a batch that answers item by item declares so, and sees the NUL to refuse that item alone
     seen: list[Any] = []

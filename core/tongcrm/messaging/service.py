@@ -18,7 +18,7 @@ from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import insert
-from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, Unprocessable
+from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, Unprocessable, shown
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.logging import get_logger
@@ -372,7 +372,8 @@ async def list_messages(session: AsyncSession, query: MessageQuery) -> list[Mess
         stmt = stmt.where(Message.flow == query.flow)
     if query.status:
         if query.status not in STATUSES:
-            raise Unprocessable(f"unknown status {query.status!r}; use one of {', '.join(STATUSES)}")
+            # a malformed filter, as an unknown order status is (400), not a refused request (422)
+            raise BadRequest(f"unknown status {shown(query.status)}; use one of {', '.join(STATUSES)}")
         stmt = stmt.where(Message.status == query.status)
     if query.order_id is not None:
         stmt = stmt.where(Message.order_id == query.order_id)
