@@ -3,6 +3,7 @@ request id the response carries."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -64,13 +65,19 @@ def problem_body(path: str, status: int, title: str, detail: str, extra: dict[st
 
 
 def problem(
-    request: Request[Any, Any, Any], status: int, title: str, detail: str, **extra: Any
+    request: Request[Any, Any, Any],
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> Response[dict[str, Any]]:
     body = problem_body(request.scope["path"], status, title, detail, extra)
-    headers = {}
+    out = dict(headers or {})
     if "retry_after" in extra:
-        headers["Retry-After"] = str(int(extra["retry_after"]))
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+        out["Retry-After"] = str(int(extra["retry_after"]))
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=out)
 
 
 def handle_domain_error(request: Request[Any, Any, Any], exc: TongcrmError) -> Response[dict[str, Any]]:
@@ -91,10 +98,14 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
                 [_missing_body(e) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
             )
             detail = "; ".join(_describe(e) for e in exc.extra) if isinstance(exc.extra, list) else detail
+    allow = (exc.headers or {}).get("allow")
+    if status == 405 and allow:
+        # RFC 9110 wants Allow on a 405; litestar's router sets it on the exception, not on our response
+        detail = f"{request.method} is not allowed here; this path accepts {allow}"
     if status >= 500:
         log.error("request failed", error=exc.detail, status=status)
         detail = "internal error"
-    return problem(request, status, title, detail, **extra)
+    return problem(request, status, title, detail, headers=exc.headers, **extra)
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
