@@ -66,11 +66,15 @@ async def held_unit(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     conn = await engine.connect()
     try:
         held = _hold(conn)
-        session = AsyncSession(bind=conn, expire_on_commit=False)
-        session.info[direct.HELD] = held
         if held.dialect.name == "sqlite":
             driver: InlineConnection = held.driver
             await _on_driver(held, _BEGIN, driver.run(lambda: driver._conn.execute(_BEGIN)))
+        # SQLAlchemy's connection in a transaction too, sending nothing (asyncpg's BEGIN waits for a statement;
+        # SQLite's begin listener sees the driver's): an error's handling then never "autorollbacks" it, and
+        # the ORM joins it, its commit and rollback the connection's (join_transaction_mode="control_fully")
+        held.sync.begin()
+        session = AsyncSession(bind=conn, expire_on_commit=False, join_transaction_mode="control_fully")
+        session.info[direct.HELD] = held
         try:
             yield session
             await _commit(session, held)
@@ -113,6 +117,7 @@ async def _commit(session: AsyncSession, held: direct._Connection) -> None:
     adapter = held.dbapi
     if adapter._transaction is not None:  # no statement ran: nothing was begun
         await _on_driver(held, "COMMIT", adapter._call_and_discard(adapter._transaction.commit))
+    # SQLAlchemy's side of it ends with the connection's close (its rollback then finds nothing to undo)
 
 
 async def _rollback(conn: AsyncConnection, session: AsyncSession, held: direct._Connection) -> None:
