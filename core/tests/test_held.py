@@ -14,7 +14,7 @@ from sqlalchemy.orm import registry
 from tongcrm.audit import service as audit
 from tongcrm.audit.models import AuditEntry
 from tongcrm.audit.service import SYSTEM
-from tongcrm.db import direct, txcache
+from tongcrm.db import direct, inline_sqlite, txcache
 from tongcrm.db.engine import create_inline_writer
 from tongcrm.db.held import held_unit, holds
 from tongcrm.testing.database import TestDatabase
@@ -202,4 +202,27 @@ async def test_a_cancelled_unit_of_work_writes_nothing(tongcrm_db: TestDatabase,
     async with held_unit(engine) as session:
         await direct.rows(session, _ADD, {"name": "after"})
     assert await _names(tongcrm_db) == ["after"]
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_begin_that_cannot_take_sqlite_s_lock_fails_as_the_session_s_would(
+    tongcrm_db: TestDatabase, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write lock held past the busy timeout: ``OperationalError``, as the session's ``BEGIN IMMEDIATE``
+    raised it, and the connection goes back to the pool clean."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("SQLite's single writer")
+    monkeypatch.setattr(inline_sqlite, "BUSY_TIMEOUT_S", 0.05)
+
+    async def blocked() -> None:
+        async with held_unit(engine) as session:
+            await direct.rows(session, _ADD, {"name": "blocked"})
+
+    async with tongcrm_db.sessions() as other, other.begin():
+        await other.execute(sa.insert(_items).values(name="first"))
+        with pytest.raises(sa.exc.OperationalError, match="locked"):
+            await blocked()
+    async with held_unit(engine) as session:
+        await direct.rows(session, _ADD, {"name": "after"})
+    assert await _names(tongcrm_db) == ["after", "first"]
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -40,6 +40,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
 from tongcrm.audit import chain
 from tongcrm.db import direct
@@ -81,6 +82,11 @@ async def held_unit(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         except BaseException:
             await _rollback(conn, session, held)
             raise
+        finally:
+            # what the ORM loaded is detached, as a closed session's is (its transaction ended above, so this
+            # sends nothing)
+            if session.sync_session.identity_map:
+                session.sync_session.expunge_all()
     finally:
         await conn.close()
 
@@ -146,4 +152,6 @@ async def _on_driver(held: direct._Connection, sql: str, call: Any) -> None:
     try:
         await call
     except BaseException as error:
-        direct.raise_as_the_session_would(held, sql, [], error)
+        # in a greenlet, as SQLAlchemy handles it: a failed BEGIN finds its connection outside a transaction,
+        # and SQLAlchemy's handling then rolls the connection back through the adapter, which awaits
+        await greenlet_spawn(direct.raise_as_the_session_would, held, sql, [], error)
