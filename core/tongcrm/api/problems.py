@@ -46,20 +46,27 @@ def instance_of(path: str) -> str:
     return "".join(pieces)
 
 
-def problem(
-    request: Request[Any, Any, Any], status: int, title: str, detail: str, **extra: Any
-) -> Response[dict[str, Any]]:
+def problem_body(path: str, status: int, title: str, detail: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The body of a problem response to a request for ``path``, with the request id bound for the request (a
+    hot answer writes its refusals from this too, so both paths answer the same bytes)."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": instance_of(request.scope["path"]),
+        "instance": instance_of(path),
     }
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
         body["request_id"] = request_id
     body.update(extra)
+    return body
+
+
+def problem(
+    request: Request[Any, Any, Any], status: int, title: str, detail: str, **extra: Any
+) -> Response[dict[str, Any]]:
+    body = problem_body(request.scope["path"], status, title, detail, extra)
     headers = {}
     if "retry_after" in extra:
         headers["Retry-After"] = str(int(extra["retry_after"]))
