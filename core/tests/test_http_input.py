@@ -61,6 +61,23 @@ async def test_a_request_without_its_body_says_a_json_body_is_required(make_clie
         assert body["errors"] == [{"message": "a JSON body is required", "key": "data", "source": "body"}]
 
 
+async def test_a_method_a_path_does_not_take_says_which_it_does(make_client: Any) -> None:
+    async with make_client() as api:
+        member = await _member(api)
+        answer = await api.delete(f"/api/members/{member}")
+        _problem(answer, 405, "DELETE is not allowed here", "GET", "PATCH")
+        allowed = {m.strip() for m in answer.headers["allow"].split(",")}  # RFC 9110: a 405 says what is
+        assert {"GET", "PATCH"} <= allowed and "DELETE" not in allowed
+
+
+async def test_an_unknown_message_status_filter_is_a_400_listing_the_statuses(make_client: Any) -> None:
+    async with make_client() as api:
+        answer = await api.get("/api/messages", params={"status": "z" * 3000})
+        body = _problem(answer, 400, "unknown status 'zzz", "in_doubt", "refused")
+        assert "z" * 100 not in body["detail"]  # the value is shown cut, not echoed whole
+        assert (await api.get("/api/messages", params={"status": "in_doubt"})).json() == []
+
+
 async def test_a_batch_route_may_check_nul_per_item(make_client: Any) -> None:
     # a batch that answers item by item declares so, and sees the NUL to refuse that item alone
     seen: list[Any] = []

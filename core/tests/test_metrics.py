@@ -35,7 +35,7 @@ async def test_metrics_show_queue_depth_outbox_backlog_and_http_requests(
         assert (await client.get("/api/plugins")).status_code == 200
         response = await client.get("/metrics")
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"  # charset once
     samples = _samples(response.text)
     assert samples[("tongcrm_jobs", (("status", "queued"),))] == 2
     assert samples[("tongcrm_jobs_due", ())] == 1

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tongcrm.serving import KERNEL_BALANCES, bind
+import uvicorn
+from tongcrm.serving import KERNEL_BALANCES, UNPARSABLE_DETAIL, bind, problem_protocol
 from tongcrm.testing.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,36 @@ async def test_accepted_connections_have_nagle_off() -> None:
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("http_impl", ["httptools", "h11"])
+async def test_a_request_uvicorn_cannot_parse_gets_a_problem(http_impl: str) -> None:
+    """A request line with raw UTF-8 bytes never reaches the app: uvicorn answered it in plain text."""
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        raise AssertionError("an unparsable request reached the app")
+
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(app, log_config=None, lifespan="off", http=problem_protocol(http_impl))
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(
+        server.serve(sockets=[sock])
+    )  # the socket listens: a connection waits for it
+    try:
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        writer.write("GET /api/members?q=会员 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 10)  # the connection closes after it
+        writer.close()
+    finally:
+        server.should_exit = True
+        await serving
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 400 Bad Request"
+    assert "content-type: application/problem+json" in lines and "connection: close" in lines
+    assert json.loads(body) == {
+        "type": "about:blank", "title": "Bad request", "status": 400, "detail": UNPARSABLE_DETAIL,
+    }  # fmt: skip
 
 
 def _proto_zero_socket() -> socket.socket:

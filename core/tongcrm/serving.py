@@ -23,12 +23,18 @@ when they are missing, and on h11 a bare endpoint answered 6,000–7,000 request
 answered ~16,000 on the same 2 cores (issue #22). Both are core dependencies; :func:`server_stack` still falls
 back (with a warning) on a platform without wheels for them (uvloop has none on Windows), rather than refusing
 to serve.
+
+A request uvicorn cannot parse (a request line with raw UTF-8 bytes, a malformed header) never reaches the app;
+uvicorn answers it a plain-text 400 itself. :func:`problem_protocol` subclasses its protocol so that this answer
+is an RFC 9457 problem like every other 4xx, saying what is wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -37,7 +43,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -125,6 +131,51 @@ def server_stack() -> ServerStack:
     return ServerStack(http=http, loop=loop)
 
 
+#: The problem a request gets when uvicorn cannot parse it (the app never sees it, so it has no request id).
+UNPARSABLE_DETAIL = (
+    "the request is not valid HTTP/1.1: a request target must be ASCII (percent-encode other characters, "
+    "e.g. UTF-8 as %E4%BC%9A), and header names and values must be well-formed"
+)
+
+
+def unparsable_answer(default_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The whole 400 response (status line, headers, problem body) for a request uvicorn could not parse; the
+    connection closes after it, as uvicorn's own does."""
+    body = json.dumps(
+        {"type": "about:blank", "title": "Bad request", "status": 400, "detail": UNPARSABLE_DETAIL}
+    ).encode()
+    head = [b"HTTP/1.1 400 Bad Request"]
+    head += [name + b": " + value for name, value in default_headers]
+    head += [
+        b"content-type: application/problem+json",
+        b"content-length: " + str(len(body)).encode(),
+        b"connection: close",
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def problem_protocol(http: str) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class for ``http`` (``httptools`` or ``h11``), answering a request it cannot
+    parse with a problem (:func:`unparsable_answer`) instead of plain text."""
+    if http == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        class ProblemHttpTools(HttpToolsProtocol):
+            def send_400_response(self, msg: str) -> None:
+                self.transport.write(unparsable_answer(self.server_state.default_headers))
+                self.transport.close()
+
+        return ProblemHttpTools
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ProblemH11(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(unparsable_answer(self.server_state.default_headers))
+            self.transport.close()
+
+    return ProblemH11
+
+
 def run_app(app: Any, sock: socket.socket, *, on_started: Callable[[], None] | None = None) -> bool:
     """Serve ``app`` on ``sock`` in this process until SIGINT/SIGTERM; False when it failed to start.
 
@@ -140,7 +191,12 @@ def run_app(app: Any, sock: socket.socket, *, on_started: Callable[[], None] | N
 
     stack = server_stack()
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", http=stack.http, loop=stack.loop
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=problem_protocol(stack.http),
+        loop=stack.loop,
     )
     server = Server(config)
     server.run(sockets=[sock])

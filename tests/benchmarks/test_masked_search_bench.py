@@ -45,7 +45,7 @@ def masked_db(tmp_path_factory: pytest.TempPathFactory) -> str:
         os.environ.get("TONGCRM_BENCH_POSTGRES_URL")
         or f"sqlite:///{tmp_path_factory.mktemp('masked') / 'members.sqlite3'}"
     )
-    took = asyncio.run(seed(url, MEMBERS))
+    took = asyncio.run(seed(url, MEMBERS, masked=False))
     print(f"\nseeded {MEMBERS} members (no masked index) in {took:.1f}s on {url.split(':')[0]}")
     return url
 

@@ -60,7 +60,9 @@ def bench_db(tmp_path_factory: pytest.TempPathFactory) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"members-{MEMBERS}.sqlite3"
         url = f"sqlite:///{path}"
-        done = path.with_suffix(".seeded")  # written once the seed is whole: an interrupted one is redone
+        # written once the seed is whole: an interrupted one is redone; ".seeded2": seeds from before the masked
+        # mobile's indexes were written (a narrower row than ingest writes) are redone too
+        done = path.with_suffix(".seeded2")
         if kept and done.exists():
             print(f"\nreusing the {MEMBERS} members seeded in {path}")
             return url
@@ -83,7 +85,9 @@ async def _members_in(url: str) -> int | None:
         async with engine.connect() as conn:
             if not await conn.run_sync(lambda c: sa.inspect(c).has_table("members")):
                 return None
-            return int((await conn.execute(sa.text("SELECT count(*) FROM members"))).scalar_one())
+            # members with their masked mobile's index: a seed from before it was written is not reused (drop it)
+            counted = "SELECT count(mobile_masked_index) FROM members"
+            return int((await conn.execute(sa.text(counted))).scalar_one())
     finally:
         await engine.dispose()
 

@@ -32,7 +32,9 @@ NOW = datetime(2026, 11, 11, 2, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Shanghai")
 
 MEMBERS = "member_id,mobile,name\n" + "".join(f"M{i},1380013{8000 + i},会员{i}号\n" for i in range(1, 8))
-POINTS = "member_id,points\n" + "".join(f"M{i},{i * 100}\n" for i in range(1, 8))
+POINTS = "member_id,points,occurred_at\n" + "".join(
+    f"M{i},{i * 100},2024-01-0{i} 08:00:00\n" for i in range(1, 8)
+)
 
 
 async def _import(db: TestDatabase, host: PluginHost, tmp_path: Path, kind: str, text: str) -> None:
@@ -66,6 +68,12 @@ async def test_an_exported_ledger_adds_up_to_what_verify_recomputes(
     for r in exported:
         totals[int(r["member_id"])] += int(r["amount"])
     assert {r["kind"] for r in exported} == {"opening", "redeem"}
+    # an opening balance stood when the previous CRM says; its entry was written when it was imported
+    opening = [r for r in exported if r["kind"] == "opening"]
+    assert [datetime.fromisoformat(r["occurred_at"]) for r in opening] == [
+        datetime(2024, 1, i, tzinfo=UTC) for i in range(1, 8)
+    ]
+    assert {datetime.fromisoformat(r["created_at"]) for r in opening} == {NOW}
     async with tongcrm_db.sessions() as session:
         assert await verify(session) == []
         derived = await derive(session)
@@ -148,6 +156,21 @@ async def test_import_and_export_over_http(tongcrm_db: TestDatabase, make_client
             "/api/imports", params={"kind": "members", "format": "csv"}, content=b"a\n"
         )
         assert upload.status_code == 403
+        # the imports, newest first, a keyset page at a time (it answered 405 before)
+        first = await analyst.get("/api/imports", params={"limit": 1})
+        assert first.status_code == 200, first.text
+        page = first.json()
+        assert [i["id"] for i in page["items"]] == [status["id"]] and page["next_cursor"] == status["id"]
+        assert "errors" not in page["items"][0] and page["items"][0]["failed"] == 1
+        rest = (await analyst.get("/api/imports", params={"before": page["next_cursor"]})).json()
+        assert rest == {"items": [], "next_cursor": None}
+        assert (await analyst.get("/api/imports", params={"kind": "orders"})).json()["items"] == []
+        wrong = await analyst.get("/api/imports", params={"kind": "coupons"})
+        assert wrong.status_code == 400 and "unknown import kind 'coupons'" in wrong.json()["detail"]
+        too_many = await analyst.get("/api/imports", params={"limit": 201})
+        assert too_many.status_code == 400 and too_many.headers["content-type"].startswith(
+            "application/problem+json"
+        )
         ledger = await analyst.get("/api/exports/ledger")
         assert ledger.status_code == 200 and ledger.text.startswith("id,member_id,kind,amount")
 

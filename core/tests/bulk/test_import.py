@@ -780,6 +780,18 @@ async def test_a_nul_character_makes_its_row_bad_not_the_file(
     assert error.line == 1 and "the title value contains a NUL" in error.reason
 
 
+async def test_a_bad_rows_report_leaves_out_the_columns_no_import_reads(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "extra.csv", "member_id,mobile,身份证,name\nM1,12345,110101199003077777,张三\n")
+    job, _ = await do_import(tongcrm_db, ctx, "members", path)
+    assert (job.imported, job.failed) == (0, 1)
+    async with tongcrm_db.sessions() as session:
+        (error,) = await service.import_errors(session, job.id)
+    # an ID card number has no masking rule: it is not kept at all
+    assert json.loads(error.row) == {"member_id": "M1", "mobile": "****", "name": "张*"}
+
+
 async def test_two_columns_meaning_one_are_refused_not_guessed(
     tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
 ) -> None:

@@ -106,6 +106,7 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
 
         care = (await api.get("/console/care-flows")).text
         assert 'data-flow="payment_reminder"' in care
+        assert "未确认（网关无应答，不重发）" in care  # sent without an answer: its own column, not "sent"
 
 
 _WRITE_PAGES = {"/console/segments", "/console/segments/new", "/console/campaigns", "/console/campaigns/spring",

@@ -86,6 +86,7 @@ async def test_held_out_members_are_logged_refused_and_counted(
                 "queued": 0,
                 "sending": 0,
                 "sent": len(set(consenting) - control),
+                "in_doubt": 0,
                 "delivered": 0,
                 "failed": 0,
                 "refused": len(audience) - len(set(consenting) - control),

@@ -46,16 +46,18 @@ from litestar import Litestar, Router
 from litestar._asgi.utils import is_valid_host
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import HTTPRouteHandler
+from litestar.middleware._internal.exceptions.middleware import get_exception_handler
 from litestar.response.base import ASGIResponse
 from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json, get_serializer
-from litestar.types import Receive, ReceiveMessage, Scope, Serializer
+from litestar.types import ExceptionHandlersMap, Receive, ReceiveMessage, Scope, Serializer
 
 from tongcrm.api.inputs import NUL_PER_ITEM_OPT, read_json
+from tongcrm.api.problems import PROBLEM_JSON, handle_domain_error, problem_body
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import CONFIRMS_KEY_OPT, LIMIT_OPT, ROLES_OPT, authorize, take_limit
 from tongcrm.auth.service import CachedKey, KeyVerifier, Principal, Role
-from tongcrm.errors import ConfigError
+from tongcrm.errors import ConfigError, TongcrmError
 
 if TYPE_CHECKING:
     from tongcrm.plugin.types import HotRouteSpec
@@ -108,6 +110,8 @@ class HotTarget:
     #: the route's request-size limit (litestar's ``request_max_body_size``, as the route resolves it)
     max_body: float
     serializer: Serializer
+    #: the route's exception handlers (as litestar resolves them for it), for :meth:`refusal`
+    exception_handlers: ExceptionHandlersMap
 
     def caller(self, scope: Scope) -> Caller | None:
         """The request's caller when litestar would let it reach the handler as far as its key, role and limit
@@ -150,6 +154,30 @@ class HotTarget:
         """``content`` as the route answers it (``Response(content, status_code=status)``): the same bytes, by
         litestar's own encoder with the route's type encoders, and the same headers."""
         return EncodedJSON(encode_json(content, self.serializer), status=status)
+
+    def refusal(self, scope: Scope, exc: Exception) -> EncodedJSON | None:
+        """The problem response the route writes for ``exc`` when it is a plain refusal of the request — a
+        :class:`~tongcrm.errors.TongcrmError` under 500, without a ``Retry-After``, that the route hands to
+        :func:`tongcrm.api.problems.handle_domain_error` — as the route writes it (the same body, from
+        :func:`~tongcrm.api.problems.problem_body`, encoded with the route's encoders, and the same headers);
+        None otherwise, and the route answers it (:func:`tongcrm.api.security.hand_over`).
+
+        Why: a till's lookup of a mobile nobody holds (every new customer's first receipt) is such a refusal,
+        and handing it to litestar — routing, the request object, ``authorize``, the exception middleware —
+        cost that request more CPU than the lookup itself (issue #22, branch tillserve). What the route would
+        add is nothing: the key was confirmed by the work, the limit taken, and ``handle_domain_error`` logs
+        nothing under 500."""
+        if (
+            not isinstance(exc, TongcrmError)
+            or exc.status_code >= 500
+            or "retry_after" in exc.extra
+            or get_exception_handler(self.exception_handlers, exc) is not handle_domain_error
+        ):
+            return None
+        body = problem_body(scope["path"], exc.status_code, exc.title, exc.message, exc.extra)
+        return EncodedJSON(
+            encode_json(body, self.serializer), status=exc.status_code, content_type=PROBLEM_JSON.encode()
+        )
 
 
 async def read_body(scope: Scope, receive: Receive, limit: float) -> bytes | None:
@@ -235,6 +263,7 @@ def hot_routes(
             limit=handler.opt.get(LIMIT_OPT),
             max_body=math.inf if max_body is None else max_body,
             serializer=get_serializer(handler.resolve_type_encoders()),
+            exception_handlers=handler.resolve_exception_handlers(),
         )
         answers[(spec.method, spec.path)] = spec.build(target)
     return answers

@@ -3,6 +3,7 @@ request id the response carries."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -46,24 +47,37 @@ def instance_of(path: str) -> str:
     return "".join(pieces)
 
 
-def problem(
-    request: Request[Any, Any, Any], status: int, title: str, detail: str, **extra: Any
-) -> Response[dict[str, Any]]:
+def problem_body(path: str, status: int, title: str, detail: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The body of a problem response to a request for ``path``, with the request id bound for the request (a
+    hot answer writes its refusals from this too, so both paths answer the same bytes)."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": instance_of(request.scope["path"]),
+        "instance": instance_of(path),
     }
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
         body["request_id"] = request_id
     body.update(extra)
-    headers = {}
+    return body
+
+
+def problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    body = problem_body(request.scope["path"], status, title, detail, extra)
+    out = dict(headers or {})
     if "retry_after" in extra:
-        headers["Retry-After"] = str(int(extra["retry_after"]))
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+        out["Retry-After"] = str(int(extra["retry_after"]))
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=out)
 
 
 def handle_domain_error(request: Request[Any, Any, Any], exc: TongcrmError) -> Response[dict[str, Any]]:
@@ -84,10 +98,14 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
                 [_missing_body(e) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
             )
             detail = "; ".join(_describe(e) for e in exc.extra) if isinstance(exc.extra, list) else detail
+    allow = (exc.headers or {}).get("allow")
+    if status == 405 and allow:
+        # RFC 9110 wants Allow on a 405; litestar's router sets it on the exception, not on our response
+        detail = f"{request.method} is not allowed here; this path accepts {allow}"
     if status >= 500:
         log.error("request failed", error=exc.detail, status=status)
         detail = "internal error"
-    return problem(request, status, title, detail, **extra)
+    return problem(request, status, title, detail, headers=exc.headers, **extra)
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -7,7 +7,8 @@ from litestar.types import Receive, Scope, Send
 
 
 class EncodedJSON(ASGIResponse):
-    """A JSON answer (200 unless ``status`` says otherwise) whose body and extra headers are already bytes.
+    """A JSON answer (200 unless ``status`` says otherwise; ``content_type`` for another JSON media type, e.g. a
+    problem's) whose body and extra headers are already bytes.
 
     litestar's own responses (this class's base included) collect their headers in a mutable header map and
     re-encode them on every response, which cost the member lookup about as much as decrypting the member's
@@ -17,14 +18,20 @@ class EncodedJSON(ASGIResponse):
 
     __slots__ = ("_headers",)
 
-    def __init__(self, body: bytes, *headers: tuple[bytes, bytes], status: int = 200) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        *headers: tuple[bytes, bytes],
+        status: int = 200,
+        content_type: bytes = b"application/json",
+    ) -> None:
         # the base's __init__ is the cost this class exists to avoid; set what its readers expect
         self.body = body
         self.status_code = status
         self.background = None
         self.is_head_response = False
         self._headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", content_type),
             (b"content-length", b"%d" % len(body)),
             *headers,
         ]

@@ -111,8 +111,9 @@ async def health(request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(Health(status="ok", database="ok", version=tongcrm.__version__))
 
 
-#: What Prometheus needs to read the exposition format.
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+#: What Prometheus needs to read the exposition format. Litestar adds ``; charset=utf-8`` to every ``text/``
+#: media type itself; naming it here too sent the parameter twice.
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 @get(

@@ -147,6 +147,12 @@ def stage(session: AsyncSession, entry: AuditEntry) -> None:
     sync.info.setdefault(_STAGED, []).append((entry, transaction))
 
 
+def has_staged(session: Session) -> bool:
+    """Whether records wait in ``session`` for its unit of work's commit (which must then go through the
+    session: its ``before_commit`` chains them)."""
+    return bool(session.info.get(_STAGED))
+
+
 def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
     while transaction is not None:
         if transaction is ended:

@@ -25,7 +25,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tongcrm.api.inputs import PathId
+from tongcrm.api.inputs import MAX_ID, PathId
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -70,7 +70,7 @@ class ImportErrorOut(msgspec.Struct, frozen=True):
     reason: str
 
 
-class ImportOut(msgspec.Struct, frozen=True):
+class ImportSummaryOut(msgspec.Struct, frozen=True):
     """An import's checkpoint: lines done of the file's records, what was imported, skipped and refused."""
 
     id: int
@@ -89,12 +89,28 @@ class ImportOut(msgspec.Struct, frozen=True):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+class ImportOut(ImportSummaryOut, frozen=True):
+    """An import's checkpoint and its first bad rows."""
+
     #: The first bad rows (up to 100), by line.
     errors: list[ImportErrorOut]
 
 
-def _out(job: BulkImport, errors: list[BulkImportError]) -> ImportOut:
-    return ImportOut(
+class ImportPage(msgspec.Struct, frozen=True):
+    """Imports, newest first; ``next_cursor`` (``before=``) asks for the next page, ``null`` on the last."""
+
+    items: list[ImportSummaryOut]
+    next_cursor: int | None
+
+
+def _summary(job: BulkImport) -> ImportSummaryOut:
+    return ImportSummaryOut(**_fields(job))
+
+
+def _fields(job: BulkImport) -> dict[str, Any]:
+    return dict(
         id=job.id,
         kind=job.kind,
         source=job.source,
@@ -111,8 +127,11 @@ def _out(job: BulkImport, errors: list[BulkImportError]) -> ImportOut:
         created_at=job.created_at,
         updated_at=job.updated_at,
         finished_at=job.finished_at,
-        errors=[ImportErrorOut(e.line, e.key, e.reason) for e in errors],
     )
+
+
+def _out(job: BulkImport, errors: list[BulkImportError]) -> ImportOut:
+    return ImportOut(**_fields(job), errors=[ImportErrorOut(e.line, e.key, e.reason) for e in errors])
 
 
 async def _run_in_background(
@@ -205,6 +224,24 @@ class ImportController(Controller):
             headers={"Location": f"/api/imports/{job.id}"},
             background=BackgroundTask(_run_in_background, sessions, ctx, job.id, path, columns),
         )
+
+    @get("/", opt=requires(*READ_ROLES), summary="Imports, newest first (keyset pagination)")
+    async def list_imports(
+        self,
+        read_sessions: NamedDependency[Sessions],
+        kind: Annotated[
+            str | None, QueryParameter(description="only imports of this kind: members, orders or points")
+        ] = None,
+        before: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="next_cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> ImportPage:
+        if kind is not None:
+            check_kind(kind)
+        async with read_sessions() as session, session.begin():
+            jobs = await imports.list_imports(session, kind=kind, before=before, limit=limit)
+        return ImportPage([_summary(j) for j in jobs], jobs[-1].id if len(jobs) == limit else None)
 
     @get("/{import_id:int}", opt=requires(*READ_ROLES), summary="An import's progress and its bad rows")
     async def get_import(self, import_id: PathId, read_sessions: NamedDependency[Sessions]) -> ImportOut:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
+from tongcrm import heap
 from tongcrm.audit import service as audit
 from tongcrm.bulk import export
 from tongcrm.bulk import service as imports
@@ -26,6 +25,7 @@ from tongcrm.bulk.refusals import refusing_unreadable
 from tongcrm.cli_run import CLI_ACTOR
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import BadRequest
+from tongcrm.heap import BATCH_GC_THRESHOLD
 
 
 def _duration(seconds: float | None) -> str:
@@ -37,29 +37,18 @@ def _duration(seconds: float | None) -> str:
 
 
 #: The youngest generation's threshold while an import runs (CPython's default is 700 allocations).
-IMPORT_GC_THRESHOLD = 10_000
+IMPORT_GC_THRESHOLD = BATCH_GC_THRESHOLD
 
 
-@contextlib.contextmanager
-def batch_collector(young: int = IMPORT_GC_THRESHOLD) -> Iterator[None]:
-    """The cyclic garbage collector set for a batch that allocates a page of short-lived rows at a time.
-
-    What the programme loaded to start (modules, mappers, plugins: ~110,000 containers) is frozen out of the
-    collector's view, as the serving process does (:func:`tongcrm.app.settle_heap`), and the youngest generation
-    is collected every ``young`` allocations instead of 700. With the defaults a 100,000-order import ran
-    ~5,100 collections, 38 of them of the oldest generation walking the start-up heap again, and they took
-    a fifth of the process's CPU; a page's rows are garbage once the page is written either way, and a page's
-    worth of young objects is a few MB. Everything is put back on leaving."""
-    before, frozen = gc.get_threshold(), gc.get_freeze_count()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(young, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        if not frozen:  # a process that froze its heap before (a server) keeps it frozen
-            gc.unfreeze()
+def batch_collector(young: int = IMPORT_GC_THRESHOLD) -> contextlib.AbstractContextManager[None]:
+    """The cyclic garbage collector set for a batch (:func:`tongcrm.heap.batch_collector`, shared with a
+    sync's pages): what the programme loaded to start (modules, mappers, plugins: ~110,000 containers) is frozen
+    out of the collector's view, and the youngest generation is collected every ``young`` allocations instead
+    of 700. With the defaults a 100,000-order import ran ~5,100 collections, 38 of them of the oldest
+    generation walking the start-up heap again, and they took a fifth of the process's CPU; a page's rows are
+    garbage once the page is written either way, and a page's worth of young objects is a few MB. Everything
+    is put back on leaving."""
+    return heap.batch_collector(young)
 
 
 #: Seconds a thread that wants the GIL waits before the one holding it must hand it over, while an import runs

@@ -40,7 +40,7 @@ KINDS = tuple(COLUMNS)
 _DOCUMENTED = frozenset(name for names in COLUMNS.values() for name in names)
 
 
-def _read(name: str) -> bool:
+def imported_column(name: str) -> bool:
     """Whether an import reads the column ``name`` (the rest of a file's columns are ignored)."""
     return name in _DOCUMENTED or name.startswith("identity.")
 
@@ -258,8 +258,10 @@ def _raw_records(path: Path, fmt: str) -> Generator[tuple[int, dict[str, Any] | 
 
 
 def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None) -> Generator[Record]:
-    """Every record of the file in order, under the documented names (columns not documented are dropped).
-    Closing the records closes the file (not the garbage collector)."""
+    """Every record of the file in order, mapped columns under their documented names. Columns no import reads
+    are kept under their own names (dropping them would cost every row a filter); the imports ignore them and
+    the error report leaves them out (:func:`imported_column`). Closing the records closes the file (not the
+    garbage collector)."""
     rename = _renamer(mapping or {})
     shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
     with contextlib.closing(_raw(path, fmt)) as raws:
@@ -274,7 +276,12 @@ def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None)
             names, identity_names = _shape(shapes, rename, tuple(raw))
             values: dict[str, str | None] = dict(zip(names, map(_text, raw.values()), strict=True))
             nul = next(
-                (n for n, text in values.items() if text is not None and "\x00" in text and _read(n)), None
+                (
+                    n
+                    for n, text in values.items()
+                    if text is not None and "\x00" in text and imported_column(n)
+                ),
+                None,
             )
             if nul is not None:
                 # No database text column can hold U+0000 (PostgreSQL refuses it): the row is bad, not the file, and it

@@ -44,6 +44,7 @@ from tongcrm.bulk.mapping import (
     check_kind,
     count_records,
     digest,
+    imported_column,
     parse_int,
     parse_time,
     read_records,
@@ -277,6 +278,18 @@ async def get_import(session: AsyncSession, import_id: int) -> BulkImport:
     if row is None:
         raise NotFound(f"no import with id {import_id}")
     return row
+
+
+async def list_imports(
+    session: AsyncSession, *, kind: str | None = None, before: int | None = None, limit: int = 50
+) -> list[BulkImport]:
+    """Imports newest first (by id), those with an id below ``before`` when given: a keyset page."""
+    stmt = sa.select(BulkImport).order_by(BulkImport.id.desc()).limit(limit)
+    if kind is not None:
+        stmt = stmt.where(BulkImport.kind == kind)
+    if before is not None:
+        stmt = stmt.where(BulkImport.id < before)
+    return list((await session.execute(stmt)).scalars())
 
 
 async def import_errors(session: AsyncSession, import_id: int, *, limit: int = 100) -> list[BulkImportError]:
@@ -671,9 +684,13 @@ _PERSONAL = ("mobile", "name")
 
 
 def masked_row(record: Record) -> str:
-    """The row for the error table: mobile and name masked, never stored in the clear."""
+    """The row for the error table: the columns the import reads, mobile, name and identities masked, never
+    stored in the clear. A column no import reads is left out: it may hold anything personal (an ID card
+    number, an address) that no masking rule knows."""
     out: dict[str, str | None] = {}
     for name, value in record.values.items():
+        if not imported_column(name):
+            continue
         if value is not None and name == "mobile":
             try:
                 value = mask_mobile(normalise_mobile(value))

@@ -42,8 +42,9 @@ from tongcrm.messaging.models import Message
 from tongcrm.orders.models import Order, OrderLine
 from tongcrm.points.models import EntryKind, PointsEntry
 
-_ELIGIBLE_TREATED = ("sent", "delivered", "failed")
-_PENDING = ("queued", "sending")
+_ELIGIBLE_TREATED = ("sent", "in_doubt", "delivered", "failed")
+#: Not settled yet; ``in_doubt`` (no answer from the gateway) waits for its delivery report.
+_PENDING = ("queued", "sending", "in_doubt")
 RESPONDING_STATUSES = ("paid", "shipped", "delivered", "completed")
 
 

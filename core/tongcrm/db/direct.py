@@ -46,6 +46,9 @@ from tongcrm.db.inline_sqlite import InlineConnection
 
 _Processor = Callable[[Any], Any] | None
 _CONNECTION_KEY = "tongcrm.db.direct.connection"
+#: in ``session.info``: the connection a unit of work holds (:mod:`tongcrm.db.held`), its transaction begun on
+#: the driver; statements run on it while the ORM session has not begun
+HELD = "tongcrm.db.held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,10 @@ async def _connection(session: AsyncSession) -> _Connection:
     """Kept per transaction and per savepoint: a savepoint begun is only emitted when a statement in it asks
     the session for its connection (so the first statement after ``begin_nested`` asks again)."""
     sync_session = session.sync_session
+    if not sync_session.in_transaction():
+        owned: _Connection | None = session.info.get(HELD)
+        if owned is not None:  # the ORM has not begun: the unit of work's transaction is the driver's
+            return owned
     current = sync_session.get_nested_transaction() or sync_session.get_transaction()
     held = session.info.get(_CONNECTION_KEY)
     if held is not None and current is not None and held[0] is current:
@@ -239,7 +246,7 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
         else:
             raw, cursor = await _on_thread(conn, compiled.sql, args)
     except BaseException as error:  # a cancellation too: the session invalidates the connection it came on
-        _raise_as_the_session_would(conn, compiled.sql, args, error)
+        raise_as_the_session_would(conn, compiled.sql, args, error)
     if not raw:
         return []
     row = compiled.row
@@ -293,7 +300,7 @@ async def _on_thread(conn: _Connection, sql: str, args: list[Any]) -> tuple[list
     return done
 
 
-def _raise_as_the_session_would(
+def raise_as_the_session_would(
     conn: _Connection, sql: str, args: list[Any], error: BaseException
 ) -> NoReturn:
     """Raise ``error`` as ``session.execute`` raises a driver's error: through SQLAlchemy's own handling of it on

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from tongcrm.campaigns import control
+from tongcrm.db.inline_sqlite import InlineConnection
 from tongcrm.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -90,8 +92,14 @@ def _sqlite_on_begin(conn: Any) -> None:
     work on the inline writer). A failure goes through SQLAlchemy's handling on this connection as before, so
     a lock held past the busy timeout is still an ``OperationalError`` and a lost file invalidates the
     connection; only ``before_cursor_execute`` listeners no longer see the ``BEGIN``."""
+    fairy = conn.connection
+    driver = fairy.driver_connection
+    if isinstance(driver, InlineConnection) and driver._conn.in_transaction:
+        # a unit of work that holds its connection began the transaction on the driver already
+        # (tongcrm.db.held): the session joins it
+        return
     sql = "BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE"
-    cursor = conn.connection.dbapi_connection.cursor()
+    cursor = fairy.dbapi_connection.cursor()
     try:
         cursor.execute(sql)
     except BaseException as error:  # as exec_driver_sql would raise it (a cancellation included)
@@ -211,7 +219,17 @@ def create_inline_writer(url: str) -> AsyncEngine | None:
         max_overflow=4,
         hide_parameters=HIDE_PARAMETERS,
     )
+    _INLINE_WRITERS.add(engine.sync_engine)
     return _sqlite_events(engine, busy_timeout_ms=0)
+
+
+#: engines made by :func:`create_inline_writer` (their connections run ``sqlite3`` on the event loop's thread)
+_INLINE_WRITERS: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def is_inline_writer(engine: AsyncEngine) -> bool:
+    """True for an engine made by :func:`create_inline_writer`."""
+    return engine.sync_engine in _INLINE_WRITERS
 
 
 def session_factory(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[AsyncSession]:

@@ -881,7 +881,12 @@ def _write_statement() -> Any:
     """The statement of :func:`_write_in_one`: one fixed text (one array per column), prepared once per
     connection. Each data-modifying CTE sees only what those before it returned: the identities find their new
     members' ids in the members' ``RETURNING``; the touches, fills and events run only if the identities'
-    ``RETURNING`` has every row (``:identity_count``), so a lost race leaves only the inserts it undoes."""
+    ``RETURNING`` has every row (``:identity_count``), so a lost race leaves only the inserts it undoes.
+
+    The touches and the fills lock their rows in id order first (``ORDER BY … FOR UPDATE``): an ``UPDATE … WHERE
+    id IN (…)`` locks them in whatever order its plan reads them, so two pages that share buyers (two shops of
+    one brand, windows of one backfill) could each hold a row the other waits for — a deadlock, and a page
+    redone. The new identities are inserted in key order for the same reason (:func:`_new_identity_rows`)."""
     m_arrays, m_binds = dialect.typed_unnest([(f"m_{n}", _MEMBERS.c[n].type) for n in _MEMBER_COLUMNS])
     i_arrays, i_binds = dialect.typed_unnest(
         [*((n, _IDENTITIES.c[n].type) for n in _IDENTITY_COLUMNS), ("member_pos", sa.Integer())]
@@ -923,13 +928,22 @@ inserted AS (
 ),
 touched AS (
     UPDATE identities SET last_seen_at = :now
-    WHERE id IN (SELECT t.id FROM {t_arrays} AS t(id)) AND {complete}
+    FROM (
+        SELECT l.id FROM identities l
+        WHERE l.id IN (SELECT t.id FROM {t_arrays} AS t(id)) AND {complete}
+        ORDER BY l.id FOR UPDATE OF l
+    ) AS k
+    WHERE identities.id = k.id
 ),
 filled AS (
     UPDATE members SET version = members.version + 1, updated_at = :now,
         {", ".join(f"{n} = {cast_json(n, 'f')}" for n in (*_FILLED, "profile_meta"))}
-    FROM {f_arrays} AS f({", ".join(f_columns)})
-    WHERE members.id = f.id AND members.version = f.version AND {complete}
+    FROM (
+        SELECT f.* FROM {f_arrays} AS f({", ".join(f_columns)}) JOIN members l ON l.id = f.id
+        WHERE {complete}
+        ORDER BY f.id FOR UPDATE OF l
+    ) AS f
+    WHERE members.id = f.id AND members.version = f.version
 ),
 events AS (
     INSERT INTO outbox_events (name, payload, occurred_at)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from tongcrm.crypto import Vault
 from tongcrm.db import direct, stats
 from tongcrm.db.dialect import (
     VALUES_SIZES,
+    array_rows,
     dialect_name,
     insert,
     insert_rows,
@@ -164,7 +166,12 @@ def _order_upsert(
             .values(last_seen_at=sa.bindparam("touch_at", type_=identities.c.last_seen_at.type))
         )
         return _order_upsert(dialect, columns).add_cte(touch.cte("touched"))
-    stmt = insert_rows(dialect, table, columns, size=size)
+    return _forward_only(insert_rows(dialect, table, columns, size=size), columns)
+
+
+def _forward_only(stmt: Any, columns: Sequence[str]) -> Any:
+    """``stmt`` (an ``INSERT`` of ``orders`` rows of ``columns``) as the forward-only upsert."""
+    table = cast(sa.Table, Order.__table__)
     updatable = [
         c for c in columns if c not in {"account_id", "external_id", "origin_member_id", "ingested_at"}
     ]
@@ -290,6 +297,14 @@ def _stored_orders(dialect: str) -> Any:
     )
 
 
+#: The ``orders`` columns a page writes (the keys of :func:`order_row`).
+ORDER_COLUMNS = (
+    "account_id", "external_id", "member_id", "origin_member_id", "channel", "status", "platform_status",
+    "store_code", "total_fen", "paid_fen", "refunded_fen", "post_fee_fen", "discount_fen", "placed_at", "paid_at",
+    "shipped_at", "completed_at", "shipments", "modified_at", "ingested_at", "updated_at",
+)  # fmt: skip
+
+
 _LINE_COLUMNS = (
     "order_id", "external_id", "sku", "category", "title", "quantity", "unit_price_fen", "amount_fen",
     "refunded_fen", "refund_status",
@@ -314,28 +329,56 @@ def line_upsert(stmt: Any) -> Any:
     ).returning(table.c.id, table.c.order_id, table.c.external_id)
 
 
+#: The orders columns :func:`_orders_with_lines` binds as arrays; the others are the page's: ``account_id``,
+#: ``channel``, ``ingested_at`` and ``updated_at`` one value each, ``origin_member_id`` the ``member_id``.
+_ORDER_ARRAYS = tuple(
+    c
+    for c in ORDER_COLUMNS
+    if c not in {"account_id", "channel", "origin_member_id", "ingested_at", "updated_at"}
+)
+
+
 @functools.cache
-def _orders_with_lines(columns: tuple[str, ...]) -> Any:
-    """PostgreSQL: the forward-only order upsert (:func:`_order_upsert`) and the upsert of the lines of the
+def _orders_with_lines() -> Any:
+    """PostgreSQL: the forward-only order upsert (:func:`_forward_only`) and the upsert of the lines of the
     orders it writes, in ONE statement (a data-modifying CTE), where they were two round trips a page. The
-    lines are bound as arrays named ``l_<column>``, each naming its order by external id in ``l_order``; they
-    find the order's id in the upsert's ``RETURNING``, so the lines of an order held in a newer version are not
-    written (as when they were upserted after it). Rows: ("order", id, external_id, member_id, status,
-    referral_awarded) and ("line", id, external_id, order_id, NULL, NULL). One fixed text whatever the page size."""
-    written = _order_upsert("postgresql", columns).cte("written")
+    orders are bound as one array per column of :data:`_ORDER_ARRAYS` (what is the same for every order of a
+    page is one value: five arrays fewer for the driver to encode element by element); the lines as arrays
+    named ``l_<column>``, each naming its order by external id in ``l_order``; they find the order's id in
+    the upsert's ``RETURNING``, so the lines of an order held in a newer version are not written (as when
+    they were upserted after it). Rows: ("order", id, external_id, member_id, status, referral_awarded) and
+    ("line", id, external_id, order_id, NULL, NULL). One fixed text whatever the page size."""
+    orders = cast(sa.Table, Order.__table__)
+    source = array_rows(orders, _ORDER_ARRAYS)
+    per_order = dict(zip(_ORDER_ARRAYS, source.selected_columns, strict=True))
+    now = sa.bindparam("now", type_=orders.c.ingested_at.type)
+    page = {
+        "account_id": sa.bindparam("account_id", type_=orders.c.account_id.type),
+        "channel": sa.bindparam("channel", type_=orders.c.channel.type),
+        "origin_member_id": per_order["member_id"],
+        "ingested_at": now,
+        "updated_at": now,
+    }
+    chosen: list[Any] = [per_order[c] if c in per_order else page[c] for c in ORDER_COLUMNS]
+    values = source.with_only_columns(*chosen)
+    written = _forward_only(
+        postgresql.insert(orders).from_select(list(ORDER_COLUMNS), values), ORDER_COLUMNS
+    ).cte("written")
     lines = cast(sa.Table, OrderLine.__table__)
     names = ("l_order", *(f"l_{c}" for c in _LINE_COLUMNS[1:]))
     arrays = [
-        sa.bindparam("l_order", type_=postgresql.ARRAY(Order.__table__.c.external_id.type)),
+        sa.bindparam("l_order", type_=postgresql.ARRAY(orders.c.external_id.type)),
         *(sa.bindparam(f"l_{c}", type_=postgresql.ARRAY(lines.c[c].type)) for c in _LINE_COLUMNS[1:]),
     ]
     rows = sa.func.unnest(*arrays).table_valued(*names, with_ordinality="position").render_derived()
-    source = (
+    line_source = (
         sa.select(written.c.id, *(rows.c[n] for n in names[1:]))
         .join_from(rows, written, written.c.external_id == rows.c.l_order)
         .order_by(rows.c.position)
     )
-    upserted = line_upsert(postgresql.insert(lines).from_select(list(_LINE_COLUMNS), source)).cte("lines")
+    upserted = line_upsert(postgresql.insert(lines).from_select(list(_LINE_COLUMNS), line_source)).cte(
+        "lines"
+    )
     return sa.union_all(
         sa.select(
             sa.literal("order").label("kind"),
@@ -357,27 +400,41 @@ def _orders_with_lines(columns: tuple[str, ...]) -> Any:
 
 
 async def _upsert_orders_with_lines(
-    session: AsyncSession, rows: Sequence[dict[str, Any]], orders: dict[str, NormalisedOrder]
+    session: AsyncSession,
+    account_id: int,
+    channel: str,
+    now: datetime,
+    rows: Sequence[dict[str, Any]],
+    orders: dict[str, NormalisedOrder],
 ) -> tuple[dict[str, Any], dict[tuple[int, str], int]]:
-    """PostgreSQL: :func:`upsert_orders` of ``rows`` and :func:`upsert_lines` of the lines of those written
-    (``orders`` by external id) in one statement (:func:`_orders_with_lines`); the orders written by external
-    id, and the lines' ids by (order id, line external id)."""
-    columns = tuple(rows[0])
-    params = rows_params("postgresql", cast(sa.Table, Order.__table__), columns, rows)
+    """PostgreSQL: :func:`upsert_orders` of ``rows`` (of :func:`order_row`, of the page's account, channel and
+    time) and :func:`upsert_lines` of the lines of those written (``orders`` by external id) in one statement
+    (:func:`_orders_with_lines`); the orders written by external id, and the lines' ids by (order id, line
+    external id). Each array is a column of the rows read with one ``itemgetter`` and one ``zip``."""
+    params: dict[str, Any] = dict(
+        zip(_ORDER_ARRAYS, zip(*map(_ORDER_VALUES, rows), strict=True), strict=True)
+    )
+    params["shipments"] = [json.dumps(v) for v in params["shipments"]]
+    params.update(account_id=account_id, channel=channel, now=now)
     line_values = [
-        (ext, row) for ext in (r["external_id"] for r in rows) for row in line_rows(0, orders[ext])
+        (ext, *_LINE_VALUES(line)) for ext in params["external_id"] for line in line_rows(0, orders[ext])
     ]
-    params["l_order"] = [ext for ext, _ in line_values]
-    for c in _LINE_COLUMNS[1:]:
-        params[f"l_{c}"] = [row[c] for _, row in line_values]
+    line_columns = list(zip(*line_values, strict=True)) or [()] * len(_LINE_COLUMNS)
+    params["l_order"] = line_columns[0]
+    params.update({f"l_{c}": column for c, column in zip(_LINE_COLUMNS[1:], line_columns[1:], strict=True)})
     written: dict[str, Any] = {}
     line_ids: dict[tuple[int, str], int] = {}
-    for r in (await session.execute(_orders_with_lines(columns), params)).all():
+    for r in (await session.execute(_orders_with_lines(), params)).all():
         if r.kind == "order":
             written[r.external_id] = r
         else:
             line_ids[(r.member_id, r.external_id)] = r.id  # the line's order id rides in the 4th column
     return written, line_ids
+
+
+#: A row's values of :data:`_ORDER_ARRAYS`, and a line row's after its order id.
+_ORDER_VALUES = operator.itemgetter(*_ORDER_ARRAYS)
+_LINE_VALUES = operator.itemgetter(*_LINE_COLUMNS[1:])
 
 
 def order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False) -> Any:
@@ -626,7 +683,9 @@ async def apply_orders_page(
     line_ids: dict[tuple[int, str], int] = {}
     with_lines = dialect_name(session) == "postgresql"  # 3 and 4 in one statement
     if with_lines:
-        written, line_ids = await _upsert_orders_with_lines(session, rows, by_external)
+        written, line_ids = await _upsert_orders_with_lines(
+            session, account_id, channel, now, rows, by_external
+        )
     else:
         written = {row.external_id: row for row in await upsert_orders(session, rows)}
     result.unchanged += len(todo) - len(written)

@@ -780,10 +780,13 @@ def _not_found(kind: str) -> NotFound:
 _MEMBERS = cast(sa.Table, Member.__table__)
 _IDENTITIES = cast(sa.Table, Identity.__table__)
 _TAGS = cast(sa.Table, MemberTag.__table__)
+#: The member columns a summary does not show: the profile's extra fields, and the masked mobile's blind index
+#: (searches use it; a lookup would decode its 73 characters into a string it never reads).
+_NOT_SUMMARISED = frozenset({"profile_meta", "mobile_masked_index"})
 #: What a summary shows of a member, and its tags comma-joined (tags never contain commas, see
 #: ``normalise_tag``).
 _SUMMARY_COLUMNS = (
-    *(c for c in _MEMBERS.c if c.key != "profile_meta"),
+    *(c for c in _MEMBERS.c if c.key not in _NOT_SUMMARISED),
     sa.select(sa.func.aggregate_strings(_TAGS.c.tag, ","))
     .where(_TAGS.c.member_id == _MEMBERS.c.id)
     .correlate(_MEMBERS)

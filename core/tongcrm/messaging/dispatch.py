@@ -11,13 +11,15 @@ per-message locking: budgets are read, decided and written in the batch's transa
    marketing in quiet hours waits for the window; allowed messages charge the member's budget once;
 3. send through each account's messenger (outside any transaction);
 4. record results: ``sent``; ``retry_later`` → queued again with backoff (``failed`` after ``max_attempts``);
-   ``failed_number``/``failed_message`` → failed; ``failed_account`` → the account pauses and the message waits.
+   ``failed_number``/``failed_message`` → failed; ``failed_account`` → the account pauses and the message waits;
+   ``in_doubt`` → status ``in_doubt``, never sent again.
 
-Nothing is lost: every claimed message ends sent, failed or refused with a code or reason, or queued to retry.
-A gateway timeout is retried, so delivery is at-least-once, never at-most-once. Known limitation: a timed-out
-request may have been accepted, and the only way to avoid a duplicate would be to ask the gateway about the
-first attempt before retrying (Aliyun's ``OutId`` carries our message id), but protocols.md §3 documents no API
-to query sends, so none is called; see :mod:`tongcrm_sms_gateway.messenger`, "Timeouts".
+Nothing is lost: every claimed message ends sent, failed, refused or in doubt with a code or reason, or queued to
+retry. A request that may have been accepted and got no answer (a read timeout) is *not* retried: a retry could
+send the member the same SMS twice, and protocols.md §3 documents no API to ask the gateway about the first
+attempt. The message stays ``in_doubt`` (its code says why) until a delivery report matched by its message id
+(Aliyun echoes ``OutId``) or provider id settles it as delivered or failed; see
+:mod:`tongcrm_sms_gateway.messenger`, "Timeouts".
 
 The send rate a messenger account is configured with is one window for every run and process: the dispatcher
 gives each messenger the account's :class:`~tongcrm.messaging.ratewindow.DatabaseRateGate`.
@@ -68,6 +70,7 @@ class DispatchStats:
     deferred: int = 0
     retrying: int = 0
     failed: int = 0
+    in_doubt: int = 0
     paused_accounts: list[str] = field(default_factory=list)
 
     def add(self, other: DispatchStats) -> None:
@@ -77,6 +80,7 @@ class DispatchStats:
         self.deferred += other.deferred
         self.retrying += other.retrying
         self.failed += other.failed
+        self.in_doubt += other.in_doubt
         self.paused_accounts.extend(other.paused_accounts)
 
 
@@ -479,6 +483,11 @@ class Dispatcher:
                         reason="retry_later",
                     )
                     stats.retrying += 1
+            elif outcome is SendOutcome.IN_DOUBT:
+                # it may have been accepted: never sent again by us, settled by its delivery report
+                row.update(status="in_doubt", sent_at=now, reason="no_answer")
+                events.append((item.message_id, item.member_id, "in_doubt", result.code))
+                stats.in_doubt += 1
             elif outcome is SendOutcome.FAILED_ACCOUNT:
                 pause = pause or result
                 row.update(reason="account_paused", attempts=item.attempts)

@@ -88,6 +88,7 @@ async def dispatch_job(ctx: JobContext, payload: dict[str, Any]) -> None:
             deferred=stats.deferred,
             retrying=stats.retrying,
             failed=stats.failed,
+            in_doubt=stats.in_doubt,
         )
 
 

@@ -74,8 +74,9 @@ class Message(Base):
     """The send log: one row per (flow or campaign, member, order), whatever became of it.
 
     status: ``queued`` (waiting for its first attempt or a retry at ``next_attempt_at``), ``sending`` (claimed
-    by a dispatcher until ``locked_until``), ``sent``, ``delivered``, ``failed`` (the gateway or the handset
-    said no; ``code``), ``refused`` (the contact policy said no; ``reason``).
+    by a dispatcher until ``locked_until``), ``sent``, ``in_doubt`` (sent with no answer: it may have been
+    accepted, so it is never sent again; a delivery report settles it), ``delivered``, ``failed`` (the gateway or
+    the handset said no; ``code``), ``refused`` (the contact policy said no; ``reason``).
     """
 
     __tablename__ = "messages"

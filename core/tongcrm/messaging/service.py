@@ -18,7 +18,7 @@ from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import insert
-from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, Unprocessable
+from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, Unprocessable, shown
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.logging import get_logger
@@ -49,7 +49,7 @@ log = get_logger(__name__)
 
 SECRETS_CONTEXT = "messenger_account.secrets"
 _CALLBACK_PURPOSE = "messaging.callback"
-STATUSES = ("queued", "sending", "sent", "delivered", "failed", "refused")
+STATUSES = ("queued", "sending", "sent", "in_doubt", "delivered", "failed", "refused")
 PRIORITY = {"service": 0, "marketing": 1}
 
 
@@ -372,7 +372,8 @@ async def list_messages(session: AsyncSession, query: MessageQuery) -> list[Mess
         stmt = stmt.where(Message.flow == query.flow)
     if query.status:
         if query.status not in STATUSES:
-            raise Unprocessable(f"unknown status {query.status!r}; use one of {', '.join(STATUSES)}")
+            # a malformed filter, as an unknown order status is (400), not a refused request (422)
+            raise BadRequest(f"unknown status {shown(query.status)}; use one of {', '.join(STATUSES)}")
         stmt = stmt.where(Message.status == query.status)
     if query.order_id is not None:
         stmt = stmt.where(Message.order_id == query.order_id)
@@ -506,9 +507,10 @@ def _unstored(what: str, exc: sa.exc.DBAPIError) -> tuple[str, str]:
 async def apply_receipt(
     session: AsyncSession, message: Message, delivered: bool, code: str, at: datetime
 ) -> bool:
-    """Move a sent message to delivered or failed. A receipt for a message in any other state (already
-    final, or not yet recorded as sent) changes nothing and returns False."""
-    if message.status != "sent":
+    """Move a sent (or in-doubt) message to delivered or failed. A report for an in-doubt message settles the
+    doubt: the gateway did accept it. A receipt for a message in any other state (already final, or not yet
+    recorded as sent) changes nothing and returns False."""
+    if message.status not in ("sent", "in_doubt"):
         return False
     message.status = "delivered" if delivered else "failed"
     message.code = code[:100]

@@ -480,6 +480,10 @@ class SendOutcome(enum.StrEnum):
     FAILED_NUMBER = "failed_number"  # permanent for this recipient
     FAILED_MESSAGE = "failed_message"  # this message's content can never be sent (variables, banned words)
     FAILED_ACCOUNT = "failed_account"  # permanent for the sending account: pause sending
+    #: The request may have reached the gateway and no answer came (a read timeout, a connection lost after
+    #: sending). Re-sending could deliver the message twice, so the core does not: the message stays
+    #: ``in_doubt`` until a delivery report matched by its message id (or provider id) settles it.
+    IN_DOUBT = "in_doubt"
 
 
 @dataclass(frozen=True, slots=True)

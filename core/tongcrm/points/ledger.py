@@ -117,7 +117,9 @@ def check_balance_bound(member_id: int, total: int) -> None:
         )
 
 
-def _entry_row(c: Credit) -> dict[str, Any]:
+def _entry_row(c: Credit, now: datetime) -> dict[str, Any]:
+    """The entry's row. ``created_at`` is when it was written (``now``), not when its event happened
+    (``occurred_at``): an imported opening balance or a backfilled order's earn is written long after."""
     return {
         "member_id": c.member_id,
         "kind": c.kind,
@@ -136,7 +138,7 @@ def _entry_row(c: Credit) -> dict[str, Any]:
         "available_from": c.available_at if c.status == AVAILABLE else None,
         "expires_at": c.expires_at,
         "detail": c.detail,
-        "created_at": c.occurred_at,
+        "created_at": now,
     }
 
 
@@ -234,7 +236,7 @@ async def post_credits(
         posted, _, _ = await _post_in_one(session, by_key, now=now, emit_events=emit_events)
         return posted
     bulk = _bulk(dialect)
-    entry_rows = [_entry_row(c) for c in by_key.values()]
+    entry_rows = [_entry_row(c, now) for c in by_key.values()]
     size = values_size(dialect, _ENTRY_COLUMNS, len(entry_rows))
     params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, entry_rows, size=size)
     rows = await direct.rows(session, _insert_entries(dialect, size), params)
@@ -315,7 +317,7 @@ async def _post_in_one(
     hold, one event per member with its balance after them, in member order."""
     credits = list(by_key.values())
     params: dict[str, Any] = {
-        **column_arrays(ENTRIES, _ENTRY_COLUMNS, [_entry_row(c) for c in credits]),
+        **column_arrays(ENTRIES, _ENTRY_COLUMNS, [_entry_row(c, now) for c in credits]),
         "lot_status": [c.status for c in credits],
         "lot_release_on": [c.release_on for c in credits],
         "lot_window": [c.return_window_days for c in credits],

@@ -1,7 +1,8 @@
 """The till's lookup and checkout answered before litestar (``tongcrm_offline_pos.hot``): the same requests,
 through the hot path and with hot routes disabled, get the same status, body and headers — the plain cases
-answered hot, every other case (bad body, another store, another role, over the rate limit, over the size
-limit, a refused receipt) answered by the route — and a request is counted once against the till's limit and
+answered hot, and so the refusals the work raised (nobody holds the mobile, another store, an unknown till, a
+refused receipt), every other case (bad body, another role, over the rate limit, over the size limit, a failure)
+answered by the route — and a request is counted once against the till's limit and
 its work done once, whichever path answers it."""
 
 from __future__ import annotations
@@ -142,10 +143,12 @@ async def test_the_till_s_requests_get_the_same_answers_hot_and_through_litestar
     till_requests = len(hot) - 2  # not the analyst's two
     assert till_requests == BURST + 1 and hot_tokens == cold_tokens == 0
 
-    # the plain cases were answered hot (the key's first request checks it through the route and caches it)
+    # the plain cases were answered hot (the key's first request checks it through the route and caches it),
+    # and so were the plain refusals the work raised (the route's own problem response, compared above)
     plain = {
         "a sale to a new buyer", "the buyer looked up", "the sale sent again", "a return of a line",
-        "a known member's sale",
+        "a known member's sale", "points it does not have", "another store's receipt", "an unknown till",
+        "a lookup naming nobody",
     }  # fmt: skip
     assert [done for (_, done) in answered].count(True) >= len(plain)
     assert not any(done for (_, done) in not_answered)
@@ -155,14 +158,14 @@ async def test_the_till_s_requests_get_the_same_answers_hot_and_through_litestar
         assert done == (label in plain), label
 
 
-async def test_a_refused_receipt_is_applied_once_and_answered_by_the_route(
+async def test_a_refused_receipt_is_applied_once_and_answered_as_the_route_answers_it(
     make_client: Callable[..., AbstractAsyncContextManager[ApiClient]],
     tongcrm_settings: Settings,
     clock: FakeClock,
     monkeypatch: Any,
 ) -> None:
-    """A hot answer whose work raised hands it to the route, which answers the problem without applying the
-    receipt a second time."""
+    """A hot answer whose work raised a plain refusal answers the route's problem itself; what else it raised
+    (a revoked key) it hands to the route, which answers without applying the receipt a second time."""
     applied: list[str] = []
     apply_receipt = pos_api.receipts.apply_receipt
 
@@ -183,4 +186,15 @@ async def test_a_refused_receipt_is_applied_once_and_answered_by_the_route(
         )
         assert refused.status_code == 409, refused.text
         assert refused.headers["content-type"].startswith("application/problem+json")
-        assert applied == ["T01"] and spy.answered[-1] == (RECEIPTS, False)
+        # answered hot while the key is cached (test_hot_till's first test compares the bytes of both paths)
+        assert applied == ["T01"] and spy.answered[-1][0] == RECEIPTS
+
+        # not a refusal of the request: handed to the route, which answers it without the work
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            applied.append(args[2].till)
+            raise RuntimeError("the database went away")
+
+        monkeypatch.setattr(pos_api.receipts, "apply_receipt", failing)
+        broken = await pos.post(RECEIPTS, json=receipts.sale((5_000,), member={"mobile": "13800138001"}))
+        assert broken.status_code == 500, broken.text
+        assert applied == ["T01", "T01"] and spy.answered[-1] == (RECEIPTS, False)

@@ -7,9 +7,10 @@ The answers run the routes' own work (:func:`~tongcrm_offline_pos.api.find_membe
 the till's rate limit taken (once, whichever path serves the request), and the body decoded and validated
 exactly as the route decodes it. Anything else (no or an unknown key, another role, over the limit, a query
 string, a body the route refuses or over its size) falls through to litestar before any work, and the route
-refuses it as always. Once the work has begun it is not run again: what it raised (a receipt refused, another
-store, a revoked key) is handed to the route, which answers the problem as it would have (see
-:func:`tongcrm.api.security.hand_over`).
+refuses it as always. Once the work has begun it is not run again: a plain refusal it raised (nobody holds the
+mobile, an unknown till, another store, a receipt refused) is answered here with the route's own problem
+response (:meth:`tongcrm.api.hot.HotTarget.refusal`), and anything else (a revoked key, a database error) is
+handed to the route, which answers it as it would have (see :func:`tongcrm.api.security.hand_over`).
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ def _answer(config: PosConfig, work: _Work, target: HotTarget) -> HotAnswer:
             return None
         try:
             content, status = await work(config, counter, caller, data)
-        except Exception as exc:  # the route answers it, without doing the work again
-            hand_over(scope, exc)
-            return None
+        except Exception as exc:
+            # a plain refusal (nobody holds the mobile, an unknown till) is answered here as the route answers
+            # it; anything else is the route's to answer, without doing the work again
+            refused = target.refusal(scope, exc)
+            if refused is None:
+                hand_over(scope, exc)
+            return refused
         return target.answer(content, status)
 
     return answer

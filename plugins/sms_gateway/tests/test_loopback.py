@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -130,21 +131,38 @@ async def test_member_replies_td_and_is_opted_out(clock: Clock) -> None:
     assert [(o.mobile_e164, o.signature) for o in opt_outs] == [("+8613900000001", SIGN)]
 
 
-async def test_slow_gateway_times_out_as_retry_later(clock: Clock) -> None:
+class _Grants:
+    """A shared send-rate gate that records how each grant was released."""
+
+    def __init__(self) -> None:
+        self.released: list[bool] = []
+
+    async def acquire(self, permits: int, *, rate: int, window: float) -> _Grants:
+        return self
+
+    async def release(self, *, in_doubt: bool = False) -> None:
+        self.released.append(in_doubt)
+
+
+async def test_slow_gateway_times_out_in_doubt_and_is_not_sent_again(clock: Clock) -> None:
     fake = make_fake(clock)
     fake.inject_delay(0.6)
+    grants = _Grants()
     async with serve(fake.app) as base:
         client = AliyunSmsClient(
             access_key_id=KEY_ID, access_key_secret=SECRET, endpoint=f"{base}/", clock=clock, timeout=0.2
         )
-        messenger = AliyunSmsMessenger(client)
+        messenger = AliyunSmsMessenger(client, max_rate=10, rate_gate=grants)
         [result] = await messenger.send([message(1)])
-        assert (result.outcome, result.code) == (SendOutcome.RETRY_LATER, "tongcrm.TIMEOUT")
-        [again] = await messenger.send([message(1)])
+        assert (result.outcome, result.code) == (SendOutcome.IN_DOUBT, "tongcrm.TIMEOUT")
+        await asyncio.sleep(0.6)  # the slow request lands after the client gave up
+        [other] = await messenger.send([message(2)])
         await messenger.aclose()
-    assert again.outcome is SendOutcome.SENT
-    # The slow request was still accepted: a timeout is ambiguous, which is why it is a retry, not a failure.
+    # The slow request was still accepted: a retry would have sent it twice, hence in doubt, not retry.
+    assert other.outcome is SendOutcome.SENT
     assert len(fake.accepted) == 2
+    # the timed-out request's grant keeps counting as in flight; the answered one is finished
+    assert grants.released == [True, False]
 
 
 async def test_nothing_listening_is_a_transport_error(clock: Clock) -> None:

@@ -8,7 +8,8 @@ whose ``code`` is looked up in :data:`CODES`; the table below is the reasoning b
 "1?" marks per-recipient codes: in a request that carries many messages they may be caused by one number or
 one message's variables, so the messenger re-sends that request one message at a time and only the culprit
 fails. Outcomes: ``retry`` = retry_later, ``number`` = failed_number (this message, permanently),
-``account`` = failed_account (pause the sending account until an operator acts).
+``account`` = failed_account (pause the sending account until an operator acts), ``doubt`` = in_doubt (may
+have been sent; the core never re-sends it).
 
 =============================== ======= == ===========================================================
 code                            outcome 1? why
@@ -45,11 +46,13 @@ InvalidTimeStamp.Expired        account    our clock is > 15 min off; every new 
 SignatureNonceUsed              retry      each attempt has a fresh UUID nonce, so a replay means a
                                            middlebox repeated our request; the original's fate is
                                            unknown and a new attempt is the only way to learn it
-tongcrm.TIMEOUT                 retry      no answer in time; the request may have been accepted, so
-                                           this retry is at-least-once, like every retry: protocols.md
-                                           documents no API to look a send up by OutId first (see
+tongcrm.TIMEOUT                 doubt      no answer in time; the request may have been accepted and
+                                           protocols.md documents no API to look a send up by OutId, so
+                                           a retry could send it twice: in doubt, never re-sent (see
                                            tongcrm_sms_gateway.messenger, "Timeouts")
-tongcrm.TRANSPORT_ERROR         retry      connection refused or reset, DNS, TLS: nothing was sent
+tongcrm.CONNECTION_LOST         doubt      the connection broke after the request went out: as above
+tongcrm.TRANSPORT_ERROR         retry      no connection could be made (refused, DNS, TLS, connect
+                                           timeout, no pooled connection): nothing was sent
 tongcrm.HTTP_ERROR              retry      5xx/429 without a dysmsapi body (a proxy, an outage)
 tongcrm.BAD_RESPONSE            account    any other answer without a dysmsapi body: the endpoint
                                            setting points somewhere wrong
@@ -70,6 +73,7 @@ from datetime import UTC, datetime
 
 import httpx
 import structlog
+from tongcrm.plugin.grants import NEVER_SENT
 from tongcrm.plugin.types import SendOutcome
 
 from tongcrm_sms_gateway.aliyun_signing import signed_body
@@ -123,7 +127,8 @@ CODES: Mapping[str, CodeRule] = {
     "InvalidAccessKeyId.NotFound": CodeRule(_A),
     "InvalidTimeStamp.Expired": CodeRule(_A),
     "SignatureNonceUsed": CodeRule(_R),
-    "tongcrm.TIMEOUT": CodeRule(_R),
+    "tongcrm.TIMEOUT": CodeRule(SendOutcome.IN_DOUBT),
+    "tongcrm.CONNECTION_LOST": CodeRule(SendOutcome.IN_DOUBT),
     "tongcrm.TRANSPORT_ERROR": CodeRule(_R),
     "tongcrm.HTTP_ERROR": CodeRule(_R),
     "tongcrm.BAD_RESPONSE": CodeRule(_A),
@@ -162,6 +167,11 @@ class AliyunAnswer:
     @property
     def ok(self) -> bool:
         return self.code == "OK"
+
+    @property
+    def in_doubt(self) -> bool:
+        """The request may have reached the gateway without us hearing back (see :data:`CODES`)."""
+        return rule_for(self.code).outcome is SendOutcome.IN_DOUBT
 
 
 def _utcnow() -> datetime:
@@ -271,12 +281,14 @@ class AliyunSmsClient:
                 content=body.encode("utf-8"),
                 headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
             )
+        except NEVER_SENT as exc:  # before any byte left: a retry cannot duplicate it
+            answer = AliyunAnswer("tongcrm.TRANSPORT_ERROR", type(exc).__name__)
         except httpx.TimeoutException as exc:
             answer = AliyunAnswer(
                 "tongcrm.TIMEOUT", f"no answer within {self._timeout}s ({type(exc).__name__})"
             )
-        except httpx.HTTPError as exc:
-            answer = AliyunAnswer("tongcrm.TRANSPORT_ERROR", type(exc).__name__)
+        except httpx.HTTPError as exc:  # read/write error, protocol error: the request may be in
+            answer = AliyunAnswer("tongcrm.CONNECTION_LOST", type(exc).__name__)
         else:
             answer = _parse(response)
         log.info(

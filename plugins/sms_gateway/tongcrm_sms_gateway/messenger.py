@@ -25,13 +25,13 @@ Send rate
     messenger's lifetime only.
 
 Timeouts and at-most-once
-    A request that times out may have been accepted, and it is retried (``tongcrm.TIMEOUT`` → retry later),
-    so a member may rarely get a message twice. Aliyun's ``SendSms`` takes no idempotency token; ``OutId``
-    carries our message id, but the only documented way to look a send up again would be by that id, and
-    protocols.md §3.1 documents no query API (only ``SendSms``/``SendBatchSms`` and the pushed reports).
-    Without a documented lookup we cannot tell "accepted" from "lost" before retrying, so delivery stays
-    at-least-once. A delivery report that later arrives for the first attempt is matched by ``OutId`` to the
-    message all the same.
+    A request that times out (or whose connection breaks after it went out) may have been accepted. Aliyun's
+    ``SendSms`` takes no idempotency token and protocols.md §3.1 documents no API to look a send up by
+    ``OutId``, so a retry could deliver the message twice. Its messages are answered ``IN_DOUBT``
+    (``tongcrm.TIMEOUT``, ``tongcrm.CONNECTION_LOST``): the core never re-sends them, and a delivery report
+    that arrives for the request settles them (matched by ``OutId`` = our message id when the request carried
+    one message). The request's rate grant is released in doubt too, so it keeps counting as in flight: the
+    gateway may count it later. A request that never left (no connection) is retried as usual.
 
 Failures
     A per-recipient code on a multi-message request (a bad number, one member's flow control) is resolved by
@@ -78,6 +78,13 @@ class _Item:
     message: OutboundMessage
     phone: str
     params_json: str
+
+
+@dataclass(slots=True)
+class _Held:
+    """Whether the request a rate grant is held for may have reached the gateway unanswered."""
+
+    in_doubt: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,19 +152,22 @@ class AliyunSmsMessenger:
         self._slots = asyncio.Semaphore(max(concurrency, 1))
 
     @asynccontextmanager
-    async def _permits(self, count: int) -> AsyncIterator[None]:
-        """Permits for one request, held until it has finished (see SendRateGate)."""
+    async def _permits(self, count: int) -> AsyncIterator[_Held]:
+        """Permits for one request, held until it has finished (see SendRateGate). The caller clears
+        ``in_doubt`` on the yielded holder once the request got an answer; anything else (a timeout, a
+        cancellation) releases the grant in doubt, because the gateway may still count the request."""
+        held = _Held()
         if self._gate is not None and self._max_rate:
             async with self._gate_turn:
                 grant = await self._gate.acquire(count, rate=self._max_rate, window=self._window)
             try:
-                yield
+                yield held
             finally:
-                await grant.release()
+                await grant.release(in_doubt=held.in_doubt)
             return
         if self._limiter is not None:
             await self._limiter.acquire(count)
-        yield
+        yield held
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -198,22 +208,25 @@ class AliyunSmsMessenger:
 
     async def _call(self, request: _Request) -> AliyunAnswer:
         items = request.items
-        async with self._slots, self._permits(len(items)):
+        async with self._slots, self._permits(len(items)) as held:
             if request.batch_api:
-                return await self._client.send_batch_sms(
+                answer = await self._client.send_batch_sms(
                     [i.phone for i in items],
                     sign_names=[i.message.signature for i in items],
                     template_code=items[0].message.template_code,
                     template_params=[i.params_json for i in items],
                 )
-            first = items[0]
-            return await self._client.send_sms(
-                [i.phone for i in items],
-                sign_name=first.message.signature,
-                template_code=first.message.template_code,
-                template_param=first.params_json,
-                out_id=first.message.message_id if len(items) == 1 else None,
-            )
+            else:
+                first = items[0]
+                answer = await self._client.send_sms(
+                    [i.phone for i in items],
+                    sign_name=first.message.signature,
+                    template_code=first.message.template_code,
+                    template_param=first.params_json,
+                    out_id=first.message.message_id if len(items) == 1 else None,
+                )
+            held.in_doubt = answer.in_doubt
+            return answer
 
 
 def _result(item: _Item, answer: AliyunAnswer) -> SendResult:

@@ -1,0 +1,157 @@
+"""A writing unit of work on one connection it holds for its life, its transaction sent on the driver.
+
+Why (issue #22, Build 2): a till's checkout is a handful of statements run straight on the driver
+(:mod:`tongcrm.db.direct`), but the ORM session around them — ``session.begin()``, the session's connection
+(a pool checkout, a ``Connection``, its ``begin``), ``session.commit()`` (flush, the session transaction's
+commit, the connection's close), each behind a greenlet — cost ~300-450 µs of CPU per unit of work on SQLite's
+inline writer and ~580 µs on PostgreSQL, against 7 µs / ~100 µs for ``BEGIN``, a statement and ``COMMIT`` on the
+bare driver (measured in session 14, branch tillcore).
+
+:func:`held_unit` checks a connection out once (one ``Connection`` over it, in one greenlet hand-off) and:
+
+- begins the transaction on the driver — SQLite's inline writer: ``BEGIN IMMEDIATE`` on its ``sqlite3``
+  connection, with its busy retry; PostgreSQL (asyncpg): the first statement starts the adapter's transaction,
+  exactly as SQLAlchemy's adapter would (:func:`tongcrm.db.direct.rows` does it);
+- hands out an :class:`~sqlalchemy.ext.asyncio.AsyncSession` bound to that connection, which direct statements
+  run on without the ORM beginning anything (their connection is the held one while the ORM has not begun);
+- lets the ORM begin only when a service needs it (``session.execute``, a flush, ``begin_nested``, ``get``):
+  the session then begins on the same connection, joining the driver's transaction — SQLAlchemy's own ``BEGIN``
+  is a no-op on asyncpg until a statement runs (and its adapter's transaction is already the driver's), and on
+  SQLite the engine's ``begin`` listener sends none on a driver connection already in a transaction;
+- commits on the driver when the ORM never began and holds nothing to flush or chain (an audit record staged);
+  otherwise through ``session.commit()`` (flush, the audit chain's ``before_commit``, the connection's commit,
+  which is the same driver transaction);
+- rolls back on any exception (a cancellation too) the same way round, and hands the connection back to the pool
+  (a connection a failed statement invalidated is not rolled back: the pool throws it away).
+
+What stays as the session gave it: one transaction per unit of work, all or nothing; errors raised as
+SQLAlchemy's ``DBAPIError`` subclasses through its handling on this connection (a lost connection invalidated);
+``before_cursor_execute`` listeners see each direct statement; values cached per transaction
+(:mod:`tongcrm.db.txcache`) live for the unit of work whether or not the ORM began.
+
+Only drivers :mod:`tongcrm.db.direct` runs statements on inline qualify (asyncpg, SQLite's inline writer):
+:func:`holds` says so; other engines keep the ordinary session (``session.begin()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util import greenlet_spawn
+
+from tongcrm.audit import chain
+from tongcrm.db import direct
+from tongcrm.db.engine import is_inline_writer
+from tongcrm.db.inline_sqlite import InlineConnection
+
+_BEGIN = "BEGIN IMMEDIATE"
+
+
+def holds(engine: AsyncEngine) -> bool:
+    """True when ``engine``'s units of work can hold their connection (:func:`held_unit`): PostgreSQL through
+    asyncpg (in a transaction, not autocommit), or SQLite through the inline writer
+    (:func:`tongcrm.db.engine.create_inline_writer`)."""
+    dialect = engine.dialect
+    if dialect.name == "postgresql":
+        return dialect.driver == "asyncpg" and "isolation_level" not in engine.get_execution_options()
+    return dialect.name == "sqlite" and is_inline_writer(engine)
+
+
+@asynccontextmanager
+async def held_unit(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """One unit of work on one connection (see the module docstring): committed when the block ends, rolled
+    back when it raises."""
+    conn = await engine.connect()
+    try:
+        held = _hold(conn)
+        if held.dialect.name == "sqlite":
+            driver: InlineConnection = held.driver
+            await _on_driver(held, _BEGIN, driver.run(lambda: driver._conn.execute(_BEGIN)))
+        # SQLAlchemy's connection in a transaction too, sending nothing (asyncpg's BEGIN waits for a statement;
+        # SQLite's begin listener sees the driver's): an error's handling then never "autorollbacks" it, and
+        # the ORM joins it, its commit and rollback the connection's (join_transaction_mode="control_fully")
+        held.sync.begin()
+        session = AsyncSession(bind=conn, expire_on_commit=False, join_transaction_mode="control_fully")
+        session.info[direct.HELD] = held
+        try:
+            yield session
+            await _commit(session, held)
+        except BaseException:
+            await _rollback(conn, session, held)
+            raise
+        finally:
+            # what the ORM loaded is detached, as a closed session's is (its transaction ended above, so this
+            # sends nothing)
+            if session.sync_session.identity_map:
+                session.sync_session.expunge_all()
+    finally:
+        await conn.close()
+
+
+def _hold(conn: AsyncConnection) -> direct._Connection:
+    sync = conn.sync_connection
+    assert sync is not None
+    fairy = sync.connection
+    driver = fairy.driver_connection
+    if sync.dialect.name == "sqlite" and not isinstance(driver, InlineConnection):
+        raise TypeError("a held unit of work on SQLite needs the inline writer's connections")
+    return direct._Connection(sync, sync.dialect, fairy.dbapi_connection, driver)
+
+
+def _orm_began(session: AsyncSession) -> bool:
+    """Whether the ORM began on the held connection, or holds something only its commit writes (pending
+    objects, an audit record staged for the chain)."""
+    sync = session.sync_session
+    return (
+        sync.in_transaction()
+        or bool(sync._new or sync._deleted or sync.identity_map._modified)
+        or chain.has_staged(sync)
+    )
+
+
+async def _commit(session: AsyncSession, held: direct._Connection) -> None:
+    if _orm_began(session):
+        await session.commit()  # flushes and chains, then commits the connection: the driver's transaction
+        return
+    if held.dialect.name == "sqlite":
+        driver: InlineConnection = held.driver
+        await _on_driver(held, "COMMIT", driver.run(driver._conn.commit))
+        return
+    adapter = held.dbapi
+    if adapter._transaction is not None:  # no statement ran: nothing was begun
+        await _on_driver(held, "COMMIT", adapter._call_and_discard(adapter._transaction.commit))
+    # SQLAlchemy's side of it ends with the connection's close (its rollback then finds nothing to undo)
+
+
+async def _rollback(conn: AsyncConnection, session: AsyncSession, held: direct._Connection) -> None:
+    """Undo the unit of work. An error here is not raised over the one that ended it: the connection is
+    invalidated instead, so the pool throws it away rather than hand it out in a transaction (a cancellation
+    while rolling back is raised, after the same)."""
+    try:
+        if session.sync_session.in_transaction():
+            await session.rollback()  # the connection's rollback: the driver's transaction
+        elif held.sync.invalidated:
+            return  # its statement's failure threw the connection away, transaction and all
+        elif held.dialect.name == "sqlite":
+            held.driver._conn.rollback()
+        elif held.dbapi._transaction is not None:
+            await held.dbapi._call_and_discard(held.dbapi._transaction.rollback)
+    except BaseException as error:
+        if not held.sync.invalidated:
+            await conn.invalidate()
+        if not isinstance(error, Exception):
+            raise
+
+
+async def _on_driver(held: direct._Connection, sql: str, call: Any) -> None:
+    """Await ``call`` (a ``BEGIN`` or ``COMMIT`` on the driver); a failure is raised as SQLAlchemy raises it
+    from its own ``begin``/``commit`` on this connection (:func:`tongcrm.db.direct.raise_as_the_session_would`)."""
+    try:
+        await call
+    except BaseException as error:
+        # in a greenlet, as SQLAlchemy handles it: a failed BEGIN finds its connection outside a transaction,
+        # and SQLAlchemy's handling then rolls the connection back through the adapter, which awaits
+        await greenlet_spawn(direct.raise_as_the_session_would, held, sql, [], error)
