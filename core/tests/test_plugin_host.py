@@ -170,3 +170,21 @@ def test_sealed_columns_are_checked_and_their_names_unique(plugin_host: PluginHo
     )
     with pytest.raises(PluginError, match="name of one of the core's"):
         rotation._stores(plugin_host)
+
+
+class _Policy:
+    @hookimpl
+    def resolve_member(self, claims: object, matches: object) -> None:
+        return None
+
+
+def test_resolution_is_core_until_a_plugin_implements_the_policy() -> None:
+    host = PluginHost(autoload=False)
+    assert host.resolution_is_core()
+    assert PluginHost(
+        autoload=False, builtins=False
+    ).resolution_is_core()  # no policy at all: the core default
+    host.register(_Policy(), "policy")
+    assert not host.resolution_is_core()
+    host.unregister("policy")
+    assert host.resolution_is_core()

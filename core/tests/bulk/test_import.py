@@ -23,7 +23,9 @@ from tongcrm.members.masked import masked_index
 from tongcrm.members.models import Member
 from tongcrm.members.phone import MOBILE_CONTEXT
 from tongcrm.orders.models import Order
+from tongcrm.plugin import hookimpl
 from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import MemberMatch, ResolutionDecision
 from tongcrm.points.ledger import verify
 from tongcrm.points.models import PointsBalance, PointsEntry, PointsLot
 from tongcrm.points.service import statement
@@ -841,3 +843,51 @@ async def test_an_order_resolution_refuses_is_a_bad_row_beside_the_orders_writte
     )
     again, _ = await do_import(tongcrm_db, ctx, "orders", fixed)
     assert (again.imported, again.skipped, again.failed) == (1, 0, 0)
+
+
+class AttachElsewhere:
+    """A plugin policy: imported orders of member ``buyer`` go to member ``to`` instead; the rest as the core
+    decides (None). Counts what it was asked."""
+
+    def __init__(self, buyer: int, to: int) -> None:
+        self.buyer, self.to, self.asked = buyer, to, 0
+
+    @hookimpl
+    def resolve_member(self, claims: Any, matches: list[MemberMatch]) -> ResolutionDecision | None:
+        self.asked += 1
+        if matches and {m.member_id for m in matches} == {self.buyer}:
+            return ResolutionDecision(member_id=self.to, reason="test policy")
+        return None
+
+
+async def test_the_staged_orders_ask_a_plugin_policy_and_take_the_core_one_as_given(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path
+) -> None:
+    await do_import(tongcrm_db, ctx, "members", write(tmp_path / "m.csv", MEMBERS_CSV))
+    owners = await _owners(tongcrm_db)
+    assert (
+        ctx.host.resolution_is_core()
+    )  # the core policy alone: orders of known buyers attach without asking
+    first = write(
+        tmp_path / "o1.csv",
+        "order_id,member_id,placed_at,total_fen\nO1,M1,2025-03-01 10:00:00,100\nO2,M2,2025-03-01 10:00:00,200\n",
+    )
+    await do_import(tongcrm_db, ctx, "orders", first)
+    # a plugin's policy is asked for each order, and what it decides holds: the order it sends elsewhere goes
+    # through ingest, whose resolution refuses a member none of the claims names (a bad row, not M1's order)
+    policy = AttachElsewhere(owners["legacy/M1"], owners["legacy/M3"])
+    ctx.host.register(policy, "policy")
+    assert not ctx.host.resolution_is_core()
+    second = write(
+        tmp_path / "o2.csv",
+        "order_id,member_id,placed_at,total_fen\nO3,M1,2025-03-02 10:00:00,300\nO4,M2,2025-03-02 10:00:00,400\n",
+    )
+    job, _ = await do_import(tongcrm_db, ctx, "orders", second)
+    assert policy.asked >= 2 and (job.imported, job.failed) == (1, 1)
+    async with tongcrm_db.sessions() as session:
+        (error,) = await service.import_errors(session, job.id)
+        member_of = {
+            o: m for o, m in (await session.execute(sa.select(Order.external_id, Order.member_id))).all()
+        }
+    assert error.key == "legacy/O3" and "policy" in error.reason
+    assert member_of == {"O1": owners["legacy/M1"], "O2": owners["legacy/M2"], "O4": owners["legacy/M2"]}

@@ -772,15 +772,19 @@ async def _apply_members(
 # orders
 
 
+#: An order's status by its value: a dict lookup, where ``OrderStatus(value)`` went through the enum machinery
+#: for every row (5 % of the reading thread).
+_STATUSES = {s.value: s for s in OrderStatus}
+
+
 def _order(record: Record, source: str, tz: ZoneInfo) -> NormalisedOrder:
     order_id = record.get("order_id")
     assert order_id is not None  # checked by _natural_key
     status_raw = (record.get("status") or "completed").lower()
-    try:
-        status = OrderStatus(status_raw)
-    except ValueError:
+    status = _STATUSES.get(status_raw)
+    if status is None:
         known = ", ".join(s.value for s in OrderStatus)
-        raise ValueError(f"status {status_raw!r} is not one of {known}") from None
+        raise ValueError(f"status {status_raw!r} is not one of {known}")
     placed = parse_time(record, "placed_at", tz, required=True)
     assert placed is not None
     paid_at = parse_time(record, "paid_at", tz)

@@ -280,25 +280,36 @@ def _buyer(
     order: NormalisedOrder,
     claims: Sequence[Any],
     found: dict[tuple[str, str], _Found],
+    core_policy: bool,
 ) -> int | bool | None:
     """The member the order's claims already name, as resolution would decide it; False when resolution must
-    decide (a claim not stored yet, several members, a profile to fill, a policy that says otherwise)."""
-    matches: list[MemberMatch] = []
-    hook_claims: list[IdentityClaim] = []
+    decide (a claim not stored yet, several members, a profile to fill, a policy that says otherwise).
+
+    ``core_policy``: the core policy alone decides (:meth:`tongcrm.plugin.host.PluginHost.resolution_is_core`).
+    For claims that are all stored and name one live member it attaches to that member — strong claims name it,
+    or every claim is known and it is the newest (the only) member named — so it is not asked once per order."""
+    hits: list[tuple[Any, _Found]] = []
+    member: int | None = None
     for c in claims:
-        hit = next((found[(c.kind, v)] for v in (c.value, *c.lookup) if (c.kind, v) in found), None)
-        if hit is None or hit.status != "active":
+        hit = None
+        for v in (c.value, *c.lookup):
+            hit = found.get((c.kind, v))
+            if hit is not None:
+                break
+        if hit is None or hit.status != "active" or (member is not None and hit.member_id != member):
             return False
-        matches.append(MemberMatch(hit.member_id, c.kind, hit.value, c.strong, hit.member_created_at))
-        hook_claims.append(IdentityClaim(c.kind, hit.value, c.evidence))
-    members = {m.member_id for m in matches}
-    if len(members) != 1:
+        member = hit.member_id
+        hits.append((c, hit))
+    if member is None:
         return False
+    if core_policy:
+        return member
+    matches = [MemberMatch(h.member_id, c.kind, h.value, c.strong, h.member_created_at) for c, h in hits]
+    hook_claims = [IdentityClaim(c.kind, h.value, c.evidence) for c, h in hits]
     try:
         decision = ctx.host.resolve_member(hook_claims, matches) or default_decision(hook_claims, matches)
     except Exception:
         return False
-    member = members.pop()
     if decision.create or decision.merge_from or decision.member_id != member:
         return False
     return member
@@ -351,10 +362,11 @@ async def write_orders(
     now = ctx.clock()
     chosen: list[tuple[NormalisedOrder, int | None]] = []
     touched: set[int] = set()
+    core_policy = ctx.host.resolution_is_core()
     for order, claims in prepared:
         member: int | None = None
         if claims:
-            buyer = _buyer(ctx, order, claims, found)
+            buyer = _buyer(ctx, order, claims, found, core_policy)
             if buyer is False:
                 continue
             member = cast(int, buyer)

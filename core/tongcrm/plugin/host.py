@@ -44,6 +44,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tongcrm.campaigns.plugin",
 )
 
+#: The builtin plugin whose ``resolve_member`` is the core resolution policy.
+CORE_POLICY = "tongcrm.identity.plugin"
+
 T = TypeVar("T")
 
 
@@ -253,6 +256,17 @@ class PluginHost:
 
     # ---------------------------------------------------------------------------------------------------------
     # policy and events
+
+    def resolution_is_core(self) -> bool:
+        """Whether the core policy (:func:`tongcrm.identity.plugin.default_decision`) alone decides
+        ``resolve_member``: no other plugin implements it. A caller that would ask the policy once per row about
+        claims whose answer that policy gives without weighing (every claim stored, one member named) may then
+        take the answer as given — a bulk import asked it 100,000 times through pluggy (#22)."""
+        key = "resolve_member:core"
+        if key not in self._cache:
+            impls = self._pm.hook.resolve_member.get_hookimpls()
+            self._cache[key] = all(impl.plugin_name == CORE_POLICY for impl in impls)
+        return bool(self._cache[key])
 
     def resolve_member(
         self, claims: Sequence[IdentityClaim], matches: Sequence[MemberMatch]

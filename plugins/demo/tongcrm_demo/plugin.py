@@ -12,6 +12,6 @@ __all__ = ["cli_commands"]
 
 @hookimpl
 def cli_commands() -> Sequence[click.Command]:
-    from tongcrm_demo.runner import demo_command
+    from tongcrm_demo.command import demo_command
 
     return [demo_command]

@@ -36,7 +36,6 @@ from tongcrm_demo.story import Keys, Story, StoryReport
 
 MARKER = "demo.json"
 KEYS_FILE = "demo-keys.txt"
-DEFAULT_DIR = "tongcrm-demo"
 #: the environment the demo passes on to its settings; the database and the secret are always the folder's own
 _PASSED_ON = ("TONGCRM_LOG_JSON", "TONGCRM_LOG_LEVEL", "TONGCRM_TIMEZONE")
 
@@ -245,23 +244,3 @@ def _read_keys(folder: Path) -> Keys:
         operator=found["operator"],
         pos={r.split(":", 1)[1]: k for r, k in found.items() if r.startswith("pos:")},
     )
-
-
-@click.command("demo")
-@click.option(
-    "--dir",
-    "folder",
-    default=DEFAULT_DIR,
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-)
-@click.option("--fresh", is_flag=True, help="Delete an existing demo folder and play the story again.")
-@click.option("--reuse", is_flag=True, help="Serve an existing demo folder as it is, without replaying.")
-@click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 99), help="The story's seed.")
-def demo_command(folder: Path, fresh: bool, reuse: bool, bind_host: str, port: int, seed: int) -> None:
-    """Fill a fresh member base (SQLite, in --dir) with three weeks of life from fake Tmall, JD, stores and SMS,
-    then serve the API and console on loopback and print an operator key. Without --fresh or --reuse an
-    existing demo folder is reused (on a terminal you are asked)."""
-    run_demo(folder.resolve(), fresh=fresh, reuse=reuse, bind_host=bind_host, port=port, seed=seed)

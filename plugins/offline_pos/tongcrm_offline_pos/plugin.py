@@ -7,6 +7,7 @@ test clock or a small rate limit) on a hermetic host instead of this module.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from tongcrm.plugin import hookimpl
@@ -23,10 +24,11 @@ from tongcrm.plugin.types import (
 
 from tongcrm_offline_pos import models  # noqa: F401 - registers the plugin's tables on the core metadata
 from tongcrm_offline_pos.adapter import StoreAdapter
-from tongcrm_offline_pos.api import PosConfig, build_router
 from tongcrm_offline_pos.cards import POS_CARD
-from tongcrm_offline_pos.hot import hot_routes
 from tongcrm_offline_pos.stores import CHANNEL, CROSS_STORE_RETURNS
+
+if TYPE_CHECKING:
+    from tongcrm_offline_pos.api import PosConfig
 
 __all__ = [
     "STORE_CHANNEL",
@@ -78,8 +80,22 @@ STORE_CHANNEL = ChannelSpec(
 
 
 class OfflinePosPlugin:
+    """The plugin's hooks. The POS API (its module imports the web stack: litestar, the core's API helpers) is
+    imported when the routes are asked for, by the app; a command such as ``tongcrm import`` loads this plugin
+    for its channel and identity kind and never serves, and importing the API cost it ~0.3 s of CPU at every
+    start (#22)."""
+
     def __init__(self, config: PosConfig | None = None) -> None:
-        self.config = config or PosConfig()
+        self._config = config
+
+    @property
+    def config(self) -> PosConfig:
+        """The API's knobs: the ones given, else the defaults (made on first use, with the API module)."""
+        if self._config is None:
+            from tongcrm_offline_pos.api import PosConfig
+
+            self._config = PosConfig()
+        return self._config
 
     @hookimpl
     def channels(self) -> list[ChannelSpec]:
@@ -87,6 +103,9 @@ class OfflinePosPlugin:
 
     @hookimpl
     def routes(self) -> list[RouteSpec]:
+        from tongcrm_offline_pos.api import build_router
+        from tongcrm_offline_pos.hot import hot_routes
+
         return [RouteSpec(handlers=(build_router(self.config),), hot=hot_routes(self.config))]
 
     @hookimpl
