@@ -228,22 +228,9 @@ async def test_on_sqlite_s_ordinary_engine_a_direct_statement_is_one_hand_off_to
     tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Statement, rows and close in one call on the thread, in writing and read-only transactions alike."""
-    if tongcrm_db.backend != "sqlite":
-        pytest.skip("aiosqlite's thread is SQLite's")
-    from tongcrm.db import sqlite_thread
     from tongcrm.db.engine import session_factory
 
-    async with tongcrm_db.engine.begin() as conn:
-        await conn.run_sync(_meta.create_all)
-    calls: list[object] = []
-    handed = sqlite_thread.Connection._execute
-
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(fn)
-        return await handed(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(sqlite_thread.Connection, "_execute", counted)
-    try:
+    async with _hand_offs(tongcrm_db, monkeypatch) as calls:
         async with tongcrm_db.sessions() as session, session.begin():
             await session.connection()  # BEGIN IMMEDIATE
             calls.clear()
@@ -256,9 +243,113 @@ async def test_on_sqlite_s_ordinary_engine_a_direct_statement_is_one_hand_off_to
             calls.clear()
             assert [r.id for r in await direct.rows(session, _READ, {"names": ["a"]})] == [added.id]
             assert len(calls) == 1
+
+
+@asynccontextmanager
+async def _hand_offs(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[list[object]]:
+    """SQLite's ordinary engine with the test table: the calls handed to aiosqlite's thread, as they are made."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("aiosqlite's thread is SQLite's")
+    from tongcrm.db import sqlite_thread
+
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    calls: list[object] = []
+    handed = sqlite_thread.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn)
+        return await handed(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_thread.Connection, "_execute", counted)
+    try:
+        yield calls
     finally:
         async with tongcrm_db.engine.begin() as conn:
             await conn.run_sync(_meta.drop_all)
+
+
+_SET_SEEN = sa.update(_things).where(_things.c.name == sa.bindparam("n")).values(seen_at=sa.bindparam("at"))
+
+
+async def test_a_batch_runs_its_steps_in_order_and_returns_each_one_s_rows(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Single statements and executemanys, as :func:`direct.rows` and ``session.execute`` would run them one by
+    one (an executemany of no rows runs nothing); the listeners see every statement."""
+    seen: list[tuple[str, bool]] = []
+    async with sessions() as session, session.begin():
+        sync = (await session.connection()).sync_connection
+
+        def heard(_c: Any, _cur: Any, statement: str, _p: Any, _ctx: Any, many: bool) -> None:
+            seen.append((statement.split()[0], many))
+
+        event.listen(sync.engine, "before_cursor_execute", heard)
+        try:
+            added, nothing, many, empty, read = await direct.batch(
+                session,
+                [
+                    (_ADD, _thing("a", meta={"k": 1})),
+                    (_RENAME, {"thing": -1, "name": "z"}),
+                    (_SET_SEEN, [{"n": "a", "at": SEEN}, {"n": "none", "at": SEEN}]),
+                    (_SET_SEEN, []),
+                    (_READ, {"names": ["a"]}),
+                ],
+            )
+        finally:
+            event.remove(sync.engine, "before_cursor_execute", heard)
+        assert [r.meta for r in added] == [{"k": 1}] and nothing == [] and many == [] and empty == []
+        assert [(r.name, r.seen_at) for r in read] == [("a", SEEN)]
+        assert await direct.batch(session, []) == []
+    assert [s for s in seen if s[0] != "SAVEPOINT"] == [
+        ("INSERT", False), ("UPDATE", False), ("UPDATE", True), ("SELECT", False)
+    ]  # fmt: skip
+    async with sessions() as session:
+        rows = (await session.execute(sa.select(_things.c.name, _things.c.seen_at))).all()
+    assert [tuple(r) for r in rows] == [("a", SEEN)]
+
+
+async def test_a_refused_step_of_a_batch_is_the_session_s_error_for_that_statement(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The step that failed raises as the session would (its parameters hidden); the steps before it ran, in
+    the caller's transaction (here its savepoint, rolled back), and those after it did not."""
+    async with sessions() as session, session.begin():
+        await direct.rows(session, _ADD, _thing("13800138000"))
+        with pytest.raises(sa.exc.IntegrityError) as refused:
+            async with session.begin_nested():
+                await direct.batch(
+                    session, [(_ADD, _thing("b")), (_ADD, _thing("13800138000")), (_ADD, _thing("c"))]
+                )
+        assert "13800138000" not in str(refused.value) and "INSERT" in str(refused.value)
+        await direct.batch(session, [(_ADD, _thing("d"))])
+    async with sessions() as session:
+        names = (await session.execute(sa.select(_things.c.name).order_by(_things.c.name))).scalars().all()
+    assert names == ["13800138000", "d"]
+
+
+async def test_on_sqlite_s_ordinary_engine_a_batch_is_one_hand_off_to_aiosqlite_s_thread(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        _hand_offs(tongcrm_db, monkeypatch) as calls,
+        tongcrm_db.sessions() as session,
+        session.begin(),
+    ):
+        await session.connection()  # BEGIN IMMEDIATE
+        calls.clear()
+        added, _, read = await direct.batch(
+            session,
+            [
+                (_ADD, _thing("a", seen_at=SEEN)),
+                (_SET_SEEN, [{"n": "a", "at": None}, {"n": "a", "at": SEEN}]),
+                (_READ, {"names": ["a"]}),
+            ],
+        )
+        assert len(calls) == 1
+        assert [(r.id, r.seen_at) for r in read] == [(added[0].id, SEEN)]
 
 
 @asynccontextmanager

@@ -247,13 +247,119 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
             raw, cursor = await _on_thread(conn, compiled.sql, args)
     except BaseException as error:  # a cancellation too: the session invalidates the connection it came on
         raise_as_the_session_would(conn, compiled.sql, args, error)
+    return _built(conn, compiled, raw, cursor.description if raw and conn.dialect.name == "sqlite" else None)
+
+
+def _built(conn: _Connection, compiled: Plan, raw: list[Any], description: Any) -> list[Any]:
+    """The driver's rows as :func:`rows` returns them (``description``: SQLite's, for SQL text)."""
     if not raw:
         return []
     row = compiled.row
     if row is None:  # SQL text: the columns as the driver names them
-        names = raw[0].keys() if conn.dialect.name == "postgresql" else [d[0] for d in cursor.description]
+        names = raw[0].keys() if conn.dialect.name == "postgresql" else [d[0] for d in description]
         row = _row_type(tuple(names))
     return [compiled.build(r, row) for r in raw]
+
+
+#: A step of :func:`batch`: a statement built once and its parameters — a mapping, or a list of mappings to
+#: run it once for each (an executemany, which returns no rows).
+Step = tuple[Any, Mapping[str, Any] | list[Mapping[str, Any]]]
+
+
+async def batch(session: AsyncSession, steps: Sequence[Step]) -> list[list[Any]]:
+    """Run ``steps`` in order in the session's transaction; each one's rows (none for an executemany), as
+    :func:`rows` returns them.
+
+    Why: on the ordinary SQLite engine every statement is a hand-off to aiosqlite's thread and back (a queue
+    put, a thread woken, a callback onto the event loop, the GIL changing hands twice), and on a loaded
+    machine each of those waits for a core. Statements with no Python between them (an ingest page's lots,
+    balances and events after its ledger entries; its cursor and events) run there in ONE call. Everything
+    :func:`rows` guarantees holds: autoflush first, ``before_cursor_execute`` for each statement (before the
+    call), a driver error raised as the session would raise it for the statement that failed (those before it
+    ran, as they would have one by one: the caller's transaction decides). Elsewhere (PostgreSQL, the inline
+    writer, a statement with too many shapes) the steps run one after another, as :func:`rows` (an
+    executemany through ``session.execute``)."""
+    conn = await _connection(session)
+    plans: list[Plan | None] = []  # None: an executemany of no rows, which runs nothing
+    if isinstance(conn.driver, sqlite_thread.Connection):
+        for statement, params in steps:
+            if isinstance(params, list) and not params:
+                plans.append(None)
+                continue
+            first = params[0] if isinstance(params, list) else params
+            found = plan(statement, conn.dialect, first)
+            if found is None or (isinstance(params, list) and _PLANS[statement].lists):
+                break
+            plans.append(found)
+    if len(plans) != len(steps) or all(p is None for p in plans):
+        out: list[list[Any]] = []
+        for statement, params in steps:
+            if isinstance(params, list):
+                if params:
+                    await session.execute(statement, [dict(p) for p in params])
+                out.append([])
+            else:
+                out.append(await rows(session, statement, params))
+        return out
+    pending = session.sync_session
+    if pending.autoflush and (pending._new or pending._deleted or pending.identity_map._modified):
+        await session.flush()  # as session.execute would: what the ORM holds goes first
+    work: list[tuple[str, Any, bool]] = []
+    for (_statement, params), compiled in zip(steps, plans, strict=True):
+        if compiled is None:
+            continue
+        if isinstance(params, list):
+            work.append((compiled.sql, [compiled.parameters(p) for p in params], True))
+        else:
+            work.append((compiled.sql, compiled.parameters(params), False))
+    sync = conn.sync
+    if sync._has_events or sync.engine._has_events:
+        for sql, args, many in work:
+            for listener in sync.dispatch.before_cursor_execute:
+                listener(sync, None, sql, args, None, many)
+    connection: sqlite3.Connection = conn.driver._conn
+
+    def run() -> list[tuple[list[Any], Any]]:
+        done: list[tuple[list[Any], Any]] = []
+        for index, (sql, args, many) in enumerate(work):
+            cursor = connection.cursor()
+            try:
+                if many:
+                    cursor.executemany(sql, args)
+                    done.append(([], None))
+                else:
+                    done.append((cursor.execute(sql, args).fetchall(), cursor.description))
+            except Exception as error:
+                raise _StepFailed(index, error) from error
+            finally:
+                cursor.close()
+        return done
+
+    try:
+        async with conn.dbapi._execute_mutex:  # as SQLAlchemy's cursor: one statement at a time
+            results = iter(await conn.driver._execute(run))
+    except _StepFailed as failed:
+        sql, args, _many = work[failed.index]
+        raise_as_the_session_would(conn, sql, args, failed.error)
+    except BaseException as error:  # a cancellation: the session invalidates the connection it came on
+        raise_as_the_session_would(conn, work[0][0], work[0][1], error)
+    out = []
+    for compiled in plans:
+        if compiled is None:
+            out.append([])
+        else:
+            raw, description = next(results)
+            out.append(_built(conn, compiled, raw, description))
+    return out
+
+
+class _StepFailed(Exception):
+    """The step of a :func:`batch` whose statement the driver refused (the driver's error as its cause)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index)
+        self.index = index
+        self.error = error
 
 
 @functools.cache

@@ -706,15 +706,31 @@ def _fill_updates(
     return updates
 
 
-#: The fills of :func:`_fill_updates`, an executemany of rows that also carry their columns' values; built once.
+#: The profile columns a fill may set (besides ``profile_meta``).
+_FILLED = ("name", "province", "city", "mobile_enc", "mobile_masked_index")
+
+#: The fills of :func:`_fill_updates`, an executemany; built once. Every column a fill may set is named (bound as
+#: ``f_<column>``, see :func:`_fill_params`) rather than taken from the rows' keys, so the statement's text is
+#: fixed and it runs straight on the driver (:func:`tongcrm.db.direct.batch`), with the page's other writes.
 _FILL = (
     sa.update(_MEMBERS)
     .where(_MEMBERS.c.id == sa.bindparam("b_id"), _MEMBERS.c.version == sa.bindparam("b_version"))
-    .values(version=_MEMBERS.c.version + 1, updated_at=sa.bindparam("b_now"))
+    .values(
+        version=_MEMBERS.c.version + 1,
+        updated_at=sa.bindparam("b_now", type_=_MEMBERS.c.updated_at.type),
+        **{c: sa.bindparam(f"f_{c}", type_=_MEMBERS.c[c].type) for c in (*_FILLED, "profile_meta")},
+    )
 )
 
-#: The profile columns a fill may set (besides ``profile_meta``).
-_FILLED = ("name", "province", "city", "mobile_enc", "mobile_masked_index")
+
+def _fill_params(update: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The parameters of :data:`_FILL` for one row of :func:`_fill_updates`."""
+    return {
+        "b_id": update["b_id"],
+        "b_version": update["b_version"],
+        "b_now": now,
+        **{f"f_{c}": update[c] for c in (*_FILLED, "profile_meta")},
+    }
 
 
 def _created_event(member_id: int, p: _Prepared) -> dict[str, Any]:
@@ -791,25 +807,30 @@ async def _write(
                     await _undo_inserts(session, written, sorted(placeholder_ids.values()))
                 raise LostRace()
 
+    # 4-6 have no Python between them: one hand-off to SQLite's thread (tongcrm.db.direct.batch)
+    steps: list[direct.Step] = []
     # 4. last seen of identities that were claimed again, one statement
     if plan.touched:
         ids = sorted(plan.touched)
-        for start in range(0, len(ids), _CHUNK):
-            await direct.rows(
-                session, _touch_statement(name), {"ids": ids[start : start + _CHUNK], "now": now}
-            )
+        steps.extend(
+            (_touch_statement(name), {"ids": ids[start : start + _CHUNK], "now": now})
+            for start in range(0, len(ids), _CHUNK)
+        )
 
     # 5. fill blank profile fields of existing members from what the channel knows (never overwrite)
     updates = _fill_updates(ctx, plan, profiles, merged, now)
     if updates:
-        await session.execute(_FILL, [{**update, "b_now": now} for update in updates])
+        steps.append((_FILL, [_fill_params(update, now) for update in updates]))
 
     # 6. events
-    await outbox.emit_many(
-        session,
+    created = outbox.emit_step(
+        name,
         [("member_created", _created_event(placeholder_ids[ph], plan.new_members[ph])) for ph in roots],
         now=now,
     )
+    if created is not None:
+        steps.append(created)
+    await direct.batch(session, steps)
 
 
 async def _write_in_one(

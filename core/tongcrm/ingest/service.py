@@ -326,8 +326,9 @@ def _add(report: SyncReport, result: PageResult) -> None:
 async def _advance(
     session: AsyncSession, account_id: int, page: OrderPage, result: PageResult, now: datetime
 ) -> None:
-    """The account's cursor, watermark and counts after ``page``; on PostgreSQL the page's deferred events
-    (``result.events``) are written in the same statement (one round trip a page less), and taken off."""
+    """The account's cursor, watermark and counts after ``page``; the page's deferred events (``result.events``)
+    are written with them, and taken off: on PostgreSQL in the same statement (one round trip a page less), on
+    SQLite in the same hand-off to the driver's thread."""
     params: dict[str, Any] = {
         "account_id": account_id,
         "cursor": page.next_cursor,
@@ -335,11 +336,20 @@ async def _advance(
         "now": now,
         "watermark": page.watermark,
     }
-    events = bool(result.events) and dialect_name(session) == "postgresql"
+    dialect = dialect_name(session)
+    events = bool(result.events) and dialect == "postgresql"
     if events:
         assert result.events_at is not None
         params.update(outbox.events_params("postgresql", result.events, now=result.events_at))
-    await direct.rows(session, _advance_statement(page.watermark is not None, events), params)
+    advance = _advance_statement(page.watermark is not None, events)
+    if dialect == "sqlite" and result.events:
+        # the events and the cursor in one hand-off to SQLite's thread (tongcrm.db.direct.batch)
+        assert result.events_at is not None
+        step = outbox.emit_step(dialect, result.events, now=result.events_at)
+        await direct.batch(session, [(advance, params), *([step] if step is not None else [])])
+        result.events = []
+        return
+    await direct.rows(session, advance, params)
     if events:
         result.events = []
 

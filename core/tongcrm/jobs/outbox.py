@@ -37,13 +37,20 @@ async def emit_many(
     It writes the same rows as :func:`emit`, through the table rather than the ORM's bulk path, which spent
     more time building the rows than the database spent storing them.
     """
+    step = emit_step(dialect_name(session), events, now=now)
+    if step is not None:
+        await direct.rows(session, *step)
+
+
+def emit_step(
+    dialect: str, events: Sequence[tuple[str, Mapping[str, Any]]], *, now: datetime
+) -> tuple[Any, Mapping[str, Any]] | None:
+    """:func:`emit_many`'s insert and its parameters (None for no events), for a caller that runs it with
+    other statements in one hand-off (:func:`tongcrm.db.direct.batch`)."""
     if not events:
-        return
-    dialect = dialect_name(session)
+        return None
     size = values_size(dialect, _COLUMNS, len(events))
-    await direct.rows(
-        session, _insert_events(dialect, size), events_params(dialect, events, now=now, size=size)
-    )
+    return _insert_events(dialect, size), events_params(dialect, events, now=now, size=size)
 
 
 def events_params(

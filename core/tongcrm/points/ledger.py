@@ -53,7 +53,6 @@ from tongcrm.db.dialect import (
 )
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
-from tongcrm.jobs.outbox import emit_many
 from tongcrm.points.models import (
     EntryKind,
     PointsBalance,
@@ -253,26 +252,33 @@ async def post_credits(
         groups[(c.status, c.release_on, c.return_window_days, pending_at)].append(entry_id)
         deltas[c.member_id][0 if c.status == AVAILABLE else 1] += c.amount
     ids = sorted(posted.values())
+    # lots, balances and events have no Python between them: one hand-off to SQLite's thread (direct.batch)
+    steps: list[direct.Step] = []
     for (status, release_on, window, pending_at), entry_ids in groups.items():
         for chunk in _chunks(entry_ids):
-            await direct.rows(
-                session,
-                bulk.lots_from_pending_entries if status != AVAILABLE else bulk.lots_from_available_entries,
-                {
-                    "ids": chunk,
-                    "status": status,
-                    "release_on": release_on,
-                    "return_window_days": window,
-                    "available_at": pending_at,
-                },
+            steps.append(
+                (
+                    bulk.lots_from_pending_entries
+                    if status != AVAILABLE
+                    else bulk.lots_from_available_entries,
+                    {
+                        "ids": chunk,
+                        "status": status,
+                        "release_on": release_on,
+                        "return_window_days": window,
+                        "available_at": pending_at,
+                    },
+                )
             )
-    balances: dict[int, tuple[int, int, int]] = {}
-    for chunk in _chunks(ids):
-        result = await direct.rows(session, bulk.add_lots_to_balances, {"ids": chunk, "now": now})
-        balances.update({r[0]: (r[1], r[2], r[3]) for r in result})
+    lots_steps = len(steps)
+    steps.extend((bulk.add_lots_to_balances, {"ids": chunk, "now": now}) for chunk in _chunks(ids))
+    balance_steps = len(steps)
     if emit_events:
-        for chunk in _chunks(ids):
-            await direct.rows(session, bulk.events_for_lots, {"ids": chunk, "now": now})
+        steps.extend((bulk.events_for_lots, {"ids": chunk, "now": now}) for chunk in _chunks(ids))
+    results = await direct.batch(session, steps)
+    balances: dict[int, tuple[int, int, int]] = {
+        r[0]: (r[1], r[2], r[3]) for result in results[lots_steps:balance_steps] for r in result
+    }
     await _settle_credited(session, balances, {m: d[0] for m, d in deltas.items()}, now=now)
     return posted
 
@@ -971,8 +977,9 @@ class Book:
         ids: dict[str, int] = {}
         if self.entries:
             dialect = dialect_name(self.session)
-            params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, self.entries)
-            rows = (await self.session.execute(_bulk(dialect).insert_entries, params)).all()
+            size = values_size(dialect, _ENTRY_COLUMNS, len(self.entries))
+            params = rows_params(dialect, ENTRIES, _ENTRY_COLUMNS, self.entries, size=size)
+            rows = await direct.rows(self.session, _insert_entries(dialect, size), params)
             ids = {key: entry_id for entry_id, key in rows}
             if len(ids) != len(self.entries):
                 missing = sorted({e["idempotency_key"] for e in self.entries} - ids.keys())
@@ -981,65 +988,68 @@ class Book:
                     extra={"idempotency_keys": missing[:10]},
                 )
         self.flushed_ids.update(ids)
+        # the rest has no Python between its statements: one hand-off to SQLite's thread (direct.batch)
+        steps: list[direct.Step] = []
         if self.new_lots:
             for lot in self.new_lots:
                 lot.id = ids[str(lot.key)]
-            await self.session.execute(sa.insert(LOTS), [_lot_row(lot) for lot in self.new_lots])
+            steps.append((_FLUSH_NEW_LOTS, [_lot_params(lot) for lot in self.new_lots]))
         dirty = [lot for lot in self.lots.values() if lot.dirty]
         if dirty:
-            await self.session.execute(
-                sa.update(LOTS)
-                .where(LOTS.c.id == sa.bindparam("lot_id"))
-                .values(
-                    remaining=sa.bindparam("u_remaining"),
-                    reversed=sa.bindparam("u_reversed"),
-                    status=sa.bindparam("u_status"),
-                    available_at=sa.bindparam("u_available_at"),
-                ),
-                [
-                    {
-                        "lot_id": lot.id,
-                        "u_remaining": lot.remaining,
-                        "u_reversed": lot.reversed,
-                        "u_status": lot.status,
-                        "u_available_at": lot.available_at,
-                    }
-                    for lot in sorted(dirty, key=lambda x: x.id or 0)
-                ],
+            steps.append(
+                (
+                    _FLUSH_LOTS,
+                    [
+                        {
+                            "lot_id": lot.id,
+                            "u_remaining": lot.remaining,
+                            "u_reversed": lot.reversed,
+                            "u_status": lot.status,
+                            "u_available_at": lot.available_at,
+                        }
+                        for lot in sorted(dirty, key=lambda x: x.id or 0)
+                    ],
+                )
             )
         if self.draws:
-            await self.session.execute(
-                sa.insert(DRAWS),
-                [
-                    {
-                        "lot_id": d.lot.id,
-                        "entry_id": d.entry if isinstance(d.entry, int) else ids[d.entry],
-                        "kind": d.kind,
-                        "amount": d.amount,
-                    }
-                    for d in self.draws
-                ],
+            steps.append(
+                (
+                    _FLUSH_DRAWS,
+                    [
+                        {
+                            "d_lot_id": d.lot.id,
+                            "d_entry_id": d.entry if isinstance(d.entry, int) else ids[d.entry],
+                            "d_kind": d.kind,
+                            "d_amount": d.amount,
+                        }
+                        for d in self.draws
+                    ],
+                )
             )
         changed, events = self._changed_balances()
         if changed:
-            await self.session.execute(
-                sa.update(BALANCES)
-                .where(BALANCES.c.member_id == sa.bindparam("m"))
-                .values(
-                    available=sa.bindparam("u_available"),
-                    pending=sa.bindparam("u_pending"),
-                    owed=sa.bindparam("u_owed"),
-                    updated_at=self.now,
-                ),
-                [
-                    {"m": b.member_id, "u_available": b.available, "u_pending": b.pending, "u_owed": b.owed}
-                    for b in changed
-                ],
+            steps.append(
+                (
+                    _FLUSH_BALANCES,
+                    [
+                        {
+                            "m": b.member_id,
+                            "u_available": b.available,
+                            "u_pending": b.pending,
+                            "u_owed": b.owed,
+                            "u_now": self.now,
+                        }
+                        for b in changed
+                    ],
+                )
             )
             for b in changed:
                 b.before = (b.available, b.pending, b.owed)
             # one fixed-text statement (the ORM's flush of added events rendered a VALUES list per count)
-            await emit_many(self.session, events, now=self.now)
+            step = outbox.emit_step(dialect_name(self.session), events, now=self.now)
+            if step is not None:
+                steps.append(step)
+        await direct.batch(self.session, steps)
         self._flushed()
 
     def _changed_balances(self) -> tuple[list[Balance], list[tuple[str, dict[str, Any]]]]:
@@ -1239,6 +1249,49 @@ SELECT id, idempotency_key FROM e
         sa.bindparam("entry_count", type_=sa.Integer()),
     ]
     return sa.text(sql).bindparams(*binds)
+
+
+_LOT_COLUMNS = (
+    "id", "member_id", "order_id", "line_id", "rule_code", "amount", "remaining", "reversed", "status",
+    "release_on", "return_window_days", "available_at", "expires_at", "earned_at",
+)  # fmt: skip
+
+#: SQLite's :meth:`Book.flush`, executemany statements built once with every column they write named (fixed
+#: text: they run straight on the driver, together, :func:`tongcrm.db.direct.batch`).
+_FLUSH_NEW_LOTS = sa.insert(LOTS).values(
+    {c: sa.bindparam(f"n_{c}", type_=LOTS.c[c].type) for c in _LOT_COLUMNS}
+)
+_FLUSH_LOTS = (
+    sa.update(LOTS)
+    .where(LOTS.c.id == sa.bindparam("lot_id"))
+    .values(
+        remaining=sa.bindparam("u_remaining"),
+        reversed=sa.bindparam("u_reversed"),
+        status=sa.bindparam("u_status"),
+        available_at=sa.bindparam("u_available_at", type_=LOTS.c.available_at.type),
+    )
+)
+_FLUSH_DRAWS = sa.insert(DRAWS).values(
+    lot_id=sa.bindparam("d_lot_id"),
+    entry_id=sa.bindparam("d_entry_id"),
+    kind=sa.bindparam("d_kind"),
+    amount=sa.bindparam("d_amount"),
+)
+_FLUSH_BALANCES = (
+    sa.update(BALANCES)
+    .where(BALANCES.c.member_id == sa.bindparam("m"))
+    .values(
+        available=sa.bindparam("u_available"),
+        pending=sa.bindparam("u_pending"),
+        owed=sa.bindparam("u_owed"),
+        updated_at=sa.bindparam("u_now", type_=BALANCES.c.updated_at.type),
+    )
+)
+
+
+def _lot_params(lot: Lot) -> dict[str, Any]:
+    """The parameters of :data:`_FLUSH_NEW_LOTS` for ``lot``."""
+    return {f"n_{c}": v for c, v in _lot_row(lot).items()}
 
 
 def _lot_row(lot: Lot) -> dict[str, Any]:
