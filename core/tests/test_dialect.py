@@ -135,6 +135,7 @@ async def test_sqlite_json_rows_store_what_an_executemany_stores() -> None:
     from sqlalchemy.dialects import sqlite
     from sqlalchemy.ext.asyncio import create_async_engine
     from tongcrm.db.dialect import insert_rows, rows_params
+    from tongcrm.db.jsontext import json_text
 
     table = _probe_table("probe")
     columns = ("code", "n", "flag", "at", "meta", "note")
@@ -144,7 +145,8 @@ async def test_sqlite_json_rows_store_what_an_executemany_stores() -> None:
         {"code": "b", "n": -1, "flag": False, "at": None, "meta": None, "note": None},
         {"code": "c", "n": 0, "flag": None, "at": at, "meta": [], "note": "[1, 2]"},
     ]
-    engine = create_async_engine("sqlite+aiosqlite://")
+    # JSON as every engine of the app serialises it (tongcrm.db.engine), which the rows' converters follow
+    engine = create_async_engine("sqlite+aiosqlite://", json_serializer=json_text)
     try:
         stored = {}
         for how in ("executemany", "json_rows"):

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.db.jsontext import json_text
+
 
 def dialect_name(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
@@ -101,7 +103,7 @@ def column_arrays(
     for name in columns:
         values = [row[name] for row in rows]
         if _is_json(table.c[name]):
-            values = [None if v is None else json.dumps(v) for v in values]
+            values = [None if v is None else json_text(v) for v in values]
         params[name] = values
     return params
 
@@ -159,7 +161,7 @@ def rows_params(
 #: The parameter :func:`json_rows` reads its rows from.
 JSON_ROWS = "rows_json"
 #: Bind processors are taken from this dialect: aiosqlite's is pysqlite's, whose processors these are.
-_SQLITE = sqlite.dialect()
+_SQLITE = sqlite.dialect(json_serializer=json_text)  # as every engine (tongcrm.db.engine)
 
 
 def json_rows(columns: Sequence[str], *, in_order: bool = False) -> sa.Select[Any]:

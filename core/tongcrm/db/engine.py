@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tongcrm.campaigns import control
 from tongcrm.db.inline_sqlite import InlineConnection
+from tongcrm.db.jsontext import json_text
 from tongcrm.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -125,17 +126,26 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
 
             creator = connector(database, check_same_thread=False, **connect_args)
             engine = create_async_engine(
-                aurl, echo=echo, hide_parameters=HIDE_PARAMETERS, async_creator=creator
+                aurl,
+                echo=echo,
+                hide_parameters=HIDE_PARAMETERS,
+                json_serializer=json_text,
+                async_creator=creator,
             )
         else:
             engine = create_async_engine(
-                aurl, echo=echo, hide_parameters=HIDE_PARAMETERS, connect_args=connect_args
+                aurl,
+                echo=echo,
+                hide_parameters=HIDE_PARAMETERS,
+                json_serializer=json_text,
+                connect_args=connect_args,
             )
         return _sqlite_events(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
     engine = create_async_engine(
         aurl,
         echo=echo,
         hide_parameters=HIDE_PARAMETERS,
+        json_serializer=json_text,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args=_transaction_pooler_args() if transaction_pooled(url) else {},
@@ -218,6 +228,7 @@ def create_inline_writer(url: str) -> AsyncEngine | None:
         pool_size=2,
         max_overflow=4,
         hide_parameters=HIDE_PARAMETERS,
+        json_serializer=json_text,
     )
     _INLINE_WRITERS.add(engine.sync_engine)
     return _sqlite_events(engine, busy_timeout_ms=0)

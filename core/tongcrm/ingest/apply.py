@@ -38,6 +38,7 @@ from tongcrm.db.dialect import (
     rows_params,
     values_size,
 )
+from tongcrm.db.jsontext import json_text
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import leases, outbox
@@ -414,7 +415,7 @@ async def _upsert_orders_with_lines(
     params: dict[str, Any] = dict(
         zip(_ORDER_ARRAYS, zip(*map(_ORDER_VALUES, rows), strict=True), strict=True)
     )
-    params["shipments"] = [json.dumps(v) for v in params["shipments"]]
+    params["shipments"] = [json_text(v) for v in params["shipments"]]
     params.update(account_id=account_id, channel=channel, now=now)
     line_values = [
         (ext, *_LINE_VALUES(line)) for ext in params["external_id"] for line in line_rows(0, orders[ext])

@@ -27,7 +27,6 @@ both members again.
 from __future__ import annotations
 
 import functools
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from tongcrm.db.dialect import (
     typed_unnest,
     values_size,
 )
+from tongcrm.db.jsontext import json_text
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
 from tongcrm.points.models import (
@@ -1103,7 +1103,7 @@ class Book:
             "b_available": [b.available for b in changed],
             "b_pending": [b.pending for b in changed],
             "b_owed": [b.owed for b in changed],
-            "e_payload": [json.dumps(payload) for _, payload in events],
+            "e_payload": [json_text(payload) for _, payload in events],
         }
         rows = (await self.session.execute(_flush_statement(), params)).all()
         ids = {key: entry_id for entry_id, key in rows}
