@@ -374,8 +374,9 @@ def _bound(table: sa.Table, names: tuple[str, ...]) -> list[Any]:
 @functools.cache
 def _create_statement(dialect: str) -> Any:
     """A new member and their identity. PostgreSQL: one statement (the identity inserted from the member's
-    ``RETURNING``), answering the member's id and the identity's member id — None when the identity was
-    there already (another transaction made it first). SQLite: the member's insert (its writers take turns)."""
+    ``RETURNING``, and the ``member_created`` event from the identity's, source bound as ``event_source``),
+    answering the member's id and the identity's member id — None when the identity was there already (another
+    transaction made it first; no event is written then). SQLite: the member's insert (its writers take turns)."""
     member = sa.insert(_MEMBERS).values(
         dict(zip(_MEMBER_COLUMNS, _bound(_MEMBERS, _MEMBER_COLUMNS), strict=True))
     )
@@ -392,7 +393,31 @@ def _create_statement(dialect: str) -> Any:
         .returning(_IDENTITIES.c.member_id)
         .cte("attached")
     )
-    return sa.select(made.c.id, identity.c.member_id).select_from(made.outerjoin(identity, sa.true()))
+    # the member_created event, written when the identity was (as emit_many writes it after this statement)
+    events = outbox.EVENTS
+    payload = sa.func.jsonb_build_object(
+        sa.literal_column("'member_id'"),
+        identity.c.member_id,
+        sa.literal_column("'source'"),
+        sa.bindparam("event_source", type_=sa.String()),
+    )
+    announced = (
+        sa.insert(events)
+        .from_select(
+            ["name", "payload", "occurred_at"],
+            sa.select(
+                sa.literal_column("'member_created'"),
+                payload,
+                sa.bindparam("created_at", type_=events.c.occurred_at.type),
+            ).select_from(identity),
+        )
+        .cte("announced")
+    )
+    return (
+        sa.select(made.c.id, identity.c.member_id)
+        .select_from(made.outerjoin(identity, sa.true()))
+        .add_cte(announced)
+    )
 
 
 @functools.cache
@@ -446,8 +471,10 @@ async def _new_member(
         "evidence": claim.evidence, "first_seen_at": now, "last_seen_at": now,
     }  # fmt: skip
     dialect = dialect_name(session)
+    source = channel or "unknown"
     if dialect == "postgresql":
-        [row] = await direct.rows(session, _create_statement(dialect), {**member, **identity})
+        bound = {**member, **identity, "event_source": source}
+        [row] = await direct.rows(session, _create_statement(dialect), bound)
         member_id, attached = int(row[0]), row[1]
     else:
         [made] = await direct.rows(session, _create_statement(dialect), member)
@@ -459,9 +486,10 @@ async def _new_member(
     if attached is None:  # the identity was there: this member never was
         await direct.rows(session, _DROP_MEMBER, {"member_id": member_id})
         return None
-    await outbox.emit_many(
-        session, [("member_created", {"member_id": member_id, "source": channel or "unknown"})], now=now
-    )
+    if dialect != "postgresql":  # PostgreSQL's was written by the statement that made the member
+        await outbox.emit_many(
+            session, [("member_created", {"member_id": member_id, "source": source})], now=now
+        )
     return member_id
 
 
