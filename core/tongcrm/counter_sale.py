@@ -33,7 +33,9 @@ order and lines, identity resolution, points under the earning rules, referral r
 * the referral hook skipped for a new order of a buyer without a referrer: no reward can hang on an order that
   did not exist, and no reward is due for a buyer nobody referred (the hook reads and decides nothing else).
 * with ``tally``, the ``order_changed`` event's insert answers the order's points and the member's balance in
-  its ``RETURNING``: the counter shows them without a read after the sale (issue #22).
+  its ``RETURNING``: the counter shows them without a read after the sale (issue #22); a caller's write that
+  needs them (``then``, :data:`FollowUp`: a till's receipt row finished) rides in that statement on PostgreSQL;
+* on PostgreSQL a new member's ``member_created`` event is written by the statement making the member.
 
 Everything else is the page path's own code (the same upserts, the same points, tier and outbox services), so
 the two cannot drift apart in what they write.
