@@ -79,8 +79,14 @@ from tongcrm.counter_sale import (
     HELD_KEYS,
     STORED_AND_SETTINGS,
     CounterOrder,
+    FollowUp,
     KnownBuyer,
     apply_counter_order,
+    follow_up_params,
+    follow_up_statement,
+)
+from tongcrm.counter_sale import (
+    ORDER_FIGURES as ORDER_FIGURES,
 )
 from tongcrm.crypto import Vault
 from tongcrm.db import direct
@@ -866,11 +872,18 @@ class CounterWork:
         *,
         buyer: Buyer | None,
         points_payment: PointsPayment | None = None,
+        then: FollowUp | None = None,
     ) -> SaleRecorded:
         """Record a sale as an order of ``account`` with what the ingest engine does to an order (identity
         resolution, earning rules, tiers, outbox), on its single-order path (:mod:`tongcrm.counter_sale`). A points payment is redeemed first, so the sale cannot be paid with the points
         it earns; the order's lines should carry as ``amount_fen`` what earns points (the part not paid with
-        points)."""
+        points).
+
+        ``then``: a write of the caller's own tables that follows the sale and reads what the till is shown
+        (:data:`tongcrm.counter_sale.ORDER_FIGURES`; a receipt row finished with the sale's figures), given the
+        order's id and member. On PostgreSQL it rides in the sale's last statement (one round trip fewer);
+        elsewhere, or when the order was not written (sent again), it runs after it with the figures bound.
+        Either way it has run when this returns, in the unit of work's transaction."""
         self._writable()
         redeemed = 0
         if points_payment is not None and points_payment.points > 0:
@@ -889,7 +902,8 @@ class CounterWork:
                 raise CounterRefused("insufficient_points", exc.message) from None
             redeemed = points_payment.points
         kinds = (EntryKind.EARN,)
-        applied = await self._apply(account, order, buyer, kinds)
+        checked = None if then is None else self._own_follow_up(then)
+        applied = await self._apply(account, order, buyer, kinds, then=checked)
         order_id, member_id, earned, available = await self._after(
             account.id, order.external_id, kinds, applied
         )
@@ -898,7 +912,23 @@ class CounterWork:
             raise Conflict(
                 f"the sale resolved to member {member_id}, not to member {payer} who paid with points"
             )
+        if checked is not None and not applied.followed:
+            statement, values = checked(order_id, member_id)
+            figures = {"figures_points": earned, "figures_available": available}
+            await direct.rows(
+                self._session, follow_up_statement(statement), {**follow_up_params(values), **figures}
+            )
         return SaleRecorded(order_id, member_id, earned, redeemed, available)
+
+    def _own_follow_up(self, then: FollowUp) -> FollowUp:
+        """``then``, its statement checked to write only the caller's own tables (as :class:`OwnRows` checks)."""
+
+        def checked(order_id: int, member_id: int | None) -> tuple[Any, Mapping[str, Any]]:
+            statement, values = then(order_id, member_id)
+            self.rows._checked(statement)
+            return statement, values
+
+        return checked
 
     async def record_return(
         self,
@@ -964,7 +994,13 @@ class CounterWork:
         return points.PointsContext(clock=self.clock, tz=self.tz, actor=self.actor.name)
 
     async def _apply(
-        self, account: CounterAccount, order: NormalisedOrder, buyer: Buyer | None, tally: tuple[str, ...]
+        self,
+        account: CounterAccount,
+        order: NormalisedOrder,
+        buyer: Buyer | None,
+        tally: tuple[str, ...],
+        *,
+        then: FollowUp | None = None,
     ) -> CounterOrder:
         if buyer is not None:
             order = _with_claim(order, buyer.claim)
@@ -986,6 +1022,7 @@ class CounterWork:
             known=buyer.known if buyer is not None else None,
             tally=tally,
             prefetched=held[1] if held is not None and held[0] == (account.id, order.external_id) else None,
+            then=then,
         )
         if applied.quarantined:
             raise CounterRefused("identity_rejected", "the buyer's identity claim was refused", status=422)

@@ -33,7 +33,9 @@ order and lines, identity resolution, points under the earning rules, referral r
 * the referral hook skipped for a new order of a buyer without a referrer: no reward can hang on an order that
   did not exist, and no reward is due for a buyer nobody referred (the hook reads and decides nothing else).
 * with ``tally``, the ``order_changed`` event's insert answers the order's points and the member's balance in
-  its ``RETURNING``: the counter shows them without a read after the sale (issue #22).
+  its ``RETURNING``: the counter shows them without a read after the sale (issue #22); a caller's write that
+  needs them (``then``, :data:`FollowUp`: a till's receipt row finished) rides in that statement on PostgreSQL;
+* on PostgreSQL a new member's ``member_created`` event is written by the statement making the member.
 
 Everything else is the page path's own code (the same upserts, the same points, tier and outbox services), so
 the two cannot drift apart in what they write.
@@ -43,6 +45,8 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -50,6 +54,8 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 
 from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name, insert_for, rows_params
@@ -122,6 +128,82 @@ class CounterOrder:
     points: int | None = None
     #: with ``tally``, once the order is written: the member's available points (None: no balance row)
     available: int | None = None
+    #: the ``then`` statement ran, in the statement writing the ``order_changed`` event
+    followed: bool = False
+
+
+#: What a sale's till is shown once the order is written, as a one-row relation a caller's statement may read
+#: (``SELECT points FROM order_figures``): ``points``, Σ the order's points entries of the tallied kinds, and
+#: ``available``, the member's available points as the counter shows them (never below 0; NULL without a
+#: member). See :data:`FollowUp`.
+ORDER_FIGURES = sa.table(
+    "order_figures", sa.column("points", sa.BigInteger()), sa.column("available", sa.BigInteger())
+)
+#: A caller's write that follows an order's application and reads :data:`ORDER_FIGURES` (a till's receipt row
+#: finished with what the till shows): given the order's id and member, its statement (built once, on the
+#: caller's tables, values as ``sa.bindparam``) and its values. On PostgreSQL it rides in the statement writing
+#: the ``order_changed`` event, a data-modifying CTE reading that statement's ``RETURNING`` (issue #22: one round
+#: trip fewer a checkout); elsewhere it runs just after it, the figures bound.
+FollowUp = Callable[[int, int | None], tuple[Any, Mapping[str, Any]]]
+#: Names the follow-up's values are bound under in the statements :func:`follow_up_statement` and
+#: :func:`_followed_statement` build (so they never meet the core's own).
+_THEN = "then_"
+
+
+def _on_figures(statement: Any, figures: Any) -> Any:
+    """``statement`` reading ``figures`` where it names :data:`ORDER_FIGURES`, its values bound as ``then_<name>``."""
+
+    def swap(element: Any, **_: Any) -> Any:
+        if element is ORDER_FIGURES:
+            return figures
+        if isinstance(element, sa.ColumnClause) and element.table is ORDER_FIGURES:
+            return figures.c[element.name]
+        if isinstance(element, BindParameter) and element.required:  # a value the caller binds
+            return sa.bindparam(_THEN + element.key, type_=element.type)
+        return None
+
+    return visitors.replacement_traverse(statement, {}, swap)
+
+
+_ALONE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def follow_up_statement(statement: Any) -> Any:
+    """A follow-up's ``statement`` on its own, the figures bound as ``figures_points`` and ``figures_available``
+    (built once per statement)."""
+    alone = _ALONE.get(statement)
+    if alone is None:
+        figures = sa.select(
+            sa.bindparam("figures_points", type_=sa.BigInteger()).label("points"),
+            sa.bindparam("figures_available", type_=sa.BigInteger()).label("available"),
+        ).cte("order_figures")
+        alone = _ALONE[statement] = _on_figures(statement, figures)
+    return alone
+
+
+def follow_up_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {_THEN + name: value for name, value in params.items()}
+
+
+_FOLLOWED: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def _followed_statement(kinds: tuple[str, ...], statement: Any) -> Any:
+    """PostgreSQL: :func:`_order_changed_statement` with a follow-up's ``statement`` riding in it, reading the
+    figures from the event insert's ``RETURNING`` (answering the same two columns)."""
+    by_kinds = _FOLLOWED.setdefault(statement, {})
+    followed = by_kinds.get(kinds)
+    if followed is None:
+        changed = _order_changed_statement(kinds).cte("changed")
+        member = sa.bindparam("member_id", type_=sa.BigInteger())
+        shown = sa.case(
+            (member.is_(None), sa.null()),
+            else_=sa.func.greatest(sa.func.coalesce(changed.c.available, 0), 0),
+        )
+        figures = sa.select(changed.c.points, shown.label("available")).cte("order_figures")
+        then = _on_figures(statement, figures).cte("followed")
+        followed = by_kinds[kinds] = sa.select(changed.c.points, changed.c.available).add_cte(then)
+    return followed
 
 
 def _stored(account: str, external: str) -> Any:
@@ -294,8 +376,9 @@ def _bound(table: sa.Table, names: tuple[str, ...]) -> list[Any]:
 @functools.cache
 def _create_statement(dialect: str) -> Any:
     """A new member and their identity. PostgreSQL: one statement (the identity inserted from the member's
-    ``RETURNING``), answering the member's id and the identity's member id — None when the identity was
-    there already (another transaction made it first). SQLite: the member's insert (its writers take turns)."""
+    ``RETURNING``, and the ``member_created`` event from the identity's, source bound as ``event_source``),
+    answering the member's id and the identity's member id — None when the identity was there already (another
+    transaction made it first; no event is written then). SQLite: the member's insert (its writers take turns)."""
     member = sa.insert(_MEMBERS).values(
         dict(zip(_MEMBER_COLUMNS, _bound(_MEMBERS, _MEMBER_COLUMNS), strict=True))
     )
@@ -312,7 +395,31 @@ def _create_statement(dialect: str) -> Any:
         .returning(_IDENTITIES.c.member_id)
         .cte("attached")
     )
-    return sa.select(made.c.id, identity.c.member_id).select_from(made.outerjoin(identity, sa.true()))
+    # the member_created event, written when the identity was (as emit_many writes it after this statement)
+    events = outbox.EVENTS
+    payload = sa.func.jsonb_build_object(
+        sa.literal_column("'member_id'"),
+        identity.c.member_id,
+        sa.literal_column("'source'"),
+        sa.bindparam("event_source", type_=sa.String()),
+    )
+    announced = (
+        sa.insert(events)
+        .from_select(
+            ["name", "payload", "occurred_at"],
+            sa.select(
+                sa.literal_column("'member_created'"),
+                payload,
+                sa.bindparam("created_at", type_=events.c.occurred_at.type),
+            ).select_from(identity),
+        )
+        .cte("announced")
+    )
+    return (
+        sa.select(made.c.id, identity.c.member_id)
+        .select_from(made.outerjoin(identity, sa.true()))
+        .add_cte(announced)
+    )
 
 
 @functools.cache
@@ -366,8 +473,10 @@ async def _new_member(
         "evidence": claim.evidence, "first_seen_at": now, "last_seen_at": now,
     }  # fmt: skip
     dialect = dialect_name(session)
+    source = channel or "unknown"
     if dialect == "postgresql":
-        [row] = await direct.rows(session, _create_statement(dialect), {**member, **identity})
+        bound = {**member, **identity, "event_source": source}
+        [row] = await direct.rows(session, _create_statement(dialect), bound)
         member_id, attached = int(row[0]), row[1]
     else:
         [made] = await direct.rows(session, _create_statement(dialect), member)
@@ -379,9 +488,10 @@ async def _new_member(
     if attached is None:  # the identity was there: this member never was
         await direct.rows(session, _DROP_MEMBER, {"member_id": member_id})
         return None
-    await outbox.emit_many(
-        session, [("member_created", {"member_id": member_id, "source": channel or "unknown"})], now=now
-    )
+    if dialect != "postgresql":  # PostgreSQL's was written by the statement that made the member
+        await outbox.emit_many(
+            session, [("member_created", {"member_id": member_id, "source": source})], now=now
+        )
     return member_id
 
 
@@ -400,6 +510,7 @@ async def apply_counter_order(
     known: KnownBuyer | None = None,
     tally: tuple[str, ...] | None = None,
     prefetched: Any = None,
+    then: FollowUp | None = None,
 ) -> CounterOrder:
     """Apply one order as ``apply_orders_page`` would apply a page of it (see the module docstring).
 
@@ -408,7 +519,9 @@ async def apply_counter_order(
     statement that writes the ``order_changed`` event (:func:`_order_changed_statement`).
     ``prefetched``: a row of :data:`STORED_AND_SETTINGS` for this order, read in this transaction by a statement
     since which nothing wrote the order (its key's claim: see :meth:`tongcrm.counter.CounterWork._apply`),
-    instead of reading it here."""
+    instead of reading it here.
+    ``then`` (with ``tally``): a caller's write reading :data:`ORDER_FIGURES`, run in the statement writing the
+    ``order_changed`` event on PostgreSQL (``followed`` in the answer); left to the caller otherwise."""
     key = {"account_id": account_id, "external_id": order.external_id}
     held: Any
     if prefetched is not None:  # read by a statement of this transaction just before, nothing written since
@@ -506,12 +619,19 @@ async def apply_counter_order(
         await outbox.emit_many(session, [("order_changed", changed)], now=now)
         return CounterOrder(order_id, member)
     event = {"name": "order_changed", "payload": changed, "occurred_at": now}
-    [row] = await direct.rows(
-        session, _order_changed_statement(tally), {**event, "order_id": order_id, "member_id": member}
-    )
+    bound = {**event, "order_id": order_id, "member_id": member}
+    statement = _order_changed_statement(tally)
+    followed = then is not None and dialect_name(session) == "postgresql"
+    if followed:
+        assert then is not None
+        own, values = then(order_id, member)
+        statement = _followed_statement(tally, own)
+        bound.update(follow_up_params(values))
+    [row] = await direct.rows(session, statement, bound)
     return CounterOrder(
         order_id,
         member,
         points=int(row.points),
         available=None if row.available is None else int(row.available),
+        followed=followed,
     )

@@ -59,11 +59,15 @@ async def test_a_known_members_checkout_reads_nothing_after_its_last_write(
     # claim (+ buyer, stored order and settings on PostgreSQL), [buyer, stored order with settings on SQLite],
     # order (+ identity seen + lines on PostgreSQL), [identity seen, lines on SQLite], [award gate on SQLite],
     # entries/lots/balances (one statement with the award gate on PostgreSQL, three on SQLite), points_changed
-    # (SQLite; PostgreSQL's is in the posting), order_changed, finish
+    # (SQLite; PostgreSQL's is in the posting), order_changed (+ the receipt's finish on PostgreSQL), [finish on
+    # SQLite]
     awards = [s for s in statements if s.upper().startswith("INSERT INTO POINTS_LINE_AWARDS")]
     assert len(awards) == (0 if dialect == "postgresql" else 1)
     assert dialect != "postgresql" or any("INSERT INTO points_line_awards" in s for s in statements)
-    assert len(statements) == (5 if dialect == "postgresql" else 13)
+    # the receipt's row is finished in the statement writing the order_changed event on PostgreSQL
+    [finish] = [i for i, s in enumerate(statements) if "UPDATE pos_receipts" in s]
+    assert finish == (changed if dialect == "postgresql" else changed + 1)
+    assert len(statements) == (4 if dialect == "postgresql" else 13)
     assert not any(s.startswith("SELECT members.status") for s in statements) or dialect != "postgresql"
     print(dialect, len(seen), "statements on the socket:", *(s[:90] for _, s in seen), sep="\n  ")
 
@@ -154,3 +158,30 @@ async def test_a_checkout_commits_on_the_driver_without_the_orm(pos: ApiClient, 
         event.remove(Session, "after_begin", on)
     assert begun == []
     assert sold.json()["replayed"] is True
+
+
+async def test_the_finish_riding_the_sale_stores_what_the_till_was_answered(
+    pos: ApiClient, receipts: Receipts
+) -> None:
+    """The receipt's row, finished by the sale's follow-up (on PostgreSQL inside the statement writing the
+    ``order_changed`` event, the figures taken from its ``RETURNING``), holds the answer the till got: a known
+    member's sale, one paid partly with points, a new buyer's and a sale without a member, each sent again
+    (the replay answers the stored result)."""
+    member = await enrol(pos, "13800138060")
+    sales = [
+        receipts.sale((10_000,), member={"member_id": member["member_id"]}),
+        receipts.sale((30_000,), member={"member_id": member["member_id"]}, points=50, points_fen=500),
+        receipts.sale((20_000,), member={"mobile": "13800138061"}),
+        receipts.sale((5_000,)),
+    ]
+    for sale in sales:
+        sold = await pos.post("/pos/v1/receipts", json=sale)
+        assert sold.status_code == 201, sold.text
+        again = await pos.post("/pos/v1/receipts", json=sale)
+        assert again.status_code == 200, again.text
+        assert again.json() == {**sold.json(), "replayed": True}
+    answers = [(await pos.post("/pos/v1/receipts", json=sale)).json() for sale in sales]
+    assert [a["points_earned"] for a in answers] == [100, 295, 200, 0]
+    assert answers[1]["points_redeemed"] == 50
+    assert answers[3]["member_id"] is None and answers[3]["points_available"] is None
+    assert answers[1]["points_available"] == member["points_available"] + 100 - 50 + 295

@@ -38,7 +38,15 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import sqlalchemy as sa
-from tongcrm.counter import Buyer, CounterRefused, CounterWork, PaidPointsBack, PointsPayment, ReturnedLine
+from tongcrm.counter import (
+    ORDER_FIGURES,
+    Buyer,
+    CounterRefused,
+    CounterWork,
+    PaidPointsBack,
+    PointsPayment,
+    ReturnedLine,
+)
 from tongcrm.errors import Conflict, TongcrmError, Unprocessable
 from tongcrm.logging import get_logger
 from tongcrm.plugin.types import LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
@@ -237,6 +245,10 @@ class _Claimed:
     skew: int | None
     #: The row was inserted by this call with the receipt as sent (not a retry of a rejected receipt).
     fresh: bool
+    sent: datetime | None
+    now: datetime
+    #: The row was finished by the sale's own statements (:func:`_sale`'s follow-up): nothing left to write.
+    finished: bool = False
 
 
 def _result(r: ReceiptIn, key: str, status: str, **fields: Any) -> ReceiptResult:
@@ -328,20 +340,37 @@ async def _sale(
     payment = (
         PointsPayment(want, key=f"pos:{c.key}", reason=f"paid at till: receipt {c.key}") if want else None
     )
+
+    def sold(member_id: int | None, earned: int, available: int | None) -> ReceiptResult:
+        return _result(
+            r,
+            c.key,
+            "applied",
+            offline=offline,
+            member_id=member_id,
+            points_earned=earned,
+            points_redeemed=want,
+            points_available=available,
+            clock_skew_seconds=c.skew,
+        )
+
+    def finish(order_id: int, member_id: int | None) -> tuple[Any, dict[str, Any]]:
+        # the receipt's row finished as _finish would, its result taking what the till is shown from the sale's
+        # last statement (on PostgreSQL in it: one round trip fewer)
+        values = _finish_values(
+            c, r, offline, "applied", result=sold(member_id, 0, None), member_id=member_id, order_id=order_id
+        )
+        return _finish_statement(tuple(values), figures=uow.rows.dialect), {**values, "row_id": c.row_id}
+
     sale = await uow.record_sale(
-        store.account, _order(r, c.key, c.effective, offline=offline), buyer=buyer, points_payment=payment
+        store.account,
+        _order(r, c.key, c.effective, offline=offline),
+        buyer=buyer,
+        points_payment=payment,
+        then=finish,
     )
-    result = _result(
-        r,
-        c.key,
-        "applied",
-        offline=offline,
-        member_id=sale.member_id,
-        points_earned=sale.points_earned,
-        points_redeemed=sale.points_redeemed,
-        points_available=sale.points_available,
-        clock_skew_seconds=c.skew,
-    )
+    c.finished = True
+    result = sold(sale.member_id, sale.points_earned, sale.points_available)
     return result, {"member_id": sale.member_id, "order_id": sale.order_id}
 
 
@@ -595,7 +624,7 @@ async def _claim_and_apply(
             stored = msgspec.convert(existing.result, ReceiptResult)
             return msgspec.structs.replace(stored, replayed=True)
         row_id = int(existing.id)
-    c = _Claimed(row_id, key, digest, effective, skew, fresh)
+    c = _Claimed(row_id, key, digest, effective, skew, fresh, sent, now)
     apply = _sale if r.kind == "sale" else _return
     try:
         if strict:  # a rejection rolls the whole unit of work back: no savepoint needed
@@ -606,7 +635,7 @@ async def _claim_and_apply(
     except ReceiptRejected as exc:
         if strict:
             raise
-        await _finish(uow, c, r, offline, sent, now, "rejected", reason=exc.reason, detail=exc.message)
+        await _finish(uow, c, r, offline, "rejected", reason=exc.reason, detail=exc.message)
         return _result(
             r,
             key,
@@ -616,7 +645,8 @@ async def _claim_and_apply(
             detail=exc.message,
             clock_skew_seconds=skew,
         )
-    await _finish(uow, c, r, offline, sent, now, "applied", result=result, **links)
+    if not c.finished:
+        await _finish(uow, c, r, offline, "applied", result=result, **links)
     return result
 
 
@@ -631,16 +661,24 @@ async def _applied(
 
 
 async def _finish(
-    uow: CounterWork, c: _Claimed, r: ReceiptIn, offline: bool, sent: datetime | None, now: datetime,
-    status: str, *, result: ReceiptResult | None = None, reason: str | None = None, detail: str | None = None,
-    **links: Any,
+    uow: CounterWork, c: _Claimed, r: ReceiptIn, offline: bool, status: str, *,
+    result: ReceiptResult | None = None, reason: str | None = None, detail: str | None = None, **links: Any,
 ) -> None:  # fmt: skip
+    values = _finish_values(c, r, offline, status, result=result, reason=reason, detail=detail, **links)
+    await uow.rows.run(_finish_statement(tuple(values)), {**values, "row_id": c.row_id})
+
+
+def _finish_values(
+    c: _Claimed, r: ReceiptIn, offline: bool, status: str, *, result: ReceiptResult | None = None,
+    reason: str | None = None, detail: str | None = None, **links: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The columns a claimed receipt's row is finished with."""
     values: dict[str, Any] = {
         "status": status,
         "reason": reason,
         "detail": detail,
         "result": msgspec.to_builtins(result) if result is not None else {},
-        "updated_at": now,
+        "updated_at": c.now,
         **links,
     }
     if r.member is not None and links.get("member_id") is not None:  # the buyer, as the member it became
@@ -651,27 +689,44 @@ async def _finish(
             body_hash=c.hash,
             body=values.get("body") or stored_body(r),
             till_time=r.occurred_at,
-            sent_at=sent,
-            received_at=now,
+            sent_at=c.sent,
+            received_at=c.now,
             effective_at=c.effective,
             clock_skew_seconds=c.skew,
         )
-    await uow.rows.run(_finish_statement(tuple(values)), {**values, "row_id": c.row_id})
+    return values
 
 
-#: ``_finish``'s updates, one per set of columns (built once: building and checking one cost more than running it).
-_FINISHES: dict[tuple[str, ...], Any] = {}
+#: ``_finish``'s updates, one per set of columns and per dialect whose result takes the sale's figures
+#: (built once: building and checking one cost more than running it).
+_FINISHES: dict[tuple[tuple[str, ...], str | None], Any] = {}
+#: What the till is shown of a sale (:data:`ORDER_FIGURES`), as the sale's last statement answers it.
+_SHOWN = (
+    ("points_earned", sa.select(ORDER_FIGURES.c.points).scalar_subquery()),
+    ("points_available", sa.select(ORDER_FIGURES.c.available).scalar_subquery()),
+)
 
 
-def _finish_statement(names: tuple[str, ...]) -> Any:
-    stmt = _FINISHES.get(names)
+def _finish_statement(names: tuple[str, ...], figures: str | None = None) -> Any:
+    """The update finishing a receipt's row with ``names``; with ``figures`` (a dialect), its ``result`` takes
+    ``points_earned`` and ``points_available`` from :data:`ORDER_FIGURES` (a sale's follow-up)."""
+    stmt = _FINISHES.get((names, figures))
     if stmt is None:
-        stmt = _FINISHES[names] = (
-            sa.update(_RECEIPTS)
-            .where(_RECEIPTS.c.id == sa.bindparam("row_id"))
-            .values({name: sa.bindparam(name, type_=_RECEIPTS.c[name].type) for name in names})
+        values = {name: sa.bindparam(name, type_=_RECEIPTS.c[name].type) for name in names}
+        if figures is not None:
+            values["result"] = _with_figures(values["result"], figures)
+        stmt = _FINISHES[(names, figures)] = (
+            sa.update(_RECEIPTS).where(_RECEIPTS.c.id == sa.bindparam("row_id")).values(values)
         )
     return stmt
+
+
+def _with_figures(result: Any, dialect: str) -> Any:
+    if dialect == "postgresql":
+        pairs = [item for name, value in _SHOWN for item in (sa.literal_column(f"'{name}'"), value)]
+        return result.op("||")(sa.func.jsonb_build_object(*pairs))
+    paths = [item for name, value in _SHOWN for item in (sa.literal_column(f"'$.{name}'"), value)]
+    return sa.func.json_set(result, *paths)
 
 
 async def apply_batch(
