@@ -16,7 +16,7 @@ from tongcrm.audit.models import AuditEntry
 from tongcrm.audit.service import SYSTEM
 from tongcrm.db import direct, inline_sqlite, txcache
 from tongcrm.db.engine import create_inline_writer
-from tongcrm.db.held import held_unit, holds
+from tongcrm.db.held import KeptConnection, held_unit, holds
 from tongcrm.testing.database import TestDatabase
 
 _meta = sa.MetaData()
@@ -226,3 +226,114 @@ async def test_a_begin_that_cannot_take_sqlite_s_lock_fails_as_the_session_s_wou
         await direct.rows(session, _ADD, {"name": "after"})
     assert await _names(tongcrm_db) == ["after", "first"]
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def _kept_driver(kept: KeptConnection) -> object:
+    assert kept._held is not None
+    return kept._held.driver
+
+
+async def test_a_kept_connection_serves_unit_after_unit_and_goes_back_at_close(
+    tongcrm_db: TestDatabase, engine: AsyncEngine
+) -> None:
+    """SQLite's writer keeps one connection between its units of work: each commits (on the driver, or through
+    the ORM when it began), leaves it in no transaction, and the next begins on the same connection."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("only SQLite's writer keeps its connection")
+    kept = KeptConnection()
+    async with held_unit(engine, kept) as session:
+        await direct.rows(session, _ADD, {"name": "a"})
+    first = await _kept_driver(kept)
+    async with held_unit(engine, kept) as session:
+        await direct.rows(session, _ADD, {"name": "b"})
+        assert list((await session.execute(_NAMES)).scalars()) == ["a", "b"]  # the ORM joins
+        session.add(_Item("c"))
+    async with held_unit(engine, kept) as session:
+        async with session.begin_nested():
+            await direct.rows(session, _ADD, {"name": "d"})
+        await direct.rows(session, _ADD, {"name": "e"})
+    assert await _kept_driver(kept) is first
+    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert await _names(tongcrm_db) == ["a", "b", "c", "d", "e"]
+    await kept.close()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("orm", [False, True])
+async def test_a_failure_on_a_kept_connection_rolls_back_and_the_next_unit_begins_clean(
+    tongcrm_db: TestDatabase, engine: AsyncEngine, orm: bool
+) -> None:
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("only SQLite's writer keeps its connection")
+    kept = KeptConnection()
+
+    async def refused() -> None:
+        async with held_unit(engine, kept) as session:
+            await direct.rows(session, _ADD, {"name": "a"})
+            if orm:
+                session.add(_Item("b"))
+                await session.flush()
+            await direct.rows(session, _ADD, {"name": "a"})  # refused: the name is taken
+
+    async def failing() -> None:
+        async with held_unit(engine, kept) as session:
+            await direct.rows(session, _ADD, {"name": "c"})
+            raise RuntimeError("the caller's own failure")
+
+    try:
+        with pytest.raises(IntegrityError):
+            await refused()
+        with pytest.raises(RuntimeError):
+            await failing()
+        async with held_unit(engine, kept) as session:
+            await direct.rows(session, _ADD, {"name": "d"})
+        assert await _names(tongcrm_db) == ["d"]
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    finally:
+        await kept.close()
+
+
+async def test_a_kept_connection_lost_is_replaced(tongcrm_db: TestDatabase, engine: AsyncEngine) -> None:
+    """Its file closed under a unit of work: the statement fails as the session's would (the connection
+    invalidated), the unit writes nothing, and the next unit checks out a fresh connection."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("only SQLite's writer keeps its connection")
+    kept = KeptConnection()
+
+    async def lose() -> None:
+        async with held_unit(engine, kept) as session:
+            await direct.rows(session, _ADD, {"name": "b"})
+            session.info[direct.HELD].driver._conn.close()
+            await direct.rows(session, _ADD, {"name": "c"})
+
+    try:
+        async with held_unit(engine, kept) as session:
+            await direct.rows(session, _ADD, {"name": "a"})
+        lost = await _kept_driver(kept)
+        with pytest.raises(sa.exc.DBAPIError) as failure:
+            await lose()
+        assert failure.value.connection_invalidated
+        async with held_unit(engine, kept) as session:
+            await direct.rows(session, _ADD, {"name": "d"})
+        assert await _kept_driver(kept) is not lost
+        assert await _names(tongcrm_db) == ["a", "d"]
+    finally:
+        await kept.close()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_kept_connection_serves_one_unit_at_a_time(
+    tongcrm_db: TestDatabase, engine: AsyncEngine
+) -> None:
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("only SQLite's writer keeps its connection")
+    kept = KeptConnection()
+    try:
+        async with held_unit(engine, kept) as session:
+            with pytest.raises(RuntimeError, match="take turns"):
+                async with held_unit(engine, kept):
+                    pass
+            await direct.rows(session, _ADD, {"name": "a"})
+        assert await _names(tongcrm_db) == ["a"]
+    finally:
+        await kept.close()
