@@ -35,6 +35,7 @@ Only drivers :mod:`tongcrm.db.direct` runs statements on inline qualify (asyncpg
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -154,7 +155,7 @@ class KeptConnection:
         if held is None:
             return
         sync = held.sync
-        if not sync.invalidated and sync._nested_transaction is None and not held.driver._conn.in_transaction:
+        if not sync.invalidated and sync._nested_transaction is None and not _in_transaction(held.driver):
             transaction = sync.get_transaction()
             if transaction is None or transaction.is_active:
                 if transaction is not None:
@@ -170,6 +171,14 @@ class KeptConnection:
         conn, self._conn, self._held = self._conn, None, None
         if conn is not None:
             await conn.close()
+
+
+def _in_transaction(driver: InlineConnection) -> bool:
+    """Whether SQLite holds a transaction open on ``driver`` (a closed connection counts as one: not reusable)."""
+    try:
+        return bool(driver._conn.in_transaction)
+    except sqlite3.ProgrammingError:
+        return True
 
 
 def _hold(conn: AsyncConnection) -> direct._Connection:
