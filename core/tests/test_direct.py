@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import registry
-from tongcrm.db import direct
+from tongcrm.db import direct, inline_sqlite
 from tongcrm.db.base import UTCDateTime
 from tongcrm.db.dialect import insert_for
 from tongcrm.db.engine import create_engine, create_inline_writer
@@ -356,7 +356,8 @@ async def test_on_sqlite_s_ordinary_engine_a_batch_is_one_hand_off_to_aiosqlite_
 async def _held_or_run(tongcrm_db: TestDatabase) -> AsyncIterator[float]:
     """How a statement is caught while its driver is awaited: on PostgreSQL, waiting for a table lock another
     connection holds (for as long as the block lasts); on SQLite's inline writer, in the turn it gives other
-    tasks right after the statement ran (the task's first pause). Yields how long to let the task run."""
+    tasks right after the statement ran (the task's first pause; the test has the writer give one after every
+    statement, not once per :data:`~tongcrm.db.inline_sqlite.TURN_S`). Yields how long to let the task run."""
     if tongcrm_db.backend == "postgresql":
         async with tongcrm_db.engine.connect() as other:
             await other.execute(sa.text("LOCK TABLE direct_things IN ACCESS EXCLUSIVE MODE"))
@@ -378,6 +379,7 @@ async def test_a_cancelled_statement_invalidates_its_connection_as_the_session_s
     one_connection: async_sessionmaker[AsyncSession],
     tongcrm_db: TestDatabase,
     way: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A statement cancelled while its driver is awaited (waiting for a lock, or once it ran: see
     :func:`_held_or_run`) leaves its connection in an unknown state: ``session.execute`` invalidates it and the unit of work cannot
@@ -387,6 +389,7 @@ async def test_a_cancelled_statement_invalidates_its_connection_as_the_session_s
         # the reference is PostgreSQL's: under pytest, the session's own path on the inline writer leaves the
         # file locked after such a cancellation (the next BEGIN IMMEDIATE waits 30 s), which a script does not
         pytest.skip("session.execute's cancellation on the inline SQLite writer: see the comment above")
+    monkeypatch.setattr(inline_sqlite, "TURN_S", 0.0)  # a turn after every statement (see _held_or_run)
     async with one_connection() as session:
         await session.begin()
         assert [r.one for r in await direct.rows(session, _ONE, {})] == [1]  # connected, in its transaction

@@ -16,7 +16,7 @@ from tongcrm.audit.models import AuditEntry
 from tongcrm.audit.service import SYSTEM
 from tongcrm.db import direct, inline_sqlite, txcache
 from tongcrm.db.engine import create_inline_writer
-from tongcrm.db.held import held_unit, holds
+from tongcrm.db.held import KeptConnection, held_unit, holds
 from tongcrm.testing.database import TestDatabase
 
 _meta = sa.MetaData()
@@ -92,12 +92,18 @@ async def test_the_orm_joins_the_driver_s_transaction(tongcrm_db: TestDatabase, 
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("keeping", [False, True], ids=["pooled", "kept"])
 @pytest.mark.parametrize("orm", [False, True])
 async def test_a_failure_rolls_back_everything_and_the_connection_serves_again(
-    tongcrm_db: TestDatabase, engine: AsyncEngine, orm: bool
+    tongcrm_db: TestDatabase, engine: AsyncEngine, orm: bool, keeping: bool
 ) -> None:
+    """Through the pool, or on the connection SQLite's writer keeps between units of work."""
+    if keeping and tongcrm_db.backend != "sqlite":
+        pytest.skip("only SQLite's writer keeps its connection")
+    kept = KeptConnection() if keeping else None
+
     async def refused() -> None:
-        async with held_unit(engine) as session:
+        async with held_unit(engine, kept) as session:
             await direct.rows(session, _ADD, {"name": "a"})
             if orm:
                 session.add(_Item("b"))
@@ -105,7 +111,7 @@ async def test_a_failure_rolls_back_everything_and_the_connection_serves_again(
             await direct.rows(session, _ADD, {"name": "a"})  # refused: the name is taken
 
     async def failing() -> None:
-        async with held_unit(engine) as session:
+        async with held_unit(engine, kept) as session:
             await direct.rows(session, _ADD, {"name": "c"})
             if orm:
                 await session.execute(_NAMES)
@@ -117,11 +123,14 @@ async def test_a_failure_rolls_back_everything_and_the_connection_serves_again(
     with pytest.raises(RuntimeError):
         await failing()
     assert await _names(tongcrm_db) == []
-    for _ in range(3):  # the pool's connections are clean: a new unit of work begins and commits on them
-        async with held_unit(engine) as session:
+    for _ in range(3):  # the connections are clean: a new unit of work begins and commits on them
+        async with held_unit(engine, kept) as session:
             await direct.rows(session, _ADD, {"name": f"d{_}"})
     assert await _names(tongcrm_db) == ["d0", "d1", "d2"]
-    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert engine.pool.checkedout() == (1 if kept else 0)  # type: ignore[attr-defined]
+    if kept is not None:
+        await kept.close()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 async def test_a_savepoint_rolls_back_its_part_only(tongcrm_db: TestDatabase, engine: AsyncEngine) -> None:
@@ -226,3 +235,80 @@ async def test_a_begin_that_cannot_take_sqlite_s_lock_fails_as_the_session_s_wou
         await direct.rows(session, _ADD, {"name": "after"})
     assert await _names(tongcrm_db) == ["after", "first"]
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def kept(tongcrm_db: TestDatabase, engine: AsyncEngine) -> AsyncIterator[KeptConnection]:
+    """The connection SQLite's writer keeps between units of work, handed back at the end."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("only SQLite's writer keeps its connection")
+    kept = KeptConnection()
+    try:
+        yield kept
+    finally:
+        await kept.close()
+
+
+def _kept_driver(kept: KeptConnection) -> object:
+    assert kept._held is not None
+    return kept._held.driver
+
+
+async def test_a_kept_connection_serves_unit_after_unit_and_goes_back_at_close(
+    tongcrm_db: TestDatabase, engine: AsyncEngine, kept: KeptConnection
+) -> None:
+    """SQLite's writer keeps one connection between its units of work: each commits (on the driver, or through
+    the ORM when it began), leaves it in no transaction, and the next begins on the same connection."""
+    async with held_unit(engine, kept) as session:
+        await direct.rows(session, _ADD, {"name": "a"})
+    first = _kept_driver(kept)
+    async with held_unit(engine, kept) as session:
+        await direct.rows(session, _ADD, {"name": "b"})
+        assert list((await session.execute(_NAMES)).scalars()) == ["a", "b"]  # the ORM joins
+        session.add(_Item("c"))
+    async with held_unit(engine, kept) as session:
+        async with session.begin_nested():
+            await direct.rows(session, _ADD, {"name": "d"})
+        await direct.rows(session, _ADD, {"name": "e"})
+    assert _kept_driver(kept) is first
+    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert await _names(tongcrm_db) == ["a", "b", "c", "d", "e"]
+    await kept.close()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_kept_connection_lost_is_replaced(
+    tongcrm_db: TestDatabase, engine: AsyncEngine, kept: KeptConnection
+) -> None:
+    """Its file closed under a unit of work: the statement fails as the session's would (the connection
+    invalidated), the unit writes nothing, and the next unit checks out a fresh connection."""
+
+    async def lose() -> None:
+        async with held_unit(engine, kept) as session:
+            await direct.rows(session, _ADD, {"name": "b"})
+            session.info[direct.HELD].driver._conn.close()
+            await direct.rows(session, _ADD, {"name": "c"})
+
+    async with held_unit(engine, kept) as session:
+        await direct.rows(session, _ADD, {"name": "a"})
+    lost = _kept_driver(kept)
+    with pytest.raises(sa.exc.DBAPIError) as failure:
+        await lose()
+    assert failure.value.connection_invalidated
+    async with held_unit(engine, kept) as session:
+        await direct.rows(session, _ADD, {"name": "d"})
+    assert _kept_driver(kept) is not lost
+    assert await _names(tongcrm_db) == ["a", "d"]
+    await kept.close()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_kept_connection_serves_one_unit_at_a_time(
+    tongcrm_db: TestDatabase, engine: AsyncEngine, kept: KeptConnection
+) -> None:
+    async with held_unit(engine, kept) as session:
+        with pytest.raises(RuntimeError, match="take turns"):
+            async with held_unit(engine, kept):
+                pass
+        await direct.rows(session, _ADD, {"name": "a"})
+    assert await _names(tongcrm_db) == ["a"]

@@ -131,6 +131,16 @@ def create_app(
         handlers.extend(provided.value.handlers)
         public.extend(provided.value.public_paths)
 
+    vault = settings.vault()
+    counter = CounterService(
+        session_factory(counter_engine) if counter_engine is not None else sessions,
+        session_factory(counter_engine, readonly=True) if counter_engine is not None else read_sessions,
+        host,
+        settings,
+        vault=vault,
+        reader=point_reader,
+    )
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -145,11 +155,11 @@ def create_app(
             if task is not None:
                 await task
             await point_reader.close()
+            await counter.close()
             if counter_engine is not None:
                 await counter_engine.dispose()
             await engine.dispose()
 
-    vault = settings.vault()
     state: dict[str, Any] = {
         "settings": settings,
         "host": host,
@@ -164,14 +174,7 @@ def create_app(
         "replay_guard": ReplayGuard(sessions),
         "vault": vault,
         "store": PluginStore(sessions, vault, read_sessions=read_sessions),
-        "counter": CounterService(
-            session_factory(counter_engine) if counter_engine is not None else sessions,
-            session_factory(counter_engine, readonly=True) if counter_engine is not None else read_sessions,
-            host,
-            settings,
-            vault=vault,
-            reader=point_reader,
-        ),
+        "counter": counter,
     }
     app = Litestar(
         route_handlers=handlers,

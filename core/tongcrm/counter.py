@@ -92,7 +92,7 @@ from tongcrm.crypto import Vault
 from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name
 from tongcrm.db.engine import create_engine, session_factory
-from tongcrm.db.held import held_unit, holds
+from tongcrm.db.held import KeptConnection, held_unit, holds
 from tongcrm.db.point_reads import PointQuery, PointReader
 from tongcrm.entitlements import service as entitlements
 from tongcrm.entitlements.catalogue import CATALOGUE
@@ -1289,6 +1289,8 @@ class CounterService:
         self._engine: AsyncEngine | None = sessions.kw.get("bind")
         #: whether writing units of work hold their connection (:func:`tongcrm.db.held.holds`; None: not asked)
         self._holds: bool | None = None
+        #: SQLite's writer: the one connection its writing units of work, which take turns, keep between them
+        self._kept = KeptConnection()
 
     @asynccontextmanager
     async def unit_of_work(
@@ -1326,7 +1328,8 @@ class CounterService:
         if self._holds is None:
             self._holds = isinstance(engine, AsyncEngine) and holds(engine)
         if self._holds and engine is not None:
-            return held_unit(engine)
+            # SQLite's writers take turns (_writer_turn): one connection kept for them all, no pool between them
+            return held_unit(engine, self._kept if engine.dialect.name == "sqlite" else None)
         return _session_transaction(self._sessions)
 
     @asynccontextmanager
@@ -1343,6 +1346,11 @@ class CounterService:
             return
         async with self._write_lock:
             yield
+
+    async def close(self) -> None:
+        """Hand back the connection SQLite's writing units of work keep (before the engine is disposed)."""
+        async with self._writer_turn():
+            await self._kept.close()
 
     def forget_accounts(self) -> None:
         """Drop cached accounts (after changing one in this process)."""
@@ -1394,12 +1402,11 @@ def _reads_alone(read_sessions: async_sessionmaker[AsyncSession]) -> async_sessi
 async def open_counter(settings: Settings, host: PluginHost | None = None) -> AsyncIterator[CounterService]:
     """A counter service on its own engine, for command-line tools (the app makes its own)."""
     engine = create_engine(settings.database_url)
+    counter = CounterService(
+        session_factory(engine), session_factory(engine, readonly=True), host or PluginHost(), settings
+    )
     try:
-        yield CounterService(
-            session_factory(engine),
-            session_factory(engine, readonly=True),
-            host or PluginHost(),
-            settings,
-        )
+        yield counter
     finally:
+        await counter.close()
         await engine.dispose()

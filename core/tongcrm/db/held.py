@@ -35,6 +35,7 @@ Only drivers :mod:`tongcrm.db.direct` runs statements on inline qualify (asyncpg
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,34 +62,123 @@ def holds(engine: AsyncEngine) -> bool:
 
 
 @asynccontextmanager
-async def held_unit(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+async def held_unit(engine: AsyncEngine, kept: KeptConnection | None = None) -> AsyncIterator[AsyncSession]:
     """One unit of work on one connection (see the module docstring): committed when the block ends, rolled
-    back when it raises."""
+    back when it raises. With ``kept``, on the connection it keeps between units of work (SQLite's writer),
+    else on one checked out of ``engine``'s pool for this unit and handed back after it."""
+    if kept is not None:
+        conn, held = await kept.take(engine)
+        try:
+            async with _unit(conn, held) as session:
+                yield session
+        finally:
+            await kept.settle()
+        return
     conn = await engine.connect()
     try:
-        held = _hold(conn)
-        if held.dialect.name == "sqlite":
-            driver: InlineConnection = held.driver
-            await _on_driver(held, _BEGIN, driver.run(lambda: driver._conn.execute(_BEGIN)))
-        # SQLAlchemy's connection in a transaction too, sending nothing (asyncpg's BEGIN waits for a statement;
-        # SQLite's begin listener sees the driver's): an error's handling then never "autorollbacks" it, and
-        # the ORM joins it, its commit and rollback the connection's (join_transaction_mode="control_fully")
-        held.sync.begin()
-        session = AsyncSession(bind=conn, expire_on_commit=False, join_transaction_mode="control_fully")
-        session.info[direct.HELD] = held
-        try:
+        async with _unit(conn, _hold(conn)) as session:
             yield session
-            await _commit(session, held)
-        except BaseException:
-            await _rollback(conn, session, held)
-            raise
-        finally:
-            # what the ORM loaded is detached, as a closed session's is (its transaction ended above, so this
-            # sends nothing)
-            if session.sync_session.identity_map:
-                session.sync_session.expunge_all()
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def _unit(conn: AsyncConnection, held: direct._Connection) -> AsyncIterator[AsyncSession]:
+    if held.dialect.name == "sqlite":
+        driver: InlineConnection = held.driver
+        await _on_driver(held, _BEGIN, driver.run(lambda: driver._conn.execute(_BEGIN)))
+    # SQLAlchemy's connection in a transaction too, sending nothing (asyncpg's BEGIN waits for a statement;
+    # SQLite's begin listener sees the driver's): an error's handling then never "autorollbacks" it, and
+    # the ORM joins it, its commit and rollback the connection's (join_transaction_mode="control_fully")
+    held.sync.begin()
+    session = AsyncSession(bind=conn, expire_on_commit=False, join_transaction_mode="control_fully")
+    session.info[direct.HELD] = held
+    try:
+        yield session
+        await _commit(session, held)
+    except BaseException:
+        await _rollback(conn, session, held)
+        raise
+    finally:
+        # what the ORM loaded is detached, as a closed session's is (its transaction ended above, so this
+        # sends nothing)
+        if session.sync_session.identity_map:
+            session.sync_session.expunge_all()
+
+
+class KeptConnection:
+    """One connection of SQLite's inline writer kept checked out between writing units of work, which take
+    turns on it (the counter's writer turn, :meth:`tongcrm.counter.CounterService.unit_of_work`: one at a time,
+    as SQLite has one writer anyway).
+
+    Why (issue #22, Build 2): a held unit of work still cost ~125 µs of CPU on the inline writer, most of it the
+    pool's checkout and check-in of its connection (each in a greenlet hand-off, with the pool's events and its
+    reset on return: a ``ROLLBACK`` on the driver). Kept, a unit of work costs its ``BEGIN IMMEDIATE``, its
+    statements and its ``COMMIT`` on the driver and nothing around them.
+
+    Between units of work the connection is in no transaction (neither the driver's nor SQLAlchemy's): a unit
+    that committed or rolled back on the driver ends SQLAlchemy's side of it without a statement (there is
+    nothing left to undo); one whose connection was invalidated (a lost file), or whose transaction could not be
+    ended, is closed — the pool throws it away — and the next unit checks out a fresh one. Only one unit of work
+    may use it at a time: :meth:`take` refuses a second. :meth:`close` hands it back (the app's shutdown)."""
+
+    def __init__(self) -> None:
+        self._conn: AsyncConnection | None = None
+        self._held: direct._Connection | None = None
+        self._busy = False
+
+    async def take(self, engine: AsyncEngine) -> tuple[AsyncConnection, direct._Connection]:
+        """The kept connection of ``engine`` (checked out now if none is kept), for one unit of work."""
+        if self._busy:
+            raise RuntimeError("the kept connection is in use: writing units of work must take turns on it")
+        conn, held = self._conn, self._held
+        if conn is None or held is None or conn.sync_engine is not engine.sync_engine:
+            await self.close()
+            conn = await engine.connect()
+            try:
+                held = _hold(conn)
+            except BaseException:
+                await conn.close()
+                raise
+            if held.dialect.name != "sqlite":
+                await conn.close()
+                raise TypeError("only SQLite's writer keeps its connection between units of work")
+            self._conn, self._held = conn, held
+        self._busy = True
+        return conn, held
+
+    async def settle(self) -> None:
+        """After a unit of work: keep the connection for the next one when its transaction ended cleanly, else
+        close it (the pool then discards an invalidated connection)."""
+        self._busy = False
+        held = self._held
+        if held is None:
+            return
+        sync = held.sync
+        if not sync.invalidated and sync._nested_transaction is None and not _in_transaction(held.driver):
+            transaction = sync.get_transaction()
+            if transaction is None or transaction.is_active:
+                if transaction is not None:
+                    # the driver committed or rolled back: SQLAlchemy's side ends as its own commit ends it
+                    # (inactive and off the connection), sending nothing
+                    transaction._deactivate_from_connection()
+                    sync._transaction = None
+                return
+        await self.close()
+
+    async def close(self) -> None:
+        """Hand the connection back to the pool (it rolls back whatever is left)."""
+        conn, self._conn, self._held = self._conn, None, None
+        if conn is not None:
+            await conn.close()
+
+
+def _in_transaction(driver: InlineConnection) -> bool:
+    """Whether SQLite holds a transaction open on ``driver`` (a closed connection counts as one: not reusable)."""
+    try:
+        return bool(driver._conn.in_transaction)
+    except sqlite3.ProgrammingError:
+        return True
 
 
 def _hold(conn: AsyncConnection) -> direct._Connection:
