@@ -25,6 +25,7 @@ from tongcrm.jobs.models import OutboxEvent
 from tongcrm.members.merge import undo_merge
 from tongcrm.members.models import Member
 from tongcrm.plugin import hookimpl
+from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import BuyerProfile, IdentityClaim, MemberMatch, ResolutionDecision
 from tongcrm.testing.database import TestDatabase
 
@@ -201,6 +202,55 @@ async def test_a_plugin_policy_overrides_the_default(
     assert a.created and b.created and a.member_id != b.member_id  # the second member cannot take the claim
     c, d = await run(tongcrm_db, custom, ClaimSet((uid("x"),)), ClaimSet((uid("x"),)))
     assert c.member_id == d.member_id and not d.created  # default policy
+
+
+class Defer:
+    """Implements the hook and always defers to the core policy: resolution then asks the hook per claim set."""
+
+    @hookimpl
+    def resolve_member(self, claims: Any, matches: list[MemberMatch]) -> ResolutionDecision | None:
+        return None
+
+
+async def test_the_core_policy_decides_alike_with_and_without_the_hook(
+    tongcrm_db: TestDatabase, ctx: ResolutionContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a plugin's ``resolve_member`` the core policy runs on plain values (no hook call, no claim
+    dataclasses); a plugin that defers to it gets the same members, creations and merges through the hook."""
+    asked: list[int] = []
+    ask = PluginHost.resolve_member
+
+    def counting(self: PluginHost, claims: Any, matches: Any) -> ResolutionDecision | None:
+        asked.append(len(claims))
+        return ask(self, claims, matches)
+
+    monkeypatch.setattr(PluginHost, "resolve_member", counting)
+    deferring = make_host()
+    deferring.register(Defer(), "defer")
+    assert ctx.host.resolution_is_core() and not deferring.resolution_is_core()
+    hooked = ResolutionContext(host=deferring, vault=ctx.vault, clock=ctx.clock)
+    batches = [
+        [ClaimSet((mobile("13800138000"),)), ClaimSet((uid("u1"), oaid("o1"))), ClaimSet((uid("u2"),))],
+        [ClaimSet((uid("u1"), mobile("13800138000"))), ClaimSet((oaid("o1"),)), ClaimSet((oaid("o9"),))],
+        [ClaimSet((uid("u2"), oaid("o1"))), ClaimSet((oaid("o1"), oaid("o9"))), ClaimSet((uid("u3"),))],
+    ]
+
+    async def outcomes(context: ResolutionContext) -> list[tuple[int | None, bool, int, str | None]]:
+        seen: list[tuple[int | None, bool, int, str | None]] = []
+        ids: dict[int, int] = {}  # member ids in order of first appearance: the two runs number members apart
+        for batch in batches:
+            for o in await run(tongcrm_db, context, *batch):
+                number = ids.setdefault(o.member_id, len(ids)) if o.member_id is not None else None
+                seen.append((number, o.created, len(o.merged_from), o.error))
+        return seen
+
+    core = await outcomes(ctx)
+    assert asked == []
+    await tongcrm_db.truncate()
+    through_hook = await outcomes(hooked)
+    assert len(asked) == sum(len(b) for b in batches)
+    assert core == through_hook
+    assert any(merged for _, _, merged, _ in core)  # the batches exercise a merge
 
 
 async def test_a_batch_costs_a_fixed_number_of_statements(

@@ -4,7 +4,7 @@ policies, replays, expiry at the programme's wall-clock boundary, caps and merge
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -550,3 +550,52 @@ async def test_lock_takes_a_balance_another_transaction_created_after_its_snapsh
         await other.commit()
         got = await locking
     assert (got.available, got.pending, got.owed) == (7, 2, 0)
+
+
+async def test_posted_credits_keep_their_instants_and_a_naive_datetime_is_refused(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """PostgreSQL binds a posting's credits as one JSON text (msgspec writes a datetime with its offset): the
+    entry and lot hold the same instants and values as SQLite's, a detail or reason that merely looks like a
+    naive timestamp is stored as it is, and a naive datetime is refused as the columns' type refuses it."""
+    (member,) = await _members(tongcrm_db, 1)
+    east = timezone(timedelta(hours=8))
+    occurred = datetime(2026, 3, 1, 10, 30, 15, 123456, tzinfo=east)
+    looks_naive = "2026-03-01T10:30:15.123456"
+    pending = ledger.Credit(
+        member, "t:pending", "earn", 7, occurred, occurred + timedelta(days=7), datetime(2027, 1, 1, tzinfo=east),
+        status=ledger.PENDING, release_on="completed", return_window_days=7, rule_code="base", rule_version=1,
+        reason=looks_naive, detail={"at": looks_naive, "n": 2**62},
+    )  # fmt: skip
+    available = ledger.Credit(member, "t:available", "earn", 5, occurred, occurred, None)
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    async with tongcrm_db.sessions() as s, s.begin():
+        posted = await ledger.post_credits(s, [pending, available], now=now)
+    assert set(posted) == {"t:pending", "t:available"}
+    async with tongcrm_db.sessions() as s:
+        entries = {e.idempotency_key: e for e in (await s.execute(sa.select(PointsEntry))).scalars()}
+        lots = {lot.id: lot for lot in (await s.execute(sa.select(PointsLot))).scalars()}
+    e = entries["t:pending"]
+    assert (e.amount, e.occurred_at, e.available_from, e.expires_at) == (
+        7,
+        occurred,
+        None,
+        pending.expires_at,
+    )
+    assert (e.reason, e.detail, e.created_at, e.rule_version) == (looks_naive, pending.detail, now, 1)
+    lot = lots[e.id]
+    assert (lot.status, lot.available_at, lot.release_on, lot.return_window_days) == (
+        ledger.PENDING, pending.available_at, "completed", 7,
+    )  # fmt: skip
+    a = entries["t:available"]
+    assert (a.available_from, a.expires_at, lots[a.id].available_at) == (occurred, None, occurred)
+    assert await _balance(tongcrm_db, member) == (5, 7, 0, 0)
+
+    naive = ledger.Credit(member, "t:naive", "earn", 3, occurred.replace(tzinfo=None), None, None)
+    with pytest.raises((ValueError, sa.exc.StatementError), match="naive datetime"):
+        async with tongcrm_db.sessions() as s, s.begin():
+            await ledger.post_credits(s, [naive], now=now)
+    async with tongcrm_db.sessions() as s:
+        count = (await s.execute(sa.select(sa.func.count()).select_from(PointsEntry))).scalar_one()
+    assert count == 2
+    await _verify(tongcrm_db)

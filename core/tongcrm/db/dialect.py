@@ -370,3 +370,27 @@ def _refuse_wide_integers(table: sa.Table, columns: Sequence[str], rows: Sequenc
         for name, value in zip(columns, values, strict=True):
             if type(value) is int and value not in INT64:
                 raise OverflowError(f"{table.name}.{name}: {value} does not fit SQLite's 64-bit INTEGER")
+
+
+def json_records(param: str, columns: Sequence[tuple[str, Any]], *, alias: str) -> str:
+    """PostgreSQL, for statements written as text: the rows bound as ONE JSON array of objects ``:param``
+    (:func:`tongcrm.db.jsontext.json_bytes`), as the table ``alias`` with the named, typed ``columns`` and
+    ``ordinality`` (each row's position): one text for any number of rows, whatever keys the objects also hold.
+
+    One text parameter instead of an array per column: asyncpg encodes an array element by element, each
+    checked against ``collections.abc`` classes (a Python call per element), and a posting of ledger entries
+    bound 22 of them (issue #22). The server parses the JSON; a JSON ``null`` is SQL ``NULL``; JSON columns are
+    read as ``JSONB``."""
+    pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+    def sql_type(type_: Any) -> str:
+        if isinstance(type_, sa.JSON):
+            return "JSONB"
+        if isinstance(type_, sa.String) and not isinstance(type_, sa.Enum):
+            return "TEXT"  # the column's own length check refuses a longer value; a cast would cut it
+        return str(type_.compile(dialect=pg))
+
+    definitions = ", ".join(f"{name} {sql_type(type_)}" for name, type_ in columns)
+    return (
+        f"ROWS FROM (json_to_recordset(CAST(:{param} AS JSON)) AS ({definitions})) WITH ORDINALITY AS {alias}"
+    )

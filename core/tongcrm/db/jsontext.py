@@ -19,3 +19,9 @@ _ENCODER = msgspec.json.Encoder()
 def json_text(value: Any) -> str:
     """``value`` as JSON text (see the module docstring)."""
     return _ENCODER.encode(value).decode()
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as JSON, UTF-8 encoded (see the module docstring); a dataclass is written as an object of its
+    fields, a datetime in RFC 3339 with its offset."""
+    return _ENCODER.encode(value)

@@ -34,7 +34,7 @@ from tongcrm.crypto import Vault
 from tongcrm.db import dialect, direct
 from tongcrm.errors import Unprocessable
 from tongcrm.identity.models import Identity, Merge
-from tongcrm.identity.plugin import default_decision
+from tongcrm.identity.plugin import core_choice, default_decision
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
 from tongcrm.members.masked import masked_index, mobile_columns
@@ -441,6 +441,7 @@ async def _resolve_planned(
         if k.profile:
             profiles[k.member_id] = k.profile
     errors: dict[int, ResolveOutcome] = {}
+    core_policy = ctx.host.resolution_is_core()
     next_placeholder = -1
     blocked_cache: dict[tuple[int, int], bool] = {}
 
@@ -451,21 +452,22 @@ async def _resolve_planned(
             key = next(((c.kind, v) for v in c.lookup if (c.kind, v) in known), (c.kind, c.value))
             owner = plan.owner.get(key)
             stored.append((c, key, plan.find(owner) if owner is not None else None))
-        matches = [
-            MemberMatch(
-                member_id=o, kind=c.kind, value=key[1], strong=c.strong, member_created_at=plan.created_at[o]
+        target: int | None
+        if core_policy:
+            # the core policy on plain values: it names only members the claims name (what _check_decision
+            # holds a plugin's decision to), and the claims' values were checked when they were prepared
+            choice, merge_from, _ = core_choice(
+                [(c.kind, key[1]) for c, key, _ in stored],
+                [(o, c.kind, key[1], c.strong, plan.created_at[o]) for c, key, o in stored if o is not None],
             )
-            for c, key, o in stored
-            if o is not None
-        ]
-        hook_claims = [IdentityClaim(c.kind, key[1], c.evidence) for c, key, _ in stored]
-        try:
-            decision = ctx.host.resolve_member(hook_claims, matches) or default_decision(hook_claims, matches)
-            target, merge_from = _check_decision(decision, matches, plan)
-        except (ClaimError, ValueError) as exc:
-            message = exc.message if isinstance(exc, ClaimError) else str(exc)
-            errors[p.index] = ResolveOutcome(None, False, (), message, PolicyError.code)
-            continue
+            target = None if choice is None else plan.find(choice)
+        else:
+            try:
+                target, merge_from = _ask_policy(ctx.host, stored, plan)
+            except (ClaimError, ValueError) as exc:
+                message = exc.message if isinstance(exc, ClaimError) else str(exc)
+                errors[p.index] = ResolveOutcome(None, False, (), message, PolicyError.code)
+                continue
         created = False
         if target is None:
             target = next_placeholder
@@ -555,6 +557,23 @@ async def _undo_inserts(session: AsyncSession, identity_ids: list[int], member_i
         await session.execute(identities, {"ids": identity_ids})
     if member_ids:
         await session.execute(members, {"ids": member_ids})
+
+
+def _ask_policy(
+    host: PluginHost, stored: Sequence[tuple[_Claim, tuple[str, str], int | None]], plan: _Plan
+) -> tuple[int | None, tuple[int, ...]]:
+    """Ask the ``resolve_member`` hook (a plugin implements it) about one claim set: each claim as it is
+    stored, with the members they name now."""
+    matches = [
+        MemberMatch(
+            member_id=o, kind=c.kind, value=key[1], strong=c.strong, member_created_at=plan.created_at[o]
+        )
+        for c, key, o in stored
+        if o is not None
+    ]
+    hook_claims = [IdentityClaim(c.kind, key[1], c.evidence) for c, key, _ in stored]
+    decision = host.resolve_member(hook_claims, matches) or default_decision(hook_claims, matches)
+    return _check_decision(decision, matches, plan)
 
 
 def _check_decision(

@@ -27,8 +27,9 @@ both members again.
 from __future__ import annotations
 
 import functools
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -45,12 +46,13 @@ from tongcrm.db.dialect import (
     insert,
     insert_for,
     insert_rows,
+    json_records,
     one_of,
     rows_params,
     typed_unnest,
     values_size,
 )
-from tongcrm.db.jsontext import json_text
+from tongcrm.db.jsontext import json_bytes, json_text
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
 from tongcrm.points.models import (
@@ -323,19 +325,13 @@ async def _post_in_one(
     hold, one event per member with its balance after them, in member order."""
     credits = list(by_key.values())
     params: dict[str, Any] = {
-        **column_arrays(ENTRIES, _ENTRY_COLUMNS, [_entry_row(c, now) for c in credits]),
-        "lot_status": [c.status for c in credits],
-        "lot_release_on": [c.release_on for c in credits],
-        "lot_window": [c.return_window_days for c in credits],
-        "lot_available_at": [None if c.status == AVAILABLE else c.available_at for c in credits],
+        "credits": _json_records(credits, lambda: _credit_stamps(credits)),
         "now": now,
     }
     lots: list[Any] = []
     if gate is not None:
         awards, lots_of = gate
-        params.update(
-            {f"a_{n}": values for n, values in column_arrays(AWARDS, AWARD_COLUMNS, awards).items()}
-        )
+        params["awards"] = _json_records(awards, lambda: [a["evaluated_at"] for a in awards])
         params["lots_of"] = list(lots_of)
         rows: list[Any] = []
         for row in await direct.rows(session, _posting(emit_events, True), params):
@@ -368,16 +364,8 @@ def _posting(emit_events: bool, gated: bool = False) -> Any:
     the statement's ``r``; rows carry a ``kind``: ``entry`` rows as above, then ``lot`` rows, the lots of the
     lines bound as ``lots_of`` — those the statement's snapshot holds (a CTE does not see its siblings'
     inserts) and those it inserts."""
-    arrays, binds = typed_unnest(
-        [
-            *((n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS),
-            ("lot_status", LOTS.c.status.type),
-            ("lot_release_on", LOTS.c.release_on.type),
-            ("lot_window", LOTS.c.return_window_days.type),
-            ("lot_available_at", LOTS.c.available_at.type),
-        ]
-    )
-    columns = ", ".join((*_ENTRY_COLUMNS, "lot_status", "lot_release_on", "lot_window", "lot_available_at"))
+    # built here, not at import: a foreign key's column takes its type once the table it names is known
+    credits = json_records("credits", [(n, c.type) for n, c in _CREDIT_FIELDS], alias="c")
     entry_values = _entry_values("r")
     events = (
         """,
@@ -391,24 +379,31 @@ events AS (
         if emit_events
         else ""
     )
-    head = f"""
-WITH r AS (
-    SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
-),"""  # noqa: S608 - this module's constant column names
+    gate = ""
+    passes = ""
     if gated:
-        awards, award_binds = typed_unnest([(f"a_{n}", AWARDS.c[n].type) for n in AWARD_COLUMNS])
-        binds.extend(award_binds)
-        head = f"""
-WITH gate AS (
+        gate = f"""
+gate AS (
     INSERT INTO points_line_awards ({", ".join(AWARD_COLUMNS)})
-    SELECT * FROM {awards}
+    SELECT {", ".join(AWARD_COLUMNS)} FROM {json_records("awards", [(n, AWARDS.c[n].type) for n in AWARD_COLUMNS], alias="a")}
     ON CONFLICT (line_id) DO NOTHING
     RETURNING line_id, member_id
-),
+),"""  # noqa: S608 - this module's constant column names
+        passes = """
+    WHERE c.line_id IN (SELECT line_id FROM gate)
+        OR (c.line_id IS NULL AND c.member_id IN (SELECT member_id FROM gate))"""
+    # the entry's columns, and the lot's, from the credit as msgspec wrote it (:data:`_CREDIT_FIELDS`)
+    head = f"""
+WITH{gate}
 r AS (
-    SELECT * FROM {arrays} WITH ORDINALITY AS r({columns}, position)
-    WHERE r.line_id IN (SELECT line_id FROM gate)
-        OR (r.line_id IS NULL AND r.member_id IN (SELECT member_id FROM gate))
+    SELECT c.member_id, c.kind, c.amount, 0 AS shortfall, c.key AS idempotency_key, c.account_id, c.order_id,
+        c.line_id, c.rule_code, c.rule_version, c.reason, c.actor, c.ref_entry_id, c.occurred_at,
+        CASE WHEN c.status = 'available' THEN c.available_at END AS available_from, c.expires_at, c.detail,
+        CAST(:now AS TIMESTAMP WITH TIME ZONE) AS created_at, c.status AS lot_status,
+        c.release_on AS lot_release_on, c.return_window_days AS lot_window,
+        CASE WHEN c.status = 'available' THEN NULL ELSE c.available_at END AS lot_available_at,
+        c.ordinality AS position
+    FROM {credits}{passes}
 ),"""  # noqa: S608 - this module's constant column names
     sql = f"""{head}
 entries AS (
@@ -446,14 +441,64 @@ balances AS (
 SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
 FROM posted p JOIN balances b ON b.member_id = p.member_id
 """  # noqa: S608 - built from this module's constant column names, no input
+    binds: list[Any] = [sa.bindparam("credits", type_=sa.Text())]
     if gated:
         sql = sql.replace(
             "\nSELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed\n",
             _GATED_TAIL,
         )
+        binds.append(sa.bindparam("awards", type_=sa.Text()))
         binds.append(sa.bindparam("lots_of", type_=postgresql.ARRAY(sa.BigInteger())))
     binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
     return sa.text(sql).bindparams(*binds)
+
+
+#: The fields of :class:`Credit` the posting reads (msgspec writes a dataclass as an object of its fields), with
+#: the types of the columns they are stored in.
+_CREDIT_FIELDS: tuple[tuple[str, sa.Column[Any]], ...] = (
+    ("member_id", ENTRIES.c.member_id),
+    ("key", ENTRIES.c.idempotency_key),
+    ("kind", ENTRIES.c.kind),
+    ("amount", ENTRIES.c.amount),
+    ("occurred_at", ENTRIES.c.occurred_at),
+    ("available_at", ENTRIES.c.available_from),
+    ("expires_at", ENTRIES.c.expires_at),
+    ("status", LOTS.c.status),
+    ("release_on", LOTS.c.release_on),
+    ("return_window_days", LOTS.c.return_window_days),
+    *((n, ENTRIES.c[n]) for n in ("account_id", "order_id", "line_id", "rule_code", "rule_version")),
+    *((n, ENTRIES.c[n]) for n in ("reason", "actor", "ref_entry_id", "detail")),
+)
+
+#: A datetime as msgspec writes one without a time zone: only then are the values looked at one by one.
+_NAIVE_STAMP = re.compile(rb'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?"')
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """``value``, refused when naive (as :class:`tongcrm.db.base.UTCDateTime` refuses it)."""
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"naive datetime {value!r} cannot be stored; use an aware datetime")
+    return value
+
+
+def _credit_stamps(credits: Sequence[Credit]) -> Iterable[datetime | None]:
+    for c in credits:
+        yield c.occurred_at
+        yield c.available_at
+        yield c.expires_at
+
+
+def _json_records(records: Any, stamps: Callable[[], Iterable[datetime | None]]) -> str:
+    """``records`` (dataclasses or dicts) as the JSON text :func:`tongcrm.db.dialect.json_records` reads.
+
+    A naive datetime is refused as the columns' type refuses it, without looking at every value: msgspec writes
+    an aware one with its offset, so only text holding a string shaped like a naive one (which a reason or
+    detail may also hold) has ``stamps`` (its datetimes) checked."""
+    text = json_bytes(records)
+    if _NAIVE_STAMP.search(text):
+        for value in stamps():
+            _aware(value)
+    return text.decode()
 
 
 #: The gated posting's rows (:func:`_posting`): its entries, then the lots of the lines ``lots_of`` held before
