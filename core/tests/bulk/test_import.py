@@ -692,8 +692,9 @@ async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store
         tongcrm_db, ctx, "orders", write(tmp_path / "o.jsonl", text), fmt="jsonl", source="b"
     )
     assert (first.imported, first.failed) == (second.imported, second.failed) == (5, 0)
-    # O1 (a known mobile), O2 (a known channel buyer) and O3 (no buyer), on both databases; O4 makes a member
-    # and O5 fills a profile, both through ingest
+    # O1 (a known mobile), O2 (a known channel buyer) and O3 (no buyer), on both databases; O5 fills a profile
+    # through ingest, and O4 makes a member there too (a page with an order whose claims are not prepared creates
+    # no member set-based: that order might share a claim with it)
     assert written == [3]
 
     def shape(order: Order, order_lines: list[Any]) -> tuple[Any, ...]:
@@ -722,6 +723,123 @@ async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store
         assert a[ext].member_id == b[ext].member_id and a[ext].member_id is not None
     assert a["O3"].member_id is None and a["O4"].member_id is not None
     assert a["O1"].refunded_fen == 5000 and len(by_order[a["O1"].id]) == 2
+
+
+def _new_buyers_history(mobile: str) -> str:
+    """Orders of buyers not known yet (``mobile``: a prefix for the file's mobiles, so that two imports of it
+    under two sources meet no one of the other)."""
+    return (
+        "order_id,member_id,mobile,identity.memory.buyer,placed_at,total_fen,store_code\n"
+        "O1,N1,,,2025-03-01 10:00,100,S1\n"
+        f"O2,N2,{mobile}01,,2025-03-01 11:00,200,S2\n"
+        "O3,N1,,,2025-03-02 10:00,300,S3\n"  # N1 again: the member O1 created
+        "O4,N3,,buyer-1,2025-03-02 11:00,400,\n"  # a channel buyer known: resolution attaches N3 to it
+        "O5,N4,,,2025-03-03 10:00,500,\n"
+        f"O6,N4,{mobile}04,,2025-03-03 11:00,600,\n"  # N4 with a new mobile: resolution meets O5's claim
+        f"O7,,{mobile}07,buyer-new,2025-03-04 10:00,700,S7\n"
+        ",N5,,,2025-03-04 11:00,800,\n"  # no key: a bad row
+        "O9,,,,2025-03-05 10:00,900,\n"
+    )
+
+
+async def test_orders_of_buyers_not_known_yet_create_their_members_set_based_as_resolution_would(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A history imported before its members: the same file under two sources, once with the set-based writer
+    and once through ingest alone, stores the same members, identities, events and orders."""
+    before = await _channel_buyers(tongcrm_db, memory_host)
+    written: list[tuple[int, int]] = []
+    real = staged.write_orders
+
+    async def spying(*args: Any) -> staged.OrdersWritten:
+        out = await real(*args)
+        written.append((len(out.external_ids), out.members_created))
+        return out
+
+    monkeypatch.setattr(staged, "write_orders", spying)
+    first, _ = await do_import(
+        tongcrm_db, ctx, "orders", write(tmp_path / "a.csv", _new_buyers_history("139001390")), source="a"
+    )
+    # O1, O3 (N1), O2 (N2 and its mobile) and O7 (a mobile and a channel buyer) create three members; O9 has no
+    # buyer; O4 (a claim known) and O5, O6 (claims shared unequally) go through ingest
+    assert written == [(5, 3)]
+    again, _ = await do_import(
+        tongcrm_db,
+        ctx,
+        "orders",
+        write(tmp_path / "a2.csv", _new_buyers_history("139001390") + "O10,N1,,,2025-03-06 10:00,1000,\n"),
+        source="a",
+    )
+    # nothing twice: the file's other rows were imported (the bad row is bad again); O10's buyer is N1's member
+    assert (again.imported, again.skipped, again.failed) == (1, 8, 1)
+    assert written[1:] == [(1, 0)]
+
+    async def nothing(*args: Any) -> staged.OrdersWritten:
+        return staged.OrdersWritten(set(), set())
+
+    monkeypatch.setattr(staged, "write_orders", nothing)
+    text_b = _new_buyers_history("139001391").replace("buyer-new", "buyer-newer")
+    second, _ = await do_import(tongcrm_db, ctx, "orders", write(tmp_path / "b.csv", text_b), source="b")
+    assert (first.imported, first.failed) == (second.imported, second.failed) == (8, 1)
+
+    async with tongcrm_db.sessions() as session:
+        orders = (await session.execute(sa.select(Order))).scalars().all()
+        members = {m.id: m for m in (await session.execute(sa.select(Member))).scalars()}
+        identities = (await session.execute(sa.select(Identity))).scalars().all()
+        created = [
+            p["member_id"]
+            for p in (
+                await session.execute(
+                    sa.select(OutboxEvent.payload).where(OutboxEvent.name == "member_created")
+                )
+            ).scalars()
+        ]
+    account = {first.account_id: "a", second.account_id: "b"}
+    buyer_of = {
+        (account[o.account_id], o.external_id): o.member_id for o in orders if o.account_id in account
+    }
+
+    def member_shape(member_id: int | None, source: str) -> Any:
+        if member_id is None:
+            return None
+        if member_id in before.values():
+            return "channel buyer", sorted(k for k, v in before.items() if v == member_id)
+        m = members[member_id]
+        own = (
+            m.status, m.version, m.name, m.province, m.city, m.lifecycle_stage, m.source_channel,
+            m.source_store, m.source_campaign, m.mobile_enc is not None, m.mobile_masked_index is not None,
+            sorted((k, v["verified"]) for k, v in m.profile_meta.items()), created.count(member_id),
+        )  # fmt: skip
+        if m.mobile_enc is not None:
+            number = VAULT.decrypt(m.mobile_enc, context=MOBILE_CONTEXT)
+            assert m.mobile_masked_index == masked_index(VAULT, number)
+        held = sorted(
+            (
+                i.kind,
+                i.value.replace(f"{source}/", "") if i.kind == "import.member_id" else i.kind,
+                account.get(i.account_id or 0) == source, i.masked_index is not None, i.value_enc is not None,
+                i.evidence.startswith(f"imported from {source}, line "),
+            )
+            for i in identities
+            if i.member_id == member_id and (i.kind != "import.member_id" or i.value.startswith(f"{source}/"))
+        )  # fmt: skip
+        return own, held
+
+    for ext in ("O1", "O2", "O3", "O4", "O5", "O6", "O7", "O9"):
+        assert member_shape(buyer_of[("a", ext)], "a") == member_shape(buyer_of[("b", ext)], "b"), ext
+    for source in "ab":
+        assert buyer_of[(source, "O1")] == buyer_of[(source, "O3")] != buyer_of[(source, "O2")]
+        assert buyer_of[(source, "O5")] == buyer_of[(source, "O6")]
+        assert buyer_of[(source, "O4")] == before["buyer-1"]
+        assert buyer_of[(source, "O9")] is None
+    assert buyer_of[("a", "O10")] == buyer_of[("a", "O1")]
+    new_a = {buyer_of[("a", e)] for e in ("O1", "O2", "O5", "O7")}
+    assert len(new_a) == 4 and not new_a & set(before.values())
+    assert len(members) == len(set(before.values())) + 2 * 4
 
 
 async def test_orders_stored_meanwhile_fall_back_to_ingest(
