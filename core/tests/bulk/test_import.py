@@ -606,6 +606,7 @@ async def test_new_rows_are_written_set_based_and_known_ones_are_resolved(
     assert set(m1.profile_meta) == {"name", "city", "mobile_enc"}
     assert m2.mobile_enc is None and set(m2.profile_meta) == {"name"}
     assert mobile_identity.value_enc == m1.mobile_enc
+    assert mobile_identity.masked_index == masked_index(VAULT, "+8613800138001")  # a masked search finds it
     assert "line 2" in mobile_identity.evidence
 
 
