@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -239,9 +240,10 @@ class _NewRows:
                 if raw and raw.strip():
                     profile[name] = raw.strip()[: 100 if name == "name" else 64]
         meta: dict[str, Any] = {name: {"at": stamp, "verified": False} for name in profile}
-        mobile_enc = None
+        mobile_enc = e164 = None
         if masked is not None:
-            mobile_enc = next(c.value_enc for c in claims if c.kind == MOBILE and c.e164 is not None)
+            mobile = next(c for c in claims if c.kind == MOBILE and c.e164 is not None)
+            mobile_enc, e164 = mobile.value_enc, mobile.e164
             meta["mobile_enc"] = {"at": stamp, "verified": True}
         self.members.append(
             {
@@ -255,7 +257,9 @@ class _NewRows:
         self.identities.extend(
             {
                 "kind": c.kind, "value": c.value, "member_id": member_id, "value_enc": c.value_enc,
-                "masked_index": None if c.e164 is None else masked_index(ctx.vault, c.e164),
+                "masked_index": (
+                    None if c.e164 is None else masked if c.e164 == e164 else masked_index(ctx.vault, c.e164)
+                ),
                 "account_id": cs.account_id, "evidence": c.evidence, "first_seen_at": now, "last_seen_at": now,
             }
             for c in claims
@@ -270,15 +274,21 @@ class _NewRows:
         return sorted(self.identities, key=lambda row: (row["kind"], row["value"]))
 
 
+_MEMBER_VALUES = operator.itemgetter(*_MEMBER_COLUMNS)
+_META_AT = _MEMBER_COLUMNS.index("profile_meta")
+_IDENTITY_VALUES = operator.itemgetter(*_IDENTITY_COLUMNS)
+
+
 async def _copy_new_members(driver: Any, rows: _NewRows) -> None:
     """PostgreSQL: the new members, their identities and their events by ``COPY``; a unique violation of an
     identity (another transaction stored it first) is a :class:`_Conflict`."""
-    members = [
-        tuple(json.dumps(row[c]) if c == "profile_meta" else row[c] for c in _MEMBER_COLUMNS)
-        for row in rows.members
-    ]
+    members = []
+    for row in rows.members:
+        values = list(_MEMBER_VALUES(row))
+        values[_META_AT] = json.dumps(values[_META_AT])
+        members.append(values)
     await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
-    identities = [tuple(row[c] for c in _IDENTITY_COLUMNS) for row in rows.sorted_identities()]
+    identities = list(map(_IDENTITY_VALUES, rows.sorted_identities()))
     await _copy(driver, "identities", identities, _IDENTITY_COLUMNS)
     now = rows.members[0]["created_at"]
     await driver.copy_records_to_table(
