@@ -606,6 +606,7 @@ async def test_new_rows_are_written_set_based_and_known_ones_are_resolved(
     assert set(m1.profile_meta) == {"name", "city", "mobile_enc"}
     assert m2.mobile_enc is None and set(m2.profile_meta) == {"name"}
     assert mobile_identity.value_enc == m1.mobile_enc
+    assert mobile_identity.masked_index == masked_index(VAULT, "+8613800138001")  # a masked search finds it
     assert "line 2" in mobile_identity.evidence
 
 
@@ -634,6 +635,29 @@ async def test_an_identity_stored_meanwhile_sends_the_page_through_resolution(
     assert owners["legacy/M6"] == before["buyer-2"]
     assert await count(tongcrm_db, Member) == 3
     assert await count(tongcrm_db, OutboxEvent, OutboxEvent.name == "member_created") == 3
+
+
+def _spy_orders(monkeypatch: pytest.MonkeyPatch) -> list[staged.OrdersWritten]:
+    """What each page's set-based order writer stored."""
+    written: list[staged.OrdersWritten] = []
+    real = staged.write_orders
+
+    async def spying(*args: Any) -> staged.OrdersWritten:
+        out = await real(*args)
+        written.append(out)
+        return out
+
+    monkeypatch.setattr(staged, "write_orders", spying)
+    return written
+
+
+def _orders_through_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every order of the imports after this goes through ingest (the set-based writer stores none)."""
+
+    async def nothing(*args: Any) -> staged.OrdersWritten:
+        return staged.OrdersWritten(set(), set())
+
+    monkeypatch.setattr(staged, "write_orders", nothing)
 
 
 async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store_them(
@@ -673,28 +697,17 @@ async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store
         ]
     )  # fmt: skip
     path = write(tmp_path / "orders.jsonl", text + "\n")
-    written: list[int] = []
-    real = staged.write_orders
-
-    async def spying(*args: Any) -> staged.OrdersWritten:
-        out = await real(*args)
-        written.append(len(out.external_ids))
-        return out
-
-    monkeypatch.setattr(staged, "write_orders", spying)
+    written = _spy_orders(monkeypatch)
     first, _ = await do_import(tongcrm_db, ctx, "orders", path, fmt="jsonl", source="a")
-
-    async def nothing(*args: Any) -> staged.OrdersWritten:
-        return staged.OrdersWritten(set(), set())
-
-    monkeypatch.setattr(staged, "write_orders", nothing)
+    _orders_through_ingest(monkeypatch)
     second, _ = await do_import(
         tongcrm_db, ctx, "orders", write(tmp_path / "o.jsonl", text), fmt="jsonl", source="b"
     )
     assert (first.imported, first.failed) == (second.imported, second.failed) == (5, 0)
-    # O1 (a known mobile), O2 (a known channel buyer) and O3 (no buyer), on both databases; O4 makes a member
-    # and O5 fills a profile, both through ingest
-    assert written == [3]
+    # O1 (a known mobile), O2 (a known channel buyer) and O3 (no buyer), on both databases; O5 fills a profile
+    # through ingest, and O4 makes a member there too (a page with an order whose claims are not prepared creates
+    # no member set-based: that order might share a claim with it)
+    assert [len(w.external_ids) for w in written] == [3]
 
     def shape(order: Order, order_lines: list[Any]) -> tuple[Any, ...]:
         skip = {"id", "account_id", "ingested_at", "updated_at", "member_id", "origin_member_id"}
@@ -722,6 +735,111 @@ async def test_orders_of_known_buyers_are_stored_set_based_as_ingest_would_store
         assert a[ext].member_id == b[ext].member_id and a[ext].member_id is not None
     assert a["O3"].member_id is None and a["O4"].member_id is not None
     assert a["O1"].refunded_fen == 5000 and len(by_order[a["O1"].id]) == 2
+
+
+def _new_buyers_history(mobile: str) -> str:
+    """Orders of buyers not known yet (``mobile``: a prefix for the file's mobiles, so that two imports of it
+    under two sources meet no one of the other)."""
+    return (
+        "order_id,member_id,mobile,identity.memory.buyer,placed_at,total_fen,store_code\n"
+        "O1,N1,,,2025-03-01 10:00,100,S1\n"
+        f"O2,N2,{mobile}01,,2025-03-01 11:00,200,S2\n"
+        "O3,N1,,,2025-03-02 10:00,300,S3\n"  # N1 again: the member O1 created
+        "O4,N3,,buyer-1,2025-03-02 11:00,400,\n"  # a channel buyer known: resolution attaches N3 to it
+        "O5,N4,,,2025-03-03 10:00,500,\n"
+        f"O6,N4,{mobile}04,,2025-03-03 11:00,600,\n"  # N4 with a new mobile: resolution meets O5's claim
+        f"O7,,{mobile}07,buyer-new,2025-03-04 10:00,700,S7\n"
+        ",N5,,,2025-03-04 11:00,800,\n"  # no key: a bad row
+        "O9,,,,2025-03-05 10:00,900,\n"
+    )
+
+
+async def test_orders_of_buyers_not_known_yet_create_their_members_set_based_as_resolution_would(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A history imported before its members: the same file under two sources, once with the set-based writer
+    and once through ingest alone, stores the same members, identities, events and orders."""
+    before = await _channel_buyers(tongcrm_db, memory_host)
+    spied = _spy_orders(monkeypatch)
+    first, _ = await do_import(
+        tongcrm_db, ctx, "orders", write(tmp_path / "a.csv", _new_buyers_history("139001390")), source="a"
+    )
+    # O1, O3 (N1), O2 (N2 and its mobile) and O7 (a mobile and a channel buyer) create three members; O9 has no
+    # buyer; O4 (a claim known) and O5, O6 (claims shared unequally) go through ingest
+    assert [(len(w.external_ids), w.members_created) for w in spied] == [(5, 3)]
+    again, _ = await do_import(
+        tongcrm_db,
+        ctx,
+        "orders",
+        write(tmp_path / "a2.csv", _new_buyers_history("139001390") + "O10,N1,,,2025-03-06 10:00,1000,\n"),
+        source="a",
+    )
+    # nothing twice: the file's other rows were imported (the bad row is bad again); O10's buyer is N1's member
+    assert (again.imported, again.skipped, again.failed) == (1, 8, 1)
+    assert [(len(w.external_ids), w.members_created) for w in spied[1:]] == [(1, 0)]
+    _orders_through_ingest(monkeypatch)
+    text_b = _new_buyers_history("139001391").replace("buyer-new", "buyer-newer")
+    second, _ = await do_import(tongcrm_db, ctx, "orders", write(tmp_path / "b.csv", text_b), source="b")
+    assert (first.imported, first.failed) == (second.imported, second.failed) == (8, 1)
+
+    async with tongcrm_db.sessions() as session:
+        orders = (await session.execute(sa.select(Order))).scalars().all()
+        members = {m.id: m for m in (await session.execute(sa.select(Member))).scalars()}
+        identities = (await session.execute(sa.select(Identity))).scalars().all()
+        created = [
+            p["member_id"]
+            for p in (
+                await session.execute(
+                    sa.select(OutboxEvent.payload).where(OutboxEvent.name == "member_created")
+                )
+            ).scalars()
+        ]
+    account = {first.account_id: "a", second.account_id: "b"}
+    buyer_of = {
+        (account[o.account_id], o.external_id): o.member_id for o in orders if o.account_id in account
+    }
+
+    def member_shape(member_id: int | None, source: str) -> Any:
+        if member_id is None:
+            return None
+        if member_id in before.values():
+            return "channel buyer", sorted(k for k, v in before.items() if v == member_id)
+        m = members[member_id]
+        own = (
+            m.status, m.version, m.name, m.province, m.city, m.lifecycle_stage, m.source_channel,
+            m.source_store, m.source_campaign, m.mobile_enc is not None, m.mobile_masked_index is not None,
+            sorted((k, v["verified"]) for k, v in m.profile_meta.items()), created.count(member_id),
+        )  # fmt: skip
+        if m.mobile_enc is not None:
+            number = VAULT.decrypt(m.mobile_enc, context=MOBILE_CONTEXT)
+            assert m.mobile_masked_index == masked_index(VAULT, number)
+        held = sorted(
+            (
+                i.kind,
+                i.value.replace(f"{source}/", "") if i.kind == "import.member_id" else i.kind,
+                account.get(i.account_id or 0) == source, i.masked_index is not None, i.value_enc is not None,
+                i.evidence.startswith(f"imported from {source}, line "),
+            )
+            for i in identities
+            if i.member_id == member_id and (i.kind != "import.member_id" or i.value.startswith(f"{source}/"))
+        )  # fmt: skip
+        return own, held
+
+    for ext in ("O1", "O2", "O3", "O4", "O5", "O6", "O7", "O9"):
+        assert member_shape(buyer_of[("a", ext)], "a") == member_shape(buyer_of[("b", ext)], "b"), ext
+    for source in "ab":
+        assert buyer_of[(source, "O1")] == buyer_of[(source, "O3")] != buyer_of[(source, "O2")]
+        assert buyer_of[(source, "O5")] == buyer_of[(source, "O6")]
+        assert buyer_of[(source, "O4")] == before["buyer-1"]
+        assert buyer_of[(source, "O9")] is None
+    assert buyer_of[("a", "O10")] == buyer_of[("a", "O1")]
+    new_a = {buyer_of[("a", e)] for e in ("O1", "O2", "O5", "O7")}
+    assert len(new_a) == 4 and not new_a & set(before.values())
+    assert len(members) == len(set(before.values())) + 2 * 4
 
 
 async def test_orders_stored_meanwhile_fall_back_to_ingest(
@@ -891,3 +1009,80 @@ async def test_the_staged_orders_ask_a_plugin_policy_and_take_the_core_one_as_gi
         }
     assert error.key == "legacy/O3" and "policy" in error.reason
     assert member_of == {"O1": owners["legacy/M1"], "O2": owners["legacy/M2"], "O4": owners["legacy/M2"]}
+
+
+class RefuseNewcomer:
+    """A plugin policy: a buyer whose claims are all new and name ``refused`` goes to member ``to`` (which
+    resolution refuses: none of the claims names it); the rest as the core decides (None)."""
+
+    def __init__(self, refused: str, to: int) -> None:
+        self.refused, self.to, self.asked = refused, to, 0
+
+    @hookimpl
+    def resolve_member(self, claims: Any, matches: list[MemberMatch]) -> ResolutionDecision | None:
+        self.asked += 1
+        if not matches and any(c.value == self.refused for c in claims):
+            return ResolutionDecision(member_id=self.to, reason="test policy")
+        return None
+
+
+async def test_new_buyers_under_a_plugin_policy_are_asked_and_their_later_orders_resolved(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = await _channel_buyers(tongcrm_db, memory_host)
+    policy = RefuseNewcomer("legacy/N2", before["buyer-1"])
+    ctx.host.register(policy, "policy")
+    spied = _spy_orders(monkeypatch)
+    text = (
+        "order_id,member_id,placed_at,total_fen\n"
+        "O1,N1,2025-03-01 10:00,100\nO2,N2,2025-03-01 11:00,200\nO3,N1,2025-03-02 10:00,300\n"
+    )
+    job, _ = await do_import(tongcrm_db, ctx, "orders", write(tmp_path / "o.csv", text))
+    # N1's first order creates it set-based; its second is left to ingest (the plugin's policy is asked there);
+    # N2's policy answer is no new member: ingest's resolution refuses it, a bad row
+    assert [(sorted(w.external_ids), w.members_created) for w in spied] == [(["O1"], 1)]
+    assert (job.imported, job.failed) == (2, 1)
+    async with tongcrm_db.sessions() as session:
+        (error,) = await service.import_errors(session, job.id)
+        member_of = dict((await session.execute(sa.select(Order.external_id, Order.member_id))).all())
+    assert error.key == "legacy/O2" and "policy" in error.reason
+    assert member_of["O1"] == member_of["O3"] and member_of["O1"] not in before.values()
+    assert await count(tongcrm_db, Member) == len(set(before.values())) + 1
+
+
+async def test_a_new_buyer_stored_meanwhile_sends_the_page_through_ingest(
+    tongcrm_db: TestDatabase,
+    ctx: service.ImportContext,
+    memory_host: PluginHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A channel sync may store a claim between the lookup and the write: the new buyer's identity stops the
+    set-based write, which rolls back to its savepoint, and ingest attaches the order to the stored member."""
+    before = await _channel_buyers(tongcrm_db, memory_host)
+
+    async def nothing_found(*args: Any) -> dict[Any, Any]:
+        return {}  # a lookup that misses what is stored, as if it had run before the channel's commit
+
+    monkeypatch.setattr(staged, "_found_sqlite", nothing_found)
+    monkeypatch.setattr(staged, "_found_postgresql", nothing_found)
+    spied = _spy_orders(monkeypatch)
+    text = (
+        "order_id,member_id,identity.memory.buyer,placed_at,total_fen\n"
+        "O1,N1,,2025-03-01 10:00,100\nO2,,buyer-1,2025-03-01 11:00,200\n"
+    )
+    job, _ = await do_import(tongcrm_db, ctx, "orders", write(tmp_path / "o.csv", text))
+    assert [len(w.external_ids) for w in spied] == [0]
+    assert (job.imported, job.failed) == (2, 0)
+    async with tongcrm_db.sessions() as session:
+        member_of = dict((await session.execute(sa.select(Order.external_id, Order.member_id))).all())
+    assert member_of["O2"] == before["buyer-1"] and member_of["O1"] not in before.values()
+    assert await count(tongcrm_db, Member) == len(set(before.values())) + 1
+    assert (
+        await count(tongcrm_db, OutboxEvent, OutboxEvent.name == "member_created")
+        == len(set(before.values())) + 1
+    )

@@ -900,11 +900,15 @@ async def _apply_orders(
         key_of[order.external_id] = r.key
     if not orders:
         return outcome
-    # orders of buyers already known (most of a history imported after its members): set-based
+    # orders of buyers already known (most of a history imported after its members) and of buyers none of whose
+    # claims is stored yet (a history imported without its members): set-based
     staged_orders = await staged.write_orders(
         session, _resolution(ctx), account_id, IMPORT_CHANNEL, orders, claims_of
     )
     outcome.members |= staged_orders.member_ids
+    outcome.resolved = (
+        staged_orders.members_created > 0
+    )  # new members and identities: analysed like resolution's
     orders = [o for o in orders if o.external_id not in staged_orders.external_ids]
     key_of = {o.external_id: key_of[o.external_id] for o in orders}
     if not orders:

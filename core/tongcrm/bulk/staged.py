@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -48,6 +49,7 @@ from tongcrm.identity.service import (
     prepare_claim,
 )
 from tongcrm.ingest.apply import line_rows, order_row
+from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
 from tongcrm.members.masked import masked_index
 from tongcrm.members.models import Member
@@ -67,7 +69,8 @@ _MEMBER_COLUMNS = (
     "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
 )  # fmt: skip
 _IDENTITY_COLUMNS = (
-    "kind", "value", "member_id", "value_enc", "account_id", "evidence", "first_seen_at", "last_seen_at",
+    "kind", "value", "member_id", "value_enc", "masked_index", "account_id", "evidence", "first_seen_at",
+    "last_seen_at",
 )  # fmt: skip
 
 
@@ -201,12 +204,35 @@ async def write_new_members(
 
 async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now: datetime) -> list[int]:
     ids = sorted(r[0] for r in await driver.fetch(_NEW_IDS, len(fresh)))
-    stamp = now.isoformat()
-    members: list[tuple[Any, ...]] = []
-    identities: list[tuple[Any, ...]] = []
-    events: list[tuple[Any, ...]] = []
+    rows = _NewRows()
     for member_id, new in zip(ids, fresh, strict=True):
-        cs = new.claim_set
+        rows.add(ctx, member_id, new.claim_set, new.prepared.claims, new.prepared.masked, now)
+    await _copy_new_members(driver, rows)
+    return ids
+
+
+@dataclass(slots=True)
+class _NewRows:
+    """The rows of new members as resolution writes them (``_new_member_rows``, ``_new_identity_rows`` and the
+    ``member_created`` event of :mod:`tongcrm.identity.service`), by column name: members (columns
+    :data:`_MEMBER_COLUMNS`), identities (:data:`_IDENTITY_COLUMNS`) and the events' payloads."""
+
+    members: list[dict[str, Any]] = field(default_factory=list)
+    identities: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def add(
+        self,
+        ctx: ResolutionContext,
+        member_id: int,
+        cs: ClaimSet,
+        claims: Sequence[Any],
+        masked: str | None,
+        now: datetime,
+    ) -> None:
+        """One new member of the claim set ``cs``: ``claims`` its claims prepared, ``masked`` the masked index of
+        its (first) mobile."""
+        stamp = now.isoformat()
         profile: dict[str, str] = {}
         if cs.profile is not None:
             for name in ("name", "province", "city"):
@@ -214,31 +240,62 @@ async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now
                 if raw and raw.strip():
                     profile[name] = raw.strip()[: 100 if name == "name" else 64]
         meta: dict[str, Any] = {name: {"at": stamp, "verified": False} for name in profile}
-        claims, masked = new.prepared.claims, new.prepared.masked
-        mobile_enc = None
+        mobile_enc = e164 = None
         if masked is not None:
-            mobile_enc = next(c.value_enc for c in claims if c.kind == MOBILE and c.e164 is not None)
+            mobile = next(c for c in claims if c.kind == MOBILE and c.e164 is not None)
+            mobile_enc, e164 = mobile.value_enc, mobile.e164
             meta["mobile_enc"] = {"at": stamp, "verified": True}
-        members.append(
-            (
-                member_id, "active", 1, now, now, profile.get("name"), profile.get("province"), profile.get("city"),
-                mobile_enc, masked, json.dumps(meta), cs.source_channel, cs.source_store, cs.source_campaign,
-                "prospect",
-            )
+        self.members.append(
+            {
+                "id": member_id, "status": "active", "version": 1, "created_at": now, "updated_at": now,
+                "name": profile.get("name"), "province": profile.get("province"), "city": profile.get("city"),
+                "mobile_enc": mobile_enc, "mobile_masked_index": masked, "profile_meta": meta,
+                "source_channel": cs.source_channel, "source_store": cs.source_store,
+                "source_campaign": cs.source_campaign, "lifecycle_stage": "prospect",
+            }
         )  # fmt: skip
-        identities.extend(
-            (c.kind, c.value, member_id, c.value_enc, None, c.evidence, now, now) for c in claims
+        self.identities.extend(
+            {
+                "kind": c.kind, "value": c.value, "member_id": member_id, "value_enc": c.value_enc,
+                "masked_index": (
+                    None if c.e164 is None else masked if c.e164 == e164 else masked_index(ctx.vault, c.e164)
+                ),
+                "account_id": cs.account_id, "evidence": c.evidence, "first_seen_at": now, "last_seen_at": now,
+            }
+            for c in claims
+        )  # fmt: skip
+        self.events.append(
+            ("member_created", {"member_id": member_id, "source": cs.source_channel or "unknown"})
         )
-        payload = {"member_id": member_id, "source": cs.source_channel or "unknown"}
-        events.append(("member_created", json.dumps(payload), now))
+
+    def sorted_identities(self) -> list[dict[str, Any]]:
+        """In ``(kind, value)`` order, as resolution inserts them: concurrent writers wait on each other in that
+        order instead of deadlocking."""
+        return sorted(self.identities, key=lambda row: (row["kind"], row["value"]))
+
+
+_MEMBER_VALUES = operator.itemgetter(*_MEMBER_COLUMNS)
+_META_AT = _MEMBER_COLUMNS.index("profile_meta")
+_IDENTITY_VALUES = operator.itemgetter(*_IDENTITY_COLUMNS)
+
+
+async def _copy_new_members(driver: Any, rows: _NewRows) -> None:
+    """PostgreSQL: the new members, their identities and their events by ``COPY``; a unique violation of an
+    identity (another transaction stored it first) is a :class:`_Conflict`."""
+    members = []
+    for row in rows.members:
+        values = list(_MEMBER_VALUES(row))
+        values[_META_AT] = json.dumps(values[_META_AT])
+        members.append(values)
     await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
-    # in (kind, value) order, as resolution inserts them: concurrent writers wait on each other in that order
-    identities.sort(key=lambda row: (row[0], row[1]))
+    identities = list(map(_IDENTITY_VALUES, rows.sorted_identities()))
     await _copy(driver, "identities", identities, _IDENTITY_COLUMNS)
+    now = rows.members[0]["created_at"]
     await driver.copy_records_to_table(
-        "outbox_events", records=events, columns=("name", "payload", "occurred_at")
+        "outbox_events",
+        records=[(name, json.dumps(payload), now) for name, payload in rows.events],
+        columns=("name", "payload", "occurred_at"),
     )
-    return ids
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -269,10 +326,12 @@ _LINE_COLUMNS = (
 
 @dataclass(slots=True)
 class OrdersWritten:
-    """What :func:`write_orders` stored: the orders by external id, and their members (for tiers)."""
+    """What :func:`write_orders` stored: the orders by external id, their members (for tiers), and how many
+    members it created for buyers not known yet."""
 
     external_ids: set[str]
     member_ids: set[int]
+    members_created: int = 0
 
 
 def _buyer(
@@ -316,15 +375,44 @@ def _buyer(
 
 
 @dataclass(frozen=True, slots=True)
+class _Newcomer:
+    """A buyer none of whose claims is stored, who resolution would create: the claims (prepared) of its first
+    order of the page, and where its orders stand in :attr:`_Chosen.orders`."""
+
+    order: NormalisedOrder
+    claims: list[Any]
+    positions: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class _Chosen:
-    """The orders of a page :func:`write_orders` stores set-based (with their members), and the identities
-    their claims touched."""
+    """The orders of a page :func:`write_orders` stores set-based (with their members: an order of a newcomer
+    holds ``-1 - k``, the ``k``-th of ``newcomers``, until its member is written), the identities their claims
+    touched, and the new buyers to create first."""
 
     account_id: int
     channel: str
     orders: list[tuple[NormalisedOrder, int | None]]
     touched: list[int]
     now: datetime
+    newcomers: list[_Newcomer]
+
+    def new_rows(self, ctx: ResolutionContext, ids: Sequence[int]) -> _NewRows:
+        """The newcomers' rows under the member ids ``ids``, and their orders given those members."""
+        rows = _NewRows()
+        for member_id, new in zip(ids, self.newcomers, strict=True):
+            cs = ClaimSet(
+                new.order.claims,
+                account_id=self.account_id,
+                source_channel=self.channel,
+                source_store=new.order.store_code,
+            )
+            mobile = next((c for c in new.claims if c.kind == MOBILE and c.e164 is not None), None)
+            masked = None if mobile is None else masked_index(ctx.vault, mobile.e164)
+            rows.add(ctx, member_id, cs, new.claims, masked, self.now)
+            for position in new.positions:
+                self.orders[position] = (self.orders[position][0], member_id)
+        return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,11 +451,13 @@ async def write_orders(
     chosen: list[tuple[NormalisedOrder, int | None]] = []
     touched: set[int] = set()
     core_policy = ctx.host.resolution_is_core()
+    unknown: list[tuple[NormalisedOrder, list[Any]]] = []  # buyers resolution must decide
     for order, claims in prepared:
         member: int | None = None
         if claims:
             buyer = _buyer(ctx, order, claims, found, core_policy)
             if buyer is False:
+                unknown.append((order, claims))
                 continue
             member = cast(int, buyer)
             touched.update(
@@ -377,16 +467,65 @@ async def write_orders(
                 if (c.kind, v) in found
             )
         chosen.append((order, member))
+    newcomers: list[_Newcomer] = []
+    # an order whose claims could not be prepared (a profile to fill, a bad claim) may share one with a
+    # newcomer: resolution then decides them together, so the page creates none itself
+    if unknown and all(
+        claims is not None or not order.claims for order, claims in zip(orders, claims_of, strict=True)
+    ):
+        newcomers = _newcomers(ctx, unknown, found, core_policy, chosen)
     if not chosen:
         return out
-    page = _Chosen(account_id, channel, chosen, sorted(touched), now)
-    if not await (_write_orders_sqlite if sqlite else _write_orders_postgresql)(session, page):
-        log.info("an order of the import page was stored meanwhile; applying the page through ingest")
+    page = _Chosen(account_id, channel, chosen, sorted(touched), now, newcomers)
+    if not await (_write_orders_sqlite if sqlite else _write_orders_postgresql)(session, ctx, page):
+        log.info(
+            "an order or identity of the import page was stored meanwhile; applying the page through ingest"
+        )
         return out
     for order, member in chosen:
         out.external_ids.add(order.external_id)
         if member is not None:
             out.member_ids.add(member)
+    out.members_created = len(newcomers)
+    return out
+
+
+def _newcomers(
+    ctx: ResolutionContext,
+    unknown: Sequence[tuple[NormalisedOrder, list[Any]]],
+    found: dict[tuple[str, str], _Found],
+    core_policy: bool,
+    chosen: list[tuple[NormalisedOrder, int | None]],
+) -> list[_Newcomer]:
+    """The buyers of ``unknown`` (orders resolution must decide) that resolution would create, each with its
+    orders appended to ``chosen``. A buyer qualifies when none of its order's claims is stored, every other
+    order of the page that shares one of them has exactly the same claims (so they meet nobody else), and the
+    policy, asked with no matches as resolution asks it, creates a member. Its first order creates it; the
+    others of the page then hold only claims that are stored and name it alone, which the core policy attaches
+    to that member (a plugin's policy is asked by ingest for them: they are left out). Every other order goes
+    through ingest, which merges rather than duplicates."""
+    groups: dict[frozenset[tuple[str, str]], list[tuple[NormalisedOrder, list[Any]]]] = {}
+    uses: Counter[tuple[str, str]] = Counter()
+    for order, claims in unknown:
+        keys = frozenset((c.kind, v) for c in claims for v in (c.value, *c.lookup))
+        group = groups.get(keys)
+        if group is None:
+            groups[keys] = group = []
+            uses.update(keys)
+            if any(key in found for key in keys):
+                uses.update(keys)  # partly known: resolution weighs it, and so every order sharing a claim
+        group.append((order, claims))
+    out: list[_Newcomer] = []
+    for keys, group in groups.items():
+        if any(uses[key] > 1 for key in keys):
+            continue
+        first, claims = group[0]
+        if not core_policy and not _creates(ctx, claims):  # the core policy creates for claims none stored
+            continue
+        members = group if core_policy else group[:1]
+        position = len(chosen)
+        chosen.extend((order, -1 - len(out)) for order, _ in members)
+        out.append(_Newcomer(first, claims, list(range(position, position + len(members)))))
     return out
 
 
@@ -446,12 +585,16 @@ async def _driver(session: AsyncSession) -> Any:
     return raw.driver_connection
 
 
-async def _write_orders_postgresql(session: AsyncSession, page: _Chosen) -> bool:
-    """:func:`_write_orders` under a savepoint of its own, on the connection the writes use, then the claimed
-    identities touched; False (and nothing written) when an order was stored meanwhile."""
+async def _write_orders_postgresql(session: AsyncSession, ctx: ResolutionContext, page: _Chosen) -> bool:
+    """:func:`_write_orders` under a savepoint of its own, on the connection the writes use, after the page's new
+    buyers (:func:`_copy_new_members`, under ids drawn from the members' sequence); False (and nothing written)
+    when an order or a new identity was stored meanwhile."""
     driver = await _driver(session)
     await driver.execute("SAVEPOINT bulk_staged_orders")
     try:
+        if page.newcomers:
+            ids = sorted(r[0] for r in await driver.fetch(_NEW_IDS, len(page.newcomers)))
+            await _copy_new_members(driver, page.new_rows(ctx, ids))
         await _write_orders(driver, page)
     except _Conflict:
         await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_orders")
@@ -473,6 +616,10 @@ def _sqlite_insert(table: str, columns: Sequence[str]) -> str:
 
 _SQLITE_INSERT_ORDER = _sqlite_insert("orders", _SQLITE_ORDER_COLUMNS)
 _SQLITE_INSERT_LINE = _sqlite_insert("order_lines", _LINE_COLUMNS)
+_MEMBER_TABLE = cast(sa.Table, Member.__table__)
+_IDENTITY_TABLE = cast(sa.Table, Identity.__table__)
+_SQLITE_INSERT_MEMBER = _sqlite_insert("members", _MEMBER_COLUMNS)
+_SQLITE_INSERT_IDENTITY = _sqlite_insert("identities", _IDENTITY_COLUMNS)
 _SQLITE_UNIQUE = "SQLITE_CONSTRAINT_UNIQUE"
 
 
@@ -486,17 +633,30 @@ def _sqlite_touch() -> sa.Update:
     )
 
 
-async def _write_orders_sqlite(session: AsyncSession, page: _Chosen) -> bool:
-    """SQLite: the orders and their lines inserted as ingest would store new ones (its row builders, the values
-    converted by the columns' SQLite bind processors), under ids after the largest — the transaction took the
-    write lock at its start (``BEGIN IMMEDIATE``), so no other writer draws one meanwhile — and under a
-    savepoint; False (and nothing written) when an order was stored meanwhile (its unique
-    ``(account_id, external_id)``)."""
+async def _write_orders_sqlite(session: AsyncSession, ctx: ResolutionContext, page: _Chosen) -> bool:
+    """SQLite: the page's new buyers (members, identities, ``member_created`` events), then the orders and their
+    lines inserted as ingest would store new ones (its row builders, the values converted by the columns' SQLite
+    bind processors), members and orders under ids after the largest — the transaction took the write lock at its
+    start (``BEGIN IMMEDIATE``), so no other writer draws one meanwhile — and under a savepoint; False (and
+    nothing written) when an order or a new identity was stored meanwhile (their unique keys)."""
     orders: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     try:
         async with session.begin_nested():
             conn = await session.connection()
+            if page.newcomers:
+                top = (await conn.exec_driver_sql("SELECT max(id) FROM members")).scalar() or 0
+                new = page.new_rows(ctx, range(top + 1, top + 1 + len(page.newcomers)))
+                await conn.exec_driver_sql(
+                    _SQLITE_INSERT_MEMBER, sqlite_values(_MEMBER_TABLE, _MEMBER_COLUMNS, new.members)
+                )
+                await conn.exec_driver_sql(
+                    _SQLITE_INSERT_IDENTITY,
+                    sqlite_values(_IDENTITY_TABLE, _IDENTITY_COLUMNS, new.sorted_identities()),
+                )
+                step = outbox.emit_step("sqlite", new.events, now=page.now)
+                assert step is not None
+                await direct.rows(session, *step)
             top = (await conn.exec_driver_sql("SELECT max(id) FROM orders")).scalar()
             for order_id, (order, member) in enumerate(page.orders, start=(top or 0) + 1):
                 row = order_row(page.account_id, page.channel, order, member, None, page.now)
