@@ -19,6 +19,7 @@ accepted as an integer. Rather than each handler guarding itself, the app applie
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
@@ -187,6 +188,27 @@ def _moments(value: Any, where: str) -> Iterator[tuple[str, date]]:
             stack.extend((v, f"{at}.{k}") for k, v in item.items())
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+
+
+#: A date in a path, as the OpenAPI document states it: the parameter is matched as text and read by
+#: :func:`path_date`, so that a malformed date is a 400 naming it rather than a path no route matches (a 404).
+PathDate = Annotated[str, PathParameter(format="date", description="a date, YYYY-MM-DD")]
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def path_date(name: str, value: str) -> date:
+    """The date ``value`` of the path parameter ``name`` (``YYYY-MM-DD``), refused (400) naming the parameter
+    and the expected form when it is not one, or out of range (:func:`check_moment`)."""
+    try:
+        if not _ISO_DATE.fullmatch(value):
+            raise ValueError(value)  # fromisoformat alone also takes 20260301 and 2026-W09-7
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise _invalid(
+            f"expected a date as YYYY-MM-DD (e.g. 2026-03-01), got {shown(value)}", key=name, source="path"
+        ) from None
+    check_moment(name, day, source="path")
+    return day
 
 
 def check_text(name: str, value: str, *, source: str = "query") -> None:
