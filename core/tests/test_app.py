@@ -232,6 +232,15 @@ async def test_unknown_route_is_a_404_problem(make_client: Any) -> None:
     assert response.headers["content-type"].startswith("application/problem+json")
     # routing happens inside the request-id layer: a path no route matches is traced like any other
     assert response.json()["request_id"] == response.headers["x-request-id"]
+    # it says that no route has the path, and names it (the bare "Not Found" said neither)
+    assert response.json()["detail"].startswith("no such route: GET /api/does-not-exist;")
+    async with make_client() as api:
+        typed = await api.get("/api/members/abc")  # a route has the path, but its id is not a number
+        head = await api.head("/api/nowhere")
+    assert typed.status_code == 404 and typed.json()["detail"].startswith(
+        "no route matches GET /api/members/abc: a path segment is not of the type its route takes"
+    )
+    assert head.status_code == 404
 
 
 async def test_a_problem_names_the_path_as_a_bounded_uri_reference_without_the_query(
