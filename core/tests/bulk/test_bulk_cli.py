@@ -79,7 +79,8 @@ def test_a_refused_row_is_printed_with_its_line_number_once(invoke: Any, tmp_pat
     printed "line 3: line 3: the mobile value contains a NUL character")."""
     members = tmp_path / "members.csv"
     members.write_text(
-        "member_id,mobile,name\nA1,13800138001,张三\nA2,1380013\x008002,李四\nA3,13800138003\n", encoding="utf-8"
+        "member_id,mobile,name\nA1,13800138001,张三\nA2,1380013\x008002,李四\nA3,13800138003\n",
+        encoding="utf-8",
     )
     result = invoke("import", "members", str(members))
     assert result.exit_code == 0, result.output

@@ -78,7 +78,10 @@ async def test_checkout_earns_points_and_a_replay_changes_nothing(pos: ApiClient
         problem = bad.json()
         assert problem["errors"][0]["key"] == "business_day" and problem["errors"][0]["source"] == "path"
         assert problem["detail"].startswith("business_day: ")
-    assert "expected a date as YYYY-MM-DD" in (await pos.get("/pos/v1/receipts/S1/T01/notaday/1")).json()["detail"]
+    assert (
+        "expected a date as YYYY-MM-DD"
+        in (await pos.get("/pos/v1/receipts/S1/T01/notaday/1")).json()["detail"]
+    )
     async with pos.db.sessions() as session:
         assert (await session.execute(sa.select(sa.func.count()).select_from(Order))).scalar_one() == 1
 
