@@ -330,3 +330,18 @@ async def test_options_is_answered_without_a_key_and_reveals_nothing_else(make_c
         response = await api.options("/api/members/lookup")
         assert response.status_code == 204 and "GET" in response.headers["allow"]
         assert (await api.get("/api/members/lookup", params={"mobile": "13800138000"})).status_code == 401
+
+
+async def test_the_favicon_is_served_without_a_key(make_client: Any) -> None:
+    """A browser asks for /favicon.ico on its first visit: it gets an icon, not a 404 problem."""
+    import struct
+
+    async with make_client(role=None) as api:
+        icon = await api.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/x-icon")
+    assert "max-age" in icon.headers["cache-control"]
+    reserved, kind, count = struct.unpack("<HHH", icon.content[:6])
+    assert (reserved, kind, count) == (0, 1, 1)
+    width, height, _, _, _, bits, length, offset = struct.unpack("<BBBBHHII", icon.content[6:22])
+    assert (width, height, bits, offset) == (32, 32, 32, 22) and offset + length == len(icon.content)
+    assert icon.content[offset : offset + 8] == b"\x89PNG\r\n\x1a\n"
