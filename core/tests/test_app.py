@@ -207,6 +207,37 @@ async def test_validation_error_is_a_400_problem_that_names_the_field(make_clien
     assert "amount_fen" in body["detail"]
 
 
+async def test_a_body_of_another_media_type_is_a_415_problem_naming_the_expected_one(
+    make_client: Any,
+) -> None:
+    """A form or text body on a JSON route was read as JSON and refused as "not valid JSON" (400), while the
+    API documents 415 for a wrong media type."""
+    body = b'{"amount_fen": 125, "note": "x"}'
+    async with make_client(extra_handlers=EXTRA) as api:
+        answers = {
+            kind: await api.post("/api/test/orders", content=body, headers={"Content-Type": kind})
+            for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x")
+        }
+        fine = [
+            await api.post("/api/test/orders", content=body, headers={"Content-Type": kind})
+            for kind in (
+                "application/json; charset=utf-8",
+                "Application/JSON",
+                "application/merge-patch+json",
+            )
+        ]
+        bare = await api.post("/api/test/orders", content=body)  # no Content-Type: read as JSON
+    for kind, answer in answers.items():
+        assert answer.status_code == 415, (kind, answer.text)
+        problem = answer.json()
+        assert problem["title"] == "Unsupported media type" and problem["expected"] == "application/json"
+        assert (
+            "Content-Type: application/json" in problem["detail"] and kind.split(";")[0] in problem["detail"]
+        )
+    assert [a.status_code for a in fine] == [201, 201, 201] and fine[0].json() == {"amount_fen": 125}
+    assert "content-type" not in bare.request.headers and bare.status_code == 201
+
+
 async def test_domain_error_maps_to_its_status_with_extras(make_client: Any) -> None:
     async with make_client(extra_handlers=EXTRA) as api:
         response = await api.post("/api/test/orders", json={"amount_fen": 100, "note": "dup"})

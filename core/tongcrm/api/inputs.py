@@ -34,7 +34,7 @@ from litestar.params import PathParameter, QueryParameter
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.types import Empty
 
-from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, listed, shown
+from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, UnsupportedMediaType, listed, shown
 
 #: The largest id, cursor or offset the API accepts: within the 64-bit (BIGINT) columns ids live in, and the
 #: largest such number a double holds exactly (2^63 - 1024), because the OpenAPI document states bounds as JSON
@@ -91,11 +91,38 @@ class StrictRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
         if self._json is Empty:
             body = await self.body()
+            if body:
+                check_json_media_type(self.headers.get("content-type"))
             value, _ = read_json(
                 body or b"null", self.route_handler, nul=not self.route_handler.opt.get(NUL_PER_ITEM_OPT)
             )
             self._json = self._connection_state.json = value
         return self._json
+
+
+#: The media type a JSON body is sent as.
+JSON_MEDIA_TYPE = "application/json"
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a body sent with the ``Content-Type`` ``content_type`` may be read as JSON: ``application/json``
+    or a ``+json`` type (``application/merge-patch+json``), with any parameters (``; charset=utf-8``), or no
+    ``Content-Type`` at all (RFC 9110 lets the server assume; many clients send none)."""
+    if content_type is None:
+        return True
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == JSON_MEDIA_TYPE or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def check_json_media_type(content_type: str | None) -> None:
+    """Refuse (415) a body a JSON route is sent under another media type: a form or text body used to reach the
+    JSON decoder and come back as 400 "not valid JSON", where the API documents 415 (RFC 9110 15.5.16)."""
+    if not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            f"this route takes a JSON body: send it with Content-Type: {JSON_MEDIA_TYPE} "
+            f"(the request said {shown(content_type or '')})",
+            extra={"expected": JSON_MEDIA_TYPE},
+        )
 
 
 def read_json(body: bytes, handler: HTTPRouteHandler, *, nul: bool = True) -> tuple[Any, Any]:
