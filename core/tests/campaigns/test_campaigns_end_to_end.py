@@ -140,7 +140,9 @@ async def test_segment_campaign_messages_orders_report(
         # a finished run's figures are read as before, and it still counts against the budgets
         final = (await api.get("/api/campaigns/spring/report")).json()
         assert final["runs"][0]["run"]["status"] == "finished"
-        assert final["total"]["sent"] == len(treated_ok) and final["total"]["control_group"]["responders"] == 5
+        assert (
+            final["total"]["sent"] == len(treated_ok) and final["total"]["control_group"]["responders"] == 5
+        )
         assert "run 1" in (await api.get("/api/campaigns/spring/report.svg")).text
         audit = (await api.get("/api/audit?object_type=campaign")).json()
         actions = [e["action"] for e in (audit["items"] if isinstance(audit, dict) else audit)]
