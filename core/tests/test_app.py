@@ -207,6 +207,37 @@ async def test_validation_error_is_a_400_problem_that_names_the_field(make_clien
     assert "amount_fen" in body["detail"]
 
 
+async def test_a_body_of_another_media_type_is_a_415_problem_naming_the_expected_one(
+    make_client: Any,
+) -> None:
+    """A form or text body on a JSON route was read as JSON and refused as "not valid JSON" (400), while the
+    API documents 415 for a wrong media type."""
+    body = b'{"amount_fen": 125, "note": "x"}'
+    async with make_client(extra_handlers=EXTRA) as api:
+        answers = {
+            kind: await api.post("/api/test/orders", content=body, headers={"Content-Type": kind})
+            for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x")
+        }
+        fine = [
+            await api.post("/api/test/orders", content=body, headers={"Content-Type": kind})
+            for kind in (
+                "application/json; charset=utf-8",
+                "Application/JSON",
+                "application/merge-patch+json",
+            )
+        ]
+        bare = await api.post("/api/test/orders", content=body)  # no Content-Type: read as JSON
+    for kind, answer in answers.items():
+        assert answer.status_code == 415, (kind, answer.text)
+        problem = answer.json()
+        assert problem["title"] == "Unsupported media type" and problem["expected"] == "application/json"
+        assert (
+            "Content-Type: application/json" in problem["detail"] and kind.split(";")[0] in problem["detail"]
+        )
+    assert [a.status_code for a in fine] == [201, 201, 201] and fine[0].json() == {"amount_fen": 125}
+    assert "content-type" not in bare.request.headers and bare.status_code == 201
+
+
 async def test_domain_error_maps_to_its_status_with_extras(make_client: Any) -> None:
     async with make_client(extra_handlers=EXTRA) as api:
         response = await api.post("/api/test/orders", json={"amount_fen": 100, "note": "dup"})
@@ -232,6 +263,15 @@ async def test_unknown_route_is_a_404_problem(make_client: Any) -> None:
     assert response.headers["content-type"].startswith("application/problem+json")
     # routing happens inside the request-id layer: a path no route matches is traced like any other
     assert response.json()["request_id"] == response.headers["x-request-id"]
+    # it says that no route has the path, and names it (the bare "Not Found" said neither)
+    assert response.json()["detail"].startswith("no such route: GET /api/does-not-exist;")
+    async with make_client() as api:
+        typed = await api.get("/api/members/abc")  # a route has the path, but its id is not a number
+        head = await api.head("/api/nowhere")
+    assert typed.status_code == 404 and typed.json()["detail"].startswith(
+        "no route matches GET /api/members/abc: a path segment is not of the type its route takes"
+    )
+    assert head.status_code == 404
 
 
 async def test_a_problem_names_the_path_as_a_bounded_uri_reference_without_the_query(
@@ -321,3 +361,18 @@ async def test_options_is_answered_without_a_key_and_reveals_nothing_else(make_c
         response = await api.options("/api/members/lookup")
         assert response.status_code == 204 and "GET" in response.headers["allow"]
         assert (await api.get("/api/members/lookup", params={"mobile": "13800138000"})).status_code == 401
+
+
+async def test_the_favicon_is_served_without_a_key(make_client: Any) -> None:
+    """A browser asks for /favicon.ico on its first visit: it gets an icon, not a 404 problem."""
+    import struct
+
+    async with make_client(role=None) as api:
+        icon = await api.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/x-icon")
+    assert "max-age" in icon.headers["cache-control"]
+    reserved, kind, count = struct.unpack("<HHH", icon.content[:6])
+    assert (reserved, kind, count) == (0, 1, 1)
+    width, height, _, _, _, bits, length, offset = struct.unpack("<BBBBHHII", icon.content[6:22])
+    assert (width, height, bits, offset) == (32, 32, 32, 22) and offset + length == len(icon.content)
+    assert icon.content[offset : offset + 8] == b"\x89PNG\r\n\x1a\n"

@@ -200,7 +200,7 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    check_route_access(app.routes, public, exact_public=("/",))
+    check_route_access(app.routes, public, exact_public=("/", "/favicon.ico"))
     check_console_routes(app.routes)
     collect_query_names(app.routes)
     document_problems(app, ROLES_OPT)

@@ -858,6 +858,7 @@ _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "calendar": ("tongcrm.campaigns.cli", "calendar_command"),
     "rfm": ("tongcrm.rfm.cli", "rfm_group"),
     "tags": ("tongcrm.tagrules.cli", "tags_group"),
+    "messages": ("tongcrm.messaging.cli", "messages_group"),
 }
 
 

@@ -80,6 +80,11 @@ class Forbidden(TongcrmError):
     title = "Forbidden"
 
 
+class UnsupportedMediaType(TongcrmError):
+    status_code = 415
+    title = "Unsupported media type"
+
+
 class TooManyRequests(TongcrmError):
     status_code = 429
     title = "Too many requests"

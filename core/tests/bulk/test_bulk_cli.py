@@ -74,6 +74,26 @@ def test_import_then_export_from_the_command_line(invoke: Any, tmp_path: Path) -
     assert unknown.exit_code != 0 and "Invalid value" in unknown.output
 
 
+def test_a_refused_row_is_printed_with_its_line_number_once(invoke: Any, tmp_path: Path) -> None:
+    """The reason stored for a row the reader refused names no line: the report puts the line beside it (the CLI
+    printed "line 3: line 3: the mobile value contains a NUL character")."""
+    members = tmp_path / "members.csv"
+    members.write_text(
+        "member_id,mobile,name\nA1,13800138001,张三\nA2,1380013\x008002,李四\nA3,13800138003\n",
+        encoding="utf-8",
+    )
+    result = invoke("import", "members", str(members))
+    assert result.exit_code == 0, result.output
+    assert "  line 3: the mobile value contains a NUL character (U+0000)\n" in result.output
+    assert "  line 4: the row has 2 fields where the header has 3\n" in result.output
+    assert "line 3: line 3" not in result.output and "line 4 has" not in result.output
+
+    jsonl = tmp_path / "members.jsonl"
+    jsonl.write_text('{"member_id": "J1", "mobile": "13900139001"}\n{not json\n', encoding="utf-8")
+    result = invoke("import", "members", str(jsonl))
+    assert "  line 2: the row is not JSON (" in result.output and "line 2 is" not in result.output
+
+
 def test_an_import_collects_garbage_for_a_batch_and_puts_the_collector_back() -> None:
     before = gc.get_threshold()
     if gc.get_freeze_count():

@@ -213,7 +213,7 @@ async def test_bad_rows_are_kept_with_line_numbers_and_reasons(
     assert (job2.imported, job2.failed) == (1, 3)
     async with tongcrm_db.sessions() as session:
         reasons = {e.line: e.reason for e in await service.import_errors(session, job2.id)}
-    assert reasons[3].startswith("line 3 is not JSON") and reasons[4] == "line 4 is not a JSON object"
+    assert reasons[3].startswith("the row is not JSON") and reasons[4] == "the row is not a JSON object"
     assert "unknown identity kind 'nowhere.id'" in reasons[5]
 
 
@@ -877,7 +877,7 @@ async def test_a_nul_character_makes_its_row_bad_not_the_file(
     assert (job.status, job.imported, job.failed) == ("finished", 2, 1)
     async with tongcrm_db.sessions() as session:
         (error,) = await service.import_errors(session, job.id)
-    assert error.line == 3 and error.reason == "line 3: the name value contains a NUL character (U+0000)"
+    assert error.line == 3 and error.reason == "the name value contains a NUL character (U+0000)"
     assert json.loads(error.row)["city"] == "北京" and "\x00" not in error.row
     assert await count(tongcrm_db, Member) == 2
 

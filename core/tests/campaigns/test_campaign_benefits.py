@@ -96,7 +96,10 @@ async def test_a_run_beyond_the_points_budget_is_refused_with_nothing_granted(
         frozen = (
             await session.execute(sa.select(sa.func.count()).where(CampaignAudience.run_id == runs[1].id))
         ).scalar_one()
-    assert [(r.status, r.points_granted) for r in runs] == [("queued", 1000), ("refused", 0)]
+    assert [(r.status, r.points_granted) for r in runs] == [
+        ("finished", 1000),
+        ("refused", 0),
+    ]  # the first run's 1-day window closed: finished, still counted
     assert runs[1].reason == (
         "points budget exceeded: the run would grant 10 members × 100 = 1000 points and 500 points are left of"
         " the budget of 1500"

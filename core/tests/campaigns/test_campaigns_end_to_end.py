@@ -132,6 +132,18 @@ async def test_segment_campaign_messages_orders_report(
         clock.advance(days=7)
         await service.run_due(api.db.sessions, host, now=clock(), tz=SH)
         assert (await api.get("/api/campaigns/spring")).json()["status"] == "finished"
+        # its run is over too: it used to say queued for good, nothing moved it after its start
+        runs = (await api.get("/api/campaigns/spring/runs")).json()
+        assert [(r["status"], r["audience"], r["control"]) for r in runs] == [
+            ("finished", len(audience), len(held))
+        ]
+        # a finished run's figures are read as before, and it still counts against the budgets
+        final = (await api.get("/api/campaigns/spring/report")).json()
+        assert final["runs"][0]["run"]["status"] == "finished"
+        assert (
+            final["total"]["sent"] == len(treated_ok) and final["total"]["control_group"]["responders"] == 5
+        )
+        assert "run 1" in (await api.get("/api/campaigns/spring/report.svg")).text
         audit = (await api.get("/api/audit?object_type=campaign")).json()
         actions = [e["action"] for e in (audit["items"] if isinstance(audit, dict) else audit)]
         assert {"campaign.create", "campaign.schedule", "campaign.run", "campaign.finish"} <= set(actions)

@@ -16,6 +16,7 @@ from tongcrm.auth.service import Role
 from tongcrm.console import web
 from tongcrm.console.i18n import EN, ZH
 from tongcrm.console.models import ConsoleSession
+from tongcrm.console.pages import STATIC
 from tongcrm.console.sessions import ABSOLUTE, IDLE
 from tongcrm.dashboard.service import MESSAGE_WINDOWS
 from tongcrm.db.base import utcnow
@@ -186,7 +187,12 @@ async def test_static_files_are_served_without_a_session(make_client: Any) -> No
     async with make_client(role=None) as api:
         css = await api.get("/console/static/console.css")
         assert css.status_code == 200 and "text/css" in css.headers["content-type"]
-        assert (await api.get("/console/static/nope.css")).status_code == 404
+        missing = await api.get("/console/static/nope.css")
+        assert missing.status_code == 404 and "no such route" in missing.json()["detail"]
+        assert str(STATIC) not in missing.text  # the server's directory is not echoed (litestar's detail did)
+        page = await api.get("/console/sign-in")
+        assert '<link rel="icon" href="/favicon.ico"' in page.text
+        assert (await api.get("/favicon.ico")).status_code == 200
 
 
 async def test_over_https_the_session_cookie_is_secure(make_client: Any) -> None:

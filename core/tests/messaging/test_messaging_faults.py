@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -169,3 +170,104 @@ async def test_callback_routes_record_receipts_and_opt_outs_once(
         reports = (await api.get("/api/care-flows")).json()
         shipping = next(r for r in reports if r["flow"] == "shipping_notice")
         assert shipping["statuses"]["delivered"] == 1
+
+
+async def test_an_operator_settles_in_doubt_messages_as_sent_failed_or_resent(
+    tongcrm_db: TestDatabase,
+    make_client: Callable[..., Any],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timed-out batch request leaves its messages in doubt for good unless a report comes: the operator
+    settles them (API and CLI), audited, all or none, and a resend only with the explicit confirmation."""
+    from click.testing import CliRunner
+    from tongcrm.cli import Context, build_cli
+
+    clock = Clock(beijing(2024, 5, 1, 10))
+    host = sms_host()
+    async with make_client(host=host, role="admin") as api:
+        w = World(
+            api.db.sessions, Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(), host, clock
+        )
+        with fake_gateway(clock) as (fake, url):
+            await w.setup(url, timeout_seconds="0.5", max_send_rate="4")
+            members = [await w.member(i) for i in range(4)]
+            targets = [service.Target(m, await w.order(m, f"D{i}")) for i, m in enumerate(members)]
+            async with w.sessions() as session, session.begin():
+                notice = await service.get_template(session, "order_notice")
+                await service.queue_messages(session, "flow.shipping_notice", notice, targets, now=clock())
+            fake.inject_delay(1.5, requests=1)  # one request of four recipients times out
+            await w.dispatcher().run()
+            doubtful = [m.id for m in await w.messages() if m.status == "in_doubt"]
+            assert len(doubtful) == 4, dump(await w.messages())
+            a, b, c, d = doubtful
+
+            async def settle(ids: list[int], outcome: str, **more: Any) -> Any:
+                body = {"message_ids": ids, "outcome": outcome, "note": "checked the Aliyun console", **more}
+                return await api.post("/api/messages/settle", json=body)
+
+            unconfirmed = await settle([c, d], "resend")
+            assert unconfirmed.status_code == 422 and unconfirmed.json()["reason"] == "resend_not_confirmed"
+            sent = await settle([a], "sent")
+            assert sent.status_code == 200, sent.text
+            assert [(m["id"], m["status"]) for m in sent.json()["messages"]] == [(a, "sent")]
+            again = await settle([a, b], "failed")  # a is settled already: nothing changes, b included
+            assert again.status_code == 409 and again.json()["not_in_doubt"] == [a]
+            unknown = await settle([b, 2**40], "failed")
+            assert unknown.status_code == 404
+            assert [m.status for m in await w.messages(id=b)] == ["in_doubt"]
+
+            # the CLI: the same service, as the cli actor
+            monkeypatch.setenv("TONGCRM_DATABASE_URL", tongcrm_db.url)
+            monkeypatch.setenv("TONGCRM_SECRET_KEY", SECRET_KEY)
+
+            async def cli(*args: str) -> Any:  # the command runs its own event loop: in a thread
+                return await asyncio.to_thread(
+                    CliRunner().invoke, build_cli(host), list(args), obj=Context(host)
+                )
+
+            listed_ = await cli("messages", "in-doubt")
+            assert listed_.exit_code == 0 and [int(line.split()[0]) for line in listed_.output.splitlines()] == [
+                b, c, d,
+            ]  # fmt: skip
+            failed = await cli(
+                "messages", "settle", str(b), "--as", "failed", "--note", "the member never got it"
+            )
+            assert failed.exit_code == 0 and f"message {b}: failed" in failed.output, failed.output
+            refused = await cli(
+                "messages", "settle", str(c), str(d), "--as", "resend", "--note", "not in the console"
+            )
+            assert refused.exit_code != 0 and "--resend-confirmed" in str(
+                refused.exception
+            )  # main() prints it
+            resent = await cli(
+                "messages", "settle", str(c), str(d), "--as", "resend", "--note", "x", "--resend-confirmed"
+            )
+            assert resent.exit_code == 0, resent.output
+            assert [m.status for m in await w.messages() if m.id in (c, d)] == ["queued", "queued"]
+            for _ in range(
+                100
+            ):  # the timed-out request is answered late: the gateway took all four after all
+                if len(fake.accepted) == 4:
+                    break
+                await asyncio.sleep(0.05)
+            before = len(fake.accepted)
+            assert before == 4
+            # queued again at the wall clock's now (the CLI's): the dispatcher's clock moves past it
+            from datetime import UTC, datetime
+
+            clock.advance(seconds=(datetime.now(UTC) - clock()).total_seconds() + 60)
+            await w.dispatcher().run()
+            assert [m.status for m in await w.messages() if m.id in (c, d)] == ["sent", "sent"]
+            assert len(fake.accepted) == before + 2  # sent twice: the duplicate the operator accepted
+
+        audit = (await api.get("/api/audit", params={"object_type": "message"})).json()
+        entries = audit["items"] if isinstance(audit, dict) else audit
+        settled = sorted(
+            (e["object_id"], e["after"]["outcome"]) for e in entries if e["action"] == "message.settle"
+        )
+        assert settled == sorted(
+            [(str(a), "sent"), (str(b), "failed"), (str(c), "resend"), (str(d), "resend")]
+        )
+        notes = {e["object_id"]: e["after"]["note"] for e in entries if e["action"] == "message.settle"}
+        assert notes[str(b)] == "the member never got it" and notes[str(a)] == "checked the Aliyun console"

@@ -52,7 +52,7 @@ from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json, get_serializer
 from litestar.types import ExceptionHandlersMap, Receive, ReceiveMessage, Scope, Serializer
 
-from tongcrm.api.inputs import NUL_PER_ITEM_OPT, read_json
+from tongcrm.api.inputs import NUL_PER_ITEM_OPT, is_json_media_type, read_json
 from tongcrm.api.problems import PROBLEM_JSON, handle_domain_error, problem_body
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import CONFIRMS_KEY_OPT, LIMIT_OPT, ROLES_OPT, authorize, take_limit
@@ -141,6 +141,9 @@ class HotTarget:
         the route refuses (it then reads the replayed body and answers the problem)."""
         if scope["query_string"]:
             return None
+        media_type = _header(scope, b"content-type")
+        if media_type is not None and not is_json_media_type(media_type.decode("latin-1")):
+            return None  # a body of another media type: the route refuses it (415)
         body = await read_body(scope, receive, self.max_body)
         if not body:
             return None

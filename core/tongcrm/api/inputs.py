@@ -19,6 +19,7 @@ accepted as an integer. Rather than each handler guarding itself, the app applie
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
@@ -33,7 +34,7 @@ from litestar.params import PathParameter, QueryParameter
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.types import Empty
 
-from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, listed, shown
+from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, UnsupportedMediaType, listed, shown
 
 #: The largest id, cursor or offset the API accepts: within the 64-bit (BIGINT) columns ids live in, and the
 #: largest such number a double holds exactly (2^63 - 1024), because the OpenAPI document states bounds as JSON
@@ -90,11 +91,38 @@ class StrictRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
         if self._json is Empty:
             body = await self.body()
+            if body:
+                check_json_media_type(self.headers.get("content-type"))
             value, _ = read_json(
                 body or b"null", self.route_handler, nul=not self.route_handler.opt.get(NUL_PER_ITEM_OPT)
             )
             self._json = self._connection_state.json = value
         return self._json
+
+
+#: The media type a JSON body is sent as.
+JSON_MEDIA_TYPE = "application/json"
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a body sent with the ``Content-Type`` ``content_type`` may be read as JSON: ``application/json``
+    or a ``+json`` type (``application/merge-patch+json``), with any parameters (``; charset=utf-8``), or no
+    ``Content-Type`` at all (RFC 9110 lets the server assume; many clients send none)."""
+    if content_type is None:
+        return True
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == JSON_MEDIA_TYPE or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def check_json_media_type(content_type: str | None) -> None:
+    """Refuse (415) a body a JSON route is sent under another media type: a form or text body used to reach the
+    JSON decoder and come back as 400 "not valid JSON", where the API documents 415 (RFC 9110 15.5.16)."""
+    if not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            f"this route takes a JSON body: send it with Content-Type: {JSON_MEDIA_TYPE} "
+            f"(the request said {shown(content_type or '')})",
+            extra={"expected": JSON_MEDIA_TYPE},
+        )
 
 
 def read_json(body: bytes, handler: HTTPRouteHandler, *, nul: bool = True) -> tuple[Any, Any]:
@@ -187,6 +215,27 @@ def _moments(value: Any, where: str) -> Iterator[tuple[str, date]]:
             stack.extend((v, f"{at}.{k}") for k, v in item.items())
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+
+
+#: A date in a path, as the OpenAPI document states it: the parameter is matched as text and read by
+#: :func:`path_date`, so that a malformed date is a 400 naming it rather than a path no route matches (a 404).
+PathDate = Annotated[str, PathParameter(format="date", description="a date, YYYY-MM-DD")]
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def path_date(name: str, value: str) -> date:
+    """The date ``value`` of the path parameter ``name`` (``YYYY-MM-DD``), refused (400) naming the parameter
+    and the expected form when it is not one, or out of range (:func:`check_moment`)."""
+    try:
+        if not _ISO_DATE.fullmatch(value):
+            raise ValueError(value)  # fromisoformat alone also takes 20260301 and 2026-W09-7
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise _invalid(
+            f"expected a date as YYYY-MM-DD (e.g. 2026-03-01), got {shown(value)}", key=name, source="path"
+        ) from None
+    check_moment(name, day, source="path")
+    return day
 
 
 def check_text(name: str, value: str, *, source: str = "query") -> None:

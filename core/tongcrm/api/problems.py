@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from tongcrm.errors import TongcrmError
@@ -98,6 +98,10 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
                 [_missing_body(e) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
             )
             detail = "; ".join(_describe(e) for e in exc.extra) if isinstance(exc.extra, list) else detail
+    if isinstance(exc, NotFoundException):
+        # litestar's router (or the console's static files) found nothing at this path; every "not found" of a
+        # resource the API knows is a domain NotFound, which says what is missing
+        detail = _no_route(request.method, request.scope["path"], exc)
     allow = (exc.headers or {}).get("allow")
     if status == 405 and allow:
         # RFC 9110 wants Allow on a 405; litestar's router sets it on the exception, not on our response
@@ -106,6 +110,20 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         log.error("request failed", error=exc.detail, status=status)
         detail = "internal error"
     return problem(request, status, title, detail, headers=exc.headers, **extra)
+
+
+def _no_route(method: str, path: str, exc: NotFoundException) -> str:
+    """The ``detail`` of a 404 no handler answered: no route has this path, or one has it but a segment is not
+    of the type its parameter takes (litestar's router refuses ``/api/members/abc`` as it refuses ``/nosuch``,
+    chaining the ``ValueError`` of the failed conversion). The path is quoted as ``instance`` quotes it."""
+    where = f"{method} {instance_of(path)}"
+    cause = exc.__cause__
+    if isinstance(cause, ValueError) and not isinstance(cause, HTTPException):
+        return (
+            f"no route matches {where}: a path segment is not of the type its route takes "
+            "(ids are whole numbers); the routes are listed in the OpenAPI document at /schema/openapi.json"
+        )
+    return f"no such route: {where}; the routes are listed in the OpenAPI document at /schema/openapi.json"
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

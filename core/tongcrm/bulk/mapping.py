@@ -267,11 +267,11 @@ def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None)
     with contextlib.closing(_raw(path, fmt)) as raws:
         for line, raw, error in raws:
             if raw is None:
-                yield Record(line, {}, f"line {line} {error}")
+                yield Record(line, {}, f"the row {error}")
                 continue
             clash = _clashes(list(raw), rename) if fmt != "csv" else None
             if clash is not None:
-                yield Record(line, {}, f"line {line} {clash}")
+                yield Record(line, {}, f"the row {clash}")
                 continue
             names, identity_names = _shape(shapes, rename, tuple(raw))
             values: dict[str, str | None] = dict(zip(names, map(_text, raw.values()), strict=True))
@@ -287,7 +287,7 @@ def read_records(path: Path, fmt: str, mapping: Mapping[str, str] | None = None)
                 # No database text column can hold U+0000 (PostgreSQL refuses it): the row is bad, not the file, and it
                 # is kept for the report with each NUL shown as U+FFFD.
                 visible = {k: None if v is None else v.replace("\x00", "\ufffd") for k, v in values.items()}
-                yield Record(line, visible, f"line {line}: the {nul} value contains a NUL character (U+0000)")
+                yield Record(line, visible, f"the {nul} value contains a NUL character (U+0000)")
                 continue
             yield Record(line, values, identity_names=identity_names)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 from tongcrm.campaigns.evaluation import Outcome, Report
+from tongcrm.campaigns.models import RUN_SENT
 
 if TYPE_CHECKING:
     from tongcrm.campaigns.journeys import JourneyReport
@@ -55,7 +56,7 @@ def _bars(x0: int, label: str, o: Outcome, scale: float) -> list[str]:
 
 
 def render(report: Report) -> str:
-    groups = [(f"run {i + 1}", r.outcome) for i, r in enumerate(report.runs) if r.run.status == "queued"]
+    groups = [(f"run {i + 1}", r.outcome) for i, r in enumerate(report.runs) if r.run.status in RUN_SENT]
     groups.append(("total", report.total))
     return render_groups(report.campaign.name, groups)
 

@@ -33,7 +33,7 @@ from sqlalchemy.orm import QueryableAttribute
 
 from tongcrm.campaigns import stats
 from tongcrm.campaigns.feed import flow_of, occasion_of
-from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
+from tongcrm.campaigns.models import RUN_SENT, Campaign, CampaignAudience, CampaignRun
 from tongcrm.campaigns.service import runs
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.members.models import Member
@@ -247,7 +247,7 @@ async def run_figures(session: AsyncSession, campaign: Campaign, run: CampaignRu
         entitlements_granted=run.entitlements_granted,
         entitlement_cost_fen=run.entitlements_granted * int(benefit.get("cost_fen", 0)),
     )
-    if run.status != "queued":
+    if run.status not in RUN_SENT:
         return f
     of_run = _run_messages(campaign, run.id)
     rows = await session.execute(

@@ -57,12 +57,17 @@ class Campaign(Base):
     __table_args__ = (sa.Index("ix_campaigns_status_next_run", "status", "next_run_at"),)
 
 
+#: Statuses of a run that sent: its messages are in the send log and count against the campaign's budgets.
+RUN_SENT = ("queued", "finished")
+
+
 class CampaignRun(Base):
     """One run of a campaign at one scheduled moment. Unique per (campaign, moment): a scheduler that restarts
     or runs twice finds the run there and starts nothing new.
 
-    status: ``queued`` (its messages are in the send log) or ``refused`` (``reason``: empty audience, budget
-    exceeded; nothing was sent)."""
+    status: ``queued`` (its messages are in the send log, or being written there), ``finished`` (all its
+    messages are written and its response window has closed: its figures are final but for in-doubt sends), or
+    ``refused`` (``reason``: empty audience, budget exceeded; nothing was sent)."""
 
     __tablename__ = "campaign_runs"
 

@@ -28,7 +28,7 @@ from tongcrm.campaigns import control, feed
 from tongcrm.campaigns import schedule as sched
 from tongcrm.campaigns.feed import flow_of as flow_of
 from tongcrm.campaigns.feed import occasion_of as occasion_of
-from tongcrm.campaigns.models import Campaign, CampaignAudience, CampaignRun
+from tongcrm.campaigns.models import RUN_SENT, Campaign, CampaignAudience, CampaignRun
 from tongcrm.db.dialect import dialect_name, insert
 from tongcrm.entitlements import service as entitlements
 from tongcrm.errors import Conflict, NotFound, TongcrmError, Unprocessable
@@ -241,7 +241,7 @@ async def _queued_to_treatment(session: AsyncSession, campaign_id: int, *, besid
     used = await session.execute(
         sa.select(sa.func.coalesce(sa.func.sum(CampaignRun.audience - CampaignRun.control), 0)).where(
             CampaignRun.campaign_id == campaign_id,
-            CampaignRun.status == "queued",
+            CampaignRun.status.in_(RUN_SENT),
             CampaignRun.id != (besides or 0),
         )
     )
@@ -255,7 +255,7 @@ async def _granted(
     used = await session.execute(
         sa.select(sa.func.coalesce(sa.func.sum(column), 0)).where(
             CampaignRun.campaign_id == campaign_id,
-            CampaignRun.status == "queued",
+            CampaignRun.status.in_(RUN_SENT),
             CampaignRun.id != (besides or 0),
         )
     )
@@ -595,10 +595,39 @@ async def run_due(
     return started
 
 
+async def _finish_runs(session: AsyncSession, now: datetime) -> int:
+    """Move to ``finished`` the ``queued`` runs fully written to the send log whose response window (the
+    campaign's ``within_days`` after the run started) has closed; how many."""
+    rows = (
+        await session.execute(
+            sa.select(CampaignRun.id, CampaignRun.started_at, Campaign.response)
+            .join(Campaign, Campaign.id == CampaignRun.campaign_id)
+            .where(CampaignRun.status == "queued", CampaignRun.enqueued >= CampaignRun.audience)
+        )
+    ).all()
+    done = [
+        run_id
+        for run_id, started_at, response in rows
+        if started_at + timedelta(days=int(response["within_days"])) <= now
+    ]
+    if done:
+        await session.execute(
+            sa.update(CampaignRun)
+            .where(CampaignRun.id.in_(done), CampaignRun.status == "queued")
+            .values(status="finished")
+            .execution_options(synchronize_session=False)
+        )
+        log.info("campaign runs finished", runs=len(done))
+    return len(done)
+
+
 async def finish_done(sessions: async_sessionmaker[AsyncSession], *, now: datetime) -> int:
-    """Mark ``finished`` every running campaign with no run left whose last response window has closed."""
+    """Mark ``finished`` every run whose audience is all in the send log and whose response window has closed,
+    and every running campaign with no run left whose last response window has closed. (A run used to stay
+    ``queued`` for good: nothing moved it after its start, so a finished campaign listed its runs as queued.)"""
     finished = 0
     async with sessions() as session, session.begin():
+        await _finish_runs(session, now)
         candidates = list(
             (
                 await session.execute(

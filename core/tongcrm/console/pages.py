@@ -15,6 +15,7 @@ from tongcrm.console.campaign_pages import CalendarPage, CampaignPages, CareFlow
 from tongcrm.console.care_flow_settings import CareFlowSettingsPage
 from tongcrm.console.channel_pages import ChannelAccountPages, ChannelsPage
 from tongcrm.console.dashboard import DashboardPage
+from tongcrm.console.favicon import favicon
 from tongcrm.console.members import MemberPages
 from tongcrm.console.programme_pages import PointsRulesPage, TiersPage
 from tongcrm.console.quarantine_page import QuarantinePage
@@ -60,7 +61,7 @@ STATIC = Path(__file__).parent / "static"
 
 
 def console_handlers() -> list[ControllerRouterHandler]:
-    """What the app mounts: ``/`` (a redirect), the console pages and their static files."""
+    """What the app mounts: ``/`` (a redirect), ``/favicon.ico``, the console pages and their static files."""
     set_nav(NAV)
     static = create_static_files_router(
         path=PREFIX + "/static",
@@ -71,4 +72,4 @@ def console_handlers() -> list[ControllerRouterHandler]:
         cache_control=None,
     )
     pages = Router(path="/", route_handlers=list(PAGES), exception_handlers=exception_handlers)
-    return [root, pages, static]
+    return [root, favicon, pages, static]

@@ -25,12 +25,18 @@ from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
-from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
+from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable, shown
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.outbox import emit
 from tongcrm.members.masked import looks_masked, mask_name, masked_index, masked_lookup, mobile_columns
 from tongcrm.members.models import ERASED, Member, MemberTag
-from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, mask_mobile, normalise_mobile
+from tongcrm.members.phone import (
+    MOBILE_CONTEXT,
+    MOBILE_INDEX_PURPOSE,
+    InvalidMobile,
+    mask_mobile,
+    normalise_mobile,
+)
 from tongcrm.members.tag_history import TagHistory
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
@@ -770,7 +776,24 @@ def _lookup_key(
             return kind, [value]
         mobile = value
     assert mobile is not None
-    return "mobile", vault.blind_indexes(normalise_mobile(mobile), purpose=MOBILE_INDEX_PURPOSE)
+    try:
+        number = normalise_mobile(mobile)
+    except InvalidMobile:
+        if looks_masked(mobile):  # asked only of a refused number: the lookup's happy path pays nothing
+            raise _masked_refused(mobile) from None
+        raise
+    return "mobile", vault.blind_indexes(number, purpose=MOBILE_INDEX_PURPOSE)
+
+
+def _masked_refused(mobile: str) -> BadRequest:
+    """A lookup given a masked mobile (``138****8000``): it is not a number but a pattern several members may
+    fit, and a lookup names one member. It was refused as a phone number of 7 digits (422), which read as a typo;
+    the search lists every member a pattern fits."""
+    message = (
+        f"{shown(mobile)} is a masked mobile, not a mobile: a lookup needs the whole number; "
+        "GET /api/members?mobile=<masked> lists every member the pattern fits"
+    )
+    return BadRequest(f"mobile: {message}", extra={"errors": [{"key": "mobile", "message": message}]})
 
 
 def _not_found(kind: str) -> NotFound:

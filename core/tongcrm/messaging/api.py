@@ -19,7 +19,7 @@ from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.db.engine import transaction
 from tongcrm.errors import Unprocessable
-from tongcrm.messaging import flows, holdout, service
+from tongcrm.messaging import flows, holdout, service, settle
 from tongcrm.messaging.jobs import request_dispatch
 from tongcrm.messaging.models import CareFlowConfig, Message, MessageTemplate, MessengerAccount
 from tongcrm.messaging.schemas import (
@@ -32,6 +32,8 @@ from tongcrm.messaging.schemas import (
     MessageOut,
     MessengerAccountIn,
     MessengerAccountOut,
+    SettleIn,
+    SettleOut,
     TemplateIn,
     TemplateOut,
 )
@@ -206,6 +208,38 @@ class MessageController(Controller):
     ) -> MessageOut:
         async with read_sessions() as session:
             return _message_out(await service.get_message(session, message_id))
+
+    @post(
+        "/settle",
+        opt=requires(*WRITE_ROLES),
+        status_code=200,
+        summary="Settle in-doubt messages as sent, failed or to resend (audited)",
+        description="A message is `in_doubt` when its request may have reached the gateway and no answer came "
+        "(a timeout; for a multi-recipient batch, every message of it); the dispatcher never sends it again and "
+        "only a delivery report settled it. Say what the gateway's console or the member shows: `sent`, "
+        "`failed` (not sent again) or `resend` (queued again now, through the contact policy), which needs "
+        "`resend_confirmed: true` since the member may then get it twice (422 `resend_not_confirmed` "
+        "without). All the messages are settled or none: 404 for an unknown one, 409 for one no longer in "
+        "doubt (`not_in_doubt`). Each is audited as `message.settle` with the note.",
+    )
+    async def settle_messages(
+        self,
+        data: JSONBody[SettleIn],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        principal: NamedDependency[Principal],
+    ) -> SettleOut:
+        async with transaction(sessions) as session:
+            messages = await settle.settle_in_doubt(
+                session,
+                Actor.of(principal),
+                data.message_ids,
+                data.outcome,
+                note=data.note,
+                resend_confirmed=data.resend_confirmed,
+                now=utcnow(),
+            )
+            out = SettleOut(data.outcome, [_message_out(m) for m in messages])
+        return out
 
     @post(
         "/campaign-sends",

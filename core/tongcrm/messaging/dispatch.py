@@ -18,8 +18,8 @@ Nothing is lost: every claimed message ends sent, failed, refused or in doubt wi
 retry. A request that may have been accepted and got no answer (a read timeout) is *not* retried: a retry could
 send the member the same SMS twice, and protocols.md §3 documents no API to ask the gateway about the first
 attempt. The message stays ``in_doubt`` (its code says why) until a delivery report matched by its message id
-(Aliyun echoes ``OutId``) or provider id settles it as delivered or failed; see
-:mod:`tongcrm_sms_gateway.messenger`, "Timeouts".
+(Aliyun echoes ``OutId``) or provider id settles it as delivered or failed, or the operator settles it as sent,
+failed or to resend (:mod:`.settle`); see :mod:`tongcrm_sms_gateway.messenger`, "Timeouts".
 
 The send rate a messenger account is configured with is one window for every run and process: the dispatcher
 gives each messenger the account's :class:`~tongcrm.messaging.ratewindow.DatabaseRateGate`.

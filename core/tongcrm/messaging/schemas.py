@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -76,6 +76,23 @@ class MessageOut(msgspec.Struct):
     delivered_at: datetime | None
     finished_at: datetime | None
     held_out: bool = False
+
+
+class SettleIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Settle in-doubt messages (``tongcrm.messaging.settle``): what became of them, as the operator found out."""
+
+    message_ids: Annotated[list[BodyId], msgspec.Meta(min_length=1, max_length=1000)]
+    #: ``sent`` (it went out), ``failed`` (it did not; not sent again) or ``resend`` (queue it again).
+    outcome: Literal["sent", "failed", "resend"]
+    #: How the outcome was established (the gateway's console, the member): kept in the audit log.
+    note: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    #: Required for ``resend``: a message in doubt may have been delivered, so a resend may send it twice.
+    resend_confirmed: bool = False
+
+
+class SettleOut(msgspec.Struct):
+    outcome: str
+    messages: list[MessageOut]
 
 
 class CampaignSendIn(msgspec.Struct, forbid_unknown_fields=True):

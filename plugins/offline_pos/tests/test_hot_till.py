@@ -90,6 +90,7 @@ async def _scenario(
             ("a bad body", RECEIPTS, {**receipts.sale((1_000,)), "total_fen": "1000"}, {}),
             ("an unknown field", LOOKUP, {"till": "T01", "mobile": "13800138001", "x": 1}, {}),
             ("not JSON", RECEIPTS, b"{not json", {}),
+            ("another media type", LOOKUP, {"till": "T01", "mobile": "13800138001"}, {"Content-Type": "text/plain"}),
             ("no body", LOOKUP, b"", {}),
             ("over the size limit", RECEIPTS, b'{"pad": "' + b"x" * MAX_BODY_BYTES + b'"}', {}),
             ("a query string", LOOKUP + "?till=T01", {"till": "T01", "mobile": "13800138001"}, {}),
@@ -133,7 +134,7 @@ async def test_the_till_s_requests_get_the_same_answers_hot_and_through_litestar
         "nobody yet (the key's first request)": 404, "a sale to a new buyer": 201, "the buyer looked up": 200,
         "the sale sent again": 200, "a return of a line": 201, "a known member's sale": 201,
         "points it does not have": 409, "another store's receipt": 404, "an unknown till": 404,
-        "a bad body": 400, "an unknown field": 400, "not JSON": 400, "no body": 400, "over the size limit": 413,
+        "a bad body": 400, "an unknown field": 400, "not JSON": 400, "another media type": 415, "no body": 400, "over the size limit": 413,
         "a query string": 400, "another role": 403, "another role, cached": 403,
     }  # fmt: skip
     assert {label: statuses[label] for label in expected} == expected

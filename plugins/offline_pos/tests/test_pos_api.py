@@ -71,6 +71,17 @@ async def test_checkout_earns_points_and_a_replay_changes_nothing(pos: ApiClient
     assert reused.status_code == 409 and reused.json()["reason"] == "key_reused"
     view = await pos.get(f"/pos/v1/receipts/S1/T01/{body['business_day']}/{body['sequence']}")
     assert view.status_code == 200 and view.json()["result"]["points_earned"] == 183
+    # a malformed business day is a 400 naming the parameter and the form, not a path no route matches
+    for day in ("notaday", "20261201", "2026-W49-1", "2026-02-30", "0999-01-01"):
+        bad = await pos.get(f"/pos/v1/receipts/S1/T01/{day}/{body['sequence']}")
+        assert bad.status_code == 400, (day, bad.text)
+        problem = bad.json()
+        assert problem["errors"][0]["key"] == "business_day" and problem["errors"][0]["source"] == "path"
+        assert problem["detail"].startswith("business_day: ")
+    assert (
+        "expected a date as YYYY-MM-DD"
+        in (await pos.get("/pos/v1/receipts/S1/T01/notaday/1")).json()["detail"]
+    )
     async with pos.db.sessions() as session:
         assert (await session.execute(sa.select(sa.func.count()).select_from(Order))).scalar_one() == 1
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any
 
@@ -26,7 +26,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, PathParameter
-from tongcrm.api.inputs import nul_checked_per_item, problems
+from tongcrm.api.inputs import PathDate, nul_checked_per_item, path_date, problems
 from tongcrm.api.security import confirm_key, confirms_key_itself, limited_by, principal_of, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
@@ -272,7 +272,7 @@ def build_router(config: PosConfig) -> Router:
             )
 
     @get(
-        "/receipts/{store_code:str}/{till:str}/{business_day:date}/{sequence:int}",
+        "/receipts/{store_code:str}/{till:str}/{business_day:str}/{sequence:int}",
         summary="A receipt by its key, with the answer the till was given",
         description="Only the key's own store: another store's receipt is a 404, also when this store took "
         "back goods from it (the return receipt, with its `original_key`, is this store's).",
@@ -280,18 +280,19 @@ def build_router(config: PosConfig) -> Router:
     async def receipt(
         store_code: FromPath[str],
         till: FromPath[str],
-        business_day: FromPath[date],
+        business_day: PathDate,
         sequence: Annotated[int, PathParameter(ge=1, le=10**9)],
         counter: NamedDependency[CounterService],
         request: Request[Any, Any, Any],
     ) -> ReceiptView:
         principal = principal_of(request)
+        day = path_date("business_day", business_day)
         own_store(principal, store_code)
         async with work(counter, principal, readonly=True) as uow:
             store = await stores.get_store(uow, store_code)
-            view = await receipts.receipt_view(uow, store, till, business_day, sequence)
+            view = await receipts.receipt_view(uow, store, till, day, sequence)
         if view is None:
-            raise NotFound(f"no receipt {receipts.receipt_key(store_code, till, business_day, sequence)}")
+            raise NotFound(f"no receipt {receipts.receipt_key(store_code, till, day, sequence)}")
         return view
 
     @post(
