@@ -11,8 +11,9 @@ page 1 is never seen. The platform's advice is to page *backwards* from the last
 
 1. **Single-call windows.** A window ``[start, end)`` is asked for with ``page_no=1``. If the answer says
    ``has_next=false`` the whole window came back in one response, a consistent snapshot, and is done. If it
-   says ``has_next=true`` the window is halved and asked again; the window length (``span``) is remembered in
-   the cursor, shrinks on dense stretches and doubles back up to 30 minutes on quiet ones.
+   says ``has_next=true`` the window is shortened and asked again; the window length (``span``) is remembered
+   in the cursor and sized to the density of the answers just read (three quarters of a page a window, at
+   most 30 minutes; an overfull answer's oldest trade sizes the retry).
 2. **Backward walk, only when a single second overflows a page** (a batch shipment of hundreds of trades):
    one call without ``use_has_next`` gives ``total_results``, and the pages are then read from the last to the
    first. Trades leaving the window during the walk then only cause duplicates, never gaps.
