@@ -77,7 +77,34 @@ def test_money_is_exact_fen() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["1.005", "1e3", "-1.00", "NaN", "abc", "", " ", "1,000.00", "¥5", None, True, 1.5]
+    "raw",
+    ["0", "7", "199.00", "0.10", "0.1", "12.30", "007.05", " 1.00 ", "1.000", "١٢.٥٠", "99999999999999.99"],
+)
+def test_money_reads_the_digits_written(raw: str) -> None:
+    # the platform's own form takes a short way (issue #22); every form gives the fen its digits say
+    assert to_fen(raw, "x") == int(Decimal(raw.strip()) * 100)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "1.005",
+        "1e3",
+        "-1.00",
+        "+1.00",
+        "1.",
+        ".5",
+        "1.0.0",
+        "NaN",
+        "abc",
+        "",
+        " ",
+        "1,000.00",
+        "¥5",
+        None,
+        True,
+        1.5,
+    ],
 )
 def test_malformed_money_is_refused(bad: object) -> None:
     with pytest.raises(MoneyError):

@@ -1,15 +1,15 @@
 """Reading JOS response bodies: the ``<method>_responce`` wrapper, ``error_response`` and ``apiResult``.
 
-Bodies are decoded with ``parse_float=Decimal`` so that no number ever passes through a binary float: JSON
+Bodies are decoded exactly (:func:`tongcrm.plugin.wire.loads_exact`): no number ever passes through a binary float: JSON
 integers already decode to exact Python ints (big order ids survive), and decimals keep their exact digits
 (money survives).
 """
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any
+
+from tongcrm.plugin.wire import loads_exact
 
 from tongcrm_jd.errors import (
     CODE_CALL_LIMITED,
@@ -38,7 +38,7 @@ def response_key(method: str) -> str:
 def decode_body(body: bytes | str) -> dict[str, Any]:
     """Decode a body exactly (see module docstring); anything but a JSON object is a protocol error."""
     try:
-        data = json.loads(body, parse_float=Decimal)
+        data = loads_exact(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise JosProtocolError(f"response is not JSON: {exc}") from None
     if not isinstance(data, dict):

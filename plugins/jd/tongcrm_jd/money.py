@@ -21,6 +21,12 @@ class MoneyError(ValueError):
 
 def to_fen(value: object, field: str) -> int:
     """Convert a yuan amount (``str``, exact ``Decimal`` or ``int``) to integer fen."""
+    if type(value) is str and value.isascii():
+        # what JD sends, "199.00": whole fen read as integers, without the pattern and the Decimal below, which
+        # cost a visible share of normalising a page (issue #22); anything else takes the long way
+        yuan, dot, cents = value.partition(".")
+        if yuan.isdigit() and (not dot or (cents.isdigit() and len(cents) <= 2)):
+            return int(yuan) * 100 + (int(cents.ljust(2, "0")) if dot else 0)
     if isinstance(value, bool) or value is None:
         raise MoneyError(f"{field} is missing or not a number")
     if isinstance(value, int):

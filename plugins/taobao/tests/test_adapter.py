@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from tongcrm.plugin.errors import ChannelAuthError, ChannelUnavailable
@@ -205,3 +206,25 @@ async def test_tuning_bounds_calls_per_page(rig: Rig) -> None:
     page = await adapter.fetch_orders(None)
     assert page.has_more
     assert rig.gateway.calls[INCREMENT] <= 3 + 11  # plus at most one series of halvings
+
+
+@pytest.mark.parametrize("page_size", [20, 100])
+async def test_windows_are_sized_to_the_density_seen(rig_factory: RigFactory, page_size: int) -> None:
+    # dense enough that half-hour windows overflow a page: the walk should settle on windows holding most
+    # of a page (issue #22), not on the 25-50 % a halving and doubling walk keeps them at
+    rig = rig_factory(ShopConfig(trades=page_size * 60, buyers=200, days=1, anchor=ANCHOR))
+    answers: list[int] = []
+    original = rig.gateway.handle
+
+    async def spy(params: dict[str, str]) -> dict[str, object]:
+        body = await original(params)
+        if params.get("method") == INCREMENT:
+            inner: Any = body.get("trades_sold_increment_get_response", {})
+            answers.append(len(inner.get("trades", {}).get("trade", [])))
+        return body
+
+    rig.gateway.handle = spy  # type: ignore[method-assign]
+    pages, _ = await sync(rig.adapter(settings={"page_size": str(page_size), "initial_sync_days": "2"}))
+    assert latest(pages) == server_orders(rig)
+    held = [n for n in answers if n]  # the quiet day before the shop's first trade aside
+    assert sum(held) / len(held) >= page_size * 0.68  # halving and doubling: 0.61 and 0.63 here

@@ -70,7 +70,32 @@ def test_money_is_exact_fen(raw: object, fen: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["99.005", "-1.00", "abc", "", "1e3", " ", "9.9.9", 99.0, None, True, "¥9.00"]
+    "raw", ["0.00", "99.00", "0.05", "12.3", "7", "007.10", " 1.00 ", "١٢.٥٠", "123456789012.99"]
+)
+def test_money_reads_the_digits_written(raw: str) -> None:
+    # the platform's own form takes a short way (issue #22); every form gives the fen its digits say
+    assert yuan_to_fen(raw) == int(Decimal(raw.strip()) * 100)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "99.005",
+        "-1.00",
+        "+1.00",
+        "1.",
+        ".50",
+        "abc",
+        "",
+        "1e3",
+        " ",
+        "9.9.9",
+        "1234567890123.00",
+        99.0,
+        None,
+        True,
+        "¥9.00",
+    ],
 )
 def test_malformed_money_is_refused(raw: object) -> None:
     with pytest.raises(TradeError):

@@ -4,8 +4,9 @@ Why the pieces look the way they do:
 
 * Requests are POSTed as ``application/x-www-form-urlencoded;charset=utf-8`` so the session and the signature
   never appear in a URL (and so never in an access log or an ``httpx`` error message).
-* JSON is parsed with Python's ``json``: integers stay arbitrary-precision ``int`` (a ``tid`` above 2^53
-  is never a float) and fractional numbers become :class:`~decimal.Decimal`, so nothing is rounded.
+* JSON is parsed exactly (:func:`tongcrm.plugin.wire.loads_exact`): integers stay arbitrary-precision ``int``
+  (a ``tid`` above 2^53 is never a float) and fractional numbers become :class:`~decimal.Decimal`, so
+  nothing is rounded.
 * Each attempt is signed afresh, so a retry after a long ban still carries a timestamp the gateway accepts.
 * Besides httpx's per-operation timeouts there is one overall deadline per attempt, so a response that
   trickles in slowly cannot hold a sync forever.
@@ -18,12 +19,10 @@ Secrets are never logged: log lines carry the API method, attempt number and the
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,6 +30,7 @@ import httpx
 import structlog
 from tongcrm.plugin.grants import holding
 from tongcrm.plugin.types import CallGate
+from tongcrm.plugin.wire import loads_exact
 
 from tongcrm_taobao.errors import (
     ErrorClass,
@@ -85,7 +85,7 @@ class RetryPolicy:
 
 def parse_json(text: str | bytes) -> Any:
     """Parse a TOP body without ever turning a number into a float (see the module docstring)."""
-    return json.loads(text, parse_float=Decimal)
+    return loads_exact(text)
 
 
 class _Retryable(Exception):
