@@ -11,6 +11,7 @@ Run: ``python -m pytest tests/benchmarks/test_ingest_throughput.py --benchmark-e
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -23,10 +24,12 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import sqlalchemy as sa
+import structlog
 from tongcrm.channels import service as accounts
 from tongcrm.crypto import Vault
 from tongcrm.ingest.apply import IngestContext
 from tongcrm.ingest.service import sync_account
+from tongcrm.logging import configure_logging
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import ChannelContext, NormalisedOrder
@@ -152,7 +155,21 @@ def fake_platform(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
         proc.wait(10)
 
 
+@pytest.fixture
+def logs_as_the_cli() -> Iterator[None]:
+    """Logging as ``tongcrm sync`` configures it by default (JSON at INFO): unconfigured, structlog prints
+    every debug line of the clients inside the measured sync. Put back afterwards."""
+    saved_config = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging(json=True, level="INFO")  # Settings.log_level's default
+    yield
+    structlog.configure(**saved_config)
+    root.handlers, root.level = saved_handlers, saved_level
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("logs_as_the_cli")
 async def test_end_to_end_ingest_throughput(
     tongcrm_db: TestDatabase, benchmark: Any, report_figure: Any, fake_platform: tuple[str, str]
 ) -> None:
