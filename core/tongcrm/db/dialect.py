@@ -217,7 +217,9 @@ def values_rows(columns: tuple[str, ...], size: int, *, in_order: bool = False) 
     orders: 2.1 ms of JSON extraction in a 3.2 ms statement, against 1.1 ms for the same upsert from
     ``VALUES``, issue #22). The text depends only on ``size``, so a page's statements are a few texts, each
     prepared once per connection. Bind with :func:`values_rows_param`; :mod:`tongcrm.db.direct` binds the list
-    as it is."""
+    as it is. The rows compile as ONE parameter behind a mark naming their size and width, which
+    :func:`render_values` writes out as their placeholders in the compiled text: SQLAlchemy visited every value's
+    parameter when the text held them (issue #22)."""
     width = len(columns) + 1
     source = (
         sa.text(f"VALUES {_VALUES_MARK}{size}x{width} :{VALUES_ROWS}")

@@ -144,8 +144,9 @@ def compile_plan(
     compiled: Any = None,
 ) -> Plan:
     """``statement``'s plan for the lengths of ``lists`` in ``params``; ``compiled``: the statement already
-    compiled for ``dialect`` (its first plan), which is not compiled twice then — a SQLite page's ``VALUES``
-    statements have thousands of parameters, and compiling one of 128 rows took ~18 ms (issue #22)."""
+    compiled for ``dialect`` (its first plan), which is not compiled twice then. A SQLite ``VALUES`` insert
+    (:func:`tongcrm.db.dialect.values_rows`) compiles its rows as one parameter; the plan's SQL has them
+    written out (:func:`tongcrm.db.dialect.render_values`) and binds their flat list at that position."""
     if compiled is None:
         compiled = statement.compile(dialect=dialect)
     # every list expands here, one position per item: those the statement holds (``kind IN ('earn')``) with
