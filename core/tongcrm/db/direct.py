@@ -41,7 +41,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db import sqlite_thread
-from tongcrm.db.dialect import VALUES_ROWS
+from tongcrm.db.dialect import VALUES_ROWS, render_values
 from tongcrm.db.inline_sqlite import InlineConnection
 
 _Processor = Callable[[Any], Any] | None
@@ -144,8 +144,9 @@ def compile_plan(
     compiled: Any = None,
 ) -> Plan:
     """``statement``'s plan for the lengths of ``lists`` in ``params``; ``compiled``: the statement already
-    compiled for ``dialect`` (its first plan), which is not compiled twice then — a SQLite page's ``VALUES``
-    statements have thousands of parameters, and compiling one of 128 rows took ~18 ms (issue #22)."""
+    compiled for ``dialect`` (its first plan), which is not compiled twice then. A SQLite ``VALUES`` insert
+    (:func:`tongcrm.db.dialect.values_rows`) compiles its rows as one parameter; the plan's SQL has them
+    written out (:func:`tongcrm.db.dialect.render_values`) and binds their flat list at that position."""
     if compiled is None:
         compiled = statement.compile(dialect=dialect)
     # every list expands here, one position per item: those the statement holds (``kind IN ('earn')``) with
@@ -158,13 +159,11 @@ def compile_plan(
         for index, position in enumerate(positions)
     }
     binds: list[tuple[str | None, int | None, Any, _Processor]] = []
-    flat: list[int] = []
+    flat_at: int | None = None
     for position in expanded.positiontup or ():
         name, index = origin.get(position, (position, None))
-        if name.startswith(_FLAT_PREFIX):
-            if int(name[len(_FLAT_PREFIX) :]) != len(flat):
-                raise ValueError("a VALUES list's parameters out of order")
-            flat.append(len(binds))
+        if name == VALUES_ROWS:  # a VALUES list's rows: one parameter here, written out by render_values
+            flat_at = len(binds)
             continue
         bind = compiled.binds[name]
         process = bind.type._cached_bind_processor(dialect)
@@ -179,10 +178,10 @@ def compile_plan(
         for index, c in enumerate(columns)
         if (process := c[3]._cached_result_processor(dialect, None)) is not None
     )
-    return Plan(expanded.statement, tuple(binds), row, processors, (flat[0], len(flat)) if flat else None)
-
-
-_FLAT_PREFIX = f"{VALUES_ROWS}_"
+    if flat_at is None:
+        return Plan(expanded.statement, tuple(binds), row, processors)
+    sql, count = render_values(expanded.statement)
+    return Plan(sql, tuple(binds), row, processors, (flat_at, count))
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,11 +367,31 @@ def _row_type(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
 
 
 async def _through_session(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
-    values = params.get(VALUES_ROWS)
-    if values is not None:  # a VALUES list's parameters by name (tongcrm.db.dialect.values_rows)
-        params = {**params, **{f"{_FLAT_PREFIX}{k}": v for k, v in enumerate(values)}}
+    if VALUES_ROWS in params:
+        return await _values_through_session(session, statement, params)
     result = await session.execute(statement, dict(params))
     return list(result.all()) if getattr(result, "returns_rows", True) else []
+
+
+async def _values_through_session(
+    session: AsyncSession, statement: Any, params: Mapping[str, Any]
+) -> list[Any]:
+    """A ``VALUES`` list's statement (:func:`tongcrm.db.dialect.values_rows`) on the session's connection: its
+    plan's SQL (the rows written out, :func:`tongcrm.db.dialect.render_values`) through ``exec_driver_sql``,
+    which SQLAlchemy runs as any statement (its events, its errors), the rows built as :func:`rows` builds
+    them."""
+    pending = session.sync_session
+    if pending.autoflush and (pending._new or pending._deleted or pending.identity_map._modified):
+        await session.flush()  # as session.execute would: what the ORM holds goes first
+    conn = await session.connection()
+    compiled = plan(statement, conn.dialect, params)
+    if compiled is None:  # pragma: no cover - a VALUES statement has one shape per dialect
+        raise ValueError("a VALUES statement with list parameters")
+    result = await conn.exec_driver_sql(compiled.sql, tuple(compiled.parameters(params)))
+    if not result.returns_rows:
+        return []
+    row = compiled.row if compiled.row is not None else _row_type(tuple(result.keys()))
+    return [compiled.build(tuple(raw), row) for raw in result.all()]
 
 
 async def first(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> Any | None:
