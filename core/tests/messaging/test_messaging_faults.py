@@ -260,6 +260,9 @@ async def test_an_operator_settles_in_doubt_messages_as_sent_failed_or_resent(
             await w.dispatcher().run()
             assert [m.status for m in await w.messages() if m.id in (c, d)] == ["sent", "sent"]
             assert len(fake.accepted) == before + 2  # sent twice: the duplicate the operator accepted
+            none_left = await cli("messages", "in-doubt")
+            # no message line, and the operator is told why (on stderr: stdout stays one line a message)
+            assert none_left.exit_code == 0 and none_left.output.strip() == "no message is in doubt"
 
         audit = (await api.get("/api/audit", params={"object_type": "message"})).json()
         entries = audit["items"] if isinstance(audit, dict) else audit

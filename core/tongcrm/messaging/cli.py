@@ -32,9 +32,15 @@ def in_doubt_command(obj: CliObj) -> None:
         )
         return list(rows.scalars())
 
-    for m in read(obj, query):
+    listed = read(obj, query)
+    for m in listed:
         sent = m.sent_at.isoformat() if m.sent_at else "-"
         click.echo(f"{m.id}\t{m.flow}\tmember {m.member_id}\taccount {m.account_id}\t{m.code or '-'}\t{sent}")
+    # said on stderr, so that stdout stays one line per message for scripts
+    if not listed:
+        click.echo("no message is in doubt", err=True)
+    elif len(listed) == LISTED:
+        click.echo(f"the {LISTED} oldest are listed: settle them to see the rest", err=True)
 
 
 @messages_group.command("settle")
