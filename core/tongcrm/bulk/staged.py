@@ -26,7 +26,6 @@ profile to fill, a claim that cannot be prepared) is left to :func:`tongcrm.iden
 from __future__ import annotations
 
 import functools
-import json
 import operator
 from collections import Counter
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name, one_of, sqlite_values
+from tongcrm.db.jsontext import json_text
 from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
 from tongcrm.identity.service import (
@@ -285,7 +285,7 @@ async def _copy_new_members(driver: Any, rows: _NewRows) -> None:
     members = []
     for row in rows.members:
         values = list(_MEMBER_VALUES(row))
-        values[_META_AT] = json.dumps(values[_META_AT])
+        values[_META_AT] = json_text(values[_META_AT])
         members.append(values)
     await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
     identities = list(map(_IDENTITY_VALUES, rows.sorted_identities()))
@@ -293,7 +293,7 @@ async def _copy_new_members(driver: Any, rows: _NewRows) -> None:
     now = rows.members[0]["created_at"]
     await driver.copy_records_to_table(
         "outbox_events",
-        records=[(name, json.dumps(payload), now) for name, payload in rows.events],
+        records=[(name, json_text(payload), now) for name, payload in rows.events],
         columns=("name", "payload", "occurred_at"),
     )
 
