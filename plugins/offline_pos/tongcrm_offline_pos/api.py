@@ -110,9 +110,12 @@ async def find_member(
 ) -> MemberAtTill:
     """The till's lookup (``POST /members/lookup``), for its route and its hot answer alike. A till key trusted
     from the cache is confirmed under the revocation counter the lookup's own statement read (a refusal
-    included: then read here), before anything is answered or committed."""
+    included: under the counter its statement read when it read one, else read here), before anything is
+    answered or committed."""
+    read: CounterWork | None = None
     try:
         async with _work(config, counter, principal, readonly=data.code is None) as uow:
+            read = uow
             store = await stores.get_store(uow, own_store(principal, principal.store_code or ""))
             await config.tills.require(uow, store, data.till)
             found = await members.lookup(
@@ -120,7 +123,8 @@ async def find_member(
             )
             await confirm(uow.key_generation)
     except Exception:
-        await confirm(None)
+        # a lookup that found nobody read the counter in its statement on PostgreSQL (no round trip here)
+        await confirm(None if read is None else read.key_generation)
         raise
     return found
 
@@ -130,16 +134,19 @@ async def take_receipt(
 ) -> ReceiptResult:
     """The till's checkout or return (``POST /receipts``), for its route and its hot answer alike; the key is
     confirmed as the lookup confirms it, inside the unit of work (a 401 there rolls the receipt back)."""
+    read: CounterWork | None = None
     try:
         own_store(principal, data.store)
         async with _work(config, counter, principal) as uow:
+            read = uow
             store = await stores.get_store(uow, data.store)
             result = await receipts.apply_receipt(
                 uow, store, data, tills=config.tills, offline=False, sent_at=None, strict=True
             )
             await confirm(uow.key_generation)
     except Exception:
-        await confirm(None)
+        # a receipt refused after its claim read the counter (rolled back since; the counter read stands)
+        await confirm(None if read is None else read.key_generation)
         raise
     return result
 
