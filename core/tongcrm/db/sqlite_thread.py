@@ -33,11 +33,6 @@ PREFETCH = 2048
 #: run alternately at load ~3.5 on 2 cores the sync took 12.7 and 13.2 s against 15.3 and 17.0 s (issue #22).
 #: Durability is unchanged (a commit is in the log either way); the log reaches ~40 MiB before it is reused.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
-#: The page cache of each of these connections, in KiB (``PRAGMA cache_size`` takes a negative figure as KiB).
-#: SQLite's default of 2 MiB holds a 20,000-order database's hot index pages but not a 100,000-order one's:
-#: every page's upserts then read the orders', identities' and ledger's index pages back from the OS cache
-#: (a copy and a checksum each). The cache only grows as pages are read, so an idle connection costs nothing.
-CACHE_KIB = 65_536
 
 
 class Connection(aiosqlite.Connection):
@@ -162,7 +157,6 @@ def connector(database: str, **kwargs: Any) -> Callable[[], Any]:
     def open_() -> sqlite3.Connection:
         connection: sqlite3.Connection = sqlite3.connect(database, **kwargs)
         connection.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-        connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         return connection
 
     async def connect() -> Connection:
