@@ -261,6 +261,38 @@ def test_sqlite_datetime_text_is_sqlalchemys_format() -> None:
         ours(datetime(2026, 3, 1, 12, 30))
 
 
+def test_sqlite_datetime_texts_shared_across_columns_match_each_instant() -> None:
+    """The datetime converters of the SQLite rows remember a text by value across columns: equal values at a
+    fixed offset (one instant written at two offsets too) get the one text, values in a zone with daylight
+    saving are converted each time (the two 01:30 of a fold compare equal yet are an hour apart), and naive
+    values are still refused."""
+    from datetime import timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+    from tongcrm.db import dialect
+    from tongcrm.db.base import UTCDateTime
+    from tongcrm.orders.models import Order
+
+    process = UTCDateTime().bind_processor(sqlite.dialect())
+    placed = dialect._converter(Order.__table__.c.placed_at)
+    paid = dialect._converter(Order.__table__.c.paid_at)
+    assert placed is not None and paid is not None
+    beijing = timezone(timedelta(hours=8))
+    at = datetime(2026, 3, 1, 20, 30, 15, 123456, tzinfo=beijing)
+    assert placed(at) == process(at) == "2026-03-01 12:30:15.123456"
+    assert paid(at.astimezone(UTC)) == paid(at.replace(tzinfo=beijing)) == process(at)
+    assert paid(at + timedelta(microseconds=1)) == "2026-03-01 12:30:15.123457"
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=new_york)
+    second = first.replace(fold=1)
+    assert first == second
+    assert (placed(first), placed(second)) == (process(first), process(second))
+    assert placed(first) != placed(second)
+    assert placed(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        paid(datetime(2026, 3, 1, 12, 30))
+
+
 async def test_sqlite_values_rows_store_what_an_executemany_stores(tongcrm_db: TestDatabase) -> None:
     """SQLite's ``insert_rows(..., size=…)`` (a ``VALUES`` list padded to ``size`` rows, its values in one flat
     parameter) stores byte for byte what an executemany ``INSERT`` stores, run directly on the connection or

@@ -507,3 +507,21 @@ async def test_a_growing_sync_analyses_the_tables_it_writes_on_a_geometric_sched
     # a replayed order writes nothing and counts nothing
     await _apply(tongcrm_db, ctx, account, [make_order("g4", "b4")])
     assert len(analysed) == (2 if tongcrm_db.backend == "postgresql" else 0)
+
+
+async def test_truncate_empties_every_table_and_keeps_foreign_keys_enforced(
+    tongcrm_db: TestDatabase, ctx: IngestContext, account: ChannelAccount
+) -> None:
+    """``TestDatabase.truncate`` between tests: members, orders, lines and events of a page all go (SQLite
+    empties the tables with its foreign keys off), and a reference to a missing row is still refused
+    afterwards."""
+    await _apply(tongcrm_db, ctx, account, [make_order("o1", "b1"), make_order("o2", "b2")])
+    await tongcrm_db.truncate()
+    for model in (Member, Order, OrderLine, OutboxEvent, ChannelAccount):
+        assert await _count(tongcrm_db, model) == 0, model
+    orphan = OrderLine(
+        order_id=999, external_id="l", sku="s", title="t", quantity=1, unit_price_fen=1, amount_fen=1
+    )
+    with pytest.raises(sa.exc.IntegrityError):
+        async with tongcrm_db.sessions() as session, session.begin():
+            session.add(orphan)

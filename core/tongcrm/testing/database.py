@@ -44,24 +44,47 @@ class TestDatabase:
         """Empty every table (schema stays), between tests; the database's analyse schedule starts again
         (:func:`tongcrm.db.stats.restart`), as for a new database."""
         stats.restart(self.engine.url)
+        if self.backend != "postgresql":
+            await self._truncate_sqlite()
+            return
         async with self.engine.begin() as conn:
-            names = await conn.run_sync(
-                lambda c: [t for t in sa.inspect(c).get_table_names() if t != "alembic_version"]
-            )
-            if not names:
-                return
-            if self.backend == "postgresql":
+            names = await conn.run_sync(_table_names)
+            if names:
                 quoted = ", ".join(f'"{n}"' for n in names)
                 await conn.execute(sa.text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
-            else:
-                await conn.execute(sa.text("PRAGMA defer_foreign_keys=ON"))
-                for name in names:
-                    await conn.execute(sa.text(f'DELETE FROM "{name}"'))  # noqa: S608 - names from the schema
-                has_seq = (
-                    await conn.execute(sa.text("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'"))
-                ).first()
-                if has_seq:
-                    await conn.execute(sa.text("DELETE FROM sqlite_sequence"))
+
+    async def _truncate_sqlite(self) -> None:
+        """SQLite: every table emptied in one transaction with foreign keys off, then on again.
+
+        Why off: with foreign keys enforced SQLite deletes a parent table row by row and looks each row up in
+        its child tables (deferred or not), a scan of the child per row where the child's column has no index;
+        emptying the database of a 100,000-order benchmark took minutes. Off, ``DELETE FROM`` without ``WHERE``
+        drops the table's pages at once (SQLite's truncate optimisation), and every table is emptied, so no
+        reference is left dangling. ``PRAGMA foreign_keys`` is a no-op inside a transaction, so it is set on the
+        driver's connection before ``BEGIN`` and restored after it, as the engine's connect listener set it."""
+        async with self.engine.connect() as conn:
+            names = await conn.run_sync(_table_names)
+            found = await conn.execute(sa.text("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'"))
+            if found.first() is not None:
+                names.append("sqlite_sequence")
+            await conn.rollback()
+            if not names:
+                return
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            deletes = " ".join(f'DELETE FROM "{name}";' for name in names)  # noqa: S608 - names from the schema
+            try:
+                await driver.executescript(f"PRAGMA foreign_keys=OFF; BEGIN IMMEDIATE; {deletes} COMMIT;")
+            except BaseException:
+                if driver.in_transaction:
+                    await driver.rollback()
+                raise
+            finally:
+                await driver.execute("PRAGMA foreign_keys=ON")
+
+
+def _table_names(conn: sa.Connection) -> list[str]:
+    return [t for t in sa.inspect(conn).get_table_names() if t != "alembic_version"]
 
 
 @asynccontextmanager
