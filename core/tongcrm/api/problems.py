@@ -23,6 +23,9 @@ MAX_INSTANCE = 256
 #: What stays unescaped in ``instance``: RFC 3986's path characters (pchar and ``/``); a ``%`` of the decoded
 #: path is escaped like the rest.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
+#: ``opt`` key of a route that serves files from a directory (the console's static files): its 404 is a file
+#: missing under a route that exists, so it says "no such file" rather than "no such route".
+FILES_OPT = "serves_files"
 
 
 def instance_of(path: str) -> str:
@@ -101,7 +104,11 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     if isinstance(exc, NotFoundException):
         # litestar's router (or the console's static files) found nothing at this path; every "not found" of a
         # resource the API knows is a domain NotFound, which says what is missing
-        detail = _no_route(request.method, request.scope["path"], exc)
+        handler = request.scope.get("route_handler")
+        if handler is not None and handler.opt.get(FILES_OPT):
+            detail = f"no such file: {request.method} {instance_of(request.scope['path'])}"
+        else:
+            detail = _no_route(request.method, request.scope["path"], exc)
     allow = (exc.headers or {}).get("allow")
     if status == 405 and allow:
         # RFC 9110 wants Allow on a 405; litestar's router sets it on the exception, not on our response
