@@ -138,6 +138,24 @@ async def test_integers_beyond_their_columns_are_a_400(
         assert body["errors"][0]["key"].split(".")[-1] == field
 
 
+@pytest.mark.parametrize(
+    ("method", "url", "json"),
+    [
+        ("GET", f"/api/members/{2**63 - 1}", None),
+        ("POST", "/api/members", {"name": "x", "referrer_id": 2**63}),
+    ],
+)
+async def test_the_id_bound_is_stated_as_a_bound_not_a_rounding(
+    make_client: Any, method: str, url: str, json: Any
+) -> None:
+    # the bare 9223372036854774784 reads as a double's rounding of 2^63 - 1: the message says what it is
+    async with make_client() as api:
+        response = await api.request(method, url, json=json)
+    assert response.status_code == 400
+    for text in (response.json()["detail"], response.json()["errors"][0]["message"]):
+        assert f"{MAX_ID} (2^63 - 1024: the largest 64-bit integer a JSON number read as a double" in text
+
+
 async def test_dates_outside_1900_to_2999_are_a_400(make_client: Any) -> None:
     # a +14:00 time on 0001-01-01 has no UTC value: binding it to a query was a 500 on both databases
     async with make_client() as api:

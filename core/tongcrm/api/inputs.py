@@ -40,6 +40,11 @@ from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, UnsupportedMediaType, liste
 #: largest such number a double holds exactly (2^63 - 1024), because the OpenAPI document states bounds as JSON
 #: numbers, which many clients (and litestar's schema writer) read as doubles: 2^63 - 1 would read as 2^63.
 MAX_ID = 2**63 - 1024
+#: :data:`MAX_ID` as an error message states it: the bare number reads like a double's rounding of 2^63 - 1
+#: (which is 9223372036854775808), so the message says what it is and why.
+MAX_ID_STATED = (
+    f"{MAX_ID} (2^63 - 1024: the largest 64-bit integer a JSON number read as a double holds exactly)"
+)
 #: The largest value a 32-bit (INTEGER) column holds, e.g. an earning-rules version.
 MAX_INT32 = 2**31 - 1
 #: The deepest a JSON request body may nest (objects and arrays). No request the API defines needs more than a
@@ -177,7 +182,7 @@ def check_value(value: Any, *, nul: bool = True) -> None:
             continue
         elif isinstance(item, int):
             if not -MAX_ID <= item <= MAX_ID:
-                raise _invalid(f"integer out of range (at most {MAX_ID} in magnitude)", key=_key(where))
+                raise _invalid(f"integer out of range: at most {MAX_ID_STATED} in magnitude", key=_key(where))
         elif isinstance(item, dict | list):
             if depth > MAX_JSON_DEPTH:
                 raise _invalid(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)")

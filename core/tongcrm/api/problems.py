@@ -12,6 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from tongcrm.api.inputs import MAX_ID, MAX_ID_STATED
 from tongcrm.errors import TongcrmError
 from tongcrm.logging import get_logger
 
@@ -98,7 +99,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         title = "Invalid request"
         if exc.extra:
             extra["errors"] = exc.extra = (
-                [_missing_body(e) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
+                [_id_bound(_missing_body(e)) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
             )
             detail = "; ".join(_describe(e) for e in exc.extra) if isinstance(exc.extra, list) else detail
     if isinstance(exc, NotFoundException):
@@ -148,6 +149,14 @@ def _missing_body(error: Any) -> Any:
     parameter, ``{"message": "'data'", "key": "data", "source": "body"}``: say what is wrong instead."""
     if isinstance(error, dict) and error.get("source") == "body" and error.get("message") == "'data'":
         return {**error, "message": "a JSON body is required"}
+    return error
+
+
+def _id_bound(error: Any) -> Any:
+    """A parameter over the id bound is refused by litestar as ``Expected `int` <= 9223372036854774784``,
+    which an integrator takes for a double's rounding of 2^63 - 1: say that it is the bound, and why."""
+    if isinstance(error, dict) and str(error.get("message", "")).endswith(f"<= {MAX_ID}"):
+        return {**error, "message": f"{error['message'][: -len(str(MAX_ID))]}{MAX_ID_STATED}"}
     return error
 
 
