@@ -404,3 +404,24 @@ async def test_openapi_documents_problems_and_bounds_every_integer(make_client: 
     patch = doc["paths"]["/api/members/{member_id}"]["patch"]["responses"]
     assert {"412", "428"} <= set(patch)
     assert "429" in doc["paths"]["/pos/v1/receipts"]["post"]["responses"]
+
+
+@pytest.mark.parametrize(
+    ("url", "json", "key", "accepted"),
+    [
+        ("/api/members/1/points/adjustments", {"points": 1, "reason": "r", "idempotency_key": "k"}, None,
+         "expires_at, points, reason"),
+        ("/api/points/rules/preview", {"order": {"channel": "x", "lines": [], "zzz": 1}}, "order", "channel"),
+    ],
+)  # fmt: skip
+async def test_an_unknown_body_field_is_refused_naming_the_fields_accepted(
+    make_client: Any, url: str, json: Any, key: str | None, accepted: str
+) -> None:
+    # as an unknown query parameter's refusal lists what the route accepts
+    async with make_client() as api:
+        response = await api.post(url, json=json)
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error.get("key") == key
+    assert error["message"].startswith("Object contains unknown field")
+    assert "(this object accepts: " in error["message"] and accepted in error["message"]
