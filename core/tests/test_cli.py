@@ -96,6 +96,24 @@ def test_errors_print_one_line_and_exit_non_zero(
     assert err.startswith("error: unsupported database 'mysql'")
 
 
+def test_a_command_on_a_database_without_the_schema_says_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    # e.g. `tongcrm apikey create` run in another directory than `tongcrm serve`: SQLite opens a new, empty
+    # ./tongcrm.sqlite3 there, and the error was "OperationalError: (sqlite3.OperationalError) no such table"
+    from tongcrm.cli import main
+
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "create", "--role", "admin"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith(f"error: the database sqlite:///{tmp_path / 'empty.sqlite3'} has no tongcrm tables")
+    assert "run `tongcrm db upgrade`" in err and "TONGCRM_DATABASE_URL" in err
+
+
 @pytest.mark.parametrize(
     ("given", "expected_utc"),
     [

@@ -138,6 +138,24 @@ async def test_integers_beyond_their_columns_are_a_400(
         assert body["errors"][0]["key"].split(".")[-1] == field
 
 
+@pytest.mark.parametrize(
+    ("method", "url", "json"),
+    [
+        ("GET", f"/api/members/{2**63 - 1}", None),
+        ("POST", "/api/members", {"name": "x", "referrer_id": 2**63}),
+    ],
+)
+async def test_the_id_bound_is_stated_as_a_bound_not_a_rounding(
+    make_client: Any, method: str, url: str, json: Any
+) -> None:
+    # the bare 9223372036854774784 reads as a double's rounding of 2^63 - 1: the message says what it is
+    async with make_client() as api:
+        response = await api.request(method, url, json=json)
+    assert response.status_code == 400
+    for text in (response.json()["detail"], response.json()["errors"][0]["message"]):
+        assert f"{MAX_ID} (2^63 - 1024: the largest 64-bit integer a JSON number read as a double" in text
+
+
 async def test_dates_outside_1900_to_2999_are_a_400(make_client: Any) -> None:
     # a +14:00 time on 0001-01-01 has no UTC value: binding it to a query was a 500 on both databases
     async with make_client() as api:
@@ -386,3 +404,24 @@ async def test_openapi_documents_problems_and_bounds_every_integer(make_client: 
     patch = doc["paths"]["/api/members/{member_id}"]["patch"]["responses"]
     assert {"412", "428"} <= set(patch)
     assert "429" in doc["paths"]["/pos/v1/receipts"]["post"]["responses"]
+
+
+@pytest.mark.parametrize(
+    ("url", "json", "key", "accepted"),
+    [
+        ("/api/members/1/points/adjustments", {"points": 1, "reason": "r", "idempotency_key": "k"}, None,
+         "expires_at, points, reason"),
+        ("/api/points/rules/preview", {"order": {"channel": "x", "lines": [], "zzz": 1}}, "order", "channel"),
+    ],
+)  # fmt: skip
+async def test_an_unknown_body_field_is_refused_naming_the_fields_accepted(
+    make_client: Any, url: str, json: Any, key: str | None, accepted: str
+) -> None:
+    # as an unknown query parameter's refusal lists what the route accepts
+    async with make_client() as api:
+        response = await api.post(url, json=json)
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error.get("key") == key
+    assert error["message"].startswith("Object contains unknown field")
+    assert "(this object accepts: " in error["message"] and accepted in error["message"]

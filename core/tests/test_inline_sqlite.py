@@ -64,12 +64,15 @@ async def test_a_writer_waits_for_another_connections_lock_while_the_loop_runs_o
     other = sqlite3.connect(database, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
     ticks = 0
+    ten_ticks = asyncio.Event()
 
     async def ticker() -> None:
         nonlocal ticks
         while True:
             await asyncio.sleep(0.01)
             ticks += 1
+            if ticks >= 10:
+                ten_ticks.set()
 
     async def write() -> None:
         async with session_factory(engine)() as session, session.begin():
@@ -78,8 +81,13 @@ async def test_a_writer_waits_for_another_connections_lock_while_the_loop_runs_o
     running = asyncio.ensure_future(ticker())
     try:
         writing = asyncio.ensure_future(write())
-        await asyncio.sleep(0.2)
-        assert not writing.done() and ticks >= 10  # waiting, and the loop was never held
+        await asyncio.sleep(0)  # the write starts and meets the lock
+        ticks = 0
+        # Ten ticks of the loop while the write waits. Counted, not timed: under load ten 10 ms sleeps may take
+        # far longer than 0.1 s. Had the wait held the loop, no tick would come until the writer gave up (after
+        # BUSY_TIMEOUT_S, 30 s) and the write would be done, with an error, by the time ten had.
+        await asyncio.wait_for(ten_ticks.wait(), 20)
+        assert not writing.done()  # still waiting, and the loop was never held
         other.execute("COMMIT")
         await asyncio.wait_for(writing, 5)
         assert other.execute("SELECT v FROM inline_rows WHERE id = 10").fetchone() == ("after the wait",)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tongcrm.config import Settings
@@ -897,6 +899,28 @@ def build_cli(host: PluginHost) -> click.Group:
     return group
 
 
+#: How SQLite and PostgreSQL say that a table is not there.
+_MISSING_TABLE = re.compile(r'no such table: (\w+)|relation "(\w+)" does not exist')
+
+
+def _no_schema(exc: Exception) -> str | None:
+    """What to say when a command met a database without tongcrm's tables: one run in another directory (the
+    default database is ``./tongcrm.sqlite3``), or with ``TONGCRM_DATABASE_URL`` unset or naming another
+    database, or before the first migration. SQLite's bare "no such table: api_keys" said none of that."""
+    found = _MISSING_TABLE.search(str(exc))
+    if found is None:
+        return None
+    try:
+        url = make_url(Settings.from_env().database_url).render_as_string(hide_password=True)
+    except (TongcrmError, ValueError, SQLAlchemyError):
+        url = "TONGCRM_DATABASE_URL"
+    return (
+        f"the database {url} has no tongcrm tables (no {found.group(1) or found.group(2)}): run "
+        "`tongcrm db upgrade` to create them, or point TONGCRM_DATABASE_URL at the tongcrm database "
+        "(the default is ./tongcrm.sqlite3 in the current directory)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     traceback = "--traceback" in (argv if argv is not None else sys.argv)
     args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--traceback"]
@@ -918,4 +942,4 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, SQLAlchemyError) as exc:
         if traceback:
             raise
-        fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        fail(_no_schema(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

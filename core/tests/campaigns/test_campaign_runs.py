@@ -261,3 +261,57 @@ async def test_a_run_that_cannot_start_is_refused_and_other_campaigns_still_run(
     assert broken.next_run_at == fine.next_run_at == due + timedelta(days=1)  # the schedule goes on
     assert await w.messages(flow="campaign.broken") == []
     assert len(await w.messages(flow="campaign.fine")) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_run_finishes_when_its_own_response_window_closes_to_the_microsecond(
+    tongcrm_db: TestDatabase,
+) -> None:
+    start = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
+    clock = Clock(start)
+    host = sms_host()
+    w = World(
+        tongcrm_db.sessions, Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(), host, clock
+    )
+    await w.setup("http://127.0.0.1:9")
+    runs: dict[tuple[int, int], int] = {}
+    async with w.sessions() as session, session.begin():
+        context = await segments.load_context(session, host, clock())
+        definition = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vip"}}
+        await segments.save(session, context, "vip", definition, SYSTEM)
+        for days in (1, 3):
+            draft = service.Draft(f"in-{days}", "vip", "promo", {"kind": "order", "within_days": days})
+            campaign = await service.create(session, draft, SYSTEM)
+            for n, enqueued in enumerate((5, 4)):  # a run all in the send log, and one still being written
+                run = CampaignRun(
+                    campaign_id=campaign.id, scheduled_for=start + timedelta(minutes=n), started_at=start,
+                    segment_version=1, status="queued", audience=5, control=0, enqueued=enqueued,
+                )  # fmt: skip
+                session.add(run)
+                await session.flush()
+                runs[days, enqueued] = run.id
+
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    async def finished_after(moment: datetime) -> set[tuple[int, int]]:
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", seen)
+        try:
+            await service.finish_done(w.sessions, now=moment)
+        finally:
+            sa.event.remove(sa.engine.Engine, "before_cursor_execute", seen)
+        async with w.sessions() as session:
+            rows = await session.execute(sa.select(CampaignRun.id, CampaignRun.status))
+            status = dict(rows.all())
+        return {key for key, run_id in runs.items() if status[run_id] == "finished"}
+
+    tick = timedelta(microseconds=1)
+    assert await finished_after(start + timedelta(days=1) - tick) == set()
+    assert await finished_after(start + timedelta(days=1)) == {(1, 5)}  # its own campaign's window
+    assert await finished_after(start + timedelta(days=3) - tick) == {(1, 5)}
+    assert await finished_after(start + timedelta(days=3)) == {(1, 5), (3, 5)}
+    assert await finished_after(start + timedelta(days=30)) == {(1, 5), (3, 5)}  # the feed is not done
+    # the windows are compared in SQL: a tick reads no run into Python to compare it there
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT") and "campaign_runs" in s]

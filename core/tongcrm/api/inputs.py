@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import msgspec
+import msgspec.inspect
 from litestar import Litestar, Request
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ValidationException
@@ -40,6 +41,11 @@ from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, UnsupportedMediaType, liste
 #: largest such number a double holds exactly (2^63 - 1024), because the OpenAPI document states bounds as JSON
 #: numbers, which many clients (and litestar's schema writer) read as doubles: 2^63 - 1 would read as 2^63.
 MAX_ID = 2**63 - 1024
+#: :data:`MAX_ID` as an error message states it: the bare number reads like a double's rounding of 2^63 - 1
+#: (which is 9223372036854775808), so the message says what it is and why.
+MAX_ID_STATED = (
+    f"{MAX_ID} (2^63 - 1024: the largest 64-bit integer a JSON number read as a double holds exactly)"
+)
 #: The largest value a 32-bit (INTEGER) column holds, e.g. an earning-rules version.
 MAX_INT32 = 2**31 - 1
 #: The deepest a JSON request body may nest (objects and arrays). No request the API defines needs more than a
@@ -137,7 +143,11 @@ def read_json(body: bytes, handler: HTTPRouteHandler, *, nul: bool = True) -> tu
         try:
             typed = msgspec.convert(value, target, strict=True, dec_hook=handler.default_deserializer)
         except msgspec.ValidationError as exc:
-            raise _invalid(_body_message(str(exc)), key=_error_key(str(exc))) from exc
+            message = _body_message(str(exc))
+            if message.startswith("Object contains unknown field"):
+                accepted = _fields_at(target, str(exc).rpartition(" - at `")[2].rstrip("`") or "$")
+                message += f" (this object accepts: {', '.join(accepted)})" if accepted else ""
+            raise _invalid(message, key=_error_key(str(exc))) from exc
         for where, moment in _moments(typed, "$"):
             check_moment(_key(where) or "body", moment, source="body")
     return value, typed
@@ -177,7 +187,7 @@ def check_value(value: Any, *, nul: bool = True) -> None:
             continue
         elif isinstance(item, int):
             if not -MAX_ID <= item <= MAX_ID:
-                raise _invalid(f"integer out of range (at most {MAX_ID} in magnitude)", key=_key(where))
+                raise _invalid(f"integer out of range: at most {MAX_ID_STATED} in magnitude", key=_key(where))
         elif isinstance(item, dict | list):
             if depth > MAX_JSON_DEPTH:
                 raise _invalid(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)")
@@ -264,6 +274,27 @@ def _body_message(msgspec_message: str) -> str:
 def _error_key(msgspec_message: str) -> str | None:
     _, sep, where = msgspec_message.rpartition(" - at `")
     return _key(where.rstrip("`")) if sep else None
+
+
+def _fields_at(target: Any, where: str) -> list[str]:
+    """The field names (sorted) of the object at ``where`` (msgspec's ``$.lines[0]``) in a body of type ``target``, for
+    an "unknown field" refusal to list what is accepted, as an unknown query parameter's does (empty when the
+    path leads to no struct)."""
+    info: Any = msgspec.inspect.type_info(target)
+    for name, _index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", where.removeprefix("$")):
+        while isinstance(info, msgspec.inspect.UnionType):  # an optional part: its struct
+            info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)), None)
+        if name and isinstance(info, msgspec.inspect.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == name), None)
+        elif name and isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        elif not name and isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.VarTupleType)):
+            info = info.item_type
+        else:
+            return []
+    while isinstance(info, msgspec.inspect.UnionType):
+        info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)), None)
+    return sorted(f.encode_name for f in info.fields) if isinstance(info, msgspec.inspect.StructType) else []
 
 
 _NO_BODY_TYPE = object()

@@ -12,6 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from tongcrm.api.inputs import MAX_ID, MAX_ID_STATED
 from tongcrm.errors import TongcrmError
 from tongcrm.logging import get_logger
 
@@ -23,6 +24,9 @@ MAX_INSTANCE = 256
 #: What stays unescaped in ``instance``: RFC 3986's path characters (pchar and ``/``); a ``%`` of the decoded
 #: path is escaped like the rest.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
+#: ``opt`` key of a route that serves files from a directory (the console's static files): its 404 is a file
+#: missing under a route that exists, so it says "no such file" rather than "no such route".
+FILES_OPT = "serves_files"
 
 
 def instance_of(path: str) -> str:
@@ -95,13 +99,17 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         title = "Invalid request"
         if exc.extra:
             extra["errors"] = exc.extra = (
-                [_missing_body(e) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
+                [_id_bound(_missing_body(e)) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
             )
             detail = "; ".join(_describe(e) for e in exc.extra) if isinstance(exc.extra, list) else detail
     if isinstance(exc, NotFoundException):
         # litestar's router (or the console's static files) found nothing at this path; every "not found" of a
         # resource the API knows is a domain NotFound, which says what is missing
-        detail = _no_route(request.method, request.scope["path"], exc)
+        handler = request.scope.get("route_handler")
+        if handler is not None and handler.opt.get(FILES_OPT):
+            detail = f"no such file: {request.method} {instance_of(request.scope['path'])}"
+        else:
+            detail = _no_route(request.method, request.scope["path"], exc)
     allow = (exc.headers or {}).get("allow")
     if status == 405 and allow:
         # RFC 9110 wants Allow on a 405; litestar's router sets it on the exception, not on our response
@@ -141,6 +149,14 @@ def _missing_body(error: Any) -> Any:
     parameter, ``{"message": "'data'", "key": "data", "source": "body"}``: say what is wrong instead."""
     if isinstance(error, dict) and error.get("source") == "body" and error.get("message") == "'data'":
         return {**error, "message": "a JSON body is required"}
+    return error
+
+
+def _id_bound(error: Any) -> Any:
+    """A parameter over the id bound is refused by litestar as ``Expected `int` <= 9223372036854774784``,
+    which an integrator takes for a double's rounding of 2^63 - 1: say that it is the bound, and why."""
+    if isinstance(error, dict) and str(error.get("message", "")).endswith(f"<= {MAX_ID}"):
+        return {**error, "message": f"{error['message'][: -len(str(MAX_ID))]}{MAX_ID_STATED}"}
     return error
 
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -29,6 +29,7 @@ from tongcrm.campaigns import schedule as sched
 from tongcrm.campaigns.feed import flow_of as flow_of
 from tongcrm.campaigns.feed import occasion_of as occasion_of
 from tongcrm.campaigns.models import RUN_SENT, Campaign, CampaignAudience, CampaignRun
+from tongcrm.db.base import UTCDateTime
 from tongcrm.db.dialect import dialect_name, insert
 from tongcrm.entitlements import service as entitlements
 from tongcrm.errors import Conflict, NotFound, TongcrmError, Unprocessable
@@ -595,30 +596,45 @@ async def run_due(
     return started
 
 
+def _window_end(dialect: str, started_at: Any, days: Any) -> sa.ColumnElement[datetime]:
+    """``started_at`` + ``days`` whole days, in SQL, to the microsecond. SQLite stores a time as naive UTC text
+    with six decimals (:class:`~tongcrm.db.base.UTCDateTime`): ``datetime()`` shifts the date and time but drops
+    the fraction, which is put back, so the result compares with a bound time as the stored text does."""
+    if dialect == "postgresql":
+        shifted: Any = started_at + sa.func.make_interval(0, 0, 0, days)
+    else:
+        shifted = sa.func.datetime(started_at, sa.func.printf("+%d days", days)).op("||")(
+            sa.func.substr(started_at, 20)
+        )
+    return sa.type_coerce(shifted, UTCDateTime())
+
+
 async def _finish_runs(session: AsyncSession, now: datetime) -> int:
     """Move to ``finished`` the ``queued`` runs fully written to the send log whose response window (the
-    campaign's ``within_days`` after the run started) has closed; how many."""
-    rows = (
-        await session.execute(
-            sa.select(CampaignRun.id, CampaignRun.started_at, Campaign.response)
-            .join(Campaign, Campaign.id == CampaignRun.campaign_id)
-            .where(CampaignRun.status == "queued", CampaignRun.enqueued >= CampaignRun.audience)
-        )
-    ).all()
-    done = [
-        run_id
-        for run_id, started_at, response in rows
-        if started_at + timedelta(days=int(response["within_days"])) <= now
-    ]
-    if done:
+    campaign's ``within_days`` after the run started) has closed; how many. One statement: the windows are
+    compared in SQL, so a tick reads none of the runs still open (it read every queued run into Python)."""
+    within = (
+        sa.select(Campaign.response["within_days"].as_integer())
+        .where(Campaign.id == CampaignRun.campaign_id)
+        .scalar_subquery()
+    )
+    result = cast(
+        sa.CursorResult[Any],
         await session.execute(
             sa.update(CampaignRun)
-            .where(CampaignRun.id.in_(done), CampaignRun.status == "queued")
+            .where(
+                CampaignRun.status == "queued",
+                CampaignRun.enqueued >= CampaignRun.audience,
+                _window_end(dialect_name(session), CampaignRun.started_at, within) <= now,
+            )
             .values(status="finished")
             .execution_options(synchronize_session=False)
-        )
-        log.info("campaign runs finished", runs=len(done))
-    return len(done)
+        ),
+    )
+    done = int(result.rowcount or 0)
+    if done:
+        log.info("campaign runs finished", runs=done)
+    return done
 
 
 async def finish_done(sessions: async_sessionmaker[AsyncSession], *, now: datetime) -> int:

@@ -8,6 +8,7 @@ from litestar import Router
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
+from tongcrm.api.problems import FILES_OPT
 from tongcrm.auth.service import Role
 from tongcrm.console.admin import AuditPage, KeyPages
 from tongcrm.console.auth import SignInPages, root
@@ -67,7 +68,7 @@ def console_handlers() -> list[ControllerRouterHandler]:
         path=PREFIX + "/static",
         directories=[STATIC],
         guards=[console_guard],
-        opt=public_page(),
+        opt={**public_page(), FILES_OPT: True},
         include_in_schema=False,
         cache_control=None,
     )

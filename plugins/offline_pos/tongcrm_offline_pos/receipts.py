@@ -723,10 +723,16 @@ def _finish_statement(names: tuple[str, ...], figures: str | None = None) -> Any
 
 def _with_figures(result: Any, dialect: str) -> Any:
     if dialect == "postgresql":
-        pairs = [item for name, value in _SHOWN for item in (sa.literal_column(f"'{name}'"), value)]
-        return result.op("||")(sa.func.jsonb_build_object(*pairs))
-    paths = [item for name, value in _SHOWN for item in (sa.literal_column(f"'$.{name}'"), value)]
-    return sa.func.json_set(result, *paths)
+        return result.op("||")(sa.func.jsonb_build_object(*_keyed_figures("")))
+    return sa.func.json_set(result, *_keyed_figures("$."))
+
+
+def _keyed_figures(prefix: str) -> list[Any]:
+    """The shown figures as key, value, key, value… (each key ``prefix`` + its name, as SQL text)."""
+    keyed: list[Any] = []
+    for name, value in _SHOWN:
+        keyed += [sa.literal_column(f"'{prefix}{name}'"), value]
+    return keyed
 
 
 async def apply_batch(
