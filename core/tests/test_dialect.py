@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -274,8 +275,8 @@ def test_sqlite_datetime_texts_shared_across_columns_match_each_instant() -> Non
     from tongcrm.orders.models import Order
 
     process = UTCDateTime().bind_processor(sqlite.dialect())
-    placed = dialect._converter(Order.__table__.c.placed_at)
-    paid = dialect._converter(Order.__table__.c.paid_at)
+    placed = dialect._converter(Order.__table__.c.placed_at, {})
+    paid = dialect._converter(Order.__table__.c.paid_at, {})
     assert placed is not None and paid is not None
     beijing = timezone(timedelta(hours=8))
     at = datetime(2026, 3, 1, 20, 30, 15, 123456, tzinfo=beijing)
@@ -394,3 +395,36 @@ def _probe_table(name: str) -> sa.Table:
         sa.Column("meta", JSONType),
         sa.Column("note", sa.Text),
     )
+
+
+def test_sqlite_values_share_conversions_between_a_rows_columns_of_one_type() -> None:
+    """The columns of one type share their remembered conversions (an imported order binds one datetime as its
+    ``placed_at``, ``paid_at`` and ``modified_at``): each value still gets exactly its own column's text, also
+    when a blank column or another time stands between them, and rows given as tuples in column order
+    (``sqlite_tuples``) convert as rows given by name do."""
+    from sqlalchemy.dialects import sqlite
+    from tongcrm.db.base import UTCDateTime
+    from tongcrm.db.dialect import sqlite_tuples, sqlite_values
+
+    table = cast(sa.Table, Order.__table__)
+    columns = (
+        "placed_at",
+        "paid_at",
+        "shipped_at",
+        "completed_at",
+        "modified_at",
+        "ingested_at",
+        "updated_at",
+    )
+    text = UTCDateTime().bind_processor(sqlite.dialect())
+    shanghai = ZoneInfo("Asia/Shanghai")
+    now = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
+    rows = []
+    for n in range(6):
+        placed = datetime(2024, 1, 1 + n, 10, n, tzinfo=shanghai)
+        other = datetime(2024, 2, 1 + n, 10, n, tzinfo=UTC)
+        completed = None if n % 2 else other
+        rows.append((placed, placed, None, completed, other if n % 3 == 0 else placed, now, now))
+    expected = [tuple(None if v is None else text(v) for v in row) for row in rows]
+    assert sqlite_values(table, columns, [dict(zip(columns, row, strict=True)) for row in rows]) == expected
+    assert sqlite_tuples(table, columns, rows) == expected

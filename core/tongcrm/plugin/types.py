@@ -324,7 +324,11 @@ class NormalisedOrder:
             if value < 0:
                 raise ValueError(f"order {self.external_id}: {name} must not be negative")
         for name in ("created_at", "modified_at", "paid_at", "shipped_at", "completed_at"):
-            _aware(getattr(self, name), f"order {self.external_id}: {name}")
+            value = getattr(self, name)
+            if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+                # the message only when it is needed: formatting it for every time of every order was a tenth of
+                # an imported order's parsing (issue #22)
+                _aware(value, f"order {self.external_id}: {name}")
         if not isinstance(self.status, OrderStatus):
             raise ValueError(f"order {self.external_id}: unknown status {self.status!r}")
         ids = [line.external_id for line in self.lines]
