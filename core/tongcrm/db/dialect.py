@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import functools
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db.jsontext import json_text
+from tongcrm.db.jsontext import json_bytes, json_text
 
 
 def dialect_name(session: AsyncSession) -> str:
@@ -422,3 +423,31 @@ def json_records(param: str, columns: Sequence[tuple[str, Any]], *, alias: str) 
     return (
         f"ROWS FROM (json_to_recordset(CAST(:{param} AS JSON)) AS ({definitions})) WITH ORDINALITY AS {alias}"
     )
+
+
+#: A datetime as msgspec writes one without a time zone: only then are the values looked at one by one.
+_NAIVE_STAMP = re.compile(rb'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?"')
+
+
+def json_records_text(records: Sequence[Any]) -> str:
+    """``records`` (dicts or dataclasses) as the JSON text :func:`json_records` reads: one parameter for a
+    record set of any size, where a column per array cost asyncpg a Python check per element.
+
+    A naive datetime is refused as :class:`tongcrm.db.base.UTCDateTime` refuses it (the server would read it in
+    the session's time zone), without looking at every value: msgspec writes an aware one with its offset, so
+    only a text holding a string shaped like a naive one (which a free-text value may also hold) has its
+    records' datetimes checked. Only a record's own values are stored as timestamps; a nested one is JSON."""
+    text = json_bytes(records)
+    if _NAIVE_STAMP.search(text):
+        for record in records:
+            values = record.values() if isinstance(record, Mapping) else _field_values(record)
+            for value in values:
+                if isinstance(value, datetime.datetime) and (
+                    value.tzinfo is None or value.utcoffset() is None
+                ):
+                    raise ValueError(f"naive datetime {value!r} cannot be stored; use an aware datetime")
+    return text.decode()
+
+
+def _field_values(record: Any) -> list[Any]:
+    return [getattr(record, f.name) for f in dataclasses.fields(record)]
