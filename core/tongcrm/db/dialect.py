@@ -411,18 +411,32 @@ def json_records(param: str, columns: Sequence[tuple[str, Any]], *, alias: str) 
     bound 22 of them (issue #22). The server parses the JSON; a JSON ``null`` is SQL ``NULL``; JSON columns are
     read as ``JSONB``."""
     pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
-
-    def sql_type(type_: Any) -> str:
-        if isinstance(type_, sa.JSON):
-            return "JSONB"
-        if isinstance(type_, sa.String) and not isinstance(type_, sa.Enum):
-            return "TEXT"  # the column's own length check refuses a longer value; a cast would cut it
-        return str(type_.compile(dialect=pg))
-
-    definitions = ", ".join(f"{name} {sql_type(type_)}" for name, type_ in columns)
+    definitions = ", ".join(f"{name} {_read_as(type_).compile(dialect=pg)}" for name, type_ in columns)
     return (
         f"ROWS FROM (json_to_recordset(CAST(:{param} AS JSON)) AS ({definitions})) WITH ORDINALITY AS {alias}"
     )
+
+
+def json_table(param: str, columns: Sequence[tuple[str, Any]], alias: str) -> Any:
+    """PostgreSQL, for statements SQLAlchemy builds: :func:`json_records` as a table-valued function — the
+    records of the JSON text ``param`` (:func:`json_records_text`) as the table ``alias`` with the named, typed
+    ``columns`` (``json_to_recordset``; no ordinality: bind a position as a column where order matters)."""
+    text = sa.bindparam(param, type_=sa.Text())
+    return (
+        sa.func.json_to_recordset(sa.cast(text, sa.JSON))
+        .table_valued(*(sa.column(name, _read_as(type_)) for name, type_ in columns))
+        .render_derived(name=alias, with_types=True)
+    )
+
+
+def _read_as(type_: Any) -> Any:
+    """The type a record's value is read as: JSON as ``JSONB``, a string as ``TEXT`` (the column's own length
+    check then refuses a longer value; a cast to ``VARCHAR(n)`` would cut it), the rest as the column's."""
+    if isinstance(type_, sa.JSON):
+        return postgresql.JSONB()
+    if isinstance(type_, sa.String) and not isinstance(type_, sa.Enum):
+        return sa.Text()
+    return type_
 
 
 #: A datetime as msgspec writes one without a time zone: only then are the values looked at one by one.
