@@ -428,3 +428,30 @@ def test_sqlite_values_share_conversions_between_a_rows_columns_of_one_type() ->
     expected = [tuple(None if v is None else text(v) for v in row) for row in rows]
     assert sqlite_values(table, columns, [dict(zip(columns, row, strict=True)) for row in rows]) == expected
     assert sqlite_tuples(table, columns, rows) == expected
+
+
+def test_json_records_text_writes_offsets_and_refuses_naive_datetimes() -> None:
+    """The JSON text a record set is bound as on PostgreSQL (``dialect.json_records``): aware datetimes keep
+    their offset, integers stay exact, a string that only looks like a naive timestamp passes, and a naive
+    datetime in a dict or a dataclass is refused, as ``UTCDateTime`` refuses it."""
+    import json
+    from dataclasses import dataclass
+    from datetime import timedelta, timezone
+
+    from tongcrm.db.dialect import json_records_text
+
+    @dataclass(slots=True)
+    class Record:
+        at: datetime | None
+        note: str
+
+    east = datetime(2026, 3, 1, 10, 30, tzinfo=timezone(timedelta(hours=8)))
+    looks_naive = "2026-03-01T10:30:00"
+    text = json_records_text([{"at": east, "n": 2**62, "note": looks_naive}, Record(None, looks_naive)])
+    assert json.loads(text) == [
+        {"at": "2026-03-01T10:30:00+08:00", "n": 2**62, "note": looks_naive},
+        {"at": None, "note": looks_naive},
+    ]
+    for naive in ({"at": east.replace(tzinfo=None), "note": "x"}, Record(east.replace(tzinfo=None), "x")):
+        with pytest.raises(ValueError, match="naive datetime"):
+            json_records_text([naive])

@@ -599,3 +599,51 @@ async def test_posted_credits_keep_their_instants_and_a_naive_datetime_is_refuse
         count = (await s.execute(sa.select(sa.func.count()).select_from(PointsEntry))).scalar_one()
     assert count == 2
     await _verify(tongcrm_db)
+
+
+async def test_a_books_flush_keeps_instants_and_details_and_refuses_a_naive_datetime(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """PostgreSQL binds a flush's entries, lots, draws and balances as one JSON text each: an entry's instant
+    given in another zone, a detail that merely looks like a naive timestamp and an exact 62-bit integer are
+    stored as SQLite stores them, the balance's ``points_changed`` event says what moved, and a naive datetime
+    is refused (nothing of the flush is written)."""
+    (member,) = await _members(tongcrm_db, 1)
+    east = timezone(timedelta(hours=8))
+    at = datetime(2026, 3, 1, 10, 30, 15, 123456, tzinfo=east)
+    looks_naive = "2026-03-01T10:30:15.123456"
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    async with tongcrm_db.sessions() as s, s.begin():
+        book = ledger.Book(s, now=now)
+        await book.lock([member])
+        lot = book.new_lot(
+            ledger.Credit(member, "f:seed", "adjust", 9, at, at, None, reason=looks_naive,
+                          detail={"at": looks_naive, "n": 2**62})
+        )  # fmt: skip
+        book.entry(member, "redeem", -4, "f:spend", occurred_at=at)
+        book.draw(lot, "f:spend", 4, "redeem")
+        book.balance(member).available -= 4
+        await book.flush()
+    async with tongcrm_db.sessions() as s:
+        entries = {e.idempotency_key: e for e in (await s.execute(sa.select(PointsEntry))).scalars()}
+        lots = list((await s.execute(sa.select(PointsLot))).scalars())
+        events = [e.payload for e in (await s.execute(sa.select(OutboxEvent))).scalars()]
+    seed = entries["f:seed"]
+    assert (seed.occurred_at, seed.available_from, seed.reason, seed.detail, seed.created_at) == (
+        at, at, looks_naive, {"at": looks_naive, "n": 2**62}, now,
+    )  # fmt: skip
+    assert [(x.id, x.amount, x.remaining, x.earned_at) for x in lots] == [(seed.id, 9, 5, at)]
+    assert await _balance(tongcrm_db, member) == (5, 0, 0, 0)
+    assert {"member_id": member, "delta": 5, "available": 5, "pending": 0} in events
+
+    async def flush_naive() -> None:
+        async with tongcrm_db.sessions() as s, s.begin():
+            book = ledger.Book(s, now=now)
+            await book.lock([member])
+            book.entry(member, "adjust", 1, "f:naive", occurred_at=at.replace(tzinfo=None))
+            await book.flush()
+
+    with pytest.raises((ValueError, sa.exc.StatementError), match="naive datetime"):
+        await flush_naive()
+    assert await _balance(tongcrm_db, member) == (5, 0, 0, 0)
+    await _verify(tongcrm_db)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import functools
@@ -16,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.db.base import UTCDateTime
-from tongcrm.db.jsontext import json_text
+from tongcrm.db.jsontext import json_bytes, json_text
 
 
 def dialect_name(session: AsyncSession) -> str:
@@ -492,15 +493,57 @@ def json_records(param: str, columns: Sequence[tuple[str, Any]], *, alias: str) 
     bound 22 of them (issue #22). The server parses the JSON; a JSON ``null`` is SQL ``NULL``; JSON columns are
     read as ``JSONB``."""
     pg: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
-
-    def sql_type(type_: Any) -> str:
-        if isinstance(type_, sa.JSON):
-            return "JSONB"
-        if isinstance(type_, sa.String) and not isinstance(type_, sa.Enum):
-            return "TEXT"  # the column's own length check refuses a longer value; a cast would cut it
-        return str(type_.compile(dialect=pg))
-
-    definitions = ", ".join(f"{name} {sql_type(type_)}" for name, type_ in columns)
+    definitions = ", ".join(f"{name} {_read_as(type_).compile(dialect=pg)}" for name, type_ in columns)
     return (
         f"ROWS FROM (json_to_recordset(CAST(:{param} AS JSON)) AS ({definitions})) WITH ORDINALITY AS {alias}"
     )
+
+
+def json_table(param: str, columns: Sequence[tuple[str, Any]], alias: str) -> Any:
+    """PostgreSQL, for statements SQLAlchemy builds: :func:`json_records` as a table-valued function — the
+    records of the JSON text ``param`` (:func:`json_records_text`) as the table ``alias`` with the named, typed
+    ``columns`` (``json_to_recordset``; no ordinality: bind a position as a column where order matters)."""
+    text = sa.bindparam(param, type_=sa.Text())
+    return (
+        sa.func.json_to_recordset(sa.cast(text, sa.JSON))
+        .table_valued(*(sa.column(name, _read_as(type_)) for name, type_ in columns))
+        .render_derived(name=alias, with_types=True)
+    )
+
+
+def _read_as(type_: Any) -> Any:
+    """The type a record's value is read as: JSON as ``JSONB``, a string as ``TEXT`` (the column's own length
+    check then refuses a longer value; a cast to ``VARCHAR(n)`` would cut it), the rest as the column's."""
+    if isinstance(type_, sa.JSON):
+        return postgresql.JSONB()
+    if isinstance(type_, sa.String) and not isinstance(type_, sa.Enum):
+        return sa.Text()
+    return type_
+
+
+#: A datetime as msgspec writes one without a time zone: only then are the values looked at one by one.
+_NAIVE_STAMP = re.compile(rb'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?"')
+
+
+def json_records_text(records: Sequence[Any]) -> str:
+    """``records`` (dicts or dataclasses) as the JSON text :func:`json_records` reads: one parameter for a
+    record set of any size, where a column per array cost asyncpg a Python check per element.
+
+    A naive datetime is refused as :class:`tongcrm.db.base.UTCDateTime` refuses it (the server would read it in
+    the session's time zone), without looking at every value: msgspec writes an aware one with its offset, so
+    only a text holding a string shaped like a naive one (which a free-text value may also hold) has its
+    records' datetimes checked. Only a record's own values are stored as timestamps; a nested one is JSON."""
+    text = json_bytes(records)
+    if _NAIVE_STAMP.search(text):
+        for record in records:
+            values = record.values() if isinstance(record, Mapping) else _field_values(record)
+            for value in values:
+                if isinstance(value, datetime.datetime) and (
+                    value.tzinfo is None or value.utcoffset() is None
+                ):
+                    raise ValueError(f"naive datetime {value!r} cannot be stored; use an aware datetime")
+    return text.decode()
+
+
+def _field_values(record: Any) -> list[Any]:
+    return [getattr(record, f.name) for f in dataclasses.fields(record)]

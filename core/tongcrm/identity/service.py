@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.audit.service import SYSTEM, Actor
 from tongcrm.crypto import Vault
 from tongcrm.db import dialect, direct
+from tongcrm.db.jsontext import json_text
 from tongcrm.errors import Unprocessable
 from tongcrm.identity.models import Identity, Merge
 from tongcrm.identity.plugin import core_choice, default_decision
@@ -876,26 +877,18 @@ async def _write_in_one(
     updates = _fill_updates(ctx, plan, profiles, set(), now)
     if not (member_rows or identity_rows or plan.touched or updates):
         return
+    for row in identity_rows:  # a new member by position, an existing one by id
+        row["member_pos"] = position.get(row["member_id"])
+        row["member_id"] = max(row["member_id"], 0) or None
     params: dict[str, Any] = {
-        **{f"m_{k}": v for k, v in dialect.column_arrays(_MEMBERS, _MEMBER_COLUMNS, member_rows).items()},
-        **dialect.column_arrays(
-            _IDENTITIES,
-            _IDENTITY_COLUMNS,
-            [{**row, "member_id": max(row["member_id"], 0) or None} for row in identity_rows],
-        ),
-        "member_pos": [position.get(row["member_id"]) for row in identity_rows],
-        "touch_ids": sorted(plan.touched),
-        **{
-            f"f_{k}": v
-            for k, v in dialect.column_arrays(
-                _MEMBERS, ("id", "version", *_FILLED, "profile_meta"), [_fill_row(u) for u in updates]
-            ).items()
-        },
-        "e_source": [plan.new_members[ph].claim_set.source_channel or "unknown" for ph in roots],
+        "members": dialect.json_records_text(member_rows),
+        "identities": dialect.json_records_text(identity_rows),
+        "touch_ids": json_text(sorted(plan.touched)),
+        "fills": dialect.json_records_text(updates),
         "identity_count": len(identity_rows),
         "now": now,
     }
-    rows = (await session.execute(_write_statement(), params)).all()
+    rows = await direct.rows(session, _write_statement(), params)
     new_ids = sorted(r.id for r in rows if r.made == "member")
     written = [r.id for r in rows if r.made == "identity"]
     plan.placeholder_ids = dict(zip(roots, new_ids, strict=True))
@@ -908,17 +901,9 @@ async def _write_in_one(
         raise LostRace()
 
 
-def _fill_row(update: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": update["b_id"],
-        "version": update["b_version"],
-        **{name: update[name] for name in (*_FILLED, "profile_meta")},
-    }
-
-
 @functools.cache
 def _write_statement() -> Any:
-    """The statement of :func:`_write_in_one`: one fixed text (one array per column), prepared once per
+    """The statement of :func:`_write_in_one`: one fixed text (each record set one JSON text), prepared once per
     connection. Each data-modifying CTE sees only what those before it returned: the identities find their new
     members' ids in the members' ``RETURNING``; the touches, fills and events run only if the identities'
     ``RETURNING`` has every row (``:identity_count``), so a lost race leaves only the inserts it undoes.
@@ -927,17 +912,18 @@ def _write_statement() -> Any:
     id IN (…)`` locks them in whatever order its plan reads them, so two pages that share buyers (two shops of
     one brand, windows of one backfill) could each hold a row the other waits for — a deadlock, and a page
     redone. The new identities are inserted in key order for the same reason (:func:`_new_identity_rows`)."""
-    m_arrays, m_binds = dialect.typed_unnest([(f"m_{n}", _MEMBERS.c[n].type) for n in _MEMBER_COLUMNS])
-    i_arrays, i_binds = dialect.typed_unnest(
-        [*((n, _IDENTITIES.c[n].type) for n in _IDENTITY_COLUMNS), ("member_pos", sa.Integer())]
+    # each record set is one JSON text (dialect.json_records), not an array per column: asyncpg checked every
+    # element of those arrays with a Python call
+    m_rows = dialect.json_records("members", [(n, _MEMBERS.c[n].type) for n in _MEMBER_COLUMNS], alias="m")
+    i_rows = dialect.json_records(
+        "identities",
+        [*((n, _IDENTITIES.c[n].type) for n in _IDENTITY_COLUMNS), ("member_pos", sa.Integer())],
+        alias="r",
     )
-    f_columns = ("id", "version", *_FILLED, "profile_meta")
-    f_arrays, f_binds = dialect.typed_unnest([(f"f_{n}", _MEMBERS.c[n].type) for n in f_columns])
-    e_arrays, e_binds = dialect.typed_unnest([("e_source", sa.Text())])
-    t_arrays, t_binds = dialect.typed_unnest([("touch_ids", _IDENTITIES.c.id.type)])
-
-    def cast_json(column: str, alias: str) -> str:
-        return f"CAST({alias}.{column} AS JSONB)" if column == "profile_meta" else f"{alias}.{column}"
+    f_columns = ("b_id", "b_version", *_FILLED, "profile_meta")
+    f_rows = dialect.json_records(
+        "fills", [(n, _MEMBERS.c[n.removeprefix("b_")].type) for n in f_columns], alias="f"
+    )
 
     identity_values = ", ".join(
         "coalesce(r.member_id, nm.id)" if n == "member_id" else f"r.{n}" for n in _IDENTITY_COLUMNS
@@ -947,22 +933,20 @@ def _write_statement() -> Any:
     complete = "(SELECT count(*) FROM inserted) = :identity_count"
     sql = f"""
 WITH m AS (
-    SELECT * FROM {m_arrays} WITH ORDINALITY AS m({", ".join(_MEMBER_COLUMNS)}, position)
+    SELECT * FROM {m_rows}
 ),
 made AS (
     INSERT INTO members ({", ".join(_MEMBER_COLUMNS)})
-    SELECT {", ".join(cast_json(n, "m") for n in _MEMBER_COLUMNS)} FROM m ORDER BY m.position
+    SELECT {", ".join(f"m.{n}" for n in _MEMBER_COLUMNS)} FROM m ORDER BY m.ordinality
     RETURNING id
 ),
 nm AS (
     SELECT id, row_number() OVER (ORDER BY id) AS position FROM made
 ),
-r AS (
-    SELECT * FROM {i_arrays} AS r({", ".join(_IDENTITY_COLUMNS)}, member_pos)
-),
 inserted AS (
     INSERT INTO identities ({", ".join(_IDENTITY_COLUMNS)})
-    SELECT {identity_values} FROM r LEFT JOIN nm ON nm.position = r.member_pos
+    SELECT {identity_values} FROM {i_rows} LEFT JOIN nm ON nm.position = r.member_pos
+    ORDER BY r.ordinality
     ON CONFLICT (kind, value) DO NOTHING
     RETURNING id
 ),
@@ -970,25 +954,27 @@ touched AS (
     UPDATE identities SET last_seen_at = :now
     FROM (
         SELECT l.id FROM identities l
-        WHERE l.id IN (SELECT t.id FROM {t_arrays} AS t(id)) AND {complete}
+        WHERE l.id IN (SELECT CAST(t.value AS BIGINT) FROM json_array_elements_text(CAST(:touch_ids AS JSON)) AS t)
+            AND {complete}
         ORDER BY l.id FOR UPDATE OF l
     ) AS k
     WHERE identities.id = k.id
 ),
 filled AS (
     UPDATE members SET version = members.version + 1, updated_at = :now,
-        {", ".join(f"{n} = {cast_json(n, 'f')}" for n in (*_FILLED, "profile_meta"))}
+        {", ".join(f"{n} = f.{n}" for n in (*_FILLED, "profile_meta"))}
     FROM (
-        SELECT f.* FROM {f_arrays} AS f({", ".join(f_columns)}) JOIN members l ON l.id = f.id
+        SELECT f.* FROM {f_rows} JOIN members l ON l.id = f.b_id
         WHERE {complete}
-        ORDER BY f.id FOR UPDATE OF l
+        ORDER BY f.b_id FOR UPDATE OF l
     ) AS f
-    WHERE members.id = f.id AND members.version = f.version
+    WHERE members.id = f.b_id AND members.version = f.b_version
 ),
 events AS (
     INSERT INTO outbox_events (name, payload, occurred_at)
-    SELECT 'member_created', jsonb_build_object('member_id', nm.id, 'source', e.source), :now
-    FROM nm JOIN {e_arrays} WITH ORDINALITY AS e(source, position) ON e.position = nm.position
+    SELECT 'member_created',
+        jsonb_build_object('member_id', nm.id, 'source', coalesce(nullif(m.source_channel, ''), 'unknown')), :now
+    FROM nm JOIN m ON m.ordinality = nm.position
     WHERE {complete}
     ORDER BY nm.position
 )
@@ -997,8 +983,8 @@ UNION ALL
 SELECT 'identity', id FROM inserted
 """  # noqa: S608 - built from this module's constant column names, no input
     binds = [
-        *m_binds, *i_binds, *f_binds, *e_binds, *t_binds,
+        *(sa.bindparam(name, type_=sa.Text()) for name in ("members", "identities", "touch_ids", "fills")),
         sa.bindparam("now", type_=_IDENTITIES.c.last_seen_at.type),
         sa.bindparam("identity_count", type_=sa.Integer()),
-    ]  # fmt: skip
+    ]
     return sa.text(sql).bindparams(*binds).columns(made=sa.Text(), id=_MEMBERS.c.id.type)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,15 +29,15 @@ from tongcrm.crypto import Vault
 from tongcrm.db import direct, stats
 from tongcrm.db.dialect import (
     VALUES_SIZES,
-    array_rows,
     dialect_name,
     insert,
     insert_rows,
+    json_records_text,
+    json_table,
     one_of,
     rows_params,
     values_size,
 )
-from tongcrm.db.jsontext import json_text
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
 from tongcrm.jobs import leases, outbox
@@ -350,7 +349,9 @@ def _orders_with_lines() -> Any:
     they were upserted after it). Rows: ("order", id, external_id, member_id, status, referral_awarded) and
     ("line", id, external_id, order_id, NULL, NULL). One fixed text whatever the page size."""
     orders = cast(sa.Table, Order.__table__)
-    source = array_rows(orders, _ORDER_ARRAYS)
+    lines = cast(sa.Table, OrderLine.__table__)
+    order_rows = json_table("orders", [(c, orders.c[c].type) for c in _ORDER_ARRAYS], "o")
+    source = sa.select(*(order_rows.c[c] for c in _ORDER_ARRAYS))
     per_order = dict(zip(_ORDER_ARRAYS, source.selected_columns, strict=True))
     now = sa.bindparam("now", type_=orders.c.ingested_at.type)
     page = {
@@ -365,17 +366,19 @@ def _orders_with_lines() -> Any:
     written = _forward_only(
         postgresql.insert(orders).from_select(list(ORDER_COLUMNS), values), ORDER_COLUMNS
     ).cte("written")
-    lines = cast(sa.Table, OrderLine.__table__)
-    names = ("l_order", *(f"l_{c}" for c in _LINE_COLUMNS[1:]))
-    arrays = [
-        sa.bindparam("l_order", type_=postgresql.ARRAY(orders.c.external_id.type)),
-        *(sa.bindparam(f"l_{c}", type_=postgresql.ARRAY(lines.c[c].type)) for c in _LINE_COLUMNS[1:]),
-    ]
-    rows = sa.func.unnest(*arrays).table_valued(*names, with_ordinality="position").render_derived()
+    line_rows_ = json_table(
+        "lines",
+        [
+            ("order_external_id", orders.c.external_id.type),
+            *((c, lines.c[c].type) for c in _LINE_COLUMNS[1:]),
+            ("position", sa.Integer()),
+        ],
+        "l",
+    )
     line_source = (
-        sa.select(written.c.id, *(rows.c[n] for n in names[1:]))
-        .join_from(rows, written, written.c.external_id == rows.c.l_order)
-        .order_by(rows.c.position)
+        sa.select(written.c.id, *(line_rows_.c[c] for c in _LINE_COLUMNS[1:]))
+        .join_from(line_rows_, written, written.c.external_id == line_rows_.c.order_external_id)
+        .order_by(line_rows_.c.position)
     )
     upserted = line_upsert(postgresql.insert(lines).from_select(list(_LINE_COLUMNS), line_source)).cte(
         "lines"
@@ -412,17 +415,22 @@ async def _upsert_orders_with_lines(
     time) and :func:`upsert_lines` of the lines of those written (``orders`` by external id) in one statement
     (:func:`_orders_with_lines`); the orders written by external id, and the lines' ids by (order id, line
     external id). Each array is a column of the rows read with one ``itemgetter`` and one ``zip``."""
-    params: dict[str, Any] = dict(
-        zip(_ORDER_ARRAYS, zip(*map(_ORDER_VALUES, rows), strict=True), strict=True)
-    )
-    params["shipments"] = [json_text(v) for v in params["shipments"]]
-    params.update(account_id=account_id, channel=channel, now=now)
-    line_values = [
-        (ext, *_LINE_VALUES(line)) for ext in params["external_id"] for line in line_rows(0, orders[ext])
-    ]
-    line_columns = list(zip(*line_values, strict=True)) or [()] * len(_LINE_COLUMNS)
-    params["l_order"] = line_columns[0]
-    params.update({f"l_{c}": column for c, column in zip(_LINE_COLUMNS[1:], line_columns[1:], strict=True)})
+    if rows and (extra := rows[0].keys() - set(ORDER_COLUMNS)):  # the statement would drop them
+        raise ValueError(f"orders: values for columns the statement does not write: {sorted(extra)}")
+    lines: list[dict[str, Any]] = []
+    for row in rows:
+        ext = row["external_id"]
+        for line in line_rows(0, orders[ext]):
+            line["order_external_id"] = ext
+            line["position"] = len(lines)
+            lines.append(line)
+    params: dict[str, Any] = {
+        "orders": json_records_text(rows),
+        "lines": json_records_text(lines),
+        "account_id": account_id,
+        "channel": channel,
+        "now": now,
+    }
     written: dict[str, Any] = {}
     line_ids: dict[tuple[int, str], int] = {}
     for r in (await session.execute(_orders_with_lines(), params)).all():
@@ -431,11 +439,6 @@ async def _upsert_orders_with_lines(
         else:
             line_ids[(r.member_id, r.external_id)] = r.id  # the line's order id rides in the 4th column
     return written, line_ids
-
-
-#: A row's values of :data:`_ORDER_ARRAYS`, and a line row's after its order id.
-_ORDER_VALUES = operator.itemgetter(*_ORDER_ARRAYS)
-_LINE_VALUES = operator.itemgetter(*_LINE_COLUMNS[1:])
 
 
 def order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False) -> Any:

@@ -27,9 +27,8 @@ both members again.
 from __future__ import annotations
 
 import functools
-import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -41,18 +40,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.db import direct
 from tongcrm.db.dialect import (
     among,
-    column_arrays,
     dialect_name,
     insert,
     insert_for,
     insert_rows,
     json_records,
+    json_records_text,
     one_of,
     rows_params,
-    typed_unnest,
     values_size,
 )
-from tongcrm.db.jsontext import json_bytes, json_text
 from tongcrm.errors import Conflict
 from tongcrm.jobs import outbox
 from tongcrm.points.models import (
@@ -325,13 +322,13 @@ async def _post_in_one(
     hold, one event per member with its balance after them, in member order."""
     credits = list(by_key.values())
     params: dict[str, Any] = {
-        "credits": _json_records(credits, lambda: _credit_stamps(credits)),
+        "credits": json_records_text(credits),
         "now": now,
     }
     lots: list[Any] = []
     if gate is not None:
         awards, lots_of = gate
-        params["awards"] = _json_records(awards, lambda: [a["evaluated_at"] for a in awards])
+        params["awards"] = json_records_text(awards)
         params["lots_of"] = list(lots_of)
         rows: list[Any] = []
         for row in await direct.rows(session, _posting(emit_events, True), params):
@@ -469,37 +466,6 @@ _CREDIT_FIELDS: tuple[tuple[str, sa.Column[Any]], ...] = (
     *((n, ENTRIES.c[n]) for n in ("account_id", "order_id", "line_id", "rule_code", "rule_version")),
     *((n, ENTRIES.c[n]) for n in ("reason", "actor", "ref_entry_id", "detail")),
 )
-
-#: A datetime as msgspec writes one without a time zone: only then are the values looked at one by one.
-_NAIVE_STAMP = re.compile(rb'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?"')
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """``value``, refused when naive (as :class:`tongcrm.db.base.UTCDateTime` refuses it)."""
-    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
-        raise ValueError(f"naive datetime {value!r} cannot be stored; use an aware datetime")
-    return value
-
-
-def _credit_stamps(credits: Sequence[Credit]) -> Iterable[datetime | None]:
-    for c in credits:
-        yield c.occurred_at
-        yield c.available_at
-        yield c.expires_at
-
-
-def _json_records(records: Any, stamps: Callable[[], Iterable[datetime | None]]) -> str:
-    """``records`` (dataclasses or dicts) as the JSON text :func:`tongcrm.db.dialect.json_records` reads.
-
-    A naive datetime is refused as the columns' type refuses it, without looking at every value: msgspec writes
-    an aware one with its offset, so only text holding a string shaped like a naive one (which a reason or
-    detail may also hold) has ``stamps`` (its datetimes) checked."""
-    text = json_bytes(records)
-    if _NAIVE_STAMP.search(text):
-        for value in stamps():
-            _aware(value)
-    return text.decode()
-
 
 #: The gated posting's rows (:func:`_posting`): its entries, then the lots of the lines ``lots_of`` held before
 #: it, then those it posted on them (a lot's columns as :func:`_lots_of_lines` in :mod:`tongcrm.points.service`).
@@ -1119,41 +1085,56 @@ class Book:
         """PostgreSQL: everything :meth:`flush` writes — entries, new lots, changed lots, draws, balances and
         their events — in ONE statement (:func:`_flush_statement`), where it was up to six round trips. When an
         entry's key was posted meanwhile, nothing but the other entries is written, and it raises
-        :class:`Conflict` as the SQLite path does."""
-        changed, events = self._changed_balances()
+        :class:`Conflict` as the SQLite path does.
+
+        Each record set is bound as one JSON text (:func:`tongcrm.db.dialect.json_records`): lots and balances
+        as the dataclasses they are, where 38 arrays cost asyncpg a Python check per element (issue #22)."""
+        changed = sorted(
+            (b for b in self.balances.values() if (b.available, b.pending, b.owed) != b.before),
+            key=lambda b: b.member_id,
+        )
         dirty = sorted((lot for lot in self.lots.values() if lot.dirty), key=lambda x: x.id or 0)
-        keys = [e["idempotency_key"] for e in self.entries]
-        new_lots = [{n: row[n] for n in _NEW_LOT_COLUMNS} for row in map(_lot_row, self.new_lots)]
+        entries = self.entries
+        if any(len(row) != len(_ENTRY_COLUMNS) for row in entries):  # a key the statement would drop
+            extra = {name for row in entries for name in row} - set(_ENTRY_COLUMNS)
+            raise ValueError(
+                f"points_entries: values for columns the statement does not write: {sorted(extra)}"
+            )
+        draws = [
+            {
+                "lot_id": d.lot.id,
+                "lot_key": None if d.lot.id is not None else d.lot.key,
+                "entry_id": d.entry if isinstance(d.entry, int) else None,
+                "entry_key": d.entry if isinstance(d.entry, str) else None,
+                "kind": d.kind,
+                "amount": d.amount,
+            }
+            for d in self.draws
+        ]
+        # a balance and its points_changed event (the payload :meth:`_changed_balances` builds)
+        balances = [
+            {
+                "member_id": b.member_id,
+                "available": b.available,
+                "pending": b.pending,
+                "owed": b.owed,
+                "delta": b.available + b.pending - b.before[0] - b.before[1],
+            }
+            for b in changed
+        ]
         params: dict[str, Any] = {
-            **column_arrays(ENTRIES, _ENTRY_COLUMNS, self.entries),
-            "entry_count": len(self.entries),
+            "entries": json_records_text(entries),
+            "entry_count": len(entries),
             "now": self.now,
-            "n_key": [str(lot.key) for lot in self.new_lots],
-            **{
-                f"n_{name}": values
-                for name, values in column_arrays(LOTS, _NEW_LOT_COLUMNS, new_lots).items()
-            },
-            "u_id": [lot.id for lot in dirty],
-            "u_remaining": [lot.remaining for lot in dirty],
-            "u_reversed": [lot.reversed for lot in dirty],
-            "u_status": [lot.status for lot in dirty],
-            "u_available_at": [lot.available_at for lot in dirty],
-            "d_lot_id": [d.lot.id for d in self.draws],
-            "d_lot_key": [None if d.lot.id is not None else str(d.lot.key) for d in self.draws],
-            "d_entry_id": [d.entry if isinstance(d.entry, int) else None for d in self.draws],
-            "d_entry_key": [d.entry if isinstance(d.entry, str) else None for d in self.draws],
-            "d_kind": [d.kind for d in self.draws],
-            "d_amount": [d.amount for d in self.draws],
-            "b_member_id": [b.member_id for b in changed],
-            "b_available": [b.available for b in changed],
-            "b_pending": [b.pending for b in changed],
-            "b_owed": [b.owed for b in changed],
-            "e_payload": [json_text(payload) for _, payload in events],
+            "new_lots": json_records_text(self.new_lots),
+            "lots": json_records_text(dirty),
+            "draws": json_records_text(draws),
+            "balances": json_records_text(balances),
         }
-        rows = (await self.session.execute(_flush_statement(), params)).all()
+        rows = await direct.rows(self.session, _flush_statement(), params)
         ids = {key: entry_id for entry_id, key in rows}
-        if len(ids) != len(keys):
-            missing = sorted(set(keys) - ids.keys())
+        if len(ids) != len(entries):
+            missing = sorted({e["idempotency_key"] for e in entries} - ids.keys())
             raise Conflict(
                 "a concurrent change posted the same ledger effect; retry",
                 extra={"idempotency_keys": missing[:10]},
@@ -1224,71 +1205,81 @@ def _entry_values(alias: str) -> str:
 
 @functools.cache
 def _flush_statement() -> Any:
-    """The statement of :meth:`Book._flush_in_one`. Lots and draws find the ids of the entries inserted with
-    them by key; nothing but the entries is written unless every entry was inserted (``:entry_count``)."""
-    entries, entry_binds = typed_unnest([(n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS])
-    entry_values = _entry_values("r")
-    lots, lot_binds = typed_unnest(
-        [("n_key", sa.Text()), *((f"n_{n}", LOTS.c[n].type) for n in _NEW_LOT_COLUMNS)]
+    """The statement of :meth:`Book._flush_in_one`, its record sets read from JSON texts
+    (:func:`tongcrm.db.dialect.json_records`). Lots and draws find the ids of the entries inserted with them by
+    key; nothing but the entries is written unless every entry was inserted (``:entry_count``)."""
+    # built here, not at import: a foreign key's column takes its type once the table it names is known
+    entries = json_records("entries", [(n, ENTRIES.c[n].type) for n in _ENTRY_COLUMNS], alias="r")
+    new_lots = json_records(
+        "new_lots", [("key", sa.Text()), *((n, LOTS.c[n].type) for n in _NEW_LOT_COLUMNS)], alias="n"
     )
-    updates, update_binds = typed_unnest(
-        [(f"u_{n}", LOTS.c[n].type) for n in ("id", "remaining", "reversed", "status", "available_at")]
+    lots = json_records(
+        "lots",
+        [(n, LOTS.c[n].type) for n in ("id", "remaining", "reversed", "status", "available_at")],
+        alias="u",
     )
-    draws, draw_binds = typed_unnest(
-        [("d_lot_id", sa.BigInteger()), ("d_lot_key", sa.Text()), ("d_entry_id", sa.BigInteger()),
-         ("d_entry_key", sa.Text()), ("d_kind", DRAWS.c.kind.type), ("d_amount", sa.BigInteger())]
+    draws = json_records(
+        "draws",
+        [("lot_id", sa.BigInteger()), ("lot_key", sa.Text()), ("entry_id", sa.BigInteger()),
+         ("entry_key", sa.Text()), ("kind", DRAWS.c.kind.type), ("amount", sa.BigInteger())],
+        alias="d",
     )  # fmt: skip
-    balances, balance_binds = typed_unnest(
-        [(f"b_{n}", BALANCES.c[n].type) for n in ("member_id", "available", "pending", "owed")]
-    )
-    events, event_binds = typed_unnest([("e_payload", sa.Text())])
+    balance_columns = [
+        *((n, BALANCES.c[n].type) for n in ("member_id", "available", "pending", "owed")),
+        ("delta", sa.BigInteger()),
+    ]
+    balances = json_records("balances", balance_columns, alias="u")
+    events = json_records("balances", balance_columns, alias="v")
     complete = "(SELECT count(*) FROM e) = :entry_count"
     sql = f"""
 WITH e AS (
     INSERT INTO points_entries ({", ".join(_ENTRY_COLUMNS)})
-    SELECT {entry_values} FROM {entries} WITH ORDINALITY AS r({", ".join(_ENTRY_COLUMNS)}, position)
-    ORDER BY r.position
+    SELECT {_entry_values("r")} FROM {entries}
+    ORDER BY r.ordinality
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, idempotency_key
 ),
 new_lots AS (
     INSERT INTO points_lots (id, {", ".join(_NEW_LOT_COLUMNS)})
     SELECT e.id, {", ".join(f"n.{n}" for n in _NEW_LOT_COLUMNS)}
-    FROM {lots} WITH ORDINALITY AS n(key, {", ".join(_NEW_LOT_COLUMNS)}, position)
+    FROM {new_lots}
     JOIN e ON e.idempotency_key = n.key
     WHERE {complete}
-    ORDER BY n.position
+    ORDER BY n.ordinality
 ),
 changed_lots AS (
     UPDATE points_lots l SET remaining = u.remaining, reversed = u.reversed, status = u.status,
         available_at = u.available_at
-    FROM {updates} AS u(id, remaining, reversed, status, available_at)
+    FROM {lots}
     WHERE l.id = u.id AND {complete}
 ),
 draws AS (
     INSERT INTO points_lot_draws (lot_id, entry_id, kind, amount)
     SELECT coalesce(d.lot_id, lot_entry.id), coalesce(d.entry_id, entry.id), d.kind, d.amount
-    FROM {draws} WITH ORDINALITY AS d(lot_id, lot_key, entry_id, entry_key, kind, amount, position)
+    FROM {draws}
     LEFT JOIN e lot_entry ON lot_entry.idempotency_key = d.lot_key
     LEFT JOIN e entry ON entry.idempotency_key = d.entry_key
     WHERE {complete}
-    ORDER BY d.position
+    ORDER BY d.ordinality
 ),
 balances AS (
     UPDATE points_balances b SET available = u.available, pending = u.pending, owed = u.owed, updated_at = :now
-    FROM {balances} AS u(member_id, available, pending, owed)
+    FROM {balances}
     WHERE b.member_id = u.member_id AND {complete}
 ),
 events AS (
     INSERT INTO outbox_events (name, payload, occurred_at)
-    SELECT 'points_changed', CAST(v.payload AS JSONB), :now
-    FROM {events} WITH ORDINALITY AS v(payload, position)
+    SELECT 'points_changed', jsonb_build_object('member_id', v.member_id, 'delta', v.delta,
+        'available', v.available, 'pending', v.pending), :now
+    FROM {events}
     WHERE {complete}
-    ORDER BY v.position
+    ORDER BY v.ordinality
 )
 SELECT id, idempotency_key FROM e
 """  # noqa: S608 - built from this module's constant column names, no input
-    binds = [*entry_binds, *lot_binds, *update_binds, *draw_binds, *balance_binds, *event_binds]
+    binds: list[Any] = [
+        sa.bindparam(name, type_=sa.Text()) for name in ("entries", "new_lots", "lots", "draws", "balances")
+    ]
     binds += [
         sa.bindparam("now", type_=BALANCES.c.updated_at.type),
         sa.bindparam("entry_count", type_=sa.Integer()),
