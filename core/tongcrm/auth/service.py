@@ -143,9 +143,10 @@ GENERATION_COLUMN = (
 #: cached answer lapses every few seconds in every process, and an unknown key is never cached, so this read runs
 #: often; through a read session it cost ~1.3 ms of CPU (on SQLite a connection and a thread of aiosqlite's each
 #: time) against some twenty microseconds, and the requests arriving while it ran all missed the cache too.
+_KEYS = ApiKey.__table__
 _LIVE_KEY = PointQuery(
-    sa.select(ApiKey.id, ApiKey.secret_hash, ApiKey.role, ApiKey.store_code, ApiKey.label).where(
-        ApiKey.prefix == sa.bindparam("prefix"), ApiKey.revoked_at.is_(None)
+    sa.select(_KEYS.c.id, _KEYS.c.secret_hash, _KEYS.c.role, _KEYS.c.store_code, _KEYS.c.label).where(
+        _KEYS.c.prefix == sa.bindparam("prefix"), _KEYS.c.revoked_at.is_(None)
     )
 )
 
