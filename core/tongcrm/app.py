@@ -168,7 +168,7 @@ def create_app(
         "read_sessions": read_sessions,
         "point_reader": point_reader,
         "write_check": WriteCheck(engine),
-        "key_verifier": KeyVerifier(read_sessions, point_reader),
+        "key_verifier": KeyVerifier(point_reader),
         "programme_settings": SettingsCache(read_sessions, settings),
         "membership": MembershipService(sessions, host, settings),
         "replay_guard": ReplayGuard(sessions),

