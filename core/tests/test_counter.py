@@ -4,6 +4,7 @@ knows nothing about (a service desk), on every database backend."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -143,6 +144,27 @@ async def test_a_unit_of_work_commits_own_rows_and_core_effects_together_or_not_
         assert await uow.find_member(mobile="13900139000") is None
         assert await uow.account("service_desk", "desk-1") == desk
         assert await uow.account("offline_pos", "desk-1") is None
+
+
+async def test_a_read_only_unit_of_work_begins_only_when_it_reads_and_hands_its_connection_back(
+    counter: CounterService, tongcrm_db: TestDatabase
+) -> None:
+    """Its session begins on its first read (the till's lookup, cached and read through the point reader, often
+    makes none): committed and closed after one, nothing begun or checked out without one, on error too."""
+    pool = tongcrm_db.engine.sync_engine.pool
+    async with counter.unit_of_work(actor=SYSTEM, tables=[DESK_ROWS], readonly=True) as uow:
+        session = uow._session
+        assert not session.sync_session.in_transaction() and pool.checkedout() == 0
+    assert not session.sync_session.in_transaction() and pool.checkedout() == 0
+    for fails in (False, True):
+        with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+            async with counter.unit_of_work(actor=SYSTEM, tables=[DESK_ROWS], readonly=True) as uow:
+                session = uow._session
+                assert (await uow.rows.execute(sa.select(DESK_ROWS.c.note))).scalars().all() == []
+                assert session.sync_session.in_transaction()
+                if fails:
+                    raise RuntimeError("the lookup fails")
+        assert not session.sync_session.in_transaction() and pool.checkedout() == 0
 
 
 async def test_own_rows_refuse_other_tables_sql_text_writes_when_read_only_and_nesting(

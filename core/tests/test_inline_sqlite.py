@@ -117,3 +117,37 @@ async def test_a_writer_gives_up_after_the_busy_timeout(
         other.execute("ROLLBACK")
         other.close()
         await engine.dispose()
+
+
+async def test_the_log_is_checkpointed_on_a_thread_not_by_the_loop_s_commits(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline connections' own automatic checkpoint is only a backstop; every
+    ``CHECKPOINT_EVERY_COMMITS``-th commit wakes the checkpointer's thread, which copies the log into the file."""
+    monkeypatch.setattr(inline_sqlite, "CHECKPOINT_EVERY_COMMITS", 3)
+    engine = create_inline_writer(f"sqlite:///{database}")
+    assert engine is not None
+    try:
+        sessions = session_factory(engine)
+        async with sessions() as session, session.begin():
+            pages = (await session.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar_one()
+            checkpointer = (
+                await session.connection()
+            ).sync_connection.connection.driver_connection._checkpointer
+        assert pages == inline_sqlite.BACKSTOP_CHECKPOINT_PAGES
+        assert checkpointer is not None and checkpointer.runs == 0  # one commit so far
+        for n in range(20, 25):
+            async with sessions() as session, session.begin():
+                await session.execute(sa.insert(_rows).values(id=n, v="logged"))
+        for _ in range(500):  # the thread runs its checkpoint while the loop goes on
+            if checkpointer.runs >= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert checkpointer.runs >= 1
+        other = sqlite3.connect(database, isolation_level=None)
+        try:
+            assert other.execute("SELECT count(*) FROM inline_rows WHERE v = 'logged'").fetchone() == (5,)
+        finally:
+            other.close()
+    finally:
+        await engine.dispose()

@@ -208,7 +208,7 @@ async def _commit(session: AsyncSession, held: direct._Connection) -> None:
         return
     if held.dialect.name == "sqlite":
         driver: InlineConnection = held.driver
-        await _on_driver(held, "COMMIT", driver.run(driver._conn.commit))
+        await _on_driver(held, "COMMIT", driver.commit())
         return
     adapter = held.dbapi
     if adapter._transaction is not None:  # no statement ran: nothing was begun
