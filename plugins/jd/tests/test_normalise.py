@@ -260,6 +260,12 @@ def test_numeric_ids_and_decimal_money_are_accepted() -> None:
         ),
         ({"itemInfoList": [{"skuId": "1", "jdPrice": "x", "itemTotal": "1"}]}, "jdPrice is not a plain"),
         ({"itemInfoList": ["sku"]}, "itemInfoList[0] is not an object"),
+        # longer than the core stores: refused here, so one record is quarantined, not the page's statement
+        (
+            {"itemInfoList": [{"skuId": "1", "skuName": "长" * 301, "jdPrice": "1.00", "itemTotal": "1"}]},
+            "title is 301 characters long, more than the 300 stored",
+        ),
+        ({"storeId": "S" * 65}, "store_code is 65 characters long"),
     ],
 )
 def test_malformed_orders_are_quarantined_and_the_rest_continue(changes: dict[str, Any], reason: str) -> None:

@@ -1,0 +1,71 @@
+"""The channel-neutral records' own checks that the core leans on when it stores them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tongcrm.orders.models import Order
+from tongcrm.orders.models import OrderLine as OrderLineRow
+from tongcrm.plugin.types import (
+    LINE_TEXT_LIMITS,
+    ORDER_TEXT_LIMITS,
+    NormalisedOrder,
+    OrderLine,
+    OrderStatus,
+)
+
+
+@pytest.mark.parametrize(
+    ("limits", "table"),
+    [(ORDER_TEXT_LIMITS, Order.__table__), (LINE_TEXT_LIMITS, OrderLineRow.__table__)],
+)
+def test_text_limits_are_the_stored_columns_lengths(limits: dict[str, int], table: Any) -> None:
+    """A limit that drifted from its column would again let PostgreSQL refuse a whole page for one record."""
+    for name, limit in limits.items():
+        column_type = table.c[name].type
+        assert isinstance(column_type, sa.String) and column_type.length == limit, name
+
+
+def _line(**changes: Any) -> OrderLine:
+    values: dict[str, Any] = {
+        "external_id": "L1",
+        "title": "T",
+        "quantity": 1,
+        "unit_price_fen": 100,
+        "amount_fen": 100,
+    }
+    return OrderLine(**(values | changes))
+
+
+def _order(**changes: Any) -> NormalisedOrder:
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "external_id": "O1",
+        "status": OrderStatus.PAID,
+        "created_at": at,
+        "modified_at": at,
+        "total_fen": 100,
+        "paid_fen": 100,
+        "claims": (),
+        "lines": (_line(),),
+    }
+    return NormalisedOrder(**(values | changes))
+
+
+@pytest.mark.parametrize(("name", "limit"), sorted(LINE_TEXT_LIMITS.items()))
+def test_a_line_text_longer_than_stored_is_refused_and_one_at_the_limit_kept(name: str, limit: int) -> None:
+    assert getattr(_line(**{name: "字" * limit}), name) == "字" * limit
+    with pytest.raises(
+        ValueError, match=f"{name} is {limit + 1} characters long, more than the {limit} stored"
+    ):
+        _line(**{name: "字" * (limit + 1)})
+
+
+@pytest.mark.parametrize(("name", "limit"), sorted(ORDER_TEXT_LIMITS.items()))
+def test_an_order_text_longer_than_stored_is_refused_and_one_at_the_limit_kept(name: str, limit: int) -> None:
+    assert getattr(_order(**{name: "9" * limit}), name) == "9" * limit
+    with pytest.raises(ValueError, match=f"{name} is {limit + 1} characters long"):
+        _order(**{name: "9" * (limit + 1)})
