@@ -807,8 +807,10 @@ def _order(record: Record, source: str, tz: ZoneInfo) -> ImportedOrder:
         paid_at = placed  # a paid order from a CRM that kept one time only: paid when placed
     completed = parse_time(record, "completed_at", tz) if "completed_at" in values else None
     modified = parse_time(record, "modified_at", tz) if "modified_at" in values else None
-    if modified is None:
-        modified = max(t for t in (placed, paid_at, completed) if t)
+    if modified is None:  # the latest time given (a generator over the three was 4 % of the reading thread)
+        modified = placed if paid_at is None or paid_at < placed else paid_at
+        if completed is not None and completed > modified:
+            modified = completed
     total = _whole(record, "total_fen", None)
     paid = _whole(record, "paid_fen", total)
     refunded = _whole(record, "refunded_fen", 0)
