@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.bulk import staged
+from tongcrm.bulk.imported import ImportedLine, ImportedOrder, evidence
 from tongcrm.bulk.mapping import (
     Record,
     check_header,
@@ -70,7 +71,6 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import (
     BuyerProfile,
     IdentityClaim,
-    NormalisedOrder,
     OrderLine,
     OrderStatus,
 )
@@ -704,17 +704,26 @@ def masked_row(record: Record) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
-def _claims(source: str, record: Record) -> tuple[IdentityClaim, ...]:
-    evidence = f"imported from {source}, line {record.line}"
-    claims: list[IdentityClaim] = []
-    member = record.get("member_id")
+def _claim_pairs(source: str, values: dict[str, str | None], record: Record) -> list[tuple[str, str]]:
+    """``(kind, value)`` of the record's claims: its member id (under the source), mobile and identities. The
+    reader gives no blank value (:func:`tongcrm.bulk.mapping.read_records` strips each to text or None)."""
+    pairs: list[tuple[str, str]] = []
+    member = values.get("member_id")
     if member is not None:
-        claims.append(IdentityClaim(IMPORTED_MEMBER_KIND, f"{source}/{member}", evidence))
-    mobile = record.get("mobile")
+        pairs.append((IMPORTED_MEMBER_KIND, f"{source}/{member}"))
+    mobile = values.get("mobile")
     if mobile is not None:
-        claims.append(IdentityClaim("mobile", mobile, evidence))
-    claims.extend(IdentityClaim(kind, value, evidence) for kind, value in record.identities())
-    return tuple(claims)
+        pairs.append(("mobile", mobile))
+    if record.identity_names != ():
+        pairs.extend(record.identities())
+    return pairs
+
+
+def _claims(source: str, record: Record) -> tuple[IdentityClaim, ...]:
+    said = evidence(source, record.line)
+    return tuple(
+        IdentityClaim(kind, value, said) for kind, value in _claim_pairs(source, record.values, record)
+    )
 
 
 def _resolution(ctx: ImportContext) -> ResolutionContext:
@@ -777,64 +786,93 @@ async def _apply_members(
 _STATUSES = {s.value: s for s in OrderStatus}
 
 
-def _order(record: Record, source: str, tz: ZoneInfo) -> NormalisedOrder:
-    order_id = record.get("order_id")
+def _order(record: Record, source: str, tz: ZoneInfo) -> ImportedOrder:
+    """The record's order, checked as :class:`NormalisedOrder` checks its values (whole numbers not negative,
+    times with a zone, a known status, line ids once each), so that the writer need not build that type: the
+    values read from the record's dict directly, whole numbers by ``int`` with :func:`parse_int` (and its
+    message) only for one that is missing, negative or not a number."""
+    values = record.values
+    get = values.get
+    order_id = get("order_id")
     assert order_id is not None  # checked by _natural_key
-    status_raw = (record.get("status") or "completed").lower()
+    status_raw = (get("status") or "completed").lower()
     status = _STATUSES.get(status_raw)
     if status is None:
         known = ", ".join(s.value for s in OrderStatus)
         raise ValueError(f"status {status_raw!r} is not one of {known}")
     placed = parse_time(record, "placed_at", tz, required=True)
     assert placed is not None
-    paid_at = parse_time(record, "paid_at", tz)
-    if paid_at is None and status not in (OrderStatus.CREATED, OrderStatus.CLOSED):
+    paid_at = parse_time(record, "paid_at", tz) if "paid_at" in values else None
+    if paid_at is None and status not in _UNPAID:
         paid_at = placed  # a paid order from a CRM that kept one time only: paid when placed
-    completed = parse_time(record, "completed_at", tz)
-    modified = parse_time(record, "modified_at", tz) or max(t for t in (placed, paid_at, completed) if t)
-    total = parse_int(record, "total_fen")
-    paid = parse_int(record, "paid_fen", default=total)
-    refunded = parse_int(record, "refunded_fen", default=0)
+    completed = parse_time(record, "completed_at", tz) if "completed_at" in values else None
+    modified = parse_time(record, "modified_at", tz) if "modified_at" in values else None
+    if modified is None:  # the latest time given (a generator over the three was 4 % of the reading thread)
+        modified = placed if paid_at is None or paid_at < placed else paid_at
+        if completed is not None and completed > modified:
+            modified = completed
+    total = _whole(record, "total_fen", None)
+    paid = _whole(record, "paid_fen", total)
+    refunded = _whole(record, "refunded_fen", 0)
     if refunded > paid:
         raise ValueError(f"refunded_fen {refunded} exceeds paid_fen {paid}")
-    raw_lines = record.get("lines")
+    raw_lines = get("lines")
     if raw_lines is not None:
         lines = _lines(raw_lines)
+        if len({line.external_id for line in lines}) != len(lines):
+            raise ValueError(f"order {order_id}: duplicate line ids")
     else:
-        quantity = parse_int(record, "quantity", default=1, minimum=1)
+        quantity = parse_int(record, "quantity", default=1, minimum=1) if "quantity" in values else 1
         lines = (
-            OrderLine(
-                external_id="1",
-                title=(record.get("title") or f"order imported from {source}")[:300],
-                quantity=quantity,
-                unit_price_fen=paid // quantity,
-                amount_fen=paid,
-                sku=record.get("sku"),
-                category=record.get("category"),
-                refunded_fen=refunded,
+            ImportedLine(
+                "1",
+                (get("title") or f"order imported from {source}")[:300],
+                quantity,
+                paid // quantity,
+                paid,
+                get("sku"),
+                get("category"),
+                refunded,
             ),
         )
-    return NormalisedOrder(
-        external_id=order_id,
-        status=status,
-        created_at=placed,
-        modified_at=modified,
-        total_fen=total,
-        paid_fen=paid,
-        claims=_claims(source, record),
-        lines=lines,
-        paid_at=paid_at,
-        completed_at=completed,
-        post_fee_fen=parse_int(record, "post_fee_fen", default=0),
-        discount_fen=parse_int(record, "discount_fen", default=0),
-        store_code=record.get("store_code"),
-        buyer=BuyerProfile(name=record.get("name")),
+    return ImportedOrder(
+        source,
+        record.line,
+        order_id,
+        status,
+        placed,
+        modified,
+        paid_at,
+        completed,
+        total,
+        paid,
+        _whole(record, "post_fee_fen", 0),
+        _whole(record, "discount_fen", 0),
+        get("store_code"),
+        lines,
+        tuple(_claim_pairs(source, values, record)),
+        get("name"),
     )
 
 
-def _lines(raw: str) -> tuple[OrderLine, ...]:
+_UNPAID = (OrderStatus.CREATED, OrderStatus.CLOSED)
+
+
+def _whole(record: Record, name: str, default: int | None) -> int:
+    """:func:`parse_int` (``minimum`` 0), with its work only for a value that is missing or not plainly one."""
+    raw = record.values.get(name)
+    if raw is None:
+        if default is not None:
+            return default
+    elif raw.isascii() and raw.isdigit():
+        return int(raw)
+    return parse_int(record, name, default=default)
+
+
+def _lines(raw: str) -> tuple[ImportedLine, ...]:
     """The ``lines`` of a JSON Lines order: ``[{"line_id", "title", "amount_fen", "quantity"?, "sku"?,
-    "category"?, "refunded_fen"?}, …]``; amounts are what the line was paid."""
+    "category"?, "refunded_fen"?}, …]``; amounts are what the line was paid. Each is checked as an
+    :class:`OrderLine` (built and dropped: JSON lines are few)."""
     try:
         items = json.loads(raw)
     except ValueError:
@@ -849,18 +887,22 @@ def _lines(raw: str) -> tuple[OrderLine, ...]:
         if type(amount) is not int or type(quantity) is not int or type(refunded) is not int or quantity < 1:
             raise ValueError(f"line {n}: amount_fen, quantity (≥ 1) and refunded_fen must be whole numbers")
         sku, category = item.get("sku"), item.get("category")
-        out.append(
-            OrderLine(
-                external_id=str(line_id)[:64],
-                title=str(item.get("title") or f"line {n}")[:300],
-                quantity=quantity,
-                unit_price_fen=amount // quantity,
-                amount_fen=amount,
-                sku=None if sku is None else str(sku)[:100],
-                category=None if category is None else str(category)[:100],
-                refunded_fen=refunded,
-            )
+        line = OrderLine(
+            external_id=str(line_id)[:64],
+            title=str(item.get("title") or f"line {n}")[:300],
+            quantity=quantity,
+            unit_price_fen=amount // quantity,
+            amount_fen=amount,
+            sku=None if sku is None else str(sku)[:100],
+            category=None if category is None else str(category)[:100],
+            refunded_fen=refunded,
         )
+        out.append(
+            ImportedLine(
+                line.external_id, line.title, line.quantity, line.unit_price_fen, line.amount_fen, line.sku,
+                line.category, line.refunded_fen,
+            )
+        )  # fmt: skip
     return tuple(out)
 
 
@@ -887,7 +929,7 @@ async def _apply_orders(
 ) -> _Outcome:
     assert account_id is not None  # open_import gives every orders import its account
     outcome = _Outcome()
-    orders: list[NormalisedOrder] = []
+    orders: list[ImportedOrder] = []
     claims_of: list[list[Any] | None] = []
     key_of: dict[str, str] = {}
     for r in rows:
@@ -916,7 +958,13 @@ async def _apply_orders(
     ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
     outcome.resolved = True
     result = await apply_orders_page(
-        session, ingest, account_id, IMPORT_CHANNEL, orders, earn_points=False, emit_events=False
+        session,
+        ingest,
+        account_id,
+        IMPORT_CHANNEL,
+        [o.normalised() for o in orders],
+        earn_points=False,
+        emit_events=False,
     )
     outcome.members |= result.member_ids
     outcome.tiers_done = result.member_ids  # re-evaluated after the page's staged orders were written too

@@ -35,8 +35,9 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.bulk.imported import ImportedClaim, ImportedOrder
 from tongcrm.db import direct
-from tongcrm.db.dialect import dialect_name, one_of, sqlite_tuples, sqlite_values
+from tongcrm.db.dialect import dialect_name, one_of, sqlite_tuples
 from tongcrm.db.jsontext import json_text
 from tongcrm.identity.models import Identity
 from tongcrm.identity.plugin import default_decision
@@ -46,15 +47,15 @@ from tongcrm.identity.service import (
     ClaimSet,
     ResolutionContext,
     ResolveOutcome,
+    claim_value,
     prepare_claim,
 )
-from tongcrm.ingest.apply import line_rows, order_row
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
 from tongcrm.members.masked import masked_index
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order, OrderLine
-from tongcrm.plugin.types import IdentityClaim, MemberMatch, NormalisedOrder
+from tongcrm.plugin.types import IdentityClaim, MemberMatch
 
 log = get_logger(__name__)
 
@@ -119,12 +120,23 @@ def prepare_member(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) 
     )
 
 
-def prepare_order(ctx: ResolutionContext, kinds: dict[str, Any], order: NormalisedOrder) -> list[Any] | None:
-    """The order's claims ready for :func:`write_orders`; None when the order is not for it (a buyer profile to
-    fill, a claim that cannot be prepared). Pure: safe in another thread."""
-    if order.buyer.name or order.buyer.mobile or order.buyer.province or order.buyer.city:
+def prepare_order(ctx: ResolutionContext, kinds: dict[str, Any], order: ImportedOrder) -> list[Any] | None:
+    """The order's claims ready for :func:`write_orders` (:class:`ImportedClaim`, without repeats); None when the
+    order is not for it (a buyer profile to fill, a claim that cannot be prepared: resolution reports that error
+    itself). Pure: safe in another thread."""
+    if order.name:
         return None  # a profile to fill into the member: resolution does that
-    return _prepared(ctx, kinds, ClaimSet(order.claims)) if order.claims else []
+    out: list[Any] = []
+    seen: set[tuple[str, str]] = set()
+    for kind, raw in order.claims:
+        try:
+            strong, value, lookup, value_enc, e164 = claim_value(ctx, kinds, kind, raw)
+        except ClaimError:
+            return None
+        if (kind, value) not in seen:
+            seen.add((kind, value))
+            out.append(ImportedClaim(order, kind, strong, value, lookup, value_enc, e164))
+    return out
 
 
 def _prepared(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> list[Any] | None:
@@ -329,7 +341,7 @@ class OrdersWritten:
 
 def _buyer(
     ctx: ResolutionContext,
-    order: NormalisedOrder,
+    order: ImportedOrder,
     claims: Sequence[Any],
     found: dict[tuple[str, str], _Found],
     core_policy: bool,
@@ -372,7 +384,7 @@ class _Newcomer:
     """A buyer none of whose claims is stored, who resolution would create: the claims (prepared) of its first
     order of the page, and where its orders stand in :attr:`_Chosen.orders`."""
 
-    order: NormalisedOrder
+    order: ImportedOrder
     claims: list[Any]
     positions: list[int]
 
@@ -385,7 +397,7 @@ class _Chosen:
 
     account_id: int
     channel: str
-    orders: list[tuple[NormalisedOrder, int | None]]
+    orders: list[tuple[ImportedOrder, int | None]]
     touched: list[int]
     now: datetime
     newcomers: list[_Newcomer]
@@ -395,7 +407,7 @@ class _Chosen:
         rows = _NewRows(self.now)
         for member_id, new in zip(ids, self.newcomers, strict=True):
             cs = ClaimSet(
-                new.order.claims,
+                (),  # the claims are given prepared (``new.claims``): the rows are made of those alone
                 account_id=self.account_id,
                 source_channel=self.channel,
                 source_store=new.order.store_code,
@@ -422,7 +434,7 @@ async def write_orders(
     ctx: ResolutionContext,
     account_id: int,
     channel: str,
-    orders: Sequence[NormalisedOrder],
+    orders: Sequence[ImportedOrder],
     claims_of: Sequence[list[Any] | None] | None = None,
 ) -> OrdersWritten:
     """Store the new orders whose buyer is already known (or who have none), set-based; the caller applies the
@@ -441,10 +453,10 @@ async def write_orders(
     sqlite = dialect_name(session) == "sqlite"
     found = await (_found_sqlite if sqlite else _found_postgresql)(session, prepared)
     now = ctx.clock()
-    chosen: list[tuple[NormalisedOrder, int | None]] = []
+    chosen: list[tuple[ImportedOrder, int | None]] = []
     touched: set[int] = set()
     core_policy = ctx.host.resolution_is_core()
-    unknown: list[tuple[NormalisedOrder, list[Any]]] = []  # buyers resolution must decide
+    unknown: list[tuple[ImportedOrder, list[Any]]] = []  # buyers resolution must decide
     for order, claims in prepared:
         member: int | None = None
         if claims:
@@ -485,10 +497,10 @@ async def write_orders(
 
 def _newcomers(
     ctx: ResolutionContext,
-    unknown: Sequence[tuple[NormalisedOrder, list[Any]]],
+    unknown: Sequence[tuple[ImportedOrder, list[Any]]],
     found: dict[tuple[str, str], _Found],
     core_policy: bool,
-    chosen: list[tuple[NormalisedOrder, int | None]],
+    chosen: list[tuple[ImportedOrder, int | None]],
 ) -> list[_Newcomer]:
     """The buyers of ``unknown`` (orders resolution must decide) that resolution would create, each with its
     orders appended to ``chosen``. A buyer qualifies when none of its order's claims is stored, every other
@@ -497,7 +509,7 @@ def _newcomers(
     others of the page then hold only claims that are stored and name it alone, which the core policy attaches
     to that member (a plugin's policy is asked by ingest for them: they are left out). Every other order goes
     through ingest, which merges rather than duplicates."""
-    groups: dict[frozenset[tuple[str, str]], list[tuple[NormalisedOrder, list[Any]]]] = {}
+    groups: dict[frozenset[tuple[str, str]], list[tuple[ImportedOrder, list[Any]]]] = {}
     uses: Counter[tuple[str, str]] = Counter()
     for order, claims in unknown:
         keys = frozenset((c.kind, v) for c in claims for v in (c.value, *c.lookup))
@@ -523,7 +535,7 @@ def _newcomers(
 
 
 async def _found_postgresql(
-    session: AsyncSession, prepared: Sequence[tuple[NormalisedOrder, list[Any]]]
+    session: AsyncSession, prepared: Sequence[tuple[ImportedOrder, list[Any]]]
 ) -> dict[tuple[str, str], _Found]:
     """Each claim value of the page's orders that is stored, with its identity and live member: one fixed text,
     the claims as array parameters."""
@@ -545,7 +557,7 @@ async def _found_postgresql(
 
 
 async def _found_sqlite(
-    session: AsyncSession, prepared: Sequence[tuple[NormalisedOrder, list[Any]]]
+    session: AsyncSession, prepared: Sequence[tuple[ImportedOrder, list[Any]]]
 ) -> dict[tuple[str, str], _Found]:
     """:func:`_found_postgresql` on SQLite: one statement per identity kind of the page (a page holds one or a
     few), each probing the ``(kind, value)`` index with a JSON array of the values."""
@@ -598,8 +610,6 @@ async def _write_orders_postgresql(session: AsyncSession, ctx: ResolutionContext
 
 _ORDER_TABLE = cast(sa.Table, Order.__table__)
 _LINE_TABLE = cast(sa.Table, OrderLine.__table__)
-#: SQLite: the columns an order is inserted with: its id, then ingest's row (:func:`order_row`).
-_SQLITE_ORDER_COLUMNS = ("id", *_ORDER_COLUMNS[1:])
 
 
 def _sqlite_insert(table: str, columns: Sequence[str]) -> str:
@@ -607,7 +617,7 @@ def _sqlite_insert(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
 
 
-_SQLITE_INSERT_ORDER = _sqlite_insert("orders", _SQLITE_ORDER_COLUMNS)
+_SQLITE_INSERT_ORDER = _sqlite_insert("orders", _ORDER_COLUMNS)
 _SQLITE_INSERT_LINE = _sqlite_insert("order_lines", _LINE_COLUMNS)
 _MEMBER_TABLE = cast(sa.Table, Member.__table__)
 _IDENTITY_TABLE = cast(sa.Table, Identity.__table__)
@@ -632,8 +642,6 @@ async def _write_orders_sqlite(session: AsyncSession, ctx: ResolutionContext, pa
     bind processors), members and orders under ids after the largest — the transaction took the write lock at its
     start (``BEGIN IMMEDIATE``), so no other writer draws one meanwhile — and under a savepoint; False (and
     nothing written) when an order or a new identity was stored meanwhile (their unique keys)."""
-    orders: list[dict[str, Any]] = []
-    lines: list[dict[str, Any]] = []
     try:
         async with session.begin_nested():
             conn = await session.connection()
@@ -650,17 +658,14 @@ async def _write_orders_sqlite(session: AsyncSession, ctx: ResolutionContext, pa
                 step = outbox.emit_step("sqlite", new.events, now=page.now)
                 assert step is not None
                 await direct.rows(session, *step)
-            top = (await conn.exec_driver_sql("SELECT max(id) FROM orders")).scalar()
-            for order_id, (order, member) in enumerate(page.orders, start=(top or 0) + 1):
-                row = order_row(page.account_id, page.channel, order, member, None, page.now)
-                orders.append({"id": order_id, **row})
-                lines.extend(line_rows(order_id, order))
+            top = (await conn.exec_driver_sql("SELECT max(id) FROM orders")).scalar() or 0
+            orders, lines = _order_rows(page, range(top + 1, top + 1 + len(page.orders)), _NO_SHIPMENTS)
             await conn.exec_driver_sql(
-                _SQLITE_INSERT_ORDER, sqlite_values(_ORDER_TABLE, _SQLITE_ORDER_COLUMNS, orders)
+                _SQLITE_INSERT_ORDER, sqlite_tuples(_ORDER_TABLE, _ORDER_COLUMNS, orders)
             )
             if lines:
                 await conn.exec_driver_sql(
-                    _SQLITE_INSERT_LINE, sqlite_values(_LINE_TABLE, _LINE_COLUMNS, lines)
+                    _SQLITE_INSERT_LINE, sqlite_tuples(_LINE_TABLE, _LINE_COLUMNS, lines)
                 )
     except sa.exc.IntegrityError as exc:
         if getattr(exc.orig, "sqlite_errorname", None) != _SQLITE_UNIQUE:
@@ -676,17 +681,33 @@ async def _write_orders(driver: Any, page: _Chosen) -> None:
     identities' ``last_seen_at``, one round trip for both —, then their lines. The page's keys were new, so the
     orders should be too; one stored meanwhile (an overlapping import of the same account) stops the ``COPY`` on
     the ``(account_id, external_id)`` unique constraint."""
-    account_id, channel, chosen, now = page.account_id, page.channel, page.orders, page.now
-    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(chosen), page.touched, now))
+    ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(page.orders), page.touched, page.now))
+    rows, lines = _order_rows(page, ids, "[]")
+    await _copy(driver, "orders", rows, _ORDER_COLUMNS)
+    if lines:
+        await _copy(driver, "order_lines", lines, _LINE_COLUMNS)
+
+
+#: SQLite: an imported order's ``shipments`` (none), converted by the column's bind processor like any value.
+_NO_SHIPMENTS: list[Any] = []
+
+
+def _order_rows(
+    page: _Chosen, ids: Sequence[int], shipments: Any
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The page's orders under ``ids`` (in the order of :data:`_ORDER_COLUMNS`) and their lines (in that of
+    :data:`_LINE_COLUMNS`), stored as ingest stores a new order (``tongcrm.ingest.apply.order_row``: no status
+    held before, so the order's own); ``shipments`` the column's value (none shipped)."""
+    account_id, channel, now = page.account_id, page.channel, page.now
     rows: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
-    for order_id, (order, member) in zip(ids, chosen, strict=True):
+    for order_id, (order, member) in zip(ids, page.orders, strict=True):
         rows.append(
             (
                 order_id, account_id, order.external_id, member, member, channel, order.status.value,
                 order.platform_status, order.store_code, order.total_fen, order.paid_fen,
                 sum(line.refunded_fen for line in order.lines), order.post_fee_fen, order.discount_fen,
-                order.created_at, order.paid_at, order.shipped_at, order.completed_at, "[]", order.modified_at,
+                order.created_at, order.paid_at, order.shipped_at, order.completed_at, shipments, order.modified_at,
                 now, now,
             )
         )  # fmt: skip
@@ -697,9 +718,7 @@ async def _write_orders(driver: Any, page: _Chosen) -> None:
             )
             for line in order.lines
         )  # fmt: skip
-    await _copy(driver, "orders", rows, _ORDER_COLUMNS)
-    if lines:
-        await _copy(driver, "order_lines", lines, _LINE_COLUMNS)
+    return rows, lines
 
 
 async def _copy(driver: Any, table: str, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:

@@ -215,28 +215,31 @@ def mobile_identity_value(vault: Vault, raw: str) -> tuple[str, tuple[str, ...],
 
 
 def prepare_claim(ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], claim: IdentityClaim) -> _Claim:
-    spec = kinds.get(claim.kind)
+    strong, value, lookup, value_enc, e164 = claim_value(ctx, kinds, claim.kind, claim.value)
+    return _Claim(claim.kind, strong, value, lookup, value_enc, claim.evidence[:2000], e164)
+
+
+def claim_value(
+    ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], kind: str, raw: str
+) -> tuple[bool, str, tuple[str, ...], str | None, str | None]:
+    """What a claim of ``kind`` with the value ``raw`` is stored and looked up as: (strong, value to store,
+    values it may be stored under, value encrypted, E.164 of a mobile). Raises :class:`ClaimError`. Apart from
+    :func:`prepare_claim` so that the bulk import prepares an order's claims without an ``IdentityClaim`` and
+    its evidence per row (#22)."""
+    spec = kinds.get(kind)
     if spec is None:
         known = ", ".join(sorted(kinds)) or "none"
-        raise UnknownIdentityKind(f"unknown identity kind {claim.kind!r} (known kinds: {known})")
-    if claim.kind == MOBILE:
+        raise UnknownIdentityKind(f"unknown identity kind {kind!r} (known kinds: {known})")
+    if kind == MOBILE:
         try:
-            value, lookup, e164 = mobile_identity_value(ctx.vault, claim.value)
+            value, lookup, e164 = mobile_identity_value(ctx.vault, raw)
         except InvalidMobile as exc:
             raise InvalidClaimValue(f"mobile claim: {exc.message}") from None
-        return _Claim(
-            MOBILE,
-            spec.strong,
-            value,
-            lookup,
-            ctx.vault.encrypt(e164, context=MOBILE_CONTEXT),
-            claim.evidence,
-            e164,
-        )
-    value = claim.value.strip()
+        return spec.strong, value, lookup, ctx.vault.encrypt(e164, context=MOBILE_CONTEXT), e164
+    value = raw.strip()
     if len(value) > 200:
-        raise InvalidClaimValue(f"{claim.kind} claim is longer than 200 characters")
-    return _Claim(claim.kind, spec.strong, value, (value,), None, claim.evidence[:2000])
+        raise InvalidClaimValue(f"{kind} claim is longer than 200 characters")
+    return spec.strong, value, (value,), None, None
 
 
 def _prepare(
