@@ -56,6 +56,9 @@ def test_an_accepted_order_is_the_core_order_with_its_evidence() -> None:
             "duplicate",
         ),
         ({"lines": json.dumps([{"amount_fen": 1, "refunded_fen": 2}])}, "refunded 2 exceeds paid 1"),
+        # longer than the core stores
+        ({"order_id": "9" * 65}, "order_id is 65 characters long, more than the 64 stored"),
+        ({"store_code": "S" * 65}, "store_code is 65 characters long"),
     ],
 )
 def test_the_parser_refuses_what_the_core_type_would(values: dict[str, str], reason: str | None) -> None:
@@ -64,3 +67,13 @@ def test_the_parser_refuses_what_the_core_type_would(values: dict[str, str], rea
         return
     with pytest.raises(ValueError, match=reason):
         order(**values)
+
+
+def test_descriptive_texts_are_cut_to_what_is_stored_on_both_line_forms() -> None:
+    """An identifier too long is the row's error (above); a title, SKU or category is cut to its column, for a
+    one-line order as for JSON lines, so PostgreSQL's ``COPY`` never meets a text longer than its column."""
+    one = order(sku="K" * 101, category="类" * 101, title="长" * 301).lines[0]
+    assert (len(one.sku or ""), len(one.category or ""), len(one.title)) == (100, 100, 300)
+    lines = json.dumps([{"line_id": "a", "amount_fen": 1, "title": "长" * 301, "sku": "K" * 101}])
+    many = order(lines=lines).lines[0]
+    assert (len(many.sku or ""), len(many.title)) == (100, 300)
