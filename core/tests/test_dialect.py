@@ -452,6 +452,10 @@ def test_json_records_text_writes_offsets_and_refuses_naive_datetimes() -> None:
         {"at": "2026-03-01T10:30:00+08:00", "n": 2**62, "note": looks_naive},
         {"at": None, "note": looks_naive},
     ]
-    for naive in ({"at": east.replace(tzinfo=None), "note": "x"}, Record(east.replace(tzinfo=None), "x")):
+    for naive in (
+        {"at": east.replace(tzinfo=None), "note": "x"},
+        {"at": east.replace(tzinfo=None, microsecond=90_000), "note": "x"},  # with a fraction
+        Record(east.replace(tzinfo=None), "x"),
+    ):
         with pytest.raises(ValueError, match="naive datetime"):
             json_records_text([naive])

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tongcrm.crypto import Vault
 from tongcrm.identity.service import mobile_identity_value
-from tongcrm.members.phone import MOBILE_INDEX_PURPOSE, InvalidMobile, mask_mobile, normalise_mobile
+from tongcrm.members.phone import (
+    MOBILE_INDEX_PURPOSE,
+    InvalidMobile,
+    _verdict,
+    mask_mobile,
+    normalise_mobile,
+)
 
 #: +8613800138000's blind index under the current and the old secret of the rotation test below.
 CURRENT_INDEX = "7dda1609.099acbce494aabeafd84eb04806e408bbf764df35c3a1859fc59428d4e2c1539"
@@ -58,7 +64,7 @@ def test_the_e164_mobile_shortcut_agrees_with_phonenumbers(national: str, region
     answer must be what phonenumbers says for that text, from any default region."""
     raw = "+86" + national
     expected = _full(raw)
-    normalise_mobile.cache_clear()  # the shortcut, not an earlier answer, is under test
+    _verdict.cache_clear()  # the shortcut, not an earlier answer, is under test
     if expected is None:
         with pytest.raises(InvalidMobile):
             normalise_mobile(raw, region)
@@ -102,5 +108,19 @@ def test_digits_of_other_scripts_give_the_ascii_e164(raw: str) -> None:
     """The shortcuts match phonenumbers' pattern, whose ``\\d`` would match any script's digits: such a number
     must still come out as phonenumbers writes it (ASCII digits), not as it came in — otherwise it is stored under
     another blind index than the same mobile typed in ASCII, and the same person becomes a second member."""
-    normalise_mobile.cache_clear()
+    _verdict.cache_clear()
     assert normalise_mobile(raw) == "+8613800138000" == _full(raw)
+
+
+@pytest.mark.parametrize("raw", ["138****8000", "02161234567", "not a number"])
+def test_an_invalid_number_is_refused_every_time_from_its_cached_verdict(raw: str) -> None:
+    """Invalid numbers are cached too (ingest meets the same masked number page after page); each call still
+    raises, with the same message and a fresh exception."""
+    _verdict.cache_clear()
+    with pytest.raises(InvalidMobile) as first:
+        normalise_mobile(raw)
+    with pytest.raises(InvalidMobile) as again:
+        normalise_mobile(raw)
+    assert str(first.value) == str(again.value)
+    assert first.value is not again.value
+    assert _verdict.cache_info().hits == 1

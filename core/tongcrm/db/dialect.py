@@ -521,8 +521,13 @@ def _read_as(type_: Any) -> Any:
     return type_
 
 
-#: A datetime as msgspec writes one without a time zone: only then are the values looked at one by one.
-_NAIVE_STAMP = re.compile(rb'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?"')
+#: A datetime as msgspec writes one without a time zone, every digit written as 0 (:data:`_DIGITS_AS_ZERO`):
+#: only a text holding one has its values looked at one by one.
+_NAIVE_STAMP = re.compile(rb'"0000-00-00T00:00:00(?:\.0{1,6})?"')
+#: Every ASCII digit as ``0``: :data:`_NAIVE_STAMP` then starts with a literal prefix, which ``re`` finds with a
+#: fast substring search; a pattern opening on ``"\d`` was tried at every quote of the text, and cost a page's
+#: records three times their encoding (py-spy, 20,000 orders on PostgreSQL, #22). The same positions match.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 
 
 def json_records_text(records: Sequence[Any]) -> str:
@@ -534,7 +539,7 @@ def json_records_text(records: Sequence[Any]) -> str:
     only a text holding a string shaped like a naive one (which a free-text value may also hold) has its
     records' datetimes checked. Only a record's own values are stored as timestamps; a nested one is JSON."""
     text = json_bytes(records)
-    if _NAIVE_STAMP.search(text):
+    if _NAIVE_STAMP.search(text.translate(_DIGITS_AS_ZERO)):
         for record in records:
             values = record.values() if isinstance(record, Mapping) else _field_values(record)
             for value in values:

@@ -241,8 +241,9 @@ async def _earn(
         # credits, and every buyer's first-purchase credits, each posted only if the claim of its line (of one
         # of its member's lines) is won in the same statement — one round trip a page less
         gated = [c for line_id in sorted(planned) for c in planned[line_id]]
+        firsts = _first_orders(orders)
         for member_id in sorted({a["member_id"] for a in awards}):
-            gated.extend(_first_purchase_credits(ctx, rules, orders, member_id))
+            gated.extend(_first_purchase_credits(ctx, rules, firsts[member_id]))
         lines = sorted(line.line_id for o in _follow_up_candidates(orders) for line in o.lines)
         posted, lots, held = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
         return _Read(lots, held, posted, gated)
@@ -253,19 +254,26 @@ async def _earn(
         return None
     credits = [c for line_id in sorted(won) for c in planned[line_id]]
     first_buyers = sorted({a["member_id"] for a in awards if a["line_id"] in won})
+    firsts = _first_orders(orders)
     for member_id in first_buyers:
-        credits.extend(_first_purchase_credits(ctx, rules, orders, member_id))
+        credits.extend(_first_purchase_credits(ctx, rules, firsts[member_id]))
     await _post_with_caps(session, ctx, rules, credits, now)
     return None
 
 
-def _first_purchase_credits(
-    ctx: PointsContext, rules: RuleSet, orders: Sequence[OrderFacts], member_id: int
-) -> list[Credit]:
-    """The first-purchase event credits of a buyer whose line won its award, dated by its first order's
-    payment."""
-    order = next(o for o in orders if o.member_id == member_id)
+def _first_orders(orders: Sequence[OrderFacts]) -> dict[int, OrderFacts]:
+    """Each buyer's first order in the page, in one pass (a search per buyer was quadratic in the page)."""
+    firsts: dict[int, OrderFacts] = {}
+    for order in orders:
+        firsts.setdefault(order.member_id, order)
+    return firsts
+
+
+def _first_purchase_credits(ctx: PointsContext, rules: RuleSet, order: OrderFacts) -> list[Credit]:
+    """The first-purchase event credits of the buyer of ``order`` (its first in the page) whose line won its
+    award, dated by that order's payment."""
     assert order.paid_at is not None
+    member_id = order.member_id
     return _event_credits(ctx, rules, member_id, "first_purchase", str(member_id), order.paid_at, 100)
 
 
