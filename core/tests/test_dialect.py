@@ -321,7 +321,7 @@ async def test_sqlite_values_rows_store_what_an_executemany_stores(tongcrm_db: T
         {"code": "c", "n": 0, "flag": None, "at": at, "meta": [], "note": "[1, 2]"},
     ]
     size = values_size("sqlite", columns, len(rows))
-    assert size == VALUES_SIZES[0] and values_size("postgresql", columns, 3) is None
+    assert size == 4 and size in VALUES_SIZES and values_size("postgresql", columns, 3) is None
     assert values_size("sqlite", columns, VALUES_SIZES[-1] + 1) is None  # beyond: JSON rows
     assert values_size("sqlite", tuple(f"c{i}" for i in range(100)), 512) is None  # past SQLite's parameters
     stmt = insert_rows("sqlite", table, columns, in_order=True, size=size).returning(table.c.id)

@@ -69,6 +69,18 @@ def test_channel_identity_kinds_join_the_registry(plugin_host: PluginHost) -> No
     assert plugin_host.identity_kinds()["youzan.open_id"] is kind
 
 
+def test_identity_kinds_kept_are_read_again_after_a_plugin_comes_or_goes(plugin_host: PluginHost) -> None:
+    first = plugin_host.identity_kinds()
+    first.clear()  # a copy: the host's is untouched
+    assert "mobile" in plugin_host.identity_kinds()
+    kind = IdentityKindSpec("youzan.open_id", strong=True, description="Youzan buyer")
+    plugin = _plugin(channels=lambda: [_channel("youzan", (kind,))])
+    plugin_host.register(plugin, "youzan")
+    assert plugin_host.identity_kinds()["youzan.open_id"] is kind
+    plugin_host.unregister("youzan")
+    assert "youzan.open_id" not in plugin_host.identity_kinds()
+
+
 @pytest.mark.parametrize("name", ["Taobao", "tao bao", "1shop", "shop-1", ""])
 def test_names_must_be_lowercase_identifiers(name: str) -> None:
     with pytest.raises(ValueError, match="must be lowercase"):

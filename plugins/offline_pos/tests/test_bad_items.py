@@ -34,6 +34,18 @@ async def test_an_online_receipt_with_a_nul_character_is_a_422(pos: ApiClient, r
     assert "lines[0].title" in problem["detail"]
 
 
+async def test_a_text_that_only_spells_a_nul_escape_is_stored(pos: ApiClient, receipts: Receipts) -> None:
+    """The NUL check reads the receipt's JSON first (``\\u0000`` there: look closer); a title holding a
+    backslash then ``u0000`` is six ordinary characters, found so by the closer look, and stored as sent."""
+    sale = receipts.sale()
+    sale["lines"][0]["title"] = "C:\\u0000 tea"
+    response = await pos.post("/pos/v1/receipts", json=sale)
+    assert response.status_code == 201, response.text
+    async with pos.db.sessions() as session:
+        body = (await session.execute(sa.select(PosReceipt.body))).scalar_one()
+    assert body["lines"][0]["title"] == "C:\\u0000 tea"
+
+
 async def test_a_batch_applies_its_good_receipts_and_refuses_the_bad_one(
     pos: ApiClient, receipts: Receipts
 ) -> None:
