@@ -74,6 +74,7 @@ from tongcrm.plugin.types import (
     IdentityClaim,
     OrderLine,
     OrderStatus,
+    refuse_longer_than_stored,
 )
 from tongcrm.points.ledger import AVAILABLE, Credit, post_credits
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry, PointsLot
@@ -801,8 +802,9 @@ def _order(record: Record, source: str, tz: ZoneInfo) -> ImportedOrder:
     if status is None:
         known = ", ".join(s.value for s in OrderStatus)
         raise ValueError(f"status {status_raw!r} is not one of {known}")
-    _fits(order_id, "order_id", ORDER_TEXT_LIMITS["external_id"])
-    _fits(get("store_code"), "store_code", ORDER_TEXT_LIMITS["store_code"])
+    # longer than the core stores: the row's error (PostgreSQL's COPY would refuse the page; SQLite store it whole)
+    refuse_longer_than_stored(order_id, "order_id", ORDER_TEXT_LIMITS["external_id"])
+    refuse_longer_than_stored(get("store_code"), "store_code", ORDER_TEXT_LIMITS["store_code"])
     placed = parse_time(record, "placed_at", tz, required=True)
     assert placed is not None
     paid_at = parse_time(record, "paid_at", tz) if "paid_at" in values else None
@@ -863,13 +865,6 @@ _UNPAID = (OrderStatus.CREATED, OrderStatus.CLOSED)
 
 def _cut(value: str | None, limit: int) -> str | None:
     return None if value is None else value[:limit]
-
-
-def _fits(value: str | None, column: str, limit: int) -> None:
-    """A text longer than the core stores is the row's error (as ``NormalisedOrder`` refuses it for a channel):
-    PostgreSQL's ``COPY`` would otherwise refuse the whole page for it, and SQLite would store it whole."""
-    if value is not None and len(value) > limit:
-        raise ValueError(f"{column} is {len(value)} characters long, more than the {limit} stored")
 
 
 def _whole(record: Record, name: str, default: int | None) -> int:

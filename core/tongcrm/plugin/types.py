@@ -87,11 +87,16 @@ ORDER_TEXT_LIMITS = {"external_id": 64, "platform_status": 64, "store_code": 64}
 LINE_TEXT_LIMITS = {"external_id": 64, "title": 300, "sku": 100, "category": 100}
 
 
+def refuse_longer_than_stored(value: str | None, name: str, limit: int, what: str = "") -> None:
+    """``ValueError`` for a text longer than its column (``limit``), named ``name`` (after ``what``, if given)."""
+    if value is not None and len(value) > limit:
+        said = f"{what}: {name}" if what else name
+        raise ValueError(f"{said} is {len(value)} characters long, more than the {limit} stored")
+
+
 def _fits(record: object, limits: dict[str, int], what: str) -> None:
     for name, limit in limits.items():
-        value = getattr(record, name)
-        if value is not None and len(value) > limit:
-            raise ValueError(f"{what}: {name} is {len(value)} characters long, more than the {limit} stored")
+        refuse_longer_than_stored(getattr(record, name), name, limit, what)
 
 
 def _aware(value: datetime | None, what: str) -> None:
