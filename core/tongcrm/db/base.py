@@ -32,6 +32,13 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _SQLITE_STORED_LEN = 26
 
 
+#: the last datetime any UTCDateTime column wrote to SQLite and its text. Why: a unit of work binds the same
+#: ``now`` again and again, in many columns (a till's receipt ~15 times over its statements, issue #22 till10); a
+#: datetime is immutable, so the same object writes the same text. One tuple, swapped whole, so threads binding
+#: at once never pair a value with another's text.
+_LAST_SQLITE_TEXT: list[tuple[datetime | None, str | None]] = [(None, None)]
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """Aware datetimes in, aware UTC datetimes out, on both databases.
 
@@ -78,6 +85,14 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         def to_sqlite(value: datetime | None) -> str | None:
             if value is None:
                 return None
+            seen = _LAST_SQLITE_TEXT[0]
+            if seen[0] is value:
+                return seen[1]
+            text = _sqlite_text(value)
+            _LAST_SQLITE_TEXT[0] = (value, text)
+            return text
+
+        def _sqlite_text(value: datetime) -> str:
             if value.tzinfo is not UTC:
                 if value.tzinfo is None or value.utcoffset() is None:
                     check(value, dialect)  # refuses it

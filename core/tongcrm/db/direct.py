@@ -30,11 +30,12 @@ for a few lengths (a till's lists hold one item or a few); beyond those it goes 
 from __future__ import annotations
 
 import functools
+import operator
 import sqlite3
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from sqlalchemy.engine import Dialect
@@ -68,11 +69,35 @@ class Plan:
     #: bound from its one flat list as it is (its values converted already); not among ``binds``
     flat: tuple[int, int] | None = None
 
+    #: (the values of ``binds`` in one C call, positions with a processor) when every bind is a parameter by
+    #: name (no list item, no value the statement carries): the usual statement (set in ``__post_init__``)
+    direct: tuple[Callable[[Mapping[str, Any]], Any], tuple[tuple[int, Callable[[Any], Any]], ...]] | None = (
+        field(default=None, init=False, compare=False, repr=False)
+    )
+
+    def __post_init__(self) -> None:
+        # Why: a till's statements bind 5-22 values each; fetched by name one at a time in a Python loop they
+        # cost more than SQLite's own binding (issue #22, till10). One ``itemgetter`` fetches them all.
+        if self.binds and all(name is not None and index is None for name, index, _c, _p in self.binds):
+            names = [name for name, _i, _c, _p in self.binds]
+            get: Callable[[Mapping[str, Any]], Any] = operator.itemgetter(*names)
+            if len(names) == 1:
+                one = get
+                get = lambda params: (one(params),)  # noqa: E731 - itemgetter of one name answers the value
+            processed = tuple((i, p) for i, (_n, _x, _c, p) in enumerate(self.binds) if p is not None)
+            object.__setattr__(self, "direct", (get, processed))
+
     def parameters(self, params: Mapping[str, Any]) -> list[Any]:
-        out = []
-        for name, index, constant, process in self.binds:
-            value = constant if name is None else params[name] if index is None else params[name][index]
-            out.append(process(value) if process is not None else value)
+        if self.direct is not None:
+            get, processed = self.direct
+            out = list(get(params))
+            for position, convert in processed:
+                out[position] = convert(out[position])
+        else:
+            out = []
+            for name, index, constant, process in self.binds:
+                value = constant if name is None else params[name] if index is None else params[name][index]
+                out.append(process(value) if process is not None else value)
         if self.flat is not None:
             start, count = self.flat
             values = params[VALUES_ROWS]
@@ -233,20 +258,23 @@ async def rows(session: AsyncSession, statement: Any, params: Mapping[str, Any])
     args = compiled.parameters(params)
     sync = conn.sync
     if sync._has_events or sync.engine._has_events:
-        for listener in sync.dispatch.before_cursor_execute:
-            listener(sync, None, compiled.sql, args, None, False)
+        listeners = sync.dispatch.before_cursor_execute
+        if listeners:  # none outside tests and measurements: not even an empty iteration then
+            for listener in listeners:
+                listener(sync, None, compiled.sql, args, None, False)
+    driver = conn.driver
+    description = None
     try:
-        if conn.dialect.name == "postgresql":
+        if type(driver) is InlineConnection:
+            raw, description = await driver.fetchall(compiled.sql, args, compiled.row is None)
+        elif conn.dialect.name == "postgresql":
             raw = await _asyncpg(conn, compiled.sql, args)
-        elif isinstance(conn.driver, InlineConnection):
-            driver: InlineConnection = conn.driver
-            cursor = driver._conn.cursor()
-            raw = await driver.run(lambda: cursor.execute(compiled.sql, args).fetchall())
         else:
             raw, cursor = await _on_thread(conn, compiled.sql, args)
+            description = cursor.description
     except BaseException as error:  # a cancellation too: the session invalidates the connection it came on
         raise_as_the_session_would(conn, compiled.sql, args, error)
-    return _built(conn, compiled, raw, cursor.description if raw and conn.dialect.name == "sqlite" else None)
+    return _built(conn, compiled, raw, description)
 
 
 def _built(conn: _Connection, compiled: Plan, raw: list[Any], description: Any) -> list[Any]:
@@ -257,6 +285,9 @@ def _built(conn: _Connection, compiled: Plan, raw: list[Any], description: Any) 
     if row is None:  # SQL text: the columns as the driver names them
         names = raw[0].keys() if conn.dialect.name == "postgresql" else [d[0] for d in description]
         row = _row_type(tuple(names))
+    if not compiled.processors:  # one C call a row (a till's rows are one or a few)
+        make = row._make  # type: ignore[attr-defined]
+        return [make(r) for r in raw]
     return [compiled.build(r, row) for r in raw]
 
 

@@ -75,6 +75,8 @@ class InlineConnection:
         self._tx = _RunNow()
         #: when (``time.perf_counter``) the loop is next given a turn after a statement (:data:`TURN_S`)
         self._turn_due = 0.0
+        #: the cursor :meth:`fetchall` runs statements on (made at its first)
+        self._statements: sqlite3.Cursor | None = None
 
     @property
     def isolation_level(self) -> str | None:
@@ -97,6 +99,27 @@ class InlineConnection:
             await asyncio.sleep(0)
             self._turn_due = time.perf_counter() + TURN_S
         return result
+
+    async def fetchall(self, sql: str, args: Sequence[Any], describe: bool) -> tuple[list[Any], Any]:
+        """``sql``'s rows with ``args`` as :meth:`run` runs a call (busy retry, turn), on one cursor kept for
+        the connection, and its ``description`` when ``describe`` (else None).
+
+        Why (issue #22, till10): :func:`tongcrm.db.direct.rows` made a cursor and a closure per statement for
+        this; a statement's rows are fetched at once, so nothing is left on the cursor for the next one."""
+        cursor = self._statements
+        if cursor is None:
+            cursor = self._statements = self._conn.cursor()
+        try:
+            rows = cursor.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            rows = await self._retry(lambda: cursor.execute(sql, args).fetchall(), exc)
+        description = cursor.description if describe else None
+        if time.perf_counter() >= self._turn_due:
+            await asyncio.sleep(0)
+            self._turn_due = time.perf_counter() + TURN_S
+        return rows, description
 
     async def _retry(self, call: Callable[[], T], error: sqlite3.OperationalError) -> T:
         """``call`` again after growing pauses while the database is locked (``error``: the first refusal),
