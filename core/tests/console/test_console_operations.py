@@ -80,11 +80,17 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
 
         report = (await api.get("/console/campaigns/autumn")).text
         assert "data-too-small" in report and "样本太小" in report
+        # the reason in the page's language (the API's is an English sentence)
+        assert "每组至少需要 30 名符合条件的会员" in report and "each group needs" not in report
         assert (
             'data-chart="campaign-report"' in report and "<svg" in report and "treated vs control" in report
         )
         assert "已入队" in report  # the run, queued
-        assert 'data-status="draft"' in (await api.get("/console/campaigns/spring")).text
+        draft = (await api.get("/console/campaigns/spring")).text
+        assert 'data-status="draft"' in draft
+        # a campaign that has sent nothing says so, instead of a report of zeros ("treated 0, control 0")
+        assert "data-no-report" in draft and "暂无效果报告" in draft
+        assert "data-too-small" not in draft and 'data-chart="campaign-report"' not in draft
 
         month = datetime.now(UTC).astimezone(SH).strftime("%Y-%m")
         cal = (await api.get(f"/console/calendar?month={month}")).text

@@ -24,9 +24,9 @@ from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import MAX_ID, PathId
-from tongcrm.campaigns import calendar, chart, evaluation, service
+from tongcrm.campaigns import calendar, chart, evaluation, service, stats
 from tongcrm.campaigns.api import programme_tz
-from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
+from tongcrm.campaigns.models import RUN_SENT, CalendarMark, Campaign, CampaignRun
 from tongcrm.campaigns.schedule import InvalidSchedule
 from tongcrm.console.forms import form_fields, form_lists
 from tongcrm.console.web import (
@@ -186,6 +186,12 @@ class CampaignDetail:
     runs: list[CampaignRun]
     report: evaluation.Report
     chart: Markup
+    #: Whether a run has sent (or is sending): before that the page says there is nothing to report yet,
+    #: instead of a chart of two 0.0 % bars, "+0.0 [-100.0, +100.0]" and "too small (treated 0, control 0)".
+    reported: bool
+    #: Why the pooled total cannot support a conclusion, as figures the page words in its own language (the
+    #: API's reason is an English sentence).
+    too_small: stats.TooSmall | None
 
 
 async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
@@ -193,6 +199,7 @@ async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
     segment = await session.get(Segment, campaign.segment_id)
     template = await session.get(MessageTemplate, campaign.template_id)
     report = await evaluation.report(session, campaign)
+    treated, held = report.total.figures.treated, report.total.figures.held
     return CampaignDetail(
         campaign,
         segment.name if segment else str(campaign.segment_id),
@@ -201,6 +208,8 @@ async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
         report,
         # chart.render escapes every text it writes; it is the same document /report.svg answers
         Markup(chart.render(report)),  # noqa: S704 - chart.render escapes every text it writes
+        any(r.run.status in RUN_SENT for r in report.runs),
+        stats.too_small_why(treated.responders, treated.eligible, held.responders, held.eligible),
     )
 
 
@@ -306,6 +315,8 @@ async def _detail_page(
             "problem": problem,
             "schedule_kinds": SCHEDULE_KINDS,
             "timezone": str(tz),
+            "min_group": stats.MIN_GROUP,
+            "min_expected": f"{stats.MIN_EXPECTED:g}",
             "pct": lambda x: f"{x * 100:.1f}%",
             "pts": lambda x: f"{x * 100:+.1f}",
         },
