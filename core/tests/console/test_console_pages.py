@@ -161,6 +161,15 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         )
         malformed = await api.get("/console/members", params={"mobile": "138***8000"})
         assert malformed.status_code == 422 and "hides exactly 4 digits" in malformed.text
+        # the search page again, not the bare error page: the form keeps what was typed, the reason beside it
+        assert "data-problem" in malformed.text and "无法按此条件搜索" in malformed.text
+        assert 'id="q-mobile" name="mobile" inputmode="tel" value="138***8000"' in malformed.text
+        assert "未搜索" in malformed.text and "没有找到会员" not in malformed.text
+        for bad in ("abc", "1390100004"):
+            again = await api.get("/console/members", params={"mobile": bad})
+            assert (
+                again.status_code == 422 and "phone number" in again.text and f'value="{bad}"' in again.text
+            )
         # names follow the masking rule too: an operator sees 李* (search by the name still works)
         assert "李*" in by_mobile and "李雷" not in by_mobile
         nobody = (await api.get("/console/members", params={"identity": "pos.card:NOPE0000"})).text
