@@ -21,6 +21,7 @@ from tongcrm.db.base import utcnow
 from tongcrm.identity.models import Merge
 from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
 from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import IdentityClaim
 from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
 
 from .conftest import csrf_of, sign_in
@@ -198,6 +199,33 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert 'data-field="name">李雷<' in revealed and "+8613800138000" in revealed
         reveals = await _audited(api, "member.reveal")
         assert reveals == [{"fields": ["mobile", "name"]}]
+
+
+async def test_the_360_page_says_whether_the_tier_is_kept_in_the_pages_language(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    """The tier's keep line was the service's English sentence ("will drop to … unless ¥… more") on the Chinese
+    page: it is worded from the service's figures (review day, tier, shortfalls) in the page's language."""
+    async with make_client(host=host, role=None) as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        card = IdentityClaim("pos.card", "CARD0001")
+        await seed.ingest(
+            api.db.sessions,
+            host,
+            tongcrm_settings.vault(),
+            s.store_account,
+            "offline_pos",
+            [seed.order("S-0002", 20_000, (card,), store_code=seed.STORE)],
+        )  # ¥1,188 within 12 months: 金卡, held until its review, when the seed's orders have left the window
+        await sign_in(api, "operator")
+        page = (await api.get(f"/console/members/{s.shopper}")).text
+        assert 'data-figure="tier">金卡<' in page
+        keep = page[page.index('data-figure="keep"') :].split("</p>", 1)[0]
+        assert "保级" in keep and ("将于" in keep or "将在" in keep), keep
+        assert "will drop" not in page and "keeps " not in page and " more" not in keep
+        en = (await api.get(f"/console/members/{s.shopper}?lang=en")).text
+        keep_en = en[en.index('data-figure="keep"') :].split("</p>", 1)[0]
+        assert "will drop to" in keep_en or "keeps 金卡" in keep_en, keep_en
 
 
 async def test_the_member_list_reveals_names_and_mobiles_to_admins_only_audited(
