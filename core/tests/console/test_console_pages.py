@@ -99,6 +99,9 @@ async def _operations(api: Any, s: seed.Seeded) -> None:
             )
 
 
+_STAGE_ZH = {"prospect": "潜客", "new": "新客", "repeat": "复购", "dormant": "沉睡", "churned": "流失"}
+
+
 async def test_the_dashboard_shows_the_apis_figures(
     make_client: Any, host: PluginHost, tongcrm_settings: Settings
 ) -> None:
@@ -130,8 +133,12 @@ async def test_the_dashboard_shows_the_apis_figures(
     for o in figures["overlap"]:
         assert _figure(html, f"overlap.{'+'.join(o['channels'])}") == o["members"]
     for c in figures["lifecycle"]:
-        assert f'data-stage="{c["key"]}"><td>{c["key"]}</td>' in html
+        # the stage in the page's language (新客, not the stored "new"); data-stage keeps the code
+        assert f'data-stage="{c["key"]}"><td>{_STAGE_ZH[c["key"]]}</td>' in html
         assert _figure(html, f"stage.{c['key']}") == c["members"]
+    for t in figures["tiers"]:  # tiers by the ladder's names, as the member pages show them
+        name = {"regular": "普卡", "gold": "金卡"}.get(t["key"], "未定级")
+        assert f'data-tier="{t["key"] or ""}"><td>{name}</td>' in html, t
     for m in figures["messages"]:
         assert _figure(html, f"messages.{m['days']}.sent") == m["sent"]
         assert _figure(html, f"messages.{m['days']}.refused") == m["refused"]
@@ -223,6 +230,11 @@ async def test_the_360_page_says_whether_the_tier_is_kept_in_the_pages_language(
         keep = page[page.index('data-figure="keep"') :].split("</p>", 1)[0]
         assert "保级" in keep and ("将于" in keep or "将在" in keep), keep
         assert "will drop" not in page and "keeps " not in page and " more" not in keep
+        # its history names tiers as the ladder does and says why in Chinese (it showed "regular", "gold",
+        # "upgrade"); the stage too
+        history = page[page.index("等级历史") :].split("</table>", 1)[0]
+        assert "<td>普卡</td><td>金卡</td><td>升级" in history, history
+        assert not any(f"<dd>{code}</dd>" in page for code in _STAGE_ZH)
         en = (await api.get(f"/console/members/{s.shopper}?lang=en")).text
         keep_en = en[en.index('data-figure="keep"') :].split("</p>", 1)[0]
         assert "will drop to" in keep_en or "keeps 金卡" in keep_en, keep_en
