@@ -232,7 +232,10 @@ async def test_the_export_is_masked_audited_and_reveals_only_for_admins(make_cli
         await sign_in(api, "analyst")
         masked = await api.get(f"/console/segments/{ops.segment_id}/export")
         assert masked.status_code == 200 and masked.headers["x-total-count"] == "4"
-        rows = list(csv.DictReader(io.StringIO(masked.text)))
+        # a UTF-8 byte order mark first, so that Excel on a Chinese Windows reads the names as UTF-8, not GBK
+        assert masked.content.startswith(b"\xef\xbb\xbfid,")
+        rows = list(csv.DictReader(io.StringIO(masked.content.decode("utf-8-sig"))))
+        assert "id" in rows[0]
         assert len(rows) == 4 and all("*" in r["mobile"] for r in rows)
         refused = await api.get(f"/console/segments/{ops.segment_id}/export?reveal=mobile")
         assert refused.status_code == 403
@@ -242,7 +245,7 @@ async def test_the_export_is_masked_audited_and_reveals_only_for_admins(make_cli
         await sign_in(api, "admin")
         assert "reveal=mobile" in (await api.get(f"/console/segments/{ops.segment_id}")).text
         revealed = await api.get(f"/console/segments/{ops.segment_id}/export?reveal=mobile")
-        rows = list(csv.DictReader(io.StringIO(revealed.text)))
+        rows = list(csv.DictReader(io.StringIO(revealed.content.decode("utf-8-sig"))))
         assert {r["mobile"] for r in rows} == {f"+86139{n:08d}" for n in range(4)}
         async with api.db.sessions() as session:
             exports = (
