@@ -206,8 +206,12 @@ async def test_bad_input_is_refused_with_the_reason_and_nothing_is_sent(
         assert empty.status_code == tight.status_code == 201
 
         future = {"kind": "once", "at": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
-        past = {"kind": "once", "at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()}
+        past_at = datetime(2020, 1, 1, 2, 0, tzinfo=UTC)
+        past = {"kind": "once", "at": past_at.isoformat()}
         await refused("/api/campaigns/spring/schedule", {"schedule": past}, "in the past")
+        # in the programme's zone, to the minute, as typed (not UTC with microseconds)
+        await refused("/api/campaigns/spring/schedule", {"schedule": past}, "(2020-01-01 10:00 is before now")
+        await refused("/api/campaigns/spring/schedule", {"schedule": past}, ", Asia/Shanghai)")
         await refused("/api/campaigns/spring/schedule", {"schedule": {"kind": "daily"}}, "'time'")
         await refused("/api/campaigns/empty/schedule", {"schedule": future}, "audience is empty")
         await refused("/api/campaigns/tight/schedule", {"schedule": future}, "budget exceeded")
