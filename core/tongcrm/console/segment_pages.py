@@ -313,9 +313,9 @@ class SegmentPages(ConsoleController):
         ] = None,
     ) -> Stream:
         """The same CSV as ``GET /api/segments/{s}/export``, audited the same way (``segment.export``), behind a
-        UTF-8 byte order mark: the console's download is opened by people in a spreadsheet, and Excel reads a
-        CSV without one in the system's code page (GBK on a Chinese Windows), turning every name into mojibake.
-        The API's CSV stays without one, for programs."""
+        UTF-8 byte order mark so that spreadsheets read it as UTF-8."""
+        # the console's download is opened by people in a spreadsheet, and Excel reads a CSV without a BOM in the
+        # system's code page (GBK on a Chinese Windows): every name was mojibake. The API's CSV has none.
         state = request.app.state
         actor = actor_of(request)
         revealing = check_reveal([f.strip() for f in (reveal or "").split(",") if f.strip()], actor)
