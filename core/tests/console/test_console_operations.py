@@ -285,7 +285,7 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
         cents = await api.post(
             "/console/campaigns/", data={**form, "min_paid_yuan": "49.999", "csrf_token": csrf}
         )
-        assert cents.status_code == 422 and "2 decimals" in cents.text
+        assert cents.status_code == 422 and "more than 2 decimals" in cents.text
         made = await api.post(
             "/console/campaigns/", data={**form, "csrf_token": csrf}, follow_redirects=False
         )
@@ -471,8 +471,19 @@ def test_form_values_become_exact_documents() -> None:
         and yuan_to_fen(" 50 ", "x") == 5000
         and yuan_to_fen("", "x") is None
     )
-    for bad in ("1.234", "-1", "abc", "Infinity", "NaN", "1e30"):
-        with pytest.raises(Unprocessable):
+    # as people write amounts
+    assert yuan_to_fen("¥1,299.50", "x") == 129950 and yuan_to_fen("99元", "x") == 9900
+    assert yuan_to_fen("￥ 5", "x") == 500
+    for bad, says in [
+        ("1.234", "more than 2 decimals"),
+        ("-1", "is negative"),
+        ("abc", "not an amount"),
+        ("Infinity", "not an amount"),
+        ("NaN", "not an amount"),
+        ("1e30", "too large"),
+        ("99999999999999999999", "too large"),
+    ]:
+        with pytest.raises(Unprocessable, match=says):
             yuan_to_fen(bad, "x")
     once = schedule_from_form({"kind": ["once"], "at": ["2026-11-11T00:30"]}, SH)
     assert once == {"kind": "once", "at": "2026-11-11T00:30:00+08:00"}

@@ -66,17 +66,26 @@ def _refusable(exc: TongcrmError) -> bool:
 
 
 def yuan_to_fen(text: str, field_name: str) -> int | None:
-    """``"50"`` or ``"49.90"`` yuan as integer fen (exact, no float); empty is None."""
+    """``"50"`` or ``"49.90"`` yuan as integer fen (exact, no float); empty is None. An amount as people write
+    it is read too (``¥1,299``, ``99元``); each refusal says what is wrong with the amount (a 20-digit amount
+    was told it "must be a positive amount with at most 2 decimals")."""
     text = text.strip()
     if not text:
         return None
+    digits = text.removeprefix("¥").removeprefix("￥").removesuffix("元").replace(",", "").strip()
     try:
-        amount = Decimal(text)
+        amount = Decimal(digits)
     except InvalidOperation as exc:
         raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan") from exc
     fen = amount * 100
-    if not fen.is_finite() or fen != fen.to_integral_value() or not 0 <= fen <= MAX_ID:
-        raise Unprocessable(f"{field_name}: {text!r} must be a positive amount with at most 2 decimals")
+    if not fen.is_finite():
+        raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan")
+    if fen < 0:
+        raise Unprocessable(f"{field_name}: {text!r} is negative; an amount in yuan is 0 or more")
+    if fen != fen.to_integral_value():
+        raise Unprocessable(f"{field_name}: {text!r} has more than 2 decimals (yuan to the fen)")
+    if fen > MAX_ID:
+        raise Unprocessable(f"{field_name}: {text!r} is too large")
     return int(fen)
 
 
