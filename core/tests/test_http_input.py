@@ -156,6 +156,19 @@ async def test_the_id_bound_is_stated_as_a_bound_not_a_rounding(
         assert f"{MAX_ID} (2^63 - 1024: the largest 64-bit integer a JSON number read as a double" in text
 
 
+@pytest.mark.parametrize("ref", [TOO_BIG, "99999999999999999999", "0", "%C2%B2"])
+async def test_a_segment_named_by_a_number_no_id_can_be_is_a_404(make_client: Any, ref: str) -> None:
+    """``/api/segments/{segment}`` takes an id or a name: digits past the 64-bit ids (and ``²``, which
+    ``str.isdigit`` accepts and ``int`` cannot read) reached the database as an id and came back as 500s."""
+    async with make_client() as api:
+        for method, path, json in [
+            ("GET", "", None),
+            ("GET", "/members", None),
+            ("PUT", "", {"definition": {"field": "points.available", "op": ">=", "value": 0}}),
+        ]:
+            _problem(await api.request(method, f"/api/segments/{ref}{path}", json=json), 404, "segment")
+
+
 async def test_dates_outside_1900_to_2999_are_a_400(make_client: Any) -> None:
     # a +14:00 time on 0001-01-01 has no UTC value: binding it to a query was a 500 on both databases
     async with make_client() as api:

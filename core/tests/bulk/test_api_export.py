@@ -131,6 +131,15 @@ async def test_import_and_export_over_http(tongcrm_db: TestDatabase, make_client
         long = await op.post("/api/imports", params={"kind": "c" * 5000, "format": "csv"}, content=b"x\n")
         assert long.status_code == 400, long.text
         assert f"unknown import kind '{'c' * 40}'…;" in long.json()["detail"] and "c" * 41 not in long.text
+        # a form upload (curl -F) wraps the file: 415 saying to send the bytes as the body, nothing imported
+        # (it was read as a CSV whose header was the multipart boundary)
+        form = await op.post(
+            "/api/imports",
+            params={"kind": "members", "format": "csv", "source": "formed"},
+            files={"file": ("members.csv", MEMBERS.encode(), "text/csv")},
+        )
+        assert form.status_code == 415, form.text
+        assert "not a form (multipart/form-data)" in form.json()["detail"] and "--data-binary" in form.text
         empty = await op.post("/api/imports", params={"kind": "members", "format": "csv"}, content=b"")
         assert empty.status_code == 400 and "body is empty" in empty.json()["detail"]
         mapping = await op.post(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from xml.etree import ElementTree
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -123,6 +124,7 @@ async def test_segment_campaign_messages_orders_report(
         svg = await api.get("/api/campaigns/spring/report.svg")
         assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
         assert svg.text.startswith("<svg") and "spring" in svg.text and "total" in svg.text
+        _assert_chart_legible(svg.text)
 
         runs = (await api.get("/api/campaigns/spring/runs")).json()
         assert [(r["status"], r["audience"], r["control"]) for r in runs] == [
@@ -204,8 +206,12 @@ async def test_bad_input_is_refused_with_the_reason_and_nothing_is_sent(
         assert empty.status_code == tight.status_code == 201
 
         future = {"kind": "once", "at": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
-        past = {"kind": "once", "at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()}
+        past_at = datetime(2020, 1, 1, 2, 0, tzinfo=UTC)
+        past = {"kind": "once", "at": past_at.isoformat()}
         await refused("/api/campaigns/spring/schedule", {"schedule": past}, "in the past")
+        # in the programme's zone, to the minute, as typed (not UTC with microseconds)
+        await refused("/api/campaigns/spring/schedule", {"schedule": past}, "(2020-01-01 10:00 is before now")
+        await refused("/api/campaigns/spring/schedule", {"schedule": past}, ", Asia/Shanghai)")
         await refused("/api/campaigns/spring/schedule", {"schedule": {"kind": "daily"}}, "'time'")
         await refused("/api/campaigns/empty/schedule", {"schedule": future}, "audience is empty")
         await refused("/api/campaigns/tight/schedule", {"schedule": future}, "budget exceeded")
@@ -219,3 +225,16 @@ async def test_bad_input_is_refused_with_the_reason_and_nothing_is_sent(
 
     async with api.db.sessions() as session:
         assert (await session.execute(sa.select(sa.func.count()).select_from(Message))).scalar_one() == 0
+
+
+def _assert_chart_legible(svg: str) -> None:
+    """The legend has its own row under the title, above every rate written over a bar (it was drawn over the
+    tallest bars' rates), and the drawing is wide enough for its title (which was cut off at its edge)."""
+    root = ElementTree.fromstring(svg)  # noqa: S314 - our own server's drawing
+    texts = [(float(t.get("y", "0")), t.text or "") for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    legend_y = max(y for y, text in texts if text in ("treated", "control"))
+    rates = [y for y, text in texts if text.endswith("%")]
+    assert rates and min(rates) - 10 >= legend_y, texts
+    title = texts[0][1]
+    assert "treated vs control" in title
+    assert float(root.get("width", "0")) >= 20 + len(title) * 13 * 0.6

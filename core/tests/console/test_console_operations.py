@@ -80,11 +80,17 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
 
         report = (await api.get("/console/campaigns/autumn")).text
         assert "data-too-small" in report and "样本太小" in report
+        # the reason in the page's language (the API's is an English sentence)
+        assert "每组至少需要 30 名符合条件的会员" in report and "each group needs" not in report
         assert (
             'data-chart="campaign-report"' in report and "<svg" in report and "treated vs control" in report
         )
         assert "已入队" in report  # the run, queued
-        assert 'data-status="draft"' in (await api.get("/console/campaigns/spring")).text
+        draft = (await api.get("/console/campaigns/spring")).text
+        assert 'data-status="draft"' in draft
+        # a campaign that has sent nothing says so, instead of a report of zeros ("treated 0, control 0")
+        assert "data-no-report" in draft and "暂无效果报告" in draft
+        assert "data-too-small" not in draft and 'data-chart="campaign-report"' not in draft
 
         month = datetime.now(UTC).astimezone(SH).strftime("%Y-%m")
         cal = (await api.get(f"/console/calendar?month={month}")).text
@@ -226,7 +232,10 @@ async def test_the_export_is_masked_audited_and_reveals_only_for_admins(make_cli
         await sign_in(api, "analyst")
         masked = await api.get(f"/console/segments/{ops.segment_id}/export")
         assert masked.status_code == 200 and masked.headers["x-total-count"] == "4"
-        rows = list(csv.DictReader(io.StringIO(masked.text)))
+        # a UTF-8 byte order mark first, so that Excel on a Chinese Windows reads the names as UTF-8, not GBK
+        assert masked.content.startswith(b"\xef\xbb\xbfid,")
+        rows = list(csv.DictReader(io.StringIO(masked.content.decode("utf-8-sig"))))
+        assert "id" in rows[0]
         assert len(rows) == 4 and all("*" in r["mobile"] for r in rows)
         refused = await api.get(f"/console/segments/{ops.segment_id}/export?reveal=mobile")
         assert refused.status_code == 403
@@ -236,7 +245,7 @@ async def test_the_export_is_masked_audited_and_reveals_only_for_admins(make_cli
         await sign_in(api, "admin")
         assert "reveal=mobile" in (await api.get(f"/console/segments/{ops.segment_id}")).text
         revealed = await api.get(f"/console/segments/{ops.segment_id}/export?reveal=mobile")
-        rows = list(csv.DictReader(io.StringIO(revealed.text)))
+        rows = list(csv.DictReader(io.StringIO(revealed.content.decode("utf-8-sig"))))
         assert {r["mobile"] for r in rows} == {f"+86139{n:08d}" for n in range(4)}
         async with api.db.sessions() as session:
             exports = (
@@ -276,7 +285,7 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
         cents = await api.post(
             "/console/campaigns/", data={**form, "min_paid_yuan": "49.999", "csrf_token": csrf}
         )
-        assert cents.status_code == 422 and "2 decimals" in cents.text
+        assert cents.status_code == 422 and "more than 2 decimals" in cents.text
         made = await api.post(
             "/console/campaigns/", data={**form, "csrf_token": csrf}, follow_redirects=False
         )
@@ -462,8 +471,19 @@ def test_form_values_become_exact_documents() -> None:
         and yuan_to_fen(" 50 ", "x") == 5000
         and yuan_to_fen("", "x") is None
     )
-    for bad in ("1.234", "-1", "abc", "Infinity", "NaN", "1e30"):
-        with pytest.raises(Unprocessable):
+    # as people write amounts
+    assert yuan_to_fen("¥1,299.50", "x") == 129950 and yuan_to_fen("99元", "x") == 9900
+    assert yuan_to_fen("￥ 5", "x") == 500
+    for bad, says in [
+        ("1.234", "more than 2 decimals"),
+        ("-1", "is negative"),
+        ("abc", "not an amount"),
+        ("Infinity", "not an amount"),
+        ("NaN", "not an amount"),
+        ("1e30", "too large"),
+        ("99999999999999999999", "too large"),
+    ]:
+        with pytest.raises(Unprocessable, match=says):
             yuan_to_fen(bad, "x")
     once = schedule_from_form({"kind": ["once"], "at": ["2026-11-11T00:30"]}, SH)
     assert once == {"kind": "once", "at": "2026-11-11T00:30:00+08:00"}

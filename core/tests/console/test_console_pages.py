@@ -21,6 +21,7 @@ from tongcrm.db.base import utcnow
 from tongcrm.identity.models import Merge
 from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
 from tongcrm.plugin.host import PluginHost
+from tongcrm.plugin.types import IdentityClaim
 from tongcrm.privacy.sealed import QUARANTINE_PAYLOAD, seal
 
 from .conftest import csrf_of, sign_in
@@ -98,6 +99,9 @@ async def _operations(api: Any, s: seed.Seeded) -> None:
             )
 
 
+_STAGE_ZH = {"prospect": "潜客", "new": "新客", "repeat": "复购", "dormant": "沉睡", "churned": "流失"}
+
+
 async def test_the_dashboard_shows_the_apis_figures(
     make_client: Any, host: PluginHost, tongcrm_settings: Settings
 ) -> None:
@@ -129,8 +133,12 @@ async def test_the_dashboard_shows_the_apis_figures(
     for o in figures["overlap"]:
         assert _figure(html, f"overlap.{'+'.join(o['channels'])}") == o["members"]
     for c in figures["lifecycle"]:
-        assert f'data-stage="{c["key"]}"><td>{c["key"]}</td>' in html
+        # the stage in the page's language (新客, not the stored "new"); data-stage keeps the code
+        assert f'data-stage="{c["key"]}"><td>{_STAGE_ZH[c["key"]]}</td>' in html
         assert _figure(html, f"stage.{c['key']}") == c["members"]
+    for t in figures["tiers"]:  # tiers by the ladder's names, as the member pages show them
+        name = {"regular": "普卡", "gold": "金卡"}.get(t["key"], "未定级")
+        assert f'data-tier="{t["key"] or ""}"><td>{name}</td>' in html, t
     for m in figures["messages"]:
         assert _figure(html, f"messages.{m['days']}.sent") == m["sent"]
         assert _figure(html, f"messages.{m['days']}.refused") == m["refused"]
@@ -161,6 +169,15 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         )
         malformed = await api.get("/console/members", params={"mobile": "138***8000"})
         assert malformed.status_code == 422 and "hides exactly 4 digits" in malformed.text
+        # the search page again, not the bare error page: the form keeps what was typed, the reason beside it
+        assert "data-problem" in malformed.text and "无法按此条件搜索" in malformed.text
+        assert 'id="q-mobile" name="mobile" inputmode="tel" value="138***8000"' in malformed.text
+        assert "未搜索" in malformed.text and "没有找到会员" not in malformed.text
+        for bad in ("abc", "1390100004"):
+            again = await api.get("/console/members", params={"mobile": bad})
+            assert (
+                again.status_code == 422 and "phone number" in again.text and f'value="{bad}"' in again.text
+            )
         # names follow the masking rule too: an operator sees 李* (search by the name still works)
         assert "李*" in by_mobile and "李雷" not in by_mobile
         nobody = (await api.get("/console/members", params={"identity": "pos.card:NOPE0000"})).text
@@ -189,6 +206,38 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert 'data-field="name">李雷<' in revealed and "+8613800138000" in revealed
         reveals = await _audited(api, "member.reveal")
         assert reveals == [{"fields": ["mobile", "name"]}]
+
+
+async def test_the_360_page_says_whether_the_tier_is_kept_in_the_pages_language(
+    make_client: Any, host: PluginHost, tongcrm_settings: Settings
+) -> None:
+    """The tier's keep line was the service's English sentence ("will drop to … unless ¥… more") on the Chinese
+    page: it is worded from the service's figures (review day, tier, shortfalls) in the page's language."""
+    async with make_client(host=host, role=None) as api:
+        s = await _seeded(api, host, tongcrm_settings)
+        card = IdentityClaim("pos.card", "CARD0001")
+        await seed.ingest(
+            api.db.sessions,
+            host,
+            tongcrm_settings.vault(),
+            s.store_account,
+            "offline_pos",
+            [seed.order("S-0002", 20_000, (card,), store_code=seed.STORE)],
+        )  # ¥1,188 within 12 months: 金卡, held until its review, when the seed's orders have left the window
+        await sign_in(api, "operator")
+        page = (await api.get(f"/console/members/{s.shopper}")).text
+        assert 'data-figure="tier">金卡<' in page
+        keep = page[page.index('data-figure="keep"') :].split("</p>", 1)[0]
+        assert "保级" in keep and ("将于" in keep or "将在" in keep), keep
+        assert "will drop" not in page and "keeps " not in page and " more" not in keep
+        # its history names tiers as the ladder does and says why in Chinese (it showed "regular", "gold",
+        # "upgrade"); the stage too
+        history = page[page.index("等级历史") :].split("</table>", 1)[0]
+        assert "<td>普卡</td><td>金卡</td><td>升级" in history, history
+        assert not any(f"<dd>{code}</dd>" in page for code in _STAGE_ZH)
+        en = (await api.get(f"/console/members/{s.shopper}?lang=en")).text
+        keep_en = en[en.index('data-figure="keep"') :].split("</p>", 1)[0]
+        assert "will drop to" in keep_en or "keeps 金卡" in keep_en, keep_en
 
 
 async def test_the_member_list_reveals_names_and_mobiles_to_admins_only_audited(

@@ -67,6 +67,20 @@ QueryId = Annotated[int | None, QueryParameter(ge=1, le=MAX_ID, description="a p
 #: An offset into a listing.
 QueryOffset = Annotated[int, QueryParameter(ge=0, le=MAX_ID, description="rows to skip")]
 
+
+def id_named(text: str) -> int | None:
+    """The id a text names where an id or a name may be given (``/api/segments/{segment}``, a CLI argument):
+    ASCII digits from 1 to :data:`MAX_ID`, else ``None`` (the text is a name).
+
+    ``str.isdigit`` alone let through digits ``int`` cannot read (``²``) and numbers past the 64-bit columns,
+    which reached the database and came back as 500s; such a text is a name that names nothing (404).
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ID else None
+
+
 #: A positive id in a request body.
 BodyId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="a positive id")]
 

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.api.inputs import id_named
 from tongcrm.auth.models import ApiKey, ApiKeyRevocations
 from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import insert
@@ -185,8 +186,9 @@ async def revoke(session: AsyncSession, key_id: int) -> Revoked:
 async def key_id_named(session: AsyncSession, key_id_or_prefix: str) -> int:
     """The id of the key named by id or prefix (the CLI's way of naming keys)."""
     cond = ApiKey.prefix == key_id_or_prefix
-    if key_id_or_prefix.isdigit():
-        cond = sa.or_(cond, ApiKey.id == int(key_id_or_prefix))
+    key_id_given = id_named(key_id_or_prefix)
+    if key_id_given is not None:
+        cond = sa.or_(cond, ApiKey.id == key_id_given)
     key_id = (await session.execute(sa.select(ApiKey.id).where(cond))).scalar_one_or_none()
     if key_id is None:
         raise NotFound(f"no API key with id or prefix {key_id_or_prefix!r}")

@@ -36,7 +36,7 @@ from tongcrm.bulk.models import BulkImport, BulkImportError
 from tongcrm.bulk.refusals import refusing_unreadable
 from tongcrm.config import Settings
 from tongcrm.crypto import Vault
-from tongcrm.errors import BadRequest
+from tongcrm.errors import BadRequest, UnsupportedMediaType
 from tongcrm.logging import get_logger
 from tongcrm.plugin.host import PluginHost
 
@@ -147,6 +147,22 @@ async def _run_in_background(
         await asyncio.to_thread(_discard, path)
 
 
+#: Content types of an HTML form: their body wraps the file (boundaries, part headers), so it is not the file.
+FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def refuse_form_upload(content_type: str | None) -> None:
+    """Refuse (415) a form upload: the import reads the request body as the file, so ``curl -F file=@m.csv``
+    was read as a CSV whose header was the multipart boundary ("the header of upload has no member_id column
+    (it has: --------------------------8000…)"), which does not say what is wrong."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind in FORM_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"the import reads the request body as the file itself, not a form ({kind}): send the file's bytes"
+            " as the body, e.g. curl --data-binary @members.csv -H 'Content-Type: text/csv'"
+        )
+
+
 class ImportController(Controller):
     path = "/api/imports"
     tags = ["bulk"]
@@ -174,6 +190,7 @@ class ImportController(Controller):
         ] = None,
     ) -> Response[ImportOut]:
         check_kind(kind)
+        refuse_form_upload(request.headers.get("content-type"))
         fmt = file_format(Path(file_name), format)
         try:
             columns = parse_mapping(json.loads(mapping), kind) if mapping else {}

@@ -4,6 +4,7 @@ group as two bars, and the uplift with its 95 % interval as text under them. Eve
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
@@ -14,9 +15,15 @@ if TYPE_CHECKING:
     from tongcrm.campaigns.journeys import JourneyReport
 
 _W_GROUP = 120
-_H = 260
-_TOP = 40
+#: The title's baseline, the legend's row under it, and the plot's top: a bar's rate is written 4 px above the
+#: bar, so the tallest bar's label sits under the legend instead of on it (the legend was drawn over the rates
+#: of the tallest bars, at the right where the control bars are).
+_TITLE_Y = 20
+_LEGEND_Y = 30
+_TOP = 60
 _PLOT = 150
+_H = _TOP + _PLOT + 50
+_TITLE_SIZE = 13
 _TREATED, _CONTROL = "#2b6cb0", "#a0aec0"
 
 
@@ -55,6 +62,13 @@ def _bars(x0: int, label: str, o: Outcome, scale: float) -> list[str]:
     return out
 
 
+def _text_width(text: str, size: int) -> int:
+    """A generous estimate of the width a text takes in a sans-serif font at ``size`` px (bold): wide
+    characters (Chinese) a full em, others 0.65 em, so the drawing is made wide enough for its title."""
+    ems = sum(1.0 if unicodedata.east_asian_width(ch) in "WF" else 0.65 for ch in text)
+    return round(ems * size)
+
+
 def render(report: Report) -> str:
     groups = [(f"run {i + 1}", r.outcome) for i, r in enumerate(report.runs) if r.run.status in RUN_SENT]
     groups.append(("total", report.total))
@@ -69,16 +83,18 @@ def render_journey(report: JourneyReport) -> str:
 def render_groups(title: str, groups: list[tuple[str, Outcome]]) -> str:
     highest = max([max(o.uplift.treated_rate, o.uplift.control_rate) for _, o in groups] + [0.01])
     scale = _PLOT / highest
-    width = 40 + _W_GROUP * len(groups)
+    heading = f"{title}: response rate, treated vs control"
+    # wide enough for the bars and for the title (it was cut off at the drawing's edge with one or two runs)
+    width = max(40 + _W_GROUP * len(groups), 40 + _text_width(heading, _TITLE_SIZE))
+    legend = _LEGEND_Y + 9
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{_H}" viewBox="0 0 {width} {_H}"'
         ' font-family="sans-serif">',
-        f'<text x="20" y="20" font-size="13" font-weight="bold">{escape(title)}: response rate,'
-        " treated vs control</text>",
-        f'<rect x="{width - 170}" y="28" width="10" height="10" fill="{_TREATED}"/>'
-        f'<text x="{width - 156}" y="37" font-size="10">treated</text>'
-        f'<rect x="{width - 100}" y="28" width="10" height="10" fill="{_CONTROL}"/>'
-        f'<text x="{width - 86}" y="37" font-size="10">control</text>',
+        f'<text x="20" y="{_TITLE_Y}" font-size="{_TITLE_SIZE}" font-weight="bold">{escape(heading)}</text>',
+        f'<rect x="20" y="{_LEGEND_Y}" width="10" height="10" fill="{_TREATED}"/>'
+        f'<text x="34" y="{legend}" font-size="10">treated</text>'
+        f'<rect x="90" y="{_LEGEND_Y}" width="10" height="10" fill="{_CONTROL}"/>'
+        f'<text x="104" y="{legend}" font-size="10">control</text>',
         f'<line x1="20" y1="{_TOP + _PLOT}" x2="{width - 20}" y2="{_TOP + _PLOT}" stroke="#333"/>',
     ]
     for i, (label, o) in enumerate(groups):

@@ -321,8 +321,13 @@ async def schedule(
     except sched.InvalidSchedule as exc:
         raise Unprocessable(str(exc), extra={"pointer": "/schedule"}) from exc
     if parsed.kind == "once" and parsed.at is not None and parsed.at <= now:
+        # said in the programme's zone to the minute, as the operator typed it (it said "2020-01-01T02:00:00+00:00
+        # is before now, 2026-12-07T07:45:22.452417+00:00" of a 10:00 typed in Shanghai)
+        def shown_local(moment: datetime) -> str:
+            return f"{moment.astimezone(tz):%Y-%m-%d %H:%M}"
+
         raise Unprocessable(
-            f"the schedule is in the past ({parsed.at.isoformat()} is before now, {now.isoformat()})",
+            f"the schedule is in the past ({shown_local(parsed.at)} is before now, {shown_local(now)}, {tz.key})",
             extra={"pointer": "/schedule/at"},
         )
     first = sched.next_after(parsed, now, tz)

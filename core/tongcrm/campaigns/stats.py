@@ -75,18 +75,46 @@ def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tuple[float,
     return d, max(-1.0, low), min(1.0, high)
 
 
-def too_small(x1: int, n1: int, x2: int, n2: int) -> str | None:
+@dataclass(frozen=True, slots=True)
+class TooSmall:
+    """Why a sample cannot support a conclusion, as figures, so each reader (the API's English sentence, the
+    console in Chinese) words it in its own language from the same test."""
+
+    #: ``"group"``: a group has fewer than :data:`MIN_GROUP` members; ``"expected"``: too few responders or
+    #: non-responders expected in a group at the pooled rate.
+    kind: str
+    treated: int
+    control: int
+    smallest_expected: float = 0.0
+    pooled_rate: float = 0.0
+
+    def english(self) -> str:
+        if self.kind == "group":
+            return (
+                f"each group needs at least {MIN_GROUP} eligible members"
+                f" (treated {self.treated}, control {self.control})"
+            )
+        return (
+            f"too few responders or non-responders expected in a group ({self.smallest_expected:.1f} <"
+            f" {MIN_EXPECTED:g} at the pooled rate {self.pooled_rate:.2%})"
+        )
+
+
+def too_small_why(x1: int, n1: int, x2: int, n2: int) -> TooSmall | None:
     """Why the sample cannot support a conclusion yet, or None."""
     if min(n1, n2) < MIN_GROUP:
-        return f"each group needs at least {MIN_GROUP} eligible members (treated {n1}, control {n2})"
+        return TooSmall("group", n1, n2)
     pooled = (x1 + x2) / (n1 + n2)
     smallest = min(n * q for n in (n1, n2) for q in (pooled, 1 - pooled))
     if smallest < MIN_EXPECTED:
-        return (
-            f"too few responders or non-responders expected in a group ({smallest:.1f} < {MIN_EXPECTED:g}"
-            f" at the pooled rate {pooled:.2%})"
-        )
+        return TooSmall("expected", n1, n2, smallest, pooled)
     return None
+
+
+def too_small(x1: int, n1: int, x2: int, n2: int) -> str | None:
+    """Why the sample cannot support a conclusion yet, in English, or None."""
+    why = too_small_why(x1, n1, x2, n2)
+    return None if why is None else why.english()
 
 
 def uplift(x1: int, n1: int, x2: int, n2: int) -> Uplift:

@@ -24,9 +24,9 @@ from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import MAX_ID, PathId
-from tongcrm.campaigns import calendar, chart, evaluation, service
+from tongcrm.campaigns import calendar, chart, evaluation, service, stats
 from tongcrm.campaigns.api import programme_tz
-from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
+from tongcrm.campaigns.models import RUN_SENT, CalendarMark, Campaign, CampaignRun
 from tongcrm.campaigns.schedule import InvalidSchedule
 from tongcrm.console.forms import form_fields, form_lists
 from tongcrm.console.web import (
@@ -66,17 +66,26 @@ def _refusable(exc: TongcrmError) -> bool:
 
 
 def yuan_to_fen(text: str, field_name: str) -> int | None:
-    """``"50"`` or ``"49.90"`` yuan as integer fen (exact, no float); empty is None."""
+    """``"50"`` or ``"49.90"`` yuan as integer fen (exact, no float); empty is None. An amount as people write
+    it is read too (``¥1,299``, ``99元``); each refusal says what is wrong with the amount (a 20-digit amount
+    was told it "must be a positive amount with at most 2 decimals")."""
     text = text.strip()
     if not text:
         return None
+    digits = text.removeprefix("¥").removeprefix("￥").removesuffix("元").replace(",", "").strip()
     try:
-        amount = Decimal(text)
+        amount = Decimal(digits)
     except InvalidOperation as exc:
         raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan") from exc
     fen = amount * 100
-    if not fen.is_finite() or fen != fen.to_integral_value() or not 0 <= fen <= MAX_ID:
-        raise Unprocessable(f"{field_name}: {text!r} must be a positive amount with at most 2 decimals")
+    if not fen.is_finite():
+        raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan")
+    if fen < 0:
+        raise Unprocessable(f"{field_name}: {text!r} is negative; an amount in yuan is 0 or more")
+    if fen != fen.to_integral_value():
+        raise Unprocessable(f"{field_name}: {text!r} has more than 2 decimals (yuan to the fen)")
+    if fen > MAX_ID:
+        raise Unprocessable(f"{field_name}: {text!r} is too large")
     return int(fen)
 
 
@@ -186,6 +195,12 @@ class CampaignDetail:
     runs: list[CampaignRun]
     report: evaluation.Report
     chart: Markup
+    #: Whether a run has sent (or is sending): before that the page says there is nothing to report yet,
+    #: instead of a chart of two 0.0 % bars, "+0.0 [-100.0, +100.0]" and "too small (treated 0, control 0)".
+    reported: bool
+    #: Why the pooled total cannot support a conclusion, as figures the page words in its own language (the
+    #: API's reason is an English sentence).
+    too_small: stats.TooSmall | None
 
 
 async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
@@ -193,6 +208,7 @@ async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
     segment = await session.get(Segment, campaign.segment_id)
     template = await session.get(MessageTemplate, campaign.template_id)
     report = await evaluation.report(session, campaign)
+    treated, held = report.total.figures.treated, report.total.figures.held
     return CampaignDetail(
         campaign,
         segment.name if segment else str(campaign.segment_id),
@@ -201,6 +217,8 @@ async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
         report,
         # chart.render escapes every text it writes; it is the same document /report.svg answers
         Markup(chart.render(report)),  # noqa: S704 - chart.render escapes every text it writes
+        any(r.run.status in RUN_SENT for r in report.runs),
+        stats.too_small_why(treated.responders, treated.eligible, held.responders, held.eligible),
     )
 
 
@@ -306,6 +324,8 @@ async def _detail_page(
             "problem": problem,
             "schedule_kinds": SCHEDULE_KINDS,
             "timezone": str(tz),
+            "min_group": stats.MIN_GROUP,
+            "min_expected": f"{stats.MIN_EXPECTED:g}",
             "pct": lambda x: f"{x * 100:.1f}%",
             "pts": lambda x: f"{x * 100:+.1f}",
         },

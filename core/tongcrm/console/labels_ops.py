@@ -146,6 +146,9 @@ ZH_OPS: dict[str, str] = {
     "camp.done.cancelled": "活动已取消，不会再有新的执行。",
     "camp.report": "效果报告",
     "camp.too_small": "样本太小，无法下结论：",
+    "camp.too_small_group": "每组至少需要 {min} 名符合条件的会员（实验组 {treated}，对照组 {control}）",
+    "camp.too_small_expected": "按合并响应率 {pooled}% 估算，某组预期的响应或未响应人数太少（{smallest} < {min}）",
+    "camp.no_report": "还没有发出的执行，暂无效果报告：排期执行并发出后，这里显示实验组与对照组的响应率和提升。",
     "camp.chart_caption": "实验组与对照组的响应率，以及提升幅度的 95% 置信区间（Newcombe）。",
     "camp.total": "合计（各次执行合并）",
     "camp.run_n": "第 {n} 次执行",
@@ -439,6 +442,14 @@ EN_OPS: dict[str, str] = {
     "camp.done.cancelled": "Campaign cancelled: no further run starts.",
     "camp.report": "Report",
     "camp.too_small": "Sample too small to conclude:",
+    "camp.too_small_group": "each group needs at least {min} eligible members (treated {treated}, control {control})",
+    "camp.too_small_expected": (
+        "too few responders or non-responders expected in a group ({smallest} < {min} at the pooled rate {pooled}%)"
+    ),
+    "camp.no_report": (
+        "Nothing to report yet: no run has sent. Once a scheduled run sends, the response rates of the treated and"
+        " control groups and the uplift show here."
+    ),
     "camp.chart_caption": "Response rate of the treated and control groups, and the uplift with its 95 % Newcombe interval.",
     "camp.total": "Total (runs pooled)",
     "camp.run_n": "Run {n}",

@@ -26,7 +26,7 @@ from tongcrm.console.forms import form_fields
 from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
 from tongcrm.db.base import utcnow
 from tongcrm.entitlements import service as entitlements
-from tongcrm.errors import NotFound
+from tongcrm.errors import BadRequest, NotFound, Unprocessable
 from tongcrm.members import merge as merging
 from tongcrm.members import service as members
 from tongcrm.messaging import service as messaging
@@ -126,10 +126,45 @@ class SearchForm:
 
 async def _search(request: Request[Any, Any, Any], form: SearchForm, *, reveal: bool) -> Response[str]:
     """One page of results, masked or (for an admin's reveal) in full and audited as the API audits it."""
-    state = request.app.state
     actor = actor_of(request)
     if reveal:
         members.check_reveal(list(members.REVEALED_FIELDS), actor)  # the one rule, as on the API
+    found: list[members.MemberSummary] = []
+    cursor: int | None = None
+    problem: str | None = None
+    try:
+        found, cursor = await _find(request, form, reveal=reveal)
+    except (BadRequest, Unprocessable) as exc:
+        # a number or pattern the search cannot read: the search page again, the typed text kept and the
+        # reason beside it (the bare error page dropped the form: the operator had to go back and retype)
+        problem = exc.message
+    return render(
+        request,
+        "members.html",
+        {
+            "found": found,
+            "cursor": cursor,
+            "problem": problem,
+            "revealing": reveal,
+            "may_reveal": actor.role in members.REVEAL_ROLES,
+            "form": {
+                "mobile": form.mobile or "",
+                "identity": form.identity or "",
+                "name": form.name or "",
+                "after": "" if form.after is None else str(form.after),
+            },
+        },
+        status_code=422 if problem else 200,
+        title="members.title",
+    )
+
+
+async def _find(
+    request: Request[Any, Any, Any], form: SearchForm, *, reveal: bool
+) -> tuple[list[members.MemberSummary], int | None]:
+    """The members the search finds (one page) and the next page's cursor."""
+    state = request.app.state
+    actor = actor_of(request)
     found: list[members.MemberSummary] = []
     cursor: int | None = None
     async with (state.sessions if reveal else state.read_sessions)() as session, session.begin():
@@ -150,23 +185,7 @@ async def _search(request: Request[Any, Any, Any], form: SearchForm, *, reveal: 
                 status="active", name=form.name, mobile=form.mobile, after_id=form.after, limit=PAGE_SIZE
             )
             found, cursor = await members.list_members(session, state.vault, query, actor, reveal=reveal)
-    return render(
-        request,
-        "members.html",
-        {
-            "found": found,
-            "cursor": cursor,
-            "revealing": reveal,
-            "may_reveal": actor.role in members.REVEAL_ROLES,
-            "form": {
-                "mobile": form.mobile or "",
-                "identity": form.identity or "",
-                "name": form.name or "",
-                "after": "" if form.after is None else str(form.after),
-            },
-        },
-        title="members.title",
-    )
+    return found, cursor
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ session's CSRF token like every console POST) that saves nothing, so analysts ma
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -312,7 +312,10 @@ class SegmentPages(ConsoleController):
             QueryParameter(description="`mobile` or `name` (either reveals both: admins; audited)"),
         ] = None,
     ) -> Stream:
-        """The same CSV as ``GET /api/segments/{s}/export``, audited the same way (``segment.export``)."""
+        """The same CSV as ``GET /api/segments/{s}/export``, audited the same way (``segment.export``), behind a
+        UTF-8 byte order mark so that spreadsheets read it as UTF-8."""
+        # the console's download is opened by people in a spreadsheet, and Excel reads a CSV without a BOM in the
+        # system's code page (GBK on a Chinese Windows): every name was mojibake. The API's CSV has none.
         state = request.app.state
         actor = actor_of(request)
         revealing = check_reveal([f.strip() for f in (reveal or "").split(",") if f.strip()], actor)
@@ -320,7 +323,7 @@ class SegmentPages(ConsoleController):
             state.sessions, state.read_sessions, state.host, state.vault, actor, segment_id, reveal=revealing
         )
         return Stream(
-            export.body,
+            _with_bom(export.body),
             media_type="text/csv; charset=utf-8",
             headers={
                 "Content-Disposition": f'attachment; filename="{export.filename}"',
@@ -328,6 +331,13 @@ class SegmentPages(ConsoleController):
                 "Cache-Control": "no-store",
             },
         )
+
+
+async def _with_bom(body: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``body`` after a UTF-8 byte order mark (U+FEFF), which spreadsheets take as "this file is UTF-8"."""
+    yield "\ufeff"
+    async for chunk in body:
+        yield chunk
 
 
 async def _save(

@@ -248,11 +248,20 @@ def render(
     def t(key: str, **values: object) -> str:
         return translate(lang, key, **values)
 
+    def label(group: str, code: str | None) -> str:
+        """A stored code (a lifecycle stage, a tier change's reason) in the page's language where the catalog
+        names it, else the code as stored (a code a plugin or a later version adds still shows)."""
+        if code is None:
+            return ""
+        key = f"{group}.{code}"
+        return translate(lang, key) if key in CATALOGS[lang] else code
+
     principal = console.principal
     nav = [n for n in _NAV if principal is not None and principal.role in n.roles]
     html = _env.get_template(template).render(
         {
             "t": t,
+            "label": label,
             "lang": lang,
             "langs": sorted(CATALOGS),
             "principal": principal,

@@ -19,7 +19,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.api.inputs import MAX_ID, PathId, id_named
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
@@ -139,8 +139,9 @@ def _why_out(e: service.Explained) -> WhyOut:
 
 
 def _ref(segment: str) -> int | str:
-    """A path segment names a segment by id or by name."""
-    return int(segment) if segment.isdigit() else segment
+    """A path segment names a segment by id or by name (a number no id can be is a name: 404, not 500)."""
+    found = id_named(segment)
+    return segment if found is None else found
 
 
 class SegmentController(Controller):

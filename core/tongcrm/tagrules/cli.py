@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tongcrm.api.inputs import id_named
 from tongcrm.cli_run import CLI_ACTOR, CliObj, Sessions, read, run_with_sessions, write
 from tongcrm.db.base import utcnow
 from tongcrm.segments.models import Segment
@@ -61,7 +62,8 @@ def list_rules(obj: CliObj) -> None:
 @click.pass_obj
 def create(obj: CliObj, tag: str, segment: str, run_now: bool) -> None:
     """Create a rule: TAG is carried by the members of SEGMENT (a saved segment's name or id)."""
-    ref: str | int = int(segment) if segment.isdigit() else segment
+    segment_id = id_named(segment)
+    ref: str | int = segment if segment_id is None else segment_id
 
     async def body(sessions: Sessions) -> tuple[int, str, list[service.RuleRun]]:
         async with sessions() as session, session.begin():
