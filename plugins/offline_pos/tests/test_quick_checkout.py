@@ -122,10 +122,12 @@ def _ranked(snapshot: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[st
 
     out: dict[str, list[dict[str, Any]]] = {}
     for table, rows in snapshot.items():
-        converted = [{k: value(table, k, v) for k, v in row.items() if not (k == "id" and table not in own_id)}
+        # an event's id is kept: the order the outbox hands events on in is compared too
+        kept = own_id.keys() | {"outbox_events"}
+        converted = [{k: value(table, k, v) for k, v in row.items() if not (k == "id" and table not in kept)}
                      for row in rows]  # fmt: skip
         out[table] = (
-            sorted(converted, key=repr) if table not in own_id else sorted(converted, key=lambda r: r["id"])
+            sorted(converted, key=lambda r: r["id"]) if table in kept else sorted(converted, key=repr)
         )
     return out
 
