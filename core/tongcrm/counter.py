@@ -53,12 +53,12 @@ import functools
 import time
 import weakref
 from collections import namedtuple
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -84,13 +84,15 @@ from tongcrm.counter_sale import (
     apply_counter_order,
     follow_up_params,
     follow_up_statement,
+    known_member,
+    on_figures,
 )
 from tongcrm.counter_sale import (
     ORDER_FIGURES as ORDER_FIGURES,
 )
 from tongcrm.crypto import Vault
 from tongcrm.db import direct
-from tongcrm.db.dialect import dialect_name
+from tongcrm.db.dialect import dialect_name, json_records_text
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.db.held import KeptConnection, held_unit, holds
 from tongcrm.db.point_reads import PointQuery, PointReader
@@ -100,7 +102,7 @@ from tongcrm.entitlements.models import EntitlementGrant, GrantStatus
 from tongcrm.errors import Conflict, NotFound, PluginError, TongcrmError, Unprocessable
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, resolve_many
-from tongcrm.ingest.apply import IngestContext
+from tongcrm.ingest.apply import IngestContext, line_rows, order_facts, order_row
 from tongcrm.members import service as members
 from tongcrm.members.masked import mask_name
 from tongcrm.members.models import Member
@@ -108,8 +110,11 @@ from tongcrm.members.phone import MOBILE_CONTEXT, InvalidMobile, mask_mobile, no
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import BuyerProfile, IdentityClaim, NormalisedOrder
+from tongcrm.points import ledger
 from tongcrm.points import service as points
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry
+from tongcrm.tiers import programme
+from tongcrm.tiers import service as tier_service
 from tongcrm.tiers.models import TierLadder
 from tongcrm.tiers.service import TierContext
 
@@ -251,6 +256,21 @@ class SaleRecorded:
     points_earned: int
     points_redeemed: int
     points_available: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuickSale:
+    """What :meth:`CounterWork.quick_sale` did: found the caller's row (``existing``, nothing written) or
+    recorded the sale (``sale``)."""
+
+    existing: Any = None
+    sale: SaleRecorded | None = None
+
+
+#: A caller's own row written with a quick sale (:meth:`CounterWork.quick_sale`): given the order's id and
+#: member, an ``INSERT`` of its table selecting from :data:`ORDER_FIGURES` (one row when the order was written;
+#: values as ``sa.bindparam``, built once) and its values.
+QuickRow = Callable[[int, int], tuple[Any, Mapping[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -923,6 +943,153 @@ class CounterWork:
             )
         return SaleRecorded(order_id, member_id, earned, redeemed, available)
 
+    async def quick_sale(
+        self,
+        account: CounterAccount,
+        order: NormalisedOrder,
+        *,
+        member_id: int,
+        evidence: str,
+        existing: sa.Select[Any],
+        existing_params: Mapping[str, Any],
+        own_row: QuickRow,
+        confirm: Callable[[int | None], Awaitable[None]],
+    ) -> QuickSale | None:
+        """A sale to the member ``member_id`` on PostgreSQL in one read and one statement, outside a transaction
+        (:mod:`tongcrm.counter_quick`); None when it is not for this path — nothing written then, and
+        :meth:`record_sale` in this unit of work does what it always did.
+
+        ``existing``: a select of the caller's own row for this sale (a till's receipt under its key), run with
+        ``existing_params`` in the read; a row found is answered (``existing``) and nothing is written.
+        ``own_row``: the caller's row, written with the sale (its insert fails on the row's unique key when
+        the row appeared since the read: then nothing at all is written, and None is answered). ``confirm``: the
+        caller's key check under the revocation counter the read answered, run before anything is written.
+
+        Not for this path (None), as the read finds it: the caller's statement off, another dialect, a unit of
+        work that began already; a buyer not active (merged, unknown, erased), not named by a strong identity
+        the resolution policy would attach the sale to changing only its ``last_seen_at``, or referred by
+        someone (a referral reward may hang on the order); the order already stored; a rule set with caps; a
+        tier ladder (an upgrade may be due, a tier may multiply what a line earns); a balance in debt or owing
+        points, or one the credits would take past its bound."""
+        from tongcrm import counter_quick
+
+        self._writable()
+        if (
+            not counter_quick.ENABLED
+            or self.rows.dialect != "postgresql"
+            or not direct.alone_possible(self._session)
+            or order.paid_at is None
+            or not order.lines
+        ):
+            return None
+        self.rows._checked(existing)
+        plan = _quick_read(existing)
+        bound = {
+            **existing_params,
+            _BUYER_ID: member_id,
+            HELD_ACCOUNT: account.id,
+            HELD_EXTERNAL: order.external_id,
+            "line_count": len(order.lines),
+        }
+        rows = await direct.rows_alone(self._session, plan.statement, bound)
+        first = rows[0]
+        self.rows.key_generation = int(first.key_generation or 0)
+        if first.own_present:
+            return QuickSale(existing=plan.own(first))
+        if first.buyer_status != "active":
+            return None
+        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+        try:
+            buyer = await self._buyer_by_id(member_id, evidence)
+        except CounterRefused:
+            return None  # the transactional path refuses it as it always did
+        known = buyer.known
+        if known is None or buyer.member_id != member_id or known.referrer_id is not None:
+            return None
+        held = plan.held(first)
+        if held.modified_at is not None:
+            return None
+        programme.hold(self._session, held)
+        rules = await points.active_rules(self._session)
+        ladder = await tier_service.active_ladder(self._session)
+        if rules.has_caps:
+            return None
+        if ladder is not None:  # a tier may be due, or multiply what a line earns
+            return None
+        available, pending = int(first.balance_available or 0), int(first.balance_pending or 0)
+        if int(first.balance_owed or 0) > 0 or available < 0:
+            return None
+        claimed = _with_claim(order, buyer.claim)
+        ctx = IngestContext(
+            host=self._service.host,
+            vault=self._service.vault,
+            clock=self.clock,
+            tz=self.tz,
+            actor=self.actor.name,
+        )
+        now = ctx.clock()
+        touch = known_member(ctx, claimed, member_id, known)
+        if touch is None:
+            return None
+        order_id, line_ids = int(first.quick_order_id), [int(i) for i in first.quick_line_ids]
+        row = {"id": order_id, **order_row(account.id, account.channel, claimed, member_id, None, now)}
+        lines = [
+            {"id": line_id, **line}
+            for line_id, line in zip(line_ids, line_rows(order_id, claimed), strict=True)
+        ]
+        written = _Written(order_id, member_id, row["status"])
+        ids = {(order_id, line["external_id"]): line["id"] for line in lines}
+        facts = order_facts(written, account.id, account.channel, claimed, ids)
+        points_now = ctx.clock()
+        credits, awards = points.fresh_order_credits(self._points(), rules, facts, points_now)
+        if available + pending + sum(c.amount for c in credits) > ledger.MAX_BALANCE:
+            return None
+        await confirm(self.rows.key_generation)
+        follow, values = own_row(order_id, member_id)
+        self.rows._checked(follow)
+        statement = counter_quick.sale_statement(tuple(row), _quick_follow(follow))
+        changed = {
+            "order_id": order_id,
+            "account_id": account.id,
+            "channel": account.channel,
+            "external_id": claimed.external_id,
+            "member_id": member_id,
+            "status": row["status"],
+            "previous": None,
+            "refunded_fen": sum(line.refunded_fen for line in claimed.lines),
+            "changed_at": claimed.modified_at.isoformat(),
+        }
+        params: dict[str, Any] = {f"o_{name}": value for name, value in row.items()}
+        params.update(follow_up_params(values))
+        params.update(
+            touch_identity_id=touch[0],
+            touch_at=touch[1],
+            line_rows=json_records_text(lines),
+            credits=json_records_text(credits),
+            awards=json_records_text(awards),
+            now=points_now,
+            member_id=member_id,
+            changed_payload=changed,
+            changed_at=now,
+        )
+        try:
+            done = await direct.rows_alone(self._session, statement, params)
+        except sa.exc.IntegrityError as exc:
+            if _sqlstate(exc) == "23505":  # the caller's row appeared since the read: nothing was written
+                return None
+            raise
+        if not done:  # the order appeared since the read: nothing was written
+            return None
+        out = done[0]
+        if out.available is not None:
+            balance = (int(out.available), int(out.pending), int(out.owed))
+            # a debt that appeared since the read is settled now, in a transaction, as a later credit would
+            await ledger.settle_credited(
+                self._session, {member_id: balance}, {member_id: int(out.delta)}, now=points_now
+            )
+        shown = max(int(out.shown or 0), 0)
+        return QuickSale(sale=SaleRecorded(order_id, member_id, int(out.points), 0, shown))
+
     def _own_follow_up(self, then: FollowUp) -> FollowUp:
         """``then``, its statement checked to write only the caller's own tables (as :class:`OwnRows` checks)."""
 
@@ -1114,6 +1281,111 @@ class _WithBuyer:
 
 
 _HeldRow = namedtuple("_HeldRow", HELD_KEYS)  # type: ignore[misc]
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """An order row as its insert would answer it (what :func:`tongcrm.ingest.apply.order_facts` reads)."""
+
+    id: int
+    member_id: int
+    status: str
+
+
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    orig = exc.orig
+    return getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+
+
+_QUICK_FOLLOWS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _quick_follow(statement: Any) -> Any:
+    """A quick sale's caller row ``statement`` with its values bound as ``then_<name>`` (built once)."""
+    found = _QUICK_FOLLOWS.get(statement)
+    if found is None:
+        found = _QUICK_FOLLOWS[statement] = on_figures(statement, ORDER_FIGURES)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _QuickRead:
+    """The read of :meth:`CounterWork.quick_sale`, and its rows split back into the parts."""
+
+    statement: Any
+    own_row: Any
+    own_keys: tuple[str, ...]
+
+    def own(self, row: Any) -> Any:
+        return self.own_row(*(getattr(row, f"own_{k}") for k in self.own_keys))
+
+    def buyer(self, row: Any) -> Any:
+        return _BuyerRow(*(getattr(row, f"buyer_{k}") for k in _BUYER_KEYS))
+
+    def held(self, row: Any) -> Any:
+        return _HeldRow(*(getattr(row, f"held_{k}") for k in HELD_KEYS))
+
+
+_QUICK_READS: weakref.WeakKeyDictionary[Any, _QuickRead] = weakref.WeakKeyDictionary()
+
+
+def _quick_read(existing: sa.Select[Any]) -> _QuickRead:
+    """PostgreSQL, one statement: the caller's ``existing`` row (``own_present``), the buyer's rows of
+    :data:`_BUYER_BY_ID` for ``buyer_member_id``, the order and settings of
+    :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, the buyer's balance, the API keys' revocation counter and
+    the ids the order and ``line_count`` lines would take (:func:`tongcrm.counter_quick.sequence_ids`), one
+    row per buyer identity (the same values on each). Built once per caller statement."""
+    from tongcrm import counter_quick
+
+    plan = _QUICK_READS.get(existing)
+    if plan is not None:
+        return plan
+    own = existing.subquery("own")
+    keys = tuple(str(c.key) for c in own.c)
+    marked = sa.select(*own.c, sa.true().label("own_present")).subquery("own_row")
+    ranked = (
+        sa.select(*_BUYER_COLUMNS, sa.func.row_number().over(order_by=_BUYER_ORDER).label("buyer_rank"))
+        .select_from(Member)
+        .outerjoin(Identity, Identity.member_id == Member.id)
+        .where(Member.id == sa.bindparam(_BUYER_ID, type_=Member.id.type))
+        .subquery("buyer")
+    )
+    balances = cast(sa.Table, PointsBalance.__table__)
+    balance = (
+        sa.select(balances.c.available, balances.c.pending, balances.c.owed)
+        .where(balances.c.member_id == sa.bindparam(_BUYER_ID, type_=Member.id.type))
+        .subquery("balance")
+    )
+    held = STORED_AND_SETTINGS.subquery("held_order")
+    ids = counter_quick.sequence_ids()
+    anchor = sa.select(sa.literal(1).label("one")).subquery("anchor")
+    joined = (
+        anchor.join(ids, sa.true())
+        .outerjoin(marked, sa.true())
+        .outerjoin(ranked, sa.true())
+        .outerjoin(held, sa.true())
+        .outerjoin(balance, sa.true())
+    )
+    statement = (
+        sa.select(
+            *(marked.c[k].label(f"own_{k}") for k in keys),
+            marked.c.own_present,
+            *(ranked.c[k].label(f"buyer_{k}") for k in _BUYER_KEYS),
+            *(held.c[k].label(f"held_{k}") for k in HELD_KEYS),
+            balance.c.available.label("balance_available"),
+            balance.c.pending.label("balance_pending"),
+            balance.c.owed.label("balance_owed"),
+            ids.c.quick_order_id,
+            ids.c.quick_line_ids,
+            GENERATION_COLUMN,
+        )
+        .select_from(joined)
+        .order_by(ranked.c.buyer_rank)
+    )
+    plan = _QUICK_READS[existing] = _QuickRead(statement, namedtuple("_Own", keys), keys)
+    return plan
+
+
 _WITH_BUYER: weakref.WeakKeyDictionary[Any, dict[tuple[bool, bool], _WithBuyer]] = weakref.WeakKeyDictionary()
 
 

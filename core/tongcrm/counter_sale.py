@@ -150,7 +150,7 @@ FollowUp = Callable[[int, int | None], tuple[Any, Mapping[str, Any]]]
 _THEN = "then_"
 
 
-def _on_figures(statement: Any, figures: Any) -> Any:
+def on_figures(statement: Any, figures: Any) -> Any:
     """``statement`` reading ``figures`` where it names :data:`ORDER_FIGURES`, its values bound as ``then_<name>``."""
 
     def swap(element: Any, **_: Any) -> Any:
@@ -177,7 +177,7 @@ def follow_up_statement(statement: Any) -> Any:
             sa.bindparam("figures_points", type_=sa.BigInteger()).label("points"),
             sa.bindparam("figures_available", type_=sa.BigInteger()).label("available"),
         ).cte("order_figures")
-        alone = _ALONE[statement] = _on_figures(statement, figures)
+        alone = _ALONE[statement] = on_figures(statement, figures)
     return alone
 
 
@@ -201,7 +201,7 @@ def _followed_statement(kinds: tuple[str, ...], statement: Any) -> Any:
             else_=sa.func.greatest(sa.func.coalesce(changed.c.available, 0), 0),
         )
         figures = sa.select(changed.c.points, shown.label("available")).cte("order_figures")
-        then = _on_figures(statement, figures).cte("followed")
+        then = on_figures(statement, figures).cte("followed")
         followed = by_kinds[kinds] = sa.select(changed.c.points, changed.c.available).add_cte(then)
     return followed
 
@@ -332,7 +332,7 @@ async def _order_and_lines(
     return written[0], {(r.id, r.line_external_id): r.line_id for r in written}
 
 
-def _known_member(
+def known_member(
     ctx: IngestContext, order: NormalisedOrder, member_id: int, known: KnownBuyer
 ) -> tuple[int, datetime] | None:
     """(identity id, now) when ``resolve_many`` would attach this order's one claim to ``member_id`` named by
@@ -546,7 +546,7 @@ async def apply_counter_order(
     if order.claims and erased_owner is None:
         fast = None
         if member_id is not None and known is not None:
-            touch = _known_member(ctx, order, member_id, known)
+            touch = known_member(ctx, order, member_id, known)
             fast = None if touch is None else member_id
         elif member_id is None:
             fast = await _new_member(session, ctx, account_id, channel, order)

@@ -477,3 +477,43 @@ def raise_as_the_session_would(
             error = adapted
     conn.sync._handle_dbapi_exception(error, sql, args, None, None)
     raise AssertionError("unreachable: SQLAlchemy's handling raises")  # pragma: no cover
+
+
+def alone_possible(session: AsyncSession) -> bool:
+    """Whether :func:`rows_alone` may run on ``session``: a unit of work holding its asyncpg connection
+    (:mod:`tongcrm.db.held`) in which nothing has begun a transaction yet."""
+    owned: _Connection | None = session.info.get(HELD)
+    return (
+        owned is not None
+        and owned.dialect.name == "postgresql"
+        and owned.driver is not None
+        and owned.dbapi._transaction is None
+        and not session.sync_session.in_transaction()
+    )
+
+
+async def rows_alone(session: AsyncSession, statement: Any, params: Mapping[str, Any]) -> list[Any]:
+    """All rows of ``statement`` run on the held connection OUTSIDE any transaction (PostgreSQL runs one
+    statement atomically in its own implicit transaction), where :func:`rows` would begin the unit of work's.
+    The unit of work's transaction, if a later statement needs one, begins then; its commit or rollback does
+    not touch what ran here (committed already). Only where :func:`alone_possible` says so.
+
+    Why (issue #22, Build 2): a till's known-member checkout is a read and one statement of data-modifying
+    CTEs (:mod:`tongcrm.counter_quick`); ``BEGIN`` and ``COMMIT`` around them were two of its round trips."""
+    if not alone_possible(session):
+        raise ValueError("rows_alone needs a held asyncpg unit of work that has begun nothing")
+    conn: _Connection = session.info[HELD]
+    compiled = plan(statement, conn.dialect, params)
+    if compiled is None:  # pragma: no cover - the statements run alone have one shape
+        raise ValueError("a statement with too many shapes to run alone")
+    args = compiled.parameters(params)
+    sync = conn.sync
+    if sync._has_events or sync.engine._has_events:
+        for listener in sync.dispatch.before_cursor_execute:
+            listener(sync, None, compiled.sql, args, None, False)
+    try:
+        async with conn.dbapi._execute_mutex:
+            raw = list(await conn.driver.fetch(compiled.sql, *args))
+    except BaseException as error:  # a cancellation too: the session invalidates the connection it came on
+        raise_as_the_session_would(conn, compiled.sql, args, error)
+    return _built(conn, compiled, raw, None)

@@ -282,6 +282,18 @@ async def post_credits(
     return posted
 
 
+async def settle_credited(
+    session: AsyncSession,
+    balances: dict[int, tuple[int, int, int]],
+    available_deltas: dict[int, int],
+    *,
+    now: datetime,
+) -> list[int]:
+    """:func:`_settle_credited` for a caller that posted credits in a statement of its own (a till's
+    one-statement checkout, :mod:`tongcrm.counter_quick`)."""
+    return await _settle_credited(session, balances, available_deltas, now=now)
+
+
 async def _settle_credited(
     session: AsyncSession,
     balances: dict[int, tuple[int, int, int]],
@@ -361,28 +373,58 @@ def _posting(emit_events: bool, gated: bool = False) -> Any:
     the statement's ``r``; rows carry a ``kind``: ``entry`` rows as above, then ``lot`` rows, the lots of the
     lines bound as ``lots_of`` — those the statement's snapshot holds (a CTE does not see its siblings'
     inserts) and those it inserts."""
-    # built here, not at import: a foreign key's column takes its type once the table it names is known
-    credits = json_records("credits", [(n, c.type) for n, c in _CREDIT_FIELDS], alias="c")
-    entry_values = _entry_values("r")
     events = (
-        """,
+        f""",
 events AS (
     INSERT INTO outbox_events (name, payload, occurred_at)
-    SELECT 'points_changed', jsonb_build_object('member_id', s.member_id, 'delta', s.available + s.pending,
-        'available', b.available, 'pending', b.pending), :now
+    SELECT 'points_changed', {POINTS_CHANGED_PAYLOAD}, :now
     FROM sums s JOIN balances b ON b.member_id = s.member_id
     ORDER BY s.member_id
-)"""
+)"""  # noqa: S608 - this module's constant text
         if emit_events
         else ""
     )
+    sql = f"""
+WITH{posting_ctes(gated)}{events}
+SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
+FROM posted p JOIN balances b ON b.member_id = p.member_id
+"""  # noqa: S608 - built from this module's constant column names, no input
+    binds: list[Any] = [sa.bindparam("credits", type_=sa.Text())]
+    if gated:
+        sql = sql.replace(
+            "\nSELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed\n",
+            _GATED_TAIL,
+        )
+        binds.append(sa.bindparam("awards", type_=sa.Text()))
+        binds.append(sa.bindparam("lots_of", type_=postgresql.ARRAY(sa.BigInteger())))
+    binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
+    return sa.text(sql).bindparams(*binds)
+
+
+#: the points_changed event of a posting, as :func:`_posting` writes it: from its ``sums`` and ``balances``
+POINTS_CHANGED_PAYLOAD = (
+    "jsonb_build_object('member_id', s.member_id, 'delta', s.available + s.pending, "
+    "'available', b.available, 'pending', b.pending)"
+)
+
+
+def posting_ctes(gated: bool, gate_on: str | None = None) -> str:
+    """The CTEs of :func:`_posting` (without its events and its final select), as SQL text after ``WITH``:
+    ``[gate,] r, entries, posted, lots, sums, balances``, reading the credits bound as ``:credits`` (and the
+    awards as ``:awards`` when ``gated``) and the time as ``:now``. ``gate_on``: the name of a relation of
+    the statement they go in (a CTE before them) without whose row the award gate claims nothing — so no
+    credit of a line is posted (a till's one-statement checkout, :mod:`tongcrm.counter_quick`)."""
+    # built here, not at import: a foreign key's column takes its type once the table it names is known
+    credits = json_records("credits", [(n, c.type) for n, c in _CREDIT_FIELDS], alias="c")
+    entry_values = _entry_values("r")
     gate = ""
     passes = ""
     if gated:
+        only = "" if gate_on is None else f"\n    WHERE EXISTS (SELECT 1 FROM {gate_on})"  # noqa: S608 - a CTE's name
         gate = f"""
 gate AS (
     INSERT INTO points_line_awards ({", ".join(AWARD_COLUMNS)})
-    SELECT {", ".join(AWARD_COLUMNS)} FROM {json_records("awards", [(n, AWARDS.c[n].type) for n in AWARD_COLUMNS], alias="a")}
+    SELECT {", ".join(AWARD_COLUMNS)} FROM {json_records("awards", [(n, AWARDS.c[n].type) for n in AWARD_COLUMNS], alias="a")}{only}
     ON CONFLICT (line_id) DO NOTHING
     RETURNING line_id, member_id
 ),"""  # noqa: S608 - this module's constant column names
@@ -390,8 +432,7 @@ gate AS (
     WHERE c.line_id IN (SELECT line_id FROM gate)
         OR (c.line_id IS NULL AND c.member_id IN (SELECT member_id FROM gate))"""
     # the entry's columns, and the lot's, from the credit as msgspec wrote it (:data:`_CREDIT_FIELDS`)
-    head = f"""
-WITH{gate}
+    return f"""{gate}
 r AS (
     SELECT c.member_id, c.kind, c.amount, 0 AS shortfall, c.key AS idempotency_key, c.account_id, c.order_id,
         c.line_id, c.rule_code, c.rule_version, c.reason, c.actor, c.ref_entry_id, c.occurred_at,
@@ -401,8 +442,7 @@ r AS (
         CASE WHEN c.status = 'available' THEN NULL ELSE c.available_at END AS lot_available_at,
         c.ordinality AS position
     FROM {credits}{passes}
-),"""  # noqa: S608 - this module's constant column names
-    sql = f"""{head}
+),
 entries AS (
     INSERT INTO points_entries ({", ".join(_ENTRY_COLUMNS)})
     SELECT {entry_values} FROM r ORDER BY r.position
@@ -434,20 +474,7 @@ balances AS (
     ON CONFLICT (member_id) DO UPDATE SET available = b.available + excluded.available,
         pending = b.pending + excluded.pending, updated_at = excluded.updated_at
     RETURNING b.member_id, b.available, b.pending, b.owed
-){events}
-SELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed
-FROM posted p JOIN balances b ON b.member_id = p.member_id
-"""  # noqa: S608 - built from this module's constant column names, no input
-    binds: list[Any] = [sa.bindparam("credits", type_=sa.Text())]
-    if gated:
-        sql = sql.replace(
-            "\nSELECT p.id, p.idempotency_key, p.member_id, b.available, b.pending, b.owed\n",
-            _GATED_TAIL,
-        )
-        binds.append(sa.bindparam("awards", type_=sa.Text()))
-        binds.append(sa.bindparam("lots_of", type_=postgresql.ARRAY(sa.BigInteger())))
-    binds.append(sa.bindparam("now", type_=BALANCES.c.updated_at.type))
-    return sa.text(sql).bindparams(*binds)
+)"""  # noqa: S608 - built from this module's constant column names, no input
 
 
 #: The fields of :class:`Credit` the posting reads (msgspec writes a dataclass as an object of its fields), with

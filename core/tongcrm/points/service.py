@@ -183,6 +183,74 @@ async def _earn(
         if any(r.tier_multiplier for r in spend)
         else {}
     )
+    awards, planned = _plan(ctx, rules, orders, now, tiers)
+    if not awards:
+        return None
+    dialect = dialect_name(session)
+    if dialect == "postgresql" and not rules.has_caps:
+        # the gate rides with the posting (:func:`tongcrm.points.ledger.post_gated`): every line's
+        # credits, and every buyer's first-purchase credits, each posted only if the claim of its line (of one
+        # of its member's lines) is won in the same statement — one round trip a page less
+        gated = _gated(ctx, rules, orders, awards, planned)
+        lines = sorted(line.line_id for o in _follow_up_candidates(orders) for line in o.lines)
+        posted, lots, held = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
+        return _Read(lots, held, posted, gated)
+    size = values_size(dialect, AWARD_COLUMNS, len(awards))
+    params = rows_params(dialect, AWARDS, AWARD_COLUMNS, awards, size=size)
+    won = {r[0] for r in await direct.rows(session, _award_gate(dialect, size), params)}
+    if not won:
+        return None
+    credits = [c for line_id in sorted(won) for c in planned[line_id]]
+    first_buyers = sorted({a["member_id"] for a in awards if a["line_id"] in won})
+    firsts = _first_orders(orders)
+    for member_id in first_buyers:
+        credits.extend(_first_purchase_credits(ctx, rules, firsts[member_id]))
+    await _post_with_caps(session, ctx, rules, credits, now)
+    return None
+
+
+def fresh_order_credits(
+    ctx: PointsContext, rules: RuleSet, order: OrderFacts, now: datetime
+) -> tuple[list[Credit], list[dict[str, Any]]]:
+    """What :func:`apply_orders` posts on PostgreSQL, without caps and without a tier ladder (every buyer at
+    100 %), for one paid order inserted just now (``fresh``): the credits its award gate lets through (every
+    line's, then the buyer's first-purchase credits) and the gate's award rows
+    (:data:`tongcrm.points.ledger.AWARD_COLUMNS`), for a caller that writes them in a statement of its own (a
+    till's one-statement checkout, :mod:`tongcrm.counter_quick`). The same credits, by the same code, at
+    ``now``."""
+    if rules.has_caps:
+        raise ValueError("caps need the ledger's own path")
+    awards, planned = _plan(ctx, rules, [order], now, {})
+    if not awards:
+        return [], []
+    return _gated(ctx, rules, [order], awards, planned), awards
+
+
+def _gated(
+    ctx: PointsContext,
+    rules: RuleSet,
+    orders: Sequence[OrderFacts],
+    awards: Sequence[dict[str, Any]],
+    planned: dict[int, list[Credit]],
+) -> list[Credit]:
+    """The credits a gated posting is given: every line's, in line order, then each buyer's first-purchase
+    credits (posted only when one of their lines' awards is claimed with them)."""
+    gated = [c for line_id in sorted(planned) for c in planned[line_id]]
+    firsts = _first_orders(orders)
+    for member_id in sorted({a["member_id"] for a in awards}):
+        gated.extend(_first_purchase_credits(ctx, rules, firsts[member_id]))
+    return gated
+
+
+def _plan(
+    ctx: PointsContext,
+    rules: RuleSet,
+    orders: Sequence[OrderFacts],
+    now: datetime,
+    tiers: Mapping[int, Any],
+) -> tuple[list[dict[str, Any]], dict[int, list[Credit]]]:
+    """The award rows of the orders' lines and each line's credits under ``rules`` (``tiers``: the buyers'
+    tiers, for multipliers)."""
     awards: list[dict[str, Any]] = []
     planned: dict[int, list[Credit]] = {}
     for order in orders:
@@ -233,32 +301,7 @@ async def _earn(
                     "evaluated_at": now,
                 }
             )
-    if not awards:
-        return None
-    dialect = dialect_name(session)
-    if dialect == "postgresql" and not rules.has_caps:
-        # the gate rides with the posting (:func:`tongcrm.points.ledger.post_gated`): every line's
-        # credits, and every buyer's first-purchase credits, each posted only if the claim of its line (of one
-        # of its member's lines) is won in the same statement — one round trip a page less
-        gated = [c for line_id in sorted(planned) for c in planned[line_id]]
-        firsts = _first_orders(orders)
-        for member_id in sorted({a["member_id"] for a in awards}):
-            gated.extend(_first_purchase_credits(ctx, rules, firsts[member_id]))
-        lines = sorted(line.line_id for o in _follow_up_candidates(orders) for line in o.lines)
-        posted, lots, held = await post_gated(session, gated, gate=awards, lots_of=lines, now=now)
-        return _Read(lots, held, posted, gated)
-    size = values_size(dialect, AWARD_COLUMNS, len(awards))
-    params = rows_params(dialect, AWARDS, AWARD_COLUMNS, awards, size=size)
-    won = {r[0] for r in await direct.rows(session, _award_gate(dialect, size), params)}
-    if not won:
-        return None
-    credits = [c for line_id in sorted(won) for c in planned[line_id]]
-    first_buyers = sorted({a["member_id"] for a in awards if a["line_id"] in won})
-    firsts = _first_orders(orders)
-    for member_id in first_buyers:
-        credits.extend(_first_purchase_credits(ctx, rules, firsts[member_id]))
-    await _post_with_caps(session, ctx, rules, credits, now)
-    return None
+    return awards, planned
 
 
 def _first_orders(orders: Sequence[OrderFacts]) -> dict[int, OrderFacts]:

@@ -10,9 +10,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from tongcrm import counter_quick
 from tongcrm.db import direct
 from tongcrm.testing.plugin import ApiClient
 
@@ -34,9 +36,13 @@ def _statements() -> Iterator[list[tuple[str, str]]]:
         event.remove(sa.engine.Engine, "before_cursor_execute", on)
 
 
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "transactional"])
 async def test_a_known_members_checkout_reads_nothing_after_its_last_write(
-    pos: ApiClient, receipts: Receipts
+    pos: ApiClient, receipts: Receipts, quick: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On PostgreSQL the quick path's two statements (:mod:`tongcrm.counter_quick`); on SQLite, and on
+    PostgreSQL with the quick path off, the transactional path's."""
+    monkeypatch.setattr(counter_quick, "ENABLED", quick)
     member = await enrol(pos, "13800138030")
     first = receipts.sale((10_000,), member={"member_id": member["member_id"]})
     assert (await pos.post("/pos/v1/receipts", json=first)).status_code == 201
@@ -49,6 +55,17 @@ async def test_a_known_members_checkout_reads_nothing_after_its_last_write(
     assert body["points_earned"] == 200
     assert body["points_available"] == member["points_available"] + 100 + 200
     dialect = seen[0][0]
+    if dialect == "postgresql" and quick:
+        # the quick path (tongcrm.counter_quick): a read in autocommit (the receipt under its key, the buyer,
+        # the settings, the order as stored, the balance, the key's revocation counter, the ids to use), then
+        # every write in one statement — no BEGIN, no COMMIT
+        [read, write] = [s for _, s in seen]
+        assert read.startswith("WITH quick_ids AS") and "pos_receipts" in read and "points_balances" in read
+        assert write.startswith("WITH o AS (INSERT INTO orders")
+        for part in ("identities", "order_lines", "points_line_awards", "points_entries", "points_lots",
+                     "points_balances", "pos_receipts", "outbox_events"):  # fmt: skip
+            assert f"INSERT INTO {part}" in write or f"UPDATE {part}" in write, part
+        return
     statements = [s for _, s in seen if s.split()[0].upper() not in {"BEGIN", "COMMIT", "ROLLBACK"}]
     [changed] = [i for i, s in enumerate(statements) if "RETURNING (SELECT" in s and "outbox_events" in s]
     assert not any(s.startswith("SELECT") and "points_balances" in s for s in statements[changed:])

@@ -101,8 +101,10 @@ async def test_a_checkout_and_a_lookup_read_the_revocation_counter_in_their_own_
     assert sold.status_code == 201 and found.status_code == 200
     assert asked == []  # no read of the counter of its own
     counters = [s for s in seen if "api_key_revocations" in s]
-    assert len(counters) == 2, seen  # the claim carries it, and the lookup's one statement
-    assert "INSERT INTO pos_receipts" in counters[0] and counters[1].startswith(
+    assert len(counters) == 2, seen  # the claim carries it (PostgreSQL: the quick read), and the lookup's one
+    assert (
+        "INSERT INTO pos_receipts" in counters[0] or counters[0].startswith("WITH quick_ids AS")
+    ) and counters[1].startswith(
         ("SELECT members.id", "SELECT card.id")  # PostgreSQL's answers a row whoever holds the mobile
     )
     # a refusal before the claim (a till the store does not have) reads it on its way out

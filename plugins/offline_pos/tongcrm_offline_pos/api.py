@@ -141,7 +141,14 @@ async def take_receipt(
             read = uow
             store = await stores.get_store(uow, data.store)
             result = await receipts.apply_receipt(
-                uow, store, data, tills=config.tills, offline=False, sent_at=None, strict=True
+                uow,
+                store,
+                data,
+                tills=config.tills,
+                offline=False,
+                sent_at=None,
+                strict=True,
+                confirm=confirm,
             )
             await confirm(uow.key_generation)
     except Exception:

@@ -30,7 +30,7 @@ meanwhile, original not uploaded yet…) applied nothing and is tried again when
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
@@ -530,27 +530,7 @@ async def _claim(
     concurrent upload of the same receipt that committed first). The claim, or the read of the row it met,
     also reads the API keys' revocation counter (``uow.key_generation``), under which the online checkout
     confirms its till's key."""
-    values = {
-        "account_id": store.account_id,
-        "till_code": r.till,
-        "business_day": r.business_day,
-        "sequence": r.sequence,
-        "receipt_key": key,
-        "kind": r.kind,
-        "status": "pending",
-        "offline": offline,
-        "body_hash": digest,
-        "till_time": r.occurred_at,
-        "sent_at": sent,
-        "received_at": now,
-        "effective_at": effective,
-        "clock_skew_seconds": skew,
-        "refunds": {},
-        "returns_applied": 0,
-        "body": stored_body(r),
-        "result": {},
-        "updated_at": now,
-    }
+    values = _claim_values(store, r, key, digest, effective, skew, offline, sent, now)
     if r.kind == "sale":
         # the sale reads its buyer (when named by id), the order it makes (its external id is the receipt's
         # key, which this claim takes) and the programme's settings next: on PostgreSQL with the claim, in
@@ -576,10 +556,12 @@ async def apply_receipt(
     offline: bool,
     sent_at: datetime | None,
     strict: bool,
+    confirm: Callable[[int | None], Awaitable[None]] | None = None,
 ) -> ReceiptResult:
     """Apply one receipt. ``strict`` (an online checkout): a rejection raises, and the unit of work rolls
     back. Otherwise (a batch) the receipt is applied on a savepoint; a rejection is recorded and returned, and
-    the batch goes on."""
+    the batch goes on. ``confirm``: the caller's key check under a revocation counter (an online checkout's),
+    which lets a known member's sale take the counter's quick path (:func:`_quick_sale`)."""
     now = uow.clock()
     key = receipt_key(r.store, r.till, r.business_day, r.sequence)
     digest = body_hash(r)
@@ -599,6 +581,12 @@ async def apply_receipt(
     if skew is not None and abs(skew) > SKEW_WARNING_SECONDS:
         log.warning("till clock skew", store=store.code, till=r.till, skew_seconds=skew)
     if strict:  # a failure rolls the whole unit of work back
+        if confirm is not None:
+            quick = await _quick_sale(
+                uow, store, r, key, digest, effective, skew, offline, sent, now, confirm
+            )
+            if quick is not None:
+                return quick
         return await _claim_and_apply(uow, store, r, key, digest, effective, skew, offline, sent, now, strict)
     try:  # one receipt of a batch: whatever the database refuses of it, the others still apply
         async with uow.attempt():
@@ -617,6 +605,123 @@ async def apply_receipt(
             "(if it is refused again, it holds something that cannot be stored)",
             clock_skew_seconds=skew,
         )
+
+
+async def _quick_sale(
+    uow: CounterWork, store: Store, r: ReceiptIn, key: str, digest: str, effective: datetime,
+    skew: int | None, offline: bool, sent: datetime | None, now: datetime,
+    confirm: Callable[[int | None], Awaitable[None]],
+) -> ReceiptResult | None:  # fmt: skip
+    """An online sale to a member named by id, without a points payment, through the counter's quick path
+    (:meth:`tongcrm.counter.CounterWork.quick_sale`: a read and one statement, no transaction): the receipt's
+    row is inserted with the sale, already finished as :func:`_finish` would leave it. The same receipt sent
+    again is answered from the row the read found. None: nothing was written, and :func:`_claim_and_apply`
+    applies the receipt as it always did (a key reused, a rejected receipt sent again, anything the counter
+    leaves to its transactional path)."""
+    if r.kind != "sale" or r.member is None or r.member.member_id is None or uow.rows.dialect != "postgresql":
+        return None
+    if any(p.method == "points" for p in r.payments):
+        return None
+    c = _Claimed(0, key, digest, effective, skew, True, sent, now)
+
+    def sold(member_id: int | None, earned: int, available: int | None) -> ReceiptResult:
+        return _result(
+            r,
+            key,
+            "applied",
+            offline=offline,
+            member_id=member_id,
+            points_earned=earned,
+            points_redeemed=0,
+            points_available=available,
+            clock_skew_seconds=skew,
+        )
+
+    def own(order_id: int, member_id: int) -> tuple[Any, dict[str, Any]]:
+        values = {
+            **_claim_values(store, r, key, digest, effective, skew, offline, sent, now),
+            **_finish_values(
+                c,
+                r,
+                offline,
+                "applied",
+                result=sold(member_id, 0, None),
+                member_id=member_id,
+                order_id=order_id,
+            ),
+        }
+        return _quick_insert(tuple(values)), values
+
+    found = await uow.quick_sale(
+        store.account,
+        _order(r, key, effective, offline=offline),
+        member_id=r.member.member_id,
+        evidence="pos receipt",
+        existing=_EXISTING,
+        existing_params={
+            "account_id": store.account_id,
+            "till_code": r.till,
+            "business_day": r.business_day,
+            "sequence": r.sequence,
+        },
+        own_row=own,
+        confirm=confirm,
+    )
+    if found is None:
+        return None
+    if found.sale is not None:
+        sale = found.sale
+        return sold(sale.member_id, sale.points_earned, sale.points_available)
+    existing = found.existing
+    if existing.status == "applied" and existing.body_hash == digest:
+        stored = msgspec.convert(existing.result, ReceiptResult)
+        return msgspec.structs.replace(stored, replayed=True)
+    return None  # a key reused, or a receipt rejected before and sent again: as it always was
+
+
+_QUICK_INSERTS: dict[tuple[str, ...], Any] = {}
+
+
+def _quick_insert(names: tuple[str, ...]) -> Any:
+    """The receipt's row, finished, inserted with a quick sale: a plain ``INSERT`` (a row already under the key
+    fails the sale's whole statement) selecting from :data:`ORDER_FIGURES` — one row when the order was written
+    — its ``result`` taking the figures as :func:`_finish_statement` does. Built once per set of columns."""
+    stmt = _QUICK_INSERTS.get(names)
+    if stmt is None:
+        values = {name: sa.bindparam(name, type_=_RECEIPTS.c[name].type) for name in names}
+        values["result"] = _with_figures(values["result"], "postgresql")
+        stmt = _QUICK_INSERTS[names] = sa.insert(_RECEIPTS).from_select(
+            list(names), sa.select(*(values[name] for name in names)).select_from(ORDER_FIGURES)
+        )
+    return stmt
+
+
+def _claim_values(
+    store: Store, r: ReceiptIn, key: str, digest: str, effective: datetime, skew: int | None, offline: bool,
+    sent: datetime | None, now: datetime,
+) -> dict[str, Any]:  # fmt: skip
+    """The columns a receipt's row is claimed with (``pending``)."""
+    return {
+        "account_id": store.account_id,
+        "till_code": r.till,
+        "business_day": r.business_day,
+        "sequence": r.sequence,
+        "receipt_key": key,
+        "kind": r.kind,
+        "status": "pending",
+        "offline": offline,
+        "body_hash": digest,
+        "till_time": r.occurred_at,
+        "sent_at": sent,
+        "received_at": now,
+        "effective_at": effective,
+        "clock_skew_seconds": skew,
+        "refunds": {},
+        "returns_applied": 0,
+        "body": stored_body(r),
+        "result": {},
+        "updated_at": now,
+    }
 
 
 async def _claim_and_apply(

@@ -1,0 +1,310 @@
+"""The quick checkout (a known member's sale on PostgreSQL as a read and one statement, no transaction:
+:mod:`tongcrm.counter_quick`) stores exactly what the transactional path stores, answers the till the same,
+replays the same, and stays exact under concurrent tills and a concurrent upload of the same receipt. On SQLite
+the quick path is never taken, and the same tests hold the transactional path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tongcrm import counter_quick
+from tongcrm.config import Settings
+from tongcrm.counter import CounterWork
+from tongcrm.db import direct
+from tongcrm.plugin.host import PluginHost
+from tongcrm.points import ledger
+from tongcrm.points import service as points_service
+from tongcrm.testing.plugin import ApiClient
+from tongcrm_offline_pos.api import PosConfig
+
+from .conftest import FakeClock, Receipts, add_store, enrol, make_host
+
+#: What a checkout writes, compared whole (ids as their rank: the quick path draws an order's ids in its read).
+TABLES = (
+    "members", "identities", "orders", "order_lines", "points_entries", "points_lots", "points_balances",
+    "points_line_awards", "member_tiers", "outbox_events", "pos_receipts", "audit_log",
+)  # fmt: skip
+#: A rule set with a first-purchase bonus, a rule whose points wait for a return window (pending lots) and
+#: expiry, so the quick statement writes every kind of row the ledger's posting writes.
+RULES = {
+    "rules": [
+        {"type": "spend", "code": "base", "priority": 100},
+        {
+            "type": "spend", "code": "tea", "priority": 50, "categories": ["tea"], "points_per_yuan": "2",
+            "release": "return_window", "return_window_days": 7,
+        },
+        {"type": "event", "code": "first", "priority": 10, "event": "first_purchase", "points": 30},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture
+def pos_host(clock: FakeClock) -> PluginHost:
+    """The plugin with its tills kept an hour: a till cache reloaded mid-test (10 s by default, on a loaded
+    machine) reads in a transaction, and that receipt then takes the transactional path."""
+    return make_host(PosConfig(clock=clock, rate_per_second=1000, burst=1000, till_ttl=3600.0))
+
+
+@pytest.fixture
+def quick_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each call of ``CounterWork.quick_sale`` came to: ``sale``, ``existing`` or ``fallback``."""
+    calls: list[str] = []
+    original = CounterWork.quick_sale
+
+    async def counted(self: CounterWork, *args: Any, **kwargs: Any) -> Any:
+        out = await original(self, *args, **kwargs)
+        calls.append("fallback" if out is None else "sale" if out.sale is not None else "existing")
+        return out
+
+    monkeypatch.setattr(CounterWork, "quick_sale", counted)
+    return calls
+
+
+#: audit columns made with a random salt or chained from one, and the request id (each request its own); an
+#: audit record's time is compared by whether it is there too (a consent's is the wall clock's)
+_RANDOM = frozenset({"content_digest", "content_salt", "hash", "prev_hash", "request_id"})
+
+
+async def _snapshot(pos: ApiClient) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    async with pos.db.engine.connect() as conn:
+        meta = sa.MetaData()
+        await conn.run_sync(
+            lambda c: meta.reflect(c, only=[t for t in TABLES if t in c.dialect.get_table_names(c)])
+        )
+        for name in TABLES:
+            if name not in meta.tables:
+                continue
+            table = meta.tables[name]
+            rows = await conn.execute(sa.select(table).order_by(*table.primary_key.columns))
+            out[name] = [dict(r._mapping) for r in rows]
+    return _ranked(out)
+
+
+def _ranked(snapshot: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Ids of orders, lines, entries and receipts replaced by their rank, wherever they appear; ciphertexts by
+    whether they are there (their nonce is random)."""
+    ranks = {
+        name: {row["id"]: n for n, row in enumerate(sorted(snapshot[name], key=lambda r: r["id"]))}
+        for name in ("orders", "order_lines", "points_entries", "pos_receipts")
+    }
+    by_column = {
+        "order_id": ranks["orders"],
+        "line_id": ranks["order_lines"],
+        "ref_entry_id": ranks["points_entries"],
+    }
+    own_id = {"orders": "orders", "order_lines": "order_lines", "points_entries": "points_entries",
+              "points_lots": "points_entries", "pos_receipts": "pos_receipts"}  # fmt: skip
+
+    def line_key(match: re.Match[str]) -> str:
+        return f"earn:L{ranks['order_lines'][int(match.group(1))]}:"
+
+    def value(table: str, column: str, v: Any) -> Any:
+        if v is None:
+            return None
+        if column.endswith("_enc") or column in _RANDOM or (table, column) == ("audit_log", "at"):
+            return True
+        if column == "id" and table in own_id:
+            return ranks[own_id[table]][v]
+        if column in by_column:
+            return by_column[column].get(v, ("unknown", v))
+        if column == "idempotency_key" and isinstance(v, str):
+            return re.sub(r"^earn:(\d+):", line_key, v)
+        if isinstance(v, dict) and "order_id" in v:
+            return {**v, "order_id": ranks["orders"].get(v["order_id"], ("unknown", v["order_id"]))}
+        return v
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for table, rows in snapshot.items():
+        # an event's id is kept: the order the outbox hands events on in is compared too
+        kept = own_id.keys() | {"outbox_events"}
+        converted = [{k: value(table, k, v) for k, v in row.items() if not (k == "id" and table not in kept)}
+                     for row in rows]  # fmt: skip
+        out[table] = (
+            sorted(converted, key=lambda r: r["id"]) if table in kept else sorted(converted, key=repr)
+        )
+    return out
+
+
+async def _rules(pos: ApiClient, clock: FakeClock) -> None:
+    async with pos.db.sessions() as s, s.begin():
+        await points_service.create_rule_set(s, RULES, now=clock() - timedelta(days=1), activate=True)
+
+
+async def _day(pos: ApiClient, receipts: Receipts, clock: FakeClock) -> list[tuple[int, dict[str, Any]]]:
+    """A till's day: sales to members named by id (one line, three lines with one earning nothing, a tea line
+    that earns pending points), a replay, a key reused, a sale paid with points, a return, a new buyer by
+    mobile, a sale without a member. Every answer, in order."""
+    a = await enrol(pos, "13800138101")
+    b = await enrol(pos, "13800138102")
+    sales = [
+        receipts.sale((10_000,), member={"member_id": a["member_id"]}),
+        receipts.sale((30_000, 50, 12_345), member={"member_id": a["member_id"]}),
+        receipts.sale((8_800,), member={"member_id": b["member_id"]}),
+    ]
+    sales[2]["lines"][0]["category"] = "tea"
+    answers = []
+    for sale in sales:
+        clock.advance(1)
+        answers.append(await pos.post("/pos/v1/receipts", json=sale))
+    answers.append(await pos.post("/pos/v1/receipts", json=sales[1]))  # sent again
+    reused = {**sales[0], "total_fen": 20_000, "payments": [{"method": "wechat", "amount_fen": 20_000}]}
+    reused["lines"] = [{**sales[0]["lines"][0], "amount_fen": 20_000, "unit_price_fen": 20_000}]
+    answers.append(await pos.post("/pos/v1/receipts", json=reused))
+    clock.advance(1)
+    paid = receipts.sale((20_000,), member={"member_id": a["member_id"]}, points=50, points_fen=500)
+    answers.append(await pos.post("/pos/v1/receipts", json=paid))
+    clock.advance(1)
+    answers.append(await pos.post("/pos/v1/receipts", json=receipts.ret(sales[1], {1: 30_000})))
+    for sale in (
+        receipts.sale((5_000,), member={"member_id": a["member_id"]}),
+        receipts.sale((7_000,), member={"mobile": "13800138103"}),
+        receipts.sale((3_000,)),
+    ):
+        clock.advance(1)
+        answers.append(await pos.post("/pos/v1/receipts", json=sale))
+    # a problem's request id is the request's own
+    return [(r.status_code, {k: v for k, v in r.json().items() if k != "request_id"}) for r in answers]
+
+
+async def test_the_quick_path_stores_and_answers_what_the_transactional_path_does(
+    pos: ApiClient,
+    pos_host: PluginHost,
+    tongcrm_settings: Settings,
+    receipts: Receipts,
+    clock: FakeClock,
+    quick_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    start = clock.now
+    runs = []
+    for enabled in (False, True):
+        monkeypatch.setattr(counter_quick, "ENABLED", enabled)
+        await pos.db.truncate()
+        pos.key = await pos.create_key("pos", store_code="S1")
+        pos.client.headers["Authorization"] = f"Bearer {pos.key}"
+        await add_store(pos, pos_host, tongcrm_settings, "S1", ("T01", "T02"))
+        clock.now, receipts.seq = start, 0
+        quick_calls.clear()
+        await _rules(pos, clock)
+        answers = await _day(pos, receipts, clock)
+        async with pos.db.sessions() as s:
+            assert await ledger.verify(s) == []
+        runs.append((answers, await _snapshot(pos), list(quick_calls)))
+    (slow_answers, slow, _), (quick_answers, quick, calls) = runs
+    assert [status for status, _ in quick_answers] == [201, 201, 201, 200, 409, 201, 201, 201, 201, 201]
+    assert quick_answers == slow_answers
+    if pos.db.backend == "postgresql":
+        # the three sales, the replay answered from the read, the key reused and the sale paid with points
+        # (not asked: a points payment) left to the transactional path, the last sale to a member quick
+        assert calls == ["sale", "sale", "sale", "existing", "existing", "sale"]
+    assert (
+        quick_answers[2][1]["points_earned"] == 88 + 176
+    )  # base and pending tea points (the bonus: no order)
+    for name in slow:
+        assert quick[name] == slow[name], name
+    assert any(e["rule_code"] == "first" for e in quick["points_entries"])
+    assert any(lot["status"] == "pending" for lot in quick["points_lots"])
+
+
+async def test_concurrent_tills_on_one_member_stay_exact(
+    pos: ApiClient, receipts: Receipts, clock: FakeClock, quick_calls: list[str]
+) -> None:
+    """Two tills sell to one member at once, 20 receipts each: every balance the tills were shown is distinct,
+    the last is the sum of everything earned, and the ledger verifies."""
+    member = await enrol(pos, "13800138110")
+    sales = [
+        receipts.sale(
+            (1_000 * (n + 1),), member={"member_id": member["member_id"]}, till=("T01", "T02")[n % 2]
+        )
+        for n in range(40)
+    ]
+    answers = await asyncio.gather(*(pos.post("/pos/v1/receipts", json=sale) for sale in sales))
+    assert all(a.status_code == 201 for a in answers), [a.text for a in answers if a.status_code != 201]
+    earned = sum(a.json()["points_earned"] for a in answers)
+    assert earned == sum(10 * (n + 1) for n in range(40))
+    shown = sorted(a.json()["points_available"] for a in answers)
+    assert len(set(shown)) == len(shown)
+    assert shown[-1] == member["points_available"] + earned
+    async with pos.db.sessions() as s:
+        assert await ledger.verify(s) == []
+        count = await s.scalar(sa.text("SELECT count(*) FROM orders"))
+    assert count == 40
+    if pos.db.backend == "postgresql":
+        assert quick_calls.count("sale") == 40
+
+
+async def test_a_receipt_claimed_meanwhile_leaves_the_quick_statement_writing_nothing(
+    pos: ApiClient, receipts: Receipts, quick_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another upload of the same receipt claims its key between the quick read and the quick statement (its
+    row committed, as a transactional claim's is once its sale commits): the quick statement fails on the
+    receipt's key and writes nothing — no order, no line, no points, no event — and the receipt is applied by
+    the transactional path over the row it met: one order, one receipt row, points once."""
+    member = await enrol(pos, "13800138120")
+    sale = receipts.sale((10_000,), member={"member_id": member["member_id"]})
+    original = direct.rows_alone
+    raced: list[bool] = []
+
+    async def racing(session: Any, statement: Any, params: Any) -> list[Any]:
+        if (
+            "o_external_id" in params and not raced
+        ):  # the quick statement, the first time: claim its key first
+            raced.append(True)
+            import asyncpg
+
+            values = {name[5:]: value for name, value in params.items() if name.startswith("then_")}
+            values.update(status="pending", result={}, order_id=None, member_id=None)
+            columns = ", ".join(values)
+            marks = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+            args = [json.dumps(v) if isinstance(v, dict) else v for v in values.values()]
+            other = await asyncpg.connect(pos.db.url.replace("+asyncpg", ""))
+            try:
+                await other.execute(f"INSERT INTO pos_receipts ({columns}) VALUES ({marks})", *args)  # noqa: S608
+            finally:
+                await other.close()
+        return await original(session, statement, params)
+
+    monkeypatch.setattr(direct, "rows_alone", racing)
+    answer = await pos.post("/pos/v1/receipts", json=sale)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["points_earned"] == 100
+    if pos.db.backend == "postgresql":
+        assert raced and quick_calls == ["fallback"]
+    async with pos.db.sessions() as s:
+        assert await s.scalar(sa.text("SELECT count(*) FROM orders")) == 1
+        assert await s.scalar(sa.text("SELECT count(*) FROM order_lines")) == 1
+        assert await s.scalar(sa.text("SELECT count(*) FROM pos_receipts WHERE kind = 'sale'")) == 1
+        assert await s.scalar(sa.text("SELECT status FROM pos_receipts WHERE kind = 'sale'")) == "applied"
+        assert (
+            await s.scalar(sa.text("SELECT sum(amount) FROM points_entries WHERE order_id IS NOT NULL"))
+            == 100
+        )
+        changed = "SELECT count(*) FROM outbox_events WHERE name = 'order_changed'"
+        assert await s.scalar(sa.text(changed)) == 1
+        assert await ledger.verify(s) == []
+
+
+async def test_the_same_receipt_sent_twice_at_once_is_applied_once(
+    pos: ApiClient, receipts: Receipts, quick_calls: list[str]
+) -> None:
+    """Two uploads of one receipt at once: one applies it, the other answers its answer (replayed)."""
+    member = await enrol(pos, "13800138130")
+    sale = receipts.sale((10_000,), member={"member_id": member["member_id"]})
+    first, second = await asyncio.gather(*(pos.post("/pos/v1/receipts", json=sale) for _ in range(2)))
+    assert sorted([first.status_code, second.status_code]) == [200, 201], (first.text, second.text)
+    body = {k: v for k, v in first.json().items() if k != "replayed"}
+    assert body == {k: v for k, v in second.json().items() if k != "replayed"}
+    async with pos.db.sessions() as s:
+        assert await s.scalar(sa.text("SELECT count(*) FROM orders")) == 1
+        assert (
+            await s.scalar(sa.text("SELECT sum(amount) FROM points_entries WHERE order_id IS NOT NULL"))
+            == 100
+        )
+        assert await ledger.verify(s) == []
