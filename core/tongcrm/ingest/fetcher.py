@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copyreg
+import dataclasses
+import functools
+import io
 import multiprocessing
 import os
 import pickle
 import queue
+import resource
 import signal
 import threading
 import time
@@ -35,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.limits.gate import DatabaseCallGate
 from tongcrm.logging import configure_logging, configured, get_logger
+from tongcrm.plugin import types
 from tongcrm.plugin.types import ChannelAdapter, ChannelContext, OrderPage
 
 log = get_logger(__name__)
@@ -124,8 +130,7 @@ class ChildPages:
                     log.warning("the fetching process ended unexpectedly", exitcode=self.process.exitcode)
                     return None
             if kind == "page":
-                assert isinstance(value, OrderPage)
-                return value
+                return loads(value)
             if kind == "error":
                 assert isinstance(value, BaseException)
                 raise value
@@ -188,22 +193,82 @@ async def _produce(
         if engine is not None:
             await engine.dispose()
         return
+    sent = 0
     try:
-        for _ in range(pages):
+        while sent < pages:
+            sent += 1
             try:
                 page = await adapter.fetch_orders(cursor)
-            except Exception as exc:
+            except Exception as exc:  # raised again in the parent
                 out.put(("error", _portable(exc)))
                 return
-            out.put(("page", page))
+            out.put(("page", dumps(page)))
             if not page.has_more or page.next_cursor == cursor:
                 return  # caught up, or looping on one cursor (the parent refuses that page)
             cursor = page.next_cursor
     finally:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        log.info(
+            "fetching process done",
+            account=fetch.context.account_name,
+            pages=sent,
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+            max_rss_mb=usage.ru_maxrss // 1024,
+        )
         with contextlib.suppress(Exception):
             await adapter.aclose()
         if engine is not None:
             await engine.dispose()
+
+
+def dumps(page: OrderPage) -> bytes:
+    """A page as bytes for the parent, with the plugin types' frozen dataclasses in a lean form.
+
+    Pickled as they are, their ``__setstate__`` (the dataclass default) calls ``dataclasses.fields`` for every
+    object: unpickling a page cost the sync 40 % of what fetching and normalising it had cost the child. Here
+    each one is its class and a tuple of its field values, set again without validation by :func:`_rebuild`
+    (they were validated when the child built them)."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _dispatch_table()
+    pickler.dump(page)
+    return out.getvalue()
+
+
+def loads(data: bytes) -> OrderPage:
+    page = pickle.loads(data)  # noqa: S301 - our own child's bytes
+    assert isinstance(page, OrderPage)
+    return page
+
+
+@functools.cache
+def _dispatch_table() -> dict[Any, Any]:
+    table: dict[Any, Any] = dict(copyreg.dispatch_table)
+    for value in vars(types).values():
+        if isinstance(value, type) and dataclasses.is_dataclass(value) and "__slots__" in vars(value):
+            _FIELDS[value] = tuple(f.name for f in dataclasses.fields(value))
+            table[value] = _reduce
+    return table
+
+
+#: The field names of each class :func:`dumps` writes in the lean form.
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _reduce(obj: Any) -> tuple[Any, ...]:
+    cls = type(obj)
+    return _rebuild, (cls, tuple([getattr(obj, name) for name in _FIELDS[cls]]))
+
+
+def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
+    names = _FIELDS.get(cls)
+    if names is None:
+        _dispatch_table()
+        names = _FIELDS[cls]
+    obj: Any = object.__new__(cls)
+    for name, value in zip(names, values, strict=True):
+        object.__setattr__(obj, name, value)
+    return obj
 
 
 def _portable(exc: Exception) -> Exception:
