@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
+from tongcrm.config import Settings
 from tongcrm.crypto import Vault
 from tongcrm.identity.models import Identity
 from tongcrm.ingest import fetcher
@@ -341,3 +342,28 @@ def test_a_parent_that_dies_takes_its_child_with_it(tmp_path: Path) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_pages_cross_in_the_lean_form_unchanged() -> None:
+    orders = [
+        make_order("o1", "b1", mobile="13800000001", refunded={"l1": 500}),
+        make_order("o2", None, status=OrderStatus.CREATED, lines=(("a", 1), ("b", 2))),
+    ]
+    page = fetcher.OrderPage(
+        tuple(orders),
+        next_cursor="c2",
+        has_more=True,
+        quarantined=(QuarantinedIn("bad", "no buyer", "{}"),),
+        watermark=NOW,
+    )
+    again = fetcher.loads(fetcher.dumps(page))
+    assert again == page and again is not page
+    assert type(again.orders[0].lines[0]) is type(page.orders[0].lines[0])
+    assert again.orders[0].status is OrderStatus.PAID
+
+
+def test_the_setting_turns_the_child_off(tmp_path: Path) -> None:
+    env = {"TONGCRM_SECRET_KEY": "a-secret-of-sixteen-chars"}
+    assert Settings.from_env(env, workdir=tmp_path).sync_fetch_process
+    off = Settings.from_env({**env, "TONGCRM_SYNC_FETCH_PROCESS": "0"}, workdir=tmp_path)
+    assert not off.sync_fetch_process

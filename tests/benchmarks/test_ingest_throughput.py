@@ -223,7 +223,7 @@ async def test_end_to_end_ingest_throughput(
     line = (
         f"ingest {channel} on {tongcrm_db.backend}: {stored} orders ({BUYERS} buyers) in {elapsed:.1f} s = {rate:,.0f} orders/s "
         f"end to end (process CPU {cpu:.2f} s + fetching child {child_cpu:.2f} s = {cpu + child_cpu:.2f} s, "
-        f"fetch process {'on' if FETCH_PROCESS else 'off'}, child max RSS {after.ru_maxrss / 1024:,.0f} MB); "
+        f"fetch process {'on' if FETCH_PROCESS else 'off'}); "
         f"fetch+normalise alone {len(fetched) / fetch_elapsed:,.0f} orders/s"
     )
     if postgres:
