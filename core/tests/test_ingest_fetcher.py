@@ -62,7 +62,9 @@ def portable_host(memory_channel: MemoryChannel) -> PluginHost:
 
 @pytest.fixture
 def children(monkeypatch: pytest.MonkeyPatch) -> list[fetcher.ChildPages]:
-    """Every fetching child the test starts (with its pid, kept before it is closed)."""
+    """Every fetching child the test starts (with its pid, kept before it is closed); the child starts with the
+    second page (a sync fetches a few in-process first, see ``test_a_sync_of_a_few_pages_starts_no_child``)."""
+    monkeypatch.setattr(fetcher, "CHILD_AFTER_PAGES", 1)
     started: list[fetcher.ChildPages] = []
     real = fetcher.ChildPages.__init__
 
@@ -162,16 +164,25 @@ async def test_same_stored_result_with_and_without_the_child(
     assert _wait_gone(children[0].pid)  # type: ignore[attr-defined]
 
 
-async def test_a_sync_of_one_page_starts_no_child(
+async def test_a_sync_of_a_few_pages_starts_no_child(
     tongcrm_db: TestDatabase,
     memory_channel: MemoryChannel,
     portable_host: PluginHost,
     children: list[fetcher.ChildPages],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _fill(memory_channel, pages=1)
+    monkeypatch.setattr(fetcher, "CHILD_AFTER_PAGES", 4)
+    _fill(memory_channel, pages=4)
     await _account(tongcrm_db, portable_host)
-    report = await sync_account(tongcrm_db.sessions, _ctx(portable_host, child=True), "shop-a")
-    assert report.caught_up and report.pages == 1 and children == []
+    ctx = _ctx(portable_host, child=True)
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert report.caught_up and report.pages == 4 and children == []  # the fourth page was the last
+    memory_channel.pages.clear()
+    _fill(memory_channel, pages=6)
+    await tongcrm_db.truncate()
+    await _account(tongcrm_db, portable_host)
+    report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
+    assert report.caught_up and report.pages == 6 and len(children) == 1  # the fifth and sixth from a child
 
 
 @pytest.mark.parametrize("child", [False, True])

@@ -11,9 +11,9 @@ The child needs the factory, the account's context and the call gate's database 
 clock must be picklable (a module-level function or class, found again by import in the child), the call gate
 must be the core's :class:`DatabaseCallGate` on a database a second process can open. Anything else (a test
 plugin's closure, an in-memory database) is fetched in the sync's own process as before, with a debug log
-saying why (:func:`recipe`). The child is started only once the first page shows there is more, so a sync of
-one page never pays for it; it ignores Ctrl-C (the parent stops it), and exits by itself when its parent is
-gone (:func:`_watch_parent`).
+saying why (:func:`recipe`). The child is started only once the first pages fetched in-process showed there is
+more (:data:`CHILD_AFTER_PAGES`), so a sync of a few pages never pays for it; it ignores Ctrl-C (the parent stops
+it), and exits by itself when its parent is gone (:func:`_watch_parent`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ log = get_logger(__name__)
 QUEUE_PAGES = 3
 #: How often a waiting parent looks whether its child is still alive, and the child whether its parent is.
 POLL_SECONDS = 0.5
+#: Pages a sync fetches in its own process before it starts a child (each of them said there is more): the
+#: child's start-up (~0.5 s of CPU importing the plugin and the core, more on a loaded machine) is what fetching
+#: tens of pages costs, so a sync that is over in a few pages — the periodic job's usual catch-up — never pays it.
+CHILD_AFTER_PAGES = 4
 #: How long a child stopped with SIGTERM gets before it is killed.
 STOP_SECONDS = 5.0
 
@@ -149,8 +153,8 @@ class ChildPages:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+        # not ``queue.close()``: a reader thread of a cancelled ``next`` may still be polling it (it times out)
         self.queue.cancel_join_thread()
-        self.queue.close()
         self.process.close()
 
 
@@ -307,6 +311,8 @@ class Prefetch:
         self.child: ChildPages | None = None
         #: with a child: the cursor of the page it sends next
         self.cursor: str | None = None
+        #: pages fetched in this process so far
+        self.fetched_here = 0
 
     @property
     def waiting(self) -> bool:
@@ -317,7 +323,13 @@ class Prefetch:
         if self.child is not None:
             assert cursor == self.cursor, "a child sends the pages in order"
             return
-        if self.fetch is not None and self.task is None and cursor is not None and pages > 1:
+        if (
+            self.fetch is not None
+            and self.task is None
+            and cursor is not None
+            and self.fetched_here >= CHILD_AFTER_PAGES
+            and pages > 1
+        ):
             try:
                 self.child = ChildPages(self.fetch, cursor, pages)
             except Exception as exc:
@@ -340,7 +352,9 @@ class Prefetch:
             self.task = asyncio.create_task(self.adapter.fetch_orders(self.cursor))
         assert self.task is not None
         task, self.task = self.task, None
-        return await task
+        page = await task
+        self.fetched_here += 1
+        return page
 
     async def close(self) -> None:
         if self.task is not None:  # an error ended the run with a prefetch in flight
