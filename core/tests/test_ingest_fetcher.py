@@ -373,8 +373,8 @@ def test_pages_cross_in_the_lean_form_unchanged() -> None:
     assert again.orders[0].status is OrderStatus.PAID
 
 
-def test_the_setting_turns_the_child_off(tmp_path: Path) -> None:
+def test_the_setting_turns_the_child_on(tmp_path: Path) -> None:
     env = {"TONGCRM_SECRET_KEY": "a-secret-of-sixteen-chars"}
-    assert Settings.from_env(env, workdir=tmp_path).sync_fetch_process
-    off = Settings.from_env({**env, "TONGCRM_SYNC_FETCH_PROCESS": "0"}, workdir=tmp_path)
-    assert not off.sync_fetch_process
+    assert not Settings.from_env(env, workdir=tmp_path).sync_fetch_process
+    on = Settings.from_env({**env, "TONGCRM_SYNC_FETCH_PROCESS": "1"}, workdir=tmp_path)
+    assert on.sync_fetch_process

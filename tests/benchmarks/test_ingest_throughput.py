@@ -45,8 +45,8 @@ from http_load import load
 
 TRADES = int(os.environ.get("TONGCRM_BENCH_TRADES", "100000"))
 BUYERS = max(1, TRADES * 3 // 10)
-#: ``TONGCRM_SYNC_FETCH_PROCESS=0``: fetch in the sync's own process (tongcrm.ingest.fetcher)
-FETCH_PROCESS = os.environ.get("TONGCRM_SYNC_FETCH_PROCESS", "1").lower() not in {"0", "false", "no"}
+#: ``TONGCRM_SYNC_FETCH_PROCESS=1``: fetch in a child process, as the setting of that name (tongcrm.ingest.fetcher)
+FETCH_PROCESS = os.environ.get("TONGCRM_SYNC_FETCH_PROCESS", "0").lower() in {"1", "true", "yes"}
 VAULT = Vault("bench-secret-0123456789abcdef")
 
 
