@@ -31,6 +31,9 @@ class Settings:
     job_poll_seconds: float = 0.5
     #: How long a sync worker's lease on an account lasts without renewal (a dead worker's lapses after this).
     sync_lease_seconds: float = 120.0
+    #: Syncs fetch and normalise pages in a child process, overlapping the apply (``tongcrm.ingest.fetcher``):
+    #: off by default, as it pays only where a core is free (docs/architecture.md, *The ingest page*).
+    sync_fetch_process: bool = False
     #: Broker mode (``amqp://…``): jobs run on ``tongcrm jobs worker`` processes fed through RabbitMQ by
     #: ``tongcrm jobs scheduler``. None: the in-process runner, the embedded default.
     jobs_broker_url: str | None = None
@@ -91,6 +94,7 @@ class Settings:
             run_jobs_in_process=env.get("TONGCRM_IN_PROCESS_JOBS", in_process_default).lower()
             not in {"0", "false", "no"},
             sync_lease_seconds=float(env.get("TONGCRM_SYNC_LEASE_SECONDS", "120")),
+            sync_fetch_process=env.get("TONGCRM_SYNC_FETCH_PROCESS", "0").lower() in {"1", "true", "yes"},
             jobs_broker_url=broker_url,
             job_lock_seconds=float(env.get("TONGCRM_JOB_LOCK_SECONDS", "300")),
             jobs_queue=env.get("TONGCRM_JOBS_QUEUE", "tongcrm.jobs"),

@@ -42,9 +42,20 @@ def scrub(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mut
     return event_dict
 
 
+#: What :func:`configure_logging` was last called with (JSON or not, the level); ``None`` before: a sync's
+#: fetching child process logs the same way (:mod:`tongcrm.ingest.fetcher`).
+_configured: tuple[bool, str] | None = None
+
+
+def configured() -> tuple[bool, str] | None:
+    return _configured
+
+
 def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
+    global _configured  # configured once per process, by its entry point
     if json is None:
         json = not sys.stderr.isatty()
+    _configured = (json, level)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if json

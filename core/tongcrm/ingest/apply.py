@@ -87,6 +87,9 @@ class IngestContext:
     tz: ZoneInfo
     actor: str = "ingest"
     lease_ttl: timedelta = timedelta(minutes=2)
+    #: Syncs fetch and normalise pages in a child process when the channel can run there
+    #: (:mod:`tongcrm.ingest.fetcher`); ``tongcrm sync`` and the jobs take it from ``TONGCRM_SYNC_FETCH_PROCESS``.
+    fetch_process: bool = False
 
 
 @dataclass(slots=True)

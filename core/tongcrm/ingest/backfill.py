@@ -34,7 +34,14 @@ from tongcrm.channels import service as accounts
 from tongcrm.channels.models import Backfill, BackfillWindow, ChannelAccount
 from tongcrm.errors import BadRequest, NotFound
 from tongcrm.ingest.apply import IngestContext, PageResult
-from tongcrm.ingest.service import MAX_PAGES_PER_RUN, PageSink, Source, SyncReport, pull_redoing_conflicts
+from tongcrm.ingest.service import (
+    MAX_PAGES_PER_RUN,
+    PageSink,
+    Source,
+    SyncReport,
+    fetch_recipe,
+    pull_redoing_conflicts,
+)
 from tongcrm.jobs import leases
 from tongcrm.jobs.queue import enqueue
 from tongcrm.limits.gate import DatabaseCallGate
@@ -159,7 +166,9 @@ async def work_window(
             until=row.end,
             call_gate=DatabaseCallGate(sessions),
         )
-    adapter = ctx.host.channel(source.channel).factory(channel_ctx)
+    factory = ctx.host.channel(source.channel).factory
+    adapter = factory(channel_ctx)
+    fetch = fetch_recipe(ctx, factory, channel_ctx)
 
     async def advance(session: AsyncSession, page: OrderPage, result: PageResult) -> None:
         values: dict[str, object] = {
@@ -185,7 +194,7 @@ async def work_window(
     try:
         # windows of one account apply pages at the same time: a page that loses a race is redone
         await pull_redoing_conflicts(
-            sessions, ctx, adapter, source, cursor, sink, report, limit=MAX_PAGES_PER_RUN
+            sessions, ctx, adapter, source, cursor, sink, report, limit=MAX_PAGES_PER_RUN, fetch=fetch
         )
     finally:
         await adapter.aclose()

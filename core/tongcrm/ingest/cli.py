@@ -16,6 +16,7 @@ from rich.table import Table
 from tongcrm.audit.service import Actor
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
+from tongcrm.db.base import utcnow
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import BadRequest
 from tongcrm.ingest.apply import IngestContext
@@ -289,10 +290,11 @@ def _ingest_context(host: PluginHost, settings: Settings) -> IngestContext:
     return IngestContext(
         host=host,
         vault=settings.vault(),
-        clock=lambda: datetime.now(UTC),
+        clock=utcnow,  # a module's function: a fetching child process gets it too
         tz=settings.tz,
         actor="cli",
         lease_ttl=timedelta(seconds=settings.sync_lease_seconds),
+        fetch_process=settings.sync_fetch_process,
     )
 
 

@@ -35,6 +35,7 @@ def ingest_context(ctx: JobContext) -> IngestContext:
         tz=settings.tz,
         actor="sync-job",
         lease_ttl=timedelta(seconds=settings.sync_lease_seconds),
+        fetch_process=settings.sync_fetch_process,
     )
 
 

@@ -9,7 +9,6 @@ from the last committed cursor, replaying at most one page, which changes nothin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import random
@@ -30,11 +29,12 @@ from tongcrm.errors import Conflict, TongcrmError
 from tongcrm.heap import batch_collector
 from tongcrm.identity.service import LostRace
 from tongcrm.ingest.apply import IngestContext, PageResult, apply_orders_page
+from tongcrm.ingest.fetcher import FetchRecipe, Prefetch, recipe
 from tongcrm.jobs import leases, outbox
 from tongcrm.limits.gate import DatabaseCallGate
 from tongcrm.logging import get_logger
 from tongcrm.plugin.errors import ChannelAuthError, ChannelError
-from tongcrm.plugin.types import ChannelAdapter, OrderPage
+from tongcrm.plugin.types import ChannelAdapter, ChannelContext, OrderPage
 from tongcrm.privacy.redact import redact
 
 log = get_logger(__name__)
@@ -104,6 +104,7 @@ async def sync_account(
             account, ctx.vault, clock=ctx.clock, since=since, call_gate=DatabaseCallGate(sessions)
         )
     adapter: ChannelAdapter = spec.factory(channel_ctx)
+    fetch = fetch_recipe(ctx, spec.factory, channel_ctx)
     sink = PageSink(
         lease=lease_key(account_id),
         advance=lambda session, page, result: _advance(session, account_id, page, result, ctx.clock()),
@@ -120,6 +121,7 @@ async def sync_account(
             report,
             limit=max_pages or MAX_PAGES_PER_RUN,
             on_page=on_page,
+            fetch=fetch,
         )
         if report.error is None:
             async with sessions() as session, session.begin():
@@ -133,6 +135,19 @@ async def sync_account(
         async with sessions() as session, session.begin():
             await leases.release(session, lease_key(account_id), holder)
     return report
+
+
+def fetch_recipe(
+    ctx: IngestContext, factory: Callable[[ChannelContext], ChannelAdapter], channel_ctx: ChannelContext
+) -> FetchRecipe | None:
+    """How a child process can fetch this account's pages, when ``ctx.fetch_process`` asks for one and the
+    channel can run there; otherwise ``None`` (fetched in this process), with a debug log saying why."""
+    if not ctx.fetch_process:
+        return None
+    found, why = recipe(factory, channel_ctx)
+    if found is None:
+        log.debug("fetching in the sync's own process", account=channel_ctx.account_name, reason=why)
+    return found
 
 
 #: PostgreSQL's deadlock_detected and serialization_failure: a concurrent page won, this one can be redone.
@@ -160,6 +175,7 @@ async def pull_redoing_conflicts(
     *,
     limit: int,
     on_page: PageCallback | None = None,
+    fetch: FetchRecipe | None = None,
 ) -> None:
     """:func:`pull`, redoing a page that lost to a concurrent one (see :func:`conflicted`).
 
@@ -191,6 +207,7 @@ async def pull_redoing_conflicts(
                     report,
                     limit=limit,
                     on_page=committed_page,
+                    fetch=fetch,
                 )
                 return
             except (sa.exc.DBAPIError, LostRace) as exc:
@@ -231,21 +248,23 @@ async def pull(
     *,
     limit: int,
     on_page: PageCallback | None = None,
+    fetch: FetchRecipe | None = None,
 ) -> None:
     """Fetch and apply pages after ``cursor`` until caught up, ``limit`` pages, or a platform error (then
     ``report.error`` is set). The caller holds ``sink.lease``; a page whose transaction cannot renew it is not
-    committed (:class:`LeaseLost`)."""
+    committed (:class:`LeaseLost`). With ``fetch``, pages after the first are fetched by a child process
+    (:class:`tongcrm.ingest.fetcher.Prefetch`)."""
     bound = log.bind(account=source.name, channel=source.channel)
-    pending: asyncio.Task[OrderPage] | None = None
+    # The next page is fetched while this one is applied: the platform round trip overlaps the database
+    # work, and with a recipe a child process fetches and normalises on the other core
+    # (:mod:`tongcrm.ingest.fetcher`). A prefetched page is only ever applied after its predecessor committed.
+    prefetch = Prefetch(adapter, fetch, account=source.name, channel=source.channel)
     try:
-        # The next page is fetched while this one is applied: the platform round trip overlaps the database
-        # work. A prefetched page is only ever applied after its predecessor committed.
-        pending = asyncio.create_task(adapter.fetch_orders(cursor))
-        while pending is not None and report.pages < limit:
+        prefetch.ask(cursor, pages=limit - report.pages)
+        while prefetch.waiting and report.pages < limit:
             try:
-                page = await pending
+                page = await prefetch.take()
             except ChannelAuthError as exc:
-                pending = None
                 report.error, report.needs_reauth = f"authorisation failed: {exc.message}", True
                 async with sessions() as session, session.begin():
                     await accounts.mark_status(session, source.account_id, "needs_reauth", exc.message)
@@ -253,13 +272,11 @@ async def pull(
                 bound.error("sync stopped: account needs re-authorisation", error=exc.message, code=exc.code)
                 break
             except ChannelError as exc:
-                pending = None
                 report.error = f"{type(exc).__name__}: {exc.message}"
                 async with sessions() as session, session.begin():
                     await sink.record_error(session, report.error)
                 bound.warning("sync stopped by a platform error", error=exc.message, code=exc.code)
                 break
-            pending = None
             if page.has_more and page.next_cursor == cursor:
                 report.error = (
                     "the channel adapter returned the same cursor with more pages: refusing to loop"
@@ -268,7 +285,7 @@ async def pull(
                     await sink.record_error(session, report.error)
                 break
             if page.has_more and report.pages + 1 < limit:
-                pending = asyncio.create_task(adapter.fetch_orders(page.next_cursor))
+                prefetch.ask(page.next_cursor, pages=limit - report.pages - 1)
             async with sessions() as session, session.begin():
                 # the lease is renewed in the page's transaction, by its first statement
                 renewal = leases.Renewal(sink.lease, source.holder, ctx.lease_ttl, ctx.clock())
@@ -309,10 +326,7 @@ async def pull(
                 report.caught_up = True
                 break
     finally:
-        if pending is not None:  # an error ended the run with a prefetch in flight
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+        await prefetch.close()
 
 
 def _add(report: SyncReport, result: PageResult) -> None:

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.db.base import utcnow
 from tongcrm.errors import PluginError
 from tongcrm.jobs import leases
 from tongcrm.jobs.models import EventDelivery, Job, OutboxEvent
@@ -135,7 +136,7 @@ class Runner:
         self.host = host
         self.registry = registry
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self.clock: Clock = clock or (lambda: datetime.now(UTC))
+        self.clock: Clock = clock or utcnow  # picklable: a sync's fetching child gets it
         self.lock_ttl = lock_ttl
         self.delivery_attempts = delivery_attempts
         self.retry_base = retry_base

@@ -5,7 +5,9 @@ Useful to anyone testing what happens to orders after ingest (points, tiers, car
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -78,6 +80,11 @@ class MemoryChannel:
     pages: list[OrderPage] = field(default_factory=list)
     fail_at: dict[int, ChannelError] = field(default_factory=dict)
     fetched: list[str | None] = field(default_factory=list)
+    #: Seconds the adapter waits before answering the page of that index (a slow platform).
+    slow_at: dict[int, float] = field(default_factory=dict)
+    #: A process id: a :class:`PortableFactory` refuses to build the adapter in any other (a plugin that cannot
+    #: run in a fetching child).
+    parent_only: int | None = None
 
     def add_page(
         self, orders: list[NormalisedOrder], quarantined: tuple[QuarantinedRecord, ...] = ()
@@ -92,6 +99,12 @@ class MemoryChannel:
             )
         )
 
+    async def fetch(self, cursor: str | None) -> OrderPage:
+        delay = self.slow_at.get(json.loads(cursor)["page"] if cursor else 0)
+        if delay:
+            await asyncio.sleep(delay)
+        return self.page_at(cursor)
+
     def page_at(self, cursor: str | None) -> OrderPage:
         index = json.loads(cursor)["page"] if cursor else 0
         self.fetched.append(cursor)
@@ -103,8 +116,12 @@ class MemoryChannel:
         last = index == len(self.pages) - 1
         return OrderPage(page.orders, page.next_cursor, has_more=not last, quarantined=page.quarantined)
 
-    def plugin(self) -> Any:
-        """A plugin object registering the ``memory`` channel; register it on a hermetic host."""
+    def plugin(self, *, portable: bool = False) -> Any:
+        """A plugin object registering the ``memory`` channel; register it on a hermetic host.
+
+        Its factory is a class local to this call, which a fetching child process cannot find again (the sync
+        fetches in its own process); with ``portable`` it is a :class:`PortableFactory` that carries the pages
+        to the child (as they are when the sync starts; what the child fetches is not seen in ``fetched``)."""
         channel = self
 
         class Adapter:
@@ -112,7 +129,7 @@ class MemoryChannel:
                 self.ctx = ctx
 
             async def fetch_orders(self, cursor: str | None) -> OrderPage:
-                return channel.page_at(cursor)
+                return await channel.fetch(cursor)
 
             async def aclose(self) -> None:
                 return None
@@ -121,10 +138,35 @@ class MemoryChannel:
             name="memory",
             display_name="Memory",
             settings=(SettingField("token", "access token", secret=True), SettingField("shop", "shop id")),
-            factory=Adapter,
+            factory=PortableFactory(self) if portable else Adapter,
             identity_kinds=(
                 IdentityKindSpec("memory.buyer", strong=True, description="buyer id"),
                 IdentityKindSpec("memory.receiver", strong=False, description="weekly receiver id"),
             ),
         )
         return SimpleNamespace(channels=hookimpl(lambda: [spec]))
+
+
+class MemoryAdapter:
+    """The memory channel's adapter as a module's class (see :class:`PortableFactory`)."""
+
+    def __init__(self, channel: MemoryChannel, ctx: ChannelContext) -> None:
+        self.channel, self.ctx = channel, ctx
+
+    async def fetch_orders(self, cursor: str | None) -> OrderPage:
+        return await self.channel.fetch(cursor)
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class PortableFactory:
+    """A factory a fetching child process can rebuild by import: it carries its channel, pages included."""
+
+    channel: MemoryChannel
+
+    def __call__(self, ctx: ChannelContext) -> MemoryAdapter:
+        if self.channel.parent_only not in (None, os.getpid()):
+            raise RuntimeError("this adapter only runs in the process that registered it")
+        return MemoryAdapter(self.channel, ctx)

@@ -96,12 +96,16 @@ def gateway() -> Iterator[tuple[str, Meter]]:
         yield f"{url}/routerjson", meter
 
 
+@pytest.mark.parametrize("child", [False, True], ids=["in-process", "fetching-child"])
 async def test_three_workers_never_exceed_the_app_call_limit(
     tongcrm_db: TestDatabase,
     tongcrm_settings: Settings,
     gateway: tuple[str, Meter],
     monkeypatch: pytest.MonkeyPatch,
+    child: bool,
 ) -> None:
+    """With ``child``, each sync fetches in a child process (tongcrm.ingest.fetcher) that opens the call gate on
+    its own engine: the limit still holds across the six processes."""
     url, meter = gateway
     host = PluginHost(autoload=True, disabled=set())
     async with tongcrm_db.sessions() as session, session.begin():
@@ -122,7 +126,9 @@ async def test_three_workers_never_exceed_the_app_call_limit(
                     "calls_per_second": str(LIMIT),
                 },
             )
-    ctx = IngestContext(host=host, vault=tongcrm_settings.vault(), clock=clock, tz=tongcrm_settings.tz)
+    ctx = IngestContext(
+        host=host, vault=tongcrm_settings.vault(), clock=clock, tz=tongcrm_settings.tz, fetch_process=child
+    )
     engines = [create_engine(tongcrm_db.url) for _ in range(SHOPS)]  # three workers, three pools
     monkeypatch.setattr(service, "DatabaseCallGate", GrantLog)
     monkeypatch.setattr(GrantLog, "grants", {})
@@ -145,4 +151,5 @@ async def test_three_workers_never_exceed_the_app_call_limit(
     assert meter.peak() <= LIMIT, (
         f"{meter.peak()} calls arrived within one second (limit {LIMIT}): {timeline(meter, start)}"
     )
+    # (a child's grants are its own DatabaseCallGate's, not logged here)
     assert all(len(times) == 2 for times in GrantLog.grants.values()), "a grant was never released"
