@@ -14,6 +14,7 @@ from tongcrm.plugin.host import PluginHost
 def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
     monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    (tmp_path / "cli.sqlite3").touch()  # an empty database, as `tongcrm db upgrade` finds a new one
     host = PluginHost(autoload=True, disabled=set())
 
     def run(*args: str):  # type: ignore[no-untyped-def]
@@ -88,6 +89,7 @@ def test_errors_print_one_line_and_exit_non_zero(
     from tongcrm.cli import main
 
     monkeypatch.setenv("TONGCRM_DATABASE_URL", "mysql://nobody@127.0.0.1/none")
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
     with pytest.raises(SystemExit) as exited:
         main(["db", "status"])
     assert exited.value.code == 1
@@ -105,6 +107,7 @@ def test_a_command_on_a_database_without_the_schema_says_how_to_get_one(
 
     monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.sqlite3'}")
     monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    (tmp_path / "empty.sqlite3").touch()
     with pytest.raises(SystemExit) as exited:
         main(["apikey", "create", "--role", "admin"])
     assert exited.value.code == 1
@@ -112,6 +115,100 @@ def test_a_command_on_a_database_without_the_schema_says_how_to_get_one(
     assert err.count("\n") == 0
     assert err.startswith(f"error: the database sqlite:///{tmp_path / 'empty.sqlite3'} has no tongcrm tables")
     assert "run `tongcrm db upgrade`" in err and "TONGCRM_DATABASE_URL" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("apikey", "list"),
+        ("apikey", "create", "--role", "admin"),
+        ("sync",),
+        ("db", "status"),
+        ("settings", "show"),
+        ("pos", "till", "list"),
+        ("keys", "status"),
+    ],
+)
+def test_a_command_in_a_directory_without_tongcrm_creates_nothing_and_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, args: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
+    """A mistaken `cd` used to leave an empty tongcrm.sqlite3 and a second .tongcrm-secret behind: data
+    encrypted under that key is readable by no one who runs tongcrm from the right directory."""
+    from tongcrm.cli import main
+
+    monkeypatch.delenv("TONGCRM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: no tongcrm database at {tmp_path / 'tongcrm.sqlite3'} (TONGCRM_DATABASE_URL unset): run this "
+        "where `tongcrm serve` runs, set TONGCRM_DATABASE_URL to its database, or create a new one here with "
+        "`tongcrm db upgrade`"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_database_file_named_by_the_url_is_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from tongcrm.cli import main
+
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'typo.sqlite3'}")
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert f"no tongcrm database at {tmp_path / 'typo.sqlite3'} (TONGCRM_DATABASE_URL)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_secret_a_command_makes_no_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The database is found (through the URL) but the secret is not: no new key is made here."""
+    from tongcrm.cli import main
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{home / 'tongcrm.sqlite3'}")
+    monkeypatch.chdir(home)
+    main(["db", "upgrade"])  # creates the database and its secret, here
+    assert (home / ".tongcrm-secret").exists()
+    capsys.readouterr()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: no secret key: TONGCRM_SECRET_KEY is not set and there is no {elsewhere / '.tongcrm-secret'}"
+    )
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_serve_and_db_upgrade_make_no_second_secret_beside_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A database that holds data keeps the key it was written with: a lost .tongcrm-secret is not replaced."""
+    from tongcrm.cli import main
+
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.delenv("TONGCRM_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    main(["db", "upgrade"])
+    (tmp_path / ".tongcrm-secret").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "upgrade"])
+    assert exited.value.code == 1
+    assert "error: no secret key" in capsys.readouterr().err
+    assert not (tmp_path / ".tongcrm-secret").exists()
 
 
 @pytest.mark.parametrize(

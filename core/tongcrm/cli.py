@@ -41,8 +41,17 @@ class Context:
 
     @property
     def settings(self) -> Settings:
+        """The settings of an existing installation: a command run where there is none (another directory,
+        ``TONGCRM_DATABASE_URL`` naming a missing file) is refused, and leaves no database or secret behind."""
         if self._settings is None:
             self._settings = Settings.from_env()
+        return self._settings
+
+    def creating_settings(self) -> Settings:
+        """The settings of a command that may start an installation (``serve``, ``db upgrade``): a missing
+        ``./.tongcrm-secret`` is made, and SQLite makes its file."""
+        if self._settings is None:
+            self._settings = Settings.from_env(create=True)
         return self._settings
 
 
@@ -88,11 +97,13 @@ def db_upgrade(ctx: Context) -> None:
     from tongcrm.db import migrate
     from tongcrm.members import masked
 
+    settings = ctx.creating_settings()
+
     async def body(engine: Any) -> tuple[set[str], int]:
         await migrate.upgrade(engine, ctx.host)
         unindexed = 0
         try:
-            vault = ctx.settings.vault()
+            vault = settings.vault()
         except ConfigError:  # an upgrade run without the secret key: the hint needs it, the upgrade does not
             vault = None
         if vault is not None:
@@ -100,7 +111,7 @@ def db_upgrade(ctx: Context) -> None:
                 unindexed = await masked.count_unindexed(session, vault)
         return (await migrate.status(engine, ctx.host))[1], unindexed
 
-    current, unindexed = run(_with_engine(ctx.settings, body))
+    current, unindexed = run(_with_engine(settings, body))
     click.echo(f"database is at {', '.join(sorted(current)) or 'base'}")
     if unindexed:
         click.echo(
@@ -171,7 +182,7 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) 
     from tongcrm.app import create_app, settle_heap
     from tongcrm.serving import AppSpec, bind, run_app, run_workers
 
-    settings = ctx.settings
+    settings = ctx.creating_settings()
     configure_logging(json=settings.log_json, level=settings.log_level)
     admin_key = run(_prepare_database(settings, ctx.host))
     if admin_key:
