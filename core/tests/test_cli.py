@@ -35,6 +35,7 @@ def test_db_upgrade_status_and_check(invoke) -> None:  # type: ignore[no-untyped
 
 def test_apikey_lifecycle(invoke) -> None:  # type: ignore[no-untyped-def]
     invoke("db", "upgrade")
+    assert invoke("channel", "add", "offline_pos", "--name", "SH001").exit_code == 0
     created = invoke("apikey", "create", "--role", "pos", "--store", "SH001", "--label", "till 1")
     assert created.exit_code == 0
     key = created.stdout.strip().splitlines()[-1]
@@ -75,6 +76,27 @@ def test_pos_key_needs_a_store(invoke) -> None:  # type: ignore[no-untyped-def]
     invoke("db", "upgrade")
     with pytest.raises(BadRequest, match="scoped to one store"):
         invoke("apikey", "create", "--role", "pos")
+
+
+def test_a_pos_key_for_an_unknown_store_is_refused_naming_the_known_ones(invoke, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--store S1` for a store that does not exist was accepted; the till then only ever heard "no store"."""
+    from tongcrm.errors import Unprocessable
+
+    invoke("db", "upgrade")
+    with pytest.raises(Unprocessable) as refused:
+        invoke("apikey", "create", "--role", "pos", "--store", "SH001")
+    assert refused.value.message.endswith(
+        "offline_pos channel(s): none yet; add the store first (tongcrm channel add offline_pos …)"
+    )
+    for code in ("SH002", "SH001"):
+        assert invoke("channel", "add", "offline_pos", "--name", code).exit_code == 0
+    with pytest.raises(Unprocessable) as refused:
+        invoke("apikey", "create", "--role", "pos", "--store", "S1")
+    assert refused.value.message.startswith(
+        "store_code: no store 'S1': the stores are the accounts of the offline_pos channel(s): 'SH001', 'SH002';"
+    )
+    assert "SH001" not in invoke("apikey", "list").output  # nothing was created
+    assert invoke("apikey", "create", "--role", "pos", "--store", "SH002").exit_code == 0
 
 
 def test_plugins_lists_first_party_plugins(invoke) -> None:  # type: ignore[no-untyped-def]

@@ -213,7 +213,9 @@ async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:
         if await migrate.is_new_database(engine):
             await migrate.upgrade(engine, host)
             async with session_factory(engine)() as session, session.begin():
-                created, _ = await audited.create(session, SYSTEM, "admin", label="first admin key")
+                created, _ = await audited.create(
+                    session, SYSTEM, "admin", host=host, label="first admin key"
+                )
             return created.key
         heads, current = await migrate.status(engine, host)
         if heads != current:
@@ -233,7 +235,11 @@ def apikey() -> None:
 
 @apikey.command("create")
 @click.option("--role", required=True, type=click.Choice(["admin", "operator", "analyst", "pos"]))
-@click.option("--store", "store_code", help="The store a pos key is limited to.")
+@click.option(
+    "--store",
+    "store_code",
+    help="The store a pos key is limited to: the name of a store channel's account (add the store first).",
+)
 @click.option("--label", default="", help="A note to recognise the key by.")
 @pass_ctx
 def apikey_create(ctx: Context, role: str, store_code: str | None, label: str) -> None:
@@ -243,7 +249,9 @@ def apikey_create(ctx: Context, role: str, store_code: str | None, label: str) -
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine)() as session, session.begin():
-            created, _ = await audited.create(session, CLI_ACTOR, role, store_code=store_code, label=label)
+            created, _ = await audited.create(
+                session, CLI_ACTOR, role, host=ctx.host, store_code=store_code, label=label
+            )
             return created
 
     created = run(_with_engine(ctx.settings, body))
