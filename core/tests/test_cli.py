@@ -233,6 +233,59 @@ def test_serve_and_db_upgrade_make_no_second_secret_beside_a_database(
     assert not (tmp_path / ".tongcrm-secret").exists()
 
 
+def test_an_unreachable_or_refusing_database_is_named_with_what_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The bare driver errors ("ConnectionRefusedError: [Errno 111] Connect call failed", "DBAPIError: …
+    database "x" does not exist") named neither the database nor what to check; a password is never shown."""
+    import os
+    import socket
+
+    from sqlalchemy.engine import make_url
+    from tongcrm.cli import main
+
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"postgresql://tongcrm:hunter2@127.0.0.1:{port}/crm")
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot reach the database postgresql://tongcrm:***@127.0.0.1:{port}/crm (")
+    assert "hunter2" not in err and err.count("\n") == 0
+
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path}")  # a directory, not a file
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot open the database sqlite:///{tmp_path}: unable to open database file "
+        "(check TONGCRM_DATABASE_URL)"
+    )
+
+    server = os.environ.get("TONGCRM_TEST_POSTGRES_URL")
+    if server:
+        missing = (
+            make_url(server).set(database="tongcrm_no_such_database").render_as_string(hide_password=False)
+        )
+        monkeypatch.setenv("TONGCRM_DATABASE_URL", missing)
+        with pytest.raises(SystemExit) as exited:
+            main(["apikey", "list"])
+        assert exited.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: cannot open the database postgresql://")
+        assert 'database "tongcrm_no_such_database" does not exist (check TONGCRM_DATABASE_URL)' in err
+
+
+def test_sync_with_no_account_says_so(invoke) -> None:  # type: ignore[no-untyped-def]
+    invoke("db", "upgrade")
+    synced = invoke("sync")
+    assert synced.exit_code == 0
+    assert "no active channel account to sync: add one with `tongcrm channel add CHANNEL`" in synced.output
+
+
 @pytest.mark.parametrize(
     ("given", "expected_utc"),
     [

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from tongcrm.config import Settings
 from tongcrm.db.engine import create_engine, session_factory
@@ -929,15 +930,36 @@ def _no_schema(exc: Exception) -> str | None:
     found = _MISSING_TABLE.search(str(exc))
     if found is None:
         return None
-    try:
-        url = make_url(Settings.from_env().database_url).render_as_string(hide_password=True)
-    except (TongcrmError, ValueError, SQLAlchemyError):
-        url = "TONGCRM_DATABASE_URL"
     return (
-        f"the database {url} has no tongcrm tables (no {found.group(1) or found.group(2)}): run "
+        f"the database {_configured_url()} has no tongcrm tables (no {found.group(1) or found.group(2)}): run "
         "`tongcrm db upgrade` to create them, or point TONGCRM_DATABASE_URL at the tongcrm database "
         "(the default is ./tongcrm.sqlite3 in the current directory)"
     )
+
+
+def _configured_url() -> str:
+    """The configured database URL as an error message may show it (no password)."""
+    try:
+        return make_url(Settings.from_env().database_url).render_as_string(hide_password=True)
+    except (TongcrmError, ValueError, SQLAlchemyError):
+        return "TONGCRM_DATABASE_URL"
+
+
+def _unreachable(exc: Exception) -> str | None:
+    """What to say when the database could not be opened at all: the server is down or the host or port is wrong
+    (``ConnectionRefusedError: [Errno 111] Connect call failed``, ``gaierror: Name or service not known``), or it
+    refused the connection (no such database, role or password; a SQLite path that is a directory). The bare
+    driver error named neither the database nor what to check."""
+    if isinstance(exc, ConnectionError | socket.gaierror):
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (
+            f"cannot reach the database {_configured_url()} ({reason}): is the server running there, and are "
+            "the host and port in TONGCRM_DATABASE_URL right?"
+        )
+    if isinstance(exc, DBAPIError) and exc.statement is None:  # failed while connecting, before any statement
+        reason = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+        return f"cannot open the database {_configured_url()}: {reason} (check TONGCRM_DATABASE_URL)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -961,4 +983,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, SQLAlchemyError) as exc:
         if traceback:
             raise
-        fail(_no_schema(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        fail(
+            _no_schema(exc)
+            or _unreachable(exc)
+            or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
