@@ -279,6 +279,31 @@ def test_an_unreachable_or_refusing_database_is_named_with_what_to_check(
         assert 'database "tongcrm_no_such_database" does not exist (check TONGCRM_DATABASE_URL)' in err
 
 
+def test_serve_on_a_port_in_use_or_out_of_range_says_so_in_one_line(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """ "OSError: [Errno 98] Address already in use" named no address; --port 99999 was a traceback."""
+    import socket
+
+    from tongcrm.cli import main
+
+    invoke("db", "upgrade")
+    monkeypatch.setenv("TONGCRM_LOG_LEVEL", "WARNING")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--port", str(port), "--no-jobs"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use (")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "99999"])
+    assert exited.value.code == 2
+    assert "99999 is not in the range 1<=x<=65535" in capsys.readouterr().err
+
+
 def test_sync_with_no_account_says_so(invoke) -> None:  # type: ignore[no-untyped-def]
     invoke("db", "upgrade")
     synced = invoke("sync")

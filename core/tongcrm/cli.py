@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -168,7 +169,7 @@ def db_status(ctx: Context) -> None:
 
 @cli.command()
 @click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--no-jobs", is_flag=True, help="Do not run jobs in this process (run `tongcrm jobs worker`).")
 @click.option(
     "--workers",
@@ -194,13 +195,37 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) 
     if workers > 1:
         click.echo(f"serving on http://{bind_host}:{port} from {workers} process(es)", err=True)
         spec = AppSpec("tongcrm.app:worker_app", {"run_jobs": not no_jobs})
-        sys.exit(run_workers(spec, bind_host, port, workers))
-    sock = bind(bind_host, port)
+        with _listening(bind_host, port):
+            code = run_workers(spec, bind_host, port, workers)
+        sys.exit(code)
+    with _listening(bind_host, port):
+        sock = bind(bind_host, port)
     click.echo(f"serving on http://{bind_host}:{port} from 1 process", err=True)
     app = create_app(settings, ctx.host, run_jobs=not no_jobs, configure_logs=False)
     settle_heap()
     if not run_app(app, sock):
         fail("the app did not start (see the log above)")
+
+
+#: Why a socket could not listen that the operator can fix with --host or --port.
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+@contextmanager
+def _listening(bind_host: str, port: int) -> Iterator[None]:
+    """Turn "OSError: [Errno 98] Address already in use", which named neither the address nor a way out, into
+    one line that does."""
+    try:
+        yield
+    except socket.gaierror as exc:
+        fail(f"cannot listen on {bind_host}:{port}: {exc.strerror} (check --host)")
+    except OSError as exc:
+        if exc.errno not in _LISTEN_ERRNOS:
+            raise
+        fail(
+            f"cannot listen on {bind_host}:{port}: {exc.strerror} (another server on that port? choose "
+            "another with --port; --host must be an address of this machine)"
+        )
 
 
 async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:
