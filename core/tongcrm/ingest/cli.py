@@ -105,7 +105,10 @@ def _add_command(spec: ChannelSpec, host: PluginHost) -> click.Command:
             )
         )
     return click.Command(
-        spec.name, callback=callback, params=params, help=f"Connect a {spec.display_name} account."
+        spec.name,
+        callback=callback,
+        params=params,
+        help=f"Connect an account of the {spec.display_name} channel ({spec.name}).",
     )
 
 
