@@ -8,10 +8,19 @@ import pytest
 import sqlalchemy as sa
 from tongcrm.audit.models import AuditEntry
 from tongcrm.auth.service import revoke_key
+from tongcrm.plugin.host import PluginHost
+from tongcrm.testing.stores import add_store, store_plugin
+
+
+def store_host() -> PluginHost:
+    host = PluginHost(autoload=False)
+    host.register(store_plugin(), "test_store")
+    return host
 
 
 async def test_admins_create_list_and_revoke_keys_and_it_is_audited(make_client: Any) -> None:
-    async with make_client(role="admin") as api:
+    async with make_client(store_host(), role="admin") as api:
+        await add_store(api.db.sessions, "S1")
         created = await api.post("/api/api-keys", json={"role": "pos", "store_code": "S1", "label": "till 1"})
         assert created.status_code == 201, created.text
         body = created.json()
@@ -68,6 +77,32 @@ async def test_bad_key_requests_are_4xx_problems(
     )
     assert detail in response.json()["detail"]
     assert missing.status_code == 404 and "no API key 999999" in missing.json()["detail"]
+
+
+async def test_a_pos_key_for_a_store_tongcrm_does_not_know_is_refused_naming_the_known_ones(
+    make_client: Any,
+) -> None:
+    """A key for store 'S1' that does not exist was created, and its till only ever heard "no store 'S1'"."""
+    async with make_client(store_host(), role="admin") as api:
+        await add_store(api.db.sessions, "SH001")
+        await add_store(api.db.sessions, "SH002")
+        refused = await api.post("/api/api-keys", json={"role": "pos", "store_code": "S1"})
+        assert refused.status_code == 422 and refused.headers["content-type"].startswith(
+            "application/problem+json"
+        )
+        problem = refused.json()
+        assert problem["pointer"] == "/store_code"
+        assert problem["detail"] == (
+            "store_code: no store 'S1': the stores are the accounts of the test_store channel(s): 'SH001', 'SH002'; "
+            "add the store first (tongcrm channel add test_store …)"
+        )
+        assert len((await api.get("/api/api-keys")).json()) == 1  # the test's own key only
+        created = await api.post("/api/api-keys", json={"role": "pos", "store_code": "SH002"})
+        assert created.status_code == 201 and created.json()["store_code"] == "SH002"
+    async with make_client(role="admin") as api:  # no installed channel has stores
+        refused = await api.post("/api/api-keys", json={"role": "pos", "store_code": "SH001"})
+        assert refused.status_code == 422
+        assert "no installed channel has stores" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize("role", ["operator", "analyst", "pos"])

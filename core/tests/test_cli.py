@@ -14,6 +14,7 @@ from tongcrm.plugin.host import PluginHost
 def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
     monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    (tmp_path / "cli.sqlite3").touch()  # an empty database, as `tongcrm db upgrade` finds a new one
     host = PluginHost(autoload=True, disabled=set())
 
     def run(*args: str):  # type: ignore[no-untyped-def]
@@ -34,6 +35,7 @@ def test_db_upgrade_status_and_check(invoke) -> None:  # type: ignore[no-untyped
 
 def test_apikey_lifecycle(invoke) -> None:  # type: ignore[no-untyped-def]
     invoke("db", "upgrade")
+    assert invoke("channel", "add", "offline_pos", "--name", "SH001").exit_code == 0
     created = invoke("apikey", "create", "--role", "pos", "--store", "SH001", "--label", "till 1")
     assert created.exit_code == 0
     key = created.stdout.strip().splitlines()[-1]
@@ -76,6 +78,27 @@ def test_pos_key_needs_a_store(invoke) -> None:  # type: ignore[no-untyped-def]
         invoke("apikey", "create", "--role", "pos")
 
 
+def test_a_pos_key_for_an_unknown_store_is_refused_naming_the_known_ones(invoke, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--store S1` for a store that does not exist was accepted; the till then only ever heard "no store"."""
+    from tongcrm.errors import Unprocessable
+
+    invoke("db", "upgrade")
+    with pytest.raises(Unprocessable) as refused:
+        invoke("apikey", "create", "--role", "pos", "--store", "SH001")
+    assert refused.value.message.endswith(
+        "offline_pos channel(s): none yet; add the store first (tongcrm channel add offline_pos …)"
+    )
+    for code in ("SH002", "SH001"):
+        assert invoke("channel", "add", "offline_pos", "--name", code).exit_code == 0
+    with pytest.raises(Unprocessable) as refused:
+        invoke("apikey", "create", "--role", "pos", "--store", "S1")
+    assert refused.value.message.startswith(
+        "store_code: no store 'S1': the stores are the accounts of the offline_pos channel(s): 'SH001', 'SH002';"
+    )
+    assert "SH001" not in invoke("apikey", "list").output  # nothing was created
+    assert invoke("apikey", "create", "--role", "pos", "--store", "SH002").exit_code == 0
+
+
 def test_plugins_lists_first_party_plugins(invoke) -> None:  # type: ignore[no-untyped-def]
     out = invoke("plugins").output
     for name in ("taobao", "jd", "offline_pos", "sms_gateway", "demo"):
@@ -88,6 +111,7 @@ def test_errors_print_one_line_and_exit_non_zero(
     from tongcrm.cli import main
 
     monkeypatch.setenv("TONGCRM_DATABASE_URL", "mysql://nobody@127.0.0.1/none")
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
     with pytest.raises(SystemExit) as exited:
         main(["db", "status"])
     assert exited.value.code == 1
@@ -105,6 +129,7 @@ def test_a_command_on_a_database_without_the_schema_says_how_to_get_one(
 
     monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.sqlite3'}")
     monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    (tmp_path / "empty.sqlite3").touch()
     with pytest.raises(SystemExit) as exited:
         main(["apikey", "create", "--role", "admin"])
     assert exited.value.code == 1
@@ -112,6 +137,178 @@ def test_a_command_on_a_database_without_the_schema_says_how_to_get_one(
     assert err.count("\n") == 0
     assert err.startswith(f"error: the database sqlite:///{tmp_path / 'empty.sqlite3'} has no tongcrm tables")
     assert "run `tongcrm db upgrade`" in err and "TONGCRM_DATABASE_URL" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("apikey", "list"),
+        ("apikey", "create", "--role", "admin"),
+        ("sync",),
+        ("db", "status"),
+        ("settings", "show"),
+        ("pos", "till", "list"),
+        ("keys", "status"),
+    ],
+)
+def test_a_command_in_a_directory_without_tongcrm_creates_nothing_and_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, args: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
+    """A mistaken `cd` used to leave an empty tongcrm.sqlite3 and a second .tongcrm-secret behind: data
+    encrypted under that key is readable by no one who runs tongcrm from the right directory."""
+    from tongcrm.cli import main
+
+    monkeypatch.delenv("TONGCRM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: no tongcrm database at {tmp_path / 'tongcrm.sqlite3'} (TONGCRM_DATABASE_URL unset): run this "
+        "where `tongcrm serve` runs, set TONGCRM_DATABASE_URL to its database, or create a new one here with "
+        "`tongcrm db upgrade`"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_database_file_named_by_the_url_is_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from tongcrm.cli import main
+
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'typo.sqlite3'}")
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert f"no tongcrm database at {tmp_path / 'typo.sqlite3'} (TONGCRM_DATABASE_URL)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_secret_a_command_makes_no_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The database is found (through the URL) but the secret is not: no new key is made here."""
+    from tongcrm.cli import main
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{home / 'tongcrm.sqlite3'}")
+    monkeypatch.chdir(home)
+    main(["db", "upgrade"])  # creates the database and its secret, here
+    assert (home / ".tongcrm-secret").exists()
+    capsys.readouterr()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: no secret key: TONGCRM_SECRET_KEY is not set and there is no {elsewhere / '.tongcrm-secret'}"
+    )
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_serve_and_db_upgrade_make_no_second_secret_beside_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A database that holds data keeps the key it was written with: a lost .tongcrm-secret is not replaced."""
+    from tongcrm.cli import main
+
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.delenv("TONGCRM_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    main(["db", "upgrade"])
+    (tmp_path / ".tongcrm-secret").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "upgrade"])
+    assert exited.value.code == 1
+    assert "error: no secret key" in capsys.readouterr().err
+    assert not (tmp_path / ".tongcrm-secret").exists()
+
+
+def test_an_unreachable_or_refusing_database_is_named_with_what_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The bare driver errors ("ConnectionRefusedError: [Errno 111] Connect call failed", "DBAPIError: …
+    database "x" does not exist") named neither the database nor what to check; a password is never shown."""
+    import os
+    import socket
+
+    from sqlalchemy.engine import make_url
+    from tongcrm.cli import main
+
+    monkeypatch.setenv("TONGCRM_SECRET_KEY", "cli-test-secret-0123456789")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"postgresql://tongcrm:hunter2@127.0.0.1:{port}/crm")
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot reach the database postgresql://tongcrm:***@127.0.0.1:{port}/crm (")
+    assert "hunter2" not in err and err.count("\n") == 0
+
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{tmp_path}")  # a directory, not a file
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "list"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot open the database sqlite:///{tmp_path}: unable to open database file "
+        "(check TONGCRM_DATABASE_URL)"
+    )
+
+    server = os.environ.get("TONGCRM_TEST_POSTGRES_URL")
+    if server:
+        missing = (
+            make_url(server).set(database="tongcrm_no_such_database").render_as_string(hide_password=False)
+        )
+        monkeypatch.setenv("TONGCRM_DATABASE_URL", missing)
+        with pytest.raises(SystemExit) as exited:
+            main(["apikey", "list"])
+        assert exited.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: cannot open the database postgresql://")
+        assert 'database "tongcrm_no_such_database" does not exist (check TONGCRM_DATABASE_URL)' in err
+
+
+def test_serve_on_a_port_in_use_or_out_of_range_says_so_in_one_line(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """ "OSError: [Errno 98] Address already in use" named no address; --port 99999 was a traceback."""
+    import socket
+
+    from tongcrm.cli import main
+
+    invoke("db", "upgrade")
+    monkeypatch.setenv("TONGCRM_LOG_LEVEL", "WARNING")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--port", str(port), "--no-jobs"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use (")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "99999"])
+    assert exited.value.code == 2
+    assert "99999 is not in the range 1<=x<=65535" in capsys.readouterr().err
+
+
+def test_sync_with_no_account_says_so(invoke) -> None:  # type: ignore[no-untyped-def]
+    invoke("db", "upgrade")
+    synced = invoke("sync")
+    assert synced.exit_code == 0
+    assert "no active channel account to sync: add one with `tongcrm channel add CHANNEL`" in synced.output
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,14 @@ def test_entitlement_provider_settings_come_from_the_environment(tmp_path: Path)
             "TONGCRM_LOG_LEVEL": "info",
         },
         workdir=tmp_path,
+        create=True,
     )
     assert settings.extra == {
         "tmall_coupon.app_key": "k-123",
         "tmall_coupon.base_url": "http://127.0.0.1:9/",
         "gifts.token": "t",
     }
-    assert Settings.from_env(dict(BASE), workdir=tmp_path).extra == {}
+    assert Settings.from_env(dict(BASE), workdir=tmp_path, create=True).extra == {}
 
 
 @pytest.mark.parametrize(
@@ -35,4 +36,4 @@ def test_entitlement_provider_settings_come_from_the_environment(tmp_path: Path)
 )
 def test_a_malformed_provider_setting_name_is_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="expected TONGCRM_ENTITLEMENTS__<PROVIDER>__<SETTING>"):
-        Settings.from_env({**BASE, name: "x"}, workdir=tmp_path)
+        Settings.from_env({**BASE, name: "x"}, workdir=tmp_path, create=True)

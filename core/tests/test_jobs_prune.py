@@ -123,11 +123,13 @@ async def test_the_retention_setting_is_honoured_and_zero_keeps_everything(tongc
 
 def test_the_retention_is_read_from_the_environment(tmp_path: Any) -> None:
     env = {"TONGCRM_SECRET_KEY": "s" * 32}
-    assert Settings.from_env(env, workdir=tmp_path).jobs_retention_days == 14
+    assert Settings.from_env(env, workdir=tmp_path, create=True).jobs_retention_days == 14
     assert (
-        Settings.from_env({**env, "TONGCRM_JOBS_RETENTION_DAYS": "30"}, workdir=tmp_path).jobs_retention_days
+        Settings.from_env(
+            {**env, "TONGCRM_JOBS_RETENTION_DAYS": "30"}, workdir=tmp_path, create=True
+        ).jobs_retention_days
         == 30
     )
     for bad in ("-1", "two weeks"):
         with pytest.raises(ConfigError):
-            Settings.from_env({**env, "TONGCRM_JOBS_RETENTION_DAYS": bad}, workdir=tmp_path)
+            Settings.from_env({**env, "TONGCRM_JOBS_RETENTION_DAYS": bad}, workdir=tmp_path, create=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import re
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -16,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from tongcrm.config import Settings
 from tongcrm.db.engine import create_engine, session_factory
@@ -41,8 +43,17 @@ class Context:
 
     @property
     def settings(self) -> Settings:
+        """The settings of an existing installation: a command run where there is none (another directory,
+        ``TONGCRM_DATABASE_URL`` naming a missing file) is refused, and leaves no database or secret behind."""
         if self._settings is None:
             self._settings = Settings.from_env()
+        return self._settings
+
+    def creating_settings(self) -> Settings:
+        """The settings of a command that may start an installation (``serve``, ``db upgrade``): a missing
+        ``./.tongcrm-secret`` is made, and SQLite makes its file."""
+        if self._settings is None:
+            self._settings = Settings.from_env(create=True)
         return self._settings
 
 
@@ -88,11 +99,13 @@ def db_upgrade(ctx: Context) -> None:
     from tongcrm.db import migrate
     from tongcrm.members import masked
 
+    settings = ctx.creating_settings()
+
     async def body(engine: Any) -> tuple[set[str], int]:
         await migrate.upgrade(engine, ctx.host)
         unindexed = 0
         try:
-            vault = ctx.settings.vault()
+            vault = settings.vault()
         except ConfigError:  # an upgrade run without the secret key: the hint needs it, the upgrade does not
             vault = None
         if vault is not None:
@@ -100,7 +113,7 @@ def db_upgrade(ctx: Context) -> None:
                 unindexed = await masked.count_unindexed(session, vault)
         return (await migrate.status(engine, ctx.host))[1], unindexed
 
-    current, unindexed = run(_with_engine(ctx.settings, body))
+    current, unindexed = run(_with_engine(settings, body))
     click.echo(f"database is at {', '.join(sorted(current)) or 'base'}")
     if unindexed:
         click.echo(
@@ -156,7 +169,7 @@ def db_status(ctx: Context) -> None:
 
 @cli.command()
 @click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--no-jobs", is_flag=True, help="Do not run jobs in this process (run `tongcrm jobs worker`).")
 @click.option(
     "--workers",
@@ -171,7 +184,7 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) 
     from tongcrm.app import create_app, settle_heap
     from tongcrm.serving import AppSpec, bind, run_app, run_workers
 
-    settings = ctx.settings
+    settings = ctx.creating_settings()
     configure_logging(json=settings.log_json, level=settings.log_level)
     admin_key = run(_prepare_database(settings, ctx.host))
     if admin_key:
@@ -182,13 +195,37 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) 
     if workers > 1:
         click.echo(f"serving on http://{bind_host}:{port} from {workers} process(es)", err=True)
         spec = AppSpec("tongcrm.app:worker_app", {"run_jobs": not no_jobs})
-        sys.exit(run_workers(spec, bind_host, port, workers))
-    sock = bind(bind_host, port)
+        with _listening(bind_host, port):
+            code = run_workers(spec, bind_host, port, workers)
+        sys.exit(code)
+    with _listening(bind_host, port):
+        sock = bind(bind_host, port)
     click.echo(f"serving on http://{bind_host}:{port} from 1 process", err=True)
     app = create_app(settings, ctx.host, run_jobs=not no_jobs, configure_logs=False)
     settle_heap()
     if not run_app(app, sock):
         fail("the app did not start (see the log above)")
+
+
+#: Why a socket could not listen that the operator can fix with --host or --port.
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+@contextmanager
+def _listening(bind_host: str, port: int) -> Iterator[None]:
+    """Turn "OSError: [Errno 98] Address already in use", which named neither the address nor a way out, into
+    one line that does."""
+    try:
+        yield
+    except socket.gaierror as exc:
+        fail(f"cannot listen on {bind_host}:{port}: {exc.strerror} (check --host)")
+    except OSError as exc:
+        if exc.errno not in _LISTEN_ERRNOS:
+            raise
+        fail(
+            f"cannot listen on {bind_host}:{port}: {exc.strerror} (another server on that port? choose "
+            "another with --port; --host must be an address of this machine)"
+        )
 
 
 async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:
@@ -202,7 +239,9 @@ async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:
         if await migrate.is_new_database(engine):
             await migrate.upgrade(engine, host)
             async with session_factory(engine)() as session, session.begin():
-                created, _ = await audited.create(session, SYSTEM, "admin", label="first admin key")
+                created, _ = await audited.create(
+                    session, SYSTEM, "admin", host=host, label="first admin key"
+                )
             return created.key
         heads, current = await migrate.status(engine, host)
         if heads != current:
@@ -222,7 +261,11 @@ def apikey() -> None:
 
 @apikey.command("create")
 @click.option("--role", required=True, type=click.Choice(["admin", "operator", "analyst", "pos"]))
-@click.option("--store", "store_code", help="The store a pos key is limited to.")
+@click.option(
+    "--store",
+    "store_code",
+    help="The store a pos key is limited to: the name of a store channel's account (add the store first).",
+)
 @click.option("--label", default="", help="A note to recognise the key by.")
 @pass_ctx
 def apikey_create(ctx: Context, role: str, store_code: str | None, label: str) -> None:
@@ -232,7 +275,9 @@ def apikey_create(ctx: Context, role: str, store_code: str | None, label: str) -
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine)() as session, session.begin():
-            created, _ = await audited.create(session, CLI_ACTOR, role, store_code=store_code, label=label)
+            created, _ = await audited.create(
+                session, CLI_ACTOR, role, host=ctx.host, store_code=store_code, label=label
+            )
             return created
 
     created = run(_with_engine(ctx.settings, body))
@@ -910,15 +955,36 @@ def _no_schema(exc: Exception) -> str | None:
     found = _MISSING_TABLE.search(str(exc))
     if found is None:
         return None
-    try:
-        url = make_url(Settings.from_env().database_url).render_as_string(hide_password=True)
-    except (TongcrmError, ValueError, SQLAlchemyError):
-        url = "TONGCRM_DATABASE_URL"
     return (
-        f"the database {url} has no tongcrm tables (no {found.group(1) or found.group(2)}): run "
+        f"the database {_configured_url()} has no tongcrm tables (no {found.group(1) or found.group(2)}): run "
         "`tongcrm db upgrade` to create them, or point TONGCRM_DATABASE_URL at the tongcrm database "
         "(the default is ./tongcrm.sqlite3 in the current directory)"
     )
+
+
+def _configured_url() -> str:
+    """The configured database URL as an error message may show it (no password)."""
+    try:
+        return make_url(Settings.from_env().database_url).render_as_string(hide_password=True)
+    except (TongcrmError, ValueError, SQLAlchemyError):
+        return "TONGCRM_DATABASE_URL"
+
+
+def _unreachable(exc: Exception) -> str | None:
+    """What to say when the database could not be opened at all: the server is down or the host or port is wrong
+    (``ConnectionRefusedError: [Errno 111] Connect call failed``, ``gaierror: Name or service not known``), or it
+    refused the connection (no such database, role or password; a SQLite path that is a directory). The bare
+    driver error named neither the database nor what to check."""
+    if isinstance(exc, ConnectionError | socket.gaierror):
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (
+            f"cannot reach the database {_configured_url()} ({reason}): is the server running there, and are "
+            "the host and port in TONGCRM_DATABASE_URL right?"
+        )
+    if isinstance(exc, DBAPIError) and exc.statement is None:  # failed while connecting, before any statement
+        reason = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+        return f"cannot open the database {_configured_url()}: {reason} (check TONGCRM_DATABASE_URL)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -942,4 +1008,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, SQLAlchemyError) as exc:
         if traceback:
             raise
-        fail(_no_schema(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        fail(
+            _no_schema(exc)
+            or _unreachable(exc)
+            or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )

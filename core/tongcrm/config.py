@@ -56,11 +56,31 @@ class Settings:
         return Vault(self.secret_key, self.old_secret_keys)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, *, workdir: Path | None = None) -> Settings:
+    def from_env(
+        cls, environ: dict[str, str] | None = None, *, workdir: Path | None = None, create: bool = False
+    ) -> Settings:
+        """The settings of the installation the environment names.
+
+        ``create``: this run may start a new installation (``tongcrm serve``, ``tongcrm db upgrade``, the demo),
+        so a missing ``./.tongcrm-secret`` is made (SQLite then makes its file). Everything else works on an
+        existing one and is refused with :class:`NoInstallation` when the SQLite file or the secret is not
+        there: a command run in the wrong directory used to leave an empty database and a second secret behind,
+        and a value encrypted under that secret is readable by no one who runs tongcrm from the right one."""
         env = dict(os.environ if environ is None else environ)
         workdir = workdir or Path.cwd()
         url = env.get("TONGCRM_DATABASE_URL") or f"sqlite:///{workdir / DEFAULT_DATABASE_FILE}"
-        secret = env.get("TONGCRM_SECRET_KEY") or _local_secret(workdir)
+        database = sqlite_file(url)
+        if not create and database is not None and not database.exists():
+            named = (
+                "TONGCRM_DATABASE_URL" if env.get("TONGCRM_DATABASE_URL") else "TONGCRM_DATABASE_URL unset"
+            )
+            raise NoInstallation(
+                f"no tongcrm database at {database} ({named}): run this where `tongcrm serve` runs, set "
+                "TONGCRM_DATABASE_URL to its database, or create a new one here with `tongcrm db upgrade`"
+            )
+        # a new key only for a new database: never beside a SQLite file that holds data under another key
+        new_database = database is None or not database.exists() or database.stat().st_size == 0
+        secret = env.get("TONGCRM_SECRET_KEY") or _local_secret(workdir, create=create and new_database)
         if len(secret) < 16:
             raise ConfigError("TONGCRM_SECRET_KEY must be at least 16 characters long")
         log_json_raw = env.get("TONGCRM_LOG_JSON")
@@ -125,14 +145,38 @@ def _provider_settings(env: dict[str, str]) -> dict[str, str]:
     return extra
 
 
-def _local_secret(workdir: Path) -> str:
+class NoInstallation(ConfigError):
+    """The environment names no existing installation: its SQLite file or its secret is not there (see
+    :meth:`Settings.from_env`)."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of the plain SQLite file ``url`` names (there or not); None for any other URL
+    (PostgreSQL, ``:memory:``, a URI filename or driver options). Opening a missing file creates it, empty."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme.split("+")[0] != "sqlite" or "?" in rest:
+        return None
+    if not rest or rest == ":memory:" or rest.startswith("file:"):
+        return None
+    return Path(rest).absolute()
+
+
+def _local_secret(workdir: Path, *, create: bool) -> str:
     """For the embedded default only: a random key kept beside the SQLite file, so a first run just works.
 
-    Production sets ``TONGCRM_SECRET_KEY``; losing this file makes encrypted personal data unreadable.
+    Production sets ``TONGCRM_SECRET_KEY``; losing this file makes encrypted personal data unreadable. Made only
+    when ``create`` (a run that starts an installation, on a database that holds nothing yet): any other run
+    would make a second key in whatever directory it ran in, or beside data encrypted under the first.
     """
     path = workdir / SECRET_FILE
     if path.exists():
         return path.read_text().strip()
+    if not create:
+        raise NoInstallation(
+            f"no secret key: TONGCRM_SECRET_KEY is not set and there is no {path}: set TONGCRM_SECRET_KEY to the "
+            "key `tongcrm serve` uses, or run this in the directory that holds its .tongcrm-secret (a new key here "
+            "could not read what the old one encrypted)"
+        )
     key = secrets.token_urlsafe(48)
     path.touch(mode=0o600)
     path.write_text(key + "\n")

@@ -20,6 +20,7 @@ from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, lim
 from tongcrm.app import HOT_ROUTES, create_app
 from tongcrm.errors import ConfigError
 from tongcrm.plugin.types import HotRouteSpec
+from tongcrm.testing.stores import add_store, store_plugin
 
 from .conftest import make_host
 
@@ -136,10 +137,13 @@ async def test_the_hot_lookup_leaves_callers_without_a_cached_key_to_the_route(
 async def test_the_hot_lookup_refuses_roles_the_route_does_not_admit_and_revoked_keys(
     make_client: Any,
 ) -> None:
-    async with make_client(host=make_host()) as api, make_client(host=make_host(), role=None) as other:
+    with_stores = make_host()
+    with_stores.register(store_plugin(), "test_store")  # a till's key is for a store tongcrm knows
+    async with make_client(host=with_stores) as api, make_client(host=make_host(), role=None) as other:
         as_analyst, key_id = await _member_and_key(api)
         spy = Spy(api.app)
         # a till's key is cached once the route has refused it, and refused again before litestar sees it
+        await add_store(api.db.sessions, "S1")
         till = (await api.post("/api/api-keys", json={"role": "pos", "store_code": "S1"})).json()
         as_till = {"Authorization": f"Bearer {till['key']}"}
         for _ in range(2):

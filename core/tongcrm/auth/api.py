@@ -22,6 +22,7 @@ from tongcrm.api.security import requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth import audited, service
 from tongcrm.auth.service import KeyInfo, Principal, Role
+from tongcrm.plugin.host import PluginHost
 
 
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,10 +63,17 @@ class ApiKeyController(Controller):
         data: JSONBody[KeyIn],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         principal: NamedDependency[Principal],
+        host: NamedDependency[PluginHost],
     ) -> CreatedKeyOut:
+        """A ``pos`` key's ``store_code`` must name a known store (422 listing them otherwise)."""
         async with sessions() as session, session.begin():
             created, info = await audited.create(
-                session, Actor.of(principal), data.role, store_code=data.store_code, label=data.label
+                session,
+                Actor.of(principal),
+                data.role,
+                host=host,
+                store_code=data.store_code,
+                label=data.label,
             )
         return CreatedKeyOut(**msgspec.structs.asdict(_out(info)), key=created.key)
 

@@ -11,7 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
 from tongcrm.auth import service
-from tongcrm.auth.service import CreatedKey, KeyInfo, Revoked
+from tongcrm.auth.service import CreatedKey, KeyInfo, Revoked, Role
+from tongcrm.channels import service as channels
+from tongcrm.errors import Unprocessable, listed, shown
+from tongcrm.plugin.host import PluginHost
 
 
 def _audited(k: KeyInfo) -> dict[str, object]:
@@ -23,13 +26,46 @@ def _iso(at: datetime | None) -> str | None:
 
 
 async def create(
-    session: AsyncSession, actor: Actor, role: str, *, store_code: str | None = None, label: str = ""
+    session: AsyncSession,
+    actor: Actor,
+    role: str,
+    *,
+    host: PluginHost,
+    store_code: str | None = None,
+    label: str = "",
 ) -> tuple[CreatedKey, KeyInfo]:
-    """A new key (its secret in the first value, once) and what may be shown of it afterwards."""
+    """A new key (its secret in the first value, once) and what may be shown of it afterwards.
+
+    A ``pos`` key's store must be one tongcrm knows (:func:`known_store`): a key for a store that does not exist
+    was accepted, and its till then only ever heard "no store"."""
+    if role == Role.POS.value and store_code:
+        await known_store(session, host, store_code)
     created = await service.create_key(session, role, store_code=store_code, label=label)
     info = await service.key_info(session, created.id)
     audit.record(session, actor, "api_key.create", "api_key", info.id, after=_audited(info))
     return created, info
+
+
+async def known_store(session: AsyncSession, host: PluginHost, store_code: str) -> None:
+    """Refuse (422, pointing at ``/store_code``) a store code that names no account of an installed store
+    channel, listing the known ones. Stores are created before their keys: a store is a channel account, added
+    at any time with ``tongcrm channel add CHANNEL`` or ``POST /api/channel-accounts``, and a key for a store
+    that is not there yet would be refused at every till until it is; so there is nothing to allow ahead."""
+    known = await channels.store_codes(session, host)
+    if store_code in known:
+        return
+    kinds = channels.store_channels(host)
+    if not kinds:
+        detail = "no installed channel has stores (install the store plugin)"
+    else:
+        stores = listed([repr(code) for code in known]) if known else "none yet"
+        detail = (
+            f"the stores are the accounts of the {', '.join(kinds)} channel(s): {stores}; add the store first "
+            f"(tongcrm channel add {kinds[0]} …)"
+        )
+    raise Unprocessable(
+        f"store_code: no store {shown(store_code)}: {detail}", extra={"pointer": "/store_code"}
+    )
 
 
 async def revoke(session: AsyncSession, actor: Actor, key_id: int) -> Revoked:

@@ -20,7 +20,7 @@ from tongcrm.db.base import utcnow
 from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.settings import split_settings
-from tongcrm.plugin.types import CallGate, ChannelContext, ChannelSpec
+from tongcrm.plugin.types import CallGate, ChannelCapability, ChannelContext, ChannelSpec
 
 SECRETS_CONTEXT = "channel_account.secrets"
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -113,6 +113,27 @@ async def list_accounts(session: AsyncSession) -> list[AccountView]:
         )
     ).all()
     return [view(account, state) for account, state in rows]
+
+
+def store_channels(host: PluginHost) -> list[str]:
+    """The installed channels whose accounts are stores (:attr:`ChannelCapability.STORE`), by name."""
+    return sorted(
+        name for name, spec in host.channels().items() if ChannelCapability.STORE in spec.capabilities
+    )
+
+
+async def store_codes(session: AsyncSession, host: PluginHost) -> list[str]:
+    """The codes of the stores tongcrm knows: the names of the accounts of :func:`store_channels`, whatever
+    their status (a paused store is still the store its tills' keys belong to)."""
+    channels = store_channels(host)
+    if not channels:
+        return []
+    rows = await session.execute(
+        sa.select(ChannelAccount.name)
+        .where(ChannelAccount.channel.in_(channels))
+        .order_by(ChannelAccount.name)
+    )
+    return list(rows.scalars())
 
 
 async def account_view(session: AsyncSession, name: str) -> AccountView:

@@ -63,7 +63,12 @@ class KeyPages(ConsoleController):
             raise BadRequest("store code at most 64 characters, label at most 200")
         async with request.app.state.sessions() as session, session.begin():
             created, _ = await audited.create(
-                session, actor_of(request), role, store_code=store or None, label=label
+                session,
+                actor_of(request),
+                role,
+                host=request.app.state.host,
+                store_code=store or None,
+                label=label,
             )
         return await _keys_page(request, created=created.key)
 

@@ -17,6 +17,7 @@ aiosqlite's ``_execute`` and ``_conn`` and on the adapter using only ``cursor()`
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -162,7 +163,14 @@ def connector(database: str, **kwargs: Any) -> Callable[[], Any]:
     async def connect() -> Connection:
         connection = Connection(open_, iter_chunk_size=64)
         connection._thread.daemon = True  # as SQLAlchemy's dialect does: the thread never holds up an exit
-        await connection
+        try:
+            await connection
+        except Exception:
+            # the file could not be opened (a directory, a missing folder): aiosqlite queued its thread's stop
+            # with a future on this loop and did not wait, so a command that then ended its loop at once got
+            # "RuntimeError: Event loop is closed" from that thread, printed after its one-line error
+            await asyncio.to_thread(connection._thread.join, 5.0)
+            raise
         return connection
 
     return connect

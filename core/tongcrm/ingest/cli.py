@@ -106,7 +106,10 @@ def _add_command(spec: ChannelSpec, host: PluginHost) -> click.Command:
             )
         )
     return click.Command(
-        spec.name, callback=callback, params=params, help=f"Connect a {spec.display_name} account."
+        spec.name,
+        callback=callback,
+        params=params,
+        help=f"Connect an account of the {spec.display_name} channel ({spec.name}).",
     )
 
 
@@ -217,6 +220,12 @@ def sync_command(host: PluginHost) -> click.Command:
             window = timedelta(hours=window_hours)
             sys.exit(asyncio.run(_run_backfill(host, settings, names[0], start, window, parallel)))
         reports = asyncio.run(_run_sync(host, settings, names, start, max_pages))
+        if not reports:  # a sync of nothing said nothing: an operator took it for a sync that found no orders
+            click.echo(
+                "no active channel account to sync: add one with `tongcrm channel add CHANNEL` "
+                "(`tongcrm channel list` shows them and their status)",
+                err=True,
+            )
         failed = False
         for r in reports:
             line = (

@@ -44,7 +44,7 @@ def demo_settings(folder: Path) -> Settings:
     env = {k: os.environ[k] for k in _PASSED_ON if k in os.environ}
     env.setdefault("TONGCRM_LOG_LEVEL", "WARNING")  # the progress display speaks; logs only for trouble
     env["TONGCRM_DATABASE_URL"] = f"sqlite:///{folder / 'tongcrm.sqlite3'}"
-    return Settings.from_env(env, workdir=folder)
+    return Settings.from_env(env, workdir=folder, create=True)
 
 
 def _quiet(settings: Settings) -> None:

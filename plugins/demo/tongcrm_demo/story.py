@@ -356,12 +356,16 @@ class Story:
             await flows.configure(s, "shipping_notice", template="ship", delay_seconds=0)
             await flows.configure(s, "refund_notice", template="refund", delay_seconds=0)
             made = Keys(
-                admin=(await keys.create(s, SYSTEM, "admin", label="demo admin"))[0].key,
-                operator=(await keys.create(s, SYSTEM, "operator", label="demo operator"))[0].key,
+                admin=(await keys.create(s, SYSTEM, "admin", host=self.host, label="demo admin"))[0].key,
+                operator=(await keys.create(s, SYSTEM, "operator", host=self.host, label="demo operator"))[
+                    0
+                ].key,
             )
             for code, _, _ in STORES:
                 made.pos[code] = (
-                    await keys.create(s, SYSTEM, "pos", store_code=code, label=f"demo till {code}")
+                    await keys.create(
+                        s, SYSTEM, "pos", host=self.host, store_code=code, label=f"demo till {code}"
+                    )
                 )[0].key
         async with open_counter(self.settings, self.host) as counter:
             for code, _, _ in STORES:
