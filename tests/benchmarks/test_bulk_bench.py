@@ -307,16 +307,17 @@ def test_import_orders(bench: Bench, benchmark: Any, report_figure: Any) -> None
 
 
 _LEDGER_SEED_PG = """
-INSERT INTO points_entries (id, member_id, kind, amount, shortfall, idempotency_key, actor, reason,
+INSERT INTO points_entries (member_id, kind, amount, shortfall, idempotency_key, actor, reason,
                             occurred_at, available_from, created_at)
-SELECT g, (SELECT min(id) FROM members) + g % {members}, 'earn', 1 + g % 500, 0, 'bench:' || g, 'bench',
+SELECT (SELECT min(id) FROM members) + g % {members}, 'earn', 1 + g % 500, 0, 'bench:' || g, 'bench',
        'benchmark entry ' || g, now() - g * interval '1 second', now(), now()
 FROM generate_series(1, {rows}) AS g
 """
 
 
 def _seed_ledger(bench: Bench, rows: int) -> None:
-    """``rows`` ledger entries for the members already there (untimed set-up, straight SQL)."""
+    """``rows`` ledger entries for the members already there (untimed set-up, straight SQL). Their ids come
+    from the table's own default, so a later test's writes on the same database (the sync's) do not collide."""
     members = min(int(bench.scalar("SELECT count(*) FROM members")), rows)
     if bench.backend == "postgresql":
         asyncio.run(_run_sql(bench.url, _LEDGER_SEED_PG.format(members=members, rows=rows)))
@@ -326,9 +327,9 @@ def _seed_ledger(bench: Bench, rows: int) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute(
             "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?) "
-            "INSERT INTO points_entries (id, member_id, kind, amount, shortfall, idempotency_key, actor, reason,"
+            "INSERT INTO points_entries (member_id, kind, amount, shortfall, idempotency_key, actor, reason,"
             " occurred_at, available_from, created_at) "
-            "SELECT n, (SELECT min(id) FROM members) + n % ?, 'earn', 1 + n % 500, 0, 'bench:' || n, 'bench',"
+            "SELECT (SELECT min(id) FROM members) + n % ?, 'earn', 1 + n % 500, 0, 'bench:' || n, 'bench',"
             " 'benchmark entry ' || n, '2025-01-01 00:00:00.000000', '2025-01-01 00:00:00.000000',"
             " '2025-01-01 00:00:00.000000' FROM g",
             (rows, members),
