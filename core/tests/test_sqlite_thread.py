@@ -94,3 +94,21 @@ async def test_the_ordinary_engine_s_connections_checkpoint_a_longer_log(tongcrm
     async with tongcrm_db.sessions() as s, s.begin():
         pages = (await s.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar_one()
     assert pages == sqlite_thread.WAL_AUTOCHECKPOINT_PAGES == 10_000
+
+
+async def test_an_engine_may_ask_for_a_larger_sqlite_page_cache(tongcrm_db: TestDatabase) -> None:
+    """``create_engine(…, sqlite_cache_kib=…)`` (``tongcrm import`` asks for
+    :data:`tongcrm.bulk.cli.IMPORT_SQLITE_CACHE_KIB`) sets each connection's page cache; other engines keep
+    SQLite's default of 2,000 KiB."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("SQLite's page cache only")
+    from tongcrm.db.engine import create_engine
+
+    async with tongcrm_db.sessions() as s:
+        assert (await s.execute(sa.text("PRAGMA cache_size"))).scalar_one() == -2000
+    engine = create_engine(tongcrm_db.url, sqlite_cache_kib=4096)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("PRAGMA cache_size"))).scalar_one() == -4096
+    finally:
+        await engine.dispose()

@@ -140,7 +140,9 @@ async def _run_in_background(
     """The import after the answer was sent. A failure is recorded on the import row (and logged) by
     :func:`run_import`; uploading the same file again resumes from its checkpoint, so the upload is not kept."""
     try:
-        await imports.run_import(sessions, ctx, import_id, path, mapping=mapping)
+        # pages of 1,000 on both databases: in the server a SQLite page's write lock is also what a till's receipt
+        # and a channel sync wait for, and a command's 10,000-row page holds it ~10 times as long
+        await imports.run_import(sessions, ctx, import_id, path, mapping=mapping, page_size=imports.PAGE_SIZE)
     except Exception:
         log.warning("background import stopped; upload the file again to resume", import_id=import_id)
     finally:
