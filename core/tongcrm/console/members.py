@@ -80,6 +80,7 @@ class MemberPages(ConsoleController):
         points_offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
         reveal: Annotated[str | None, QueryParameter(max_length=20)] = None,
         undone: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
+        adjusted: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
     ) -> Response[str]:
         state = request.app.state
         actor = actor_of(request)
@@ -92,7 +93,14 @@ class MemberPages(ConsoleController):
         return render(
             request,
             "member.html",
-            {"v": view, "d": data, "revealing": revealing, "undone": undone, "points_offset": points_offset},
+            {
+                "v": view,
+                "d": data,
+                "revealing": revealing,
+                "undone": undone,
+                "points_offset": points_offset,
+                "adjusted": adjusted,
+            },
             title="m360.title",
         )
 

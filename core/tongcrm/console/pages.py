@@ -18,6 +18,7 @@ from tongcrm.console.channel_pages import ChannelAccountPages, ChannelsPage
 from tongcrm.console.dashboard import DashboardPage
 from tongcrm.console.favicon import favicon
 from tongcrm.console.members import MemberPages
+from tongcrm.console.points_pages import PointsAdjustPage
 from tongcrm.console.programme_pages import PointsRulesPage, TiersPage
 from tongcrm.console.quarantine_page import QuarantinePage
 from tongcrm.console.segment_pages import SegmentPages
@@ -27,6 +28,7 @@ from tongcrm.console.web import PREFIX, NavItem, console_guard, exception_handle
 PAGES: tuple[ControllerRouterHandler, ...] = (
     SignInPages,
     MemberPages,
+    PointsAdjustPage,
     AuditPage,
     KeyPages,
     DashboardPage,
