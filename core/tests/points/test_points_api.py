@@ -91,6 +91,31 @@ async def test_adjustments_need_a_reason_and_the_right_role(make_client: Any) ->
         assert r.status_code == 409
 
 
+async def test_a_reason_longer_than_the_ledger_keeps_is_a_400_naming_it(make_client: Any) -> None:
+    """The ledger keeps 500 characters of a reason: a longer one is refused before anything runs, on every
+    write route that takes one (it was a 500 on PostgreSQL and stored whole on SQLite)."""
+    async with make_client(role="admin") as api:
+        m, other = await _member(api), await _member(api)
+        await _seed(api, m, 100)
+        base = f"/api/members/{m}/points"
+        for path, body in (
+            ("/adjustments", {"points": 5}),
+            ("/redemptions", {"points": 5}),
+            ("/transfers", {"points": 5, "to_member_id": other}),
+        ):
+            r = await api.post(
+                base + path, json={**body, "reason": "长" * 501}, headers={"Idempotency-Key": f"long{path}"}
+            )
+            assert r.status_code == 400, (path, r.text)
+            assert "reason" in r.text and "500" in r.text, r.text
+            r = await api.post(
+                base + path, json={**body, "reason": "长" * 500}, headers={"Idempotency-Key": f"fits{path}"}
+            )
+            assert r.status_code == 201, (path, r.text)
+        r = await api.post("/api/points/rules", json={"document": {"rules": []}, "note": "x" * 501})
+        assert r.status_code == 400 and "note" in r.text, r.text
+
+
 async def test_explain_preview_and_rule_versions(make_client: Any) -> None:
     doc = {
         "reversal_policy": "clawback",

@@ -34,30 +34,33 @@ IdempotencyKey = Annotated[
 
 #: Points one request moves, bounded as the service bounds them (its own 422s say which sign it needs).
 EntryPoints = Annotated[int, msgspec.Meta(ge=-MAX_ENTRY_POINTS, le=MAX_ENTRY_POINTS)]
+#: A reason or note, as long as the ledger's and the rule sets' columns hold (a longer one was a 500 on PostgreSQL
+#: and stored whole on SQLite).
+Reason = Annotated[str, msgspec.Meta(max_length=500)]
 #: An earning-rules version (a 32-bit column).
 RuleVersion = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT32)]
 
 
 class RedemptionIn(msgspec.Struct, forbid_unknown_fields=True):
     points: EntryPoints
-    reason: str = ""
+    reason: Reason = ""
 
 
 class AdjustmentIn(msgspec.Struct, forbid_unknown_fields=True):
     points: EntryPoints
-    reason: str
+    reason: Reason
     expires_at: datetime | None = None
 
 
 class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
     to_member_id: BodyId
     points: EntryPoints
-    reason: str = ""
+    reason: Reason = ""
 
 
 class RuleSetIn(msgspec.Struct, forbid_unknown_fields=True):
     document: dict[str, Any]
-    note: str = ""
+    note: Reason = ""
     activate: bool = False
 
 
