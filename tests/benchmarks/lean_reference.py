@@ -187,14 +187,18 @@ async def run(
     dsn: str,
     account_id: int,
     fetch_page: Callable[[Any], Awaitable[tuple[Sequence[NormalisedOrder], Any, bool]]],
-) -> tuple[int, float]:
+    *,
+    server_cpu: Callable[[int], float] = lambda pid: 0.0,
+) -> tuple[int, float, float]:
     """Fetch every page with ``fetch_page(cursor) -> (orders, next cursor, has more)`` and apply it; returns
-    (orders written, seconds), schema set-up excluded."""
+    (orders written, seconds, server CPU seconds), schema set-up excluded; ``server_cpu(pid)`` reads what the
+    connection's server process has used so far."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(SCHEMA)
         written = 0
         cursor = None
+        server_started = server_cpu(conn.get_server_pid())
         started = time.perf_counter()
         while True:
             orders, cursor, more = await fetch_page(cursor)
@@ -202,7 +206,8 @@ async def run(
             if not more:
                 break
         elapsed = time.perf_counter() - started
+        used = server_cpu(conn.get_server_pid()) - server_started
         await conn.execute("DROP SCHEMA lean_ref CASCADE")
-        return written, elapsed
+        return written, elapsed, used
     finally:
         await conn.close()
