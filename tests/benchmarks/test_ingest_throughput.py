@@ -225,7 +225,7 @@ async def test_end_to_end_ingest_throughput(
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     # the fetching child's CPU (it was joined: the fake platform, still running, is not counted)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    child_cpu = max(0.0, after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
     if postgres:  # the pool keeps the sync's connections open, so their processes are still there to read
         server_after = await _backends_cpu(tongcrm_db)
         server_cpu = sum(used - server_before.get(pid, 0.0) for pid, used in server_after.items())
