@@ -105,6 +105,10 @@ async def test_an_operator_uploads_follows_and_resumes_an_import(make_client: An
         )
         no_file = await api.post("/console/imports", data=_form(csrf))
         assert no_file.status_code == 400 and "没有选择文件" in no_file.text
+        empty_file = await api.post(
+            "/console/imports", data=_form(csrf), files={"file": ("e.csv", b"", "text/csv")}
+        )
+        assert empty_file.status_code == 400 and "文件是空的" in empty_file.text
         header = await api.post(
             "/console/imports",
             data=_form(csrf),

@@ -28,7 +28,7 @@ from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, 
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.api.inputs import MAX_ID, PathId, problems
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -277,7 +277,7 @@ class ImportController(Controller):
 
     @post(
         "/",
-        opt=requires(*WRITE_ROLES),
+        opt={**requires(*WRITE_ROLES), **problems(415)},  # a form upload (see refuse_form_upload)
         status_code=202,
         request_max_body_size=None,
         summary="Import a CSV or JSON Lines file (the request body) of members, orders or points",

@@ -12,6 +12,7 @@ over the API), so *resume* asks for the file again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -105,7 +106,7 @@ class ImportPages(ConsoleController):
         )
         upload = form.get("file")
         try:
-            if not isinstance(upload, UploadFile) or not upload.filename:
+            if not isinstance(upload, UploadFile) or not upload.filename or _empty(upload):
                 raise _NoFile()
             asked = ImportAsked.of(
                 fields["kind"],
@@ -159,7 +160,14 @@ class ImportPages(ConsoleController):
 
 
 class _NoFile(Exception):
-    """The form came without a file."""
+    """The form came without a file, or with an empty one (a browser sends an empty part when none was chosen)."""
+
+
+def _empty(upload: UploadFile) -> bool:
+    """Whether the spooled part holds no byte (a seek, no read: the part may be large and on disk)."""
+    end = upload.file.seek(0, os.SEEK_END)
+    upload.file.seek(0)
+    return end == 0
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
