@@ -13,6 +13,8 @@ import contextlib
 import json
 import tempfile
 import uuid
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,10 +24,11 @@ from litestar import Controller, Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.api.inputs import MAX_ID, PathId, problems
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
@@ -34,11 +37,9 @@ from tongcrm.bulk import service as imports
 from tongcrm.bulk.mapping import check_kind, file_format, parse_mapping
 from tongcrm.bulk.models import BulkImport, BulkImportError
 from tongcrm.bulk.refusals import refusing_unreadable
-from tongcrm.config import Settings
 from tongcrm.crypto import Vault
 from tongcrm.errors import BadRequest, UnsupportedMediaType
 from tongcrm.logging import get_logger
-from tongcrm.plugin.host import PluginHost
 
 log = get_logger(__name__)
 Sessions = async_sessionmaker[AsyncSession]
@@ -165,24 +166,128 @@ def refuse_form_upload(content_type: str | None) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ImportAsked:
+    """What an upload asks for, checked before its bytes are read: the kind, the file's format (named, else
+    told by ``file_name``), the source, the name shown in the status and the column mapping."""
+
+    kind: str
+    fmt: str
+    source: str
+    file_name: str
+    columns: dict[str, str]
+
+    @classmethod
+    def of(cls, kind: str, fmt: str | None, source: str, file_name: str, mapping: str | None) -> ImportAsked:
+        check_kind(kind)
+        found = file_format(Path(file_name), fmt)
+        try:
+            columns = parse_mapping(json.loads(mapping), kind) if mapping else {}
+        except ValueError as exc:
+            raise BadRequest(f"mapping is not JSON: {exc}") from None
+        return cls(kind, found, source, file_name, columns)
+
+
+async def receive_upload(
+    state: State, actor: Actor, asked: ImportAsked, chunks: AsyncIterable[bytes]
+) -> tuple[BulkImport, BackgroundTask]:
+    """Write an upload to disk as it arrives, open (or find again, by its digest) its import, audit
+    ``import.start``, and give the task that runs it after the answer. Shared by ``POST /api/imports`` and the
+    console's upload form, so both doors check, resume and audit alike. A refused or broken upload is not kept."""
+    ctx = imports.ImportContext(
+        host=state.host,
+        vault=state.vault,
+        clock=lambda: datetime.now(UTC),
+        tz=state.settings.tz,
+        actor=actor.name,
+    )
+    sessions: Sessions = state.sessions
+    path = _upload_path(asked.file_name, asked.fmt)
+    path.parent.mkdir(parents=True)
+    try:  # whatever stops the upload or its checks (a client gone mid-body too), the upload is not kept
+        size = 0
+        with path.open("wb") as f:
+            async for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
+        if size == 0:
+            raise BadRequest("the request body is empty: send the file's bytes as the body")
+        with refusing_unreadable(path.name):
+            job = await imports.open_import(
+                sessions,
+                ctx,
+                asked.kind,
+                path,
+                asked.fmt,
+                source=asked.source,
+                file_name=asked.file_name,
+                created_by=actor.name,
+                mapping=asked.columns,
+            )
+    except BaseException:
+        await asyncio.to_thread(_discard, path)
+        raise
+    async with sessions() as session, session.begin():
+        audit.record(
+            session,
+            actor,
+            "import.start",
+            "import",
+            job.id,
+            after={
+                "kind": asked.kind,
+                "source": asked.source,
+                "file_name": asked.file_name,
+                "digest": job.digest,
+            },
+        )
+    return job, BackgroundTask(_run_in_background, sessions, ctx, job.id, path, asked.columns)
+
+
+#: How ``POST /api/imports`` takes the file: its bytes are the whole request body (no form around them).
+IMPORT_BODY = RequestBody(
+    required=True,
+    description=(
+        "The file itself, byte for byte, as the whole request body: a CSV (UTF-8, a header row) or JSON Lines"
+        " file. Not a form: a multipart/form-data or urlencoded body is refused with 415. Any size; it is written"
+        " to disk as it arrives. Example: curl --data-binary @members.csv -H 'Content-Type: text/csv'."
+    ),
+    content={
+        "text/csv": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)),
+        "application/x-ndjson": OpenAPIMediaType(
+            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        ),
+        "application/octet-stream": OpenAPIMediaType(
+            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        ),
+    },
+)
+
+
+@dataclass
+class _ImportOperation(Operation):
+    """``POST /api/imports`` in the OpenAPI document with its body: the handler reads the raw stream, so litestar
+    finds no body parameter to describe and the document said nothing of how to send the file."""
+
+    def __post_init__(self) -> None:
+        self.request_body = IMPORT_BODY
+
+
 class ImportController(Controller):
     path = "/api/imports"
     tags = ["bulk"]
 
     @post(
         "/",
-        opt=requires(*WRITE_ROLES),
+        opt={**requires(*WRITE_ROLES), **problems(415)},  # a form upload (see refuse_form_upload)
         status_code=202,
         request_max_body_size=None,
         summary="Import a CSV or JSON Lines file (the request body) of members, orders or points",
+        operation_class=_ImportOperation,
     )
     async def create_import(
         self,
         request: Request[Any, Any, State],
-        sessions: NamedDependency[Sessions],
-        host: NamedDependency[PluginHost],
-        settings: NamedDependency[Settings],
-        vault: NamedDependency[Vault],
         kind: Annotated[str, QueryParameter(description="members, orders or points")],
         format: Annotated[str, QueryParameter(description="csv or jsonl")],
         source: Annotated[str, QueryParameter(description="the previous CRM's name")] = "legacy",
@@ -193,55 +298,12 @@ class ImportController(Controller):
     ) -> Response[ImportOut]:
         check_kind(kind)
         refuse_form_upload(request.headers.get("content-type"))
-        fmt = file_format(Path(file_name), format)
-        try:
-            columns = parse_mapping(json.loads(mapping), kind) if mapping else {}
-        except ValueError as exc:
-            raise BadRequest(f"mapping is not JSON: {exc}") from None
-        principal = principal_of(request)
-        actor = Actor.of(principal)
-        ctx = imports.ImportContext(
-            host=host, vault=vault, clock=lambda: datetime.now(UTC), tz=settings.tz, actor=actor.name
+        asked = ImportAsked.of(kind, format, source, file_name, mapping)
+        job, run = await receive_upload(
+            request.app.state, Actor.of(principal_of(request)), asked, request.stream()
         )
-        path = _upload_path(file_name, fmt)
-        path.parent.mkdir(parents=True)
-        try:  # whatever stops the upload or its checks (a client gone mid-body too), the upload is not kept
-            size = 0
-            with path.open("wb") as f:
-                async for chunk in request.stream():
-                    f.write(chunk)
-                    size += len(chunk)
-            if size == 0:
-                raise BadRequest("the request body is empty: send the file's bytes as the body")
-            with refusing_unreadable(path.name):
-                job = await imports.open_import(
-                    sessions,
-                    ctx,
-                    kind,
-                    path,
-                    fmt,
-                    source=source,
-                    file_name=file_name,
-                    created_by=actor.name,
-                    mapping=columns,
-                )
-        except BaseException:
-            await asyncio.to_thread(_discard, path)
-            raise
-        async with sessions() as session, session.begin():
-            audit.record(
-                session,
-                actor,
-                "import.start",
-                "import",
-                job.id,
-                after={"kind": kind, "source": source, "file_name": file_name, "digest": job.digest},
-            )
         return Response(
-            _out(job, []),
-            status_code=202,
-            headers={"Location": f"/api/imports/{job.id}"},
-            background=BackgroundTask(_run_in_background, sessions, ctx, job.id, path, columns),
+            _out(job, []), status_code=202, headers={"Location": f"/api/imports/{job.id}"}, background=run
         )
 
     @get("/", opt=requires(*READ_ROLES), summary="Imports, newest first (keyset pagination)")

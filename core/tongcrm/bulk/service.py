@@ -310,13 +310,14 @@ async def list_imports(
     return list((await session.execute(stmt)).scalars())
 
 
-async def import_errors(session: AsyncSession, import_id: int, *, limit: int = 100) -> list[BulkImportError]:
-    rows = await session.execute(
-        sa.select(BulkImportError)
-        .where(BulkImportError.import_id == import_id)
-        .order_by(BulkImportError.line)
-        .limit(limit)
-    )
+async def import_errors(
+    session: AsyncSession, import_id: int, *, limit: int = 100, after_line: int = 0
+) -> list[BulkImportError]:
+    """An import's bad rows by line, those after ``after_line`` (a keyset page: the console pages through them)."""
+    stmt = sa.select(BulkImportError).where(BulkImportError.import_id == import_id)
+    if after_line:
+        stmt = stmt.where(BulkImportError.line > after_line)
+    rows = await session.execute(stmt.order_by(BulkImportError.line).limit(limit))
     return list(rows.scalars())
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tongcrm.console.labels_imports import EN_IMPORTS, ZH_IMPORTS
 from tongcrm.console.labels_ops import EN_OPS, ZH_OPS
 from tongcrm.console.labels_programme import EN_PROGRAMME, ZH_PROGRAMME
 
@@ -360,6 +361,8 @@ ZH.update(ZH_OPS)
 EN.update(EN_OPS)
 ZH.update(ZH_PROGRAMME)
 EN.update(EN_PROGRAMME)
+ZH.update(ZH_IMPORTS)
+EN.update(EN_IMPORTS)
 
 CATALOGS: Mapping[str, Mapping[str, str]] = {"zh": ZH, "en": EN}
 

@@ -17,6 +17,7 @@ from tongcrm.console.care_flow_settings import CareFlowSettingsPage
 from tongcrm.console.channel_pages import ChannelAccountPages, ChannelsPage
 from tongcrm.console.dashboard import DashboardPage
 from tongcrm.console.favicon import favicon
+from tongcrm.console.import_pages import ImportPages
 from tongcrm.console.members import MemberPages
 from tongcrm.console.points_pages import PointsAdjustPage
 from tongcrm.console.programme_pages import PointsRulesPage, TiersPage
@@ -42,6 +43,7 @@ PAGES: tuple[ControllerRouterHandler, ...] = (
     ChannelsPage,
     ChannelAccountPages,
     QuarantinePage,
+    ImportPages,
 )
 
 #: The menu, in order; an entry shows to the roles it names.
@@ -56,6 +58,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("nav.tiers", PREFIX + "/tiers"),
     NavItem("nav.channels", PREFIX + "/channels"),
     NavItem("nav.quarantine", PREFIX + "/quarantine"),
+    NavItem("nav.imports", PREFIX + "/imports"),
     NavItem("nav.audit", PREFIX + "/audit", frozenset({Role.ADMIN})),
     NavItem("nav.keys", PREFIX + "/keys", frozenset({Role.ADMIN})),
 )
