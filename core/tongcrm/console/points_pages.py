@@ -26,15 +26,17 @@ from tongcrm.api.inputs import PathId
 from tongcrm.console.forms import form_fields, principal_of
 from tongcrm.console.web import PREFIX, ConsoleController, action, page, redirect, render
 from tongcrm.db.engine import transaction
+from tongcrm.db.lengths import column_length
 from tongcrm.errors import NotFound, TongcrmError, Unprocessable
 from tongcrm.members import service as members
 from tongcrm.members.models import Member
 from tongcrm.points import service as points
 from tongcrm.points.ledger import MAX_ENTRY_POINTS
+from tongcrm.points.models import PointsEntry
 from tongcrm.points.schemas import BalanceOut, EntryOut
 
-#: The ledger's reason column holds this many characters.
-MAX_REASON = 500
+#: The ledger's reason column holds this many characters (read from it, so the form cannot drift from it).
+MAX_REASON = column_length(PointsEntry.reason)
 #: Ledger entries shown above the form (the newest), enough to see what was adjusted last.
 RECENT = 5
 #: The idempotency key of a form this console drew: its prefix names where the adjustment came from.

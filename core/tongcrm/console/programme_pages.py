@@ -36,6 +36,7 @@ from tongcrm.console.web import (
     render,
 )
 from tongcrm.db.engine import transaction
+from tongcrm.db.lengths import column_length
 from tongcrm.errors import BadRequest, NotFound, TongcrmError, Unprocessable
 from tongcrm.points import service as points
 from tongcrm.points.schemas import BacktestReport, RuleSetOut
@@ -288,8 +289,8 @@ class TiersPage(ConsoleController):
         ``tiers.ladder.apply``. The form that posts here is shown only under a preview of the same text."""
         form = await form_fields(request)
         draft, reason = form.get("ladder", ""), form.get("reason", "").strip()
-        if len(reason) > 500:
-            raise BadRequest("reason: at most 500 characters")
+        if len(reason) > (limit := column_length(TierLadder.reason)):
+            raise BadRequest(f"reason: at most {limit} characters")
         settings = request.app.state.settings
         try:
             document = _document(draft)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.db.base import JSONType, UTCDateTime
 from tongcrm.db.dialect import insert
+from tongcrm.db.lengths import check_fits
 from tongcrm.entitlements import standing as standing_grants
 from tongcrm.entitlements.catalogue import CATALOGUE, Recurrence, kind
 from tongcrm.entitlements.models import EntitlementGrant, EntitlementUsage, GrantStatus
@@ -538,6 +539,8 @@ async def use(
     the grant closed; another key for a used recurring grant is a conflict. Returns (usage, created)."""
     if not usage_key.strip():
         raise Unprocessable("a usage needs a usage_key")
+    check_fits(usage_key, "usage_key", EntitlementUsage.usage_key)
+    check_fits(reference, "reference", EntitlementUsage.reference)
     existing = await _usage(session, usage_key)
     if existing is not None:
         if existing.grant_id != grant_id:
@@ -572,6 +575,8 @@ async def use_standing(
         )
     if not usage_key.strip():
         raise Unprocessable("a usage needs a usage_key")
+    check_fits(usage_key, "usage_key", EntitlementUsage.usage_key)
+    check_fits(reference, "reference", EntitlementUsage.reference)
     existing = await _usage(session, usage_key)
     if existing is not None:
         grant = await session.get(EntitlementGrant, existing.grant_id)

@@ -9,6 +9,11 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from tongcrm.api.inputs import MAX_INT32, BodyId
+from tongcrm.consent.models import ConsentEvent
+from tongcrm.db.lengths import fits
+
+#: Where a consent was given, as long as the consent log keeps (a longer one was cut to 64 characters silently).
+ConsentSource = Annotated[str, fits(ConsentEvent.source)]
 
 
 class MemberCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -150,7 +155,7 @@ class MergeOut(msgspec.Struct):
 class ConsentIn(msgspec.Struct, forbid_unknown_fields=True):
     purpose: str
     status: str
-    source: str
+    source: ConsentSource
     signature: str = "*"
     proof: str = ""
     at: datetime | None = None

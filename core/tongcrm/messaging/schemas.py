@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from tongcrm.api.inputs import BodyId
+from tongcrm.db.lengths import fits
+from tongcrm.messaging.models import MessageTemplate, MessengerAccount
 
 #: The longest a care flow may wait before its message (seconds).
 MAX_DELAY_SECONDS = 365 * 24 * 3600
@@ -15,7 +17,7 @@ MAX_DELAY_SECONDS = 365 * 24 * 3600
 
 class MessengerAccountIn(msgspec.Struct, forbid_unknown_fields=True):
     messenger: str
-    name: str
+    name: Annotated[str, fits(MessengerAccount.name)]
     settings: dict[str, str] = {}
 
 
@@ -34,11 +36,11 @@ class MessengerAccountOut(msgspec.Struct):
 
 
 class TemplateIn(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Annotated[str, fits(MessageTemplate.name)]
     account: str
     purpose: str
-    signature: str
-    template_code: str
+    signature: Annotated[str, fits(MessageTemplate.signature)]
+    template_code: Annotated[str, fits(MessageTemplate.template_code)]
     text: str
     variables: list[str] | None = None
     defaults: dict[str, str] = {}

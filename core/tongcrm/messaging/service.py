@@ -18,6 +18,7 @@ from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import insert
+from tongcrm.db.lengths import check_fits
 from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, Unprocessable, shown
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.models import OutboxEvent
@@ -84,6 +85,7 @@ async def create_account(
         validate_name(name, "messenger account")
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
+    check_fits(name, "name", MessengerAccount.name)
     plain, secret = _split_settings(spec, settings)
     if (await session.execute(sa.select(MessengerAccount.id).where(MessengerAccount.name == name))).first():
         raise Conflict(f"a messenger account named {name!r} already exists")
@@ -194,6 +196,9 @@ async def create_template(
     declared = tpl.validate_template(purpose, text, variables, defaults)
     if not signature.strip() or not template_code.strip():
         raise Unprocessable("a template needs a sender signature and the provider's template code")
+    check_fits(name, "name", MessageTemplate.name)
+    check_fits(signature.strip(), "signature", MessageTemplate.signature)
+    check_fits(template_code.strip(), "template_code", MessageTemplate.template_code)
     owner = await get_account(session, account)
     if (await session.execute(sa.select(MessageTemplate.id).where(MessageTemplate.name == name))).first():
         raise Conflict(f"a template named {name!r} already exists")

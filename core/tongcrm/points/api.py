@@ -19,9 +19,11 @@ from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.config import Settings
 from tongcrm.db.engine import transaction
+from tongcrm.db.lengths import fits
 from tongcrm.members.service import register_view_section
 from tongcrm.points import service
 from tongcrm.points.ledger import MAX_ENTRY_POINTS
+from tongcrm.points.models import PointsEntry, PointsRuleSet
 from tongcrm.points.schemas import LedgerResult, PreviewOrderIn, PreviewOut, RuleSetOut, StatementOut
 
 IdempotencyKey = Annotated[
@@ -36,7 +38,9 @@ IdempotencyKey = Annotated[
 EntryPoints = Annotated[int, msgspec.Meta(ge=-MAX_ENTRY_POINTS, le=MAX_ENTRY_POINTS)]
 #: A reason or note, as long as the ledger's and the rule sets' columns hold (a longer one was a 500 on PostgreSQL
 #: and stored whole on SQLite).
-Reason = Annotated[str, msgspec.Meta(max_length=500)]
+Reason = Annotated[str, fits(PointsEntry.reason)]
+#: A rule set's note, as long as its column holds.
+Note = Annotated[str, fits(PointsRuleSet.note)]
 #: An earning-rules version (a 32-bit column).
 RuleVersion = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT32)]
 
@@ -60,7 +64,7 @@ class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class RuleSetIn(msgspec.Struct, forbid_unknown_fields=True):
     document: dict[str, Any]
-    note: Reason = ""
+    note: Note = ""
     activate: bool = False
 
 

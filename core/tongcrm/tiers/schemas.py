@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+from tongcrm.db.lengths import fits
+from tongcrm.entitlements.models import EntitlementUsage
+from tongcrm.tiers.models import MemberTier, TierLadder
+
+#: Bounded by the columns that keep them (a longer one was a 500 on PostgreSQL and stored whole on SQLite).
+LadderReason = Annotated[str, fits(TierLadder.reason)]
+OverrideReason = Annotated[str, fits(MemberTier.override_reason)]
+TierCode = Annotated[str, fits(MemberTier.override_code)]
+UsageKey = Annotated[str, fits(EntitlementUsage.usage_key)]
+UsageReference = Annotated[str, fits(EntitlementUsage.reference)]
 
 
 class LadderIn(msgspec.Struct, forbid_unknown_fields=True):
     #: The ladder document (see :mod:`tongcrm.tiers.ladder`).
     ladder: dict[str, Any]
-    reason: str = ""
+    reason: LadderReason = ""
 
 
 class LadderOut(msgspec.Struct):
@@ -119,10 +130,10 @@ class HistoryOut(msgspec.Struct):
 
 
 class OverrideIn(msgspec.Struct, forbid_unknown_fields=True):
-    tier: str
+    tier: TierCode
     #: Last day of the override (programme time zone); it ends at the following midnight.
     until: date
-    reason: str
+    reason: OverrideReason
 
 
 class GrantOut(msgspec.Struct):
@@ -156,8 +167,8 @@ class MemberEntitlementsOut(msgspec.Struct):
 
 
 class UsageIn(msgspec.Struct, forbid_unknown_fields=True):
-    usage_key: str
-    reference: str = ""
+    usage_key: UsageKey
+    reference: UsageReference = ""
 
 
 class UsageOut(msgspec.Struct):

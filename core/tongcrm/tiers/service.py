@@ -29,6 +29,7 @@ from tongcrm.config import PROGRAMME_TZ, Settings
 from tongcrm.db import txcache
 from tongcrm.db.base import UTCDateTime
 from tongcrm.db.dialect import dialect_name, insert
+from tongcrm.db.lengths import check_fits
 from tongcrm.entitlements import standing
 from tongcrm.errors import Conflict, NotFound, Unprocessable
 from tongcrm.jobs.models import OutboxEvent
@@ -144,6 +145,7 @@ async def apply_ladder(
     review, like any other downgrade."""
     if not reason.strip():
         raise Unprocessable("say why the ladder changes (reason)")
+    check_fits(reason, "reason", TierLadder.reason)
     draft = parse_ladder(raw)
     old = await active_ladder(session)
     version = (old.version if old else 0) + 1
@@ -728,6 +730,7 @@ async def set_override(
         raise Unprocessable(f"an override must last beyond today ({ctx.today.isoformat()})")
     if not reason.strip():
         raise Unprocessable("an override needs a reason")
+    check_fits(reason, "reason", MemberTier.override_reason)
     row = await session.get(MemberTier, member_id, with_for_update=True)
     if row is None:
         row = _base_row(session, ctx, ladder, member_id)
