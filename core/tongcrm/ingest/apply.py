@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -340,6 +341,9 @@ _ORDER_ARRAYS = tuple(
     if c not in {"account_id", "channel", "origin_member_id", "ingested_at", "updated_at"}
 )
 
+#: A row of :func:`order_row`'s values for :data:`_ORDER_ARRAYS`, in that order.
+_order_arrays_of = operator.itemgetter(*_ORDER_ARRAYS)
+
 
 @functools.cache
 def _orders_with_lines() -> Any:
@@ -420,15 +424,19 @@ async def _upsert_orders_with_lines(
     external id). Each array is a column of the rows read with one ``itemgetter`` and one ``zip``."""
     if rows and (extra := rows[0].keys() - set(ORDER_COLUMNS)):  # the statement would drop them
         raise ValueError(f"orders: values for columns the statement does not write: {sorted(extra)}")
+    # Only what the statement reads travels: the page's constants are single parameters, and every key of a
+    # record is text the server parses (~150 bytes an order, the line's placeholder order_id ~12 bytes a line).
+    records = [dict(zip(_ORDER_ARRAYS, _order_arrays_of(row), strict=True)) for row in rows]
     lines: list[dict[str, Any]] = []
     for row in rows:
         ext = row["external_id"]
         for line in line_rows(0, orders[ext]):
+            del line["order_id"]
             line["order_external_id"] = ext
             line["position"] = len(lines)
             lines.append(line)
     params: dict[str, Any] = {
-        "orders": json_records_text(rows),
+        "orders": json_records_text(records),
         "lines": json_records_text(lines),
         "account_id": account_id,
         "channel": channel,
