@@ -1020,13 +1020,7 @@ class CounterWork:
         if int(first.balance_owed or 0) > 0 or available < 0:
             return None
         claimed = _with_claim(order, buyer.claim)
-        ctx = IngestContext(
-            host=self._service.host,
-            vault=self._service.vault,
-            clock=self.clock,
-            tz=self.tz,
-            actor=self.actor.name,
-        )
+        ctx = self._ingest_context()
         now = ctx.clock()
         touch = known_member(ctx, claimed, member_id, known)
         if touch is None:
@@ -1151,6 +1145,16 @@ class CounterWork:
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
+    def _ingest_context(self) -> IngestContext:
+        """The context a sale is written under, the same for the quick and the transactional path."""
+        return IngestContext(
+            host=self._service.host,
+            vault=self._service.vault,
+            clock=self.clock,
+            tz=self.tz,
+            actor=self.actor.name,
+        )
+
     def _resolution(self) -> ResolutionContext:
         return ResolutionContext(
             self._service.host,
@@ -1174,13 +1178,7 @@ class CounterWork:
     ) -> CounterOrder:
         if buyer is not None:
             order = _with_claim(order, buyer.claim)
-        ctx = IngestContext(
-            host=self._service.host,
-            vault=self._service.vault,
-            clock=self.clock,
-            tz=self.tz,
-            actor=self.actor.name,
-        )
+        ctx = self._ingest_context()
         held, self._held = self._held, None  # read along the claim of this order, if it was: used once
         applied = await apply_counter_order(
             self._session,
