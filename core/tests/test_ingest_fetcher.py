@@ -375,6 +375,6 @@ def test_pages_cross_in_the_lean_form_unchanged() -> None:
 
 def test_the_setting_turns_the_child_on(tmp_path: Path) -> None:
     env = {"TONGCRM_SECRET_KEY": "a-secret-of-sixteen-chars"}
-    assert not Settings.from_env(env, workdir=tmp_path).sync_fetch_process
-    on = Settings.from_env({**env, "TONGCRM_SYNC_FETCH_PROCESS": "1"}, workdir=tmp_path)
+    assert not Settings.from_env(env, workdir=tmp_path, create=True).sync_fetch_process
+    on = Settings.from_env({**env, "TONGCRM_SYNC_FETCH_PROCESS": "1"}, workdir=tmp_path, create=True)
     assert on.sync_fetch_process
