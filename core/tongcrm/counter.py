@@ -1327,6 +1327,18 @@ class _QuickRead:
 _QUICK_READS: weakref.WeakKeyDictionary[Any, _QuickRead] = weakref.WeakKeyDictionary()
 
 
+def _ranked_buyer() -> Any:
+    """The buyer named by ``_BUYER_ID`` with one row an identity, ranked: the part the quick and the transactional
+    reads share."""
+    return (
+        sa.select(*_BUYER_COLUMNS, sa.func.row_number().over(order_by=_BUYER_ORDER).label("buyer_rank"))
+        .select_from(Member)
+        .outerjoin(Identity, Identity.member_id == Member.id)
+        .where(Member.id == sa.bindparam(_BUYER_ID, type_=Member.id.type))
+        .subquery("buyer")
+    )
+
+
 def _quick_read(existing: sa.Select[Any]) -> _QuickRead:
     """PostgreSQL, one statement: the caller's ``existing`` row (``own_present``), the buyer's rows of
     :data:`_BUYER_BY_ID` for ``buyer_member_id``, the order and settings of
@@ -1341,13 +1353,7 @@ def _quick_read(existing: sa.Select[Any]) -> _QuickRead:
     own = existing.subquery("own")
     keys = tuple(str(c.key) for c in own.c)
     marked = sa.select(*own.c, sa.true().label("own_present")).subquery("own_row")
-    ranked = (
-        sa.select(*_BUYER_COLUMNS, sa.func.row_number().over(order_by=_BUYER_ORDER).label("buyer_rank"))
-        .select_from(Member)
-        .outerjoin(Identity, Identity.member_id == Member.id)
-        .where(Member.id == sa.bindparam(_BUYER_ID, type_=Member.id.type))
-        .subquery("buyer")
-    )
+    ranked = _ranked_buyer()
     balances = cast(sa.Table, PointsBalance.__table__)
     balance = (
         sa.select(balances.c.available, balances.c.pending, balances.c.owed)
@@ -1400,13 +1406,7 @@ def _with_buyer(statement: sa.Executable, *, held: bool, card: bool = False) -> 
     own = _stamped(statement).cte("own")
     keys = [c.key for c in own.c]
     marked = sa.select(*own.c, sa.true().label("own_present")).subquery("own_row")
-    ranked = (
-        sa.select(*_BUYER_COLUMNS, sa.func.row_number().over(order_by=_BUYER_ORDER).label("buyer_rank"))
-        .select_from(Member)
-        .outerjoin(Identity, Identity.member_id == Member.id)
-        .where(Member.id == sa.bindparam(_BUYER_ID, type_=Member.id.type))
-        .subquery("buyer")
-    )
+    ranked = _ranked_buyer()
     anchor = sa.select(sa.literal(1).label("one")).subquery("anchor")
     buyer_columns = [ranked.c[name].label(f"buyer_{name}") for name in _BUYER_KEYS]
     joined = anchor.outerjoin(marked, sa.true()).outerjoin(ranked, sa.true())
