@@ -82,9 +82,13 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
         assert "data-too-small" in report and "样本太小" in report
         # the reason in the page's language (the API's is an English sentence)
         assert "每组至少需要 30 名符合条件的会员" in report and "each group needs" not in report
-        assert (
-            'data-chart="campaign-report"' in report and "<svg" in report and "treated vs control" in report
-        )
+        assert 'data-chart="campaign-report"' in report and "<svg" in report
+        # the chart's words in the page's language too (report.svg, the API's, stays English)
+        assert "触达组 vs 对照组" in report and ">对照组</text>" in report and ">合计</text>" in report
+        assert "treated vs control" not in report and ">total</text>" not in report
+        english = (await api.get("/console/campaigns/autumn?lang=en")).text
+        assert "treated vs control" in english and ">total</text>" in english
+        await api.get("/console/campaigns/autumn?lang=zh")
         assert "已入队" in report  # the run, queued
         draft = (await api.get("/console/campaigns/spring")).text
         assert 'data-status="draft"' in draft
@@ -269,7 +273,7 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
         form = {
             "name": "winter", "goal": "冬季", "segment": "vip", "template": "promo", "control_percent": "20",
             "response_kind": "order", "within_days": "7", "min_paid_yuan": "49.90", "sku": "", "budget_messages": "",
-            "message_cost_fen": "5",
+            "message_cost_yuan": "0.05",
         }  # fmt: skip
         csrf = await sign_in(api, "analyst")
         assert (await api.post("/console/campaigns/", data={**form, "csrf_token": csrf})).status_code == 403
@@ -285,7 +289,11 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
         cents = await api.post(
             "/console/campaigns/", data={**form, "min_paid_yuan": "49.999", "csrf_token": csrf}
         )
-        assert cents.status_code == 422 and "more than 2 decimals" in cents.text
+        assert cents.status_code == 422 and "最低实付（元）：“49.999”超过两位小数" in cents.text
+        cost = await api.post(
+            "/console/campaigns/", data={**form, "message_cost_yuan": "0.055", "csrf_token": csrf}
+        )
+        assert cost.status_code == 422 and "每条短信成本（元）：“0.055”超过两位小数" in cost.text
         made = await api.post(
             "/console/campaigns/", data={**form, "csrf_token": csrf}, follow_redirects=False
         )
