@@ -230,7 +230,10 @@ async def test_segment_mistakes_read_in_the_pages_language(make_client: Any) -> 
             "/console/segments/preview", json={"definition": typo}, headers=_json_headers(csrf)
         )
         assert zh.json()["errors"] == [
-            {"pointer": "/condition/all/0/field", "detail": "没有“orders.spnd”这个字段。"}
+            {
+                "pointer": "/condition/all/0/field",
+                "detail": "没有“orders.spnd”这个字段，是不是“orders.spend”？",
+            }
         ]
         range_ = {"version": 1, "condition": {"field": "orders.count", "op": "gte", "value": "x"}}
         shown = await api.post(

@@ -149,7 +149,7 @@ async def test_the_live_count_follows_the_draft_and_names_mistakes(make_client: 
         )
         assert bad.status_code == 422
         assert bad.json()["errors"][0]["pointer"] == "/condition/all/0/field"
-        assert "orders.spend" in bad.json()["errors"][0]["detail"]
+        assert "是不是“orders.spend”" in bad.json()["errors"][0]["detail"]
         unknown_tag = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vipp"}}
         warned = await api.post(
             "/console/segments/preview", json={"definition": unknown_tag}, headers=_json_headers(csrf)
@@ -170,7 +170,7 @@ async def test_the_live_count_follows_the_draft_and_names_mistakes(make_client: 
         )  # fmt: skip
         assert page.status_code == 200 and 'data-count="36"' in page.text
         broken = await api.post("/console/segments/check", data={"csrf_token": csrf, "definition": "{nope"})
-        assert broken.status_code == 200 and "not JSON" in broken.text
+        assert broken.status_code == 200 and "条件不是合法的 JSON" in broken.text
 
 
 async def test_saving_segments_through_the_forms(make_client: Any) -> None:
@@ -304,6 +304,8 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
             ).scalar_one()
         assert winter.response == {"kind": "order", "within_days": 7, "min_paid_fen": 4990}
         assert winter.control_bp == 2000 and winter.message_cost_fen == 5 and winter.status == "draft"
+        shown = (await api.get("/console/campaigns/winter")).text  # the amounts typed in yuan, shown in yuan
+        assert 'data-value="5">¥0.05<' in shown and "实付满 ¥49.90 才算" in shown
 
         past = await api.post(
             "/console/campaigns/winter/schedule",

@@ -44,6 +44,7 @@ MESSAGES_ZH: Mapping[str, str] = {
     "segment.breaks": "人群“{other}”引用了“{name}”，这样保存会使它失效：{reason}",
     "segment.not_json": "条件不是合法的 JSON：第 {line} 行第 {column} 列附近有误。",
     "segment.unknown_field": "没有“{name}”这个字段。",
+    "segment.unknown_field_suggest": "没有“{name}”这个字段，是不是“{suggestion}”？",
     "segment.bad_op": "字段“{name}”的运算符只能是：{ops}；现在是“{op}”。",
     "segment.needs_value": "字段“{name}”需要填写取值。",
     "segment.needs_param": "字段“{name}”需要填写参数“{param}”。",

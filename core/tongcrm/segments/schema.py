@@ -302,8 +302,9 @@ class _Parser:
             self.fail(
                 child_pointer(pointer, "field"),
                 f"unknown field {name!r}{_suggest(name, FIELDS)}",
-                "segment.unknown_field",
+                "segment.unknown_field_suggest" if _suggest(name, FIELDS) else "segment.unknown_field",
                 name=name,
+                suggestion=_closest(name, FIELDS),
             )
             return None
         if spec.unavailable:
@@ -503,13 +504,19 @@ def _is_int(raw: Any) -> bool:
     return isinstance(raw, int) and not isinstance(raw, bool)
 
 
-def _suggest(name: Any, known: Mapping[str, Any]) -> str:
+def _closest(name: Any, known: Mapping[str, Any]) -> str | None:
+    """The known name ``name`` most likely misspells, or None."""
     import difflib
 
     if not isinstance(name, str):
-        return ""
+        return None
     close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
+
+
+def _suggest(name: Any, known: Mapping[str, Any]) -> str:
+    close = _closest(name, known)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def parse(document: Any) -> Node:
