@@ -70,7 +70,11 @@ async def test_an_operator_grants_points_from_the_360_page_and_a_form_sent_thric
     await page.get_by_role("button", name="确认调整").click()
     problem = page.locator("[data-problem]")
     said = await problem.inner_text()
-    assert "未调整" in said and "该会员现有 1488 可用积分，本次要扣减 9999 积分" in said and "available" not in said
+    assert (
+        "未调整" in said
+        and "该会员现有 1488 可用积分，本次要扣减 9999 积分" in said
+        and "available" not in said
+    )
     assert await page.get_by_label("积分数").input_value() == "9,999"
     assert await page.get_by_label("原因（必填，记入积分明细）").input_value() == "核销"
     assert await page.get_by_label("扣减", exact=True).is_checked()
