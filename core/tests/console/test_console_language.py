@@ -74,6 +74,9 @@ def test_a_coded_refusal_reads_in_chinese_and_an_uncoded_one_keeps_its_field_and
         shown = explain_text("zh", message)
         assert shown.startswith(field) and bound in shown and message.split(": ", 1)[1] in shown, shown
     assert fallback_zh("something else went wrong").startswith("未被接受")
+    # no prefix, but the JSON pointer the service gave names the field
+    goal = Unprocessable("goal is longer than 500 characters", extra={"pointer": "/goal"})
+    assert explain("zh", goal) == "目标：最多 500 个字符。（系统说明：goal is longer than 500 characters）"
     # a code raised without the values its sentence needs still says something, not a KeyError
     assert explain_text("zh", "x: insufficient", "points.insufficient", {}).startswith("x：")
     # every sentence of the catalogue is Chinese

@@ -311,7 +311,11 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
             "/console/campaigns/winter/schedule",
             data={"kind": "once", "at": "2020-01-01T10:00", "csrf_token": csrf},
         )
-        assert past.status_code == 422 and "in the past" in past.text
+        assert (
+            past.status_code == 422
+            and "计划时间已过：2020-01-01 10:00 早于现在" in past.text
+            and "in the past" not in past.text
+        )
         at = (datetime.now(UTC) + timedelta(days=2)).astimezone(SH).strftime("%Y-%m-%dT10:00")
         done = await api.post(
             "/console/campaigns/winter/schedule", data={"kind": "once", "at": at, "csrf_token": csrf},

@@ -60,6 +60,10 @@ MESSAGES_ZH: Mapping[str, str] = {
     "segment.no_match": "没有会员的“{name}”是“{value}”（可能写错了）。",
     "segment.datetime": "字段“{name}”需要带时区的时间，如 2026-11-11T00:00:00+08:00。",
     "segment.bool": "运算符“{op}”的取值是“是”或“否”。",
+    # campaigns (tongcrm.campaigns.service)
+    "campaign.no_opt_out": "模板“{template}”缺少营销短信必须带的退订说明（如“拒收请回复R”）。",
+    "campaign.exists": "已有名为“{name}”的营销活动。",
+    "campaign.schedule_past": "计划时间已过：{at} 早于现在 {now}（{zone}）。",
     # money as the console takes it (tongcrm.console.money)
     "money.not_amount": "{field}：“{value}”不是金额，请填写元，如 299 或 299.50。",
     "money.too_precise": "{field}：“{value}”超过两位小数；金额精确到分（0.01 元）。",
@@ -110,6 +114,11 @@ FIELDS_ZH: Mapping[str, str] = {
     "since": "起始日期",
     "delay": "延迟",
     "flow": "流程",
+    "goal": "目标",
+    "control_seed": "对照组随机种子",
+    "sku": "商品编码",
+    "response": "响应定义",
+    "message_cost_fen": "每条短信成本",
 }
 
 #: English bounds and what they say in Chinese; the first that matches the detail is used (so the fallback
@@ -130,7 +139,12 @@ _PREFIX = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_ .]{0,30}?)\s*:\s+(.+)$", re.S)
 
 
 def explain(lang: str, exc: TongcrmError) -> str:
-    """What the console shows for a refused request, in ``lang``."""
+    """What the console shows for a refused request, in ``lang``. Without a code, the field comes from the
+    message's ``field:`` prefix or else from the JSON pointer the error carries (``extra["pointer"]``)."""
+    if lang == "zh" and (exc.code is None or exc.code not in MESSAGES_ZH) and not _PREFIX.match(exc.message):
+        pointer = exc.extra.get("pointer")
+        if isinstance(pointer, str) and pointer_field(pointer):
+            return fallback_zh(exc.message, pointer_field(pointer))
     return explain_text(lang, exc.message, exc.code, exc.params)
 
 
