@@ -26,15 +26,29 @@ def listed(items: list[str]) -> str:
 
 
 class TongcrmError(Exception):
-    """Base class. ``message`` is safe to show to an operator; ``extra`` adds machine-readable detail."""
+    """Base class. ``message`` is safe to show to an operator; ``extra`` adds machine-readable detail.
+
+    ``code`` and ``params`` name the refusal for a reader that speaks another language than the message (the
+    console's Chinese pages: :mod:`tongcrm.console.problems` keys its sentences by ``code`` and fills them from
+    ``params``). They stay out of the API's problem response, which keeps its English ``detail``: the console
+    is their only reader, and an error raised without them still reaches it through ``message``."""
 
     status_code = 500
     title = "Internal error"
 
-    def __init__(self, message: str, *, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        code: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra or {}
+        self.code = code
+        self.params = params or {}
 
 
 class ConfigError(TongcrmError):

@@ -145,3 +145,35 @@ async def test_an_analyst_sees_no_write_control_on_the_operations_pages(served: 
         f"{served.url}/console/campaigns/spring/cancel", form={"csrf_token": token}, max_redirects=0
     )
     assert cancel.status == 403
+
+
+async def test_segment_money_is_typed_in_yuan_and_operators_read_in_chinese(
+    served: Served, browser: Any
+) -> None:
+    await seed_marketing(served.db, ops_host(), members=12, vip=7, mobile_prefix="+86137")
+    page = await (await browser.new_context(locale="zh-CN")).new_page()
+    await _sign_in(page, served, "operator")
+    await page.goto(served.url + "/console/segments/new")
+    leaf = page.locator("li.leaf").first
+    operator = leaf.get_by_label("运算")
+    # the operators by their Chinese names (the value sent stays the language's: gte)
+    assert await operator.locator("option:checked").inner_text() == "大于等于"
+    await leaf.locator("select").first.select_option("orders.spend")
+    await operator.select_option("gte")
+    amount = leaf.get_by_label("值")
+    assert (
+        await amount.get_attribute("type") == "text" and await amount.get_attribute("inputmode") == "decimal"
+    )
+    assert "金额按元填写" in await leaf.inner_text()
+    # an amount finer than a fen is named, in Chinese, at its place in the tree
+    await amount.fill("12.345")
+    await page.wait_for_function("() => document.querySelector('#draft-problems li') !== null")
+    problems = await page.locator("#draft-problems").inner_text()
+    assert "/condition/all/0/value" in problems and "“12.345”超过两位小数" in problems
+    # yuan as typed goes into the draft as text, and "at least ¥0.00" counts every member with a spend
+    await amount.fill("0.00")
+    assert int(await _count(page)) >= 12
+    assert '"value": "0.00"' in await page.locator("#definition").input_value()
+    assert await page.locator("#draft-problems li").count() == 0
+    assert await _unlabelled_inputs(page) == []
+    await _shot(page, served, "segment-editor-yuan")

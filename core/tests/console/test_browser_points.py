@@ -59,6 +59,7 @@ async def test_an_operator_grants_points_from_the_360_page_and_a_form_sent_thric
     assert await page.locator('[data-figure="available"]').inner_text() == "1488"
     row = page.locator("[data-adjusted-entry]")
     assert await row.count() == 1 and "客诉补偿" in await row.inner_text()
+    assert "人工调整，增加 500 积分" in await row.inner_text()  # the ledger explained in the page's language
     await _shot(page, served, "member-360-adjusted")
 
     # more than the balance: refused on the page, the form kept as typed
@@ -68,7 +69,12 @@ async def test_an_operator_grants_points_from_the_360_page_and_a_form_sent_thric
     await page.get_by_label("原因（必填，记入积分明细）").fill("核销")
     await page.get_by_role("button", name="确认调整").click()
     problem = page.locator("[data-problem]")
-    assert "未调整" in await problem.inner_text() and "1488 points available" in await problem.inner_text()
+    said = await problem.inner_text()
+    assert (
+        "未调整" in said
+        and "该会员现有 1488 可用积分，本次要扣减 9999 积分" in said
+        and "available" not in said
+    )
     assert await page.get_by_label("积分数").input_value() == "9,999"
     assert await page.get_by_label("原因（必填，记入积分明细）").input_value() == "核销"
     assert await page.get_by_label("扣减", exact=True).is_checked()

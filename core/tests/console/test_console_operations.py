@@ -82,9 +82,13 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
         assert "data-too-small" in report and "样本太小" in report
         # the reason in the page's language (the API's is an English sentence)
         assert "每组至少需要 30 名符合条件的会员" in report and "each group needs" not in report
-        assert (
-            'data-chart="campaign-report"' in report and "<svg" in report and "treated vs control" in report
-        )
+        assert 'data-chart="campaign-report"' in report and "<svg" in report
+        # the chart's words in the page's language too (report.svg, the API's, stays English)
+        assert "触达组 vs 对照组" in report and ">对照组</text>" in report and ">合计</text>" in report
+        assert "treated vs control" not in report and ">total</text>" not in report
+        english = (await api.get("/console/campaigns/autumn?lang=en")).text
+        assert "treated vs control" in english and ">total</text>" in english
+        await api.get("/console/campaigns/autumn?lang=zh")
         assert "已入队" in report  # the run, queued
         draft = (await api.get("/console/campaigns/spring")).text
         assert 'data-status="draft"' in draft
@@ -145,7 +149,7 @@ async def test_the_live_count_follows_the_draft_and_names_mistakes(make_client: 
         )
         assert bad.status_code == 422
         assert bad.json()["errors"][0]["pointer"] == "/condition/all/0/field"
-        assert "orders.spend" in bad.json()["errors"][0]["detail"]
+        assert "是不是“orders.spend”" in bad.json()["errors"][0]["detail"]
         unknown_tag = {"version": 1, "condition": {"field": "tags", "op": "has", "value": "vipp"}}
         warned = await api.post(
             "/console/segments/preview", json={"definition": unknown_tag}, headers=_json_headers(csrf)
@@ -166,7 +170,7 @@ async def test_the_live_count_follows_the_draft_and_names_mistakes(make_client: 
         )  # fmt: skip
         assert page.status_code == 200 and 'data-count="36"' in page.text
         broken = await api.post("/console/segments/check", data={"csrf_token": csrf, "definition": "{nope"})
-        assert broken.status_code == 200 and "not JSON" in broken.text
+        assert broken.status_code == 200 and "条件不是合法的 JSON" in broken.text
 
 
 async def test_saving_segments_through_the_forms(make_client: Any) -> None:
@@ -269,7 +273,7 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
         form = {
             "name": "winter", "goal": "冬季", "segment": "vip", "template": "promo", "control_percent": "20",
             "response_kind": "order", "within_days": "7", "min_paid_yuan": "49.90", "sku": "", "budget_messages": "",
-            "message_cost_fen": "5",
+            "message_cost_yuan": "0.05",
         }  # fmt: skip
         csrf = await sign_in(api, "analyst")
         assert (await api.post("/console/campaigns/", data={**form, "csrf_token": csrf})).status_code == 403
@@ -285,7 +289,11 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
         cents = await api.post(
             "/console/campaigns/", data={**form, "min_paid_yuan": "49.999", "csrf_token": csrf}
         )
-        assert cents.status_code == 422 and "more than 2 decimals" in cents.text
+        assert cents.status_code == 422 and "最低实付（元）：“49.999”超过两位小数" in cents.text
+        cost = await api.post(
+            "/console/campaigns/", data={**form, "message_cost_yuan": "0.055", "csrf_token": csrf}
+        )
+        assert cost.status_code == 422 and "每条短信成本（元）：“0.055”超过两位小数" in cost.text
         made = await api.post(
             "/console/campaigns/", data={**form, "csrf_token": csrf}, follow_redirects=False
         )
@@ -296,12 +304,18 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
             ).scalar_one()
         assert winter.response == {"kind": "order", "within_days": 7, "min_paid_fen": 4990}
         assert winter.control_bp == 2000 and winter.message_cost_fen == 5 and winter.status == "draft"
+        shown = (await api.get("/console/campaigns/winter")).text  # the amounts typed in yuan, shown in yuan
+        assert 'data-value="5">¥0.05<' in shown and "实付满 ¥49.90 才算" in shown
 
         past = await api.post(
             "/console/campaigns/winter/schedule",
             data={"kind": "once", "at": "2020-01-01T10:00", "csrf_token": csrf},
         )
-        assert past.status_code == 422 and "in the past" in past.text
+        assert (
+            past.status_code == 422
+            and "计划时间已过：2020-01-01 10:00 早于现在" in past.text
+            and "in the past" not in past.text
+        )
         at = (datetime.now(UTC) + timedelta(days=2)).astimezone(SH).strftime("%Y-%m-%dT10:00")
         done = await api.post(
             "/console/campaigns/winter/schedule", data={"kind": "once", "at": at, "csrf_token": csrf},

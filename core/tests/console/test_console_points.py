@@ -126,21 +126,28 @@ async def test_a_refusal_keeps_the_form_and_nothing_is_stored(
         form = await _form(api, s.shopper, csrf, direction="deduct", points="5000", reason="核销")
         over = await api.post(url, data=form)
         assert over.status_code == 409 and "data-problem" in over.text and "未调整" in over.text
-        assert "988 points available" in over.text
+        # the refusal in the page's language, from the error's code and values (not the API's English)
+        assert (
+            "该会员现有 988 可用积分，本次要扣减 5000 积分" in over.text
+            and "points available" not in over.text
+        )
+        in_english = await api.post(url + "?lang=en", data=form)
+        assert in_english.status_code == 409 and "988 points available; 5000 requested" in in_english.text
+        await api.get(url + "?lang=zh")
         assert 'value="5000"' in over.text and 'value="核销"' in over.text
         assert 'value="deduct" required checked' in over.text
         assert _key_of(over.text) == form["idempotency_key"]  # nothing was stored: the same key may go again
         for fields, status, words in (
-            ({"points": "abc"}, 422, "not a whole number"),
-            ({"points": "1.5"}, 422, "not a whole number"),
-            ({"points": "0"}, 422, "above 0"),
-            ({"points": "-5"}, 422, "not a whole number"),
-            ({"reason": "  "}, 422, "say why"),
-            ({"reason": "x" * 501}, 422, "at most 500"),
-            ({"direction": ""}, 422, "choose grant or deduct"),
-            ({"expires_on": "2099-01-01"}, 422, "only a grant has an expiry"),
-            ({"direction": "grant", "expires_on": "2020-01-01"}, 422, "must be in the future"),
-            ({"direction": "grant", "expires_on": "2027-13-01"}, 422, "not a date"),
+            ({"points": "abc"}, 422, "积分：“abc”不是整数"),
+            ({"points": "1.5"}, 422, "积分：“1.5”不是整数"),
+            ({"points": "0"}, 422, "请填写大于 0 的数"),
+            ({"points": "-5"}, 422, "积分：“-5”不是整数"),
+            ({"reason": "  "}, 422, "原因：请填写调整原因"),
+            ({"reason": "x" * 501}, 422, "原因：最多 500 个字符，现在是 501 个"),
+            ({"direction": ""}, 422, "方向：请选择增加或扣减"),
+            ({"expires_on": "2099-01-01"}, 422, "只有增加积分才能设有效期"),
+            ({"direction": "grant", "expires_on": "2020-01-01"}, 422, "必须是将来的日期"),
+            ({"direction": "grant", "expires_on": "2027-13-01"}, 422, "“2027-13-01”不是日期"),
         ):
             answer = await api.post(url, data={**form, "points": "10", **fields})
             assert answer.status_code == status and words in answer.text, (fields, answer.text[-2000:])
@@ -150,7 +157,7 @@ async def test_a_refusal_keeps_the_form_and_nothing_is_stored(
         assert fixed.status_code == 303
         # and that key, sent again with other values, is refused with a fresh form (a new key)
         reused = await api.post(url, data={**form, "points": "99"})
-        assert reused.status_code == 422 and "already used" in reused.text
+        assert reused.status_code == 422 and "已经用其他内容提交过一次调整" in reused.text
         assert _key_of(reused.text) != form["idempotency_key"]
         # a form without the console's key does nothing
         keyless = await api.post(url, data={**form, "idempotency_key": ""})

@@ -466,8 +466,9 @@ async def test_the_segment_editor_describes_fields_in_the_consoles_language(make
 
     zh_fields = {f["field"]: f for f in config(zh)["fields"]}
     en_fields = {f["field"]: f for f in config(en)["fields"]}
-    assert zh_fields["orders.spend"]["description"] == "消费金额（分，扣除退款）"
-    assert en_fields["orders.spend"]["description"] == "spend in fen, net of refunds"
+    # money is typed in yuan in the console (tongcrm.console.money); the API's catalogue keeps "in fen"
+    assert zh_fields["orders.spend"]["description"] == "消费金额（元，扣除退款）"
+    assert en_fields["orders.spend"]["description"] == "spend in yuan, net of refunds"
     window = next(p for p in zh_fields["orders.count"]["parameters"] if p["name"] == "window_days")
     assert window["description"].startswith("只算最近 N 天")
     assert zh_fields.keys() == en_fields.keys()

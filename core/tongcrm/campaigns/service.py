@@ -166,9 +166,15 @@ async def create(session: AsyncSession, draft: Draft, actor: Actor) -> Campaign:
         raise Unprocessable(
             f"template {template.name!r} lacks the opt-out wording marketing must carry (like 拒收请回复R)",
             extra={"pointer": "/template"},
+            code="campaign.no_opt_out",
+            params={"template": template.name},
         )
     if (await session.execute(sa.select(Campaign.id).where(Campaign.name == draft.name))).first():
-        raise Conflict(f"a campaign named {draft.name!r} already exists")
+        raise Conflict(
+            f"a campaign named {draft.name!r} already exists",
+            code="campaign.exists",
+            params={"name": draft.name},
+        )
     campaign = Campaign(
         name=draft.name,
         goal=draft.goal,
@@ -329,6 +335,8 @@ async def schedule(
         raise Unprocessable(
             f"the schedule is in the past ({shown_local(parsed.at)} is before now, {shown_local(now)}, {tz.key})",
             extra={"pointer": "/schedule/at"},
+            code="campaign.schedule_past",
+            params={"at": shown_local(parsed.at), "now": shown_local(now), "zone": tz.key},
         )
     first = sched.next_after(parsed, now, tz)
     if first is None:

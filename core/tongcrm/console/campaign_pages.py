@@ -12,9 +12,9 @@ from __future__ import annotations
 import calendar as monthly
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -29,13 +29,17 @@ from tongcrm.campaigns.api import programme_tz
 from tongcrm.campaigns.models import RUN_SENT, CalendarMark, Campaign, CampaignRun
 from tongcrm.campaigns.schedule import InvalidSchedule
 from tongcrm.console.forms import form_fields, form_lists
+from tongcrm.console.money import yuan_to_fen
+from tongcrm.console.problems import explain_text
 from tongcrm.console.web import (
     PREFIX,
     WRITE_ROLES,
     ConsoleController,
     action,
     actor_of,
+    context_of,
     page,
+    problem_text,
     redirect,
     render,
 )
@@ -63,30 +67,6 @@ def _refusable(exc: TongcrmError) -> bool:
 
 # -------------------------------------------------------------------------------------------------------------
 # form parsing (no HTTP here: plain strings in, documents the services check out)
-
-
-def yuan_to_fen(text: str, field_name: str) -> int | None:
-    """``"50"`` or ``"49.90"`` yuan as integer fen (exact, no float); empty is None. An amount as people write
-    it is read too (``¥1,299``, ``99元``); each refusal says what is wrong with the amount (a 20-digit amount
-    was told it "must be a positive amount with at most 2 decimals")."""
-    text = text.strip()
-    if not text:
-        return None
-    digits = text.removeprefix("¥").removeprefix("￥").removesuffix("元").replace(",", "").strip()
-    try:
-        amount = Decimal(digits)
-    except InvalidOperation as exc:
-        raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan") from exc
-    fen = amount * 100
-    if not fen.is_finite():
-        raise Unprocessable(f"{field_name}: {text!r} is not an amount in yuan")
-    if fen < 0:
-        raise Unprocessable(f"{field_name}: {text!r} is negative; an amount in yuan is 0 or more")
-    if fen != fen.to_integral_value():
-        raise Unprocessable(f"{field_name}: {text!r} has more than 2 decimals (yuan to the fen)")
-    if fen > MAX_ID:
-        raise Unprocessable(f"{field_name}: {text!r} is too large")
-    return int(fen)
 
 
 def _int(text: str, field_name: str) -> int | None:
@@ -127,7 +107,7 @@ def draft_from_form(form: dict[str, str]) -> service.Draft:
         control_percent=percent,
         control_seed=form.get("control_seed", "").strip(),
         budget_messages=_int(form.get("budget_messages", ""), "budget_messages"),
-        message_cost_fen=_int(form.get("message_cost_fen", ""), "message_cost_fen") or 0,
+        message_cost_fen=yuan_to_fen(form.get("message_cost_yuan", ""), "message_cost_yuan") or 0,
     )
 
 
@@ -203,7 +183,21 @@ class CampaignDetail:
     too_small: stats.TooSmall | None
 
 
-async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
+#: The report chart's words on a Chinese page (:data:`tongcrm.campaigns.chart.WORDS` has the English ones).
+CHART_WORDS_ZH: Mapping[str, str] = {
+    "heading": "{title}：响应率，触达组 vs 对照组",
+    "treated": "触达组",
+    "control": "对照组",
+    "run": "第 {n} 次",
+    "total": "合计",
+    "all": "全部参与者",
+    "too_small": "样本太小",
+    "uplift": "{absolute:+.1f} 个百分点 [{low:+.1f}, {high:+.1f}]",
+    "of": "{n} 人中 {rate}",
+}
+
+
+async def campaign_detail(session: AsyncSession, name: str, lang: str = "en") -> CampaignDetail:
     campaign = await service.get(session, name)
     segment = await session.get(Segment, campaign.segment_id)
     template = await session.get(MessageTemplate, campaign.template_id)
@@ -216,7 +210,7 @@ async def campaign_detail(session: AsyncSession, name: str) -> CampaignDetail:
         await service.runs(session, campaign.id),
         report,
         # chart.render escapes every text it writes; it is the same document /report.svg answers
-        Markup(chart.render(report)),  # noqa: S704 - chart.render escapes every text it writes
+        Markup(chart.render(report, CHART_WORDS_ZH if lang == "zh" else chart.WORDS)),  # noqa: S704 - chart.render escapes every text it writes
         any(r.run.status in RUN_SENT for r in report.runs),
         stats.too_small_why(treated.responders, treated.eligible, held.responders, held.eligible),
     )
@@ -314,7 +308,7 @@ async def _detail_page(
     request: Request[Any, Any, Any], name: str, *, problem: str | None = None, status_code: int = 200
 ) -> Response[str]:
     async with request.app.state.read_sessions() as session:
-        detail = await campaign_detail(session, name)
+        detail = await campaign_detail(session, name, context_of(request).lang)
         tz = await programme_tz(session, request.app.state.settings)
     return render(
         request,
@@ -352,7 +346,9 @@ class CampaignPages(ConsoleController):
         except TongcrmError as exc:
             if not _refusable(exc):
                 raise
-            return await _list_page(request, form=form, problem=exc.message, status_code=exc.status_code)
+            return await _list_page(
+                request, form=form, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, f"{CAMPAIGNS}/{name}?created=1")
 
     @get("/{name:str}", opt=page())
@@ -371,11 +367,14 @@ class CampaignPages(ConsoleController):
                     session, state.host, actor_of(request), name, document, now=utcnow(), tz=tz
                 )
         except InvalidSchedule as exc:
-            return await _detail_page(request, name, problem=str(exc), status_code=422)
+            shown = explain_text(context_of(request).lang, str(exc))
+            return await _detail_page(request, name, problem=shown, status_code=422)
         except TongcrmError as exc:
             if not _refusable(exc):
                 raise
-            return await _detail_page(request, name, problem=exc.message, status_code=exc.status_code)
+            return await _detail_page(
+                request, name, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, f"{CAMPAIGNS}/{name}?scheduled=1")
 
     @post("/{name:str}/cancel", opt=action(*WRITE_ROLES))
@@ -386,7 +385,9 @@ class CampaignPages(ConsoleController):
         except TongcrmError as exc:
             if not _refusable(exc):
                 raise
-            return await _detail_page(request, name, problem=exc.message, status_code=exc.status_code)
+            return await _detail_page(
+                request, name, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, f"{CAMPAIGNS}/{name}?cancelled=1")
 
 
@@ -446,7 +447,9 @@ class CalendarPage(ConsoleController):
             if not _refusable(exc):
                 raise
             month = on.strftime("%Y-%m")
-            return await _calendar_page(request, month, problem=exc.message, status_code=exc.status_code)
+            return await _calendar_page(
+                request, month, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, f"{CALENDAR}?month={on.strftime('%Y-%m')}")
 
     @post("/marks/{mark_id:int}/remove", opt=action(*WRITE_ROLES))

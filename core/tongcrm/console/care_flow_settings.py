@@ -21,7 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.channels import service as channels
 from tongcrm.console.forms import form_fields
-from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
+from tongcrm.console.web import (
+    PREFIX,
+    ConsoleController,
+    action,
+    actor_of,
+    page,
+    problem_text,
+    redirect,
+    render,
+)
 from tongcrm.db.engine import transaction
 from tongcrm.errors import TongcrmError, Unprocessable
 from tongcrm.messaging import flows
@@ -153,5 +162,7 @@ class CareFlowSettingsPage(ConsoleController):
         except TongcrmError as exc:
             if exc.status_code >= 500:
                 raise
-            return await _page(request, problem=f"{flow}: {exc.message}", status_code=exc.status_code)
+            return await _page(
+                request, problem=f"{flow}: {problem_text(request, exc)}", status_code=exc.status_code
+            )
         return redirect(request, f"{SETTINGS}#flow-{flow}")

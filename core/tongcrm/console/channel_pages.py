@@ -28,7 +28,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.channels import service as channels
 from tongcrm.channels.models import SyncState
 from tongcrm.console.forms import form_fields
-from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
+from tongcrm.console.web import (
+    PREFIX,
+    ConsoleController,
+    action,
+    actor_of,
+    page,
+    problem_text,
+    redirect,
+    render,
+)
 from tongcrm.errors import PluginError, TongcrmError, Unprocessable
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
@@ -181,5 +190,7 @@ class ChannelAccountPages(ConsoleController):
         except TongcrmError as exc:
             if exc.status_code >= 500 or exc.status_code == 404:
                 raise
-            return await _reauth_page(request, name, problem=exc.message, status_code=exc.status_code)
+            return await _reauth_page(
+                request, name, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, f"{PREFIX}/channels?reauthorised={name}")

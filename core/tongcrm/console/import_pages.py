@@ -35,6 +35,7 @@ from tongcrm.console.web import (
     actor_of,
     context_of,
     page,
+    problem_text,
     redirect,
     render,
 )
@@ -120,7 +121,9 @@ class ImportPages(ConsoleController):
             problem = translate(context_of(request).lang, "imp.no_file")
             return await _index(request, None, None, fields, problem, status_code=400)
         except TongcrmError as exc:
-            return await _index(request, None, None, fields, exc.message, status_code=exc.status_code)
+            return await _index(
+                request, None, None, fields, problem_text(request, exc), status_code=exc.status_code
+            )
         finally:
             if isinstance(upload, UploadFile):
                 await upload.close()

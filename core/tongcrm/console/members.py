@@ -23,7 +23,16 @@ from tongcrm.audit import service as audit
 from tongcrm.auth.service import Role
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.console.forms import form_fields
-from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
+from tongcrm.console.web import (
+    PREFIX,
+    ConsoleController,
+    action,
+    actor_of,
+    page,
+    problem_text,
+    redirect,
+    render,
+)
 from tongcrm.db.base import utcnow
 from tongcrm.entitlements import service as entitlements
 from tongcrm.errors import BadRequest, NotFound, Unprocessable
@@ -145,7 +154,7 @@ async def _search(request: Request[Any, Any, Any], form: SearchForm, *, reveal: 
     except (BadRequest, Unprocessable) as exc:
         # a number or pattern the search cannot read: the search page again, the typed text kept and the
         # reason beside it (the bare error page dropped the form: the operator had to go back and retype)
-        problem = exc.message
+        problem = problem_text(request, exc)
     return render(
         request,
         "members.html",

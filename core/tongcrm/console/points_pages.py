@@ -24,7 +24,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import PathId
 from tongcrm.console.forms import form_fields, principal_of
-from tongcrm.console.web import PREFIX, ConsoleController, action, page, redirect, render
+from tongcrm.console.problems import explain_text
+from tongcrm.console.web import (
+    PREFIX,
+    ConsoleController,
+    action,
+    context_of,
+    page,
+    problem_text,
+    redirect,
+    render,
+)
 from tongcrm.db.engine import transaction
 from tongcrm.db.lengths import column_length
 from tongcrm.errors import NotFound, TongcrmError, Unprocessable
@@ -92,12 +102,22 @@ def whole_points(text: str) -> int:
     ``1 000`` (full-width digits and commas are folded; no decimals, no sign: the direction says that)."""
     folded = unicodedata.normalize("NFKC", text).replace(",", "").replace(" ", "").strip()
     if not folded.isascii() or not folded.isdigit():
-        raise Unprocessable(f"points: {text.strip()!r} is not a whole number of points")
+        raise Unprocessable(
+            f"points: {text.strip()!r} is not a whole number of points",
+            code="points.not_whole",
+            params={"value": text.strip()},
+        )
     value = int(folded)
     if value <= 0:
-        raise Unprocessable("points: give a number above 0 (the direction says grant or deduct)")
+        raise Unprocessable(
+            "points: give a number above 0 (the direction says grant or deduct)", code="points.not_positive"
+        )
     if value > MAX_ENTRY_POINTS:
-        raise Unprocessable(f"points: one adjustment moves at most {MAX_ENTRY_POINTS:,} points")
+        raise Unprocessable(
+            f"points: one adjustment moves at most {MAX_ENTRY_POINTS:,} points",
+            code="points.entry_too_large",
+            params={"max": MAX_ENTRY_POINTS},
+        )
     return value
 
 
@@ -105,21 +125,35 @@ def parse(form: AdjustForm, tz: Any) -> Adjustment:
     """The form's adjustment, or :class:`Unprocessable` naming the field that is wrong. The service checks
     again (a reason, a future expiry, the balance); these are the checks only a form needs."""
     if form.direction not in DIRECTIONS:
-        raise Unprocessable("direction: choose grant or deduct")
+        raise Unprocessable("direction: choose grant or deduct", code="points.direction")
     amount = whole_points(form.points)
     reason = form.reason.strip()
     if not reason:
-        raise Unprocessable("reason: say why the points are adjusted (it is kept in the ledger)")
+        raise Unprocessable(
+            "reason: say why the points are adjusted (it is kept in the ledger)",
+            code="points.reason_required",
+        )
     if len(reason) > MAX_REASON:
-        raise Unprocessable(f"reason: at most {MAX_REASON} characters")
+        raise Unprocessable(
+            f"reason: at most {MAX_REASON} characters",
+            code="points.reason_too_long",
+            params={"max": MAX_REASON, "length": len(reason)},
+        )
     expires_at = None
     if form.expires_on.strip():
         if form.direction == "deduct":
-            raise Unprocessable("expires on: a deduction takes existing points; only a grant has an expiry")
+            raise Unprocessable(
+                "expires on: a deduction takes existing points; only a grant has an expiry",
+                code="points.expiry_on_deduct",
+            )
         try:
             day = date.fromisoformat(form.expires_on.strip())
         except ValueError as exc:
-            raise Unprocessable(f"expires on: {form.expires_on!r} is not a date like 2027-01-31") from exc
+            raise Unprocessable(
+                f"expires on: {form.expires_on!r} is not a date like 2027-01-31",
+                code="points.expiry_not_date",
+                params={"value": form.expires_on},
+            ) from exc
         # valid through the day chosen, in the programme's zone: the lot expires as the next day begins
         expires_at = datetime.combine(day + timedelta(days=1), time.min, tzinfo=tz).astimezone(UTC)
     return Adjustment(amount if form.direction == "grant" else -amount, reason, expires_at)
@@ -199,10 +233,11 @@ class PointsAdjustPage(ConsoleController):
         if not form.key.startswith(KEY_PREFIX):
             # a form this console did not draw (or one without its key): a new key, nothing done
             form = AdjustForm(form.direction, form.points, form.reason, form.expires_on, new_key())
+            lang = context_of(request).lang
+            no_key = "the form had no idempotency key: check and send it again"
             return await _page(
-                request, member_id, form, problem="the form had no idempotency key: check and send it again",
-                status_code=400,
-            )  # fmt: skip
+                request, member_id, form, problem=explain_text(lang, no_key, "points.no_key"), status_code=400
+            )
         state = request.app.state
         ctx = points.PointsContext(
             clock=lambda: datetime.now(UTC),
@@ -220,5 +255,7 @@ class PointsAdjustPage(ConsoleController):
                 # this form already adjusted, with other values: a fresh form, so a second adjustment is
                 # a deliberate one
                 form = AdjustForm(form.direction, form.points, form.reason, form.expires_on, new_key())
-            return await _page(request, member_id, form, problem=exc.message, status_code=exc.status_code)
+            return await _page(
+                request, member_id, form, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, f"{PREFIX}/members/{member_id}?adjusted={entry_id}")

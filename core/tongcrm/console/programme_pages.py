@@ -32,6 +32,7 @@ from tongcrm.console.web import (
     action,
     actor_of,
     page,
+    problem_text,
     redirect,
     render,
 )
@@ -150,7 +151,9 @@ class PointsRulesPage(ConsoleController):
         except TongcrmError as exc:
             if exc.status_code >= 500:
                 raise
-            return await _rules_page(request, draft=draft, problem=exc.message, status_code=exc.status_code)
+            return await _rules_page(
+                request, draft=draft, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, f"{PREFIX}/points/rules/{stored.version}")
 
     @get("/{version:int}", opt=page())
@@ -175,7 +178,7 @@ class PointsRulesPage(ConsoleController):
             except TongcrmError as exc:
                 if exc.status_code >= 500:
                     raise
-                problem, status_code = exc.message, exc.status_code
+                problem, status_code = problem_text(request, exc), exc.status_code
         return render(
             request,
             "programme/rule_version.html",
@@ -205,7 +208,11 @@ class PointsRulesPage(ConsoleController):
             if exc.status_code >= 500:
                 raise
             return await _rules_page(
-                request, draft=draft, since=since_text, problem=exc.message, status_code=exc.status_code
+                request,
+                draft=draft,
+                since=since_text,
+                problem=problem_text(request, exc),
+                status_code=exc.status_code,
             )
         return await _rules_page(request, draft=draft, since=since_text, report=report)
 
@@ -279,7 +286,9 @@ class TiersPage(ConsoleController):
         except TongcrmError as exc:
             if exc.status_code >= 500:
                 raise
-            return await _tiers_page(request, draft=draft, problem=exc.message, status_code=exc.status_code)
+            return await _tiers_page(
+                request, draft=draft, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return await _tiers_page(request, draft=draft, preview=result)
 
     @post("/apply", opt=action(Role.ADMIN))
@@ -310,7 +319,7 @@ class TiersPage(ConsoleController):
                 request,
                 draft=draft,
                 preview=await _preview_of(request, draft),
-                problem=exc.message,
+                problem=problem_text(request, exc),
                 status_code=exc.status_code,
             )
         return redirect(request, f"{PREFIX}/tiers")

@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, get, post
@@ -25,6 +26,8 @@ from tongcrm.api.inputs import MAX_ID, PathId
 from tongcrm.console.charts import DailyPoint, daily_counts
 from tongcrm.console.forms import form_fields, principal_of
 from tongcrm.console.i18n import translate
+from tongcrm.console.money import MONEY_FIELDS, definition_to_fen, definition_to_yuan, fen_to_yuan
+from tongcrm.console.problems import segment_problem
 from tongcrm.console.segment_fields_zh import in_chinese
 from tongcrm.console.web import (
     PREFIX,
@@ -35,6 +38,7 @@ from tongcrm.console.web import (
     actor_of,
     context_of,
     page,
+    problem_text,
     redirect,
     render,
 )
@@ -44,7 +48,20 @@ from tongcrm.errors import BadRequest, Forbidden, TongcrmError
 from tongcrm.members.service import REVEAL_ROLES, MemberSummary, check_reveal
 from tongcrm.segments import service
 from tongcrm.segments.models import Segment, SegmentVersion
-from tongcrm.segments.schema import InvalidSegment, catalogue
+from tongcrm.segments.schema import OPERATORS, InvalidSegment, Problem, catalogue
+
+#: Every operator of the segment language, for the editor's labels (``seg.op.<op>`` in both catalogs).
+OPERATOR_NAMES: tuple[str, ...] = tuple(dict.fromkeys(op for ops in OPERATORS.values() for op in ops))
+
+
+def shown_value(field: str, value: Any) -> str:
+    """A condition's value as the "why" page prints it: money in yuan (``"299.00"``), the rest as JSON."""
+    if field in MONEY_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+        return fen_to_yuan(value)
+    if field in MONEY_FIELDS and isinstance(value, list | tuple):
+        return "[" + ", ".join(shown_value(field, v) for v in value) + "]"
+    return json_text(value)
+
 
 SEGMENTS = PREFIX + "/segments"
 #: Days of daily counts the chart shows.
@@ -77,24 +94,48 @@ def json_text(value: Any, indent: int | None = None) -> str:
 
 
 def parse_definition(text: str) -> Any:
-    """The editor's JSON text as a document; a 400 saying where the JSON breaks."""
+    """The editor's JSON text as a document (money in yuan, as the console writes it); a 400 saying where the
+    JSON breaks. A number with a fraction is read as a :class:`~decimal.Decimal`, so ``299.99`` yuan reaches
+    :func:`tongcrm.console.money.definition_to_fen` exactly; one left elsewhere (no field takes one) goes on
+    as a float, which the service refuses as it refuses it from the API."""
     try:
-        return json.loads(text)
+        document = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
         raise BadRequest(
-            f"the definition is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            f"the definition is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            code="segment.not_json",
+            params={"line": exc.lineno, "column": exc.colno},
         ) from exc
+    return _floats(definition_to_fen(document))
+
+
+def _floats(value: Any) -> Any:
+    """``value`` with every Decimal left by :func:`parse_definition` back as the float ``json.loads`` makes."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    return value
+
+
+def _problems(lang: str, problems: list[Problem]) -> list[dict[str, str]]:
+    """A draft's mistakes or warnings as the editor lists them: each pointer, its detail in ``lang``."""
+    return [segment_problem(lang, {**p.as_dict(), "code": p.code, "params": p.params}) for p in problems]
 
 
 async def count_draft(session: AsyncSession, request: Request[Any, Any, Any], definition: Any) -> DraftResult:
-    """Count a draft the way ``POST /api/segments/preview`` does (no sample: the editor shows only the count)."""
+    """Count a draft the way ``POST /api/segments/preview`` does (no sample: the editor shows only the count).
+    ``definition`` is in fen (the API's document); mistakes and warnings are in the page's language."""
     state = request.app.state
+    lang = context_of(request).lang
     try:
         context = await service.load_context(session, state.host, utcnow())
         result = await service.preview(session, state.vault, context, definition, sample=0)
     except InvalidSegment as exc:
-        return DraftResult(None, [], [p.as_dict() for p in exc.problems])
-    return DraftResult(result.count, [w.as_dict() for w in result.warnings], [])
+        return DraftResult(None, [], _problems(lang, exc.problems))
+    return DraftResult(result.count, _problems(lang, list(result.warnings)), [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +179,17 @@ def editor_config(lang_labels: Mapping[str, str], lang: str = "en") -> str:
     fields = [f for f in catalogue().fields if f["available"]]
     if lang == "zh":
         fields = [in_chinese(f) for f in fields]
-    return json.dumps({"fields": fields, "labels": dict(lang_labels)}, ensure_ascii=False).replace(
-        "</", "<\\/"
-    )
+    # money fields are typed in yuan here (tongcrm.console.money): the editor keeps their values as text
+    fields = [
+        {**f, "unit": "yuan", "description": f["description"].replace("in fen", "in yuan")}
+        if f["field"] in MONEY_FIELDS
+        else f
+        for f in fields
+    ]
+    operators = {op: translate(lang, f"seg.op.{op}") for op in OPERATOR_NAMES}
+    return json.dumps(
+        {"fields": fields, "labels": dict(lang_labels), "operators": operators}, ensure_ascii=False
+    ).replace("</", "<\\/")
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -150,7 +199,7 @@ _EDITOR_LABELS = (
     "seg.ed.match_all", "seg.ed.match_any", "seg.ed.negate", "seg.ed.add_condition", "seg.ed.add_group",
     "seg.ed.remove", "seg.ed.field", "seg.ed.operator", "seg.ed.value", "seg.ed.value_low", "seg.ed.value_high",
     "seg.ed.list_hint", "seg.ed.yes", "seg.ed.no", "seg.ed.group", "seg.ed.counting", "seg.ed.members",
-    "seg.ed.invalid", "seg.ed.json_error", "seg.ed.failed", "seg.ed.condition",
+    "seg.ed.invalid", "seg.ed.json_error", "seg.ed.failed", "seg.ed.condition", "seg.ed.yuan_hint",
 )  # fmt: skip
 
 
@@ -201,7 +250,8 @@ class SegmentPages(ConsoleController):
 
     @post("/preview", opt=action(*READ_ROLES), status_code=200)
     async def preview(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        """The live count: the editor posts its tree as JSON ``{"definition": …}`` on every edit."""
+        """The live count: the editor posts its tree as JSON ``{"definition": …}`` on every edit (money in
+        yuan, converted to fen here)."""
         try:
             body = await request.json()
         except ValueError:
@@ -210,8 +260,13 @@ class SegmentPages(ConsoleController):
             return Response(
                 {"errors": [{"pointer": "", "detail": 'send {"definition": …}'}]}, status_code=400
             )
-        async with request.app.state.read_sessions() as session:
-            result = await count_draft(session, request, body["definition"])
+        try:
+            definition = definition_to_fen(body["definition"])
+        except InvalidSegment as exc:
+            result = DraftResult(None, [], _problems(context_of(request).lang, exc.problems))
+        else:
+            async with request.app.state.read_sessions() as session:
+                result = await count_draft(session, request, definition)
         return Response(
             {"count": result.count, "warnings": result.warnings, "errors": result.errors},
             status_code=200 if result.count is not None else 422,
@@ -231,8 +286,13 @@ class SegmentPages(ConsoleController):
             try:
                 result: DraftResult | None = await count_draft(session, request, parse_definition(text))
                 problem = None
+            except InvalidSegment as exc:  # an amount that is not one (money in yuan)
+                result, problem = (
+                    DraftResult(None, [], _problems(context_of(request).lang, exc.problems)),
+                    None,
+                )
             except BadRequest as exc:
-                result, problem = None, exc.message
+                result, problem = None, problem_text(request, exc)
         return _editor(
             request, segment=segment, text=text, name=form.get("name", ""), description=form.get("description", ""),
             note=form.get("note", ""), result=result, problem=problem,
@@ -260,7 +320,7 @@ class SegmentPages(ConsoleController):
             {
                 "d": detail,
                 "chart": chart,
-                "definition_text": json_text(detail.definition, 2),
+                "definition_text": json_text(definition_to_yuan(detail.definition), 2),
                 "json": json_text,
                 "may_reveal": principal_of(request).role.value in REVEAL_ROLES,
             },
@@ -272,7 +332,7 @@ class SegmentPages(ConsoleController):
         async with request.app.state.read_sessions() as session:
             segment = await service.get_segment(session, segment_id)
             definition = await service.current_definition(session, segment)
-        text = json.dumps(definition, ensure_ascii=False, indent=2)
+        text = json.dumps(definition_to_yuan(definition), ensure_ascii=False, indent=2)
         return _editor(request, segment=segment, text=text, description=segment.description, note="")
 
     @post("/{segment_id:int}", opt=action(*WRITE_ROLES))
@@ -298,7 +358,13 @@ class SegmentPages(ConsoleController):
         return render(
             request,
             "segments/why.html",
-            {"segment": segment, "member_id": member_id, "why": explained, "json": json_text},
+            {
+                "segment": segment,
+                "member_id": member_id,
+                "why": explained,
+                "json": json_text,
+                "shown": shown_value,
+            },
             title="seg.why_title",
         )
 
@@ -360,7 +426,7 @@ async def _save(
             )  # fmt: skip
             saved_id = saved.id
     except InvalidSegment as exc:
-        result = DraftResult(None, [], [p.as_dict() for p in exc.problems])
+        result = DraftResult(None, [], _problems(context_of(request).lang, exc.problems))
         return _editor(
             request, segment=segment, text=text, name=name, description=description, note=note, result=result,
             status_code=422,
@@ -370,6 +436,6 @@ async def _save(
             raise
         return _editor(
             request, segment=segment, text=text, name=name, description=description, note=note,
-            problem=exc.message, status_code=exc.status_code,
+            problem=problem_text(request, exc), status_code=exc.status_code,
         )  # fmt: skip
     return redirect(request, f"{SEGMENTS}/{saved_id}?saved=1")

@@ -35,7 +35,10 @@ from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.console import sessions
 from tongcrm.console.i18n import CATALOGS, DEFAULT_LANG, translate
+from tongcrm.console.ledger_zh import explain_zh
+from tongcrm.console.problems import explain
 from tongcrm.errors import ConfigError, TongcrmError
+from tongcrm.points.schemas import EntryOut
 
 PREFIX = "/console"
 SESSION_COOKIE = "tongcrm_console"
@@ -229,6 +232,14 @@ def local_time(value: datetime | None) -> str:
 
 
 _env.filters["yuan"] = yuan
+
+
+def entry_text(entry: EntryOut, lang: str) -> str:
+    """A ledger entry's explanation in ``lang`` (the service's English one, or :mod:`tongcrm.console.ledger_zh`)."""
+    return explain_zh(entry) if lang == "zh" else entry.explanation
+
+
+_env.globals["entry_text"] = entry_text
 _env.filters["local"] = local_time
 
 
@@ -331,6 +342,11 @@ def safe_next(target: str | None) -> str:
 # errors: console routes answer pages, not problem documents
 
 
+def problem_text(request: Request[Any, Any, Any], exc: TongcrmError) -> str:
+    """A refusal as this request's page shows it: in its language (:mod:`tongcrm.console.problems`)."""
+    return explain(context_of(request).lang, exc)
+
+
 def _error_page(request: Request[Any, Any, Any], status: int, message: str) -> Response[Any]:
     if request.state.get(_CONTEXT) is None:
         lang, set_lang = _lang_of(request)
@@ -363,7 +379,11 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[An
 
 def _on_domain(request: Request[Any, Any, Any], exc: TongcrmError) -> Response[Any]:
     request.state["tongcrm_console_exc"] = exc
-    return _error_page(request, exc.status_code if exc.status_code < 500 else 500, exc.message)
+    status = exc.status_code if exc.status_code < 500 else 500
+    if request.state.get(_CONTEXT) is None:
+        lang, set_lang = _lang_of(request)
+        request.state[_CONTEXT] = ConsoleContext(lang, set_lang)
+    return _error_page(request, status, problem_text(request, exc))
 
 
 exception_handlers: ExceptionHandlersMap = {HTTPException: _on_http, TongcrmError: _on_domain}

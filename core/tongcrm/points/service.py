@@ -673,7 +673,10 @@ async def _member_ok(session: AsyncSession, member_id: int) -> None:
         raise NotFound(f"no member {member_id}")
     if row[0] == "merged":
         raise Conflict(
-            f"member {member_id} was merged into member {row[1]}", extra={"merged_into_id": row[1]}
+            f"member {member_id} was merged into member {row[1]}",
+            extra={"merged_into_id": row[1]},
+            code="member.merged",
+            params={"member_id": member_id, "merged_into_id": row[1]},
         )
 
 
@@ -703,6 +706,8 @@ async def _debit(
         raise Conflict(
             f"member {member_id} has {max(balance.available, 0)} points available; {points} requested",
             extra={"available": balance.available, "requested": points},
+            code="points.insufficient",
+            params={"available": max(balance.available, 0), "requested": points},
         )
     await book.load_available([member_id])
     book.entry(member_id, kind, -points, key, **fields)
@@ -714,7 +719,11 @@ async def _debit(
 
 def _check_entry_size(points: int) -> None:
     if abs(points) > MAX_ENTRY_POINTS:
-        raise Unprocessable(f"one entry moves at most {MAX_ENTRY_POINTS} points")
+        raise Unprocessable(
+            f"one entry moves at most {MAX_ENTRY_POINTS} points",
+            code="points.entry_too_large",
+            params={"max": MAX_ENTRY_POINTS},
+        )
 
 
 async def redeem(
@@ -746,16 +755,19 @@ async def adjust(
     """A manual correction with a reason and the actor. Positive: a new lot (expiring per the rule set's default
     unless ``expires`` is given); negative: taken FIFO, never below zero."""
     if points == 0:
-        raise Unprocessable("an adjustment needs a non-zero number of points")
+        raise Unprocessable("an adjustment needs a non-zero number of points", code="points.zero")
     _check_entry_size(points)
     if not reason.strip():
-        raise Unprocessable("an adjustment needs a reason")
+        raise Unprocessable("an adjustment needs a reason", code="points.reason_required")
     if expires is not None:
         if expires.tzinfo is None:
-            raise Unprocessable("expires_at needs a time zone (e.g. 2027-01-01T00:00:00+08:00)")
+            raise Unprocessable(
+                "expires_at needs a time zone (e.g. 2027-01-01T00:00:00+08:00)", code="points.expiry_naive"
+            )
         if expires <= ctx.clock():
             raise Unprocessable(
-                "expires_at must be in the future: points that already expired are not available"
+                "expires_at must be in the future: points that already expired are not available",
+                code="points.expiry_past",
             )
     await _member_ok(session, member_id)
     now = ctx.clock()
@@ -1031,6 +1043,7 @@ async def idempotent(
             raise Unprocessable(
                 f"Idempotency-Key {key!r} was already used for a different request",
                 extra={"idempotency_key": key},
+                code="points.key_reused",
             )
         return msgspec.convert(stored.response, LedgerResult), True
     result = await action()

@@ -89,6 +89,9 @@ class FieldSpec:
     maximum: int | None = None
     #: Why the field cannot be used yet (declared so documents can name it; refused with this reason).
     unavailable: str | None = None
+    #: The unit of an amount, where a reader must convert it: ``"fen"`` for money (the console shows and takes
+    #: such a field in yuan, :mod:`tongcrm.console.money`). Not in the API's catalogue, which says "in fen" in words.
+    unit: str | None = None
 
     @property
     def operators(self) -> tuple[str, ...]:
@@ -139,13 +142,13 @@ FIELDS: Mapping[str, FieldSpec] = {
         FieldSpec("points.redeemed", Type.INT, "points redeemed", params=(WINDOW,)),
         # behaviour
         FieldSpec("orders.count", Type.INT, "orders bought (paid and not refunded in full)", params=ORDER_SCOPE),
-        FieldSpec("orders.spend", Type.INT, "spend in fen, net of refunds", params=ORDER_SCOPE),
+        FieldSpec("orders.spend", Type.INT, "spend in fen, net of refunds", params=ORDER_SCOPE, unit="fen"),
         FieldSpec("orders.last_at", Type.DATETIME, "when the latest order was placed", params=ORDER_SCOPE,
                   nullable=True),
         FieldSpec("orders.first_at", Type.DATETIME, "when the first order was placed", params=ORDER_SCOPE,
                   nullable=True),
         FieldSpec("orders.aov", Type.INT, "average order value in fen (spend / orders, rounded down)",
-                  params=ORDER_SCOPE, nullable=True),
+                  params=ORDER_SCOPE, nullable=True, unit="fen"),
         FieldSpec("orders.refund_rate", Type.INT, "percent of the paid amount refunded (rounded down)",
                   params=ORDER_SCOPE, nullable=True),
         FieldSpec("orders.bought_sku", Type.STRING, "bought a line with one of these SKUs (not refunded in full)",
@@ -212,6 +215,10 @@ Node = Leaf | All | AnyOf | Not
 class Problem:
     pointer: str
     detail: str
+    #: The mistake's name and values for a reader in another language (the console's Chinese editor); not in
+    #: :meth:`as_dict`, which is what the API answers.
+    code: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, str]:
         return {"pointer": self.pointer, "detail": self.detail}
@@ -246,8 +253,8 @@ class _Parser:
         self.problems: list[Problem] = []
         self.nodes = 0
 
-    def fail(self, pointer: str, detail: str) -> None:
-        self.problems.append(Problem(pointer, detail))
+    def fail(self, pointer: str, detail: str, code: str | None = None, **params: Any) -> None:
+        self.problems.append(Problem(pointer, detail, code, params))
 
     def node(self, raw: Any, pointer: str, depth: int) -> Node | None:
         self.nodes += 1
@@ -292,7 +299,13 @@ class _Parser:
         name = raw["field"]
         spec = FIELDS.get(name) if isinstance(name, str) else None
         if spec is None:
-            self.fail(child_pointer(pointer, "field"), f"unknown field {name!r}{_suggest(name, FIELDS)}")
+            self.fail(
+                child_pointer(pointer, "field"),
+                f"unknown field {name!r}{_suggest(name, FIELDS)}",
+                "segment.unknown_field_suggest" if _suggest(name, FIELDS) else "segment.unknown_field",
+                name=name,
+                suggestion=_closest(name, FIELDS),
+            )
             return None
         if spec.unavailable:
             self.fail(
@@ -310,7 +323,13 @@ class _Parser:
         for p in spec.params:
             if p.name not in raw:
                 if p.required:
-                    self.fail(pointer, f"field {name!r} needs {p.name!r}")
+                    self.fail(
+                        pointer,
+                        f"field {name!r} needs {p.name!r}",
+                        "segment.needs_param",
+                        name=name,
+                        param=p.name,
+                    )
                     ok = False
                 continue
             value = self.param(p, raw[p.name], child_pointer(pointer, p.name))
@@ -326,11 +345,18 @@ class _Parser:
             ops = _MEMBERSHIP_OPS
         if op not in ops:
             self.fail(
-                child_pointer(pointer, "op"), f"field {name!r} takes op one of {', '.join(ops)}; got {op!r}"
+                child_pointer(pointer, "op"),
+                f"field {name!r} takes op one of {', '.join(ops)}; got {op!r}",
+                "segment.bad_op",
+                name=name,
+                ops=", ".join(ops),
+                op=op,
             )
             return None
         if "value" not in raw:
-            self.fail(pointer, f"field {name!r} with op {op!r} needs a 'value'")
+            self.fail(
+                pointer, f"field {name!r} with op {op!r} needs a 'value'", "segment.needs_value", name=name
+            )
             return None
         value = self.value(spec, op, raw["value"], child_pointer(pointer, "value"))
         if value is None or not ok:
@@ -340,7 +366,13 @@ class _Parser:
     def param(self, p: Param, raw: Any, pointer: str) -> Any:
         if p.kind == "days":
             if not _is_int(raw) or not 1 <= raw <= MAX_DAYS:
-                self.fail(pointer, f"{p.name!r} is a whole number of days from 1 to {MAX_DAYS}")
+                self.fail(
+                    pointer,
+                    f"{p.name!r} is a whole number of days from 1 to {MAX_DAYS}",
+                    "segment.days",
+                    name=p.name,
+                    max=MAX_DAYS,
+                )
                 return None
             return raw
         if p.kind == "purpose":
@@ -356,7 +388,7 @@ class _Parser:
     def value(self, spec: FieldSpec, op: str, raw: Any, pointer: str) -> Any:
         if op == "is_set" or spec.type is Type.BOOL:
             if not isinstance(raw, bool):
-                self.fail(pointer, f"op {op!r} takes true or false; got {raw!r}")
+                self.fail(pointer, f"op {op!r} takes true or false; got {raw!r}", "segment.bool", op=op)
                 return None
             return raw
         if op in ("in", "not_in", "has_any", "has_all", "has_none") or (
@@ -365,7 +397,13 @@ class _Parser:
             if op == "eq":
                 raw = [raw]
             if not isinstance(raw, list) or not raw or len(raw) > MAX_LIST:
-                self.fail(pointer, f"op {op!r} takes a list of 1 to {MAX_LIST} values")
+                self.fail(
+                    pointer,
+                    f"op {op!r} takes a list of 1 to {MAX_LIST} values",
+                    "segment.list",
+                    op=op,
+                    max=MAX_LIST,
+                )
                 return None
             items = [self.scalar(spec, item, child_pointer(pointer, i)) for i, item in enumerate(raw)]
             if any(item is None for item in items):
@@ -373,19 +411,31 @@ class _Parser:
             return tuple(dict.fromkeys(items))
         if op == "between":
             if not isinstance(raw, list) or len(raw) != 2:
-                self.fail(pointer, "op 'between' takes [low, high] (both included)")
+                self.fail(pointer, "op 'between' takes [low, high] (both included)", "segment.between")
                 return None
             low = self.scalar(spec, raw[0], child_pointer(pointer, 0))
             high = self.scalar(spec, raw[1], child_pointer(pointer, 1))
             if low is None or high is None:
                 return None
             if low > high:
-                self.fail(pointer, f"'between' needs low <= high; got {raw[0]!r} > {raw[1]!r}")
+                self.fail(
+                    pointer,
+                    f"'between' needs low <= high; got {raw[0]!r} > {raw[1]!r}",
+                    "segment.between_order",
+                    low=raw[0],
+                    high=raw[1],
+                )
                 return None
             return (low, high)
         if op in ("within_days", "not_within_days"):
             if not _is_int(raw) or not 0 <= raw <= MAX_DAYS:
-                self.fail(pointer, f"op {op!r} takes a whole number of days from 0 to {MAX_DAYS}")
+                self.fail(
+                    pointer,
+                    f"op {op!r} takes a whole number of days from 0 to {MAX_DAYS}",
+                    "segment.op_days",
+                    op=op,
+                    max=MAX_DAYS,
+                )
                 return None
             return raw
         return self.scalar(spec, raw, pointer)
@@ -393,20 +443,44 @@ class _Parser:
     def scalar(self, spec: FieldSpec, raw: Any, pointer: str) -> Any:
         if spec.type in (Type.STRING, Type.TAGS):
             if not isinstance(raw, str) or not raw or len(raw) > 100:
-                self.fail(pointer, f"field {spec.name!r} takes strings of 1 to 100 characters; got {raw!r}")
+                self.fail(
+                    pointer,
+                    f"field {spec.name!r} takes strings of 1 to 100 characters; got {raw!r}",
+                    "segment.string",
+                    name=spec.name,
+                )
                 return None
             if spec.choices and raw not in spec.choices:
-                self.fail(pointer, f"{raw!r} is not one of {', '.join(spec.choices)}")
+                self.fail(
+                    pointer,
+                    f"{raw!r} is not one of {', '.join(spec.choices)}",
+                    "segment.choice",
+                    value=raw,
+                    choices=", ".join(spec.choices),
+                )
                 return None
             return raw
         if spec.type is Type.INT:
             if not _is_int(raw):
-                self.fail(pointer, f"field {spec.name!r} takes whole numbers; got {raw!r}")
+                self.fail(
+                    pointer,
+                    f"field {spec.name!r} takes whole numbers; got {raw!r}",
+                    "segment.whole_numbers",
+                    name=spec.name,
+                    value=raw,
+                )
                 return None
             if (spec.minimum is not None and raw < spec.minimum) or (
                 spec.maximum is not None and raw > spec.maximum
             ):
-                self.fail(pointer, f"field {spec.name!r} takes values from {spec.minimum} to {spec.maximum}")
+                self.fail(
+                    pointer,
+                    f"field {spec.name!r} takes values from {spec.minimum} to {spec.maximum}",
+                    "segment.range",
+                    name=spec.name,
+                    low=spec.minimum,
+                    high=spec.maximum,
+                )
                 return None
             if abs(raw) >= 2**62:
                 self.fail(pointer, "the number is too large")
@@ -421,7 +495,7 @@ class _Parser:
                 moment = None
         if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
             self.fail(pointer, f"field {spec.name!r} takes ISO 8601 times with an offset, e.g. "
-                      f"'2026-11-11T00:00:00+08:00'; got {raw!r}")  # fmt: skip
+                      f"'2026-11-11T00:00:00+08:00'; got {raw!r}", "segment.datetime", name=spec.name)  # fmt: skip
             return None
         return moment
 
@@ -430,13 +504,19 @@ def _is_int(raw: Any) -> bool:
     return isinstance(raw, int) and not isinstance(raw, bool)
 
 
-def _suggest(name: Any, known: Mapping[str, Any]) -> str:
+def _closest(name: Any, known: Mapping[str, Any]) -> str | None:
+    """The known name ``name`` most likely misspells, or None."""
     import difflib
 
     if not isinstance(name, str):
-        return ""
+        return None
     close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
+
+
+def _suggest(name: Any, known: Mapping[str, Any]) -> str:
+    close = _closest(name, known)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def parse(document: Any) -> Node:

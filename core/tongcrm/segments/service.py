@@ -192,7 +192,14 @@ async def unmatched_values(session: AsyncSession, tree: Node) -> list[Problem]:
             found = (await session.execute(sa.select(sa.literal(1)).where(column == value).limit(1))).first()
             if found is None:
                 at = f"{leaf.pointer}/value" + (f"/{i}" if isinstance(leaf.value, tuple) else "")
-                out.append(Problem(at, f"no member has {leaf.field.name} {value!r}"))
+                out.append(
+                    Problem(
+                        at,
+                        f"no member has {leaf.field.name} {value!r}",
+                        "segment.no_match",
+                        {"name": leaf.field.name, "value": value},
+                    )
+                )
     return out
 
 
@@ -206,6 +213,8 @@ def _check_name(name: Any) -> str:
             f"segment name {name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
             " and not digits only",
             extra={"pointer": "/name"},
+            code="segment.name_invalid",
+            params={"name": name},
         )
     return name
 
@@ -266,16 +275,31 @@ async def save(
     """
     _check_name(name)
     if description is not None and len(description) > 500:
-        raise Unprocessable("description is longer than 500 characters", extra={"pointer": "/description"})
+        raise Unprocessable(
+            "description is longer than 500 characters",
+            extra={"pointer": "/description"},
+            code="segment.too_long",
+            params={"field": "description", "max": 500},
+        )
     if len(note) > 500:
-        raise Unprocessable("note is longer than 500 characters", extra={"pointer": "/note"})
+        raise Unprocessable(
+            "note is longer than 500 characters",
+            extra={"pointer": "/note"},
+            code="segment.too_long",
+            params={"field": "note", "max": 500},
+        )
     after = _with(context, name, definition)
     prepare(after, definition, name=name)
     existing = (
         await session.execute(sa.select(Segment).where(Segment.name == name).with_for_update())
     ).scalar()
     if existing is not None and create is True:
-        raise Conflict(f"segment {name!r} exists; save a new version of it instead", extra={"segment": name})
+        raise Conflict(
+            f"segment {name!r} exists; save a new version of it instead",
+            extra={"segment": name},
+            code="segment.exists",
+            params={"name": name},
+        )
     if existing is None and create is False:
         raise NotFound(f"no segment {name!r}", extra={"segment": name})
     if existing is not None:
@@ -294,6 +318,8 @@ async def save(
                 raise Unprocessable(
                     f"segment {other!r} uses {name!r} and would break: {exc.message}",
                     extra={"pointer": "/definition", "segment": other, "errors": exc.extra.get("errors", [])},
+                    code="segment.breaks",
+                    params={"other": other, "name": name, "reason": exc.message},
                 ) from exc
     now = utcnow()
     if existing is None:
@@ -311,7 +337,10 @@ async def save(
                 await session.flush()
         except IntegrityError as exc:  # another caller created the same name a moment ago
             raise Conflict(
-                f"segment {name!r} exists; save a new version of it instead", extra={"segment": name}
+                f"segment {name!r} exists; save a new version of it instead",
+                extra={"segment": name},
+                code="segment.exists",
+                params={"name": name},
             ) from exc
     else:
         segment = existing

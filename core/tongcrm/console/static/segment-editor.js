@@ -14,6 +14,7 @@
   if (!form || !box || !textarea || !configEl) return;
   var config = JSON.parse(configEl.textContent);
   var L = config.labels;
+  var OPS = config.operators || {};
   var fields = {};
   config.fields.forEach(function (f) { fields[f.field] = f; });
   var csrf = form.querySelector('input[name="csrf_token"]').value;
@@ -73,6 +74,7 @@
   }
   function defaultValue(f, op) {
     if (op === "is_set" || f.type === "bool") return true;
+    if (f.unit === "yuan" && !DAY_OPS[op]) return op === "between" ? ["0", "100"] : LIST_OPS[op] ? [] : "100";
     if (op === "between") return f.type === "int" ? [0, 1] : ["", ""];
     if (LIST_OPS[op]) return [];
     if (DAY_OPS[op]) return 30;
@@ -81,7 +83,9 @@
   }
 
   /* typed input -> JSON value */
+  /* money (f.unit "yuan") stays the text typed: the server reads yuan exactly and names an amount it cannot */
   function typed(f, op, raw) {
+    if (f.unit === "yuan" && !DAY_OPS[op]) return raw.trim();
     if (f.type === "int" || DAY_OPS[op]) {
       var n = Number(raw);
       return raw.trim() !== "" && Number.isInteger(n) ? n : raw;
@@ -110,7 +114,8 @@
       var pair = Array.isArray(node.value) ? node.value.slice(0, 2) : ["", ""];
       [0, 1].forEach(function (i) {
         var pid = nextId("value");
-        var input = el("input", { id: pid, type: f.type === "int" ? "number" : "text", value: pair[i] === undefined ? "" : String(pair[i]) });
+        var input = el("input", { id: pid, type: f.type === "int" && f.unit !== "yuan" ? "number" : "text", value: pair[i] === undefined ? "" : String(pair[i]) });
+        if (f.unit === "yuan") { input.setAttribute("inputmode", "decimal"); input.setAttribute("title", L["seg.ed.yuan_hint"]); }
         input.addEventListener("input", function () { pair[i] = typed(f, op, input.value); changed(pair.slice()); });
         wrap.appendChild(el("label", { "for": pid, text: L[i ? "seg.ed.value_high" : "seg.ed.value_low"] }));
         wrap.appendChild(input);
@@ -137,13 +142,20 @@
       });
       input.addEventListener("change", function () { changed(input.value); });
     } else {
-      var numeric = f.type === "int" || DAY_OPS[op];
+      var money = f.unit === "yuan" && !DAY_OPS[op];
+      var numeric = (f.type === "int" && !money) || DAY_OPS[op];
       input = el("input", { id: id, type: numeric ? "number" : "text", value: node.value === undefined || node.value === null ? "" : String(node.value) });
+      if (money) {
+        input.setAttribute("inputmode", "decimal");
+        input.setAttribute("placeholder", "299.00");
+        input.setAttribute("aria-describedby", id + "-yuan");
+      }
       if (f.type === "datetime" && !DAY_OPS[op]) input.setAttribute("placeholder", "2026-11-11T00:00:00+08:00");
       input.addEventListener("input", function () { changed(typed(f, op, input.value)); });
     }
     wrap.appendChild(el("label", { "for": id, text: L["seg.ed.value"] }));
     wrap.appendChild(input);
+    if (f.unit === "yuan" && !DAY_OPS[op]) wrap.appendChild(el("span", { id: id + "-yuan", "class": "muted", text: L["seg.ed.yuan_hint"] }));
     return wrap;
   }
 
@@ -216,7 +228,7 @@
     var oid = nextId("op");
     var opSel = el("select", { id: oid });
     f.operators.forEach(function (op) {
-      var o = el("option", { value: op, text: op });
+      var o = el("option", { value: op, text: OPS[op] || op });
       if (op === node.op) o.selected = true;
       opSel.appendChild(o);
     });

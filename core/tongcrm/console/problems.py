@@ -1,0 +1,220 @@
+"""Refusals in the console's language: the API's problems (English, machine-readable) as a sentence an operator
+of a Chinese page reads.
+
+The domain raises :class:`tongcrm.errors.TongcrmError` with an English ``message`` that the API's problem
+response carries as it is. A refusal the console shows often may also carry a ``code`` and ``params``
+(``points.insufficient`` with ``available`` and ``requested``); this module keys its sentences by that code,
+never by the English sentence, so rewording an English message changes no Chinese one. A refusal without a code
+(a new one, or one no page met yet) still gets Chinese: the field it names (the ``field: …`` prefix every form
+check and the API's validation use, or a segment's JSON pointer) in Chinese and the bound it states (``at most
+500 characters``, ``length <= 500``, ``from 1 to 3650``) rewritten by :data:`BOUNDS`, with the English detail
+after it so nothing the service said is lost. In English the message is shown as the API wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tongcrm.errors import TongcrmError
+
+#: Sentences by the refusal's ``code``; ``{name}`` placeholders come from the error's ``params``.
+MESSAGES_ZH: Mapping[str, str] = {
+    # points (tongcrm.points.service and the adjustment form)
+    "points.insufficient": "可用积分不足：该会员现有 {available} 可用积分，本次要扣减 {requested} 积分。",
+    "points.entry_too_large": "一次最多调整 {max:,} 积分。",
+    "points.not_whole": "积分：“{value}”不是整数，请填写不带小数的积分数。",
+    "points.not_positive": "积分：请填写大于 0 的数（增加还是扣减由上面的选项决定）。",
+    "points.zero": "调整的积分不能为 0。",
+    "points.reason_required": "原因：请填写调整原因（会记在积分明细上）。",
+    "points.reason_too_long": "原因：最多 {max} 个字符，现在是 {length} 个。",
+    "points.direction": "方向：请选择增加或扣减。",
+    "points.expiry_on_deduct": "有效期至：扣减用的是已有积分，只有增加积分才能设有效期。",
+    "points.expiry_not_date": "有效期至：“{value}”不是日期，请按 2027-01-31 的格式填写。",
+    "points.expiry_past": "有效期至：必须是将来的日期，已过期的积分不可用。",
+    "points.expiry_naive": "有效期至：需要带时区的时间。",
+    "points.key_reused": "这张表单已经用其他内容提交过一次调整；表单已换新，确认后可再次提交。",
+    "points.no_key": "表单缺少防重复提交的编号，请检查后再提交一次。",
+    "member.merged": "会员 {member_id} 已合并到会员 {merged_into_id}。",
+    # segments (tongcrm.segments.service and schema)
+    "segment.name_invalid": "人群名称“{name}”不可用：1 到 64 个小写字母、数字、“-”或“_”，以字母或数字开头，且不能全是数字。",
+    "segment.exists": "人群“{name}”已存在，请在它的页面保存新版本。",
+    "segment.too_long": "{field}：最多 {max} 个字符。",
+    "segment.breaks": "人群“{other}”引用了“{name}”，这样保存会使它失效：{reason}",
+    "segment.not_json": "条件不是合法的 JSON：第 {line} 行第 {column} 列附近有误。",
+    "segment.unknown_field": "没有“{name}”这个字段。",
+    "segment.unknown_field_suggest": "没有“{name}”这个字段，是不是“{suggestion}”？",
+    "segment.bad_op": "字段“{name}”的运算符只能是：{ops}；现在是“{op}”。",
+    "segment.needs_value": "字段“{name}”需要填写取值。",
+    "segment.needs_param": "字段“{name}”需要填写参数“{param}”。",
+    "segment.whole_numbers": "字段“{name}”只接受整数，现在是 {value}。",
+    "segment.range": "字段“{name}”的取值范围是 {low} 到 {high}。",
+    "segment.days": "“{name}”是 1 到 {max} 之间的整数天数。",
+    "segment.op_days": "运算符“{op}”需要 0 到 {max} 之间的整数天数。",
+    "segment.list": "运算符“{op}”需要 1 到 {max} 个值。",
+    "segment.between": "“介于”需要两个值 [下限, 上限]（都包含在内）。",
+    "segment.between_order": "“介于”的下限不能大于上限：{low} > {high}。",
+    "segment.string": "字段“{name}”的取值是 1 到 100 个字符的文字。",
+    "segment.choice": "“{value}”不在可选值中：{choices}。",
+    "segment.no_match": "没有会员的“{name}”是“{value}”（可能写错了）。",
+    "segment.datetime": "字段“{name}”需要带时区的时间，如 2026-11-11T00:00:00+08:00。",
+    "segment.bool": "运算符“{op}”的取值是“是”或“否”。",
+    # campaigns (tongcrm.campaigns.service)
+    "campaign.no_opt_out": "模板“{template}”缺少营销短信必须带的退订说明（如“拒收请回复R”）。",
+    "campaign.exists": "已有名为“{name}”的营销活动。",
+    "campaign.schedule_past": "计划时间已过：{at} 早于现在 {now}（{zone}）。",
+    # money as the console takes it (tongcrm.console.money)
+    "money.not_amount": "{field}：“{value}”不是金额，请填写元，如 299 或 299.50。",
+    "money.too_precise": "{field}：“{value}”超过两位小数；金额精确到分（0.01 元）。",
+    "money.negative": "{field}：金额不能为负数。",
+    "money.too_large": "{field}：金额不能超过 {max} 元。",
+}
+
+#: Field names the English messages use (the ``field:`` prefix, a JSON pointer's last key, a form control).
+FIELDS_ZH: Mapping[str, str] = {
+    "points": "积分",
+    "reason": "原因",
+    "direction": "方向",
+    "expires on": "有效期至",
+    "expires_at": "有效期至",
+    "name": "名称",
+    "description": "说明",
+    "note": "备注",
+    "definition": "条件",
+    "value": "取值",
+    "op": "运算符",
+    "field": "字段",
+    "condition": "条件",
+    "version": "版本",
+    "window_days": "天数范围",
+    "channel": "渠道",
+    "store": "门店",
+    "min_paid": "最低实付",
+    "min_paid_fen": "最低实付",
+    "min_paid_yuan": "最低实付（元）",
+    "message_cost_yuan": "每条短信成本（元）",
+    "budget": "预算",
+    "budget_fen": "预算",
+    "cost_per_message": "每条消息成本",
+    "cost_per_message_fen": "每条消息成本",
+    "budget_messages": "短信预算（条）",
+    "within_days": "响应窗口（天）",
+    "control_percent": "对照组比例",
+    "segment": "人群",
+    "template": "模板",
+    "control_share": "对照组比例",
+    "schedule": "计划",
+    "at": "时间",
+    "on": "日期",
+    "kind": "类型",
+    "format": "格式",
+    "mapping": "列映射",
+    "file": "文件",
+    "since": "起始日期",
+    "delay": "延迟",
+    "flow": "流程",
+    "goal": "目标",
+    "control_seed": "对照组随机种子",
+    "sku": "商品编码",
+    "response": "响应定义",
+    "message_cost_fen": "每条短信成本",
+}
+
+#: English bounds and what they say in Chinese; the first that matches the detail is used (so the fallback
+#: keeps the number the service stated).
+BOUNDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"length <= ([\d,]+)"), "最多 {0} 个字符"),
+    (re.compile(r"length >= ([\d,]+)"), "至少 {0} 个字符"),
+    (re.compile(r"(?:at most|longer than) ([\d,]+) characters?"), "最多 {0} 个字符"),
+    (re.compile(r"from (-?[\d,]+) to (-?[\d,]+)"), "范围是 {0} 到 {1}"),
+    (re.compile(r"between (-?[\d,]+) and (-?[\d,]+)"), "范围是 {0} 到 {1}"),
+    (re.compile(r"(?:<=|at most) (-?[\d,]+)"), "不能大于 {0}"),
+    (re.compile(r"(?:>=|at least) (-?[\d,]+)"), "不能小于 {0}"),
+    (re.compile(r"< (-?[\d,]+)"), "必须小于 {0}"),
+    (re.compile(r"> (-?[\d,]+)"), "必须大于 {0}"),
+)
+
+_PREFIX = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_ .]{0,30}?)\s*:\s+(.+)$", re.S)
+
+
+def explain(lang: str, exc: TongcrmError) -> str:
+    """What the console shows for a refused request, in ``lang``. Without a code, the field comes from the
+    message's ``field:`` prefix or else from the JSON pointer the error carries (``extra["pointer"]``)."""
+    if lang == "zh" and (exc.code is None or exc.code not in MESSAGES_ZH) and not _PREFIX.match(exc.message):
+        pointer = exc.extra.get("pointer")
+        if isinstance(pointer, str) and pointer_field(pointer):
+            return fallback_zh(exc.message, pointer_field(pointer))
+    return explain_text(lang, exc.message, exc.code, exc.params)
+
+
+def explain_text(
+    lang: str, message: str, code: str | None = None, params: Mapping[str, Any] | None = None
+) -> str:
+    """A refusal's sentence in ``lang``: the catalogue's by ``code``, else the Chinese fallback that keeps the
+    field and the bound (English: ``message`` itself)."""
+    if lang != "zh":
+        return message
+    if code is not None and code in MESSAGES_ZH:
+        values = dict(params or {})
+        if isinstance(
+            values.get("field"), str
+        ):  # the field a sentence names is a field of the API: in Chinese
+            values["field"] = field_zh(values["field"])
+        try:
+            return MESSAGES_ZH[code].format(**values)
+        except (KeyError, IndexError, ValueError):
+            pass  # a code raised without the params its sentence needs: the fallback still says it
+    return fallback_zh(message)
+
+
+def field_zh(name: str) -> str:
+    """A field's Chinese name (the name itself where none is written: it is what the API calls it)."""
+    return FIELDS_ZH.get(name.strip().lower(), name.strip())
+
+
+def bound_zh(detail: str) -> str | None:
+    """The bound ``detail`` states, in Chinese, or None."""
+    for pattern, sentence in BOUNDS:
+        found = pattern.search(detail)
+        if found:
+            return sentence.format(*found.groups())
+    return None
+
+
+def fallback_zh(message: str, field: str | None = None) -> str:
+    """A Chinese sentence for a refusal the catalogue has no code for: the field (the ``field:`` prefix of the
+    message, or ``field`` as given), the bound in Chinese where the message states one, and the service's own
+    words after them."""
+    detail = message
+    if field is None:
+        found = _PREFIX.match(message)
+        if found:
+            field, detail = found.group(1), found.group(2)
+    bound = bound_zh(detail)
+    head = f"{field_zh(field)}：" if field else ""
+    said = f"{bound}。" if bound else "未被接受。"
+    return f"{head}{said}（系统说明：{detail}）"
+
+
+def pointer_field(pointer: str) -> str | None:
+    """The last key of a JSON pointer that names a field (``/condition/all/0/value`` → ``value``)."""
+    for part in reversed(pointer.split("/")):
+        if part and not part.isdigit() and part not in ("all", "any", "not"):
+            return part.replace("~1", "/").replace("~0", "~")
+    return None
+
+
+def segment_problem(lang: str, problem: Mapping[str, Any]) -> dict[str, str]:
+    """A segment mistake (``{"pointer", "detail"}`` with the schema's ``code`` and ``params`` when it has them)
+    as the editor shows it: the pointer as it is (it says where), the detail in ``lang``."""
+    pointer = str(problem.get("pointer", ""))
+    detail = str(problem.get("detail", ""))
+    if lang == "zh":
+        code = problem.get("code")
+        params = problem.get("params") or {}
+        if isinstance(code, str) and code in MESSAGES_ZH:
+            detail = explain_text(lang, detail, code, params)
+        else:
+            detail = fallback_zh(detail, pointer_field(pointer))
+    return {"pointer": pointer, "detail": detail}
