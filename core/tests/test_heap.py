@@ -39,3 +39,24 @@ def test_a_process_that_froze_its_heap_keeps_it_frozen() -> None:
         assert gc.get_freeze_count() > 10_000  # not given back: the process froze it, not the batch
     finally:
         gc.unfreeze()
+
+
+def test_a_served_app_settles_with_its_mappers_configured() -> None:
+    """A serving process's first requests do not pay SQLAlchemy's mapper configuration (issue #22, tillpg11):
+    ``settle_heap`` configures the mappers the app's import left to configure. In a child process, since it
+    also freezes the heap."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tongcrm.app\n"
+        "registries = sys.modules['sqlalchemy.orm.mapper']._mapper_registries\n"
+        "pending = any(r._new_mappers for r in list(registries))\n"
+        "tongcrm.app.settle_heap()\n"
+        "print(pending, any(r._new_mappers for r in list(registries)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["True", "False"]

@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
+from sqlalchemy.orm import configure_mappers
 
 import tongcrm
 from tongcrm.api.deps import dependencies
@@ -216,13 +217,19 @@ def create_app(
 
 
 def settle_heap() -> None:
-    """Take what the app built at start-up out of the cyclic garbage collector's view (call once, in the
-    serving process, after :func:`create_app`).
+    """Build what the first requests would otherwise build, then take what the app built at start-up out of the
+    cyclic garbage collector's view (call once, in the serving process, after :func:`create_app`).
+
+    SQLAlchemy configures the ORM's mappers when a mapped class is first queried: a serving process's first
+    requests paid it (issue #22, branch tillpg11: py-spy on a till benchmark's first seconds found ~0.35 s of
+    CPU there at load 13, inside the eight tills' first receipts, which set the run's p99). Configured here,
+    its structures are frozen with the rest.
 
     The app's long-lived objects (routes and their signature models, table metadata, plugin modules) are tens
     of thousands of containers that never become garbage; without this every older-generation collection
     walks them again, which cost an authenticated member lookup about a fifth of its time.
     """
+    configure_mappers()
     gc.collect()
     gc.freeze()
 

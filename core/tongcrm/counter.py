@@ -113,9 +113,10 @@ from tongcrm.plugin.types import BuyerProfile, IdentityClaim, NormalisedOrder
 from tongcrm.points import ledger
 from tongcrm.points import service as points
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry
+from tongcrm.points.multipliers import NO_TIER
 from tongcrm.tiers import programme
 from tongcrm.tiers import service as tier_service
-from tongcrm.tiers.models import TierLadder
+from tongcrm.tiers.models import MemberTier, TierLadder
 from tongcrm.tiers.service import TierContext
 
 #: Set while a unit of work is open in the current task: a second one inside it would wait for the first.
@@ -969,8 +970,9 @@ class CounterWork:
         work that began already; a buyer not active (merged, unknown, erased), not named by a strong identity
         the resolution policy would attach the sale to changing only its ``last_seen_at``, or referred by
         someone (a referral reward may hang on the order); the order already stored; a rule set with caps; a
-        tier ladder (an upgrade may be due, a tier may multiply what a line earns); a balance in debt or owing
-        points, or one the credits would take past its bound."""
+        balance in debt or owing points, or one the credits would take past its bound. Under a tier ladder the
+        buyer's tier row is read alone when a tier multiplies what a line earns, and an upgrade the sale made
+        due is decided after the statement (in a transaction, as the transactional path decides it)."""
         from tongcrm import counter_quick
 
         self._writable()
@@ -1014,8 +1016,6 @@ class CounterWork:
         ladder = await tier_service.active_ladder(self._session)
         if rules.has_caps:
             return None
-        if ladder is not None:  # a tier may be due, or multiply what a line earns
-            return None
         available, pending = int(first.balance_available or 0), int(first.balance_pending or 0)
         if int(first.balance_owed or 0) > 0 or available < 0:
             return None
@@ -1035,7 +1035,12 @@ class CounterWork:
         ids = {(order_id, line["external_id"]): line["id"] for line in lines}
         facts = order_facts(written, account.id, account.channel, claimed, ids)
         points_now = ctx.clock()
-        credits, awards = points.fresh_order_credits(self._points(), rules, facts, points_now)
+        tier = NO_TIER
+        if ladder is not None and any(r.tier_multiplier for r in rules.spend_rules):
+            # the tier the buyer holds multiplies what a line earns (read as the transactional path reads it)
+            held_tier = await direct.rows_alone(self._session, _MEMBER_TIER, {"tier_member_id": member_id})
+            tier = tier_service.points_tier(held_tier[0] if held_tier else None, ladder, points_now)
+        credits, awards = points.fresh_order_credits(self._points(), rules, facts, points_now, tier)
         if available + pending + sum(c.amount for c in credits) > ledger.MAX_BALANCE:
             return None
         await confirm(self.rows.key_generation)
@@ -1081,6 +1086,13 @@ class CounterWork:
             await ledger.settle_credited(
                 self._session, {member_id: balance}, {member_id: int(out.delta)}, now=points_now
             )
+        if ladder is not None:
+            # an upgrade the sale made due, decided after it as the transactional path decides it (one read;
+            # the upgrade, almost never, in a transaction right after): its tier events then follow the
+            # order's ``order_changed`` instead of coming before it
+            tier_ctx = TierContext(now=ctx.clock(), tz=ctx.tz, actor=ctx.actor)
+            if await tier_service.upgrade_due(self._session, tier_ctx, member_id):
+                await tier_service.reevaluate(self._session, tier_ctx, [member_id])
         shown = max(int(out.shown or 0), 0)
         return QuickSale(sale=SaleRecorded(order_id, member_id, int(out.points), 0, shown))
 
@@ -1296,6 +1308,13 @@ def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
 
 
 _QUICK_FOLLOWS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+#: A quick sale's read of the buyer's tier row, when a tier multiplies what a line earns.
+_TIERS = cast(sa.Table, MemberTier.__table__)
+_MEMBER_TIER = sa.select(_TIERS).where(
+    _TIERS.c.member_id == sa.bindparam("tier_member_id", type_=_TIERS.c.member_id.type)
+)
 
 
 def _quick_follow(statement: Any) -> Any:

@@ -61,7 +61,7 @@ from tongcrm.points.models import (
     PointsRuleSet,
     PointsRuleUsage,
 )
-from tongcrm.points.multipliers import NO_TIER, resolve_tiers
+from tongcrm.points.multipliers import NO_TIER, TierInfo, resolve_tiers
 from tongcrm.points.rules import (
     DEFAULT_DOCUMENT,
     EventRule,
@@ -210,17 +210,19 @@ async def _earn(
 
 
 def fresh_order_credits(
-    ctx: PointsContext, rules: RuleSet, order: OrderFacts, now: datetime
+    ctx: PointsContext, rules: RuleSet, order: OrderFacts, now: datetime, tier: TierInfo = NO_TIER
 ) -> tuple[list[Credit], list[dict[str, Any]]]:
-    """What :func:`apply_orders` posts on PostgreSQL, without caps and without a tier ladder (every buyer at
-    100 %), for one paid order inserted just now (``fresh``): the credits its award gate lets through (every
+    """What :func:`apply_orders` posts on PostgreSQL, without caps, for one paid order inserted just now
+    (``fresh``) to a buyer holding ``tier`` (what :func:`resolve_tiers` answers for them; the multiplier counts
+    only under rules that ask for it): the credits its award gate lets through (every
     line's, then the buyer's first-purchase credits) and the gate's award rows
     (:data:`tongcrm.points.ledger.AWARD_COLUMNS`), for a caller that writes them in a statement of its own (a
     till's one-statement checkout, :mod:`tongcrm.counter_quick`). The same credits, by the same code, at
     ``now``."""
     if rules.has_caps:
         raise ValueError("caps need the ledger's own path")
-    awards, planned = _plan(ctx, rules, [order], now, {})
+    tiers = {order.member_id: tier} if any(r.tier_multiplier for r in rules.spend_rules) else {}
+    awards, planned = _plan(ctx, rules, [order], now, tiers)
     if not awards:
         return [], []
     return _gated(ctx, rules, [order], awards, planned), awards

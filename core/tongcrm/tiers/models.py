@@ -132,13 +132,18 @@ async def _tier_info(
     session: AsyncSession, member_ids: Sequence[int], at: datetime
 ) -> Mapping[int, TierInfo]:
     """The points seam: each member's effective tier and the multiplier it grants (100 without one)."""
-    from tongcrm.tiers.service import effective_tiers
+    from tongcrm.tiers.service import active_ladder, points_tier
 
-    out: dict[int, TierInfo] = {}
-    for member_id, tier in (await effective_tiers(session, member_ids, at)).items():
-        multiplier = tier.entitlement("points_multiplier")
-        out[member_id] = TierInfo(tier.code, multiplier.value if multiplier else 100)
-    return out
+    ladder = await active_ladder(session)
+    if ladder is None:
+        return {}
+    rows = {
+        r.member_id: r
+        for r in (
+            await session.execute(sa.select(MemberTier).where(MemberTier.member_id.in_(member_ids)))
+        ).scalars()
+    }
+    return {member_id: points_tier(rows.get(member_id), ladder, at) for member_id in member_ids}
 
 
 register_context_listener(_after_merge)

@@ -40,6 +40,7 @@ from tongcrm.members.models import Member
 from tongcrm.members.references import MergeContext
 from tongcrm.orders.models import Order
 from tongcrm.points.models import PointsEntry
+from tongcrm.points.multipliers import TierInfo
 from tongcrm.tiers.ladder import (
     Ladder,
     Metric,
@@ -697,6 +698,15 @@ async def _member_or_404(session: AsyncSession, member_id: int) -> Member:
             extra={"member_id": member_id, "merged_into_id": member.merged_into_id},
         )
     return member
+
+
+def points_tier(row: Any, ladder: Ladder, at: datetime) -> TierInfo:
+    """What the points seam is told of a member whose tier row is ``row`` (None: none): the tier they hold at
+    ``at`` and the points multiplier it grants (100 without one). ``row``: a :class:`MemberTier` or a row of
+    its columns (a till's quick checkout reads it outside the session, :mod:`tongcrm.counter_quick`)."""
+    tier = ladder.tier(effective_code(row, ladder, at)) or ladder.base
+    multiplier = tier.entitlement("points_multiplier")
+    return TierInfo(tier.code, multiplier.value if multiplier else 100)
 
 
 def effective_code(row: MemberTier | None, ladder: Ladder, now: datetime) -> str:

@@ -202,3 +202,36 @@ async def test_the_finish_riding_the_sale_stores_what_the_till_was_answered(
     assert answers[1]["points_redeemed"] == 50
     assert answers[3]["member_id"] is None and answers[3]["points_available"] is None
     assert answers[1]["points_available"] == member["points_available"] + 100 - 50 + 295
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "transactional"])
+async def test_a_known_members_checkout_under_a_tier_ladder(
+    pos: ApiClient, receipts: Receipts, quick: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a ladder whose tiers multiply what a line earns (issue #22, tillpg11), the quick path adds two
+    reads to its two statements: the buyer's tier row (alone, before the statement) and whether an upgrade
+    is due (after it, in the transaction an upgrade would write in): 6 round trips against the transactional
+    path's 8."""
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.tiers import service as tiers
+    from tongcrm.tiers.testing import LADDER
+
+    monkeypatch.setattr(counter_quick, "ENABLED", quick)
+    async with pos.db.sessions() as s, s.begin():
+        await tiers.apply_ladder(s, tiers.TierContext(datetime.now(UTC)), LADDER, reason="test", actor=SYSTEM)
+    member = await enrol(pos, "13800138031")
+    first = receipts.sale((10_000,), member={"member_id": member["member_id"]})
+    assert (await pos.post("/pos/v1/receipts", json=first)).status_code == 201
+    with _statements() as seen:
+        sold = await pos.post(
+            "/pos/v1/receipts", json=receipts.sale((20_000,), member={"member_id": member["member_id"]})
+        )
+    assert sold.status_code == 201, sold.text
+    assert sold.json()["points_earned"] == 200
+    if seen[0][0] == "postgresql":
+        # quick: the read, the tier row, the statement, the upgrade check (with BEGIN and COMMIT: 6 round
+        # trips); transactional: six statements, with BEGIN and COMMIT 8
+        assert len(seen) == (4 if quick else 6), seen
+        assert sum("member_tiers" in text for _, text in seen) == 2  # the tier row and the upgrade check
+        if quick:
+            assert "FROM member_tiers" in seen[1][1] and "INSERT INTO orders" in seen[2][1]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from tongcrm import counter_quick
+from tongcrm.audit.service import SYSTEM
 from tongcrm.config import Settings
 from tongcrm.counter import CounterWork
 from tongcrm.db import direct
@@ -21,6 +22,8 @@ from tongcrm.plugin.host import PluginHost
 from tongcrm.points import ledger
 from tongcrm.points import service as points_service
 from tongcrm.testing.plugin import ApiClient
+from tongcrm.tiers import service as tiers
+from tongcrm.tiers.testing import LADDER
 from tongcrm_offline_pos.api import PosConfig
 
 from .conftest import FakeClock, Receipts, add_store, enrol, make_host
@@ -28,7 +31,7 @@ from .conftest import FakeClock, Receipts, add_store, enrol, make_host
 #: What a checkout writes, compared whole (ids as their rank: the quick path draws an order's ids in its read).
 TABLES = (
     "members", "identities", "orders", "order_lines", "points_entries", "points_lots", "points_balances",
-    "points_line_awards", "member_tiers", "outbox_events", "pos_receipts", "audit_log",
+    "points_line_awards", "member_tiers", "tier_history", "outbox_events", "pos_receipts", "audit_log",
 )  # fmt: skip
 #: A rule set with a first-purchase bonus, a rule whose points wait for a return window (pending lots) and
 #: expiry, so the quick statement writes every kind of row the ledger's posting writes.
@@ -308,3 +311,63 @@ async def test_the_same_receipt_sent_twice_at_once_is_applied_once(
             == 100
         )
         assert await ledger.verify(s) == []
+
+
+def _events_unordered(snapshot: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The outbox's events without their ids, in a fixed order (see the ladder test)."""
+    return sorted(repr({k: v for k, v in e.items() if k != "id"}) for e in snapshot["outbox_events"])
+
+
+async def test_under_a_tier_ladder_the_quick_path_stores_what_the_transactional_path_does(
+    pos: ApiClient,
+    pos_host: PluginHost,
+    tongcrm_settings: Settings,
+    receipts: Receipts,
+    clock: FakeClock,
+    quick_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A till's day under a three-tier ladder whose tiers multiply what a line earns (issue #22, tillpg11): the
+    day's sales, then one that takes a member past Silver's 100,000 fen of spend (an upgrade, decided after the
+    quick statement) and one they earn at Silver's 120 %. Every row is the transactional path's; the one
+    difference is where the upgrade's events stand in the outbox: after that sale's ``order_changed`` on the
+    quick path, before it on the transactional one."""
+    start = clock.now
+    runs = []
+    for enabled in (False, True):
+        monkeypatch.setattr(counter_quick, "ENABLED", enabled)
+        await pos.db.truncate()
+        pos.key = await pos.create_key("pos", store_code="S1")
+        pos.client.headers["Authorization"] = f"Bearer {pos.key}"
+        await add_store(pos, pos_host, tongcrm_settings, "S1", ("T01", "T02"))
+        clock.now, receipts.seq = start, 0
+        quick_calls.clear()
+        await _rules(pos, clock)
+        async with pos.db.sessions() as s, s.begin():
+            await tiers.apply_ladder(s, tiers.TierContext(clock()), LADDER, reason="test", actor=SYSTEM)
+        answers = await _day(pos, receipts, clock)
+        member_id = answers[0][1]["member_id"]
+        for fen in (60_000, 10_000):  # past Silver's 100,000 fen, then a sale at Silver
+            clock.advance(1)
+            sale = receipts.sale((fen,), member={"member_id": member_id})
+            answer = await pos.post("/pos/v1/receipts", json=sale)
+            answers.append(
+                (answer.status_code, {k: v for k, v in answer.json().items() if k != "request_id"})
+            )
+        async with pos.db.sessions() as s:
+            assert await ledger.verify(s) == []
+        runs.append((answers, await _snapshot(pos), list(quick_calls)))
+    (slow_answers, slow, _), (quick_answers, quick, calls) = runs
+    assert quick_answers == slow_answers
+    # 100 % as Member, then 120 % as Silver
+    assert [a[1]["points_earned"] for a in quick_answers[-2:]] == [600, 120]
+    if pos.db.backend == "postgresql":
+        # the ladder sends no sale to the transactional path: the day's as before, then the two sales
+        assert calls == ["sale", "sale", "sale", "existing", "existing", "sale", "sale", "sale"]
+    assert [t["tier_code"] for t in quick["member_tiers"]] == ["silver"]
+    assert any(e["name"] == "tier_changed" for e in quick["outbox_events"]) or quick["tier_history"]
+    for name in slow:
+        if name == "outbox_events":
+            assert _events_unordered(quick) == _events_unordered(slow)
+        else:
+            assert quick[name] == slow[name], name
