@@ -396,8 +396,10 @@ def test_serve_says_serving_only_once_the_port_is_held(
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert "serving on" not in err
-    assert err.strip().splitlines()[-1].startswith(
-        f"error: cannot listen on 127.0.0.1:{port}: Address already in use ("
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use (")
     )
 
 
