@@ -80,9 +80,9 @@ async def managed_store(uow: CounterWork, code: str) -> Store:
             return Store(account)
     known = [repr(a.name) for a in accounts if a.active]
     closed = " (that store is not active)" if any(a.name == code for a in accounts) else ""
-    stores = listed(known) if known else "none yet"
+    stores = f"the active stores are {listed(known)}" if known else "there is no active store yet"
     raise NotFound(
-        f"no store {shown(code)}{closed}: the active stores are {stores}; add a store first with "
+        f"no store {shown(code)}{closed}: {stores}; add a store first with "
         f"`tongcrm channel add {CHANNEL} --name CODE`"
     )
 
