@@ -410,6 +410,17 @@ def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
 PROBLEMS_OPT = "tongcrm_problems"
 
 
+def problem_response(description: str) -> ResponseSpec:
+    """A problem-details response an operation documents in its own words (``responses={422:
+    problem_response("…")}``): :func:`document_problems` keeps it and adds the statuses its shape implies."""
+    return ResponseSpec(
+        data_container=Problem,
+        description=description,
+        media_type=PROBLEM_MEDIA_TYPE,
+        generate_examples=False,
+    )
+
+
 def problems(*statuses: int) -> dict[str, tuple[int, ...]]:
     """Problem statuses a route answers beyond those its shape implies:
     ``@get(..., opt={**requires(...), **problems(404)})`` (a router's ``opt`` applies to all its routes)."""
