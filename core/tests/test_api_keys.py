@@ -160,3 +160,42 @@ async def test_the_member_lookup_confirms_a_cached_key_in_its_own_read(make_clie
         # another key cached in the second app is still good: the counter moved, the key is checked afresh
         as_admin = {"Authorization": f"Bearer {first.key}"}
         assert (await second.get(found, headers=as_admin)).status_code == 200
+
+
+async def test_every_status_the_key_routes_answer_is_one_their_openapi_operation_declares(
+    make_client: Any,
+) -> None:
+    """The walk saw the key routes answer statuses an integrator could not find in the OpenAPI document. Bad
+    form is a 400 here as on every route (an unknown role, a missing or forbidden store, an unknown field, a
+    label past its bound), and a well-formed code that names no store is a 422, as an unknown referral code or
+    saved segment is: each answer below is checked against the operation's declared responses."""
+    host = store_host()
+    async with make_client(host, role="admin") as api:
+        await add_store(api.db.sessions, "S1")
+        document = (await api.get("/schema/openapi.json")).json()
+        declared = {
+            (method.upper(), path): set(operation["responses"])
+            for path, operations in document["paths"].items()
+            if path.startswith("/api/api-keys")
+            for method, operation in operations.items()
+        }
+        tries: list[tuple[str, str, dict[str, Any], int]] = [
+            ("POST", "/api/api-keys", {"json": {"role": "nope"}}, 400),
+            ("POST", "/api/api-keys", {"json": {"role": "pos"}}, 400),
+            ("POST", "/api/api-keys", {"json": {"role": "admin", "store_code": "S1"}}, 400),
+            ("POST", "/api/api-keys", {"json": {"role": "admin", "label": "x" * 201}}, 400),
+            ("POST", "/api/api-keys", {"json": {"role": "admin", "extra": 1}}, 400),
+            ("POST", "/api/api-keys", {"json": {"role": "pos", "store_code": "S9"}}, 422),
+            ("POST", "/api/api-keys", {"content": b"role=admin"}, 400),
+            ("GET", "/api/api-keys?limit=5", {}, 400),
+            ("DELETE", "/api/api-keys/0", {}, 400),
+            ("DELETE", "/api/api-keys/999", {}, 404),
+        ]
+        for method, url, options, status in tries:
+            answer = await api.client.request(method, url, **options)
+            assert answer.status_code == status, (method, url, answer.text)
+            path = (
+                url.split("?")[0].rsplit("/", 1)[0] + "/{key_id}" if method == "DELETE" else url.split("?")[0]
+            )
+            assert str(status) in declared[(method, path)], (method, url, status)
+            assert answer.headers["content-type"].startswith("application/problem+json")

@@ -188,30 +188,100 @@ def test_a_missing_database_file_named_by_the_url_is_not_created(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_without_the_secret_a_command_makes_no_new_one(
+def test_the_secret_of_a_sqlite_database_lies_beside_it_whatever_folder_a_command_runs_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    """The database is found (through the URL) but the secret is not: no new key is made here."""
+    """The key was looked for (and made) in the current folder, so the same TONGCRM_DATABASE_URL run from
+    another folder found no key, or made a second one: it is kept beside the SQLite file."""
     from tongcrm.cli import main
 
-    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
-    home.mkdir()
-    elsewhere.mkdir()
+    home, elsewhere, data = tmp_path / "home", tmp_path / "elsewhere", tmp_path / "data"
+    for folder in (home, elsewhere, data):
+        folder.mkdir()
     monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
-    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{home / 'tongcrm.sqlite3'}")
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{data / 'x.sqlite3'}")
     monkeypatch.chdir(home)
-    main(["db", "upgrade"])  # creates the database and its secret, here
-    assert (home / ".tongcrm-secret").exists()
+    main(["db", "upgrade"])  # a new installation: its key beside its file, not here
+    assert (data / ".tongcrm-secret").exists() and list(home.iterdir()) == []
+    main(["apikey", "create", "--role", "admin", "--label", "first"])
     capsys.readouterr()
     monkeypatch.chdir(elsewhere)
+    main(["apikey", "list"])  # the same key, found from another folder
+    assert "first" in capsys.readouterr().out
+    assert list(elsewhere.iterdir()) == []
+
+    (data / ".tongcrm-secret").unlink()  # lost: refused, and no new key is made anywhere
     with pytest.raises(SystemExit) as exited:
         main(["apikey", "list"])
     assert exited.value.code == 1
-    err = capsys.readouterr().err
-    assert err.startswith(
-        f"error: no secret key: TONGCRM_SECRET_KEY is not set and there is no {elsewhere / '.tongcrm-secret'}"
+    assert capsys.readouterr().err.startswith(
+        f"error: no secret key: TONGCRM_SECRET_KEY is not set and there is no {data / '.tongcrm-secret'}"
     )
-    assert list(elsewhere.iterdir()) == []
+    assert list(elsewhere.iterdir()) == [] and not (data / ".tongcrm-secret").exists()
+
+
+def test_a_secret_kept_the_old_way_in_the_folder_is_still_read_and_two_different_ones_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """An installation made before the key moved beside the file kept it in the folder `serve` ran in: that
+    ./.tongcrm-secret still opens it. When a different key also lies beside the file, which one encrypted the
+    data is not guessed: the command is refused, naming both files."""
+    from tongcrm.cli import main
+
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir()
+    data.mkdir()
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", f"sqlite:///{data / 'x.sqlite3'}")
+    monkeypatch.chdir(home)
+    main(["db", "upgrade"])
+    main(["apikey", "create", "--role", "admin", "--label", "old-way"])
+    (data / ".tongcrm-secret").rename(home / ".tongcrm-secret")  # where the old code had put it
+    capsys.readouterr()
+    main(["apikey", "list"])
+    assert "old-way" in capsys.readouterr().out
+    assert not (data / ".tongcrm-secret").exists()  # read where it is, not copied
+
+    (data / ".tongcrm-secret").write_text((home / ".tongcrm-secret").read_text())  # moved by copying: one key
+    main(["apikey", "list"])
+    assert "old-way" in capsys.readouterr().out
+
+    (data / ".tongcrm-secret").write_text("another-key-0123456789abcdef\n")
+    for command in (["apikey", "list"], ["db", "upgrade"]):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+        assert exited.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"error: two different secret keys: {data / '.tongcrm-secret'} (beside the database) and "
+            f"{home / '.tongcrm-secret'} (in this folder"
+        ), err
+
+
+def test_a_server_database_takes_its_key_from_the_environment_never_from_a_file_in_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """With PostgreSQL and no TONGCRM_SECRET_KEY, `db upgrade` and `serve` made a ./.tongcrm-secret wherever
+    they ran: the next run from another folder had another key. Refused before the database is touched, and
+    a key file already in the folder is named so the operator can move it into the variable."""
+    from tongcrm.cli import main
+
+    monkeypatch.delenv("TONGCRM_SECRET_KEY", raising=False)
+    monkeypatch.setenv("TONGCRM_DATABASE_URL", "postgresql://tongcrm@127.0.0.1:1/crm")  # never reached
+    monkeypatch.chdir(tmp_path)
+    for command in (["db", "upgrade"], ["serve", "--port", "1"], ["apikey", "list"]):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+        assert exited.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(
+            "error: TONGCRM_SECRET_KEY is not set: a server database takes its key from the environment"
+        ), err
+        assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".tongcrm-secret").write_text("a-key-made-the-old-way-0123456789\n")
+    with pytest.raises(SystemExit):
+        main(["db", "upgrade"])
+    assert f"TONGCRM_SECRET_KEY=$(cat {tmp_path / '.tongcrm-secret'})" in capsys.readouterr().err
 
 
 def test_serve_and_db_upgrade_make_no_second_secret_beside_a_database(
@@ -302,6 +372,35 @@ def test_serve_on_a_port_in_use_or_out_of_range_says_so_in_one_line(
         main(["serve", "--port", "99999"])
     assert exited.value.code == 2
     assert "99999 is not in the range 1<=x<=65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_says_serving_only_once_the_port_is_held(
+    invoke, monkeypatch: pytest.MonkeyPatch, capsys, workers: str
+) -> None:  # type: ignore[no-untyped-def]
+    """`serve --workers 2` printed "serving on …" and then failed to bind a taken port: the line is printed
+    once the port is held, and a taken port exits 1 with one line naming it, for one process or several."""
+    import socket
+
+    from tongcrm.cli import main
+
+    invoke("db", "upgrade")
+    monkeypatch.setenv("TONGCRM_LOG_LEVEL", "WARNING")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--port", str(port), "--no-jobs", "--workers", workers])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "serving on" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use (")
+    )
 
 
 def test_sync_with_no_account_says_so(invoke) -> None:  # type: ignore[no-untyped-def]

@@ -119,6 +119,39 @@ def test_the_openapi_document_covers_core_and_plugin_routes(generator: ModuleTyp
     assert "apiKey" in schema["components"]["securitySchemes"]
 
 
+def test_a_patch_states_its_bounds_where_its_create_schema_does(generator: ModuleType) -> None:
+    """A field that may be left out (``Url | UnsetType``) carried its ``maxLength`` beside a ``oneOf``, where
+    viewers and client generators do not look: the webhooks patch looked unbounded next to its create schema.
+    Every bound now sits in the branch of the type it bounds."""
+    import json
+
+    from tongcrm.api.inputs import bounds_inside_one_of
+
+    schema = json.loads((DOCS / "api" / "openapi.json").read_text(encoding="utf-8"))
+    components = schema["components"]["schemas"]
+    created, patched = components["EndpointIn"]["properties"], components["EndpointPatch"]["properties"]
+    for field in ("url", "description"):
+        [branch] = patched[field]["oneOf"]
+        assert branch["maxLength"] == created[field]["maxLength"], field
+        assert "maxLength" not in patched[field]
+    assert patched["event_types"]["oneOf"][0]["maxItems"] == created["event_types"]["maxItems"]
+
+    def stray(node: Any) -> list[str]:  # bounds left beside a oneOf anywhere in the document
+        if isinstance(node, list):
+            return [s for item in node for s in stray(item)]
+        if not isinstance(node, dict):
+            return []
+        here = [k for k in ("maxLength", "minLength", "maximum", "minimum", "maxItems") if k in node]
+        return (here if "oneOf" in node else []) + [s for v in node.values() for s in stray(v)]
+
+    assert stray(schema) == []
+    nullable = {"oneOf": [{"type": "integer"}, {"type": "null"}], "maximum": 5, "description": "d"}
+    assert bounds_inside_one_of(nullable) == {
+        "oneOf": [{"type": "integer", "maximum": 5}, {"type": "null"}],
+        "description": "d",
+    }
+
+
 def test_every_hookspec_has_a_heading_in_the_plugin_guide() -> None:
     names = _hookspec_names()
     assert len(names) >= 14, names  # seven registration hooks, one policy hook, six events at least

@@ -11,7 +11,6 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 from sqlalchemy.orm import configure_mappers
@@ -19,7 +18,12 @@ from sqlalchemy.orm import configure_mappers
 import tongcrm
 from tongcrm.api.deps import dependencies
 from tongcrm.api.hot import hot_routes, merge_hot_routes
-from tongcrm.api.inputs import StrictRequest, collect_query_names, document_problems
+from tongcrm.api.inputs import (
+    BoundedOpenAPIConfig,
+    StrictRequest,
+    collect_query_names,
+    document_problems,
+)
 from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.problems import exception_handlers
 from tongcrm.api.security import ROLES_OPT, authorize, check_route_access
@@ -185,7 +189,7 @@ def create_app(
         request_class=StrictRequest,
         lifespan=[lifespan],
         state=State(state),
-        openapi_config=OpenAPIConfig(
+        openapi_config=BoundedOpenAPIConfig(
             title="tongcrm",
             version=tongcrm.__version__,
             description="Admin API of tongcrm, the plugin-based member CRM. Authenticate with an API key: "

@@ -51,7 +51,7 @@ class Context:
 
     def creating_settings(self) -> Settings:
         """The settings of a command that may start an installation (``serve``, ``db upgrade``): a missing
-        ``./.tongcrm-secret`` is made, and SQLite makes its file."""
+        ``.tongcrm-secret`` is made beside the SQLite file, and SQLite makes the file."""
         if self._settings is None:
             self._settings = Settings.from_env(create=True)
         return self._settings
@@ -193,10 +193,15 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) 
         )
         click.echo(f"  {admin_key}", err=True)
     if workers > 1:
-        click.echo(f"serving on http://{bind_host}:{port} from {workers} process(es)", err=True)
         spec = AppSpec("tongcrm.app:worker_app", {"run_jobs": not no_jobs})
+
+        def bound() -> None:  # only once the port is held: a taken port used to follow "serving on"
+            click.echo(f"serving on http://{bind_host}:{port} from {workers} process(es)", err=True)
+
         with _listening(bind_host, port):
-            code = run_workers(spec, bind_host, port, workers)
+            code = run_workers(spec, bind_host, port, workers, on_bound=bound)
+        if code:
+            fail("a worker did not start (see the log above)")
         sys.exit(code)
     with _listening(bind_host, port):
         sock = bind(bind_host, port)

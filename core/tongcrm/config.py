@@ -62,7 +62,7 @@ class Settings:
         """The settings of the installation the environment names.
 
         ``create``: this run may start a new installation (``tongcrm serve``, ``tongcrm db upgrade``, the demo),
-        so a missing ``./.tongcrm-secret`` is made (SQLite then makes its file). Everything else works on an
+        so a missing ``.tongcrm-secret`` is made beside the SQLite file (SQLite then makes the file). Everything else works on an
         existing one and is refused with :class:`NoInstallation` when the SQLite file or the secret is not
         there: a command run in the wrong directory used to leave an empty database and a second secret behind,
         and a value encrypted under that secret is readable by no one who runs tongcrm from the right one."""
@@ -78,9 +78,7 @@ class Settings:
                 f"no tongcrm database at {database} ({named}): run this where `tongcrm serve` runs, set "
                 "TONGCRM_DATABASE_URL to its database, or create a new one here with `tongcrm db upgrade`"
             )
-        # a new key only for a new database: never beside a SQLite file that holds data under another key
-        new_database = database is None or not database.exists() or database.stat().st_size == 0
-        secret = env.get("TONGCRM_SECRET_KEY") or _local_secret(workdir, create=create and new_database)
+        secret = env.get("TONGCRM_SECRET_KEY") or _embedded_secret(url, database, workdir, create=create)
         if len(secret) < 16:
             raise ConfigError("TONGCRM_SECRET_KEY must be at least 16 characters long")
         log_json_raw = env.get("TONGCRM_LOG_JSON")
@@ -161,23 +159,45 @@ def sqlite_file(url: str) -> Path | None:
     return Path(rest).absolute()
 
 
-def _local_secret(workdir: Path, *, create: bool) -> str:
-    """For the embedded default only: a random key kept beside the SQLite file, so a first run just works.
+def _embedded_secret(url: str, database: Path | None, workdir: Path, *, create: bool) -> str:
+    """The key of an embedded installation that sets no ``TONGCRM_SECRET_KEY``: ``.tongcrm-secret`` beside its
+    SQLite file, so a command run from any folder with the same ``TONGCRM_DATABASE_URL`` finds it.
 
-    Production sets ``TONGCRM_SECRET_KEY``; losing this file makes encrypted personal data unreadable. Made only
-    when ``create`` (a run that starts an installation, on a database that holds nothing yet): any other run
-    would make a second key in whatever directory it ran in, or beside data encrypted under the first.
+    A server database (PostgreSQL) never takes its key from a file: the one found or made in whatever folder
+    ``serve`` happened to run in would be a second key the day it runs from another. Installations made before
+    the key moved beside the file kept it in the folder the first command ran in: that ``./.tongcrm-secret`` is
+    still read, and refused when a different key lies beside the file (which one encrypted the data is not
+    something to guess). A new key is made only when ``create`` and the database holds nothing yet: never
+    beside data encrypted under a key that was lost.
     """
-    path = workdir / SECRET_FILE
-    if path.exists():
-        return path.read_text().strip()
-    if not create:
+    if database is None and url.partition(":")[0].split("+")[0] != "sqlite":
+        found = workdir / SECRET_FILE
+        hint = f" (the key in {found}: TONGCRM_SECRET_KEY=$(cat {found}))" if found.is_file() else ""
+        raise ConfigError(
+            "TONGCRM_SECRET_KEY is not set: a server database takes its key from the environment (set it from "
+            f"your secret store, the same for every process){hint}; a .tongcrm-secret file is for an embedded "
+            "SQLite database only"
+        )
+    beside = (database.parent if database is not None else workdir) / SECRET_FILE
+    new_database = database is None or not database.exists() or database.stat().st_size == 0
+    # the folder's key of the old way belongs to a database that exists: a new one gets its own, beside it
+    places = (beside,) if new_database else (beside, workdir / SECRET_FILE)
+    keys = {path: path.read_text().strip() for path in dict.fromkeys(places) if path.is_file()}
+    if len(set(keys.values())) > 1:
+        raise ConfigError(
+            f"two different secret keys: {beside} (beside the database) and {workdir / SECRET_FILE} (in this "
+            "folder, where installations made before the key moved beside the database kept it): keep the one "
+            "the data was encrypted with beside the database and move the other away, or set TONGCRM_SECRET_KEY"
+        )
+    if keys:
+        return next(iter(keys.values()))
+    if not (create and new_database):
         raise NoInstallation(
-            f"no secret key: TONGCRM_SECRET_KEY is not set and there is no {path}: set TONGCRM_SECRET_KEY to the "
-            "key `tongcrm serve` uses, or run this in the directory that holds its .tongcrm-secret (a new key here "
-            "could not read what the old one encrypted)"
+            f"no secret key: TONGCRM_SECRET_KEY is not set and there is no {beside}: set TONGCRM_SECRET_KEY to "
+            "the key `tongcrm serve` uses, or put its .tongcrm-secret back beside the database (a new key could not "
+            "read what the old one encrypted)"
         )
     key = secrets.token_urlsafe(48)
-    path.touch(mode=0o600)
-    path.write_text(key + "\n")
+    beside.touch(mode=0o600)
+    beside.write_text(key + "\n")
     return key

@@ -225,14 +225,19 @@ def _stop_with_parent() -> None:
     threading.Thread(target=watch, name="tongcrm-parent-watch", daemon=True).start()
 
 
-def run_workers(spec: AppSpec, host: str, port: int, workers: int) -> int:
+def run_workers(
+    spec: AppSpec, host: str, port: int, workers: int, *, on_bound: Callable[[], None] | None = None
+) -> int:
     """Serve ``host:port`` from ``workers`` processes; returns the exit status for the command.
 
-    Raises :class:`OSError` at once when the port cannot be had.
+    Raises :class:`OSError` at once when the port cannot be had. ``on_bound`` is called once it is held,
+    before any worker starts: ``tongcrm serve`` says "serving on" there, never before a bind that fails.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
     held = _reserve(host, port) if KERNEL_BALANCES else bind(host, port)
+    if on_bound is not None:
+        on_bound()
     listener: socket.socket | tuple[str, int] = (host, held.getsockname()[1]) if KERNEL_BALANCES else held
     context = multiprocessing.get_context("spawn")
     procs: dict[int, BaseProcess] = {}

@@ -87,6 +87,27 @@ async def test_an_upload_is_refused_in_the_words_of_its_own_name(
 
 
 @pytest.mark.asyncio
+async def test_a_file_name_longer_than_the_status_keeps_is_a_400_not_a_cut(
+    tongcrm_db: TestDatabase, make_client: Callable[..., Any]
+) -> None:
+    """``file_name`` was cut to 300 characters without a word; a cut name may name another file. Refused
+    before a byte of the body is read, with the bound; 300 characters are kept whole."""
+    async with make_client(role="operator") as op:
+        body = b"member_id,name\nA1,x\n"
+        refused = await op.post(
+            "/api/imports", params={"kind": "members", "format": "csv", "file_name": "会" * 301}, content=body
+        )
+        assert refused.status_code == 400, refused.text
+        assert "file_name" in refused.json()["detail"] and "300" in refused.json()["detail"]
+        assert await _imports(tongcrm_db) == []
+        kept = await op.post(
+            "/api/imports", params={"kind": "members", "format": "csv", "file_name": "会" * 300}, content=body
+        )
+        assert kept.status_code == 202, kept.text
+        assert (await op.get(kept.headers["location"])).json()["file_name"] == "会" * 300
+
+
+@pytest.mark.asyncio
 async def test_an_upload_cut_off_mid_body_leaves_nothing_behind(
     tongcrm_db: TestDatabase, make_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -112,3 +112,35 @@ async def test_an_entry_the_database_refuses_is_kept_as_an_error_and_the_rest_ap
     else:  # SQLite stores a NUL: nothing is refused
         assert (replied.new, replied.errors, received.new, received.errors) == (2, 0, 2, 0)
     assert SIGN in opt_outs
+
+
+async def test_a_reply_whose_signature_the_columns_cannot_keep_is_an_error_not_a_cut_opt_out(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """A plugin's reply signature was cut to 64 characters: the opt-out then stopped marketing under a
+    signature nobody sends with (or another one) and the member's own kept sending. It is the entry's error,
+    kept sealed beside the others, and the reply beside it still applies."""
+    vault = Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault()
+    w = World(tongcrm_db.sessions, vault, sms_host(), Clock(beijing(2024, 5, 1, 10)))
+    await w.setup("http://127.0.0.1:9/")
+    at = datetime(2024, 5, 1, 2, 0, tzinfo=UTC)
+    replies = [
+        (InboundReply(f"+86{NUMBER}", "签" * 65, "TD", at, "up:1"), "TD"),
+        (InboundReply(f"+86{NUMBER}", SIGN, "TD", at, "up:2"), "TD"),
+    ]
+    async with tongcrm_db.sessions() as session, session.begin():
+        account = await service.get_account(session, "sms")
+        replied = await service.record_replies(session, vault, account.id, replies)
+    assert (replied.new, replied.errors, replied.opt_outs) == (1, 1, 1)
+    async with tongcrm_db.sessions() as session:
+        opt_outs = (await session.execute(sa.select(SmsOptOut.signature))).scalars().all()
+        errors = (
+            (await session.execute(sa.select(InboundRecord).where(InboundRecord.kind == "error")))
+            .scalars()
+            .all()
+        )
+    assert opt_outs == [SIGN]
+    assert [e.outcome for e in errors] == [
+        "reply not recorded: signature is longer than 64 characters (the longest kept)"
+    ]
+    assert "签" * 65 in unseal(vault, errors[0].payload, context=INBOUND_PAYLOAD)

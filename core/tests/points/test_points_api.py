@@ -244,3 +244,40 @@ async def test_concurrent_redemptions_never_overdraw(tongcrm_db: TestDatabase) -
     async with tongcrm_db.sessions() as s:
         assert (await service.balance(s, m)).available == 5
         assert await ledger.verify(s) == []
+
+
+async def test_an_adjustment_is_audited_once_with_who_the_member_the_points_and_the_reason(
+    make_client: Any,
+) -> None:
+    """Keys, consents and erasures were in the audit log and a hand-made points change was not: the log now
+    answers who moved how many points of which member and why, once per Idempotency-Key (a retry is not a
+    second entry), and a refused adjustment leaves none."""
+    async with make_client(role="operator") as api:
+        m = await _member(api)
+        url = f"/api/members/{m}/points/adjustments"
+        body = {"points": 40, "reason": "补偿：快递延误"}
+        first = await api.post(url, json=body, headers={"Idempotency-Key": "audit-1"})
+        assert first.status_code == 201, first.text
+        again = await api.post(url, json=body, headers={"Idempotency-Key": "audit-1"})
+        assert again.headers["idempotent-replayed"] == "true"
+        refused = await api.post(
+            url, json={"points": -500, "reason": "x"}, headers={"Idempotency-Key": "a-2"}
+        )
+        assert refused.status_code == 409
+        taken = await api.post(
+            url, json={"points": -15, "reason": "扣回"}, headers={"Idempotency-Key": "a-3"}
+        )
+        assert taken.status_code == 201
+    async with make_client(role="admin") as admin:
+        log = await admin.get("/api/audit", params={"action": "points.adjust"})
+        assert log.status_code == 200, log.text
+    entries = [e for e in log.json()["items"] if e["action"] == "points.adjust"]
+    assert [(e["object_type"], e["object_id"], e["role"]) for e in entries] == [
+        ("member", str(m), "operator")
+    ] * 2
+    assert [(e["after"]["points"], e["after"]["reason"]) for e in entries] == [
+        (-15, "扣回"),
+        (40, "补偿：快递延误"),
+    ]
+    assert entries[1]["after"]["entry_id"] == first.json()["entry_id"]
+    assert all(e["actor"].startswith("key:") for e in entries)

@@ -19,6 +19,7 @@ accepted as an integer. Rather than each handler guarding itself, the app applie
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
@@ -30,7 +31,9 @@ from litestar import Litestar, Request
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPI
 from litestar.params import PathParameter, QueryParameter
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.types import Empty
@@ -407,6 +410,17 @@ def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
 PROBLEMS_OPT = "tongcrm_problems"
 
 
+def problem_response(description: str) -> ResponseSpec:
+    """A problem-details response an operation documents in its own words (``responses={422:
+    problem_response("…")}``): :func:`document_problems` keeps it and adds the statuses its shape implies."""
+    return ResponseSpec(
+        data_container=Problem,
+        description=description,
+        media_type=PROBLEM_MEDIA_TYPE,
+        generate_examples=False,
+    )
+
+
 def problems(*statuses: int) -> dict[str, tuple[int, ...]]:
     """Problem statuses a route answers beyond those its shape implies:
     ``@get(..., opt={**requires(...), **problems(404)})`` (a router's ``opt`` applies to all its routes)."""
@@ -477,3 +491,54 @@ def document_problems(app: Litestar, roles_opt: str) -> None:
                     ),
                 )
             handler.responses = responses
+
+
+#: The keywords that bound one JSON type, by the type they bound.
+_BOUNDS = {
+    "string": ("maxLength", "minLength", "pattern", "format"),
+    "integer": ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf"),
+    "number": ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf"),
+    "array": ("maxItems", "minItems", "uniqueItems"),
+}
+
+
+def bounds_inside_one_of(schema: Any) -> Any:
+    """``schema`` (an OpenAPI document as JSON) with each bound that sits beside a ``oneOf`` moved into the
+    branches of the type it bounds.
+
+    litestar writes a field that may be left out or null (``Url | UnsetType``, ``str | None``) as ``{"oneOf":
+    [{"type": "string"}, {"type": "null"}], "maxLength": 200}``: valid JSON Schema, but viewers and client
+    generators read the branches, so a patch looked unbounded while its create schema said ``maxLength`` (the
+    server refuses a longer text with a 400 either way). A bound no branch's type takes stays where it is."""
+    if isinstance(schema, list):
+        return [bounds_inside_one_of(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    tidied = {key: bounds_inside_one_of(value) for key, value in schema.items()}
+    branches = tidied.get("oneOf")
+    if isinstance(branches, list):
+        for branch in branches:
+            kind = branch.get("type") if isinstance(branch, dict) else None
+            for key in _BOUNDS.get(kind, ()) if isinstance(kind, str) else ():
+                if key in tidied and key not in branch:
+                    branch[key] = tidied[key]
+        moved = {key for branch in branches if isinstance(branch, dict) for key in branch if key in tidied}
+        for key in moved & {k for keys in _BOUNDS.values() for k in keys}:
+            del tidied[key]
+    return tidied
+
+
+class BoundedOpenAPI(OpenAPI):
+    """The OpenAPI document with its bounds where readers look (:func:`bounds_inside_one_of`)."""
+
+    def to_schema(self) -> dict[str, Any]:
+        tidied: dict[str, Any] = bounds_inside_one_of(super().to_schema())
+        return tidied
+
+
+class BoundedOpenAPIConfig(OpenAPIConfig):
+    """litestar's OpenAPI settings, building a :class:`BoundedOpenAPI` (the served ``/schema`` and docs/api)."""
+
+    def to_openapi_schema(self) -> OpenAPI:
+        built = super().to_openapi_schema()
+        return BoundedOpenAPI(**{f.name: getattr(built, f.name) for f in dataclasses.fields(built)})

@@ -17,7 +17,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.api.inputs import PathId
+from tongcrm.api.inputs import PathId, problem_response
 from tongcrm.api.security import requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth import audited, service
@@ -57,7 +57,23 @@ class ApiKeyController(Controller):
     tags = ["api keys"]
     opt = requires(Role.ADMIN)
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Create a key; the answer holds it once (audited)")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a key; the answer holds it once (audited)",
+        description="`role` is one of admin, operator, analyst, pos. A pos key names its one store in "
+        "`store_code` (required for pos keys, refused for the others: 400); a store code that names no store "
+        "is a 422 whose problem lists the stores there are (`pointer` `/store_code`).",
+        responses={
+            400: problem_response(
+                "Bad request: an unknown role, a pos key without a store or another key with one, an unknown "
+                "field, a label or store code past its bound (the problem names it)"
+            ),
+            422: problem_response(
+                "Unprocessable: store_code names no store (the problem lists the known ones)"
+            ),
+        },
+    )
     async def create(
         self,
         data: JSONBody[KeyIn],

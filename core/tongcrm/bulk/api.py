@@ -38,6 +38,7 @@ from tongcrm.bulk.mapping import check_kind, file_format, parse_mapping
 from tongcrm.bulk.models import BulkImport, BulkImportError
 from tongcrm.bulk.refusals import refusing_unreadable
 from tongcrm.crypto import Vault
+from tongcrm.db.lengths import check_fits, column_length
 from tongcrm.errors import BadRequest, UnsupportedMediaType
 from tongcrm.logging import get_logger
 
@@ -180,6 +181,7 @@ class ImportAsked:
     @classmethod
     def of(cls, kind: str, fmt: str | None, source: str, file_name: str, mapping: str | None) -> ImportAsked:
         check_kind(kind)
+        check_fits(file_name, "file_name", BulkImport.file_name, refuse=BadRequest)  # before a byte is read
         found = file_format(Path(file_name), fmt)
         try:
             columns = parse_mapping(json.loads(mapping), kind) if mapping else {}
@@ -291,7 +293,10 @@ class ImportController(Controller):
         kind: Annotated[str, QueryParameter(description="members, orders or points")],
         format: Annotated[str, QueryParameter(description="csv or jsonl")],
         source: Annotated[str, QueryParameter(description="the previous CRM's name")] = "legacy",
-        file_name: Annotated[str, QueryParameter(description="shown in the status")] = "upload",
+        file_name: Annotated[
+            str,
+            QueryParameter(description="shown in the status", max_length=column_length(BulkImport.file_name)),
+        ] = "upload",
         mapping: Annotated[
             str | None, QueryParameter(description='JSON {"documented column": "column in the file"}')
         ] = None,

@@ -56,6 +56,7 @@ from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
 from tongcrm.db import direct, stats
 from tongcrm.db.dialect import dialect_name, insert, insert_rows, json_rows_param, one_of
+from tongcrm.db.lengths import check_fits
 from tongcrm.errors import BadRequest, Conflict, NotFound, TongcrmError
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, ResolveOutcome, resolve_many
@@ -224,6 +225,9 @@ async def open_import(
     """The checkpoint row of this file (by kind and content digest), created on its first import."""
     check_kind(kind)
     _validate_source(source)
+    shown_name = file_name or path.name
+    # the name the status shows is refused whole rather than cut (a cut name may name another file)
+    check_fits(shown_name, "file_name", BulkImport.file_name, refuse=BadRequest)
     # reading the whole file twice (digest, record count) is blocking work: keep it off the event loop, which
     # in the API also serves other requests
     await asyncio.to_thread(check_header, path, fmt, kind, mapping)
@@ -237,7 +241,7 @@ async def open_import(
             .values(
                 kind=kind,
                 source=source,
-                file_name=(file_name or path.name)[:300],
+                file_name=shown_name,
                 digest=file_digest,
                 format=fmt,
                 status="queued",

@@ -22,7 +22,8 @@ from tongcrm.audit import service as audit
 from tongcrm.audit.service import SYSTEM, Actor
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.db.base import utcnow
-from tongcrm.errors import Unprocessable
+from tongcrm.db.lengths import check_fits
+from tongcrm.errors import BadRequest, Unprocessable
 
 ALL_SIGNATURES = "*"
 
@@ -120,6 +121,8 @@ async def record_consent(
     sig = _signature(signature)
     if not source.strip():
         raise Unprocessable("a consent statement needs a source (where and how it was given)")
+    # kept whole or refused: a cut source may name another place (pos:SH0012… for pos:SH00123:T01)
+    check_fits(source.strip(), "source", ConsentEvent.source, refuse=BadRequest)
     live = await live_member_id(session, member_id)
     if live is None:
         raise NotFound(f"no member {member_id}")
@@ -128,7 +131,7 @@ async def record_consent(
         purpose=purpose_.value,
         signature=sig,
         status=status_.value,
-        source=source.strip()[:64],
+        source=source.strip(),
         proof=proof,
         actor=actor.name,
         recorded_at=at or utcnow(),

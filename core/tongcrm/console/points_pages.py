@@ -23,6 +23,7 @@ from litestar import Request, Response, get, post
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import PathId
+from tongcrm.audit.service import Actor
 from tongcrm.console.forms import form_fields, principal_of
 from tongcrm.console.problems import explain_text
 from tongcrm.console.web import (
@@ -243,6 +244,7 @@ class PointsAdjustPage(ConsoleController):
             clock=lambda: datetime.now(UTC),
             tz=state.settings.tz,
             actor=f"apikey:{principal_of(request).key_id}",
+            auditor=Actor.of(principal_of(request)),
         )
         try:
             change = parse(form, state.settings.tz)

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from tongcrm.errors import Unprocessable
+from tongcrm.errors import TongcrmError, Unprocessable
 
 
 def column_length(column: Any) -> int:
@@ -26,6 +26,13 @@ def column_length(column: Any) -> int:
     return int(kind.length)
 
 
+def too_long(value: str, field: str, column: Any) -> str | None:
+    """Why ``value`` does not fit ``column`` (naming ``field`` and the limit), or None when it does: for an
+    entry refused on its own among others (an inbound push), where raising would take its neighbours down."""
+    limit = column_length(column)
+    return f"{field} is longer than {limit} characters (the longest kept)" if len(value) > limit else None
+
+
 def fits(column: Any, *, min_length: int | None = None) -> msgspec.Meta:
     """A msgspec bound: at most as long as ``column`` keeps."""
     if min_length is None:
@@ -33,10 +40,13 @@ def fits(column: Any, *, min_length: int | None = None) -> msgspec.Meta:
     return msgspec.Meta(min_length=min_length, max_length=column_length(column))
 
 
-def check_fits(value: str | None, field: str, column: Any) -> None:
-    """A 422 naming ``field`` and the limit when ``value`` is longer than ``column`` keeps."""
+def check_fits(
+    value: str | None, field: str, column: Any, *, refuse: type[TongcrmError] = Unprocessable
+) -> None:
+    """A 422 naming ``field`` and the limit when ``value`` is longer than ``column`` keeps; ``refuse=BadRequest``
+    where the API answers malformed input with a 400 (a query parameter, a body field read by hand)."""
     limit = column_length(column)
     if value is not None and len(value) > limit:
-        raise Unprocessable(
+        raise refuse(
             f"{field} is longer than {limit} characters (the longest kept)", extra={"pointer": f"/{field}"}
         )

@@ -18,7 +18,7 @@ from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import insert
-from tongcrm.db.lengths import check_fits
+from tongcrm.db.lengths import check_fits, too_long
 from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, Unprocessable, shown
 from tongcrm.identity.models import Identity
 from tongcrm.jobs.models import OutboxEvent
@@ -671,6 +671,16 @@ async def record_replies(
     new = dup = opt_outs = 0
     failed: list[tuple[str, str]] = []
     for reply, keyword in replies:
+        # a signature the columns cannot keep whole is the entry's error, as a malformed entry is: cut, an
+        # opt-out would stop marketing under another signature and leave the member's own one sending
+        if (why := too_long(reply.signature, "signature", SmsOptOut.signature)) is not None:
+            entry = {
+                "dedupe_key": reply.dedupe_key,
+                "mobile": reply.mobile_e164,
+                "signature": reply.signature,
+            }
+            failed.append((f"reply not recorded: {why}", json.dumps(entry, ensure_ascii=False)))
+            continue
         try:
             async with session.begin_nested():
                 recorded = await _record_reply(session, vault, account_id, reply, keyword)
@@ -721,10 +731,12 @@ async def record_opt_out(
     at: datetime,
     members: Sequence[int] | None = None,
 ) -> None:
+    # a cut signature would stop marketing under another (or no) signature: refused whole instead
+    check_fits(signature, "signature", SmsOptOut.signature, refuse=BadRequest)
     index = vault.blind_index(mobile_e164, purpose=MOBILE_INDEX_PURPOSE)
     stmt = insert(session, SmsOptOut.__table__).values(
         mobile_index=index,
-        signature=signature[:64],
+        signature=signature,
         mobile_enc=vault.encrypt(mobile_e164, context=MOBILE_CONTEXT),
         keyword=keyword[:32],
         at=at,
@@ -740,7 +752,7 @@ async def record_opt_out(
             "marketing",
             "opt_out",
             source="sms_reply",
-            signature=signature[:64],
+            signature=signature,
             proof=f"replied {keyword!r}",
             at=at,
         )

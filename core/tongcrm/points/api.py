@@ -77,7 +77,10 @@ class PreviewIn(msgspec.Struct, forbid_unknown_fields=True):
 
 def _ctx(settings: Settings, principal: Principal) -> service.PointsContext:
     return service.PointsContext(
-        clock=lambda: datetime.now(UTC), tz=settings.tz, actor=f"apikey:{principal.key_id}"
+        clock=lambda: datetime.now(UTC),
+        tz=settings.tz,
+        actor=f"apikey:{principal.key_id}",
+        auditor=Actor.of(principal),
     )
 
 

@@ -128,6 +128,9 @@ class PointsContext:
     actor: str = "system"
     #: A rule set to use instead of the active one (tests, dry runs).
     rules: RuleSet | None = None
+    #: Who the audit log names for an operator's write (an adjustment): the API key and its role. The system's
+    #: own writes (earning, expiry, imports) are the ledger's and are not audited.
+    auditor: audit_service.Actor = audit_service.SYSTEM
 
 
 _FULLY_REFUNDED = frozenset({OrderStatus.CLOSED.value, OrderStatus.REFUNDED.value})
@@ -797,7 +800,24 @@ async def adjust(
     else:
         draws = await _debit(book, member_id, -points, entry_key, EntryKind.ADJUST, reason=reason)
     await book.flush()
-    return _result(book, entry_key, member_id, EntryKind.ADJUST, points, draws)
+    result = _result(book, entry_key, member_id, EntryKind.ADJUST, points, draws)
+    if ctx.auditor is not audit_service.SYSTEM:
+        # an operator moving points by hand is a write the audit log answers for, as a key or a consent is;
+        # inside the idempotent action, so a replayed request is not audited twice
+        audit_service.record(
+            session,
+            ctx.auditor,
+            "points.adjust",
+            "member",
+            member_id,
+            after={
+                "points": points,
+                "reason": reason,
+                "entry_id": result.entry_id,
+                "expires_at": expires.isoformat() if expires is not None else None,
+            },
+        )
+    return result
 
 
 async def transfer(

@@ -22,7 +22,7 @@ from typing import cast
 import sqlalchemy as sa
 from tongcrm.counter import CounterAccount, CounterWork
 from tongcrm.db.base import utcnow
-from tongcrm.errors import BadRequest, Conflict, NotFound
+from tongcrm.errors import BadRequest, Conflict, NotFound, listed, shown
 
 from tongcrm_offline_pos.models import PosTill
 
@@ -68,6 +68,23 @@ async def get_store(uow: CounterWork, code: str) -> Store:
     if account is None or not account.active:
         raise NotFound(f"no store {code!r}")
     return Store(account)
+
+
+async def managed_store(uow: CounterWork, code: str) -> Store:
+    """The active store with this code, for the operator who sets up its tills (``tongcrm pos till …``): an
+    unknown or closed one is a 404 that lists the active stores and says how to add one, as ``tongcrm apikey
+    create --store`` does. The tills' own routes keep :func:`get_store`'s bare words (a key may not probe)."""
+    accounts = await uow.accounts(CHANNEL)
+    for account in accounts:
+        if account.name == code and account.active:
+            return Store(account)
+    known = [repr(a.name) for a in accounts if a.active]
+    closed = " (that store is not active)" if any(a.name == code for a in accounts) else ""
+    stores = f"the active stores are {listed(known)}" if known else "there is no active store yet"
+    raise NotFound(
+        f"no store {shown(code)}{closed}: {stores}; add a store first with "
+        f"`tongcrm channel add {CHANNEL} --name CODE`"
+    )
 
 
 async def find_store(uow: CounterWork, code: str) -> Store | None:
@@ -130,7 +147,7 @@ async def _till_row(
 async def add_till(uow: CounterWork, store_code: str, till: str, *, label: str = "") -> TillView:
     if not _TILL.match(till):
         raise BadRequest("a till code is 1-16 letters, digits, '_' or '-'")
-    store = await get_store(uow, store_code)
+    store = await managed_store(uow, store_code)
     existing = await _till_row(uow, store, till)
     if existing is not None:
         if existing.status == "active":
@@ -150,7 +167,7 @@ async def add_till(uow: CounterWork, store_code: str, till: str, *, label: str =
 
 
 async def disable_till(uow: CounterWork, store_code: str, till: str) -> TillView:
-    store = await get_store(uow, store_code)
+    store = await managed_store(uow, store_code)
     existing = await _till_row(uow, store, till)
     if existing is None:
         raise NotFound(f"store {store_code!r} has no till {till!r}")
@@ -159,7 +176,10 @@ async def disable_till(uow: CounterWork, store_code: str, till: str) -> TillView
 
 
 async def list_tills(uow: CounterWork, store_code: str | None = None) -> list[TillView]:
-    names = {a.id: a.name for a in await uow.accounts(CHANNEL) if store_code in (None, a.name)}
+    accounts = await uow.accounts(CHANNEL)
+    if store_code is not None and all(a.name != store_code for a in accounts):
+        await managed_store(uow, store_code)  # refused, naming the stores there are
+    names = {a.id: a.name for a in accounts if store_code in (None, a.name)}
     if not names:
         return []
     rows = (
