@@ -96,16 +96,25 @@ async def test_the_ordinary_engine_s_connections_checkpoint_a_longer_log(tongcrm
     assert pages == sqlite_thread.WAL_AUTOCHECKPOINT_PAGES == 10_000
 
 
-async def test_an_engine_may_ask_for_a_larger_sqlite_page_cache(tongcrm_db: TestDatabase) -> None:
+async def test_the_ordinary_engine_s_connections_keep_a_larger_page_cache(tongcrm_db: TestDatabase) -> None:
+    """Every connection of the ordinary engine on a database file keeps a page cache of
+    :data:`tongcrm.db.sqlite_thread.CACHE_KIB`: SQLite's default, 2,000 KiB, made an ingest page spill dirty
+    pages into the log and read evicted ones back once the indexes had grown (100,000 orders)."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("SQLite's page cache only")
+    async with tongcrm_db.sessions() as s, s.begin():
+        cache = (await s.execute(sa.text("PRAGMA cache_size"))).scalar_one()
+    assert cache == -sqlite_thread.CACHE_KIB == -64 * 1024
+
+
+async def test_an_engine_may_ask_for_another_sqlite_page_cache(tongcrm_db: TestDatabase) -> None:
     """``create_engine(…, sqlite_cache_kib=…)`` (``tongcrm import`` asks for
-    :data:`tongcrm.bulk.cli.IMPORT_SQLITE_CACHE_KIB`) sets each connection's page cache; other engines keep
-    SQLite's default of 2,000 KiB."""
+    :data:`tongcrm.bulk.cli.IMPORT_SQLITE_CACHE_KIB`) sets each connection's page cache over the ordinary
+    engine's :data:`tongcrm.db.sqlite_thread.CACHE_KIB`."""
     if tongcrm_db.backend != "sqlite":
         pytest.skip("SQLite's page cache only")
     from tongcrm.db.engine import create_engine
 
-    async with tongcrm_db.sessions() as s:
-        assert (await s.execute(sa.text("PRAGMA cache_size"))).scalar_one() == -2000
     engine = create_engine(tongcrm_db.url, sqlite_cache_kib=4096)
     try:
         async with engine.connect() as conn:

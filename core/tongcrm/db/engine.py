@@ -67,7 +67,8 @@ def async_url(url: str) -> sa.URL:
 def _sqlite_pragmas(busy_timeout_ms: int, cache_kib: int | None = None) -> Callable[[Any, Any], None]:
     """The connect listener of a SQLite engine. ``busy_timeout_ms``: how long SQLite itself waits for a lock
     (0 for inline connections, which wait in asyncio instead: :mod:`tongcrm.db.inline_sqlite`); ``cache_kib``:
-    each connection's page cache (SQLite's default is 2,000 KiB)."""
+    each connection's page cache, over what the connection was opened with (the ordinary engine's
+    :data:`tongcrm.db.sqlite_thread.CACHE_KIB` on a database file, SQLite's 2,000 KiB otherwise)."""
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -121,8 +122,8 @@ def _sqlite_events(engine: AsyncEngine, *, busy_timeout_ms: int, cache_kib: int 
 def create_engine(
     url: str, *, echo: bool = False, pool_size: int = 10, sqlite_cache_kib: int | None = None
 ) -> AsyncEngine:
-    """The engine of ``url``. ``sqlite_cache_kib``: on SQLite, each connection's page cache instead of SQLite's
-    2,000 KiB (a batch that writes all over large indexes, such as ``tongcrm import``, asks for more)."""
+    """The engine of ``url``. ``sqlite_cache_kib``: on SQLite, each connection's page cache instead of the
+    ordinary engine's (:data:`tongcrm.db.sqlite_thread.CACHE_KIB` on a database file)."""
     aurl = async_url(url)
     if aurl.get_backend_name() == "sqlite":
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}

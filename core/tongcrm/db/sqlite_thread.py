@@ -34,6 +34,14 @@ PREFETCH = 2048
 #: run alternately at load ~3.5 on 2 cores the sync took 12.7 and 13.2 s against 15.3 and 17.0 s (issue #22).
 #: Durability is unchanged (a commit is in the log either way); the log reaches ~40 MiB before it is reused.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+#: Each connection's page cache, KiB (SQLite's default is 2,000). An ingest page's transaction dirties a leaf of
+#: every index it inserts into at random places (orders, ledger, lots, balances, members, identities): as the
+#: indexes grow that is more pages than 2 MB hold, so at 100,000 orders SQLite spilled dirty pages into the log
+#: before the commit (and wrote them again at it) and read back, a ``pread`` each, what it had just evicted —
+#: ~20 read calls an order against 2 at the start (issue #22, branch ingestsq12; docs/architecture.md, *Why a
+#: 100,000-order sync costs more per order*). The cache fills only as far as a connection reads, so a small
+#: database keeps it small; ``tongcrm import`` asks for the same.
+CACHE_KIB = 64 * 1024
 
 
 class Connection(aiosqlite.Connection):
@@ -158,6 +166,7 @@ def connector(database: str, **kwargs: Any) -> Callable[[], Any]:
     def open_() -> sqlite3.Connection:
         connection: sqlite3.Connection = sqlite3.connect(database, **kwargs)
         connection.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         return connection
 
     async def connect() -> Connection:
