@@ -286,7 +286,11 @@ class GroupCommit:
             group = self._group = _Group(conn, held)
         else:
             held = group.held
-            held.driver._conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+            try:
+                held.driver._conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+            except BaseException as error:  # the connection is unusable: the group cannot go on
+                await self._abort(group, error)
+                raise
         session = AsyncSession(
             bind=group.conn,
             expire_on_commit=False,
