@@ -94,7 +94,7 @@ from tongcrm.crypto import Vault
 from tongcrm.db import direct
 from tongcrm.db.dialect import dialect_name, json_records_text
 from tongcrm.db.engine import create_engine, session_factory
-from tongcrm.db.held import KeptConnection, held_unit, holds
+from tongcrm.db.held import GroupCommit, held_unit, holds
 from tongcrm.db.point_reads import PointQuery, PointReader
 from tongcrm.entitlements import service as entitlements
 from tongcrm.entitlements.catalogue import CATALOGUE
@@ -1593,8 +1593,9 @@ class CounterService:
         self._engine: AsyncEngine | None = sessions.kw.get("bind")
         #: whether writing units of work hold their connection (:func:`tongcrm.db.held.holds`; None: not asked)
         self._holds: bool | None = None
-        #: SQLite's writer: the one connection its writing units of work, which take turns, keep between them
-        self._kept = KeptConnection()
+        #: SQLite's writer: its writing units of work take turns on one connection kept between them, and
+        #: those queued while a transaction is open join it (group commit, :class:`tongcrm.db.held.GroupCommit`)
+        self.group = GroupCommit()
 
     @asynccontextmanager
     async def unit_of_work(
@@ -1618,10 +1619,21 @@ class CounterService:
                 async with _read_transaction(self._read_sessions) as session:
                     yield CounterWork(self, session, actor, clock or self._clock, tables, readonly=True)
                 return
+            if self._grouped():
+                async with self.group.unit(self._engine) as session:  # type: ignore[arg-type]
+                    yield CounterWork(self, session, actor, clock or self._clock, tables, readonly=False)
+                return
             async with self._writer_turn(), self._writing_session() as session:
                 yield CounterWork(self, session, actor, clock or self._clock, tables, readonly=False)
         finally:
             _OPEN.reset(token)
+
+    def _grouped(self) -> bool:
+        """Whether writing units of work go through SQLite's group commit (the inline writer's held units)."""
+        engine = self._engine
+        if self._holds is None:
+            self._holds = isinstance(engine, AsyncEngine) and holds(engine)
+        return self._holds and engine is not None and engine.dialect.name == "sqlite"
 
     def _writing_session(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A writing unit of work's transaction: on a connection it holds for its life, ``BEGIN``/``COMMIT`` on
@@ -1632,8 +1644,7 @@ class CounterService:
         if self._holds is None:
             self._holds = isinstance(engine, AsyncEngine) and holds(engine)
         if self._holds and engine is not None:
-            # SQLite's writers take turns (_writer_turn): one connection kept for them all, no pool between them
-            return held_unit(engine, self._kept if engine.dialect.name == "sqlite" else None)
+            return held_unit(engine)  # PostgreSQL's (SQLite's held units go through self.group)
         return _session_transaction(self._sessions)
 
     @asynccontextmanager
@@ -1652,9 +1663,9 @@ class CounterService:
             yield
 
     async def close(self) -> None:
-        """Hand back the connection SQLite's writing units of work keep (before the engine is disposed)."""
-        async with self._writer_turn():
-            await self._kept.close()
+        """Commit a group left open and hand back the connection SQLite's writing units of work keep (before
+        the engine is disposed)."""
+        await self.group.close()
 
     def forget_accounts(self) -> None:
         """Drop cached accounts (after changing one in this process)."""

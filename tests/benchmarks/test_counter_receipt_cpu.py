@@ -102,6 +102,7 @@ async def _run(tongcrm_db: TestDatabase, counter: CounterService, benchmark: Any
             assert result.status == "applied" and result.member_id is not None
             seen[(no, i % (per_till // 2 or 1))] = result.member_id
 
+    commits, units = counter.group.commits, counter.group.committed_units
     profile = os.environ.get("TONGCRM_BENCH_PROFILE")
     profiler = cProfile.Profile() if profile else None
     cpu, wall = time.process_time(), time.perf_counter()
@@ -113,10 +114,12 @@ async def _run(tongcrm_db: TestDatabase, counter: CounterService, benchmark: Any
         profiler.dump_stats(profile.replace("%s", tongcrm_db.backend))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     done = TILLS * per_till
+    commits, units = counter.group.commits - commits, counter.group.committed_units - units
+    grouped = f"; {units} writing units in {commits} group commits" if commits else ""
     report_figure(
         f"counter receipt in process {tongcrm_db.backend}, {TILLS} tills: {done} receipts (lookup + earn, half new "
         f"buyers) in {wall:.2f} s = {done / wall:,.0f} receipts/s; CPU per receipt {1000 * cpu / done:.3f} ms; "
-        f"{load()}"
+        f"{load()}{grouped}"
     )
     assert len(set(seen.values())) == len(seen)
     benchmark.extra_info.update({"receipts": done, "cpu_ms_per_receipt": 1000 * cpu / done, "load": load()})

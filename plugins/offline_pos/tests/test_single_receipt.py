@@ -83,3 +83,32 @@ async def test_returns_after_earning_and_paying_with_points_settle_exactly(
     available, _ = await _balance(pos, member["member_id"])
     # everything of the second sale came back: its 279 points are gone, its 200 points are back
     assert available == start + 600
+
+
+async def test_receipts_at_once_with_a_duplicate_and_a_refusal_among_them(
+    pos: ApiClient, receipts: Receipts
+) -> None:
+    """Receipts arriving together (on SQLite, joining one group commit): a receipt sent twice among them earns
+    once and both get its answer, a sale refused among them (points the member lacks) is answered 409 and
+    leaves nothing, the others earn; every answer given was committed (on SQLite every writing unit of work
+    is counted by the group commits that made it durable)."""
+    member = await enrol(pos, "13800138013")
+    ref = {"member_id": member["member_id"]}
+    start, _ = await _balance(pos, member["member_id"])
+    group = pos.app.state.counter.group
+    before = group.committed_units
+    sales = [receipts.sale((10_000 * (n + 1),), member=ref, till=("T01", "T02")[n % 2]) for n in range(5)]
+    refused = receipts.sale((10_000,), member=ref, points=100_000, points_fen=1_000)
+    bodies = [sales[0], sales[1], refused, sales[2], sales[1], sales[3], sales[4]]
+    answers = await asyncio.gather(*(pos.post("/pos/v1/receipts", json=b) for b in bodies))
+    codes = [a.status_code for a in answers]
+    assert codes[2] == 409 and answers[2].json()["reason"] == "insufficient_points", answers[2].text
+    assert sorted((codes[1], codes[4])) == [200, 201]
+    assert [codes[i] for i in (0, 3, 5, 6)] == [201] * 4
+    assert answers[1].json()["points_earned"] == answers[4].json()["points_earned"] == 200
+    gone = await pos.get(f"/pos/v1/receipts/S1/T01/{refused['business_day']}/{refused['sequence']}")
+    assert gone.status_code == 404
+    available, earns = await _balance(pos, member["member_id"])
+    assert available == start + 1_500 and earns == 5
+    if pos.db.backend == "sqlite":
+        assert group.committed_units - before == 6  # the 409 was rolled back to its savepoint, not committed
