@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import types
 from abc import ABC, abstractmethod
 from collections import namedtuple
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,8 +119,8 @@ class SQLiteReader(PointReader):
     """Point reads on a SQLite file, inline on the event loop's thread.
 
     Reads of a :class:`KeyedQuery` with a ``listed`` statement that start in the same turn of the event loop
-    share one statement (at most :attr:`MAX_BATCH` callers), run by a callback once the callers already
-    runnable in that turn have joined. Why (issue #22, branch lookup12): a served lookup's statement cost about
+    share one statement (at most :attr:`MAX_BATCH` callers): the turn's first caller yields once, so that the
+    callers already runnable in that turn join, then runs it for them all. Why (issue #22, branch lookup12): a served lookup's statement cost about
     twice what it costs in a tight loop — its read transaction (two ``fcntl`` and an ``fstat``), the module's
     execute and the B-tree's upper pages fetched again after the Python between two statements — and a loaded
     server answers several lookups per turn. The statement runs after every caller that shares it asked, so
@@ -162,44 +163,59 @@ class SQLiteReader(PointReader):
             return self._first(query.one, {**group, query.keys: keys})
         slot = (id(query), tuple(group.items()) if len(group) < 2 else tuple(sorted(group.items())))
         batch = self._open.get(slot)
-        if batch is None or len(batch.waiters) >= self.MAX_BATCH:
-            batch = self._open[slot] = _Batch(query, dict(group))
-            asyncio.get_running_loop().call_soon(self._run, slot, batch)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        batch.waiters.append((keys, future))
-        return await future
+        if batch is not None and len(batch.waiters) < self.MAX_BATCH - 1:  # the leader and its followers
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            batch.waiters.append((keys, future))
+            return await future
+        # the turn's first caller leads the batch: it lets the callers already runnable join, then reads for all
+        batch = self._open[slot] = _Batch(query, dict(group))
+        try:
+            await _next_turn()
+        except BaseException:  # cancelled meanwhile: those who joined are still answered
+            asyncio.get_running_loop().call_soon(self._answer, slot, batch, None)
+            raise
+        return self._answer(slot, batch, keys)
 
-    def _run(self, slot: tuple[int, tuple[tuple[str, Any], ...]], batch: _Batch) -> None:
-        """Runs a batch's statement (a callback of the event loop) and answers its callers."""
+    def _answer(
+        self, slot: tuple[int, tuple[tuple[str, Any], ...]], batch: _Batch, lead: Sequence[Any] | None
+    ) -> Any | None:
+        """Runs a batch's statement and answers the callers that joined it; returns the row of the caller
+        that leads it (``lead``: its keys; None when it left) or raises the statement's failure to it."""
         if self._open.get(slot) is batch:
             del self._open[slot]
         waiters = [(keys, future) for keys, future in batch.waiters if not future.done()]
-        if not waiters:
-            return
+        callers = [keys for keys, _ in waiters] if lead is None else [lead, *(keys for keys, _ in waiters)]
+        if not callers:
+            return None
         self.shared_statements += 1
-        self.shared_callers += len(waiters)
+        self.shared_callers += len(callers)
         query = batch.query
         try:
-            if len(waiters) == 1:
-                found = [self._first(query.one, {**batch.group, query.keys: waiters[0][0]})]
+            if len(callers) == 1:
+                found = [self._first(query.one, {**batch.group, query.keys: callers[0]})]
             else:
                 assert query.listed is not None
-                wanted = list(dict.fromkeys(key for keys, _ in waiters for key in keys))
+                wanted = list(dict.fromkeys(key for keys in callers for key in keys))
                 params = {**batch.group, query.keys: wanted}
                 plan = query.listed.plan(self._dialect, params)
                 by_key: dict[Any, Any] = {}
                 for raw in self._connection().execute(plan.sql, plan.parameters(params)).fetchall():
                     built = plan.build(raw, query.listed.row)
                     by_key.setdefault(built[0], query.one.row(*built[1:]))
-                found = [_found(by_key, keys) for keys, _ in waiters]
+                found = [_found(by_key, keys) for keys in callers]
         except Exception as exc:  # every caller of the statement gets its failure
             for _, future in waiters:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for (_, future), answer in zip(waiters, found, strict=True):
+            if lead is not None:
+                raise
+            return None
+        answers = iter(found)
+        mine = next(answers) if lead is not None else None
+        for (_, future), answer in zip(waiters, answers, strict=True):
             if not future.done():
                 future.set_result(answer)
+        return mine
 
     def _first(self, query: PointQuery, params: Mapping[str, Any]) -> Any | None:
         plan = query.plan(self._dialect, params)
@@ -210,6 +226,12 @@ class SQLiteReader(PointReader):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+@types.coroutine
+def _next_turn() -> Generator[None, None, None]:
+    """Lets the event loop run what is already runnable, as ``asyncio.sleep(0)`` does, without its call."""
+    yield
 
 
 @dataclass(eq=False, slots=True)
