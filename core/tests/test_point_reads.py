@@ -54,6 +54,12 @@ _BY_ANY_NAME = KeyedQuery(
         )
     ),
     keys="names",
+    listed=PointQuery(
+        sa.select(_things.c.name, _things.c.id, _things.c.seen_at, _things.c.meta).where(
+            _things.c.name.in_(sa.bindparam("names", expanding=True)), _things.c.id > sa.bindparam("after")
+        ),
+        lists=("names",),
+    ),
 )
 
 
@@ -139,19 +145,38 @@ async def test_keyed_reads_answer_each_caller_and_share_statements(things: TestD
         assert [None if r is None else r.id for r in rows] == [1, 2, 1, None, None, 2]
         assert (rows[0].seen_at, rows[0].meta) == (SEEN, {"k": [1, 2]})  # typed as a read of ``one`` is
         assert rows[0]._fields == ("id", "seen_at", "meta")
-        if isinstance(reader, AsyncpgReader):
-            # callers that arrived together share a statement per group (after=0, after=1)
-            assert (reader.shared_statements, reader.shared_callers) == (2, 6)
-            many = await asyncio.gather(
-                *(
-                    reader.first_by_keys(_BY_ANY_NAME, {"after": 0}, ["a"])
-                    for _ in range(reader.MAX_BATCH + 1)
-                )
-            )
-            assert {r.id for r in many} == {1}
-            assert reader.shared_statements == 4  # a full batch, then one more for the caller beyond it
-        else:
-            assert things.backend == "sqlite"  # each caller reads alone
+        assert isinstance(reader, AsyncpgReader | SQLiteReader)
+        # callers that arrived together share a statement per group (after=0, after=1)
+        assert (reader.shared_statements, reader.shared_callers) == (2, 6)
+        many = await asyncio.gather(
+            *(reader.first_by_keys(_BY_ANY_NAME, {"after": 0}, ["a"]) for _ in range(reader.MAX_BATCH + 1))
+        )
+        assert {r.id for r in many} == {1}
+        assert reader.shared_statements == 4  # a full batch, then one more for the caller beyond it
+        # a caller alone in its turn reads as one caller (``one``); a caller's write before it asked is seen
+        async with things.engine.begin() as conn:
+            await conn.execute(sa.update(_things).where(_things.c.id == 2).values(name="c"))
+        alone = await reader.first_by_keys(_BY_ANY_NAME, {"after": 0}, ["b", "c"])
+        assert alone is not None and alone.id == 2 and alone._fields == ("id", "seen_at", "meta")
+        assert (reader.shared_statements, reader.shared_callers) == (5, 16)
+    finally:
+        await reader.close()
+
+
+async def test_a_sqlite_keyed_query_without_a_listed_statement_reads_for_each_caller(
+    things: TestDatabase,
+) -> None:
+    if things.backend != "sqlite":
+        pytest.skip("the listed statement is the SQLite reader's")
+    reader = create_point_reader(things.url, things.engine)
+    assert isinstance(reader, SQLiteReader)
+    alone = KeyedQuery(one=_BY_ANY_NAME.one, many=_BY_ANY_NAME.many, keys="names")
+    try:
+        rows = await asyncio.gather(
+            *(reader.first_by_keys(alone, {"after": 0}, [n]) for n in ("a", "b", "x"))
+        )
+        assert [None if r is None else r.id for r in rows] == [1, 2, None]
+        assert reader.shared_statements == 0
     finally:
         await reader.close()
 
@@ -159,10 +184,8 @@ async def test_keyed_reads_answer_each_caller_and_share_statements(things: TestD
 async def test_a_shared_statement_that_fails_fails_for_every_caller_and_a_cancelled_caller_is_left_out(
     things: TestDatabase,
 ) -> None:
-    if things.backend != "postgresql":
-        pytest.skip("only a reader across a socket shares statements")
     reader = create_point_reader(things.url, things.engine)
-    assert isinstance(reader, AsyncpgReader)
+    assert isinstance(reader, AsyncpgReader | SQLiteReader)
     try:
         broken = KeyedQuery(
             one=_BY_ANY_NAME.one,
@@ -172,6 +195,12 @@ async def test_a_shared_statement_that_fails_fails_for_every_caller_and_a_cancel
                 )
             ),
             keys="names",
+            listed=PointQuery(
+                sa.select(_gone.c.name, _gone.c.id).where(
+                    _gone.c.name.in_(sa.bindparam("names", expanding=True))
+                ),
+                lists=("names",),
+            ),
         )
         outcomes = await asyncio.gather(
             *(reader.first_by_keys(broken, {}, ["a"]) for _ in range(3)), return_exceptions=True

@@ -4,8 +4,10 @@ revoked key — left to the route, which refuses or answers it as before."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 from litestar import Litestar, get
 from litestar.config.compression import CompressionConfig
@@ -18,7 +20,9 @@ from tongcrm.api.middleware import with_request_ids
 from tongcrm.api.responses import EncodedJSON
 from tongcrm.api.security import READ_ROLES, authorize, confirms_key_itself, limited_by, requires
 from tongcrm.app import HOT_ROUTES, create_app
-from tongcrm.errors import ConfigError
+from tongcrm.db.point_reads import AsyncpgReader, SQLiteReader, create_point_reader
+from tongcrm.errors import ConfigError, NotFound
+from tongcrm.members import service
 from tongcrm.plugin.types import HotRouteSpec
 from tongcrm.testing.stores import add_store, store_plugin
 
@@ -369,3 +373,44 @@ def test_a_summary_holds_each_field_of_its_member() -> None:
         assert getattr(out, field) == expected, field
     masked = summary(cast(Member, member), [], vault)
     assert (masked.name, masked.mobile) == ("n*****", "138****8000")
+
+
+async def test_lookups_served_together_each_answer_their_own_member(make_client: Any) -> None:
+    """Lookups that reach the point reader in the same turn of the event loop share one statement (on SQLite
+    as on PostgreSQL, issue #22): each still answers its own member, as it answers alone, and a mobile nobody
+    holds is still the route's 404."""
+    async with make_client(host=make_host()) as api:
+        mobiles = [f"1380013800{i}" for i in range(4)]
+        made = [
+            (await api.post("/api/members", json={"name": f"会员{i}", "mobile": m}))
+            for i, m in enumerate(mobiles)
+        ]
+        assert all(r.status_code == 201 for r in made), [r.text for r in made]
+        alone = [await api.get(LOOKUP, params={"mobile": m}) for m in mobiles]
+        asked = [*mobiles, "13900139000", mobiles[0]]
+        together = await asyncio.gather(*(api.get(LOOKUP, params={"mobile": m}) for m in asked))
+        assert [r.status_code for r in together] == [200, 200, 200, 200, 404, 200]
+        assert [r.content for r in together[:4]] == [r.content for r in alone]
+        assert together[5].content == alone[0].content
+        assert [r.json()["id"] for r in together[:4]] == [r.json()["id"] for r in made]
+        # lookups started in one turn through a point reader of this loop (the test client runs the app in a
+        # loop of its own, one request at a time): each its own member
+        state = api.app.state
+        reader = create_point_reader(api.db.url, api.db.engine)
+        try:
+            summaries = await asyncio.gather(
+                *(service.lookup_summary(reader, state.vault, state.host, mobile=m) for m in asked),
+                return_exceptions=True,
+            )
+        finally:
+            await reader.close()
+        ids = [r.json()["id"] for r in made]
+        assert [getattr(s, "id", s) for s in summaries[:4]] == ids and getattr(
+            summaries[5], "id", None
+        ) == ids[0]
+        assert isinstance(summaries[4], NotFound)
+        # the same summaries a lookup alone answers, field for field
+        encoded = [msgspec.json.encode(s) for s in summaries if not isinstance(s, BaseException)]
+        assert [msgspec.json.decode(e) for e in encoded] == [r.json() for r in (*alone, alone[0])]
+        assert isinstance(reader, AsyncpgReader | SQLiteReader)
+        assert reader.shared_statements < reader.shared_callers == len(asked)

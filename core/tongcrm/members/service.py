@@ -843,6 +843,13 @@ _LOOKUP = KeyedQuery(
         )
     ),
     keys="values",
+    # the same as a list (SQLite): lookups served in one turn of the event loop read in one statement
+    listed=PointQuery(
+        _by_identity(_IDENTITIES.c.value.label("found_by"), *_SUMMARY_COLUMNS, GENERATION_COLUMN).where(
+            _IDENTITIES.c.value.in_(sa.bindparam("values", expanding=True))
+        ),
+        lists=("values",),
+    ),
 )
 #: :func:`lookup`'s statement, built once rather than per call (the till's, the console's and membership's
 #: lookups go through the ORM session of their unit of work).
