@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -75,6 +76,9 @@ class Bench:
         self.backend, self.url, self.workdir = backend, url, workdir
         #: the last command's CPU seconds (user, system): what the load does not inflate, unlike its wall time
         self.cpu = (0.0, 0.0)
+        #: PostgreSQL: the CPU seconds the server processes of the last command's connections used (0.0 on SQLite,
+        #: whose database runs in the command's own process)
+        self.server_cpu = 0.0
 
     def tongcrm(self, *args: str) -> tuple[float, int]:
         """Run ``tongcrm ARGS``: (seconds, peak RSS in kB)."""
@@ -86,8 +90,25 @@ class Bench:
             "TONGCRM_IN_PROCESS_JOBS": "0",
         }
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        watch = _ServerCpu(self.url) if self.backend == "postgresql" else None
         started = time.perf_counter()
-        done = subprocess.run(
+        try:
+            done = self._run(args, peak, env)
+        finally:
+            if watch is not None:
+                self.server_cpu = watch.stop()
+        took = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+        assert done.returncode == 0, done.stderr[-3000:]
+        kb = int(peak.read_text())
+        peak.unlink()
+        return took, kb
+
+    def _run(
+        self, args: tuple[str, ...], peak: Path, env: dict[str, str]
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [sys.executable, "-c", RSS_WRAPPER, str(peak), *args],
             env=env,
             cwd=self.workdir,
@@ -96,13 +117,6 @@ class Bench:
             stderr=subprocess.PIPE,
             text=True,
         )
-        took = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
-        assert done.returncode == 0, done.stderr[-3000:]
-        kb = int(peak.read_text())
-        peak.unlink()
-        return took, kb
 
     def scalar(self, sql: str) -> Any:
         async def body() -> Any:
@@ -114,6 +128,52 @@ class Bench:
                 await engine.dispose()
 
         return asyncio.run(body())
+
+
+def _schedstat_s(pid: int) -> float:
+    """CPU seconds the (local) server process ``pid`` has used; 0.0 once it is gone or where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _ServerCpu:
+    """The CPU the PostgreSQL server processes of one database use while a command runs: their pids polled from
+    ``pg_stat_activity`` every 0.2 s in a thread, each one's last reading kept (a backend's CPU is gone from
+    ``/proc`` once its connection closes, so the last poll before is what counts). The server runs on this
+    machine's cores: an import that moves work from the client into set-based statements moves it here."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.seen = url, dict[int, float]()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=asyncio.run, args=(self._poll(),), daemon=True)
+        self.thread.start()
+
+    async def _poll(self) -> None:
+        engine = create_engine(self.url)
+        try:
+            async with engine.connect() as conn:
+                query = sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                while True:
+                    pids = (await conn.execute(query)).scalars().all()
+                    await conn.rollback()
+                    for pid in pids:
+                        cpu = _schedstat_s(int(pid))
+                        if cpu:
+                            self.seen[int(pid)] = cpu
+                    if self.done.wait(0.2):
+                        return
+        finally:
+            await engine.dispose()
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join(30)
+        return sum(self.seen.values())
 
 
 async def _admin(sql: str) -> None:
@@ -246,7 +306,8 @@ _FINISHED = {
 def _cpu(bench: Bench) -> str:
     """The last command's CPU time (on SQLite the whole import's: the database runs in its process)."""
     user, system = bench.cpu
-    return f"process CPU {user:.2f}s user + {system:.2f}s sys"
+    server = f", server CPU {bench.server_cpu:.2f}s" if bench.backend == "postgresql" else ""
+    return f"process CPU {user:.2f}s user + {system:.2f}s sys{server}"
 
 
 def _import_once(bench: Bench, benchmark: Any, kind: str, data: Path) -> tuple[float, int]:
