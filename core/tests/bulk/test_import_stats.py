@@ -90,3 +90,38 @@ async def test_a_database_emptied_between_tests_starts_its_analyse_schedule_agai
         assert stats.grown(session, stats.FIRST_ANALYSE // 2) is False  # the next is at twice the first
         await tongcrm_db.truncate()
         assert stats.grown(session, stats.FIRST_ANALYSE) is True
+
+
+async def test_a_members_import_analyses_members_at_its_end_and_on_the_schedule_once_resolution_ran(
+    tongcrm_db: TestDatabase, memory_host: PluginHost, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """New members written set-based (PostgreSQL) read ``identities`` only: the schedule's analyses leave the
+    wide ``members`` table to the import's end (its ANALYZE was a third of the server's CPU, bulk12). A page
+    that went through resolution — two rows sharing a mobile, or SQLite, where every row is resolved — reads
+    members too, so from then on the schedule analyses it as well."""
+    monkeypatch.setattr(stats, "_SCHEDULES", {})
+    monkeypatch.setattr(stats, "FIRST_ANALYSE", 10)
+    analysed: list[set[str]] = []
+    analyse = stats.analyse
+
+    async def recording(session: Any, tables: Any) -> None:
+        analysed.append(set(tables))
+        await analyse(session, tables)
+
+    monkeypatch.setattr(stats, "analyse", recording)
+    ctx = service.ImportContext(
+        host=memory_host, vault=VAULT, clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai")
+    )
+    new = "".join(f"N{i},1380013{i:04d},会员{i}\n" for i in range(10))  # page 1: ten members nobody knew
+    shared = "".join(f"S{i},1390013{i // 2:04d},会员{i}\n" for i in range(10))  # page 2: pairs share a mobile
+    path = tmp_path / "members.csv"
+    path.write_text("member_id,mobile,name\n" + new + shared, encoding="utf-8")
+    job = await service.open_import(tongcrm_db.sessions, ctx, "members", path, "csv", source="stats")
+    progress = await service.run_import(tongcrm_db.sessions, ctx, job.id, path, page_size=10)
+    assert progress.imported == 20
+    both = {"members", "identities"}
+    # after page 1 (10 rows), after page 2 (20 rows), and at the end
+    first = {"identities"} if tongcrm_db.backend == "postgresql" else both
+    assert analysed == [first, both, both]
+    assert await _planner_rows(tongcrm_db, "members") == 15  # ten, then five pairs merged
+    assert await _planner_rows(tongcrm_db, "identities") == 35  # 15 mobiles, 20 member ids
