@@ -1,11 +1,11 @@
-"""Documents left out of ANALYZE (``tongcrm.db.base.UNSAMPLED``, issue #22): no statistics for them, the same
+"""Documents left out of ANALYZE (``tongcrm.db.base.unsampled``, issue #22): no statistics for them, the same
 statistics as before for the columns plans read."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from tongcrm.db import stats
-from tongcrm.db.base import STATISTICS_TARGET, UNSAMPLED, metadata
+from tongcrm.db.base import STATISTICS_TARGET, metadata, unsampled
 from tongcrm.db.models import import_models
 from tongcrm.members.models import Member
 from tongcrm.testing.database import TestDatabase
@@ -20,7 +20,7 @@ def test_the_models_name_the_documents_of_the_revision() -> None:
         (table.name, column.name)
         for table in metadata.sorted_tables
         for column in table.columns
-        if column.info.get(STATISTICS_TARGET) == UNSAMPLED[STATISTICS_TARGET]
+        if column.info.get(STATISTICS_TARGET) == unsampled()[STATISTICS_TARGET]
     }
     assert named == DOCUMENTS
 

@@ -129,14 +129,18 @@ JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 #: The ``Column.info`` key of a column's PostgreSQL statistics target (``ALTER COLUMN … SET STATISTICS``).
 STATISTICS_TARGET = "statistics_target"
 
-#: ``Column(info=UNSAMPLED)``: a column ``ANALYZE`` skips on PostgreSQL (statistics target 0). For a document
-#: no statement filters, joins, groups or sorts on (an order's shipments, a ledger entry's explain, a member's
-#: profile stamps), so no plan reads its statistics; sorting a sample of JSONB values for them was 40 % of the
-#: analyses a first sync runs as its tables grow (issue #22, branch ingestpg12: ``orders.shipments`` 85 ms of a
-#: 163 ms analyse of 20,000 orders, ``points_entries.detail`` 95 of 207 ms). SQLite's ``ANALYZE`` samples
-#: indexes only, so there it changes nothing. Revision 0037 sets it on existing databases; ``tongcrm db check``
-#: compares it (:func:`tongcrm.db.migrate.check`).
-UNSAMPLED: dict[str, Any] = {STATISTICS_TARGET: 0}
+
+def unsampled() -> dict[str, Any]:
+    """``Column(info=unsampled())``: a column ``ANALYZE`` skips on PostgreSQL (statistics target 0).
+
+    For a document no statement filters, joins, groups or sorts on (an order's shipments, a ledger entry's
+    explain, a member's profile stamps), so no plan reads its statistics; sorting a sample of JSONB values for
+    them was 40 % of the analyses a first sync runs as its tables grow (issue #22, branch ingestpg12:
+    ``orders.shipments`` 85 ms of a 163 ms analyse of 20,000 orders, ``points_entries.detail`` 95 of 207 ms).
+    SQLite's ``ANALYZE`` samples indexes only, so there it changes nothing. Revision 0037 sets it on existing
+    databases; ``tongcrm db check`` compares it (:func:`tongcrm.db.migrate.check`). A new dict each call: a
+    column's ``info`` is its own."""
+    return {STATISTICS_TARGET: 0}
 
 
 def statistics_targets(table: sa.Table) -> dict[str, int]:

@@ -142,7 +142,7 @@ def _compare(connection: sa.Connection) -> list[Any]:
 
 def _statistics_diffs(connection: sa.Connection) -> list[Any]:
     """PostgreSQL: columns whose statistics target differs from what the model names (``Column.info``, see
-    :data:`tongcrm.db.base.UNSAMPLED`; a column naming none should be on the default). Alembic does not compare
+    :func:`tongcrm.db.base.unsampled`; a column naming none should be on the default). Alembic does not compare
     them, so a model that leaves a column out of ``ANALYZE`` without a revision would pass unnoticed."""
     if connection.dialect.name != "postgresql":
         return []
