@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, unsampled, utcnow
 
 #: ``members.status`` of a member whose personal data was erased (:mod:`tongcrm.privacy.service`): an anonymous
 #: record that keeps its orders and points, and that nothing finds by identity any more
@@ -46,7 +46,7 @@ class Member(Base):
     mobile_masked_index: Mapped[str | None] = mapped_column(sa.String(80), index=True)
     #: Provenance per profile field, ``{field: {"at": iso time, "verified": bool}}``: merge survivorship
     #: keeps the most recent verified value of each field.
-    profile_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    profile_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, info=unsampled())
 
     # acquisition and lifecycle -------------------------------------------------------------------------------
     source_channel: Mapped[str | None] = mapped_column(sa.String(64), index=True)

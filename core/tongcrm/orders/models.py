@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, unsampled, utcnow
 
 #: The columns of an order that segments, RFM and tier metrics read, carried by the indexes they read orders
 #: through so those reads never fetch the order's row.
@@ -42,7 +42,7 @@ class Order(Base):
     #: Parcels as the channel last reported them (:mod:`tongcrm.orders.shipments`): carrier, tracking number,
     #: shipped time, lines. Replaced as a whole by each newer record. Personal data: never logged.
     shipments: Mapped[list[dict[str, Any]]] = mapped_column(
-        JSONType, default=list, server_default=sa.text("'[]'")
+        JSONType, default=list, server_default=sa.text("'[]'"), info=unsampled()
     )
     #: Whether an awarded referral reward hangs on the order (``referral_rewards.order_id``, status awarded):
     #: set when the reward fires, cleared when it is reversed or unbound. The order upsert returns it, so the

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, unsampled, utcnow
 from tongcrm.members.references import (
     MemberReference,
     MergeContext,
@@ -71,7 +71,7 @@ class PointsEntry(Base):
     available_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: How the amount was computed (base, rate, multiplier, rounding, cap): the "explain" of this line.
-    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, info=unsampled())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (sa.Index("ix_points_entries_member_id_id", "member_id", "id"),)
