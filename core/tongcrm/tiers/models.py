@@ -132,17 +132,12 @@ async def _tier_info(
     session: AsyncSession, member_ids: Sequence[int], at: datetime
 ) -> Mapping[int, TierInfo]:
     """The points seam: each member's effective tier and the multiplier it grants (100 without one)."""
-    from tongcrm.tiers.service import active_ladder, points_tier
+    from tongcrm.tiers.service import active_ladder, member_tier_rows, points_tier
 
     ladder = await active_ladder(session)
     if ladder is None:
         return {}
-    rows = {
-        r.member_id: r
-        for r in (
-            await session.execute(sa.select(MemberTier).where(MemberTier.member_id.in_(member_ids)))
-        ).scalars()
-    }
+    rows = await member_tier_rows(session, member_ids)
     return {member_id: points_tier(rows.get(member_id), ladder, at) for member_id in member_ids}
 
 

@@ -1231,6 +1231,12 @@ async def history(session: AsyncSession, member_id: int, *, limit: int = 100) ->
     return list((await session.execute(stmt)).scalars())
 
 
+async def member_tier_rows(session: AsyncSession, member_ids: Sequence[int]) -> dict[int, MemberTier]:
+    """The stored tier rows of these members, by member (a member without one is absent: the base tier)."""
+    stmt = sa.select(MemberTier).where(MemberTier.member_id.in_(member_ids))
+    return {r.member_id: r for r in (await session.execute(stmt)).scalars()}
+
+
 async def effective_tiers(
     session: AsyncSession, member_ids: Sequence[int], at: datetime, ladder: Ladder | None = None
 ) -> dict[int, Tier]:
@@ -1238,12 +1244,7 @@ async def effective_tiers(
     ladder = ladder or await active_ladder(session)
     if ladder is None:
         return {}
-    rows = {
-        r.member_id: r
-        for r in (
-            await session.execute(sa.select(MemberTier).where(MemberTier.member_id.in_(member_ids)))
-        ).scalars()
-    }
+    rows = await member_tier_rows(session, member_ids)
     out: dict[int, Tier] = {}
     for member_id in member_ids:
         out[member_id] = ladder.tier(effective_code(rows.get(member_id), ladder, at)) or ladder.base
