@@ -1,4 +1,5 @@
-"""A known member's sale at a counter on PostgreSQL as one read and one statement, without a transaction.
+"""A known member's sale — or a new buyer's, named by a mobile nobody holds — at a counter on PostgreSQL as one
+read and one statement, without a transaction.
 
 Why (issue #22, Build 2; the fifteenth pass of *A receipt at the counter* designed it): a till's checkout for a
 member named by id was ``BEGIN``, four statements and ``COMMIT`` — six round trips, each a socket write and a
@@ -17,6 +18,11 @@ wake-up of the backend, and asyncpg's own execution was ~29 % of the serving pro
    (a plain ``INSERT`` reading :data:`tongcrm.counter_sale.ORDER_FIGURES` — a row already there under its
    unique key makes the whole statement fail, writing nothing); and the ``points_changed`` then
    ``order_changed`` events in one ordered insert (their ids in the order the transactional path gives them).
+
+A new buyer (issue #22, tillpg12): the read draws the member's id too and asks whether the mobile is held (then
+the transactional path resolves the sale); the statement writes the member and its identity with the order
+(:func:`new_buyer_ctes`, the identity a plain ``INSERT``: a mobile claimed meanwhile fails it whole) and the
+``member_created`` event first among the sale's events.
 
 When the statement writes nothing or fails on a unique key, the caller runs the transactional path in the same
 unit of work: nothing of the quick attempt is left to undo, and the receipt key's idempotency is the
