@@ -85,6 +85,7 @@ from tongcrm.counter_sale import (
     follow_up_params,
     follow_up_statement,
     known_member,
+    new_member_rows,
     on_figures,
 )
 from tongcrm.counter_sale import (
@@ -949,8 +950,9 @@ class CounterWork:
         account: CounterAccount,
         order: NormalisedOrder,
         *,
-        member_id: int,
+        member_id: int | None,
         evidence: str,
+        mobile: str | None = None,
         existing: sa.Select[Any],
         existing_params: Mapping[str, Any],
         own_row: QuickRow,
@@ -984,6 +986,20 @@ class CounterWork:
             or not order.lines
         ):
             return None
+        ctx = self._ingest_context()
+        made: tuple[dict[str, Any], dict[str, Any]] | None = None
+        if member_id is None:
+            if mobile is None:
+                return None
+            try:
+                claim = IdentityClaim("mobile", normalise_mobile(mobile), evidence)
+            except InvalidMobile:
+                return None  # the transactional path refuses it as it always did
+            claimed = _with_claim(order, claim)
+            # before the read: a sale this path cannot make draws no member id
+            made = new_member_rows(ctx, account.id, account.channel, claimed)
+            if made is None:
+                return None
         self.rows._checked(existing)
         plan = _quick_read(existing)
         bound = {
@@ -992,22 +1008,33 @@ class CounterWork:
             HELD_ACCOUNT: account.id,
             HELD_EXTERNAL: order.external_id,
             "line_count": len(order.lines),
+            "new_buyer": made is not None,
+            "claim_kind": None if made is None else made[1]["kind"],
+            "claim_value": None if made is None else made[1]["value"],
         }
         rows = await direct.rows_alone(self._session, plan.statement, bound)
         first = rows[0]
         self.rows.key_generation = int(first.key_generation or 0)
         if first.own_present:
             return QuickSale(existing=plan.own(first))
-        if first.buyer_status != "active":
-            return None
-        self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
-        try:
-            buyer = await self._buyer_by_id(member_id, evidence)
-        except CounterRefused:
-            return None  # the transactional path refuses it as it always did
-        known = buyer.known
-        if known is None or buyer.member_id != member_id or known.referrer_id is not None:
-            return None
+        touch: tuple[int, datetime] | None = None
+        if made is None:
+            assert member_id is not None
+            if first.buyer_status != "active":
+                return None
+            self._buyers[member_id] = [plan.buyer(r) for r in rows if r.buyer_status is not None]
+            try:
+                buyer = await self._buyer_by_id(member_id, evidence)
+            except CounterRefused:
+                return None  # the transactional path refuses it as it always did
+            known = buyer.known
+            if known is None or buyer.member_id != member_id or known.referrer_id is not None:
+                return None
+            claimed = _with_claim(order, buyer.claim)
+        elif first.claim_taken:
+            return None  # the mobile is someone's: the transactional path resolves the sale to them
+        else:
+            member_id = int(first.quick_member_id)
         held = plan.held(first)
         if held.modified_at is not None:
             return None
@@ -1019,12 +1046,12 @@ class CounterWork:
         available, pending = int(first.balance_available or 0), int(first.balance_pending or 0)
         if int(first.balance_owed or 0) > 0 or available < 0:
             return None
-        claimed = _with_claim(order, buyer.claim)
-        ctx = self._ingest_context()
         now = ctx.clock()
-        touch = known_member(ctx, claimed, member_id, known)
-        if touch is None:
-            return None
+        if made is None:
+            assert known is not None
+            touch = known_member(ctx, claimed, member_id, known)
+            if touch is None:
+                return None
         order_id, line_ids = int(first.quick_order_id), [int(i) for i in first.quick_line_ids]
         row = {"id": order_id, **order_row(account.id, account.channel, claimed, member_id, None, now)}
         lines = [
@@ -1037,8 +1064,13 @@ class CounterWork:
         points_now = ctx.clock()
         tier = NO_TIER
         if ladder is not None and any(r.tier_multiplier for r in rules.spend_rules):
-            # the tier the buyer holds multiplies what a line earns (read as the transactional path reads it)
-            held_tier = await direct.rows_alone(self._session, _MEMBER_TIER, {"tier_member_id": member_id})
+            # the tier the buyer holds multiplies what a line earns (read as the transactional path reads it;
+            # a new buyer holds none yet)
+            held_tier = (
+                []
+                if made is not None
+                else await direct.rows_alone(self._session, _MEMBER_TIER, {"tier_member_id": member_id})
+            )
             tier = tier_service.points_tier(held_tier[0] if held_tier else None, ladder, points_now)
         credits, awards = points.fresh_order_credits(self._points(), rules, facts, points_now, tier)
         if available + pending + sum(c.amount for c in credits) > ledger.MAX_BALANCE:
@@ -1046,7 +1078,9 @@ class CounterWork:
         await confirm(self.rows.key_generation)
         follow, values = own_row(order_id, member_id)
         self.rows._checked(follow)
-        statement = counter_quick.sale_statement(tuple(row), _quick_follow(follow))
+        statement = counter_quick.sale_statement(
+            tuple(row), _quick_follow(follow), new_buyer=made is not None
+        )
         changed = {
             "order_id": order_id,
             "account_id": account.id,
@@ -1060,9 +1094,18 @@ class CounterWork:
         }
         params: dict[str, Any] = {f"o_{name}": value for name, value in row.items()}
         params.update(follow_up_params(values))
+        if made is not None:
+            member, identity = made
+            params.update({f"m_{name}": value for name, value in member.items()})
+            params.update({f"i_{name}": value for name, value in identity.items()})
+            params.update(
+                new_member_id=member_id,
+                new_member_source=account.channel or "unknown",
+                new_member_at=member["created_at"],
+            )
         params.update(
-            touch_identity_id=touch[0],
-            touch_at=touch[1],
+            touch_identity_id=None if touch is None else touch[0],
+            touch_at=None if touch is None else touch[1],
             line_rows=json_records_text(lines),
             credits=json_records_text(credits),
             awards=json_records_text(awards),
@@ -1074,7 +1117,8 @@ class CounterWork:
         try:
             done = await direct.rows_alone(self._session, statement, params)
         except sa.exc.IntegrityError as exc:
-            if _sqlstate(exc) == "23505":  # the caller's row appeared since the read: nothing was written
+            # the caller's row appeared since the read, or a new buyer's mobile was claimed: nothing was written
+            if _sqlstate(exc) == "23505":
                 return None
             raise
         if not done:  # the order appeared since the read: nothing was written
@@ -1358,11 +1402,24 @@ def _ranked_buyer() -> Any:
     )
 
 
+#: Whether the new buyer's identity (bound ``claim_kind``, ``claim_value``; NULL for a known member's sale) is
+#: held already: such a sale is the transactional path's (it resolves to whoever holds it).
+_CLAIM_TAKEN = (
+    sa.exists()
+    .where(
+        Identity.kind == sa.bindparam("claim_kind", type_=Identity.kind.type),
+        Identity.value == sa.bindparam("claim_value", type_=Identity.value.type),
+    )
+    .label("claim_taken")
+)
+
+
 def _quick_read(existing: sa.Select[Any]) -> _QuickRead:
     """PostgreSQL, one statement: the caller's ``existing`` row (``own_present``), the buyer's rows of
     :data:`_BUYER_BY_ID` for ``buyer_member_id``, the order and settings of
     :data:`tongcrm.counter_sale.STORED_AND_SETTINGS`, the buyer's balance, the API keys' revocation counter and
-    the ids the order and ``line_count`` lines would take (:func:`tongcrm.counter_quick.sequence_ids`), one
+    the ids the order and ``line_count`` lines would take (:func:`tongcrm.counter_quick.sequence_ids`; a new
+    buyer's member id with ``new_buyer``), whether a new buyer's identity is held (``claim_taken``), one
     row per buyer identity (the same values on each). Built once per caller statement."""
     from tongcrm import counter_quick
 
@@ -1400,6 +1457,8 @@ def _quick_read(existing: sa.Select[Any]) -> _QuickRead:
             balance.c.owed.label("balance_owed"),
             ids.c.quick_order_id,
             ids.c.quick_line_ids,
+            ids.c.quick_member_id,
+            _CLAIM_TAKEN,
             GENERATION_COLUMN,
         )
         .select_from(joined)

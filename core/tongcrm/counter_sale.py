@@ -360,11 +360,11 @@ def known_member(
 
 _MEMBERS = cast(sa.Table, Member.__table__)
 _IDENTITIES = cast(sa.Table, Identity.__table__)
-_MEMBER_COLUMNS = (
+MEMBER_COLUMNS = (
     "status", "version", "created_at", "updated_at", "name", "province", "city", "mobile_enc",
     "mobile_masked_index", "profile_meta", "source_channel", "source_store", "source_campaign", "lifecycle_stage",
 )  # fmt: skip
-_IDENTITY_COLUMNS = (
+IDENTITY_COLUMNS = (
     "kind", "value", "value_enc", "masked_index", "account_id", "evidence", "first_seen_at", "last_seen_at",
 )  # fmt: skip
 
@@ -380,7 +380,7 @@ def _create_statement(dialect: str) -> Any:
     answering the member's id and the identity's member id — None when the identity was there already (another
     transaction made it first; no event is written then). SQLite: the member's insert (its writers take turns)."""
     member = sa.insert(_MEMBERS).values(
-        dict(zip(_MEMBER_COLUMNS, _bound(_MEMBERS, _MEMBER_COLUMNS), strict=True))
+        dict(zip(MEMBER_COLUMNS, _bound(_MEMBERS, MEMBER_COLUMNS), strict=True))
     )
     if dialect != "postgresql":
         return member.returning(_MEMBERS.c.id)
@@ -388,8 +388,8 @@ def _create_statement(dialect: str) -> Any:
     identity = (
         insert_for(dialect, _IDENTITIES)
         .from_select(
-            [*_IDENTITY_COLUMNS, "member_id"],
-            sa.select(*_bound(_IDENTITIES, _IDENTITY_COLUMNS), made.c.id),
+            [*IDENTITY_COLUMNS, "member_id"],
+            sa.select(*_bound(_IDENTITIES, IDENTITY_COLUMNS), made.c.id),
         )
         .on_conflict_do_nothing(index_elements=["kind", "value"])
         .returning(_IDENTITIES.c.member_id)
@@ -425,7 +425,7 @@ def _create_statement(dialect: str) -> Any:
 @functools.cache
 def _identity_statement(dialect: str) -> Any:
     """A new member's identity, unless it exists (SQLite's second statement of :func:`_create_statement`)."""
-    values = dict(zip(_IDENTITY_COLUMNS, _bound(_IDENTITIES, _IDENTITY_COLUMNS), strict=True))
+    values = dict(zip(IDENTITY_COLUMNS, _bound(_IDENTITIES, IDENTITY_COLUMNS), strict=True))
     values["member_id"] = sa.bindparam("member_id", type_=_IDENTITIES.c.member_id.type)
     return (
         insert_for(dialect, _IDENTITIES)
@@ -438,13 +438,14 @@ def _identity_statement(dialect: str) -> Any:
 _DROP_MEMBER = sa.delete(_MEMBERS).where(_MEMBERS.c.id == sa.bindparam("member_id"))
 
 
-async def _new_member(
-    session: AsyncSession, ctx: IngestContext, account_id: int, channel: str, order: NormalisedOrder
-) -> int | None:
-    """The member ``resolve_many`` would create for this order's one claim, created as it creates them — or
-    None (nothing written) when its answer might differ: the policy would not create, a profile would fill
-    fields, the claim has values under rotated keys (resolve_many reads under each), or the identity exists
-    (another transaction made it since the counter looked): resolve_many then decides, as before."""
+def new_member_rows(
+    ctx: IngestContext, account_id: int, channel: str, order: NormalisedOrder
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The member row and identity row ``resolve_many`` would create for this order's one claim, as it creates
+    them (``now`` their times) — or None when its answer might differ: the policy would not create, a profile
+    would fill fields, the claim has values under rotated keys (resolve_many reads under each). Shared by the
+    transactional path (:func:`_new_member`) and the quick checkout (:meth:`tongcrm.counter.CounterWork.quick_sale`),
+    so both write the same rows."""
     profile = order.buyer
     if len(order.claims) != 1 or any((profile.name, profile.mobile, profile.province, profile.city)):
         return None
@@ -472,6 +473,20 @@ async def _new_member(
         "account_id": account_id,
         "evidence": claim.evidence, "first_seen_at": now, "last_seen_at": now,
     }  # fmt: skip
+    return member, identity
+
+
+async def _new_member(
+    session: AsyncSession, ctx: IngestContext, account_id: int, channel: str, order: NormalisedOrder
+) -> int | None:
+    """The member ``resolve_many`` would create for this order's one claim, created as it creates them — or
+    None (nothing written) when its answer might differ (:func:`new_member_rows`), or the identity exists
+    (another transaction made it since the counter looked): resolve_many then decides, as before."""
+    made_rows = new_member_rows(ctx, account_id, channel, order)
+    if made_rows is None:
+        return None
+    member, identity = made_rows
+    now = member["created_at"]
     dialect = dialect_name(session)
     source = channel or "unknown"
     if dialect == "postgresql":

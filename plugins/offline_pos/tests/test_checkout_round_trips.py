@@ -235,3 +235,44 @@ async def test_a_known_members_checkout_under_a_tier_ladder(
         assert sum("member_tiers" in text for _, text in seen) == 2  # the tier row and the upgrade check
         if quick:
             assert "FROM member_tiers" in seen[1][1] and "INSERT INTO orders" in seen[2][1]
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "transactional"])
+async def test_a_new_buyers_checkout_by_mobile(
+    pos: ApiClient, receipts: Receipts, quick: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new buyer named by mobile (issue #22, tillpg12): on PostgreSQL the quick path's read (which draws the
+    member's id and asks whether the mobile is held) and one statement writing the member, its identity, its
+    ``member_created`` event and the sale; the transactional path's statements with ``BEGIN`` and ``COMMIT``."""
+    monkeypatch.setattr(counter_quick, "ENABLED", quick)
+    member = await enrol(pos, "13800138034")
+    first = receipts.sale((10_000,), member={"member_id": member["member_id"]})
+    assert (await pos.post("/pos/v1/receipts", json=first)).status_code == 201
+    with _statements() as seen:
+        sold = await pos.post(
+            "/pos/v1/receipts", json=receipts.sale((20_000,), member={"mobile": "13800138035"})
+        )
+    assert sold.status_code == 201, sold.text
+    assert sold.json()["points_earned"] == 200 and sold.json()["points_available"] == 200
+    assert sold.json()["member_id"] != member["member_id"]
+    if seen[0][0] != "postgresql":
+        return
+    texts = [s for _, s in seen]
+    if quick:
+        [read, write] = texts
+        assert read.startswith("WITH quick_ids AS") and "members_id_seq" in read and "identities" in read
+        assert write.startswith("WITH o AS (INSERT INTO orders")
+        for part in (
+            "members",
+            "identities",
+            "order_lines",
+            "points_entries",
+            "pos_receipts",
+            "outbox_events",
+        ):
+            assert f"INSERT INTO {part}" in write, part
+        assert "member_created" in write
+    else:
+        # the claim (+ the card), member + identity + member_created, order + lines, posting, order_changed +
+        # finish; BEGIN and COMMIT on the driver (not seen here): 7 round trips against the quick path's 2
+        assert len(texts) == 5, texts

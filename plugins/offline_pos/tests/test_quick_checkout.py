@@ -205,8 +205,9 @@ async def test_the_quick_path_stores_and_answers_what_the_transactional_path_doe
     assert quick_answers == slow_answers
     if pos.db.backend == "postgresql":
         # the three sales, the replay answered from the read, the key reused and the sale paid with points
-        # (not asked: a points payment) left to the transactional path, the last sale to a member quick
-        assert calls == ["sale", "sale", "sale", "existing", "existing", "sale"]
+        # (not asked: a points payment) left to the transactional path, the next sale to a member and the new
+        # buyer's by mobile quick (its member, identity and member_created written by the sale's statement)
+        assert calls == ["sale", "sale", "sale", "existing", "existing", "sale", "sale"]
     assert (
         quick_answers[2][1]["points_earned"] == 88 + 176
     )  # base and pending tea points (the bonus: no order)
@@ -363,7 +364,7 @@ async def test_under_a_tier_ladder_the_quick_path_stores_what_the_transactional_
     assert [a[1]["points_earned"] for a in quick_answers[-2:]] == [600, 120]
     if pos.db.backend == "postgresql":
         # the ladder sends no sale to the transactional path: the day's as before, then the two sales
-        assert calls == ["sale", "sale", "sale", "existing", "existing", "sale", "sale", "sale"]
+        assert calls == ["sale", "sale", "sale", "existing", "existing", "sale", "sale", "sale", "sale"]
     assert [t["tier_code"] for t in quick["member_tiers"]] == ["silver"]
     assert any(e["name"] == "tier_changed" for e in quick["outbox_events"]) or quick["tier_history"]
     for name in slow:
@@ -371,3 +372,99 @@ async def test_under_a_tier_ladder_the_quick_path_stores_what_the_transactional_
             assert _events_unordered(quick) == _events_unordered(slow)
         else:
             assert quick[name] == slow[name], name
+
+
+async def test_the_same_new_mobile_on_two_tills_at_once_makes_one_member(
+    pos: ApiClient, receipts: Receipts, quick_calls: list[str]
+) -> None:
+    """Two tills sell to the same new mobile at once, five mobiles in turn (issue #22, tillpg12): each mobile
+    becomes one member with one identity and one ``member_created`` event, both sales are theirs, and the ledger
+    verifies. On PostgreSQL one sale of each pair makes the member in its quick statement; the other finds the
+    mobile held (by the read, or by its statement's identity insert failing whole) and is resolved to that member
+    by the transactional path."""
+    for till in (
+        "T01",
+        "T02",
+    ):  # a sale without a member on each till first: its cache loads in a transaction
+        assert (await pos.post("/pos/v1/receipts", json=receipts.sale((100,), till=till))).status_code == 201
+    quick_calls.clear()
+    for n in range(5):
+        mobile = f"1380013821{n}"
+        sales = [
+            receipts.sale((1_000 * (t + 1),), member={"mobile": mobile}, till=till)
+            for t, till in enumerate(("T01", "T02"))
+        ]
+        answers = await asyncio.gather(*(pos.post("/pos/v1/receipts", json=sale) for sale in sales))
+        assert all(a.status_code == 201 for a in answers), [a.text for a in answers]
+        assert len({a.json()["member_id"] for a in answers}) == 1
+        assert sorted(a.json()["points_earned"] for a in answers) == [10, 20]
+        assert max(a.json()["points_available"] for a in answers) == 30
+    async with pos.db.sessions() as s:
+        assert await s.scalar(sa.text("SELECT count(*) FROM members")) == 5
+        assert await s.scalar(sa.text("SELECT count(*) FROM identities")) == 5
+        created = "SELECT count(*) FROM outbox_events WHERE name = 'member_created'"
+        assert await s.scalar(sa.text(created)) == 5
+        assert await s.scalar(sa.text("SELECT count(*) FROM orders WHERE member_id IS NOT NULL")) == 10
+        assert await s.scalar(sa.text("SELECT count(DISTINCT member_id) FROM orders")) == 5
+        assert await ledger.verify(s) == []
+    if pos.db.backend == "postgresql":
+        assert sorted(quick_calls) == ["fallback"] * 5 + ["sale"] * 5
+
+
+async def test_a_mobile_claimed_meanwhile_leaves_the_quick_statement_writing_nothing(
+    pos: ApiClient, receipts: Receipts, quick_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another transaction makes a member with the new buyer's mobile between the quick read and the quick
+    statement (committed, as an enrolment at another till would be): the statement fails on the identity's key
+    and writes nothing — no member under the id the read drew, no order, no event — and the transactional path
+    resolves the sale to the member who holds the mobile, as it would have had it run alone."""
+    # a sale without a member first: the till's cache loads in a transaction, which that receipt then takes
+    assert (await pos.post("/pos/v1/receipts", json=receipts.sale((100,)))).status_code == 201
+    quick_calls.clear()
+    sale = receipts.sale((10_000,), member={"mobile": "13800138220"})
+    original = direct.rows_alone
+    raced: list[int] = []
+
+    async def racing(session: Any, statement: Any, params: Any) -> list[Any]:
+        if "new_member_id" in params and not raced:  # the quick statement: claim the mobile first
+            import asyncpg
+
+            member = {k[2:]: v for k, v in params.items() if k.startswith("m_")}
+            identity = {k[2:]: v for k, v in params.items() if k.startswith("i_")}
+            other = await asyncpg.connect(pos.db.url.replace("+asyncpg", ""))
+            try:
+                args = [json.dumps(v) if isinstance(v, dict) else v for v in member.values()]
+                marks = ", ".join(f"${n}" for n in range(1, len(args) + 1))
+                made = await other.fetchval(
+                    f"INSERT INTO members ({', '.join(member)}) VALUES ({marks}) RETURNING id",  # noqa: S608
+                    *args,
+                )
+                args = [*identity.values(), made]
+                marks = ", ".join(f"${n}" for n in range(1, len(args) + 1))
+                await other.execute(
+                    f"INSERT INTO identities ({', '.join(identity)}, member_id) VALUES ({marks})",  # noqa: S608
+                    *args,
+                )
+            finally:
+                await other.close()
+            raced.append(int(made))
+        return await original(session, statement, params)
+
+    monkeypatch.setattr(direct, "rows_alone", racing)
+    answer = await pos.post("/pos/v1/receipts", json=sale)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["points_earned"] == 100
+    async with pos.db.sessions() as s:
+        assert await s.scalar(sa.text("SELECT count(*) FROM members")) == 1
+        [holder] = (await s.execute(sa.text("SELECT id FROM members"))).scalars().all()
+        assert answer.json()["member_id"] == holder
+        assert await s.scalar(sa.text("SELECT count(*) FROM identities")) == 1
+        assert await s.scalar(sa.text("SELECT count(*) FROM orders")) == 2
+        assert await s.scalar(sa.text("SELECT member_id FROM orders WHERE member_id IS NOT NULL")) == holder
+        assert await s.scalar(sa.text("SELECT status FROM pos_receipts WHERE kind = 'sale'")) == "applied"
+        created = "SELECT count(*) FROM outbox_events WHERE name = 'member_created'"
+        # the racer wrote none; the transactional path made no member; the quick statement wrote nothing
+        assert await s.scalar(sa.text(created)) == (0 if raced else 1)
+        assert await ledger.verify(s) == []
+    if pos.db.backend == "postgresql":
+        assert raced == [holder] and quick_calls == ["fallback"]

@@ -612,13 +612,18 @@ async def _quick_sale(
     skew: int | None, offline: bool, sent: datetime | None, now: datetime,
     confirm: Callable[[int | None], Awaitable[None]],
 ) -> ReceiptResult | None:  # fmt: skip
-    """An online sale to a member named by id, without a points payment, through the counter's quick path
+    """An online sale to a member named by id or to a buyer named by mobile (a new one becomes a member in the
+    sale's statement; one the mobile names already goes the transactional path), without a points payment,
+    through the counter's quick path
     (:meth:`tongcrm.counter.CounterWork.quick_sale`: a read and one statement, no transaction): the receipt's
     row is inserted with the sale, already finished as :func:`_finish` would leave it. The same receipt sent
     again is answered from the row the read found. None: nothing was written, and :func:`_claim_and_apply`
     applies the receipt as it always did (a key reused, a rejected receipt sent again, anything the counter
     leaves to its transactional path)."""
-    if r.kind != "sale" or r.member is None or r.member.member_id is None or uow.rows.dialect != "postgresql":
+    if r.kind != "sale" or r.member is None or uow.rows.dialect != "postgresql":
+        return None
+    named_by_id = r.member.member_id is not None
+    if not named_by_id and not r.member.mobile:
         return None
     if any(p.method == "points" for p in r.payments):
         return None
@@ -656,7 +661,8 @@ async def _quick_sale(
         store.account,
         _order(r, key, effective, offline=offline),
         member_id=r.member.member_id,
-        evidence="pos receipt",
+        evidence="pos receipt" if named_by_id else f"given at till {r.store}/{r.till}",
+        mobile=None if named_by_id else r.member.mobile,
         existing=_EXISTING,
         existing_params={
             "account_id": store.account_id,
