@@ -121,10 +121,16 @@ async def check_stopped(
     at work on it. A ``running`` row whose process is gone counts as stopped (no server start marked it yet)."""
     if job.status == "finished":
         raise Conflict(
-            f"import {job.id} is finished: there is nothing left to import", code="import.finished"
+            f"import {job.id} is finished: there is nothing left to import",
+            code="import.finished",
+            params={"id": job.id},
         )
     if await is_live(session, job, now, grace_s=grace_s):
-        raise Conflict(f"import {job.id} is {job.status}: wait for it to stop", code="import.running")
+        raise Conflict(
+            f"import {job.id} is {job.status}: wait for it to stop",
+            code="import.running",
+            params={"id": job.id},
+        )
 
 
 async def release_dead_lease(session: AsyncSession, import_id: int, now: datetime) -> None:
@@ -143,6 +149,7 @@ def kept_file(folder: Path, job: BulkImport) -> Path:
             f"import {job.id} has no kept file (discarded, or not uploaded through the API or the console): "
             "upload the same file again to resume it from its checkpoint",
             code="import.no_file",
+            params={"id": job.id},
         )
     path = folder / job.upload_path
     if not path.is_file():
@@ -150,6 +157,7 @@ def kept_file(folder: Path, job: BulkImport) -> Path:
             f"the kept file of import {job.id} is not in the data folder any more ({path}): upload the same "
             "file again to resume it from its checkpoint",
             code="import.file_missing",
+            params={"id": job.id},
         )
     return path
 
