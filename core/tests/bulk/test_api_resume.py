@@ -83,7 +83,7 @@ async def test_a_crash_mid_file_through_the_api_resumes_from_the_kept_file_every
         import_id = started.json()["id"]
         crashed = (await op.get(f"/api/imports/{import_id}")).json()
         assert (crashed["status"], crashed["line_reached"], crashed["imported"]) == ("failed", 3, 2)
-        assert "power cut" in crashed["error"]
+        assert "power cut" in crashed["error"] and crashed["file_kept"] is True
         assert await _count(tongcrm_db, Member) == 2  # the second page rolled back whole
         # kept under the import's name (not the client's), recorded on its row with its mapping
         row = await _row(tongcrm_db, import_id)
@@ -133,6 +133,7 @@ async def test_a_discarded_import_loses_its_file_and_the_same_upload_resumes_it(
         discarded = await op.post(f"/api/imports/{import_id}/discard")
         assert discarded.status_code == 200, discarded.text
         assert discarded.json()["status"] == "discarded" and discarded.json()["imported"] == 2
+        assert discarded.json()["file_kept"] is False
         assert _kept_files(tongcrm_settings) == [] and (await _row(tongcrm_db, import_id)).upload_path is None
         gone = await op.post(f"/api/imports/{import_id}/resume")
         assert gone.status_code == 410, gone.text

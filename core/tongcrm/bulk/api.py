@@ -102,6 +102,9 @@ class ImportSummaryOut(msgspec.Struct, frozen=True):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    #: Whether its upload is kept (until it finished): a stopped import with one resumes by
+    #: ``POST /api/imports/{id}/resume``; without one, by uploading the same file again.
+    file_kept: bool
 
 
 class ImportOut(ImportSummaryOut, frozen=True):
@@ -140,6 +143,7 @@ def _fields(job: BulkImport) -> dict[str, Any]:
         created_at=job.created_at,
         updated_at=job.updated_at,
         finished_at=job.finished_at,
+        file_kept=job.upload_path is not None,
     )
 
 
