@@ -7,6 +7,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Litestar
@@ -32,6 +33,7 @@ from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
 from tongcrm.bulk.api import ExportController, ImportController
+from tongcrm.bulk.kept import mark_interrupted
 from tongcrm.campaigns.api import CalendarController, CampaignController, JourneyController
 from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
@@ -47,7 +49,7 @@ from tongcrm.ingest.api import QuarantineController
 from tongcrm.jobs.registry import load_job_modules
 from tongcrm.jobs.runner import Runner
 from tongcrm.lifecycle.api import LifecycleController
-from tongcrm.logging import configure_logging
+from tongcrm.logging import configure_logging, get_logger
 from tongcrm.members.api import MemberController, MergeController, hot_lookup
 from tongcrm.membership import MembershipService
 from tongcrm.messaging.api import CONTROLLERS as MESSAGING_CONTROLLERS
@@ -107,6 +109,15 @@ CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
 HOT_ROUTES: tuple[HotRouteSpec, ...] = (HotRouteSpec("GET", "/api/members/lookup", hot_lookup),)
 
 
+async def _mark_interrupted_imports(sessions: Any) -> None:
+    """Imports left running by a process that stopped show as interrupted, to be resumed (tongcrm.bulk.kept);
+    a database that cannot be reached yet does not keep the server from starting (the next start retries)."""
+    try:
+        await mark_interrupted(sessions, datetime.now(UTC))
+    except Exception as exc:
+        get_logger(__name__).warning("could not look for interrupted imports", error=str(exc))
+
+
 def create_app(
     settings: Settings | None = None,
     host: PluginHost | None = None,
@@ -150,6 +161,7 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task: asyncio.Task[None] | None = None
+        await _mark_interrupted_imports(sessions)
         if run_jobs:
             runner = Runner(sessions, host, load_job_modules(), services={"settings": settings})
             task = asyncio.create_task(runner.run_forever(stop, poll_seconds=settings.job_poll_seconds))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,6 +16,9 @@ from tongcrm.crypto import Vault
 from tongcrm.errors import ConfigError
 
 DEFAULT_DATABASE_FILE = "tongcrm.sqlite3"
+#: The installation's data folder when ``TONGCRM_DATA_DIR`` does not name one: beside the SQLite file, or in the
+#: folder the command runs in for a server database.
+DEFAULT_DATA_FOLDER = "tongcrm-data"
 SECRET_FILE = ".tongcrm-secret"  # noqa: S105 - a file name, not a secret
 PROGRAMME_TZ = "Asia/Shanghai"
 
@@ -47,6 +51,19 @@ class Settings:
     #: job; 0 keeps them all.
     jobs_retention_days: int = 14
     extra: dict[str, str] = field(default_factory=dict)
+    #: The installation's data folder (``TONGCRM_DATA_DIR``): files tongcrm keeps between requests, such as an
+    #: import's upload until the import finished. None (settings built in code): see :attr:`data_folder`.
+    data_dir: Path | None = None
+
+    @property
+    def data_folder(self) -> Path:
+        """:attr:`data_dir`, else ``tongcrm-data`` beside the SQLite file, else in the system's temporary folder
+        (settings built in code for a server database name no folder of their own)."""
+        if self.data_dir is not None:
+            return self.data_dir
+        database = sqlite_file(self.database_url)
+        base = database.parent if database is not None else Path(tempfile.gettempdir())
+        return base / DEFAULT_DATA_FOLDER
 
     @property
     def tz(self) -> ZoneInfo:
@@ -119,6 +136,9 @@ class Settings:
             jobs_republish_seconds=float(env.get("TONGCRM_JOBS_REPUBLISH_SECONDS", "30")),
             jobs_retention_days=retention_days,
             extra=_provider_settings(env),
+            data_dir=Path(env["TONGCRM_DATA_DIR"]).absolute()
+            if env.get("TONGCRM_DATA_DIR")
+            else (database.parent if database is not None else workdir.absolute()) / DEFAULT_DATA_FOLDER,
         )
 
 

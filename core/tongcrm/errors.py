@@ -79,6 +79,13 @@ class Conflict(TongcrmError):
     title = "Conflict"
 
 
+class Gone(TongcrmError):
+    """What the request names existed and cannot be had any more (an import's kept upload that was discarded)."""
+
+    status_code = 410
+    title = "Gone"
+
+
 class PreconditionFailed(TongcrmError):
     status_code = 412
     title = "Precondition failed"

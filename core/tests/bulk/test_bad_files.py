@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from litestar import Request
 from litestar.exceptions import InternalServerException
-from tongcrm.bulk.api import UPLOADS, _upload_path
+from tongcrm.bulk.api import INCOMING, _upload_path
 from tongcrm.bulk.models import BulkImport
 from tongcrm.cli import Context, build_cli
+from tongcrm.config import Settings
 from tongcrm.errors import BadRequest
 from tongcrm.members.models import Member
 from tongcrm.plugin.host import PluginHost
@@ -38,13 +39,14 @@ async def _imports(db: TestDatabase) -> list[tuple[str, str, int, int]]:
         return [tuple(r) for r in rows.all()]
 
 
-def _left_behind(name: str) -> list[Path]:
-    return list(UPLOADS.glob(f"*/{name}"))
+def _left_behind(settings: Settings, name: str = "*") -> list[Path]:
+    """Files named ``name`` anywhere in the data folder: an incoming upload or a kept one."""
+    return [p for p in settings.data_folder.glob(f"**/{name}") if p.is_file()]
 
 
 @pytest.mark.asyncio
 async def test_an_upload_is_refused_in_the_words_of_its_own_name(
-    tongcrm_db: TestDatabase, make_client: Callable[..., Any]
+    tongcrm_db: TestDatabase, make_client: Callable[..., Any], tongcrm_settings: Settings
 ) -> None:
     async def upload(body: bytes, file_name: str, fmt: str = "csv", **params: str) -> Any:
         return await op.post(
@@ -73,14 +75,18 @@ async def test_an_upload_is_refused_in_the_words_of_its_own_name(
         )
         assert (await upload(b"", "empty.csv")).status_code == 400
         assert await _imports(tongcrm_db) == []  # nothing opened, nothing imported
-        assert [p for n in ("big export.csv", "their members.csv", "gbk.csv") for p in _left_behind(n)] == []
+        assert [
+            p
+            for n in ("big export.csv", "their members.csv", "gbk.csv")
+            for p in _left_behind(tongcrm_settings, n)
+        ] == []
 
         # JSON Lines has no cell limit: the long line is a member like any other (its name cut to the column)
         jsonl = await upload(BIG_JSONL, "big.jsonl", fmt="jsonl")
         assert jsonl.status_code == 202, jsonl.text
         status = (await op.get(jsonl.headers["location"])).json()
         assert (status["status"], status["imported"], status["failed"]) == ("finished", 2, 0)
-        assert _left_behind("big.jsonl") == []
+        assert _left_behind(tongcrm_settings) == []  # finished: its kept upload deleted
     async with tongcrm_db.sessions() as session:
         names = (await session.execute(sa.select(Member.name).order_by(Member.id))).scalars().all()
     assert names == ["x" * 100, "ok"]
@@ -109,7 +115,10 @@ async def test_a_file_name_longer_than_the_status_keeps_is_a_400_not_a_cut(
 
 @pytest.mark.asyncio
 async def test_an_upload_cut_off_mid_body_leaves_nothing_behind(
-    tongcrm_db: TestDatabase, make_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    tongcrm_db: TestDatabase,
+    make_client: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tongcrm_settings: Settings,
 ) -> None:
     """The client goes away halfway through the body (litestar's request stream raises): the half-written upload
     is removed, and no import was opened from it."""
@@ -127,17 +136,21 @@ async def test_an_upload_cut_off_mid_body_leaves_nothing_behind(
         )
         monkeypatch.undo()
     assert gone.status_code == 500
-    assert _left_behind("cut off.csv") == [] and await _imports(tongcrm_db) == []
+    assert _left_behind(tongcrm_settings) == [] and await _imports(tongcrm_db) == []
 
 
-def test_an_upload_waits_under_its_own_name_in_a_folder_of_its_own() -> None:
-    escaped = _upload_path("../../etc/会员.csv", "csv")
-    assert escaped.name == "会员.csv" and escaped.parent.parent == UPLOADS
-    assert _upload_path("C:\\exports\\m.csv", "csv").name == "m.csv"
-    assert _upload_path("a\x00b\n.csv", "csv").name == "ab.csv"
-    assert _upload_path("..", "jsonl").name == _upload_path("", "jsonl").name == "upload.jsonl"
-    assert len(_upload_path("会" * 300 + ".csv", "csv").name.encode()) <= 200
-    assert _upload_path("m.csv", "csv").parent != _upload_path("m.csv", "csv").parent
+def test_an_upload_arrives_under_its_own_name_in_a_folder_of_its_own(tmp_path: Path) -> None:
+    escaped = _upload_path(tmp_path, "../../etc/会员.csv", "csv")
+    assert escaped.name == "会员.csv" and escaped.parent.parent == tmp_path / INCOMING
+    assert _upload_path(tmp_path, "C:\\exports\\m.csv", "csv").name == "m.csv"
+    assert _upload_path(tmp_path, "a\x00b\n.csv", "csv").name == "ab.csv"
+    assert (
+        _upload_path(tmp_path, "..", "jsonl").name
+        == _upload_path(tmp_path, "", "jsonl").name
+        == "upload.jsonl"
+    )
+    assert len(_upload_path(tmp_path, "会" * 300 + ".csv", "csv").name.encode()) <= 200
+    assert _upload_path(tmp_path, "m.csv", "csv").parent != _upload_path(tmp_path, "m.csv", "csv").parent
 
 
 @pytest.mark.asyncio

@@ -10,7 +10,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from tongcrm.audit.models import AuditEntry
+from tongcrm.bulk import service as imports
 from tongcrm.bulk.models import BulkImport, BulkImportKey
+from tongcrm.members.models import Member
 
 from .conftest import sign_in
 
@@ -142,3 +144,81 @@ async def test_an_operator_uploads_follows_and_resumes_an_import(make_client: An
         )
         jobs = (await session.execute(sa.select(sa.func.count()).select_from(BulkImport))).scalar_one()
     assert len(starts) == 4 and jobs == 2  # four uploads, two files
+
+
+async def test_a_stopped_import_resumes_or_is_discarded_from_its_page_without_the_file(
+    make_client: Any, tongcrm_db: Any, monkeypatch: Any
+) -> None:
+    """The upload is kept until its import finished: a stopped import's page offers 继续导入 (no file chosen:
+    the run goes on after its checkpoint, each row once) and 放弃 (its kept file deleted); a finished one or one
+    without its file is refused in Chinese on the page."""
+    real = imports._apply_members
+    calls = 0
+
+    async def crashing(*args: Any) -> Any:  # the second page of each run fails before its commit
+        nonlocal calls
+        calls += 1
+        outcome = await real(*args)
+        if calls % 2 == 0:
+            raise RuntimeError("power cut")
+        return outcome
+
+    monkeypatch.setattr(imports, "PAGE_SIZE", 2)
+    monkeypatch.setattr(imports, "_apply_members", crashing)
+    async with make_client(role=None) as api:
+        csrf = await sign_in(api, "operator")
+        sent = await api.post(
+            "/console/imports",
+            data=_form(csrf),
+            files={"file": ("members.csv", MEMBERS.encode(), "text/csv")},
+            follow_redirects=False,
+        )
+        location = sent.headers["location"]
+        import_id = int(location.rsplit("/", 1)[1])
+        stopped = (await api.get(location)).text
+        assert 'data-status="failed"' in stopped and "power cut" in stopped
+        assert "继续导入" in stopped and "放弃" in stopped and "data-kept" in stopped
+        assert "data-upload" not in stopped  # no file to choose again
+        monkeypatch.setattr(imports, "_apply_members", real)
+
+        resumed = await api.post(
+            f"/console/imports/{import_id}/resume", data={"csrf_token": csrf}, follow_redirects=False
+        )
+        assert resumed.status_code == 303, resumed.text
+        assert resumed.headers["location"] == f"/console/imports/{import_id}?again=continued"
+        done = (await api.get(resumed.headers["location"])).text
+        assert 'data-status="finished"' in done and 'data-figure="imported">7<' in done
+        assert 'data-again="continued"' in done and "data-kept" not in done
+        async with tongcrm_db.sessions() as session:
+            assert (await session.execute(sa.select(sa.func.count()).select_from(Member))).scalar_one() == 7
+        finished = await api.post(f"/console/imports/{import_id}/resume", data={"csrf_token": csrf})
+        assert finished.status_code == 409 and "已完成，没有可继续导入的内容" in finished.text
+
+        monkeypatch.setattr(imports, "_apply_members", crashing)
+        other = await api.post(
+            "/console/imports",
+            data=_form(csrf),
+            files={"file": ("more.csv", MEMBERS.replace("M", "N").encode(), "text/csv")},
+            follow_redirects=False,
+        )
+        other_id = int(other.headers["location"].rsplit("/", 1)[1])
+        monkeypatch.setattr(imports, "_apply_members", real)
+        discarded = await api.post(
+            f"/console/imports/{other_id}/discard", data={"csrf_token": csrf}, follow_redirects=False
+        )
+        assert discarded.headers["location"] == f"/console/imports/{other_id}?again=discarded"
+        page = (await api.get(discarded.headers["location"])).text
+        assert 'data-status="discarded"' in page and "已放弃" in page and "data-upload" in page
+        async with tongcrm_db.sessions() as session:
+            row = await imports.get_import(session, other_id)
+        assert row.upload_path is None
+        gone = await api.post(f"/console/imports/{other_id}/resume", data={"csrf_token": csrf})
+        assert gone.status_code == 410 and "没有保留上传的文件" in gone.text
+        forged = await api.post(f"/console/imports/{other_id}/discard", data={"csrf_token": "nope"})
+        assert forged.status_code == 403
+
+    async with make_client(role=None) as api:
+        csrf = await sign_in(api, "analyst")
+        assert "data-kept" not in (await api.get(f"/console/imports/{other_id}")).text
+        refused = await api.post(f"/console/imports/{other_id}/resume", data={"csrf_token": csrf})
+        assert refused.status_code == 403

@@ -433,6 +433,7 @@ _DESCRIPTIONS = {
     403: "Forbidden: the key's role (or store) may not do this",
     404: "Not found: a resource the request names does not exist",
     409: "Conflict: the request conflicts with the current state",
+    410: "Gone: what the request names existed but is not kept any more (the problem says why)",
     412: "Precondition failed: the If-Match version is stale",
     413: "Request too large",
     415: "Unsupported media type",

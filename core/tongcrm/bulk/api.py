@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import sqlalchemy as sa
 from litestar import Controller, Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
@@ -32,7 +32,7 @@ from tongcrm.api.inputs import MAX_ID, PathId, problems
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, principal_of, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
-from tongcrm.bulk import export
+from tongcrm.bulk import export, kept
 from tongcrm.bulk import service as imports
 from tongcrm.bulk.mapping import check_kind, file_format, parse_mapping
 from tongcrm.bulk.models import BulkImport, BulkImportError
@@ -44,26 +44,37 @@ from tongcrm.logging import get_logger
 
 log = get_logger(__name__)
 Sessions = async_sessionmaker[AsyncSession]
-#: Uploaded files wait here (a folder per upload) so that an interrupted import can run again from its checkpoint.
-UPLOADS = Path(tempfile.gettempdir()) / "tongcrm-imports"
+#: Where an upload is written as it arrives, under the data folder: a folder per upload, until its import is
+#: opened and the file moves to the name of its import (:func:`tongcrm.bulk.kept.kept_name`).
+INCOMING = f"{kept.FOLDER}/incoming"
 
 
-def _upload_path(file_name: str, fmt: str) -> Path:
-    """Where an upload waits: a folder of its own, the file under the caller's ``file_name`` (its last part,
-    printable characters, at most 200 bytes), so that what the checks say of the file names the file the caller
-    sent rather than a temporary name."""
+def _upload_path(folder: Path, file_name: str, fmt: str) -> Path:
+    """Where an upload is written as it arrives: a folder of its own under ``folder`` (the data folder), the file
+    under the caller's ``file_name`` (its last part, printable characters, at most 200 bytes), so that what the
+    checks say of the file names the file the caller sent rather than a temporary name. An accepted upload then
+    waits under its import's name (:func:`tongcrm.bulk.kept.kept_name`), never the client's."""
     name = "".join(c for c in Path(file_name.replace("\\", "/")).name if c.isprintable()).strip()
     name = name.encode()[:200].decode(errors="ignore")
     if name in ("", ".", ".."):
         name = f"upload.{fmt}"
-    return UPLOADS / uuid.uuid4().hex / name
+    return folder / INCOMING / uuid.uuid4().hex / name
 
 
 def _discard(path: Path) -> None:
-    """Remove an upload and its folder."""
+    """Remove an incoming upload and its folder."""
     path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # gone already
         path.parent.rmdir()
+
+
+def _keep(incoming: Path, folder: Path, relative: str) -> None:
+    """Move an accepted upload to where it waits for its import (replacing a file of the same bytes) and remove
+    its incoming folder."""
+    target = folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    incoming.replace(target)
+    _discard(incoming)
 
 
 class ImportErrorOut(msgspec.Struct, frozen=True):
@@ -91,6 +102,9 @@ class ImportSummaryOut(msgspec.Struct, frozen=True):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    #: Whether its upload is kept (until it finished): a stopped import with one resumes by
+    #: ``POST /api/imports/{id}/resume``; without one, by uploading the same file again.
+    file_kept: bool
 
 
 class ImportOut(ImportSummaryOut, frozen=True):
@@ -129,6 +143,7 @@ def _fields(job: BulkImport) -> dict[str, Any]:
         created_at=job.created_at,
         updated_at=job.updated_at,
         finished_at=job.finished_at,
+        file_kept=job.upload_path is not None,
     )
 
 
@@ -137,18 +152,28 @@ def _out(job: BulkImport, errors: list[BulkImportError]) -> ImportOut:
 
 
 async def _run_in_background(
-    sessions: Sessions, ctx: imports.ImportContext, import_id: int, path: Path, mapping: dict[str, str]
+    sessions: Sessions,
+    ctx: imports.ImportContext,
+    folder: Path,
+    import_id: int,
+    relative: str,
+    mapping: dict[str, str],
 ) -> None:
-    """The import after the answer was sent. A failure is recorded on the import row (and logged) by
-    :func:`run_import`; uploading the same file again resumes from its checkpoint, so the upload is not kept."""
+    """The import after the answer was sent, on its kept upload (``relative`` to the data ``folder``). A finished
+    import deletes the file; a failure is recorded on the import row (and logged) by :func:`run_import` and the
+    file stays for ``POST /api/imports/{id}/resume``, as it does when another run is at work on the import."""
     try:
         # pages of 1,000 on both databases: in the server a SQLite page's write lock is also what a till's receipt
         # and a channel sync wait for, and a command's 10,000-row page holds it ~10 times as long
-        await imports.run_import(sessions, ctx, import_id, path, mapping=mapping, page_size=imports.PAGE_SIZE)
+        await imports.run_import(
+            sessions, ctx, import_id, folder / relative, mapping=mapping, page_size=imports.PAGE_SIZE
+        )
     except Exception:
-        log.warning("background import stopped; upload the file again to resume", import_id=import_id)
-    finally:
-        await asyncio.to_thread(_discard, path)
+        log.warning("background import stopped; its upload is kept to resume it", import_id=import_id)
+        return
+    async with sessions() as session, session.begin():
+        await kept.forget_file(session, import_id)
+    await asyncio.to_thread(kept.delete_file, folder, relative)
 
 
 #: Content types of an HTML form: their body wraps the file (boundaries, part headers), so it is not the file.
@@ -196,15 +221,10 @@ async def receive_upload(
     """Write an upload to disk as it arrives, open (or find again, by its digest) its import, audit
     ``import.start``, and give the task that runs it after the answer. Shared by ``POST /api/imports`` and the
     console's upload form, so both doors check, resume and audit alike. A refused or broken upload is not kept."""
-    ctx = imports.ImportContext(
-        host=state.host,
-        vault=state.vault,
-        clock=lambda: datetime.now(UTC),
-        tz=state.settings.tz,
-        actor=actor.name,
-    )
+    ctx = _context(state, actor)
     sessions: Sessions = state.sessions
-    path = _upload_path(asked.file_name, asked.fmt)
+    folder: Path = state.settings.data_folder
+    path = _upload_path(folder, asked.file_name, asked.fmt)
     path.parent.mkdir(parents=True)
     try:  # whatever stops the upload or its checks (a client gone mid-body too), the upload is not kept
         size = 0
@@ -226,10 +246,22 @@ async def receive_upload(
                 created_by=actor.name,
                 mapping=asked.columns,
             )
+        relative = job.upload_path or kept.kept_name(job)
+        if job.status == "finished":
+            await asyncio.to_thread(_discard, path)  # nothing left to import from it
+        else:  # kept under its import's name until the import finished (the same bytes as a file kept before)
+            await asyncio.to_thread(_keep, path, folder, relative)
     except BaseException:
         await asyncio.to_thread(_discard, path)
         raise
     async with sessions() as session, session.begin():
+        if job.status != "finished":
+            await session.execute(
+                sa.update(BulkImport)
+                .where(BulkImport.id == job.id)
+                .values(upload_path=relative, mapping=asked.columns or None)
+            )
+            job.upload_path, job.mapping = relative, asked.columns or None
         audit.record(
             session,
             actor,
@@ -243,7 +275,79 @@ async def receive_upload(
                 "digest": job.digest,
             },
         )
-    return job, BackgroundTask(_run_in_background, sessions, ctx, job.id, path, asked.columns)
+    return job, BackgroundTask(_run_in_background, sessions, ctx, folder, job.id, relative, asked.columns)
+
+
+def _context(state: State, actor: Actor) -> imports.ImportContext:
+    return imports.ImportContext(
+        host=state.host,
+        vault=state.vault,
+        clock=lambda: datetime.now(UTC),
+        tz=state.settings.tz,
+        actor=actor.name,
+    )
+
+
+async def resume_upload(state: State, actor: Actor, import_id: int) -> tuple[BulkImport, BackgroundTask]:
+    """Run a stopped import again from its checkpoint on its kept upload (no upload): 404 unknown, 409 finished
+    or at work, 410 when its file is not kept. The import shows ``queued`` until its run starts; the rows done
+    before are not imported twice (the checkpoint, then the rows' natural keys). Audited as ``import.resume``.
+    Shared by ``POST /api/imports/{id}/resume`` and the console's 继续导入."""
+    sessions: Sessions = state.sessions
+    folder: Path = state.settings.data_folder
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        job = await imports.get_import(session, import_id)
+        await kept.check_stopped(session, job, now)
+        path = kept.kept_file(folder, job)
+        await kept.release_dead_lease(session, job.id, now)
+        relative = str(job.upload_path)
+        was = job.status
+        job.status, job.error, job.updated_at = "queued", None, now
+        audit.record(
+            session,
+            actor,
+            "import.resume",
+            "import",
+            job.id,
+            before={"status": was, "line_reached": job.line_reached},
+            after={"file": path.name},
+        )
+        await session.flush()
+        session.expunge(job)
+    mapping = dict(job.mapping or {})
+    run = BackgroundTask(
+        _run_in_background, sessions, _context(state, actor), folder, job.id, relative, mapping
+    )
+    return job, run
+
+
+async def discard_upload(state: State, actor: Actor, import_id: int) -> BulkImport:
+    """Give up a stopped import: its kept upload is deleted and it shows ``discarded`` (404 unknown, 409 finished
+    or at work). Its rows imported so far stay (their keys too: uploading the file again resumes it). Audited
+    as ``import.discard``. Shared by ``POST /api/imports/{id}/discard`` and the console's 放弃."""
+    sessions: Sessions = state.sessions
+    folder: Path = state.settings.data_folder
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        job = await imports.get_import(session, import_id)
+        await kept.check_stopped(session, job, now)
+        relative = job.upload_path
+        was = job.status
+        job.status, job.upload_path, job.updated_at = "discarded", None, now
+        audit.record(
+            session,
+            actor,
+            "import.discard",
+            "import",
+            job.id,
+            before={"status": was, "line_reached": job.line_reached},
+            after={"status": "discarded"},
+        )
+        await session.flush()
+        session.expunge(job)
+    await asyncio.to_thread(kept.delete_file, folder, relative)
+    return job
 
 
 #: How ``POST /api/imports`` takes the file: its bytes are the whole request body (no form around them).
@@ -334,6 +438,32 @@ class ImportController(Controller):
         async with read_sessions() as session, session.begin():
             job = await imports.get_import(session, import_id)
             return _out(job, await imports.import_errors(session, import_id))
+
+    @post(
+        "/{import_id:int}/resume",
+        opt={**requires(*WRITE_ROLES), **problems(404, 409, 410)},
+        status_code=202,
+        summary="Resume a stopped import from its checkpoint on its kept upload (no upload)",
+    )
+    async def resume_import(
+        self, request: Request[Any, Any, State], import_id: PathId
+    ) -> Response[ImportOut]:
+        """409 when the import is finished or a run is at work on it; 410 when its file is not kept (discarded,
+        or not uploaded through the API or the console): upload the same file again then."""
+        job, run = await resume_upload(request.app.state, Actor.of(principal_of(request)), import_id)
+        return Response(
+            _out(job, []), status_code=202, headers={"Location": f"/api/imports/{job.id}"}, background=run
+        )
+
+    @post(
+        "/{import_id:int}/discard",
+        opt={**requires(*WRITE_ROLES), **problems(404, 409)},
+        status_code=200,
+        summary="Give up a stopped import: its kept upload is deleted (the rows imported stay)",
+    )
+    async def discard_import(self, request: Request[Any, Any, State], import_id: PathId) -> ImportOut:
+        job = await discard_upload(request.app.state, Actor.of(principal_of(request)), import_id)
+        return _out(job, [])
 
 
 class ExportController(Controller):

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
-from tongcrm.db.base import Base, BigId, UTCDateTime, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 
 
 class BulkImport(Base):
@@ -30,7 +30,8 @@ class BulkImport(Base):
     digest: Mapped[str] = mapped_column(sa.String(64))
     #: csv | jsonl
     format: Mapped[str] = mapped_column(sa.String(8))
-    #: queued | running | finished | failed
+    #: queued | running | finished | failed | interrupted (its process stopped while it ran) | discarded (an
+    #: operator gave up a stopped import: its kept upload is gone)
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
     #: Every line up to and including this one is done (imported, skipped or recorded as an error).
     line_reached: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -47,6 +48,12 @@ class BulkImport(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Where an upload through the API or the console waits until its import finished, relative to the
+    #: installation's data folder (``imports/<id>-<digest>.<format>``, never the client's name); None when no
+    #: file is kept (a file imported by ``tongcrm import``, a finished or discarded import).
+    upload_path: Mapped[str | None] = mapped_column(sa.String(200))
+    #: The column mapping the upload was imported with, so that a resume reads the kept file the same way.
+    mapping: Mapped[dict[str, str] | None] = mapped_column(JSONType)
 
     __table_args__ = (sa.UniqueConstraint("kind", "digest"),)
 

@@ -6,8 +6,9 @@ same checks, the same import found again by the file's digest (so uploading a st
 its checkpoint, a finished one imports nothing, and a double submit starts nothing twice), the same
 ``import.start`` audit record and the same run after the answer. The browser sends the file as a form part; the
 guard reads the form (litestar spools a part over 1 MB to a temporary file, never the whole upload in memory) and
-the handler copies the part to where the API writes its body. The uploaded file is not kept after its run (as
-over the API), so *resume* asks for the file again.
+the handler copies the part to where the API writes its body. The upload is kept until its import finished (as
+over the API, :mod:`tongcrm.bulk.kept`): a stopped import's page offers 继续导入 (resume from the checkpoint on the
+kept file) and 放弃 (discard it); only an import that keeps no file asks for the file again.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from litestar.datastructures import UploadFile
 from litestar.params import QueryParameter
 
 from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.bulk import kept
 from tongcrm.bulk import service as imports
-from tongcrm.bulk.api import ImportAsked, receive_upload
+from tongcrm.bulk.api import ImportAsked, discard_upload, receive_upload, resume_upload
 from tongcrm.bulk.mapping import FORMATS, KINDS
 from tongcrm.bulk.models import BulkImport
 from tongcrm.console.i18n import translate
@@ -39,7 +41,7 @@ from tongcrm.console.web import (
     redirect,
     render,
 )
-from tongcrm.errors import TongcrmError
+from tongcrm.errors import NotFound, TongcrmError
 
 PAGE_SIZE = 50
 ERRORS_PAGE = 50
@@ -60,6 +62,8 @@ class ImportRow:
     rate: float | None
     eta_s: float | None
     stalled: bool
+    #: Stopped with its upload kept: it may be resumed (继续导入) or discarded (放弃) without a file.
+    resumable: bool
 
     @classmethod
     def of(cls, job: BulkImport, now: datetime) -> ImportRow:
@@ -71,8 +75,9 @@ class ImportRow:
         rate = done / seconds if done and seconds > 0 else None
         left = max(total - done, 0)
         eta = left / rate if rate and job.status == "running" else None
-        stalled = job.status == "running" and now - job.updated_at > STALLED_AFTER
-        return cls(job, done, percent, rate, eta, stalled)
+        stalled = job.status in kept.UNDER_WAY and now - job.updated_at > STALLED_AFTER
+        resumable = job.upload_path is not None and (job.status in kept.STOPPED or stalled)
+        return cls(job, done, percent, rate, eta, stalled, resumable)
 
 
 def _form_of(
@@ -140,26 +145,75 @@ class ImportPages(ConsoleController):
         after_line: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
         again: Annotated[str | None, QueryParameter(max_length=16)] = None,
     ) -> Response[str]:
-        async with request.app.state.read_sessions() as session, session.begin():
-            job = await imports.get_import(session, import_id)
-            errors = await imports.import_errors(session, import_id, limit=ERRORS_PAGE, after_line=after_line)
-        row = ImportRow.of(job, datetime.now(UTC))
-        more = errors[-1].line if len(errors) == ERRORS_PAGE else None
-        return render(
-            request,
-            "imports/detail.html",
-            {
-                "r": row,
-                "errors": errors,
-                "after_line": after_line,
-                "more": more,
-                "again": again if again in ("finished", "resumed") else None,
-                "form": _form_of(job.kind, job.format, job.source),
-                "kinds": KINDS,
-                "formats": FORMATS,
-            },
-            title="imp.detail_title",
-        )
+        return await _detail(request, import_id, after_line, again if again in AGAIN else None, None)
+
+    @post("/{import_id:int}/resume", opt=action())
+    async def resume(self, request: Request[Any, Any, Any], import_id: PathId) -> Response[Any]:
+        """继续导入: a stopped import runs again from its checkpoint on its kept upload, no file sent
+        (:func:`tongcrm.bulk.api.resume_upload`, the function behind ``POST /api/imports/{id}/resume``)."""
+        try:
+            job, run = await resume_upload(request.app.state, actor_of(request), import_id)
+        except NotFound:
+            raise
+        except TongcrmError as exc:
+            return await _detail(
+                request, import_id, 0, None, problem_text(request, exc), status_code=exc.status_code
+            )
+        response = redirect(request, f"{PREFIX}/imports/{job.id}?again=continued")
+        response.background = run
+        return response
+
+    @post("/{import_id:int}/discard", opt=action())
+    async def discard(self, request: Request[Any, Any, Any], import_id: PathId) -> Response[Any]:
+        """放弃: a stopped import's kept upload is deleted (:func:`tongcrm.bulk.api.discard_upload`)."""
+        try:
+            job = await discard_upload(request.app.state, actor_of(request), import_id)
+        except NotFound:
+            raise
+        except TongcrmError as exc:
+            return await _detail(
+                request, import_id, 0, None, problem_text(request, exc), status_code=exc.status_code
+            )
+        return redirect(request, f"{PREFIX}/imports/{job.id}?again=discarded")
+
+
+#: The notes an import's page shows after what was just done to it (``?again=``).
+AGAIN = ("finished", "resumed", "continued", "discarded")
+
+
+async def _detail(
+    request: Request[Any, Any, Any],
+    import_id: int,
+    after_line: int,
+    again: str | None,
+    problem: str | None,
+    *,
+    status_code: int = 200,
+) -> Response[str]:
+    """An import's page: its state, its bad rows from ``after_line``, and what an operator may do with it —
+    resume or discard it when it stopped and its upload is kept, else upload its file (again)."""
+    async with request.app.state.read_sessions() as session, session.begin():
+        job = await imports.get_import(session, import_id)
+        errors = await imports.import_errors(session, import_id, limit=ERRORS_PAGE, after_line=after_line)
+    row = ImportRow.of(job, datetime.now(UTC))
+    more = errors[-1].line if len(errors) == ERRORS_PAGE else None
+    return render(
+        request,
+        "imports/detail.html",
+        {
+            "r": row,
+            "errors": errors,
+            "after_line": after_line,
+            "more": more,
+            "again": again,
+            "problem": problem,
+            "form": _form_of(job.kind, job.format, job.source),
+            "kinds": KINDS,
+            "formats": FORMATS,
+        },
+        status_code=status_code,
+        title="imp.detail_title",
+    )
 
 
 class _NoFile(Exception):

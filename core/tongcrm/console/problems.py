@@ -36,6 +36,11 @@ MESSAGES_ZH: Mapping[str, str] = {
     "points.expiry_naive": "有效期至：需要带时区的时间。",
     "points.key_reused": "这张表单已经用其他内容提交过一次调整；表单已换新，确认后可再次提交。",
     "points.no_key": "表单缺少防重复提交的编号，请检查后再提交一次。",
+    # imports (tongcrm.bulk.kept: resuming or discarding a stopped import)
+    "import.finished": "导入 #{id} 已完成，没有可继续导入的内容。",
+    "import.running": "导入 #{id} 正在进行中，请等它停止后再操作。",
+    "import.no_file": "导入 #{id} 没有保留上传的文件（已放弃，或不是通过网页或 API 上传的）：请重新上传同一个文件，将从断点继续。",
+    "import.file_missing": "导入 #{id} 保留的文件已不在数据目录中：请重新上传同一个文件，将从断点继续。",
     "member.merged": "会员 {member_id} 已合并到会员 {merged_into_id}。",
     # segments (tongcrm.segments.service and schema)
     "segment.name_invalid": "人群名称“{name}”不可用：1 到 64 个小写字母、数字、“-”或“_”，以字母或数字开头，且不能全是数字。",

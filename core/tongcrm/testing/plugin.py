@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,11 +87,12 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture
-def tongcrm_settings(tongcrm_db: TestDatabase) -> Settings:
+def tongcrm_settings(tongcrm_db: TestDatabase, tmp_path: Path) -> Settings:
     return Settings(
         database_url=tongcrm_db.url,
         secret_key="test-secret-key-0123456789abcdef",  # noqa: S106 - a test key
         log_json=True,
+        data_dir=tmp_path / "tongcrm-data",  # a test's own: kept uploads are named by import id
     )
 
 
