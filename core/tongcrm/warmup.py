@@ -26,7 +26,7 @@ from tongcrm.members.service import lookup_key, lookup_summary
 
 log = get_logger(__name__)
 
-#: A well-formed key that names no key (no key's prefix has an underscore-free random part this long of ``0``).
+#: A well-formed key that names no key: real prefixes are hexadecimal (``create_key``), ``warmup`` is not.
 REHEARSAL_KEY = f"{KEY_PREFIX}_warmup_{'0' * 32}"
 #: A well-formed mainland mobile, looked up and dropped: found or not, the read has no side effect.
 REHEARSAL_MOBILE = "13800000000"
