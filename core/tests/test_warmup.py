@@ -3,6 +3,8 @@ key check and member lookup compile no statement, and the start-up wrote nothing
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -50,8 +52,10 @@ async def _written(db: TestDatabase) -> dict[str, Any]:
 
 
 @pytest.fixture
-def compiled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The SQL of every plan compiled from here on (the rehearsed statements' plans forgotten first)."""
+def compiled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The SQL of every plan compiled from here on (the rehearsed statements' plans forgotten first). A served
+    app's lifespan freezes the heap after its rehearsal: the test process is given it back unfrozen."""
+    frozen = gc.get_freeze_count()
     for query in REHEARSED:
         if query is not None:
             monkeypatch.setattr(query, "_plans", {})
@@ -65,7 +69,9 @@ def compiled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(direct, "compile_plan", spy)
     monkeypatch.setattr(point_reads, "compile_plan", spy)
-    return seen
+    yield seen
+    if not frozen:
+        gc.unfreeze()
 
 
 async def test_a_served_app_answers_its_first_lookup_with_nothing_to_compile(
