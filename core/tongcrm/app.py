@@ -67,6 +67,7 @@ from tongcrm.rfm.api import RfmController
 from tongcrm.segments.api import SegmentController
 from tongcrm.tagrules.api import TagHistoryController, TagRuleController
 from tongcrm.tiers.api import MemberTierController, TierController
+from tongcrm.warmup import warm_up
 
 #: Core controllers; domain folders add theirs here.
 CORE_HANDLERS: tuple[ControllerRouterHandler, ...] = (
@@ -165,6 +166,10 @@ def create_app(
         if run_jobs:
             runner = Runner(sessions, host, load_job_modules(), services={"settings": settings})
             task = asyncio.create_task(runner.run_forever(stop, poll_seconds=settings.job_poll_seconds))
+        if app.state.warm_up:  # a serving process (settle_heap): its first requests do not pay for its start
+            await warm_up(app.state)
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -192,6 +197,8 @@ def create_app(
         "vault": vault,
         "store": PluginStore(sessions, vault, read_sessions=read_sessions),
         "counter": counter,
+        #: set by settle_heap in a serving process: the lifespan rehearses the hot reads (tongcrm.warmup)
+        "warm_up": False,
     }
     app = Litestar(
         route_handlers=handlers,
@@ -232,9 +239,13 @@ def create_app(
     return with_request_ids(app, app.state.hot_answers)
 
 
-def settle_heap() -> None:
+def settle_heap(app: Litestar | None = None) -> None:
     """Build what the first requests would otherwise build, then take what the app built at start-up out of the
     cyclic garbage collector's view (call once, in the serving process, after :func:`create_app`).
+
+    Given the ``app`` it will serve, its lifespan also rehearses the hot reads before the first request is
+    served (:func:`tongcrm.warmup.warm_up`: the key check, the member and till lookups compiled and the pools'
+    first connection opened; issue #22, branch warm13) and freezes again what that built.
 
     SQLAlchemy configures the ORM's mappers when a mapped class is first queried: a serving process's first
     requests paid it (issue #22, branch tillpg11: py-spy on a till benchmark's first seconds found ~0.35 s of
@@ -246,6 +257,8 @@ def settle_heap() -> None:
     walks them again, which cost an authenticated member lookup about a fifth of its time.
     """
     configure_mappers()
+    if app is not None:
+        app.state.warm_up = True
     gc.collect()
     gc.freeze()
 
@@ -260,5 +273,5 @@ def worker_app(worker: int, *, run_jobs: bool) -> Litestar:
     settings = Settings.from_env()
     configure_logging(json=settings.log_json, level=settings.log_level)
     app = create_app(settings, PluginHost(), run_jobs=run_jobs and worker == 0, configure_logs=False)
-    settle_heap()
+    settle_heap(app)
     return app

@@ -207,7 +207,7 @@ def serve(ctx: Context, bind_host: str, port: int, no_jobs: bool, workers: int) 
         sock = bind(bind_host, port)
     click.echo(f"serving on http://{bind_host}:{port} from 1 process", err=True)
     app = create_app(settings, ctx.host, run_jobs=not no_jobs, configure_logs=False)
-    settle_heap()
+    settle_heap(app)
     if not run_app(app, sock):
         fail("the app did not start (see the log above)")
 

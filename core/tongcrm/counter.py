@@ -1656,6 +1656,17 @@ class CounterService:
         #: those queued while a transaction is open join it (group commit, :class:`tongcrm.db.held.GroupCommit`)
         self.group = GroupCommit()
 
+    async def rehearse_lookup(self, kind: str, values: list[str]) -> None:
+        """Read a card as a read-only till lookup by mobile reads it (:meth:`CounterWork.find_member` through the
+        point reader), keeping nothing: a serving process's start-up rehearsal (:mod:`tongcrm.warmup`), so the
+        first till's lookup does not compile the statement."""
+        if self.reader is None:
+            return
+        postgres = self.settings.database_url.startswith("postgresql")
+        await self.reader.first(
+            _CARD_OR_NONE_READ if postgres else _CARD_READ, {"kind": kind, "values": values}
+        )
+
     @asynccontextmanager
     async def unit_of_work(
         self,

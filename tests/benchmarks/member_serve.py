@@ -14,7 +14,7 @@ def members_app(worker: int = 0) -> Litestar:
     """As ``tongcrm serve --no-jobs`` builds it (without plugins, which the member base does not need)."""
     configure_logging(json=True, level="WARNING")
     app = create_app(Settings.from_env(), PluginHost(autoload=False), run_jobs=False, configure_logs=False)
-    settle_heap()
+    settle_heap(app)
     return app
 
 

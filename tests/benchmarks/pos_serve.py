@@ -21,7 +21,7 @@ def pos_app(worker: int = 0) -> Litestar:
     host = PluginHost(autoload=False)
     host.register(OfflinePosPlugin(PosConfig(rate_per_second=10_000, burst=10_000)), "offline_pos")
     app = create_app(Settings.from_env(), host, run_jobs=False, configure_logs=False)
-    settle_heap()
+    settle_heap(app)
     return app
 
 

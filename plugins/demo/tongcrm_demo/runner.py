@@ -148,7 +148,7 @@ def _run(
             _write_keys(folder, made)
             _summary(console, report)
         app = create_app(settings, host, run_jobs=True, configure_logs=False)
-        settle_heap()
+        settle_heap(app)
         url = f"http://{bind_host}:{sock.getsockname()[1]}"
         ready, cpu = time.monotonic() - started, time.process_time()
 
