@@ -10,7 +10,7 @@ What runs here reads and writes nothing an operator could see: the API-key check
 holds (the revocation counter and the live-key read), the member lookup and the till's lookup by a mobile
 (results dropped). Nothing is audited, no event is emitted, no id is drawn from a sequence. The checkout's
 writing statements are not rehearsed: run for real they would draw ids even when rolled back (see
-docs/architecture.md, "A receipt at the counter", twenty-first pass).
+docs/architecture.md, "A receipt at the counter", twenty-second pass).
 """
 
 from __future__ import annotations
