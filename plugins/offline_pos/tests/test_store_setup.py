@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from tongcrm.audit.service import SYSTEM
+from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.consent.models import ConsentEvent
 from tongcrm.counter import CounterService
-from tongcrm.channels.models import ChannelAccount
 from tongcrm.errors import NotFound, Unprocessable, shown
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.plugin import ApiClient
@@ -85,7 +85,12 @@ async def test_a_store_made_before_the_bound_is_refused_for_tills_saying_what_to
     async with make_client(host=pos_host, role="pos", store_code=code) as pos:
         async with pos.db.sessions() as session, session.begin():  # as a migration left it: no bound applied
             account = ChannelAccount(
-                channel="offline_pos", name=code, settings={}, secret_names=[], status="active", status_detail=""
+                channel="offline_pos",
+                name=code,
+                settings={},
+                secret_names=[],
+                status="active",
+                status_detail="",
             )
             session.add(account)
             await session.flush()

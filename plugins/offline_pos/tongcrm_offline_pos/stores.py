@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import cast
 
 import sqlalchemy as sa
+from tongcrm.consent.models import ConsentEvent
 from tongcrm.counter import CounterAccount, CounterWork
 from tongcrm.db.base import utcnow
-from tongcrm.consent.models import ConsentEvent
 from tongcrm.db.lengths import column_length
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable, listed, shown
 
