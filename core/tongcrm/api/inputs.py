@@ -458,8 +458,13 @@ def problem_statuses(handler: Any, kwargs_model: Any, path: str, roles: frozense
         statuses |= {401, 403}
     if "{" in path:
         statuses.add(404)
-    if methods - {"GET", "HEAD", "OPTIONS"}:
+    if methods - {"GET", "HEAD", "OPTIONS", "DELETE"}:
         statuses |= {404, 409, 422}
+    elif "DELETE" in methods:
+        # removing what a path names: 404 when it is not there; a delete that can also be refused by the state
+        # (409) or a rule (422) names them itself (``problems(409)``), so the key-revoke route does not declare
+        # answers it can never give
+        statuses.add(404)
     elif kwargs_model.expected_query_params:
         statuses.add(422)  # a well-formed filter a business rule refuses (a mobile that is not one)
     if "data" in handler.parsed_fn_signature.parameters:
