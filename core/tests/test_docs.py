@@ -135,6 +135,9 @@ def test_a_patch_states_its_bounds_where_its_create_schema_does(generator: Modul
         assert branch["maxLength"] == created[field]["maxLength"], field
         assert "maxLength" not in patched[field]
     assert patched["event_types"]["oneOf"][0]["maxItems"] == created["event_types"]["maxItems"]
+    # a list's item bound: litestar dropped it (tongcrm.api.inputs.ItemBoundsStructSchemaPlugin puts it back)
+    assert created["event_types"]["items"]["maxLength"] == 64
+    assert patched["event_types"]["oneOf"][0]["items"]["maxLength"] == 64
 
     def stray(node: Any) -> list[str]:  # bounds left beside a oneOf anywhere in the document
         if isinstance(node, list):
@@ -240,3 +243,117 @@ def test_the_signature_check_finds_an_argument_the_spec_does_not_give() -> None:
         "order_shipped: no such hook in the contract",
         "resolve_member: takes session, which the spec does not give",
     ]
+
+
+#: Request string fields that declare no ``maxLength``, each with why: a new one fails the test below.
+UNBOUNDED_REQUEST_STRINGS = {
+    "AccountIn.settings.*": "a channel's settings: each is checked by its plugin's SettingField and kept in JSON "
+    "or sealed (no column bounds it); a key's length differs by platform",
+    "ReauthIn.settings.*": "a channel's renewed settings, as AccountIn.settings",
+    "MessengerAccountIn.settings.*": "a messenger's settings, as AccountIn.settings",
+}
+
+
+def _request_strings_without_bound(schema: dict[str, Any]) -> set[str]:
+    """``Component.field`` (``.*`` for a mapping's values, ``[]`` for a list's items) of every string a request
+    body may hold that states no ``maxLength`` (an ``enum``, a ``const`` or a ``format`` bounds it too)."""
+    components = schema["components"]["schemas"]
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                yield node["$ref"].rsplit("/", 1)[1]
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    todo = [
+        name
+        for operations in schema["paths"].values()
+        for operation in operations.values()
+        if isinstance(operation, dict) and "requestBody" in operation
+        for name in refs(operation["requestBody"])
+    ]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(refs(components[name]))
+
+    found: set[str] = set()
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, where)
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "string" and not {"maxLength", "enum", "const", "format"} & set(node):
+            found.add(where)
+        for key, value in node.items():
+            if key == "properties":
+                for field, sub in value.items():
+                    walk(sub, f"{where}.{field}")
+            elif key == "items":
+                walk(value, f"{where}[]")
+            elif key == "additionalProperties":
+                walk(value, f"{where}.*")
+            elif key in ("oneOf", "anyOf", "allOf"):
+                walk(value, where)
+
+    for name in seen:
+        walk(components[name], name)
+    return found
+
+
+def test_every_request_string_declares_its_bound() -> None:
+    """A request string with no ``maxLength`` in the document reached a bounded column (a member's name, a
+    campaign's flow) and came back a 500 on PostgreSQL, or was refused with a bound no integrator could read
+    (MemberPatch). Each one states its bound now, and the server refuses a longer one with a 400 naming it;
+    one left unbounded is listed above with its reason."""
+    import json
+
+    schema = json.loads((DOCS / "api" / "openapi.json").read_text(encoding="utf-8"))
+    found = _request_strings_without_bound(schema)
+    assert found == set(UNBOUNDED_REQUEST_STRINGS), sorted(found ^ set(UNBOUNDED_REQUEST_STRINGS))
+    patched = schema["components"]["schemas"]["MemberPatch"]["properties"]
+    assert patched["name"]["oneOf"][0]["maxLength"] == 100 and patched["city"]["oneOf"][0]["maxLength"] == 64
+    # the walk itself finds an unbounded field, item and mapping value
+    fake = {
+        "paths": {"/x": {"post": {"requestBody": {"$ref": "#/components/schemas/A"}}}},
+        "components": {
+            "schemas": {
+                "A": {
+                    "properties": {
+                        "s": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+                        "l": {"items": {"type": "string"}, "type": "array"},
+                        "m": {"additionalProperties": {"type": "string"}},
+                        "ok": {"type": "string", "maxLength": 3},
+                        "b": {"$ref": "#/components/schemas/B"},
+                    }
+                },
+                "B": {"properties": {"day": {"type": "string", "format": "date"}, "t": {"type": "string"}}},
+            }
+        },
+    }
+    assert _request_strings_without_bound(fake) == {"A.s", "A.l[]", "A.m.*", "B.t"}
+
+
+def test_a_delete_declares_only_the_refusals_it_can_answer() -> None:
+    """Every DELETE declared 409 and 422 (the key-revoke route can give neither): a delete declares 404 for
+    the resource its path names, and a conflict or a rule only where it names them (``problems(409)``)."""
+    import json
+
+    schema = json.loads((DOCS / "api" / "openapi.json").read_text(encoding="utf-8"))
+    declared = {
+        path: {int(s) for s in ops["delete"]["responses"] if int(s) >= 400}
+        for path, ops in schema["paths"].items()
+        if "delete" in ops
+    }
+    assert declared["/api/api-keys/{key_id}"] == {400, 401, 403, 404}
+    assert declared["/api/calendar/marks/{mark_id}"] == {400, 401, 403, 404}
+    assert declared["/api/members/{member_id}/tags/{tag}"] == {400, 401, 403, 404, 409}  # merged or erased
+    assert {409, 422} <= declared["/api/members/{member_id}/referrer"]  # none to unbind; a blank reason

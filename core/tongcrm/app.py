@@ -21,6 +21,7 @@ from tongcrm.api.deps import dependencies
 from tongcrm.api.hot import hot_routes, merge_hot_routes
 from tongcrm.api.inputs import (
     BoundedOpenAPIConfig,
+    ItemBoundsStructSchemaPlugin,
     StrictRequest,
     collect_query_names,
     document_problems,
@@ -206,6 +207,7 @@ def create_app(
         exception_handlers=exception_handlers,
         before_request=authorize,
         request_class=StrictRequest,
+        plugins=[ItemBoundsStructSchemaPlugin()],
         lifespan=[lifespan],
         state=State(state),
         openapi_config=BoundedOpenAPIConfig(

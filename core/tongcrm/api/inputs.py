@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
 import msgspec.inspect
@@ -33,10 +34,15 @@ from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPI
-from litestar.params import PathParameter, QueryParameter
+from litestar.openapi.spec import OpenAPI, Schema
+from litestar.params import KwargDefinition, PathParameter, QueryParameter
+from litestar.plugins import OpenAPISchemaPlugin
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.types import Empty
+from litestar.typing import FieldDefinition
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
 
 from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, UnsupportedMediaType, listed, shown
 
@@ -453,8 +459,13 @@ def problem_statuses(handler: Any, kwargs_model: Any, path: str, roles: frozense
         statuses |= {401, 403}
     if "{" in path:
         statuses.add(404)
-    if methods - {"GET", "HEAD", "OPTIONS"}:
+    if methods - {"GET", "HEAD", "OPTIONS", "DELETE"}:
         statuses |= {404, 409, 422}
+    elif "DELETE" in methods:
+        # removing what a path names: 404 when it is not there; a delete that can also be refused by the state
+        # (409) or a rule (422) names them itself (``problems(409)``), so the key-revoke route does not declare
+        # answers it can never give
+        statuses.add(404)
     elif kwargs_model.expected_query_params:
         statuses.add(422)  # a well-formed filter a business rule refuses (a mobile that is not one)
     if "data" in handler.parsed_fn_signature.parameters:
@@ -543,3 +554,73 @@ class BoundedOpenAPIConfig(OpenAPIConfig):
     def to_openapi_schema(self) -> OpenAPI:
         built = super().to_openapi_schema()
         return BoundedOpenAPI(**{f.name: getattr(built, f.name) for f in dataclasses.fields(built)})
+
+
+# --- OpenAPI: the bounds of a list's items ------------------------------------------------------------------------
+
+#: The :class:`msgspec.Meta` bounds litestar's OpenAPI writer reads from a :class:`KwargDefinition`.
+_META_BOUNDS = ("min_length", "max_length", "pattern", "ge", "gt", "le", "lt", "multiple_of")
+
+
+def _items_bounded(annotation: Any, *, inside: bool = False) -> Any:
+    """``annotation`` with each ``Annotated[T, msgspec.Meta(...)]`` inside a container (a list's item, a
+    mapping's value) also carrying its bounds as a :class:`KwargDefinition`, which litestar's OpenAPI writer
+    reads where it ignores ``msgspec.Meta`` (msgspec ignores the addition)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base = _items_bounded(annotation.__origin__, inside=inside)
+        metas = list(annotation.__metadata__)
+        if inside and not any(isinstance(m, KwargDefinition) for m in metas):
+            bounds = {
+                name: value
+                for m in metas
+                if isinstance(m, msgspec.Meta)
+                for name in _META_BOUNDS
+                if (value := getattr(m, name)) is not None
+            }
+            if bounds:
+                metas.append(KwargDefinition(**bounds))
+        return Annotated[(base, *metas)]
+    args = get_args(annotation)
+    if not args or origin is None:
+        return annotation
+    if origin in (list, set, frozenset, tuple, dict):
+        return origin[tuple(_items_bounded(a, inside=True) for a in args)]
+    if origin is Union or origin is types.UnionType:
+        return Union[tuple(_items_bounded(a, inside=inside) for a in args)]  # noqa: UP007 - built at run time
+    return annotation
+
+
+class ItemBoundsStructSchemaPlugin(OpenAPISchemaPlugin):
+    """A msgspec Struct's OpenAPI schema with the bounds of its lists' items (a webhook's ``event_types``
+    items are at most 64 characters): litestar writes a field's own ``msgspec.Meta`` but drops one on a list's
+    item type, so the document said nothing of a bound the server enforces (a 400). Registered before
+    litestar's own Struct plugin, it describes each field as litestar does, from :func:`_items_bounded`'s
+    type."""
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return not field_definition.is_union and field_definition.is_subclass_of(msgspec.Struct)
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        from litestar.plugins.core._msgspec import kwarg_definition_from_field
+
+        hints = field_definition.get_type_hints(include_extras=True, resolve_generics=True)
+        info = msgspec.inspect.type_info(field_definition.type_)
+        assert isinstance(info, msgspec.inspect.StructType)
+        properties: dict[str, FieldDefinition] = {}
+        for field in info.fields:
+            own = kwarg_definition_from_field(field)[0]
+            default = field.default
+            properties[field.encode_name] = FieldDefinition.from_annotation(
+                _items_bounded(hints[field.name]),
+                name=field.encode_name,
+                default=Empty if default is msgspec.NODEFAULT or default is msgspec.UNSET else default,
+                **({"kwarg_definition": own} if own is not None else {}),
+            )
+        required = sorted(f.encode_name for f in info.fields if f.required)
+        if info.tag_field:  # a tagged union's member: its tag is a constant
+            properties[info.tag_field] = FieldDefinition.from_annotation(Literal[info.tag])
+            required = sorted([*required, info.tag_field])
+        return schema_creator.create_component_schema(
+            field_definition, required=required, property_fields=properties
+        )

@@ -21,13 +21,15 @@ from tongcrm.api.inputs import PathId, problem_response
 from tongcrm.api.security import requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth import audited, service
+from tongcrm.auth.models import ApiKey
 from tongcrm.auth.service import KeyInfo, Principal, Role
+from tongcrm.db.lengths import fits
 from tongcrm.plugin.host import PluginHost
 
 
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
     #: admin | operator | analyst | pos
-    role: str
+    role: Annotated[str, fits(ApiKey.role)]
     #: The one store a ``pos`` key may touch (required for pos keys, refused for the others).
     store_code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     label: Annotated[str, msgspec.Meta(max_length=200)] = ""

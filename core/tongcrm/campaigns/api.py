@@ -23,12 +23,15 @@ from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
 from tongcrm.campaigns import calendar, chart, evaluation, journeys, service
-from tongcrm.campaigns.models import Campaign, CampaignRun, Journey
+from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun, Journey
 from tongcrm.config import Settings
 from tongcrm.db.base import utcnow
+from tongcrm.db.lengths import fits
+from tongcrm.messaging.models import MessageTemplate
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points.ledger import MAX_BALANCE, MAX_ENTRY_POINTS
 from tongcrm.programme import service as programme
+from tongcrm.segments.models import Segment
 
 Sessions = async_sessionmaker[AsyncSession]
 #: Points a campaign grants each treated member: at most what one ledger entry may move.
@@ -40,13 +43,14 @@ PointsBudget = Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE, description="po
 
 
 class CampaignIn(msgspec.Struct):
-    name: str
-    segment: str
-    template: str
+    name: Annotated[str, fits(Campaign.name)]
+    #: the segment's name or id
+    segment: Annotated[str, fits(Segment.name)]
+    template: Annotated[str, fits(MessageTemplate.name)]
     response: dict[str, Any]
-    goal: str = ""
+    goal: Annotated[str, fits(Campaign.goal)] = ""
     control_percent: float = 10.0
-    control_seed: str = ""
+    control_seed: Annotated[str, fits(Campaign.control_seed)] = ""
     budget_messages: int | None = None
     message_cost_fen: int = 0
     benefit_points: BenefitPoints = 0
@@ -269,8 +273,8 @@ class CampaignController(Controller):
 
 class MarkIn(msgspec.Struct):
     on: date
-    name: str
-    kind: str = "festival"
+    name: Annotated[str, fits(CalendarMark.name)]
+    kind: Annotated[str, fits(CalendarMark.kind)] = "festival"
 
 
 class MarkOut(msgspec.Struct):
@@ -371,13 +375,13 @@ class CalendarController(Controller):
 
 
 class JourneyIn(msgspec.Struct):
-    name: str
+    name: Annotated[str, fits(Journey.name)]
     trigger: dict[str, Any]
     steps: dict[str, Any]
     response: dict[str, Any]
-    goal: str = ""
+    goal: Annotated[str, fits(Journey.goal)] = ""
     control_percent: float = 10.0
-    control_seed: str = ""
+    control_seed: Annotated[str, fits(Journey.control_seed)] = ""
     budget_messages: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] | None = None
     budget_points: PointsBudget | None = None
     message_cost_fen: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE)] = 0

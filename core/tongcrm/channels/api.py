@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, post, put
@@ -15,13 +16,16 @@ from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.channels import service
+from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
+from tongcrm.db.lengths import fits
 from tongcrm.plugin.host import PluginHost
 
 
 class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
-    channel: str
-    name: str
+    channel: Annotated[str, fits(ChannelAccount.channel)]
+    #: at most 100, or the channel's own bound (an offline_pos store code: 20), refused (400) when made
+    name: Annotated[str, fits(ChannelAccount.name)]
     settings: dict[str, str] = {}
 
 

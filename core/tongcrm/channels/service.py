@@ -17,7 +17,7 @@ from tongcrm.audit.service import SYSTEM, Actor
 from tongcrm.channels.models import ChannelAccount, SyncState
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
-from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError
+from tongcrm.errors import BadRequest, Conflict, NotFound, PluginError, shown
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.settings import split_settings
 from tongcrm.plugin.types import CallGate, ChannelCapability, ChannelContext, ChannelSpec
@@ -71,7 +71,15 @@ async def create_account(
     spec = _spec(host, channel)
     if not _ACCOUNT_NAME.match(name):
         raise BadRequest(
-            f"account name {name!r} must be 1-100 letters, digits, '-', '_' or '.' (it is used in URLs and commands)"
+            f"account name {shown(name)} must be 1-100 letters, digits, '-', '_' or '.' "
+            "(it is used in URLs and commands)",
+            extra={"pointer": "/name"},
+        )
+    if spec.max_account_name is not None and len(name) > spec.max_account_name:
+        raise BadRequest(
+            f"account name {shown(name)} is {len(name)} characters: a {spec.name} account's name is at most "
+            f"{spec.max_account_name} (the channel writes it into bounded places)",
+            extra={"pointer": "/name"},
         )
     plain, secret = validate_settings(spec, settings)
     exists = (await session.execute(sa.select(ChannelAccount.id).where(ChannelAccount.name == name))).first()

@@ -16,6 +16,10 @@ import sqlalchemy as sa
 
 from tongcrm.errors import TongcrmError, Unprocessable
 
+#: The longest free text a person writes that is kept in an unbounded (``Text``) column: a merge's reason, a
+#: consent's proof. Long enough for any note; short enough that one request cannot fill the log with megabytes.
+NOTE_MAX = 2000
+
 
 def column_length(column: Any) -> int:
     """The characters ``column`` (a mapped attribute such as ``Model.name``, or a table column) keeps."""

@@ -330,7 +330,11 @@ class MemberController(Controller):
             tags = await service.tag_member(session, vault, member_id, data.tags, Actor.of(principal))
         return TagsOut(member_id, tags)
 
-    @delete("/{member_id:int}/tags/{tag:str}", opt=requires(*WRITE_ROLES), summary="Remove a tag")
+    @delete(
+        "/{member_id:int}/tags/{tag:str}",
+        opt={**requires(*WRITE_ROLES), **problems(409)},  # a member merged away or erased
+        summary="Remove a tag",
+    )
     async def untag(
         self,
         member_id: PathId,

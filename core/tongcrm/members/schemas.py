@@ -10,41 +10,57 @@ from msgspec import UNSET, UnsetType
 
 from tongcrm.api.inputs import MAX_INT32, BodyId
 from tongcrm.consent.models import ConsentEvent
-from tongcrm.db.lengths import fits
+from tongcrm.db.lengths import NOTE_MAX, fits
+from tongcrm.members.models import Member, MemberTag
 
 #: Where a consent was given, as long as the consent log keeps (a longer one was cut to 64 characters silently).
 ConsentSource = Annotated[str, fits(ConsentEvent.source)]
+#: The profile's text fields as long as their columns keep: a longer one is a 400 naming the field and the
+#: bound (it was a 422 from the service, and the OpenAPI document stated no bound).
+Name = Annotated[str, fits(Member.name)]
+Gender = Annotated[str, fits(Member.gender)]
+Province = Annotated[str, fits(Member.province)]
+City = Annotated[str, fits(Member.city)]
+#: A mobile as typed (spaces, a +86 prefix): normalised to E.164 by the service, which refuses a non-mobile.
+Mobile = Annotated[str, msgspec.Meta(max_length=32)]
+SourceChannel = Annotated[str, fits(Member.source_channel)]
+SourceStore = Annotated[str, fits(Member.source_store)]
+SourceCampaign = Annotated[str, fits(Member.source_campaign)]
+Stage = Annotated[str, fits(Member.lifecycle_stage)]
+Tag = Annotated[str, fits(MemberTag.tag)]
+#: A person's note kept in a text column (a merge's reason, a consent's proof).
+Note = Annotated[str, msgspec.Meta(max_length=NOTE_MAX)]
 
 
 class MemberCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: str | None = None
-    gender: str | None = None
+    name: Name | None = None
+    gender: Gender | None = None
     birthday: date | None = None
-    province: str | None = None
-    city: str | None = None
-    mobile: str | None = None
-    source_channel: str | None = None
-    source_store: str | None = None
-    source_campaign: str | None = None
+    province: Province | None = None
+    city: City | None = None
+    mobile: Mobile | None = None
+    source_channel: SourceChannel | None = None
+    source_store: SourceStore | None = None
+    source_campaign: SourceCampaign | None = None
     referrer_id: BodyId | None = None
-    lifecycle_stage: str = "prospect"
-    tags: list[str] = msgspec.field(default_factory=list)
+    lifecycle_stage: Stage = "prospect"
+    tags: list[Tag] = msgspec.field(default_factory=list)
 
 
 class MemberPatch(msgspec.Struct, forbid_unknown_fields=True):
     """Only the fields present change; ``null`` clears a field. ``version`` may stand in for ``If-Match``."""
 
-    name: str | UnsetType | None = UNSET
-    gender: str | UnsetType | None = UNSET
+    name: Name | UnsetType | None = UNSET
+    gender: Gender | UnsetType | None = UNSET
     birthday: date | UnsetType | None = UNSET
-    province: str | UnsetType | None = UNSET
-    city: str | UnsetType | None = UNSET
-    mobile: str | UnsetType | None = UNSET
-    source_channel: str | UnsetType | None = UNSET
-    source_store: str | UnsetType | None = UNSET
-    source_campaign: str | UnsetType | None = UNSET
+    province: Province | UnsetType | None = UNSET
+    city: City | UnsetType | None = UNSET
+    mobile: Mobile | UnsetType | None = UNSET
+    source_channel: SourceChannel | UnsetType | None = UNSET
+    source_store: SourceStore | UnsetType | None = UNSET
+    source_campaign: SourceCampaign | UnsetType | None = UNSET
     referrer_id: BodyId | UnsetType | None = UNSET
-    lifecycle_stage: str | UnsetType = UNSET
+    lifecycle_stage: Stage | UnsetType = UNSET
     version: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT32)] | UnsetType = UNSET
 
     def changes(self) -> dict[str, Any]:
@@ -124,7 +140,7 @@ class MemberPage(msgspec.Struct):
 
 
 class TagsIn(msgspec.Struct, forbid_unknown_fields=True):
-    tags: list[str]
+    tags: list[Tag]
 
 
 class TagsOut(msgspec.Struct):
@@ -135,7 +151,7 @@ class TagsOut(msgspec.Struct):
 class MergeIn(msgspec.Struct, forbid_unknown_fields=True):
     survivor_id: BodyId
     absorbed_id: BodyId
-    reason: str
+    reason: Note
 
 
 class MergeOut(msgspec.Struct):
@@ -153,11 +169,11 @@ class MergeOut(msgspec.Struct):
 
 
 class ConsentIn(msgspec.Struct, forbid_unknown_fields=True):
-    purpose: str
-    status: str
+    purpose: Annotated[str, fits(ConsentEvent.purpose)]
+    status: Annotated[str, fits(ConsentEvent.status)]
     source: ConsentSource
-    signature: str = "*"
-    proof: str = ""
+    signature: Annotated[str, fits(ConsentEvent.signature)] = "*"
+    proof: Note = ""
     at: datetime | None = None
 
 

@@ -24,6 +24,7 @@ from tongcrm.auth.service import GENERATION_COLUMN
 from tongcrm.consent import service as consent
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
+from tongcrm.db.lengths import column_length
 from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
 from tongcrm.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable, shown
 from tongcrm.identity.models import Identity
@@ -261,17 +262,9 @@ async def _validate(
     session: AsyncSession, vault: Vault, raw: Mapping[str, Any], member_id: int | None
 ) -> ProfileChanges:
     out = ProfileChanges()
-    limits = {
-        "name": 100,
-        "province": 64,
-        "city": 64,
-        "source_channel": 64,
-        "source_store": 64,
-        "source_campaign": 100,
-    }
-    for name, limit in limits.items():
-        if name in raw:
-            out.values[name] = _text(raw[name], name, limit)
+    for name in ("name", "province", "city", "source_channel", "source_store", "source_campaign"):
+        if name in raw:  # the API refuses a longer text (400); this guards the other callers (the console)
+            out.values[name] = _text(raw[name], name, column_length(getattr(Member, name)))
     if "gender" in raw:
         gender = raw["gender"]
         if gender is not None and gender not in GENDERS:

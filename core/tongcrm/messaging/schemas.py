@@ -8,15 +8,19 @@ from typing import Annotated, Literal
 import msgspec
 
 from tongcrm.api.inputs import BodyId
-from tongcrm.db.lengths import fits
-from tongcrm.messaging.models import MessageTemplate, MessengerAccount
+from tongcrm.channels.models import ChannelAccount
+from tongcrm.db.lengths import NOTE_MAX, column_length, fits
+from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
+
+#: The longest campaign name a send takes: it is logged as the flow ``campaign.<name>``.
+CAMPAIGN_MAX = column_length(Message.flow) - len("campaign.")
 
 #: The longest a care flow may wait before its message (seconds).
 MAX_DELAY_SECONDS = 365 * 24 * 3600
 
 
 class MessengerAccountIn(msgspec.Struct, forbid_unknown_fields=True):
-    messenger: str
+    messenger: Annotated[str, fits(MessengerAccount.messenger)]
     name: Annotated[str, fits(MessengerAccount.name)]
     settings: dict[str, str] = {}
 
@@ -37,13 +41,13 @@ class MessengerAccountOut(msgspec.Struct):
 
 class TemplateIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, fits(MessageTemplate.name)]
-    account: str
-    purpose: str
+    account: Annotated[str, fits(MessengerAccount.name)]
+    purpose: Annotated[str, fits(MessageTemplate.purpose)]
     signature: Annotated[str, fits(MessageTemplate.signature)]
     template_code: Annotated[str, fits(MessageTemplate.template_code)]
-    text: str
-    variables: list[str] | None = None
-    defaults: dict[str, str] = {}
+    text: Annotated[str, msgspec.Meta(max_length=NOTE_MAX)]
+    variables: list[Annotated[str, msgspec.Meta(max_length=64)]] | None = None
+    defaults: dict[str, Annotated[str, msgspec.Meta(max_length=NOTE_MAX)]] = {}
 
 
 class TemplateOut(msgspec.Struct):
@@ -98,15 +102,16 @@ class SettleOut(msgspec.Struct):
 
 
 class CampaignSendIn(msgspec.Struct, forbid_unknown_fields=True):
-    campaign: str
-    template: str
+    #: logged as the flow ``campaign.<campaign>``, as long as the send log keeps
+    campaign: Annotated[str, msgspec.Meta(min_length=1, max_length=CAMPAIGN_MAX)]
+    template: Annotated[str, fits(MessageTemplate.name)]
     member_ids: list[BodyId]
     #: Not before this moment (the policy still holds marketing to the quiet hours).
     not_before: datetime | None = None
     #: Percentage of the members kept as the control group (0–50, two decimals): a deterministic sample by
     #: HMAC of campaign and member under ``holdout_seed``; use the same values in every request of a campaign.
     holdout_percent: float = 0.0
-    holdout_seed: str = ""
+    holdout_seed: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class CampaignSendOut(msgspec.Struct):
@@ -135,8 +140,8 @@ DELAY_HELP = (
 
 
 class FlowConfigIn(msgspec.Struct, forbid_unknown_fields=True):
-    template: str
-    channel_account: str | None = None
+    template: Annotated[str, fits(MessageTemplate.name)]
+    channel_account: Annotated[str, fits(ChannelAccount.name)] | None = None
     enabled: bool = True
     #: At most a year: a care message later than that has lost its occasion (and the column is 32-bit).
     delay_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_DELAY_SECONDS, description=DELAY_HELP)] | None = (

@@ -477,9 +477,16 @@ class ChannelSpec:
     #: The settings a re-authorisation renews (the shop's OAuth access token, not the app's key): what an
     #: operator is asked for when the account ``needs_reauth``. Empty: every secret setting.
     reauthorise: tuple[str, ...] = ()
+    #: The longest account name this channel takes, when its names are written into bounded places (a store's
+    #: code goes into its receipts' keys and its tills' consent source ``pos:STORE:TILL``): creating a longer
+    #: one is refused (400) naming the bound, so an account that exists can always be used. None: the core's
+    #: own bound (100, the column).
+    max_account_name: int | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name, "channel")
+        if self.max_account_name is not None and not 1 <= self.max_account_name <= 100:
+            raise ValueError(f"channel {self.name!r}: max_account_name must be 1 to 100")
         names = [s.name for s in self.settings]
         if len(names) != len(set(names)):
             raise ValueError(f"channel {self.name!r} declares a setting twice")

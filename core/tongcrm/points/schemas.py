@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+from tongcrm.db.lengths import fits
+from tongcrm.orders.models import Order, OrderLine
 
 
 class BalanceOut(msgspec.Struct):
@@ -92,15 +95,15 @@ class RuleSetOut(msgspec.Struct):
 
 class PreviewLineIn(msgspec.Struct, forbid_unknown_fields=True):
     amount_fen: int
-    external_id: str = ""
-    sku: str | None = None
-    category: str | None = None
+    external_id: Annotated[str, fits(OrderLine.external_id)] = ""
+    sku: Annotated[str, fits(OrderLine.sku)] | None = None
+    category: Annotated[str, fits(OrderLine.category)] | None = None
 
 
 class PreviewOrderIn(msgspec.Struct, forbid_unknown_fields=True):
-    channel: str
+    channel: Annotated[str, fits(Order.channel)]
     lines: list[PreviewLineIn]
-    store_code: str | None = None
+    store_code: Annotated[str, fits(Order.store_code)] | None = None
     member_id: int | None = None
 
 

@@ -48,12 +48,14 @@ class ProgrammeSettingsIn(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     waits outside it); ``daily_budget``: messages a member a day, 1–100; ``marketing_budget``: the marketing
     share of it, 0–daily; ``opt_out_keywords``: replies that unsubscribe, at least one; ``timezone``: IANA."""
 
-    timezone: str | msgspec.UnsetType = msgspec.UNSET
-    marketing_window_start: str | msgspec.UnsetType = msgspec.UNSET
-    marketing_window_end: str | msgspec.UnsetType = msgspec.UNSET
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
+    marketing_window_start: Annotated[str, msgspec.Meta(max_length=5)] | msgspec.UnsetType = msgspec.UNSET
+    marketing_window_end: Annotated[str, msgspec.Meta(max_length=5)] | msgspec.UnsetType = msgspec.UNSET
     daily_budget: int | msgspec.UnsetType = msgspec.UNSET
     marketing_budget: int | msgspec.UnsetType = msgspec.UNSET
-    opt_out_keywords: list[str] | msgspec.UnsetType = msgspec.UNSET
+    opt_out_keywords: (
+        list[Annotated[str, msgspec.Meta(max_length=service.MAX_KEYWORD_LENGTH)]] | msgspec.UnsetType
+    ) = msgspec.UNSET
     version: int | msgspec.UnsetType = msgspec.UNSET
 
 

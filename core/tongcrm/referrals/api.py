@@ -12,14 +12,16 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.api.inputs import PathId
+from tongcrm.api.inputs import PathId, problems
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
+from tongcrm.db.lengths import fits
 from tongcrm.points.service import PointsContext
 from tongcrm.referrals import service
+from tongcrm.referrals.models import ReferralCode
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -30,7 +32,7 @@ class CodeOut(msgspec.Struct):
 
 
 class ReferrerIn(msgspec.Struct, forbid_unknown_fields=True):
-    code: str
+    code: Annotated[str, fits(ReferralCode.code)]
 
 
 class ReferrerOut(msgspec.Struct):
@@ -100,7 +102,8 @@ class ReferralController(Controller):
 
     @delete(
         "/referrer",
-        opt=requires(*WRITE_ROLES),
+        # a merged member or none to unbind (409), a blank reason (422)
+        opt={**requires(*WRITE_ROLES), **problems(409, 422)},
         status_code=200,
         summary="Unbind a referrer recorded by mistake; an awarded reward is taken back (audited)",
     )

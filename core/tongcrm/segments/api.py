@@ -26,6 +26,7 @@ from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
 from tongcrm.crypto import Vault
 from tongcrm.db.base import utcnow
+from tongcrm.db.lengths import fits
 from tongcrm.members.api import member_out
 from tongcrm.members.schemas import MemberOut
 from tongcrm.members.service import check_reveal
@@ -55,16 +56,16 @@ class PreviewOut(msgspec.Struct):
 
 
 class SegmentIn(msgspec.Struct):
-    name: str
+    name: Annotated[str, fits(Segment.name)]
     definition: dict[str, Any]
-    description: str = ""
-    note: str = ""
+    description: Annotated[str, fits(Segment.description)] = ""
+    note: Annotated[str, fits(SegmentVersion.note)] = ""
 
 
 class VersionIn(msgspec.Struct):
     definition: dict[str, Any]
-    description: str | None = None
-    note: str = ""
+    description: Annotated[str, fits(Segment.description)] | None = None
+    note: Annotated[str, fits(SegmentVersion.note)] = ""
 
 
 class VersionOut(msgspec.Struct):

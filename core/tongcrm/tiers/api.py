@@ -218,7 +218,11 @@ class MemberTierController(Controller):
                 row.override_code, row.override_until, row.override_reason or "", row.override_by or ""
             )
 
-    @delete("/override", opt=requires(*WRITE_ROLES), summary="End an override now (audited)")
+    @delete(
+        "/override",
+        opt={**requires(*WRITE_ROLES), **problems(409)},  # a member merged away or erased
+        summary="End an override now (audited)",
+    )
     async def clear_override(
         self,
         member_id: PathId,

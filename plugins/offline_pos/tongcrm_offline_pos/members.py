@@ -19,7 +19,7 @@ from tongcrm_offline_pos.schemas import (
     MemberAtTill,
     TierOut,
 )
-from tongcrm_offline_pos.stores import Store
+from tongcrm_offline_pos.stores import Store, till_place
 
 
 def at_till(member: MemberAtCounter) -> MemberAtTill:
@@ -96,7 +96,7 @@ async def use_entitlement(uow: CounterWork, store: Store, data: EntitlementUseIn
         raise Unprocessable("name the entitlement by exactly one of grant_id or kind")
     who = data.member
     member_id = await identify(uow, store, data.till, mobile=who.mobile, code=who.code, card=who.card)
-    place = f"pos:{store.code}:{data.till}"
+    place = f"pos:{store.code}:{data.till}"  # a reference, not a source: cut to its column below
     reference = f"{place} {data.reference}".strip()[:200]
     used = await uow.use_entitlement(
         member_id, grant_id=data.grant_id, kind=data.kind, usage_key=data.usage_key, reference=reference
@@ -129,7 +129,7 @@ async def enrol(
     """Enrol a walk-in customer (or find them, if the mobile is already a member) and record what they agreed
     to at the till; ``card``, a membership card handed over now, is bound to them. A new member gets the
     sign-up event points of the active rules."""
-    place = f"pos:{store.code}:{till}"
+    place = till_place(store, till)
     claims = () if card is None else (card_claim(card, evidence=f"card issued at {place}"),)
     try:
         member = await uow.enrol(

@@ -25,6 +25,7 @@ from tongcrm.plugin.types import (
 from tongcrm_offline_pos import models  # noqa: F401 - registers the plugin's tables on the core metadata
 from tongcrm_offline_pos.adapter import StoreAdapter
 from tongcrm_offline_pos.cards import POS_CARD
+from tongcrm_offline_pos.schemas import STORE_CODE_MAX
 from tongcrm_offline_pos.stores import CHANNEL, CROSS_STORE_RETURNS
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ STORE_CHANNEL = ChannelSpec(
     settings=SETTINGS,
     factory=_factory,
     capabilities=frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.STORE}),
+    max_account_name=STORE_CODE_MAX,
 )
 
 

@@ -11,8 +11,17 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Code = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_-]+$")]
-StoreCode = Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[A-Za-z0-9_.-]+$")]
+#: The longest till code: with :data:`STORE_CODE_MAX`, a till's consent source ``pos:STORE:TILL`` (41 at
+#: most) fits its 64 characters and a receipt key ``STORE:TILL:YYYYMMDD:SEQUENCE`` (57) an order's external id.
+TILL_CODE_MAX = 16
+#: The longest store code (the offline_pos account's name): a receipt carries it in ``store``, and a store is
+#: made no longer (``ChannelSpec.max_account_name``), so a store that exists can take its tills' receipts and
+#: enrolments.
+STORE_CODE_MAX = 20
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=TILL_CODE_MAX, pattern=r"^[A-Za-z0-9_-]+$")]
+StoreCode = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=STORE_CODE_MAX, pattern=r"^[A-Za-z0-9_.-]+$")
+]
 Fen = Annotated[int, msgspec.Meta(ge=0, le=10**11)]
 Sequence_ = Annotated[int, msgspec.Meta(ge=1, le=10**9)]
 #: A membership card number as read or typed (normalised by ``cards.normalise_card``).

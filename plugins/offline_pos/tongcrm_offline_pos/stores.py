@@ -20,16 +20,19 @@ from datetime import datetime
 from typing import cast
 
 import sqlalchemy as sa
+from tongcrm.consent.models import ConsentEvent
 from tongcrm.counter import CounterAccount, CounterWork
 from tongcrm.db.base import utcnow
-from tongcrm.errors import BadRequest, Conflict, NotFound, listed, shown
+from tongcrm.db.lengths import column_length
+from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable, listed, shown
 
 from tongcrm_offline_pos.models import PosTill
+from tongcrm_offline_pos.schemas import STORE_CODE_MAX, TILL_CODE_MAX
 
 CHANNEL = "offline_pos"
 #: The store setting that lets a store take back goods sold in another store of the brand (default true).
 CROSS_STORE_RETURNS = "allow_cross_store_returns"
-_TILL = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+_TILL = re.compile(rf"^[A-Za-z0-9_-]{{1,{TILL_CODE_MAX}}}$")
 _TILLS = cast(sa.Table, PosTill.__table__)
 
 
@@ -85,6 +88,28 @@ async def managed_store(uow: CounterWork, code: str) -> Store:
         f"no store {shown(code)}{closed}: {stores}; add a store first with "
         f"`tongcrm channel add {CHANNEL} --name CODE`"
     )
+
+
+def too_long_for_tills(code: str) -> Unprocessable:
+    """The refusal for a store whose code is longer than :data:`STORE_CODE_MAX`: one made before the bound
+    (migration-era data). Such a store's tills cannot send a receipt (its ``store`` is bounded), so setting up
+    a till for it is refused, and so is an enrolment whose consent source would not fit; it says what to do."""
+    return Unprocessable(
+        f"store {shown(code)} has a code of {len(code)} characters, too long for its tills: a store code is at "
+        f"most {STORE_CODE_MAX} (a receipt carries it, and a till's consent is kept as pos:STORE:TILL); add the "
+        f"store under a shorter code (`tongcrm channel add {CHANNEL} --name CODE`) and give its tills a key "
+        "for that one",
+        extra={"store": code[:100]},
+    )
+
+
+def till_place(store: Store, till: str) -> str:
+    """Where a till's customer gave something (``pos:STORE:TILL``): a consent's source, an identity's evidence.
+    Kept whole or refused (422, :func:`too_long_for_tills`), never cut: a cut one may name another store."""
+    place = f"pos:{store.code}:{till}"
+    if len(place) > column_length(ConsentEvent.source):
+        raise too_long_for_tills(store.code)
+    return place
 
 
 async def find_store(uow: CounterWork, code: str) -> Store | None:
@@ -146,8 +171,10 @@ async def _till_row(
 
 async def add_till(uow: CounterWork, store_code: str, till: str, *, label: str = "") -> TillView:
     if not _TILL.match(till):
-        raise BadRequest("a till code is 1-16 letters, digits, '_' or '-'")
+        raise BadRequest(f"a till code is 1-{TILL_CODE_MAX} letters, digits, '_' or '-'")
     store = await managed_store(uow, store_code)
+    if len(store.code) > STORE_CODE_MAX:
+        raise too_long_for_tills(store.code)
     existing = await _till_row(uow, store, till)
     if existing is not None:
         if existing.status == "active":

@@ -74,6 +74,26 @@ async def test_malformed_requests_say_what_is_wrong(
             json={"url": "https://a.example.com/", "event_types": ["member.created"], "x": 1},
         )
         assert extra.status_code == 400
+        # an event type longer than the 64 characters kept: a 400 naming the item and the bound, as the OpenAPI
+        # document's items maxLength says (create and patch alike), not a 422 listing the known types
+        long_type = "member." + "x" * 58
+        made = await admin.post(
+            f"{BASE}/endpoints", json={"url": "https://a.example.com/", "event_types": ["member.created"]}
+        )
+        assert made.status_code == 201, made.text
+        for sent in (
+            admin.post(
+                f"{BASE}/endpoints", json={"url": "https://a.example.com/", "event_types": [long_type]}
+            ),
+            admin.patch(
+                f"{BASE}/endpoints/{made.json()['endpoint']['id']}",
+                json={"event_types": ["member.created", long_type]},
+            ),
+        ):
+            refused = await sent
+            assert refused.status_code == 400, refused.text
+            assert "Expected `str` of length <= 64" in refused.json()["detail"]
+            assert refused.json()["detail"].startswith("event_types[")
         assert (await admin.get(f"{BASE}/deliveries/{2**63}")).status_code == 400
         assert (await admin.get(f"{BASE}/deliveries", params={"status": "lost"})).status_code == 400
         assert (await admin.get(f"{BASE}/deliveries/5")).status_code == 404
