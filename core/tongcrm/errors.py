@@ -35,6 +35,7 @@ class TongcrmError(Exception):
 
     status_code = 500
     title = "Internal error"
+    code: str | None = None
 
     def __init__(
         self,
@@ -47,7 +48,8 @@ class TongcrmError(Exception):
         super().__init__(message)
         self.message = message
         self.extra = extra or {}
-        self.code = code
+        if code is not None:  # a subclass's own class-level code stands unless the raiser names another
+            self.code = code
         self.params = params or {}
 
 
