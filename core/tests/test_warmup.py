@@ -15,10 +15,10 @@ from tongcrm.auth import service as auth_service
 from tongcrm.auth.service import create_key
 from tongcrm.config import Settings
 from tongcrm.counter import _CARD_OR_NONE_READ, _CARD_READ
-from tongcrm.db import direct, point_reads
 from tongcrm.members import service as members_service
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
+from tongcrm.testing.plans import spy_compiled_plans
 
 #: every statement the rehearsal covers; their plans are process-wide, so earlier tests have compiled them
 REHEARSED = (
@@ -59,17 +59,7 @@ def compiled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     for query in REHEARSED:
         if query is not None:
             monkeypatch.setattr(query, "_plans", {})
-    seen: list[str] = []
-    original = direct.compile_plan
-
-    def spy(statement: Any, dialect: Any, lists: Any, params: Any, compiled: Any = None) -> Any:
-        plan = original(statement, dialect, lists, params, compiled)
-        seen.append(plan.sql)
-        return plan
-
-    monkeypatch.setattr(direct, "compile_plan", spy)
-    monkeypatch.setattr(point_reads, "compile_plan", spy)
-    yield seen
+    yield spy_compiled_plans(monkeypatch)
     if not frozen:
         gc.unfreeze()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -14,9 +13,9 @@ from tongcrm.auth import service as auth_service
 from tongcrm.auth.service import create_key
 from tongcrm.config import Settings
 from tongcrm.counter import _CARD_OR_NONE_READ, _CARD_READ
-from tongcrm.db import direct, point_reads
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
+from tongcrm.testing.plans import spy_compiled_plans
 
 from .conftest import add_store
 
@@ -43,16 +42,7 @@ async def test_a_served_apps_first_till_lookup_compiles_nothing(
         key = (await create_key(session, "pos", store_code="S1")).key
     for query in LOOKUP_STATEMENTS:
         monkeypatch.setattr(query, "_plans", {})
-    compiled: list[str] = []
-    original = direct.compile_plan
-
-    def spy(statement: Any, dialect: Any, lists: Any, params: Any, done: Any = None) -> Any:
-        plan = original(statement, dialect, lists, params, done)
-        compiled.append(plan.sql)
-        return plan
-
-    monkeypatch.setattr(direct, "compile_plan", spy)
-    monkeypatch.setattr(point_reads, "compile_plan", spy)
+    compiled = spy_compiled_plans(monkeypatch)
     app = create_app(tongcrm_settings, pos_host, run_jobs=False, configure_logs=False)
     app.state.warm_up = warm  # what settle_heap(app) sets in a serving process
     frozen = gc.get_freeze_count()
