@@ -33,9 +33,11 @@ async def test_an_admin_activates_a_backtested_rule_set_and_applies_a_previewed_
     await _sign_in(page, served, "admin")
     await page.get_by_role("link", name="积分规则").first.click()
     await page.wait_for_url("**/console/points/rules")
-    await page.get_by_label("草稿规则集（JSON）").fill(json.dumps(DOUBLE))
-    await page.get_by_label("备注").fill("双倍积分")
-    await page.get_by_role("button", name="保存草稿").click()
+    advanced = page.locator("[data-rules-json]")
+    await advanced.get_by_text("以 JSON 查看或编辑").click()  # the advanced view, folded under the form
+    await advanced.get_by_label("草稿规则集（JSON）").fill(json.dumps(DOUBLE))
+    await advanced.get_by_label("备注").fill("双倍积分")
+    await advanced.get_by_role("button", name="按 JSON 保存草稿").click()
     await page.wait_for_url("**/console/points/rules/2")
     backtest = await page.locator("[data-backtest] p").first.inner_text()
     assert "草稿规则" in backtest and "差额 +" in backtest

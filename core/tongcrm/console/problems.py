@@ -69,11 +69,22 @@ MESSAGES_ZH: Mapping[str, str] = {
     "campaign.no_opt_out": "模板“{template}”缺少营销短信必须带的退订说明（如“拒收请回复R”）。",
     "campaign.exists": "已有名为“{name}”的营销活动。",
     "campaign.schedule_past": "计划时间已过：{at} 早于现在 {now}（{zone}）。",
+    "campaign.no_run_left": "按这个计划，从现在起不会再运行一次，请调整计划。",
+    "campaign.audience_empty": "受众为空：这个活动的人群现在没有会员，未排期。",
+    "campaign.not_schedulable": "营销活动“{name}”的状态是“{status}”，只有草稿或已排期的活动可以（重新）排期。",
+    # care-flow settings and channel re-authorisation (tongcrm.console.care_flow_settings, channel_pages)
+    "care_flow.delay_not_whole": "延迟：“{value}”换算后不是整秒数，请换个单位或数值。",
+    "care_flow.delay_range": "延迟：必须在 0 到 {days} 天（一年）之间。",
+    "channel.no_plugin": "这个渠道的插件没有安装，无法重新授权。",
+    "channel.nothing_renewed": "请至少填写一项新的授权信息：{fields}。",
     # the programme pages' forms and drafts (tongcrm.console.programme_pages, tongcrm.console.ladder_form)
     "form.required": "{field}：请填写。",
     "form.not_whole": "{field}：“{value}”不是整数，请填写不带小数的数。",
     "form.not_date": "{field}：“{value}”不是日期，请按 2026-01-31 的格式填写。",
     "form.too_long": "{field}：最多 {max} 个字符。",
+    "form.too_large": "{field}：“{value}”太大了，最大为 {max:,}。",
+    "form.not_number": "{field}：“{value}”不是数字。",
+    "form.not_datetime": "{field}：“{value}”不是日期和时间，请按 2026-11-11 10:00 的格式填写。",
     "draft.not_json": "草稿不是合法的 JSON：第 {line} 行第 {column} 列附近有误。",
     # tier ladders (tongcrm.tiers.ladder, tongcrm.tiers.service, tongcrm.entitlements.catalogue)
     "ladder.not_integer": "等级体系：“{name}”必须是整数。",

@@ -253,7 +253,7 @@ class PointsRulesPage(ConsoleController):
             request,
             "programme/rule_version.html",
             {"r": chosen, "active": view.active, "json": _json, "since": since_text, "report": report,
-             "problem": problem},
+             "problem": problem, "rules_text": rules_form.rules_text},
             title="rules.review_title",
             status_code=status_code,
         )  # fmt: skip

@@ -1,7 +1,8 @@
-"""The tier ladder as a form (console14): the ladder in force shown and edited without JSON — thresholds and coupon
-values in yuan, rows added and removed by the form's own buttons, mistakes of a field in Chinese beside it — and
-the document it builds is the API's (money in fen), applied by the same service. The ladder and rule-set refusals
-an operator meets carry codes and read as specific Chinese sentences. HTTP through litestar's test client, on
+"""The programme's documents as forms (console14): the tier ladder in force shown and edited without JSON —
+thresholds and coupon values in yuan, rows added and removed by the form's own buttons, mistakes of a field in
+Chinese beside it — and the document it builds is the API's (money in fen), applied by the same service; the points
+rule set likewise (rates in points per yuan, caps, filters, expiry), stored and backtested from its form. The
+ladder and rule-set refusals an operator meets carry codes and read as specific Chinese sentences. HTTP through litestar's test client, on
 SQLite and PostgreSQL; the form's arithmetic without a database."""
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import html
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
-from tongcrm.console import ladder_form
+import tongcrm
+from tongcrm.console import ladder_form, rules_form
+from tongcrm.console.campaign_pages import draft_from_form
+from tongcrm.console.care_flow_settings import delay_of
 from tongcrm.console.problems import MESSAGES_ZH, explain
 from tongcrm.errors import TongcrmError
 from tongcrm.points.rules import parse_document
@@ -286,3 +291,172 @@ async def test_the_ladder_form_in_english_and_the_json_view_still_previews(make_
         broken = await api.post("/console/tiers/preview", data={"ladder": "{", "csrf_token": analyst})
         assert broken.status_code == 400 and "草稿不是合法的 JSON" in broken.text
         assert "data-form-unavailable" in broken.text
+
+
+#: The rule set of tongcrm.points.rules' docstring: every control of the rules form has a value to carry.
+RICH_RULES: dict[str, Any] = {
+    "reversal_policy": "clawback",
+    "expiry": {"kind": "end_of_year", "months": 12},
+    "rules": [
+        {"type": "spend", "code": "beauty-x3", "priority": 10, "points_per_yuan": "3", "stacking": "exclusive",
+         "categories": ["beauty"]},
+        {"type": "spend", "code": "base", "priority": 100, "points_per_yuan": "1.5", "rounding": "half_up",
+         "exclude_channels": ["jd"], "release": "return_window", "return_window_days": 7,
+         "expiry": {"kind": "days_after", "days": 365}},
+        {"type": "event", "code": "birthday", "priority": 10, "event": "birthday", "points": 200,
+         "cap": {"points": 200, "period": "year"}},
+    ],
+}  # fmt: skip
+
+
+def _rules_fields(form: rules_form.RulesForm) -> dict[str, str]:
+    out = {
+        "source": "form",
+        "reversal_policy": form.reversal_policy,
+        "expiry_kind": form.expiry_kind,
+        "expiry_days": form.expiry_days,
+        "expiry_months": form.expiry_months,
+        "since": "2026-01-01",
+    }
+    for i, r in enumerate(form.rules):
+        p = f"rules-{i}-"
+        out |= {
+            p + "type": r.type,
+            p + "code": r.code,
+            p + "priority": r.priority,
+            p + "stacking": r.stacking,
+        }
+        out |= {
+            p + "points_per_yuan": r.points_per_yuan,
+            p + "rounding": r.rounding,
+            p + "release": r.release,
+        }
+        out |= {p + "return_window_days": r.return_window_days, p + "event": r.event, p + "points": r.points}
+        out |= {
+            p + "cap_points": r.cap_points,
+            p + "cap_period": r.cap_period,
+            p + "expiry_kind": r.expiry_kind,
+        }
+        out |= {p + "expiry_days": r.expiry_days, p + "expiry_months": r.expiry_months}
+        out |= {p + name: r.lists.get(name, "") for name in rules_form.LISTS}
+        if r.tier_multiplier:
+            out[p + "tier_multiplier"] = "on"
+    return out
+
+
+def test_a_rule_set_goes_through_the_form_and_back_unchanged() -> None:
+    form = rules_form.from_document(RICH_RULES)
+    assert form is not None
+    base = form.rules[1]
+    assert (base.points_per_yuan, base.rounding, base.release, base.return_window_days) == ("1.5", "half_up", "return_window", "7")  # fmt: skip
+    assert base.lists["exclude_channels"] == "jd" and (base.expiry_kind, base.expiry_days) == (
+        "days_after",
+        "365",
+    )
+    assert (form.rules[2].cap_points, form.rules[2].cap_period) == ("200", "year")
+    document, mistakes = rules_form.to_document(rules_form.from_fields(_rules_fields(form)))
+    assert mistakes == {}
+    assert parse_document(document) == parse_document(RICH_RULES)
+    assert rules_form.from_document({**RICH_RULES, "bonus": 1}) is None  # no control for it: JSON only
+
+
+def test_rules_are_added_and_removed_and_a_mistake_is_kept_by_its_field() -> None:
+    form = rules_form.from_document(RICH_RULES)
+    assert form is not None
+    rules_form.apply_edit(form, "add-event")
+    rules_form.apply_edit(form, "add-spend")
+    assert [(r.type, r.priority) for r in form.rules[3:]] == [("event", "110"), ("spend", "120")]
+    rules_form.apply_edit(form, "remove-rule:0")
+    assert [r.code for r in form.rules] == ["base", "birthday", "", ""]
+    form.rules[1].points = "两百"
+    form.rules[0].cap_points = "1.5"
+    _, mistakes = rules_form.to_document(form)
+    assert {name: exc.code for name, exc in mistakes.items()} == {
+        "rules-1-points": "form.not_whole",
+        "rules-0-cap_points": "form.not_whole",
+        "rules-2-points": "form.required",
+    }
+    assert explain("zh", mistakes["rules-1-points"]) == "积分：“两百”不是整数，请填写不带小数的数。"
+
+
+async def test_an_admin_backtests_and_stores_a_rule_set_from_its_form(make_client: Any) -> None:
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=6, vip=4)
+        admin = await sign_in(api, "admin")
+        page = (await api.get("/console/points/rules")).text
+        assert "data-rules-form" in page and "base：每元 1 积分，向下取整，付款后到账" in page
+
+        active = (await api.get("/console/points/rules")).text
+        form = rules_form.from_document({"rules": [{"type": "spend", "code": "base", "priority": 100, "points_per_yuan": "1", "release": "paid"}]})  # fmt: skip
+        assert form is not None and 'value="base"' in active
+        added = await api.post(
+            "/console/points/rules/backtest",
+            data={**_rules_fields(form), "edit": "add-event", "csrf_token": admin},
+        )
+        assert added.status_code == 200 and 'data-rule-type="event"' in added.text
+        assert "data-backtest" not in added.text
+
+        form.rules[0].points_per_yuan = "x"
+        refused = await api.post(
+            "/console/points/rules/backtest", data={**_rules_fields(form), "csrf_token": admin}
+        )
+        problem = re.search(r"data-problem>([^<]*)<", refused.text)
+        assert refused.status_code == 422 and problem is not None, refused.text[-3000:]
+        assert "每元积分“x”必须是 0 到 1,000,000 之间的数" in problem.group(1), problem.group(1)
+        assert "系统说明" not in refused.text
+
+        form.rules[0].points_per_yuan = "2"
+        backtested = await api.post(
+            "/console/points/rules/backtest", data={**_rules_fields(form), "csrf_token": admin}
+        )
+        assert backtested.status_code == 200 and "data-backtest" in backtested.text
+        assert 'value="2"' in backtested.text  # the form as typed, under its backtest
+
+        stored = await api.post(
+            "/console/points/rules",
+            data={**_rules_fields(form), "note": "双倍积分", "csrf_token": admin},
+            follow_redirects=False,
+        )
+        assert stored.status_code == 303 and stored.headers["location"] == "/console/points/rules/2"
+        key = await api.create_key("analyst")
+        versions = (await api.get("/api/points/rules", headers={"Authorization": f"Bearer {key}"})).json()
+        (draft,) = [v for v in versions if v["version"] == 2]
+        assert draft["status"] == "draft" and draft["note"] == "双倍积分"
+        assert draft["document"]["rules"][0]["points_per_yuan"] == "2"
+        review = (await api.get("/console/points/rules/2")).text
+        assert (
+            "base：每元 2 积分，向下取整，付款后到账" in review
+        )  # read as words, the JSON folded under them
+
+
+def test_every_code_the_core_raises_has_a_chinese_sentence() -> None:
+    """A dotted ``code="…"`` written beside a refusal in the core (``ladder.needs_rule``) names a sentence of
+    ``MESSAGES_ZH``: a code without one would fall back to the generic sentence it was given to avoid."""
+    root = Path(tongcrm.__file__).parent
+    written = {
+        code
+        for path in root.rglob("*.py")
+        for code in re.findall(r'\bcode\s*(?::\s*str\s*)?=\s*"([a-z_]+\.[a-z_.]+)"', path.read_text("utf-8"))
+    }
+    assert {"ladder.unfair_lacks", "rules.rate", "campaign.audience_empty", "form.not_whole"} <= written
+    assert sorted(written - set(MESSAGES_ZH)) == []
+
+
+@pytest.mark.parametrize(
+    ("refuse", "said"),
+    [
+        (lambda: delay_of("1.5", "seconds"), "延迟：“1.5”换算后不是整秒数，请换个单位或数值。"),
+        (lambda: delay_of("400", "days"), "延迟：必须在 0 到 365 天（一年）之间。"),
+        (lambda: delay_of("soon", "hours"), "延迟：“soon”不是数字。"),
+        (
+            lambda: draft_from_form({"within_days": "七"}),
+            "响应窗口（天）：“七”不是整数，请填写不带小数的数。",
+        ),
+        (lambda: draft_from_form({"control_percent": "ten"}), "对照组比例：“ten”不是数字。"),
+    ],
+)
+def test_the_console_forms_other_refusals_are_specific_in_chinese(refuse: Any, said: str) -> None:
+    with pytest.raises(TongcrmError) as refused:
+        refuse()
+    assert explain("zh", refused.value) == said
