@@ -11,6 +11,7 @@ from typing import Any
 
 from tongcrm.channels import service as channels
 from tongcrm.console.testing import LADDER, RULES, TMALL
+from tongcrm.tiers import service as tiers
 
 from . import test_browser as framework
 from .ops_kit import ops_host, seed_marketing
@@ -32,9 +33,11 @@ async def test_an_admin_activates_a_backtested_rule_set_and_applies_a_previewed_
     await _sign_in(page, served, "admin")
     await page.get_by_role("link", name="积分规则").first.click()
     await page.wait_for_url("**/console/points/rules")
-    await page.get_by_label("草稿规则集（JSON）").fill(json.dumps(DOUBLE))
-    await page.get_by_label("备注").fill("双倍积分")
-    await page.get_by_role("button", name="保存草稿").click()
+    advanced = page.locator("[data-rules-json]")
+    await advanced.get_by_text("以 JSON 查看或编辑").click()  # the advanced view, folded under the form
+    await advanced.get_by_label("草稿规则集（JSON）").fill(json.dumps(DOUBLE))
+    await advanced.get_by_label("备注").fill("双倍积分")
+    await advanced.get_by_role("button", name="按 JSON 保存草稿").click()
     await page.wait_for_url("**/console/points/rules/2")
     backtest = await page.locator("[data-backtest] p").first.inner_text()
     assert "草稿规则" in backtest and "差额 +" in backtest
@@ -49,8 +52,9 @@ async def test_an_admin_activates_a_backtested_rule_set_and_applies_a_previewed_
     await page.get_by_role("link", name="等级体系").first.click()
     await page.wait_for_url("**/console/tiers")
     assert await page.get_by_role("button", name="应用此等级体系").count() == 0  # only under a preview
+    await page.get_by_text("以 JSON 查看或编辑").click()  # the advanced view, folded under the form
     await page.get_by_label("草稿等级体系（JSON）").fill(json.dumps(THREE_TIERS, ensure_ascii=False))
-    await page.get_by_role("button", name="预览").click()
+    await page.get_by_role("button", name="按 JSON 预览").click()
     await page.wait_for_url("**/console/tiers/preview")
     assert await page.locator("[data-draft-preview]").is_visible()
     assert await _unlabelled_inputs(page) == []
@@ -60,6 +64,59 @@ async def test_an_admin_activates_a_backtested_rule_set_and_applies_a_previewed_
     await page.wait_for_url("**/console/tiers")
     assert "第 2 版" in await page.locator("#h-ladder").inner_text()
     assert await page.locator('[data-tier-code="silver"]').count() == 1
+
+
+async def test_an_admin_adds_a_tier_through_the_ladder_form_and_sees_it_saved(
+    served: Served, browser: Any
+) -> None:
+    page = await (await browser.new_context(locale="zh-CN")).new_page()
+    await _sign_in(page, served, "admin")
+    await page.get_by_role("link", name="等级体系").first.click()
+    await page.wait_for_url("**/console/tiers")
+    # the ladder in force reads in yuan, and the form starts from it
+    assert "消费金额（元） ≥ 1000.00" in await page.locator('[data-tier-code="gold"]').inner_text()
+    gold = page.locator('[data-tier-row="1"]')
+    assert await gold.get_by_label("门槛").input_value() == "1000.00"
+    assert await page.locator("[data-ladder-json]").get_attribute("open") is None  # JSON only on request
+    assert await _unlabelled_inputs(page) == []
+
+    await page.get_by_role("button", name="添加等级").click()
+    await page.wait_for_url("**/console/tiers/preview")
+    top = page.locator('[data-tier-row="2"]')
+    await top.get_by_label("等级代码").fill("platinum")
+    await top.get_by_label("等级名称").fill("白金卡")
+    await top.get_by_label("门槛").fill("2,000.505")
+    await top.get_by_role("button", name="为第 3 级添加权益").click()
+    await page.wait_for_url("**/console/tiers/preview")
+    top = page.locator('[data-tier-row="2"]')
+    assert await top.get_by_label("门槛").input_value() == "2,000.505"  # kept across the edit
+    await top.get_by_label("权益", exact=True).select_option("birthday_coupon")
+    await top.get_by_label("数值").fill("88")
+    await page.get_by_role("button", name="预览", exact=True).click()
+    await page.wait_for_url("**/console/tiers/preview")
+    mistake = page.locator('[data-mistake="tiers-2-rule-0-min"]')
+    assert "超过两位小数" in await mistake.inner_text()  # refused, beside its field
+    assert await page.locator("[data-draft-preview]").count() == 0
+    await _shot(page, served, "tier-form-mistake")
+
+    await page.locator('[data-tier-row="2"]').get_by_label("门槛").fill("2,000.50")
+    await page.get_by_role("button", name="预览", exact=True).click()
+    await page.wait_for_url("**/console/tiers/preview")
+    assert await page.locator("[data-draft-preview]").is_visible()
+    assert await _unlabelled_inputs(page) == []
+    await _shot(page, served, "tier-form-preview")
+    await page.get_by_label("变更原因（必填，记入审计）").fill("增设白金卡")
+    await page.get_by_role("button", name="应用此等级体系").click()
+    await page.wait_for_url("**/console/tiers")
+    assert "第 2 版" in await page.locator("#h-ladder").inner_text()
+    saved = await page.locator('[data-tier-code="platinum"]').inner_text()
+    assert "白金卡" in saved and "≥ 2000.50" in saved and "生日礼券（元） 88.00" in saved
+    async with served.db.sessions() as session:
+        ladder = await tiers.active_ladder(session)
+    assert ladder is not None
+    platinum = ladder.tier("platinum")
+    assert platinum is not None and platinum.rule is not None
+    assert platinum.rule.as_dict()["min"] == 200_050 and platinum.entitlement("birthday_coupon") is not None
 
 
 async def test_an_operator_changes_a_care_flow_and_reauthorises_a_shop(served: Served, browser: Any) -> None:

@@ -418,7 +418,9 @@ async def test_backtest_and_tier_previews(make_client: Any) -> None:
         broken = await api.post(
             "/console/points/rules/backtest", data={"document": "{", "since": since, "csrf_token": csrf}
         )
-        assert broken.status_code == 400 and "not JSON" in broken.text and "{" in broken.text
+        assert (
+            broken.status_code == 400 and "草稿不是合法的 JSON：第 1 行" in broken.text and "{" in broken.text
+        )
         wrong = await api.post(
             "/console/points/rules/backtest",
             data={"document": '{"rules": 1}', "since": since, "csrf_token": csrf},

@@ -320,7 +320,9 @@ async def schedule(
     campaign = await get(session, name, lock=True)
     if campaign.status not in ("draft", "scheduled"):
         raise Conflict(
-            f"campaign {name!r} is {campaign.status}; only a draft or scheduled campaign is (re)scheduled"
+            f"campaign {name!r} is {campaign.status}; only a draft or scheduled campaign is (re)scheduled",
+            code="campaign.not_schedulable",
+            params={"name": name, "status": campaign.status},
         )
     try:
         parsed = sched.parse(document)
@@ -340,10 +342,17 @@ async def schedule(
         )
     first = sched.next_after(parsed, now, tz)
     if first is None:
-        raise Unprocessable("the schedule has no run left after now", extra={"pointer": "/schedule"})
+        raise Unprocessable(
+            "the schedule has no run left after now",
+            extra={"pointer": "/schedule"},
+            code="campaign.no_run_left",
+        )
     audience = await _count_now(session, host, campaign, now)
     if audience == 0:
-        raise Unprocessable("the audience is empty: the campaign's segment has no member now")
+        raise Unprocessable(
+            "the audience is empty: the campaign's segment has no member now",
+            code="campaign.audience_empty",
+        )
     if any(
         b is not None
         for b in (campaign.budget_messages, campaign.budget_points, campaign.budget_entitlements)

@@ -76,9 +76,17 @@ def _int(text: str, field_name: str) -> int | None:
     try:
         value = int(text)
     except ValueError as exc:
-        raise Unprocessable(f"{field_name}: {text!r} is not a whole number") from exc
+        raise Unprocessable(
+            f"{field_name}: {text!r} is not a whole number",
+            code="form.not_whole",
+            params={"field": field_name, "value": text},
+        ) from exc
     if abs(value) > MAX_ID:
-        raise Unprocessable(f"{field_name}: {text!r} is too large")
+        raise Unprocessable(
+            f"{field_name}: {text!r} is too large",
+            code="form.too_large",
+            params={"field": field_name, "value": text, "max": MAX_ID},
+        )
     return value
 
 
@@ -97,7 +105,11 @@ def draft_from_form(form: dict[str, str]) -> service.Draft:
         if not math.isfinite(percent):
             raise ValueError(percent)
     except ValueError as exc:
-        raise Unprocessable(f"control_percent: {form.get('control_percent')!r} is not a number") from exc
+        raise Unprocessable(
+            f"control_percent: {form.get('control_percent')!r} is not a number",
+            code="form.not_number",
+            params={"field": "control_percent", "value": form.get("control_percent", "")},
+        ) from exc
     return service.Draft(
         name=form.get("name", "").strip(),
         segment=form.get("segment", ""),
@@ -125,7 +137,11 @@ def schedule_from_form(form: dict[str, list[str]], tz: Any) -> dict[str, Any]:
         try:
             local = datetime.fromisoformat(one("at"))
         except ValueError as exc:
-            raise Unprocessable(f"at: {one('at')!r} is not a date and time") from exc
+            raise Unprocessable(
+                f"at: {one('at')!r} is not a date and time",
+                code="form.not_datetime",
+                params={"field": "at", "value": one("at")},
+            ) from exc
         # a browser's datetime-local has no offset: it is the programme's local time, as the calendar shows it
         return {"kind": "once", "at": (local if local.tzinfo else local.replace(tzinfo=tz)).isoformat()}
     doc: dict[str, Any] = {"kind": kind, "time": one("time")}

@@ -100,12 +100,24 @@ def delay_of(number: str, unit: str = "minutes") -> int | None:
     try:
         amount = Decimal(number)
     except InvalidOperation as exc:
-        raise Unprocessable(f"delay: {number!r} is not a number") from exc
+        raise Unprocessable(
+            f"delay: {number!r} is not a number",
+            code="form.not_number",
+            params={"field": "delay", "value": number},
+        ) from exc
     seconds = amount * size
     if not amount.is_finite() or seconds != seconds.to_integral_value():
-        raise Unprocessable(f"delay: {number} {unit} is not a whole number of seconds")
+        raise Unprocessable(
+            f"delay: {number} {unit} is not a whole number of seconds",
+            code="care_flow.delay_not_whole",
+            params={"value": number},
+        )
     if not 0 <= seconds <= MAX_DELAY_SECONDS:
-        raise Unprocessable(f"delay: between 0 and {MAX_DELAY_SECONDS // UNITS['days']} days (a year)")
+        raise Unprocessable(
+            f"delay: between 0 and {MAX_DELAY_SECONDS // UNITS['days']} days (a year)",
+            code="care_flow.delay_range",
+            params={"days": MAX_DELAY_SECONDS // UNITS["days"]},
+        )
     return int(seconds)
 
 

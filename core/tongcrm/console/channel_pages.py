@@ -178,11 +178,16 @@ class ChannelAccountPages(ConsoleController):
             async with state.sessions() as session, session.begin():
                 fields = (await reauth_view(session, state.host, name)).fields
                 if fields is None:
-                    raise Unprocessable("the channel's plugin is not installed: nothing can re-authorise it")
+                    raise Unprocessable(
+                        "the channel's plugin is not installed: nothing can re-authorise it",
+                        code="channel.no_plugin",
+                    )
                 given = {f.name: form[f.name] for f in fields if form.get(f.name, "").strip()}
                 if not given:
                     raise Unprocessable(
-                        "give the renewed value of at least one of: " + ", ".join(f.name for f in fields)
+                        "give the renewed value of at least one of: " + ", ".join(f.name for f in fields),
+                        code="channel.nothing_renewed",
+                        params={"fields": "、".join(f.name for f in fields)},
                     )
                 await channels.update_secrets(
                     session, state.host, state.settings.vault(), name, given, actor=actor_of(request)

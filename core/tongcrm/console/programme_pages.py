@@ -14,23 +14,29 @@ previewed document unchanged.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tongcrm.api.inputs import PathInt32
 from tongcrm.auth.service import Role
+from tongcrm.console import ladder_form, rules_form
 from tongcrm.console.forms import form_fields, principal_of
+from tongcrm.console.i18n import translate
+from tongcrm.console.problems import explain
 from tongcrm.console.web import (
     PREFIX,
     READ_ROLES,
     ConsoleController,
     action,
     actor_of,
+    context_of,
     page,
     problem_text,
     redirect,
@@ -38,10 +44,13 @@ from tongcrm.console.web import (
 )
 from tongcrm.db.engine import transaction
 from tongcrm.db.lengths import column_length
+from tongcrm.entitlements.catalogue import CATALOGUE
 from tongcrm.errors import BadRequest, NotFound, TongcrmError, Unprocessable
 from tongcrm.points import service as points
+from tongcrm.points.rules import DEFAULT_DOCUMENT
 from tongcrm.points.schemas import BacktestReport, RuleSetOut
 from tongcrm.tiers import service as tiers
+from tongcrm.tiers.ladder import METRICS
 from tongcrm.tiers.models import TierLadder
 
 #: How far back a backtest replays orders unless asked otherwise.
@@ -56,7 +65,11 @@ def _document(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"the draft is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc
+        raise BadRequest(
+            f"the draft is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            code="draft.not_json",
+            params={"line": exc.lineno, "column": exc.colno},
+        ) from exc
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -87,21 +100,42 @@ async def _rules_page(
     request: Request[Any, Any, Any],
     *,
     draft: str | None = None,
+    form: rules_form.RulesForm | None = None,
+    mistakes: Mapping[str, TongcrmError] | None = None,
     since: str | None = None,
     report: BacktestReport | None = None,
     problem: str | None = None,
     status_code: int = 200,
 ) -> Response[str]:
+    """The rules page. The draft is shown as the form (``form``, or the form of the JSON ``draft``, or of the
+    active rule set) and as JSON (the advanced view, open when the form cannot show the draft)."""
     state = request.app.state
     async with state.read_sessions() as session:
         view = await rules_view(session)
+    if draft is None:
+        document: Any = view.active.document if view.active else msgspec.to_builtins(DEFAULT_DOCUMENT)
+        draft = _json(view.active.document) if view.active else ""
+        form = form or rules_form.from_document(document)
+    elif form is None:
+        try:
+            form = rules_form.from_document(json.loads(draft))
+        except json.JSONDecodeError:
+            form = None
+    lang = context_of(request).lang
     return render(
         request,
         "programme/points_rules.html",
         {
             "v": view,
             "json": _json,
-            "draft": draft if draft is not None else (_json(view.active.document) if view.active else ""),
+            "draft": draft,
+            "form": form,
+            "mistakes": {name: explain(lang, exc) for name, exc in (mistakes or {}).items()},
+            "lists": rules_form.LISTS,
+            "events": rules_form.EVENTS,
+            "periods": rules_form.PERIODS,
+            "expiry_kinds": rules_form.EXPIRY_KINDS,
+            "rules_text": rules_form.rules_text,
             "since": since or _default_since(state.settings),
             "report": report,
             "problem": problem,
@@ -111,11 +145,31 @@ async def _rules_page(
     )
 
 
+def _posted_rules(
+    request: Request[Any, Any, Any], fields: Mapping[str, str]
+) -> tuple[str, rules_form.RulesForm | None, dict[str, TongcrmError]]:
+    """The draft a rules page posted: from its form (``source=form``) as the API's document in JSON, with the
+    form and the mistakes of its fields; else the JSON view's text as it is."""
+    if fields.get("source") != "form":
+        return fields.get("document", ""), None, {}
+    form = rules_form.from_fields(fields)
+    document, mistakes = rules_form.to_document(form)
+    return _json(document), form, mistakes
+
+
+def _form_refused(request: Request[Any, Any, Any], count: int) -> str:
+    return translate(context_of(request).lang, "tiers.form_mistakes", count=count)
+
+
 def _since(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError as exc:
-        raise Unprocessable(f"since: {text!r} is not a date like 2026-01-31") from exc
+        raise Unprocessable(
+            f"since: {text!r} is not a date like 2026-01-31",
+            code="form.not_date",
+            params={"field": "since", "value": text},
+        ) from exc
 
 
 def _default_since(settings: Any) -> str:
@@ -133,10 +187,22 @@ class PointsRulesPage(ConsoleController):
     async def store(self, request: Request[Any, Any, Any]) -> Response[Any]:
         """Store the draft as a new version (``POST /api/points/rules`` without ``activate``); it earns
         nothing until it is activated from its review page, which this answer opens."""
-        form = await form_fields(request)
-        draft, note = form.get("document", ""), form.get("note", "").strip()
+        fields = await form_fields(request)
+        note = fields.get("note", "").strip()
+        draft, edited, mistakes = _posted_rules(request, fields)
+        if mistakes:
+            return await _rules_page(
+                request,
+                draft=draft,
+                form=edited,
+                mistakes=mistakes,
+                problem=_form_refused(request, len(mistakes)),
+                status_code=422,
+            )
         if len(note) > 500:
-            raise BadRequest("note: at most 500 characters")
+            raise BadRequest(
+                "note: at most 500 characters", code="form.too_long", params={"field": "note", "max": 500}
+            )
         try:
             document = _document(draft)
             async with transaction(request.app.state.sessions) as session:
@@ -152,7 +218,11 @@ class PointsRulesPage(ConsoleController):
             if exc.status_code >= 500:
                 raise
             return await _rules_page(
-                request, draft=draft, problem=problem_text(request, exc), status_code=exc.status_code
+                request,
+                draft=draft,
+                form=edited,
+                problem=problem_text(request, exc),
+                status_code=exc.status_code,
             )
         return redirect(request, f"{PREFIX}/points/rules/{stored.version}")
 
@@ -183,7 +253,7 @@ class PointsRulesPage(ConsoleController):
             request,
             "programme/rule_version.html",
             {"r": chosen, "active": view.active, "json": _json, "since": since_text, "report": report,
-             "problem": problem},
+             "problem": problem, "rules_text": rules_form.rules_text},
             title="rules.review_title",
             status_code=status_code,
         )  # fmt: skip
@@ -197,8 +267,23 @@ class PointsRulesPage(ConsoleController):
 
     @post("/backtest", opt=action(*READ_ROLES), status_code=200)
     async def backtest(self, request: Request[Any, Any, Any]) -> Response[str]:
-        form = await form_fields(request)
-        draft, since_text = form.get("document", ""), form.get("since", "")
+        fields = await form_fields(request)
+        since_text = fields.get("since", "")
+        if fields.get("source") == "form" and fields.get("edit"):
+            changed = rules_form.apply_edit(rules_form.from_fields(fields), fields["edit"])
+            built, _ = rules_form.to_document(changed)
+            return await _rules_page(request, draft=_json(built), form=changed, since=since_text)
+        draft, edited, mistakes = _posted_rules(request, fields)
+        if mistakes:
+            return await _rules_page(
+                request,
+                draft=draft,
+                form=edited,
+                mistakes=mistakes,
+                since=since_text,
+                problem=_form_refused(request, len(mistakes)),
+                status_code=422,
+            )
         try:
             since = _since(since_text)
             document = _document(draft)
@@ -210,11 +295,12 @@ class PointsRulesPage(ConsoleController):
             return await _rules_page(
                 request,
                 draft=draft,
+                form=edited,
                 since=since_text,
                 problem=problem_text(request, exc),
                 status_code=exc.status_code,
             )
-        return await _rules_page(request, draft=draft, since=since_text, report=report)
+        return await _rules_page(request, draft=draft, form=edited, since=since_text, report=report)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -242,28 +328,56 @@ async def _tiers_page(
     request: Request[Any, Any, Any],
     *,
     draft: str | None = None,
+    form: ladder_form.LadderForm | None = None,
+    mistakes: Mapping[str, TongcrmError] | None = None,
     preview: tiers.Preview | None = None,
     problem: str | None = None,
     status_code: int = 200,
 ) -> Response[str]:
+    """The tiers page. The draft is shown twice: as the form (``form``, or the form of the JSON ``draft``, or of
+    the ladder in force) and as JSON (the advanced view, open when the form cannot show the draft)."""
     state = request.app.state
     async with state.read_sessions() as session:
         view = await tiers_view(session, state.settings)
+    if draft is None:
+        document: Any = view.versions[0].definition if view.versions else STARTER_LADDER
+        draft = _json(document) if view.versions else ""
+        form = form or ladder_form.from_document(document)
+    elif form is None:
+        try:
+            form = ladder_form.from_document(json.loads(draft))
+        except json.JSONDecodeError:
+            form = None
+    lang = context_of(request).lang
     return render(
         request,
         "programme/tiers.html",
         {
             "v": view,
             "json": _json,
-            "draft": draft
-            if draft is not None
-            else (_json(view.versions[0].definition) if view.versions else ""),
+            "draft": draft,
+            "form": form,
+            "mistakes": {name: explain(lang, exc) for name, exc in (mistakes or {}).items()},
+            "metrics": METRICS,
+            "kinds": sorted(CATALOGUE),
+            "money_kind": ladder_form.is_money_kind,
+            "presence_kind": ladder_form.is_presence_kind,
+            "rule_text": ladder_form.rule_text,
+            "entitlement_text": ladder_form.entitlement_text,
             "preview": preview,
             "problem": problem,
         },
         title="tiers.title",
         status_code=status_code,
     )
+
+
+#: What the form starts from when no ladder was ever applied: one base tier.
+STARTER_LADDER: dict[str, Any] = {
+    "window_months": 12,
+    "review": {"mode": "anniversary", "one_step": False},
+    "tiers": [{"code": "member", "name": "会员"}],
+}
 
 
 class TiersPage(ConsoleController):
@@ -275,8 +389,29 @@ class TiersPage(ConsoleController):
 
     @post("/preview", opt=action(*READ_ROLES), status_code=200)
     async def preview(self, request: Request[Any, Any, Any]) -> Response[str]:
-        form = await form_fields(request)
-        draft = form.get("ladder", "")
+        """The draft's preview. The draft comes from the form (``source=form``: its fields, money in yuan) or
+        from the JSON view (``ladder``); a form's ``edit`` button adds or removes a row and previews nothing."""
+        fields = await form_fields(request)
+        edited: ladder_form.LadderForm | None = None
+        if fields.get("source") == "form":
+            edited = ladder_form.from_fields(fields)
+            if fields.get("edit"):
+                ladder_form.apply_edit(edited, fields["edit"])
+                built, _ = ladder_form.to_document(edited)
+                return await _tiers_page(request, draft=_json(built), form=edited)
+            built, mistakes = ladder_form.to_document(edited)
+            draft = _json(built)
+            if mistakes:
+                return await _tiers_page(
+                    request,
+                    draft=draft,
+                    form=edited,
+                    mistakes=mistakes,
+                    problem=translate(context_of(request).lang, "tiers.form_mistakes", count=len(mistakes)),
+                    status_code=422,
+                )
+        else:
+            draft = fields.get("ladder", "")
         try:
             document = _document(draft)
             async with request.app.state.read_sessions() as session:
@@ -287,9 +422,13 @@ class TiersPage(ConsoleController):
             if exc.status_code >= 500:
                 raise
             return await _tiers_page(
-                request, draft=draft, problem=problem_text(request, exc), status_code=exc.status_code
+                request,
+                draft=draft,
+                form=edited,
+                problem=problem_text(request, exc),
+                status_code=exc.status_code,
             )
-        return await _tiers_page(request, draft=draft, preview=result)
+        return await _tiers_page(request, draft=draft, form=edited, preview=result)
 
     @post("/apply", opt=action(Role.ADMIN))
     async def apply(self, request: Request[Any, Any, Any]) -> Response[Any]:
@@ -299,7 +438,11 @@ class TiersPage(ConsoleController):
         form = await form_fields(request)
         draft, reason = form.get("ladder", ""), form.get("reason", "").strip()
         if len(reason) > (limit := column_length(TierLadder.reason)):
-            raise BadRequest(f"reason: at most {limit} characters")
+            raise BadRequest(
+                f"reason: at most {limit} characters",
+                code="form.too_long",
+                params={"field": "reason", "max": limit},
+            )
         settings = request.app.state.settings
         try:
             document = _document(draft)

@@ -113,5 +113,7 @@ def kind(code: str) -> EntitlementKind:
         raise Unprocessable(
             f"unknown entitlement {code!r} (known: {', '.join(sorted(CATALOGUE))})",
             extra={"entitlement": code},
+            code="ladder.unknown_entitlement",
+            params={"kind": code, "known": ", ".join(sorted(CATALOGUE))},
         )
     return found

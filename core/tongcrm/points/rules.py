@@ -135,7 +135,9 @@ def parse_document(raw: Any) -> RuleSetDoc:
     try:
         doc = msgspec.convert(raw, RuleSetDoc)
     except msgspec.ValidationError as exc:
-        raise Unprocessable(f"invalid rule set: {exc}") from exc
+        raise Unprocessable(
+            f"invalid rule set: {exc}", code="rules.invalid", params={"detail": str(exc)}
+        ) from exc
     compile_rules(0, doc)
     return doc
 
@@ -146,33 +148,59 @@ def compile_rules(version: int, doc: RuleSetDoc) -> RuleSet:
     rates: dict[str, tuple[int, int]] = {}
     for rule in doc.rules:
         if not _CODE.match(rule.code):
-            raise Unprocessable(f"rule code {rule.code!r} must be lowercase letters, digits, '.', '_' or '-'")
+            raise Unprocessable(
+                f"rule code {rule.code!r} must be lowercase letters, digits, '.', '_' or '-'",
+                code="rules.code",
+                params={"code": rule.code},
+            )
         if rule.code in codes:
-            raise Unprocessable(f"rule code {rule.code!r} is used twice")
+            raise Unprocessable(
+                f"rule code {rule.code!r} is used twice", code="rules.code_twice", params={"code": rule.code}
+            )
         codes.add(rule.code)
         group = ("spend", "") if isinstance(rule, SpendRule) else ("event", rule.event)
         key = (f"{group[0]}:{group[1]}", str(rule.priority))
         if key in priorities:
             raise Unprocessable(
                 f"rules {priorities[key]!r} and {rule.code!r} have the same priority {rule.priority}: "
-                "priorities must be unique so the order of evaluation is explicit"
+                "priorities must be unique so the order of evaluation is explicit",
+                code="rules.priority_twice",
+                params={"other": priorities[key], "code": rule.code, "priority": rule.priority},
             )
         priorities[key] = rule.code
         _check_expiry(rule.expiry, rule.code)
         if rule.cap is not None and rule.cap.points < 0:
-            raise Unprocessable(f"rule {rule.code!r}: a cap cannot be negative")
+            raise Unprocessable(
+                f"rule {rule.code!r}: a cap cannot be negative",
+                code="rules.cap_negative",
+                params={"code": rule.code},
+            )
         if isinstance(rule, SpendRule):
             rates[rule.code] = parse_rate(rule.points_per_yuan, rule.code)
             if rule.return_window_days < 0:
-                raise Unprocessable(f"rule {rule.code!r}: return_window_days cannot be negative")
+                raise Unprocessable(
+                    f"rule {rule.code!r}: return_window_days cannot be negative",
+                    code="rules.return_window",
+                    params={"code": rule.code, "max": MAX_RETURN_WINDOW_DAYS},
+                )
             if rule.return_window_days > MAX_RETURN_WINDOW_DAYS:
                 raise Unprocessable(
-                    f"rule {rule.code!r}: return_window_days is at most {MAX_RETURN_WINDOW_DAYS}"
+                    f"rule {rule.code!r}: return_window_days is at most {MAX_RETURN_WINDOW_DAYS}",
+                    code="rules.return_window",
+                    params={"code": rule.code, "max": MAX_RETURN_WINDOW_DAYS},
                 )
         elif rule.points < 0:
-            raise Unprocessable(f"rule {rule.code!r}: points cannot be negative (use an adjustment)")
+            raise Unprocessable(
+                f"rule {rule.code!r}: points cannot be negative (use an adjustment)",
+                code="rules.event_points",
+                params={"code": rule.code, "max": MAX_RATE},
+            )
         elif rule.points > MAX_RATE:
-            raise Unprocessable(f"rule {rule.code!r}: an event earns at most {MAX_RATE} points")
+            raise Unprocessable(
+                f"rule {rule.code!r}: an event earns at most {MAX_RATE} points",
+                code="rules.event_points",
+                params={"code": rule.code, "max": MAX_RATE},
+            )
     _check_expiry(doc.expiry, "(rule set)")
     return RuleSet(version, doc, rates)
 
@@ -190,13 +218,23 @@ def _check_expiry(expiry: Expiry | None, code: str) -> None:
     if expiry is None:
         return
     if expiry.days < 0 or expiry.months < 0:
-        raise Unprocessable(f"rule {code!r}: expiry days and months cannot be negative")
+        raise Unprocessable(
+            f"rule {code!r}: expiry days and months cannot be negative",
+            code="rules.expiry_range",
+            params={"code": code, "days": MAX_EXPIRY_DAYS, "months": MAX_EXPIRY_MONTHS},
+        )
     if expiry.days > MAX_EXPIRY_DAYS or expiry.months > MAX_EXPIRY_MONTHS:
         raise Unprocessable(
-            f"rule {code!r}: expiry is at most {MAX_EXPIRY_DAYS} days or {MAX_EXPIRY_MONTHS} months out"
+            f"rule {code!r}: expiry is at most {MAX_EXPIRY_DAYS} days or {MAX_EXPIRY_MONTHS} months out",
+            code="rules.expiry_range",
+            params={"code": code, "days": MAX_EXPIRY_DAYS, "months": MAX_EXPIRY_MONTHS},
         )
     if expiry.kind == "days_after" and expiry.days < 1:
-        raise Unprocessable(f"rule {code!r}: days_after expiry needs days >= 1")
+        raise Unprocessable(
+            f"rule {code!r}: days_after expiry needs days >= 1",
+            code="rules.expiry_days",
+            params={"code": code},
+        )
 
 
 def parse_rate(text: str, code: str = "") -> tuple[int, int]:
@@ -204,11 +242,23 @@ def parse_rate(text: str, code: str = "") -> tuple[int, int]:
     try:
         rate = Decimal(text)
     except InvalidOperation:
-        raise Unprocessable(f"rule {code!r}: points_per_yuan {text!r} is not a number") from None
+        raise Unprocessable(
+            f"rule {code!r}: points_per_yuan {text!r} is not a number",
+            code="rules.rate",
+            params={"code": code, "value": text, "max": MAX_RATE},
+        ) from None
     if not rate.is_finite() or rate < 0:
-        raise Unprocessable(f"rule {code!r}: points_per_yuan must be a non-negative number")
+        raise Unprocessable(
+            f"rule {code!r}: points_per_yuan must be a non-negative number",
+            code="rules.rate",
+            params={"code": code, "value": text, "max": MAX_RATE},
+        )
     if rate > MAX_RATE:
-        raise Unprocessable(f"rule {code!r}: points_per_yuan is at most {MAX_RATE}")
+        raise Unprocessable(
+            f"rule {code!r}: points_per_yuan is at most {MAX_RATE}",
+            code="rules.rate",
+            params={"code": code, "value": text, "max": MAX_RATE},
+        )
     num, den = rate.as_integer_ratio()
     return num, den
 

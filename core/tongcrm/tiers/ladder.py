@@ -207,13 +207,19 @@ class Ladder:
 def _int(raw: Mapping[str, Any], name: str, what: str, default: int | None = None) -> int:
     value = raw.get(name, default)
     if type(value) is not int:
-        raise Unprocessable(f"{what}: {name!r} must be an integer")
+        raise Unprocessable(
+            f"{what}: {name!r} must be an integer",
+            code="ladder.not_integer",
+            params={"what": what, "name": name},
+        )
     return value
 
 
 def _parse_rule(raw: Any, what: str, window: int, depth: int = 0) -> Rule:
     if depth > 4:
-        raise Unprocessable(f"{what}: rules nest at most 4 levels deep")
+        raise Unprocessable(
+            f"{what}: rules nest at most 4 levels deep", code="ladder.too_deep", params={"what": what}
+        )
     if not isinstance(raw, Mapping):
         raise Unprocessable(f"{what}: a rule must be an object")
     ops = [op for op in ("all", "any") if op in raw]
@@ -222,7 +228,11 @@ def _parse_rule(raw: Any, what: str, window: int, depth: int = 0) -> Rule:
             raise Unprocessable(f"{what}: a combination has exactly one key, 'all' or 'any'")
         parts = raw[ops[0]]
         if not isinstance(parts, list) or not parts:
-            raise Unprocessable(f"{what}: {ops[0]!r} needs a non-empty list of rules")
+            raise Unprocessable(
+                f"{what}: {ops[0]!r} needs a non-empty list of rules",
+                code="ladder.empty_rules",
+                params={"what": what},
+            )
         op: Literal["all", "any"] = "all" if ops[0] == "all" else "any"
         return Combination(op, tuple(_parse_rule(p, what, window, depth + 1) for p in parts))
     unknown = set(raw) - {"metric", "min", "months"}
@@ -230,13 +240,23 @@ def _parse_rule(raw: Any, what: str, window: int, depth: int = 0) -> Rule:
         raise Unprocessable(f"{what}: unknown rule field(s) {', '.join(sorted(unknown))}")
     metric = raw.get("metric")
     if metric not in METRICS:
-        raise Unprocessable(f"{what}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise Unprocessable(
+            f"{what}: metric must be one of {', '.join(METRICS)}, got {metric!r}",
+            code="ladder.metric",
+            params={"what": what, "metric": str(metric)},
+        )
     minimum = _int(raw, "min", what)
     if minimum < 1:
-        raise Unprocessable(f"{what}: threshold 'min' must be at least 1")
+        raise Unprocessable(
+            f"{what}: threshold 'min' must be at least 1", code="ladder.min_positive", params={"what": what}
+        )
     months = _int(raw, "months", what, window)
     if not 1 <= months <= MAX_MONTHS:
-        raise Unprocessable(f"{what}: 'months' must be between 1 and {MAX_MONTHS}")
+        raise Unprocessable(
+            f"{what}: 'months' must be between 1 and {MAX_MONTHS}",
+            code="ladder.months",
+            params={"what": what, "max": MAX_MONTHS},
+        )
     metric_name: Metric = metric
     return Condition(metric_name, minimum, months)
 
@@ -251,12 +271,24 @@ def _parse_entitlement(raw: Any, tier_code: str) -> Entitlement:
     what = f"tier {tier_code!r} entitlement {spec.code!r}"
     value = _int(raw, "value", what, 0 if spec.direction is Direction.PRESENCE else None)
     if spec.direction is not Direction.PRESENCE and value < spec.min_value:
-        raise Unprocessable(f"{what}: value must be at least {spec.min_value} ({spec.unit})")
+        raise Unprocessable(
+            f"{what}: value must be at least {spec.min_value} ({spec.unit})",
+            code="ladder.entitlement_min",
+            params={"tier": tier_code, "kind": spec.code, "min": spec.min_value, "unit": spec.unit},
+        )
     if spec.max_value is not None and value > spec.max_value:
-        raise Unprocessable(f"{what}: value must be at most {spec.max_value} ({spec.unit})")
+        raise Unprocessable(
+            f"{what}: value must be at most {spec.max_value} ({spec.unit})",
+            code="ladder.entitlement_max",
+            params={"tier": tier_code, "kind": spec.code, "max": spec.max_value, "unit": spec.unit},
+        )
     validity = raw.get("validity_days")
     if validity is not None and (type(validity) is not int or validity < 1):
-        raise Unprocessable(f"{what}: validity_days must be a positive integer")
+        raise Unprocessable(
+            f"{what}: validity_days must be a positive integer",
+            code="ladder.validity_days",
+            params={"tier": tier_code, "kind": spec.code},
+        )
     provider = raw.get("provider")
     if provider is not None and not isinstance(provider, str):
         raise Unprocessable(f"{what}: provider must be a string")
@@ -275,19 +307,29 @@ def parse_ladder(raw: Any, *, version: int = 0) -> Ladder:
         raise Unprocessable(f"unknown ladder field(s) {', '.join(sorted(unknown))}")
     window = _int(raw, "window_months", "ladder", 12)
     if not 1 <= window <= MAX_MONTHS:
-        raise Unprocessable(f"ladder: window_months must be between 1 and {MAX_MONTHS}")
+        raise Unprocessable(
+            f"ladder: window_months must be between 1 and {MAX_MONTHS}",
+            code="ladder.window_months",
+            params={"max": MAX_MONTHS},
+        )
     review_raw = raw.get("review") or {}
     if not isinstance(review_raw, Mapping):
         raise Unprocessable("ladder: review must be an object")
     mode = review_raw.get("mode", "anniversary")
     if mode not in ("annual", "anniversary"):
-        raise Unprocessable("ladder: review mode must be 'annual' or 'anniversary'")
+        raise Unprocessable(
+            "ladder: review mode must be 'annual' or 'anniversary'", code="ladder.review_mode"
+        )
     month = _int(review_raw, "month", "review", 1)
     day = _int(review_raw, "day", "review", 1)
     try:
         date(2000, month, day)  # a leap year, so 02-29 is allowed (it falls on 02-28 in other years)
     except ValueError:
-        raise Unprocessable(f"ladder: review date {month:02d}-{day:02d} is not a calendar day") from None
+        raise Unprocessable(
+            f"ladder: review date {month:02d}-{day:02d} is not a calendar day",
+            code="ladder.review_date",
+            params={"month": month, "day": day},
+        ) from None
     one_step = review_raw.get("one_step", False)
     if not isinstance(one_step, bool):
         raise Unprocessable("ladder: review one_step must be true or false")
@@ -295,7 +337,9 @@ def parse_ladder(raw: Any, *, version: int = 0) -> Ladder:
 
     tiers_raw = raw.get("tiers")
     if not isinstance(tiers_raw, list) or not tiers_raw:
-        raise Unprocessable("ladder: 'tiers' must be a non-empty list, lowest tier first")
+        raise Unprocessable(
+            "ladder: 'tiers' must be a non-empty list, lowest tier first", code="ladder.no_tiers"
+        )
     tiers: list[Tier] = []
     seen: set[str] = set()
     for rank, item in enumerate(tiers_raw):
@@ -304,22 +348,38 @@ def parse_ladder(raw: Any, *, version: int = 0) -> Ladder:
         code = item.get("code")
         if not isinstance(code, str) or not _CODE.match(code):
             raise Unprocessable(
-                f"ladder: tier #{rank + 1} code {code!r} must be lowercase letters, digits and '_' (max 32)"
+                f"ladder: tier #{rank + 1} code {code!r} must be lowercase letters, digits and '_' (max 32)",
+                code="ladder.tier_code",
+                params={"n": rank + 1, "code": "" if code is None else str(code)},
             )
         if code in seen:
-            raise Unprocessable(f"ladder: tier code {code!r} is used twice")
+            raise Unprocessable(
+                f"ladder: tier code {code!r} is used twice", code="ladder.tier_twice", params={"code": code}
+            )
         seen.add(code)
         unknown = set(item) - {"code", "name", "rule", "entitlements"}
         if unknown:
             raise Unprocessable(f"tier {code!r}: unknown field(s) {', '.join(sorted(unknown))}")
         name = item.get("name", code)
         if not isinstance(name, str) or not name.strip():
-            raise Unprocessable(f"tier {code!r}: name must be a non-empty string")
+            raise Unprocessable(
+                f"tier {code!r}: name must be a non-empty string",
+                code="ladder.tier_name",
+                params={"code": code},
+            )
         rule_raw = item.get("rule")
         if rank == 0 and rule_raw is not None:
-            raise Unprocessable(f"tier {code!r} is the base tier: every member holds it, so it has no rule")
+            raise Unprocessable(
+                f"tier {code!r} is the base tier: every member holds it, so it has no rule",
+                code="ladder.base_rule",
+                params={"code": code},
+            )
         if rank > 0 and rule_raw is None:
-            raise Unprocessable(f"tier {code!r} needs a rule (only the first, base tier has none)")
+            raise Unprocessable(
+                f"tier {code!r} needs a rule (only the first, base tier has none)",
+                code="ladder.needs_rule",
+                params={"code": code},
+            )
         rule = None if rule_raw is None else _parse_rule(rule_raw, f"tier {code!r}", window)
         ents_raw = item.get("entitlements") or []
         if not isinstance(ents_raw, list):
@@ -328,7 +388,12 @@ def parse_ladder(raw: Any, *, version: int = 0) -> Ladder:
         kinds = [e.kind for e in ents]
         for k in kinds:
             if kinds.count(k) > 1:
-                raise Unprocessable(f"tier {code!r} lists entitlement {k!r} twice", extra={"tier": code})
+                raise Unprocessable(
+                    f"tier {code!r} lists entitlement {k!r} twice",
+                    extra={"tier": code},
+                    code="ladder.entitlement_twice",
+                    params={"code": code, "kind": k},
+                )
         tiers.append(Tier(code, name.strip(), rank, rule, ents))
     ladder = Ladder(tuple(tiers), window, review, version)
     check_fairness(ladder)
@@ -348,6 +413,8 @@ def check_fairness(ladder: Ladder) -> None:
                     f"unfair ladder: tier {higher.code!r} lacks entitlement {ent.kind!r} that the lower tier "
                     f"{lower.code!r} grants; a higher tier must keep every entitlement of the tiers below it",
                     extra=extra,
+                    code="ladder.unfair_lacks",
+                    params=extra,
                 )
             if not spec.better_or_equal(mine.value, ent.value):
                 if spec.direction is Direction.LOWER:
@@ -361,7 +428,9 @@ def check_fairness(ladder: Ladder) -> None:
                         f"unfair ladder: tier {higher.code!r} gives a smaller {ent.kind!r} ({mine.value}) than "
                         f"the lower tier {lower.code!r} ({ent.value})"
                     )
-                raise Unprocessable(message, extra=extra)
+                code = "ladder.unfair_price" if spec.direction is Direction.LOWER else "ladder.unfair_smaller"
+                params = {**extra, "higher_value": mine.value, "lower_value": ent.value}
+                raise Unprocessable(message, extra=extra, code=code, params=params)
 
 
 # -------------------------------------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ async def apply_ladder(
     ``tiers.upgrade_all`` job; nobody drops today: a lower tier under the new ladder waits for the member's
     review, like any other downgrade."""
     if not reason.strip():
-        raise Unprocessable("say why the ladder changes (reason)")
+        raise Unprocessable("say why the ladder changes (reason)", code="ladder.reason_required")
     check_fits(reason, "reason", TierLadder.reason)
     draft = parse_ladder(raw)
     old = await active_ladder(session)
