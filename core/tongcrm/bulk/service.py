@@ -129,6 +129,10 @@ RESOLVED_TABLES = (Identity.__tablename__, Member.__tablename__)
 #: (0.34 s a run against 0.13 s for ``identities``; bulk12, #22). A page that went through identity resolution
 #: adds :data:`RESOLVED_TABLES`, as for orders.
 SCHEDULED_TABLES: dict[str, tuple[str, ...]] = {"members": (Identity.__tablename__,)}
+#: The columns of a table the schedule's analyses *during* an import cover (PostgreSQL; every column at its end):
+#: what the import's reads and resolution's filter and join on. ``ANALYZE identities`` computed statistics of
+#: the evidence, the encrypted value and the masked index as well, none of which an import's plan reads (#22).
+SCHEDULED_COLUMNS: dict[str, tuple[str, ...]] = {Identity.__tablename__: ("kind", "value", "member_id")}
 
 
 class ImportFailed(TongcrmError):
@@ -434,7 +438,7 @@ async def run_import(
                         on_progress(progress)
                     if analyse:
                         async with sessions() as session, session.begin():
-                            await stats.analyse(session, tables)
+                            await stats.analyse(session, tables, SCHEDULED_COLUMNS)
             async with sessions() as session, session.begin():
                 if progress.records_done:
                     await stats.analyse(session, tuple(dict.fromkeys((*GROWN_TABLES[kind], *tables))))
@@ -646,6 +650,16 @@ async def _claim(
     for r in rows:
         first.setdefault(r.key, r.record.line)
     if dialect_name(session) == "postgresql":
+        head = await direct.first(
+            session, _held_statement(), {"kind": kind, "keys": list(first), **lease.params()}
+        )
+        assert head is not None  # one row, whatever is held
+        lease.check(head.lease_holder)
+        held = set(head.keys or ())
+        free = sorted((kind, k, import_id, line) for k, line in first.items() if k not in held)
+        if not free or await _copy_keys(session, free):
+            return {k: line for k, line in first.items() if k not in held}
+        # another import claimed one of them since the read: claim the page's keys one by one after all
         params = {"kind": kind, "import_id": import_id, "keys": list(first), "lines": list(first.values())}
         head = await direct.first(session, _claim_statement(), {**params, **lease.params()})
         assert head is not None  # one row, whatever was claimed
@@ -666,6 +680,21 @@ async def _claim(
 _KEY_COLUMNS = ("kind", "key", "import_id", "line")
 
 
+async def _copy_keys(session: AsyncSession, rows: Sequence[tuple[str, str, int, int]]) -> bool:
+    """PostgreSQL: the page's free keys (none was held when the page read them) inserted by ``COPY``, in key
+    order, under a savepoint of their own (left to end with the page's transaction); False, and nothing
+    written, when another import stored one of them since (their primary key stops the ``COPY``)."""
+    driver = await staged.driver_of(session)
+    await driver.execute("SAVEPOINT bulk_import_keys")
+    try:
+        await staged.copy_rows(driver, _KEYS.name, rows, _KEY_COLUMNS)
+    except staged.StoredMeanwhile:
+        await driver.execute("ROLLBACK TO SAVEPOINT bulk_import_keys")
+        log.info("a key of the import page was claimed meanwhile; claiming the page's keys one by one")
+        return False
+    return True
+
+
 @functools.cache
 def _claim_statement_sqlite() -> Any:
     """SQLite: a page's keys as one JSON array (:func:`tongcrm.db.dialect.json_rows`), one fixed text; an
@@ -676,6 +705,25 @@ def _claim_statement_sqlite() -> Any:
         .on_conflict_do_nothing(index_elements=["kind", "key"])
         .returning(_KEYS.c.key)
     )
+
+
+@functools.cache
+def _held_statement() -> sa.Select[Any]:
+    """PostgreSQL: the import's lease renewed (:func:`tongcrm.jobs.leases.renewal_cte`) and which of a page's
+    keys are held already, in one statement (one fixed text, the keys an array parameter). One row: the lease's
+    holder (None when it was not renewed) and the array of the keys held. The free ones then go in by ``COPY``
+    (:func:`_copy_keys`), where the ``INSERT … ON CONFLICT DO NOTHING RETURNING`` of :func:`_claim_statement`
+    (now the fallback when another import claims one meanwhile) inserted each speculatively (#22)."""
+    renewed = leases.renewal_cte()
+    held = (
+        sa.select(sa.func.array_agg(_KEYS.c.key))
+        .where(
+            _KEYS.c.kind == sa.bindparam("kind", type_=_KEYS.c.kind.type),
+            _KEYS.c.key == sa.any_(sa.bindparam("keys", type_=postgresql.ARRAY(_KEYS.c.key.type))),
+        )
+        .scalar_subquery()
+    )
+    return sa.select(sa.select(renewed.c.holder).scalar_subquery().label("lease_holder"), held.label("keys"))
 
 
 @functools.cache
