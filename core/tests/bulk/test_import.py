@@ -640,9 +640,9 @@ async def test_an_identity_stored_meanwhile_sends_the_page_through_resolution(
 async def test_a_key_another_import_claims_meanwhile_is_skipped_and_the_rest_claimed(
     tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL reads which of a page's keys are held and copies the free ones in: another import that claims
-    one of them between the read and the ``COPY`` stops it on the keys' primary key, and the page claims its
-    keys one by one instead, skipping that row as imported by the other."""
+    """PostgreSQL copies a page's keys in: a key another import claimed before (here: just before the ``COPY``)
+    stops it on the keys' primary key, and the page claims its keys one by one instead, skipping that row as
+    imported by the other."""
     if tongcrm_db.backend != "postgresql":
         pytest.skip("the keys go in by COPY on PostgreSQL (SQLite's page holds the write lock throughout)")
     other, _ = await do_import(tongcrm_db, ctx, "members", write(tmp_path / "other.csv", "member_id\nX1\n"))
