@@ -2,8 +2,9 @@
 
 An import works in pages (1,000 records by default). Each page is one transaction that
 
-1. claims the natural key of every readable row in ``bulk_import_keys`` (``INSERT … ON CONFLICT DO NOTHING``):
-   a row whose key is already there was imported before — from this file or another — and is skipped;
+1. claims the natural key of every readable row in ``bulk_import_keys`` (``INSERT … ON CONFLICT DO NOTHING``;
+   on PostgreSQL a ``COPY`` first, which a key held already stops): a row whose key is already there was
+   imported before — from this file or another — and is skipped;
 2. applies the claimed rows through the same code as channel ingest: :func:`tongcrm.identity.service.resolve_many`
    for members (so a member who already exists through a channel identity or a mobile is merged, not
    duplicated), :func:`tongcrm.ingest.apply.apply_orders_page` for orders (under the source's ``import`` channel
