@@ -637,6 +637,35 @@ async def test_an_identity_stored_meanwhile_sends_the_page_through_resolution(
     assert await count(tongcrm_db, OutboxEvent, OutboxEvent.name == "member_created") == 3
 
 
+async def test_a_key_another_import_claims_meanwhile_is_skipped_and_the_rest_claimed(
+    tongcrm_db: TestDatabase, ctx: service.ImportContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL copies a page's keys in: a key another import claimed before (here: just before the ``COPY``)
+    stops it on the keys' primary key, and the page claims its keys one by one instead, skipping that row as
+    imported by the other."""
+    if tongcrm_db.backend != "postgresql":
+        pytest.skip("the keys go in by COPY on PostgreSQL (SQLite's page holds the write lock throughout)")
+    other, _ = await do_import(tongcrm_db, ctx, "members", write(tmp_path / "other.csv", "member_id\nX1\n"))
+    copied: list[bool] = []
+    real = service._copy_keys
+
+    async def raced(session: Any, rows: Any) -> bool:
+        async with tongcrm_db.sessions() as racer, racer.begin():
+            racer.add(BulkImportKey(kind="members", key="legacy/M3", import_id=other.id, line=9))
+        copied.append(await real(session, rows))
+        return copied[-1]
+
+    monkeypatch.setattr(service, "_copy_keys", raced)
+    path = write(tmp_path / "members.csv", "member_id,mobile\nM1,13800138001\nM2,\nM3,13800138003\n")
+    job, _ = await do_import(tongcrm_db, ctx, "members", path)
+    assert copied == [False]
+    assert (job.imported, job.skipped, job.failed) == (2, 1, 0)
+    async with tongcrm_db.sessions() as session:
+        keys = dict((await session.execute(sa.select(BulkImportKey.key, BulkImportKey.import_id))).all())
+    assert keys == {"legacy/X1": other.id, "legacy/M1": job.id, "legacy/M2": job.id, "legacy/M3": other.id}
+    assert await count(tongcrm_db, Member) == 3  # X1, M1, M2
+
+
 def _spy_orders(monkeypatch: pytest.MonkeyPatch) -> list[staged.OrdersWritten]:
     """What each page's set-based order writer stored."""
     written: list[staged.OrdersWritten] = []

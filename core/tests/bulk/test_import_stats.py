@@ -102,11 +102,13 @@ async def test_a_members_import_analyses_members_at_its_end_and_on_the_schedule_
     monkeypatch.setattr(stats, "_SCHEDULES", {})
     monkeypatch.setattr(stats, "FIRST_ANALYSE", 10)
     analysed: list[set[str]] = []
+    restricted: list[bool] = []
     analyse = stats.analyse
 
-    async def recording(session: Any, tables: Any) -> None:
+    async def recording(session: Any, tables: Any, columns: Any = None) -> None:
         analysed.append(set(tables))
-        await analyse(session, tables)
+        restricted.append(columns == service.SCHEDULED_COLUMNS)
+        await analyse(session, tables, columns)
 
     monkeypatch.setattr(stats, "analyse", recording)
     ctx = service.ImportContext(
@@ -123,5 +125,39 @@ async def test_a_members_import_analyses_members_at_its_end_and_on_the_schedule_
     # after page 1 (10 rows), after page 2 (20 rows), and at the end
     first = {"identities"} if tongcrm_db.backend == "postgresql" else both
     assert analysed == [first, both, both]
+    assert restricted == [
+        True,
+        True,
+        False,
+    ]  # the schedule's analyses name their columns, the end's every one
     assert await _planner_rows(tongcrm_db, "members") == 15  # ten, then five pairs merged
     assert await _planner_rows(tongcrm_db, "identities") == 35  # 15 mobiles, 20 member ids
+
+
+async def test_an_analyse_of_named_columns_counts_the_rows_and_leaves_the_other_columns_alone(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """The schedule's analyses during an import name the columns its reads filter and join on
+    (:data:`service.SCHEDULED_COLUMNS`): the planner's row count is refreshed all the same, and on PostgreSQL no
+    statistics are computed for the other columns (the full analyse at the import's end does)."""
+    async with tongcrm_db.sessions() as session, session.begin():
+        await session.execute(
+            sa.text("CREATE TABLE analysed_here (id INTEGER PRIMARY KEY, kind TEXT, note TEXT)")
+        )
+        await session.execute(sa.text("CREATE INDEX ix_analysed_here_kind ON analysed_here (kind)"))
+        await session.execute(
+            sa.text("INSERT INTO analysed_here (id, kind, note) VALUES (:id, :kind, :note)"),
+            [{"id": i, "kind": f"k{i % 3}", "note": f"n{i}"} for i in range(25)],
+        )
+        await stats.analyse(session, ["analysed_here"], {"analysed_here": ["kind"]})
+    try:
+        if tongcrm_db.backend == "postgresql":
+            async with tongcrm_db.sessions() as session:
+                columns = await session.execute(
+                    sa.text("SELECT attname FROM pg_stats WHERE tablename = 'analysed_here'")
+                )
+                assert set(columns.scalars()) == {"kind"}
+        assert await _planner_rows(tongcrm_db, "analysed_here") == 25
+    finally:
+        async with tongcrm_db.sessions() as session, session.begin():
+            await session.execute(sa.text("DROP TABLE analysed_here"))

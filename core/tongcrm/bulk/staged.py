@@ -78,7 +78,7 @@ _IDENTITY_COLUMNS = (
 _UNIQUE_VIOLATION = "23505"
 
 
-class _Conflict(Exception):
+class StoredMeanwhile(Exception):
     """Another transaction stored one of the page's new identities first."""
 
 
@@ -188,7 +188,7 @@ async def write_new_members(
     unique = [new for new in candidates if all(uses[key] == 1 for key in new.prepared.keys)]
     if not unique:
         return {}
-    driver = await _driver(session)
+    driver = await driver_of(session)
     kinds_arg, values_arg, rows_arg = [], [], []
     for n, new in enumerate(unique):
         for kind, value in new.prepared.keys:
@@ -204,7 +204,7 @@ async def write_new_members(
     await driver.execute("SAVEPOINT bulk_staged_members")
     try:
         ids = await _write(driver, ctx, fresh, now)
-    except _Conflict:
+    except StoredMeanwhile:
         await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_members")
         log.info("a new identity of the import page was stored meanwhile; resolving the page row by row")
         return {}
@@ -292,10 +292,10 @@ _META_AT = _MEMBER_COLUMNS.index("profile_meta")
 
 async def _copy_new_members(driver: Any, rows: _NewRows) -> None:
     """PostgreSQL: the new members, their identities and their events by ``COPY``; a unique violation of an
-    identity (another transaction stored it first) is a :class:`_Conflict`."""
+    identity (another transaction stored it first) is a :class:`StoredMeanwhile`."""
     members = [(*row[:_META_AT], json_text(row[_META_AT]), *row[_META_AT + 1 :]) for row in rows.members]
     await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
-    await _copy(driver, "identities", rows.sorted_identities(), _IDENTITY_COLUMNS)
+    await copy_rows(driver, "identities", rows.sorted_identities(), _IDENTITY_COLUMNS)
     await driver.copy_records_to_table(
         "outbox_events",
         records=[(name, json_text(payload), rows.now) for name, payload in rows.events],
@@ -539,7 +539,7 @@ async def _found_postgresql(
 ) -> dict[tuple[str, str], _Found]:
     """Each claim value of the page's orders that is stored, with its identity and live member: one fixed text,
     the claims as array parameters."""
-    driver = await _driver(session)
+    driver = await driver_of(session)
     kinds_arg, values_arg, rows_arg = [], [], []
     for n, (_, claims) in enumerate(prepared):
         for c in claims:
@@ -583,7 +583,7 @@ def _sqlite_lookup() -> sa.Select[Any]:
     )
 
 
-async def _driver(session: AsyncSession) -> Any:
+async def driver_of(session: AsyncSession) -> Any:
     """The asyncpg connection under the session's transaction."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
@@ -594,14 +594,14 @@ async def _write_orders_postgresql(session: AsyncSession, ctx: ResolutionContext
     """:func:`_write_orders` under a savepoint of its own, on the connection the writes use, after the page's new
     buyers (:func:`_copy_new_members`, under ids drawn from the members' sequence); False (and nothing written)
     when an order or a new identity was stored meanwhile."""
-    driver = await _driver(session)
+    driver = await driver_of(session)
     await driver.execute("SAVEPOINT bulk_staged_orders")
     try:
         if page.newcomers:
             ids = sorted(r[0] for r in await driver.fetch(_NEW_IDS, len(page.newcomers)))
             await _copy_new_members(driver, page.new_rows(ctx, ids))
         await _write_orders(driver, page)
-    except _Conflict:
+    except StoredMeanwhile:
         await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_orders")
         return False
     # not released: the savepoint ends with the page's transaction (a RELEASE was one round trip more a page)
@@ -683,9 +683,9 @@ async def _write_orders(driver: Any, page: _Chosen) -> None:
     the ``(account_id, external_id)`` unique constraint."""
     ids = sorted(r[0] for r in await driver.fetch(_NEW_ORDER_IDS, len(page.orders), page.touched, page.now))
     rows, lines = _order_rows(page, ids, "[]")
-    await _copy(driver, "orders", rows, _ORDER_COLUMNS)
+    await copy_rows(driver, "orders", rows, _ORDER_COLUMNS)
     if lines:
-        await _copy(driver, "order_lines", lines, _LINE_COLUMNS)
+        await copy_rows(driver, "order_lines", lines, _LINE_COLUMNS)
 
 
 #: SQLite: an imported order's ``shipments`` (none), converted by the column's bind processor like any value.
@@ -721,11 +721,13 @@ def _order_rows(
     return rows, lines
 
 
-async def _copy(driver: Any, table: str, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
-    """``COPY`` into ``table``; a unique violation (another transaction stored a row first) is a :class:`_Conflict`."""
+async def copy_rows(
+    driver: Any, table: str, records: Sequence[tuple[Any, ...]], columns: Sequence[str]
+) -> None:
+    """``COPY`` into ``table``; a unique violation (another transaction stored a row first) is a :class:`StoredMeanwhile`."""
     try:
         await driver.copy_records_to_table(table, records=records, columns=columns)
     except Exception as exc:
         if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
-            raise _Conflict() from None
+            raise StoredMeanwhile() from None
         raise

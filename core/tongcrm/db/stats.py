@@ -27,7 +27,7 @@ the early analyses cost little (the geometric schedule still bounds the total by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -86,10 +86,19 @@ def restart(url: sa.URL) -> None:
     _SCHEDULES.pop(_key(url), None)
 
 
-async def analyse(session: AsyncSession, tables: Sequence[str]) -> None:
-    """Refresh the planner statistics of ``tables`` (both databases)."""
+async def analyse(
+    session: AsyncSession, tables: Sequence[str], columns: Mapping[str, Sequence[str]] | None = None
+) -> None:
+    """Refresh the planner statistics of ``tables`` (both databases). ``columns`` may name, per table, the only
+    columns whose statistics to compute (PostgreSQL; the table's row and page counts are refreshed all the
+    same); SQLite analyses its indexes, whatever the columns."""
     if dialect_name(session) == "postgresql":
-        await session.execute(sa.text("ANALYZE " + ", ".join(f'"{t}"' for t in tables)))
+        named = columns or {}
+        targets = [
+            f'"{t}"' + (" (" + ", ".join(f'"{c}"' for c in named[t]) + ")" if t in named else "")
+            for t in tables
+        ]
+        await session.execute(sa.text("ANALYZE " + ", ".join(targets)))
         return
     await session.execute(sa.text(f"PRAGMA analysis_limit = {SQLITE_ANALYSIS_LIMIT}"))
     for table in tables:
