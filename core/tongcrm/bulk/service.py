@@ -100,8 +100,8 @@ SQLITE_PAGE_SIZE = 10_000
 #: Records per page of an orders import on PostgreSQL when the caller gives none. Most of a page's server work
 #: is per row (the ``COPY``s, the keys' claim, the identities' touch), but each statement also pays per page, and a
 #: buyer seen twice in a page is touched once: at 100,000 orders, pages of 5,000 took the server's CPU from 9.3 to
-#: 8.1 s and the process's from 9.1 to 8.0 s (importpg14, #22), for ~25 MB more held (two pages) and at most
-#: 5,000 orders redone after a crash.
+#: 8.1 s and the process's from 9.1 to 8.0 s in one profiled pair at load ~14 (importpg14, #22; docs/bulk.md has
+#: the benchmark pairs), for ~25 MB more held (two pages) and at most 5,000 orders redone after a crash.
 POSTGRESQL_ORDERS_PAGE_SIZE = 5_000
 
 
@@ -141,8 +141,8 @@ RESOLVED_TABLES = (Identity.__tablename__, Member.__tablename__)
 SCHEDULED_TABLES: dict[str, tuple[str, ...]] = {"members": (Identity.__tablename__,), "orders": ()}
 #: An orders import's pages written set-based (:func:`tongcrm.bulk.staged.write_orders`) read no ``orders`` or
 #: ``order_lines`` (they ``COPY`` into them; the foreign keys probe primary keys), so the schedule leaves those two
-#: wide tables to the import's end (their analyses were a tenth of the server's CPU of a 100,000-order import,
-#: importpg14, #22), and adds :data:`RESOLVED_TABLES` once the staged writer created buyers (its lookup reads
+#: wide tables to the import's end (their analyses were 0.5 of the server's 9.3 s of CPU for a 100,000-order
+#: import, importpg14, #22), and adds :data:`RESOLVED_TABLES` once the staged writer created buyers (its lookup reads
 #: them). A page of which some orders went through ingest adds these as well: ingest reads the stored orders.
 INGESTED_TABLES = (Order.__tablename__, OrderLineRow.__tablename__, *RESOLVED_TABLES)
 
