@@ -161,3 +161,47 @@ async def test_an_analyse_of_named_columns_counts_the_rows_and_leaves_the_other_
     finally:
         async with tongcrm_db.sessions() as session, session.begin():
             await session.execute(sa.text("DROP TABLE analysed_here"))
+
+
+async def test_an_orders_import_analyses_orders_at_its_end_and_what_its_pages_read_on_the_schedule(
+    tongcrm_db: TestDatabase, memory_host: PluginHost, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Orders of known buyers written set-based read neither ``orders`` nor ``order_lines`` (a ``COPY``; the
+    foreign keys probe primary keys): the schedule leaves both to the import's end (importpg14). Buyers the
+    staged writer creates add ``members`` and ``identities`` (its lookup reads them); orders that went through
+    ingest, which reads the stored orders, add ``orders`` and ``order_lines`` from then on."""
+    ctx = service.ImportContext(
+        host=memory_host, vault=VAULT, clock=lambda: NOW, tz=ZoneInfo("Asia/Shanghai")
+    )
+    members = "".join(f"M{i},1380013{i:04d},会员{i}\n" for i in range(10))
+    path = tmp_path / "members.csv"
+    path.write_text("member_id,mobile,name\n" + members, encoding="utf-8")
+    job = await service.open_import(tongcrm_db.sessions, ctx, "members", path, "csv", source="stats")
+    assert (await service.run_import(tongcrm_db.sessions, ctx, job.id, path)).imported == 10
+
+    monkeypatch.setattr(stats, "_SCHEDULES", {})
+    monkeypatch.setattr(stats, "FIRST_ANALYSE", 10)
+    analysed: list[set[str]] = []
+    analyse = stats.analyse
+
+    async def recording(session: Any, tables: Any, columns: Any = None) -> None:
+        analysed.append(set(tables))
+        await analyse(session, tables, columns)
+
+    monkeypatch.setattr(stats, "analyse", recording)
+    at = "2025-03-01T10:00:00+08:00"
+    known = "".join(f"K{i},M{i},,{at},{1000 + i}\n" for i in range(10))  # page 1: known buyers
+    new = "".join(f"N{i},B{i},,{at},{1000 + i}\n" for i in range(10))  # page 2: buyers nobody knew
+    # page 3: a known buyer's member id beside a mobile not stored: resolution weighs it, through ingest
+    mixed = "".join(f"X{i},M{i},1390013{i:04d},{at},{1000 + i}\n" for i in range(10))
+    later = "".join(f"L{i},M{i},,{at},{1000 + i}\n" for i in range(10))  # page 4: known buyers again
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,member_id,mobile,placed_at,total_fen\n" + known + new + mixed + later, "utf-8")
+    job = await service.open_import(tongcrm_db.sessions, ctx, "orders", path, "csv", source="stats")
+    progress = await service.run_import(tongcrm_db.sessions, ctx, job.id, path, page_size=10)
+    assert (progress.imported, progress.failed) == (40, 0)
+    resolved, everything = {"members", "identities"}, {"orders", "order_lines", "members", "identities"}
+    # page 1 (10 rows) was due but had nothing to analyse; page 2 (20 rows) created buyers; page 3 went through
+    # ingest, so page 4 (40 rows) and the end analyse the orders too
+    assert analysed == [resolved, everything, everything]
+    assert await _planner_rows(tongcrm_db, "orders") == 40

@@ -115,7 +115,10 @@ class _Reporter:
 @click.option(
     "--page-size",
     type=click.IntRange(1, 50_000),
-    help=f"Records per transaction (default {imports.PAGE_SIZE:,}; {imports.SQLITE_PAGE_SIZE:,} on SQLite).",
+    help=(
+        f"Records per transaction (default {imports.PAGE_SIZE:,}, orders {imports.POSTGRESQL_ORDERS_PAGE_SIZE:,}; "
+        f"{imports.SQLITE_PAGE_SIZE:,} on SQLite)."
+    ),
 )
 @click.pass_obj
 def import_command(

@@ -98,10 +98,20 @@ PAGE_SIZE = 1000
 SQLITE_PAGE_SIZE = 10_000
 
 
-def default_page_size(dialect: str) -> int:
+#: Records per page of an orders import on PostgreSQL when the caller gives none. Most of a page's server work
+#: is per row (the ``COPY``s, the keys' claim, the identities' touch), but each statement also pays per page, and a
+#: buyer seen twice in a page is touched once: at 100,000 orders, pages of 5,000 took the server's CPU from 9.3 to
+#: 8.1 s and the process's from 9.1 to 8.0 s in one profiled pair at load ~14 (importpg14, #22; docs/bulk.md has
+#: the benchmark pairs), for ~25 MB more held (two pages) and at most 5,000 orders redone after a crash.
+POSTGRESQL_ORDERS_PAGE_SIZE = 5_000
+
+
+def default_page_size(dialect: str, kind: str | None = None) -> int:
     """Records per page (one transaction each) when the caller gives none: :data:`SQLITE_PAGE_SIZE` on SQLite,
-    :data:`PAGE_SIZE` on PostgreSQL."""
-    return SQLITE_PAGE_SIZE if dialect == "sqlite" else PAGE_SIZE
+    :data:`POSTGRESQL_ORDERS_PAGE_SIZE` for orders and :data:`PAGE_SIZE` for other kinds on PostgreSQL."""
+    if dialect == "sqlite":
+        return SQLITE_PAGE_SIZE
+    return POSTGRESQL_ORDERS_PAGE_SIZE if kind == "orders" else PAGE_SIZE
 
 
 _KEYS = cast(sa.Table, BulkImportKey.__table__)
@@ -129,7 +139,13 @@ RESOLVED_TABLES = (Identity.__tablename__, Member.__tablename__)
 #: ``ANALYZE`` (a 30,000-row sample of a wide row) was a third of the server's CPU of a 30,000-member import
 #: (0.34 s a run against 0.13 s for ``identities``; bulk12, #22). A page that went through identity resolution
 #: adds :data:`RESOLVED_TABLES`, as for orders.
-SCHEDULED_TABLES: dict[str, tuple[str, ...]] = {"members": (Identity.__tablename__,)}
+SCHEDULED_TABLES: dict[str, tuple[str, ...]] = {"members": (Identity.__tablename__,), "orders": ()}
+#: An orders import's pages written set-based (:func:`tongcrm.bulk.staged.write_orders`) read no ``orders`` or
+#: ``order_lines`` (they ``COPY`` into them; the foreign keys probe primary keys), so the schedule leaves those two
+#: wide tables to the import's end (their analyses were 0.5 of the server's 9.3 s of CPU for a 100,000-order
+#: import, importpg14, #22), and adds :data:`RESOLVED_TABLES` once the staged writer created buyers (its lookup reads
+#: them). A page of which some orders went through ingest adds these as well: ingest reads the stored orders.
+INGESTED_TABLES = (Order.__tablename__, OrderLineRow.__tablename__, *RESOLVED_TABLES)
 #: The columns of a table the schedule's analyses *during* an import cover (PostgreSQL; every column at its end):
 #: what the import's reads and resolution's filter and join on. ``ANALYZE identities`` computed statistics of
 #: the evidence, the encrypted value and the masked index as well, none of which an import's plan reads (#22).
@@ -185,6 +201,9 @@ class _Outcome:
     members: set[int] = field(default_factory=set)
     #: Whether some rows went through identity resolution (which may create members and identities).
     resolved: bool = False
+    #: The tables this page grew that the next pages read, analysed on the schedule from now on (orders:
+    #: :data:`INGESTED_TABLES` once some went through ingest); :data:`RESOLVED_TABLES` when ``resolved``.
+    reads: tuple[str, ...] = ()
     #: Members whose tiers were re-evaluated already, after all of the page's rows were written (by
     #: ``apply_orders_page``, which does that for the orders it applies).
     tiers_done: set[int] = field(default_factory=set)
@@ -392,7 +411,7 @@ async def run_import(
         if not finished:
             dialect = await _dialect(sessions)
             if page_size is None:
-                page_size = default_page_size(dialect)
+                page_size = default_page_size(dialect, kind)
             tables = SCHEDULED_TABLES.get(kind, GROWN_TABLES[kind])
             prepare = functools.partial(_prepare_page, ctx, kind, source, dialect)
             overlap = _Overlap()
@@ -413,7 +432,7 @@ async def run_import(
                                 f"lost the lease of import {import_id}; another process took over"
                             ) from None
                         if counts[3]:
-                            tables = tuple(dict.fromkeys((*tables, *RESOLVED_TABLES)))
+                            tables = tuple(dict.fromkeys((*tables, *counts[3])))
                         await session.execute(
                             sa.update(BulkImport)
                             .where(BulkImport.id == import_id)
@@ -437,7 +456,7 @@ async def run_import(
                     )
                     if on_progress is not None:
                         on_progress(progress)
-                    if analyse:
+                    if analyse and tables:  # an empty list would be ANALYZE of the whole database
                         async with sessions() as session, session.begin():
                             await stats.analyse(session, tables, SCHEDULED_COLUMNS)
             async with sessions() as session, session.begin():
@@ -575,8 +594,8 @@ async def _import_page(
     account_id: int | None,
     page: _Page,
     lease: leases.Renewal,
-) -> tuple[int, int, int, bool]:
-    """(imported, skipped, failed, whether rows went through identity resolution) of one page, applied in the
+) -> tuple[int, int, int, tuple[str, ...]]:
+    """(imported, skipped, failed, the tables to analyse on the schedule from now on) of one page, applied in the
     caller's transaction after renewing the import's ``lease`` (:class:`tongcrm.jobs.leases.NotHeld` when another
     process holds it)."""
     errors = list(page.errors)
@@ -617,7 +636,8 @@ async def _import_page(
                 for record, key, reason in errors
             ],
         )
-    return len(fresh) - len(outcome.failures), skipped, len(errors), outcome.resolved
+    reads = (*RESOLVED_TABLES, *outcome.reads) if outcome.resolved else outcome.reads
+    return len(fresh) - len(outcome.failures), skipped, len(errors), reads
 
 
 def _natural_key(kind: str, record: Record) -> str:
@@ -1028,6 +1048,7 @@ async def _apply_orders(
         return outcome
     ingest = IngestContext(host=ctx.host, vault=ctx.vault, clock=ctx.clock, tz=ctx.tz, actor=ctx.actor)
     outcome.resolved = True
+    outcome.reads = INGESTED_TABLES  # ingest reads the stored orders: analysed on the schedule from now on
     result = await apply_orders_page(
         session,
         ingest,
