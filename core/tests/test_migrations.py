@@ -58,3 +58,21 @@ async def test_db_check_reports_a_statistics_target_without_migration(tongcrm_ba
         assert diffs == [("statistics_target", "members", "city", -1, 0)]
     else:
         assert diffs == []
+
+
+async def test_db_check_reports_a_fillfactor_without_migration(tongcrm_backend: str) -> None:
+    """A model that sets a table's storage parameters (``postgresql_with``) needs a revision that does it: on
+    PostgreSQL ``db check`` names the table, and it finds the fillfactors revision 0039 set as the models name
+    them; SQLite has no storage parameters."""
+    host = PluginHost(autoload=True, disabled=set())
+    options = metadata.tables["members"].dialect_options["postgresql"]
+    options["with"] = {"fillfactor": 70}
+    try:
+        async with scratch_url(tongcrm_backend) as url:
+            diffs = await migrate.check(host, url)
+    finally:
+        options["with"] = None
+    if tongcrm_backend == "postgresql":
+        assert diffs == [("storage_parameters", "members", {}, {"fillfactor": "70"})]
+    else:
+        assert diffs == []

@@ -126,6 +126,16 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 #: JSON on SQLite, JSONB on PostgreSQL.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
+
+def not_null_index(name: str, column: str) -> sa.Index:
+    """An index of ``column`` holding only the rows where it is set (partial: ``WHERE column IS NOT NULL``, on
+    both databases), for a column most rows leave NULL and that every read compares with given values
+    (``=``, ``IN``, ``= ANY``: a comparison a NULL never passes, so both planners prove the predicate and use it).
+    A row inserted with NULL there maintains no entry of it (issue #22, branch ingestpg14)."""
+    where = sa.text(f"{column} IS NOT NULL")
+    return sa.Index(name, column, sqlite_where=where, postgresql_where=where)
+
+
 #: The ``Column.info`` key of a column's PostgreSQL statistics target (``ALTER COLUMN … SET STATISTICS``).
 STATISTICS_TARGET = "statistics_target"
 

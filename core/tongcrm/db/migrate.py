@@ -137,7 +137,7 @@ async def is_new_database(engine: AsyncEngine) -> bool:
 
 def _compare(connection: sa.Connection) -> list[Any]:
     ctx = MigrationContext.configure(connection, opts={"compare_type": True, "render_as_batch": True})
-    return list(compare_metadata(ctx, metadata)) + _statistics_diffs(connection)
+    return list(compare_metadata(ctx, metadata)) + _statistics_diffs(connection) + _storage_diffs(connection)
 
 
 def _statistics_diffs(connection: sa.Connection) -> list[Any]:
@@ -162,6 +162,27 @@ def _statistics_diffs(connection: sa.Connection) -> list[Any]:
             expected = wanted.get(column.name, -1)
             if found is not None and found != expected:
                 diffs.append(("statistics_target", table.name, column.name, found, expected))
+    return diffs
+
+
+def _storage_diffs(connection: sa.Connection) -> list[Any]:
+    """PostgreSQL: tables whose storage parameters (``fillfactor``…) differ from the model's
+    ``postgresql_with`` (``Table.dialect_options``; none named: none set). Alembic does not compare them."""
+    if connection.dialect.name != "postgresql":
+        return []
+    rows = connection.execute(
+        sa.text(
+            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        )
+    )
+    stored = {table: dict(str(o).split("=", 1) for o in options or ()) for table, options in rows}
+    diffs: list[Any] = []
+    for table in metadata.sorted_tables:
+        found = stored.get(table.name)
+        expected = {k: str(v) for k, v in (table.dialect_options["postgresql"]["with"] or {}).items()}
+        if found is not None and found != expected:
+            diffs.append(("storage_parameters", table.name, found, expected))
     return diffs
 
 

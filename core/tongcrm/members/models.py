@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, unsampled, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, not_null_index, unsampled, utcnow
 
 #: ``members.status`` of a member whose personal data was erased (:mod:`tongcrm.privacy.service`): an anonymous
 #: record that keeps its orders and points, and that nothing finds by identity any more
@@ -25,7 +25,8 @@ class Member(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     #: active | merged | erased
     status: Mapped[str] = mapped_column(sa.String(16), default="active")
-    merged_into_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    #: Indexed only where set (``ix_members_merged_into_id``, partial): every read of it asks for given ids.
+    merged_into_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
     #: Optimistic concurrency: every update bumps it; a write based on an older version is refused.
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -43,7 +44,7 @@ class Member(Base):
     mobile_enc: Mapped[str | None] = mapped_column(sa.Text)
     #: Blind index of the mobile's masked form (``138****8000``), for searches by what platforms show
     #: (:mod:`tongcrm.members.masked`); written with ``mobile_enc``, None when it is None.
-    mobile_masked_index: Mapped[str | None] = mapped_column(sa.String(80), index=True)
+    mobile_masked_index: Mapped[str | None] = mapped_column(sa.String(80))
     #: Provenance per profile field, ``{field: {"at": iso time, "verified": bool}}``: merge survivorship
     #: keeps the most recent verified value of each field.
     profile_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, info=unsampled())
@@ -57,6 +58,13 @@ class Member(Base):
     lifecycle_stage: Mapped[str] = mapped_column(sa.String(16), default="prospect")
 
     __mapper_args__ = {"version_id_col": version}
+
+    #: Two columns most members leave NULL are indexed only where set: every read through them compares them
+    #: with given values, which a NULL never matches, so no plan needs their NULLs (issue #22, ingestpg14).
+    __table_args__ = (
+        not_null_index("ix_members_merged_into_id", "merged_into_id"),
+        not_null_index("ix_members_mobile_masked_index", "mobile_masked_index"),
+    )
 
 
 class MemberTag(Base):

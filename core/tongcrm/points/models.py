@@ -15,13 +15,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, unsampled, utcnow
+from tongcrm.db.base import Base, BigId, JSONType, UTCDateTime, not_null_index, unsampled, utcnow
 from tongcrm.members.references import (
     MemberReference,
     MergeContext,
     register_context_listener,
     register_reference,
 )
+
+#: ``points_balances``' PostgreSQL fillfactor (revision 0039): room on each page for HOT updates of its rows.
+FILLFACTOR_BALANCES = 50
 
 
 class EntryKind:
@@ -65,7 +68,7 @@ class PointsEntry(Base):
     reason: Mapped[str | None] = mapped_column(sa.String(500))
     actor: Mapped[str] = mapped_column(sa.String(100), default="system")
     #: The entry this one corrects, reverses or pairs with (a transfer's other half).
-    ref_entry_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    ref_entry_id: Mapped[int | None] = mapped_column(BigId)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     #: When the points became spendable; NULL while that waits for a business event (see the lot).
     available_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -74,7 +77,11 @@ class PointsEntry(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, info=unsampled())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    __table_args__ = (sa.Index("ix_points_entries_member_id_id", "member_id", "id"),)
+    __table_args__ = (
+        sa.Index("ix_points_entries_member_id_id", "member_id", "id"),
+        # an earn names no entry: only the entries that do are indexed (issue #22, ingestpg14)
+        not_null_index("ix_points_entries_ref_entry_id", "ref_entry_id"),
+    )
 
 
 class PointsLot(Base):
@@ -136,6 +143,11 @@ class PointsBalance(Base):
     #: Clawback policy: points still to be taken back from future earnings.
     owed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    #: Every posting and flush rewrites a member's row and no index holds a column they change, so on
+    #: PostgreSQL each update can be HOT (no new index entry) when the row's page has room for the new version:
+    #: half of each page is left for them (issue #22, branch ingestpg14).
+    __table_args__ = {"postgresql_with": {"fillfactor": FILLFACTOR_BALANCES}}
 
 
 class PointsLineAward(Base):
