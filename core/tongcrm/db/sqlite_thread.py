@@ -33,6 +33,8 @@ PREFETCH = 2048
 #: slowest tenth 25-390 ms each); at 10,000 a page rewritten again and again is copied once per checkpoint, and
 #: run alternately at load ~3.5 on 2 cores the sync took 12.7 and 13.2 s against 15.3 and 17.0 s (issue #22).
 #: Durability is unchanged (a commit is in the log either way); the log reaches ~40 MiB before it is reused.
+#: 40,000 pages was paired against this at 100,000 JD orders side by side and did not pay (the sync's CPU an order
+#: equal or higher in every stretch; docs/architecture.md, *A longer log, paired at 100,000 orders*, ingestsq14).
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 #: Each connection's page cache, KiB (SQLite's default is 2,000). An ingest page's transaction dirties a leaf of
 #: every index it inserts into at random places (orders, ledger, lots, balances, members, identities): as the
