@@ -25,7 +25,7 @@ class Member(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     #: active | merged | erased
     status: Mapped[str] = mapped_column(sa.String(16), default="active")
-    merged_into_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    merged_into_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
     #: Optimistic concurrency: every update bumps it; a write based on an older version is refused.
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -57,6 +57,15 @@ class Member(Base):
     lifecycle_stage: Mapped[str] = mapped_column(sa.String(16), default="prospect")
 
     __mapper_args__ = {"version_id_col": version}
+    __table_args__ = (
+        # Partial: only merged members have one, and every new member (a till's new buyer) added a NULL entry.
+        sa.Index(
+            "ix_members_merged_into_id",
+            "merged_into_id",
+            sqlite_where=sa.text("merged_into_id IS NOT NULL"),
+            postgresql_where=sa.text("merged_into_id IS NOT NULL"),
+        ),
+    )
 
 
 class MemberTag(Base):
