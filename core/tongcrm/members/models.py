@@ -58,7 +58,6 @@ class Member(Base):
     lifecycle_stage: Mapped[str] = mapped_column(sa.String(16), default="prospect")
 
     __mapper_args__ = {"version_id_col": version}
-
     #: Two columns most members leave NULL are indexed only where set: every read through them compares them
     #: with given values, which a NULL never matches, so no plan needs their NULLs (issue #22, ingestpg14).
     __table_args__ = (

@@ -83,7 +83,14 @@ class PosReceipt(Base):
     __table_args__ = (
         sa.UniqueConstraint("account_id", "till_code", "business_day", "sequence"),
         sa.Index("ix_pos_receipts_account_key", "account_id", "receipt_key"),
-        sa.Index("ix_pos_receipts_account_original", "account_id", "original_key"),
+        # Partial: only a return names its sale; every sale's NULL was an index entry for nothing.
+        sa.Index(
+            "ix_pos_receipts_account_original",
+            "account_id",
+            "original_key",
+            sqlite_where=sa.text("original_key IS NOT NULL"),
+            postgresql_where=sa.text("original_key IS NOT NULL"),
+        ),
     )
 
 
