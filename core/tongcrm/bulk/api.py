@@ -38,6 +38,7 @@ from tongcrm.bulk.mapping import check_kind, file_format, parse_mapping
 from tongcrm.bulk.models import BulkImport, BulkImportError
 from tongcrm.bulk.refusals import refusing_unreadable
 from tongcrm.crypto import Vault
+from tongcrm.db.base import utcnow
 from tongcrm.db.lengths import check_fits, column_length
 from tongcrm.errors import BadRequest, UnsupportedMediaType
 from tongcrm.logging import get_logger
@@ -282,7 +283,7 @@ def _context(state: State, actor: Actor) -> imports.ImportContext:
     return imports.ImportContext(
         host=state.host,
         vault=state.vault,
-        clock=lambda: datetime.now(UTC),
+        clock=utcnow,
         tz=state.settings.tz,
         actor=actor.name,
     )
