@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import click
 from tongcrm import heap
 from tongcrm.audit import service as audit
-from tongcrm.bulk import export
+from tongcrm.bulk import export, kept
 from tongcrm.bulk import service as imports
 from tongcrm.bulk.mapping import KINDS, file_format, load_mapping
 from tongcrm.bulk.refusals import refusing_unreadable
@@ -157,6 +157,9 @@ def import_command(
                     page_size=page_size,
                     on_progress=_Reporter(),
                 )
+            # a file an API upload kept for this import is not needed any more (docs/architecture.md, "The data
+            # folder")
+            await kept.drop_finished_file(sessions, settings.data_folder, job.id)
             async with sessions() as session:
                 return progress, await imports.import_errors(session, job.id, limit=20)
         finally:
