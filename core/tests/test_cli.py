@@ -490,3 +490,35 @@ def test_sync_window_hours_backfills_in_windows_and_backfills_shows_progress(inv
     resumed = invoke("backfills", "--resume", "1")  # nothing left: it says so and fetches nothing
     assert resumed.exit_code == 0 and "6/6 windows done" in resumed.output
     assert invoke("sync", "--since", since, "--window-hours", "12").exit_code == 2  # which account?
+
+
+async def test_a_line_logged_while_a_command_runs_stays_out_of_its_stdout() -> None:
+    """Before an entry point configures logging, tongcrm's lines go to stderr (scrubbed), never to stdout, where
+    a command's data goes: a test's CLI runner, capturing a command in another thread, had caught a request's log
+    line in ``tongcrm messages in-doubt``'s listing (issue #22, leftovers14)."""
+    import asyncio
+    import time
+
+    import click
+    import structlog
+    from click.testing import CliRunner
+    from tongcrm.logging import configure_default, get_logger
+
+    @click.command()
+    def listing() -> None:
+        time.sleep(0.5)
+        click.echo("1\tflow.shipping_notice")
+
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    configure_default()
+    try:
+        invoked = asyncio.create_task(asyncio.to_thread(CliRunner().invoke, listing, []))
+        await asyncio.sleep(0.1)
+        get_logger("elsewhere").info("request", path="/api/messages", mobile="13800138000")
+        result = await invoked
+    finally:
+        structlog.configure(**saved)
+    assert result.exit_code == 0 and result.stdout == "1\tflow.shipping_notice\n"
+    if "request" in result.stderr:  # caught on the swapped stderr (the runner's threads share it): scrubbed
+        assert "13800138000" not in result.stderr

@@ -12,7 +12,14 @@ import pytest
 import sqlalchemy as sa
 from litestar import post
 from litestar.params import JSONBody
-from tongcrm.api.inputs import MAX_ID, MAX_JSON_DEPTH, nul_checked_per_item
+from tongcrm.api.inputs import (
+    MAX_ID,
+    MAX_JSON_DEPTH,
+    SETTING_NAME_MAX,
+    SETTING_VALUE_MAX,
+    SETTINGS_MAX,
+    nul_checked_per_item,
+)
 from tongcrm.api.security import ROLES_OPT, requires
 from tongcrm.auth.service import Role
 from tongcrm.errors import Conflict
@@ -291,6 +298,45 @@ async def test_settings_that_is_not_an_object_is_a_400(
     async with make_client() as api:
         body = _problem(await api.request(method, url, json=json), 400, "settings")
         assert body["errors"][0]["key"] == "settings"
+
+
+_LONG_VALUE = {"token": "x" * (SETTING_VALUE_MAX + 1)}
+_LONG_NAME = {"n" * (SETTING_NAME_MAX + 1): "x"}
+_MANY = {f"k{i}": "x" for i in range(SETTINGS_MAX + 1)}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "fields", "settings", "says"),
+    [
+        (
+            "POST",
+            "/api/channel-accounts",
+            {"channel": "memory", "name": "shop"},
+            _LONG_VALUE,
+            "length <= 4096",
+        ),
+        ("POST", "/api/channel-accounts", {"channel": "memory", "name": "shop"}, _LONG_NAME, "length <= 64"),
+        ("POST", "/api/channel-accounts", {"channel": "memory", "name": "shop"}, _MANY, "length <= 64"),
+        (
+            "POST",
+            "/api/messenger-accounts",
+            {"messenger": "sms", "name": "sms"},
+            _LONG_VALUE,
+            "length <= 4096",
+        ),
+        ("POST", "/api/messenger-accounts", {"messenger": "sms", "name": "sms"}, _MANY, "length <= 64"),
+        ("PUT", "/api/channel-accounts/shop/credentials", {}, _LONG_VALUE, "length <= 4096"),
+    ],
+)
+async def test_settings_past_their_bounds_are_a_400_before_a_plugin_reads_them(
+    make_client: Any, method: str, url: str, fields: dict[str, Any], settings: dict[str, str], says: str
+) -> None:
+    """A setting's value, its name and the count of names are bounded (stated in the OpenAPI document): a
+    request past one is a 400 naming ``settings``, not a megabyte kept in JSON or sealed as a secret."""
+    async with make_client() as api:
+        body = _problem(await api.request(method, url, json={**fields, "settings": settings}), 400, says)
+        assert body["errors"][0]["key"].startswith("settings"), body
+        assert (await api.get("/api/channel-accounts")).json() == []
 
 
 async def test_deep_json_is_a_400(make_client: Any) -> None:

@@ -33,7 +33,7 @@ from tongcrm.api.system import PluginController, WriteCheck, health, metrics
 from tongcrm.audit.api import AuditController
 from tongcrm.auth.api import ApiKeyController
 from tongcrm.auth.service import KeyVerifier
-from tongcrm.bulk.api import ExportController, ImportController
+from tongcrm.bulk.api import ExportController, ImportController, ImportRuns
 from tongcrm.bulk.kept import mark_interrupted
 from tongcrm.campaigns.api import CalendarController, CampaignController, JourneyController
 from tongcrm.channels.api import ChannelAccountController
@@ -66,6 +66,7 @@ from tongcrm.referrals.api import ReferralController
 from tongcrm.replay.service import ReplayGuard
 from tongcrm.rfm.api import RfmController
 from tongcrm.segments.api import SegmentController
+from tongcrm.serving import STOPPING_HOOKS
 from tongcrm.tagrules.api import TagHistoryController, TagRuleController
 from tongcrm.tiers.api import MemberTierController, TierController
 from tongcrm.warmup import warm_up
@@ -159,6 +160,8 @@ def create_app(
         reader=point_reader,
     )
 
+    import_runs = ImportRuns()
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -175,6 +178,7 @@ def create_app(
             yield
         finally:
             stop.set()
+            await import_runs.interrupt()  # a server that did not stop them first (tongcrm.serving does)
             if task is not None:
                 await task
             await point_reader.close()
@@ -198,6 +202,9 @@ def create_app(
         "vault": vault,
         "store": PluginStore(sessions, vault, read_sessions=read_sessions),
         "counter": counter,
+        "import_runs": import_runs,
+        #: awaited by a serving process when it begins to stop, before it waits for the requests in flight
+        STOPPING_HOOKS: [import_runs.interrupt],
         #: set by settle_heap in a serving process: the lifespan rehearses the hot reads (tongcrm.warmup)
         "warm_up": False,
     }

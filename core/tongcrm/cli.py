@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from tongcrm.config import Settings
+from tongcrm.db.base import utcnow
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import ConfigError, TongcrmError
 from tongcrm.logging import configure_logging, get_logger
@@ -741,7 +742,7 @@ def points() -> None:
 def points_backtest(ctx: Context, rules_file: str, since: str, as_json: bool) -> None:
     """Replay stored orders under a draft rule set and compare with what was actually awarded."""
     import json
-    from datetime import UTC, datetime
+    from datetime import datetime
     from pathlib import Path
 
     import msgspec
@@ -758,7 +759,7 @@ def points_backtest(ctx: Context, rules_file: str, since: str, as_json: bool) ->
     except json.JSONDecodeError as exc:
         fail(f"{rules_file} is not JSON: {exc}")
     rules = service.draft_rules(document)
-    points_ctx = service.PointsContext(clock=lambda: datetime.now(UTC), tz=settings.tz)
+    points_ctx = service.PointsContext(clock=utcnow, tz=settings.tz)
 
     async def body(engine: Any) -> Any:
         async with session_factory(engine, readonly=True)() as session:

@@ -57,7 +57,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -93,6 +93,7 @@ from tongcrm.counter_sale import (
 )
 from tongcrm.crypto import Vault
 from tongcrm.db import direct
+from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import dialect_name, json_records_text
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.db.held import GroupCommit, held_unit, holds
@@ -1644,7 +1645,7 @@ class CounterService:
         self.settings = settings
         self.vault = vault or settings.vault()
         self.tz = settings.tz
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or utcnow
         self._account_ttl = account_ttl
         self._accounts: dict[tuple[str, str], tuple[float, CounterAccount]] = {}
         self._sqlite: bool | None = None

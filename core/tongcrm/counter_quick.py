@@ -223,8 +223,14 @@ events AS (
 @functools.cache
 def _sequence_ids() -> Any:
     """The ids a quick sale's order and ``line_count`` lines take, drawn once (a CTE: evaluated once), and a new
-    buyer's member id when ``new_buyer`` (NULL otherwise: a ``CASE`` does not evaluate the ``nextval`` it does
-    not take, so a known member's sale draws no member id)."""
+    buyer's member id when ``new_buyer`` and no identity holds its claim (``claim_kind``, ``claim_value``) yet
+    (NULL otherwise: a ``CASE`` does not evaluate the ``nextval`` it does not take, so a known member's sale
+    draws no member id, nor a sale by the mobile of a member the till had not resolved, which the transactional
+    path then gives to that member: such a receipt burnt a member id each before, leftovers14)."""
+    held = sa.exists().where(
+        _IDENTITIES.c.kind == sa.bindparam("claim_kind", type_=_IDENTITIES.c.kind.type),
+        _IDENTITIES.c.value == sa.bindparam("claim_value", type_=_IDENTITIES.c.value.type),
+    )
     lines = (
         sa.select(sa.func.array_agg(sa.func.nextval(sa.literal_column(f"'{LINE_IDS}'"))))
         .select_from(sa.func.generate_series(1, sa.bindparam("line_count", type_=sa.Integer())))
@@ -235,7 +241,7 @@ def _sequence_ids() -> Any:
         lines.label("quick_line_ids"),
         sa.case(
             (
-                sa.bindparam("new_buyer", type_=sa.Boolean()),
+                sa.and_(sa.bindparam("new_buyer", type_=sa.Boolean()), ~held),
                 sa.func.nextval(sa.literal_column(f"'{MEMBER_IDS}'")),
             )
         ).label("quick_member_id"),

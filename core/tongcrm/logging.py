@@ -10,7 +10,7 @@ import logging
 import sys
 import traceback
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -49,6 +49,43 @@ _configured: tuple[bool, str] | None = None
 
 def configured() -> tuple[bool, str] | None:
     return _configured
+
+
+class _CurrentStderr:
+    """The process's stderr at each write (a test's capture or a CLI runner may have swapped ``sys.stderr``
+    since): where tongcrm's lines go before :func:`configure_logging` names a stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _renderer(json: bool) -> structlog.types.Processor:
+    return structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+
+
+def configure_default() -> None:
+    """tongcrm's lines before an entry point configured logging (a CLI command that does not, a test, a program
+    importing tongcrm): scrubbed as configured ones are, on stderr — structlog's own default prints to stdout,
+    where a command's data goes (``tongcrm messages in-doubt`` prints one line a message for scripts) and where a
+    test's CLI runner, capturing a command in another thread, caught a line the test's own requests logged.
+    Leaves alone a structlog another program configured before importing tongcrm."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            scrub,
+            _renderer(json=False),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
+        cache_logger_on_first_use=False,
+    )
 
 
 def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
@@ -100,3 +137,6 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
+
+
+configure_default()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tongcrm.audit.service import Actor
 from tongcrm.channels import service as accounts
 from tongcrm.config import Settings
+from tongcrm.db.base import utcnow
 from tongcrm.errors import NotFound
 from tongcrm.identity.models import Identity
 from tongcrm.identity.service import ClaimSet, ResolutionContext, prepare_claim, resolve_many
@@ -63,7 +64,7 @@ class MembershipService:
         self._host = host
         self._settings = settings
         self._vault = settings.vault()
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or utcnow
 
     def _ctx(self, actor: str) -> ResolutionContext:
         return ResolutionContext(self._host, self._vault, self._clock, actor=actor, tz=self._settings.tz)

@@ -176,6 +176,26 @@ def problem_protocol(http: str) -> type[asyncio.Protocol]:
     return ProblemH11
 
 
+#: The key of the app's state (a list of coroutine functions) a serving process awaits when it begins to stop,
+#: before uvicorn waits for the requests in flight and their background work: an import run after its answer is
+#: cancelled there and marked ``interrupted`` (:class:`tongcrm.bulk.api.ImportRuns`) rather than holding the stop
+#: until the supervisor kills the worker, which left it ``running`` until the next start.
+STOPPING_HOOKS = "on_stopping"
+
+
+async def run_stopping_hooks(app: Any) -> None:
+    """Await ``app``'s :data:`STOPPING_HOOKS` (a failing one is logged and the others still run)."""
+    state = getattr(app, "state", None)
+    hooks = state.get(STOPPING_HOOKS, ()) if state is not None else ()
+    for hook in hooks:
+        try:
+            await hook()
+        except Exception as exc:
+            log.warning(
+                "a stopping hook failed", hook=getattr(hook, "__qualname__", repr(hook)), error=str(exc)
+            )
+
+
 def run_app(app: Any, sock: socket.socket, *, on_started: Callable[[], None] | None = None) -> bool:
     """Serve ``app`` on ``sock`` in this process until SIGINT/SIGTERM; False when it failed to start.
 
@@ -188,6 +208,12 @@ def run_app(app: Any, sock: socket.socket, *, on_started: Callable[[], None] | N
             await super().startup(sockets=sockets)
             if self.started and on_started is not None:
                 on_started()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for server in self.servers:  # no new request starts work the hooks would miss
+                server.close()
+            await run_stopping_hooks(app)
+            await super().shutdown(sockets=sockets)
 
     stack = server_stack()
     config = uvicorn.Config(

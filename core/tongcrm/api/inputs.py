@@ -34,7 +34,7 @@ from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPI, Schema
+from litestar.openapi.spec import OpenAPI, OpenAPIType, Schema
 from litestar.params import KwargDefinition, PathParameter, QueryParameter
 from litestar.plugins import OpenAPISchemaPlugin
 from litestar.routes import BaseRoute, HTTPRoute
@@ -289,14 +289,21 @@ def _invalid(message: str, *, key: str | None = None, source: str = "body") -> V
     return ValidationException(detail=f"{key}: {message}" if key else message, extra=[error])
 
 
+#: How msgspec places an error in a mapping's key: "... - at `key` in `$.settings`".
+_IN_A_KEY = "key` in `"
+
+
 def _body_message(msgspec_message: str) -> str:
     # msgspec says "Expected `int`, got `str` - at `$.points`"; the key names the field
-    return msgspec_message.rpartition(" - at `")[0] or msgspec_message
+    message, _, where = msgspec_message.rpartition(" - at `")
+    if message and where.startswith(_IN_A_KEY):  # the field is a mapping: one of its names is wrong
+        return f"{message} (a name in it)"
+    return message or msgspec_message
 
 
 def _error_key(msgspec_message: str) -> str | None:
     _, sep, where = msgspec_message.rpartition(" - at `")
-    return _key(where.rstrip("`")) if sep else None
+    return _key(where.removeprefix(_IN_A_KEY).rstrip("`")) if sep else None
 
 
 def _fields_at(target: Any, where: str) -> list[str]:
@@ -558,6 +565,27 @@ class BoundedOpenAPIConfig(OpenAPIConfig):
 
 # --- OpenAPI: the bounds of a list's items ------------------------------------------------------------------------
 
+#: A channel's or messenger's ``settings`` in a request: at most :data:`SETTINGS_MAX` names of 1 to
+#: :data:`SETTING_NAME_MAX` characters, each value a string (no nesting) of at most :data:`SETTING_VALUE_MAX`
+#: characters. The plugin's ``SettingField``s then check which names it takes and their values; these bounds
+#: only keep a request from carrying a megabyte of text into JSON or a sealed secret (a 4096-bit RSA key in PEM
+#: is ~3,300 characters; no plugin's field name is longer than 40).
+SETTINGS_MAX = 64
+SETTING_NAME_MAX = 64
+SETTING_VALUE_MAX = 4096
+SettingsIn = Annotated[
+    dict[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=SETTING_NAME_MAX)],
+        Annotated[str, msgspec.Meta(max_length=SETTING_VALUE_MAX)],
+    ],
+    msgspec.Meta(
+        max_length=SETTINGS_MAX,
+        description=f"the plugin's settings by name (its SettingFields): at most {SETTINGS_MAX} names of at most"
+        f" {SETTING_NAME_MAX} characters, each value a string of at most {SETTING_VALUE_MAX}",
+    ),
+]
+
+
 #: The :class:`msgspec.Meta` bounds litestar's OpenAPI writer reads from a :class:`KwargDefinition`.
 _META_BOUNDS = ("min_length", "max_length", "pattern", "ge", "gt", "le", "lt", "multiple_of")
 
@@ -621,6 +649,35 @@ class ItemBoundsStructSchemaPlugin(OpenAPISchemaPlugin):
         if info.tag_field:  # a tagged union's member: its tag is a constant
             properties[info.tag_field] = FieldDefinition.from_annotation(Literal[info.tag])
             required = sorted([*required, info.tag_field])
-        return schema_creator.create_component_schema(
+        component = schema_creator.create_component_schema(
             field_definition, required=required, property_fields=properties
         )
+        for field in info.fields:
+            _state_mapping_bounds(component.properties, field.encode_name, hints[field.name])
+        return component
+
+
+def _state_mapping_bounds(properties: Any, name: str, annotation: Any) -> None:
+    """A mapping field's own bounds in its schema: litestar drops ``msgspec.Meta(max_length=...)`` on a ``dict``
+    (its count of keys, ``maxProperties``) and a bound on its keys' type (``propertyNames``)."""
+    schema = properties.get(name) if properties else None
+    if not isinstance(schema, Schema):
+        return
+    metas: tuple[Any, ...] = ()
+    if get_origin(annotation) is Annotated:
+        annotation, metas = annotation.__origin__, annotation.__metadata__
+    if get_origin(annotation) is not dict:
+        return
+    for meta in metas:
+        if isinstance(meta, msgspec.Meta) and meta.max_length is not None:
+            schema.max_properties = meta.max_length
+    key = get_args(annotation)[0]
+    if get_origin(key) is Annotated:
+        bounds = [m for m in key.__metadata__ if isinstance(m, msgspec.Meta)]
+        longest = next((m.max_length for m in bounds if m.max_length is not None), None)
+        shortest = next((m.min_length for m in bounds if m.min_length is not None), None)
+        pattern = next((m.pattern for m in bounds if m.pattern is not None), None)
+        if longest is not None or shortest is not None or pattern is not None:
+            schema.property_names = Schema(
+                type=OpenAPIType.STRING, max_length=longest, min_length=shortest, pattern=pattern
+            )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from tongcrm.bulk.mapping import check_kind, file_format, parse_mapping
 from tongcrm.bulk.models import BulkImport, BulkImportError
 from tongcrm.bulk.refusals import refusing_unreadable
 from tongcrm.crypto import Vault
+from tongcrm.db.base import utcnow
 from tongcrm.db.lengths import check_fits, column_length
 from tongcrm.errors import BadRequest, UnsupportedMediaType
 from tongcrm.logging import get_logger
@@ -151,6 +153,49 @@ def _out(job: BulkImport, errors: list[BulkImportError]) -> ImportOut:
     return ImportOut(**_fields(job), errors=[ImportErrorOut(e.line, e.key, e.reason) for e in errors])
 
 
+class ImportRuns:
+    """The imports this process runs after their answers (``app.state.import_runs``).
+
+    A server that begins to stop cancels them (:meth:`interrupt`, a ``tongcrm.serving`` stopping hook) rather
+    than waiting for a long import to end: uvicorn would wait for it as for any request in flight, and the
+    supervisor kills a worker still busy after its grace, which left the row ``running`` until the next start.
+    Cancelled, a run marks its import ``interrupted`` (:func:`tongcrm.bulk.service.run_import`) and keeps its
+    upload, so ``POST /api/imports/{id}/resume`` goes on from its checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``start()`` as a task this registry can cancel; a cancellation from :meth:`interrupt` ends here
+        (the answer was sent long ago: nothing is left to tell the client), one of the caller propagates."""
+        task = asyncio.ensure_future(start())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if task.cancelled() and not _cancelling():
+                return
+            raise
+
+    async def interrupt(self) -> None:
+        """Cancel every run under way and wait until each has recorded that it stopped."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _run_in_background(
     sessions: Sessions,
     ctx: imports.ImportContext,
@@ -171,9 +216,7 @@ async def _run_in_background(
     except Exception:
         log.warning("background import stopped; its upload is kept to resume it", import_id=import_id)
         return
-    async with sessions() as session, session.begin():
-        await kept.forget_file(session, import_id)
-    await asyncio.to_thread(kept.delete_file, folder, relative)
+    await kept.drop_finished_file(sessions, folder, import_id)
 
 
 #: Content types of an HTML form: their body wraps the file (boundaries, part headers), so it is not the file.
@@ -275,14 +318,20 @@ async def receive_upload(
                 "digest": job.digest,
             },
         )
-    return job, BackgroundTask(_run_in_background, sessions, ctx, folder, job.id, relative, asked.columns)
+    work = functools.partial(_run_in_background, sessions, ctx, folder, job.id, relative, asked.columns)
+    return job, BackgroundTask(_runs(state).run, work)
+
+
+def _runs(state: State) -> ImportRuns:
+    runs: ImportRuns = state.import_runs
+    return runs
 
 
 def _context(state: State, actor: Actor) -> imports.ImportContext:
     return imports.ImportContext(
         host=state.host,
         vault=state.vault,
-        clock=lambda: datetime.now(UTC),
+        clock=utcnow,
         tz=state.settings.tz,
         actor=actor.name,
     )
@@ -316,10 +365,10 @@ async def resume_upload(state: State, actor: Actor, import_id: int) -> tuple[Bul
         await session.flush()
         session.expunge(job)
     mapping = dict(job.mapping or {})
-    run = BackgroundTask(
+    work = functools.partial(
         _run_in_background, sessions, _context(state, actor), folder, job.id, relative, mapping
     )
-    return job, run
+    return job, BackgroundTask(_runs(state).run, work)
 
 
 async def discard_upload(state: State, actor: Actor, import_id: int) -> BulkImport:

@@ -12,18 +12,18 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 from tongcrm import heap
 from tongcrm.audit import service as audit
-from tongcrm.bulk import export
+from tongcrm.bulk import export, kept
 from tongcrm.bulk import service as imports
 from tongcrm.bulk.mapping import KINDS, file_format, load_mapping
 from tongcrm.bulk.refusals import refusing_unreadable
 from tongcrm.cli_run import CLI_ACTOR
+from tongcrm.db.base import utcnow
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.errors import BadRequest
 from tongcrm.heap import BATCH_GC_THRESHOLD
@@ -134,7 +134,7 @@ def import_command(
         raise BadRequest(f"{file.name} is empty: nothing to import (a CSV file starts with its header row)")
     columns = load_mapping(mapping, kind) if mapping else {}
     import_ctx = imports.ImportContext(
-        host=ctx.host, vault=settings.vault(), clock=lambda: datetime.now(UTC), tz=settings.tz, actor="cli"
+        host=ctx.host, vault=settings.vault(), clock=utcnow, tz=settings.tz, actor="cli"
     )
 
     async def body() -> tuple[imports.Progress, list[Any]]:
@@ -160,6 +160,9 @@ def import_command(
                     page_size=page_size,
                     on_progress=_Reporter(),
                 )
+            # a file an API upload kept for this import is not needed any more (docs/architecture.md, "The data
+            # folder")
+            await kept.drop_finished_file(sessions, settings.data_folder, job.id)
             async with sessions() as session:
                 return progress, await imports.import_errors(session, job.id, limit=20)
         finally:

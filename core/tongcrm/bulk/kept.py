@@ -15,7 +15,9 @@ turns every such row whose lease is not live — lapsed, or held by a process of
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import os
 import socket
 from datetime import datetime
@@ -69,7 +71,11 @@ def _holder_alive(holder: str) -> bool:
 
 
 #: How long a queued import counts as about to run without holding its lease (its run takes it right after the
-#: answer; a row queued longer and holding none was left by a process that stopped).
+#: answer; a row queued longer and holding none was left by a process that stopped). An operator who asks to
+#: resume or discard it within this time is told how long is left (409); a server that stops cancels its runs
+#: and marks them interrupted itself (tongcrm.bulk.api.ImportRuns), so only a process killed between its 202
+#: and its run's first statement leaves a queued row for this grace to judge. 60 s is far beyond that gap
+#: (milliseconds) even under load, and short against an operator's retry.
 QUEUED_GRACE_S = 60.0
 
 
@@ -126,6 +132,14 @@ async def check_stopped(
             params={"id": job.id},
         )
     if await is_live(session, job, now, grace_s=grace_s):
+        if job.status == "queued" and await leases.holder_of(session, lease_key(job.id), now=now) is None:
+            left = max(1, math.ceil(grace_s - (now - job.updated_at).total_seconds()))
+            raise Conflict(
+                f"import {job.id} is queued: its run starts within seconds; if it still shows queued in {left} s,"
+                " the process that queued it stopped and it can be resumed or discarded",
+                code="import.running",
+                params={"id": job.id},
+            )
         raise Conflict(
             f"import {job.id} is {job.status}: wait for it to stop",
             code="import.running",
@@ -167,6 +181,20 @@ def delete_file(folder: Path, relative: str | None) -> None:
     if relative is not None:
         with contextlib.suppress(FileNotFoundError):
             (folder / relative).unlink()
+
+
+async def drop_finished_file(
+    sessions: async_sessionmaker[AsyncSession], folder: Path, import_id: int
+) -> None:
+    """Once ``import_id`` finished, whoever ran it (the API's run, or ``tongcrm import`` on the same file): forget
+    and delete the upload the API kept for it, if any, so that no file outlives its import in the data folder."""
+    async with sessions() as session, session.begin():
+        job = await session.get(BulkImport, import_id)
+        if job is None or job.status != "finished" or job.upload_path is None:
+            return
+        relative = job.upload_path
+        await forget_file(session, import_id)
+    await asyncio.to_thread(delete_file, folder, relative)
 
 
 async def forget_file(session: AsyncSession, import_id: int, **values: object) -> None:

@@ -361,6 +361,10 @@ async def import_errors(
 # running
 
 
+#: The error of an import whose run was cancelled (its server or command stopped while it ran).
+INTERRUPTED = "the import was stopped with its server or command; resume it to go on from its checkpoint"
+
+
 def _holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -479,6 +483,19 @@ async def run_import(
         progress.elapsed_s = time.monotonic() - started
         if on_progress is not None:
             on_progress(progress)
+    except asyncio.CancelledError:
+        # stopped from outside (a server stopping, a command's Ctrl-C): the pages committed stay, and the row says
+        # so at once rather than showing "running" until the next server start finds the run gone
+        async with sessions() as session, session.begin():
+            await session.execute(
+                sa.update(BulkImport)
+                .where(BulkImport.id == import_id, BulkImport.status == "running")
+                .values(status="interrupted", error=INTERRUPTED, updated_at=ctx.clock())
+            )
+        bound.warning(
+            "import interrupted; resume it to go on from its checkpoint", line=progress.line_reached
+        )
+        raise
     except Exception as exc:
         message = exc.message if isinstance(exc, TongcrmError) else f"{type(exc).__name__}: {exc}"
         async with sessions() as session, session.begin():

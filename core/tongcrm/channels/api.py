@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.api.inputs import SettingsIn
 from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
@@ -26,11 +27,11 @@ class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
     channel: Annotated[str, fits(ChannelAccount.channel)]
     #: at most 100, or the channel's own bound (an offline_pos store code: 20), refused (400) when made
     name: Annotated[str, fits(ChannelAccount.name)]
-    settings: dict[str, str] = {}
+    settings: SettingsIn = {}
 
 
 class ReauthIn(msgspec.Struct, forbid_unknown_fields=True):
-    settings: dict[str, str]
+    settings: SettingsIn
 
 
 class AccountOut(msgspec.Struct):

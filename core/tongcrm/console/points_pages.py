@@ -36,6 +36,7 @@ from tongcrm.console.web import (
     redirect,
     render,
 )
+from tongcrm.db.base import utcnow
 from tongcrm.db.engine import transaction
 from tongcrm.db.lengths import column_length
 from tongcrm.errors import NotFound, TongcrmError, Unprocessable
@@ -241,7 +242,7 @@ class PointsAdjustPage(ConsoleController):
             )
         state = request.app.state
         ctx = points.PointsContext(
-            clock=lambda: datetime.now(UTC),
+            clock=utcnow,
             tz=state.settings.tz,
             actor=f"apikey:{principal_of(request).key_id}",
             auditor=Actor.of(principal_of(request)),

@@ -42,6 +42,7 @@ from tongcrm.console.web import (
     redirect,
     render,
 )
+from tongcrm.db.base import utcnow
 from tongcrm.db.engine import transaction
 from tongcrm.db.lengths import column_length
 from tongcrm.entitlements.catalogue import CATALOGUE
@@ -91,7 +92,7 @@ async def rules_view(session: AsyncSession) -> RulesView:
 async def backtest(session: AsyncSession, settings: Any, document: Any, since: date) -> BacktestReport:
     """``tongcrm points backtest``: replay paid orders since ``since`` (programme day) under the draft."""
     rules = points.draft_rules(document)
-    ctx = points.PointsContext(clock=lambda: datetime.now(UTC), tz=settings.tz)
+    ctx = points.PointsContext(clock=utcnow, tz=settings.tz)
     start = datetime.combine(since, datetime.min.time(), tzinfo=settings.tz)
     return await points.backtest(session, ctx, rules, start)
 

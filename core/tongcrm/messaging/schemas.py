@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from tongcrm.api.inputs import BodyId
+from tongcrm.api.inputs import BodyId, SettingsIn
 from tongcrm.channels.models import ChannelAccount
 from tongcrm.db.lengths import NOTE_MAX, column_length, fits
 from tongcrm.messaging.models import Message, MessageTemplate, MessengerAccount
@@ -22,7 +22,7 @@ MAX_DELAY_SECONDS = 365 * 24 * 3600
 class MessengerAccountIn(msgspec.Struct, forbid_unknown_fields=True):
     messenger: Annotated[str, fits(MessengerAccount.messenger)]
     name: Annotated[str, fits(MessengerAccount.name)]
-    settings: dict[str, str] = {}
+    settings: SettingsIn = {}
 
 
 class MessengerAccountOut(msgspec.Struct):

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tongcrm.crypto import Vault
+from tongcrm.db.base import utcnow
 from tongcrm.errors import PluginError
 from tongcrm.jobs.queue import enqueue as enqueue_job
 
@@ -96,7 +97,7 @@ class PluginStore:
         self._sessions = sessions
         self._read_sessions = read_sessions or sessions
         self._vault = vault
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.clock: Callable[[], datetime] = clock or utcnow
 
     @asynccontextmanager
     async def unit_of_work(

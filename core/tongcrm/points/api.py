@@ -18,6 +18,7 @@ from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal, Role
 from tongcrm.config import Settings
+from tongcrm.db.base import utcnow
 from tongcrm.db.engine import transaction
 from tongcrm.db.lengths import fits
 from tongcrm.members.service import register_view_section
@@ -77,7 +78,7 @@ class PreviewIn(msgspec.Struct, forbid_unknown_fields=True):
 
 def _ctx(settings: Settings, principal: Principal) -> service.PointsContext:
     return service.PointsContext(
-        clock=lambda: datetime.now(UTC),
+        clock=utcnow,
         tz=settings.tz,
         actor=f"apikey:{principal.key_id}",
         auditor=Actor.of(principal),

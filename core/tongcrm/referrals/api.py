@@ -3,7 +3,7 @@ recorded by mistake, and whom a member referred with the state of each reward.""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -18,6 +18,7 @@ from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
 from tongcrm.config import Settings
+from tongcrm.db.base import utcnow
 from tongcrm.db.lengths import fits
 from tongcrm.points.service import PointsContext
 from tongcrm.referrals import service
@@ -115,9 +116,7 @@ class ReferralController(Controller):
         principal: NamedDependency[Principal],
         reason: Annotated[str, Parameter(min_length=1, max_length=500)],
     ) -> UnboundOut:
-        ctx = PointsContext(
-            clock=lambda: datetime.now(UTC), tz=settings.tz, actor=f"apikey:{principal.key_id}"
-        )
+        ctx = PointsContext(clock=utcnow, tz=settings.tz, actor=f"apikey:{principal.key_id}")
         async with sessions() as session, session.begin():
             done = await service.unbind_referrer(session, ctx, member_id, reason=reason)
             audit.record(

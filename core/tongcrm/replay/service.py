@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import insert
 from tongcrm.replay.models import SeenCallback
 
@@ -36,7 +37,7 @@ class ReplayGuard:
         self, sessions: async_sessionmaker[AsyncSession], clock: Callable[[], datetime] | None = None
     ) -> None:
         self._sessions = sessions
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or utcnow
 
     async def claim(self, scope: str, nonce: str, *, until: datetime) -> bool:
         """Record the first sighting of ``nonce`` in ``scope``; False when it was already claimed.
