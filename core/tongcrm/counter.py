@@ -1413,7 +1413,8 @@ def compile_quick_sale(
     """Build and compile, for ``dialect``, the statements :meth:`CounterWork.quick_sale` runs for a sale of
     ``order``'s shape (its columns; the values are not used) with the caller's ``existing`` read and ``follow``
     row (the statement its ``own_row`` answers), both checked as the caller's own (``tables``, as its unit of work
-    names them): the read, and the sale's statement for a known member and for a new buyer. Answers how many plans it made (none off PostgreSQL, where there is no quick path).
+    names them): the read, and the sale's statement for a known member and for a new buyer. Answers how many
+    plans it holds ready (none off PostgreSQL, where there is no quick path).
 
     Nothing reaches the database: the statements are built by the builders the sale calls (kept per caller
     statement) and compiled into the process-wide plans :func:`tongcrm.db.direct.plan` keeps per dialect, so a

@@ -37,7 +37,7 @@ REHEARSAL_KEY = f"{KEY_PREFIX}_warmup_{'0' * 32}"
 #: A well-formed mainland mobile, looked up and dropped: found or not, the read has no side effect.
 REHEARSAL_MOBILE = "13800000000"
 
-#: A start-up step: builds and compiles statements for a dialect without running them; answers the plans made.
+#: A start-up step: builds and compiles statements for a dialect without running them; answers the plans ready.
 CompileStep = Callable[[Dialect], int]
 _AHEAD: list[CompileStep] = []
 
@@ -53,7 +53,7 @@ def compile_ahead(step: CompileStep) -> CompileStep:
 
 
 def compile_steps(dialect: Dialect) -> int:
-    """Run every registered :func:`compile_ahead` step for ``dialect``; answers the plans they made. A step that
+    """Run every registered :func:`compile_ahead` step for ``dialect``; answers the plans they hold ready. A step that
     fails is logged and skipped (its statements then compile on first use, as before)."""
     made = 0
     for step in list(_AHEAD):

@@ -722,7 +722,7 @@ def _compile_checkout(dialect: Dialect) -> int:
     """A serving process's start-up step (:mod:`tongcrm.warmup`): the statements of a till's quick checkout
     (:func:`_quick_sale`) built and compiled for ``dialect`` as its first checkout would build them — this
     module's read of the receipt's row and its finished insert, the counter's read and sale statement — without
-    running any (:func:`tongcrm.counter.compile_quick_sale`). Answers how many plans it made."""
+    running any (:func:`tongcrm.counter.compile_quick_sale`). Answers how many plans it holds ready."""
     r = msgspec.convert(_REHEARSED_RECEIPT, ReceiptIn)
     now = r.occurred_at
     key = receipt_key(r.store, r.till, r.business_day, r.sequence)
