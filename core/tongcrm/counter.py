@@ -63,6 +63,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
@@ -343,6 +344,45 @@ def _stamped(statement: sa.Executable) -> Any:
     return stamped
 
 
+def _refuse_foreign(statement: sa.Executable, tables: frozenset[str], readonly: bool) -> None:
+    """Refuse ``statement`` unless it is a statement on ``tables`` alone (and, ``readonly``, no write)."""
+    if readonly and isinstance(statement, UpdateBase):
+        raise PluginError("this unit of work is read-only")
+    clause: object = statement
+    if not isinstance(clause, ClauseElement):
+        raise PluginError(f"not a SQL statement: {type(statement).__name__}")
+    used: set[str] = set()
+    stack: list[Any] = [clause]
+    while stack:  # every table the statement names (bound values name none: not walked)
+        element = stack.pop()
+        if isinstance(element, BindParameter):
+            continue
+        if isinstance(element, sa.Table):
+            used.add(element.fullname)
+            continue
+        if isinstance(element, sa.Column) and isinstance(element.table, sa.Table):
+            used.add(element.table.fullname)
+        elif isinstance(element, sa.TextClause):
+            raise PluginError("SQL text cannot go through the counter: build the statement on your tables")
+        stack.extend(element.get_children())
+    foreign = used - tables
+    if foreign:
+        raise PluginError(
+            f"a plugin may use only its own tables through the counter; {', '.join(sorted(foreign))} "
+            "belong to the core or another plugin"
+        )
+
+
+def check_own(statement: sa.Executable, tables: frozenset[str], *, readonly: bool = False) -> None:
+    """What :class:`OwnRows` checks of a caller's statement, for ``tables`` (their ``fullname``): that it uses
+    only them (and writes nothing when ``readonly``). Checked once per statement and set of tables (the walk cost
+    a till's first checkout more than running its statements), so a start-up step may check it ahead."""
+    passed = _CHECKED.get(statement)
+    if passed is None or (tables, readonly) not in passed:
+        _refuse_foreign(statement, tables, readonly)
+        _CHECKED.setdefault(statement, set()).add((tables, readonly))
+
+
 class OwnRows:
     """Statements on the tables a caller owns, in the unit of work's transaction, and nothing else."""
 
@@ -355,33 +395,7 @@ class OwnRows:
         self.key_generation: int | None = None
 
     def _refuse_foreign(self, statement: sa.Executable) -> None:
-        if self._readonly and isinstance(statement, UpdateBase):
-            raise PluginError("this unit of work is read-only")
-        clause: object = statement
-        if not isinstance(clause, ClauseElement):
-            raise PluginError(f"not a SQL statement: {type(statement).__name__}")
-        used: set[str] = set()
-        stack: list[Any] = [clause]
-        while stack:  # every table the statement names (bound values name none: not walked)
-            element = stack.pop()
-            if isinstance(element, BindParameter):
-                continue
-            if isinstance(element, sa.Table):
-                used.add(element.fullname)
-                continue
-            if isinstance(element, sa.Column) and isinstance(element.table, sa.Table):
-                used.add(element.table.fullname)
-            elif isinstance(element, sa.TextClause):
-                raise PluginError(
-                    "SQL text cannot go through the counter: build the statement on your tables"
-                )
-            stack.extend(element.get_children())
-        foreign = used - self._tables
-        if foreign:
-            raise PluginError(
-                f"a plugin may use only its own tables through the counter; {', '.join(sorted(foreign))} "
-                "belong to the core or another plugin"
-            )
+        _refuse_foreign(statement, self._tables, self._readonly)
 
     def insert(self, table: sa.Table) -> Any:
         """An ``INSERT`` with ``on_conflict_do_nothing``/``on_conflict_do_update`` on both databases."""
@@ -426,10 +440,7 @@ class OwnRows:
         await direct.rows(self._session, statement, params)
 
     def _checked(self, statement: sa.Executable) -> None:
-        passed = _CHECKED.get(statement)
-        if passed is None or (self._tables, self._readonly) not in passed:
-            self._refuse_foreign(statement)
-            _CHECKED.setdefault(statement, set()).add((self._tables, self._readonly))
+        check_own(statement, self._tables, readonly=self._readonly)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -1389,6 +1400,45 @@ class _QuickRead:
 
 
 _QUICK_READS: weakref.WeakKeyDictionary[Any, _QuickRead] = weakref.WeakKeyDictionary()
+
+
+def compile_quick_sale(
+    dialect: Dialect,
+    channel: str,
+    order: NormalisedOrder,
+    *,
+    existing: sa.Select[Any],
+    follow: Any,
+    tables: Iterable[sa.Table],
+) -> int:
+    """Build and compile, for ``dialect``, the statements :meth:`CounterWork.quick_sale` runs for a sale of
+    ``order``'s shape (its columns; the values are not used) with the caller's ``existing`` read and ``follow``
+    row (the statement its ``own_row`` answers), both checked as the caller's own (``tables``, as its unit of work
+    names them): the read, and the sale's statement for a known member and for a new buyer. Answers how many
+    plans it holds ready (none off PostgreSQL, where there is no quick path).
+
+    Nothing reaches the database: the statements are built by the builders the sale calls (kept per caller
+    statement) and compiled into the process-wide plans :func:`tongcrm.db.direct.plan` keeps per dialect, so a
+    serving process's first quick sale compiles nothing (:mod:`tongcrm.warmup`; issue #22, branch till14)."""
+    from tongcrm import counter_quick
+
+    if dialect.name != "postgresql" or not counter_quick.ENABLED:
+        return 0
+    own = frozenset(t.fullname for t in tables)
+    check_own(existing, own)
+    check_own(follow, own)
+    read = _quick_read(existing)
+    statements = [read.statement]
+    row = {"id": 0, **order_row(0, channel, order, 0, None, datetime.now(UTC))}
+    for new_buyer in (False, True):
+        statements.append(
+            counter_quick.sale_statement(tuple(row), _quick_follow(follow), new_buyer=new_buyer)
+        )
+    made = 0
+    for statement in statements:
+        if direct.plan(statement, dialect, {}) is not None:
+            made += 1
+    return made
 
 
 def _ranked_buyer() -> Any:

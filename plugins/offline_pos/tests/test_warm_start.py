@@ -1,23 +1,28 @@
 """A served app's first till lookup compiles no statement: the start-up rehearsal (``tongcrm.warmup``, issue #22,
-branch warm13) compiled the key check and the card read the lookup runs."""
+branch warm13) compiled the key check and the card read the lookup runs; nor, on PostgreSQL, do its first
+checkouts (branch till14: the quick checkout's statements compiled ahead, none run)."""
 
 from __future__ import annotations
 
 import gc
+import weakref
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from tongcrm.app import create_app
 from tongcrm.auth import service as auth_service
 from tongcrm.auth.service import create_key
 from tongcrm.config import Settings
 from tongcrm.counter import _CARD_OR_NONE_READ, _CARD_READ
+from tongcrm.db import direct
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 from tongcrm.testing.plans import spy_compiled_plans
 
-from .conftest import add_store
+from .conftest import TZ, add_store
 
 #: the statements of a till's lookup by mobile; their plans are process-wide, so earlier tests compiled them
 LOOKUP_STATEMENTS = (
@@ -56,6 +61,85 @@ async def test_a_served_apps_first_till_lookup_compiles_nothing(
             assert answer.status_code == 404, answer.text  # nobody holds it: the key checked, the card read
             # without the rehearsal the same lookup compiles them: the test sees what it claims to
             assert (compiled == []) is warm, compiled
+    finally:
+        if not frozen:  # the lifespan froze the heap after its rehearsal: give the test process it back
+            gc.unfreeze()
+
+
+async def _written(db: TestDatabase) -> dict[str, Any]:
+    """Every table's row count and, on PostgreSQL, every sequence's position."""
+    async with db.engine.connect() as conn:
+        names = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+        seen: dict[str, Any] = {
+            name: (await conn.execute(sa.select(sa.func.count()).select_from(sa.table(name)))).scalar_one()
+            for name in names
+        }
+        if db.backend == "postgresql":
+            for name, value in await conn.execute(
+                sa.text(
+                    "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = current_schema()"
+                )
+            ):
+                seen[f"sequence {name}"] = value
+    return seen
+
+
+@pytest.mark.parametrize("warm", [True, False])
+async def test_a_served_apps_first_checkouts_compile_nothing(
+    tongcrm_db: TestDatabase,
+    tongcrm_settings: Settings,
+    pos_host: PluginHost,
+    clock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    warm: bool,
+) -> None:
+    """Issue #22 (branch till14): the start-up compiles the till's quick checkout (a new buyer's and a known
+    member's: the read and the sale's statement) without running it, so on PostgreSQL a served app's first
+    checkouts compile nothing, and the start-up wrote nothing (every table's rows, every sequence). On SQLite
+    (no quick path) the start-up compiles none of them and the checkouts are as before."""
+    await add_store(SimpleNamespace(db=tongcrm_db), pos_host, tongcrm_settings, "S1", ("T01",))  # type: ignore[arg-type]
+    async with tongcrm_db.sessions() as session, session.begin():
+        key = (await create_key(session, "pos", store_code="S1")).key
+    for query in LOOKUP_STATEMENTS:
+        monkeypatch.setattr(query, "_plans", {})
+    monkeypatch.setattr(
+        direct, "_PLANS", weakref.WeakKeyDictionary()
+    )  # every direct statement's plan forgotten
+    compiled = spy_compiled_plans(monkeypatch)
+    before = await _written(tongcrm_db)
+    app = create_app(tongcrm_settings, pos_host, run_jobs=False, configure_logs=False)
+    app.state.warm_up = warm  # what settle_heap(app) sets in a serving process
+    frozen = gc.get_freeze_count()
+    postgres = tongcrm_db.backend == "postgresql"
+    try:
+        async with AsyncTestClient(app) as client:
+            assert await _written(tongcrm_db) == before, "the start-up wrote to the database"
+            ahead = [sql for sql in compiled if "quick_ids" in sql or sql.startswith("WITH o AS")]
+            assert len(ahead) == (3 if warm and postgres else 0), compiled  # the read, a sale of each kind
+            compiled.clear()
+            client.headers["Authorization"] = f"Bearer {key}"
+            day = clock.now.astimezone(TZ).date().isoformat()
+            members = []
+            for sequence, mobile in enumerate(("13800138000", "13800138000"), start=1):
+                found = await client.post("/pos/v1/members/lookup", json={"till": "T01", "mobile": mobile})
+                member = found.json()["member_id"] if found.status_code == 200 else None
+                body = {
+                    "store": "S1", "till": "T01", "business_day": day, "sequence": sequence,
+                    "occurred_at": clock.now.isoformat(), "total_fen": 12_800,
+                    "lines": [{"line_no": 1, "title": "tea", "quantity": 1, "unit_price_fen": 12_800,
+                               "amount_fen": 12_800}],
+                    "payments": [{"method": "wechat", "amount_fen": 12_800}],
+                    "member": {"member_id": member} if member else {"mobile": mobile},
+                }  # fmt: skip
+                answer = await client.post("/pos/v1/receipts", json=body)
+                assert answer.status_code == 201, answer.text
+                members.append((member, answer.json()["member_id"], answer.json()["points_earned"]))
+            # a new buyer by mobile, then the same buyer found by the lookup and named by id
+            assert members[0][0] is None and members[1][0] == members[0][1] == members[1][1], members
+            assert members[0][2] == members[1][2] > 0, members
+            if postgres:
+                # the quick path's statements were compiled at start-up; without it, the checkouts compile them
+                assert (compiled == []) is warm, compiled
     finally:
         if not frozen:  # the lifespan froze the heap after its rehearsal: give the test process it back
             gc.unfreeze()

@@ -38,21 +38,25 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 from tongcrm.counter import (
     ORDER_FIGURES,
     Buyer,
+    CounterAccount,
     CounterRefused,
     CounterWork,
     PaidPointsBack,
     PointsPayment,
     ReturnedLine,
+    compile_quick_sale,
 )
 from tongcrm.errors import Conflict, TongcrmError, Unprocessable
 from tongcrm.logging import get_logger
 from tongcrm.plugin.types import LineRefundStatus, NormalisedOrder, OrderLine, OrderStatus
+from tongcrm.warmup import compile_ahead
 
 from tongcrm_offline_pos.cards import card_claim
-from tongcrm_offline_pos.models import PosReceipt
+from tongcrm_offline_pos.models import TABLES, PosReceipt
 from tongcrm_offline_pos.schemas import (
     BatchResult,
     LineIn,
@@ -61,7 +65,7 @@ from tongcrm_offline_pos.schemas import (
     ReceiptResult,
     ReceiptView,
 )
-from tongcrm_offline_pos.stores import Store, TillCache, find_store
+from tongcrm_offline_pos.stores import CHANNEL, Store, TillCache, find_store
 
 log = get_logger(__name__)
 
@@ -627,34 +631,14 @@ async def _quick_sale(
         return None
     if any(p.method == "points" for p in r.payments):
         return None
-    c = _Claimed(0, key, digest, effective, skew, True, sent, now)
 
     def sold(member_id: int | None, earned: int, available: int | None) -> ReceiptResult:
-        return _result(
-            r,
-            key,
-            "applied",
-            offline=offline,
-            member_id=member_id,
-            points_earned=earned,
-            points_redeemed=0,
-            points_available=available,
-            clock_skew_seconds=skew,
-        )
+        return _quick_result(r, key, offline, skew, member_id, earned, available)
 
     def own(order_id: int, member_id: int) -> tuple[Any, dict[str, Any]]:
-        values = {
-            **_claim_values(store, r, key, digest, effective, skew, offline, sent, now),
-            **_finish_values(
-                c,
-                r,
-                offline,
-                "applied",
-                result=sold(member_id, 0, None),
-                member_id=member_id,
-                order_id=order_id,
-            ),
-        }
+        values = _quick_values(
+            store, r, key, digest, effective, skew, offline, sent, now, order_id, member_id
+        )
         return _quick_insert(tuple(values)), values
 
     found = await uow.quick_sale(
@@ -683,6 +667,75 @@ async def _quick_sale(
         stored = msgspec.convert(existing.result, ReceiptResult)
         return msgspec.structs.replace(stored, replayed=True)
     return None  # a key reused, or a receipt rejected before and sent again: as it always was
+
+
+def _quick_result(
+    r: ReceiptIn, key: str, offline: bool, skew: int | None, member_id: int | None, earned: int,
+    available: int | None,
+) -> ReceiptResult:  # fmt: skip
+    """A quick sale's answer (and, with no figures yet, the ``result`` its row is inserted with)."""
+    return _result(
+        r,
+        key,
+        "applied",
+        offline=offline,
+        member_id=member_id,
+        points_earned=earned,
+        points_redeemed=0,
+        points_available=available,
+        clock_skew_seconds=skew,
+    )
+
+
+def _quick_values(
+    store: Store, r: ReceiptIn, key: str, digest: str, effective: datetime, skew: int | None, offline: bool,
+    sent: datetime | None, now: datetime, order_id: int, member_id: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The columns of a receipt's row inserted with a quick sale, already finished (:func:`_quick_insert`)."""
+    c = _Claimed(0, key, digest, effective, skew, True, sent, now)
+    return {
+        **_claim_values(store, r, key, digest, effective, skew, offline, sent, now),
+        **_finish_values(
+            c,
+            r,
+            offline,
+            "applied",
+            result=_quick_result(r, key, offline, skew, member_id, 0, None),
+            member_id=member_id,
+            order_id=order_id,
+        ),
+    }
+
+
+#: a sale of one line, its buyer named by mobile: the shape of the till's checkout that
+#: :func:`_compile_checkout` compiles ahead (its values are never written anywhere)
+_REHEARSED_RECEIPT: dict[str, Any] = {
+    "store": "WARMUP", "till": "T0", "business_day": "2025-01-01", "sequence": 1,
+    "occurred_at": "2025-01-01T00:00:00+00:00", "total_fen": 100,
+    "lines": [{"line_no": 1, "title": "warm-up", "quantity": 1, "unit_price_fen": 100, "amount_fen": 100}],
+    "payments": [{"method": "cash", "amount_fen": 100}], "member": {"mobile": "13800000000"},
+}  # fmt: skip
+
+
+@compile_ahead
+def _compile_checkout(dialect: Dialect) -> int:
+    """A serving process's start-up step (:mod:`tongcrm.warmup`): the statements of a till's quick checkout
+    (:func:`_quick_sale`) built and compiled for ``dialect`` as its first checkout would build them — this
+    module's read of the receipt's row and its finished insert, the counter's read and sale statement — without
+    running any (:func:`tongcrm.counter.compile_quick_sale`). Answers how many plans it holds ready."""
+    r = msgspec.convert(_REHEARSED_RECEIPT, ReceiptIn)
+    now = r.occurred_at
+    key = receipt_key(r.store, r.till, r.business_day, r.sequence)
+    store = Store(CounterAccount(0, CHANNEL, r.store, "active", {}))
+    values = _quick_values(store, r, key, body_hash(r), now, None, False, None, now, 0, 0)
+    return compile_quick_sale(
+        dialect,
+        CHANNEL,
+        _order(r, key, now, offline=False),
+        existing=_EXISTING,
+        follow=_quick_insert(tuple(values)),
+        tables=TABLES,
+    )
 
 
 _QUICK_INSERTS: dict[tuple[str, ...], Any] = {}
