@@ -1429,7 +1429,7 @@ def compile_quick_sale(
     check_own(follow, own)
     read = _quick_read(existing)
     statements = [read.statement]
-    row = {"id": 0, **order_row(0, channel, order, 0, None, datetime.now(UTC))}
+    row = {"id": 0, **order_row(0, channel, order, 0, None, utcnow())}
     for new_buyer in (False, True):
         statements.append(
             counter_quick.sale_statement(tuple(row), _quick_follow(follow), new_buyer=new_buyer)
