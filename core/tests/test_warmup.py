@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from tongcrm.app import create_app
 from tongcrm.auth import service as auth_service
@@ -18,7 +16,7 @@ from tongcrm.counter import _CARD_OR_NONE_READ, _CARD_READ
 from tongcrm.members import service as members_service
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
-from tongcrm.testing.plans import spy_compiled_plans
+from tongcrm.testing.plans import spy_compiled_plans, written_state
 
 #: every statement the rehearsal covers; their plans are process-wide, so earlier tests have compiled them
 REHEARSED = (
@@ -31,24 +29,6 @@ REHEARSED = (
     _CARD_READ,
     _CARD_OR_NONE_READ,
 )
-
-
-async def _written(db: TestDatabase) -> dict[str, Any]:
-    """Every table's row count and, on PostgreSQL, every sequence's position."""
-    async with db.engine.connect() as conn:
-        names = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
-        seen: dict[str, Any] = {
-            name: (await conn.execute(sa.select(sa.func.count()).select_from(sa.table(name)))).scalar_one()
-            for name in names
-        }
-        if db.backend == "postgresql":
-            for name, value in await conn.execute(
-                sa.text(
-                    "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = current_schema()"
-                )
-            ):
-                seen[f"sequence {name}"] = value
-    return seen
 
 
 @pytest.fixture
@@ -69,12 +49,12 @@ async def test_a_served_app_answers_its_first_lookup_with_nothing_to_compile(
 ) -> None:
     async with tongcrm_db.sessions() as session, session.begin():
         key = (await create_key(session, "operator")).key
-    before = await _written(tongcrm_db)
+    before = await written_state(tongcrm_db)
     app = create_app(tongcrm_settings, PluginHost(autoload=False), run_jobs=False, configure_logs=False)
     app.state.warm_up = True  # what settle_heap(app) sets in a serving process
     async with AsyncTestClient(app) as client:
         assert compiled, "the start-up rehearsal compiled nothing"
-        assert await _written(tongcrm_db) == before, "the start-up rehearsal wrote to the database"
+        assert await written_state(tongcrm_db) == before, "the start-up rehearsal wrote to the database"
         compiled.clear()
         client.headers["Authorization"] = f"Bearer {key}"
         answer = await client.get("/api/members/lookup", params={"mobile": "13912345678"})

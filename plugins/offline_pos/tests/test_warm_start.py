@@ -10,7 +10,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from tongcrm.app import create_app
 from tongcrm.auth import service as auth_service
@@ -20,7 +19,7 @@ from tongcrm.counter import _CARD_OR_NONE_READ, _CARD_READ
 from tongcrm.db import direct
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
-from tongcrm.testing.plans import spy_compiled_plans
+from tongcrm.testing.plans import spy_compiled_plans, written_state
 
 from .conftest import TZ, add_store
 
@@ -66,24 +65,6 @@ async def test_a_served_apps_first_till_lookup_compiles_nothing(
             gc.unfreeze()
 
 
-async def _written(db: TestDatabase) -> dict[str, Any]:
-    """Every table's row count and, on PostgreSQL, every sequence's position."""
-    async with db.engine.connect() as conn:
-        names = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
-        seen: dict[str, Any] = {
-            name: (await conn.execute(sa.select(sa.func.count()).select_from(sa.table(name)))).scalar_one()
-            for name in names
-        }
-        if db.backend == "postgresql":
-            for name, value in await conn.execute(
-                sa.text(
-                    "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = current_schema()"
-                )
-            ):
-                seen[f"sequence {name}"] = value
-    return seen
-
-
 @pytest.mark.parametrize("warm", [True, False])
 async def test_a_served_apps_first_checkouts_compile_nothing(
     tongcrm_db: TestDatabase,
@@ -106,14 +87,14 @@ async def test_a_served_apps_first_checkouts_compile_nothing(
         direct, "_PLANS", weakref.WeakKeyDictionary()
     )  # every direct statement's plan forgotten
     compiled = spy_compiled_plans(monkeypatch)
-    before = await _written(tongcrm_db)
+    before = await written_state(tongcrm_db)
     app = create_app(tongcrm_settings, pos_host, run_jobs=False, configure_logs=False)
     app.state.warm_up = warm  # what settle_heap(app) sets in a serving process
     frozen = gc.get_freeze_count()
     postgres = tongcrm_db.backend == "postgresql"
     try:
         async with AsyncTestClient(app) as client:
-            assert await _written(tongcrm_db) == before, "the start-up wrote to the database"
+            assert await written_state(tongcrm_db) == before, "the start-up wrote to the database"
             ahead = [sql for sql in compiled if "quick_ids" in sql or sql.startswith("WITH o AS")]
             assert len(ahead) == (3 if warm and postgres else 0), compiled  # the read, a sale of each kind
             compiled.clear()
