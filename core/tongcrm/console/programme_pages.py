@@ -14,10 +14,10 @@ previewed document unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -58,8 +58,33 @@ from tongcrm.tiers.models import TierLadder
 BACKTEST_DAYS = 90
 
 
+_Form = TypeVar("_Form")
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2)
+
+
+def _draft_and_form(
+    draft: str | None,
+    form: _Form | None,
+    stored: Any,
+    starter: Callable[[], Any],
+    from_document: Callable[[Any], _Form | None],
+) -> tuple[str, _Form | None]:
+    """A programme page's draft, shown twice: the JSON text (empty when nothing is stored yet) and the form of
+    it. With no draft, the stored document (or the starter one) fills the form unless the request brought one;
+    a draft that is not JSON has no form (its page opens the JSON view, which says what is wrong)."""
+    if draft is None:
+        return (_json(stored) if stored is not None else ""), form or from_document(
+            stored if stored is not None else starter()
+        )
+    if form is None:
+        try:
+            form = from_document(json.loads(draft))
+        except json.JSONDecodeError:
+            form = None
+    return draft, form
 
 
 def _document(text: str) -> Any:
@@ -113,15 +138,13 @@ async def _rules_page(
     state = request.app.state
     async with state.read_sessions() as session:
         view = await rules_view(session)
-    if draft is None:
-        document: Any = view.active.document if view.active else msgspec.to_builtins(DEFAULT_DOCUMENT)
-        draft = _json(view.active.document) if view.active else ""
-        form = form or rules_form.from_document(document)
-    elif form is None:
-        try:
-            form = rules_form.from_document(json.loads(draft))
-        except json.JSONDecodeError:
-            form = None
+    draft, form = _draft_and_form(
+        draft,
+        form,
+        view.active.document if view.active else None,
+        lambda: msgspec.to_builtins(DEFAULT_DOCUMENT),
+        rules_form.from_document,
+    )
     lang = context_of(request).lang
     return render(
         request,
@@ -340,15 +363,13 @@ async def _tiers_page(
     state = request.app.state
     async with state.read_sessions() as session:
         view = await tiers_view(session, state.settings)
-    if draft is None:
-        document: Any = view.versions[0].definition if view.versions else STARTER_LADDER
-        draft = _json(document) if view.versions else ""
-        form = form or ladder_form.from_document(document)
-    elif form is None:
-        try:
-            form = ladder_form.from_document(json.loads(draft))
-        except json.JSONDecodeError:
-            form = None
+    draft, form = _draft_and_form(
+        draft,
+        form,
+        view.versions[0].definition if view.versions else None,
+        lambda: STARTER_LADDER,
+        ladder_form.from_document,
+    )
     lang = context_of(request).lang
     return render(
         request,
