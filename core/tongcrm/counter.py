@@ -92,6 +92,7 @@ from tongcrm.counter_sale import (
 from tongcrm.counter_sale import (
     ORDER_FIGURES as ORDER_FIGURES,
 )
+from tongcrm.counter_sale import steps_ahead as sale_steps_ahead
 from tongcrm.crypto import Vault
 from tongcrm.db import direct
 from tongcrm.db.base import utcnow
@@ -401,7 +402,7 @@ class OwnRows:
         """An ``INSERT`` with ``on_conflict_do_nothing``/``on_conflict_do_update`` on both databases."""
         if table.fullname not in self._tables:
             raise PluginError(f"table {table.fullname} is not one of this unit of work's own tables")
-        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+        return insert_on(self.dialect, table)
 
     async def execute(self, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> Any:
         """Execute ``statement`` (select, insert, update, delete) on the caller's own tables, with ``params``
@@ -438,6 +439,22 @@ class OwnRows:
         """Run ``statement`` (built once) with ``params`` as :meth:`first` does, for a write answering nothing."""
         self._checked(statement)
         await direct.rows(self._session, statement, params)
+
+    async def read_alone(self, statement: sa.Executable, params: Mapping[str, Any]) -> list[Any]:
+        """Every row of the read ``statement`` (built once, a ``SELECT`` of the caller's own tables) run with
+        ``params``, for what need not be read in the unit of work's transaction (a cache the caller reloads):
+        on PostgreSQL, while the unit of work has begun nothing, outside any transaction
+        (:func:`tongcrm.db.direct.rows_alone`), so that the unit of work can still make a quick sale
+        (:meth:`CounterWork.quick_sale` needs one that has begun nothing); elsewhere on the driver in its
+        transaction (:func:`tongcrm.db.direct.rows`: on SQLite the held connection's, the ORM session not
+        begun). Rows as :meth:`first` answers them.
+
+        Why (issue #22, branch till15): a till's tills, read through :meth:`execute` when their cache expired,
+        began the session's transaction, and that receipt took the transactional path."""
+        check_own(statement, self._tables, readonly=True)
+        if direct.alone_possible(self._session):
+            return await direct.rows_alone(self._session, statement, params)
+        return await direct.rows(self._session, statement, params)
 
     def _checked(self, statement: sa.Executable) -> None:
         check_own(statement, self._tables, readonly=self._readonly)
@@ -1439,6 +1456,67 @@ def compile_quick_sale(
         if direct.plan(statement, dialect, {}) is not None:
             made += 1
     return made
+
+
+def compile_counter_sale(
+    dialect: Dialect,
+    channel: str,
+    order: NormalisedOrder,
+    *,
+    claim: Any,
+    finish: Any,
+    tables: Iterable[sa.Table],
+) -> int:
+    """Build and compile, for ``dialect``, the statements a till's first sale of ``order``'s shape (its columns
+    and its number of lines; the values are not used) runs through :meth:`CounterWork.record_sale` where there
+    is no quick path (SQLite), with the caller's ``claim`` (the write it claims its row with through
+    :meth:`CounterWork.first_with_buyer`) and ``finish`` (the write its ``then`` answers), both checked as the
+    caller's own (``tables``): the claim answering the revocation counter, the buyer's reads (by mobile, by
+    id), the sale's own statements to a new buyer and to a known member
+    (:func:`tongcrm.counter_sale.steps_ahead`) and the finish reading the figures. Answers how many plans it
+    holds ready (none on PostgreSQL, whose sales take :func:`compile_quick_sale`'s statements).
+
+    Nothing reaches the database (no row, no event, no id drawn): the statements are built by the builders the
+    sale calls and compiled into the process-wide plans :func:`tongcrm.db.direct.plan` keeps per dialect, so a
+    serving process's first checkout on SQLite compiles nothing (:mod:`tongcrm.warmup`; issue #22, branch
+    till15: it compiled ~15 plans, ~35-75 ms of CPU on the serving loop while the other tills waited)."""
+    if dialect.name == "postgresql":
+        return 0
+    own = frozenset(t.fullname for t in tables)
+    check_own(claim, own)
+    check_own(finish, own)
+    row = order_row(0, channel, order, 0, None, utcnow())
+    steps: list[tuple[Any, Mapping[str, Any]]] = [
+        (_stamped(claim), {}),
+        (_CARD, {"kind": "", "values": [""]}),  # a mobile stored under one key (no rotation under way)
+        (_BUYER_BY_ID, {}),
+        *sale_steps_ahead(dialect.name, row, order, (EntryKind.EARN,)),
+        (follow_up_statement(finish), {}),
+    ]
+    made = 0
+    for statement, params in steps:
+        if direct.plan(statement, dialect, params) is not None:
+            made += 1
+    return made
+
+
+def compile_own_reads(dialect: Dialect, statements: Iterable[Any], *, tables: Iterable[sa.Table]) -> int:
+    """Check ``statements`` as reads of the caller's own ``tables`` and compile them for ``dialect``, as their
+    first run through :meth:`OwnRows.read_alone` (or :meth:`OwnRows.first`) would; answers how many plans it
+    holds ready. For a start-up step (:mod:`tongcrm.warmup`); nothing is run."""
+    own = frozenset(t.fullname for t in tables)
+    made = 0
+    for statement in statements:
+        check_own(statement, own, readonly=True)
+        if direct.plan(statement, dialect, {}) is not None:
+            made += 1
+    return made
+
+
+def insert_on(dialect: str, table: sa.Table) -> Any:
+    """:meth:`OwnRows.insert` for a dialect by name: a caller's statement built without a unit of work (a
+    start-up step's, :func:`compile_counter_sale`) is the one its unit of work builds."""
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
 def _ranked_buyer() -> Any:

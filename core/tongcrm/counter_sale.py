@@ -81,6 +81,7 @@ from tongcrm.ingest.apply import (
     upsert_lines,
     upsert_orders,
 )
+from tongcrm.ingest.apply import steps_ahead as apply_steps_ahead
 from tongcrm.jobs import outbox
 from tongcrm.members.masked import masked_index
 from tongcrm.members.models import ERASED, Member
@@ -512,6 +513,33 @@ async def _new_member(
 
 def _resolution(ctx: IngestContext) -> ResolutionContext:
     return ResolutionContext(ctx.host, ctx.vault, ctx.clock, actor=ctx.actor, tz=ctx.tz)
+
+
+def steps_ahead(
+    dialect: str, row: Mapping[str, Any], order: NormalisedOrder, tally: tuple[str, ...]
+) -> list[tuple[Any, Mapping[str, Any]]]:
+    """The statements :func:`apply_counter_order` runs on ``dialect`` for a first sale of ``order``'s shape
+    (``row``: its :func:`tongcrm.ingest.apply.order_row`, whose columns are what count) with ``tally``, without
+    caps, tiers or referrals, to a new buyer and to a known member (the programme's settings read with the
+    stored order; a new member, its identity and ``member_created``; the identity's ``last_seen_at``; the order
+    and its lines; the award gate and the posting of as many credits as lines, and one more for a first
+    purchase; the ``order_changed`` event), with the parameters their plans are kept under — for a start-up
+    step that compiles them ahead (:mod:`tongcrm.warmup`; issue #22, branch till15: a till's first checkout on
+    SQLite compiled ~15 plans). Built by the builders the sale calls, so they are the statements it runs;
+    nothing is run. None on PostgreSQL, where a till's sale takes the quick path
+    (:func:`tongcrm.counter.compile_quick_sale`) and this path is its fallback."""
+    if dialect == "postgresql":
+        return []
+    lines = len(order.lines)
+    return [
+        (_STORED_AND_SETTINGS, {}),
+        (_create_statement(dialect), {}),
+        (_identity_statement(dialect), {}),
+        *outbox.steps_ahead(dialect, 1),
+        *apply_steps_ahead(dialect, tuple(row), lines, touching=True),
+        *points.steps_ahead(dialect, lines, (lines, lines + 1)),
+        (_order_changed_statement(tally), {}),
+    ]
 
 
 async def apply_counter_order(

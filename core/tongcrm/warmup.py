@@ -12,7 +12,8 @@ holds (the revocation counter and the live-key read), the member lookup and the 
 writing statements are not run: run for real they would draw ids even when rolled back (see
 docs/architecture.md, "A receipt at the counter", twenty-second pass). They are **compiled** instead, by the
 steps the modules that own them register with :func:`compile_ahead` (issue #22, branch till14: the till's quick
-checkout, whose first compilation set each till's first receipt): a step builds its statements as its first
+checkout, whose first compilation set each till's first receipt; branch till15: on SQLite, where there is no
+quick path, the transactional checkout's and the till cache's read): a step builds its statements as its first
 request would and compiles them for the engine's dialect into the process-wide plans, without a connection.
 """
 

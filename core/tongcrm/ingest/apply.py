@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -456,6 +456,26 @@ def order_upsert(dialect: str, columns: tuple[str, ...], touching: bool = False)
     """The statement :func:`upsert_orders` runs for rows of ``columns`` (built once), for a caller that chains
     it with more (a till's order and its lines in one statement, :mod:`tongcrm.counter_sale`)."""
     return _order_upsert(dialect, columns, touching)
+
+
+def steps_ahead(
+    dialect: str, columns: tuple[str, ...], lines: int, *, touching: bool
+) -> list[tuple[Any, Mapping[str, Any]]]:
+    """The statements :func:`upsert_orders` (one row of ``columns``, with ``touch`` when ``touching``) and
+    :func:`upsert_lines` (``lines`` rows) run on ``dialect``, with the parameters their plans are kept under,
+    for a start-up step that compiles them ahead (:mod:`tongcrm.warmup`; issue #22, branch till15: SQLite's
+    first till checkout). Built by the builders those functions call, so they are the statements they run;
+    nothing is run."""
+    steps: list[tuple[Any, Mapping[str, Any]]] = []
+    if touching and dialect == "postgresql":
+        steps.append((_order_upsert(dialect, columns, True), {}))
+    else:
+        if touching:
+            steps.append((_TOUCH, {}))
+        steps.append((_order_upsert(dialect, columns, size=values_size(dialect, columns, 1)), {}))
+    if lines:
+        steps.append((_line_upsert(dialect, values_size(dialect, _LINE_COLUMNS, lines)), {}))
+    return steps
 
 
 def is_news(order: NormalisedOrder, stored: tuple[datetime, str, int] | None) -> bool:

@@ -66,6 +66,13 @@ def events_params(
     return rows_params(dialect, EVENTS, _COLUMNS, rows, size=size)
 
 
+def steps_ahead(dialect: str, count: int = 1) -> list[tuple[Any, Mapping[str, Any]]]:
+    """The statement :func:`emit_many` runs for ``count`` events on ``dialect`` and the parameters its plan is
+    kept under (its lengths), for a start-up step that compiles it ahead (:mod:`tongcrm.warmup`; issue #22,
+    branch till15). Nothing is run."""
+    return [(_insert_events(dialect, values_size(dialect, _COLUMNS, count)), {})]
+
+
 @functools.cache
 def events_cte() -> Any:
     """PostgreSQL: :func:`emit_many`'s insert as a data-modifying CTE (named ``events``) to add to another

@@ -282,6 +282,27 @@ async def post_credits(
     return posted
 
 
+def steps_ahead(dialect: str, counts: Iterable[int]) -> list[tuple[Any, Mapping[str, Any]]]:
+    """The statements :func:`post_credits` runs on ``dialect`` for each number of credits in ``counts`` (their
+    entries, then the lots, balances and events made from them: available lots and pending ones) with the
+    parameters their plans are kept under, for a start-up step that compiles them ahead (:mod:`tongcrm.warmup`;
+    issue #22, branch till15: SQLite's first till checkout). None on PostgreSQL, whose posting is one statement
+    built per call's shape (:func:`_post_in_one`). Nothing is run."""
+    if dialect == "postgresql":
+        return []
+    bulk = _bulk(dialect)
+    sizes = sorted({values_size(dialect, _ENTRY_COLUMNS, count) for count in counts}, key=lambda s: s or 0)
+    steps: list[tuple[Any, Mapping[str, Any]]] = [(_insert_entries(dialect, size), {}) for size in sizes]
+    for statement in (
+        bulk.lots_from_available_entries,
+        bulk.lots_from_pending_entries,
+        bulk.add_lots_to_balances,
+        bulk.events_for_lots,
+    ):
+        steps.append((statement, {}))
+    return steps
+
+
 async def settle_credited(
     session: AsyncSession,
     balances: dict[int, tuple[int, int, int]],

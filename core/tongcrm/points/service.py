@@ -19,7 +19,7 @@ import functools
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -210,6 +210,18 @@ async def _earn(
         credits.extend(_first_purchase_credits(ctx, rules, firsts[member_id]))
     await _post_with_caps(session, ctx, rules, credits, now)
     return None
+
+
+def steps_ahead(dialect: str, lines: int, credits: Iterable[int]) -> list[tuple[Any, Mapping[str, Any]]]:
+    """The statements :func:`apply_orders` runs on ``dialect`` without caps for a fresh order of ``lines`` lines
+    whose awards let each number of credits in ``credits`` through (the award gate, then the ledger's posting,
+    :func:`tongcrm.points.ledger.steps_ahead`), with the parameters their plans are kept under, for a start-up
+    step that compiles them ahead (:mod:`tongcrm.warmup`; issue #22, branch till15: SQLite's first till
+    checkout). None on PostgreSQL, whose gated posting is one statement built per call. Nothing is run."""
+    if dialect == "postgresql" or not lines:
+        return []
+    gate = _award_gate(dialect, values_size(dialect, AWARD_COLUMNS, lines))
+    return [(gate, {}), *ledger.steps_ahead(dialect, credits)]
 
 
 def fresh_order_credits(

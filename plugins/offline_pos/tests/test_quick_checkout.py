@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 from tongcrm import counter_quick
 from tongcrm.audit.service import SYSTEM
 from tongcrm.config import Settings
-from tongcrm.counter import CounterWork
+from tongcrm.counter import CounterService, CounterWork
 from tongcrm.db import direct
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points import ledger
@@ -24,7 +26,9 @@ from tongcrm.points import service as points_service
 from tongcrm.testing.plugin import ApiClient
 from tongcrm.tiers import service as tiers
 from tongcrm.tiers.testing import LADDER
+from tongcrm_offline_pos import stores
 from tongcrm_offline_pos.api import PosConfig
+from tongcrm_offline_pos.models import TABLES as POS_TABLES
 
 from .conftest import FakeClock, Receipts, add_store, enrol, make_host
 
@@ -49,9 +53,10 @@ RULES = {
 
 @pytest.fixture
 def pos_host(clock: FakeClock) -> PluginHost:
-    """The plugin with its tills kept an hour: a till cache reloaded mid-test (10 s by default, on a loaded
-    machine) reads in a transaction, and that receipt then takes the transactional path."""
-    return make_host(PosConfig(clock=clock, rate_per_second=1000, burst=1000, till_ttl=3600.0))
+    """The plugin with its tills kept the default 10 s: a till cache reloaded mid-test (a loaded machine) reads
+    the tills outside the unit of work's transaction, and that receipt keeps the quick path (branch till15;
+    it took an hour's cache before: see :func:`test_a_receipt_that_reloads_the_till_cache_still_takes_the_quick_path`)."""
+    return make_host(PosConfig(clock=clock, rate_per_second=1000, burst=1000))
 
 
 @pytest.fixture
@@ -498,3 +503,35 @@ async def test_a_sale_by_a_known_mobile_the_till_had_not_resolved_draws_no_membe
         assert await ledger.verify(s) == []
     if pos.db.backend == "postgresql":
         assert quick_calls == ["fallback"]
+
+
+async def test_a_receipt_that_reloads_the_till_cache_still_takes_the_quick_path(
+    make_client: Callable[..., AbstractAsyncContextManager[ApiClient]],
+    tongcrm_settings: Settings,
+    receipts: Receipts,
+    clock: FakeClock,
+    quick_calls: list[str],
+) -> None:
+    """Issue #22 (branch till15): with the till cache expired at every receipt (``till_ttl`` 0), each checkout
+    reads the store's tills again — on PostgreSQL outside the unit of work's transaction, so a known member's
+    sale and a new buyer's still take the quick path (through the session the reload began the transaction
+    and sent them to the transactional path). The reload still sees a till disabled meanwhile. On SQLite (no
+    quick path) the same receipts are applied."""
+    host = make_host(PosConfig(clock=clock, rate_per_second=1000, burst=1000, till_ttl=0.0))
+    async with make_client(host=host, role="pos", store_code="S1") as pos:
+        await add_store(pos, host, tongcrm_settings, "S1", ("T01", "T02"))
+        a = await enrol(pos, "13800138201")
+        answers = []
+        for member in ({"member_id": a["member_id"]}, {"mobile": "13800138202"}):
+            clock.advance(1)
+            answers.append(await pos.post("/pos/v1/receipts", json=receipts.sale((10_000,), member=member)))
+        assert [r.status_code for r in answers] == [201, 201], [r.text for r in answers]
+        assert answers[0].json()["member_id"] == a["member_id"]
+        assert all(r.json()["points_earned"] == 100 for r in answers), [r.json() for r in answers]
+        assert quick_calls == (["sale", "sale"] if pos.db.backend == "postgresql" else [])
+        counter = CounterService(pos.db.sessions, pos.db.read_sessions, host, tongcrm_settings)
+        async with counter.unit_of_work(actor=SYSTEM, tables=POS_TABLES) as uow:
+            await stores.disable_till(uow, "S1", "T02")
+        clock.advance(1)
+        refused = await pos.post("/pos/v1/receipts", json=receipts.sale((5_000,), till="T02"))
+        assert refused.status_code == 404 and refused.json()["reason"] == "unknown_till", refused.text

@@ -1,6 +1,7 @@
 """A served app's first till lookup compiles no statement: the start-up rehearsal (``tongcrm.warmup``, issue #22,
-branch warm13) compiled the key check and the card read the lookup runs; nor, on PostgreSQL, do its first
-checkouts (branch till14: the quick checkout's statements compiled ahead, none run)."""
+branch warm13) compiled the key check and the card read the lookup runs; nor do its first checkouts: on
+PostgreSQL the quick checkout's statements are compiled ahead (branch till14), on SQLite the transactional
+path's (branch till15), none run."""
 
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ async def test_a_served_apps_first_checkouts_compile_nothing(
     """Issue #22 (branch till14): the start-up compiles the till's quick checkout (a new buyer's and a known
     member's: the read and the sale's statement) without running it, so on PostgreSQL a served app's first
     checkouts compile nothing, and the start-up wrote nothing (every table's rows, every sequence). On SQLite
-    (no quick path) the start-up compiles none of them and the checkouts are as before."""
+    (no quick path; branch till15) it compiles the transactional path's statements instead — the receipt's
+    claim and finish, the buyer's reads, the sale's member, order, lines, points and events — and the first
+    checkouts compile nothing there either."""
     await add_store(SimpleNamespace(db=tongcrm_db), pos_host, tongcrm_settings, "S1", ("T01",))  # type: ignore[arg-type]
     async with tongcrm_db.sessions() as session, session.begin():
         key = (await create_key(session, "pos", store_code="S1")).key
@@ -97,6 +100,10 @@ async def test_a_served_apps_first_checkouts_compile_nothing(
             assert await written_state(tongcrm_db) == before, "the start-up wrote to the database"
             ahead = [sql for sql in compiled if "quick_ids" in sql or sql.startswith("WITH o AS")]
             assert len(ahead) == (3 if warm and postgres else 0), compiled  # the read, a sale of each kind
+            claims = [
+                sql for sql in compiled if sql.startswith(("INSERT INTO pos_receipts", "WITH order_figures"))
+            ]
+            assert len(claims) == (2 if warm and not postgres else 0), compiled  # the claim and the finish
             compiled.clear()
             client.headers["Authorization"] = f"Bearer {key}"
             day = clock.now.astimezone(TZ).date().isoformat()
@@ -118,9 +125,8 @@ async def test_a_served_apps_first_checkouts_compile_nothing(
             # a new buyer by mobile, then the same buyer found by the lookup and named by id
             assert members[0][0] is None and members[1][0] == members[0][1] == members[1][1], members
             assert members[0][2] == members[1][2] > 0, members
-            if postgres:
-                # the quick path's statements were compiled at start-up; without it, the checkouts compile them
-                assert (compiled == []) is warm, compiled
+            # the path's statements were compiled at start-up; without it, the checkouts compile them
+            assert (compiled == []) is warm, compiled
     finally:
         if not frozen:  # the lifespan froze the heap after its rehearsal: give the test process it back
             gc.unfreeze()

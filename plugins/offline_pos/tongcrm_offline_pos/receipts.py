@@ -48,7 +48,9 @@ from tongcrm.counter import (
     PaidPointsBack,
     PointsPayment,
     ReturnedLine,
+    compile_counter_sale,
     compile_quick_sale,
+    insert_on,
 )
 from tongcrm.errors import Conflict, TongcrmError, Unprocessable
 from tongcrm.logging import get_logger
@@ -510,10 +512,15 @@ _CLAIMS: dict[str, Any] = {}
 
 def _claim_statement(uow: CounterWork) -> Any:
     """Insert a receipt's row unless its key has one, returning its id: built once per dialect."""
-    stmt = _CLAIMS.get(uow.rows.dialect)
+    return _claim_statement_on(uow.rows.dialect)
+
+
+def _claim_statement_on(dialect: str) -> Any:
+    """:func:`_claim_statement` for a dialect by name (a start-up step builds it without a unit of work)."""
+    stmt = _CLAIMS.get(dialect)
     if stmt is None:
-        stmt = _CLAIMS[uow.rows.dialect] = (
-            uow.rows.insert(_RECEIPTS)
+        stmt = _CLAIMS[dialect] = (
+            insert_on(dialect, _RECEIPTS)
             .values({name: sa.bindparam(name, type_=_RECEIPTS.c[name].type) for name in _CLAIM_COLUMNS})
             .on_conflict_do_nothing(index_elements=_KEY_COLUMNS)
             .returning(_RECEIPTS.c.id)
@@ -719,22 +726,29 @@ _REHEARSED_RECEIPT: dict[str, Any] = {
 
 @compile_ahead
 def _compile_checkout(dialect: Dialect) -> int:
-    """A serving process's start-up step (:mod:`tongcrm.warmup`): the statements of a till's quick checkout
-    (:func:`_quick_sale`) built and compiled for ``dialect`` as its first checkout would build them — this
-    module's read of the receipt's row and its finished insert, the counter's read and sale statement — without
-    running any (:func:`tongcrm.counter.compile_quick_sale`). Answers how many plans it holds ready."""
+    """A serving process's start-up step (:mod:`tongcrm.warmup`): the statements of a till's checkout built and
+    compiled for ``dialect`` as its first checkout would build them, without running any. On PostgreSQL the
+    quick checkout's (:func:`_quick_sale`): this module's read of the receipt's row and its finished insert, the
+    counter's read and sale statement (:func:`tongcrm.counter.compile_quick_sale`, branch till14). Elsewhere
+    (SQLite, no quick path) the transactional path's (:func:`_claim_and_apply`, branch till15): this module's
+    claim of the receipt's row and its finish after a sale to a member, the counter's and the sale's own
+    statements for a new buyer and a known member (:func:`tongcrm.counter.compile_counter_sale`). Answers how
+    many plans it holds ready."""
     r = msgspec.convert(_REHEARSED_RECEIPT, ReceiptIn)
     now = r.occurred_at
     key = receipt_key(r.store, r.till, r.business_day, r.sequence)
     store = Store(CounterAccount(0, CHANNEL, r.store, "active", {}))
+    order = _order(r, key, now, offline=False)
     values = _quick_values(store, r, key, body_hash(r), now, None, False, None, now, 0, 0)
-    return compile_quick_sale(
-        dialect,
-        CHANNEL,
-        _order(r, key, now, offline=False),
-        existing=_EXISTING,
-        follow=_quick_insert(tuple(values)),
-        tables=TABLES,
+    made = compile_quick_sale(
+        dialect, CHANNEL, order, existing=_EXISTING, follow=_quick_insert(tuple(values)), tables=TABLES
+    )
+    c = _Claimed(0, key, body_hash(r), now, None, True, None, now)
+    result = _quick_result(r, key, False, None, 0, 0, None)
+    finished = _finish_values(c, r, False, "applied", result=result, member_id=0, order_id=0)
+    finish = _finish_statement(tuple(finished), figures=dialect.name)
+    return made + compile_counter_sale(
+        dialect, CHANNEL, order, claim=_claim_statement_on(dialect.name), finish=finish, tables=TABLES
     )
 
 
