@@ -82,17 +82,19 @@ class StoredMeanwhile(Exception):
     """Another transaction stored one of the page's new identities first."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedMember:
     """What a new member of a claim set needs that no database does: its claims ready to store (normalised,
-    encrypted, blind-indexed), their lookup keys, the masked index of its mobile, and whether the policy creates
-    a member for these claims when none is stored. Made by :func:`prepare_member`, in the import's reading
-    thread."""
+    encrypted, blind-indexed), their lookup keys, its (first) mobile claim with that number's masked index, and
+    whether the policy creates a member for these claims when none is stored. Made by :func:`prepare_member`, in
+    the import's reading thread, one a row; not frozen (a frozen dataclass sets each field through
+    ``object.__setattr__``), nothing changes one after it is made."""
 
     claims: list[Any]  # tongcrm.identity.service._Claim
     keys: frozenset[tuple[str, str]]
     masked: str | None
     creates: bool
+    mobile: Any = None  # the claim ``masked`` indexes the number of
 
 
 @dataclass(slots=True)
@@ -110,13 +112,23 @@ def prepare_member(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) 
     claims = _prepared(ctx, kinds, cs)
     if claims is None:
         return None
-    mobile = next((c for c in claims if c.kind == MOBILE and c.e164 is not None), None)
+    # one pass over the claims for their keys and the first mobile (a loop, not two generators: per row, #22)
+    keys: list[tuple[str, str]] = []
+    mobile = None
+    for c in claims:
+        kind = c.kind
+        keys.append((kind, c.value))
+        for v in c.lookup:
+            keys.append((kind, v))
+        if mobile is None and kind == MOBILE and c.e164 is not None:
+            mobile = c
     return PreparedMember(
         claims,
-        frozenset((c.kind, v) for c in claims for v in (c.value, *c.lookup)),
+        frozenset(keys),
         None if mobile is None else masked_index(ctx.vault, mobile.e164),
         # the core policy creates a member for claims none of which is stored: not asked through pluggy per row
         ctx.host.resolution_is_core() or _creates(ctx, claims),
+        mobile,
     )
 
 
@@ -219,7 +231,8 @@ async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now
     ids = sorted(r[0] for r in await driver.fetch(_NEW_IDS, len(fresh)))
     rows = _NewRows(now)
     for member_id, new in zip(ids, fresh, strict=True):
-        rows.add(ctx, member_id, new.claim_set, new.prepared.claims, new.prepared.masked)
+        p = new.prepared
+        rows.add(ctx, member_id, new.claim_set, p.claims, p.masked, p.mobile)
     await _copy_new_members(driver, rows)
     return ids
 
@@ -234,35 +247,52 @@ class _NewRows:
     ``member_created`` event of :mod:`tongcrm.identity.service`), all made at ``now``: members as tuples in the
     order of :data:`_MEMBER_COLUMNS` (``profile_meta`` a dict), identities in that of :data:`_IDENTITY_COLUMNS`,
     and the events' payloads. Tuples, not dicts by column name: the ``COPY`` takes them as they are, where a
-    dict per row and then its values taken out again was a third of the writer's CPU per new member (#22)."""
+    dict per row and then its values taken out again was a third of the writer's CPU per new member (#22).
+
+    Every new member of a page is made at ``now``, so its ``profile_meta`` depends only on which of its profile
+    fields are set: the members with the same fields share one dict (made once, never changed after), and the
+    ``COPY`` encodes it once (:func:`_copy_new_members`)."""
 
     now: datetime
     members: list[tuple[Any, ...]] = field(default_factory=list)
     identities: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     stamp: str = ""
+    #: ``profile_meta`` by the names it covers (the profile fields set, then ``mobile_enc`` when a mobile is)
+    metas: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.stamp = self.now.isoformat()
 
     def add(
-        self, ctx: ResolutionContext, member_id: int, cs: ClaimSet, claims: Sequence[Any], masked: str | None
+        self,
+        ctx: ResolutionContext,
+        member_id: int,
+        cs: ClaimSet,
+        claims: Sequence[Any],
+        masked: str | None,
+        mobile: Any = None,
     ) -> None:
         """One new member of the claim set ``cs``: ``claims`` its claims prepared, ``masked`` the masked index of
-        its (first) mobile."""
-        now, stamp = self.now, self.stamp
+        its (first) mobile, ``mobile`` that claim when the caller has it already."""
+        now = self.now
         profile: dict[str, str] = {}
         if cs.profile is not None:
             for name, width in _PROFILE_FIELDS:
                 raw = getattr(cs.profile, name)
                 if raw and (raw := raw.strip()):
                     profile[name] = raw[:width]
-        meta: dict[str, Any] = {name: {"at": stamp, "verified": False} for name in profile}
         mobile_enc = e164 = None
         if masked is not None:
-            mobile = next(c for c in claims if c.kind == MOBILE and c.e164 is not None)
+            if mobile is None:
+                mobile = next(c for c in claims if c.kind == MOBILE and c.e164 is not None)
             mobile_enc, e164 = mobile.value_enc, mobile.e164
-            meta["mobile_enc"] = {"at": stamp, "verified": True}
+        covered = (*profile, "mobile_enc") if masked is not None else tuple(profile)
+        meta = self.metas.get(covered)
+        if meta is None:
+            meta = self.metas[covered] = {
+                name: {"at": self.stamp, "verified": name == "mobile_enc"} for name in covered
+            }
         self.members.append(
             (
                 member_id, "active", 1, now, now, profile.get("name"), profile.get("province"), profile.get("city"),
@@ -293,7 +323,9 @@ _META_AT = _MEMBER_COLUMNS.index("profile_meta")
 async def _copy_new_members(driver: Any, rows: _NewRows) -> None:
     """PostgreSQL: the new members, their identities and their events by ``COPY``; a unique violation of an
     identity (another transaction stored it first) is a :class:`StoredMeanwhile`."""
-    members = [(*row[:_META_AT], json_text(row[_META_AT]), *row[_META_AT + 1 :]) for row in rows.members]
+    # the members of a page share a few ``profile_meta`` dicts (see :class:`_NewRows`): each encoded once
+    texts = {id(meta): json_text(meta) for meta in rows.metas.values()}
+    members = [(*row[:_META_AT], texts[id(row[_META_AT])], *row[_META_AT + 1 :]) for row in rows.members]
     await driver.copy_records_to_table("members", records=members, columns=_MEMBER_COLUMNS)
     await copy_rows(driver, "identities", rows.sorted_identities(), _IDENTITY_COLUMNS)
     await driver.copy_records_to_table(
