@@ -539,8 +539,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     written: list[int] = []
     real = staged._write
 
-    async def spying(driver: Any, ctx: Any, fresh: Any, now: Any) -> list[int]:
-        ids = await real(driver, ctx, fresh, now)
+    async def spying(driver: Any, ctx: Any, fresh: Any, now: Any, origin: Any) -> list[int]:
+        ids = await real(driver, ctx, fresh, now, origin)
         written.append(len(ids))
         return ids
 

@@ -149,3 +149,35 @@ def test_the_record_count_is_the_number_of_records_read(tmp_path: Path, fmt: str
     path = tmp_path / f"f.{fmt}"
     path.write_text(text, encoding="utf-8")
     assert count_records(path, fmt) == len(list(read_records(path, fmt)))
+
+
+def test_a_csv_file_reads_as_records_with_their_lines_values_and_bad_rows(tmp_path: Path) -> None:
+    """What the CSV reader gives row by row (its values built in one step from the cells): a mapping's names, the
+    identity columns, blank rows skipped, a row of another width bad, a NUL bad only in a column an import reads."""
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "\ufeff编号 , mobile,identity.jd.open_id,notes\n"
+        " M1 ,13800138001,, \n"
+        " , ,,\n"
+        "M2,13800138002,jd-2\n"
+        "M3,,jd-3,a\x00b\n"
+        'M4,"138\x0000",,\n'
+        '"M5\nstill M5",13800138005,jd-5,x\n',
+        encoding="utf-8",
+    )
+    records = list(read_records(path, "csv", {"member_id": "编号"}))
+    names = ("member_id", "mobile", "identity.jd.open_id", "notes")
+    assert [(r.line, r.error) for r in records] == [
+        (2, None),
+        (4, "the row has 3 fields where the header has 4"),
+        (5, None),
+        (6, "the mobile value contains a NUL character (U+0000)"),
+        (7, None),
+    ]
+    assert records[0].values == dict(zip(names, ("M1", "13800138001", None, None), strict=True))
+    assert records[2].values["notes"] == "a\x00b"  # a column no import reads: ignored, not a bad row
+    assert records[2].identities() == [("jd.open_id", "jd-3")]
+    assert records[3].values["mobile"] == "138\ufffd00"
+    assert records[4].values["member_id"] == "M5\nstill M5" and records[4].identity_names == (
+        "identity.jd.open_id",
+    )

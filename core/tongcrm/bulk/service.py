@@ -209,10 +209,10 @@ class _Outcome:
     tiers_done: set[int] = field(default_factory=set)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     """A readable record with its key, and what the kind's writer prepared of it off the event loop (see
-    :func:`_prepare_page`)."""
+    :func:`_prepare_page`). Not frozen, one a row (#22): nothing changes one after it is made."""
 
     record: Record
     key: str
@@ -834,24 +834,42 @@ def _resolution(ctx: ImportContext) -> ResolutionContext:
 # members
 
 
+def _member_claim_set(source: str, record: Record) -> ClaimSet:
+    """The row's claim set as identity resolution takes it."""
+    values = record.values
+    return ClaimSet(
+        claims=_claims(source, record),
+        profile=BuyerProfile(
+            name=values.get("name"), province=values.get("province"), city=values.get("city")
+        ),
+        source_channel=IMPORT_CHANNEL,
+        source_campaign=source[:100],
+    )
+
+
 def _prepare_members(
     ctx: ImportContext, source: str, dialect: str, keyed: Sequence[tuple[Record, str]]
 ) -> list[_Row]:
-    """Each row's claim set and, on PostgreSQL, its claims ready for the set-based writer (reading thread)."""
+    """Each row's work (reading thread): on PostgreSQL its claims ready for the set-based writer
+    (:func:`tongcrm.bulk.staged.prepare_member`, from the row's ``(kind, value)`` pairs: the claim set's plugin
+    types are made in :func:`_apply_members` only for the rows resolution takes, a few of a first import), on
+    SQLite its claim set (every row is resolved)."""
+    if dialect != "postgresql":
+        return [_Row(record, key, _member_claim_set(source, record)) for record, key in keyed]
     resolution = _resolution(ctx)
-    kinds = ctx.host.identity_kinds() if dialect == "postgresql" else {}
+    kinds = ctx.host.identity_kinds()
+    prepare = staged.prepare_member
     rows = []
     for record, key in keyed:
-        cs = ClaimSet(
-            claims=_claims(source, record),
-            profile=BuyerProfile(
-                name=record.get("name"), province=record.get("province"), city=record.get("city")
-            ),
-            source_channel=IMPORT_CHANNEL,
-            source_campaign=source[:100],
+        values = record.values
+        prepared = prepare(
+            resolution,
+            kinds,
+            _claim_pairs(source, values, record),
+            evidence(source, record.line),
+            (values.get("name"), values.get("province"), values.get("city")),
         )
-        prepared = staged.prepare_member(resolution, kinds, cs) if dialect == "postgresql" else None
-        rows.append(_Row(record, key, (cs, prepared)))
+        rows.append(_Row(record, key, prepared))
     return rows
 
 
@@ -859,15 +877,24 @@ async def _apply_members(
     session: AsyncSession, ctx: ImportContext, source: str, account_id: int | None, rows: Sequence[_Row]
 ) -> _Outcome:
     outcome = _Outcome()
-    claim_sets: list[ClaimSet] = [r.work[0] for r in rows]
     resolution = _resolution(ctx)
     done: dict[int, ResolveOutcome] = {}
-    if dialect_name(session) == "postgresql":
-        done = await staged.write_new_members(session, resolution, claim_sets, [r.work[1] for r in rows])
+    postgresql = dialect_name(session) == "postgresql"
+    if postgresql:
+        done = await staged.write_new_members(
+            session,
+            resolution,
+            [r.work for r in rows],
+            source_channel=IMPORT_CHANNEL,
+            source_campaign=source[:100],
+        )
     rest = [i for i in range(len(rows)) if i not in done]
     if rest:
         outcome.resolved = True  # resolution reads members too: analysed on the schedule from now on
-        resolved_rest = await resolve_many(session, resolution, [claim_sets[i] for i in rest])
+        claim_sets: list[ClaimSet] = [
+            _member_claim_set(source, rows[i].record) if postgresql else rows[i].work for i in rest
+        ]
+        resolved_rest = await resolve_many(session, resolution, claim_sets)
         done.update(zip(rest, resolved_rest, strict=True))
     for i, r in enumerate(rows):
         resolved = done[i]

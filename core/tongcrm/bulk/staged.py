@@ -44,11 +44,10 @@ from tongcrm.identity.plugin import default_decision
 from tongcrm.identity.service import (
     MOBILE,
     ClaimError,
-    ClaimSet,
     ResolutionContext,
     ResolveOutcome,
     claim_value,
-    prepare_claim,
+    prepare_claim_value,
 )
 from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
@@ -82,46 +81,69 @@ class StoredMeanwhile(Exception):
     """Another transaction stored one of the page's new identities first."""
 
 
+#: A new member's profile as a row gives it: (name, province, city), each None when blank.
+Profile = tuple[str | None, str | None, str | None]
+_NO_PROFILE: Profile = (None, None, None)
+
+
 @dataclass(slots=True)
 class PreparedMember:
-    """What a new member of a claim set needs that no database does: its claims ready to store (normalised,
-    encrypted, blind-indexed), their lookup keys, its (first) mobile claim with that number's masked index, and
-    whether the policy creates a member for these claims when none is stored. Made by :func:`prepare_member`, in
-    the import's reading thread, one a row; not frozen (a frozen dataclass sets each field through
-    ``object.__setattr__``), nothing changes one after it is made."""
+    """What a new member of a row needs that no database does: its claims ready to store (normalised,
+    encrypted, blind-indexed), their lookup keys, its (first) mobile claim with that number's masked index,
+    whether the policy creates a member for these claims when none is stored, and the row's profile. Made by
+    :func:`prepare_member`, in the import's reading thread, one a row; not frozen (a frozen dataclass sets each
+    field through ``object.__setattr__``), nothing changes one after it is made."""
 
     claims: list[Any]  # tongcrm.identity.service._Claim
     keys: frozenset[tuple[str, str]]
     masked: str | None
     creates: bool
     mobile: Any = None  # the claim ``masked`` indexes the number of
+    profile: Profile = _NO_PROFILE
 
 
 @dataclass(slots=True)
 class _New:
     index: int
-    claim_set: ClaimSet
     prepared: PreparedMember
 
 
-def prepare_member(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> PreparedMember | None:
-    """The claim set made ready for :func:`write_new_members`; None when a claim cannot be prepared (resolution
-    reports that error itself). A function of the claim set alone (the ``resolve_member`` policy is asked with no
-    matches, as resolution asks it of claims none of which is stored; a policy decides, it keeps no state): safe in
-    another thread."""
-    claims = _prepared(ctx, kinds, cs)
-    if claims is None:
-        return None
-    # one pass over the claims for their keys and the first mobile (a loop, not two generators: per row, #22)
+def prepare_member(
+    ctx: ResolutionContext,
+    kinds: dict[str, Any],
+    pairs: Sequence[tuple[str, str]],
+    evidence: str,
+    profile: Profile = _NO_PROFILE,
+) -> PreparedMember | None:
+    """A row's claims (``(kind, value)`` pairs, not blank, each said with ``evidence``) made ready for
+    :func:`write_new_members`; None when there are none or one cannot be prepared (resolution, which the caller
+    then gives the row's :class:`ClaimSet`, reports that error itself). The plugin types of the claim set
+    (``IdentityClaim`` per claim, ``ClaimSet``, ``BuyerProfile``: frozen, ~7 µs a row) are not made here: the
+    caller makes them only for the rows resolution takes (#22). A function of the row alone (the
+    ``resolve_member`` policy is asked with no matches, as resolution asks it of claims none of which is stored;
+    a policy decides, it keeps no state): safe in another thread."""
+    said = evidence[:2000]
+    claims: list[Any] = []
+    seen: set[tuple[str, str]] = set()
+    # one pass over the claims for their keys and the first mobile (a loop, not generators: per row, #22)
     keys: list[tuple[str, str]] = []
-    mobile = None
-    for c in claims:
-        kind = c.kind
-        keys.append((kind, c.value))
-        for v in c.lookup:
-            keys.append((kind, v))
-        if mobile is None and kind == MOBILE and c.e164 is not None:
-            mobile = c
+    mobile: Any = None
+    try:
+        for kind, raw in pairs:
+            c = prepare_claim_value(ctx, kinds, kind, raw, said)
+            if (kind, c.value) in seen:
+                continue
+            seen.add((kind, c.value))
+            claims.append(c)
+            keys.append((kind, c.value))
+            for v in c.lookup:
+                keys.append((kind, v))
+            if mobile is None and kind == MOBILE and c.e164 is not None:
+                mobile = c
+    except ClaimError:
+        return None
+    if not claims:
+        return None
     return PreparedMember(
         claims,
         frozenset(keys),
@@ -129,6 +151,7 @@ def prepare_member(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) 
         # the core policy creates a member for claims none of which is stored: not asked through pluggy per row
         ctx.host.resolution_is_core() or _creates(ctx, claims),
         mobile,
+        profile,
     )
 
 
@@ -151,22 +174,6 @@ def prepare_order(ctx: ResolutionContext, kinds: dict[str, Any], order: Imported
     return out
 
 
-def _prepared(ctx: ResolutionContext, kinds: dict[str, Any], cs: ClaimSet) -> list[Any] | None:
-    """The claim set's claims ready to store, without repeats; None when one cannot be prepared (resolution
-    reports that error itself)."""
-    out: list[Any] = []
-    seen: set[tuple[str, str]] = set()
-    try:
-        for claim in cs.claims:
-            c = prepare_claim(ctx, kinds, claim)
-            if (c.kind, c.value) not in seen:
-                seen.add((c.kind, c.value))
-                out.append(c)
-    except ClaimError:
-        return None
-    return out or None
-
-
 def _creates(ctx: ResolutionContext, claims: Sequence[Any]) -> bool:
     """Whether the policy creates a member for claims none of which is stored (what resolution would ask)."""
     try:
@@ -179,20 +186,18 @@ def _creates(ctx: ResolutionContext, claims: Sequence[Any]) -> bool:
 async def write_new_members(
     session: AsyncSession,
     ctx: ResolutionContext,
-    claim_sets: Sequence[ClaimSet],
-    prepared: Sequence[PreparedMember | None] | None = None,
+    prepared: Sequence[PreparedMember | None],
+    *,
+    source_channel: str | None,
+    source_campaign: str | None,
 ) -> dict[int, ResolveOutcome]:
-    """Create the members of the claim sets that certainly make new members; {index: outcome} of those.
+    """Create the members of the rows that certainly make new members; {index: outcome} of those.
 
-    ``prepared`` gives :func:`prepare_member` of each claim set when the caller made them beforehand (the bulk
-    import does, in its reading thread). The caller resolves the others (in their order) with
-    :func:`tongcrm.identity.service.resolve_many`. Runs in the caller's transaction (PostgreSQL only)."""
-    if prepared is None:
-        kinds = ctx.host.identity_kinds()
-        prepared = [prepare_member(ctx, kinds, cs) for cs in claim_sets]
-    candidates = [
-        _New(i, cs, p) for i, (cs, p) in enumerate(zip(claim_sets, prepared, strict=True)) if p is not None
-    ]
+    ``prepared`` gives :func:`prepare_member` of each row (the bulk import makes them in its reading thread; None:
+    a row for resolution); the new members have ``source_channel`` and ``source_campaign``. The caller resolves
+    the others (in their order) with :func:`tongcrm.identity.service.resolve_many`. Runs in the caller's
+    transaction (PostgreSQL only)."""
+    candidates = [_New(i, p) for i, p in enumerate(prepared) if p is not None]
     if not candidates:
         return {}
     # a claim two rows of the page share: resolution decides how they meet
@@ -215,7 +220,7 @@ async def write_new_members(
     # a savepoint of its own, on the connection the writes use (the ORM's nested transaction would not cover them)
     await driver.execute("SAVEPOINT bulk_staged_members")
     try:
-        ids = await _write(driver, ctx, fresh, now)
+        ids = await _write(driver, ctx, fresh, now, (None, source_channel, None, source_campaign))
     except StoredMeanwhile:
         await driver.execute("ROLLBACK TO SAVEPOINT bulk_staged_members")
         log.info("a new identity of the import page was stored meanwhile; resolving the page row by row")
@@ -227,12 +232,18 @@ async def write_new_members(
     }
 
 
-async def _write(driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now: datetime) -> list[int]:
+#: Where a new member came from: (account id, source channel, source store, source campaign).
+Origin = tuple[int | None, str | None, str | None, str | None]
+
+
+async def _write(
+    driver: Any, ctx: ResolutionContext, fresh: Sequence[_New], now: datetime, origin: Origin
+) -> list[int]:
     ids = sorted(r[0] for r in await driver.fetch(_NEW_IDS, len(fresh)))
     rows = _NewRows(now)
     for member_id, new in zip(ids, fresh, strict=True):
         p = new.prepared
-        rows.add(ctx, member_id, new.claim_set, p.claims, p.masked, p.mobile)
+        rows.add(ctx, member_id, origin, p.claims, p.masked, p.mobile, p.profile)
     await _copy_new_members(driver, rows)
     return ids
 
@@ -268,18 +279,19 @@ class _NewRows:
         self,
         ctx: ResolutionContext,
         member_id: int,
-        cs: ClaimSet,
+        origin: Origin,
         claims: Sequence[Any],
         masked: str | None,
         mobile: Any = None,
+        given: Profile = _NO_PROFILE,
     ) -> None:
-        """One new member of the claim set ``cs``: ``claims`` its claims prepared, ``masked`` the masked index of
-        its (first) mobile, ``mobile`` that claim when the caller has it already."""
+        """One new member from ``origin``: ``claims`` its claims prepared, ``masked`` the masked index of its
+        (first) mobile, ``mobile`` that claim when the caller has it already, ``given`` its profile (name,
+        province, city) as the row has it."""
         now = self.now
         profile: dict[str, str] = {}
-        if cs.profile is not None:
-            for name, width in _PROFILE_FIELDS:
-                raw = getattr(cs.profile, name)
+        if given is not _NO_PROFILE:
+            for (name, width), raw in zip(_PROFILE_FIELDS, given, strict=True):
                 if raw and (raw := raw.strip()):
                     profile[name] = raw[:width]
         mobile_enc = e164 = None
@@ -296,20 +308,18 @@ class _NewRows:
         self.members.append(
             (
                 member_id, "active", 1, now, now, profile.get("name"), profile.get("province"), profile.get("city"),
-                mobile_enc, masked, meta, cs.source_channel, cs.source_store, cs.source_campaign, "prospect",
+                mobile_enc, masked, meta, origin[1], origin[2], origin[3], "prospect",
             )
         )  # fmt: skip
         self.identities.extend(
             (
                 c.kind, c.value, member_id, c.value_enc,
                 None if c.e164 is None else masked if c.e164 == e164 else masked_index(ctx.vault, c.e164),
-                cs.account_id, c.evidence, now, now,
+                origin[0], c.evidence, now, now,
             )
             for c in claims
         )  # fmt: skip
-        self.events.append(
-            ("member_created", {"member_id": member_id, "source": cs.source_channel or "unknown"})
-        )
+        self.events.append(("member_created", {"member_id": member_id, "source": origin[1] or "unknown"}))
 
     def sorted_identities(self) -> list[tuple[Any, ...]]:
         """In ``(kind, value)`` order, as resolution inserts them: concurrent writers wait on each other in that
@@ -438,15 +448,10 @@ class _Chosen:
         """The newcomers' rows under the member ids ``ids``, and their orders given those members."""
         rows = _NewRows(self.now)
         for member_id, new in zip(ids, self.newcomers, strict=True):
-            cs = ClaimSet(
-                (),  # the claims are given prepared (``new.claims``): the rows are made of those alone
-                account_id=self.account_id,
-                source_channel=self.channel,
-                source_store=new.order.store_code,
-            )
+            origin = (self.account_id, self.channel, new.order.store_code, None)
             mobile = next((c for c in new.claims if c.kind == MOBILE and c.e164 is not None), None)
             masked = None if mobile is None else masked_index(ctx.vault, mobile.e164)
-            rows.add(ctx, member_id, cs, new.claims, masked)
+            rows.add(ctx, member_id, origin, new.claims, masked, mobile)
             for position in new.positions:
                 self.orders[position] = (self.orders[position][0], member_id)
         return rows

@@ -222,6 +222,16 @@ def prepare_claim(ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], cl
     return _Claim(claim.kind, strong, value, lookup, value_enc, claim.evidence[:2000], e164)
 
 
+def prepare_claim_value(
+    ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], kind: str, raw: str, evidence: str
+) -> _Claim:
+    """:func:`prepare_claim` of a claim given as its parts (``evidence`` at most 2,000 characters): the bulk
+    import prepares a new member's claims from a row's ``(kind, value)`` pairs without an :class:`IdentityClaim`
+    per claim, a frozen plugin type made only for the rows resolution takes (#22). Raises :class:`ClaimError`."""
+    strong, value, lookup, value_enc, e164 = claim_value(ctx, kinds, kind, raw)
+    return _Claim(kind, strong, value, lookup, value_enc, evidence, e164)
+
+
 def claim_value(
     ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], kind: str, raw: str
 ) -> tuple[bool, str, tuple[str, ...], str | None, str | None]:
