@@ -522,3 +522,21 @@ async def test_a_line_logged_while_a_command_runs_stays_out_of_its_stdout() -> N
     assert result.exit_code == 0 and result.stdout == "1\tflow.shipping_notice\n"
     if "request" in result.stderr:  # caught on the swapped stderr (the runner's threads share it): scrubbed
         assert "13800138000" not in result.stderr
+
+
+def test_channel_add_applies_the_settings_bounds_of_the_api(invoke, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``tongcrm channel add`` refuses a value past ``SETTING_VALUE_MAX`` as the HTTP API and the console do
+    (one definition, :mod:`tongcrm.plugin.settings`): one line, exit 1, and no account is added."""
+    from tongcrm.cli import main
+    from tongcrm.plugin.settings import SETTING_VALUE_MAX
+
+    assert invoke("db", "upgrade").exit_code == 0
+    args = ["channel", "add", "jd", "--name", "jd-pop", "--app-key", "k", "--access-token", "t"]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--app-secret", "s" * (SETTING_VALUE_MAX + 1)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'app_secret' is 4,097 characters, at most 4,096" in err
+    assert "jd-pop" not in invoke("channel", "list").output
+    assert invoke(*args, "--app-secret", "s" * SETTING_VALUE_MAX).exit_code == 0  # the bound itself fits
+    assert "jd-pop" in invoke("channel", "list").output

@@ -119,6 +119,58 @@ async def test_an_admin_adds_a_tier_through_the_ladder_form_and_sees_it_saved(
     assert platinum.rule.as_dict()["min"] == 200_050 and platinum.entitlement("birthday_coupon") is not None
 
 
+async def _beside(page: Any, label: str, *, exact: bool = True) -> tuple[float, float]:
+    """(how far the control's vertical centre is from its label's, the gap from the label's right edge to the
+    control's left edge) for the control labelled ``label``: a label on the control's line reads beside it."""
+    control = page.get_by_label(label, exact=exact).first
+    box = await control.bounding_box()
+    ident = await control.get_attribute("id")
+    lbox = await page.locator(f'label[for="{ident}"]').bounding_box()
+    assert box is not None and lbox is not None
+    return abs((box["y"] + box["height"] / 2) - (lbox["y"] + lbox["height"] / 2)), box["x"] - (
+        lbox["x"] + lbox["width"]
+    )
+
+
+async def test_the_ladder_form_reads_as_rows_with_each_label_beside_its_field(
+    served: Served, browser: Any
+) -> None:
+    """Labels sit on their field's line (a check box before its label), the rows wrap on a narrow window
+    without parting a label from its field, and the check box still travels through the form's POST."""
+    page = await (
+        await browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    ).new_page()
+    await _sign_in(page, served, "admin")
+    await page.goto(served.url + "/console/tiers")
+    off, gap = await _beside(page, "复核日（每年同一天时）")
+    assert off < 4 and 0 <= gap < 24  # the label left of its field, on its line
+    box = await page.get_by_label("复核时最多降一级").bounding_box()
+    label = await page.locator('label[for="tf-one-step"]').bounding_box()
+    assert box is not None and label is not None
+    assert abs((box["y"] + box["height"] / 2) - (label["y"] + label["height"] / 2)) < 4
+    assert 0 <= label["x"] - (box["x"] + box["width"]) < 16  # the box, then its label, on one line
+    day = await page.get_by_label("复核日（每年同一天时）").bounding_box()
+    assert day is not None and abs(day["y"] - box["y"]) < 12  # and in the review day's row, not under it
+    await _shot(page, served, "tier-form-rows")
+
+    await page.set_viewport_size({"width": 420, "height": 900})
+    for name in ("复核日（每年同一天时）", "统计周期（月）", "门槛"):
+        off, gap = await _beside(page, name)
+        assert off < 4 and 0 <= gap < 24, name  # wrapped as whole pairs
+    await _shot(page, served, "tier-form-rows-narrow")
+
+    await page.set_viewport_size({"width": 1280, "height": 900})
+    await page.get_by_label("复核时最多降一级").check()
+    await page.get_by_role("button", name="预览", exact=True).click()
+    await page.wait_for_url("**/console/tiers/preview")
+    assert await page.get_by_label("复核时最多降一级").is_checked()  # kept by the server, no script
+    assert await page.locator("[data-draft-preview]").is_visible()
+    draft = json.loads(
+        await page.locator('form[action="/console/tiers/apply"] input[name="ladder"]').input_value()
+    )
+    assert draft["review"]["one_step"] is True
+
+
 async def test_an_operator_changes_a_care_flow_and_reauthorises_a_shop(served: Served, browser: Any) -> None:
     await seed_marketing(served.db, ops_host(), members=2, vip=1, mobile_prefix="+86136")  # a template: promo
     async with served.db.sessions() as session, session.begin():

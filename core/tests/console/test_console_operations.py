@@ -334,7 +334,40 @@ async def test_campaigns_are_created_scheduled_and_cancelled_through_the_forms(m
             and WRITE_MARK not in page.split("<main")[1].split("h-report")[0]
         )
         again = await api.post("/console/campaigns/winter/cancel", data={"csrf_token": csrf})
-        assert again.status_code == 409 and "already cancelled" in again.text
+        assert again.status_code == 409 and "营销活动“winter”已经是“已取消”状态" in again.text
+        assert "already cancelled" not in again.text
+
+
+async def test_an_over_budget_schedule_is_refused_in_chinese_and_keeps_the_campaign_a_draft(
+    make_client: Any,
+) -> None:
+    """The budget refusal carries a code (``campaign.over_budget_messages``) and its figures, so the page says
+    it in Chinese instead of the fallback around the English sentence; the API's detail stays English."""
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=6, vip=4)
+        csrf = await sign_in(api, "operator")
+        form = {
+            "name": "tight", "goal": "", "segment": "vip", "template": "promo", "control_percent": "0",
+            "response_kind": "order", "within_days": "7", "min_paid_yuan": "", "sku": "", "budget_messages": "1",
+            "message_cost_yuan": "0", "csrf_token": csrf,
+        }  # fmt: skip
+        made = await api.post("/console/campaigns/", data=form, follow_redirects=False)
+        assert made.status_code == 303, made.text
+        at = (datetime.now(UTC) + timedelta(days=2)).astimezone(SH).strftime("%Y-%m-%dT10:00")
+        refused = await api.post(
+            "/console/campaigns/tight/schedule", data={"kind": "once", "at": at, "csrf_token": csrf}
+        )
+        assert refused.status_code == 422
+        assert (
+            "超出短信预算：这次运行要给 4 位会员发送，预算 1 条只剩 1 条；未排期" in refused.text
+            and "budget exceeded" not in refused.text
+            and "系统说明" not in refused.text
+        )
+        assert f'value="{at}"' in refused.text  # the schedule form keeps what was typed
+        async with api.db.sessions() as session:
+            tight = (await session.execute(sa.select(Campaign).where(Campaign.name == "tight"))).scalar_one()
+        assert tight.status == "draft" and tight.next_run_at is None
 
 
 async def test_calendar_marks_and_clashes(make_client: Any) -> None:

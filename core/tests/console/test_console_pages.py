@@ -332,8 +332,21 @@ async def test_admins_create_and_revoke_keys_audited_and_read_the_audit_log(make
         key = re.search(r"data-created-key>([^<]+)<", created.text)
         assert key is not None and key.group(1).startswith("tck_")
         assert key.group(1) not in (await api.get("/console/keys")).text  # shown once
-        bad = await api.post("/console/keys", data={"csrf_token": csrf, "role": "pos"})
-        assert bad.status_code == 400 and "store" in bad.text
+        bad = await api.post("/console/keys", data={"csrf_token": csrf, "role": "pos", "label": "一号收银台"})
+        assert bad.status_code == 400 and "收银台（pos）密钥必须限定一个门店" in bad.text
+        # the keys page again, not the bare error page: the reason above the form, the form as typed
+        assert "data-problem" in bad.text and 'value="一号收银台"' in bad.text
+        assert '<option value="pos" selected>' in bad.text
+        scoped = await api.post(
+            "/console/keys", data={"csrf_token": csrf, "role": "analyst", "store_code": "SH001"}
+        )
+        assert scoped.status_code == 400 and "只有收银台（pos）密钥才能限定门店" in scoped.text
+        assert 'value="SH001"' in scoped.text and "only pos keys" not in scoped.text
+        unknown = await api.post(
+            "/console/keys", data={"csrf_token": csrf, "role": "pos", "store_code": "NO\x00PE"}
+        )
+        assert unknown.status_code == 422 and "没有门店“NO\u2400PE”" in unknown.text  # a NUL shown as ␀
+        assert "系统说明" not in unknown.text
         async with api.db.sessions() as session:
             new_id = await session.scalar(sa.select(ApiKey.id).where(ApiKey.label == "报表"))
         revoked = await api.post(f"/console/keys/{new_id}/revoke", data={"csrf_token": csrf})

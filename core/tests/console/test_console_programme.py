@@ -18,6 +18,7 @@ from tongcrm.channels.models import ChannelAccount
 from tongcrm.config import Settings
 from tongcrm.console.segment_fields_zh import FIELDS_ZH, PARAMS_ZH
 from tongcrm.messaging.models import CareFlowConfig
+from tongcrm.plugin.settings import SETTING_VALUE_MAX
 from tongcrm.plugin.types import ChannelSpec, SettingField
 from tongcrm.segments.schema import catalogue
 from tongcrm_jd import plugin as jd_plugin
@@ -328,6 +329,46 @@ async def test_care_flow_settings_are_changed_by_writers_and_audited_as_the_api(
             assert (
                 await session.execute(sa.select(sa.func.count()).select_from(CareFlowConfig))
             ).scalar_one() == 2
+
+
+async def test_the_reauthorise_form_applies_the_settings_bounds_of_the_api(make_client: Any) -> None:
+    """A value past ``SETTING_VALUE_MAX`` or holding a NUL is refused by the console's form as by the HTTP API
+    (one definition, :mod:`tongcrm.plugin.settings`), in Chinese, and nothing is stored."""
+    host = ops_host()
+    host.register(taobao_plugin, "taobao")
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=2, vip=1)
+        vault = Settings(database_url=api.db.url, secret_key=SECRET_KEY).vault()
+        async with api.db.sessions() as session, session.begin():
+            await channels.create_account(
+                session, host, vault, "taobao", "tmall-flagship",
+                {"app_key": "12345678", "app_secret": "app-s3cret", "session": "old-token"},
+            )  # fmt: skip
+        path = "/console/channels/tmall-flagship/reauthorise"
+        operator = await sign_in(api, "operator")
+        long = await api.post(path, data={"session": "k" * (SETTING_VALUE_MAX + 1), "csrf_token": operator})
+        assert long.status_code == 400 and "data-problem" in long.text
+        assert (
+            "设置项“session”最多 4,096 个字符，现在是 4,097 个。" in long.text and "系统说明" not in long.text
+        )
+        nul = await api.post(path, data={"session": "fresh\x00token", "csrf_token": operator})
+        assert nul.status_code == 400 and "设置项“session”含有空字符（NUL）" in nul.text
+        fits = await api.post(
+            path, data={"session": "k" * SETTING_VALUE_MAX, "csrf_token": operator}, follow_redirects=False
+        )
+        assert fits.status_code == 303  # the bound itself is allowed, as in the API
+        async with api.db.sessions() as session:
+            account = await channels.get_account(session, "tmall-flagship")
+            secrets = json.loads(vault.decrypt(account.secrets or b"", context=channels.SECRETS_CONTEXT))
+        assert secrets["session"] == "k" * SETTING_VALUE_MAX
+        assert len(await _audits(api, "channel_account.reauthorise")) == 1  # the refused ones stored nothing
+        key = await api.create_key("operator")
+        put = await api.put(
+            "/api/channel-accounts/tmall-flagship/credentials",
+            json={"settings": {"session": "k" * (SETTING_VALUE_MAX + 1)}},
+            headers=_bearer(key),
+        )
+        assert put.status_code == 400  # the API's request type: the same number
 
 
 async def test_an_account_is_reauthorised_with_what_its_channel_plugin_asks_for(make_client: Any) -> None:

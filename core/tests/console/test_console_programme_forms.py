@@ -431,16 +431,49 @@ async def test_an_admin_backtests_and_stores_a_rule_set_from_its_form(make_clien
 
 
 def test_every_code_the_core_raises_has_a_chinese_sentence() -> None:
-    """A dotted ``code="…"`` written beside a refusal in the core (``ladder.needs_rule``) names a sentence of
-    ``MESSAGES_ZH``: a code without one would fall back to the generic sentence it was given to avoid."""
+    """A dotted ``code="…"`` written beside a refusal in the core (``ladder.needs_rule``), and a class-level code
+    of an error class (``code = "invalid_claim"``: no dot, every raise of the class carries it), names a sentence
+    of ``MESSAGES_ZH``: a code without one would fall back to the generic sentence it was given to avoid."""
     root = Path(tongcrm.__file__).parent
+    sources = [path.read_text("utf-8") for path in root.rglob("*.py")]
     written = {
         code
-        for path in root.rglob("*.py")
-        for code in re.findall(r'\bcode\s*(?::\s*str\s*)?=\s*"([a-z_]+\.[a-z_.]+)"', path.read_text("utf-8"))
+        for text in sources
+        for code in re.findall(r'\bcode\s*(?::\s*str\s*)?=\s*"([a-z_]+\.[a-z_.]+)"', text)
     }
     assert {"ladder.unfair_lacks", "rules.rate", "campaign.audience_empty", "form.not_whole"} <= written
+    assert {"campaign.over_budget_messages", "settings.value_too_long"} <= written
     assert sorted(written - set(MESSAGES_ZH)) == []
+    # a class attribute ``code = "…"`` (indented, alone on its line, optionally typed) of an error class
+    class_level = {
+        code
+        for text in sources
+        for code in re.findall(
+            r'(?m)^[ ]{4}code\s*(?::\s*str(?:\s*\|\s*None)?\s*)?=\s*"([a-z_.]+)"\s*$', text
+        )
+    }
+    assert {"invalid_claim", "unknown_identity_kind", "invalid_claim_value", "policy_error"} <= class_level
+    assert sorted(class_level - set(MESSAGES_ZH)) == []
+
+
+def test_the_identity_claim_codes_read_as_chinese_with_what_each_raise_carries() -> None:
+    """Each class-level code's sentence is filled by the params its raisers give (a sentence whose params are
+    missing would fall back to the English-bearing generic one)."""
+    from tongcrm.identity.service import ClaimError, InvalidClaimValue, PolicyError, UnknownIdentityKind
+
+    kinds = {"mobile": None, "pos.card": None}
+    unknown = UnknownIdentityKind(
+        "unknown identity kind 'qq'", params={"kind": "qq", "known": "、".join(sorted(kinds))}
+    )
+    assert explain("zh", unknown) == "没有“qq”这种身份类型；可用的类型：mobile、pos.card。"
+    assert explain("zh", ClaimError("a claim set needs at least one identity claim")).startswith(
+        "身份信息无效"
+    )
+    value = InvalidClaimValue("pos.card claim is longer than 200 characters", params={"kind": "pos.card"})
+    assert explain("zh", value).startswith("身份“pos.card”的取值不可用")
+    policy = PolicyError("the resolution policy named member 7, …", params={"member_id": 7})
+    assert "会员 7" in explain("zh", policy) and "系统说明" not in explain("zh", policy)
+    assert explain("en", unknown) == "unknown identity kind 'qq'"  # English pages keep the API's words
 
 
 @pytest.mark.parametrize(

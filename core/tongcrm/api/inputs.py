@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
 
 from tongcrm.errors import SHOWN_CHARS, SHOWN_NAMES, UnsupportedMediaType, listed, shown
+from tongcrm.plugin.settings import SETTING_NAME_MAX, SETTING_VALUE_MAX, SETTINGS_MAX
 
 #: The largest id, cursor or offset the API accepts: within the 64-bit (BIGINT) columns ids live in, and the
 #: largest such number a double holds exactly (2^63 - 1024), because the OpenAPI document states bounds as JSON
@@ -565,14 +566,8 @@ class BoundedOpenAPIConfig(OpenAPIConfig):
 
 # --- OpenAPI: the bounds of a list's items ------------------------------------------------------------------------
 
-#: A channel's or messenger's ``settings`` in a request: at most :data:`SETTINGS_MAX` names of 1 to
-#: :data:`SETTING_NAME_MAX` characters, each value a string (no nesting) of at most :data:`SETTING_VALUE_MAX`
-#: characters. The plugin's ``SettingField``s then check which names it takes and their values; these bounds
-#: only keep a request from carrying a megabyte of text into JSON or a sealed secret (a 4096-bit RSA key in PEM
-#: is ~3,300 characters; no plugin's field name is longer than 40).
-SETTINGS_MAX = 64
-SETTING_NAME_MAX = 64
-SETTING_VALUE_MAX = 4096
+#: A channel's or messenger's ``settings`` in a request, within the bounds :mod:`tongcrm.plugin.settings` defines
+#: for every door (the console's forms and the CLI check them there).
 SettingsIn = Annotated[
     dict[
         Annotated[str, msgspec.Meta(min_length=1, max_length=SETTING_NAME_MAX)],

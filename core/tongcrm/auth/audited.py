@@ -64,7 +64,13 @@ async def known_store(session: AsyncSession, host: PluginHost, store_code: str) 
             f"(tongcrm channel add {kinds[0]} …)"
         )
     raise Unprocessable(
-        f"store_code: no store {shown(store_code)}: {detail}", extra={"pointer": "/store_code"}
+        f"store_code: no store {shown(store_code)}: {detail}",
+        extra={"pointer": "/store_code"},
+        code="apikey.unknown_store",
+        params={
+            "store": store_code[:40].replace("\x00", "\u2400"),
+            "known": "、".join(known) if known else "（还没有）",
+        },
     )
 
 

@@ -97,9 +97,11 @@ async def create_key(
     except ValueError:
         raise BadRequest(f"unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}") from None
     if role_ is Role.POS and not store_code:
-        raise BadRequest("a pos key must be scoped to one store: give --store CODE")
+        raise BadRequest(
+            "a pos key must be scoped to one store: give --store CODE", code="apikey.pos_needs_store"
+        )
     if role_ is not Role.POS and store_code:
-        raise BadRequest("only pos keys are scoped to a store")
+        raise BadRequest("only pos keys are scoped to a store", code="apikey.store_not_pos")
     prefix = secrets.token_hex(4)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32).replace('_', '-')}"
     row = ApiKey(

@@ -128,6 +128,8 @@ def check_basics(
         raise Unprocessable(
             f"{what} name {name!r} is invalid: 1 to 64 of a-z, 0-9, '-' and '_', not digits only",
             extra={"pointer": "/name"},
+            code="campaign.name_invalid",
+            params={"name": name[:40]},
         )
     if len(goal) > 500:
         raise Unprocessable("goal is longer than 500 characters", extra={"pointer": "/goal"})
@@ -271,16 +273,20 @@ async def _granted(
 
 async def _over_budget(
     session: AsyncSession, campaign: Campaign, treated: int, *, run_id: int | None, first: bool = False
-) -> str:
-    """Why a run to ``treated`` members would pass the message or points budget ("" when it fits). Checked
-    before anything is queued or granted, so a refused run costs nothing."""
+) -> Unprocessable | None:
+    """Why a run to ``treated`` members would pass the message, points or entitlement budget (None when it
+    fits), as the refusal :func:`schedule` raises: its English message is also a refused run's ``reason``, its
+    code and params what the console says in Chinese. Checked before anything is queued or granted, so a refused
+    run costs nothing."""
     what = "the first run" if first else "the run"
     if campaign.budget_messages is not None:
         left = campaign.budget_messages - await _queued_to_treatment(session, campaign.id, besides=run_id)
         if treated > left:
-            return (
+            return Unprocessable(
                 f"budget exceeded: {what} would message {treated} members and {left} messages are left"
-                f" of the budget of {campaign.budget_messages}"
+                f" of the budget of {campaign.budget_messages}",
+                code="campaign.over_budget_messages",
+                params={"treated": treated, "left": left, "budget": campaign.budget_messages},
             )
     if campaign.budget_points is not None and campaign.benefit_points:
         needed = treated * campaign.benefit_points
@@ -288,20 +294,30 @@ async def _over_budget(
             session, CampaignRun.points_granted, campaign.id, besides=run_id
         )
         if needed > left:
-            return (
+            return Unprocessable(
                 f"points budget exceeded: {what} would grant {treated} members × {campaign.benefit_points}"
-                f" = {needed} points and {left} points are left of the budget of {campaign.budget_points}"
+                f" = {needed} points and {left} points are left of the budget of {campaign.budget_points}",
+                code="campaign.over_budget_points",
+                params={
+                    "treated": treated,
+                    "each": campaign.benefit_points,
+                    "needed": needed,
+                    "left": left,
+                    "budget": campaign.budget_points,
+                },
             )
     if campaign.budget_entitlements is not None and campaign.benefit_entitlement:
         left = campaign.budget_entitlements - await _granted(
             session, CampaignRun.entitlements_granted, campaign.id, besides=run_id
         )
         if treated > left:
-            return (
+            return Unprocessable(
                 f"entitlement budget exceeded: {what} would grant {treated} entitlements and {left} are left"
-                f" of the budget of {campaign.budget_entitlements}"
+                f" of the budget of {campaign.budget_entitlements}",
+                code="campaign.over_budget_entitlements",
+                params={"treated": treated, "left": left, "budget": campaign.budget_entitlements},
             )
-    return ""
+    return None
 
 
 async def schedule(
@@ -358,9 +374,9 @@ async def schedule(
         for b in (campaign.budget_messages, campaign.budget_points, campaign.budget_entitlements)
     ):
         treated = audience - len(await _control_ids_now(session, host, campaign, now))
-        reason = await _over_budget(session, campaign, treated, run_id=None, first=True)
-        if reason:
-            raise Unprocessable(reason)
+        over = await _over_budget(session, campaign, treated, run_id=None, first=True)
+        if over is not None:
+            raise over
     before = describe(campaign)
     campaign.schedule = parsed.document()
     campaign.next_run_at = first
@@ -377,7 +393,11 @@ async def cancel(session: AsyncSession, actor: Actor, name: str, *, now: datetim
     """Stop a campaign: no further run starts. Messages of runs already started still go out."""
     campaign = await get(session, name, lock=True)
     if campaign.status not in _OPEN:
-        raise Conflict(f"campaign {name!r} is already {campaign.status}")
+        raise Conflict(
+            f"campaign {name!r} is already {campaign.status}",
+            code="campaign.not_open",
+            params={"name": name, "status": campaign.status},
+        )
     before = describe(campaign)
     campaign.status = "cancelled"
     campaign.next_run_at = None
@@ -502,7 +522,8 @@ async def execute_run(
     if audience == 0:
         reason = "empty audience: the segment had no member at the run"
     else:
-        reason = await _over_budget(session, campaign, audience - controlled, run_id=run_id)
+        over = await _over_budget(session, campaign, audience - controlled, run_id=run_id)
+        reason = over.message if over is not None else ""
     if reason:
         run.status, run.reason = "refused", reason
         await session.execute(sa.delete(CampaignAudience).where(CampaignAudience.run_id == run_id))

@@ -13,8 +13,17 @@ from tongcrm.audit.service import AuditQuery, search
 from tongcrm.auth import audited
 from tongcrm.auth import service as keys
 from tongcrm.auth.service import Role
-from tongcrm.console.web import PREFIX, ConsoleController, action, actor_of, page, redirect, render
-from tongcrm.errors import BadRequest
+from tongcrm.console.web import (
+    PREFIX,
+    ConsoleController,
+    action,
+    actor_of,
+    page,
+    problem_text,
+    redirect,
+    render,
+)
+from tongcrm.errors import BadRequest, Forbidden, TongcrmError
 
 AUDIT_PAGE = 50
 Text = Annotated[str | None, QueryParameter(max_length=64)]
@@ -59,16 +68,30 @@ class KeyPages(ConsoleController):
         """Create a key and show it in this answer only (never in a URL, never again)."""
         form = await request.form()
         role, store, label = _field(form, "role"), _field(form, "store_code"), _field(form, "label")
-        if len(store) > 64 or len(label) > 200:
-            raise BadRequest("store code at most 64 characters, label at most 200")
-        async with request.app.state.sessions() as session, session.begin():
-            created, _ = await audited.create(
-                session,
-                actor_of(request),
-                role,
-                host=request.app.state.host,
-                store_code=store or None,
-                label=label,
+        typed = {"role": role, "store_code": store, "label": label}
+        try:
+            if len(store) > 64 or len(label) > 200:
+                raise BadRequest("store code at most 64 characters, label at most 200")
+            async with request.app.state.sessions() as session, session.begin():
+                created, _ = await audited.create(
+                    session,
+                    actor_of(request),
+                    role,
+                    host=request.app.state.host,
+                    store_code=store or None,
+                    label=label,
+                )
+        except TongcrmError as exc:
+            # a refusal (a store for a role that has none, a store tongcrm does not know) is the page again
+            # with the reason above the form as typed, not the bare error page that loses what was typed
+            if not 400 <= exc.status_code < 500 or isinstance(exc, Forbidden):
+                raise
+            return await _keys_page(
+                request,
+                created=None,
+                problem=problem_text(request, exc),
+                typed=typed,
+                status_code=exc.status_code,
             )
         return await _keys_page(request, created=created.key)
 
@@ -79,12 +102,26 @@ class KeyPages(ConsoleController):
         return redirect(request, PREFIX + "/keys")
 
 
-async def _keys_page(request: Request[Any, Any, Any], *, created: str | None) -> Response[str]:
+async def _keys_page(
+    request: Request[Any, Any, Any],
+    *,
+    created: str | None,
+    problem: str | None = None,
+    typed: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response[str]:
     async with request.app.state.read_sessions() as session, session.begin():
         rows = await keys.list_keys(session)
     return render(
         request,
         "keys.html",
-        {"rows": rows, "created": created, "roles": [r.value for r in Role]},
+        {
+            "rows": rows,
+            "created": created,
+            "roles": [r.value for r in Role],
+            "problem": problem,
+            "typed": typed or {},
+        },
         title="keys.title",
+        status_code=status_code,
     )

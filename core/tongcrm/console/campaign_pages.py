@@ -69,7 +69,9 @@ def _refusable(exc: TongcrmError) -> bool:
 # form parsing (no HTTP here: plain strings in, documents the services check out)
 
 
-def _int(text: str, field_name: str) -> int | None:
+def _int(text: str, field_name: str, most: int = MAX_ID) -> int | None:
+    """A form's whole number (None when empty); past ``most`` (the field's own bound where it has one, the
+    64-bit columns' otherwise) refused with that bound, which the sentence names."""
     text = text.strip()
     if not text:
         return None
@@ -81,11 +83,11 @@ def _int(text: str, field_name: str) -> int | None:
             code="form.not_whole",
             params={"field": field_name, "value": text},
         ) from exc
-    if abs(value) > MAX_ID:
+    if abs(value) > most:
         raise Unprocessable(
             f"{field_name}: {text!r} is too large",
             code="form.too_large",
-            params={"field": field_name, "value": text, "max": MAX_ID},
+            params={"field": field_name, "value": text[:40], "max": most},
         )
     return value
 
@@ -93,7 +95,10 @@ def _int(text: str, field_name: str) -> int | None:
 def draft_from_form(form: dict[str, str]) -> service.Draft:
     """A campaign draft from the create form; the service checks everything else (names, template, share)."""
     kind = form.get("response_kind", "order")
-    response: dict[str, Any] = {"kind": kind, "within_days": _int(form.get("within_days", ""), "within_days")}
+    response: dict[str, Any] = {
+        "kind": kind,
+        "within_days": _int(form.get("within_days", ""), "within_days", service.MAX_WITHIN_DAYS),
+    }
     if kind == "order":
         min_paid = yuan_to_fen(form.get("min_paid_yuan", ""), "min_paid_yuan")
         if min_paid is not None:
@@ -321,8 +326,15 @@ async def _list_page(
 
 
 async def _detail_page(
-    request: Request[Any, Any, Any], name: str, *, problem: str | None = None, status_code: int = 200
+    request: Request[Any, Any, Any],
+    name: str,
+    *,
+    problem: str | None = None,
+    status_code: int = 200,
+    typed: dict[str, list[str]] | None = None,
 ) -> Response[str]:
+    """The campaign's page; after a refused schedule, ``typed`` (the schedule form as posted) fills the form
+    again, so the operator corrects what was refused instead of typing it all anew."""
     async with request.app.state.read_sessions() as session:
         detail = await campaign_detail(session, name, context_of(request).lang)
         tz = await programme_tz(session, request.app.state.settings)
@@ -333,6 +345,7 @@ async def _detail_page(
             "d": detail,
             "problem": problem,
             "schedule_kinds": SCHEDULE_KINDS,
+            "typed": typed or {},
             "timezone": str(tz),
             "min_group": stats.MIN_GROUP,
             "min_expected": f"{stats.MIN_EXPECTED:g}",
@@ -384,12 +397,12 @@ class CampaignPages(ConsoleController):
                 )
         except InvalidSchedule as exc:
             shown = explain_text(context_of(request).lang, str(exc))
-            return await _detail_page(request, name, problem=shown, status_code=422)
+            return await _detail_page(request, name, problem=shown, status_code=422, typed=form)
         except TongcrmError as exc:
             if not _refusable(exc):
                 raise
             return await _detail_page(
-                request, name, problem=problem_text(request, exc), status_code=exc.status_code
+                request, name, problem=problem_text(request, exc), status_code=exc.status_code, typed=form
             )
         return redirect(request, f"{CAMPAIGNS}/{name}?scheduled=1")
 
@@ -451,8 +464,13 @@ class CalendarPage(ConsoleController):
         try:
             on = date.fromisoformat(form.get("on", ""))
         except ValueError:
+            refused = Unprocessable(
+                f"on: {form.get('on')!r} is not a date",
+                code="form.not_date",
+                params={"field": "on", "value": form.get("on", "")[:40]},
+            )
             return await _calendar_page(
-                request, None, problem=f"on: {form.get('on')!r} is not a date", status_code=422
+                request, None, problem=problem_text(request, refused), status_code=422
             )
         try:
             async with transaction(request.app.state.sessions) as session:

@@ -114,6 +114,8 @@ ZH_OPS: dict[str, str] = {
     "seg.ed.members": "{count} 位会员",
     "seg.ed.invalid": "无法在编辑器中显示这个条件树，请在 JSON 中修改。",
     "seg.ed.json_error": "JSON 格式错误：",
+    "seg.ed.json_at": "第 {n} 个字符附近有误（请检查引号、逗号和括号是否成对）。",
+    "seg.ed.json_check": "请检查引号、逗号和括号是否成对，文本是否完整。",
     "seg.ed.failed": "无法计算人数，请稍后再试。",
     # campaigns
     "camp.title": "营销活动",
@@ -432,6 +434,8 @@ EN_OPS: dict[str, str] = {
     "seg.ed.members": "{count} members",
     "seg.ed.invalid": "The editor cannot show this tree; edit the JSON instead.",
     "seg.ed.json_error": "The JSON is not valid:",
+    "seg.ed.json_at": "near character {n} (check the quotes, commas and brackets).",
+    "seg.ed.json_check": "check the quotes, commas and brackets, and that the text is complete.",
     "seg.ed.failed": "Could not count; try again in a moment.",
     # campaigns
     "camp.title": "Campaigns",

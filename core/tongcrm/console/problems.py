@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from tongcrm.console.labels_ops import ZH_OPS
 from tongcrm.errors import TongcrmError
 
 #: Sentences by the refusal's ``code``; ``{name}`` placeholders come from the error's ``params``.
@@ -71,12 +72,31 @@ MESSAGES_ZH: Mapping[str, str] = {
     "campaign.schedule_past": "计划时间已过：{at} 早于现在 {now}（{zone}）。",
     "campaign.no_run_left": "按这个计划，从现在起不会再运行一次，请调整计划。",
     "campaign.audience_empty": "受众为空：这个活动的人群现在没有会员，未排期。",
+    "campaign.over_budget_messages": "超出短信预算：这次运行要给 {treated:,} 位会员发送，预算 {budget:,} 条只剩 {left:,} 条；未排期，请提高预算或缩小人群。",
+    "campaign.over_budget_points": "超出积分预算：这次运行要给 {treated:,} 位会员各发 {each:,} 积分，共 {needed:,} 积分，预算 {budget:,} 积分只剩 {left:,}；未排期。",
+    "campaign.over_budget_entitlements": "超出权益预算：这次运行要发放 {treated:,} 份权益，预算 {budget:,} 份只剩 {left:,} 份；未排期。",
+    "campaign.name_invalid": "名称“{name}”不可用：1 到 64 个小写字母、数字、“-”或“_”，且不能全是数字。",
+    "campaign.not_open": "营销活动“{name}”已经是“{status}”状态，无需再取消。",
     "campaign.not_schedulable": "营销活动“{name}”的状态是“{status}”，只有草稿或已排期的活动可以（重新）排期。",
     # care-flow settings and channel re-authorisation (tongcrm.console.care_flow_settings, channel_pages)
     "care_flow.delay_not_whole": "延迟：“{value}”换算后不是整秒数，请换个单位或数值。",
     "care_flow.delay_range": "延迟：必须在 0 到 {days} 天（一年）之间。",
     "channel.no_plugin": "这个渠道的插件没有安装，无法重新授权。",
     "channel.nothing_renewed": "请至少填写一项新的授权信息：{fields}。",
+    # API keys (tongcrm.auth.service)
+    "apikey.store_not_pos": "只有收银台（pos）密钥才能限定门店：其他角色请把门店留空。",
+    "apikey.unknown_store": "没有门店“{store}”：门店是门店渠道的账号，请先添加门店。已有的门店：{known}。",
+    "apikey.pos_needs_store": "收银台（pos）密钥必须限定一个门店，请选择门店。",
+    # channel and messenger settings, whichever door they came through (tongcrm.plugin.settings)
+    "settings.too_many": "设置项最多 {max} 个，现在是 {count} 个。",
+    "settings.name_length": "设置项名称“{name}”不可用：须为 1 到 {max} 个字符，且不含空字符（NUL）。",
+    "settings.value_too_long": "设置项“{name}”最多 {max:,} 个字符，现在是 {length:,} 个。",
+    "settings.nul": "设置项“{name}”含有空字符（NUL），无法保存；请重新复制粘贴。",
+    # identity claims: class-level codes of tongcrm.identity.service's ClaimError and its subclasses (no dot)
+    "invalid_claim": "身份信息无效：至少需要一项身份信息（手机号或渠道账号），且每项格式正确。",
+    "unknown_identity_kind": "没有“{kind}”这种身份类型；可用的类型：{known}。",
+    "invalid_claim_value": "身份“{kind}”的取值不可用：手机号须是有效的中国大陆手机号，其他身份最多 200 个字符。",
+    "policy_error": "身份解析策略选中了会员 {member_id}，但没有任何身份信息指向这个会员（请检查插件的解析策略）。",
     # the programme pages' forms and drafts (tongcrm.console.programme_pages, tongcrm.console.ladder_form)
     "form.required": "{field}：请填写。",
     "form.not_whole": "{field}：“{value}”不是整数，请填写不带小数的数。",
@@ -184,6 +204,13 @@ FIELDS_ZH: Mapping[str, str] = {
     "window_months": "统计周期（月）",
     "review_month": "复核月份",
     "review_day": "复核日",
+    # the points-rule form's fields (tongcrm.console.rules_form): its mistakes name them
+    "priority": "优先级",
+    "expiry_days": "有效天数",
+    "expiry_months": "有效月数",
+    "return_window_days": "退货期（天）",
+    "cap_points": "上限积分",
+    "points_per_yuan": "每元积分",
 }
 
 #: English bounds and what they say in Chinese; the first that matches the detail is used (so the fallback
@@ -226,6 +253,8 @@ def explain_text(
             values.get("field"), str
         ):  # the field a sentence names is a field of the API: in Chinese
             values["field"] = field_zh(values["field"])
+        if code.startswith("campaign.") and isinstance(values.get("status"), str):
+            values["status"] = ZH_OPS.get(f"camp.status.{values['status']}", values["status"])  # 已取消
         try:
             return MESSAGES_ZH[code].format(**values)
         except (KeyError, IndexError, ValueError):

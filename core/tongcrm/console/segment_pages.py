@@ -199,7 +199,8 @@ _EDITOR_LABELS = (
     "seg.ed.match_all", "seg.ed.match_any", "seg.ed.negate", "seg.ed.add_condition", "seg.ed.add_group",
     "seg.ed.remove", "seg.ed.field", "seg.ed.operator", "seg.ed.value", "seg.ed.value_low", "seg.ed.value_high",
     "seg.ed.list_hint", "seg.ed.yes", "seg.ed.no", "seg.ed.group", "seg.ed.counting", "seg.ed.members",
-    "seg.ed.invalid", "seg.ed.json_error", "seg.ed.failed", "seg.ed.condition", "seg.ed.yuan_hint",
+    "seg.ed.invalid", "seg.ed.json_error", "seg.ed.json_at", "seg.ed.json_check", "seg.ed.failed",
+    "seg.ed.condition", "seg.ed.yuan_hint",
 )  # fmt: skip
 
 

@@ -242,16 +242,19 @@ def claim_value(
     spec = kinds.get(kind)
     if spec is None:
         known = ", ".join(sorted(kinds)) or "none"
-        raise UnknownIdentityKind(f"unknown identity kind {kind!r} (known kinds: {known})")
+        raise UnknownIdentityKind(
+            f"unknown identity kind {kind!r} (known kinds: {known})",
+            params={"kind": kind[:40], "known": "、".join(sorted(kinds))},
+        )
     if kind == MOBILE:
         try:
             value, lookup, e164 = mobile_identity_value(ctx.vault, raw)
         except InvalidMobile as exc:
-            raise InvalidClaimValue(f"mobile claim: {exc.message}") from None
+            raise InvalidClaimValue(f"mobile claim: {exc.message}", params={"kind": kind}) from None
         return spec.strong, value, lookup, ctx.vault.encrypt(e164, context=MOBILE_CONTEXT), e164
     value = raw.strip()
     if len(value) > 200:
-        raise InvalidClaimValue(f"{kind} claim is longer than 200 characters")
+        raise InvalidClaimValue(f"{kind} claim is longer than 200 characters", params={"kind": kind})
     return spec.strong, value, (value,), None, None
 
 
@@ -603,7 +606,8 @@ def _check_decision(
     for member in (decision.member_id, *decision.merge_from):
         if plan.find(member) not in named:
             raise PolicyError(
-                f"the resolution policy named member {member}, which none of the claims points at"
+                f"the resolution policy named member {member}, which none of the claims points at",
+                params={"member_id": member},
             )
     return plan.find(decision.member_id), tuple(decision.merge_from)
 

@@ -763,7 +763,8 @@ def _lookup_key(
             from tongcrm.identity.service import UnknownIdentityKind
 
             raise UnknownIdentityKind(
-                f"unknown identity kind {kind!r} (known kinds: {', '.join(sorted(kinds))})"
+                f"unknown identity kind {kind!r} (known kinds: {', '.join(sorted(kinds))})",
+                params={"kind": kind[:40], "known": "、".join(sorted(kinds))},
             )
         if kind != "mobile":
             return kind, [value]

@@ -299,9 +299,17 @@
     schedule();
   }
 
+  // The browser's own words for a JSON mistake are English whatever the page's language: a Chinese page says
+  // where (the position the message names, when it names one) in its own words instead.
+  function jsonError(e) {
+    if (!/^zh/.test(document.documentElement.lang)) return L["seg.ed.json_error"] + " " + e.message;
+    var at = /position (\d+)/.exec(e.message || "");
+    return L["seg.ed.json_error"] + " " + (at ? L["seg.ed.json_at"].replace("{n}", String(Number(at[1]) + 1)) : L["seg.ed.json_check"]);
+  }
+
   function load() {
     var doc;
-    try { doc = JSON.parse(textarea.value); } catch (e) { show(null, [{ pointer: "", detail: L["seg.ed.json_error"] + " " + e.message }], []); return false; }
+    try { doc = JSON.parse(textarea.value); } catch (e) { show(null, [{ pointer: "", detail: jsonError(e) }], []); return false; }
     var tree = doc && doc.condition ? fromDoc(doc.condition) : null;
     if (!tree) { show(null, [{ pointer: "/condition", detail: L["seg.ed.invalid"] }], []); return false; }
     if (tree.kind !== "group") tree = { negate: false, kind: "group", join: "all", children: [tree] };
@@ -326,7 +334,7 @@
 
   function count() {
     var definition;
-    try { definition = JSON.parse(textarea.value); } catch (e) { show(null, [{ pointer: "", detail: L["seg.ed.json_error"] + " " + e.message }], []); return; }
+    try { definition = JSON.parse(textarea.value); } catch (e) { show(null, [{ pointer: "", detail: jsonError(e) }], []); return; }
     var mine = ++asked;
     output.textContent = L["seg.ed.counting"];
     output.setAttribute("data-count", "");
