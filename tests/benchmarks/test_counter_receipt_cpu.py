@@ -105,7 +105,8 @@ async def _run(tongcrm_db: TestDatabase, counter: CounterService, benchmark: Any
 
     commits, units = counter.group.commits, counter.group.committed_units
     profile = os.environ.get("TONGCRM_BENCH_PROFILE")
-    profiler = cProfile.Profile(time.process_time) if profile else None  # CPU: preemption is not the receipt's
+    # timed by CPU: on a loaded machine, preemption is not the receipt's
+    profiler = cProfile.Profile(time.process_time) if profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler is not None:
         profiler.enable()
