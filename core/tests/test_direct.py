@@ -5,6 +5,7 @@ errors, and listeners still see them."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
@@ -350,6 +351,86 @@ async def test_on_sqlite_s_ordinary_engine_a_batch_is_one_hand_off_to_aiosqlite_
         )
         assert len(calls) == 1
         assert [(r.id, r.seen_at) for r in read] == [(added[0].id, SEEN)]
+
+
+async def test_on_sqlite_s_inline_writer_a_batch_is_one_call_and_a_busy_step_is_retried_from_itself(
+    tongcrm_db: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline writer runs a batch's statements in one call of its driver (one busy retry and one turn for
+    the batch). A step refused busy had no effect and is retried with the steps after it; the steps before it
+    ran once (a second run of the first insert would add a second row)."""
+    if tongcrm_db.backend != "sqlite":
+        pytest.skip("the inline writer is SQLite's")
+    async with tongcrm_db.engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    engine = create_inline_writer(tongcrm_db.url)
+    assert engine is not None
+    calls: list[object] = []
+    ran = inline_sqlite.InlineConnection.run
+
+    async def counted(self: Any, call: Any) -> Any:
+        calls.append(call)
+        return await ran(self, call)
+
+    monkeypatch.setattr(inline_sqlite.InlineConnection, "run", counted)
+    try:
+        async with async_sessionmaker(engine)() as session, session.begin():
+            await direct.rows(session, _ADD, _thing("first"))  # the write lock taken
+            calls.clear()
+            added, _, read = await direct.batch(
+                session,
+                [
+                    (_ADD, _thing("a", seen_at=SEEN)),
+                    (_SET_SEEN, [{"n": "a", "at": None}, {"n": "a", "at": SEEN}]),
+                    (_READ, {"names": ["a"]}),
+                ],
+            )
+            assert len(calls) == 1
+            assert [(r.id, r.seen_at) for r in read] == [(added[0].id, SEEN)]
+
+            driver = (await session.connection()).sync_connection.connection.driver_connection
+            refusals = [sqlite3.OperationalError("database is locked")]
+            real = driver._conn
+
+            class Refusing:  # the connection, its cursors refusing the first UPDATE as busy
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+                def cursor(self) -> Any:
+                    inner = real.cursor()
+
+                    class Cursor:
+                        description = property(lambda _self: inner.description)
+
+                        def execute(self, sql: str, args: Any) -> Any:
+                            if sql.startswith("UPDATE") and refusals:
+                                raise refusals.pop()
+                            return inner.execute(sql, args)
+
+                        def close(self) -> None:
+                            inner.close()
+
+                    return Cursor()
+
+            sent: list[str] = []
+            real.set_trace_callback(sent.append)
+            driver._conn = Refusing()
+            calls.clear()
+            try:
+                await direct.batch(
+                    session, [(_ADD, _thing("b")), (_RENAME, {"thing": added[0].id, "name": "renamed"})]
+                )
+            finally:
+                driver._conn = real
+                real.set_trace_callback(None)
+            assert refusals == [] and len(calls) == 1
+            assert [s.split()[0] for s in sent] == ["INSERT", "UPDATE"]  # the insert once, the update retried
+            names = await direct.rows(session, sa.select(_things.c.name).order_by(_things.c.name), {})
+            assert [r.name for r in names] == ["b", "first", "renamed"]
+    finally:
+        await engine.dispose()
+        async with tongcrm_db.engine.begin() as conn:
+            await conn.run_sync(_meta.drop_all)
 
 
 @asynccontextmanager

@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.db import sqlite_thread
+from tongcrm.db import inline_sqlite, sqlite_thread
 from tongcrm.db.dialect import VALUES_ROWS, render_values
 from tongcrm.db.inline_sqlite import InlineConnection
 
@@ -306,12 +306,12 @@ async def batch(session: AsyncSession, steps: Sequence[Step]) -> list[list[Any]]
     balances and events after its ledger entries; its cursor and events) run there in ONE call. Everything
     :func:`rows` guarantees holds: autoflush first, ``before_cursor_execute`` for each statement (before the
     call), a driver error raised as the session would raise it for the statement that failed (those before it
-    ran, as they would have one by one: the caller's transaction decides). Elsewhere (PostgreSQL, the inline
-    writer, a statement with too many shapes) the steps run one after another, as :func:`rows` (an
-    executemany through ``session.execute``)."""
+    ran, as they would have one by one: the caller's transaction decides). On the inline writer they run in one
+    call of its driver too (:func:`_inline_steps`). Elsewhere (PostgreSQL, a statement with too many shapes)
+    the steps run one after another, as :func:`rows` (an executemany through ``session.execute``)."""
     conn = await _connection(session)
     plans: list[Plan | None] = []  # None: an executemany of no rows, which runs nothing
-    if isinstance(conn.driver, sqlite_thread.Connection):
+    if isinstance(conn.driver, sqlite_thread.Connection | InlineConnection):
         for statement, params in steps:
             if isinstance(params, list) and not params:
                 plans.append(None)
@@ -347,6 +347,12 @@ async def batch(session: AsyncSession, steps: Sequence[Step]) -> list[list[Any]]
         for sql, args, many in work:
             for listener in sync.dispatch.before_cursor_execute:
                 listener(sync, None, sql, args, None, many)
+    if type(conn.driver) is InlineConnection:
+        results = iter(await _inline_steps(conn, work))
+        out = []
+        for compiled in plans:
+            out.append([] if compiled is None else _built(conn, compiled, *next(results)))
+        return out
     connection: sqlite3.Connection = conn.driver._conn
 
     def run() -> list[tuple[list[Any], Any]]:
@@ -381,6 +387,50 @@ async def batch(session: AsyncSession, steps: Sequence[Step]) -> list[list[Any]]
             raw, description = next(results)
             out.append(_built(conn, compiled, raw, description))
     return out
+
+
+async def _inline_steps(conn: _Connection, work: list[tuple[str, Any, bool]]) -> list[tuple[list[Any], Any]]:
+    """A :func:`batch`'s statements on the inline writer's ``sqlite3`` connection, one after another in one
+    call of :meth:`InlineConnection.run <tongcrm.db.inline_sqlite.InlineConnection.run>`: its busy retry and
+    one turn for other tasks at most, for the whole batch.
+
+    Why (issue #22, branch tillcpu16): a till's posting is three statements with no Python between them (the
+    lots, balances and events made from its entries); run as :func:`rows` each paid its own connection
+    look-up, autoflush and listener checks, a coroutine and a turn check around a few µs of SQLite. A
+    statement refused busy (only taking the write lock can be, and it then had no effect) is retried from
+    that statement on: the ones before it ran and are not run twice."""
+    driver: InlineConnection = conn.driver
+    done: list[tuple[list[Any], Any]] = []
+
+    def run() -> list[tuple[list[Any], Any]]:
+        cursor = driver._conn.cursor()
+        try:
+            for index in range(len(done), len(work)):
+                sql, args, many = work[index]
+                try:
+                    if many:
+                        cursor.executemany(sql, args)
+                        done.append(([], None))
+                    else:
+                        done.append((cursor.execute(sql, args).fetchall(), cursor.description))
+                except sqlite3.OperationalError as error:
+                    if inline_sqlite.busy(error):
+                        raise  # retried by the driver's run, from this statement on
+                    raise _StepFailed(index, error) from error
+                except Exception as error:
+                    raise _StepFailed(index, error) from error
+        finally:
+            cursor.close()
+        return done
+
+    try:
+        return await driver.run(run)
+    except _StepFailed as failed:
+        sql, args, _many = work[failed.index]
+        raise_as_the_session_would(conn, sql, args, failed.error)
+    except BaseException as error:  # busy past the timeout, a cancellation: as rows() raises them
+        sql, args, _many = work[len(done)] if len(done) < len(work) else work[-1]
+        raise_as_the_session_would(conn, sql, args, error)
 
 
 class _StepFailed(Exception):

@@ -58,7 +58,8 @@ _FIRST_PAUSE_S = 0.001
 _LONGEST_PAUSE_S = 0.05
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
+def busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused a statement because another connection holds the lock (retried, see the module)."""
     return "database is locked" in str(exc) or "database is busy" in str(exc)
 
 
@@ -91,7 +92,7 @@ class InlineConnection:
         try:
             result = call()
         except sqlite3.OperationalError as exc:
-            if not _busy(exc):
+            if not busy(exc):
                 raise
             result = await self._retry(call, exc)
         now = time.perf_counter()
@@ -112,7 +113,7 @@ class InlineConnection:
         try:
             rows = cursor.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
-            if not _busy(exc):
+            if not busy(exc):
                 raise
             rows = await self._retry(lambda: cursor.execute(sql, args).fetchall(), exc)
         description = cursor.description if describe else None
@@ -132,7 +133,7 @@ class InlineConnection:
             try:
                 return call()
             except sqlite3.OperationalError as exc:
-                if not _busy(exc):
+                if not busy(exc):
                     raise
                 error = exc
         raise error
