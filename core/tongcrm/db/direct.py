@@ -148,6 +148,18 @@ def plan(statement: Any, dialect: Dialect, params: Mapping[str, Any]) -> Plan | 
     return found
 
 
+def planned_sql(dialect_name: str) -> list[str]:
+    """The SQL of every plan kept for ``dialect_name`` (in the order they were made): what a serving process
+    compiled at start-up (:mod:`tongcrm.warmup`) and since, for preparing them on connections opened ahead
+    (:func:`tongcrm.warmup.open_ahead`). A few dozen: statements are built once, with few shapes each."""
+    return [
+        found.sql
+        for plans in list(_PLANS.values())
+        for (name, _lengths), found in plans.by_shape.items()
+        if name == dialect_name
+    ]
+
+
 def plan_shape(
     dialect: Dialect, lists: tuple[str, ...], params: Mapping[str, Any]
 ) -> tuple[str, tuple[int, ...]]:

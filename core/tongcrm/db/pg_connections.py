@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -90,6 +90,30 @@ class ConnectionKeeper:
             if conn is not None:
                 return conn
 
+    async def open_ahead(self, count: int, ready: Callable[[Any], Awaitable[None]]) -> int:
+        """Open connections, all at once, until ``count`` are open (at most ``max_size``), each made ready by
+        ``ready`` (after ``init``) before it goes idle; answers how many it opened. For a serving process's
+        start-up (:func:`tongcrm.warmup.open_ahead`): the first callers then find them open. A connection whose
+        opening or readying failed is not kept; the first failure is raised once the others are done."""
+        wanted = min(count, self._max_size) - self._size
+        if wanted <= 0:
+            return 0
+
+        async def one() -> None:
+            conn = await self._open()
+            try:
+                await ready(conn)
+            except BaseException:
+                self._release(conn, broken=True)
+                raise
+            self._release(conn, broken=False)
+
+        outcomes = await asyncio.gather(*(one() for _ in range(wanted)), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return wanted
+
     async def _open(self) -> Any:
         import asyncpg  # type: ignore[import-untyped]
 
@@ -140,6 +164,35 @@ class ConnectionKeeper:
                 await conn.close(timeout=CLOSE_TIMEOUT_S)
             except Exception:  # a connection that cannot close politely is cut
                 conn.terminate()
+
+
+#: statements prepared ahead on one connection at most, and at most this share of its statement cache (asyncpg's
+#: default holds 100): those a request prepares itself must not push them out, nor they those
+PREPARED_AHEAD = 48
+
+
+async def prepare_ahead(conn: Any, statements: Sequence[str]) -> int:
+    """Prepare ``statements`` on the asyncpg connection ``conn`` into its statement cache, as its first ``fetch`` of
+    each would, so that fetch finds it prepared: a round trip each now instead of in a request. Answers how many
+    it prepared (none where the connection keeps no statements: behind a transaction pooler,
+    :func:`tongcrm.db.engine.transaction_pooled`).
+
+    Why (issue #22, branch tillpg16): on a connection new to them, a till's first receipt prepared each of its
+    statements in turn, each a round trip with the server's parse of it on a backend whose catalog caches were
+    still cold. asyncpg has no public call that fills its cache (``Connection.prepare`` makes a statement apart
+    from it), so this calls the one ``fetch`` calls, ``_get_statement``, with ``fetch``'s own arguments (the
+    cache key is the query, the record class and the codec choice); ``tests`` hold that a fetch after it
+    prepares nothing."""
+    if not getattr(conn, "_stmt_cache_enabled", False):
+        return 0
+    room = min(PREPARED_AHEAD, conn._stmt_cache.get_max_size() // 2)
+    made = 0
+    for sql in dict.fromkeys(statements):
+        if made >= room:
+            break
+        await conn._get_statement(sql, None)
+        made += 1
+    return made
 
 
 def _is_postgres_error(exc: BaseException) -> bool:

@@ -27,6 +27,7 @@ import asyncio
 import json
 import sqlite3
 import types
+import weakref
 from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Generator, Mapping, Sequence
@@ -39,12 +40,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tongcrm.db.direct import Plan, compile_plan, plan_shape
 from tongcrm.db.engine import async_url, transaction_pooled
-from tongcrm.db.pg_connections import ConnectionKeeper
+from tongcrm.db.pg_connections import ConnectionKeeper, prepare_ahead
 
 #: A SQLite point read that cannot start within this time fails instead of holding the event loop.
 INLINE_BUSY_TIMEOUT_S = 0.5
 #: How much of the database file the SQLite reader maps into memory.
 SQLITE_MMAP_BYTES = 1 << 30
+
+
+#: every point query made (they are built once, at import): whose plans :func:`planned_sql` lists
+_QUERIES: weakref.WeakSet[PointQuery] = weakref.WeakSet()
 
 
 class PointQuery:
@@ -61,6 +66,7 @@ class PointQuery:
         #: the rows' type: a named tuple of the statement's column keys
         self.row: type[tuple[Any, ...]] = namedtuple("PointRow", self._names, rename=True)  # type: ignore[misc]
         self._plans: dict[tuple[str, tuple[int, ...]], Plan] = {}
+        _QUERIES.add(self)
 
     def plan(self, dialect: Dialect, params: Mapping[str, Any]) -> Plan:
         shape = plan_shape(dialect, self._lists, params)
@@ -71,6 +77,17 @@ class PointQuery:
 
     def _compile(self, dialect: Dialect, params: Mapping[str, Any]) -> Plan:
         return compile_plan(self.statement, dialect, self._lists, params)
+
+
+def planned_sql(dialect_name: str) -> list[str]:
+    """The SQL of every point read's plan kept for ``dialect_name``: what a serving process compiled at start-up
+    (its rehearsal, :mod:`tongcrm.warmup`) and since, for preparing on the reader's connections opened ahead."""
+    return [
+        found.sql
+        for query in list(_QUERIES)
+        for (name, _lengths), found in list(query._plans.items())
+        if name == dialect_name
+    ]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -113,6 +130,12 @@ class PointReader(ABC):
 
     async def close(self) -> None:  # noqa: B027 - most readers hold nothing
         """Release connections."""
+
+    async def open_ahead(self, count: int) -> int:
+        """Open up to ``count`` connections now, each with the point reads planned so far prepared on it
+        (:func:`tongcrm.warmup.open_ahead`); answers how many it opened. Readers without connections of their
+        own open none."""
+        return 0
 
 
 class SQLiteReader(PointReader):
@@ -349,6 +372,14 @@ class AsyncpgReader(PointReader):
         for (_, future), row in zip(waiters, found, strict=True):
             if not future.done():
                 future.set_result(row)
+
+    async def open_ahead(self, count: int) -> int:
+        statements = planned_sql(self._dialect.name)
+
+        async def ready(conn: Any) -> None:
+            await prepare_ahead(conn, statements)
+
+        return await self._connections.open_ahead(count, ready)
 
     async def close(self) -> None:
         await self._connections.close()

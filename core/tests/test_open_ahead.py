@@ -1,0 +1,107 @@
+"""A serving app opens its PostgreSQL connections at start-up with its statements prepared on them
+(``tongcrm.warmup.open_ahead``, issue #22, branch tillpg16), so the tills' first receipts, arriving together,
+neither open connections nor prepare statements; SQLite opens nothing ahead."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from tongcrm.app import create_app
+from tongcrm.config import Settings
+from tongcrm.db import direct, point_reads
+from tongcrm.db.engine import create_engine
+from tongcrm.db.pg_connections import PREPARED_AHEAD, prepare_ahead
+from tongcrm.db.point_reads import create_point_reader
+from tongcrm.plugin.host import PluginHost
+from tongcrm.testing.database import TestDatabase
+from tongcrm.testing.plans import written_state
+from tongcrm.warmup import OPEN_AHEAD, open_ahead
+
+_PREPARED = "SELECT statement FROM pg_prepared_statements"
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """A served app's lifespan freezes the heap after its rehearsal: the test process is given it back."""
+    frozen = gc.get_freeze_count()
+    yield
+    if not frozen:
+        gc.unfreeze()
+
+
+async def _prepared(conn: Any) -> set[str]:
+    return {row[0] for row in await conn.fetch(_PREPARED)}
+
+
+async def test_a_served_app_starts_with_its_connections_open_and_its_statements_prepared(
+    tongcrm_db: TestDatabase, tongcrm_settings: Settings, unfrozen: None
+) -> None:
+    before = await written_state(tongcrm_db)
+    app = create_app(tongcrm_settings, PluginHost(autoload=False), run_jobs=False, configure_logs=False)
+    app.state.warm_up = True  # what settle_heap(app) sets in a serving process
+    async with app.lifespan():  # on this loop: the connections are this loop's to look at
+        assert await written_state(tongcrm_db) == before, "opening ahead wrote to the database"
+        engine, reader = app.state.engine, app.state.point_reader
+        if tongcrm_db.backend != "postgresql":
+            assert await open_ahead(engine, reader, OPEN_AHEAD) == (0, 0)
+            return
+        assert engine.pool.checkedin() >= min(OPEN_AHEAD, engine.pool.size())
+        assert reader._connections.size >= OPEN_AHEAD
+        # on every connection of the engine the statements planned at start are prepared (as many as it takes)
+        planned = direct.planned_sql("postgresql")[:PREPARED_AHEAD]
+        assert planned, "the start-up planned nothing"
+        held = [await engine.connect() for _ in range(min(OPEN_AHEAD, engine.pool.size()))]
+        try:
+            for conn in held:
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert set(planned) <= await _prepared(driver)
+        finally:
+            for conn in held:
+                await conn.close()
+        # and on every connection of the point reader, its reads planned at start
+        reads = set(point_reads.planned_sql("postgresql")[:PREPARED_AHEAD])
+        assert reads, "the rehearsal read nothing through the point reader"
+        idle = list(reader._connections._idle)
+        assert len(idle) >= OPEN_AHEAD
+        for conn in idle:
+            assert reads <= await _prepared(conn)
+        # a second start-up step finds them open: it opens nothing more
+        assert (await open_ahead(engine, reader, OPEN_AHEAD))[1] == 0
+
+
+async def test_a_statement_prepared_ahead_is_the_one_a_fetch_runs(tongcrm_db: TestDatabase) -> None:
+    """``prepare_ahead`` fills asyncpg's own statement cache (through its private ``_get_statement``): the
+    fetch after it prepares nothing on the server. Behind a transaction pooler (no statement cache) it
+    prepares nothing. On SQLite there is nothing to prepare ahead: nothing of it is used."""
+    if tongcrm_db.backend != "postgresql":
+        engine = create_engine(tongcrm_db.url)
+        reader = create_point_reader(tongcrm_db.url, engine)
+        try:
+            assert await open_ahead(engine, reader, OPEN_AHEAD) == (0, 0)
+            assert engine.pool.checkedin() == 0
+        finally:
+            await reader.close()
+            await engine.dispose()
+        return
+    sql = "SELECT $1::int + 1 AS next"
+    conn = await asyncpg.connect(tongcrm_db.url)
+    try:
+        await _prepared(conn)  # the listing itself prepared once
+        assert await prepare_ahead(conn, [sql, sql]) == 1
+        ready = await _prepared(conn)
+        assert sql in ready
+        assert (await conn.fetchrow(sql, 41))["next"] == 42
+        assert (await conn.fetch(sql, 1))[0]["next"] == 2
+        assert await _prepared(conn) == ready, "the fetch prepared its statement again"
+    finally:
+        await conn.close()
+    uncached = await asyncpg.connect(tongcrm_db.url, statement_cache_size=0)
+    try:
+        assert await prepare_ahead(uncached, [sql]) == 0
+        assert sql not in await _prepared(uncached)
+    finally:
+        await uncached.close()
