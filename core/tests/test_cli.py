@@ -522,3 +522,13 @@ async def test_a_line_logged_while_a_command_runs_stays_out_of_its_stdout() -> N
     assert result.exit_code == 0 and result.stdout == "1\tflow.shipping_notice\n"
     if "request" in result.stderr:  # caught on the swapped stderr (the runner's threads share it): scrubbed
         assert "13800138000" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["worker", "scheduler"])
+@pytest.mark.parametrize("given", ["-1", "0", "nan", "inf", "soon"])
+def test_a_jobs_poll_that_is_not_a_positive_pause_is_refused(invoke, command: str, given: str) -> None:  # type: ignore[no-untyped-def]
+    """``jobs worker --poll -1`` (or 0) ran, its idle loop's wait timing out at once: a core spent polling the
+    database without pause (walk16). Refused before anything connects, exit code 2, naming the option."""
+    result = invoke("jobs", command, "--poll", given)
+    assert result.exit_code == 2, result.output
+    assert "--poll" in result.output and "Traceback" not in result.output
