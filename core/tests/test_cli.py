@@ -540,3 +540,13 @@ def test_channel_add_applies_the_settings_bounds_of_the_api(invoke, capsys) -> N
     assert "jd-pop" not in invoke("channel", "list").output
     assert invoke(*args, "--app-secret", "s" * SETTING_VALUE_MAX).exit_code == 0  # the bound itself fits
     assert "jd-pop" in invoke("channel", "list").output
+
+
+@pytest.mark.parametrize("command", ["worker", "scheduler"])
+@pytest.mark.parametrize("given", ["-1", "0", "nan", "inf", "soon"])
+def test_a_jobs_poll_that_is_not_a_positive_pause_is_refused(invoke, command: str, given: str) -> None:  # type: ignore[no-untyped-def]
+    """``jobs worker --poll -1`` (or 0) ran, its idle loop's wait timing out at once: a core spent polling the
+    database without pause (walk16). Refused before anything connects, exit code 2, naming the option."""
+    result = invoke("jobs", command, "--poll", given)
+    assert result.exit_code == 2, result.output
+    assert "--poll" in result.output and "Traceback" not in result.output

@@ -459,6 +459,23 @@ def plugin_new(name: str, kind: str, directory: Path) -> None:
     click.echo(f"next: cd {target} && pip install -e '.[test]' && python -m pytest")
 
 
+class PollSeconds(click.FloatRange):
+    """A pause between polls, 0.01 s to an hour. Zero or less made the loop's wait time out at once, so an idle
+    worker polled the database without pause on a whole core; ``nan`` passes a plain range (no comparison with it
+    is true), so a pause that is not a finite number is refused by name."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(0.01, 3600.0)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:  # nan
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 @cli.group()
 def jobs() -> None:
     """Background jobs and event delivery."""
@@ -466,7 +483,11 @@ def jobs() -> None:
 
 @jobs.command("worker")
 @click.option(
-    "--poll", default=0.5, show_default=True, help="Seconds between polls when idle (in-process mode)."
+    "--poll",
+    default=0.5,
+    show_default=True,
+    type=PollSeconds(),
+    help="Seconds between polls when idle (in-process mode).",
 )
 @click.option(
     "--concurrency",
@@ -510,7 +531,9 @@ def jobs_worker(
 
 
 @jobs.command("scheduler")
-@click.option("--poll", default=0.5, show_default=True, help="Seconds between passes when idle.")
+@click.option(
+    "--poll", default=0.5, show_default=True, type=PollSeconds(), help="Seconds between passes when idle."
+)
 @click.option(
     "--health-port",
     type=click.IntRange(0, 65535),

@@ -171,6 +171,16 @@ async def test_explain_preview_and_rule_versions(make_client: Any) -> None:
             await api.post("/api/points/rules/preview", json={"order": preview_order, "rules": draft})
         ).json()
         assert p2["draft"] is True and p2["total"] == 302  # 100.50 × 3 = 301.5 → up
+        # a member that does not exist was previewed as "no tier" (200), a negative id too: walk16
+        unknown = await api.post(
+            "/api/points/rules/preview", json={"order": {**preview_order, "member_id": 999_999}}
+        )
+        assert unknown.status_code == 404 and "no member 999999" in unknown.json()["detail"], unknown.text
+        for bad_id in (-1, 0):
+            r = await api.post(
+                "/api/points/rules/preview", json={"order": {**preview_order, "member_id": bad_id}}
+            )
+            assert r.status_code == 400 and "member_id" in r.json()["detail"], r.text
         m = await _member(api)
         async with api.db.sessions() as s, s.begin():
             await service.apply_orders(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from tongcrm.api.inputs import BodyId
 from tongcrm.db.lengths import fits
 from tongcrm.orders.models import Order, OrderLine
 
@@ -104,7 +105,9 @@ class PreviewOrderIn(msgspec.Struct, forbid_unknown_fields=True):
     channel: Annotated[str, fits(Order.channel)]
     lines: list[PreviewLineIn]
     store_code: Annotated[str, fits(Order.store_code)] | None = None
-    member_id: int | None = None
+    #: whose tier prices the order; a member that does not exist is a 404 rather than a silent "no tier",
+    #: so a typo never previews the base multiplier as if it were the member's
+    member_id: BodyId | None = None
 
 
 class PreviewRuleOut(msgspec.Struct):

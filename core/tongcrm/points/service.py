@@ -1471,6 +1471,8 @@ async def preview(
     """The points an order would earn under ``rules``; reads the member's tier, writes nothing."""
     tier = NO_TIER
     if order.member_id is not None:
+        if (await session.get(Member, order.member_id)) is None:
+            raise NotFound(f"no member {order.member_id}")
         tier = (await resolve_tiers(session, [order.member_id], ctx.clock())).get(order.member_id, NO_TIER)
     lines = []
     for line in order.lines:

@@ -116,3 +116,21 @@ def test_tongcrm_demo_serves_within_its_bound_and_reuses_its_folder(tmp_path: Pa
     assert "reusing it" in out_again and key[1] in out_again  # the same keys: nothing was played again
     print(f"tongcrm demo --reuse: serving after {took_again:.1f} s")
     _stop(again)
+
+
+def test_a_port_out_of_range_or_held_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """``--port 99999`` was an OverflowError traceback from bind(), a held port "OSError: [Errno 98]" naming
+    neither address nor way out (walk16); now exit 2 for the range, and serve's one line for a held port."""
+    out_of_range = _start(tmp_path / "demo", 99999, "--fresh")
+    output, _ = out_of_range.communicate(timeout=60)
+    assert out_of_range.returncode == 2 and "Traceback" not in output
+    assert "'--port': 99999 is not in the range 1<=x<=65535" in output
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = _start(tmp_path / "demo", port, "--fresh")
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in output, output
+    assert f"cannot listen on 127.0.0.1:{port}" in output and "choose another with --port" in output
+    assert not (tmp_path / "demo").exists()  # refused before any work

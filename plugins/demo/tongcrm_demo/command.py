@@ -25,7 +25,7 @@ DEFAULT_DIR = "tongcrm-demo"
 @click.option("--fresh", is_flag=True, help="Delete an existing demo folder and play the story again.")
 @click.option("--reuse", is_flag=True, help="Serve an existing demo folder as it is, without replaying.")
 @click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 99), help="The story's seed.")
 def demo_command(folder: Path, fresh: bool, reuse: bool, bind_host: str, port: int, seed: int) -> None:
     """Fill a fresh member base (SQLite, in --dir) with three weeks of life from fake Tmall, JD, stores and SMS,

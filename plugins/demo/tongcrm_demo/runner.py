@@ -85,7 +85,14 @@ def run_demo(folder: Path, *, fresh: bool, reuse: bool, bind_host: str, port: in
     console = Console(highlight=False, soft_wrap=True)  # keys and URLs never wrap
     started = time.monotonic()
     mode = choose(folder, fresh, reuse, console)
-    sock = bind(bind_host, port)  # before any work: a port someone holds fails at once
+    try:
+        sock = bind(bind_host, port)  # before any work: a port someone holds fails at once
+    except OSError as exc:
+        # one line naming the address and the way out, as `tongcrm serve` says it (it was "OSError: [Errno 98]")
+        raise click.ClickException(
+            f"cannot listen on {bind_host}:{port}: {exc.strerror or exc} (another server on that port? choose "
+            "another with --port; --host must be an address of this machine)"
+        ) from exc
     if mode == "fresh":
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
