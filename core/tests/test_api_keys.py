@@ -199,3 +199,32 @@ async def test_every_status_the_key_routes_answer_is_one_their_openapi_operation
             )
             assert str(status) in declared[(method, path)], (method, url, status)
             assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_the_last_live_admin_key_is_not_revoked_through_the_api_or_the_console(
+    make_client: Any,
+) -> None:
+    """An admin revoking the only admin key left would lock everybody out of key management but the server's
+    shell: the API answers 409 saying what to do, the console shows the keys page with the reason; once
+    another admin key exists the same revocation goes through, and the shell is not held to it."""
+    async with make_client(role="admin") as api:
+        listed = (await api.get("/api/api-keys")).json()
+        (mine,) = [k for k in listed if k["role"] == "admin" and k["revoked_at"] is None]
+        refused = await api.delete(f"/api/api-keys/{mine['id']}")
+        assert refused.status_code == 409, refused.text
+        assert "last live admin key" in refused.json()["detail"]
+        assert (await api.get("/api/plugins")).status_code == 200  # still signed in, nothing revoked
+        async with api.db.sessions() as session:
+            assert await session.scalar(sa.select(sa.func.count()).select_from(AuditEntry)) == 0
+
+        other = await api.post("/api/api-keys", json={"role": "admin", "label": "second admin"})
+        assert other.status_code == 201, other.text
+        as_other = {"Authorization": f"Bearer {other.json()['key']}"}
+        revoked = await api.delete(f"/api/api-keys/{mine['id']}", headers=as_other)
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+        # the second is now the last: refused too, even revoking itself
+        last = await api.delete(f"/api/api-keys/{other.json()['id']}", headers=as_other)
+        assert last.status_code == 409
+        async with api.db.sessions() as session, session.begin():
+            await revoke_key(session, str(other.json()["id"]))  # the shell may
+        assert (await api.get("/api/plugins", headers=as_other)).status_code == 401

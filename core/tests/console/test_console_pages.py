@@ -355,6 +355,18 @@ async def test_admins_create_and_revoke_keys_audited_and_read_the_audit_log(make
         assert 'data-action="api_key.create"' in log and 'data-action="api_key.revoke"' in log
         only = (await api.get("/console/audit", params={"action": "api_key.revoke"})).text
         assert 'data-action="api_key.create"' not in only
+        # the admin's own key is the last live admin key: the keys page again with the reason, nothing revoked
+        async with api.db.sessions() as session:
+            admin_id = await session.scalar(
+                sa.select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+            )
+        last = await api.post(f"/console/keys/{admin_id}/revoke", data={"csrf_token": csrf})
+        assert (
+            last.status_code == 409
+            and "最后一个有效的管理员密钥" in last.text
+            and "data-problem" in last.text
+        )
+        assert (await api.get("/console/keys")).status_code == 200
         # the revoked key can no longer sign in
         form = await api.get("/console/sign-in")
         answer = await api.post(

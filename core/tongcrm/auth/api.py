@@ -17,7 +17,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tongcrm.api.inputs import PathId, problem_response
+from tongcrm.api.inputs import PathId, problem_response, problems
 from tongcrm.api.security import requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth import audited, service
@@ -106,6 +106,9 @@ class ApiKeyController(Controller):
         "/{key_id:int}",
         status_code=HTTP_200_OK,
         summary="Revoke a key: refused by every process from the next request on (audited; idempotent)",
+        description="The last live admin key is not revoked here (409): create another admin key first, or "
+        "revoke it at the server with `tongcrm apikey revoke`.",
+        opt=problems(409),
     )
     async def revoke(
         self,
@@ -114,5 +117,5 @@ class ApiKeyController(Controller):
         principal: NamedDependency[Principal],
     ) -> KeyOut:
         async with sessions() as session, session.begin():
-            revoked = await audited.revoke(session, Actor.of(principal), key_id)
+            revoked = await audited.revoke(session, Actor.of(principal), key_id, keep_an_admin=True)
         return _out(revoked.key)

@@ -74,9 +74,10 @@ async def known_store(session: AsyncSession, host: PluginHost, store_code: str) 
     )
 
 
-async def revoke(session: AsyncSession, actor: Actor, key_id: int) -> Revoked:
-    """Revoke a key (idempotent: audited only when it changed anything)."""
-    revoked = await service.revoke(session, key_id)
+async def revoke(session: AsyncSession, actor: Actor, key_id: int, *, keep_an_admin: bool = False) -> Revoked:
+    """Revoke a key (idempotent: audited only when it changed anything); ``keep_an_admin`` as
+    :func:`tongcrm.auth.service.revoke` says."""
+    revoked = await service.revoke(session, key_id, keep_an_admin=keep_an_admin)
     if revoked.changed:
         audit.record(
             session,

@@ -28,7 +28,7 @@ from tongcrm.auth.models import ApiKey, ApiKeyRevocations
 from tongcrm.db.base import utcnow
 from tongcrm.db.dialect import insert
 from tongcrm.db.point_reads import KeyedQuery, PointQuery, PointReader
-from tongcrm.errors import BadRequest, NotFound
+from tongcrm.errors import BadRequest, Conflict, NotFound
 
 KEY_PREFIX = "tck"
 
@@ -177,11 +177,32 @@ class Revoked:
     changed: bool
 
 
-async def revoke(session: AsyncSession, key_id: int) -> Revoked:
-    """Revoke the key with this id (idempotent: a revoked key stays revoked at its first time)."""
+async def revoke(session: AsyncSession, key_id: int, *, keep_an_admin: bool = False) -> Revoked:
+    """Revoke the key with this id (idempotent: a revoked key stays revoked at its first time).
+
+    ``keep_an_admin`` refuses to revoke the last live admin key: through the API or the console that would
+    leave nobody able to manage keys except at the server's shell. The shell (``tongcrm apikey``) does not
+    ask for it — whoever runs it can always mint a new admin key.
+    """
     row = await session.get(ApiKey, key_id, with_for_update=True)
     if row is None:
         raise NotFound(f"no API key {key_id}")
+    if keep_an_admin and row.role == "admin" and row.revoked_at is None:
+        # the live admin keys locked together, so two admins revoking each other cannot both pass this check
+        others = (
+            await session.execute(
+                sa.select(ApiKey.id)
+                .where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None), ApiKey.id != key_id)
+                .with_for_update()
+            )
+        ).all()
+        if not others:
+            raise Conflict(
+                f"API key {key_id} is the last live admin key: create another admin key before revoking it "
+                "(or revoke it at the server with tongcrm apikey revoke)",
+                code="apikey.last_admin",
+                params={"key_id": key_id},
+            )
     return await _revoke(session, row)
 
 

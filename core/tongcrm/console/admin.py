@@ -23,7 +23,7 @@ from tongcrm.console.web import (
     redirect,
     render,
 )
-from tongcrm.errors import BadRequest, Forbidden, TongcrmError
+from tongcrm.errors import BadRequest, Conflict, Forbidden, TongcrmError
 
 AUDIT_PAGE = 50
 Text = Annotated[str | None, QueryParameter(max_length=64)]
@@ -97,8 +97,13 @@ class KeyPages(ConsoleController):
 
     @post("/{key_id:int}/revoke", opt=action(Role.ADMIN))
     async def revoke(self, request: Request[Any, Any, Any], key_id: PathId) -> Response[Any]:
-        async with request.app.state.sessions() as session, session.begin():
-            await audited.revoke(session, actor_of(request), key_id)
+        try:
+            async with request.app.state.sessions() as session, session.begin():
+                await audited.revoke(session, actor_of(request), key_id, keep_an_admin=True)
+        except Conflict as exc:  # the last live admin key: the keys page again, saying why
+            return await _keys_page(
+                request, created=None, problem=problem_text(request, exc), status_code=exc.status_code
+            )
         return redirect(request, PREFIX + "/keys")
 
 

@@ -87,6 +87,7 @@ MESSAGES_ZH: Mapping[str, str] = {
     "apikey.store_not_pos": "只有收银台（pos）密钥才能限定门店：其他角色请把门店留空。",
     "apikey.unknown_store": "没有门店“{store}”：门店是门店渠道的账号，请先添加门店。已有的门店：{known}。",
     "apikey.pos_needs_store": "收银台（pos）密钥必须限定一个门店，请选择门店。",
+    "apikey.last_admin": "密钥 #{key_id} 是最后一个有效的管理员密钥，不能吊销：请先创建另一个管理员密钥。",
     # channel and messenger settings, whichever door they came through (tongcrm.plugin.settings)
     "settings.too_many": "设置项最多 {max} 个，现在是 {count} 个。",
     "settings.name_length": "设置项名称“{name}”不可用：须为 1 到 {max} 个字符，且不含空字符（NUL）。",
