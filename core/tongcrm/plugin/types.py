@@ -94,9 +94,14 @@ def refuse_longer_than_stored(value: str | None, name: str, limit: int, what: st
         raise ValueError(f"{said} is {len(value)} characters long, more than the {limit} stored")
 
 
-def _fits(record: object, limits: dict[str, int], what: str) -> None:
+def _fits(record: Any, limits: dict[str, int], kind: str) -> None:
+    """Every text of ``limits`` within its column; the message names the record (``kind`` and its external
+    id), built only for a refusal: formatted for every line and order, it was a visible share of a page's
+    normalising (issue #22)."""
     for name, limit in limits.items():
-        refuse_longer_than_stored(getattr(record, name), name, limit, what)
+        value = getattr(record, name)
+        if value is not None and len(value) > limit:
+            refuse_longer_than_stored(value, name, limit, f"{kind} {record.external_id[:64]}")
 
 
 def _aware(value: datetime | None, what: str) -> None:
@@ -266,7 +271,7 @@ class OrderLine:
                 )
             if value < 0:
                 raise ValueError(f"line {self.external_id}: {name} must not be negative")
-        _fits(self, LINE_TEXT_LIMITS, f"line {self.external_id[:64]}")
+        _fits(self, LINE_TEXT_LIMITS, "line")
         if self.refunded_fen > self.amount_fen:
             raise ValueError(
                 f"line {self.external_id}: refunded {self.refunded_fen} exceeds paid {self.amount_fen}"
@@ -349,7 +354,7 @@ class NormalisedOrder:
                 # the message only when it is needed: formatting it for every time of every order was a tenth of
                 # an imported order's parsing (issue #22)
                 _aware(value, f"order {self.external_id}: {name}")
-        _fits(self, ORDER_TEXT_LIMITS, f"order {self.external_id[:64]}")
+        _fits(self, ORDER_TEXT_LIMITS, "order")
         if not isinstance(self.status, OrderStatus):
             raise ValueError(f"order {self.external_id}: unknown status {self.status!r}")
         ids = [line.external_id for line in self.lines]

@@ -126,6 +126,9 @@ def test_allocation_ties_go_to_earlier_lines() -> None:
     assert allocate(100, [1, 1, 1]) == [34, 33, 33]
     assert allocate(5, [0, 0]) == [3, 2]
     assert allocate(0, []) == []
+    assert allocate(7, [3]) == [7] and allocate(7, [0]) == [7]  # one line takes it all
+    with pytest.raises(ValueError, match="allocation weights must not be negative"):
+        allocate(7, [-1])
     with pytest.raises(ValueError, match="no lines"):
         allocate(1, [])
 
@@ -260,6 +263,20 @@ def test_numeric_ids_and_decimal_money_are_accepted() -> None:
         ),
         ({"itemInfoList": [{"skuId": "1", "jdPrice": "x", "itemTotal": "1"}]}, "jdPrice is not a plain"),
         ({"itemInfoList": ["sku"]}, "itemInfoList[0] is not an object"),
+        # a line's id named by its position (the name is built only for the refusal)
+        (
+            {
+                "itemInfoList": [
+                    {"skuId": "1", "jdPrice": "1.00", "itemTotal": "1"},
+                    {"skuId": " ", "jdPrice": "1.00", "itemTotal": "1"},
+                ]
+            },
+            "itemInfoList[1].skuId is missing",
+        ),
+        (
+            {"itemInfoList": [{"skuId": "1/2", "jdPrice": "1.00", "itemTotal": "1"}]},
+            "itemInfoList[0].skuId is not an id",
+        ),
         # longer than the core stores: refused here, so one record is quarantined, not the page's statement
         (
             {"itemInfoList": [{"skuId": "1", "skuName": "长" * 301, "jdPrice": "1.00", "itemTotal": "1"}]},

@@ -68,6 +68,8 @@ def allocate(total: int, weights: Sequence[int]) -> list[int]:
         return []
     if any(w < 0 for w in weights):
         raise ValueError("allocation weights must not be negative")
+    if len(weights) == 1:  # one line (half of an order's): it takes the whole total, whatever its weight
+        return [total]
     effective = list(weights) if sum(weights) > 0 else [1] * len(weights)
     whole = sum(effective)
     shares = [total * w // whole for w in effective]

@@ -111,6 +111,8 @@ _WAYBILL_SPLIT = re.compile(r"[,;，；]")
 _MOBILE = re.compile(r"^(?:\+?86[- ]?)?(1[3-9]\d{9})$")
 _QUANTITY = re.compile(r"^\d+$")
 _ID = re.compile(r"^[0-9A-Za-z_-]+$")
+#: an id with nothing to strip: ``fullmatch`` without the ``$`` that also takes a final newline
+_ID_EXACT = re.compile(r"[0-9A-Za-z_-]+").fullmatch
 
 
 class NormaliseError(ValueError):
@@ -121,14 +123,18 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _id(value: Any, field: str) -> str:
+def _id(value: Any, field: str, at: int | None = None) -> str:
+    """An id as text; ``field`` names it in the error (with ``at`` in its ``{}``: a line's position, formatted
+    only for an error, not for every line)."""
+    if type(value) is str and _ID_EXACT(value):  # what JD sends, checked as the long way below would
+        return value
     if isinstance(value, bool) or _blank(value):
-        raise NormaliseError(f"{field} is missing")
+        raise NormaliseError(f"{field.format(at)} is missing")
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str) and _ID.match(value.strip()):
         return value.strip()
-    raise NormaliseError(f"{field} is not an id: {value!r}")
+    raise NormaliseError(f"{field.format(at)} is not an id: {value!r}")
 
 
 def _time(record: Mapping[str, Any], field: str) -> datetime | None:
@@ -189,7 +195,7 @@ def _lines(record: Mapping[str, Any], payment_fen: int, refunded: bool) -> tuple
     for index, item in enumerate(items):
         if not isinstance(item, Mapping):
             raise NormaliseError(f"itemInfoList[{index}] is not an object")
-        sku_id = _id(item.get("skuId"), f"itemInfoList[{index}].skuId")
+        sku_id = _id(item.get("skuId"), "itemInfoList[{}].skuId", index)
         quantity_raw = item.get("itemTotal")
         quantity_text = str(quantity_raw).strip() if isinstance(quantity_raw, str | int) else ""
         if isinstance(quantity_raw, bool) or not _QUANTITY.match(quantity_text) or int(quantity_text) < 1:
