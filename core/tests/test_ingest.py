@@ -13,9 +13,10 @@ import sqlalchemy as sa
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import ChannelAccount, QuarantinedRecord, SyncState
 from tongcrm.crypto import Vault
+from tongcrm.db.engine import is_inline_writer
 from tongcrm.errors import BadRequest, Conflict
 from tongcrm.ingest.apply import IngestContext, apply_orders_page, next_status
-from tongcrm.ingest.service import lease_key, sync_account
+from tongcrm.ingest.service import lease_key, page_sessions, sync_account
 from tongcrm.jobs import leases
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.members.models import Member
@@ -525,3 +526,28 @@ async def test_truncate_empties_every_table_and_keeps_foreign_keys_enforced(
     with pytest.raises(sa.exc.IntegrityError):
         async with tongcrm_db.sessions() as session, session.begin():
             session.add(orphan)
+
+
+async def test_a_sync_applies_its_pages_inline_on_sqlite(
+    tongcrm_db: TestDatabase, account: ChannelAccount
+) -> None:
+    """On a SQLite file the pages go through an inline writer of the sync's own on the same database (what
+    it commits, the ordinary engine reads), disposed at the end; PostgreSQL keeps the sessions it was given."""
+    async with page_sessions(tongcrm_db.sessions) as pages:
+        if tongcrm_db.backend == "postgresql":
+            assert pages is tongcrm_db.sessions
+            return
+        engine = pages.kw["bind"]
+        assert pages is not tongcrm_db.sessions and is_inline_writer(engine)
+        async with pages() as session, session.begin():
+            await session.execute(
+                sa.update(ChannelAccount)
+                .where(ChannelAccount.id == account.id)
+                .values(status_detail="inline")
+            )
+        async with tongcrm_db.sessions() as session:
+            detail = await session.scalar(
+                sa.select(ChannelAccount.status_detail).where(ChannelAccount.id == account.id)
+            )
+        assert detail == "inline"
+    assert engine.sync_engine.pool.checkedout() == 0

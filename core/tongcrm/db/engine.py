@@ -221,9 +221,11 @@ def _plain_sqlite_file(aurl: sa.URL) -> str | None:
     return database
 
 
-def create_inline_writer(url: str) -> AsyncEngine | None:
+def create_inline_writer(url: str, *, cache_kib: int | None = None) -> AsyncEngine | None:
     """An engine for short writing units of work that runs SQLite on the event loop's thread
-    (:mod:`tongcrm.db.inline_sqlite`); None for other databases, where the ordinary engine serves."""
+    (:mod:`tongcrm.db.inline_sqlite`); None for other databases, where the ordinary engine serves.
+    ``cache_kib``: each connection's page cache (SQLite's 2,000 KiB by default; a sync's pages ask for the
+    ordinary engine's :data:`tongcrm.db.sqlite_thread.CACHE_KIB`, see :func:`tongcrm.ingest.service.sync_account`)."""
     aurl = async_url(url)
     database = _plain_sqlite_file(aurl)
     if database is None:
@@ -239,7 +241,7 @@ def create_inline_writer(url: str) -> AsyncEngine | None:
         json_serializer=json_text,
     )
     _INLINE_WRITERS.add(engine.sync_engine)
-    return _sqlite_events(engine, busy_timeout_ms=0)
+    return _sqlite_events(engine, busy_timeout_ms=0, cache_kib=cache_kib)
 
 
 #: engines made by :func:`create_inline_writer` (their connections run ``sqlite3`` on the event loop's thread)
