@@ -20,6 +20,14 @@ from tongcrm.testing.plugin import ApiClient
 
 from .conftest import Receipts, enrol
 
+#: what the process caches for seconds (the store's account, its tills, an API key): a reload lands in whichever
+#: receipt comes after the cache's time ran out — on a loaded machine, the counted one — and is no part of a sale
+_CACHED = ("channel_accounts", "pos_tills", "api_keys")
+
+
+def _cache_reload(statement: str) -> bool:
+    return statement.startswith("SELECT") and any(f"FROM {table}" in statement for table in _CACHED)
+
 
 @contextmanager
 def _statements() -> Iterator[list[tuple[str, str]]]:
@@ -27,7 +35,9 @@ def _statements() -> Iterator[list[tuple[str, str]]]:
     seen: list[tuple[str, str]] = []
 
     def on(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
-        seen.append((conn.dialect.name, " ".join(statement.split())))
+        said = " ".join(statement.split())
+        if not _cache_reload(said):
+            seen.append((conn.dialect.name, said))
 
     event.listen(sa.engine.Engine, "before_cursor_execute", on)
     try:
