@@ -37,6 +37,23 @@ async def _prepared(conn: Any) -> set[str]:
     return {row[0] for row in await conn.fetch(_PREPARED)}
 
 
+async def _accepted(db: TestDatabase, statements: list[str]) -> list[str]:
+    """Of the statements compiled in this process, those this database prepares: a test run earlier in the
+    same worker may have compiled some for a table of its own, which ``prepare_ahead`` leaves out."""
+    conn = await asyncpg.connect(db.url)
+    try:
+        accepted = []
+        for sql in dict.fromkeys(statements):
+            try:
+                await conn.prepare(sql)
+            except asyncpg.PostgresError:
+                continue
+            accepted.append(sql)
+        return accepted
+    finally:
+        await conn.close()
+
+
 async def test_a_served_app_starts_with_its_connections_open_and_its_statements_prepared(
     tongcrm_db: TestDatabase, tongcrm_settings: Settings, unfrozen: None
 ) -> None:
@@ -52,7 +69,7 @@ async def test_a_served_app_starts_with_its_connections_open_and_its_statements_
         assert engine.pool.checkedin() >= min(OPEN_AHEAD, engine.pool.size())
         assert reader._connections.size >= OPEN_AHEAD
         # on every connection of the engine the statements planned at start are prepared (as many as it takes)
-        planned = direct.planned_sql("postgresql")[:PREPARED_AHEAD]
+        planned = (await _accepted(tongcrm_db, direct.planned_sql("postgresql")))[:PREPARED_AHEAD]
         assert planned, "the start-up planned nothing"
         held = [await engine.connect() for _ in range(min(OPEN_AHEAD, engine.pool.size()))]
         try:
@@ -63,7 +80,7 @@ async def test_a_served_app_starts_with_its_connections_open_and_its_statements_
             for conn in held:
                 await conn.close()
         # and on every connection of the point reader, its reads planned at start
-        reads = set(point_reads.planned_sql("postgresql")[:PREPARED_AHEAD])
+        reads = set((await _accepted(tongcrm_db, point_reads.planned_sql("postgresql")))[:PREPARED_AHEAD])
         assert reads, "the rehearsal read nothing through the point reader"
         idle = list(reader._connections._idle)
         assert len(idle) >= OPEN_AHEAD
@@ -97,6 +114,12 @@ async def test_a_statement_prepared_ahead_is_the_one_a_fetch_runs(tongcrm_db: Te
         assert (await conn.fetchrow(sql, 41))["next"] == 42
         assert (await conn.fetch(sql, 1))[0]["next"] == 2
         assert await _prepared(conn) == ready, "the fetch prepared its statement again"
+        # a statement this database refuses (compiled in the process for a table it lacks: a plugin not
+        # migrated here, another test's table) is left out; the rest are prepared, the connection still serves
+        other = "SELECT $1::int * 2 AS twice"
+        assert await prepare_ahead(conn, ["SELECT id FROM no_such_table WHERE id = $1", other]) == 1
+        assert other in await _prepared(conn)
+        assert (await conn.fetchrow(other, 21))["twice"] == 42
     finally:
         await conn.close()
     uncached = await asyncpg.connect(tongcrm_db.url, statement_cache_size=0)

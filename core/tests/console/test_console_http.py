@@ -28,12 +28,13 @@ from .conftest import csrf_of, sign_in
 def test_both_catalogs_have_the_same_keys_and_no_empty_label() -> None:
     assert set(ZH) == set(EN)
     assert all(v.strip() for v in (*ZH.values(), *EN.values()))
-    # and every label a template names is in them (a missing one would fail the page)
+    # and every label a template names is in them (a missing one would fail the page); ``t(`` alone, not the
+    # end of ``typed.get("role")``
     templates = Path(web.__file__).parent / "templates"
     named = {
         key
         for page in templates.glob("*.html")
-        for key in re.findall(r"t\(['\"]([\w.]+)['\"]\s*[,)]", page.read_text())
+        for key in re.findall(r"(?<![\w.])t\(['\"]([\w.]+)['\"]\s*[,)]", page.read_text())
     }
     assert named and named - set(ZH) == set()
     # labels a template builds from a value: roles and message windows
