@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from tongcrm.app import create_app
+from tongcrm.auth.service import _GENERATION
 from tongcrm.config import Settings
 from tongcrm.db import direct, point_reads
 from tongcrm.db.engine import create_engine
@@ -103,6 +104,11 @@ async def test_a_served_app_starts_with_its_connections_open_and_its_statements_
         assert len(idle) >= OPEN_AHEAD
         for conn in idle:
             assert reads <= await _prepared(conn)
+        # the revocation counter's shared statement too, which only callers arriving together plan: each
+        # connection would otherwise parse it and introspect its array type when the tills' keys lapse together
+        shared = _GENERATION.many.plan(engine.dialect, {}).sql
+        for conn in idle:
+            assert shared in await _prepared(conn)
         # a second start-up step finds them open: it opens nothing more
         assert (await open_ahead(engine, reader, OPEN_AHEAD))[1] == 0
 

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tongcrm.auth.service import KEY_PREFIX
+from tongcrm.counter import compile_account_read
 from tongcrm.db import direct
 from tongcrm.db.pg_connections import prepare_ahead
 from tongcrm.errors import TongcrmError
@@ -49,7 +50,8 @@ OPEN_AHEAD = 8
 
 #: A start-up step: builds and compiles statements for a dialect without running them; answers the plans ready.
 CompileStep = Callable[[Dialect], int]
-_AHEAD: list[CompileStep] = []
+#: the core's own steps first (the counter's account read, read by every till's first receipt)
+_AHEAD: list[CompileStep] = [compile_account_read]
 
 
 def compile_ahead(step: CompileStep) -> CompileStep:

@@ -11,6 +11,7 @@ counter on every request and forgets its cached keys when it moved.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
@@ -18,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -246,7 +247,10 @@ class KeyVerifier:
     revoked through any process is refused by this one from the next request on. Each answer is cached with
     the counter read *before* its key was read: an answer read while a revocation committed is never used
     under the counter that revocation set. A key missing from the cache is read through the same reader
-    (:data:`_LIVE_KEY`).
+    (:data:`_LIVE_KEY`), once for all the callers that find it missing under the same counter: a till's
+    answer lapses for all its requests at once, and on PostgreSQL the 8 tills of the benchmark each read the
+    key on a connection of its own every TTL, opening the reader's connections beyond those opened ahead
+    (issue #22, branch tillpg17).
     """
 
     def __init__(self, reader: PointReader, *, ttl: float = 5.0) -> None:
@@ -254,9 +258,12 @@ class KeyVerifier:
         self._ttl = ttl
         #: key digest -> (monotonic expiry, revocation generation it was read under, principal or None)
         self._cache: dict[str, tuple[float, int, Principal | None]] = {}
+        #: key digest -> (revocation generation, the read of the key under way for it)
+        self._reading: dict[str, tuple[int, asyncio.Task[Principal | None]]] = {}
 
     def forget(self) -> None:
         self._cache.clear()
+        self._reading.clear()
 
     async def generation(self) -> int:
         """How many revocations the database has seen."""
@@ -298,11 +305,31 @@ class KeyVerifier:
         now = time.monotonic()
         if cached is not None and cached[0] > now and cached[1] == generation:
             return cached[2]
-        row = await self._reader.first(_LIVE_KEY, {"prefix": parsed[0]})
+        # the callers that find the key lapsed under the same counter share one read of it
+        reading = self._reading.get(digest)
+        if reading is None or reading[0] != generation:
+            task = asyncio.get_running_loop().create_task(self._read(parsed[0], digest, generation))
+            task.add_done_callback(_retrieved)
+            reading = self._reading[digest] = (generation, task)
+        return await asyncio.shield(reading[1])
+
+    async def _read(self, prefix: str, digest: str, generation: int) -> Principal | None:
+        started = time.monotonic()
+        try:
+            row = await self._reader.first(_LIVE_KEY, {"prefix": prefix})
+        finally:
+            if self._reading.get(digest, (None, None))[1] is asyncio.current_task():
+                del self._reading[digest]
         principal = None
         if row is not None and hmac.compare_digest(row.secret_hash, digest):
             principal = Principal(row.id, Role(row.role), row.store_code, row.label)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now + self._ttl, generation, principal)
+        self._cache[digest] = (started + self._ttl, generation, principal)
         return principal
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A shared read whose callers were all cancelled: its failure is theirs, not the event loop's to report."""
+    if not task.cancelled():
+        task.exception()

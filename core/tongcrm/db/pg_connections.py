@@ -93,14 +93,16 @@ class ConnectionKeeper:
     async def open_ahead(self, count: int, ready: Callable[[Any], Awaitable[None]]) -> int:
         """Open connections, all at once, until ``count`` are open (at most ``max_size``), each made ready by
         ``ready`` (after ``init``) before it goes idle; answers how many it opened. For a serving process's
-        start-up (:func:`tongcrm.warmup.open_ahead`): the first callers then find them open. A connection whose
-        opening or readying failed is not kept; the first failure is raised once the others are done."""
-        wanted = min(count, self._max_size) - self._size
-        if wanted <= 0:
-            return 0
+        start-up (:func:`tongcrm.warmup.open_ahead`): the first callers then find them open. The idle connections
+        already open (the rehearsal's) are made ready too: they prepared only what the rehearsal read. A
+        connection whose opening or readying failed is not kept; the first failure is raised once the others
+        are done."""
+        wanted = max(0, min(count, self._max_size) - self._size)
+        idle, self._idle = self._idle, []
 
-        async def one() -> None:
-            conn = await self._open()
+        async def one(conn: Any = None) -> None:
+            if conn is None:
+                conn = await self._open()
             try:
                 await ready(conn)
             except BaseException:
@@ -108,7 +110,9 @@ class ConnectionKeeper:
                 raise
             self._release(conn, broken=False)
 
-        outcomes = await asyncio.gather(*(one() for _ in range(wanted)), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(one(conn) for conn in idle), *(one() for _ in range(wanted)), return_exceptions=True
+        )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome

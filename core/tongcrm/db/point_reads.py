@@ -90,7 +90,7 @@ def planned_sql(dialect_name: str) -> list[str]:
     ]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class KeyedQuery:
     """A point read by any of a caller's few keys, which callers that arrive together may share.
 
@@ -112,6 +112,13 @@ class KeyedQuery:
     #: driver without array parameters (SQLite): compiled once per number of keys. None: such a reader reads
     #: for each caller alone.
     listed: PointQuery | None = None
+
+    def __post_init__(self) -> None:
+        _KEYED.add(self)
+
+
+#: every keyed query made: whose shared statements :meth:`AsyncpgReader.open_ahead` plans before it prepares
+_KEYED: weakref.WeakSet[KeyedQuery] = weakref.WeakSet()
 
 
 class PointReader(ABC):
@@ -374,6 +381,14 @@ class AsyncpgReader(PointReader):
                 future.set_result(row)
 
     async def open_ahead(self, count: int) -> int:
+        # A shared statement (``many``) is planned by the first callers that arrive together, not by the
+        # start-up's rehearsal of one caller: planned here, it is prepared with the rest on every connection.
+        # Otherwise, when the 8 tills' key checks lapsed together (every ``KeyVerifier`` TTL), each connection
+        # the batch landed on parsed it and asked the server for its array parameter's type (asyncpg's type
+        # introspection, a recursive catalog query: 17-130 ms of a backend's time at load 8-13) while the
+        # tills waited for it (issue #22, branch tillpg17).
+        for keyed in list(_KEYED):
+            keyed.many.plan(self._dialect, {})
         statements = planned_sql(self._dialect.name)
 
         async def ready(conn: Any) -> None:

@@ -505,6 +505,34 @@ async def test_a_sale_by_a_known_mobile_the_till_had_not_resolved_draws_no_membe
         assert quick_calls == ["fallback"]
 
 
+async def test_a_receipt_that_reloads_the_account_cache_still_takes_the_quick_path(
+    make_client: Callable[..., AbstractAsyncContextManager[ApiClient]],
+    tongcrm_settings: Settings,
+    receipts: Receipts,
+    clock: FakeClock,
+    quick_calls: list[str],
+) -> None:
+    """Issue #22 (branch tillpg17): a checkout that finds the store's account lapsed from the counter's cache
+    (every ``account_ttl``, for all the tills at once) reads it again — on PostgreSQL outside the unit of work's
+    transaction, so a known member's sale and a new buyer's still take the quick path (read through the session,
+    the reload began the transaction and sent every such receipt to the transactional path, whose statements
+    each connection then parsed mid-run). On SQLite (no quick path) the same receipts are applied."""
+    host = make_host(PosConfig(clock=clock, rate_per_second=1000, burst=1000))
+    async with make_client(host=host, role="pos", store_code="S1") as pos:
+        await add_store(pos, host, tongcrm_settings, "S1", ("T01",))
+        a = await enrol(pos, "13800138211")
+        counter = pos.app.state.counter
+        answers = []
+        for member in ({"member_id": a["member_id"]}, {"mobile": "13800138212"}):
+            clock.advance(1)
+            counter.forget_accounts()  # lapsed, as every account_ttl
+            answers.append(await pos.post("/pos/v1/receipts", json=receipts.sale((10_000,), member=member)))
+        assert [r.status_code for r in answers] == [201, 201], [r.text for r in answers]
+        assert answers[0].json()["member_id"] == a["member_id"]
+        assert all(r.json()["points_earned"] == 100 for r in answers), [r.json() for r in answers]
+        assert quick_calls == (["sale", "sale"] if pos.db.backend == "postgresql" else [])
+
+
 async def test_a_receipt_that_reloads_the_till_cache_still_takes_the_quick_path(
     make_client: Callable[..., AbstractAsyncContextManager[ApiClient]],
     tongcrm_settings: Settings,
