@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from tongcrm.audit.models import AuditEntry
-from tongcrm.campaigns.models import CalendarMark, Campaign
+from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
 from tongcrm.console.campaign_pages import schedule_from_form, yuan_to_fen
 from tongcrm.console.charts import DailyPoint, daily_counts
 from tongcrm.errors import Unprocessable
@@ -368,6 +368,56 @@ async def test_an_over_budget_schedule_is_refused_in_chinese_and_keeps_the_campa
         async with api.db.sessions() as session:
             tight = (await session.execute(sa.select(Campaign).where(Campaign.name == "tight"))).scalar_one()
         assert tight.status == "draft" and tight.next_run_at is None
+
+
+async def test_a_refused_run_s_reason_is_chinese_on_the_campaign_page_and_english_in_the_api(
+    make_client: Any,
+) -> None:
+    """A run the scheduler refused keeps a reason code and its figures beside the English sentence: the Chinese
+    page words each from the code (a run whose segment broke says that refusal in Chinese too), the English page
+    and the API show the sentence."""
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host)
+        now = datetime.now(UTC)
+        budget = "budget exceeded: the run would message 4 members and 1 messages are left of the budget of 9"
+        broke = "the run could not start: no field tier_x"
+        async with api.db.sessions() as session, session.begin():
+            spring = (
+                await session.execute(sa.select(Campaign).where(Campaign.name == "spring"))
+            ).scalar_one()
+            session.add_all([
+                CampaignRun(
+                    campaign_id=spring.id, scheduled_for=now - timedelta(days=3), started_at=now, segment_version=1,
+                    status="refused", reason=budget, reason_code="campaign.over_budget_messages",
+                    reason_params={"treated": 4, "left": 1, "budget": 9}, audience=4, control=0,
+                ),
+                CampaignRun(
+                    campaign_id=spring.id, scheduled_for=now - timedelta(days=2), started_at=now, segment_version=1,
+                    status="refused", reason=broke, reason_code="campaign_run.could_not_start",
+                    reason_params={"code": "segment.unknown_field", "params": {"name": "tier_x"},
+                                   "message": "no field tier_x"},
+                    audience=0, control=0,
+                ),
+                CampaignRun(  # refused before the code was kept (revision 0041 set no figures for a budget)
+                    campaign_id=spring.id, scheduled_for=now - timedelta(days=1), started_at=now, segment_version=1,
+                    status="refused", reason=budget, reason_code="campaign.over_budget_messages",
+                    reason_params=None, audience=4, control=0,
+                ),
+            ])  # fmt: skip
+        await sign_in(api, "analyst")
+        page = (await api.get("/console/campaigns/spring?lang=zh")).text
+        assert "超出短信预算：本次要给 4 位会员发送，预算 9 条只剩 1 条；本次未发送。" in page
+        assert "本次运行无法开始，未发送：没有“tier_x”这个字段。" in page
+        # the run without figures: the Chinese fallback, the English sentence after it
+        assert "本次运行被拒绝，未发送。（系统说明：budget exceeded" in page
+        assert "could not start" not in page
+        english = (await api.get("/console/campaigns/spring?lang=en")).text
+        assert budget in english and broke in english and "超出" not in english
+        key = await api.create_key("analyst")
+        answer = await api.get("/api/campaigns/spring/runs", headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        assert {r["reason"] for r in answer.json()} >= {budget, broke}
 
 
 async def test_calendar_marks_and_clashes(make_client: Any) -> None:

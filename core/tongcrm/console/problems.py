@@ -263,6 +263,47 @@ def explain_text(
     return fallback_zh(message)
 
 
+#: A refused campaign run's reason by its ``reason_code`` (:data:`tongcrm.campaigns.models.RUN_REASONS`): the
+#: scheduler refused this run, so each says nothing was sent this time (the schedule goes on).
+RUN_REASONS_ZH: Mapping[str, str] = {
+    "campaign_run.empty_audience": "受众为空：运行时人群中没有会员，本次未发送。",
+    "campaign.over_budget_messages": "超出短信预算：本次要给 {treated:,} 位会员发送，预算 {budget:,} 条只剩 {left:,} 条；本次未发送。",
+    "campaign.over_budget_points": "超出积分预算：本次要给 {treated:,} 位会员各发 {each:,} 积分，共 {needed:,} 积分，预算 {budget:,} 积分只剩 {left:,}；本次未发送。",
+    "campaign.over_budget_entitlements": "超出权益预算：本次要发放 {treated:,} 份权益，预算 {budget:,} 份只剩 {left:,} 份；本次未发送。",
+    "campaign_run.could_not_start": "本次运行无法开始，未发送：{why}",
+    # a run refused before its code and figures were kept (revision 0041), or with a code this page lacks
+    "": "本次运行被拒绝，未发送。（系统说明：{reason}）",
+}  # fmt: skip
+
+
+def run_reason(lang: str, reason: str, code: str, params: Mapping[str, Any] | None) -> str:
+    """A refused run's reason in ``lang``: in Chinese the sentence of its code (a run refused because its segment
+    broke says that refusal in Chinese too), else the fallback around the English ``reason``."""
+    if lang != "zh" or not reason:
+        return reason
+    values = dict(params or {})
+    if code == "campaign_run.could_not_start":
+        inner = values.get("params")
+        message = values.get("message")
+        if not isinstance(message, str):
+            return RUN_REASONS_ZH[""].format(reason=reason)
+        inner_code = values.get("code")
+        return RUN_REASONS_ZH[code].format(
+            why=explain_text(
+                lang,
+                message,
+                inner_code if isinstance(inner_code, str) else None,
+                inner if isinstance(inner, dict) else None,
+            )
+        )
+    if code and code in RUN_REASONS_ZH:
+        try:
+            return RUN_REASONS_ZH[code].format(**values)
+        except (KeyError, IndexError, ValueError):
+            pass  # a run refused before its figures were kept: the fallback keeps the English sentence
+    return RUN_REASONS_ZH[""].format(reason=reason)
+
+
 def field_zh(name: str) -> str:
     """A field's Chinese name (the name itself where none is written: it is what the API calls it)."""
     return FIELDS_ZH.get(name.strip().lower(), name.strip())
