@@ -43,6 +43,12 @@ MESSAGES_ZH: Mapping[str, str] = {
     "import.no_file": "导入 #{id} 没有保留上传的文件（已放弃，或不是通过网页或 API 上传的）：请重新上传同一个文件，将从断点继续。",
     "import.file_missing": "导入 #{id} 保留的文件已不在数据目录中：请重新上传同一个文件，将从断点继续。",
     "member.merged": "会员 {member_id} 已合并到会员 {merged_into_id}。",
+    # mobiles (tongcrm.members.phone): ``{shown}`` is what the message shows of the input, never the whole number
+    "mobile.not_phone": "手机号：{shown}不是电话号码，请填写手机号，如 13800138000。",
+    "mobile.invalid": "手机号：{shown}不是有效的号码。中国大陆手机号是以 1 开头的 11 位数字（如 13800138000），请检查是否多打、少打或打错了数字；其他国家和地区的号码请以 + 和国家代码开头。",
+    "mobile.not_mobile": "手机号：{shown}不是手机号（像是固定电话），请填写手机号。",
+    "mobile.masked_form": "手机号：打码的手机号是前 3 位、星号和后 4 位，如 138****8000。",
+    "mobile.masked_stars": "手机号：中国大陆手机号打码时正好隐去中间 4 位（138****8000），这里有 {stars} 个星号。",
     # segments (tongcrm.segments.service and schema)
     "segment.name_invalid": "人群名称“{name}”不可用：1 到 64 个小写字母、数字、“-”或“_”，以字母或数字开头，且不能全是数字。",
     "segment.exists": "人群“{name}”已存在，请在它的页面保存新版本。",
@@ -254,6 +260,8 @@ def explain_text(
             values.get("field"), str
         ):  # the field a sentence names is a field of the API: in Chinese
             values["field"] = field_zh(values["field"])
+        if code.startswith("mobile."):
+            values["shown"] = _shown_zh(values)
         if code.startswith("campaign.") and isinstance(values.get("status"), str):
             values["status"] = ZH_OPS.get(f"camp.status.{values['status']}", values["status"])  # 已取消
         try:
@@ -302,6 +310,15 @@ def run_reason(lang: str, reason: str, code: str, params: Mapping[str, Any] | No
         except (KeyError, IndexError, ValueError):
             pass  # a run refused before its figures were kept: the fallback keeps the English sentence
     return RUN_REASONS_ZH[""].format(reason=reason)
+
+
+def _shown_zh(params: Mapping[str, Any]) -> str:
+    """What a mobile's refusal shows of the input (:func:`tongcrm.members.phone._hint_params`), in Chinese."""
+    if params.get("last") is not None:
+        return f"尾号为 {params['last']} 的 {params.get('digits', '?')} 位号码"
+    if params.get("typed"):
+        return f"“{params['typed']}”"
+    return "所填内容"
 
 
 def field_zh(name: str) -> str:
