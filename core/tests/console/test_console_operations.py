@@ -108,6 +108,13 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
         assert "authorisation failed: invalid session" in channels and "s3cret" not in channels
         assert 'data-store="SH001"' in channels and "上海南京西路店" in channels
         assert 'data-account="SH001" data-needs-reauth="false"' in channels
+        # the channel's name as its plugin gives it for the page's language (ChannelSpec.display_names)
+        assert "线下门店（POS）" in channels and "Offline store" not in channels
+        reauth = (await api.get("/console/channels/SH001/reauthorise")).text
+        assert "线下门店（POS）" in reauth and "Offline store" not in reauth
+        english = (await api.get("/console/channels?lang=en")).text
+        assert "Offline store (POS)" in english and "线下门店" not in english
+        await api.get("/console/channels?lang=zh")
 
         tiers = (await api.get("/console/tiers")).text
         assert "data-review" in tiers and 'data-tier-code="gold"' in tiers
