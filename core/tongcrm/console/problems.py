@@ -109,7 +109,7 @@ MESSAGES_ZH: Mapping[str, str] = {
     "form.not_whole": "{field}：“{value}”不是整数，请填写不带小数的数。",
     "form.not_date": "{field}：“{value}”不是日期，请按 2026-01-31 的格式填写。",
     "form.too_long": "{field}：最多 {max} 个字符。",
-    "form.too_large": "{field}：“{value}”太大了，最大为 {max:,}。",
+    "form.too_large": "{field}：“{value}”超过了上限 {max:,}。",
     "form.not_number": "{field}：“{value}”不是数字。",
     "form.not_datetime": "{field}：“{value}”不是日期和时间，请按 2026-11-11 10:00 的格式填写。",
     "draft.not_json": "草稿不是合法的 JSON：第 {line} 行第 {column} 列附近有误。",
@@ -153,7 +153,7 @@ MESSAGES_ZH: Mapping[str, str] = {
     "money.not_amount": "{field}：“{value}”不是金额，请填写元，如 299 或 299.50。",
     "money.too_precise": "{field}：“{value}”超过两位小数；金额精确到分（0.01 元）。",
     "money.negative": "{field}：金额不能为负数。",
-    "money.too_large": "{field}：金额不能超过 {max} 元。",
+    "money.too_large": "{field}：“{value}”超过了金额上限 {max} 元（10 亿元），请检查是否多打了 0。",
 }
 
 #: Field names the English messages use (the ``field:`` prefix, a JSON pointer's last key, a form control).
