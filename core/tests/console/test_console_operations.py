@@ -123,6 +123,12 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
 
         care = (await api.get("/console/care-flows")).text
         assert 'data-flow="payment_reminder"' in care
+        # each flow by its name in the page's language (the flow's own title mixed Chinese and English)
+        assert (
+            "催付 <span" in care
+            and "order created and still unpaid" not in care
+            and "whole or partial" not in care
+        )
         assert "未确认（网关无应答，不重发）" in care  # sent without an answer: its own column, not "sent"
 
 
