@@ -93,6 +93,14 @@ def test_yuan_is_read_exactly_and_an_amount_finer_than_a_fen_is_refused() -> Non
         yuan_to_fen("12.345", "min_paid_yuan")
     assert too_fine.value.code == "money.too_precise"
     assert explain("zh", too_fine.value) == "最低实付（元）：“12.345”超过两位小数；金额精确到分（0.01 元）。"
+    # a ladder's JSON view holding no object where one belongs (the browser walk's "999…"): which part, in Chinese
+    from tongcrm.tiers.ladder import parse_ladder
+
+    for document, part in ((int("9" * 30), "整个等级体系"), ({"tiers": [5]}, "第 1 个等级")):
+        with pytest.raises(Unprocessable) as not_object:
+            parse_ladder(document)
+        said = explain("zh", not_object.value)
+        assert said.startswith(f"等级体系：{part}必须是 JSON 对象") and "系统说明" not in said, said
     # an amount past the documented most (10 亿元) names that bound, not the 64-bit column's
     with pytest.raises(Unprocessable) as too_large:
         yuan_to_fen("20000000000", "threshold")

@@ -116,6 +116,7 @@ MESSAGES_ZH: Mapping[str, str] = {
     # tier ladders (tongcrm.tiers.ladder, tongcrm.tiers.service, tongcrm.entitlements.catalogue)
     "ladder.not_integer": "等级体系：“{name}”必须是整数。",
     "ladder.too_deep": "等级条件最多嵌套 4 层。",
+    "ladder.not_object": "等级体系：{part_zh}必须是 JSON 对象（用 {{ }} 括起的“名称: 值”），不能是数字、文字或列表。",
     "ladder.empty_rules": "等级条件的组合里至少要有一个条件。",
     "ladder.metric": "“{metric}”不是可用的指标；可用：消费金额、获得积分、订单数。",
     "ladder.min_positive": "门槛必须大于 0。",
@@ -260,6 +261,8 @@ def explain_text(
             values.get("field"), str
         ):  # the field a sentence names is a field of the API: in Chinese
             values["field"] = field_zh(values["field"])
+        if code == "ladder.not_object":
+            values["part_zh"] = _LADDER_PARTS_ZH.get(str(values.get("part")), "这一项").format(**values)
         if code.startswith("mobile."):
             values["shown"] = _shown_zh(values)
         if code.startswith("campaign.") and isinstance(values.get("status"), str):
@@ -310,6 +313,17 @@ def run_reason(lang: str, reason: str, code: str, params: Mapping[str, Any] | No
         except (KeyError, IndexError, ValueError):
             pass  # a run refused before its figures were kept: the fallback keeps the English sentence
     return RUN_REASONS_ZH[""].format(reason=reason)
+
+
+#: The parts of a ladder document ``ladder.not_object`` names.
+_LADDER_PARTS_ZH: Mapping[str, str] = {
+    "ladder": "整个等级体系",
+    "review": "复核设置（review）",
+    "tier": "第 {n} 个等级",
+    "rule": "等级条件（rule）",
+    "entitlement": "等级“{tier}”的权益",
+    "params": "权益参数（params）",
+}
 
 
 def _shown_zh(params: Mapping[str, Any]) -> str:
