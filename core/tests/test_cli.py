@@ -550,3 +550,71 @@ def test_a_jobs_poll_that_is_not_a_positive_pause_is_refused(invoke, command: st
     result = invoke("jobs", command, "--poll", given)
     assert result.exit_code == 2, result.output
     assert "--poll" in result.output and "Traceback" not in result.output
+
+
+async def test_the_first_serve_migrates_without_alembic_s_info_lines_on_each_backend(
+    tongcrm_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tongcrm serve` on a new database, its stderr no terminal (a service's log): Alembic's INFO lines (its
+    plugins, each revision: some fifty JSON lines) are left out and the level it had is restored; a warning of
+    Alembic's still goes out."""
+    import logging
+
+    from tongcrm.cli import _alembic_quiet, _prepare_database
+    from tongcrm.config import Settings
+    from tongcrm.testing.database import scratch_url
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep(logging.DEBUG)
+    alembic_log = logging.getLogger("alembic")
+    alembic_log.addHandler(keep)
+    before = alembic_log.level
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    try:
+        async with scratch_url(tongcrm_backend) as url:
+            settings = Settings(database_url=url, secret_key="cli-test-secret-0123456789")
+            key = await _prepare_database(settings, PluginHost(autoload=False))
+        assert key is not None and key.startswith("tck_")
+        assert [r.getMessage() for r in seen if r.levelno < logging.WARNING] == []
+        assert alembic_log.level == before
+        with _alembic_quiet(True):
+            logging.getLogger("alembic.runtime.migration").warning("kept")
+            logging.getLogger("alembic.runtime.migration").info("left out")
+        assert [r.getMessage() for r in seen] == ["kept"]
+    finally:
+        alembic_log.removeHandler(keep)
+
+
+async def test_apikey_create_with_both_streams_in_one_pipe_ends_the_key_s_line_on_each_backend(
+    tongcrm_backend: str, tmp_path: Path
+) -> None:
+    """`tongcrm apikey create … 2>&1`: the notice (stderr), then the key on a line of its own that ends with a
+    newline, nothing after it — a next stderr line never runs on from the key."""
+    import os
+    import subprocess
+    import sys
+
+    from tongcrm.testing.database import scratch_url
+
+    async with scratch_url(tongcrm_backend) as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TONGCRM_")}
+        env |= {"TONGCRM_DATABASE_URL": url, "TONGCRM_SECRET_KEY": "cli-test-secret-0123456789"}
+
+        def tongcrm(*args: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "tongcrm", *args],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=120, check=True,
+            )  # fmt: skip
+            return done.stdout.decode()
+
+        tongcrm("db", "upgrade")
+        out = tongcrm("apikey", "create", "--role", "analyst", "--label", "pipe")
+    lines = out.split("\n")
+    assert out.endswith("\n") and lines[-1] == "", out
+    assert lines[-3].startswith("created analyst key #") and lines[-2].startswith("tck_"), out
+    assert len(lines[-2].split()) == 1, out  # the key alone on its line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib
+import logging
 import re
 import signal
 import socket
@@ -234,8 +235,30 @@ def _listening(bind_host: str, port: int) -> Iterator[None]:
         )
 
 
+@contextmanager
+def _alembic_quiet(quiet: bool) -> Iterator[None]:
+    """Alembic's loggers at WARNING for the block when ``quiet`` (their level restored after it)."""
+    alembic_log = logging.getLogger("alembic")
+    before = alembic_log.level
+    if quiet:
+        alembic_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        alembic_log.setLevel(before)
+
+
 async def _prepare_database(settings: Settings, host: PluginHost) -> str | None:
-    """Migrate a new database and mint its first admin key; refuse to serve a database that is behind."""
+    """Migrate a new database and mint its first admin key; refuse to serve a database that is behind.
+
+    Alembic says each revision and its plugins at INFO (some fifty lines, as JSON when stderr is no terminal: a
+    service's log); here they are left out, as the serve command says "migrated" once. Its warnings still show.
+    """
+    with _alembic_quiet(not sys.stderr.isatty()):
+        return await _prepare(settings, host)
+
+
+async def _prepare(settings: Settings, host: PluginHost) -> str | None:
     from tongcrm.audit.service import SYSTEM
     from tongcrm.auth import audited
     from tongcrm.db import migrate

@@ -175,6 +175,12 @@ async def test_a_run_beyond_the_budget_is_refused_and_queues_nothing(tongcrm_db:
     assert runs[1].reason.startswith(
         "budget exceeded: the run would message 10 members and 5 messages are left"
     )
+    # the console's Chinese page reads the code and its figures, the API the English sentence
+    assert (runs[1].reason_code, runs[1].reason_params) == (
+        "campaign.over_budget_messages",
+        {"treated": 10, "left": 5, "budget": 15},
+    )
+    assert (runs[0].reason_code, runs[0].reason_params) == ("", None)
     assert len(await w.messages(flow="campaign.daily")) == 10
     assert await audience_of(w, runs[1].id) == {}
 
@@ -257,6 +263,12 @@ async def test_a_run_that_cannot_start_is_refused_and_other_campaigns_still_run(
             "the run could not start: segment 'vip' refers to tier 'gold', which the ladder no longer has",
         )
     ]
+    assert broken_runs[0].reason_code == "campaign_run.could_not_start"
+    assert broken_runs[0].reason_params == {
+        "code": None,
+        "params": {},
+        "message": "segment 'vip' refers to tier 'gold', which the ladder no longer has",
+    }
     assert [(r.status, r.audience) for r in fine_runs] == [("queued", 3)]
     assert broken.next_run_at == fine.next_run_at == due + timedelta(days=1)  # the schedule goes on
     assert await w.messages(flow="campaign.broken") == []

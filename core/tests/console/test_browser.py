@@ -264,6 +264,26 @@ async def test_the_search_hint_sits_under_the_mobile_input(served: Served, brows
     await _shot(page, served, f"members-search-{width}")
 
 
+async def test_the_key_form_lines_its_labels_and_fields_up(served: Served, browser: Any) -> None:
+    """On the API-keys page the role's drop-down is as tall as the text inputs beside it, so "角色" sits on the
+    line of the other labels (the form lines its fields up by their bottoms)."""
+    page = await (
+        await browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 800})
+    ).new_page()
+    await _sign_in(page, served, "admin")
+    await page.goto(f"{served.url}/console/keys")
+    boxes = {}
+    for ident in ("k-role", "k-store", "k-label"):
+        label = await page.locator(f'label[for="{ident}"]').bounding_box()
+        field = await page.locator(f"#{ident}").bounding_box()
+        assert label is not None and field is not None
+        boxes[ident] = (label["y"], field["y"], field["height"])
+    role, store, note = boxes["k-role"], boxes["k-store"], boxes["k-label"]
+    assert abs(role[0] - store[0]) <= 1 and abs(role[0] - note[0]) <= 1, boxes  # the labels on one line
+    assert abs(role[2] - store[2]) <= 1 and abs(role[1] - store[1]) <= 1, boxes  # the fields alike
+    await _shot(page, served, "keys-form")
+
+
 async def test_an_admin_reveals_from_the_console_but_not_through_a_link_elsewhere(
     served: Served, browser: Any
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from tongcrm.config import Settings
 from tongcrm.console import testing as console_seed
+from tongcrm.console.campaign_pages import draft_from_form
 from tongcrm.console.ledger_zh import KINDS_ZH, explain_zh
 from tongcrm.console.money import (
     MONEY_FIELDS,
@@ -92,6 +93,25 @@ def test_yuan_is_read_exactly_and_an_amount_finer_than_a_fen_is_refused() -> Non
         yuan_to_fen("12.345", "min_paid_yuan")
     assert too_fine.value.code == "money.too_precise"
     assert explain("zh", too_fine.value) == "最低实付（元）：“12.345”超过两位小数；金额精确到分（0.01 元）。"
+    # a ladder's JSON view holding no object where one belongs (the browser walk's "999…"): which part, in Chinese
+    from tongcrm.tiers.ladder import parse_ladder
+
+    for document, part in ((int("9" * 30), "整个等级体系"), ({"tiers": [5]}, "第 1 个等级")):
+        with pytest.raises(Unprocessable) as not_object:
+            parse_ladder(document)
+        said = explain("zh", not_object.value)
+        assert said.startswith(f"等级体系：{part}必须是 JSON 对象") and "系统说明" not in said, said
+    # an amount past the documented most (10 亿元) names that bound, not the 64-bit column's
+    with pytest.raises(Unprocessable) as too_large:
+        yuan_to_fen("20000000000", "threshold")
+    assert too_large.value.code == "money.too_large" and "1,000,000,000.00 yuan" in too_large.value.message
+    said = explain("zh", too_large.value)
+    assert "超过了金额上限 1,000,000,000.00 元（10 亿元）" in said and "922" not in said, said
+    with pytest.raises(Unprocessable) as too_many:
+        draft_from_form({"name": "x", "budget_messages": "99999999999999999999"})
+    assert too_many.value.code == "form.too_large"
+    assert "超过了上限 1,000,000,000。" in explain("zh", too_many.value)
+    assert draft_from_form({"name": "x", "budget_messages": "1000000000"}).budget_messages == 1_000_000_000
     assert {"orders.spend", "orders.aov"} == MONEY_FIELDS
     # a document in yuan and back: strings, numbers, lists, the low and high of 'between'; other fields untouched
     console_doc = {

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from tongcrm.audit.models import AuditEntry
-from tongcrm.campaigns.models import CalendarMark, Campaign
+from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun
 from tongcrm.console.campaign_pages import schedule_from_form, yuan_to_fen
 from tongcrm.console.charts import DailyPoint, daily_counts
 from tongcrm.errors import Unprocessable
@@ -108,6 +108,13 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
         assert "authorisation failed: invalid session" in channels and "s3cret" not in channels
         assert 'data-store="SH001"' in channels and "上海南京西路店" in channels
         assert 'data-account="SH001" data-needs-reauth="false"' in channels
+        # the channel's name as its plugin gives it for the page's language (ChannelSpec.display_names)
+        assert "线下门店（POS）" in channels and "Offline store" not in channels
+        reauth = (await api.get("/console/channels/SH001/reauthorise")).text
+        assert "线下门店（POS）" in reauth and "Offline store" not in reauth
+        english = (await api.get("/console/channels?lang=en")).text
+        assert "Offline store (POS)" in english and "线下门店" not in english
+        await api.get("/console/channels?lang=zh")
 
         tiers = (await api.get("/console/tiers")).text
         assert "data-review" in tiers and 'data-tier-code="gold"' in tiers
@@ -116,6 +123,12 @@ async def test_every_page_renders_for_each_role_and_analysts_see_no_write_contro
 
         care = (await api.get("/console/care-flows")).text
         assert 'data-flow="payment_reminder"' in care
+        # each flow by its name in the page's language (the flow's own title mixed Chinese and English)
+        assert (
+            "催付 <span" in care
+            and "order created and still unpaid" not in care
+            and "whole or partial" not in care
+        )
         assert "未确认（网关无应答，不重发）" in care  # sent without an answer: its own column, not "sent"
 
 
@@ -370,6 +383,56 @@ async def test_an_over_budget_schedule_is_refused_in_chinese_and_keeps_the_campa
         assert tight.status == "draft" and tight.next_run_at is None
 
 
+async def test_a_refused_run_s_reason_is_chinese_on_the_campaign_page_and_english_in_the_api(
+    make_client: Any,
+) -> None:
+    """A run the scheduler refused keeps a reason code and its figures beside the English sentence: the Chinese
+    page words each from the code (a run whose segment broke says that refusal in Chinese too), the English page
+    and the API show the sentence."""
+    host = ops_host()
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host)
+        now = datetime.now(UTC)
+        budget = "budget exceeded: the run would message 4 members and 1 messages are left of the budget of 9"
+        broke = "the run could not start: no field tier_x"
+        async with api.db.sessions() as session, session.begin():
+            spring = (
+                await session.execute(sa.select(Campaign).where(Campaign.name == "spring"))
+            ).scalar_one()
+            session.add_all([
+                CampaignRun(
+                    campaign_id=spring.id, scheduled_for=now - timedelta(days=3), started_at=now, segment_version=1,
+                    status="refused", reason=budget, reason_code="campaign.over_budget_messages",
+                    reason_params={"treated": 4, "left": 1, "budget": 9}, audience=4, control=0,
+                ),
+                CampaignRun(
+                    campaign_id=spring.id, scheduled_for=now - timedelta(days=2), started_at=now, segment_version=1,
+                    status="refused", reason=broke, reason_code="campaign_run.could_not_start",
+                    reason_params={"code": "segment.unknown_field", "params": {"name": "tier_x"},
+                                   "message": "no field tier_x"},
+                    audience=0, control=0,
+                ),
+                CampaignRun(  # refused before the code was kept (revision 0041 set no figures for a budget)
+                    campaign_id=spring.id, scheduled_for=now - timedelta(days=1), started_at=now, segment_version=1,
+                    status="refused", reason=budget, reason_code="campaign.over_budget_messages",
+                    reason_params=None, audience=4, control=0,
+                ),
+            ])  # fmt: skip
+        await sign_in(api, "analyst")
+        page = (await api.get("/console/campaigns/spring?lang=zh")).text
+        assert "超出短信预算：本次要给 4 位会员发送，预算 9 条只剩 1 条；本次未发送。" in page
+        assert "本次运行无法开始，未发送：没有“tier_x”这个字段。" in page
+        # the run without figures: the Chinese fallback, the English sentence after it
+        assert "本次运行被拒绝，未发送。（系统说明：budget exceeded" in page
+        assert "could not start" not in page
+        english = (await api.get("/console/campaigns/spring?lang=en")).text
+        assert budget in english and broke in english and "超出" not in english
+        key = await api.create_key("analyst")
+        answer = await api.get("/api/campaigns/spring/runs", headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        assert {r["reason"] for r in answer.json()} >= {budget, broke}
+
+
 async def test_calendar_marks_and_clashes(make_client: Any) -> None:
     host = ops_host()
     async with make_client(host=host, role=None) as api:
@@ -529,11 +592,13 @@ def test_form_values_become_exact_documents() -> None:
         ("abc", "not an amount"),
         ("Infinity", "not an amount"),
         ("NaN", "not an amount"),
-        ("1e30", "too large"),
-        ("99999999999999999999", "too large"),
+        ("1e30", "more than the most"),
+        ("99999999999999999999", "more than the most"),
+        ("1000000000.01", "more than the most an amount may be"),
     ]:
         with pytest.raises(Unprocessable, match=says):
             yuan_to_fen(bad, "x")
+    assert yuan_to_fen("1000000000", "x") == 100_000_000_000  # 10 亿元, the most, still taken
     once = schedule_from_form({"kind": ["once"], "at": ["2026-11-11T00:30"]}, SH)
     assert once == {"kind": "once", "at": "2026-11-11T00:30:00+08:00"}
     weekly = schedule_from_form(

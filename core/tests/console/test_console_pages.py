@@ -168,16 +168,30 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
             'data-member="' not in (await api.get("/console/members", params={"mobile": "139****8000"})).text
         )
         malformed = await api.get("/console/members", params={"mobile": "138***8000"})
-        assert malformed.status_code == 422 and "hides exactly 4 digits" in malformed.text
+        assert (
+            malformed.status_code == 422
+            and "正好隐去中间 4 位（138****8000），这里有 3 个星号" in malformed.text
+        )
         # the search page again, not the bare error page: the form keeps what was typed, the reason beside it
         assert "data-problem" in malformed.text and "无法按此条件搜索" in malformed.text
         assert 'id="q-mobile" name="mobile" inputmode="tel" value="138***8000"' in malformed.text
         assert "未搜索" in malformed.text and "没有找到会员" not in malformed.text
-        for bad in ("abc", "1390100004"):
+        # a malformed number says what is wrong with it in Chinese, not the fallback around the English sentence
+        for bad, said in (
+            ("abc", "手机号：“abc”不是电话号码"),
+            (
+                "1390100004",
+                "手机号：尾号为 04 的 10 位号码不是有效的号码。中国大陆手机号是以 1 开头的 11 位数字",
+            ),
+            ("010-12345678", "手机号：尾号为 78 的 11 位号码不是手机号（像是固定电话）"),
+            ("13*8000", "手机号：打码的手机号是前 3 位、星号和后 4 位"),
+        ):
             again = await api.get("/console/members", params={"mobile": bad})
-            assert (
-                again.status_code == 422 and "phone number" in again.text and f'value="{bad}"' in again.text
-            )
+            assert again.status_code == 422 and said in again.text and f'value="{bad}"' in again.text, bad
+            assert "系统说明" not in again.text and "phone number" not in again.text, bad
+        english = await api.get("/console/members", params={"mobile": "1390100004", "lang": "en"})
+        assert english.status_code == 422 and "is not a valid phone number" in english.text
+        await api.get("/console/members", params={"lang": "zh"})
         # names follow the masking rule too: an operator sees 李* (search by the name still works)
         assert "李*" in by_mobile and "李雷" not in by_mobile
         nobody = (await api.get("/console/members", params={"identity": "pos.card:NOPE0000"})).text

@@ -83,6 +83,17 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_matches(secret_hash: str, key: str) -> bool:
+    """Whether ``key`` is the secret a key row stores the hash of (compared in constant time)."""
+    return hmac.compare_digest(secret_hash, _digest(key))
+
+
+def key_prefix(key: str) -> str | None:
+    """The prefix a key is looked up by (``tck_<prefix>_<secret>``), or None for text that is no key."""
+    parsed = _parse(key)
+    return parsed[0] if parsed else None
+
+
 def _parse(key: str) -> tuple[str, str] | None:
     parts = key.split("_")
     if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:

@@ -57,6 +57,17 @@ class Campaign(Base):
     __table_args__ = (sa.Index("ix_campaigns_status_next_run", "status", "next_run_at"),)
 
 
+#: The codes of a refused run's ``reason_code``: the audience was empty when the run started, a budget would
+#: have been passed (the same codes as :func:`tongcrm.campaigns.service.schedule`'s refusal), or the run could not
+#: start (the segment broke: ``reason_params`` holds that refusal's ``code``, ``params`` and English ``message``).
+RUN_REASONS = (
+    "campaign_run.empty_audience",
+    "campaign.over_budget_messages",
+    "campaign.over_budget_points",
+    "campaign.over_budget_entitlements",
+    "campaign_run.could_not_start",
+)
+
 #: Statuses of a run that sent: its messages are in the send log and count against the campaign's budgets.
 RUN_SENT = ("queued", "finished")
 
@@ -78,6 +89,10 @@ class CampaignRun(Base):
     segment_version: Mapped[int] = mapped_column(sa.Integer)
     status: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str] = mapped_column(sa.String(500), default="")
+    #: What ``reason`` says, for a reader of another language (the console's Chinese page): a code of
+    #: :data:`RUN_REASONS` and the figures it names. The API keeps the English ``reason``.
+    reason_code: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    reason_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     audience: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     control: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     #: Points the run granted to its treated members (the points budget it used).

@@ -271,6 +271,20 @@ async def _granted(
     return int(used.scalar_one())
 
 
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    """A refusal's ``params`` as a JSON column holds them: numbers, text, booleans and lists of them as they are,
+    anything else (a date, a decimal) as its text."""
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return str(value)
+
+    return {str(k): plain(v) for k, v in params.items()}
+
+
 async def _over_budget(
     session: AsyncSession, campaign: Campaign, treated: int, *, run_id: int | None, first: bool = False
 ) -> Unprocessable | None:
@@ -518,14 +532,15 @@ async def execute_run(
     run = await session.get(CampaignRun, run_id)
     assert run is not None
     run.audience, run.control = audience, controlled
-    reason = ""
+    reason, code, params = "", "", None
     if audience == 0:
-        reason = "empty audience: the segment had no member at the run"
+        reason, code = "empty audience: the segment had no member at the run", "campaign_run.empty_audience"
     else:
         over = await _over_budget(session, campaign, audience - controlled, run_id=run_id)
-        reason = over.message if over is not None else ""
+        if over is not None:
+            reason, code, params = over.message, over.code or "", over.params
     if reason:
-        run.status, run.reason = "refused", reason
+        run.status, run.reason, run.reason_code, run.reason_params = "refused", reason, code, params
         await session.execute(sa.delete(CampaignAudience).where(CampaignAudience.run_id == run_id))
         await session.flush()
         log.warning("campaign run refused", campaign=campaign.name, run_id=run_id, reason=reason)
@@ -617,6 +632,8 @@ async def run_due(
                 run = CampaignRun(
                     campaign_id=campaign.id, scheduled_for=scheduled_for, started_at=now, segment_version=0,
                     status="refused", reason=f"the run could not start: {exc.message}"[:500], audience=0, control=0,
+                    reason_code="campaign_run.could_not_start",
+                    reason_params={"code": exc.code, "params": _plain(exc.params), "message": exc.message},
                 )  # fmt: skip
                 session.add(run)
                 await session.flush()

@@ -23,7 +23,7 @@ from litestar.params import FromPath, QueryParameter
 from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.api.inputs import MAX_ID, PathId
+from tongcrm.api.inputs import PathId
 from tongcrm.campaigns import calendar, chart, evaluation, service, stats
 from tongcrm.campaigns.api import programme_tz
 from tongcrm.campaigns.models import RUN_SENT, CalendarMark, Campaign, CampaignRun
@@ -69,9 +69,9 @@ def _refusable(exc: TongcrmError) -> bool:
 # form parsing (no HTTP here: plain strings in, documents the services check out)
 
 
-def _int(text: str, field_name: str, most: int = MAX_ID) -> int | None:
-    """A form's whole number (None when empty); past ``most`` (the field's own bound where it has one, the
-    64-bit columns' otherwise) refused with that bound, which the sentence names."""
+def _int(text: str, field_name: str, most: int) -> int | None:
+    """A form's whole number (None when empty); past ``most`` (the field's own bound: a weekday's 7, a budget's
+    :data:`MAX_BUDGET_MESSAGES`) refused with that bound, which the sentence names."""
     text = text.strip()
     if not text:
         return None
@@ -85,11 +85,17 @@ def _int(text: str, field_name: str, most: int = MAX_ID) -> int | None:
         ) from exc
     if abs(value) > most:
         raise Unprocessable(
-            f"{field_name}: {text!r} is too large",
+            f"{field_name}: {text!r} is more than the most it may be ({most:,})",
             code="form.too_large",
             params={"field": field_name, "value": text[:40], "max": most},
         )
     return value
+
+
+#: The most messages a campaign's budget may name in the console's form: 10 亿条 (1,000,000,000), more than a
+#: programme's whole member base gets in years; a larger figure is a slip, refused with a bound an operator reads
+#: (the 64-bit column's own, 9,223,372,036,854,775,807, said nothing).
+MAX_BUDGET_MESSAGES = 1_000_000_000
 
 
 def draft_from_form(form: dict[str, str]) -> service.Draft:
@@ -123,7 +129,7 @@ def draft_from_form(form: dict[str, str]) -> service.Draft:
         goal=form.get("goal", "").strip(),
         control_percent=percent,
         control_seed=form.get("control_seed", "").strip(),
-        budget_messages=_int(form.get("budget_messages", ""), "budget_messages"),
+        budget_messages=_int(form.get("budget_messages", ""), "budget_messages", MAX_BUDGET_MESSAGES),
         message_cost_fen=yuan_to_fen(form.get("message_cost_yuan", ""), "message_cost_yuan") or 0,
     )
 
@@ -151,11 +157,11 @@ def schedule_from_form(form: dict[str, list[str]], tz: Any) -> dict[str, Any]:
         return {"kind": "once", "at": (local if local.tzinfo else local.replace(tzinfo=tz)).isoformat()}
     doc: dict[str, Any] = {"kind": kind, "time": one("time")}
     if kind == "weekly":
-        doc["weekdays"] = [_int(d, "weekdays") for d in form.get("weekdays", [])]
+        doc["weekdays"] = [_int(d, "weekdays", 7) for d in form.get("weekdays", [])]
     if kind in ("monthly", "yearly"):
-        doc["day"] = _int(one("day"), "day")
+        doc["day"] = _int(one("day"), "day", 31)
     if kind == "yearly":
-        doc["month"] = _int(one("month"), "month")
+        doc["month"] = _int(one("month"), "month", 12)
     for key in ("from", "until"):
         if one(key):
             doc[key] = one(key)

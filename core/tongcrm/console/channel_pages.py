@@ -33,6 +33,7 @@ from tongcrm.console.web import (
     ConsoleController,
     action,
     actor_of,
+    context_of,
     page,
     problem_text,
     redirect,
@@ -72,7 +73,7 @@ class ChannelsView:
     stores: list[StoreRow]
 
 
-async def channels_view(session: AsyncSession, host: PluginHost) -> ChannelsView:
+async def channels_view(session: AsyncSession, host: PluginHost, lang: str = "en") -> ChannelsView:
     specs = host.channels()
     views = await channels.list_accounts(session)
     error_at = {
@@ -82,7 +83,7 @@ async def channels_view(session: AsyncSession, host: PluginHost) -> ChannelsView
     accounts = [
         AccountRow(
             v,
-            specs[v.channel].display_name if v.channel in specs else v.channel,
+            specs[v.channel].display_name_in(lang) if v.channel in specs else v.channel,
             v.status == "needs_reauth",
             error_at.get(v.id),
         )
@@ -120,7 +121,7 @@ class ChannelsPage(ConsoleController):
     @get("/", opt=page())
     async def show(self, request: Request[Any, Any, Any]) -> Response[str]:
         async with request.app.state.read_sessions() as session:
-            view = await channels_view(session, request.app.state.host)
+            view = await channels_view(session, request.app.state.host, context_of(request).lang)
         return render(request, "channels/channels.html", {"v": view}, title="chan.title")
 
 
@@ -131,7 +132,7 @@ class ReauthView:
     fields: tuple[SettingField, ...] | None
 
 
-async def reauth_view(session: AsyncSession, host: PluginHost, name: str) -> ReauthView:
+async def reauth_view(session: AsyncSession, host: PluginHost, name: str, lang: str = "en") -> ReauthView:
     """One account's state (``GET /api/channel-accounts/{name}``'s view) and what its plugin asks for."""
     account = await channels.get_account(session, name)
     state = await session.get(SyncState, account.id)
@@ -141,7 +142,7 @@ async def reauth_view(session: AsyncSession, host: PluginHost, name: str) -> Rea
         spec = None
     row = AccountRow(
         channels.view(account, state),
-        spec.display_name if spec else account.channel,
+        spec.display_name_in(lang) if spec else account.channel,
         account.status == "needs_reauth",
         state.last_error_at if state else None,
     )
@@ -152,7 +153,7 @@ async def _reauth_page(
     request: Request[Any, Any, Any], name: str, *, problem: str | None = None, status_code: int = 200
 ) -> Response[str]:
     async with request.app.state.read_sessions() as session:
-        view = await reauth_view(session, request.app.state.host, name)
+        view = await reauth_view(session, request.app.state.host, name, context_of(request).lang)
     return render(
         request,
         "channels/reauthorise.html",

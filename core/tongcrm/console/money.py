@@ -18,7 +18,6 @@ import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from tongcrm.api.inputs import MAX_ID
 from tongcrm.errors import Unprocessable
 from tongcrm.segments.schema import FIELDS, child_pointer
 
@@ -26,6 +25,12 @@ from tongcrm.segments.schema import FIELDS, child_pointer
 #: declared with ``unit="fen"``).
 MONEY_FIELDS: frozenset[str] = frozenset(name for name, spec in FIELDS.items() if spec.unit == "fen")
 _LIST_OPS = frozenset({"in", "not_in", "has_any", "has_all", "has_none"})
+
+
+#: The most an amount typed into a console form may be: 10 亿元 (¥1,000,000,000.00). Far past any order, spend
+#: threshold, budget or message cost a programme sets, so it refuses only a slip (zeros typed twice) — with a
+#: bound an operator reads at a glance, where the 64-bit column's own (92233720368547747.84 元) said nothing.
+MAX_AMOUNT_FEN = 100_000_000_000
 
 
 def yuan_to_fen(text: str, field_name: str) -> int | None:
@@ -60,11 +65,12 @@ def yuan_to_fen(text: str, field_name: str) -> int | None:
             code="money.too_precise",
             params=params,
         )
-    if fen > MAX_ID:
+    if fen > MAX_AMOUNT_FEN:
+        most = f"{MAX_AMOUNT_FEN // 100:,}.00"
         raise Unprocessable(
-            f"{field_name}: {text!r} is too large",
+            f"{field_name}: {text!r} is more than the most an amount may be ({most} yuan)",
             code="money.too_large",
-            params={**params, "max": fen_to_yuan(MAX_ID)},
+            params={**params, "value": text[:40], "max": most},
         )
     return int(fen)
 

@@ -43,6 +43,12 @@ MESSAGES_ZH: Mapping[str, str] = {
     "import.no_file": "导入 #{id} 没有保留上传的文件（已放弃，或不是通过网页或 API 上传的）：请重新上传同一个文件，将从断点继续。",
     "import.file_missing": "导入 #{id} 保留的文件已不在数据目录中：请重新上传同一个文件，将从断点继续。",
     "member.merged": "会员 {member_id} 已合并到会员 {merged_into_id}。",
+    # mobiles (tongcrm.members.phone): ``{shown}`` is what the message shows of the input, never the whole number
+    "mobile.not_phone": "手机号：{shown}不是电话号码，请填写手机号，如 13800138000。",
+    "mobile.invalid": "手机号：{shown}不是有效的号码。中国大陆手机号是以 1 开头的 11 位数字（如 13800138000），请检查是否多打、少打或打错了数字；其他国家和地区的号码请以 + 和国家代码开头。",
+    "mobile.not_mobile": "手机号：{shown}不是手机号（像是固定电话），请填写手机号。",
+    "mobile.masked_form": "手机号：打码的手机号是前 3 位、星号和后 4 位，如 138****8000。",
+    "mobile.masked_stars": "手机号：中国大陆手机号打码时正好隐去中间 4 位（138****8000），这里有 {stars} 个星号。",
     # segments (tongcrm.segments.service and schema)
     "segment.name_invalid": "人群名称“{name}”不可用：1 到 64 个小写字母、数字、“-”或“_”，以字母或数字开头，且不能全是数字。",
     "segment.exists": "人群“{name}”已存在，请在它的页面保存新版本。",
@@ -103,13 +109,14 @@ MESSAGES_ZH: Mapping[str, str] = {
     "form.not_whole": "{field}：“{value}”不是整数，请填写不带小数的数。",
     "form.not_date": "{field}：“{value}”不是日期，请按 2026-01-31 的格式填写。",
     "form.too_long": "{field}：最多 {max} 个字符。",
-    "form.too_large": "{field}：“{value}”太大了，最大为 {max:,}。",
+    "form.too_large": "{field}：“{value}”超过了上限 {max:,}。",
     "form.not_number": "{field}：“{value}”不是数字。",
     "form.not_datetime": "{field}：“{value}”不是日期和时间，请按 2026-11-11 10:00 的格式填写。",
     "draft.not_json": "草稿不是合法的 JSON：第 {line} 行第 {column} 列附近有误。",
     # tier ladders (tongcrm.tiers.ladder, tongcrm.tiers.service, tongcrm.entitlements.catalogue)
     "ladder.not_integer": "等级体系：“{name}”必须是整数。",
     "ladder.too_deep": "等级条件最多嵌套 4 层。",
+    "ladder.not_object": "等级体系：{part_zh}必须是 JSON 对象（用 {{ }} 括起的“名称: 值”），不能是数字、文字或列表。",
     "ladder.empty_rules": "等级条件的组合里至少要有一个条件。",
     "ladder.metric": "“{metric}”不是可用的指标；可用：消费金额、获得积分、订单数。",
     "ladder.min_positive": "门槛必须大于 0。",
@@ -147,7 +154,7 @@ MESSAGES_ZH: Mapping[str, str] = {
     "money.not_amount": "{field}：“{value}”不是金额，请填写元，如 299 或 299.50。",
     "money.too_precise": "{field}：“{value}”超过两位小数；金额精确到分（0.01 元）。",
     "money.negative": "{field}：金额不能为负数。",
-    "money.too_large": "{field}：金额不能超过 {max} 元。",
+    "money.too_large": "{field}：“{value}”超过了金额上限 {max} 元（10 亿元），请检查是否多打了 0。",
 }
 
 #: Field names the English messages use (the ``field:`` prefix, a JSON pointer's last key, a form control).
@@ -254,6 +261,10 @@ def explain_text(
             values.get("field"), str
         ):  # the field a sentence names is a field of the API: in Chinese
             values["field"] = field_zh(values["field"])
+        if code == "ladder.not_object":
+            values["part_zh"] = _LADDER_PARTS_ZH.get(str(values.get("part")), "这一项").format(**values)
+        if code.startswith("mobile."):
+            values["shown"] = _shown_zh(values)
         if code.startswith("campaign.") and isinstance(values.get("status"), str):
             values["status"] = ZH_OPS.get(f"camp.status.{values['status']}", values["status"])  # 已取消
         try:
@@ -261,6 +272,67 @@ def explain_text(
         except (KeyError, IndexError, ValueError):
             pass  # a code raised without the params its sentence needs: the fallback still says it
     return fallback_zh(message)
+
+
+#: A refused campaign run's reason by its ``reason_code`` (:data:`tongcrm.campaigns.models.RUN_REASONS`): the
+#: scheduler refused this run, so each says nothing was sent this time (the schedule goes on).
+RUN_REASONS_ZH: Mapping[str, str] = {
+    "campaign_run.empty_audience": "受众为空：运行时人群中没有会员，本次未发送。",
+    "campaign.over_budget_messages": "超出短信预算：本次要给 {treated:,} 位会员发送，预算 {budget:,} 条只剩 {left:,} 条；本次未发送。",
+    "campaign.over_budget_points": "超出积分预算：本次要给 {treated:,} 位会员各发 {each:,} 积分，共 {needed:,} 积分，预算 {budget:,} 积分只剩 {left:,}；本次未发送。",
+    "campaign.over_budget_entitlements": "超出权益预算：本次要发放 {treated:,} 份权益，预算 {budget:,} 份只剩 {left:,} 份；本次未发送。",
+    "campaign_run.could_not_start": "本次运行无法开始，未发送：{why}",
+    # a run refused before its code and figures were kept (revision 0041), or with a code this page lacks
+    "": "本次运行被拒绝，未发送。（系统说明：{reason}）",
+}  # fmt: skip
+
+
+def run_reason(lang: str, reason: str, code: str, params: Mapping[str, Any] | None) -> str:
+    """A refused run's reason in ``lang``: in Chinese the sentence of its code (a run refused because its segment
+    broke says that refusal in Chinese too), else the fallback around the English ``reason``."""
+    if lang != "zh" or not reason:
+        return reason
+    values = dict(params or {})
+    if code == "campaign_run.could_not_start":
+        inner = values.get("params")
+        message = values.get("message")
+        if not isinstance(message, str):
+            return RUN_REASONS_ZH[""].format(reason=reason)
+        inner_code = values.get("code")
+        return RUN_REASONS_ZH[code].format(
+            why=explain_text(
+                lang,
+                message,
+                inner_code if isinstance(inner_code, str) else None,
+                inner if isinstance(inner, dict) else None,
+            )
+        )
+    if code and code in RUN_REASONS_ZH:
+        try:
+            return RUN_REASONS_ZH[code].format(**values)
+        except (KeyError, IndexError, ValueError):
+            pass  # a run refused before its figures were kept: the fallback keeps the English sentence
+    return RUN_REASONS_ZH[""].format(reason=reason)
+
+
+#: The parts of a ladder document ``ladder.not_object`` names.
+_LADDER_PARTS_ZH: Mapping[str, str] = {
+    "ladder": "整个等级体系",
+    "review": "复核设置（review）",
+    "tier": "第 {n} 个等级",
+    "rule": "等级条件（rule）",
+    "entitlement": "等级“{tier}”的权益",
+    "params": "权益参数（params）",
+}
+
+
+def _shown_zh(params: Mapping[str, Any]) -> str:
+    """What a mobile's refusal shows of the input (:func:`tongcrm.members.phone._hint_params`), in Chinese."""
+    if params.get("last") is not None:
+        return f"尾号为 {params['last']} 的 {params.get('digits', '?')} 位号码"
+    if params.get("typed"):
+        return f"“{params['typed']}”"
+    return "所填内容"
 
 
 def field_zh(name: str) -> str:

@@ -36,7 +36,7 @@ from tongcrm.auth.service import Principal, Role
 from tongcrm.console import sessions
 from tongcrm.console.i18n import CATALOGS, DEFAULT_LANG, translate
 from tongcrm.console.ledger_zh import explain_zh
-from tongcrm.console.problems import explain
+from tongcrm.console.problems import explain, run_reason
 from tongcrm.errors import ConfigError, TongcrmError
 from tongcrm.points.schemas import EntryOut
 
@@ -240,6 +240,14 @@ def entry_text(entry: EntryOut, lang: str) -> str:
 
 
 _env.globals["entry_text"] = entry_text
+
+
+def run_reason_text(run: Any, lang: str) -> str:
+    """A campaign run's refusal reason in ``lang`` (its stored code in Chinese, the API's English sentence)."""
+    return run_reason(lang, run.reason or "", run.reason_code or "", run.reason_params)
+
+
+_env.globals["run_reason"] = run_reason_text
 _env.filters["local"] = local_time
 
 

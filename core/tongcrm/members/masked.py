@@ -68,13 +68,18 @@ def parse_masked(raw: str) -> str:
     found = _MASKED.fullmatch(text)
     if found is None:
         raise InvalidMobile(
-            "a masked mobile is the first 3 digits, asterisks and the last 4 digits, e.g. 138****8000"
+            "a masked mobile is the first 3 digits, asterisks and the last 4 digits, e.g. 138****8000",
+            code="mobile.masked_form",
         )
     cc = found["cc"] or "86"
     head, stars, tail = found["head"], found["stars"], found["tail"]
     if cc == "86":
         if len(stars) != 4:
-            raise InvalidMobile("a masked Chinese mobile hides exactly 4 digits: 138****8000")
+            raise InvalidMobile(
+                "a masked Chinese mobile hides exactly 4 digits: 138****8000",
+                code="mobile.masked_stars",
+                params={"stars": len(stars)},
+            )
         return f"{head}****{tail}"
     return f"+{cc} {head}{stars}{tail}"
 

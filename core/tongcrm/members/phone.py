@@ -41,11 +41,25 @@ class InvalidMobile(Unprocessable):
 
 
 def normalise_mobile(raw: str, region: str = DEFAULT_REGION) -> str:
-    """E.164 form of ``raw``, or :class:`InvalidMobile`. A leading ``00`` is the international prefix."""
+    """E.164 form of ``raw``, or :class:`InvalidMobile`. A leading ``00`` is the international prefix.
+
+    The refusal's code says what is wrong (``mobile.not_phone``: no number at all; ``mobile.invalid``: a number
+    no numbering plan has, often a digit too many or too few; ``mobile.not_mobile``: a landline) and its params
+    what the message shows of the input: ``digits`` and their ``last`` two, or the ``typed`` text when it is
+    four characters or fewer (the console words them in Chinese)."""
     e164, problem = _verdict(raw, region)
     if problem:
-        raise InvalidMobile(problem)
+        raise InvalidMobile(problem, code=_code_of(problem), params=_hint_params(raw))
     return e164
+
+
+def _code_of(problem: str) -> str:
+    """The refusal's code for one of :func:`_verdict`'s three messages."""
+    if problem.endswith("is not a mobile number"):
+        return "mobile.not_mobile"
+    if problem.endswith("is not a valid phone number"):
+        return "mobile.invalid"
+    return "mobile.not_phone"
 
 
 # Parsing and validating costs ~0.2 ms; ingest sees the same buyers' numbers again and again, the invalid ones
@@ -91,6 +105,14 @@ def mask_mobile(e164: str) -> str:
     stars = "*" * max(len(national) - 7, 1)
     masked = national[:3] + stars + national[-4:] if len(national) > 7 else "*" * len(national)
     return masked if code == 86 else f"+{code} {masked}"
+
+
+def _hint_params(raw: str) -> dict[str, str | int]:
+    """What :func:`_hint` shows of ``raw``, as params: never the number in full."""
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    if len(digits) <= 4:
+        return {"typed": raw if len(raw) <= 4 else "", "digits": len(digits)}
+    return {"digits": len(digits), "last": digits[-2:]}
 
 
 def _hint(raw: str) -> str:

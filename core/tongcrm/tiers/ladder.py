@@ -221,7 +221,9 @@ def _parse_rule(raw: Any, what: str, window: int, depth: int = 0) -> Rule:
             f"{what}: rules nest at most 4 levels deep", code="ladder.too_deep", params={"what": what}
         )
     if not isinstance(raw, Mapping):
-        raise Unprocessable(f"{what}: a rule must be an object")
+        raise Unprocessable(
+            f"{what}: a rule must be an object", code="ladder.not_object", params={"part": "rule"}
+        )
     ops = [op for op in ("all", "any") if op in raw]
     if ops:
         if len(raw) != 1:
@@ -263,7 +265,11 @@ def _parse_rule(raw: Any, what: str, window: int, depth: int = 0) -> Rule:
 
 def _parse_entitlement(raw: Any, tier_code: str) -> Entitlement:
     if not isinstance(raw, Mapping):
-        raise Unprocessable(f"tier {tier_code!r}: an entitlement must be an object")
+        raise Unprocessable(
+            f"tier {tier_code!r}: an entitlement must be an object",
+            code="ladder.not_object",
+            params={"part": "entitlement", "tier": tier_code},
+        )
     unknown = set(raw) - {"kind", "value", "provider", "validity_days", "params"}
     if unknown:
         raise Unprocessable(f"tier {tier_code!r}: unknown entitlement field(s) {', '.join(sorted(unknown))}")
@@ -294,14 +300,18 @@ def _parse_entitlement(raw: Any, tier_code: str) -> Entitlement:
         raise Unprocessable(f"{what}: provider must be a string")
     params = raw.get("params") or {}
     if not isinstance(params, Mapping):
-        raise Unprocessable(f"{what}: params must be an object")
+        raise Unprocessable(
+            f"{what}: params must be an object", code="ladder.not_object", params={"part": "params"}
+        )
     return Entitlement(spec.code, value, provider, validity, dict(params))
 
 
 def parse_ladder(raw: Any, *, version: int = 0) -> Ladder:
     """Parse and validate a ladder document; refuses unfair ladders (see :func:`check_fairness`)."""
     if not isinstance(raw, Mapping):
-        raise Unprocessable("a tier ladder must be an object")
+        raise Unprocessable(
+            "a tier ladder must be an object", code="ladder.not_object", params={"part": "ladder"}
+        )
     unknown = set(raw) - {"window_months", "review", "tiers"}
     if unknown:
         raise Unprocessable(f"unknown ladder field(s) {', '.join(sorted(unknown))}")
@@ -314,7 +324,9 @@ def parse_ladder(raw: Any, *, version: int = 0) -> Ladder:
         )
     review_raw = raw.get("review") or {}
     if not isinstance(review_raw, Mapping):
-        raise Unprocessable("ladder: review must be an object")
+        raise Unprocessable(
+            "ladder: review must be an object", code="ladder.not_object", params={"part": "review"}
+        )
     mode = review_raw.get("mode", "anniversary")
     if mode not in ("annual", "anniversary"):
         raise Unprocessable(
@@ -344,7 +356,11 @@ def parse_ladder(raw: Any, *, version: int = 0) -> Ladder:
     seen: set[str] = set()
     for rank, item in enumerate(tiers_raw):
         if not isinstance(item, Mapping):
-            raise Unprocessable(f"ladder: tier #{rank + 1} must be an object")
+            raise Unprocessable(
+                f"ladder: tier #{rank + 1} must be an object",
+                code="ladder.not_object",
+                params={"part": "tier", "n": rank + 1},
+            )
         code = item.get("code")
         if not isinstance(code, str) or not _CODE.match(code):
             raise Unprocessable(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy as sa
 from rich.console import Console
 from tongcrm.config import Settings
 from tongcrm.db import migrate
@@ -145,8 +146,14 @@ def _run(
                 f"({exc}); free them, or start afresh with --fresh"
             ) from exc
         if mode == "reuse":
-            made = _read_keys(folder)
+            made, renewed = asyncio.run(live_keys(settings, host, _read_keys(folder)))
             console.print(f"[bold]Reusing[/] {folder} (seed {seed}); the fake platforms are back on loopback")
+            if renewed:
+                _write_keys(folder, made)
+                console.print(
+                    f"  the saved {', '.join(renewed)} key(s) had been revoked or were unknown: new ones are made"
+                    f" and saved in {folder / KEYS_FILE}"
+                )
         else:
             # the served app's job runner works through the backlog (care flows, periodic jobs) once serving
             story = Story(settings, host, platforms, clock, seed=seed, anchor=anchor, drain_jobs=False)
@@ -239,6 +246,47 @@ def _write_keys(folder: Path, made: Keys) -> None:
         *(f"pos:{s} {k}" for s, k in made.pos.items()),
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+async def live_keys(settings: Settings, host: PluginHost, saved: Keys) -> tuple[Keys, list[str]]:
+    """``saved`` with each key that was revoked since (the console's API-keys page, ``tongcrm apikey revoke``) or
+    that the database does not know replaced by a new key of the same role, store and label (audited as the
+    system's), and the roles replaced: a reused demo never prints a key that no longer works."""
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.auth import audited
+    from tongcrm.auth.models import ApiKey
+    from tongcrm.auth.service import key_matches, key_prefix
+    from tongcrm.db.engine import session_factory
+
+    wanted: list[tuple[str, str | None, str]] = [
+        ("admin", None, saved.admin),
+        ("operator", None, saved.operator),
+    ]
+    wanted += [("pos", store, key) for store, key in saved.pos.items()]
+    engine = create_engine(settings.database_url)
+    renewed: list[str] = []
+    out = Keys(admin=saved.admin, operator=saved.operator, pos=dict(saved.pos))
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            for role, store, key in wanted:
+                row = (
+                    await session.execute(sa.select(ApiKey).where(ApiKey.prefix == (key_prefix(key) or "")))
+                ).scalar_one_or_none()
+                if row is not None and row.revoked_at is None and key_matches(row.secret_hash, key):
+                    continue
+                label = f"demo till {store}" if store else f"demo {role}"
+                made, _ = await audited.create(
+                    session, SYSTEM, role, host=host, store_code=store, label=label
+                )
+                if store:
+                    out.pos[store] = made.key
+                    renewed.append(f"pos:{store}")
+                else:
+                    setattr(out, role, made.key)
+                    renewed.append(role)
+    finally:
+        await engine.dispose()
+    return out, renewed
 
 
 def _read_keys(folder: Path) -> Keys:

@@ -12,6 +12,7 @@ from tongcrm_jd.settings import SETTINGS
 JD_CHANNEL = ChannelSpec(
     name="jd",
     display_name="JD (京东)",
+    display_names={"zh": "京东"},
     settings=SETTINGS,
     factory=create_adapter,
     identity_kinds=IDENTITY_KINDS,

@@ -74,6 +74,7 @@ def _factory(ctx: ChannelContext) -> ChannelAdapter:
 STORE_CHANNEL = ChannelSpec(
     name=CHANNEL,
     display_name="Offline store (POS)",
+    display_names={"zh": "线下门店（POS）"},
     settings=SETTINGS,
     factory=_factory,
     capabilities=frozenset({ChannelCapability.FETCH_ORDERS, ChannelCapability.STORE}),

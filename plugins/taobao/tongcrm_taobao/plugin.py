@@ -96,6 +96,7 @@ def _factory(ctx: ChannelContext) -> ChannelAdapter:
 TAOBAO_CHANNEL = ChannelSpec(
     name="taobao",
     display_name="Taobao / Tmall",
+    display_names={"zh": "淘宝 / 天猫"},
     settings=SETTINGS,
     factory=_factory,
     capabilities=frozenset(
