@@ -10,6 +10,12 @@ import pytest
 FIGURES: list[str] = []
 
 
+@pytest.fixture(scope="session")
+def tongcrm_durable_commits() -> bool:
+    """The benchmarks' database commits durably, as the product's does (the tests' does not)."""
+    return True
+
+
 @pytest.fixture
 def report_figure() -> Any:
     def add(line: str) -> None:
