@@ -10,6 +10,14 @@ import pytest
 FIGURES: list[str] = []
 
 
+@pytest.fixture(scope="session")
+def tongcrm_durable_commits() -> bool:
+    """The benchmarks' database commits durably, as the product's does (the tests' does not). The database is
+    made once per session and backend, so in a session that runs tests and benchmarks together the first one to
+    ask decides; benchmarks are measured in runs of their own (``--benchmark-only``, or a benchmark file alone)."""
+    return True
+
+
 @pytest.fixture
 def report_figure() -> Any:
     def add(line: str) -> None:

@@ -111,8 +111,14 @@ def _table_names(conn: sa.Connection) -> list[str]:
 
 
 @asynccontextmanager
-async def scratch_url(backend: str) -> AsyncIterator[str]:
-    """A URL to an empty database of ``backend`` that is removed afterwards."""
+async def scratch_url(backend: str, *, durable: bool = True) -> AsyncIterator[str]:
+    """A URL to an empty database of ``backend`` that is removed afterwards.
+
+    ``durable=False`` (PostgreSQL): the database's sessions commit without waiting for the WAL flush
+    (``synchronous_commit = off`` on the database). A commit is as visible and as atomic as before; only a crash
+    of the server itself could lose the last commits, which no test does. The tests' databases use it, so that a
+    test's commits do not wait for the disk of a shared machine; the benchmarks keep durable commits (their
+    figures are the product's)."""
     if backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="tongcrm-test-") as tmp:
             yield f"sqlite:///{Path(tmp) / 'test.sqlite3'}"
@@ -125,6 +131,8 @@ async def scratch_url(backend: str) -> AsyncIterator[str]:
     try:
         async with admin.connect() as conn:
             await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            if not durable:
+                await conn.execute(sa.text(f'ALTER DATABASE "{name}" SET synchronous_commit TO off'))
         yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
         async with admin.connect() as conn:

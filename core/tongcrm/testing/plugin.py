@@ -30,10 +30,22 @@ def tongcrm_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-async def _tongcrm_session_db(tongcrm_backend: str) -> AsyncIterator[TestDatabase]:
+def tongcrm_durable_commits() -> bool:
+    """Whether the test database's commits wait for the disk (PostgreSQL's ``synchronous_commit``): not for
+    tests (see :func:`tongcrm.testing.database.scratch_url`); ``tests/benchmarks`` overrides it to ``True``."""
+    return False
+
+
+@pytest.fixture(scope="session")
+async def _tongcrm_session_db(
+    tongcrm_backend: str, tongcrm_durable_commits: bool
+) -> AsyncIterator[TestDatabase]:
     """The schema comes from the models (every core model and every installed plugin's); that migrations
     build the same schema is checked separately, by ``tongcrm db check`` and its test."""
-    async with scratch_url(tongcrm_backend) as url, open_database(tongcrm_backend, url) as database:
+    async with (
+        scratch_url(tongcrm_backend, durable=tongcrm_durable_commits) as url,
+        open_database(tongcrm_backend, url) as database,
+    ):
         PluginHost(autoload=True)  # plugins import their models when they load
         import_models()
         async with database.engine.begin() as conn:
