@@ -84,11 +84,11 @@ def test_a_line_amount_not_an_int_or_negative_is_refused_by_name(name: str) -> N
 
 
 def test_a_line_refused_names_the_first_rule_it_breaks() -> None:
-    with pytest.raises(ValueError, match="^line L1: quantity must not be negative$"):
+    with pytest.raises(ValueError, match=r"^line L1: quantity must not be negative$"):
         _line(quantity=-1, title="字" * 301, refunded_fen=500)
     with pytest.raises(ValueError, match="title is 301 characters long"):
         _line(title="字" * 301, refunded_fen=500)
-    with pytest.raises(ValueError, match="^line L1: refunded 500 exceeds paid 100$"):
+    with pytest.raises(ValueError, match=r"^line L1: refunded 500 exceeds paid 100$"):
         _line(refunded_fen=500)
     kept = _line(refunded_fen=100, sku=None, category=None)
     assert (kept.refunded_fen, kept.sku, kept.category) == (100, None, None)
@@ -104,9 +104,9 @@ def test_an_order_amount_not_an_int_or_negative_is_refused_by_name(name: str) ->
 
 def test_an_order_refused_names_the_first_rule_it_breaks() -> None:
     naive = datetime(2026, 12, 7)
-    with pytest.raises(ValueError, match="^order has no external id$"):
+    with pytest.raises(ValueError, match=r"^order has no external id$"):
         _order(external_id="", total_fen=-1)
-    with pytest.raises(ValueError, match="^order O1: total_fen must not be negative$"):
+    with pytest.raises(ValueError, match=r"^order O1: total_fen must not be negative$"):
         _order(total_fen=-1, paid_at=naive)
     with pytest.raises(ValueError, match="order O1: paid_at must be a timezone-aware datetime"):
         _order(paid_at=naive, completed_at=naive, store_code="9" * 65)
@@ -114,9 +114,9 @@ def test_an_order_refused_names_the_first_rule_it_breaks() -> None:
         _order(completed_at=naive)
     with pytest.raises(ValueError, match="store_code is 65 characters long"):
         _order(store_code="9" * 65, status="paid")
-    with pytest.raises(ValueError, match="^order O1: unknown status 'paid'$"):
+    with pytest.raises(ValueError, match=r"^order O1: unknown status 'paid'$"):
         _order(status="paid", lines=(_line(), _line()))
-    with pytest.raises(ValueError, match="^order O1: duplicate line ids$"):
+    with pytest.raises(ValueError, match=r"^order O1: duplicate line ids$"):
         _order(lines=(_line(), _line()))
     kept = _order(store_code=None, lines=(_line(), _line(external_id="L2")))
     assert (kept.store_code, len(kept.lines)) == (None, 2)

@@ -112,6 +112,17 @@ def _fits(record: Any, limits: dict[str, int], kind: str) -> None:
             refuse_longer_than_stored(value, name, limit, f"{kind} {record.external_id[:64]}")
 
 
+def _refuse_amounts(record: Any, names: tuple[str, ...], what: str) -> None:
+    """Each amount of ``names`` an ``int`` and not negative, refused in that order (``what``: the record, for the
+    message); called only for a record whose amounts failed the quick check, so the message is built then."""
+    for name in names:
+        value = getattr(record, name)
+        if type(value) is not int:
+            raise ValueError(f"{what}: {name} must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{what}: {name} must not be negative")
+
+
 def _aware(value: datetime | None, what: str) -> None:
     if value is not None and (value.tzinfo is None or value.utcoffset() is None):
         raise ValueError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
@@ -297,14 +308,9 @@ class OrderLine:
             and (category is None or (type(category) is str and len(category) <= _LINE_CATEGORY))
         ):
             return
-        for name in ("quantity", "unit_price_fen", "amount_fen", "refunded_fen"):
-            value = getattr(self, name)
-            if type(value) is not int:
-                raise ValueError(
-                    f"line {self.external_id}: {name} must be an int, got {type(value).__name__}"
-                )
-            if value < 0:
-                raise ValueError(f"line {self.external_id}: {name} must not be negative")
+        _refuse_amounts(
+            self, ("quantity", "unit_price_fen", "amount_fen", "refunded_fen"), f"line {self.external_id}"
+        )
         _fits(self, LINE_TEXT_LIMITS, "line")
         if self.refunded_fen > self.amount_fen:
             raise ValueError(
@@ -390,14 +396,9 @@ class NormalisedOrder:
         ):
             if not external_id:
                 raise ValueError("order has no external id")
-            for name in ("total_fen", "paid_fen", "post_fee_fen", "discount_fen"):
-                value = getattr(self, name)
-                if type(value) is not int:
-                    raise ValueError(
-                        f"order {external_id}: {name} must be an int, got {type(value).__name__}"
-                    )
-                if value < 0:
-                    raise ValueError(f"order {external_id}: {name} must not be negative")
+            _refuse_amounts(
+                self, ("total_fen", "paid_fen", "post_fee_fen", "discount_fen"), f"order {external_id}"
+            )
         for value in (self.created_at, self.modified_at, self.paid_at, self.shipped_at, self.completed_at):
             if value is not None and (value.tzinfo is None or value.utcoffset() is None):
                 for name in ("created_at", "modified_at", "paid_at", "shipped_at", "completed_at"):
