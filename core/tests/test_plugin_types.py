@@ -69,3 +69,54 @@ def test_an_order_text_longer_than_stored_is_refused_and_one_at_the_limit_kept(n
     assert getattr(_order(**{name: "9" * limit}), name) == "9" * limit
     with pytest.raises(ValueError, match=f"{name} is {limit + 1} characters long"):
         _order(**{name: "9" * (limit + 1)})
+
+
+# Each record is checked in one expression first and rule by rule only when that fails (issue #22): a refusal
+# must still name the first rule broken, in the rules' order, with its message.
+
+
+@pytest.mark.parametrize("name", ["quantity", "unit_price_fen", "amount_fen", "refunded_fen"])
+def test_a_line_amount_not_an_int_or_negative_is_refused_by_name(name: str) -> None:
+    with pytest.raises(ValueError, match=f"^line L1: {name} must be an int, got float$"):
+        _line(**{name: 1.0})
+    with pytest.raises(ValueError, match=f"^line L1: {name} must not be negative$"):
+        _line(**{name: -1})
+
+
+def test_a_line_refused_names_the_first_rule_it_breaks() -> None:
+    with pytest.raises(ValueError, match=r"^line L1: quantity must not be negative$"):
+        _line(quantity=-1, title="字" * 301, refunded_fen=500)
+    with pytest.raises(ValueError, match="title is 301 characters long"):
+        _line(title="字" * 301, refunded_fen=500)
+    with pytest.raises(ValueError, match=r"^line L1: refunded 500 exceeds paid 100$"):
+        _line(refunded_fen=500)
+    kept = _line(refunded_fen=100, sku=None, category=None)
+    assert (kept.refunded_fen, kept.sku, kept.category) == (100, None, None)
+
+
+@pytest.mark.parametrize("name", ["total_fen", "paid_fen", "post_fee_fen", "discount_fen"])
+def test_an_order_amount_not_an_int_or_negative_is_refused_by_name(name: str) -> None:
+    with pytest.raises(ValueError, match=f"^order O1: {name} must be an int, got float$"):
+        _order(**{name: 1.0})
+    with pytest.raises(ValueError, match=f"^order O1: {name} must not be negative$"):
+        _order(**{name: -1})
+
+
+def test_an_order_refused_names_the_first_rule_it_breaks() -> None:
+    naive = datetime(2026, 12, 7)
+    with pytest.raises(ValueError, match=r"^order has no external id$"):
+        _order(external_id="", total_fen=-1)
+    with pytest.raises(ValueError, match=r"^order O1: total_fen must not be negative$"):
+        _order(total_fen=-1, paid_at=naive)
+    with pytest.raises(ValueError, match="order O1: paid_at must be a timezone-aware datetime"):
+        _order(paid_at=naive, completed_at=naive, store_code="9" * 65)
+    with pytest.raises(ValueError, match="order O1: completed_at must be a timezone-aware datetime"):
+        _order(completed_at=naive)
+    with pytest.raises(ValueError, match="store_code is 65 characters long"):
+        _order(store_code="9" * 65, status="paid")
+    with pytest.raises(ValueError, match=r"^order O1: unknown status 'paid'$"):
+        _order(status="paid", lines=(_line(), _line()))
+    with pytest.raises(ValueError, match=r"^order O1: duplicate line ids$"):
+        _order(lines=(_line(), _line()))
+    kept = _order(store_code=None, lines=(_line(), _line(external_id="L2")))
+    assert (kept.store_code, len(kept.lines)) == (None, 2)

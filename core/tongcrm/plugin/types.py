@@ -85,6 +85,14 @@ def validate_name(name: str, what: str) -> str:
 #: would otherwise refuse the whole page's statement, and SQLite, which does not enforce lengths, would store it.
 ORDER_TEXT_LIMITS = {"external_id": 64, "platform_status": 64, "store_code": 64}
 LINE_TEXT_LIMITS = {"external_id": 64, "title": 300, "sku": 100, "category": 100}
+#: The same limits as names, for :class:`OrderLine`'s check of a line that fits (one expression, no loop).
+_LINE_EXTERNAL_ID, _LINE_TITLE, _LINE_SKU, _LINE_CATEGORY = (
+    LINE_TEXT_LIMITS[n] for n in ("external_id", "title", "sku", "category")
+)
+#: :data:`ORDER_TEXT_LIMITS` as names, for :class:`NormalisedOrder`'s check of an order that fits.
+_ORDER_EXTERNAL_ID, _ORDER_PLATFORM_STATUS, _ORDER_STORE_CODE = (
+    ORDER_TEXT_LIMITS[n] for n in ("external_id", "platform_status", "store_code")
+)
 
 
 def refuse_longer_than_stored(value: str | None, name: str, limit: int, what: str = "") -> None:
@@ -102,6 +110,17 @@ def _fits(record: Any, limits: dict[str, int], kind: str) -> None:
         value = getattr(record, name)
         if value is not None and len(value) > limit:
             refuse_longer_than_stored(value, name, limit, f"{kind} {record.external_id[:64]}")
+
+
+def _refuse_amounts(record: Any, names: tuple[str, ...], what: str) -> None:
+    """Each amount of ``names`` an ``int`` and not negative, refused in that order (``what``: the record, for the
+    message); called only for a record whose amounts failed the quick check, so the message is built then."""
+    for name in names:
+        value = getattr(record, name)
+        if type(value) is not int:
+            raise ValueError(f"{what}: {name} must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{what}: {name} must not be negative")
 
 
 def _aware(value: datetime | None, what: str) -> None:
@@ -263,14 +282,35 @@ class OrderLine:
     refunded_fen: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("quantity", "unit_price_fen", "amount_fen", "refunded_fen"):
-            value = getattr(self, name)
-            if type(value) is not int:
-                raise ValueError(
-                    f"line {self.external_id}: {name} must be an int, got {type(value).__name__}"
-                )
-            if value < 0:
-                raise ValueError(f"line {self.external_id}: {name} must not be negative")
+        # A line that passes every check, tested in one expression (every line of every page is built here, and
+        # the loop below with its getattr was most of a line's cost, issue #22); any other is checked one
+        # rule at a time, in the order and with the messages of the refusal.
+        quantity, unit, amount, refunded = (
+            self.quantity,
+            self.unit_price_fen,
+            self.amount_fen,
+            self.refunded_fen,
+        )
+        sku, category = self.sku, self.category
+        if (
+            type(quantity) is int
+            and type(unit) is int
+            and type(amount) is int
+            and type(refunded) is int
+            and quantity >= 0
+            and unit >= 0
+            and 0 <= refunded <= amount
+            and type(self.external_id) is str
+            and len(self.external_id) <= _LINE_EXTERNAL_ID
+            and type(self.title) is str
+            and len(self.title) <= _LINE_TITLE
+            and (sku is None or (type(sku) is str and len(sku) <= _LINE_SKU))
+            and (category is None or (type(category) is str and len(category) <= _LINE_CATEGORY))
+        ):
+            return
+        _refuse_amounts(
+            self, ("quantity", "unit_price_fen", "amount_fen", "refunded_fen"), f"line {self.external_id}"
+        )
         _fits(self, LINE_TEXT_LIMITS, "line")
         if self.refunded_fen > self.amount_fen:
             raise ValueError(
@@ -338,29 +378,51 @@ class NormalisedOrder:
     shipments: tuple[Shipment, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.external_id:
-            raise ValueError("order has no external id")
-        for name in ("total_fen", "paid_fen", "post_fee_fen", "discount_fen"):
-            value = getattr(self, name)
-            if type(value) is not int:
-                raise ValueError(
-                    f"order {self.external_id}: {name} must be an int, got {type(value).__name__}"
-                )
-            if value < 0:
-                raise ValueError(f"order {self.external_id}: {name} must not be negative")
-        for name in ("created_at", "modified_at", "paid_at", "shipped_at", "completed_at"):
-            value = getattr(self, name)
+        # Each group of checks is tested in one expression first (every order of every page is built here, and
+        # the loops with their getattr were a visible share of normalising, issue #22); only an order that fails
+        # one is checked rule by rule, in the order and with the messages of the refusal.
+        external_id = self.external_id
+        total, paid, post_fee, discount = self.total_fen, self.paid_fen, self.post_fee_fen, self.discount_fen
+        if not (
+            external_id
+            and type(total) is int
+            and type(paid) is int
+            and type(post_fee) is int
+            and type(discount) is int
+            and total >= 0
+            and paid >= 0
+            and post_fee >= 0
+            and discount >= 0
+        ):
+            if not external_id:
+                raise ValueError("order has no external id")
+            _refuse_amounts(
+                self, ("total_fen", "paid_fen", "post_fee_fen", "discount_fen"), f"order {external_id}"
+            )
+        for value in (self.created_at, self.modified_at, self.paid_at, self.shipped_at, self.completed_at):
             if value is not None and (value.tzinfo is None or value.utcoffset() is None):
-                # the message only when it is needed: formatting it for every time of every order was a tenth of
-                # an imported order's parsing (issue #22)
-                _aware(value, f"order {self.external_id}: {name}")
-        _fits(self, ORDER_TEXT_LIMITS, "order")
+                for name in ("created_at", "modified_at", "paid_at", "shipped_at", "completed_at"):
+                    # the message only when it is needed: formatting it for every time of every order was a
+                    # tenth of an imported order's parsing (issue #22)
+                    _aware(getattr(self, name), f"order {external_id}: {name}")
+        platform_status, store_code = self.platform_status, self.store_code
+        if not (
+            type(external_id) is str
+            and len(external_id) <= _ORDER_EXTERNAL_ID
+            and (
+                platform_status is None
+                or (type(platform_status) is str and len(platform_status) <= _ORDER_PLATFORM_STATUS)
+            )
+            and (store_code is None or (type(store_code) is str and len(store_code) <= _ORDER_STORE_CODE))
+        ):
+            _fits(self, ORDER_TEXT_LIMITS, "order")
         if not isinstance(self.status, OrderStatus):
-            raise ValueError(f"order {self.external_id}: unknown status {self.status!r}")
-        ids = [line.external_id for line in self.lines]
-        if len(ids) != len(set(ids)):
-            raise ValueError(f"order {self.external_id}: duplicate line ids")
-        known = set(ids)
+            raise ValueError(f"order {external_id}: unknown status {self.status!r}")
+        known = {line.external_id for line in self.lines}
+        if len(known) != len(self.lines):
+            raise ValueError(f"order {external_id}: duplicate line ids")
+        if not self.shipments:
+            return
         numbers: set[tuple[str | None, str]] = set()
         for shipment in self.shipments:
             if not isinstance(shipment, Shipment):

@@ -273,7 +273,9 @@ def divide(numerator: int, denominator: int, rounding: Rounding) -> int:
     return q
 
 
-@dataclass(frozen=True, slots=True)
+#: Not frozen (issue #22): one is made for every line a page earns on, and a frozen dataclass's ``__init__``
+#: sets each field through ``object.__setattr__``; nothing changes one, and none is hashed.
+@dataclass(slots=True)
 class LineInput:
     channel: str
     store_code: str | None
@@ -282,7 +284,8 @@ class LineInput:
     amount_fen: int
 
 
-@dataclass(frozen=True, slots=True)
+#: Not frozen, as :class:`LineInput`.
+@dataclass(slots=True)
 class Earned:
     rule: SpendRule
     points: int

@@ -97,7 +97,10 @@ from tongcrm.points.schemas import (
 # the interface ingest calls
 
 
-@dataclass(frozen=True, slots=True)
+#: Not frozen (issue #22): a page builds one per order and one per line, and a frozen dataclass's ``__init__`` sets
+#: every field through ``object.__setattr__``; nothing changes one after it is made, and none is hashed (as
+#: ``tongcrm.identity.service._Claim``).
+@dataclass(slots=True)
 class LineFacts:
     line_id: int
     external_id: str
@@ -107,7 +110,8 @@ class LineFacts:
     refunded_fen: int
 
 
-@dataclass(frozen=True, slots=True)
+#: Not frozen, as :class:`LineFacts`.
+@dataclass(slots=True)
 class OrderFacts:
     order_id: int
     member_id: int
