@@ -629,7 +629,7 @@ class CounterWork:
 
     async def account(self, channel: str, name: str) -> CounterAccount | None:
         """The ``channel`` account called ``name`` (any status), or None."""
-        return await self._service._account(self._session, channel, name)
+        return await self._service._account(self._source, channel, name)  # the session made only on a miss
 
     async def accounts(self, channel: str) -> list[CounterAccount]:
         rows = (
@@ -1939,13 +1939,13 @@ class CounterService:
         """Drop cached accounts (after changing one in this process)."""
         self._accounts.clear()
 
-    async def _account(self, session: AsyncSession, channel: str, name: str) -> CounterAccount | None:
+    async def _account(self, session: SessionOnDemand, channel: str, name: str) -> CounterAccount | None:
         now = time.monotonic()
         cached = self._accounts.get((channel, name))
         if cached is not None and cached[0] > now:
             return cached[1]
         row = (
-            await session.execute(
+            await session().execute(
                 sa.select(ChannelAccount.id, ChannelAccount.status, ChannelAccount.settings).where(
                     ChannelAccount.name == name, ChannelAccount.channel == channel
                 )
