@@ -152,7 +152,13 @@ async def test_a_read_only_unit_of_work_begins_only_when_it_reads_and_hands_its_
     """Its session begins on its first read (the till's lookup, cached and read through the point reader, often
     makes none): committed and closed after one, nothing begun or checked out without one, on error too."""
     pool = tongcrm_db.engine.sync_engine.pool
+    desk = await _desk(tongcrm_db)
     async with counter.unit_of_work(actor=SYSTEM, tables=[DESK_ROWS], readonly=True) as uow:
+        assert await uow.account("service_desk", "desk-1") == desk  # read through the session: made for it
+        assert uow._source.made is not None
+    async with counter.unit_of_work(actor=SYSTEM, tables=[DESK_ROWS], readonly=True) as uow:
+        assert await uow.account("service_desk", "desk-1") == desk  # cached: no session made unasked
+        assert uow.rows.dialect == tongcrm_db.backend and uow._source.made is None
         session = uow._session
         assert not session.sync_session.in_transaction() and pool.checkedout() == 0
     assert not session.sync_session.in_transaction() and pool.checkedout() == 0

@@ -46,3 +46,34 @@ def test_padded_keys_make_the_standard_hmac(key: bytes, message: bytes) -> None:
     inner, outer = _hmac_pads(key)
     digest = hashlib.sha256(outer + hashlib.sha256(inner + message).digest()).hexdigest()
     assert digest == hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def test_a_mobile_lookup_is_computed_once_while_kept_and_never_kept_past_it() -> None:
+    """:func:`tongcrm.members.phone.mobile_lookup` (a till's unit of work keeps what it computed, tillcpu17): the
+    same values as the vault's, computed once while kept, and computed afresh outside (nothing left behind)."""
+    from tongcrm.members.phone import MOBILE_INDEX_PURPOSE, drop_lookups, keep_lookups, mobile_lookup
+
+    calls: list[str] = []
+
+    class Counting(Vault):
+        def blind_indexes(self, value: str, *, purpose: str) -> list[str]:
+            calls.append(value)
+            return super().blind_indexes(value, purpose=purpose)
+
+    vault = Counting(SECRET, ["old-secret-0123456789abcdef0123456789"])
+    expected = tuple(
+        Vault(SECRET, ["old-secret-0123456789abcdef0123456789"]).blind_indexes(
+            "+8613800138000", purpose=MOBILE_INDEX_PURPOSE
+        )
+    )
+    assert mobile_lookup(vault, "+8613800138000") == expected and len(expected) == 2
+    assert mobile_lookup(vault, "+8613800138000") == expected and len(calls) == 2  # not kept outside
+    token = keep_lookups()
+    try:
+        assert mobile_lookup(vault, "+8613800138000") == expected
+        assert mobile_lookup(vault, "+8613800138000") == expected
+        assert mobile_lookup(vault, "+8613900139000") != expected
+        assert calls == ["+8613800138000"] * 3 + ["+8613900139000"]
+    finally:
+        drop_lookups(token)
+    assert mobile_lookup(vault, "+8613800138000") == expected and len(calls) == 5

@@ -120,3 +120,26 @@ def test_an_order_refused_names_the_first_rule_it_breaks() -> None:
         _order(lines=(_line(), _line()))
     kept = _order(store_code=None, lines=(_line(), _line(external_id="L2")))
     assert (kept.store_code, len(kept.lines)) == (None, 2)
+
+
+def test_the_counters_order_with_a_claim_is_the_order_replaced() -> None:
+    """The counter adds the buyer's claim to a sale's order without making it anew (``counter._with_claim``,
+    tillcpu17): the same order ``dataclasses.replace`` makes, the original untouched."""
+    import dataclasses
+
+    from tongcrm.counter import _with_claim
+    from tongcrm.plugin.types import IdentityClaim, NormalisedOrder, OrderLine, OrderStatus
+
+    now = datetime.now(UTC)
+    order = NormalisedOrder(
+        external_id="S1:T01:20261207:1", status=next(iter(OrderStatus)), created_at=now, modified_at=now,
+        total_fen=100, paid_fen=100, claims=(IdentityClaim("pos.card", "C1", ""),),
+        lines=(OrderLine("1", "tea", 1, 100, 100),), store_code="S1",
+    )  # fmt: skip
+    claim = IdentityClaim("mobile", "+8613800138000", "till")
+    made = _with_claim(order, claim)
+    assert made == dataclasses.replace(order, claims=(claim, *order.claims)) and made is not order
+    assert made.claims == (claim, IdentityClaim("pos.card", "C1", "")) and order.claims[0].kind == "pos.card"
+    assert {f.name: getattr(made, f.name) for f in dataclasses.fields(order) if f.name != "claims"} == {
+        f.name: getattr(order, f.name) for f in dataclasses.fields(order) if f.name != "claims"
+    }

@@ -344,7 +344,7 @@ def known_member(
         return None  # a profile may fill the member's blank fields: resolve_many decides
     kinds = ctx.host.identity_kinds()
     try:
-        claim = prepare_claim(_resolution(ctx), kinds, order.claims[0])
+        claim = prepare_claim(_resolution(ctx), kinds, order.claims[0], sealed=False)  # compared, not stored
     except ClaimError:
         return None  # resolve_many reports it, and the order is quarantined
     if claim.kind != known.kind or known.value not in claim.lookup:

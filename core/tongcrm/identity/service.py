@@ -40,7 +40,7 @@ from tongcrm.jobs import outbox
 from tongcrm.logging import get_logger
 from tongcrm.members.masked import masked_index, mobile_columns
 from tongcrm.members.models import Member
-from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE, InvalidMobile, normalise_mobile
+from tongcrm.members.phone import MOBILE_CONTEXT, InvalidMobile, mobile_lookup, normalise_mobile
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import (
     BuyerProfile,
@@ -213,12 +213,16 @@ def mobile_identity_value(vault: Vault, raw: str) -> tuple[str, tuple[str, ...],
     every configured key for lookups across a key rotation. Raises :class:`InvalidMobile`."""
     e164 = normalise_mobile(raw)
     # the current key comes first among every key's indexes: the stored value is the first lookup value
-    lookup = tuple(vault.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE))
+    lookup = mobile_lookup(vault, e164)
     return lookup[0], lookup, e164
 
 
-def prepare_claim(ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], claim: IdentityClaim) -> _Claim:
-    strong, value, lookup, value_enc, e164 = claim_value(ctx, kinds, claim.kind, claim.value)
+def prepare_claim(
+    ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], claim: IdentityClaim, *, sealed: bool = True
+) -> _Claim:
+    """``sealed=False``: without the mobile's ciphertext (``value_enc`` None), for a caller that only compares
+    the claim with what is stored (a known buyer's sale) and writes no identity from it."""
+    strong, value, lookup, value_enc, e164 = claim_value(ctx, kinds, claim.kind, claim.value, sealed=sealed)
     return _Claim(claim.kind, strong, value, lookup, value_enc, claim.evidence[:2000], e164)
 
 
@@ -233,7 +237,7 @@ def prepare_claim_value(
 
 
 def claim_value(
-    ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], kind: str, raw: str
+    ctx: ResolutionContext, kinds: dict[str, IdentityKindSpec], kind: str, raw: str, *, sealed: bool = True
 ) -> tuple[bool, str, tuple[str, ...], str | None, str | None]:
     """What a claim of ``kind`` with the value ``raw`` is stored and looked up as: (strong, value to store,
     values it may be stored under, value encrypted, E.164 of a mobile). Raises :class:`ClaimError`. Apart from
@@ -251,7 +255,8 @@ def claim_value(
             value, lookup, e164 = mobile_identity_value(ctx.vault, raw)
         except InvalidMobile as exc:
             raise InvalidClaimValue(f"mobile claim: {exc.message}", params={"kind": kind}) from None
-        return spec.strong, value, lookup, ctx.vault.encrypt(e164, context=MOBILE_CONTEXT), e164
+        sealed_value = ctx.vault.encrypt(e164, context=MOBILE_CONTEXT) if sealed else None
+        return spec.strong, value, lookup, sealed_value, e164
     value = raw.strip()
     if len(value) > 200:
         raise InvalidClaimValue(f"{kind} claim is longer than 200 characters", params={"kind": kind})

@@ -8,16 +8,52 @@ from __future__ import annotations
 
 import functools
 import re
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING
 
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
 from tongcrm.errors import Unprocessable
 
+if TYPE_CHECKING:
+    from tongcrm.crypto import Vault
+
 DEFAULT_REGION = "CN"
 #: Purpose strings that keep blind indexes and ciphertexts of mobiles apart from other data.
 MOBILE_INDEX_PURPOSE = "identity.mobile"
 MOBILE_CONTEXT = "member.mobile"
+
+#: the blind indexes of the mobiles a unit of work has looked up, by E.164 (None: outside one, nothing kept)
+_LOOKUPS: ContextVar[dict[str, tuple[str, ...]] | None] = ContextVar("tongcrm_mobile_lookups", default=None)
+
+
+def mobile_lookup(vault: Vault, e164: str) -> tuple[str, ...]:
+    """The values a mobile (E.164) may be stored under: its blind index under every configured key, the
+    current key's first. Computed once in a unit of work that keeps them (:func:`lookups_kept`).
+
+    Why (issue #22, branch tillcpu17): a till's sale to a new buyer named by mobile computed the same index
+    twice (finding the buyer, then preparing the new member's identity); each is an HMAC per key."""
+    kept = _LOOKUPS.get()
+    if kept is None:
+        return tuple(vault.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE))
+    found = kept.get(e164)
+    if found is None:
+        found = kept[e164] = tuple(vault.blind_indexes(e164, purpose=MOBILE_INDEX_PURPOSE))
+    return found
+
+
+def keep_lookups() -> Token[dict[str, tuple[str, ...]] | None]:
+    """Keep the mobiles' blind indexes :func:`mobile_lookup` computes, until :func:`drop_lookups` with the
+    token answered (a unit of work: the same vault and keys throughout, and nothing kept past it). Two calls,
+    not a context manager: a till's unit of work pays for every layer around it."""
+    return _LOOKUPS.set({})
+
+
+def drop_lookups(token: Token[dict[str, tuple[str, ...]] | None]) -> None:
+    """End what :func:`keep_lookups` began: nothing computed in it is kept."""
+    _LOOKUPS.reset(token)
+
 
 _MOBILE_TYPES = frozenset(
     {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.PERSONAL_NUMBER}

@@ -36,6 +36,7 @@ from tongcrm.members.phone import (
     MOBILE_INDEX_PURPOSE,
     InvalidMobile,
     mask_mobile,
+    mobile_lookup,
     normalise_mobile,
 )
 from tongcrm.members.tag_history import TagHistory
@@ -776,7 +777,7 @@ def _lookup_key(
         if looks_masked(mobile):  # asked only of a refused number: the lookup's happy path pays nothing
             raise _masked_refused(mobile) from None
         raise
-    return "mobile", vault.blind_indexes(number, purpose=MOBILE_INDEX_PURPOSE)
+    return "mobile", list(mobile_lookup(vault, number))
 
 
 def _masked_refused(mobile: str) -> BadRequest:

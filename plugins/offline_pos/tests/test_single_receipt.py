@@ -112,3 +112,15 @@ async def test_receipts_at_once_with_a_duplicate_and_a_refusal_among_them(
     assert available == start + 1_500 and earns == 5
     if pos.db.backend == "sqlite":
         assert group.committed_units - before == 6  # the 409 was rolled back to its savepoint, not committed
+
+
+def test_a_receipts_key_writes_its_day_as_strftime_does() -> None:
+    """The key a receipt is stored and found under is unchanged by its formatting without strftime (tillcpu17)."""
+    from datetime import date, timedelta
+
+    from tongcrm_offline_pos.receipts import receipt_key
+
+    for day in (date(1000, 1, 1), date(2025, 3, 14), date(2026, 12, 7), date(9999, 12, 31)):
+        for later in (day, day - timedelta(days=300) if day.year > 1000 else day + timedelta(days=300)):
+            assert receipt_key("S1", "T01", later, 7) == f"S1:T01:{later.strftime('%Y%m%d')}:7"
+    assert receipt_key("S1", "T01", date(2025, 3, 14), 1) == "S1:T01:20250314:1"

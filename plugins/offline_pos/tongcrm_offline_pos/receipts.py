@@ -91,7 +91,10 @@ class ReceiptRejected(TongcrmError):
 
 
 def receipt_key(store: str, till: str, business_day: date, sequence: int) -> str:
-    return f"{store}:{till}:{business_day:%Y%m%d}:{sequence}"
+    # the day's digits as ``%Y%m%d`` writes them for any business day a receipt may have (years 1000-9999),
+    # without strftime (~5 µs a call at load, twice a receipt; tillcpu17)
+    day = business_day
+    return f"{store}:{till}:{day.year:04d}{day.month:02d}{day.day:02d}:{sequence}"
 
 
 def body_hash(receipt: ReceiptIn) -> str:
