@@ -406,8 +406,11 @@ async def test_an_account_is_reauthorised_with_what_its_channel_plugin_asks_for(
         assert WRITE_MARK in form and 'name="session" type="password"' in form
         # the plugin's help in the console's language: Chinese on the zh console, its English text on the en one
         assert "本店铺的卖家授权 SessionKey" in form and "OAuth session key" not in form
+        # the setting's label too (the plugin's ``labels``); the English console names it as the API does
+        assert '<label for="ra-session">卖家授权码（SessionKey）</label>' in form
         english = (await api.get(path, params={"lang": "en"})).text
         assert "The seller&#39;s OAuth session key" in english or "The seller's OAuth session key" in english
+        assert '<label for="ra-session">session</label>' in english
         await api.get(path, params={"lang": "zh"})
         assert 'name="app_secret"' not in form and 'name="app_key"' not in form  # the app's key stays
         assert "expired-token" not in form and "app-s3cret" not in form
@@ -487,9 +490,14 @@ def test_a_setting_declares_its_help_per_language_and_falls_back_to_english() ->
     for bad in ({"": "x"}, {"ZH": "x"}, {"zh": " "}):
         with pytest.raises(ValueError, match="language code"):
             SettingField("token", "t", help_by_locale=bad)
-    # the first-party channels give every setting in Chinese
+    # a label per language, as a channel's display name: zh-CN falls back to zh, other languages to the name
+    named = SettingField("token", "t", labels={"zh": "令牌"})
+    assert named.label_in("zh") == named.label_in("zh-CN") == "令牌" and named.label_in("en") == "token"
+    with pytest.raises(ValueError, match="label of setting"):
+        SettingField("token", "t", labels={"zh": ""})
+    # the first-party channels give every setting's help and label in Chinese
     for spec in (taobao_plugin.TAOBAO_CHANNEL, jd_plugin.JD_CHANNEL, pos_plugin.STORE_CHANNEL):
-        missing = [s.name for s in spec.settings if "zh" not in s.help_by_locale]
+        missing = [s.name for s in spec.settings if "zh" not in s.help_by_locale or "zh" not in s.labels]
         assert missing == [], spec.name
 
 
