@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from tongcrm.audit.models import AuditEntry
 from tongcrm.channels import service as channels
-from tongcrm.channels.models import ChannelAccount
+from tongcrm.channels.models import ChannelAccount, SyncState
 from tongcrm.config import Settings
 from tongcrm.console.segment_fields_zh import FIELDS_ZH, PARAMS_ZH
 from tongcrm.messaging.models import CareFlowConfig
@@ -464,6 +465,48 @@ async def test_an_account_is_reauthorised_with_what_its_channel_plugin_asks_for(
             )
         assert orphan_row is not None and orphan_row.status == "needs_reauth"
         assert (await api.get("/console/channels/nowhere/reauthorise")).status_code == 404
+
+
+async def test_a_sync_error_is_said_in_chinese_from_its_code_and_kept_in_english_for_the_api(
+    make_client: Any,
+) -> None:
+    host = ops_host()
+    host.register(taobao_plugin, "taobao")
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=4, vip=2)
+        vault = Settings(database_url=api.db.url, secret_key=SECRET_KEY).vault()
+        english = "authorisation failed: invalid session"
+        async with api.db.sessions() as session, session.begin():
+            account = await channels.create_account(
+                session, host, vault, "taobao", "tmall-flagship",
+                {"app_key": "12345678", "app_secret": "app-s3cret", "session": "expired-token"},
+            )  # fmt: skip
+            await channels.mark_status(session, account.id, "needs_reauth", "invalid session")
+            await session.execute(
+                sa.update(SyncState)
+                .where(SyncState.account_id == account.id)
+                .values(
+                    last_error=english, last_error_code="sync.auth_failed", last_error_at=datetime.now(UTC)
+                )
+            )
+        await sign_in(api, "analyst")
+        said = (
+            f'<span class="bad" data-sync-error="{english}">授权失效，同步已停止：请重新授权此账户。</span>'
+        )
+        assert said in (await api.get("/console/channels?lang=zh")).text
+        assert said in (await api.get("/console/channels/tmall-flagship/reauthorise")).text
+        for path in ("/console/channels?lang=en", "/console/channels/tmall-flagship/reauthorise"):
+            assert f'data-sync-error="{english}">{english}</span>' in (await api.get(path)).text
+        await api.get("/console/channels?lang=zh")
+        # an error recorded without a code (before revision 0042) shows its sentence as stored
+        async with api.db.sessions() as session, session.begin():
+            await session.execute(
+                sa.update(SyncState).where(SyncState.account_id == account.id).values(last_error_code=None)
+            )
+        assert f'data-sync-error="{english}">{english}</span>' in (await api.get("/console/channels")).text
+        key = await api.create_key("analyst")
+        answer = await api.get("/api/channel-accounts/tmall-flagship", headers=_bearer(key))
+        assert answer.status_code == 200 and answer.json()["last_error"] == english
 
 
 def test_a_channel_declares_what_a_reauthorisation_renews() -> None:

@@ -202,6 +202,12 @@ ZH_OPS: dict[str, str] = {
     "camp.r.cost": "短信成本",
     "camp.r.cost_per_order": "每个增量订单成本",
     "camp.r.refused": "被策略拒绝",
+    # a stopped sync's error by its code (tongcrm.ingest.service.SYNC_ERROR_CODES)
+    "sync_error.sync.auth_failed": "授权失效，同步已停止：请重新授权此账户。",
+    "sync_error.sync.unavailable": "平台暂时无法访问，本次同步中断，下次同步会从中断处继续。",
+    "sync_error.sync.request_refused": "平台拒绝了同步请求，重试也不会成功，请联系技术支持查看日志。",
+    "sync_error.sync.platform_error": "平台返回错误，本次同步中断。",
+    "sync_error.sync.cursor_loop": "渠道插件一再返回同一页，为免无休止地重复，同步已停止，请联系技术支持。",
     # a refused message's reason as the send log stores it (tongcrm.messaging.policy.Reason)
     "send_refusal.no_consent": "未同意接收",
     "send_refusal.opted_out": "已退订",
@@ -535,6 +541,12 @@ EN_OPS: dict[str, str] = {
     "camp.r.cost": "Message cost",
     "camp.r.cost_per_order": "Cost per incremental order",
     "camp.r.refused": "Refused by the policy",
+    # a stopped sync's error by its code: the English page shows the stored sentence, these name the codes
+    "sync_error.sync.auth_failed": "Authorisation failed: re-authorise this account.",
+    "sync_error.sync.unavailable": "The platform was unavailable; the next sync resumes where this one stopped.",
+    "sync_error.sync.request_refused": "The platform refused the request; retrying will not help.",
+    "sync_error.sync.platform_error": "The platform answered with an error; the sync stopped.",
+    "sync_error.sync.cursor_loop": "The channel's plugin answered the same page again; the sync stopped.",
     # a refused message's reason as the send log stores it (tongcrm.messaging.policy.Reason)
     "send_refusal.no_consent": "no consent",
     "send_refusal.opted_out": "opted out",
