@@ -126,9 +126,7 @@ async def test_the_dashboard_shows_the_apis_figures(
     assert figures["quarantine"] == 1
     # the sync error in Chinese from its code; the figure's value is the API's English sentence
     assert 'last_error" data-value="session expired">授权失效，同步已停止：请重新授权此账户。</span>' in html
-    assert (
-        'class="bad">是 · <a href="/console/channels/tmall-flagship/reauthorise"' in html
-    )
+    assert 'class="bad">是 · <a href="/console/channels/tmall-flagship/reauthorise"' in html
     for name in ("members", "points_liability", "points_pending", "points_expiring_30d", "quarantine"):
         assert _figure(html, name) == figures[name], name
     for o in figures["overlap"]:
