@@ -16,12 +16,12 @@ from tongcrm.crypto import Vault
 from tongcrm.db.engine import is_inline_writer
 from tongcrm.errors import BadRequest, Conflict
 from tongcrm.ingest.apply import IngestContext, apply_orders_page, next_status
-from tongcrm.ingest.service import lease_key, page_sessions, sync_account
+from tongcrm.ingest.service import lease_key, page_sessions, sync_account, sync_error_code
 from tongcrm.jobs import leases
 from tongcrm.jobs.models import OutboxEvent
 from tongcrm.members.models import Member
 from tongcrm.orders.models import Order, OrderLine
-from tongcrm.plugin.errors import ChannelAuthError, ChannelUnavailable
+from tongcrm.plugin.errors import ChannelAuthError, ChannelError, ChannelRequestError, ChannelUnavailable
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import OrderStatus
 from tongcrm.plugin.types import QuarantinedRecord as QuarantinedIn
@@ -464,12 +464,30 @@ async def test_expired_session_stops_the_account_until_reauthorised(
     async with tongcrm_db.sessions() as session:
         listed = await accounts.list_accounts(session)
     assert listed[0].status == "needs_reauth" and "session-expired" in listed[0].status_detail
+    async with tongcrm_db.sessions() as session:
+        state = (await session.execute(sa.select(SyncState))).scalar_one()
+    # the English sentence for the API and the logs, and its code (from the error's class) for the console
+    assert (state.last_error or "").startswith("authorisation failed: Invalid session")
+    assert state.last_error_code == "sync.auth_failed"
     skipped = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
     assert skipped.pages == 0 and skipped.needs_reauth
     async with tongcrm_db.sessions() as session, session.begin():
         await accounts.update_secrets(session, memory_host, VAULT, "shop-a", {"token": "fresh"})
     resumed = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
     assert resumed.applied == 1 and resumed.error is None
+    async with tongcrm_db.sessions() as session:
+        state = (await session.execute(sa.select(SyncState))).scalar_one()
+    assert state.last_error is None and state.last_error_code is None
+
+
+def test_a_sync_error_s_code_comes_from_the_contract_s_error_class_whatever_the_channel() -> None:
+    class SessionExpired(ChannelAuthError):  # a plugin's own subclass is coded as its contract class
+        pass
+
+    assert sync_error_code(SessionExpired("x", code="27")) == "sync.auth_failed"
+    assert sync_error_code(ChannelUnavailable("x")) == "sync.unavailable"
+    assert sync_error_code(ChannelRequestError("x")) == "sync.request_refused"
+    assert sync_error_code(ChannelError("x")) == "sync.platform_error"
 
 
 async def test_platform_outage_ends_the_run_with_the_error_recorded(
@@ -482,7 +500,7 @@ async def test_platform_outage_ends_the_run_with_the_error_recorded(
     assert report.applied == 1 and report.error and "isp.top-remote" in report.error
     async with tongcrm_db.sessions() as session:
         state = (await session.execute(sa.select(SyncState))).scalar_one()
-    assert state.last_error and state.cursor == '{"page": 1}'
+    assert state.last_error and state.cursor == '{"page": 1}' and state.last_error_code == "sync.unavailable"
     report = await sync_account(tongcrm_db.sessions, ctx, "shop-a")
     assert report.applied == 1 and report.error is None
 

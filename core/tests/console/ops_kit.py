@@ -72,7 +72,8 @@ async def seed(db: TestDatabase, host: PluginHost, *, members: int = 40, vip: in
         session.add(
             SyncState(
                 account_id=shop.id, pages=3, orders=12, last_success_at=now - timedelta(days=2),
-                last_error="authorisation failed: invalid session", last_error_at=now - timedelta(hours=1),
+                last_error="authorisation failed: invalid session", last_error_code="sync.auth_failed",
+                last_error_at=now - timedelta(hours=1),
             )
         )  # fmt: skip
         for i, m in enumerate(ops.members[:5]):

@@ -208,12 +208,13 @@ async def test_an_operator_changes_a_care_flow_and_reauthorises_a_shop(served: S
     # the Taobao plugin renews the session key only (the app's key and secret stay)
     assert await page.locator("input[type=password]").count() == 1
     assert await _unlabelled_inputs(page) == []
-    assert await _tab_reaches(page, ["session", "保存并恢复同步"], presses=40) == [
-        "session",
+    # the setting named by the plugin's Chinese label (SettingField.labels), not its code
+    assert await _tab_reaches(page, ["卖家授权码（SessionKey）", "保存并恢复同步"], presses=40) == [
+        "卖家授权码（SessionKey）",
         "保存并恢复同步",
     ]
     await _shot(page, served, "channel-reauthorise")
-    await page.get_by_label("session").fill("fresh-session-key")
+    await page.get_by_label("卖家授权码（SessionKey）", exact=True).fill("fresh-session-key")
     await page.get_by_role("button", name="保存并恢复同步").click()
     await page.wait_for_url("**/console/channels?reauthorised=*")
     assert await page.locator(f'[data-account="{TMALL}"]').get_attribute("data-needs-reauth") == "false"

@@ -64,7 +64,7 @@ async def _operations(api: Any, s: seed.Seeded) -> None:
         await session.execute(
             sa.update(SyncState)
             .where(SyncState.account_id == s.tmall_account)
-            .values(last_error="session expired", last_error_at=now)
+            .values(last_error="session expired", last_error_code="sync.auth_failed", last_error_at=now)
         )
         session.add(
             QuarantinedRecord(account_id=s.store_account, reason="bad", payload="{}", fingerprint="f" * 64)
@@ -124,10 +124,9 @@ async def test_the_dashboard_shows_the_apis_figures(
         (30, 3, 2, 5),
     ]
     assert figures["quarantine"] == 1
-    assert (
-        "session expired" in html
-        and 'class="bad">是 · <a href="/console/channels/tmall-flagship/reauthorise"' in html
-    )
+    # the sync error in Chinese from its code; the figure's value is the API's English sentence
+    assert 'last_error" data-value="session expired">授权失效，同步已停止：请重新授权此账户。</span>' in html
+    assert 'class="bad">是 · <a href="/console/channels/tmall-flagship/reauthorise"' in html
     for name in ("members", "points_liability", "points_pending", "points_expiring_30d", "quarantine"):
         assert _figure(html, name) == figures[name], name
     for o in figures["overlap"]:

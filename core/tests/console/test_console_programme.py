@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from tongcrm.audit.models import AuditEntry
 from tongcrm.channels import service as channels
-from tongcrm.channels.models import ChannelAccount
+from tongcrm.channels.models import ChannelAccount, SyncState
 from tongcrm.config import Settings
 from tongcrm.console.segment_fields_zh import FIELDS_ZH, PARAMS_ZH
 from tongcrm.messaging.models import CareFlowConfig
@@ -406,8 +407,11 @@ async def test_an_account_is_reauthorised_with_what_its_channel_plugin_asks_for(
         assert WRITE_MARK in form and 'name="session" type="password"' in form
         # the plugin's help in the console's language: Chinese on the zh console, its English text on the en one
         assert "本店铺的卖家授权 SessionKey" in form and "OAuth session key" not in form
+        # the setting's label too (the plugin's ``labels``); the English console names it as the API does
+        assert '<label for="ra-session">卖家授权码（SessionKey）</label>' in form
         english = (await api.get(path, params={"lang": "en"})).text
         assert "The seller&#39;s OAuth session key" in english or "The seller's OAuth session key" in english
+        assert '<label for="ra-session">session</label>' in english
         await api.get(path, params={"lang": "zh"})
         assert 'name="app_secret"' not in form and 'name="app_key"' not in form  # the app's key stays
         assert "expired-token" not in form and "app-s3cret" not in form
@@ -463,6 +467,48 @@ async def test_an_account_is_reauthorised_with_what_its_channel_plugin_asks_for(
         assert (await api.get("/console/channels/nowhere/reauthorise")).status_code == 404
 
 
+async def test_a_sync_error_is_said_in_chinese_from_its_code_and_kept_in_english_for_the_api(
+    make_client: Any,
+) -> None:
+    host = ops_host()
+    host.register(taobao_plugin, "taobao")
+    async with make_client(host=host, role=None) as api:
+        await seed(api.db, host, members=4, vip=2)
+        vault = Settings(database_url=api.db.url, secret_key=SECRET_KEY).vault()
+        english = "authorisation failed: invalid session"
+        async with api.db.sessions() as session, session.begin():
+            account = await channels.create_account(
+                session, host, vault, "taobao", "tmall-flagship",
+                {"app_key": "12345678", "app_secret": "app-s3cret", "session": "expired-token"},
+            )  # fmt: skip
+            await channels.mark_status(session, account.id, "needs_reauth", "invalid session")
+            await session.execute(
+                sa.update(SyncState)
+                .where(SyncState.account_id == account.id)
+                .values(
+                    last_error=english, last_error_code="sync.auth_failed", last_error_at=datetime.now(UTC)
+                )
+            )
+        await sign_in(api, "analyst")
+        said = (
+            f'<span class="bad" data-sync-error="{english}">授权失效，同步已停止：请重新授权此账户。</span>'
+        )
+        assert said in (await api.get("/console/channels?lang=zh")).text
+        assert said in (await api.get("/console/channels/tmall-flagship/reauthorise")).text
+        for path in ("/console/channels?lang=en", "/console/channels/tmall-flagship/reauthorise"):
+            assert f'data-sync-error="{english}">{english}</span>' in (await api.get(path)).text
+        await api.get("/console/channels?lang=zh")
+        # an error recorded without a code (before revision 0042) shows its sentence as stored
+        async with api.db.sessions() as session, session.begin():
+            await session.execute(
+                sa.update(SyncState).where(SyncState.account_id == account.id).values(last_error_code=None)
+            )
+        assert f'data-sync-error="{english}">{english}</span>' in (await api.get("/console/channels")).text
+        key = await api.create_key("analyst")
+        answer = await api.get("/api/channel-accounts/tmall-flagship", headers=_bearer(key))
+        assert answer.status_code == 200 and answer.json()["last_error"] == english
+
+
 def test_a_channel_declares_what_a_reauthorisation_renews() -> None:
     fields = (SettingField("app_key", "key"), SettingField("app_secret", "s", secret=True),
               SettingField("token", "t", secret=True))  # fmt: skip
@@ -487,9 +533,14 @@ def test_a_setting_declares_its_help_per_language_and_falls_back_to_english() ->
     for bad in ({"": "x"}, {"ZH": "x"}, {"zh": " "}):
         with pytest.raises(ValueError, match="language code"):
             SettingField("token", "t", help_by_locale=bad)
-    # the first-party channels give every setting in Chinese
+    # a label per language, as a channel's display name: zh-CN falls back to zh, other languages to the name
+    named = SettingField("token", "t", labels={"zh": "令牌"})
+    assert named.label_in("zh") == named.label_in("zh-CN") == "令牌" and named.label_in("en") == "token"
+    with pytest.raises(ValueError, match="label of setting"):
+        SettingField("token", "t", labels={"zh": ""})
+    # the first-party channels give every setting's help and label in Chinese
     for spec in (taobao_plugin.TAOBAO_CHANNEL, jd_plugin.JD_CHANNEL, pos_plugin.STORE_CHANNEL):
-        missing = [s.name for s in spec.settings if "zh" not in s.help_by_locale]
+        missing = [s.name for s in spec.settings if "zh" not in s.help_by_locale or "zh" not in s.labels]
         assert missing == [], spec.name
 
 

@@ -46,6 +46,9 @@ class SyncState(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: What ``last_error`` (English, for the API and the logs) is, as a code the console words in its language:
+    #: ``sync.*`` of :data:`tongcrm.ingest.service.SYNC_ERROR_CODES`, from the plugin contract's error classes.
+    last_error_code: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class QuarantinedRecord(Base):

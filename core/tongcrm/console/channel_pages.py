@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tongcrm.channels import service as channels
 from tongcrm.channels.models import SyncState
 from tongcrm.console.forms import form_fields
+from tongcrm.console.i18n import CATALOGS, translate
 from tongcrm.console.web import (
     PREFIX,
     ConsoleController,
@@ -53,6 +54,19 @@ class AccountRow:
     channel_title: str
     needs_reauth: bool
     last_error_at: datetime | None
+    #: The last sync error as the page says it: from its ``sync.*`` code in the page's language
+    #: (:func:`sync_error_text`), else the English sentence as stored.
+    last_error_text: str = ""
+
+
+def sync_error_text(lang: str, code: str | None, stored: str | None) -> str:
+    """A sync error in ``lang``: the catalogue's sentence for its code (``sync_error.<code>``) on a page not in
+    English; else, and for an error recorded without a code or with one the catalogue lacks, the stored English
+    sentence (which the API and the logs keep)."""
+    key = f"sync_error.{code}"
+    if code and lang != "en" and key in CATALOGS.get(lang, {}):
+        return translate(lang, key)
+    return stored or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +90,19 @@ class ChannelsView:
 async def channels_view(session: AsyncSession, host: PluginHost, lang: str = "en") -> ChannelsView:
     specs = host.channels()
     views = await channels.list_accounts(session)
-    error_at = {
-        int(account_id): at
-        for account_id, at in await session.execute(sa.select(SyncState.account_id, SyncState.last_error_at))
+    errors = {
+        int(account_id): (at, code)
+        for account_id, at, code in await session.execute(
+            sa.select(SyncState.account_id, SyncState.last_error_at, SyncState.last_error_code)
+        )
     }
     accounts = [
         AccountRow(
             v,
             specs[v.channel].display_name_in(lang) if v.channel in specs else v.channel,
             v.status == "needs_reauth",
-            error_at.get(v.id),
+            errors.get(v.id, (None, None))[0],
+            sync_error_text(lang, errors.get(v.id, (None, None))[1], v.last_error),
         )
         for v in views
     ]
@@ -145,6 +162,7 @@ async def reauth_view(session: AsyncSession, host: PluginHost, name: str, lang: 
         spec.display_name_in(lang) if spec else account.channel,
         account.status == "needs_reauth",
         state.last_error_at if state else None,
+        sync_error_text(lang, state.last_error_code if state else None, state.last_error if state else None),
     )
     return ReauthView(row, spec.reauth_settings if spec else None)
 

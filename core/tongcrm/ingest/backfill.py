@@ -185,7 +185,7 @@ async def work_window(
         if not page.has_more:
             await _advance_through(session, backfill_id, ctx.clock())
 
-    async def record_error(session: AsyncSession, error: str) -> None:
+    async def record_error(session: AsyncSession, error: str, code: str) -> None:
         await session.execute(
             sa.update(BackfillWindow).where(BackfillWindow.id == window_id).values(last_error=redact(error))
         )

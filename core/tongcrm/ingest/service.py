@@ -36,7 +36,7 @@ from tongcrm.ingest.fetcher import FetchRecipe, Prefetch, recipe
 from tongcrm.jobs import leases, outbox
 from tongcrm.limits.gate import DatabaseCallGate
 from tongcrm.logging import get_logger
-from tongcrm.plugin.errors import ChannelAuthError, ChannelError
+from tongcrm.plugin.errors import ChannelAuthError, ChannelError, ChannelRequestError, ChannelUnavailable
 from tongcrm.plugin.types import ChannelAdapter, ChannelContext, OrderPage
 from tongcrm.privacy.redact import redact
 
@@ -111,7 +111,9 @@ async def sync_account(
     sink = PageSink(
         lease=lease_key(account_id),
         advance=lambda session, page, result: _advance(session, account_id, page, result, ctx.clock()),
-        record_error=lambda session, error: _record_error(session, account_id, error, ctx.clock()),
+        record_error=lambda session, error, code: _record_error(
+            session, account_id, error, code, ctx.clock()
+        ),
     )
     try:
         async with page_sessions(sessions) as pages:
@@ -132,7 +134,7 @@ async def sync_account(
                 await session.execute(
                     sa.update(SyncState)
                     .where(SyncState.account_id == account_id)
-                    .values(last_success_at=ctx.clock(), last_error=None)
+                    .values(last_success_at=ctx.clock(), last_error=None, last_error_code=None)
                 )
     finally:
         await adapter.aclose()
@@ -265,7 +267,8 @@ class PageSink:
 
     lease: str
     advance: Callable[[AsyncSession, OrderPage, PageResult], Awaitable[None]]
-    record_error: Callable[[AsyncSession, str], Awaitable[None]]
+    #: ``(session, error, code)``: the English ``error`` and its ``sync.*`` code (:func:`sync_error_code`).
+    record_error: Callable[[AsyncSession, str, str], Awaitable[None]]
 
 
 async def pull(
@@ -299,13 +302,13 @@ async def pull(
                 report.error, report.needs_reauth = f"authorisation failed: {exc.message}", True
                 async with sessions() as session, session.begin():
                     await accounts.mark_status(session, source.account_id, "needs_reauth", exc.message)
-                    await sink.record_error(session, report.error)
+                    await sink.record_error(session, report.error, sync_error_code(exc))
                 bound.error("sync stopped: account needs re-authorisation", error=exc.message, code=exc.code)
                 break
             except ChannelError as exc:
                 report.error = f"{type(exc).__name__}: {exc.message}"
                 async with sessions() as session, session.begin():
-                    await sink.record_error(session, report.error)
+                    await sink.record_error(session, report.error, sync_error_code(exc))
                 bound.warning("sync stopped by a platform error", error=exc.message, code=exc.code)
                 break
             if page.has_more and page.next_cursor == cursor:
@@ -313,7 +316,7 @@ async def pull(
                     "the channel adapter returned the same cursor with more pages: refusing to loop"
                 )
                 async with sessions() as session, session.begin():
-                    await sink.record_error(session, report.error)
+                    await sink.record_error(session, report.error, CURSOR_LOOP)
                 break
             if page.has_more and report.pages + 1 < limit:
                 prefetch.ask(page.next_cursor, pages=limit - report.pages - 1)
@@ -422,11 +425,28 @@ def _advance_statement(watermark: bool, events: bool = False) -> Any:
     return stmt.add_cte(outbox.events_cte()) if events else stmt
 
 
-async def _record_error(session: AsyncSession, account_id: int, error: str, now: datetime) -> None:
+#: A stopped sync's error as a code, by the plugin contract's error class (the most specific first), so the
+#: console can say it in its language whatever the channel; the English sentence stays for the API and logs.
+SYNC_ERROR_CODES: tuple[tuple[type[ChannelError], str], ...] = (
+    (ChannelAuthError, "sync.auth_failed"),
+    (ChannelUnavailable, "sync.unavailable"),
+    (ChannelRequestError, "sync.request_refused"),
+    (ChannelError, "sync.platform_error"),
+)
+#: The adapter answered the same cursor with more pages: the core stopped rather than loop.
+CURSOR_LOOP = "sync.cursor_loop"
+
+
+def sync_error_code(exc: ChannelError) -> str:
+    """The ``sync.*`` code of an adapter's error (:data:`SYNC_ERROR_CODES`)."""
+    return next(code for kind, code in SYNC_ERROR_CODES if isinstance(exc, kind))
+
+
+async def _record_error(session: AsyncSession, account_id: int, error: str, code: str, now: datetime) -> None:
     await session.execute(
         sa.update(SyncState)
         .where(SyncState.account_id == account_id)
-        .values(last_error=redact(error), last_error_at=now)
+        .values(last_error=redact(error), last_error_code=code, last_error_at=now)
     )
 
 

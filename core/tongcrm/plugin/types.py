@@ -142,6 +142,8 @@ class SettingField:
     ``secret`` settings are encrypted at rest, never echoed back by the API or CLI, and never logged.
     ``help`` is English (the API, the CLI and the English console show it); ``help_by_locale`` gives it in other
     languages for the console's operators, keyed by language (``{"zh": "…"}``): see :meth:`help_for`.
+    ``labels`` names the setting per language on the console's forms (``{"zh": "卖家授权码（SessionKey）"}``), as
+    :attr:`ChannelSpec.display_names` names the channel; without one the form shows :attr:`name`.
     """
 
     name: str
@@ -151,25 +153,37 @@ class SettingField:
     default: str | None = None
     choices: tuple[str, ...] = ()
     help_by_locale: Mapping[str, str] = field(default_factory=dict, hash=False)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         validate_name(self.name, "setting")
         if self.choices and self.default is not None and self.default not in self.choices:
             raise ValueError(f"default {self.default!r} of setting {self.name!r} is not one of its choices")
-        for locale, text in self.help_by_locale.items():
-            if not _LOCALE.fullmatch(locale) or not isinstance(text, str) or not text.strip():
-                raise ValueError(
-                    f"help of setting {self.name!r} in {locale!r}: a language code (zh, zh-Hant) and some text"
-                )
+        for what, texts in (("help", self.help_by_locale), ("label", self.labels)):
+            for locale, text in texts.items():
+                if not _LOCALE.fullmatch(locale) or not isinstance(text, str) or not text.strip():
+                    raise ValueError(
+                        f"{what} of setting {self.name!r} in {locale!r}: a language code (zh, zh-Hant) and"
+                        " some text"
+                    )
 
     def help_for(self, locale: str) -> str:
         """The help in ``locale`` (``zh-CN`` falls back to ``zh``), else the English ``help``."""
-        tag = locale.strip()
-        while tag:
-            if tag in self.help_by_locale:
-                return self.help_by_locale[tag]
-            tag = tag.rpartition("-")[0]
-        return self.help
+        return _in_locale(self.help_by_locale, locale) or self.help
+
+    def label_in(self, locale: str) -> str:
+        """The setting's name on a form in ``locale`` (``zh-CN`` falls back to ``zh``), else :attr:`name`."""
+        return _in_locale(self.labels, locale) or self.name
+
+
+def _in_locale(texts: Mapping[str, str], locale: str) -> str | None:
+    """The text of ``locale`` or of the nearest language it narrows (``zh-Hant-TW`` → ``zh-Hant`` → ``zh``)."""
+    tag = locale.strip()
+    while tag:
+        if tag in texts:
+            return texts[tag]
+        tag = tag.rpartition("-")[0]
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------

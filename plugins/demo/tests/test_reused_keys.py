@@ -12,7 +12,7 @@ from tongcrm.config import Settings
 from tongcrm.plugin.host import PluginHost
 from tongcrm.testing.database import TestDatabase
 from tongcrm_demo.runner import live_keys
-from tongcrm_demo.story import Keys
+from tongcrm_demo.story import Keys, key_label
 
 
 async def test_a_revoked_or_unknown_saved_key_is_replaced_and_a_live_one_kept(
@@ -20,8 +20,10 @@ async def test_a_revoked_or_unknown_saved_key_is_replaced_and_a_live_one_kept(
 ) -> None:
     host = PluginHost(autoload=False)
     async with tongcrm_db.sessions() as session, session.begin():
-        admin, _ = await audited.create(session, SYSTEM, "admin", host=host, label="demo admin")
-        operator, _ = await audited.create(session, SYSTEM, "operator", host=host, label="demo operator")
+        admin, _ = await audited.create(session, SYSTEM, "admin", host=host, label=key_label("admin"))
+        operator, _ = await audited.create(
+            session, SYSTEM, "operator", host=host, label=key_label("operator")
+        )
         await audited.revoke(session, SYSTEM, operator.id)
     saved = Keys(admin=admin.key, operator=operator.key, pos={})
     kept, renewed = await live_keys(tongcrm_settings, host, saved)
@@ -29,9 +31,9 @@ async def test_a_revoked_or_unknown_saved_key_is_replaced_and_a_live_one_kept(
     async with tongcrm_db.sessions() as session:
         rows = (await session.execute(sa.select(ApiKey).order_by(ApiKey.id))).scalars().all()
     assert [(r.role, r.label, r.revoked_at is None) for r in rows] == [
-        ("admin", "demo admin", True),
-        ("operator", "demo operator", False),
-        ("operator", "demo operator", True),  # the new one
+        ("admin", key_label("admin"), True),
+        ("operator", key_label("operator"), False),
+        ("operator", key_label("operator"), True),  # the new one
     ]
     # the key printed works; a key the database never saw (a folder copied beside another database) too
     new = rows[2]

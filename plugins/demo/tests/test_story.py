@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 import sqlalchemy as sa
+from tongcrm.auth.models import ApiKey
 from tongcrm.campaigns import evaluation
 from tongcrm.campaigns import service as campaigns
 from tongcrm.config import Settings
@@ -24,7 +25,7 @@ from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
 from tongcrm.points import ledger
 from tongcrm.points import service as points
-from tongcrm.points.models import PointsEntry
+from tongcrm.points.models import PointsEntry, PointsRuleSet
 from tongcrm.segments.models import Segment
 from tongcrm.testing.database import TestDatabase
 from tongcrm_demo import platforms as fakes
@@ -32,6 +33,8 @@ from tongcrm_demo.clock import DemoClock
 from tongcrm_demo.story import CAMPAIGN, Story
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_WORD = re.compile(r"[A-Za-z]{3,}")
 
 
 async def test_the_story_leaves_everything_the_issue_promises(
@@ -73,6 +76,11 @@ async def test_the_story_leaves_everything_the_issue_promises(
         ).scalar_one()
         rule_sets = await points.list_rule_sets(session)
         segments = set((await session.execute(sa.select(Segment.name))).scalars())
+        typed = [
+            *(await session.execute(sa.select(Segment.description))).scalars(),
+            *(await session.execute(sa.select(PointsRuleSet.note))).scalars(),
+            *(await session.execute(sa.select(ApiKey.label))).scalars(),
+        ]
         sent = (
             await session.execute(
                 sa.select(Message.flow, sa.func.count())
@@ -103,6 +111,10 @@ async def test_the_story_leaves_everything_the_issue_promises(
     # the rule change, the segments
     assert [(r.version, r.status) for r in rule_sets] == [(2, "active"), (1, "retired")]
     assert {"omnichannel", "marketable"} <= segments
+    # what the operator typed (the campaign's goal, segments' descriptions, rule sets' notes, keys' labels) is
+    # Chinese, as an operator of a Chinese brand writes it; names and codes stay identifiers
+    for text in [campaign.goal, *typed]:
+        assert _CJK.search(text) and not _WORD.search(text.replace("SMS", "")), text
     # care messages and the campaign went out through the SMS fake
     flows = dict(sent)
     assert flows.get("flow.shipping_notice", 0) >= 1 and flows.get(f"campaign.{CAMPAIGN}", 0) >= 5

@@ -33,7 +33,7 @@ from tongcrm.plugin.host import PluginHost
 
 from tongcrm_demo import platforms as fakes
 from tongcrm_demo.clock import DemoClock
-from tongcrm_demo.story import Keys, Story, StoryReport
+from tongcrm_demo.story import Keys, Story, StoryReport, key_label
 
 MARKER = "demo.json"
 KEYS_FILE = "demo-keys.txt"
@@ -274,7 +274,7 @@ async def live_keys(settings: Settings, host: PluginHost, saved: Keys) -> tuple[
                 ).scalar_one_or_none()
                 if row is not None and row.revoked_at is None and key_matches(row.secret_hash, key):
                     continue
-                label = f"demo till {store}" if store else f"demo {role}"
+                label = key_label(role, store)
                 made, _ = await audited.create(
                     session, SYSTEM, role, host=host, store_code=store, label=label
                 )

@@ -134,6 +134,20 @@ SEGMENTS: dict[str, dict[str, Any]] = {
     },
 }
 CAMPAIGN = "member-day"
+#: What the operator wrote about each saved segment (the names are identifiers: a-z, digits, '-' and '_').
+SEGMENT_DESCRIPTIONS = {
+    "omnichannel": "全渠道会员：在门店买过，也在天猫或京东买过",
+    "marketable": "可营销会员：同意接收营销消息，且至少下过一单",
+}
+
+
+def key_label(role: str, store: str | None = None) -> str:
+    """The label of a key the demo makes, as an operator of a Chinese brand would write it."""
+    if store:
+        return f"演示收银 {store}"
+    return {"admin": "演示管理员", "operator": "演示运营"}.get(role, f"演示 {role}")
+
+
 _NAMES = [
     "王芳",
     "李娜",
@@ -301,13 +315,13 @@ class Story:
         p = self.platforms
         async with transaction(self.sessions) as s:
             await tiers.apply_ladder(
-                s, tiers.TierContext(now=now, tz=self.tz), LADDER, reason="launch", actor=OPERATOR
+                s, tiers.TierContext(now=now, tz=self.tz), LADDER, reason="会员计划上线", actor=OPERATOR
             )
             await points.create_rule_set(
                 s,
                 RULES_AT_LAUNCH,
                 now=now,
-                note="launch: 1 point per yuan",
+                note="上线：每消费 1 元积 1 分",
                 actor=OPERATOR.name,
                 activate=True,
             )
@@ -356,15 +370,17 @@ class Story:
             await flows.configure(s, "shipping_notice", template="ship", delay_seconds=0)
             await flows.configure(s, "refund_notice", template="refund", delay_seconds=0)
             made = Keys(
-                admin=(await keys.create(s, SYSTEM, "admin", host=self.host, label="demo admin"))[0].key,
-                operator=(await keys.create(s, SYSTEM, "operator", host=self.host, label="demo operator"))[
+                admin=(await keys.create(s, SYSTEM, "admin", host=self.host, label=key_label("admin")))[
                     0
                 ].key,
+                operator=(
+                    await keys.create(s, SYSTEM, "operator", host=self.host, label=key_label("operator"))
+                )[0].key,
             )
             for code, _, _ in STORES:
                 made.pos[code] = (
                     await keys.create(
-                        s, SYSTEM, "pos", host=self.host, store_code=code, label=f"demo till {code}"
+                        s, SYSTEM, "pos", host=self.host, store_code=code, label=key_label("pos", code)
                     )
                 )[0].key
         async with open_counter(self.settings, self.host) as counter:
@@ -522,11 +538,13 @@ class Story:
         now = self.clock()
         async with transaction(self.sessions) as s:
             await points.create_rule_set(
-                s, RULES_STORE_DOUBLE, now=now, note="stores earn double", actor=OPERATOR.name, activate=True
+                s, RULES_STORE_DOUBLE, now=now, note="门店消费积分翻倍", actor=OPERATOR.name, activate=True
             )
             context = await segments.load_context(s, self.host, now)
             for name, definition in SEGMENTS.items():
-                await segments.save(s, context, name, definition, OPERATOR, description=f"demo: {name}")
+                await segments.save(
+                    s, context, name, definition, OPERATOR, description=SEGMENT_DESCRIPTIONS[name]
+                )
 
     async def campaign_day(self, day: date) -> None:
         """A member-day SMS to the marketable members, 20 % held out as the control group, judged on orders in
@@ -542,7 +560,7 @@ class Story:
                     segment="marketable",
                     template="member_day",
                     response={"kind": "order", "within_days": 3},
-                    goal="bring members back in the week after member day",
+                    goal="会员日后一周内让会员回来再买一次",
                     control_percent=20.0,
                     control_seed=f"demo-{self.seed}",
                     message_cost_fen=5,

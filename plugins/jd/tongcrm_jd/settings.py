@@ -16,12 +16,14 @@ SETTINGS: tuple[SettingField, ...] = (
         "app_key",
         "App key of the JOS application (open.jd.com)",
         help_by_locale={"zh": "京东宙斯开放平台（JOS，open.jd.com）应用的 App Key"},
+        labels={"zh": "应用 App Key"},
     ),
     SettingField(
         "app_secret",
         "App secret of the JOS application",
         secret=True,
         help_by_locale={"zh": "JOS 应用的 App Secret"},
+        labels={"zh": "应用密钥（App Secret）"},
     ),
     SettingField(
         "access_token",
@@ -30,6 +32,7 @@ SETTINGS: tuple[SettingField, ...] = (
         help_by_locale={
             "zh": "本店铺经 JOS OAuth 授权获得的 access_token：店铺在京东开放平台重新授权应用后获得"
         },
+        labels={"zh": "店铺授权令牌（access token）"},
     ),
     SettingField(
         "gateway_url",
@@ -37,6 +40,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default=DEFAULT_GATEWAY,
         help_by_locale={"zh": "JOS 网关地址；仅在使用沙箱或测试网关时修改"},
+        labels={"zh": "网关地址"},
     ),
     SettingField(
         "initial_sync_days",
@@ -44,6 +48,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="30",
         help_by_locale={"zh": "首次同步拉取多少天内的订单（从现在往前算）"},
+        labels={"zh": "首次同步天数"},
     ),
     SettingField(
         "page_size",
@@ -51,6 +56,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="100",
         help_by_locale={"zh": f"每次调用接口拉取的订单数，1 到 {MAX_PAGE_SIZE}"},
+        labels={"zh": "每页订单数"},
     ),
     SettingField(
         "calls_per_second",
@@ -58,6 +64,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="0",
         help_by_locale={"zh": "JOS 应用每秒调用上限，由该应用下所有店铺、所有 worker 共享（0：不限）"},
+        labels={"zh": "每秒调用上限"},
     ),
 )
 

@@ -49,10 +49,21 @@ SETTINGS: tuple[SettingField, ...] = (
         "The store's display name, e.g. 上海南京西路店",
         required=False,
         help_by_locale={"zh": "门店显示名称，如 上海南京西路店"},
+        labels={"zh": "门店名称"},
     ),
-    SettingField("city", "The city the store is in", required=False, help_by_locale={"zh": "门店所在城市"}),
     SettingField(
-        "address", "The store's street address", required=False, help_by_locale={"zh": "门店街道地址"}
+        "city",
+        "The city the store is in",
+        required=False,
+        help_by_locale={"zh": "门店所在城市"},
+        labels={"zh": "城市"},
+    ),
+    SettingField(
+        "address",
+        "The store's street address",
+        required=False,
+        help_by_locale={"zh": "门店街道地址"},
+        labels={"zh": "地址"},
     ),
     SettingField(
         CROSS_STORE_RETURNS,
@@ -61,6 +72,7 @@ SETTINGS: tuple[SettingField, ...] = (
         default="true",
         choices=("true", "false"),
         help_by_locale={"zh": "接受品牌其他门店售出商品的退货（退货单注明 original.store）"},
+        labels={"zh": "跨店退货"},
     ),
 )
 

@@ -28,12 +28,14 @@ SETTINGS: tuple[SettingField, ...] = (
         "app_key",
         "TOP application key (AppKey) of the ISV application",
         help_by_locale={"zh": "ISV 应用在淘宝开放平台（TOP）的 AppKey"},
+        labels={"zh": "应用 AppKey"},
     ),
     SettingField(
         "app_secret",
         "TOP application secret (AppSecret); signs every request",
         secret=True,
         help_by_locale={"zh": "ISV 应用的 AppSecret，用于每次请求的签名"},
+        labels={"zh": "应用密钥（AppSecret）"},
     ),
     SettingField(
         "session",
@@ -42,6 +44,7 @@ SETTINGS: tuple[SettingField, ...] = (
         help_by_locale={
             "zh": "本店铺的卖家授权 SessionKey（访问令牌）：店铺在淘宝开放平台重新授权应用后获得"
         },
+        labels={"zh": "卖家授权码（SessionKey）"},
     ),
     SettingField(
         "gateway_url",
@@ -49,6 +52,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default=DEFAULT_GATEWAY,
         help_by_locale={"zh": "TOP 网关地址；沙箱环境为 https://gw.api.tbsandbox.com/router/rest"},
+        labels={"zh": "网关地址"},
     ),
     SettingField(
         "sign_method",
@@ -57,6 +61,7 @@ SETTINGS: tuple[SettingField, ...] = (
         default="hmac-sha256",
         choices=SIGN_METHODS,
         help_by_locale={"zh": "请求签名方式：md5、hmac（HMAC-MD5）或 hmac-sha256"},
+        labels={"zh": "签名方式"},
     ),
     SettingField(
         "initial_sync_days",
@@ -64,6 +69,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="90",
         help_by_locale={"zh": "首次同步从多少天前开始（1–90：交易接口最多只能追溯三个月）"},
+        labels={"zh": "首次同步天数"},
     ),
     SettingField(
         "page_size",
@@ -71,6 +77,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="100",
         help_by_locale={"zh": "每次调用接口拉取的交易数，也是一页同步的大小（1–100）"},
+        labels={"zh": "每页订单数"},
     ),
     SettingField(
         "tmc_group",
@@ -78,6 +85,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="default",
         help_by_locale={"zh": "本账户消费的 TMC 消息分组（需为卖家开通交易与退款消息）"},
+        labels={"zh": "消息服务分组（TMC）"},
     ),
     SettingField(
         "calls_per_second",
@@ -85,6 +93,7 @@ SETTINGS: tuple[SettingField, ...] = (
         required=False,
         default="0",
         help_by_locale={"zh": "TOP 应用每秒调用上限，由该应用下所有店铺、所有 worker 共享（0：不限）"},
+        labels={"zh": "每秒调用上限"},
     ),
 )
 
