@@ -408,8 +408,10 @@ class SessionOnDemand:
         self.made: AsyncSession | None = None
 
     @classmethod
-    def of(cls, session: AsyncSession) -> SessionOnDemand:
-        """A session made already."""
+    def of(cls, session: AsyncSession | SessionOnDemand) -> SessionOnDemand:
+        """``session`` itself when it is one, else a source of a session made already."""
+        if isinstance(session, SessionOnDemand):
+            return session
         source = cls(lambda: session, dialect_name(session))
         source.made = session
         return source
@@ -427,7 +429,7 @@ class OwnRows:
     def __init__(
         self, session: AsyncSession | SessionOnDemand, tables: Iterable[sa.Table], *, readonly: bool
     ) -> None:
-        self._source = session if isinstance(session, SessionOnDemand) else SessionOnDemand.of(session)
+        self._source = SessionOnDemand.of(session)
         self._tables = frozenset(t.fullname for t in tables)
         self._readonly = readonly
         self.dialect = self._source.dialect
@@ -521,7 +523,7 @@ class CounterWork:
         readonly: bool,
     ) -> None:
         self._service = service
-        source = session if isinstance(session, SessionOnDemand) else SessionOnDemand.of(session)
+        source = SessionOnDemand.of(session)
         #: the unit of work's ORM session, made when first used (a till's lookup usually never uses it)
         self._source = source
         self.actor = actor

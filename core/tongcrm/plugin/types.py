@@ -560,7 +560,7 @@ class ChannelSpec:
     reauthorise: tuple[str, ...] = ()
     #: ``display_name`` in other languages, by the console's language code (``{"zh": "线下门店（POS）"}``): what
     #: a Chinese page shows for the channel. A language not named shows ``display_name``.
-    display_names: Mapping[str, str] = field(default_factory=dict)
+    display_names: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: The longest account name this channel takes, when its names are written into bounded places (a store's
     #: code goes into its receipts' keys and its tills' consent source ``pos:STORE:TILL``): creating a longer
     #: one is refused (400) naming the bound, so an account that exists can always be used. None: the core's
@@ -579,8 +579,9 @@ class ChannelSpec:
             raise ValueError(f"channel {self.name!r} re-authorises undeclared settings: {', '.join(unknown)}")
 
     def display_name_in(self, lang: str) -> str:
-        """The channel's name as a page in ``lang`` shows it (:attr:`display_names`, else :attr:`display_name`)."""
-        return self.display_names.get(lang) or self.display_name
+        """The channel's name as a page in ``lang`` shows it (:attr:`display_names`, ``zh-CN`` falling back to
+        ``zh`` as a setting's label does, else :attr:`display_name`)."""
+        return _in_locale(self.display_names, lang) or self.display_name
 
     @property
     def reauth_settings(self) -> tuple[SettingField, ...]:
