@@ -33,7 +33,7 @@ from tongcrm.points.models import PointsEntry
 
 FORMATS = ("csv", "jsonl")
 PAGE = 1000
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+MEDIA_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 
 
 @dataclass(frozen=True, slots=True)
