@@ -257,6 +257,7 @@ async def test_the_export_is_masked_audited_and_reveals_only_for_admins(make_cli
         await sign_in(api, "analyst")
         masked = await api.get(f"/console/segments/{ops.segment_id}/export")
         assert masked.status_code == 200 and masked.headers["x-total-count"] == "4"
+        assert masked.headers["content-type"] == "text/csv; charset=utf-8"  # one charset parameter
         # a UTF-8 byte order mark first, so that Excel on a Chinese Windows reads the names as UTF-8, not GBK
         assert masked.content.startswith(b"\xef\xbb\xbfid,")
         rows = list(csv.DictReader(io.StringIO(masked.content.decode("utf-8-sig"))))

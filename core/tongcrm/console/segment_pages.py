@@ -391,7 +391,7 @@ class SegmentPages(ConsoleController):
         )
         return Stream(
             _with_bom(export.body),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # litestar adds "; charset=utf-8" to a text/* type
             headers={
                 "Content-Disposition": f'attachment; filename="{export.filename}"',
                 "X-Total-Count": str(export.total),
