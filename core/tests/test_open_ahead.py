@@ -151,3 +151,36 @@ async def test_a_statement_prepared_ahead_is_the_one_a_fetch_runs(tongcrm_db: Te
         assert sql not in await _prepared(uncached)
     finally:
         await uncached.close()
+
+
+_PLANS = "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+
+
+async def test_a_statement_prepared_ahead_is_planned_once_and_not_run(tongcrm_db: TestDatabase) -> None:
+    """``prepare_ahead`` also has the server plan each statement once, generically (``EXPLAIN EXECUTE``), so a
+    backend's first run of it does not plan with cold catalog caches; nothing is run (no row, no sequence
+    value), and the connection's own ``plan_cache_mode`` is as it was: a point reader's (generic plans) uses
+    the plan made ahead, the engine's (PostgreSQL's choice) plans its first run as before."""
+    if tongcrm_db.backend != "postgresql":
+        pytest.skip("PostgreSQL prepares and plans; SQLite has nothing ahead (the test above)")
+    write = "INSERT INTO ahead (v) VALUES ($1) RETURNING id"
+    read = "SELECT v FROM ahead WHERE id = $1"
+    for mode in ("auto", "force_generic_plan"):
+        conn = await asyncpg.connect(tongcrm_db.url, server_settings={"plan_cache_mode": mode})
+        try:
+            await conn.execute("CREATE TEMP TABLE ahead (id serial PRIMARY KEY, v int NOT NULL)")
+            assert await prepare_ahead(conn, [write, read]) == 2
+            plans = {row["statement"]: row for row in await conn.fetch(_PLANS)}
+            for sql in (write, read):
+                assert (plans[sql]["generic_plans"], plans[sql]["custom_plans"]) == (1, 0), sql
+            assert await conn.fetchval("SELECT count(*) FROM ahead") == 0
+            assert await conn.fetchval("SELECT is_called FROM ahead_id_seq") is False, "a sequence was drawn"
+            assert await conn.fetchval("SHOW plan_cache_mode") == mode
+            assert await conn.fetchval(write, 7) == 1
+            assert await conn.fetchval(read, 1) == 7
+            plans = {row["statement"]: row for row in await conn.fetch(_PLANS)}
+            expected = (2, 0) if mode == "force_generic_plan" else (1, 1)
+            for sql in (write, read):
+                assert (plans[sql]["generic_plans"], plans[sql]["custom_plans"]) == expected, (mode, sql)
+        finally:
+            await conn.close()

@@ -125,6 +125,7 @@ from tongcrm.points import ledger
 from tongcrm.points import service as points
 from tongcrm.points.models import EntryKind, PointsBalance, PointsEntry
 from tongcrm.points.multipliers import NO_TIER
+from tongcrm.shared_reads import SharedReads
 from tongcrm.tiers import programme
 from tongcrm.tiers import service as tier_service
 from tongcrm.tiers.models import MemberTier, TierLadder
@@ -1845,6 +1846,7 @@ class CounterService:
         self._clock = clock or utcnow
         self._account_ttl = account_ttl
         self._accounts: dict[tuple[str, str], tuple[float, CounterAccount]] = {}
+        self._account_reads: SharedReads[tuple[str, str], CounterAccount | None] = SharedReads()
         self._sqlite: bool | None = None
         self._write_lock = asyncio.Lock()
         self._engine: AsyncEngine | None = sessions.kw.get("bind")
@@ -1942,10 +1944,19 @@ class CounterService:
         self._accounts.clear()
 
     async def _account(self, session: SessionOnDemand, channel: str, name: str) -> CounterAccount | None:
-        now = time.monotonic()
         cached = self._accounts.get((channel, name))
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # the tills' requests that find the account lapsed together (at start, then every TTL) read it once
+        account, own = await self._account_reads.read(
+            (channel, name), functools.partial(self._read_account, session, channel, name)
+        )
+        if account is None and not own:  # missing from a read begun before this request: read it again
+            account = await self._read_account(session, channel, name)
+        return account
+
+    async def _read_account(self, session: SessionOnDemand, channel: str, name: str) -> CounterAccount | None:
+        now = time.monotonic()
         params = {"name": name, "channel": channel}
         made = session()  # the session only on a miss (tillcpu17), read alone while it has begun nothing
         if direct.alone_possible(made):

@@ -62,13 +62,18 @@ async def test_the_hot_lookup_answers_as_the_route_does(make_client: Any) -> Non
     async with make_client(host=make_host()) as api:
         spy = Spy(api.app)
         as_analyst, _ = await _member_and_key(api)
-        # the first checks the key through the route (and caches it); the next are answered before litestar
-        by_route = await api.get(LOOKUP, params={"mobile": "13800138000"}, headers=as_analyst)
+        # all are answered before litestar, the key's first request too (the hot path reads the key as the
+        # route would, and caches it); the route's own answer is had with the hot answers set aside
         hot = [
             await api.get(LOOKUP, params=params, headers=as_analyst)
             for params in ({"mobile": "13800138000"}, {"identity": "mobile:+86 138 0013 8000"})
         ]
-        assert spy.answered == [False, True, True]
+        assert spy.answered == [True, True]
+        kept = dict(api.app.state.hot_answers)
+        api.app.state.hot_answers.clear()
+        by_route = await api.get(LOOKUP, params={"mobile": "13800138000"}, headers=as_analyst)
+        api.app.state.hot_answers.update(kept)
+        assert spy.answered == [True, True]
         assert by_route.status_code == 200
         assert by_route.json()["mobile"] == "138****8000" and by_route.json()["name"] == "王**"
 

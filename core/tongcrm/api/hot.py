@@ -116,10 +116,19 @@ class HotTarget:
     #: ``State`` answers an attribute through a Python ``__getattr__`` (~0.5 us on every hot request)
     verifier: KeyVerifier | None = None
 
-    def caller(self, scope: Scope) -> Caller | None:
+    async def caller(self, scope: Scope) -> Caller | None:
         """The request's caller when litestar would let it reach the handler as far as its key, role and limit
-        go: a well-formed bearer key cached with an admitted role, a Host header litestar accepts, and the limit
-        taken (once for the request: a refusal is left to the route, which repeats it). None otherwise."""
+        go: a well-formed bearer key of an admitted role, a Host header litestar accepts, and the limit taken
+        (once for the request: a refusal is left to the route, which repeats it). None otherwise.
+
+        A key the verifier has not cached (its first request, or the first after its answer lapsed) is verified
+        here, as the route's ``authorize`` would verify it (:meth:`KeyVerifier.verify`: read under the
+        revocation counter, shared by the callers that arrive together), and then taken as cached. Why (issue
+        #22, branch till18): every till's first request, and each one after the key's TTL (every 5 s), went
+        through litestar only to have its key read there, and a served app's first requests through a route
+        paid litestar's first-use costs besides; the eight tills' first lookups arrive together on one event
+        loop. An unknown or revoked key is still the route's to refuse (it finds the answer cached), and so is a
+        read that failed (the route reads again)."""
         host = _header(scope, b"host")
         if host is not None and not is_valid_host(host):
             return None
@@ -128,6 +137,13 @@ class HotTarget:
             return None
         verifier: KeyVerifier = self.verifier or self.app.state.key_verifier
         cached = verifier.cached(key)
+        if cached is None:
+            try:
+                if await verifier.verify(key) is None:
+                    return None
+            except Exception:  # the read failed: the route verifies again and answers as it does
+                return None
+            cached = verifier.cached(key)
         if cached is None or cached.principal.role not in self.roles:
             return None
         if self.limit is not None:

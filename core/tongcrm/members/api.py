@@ -133,7 +133,7 @@ def hot_lookup(target: HotTarget) -> HotAnswer:
     reader, vault, host = state.point_reader, state.vault, state.host
 
     async def answer(scope: Scope, receive: Receive) -> EncodedJSON | None:
-        caller = target.caller(scope)
+        caller = await target.caller(scope)
         if caller is None:
             return None
         query = only_query(scope, _HOT_LOOKUP_QUERY)

@@ -54,7 +54,7 @@ def _answer(config: PosConfig, work: _Work, target: HotTarget) -> HotAnswer:
     counter: CounterService = target.app.state.counter
 
     async def answer(scope: Scope, receive: Receive) -> EncodedJSON | None:
-        caller = target.caller(scope)
+        caller = await target.caller(scope)
         if caller is None:
             return None
         data = await target.json(scope, receive)

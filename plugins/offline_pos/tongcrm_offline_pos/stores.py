@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import cast
 
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from tongcrm.counter import CounterAccount, CounterWork, compile_own_reads
 from tongcrm.db.base import utcnow
 from tongcrm.db.lengths import column_length
 from tongcrm.errors import BadRequest, Conflict, NotFound, Unprocessable, listed, shown
+from tongcrm.shared_reads import SharedReads
 from tongcrm.warmup import compile_ahead
 
 from tongcrm_offline_pos.models import TABLES, PosTill
@@ -149,20 +151,28 @@ class TillCache:
     def __init__(self, ttl: float = 10.0) -> None:
         self.ttl = ttl
         self._tills: dict[int, tuple[float, frozenset[str]]] = {}
+        #: the tills' requests that find a store's tills lapsed together (at start, then every TTL) read once
+        self._reads: SharedReads[int, frozenset[str]] = SharedReads()
 
     def forget(self) -> None:
         self._tills.clear()
 
     async def has(self, uow: CounterWork, store: Store, till: str) -> bool:
-        now = time.monotonic()
         cached = self._tills.get(store.account_id)
-        if cached is not None and cached[0] > now and till in cached[1]:
+        if cached is not None and cached[0] > time.monotonic() and till in cached[1]:
             return True
+        tills, own = await self._reads.read(store.account_id, partial(self._reload, uow, store))
+        if till not in tills and not own:  # refused by a read begun before this request: read again
+            tills = await self._reload(uow, store)
+        return till in tills
+
+    async def _reload(self, uow: CounterWork, store: Store) -> frozenset[str]:
+        now = time.monotonic()
         tills = await active_tills(uow, store)
         if len(self._tills) > 10_000:
             self._tills.clear()
         self._tills[store.account_id] = (now + self.ttl, tills)
-        return till in tills
+        return tills
 
     async def require(self, uow: CounterWork, store: Store, till: str) -> None:
         if not await self.has(uow, store, till):
