@@ -351,10 +351,12 @@ async def test_the_reauthorise_form_applies_the_settings_bounds_of_the_api(make_
         long = await api.post(path, data={"session": "k" * (SETTING_VALUE_MAX + 1), "csrf_token": operator})
         assert long.status_code == 400 and "data-problem" in long.text
         assert (
-            "设置项“session”最多 4,096 个字符，现在是 4,097 个。" in long.text and "系统说明" not in long.text
+            "设置项“卖家授权码（SessionKey）”最多 4,096 个字符，现在是 4,097 个。" in long.text
+            and "系统说明" not in long.text
         )
         nul = await api.post(path, data={"session": "fresh\x00token", "csrf_token": operator})
-        assert nul.status_code == 400 and "设置项“session”含有空字符（NUL）" in nul.text
+        # the setting named by its label, as the form names it
+        assert nul.status_code == 400 and "设置项“卖家授权码（SessionKey）”含有空字符（NUL）" in nul.text
         fits = await api.post(
             path, data={"session": "k" * SETTING_VALUE_MAX, "csrf_token": operator}, follow_redirects=False
         )

@@ -234,9 +234,10 @@ class ChannelAccountPages(ConsoleController):
         """Save the renewed settings the form names (blank ones keep their value) and resume the account."""
         form = await form_fields(request)
         state = request.app.state
+        lang = context_of(request).lang
+        fields: tuple[SettingField, ...] | None = None
         try:
             async with state.sessions() as session, session.begin():
-                lang = context_of(request).lang
                 fields = (await reauth_view(session, state.host, name, lang)).fields
                 if fields is None:
                     raise Unprocessable(
@@ -256,6 +257,10 @@ class ChannelAccountPages(ConsoleController):
         except TongcrmError as exc:
             if exc.status_code >= 500 or exc.status_code == 404:
                 raise
+            # the settings bounds name a setting by its key (settings.nul, …): the form names it by its label
+            label = {f.name: f.label_in(lang) for f in fields or ()}.get(str(exc.params.get("name")))
+            if label is not None and exc.code and exc.code.startswith("settings."):
+                exc.params = {**exc.params, "name": label}
             return await _reauth_page(
                 request, name, problem=problem_text(request, exc), status_code=exc.status_code
             )
