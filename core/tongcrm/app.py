@@ -12,6 +12,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 from sqlalchemy.orm import configure_mappers
@@ -40,7 +41,7 @@ from tongcrm.channels.api import ChannelAccountController
 from tongcrm.config import Settings
 from tongcrm.console.pages import console_handlers
 from tongcrm.console.web import PREFIX as CONSOLE_PREFIX
-from tongcrm.console.web import check_console_routes
+from tongcrm.console.web import check_console_routes, pages_for_unrouted
 from tongcrm.counter import CounterService
 from tongcrm.dashboard.api import DashboardController
 from tongcrm.db.engine import create_engine, create_inline_writer, session_factory
@@ -211,7 +212,10 @@ def create_app(
     app = Litestar(
         route_handlers=handlers,
         dependencies=dependencies,
-        exception_handlers=exception_handlers,
+        exception_handlers={
+            **exception_handlers,
+            HTTPException: pages_for_unrouted(exception_handlers[HTTPException]),
+        },
         before_request=authorize,
         request_class=StrictRequest,
         plugins=[ItemBoundsStructSchemaPlugin()],

@@ -139,6 +139,7 @@ async def test_segment_campaign_messages_orders_report(
         assert [(r["status"], r["audience"], r["control"]) for r in runs] == [
             ("finished", len(audience), len(held))
         ]
+        assert (runs[0]["reason"], runs[0]["reason_code"], runs[0]["reason_params"]) == ("", None, None)
         # a finished run's figures are read as before, and it still counts against the budgets
         final = (await api.get("/api/campaigns/spring/report")).json()
         assert final["runs"][0]["run"]["status"] == "finished"
@@ -225,6 +226,44 @@ async def test_bad_input_is_refused_with_the_reason_and_nothing_is_sent(
 
     async with api.db.sessions() as session:
         assert (await session.execute(sa.select(sa.func.count()).select_from(Message))).scalar_one() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_refused_run_answers_its_reason_code_and_figures(
+    tongcrm_db: TestDatabase, make_client: Callable[..., Any]
+) -> None:
+    """``GET /api/campaigns/{name}/runs`` carries what the console's campaign page words a refusal from
+    (``reason_code``, ``reason_params``) beside the English ``reason``, null for a run that was not refused."""
+    clock = Clock(datetime.now(UTC))
+    host = sms_host()
+    async with make_client(host=host, role="admin") as api:
+        w = World(
+            api.db.sessions, Settings(database_url=tongcrm_db.url, secret_key=SECRET_KEY).vault(), host, clock
+        )
+        await w.setup("http://127.0.0.1:9")
+        await tag(w, [await w.member(i) for i in range(10)])
+        made = await api.post("/api/segments", json={"name": "vip", "definition": segment_of("vip")})
+        assert made.status_code == 201, made.text
+        body = {**CAMPAIGN, "name": "daily", "control_percent": 0, "budget_messages": 15}  # one run of 10
+        assert (await api.post("/api/campaigns", json=body)).status_code == 201
+        scheduled = await api.post(
+            "/api/campaigns/daily/schedule", json={"schedule": {"kind": "daily", "time": "10:30"}}
+        )
+        assert scheduled.status_code == 200, scheduled.text
+        for _ in range(2):
+            due = (await api.get("/api/campaigns/daily")).json()["next_run_at"]
+            clock.now = datetime.fromisoformat(due)
+            await service.run_due(api.db.sessions, host, now=clock(), tz=SH)
+        runs = (await api.get("/api/campaigns/daily/runs")).json()
+        assert [(r["status"], r["audience"]) for r in runs][1] == ("refused", 10) and len(runs) == 2
+        assert (runs[0]["reason_code"], runs[0]["reason_params"]) == (None, None)
+        assert runs[1]["reason"].startswith("budget exceeded")  # the English text stays
+        assert (runs[1]["reason_code"], runs[1]["reason_params"]) == (
+            "campaign.over_budget_messages",
+            {"treated": 10, "left": 5, "budget": 15},
+        )
+        report = (await api.get("/api/campaigns/daily/report")).json()
+        assert report["runs"][1]["run"]["reason_code"] == "campaign.over_budget_messages"
 
 
 def _assert_chart_legible(svg: str) -> None:

@@ -306,3 +306,71 @@ async def test_an_admin_reveals_from_the_console_but_not_through_a_link_elsewher
     await page.click("#x")
     await page.wait_for_url(link)
     assert "李雷" not in await page.content()
+
+
+@pytest.mark.parametrize("width", [1280, 1024])
+async def test_the_channels_page_keeps_status_words_whole_and_names_secrets_by_label(
+    served: Served, browser: Any, width: int
+) -> None:
+    """At the console's usual widths a status word (正常, 需要重新授权) stays on one line in the crowded accounts
+    table, the secrets set are named by the plugin's labels, and a sync error shows its Chinese headline and the
+    platform's own words."""
+    import sqlalchemy as sa
+    from tongcrm.channels import service as channels
+    from tongcrm.channels.models import SyncState
+
+    said = "taobao error 27: Invalid session (isv.invalid-session: 卖家授权已过期，请卖家重新授权应用)"
+    async with served.db.sessions() as session, session.begin():
+        await channels.mark_status(session, served.seeded.tmall_account, "needs_reauth", "invalid session")
+        await session.execute(
+            sa.update(SyncState)
+            .where(SyncState.account_id == served.seeded.tmall_account)
+            .values(last_error=said, last_error_code="sync.auth_failed")
+        )
+    page = await (
+        await browser.new_context(locale="zh-CN", viewport={"width": width, "height": 800})
+    ).new_page()
+    await _sign_in(page, served, "operator")
+    await page.goto(f"{served.url}/console/channels")
+    lines: dict[str, int] = await page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('td [data-status]')]
+            .map(e => [e.closest('tr').dataset.account || e.closest('tr').dataset.store + ':store',
+                       e.getClientRects().length]))"""
+    )
+    assert lines and set(lines.values()) == {1}, lines  # each word one box: not broken over two lines
+    # and the accounts table fits the page: its last column (re-authorise, backfill) needs no sideways scroll
+    wide = await page.locator("#h-accounts + .table-wrap").evaluate("w => w.scrollWidth - w.clientWidth")
+    assert wide <= 0, wide
+    words = await page.locator("[data-account] [data-status]").all_inner_texts()
+    assert "正常" in words and "需要重新授权" in words
+    secrets = await page.locator("[data-account] [data-secret]").all_inner_texts()
+    assert secrets == ["应用密钥（AppSecret）", "卖家授权码（SessionKey）"]
+    assert await page.locator("[data-platform-message]").inner_text() == f"（平台原话：{said}）"
+    await _shot(page, served, f"channels-{width}")
+
+
+async def test_an_operator_backfills_a_shop_from_the_channels_page(served: Served, browser: Any) -> None:
+    """补拉订单 from the shop's row: a stretch typed backwards is refused in Chinese with the form kept, then the
+    corrected one starts and its windows show on the page."""
+    page = await (
+        await browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 800})
+    ).new_page()
+    await _sign_in(page, served, "operator")
+    await page.goto(f"{served.url}/console/channels")
+    assert await page.locator(f'[data-account="{seed.STORE}"] [data-backfill-link]').count() == 0
+    await page.locator(f'[data-account="{seed.TMALL}"] [data-backfill-link]').click()
+    await page.wait_for_url(f"**/console/channels/{seed.TMALL}/backfill")
+    assert await _unlabelled_inputs(page) == []
+    await page.get_by_label("从（Asia/Shanghai）").fill("2026-11-03T00:00")
+    await page.get_by_label("到（留空：到现在）").fill("2026-11-01T00:00")
+    await page.get_by_label("每个窗口（小时）").fill("24")
+    await page.get_by_role("button", name="开始补拉").click()
+    alert = await page.locator("[data-problem]").inner_text()
+    assert alert == "补拉的开始时间必须早于结束时间：现在填的是从 2026-11-03 00:00 到 2026-11-01 00:00。"
+    assert await page.get_by_label("从（Asia/Shanghai）").input_value() == "2026-11-03T00:00"  # kept
+    await _shot(page, served, "backfill-refused")
+    await page.get_by_label("从（Asia/Shanghai）").fill("2026-10-30T00:00")
+    await page.get_by_role("button", name="开始补拉").click()
+    await page.wait_for_selector("[data-started]")
+    assert await page.locator("[data-backfill] [data-windows]").inner_text() == "0 / 2"
+    await _shot(page, served, "backfill-started")

@@ -61,7 +61,7 @@ async def _english(page: Any) -> list[str]:
 
 
 async def test_an_operator_walks_every_page_and_no_form_answers_500(served: Served, browser: Any) -> None:
-    await seed_marketing(served.db, ops_host(), members=8, vip=5, mobile_prefix="+86137")
+    ops = await seed_marketing(served.db, ops_host(), members=8, vip=5, mobile_prefix="+86137")
     page = await (await browser.new_context(locale="zh-CN")).new_page()
     answers: list[tuple[str, int]] = []
     page.on(
@@ -77,7 +77,7 @@ async def test_an_operator_walks_every_page_and_no_form_answers_500(served: Serv
         urls.append(page.url)
         log[entry] = await _english(page)
         await _shot(page, served, "walk-" + page.url.removeprefix(served.url + "/console/").replace("/", "-"))
-    urls += [served.url + p for p in ("/console/campaigns/spring", "/console/campaigns/autumn", "/console/segments/vip", "/console/segments/new", f"/console/members/{served.seeded.shopper}", f"/console/members/{served.seeded.shopper}/points/adjust", "/console/care-flows", "/console/channels/tmall-flagship/reauthorise")]  # fmt: skip
+    urls += [served.url + p for p in ("/console/campaigns/spring", "/console/campaigns/autumn", f"/console/segments/{ops.segment_id}", "/console/segments/new", f"/console/members/{served.seeded.shopper}", f"/console/members/{served.seeded.shopper}/points/adjust", "/console/care-flows", "/console/channels/tmall-flagship/reauthorise", "/console/channels/tmall-flagship/backfill")]  # fmt: skip
     for url in urls:
         for variant, value in HOSTILE.items():
             await page.goto(url)

@@ -221,3 +221,23 @@ async def test_the_app_refuses_a_console_route_without_the_console_guard(make_cl
     with pytest.raises(ConfigError, match=r"/console/forgotten"):
         async with make_client(role=None, extra_handlers=[_forgotten]):
             pass
+
+
+async def test_a_console_path_no_route_matches_is_the_consoles_page_not_the_apis_json(
+    make_client: Any,
+) -> None:
+    """``/console/segments/vip`` (segments open by id), a stale bookmark, a typo: the console's error page in
+    the reader's language, as for any other missing page; the API's paths keep their JSON problem."""
+    async with make_client(role=None) as api:
+        await sign_in(api, "operator")
+        for path in ("/console/segments/vip", "/console/nosuch", "/console/members/12/nosuch"):
+            answer = await api.get(path)
+            assert answer.status_code == 404, path
+            assert answer.headers["content-type"].startswith("text/html"), path
+            assert '<p role="alert" class="error">404 — 找不到该页面或对象。</p>' in answer.text, path
+            assert "openapi" not in answer.text and "Not Found" not in answer.text
+        english = await api.get("/console/nosuch?lang=en")
+        assert "404 — No such page or object." in english.text
+        api_answer = await api.get("/api/nosuch")
+        assert api_answer.status_code == 404
+        assert api_answer.headers["content-type"].startswith("application/problem+json")

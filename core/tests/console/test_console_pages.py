@@ -197,6 +197,16 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         assert "没有找到会员" in nobody
         page = (await api.get(f"/console/members/{s.shopper}")).text
         assert 'data-order-channel="taobao"' in page and 'data-order-channel="offline_pos"' in page
+        # channels by their plugins' names and order statuses in the page's language (the codes ride along)
+        assert "<td>T1001</td><td>淘宝 / 天猫</td>" in page and "<td>线下门店（POS）</td>" in page
+        assert '<td data-status="paid">已付款</td>' in page and ">taobao<" not in page
+        assert '<td data-status="active">已合并</td>' in page
+        assert "<td>淘宝 / 天猫</td>" in by_name  # the list's source
+        english_page = (await api.get(f"/console/members/{s.shopper}", params={"lang": "en"})).text
+        assert (
+            "<td>Taobao / Tmall</td>" in english_page and '<td data-status="paid">paid</td>' in english_page
+        )
+        await api.get("/console/members", params={"lang": "zh"})
         assert 'data-identity="taobao.open_uid"' in page and 'data-identity="pos.card"' in page
         assert _figure(page, "available") == 988
         assert "再消费 ¥12 可升至 金卡" in page  # ¥888 + the merged buyer's ¥100 of ¥1,000

@@ -24,6 +24,7 @@ from tongcrm.plugin.types import ChannelSpec, SettingField
 from tongcrm.segments.schema import catalogue
 from tongcrm_jd import plugin as jd_plugin
 from tongcrm_offline_pos import plugin as pos_plugin
+from tongcrm_sms_gateway.plugin import ALIYUN_SMS
 from tongcrm_taobao import plugin as taobao_plugin
 
 from .conftest import sign_in
@@ -350,10 +351,12 @@ async def test_the_reauthorise_form_applies_the_settings_bounds_of_the_api(make_
         long = await api.post(path, data={"session": "k" * (SETTING_VALUE_MAX + 1), "csrf_token": operator})
         assert long.status_code == 400 and "data-problem" in long.text
         assert (
-            "设置项“session”最多 4,096 个字符，现在是 4,097 个。" in long.text and "系统说明" not in long.text
+            "设置项“卖家授权码（SessionKey）”最多 4,096 个字符，现在是 4,097 个。" in long.text
+            and "系统说明" not in long.text
         )
         nul = await api.post(path, data={"session": "fresh\x00token", "csrf_token": operator})
-        assert nul.status_code == 400 and "设置项“session”含有空字符（NUL）" in nul.text
+        # the setting named by its label, as the form names it
+        assert nul.status_code == 400 and "设置项“卖家授权码（SessionKey）”含有空字符（NUL）" in nul.text
         fits = await api.post(
             path, data={"session": "k" * SETTING_VALUE_MAX, "csrf_token": operator}, follow_redirects=False
         )
@@ -493,10 +496,29 @@ async def test_a_sync_error_is_said_in_chinese_from_its_code_and_kept_in_english
         said = (
             f'<span class="bad" data-sync-error="{english}">授权失效，同步已停止：请重新授权此账户。</span>'
         )
-        assert said in (await api.get("/console/channels?lang=zh")).text
-        assert said in (await api.get("/console/channels/tmall-flagship/reauthorise")).text
+        # the headline from the code, then the stored sentence: what the platform itself said
+        platform = f'<span class="platform-said" data-platform-message>（平台原话：{english}）</span>'
+        for path in ("/console/channels?lang=zh", "/console/channels/tmall-flagship/reauthorise"):
+            page = (await api.get(path)).text
+            assert said + " " + platform in page, path
+            # the secrets set, named by the plugin's labels in the page's language, not by their keys
+            assert (
+                '<span data-secret="app_secret">应用密钥（AppSecret）</span>、'
+                '<span data-secret="session">卖家授权码（SessionKey）</span>'
+            ) in page, path
+        assert (
+            '<span class="word bad" data-status="needs_reauth">需要重新授权</span>'
+            in (await api.get("/console/channels")).text
+        )
+        assert (
+            f'data-value="{english}">授权失效，同步已停止：请重新授权此账户。</span> {platform}'
+            in (await api.get("/console/dashboard")).text
+        )
         for path in ("/console/channels?lang=en", "/console/channels/tmall-flagship/reauthorise"):
-            assert f'data-sync-error="{english}">{english}</span>' in (await api.get(path)).text
+            page = (await api.get(path)).text
+            assert f'data-sync-error="{english}">{english}</span>' in page  # said once: no platform line
+            assert "data-platform-message" not in page
+            assert '<span data-secret="app_secret">app_secret</span>, <span data-secret="session">' in page
         await api.get("/console/channels?lang=zh")
         # an error recorded without a code (before revision 0042) shows its sentence as stored
         async with api.db.sessions() as session, session.begin():
@@ -507,6 +529,20 @@ async def test_a_sync_error_is_said_in_chinese_from_its_code_and_kept_in_english
         key = await api.create_key("analyst")
         answer = await api.get("/api/channel-accounts/tmall-flagship", headers=_bearer(key))
         assert answer.status_code == 200 and answer.json()["last_error"] == english
+        # the platform's words are its own: escaped, whatever they hold (a Taobao sub_msg here)
+        raw = "taobao error 27: Invalid session (isv.invalid-session: 卖家<b>授权</b>已过期 & 请重新授权)"
+        async with api.db.sessions() as session, session.begin():
+            await session.execute(
+                sa.update(SyncState)
+                .where(SyncState.account_id == account.id)
+                .values(last_error=raw, last_error_code="sync.auth_failed")
+            )
+        page = (await api.get("/console/channels")).text
+        assert (
+            "（平台原话：taobao error 27: Invalid session (isv.invalid-session: 卖家&lt;b&gt;授权&lt;/b&gt;已过期"
+            " &amp; 请重新授权)）" in page
+        )
+        assert "<b>授权</b>" not in page
 
 
 def test_a_channel_declares_what_a_reauthorisation_renews() -> None:
@@ -538,8 +574,9 @@ def test_a_setting_declares_its_help_per_language_and_falls_back_to_english() ->
     assert named.label_in("zh") == named.label_in("zh-CN") == "令牌" and named.label_in("en") == "token"
     with pytest.raises(ValueError, match="label of setting"):
         SettingField("token", "t", labels={"zh": ""})
-    # the first-party channels give every setting's help and label in Chinese
-    for spec in (taobao_plugin.TAOBAO_CHANNEL, jd_plugin.JD_CHANNEL, pos_plugin.STORE_CHANNEL):
+    # the first-party channels and the SMS messenger give every setting's help and label in Chinese
+    specs = (taobao_plugin.TAOBAO_CHANNEL, jd_plugin.JD_CHANNEL, pos_plugin.STORE_CHANNEL, ALIYUN_SMS)
+    for spec in specs:
         missing = [s.name for s in spec.settings if "zh" not in s.help_by_locale or "zh" not in s.labels]
         assert missing == [], spec.name
 

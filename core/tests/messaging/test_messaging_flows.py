@@ -221,3 +221,51 @@ async def test_a_first_sync_of_old_orders_sends_no_care_messages(tongcrm_db: Tes
         sent = {m.order_id: m.status for m in await w.messages(flow="flow.shipping_notice")}
         assert sent == {new: "sent"}, dump(await w.messages())
         assert len(fake.accepted) == 1
+
+
+async def test_a_message_to_an_erased_member_is_refused_as_gone_and_a_merged_one_goes_to_the_survivor(
+    tongcrm_db: TestDatabase,
+) -> None:
+    """Queued before the member was erased (PIPL art. 47), a message is refused ``member_gone``: no member is
+    left to write to, which ``no_mobile`` (the erased record has none) would hide. A member merged into another
+    is not gone: its message goes to the survivor's number."""
+    from tongcrm.audit.service import SYSTEM
+    from tongcrm.members.merge import merge_members
+    from tongcrm.messaging.policy import Reason
+    from tongcrm.privacy.service import erase_member
+
+    clock = Clock(beijing(2024, 5, 1, 10))
+    w = world(tongcrm_db, clock)
+    with fake_gateway(clock) as (fake, url):
+        await w.setup(url)
+        erased, absorbed, survivor = (await w.member(1), await w.member(2), await w.member(3))
+        orders = {m: await w.order(m, f"O{m}") for m in (erased, absorbed)}
+        async with w.sessions() as session, session.begin():
+            notice = await service.get_template(session, "order_notice")
+            await service.queue_messages(
+                session,
+                "flow.refund_notice",
+                notice,
+                [service.Target(m, o) for m, o in orders.items()],
+                now=clock(),
+            )
+        async with w.sessions() as session, session.begin():
+            await erase_member(session, erased, SYSTEM, reason="request #7")
+            await merge_members(session, survivor, absorbed, actor=SYSTEM, reason="same buyer", at=clock())
+        await w.dispatcher().run()
+        by_member = {m.member_id: m for m in await w.messages()}
+        assert (by_member[erased].status, by_member[erased].reason) == ("refused", Reason.MEMBER_GONE)
+        assert by_member[absorbed].status == "sent", dump(await w.messages())
+        assert len(fake.accepted) == 1
+
+
+async def test_the_policy_refuses_a_gone_member_before_asking_for_a_mobile() -> None:
+    from datetime import UTC, datetime
+
+    from tongcrm.messaging.policy import Facts, Reason, Verdict, decide
+
+    gone = Facts("service", consent=False, opted_out=False, has_mobile=False, used_today=0, gone=True)
+    decision = decide(PolicyConfig(), gone, datetime(2024, 5, 1, 2, tzinfo=UTC))
+    assert (decision.verdict, decision.reason) == (Verdict.REFUSE, Reason.MEMBER_GONE)
+    there = Facts("service", consent=True, opted_out=False, has_mobile=False, used_today=0)
+    assert decide(PolicyConfig(), there, datetime(2024, 5, 1, 2, tzinfo=UTC)).reason == Reason.NO_MOBILE

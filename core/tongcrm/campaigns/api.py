@@ -23,7 +23,7 @@ from tongcrm.api.security import READ_ROLES, WRITE_ROLES, requires
 from tongcrm.audit.service import Actor
 from tongcrm.auth.service import Principal
 from tongcrm.campaigns import calendar, chart, evaluation, journeys, service
-from tongcrm.campaigns.models import CalendarMark, Campaign, CampaignRun, Journey
+from tongcrm.campaigns.models import RUN_REASONS, CalendarMark, Campaign, CampaignRun, Journey
 from tongcrm.config import Settings
 from tongcrm.db.base import utcnow
 from tongcrm.db.lengths import fits
@@ -89,17 +89,34 @@ class CampaignOut(msgspec.Struct):
     updated_at: datetime
 
 
+#: What ``reason_code`` says in the API's reference.
+REASON_CODE_HELP = (
+    "why a refused run sent nothing, as a code: one of "
+    + ", ".join(RUN_REASONS)
+    + "; null when the run was not refused, or was refused before codes were stored (then only `reason` says"
+    " why)"
+)
+REASON_PARAMS_HELP = (
+    "the figures `reason_code` words the refusal with (e.g. members, budget and left for an over_budget code;"
+    " for campaign_run.could_not_start the inner refusal's code, params and English message); null when there"
+    " are none"
+)
+
+
 class RunOut(msgspec.Struct):
     id: int
     scheduled_for: datetime
     started_at: datetime
     segment_version: int
     status: str
+    #: The refusal in English (as before the codes; kept for readers of the text).
     reason: str
     audience: int
     control: int
     points_granted: int
     entitlements_granted: int
+    reason_code: Annotated[str | None, msgspec.Meta(description=REASON_CODE_HELP)]
+    reason_params: Annotated[dict[str, Any] | None, msgspec.Meta(description=REASON_PARAMS_HELP)]
 
 
 class GroupOut(msgspec.Struct):
@@ -161,7 +178,8 @@ def campaign_out(c: Campaign) -> CampaignOut:
 def run_out(r: CampaignRun) -> RunOut:
     return RunOut(
         r.id, r.scheduled_for, r.started_at, r.segment_version, r.status, r.reason, r.audience, r.control,
-        r.points_granted, r.entitlements_granted,
+        r.points_granted, r.entitlements_granted, r.reason_code or None,
+        dict(r.reason_params) if r.reason_params else None,
     )  # fmt: skip
 
 

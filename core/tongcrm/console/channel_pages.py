@@ -43,7 +43,7 @@ from tongcrm.console.web import (
 from tongcrm.errors import PluginError, TongcrmError, Unprocessable
 from tongcrm.orders.models import Order
 from tongcrm.plugin.host import PluginHost
-from tongcrm.plugin.types import ChannelCapability, SettingField
+from tongcrm.plugin.types import ChannelCapability, ChannelSpec, SettingField
 
 AccountName = Annotated[str, PathParameter(max_length=100)]
 
@@ -57,16 +57,50 @@ class AccountRow:
     #: The last sync error as the page says it: from its ``sync.*`` code in the page's language
     #: (:func:`sync_error_text`), else the English sentence as stored.
     last_error_text: str = ""
+    #: The stored sentence shown after a headline said from its code (:func:`sync_error_detail`), else "".
+    last_error_detail: str = ""
+    #: The secrets set, each as ``(name, label)``: the label in the page's language from the plugin's
+    #: :meth:`~tongcrm.plugin.types.SettingField.label_in` (the name where the plugin gives none or is not
+    #: installed), so an operator reads 卖家授权码（SessionKey） rather than ``session``.
+    secret_labels: tuple[tuple[str, str], ...] = ()
+    #: The channel's adapter pulls orders from a platform, so a backfill can pull a stretch again (a store's
+    #: tills push theirs).
+    fetches: bool = False
+
+
+def pulls_orders(spec: ChannelSpec | None) -> bool:
+    """Whether a backfill can pull the channel's orders again: its adapter fetches them, and its accounts are
+    not stores (:attr:`~tongcrm.plugin.types.ChannelCapability.STORE`: the tills push their receipts, and the
+    adapter's fetch answers an empty page)."""
+    capabilities = spec.capabilities if spec else frozenset()
+    return ChannelCapability.FETCH_ORDERS in capabilities and ChannelCapability.STORE not in capabilities
+
+
+def secret_labels(spec: ChannelSpec | None, names: list[str], lang: str) -> tuple[tuple[str, str], ...]:
+    """Each set secret's name with its label in ``lang``, in the order the plugin declares its settings (those
+    the plugin no longer declares after them, by name)."""
+    fields = {f.name: f for f in spec.settings} if spec else {}
+    order = {name: i for i, name in enumerate(fields)}
+    ordered = sorted(names, key=lambda n: (order.get(n, len(order)), n))
+    return tuple((n, fields[n].label_in(lang) if n in fields else n) for n in ordered)
 
 
 def sync_error_text(lang: str, code: str | None, stored: str | None) -> str:
-    """A sync error in ``lang``: the catalogue's sentence for its code (``sync_error.<code>``) on a page not in
-    English; else, and for an error recorded without a code or with one the catalogue lacks, the stored English
-    sentence (which the API and the logs keep)."""
+    """A sync error's headline in ``lang``: the catalogue's sentence for its code (``sync_error.<code>``) on a
+    page not in English; else, and for an error recorded without a code or with one the catalogue lacks, the
+    stored English sentence (which the API and the logs keep)."""
     key = f"sync_error.{code}"
     if code and lang != "en" and key in CATALOGS.get(lang, {}):
         return translate(lang, key)
     return stored or ""
+
+
+def sync_error_detail(lang: str, code: str | None, stored: str | None) -> str:
+    """What the page shows after the headline: the stored sentence — the platform's own words (a Taobao
+    ``sub_msg``, a JD ``zh_desc``), which name what the operator must fix — when the headline replaced it with
+    the catalogue's; nothing when the headline is that sentence already. The template escapes it."""
+    headline = sync_error_text(lang, code, stored)
+    return stored if stored and headline != stored else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +137,9 @@ async def channels_view(session: AsyncSession, host: PluginHost, lang: str = "en
             v.status == "needs_reauth",
             errors.get(v.id, (None, None))[0],
             sync_error_text(lang, errors.get(v.id, (None, None))[1], v.last_error),
+            sync_error_detail(lang, errors.get(v.id, (None, None))[1], v.last_error),
+            secret_labels(specs.get(v.channel), v.secrets_set, lang),
+            pulls_orders(specs.get(v.channel)),
         )
         for v in views
     ]
@@ -157,12 +194,16 @@ async def reauth_view(session: AsyncSession, host: PluginHost, name: str, lang: 
         spec = host.channel(account.channel)
     except PluginError:
         spec = None
+    view = channels.view(account, state)
+    code, stored = (state.last_error_code, state.last_error) if state else (None, None)
     row = AccountRow(
-        channels.view(account, state),
+        view,
         spec.display_name_in(lang) if spec else account.channel,
         account.status == "needs_reauth",
         state.last_error_at if state else None,
-        sync_error_text(lang, state.last_error_code if state else None, state.last_error if state else None),
+        sync_error_text(lang, code, stored),
+        sync_error_detail(lang, code, stored),
+        secret_labels(spec, view.secrets_set, lang),
     )
     return ReauthView(row, spec.reauth_settings if spec else None)
 
@@ -193,9 +234,11 @@ class ChannelAccountPages(ConsoleController):
         """Save the renewed settings the form names (blank ones keep their value) and resume the account."""
         form = await form_fields(request)
         state = request.app.state
+        lang = context_of(request).lang
+        fields: tuple[SettingField, ...] | None = None
         try:
             async with state.sessions() as session, session.begin():
-                fields = (await reauth_view(session, state.host, name)).fields
+                fields = (await reauth_view(session, state.host, name, lang)).fields
                 if fields is None:
                     raise Unprocessable(
                         "the channel's plugin is not installed: nothing can re-authorise it",
@@ -206,7 +249,7 @@ class ChannelAccountPages(ConsoleController):
                     raise Unprocessable(
                         "give the renewed value of at least one of: " + ", ".join(f.name for f in fields),
                         code="channel.nothing_renewed",
-                        params={"fields": "、".join(f.name for f in fields)},
+                        params={"fields": "、".join(f.label_in(lang) for f in fields)},
                     )
                 await channels.update_secrets(
                     session, state.host, state.settings.vault(), name, given, actor=actor_of(request)
@@ -214,6 +257,10 @@ class ChannelAccountPages(ConsoleController):
         except TongcrmError as exc:
             if exc.status_code >= 500 or exc.status_code == 404:
                 raise
+            # the settings bounds name a setting by its key (settings.nul, …): the form names it by its label
+            label = {f.name: f.label_in(lang) for f in fields or ()}.get(str(exc.params.get("name")))
+            if label is not None and exc.code and exc.code.startswith("settings."):
+                exc.params = {**exc.params, "name": label}
             return await _reauth_page(
                 request, name, problem=problem_text(request, exc), status_code=exc.status_code
             )

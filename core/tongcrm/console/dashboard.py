@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from litestar import Request, Response, get
 
 from tongcrm.channels.models import SyncState
-from tongcrm.console.channel_pages import sync_error_text
+from tongcrm.console.channel_pages import sync_error_detail, sync_error_text
 from tongcrm.console.web import PREFIX, ConsoleController, context_of, page, render
 from tongcrm.dashboard import service
 from tongcrm.tiers import service as tiers
@@ -33,7 +33,10 @@ class DashboardPage(ConsoleController):
         # a sync error in the page's language from its code; its figure's value stays the API's English sentence
         lang = context_of(request).lang
         said = {
-            a.id: sync_error_text(lang, codes.get(a.id), a.last_error)
+            a.id: (
+                sync_error_text(lang, codes.get(a.id), a.last_error),
+                sync_error_detail(lang, codes.get(a.id), a.last_error),
+            )
             for a in figures.accounts
             if a.last_error
         }

@@ -12,6 +12,7 @@ from tongcrm.api.problems import FILES_OPT
 from tongcrm.auth.service import Role
 from tongcrm.console.admin import AuditPage, KeyPages
 from tongcrm.console.auth import SignInPages, root
+from tongcrm.console.backfill_pages import BackfillPages
 from tongcrm.console.campaign_pages import CalendarPage, CampaignPages, CareFlowPage
 from tongcrm.console.care_flow_settings import CareFlowSettingsPage
 from tongcrm.console.channel_pages import ChannelAccountPages, ChannelsPage
@@ -42,6 +43,7 @@ PAGES: tuple[ControllerRouterHandler, ...] = (
     TiersPage,
     ChannelsPage,
     ChannelAccountPages,
+    BackfillPages,
     QuarantinePage,
     ImportPages,
 )

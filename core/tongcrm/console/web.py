@@ -13,7 +13,7 @@ to build an app with a ``/console`` route that skips the guard, as the API's own
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -275,12 +275,22 @@ def render(
         key = f"{group}.{code}"
         return translate(lang, key) if key in CATALOGS[lang] else code
 
+    def channel_name(code: str | None) -> str:
+        """A channel's code (``taobao``) as its plugin names it in the page's language (淘宝 / 天猫), else the
+        code (a plugin no longer installed)."""
+        if not code:
+            return ""
+        host = getattr(request.app.state, "host", None)
+        spec = host.channels().get(code) if host is not None else None
+        return spec.display_name_in(lang) if spec is not None else code
+
     principal = console.principal
     nav = [n for n in _NAV if principal is not None and principal.role in n.roles]
     html = _env.get_template(template).render(
         {
             "t": t,
             "label": label,
+            "channel_name": channel_name,
             "lang": lang,
             "langs": sorted(CATALOGS),
             "principal": principal,
@@ -395,6 +405,25 @@ def _on_domain(request: Request[Any, Any, Any], exc: TongcrmError) -> Response[A
 
 
 exception_handlers: ExceptionHandlersMap = {HTTPException: _on_http, TongcrmError: _on_domain}
+
+
+def pages_for_unrouted(
+    api_handler: Callable[[Request[Any, Any, Any], HTTPException], Response[Any]],
+) -> Callable[[Request[Any, Any, Any], HTTPException], Response[Any]]:
+    """The app's handler of HTTP errors, except for a console path no route matches (``/console/segments/vip``:
+    segments are opened by id; a stale bookmark; a typo), which gets the console's error page in the reader's
+    language instead of the API's JSON problem: no console handler ran, so the console router's own handlers
+    never saw it. Everything else, and the static files' "no such file", stays the API's."""
+
+    def handle(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+        path = request.scope["path"]
+        unrouted = request.scope.get("route_handler") is None
+        if unrouted and exc.status_code == 404 and (path == PREFIX or path.startswith(PREFIX + "/")):
+            request.state["tongcrm_console_exc"] = exc
+            return _error_page(request, 404, "")  # the router's "Not Found" adds nothing to the page's words
+        return api_handler(request, exc)
+
+    return handle
 
 
 def check_console_routes(routes: Iterable[BaseRoute]) -> None:

@@ -67,14 +67,26 @@ def window_lease(window_id: int) -> str:
 
 
 def split(since: datetime, until: datetime, window: timedelta) -> list[tuple[datetime, datetime]]:
-    """``[since, until)`` as consecutive half-open windows of ``window`` (the last one shorter)."""
+    """``[since, until)`` as consecutive half-open windows of ``window`` (the last one shorter).
+
+    A refusal carries a code and params (``backfill.*``) beside its English message, so the console's form says
+    it in Chinese; the times in the params are written in the zone the caller gave them in (the programme's,
+    from the CLI and the console), to the minute."""
     if window <= timedelta(0):
-        raise BadRequest("a backfill window must be longer than zero")
+        raise BadRequest("a backfill window must be longer than zero", code="backfill.window_not_positive")
     if since >= until:
-        raise BadRequest(f"a backfill needs since < until (got {since.isoformat()} .. {until.isoformat()})")
+        raise BadRequest(
+            f"a backfill needs since < until (got {since.isoformat()} .. {until.isoformat()})",
+            code="backfill.since_not_before_until",
+            params={"since": f"{since:%Y-%m-%d %H:%M}", "until": f"{until:%Y-%m-%d %H:%M}"},
+        )
     count = -(-(until - since) // window)
     if count > MAX_WINDOWS:
-        raise BadRequest(f"{count} windows is too many (at most {MAX_WINDOWS}): choose longer windows")
+        raise BadRequest(
+            f"{count} windows is too many (at most {MAX_WINDOWS}): choose longer windows",
+            code="backfill.too_many_windows",
+            params={"count": count, "max": MAX_WINDOWS, "hours": f"{window / timedelta(hours=1):g}"},
+        )
     return [(since + window * i, min(until, since + window * (i + 1))) for i in range(count)]
 
 

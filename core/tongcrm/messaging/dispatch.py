@@ -44,7 +44,7 @@ from tongcrm.db.dialect import insert
 from tongcrm.jobs import leases
 from tongcrm.jobs.runner import backoff
 from tongcrm.logging import get_logger
-from tongcrm.members.models import Member
+from tongcrm.members.models import ERASED, Member
 from tongcrm.members.phone import MOBILE_CONTEXT, MOBILE_INDEX_PURPOSE
 from tongcrm.members.service import resolve_live_ids
 from tongcrm.messaging import feed, service, variables
@@ -225,14 +225,17 @@ class Dispatcher:
             live = await resolve_live_ids(session, [m.member_id for m in messages])
             live_ids = sorted(set(live.values()))
             mobiles: dict[int, str | None] = {}
+            erased: set[int] = set()
             for start in range(0, len(live_ids), 5000):
                 rows = await session.execute(
-                    sa.select(Member.id, Member.mobile_enc).where(
+                    sa.select(Member.id, Member.mobile_enc, Member.status).where(
                         Member.id.in_(live_ids[start : start + 5000])
                     )
                 )
-                for mid, enc in rows:
+                for mid, enc, status in rows:
                     mobiles[mid] = self.vault.decrypt(enc, context=MOBILE_CONTEXT) if enc else None
+                    if status == ERASED:
+                        erased.add(mid)
             # consent, per (purpose, signature)
             groups: dict[tuple[str, str], set[int]] = defaultdict(set)
             for m in messages:
@@ -278,8 +281,10 @@ class Dispatcher:
                 template = templates[m.template_id]
                 target = live.get(m.member_id)
                 number = mobiles.get(target) if target is not None else None
-                if target is None:
-                    facts = Facts(m.purpose, False, False, False, 0)
+                if target is None or target in erased:
+                    # no member is left to write to: the message's member (or the survivor its merges lead
+                    # to) was erased, or the id names no member at all
+                    facts = Facts(m.purpose, False, False, False, 0, gone=True)
                 else:
                     params, missing = fill(
                         template.variables,

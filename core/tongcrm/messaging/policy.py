@@ -1,12 +1,13 @@
 """The contact policy: the one place that decides whether a message may go now.
 
-In order: consent for the purpose and signature (:func:`tongcrm.consent.service.may_contact_many`); SMS opt-outs
-by reply (marketing only — a member who replied ``R`` still gets the shipping notice for an order they placed,
-unless they also withdrew service consent); quiet hours in the programme's time zone (marketing only: outside
-the window the message waits for the window to open); and one fatigue budget per member per programme day
-across every flow and campaign, where marketing may use only part of it so that service messages always find
-room. Operators set the window, budgets, opt-out keywords and time zone as programme settings
-(:mod:`tongcrm.programme`), which build the :class:`PolicyConfig`.
+In order: a recipient still there (a member erased after its message was queued is refused ``member_gone``;
+one merged into another is written to at the survivor); consent for the purpose and signature
+(:func:`tongcrm.consent.service.may_contact_many`); SMS opt-outs by reply (marketing only — a member who replied
+``R`` still gets the shipping notice for an order they placed, unless they also withdrew service consent); quiet
+hours in the programme's time zone (marketing only: outside the window the message waits for the window to
+open); and one fatigue budget per member per programme day across every flow and campaign, where marketing may
+use only part of it so that service messages always find room. Operators set the window, budgets, opt-out
+keywords and time zone as programme settings (:mod:`tongcrm.programme`), which build the :class:`PolicyConfig`.
 
 The decisions are pure functions over facts loaded in bulk, so the dispatcher asks once per batch.
 """
@@ -91,6 +92,10 @@ class Facts:
     has_mobile: bool
     used_today: int
     missing_variables: tuple[str, ...] = ()
+    #: No live member is left to write to: the recipient was erased (PIPL art. 47) after the message was
+    #: queued, or the merges from the member it was queued for end at an erased one. A member merged into
+    #: another is not gone: the message goes to the survivor, the same person.
+    gone: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,8 @@ class Decision:
 def decide(config: PolicyConfig, facts: Facts, now: datetime) -> Decision:
     """The verdict for one message now. Refusals are final and carry their reason; a deferral names when."""
     marketing = facts.purpose == "marketing"
+    if facts.gone:  # before the mobile: an erased member has none, and "no mobile" would send someone to look
+        return Decision(Verdict.REFUSE, Reason.MEMBER_GONE)
     if not facts.has_mobile:
         return Decision(Verdict.REFUSE, Reason.NO_MOBILE)
     if marketing and facts.opted_out:
