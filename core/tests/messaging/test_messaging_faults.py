@@ -26,6 +26,7 @@ def world(db: TestDatabase, clock: Clock) -> World:
     return World(db.sessions, Settings(database_url=db.url, secret_key=SECRET_KEY).vault(), sms_host(), clock)
 
 
+@pytest.mark.slow(seconds=10)
 async def test_flow_control_timeouts_and_balance_exhaustion_lose_nothing(tongcrm_db: TestDatabase) -> None:
     clock = Clock(beijing(2024, 5, 1, 10))
     w = world(tongcrm_db, clock)
@@ -178,6 +179,7 @@ async def test_callback_routes_record_receipts_and_opt_outs_once(
         assert shipping["statuses"]["delivered"] == 1
 
 
+@pytest.mark.slow(seconds=10)
 async def test_an_operator_settles_in_doubt_messages_as_sent_failed_or_resent(
     tongcrm_db: TestDatabase,
     make_client: Callable[..., Any],
