@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -188,6 +189,7 @@ step = st.one_of(
         ("refund", 0, False, 0),
     ]
 )
+@pytest.mark.slow(seconds=32)
 async def test_live_tiers_equal_the_recomputation(
     tongcrm_db: TestDatabase, steps: list[tuple[Any, ...]]
 ) -> None:

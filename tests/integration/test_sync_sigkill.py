@@ -50,7 +50,7 @@ def _sync(db: TestDatabase) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 @pytest.mark.parametrize("channel", ["taobao", "jd"])
 async def test_sigkill_mid_sync_then_restart_loses_and_duplicates_nothing(
     tongcrm_db: TestDatabase, channel: str

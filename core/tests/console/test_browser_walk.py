@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from . import test_browser as framework
 from .ops_kit import ops_host, seed_marketing
 from .test_browser import Served, _shot, _sign_in
@@ -60,6 +62,7 @@ async def _english(page: Any) -> list[str]:
     return re.findall(r"[A-Za-z][A-Za-z ,'’:;-]{11,}[A-Za-z]", text)
 
 
+@pytest.mark.slow(seconds=55)
 async def test_an_operator_walks_every_page_and_no_form_answers_500(served: Served, browser: Any) -> None:
     ops = await seed_marketing(served.db, ops_host(), members=8, vip=5, mobile_prefix="+86137")
     page = await (await browser.new_context(locale="zh-CN")).new_page()

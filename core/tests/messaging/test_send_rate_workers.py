@@ -45,6 +45,7 @@ DEADLINE = 120.0
 STARTUP = 120.0
 
 
+@pytest.mark.slow(seconds=25)
 async def test_three_workers_sending_one_campaign_hold_the_gateways_rate(
     tongcrm_db: TestDatabase, tmp_path: Path
 ) -> None:

@@ -667,6 +667,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert sum(totals.values()) == sum(e.amount for e in model.entries)
 
 
+@pytest.mark.slow(seconds=44)
 @pytest.mark.parametrize("backend", backends())
 def test_points_ledger_state_machine(backend: str) -> None:
     harness = Harness(backend)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -449,6 +450,7 @@ async def _store(db: TestDatabase, world: list[MMember]) -> list[int]:
     return ids
 
 
+@pytest.mark.slow(seconds=35)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(world=st.lists(member_st, min_size=1, max_size=6), trees=st.lists(tree_st, min_size=4, max_size=16))
 async def test_sql_selects_what_the_python_reading_selects(

@@ -51,7 +51,7 @@ from tongcrm.messaging import feed, service, variables
 from tongcrm.messaging.holdout import HOLDOUT_REASON
 from tongcrm.messaging.models import ContactBudget, Message, MessageTemplate, MessengerAccount
 from tongcrm.messaging.policy import Decision, Facts, PolicyConfig, Verdict, decide, programme_day
-from tongcrm.messaging.ratewindow import DatabaseRateGate
+from tongcrm.messaging.ratewindow import IN_FLIGHT, DatabaseRateGate
 from tongcrm.messaging.templates import fill
 from tongcrm.plugin.host import PluginHost
 from tongcrm.plugin.types import Messenger, OutboundMessage, SendOutcome, SendResult
@@ -111,6 +111,7 @@ class Dispatcher:
         lock_ttl: timedelta = timedelta(minutes=5),
         max_attempts: int = 10,
         retry_base: float = 30.0,
+        rate_in_flight: timedelta = IN_FLIGHT,
     ) -> None:
         self.sessions = sessions
         self.host = host
@@ -122,6 +123,7 @@ class Dispatcher:
         self.lock_ttl = lock_ttl
         self.max_attempts = max_attempts
         self.retry_base = retry_base
+        self.rate_in_flight = rate_in_flight
         self._messengers: dict[int, tuple[datetime, Messenger]] = {}
 
     async def run(self, *, max_batches: int | None = None) -> DispatchStats:
@@ -389,7 +391,7 @@ class Dispatcher:
         spec = service.ensure_messenger(self.host, account.messenger)
         # the account's send-rate window lives in the database: a new messenger (next run, other process)
         # continues it rather than starting an empty one
-        gate = DatabaseRateGate(self.sessions, account_id)
+        gate = DatabaseRateGate(self.sessions, account_id, in_flight=self.rate_in_flight)
         messenger = spec.factory(service.messenger_context(account, self.vault, self.clock, rate_gate=gate))
         self._messengers[account_id] = (account.updated_at, messenger)
         return messenger

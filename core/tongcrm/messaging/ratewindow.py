@@ -19,6 +19,11 @@ together with the next window's messages (2,800 in one second at a configured 2,
 benchmark). A caller that does not fit sleeps until enough grants have left the window (or, when in-flight
 ones are in the way, polls), then tries again. A process that dies with a request in flight leaves its
 permits taken for at most :data:`IN_FLIGHT` plus the window.
+
+``IN_FLIGHT`` is the default of the gate's ``in_flight``: a dispatcher whose gateway is known to answer (or drop)
+a request sooner can say so, and then a request in doubt holds its permits that much less long. The tests' fake
+gateway answers a timed-out request late by a second and a half, so they hold it for a few seconds rather than a
+minute of the test's wall clock.
 """
 
 from __future__ import annotations
@@ -64,10 +69,14 @@ class DatabaseRateGate:
         sessions: async_sessionmaker[AsyncSession],
         account_id: int,
         *,
+        in_flight: timedelta = IN_FLIGHT,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if in_flight <= timedelta(0):
+            raise ValueError("in_flight must be positive")
         self.sessions = sessions
         self.account_id = account_id
+        self.in_flight = in_flight
         self._sleep = sleep
 
     async def acquire(self, permits: int, *, rate: int, window: float) -> _Grant:
@@ -103,7 +112,7 @@ class DatabaseRateGate:
                 grant_id = (
                     await session.execute(
                         sa.insert(SendGrant)
-                        .values(account_id=account, granted_at=now + IN_FLIGHT, permits=permits)
+                        .values(account_id=account, granted_at=now + self.in_flight, permits=permits)
                         .returning(SendGrant.id)
                     )
                 ).scalar_one()
@@ -122,8 +131,8 @@ class DatabaseRateGate:
     async def _finish(self, grant_id: int, *, in_doubt: bool = False) -> None:
         async with self.sessions() as session, session.begin():
             now = await _lock_and_now(session, self.account_id)
-            # a request in doubt may still reach the platform: it counts as in flight for IN_FLIGHT more
-            at = now + IN_FLIGHT if in_doubt else now
+            # a request in doubt may still reach the platform: it counts as in flight for in_flight more
+            at = now + self.in_flight if in_doubt else now
             await session.execute(sa.update(SendGrant).where(SendGrant.id == grant_id).values(granted_at=at))
 
 

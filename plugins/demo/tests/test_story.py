@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from tongcrm.auth.models import ApiKey
 from tongcrm.campaigns import evaluation
@@ -37,6 +38,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 _WORD = re.compile(r"[A-Za-z]{3,}")
 
 
+@pytest.mark.slow(seconds=65)
 async def test_the_story_leaves_everything_the_issue_promises(
     tongcrm_db: TestDatabase, tongcrm_settings: Settings, make_client: Callable[..., Any]
 ) -> None:

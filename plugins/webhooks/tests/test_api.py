@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from tongcrm.jobs.outbox import emit
 from tongcrm.jobs.runner import Runner
 from tongcrm.plugin.host import PluginHost
@@ -102,6 +103,7 @@ async def test_malformed_requests_say_what_is_wrong(
         assert long_grace.status_code == 400
 
 
+@pytest.mark.slow(seconds=15)
 async def test_dead_letters_replayed_over_http(
     make_client: Callable[..., Any],
     host: PluginHost,

@@ -50,7 +50,7 @@ def _worker(db: TestDatabase, settings: Settings, log: Path) -> subprocess.Popen
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 async def test_sigkill_mid_delivery_loses_no_event(
     tongcrm_db: TestDatabase,
     tongcrm_settings: Settings,
