@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import structlog
 from tongcrm.plugin.grants import holding
+from tongcrm.plugin.transport import platform_transport
 from tongcrm.plugin.types import CallGate
 
 from tongcrm_jd.envelope import JosCallLimited, decode_body, unwrap
@@ -114,7 +115,7 @@ class JosClient:
         # The transport is driven directly rather than through ``httpx.AsyncClient``: the client logs every
         # request URL at INFO, and JOS puts the access token in the URL. Bypassing it keeps the token out of
         # any log an application might configure, without this library touching logging configuration.
-        self._transport = transport or httpx.AsyncHTTPTransport(retries=0)
+        self._transport = transport or platform_transport()
         # JOS meters the app key, whichever shop or worker calls: the core's gate keeps one window per key
         self._gate = call_gate if calls_per_second > 0 else None
         self._calls_per_second = calls_per_second

@@ -45,3 +45,19 @@ def test_unpadded_times_still_parse(text: str) -> None:
 def test_malformed_times_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="malformed TOP time"):
         parse_top_time(text)
+
+
+def test_a_text_parsed_again_is_the_same_time_and_the_memory_stays_bounded() -> None:
+    from tongcrm_taobao import timefmt
+
+    first = parse_top_time("2024-11-11 08:00:00")
+    assert parse_top_time("2024-11-11 08:00:00") == first == datetime(2024, 11, 11, 0, 0, tzinfo=UTC)
+    with pytest.raises(ValueError, match="malformed TOP time"):  # a refusal is never remembered as a time
+        parse_top_time("2024-11-11 24:00:00")
+    with pytest.raises(ValueError, match="malformed TOP time"):
+        parse_top_time("2024-11-11 24:00:00")
+    for second in range(timefmt._PARSED_MAX + 10):
+        moment = datetime(2024, 1, 1, tzinfo=UTC).timestamp() + second
+        text = format_top_time(datetime.fromtimestamp(moment, UTC))
+        assert parse_top_time(text).timestamp() == moment
+    assert len(timefmt._PARSED) <= timefmt._PARSED_MAX

@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 import httpx
 import structlog
 from tongcrm.plugin.grants import holding
+from tongcrm.plugin.transport import platform_transport
 from tongcrm.plugin.types import CallGate
 from tongcrm.plugin.wire import loads_exact
 
@@ -153,7 +154,7 @@ class TopClient:
         # The transport (a keep-alive connection pool) is driven directly: ``httpx.AsyncClient``'s request
         # building, cookie, auth and redirect layers cost about a quarter of each call's CPU on the fetch side
         # (issue #22) and do nothing here (one URL, no cookies, redirects are never followed).
-        self._transport = transport or httpx.AsyncHTTPTransport(retries=0)
+        self._transport = transport or platform_transport()
         # TOP meters the app key, whichever shop or worker calls: the core's gate keeps one window per key
         self._gate = call_gate if calls_per_second > 0 else None
         self._calls_per_second = calls_per_second
