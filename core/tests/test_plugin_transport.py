@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tongcrm.plugin.transport import platform_transport
+from tongcrm.plugin.transport import AsyncioBackend, platform_transport
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -85,7 +85,17 @@ async def _post(
     return response
 
 
-async def test_requests_answered_on_one_kept_alive_connection() -> None:
+async def test_requests_answered_on_one_kept_alive_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the connection is ours (AsyncioBackend), not httpx's default backend: an httpx that stops driving the
+    # pool the transport puts in its place would still answer, and only this count would tell
+    opened: list[str] = []
+    connect_tcp = AsyncioBackend.connect_tcp
+
+    async def counted(self: AsyncioBackend, host: str, port: int, *args: object, **kwargs: object) -> object:
+        opened.append(f"{host}:{port}")
+        return await connect_tcp(self, host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AsyncioBackend, "connect_tcp", counted)
     transport = platform_transport()
     async with _serving(_echo) as (server, port):
         try:
@@ -95,7 +105,7 @@ async def test_requests_answered_on_one_kept_alive_connection() -> None:
         finally:
             await transport.aclose()
     assert server.bodies == [b"n=0", b"n=1", b"n=2"]
-    assert server.connections == 1
+    assert server.connections == 1 and opened == [f"127.0.0.1:{port}"]
 
 
 async def test_chunked_gzip_and_large_answers_read_whole() -> None:
