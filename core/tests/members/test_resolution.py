@@ -4,6 +4,7 @@ the policy hook, and the race between two transactions creating the same member.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from tongcrm.audit.service import SYSTEM
 from tongcrm.db.engine import create_engine, session_factory
 from tongcrm.identity.models import Identity, Merge
 from tongcrm.identity.service import (
+    LAST_SEEN_EVERY,
     ClaimSet,
     InvalidClaimValue,
     ResolutionContext,
@@ -430,3 +432,27 @@ async def test_a_lost_race_leaves_no_profile_fill_of_its_first_attempt(
     assert member_a is not None and member_b is not None
     assert member_b.city == "上海"
     assert (member_a.city, member_a.version) == (None, 1), "the lost attempt's fill of A stayed"
+
+
+async def test_a_claim_seen_again_moves_last_seen_at_once_it_is_an_hour_old(
+    tongcrm_db: TestDatabase, ctx: ResolutionContext
+) -> None:
+    """Every order of a known buyer rewrote its identity's ``last_seen_at``; now the time moves only when what is
+    stored is at least :data:`LAST_SEEN_EVERY` old (issue #22, ingestpg18), on both databases."""
+    clock = ctx.clock
+    assert isinstance(clock, Clock)
+    claim = ClaimSet((uid("seen-again"),))
+
+    async def last_seen() -> datetime:
+        async with tongcrm_db.sessions() as session:
+            return (await session.execute(sa.select(Identity.last_seen_at))).scalar_one()
+
+    await run(tongcrm_db, ctx, claim)
+    first = await last_seen()
+    clock.now = first + LAST_SEEN_EVERY - timedelta(minutes=1)
+    await run(tongcrm_db, ctx, claim)  # seen again within the hour: the row is not rewritten
+    assert await last_seen() == first
+    clock.now = first + LAST_SEEN_EVERY
+    await run(tongcrm_db, ctx, claim)  # an hour after it was last written: it moves to the resolution's time
+    moved = await last_seen()
+    assert first + LAST_SEEN_EVERY < moved <= first + LAST_SEEN_EVERY + timedelta(seconds=5)
