@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -462,7 +464,7 @@ def test_sync_since_refuses_what_is_not_a_time(invoke, given: str) -> None:  # t
     assert "is not a date and time" in result.output
 
 
-def test_sync_window_hours_backfills_in_windows_and_backfills_shows_progress(invoke) -> None:  # type: ignore[no-untyped-def]
+def test_sync_window_hours_backfills_in_windows_and_backfills_shows_progress(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime, timedelta
 
     from tongcrm.testing.platforms import jd_platform
@@ -490,6 +492,15 @@ def test_sync_window_hours_backfills_in_windows_and_backfills_shows_progress(inv
     resumed = invoke("backfills", "--resume", "1")  # nothing left: it says so and fetches nothing
     assert resumed.exit_code == 0 and "6/6 windows done" in resumed.output
     assert invoke("sync", "--since", since, "--window-hours", "12").exit_code == 2  # which account?
+    # audited as the console's backfill form is, and the chain still verifies
+    with sqlite3.connect(tmp_path / "cli.sqlite3") as db:
+        rows = db.execute(
+            "SELECT actor, action, object_id, after FROM audit_log WHERE action LIKE '%backfill'"
+        )
+        trail = [(actor, action, object_id, json.loads(after)) for actor, action, object_id, after in rows]
+    assert [t[:3] for t in trail] == [("cli", "channel_account.backfill", "jd-pop")]
+    assert trail[0][3]["backfill"] == 1 and trail[0][3]["windows"] == 6 and trail[0][3]["window_hours"] == 12
+    assert invoke("verify").exit_code == 0
 
 
 async def test_a_line_logged_while_a_command_runs_stays_out_of_its_stdout() -> None:
