@@ -197,6 +197,25 @@ async def test_creating_a_backfill_queues_one_job_per_window(
     )
 
 
+async def test_an_accounts_backfills_are_read_without_the_others(
+    tongcrm_db: TestDatabase, ctx: IngestContext
+) -> None:
+    """The console's page of an account reads its backfills only (it read every account's and kept its own)."""
+    first = await _backfill(tongcrm_db, ctx)
+    async with tongcrm_db.sessions() as session, session.begin():
+        await accounts.create_account(session, ctx.host, ctx.vault, "memory", "shop-2", {"shop": "S2"})
+        second = await create_backfill(session, ctx.host, "shop-2", since=SINCE, until=UNTIL, window=DAY)
+        third = await create_backfill(session, ctx.host, "shop", since=SINCE, until=UNTIL, window=DAY)
+    async with tongcrm_db.sessions() as session:
+        assert [v.id for v in await backfill_views(session)] == [third, second, first]
+        assert [(v.id, v.account) for v in await backfill_views(session, account="shop")] == [
+            (third, "shop"),
+            (first, "shop"),
+        ]
+        assert [v.id for v in await backfill_views(session, account="shop-2")] == [second]
+        assert await backfill_views(session, account="nobody") == []
+
+
 async def test_the_job_runner_syncs_every_window_once(
     tongcrm_db: TestDatabase,
     ctx: IngestContext,

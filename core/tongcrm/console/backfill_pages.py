@@ -83,7 +83,7 @@ async def backfill_page(
         spec.display_name_in(lang) if spec else account.channel,
         pulls_orders(spec),
         spec is not None and ChannelCapability.BACKFILL_WINDOWS in spec.capabilities,
-        [v for v in await backfill.backfill_views(session) if v.account == account.name],
+        await backfill.backfill_views(session, account=account.name),
         str(tz),
     )
 

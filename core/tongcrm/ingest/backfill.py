@@ -255,8 +255,11 @@ class BackfillView:
         return sum(self.windows.values())
 
 
-async def backfill_views(session: AsyncSession, backfill_id: int | None = None) -> list[BackfillView]:
-    """Progress of every backfill (newest first), or of one."""
+async def backfill_views(
+    session: AsyncSession, backfill_id: int | None = None, *, account: str | None = None
+) -> list[BackfillView]:
+    """Progress of every backfill (newest first), of one, or of one account's (the console's page of an account
+    reads only its own, not every account's to keep some)."""
     query = (
         sa.select(Backfill, ChannelAccount.name)
         .join(ChannelAccount, ChannelAccount.id == Backfill.account_id)
@@ -264,6 +267,8 @@ async def backfill_views(session: AsyncSession, backfill_id: int | None = None) 
     )
     if backfill_id is not None:
         query = query.where(Backfill.id == backfill_id)
+    if account is not None:
+        query = query.where(ChannelAccount.name == account)
     rows = (await session.execute(query)).all()
     if backfill_id is not None and not rows:
         raise NotFound(f"no backfill {backfill_id}")
