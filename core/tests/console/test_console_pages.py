@@ -376,6 +376,8 @@ async def test_admins_create_and_revoke_keys_audited_and_read_the_audit_log(make
         assert revoked.status_code == 200
         log = (await api.get("/console/audit", params={"object_type": "api_key"})).text
         assert 'data-action="api_key.create"' in log and 'data-action="api_key.revoke"' in log
+        # a record's Chinese reads as Chinese (Jinja's tojson wrote the label as \u62a5\u8868)
+        assert "&#34;label&#34;: &#34;报表&#34;" in log and "\\u62a5" not in log
         only = (await api.get("/console/audit", params={"action": "api_key.revoke"})).text
         assert 'data-action="api_key.create"' not in only
         # the admin's own key is the last live admin key: the keys page again with the reason, nothing revoked
