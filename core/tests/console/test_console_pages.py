@@ -208,6 +208,10 @@ async def test_search_and_the_360_page_of_a_tmall_and_store_shopper(
         )
         await api.get("/console/members", params={"lang": "zh"})
         assert 'data-identity="taobao.open_uid"' in page and 'data-identity="pos.card"' in page
+        # identity kinds by their plugins' labels in the page's language, the stored kind in English
+        assert '<tr data-identity="taobao.open_uid"><td>淘宝买家 open_uid</td>' in page
+        assert '<tr data-identity="pos.card"><td>门店会员卡号</td>' in page
+        assert '<tr data-identity="pos.card"><td>pos.card</td>' in english_page
         assert _figure(page, "available") == 988
         assert "再消费 ¥12 可升至 金卡" in page  # ¥888 + the merged buyer's ¥100 of ¥1,000
         assert f'action="/console/members/merges/{s.merge_id}/undo"' in page

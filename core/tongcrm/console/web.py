@@ -294,6 +294,13 @@ def render(
         spec = host.channels().get(code) if host is not None else None
         return spec.display_name_in(lang) if spec is not None else code
 
+    def identity_kind(code: str) -> str:
+        """An identity's kind (``taobao.open_uid``) as its plugin names it in the page's language (淘宝买家
+        open_uid), else the kind as stored (a plugin no longer installed)."""
+        host = getattr(request.app.state, "host", None)
+        spec = host.identity_kinds().get(code) if host is not None else None
+        return spec.label_in(lang) if spec is not None else code
+
     principal = console.principal
     nav = [n for n in _NAV if principal is not None and principal.role in n.roles]
     html = _env.get_template(template).render(
@@ -301,6 +308,7 @@ def render(
             "t": t,
             "label": label,
             "channel_name": channel_name,
+            "identity_kind": identity_kind,
             "lang": lang,
             "langs": sorted(CATALOGS),
             "principal": principal,

@@ -13,6 +13,7 @@ MOBILE = IdentityKindSpec(
     name="mobile",
     strong=True,
     description="Mobile number in E.164, matched through a keyed blind index and stored encrypted",
+    labels={"zh": "手机号"},
 )
 
 #: A member's id in the CRM a brand moved from (``tongcrm import``): ``<source>/<id>``, one person per value.
@@ -20,6 +21,7 @@ IMPORTED_MEMBER = IdentityKindSpec(
     name="import.member_id",
     strong=True,
     description="A member's id in a previous CRM, as '<import source>/<id>' (tongcrm import)",
+    labels={"zh": "原系统会员号"},
 )
 
 

@@ -201,9 +201,17 @@ class IdentityKindSpec:
     name: str
     strong: bool
     description: str
+    #: the kind's name in other languages, by the console's language code (``{"zh": "淘宝 open_uid"}``): what a
+    #: member's page shows for it. A language not named shows :attr:`name`.
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         validate_name(self.name, "identity kind")
+
+    def label_in(self, lang: str) -> str:
+        """The kind as a page in ``lang`` names it (``zh-CN`` falling back to ``zh``, as a setting's label does),
+        else its :attr:`name`."""
+        return _in_locale(self.labels, lang) or self.name
 
 
 @dataclass(frozen=True, slots=True)

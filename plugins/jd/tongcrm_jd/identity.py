@@ -19,11 +19,13 @@ JD_OPEN_ID = IdentityKindSpec(
     name="jd.open_id",
     strong=True,
     description="JD buyer open_id (open_id_buyer), stable per buyer for the app that syncs the shop",
+    labels={"zh": "京东买家 open_id"},
 )
 JD_PIN = IdentityKindSpec(
     name="jd.pin",
     strong=True,
     description="Legacy JD buyer pin (account name); claimed only for orders that carry no open_id_buyer",
+    labels={"zh": "京东账号 pin"},
 )
 
 IDENTITY_KINDS: tuple[IdentityKindSpec, ...] = (JD_OPEN_ID, JD_PIN)

@@ -19,6 +19,7 @@ POS_CARD = IdentityKindSpec(
     name="pos.card",
     strong=True,
     description="A store membership card's number (letters and digits, as printed; spaces and dashes ignored)",
+    labels={"zh": "门店会员卡号"},
 )
 _CARD = re.compile(r"^[A-Z0-9]{4,32}$")
 _SEPARATORS = re.compile(r"[\s-]+")

@@ -75,16 +75,19 @@ IDENTITY_KINDS: tuple[IdentityKindSpec, ...] = (
         name=KIND_OPEN_UID,
         strong=True,
         description="Taobao buyer_open_uid: one buyer, stable per app key even when the nick changes",
+        labels={"zh": "淘宝买家 open_uid"},
     ),
     IdentityKindSpec(
         name=KIND_OUID,
         strong=True,
         description="Taobao CRM ouid: one buyer, unique per shop and the same across apps",
+        labels={"zh": "淘宝 CRM ouid"},
     ),
     IdentityKindSpec(
         name=KIND_OMID,
         strong=True,
         description="Tmall 会员通 omid: one brand member across the brand's shops (needs a brand claim)",
+        labels={"zh": "天猫会员通 omid"},
     ),
 )
 
