@@ -215,6 +215,33 @@ def _certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_https_verified_against_the_context_and_refused_without_it(tmp_path: Path) -> None:
+    await _https(tmp_path)
+
+
+def test_the_transport_works_on_uvloop_the_loop_serve_runs(tmp_path: Path) -> None:
+    """`tongcrm serve` runs uvloop, and its in-process jobs sync the platforms on it: a plain HTTP and an HTTPS
+    exchange on a uvloop loop (its transports are not asyncio.Transport instances; an isinstance assertion in
+    the connection's protocol failed every platform call there, and the demo hung on stopping)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def both() -> None:
+        transport = platform_transport()
+        async with _serving(_echo) as (server, port):
+            try:
+                for n in range(2):
+                    response = await _post(transport, f"http://127.0.0.1:{port}/router/rest", b"n=%d" % n)
+                    assert response.content == b"got n=%d" % n
+            finally:
+                await transport.aclose()
+        assert server.connections == 1
+        await _https(tmp_path)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert type(runner.get_loop()).__module__.startswith("uvloop")
+        runner.run(both())
+
+
+async def _https(tmp_path: Path) -> None:
     cert_path, key_path = _certificate(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert_path, key_path)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import httpcore
 import httpx
@@ -41,8 +41,9 @@ class _Connection(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport, but not always an asyncio.Transport instance: uvloop's (the loop `tongcrm serve`
+        # runs, and its in-process jobs' syncs with it) is its own class with the same methods
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -141,8 +142,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc)) from exc
         if tls is None:
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
-        assert isinstance(tls, asyncio.Transport)
-        c.transport = tls
+        c.transport = tls  # no isinstance check: uvloop's is not an asyncio.Transport instance either
         return self
 
     def get_extra_info(self, info: str) -> Any:
