@@ -284,6 +284,26 @@ async def test_the_key_form_lines_its_labels_and_fields_up(served: Served, brows
     await _shot(page, served, "keys-form")
 
 
+@pytest.mark.parametrize("width", [1280, 1024])
+async def test_the_admins_menu_wraps_inside_the_header_beside_the_tools(
+    served: Served, browser: Any, width: int
+) -> None:
+    """An admin's menu (the longest) wraps within its own box: the language switch, the role and 退出登录 stay
+    on the header's first line at the right, where an operator's are, not pushed under the menu."""
+    page = await (
+        await browser.new_context(locale="zh-CN", viewport={"width": width, "height": 800})
+    ).new_page()
+    await _sign_in(page, served, "admin")
+    brand = await page.locator("header.top .brand").bounding_box()
+    nav = await page.locator("header.top nav").bounding_box()
+    tools = await page.locator("header.top .tools").bounding_box()
+    assert brand is not None and nav is not None and tools is not None
+    assert tools["x"] >= nav["x"] + nav["width"] - 1, (nav, tools)  # beside the menu, not under it
+    assert tools["y"] < brand["y"] + brand["height"], (brand, tools)  # on the first line
+    assert await page.locator("header.top").evaluate("h => h.scrollWidth <= h.clientWidth")
+    await _shot(page, served, f"header-admin-{width}")
+
+
 async def test_an_admin_reveals_from_the_console_but_not_through_a_link_elsewhere(
     served: Served, browser: Any
 ) -> None:
