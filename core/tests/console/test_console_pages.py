@@ -132,7 +132,7 @@ async def test_the_dashboard_shows_the_apis_figures(
     for o in figures["overlap"]:
         assert _figure(html, f"overlap.{'+'.join(o['channels'])}") == o["members"]
     # channels by their plugins' names in the page's language (data-overlap and data-value keep the codes)
-    assert '<td>线下门店（POS） + 淘宝 / 天猫</td>' in html
+    assert "<td>线下门店（POS） + 淘宝 / 天猫</td>" in html
     assert 'channel" data-value="taobao">淘宝 / 天猫</td>' in html
     for c in figures["lifecycle"]:
         # the stage in the page's language (新客, not the stored "new"); data-stage keeps the code
