@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from tongcrm.audit.service import SYSTEM
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import Backfill, BackfillWindow
 from tongcrm.config import Settings
@@ -151,7 +152,9 @@ def ctx(host: PluginHost, tongcrm_settings: Settings, clock: Clock) -> IngestCon
 async def _backfill(db: TestDatabase, ctx: IngestContext, window: timedelta = DAY) -> int:
     async with db.sessions() as session, session.begin():
         await accounts.create_account(session, ctx.host, ctx.vault, "memory", "shop", {"shop": "S"})
-        return await create_backfill(session, ctx.host, "shop", since=SINCE, until=UNTIL, window=window)
+        return await create_backfill(
+            session, ctx.host, "shop", since=SINCE, until=UNTIL, window=window, actor=SYSTEM
+        )
 
 
 async def _stored(db: TestDatabase) -> set[str]:
@@ -204,8 +207,12 @@ async def test_an_accounts_backfills_are_read_without_the_others(
     first = await _backfill(tongcrm_db, ctx)
     async with tongcrm_db.sessions() as session, session.begin():
         await accounts.create_account(session, ctx.host, ctx.vault, "memory", "shop-2", {"shop": "S2"})
-        second = await create_backfill(session, ctx.host, "shop-2", since=SINCE, until=UNTIL, window=DAY)
-        third = await create_backfill(session, ctx.host, "shop", since=SINCE, until=UNTIL, window=DAY)
+        second = await create_backfill(
+            session, ctx.host, "shop-2", since=SINCE, until=UNTIL, window=DAY, actor=SYSTEM
+        )
+        third = await create_backfill(
+            session, ctx.host, "shop", since=SINCE, until=UNTIL, window=DAY, actor=SYSTEM
+        )
     async with tongcrm_db.sessions() as session:
         assert [v.id for v in await backfill_views(session)] == [third, second, first]
         assert [(v.id, v.account) for v in await backfill_views(session, account="shop")] == [

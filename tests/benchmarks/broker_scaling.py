@@ -40,6 +40,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from tongcrm.audit.service import SYSTEM
 from tongcrm.channels import service as accounts
 from tongcrm.crypto import Vault
 from tongcrm.db.engine import create_engine, session_factory
@@ -252,7 +253,13 @@ async def run(
                     else:  # two days and a bit in eight windows
                         since = end - timedelta(days=2, hours=1)
                         await create_backfill(
-                            session, host, f"shop-{i}", since=since, until=end, window=timedelta(hours=49) / 8
+                            session,
+                            host,
+                            f"shop-{i}",
+                            since=since,
+                            until=end,
+                            window=timedelta(hours=49) / 8,
+                            actor=SYSTEM,
                         )
             started = time.perf_counter()
             while True:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from tongcrm.audit.service import SYSTEM
 from tongcrm.channels import service as accounts
 from tongcrm.crypto import Vault
 from tongcrm.ingest.apply import IngestContext
@@ -41,7 +42,13 @@ async def test_a_shop_backfilled_in_parallel_windows_equals_its_truth(
                 session, host, VAULT, channel, "shop", {**settings, "gateway_url": f"{url}{path}"}
             )
             backfill_id = await create_backfill(
-                session, host, "shop", since=until - timedelta(days=3), until=until, window=timedelta(hours=8)
+                session,
+                host,
+                "shop",
+                since=until - timedelta(days=3),
+                until=until,
+                window=timedelta(hours=8),
+                actor=SYSTEM,
             )
         failed = await work_backfill(tongcrm_db.sessions, ctx, backfill_id, holder="test", parallel=3)
     assert failed == []

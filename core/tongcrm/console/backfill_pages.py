@@ -25,7 +25,6 @@ from zoneinfo import ZoneInfo
 from litestar import Request, Response, get, post
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tongcrm.audit import service as audit
 from tongcrm.campaigns.api import programme_tz
 from tongcrm.channels import service as channels
 from tongcrm.console.channel_pages import AccountName, pulls_orders
@@ -183,22 +182,13 @@ class BackfillPages(ConsoleController):
                 if until is None:  # up to now, short of the last minutes the platforms index late
                     until = datetime.now(UTC).astimezone(tz) - backfill.PRESENT_MARGIN
                 backfill_id = await backfill.create_backfill(
-                    session, state.host, name, since=since, until=until, window=window
-                )
-                view = (await backfill.backfill_views(session, backfill_id))[0]
-                audit.record(
                     session,
-                    actor_of(request),
-                    "channel_account.backfill",
-                    "channel_account",
+                    state.host,
                     name,
-                    after={
-                        "backfill": backfill_id,
-                        "since": since.isoformat(),
-                        "until": until.isoformat(),
-                        "window_hours": window / timedelta(hours=1),
-                        "windows": view.total_windows,
-                    },
+                    since=since,
+                    until=until,
+                    window=window,
+                    actor=actor_of(request),
                 )
         except TongcrmError as exc:
             if exc.status_code >= 500 or isinstance(exc, NotFound):

@@ -30,6 +30,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tongcrm.audit import service as audit
+from tongcrm.audit.service import Actor
 from tongcrm.channels import service as accounts
 from tongcrm.channels.models import Backfill, BackfillWindow, ChannelAccount
 from tongcrm.errors import BadRequest, NotFound
@@ -98,8 +100,10 @@ async def create_backfill(
     since: datetime,
     until: datetime,
     window: timedelta,
+    actor: Actor,
 ) -> int:
-    """Write the backfill, its windows and one job per window, in the caller's transaction."""
+    """Write the backfill, its windows and one job per window, and its audit record (who asked the platform for
+    which days: the console's form and the CLI alike), in the caller's transaction."""
     account = await accounts.get_account(session, account_name)
     bounds = split(since, until, window)
     if ChannelCapability.BACKFILL_WINDOWS not in host.channel(account.channel).capabilities:
@@ -134,6 +138,20 @@ async def create_backfill(
             unique_key=window_lease(window_id),
             max_attempts=WINDOW_JOB_ATTEMPTS,
         )
+    audit.record(
+        session,
+        actor,
+        "channel_account.backfill",
+        "channel_account",
+        account_name,
+        after={
+            "backfill": backfill.id,
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+            "window_hours": window / timedelta(hours=1),
+            "windows": len(bounds),
+        },
+    )
     return backfill.id
 
 

@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tongcrm.audit import service as audit
 from tongcrm.audit.service import Actor
 from tongcrm.channels import service as accounts
 from tongcrm.cli_run import CLI_ACTOR
@@ -318,23 +317,10 @@ async def _run_backfill(
     try:
         until = datetime.now(UTC) - PRESENT_MARGIN
         async with sessions() as session, session.begin():
-            backfill_id = await create_backfill(session, host, name, since=since, until=until, window=window)
-            view = (await backfill_views(session, backfill_id))[0]
-            # the same trail as the console's backfill form: who asked a platform for which days
-            audit.record(
-                session,
-                CLI_ACTOR,
-                "channel_account.backfill",
-                "channel_account",
-                name,
-                after={
-                    "backfill": backfill_id,
-                    "since": since.isoformat(),
-                    "until": until.isoformat(),
-                    "window_hours": window / timedelta(hours=1),
-                    "windows": view.total_windows,
-                },
+            backfill_id = await create_backfill(
+                session, host, name, since=since, until=until, window=window, actor=CLI_ACTOR
             )
+            view = (await backfill_views(session, backfill_id))[0]
     finally:
         await engine.dispose()
     click.echo(f"backfill {backfill_id} of {name}: {view.total_windows} windows queued for the job workers")
