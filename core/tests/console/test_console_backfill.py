@@ -80,6 +80,11 @@ async def test_an_operator_starts_a_backfill_and_its_refusals_are_chinese(make_c
             f"每个窗口（小时）：“1{'0' * 29}”超过了上限 8,784。",
             422,
         )
+        await refused(  # a NUL after the time: Python's fromisoformat alone read it as 2026-11-01 08:00
+            {"since": "2026-11-01T08:00\x00", "window_hours": "24"},
+            "起始日期：“2026-11-01T08:00\u2400”不是日期和时间，请按 2026-11-11 10:00 的格式填写。",
+            422,
+        )
         await refused(
             {"since": "0001-01-01T00:00", "window_hours": "24"},
             "起始日期：“0001-01-01T00:00”不是日期和时间，请按 2026-11-11 10:00 的格式填写。",

@@ -94,6 +94,8 @@ def _local_time(form: dict[str, str], field: str, tz: ZoneInfo) -> datetime | No
     if not text:
         return None
     try:
+        if "\x00" in text:  # Python's fromisoformat stops at a NUL: "2026-11-01T00:00\x00" read as a time
+            raise ValueError("a NUL byte")
         local = datetime.fromisoformat(text)
         at = local if local.tzinfo else local.replace(tzinfo=tz)
         at.astimezone(UTC)  # year 1 at +08:00 is before anything a datetime holds

@@ -379,8 +379,9 @@ def safe_next(target: str | None) -> str:
 
 
 def problem_text(request: Request[Any, Any, Any], exc: TongcrmError) -> str:
-    """A refusal as this request's page shows it: in its language (:mod:`tongcrm.console.problems`)."""
-    return explain(context_of(request).lang, exc)
+    """A refusal as this request's page shows it: in its language (:mod:`tongcrm.console.problems`), a NUL the
+    refused value carried shown as ␀ (a browser turns a raw one into U+FFFD, or drops it)."""
+    return explain(context_of(request).lang, exc).replace("\x00", "\u2400")
 
 
 def _error_page(request: Request[Any, Any, Any], status: int, message: str) -> Response[Any]:
